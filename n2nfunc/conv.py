@@ -1,0 +1,256 @@
+"""Convolution layers: ``conv2d``, ``conv_transpose2d``, ``nearest_upsample``, ``upsample``.
+
+Parameters use PyTorch's layout and initialisation: a convolution's weight is
+[out, in, kh, kw], a transposed convolution's [in, out, kh, kw], a bias [out]; both are
+drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so a generator seeded like PyTorch's draws
+the same numbers as ``torch.nn.Conv2d`` / ``ConvTranspose2d``.
+
+All computation is in :mod:`n2nfunc.kernels` on channels-last views (see :mod:`n2nfunc.nhwc`).
+"""
+
+from . import kernels as K
+from .base import (Layer, apply_via_vjp, check_cotangent, check_image, check_params,
+                   image_shape, kaiming_bounds, pair, positive_int, skips_input_grad, uniform)
+from .nhwc import to_nchw, to_nhwc
+
+
+def _describe(kind: str, **options) -> str:
+    return f"{kind}(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a convolution: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _transpose_out(size: int, k: int, s: int, p: int, d: int, op: int) -> int:
+    """Output length of a transposed convolution: (size-1)s - 2p + d(k-1) + op + 1."""
+    return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+
+
+def _init_conv(generator, weight_shape, fan_in, out_channels, bias):
+    """Weight then bias, drawn in PyTorch's order and bounds."""
+    w_bound, b_bound = kaiming_bounds(fan_in)
+    params = {"weight": uniform(generator, weight_shape, w_bound)}
+    if bias:
+        params["bias"] = uniform(generator, (out_channels,), b_bound)
+    return params
+
+
+def _expected(weight_shape, out_channels, bias):
+    return {"weight": weight_shape, **({"bias": (out_channels,)} if bias else {})}
+
+
+def _sizes(shape, size_fn, name):
+    """Spatial output sizes from an init shape, -1 staying -1; errors if one is < 1."""
+    out = []
+    for dim, size in zip("HW", shape[2:]):
+        if size == -1:
+            out.append(-1)
+            continue
+        o = size_fn(dim, size)
+        if o < 1:
+            raise ValueError(f"{name}: input shape {tuple(shape)} gives an empty output "
+                             f"along {dim} ({o}); the kernel is larger than the padded input")
+        out.append(o)
+    return out
+
+
+def conv2d(out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True) -> Layer:
+    """2-d cross-correlation, as ``torch.nn.functional.conv2d``:
+
+    ``y[n, o, i, j] = b[o] + sum_{c, a, b} w[o, c, a, b] x[n, c, s*i - p + d*a, s*j - p + d*b]``.
+
+    Gradients: ``dW = g^T @ im2col(x)``; ``dx`` is the transposed convolution of ``g``
+    with the same kernel (computed by the polyphase engine, see :mod:`n2nfunc.kernels`).
+    """
+    name = _describe("conv2d", out_channels=out_channels, kernel_size=kernel_size,
+                     stride=stride, padding=padding, dilation=dilation)
+    positive_int(out_channels, "out_channels", name)
+    k = pair(kernel_size, "kernel_size", name)
+    s = pair(stride, "stride", name)
+    p = pair(padding, "padding", name, minimum=0)
+    d = pair(dilation, "dilation", name)
+
+    def out_size(dim, size):
+        i = "HW".index(dim)
+        return _conv_out(size, k[i], s[i], p[i], d[i])
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        ho, wo = _sizes((n, c, h, w), out_size, name)
+        params = _init_conv(generator, (out_channels, c) + k, c * k[0] * k[1], out_channels, bias)
+        return (n, out_channels, ho, wo), params
+
+    def vjp(params, x):
+        weight = params.get("weight") if isinstance(params, dict) else None
+        c = weight.shape[1] if weight is not None and weight.dim() == 4 else -1
+        check_params(params, name, _expected((out_channels, c) + k, out_channels, bias))
+        check_image(x, name, c, weight)
+        _, _, h, w = x.shape
+        out_hw = _sizes(x.shape, out_size, name)
+        xh = to_nhwc(x)
+        y, cols = K.conv_forward(xh, K.conv_matrix(weight), params.get("bias"), k, s, p, d, out_hw)
+        y = to_nchw(y)
+
+        def pullback(ct, input_grad=True):
+            g = to_nhwc(check_cotangent(ct, y, name))
+            g2d = K.rows(g)
+            grads = {"weight": K.weight_grad(g2d, cols, k)}
+            if bias:
+                grads["bias"] = g2d.sum(0)
+            if not input_grad:
+                return grads, None
+            py = K.phase_plan("transpose", out_hw[0], h, k[0], s[0], p[0], d[0])
+            px = K.phase_plan("transpose", out_hw[1], w, k[1], s[1], p[1], d[1])
+            w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
+            dx, _ = K.polyphase_forward(g, w_eff, None, py, px, (h, w))
+            return grads, to_nchw(dx)
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+
+
+def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                     dilation=1, bias: bool = True) -> Layer:
+    """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``:
+
+    ``y[n, o, s*i - p + d*a, s*j - p + d*b] += w[c, o, a, b] x[n, c, i, j]`` (plus ``b[o]``),
+    output size ``(H-1)s - 2p + d(k-1) + output_padding + 1``.
+
+    The forward pass is the polyphase engine; ``dx`` is the plain convolution of ``g`` with
+    the same weight, and ``dW = x^T @ im2col(g)`` reuses that convolution's im2col.
+    """
+    name = _describe("conv_transpose2d", out_channels=out_channels, kernel_size=kernel_size,
+                     stride=stride, padding=padding, output_padding=output_padding,
+                     dilation=dilation)
+    positive_int(out_channels, "out_channels", name)
+    k = pair(kernel_size, "kernel_size", name)
+    s = pair(stride, "stride", name)
+    p = pair(padding, "padding", name, minimum=0)
+    op = pair(output_padding, "output_padding", name, minimum=0)
+    d = pair(dilation, "dilation", name)
+    if any(o >= max(si, di) for o, si, di in zip(op, s, d)):
+        raise ValueError(f"{name}: output_padding must be smaller than stride or dilation")
+
+    def out_size(dim, size):
+        i = "HW".index(dim)
+        return _transpose_out(size, k[i], s[i], p[i], d[i], op[i])
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        ho, wo = _sizes((n, c, h, w), out_size, name)
+        params = _init_conv(generator, (c, out_channels) + k, out_channels * k[0] * k[1],
+                            out_channels, bias)
+        return (n, out_channels, ho, wo), params
+
+    def vjp(params, x):
+        weight = params.get("weight") if isinstance(params, dict) else None
+        c = weight.shape[0] if weight is not None and weight.dim() == 4 else -1
+        check_params(params, name, _expected((c, out_channels) + k, out_channels, bias))
+        check_image(x, name, c, weight)
+        _, _, h, w = x.shape
+        out_hw = _sizes(x.shape, out_size, name)
+        py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
+        px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
+        xh = to_nhwc(x)
+        w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
+        y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw)
+        y = to_nchw(y)
+
+        def pullback(ct, input_grad=True):
+            g = to_nhwc(check_cotangent(ct, y, name))
+            dx, cols = K.conv_forward(g, K.conv_matrix(weight), None, k, s, p, d, (h, w))
+            grads = {"weight": K.weight_grad(K.rows(xh), cols, k)}
+            if bias:
+                grads["bias"] = K.rows(g).sum(0)
+            return grads, to_nchw(dx) if input_grad else None
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+
+
+def nearest_upsample(scale_factor=2) -> Layer:
+    """Nearest-neighbour upsampling: ``y[n, c, i, j] = x[n, c, i // s, j // s]``.
+
+    The gradient sums each s x s block of the output gradient.
+    """
+    name = _describe("nearest_upsample", scale_factor=scale_factor)
+    sy, sx = pair(scale_factor, "scale_factor", name)
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        return (n, c, h * sy if h > 0 else -1, w * sx if w > 0 else -1), {}
+
+    def vjp(params, x):
+        check_params(params, name, {})
+        check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
+        n, c, h, w = x.shape
+        xh = to_nhwc(x)
+        y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
+        y = to_nchw(y)
+
+        def pullback(ct):
+            g = to_nhwc(check_cotangent(ct, y, name))
+            return {}, to_nchw(g.reshape(n, h, sy, w, sx, c).sum((2, 4)))
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def upsample(out_channels: int, kernel_size, scale_factor=2, padding=0, dilation=1,
+             bias: bool = True) -> Layer:
+    """Nearest upsampling by ``scale_factor`` followed by a stride-1 convolution, as one layer.
+
+    Equal to ``serial(nearest_upsample(s), conv2d(out_channels, kernel_size, padding=padding))``
+    with the conv's ``weight`` / ``bias`` directly in this layer's params. Computed on the
+    low-resolution input: each of the s*s output phases is a small convolution of ``x``
+    (the sub-pixel identity), e.g. x2 + 3x3 becomes four 2x2 convolutions, 2.25x fewer
+    multiply-adds and a 4x smaller im2col.
+    """
+    name = _describe("upsample", out_channels=out_channels, kernel_size=kernel_size,
+                     scale_factor=scale_factor, padding=padding, dilation=dilation)
+    positive_int(out_channels, "out_channels", name)
+    k = pair(kernel_size, "kernel_size", name)
+    sc = pair(scale_factor, "scale_factor", name)
+    p = pair(padding, "padding", name, minimum=0)
+    d = pair(dilation, "dilation", name)
+
+    def out_size(dim, size):
+        i = "HW".index(dim)
+        return _conv_out(size * sc[i], k[i], 1, p[i], d[i])
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        ho, wo = _sizes((n, c, h, w), out_size, name)
+        params = _init_conv(generator, (out_channels, c) + k, c * k[0] * k[1], out_channels, bias)
+        return (n, out_channels, ho, wo), params
+
+    def vjp(params, x):
+        weight = params.get("weight") if isinstance(params, dict) else None
+        c = weight.shape[1] if weight is not None and weight.dim() == 4 else -1
+        check_params(params, name, _expected((out_channels, c) + k, out_channels, bias))
+        check_image(x, name, c, weight)
+        _, _, h, w = x.shape
+        out_hw = _sizes(x.shape, out_size, name)
+        py = K.phase_plan("nearest", h, out_hw[0], k[0], sc[0], p[0], d[0])
+        px = K.phase_plan("nearest", w, out_hw[1], k[1], sc[1], p[1], d[1])
+        wk = weight.permute(2, 3, 1, 0)
+        w_eff = K.combine(wk, py, px)
+        y, cols = K.polyphase_forward(to_nhwc(x), w_eff, params.get("bias"), py, px, out_hw)
+        y = to_nchw(y)
+
+        def pullback(ct, input_grad=True):
+            g = to_nhwc(check_cotangent(ct, y, name))
+            d_eff, dx = K.polyphase_backward(g, cols, w_eff, py, px, input_grad)
+            grads = {"weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()}
+            if bias:
+                grads["bias"] = K.rows(g).sum(0)
+            return grads, to_nchw(dx) if input_grad else None
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))

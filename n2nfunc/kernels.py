@@ -1,0 +1,223 @@
+"""Convolution kernels on channels-last (N, H, W, C) tensors.
+
+Two engines cover every convolution-like layer and its gradients:
+
+* **direct**: ``y = im2col(pad(x)) @ W`` -- one matmul with a
+  (N*Ho*Wo, kh*kw*C) matrix of kernel windows, built from a strided view.
+  Used for the forward pass of ``conv2d`` and the input gradient of
+  ``conv_transpose2d`` (the adjoint of a transposed convolution is a convolution).
+
+* **polyphase** (sub-pixel): a map that upsamples by ``s`` -- a transposed
+  convolution, or nearest upsampling followed by a convolution -- is, for each of
+  the ``s*s`` output phases ``(o mod s)``, a small stride-1 convolution of the
+  low-resolution input. Writing output ``o = s*m + rho``,
+
+      y[s*m + rho] = sum_j x[m + off[rho] + j] @ K[rho, j],   j < U,
+
+  so all phases come from one matmul ``im2col_U(x) @ W_eff`` with
+  ``W_eff`` of shape (U*U*Cin, s*s*Cout), followed by an interleave of the phases.
+  Nearest x2 + 3x3 conv needs U = 2: 16 instead of 36 multiply-adds per
+  low-resolution pixel and channel pair. Used for ``conv_transpose2d``,
+  ``upsample`` and the input gradient of ``conv2d``.
+
+``W_eff = combine(w)`` is linear in the kernel: ``W_eff[j, rho] = sum_t A[rho, j, t] w[t]``
+per spatial dim, with a 0/1 matrix ``A`` from :func:`phase_plan`; its gradient is
+the transposed map, :func:`uncombine`.
+"""
+
+from functools import lru_cache
+from typing import NamedTuple, Optional
+
+from torch import Tensor, empty
+
+from .nhwc import col2im, im2col, pad, unpad
+
+
+# ----------------------------------------------------------------------------- direct
+
+def conv_forward(x: Tensor, wmat: Tensor, bias: Optional[Tensor], kernel: tuple, stride: tuple,
+                 padding: tuple, dilation: tuple, out_hw: tuple):
+    """Cross-correlation ``y[i] = sum_t x[s*i - p + d*t] @ w[t] (+ bias)`` on NHWC tensors.
+
+    ``wmat`` is the kernel as a (kh*kw*Cin, Cout) matrix (see :func:`conv_matrix`).
+    ``out_hw`` fixes the output size; input beyond what it needs is never read.
+    Returns ``(y, cols)`` with ``y`` of shape (N, Ho, Wo, Cout) and ``cols`` the
+    im2col matrix, kept for the weight gradient.
+    """
+    n, h, w, _ = x.shape
+    pads = []
+    for size, k, s, p, d, o in zip((h, w), kernel, stride, padding, dilation, out_hw):
+        needed = (o - 1) * s + d * (k - 1) + 1
+        pads += [p, needed - size - p]
+    xp = x if not any(pads) else pad(x, *pads)
+    cols = im2col(xp, kernel, stride, dilation, out_hw)
+    y = cols.matmul(wmat) if bias is None else bias.addmm(cols, wmat)
+    return y.view(n, out_hw[0], out_hw[1], wmat.shape[1]), cols
+
+
+def conv_matrix(weight: Tensor) -> Tensor:
+    """A conv weight [out, in, kh, kw] as the (kh*kw*in, out) matrix that multiplies im2col rows."""
+    o, c, kh, kw = weight.shape
+    return weight.permute(2, 3, 1, 0).reshape(kh * kw * c, o)
+
+
+def weight_grad(a2d: Tensor, cols: Tensor, kernel: tuple) -> Tensor:
+    """``(a2d^T @ cols)`` reshaped to a [A, B, kh, kw] weight, for im2col ``cols`` of B channels.
+
+    For a convolution ``a2d`` is the output gradient and the result is dL/dW [out, in, kh, kw];
+    for a transposed convolution ``a2d`` is its input and ``cols`` the im2col of its
+    output gradient, giving dL/dW [in, out, kh, kw].
+    """
+    kh, kw = kernel
+    a = a2d.shape[1]
+    g = a2d.t().matmul(cols)
+    return g.view(a, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def rows(x: Tensor) -> Tensor:
+    """An NHWC tensor as its (N*H*W, C) matrix of pixels (a view when contiguous)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+# -------------------------------------------------------------------------- polyphase
+
+class PhasePlan(NamedTuple):
+    """How one spatial dim of an upsampling map splits into ``stride`` phases.
+
+    Output ``o = stride*m + rho`` reads inputs ``m + offsets[rho] + j`` for ``j < width``
+    through kernel taps ``taps[rho]`` = ((j, t), ...). ``counts[rho]`` outputs fall in
+    phase rho; window starts run over ``first_start .. first_start + starts - 1``.
+    """
+    stride: int
+    kernel: int
+    width: int
+    offsets: tuple
+    taps: tuple
+    counts: tuple
+    first_start: int
+    starts: int
+    pad_before: int
+    pad_after: int
+
+
+@lru_cache(maxsize=256)
+def phase_plan(mode: str, in_len: int, out_len: int, kernel: int, stride: int, padding: int,
+               dilation: int) -> PhasePlan:
+    """Phase decomposition of one spatial dim.
+
+    ``mode="transpose"``: transposed convolution, ``y[s*i - p + d*t] += x[i] w[t]``, so
+    output ``o`` reads ``i = (o + p - d*t) / s`` when that is an integer.
+    ``mode="nearest"``: nearest upsampling by ``s`` then a stride-1 convolution, so
+    output ``o`` reads ``x[floor((o - p + d*t) / s)]`` (zero outside the input).
+    """
+    s = stride
+    per_phase = []
+    for rho in range(s):
+        taps = []
+        for t in range(kernel):
+            if mode == "transpose":
+                q, r = divmod(rho + padding - dilation * t, s)
+                if r == 0:
+                    taps.append((q, t))
+            else:
+                taps.append(((rho - padding + dilation * t) // s, t))
+        per_phase.append(taps)
+    counts = tuple(max(0, -(-(out_len - rho) // s)) for rho in range(s))
+    tapped = [min(q for q, _ in taps) for taps in per_phase if taps]
+    default = min(tapped) if tapped else 0
+    offsets = tuple(min(q for q, _ in taps) if taps else default for taps in per_phase)
+    width = max([max(q for q, _ in taps) - off + 1 for taps, off in zip(per_phase, offsets) if taps]
+                or [1])
+    live = [rho for rho in range(s) if counts[rho]]
+    first = min(offsets[rho] for rho in live)
+    last = max(offsets[rho] + counts[rho] - 1 for rho in live)
+    taps = tuple(tuple((q - off, t) for q, t in ts) for ts, off in zip(per_phase, offsets))
+    return PhasePlan(s, kernel, width, offsets, taps, counts, first, last - first + 1,
+                     -first, last + width - in_len)
+
+
+@lru_cache(maxsize=256)
+def _phase_matrix(plan: PhasePlan, dtype, device) -> Tensor:
+    """The 0/1 matrix ``A`` of shape (stride*width, kernel): ``A[rho*width + j, t] = 1`` iff phase
+    rho reads kernel tap t at window position j."""
+    a = empty(plan.stride * plan.width, plan.kernel, dtype=dtype, device=device).zero_()
+    for rho, taps in enumerate(plan.taps):
+        for j, t in taps:
+            a[rho * plan.width + j, t] += 1
+    return a
+
+
+def combine(wk: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:
+    """``W_eff`` (Uy*Ux*Cin, sy*sx*Cout) from a kernel ``wk`` laid out (kh, kw, Cin, Cout).
+
+    ``W_eff[(jy, jx, ci), (ry, rx, co)] = sum_{ty, tx} Ay[ry, jy, ty] Ax[rx, jx, tx] wk[ty, tx, ci, co]``.
+    """
+    kh, kw, ci, co = wk.shape
+    ay = _phase_matrix(py, wk.dtype, wk.device)
+    ax = _phase_matrix(px, wk.dtype, wk.device)
+    t = ay.matmul(wk.reshape(kh, kw * ci * co)).view(-1, kw, ci * co)   # (sy*Uy, kw, ci*co)
+    t = ax.matmul(t)                                                     # (sy*Uy, sx*Ux, ci*co)
+    t = t.view(py.stride, py.width, px.stride, px.width, ci, co).permute(1, 3, 4, 0, 2, 5)
+    return t.reshape(py.width * px.width * ci, py.stride * px.stride * co)
+
+
+def uncombine(g_eff: Tensor, py: PhasePlan, px: PhasePlan, kernel_shape: tuple) -> Tensor:
+    """Adjoint of :func:`combine`: the gradient wrt ``wk`` (kh, kw, Cin, Cout) from one wrt ``W_eff``."""
+    kh, kw, ci, co = kernel_shape
+    ay = _phase_matrix(py, g_eff.dtype, g_eff.device)
+    ax = _phase_matrix(px, g_eff.dtype, g_eff.device)
+    t = g_eff.view(py.width, px.width, ci, py.stride, px.stride, co).permute(3, 0, 4, 1, 2, 5)
+    t = t.reshape(py.stride * py.width, px.stride * px.width, ci * co)
+    t = ax.t().matmul(t)                                                 # (sy*Uy, kw, ci*co)
+    t = ay.t().matmul(t.reshape(py.stride * py.width, kw * ci * co))     # (kh, kw*ci*co)
+    return t.view(kh, kw, ci, co)
+
+
+def _phase_slices(py: PhasePlan, px: PhasePlan):
+    """For each output phase: (rho_y, rho_x, slice of window starts in y, same in x)."""
+    for ry in range(py.stride):
+        for rx in range(px.stride):
+            if py.counts[ry] and px.counts[rx]:
+                y0 = py.offsets[ry] - py.first_start
+                x0 = px.offsets[rx] - px.first_start
+                yield ry, rx, slice(y0, y0 + py.counts[ry]), slice(x0, x0 + px.counts[rx])
+
+
+def polyphase_forward(x: Tensor, w_eff: Tensor, bias: Optional[Tensor], py: PhasePlan,
+                      px: PhasePlan, out_hw: tuple):
+    """Apply an upsampling map given by ``W_eff`` (see :func:`combine`) to an NHWC tensor.
+
+    Returns ``(y, cols)``: ``y`` of shape (N, Ly, Lx, Cout) and the (Uy, Ux)-window
+    im2col matrix of the padded input, which the weight gradient needs.
+    """
+    n = x.shape[0]
+    xp = pad(x, py.pad_before, py.pad_after, px.pad_before, px.pad_after)
+    cols = im2col(xp, (py.width, px.width), (1, 1), (1, 1), (py.starts, px.starts))
+    if bias is None:
+        r = cols.matmul(w_eff)
+    else:
+        r = bias.repeat(py.stride * px.stride).addmm(cols, w_eff)
+    co = w_eff.shape[1] // (py.stride * px.stride)
+    r = r.view(n, py.starts, px.starts, py.stride, px.stride, co)
+    y = x.new_empty(n, out_hw[0], out_hw[1], co)
+    for ry, rx, sy, sx in _phase_slices(py, px):
+        y[:, ry::py.stride, rx::px.stride] = r[:, sy, sx, ry, rx]
+    return y, cols
+
+
+def polyphase_backward(g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px: PhasePlan,
+                       input_grad: bool = True):
+    """Gradients of :func:`polyphase_forward` wrt ``W_eff`` and (unless ``input_grad`` is
+    False, then ``None``) wrt its input ``x`` (NHWC)."""
+    n, co = g.shape[0], g.shape[3]
+    dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
+    for ry, rx, sy, sx in _phase_slices(py, px):
+        dr[:, sy, sx, ry, rx] = g[:, ry::py.stride, rx::px.stride]
+    dr = dr.view(-1, py.stride * px.stride * co)
+    d_eff = dr.t().matmul(cols).t()
+    if not input_grad:
+        return d_eff, None
+    dcols = dr.matmul(w_eff.t()).view(n, py.starts, px.starts, py.width, px.width, -1)
+    dx = unpad(col2im(dcols, (py.starts, px.starts), (py.width, px.width)),
+               py.pad_before, py.pad_after, px.pad_before, px.pad_after)
+    return d_eff, dx

@@ -1,0 +1,308 @@
+"""Class wrappers with the exercise grader's names and methods.
+
+Each block holds state -- parameters, accumulated gradients, the pullback of its last
+``forward`` -- and delegates every computation to the functional core:
+
+    conv = Conv2d(3, 16, 3, stride=2, padding=1)
+    y = conv.forward(x)                 # layer.vjp(params, x)
+    dx = conv.backward(dy)              # pullback(dy); grads += ct_params
+    for p, g in conv.param(): ...       # (parameter, gradient) pairs
+
+Parameters are created like ``torch.nn``'s: with no ``generator`` the global RNG is used,
+so ``torch.manual_seed(0); Conv2d(3, 3, 3)`` holds the weights of
+``torch.manual_seed(0); torch.nn.Conv2d(3, 3, 3)``.
+"""
+
+from typing import List, Optional, Tuple
+
+from torch import Generator, Tensor
+
+from . import optim, tree
+from .activations import relu, sigmoid
+from .base import Layer, pull
+from .combinators import serial
+from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
+from .losses import Loss, mse
+
+
+class Module:
+    """A stateful block around a functional :class:`~n2nfunc.base.Layer`."""
+
+    def __init__(self, layer: Layer, params: dict, name: Optional[str] = None):
+        self.layer = layer
+        self.params = params
+        self.grads = tree.zeros_like(params)
+        self.name = name or type(self).__name__
+        self._pullback = None
+
+    @classmethod
+    def from_layer(cls, layer: Layer, in_shape, generator: Optional[Generator] = None,
+                   name: Optional[str] = None) -> "Module":
+        """Wrap any functional layer, initialising its params for ``in_shape``."""
+        _, params = layer.init(generator, in_shape)
+        return Module(layer, params, name)
+
+    def forward(self, *inputs):
+        x = inputs[0] if len(inputs) == 1 else inputs
+        y, self._pullback = self.layer.vjp(self.params, x)
+        return y
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def backward(self, *grad_wrt_output, input_grad: bool = True):
+        """Accumulate the parameter gradients of the last ``forward`` and return the gradient
+        wrt its input (``None`` with ``input_grad=False``, which may skip that work)."""
+        if self._pullback is None:
+            raise ValueError(f"{self.name}: backward() called before forward()")
+        ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
+        ct_params, ct_x = pull(self.layer.vjp, self._pullback, ct, input_grad)
+        tree.add_(self.grads, ct_params)
+        return ct_x
+
+    def param(self) -> List[Tuple[Tensor, Tensor]]:
+        """``(parameter, gradient)`` pairs, in ``state_dict`` order."""
+        return list(zip(tree.leaves(self.params), tree.leaves(self.grads)))
+
+    def zero_grad(self) -> None:
+        tree.zero_(self.grads)
+
+    def state_dict(self) -> dict:
+        """``{path: parameter}``, paths as in the functional params (``"0.weight"``)."""
+        return dict(tree.flatten(self.params))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy parameters in place (optimizers keep their references); keys and shapes must match."""
+        values = tree.unflatten(self.params, dict(state), what=f"{self.name}.load_state_dict")
+        for path, p in tree.flatten(self.params):
+            v = values[path]
+            if not isinstance(v, Tensor) or v.shape != p.shape:
+                got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ValueError(f"{self.name}.load_state_dict: '{path}' has shape {got}, "
+                                 f"expected {tuple(p.shape)}")
+        tree.copy_(self.params, values)
+
+    def to(self, device=None, dtype=None) -> "Module":
+        """Move parameters and gradients (in place of the dict entries); returns self."""
+        def move(t):
+            return t.to(device=device, dtype=dtype)
+        for d in (self.params, self.grads):
+            _replace_leaves(d, move)
+        return self
+
+    def __repr__(self):
+        return f"{self.name}({self.layer_description()})" if self.layer_description() else self.name
+
+    def layer_description(self) -> str:
+        return ""
+
+
+def _replace_leaves(d: dict, fn) -> None:
+    """Replace every tensor leaf of nested dict ``d`` by ``fn(leaf)``, keeping the dict objects."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            _replace_leaves(v, fn)
+        else:
+            d[k] = fn(v)
+
+
+class _WeightBias(Module):
+    """A block whose params are ``{"weight", "bias"}``, exposed as attributes like torch.nn's."""
+
+    def __init__(self, layer, in_channels, generator, description):
+        _, params = layer.init(generator, (-1, in_channels, -1, -1))
+        super().__init__(layer, params)
+        self._description = description
+
+    def layer_description(self):
+        return self._description
+
+    def _set(self, key, value):
+        old = self.params[key]
+        if not isinstance(value, Tensor) or value.shape != old.shape:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{self.name}: {key} must have shape {tuple(old.shape)}, got {got}")
+        self.params[key] = value
+
+    weight = property(lambda self: self.params["weight"], lambda self, v: self._set("weight", v))
+    bias = property(lambda self: self.params.get("bias"), lambda self, v: self._set("bias", v))
+
+
+def _options(**kw):
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+class Conv2d(_WeightBias):
+    """``torch.nn.Conv2d``-like block; ``weight`` [out, in, kh, kw], ``bias`` [out]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, generator: Optional[Generator] = None):
+        layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
+        super().__init__(layer, in_channels, generator, _options(
+            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+            stride=stride, padding=padding))
+
+
+class TransposeConv2d(_WeightBias):
+    """``torch.nn.ConvTranspose2d``-like block; ``weight`` [in, out, kh, kw], ``bias`` [out]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, dilation=1, bias: bool = True,
+                 generator: Optional[Generator] = None):
+        layer = conv_transpose2d(out_channels, kernel_size, stride, padding, output_padding,
+                                 dilation, bias)
+        super().__init__(layer, in_channels, generator, _options(
+            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+            stride=stride, padding=padding, output_padding=output_padding))
+
+
+class Upsampling(_WeightBias):
+    """Nearest upsampling by ``scale_factor`` then a stride-1 convolution; exposes the
+    convolution's ``weight`` / ``bias``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, scale_factor=2,
+                 padding=0, bias: bool = True, generator: Optional[Generator] = None):
+        layer = upsample(out_channels, kernel_size, scale_factor, padding, bias=bias)
+        super().__init__(layer, in_channels, generator, _options(
+            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+            scale_factor=scale_factor, padding=padding))
+
+
+class NearestUpsampling(Module):
+    def __init__(self, scale_factor=2):
+        super().__init__(nearest_upsample(scale_factor), {})
+
+
+class ReLU(Module):
+    def __init__(self):
+        super().__init__(relu(), {})
+
+
+class Sigmoid(Module):
+    def __init__(self):
+        super().__init__(sigmoid(), {})
+
+
+class Sequential(Module):
+    """Runs its blocks in order; ``backward`` runs them in reverse. Its functional twin is
+    ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared)."""
+
+    def __init__(self, *modules: Module):
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
+        self.modules = list(modules)
+        super().__init__(serial(*(m.layer for m in modules)),
+                         {str(i): m.params for i, m in enumerate(modules)})
+        self.grads = {str(i): m.grads for i, m in enumerate(modules)}
+
+    def forward(self, *inputs):
+        x = inputs[0] if len(inputs) == 1 else inputs
+        for m in self.modules:
+            x = m.forward(x)
+        self._pullback = True
+        return x
+
+    def backward(self, *grad_wrt_output, input_grad: bool = True):
+        if self._pullback is None:
+            raise ValueError("Sequential: backward() called before forward()")
+        ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
+        for i in reversed(range(len(self.modules))):
+            ct = self.modules[i].backward(ct, input_grad=input_grad or i > 0)
+        return ct
+
+    def to(self, device=None, dtype=None) -> "Sequential":
+        for m in self.modules:
+            m.to(device, dtype)
+        return self
+
+    def __getitem__(self, i):
+        return self.modules[i]
+
+    def __len__(self):
+        return len(self.modules)
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(m) for m in self.modules)
+        return f"Sequential(\n  {inner}\n)"
+
+
+class LossModule:
+    """A loss as a block: ``forward(pred, target)`` returns the value, ``backward()`` its
+    gradient wrt ``pred``."""
+
+    def __init__(self, loss: Loss, name: str):
+        self.loss, self.name, self._grad = loss, name, None
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        value, self._grad = self.loss.value_and_grad(pred, target)
+        return value
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.forward(pred, target)
+
+    def backward(self) -> Tensor:
+        if self._grad is None:
+            raise ValueError(f"{self.name}: backward() called before forward()")
+        return self._grad
+
+    def param(self) -> list:
+        return []
+
+
+class MSE(LossModule):
+    """Mean squared error, ``mean((pred - target)^2)``."""
+
+    def __init__(self):
+        super().__init__(mse, "MSE")
+
+
+class Optimizer:
+    """Applies a functional optimizer in place to ``(parameter, gradient)`` pairs.
+
+    ``lr`` is read at every step, so it may be changed between steps.
+    """
+
+    def __init__(self, params, make, lr, name):
+        if isinstance(params, Module):
+            params = params.param()
+        params = list(params)
+        if not all(isinstance(pg, (tuple, list)) and len(pg) == 2 for pg in params):
+            raise TypeError(f"{name}: params must be a list of (parameter, gradient) pairs "
+                            "as returned by Module.param()")
+        for i, (p, g) in enumerate(params):
+            if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
+                raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
+        self.name, self.lr = name, lr
+        self.params = [p for p, _ in params]
+        self.grads = [g for _, g in params]
+        self.transform = make(lambda step: self.lr)
+        self.state = self.transform.init(self.params)
+
+    def step(self) -> None:
+        updates, self.state = self.transform.update(self.grads, self.state, self.params)
+        optim.apply_updates_(self.params, updates)
+
+    def zero_grad(self) -> None:
+        tree.zero_(self.grads)
+
+
+class SGD(Optimizer):
+    """``torch.optim.SGD``-like: ``SGD(model.param(), lr, momentum=0.9)``."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, dampening: float = 0.0):
+        optim._check_hyper("SGD", lr=lr)
+        super().__init__(params, lambda lr_: optim.sgd(lr_, momentum, nesterov, weight_decay,
+                                                      dampening), lr, "SGD")
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam``-like: ``Adam(model.param(), lr=1e-3)``."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        optim._check_hyper("Adam", lr=lr)
+        super().__init__(params, lambda lr_: optim.adam(lr_, betas, eps, weight_decay), lr, "Adam")

@@ -1,0 +1,105 @@
+"""``check_vjp``: verify a layer's hand-written pullback against finite differences.
+
+For a random output cotangent ``c`` and the scalar ``f(params, x) = <c, layer(params, x)>``,
+the pullback must give ``grad f``. The checks, all in float64:
+
+* directional: for random directions ``u``, ``<pullback(c), u>`` equals the central
+  difference ``(f(z + eps u) - f(z - eps u)) / (2 eps)``, separately for the input and
+  for every parameter path;
+* full Jacobian: for an input (or a parameter) of at most ``full_jacobian_max`` elements,
+  every coordinate of the pullback equals its own central difference;
+* linearity: ``pullback(a c1 + b c2) = a pullback(c1) + b pullback(c2)``.
+"""
+
+from typing import Optional
+
+from torch import Generator, Tensor, empty
+
+from . import tree
+
+
+class VJPCheckError(AssertionError):
+    """A pullback disagrees with finite differences; the message names the part and the error."""
+
+
+def _to64(t):
+    return t.double() if isinstance(t, Tensor) and t.is_floating_point() else t
+
+
+def _randn_like(t: Tensor, g: Generator) -> Tensor:
+    return empty(t.shape, dtype=t.dtype, device=t.device).normal_(generator=g)
+
+
+def _rel(a: float, b: float, floor: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), floor)
+
+
+def check_vjp(layer, params, x, *, directions: int = 3, eps: float = 1e-6, rtol: float = 1e-6,
+              full_jacobian_max: int = 64, seed: int = 0, atol: Optional[float] = None) -> dict:
+    """Check ``layer.vjp`` on ``(params, x)``; raise :class:`VJPCheckError` on a mismatch.
+
+    Returns ``{part: worst relative error}`` for the parts checked (``"input"`` and every
+    parameter path). ``atol`` is the floor of the relative error's denominator (default:
+    ``1e-3 * eps`` times the cotangent's scale), so exact zeros compare absolutely.
+    """
+    g = Generator(device=_device_of(x)).manual_seed(seed)
+    params = tree.map(_to64, params)
+    x = tree.map(_to64, x)
+    y, pullback = layer.vjp(params, x)
+    ct = tree.map(lambda t: _randn_like(t, g), y)
+    ct_params, ct_x = pullback(ct)
+    floor = atol if atol is not None else 1e-3 * eps * (1 + abs(tree.vdot(ct, ct)) ** 0.5)
+
+    def f(p, z):
+        return tree.vdot(ct, layer.apply(p, z))
+
+    worst = {}
+
+    def record(part, err, detail):
+        worst[part] = max(worst.get(part, 0.0), err)
+        if err > rtol:
+            raise VJPCheckError(f"check_vjp: gradient wrt {part} is wrong ({detail}): "
+                                f"relative error {err:.3g} > rtol {rtol:g}")
+
+    parts = [("input", None, x, ct_x)] + [
+        (f"parameter '{path}'", path, leaf, dict(tree.flatten(ct_params))[path])
+        for path, leaf in tree.flatten(params)]
+
+    for part, path, value, analytic in parts:
+        def perturbed(delta, path=path):
+            if path is None:
+                return f(params, tree.add(x, delta))
+            return f(tree.map_with_path(lambda q, t: t + delta if q == path else t, params), x)
+
+        for _ in range(directions):
+            u = tree.map(lambda t: _randn_like(t, g), value)
+            numeric = (perturbed(tree.scale(eps, u)) - perturbed(tree.scale(-eps, u))) / (2 * eps)
+            record(part, _rel(tree.vdot(analytic, u), numeric, floor), "random direction")
+
+        if sum(t.numel() for t in tree.leaves(value)) <= full_jacobian_max:
+            for leaf_index, leaf in enumerate(tree.leaves(value)):
+                a_leaf = tree.leaves(analytic)[leaf_index]
+                for i in range(leaf.numel()):
+                    e = tree.map(lambda t: t.new_zeros(t.shape), value)
+                    tree.leaves(e)[leaf_index].view(-1)[i] = eps
+                    numeric = (perturbed(e) - perturbed(tree.scale(-1.0, e))) / (2 * eps)
+                    record(part, _rel(float(a_leaf.reshape(-1)[i]), numeric, floor),
+                           f"Jacobian coordinate {i} of leaf {leaf_index}")
+
+    c1 = tree.map(lambda t: _randn_like(t, g), y)
+    c2 = tree.map(lambda t: _randn_like(t, g), y)
+    p_sum, x_sum = pullback(tree.add(tree.scale(2.0, c1), tree.scale(-3.0, c2)))
+    p1, x1 = pullback(c1)
+    p2, x2 = pullback(c2)
+    expected = tree.add(tree.scale(2.0, {"params": p1, "input": x1}),
+                        tree.scale(-3.0, {"params": p2, "input": x2}))
+    for (path, got), (_, want) in zip(tree.flatten({"params": p_sum, "input": x_sum}),
+                                      tree.flatten(expected)):
+        err = float((got - want).abs().max()) / max(float(want.abs().max()), floor)
+        record(f"linearity ({path})", err, "pullback is not linear")
+    return worst
+
+
+def _device_of(x):
+    leaves = [t for t in tree.leaves(x) if isinstance(t, Tensor)]
+    return leaves[0].device if leaves else "cpu"
