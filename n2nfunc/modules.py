@@ -73,9 +73,10 @@ class Module:
 
     def load_state_dict(self, state: dict) -> None:
         """Copy parameters in place (optimizers keep their references); keys and shapes must match."""
-        values = tree.unflatten(self.params, dict(state), what=f"{self.name}.load_state_dict")
+        state = dict(state)
+        values = tree.unflatten(self.params, state, what=f"{self.name}.load_state_dict")
         for path, p in tree.flatten(self.params):
-            v = values[path]
+            v = state[path]
             if not isinstance(v, Tensor) or v.shape != p.shape:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 raise ValueError(f"{self.name}.load_state_dict: '{path}' has shape {got}, "

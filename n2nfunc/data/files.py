@@ -1,0 +1,130 @@
+"""Reading and writing pair files, image files and folders of image pairs.
+
+Never executes code from a file: tensors are read with ``torch.load(weights_only=True)``.
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def safe_load(path, what: str = "file"):
+    """``torch.load`` restricted to tensors and plain containers, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{what} {path} holds objects other than tensors and plain containers "
+                         f"and was not loaded (nothing in it was executed): {e}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{what} {path} is not a readable torch file (truncated or foreign?): "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def check_pairs(first, second, source: str) -> Tuple[Tensor, Tensor]:
+    """Two uint8 tensors of equal shape (N, 3, H, W) with N > 0."""
+    for name, t in (("first", first), ("second", second)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{source}: {name} element is a {type(t).__name__}, not a tensor")
+        if t.dtype != torch.uint8:
+            raise ValueError(f"{source}: {name} tensor has dtype {t.dtype}, expected torch.uint8")
+        if t.dim() != 4 or t.shape[1] != 3 or t.shape[0] == 0:
+            raise ValueError(f"{source}: {name} tensor has shape {tuple(t.shape)}, "
+                             "expected (N, 3, H, W) with N > 0")
+    if first.shape != second.shape:
+        raise ValueError(f"{source}: the two tensors differ in shape: {tuple(first.shape)} vs "
+                         f"{tuple(second.shape)}")
+    return first, second
+
+
+def load_pair_file(path) -> Tuple[Tensor, Tensor]:
+    """A course file (``train_data.pkl`` / ``val_data.pkl``): a saved tuple of two uint8
+    N x 3 x H x W tensors (noisy/noisy for training, noisy/clean for validation)."""
+    data = safe_load(path, "pair file")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"pair file {path}: expected a tuple of two tensors, got "
+                         f"{type(data).__name__}" + (f" of length {len(data)}"
+                                                      if isinstance(data, (tuple, list)) else ""))
+    return check_pairs(data[0], data[1], f"pair file {path}")
+
+
+def read_image(path) -> Tuple[Tensor, Tensor]:
+    """An image file as ``(rgb, alpha)``: uint8 tensors (3, H, W) and (1, H, W) or None.
+
+    Greyscale becomes three equal channels; palette and other modes are converted to RGB.
+    """
+    from PIL import Image
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
+            rgb = im.convert("RGB")
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    to_tensor = lambda pic, c: torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8).view(
+        pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
+    return to_tensor(rgb, 3), (to_tensor(alpha, 1) if alpha is not None else None)
+
+
+def write_image(path, rgb: Tensor, alpha: Tensor = None) -> None:
+    """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file."""
+    from PIL import Image
+    h, w = rgb.shape[1:]
+    im = Image.frombytes("RGB", (w, h), _bytes(rgb.permute(1, 2, 0)))
+    if alpha is not None:
+        im.putalpha(Image.frombytes("L", (w, h), _bytes(alpha[0])))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def _bytes(t: Tensor) -> bytes:
+    """The raw bytes of a uint8 tensor in row-major order (a fresh compact copy's storage)."""
+    return bytes(t.clone(memory_format=torch.contiguous_format).untyped_storage())
+
+
+def list_images(folder) -> List[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> Tuple[Tensor, Tensor]:
+    """Pairs from ``root/a`` and ``root/b``: images with the same file name in both (noisy/noisy
+    for training, noisy/clean for validation), cut into ``patch x patch`` tiles."""
+    root = Path(root)
+    a_dir, b_dir = root / "a", root / "b"
+    names_a = {p.name: p for p in list_images(a_dir)}
+    names_b = {p.name: p for p in list_images(b_dir)}
+    common = sorted(set(names_a) & set(names_b))
+    if not common:
+        raise ValueError(f"{root}: no image file names common to {a_dir} and {b_dir}")
+    firsts, seconds = [], []
+    for name in common:
+        a, _ = read_image(names_a[name])
+        b, _ = read_image(names_b[name])
+        if a.shape != b.shape:
+            raise ValueError(f"{root}: {name} has size {tuple(a.shape[1:])} in a/ but "
+                             f"{tuple(b.shape[1:])} in b/")
+        if min(a.shape[1:]) < patch:
+            continue
+        ta = a.unfold(1, patch, stride).unfold(2, patch, stride)
+        tb = b.unfold(1, patch, stride).unfold(2, patch, stride)
+        firsts.append(ta.permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
+        seconds.append(tb.permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
+    if not firsts:
+        raise ValueError(f"{root}: every image is smaller than the {patch}x{patch} patch")
+    return torch.cat(firsts), torch.cat(seconds)

@@ -1,0 +1,53 @@
+"""Noise2Noise pairs cut from real photographs, with the course's kind of noise.
+
+Each pair comes from a random crop of ``32*factor`` pixels of a photo (at a random
+scale, flipped and rotated at random): the clean target is its box average to 32x32
+and each noisy view point-samples one pixel per cell (see :mod:`.synthetic`).
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .synthetic import box_downsample, point_sample, to_uint8
+
+
+def pyramid(photo: Tensor, scales: Sequence[int]) -> List[Tensor]:
+    """The photo (uint8, 3 x H x W) box-downsampled by each integer scale, as float [0, 1]."""
+    out = []
+    x = photo.float().div_(255).unsqueeze(0)
+    for s in scales:
+        h, w = (x.shape[2] // s) * s, (x.shape[3] // s) * s
+        out.append(box_downsample(x[:, :, :h, :w], s)[0] if s > 1 else x[0])
+    return out
+
+
+def photo_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0, size: int = 32,
+                factor: int = 4, scales: Sequence[int] = (1, 2, 3)) -> Tuple[Tensor, Tensor]:
+    """``n`` uint8 pairs from ``photos``: noisy/noisy (``split="train"``) or noisy/clean
+    (``"val"``). Crops are drawn with probability proportional to their photo's area."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
+    crop = size * factor
+    levels = [(lvl, img) for p in photos for lvl, img in enumerate(pyramid(p, scales))
+              if min(img.shape[1:]) >= crop]
+    if not levels:
+        raise ValueError(f"no photo is at least {crop} pixels on its short side")
+    areas = torch.tensor([float(img.shape[1] * img.shape[2]) for _, img in levels])
+    which = torch.multinomial(areas, n, replacement=True, generator=g)
+    highs = torch.empty(n, 3, crop, crop)
+    for i, j in enumerate(which.tolist()):
+        img = levels[j][1]
+        y = int(torch.randint(img.shape[1] - crop + 1, (1,), generator=g))
+        x = int(torch.randint(img.shape[2] - crop + 1, (1,), generator=g))
+        patch = img[:, y:y + crop, x:x + crop]
+        flips, turns = torch.randint(2, (1,), generator=g), torch.randint(4, (1,), generator=g)
+        if flips:
+            patch = patch.flip(2)
+        highs[i] = patch.rot90(int(turns), (1, 2))
+    clean = box_downsample(highs, factor)
+    first = point_sample(highs, factor, g)
+    second = clean if split == "val" else point_sample(highs, factor, g)
+    return to_uint8(first), to_uint8(second)

@@ -1,0 +1,253 @@
+"""The Noise2Noise denoiser with the exercise grader's interface.
+
+    model = Model()
+    model.load_pretrained_model()          # the shipped weights
+    model.train(noisy_a, noisy_b, num_epochs=5)
+    denoised = model.predict(noisy)
+
+The network is the required one, built from the library's blocks:
+``Sequential(Conv2d(stride 2), ReLU, Conv2d(stride 2), ReLU, Upsampling, ReLU,
+Upsampling, Sigmoid)``, where each Upsampling is a stride-2 transposed convolution
+(default) or nearest x2 upsampling followed by a convolution.
+
+Scale rule for inputs: ``uint8`` (and other integer types) mean 0-255; a floating-point
+tensor whose maximum is <= 1 means 0-1, otherwise 0-255. ``predict`` returns a float
+tensor of the input's shape, in the input's scale, on the input's device.
+"""
+
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+from torch import Generator, Tensor, cat, empty
+
+from . import optim, tree
+from .modules import (MSE, SGD, Adam, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d,
+                      Upsampling)
+
+ARCHITECTURE = ("widths", "kernel", "upsampling")
+DEFAULT_CONFIG = {
+    "widths": (48, 48),          # channels after the first and the second convolution
+    "kernel": 3,
+    "upsampling": "transpose",   # or "nearest" (nearest x2 + convolution)
+    "optimizer": "adam",         # or "sgd" (with momentum)
+    "lr": 3e-3,
+    "momentum": 0.9,
+    "batch_size": 32,
+    "num_epochs": 20,
+    "warmup_steps": 200,
+    "final_lr_fraction": 0.02,
+    "finetune_lr_scale": 0.1,    # peak lr multiplier when training after loading weights
+    "augment": True,             # random flips / quarter turns of each batch
+    "seed": 0,
+}
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
+
+
+def build_network(config: dict, generator: Optional[Generator] = None) -> Sequential:
+    """The required network for an architecture config (widths, kernel, upsampling)."""
+    w1, w2 = config["widths"]
+    k = config["kernel"]
+    pad = (k - 1) // 2                  # stride-2 convs map H to H/2 for k in 2..5
+    if config["upsampling"] == "transpose":
+        def up(cin, cout):              # (H-1)*2 - 2p + k + op = 2H  =>  op = 2 + 2p - k
+            return TransposeConv2d(cin, cout, k, stride=2, padding=pad, output_padding=2 + 2 * pad - k,
+                                   generator=generator)
+    elif config["upsampling"] == "nearest":
+        if k % 2 == 0:
+            raise ValueError("nearest upsampling needs an odd kernel to keep the size")
+        def up(cin, cout):
+            return Upsampling(cin, cout, k, scale_factor=2, padding=pad, generator=generator)
+    else:
+        raise ValueError(f"upsampling must be 'transpose' or 'nearest', got {config['upsampling']!r}")
+    return Sequential(
+        Conv2d(3, w1, k, stride=2, padding=pad, generator=generator), ReLU(),
+        Conv2d(w1, w2, k, stride=2, padding=pad, generator=generator), ReLU(),
+        up(w2, w1), ReLU(),
+        up(w1, 3), Sigmoid())
+
+
+def to_unit_range(x, name: str):
+    """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+    if x.is_complex() or x.dtype == _BOOL or not (x.is_floating_point() or _is_integer(x)):
+        raise ValueError(f"{name} must hold numbers (uint8 or float), got dtype {x.dtype} "
+                         f"with shape {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if x.is_floating_point():
+        if not bool(x.isfinite().all()):
+            raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
+        scale = 1.0 if float(x.max()) <= 1.0 else 255.0
+    else:
+        scale = 255.0
+    dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
+    return x.to(dtype=dtype) / scale if scale != 1.0 else x.to(dtype=dtype), scale
+
+
+_BOOL = empty(0, dtype=bool).dtype
+_FLOAT32 = empty(0).float().dtype
+
+
+def _is_integer(x: Tensor) -> bool:
+    return not x.is_floating_point() and not x.is_complex() and x.dtype != _BOOL
+
+
+def _dihedral(x: Tensor, k: int) -> Tensor:
+    """One of the 8 symmetries of the square: ``k // 2`` quarter turns, then a flip if k is odd."""
+    x = x.rot90(k // 2 % 4, (2, 3)) if k // 2 % 4 else x
+    return x.flip(3) if k % 2 else x
+
+
+def _pad_to_multiple(x: Tensor, m: int):
+    """Replicate-pad H and W up to multiples of ``m``; returns the padded batch."""
+    h, w = x.shape[2], x.shape[3]
+    ph, pw = -h % m, -w % m
+    if ph:
+        x = cat([x, x[:, :, -1:].expand(-1, -1, ph, -1)], 2)
+    if pw:
+        x = cat([x, x[:, :, :, -1:].expand(-1, -1, -1, pw)], 3)
+    return x
+
+
+class Model:
+    """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
+
+    def __init__(self, config: Optional[dict] = None):
+        unknown = set(config or {}) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise ValueError(f"Model: unknown config keys {sorted(unknown)}; "
+                             f"known: {sorted(DEFAULT_CONFIG)}")
+        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        self.config["widths"] = tuple(self.config["widths"])
+        self.generator = Generator().manual_seed(self.config["seed"])
+        self.net = build_network(self.config, self.generator)
+        if self.config["optimizer"] == "adam":
+            self.optimizer = Adam(self.net.param(), lr=self.config["lr"])
+        elif self.config["optimizer"] == "sgd":
+            self.optimizer = SGD(self.net.param(), lr=self.config["lr"],
+                                 momentum=self.config["momentum"])
+        else:
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.config['optimizer']!r}")
+        self.loss = MSE()
+        self.pretrained = False
+        self.epochs_done = 0
+
+    # ------------------------------------------------------------------ weights
+    def load_pretrained_model(self, path=None) -> None:
+        """Load weights saved by :meth:`save` (default: the shipped ``bestmodel.pth``)."""
+        from . import checkpoint
+        if path is None:
+            beside = Path(__file__).resolve().parent / "bestmodel.pth"   # exported layout
+            path = beside if beside.is_file() else DEFAULT_WEIGHTS
+        payload = checkpoint.load(path)
+        self.load_payload(payload, str(path))
+
+    def load_payload(self, payload: dict, source: str) -> None:
+        if not isinstance(payload, dict) or "params" not in payload or "config" not in payload:
+            raise ValueError(f"{source}: not a Model checkpoint (no 'params' / 'config')")
+        theirs = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in payload["config"].items() if k in ARCHITECTURE}
+        ours = {k: self.config[k] for k in ARCHITECTURE}
+        if theirs != ours:
+            diff = {k: (theirs.get(k), ours[k]) for k in ARCHITECTURE if theirs.get(k) != ours[k]}
+            raise ValueError(f"{source}: checkpoint architecture differs from this Model's "
+                             f"(key: (checkpoint, model)): {diff}")
+        device = tree.leaves(self.net.params)[0].device
+        params = payload["params"]
+        try:
+            self.net.load_state_dict({k: v.to(device) for k, v in params.items()})
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
+        self.pretrained = True
+
+    def payload(self) -> dict:
+        """Config and parameters, ready for :func:`n2nfunc.checkpoint.save`."""
+        return {"config": dict(self.config), "params": dict(self.net.state_dict())}
+
+    def save(self, path) -> None:
+        from . import checkpoint
+        checkpoint.save(path, self.payload())
+
+    # ------------------------------------------------------------------ training
+    def _move_to(self, device) -> None:
+        if tree.leaves(self.net.params)[0].device != device:
+            self.net.to(device=device)
+            self.optimizer = type(self.optimizer)(self.net.param(), lr=self.optimizer.lr)
+
+    def train(self, train_input: Tensor, train_target: Tensor, num_epochs: Optional[int] = None,
+              callback: Optional[Callable] = None) -> list:
+        """Train on noisy/noisy pairs (N, 3, H, W); returns the mean loss of each epoch.
+
+        ``callback(epoch, step, steps_per_epoch, loss)`` is called after every step. If the
+        loss becomes NaN or infinite, the parameters from before the offending update are
+        restored and ``FloatingPointError`` is raised.
+        """
+        x, _ = to_unit_range(train_input, "train_input")
+        y, _ = to_unit_range(train_target, "train_target")
+        if x.shape != y.shape:
+            raise ValueError(f"train_input shape {tuple(x.shape)} does not match train_target "
+                             f"shape {tuple(y.shape)}")
+        if y.dtype != x.dtype:
+            y = y.to(dtype=x.dtype)
+        epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"num_epochs must be a non-negative int, got {epochs!r}")
+        self._move_to(x.device)
+        self.net.to(dtype=x.dtype)
+        n, bs = x.shape[0], min(self.config["batch_size"], x.shape[0])
+        steps = n // bs
+        peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
+        total = max(1, epochs * steps)
+        schedule = optim.cosine_decay(peak, total + 1, self.config["final_lr_fraction"],
+                                      min(self.config["warmup_steps"], total // 10))
+        params = [p for p, _ in self.net.param()]
+        history = []
+        step = 0
+        for epoch in range(epochs):
+            order = empty(n).uniform_(generator=self.generator).argsort().to(x.device)
+            running = 0.0
+            for b in range(steps):
+                idx = order[b * bs:(b + 1) * bs]
+                xb, yb = x[idx], y[idx]
+                if self.config["augment"]:
+                    k = int(empty(1).random_(8, generator=self.generator))
+                    xb, yb = _dihedral(xb, k), _dihedral(yb, k)
+                value = float(self.loss.forward(self.net.forward(xb), yb))
+                if not math.isfinite(value):
+                    if step:
+                        tree.copy_(params, snapshot)
+                    raise FloatingPointError(
+                        f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
+                        "the parameters from before the last update were restored. Lower the "
+                        "learning rate or check the data.")
+                self.net.zero_grad()
+                self.net.backward(self.loss.backward(), input_grad=False)
+                snapshot = [p.clone() for p in params]
+                self.optimizer.lr = schedule(step)
+                self.optimizer.step()
+                step += 1
+                running += value
+                if callback is not None:
+                    callback(epoch, b, steps, value)
+            history.append(running / max(steps, 1))
+            self.epochs_done += 1
+        return history
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, test_input: Tensor, max_pixels: int = 1 << 21) -> Tensor:
+        """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input."""
+        x, scale = to_unit_range(test_input, "test_input")
+        self._move_to(x.device)
+        self.net.to(dtype=x.dtype)
+        n, _, h, w = x.shape
+        per_chunk = max(1, max_pixels // (h * w))
+        outs = []
+        for start in range(0, n, per_chunk):
+            chunk = _pad_to_multiple(x[start:start + per_chunk], 4)
+            outs.append(self.net.layer.apply(self.net.params, chunk)[:, :, :h, :w])
+        out = cat(outs) if len(outs) > 1 else outs[0]
+        return out.clamp(0, 1).mul(scale).contiguous()

@@ -1,0 +1,63 @@
+"""The compute path may use only torch.empty/cat/arange, fold/unfold, tensor methods and
+type names. This parses every package file; each must be listed as compute or as I/O."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "n2nfunc"
+COMPUTE = ["__init__.py", "base.py", "nhwc.py", "kernels.py", "conv.py", "activations.py",
+           "combinators.py", "tree.py", "losses.py", "optim.py", "train.py", "modules.py",
+           "testing.py", "metrics.py", "model.py"]
+IO = ["checkpoint.py", "cli.py", "export.py", "viz.py", "progress.py",
+      "data/__init__.py", "data/files.py", "data/synthetic.py", "data/photos.py"]
+ALLOWED = {"torch": {"empty", "cat", "arange", "Tensor", "Generator", "device", "dtype"},
+           "torch.nn.functional": {"fold", "unfold"}}
+FORBIDDEN_ATTRIBUTES = {"requires_grad", "requires_grad_", "retain_grad", "grad_fn", "autograd"}
+STDLIB_OK = {"math", "functools", "typing", "pathlib", "collections", "itertools", "dataclasses"}
+
+
+def test_every_package_file_is_classified():
+    files = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
+    assert files <= set(COMPUTE) | set(IO), f"unclassified files: {files - set(COMPUTE) - set(IO)}"
+    assert set(COMPUTE) <= files
+
+
+def _violations(path: Path):
+    tree = ast.parse(path.read_text(), str(path))
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                root = alias.name.split(".")[0]
+                if root == "torch" or root not in STDLIB_OK:
+                    bad.append(f"line {node.lineno}: import {alias.name}")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:                      # relative: our own package
+                continue
+            names = {a.name for a in node.names}
+            if node.module in ALLOWED:
+                extra = names - ALLOWED[node.module]
+                if extra:
+                    bad.append(f"line {node.lineno}: from {node.module} import {sorted(extra)}")
+            elif node.module.split(".")[0] not in STDLIB_OK:
+                bad.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_ATTRIBUTES:
+            bad.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Name) and node.id == "torch":
+            bad.append(f"line {node.lineno}: name 'torch'")
+    return bad
+
+
+@pytest.mark.parametrize("name", COMPUTE)
+def test_compute_file_uses_only_allowed_primitives(name):
+    assert _violations(PACKAGE / name) == []
+
+
+def test_the_checker_catches_forbidden_uses(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text("import torch\nfrom torch import zeros\nfrom torch.nn.functional import conv2d\n"
+                 "import numpy\nx.requires_grad_()\n")
+    bad = _violations(f)
+    assert len(bad) == 5, bad     # import torch, zeros, conv2d, numpy, requires_grad_
