@@ -135,6 +135,7 @@ class Model:
         self.loss = MSE()
         self.pretrained = False
         self.epochs_done = 0
+        self._snapshot = None
 
     # ------------------------------------------------------------------ weights
     def load_pretrained_model(self, path=None) -> None:
@@ -174,9 +175,13 @@ class Model:
 
     # ------------------------------------------------------------------ training
     def _move_to(self, device) -> None:
+        """Move the network and the optimizer's state to ``device``."""
         if tree.leaves(self.net.params)[0].device != device:
             self.net.to(device=device)
-            self.optimizer = type(self.optimizer)(self.net.param(), lr=self.optimizer.lr)
+            self.optimizer.params = [p for p, _ in self.net.param()]
+            self.optimizer.grads = [g for _, g in self.net.param()]
+            self.optimizer.state = tree.map(
+                lambda t: t.to(device) if isinstance(t, Tensor) else t, self.optimizer.state)
 
     def train(self, train_input: Tensor, train_target: Tensor, num_epochs: Optional[int] = None,
               callback: Optional[Callable] = None) -> list:
@@ -186,56 +191,63 @@ class Model:
         loss becomes NaN or infinite, the parameters from before the offending update are
         restored and ``FloatingPointError`` is raised.
         """
+        epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ValueError(f"num_epochs must be a non-negative int, got {epochs!r}")
+        x, y = self.prepare_pairs(train_input, train_target)
+        return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
+
+    def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
+        """Validate a training set and return it as float tensors in [0, 1]."""
         x, _ = to_unit_range(train_input, "train_input")
         y, _ = to_unit_range(train_target, "train_target")
         if x.shape != y.shape:
             raise ValueError(f"train_input shape {tuple(x.shape)} does not match train_target "
                              f"shape {tuple(y.shape)}")
-        if y.dtype != x.dtype:
-            y = y.to(dtype=x.dtype)
-        epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"num_epochs must be a non-negative int, got {epochs!r}")
+        if x.shape[2] < 4 or x.shape[3] < 4:
+            raise ValueError(f"training images must be at least 4x4, got {tuple(x.shape)}")
+        return x, y.to(dtype=x.dtype)
+
+    def train_epoch(self, x: Tensor, y: Tensor, epoch: int, total_epochs: int,
+                    callback: Optional[Callable] = None) -> float:
+        """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
+        run of ``total_epochs`` (the learning-rate schedule spans the whole run)."""
         self._move_to(x.device)
         self.net.to(dtype=x.dtype)
-        n, bs = x.shape[0], min(self.config["batch_size"], x.shape[0])
+        n = x.shape[0]
+        bs = min(self.config["batch_size"], n)
         steps = n // bs
         peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
-        total = max(1, epochs * steps)
+        total = max(1, total_epochs * steps)
         schedule = optim.cosine_decay(peak, total + 1, self.config["final_lr_fraction"],
                                       min(self.config["warmup_steps"], total // 10))
         params = [p for p, _ in self.net.param()]
-        history = []
-        step = 0
-        for epoch in range(epochs):
-            order = empty(n).uniform_(generator=self.generator).argsort().to(x.device)
-            running = 0.0
-            for b in range(steps):
-                idx = order[b * bs:(b + 1) * bs]
-                xb, yb = x[idx], y[idx]
-                if self.config["augment"]:
-                    k = int(empty(1).random_(8, generator=self.generator))
-                    xb, yb = _dihedral(xb, k), _dihedral(yb, k)
-                value = float(self.loss.forward(self.net.forward(xb), yb))
-                if not math.isfinite(value):
-                    if step:
-                        tree.copy_(params, snapshot)
-                    raise FloatingPointError(
-                        f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
-                        "the parameters from before the last update were restored. Lower the "
-                        "learning rate or check the data.")
-                self.net.zero_grad()
-                self.net.backward(self.loss.backward(), input_grad=False)
-                snapshot = [p.clone() for p in params]
-                self.optimizer.lr = schedule(step)
-                self.optimizer.step()
-                step += 1
-                running += value
-                if callback is not None:
-                    callback(epoch, b, steps, value)
-            history.append(running / max(steps, 1))
-            self.epochs_done += 1
-        return history
+        order = empty(n).uniform_(generator=self.generator).argsort().to(x.device)
+        running = 0.0
+        for b in range(steps):
+            idx = order[b * bs:(b + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            if self.config["augment"]:
+                k = int(empty(1).random_(8, generator=self.generator))
+                xb, yb = _dihedral(xb, k), _dihedral(yb, k)
+            value = float(self.loss.forward(self.net.forward(xb), yb))
+            if not math.isfinite(value):
+                if self._snapshot is not None:
+                    tree.copy_(params, self._snapshot)
+                raise FloatingPointError(
+                    f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; the "
+                    "parameters from before the last update were restored. Lower the learning "
+                    "rate or check the data.")
+            self.net.zero_grad()
+            self.net.backward(self.loss.backward(), input_grad=False)
+            self._snapshot = [p.clone() for p in params]      # undo point for a NaN
+            self.optimizer.lr = schedule(epoch * steps + b)
+            self.optimizer.step()
+            running += value
+            if callback is not None:
+                callback(epoch, b, steps, value)
+        self.epochs_done += 1
+        return running / max(steps, 1)
 
     # ------------------------------------------------------------------ inference
     def predict(self, test_input: Tensor, max_pixels: int = 1 << 21) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import checkpoint
 from .files import check_pairs, load_folder_pairs, load_pair_file, read_image, write_image
-from .photos import photo_pairs
+from .photos import load_photos, mixed_factor_pairs, photo_pairs
 from .synthetic import NoiseModel, make_pairs, render_dead_leaves
 
 GENERATOR_VERSION = 1     # bump when make_pairs changes, to invalidate caches
@@ -44,6 +44,6 @@ def builtin_pairs(n: int, split: str, noise="downsample", seed: int = 0,
     return first, second
 
 
-__all__ = ["NoiseModel", "builtin_pairs", "cache_dir", "check_pairs", "load_folder_pairs",
+__all__ = ["NoiseModel", "load_photos", "mixed_factor_pairs", "builtin_pairs", "cache_dir", "check_pairs", "load_folder_pairs",
            "load_pair_file", "make_pairs", "photo_pairs", "read_image", "render_dead_leaves",
            "write_image"]

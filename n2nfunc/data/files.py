@@ -6,7 +6,7 @@ Never executes code from a file: tensors are read with ``torch.load(weights_only
 import pickle
 import zipfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -58,11 +58,15 @@ def load_pair_file(path) -> Tuple[Tensor, Tensor]:
     return check_pairs(data[0], data[1], f"pair file {path}")
 
 
-def read_image(path) -> Tuple[Tensor, Tensor]:
-    """An image file as ``(rgb, alpha)``: uint8 tensors (3, H, W) and (1, H, W) or None.
+class Picture(NamedTuple):
+    rgb: Tensor                 # uint8 (3, H, W)
+    alpha: Optional[Tensor]     # uint8 (1, H, W) or None
+    grey: bool                  # the file was greyscale
 
-    Greyscale becomes three equal channels; palette and other modes are converted to RGB.
-    """
+
+def read_image(path) -> Picture:
+    """An image file as uint8 tensors. Greyscale becomes three equal channels (and
+    ``grey`` is set); palette and other modes are converted to RGB; alpha is kept apart."""
     from PIL import Image
     path = Path(path)
     if not path.is_file():
@@ -71,19 +75,23 @@ def read_image(path) -> Tuple[Tensor, Tensor]:
         with Image.open(path) as im:
             im.load()
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
+            grey = im.mode in ("L", "LA", "I", "I;16", "F", "1")
             rgb = im.convert("RGB")
     except OSError as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     to_tensor = lambda pic, c: torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8).view(
         pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
-    return to_tensor(rgb, 3), (to_tensor(alpha, 1) if alpha is not None else None)
+    return Picture(to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey)
 
 
-def write_image(path, rgb: Tensor, alpha: Tensor = None) -> None:
-    """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file."""
+def write_image(path, rgb: Tensor, alpha: Optional[Tensor] = None, grey: bool = False) -> None:
+    """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
+    ``grey`` writes it as a greyscale (luminance) image."""
     from PIL import Image
     h, w = rgb.shape[1:]
     im = Image.frombytes("RGB", (w, h), _bytes(rgb.permute(1, 2, 0)))
+    if grey:
+        im = im.convert("L")
     if alpha is not None:
         im.putalpha(Image.frombytes("L", (w, h), _bytes(alpha[0])))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +122,7 @@ def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> Tuple[Tensor, 
         raise ValueError(f"{root}: no image file names common to {a_dir} and {b_dir}")
     firsts, seconds = [], []
     for name in common:
-        a, _ = read_image(names_a[name])
-        b, _ = read_image(names_b[name])
+        a, b = read_image(names_a[name]).rgb, read_image(names_b[name]).rgb
         if a.shape != b.shape:
             raise ValueError(f"{root}: {name} has size {tuple(a.shape[1:])} in a/ but "
                              f"{tuple(b.shape[1:])} in b/")

@@ -51,3 +51,21 @@ def photo_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0, siz
     first = point_sample(highs, factor, g)
     second = clean if split == "val" else point_sample(highs, factor, g)
     return to_uint8(first), to_uint8(second)
+
+
+def load_photos(folder) -> List[Tensor]:
+    """Every image in ``folder`` as a uint8 (3, H, W) tensor."""
+    from .files import list_images, read_image
+    paths = list_images(folder)
+    if not paths:
+        raise ValueError(f"no images (png, jpg, ...) in {folder}")
+    return [read_image(p).rgb for p in paths]
+
+
+def mixed_factor_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0,
+                       factors: Sequence[int] = (4, 6, 8, 12)) -> Tuple[Tensor, Tensor]:
+    """``n`` pairs split evenly over several downsampling factors (several noise strengths)."""
+    parts = [photo_pairs(photos, n // len(factors) + (i < n % len(factors)), split,
+                         seed=seed * 100 + f, factor=f)
+             for i, f in enumerate(factors)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
