@@ -21,11 +21,15 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
            "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
 
 
+class Refused(pickle.UnpicklingError):
+    """The file references a class or function, which a checkpoint never does."""
+
+
 class _NoGlobals(pickle.Unpickler):
     """Unpickles plain containers only: any reference to a class or function is refused."""
 
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load global '{module}.{name}'")
+        raise Refused(f"refusing to load global '{module}.{name}'")
 
 
 def encode(obj):
@@ -110,10 +114,10 @@ def load(path) -> dict:
         raise ValueError(f"checkpoint {path} is empty")
     try:
         obj = _NoGlobals(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as e:
+    except Refused as e:
         raise ValueError(f"checkpoint {path} was refused: {e} (n2nfunc checkpoints hold only "
                          "plain data; nothing from the file was executed)") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             UnicodeDecodeError, OverflowError, MemoryError) as e:
         raise ValueError(f"checkpoint {path} is truncated or not an n2nfunc checkpoint "
                          f"({type(e).__name__}: {e})") from None

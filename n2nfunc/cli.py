@@ -20,7 +20,7 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but no CUDA device is available")
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)
 
 
@@ -35,7 +35,7 @@ def _training_data(args):
     """(train_a, train_b, val_noisy, val_clean, description) from the command-line options."""
     if args.train or args.val:
         if not (args.train and args.val):
-            raise SystemExit("error: --train and --val go together")
+            raise ValueError("--train and --val go together")
         xt, yt = load_pair_file(args.train)
         xv, yv = load_pair_file(args.val)
         return xt, yt, xv, yv, f"course files {args.train} / {args.val}"

@@ -24,8 +24,10 @@ def safe_load(path, what: str = "file"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{what} {path} holds objects other than tensors and plain containers "
-                         f"and was not loaded (nothing in it was executed): {e}") from None
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what} {path} was not loaded: it is not a torch file of tensors and "
+                         "plain containers (damaged, foreign, or holding other objects; nothing "
+                         f"in it was executed): {reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise ValueError(f"{what} {path} is not a readable torch file (truncated or foreign?): "
                          f"{type(e).__name__}: {e}") from None

@@ -1,0 +1,118 @@
+import pickle
+
+import pytest
+import torch
+
+from n2nfunc.data import (NoiseModel, builtin_pairs, load_folder_pairs, load_pair_file, make_pairs,
+                          photo_pairs, read_image, write_image)
+from n2nfunc.data.synthetic import box_downsample, point_sample
+from n2nfunc.metrics import psnr
+
+
+def test_pairs_are_deterministic_and_shaped():
+    a = make_pairs(40, "train", seed=3, chunk=16)
+    b = make_pairs(40, "train", seed=3, chunk=16)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert a[0].shape == (40, 3, 32, 32) and a[0].dtype == torch.uint8
+    assert not torch.equal(a[0], a[1])                     # two different noisy views
+    val = make_pairs(40, "val", seed=3)
+    assert not torch.equal(val[0][:5], a[0][:5])           # disjoint streams
+
+
+def test_downsample_noise_is_unbiased_and_course_like():
+    g = torch.Generator().manual_seed(0)
+    high = torch.rand(2, 3, 16, 16, generator=g)
+    mean = torch.stack([point_sample(high, 4, g) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, box_downsample(high, 4), atol=0.02)
+    noisy, clean = make_pairs(400, "val", seed=1)
+    assert 19.5 < psnr(noisy.float(), clean.float(), 255.0) < 22.5     # course data: 20.7 dB
+
+
+@pytest.mark.parametrize("noise,low,high", [("gaussian:25", 19.0, 21.5), ("poisson:30", 15.0, 25.0)])
+def test_classic_noise_models(noise, low, high):
+    noisy, clean = make_pairs(50, "val", NoiseModel.parse(noise))
+    assert low < psnr(noisy.float(), clean.float(), 255.0) < high
+    with pytest.raises(ValueError, match="needs a number"):
+        NoiseModel.parse("gaussian")
+    with pytest.raises(ValueError, match="unknown noise model"):
+        NoiseModel.parse("salt")
+
+
+def test_builtin_pairs_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path))
+    first = builtin_pairs(24, "train", seed=5)
+    assert len(list(tmp_path.iterdir())) == 1
+    again = builtin_pairs(24, "train", seed=5)
+    assert torch.equal(first[0], again[0])
+    next(tmp_path.iterdir()).write_bytes(b"garbage")        # a damaged cache is regenerated
+    assert torch.equal(builtin_pairs(24, "train", seed=5)[1], first[1])
+
+
+def test_course_file_loader(tmp_path):
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    good = tmp_path / "train_data.pkl"
+    torch.save((x, x.flip(0)), good)
+    a, b = load_pair_file(good)
+    assert torch.equal(a, x) and torch.equal(b, x.flip(0))
+    cases = {
+        "missing.pkl": (None, FileNotFoundError, "not found"),
+        "empty.pkl": (b"", ValueError, "is empty"),
+        "garbage.pkl": (b"not a torch file at all", ValueError, "garbage.pkl (was not loaded|is not a readable)"),
+        "float.pkl": ((x.float(), x.float()), ValueError, "dtype torch.float32, expected torch.uint8"),
+        "shape.pkl": ((x[:, :2], x[:, :2]), ValueError, r"shape \(5, 2, 32, 32\)"),
+        "single.pkl": (x, ValueError, "expected a tuple of two tensors"),
+        "mismatch.pkl": ((x, x[:3]), ValueError, "differ in shape"),
+    }
+    for name, (content, error, pattern) in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            torch.save(content, path)
+        with pytest.raises(error, match=pattern):
+            load_pair_file(path)
+
+
+def test_course_loader_never_runs_code_from_the_file(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps((Evil(), Evil())))
+    with pytest.raises(ValueError, match="nothing in it was executed"):
+        load_pair_file(path)
+    assert not marker.exists()
+
+
+def test_images_and_folder_pairs(tmp_path):
+    rgb = torch.randint(0, 256, (3, 40, 70), dtype=torch.uint8)
+    for sub in ("a", "b"):
+        write_image(tmp_path / sub / "one.png", rgb)
+    write_image(tmp_path / "a" / "only_in_a.png", rgb)
+    a, b = load_folder_pairs(tmp_path)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)          # 1 x 2 tiles of 32
+    back = read_image(tmp_path / "a" / "one.png")
+    assert torch.equal(back.rgb, rgb) and back.alpha is None and not back.grey
+    alpha = torch.full((1, 40, 70), 128, dtype=torch.uint8)
+    write_image(tmp_path / "rgba.png", rgb, alpha)
+    assert torch.equal(read_image(tmp_path / "rgba.png").alpha, alpha)
+    write_image(tmp_path / "grey.png", rgb, grey=True)
+    grey = read_image(tmp_path / "grey.png")
+    assert grey.grey and torch.equal(grey.rgb[0], grey.rgb[1])
+    with pytest.raises(ValueError, match="no image file names common"):
+        (tmp_path / "c" / "a").mkdir(parents=True)
+        (tmp_path / "c" / "b").mkdir()
+        load_folder_pairs(tmp_path / "c")
+
+
+def test_photo_pairs_from_an_image():
+    g = torch.Generator().manual_seed(0)
+    photo = (torch.rand(3, 300, 260, generator=g) * 255).to(torch.uint8)
+    a, b = photo_pairs([photo], 20, "train", factor=4, scales=(1, 2))
+    assert a.shape == (20, 3, 32, 32) and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="at least 512 pixels"):
+        photo_pairs([photo], 5, "val", factor=16)

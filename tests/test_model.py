@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from n2nfunc import checkpoint
+from n2nfunc.data import make_pairs
+from n2nfunc.metrics import evaluate, psnr
+from n2nfunc.model import Model
+
+SMALL = {"widths": (8, 8), "batch_size": 16, "warmup_steps": 5}
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    xt, yt = make_pairs(320, "train", seed=0)
+    xv, yv = make_pairs(100, "val", seed=0)
+    return xt, yt, xv, yv
+
+
+def test_predict_keeps_shape_scale_and_range():
+    m = Model(SMALL)
+    for x in [torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+              torch.randint(0, 256, (1, 3, 33, 17), dtype=torch.uint8).float(),
+              torch.rand(3, 3, 7, 9)]:
+        y = m.predict(x)
+        assert y.shape == x.shape and y.is_floating_point()
+        top = 1.0 if x.is_floating_point() and x.max() <= 1 else 255.0
+        assert 0 <= float(y.min()) and float(y.max()) <= top
+        if top == 255.0:
+            assert float(y.max()) > 1.0                       # answered in 0-255, not 0-1
+    big = m.predict(torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8))
+    assert big.shape == (1, 3, 512, 512)
+
+
+def test_scale_rule_gives_the_same_image_in_both_scales():
+    m = Model(SMALL)
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.allclose(m.predict(x) / 255, m.predict(x.float() / 255), atol=1e-5)
+    assert torch.allclose(m.predict(x), m.predict(x.float()), atol=1e-4)
+
+
+def test_non_contiguous_and_channels_last_inputs_work():
+    m = Model(SMALL)
+    x = torch.rand(2, 3, 16, 16)
+    ref = m.predict(x)
+    assert torch.allclose(m.predict(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-6)
+    strided = torch.rand(2, 3, 16, 32)[:, :, :, ::2]
+    assert torch.allclose(m.predict(strided), m.predict(strided.contiguous()), atol=1e-6)
+
+
+def test_short_training_lowers_loss_and_raises_psnr(pairs):
+    xt, yt, xv, yv = pairs
+    m = Model({**SMALL, "widths": (16, 16), "lr": 3e-3})
+    before = evaluate(m, xv, yv)["denoised_psnr"]
+    history = m.train(xt, yt, num_epochs=4)
+    assert history[-1] < history[0]
+    assert evaluate(m, xv, yv)["denoised_psnr"] > before + 2
+
+
+def test_same_seed_gives_bit_identical_parameters(pairs):
+    xt, yt, _, _ = pairs
+    runs = []
+    for _ in range(2):
+        m = Model({**SMALL, "seed": 7})
+        m.train(xt[:64], yt[:64], num_epochs=2)
+        runs.append(m.net.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    other = Model({**SMALL, "seed": 8}).net.state_dict()
+    assert not torch.equal(other["0.weight"], runs[0]["0.weight"])
+
+
+def test_train_accepts_the_old_grader_call_and_0_1_floats(pairs):
+    xt, yt, _, _ = pairs
+    m = Model({**SMALL, "num_epochs": 1})
+    assert len(m.train(xt[:32].float() / 255, yt[:32].float() / 255)) == 1
+
+
+def test_pretrained_weights_load_and_fine_tune(pairs):
+    xt, yt, xv, yv = pairs
+    m = Model()
+    m.load_pretrained_model()
+    gain = evaluate(m, xv, yv)["gain"]
+    assert gain > 0.3
+    m.train(xt[:64], yt[:64], num_epochs=1)
+    assert evaluate(m, xv, yv)["gain"] > gain - 0.5
+
+
+def test_save_and_mismatched_loads(tmp_path):
+    m = Model(SMALL)
+    m.save(tmp_path / "m.pth")
+    other = Model(SMALL)
+    other.load_pretrained_model(tmp_path / "m.pth")
+    assert torch.equal(other.net.state_dict()["0.weight"], m.net.state_dict()["0.weight"])
+    with pytest.raises(ValueError, match=r"architecture differs.*'widths': \(\(8, 8\), \(48, 48\)\)"):
+        Model().load_pretrained_model(tmp_path / "m.pth")
+    payload = m.payload()
+    payload["params"]["0.weight"] = torch.zeros(8, 3, 2, 2)
+    checkpoint.save(tmp_path / "bad.pth", payload)
+    with pytest.raises(ValueError, match=r"bad.pth.*'0.weight' has shape \(8, 3, 2, 2\), expected \(8, 3, 3, 3\)"):
+        Model(SMALL).load_pretrained_model(tmp_path / "bad.pth")
+    del payload["params"]["6.bias"]
+    checkpoint.save(tmp_path / "missing.pth", payload)
+    with pytest.raises(ValueError, match=r"missing keys \['6.bias'\]"):
+        Model(SMALL).load_pretrained_model(tmp_path / "missing.pth")
+
+
+def test_divergence_restores_parameters_and_raises(pairs):
+    xt, yt, _, _ = pairs
+    m = Model({**SMALL, "lr": 1e30, "warmup_steps": 0, "optimizer": "sgd", "momentum": 0.0})
+    with pytest.raises(FloatingPointError, match="restored"):
+        m.train(xt[:64], yt[:64], num_epochs=3)
+    assert all(torch.isfinite(p).all() for p in m.net.state_dict().values())
+
+
+@pytest.mark.parametrize("bad,pattern", [
+    (torch.rand(2, 3, 8, 8).mul(float("nan")), "NaN or infinite"),
+    (torch.full((2, 3, 8, 8), float("inf")), "NaN or infinite"),
+    (torch.rand(0, 3, 8, 8), "is empty"),
+    (torch.rand(3, 8, 8), r"shape \(N, 3, H, W\), got \(3, 8, 8\)"),
+    (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.bool), "must hold numbers"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.complex64), "must hold numbers"),
+])
+def test_bad_inputs_are_refused_with_the_argument_and_shape(bad, pattern):
+    m = Model(SMALL)
+    with pytest.raises(ValueError, match="test_input.*" + pattern if "shape" not in pattern else pattern):
+        m.predict(bad)
+    with pytest.raises(ValueError, match="train_input"):
+        m.train(bad, torch.rand(2, 3, 8, 8), num_epochs=1)
+    with pytest.raises(TypeError, match="test_input must be a Tensor"):
+        m.predict([[1, 2]])
+
+
+def test_mismatched_training_shapes():
+    with pytest.raises(ValueError, match=r"train_input shape \(2, 3, 8, 8\) does not match train_target shape \(2, 3, 8, 4\)"):
+        Model(SMALL).train(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 4), num_epochs=1)
+    with pytest.raises(ValueError, match="num_epochs"):
+        Model(SMALL).train(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), num_epochs=-1)
+
+
+@pytest.mark.cuda
+def test_model_runs_on_the_inputs_cuda_device(pairs):
+    xt, yt, xv, _ = pairs
+    m = Model(SMALL)
+    m.train(xt[:64].cuda(), yt[:64].cuda(), num_epochs=1)
+    assert m.predict(xv[:4].cuda()).is_cuda
