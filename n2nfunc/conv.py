@@ -37,8 +37,33 @@ def _init_conv(generator, weight_shape, fan_in, out_channels, bias):
     return params
 
 
-def _expected(weight_shape, out_channels, bias):
-    return {"weight": weight_shape, **({"bias": (out_channels,)} if bias else {})}
+def _weight_shape(in_channels, out_channels, k, transposed):
+    """[out, in, kh, kw] for a convolution, [in, out, kh, kw] for a transposed one."""
+    return ((in_channels, out_channels) if transposed else (out_channels, in_channels)) + k
+
+
+def _make_init(name, out_channels, k, bias, out_size, transposed=False):
+    """``init`` of a convolution-like layer: PyTorch's fan-in is the weight's dim 1 times the
+    kernel area (the input channels, or for a transposed convolution the output channels)."""
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        ho, wo = _sizes((n, c, h, w), out_size, name)
+        shape = _weight_shape(c, out_channels, k, transposed)
+        params = _init_conv(generator, shape, shape[1] * k[0] * k[1], out_channels, bias)
+        return (n, out_channels, ho, wo), params
+    return init
+
+
+def _checked(params, x, name, out_channels, k, bias, out_size, transposed=False):
+    """Validate params and input of a convolution-like layer; returns ``(weight, (h, w), out_hw)``."""
+    weight = params.get("weight") if isinstance(params, dict) else None
+    ok = weight is not None and hasattr(weight, "dim") and weight.dim() == 4
+    c = weight.shape[0 if transposed else 1] if ok else -1
+    expected = {"weight": _weight_shape(c, out_channels, k, transposed),
+                **({"bias": (out_channels,)} if bias else {})}
+    check_params(params, name, expected)
+    check_image(x, name, c, weight)
+    return weight, tuple(x.shape[2:]), _sizes(x.shape, out_size, name)
 
 
 def _sizes(shape, size_fn, name):
@@ -76,19 +101,10 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias
         i = "HW".index(dim)
         return _conv_out(size, k[i], s[i], p[i], d[i])
 
-    def init(generator, in_shape):
-        n, c, h, w = image_shape(in_shape, name)
-        ho, wo = _sizes((n, c, h, w), out_size, name)
-        params = _init_conv(generator, (out_channels, c) + k, c * k[0] * k[1], out_channels, bias)
-        return (n, out_channels, ho, wo), params
+    init = _make_init(name, out_channels, k, bias, out_size)
 
     def vjp(params, x):
-        weight = params.get("weight") if isinstance(params, dict) else None
-        c = weight.shape[1] if weight is not None and weight.dim() == 4 else -1
-        check_params(params, name, _expected((out_channels, c) + k, out_channels, bias))
-        check_image(x, name, c, weight)
-        _, _, h, w = x.shape
-        out_hw = _sizes(x.shape, out_size, name)
+        weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
         xh = to_nhwc(x)
         y, cols = K.conv_forward(xh, K.conv_matrix(weight), params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
@@ -138,20 +154,11 @@ def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding=0, output
         i = "HW".index(dim)
         return _transpose_out(size, k[i], s[i], p[i], d[i], op[i])
 
-    def init(generator, in_shape):
-        n, c, h, w = image_shape(in_shape, name)
-        ho, wo = _sizes((n, c, h, w), out_size, name)
-        params = _init_conv(generator, (c, out_channels) + k, out_channels * k[0] * k[1],
-                            out_channels, bias)
-        return (n, out_channels, ho, wo), params
+    init = _make_init(name, out_channels, k, bias, out_size, transposed=True)
 
     def vjp(params, x):
-        weight = params.get("weight") if isinstance(params, dict) else None
-        c = weight.shape[0] if weight is not None and weight.dim() == 4 else -1
-        check_params(params, name, _expected((c, out_channels) + k, out_channels, bias))
-        check_image(x, name, c, weight)
-        _, _, h, w = x.shape
-        out_hw = _sizes(x.shape, out_size, name)
+        weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size,
+                                          transposed=True)
         py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
         px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
         xh = to_nhwc(x)
@@ -223,19 +230,10 @@ def upsample(out_channels: int, kernel_size, scale_factor=2, padding=0, dilation
         i = "HW".index(dim)
         return _conv_out(size * sc[i], k[i], 1, p[i], d[i])
 
-    def init(generator, in_shape):
-        n, c, h, w = image_shape(in_shape, name)
-        ho, wo = _sizes((n, c, h, w), out_size, name)
-        params = _init_conv(generator, (out_channels, c) + k, c * k[0] * k[1], out_channels, bias)
-        return (n, out_channels, ho, wo), params
+    init = _make_init(name, out_channels, k, bias, out_size)
 
     def vjp(params, x):
-        weight = params.get("weight") if isinstance(params, dict) else None
-        c = weight.shape[1] if weight is not None and weight.dim() == 4 else -1
-        check_params(params, name, _expected((out_channels, c) + k, out_channels, bias))
-        check_image(x, name, c, weight)
-        _, _, h, w = x.shape
-        out_hw = _sizes(x.shape, out_size, name)
+        weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
         py = K.phase_plan("nearest", h, out_hw[0], k[0], sc[0], p[0], d[0])
         px = K.phase_plan("nearest", w, out_hw[1], k[1], sc[1], p[1], d[1])
         wk = weight.permute(2, 3, 1, 0)

@@ -28,13 +28,13 @@ from .modules import (MSE, SGD, Adam, Conv2d, ReLU, Sequential, Sigmoid, Transpo
 ARCHITECTURE = ("widths", "kernel", "upsampling")
 DEFAULT_CONFIG = {
     "widths": (48, 48),          # channels after the first and the second convolution
-    "kernel": 3,
+    "kernel": 4,
     "upsampling": "transpose",   # or "nearest" (nearest x2 + convolution)
     "optimizer": "adam",         # or "sgd" (with momentum)
-    "lr": 3e-3,
+    "lr": 6e-3,
     "momentum": 0.9,
     "batch_size": 32,
-    "num_epochs": 20,
+    "num_epochs": 12,
     "warmup_steps": 200,
     "final_lr_fraction": 0.02,
     "finetune_lr_scale": 0.1,    # peak lr multiplier when training after loading weights
@@ -141,9 +141,7 @@ class Model:
     def load_pretrained_model(self, path=None) -> None:
         """Load weights saved by :meth:`save` (default: the shipped ``bestmodel.pth``)."""
         from . import checkpoint
-        if path is None:
-            beside = Path(__file__).resolve().parent / "bestmodel.pth"   # exported layout
-            path = beside if beside.is_file() else DEFAULT_WEIGHTS
+        path = DEFAULT_WEIGHTS if path is None else path
         payload = checkpoint.load(path)
         self.load_payload(payload, str(path))
 

@@ -295,7 +295,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, dampening: float = 0.0):
-        optim._check_hyper("SGD", lr=lr)
+        optim.check_hyperparameters("SGD", lr=lr)
         super().__init__(params, lambda lr_: optim.sgd(lr_, momentum, nesterov, weight_decay,
                                                       dampening), lr, "SGD")
 
@@ -305,5 +305,5 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        optim._check_hyper("Adam", lr=lr)
+        optim.check_hyperparameters("Adam", lr=lr)
         super().__init__(params, lambda lr_: optim.adam(lr_, betas, eps, weight_decay), lr, "Adam")

@@ -31,7 +31,7 @@ def _lr_at(lr: LearningRate, step: int) -> float:
     return lr(step) if callable(lr) else lr
 
 
-def _check_hyper(name: str, **values) -> None:
+def check_hyperparameters(name: str, **values) -> None:
     for key, v in values.items():
         if not callable(v) and (not isinstance(v, (int, float)) or isinstance(v, bool)
                                 or not math.isfinite(v) or v < 0):
@@ -46,7 +46,7 @@ def sgd(lr: LearningRate, momentum: float = 0.0, nesterov: bool = False,
     ``b = momentum * b + (1 - dampening) * d`` after; ``d = d + momentum * b`` (Nesterov)
     or ``d = b``; update ``-lr * d``.
     """
-    _check_hyper("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening)
+    check_hyperparameters("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("sgd: Nesterov momentum requires momentum > 0 and dampening = 0")
 
@@ -81,7 +81,7 @@ def adam(lr: LearningRate = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
     update ``-lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
     """
     b1, b2 = betas
-    _check_hyper("adam", lr=lr, eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
+    check_hyperparameters("adam", lr=lr, eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
     if not (b1 < 1 and b2 < 1):
         raise ValueError(f"adam: betas must be in [0, 1), got {betas!r}")
 

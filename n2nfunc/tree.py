@@ -9,10 +9,6 @@ from typing import Any, Callable, Dict, List, Tuple
 Tree = Any
 
 
-def _is_node(tree) -> bool:
-    return isinstance(tree, (dict, list, tuple))
-
-
 def map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 (mirrors jax.tree.map)
     """Apply ``fn`` leafwise over trees of the same structure, returning a tree of results."""
     if isinstance(tree, dict):

@@ -25,3 +25,15 @@ def randn(*shape, dtype=torch.float64, seed=None):
 def init64(layer, shape, seed=0):
     _, params = layer.init(torch.Generator().manual_seed(seed), shape)
     return {k: v.double() for k, v in params.items()}
+
+
+def code_running_pickle(marker) -> bytes:
+    """A pickle that, if unpickled unsafely, would create the file ``marker``."""
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    return pickle.dumps(Evil())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from n2nfunc import checkpoint
+from helpers import code_running_pickle
 
 
 def test_round_trip_keeps_tensors_and_containers(tmp_path):
@@ -23,13 +24,8 @@ def test_round_trip_keeps_tensors_and_containers(tmp_path):
 
 def test_a_pickle_that_would_run_a_command_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     path = tmp_path / "bestmodel.pth"
-    path.write_bytes(pickle.dumps({"format": "n2nfunc-checkpoint", "version": 1, "payload": Evil()}))
+    path.write_bytes(code_running_pickle(marker))
     with pytest.raises(ValueError, match=r"bestmodel.pth was refused: refusing to load global"):
         checkpoint.load(path)
     assert not marker.exists()

@@ -1,5 +1,3 @@
-import pickle
-
 import pytest
 import torch
 
@@ -7,6 +5,7 @@ from n2nfunc.data import (NoiseModel, builtin_pairs, load_folder_pairs, load_pai
                           photo_pairs, read_image, write_image)
 from n2nfunc.data.synthetic import box_downsample, point_sample
 from n2nfunc.metrics import psnr
+from helpers import code_running_pickle
 
 
 def test_pairs_are_deterministic_and_shaped():
@@ -75,14 +74,8 @@ def test_course_file_loader(tmp_path):
 
 def test_course_loader_never_runs_code_from_the_file(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            import os
-            return os.system, (f"touch {marker}",)
-
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps((Evil(), Evil())))
+    path.write_bytes(code_running_pickle(marker))
     with pytest.raises(ValueError, match="nothing in it was executed"):
         load_pair_file(path)
     assert not marker.exists()

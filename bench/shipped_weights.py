@@ -1,0 +1,134 @@
+"""Reproduce the shipped weights (n2nfunc/weights/bestmodel.pth) and report their PSNR.
+
+    python bench/shipped_weights.py                # fetch photos, train (~30 min), evaluate
+    python bench/shipped_weights.py --eval-only    # evaluate the shipped weights
+
+Training data, all noisy/noisy (Noise2Noise, no clean image is ever used for training):
+* pairs cut from 24 real photographs in Debian's wallpaper packages (mate-backgrounds'
+  nature set, 11 photos of plasma-workspace-wallpapers, one of lomiri-wallpapers-20.04),
+  at downsampling factors 4, 6, 8 and 12 (course-like aliasing of several strengths);
+* built-in dead-leaves pairs (``--builtin-share`` of the photo pairs), which add variety.
+
+Held-out evaluation: photos from other sources -- scikit-image's sample photographs
+(astronaut, chelsea, coffee, motorcycle_left, rocket) and matplotlib's grace_hopper --
+cut into 32x32 patches at downsampling factor 8 (noisy input about 21.5 dB, near the
+course data's 20.7 dB); and the built-in validation set.
+
+The photos are fetched with ``apt-get download`` and ``pip download`` (package registries
+only) into ``--photos`` (default data/photos, git-ignored).
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from n2nfunc.data import builtin_pairs, load_photos, mixed_factor_pairs, photo_pairs  # noqa: E402
+from n2nfunc.metrics import evaluate  # noqa: E402
+from n2nfunc.model import DEFAULT_WEIGHTS, Model  # noqa: E402
+
+PLASMA = "usr/share/wallpapers/{}/contents/images/{}.jpg"
+TRAIN_PHOTOS = {
+    "mate-backgrounds": [f"usr/share/backgrounds/mate/nature/{n}.jpg" for n in (
+        "Aqua", "Blinds", "Dune", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower")],
+    "plasma-workspace-wallpapers": [PLASMA.format(n, "1280x1024") for n in (
+        "BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
+        "OneStandsOut", "Path", "summer_1am")] + [PLASMA.format("ColorfulCups", "2560x1600"),
+                                                  PLASMA.format("Volna", "5120x2880")],
+    "lomiri-wallpapers-20.04": ["usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"],
+}
+HELDOUT_SKIMAGE = ("scikit-image==0.26.0",
+                   ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"])
+
+
+def fetch_photos(root: Path) -> None:
+    """Fill root/train and root/heldout unless they already hold images."""
+    train, held = root / "train", root / "heldout"
+    if any(train.glob("*")) and any(held.glob("*")):
+        return
+    train.mkdir(parents=True, exist_ok=True)
+    held.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for package, files in TRAIN_PHOTOS.items():
+            subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
+            deb = next(tmp.glob(f"{package}_*.deb"))
+            subprocess.run(["dpkg", "-x", str(deb), str(tmp / package)], check=True)
+            for f in files:
+                parts = Path(f).parts
+                name = f"{parts[3]}-{Path(f).name}" if "wallpapers" in parts else Path(f).name
+                shutil.copyfile(tmp / package / f, train / name)
+        wheel_spec, names = HELDOUT_SKIMAGE
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
+                       check=True)
+        with zipfile.ZipFile(next(tmp.glob("scikit_image-*.whl"))) as z:
+            for n in names:
+                (held / n).write_bytes(z.read(f"skimage/data/{n}"))
+    import matplotlib
+    shutil.copyfile(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
+                    held / "grace_hopper.jpg")
+
+
+def heldout_sets(root: Path, n_val: int):
+    xp, yp = photo_pairs(load_photos(root / "heldout"), n_val, "val", seed=0, factor=8, scales=(1,))
+    xb, yb = builtin_pairs(n_val, "val")
+    return {"held-out photos (factor 8)": (xp, yp), "built-in validation": (xb, yb)}
+
+
+def report(model: Model, sets: dict) -> None:
+    print(f"{'data':<30}{'noisy dB':>10}{'denoised dB':>13}{'gain dB':>9}")
+    for name, (x, y) in sets.items():
+        s = evaluate(model, x, y)
+        print(f"{name:<30}{s['noisy_psnr']:>10.2f}{s['denoised_psnr']:>13.2f}{s['gain']:>+9.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
+    ap.add_argument("--n-photo", type=int, default=60000, help="photo training pairs")
+    ap.add_argument("--builtin-share", type=float, default=0.5, help="built-in pairs per photo pair")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--n-val", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
+    fetch_photos(args.photos)
+    sets = heldout_sets(args.photos, args.n_val)
+    if args.eval_only:
+        model = Model()
+        model.load_pretrained_model(args.out)
+        return report(model, sets)
+    xt, yt = mixed_factor_pairs(load_photos(args.photos / "train"), args.n_photo, "train", seed=0)
+    n_builtin = int(args.n_photo * args.builtin_share)
+    if n_builtin:
+        xs, ys = builtin_pairs(n_builtin, "train", seed=1)
+        xt, yt = torch.cat([xt, xs]), torch.cat([yt, ys])
+    model = Model()
+    print(f"{xt.shape[0]} training pairs, {args.epochs} epochs, config {model.config}")
+    x, y = model.prepare_pairs(xt, yt)
+    photos_x, photos_y = next(iter(sets.values()))
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        loss = model.train_epoch(x, y, epoch, args.epochs)
+        gain = evaluate(model, photos_x, photos_y)["gain"]
+        print(f"epoch {epoch + 1}: loss {loss:.5f}, held-out photo gain {gain:+.2f} dB, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    model.save(args.out)
+    print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    report(model, sets)
+
+
+if __name__ == "__main__":
+    main()

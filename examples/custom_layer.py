@@ -1,0 +1,53 @@
+"""Write your own layer -- a learnable per-channel scale, ``y = x * exp(s[c])`` -- and verify
+its hand-written VJP with ``check_vjp`` before using it in a network.
+
+    python examples/custom_layer.py
+"""
+
+import torch
+
+import n2nfunc as nf
+
+
+def channel_scale() -> nf.Layer:
+    def init(generator, in_shape):
+        return in_shape, {"log_scale": torch.empty(in_shape[1]).zero_()}
+
+    def vjp(params, x):
+        scale = params["log_scale"].exp().view(1, -1, 1, 1)
+        y = x * scale
+
+        def pullback(ct):
+            # dL/dx = ct * scale;  dL/ds[c] = sum over n, h, w of ct * y  (d exp(s)/ds = exp(s))
+            return {"log_scale": (ct * y).sum((0, 2, 3))}, ct * scale
+
+        return y, pullback
+
+    return nf.Layer(init, lambda params, x: vjp(params, x)[0], vjp)
+
+
+layer = channel_scale()
+_, params = layer.init(None, (2, 3, 4, 5))
+params["log_scale"] = torch.randn(3)
+print("check_vjp:", nf.check_vjp(layer, params, torch.randn(2, 3, 4, 5)))
+
+
+def broken_scale() -> nf.Layer:
+    """The same layer with a classic bug: the parameter gradient forgets the chain rule."""
+    good = channel_scale()
+
+    def vjp(params, x):
+        y, pullback = good.vjp(params, x)
+        return y, lambda ct: ({"log_scale": ct.sum((0, 2, 3))}, pullback(ct)[1])
+
+    return nf.Layer(good.init, good.apply, vjp)
+
+
+try:
+    nf.check_vjp(broken_scale(), params, torch.randn(2, 3, 4, 5))
+except AssertionError as e:
+    print("the buggy version is caught:", e)
+
+net = nf.serial(nf.conv2d(3, 3, padding=1), channel_scale(), nf.sigmoid())
+_, net_params = net.init(torch.Generator().manual_seed(0), (1, 3, 6, 6))
+print("inside a network:", nf.check_vjp(net, net_params, torch.randn(1, 3, 6, 6), directions=2)["parameter '1.log_scale'"])

@@ -1,0 +1,158 @@
+"""The exported submission, run the way the course grader runs it: in a fresh interpreter
+where n2nfunc cannot be imported, with autograd off."""
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from n2nfunc.data import make_pairs
+from n2nfunc.export import VENDORED, export_submission
+
+from test_allowed_primitives import ALLOWED, STDLIB_OK
+
+BLOCKER = textwrap.dedent('''
+    import importlib.abc, sys
+    import torch                  # torch's own dependencies load first; then nothing else may
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("n2nfunc", "tqdm", "typing_extensions"):
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, _Block())
+    for m in [m for m in sys.modules if m.split(".")[0] == "n2nfunc"]:
+        del sys.modules[m]
+    try:
+        import n2nfunc
+        raise SystemExit("n2nfunc was importable")
+    except ImportError:
+        pass
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(2)
+''')
+
+
+@pytest.fixture(scope="module")
+def submission(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    return export_submission(out)
+
+
+def run(code: str, cwd: Path, timeout: int = 600) -> dict:
+    script = BLOCKER + textwrap.dedent(code)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_layout(submission):
+    names = {p.relative_to(submission).as_posix() for p in submission.rglob("*") if p.is_file()}
+    assert {"__init__.py", "model.py", "bestmodel.pth"} <= names
+    assert {f"others/n2nfunc/{f}" for f in VENDORED} <= names
+
+
+def test_exported_compute_files_import_only_allowed_primitives(submission):
+    for path in (submission / "others" / "n2nfunc").glob("*.py"):
+        if path.name == "checkpoint.py":            # file reading: torch.frombuffer, pickle
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                if node.module in ALLOWED:
+                    assert {a.name for a in node.names} <= ALLOWED[node.module], (path, node.module)
+                else:
+                    assert node.module.split(".")[0] in STDLIB_OK, (path, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] in STDLIB_OK for a in node.names), path
+    for path in submission.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert all(m.split(".")[0] in STDLIB_OK | {"torch", "importlib", "os", "sys", "io",
+                                                           "pickle", "shutil", "time"} for m in mods), (path, mods)
+
+
+def test_blocks_behave_like_torch_for_the_grader(submission):
+    result = run('''
+        import json
+        import torch.nn.functional as F
+        from model import Conv2d, TransposeConv2d, Upsampling, NearestUpsampling, ReLU, Sigmoid, MSE, SGD, Sequential
+        out = {}
+        x = torch.randn(2, 3, 11, 9)
+        conv = Conv2d(3, 3, 3)
+        out["conv"] = float((conv.forward(x) - F.conv2d(x, conv.weight, conv.bias)).abs().max())
+        conv2 = Conv2d(3, 5, kernel_size=3, stride=2, padding=1)
+        y = conv2(x)
+        ct = torch.randn_like(y)
+        dx = conv2.backward(ct)
+        with torch.enable_grad():
+            xr, w, b = x.clone().requires_grad_(), conv2.weight.clone().requires_grad_(), conv2.bias.clone().requires_grad_()
+            gx, gw, gb = torch.autograd.grad(F.conv2d(xr, w, b, 2, 1), [xr, w, b], ct)
+        out["dx"] = float((dx - gx).abs().max())
+        out["dw"] = float((conv2.param()[0][1] - gw).abs().max())
+        t = TransposeConv2d(3, 4, 4, stride=2, padding=1)
+        out["tconv"] = float((t(x) - F.conv_transpose2d(x, t.weight, t.bias, 2, 1)).abs().max())
+        up = Upsampling(3, 4, 3, padding=1)
+        out["up"] = float((up(x) - F.conv2d(F.interpolate(x, scale_factor=2), up.weight, up.bias, padding=1)).abs().max())
+        net = Sequential(Conv2d(3, 8, 3, stride=2, padding=1), ReLU(), Conv2d(8, 8, 3, stride=2, padding=1), ReLU(),
+                         NearestUpsampling(2), ReLU(), Upsampling(8, 3, 3, padding=1), Sigmoid())
+        loss, opt = MSE(), SGD(net.param(), lr=0.1)
+        value = loss.forward(net.forward(torch.rand(4, 3, 8, 8)), torch.rand(4, 3, 8, 8))
+        net.backward(loss.backward())
+        opt.step()
+        out["loss"] = float(value)
+        print(json.dumps(out))
+    ''', submission)
+    assert result["conv"] < 1e-5 and result["dx"] < 1e-5 and result["dw"] < 1e-4
+    assert result["tconv"] < 1e-5 and result["up"] < 1e-5 and result["loss"] > 0
+
+
+def test_model_flow_of_the_grader(submission, tmp_path):
+    xt, yt = make_pairs(2000, "train", seed=4)
+    xv, yv = make_pairs(300, "val", seed=4)
+    torch.save((xt, yt, xv, yv), tmp_path / "data.pt")
+    result = run(f'''
+        import json
+        from model import Model
+        xt, yt, xv, yv = torch.load({str(tmp_path / "data.pt")!r})
+        def psnr(a, b):
+            a, b = a.double() / 255, b.double() / 255
+            return float((-10 * ((a - b) ** 2).mean((1, 2, 3)).log10()).mean())
+        m = Model()
+        m.load_pretrained_model()
+        big = m.predict(torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8))
+        out = {{"shape": list(big.shape), "min": float(big.min()), "max": float(big.max())}}
+        out["noisy"] = psnr(xv.float(), yv.float())
+        out["pretrained"] = psnr(m.predict(xv), yv.float())
+        m.train(xt, yt, num_epochs=1)
+        out["after_train"] = psnr(m.predict(xv), yv.float())
+        m2 = Model()
+        m2.train(xt[:64].float() / 255, yt[:64].float() / 255)      # old grader: no num_epochs, 0-1
+        print(json.dumps(out))
+    ''', submission)
+    assert result["shape"] == [1, 3, 512, 512]
+    assert 0 <= result["min"] and result["max"] <= 255 and result["max"] > 1
+    assert result["pretrained"] > result["noisy"]
+    assert result["after_train"] > result["noisy"]
+
+
+def test_package_style_import_from_the_parent_folder(submission):
+    result = run('''
+        import json
+        from Miniproject_2.model import Model, Conv2d, SGD
+        m = Model()
+        m.load_pretrained_model()
+        print(json.dumps({"ok": m.predict(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9, 13)}))
+    ''', submission.parent)
+    assert result["ok"]
+
+
+def test_export_refuses_a_broken_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.pth"):
+        export_submission(tmp_path / "out", bad)
