@@ -183,6 +183,27 @@ def _phase_slices(py: PhasePlan, px: PhasePlan):
                 yield ry, rx, slice(y0, y0 + py.counts[ry]), slice(x0, x0 + px.counts[rx])
 
 
+def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Optional[Tensor]:
+    """All phases of ``r`` (N, Ry, Rx, sy, sx, C) as one strided view shaped like the output,
+    (N, My, sy, Mx, sx, C), or None when no such view exists.
+
+    ``y[s*m + rho] = r[m + offsets[rho] - first_start, rho]``: when the offsets grow by a
+    constant step per phase (always for stride 2) and every phase has the same number of
+    outputs, the phase index is one more strided dimension, and the interleave is one copy.
+    """
+    strides_ = []
+    for plan, dim_stride, phase_stride in ((py, r.stride(1), r.stride(3)), (px, r.stride(2), r.stride(4))):
+        offs = plan.offsets
+        step = offs[1] - offs[0] if plan.stride > 1 else 0
+        if any(o != offs[0] + i * step for i, o in enumerate(offs)) or len(set(plan.counts)) != 1:
+            return None
+        strides_.append((dim_stride, step * dim_stride + phase_stride))
+    (ry_, ryp), (rx_, rxp) = strides_
+    start = (py.offsets[0] - py.first_start) * ry_ + (px.offsets[0] - px.first_start) * rx_
+    return r.as_strided((r.shape[0], py.counts[0], py.stride, px.counts[0], px.stride, r.shape[5]),
+                        (r.stride(0), ry_, ryp, rx_, rxp, r.stride(5)), r.storage_offset() + start)
+
+
 def polyphase_forward(x: Tensor, w_eff: Tensor, bias: Optional[Tensor], py: PhasePlan,
                       px: PhasePlan, out_hw: tuple):
     """Apply an upsampling map given by ``W_eff`` (see :func:`combine`) to an NHWC tensor.
@@ -199,6 +220,9 @@ def polyphase_forward(x: Tensor, w_eff: Tensor, bias: Optional[Tensor], py: Phas
         r = bias.repeat(py.stride * px.stride).addmm(cols, w_eff)
     co = w_eff.shape[1] // (py.stride * px.stride)
     r = r.view(n, py.starts, px.starts, py.stride, px.stride, co)
+    view = _interleaved(r, py, px)
+    if view is not None:
+        return view.contiguous().view(n, out_hw[0], out_hw[1], co), cols
     y = x.new_empty(n, out_hw[0], out_hw[1], co)
     for ry, rx, sy, sx in _phase_slices(py, px):
         y[:, ry::py.stride, rx::px.stride] = r[:, sy, sx, ry, rx]
@@ -211,8 +235,12 @@ def polyphase_backward(g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px
     False, then ``None``) wrt its input ``x`` (NHWC)."""
     n, co = g.shape[0], g.shape[3]
     dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
-    for ry, rx, sy, sx in _phase_slices(py, px):
-        dr[:, sy, sx, ry, rx] = g[:, ry::py.stride, rx::px.stride]
+    view = _interleaved(dr, py, px)
+    if view is not None:
+        view.copy_(g.reshape(view.shape))
+    else:
+        for ry, rx, sy, sx in _phase_slices(py, px):
+            dr[:, sy, sx, ry, rx] = g[:, ry::py.stride, rx::px.stride]
     dr = dr.view(-1, py.stride * px.stride * co)
     d_eff = dr.t().matmul(cols).t()
     if not input_grad:

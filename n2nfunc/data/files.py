@@ -11,6 +11,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..checkpoint import tensor_bytes
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -91,18 +93,13 @@ def write_image(path, rgb: Tensor, alpha: Optional[Tensor] = None, grey: bool = 
     ``grey`` writes it as a greyscale (luminance) image."""
     from PIL import Image
     h, w = rgb.shape[1:]
-    im = Image.frombytes("RGB", (w, h), _bytes(rgb.permute(1, 2, 0)))
+    im = Image.frombytes("RGB", (w, h), tensor_bytes(rgb.permute(1, 2, 0)))
     if grey:
         im = im.convert("L")
     if alpha is not None:
-        im.putalpha(Image.frombytes("L", (w, h), _bytes(alpha[0])))
+        im.putalpha(Image.frombytes("L", (w, h), tensor_bytes(alpha[0])))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
-
-
-def _bytes(t: Tensor) -> bytes:
-    """The raw bytes of a uint8 tensor in row-major order (a fresh compact copy's storage)."""
-    return bytes(t.clone(memory_format=torch.contiguous_format).untyped_storage())
 
 
 def list_images(folder) -> List[Path]:

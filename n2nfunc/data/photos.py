@@ -24,7 +24,8 @@ def pyramid(photo: Tensor, scales: Sequence[int]) -> List[Tensor]:
 
 
 def photo_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0, size: int = 32,
-                factor: int = 4, scales: Sequence[int] = (1, 2, 3)) -> Tuple[Tensor, Tensor]:
+                factor: int = 4, scales: Sequence[int] = (1, 2, 3),
+                chunk: int = 500) -> Tuple[Tensor, Tensor]:
     """``n`` uint8 pairs from ``photos``: noisy/noisy (``split="train"``) or noisy/clean
     (``"val"``). Crops are drawn with probability proportional to their photo's area."""
     if split not in ("train", "val"):
@@ -36,22 +37,24 @@ def photo_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0, siz
     if not levels:
         raise ValueError(f"no photo is at least {crop} pixels on its short side")
     areas = torch.tensor([float(img.shape[1] * img.shape[2]) for _, img in levels])
-    which = torch.multinomial(areas, n, replacement=True, generator=g)
-    highs = torch.empty(n, 3, crop, crop)
-    for i, j in enumerate(which.tolist()):
-        img = levels[j][1]
-        y = int(torch.randint(img.shape[1] - crop + 1, (1,), generator=g))
-        x = int(torch.randint(img.shape[2] - crop + 1, (1,), generator=g))
-        patch = img[:, y:y + crop, x:x + crop]
-        flips, turns = torch.randint(2, (1,), generator=g), torch.randint(4, (1,), generator=g)
-        if flips:
-            patch = patch.flip(2)
-        highs[i] = patch.rot90(int(turns), (1, 2))
-    clean = box_downsample(highs, factor)
-    first = point_sample(highs, factor, g)
-    second = clean if split == "val" else point_sample(highs, factor, g)
-    return to_uint8(first), to_uint8(second)
-
+    which = torch.multinomial(areas, n, replacement=True, generator=g).tolist()
+    firsts, seconds = [], []
+    for start in range(0, n, chunk):                 # bounded memory: crops are large
+        picks = which[start:start + chunk]
+        highs = torch.empty(len(picks), 3, crop, crop)
+        for i, j in enumerate(picks):
+            img = levels[j][1]
+            y = int(torch.randint(img.shape[1] - crop + 1, (1,), generator=g))
+            x = int(torch.randint(img.shape[2] - crop + 1, (1,), generator=g))
+            patch = img[:, y:y + crop, x:x + crop]
+            flips, turns = torch.randint(2, (1,), generator=g), torch.randint(4, (1,), generator=g)
+            if flips:
+                patch = patch.flip(2)
+            highs[i] = patch.rot90(int(turns), (1, 2))
+        clean = box_downsample(highs, factor)
+        firsts.append(to_uint8(point_sample(highs, factor, g)))
+        seconds.append(to_uint8(clean if split == "val" else point_sample(highs, factor, g)))
+    return torch.cat(firsts), torch.cat(seconds)
 
 def load_photos(folder) -> List[Tensor]:
     """Every image in ``folder`` as a uint8 (3, H, W) tensor."""
