@@ -19,11 +19,18 @@ from n2nfunc.model import Model  # noqa: E402
 def main(threads: int = 2) -> None:
     torch.set_grad_enabled(False)
     torch.set_num_threads(threads)
-    model = Model()
-    model.load_pretrained_model()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    shipped = Model()
+    shipped.load_pretrained_model()
+    compare(shipped, "the shipped network and weights")
+    compare(Model({"widths": (32, 64), "kernel": 3, "upsampling": "nearest"}),
+            "the required network with nearest x2 + 3x3 conv upsampling, widths 32/64")
+
+
+def compare(model: Model, label: str) -> None:
     ref = torch_net(model.config, model.net.state_dict())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, network {model.config['widths']}, "
-          f"kernel {model.config['kernel']}, upsampling {model.config['upsampling']}\n")
+    print(f"\n{label}: widths {model.config['widths']}, kernel {model.config['kernel']}, "
+          f"upsampling {model.config['upsampling']}")
     print(f"{'input':<22}{'contender':<26}{'ms':>9}{'img/s':>9}{'ratio':>7}")
     g = torch.Generator().manual_seed(0)
     for label, x in [("1000 x 3 x 32 x 32", torch.randint(0, 256, (1000, 3, 32, 32), generator=g, dtype=torch.uint8)),
@@ -35,8 +42,12 @@ def main(threads: int = 2) -> None:
         base = times["torch.nn forward"]
         for name, t in times.items():
             print(f"{label:<22}{name:<26}{t * 1000:>9.1f}{x.shape[0] / t:>9.0f}{base / t:>7.2f}")
+
+
+def footer() -> None:
     print("\nratio = torch time / n2nfunc time (>1: n2nfunc faster); both include the 0-255 scaling.")
 
 
 if __name__ == "__main__":
     main()
+    footer()

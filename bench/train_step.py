@@ -47,10 +47,10 @@ def contenders(config: dict, batch: int, seed: int = 0) -> dict:
 
     loss, sgd = nf.MSE(), nf.SGD(wrapped.param(), lr=LR)
 
-    def wrappers():
+    def wrappers():                       # as Model.train uses them: the data needs no gradient
         loss.forward(wrapped.forward(x), y)
         sgd.zero_grad()
-        wrapped.backward(loss.backward())
+        wrapped.backward(loss.backward(), input_grad=False)
         sgd.step()
 
     torch_opt = torch.optim.SGD(ref.parameters(), lr=LR)

@@ -95,7 +95,7 @@ def test_save_and_mismatched_loads(tmp_path):
     payload = m.payload()
     payload["params"]["0.weight"] = torch.zeros(8, 3, 2, 2)
     checkpoint.save(tmp_path / "bad.pth", payload)
-    with pytest.raises(ValueError, match=r"bad.pth.*'0.weight' has shape \(8, 3, 2, 2\), expected \(8, 3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"bad.pth.*'0.weight' has shape \(8, 3, 2, 2\), expected \(8, 3, 4, 4\)"):
         Model(SMALL).load_pretrained_model(tmp_path / "bad.pth")
     del payload["params"]["6.bias"]
     checkpoint.save(tmp_path / "missing.pth", payload)
