@@ -7,7 +7,6 @@ targets, and a simple torch.nn recipe (Adam 1e-3, batch 64) given the same wall 
 """
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path

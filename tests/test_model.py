@@ -3,7 +3,7 @@ import torch
 
 from n2nfunc import checkpoint
 from n2nfunc.data import make_pairs
-from n2nfunc.metrics import evaluate, psnr
+from n2nfunc.metrics import evaluate
 from n2nfunc.model import Model
 
 SMALL = {"widths": (8, 8), "batch_size": 16, "warmup_steps": 5}
