@@ -71,7 +71,7 @@ def to_unit_range(x, name: str):
     """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
-    if x.is_complex() or x.dtype == _BOOL or not (x.is_floating_point() or _is_integer(x)):
+    if not (x.is_floating_point() or _is_integer(x)):
         raise ValueError(f"{name} must hold numbers (uint8 or float), got dtype {x.dtype} "
                          f"with shape {tuple(x.shape)}")
     if x.dim() != 4 or x.shape[1] != 3:
@@ -172,14 +172,19 @@ class Model:
         checkpoint.save(path, self.payload())
 
     # ------------------------------------------------------------------ training
-    def _move_to(self, device) -> None:
-        """Move the network and the optimizer's state to ``device``."""
-        if tree.leaves(self.net.params)[0].device != device:
-            self.net.to(device=device)
-            self.optimizer.params = [p for p, _ in self.net.param()]
-            self.optimizer.grads = [g for _, g in self.net.param()]
-            self.optimizer.state = tree.map(
-                lambda t: t.to(device) if isinstance(t, Tensor) else t, self.optimizer.state)
+    def _move_to(self, device, dtype=None) -> None:
+        """Move the network and the optimizer's state to ``device`` (and ``dtype``); the
+        optimizer is re-pointed at the moved parameters."""
+        first = tree.leaves(self.net.params)[0]
+        dtype = dtype or first.dtype
+        if first.device == device and first.dtype == dtype:
+            return
+        self.net.to(device=device, dtype=dtype)
+        self.optimizer.params = [p for p, _ in self.net.param()]
+        self.optimizer.grads = [g for _, g in self.net.param()]
+        self.optimizer.state = tree.map(
+            lambda t: t.to(device=device, dtype=dtype) if isinstance(t, Tensor) and t.is_floating_point()
+            else t, self.optimizer.state)
 
     def train(self, train_input: Tensor, train_target: Tensor, num_epochs: Optional[int] = None,
               callback: Optional[Callable] = None) -> list:
@@ -210,8 +215,7 @@ class Model:
                     callback: Optional[Callable] = None) -> float:
         """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
         run of ``total_epochs`` (the learning-rate schedule spans the whole run)."""
-        self._move_to(x.device)
-        self.net.to(dtype=x.dtype)
+        self._move_to(x.device, x.dtype)
         n = x.shape[0]
         bs = min(self.config["batch_size"], n)
         steps = n // bs
@@ -251,8 +255,7 @@ class Model:
     def predict(self, test_input: Tensor, max_pixels: int = 1 << 21) -> Tensor:
         """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input."""
         x, scale = to_unit_range(test_input, "test_input")
-        self._move_to(x.device)
-        self.net.to(dtype=x.dtype)
+        self._move_to(x.device, x.dtype)
         n, _, h, w = x.shape
         per_chunk = max(1, max_pixels // (h * w))
         outs = []

@@ -68,6 +68,16 @@ def test_same_seed_gives_bit_identical_parameters(pairs):
     assert not torch.equal(other["0.weight"], runs[0]["0.weight"])
 
 
+def test_float64_inputs_train_the_network_in_float64(pairs):
+    xt, yt, _, _ = pairs
+    m = Model(SMALL)
+    before = m.net.state_dict()["0.weight"].double()
+    m.train(xt[:32].double() / 255, yt[:32].double() / 255, num_epochs=1)
+    after = m.net.state_dict()["0.weight"]
+    assert after.dtype == torch.float64 and not torch.equal(before, after)
+    assert m.optimizer.params[0] is after
+
+
 def test_train_accepts_the_old_grader_call_and_0_1_floats(pairs):
     xt, yt, _, _ = pairs
     m = Model({**SMALL, "num_epochs": 1})
