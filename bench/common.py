@@ -12,8 +12,12 @@ from n2nfunc.model import DEFAULT_CONFIG, build_network
 
 
 def variant_config(variant: str, widths, kernel: int = 3) -> dict:
-    return {**DEFAULT_CONFIG, "widths": tuple(widths), "kernel": kernel,
-            "upsampling": "nearest" if variant == "nearest" else "transpose"}
+    return {
+        **DEFAULT_CONFIG,
+        "widths": tuple(widths),
+        "kernel": kernel,
+        "upsampling": "nearest" if variant == "nearest" else "transpose",
+    }
 
 
 def n2nfunc_net(config: dict, seed: int = 0):
@@ -28,13 +32,24 @@ def torch_net(config: dict, state: dict) -> nn.Sequential:
     k = config["kernel"]
     p = (k - 1) // 2
     if config["upsampling"] == "nearest":
+
         def up(cin, cout):
             return nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, k, 1, p))
     else:
+
         def up(cin, cout):
             return nn.ConvTranspose2d(cin, cout, k, 2, p, 2 + 2 * p - k)
-    net = nn.Sequential(nn.Conv2d(3, w1, k, 2, p), nn.ReLU(), nn.Conv2d(w1, w2, k, 2, p), nn.ReLU(),
-                        up(w2, w1), nn.ReLU(), up(w1, 3), nn.Sigmoid())
+
+    net = nn.Sequential(
+        nn.Conv2d(3, w1, k, 2, p),
+        nn.ReLU(),
+        nn.Conv2d(w1, w2, k, 2, p),
+        nn.ReLU(),
+        up(w2, w1),
+        nn.ReLU(),
+        up(w1, 3),
+        nn.Sigmoid(),
+    )
     with torch.no_grad():
         for (name, param), value in zip(net.named_parameters(), state.values()):
             param.copy_(value)
@@ -68,7 +83,7 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    return 2 * size ** 3 / median_time(lambda: a @ b, repeats) / 1e9
+    return 2 * size**3 / median_time(lambda: a @ b, repeats) / 1e9
 
 
 def flops_per_image(config: dict, size: int = 32, training: bool = True) -> float:
@@ -85,5 +100,13 @@ def flops_per_image(config: dict, size: int = 32, training: bool = True) -> floa
     return 2 * macs * (3 if training else 1)
 
 
-__all__ = ["nf", "variant_config", "n2nfunc_net", "torch_net", "interleaved", "matmul_peak",
-           "flops_per_image", "median_time"]
+__all__ = [
+    "nf",
+    "variant_config",
+    "n2nfunc_net",
+    "torch_net",
+    "interleaved",
+    "matmul_peak",
+    "flops_per_image",
+    "median_time",
+]

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from n2nfunc.data import builtin_pairs  # noqa: E402
 from n2nfunc.export import export_submission  # noqa: E402
 
-GRADER = textwrap.dedent('''
+GRADER = textwrap.dedent("""
     import importlib.abc, json, sys, time
     import torch
     class _Block(importlib.abc.MetaPathFinder):
@@ -48,7 +48,7 @@ GRADER = textwrap.dedent('''
     t["psnr"] = float((-10 * mse.log10()).mean())
     t["noisy psnr"] = float((-10 * noisy.log10()).mean())
     print(json.dumps(t))
-''')
+""")
 
 
 def main() -> None:
@@ -63,15 +63,24 @@ def main() -> None:
         data = str(Path(tmp) / "data.pt")
         torch.save((xt, yt, xv, yv), data)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", GRADER.format(threads=args.threads, data=data)],
-                              cwd=folder, capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", GRADER.format(threads=args.threads, data=data)],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         total = time.perf_counter() - t0
     t = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"grader flow on the exported submission ({args.n_train} training pairs, {args.threads} threads):")
+    print(
+        f"grader flow on the exported submission ({args.n_train} training pairs, {args.threads} threads):"
+    )
     for key in ("load", "train 1 epoch", "predict"):
         print(f"  {key:<16}{t[key]:>8.1f} s")
-    print(f"  {'whole process':<16}{total:>8.1f} s = {total / 60:.1f} min of the 45-minute CPU budget "
-          f"({100 * total / 2700:.0f}%)")
+    print(
+        f"  {'whole process':<16}{total:>8.1f} s = {total / 60:.1f} min of the 45-minute CPU budget "
+        f"({100 * total / 2700:.0f}%)"
+    )
     print(f"  PSNR after fine-tuning: {t['psnr']:.2f} dB (noisy input {t['noisy psnr']:.2f} dB)")
 
 

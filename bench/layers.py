@@ -15,24 +15,78 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, nf  # noqa: E402
 
 CASES = [  # name, layer, torch forward, input shape (C, H, W)
-    ("conv2d 3->32 k3 s2", nf.conv2d(32, 3, 2, 1), lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1), (3, 32, 32)),
-    ("conv2d 32->64 k3 s2", nf.conv2d(64, 3, 2, 1), lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1), (32, 16, 16)),
-    ("conv2d 32->32 k3 s1", nf.conv2d(32, 3, 1, 1), lambda x, p: F.conv2d(x, p["weight"], p["bias"], 1, 1), (32, 16, 16)),
-    ("upsample 64->32 k3", nf.upsample(32, 3, 2, 1),
-     lambda x, p: F.conv2d(F.interpolate(x, scale_factor=2), p["weight"], p["bias"], 1, 1), (64, 8, 8)),
-    ("upsample 32->3 k3", nf.upsample(3, 3, 2, 1),
-     lambda x, p: F.conv2d(F.interpolate(x, scale_factor=2), p["weight"], p["bias"], 1, 1), (32, 16, 16)),
-    ("conv_t 64->32 k3 s2", nf.conv_transpose2d(32, 3, 2, 1, 1),
-     lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1, 1), (64, 8, 8)),
-    ("conv_t 32->3 k3 s2", nf.conv_transpose2d(3, 3, 2, 1, 1),
-     lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1, 1), (32, 16, 16)),
-    ("shipped conv 3->48 k4", nf.conv2d(48, 4, 2, 1), lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1), (3, 32, 32)),
-    ("shipped conv 48->48 k4", nf.conv2d(48, 4, 2, 1), lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1), (48, 16, 16)),
-    ("shipped conv_t 48->48", nf.conv_transpose2d(48, 4, 2, 1),
-     lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1), (48, 8, 8)),
-    ("shipped conv_t 48->3", nf.conv_transpose2d(3, 4, 2, 1),
-     lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1), (48, 16, 16)),
-    ("nearest_upsample x2", nf.nearest_upsample(2), lambda x, p: F.interpolate(x, scale_factor=2), (32, 16, 16)),
+    (
+        "conv2d 3->32 k3 s2",
+        nf.conv2d(32, 3, 2, 1),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1),
+        (3, 32, 32),
+    ),
+    (
+        "conv2d 32->64 k3 s2",
+        nf.conv2d(64, 3, 2, 1),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1),
+        (32, 16, 16),
+    ),
+    (
+        "conv2d 32->32 k3 s1",
+        nf.conv2d(32, 3, 1, 1),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 1, 1),
+        (32, 16, 16),
+    ),
+    (
+        "upsample 64->32 k3",
+        nf.upsample(32, 3, 2, 1),
+        lambda x, p: F.conv2d(F.interpolate(x, scale_factor=2), p["weight"], p["bias"], 1, 1),
+        (64, 8, 8),
+    ),
+    (
+        "upsample 32->3 k3",
+        nf.upsample(3, 3, 2, 1),
+        lambda x, p: F.conv2d(F.interpolate(x, scale_factor=2), p["weight"], p["bias"], 1, 1),
+        (32, 16, 16),
+    ),
+    (
+        "conv_t 64->32 k3 s2",
+        nf.conv_transpose2d(32, 3, 2, 1, 1),
+        lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1, 1),
+        (64, 8, 8),
+    ),
+    (
+        "conv_t 32->3 k3 s2",
+        nf.conv_transpose2d(3, 3, 2, 1, 1),
+        lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1, 1),
+        (32, 16, 16),
+    ),
+    (
+        "shipped conv 3->48 k4",
+        nf.conv2d(48, 4, 2, 1),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1),
+        (3, 32, 32),
+    ),
+    (
+        "shipped conv 48->48 k4",
+        nf.conv2d(48, 4, 2, 1),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 2, 1),
+        (48, 16, 16),
+    ),
+    (
+        "shipped conv_t 48->48",
+        nf.conv_transpose2d(48, 4, 2, 1),
+        lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1),
+        (48, 8, 8),
+    ),
+    (
+        "shipped conv_t 48->3",
+        nf.conv_transpose2d(3, 4, 2, 1),
+        lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1),
+        (48, 16, 16),
+    ),
+    (
+        "nearest_upsample x2",
+        nf.nearest_upsample(2),
+        lambda x, p: F.interpolate(x, scale_factor=2),
+        (32, 16, 16),
+    ),
     ("relu", nf.relu(), lambda x, p: torch.relu(x), (32, 16, 16)),
     ("sigmoid", nf.sigmoid(), lambda x, p: torch.sigmoid(x), (3, 32, 32)),
 ]
@@ -46,7 +100,9 @@ def main() -> None:
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     print(f"batch {args.batch}, {torch.get_num_threads()} threads; times in ms (median)\n")
-    print(f"{'layer':<22}{'fwd ours':>9}{'fwd torch':>10}{'ratio':>7}{'vjp ours':>10}{'vjp torch':>10}{'ratio':>7}")
+    print(
+        f"{'layer':<22}{'fwd ours':>9}{'fwd torch':>10}{'ratio':>7}{'vjp ours':>10}{'vjp torch':>10}{'ratio':>7}"
+    )
     for name, layer, ref, shape in CASES:
         x = torch.randn(args.batch, *shape)
         _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
@@ -63,10 +119,20 @@ def main() -> None:
                 xr = x.requires_grad_() if not x.requires_grad else x
                 torch.autograd.grad(ref(xr, leaves), [xr] + list(leaves.values()), ct)
 
-        t = interleaved({"f": lambda: layer.apply(params, x), "F": lambda: ref(x, leaves),
-                         "v": ours_vjp, "V": torch_vjp}, 2, 5)
-        print(f"{name:<22}{t['f'] * 1e3:>9.2f}{t['F'] * 1e3:>10.2f}{t['F'] / t['f']:>7.2f}"
-              f"{t['v'] * 1e3:>10.2f}{t['V'] * 1e3:>10.2f}{t['V'] / t['v']:>7.2f}")
+        t = interleaved(
+            {
+                "f": lambda: layer.apply(params, x),
+                "F": lambda: ref(x, leaves),
+                "v": ours_vjp,
+                "V": torch_vjp,
+            },
+            2,
+            5,
+        )
+        print(
+            f"{name:<22}{t['f'] * 1e3:>9.2f}{t['F'] * 1e3:>10.2f}{t['F'] / t['f']:>7.2f}"
+            f"{t['v'] * 1e3:>10.2f}{t['V'] * 1e3:>10.2f}{t['V'] / t['v']:>7.2f}"
+        )
         x.requires_grad_(False)
     print("\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all gradients")
 

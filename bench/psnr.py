@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import torch_net  # noqa: E402
+
 from n2nfunc import optim  # noqa: E402
 from n2nfunc.data import builtin_pairs, make_pairs  # noqa: E402
 from n2nfunc.metrics import psnr  # noqa: E402
@@ -36,7 +37,7 @@ def train_ours(config, x, y, epochs):
 def train_torch_same_recipe(config, x, y, epochs):
     """torch.nn + autograd + torch.optim.Adam replaying Model.train_epoch step for step: same
     initial weights, batch order, augmentation draws and learning-rate schedule."""
-    twin = Model(config)                         # same seed: same weights and generator
+    twin = Model(config)  # same seed: same weights and generator
     net = torch_net(config, twin.net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=config["lr"])
     g = twin.generator
@@ -44,13 +45,17 @@ def train_torch_same_recipe(config, x, y, epochs):
     n, bs = x.shape[0], config["batch_size"]
     steps = n // bs
     total = max(1, epochs * steps)
-    schedule = optim.cosine_decay(config["lr"], total + 1, config["final_lr_fraction"],
-                                  min(config["warmup_steps"], total // 10))
+    schedule = optim.cosine_decay(
+        config["lr"],
+        total + 1,
+        config["final_lr_fraction"],
+        min(config["warmup_steps"], total // 10),
+    )
     t0 = time.perf_counter()
     for epoch in range(epochs):
         order = torch.empty(n).uniform_(generator=g).argsort()
         for b in range(steps):
-            idx = order[b * bs:(b + 1) * bs]
+            idx = order[b * bs : (b + 1) * bs]
             xb, yb = x[idx], y[idx]
             if config["augment"]:
                 k = int(torch.empty(1).random_(8, generator=g))
@@ -75,7 +80,7 @@ def train_torch_simple(config, x, y, seconds):
     while time.perf_counter() - t0 < seconds:
         order = torch.randperm(x.shape[0], generator=g)
         for b in range(0, x.shape[0] - 63, 64):
-            idx = order[b:b + 64]
+            idx = order[b : b + 64]
             with torch.enable_grad():
                 opt.zero_grad()
                 F.mse_loss(net(x[idx]), y[idx]).backward()
@@ -87,7 +92,9 @@ def train_torch_simple(config, x, y, seconds):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n-train", type=int, default=50000)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=None)
@@ -98,25 +105,50 @@ def main() -> None:
     config = dict(Model().config)
     epochs = args.epochs or config["num_epochs"]
     xt, yt = builtin_pairs(args.n_train, "train")
-    xc, yc = make_pairs(args.n_train, "val", seed=1)      # same distribution, with clean targets
+    xc, yc = make_pairs(args.n_train, "val", seed=1)  # same distribution, with clean targets
     xv, yv = builtin_pairs(args.n_val, "val")
-    print(f"{args.n_train} training pairs, {args.n_val} validation pairs, {epochs} epochs, "
-          f"config {config}\n")
+    print(
+        f"{args.n_train} training pairs, {args.n_val} validation pairs, {epochs} epochs, "
+        f"config {config}\n"
+    )
     rows = [("noisy input", psnr(xv.float(), yv.float(), 255.0), "", "")]
     ours, t_ours = train_ours(config, xt, yt, epochs)
-    rows.append(("n2nfunc, default recipe (noisy targets)", score(ours.predict, xv, yv), f"{t_ours:.0f}", epochs))
+    rows.append(
+        (
+            "n2nfunc, default recipe (noisy targets)",
+            score(ours.predict, xv, yv),
+            f"{t_ours:.0f}",
+            epochs,
+        )
+    )
     ref, t_ref = train_torch_same_recipe(config, xt, yt, epochs)
     rows.append(("torch.nn + autograd, same recipe", score(ref, xv, yv), f"{t_ref:.0f}", epochs))
     clean, t_clean = train_ours(config, xc, yc, epochs)
-    rows.append(("n2nfunc, default recipe, clean targets", score(clean.predict, xv, yv), f"{t_clean:.0f}", epochs))
+    rows.append(
+        (
+            "n2nfunc, default recipe, clean targets",
+            score(clean.predict, xv, yv),
+            f"{t_clean:.0f}",
+            epochs,
+        )
+    )
     simple, done = train_torch_simple(config, xt, yt, t_ours)
-    rows.append(("torch.nn, Adam 1e-3 batch 64, same time", score(simple, xv, yv), f"{t_ours:.0f}", f"{done:.1f}"))
+    rows.append(
+        (
+            "torch.nn, Adam 1e-3 batch 64, same time",
+            score(simple, xv, yv),
+            f"{t_ours:.0f}",
+            f"{done:.1f}",
+        )
+    )
     base = rows[0][1]
     print(f"{'recipe':<44}{'PSNR dB':>9}{'gain dB':>9}{'train s':>9}{'epochs':>8}")
     for name, value, seconds, ep in rows:
         print(f"{name:<44}{value:>9.2f}{value - base:>+9.2f}{seconds:>9}{ep:>8}")
-    print(f"\nparity (n2nfunc - torch, same recipe): {rows[1][1] - rows[2][1]:+.3f} dB; "
-          f"Noise2Noise vs clean targets: {rows[1][1] - rows[3][1]:+.3f} dB")
+    print(
+        f"\nparity (n2nfunc - torch, same recipe): {rows[1][1] - rows[2][1]:+.3f} dB; "
+        f"Noise2Noise vs clean targets: {rows[1][1] - rows[3][1]:+.3f} dB"
+    )
 
 
 if __name__ == "__main__":

@@ -37,17 +37,44 @@ from n2nfunc.model import DEFAULT_WEIGHTS, Model  # noqa: E402
 
 PLASMA = "usr/share/wallpapers/{}/contents/images/{}.jpg"
 TRAIN_PHOTOS = {
-    "mate-backgrounds": [f"usr/share/backgrounds/mate/nature/{n}.jpg" for n in (
-        "Aqua", "Blinds", "Dune", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
-        "TwoWings", "Wood", "YellowFlower")],
-    "plasma-workspace-wallpapers": [PLASMA.format(n, "1280x1024") for n in (
-        "BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
-        "OneStandsOut", "Path", "summer_1am")] + [PLASMA.format("ColorfulCups", "2560x1600"),
-                                                  PLASMA.format("Volna", "5120x2880")],
+    "mate-backgrounds": [
+        f"usr/share/backgrounds/mate/nature/{n}.jpg"
+        for n in (
+            "Aqua",
+            "Blinds",
+            "Dune",
+            "Garden",
+            "GreenMeadow",
+            "LadyBird",
+            "RainDrops",
+            "Storm",
+            "TwoWings",
+            "Wood",
+            "YellowFlower",
+        )
+    ],
+    "plasma-workspace-wallpapers": [
+        PLASMA.format(n, "1280x1024")
+        for n in (
+            "BytheWater",
+            "ColdRipple",
+            "DarkestHour",
+            "EveningGlow",
+            "FallenLeaf",
+            "Grey",
+            "Kite",
+            "OneStandsOut",
+            "Path",
+            "summer_1am",
+        )
+    ]
+    + [PLASMA.format("ColorfulCups", "2560x1600"), PLASMA.format("Volna", "5120x2880")],
     "lomiri-wallpapers-20.04": ["usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"],
 }
-HELDOUT_SKIMAGE = ("scikit-image==0.26.0",
-                   ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"])
+HELDOUT_SKIMAGE = (
+    "scikit-image==0.26.0",
+    ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"],
+)
 
 
 def fetch_photos(root: Path) -> None:
@@ -68,14 +95,19 @@ def fetch_photos(root: Path) -> None:
                 name = f"{parts[3]}-{Path(f).name}" if "wallpapers" in parts else Path(f).name
                 shutil.copyfile(tmp / package / f, train / name)
         wheel_spec, names = HELDOUT_SKIMAGE
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
+            check=True,
+        )
         with zipfile.ZipFile(next(tmp.glob("scikit_image-*.whl"))) as z:
             for n in names:
                 (held / n).write_bytes(z.read(f"skimage/data/{n}"))
     import matplotlib
-    shutil.copyfile(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
-                    held / "grace_hopper.jpg")
+
+    shutil.copyfile(
+        Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
+        held / "grace_hopper.jpg",
+    )
 
 
 def heldout_sets(root: Path, n_val: int):
@@ -92,10 +124,14 @@ def report(model: Model, sets: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
     ap.add_argument("--n-photo", type=int, default=60000, help="photo training pairs")
-    ap.add_argument("--builtin-share", type=float, default=0.5, help="built-in pairs per photo pair")
+    ap.add_argument(
+        "--builtin-share", type=float, default=0.5, help="built-in pairs per photo pair"
+    )
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
@@ -123,8 +159,11 @@ def main() -> None:
     for epoch in range(args.epochs):
         loss = model.train_epoch(x, y, epoch, args.epochs)
         gain = evaluate(model, photos_x, photos_y)["gain"]
-        print(f"epoch {epoch + 1}: loss {loss:.5f}, held-out photo gain {gain:+.2f} dB, "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {loss:.5f}, held-out photo gain {gain:+.2f} dB, "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     model.save(args.out)
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     report(model, sets)

@@ -21,8 +21,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (flops_per_image, interleaved, matmul_peak, n2nfunc_net, nf,  # noqa: E402
-                    torch_net, variant_config)
+from common import (  # noqa: E402
+    flops_per_image,
+    interleaved,
+    matmul_peak,
+    n2nfunc_net,
+    nf,
+    torch_net,
+    variant_config,
+)
+
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
 LR = 0.01
@@ -47,7 +55,7 @@ def contenders(config: dict, batch: int, seed: int = 0) -> dict:
 
     loss, sgd = nf.MSE(), nf.SGD(wrapped.param(), lr=LR)
 
-    def wrappers():                       # as Model.train uses them: the data needs no gradient
+    def wrappers():  # as Model.train uses them: the data needs no gradient
         loss.forward(wrapped.forward(x), y)
         sgd.zero_grad()
         wrapped.backward(loss.backward(), input_grad=False)
@@ -61,7 +69,11 @@ def contenders(config: dict, batch: int, seed: int = 0) -> dict:
             F.mse_loss(ref(x), y).backward()
         torch_opt.step()
 
-    return {"n2nfunc functional": functional, "n2nfunc wrappers": wrappers, "torch.nn+autograd": torch_nn}
+    return {
+        "n2nfunc functional": functional,
+        "n2nfunc wrappers": wrappers,
+        "torch.nn+autograd": torch_nn,
+    }
 
 
 def rss_bytes() -> int:
@@ -93,13 +105,27 @@ def memory_child(args) -> None:
     for _ in range(5):
         fn()
     peak = peak_rss_bytes()
-    print(json.dumps({"peak_mb": (peak - base) / 2 ** 20}))
+    print(json.dumps({"peak_mb": (peak - base) / 2**20}))
 
 
 def peak_memory(name: str, config: dict, batch: int, threads: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory", name, "--config", json.dumps(config),
-                          "--batch", str(batch), "--threads", str(threads)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--memory",
+            name,
+            "--config",
+            json.dumps(config),
+            "--batch",
+            str(batch),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
@@ -107,15 +133,20 @@ def settings(quick: bool):
     shipped = {k: DEFAULT_CONFIG[k] for k in ("widths", "kernel", "upsampling")}
     nets = [("nearest", (32, 64), 3), ("transpose", (32, 64), 3)]
     if not quick:
-        nets += [("nearest", (64, 128), 3), ("transpose", (64, 128), 3),
-                 ("shipped: " + shipped["upsampling"], shipped["widths"], shipped["kernel"])]
+        nets += [
+            ("nearest", (64, 128), 3),
+            ("transpose", (64, 128), 3),
+            ("shipped: " + shipped["upsampling"], shipped["widths"], shipped["kernel"]),
+        ]
     for variant, widths, kernel in nets:
-        for batch in ((100,) if quick else (1, 32, 100)):
+        for batch in (100,) if quick else (1, 32, 100):
             yield variant, variant_config(variant.split(": ")[-1], widths, kernel), batch
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true")
@@ -128,29 +159,41 @@ def main() -> None:
     torch.set_grad_enabled(False)
     peak = matmul_peak(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"float32 matmul peak {peak:.0f} GFLOP/s (2048^3)\n")
-    header = (f"{'network':<22}{'widths':>8}{'k':>3}{'batch':>6}  {'contender':<20}{'img/s':>8}"
-              f"{'ratio':>7}{'GFLOP/s':>9}{'% peak':>8}" + ("" if args.no_memory else f"{'peak MB':>9}{'mem ratio':>10}"))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"float32 matmul peak {peak:.0f} GFLOP/s (2048^3)\n"
+    )
+    header = (
+        f"{'network':<22}{'widths':>8}{'k':>3}{'batch':>6}  {'contender':<20}{'img/s':>8}"
+        f"{'ratio':>7}{'GFLOP/s':>9}{'% peak':>8}"
+        + ("" if args.no_memory else f"{'peak MB':>9}{'mem ratio':>10}")
+    )
     print(header)
     print("-" * len(header))
     for variant, config, batch in settings(args.quick):
         warmup, repeats = (5, 20) if batch == 1 else (3, 7)
         times = interleaved(contenders(config, batch), warmup, repeats)
-        mem = {} if args.no_memory else {name: peak_memory(name, config, batch, args.threads)
-                                        for name in times}
+        mem = (
+            {}
+            if args.no_memory
+            else {name: peak_memory(name, config, batch, args.threads) for name in times}
+        )
         ref = times["torch.nn+autograd"]
         for name, t in times.items():
             ips = batch / t
             gflops = flops_per_image(config) * ips / 1e9
-            row = (f"{variant:<22}{'/'.join(map(str, config['widths'])):>8}{config['kernel']:>3}{batch:>6}  "
-                   f"{name:<20}{ips:>8.0f}{ref / t:>7.2f}{gflops:>9.1f}{100 * gflops / peak:>7.0f}%")
+            row = (
+                f"{variant:<22}{'/'.join(map(str, config['widths'])):>8}{config['kernel']:>3}{batch:>6}  "
+                f"{name:<20}{ips:>8.0f}{ref / t:>7.2f}{gflops:>9.1f}{100 * gflops / peak:>7.0f}%"
+            )
             if mem:
                 row += f"{mem[name]:>9.0f}{mem[name] / max(mem['torch.nn+autograd'], 1e-9):>10.2f}"
             print(row)
         print()
-    print("ratio = throughput / torch.nn's (>1: n2nfunc faster); GFLOP/s counts the nominal "
-          "multiply-adds of direct convolutions (3x the forward pass per training step).")
+    print(
+        "ratio = throughput / torch.nn's (>1: n2nfunc faster); GFLOP/s counts the nominal "
+        "multiply-adds of direct convolutions (3x the forward pass per training step)."
+    )
 
 
 if __name__ == "__main__":

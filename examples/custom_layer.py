@@ -50,4 +50,7 @@ except AssertionError as e:
 
 net = nf.serial(nf.conv2d(3, 3, padding=1), channel_scale(), nf.sigmoid())
 _, net_params = net.init(torch.Generator().manual_seed(0), (1, 3, 6, 6))
-print("inside a network:", nf.check_vjp(net, net_params, torch.randn(1, 3, 6, 6), directions=2)["parameter '1.log_scale'"])
+print(
+    "inside a network:",
+    nf.check_vjp(net, net_params, torch.randn(1, 3, 6, 6), directions=2)["parameter '1.log_scale'"],
+)

@@ -14,12 +14,21 @@ torch.manual_seed(0)
 
 conv = Conv2d(3, 3, 3)
 x = torch.randn(1, 3, 8, 8)
-print("Conv2d(3, 3, 3) vs F.conv2d:", float((conv.forward(x) - F.conv2d(x, conv.weight, conv.bias)).abs().max()))
+print(
+    "Conv2d(3, 3, 3) vs F.conv2d:",
+    float((conv.forward(x) - F.conv2d(x, conv.weight, conv.bias)).abs().max()),
+)
 
-model = Sequential(Conv2d(3, 32, 3, stride=2, padding=1), ReLU(),
-                   Conv2d(32, 64, 3, stride=2, padding=1), ReLU(),
-                   Upsampling(64, 32, 3, scale_factor=2, padding=1), ReLU(),
-                   TransposeConv2d(32, 3, 3, stride=2, padding=1, output_padding=1), Sigmoid())
+model = Sequential(
+    Conv2d(3, 32, 3, stride=2, padding=1),
+    ReLU(),
+    Conv2d(32, 64, 3, stride=2, padding=1),
+    ReLU(),
+    Upsampling(64, 32, 3, scale_factor=2, padding=1),
+    ReLU(),
+    TransposeConv2d(32, 3, 3, stride=2, padding=1, output_padding=1),
+    Sigmoid(),
+)
 loss, optimizer = MSE(), SGD(model.param(), lr=0.5, momentum=0.9)
 source, target = torch.rand(64, 3, 32, 32), torch.rand(64, 3, 32, 32)
 for step in range(5):
@@ -27,5 +36,7 @@ for step in range(5):
     optimizer.zero_grad()
     grad_input = model.backward(loss.backward())
     optimizer.step()
-    print(f"step {step}: loss {float(value):.5f}, |d loss / d input| = {float(grad_input.norm()):.3g}")
+    print(
+        f"step {step}: loss {float(value):.5f}, |d loss / d input| = {float(grad_input.norm()):.3g}"
+    )
 print("parameters:", [tuple(p.shape) for p, _ in model.param()])

@@ -20,12 +20,20 @@ torch.set_grad_enabled(False)
 torch.set_num_threads(2)
 
 body = nf.serial(
-    nf.conv2d(32, 3, stride=2, padding=1), nf.relu(),
+    nf.conv2d(32, 3, stride=2, padding=1),
+    nf.relu(),
     nf.residual(nf.serial(nf.conv2d(32, 3, padding=1), nf.relu(), nf.conv2d(32, 3, padding=1))),
     nf.relu(),
-    nf.conv_transpose2d(16, 4, stride=2, padding=1), nf.relu())
-net = nf.serial(nf.fanout(2), nf.parallel(body, nf.identity()), nf.fanin_concat(),
-                nf.conv2d(3, 3, padding=1), nf.sigmoid())
+    nf.conv_transpose2d(16, 4, stride=2, padding=1),
+    nf.relu(),
+)
+net = nf.serial(
+    nf.fanout(2),
+    nf.parallel(body, nf.identity()),
+    nf.fanin_concat(),
+    nf.conv2d(3, 3, padding=1),
+    nf.sigmoid(),
+)
 
 out_shape, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 32, 32))
 print("output shape", out_shape, "parameters:", [p for p, _ in nf.tree.flatten(params)])
@@ -41,8 +49,10 @@ for epoch in range(3):
     t0 = time.perf_counter()
     order = torch.randperm(xt.shape[0])
     for i in range(0, xt.shape[0], 32):
-        idx = order[i:i + 32]
+        idx = order[i : i + 32]
         params, state, loss = step(params, state, xt[idx], yt[idx])
     denoised = net.apply(params, xv)
-    print(f"epoch {epoch + 1}: loss {float(loss):.4f}, validation {psnr(denoised, yv.float() / 255):.2f} dB, "
-          f"{time.perf_counter() - t0:.0f} s")
+    print(
+        f"epoch {epoch + 1}: loss {float(loss):.4f}, validation {psnr(denoised, yv.float() / 255):.2f} dB, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )

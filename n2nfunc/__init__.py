@@ -14,18 +14,67 @@ from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .losses import Loss, mse
 from .metrics import evaluate, psnr
 from .model import Model
-from .modules import (MSE, SGD, Adam, Conv2d, Module, NearestUpsampling, ReLU, Sequential,
-                      Sigmoid, TransposeConv2d, Upsampling)
+from .modules import (
+    MSE,
+    SGD,
+    Adam,
+    Conv2d,
+    Module,
+    NearestUpsampling,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    TransposeConv2d,
+    Upsampling,
+)
 from .optim import GradientTransformation, adam, apply_updates, cosine_decay, sgd
 from .testing import check_vjp
 from .train import make_train_step, value_and_grad
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "Conv2d", "GradientTransformation", "Layer", "Loss", "MSE", "Model", "Module",
-           "NearestUpsampling", "ReLU", "SGD", "Sequential", "Sigmoid", "TransposeConv2d",
-           "Upsampling", "adam", "apply_updates", "check_vjp", "conv2d", "conv_transpose2d",
-           "cosine_decay", "evaluate", "fanin_concat", "fanin_sum", "fanout", "identity", "kernels",
-           "make_train_step", "mse", "nearest_upsample", "optim", "parallel", "psnr", "pull", "relu",
-           "residual", "serial", "sgd", "sigmoid", "skips_input_grad", "tree", "upsample",
-           "value_and_grad"]
+__all__ = [
+    "Adam",
+    "Conv2d",
+    "GradientTransformation",
+    "Layer",
+    "Loss",
+    "MSE",
+    "Model",
+    "Module",
+    "NearestUpsampling",
+    "ReLU",
+    "SGD",
+    "Sequential",
+    "Sigmoid",
+    "TransposeConv2d",
+    "Upsampling",
+    "adam",
+    "apply_updates",
+    "check_vjp",
+    "conv2d",
+    "conv_transpose2d",
+    "cosine_decay",
+    "evaluate",
+    "fanin_concat",
+    "fanin_sum",
+    "fanout",
+    "identity",
+    "kernels",
+    "make_train_step",
+    "mse",
+    "nearest_upsample",
+    "optim",
+    "parallel",
+    "psnr",
+    "pull",
+    "relu",
+    "residual",
+    "serial",
+    "sgd",
+    "sigmoid",
+    "skips_input_grad",
+    "tree",
+    "upsample",
+    "value_and_grad",
+]

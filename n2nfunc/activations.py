@@ -27,8 +27,9 @@ def _elementwise(name: str, forward, derivative_times) -> Layer:
 
 def relu() -> Layer:
     """``y = max(x, 0)``; ``dx = ct * [y > 0]`` (the subgradient 0 at x = 0, like PyTorch)."""
-    return _elementwise("relu", lambda x: x.clamp(min=0),
-                        lambda x, y, ct: ct.masked_fill(y <= 0, 0))
+    return _elementwise(
+        "relu", lambda x: x.clamp(min=0), lambda x, y, ct: ct.masked_fill(y <= 0, 0)
+    )
 
 
 def _sigmoid(x):
@@ -38,12 +39,12 @@ def _sigmoid(x):
 
 def sigmoid() -> Layer:
     """``y = 1 / (1 + exp(-x))``; ``dx = ct * y * (1 - y)``."""
-    return _elementwise("sigmoid", _sigmoid,
-                        lambda x, y, ct: y.neg().add_(1).mul_(y).mul_(ct))
+    return _elementwise("sigmoid", _sigmoid, lambda x, y, ct: y.neg().add_(1).mul_(y).mul_(ct))
 
 
 def identity() -> Layer:
     """``y = x``; for skip connections."""
+
     def init(generator, in_shape):
         return in_shape, {}
 

@@ -15,20 +15,22 @@ image size), and it propagates to the output shape.
 """
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from torch import Generator, Tensor, empty
 
-Shape = Tuple[int, ...]
-Params = Any          # a dict (possibly nested) of tensors
-Pullback = Callable[[Any], Tuple[Params, Any]]
+Shape = tuple[int, ...]
+Params = Any  # a dict (possibly nested) of tensors
+Pullback = Callable[..., tuple[Params, Any]]
 
 
 class Layer(NamedTuple):
     """A layer as three pure functions (see the module docstring)."""
-    init: Callable[[Optional[Generator], Shape], Tuple[Shape, Params]]
+
+    init: Callable[[Generator | None, Shape], tuple[Shape, Params]]
     apply: Callable[[Params, Any], Any]
-    vjp: Callable[[Params, Any], Tuple[Any, Pullback]]
+    vjp: Callable[[Params, Any], tuple[Any, Pullback]]
 
 
 def apply_via_vjp(vjp: Callable) -> Callable:
@@ -39,7 +41,7 @@ def apply_via_vjp(vjp: Callable) -> Callable:
 
 def skips_input_grad(vjp: Callable) -> Callable:
     """Mark ``vjp`` as returning pullbacks that accept ``input_grad=False``."""
-    vjp.skips_input_grad = True
+    vjp.skips_input_grad = True  # type: ignore[attr-defined]
     return vjp
 
 
@@ -51,12 +53,15 @@ def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool):
     return pullback(ct, input_grad=False)
 
 
-def pair(value, name: str, layer: str, minimum: int = 1) -> Tuple[int, int]:
+def pair(value, name: str, layer: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as a pair of ints >= ``minimum`` (an int means the same for height and width)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         raise TypeError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
@@ -69,16 +74,21 @@ def positive_int(value, name: str, layer: str) -> int:
     return value
 
 
-def image_shape(in_shape, layer: str, channels: Optional[int] = None) -> Shape:
+def image_shape(in_shape, layer: str, channels: int | None = None) -> Shape:
     """Check an ``init`` shape ``(N, C, H, W)``: ints, C > 0, others > 0 or -1 (unknown)."""
     shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
-    if (shape is None or len(shape) != 4
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+    if (
+        shape is None
+        or len(shape) != 4
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+    ):
         raise ValueError(f"{layer}: expected an input shape (N, C, H, W), got {in_shape!r}")
     n, c, h, w = shape
     if c < 1 or any(s == 0 or s < -1 for s in (n, h, w)):
-        raise ValueError(f"{layer}: input shape {shape} has a non-positive size "
-                         "(use -1 for a size not known yet)")
+        raise ValueError(
+            f"{layer}: input shape {shape} has a non-positive size "
+            "(use -1 for a size not known yet)"
+        )
     if channels is not None and c != channels:
         raise ValueError(f"{layer}: expected {channels} input channels, got shape {shape}")
     return shape
@@ -89,8 +99,9 @@ def check_tensor(x, layer: str, what: str = "input") -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: {what} must be a Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{layer}: {what} must be floating point, got dtype {x.dtype} "
-                        f"(shape {tuple(x.shape)})")
+        raise TypeError(
+            f"{layer}: {what} must be floating point, got dtype {x.dtype} (shape {tuple(x.shape)})"
+        )
     return x
 
 
@@ -98,14 +109,19 @@ def check_image(x, layer: str, channels: int, like: Tensor) -> Tensor:
     """``x`` must be a (N, ``channels``, H, W) float tensor of ``like``'s dtype and device."""
     check_tensor(x, layer)
     if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{layer}: expected input of shape (N, {channels}, H, W), "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"{layer}: expected input of shape (N, {channels}, H, W), got {tuple(x.shape)}"
+        )
     if x.dtype != like.dtype:
-        raise TypeError(f"{layer}: input dtype {x.dtype} does not match the parameters' "
-                        f"dtype {like.dtype} (input shape {tuple(x.shape)})")
+        raise TypeError(
+            f"{layer}: input dtype {x.dtype} does not match the parameters' "
+            f"dtype {like.dtype} (input shape {tuple(x.shape)})"
+        )
     if x.device != like.device:
-        raise ValueError(f"{layer}: input is on {x.device} but the parameters are on "
-                         f"{like.device} (input shape {tuple(x.shape)})")
+        raise ValueError(
+            f"{layer}: input is on {x.device} but the parameters are on "
+            f"{like.device} (input shape {tuple(x.shape)})"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{layer}: empty batch, input shape {tuple(x.shape)}")
     return x
@@ -119,27 +135,29 @@ def check_params(params, layer: str, expected: dict) -> None:
     for key, shape in expected.items():
         p = params[key]
         if not isinstance(p, Tensor) or tuple(p.shape) != tuple(shape):
-            got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
-            raise ValueError(f"{layer}: parameter '{key}' must have shape {tuple(shape)}, "
-                             f"got {got}")
+            found = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+            raise ValueError(
+                f"{layer}: parameter '{key}' must have shape {tuple(shape)}, got {found}"
+            )
 
 
 def check_cotangent(ct, y: Tensor, layer: str) -> Tensor:
     """The output cotangent must be a tensor of the output's shape (no silent broadcasting)."""
     if not isinstance(ct, Tensor) or ct.shape != y.shape:
         got = tuple(ct.shape) if isinstance(ct, Tensor) else type(ct).__name__
-        raise ValueError(f"{layer}: output gradient must have the output's shape "
-                         f"{tuple(y.shape)}, got {got}")
+        raise ValueError(
+            f"{layer}: output gradient must have the output's shape {tuple(y.shape)}, got {got}"
+        )
     return ct
 
 
-def uniform(generator: Optional[Generator], shape: Shape, bound: float) -> Tensor:
+def uniform(generator: Generator | None, shape: Shape, bound: float) -> Tensor:
     """A tensor of ``shape`` drawn from U(-bound, bound), on the generator's device."""
     device = generator.device if generator is not None else None
     return empty(shape, device=device).uniform_(-bound, bound, generator=generator)
 
 
-def kaiming_bounds(fan_in: int) -> Tuple[float, float]:
+def kaiming_bounds(fan_in: int) -> tuple[float, float]:
     """PyTorch's default conv initialisation bounds (weight, bias), both ``1/sqrt(fan_in)``.
 
     The weight bound is computed the way ``kaiming_uniform_(a=sqrt(5))`` does, so the

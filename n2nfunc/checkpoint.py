@@ -18,8 +18,15 @@ from torch import Tensor
 
 FORMAT = "n2nfunc-checkpoint"
 VERSION = 1
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
 
 
 class Refused(pickle.UnpicklingError):
@@ -98,6 +105,7 @@ def _pause_for_tests(f) -> None:
     flag = os.environ.get("N2NFUNC_TEST_PAUSE_IN_SAVE")
     if flag:
         import time
+
         f.flush()
         Path(flag).touch()
         time.sleep(120)
@@ -105,8 +113,9 @@ def _pause_for_tests(f) -> None:
 
 def save(path, payload: dict) -> None:
     """Save ``payload`` (plain containers and tensors) as a checkpoint, atomically."""
-    blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": encode(payload)},
-                        protocol=4)
+    blob = pickle.dumps(
+        {"format": FORMAT, "version": VERSION, "payload": encode(payload)}, protocol=4
+    )
     write_atomic(path, blob)
 
 
@@ -121,17 +130,32 @@ def load(path) -> dict:
     try:
         obj = _NoGlobals(io.BytesIO(data)).load()
     except Refused as e:
-        raise ValueError(f"checkpoint {path} was refused: {e} (n2nfunc checkpoints hold only "
-                         "plain data; nothing from the file was executed)") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            UnicodeDecodeError, OverflowError, MemoryError) as e:
-        raise ValueError(f"checkpoint {path} is truncated or not an n2nfunc checkpoint "
-                         f"({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"checkpoint {path} was refused: {e} (n2nfunc checkpoints hold only "
+            "plain data; nothing from the file was executed)"
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as e:
+        raise ValueError(
+            f"checkpoint {path} is truncated or not an n2nfunc checkpoint ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an n2nfunc checkpoint")
     if obj.get("version") != VERSION:
-        raise ValueError(f"checkpoint {path} has format version {obj.get('version')}; this "
-                         f"n2nfunc reads version {VERSION}")
+        raise ValueError(
+            f"checkpoint {path} has format version {obj.get('version')}; this "
+            f"n2nfunc reads version {VERSION}"
+        )
     try:
         return decode(obj["payload"])
     except (ValueError, RuntimeError, TypeError) as e:

@@ -9,8 +9,16 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .data import (builtin_pairs, load_folder_pairs, load_pair_file, load_photos, mixed_factor_pairs,
-                   photo_pairs, read_image, write_image)
+from .data import (
+    builtin_pairs,
+    load_folder_pairs,
+    load_pair_file,
+    load_photos,
+    mixed_factor_pairs,
+    photo_pairs,
+    read_image,
+    write_image,
+)
 from .metrics import evaluate
 from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, Model
 
@@ -51,8 +59,9 @@ def _training_data(args):
     if args.val_pairs:
         xv, yv = load_folder_pairs(args.val_pairs)
     elif args.val_photos:
-        xv, yv = photo_pairs(load_photos(args.val_photos), args.n_val, "val", args.seed, factor=8,
-                             scales=(1,))
+        xv, yv = photo_pairs(
+            load_photos(args.val_photos), args.n_val, "val", args.seed, factor=8, scales=(1,)
+        )
     else:
         xv, yv = builtin_pairs(args.n_val, "val", args.noise, args.seed)
     return xt, yt, xv, yv, desc
@@ -74,7 +83,7 @@ def _config(args) -> dict:
 def _resume_state(model: Model, path) -> dict:
     state = checkpoint.load(path)
     model.load_payload(state, str(path))
-    model.pretrained = False             # resuming continues the same run's schedule
+    model.pretrained = False  # resuming continues the same run's schedule
     model.optimizer.state = state["optimizer"]
     model.generator.set_state(state["rng"])
     model.epochs_done = state["epoch"]
@@ -82,12 +91,21 @@ def _resume_state(model: Model, path) -> dict:
 
 
 def _save_state(model: Model, path, epoch: int, history: list) -> None:
-    checkpoint.save(path, {**model.payload(), "optimizer": model.optimizer.state, "epoch": epoch,
-                           "rng": model.generator.get_state(), "history": history})
+    checkpoint.save(
+        path,
+        {
+            **model.payload(),
+            "optimizer": model.optimizer.state,
+            "epoch": epoch,
+            "rng": model.generator.get_state(),
+            "history": history,
+        },
+    )
 
 
 def cmd_train(args) -> int:
     from tqdm import tqdm
+
     device = _setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +124,18 @@ def cmd_train(args) -> int:
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
     per_epoch = (x.shape[0] // bs) * bs
-    print(f"training on {desc}: {x.shape[0]} pairs, {epochs} epochs, batch {bs}, "
-          f"{torch.get_num_threads()} threads, device {device}")
+    print(
+        f"training on {desc}: {x.shape[0]} pairs, {epochs} epochs, batch {bs}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
-    bar = tqdm(total=(epochs - start) * per_epoch, unit="img", unit_scale=True, dynamic_ncols=True,
-               disable=args.quiet)
+    bar = tqdm(
+        total=(epochs - start) * per_epoch,
+        unit="img",
+        unit_scale=True,
+        dynamic_ncols=True,
+        disable=args.quiet,
+    )
 
     def on_step(epoch, step, steps, loss):
         bar.update(bs)
@@ -124,17 +149,28 @@ def cmd_train(args) -> int:
             loss = model.train_epoch(x, y, epoch, epochs, on_step)
             seconds = time.perf_counter() - t0
             scores = evaluate(model, xv, yv)
-            history.append({"epoch": epoch + 1, "loss": loss, "val_psnr": scores["denoised_psnr"],
-                            "noisy_psnr": scores["noisy_psnr"], "seconds": seconds})
-            bar.write(f"epoch {epoch + 1}/{epochs}: loss {loss:.5f}, validation PSNR "
-                      f"{scores['denoised_psnr']:.2f} dB (noisy {scores['noisy_psnr']:.2f} dB, "
-                      f"gain {scores['gain']:+.2f} dB), {per_epoch / seconds:.0f} images/s")
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": loss,
+                    "val_psnr": scores["denoised_psnr"],
+                    "noisy_psnr": scores["noisy_psnr"],
+                    "seconds": seconds,
+                }
+            )
+            bar.write(
+                f"epoch {epoch + 1}/{epochs}: loss {loss:.5f}, validation PSNR "
+                f"{scores['denoised_psnr']:.2f} dB (noisy {scores['noisy_psnr']:.2f} dB, "
+                f"gain {scores['gain']:+.2f} dB), {per_epoch / seconds:.0f} images/s"
+            )
             _save_state(model, state_path, epoch + 1, history)
     except KeyboardInterrupt:
         bar.close()
         _save_state(model, state_path, epoch, history)
-        print(f"\ninterrupted in epoch {epoch + 1}; state saved to {state_path}; continue with "
-              f"`n2nfunc train --resume {state_path}` (that epoch restarts)")
+        print(
+            f"\ninterrupted in epoch {epoch + 1}; state saved to {state_path}; continue with "
+            f"`n2nfunc train --resume {state_path}` (that epoch restarts)"
+        )
         return 130
     bar.close()
     model.save(weights_path)
@@ -142,6 +178,7 @@ def cmd_train(args) -> int:
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
     if not args.no_pictures:
         from .viz import plot_curves, sample_grid
+
         curves = plot_curves(history, out / "curves.png")
         grid = sample_grid(xv[:8], model.predict(xv[:8]), yv[:8], out / "samples.png")
         for p in (curves, grid):
@@ -168,20 +205,26 @@ def cmd_eval(args) -> int:
         xv, yv = load_folder_pairs(args.val_pairs)
         desc = str(args.val_pairs)
     elif args.val_photos:
-        xv, yv = photo_pairs(load_photos(args.val_photos), args.n_val, "val", args.seed, factor=8,
-                             scales=(1,))
+        xv, yv = photo_pairs(
+            load_photos(args.val_photos), args.n_val, "val", args.seed, factor=8, scales=(1,)
+        )
         desc = f"{args.n_val} patches of the photos in {args.val_photos} (downsampling factor 8)"
     else:
         xv, yv = builtin_pairs(args.n_val, "val", args.noise, args.seed)
         desc = f"{args.n_val} built-in validation pairs, noise {args.noise}"
     s = evaluate(model, xv.to(device), yv.to(device))
-    print(f"checkpoint: {args.checkpoint or DEFAULT_WEIGHTS}\ndata: {desc}\n"
-          f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\ndenoised PSNR:    {s['denoised_psnr']:.2f} dB\n"
-          f"gain:             {s['gain']:+.2f} dB")
+    print(
+        f"checkpoint: {args.checkpoint or DEFAULT_WEIGHTS}\ndata: {desc}\n"
+        f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\n"
+        f"denoised PSNR:    {s['denoised_psnr']:.2f} dB\n"
+        f"gain:             {s['gain']:+.2f} dB"
+    )
     return 0
 
 
-def denoise_tiled(model: Model, rgb: torch.Tensor, tile: int = 256, margin: int = 16) -> torch.Tensor:
+def denoise_tiled(
+    model: Model, rgb: torch.Tensor, tile: int = 256, margin: int = 16
+) -> torch.Tensor:
     """Denoise a uint8 (3, H, W) image tile by tile (each with a ``margin`` of context), so
     memory stays bounded for any image size; returns uint8 (3, H, W)."""
     _, h, w = rgb.shape
@@ -191,8 +234,12 @@ def denoise_tiled(model: Model, rgb: torch.Tensor, tile: int = 256, margin: int 
             ys, xs = max(0, y0 - margin), max(0, x0 - margin)
             ye, xe = min(h, y0 + tile + margin), min(w, x0 + tile + margin)
             pred = model.predict(rgb[None, :, ys:ye, xs:xe].float())[0]
-            core = pred[:, y0 - ys:y0 - ys + min(tile, h - y0), x0 - xs:x0 - xs + min(tile, w - x0)]
-            out[:, y0:y0 + core.shape[1], x0:x0 + core.shape[2]] = core.round().to(torch.uint8).cpu()
+            core = pred[
+                :, y0 - ys : y0 - ys + min(tile, h - y0), x0 - xs : x0 - xs + min(tile, w - x0)
+            ]
+            out[:, y0 : y0 + core.shape[1], x0 : x0 + core.shape[2]] = (
+                core.round().to(torch.uint8).cpu()
+            )
     return out
 
 
@@ -203,13 +250,16 @@ def cmd_denoise(args) -> int:
     t0 = time.perf_counter()
     out = denoise_tiled(model, picture.rgb.to(device), args.tile)
     write_image(args.output, out, picture.alpha, picture.grey)
-    print(f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
 def cmd_export(args) -> int:
     from .export import export_submission
+
     folder = export_submission(args.out_dir, args.checkpoint)
     print(f"submission written to {folder}")
     return 0
@@ -223,8 +273,11 @@ def _common(p, device=True):
 
 def _val_options(p):
     p.add_argument("--n-val", type=int, default=1000, help="built-in / photo validation pairs")
-    p.add_argument("--noise", default="downsample",
-                   help="built-in noise: downsample, gaussian:SIGMA or poisson:PEAK")
+    p.add_argument(
+        "--noise",
+        default="downsample",
+        help="built-in noise: downsample, gaussian:SIGMA or poisson:PEAK",
+    )
     p.add_argument("--val-pairs", type=Path, help="folder with a/ (noisy) and b/ (clean) images")
     p.add_argument("--val-photos", type=Path, help="folder of photos for validation patches")
     p.add_argument("--seed", type=int, default=0)

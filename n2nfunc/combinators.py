@@ -2,7 +2,8 @@
 
 * ``serial(l0, l1, ...)``: ``x -> l1(l0(x))``; params ``{"0": p0, "1": p1, ...}``, so
   paths read like a ``torch.nn.Sequential`` state_dict (``"0.weight"``).
-* ``parallel(l0, l1, ...)``: a tuple of inputs to the tuple of outputs, ``(x0, x1) -> (l0(x0), l1(x1))``.
+* ``parallel(l0, l1, ...)``: a tuple of inputs to the tuple of outputs,
+  ``(x0, x1) -> (l0(x0), l1(x1))``.
 * ``fanout(n)``: ``x -> (x, ..., x)``; its pullback sums the cotangents.
 * ``fanin_sum()``: ``(x0, x1, ...) -> x0 + x1 + ...``.
 * ``fanin_concat(axis=1)``: ``(x0, x1, ...) -> cat(..., axis)``; its pullback splits.
@@ -11,7 +12,7 @@
 Errors raised inside a child are re-raised with the child's path (``"in layer 2.1: ..."``).
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, cat
 
@@ -22,7 +23,7 @@ def _at(path: str, error: Exception) -> Exception:
     """The same kind of error, its message prefixed with the layer path."""
     message = str(error.args[0]) if error.args else str(error)
     if message.startswith("in layer "):
-        message = f"in layer {path}." + message[len("in layer "):]
+        message = f"in layer {path}." + message[len("in layer ") :]
     else:
         message = f"in layer {path}: {message}"
     return type(error)(message)
@@ -83,7 +84,9 @@ def serial(*layers: Layer) -> Layer:
 def _check_tuple(xs, n: int, name: str):
     if not isinstance(xs, (tuple, list)) or (n >= 0 and len(xs) != n):
         got = f"{len(xs)} inputs" if isinstance(xs, (tuple, list)) else type(xs).__name__
-        raise ValueError(f"{name}: expected a tuple of {n if n >= 0 else 'several'} inputs, got {got}")
+        raise ValueError(
+            f"{name}: expected a tuple of {n if n >= 0 else 'several'} inputs, got {got}"
+        )
     return tuple(xs)
 
 
@@ -122,8 +125,10 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(outs), pullback
 
     def apply(params, xs):
-        return tuple(layer.apply(params[str(i)], x)
-                     for i, (layer, x) in enumerate(zip(layers, _check_tuple(xs, n, "parallel"))))
+        return tuple(
+            layer.apply(params[str(i)], x)
+            for i, (layer, x) in enumerate(zip(layers, _check_tuple(xs, n, "parallel")))
+        )
 
     return Layer(init, apply, vjp)
 
@@ -158,6 +163,7 @@ def _same_shapes(shapes, name):
 
 def fanin_sum() -> Layer:
     """``(x0, x1, ...) -> x0 + x1 + ...`` (equal shapes)."""
+
     def init(generator, in_shapes):
         return _same_shapes(in_shapes, "fanin_sum")[0], {}
 
@@ -175,7 +181,7 @@ def fanin_concat(axis: int = 1) -> Layer:
 
     def init(generator, in_shapes):
         shapes = [tuple(s) for s in _check_tuple(in_shapes, -1, name)]
-        others = {s[:axis] + s[axis + 1:] for s in shapes}
+        others = {s[:axis] + s[axis + 1 :] for s in shapes}
         if len(others) != 1:
             raise ValueError(f"{name}: inputs must agree except along axis {axis}, got {shapes}")
         size = sum(s[axis] for s in shapes)
@@ -188,8 +194,9 @@ def fanin_concat(axis: int = 1) -> Layer:
         try:
             y = cat(xs, axis)
         except RuntimeError as e:
-            raise ValueError(f"{name}: cannot concatenate shapes "
-                             f"{[tuple(x.shape) for x in xs]}: {e}") from None
+            raise ValueError(
+                f"{name}: cannot concatenate shapes {[tuple(x.shape) for x in xs]}: {e}"
+            ) from None
         sizes = [x.shape[axis] for x in xs]
 
         def pullback(ct):
@@ -207,15 +214,19 @@ def residual(layer: Layer) -> Layer:
     def init(generator, in_shape):
         out, params = layer.init(generator, in_shape)
         if tuple(out) != tuple(in_shape):
-            raise ValueError(f"residual: the inner layer maps shape {tuple(in_shape)} to "
-                             f"{tuple(out)}; a residual block must keep the shape")
+            raise ValueError(
+                f"residual: the inner layer maps shape {tuple(in_shape)} to "
+                f"{tuple(out)}; a residual block must keep the shape"
+            )
         return out, params
 
     def vjp(params, x):
         fx, pb = layer.vjp(params, x)
         if fx.shape != x.shape:
-            raise ValueError(f"residual: the inner layer maps shape {tuple(x.shape)} to "
-                             f"{tuple(fx.shape)}; a residual block must keep the shape")
+            raise ValueError(
+                f"residual: the inner layer maps shape {tuple(x.shape)} to "
+                f"{tuple(fx.shape)}; a residual block must keep the shape"
+            )
         y = x + fx
 
         def pullback(ct):

@@ -9,8 +9,19 @@ All computation is in :mod:`n2nfunc.kernels` on channels-last views (see :mod:`n
 """
 
 from . import kernels as K
-from .base import (Layer, apply_via_vjp, check_cotangent, check_image, check_params,
-                   image_shape, kaiming_bounds, pair, positive_int, skips_input_grad, uniform)
+from .base import (
+    Layer,
+    apply_via_vjp,
+    check_cotangent,
+    check_image,
+    check_params,
+    image_shape,
+    kaiming_bounds,
+    pair,
+    positive_int,
+    skips_input_grad,
+    uniform,
+)
 from .nhwc import to_nchw, to_nhwc
 
 
@@ -45,22 +56,29 @@ def _weight_shape(in_channels, out_channels, k, transposed):
 def _make_init(name, out_channels, k, bias, out_size, transposed=False):
     """``init`` of a convolution-like layer: PyTorch's fan-in is the weight's dim 1 times the
     kernel area (the input channels, or for a transposed convolution the output channels)."""
+
     def init(generator, in_shape):
         n, c, h, w = image_shape(in_shape, name)
         ho, wo = _sizes((n, c, h, w), out_size, name)
         shape = _weight_shape(c, out_channels, k, transposed)
         params = _init_conv(generator, shape, shape[1] * k[0] * k[1], out_channels, bias)
         return (n, out_channels, ho, wo), params
+
     return init
 
 
 def _checked(params, x, name, out_channels, k, bias, out_size, transposed=False):
-    """Validate params and input of a convolution-like layer; returns ``(weight, (h, w), out_hw)``."""
+    """Validate params and input of a convolution-like layer.
+
+    Returns ``(weight, (h, w), out_hw)``.
+    """
     weight = params.get("weight") if isinstance(params, dict) else None
     ok = weight is not None and hasattr(weight, "dim") and weight.dim() == 4
     c = weight.shape[0 if transposed else 1] if ok else -1
-    expected = {"weight": _weight_shape(c, out_channels, k, transposed),
-                **({"bias": (out_channels,)} if bias else {})}
+    expected = {
+        "weight": _weight_shape(c, out_channels, k, transposed),
+        **({"bias": (out_channels,)} if bias else {}),
+    }
     check_params(params, name, expected)
     check_image(x, name, c, weight)
     return weight, tuple(x.shape[2:]), _sizes(x.shape, out_size, name)
@@ -75,13 +93,17 @@ def _sizes(shape, size_fn, name):
             continue
         o = size_fn(dim, size)
         if o < 1:
-            raise ValueError(f"{name}: input shape {tuple(shape)} gives an empty output "
-                             f"along {dim} ({o}); the kernel is larger than the padded input")
+            raise ValueError(
+                f"{name}: input shape {tuple(shape)} gives an empty output "
+                f"along {dim} ({o}); the kernel is larger than the padded input"
+            )
         out.append(o)
     return out
 
 
-def conv2d(out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True) -> Layer:
+def conv2d(
+    out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True
+) -> Layer:
     """2-d cross-correlation, as ``torch.nn.functional.conv2d``:
 
     ``y[n, o, i, j] = b[o] + sum_{c, a, b} w[o, c, a, b] x[n, c, s*i - p + d*a, s*j - p + d*b]``.
@@ -89,8 +111,14 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias
     Gradients: ``dW = g^T @ im2col(x)``; ``dx`` is the transposed convolution of ``g``
     with the same kernel (computed by the polyphase engine, see :mod:`n2nfunc.kernels`).
     """
-    name = _describe("conv2d", out_channels=out_channels, kernel_size=kernel_size,
-                     stride=stride, padding=padding, dilation=dilation)
+    name = _describe(
+        "conv2d",
+        out_channels=out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+    )
     positive_int(out_channels, "out_channels", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -128,8 +156,15 @@ def conv2d(out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias
     return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
 
 
-def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
-                     dilation=1, bias: bool = True) -> Layer:
+def conv_transpose2d(
+    out_channels: int,
+    kernel_size,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    bias: bool = True,
+) -> Layer:
     """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``:
 
     ``y[n, o, s*i - p + d*a, s*j - p + d*b] += w[c, o, a, b] x[n, c, i, j]`` (plus ``b[o]``),
@@ -138,9 +173,15 @@ def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding=0, output
     The forward pass is the polyphase engine; ``dx`` is the plain convolution of ``g`` with
     the same weight, and ``dW = x^T @ im2col(g)`` reuses that convolution's im2col.
     """
-    name = _describe("conv_transpose2d", out_channels=out_channels, kernel_size=kernel_size,
-                     stride=stride, padding=padding, output_padding=output_padding,
-                     dilation=dilation)
+    name = _describe(
+        "conv_transpose2d",
+        out_channels=out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+    )
     positive_int(out_channels, "out_channels", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -157,8 +198,9 @@ def conv_transpose2d(out_channels: int, kernel_size, stride=1, padding=0, output
     init = _make_init(name, out_channels, k, bias, out_size, transposed=True)
 
     def vjp(params, x):
-        weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size,
-                                          transposed=True)
+        weight, (h, w), out_hw = _checked(
+            params, x, name, out_channels, k, bias, out_size, transposed=True
+        )
         py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
         px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
         xh = to_nhwc(x)
@@ -208,8 +250,9 @@ def nearest_upsample(scale_factor=2) -> Layer:
     return Layer(init, apply_via_vjp(vjp), vjp)
 
 
-def upsample(out_channels: int, kernel_size, scale_factor=2, padding=0, dilation=1,
-             bias: bool = True) -> Layer:
+def upsample(
+    out_channels: int, kernel_size, scale_factor=2, padding=0, dilation=1, bias: bool = True
+) -> Layer:
     """Nearest upsampling by ``scale_factor`` followed by a stride-1 convolution, as one layer.
 
     Equal to ``serial(nearest_upsample(s), conv2d(out_channels, kernel_size, padding=padding))``
@@ -218,8 +261,14 @@ def upsample(out_channels: int, kernel_size, scale_factor=2, padding=0, dilation
     (the sub-pixel identity), e.g. x2 + 3x3 becomes four 2x2 convolutions, 2.25x fewer
     multiply-adds and a 4x smaller im2col.
     """
-    name = _describe("upsample", out_channels=out_channels, kernel_size=kernel_size,
-                     scale_factor=scale_factor, padding=padding, dilation=dilation)
+    name = _describe(
+        "upsample",
+        out_channels=out_channels,
+        kernel_size=kernel_size,
+        scale_factor=scale_factor,
+        padding=padding,
+        dilation=dilation,
+    )
     positive_int(out_channels, "out_channels", name)
     k = pair(kernel_size, "kernel_size", name)
     sc = pair(scale_factor, "scale_factor", name)
@@ -244,7 +293,9 @@ def upsample(out_channels: int, kernel_size, scale_factor=2, padding=0, dilation
         def pullback(ct, input_grad=True):
             g = to_nhwc(check_cotangent(ct, y, name))
             d_eff, dx = K.polyphase_backward(g, cols, w_eff, py, px, input_grad)
-            grads = {"weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()}
+            grads = {
+                "weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()
+            }
             if bias:
                 grads["bias"] = K.rows(g).sum(0)
             return grads, to_nchw(dx) if input_grad else None

@@ -24,11 +24,35 @@ from . import checkpoint
 from .model import DEFAULT_WEIGHTS
 
 PACKAGE = Path(__file__).resolve().parent
-VENDORED = ["base.py", "nhwc.py", "kernels.py", "conv.py", "activations.py", "combinators.py",
-            "tree.py", "losses.py", "optim.py", "train.py", "modules.py", "testing.py",
-            "metrics.py", "model.py", "checkpoint.py"]
-NAMES = ["Model", "Conv2d", "TransposeConv2d", "NearestUpsampling", "Upsampling", "ReLU",
-         "Sigmoid", "MSE", "SGD", "Sequential"]
+VENDORED = [
+    "base.py",
+    "nhwc.py",
+    "kernels.py",
+    "conv.py",
+    "activations.py",
+    "combinators.py",
+    "tree.py",
+    "losses.py",
+    "optim.py",
+    "train.py",
+    "modules.py",
+    "testing.py",
+    "metrics.py",
+    "model.py",
+    "checkpoint.py",
+]
+NAMES = [
+    "Model",
+    "Conv2d",
+    "TransposeConv2d",
+    "NearestUpsampling",
+    "Upsampling",
+    "ReLU",
+    "Sigmoid",
+    "MSE",
+    "SGD",
+    "Sequential",
+]
 
 INIT = '''"""n2nfunc compute code, copied by `n2nfunc export-submission` (do not edit here)."""
 from .activations import identity, relu, sigmoid
@@ -74,7 +98,8 @@ MSE, SGD, Sequential = _core.MSE, _core.SGD, _core.Sequential
 
 
 class Model(_model.Model):
-    """Network, optimizer and loss; ``load_pretrained_model`` reads bestmodel.pth beside this file."""
+    """Network, optimizer and loss; ``load_pretrained_model`` reads bestmodel.pth beside
+    this file."""
 
     def load_pretrained_model(self, path=None):
         super().load_pretrained_model(path or os.path.join(_HERE, "bestmodel.pth"))
@@ -87,8 +112,9 @@ __all__ = {names!r}
 def export_submission(out_dir, weights=None) -> Path:
     """Write ``out_dir/Miniproject_2`` and return its path."""
     from . import __version__
+
     weights = Path(weights) if weights else DEFAULT_WEIGHTS
-    payload = checkpoint.load(weights)                 # refuse to ship a damaged checkpoint
+    payload = checkpoint.load(weights)  # refuse to ship a damaged checkpoint
     if "params" not in payload or "config" not in payload:
         raise ValueError(f"{weights}: not a Model checkpoint")
     folder = Path(out_dir) / "Miniproject_2"

@@ -26,17 +26,25 @@ the transposed map, :func:`uncombine`.
 """
 
 from functools import lru_cache
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from torch import Tensor, empty
 
 from .nhwc import col2im, im2col, pad, unpad
 
-
 # ----------------------------------------------------------------------------- direct
 
-def conv_forward(x: Tensor, wmat: Tensor, bias: Optional[Tensor], kernel: tuple, stride: tuple,
-                 padding: tuple, dilation: tuple, out_hw: tuple):
+
+def conv_forward(
+    x: Tensor,
+    wmat: Tensor,
+    bias: Tensor | None,
+    kernel: tuple,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple,
+    out_hw: tuple,
+):
     """Cross-correlation ``y[i] = sum_t x[s*i - p + d*t] @ w[t] (+ bias)`` on NHWC tensors.
 
     ``wmat`` is the kernel as a (kh*kw*Cin, Cout) matrix (see :func:`conv_matrix`).
@@ -81,6 +89,7 @@ def rows(x: Tensor) -> Tensor:
 
 # -------------------------------------------------------------------------- polyphase
 
+
 class PhasePlan(NamedTuple):
     """How one spatial dim of an upsampling map splits into ``stride`` phases.
 
@@ -88,6 +97,7 @@ class PhasePlan(NamedTuple):
     through kernel taps ``taps[rho]`` = ((j, t), ...). ``counts[rho]`` outputs fall in
     phase rho; window starts run over ``first_start .. first_start + starts - 1``.
     """
+
     stride: int
     kernel: int
     width: int
@@ -101,8 +111,9 @@ class PhasePlan(NamedTuple):
 
 
 @lru_cache(maxsize=256)
-def phase_plan(mode: str, in_len: int, out_len: int, kernel: int, stride: int, padding: int,
-               dilation: int) -> PhasePlan:
+def phase_plan(
+    mode: str, in_len: int, out_len: int, kernel: int, stride: int, padding: int, dilation: int
+) -> PhasePlan:
     """Phase decomposition of one spatial dim.
 
     ``mode="transpose"``: transposed convolution, ``y[s*i - p + d*t] += x[i] w[t]``, so
@@ -126,14 +137,25 @@ def phase_plan(mode: str, in_len: int, out_len: int, kernel: int, stride: int, p
     tapped = [min(q for q, _ in taps) for taps in per_phase if taps]
     default = min(tapped) if tapped else 0
     offsets = tuple(min(q for q, _ in taps) if taps else default for taps in per_phase)
-    width = max([max(q for q, _ in taps) - off + 1 for taps, off in zip(per_phase, offsets) if taps]
-                or [1])
+    width = max(
+        [max(q for q, _ in taps) - off + 1 for taps, off in zip(per_phase, offsets) if taps] or [1]
+    )
     live = [rho for rho in range(s) if counts[rho]]
     first = min(offsets[rho] for rho in live)
     last = max(offsets[rho] + counts[rho] - 1 for rho in live)
-    taps = tuple(tuple((q - off, t) for q, t in ts) for ts, off in zip(per_phase, offsets))
-    return PhasePlan(s, kernel, width, offsets, taps, counts, first, last - first + 1,
-                     -first, last + width - in_len)
+    shifted = tuple(tuple((q - off, t) for q, t in ts) for ts, off in zip(per_phase, offsets))
+    return PhasePlan(
+        s,
+        kernel,
+        width,
+        offsets,
+        shifted,
+        counts,
+        first,
+        last - first + 1,
+        -first,
+        last + width - in_len,
+    )
 
 
 @lru_cache(maxsize=256)
@@ -150,26 +172,28 @@ def _phase_matrix(plan: PhasePlan, dtype, device) -> Tensor:
 def combine(wk: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:
     """``W_eff`` (Uy*Ux*Cin, sy*sx*Cout) from a kernel ``wk`` laid out (kh, kw, Cin, Cout).
 
-    ``W_eff[(jy, jx, ci), (ry, rx, co)] = sum_{ty, tx} Ay[ry, jy, ty] Ax[rx, jx, tx] wk[ty, tx, ci, co]``.
+    ``W_eff[(jy, jx, ci), (ry, rx, co)]
+    = sum_{ty, tx} Ay[ry, jy, ty] Ax[rx, jx, tx] wk[ty, tx, ci, co]``.
     """
     kh, kw, ci, co = wk.shape
     ay = _phase_matrix(py, wk.dtype, wk.device)
     ax = _phase_matrix(px, wk.dtype, wk.device)
-    t = ay.matmul(wk.reshape(kh, kw * ci * co)).view(-1, kw, ci * co)   # (sy*Uy, kw, ci*co)
-    t = ax.matmul(t)                                                     # (sy*Uy, sx*Ux, ci*co)
+    t = ay.matmul(wk.reshape(kh, kw * ci * co)).view(-1, kw, ci * co)  # (sy*Uy, kw, ci*co)
+    t = ax.matmul(t)  # (sy*Uy, sx*Ux, ci*co)
     t = t.view(py.stride, py.width, px.stride, px.width, ci, co).permute(1, 3, 4, 0, 2, 5)
     return t.reshape(py.width * px.width * ci, py.stride * px.stride * co)
 
 
 def uncombine(g_eff: Tensor, py: PhasePlan, px: PhasePlan, kernel_shape: tuple) -> Tensor:
-    """Adjoint of :func:`combine`: the gradient wrt ``wk`` (kh, kw, Cin, Cout) from one wrt ``W_eff``."""
+    """Adjoint of :func:`combine`: the gradient wrt ``wk`` (kh, kw, Cin, Cout) from one wrt
+    ``W_eff``."""
     kh, kw, ci, co = kernel_shape
     ay = _phase_matrix(py, g_eff.dtype, g_eff.device)
     ax = _phase_matrix(px, g_eff.dtype, g_eff.device)
     t = g_eff.view(py.width, px.width, ci, py.stride, px.stride, co).permute(3, 0, 4, 1, 2, 5)
     t = t.reshape(py.stride * py.width, px.stride * px.width, ci * co)
-    t = ax.t().matmul(t)                                                 # (sy*Uy, kw, ci*co)
-    t = ay.t().matmul(t.reshape(py.stride * py.width, kw * ci * co))     # (kh, kw*ci*co)
+    t = ax.t().matmul(t)  # (sy*Uy, kw, ci*co)
+    t = ay.t().matmul(t.reshape(py.stride * py.width, kw * ci * co))  # (kh, kw*ci*co)
     return t.view(kh, kw, ci, co)
 
 
@@ -183,7 +207,7 @@ def _phase_slices(py: PhasePlan, px: PhasePlan):
                 yield ry, rx, slice(y0, y0 + py.counts[ry]), slice(x0, x0 + px.counts[rx])
 
 
-def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Optional[Tensor]:
+def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor | None:
     """All phases of ``r`` (N, Ry, Rx, sy, sx, C) as one strided view shaped like the output,
     (N, My, sy, Mx, sx, C), or None when no such view exists.
 
@@ -192,7 +216,10 @@ def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Optional[Tensor]:
     outputs, the phase index is one more strided dimension, and the interleave is one copy.
     """
     strides_ = []
-    for plan, dim_stride, phase_stride in ((py, r.stride(1), r.stride(3)), (px, r.stride(2), r.stride(4))):
+    for plan, dim_stride, phase_stride in (
+        (py, r.stride(1), r.stride(3)),
+        (px, r.stride(2), r.stride(4)),
+    ):
         offs = plan.offsets
         step = offs[1] - offs[0] if plan.stride > 1 else 0
         if any(o != offs[0] + i * step for i, o in enumerate(offs)) or len(set(plan.counts)) != 1:
@@ -200,12 +227,16 @@ def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Optional[Tensor]:
         strides_.append((dim_stride, step * dim_stride + phase_stride))
     (ry_, ryp), (rx_, rxp) = strides_
     start = (py.offsets[0] - py.first_start) * ry_ + (px.offsets[0] - px.first_start) * rx_
-    return r.as_strided((r.shape[0], py.counts[0], py.stride, px.counts[0], px.stride, r.shape[5]),
-                        (r.stride(0), ry_, ryp, rx_, rxp, r.stride(5)), r.storage_offset() + start)
+    return r.as_strided(
+        (r.shape[0], py.counts[0], py.stride, px.counts[0], px.stride, r.shape[5]),
+        (r.stride(0), ry_, ryp, rx_, rxp, r.stride(5)),
+        r.storage_offset() + start,
+    )
 
 
-def polyphase_forward(x: Tensor, w_eff: Tensor, bias: Optional[Tensor], py: PhasePlan,
-                      px: PhasePlan, out_hw: tuple):
+def polyphase_forward(
+    x: Tensor, w_eff: Tensor, bias: Tensor | None, py: PhasePlan, px: PhasePlan, out_hw: tuple
+):
     """Apply an upsampling map given by ``W_eff`` (see :func:`combine`) to an NHWC tensor.
 
     Returns ``(y, cols)``: ``y`` of shape (N, Ly, Lx, Cout) and the (Uy, Ux)-window
@@ -225,12 +256,13 @@ def polyphase_forward(x: Tensor, w_eff: Tensor, bias: Optional[Tensor], py: Phas
         return view.contiguous().view(n, out_hw[0], out_hw[1], co), cols
     y = x.new_empty(n, out_hw[0], out_hw[1], co)
     for ry, rx, sy, sx in _phase_slices(py, px):
-        y[:, ry::py.stride, rx::px.stride] = r[:, sy, sx, ry, rx]
+        y[:, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx]
     return y, cols
 
 
-def polyphase_backward(g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px: PhasePlan,
-                       input_grad: bool = True):
+def polyphase_backward(
+    g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px: PhasePlan, input_grad: bool = True
+):
     """Gradients of :func:`polyphase_forward` wrt ``W_eff`` and (unless ``input_grad`` is
     False, then ``None``) wrt its input ``x`` (NHWC)."""
     n, co = g.shape[0], g.shape[3]
@@ -240,12 +272,17 @@ def polyphase_backward(g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px
         view.copy_(g.reshape(view.shape))
     else:
         for ry, rx, sy, sx in _phase_slices(py, px):
-            dr[:, sy, sx, ry, rx] = g[:, ry::py.stride, rx::px.stride]
+            dr[:, sy, sx, ry, rx] = g[:, ry :: py.stride, rx :: px.stride]
     dr = dr.view(-1, py.stride * px.stride * co)
     d_eff = dr.t().matmul(cols).t()
     if not input_grad:
         return d_eff, None
     dcols = dr.matmul(w_eff.t()).view(n, py.starts, px.starts, py.width, px.width, -1)
-    dx = unpad(col2im(dcols, (py.starts, px.starts), (py.width, px.width)),
-               py.pad_before, py.pad_after, px.pad_before, px.pad_after)
+    dx = unpad(
+        col2im(dcols, (py.starts, px.starts), (py.width, px.width)),
+        py.pad_before,
+        py.pad_after,
+        px.pad_before,
+        px.pad_after,
+    )
     return d_eff, dx

@@ -1,6 +1,7 @@
 """Losses as pure value / gradient functions of ``(prediction, target)``."""
 
-from typing import Callable, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -10,8 +11,9 @@ from .base import check_tensor
 class Loss(NamedTuple):
     """A loss: ``value(pred, target) -> scalar`` and ``value_and_grad(pred, target) ->
     (scalar, d value / d pred)``. Calling the loss gives its value."""
+
     value: Callable[[Tensor, Tensor], Tensor]
-    value_and_grad: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
+    value_and_grad: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
         return self.value(pred, target)
@@ -21,11 +23,15 @@ def _check_pair(pred, target, name: str) -> None:
     check_tensor(pred, name, "prediction")
     check_tensor(target, name, "target")
     if pred.shape != target.shape:
-        raise ValueError(f"{name}: prediction shape {tuple(pred.shape)} does not match "
-                         f"target shape {tuple(target.shape)}")
+        raise ValueError(
+            f"{name}: prediction shape {tuple(pred.shape)} does not match "
+            f"target shape {tuple(target.shape)}"
+        )
     if pred.dtype != target.dtype or pred.device != target.device:
-        raise TypeError(f"{name}: prediction ({pred.dtype}, {pred.device}) and target "
-                        f"({target.dtype}, {target.device}) differ in dtype or device")
+        raise TypeError(
+            f"{name}: prediction ({pred.dtype}, {pred.device}) and target "
+            f"({target.dtype}, {target.device}) differ in dtype or device"
+        )
     if pred.numel() == 0:
         raise ValueError(f"{name}: empty input of shape {tuple(pred.shape)}")
 
@@ -36,7 +42,7 @@ def mse_value(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).pow_(2).mean()
 
 
-def mse_value_and_grad(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+def mse_value_and_grad(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """``mean((pred - target)^2)`` and its gradient ``2 (pred - target) / numel``."""
     _check_pair(pred, target, "mse")
     diff = pred - target

@@ -9,8 +9,10 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     ``max_value`` is the value of white in the inputs (1 or 255); inputs are (N, C, H, W).
     """
     if denoised.shape != clean.shape or denoised.dim() != 4:
-        raise ValueError(f"psnr: expected two (N, C, H, W) tensors of equal shape, got "
-                         f"{tuple(denoised.shape)} and {tuple(clean.shape)}")
+        raise ValueError(
+            f"psnr: expected two (N, C, H, W) tensors of equal shape, got "
+            f"{tuple(denoised.shape)} and {tuple(clean.shape)}"
+        )
     d = denoised.double() / max_value
     c = clean.double() / max_value
     mse = ((d - c) ** 2).mean((1, 2, 3)).clamp(min=1e-20)

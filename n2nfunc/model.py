@@ -16,55 +16,70 @@ tensor of the input's shape, in the input's scale, on the input's device.
 """
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
-from .modules import (MSE, SGD, Adam, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d,
-                      Upsampling)
+from .modules import MSE, SGD, Adam, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d, Upsampling
 
 ARCHITECTURE = ("widths", "kernel", "upsampling")
 DEFAULT_CONFIG = {
-    "widths": (48, 48),          # channels after the first and the second convolution
+    "widths": (48, 48),  # channels after the first and the second convolution
     "kernel": 4,
-    "upsampling": "transpose",   # or "nearest" (nearest x2 + convolution)
-    "optimizer": "adam",         # or "sgd" (with momentum)
+    "upsampling": "transpose",  # or "nearest" (nearest x2 + convolution)
+    "optimizer": "adam",  # or "sgd" (with momentum)
     "lr": 6e-3,
     "momentum": 0.9,
     "batch_size": 32,
     "num_epochs": 12,
     "warmup_steps": 200,
     "final_lr_fraction": 0.02,
-    "finetune_lr_scale": 0.1,    # peak lr multiplier when training after loading weights
-    "augment": True,             # random flips / quarter turns of each batch
+    "finetune_lr_scale": 0.1,  # peak lr multiplier when training after loading weights
+    "augment": True,  # random flips / quarter turns of each batch
     "seed": 0,
 }
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
-def build_network(config: dict, generator: Optional[Generator] = None) -> Sequential:
+def build_network(config: dict, generator: Generator | None = None) -> Sequential:
     """The required network for an architecture config (widths, kernel, upsampling)."""
     w1, w2 = config["widths"]
     k = config["kernel"]
-    pad = (k - 1) // 2                  # stride-2 convs map H to H/2 for k in 2..5
+    pad = (k - 1) // 2  # stride-2 convs map H to H/2 for k in 2..5
     if config["upsampling"] == "transpose":
-        def up(cin, cout):              # (H-1)*2 - 2p + k + op = 2H  =>  op = 2 + 2p - k
-            return TransposeConv2d(cin, cout, k, stride=2, padding=pad, output_padding=2 + 2 * pad - k,
-                                   generator=generator)
+
+        def up(cin, cout):  # (H-1)*2 - 2p + k + op = 2H  =>  op = 2 + 2p - k
+            return TransposeConv2d(
+                cin,
+                cout,
+                k,
+                stride=2,
+                padding=pad,
+                output_padding=2 + 2 * pad - k,
+                generator=generator,
+            )
     elif config["upsampling"] == "nearest":
         if k % 2 == 0:
             raise ValueError("nearest upsampling needs an odd kernel to keep the size")
+
         def up(cin, cout):
             return Upsampling(cin, cout, k, scale_factor=2, padding=pad, generator=generator)
     else:
-        raise ValueError(f"upsampling must be 'transpose' or 'nearest', got {config['upsampling']!r}")
+        raise ValueError(
+            f"upsampling must be 'transpose' or 'nearest', got {config['upsampling']!r}"
+        )
     return Sequential(
-        Conv2d(3, w1, k, stride=2, padding=pad, generator=generator), ReLU(),
-        Conv2d(w1, w2, k, stride=2, padding=pad, generator=generator), ReLU(),
-        up(w2, w1), ReLU(),
-        up(w1, 3), Sigmoid())
+        Conv2d(3, w1, k, stride=2, padding=pad, generator=generator),
+        ReLU(),
+        Conv2d(w1, w2, k, stride=2, padding=pad, generator=generator),
+        ReLU(),
+        up(w2, w1),
+        ReLU(),
+        up(w1, 3),
+        Sigmoid(),
+    )
 
 
 def to_unit_range(x, name: str):
@@ -72,8 +87,10 @@ def to_unit_range(x, name: str):
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     if not (x.is_floating_point() or _is_integer(x)):
-        raise ValueError(f"{name} must hold numbers (uint8 or float), got dtype {x.dtype} "
-                         f"with shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must hold numbers (uint8 or float), got dtype {x.dtype} "
+            f"with shape {tuple(x.shape)}"
+        )
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(x.shape)}")
     if x.numel() == 0:
@@ -88,7 +105,7 @@ def to_unit_range(x, name: str):
     return x.to(dtype=dtype) / scale if scale != 1.0 else x.to(dtype=dtype), scale
 
 
-_BOOL = empty(0, dtype=bool).dtype
+_BOOL = empty(0).bool().dtype
 _FLOAT32 = empty(0).float().dtype
 
 
@@ -116,31 +133,35 @@ def _pad_to_multiple(x: Tensor, m: int):
 class Model:
     """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
 
-    def __init__(self, config: Optional[dict] = None):
+    def __init__(self, config: dict | None = None):
         unknown = set(config or {}) - set(DEFAULT_CONFIG)
         if unknown:
-            raise ValueError(f"Model: unknown config keys {sorted(unknown)}; "
-                             f"known: {sorted(DEFAULT_CONFIG)}")
+            raise ValueError(
+                f"Model: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}"
+            )
         self.config = {**DEFAULT_CONFIG, **(config or {})}
         self.config["widths"] = tuple(self.config["widths"])
         self.generator = Generator().manual_seed(self.config["seed"])
         self.net = build_network(self.config, self.generator)
+        self.optimizer: Adam | SGD
         if self.config["optimizer"] == "adam":
             self.optimizer = Adam(self.net.param(), lr=self.config["lr"])
         elif self.config["optimizer"] == "sgd":
-            self.optimizer = SGD(self.net.param(), lr=self.config["lr"],
-                                 momentum=self.config["momentum"])
+            self.optimizer = SGD(
+                self.net.param(), lr=self.config["lr"], momentum=self.config["momentum"]
+            )
         else:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.config['optimizer']!r}")
         self.loss = MSE()
         self.pretrained = False
         self.epochs_done = 0
-        self._snapshot = None
+        self._snapshot: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ weights
     def load_pretrained_model(self, path=None) -> None:
         """Load weights saved by :meth:`save` (default: the shipped ``bestmodel.pth``)."""
         from . import checkpoint
+
         path = DEFAULT_WEIGHTS if path is None else path
         payload = checkpoint.load(path)
         self.load_payload(payload, str(path))
@@ -148,13 +169,18 @@ class Model:
     def load_payload(self, payload: dict, source: str) -> None:
         if not isinstance(payload, dict) or "params" not in payload or "config" not in payload:
             raise ValueError(f"{source}: not a Model checkpoint (no 'params' / 'config')")
-        theirs = {k: tuple(v) if isinstance(v, list) else v
-                  for k, v in payload["config"].items() if k in ARCHITECTURE}
+        theirs = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in payload["config"].items()
+            if k in ARCHITECTURE
+        }
         ours = {k: self.config[k] for k in ARCHITECTURE}
         if theirs != ours:
             diff = {k: (theirs.get(k), ours[k]) for k in ARCHITECTURE if theirs.get(k) != ours[k]}
-            raise ValueError(f"{source}: checkpoint architecture differs from this Model's "
-                             f"(key: (checkpoint, model)): {diff}")
+            raise ValueError(
+                f"{source}: checkpoint architecture differs from this Model's "
+                f"(key: (checkpoint, model)): {diff}"
+            )
         device = tree.leaves(self.net.params)[0].device
         params = payload["params"]
         try:
@@ -169,6 +195,7 @@ class Model:
 
     def save(self, path) -> None:
         from . import checkpoint
+
         checkpoint.save(path, self.payload())
 
     # ------------------------------------------------------------------ training
@@ -183,11 +210,21 @@ class Model:
         self.optimizer.params = [p for p, _ in self.net.param()]
         self.optimizer.grads = [g for _, g in self.net.param()]
         self.optimizer.state = tree.map(
-            lambda t: t.to(device=device, dtype=dtype) if isinstance(t, Tensor) and t.is_floating_point()
-            else t, self.optimizer.state)
+            lambda t: (
+                t.to(device=device, dtype=dtype)
+                if isinstance(t, Tensor) and t.is_floating_point()
+                else t
+            ),
+            self.optimizer.state,
+        )
 
-    def train(self, train_input: Tensor, train_target: Tensor, num_epochs: Optional[int] = None,
-              callback: Optional[Callable] = None) -> list:
+    def train(
+        self,
+        train_input: Tensor,
+        train_target: Tensor,
+        num_epochs: int | None = None,
+        callback: Callable | None = None,
+    ) -> list:
         """Train on noisy/noisy pairs (N, 3, H, W); returns the mean loss of each epoch.
 
         ``callback(epoch, step, steps_per_epoch, loss)`` is called after every step. If the
@@ -205,14 +242,17 @@ class Model:
         x, _ = to_unit_range(train_input, "train_input")
         y, _ = to_unit_range(train_target, "train_target")
         if x.shape != y.shape:
-            raise ValueError(f"train_input shape {tuple(x.shape)} does not match train_target "
-                             f"shape {tuple(y.shape)}")
+            raise ValueError(
+                f"train_input shape {tuple(x.shape)} does not match train_target "
+                f"shape {tuple(y.shape)}"
+            )
         if x.shape[2] < 4 or x.shape[3] < 4:
             raise ValueError(f"training images must be at least 4x4, got {tuple(x.shape)}")
         return x, y.to(dtype=x.dtype)
 
-    def train_epoch(self, x: Tensor, y: Tensor, epoch: int, total_epochs: int,
-                    callback: Optional[Callable] = None) -> float:
+    def train_epoch(
+        self, x: Tensor, y: Tensor, epoch: int, total_epochs: int, callback: Callable | None = None
+    ) -> float:
         """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
         run of ``total_epochs`` (the learning-rate schedule spans the whole run)."""
         self._move_to(x.device, x.dtype)
@@ -221,13 +261,17 @@ class Model:
         steps = n // bs
         peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
         total = max(1, total_epochs * steps)
-        schedule = optim.cosine_decay(peak, total + 1, self.config["final_lr_fraction"],
-                                      min(self.config["warmup_steps"], total // 10))
+        schedule = optim.cosine_decay(
+            peak,
+            total + 1,
+            self.config["final_lr_fraction"],
+            min(self.config["warmup_steps"], total // 10),
+        )
         params = [p for p, _ in self.net.param()]
         order = empty(n).uniform_(generator=self.generator).argsort().to(x.device)
         running = 0.0
         for b in range(steps):
-            idx = order[b * bs:(b + 1) * bs]
+            idx = order[b * bs : (b + 1) * bs]
             xb, yb = x[idx], y[idx]
             if self.config["augment"]:
                 k = int(empty(1).random_(8, generator=self.generator))
@@ -239,10 +283,11 @@ class Model:
                 raise FloatingPointError(
                     f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; the "
                     "parameters from before the last update were restored. Lower the learning "
-                    "rate or check the data.")
+                    "rate or check the data."
+                )
             self.net.zero_grad()
             self.net.backward(self.loss.backward(), input_grad=False)
-            self._snapshot = [p.clone() for p in params]      # undo point for a NaN
+            self._snapshot = [p.clone() for p in params]  # undo point for a NaN
             self.optimizer.lr = schedule(epoch * steps + b)
             self.optimizer.step()
             running += value
@@ -260,7 +305,7 @@ class Model:
         per_chunk = max(1, max_pixels // (h * w))
         outs = []
         for start in range(0, n, per_chunk):
-            chunk = _pad_to_multiple(x[start:start + per_chunk], 4)
+            chunk = _pad_to_multiple(x[start : start + per_chunk], 4)
             outs.append(self.net.layer.apply(self.net.params, chunk)[:, :, :h, :w])
         out = cat(outs) if len(outs) > 1 else outs[0]
         return out.clamp(0, 1).mul(scale).contiguous()

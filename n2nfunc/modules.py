@@ -13,8 +13,6 @@ so ``torch.manual_seed(0); Conv2d(3, 3, 3)`` holds the weights of
 ``torch.manual_seed(0); torch.nn.Conv2d(3, 3, 3)``.
 """
 
-from typing import List, Optional, Tuple
-
 from torch import Generator, Tensor
 
 from . import optim, tree
@@ -28,7 +26,7 @@ from .losses import Loss, mse
 class Module:
     """A stateful block around a functional :class:`~n2nfunc.base.Layer`."""
 
-    def __init__(self, layer: Layer, params: dict, name: Optional[str] = None):
+    def __init__(self, layer: Layer, params: dict, name: str | None = None):
         self.layer = layer
         self.params = params
         self.grads = tree.zeros_like(params)
@@ -36,8 +34,9 @@ class Module:
         self._pullback = None
 
     @classmethod
-    def from_layer(cls, layer: Layer, in_shape, generator: Optional[Generator] = None,
-                   name: Optional[str] = None) -> "Module":
+    def from_layer(
+        cls, layer: Layer, in_shape, generator: Generator | None = None, name: str | None = None
+    ) -> "Module":
         """Wrap any functional layer, initialising its params for ``in_shape``."""
         _, params = layer.init(generator, in_shape)
         return Module(layer, params, name)
@@ -60,7 +59,7 @@ class Module:
         tree.add_(self.grads, ct_params)
         return ct_x
 
-    def param(self) -> List[Tuple[Tensor, Tensor]]:
+    def param(self) -> list[tuple[Tensor, Tensor]]:
         """``(parameter, gradient)`` pairs, in ``state_dict`` order."""
         return list(zip(tree.leaves(self.params), tree.leaves(self.grads)))
 
@@ -72,21 +71,26 @@ class Module:
         return dict(tree.flatten(self.params))
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy parameters in place (optimizers keep their references); keys and shapes must match."""
+        """Copy parameters in place (optimizers keep their references); keys and shapes must
+        match."""
         state = dict(state)
         values = tree.unflatten(self.params, state, what=f"{self.name}.load_state_dict")
         for path, p in tree.flatten(self.params):
             v = state[path]
             if not isinstance(v, Tensor) or v.shape != p.shape:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                raise ValueError(f"{self.name}.load_state_dict: '{path}' has shape {got}, "
-                                 f"expected {tuple(p.shape)}")
+                raise ValueError(
+                    f"{self.name}.load_state_dict: '{path}' has shape {got}, "
+                    f"expected {tuple(p.shape)}"
+                )
         tree.copy_(self.params, values)
 
     def to(self, device=None, dtype=None) -> "Module":
         """Move parameters and gradients (in place of the dict entries); returns self."""
+
         def move(t):
             return t.to(device=device, dtype=dtype)
+
         for d in (self.params, self.grads):
             _replace_leaves(d, move)
         return self
@@ -136,37 +140,92 @@ def _options(**kw):
 class Conv2d(_WeightBias):
     """``torch.nn.Conv2d``-like block; ``weight`` [out, in, kh, kw], ``bias`` [out]."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, generator: Optional[Generator] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        generator: Generator | None = None,
+    ):
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
-        super().__init__(layer, in_channels, generator, _options(
-            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
-            stride=stride, padding=padding))
+        super().__init__(
+            layer,
+            in_channels,
+            generator,
+            _options(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+            ),
+        )
 
 
 class TransposeConv2d(_WeightBias):
     """``torch.nn.ConvTranspose2d``-like block; ``weight`` [in, out, kh, kw], ``bias`` [out]."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 output_padding=0, dilation=1, bias: bool = True,
-                 generator: Optional[Generator] = None):
-        layer = conv_transpose2d(out_channels, kernel_size, stride, padding, output_padding,
-                                 dilation, bias)
-        super().__init__(layer, in_channels, generator, _options(
-            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
-            stride=stride, padding=padding, output_padding=output_padding))
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        dilation=1,
+        bias: bool = True,
+        generator: Generator | None = None,
+    ):
+        layer = conv_transpose2d(
+            out_channels, kernel_size, stride, padding, output_padding, dilation, bias
+        )
+        super().__init__(
+            layer,
+            in_channels,
+            generator,
+            _options(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+                output_padding=output_padding,
+            ),
+        )
 
 
 class Upsampling(_WeightBias):
     """Nearest upsampling by ``scale_factor`` then a stride-1 convolution; exposes the
     convolution's ``weight`` / ``bias``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, scale_factor=2,
-                 padding=0, bias: bool = True, generator: Optional[Generator] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        scale_factor=2,
+        padding=0,
+        bias: bool = True,
+        generator: Generator | None = None,
+    ):
         layer = upsample(out_channels, kernel_size, scale_factor, padding, bias=bias)
-        super().__init__(layer, in_channels, generator, _options(
-            in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
-            scale_factor=scale_factor, padding=padding))
+        super().__init__(
+            layer,
+            in_channels,
+            generator,
+            _options(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=kernel_size,
+                scale_factor=scale_factor,
+                padding=padding,
+            ),
+        )
 
 
 class NearestUpsampling(Module):
@@ -195,8 +254,9 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
         self.modules = list(modules)
-        super().__init__(serial(*(m.layer for m in modules)),
-                         {str(i): m.params for i, m in enumerate(modules)})
+        super().__init__(
+            serial(*(m.layer for m in modules)), {str(i): m.params for i, m in enumerate(modules)}
+        )
         self.grads = {str(i): m.grads for i, m in enumerate(modules)}
 
     def forward(self, *inputs):
@@ -235,7 +295,8 @@ class LossModule:
     gradient wrt ``pred``."""
 
     def __init__(self, loss: Loss, name: str):
-        self.loss, self.name, self._grad = loss, name, None
+        self.loss, self.name = loss, name
+        self._grad: Tensor | None = None
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         value, self._grad = self.loss.value_and_grad(pred, target)
@@ -271,8 +332,10 @@ class Optimizer:
             params = params.param()
         params = list(params)
         if not all(isinstance(pg, (tuple, list)) and len(pg) == 2 for pg in params):
-            raise TypeError(f"{name}: params must be a list of (parameter, gradient) pairs "
-                            "as returned by Module.param()")
+            raise TypeError(
+                f"{name}: params must be a list of (parameter, gradient) pairs "
+                "as returned by Module.param()"
+            )
         for i, (p, g) in enumerate(params):
             if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
                 raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
@@ -293,17 +356,34 @@ class Optimizer:
 class SGD(Optimizer):
     """``torch.optim.SGD``-like: ``SGD(model.param(), lr, momentum=0.9)``."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, dampening: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+    ):
         optim.check_hyperparameters("SGD", lr=lr)
-        super().__init__(params, lambda lr_: optim.sgd(lr_, momentum, nesterov, weight_decay,
-                                                      dampening), lr, "SGD")
+        super().__init__(
+            params,
+            lambda lr_: optim.sgd(lr_, momentum, nesterov, weight_decay, dampening),
+            lr,
+            "SGD",
+        )
 
 
 class Adam(Optimizer):
     """``torch.optim.Adam``-like: ``Adam(model.param(), lr=1e-3)``."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         optim.check_hyperparameters("Adam", lr=lr)
         super().__init__(params, lambda lr_: optim.adam(lr_, betas, eps, weight_decay), lr, "Adam")

@@ -29,17 +29,18 @@ def pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     n, h, w, c = x.shape
     out = x.new_empty(n, h + top + bottom, w + left + right, c)
     ho, wo = out.shape[1], out.shape[2]
-    t, b, l, r = max(top, 0), max(bottom, 0), max(left, 0), max(right, 0)
+    t, b, lf, r = max(top, 0), max(bottom, 0), max(left, 0), max(right, 0)
     if t:
         out[:, :t].zero_()
     if b:
-        out[:, ho - b:].zero_()
-    if l:
-        out[:, t:ho - b, :l].zero_()
+        out[:, ho - b :].zero_()
+    if lf:
+        out[:, t : ho - b, :lf].zero_()
     if r:
-        out[:, t:ho - b, wo - r:].zero_()
-    out[:, t:ho - b, l:wo - r].copy_(
-        x[:, max(-top, 0):h - max(-bottom, 0), max(-left, 0):w - max(-right, 0)])
+        out[:, t : ho - b, wo - r :].zero_()
+    out[:, t : ho - b, lf : wo - r].copy_(
+        x[:, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
+    )
     return out
 
 
@@ -49,7 +50,7 @@ def unpad(g: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     Padded positions are dropped; cropped positions (negative amounts) get zeros.
     """
     if min(top, bottom, left, right) >= 0:
-        return g[:, top:g.shape[1] - bottom, left:g.shape[2] - right]
+        return g[:, top : g.shape[1] - bottom, left : g.shape[2] - right]
     return pad(g, -top, -bottom, -left, -right)
 
 
@@ -65,7 +66,8 @@ def windows(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: t
     return xp.as_strided(
         (n, out_hw[0], out_hw[1], kernel[0], kernel[1], c),
         (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc),
-        xp.storage_offset())
+        xp.storage_offset(),
+    )
 
 
 def im2col(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> Tensor:
@@ -75,8 +77,11 @@ def im2col(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tu
     ``.reshape``, which takes a slower generic copy path.
     """
     n, c = xp.shape[0], xp.shape[3]
-    return windows(xp, kernel, stride, dilation, out_hw).contiguous().view(
-        n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c)
+    return (
+        windows(xp, kernel, stride, dilation, out_hw)
+        .contiguous()
+        .view(n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c)
+    )
 
 
 def col2im(cols: Tensor, out_hw: tuple, kernel: tuple) -> Tensor:
@@ -89,5 +94,5 @@ def col2im(cols: Tensor, out_hw: tuple, kernel: tuple) -> Tensor:
     out = cols.new_zeros(n, ho + kh - 1, wo + kw - 1, c)
     for a in range(kh):
         for b in range(kw):
-            out[:, a:a + ho, b:b + wo].add_(cols[:, :, :, a, b])
+            out[:, a : a + ho, b : b + wo].add_(cols[:, :, :, a, b])
     return out

@@ -32,8 +32,18 @@ def _rel(a: float, b: float, floor: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), floor)
 
 
-def check_vjp(layer, params, x, *, directions: int = 3, eps: float = 1e-6, rtol: float = 1e-6,
-              full_jacobian_max: int = 64, seed: int = 0, atol: float = 1e-3) -> dict:
+def check_vjp(
+    layer,
+    params,
+    x,
+    *,
+    directions: int = 3,
+    eps: float = 1e-6,
+    rtol: float = 1e-6,
+    full_jacobian_max: int = 64,
+    seed: int = 0,
+    atol: float = 1e-3,
+) -> dict:
     """Check ``layer.vjp`` on ``(params, x)``; raise :class:`VJPCheckError` on a mismatch.
 
     Returns ``{part: worst relative error}`` for the parts checked (``"input"`` and every
@@ -49,29 +59,39 @@ def check_vjp(layer, params, x, *, directions: int = 3, eps: float = 1e-6, rtol:
     y, pullback = layer.vjp(params, x)
     ct = tree.map(lambda t: _randn_like(t, g), y)
     ct_params, ct_x = pullback(ct)
-    rounding = 1e-15 * sum(float((c * t).abs().sum()) for c, t in zip(tree.leaves(ct), tree.leaves(y)))
+    rounding = 1e-15 * sum(
+        float((c * t).abs().sum()) for c, t in zip(tree.leaves(ct), tree.leaves(y))
+    )
     tiny = rounding / eps / rtol + 1e-300
 
     def f(p, z):
         return tree.vdot(ct, layer.apply(p, z))
 
-    worst = {}
+    worst: dict[str, float] = {}
 
     def record(part, err, detail):
         worst[part] = max(worst.get(part, 0.0), err)
         if err > rtol:
-            raise VJPCheckError(f"check_vjp: gradient wrt {part} is wrong ({detail}): "
-                                f"relative error {err:.3g} > rtol {rtol:g}")
+            raise VJPCheckError(
+                f"check_vjp: gradient wrt {part} is wrong ({detail}): "
+                f"relative error {err:.3g} > rtol {rtol:g}"
+            )
 
     parts = [("input", None, x, ct_x)] + [
         (f"parameter '{path}'", path, leaf, dict(tree.flatten(ct_params))[path])
-        for path, leaf in tree.flatten(params)]
+        for path, leaf in tree.flatten(params)
+    ]
 
     for part, path, value, analytic in parts:
+
         def perturbed(delta, path=path):
             if path is None:
                 return f(params, tree.add(x, delta))
-            return f(tree.map_with_path(lambda q, t: t + delta if q == path else t, params), x)
+
+            def shift(q, tensor):
+                return tensor + delta if q == path else tensor
+
+            return f(tree.map_with_path(shift, params), x)
 
         norm = abs(tree.vdot(analytic, analytic)) ** 0.5
         for _ in range(directions):
@@ -88,18 +108,23 @@ def check_vjp(layer, params, x, *, directions: int = 3, eps: float = 1e-6, rtol:
                     e = tree.map(lambda t: t.new_zeros(t.shape), value)
                     tree.leaves(e)[leaf_index].view(-1)[i] = eps
                     numeric = (perturbed(e) - perturbed(tree.scale(-1.0, e))) / (2 * eps)
-                    record(part, _rel(float(a_leaf.reshape(-1)[i]), numeric, floor),
-                           f"Jacobian coordinate {i} of leaf {leaf_index}")
+                    record(
+                        part,
+                        _rel(float(a_leaf.reshape(-1)[i]), numeric, floor),
+                        f"Jacobian coordinate {i} of leaf {leaf_index}",
+                    )
 
     c1 = tree.map(lambda t: _randn_like(t, g), y)
     c2 = tree.map(lambda t: _randn_like(t, g), y)
     p_sum, x_sum = pullback(tree.add(tree.scale(2.0, c1), tree.scale(-3.0, c2)))
     p1, x1 = pullback(c1)
     p2, x2 = pullback(c2)
-    expected = tree.add(tree.scale(2.0, {"params": p1, "input": x1}),
-                        tree.scale(-3.0, {"params": p2, "input": x2}))
-    for (path, got), (_, want) in zip(tree.flatten({"params": p_sum, "input": x_sum}),
-                                      tree.flatten(expected)):
+    expected = tree.add(
+        tree.scale(2.0, {"params": p1, "input": x1}), tree.scale(-3.0, {"params": p2, "input": x2})
+    )
+    for (path, got), (_, want) in zip(
+        tree.flatten({"params": p_sum, "input": x_sum}), tree.flatten(expected)
+    ):
         err = float((got - want).abs().max()) / max(float(want.abs().max()), tiny)
         record(f"linearity ({path})", err, "pullback is not linear")
     return worst

@@ -1,6 +1,6 @@
 """Training steps as functions: ``value_and_grad`` and ``make_train_step``."""
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import Layer, pull
 from .losses import Loss
@@ -8,12 +8,15 @@ from .optim import GradientTransformation, apply_updates
 
 
 def value_and_grad(layer: Layer, loss: Loss) -> Callable:
-    """``f(params, x, target) -> (loss value, d loss / d params)`` for ``loss(layer(params, x), target)``."""
+    """``f(params, x, target) -> (loss value, d loss / d params)`` for
+    ``loss(layer(params, x), target)``."""
+
     def f(params, x, target):
         pred, pullback = layer.vjp(params, x)
         value, ct = loss.value_and_grad(pred, target)
-        grads, _ = pull(layer.vjp, pullback, ct, input_grad=False)   # x is data
+        grads, _ = pull(layer.vjp, pullback, ct, input_grad=False)  # x is data
         return value, grads
+
     return f
 
 

@@ -4,7 +4,8 @@ Paths join keys with dots, like a ``torch.nn.Module.state_dict``: ``{"0": {"weig
 has the single leaf ``"0.weight"``. Empty containers have no leaves.
 """
 
-from typing import Any, Callable, Dict, List, Tuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Tree = Any
 
@@ -14,8 +15,10 @@ def map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 (mirrors j
     if isinstance(tree, dict):
         for other in rest:
             if not isinstance(other, dict) or set(other) != set(tree):
-                raise ValueError(f"tree.map: keys differ: {sorted(tree)} vs "
-                                 f"{sorted(other) if isinstance(other, dict) else type(other).__name__}")
+                raise ValueError(
+                    f"tree.map: keys differ: {sorted(tree)} vs "
+                    f"{sorted(other) if isinstance(other, dict) else type(other).__name__}"
+                )
         return {k: map(fn, tree[k], *(r[k] for r in rest)) for k in tree}
     if isinstance(tree, (list, tuple)):
         for other in rest:
@@ -25,8 +28,9 @@ def map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 (mirrors j
     return fn(tree, *rest)
 
 
-def flatten(tree: Tree, prefix: str = "") -> List[Tuple[str, Any]]:
+def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
     """All leaves with their dotted paths, in insertion order."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(tree, dict):
         items = tree.items()
     elif isinstance(tree, (list, tuple)):
@@ -44,7 +48,7 @@ def leaves(tree: Tree) -> list:
     return [leaf for _, leaf in flatten(tree)]
 
 
-def unflatten(template: Tree, values: Dict[str, Any], what: str = "tree") -> Tree:
+def unflatten(template: Tree, values: dict[str, Any], what: str = "tree") -> Tree:
     """A tree shaped like ``template`` with its leaves taken from ``values`` by path.
 
     Missing or unexpected paths raise ``KeyError`` naming all of them.
@@ -60,10 +64,13 @@ def unflatten(template: Tree, values: Dict[str, Any], what: str = "tree") -> Tre
 def map_with_path(fn: Callable, tree: Tree, prefix: str = "") -> Tree:
     """Like :func:`map` over one tree, calling ``fn(path, leaf)``."""
     if isinstance(tree, dict):
-        return {k: map_with_path(fn, v, f"{prefix}.{k}" if prefix else str(k)) for k, v in tree.items()}
+        return {
+            k: map_with_path(fn, v, f"{prefix}.{k}" if prefix else str(k)) for k, v in tree.items()
+        }
     if isinstance(tree, (list, tuple)):
-        return type(tree)(map_with_path(fn, v, f"{prefix}.{i}" if prefix else str(i))
-                          for i, v in enumerate(tree))
+        return type(tree)(
+            map_with_path(fn, v, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(tree)
+        )
     return fn(prefix, tree)
 
 
@@ -89,7 +96,8 @@ def add_(a: Tree, b: Tree) -> Tree:
 
 
 def copy_(a: Tree, b: Tree) -> Tree:
-    """In place: every leaf of ``a`` is overwritten with the matching leaf of ``b``; returns ``a``."""
+    """In place: every leaf of ``a`` is overwritten with the matching leaf of ``b``; returns
+    ``a``."""
     map(lambda x, y: x.copy_(y), a, b)
     return a
 

@@ -5,7 +5,6 @@ with a message when matplotlib is missing.
 """
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -13,15 +12,17 @@ import torch
 def _pyplot():
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         return plt
     except ImportError:
         print("matplotlib is not installed (pip install 'n2nfunc[viz]'): no pictures written")
         return None
 
 
-def plot_curves(history: list, path) -> Optional[Path]:
+def plot_curves(history: list, path) -> Path | None:
     """Training loss and validation PSNR per epoch, side by side."""
     plt = _pyplot()
     if plt is None or not history:
@@ -40,19 +41,24 @@ def plot_curves(history: list, path) -> Optional[Path]:
     return Path(path)
 
 
-def sample_grid(noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tensor, path,
-                count: int = 8) -> Optional[Path]:
+def sample_grid(
+    noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tensor, path, count: int = 8
+) -> Path | None:
     """Rows of noisy | denoised | clean images (uint8 or 0-255 floats, N x 3 x H x W)."""
     plt = _pyplot()
     if plt is None:
         return None
     count = min(count, noisy.shape[0])
     fig, axes = plt.subplots(3, count, figsize=(1.3 * count, 4.2), squeeze=False)
-    for row, (name, images) in enumerate((("noisy", noisy), ("denoised", denoised), ("clean", clean))):
+    for row, (name, images) in enumerate(
+        (("noisy", noisy), ("denoised", denoised), ("clean", clean))
+    ):
         for i in range(count):
             ax = axes[row][i]
-            ax.imshow(images[i].float().clamp(0, 255).div(255).permute(1, 2, 0).cpu().numpy(),
-                      interpolation="nearest")
+            ax.imshow(
+                images[i].float().clamp(0, 255).div(255).permute(1, 2, 0).cpu().numpy(),
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row][0].set_ylabel(name)

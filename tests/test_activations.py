@@ -1,8 +1,8 @@
 import pytest
 import torch
+from helpers import autograd_vjp, randn, rel_err
 
 import n2nfunc as nf
-from helpers import autograd_vjp, randn, rel_err
 
 
 @pytest.mark.parametrize("layer,ref", [(nf.relu(), torch.relu), (nf.sigmoid(), torch.sigmoid)])
@@ -20,7 +20,7 @@ def test_matches_torch(layer, ref, dtype, tol):
 @pytest.mark.parametrize("layer", [nf.relu(), nf.sigmoid(), nf.identity()])
 def test_check_vjp(layer):
     x = randn(2, 3, 3, 2) + 0.5
-    x[x.abs() < 0.01] = 0.5                      # keep relu away from its kink
+    x[x.abs() < 0.01] = 0.5  # keep relu away from its kink
     nf.check_vjp(layer, {}, x)
 
 

@@ -7,13 +7,38 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "n2nfunc"
-COMPUTE = ["__init__.py", "base.py", "nhwc.py", "kernels.py", "conv.py", "activations.py",
-           "combinators.py", "tree.py", "losses.py", "optim.py", "train.py", "modules.py",
-           "testing.py", "metrics.py", "model.py"]
-IO = ["checkpoint.py", "cli.py", "export.py", "viz.py", "progress.py",
-      "data/__init__.py", "data/files.py", "data/synthetic.py", "data/photos.py"]
-ALLOWED = {"torch": {"empty", "cat", "arange", "Tensor", "Generator", "device", "dtype"},
-           "torch.nn.functional": {"fold", "unfold"}}
+COMPUTE = [
+    "__init__.py",
+    "base.py",
+    "nhwc.py",
+    "kernels.py",
+    "conv.py",
+    "activations.py",
+    "combinators.py",
+    "tree.py",
+    "losses.py",
+    "optim.py",
+    "train.py",
+    "modules.py",
+    "testing.py",
+    "metrics.py",
+    "model.py",
+]
+IO = [
+    "checkpoint.py",
+    "cli.py",
+    "export.py",
+    "viz.py",
+    "progress.py",
+    "data/__init__.py",
+    "data/files.py",
+    "data/synthetic.py",
+    "data/photos.py",
+]
+ALLOWED = {
+    "torch": {"empty", "cat", "arange", "Tensor", "Generator", "device", "dtype"},
+    "torch.nn.functional": {"fold", "unfold"},
+}
 FORBIDDEN_ATTRIBUTES = {"requires_grad", "requires_grad_", "retain_grad", "grad_fn", "autograd"}
 STDLIB_OK = {"math", "functools", "typing", "pathlib", "collections", "itertools", "dataclasses"}
 
@@ -34,7 +59,7 @@ def _violations(path: Path):
                 if root == "torch" or root not in STDLIB_OK:
                     bad.append(f"line {node.lineno}: import {alias.name}")
         elif isinstance(node, ast.ImportFrom):
-            if node.level:                      # relative: our own package
+            if node.level:  # relative: our own package
                 continue
             names = {a.name for a in node.names}
             if node.module in ALLOWED:
@@ -57,7 +82,9 @@ def test_compute_file_uses_only_allowed_primitives(name):
 
 def test_the_checker_catches_forbidden_uses(tmp_path):
     f = tmp_path / "bad.py"
-    f.write_text("import torch\nfrom torch import zeros\nfrom torch.nn.functional import conv2d\n"
-                 "import numpy\nx.requires_grad_()\n")
+    f.write_text(
+        "import torch\nfrom torch import zeros\nfrom torch.nn.functional import conv2d\n"
+        "import numpy\nx.requires_grad_()\n"
+    )
     bad = _violations(f)
-    assert len(bad) == 5, bad     # import torch, zeros, conv2d, numpy, requires_grad_
+    assert len(bad) == 5, bad  # import torch, zeros, conv2d, numpy, requires_grad_

@@ -11,6 +11,7 @@ def _with_pullback(layer, fix):
     def vjp(params, x):
         y, pullback = layer.vjp(params, x)
         return y, lambda ct: fix(*pullback(ct))
+
     return nf.Layer(layer.init, layer.apply, vjp)
 
 
@@ -25,7 +26,9 @@ def test_flipped_kernel_gradient_is_caught_and_named():
 def test_wrong_input_gradient_and_nonlinear_pullback_are_caught():
     sig = nf.sigmoid()
     with pytest.raises(VJPCheckError, match="wrt input"):
-        nf.check_vjp(_with_pullback(sig, lambda g, dx: (g, dx * 1.001)), {}, torch.randn(1, 1, 3, 3))
+        nf.check_vjp(
+            _with_pullback(sig, lambda g, dx: (g, dx * 1.001)), {}, torch.randn(1, 1, 3, 3)
+        )
     with pytest.raises(VJPCheckError):
         nf.check_vjp(_with_pullback(sig, lambda g, dx: (g, dx + 1e-3)), {}, torch.randn(1, 1, 3, 3))
 

@@ -7,14 +7,17 @@ import time
 
 import pytest
 import torch
+from helpers import code_running_pickle
 
 from n2nfunc import checkpoint
-from helpers import code_running_pickle
 
 
 def test_round_trip_keeps_tensors_and_containers(tmp_path):
-    payload = {"params": {"0.weight": torch.randn(2, 3), "n": torch.arange(4)},
-               "meta": [1, 2.5, "x", None, (True, b"raw")], "empty": torch.empty(0, 3)}
+    payload = {
+        "params": {"0.weight": torch.randn(2, 3), "n": torch.arange(4)},
+        "meta": [1, 2.5, "x", None, (True, b"raw")],
+        "empty": torch.empty(0, 3),
+    }
     checkpoint.save(tmp_path / "c.pth", payload)
     back = checkpoint.load(tmp_path / "c.pth")
     assert torch.equal(back["params"]["0.weight"], payload["params"]["0.weight"])
@@ -31,12 +34,18 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_runs_nothing(tmp_path)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content,pattern", [
-    (b"", "is empty"),
-    (b"\x80\x04garbage", "truncated or not an n2nfunc checkpoint"),
-    (pickle.dumps({"hello": 1}), "is not an n2nfunc checkpoint"),
-    (pickle.dumps({"format": "n2nfunc-checkpoint", "version": 99, "payload": {}}), "format version 99"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        (b"", "is empty"),
+        (b"\x80\x04garbage", "truncated or not an n2nfunc checkpoint"),
+        (pickle.dumps({"hello": 1}), "is not an n2nfunc checkpoint"),
+        (
+            pickle.dumps({"format": "n2nfunc-checkpoint", "version": 99, "payload": {}}),
+            "format version 99",
+        ),
+    ],
+)
 def test_bad_files_give_clear_errors_naming_the_file(tmp_path, content, pattern):
     path = tmp_path / "weights.pth"
     path.write_bytes(content)
@@ -60,8 +69,10 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path):
     path = tmp_path / "c.pth"
     checkpoint.save(path, {"w": torch.zeros(1000)})
     flag = tmp_path / "paused"
-    code = ("import torch; from n2nfunc import checkpoint; "
-            f"checkpoint.save({str(path)!r}, {{'w': torch.ones(1000)}})")
+    code = (
+        "import torch; from n2nfunc import checkpoint; "
+        f"checkpoint.save({str(path)!r}, {{'w': torch.ones(1000)}})"
+    )
     env = {**os.environ, "N2NFUNC_TEST_PAUSE_IN_SAVE": str(flag)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
@@ -70,7 +81,7 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path):
             assert proc.poll() is None and time.time() < deadline, "the save never paused"
             time.sleep(0.05)
         temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        assert temps and temps[0].stat().st_size > 0                  # half written
+        assert temps and temps[0].stat().st_size > 0  # half written
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

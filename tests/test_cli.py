@@ -7,8 +7,19 @@ from n2nfunc.cli import denoise_tiled, main
 from n2nfunc.data import read_image, write_image
 from n2nfunc.model import Model
 
-TINY = ["--n-train", "96", "--n-val", "16", "--widths", "8", "8", "--batch-size", "16",
-        "--no-pictures", "--quiet"]
+TINY = [
+    "--n-train",
+    "96",
+    "--n-val",
+    "16",
+    "--widths",
+    "8",
+    "8",
+    "--batch-size",
+    "16",
+    "--no-pictures",
+    "--quiet",
+]
 
 
 def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys):
@@ -45,8 +56,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     assert main(["train", *TINY, "--epochs", "3", "--out", str(tmp_path / "cut")]) == 130
     assert "--resume" in capsys.readouterr().out
     monkeypatch.setattr(Model, "train_epoch", real)
-    assert main(["train", *TINY, "--resume", str(tmp_path / "cut" / "checkpoint.pth"),
-                 "--out", str(tmp_path / "cut")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--resume",
+                str(tmp_path / "cut" / "checkpoint.pth"),
+                "--out",
+                str(tmp_path / "cut"),
+            ]
+        )
+        == 0
+    )
     full = checkpoint.load(tmp_path / "full" / "model.pth")["params"]
     resumed = checkpoint.load(tmp_path / "cut" / "model.pth")["params"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
@@ -61,13 +83,35 @@ def test_eval_and_denoise(tmp_path, monkeypatch, capsys):
     rgb = torch.randint(0, 256, (3, 70, 45), dtype=torch.uint8)
     alpha = torch.randint(0, 256, (1, 70, 45), dtype=torch.uint8)
     write_image(tmp_path / "in.png", rgb, alpha)
-    assert main(["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"),
-                 "--checkpoint", str(tmp_path / "m.pth"), "--tile", "32"]) == 0
+    assert (
+        main(
+            [
+                "denoise",
+                str(tmp_path / "in.png"),
+                str(tmp_path / "out.png"),
+                "--checkpoint",
+                str(tmp_path / "m.pth"),
+                "--tile",
+                "32",
+            ]
+        )
+        == 0
+    )
     out = read_image(tmp_path / "out.png")
     assert out.rgb.shape == rgb.shape and torch.equal(out.alpha, alpha)
     write_image(tmp_path / "grey.png", rgb, grey=True)
-    assert main(["denoise", str(tmp_path / "grey.png"), str(tmp_path / "grey_out.png"),
-                 "--checkpoint", str(tmp_path / "m.pth")]) == 0
+    assert (
+        main(
+            [
+                "denoise",
+                str(tmp_path / "grey.png"),
+                str(tmp_path / "grey_out.png"),
+                "--checkpoint",
+                str(tmp_path / "m.pth"),
+            ]
+        )
+        == 0
+    )
     assert read_image(tmp_path / "grey_out.png").grey
 
 

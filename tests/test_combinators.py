@@ -1,21 +1,37 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import autograd_vjp, randn, rel_err
 
 import n2nfunc as nf
-from helpers import autograd_vjp, randn, rel_err
 
 
 def required_net():
-    return nf.serial(nf.conv2d(4, 3, 2, 1), nf.relu(), nf.conv2d(6, 3, 2, 1), nf.relu(),
-                     nf.upsample(4, 3, padding=1), nf.relu(), nf.upsample(3, 3, padding=1), nf.sigmoid())
+    return nf.serial(
+        nf.conv2d(4, 3, 2, 1),
+        nf.relu(),
+        nf.conv2d(6, 3, 2, 1),
+        nf.relu(),
+        nf.upsample(4, 3, padding=1),
+        nf.relu(),
+        nf.upsample(3, 3, padding=1),
+        nf.sigmoid(),
+    )
 
 
 def test_serial_paths_read_like_a_sequential_state_dict():
     out, params = required_net().init(torch.Generator().manual_seed(0), (-1, 3, 16, 12))
     assert out == (-1, 3, 16, 12)
     assert [p for p, _ in nf.tree.flatten(params)] == [
-        "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias", "6.weight", "6.bias"]
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "4.weight",
+        "4.bias",
+        "6.weight",
+        "6.bias",
+    ]
 
 
 def test_serial_matches_torch_and_finite_differences():
@@ -32,7 +48,9 @@ def test_serial_matches_torch_and_finite_differences():
         h = F.relu(F.conv2d(x_, q["0.weight"], q["0.bias"], 2, 1))
         h = F.relu(F.conv2d(h, q["2.weight"], q["2.bias"], 2, 1))
         h = F.relu(F.conv2d(F.interpolate(h, scale_factor=2), q["4.weight"], q["4.bias"], 1, 1))
-        return torch.sigmoid(F.conv2d(F.interpolate(h, scale_factor=2), q["6.weight"], q["6.bias"], 1, 1))
+        return torch.sigmoid(
+            F.conv2d(F.interpolate(h, scale_factor=2), q["6.weight"], q["6.bias"], 1, 1)
+        )
 
     y_ref, grads = autograd_vjp(ref, [x] + [t for _, t in flat], ct)
     assert rel_err(y, y_ref) < 1e-12
@@ -45,8 +63,13 @@ def test_serial_matches_torch_and_finite_differences():
 
 def test_parallel_fanout_fanin_and_residual_build_a_skip_network():
     block = nf.serial(nf.conv2d(3, 3, padding=1), nf.relu(), nf.conv2d(3, 3, padding=1))
-    net = nf.serial(nf.fanout(2), nf.parallel(nf.residual(block), nf.conv2d(3, 1)),
-                    nf.fanin_concat(), nf.conv2d(2, 1), nf.sigmoid())
+    net = nf.serial(
+        nf.fanout(2),
+        nf.parallel(nf.residual(block), nf.conv2d(3, 1)),
+        nf.fanin_concat(),
+        nf.conv2d(2, 1),
+        nf.sigmoid(),
+    )
     out, params = net.init(torch.Generator().manual_seed(0), (2, 3, 5, 4))
     assert out == (2, 2, 5, 4)
     assert "1.0.0.weight" in dict(nf.tree.flatten(params))
@@ -63,8 +86,11 @@ def test_fanin_sum_and_its_pullback():
     assert torch.equal(y, 3 * x)
     ct = torch.randn_like(y)
     assert torch.allclose(pullback(ct)[1], 3 * ct)
-    nf.check_vjp(nf.serial(nf.fanout(2), nf.parallel(nf.sigmoid(), nf.identity()), nf.fanin_sum()),
-                 {"0": {}, "1": {"0": {}, "1": {}}, "2": {}}, x)
+    nf.check_vjp(
+        nf.serial(nf.fanout(2), nf.parallel(nf.sigmoid(), nf.identity()), nf.fanin_sum()),
+        {"0": {}, "1": {"0": {}, "1": {}}, "2": {}},
+        x,
+    )
 
 
 def test_shape_errors_name_the_layer_path_and_shapes():

@@ -6,19 +6,20 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import autograd_vjp, init64, randn, rel_err
 
 import n2nfunc as nf
-from helpers import autograd_vjp, init64, randn, rel_err
 
 TOL64, TOL32 = 1e-10, 1e-5
 
 
 def _compare(layer, ref, params, x, tol):
     y, pullback = layer.vjp(params, x)
-    ct = torch.randn(y.shape, dtype=y.dtype)          # random, not all-ones
+    ct = torch.randn(y.shape, dtype=y.dtype)  # random, not all-ones
     names = list(params)
-    y_ref, grads = autograd_vjp(lambda x_, *ps: ref(x_, dict(zip(names, ps))),
-                                [x] + [params[k] for k in names], ct)
+    y_ref, grads = autograd_vjp(
+        lambda x_, *ps: ref(x_, dict(zip(names, ps))), [x] + [params[k] for k in names], ct
+    )
     assert y.shape == y_ref.shape
     assert rel_err(y, y_ref) <= tol
     ct_params, ct_x = pullback(ct)
@@ -28,69 +29,115 @@ def _compare(layer, ref, params, x, tol):
         assert rel_err(ct_params[k], g) <= tol, k
 
 
-CONV_GRID = [c for c in itertools.product([1, 2, 3, 4, 5], [1, 2, 3], [0, 1, 2], [1, 2],
-                                          [(7, 9), (8, 8)], [1, 3])
-             if min(c[4]) + 2 * c[2] >= c[3] * (c[0] - 1) + 1]
+CONV_GRID = [
+    c
+    for c in itertools.product(
+        [1, 2, 3, 4, 5], [1, 2, 3], [0, 1, 2], [1, 2], [(7, 9), (8, 8)], [1, 3]
+    )
+    if min(c[4]) + 2 * c[2] >= c[3] * (c[0] - 1) + 1
+]
 
 
 @pytest.mark.parametrize("k,s,p,d,hw,n", CONV_GRID)
 def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
     layer = nf.conv2d(4, k, stride=s, padding=p, dilation=d)
     params = init64(layer, (n, 3) + hw)
-    _compare(layer, lambda x, q: F.conv2d(x, q["weight"], q["bias"], s, p, d), params,
-             randn(n, 3, *hw), TOL64)
+    _compare(
+        layer,
+        lambda x, q: F.conv2d(x, q["weight"], q["bias"], s, p, d),
+        params,
+        randn(n, 3, *hw),
+        TOL64,
+    )
 
 
-TCONV_GRID = [c for c in itertools.product([1, 2, 3, 4], [1, 2, 3], [0, 1, 2], [0, 1], [1, 2],
-                                           [(5, 6), (4, 4)], [1, 2])
-              if c[3] < max(c[1], c[4]) and (min(c[5]) - 1) * c[1] - 2 * c[2] + c[4] * (c[0] - 1) + c[3] >= 0]
+TCONV_GRID = [
+    c
+    for c in itertools.product(
+        [1, 2, 3, 4], [1, 2, 3], [0, 1, 2], [0, 1], [1, 2], [(5, 6), (4, 4)], [1, 2]
+    )
+    if c[3] < max(c[1], c[4]) and (min(c[5]) - 1) * c[1] - 2 * c[2] + c[4] * (c[0] - 1) + c[3] >= 0
+]
 
 
 @pytest.mark.parametrize("k,s,p,op,d,hw,n", TCONV_GRID)
 def test_conv_transpose2d_matches_torch_float64(k, s, p, op, d, hw, n):
     layer = nf.conv_transpose2d(4, k, stride=s, padding=p, output_padding=op, dilation=d)
     params = init64(layer, (n, 3) + hw)
-    _compare(layer, lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], s, p, op, 1, d),
-             params, randn(n, 3, *hw), TOL64)
+    _compare(
+        layer,
+        lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], s, p, op, 1, d),
+        params,
+        randn(n, 3, *hw),
+        TOL64,
+    )
 
 
-UP_GRID = [c for c in itertools.product([1, 2, 3, 4, 5], [1, 2, 3], [0, 1, 2], [1, 2],
-                                        [(4, 5), (3, 3)], [1, 2])
-           if min(c[4]) * c[1] + 2 * c[2] - c[3] * (c[0] - 1) >= 1]
+UP_GRID = [
+    c
+    for c in itertools.product(
+        [1, 2, 3, 4, 5], [1, 2, 3], [0, 1, 2], [1, 2], [(4, 5), (3, 3)], [1, 2]
+    )
+    if min(c[4]) * c[1] + 2 * c[2] - c[3] * (c[0] - 1) >= 1
+]
 
 
 @pytest.mark.parametrize("k,sc,p,d,hw,n", UP_GRID)
 def test_upsample_matches_nearest_then_conv_float64(k, sc, p, d, hw, n):
     layer = nf.upsample(4, k, scale_factor=sc, padding=p, dilation=d)
     params = init64(layer, (n, 3) + hw)
-    ref = lambda x, q: F.conv2d(F.interpolate(x, scale_factor=sc, mode="nearest"),
-                                q["weight"], q["bias"], 1, p, d)
+    ref = lambda x, q: F.conv2d(
+        F.interpolate(x, scale_factor=sc, mode="nearest"), q["weight"], q["bias"], 1, p, d
+    )
     _compare(layer, ref, params, randn(n, 3, *hw), TOL64)
 
 
 def test_non_square_kernel_stride_padding():
     layer = nf.conv2d(5, (2, 3), stride=(1, 2), padding=(0, 1), dilation=(2, 1))
     params = init64(layer, (2, 3, 7, 6))
-    _compare(layer, lambda x, q: F.conv2d(x, q["weight"], q["bias"], (1, 2), (0, 1), (2, 1)),
-             params, randn(2, 3, 7, 6), TOL64)
+    _compare(
+        layer,
+        lambda x, q: F.conv2d(x, q["weight"], q["bias"], (1, 2), (0, 1), (2, 1)),
+        params,
+        randn(2, 3, 7, 6),
+        TOL64,
+    )
     layer = nf.conv_transpose2d(5, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2))
     params = init64(layer, (2, 3, 4, 5))
-    _compare(layer, lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], (2, 3), (1, 0), (1, 2)),
-             params, randn(2, 3, 4, 5), TOL64)
+    _compare(
+        layer,
+        lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], (2, 3), (1, 0), (1, 2)),
+        params,
+        randn(2, 3, 4, 5),
+        TOL64,
+    )
     layer = nf.upsample(2, (3, 1), scale_factor=(2, 3), padding=(1, 0))
     params = init64(layer, (1, 3, 3, 2))
-    _compare(layer, lambda x, q: F.conv2d(F.interpolate(x, scale_factor=(2, 3), mode="nearest"),
-                                          q["weight"], q["bias"], 1, (1, 0)),
-             params, randn(1, 3, 3, 2), TOL64)
+    _compare(
+        layer,
+        lambda x, q: F.conv2d(
+            F.interpolate(x, scale_factor=(2, 3), mode="nearest"), q["weight"], q["bias"], 1, (1, 0)
+        ),
+        params,
+        randn(1, 3, 3, 2),
+        TOL64,
+    )
 
 
-@pytest.mark.parametrize("make,ref", [
-    (lambda: nf.conv2d(8, 3, 2, 1), lambda x, q: F.conv2d(x, q["weight"], q["bias"], 2, 1)),
-    (lambda: nf.conv_transpose2d(8, 3, 2, 1, 1),
-     lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], 2, 1, 1)),
-    (lambda: nf.upsample(8, 3, 2, 1),
-     lambda x, q: F.conv2d(F.interpolate(x, scale_factor=2), q["weight"], q["bias"], 1, 1)),
-])
+@pytest.mark.parametrize(
+    "make,ref",
+    [
+        (lambda: nf.conv2d(8, 3, 2, 1), lambda x, q: F.conv2d(x, q["weight"], q["bias"], 2, 1)),
+        (
+            lambda: nf.conv_transpose2d(8, 3, 2, 1, 1),
+            lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], 2, 1, 1),
+        ),
+        (
+            lambda: nf.upsample(8, 3, 2, 1),
+            lambda x, q: F.conv2d(F.interpolate(x, scale_factor=2), q["weight"], q["bias"], 1, 1),
+        ),
+    ],
+)
 def test_float32_matches_torch(make, ref):
     layer = make()
     _, params = layer.init(torch.Generator().manual_seed(1), (3, 6, 10, 12))
@@ -101,19 +148,24 @@ def test_no_bias():
     layer = nf.conv2d(4, 3, padding=1, bias=False)
     params = init64(layer, (2, 3, 5, 5))
     assert set(params) == {"weight"}
-    _compare(layer, lambda x, q: F.conv2d(x, q["weight"], None, 1, 1), params, randn(2, 3, 5, 5), TOL64)
+    _compare(
+        layer, lambda x, q: F.conv2d(x, q["weight"], None, 1, 1), params, randn(2, 3, 5, 5), TOL64
+    )
 
 
-@pytest.mark.parametrize("layer,shape", [
-    (nf.conv2d(2, 3, stride=2, padding=1), (2, 3, 5, 4)),
-    (nf.conv2d(2, (1, 2), stride=(3, 1), dilation=(1, 2)), (1, 2, 7, 5)),
-    (nf.conv_transpose2d(2, 3, stride=2, padding=1, output_padding=1), (1, 3, 3, 2)),
-    (nf.conv_transpose2d(3, 2, stride=3, padding=0), (2, 2, 2, 3)),
-    (nf.upsample(2, 3, scale_factor=2, padding=1), (2, 2, 3, 2)),
-    (nf.upsample(2, 2, scale_factor=3), (1, 2, 2, 3)),
-    (nf.nearest_upsample(2), (2, 2, 3, 2)),
-    (nf.nearest_upsample((1, 3)), (1, 2, 2, 2)),
-])
+@pytest.mark.parametrize(
+    "layer,shape",
+    [
+        (nf.conv2d(2, 3, stride=2, padding=1), (2, 3, 5, 4)),
+        (nf.conv2d(2, (1, 2), stride=(3, 1), dilation=(1, 2)), (1, 2, 7, 5)),
+        (nf.conv_transpose2d(2, 3, stride=2, padding=1, output_padding=1), (1, 3, 3, 2)),
+        (nf.conv_transpose2d(3, 2, stride=3, padding=0), (2, 2, 2, 3)),
+        (nf.upsample(2, 3, scale_factor=2, padding=1), (2, 2, 3, 2)),
+        (nf.upsample(2, 2, scale_factor=3), (1, 2, 2, 3)),
+        (nf.nearest_upsample(2), (2, 2, 3, 2)),
+        (nf.nearest_upsample((1, 3)), (1, 2, 2, 2)),
+    ],
+)
 def test_check_vjp_finite_differences(layer, shape):
     _, params = layer.init(torch.Generator().manual_seed(0), shape)
     worst = nf.check_vjp(layer, params, torch.randn(shape, dtype=torch.float64))
@@ -125,14 +177,18 @@ def test_nearest_upsample_matches_interpolate():
     x = randn(2, 3, 4, 5)
     y, pullback = layer.vjp({}, x)
     ct = torch.randn_like(y)
-    y_ref, (gx,) = autograd_vjp(lambda t: F.interpolate(t, scale_factor=(2, 3), mode="nearest"), [x], ct)
+    y_ref, (gx,) = autograd_vjp(
+        lambda t: F.interpolate(t, scale_factor=(2, 3), mode="nearest"), [x], ct
+    )
     assert torch.equal(y, y_ref)
     assert rel_err(pullback(ct)[1], gx) < TOL64
 
 
 def test_pytorch_default_init_is_reproduced():
-    for torch_layer, ours in [(lambda: torch.nn.Conv2d(3, 7, 3), nf.conv2d(7, 3)),
-                              (lambda: torch.nn.ConvTranspose2d(3, 7, (2, 3)), nf.conv_transpose2d(7, (2, 3)))]:
+    for torch_layer, ours in [
+        (lambda: torch.nn.Conv2d(3, 7, 3), nf.conv2d(7, 3)),
+        (lambda: torch.nn.ConvTranspose2d(3, 7, (2, 3)), nf.conv_transpose2d(7, (2, 3))),
+    ]:
         torch.manual_seed(5)
         ref = torch_layer()
         _, params = ours.init(torch.Generator().manual_seed(5), (-1, 3, -1, -1))
@@ -163,7 +219,11 @@ def test_channels_last_and_non_contiguous_inputs():
 
 @pytest.mark.cuda
 def test_conv_layers_on_cuda():
-    for layer in [nf.conv2d(4, 3, 2, 1), nf.conv_transpose2d(4, 3, 2, 1, 1), nf.upsample(4, 3, 2, 1)]:
+    for layer in [
+        nf.conv2d(4, 3, 2, 1),
+        nf.conv_transpose2d(4, 3, 2, 1, 1),
+        nf.upsample(4, 3, 2, 1),
+    ]:
         _, params = layer.init(torch.Generator().manual_seed(0), (2, 3, 8, 8))
         x = torch.randn(2, 3, 8, 8)
         y, pullback = layer.vjp(params, x)

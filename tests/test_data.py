@@ -1,11 +1,19 @@
 import pytest
 import torch
+from helpers import code_running_pickle
 
-from n2nfunc.data import (NoiseModel, builtin_pairs, load_folder_pairs, load_pair_file, make_pairs,
-                          photo_pairs, read_image, write_image)
+from n2nfunc.data import (
+    NoiseModel,
+    builtin_pairs,
+    load_folder_pairs,
+    load_pair_file,
+    make_pairs,
+    photo_pairs,
+    read_image,
+    write_image,
+)
 from n2nfunc.data.synthetic import box_downsample, point_sample
 from n2nfunc.metrics import psnr
-from helpers import code_running_pickle
 
 
 def test_pairs_are_deterministic_and_shaped():
@@ -13,9 +21,9 @@ def test_pairs_are_deterministic_and_shaped():
     b = make_pairs(40, "train", seed=3, chunk=16)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert a[0].shape == (40, 3, 32, 32) and a[0].dtype == torch.uint8
-    assert not torch.equal(a[0], a[1])                     # two different noisy views
+    assert not torch.equal(a[0], a[1])  # two different noisy views
     val = make_pairs(40, "val", seed=3)
-    assert not torch.equal(val[0][:5], a[0][:5])           # disjoint streams
+    assert not torch.equal(val[0][:5], a[0][:5])  # disjoint streams
 
 
 def test_downsample_noise_is_unbiased_and_course_like():
@@ -24,10 +32,12 @@ def test_downsample_noise_is_unbiased_and_course_like():
     mean = torch.stack([point_sample(high, 4, g) for _ in range(4000)]).mean(0)
     assert torch.allclose(mean, box_downsample(high, 4), atol=0.02)
     noisy, clean = make_pairs(400, "val", seed=1)
-    assert 19.5 < psnr(noisy.float(), clean.float(), 255.0) < 22.5     # course data: 20.7 dB
+    assert 19.5 < psnr(noisy.float(), clean.float(), 255.0) < 22.5  # course data: 20.7 dB
 
 
-@pytest.mark.parametrize("noise,low,high", [("gaussian:25", 19.0, 21.5), ("poisson:30", 15.0, 25.0)])
+@pytest.mark.parametrize(
+    "noise,low,high", [("gaussian:25", 19.0, 21.5), ("poisson:30", 15.0, 25.0)]
+)
 def test_classic_noise_models(noise, low, high):
     noisy, clean = make_pairs(50, "val", NoiseModel.parse(noise))
     assert low < psnr(noisy.float(), clean.float(), 255.0) < high
@@ -43,7 +53,7 @@ def test_builtin_pairs_are_cached(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 1
     again = builtin_pairs(24, "train", seed=5)
     assert torch.equal(first[0], again[0])
-    next(tmp_path.iterdir()).write_bytes(b"garbage")        # a damaged cache is regenerated
+    next(tmp_path.iterdir()).write_bytes(b"garbage")  # a damaged cache is regenerated
     assert torch.equal(builtin_pairs(24, "train", seed=5)[1], first[1])
 
 
@@ -56,8 +66,16 @@ def test_course_file_loader(tmp_path):
     cases = {
         "missing.pkl": (None, FileNotFoundError, "not found"),
         "empty.pkl": (b"", ValueError, "is empty"),
-        "garbage.pkl": (b"not a torch file at all", ValueError, "garbage.pkl (was not loaded|is not a readable)"),
-        "float.pkl": ((x.float(), x.float()), ValueError, "dtype torch.float32, expected torch.uint8"),
+        "garbage.pkl": (
+            b"not a torch file at all",
+            ValueError,
+            "garbage.pkl (was not loaded|is not a readable)",
+        ),
+        "float.pkl": (
+            (x.float(), x.float()),
+            ValueError,
+            "dtype torch.float32, expected torch.uint8",
+        ),
         "shape.pkl": ((x[:, :2], x[:, :2]), ValueError, r"shape \(5, 2, 32, 32\)"),
         "single.pkl": (x, ValueError, "expected a tuple of two tensors"),
         "mismatch.pkl": ((x, x[:3]), ValueError, "differ in shape"),
@@ -87,7 +105,7 @@ def test_images_and_folder_pairs(tmp_path):
         write_image(tmp_path / sub / "one.png", rgb)
     write_image(tmp_path / "a" / "only_in_a.png", rgb)
     a, b = load_folder_pairs(tmp_path)
-    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)          # 1 x 2 tiles of 32
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)  # 1 x 2 tiles of 32
     back = read_image(tmp_path / "a" / "one.png")
     assert torch.equal(back.rgb, rgb) and back.alpha is None and not back.grey
     alpha = torch.full((1, 40, 70), 128, dtype=torch.uint8)

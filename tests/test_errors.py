@@ -11,18 +11,75 @@ def _params(layer, shape):
     return layer.init(None, shape)[1]
 
 
-@pytest.mark.parametrize("layer,shape,x,error,pattern", [
-    (nf.conv2d(4, 3), (1, 3, 8, 8), torch.randn(3, 8, 8), ValueError, r"conv2d.*\(N, 3, H, W\).*\(3, 8, 8\)"),
-    (nf.conv2d(4, 3), (1, 3, 8, 8), torch.randn(1, 2, 8, 8), ValueError, r"conv2d.*\(1, 2, 8, 8\)"),
-    (nf.conv2d(4, 5), (1, 3, 8, 8), torch.randn(1, 3, 4, 8), ValueError, r"conv2d.*kernel is larger than the padded input"),
-    (nf.conv_transpose2d(4, 3), (1, 3, 8, 8), torch.randn(1, 5, 8, 8), ValueError, r"conv_transpose2d.*\(1, 5, 8, 8\)"),
-    (nf.upsample(4, 3), (1, 3, 8, 8), torch.randn(2, 4, 8, 8), ValueError, r"upsample.*\(2, 4, 8, 8\)"),
-    (nf.conv2d(4, 3), (1, 3, 8, 8), torch.randn(1, 3, 8, 8, dtype=torch.float64), TypeError, r"conv2d\(.*\): input dtype torch.float64 does not match"),
-    (nf.conv2d(4, 3), (1, 3, 8, 8), torch.ones(1, 3, 8, 8, dtype=torch.int64), TypeError, r"conv2d\(.*\): input must be floating point"),
-    (nf.conv2d(4, 3), (1, 3, 8, 8), [[1.0]], TypeError, r"conv2d\(.*\): input must be a Tensor"),
-    (nf.conv2d(4, 3), (1, 3, 8, 8), torch.randn(0, 3, 8, 8), ValueError, r"conv2d\(.*\): empty batch"),
-    (nf.sigmoid(), (1, 3, 8, 8), "x", TypeError, r"sigmoid: input must be a Tensor"),
-])
+@pytest.mark.parametrize(
+    "layer,shape,x,error,pattern",
+    [
+        (
+            nf.conv2d(4, 3),
+            (1, 3, 8, 8),
+            torch.randn(3, 8, 8),
+            ValueError,
+            r"conv2d.*\(N, 3, H, W\).*\(3, 8, 8\)",
+        ),
+        (
+            nf.conv2d(4, 3),
+            (1, 3, 8, 8),
+            torch.randn(1, 2, 8, 8),
+            ValueError,
+            r"conv2d.*\(1, 2, 8, 8\)",
+        ),
+        (
+            nf.conv2d(4, 5),
+            (1, 3, 8, 8),
+            torch.randn(1, 3, 4, 8),
+            ValueError,
+            r"conv2d.*kernel is larger than the padded input",
+        ),
+        (
+            nf.conv_transpose2d(4, 3),
+            (1, 3, 8, 8),
+            torch.randn(1, 5, 8, 8),
+            ValueError,
+            r"conv_transpose2d.*\(1, 5, 8, 8\)",
+        ),
+        (
+            nf.upsample(4, 3),
+            (1, 3, 8, 8),
+            torch.randn(2, 4, 8, 8),
+            ValueError,
+            r"upsample.*\(2, 4, 8, 8\)",
+        ),
+        (
+            nf.conv2d(4, 3),
+            (1, 3, 8, 8),
+            torch.randn(1, 3, 8, 8, dtype=torch.float64),
+            TypeError,
+            r"conv2d\(.*\): input dtype torch.float64 does not match",
+        ),
+        (
+            nf.conv2d(4, 3),
+            (1, 3, 8, 8),
+            torch.ones(1, 3, 8, 8, dtype=torch.int64),
+            TypeError,
+            r"conv2d\(.*\): input must be floating point",
+        ),
+        (
+            nf.conv2d(4, 3),
+            (1, 3, 8, 8),
+            [[1.0]],
+            TypeError,
+            r"conv2d\(.*\): input must be a Tensor",
+        ),
+        (
+            nf.conv2d(4, 3),
+            (1, 3, 8, 8),
+            torch.randn(0, 3, 8, 8),
+            ValueError,
+            r"conv2d\(.*\): empty batch",
+        ),
+        (nf.sigmoid(), (1, 3, 8, 8), "x", TypeError, r"sigmoid: input must be a Tensor"),
+    ],
+)
 def test_apply_rejects_bad_input(layer, shape, x, error, pattern):
     params = _params(layer, shape)
     with pytest.raises(error, match=pattern):
@@ -31,23 +88,31 @@ def test_apply_rejects_bad_input(layer, shape, x, error, pattern):
         layer.vjp(params, x)
 
 
-@pytest.mark.parametrize("make,pattern", [
-    (lambda: nf.conv2d(0, 3), "out_channels must be a positive int"),
-    (lambda: nf.conv2d(4, 0), "kernel_size must be >= 1"),
-    (lambda: nf.conv2d(4, 3, stride=0), "stride must be >= 1"),
-    (lambda: nf.conv2d(4, 3, padding=-1), "padding must be >= 0"),
-    (lambda: nf.conv2d(4, (3, 3, 3)), "kernel_size must be an int or a pair"),
-    (lambda: nf.conv_transpose2d(4, 3, stride=2, output_padding=2), "output_padding must be smaller"),
-    (lambda: nf.nearest_upsample(0), "scale_factor must be >= 1"),
-    (lambda: Conv2d(3, -1, 3), "out_channels"),
-])
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: nf.conv2d(0, 3), "out_channels must be a positive int"),
+        (lambda: nf.conv2d(4, 0), "kernel_size must be >= 1"),
+        (lambda: nf.conv2d(4, 3, stride=0), "stride must be >= 1"),
+        (lambda: nf.conv2d(4, 3, padding=-1), "padding must be >= 0"),
+        (lambda: nf.conv2d(4, (3, 3, 3)), "kernel_size must be an int or a pair"),
+        (
+            lambda: nf.conv_transpose2d(4, 3, stride=2, output_padding=2),
+            "output_padding must be smaller",
+        ),
+        (lambda: nf.nearest_upsample(0), "scale_factor must be >= 1"),
+        (lambda: Conv2d(3, -1, 3), "out_channels"),
+    ],
+)
 def test_constructors_reject_bad_sizes(make, pattern):
     with pytest.raises((ValueError, TypeError), match=pattern):
         make()
 
 
 def test_init_rejects_bad_shapes():
-    with pytest.raises(ValueError, match=r"conv2d.*input shape \(1, 3, 0, 8\) has a non-positive size"):
+    with pytest.raises(
+        ValueError, match=r"conv2d.*input shape \(1, 3, 0, 8\) has a non-positive size"
+    ):
         nf.conv2d(4, 3).init(None, (1, 3, 0, 8))
     with pytest.raises(ValueError, match=r"conv2d.*expected an input shape \(N, C, H, W\)"):
         nf.conv2d(4, 3).init(None, (3, 8, 8))
@@ -59,16 +124,23 @@ def test_params_of_the_wrong_shape_are_named():
     layer = nf.conv2d(4, 3)
     params = _params(layer, (1, 3, 8, 8))
     params["bias"] = torch.zeros(5)
-    with pytest.raises(ValueError, match=r"conv2d.*parameter 'bias' must have shape \(4,\), got \(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"conv2d.*parameter 'bias' must have shape \(4,\), got \(5,\)"
+    ):
         layer.apply(params, torch.randn(1, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"expected parameters \['bias', 'weight'\], got \['weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"expected parameters \['bias', 'weight'\], got \['weight'\]"
+    ):
         layer.apply({"weight": params["weight"]}, torch.randn(1, 3, 8, 8))
 
 
 def test_cotangent_of_the_wrong_shape_is_refused():
     layer = nf.conv2d(4, 3)
     y, pullback = layer.vjp(_params(layer, (1, 3, 8, 8)), torch.randn(1, 3, 8, 8))
-    with pytest.raises(ValueError, match=r"output gradient must have the output's shape \(1, 4, 6, 6\), got \(4, 6, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"output gradient must have the output's shape \(1, 4, 6, 6\), got \(4, 6, 6\)",
+    ):
         pullback(torch.randn(4, 6, 6))
 
 
@@ -76,5 +148,7 @@ def test_mixed_devices_are_refused():
     layer = nf.conv2d(4, 3)
     params = _params(layer, (1, 3, 8, 8))
     meta = torch.empty(1, 3, 8, 8, device="meta")
-    with pytest.raises(ValueError, match=r"conv2d\(.*\): input is on meta but the parameters are on cpu"):
+    with pytest.raises(
+        ValueError, match=r"conv2d\(.*\): input is on meta but the parameters are on cpu"
+    ):
         layer.apply(params, meta)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_allowed_primitives import ALLOWED, STDLIB_OK
 
 from n2nfunc.data import make_pairs
 from n2nfunc.export import VENDORED, export_submission
 
-from test_allowed_primitives import ALLOWED, STDLIB_OK
-
-BLOCKER = textwrap.dedent('''
+BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
     import torch                  # torch's own dependencies load first; then nothing else may
     class _Block(importlib.abc.MetaPathFinder):
@@ -33,7 +32,7 @@ BLOCKER = textwrap.dedent('''
         pass
     torch.set_grad_enabled(False)
     torch.set_num_threads(2)
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,14 @@ def submission(tmp_path_factory):
 
 def run(code: str, cwd: Path, timeout: int = 600) -> dict:
     script = BLOCKER + textwrap.dedent(code)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -58,7 +63,7 @@ def test_layout(submission):
 
 def test_exported_compute_files_import_only_allowed_primitives(submission):
     for path in (submission / "others" / "n2nfunc").glob("*.py"):
-        if path.name == "checkpoint.py":            # file reading: torch.frombuffer, pickle
+        if path.name == "checkpoint.py":  # file reading: torch.frombuffer, pickle
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and not node.level:
@@ -71,13 +76,30 @@ def test_exported_compute_files_import_only_allowed_primitives(submission):
     for path in submission.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
-                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-                assert all(m.split(".")[0] in STDLIB_OK | {"torch", "importlib", "os", "sys", "io",
-                                                           "pickle", "shutil", "time", "ctypes"} for m in mods), (path, mods)
+                mods = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                )
+                assert all(
+                    m.split(".")[0]
+                    in STDLIB_OK
+                    | {
+                        "torch",
+                        "importlib",
+                        "os",
+                        "sys",
+                        "io",
+                        "pickle",
+                        "shutil",
+                        "time",
+                        "ctypes",
+                    }
+                    for m in mods
+                ), (path, mods)
 
 
 def test_blocks_behave_like_torch_for_the_grader(submission):
-    result = run('''
+    result = run(
+        """
         import json
         import torch.nn.functional as F
         from model import Conv2d, TransposeConv2d, Upsampling, NearestUpsampling, ReLU, Sigmoid, MSE, SGD, Sequential
@@ -106,7 +128,9 @@ def test_blocks_behave_like_torch_for_the_grader(submission):
         opt.step()
         out["loss"] = float(value)
         print(json.dumps(out))
-    ''', submission)
+    """,
+        submission,
+    )
     assert result["conv"] < 1e-5 and result["dx"] < 1e-5 and result["dw"] < 1e-4
     assert result["tconv"] < 1e-5 and result["up"] < 1e-5 and result["loss"] > 0
 
@@ -115,7 +139,8 @@ def test_model_flow_of_the_grader(submission, tmp_path):
     xt, yt = make_pairs(2000, "train", seed=4)
     xv, yv = make_pairs(300, "val", seed=4)
     torch.save((xt, yt, xv, yv), tmp_path / "data.pt")
-    result = run(f'''
+    result = run(
+        f"""
         import json
         from model import Model
         xt, yt, xv, yv = torch.load({str(tmp_path / "data.pt")!r})
@@ -133,7 +158,9 @@ def test_model_flow_of_the_grader(submission, tmp_path):
         m2 = Model()
         m2.train(xt[:64].float() / 255, yt[:64].float() / 255)      # old grader: no num_epochs, 0-1
         print(json.dumps(out))
-    ''', submission)
+    """,
+        submission,
+    )
     assert result["shape"] == [1, 3, 512, 512]
     assert 0 <= result["min"] and result["max"] <= 255 and result["max"] > 1
     assert result["pretrained"] > result["noisy"]
@@ -141,13 +168,16 @@ def test_model_flow_of_the_grader(submission, tmp_path):
 
 
 def test_package_style_import_from_the_parent_folder(submission):
-    result = run('''
+    result = run(
+        """
         import json
         from Miniproject_2.model import Model, Conv2d, SGD
         m = Model()
         m.load_pretrained_model()
         print(json.dumps({"ok": m.predict(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9, 13)}))
-    ''', submission.parent)
+    """,
+        submission.parent,
+    )
     assert result["ok"]
 
 

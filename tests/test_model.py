@@ -18,15 +18,17 @@ def pairs():
 
 def test_predict_keeps_shape_scale_and_range():
     m = Model(SMALL)
-    for x in [torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
-              torch.randint(0, 256, (1, 3, 33, 17), dtype=torch.uint8).float(),
-              torch.rand(3, 3, 7, 9)]:
+    for x in [
+        torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+        torch.randint(0, 256, (1, 3, 33, 17), dtype=torch.uint8).float(),
+        torch.rand(3, 3, 7, 9),
+    ]:
         y = m.predict(x)
         assert y.shape == x.shape and y.is_floating_point()
         top = 1.0 if x.is_floating_point() and x.max() <= 1 else 255.0
         assert 0 <= float(y.min()) and float(y.max()) <= top
         if top == 255.0:
-            assert float(y.max()) > 1.0                       # answered in 0-255, not 0-1
+            assert float(y.max()) > 1.0  # answered in 0-255, not 0-1
     big = m.predict(torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8))
     assert big.shape == (1, 3, 512, 512)
 
@@ -42,7 +44,9 @@ def test_non_contiguous_and_channels_last_inputs_work():
     m = Model(SMALL)
     x = torch.rand(2, 3, 16, 16)
     ref = m.predict(x)
-    assert torch.allclose(m.predict(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-6)
+    assert torch.allclose(
+        m.predict(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-6
+    )
     strided = torch.rand(2, 3, 16, 32)[:, :, :, ::2]
     assert torch.allclose(m.predict(strided), m.predict(strided.contiguous()), atol=1e-6)
 
@@ -100,12 +104,16 @@ def test_save_and_mismatched_loads(tmp_path):
     other = Model(SMALL)
     other.load_pretrained_model(tmp_path / "m.pth")
     assert torch.equal(other.net.state_dict()["0.weight"], m.net.state_dict()["0.weight"])
-    with pytest.raises(ValueError, match=r"architecture differs.*'widths': \(\(8, 8\), \(48, 48\)\)"):
+    with pytest.raises(
+        ValueError, match=r"architecture differs.*'widths': \(\(8, 8\), \(48, 48\)\)"
+    ):
         Model().load_pretrained_model(tmp_path / "m.pth")
     payload = m.payload()
     payload["params"]["0.weight"] = torch.zeros(8, 3, 2, 2)
     checkpoint.save(tmp_path / "bad.pth", payload)
-    with pytest.raises(ValueError, match=r"bad.pth.*'0.weight' has shape \(8, 3, 2, 2\), expected \(8, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"bad.pth.*'0.weight' has shape \(8, 3, 2, 2\), expected \(8, 3, 4, 4\)"
+    ):
         Model(SMALL).load_pretrained_model(tmp_path / "bad.pth")
     del payload["params"]["6.bias"]
     checkpoint.save(tmp_path / "missing.pth", payload)
@@ -121,18 +129,23 @@ def test_divergence_restores_parameters_and_raises(pairs):
     assert all(torch.isfinite(p).all() for p in m.net.state_dict().values())
 
 
-@pytest.mark.parametrize("bad,pattern", [
-    (torch.rand(2, 3, 8, 8).mul(float("nan")), "NaN or infinite"),
-    (torch.full((2, 3, 8, 8), float("inf")), "NaN or infinite"),
-    (torch.rand(0, 3, 8, 8), "is empty"),
-    (torch.rand(3, 8, 8), r"shape \(N, 3, H, W\), got \(3, 8, 8\)"),
-    (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.bool), "must hold numbers"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.complex64), "must hold numbers"),
-])
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [
+        (torch.rand(2, 3, 8, 8).mul(float("nan")), "NaN or infinite"),
+        (torch.full((2, 3, 8, 8), float("inf")), "NaN or infinite"),
+        (torch.rand(0, 3, 8, 8), "is empty"),
+        (torch.rand(3, 8, 8), r"shape \(N, 3, H, W\), got \(3, 8, 8\)"),
+        (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.bool), "must hold numbers"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.complex64), "must hold numbers"),
+    ],
+)
 def test_bad_inputs_are_refused_with_the_argument_and_shape(bad, pattern):
     m = Model(SMALL)
-    with pytest.raises(ValueError, match="test_input.*" + pattern if "shape" not in pattern else pattern):
+    with pytest.raises(
+        ValueError, match="test_input.*" + pattern if "shape" not in pattern else pattern
+    ):
         m.predict(bad)
     with pytest.raises(ValueError, match="train_input"):
         m.train(bad, torch.rand(2, 3, 8, 8), num_epochs=1)
@@ -141,7 +154,10 @@ def test_bad_inputs_are_refused_with_the_argument_and_shape(bad, pattern):
 
 
 def test_mismatched_training_shapes():
-    with pytest.raises(ValueError, match=r"train_input shape \(2, 3, 8, 8\) does not match train_target shape \(2, 3, 8, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train_input shape \(2, 3, 8, 8\) does not match train_target shape \(2, 3, 8, 4\)",
+    ):
         Model(SMALL).train(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 4), num_epochs=1)
     with pytest.raises(ValueError, match="num_epochs"):
         Model(SMALL).train(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), num_epochs=-1)

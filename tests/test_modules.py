@@ -3,10 +3,22 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from n2nfunc import (MSE, SGD, Adam, Conv2d, Module, NearestUpsampling, ReLU, Sequential, Sigmoid,
-                     TransposeConv2d, Upsampling, conv2d)
 from helpers import rel_err
+
+from n2nfunc import (
+    MSE,
+    SGD,
+    Adam,
+    Conv2d,
+    Module,
+    NearestUpsampling,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    TransposeConv2d,
+    Upsampling,
+    conv2d,
+)
 
 
 def test_conv2d_forward_equals_functional_conv2d():
@@ -26,13 +38,22 @@ def test_same_seed_same_weights_as_torch_nn():
     assert torch.equal(ours.weight, ref.weight) and torch.equal(ours.bias, ref.bias)
 
 
-@pytest.mark.parametrize("ours,ref", [
-    (lambda: Conv2d(3, 4, 3, stride=2, padding=1), lambda m: torch.nn.Conv2d(3, 4, 3, 2, 1)),
-    (lambda: TransposeConv2d(3, 4, 3, stride=2, padding=1, output_padding=1),
-     lambda m: torch.nn.ConvTranspose2d(3, 4, 3, 2, 1, 1)),
-    (lambda: Upsampling(3, 4, 3, scale_factor=2, padding=1),
-     lambda m: torch.nn.Sequential(torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 4, 3, 1, 1))),
-])
+@pytest.mark.parametrize(
+    "ours,ref",
+    [
+        (lambda: Conv2d(3, 4, 3, stride=2, padding=1), lambda m: torch.nn.Conv2d(3, 4, 3, 2, 1)),
+        (
+            lambda: TransposeConv2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+            lambda m: torch.nn.ConvTranspose2d(3, 4, 3, 2, 1, 1),
+        ),
+        (
+            lambda: Upsampling(3, 4, 3, scale_factor=2, padding=1),
+            lambda m: torch.nn.Sequential(
+                torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 4, 3, 1, 1)
+            ),
+        ),
+    ],
+)
 def test_backward_accumulates_like_autograd(ours, ref):
     block = ours()
     torch_block = ref(block)
@@ -52,7 +73,7 @@ def test_backward_accumulates_like_autograd(ours, ref):
             assert rel_err(y, y_ref.detach()) < 1e-5
             assert rel_err(dx, xr.grad) < 1e-5
     (w, gw), (b, gb) = block.param()
-    assert w is block.weight and rel_err(gw, conv.weight.grad) < 1e-5     # summed over 2 calls
+    assert w is block.weight and rel_err(gw, conv.weight.grad) < 1e-5  # summed over 2 calls
     assert rel_err(gb, conv.bias.grad) < 1e-5
     block.zero_grad()
     assert float(gw.abs().sum()) == 0
@@ -60,26 +81,51 @@ def test_backward_accumulates_like_autograd(ours, ref):
 
 def required(seed=0):
     torch.manual_seed(seed)
-    return Sequential(Conv2d(3, 8, 3, stride=2, padding=1), ReLU(), Conv2d(8, 12, 3, stride=2, padding=1),
-                      ReLU(), Upsampling(12, 8, 3, padding=1), ReLU(), Upsampling(8, 3, 3, padding=1), Sigmoid())
+    return Sequential(
+        Conv2d(3, 8, 3, stride=2, padding=1),
+        ReLU(),
+        Conv2d(8, 12, 3, stride=2, padding=1),
+        ReLU(),
+        Upsampling(12, 8, 3, padding=1),
+        ReLU(),
+        Upsampling(8, 3, 3, padding=1),
+        Sigmoid(),
+    )
 
 
 def required_torch(seed=0):
     torch.manual_seed(seed)
     nn = torch.nn
-    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 12, 3, 2, 1), nn.ReLU(),
-                         nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(12, 8, 3, 1, 1)), nn.ReLU(),
-                         nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(8, 3, 3, 1, 1)), nn.Sigmoid())
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, 2, 1),
+        nn.ReLU(),
+        nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(12, 8, 3, 1, 1)),
+        nn.ReLU(),
+        nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(8, 3, 3, 1, 1)),
+        nn.Sigmoid(),
+    )
 
 
 def test_sequential_mse_sgd_train_like_torch():
     net, ref = required(), required_torch()
     for (k, p), q in zip(net.state_dict().items(), ref.parameters()):
         q.data.copy_(p)
-    assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias",
-                                      "4.weight", "4.bias", "6.weight", "6.bias"]
+    assert list(net.state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "4.weight",
+        "4.bias",
+        "6.weight",
+        "6.bias",
+    ]
     loss, opt = MSE(), SGD(net.param(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    ref_opt = torch.optim.SGD(
+        ref.parameters(), lr=0.5, momentum=0.9, nesterov=True, weight_decay=1e-3
+    )
     for _ in range(3):
         x, y = torch.rand(5, 3, 12, 8), torch.rand(5, 3, 12, 8)
         value = loss.forward(net.forward(x), y)

@@ -11,10 +11,14 @@ from n2nfunc import optim
 
 def _run_both(make_ours, make_torch, steps=20):
     g = torch.Generator().manual_seed(0)
-    params = {"w": torch.randn(4, 3, generator=g, dtype=torch.float64),
-              "b": torch.randn(3, generator=g, dtype=torch.float64)}
-    grads_seq = [{k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in params.items()}
-                 for _ in range(steps)]
+    params = {
+        "w": torch.randn(4, 3, generator=g, dtype=torch.float64),
+        "b": torch.randn(3, generator=g, dtype=torch.float64),
+    }
+    grads_seq = [
+        {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in params.items()}
+        for _ in range(steps)
+    ]
     ref = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
     opt = make_torch(list(ref.values()))
     ours = make_ours()
@@ -30,19 +34,29 @@ def _run_both(make_ours, make_torch, steps=20):
         assert err <= 1e-6, (k, err)
 
 
-@pytest.mark.parametrize("momentum,nesterov,wd,dampening", [
-    c for c in itertools.product([0.0, 0.9], [False, True], [0.0, 0.01], [0.0, 0.3])
-    if not (c[1] and (c[0] == 0 or c[3] != 0))])
+@pytest.mark.parametrize(
+    "momentum,nesterov,wd,dampening",
+    [
+        c
+        for c in itertools.product([0.0, 0.9], [False, True], [0.0, 0.01], [0.0, 0.3])
+        if not (c[1] and (c[0] == 0 or c[3] != 0))
+    ],
+)
 def test_sgd_matches_torch(momentum, nesterov, wd, dampening):
-    _run_both(lambda: nf.sgd(0.05, momentum, nesterov, wd, dampening),
-              lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=momentum, nesterov=nesterov,
-                                         weight_decay=wd, dampening=dampening))
+    _run_both(
+        lambda: nf.sgd(0.05, momentum, nesterov, wd, dampening),
+        lambda ps: torch.optim.SGD(
+            ps, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd, dampening=dampening
+        ),
+    )
 
 
 @pytest.mark.parametrize("betas,eps,wd", [((0.9, 0.999), 1e-8, 0.0), ((0.8, 0.99), 1e-6, 0.05)])
 def test_adam_matches_torch(betas, eps, wd):
-    _run_both(lambda: nf.adam(0.01, betas, eps, wd),
-              lambda ps: torch.optim.Adam(ps, lr=0.01, betas=betas, eps=eps, weight_decay=wd))
+    _run_both(
+        lambda: nf.adam(0.01, betas, eps, wd),
+        lambda ps: torch.optim.Adam(ps, lr=0.01, betas=betas, eps=eps, weight_decay=wd),
+    )
 
 
 def test_schedule_is_used_per_step():

@@ -5,7 +5,9 @@ import n2nfunc as nf
 
 
 def test_make_train_step_matches_torch_training():
-    net = nf.serial(nf.conv2d(4, 3, 2, 1), nf.relu(), nf.conv_transpose2d(3, 3, 2, 1, 1), nf.sigmoid())
+    net = nf.serial(
+        nf.conv2d(4, 3, 2, 1), nf.relu(), nf.conv_transpose2d(3, 3, 2, 1, 1), nf.sigmoid()
+    )
     _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
     params = nf.tree.map(lambda t: t.double(), params)
     ref = {k: torch.nn.Parameter(v.clone()) for k, v in nf.tree.flatten(params)}
@@ -32,5 +34,7 @@ def test_make_train_step_matches_torch_training():
 def test_value_and_grad_gives_loss_and_param_grads():
     net = nf.serial(nf.conv2d(2, 1), nf.sigmoid())
     _, params = net.init(None, (2, 3, 4, 4))
-    value, grads = nf.value_and_grad(net, nf.mse)(params, torch.rand(2, 3, 4, 4), torch.rand(2, 2, 4, 4))
+    value, grads = nf.value_and_grad(net, nf.mse)(
+        params, torch.rand(2, 3, 4, 4), torch.rand(2, 2, 4, 4)
+    )
     assert value.dim() == 0 and grads["0"]["weight"].shape == params["0"]["weight"].shape

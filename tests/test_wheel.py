@@ -11,16 +11,49 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_wheel_install_finds_the_weights(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next((tmp_path / "dist").glob("n2nfunc-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(tmp_path / "site"), str(wheel)], check=True, capture_output=True)
-    code = ("import n2nfunc, torch; from n2nfunc.model import Model, DEFAULT_WEIGHTS; "
-            "assert 'site' in n2nfunc.__file__, n2nfunc.__file__; "
-            "m = Model(); m.load_pretrained_model(); "
-            "print(DEFAULT_WEIGHTS, m.predict(torch.rand(1, 3, 8, 8)).shape)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(tmp_path / "site"),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import n2nfunc, torch; from n2nfunc.model import Model, DEFAULT_WEIGHTS; "
+        "assert 'site' in n2nfunc.__file__, n2nfunc.__file__; "
+        "m = Model(); m.load_pretrained_model(); "
+        "print(DEFAULT_WEIGHTS, m.predict(torch.rand(1, 3, 8, 8)).shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / "site") in out.stdout and "torch.Size([1, 3, 8, 8])" in out.stdout

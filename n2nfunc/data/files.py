@@ -6,7 +6,7 @@ Never executes code from a file: tensors are read with ``torch.load(weights_only
 import pickle
 import zipfile
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,15 +27,19 @@ def safe_load(path, what: str = "file"):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{what} {path} was not loaded: it is not a torch file of tensors and "
-                         "plain containers (damaged, foreign, or holding other objects; nothing "
-                         f"in it was executed): {reason}") from None
+        raise ValueError(
+            f"{what} {path} was not loaded: it is not a torch file of tensors and "
+            "plain containers (damaged, foreign, or holding other objects; nothing "
+            f"in it was executed): {reason}"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"{what} {path} is not a readable torch file (truncated or foreign?): "
-                         f"{type(e).__name__}: {e}") from None
+        raise ValueError(
+            f"{what} {path} is not a readable torch file (truncated or foreign?): "
+            f"{type(e).__name__}: {e}"
+        ) from None
 
 
-def check_pairs(first, second, source: str) -> Tuple[Tensor, Tensor]:
+def check_pairs(first, second, source: str) -> tuple[Tensor, Tensor]:
     """Two uint8 tensors of equal shape (N, 3, H, W) with N > 0."""
     for name, t in (("first", first), ("second", second)):
         if not isinstance(t, Tensor):
@@ -43,35 +47,42 @@ def check_pairs(first, second, source: str) -> Tuple[Tensor, Tensor]:
         if t.dtype != torch.uint8:
             raise ValueError(f"{source}: {name} tensor has dtype {t.dtype}, expected torch.uint8")
         if t.dim() != 4 or t.shape[1] != 3 or t.shape[0] == 0:
-            raise ValueError(f"{source}: {name} tensor has shape {tuple(t.shape)}, "
-                             "expected (N, 3, H, W) with N > 0")
+            raise ValueError(
+                f"{source}: {name} tensor has shape {tuple(t.shape)}, "
+                "expected (N, 3, H, W) with N > 0"
+            )
     if first.shape != second.shape:
-        raise ValueError(f"{source}: the two tensors differ in shape: {tuple(first.shape)} vs "
-                         f"{tuple(second.shape)}")
+        raise ValueError(
+            f"{source}: the two tensors differ in shape: {tuple(first.shape)} vs "
+            f"{tuple(second.shape)}"
+        )
     return first, second
 
 
-def load_pair_file(path) -> Tuple[Tensor, Tensor]:
+def load_pair_file(path) -> tuple[Tensor, Tensor]:
     """A course file (``train_data.pkl`` / ``val_data.pkl``): a saved tuple of two uint8
     N x 3 x H x W tensors (noisy/noisy for training, noisy/clean for validation)."""
     data = safe_load(path, "pair file")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"pair file {path}: expected a tuple of two tensors, got "
-                         f"{type(data).__name__}" + (f" of length {len(data)}"
-                                                      if isinstance(data, (tuple, list)) else ""))
+        raise ValueError(
+            f"pair file {path}: expected a tuple of two tensors, got "
+            f"{type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
     return check_pairs(data[0], data[1], f"pair file {path}")
 
 
 class Picture(NamedTuple):
-    rgb: Tensor                 # uint8 (3, H, W)
-    alpha: Optional[Tensor]     # uint8 (1, H, W) or None
-    grey: bool                  # the file was greyscale
+    rgb: Tensor  # uint8 (3, H, W)
+    alpha: Tensor | None  # uint8 (1, H, W) or None
+    grey: bool  # the file was greyscale
 
 
 def read_image(path) -> Picture:
     """An image file as uint8 tensors. Greyscale becomes three equal channels (and
     ``grey`` is set); palette and other modes are converted to RGB; alpha is kept apart."""
     from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -83,15 +94,19 @@ def read_image(path) -> Picture:
             rgb = im.convert("RGB")
     except OSError as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    to_tensor = lambda pic, c: torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8).view(
-        pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
+
+    def to_tensor(pic, c):
+        data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
+        return data.view(pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
+
     return Picture(to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey)
 
 
-def write_image(path, rgb: Tensor, alpha: Optional[Tensor] = None, grey: bool = False) -> None:
+def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False) -> None:
     """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
     ``grey`` writes it as a greyscale (luminance) image."""
     from PIL import Image
+
     h, w = rgb.shape[1:]
     im = Image.frombytes("RGB", (w, h), tensor_bytes(rgb.permute(1, 2, 0)))
     if grey:
@@ -102,14 +117,14 @@ def write_image(path, rgb: Tensor, alpha: Optional[Tensor] = None, grey: bool = 
     im.save(path)
 
 
-def list_images(folder) -> List[Path]:
+def list_images(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> Tuple[Tensor, Tensor]:
+def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> tuple[Tensor, Tensor]:
     """Pairs from ``root/a`` and ``root/b``: images with the same file name in both (noisy/noisy
     for training, noisy/clean for validation), cut into ``patch x patch`` tiles."""
     root = Path(root)
@@ -123,8 +138,9 @@ def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> Tuple[Tensor, 
     for name in common:
         a, b = read_image(names_a[name]).rgb, read_image(names_b[name]).rgb
         if a.shape != b.shape:
-            raise ValueError(f"{root}: {name} has size {tuple(a.shape[1:])} in a/ but "
-                             f"{tuple(b.shape[1:])} in b/")
+            raise ValueError(
+                f"{root}: {name} has size {tuple(a.shape[1:])} in a/ but {tuple(b.shape[1:])} in b/"
+            )
         if min(a.shape[1:]) < patch:
             continue
         ta = a.unfold(1, patch, stride).unfold(2, patch, stride)

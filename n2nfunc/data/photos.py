@@ -5,7 +5,7 @@ scale, flipped and rotated at random): the clean target is its box average to 32
 and each noisy view point-samples one pixel per cell (see :mod:`.synthetic`).
 """
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from torch import Tensor
 from .synthetic import box_downsample, point_sample, to_uint8
 
 
-def pyramid(photo: Tensor, scales: Sequence[int]) -> List[Tensor]:
+def pyramid(photo: Tensor, scales: Sequence[int]) -> list[Tensor]:
     """The photo (uint8, 3 x H x W) box-downsampled by each integer scale, as float [0, 1]."""
     out = []
     x = photo.float().div_(255).unsqueeze(0)
@@ -23,30 +23,41 @@ def pyramid(photo: Tensor, scales: Sequence[int]) -> List[Tensor]:
     return out
 
 
-def photo_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0, size: int = 32,
-                factor: int = 4, scales: Sequence[int] = (1, 2, 3),
-                chunk: int = 500) -> Tuple[Tensor, Tensor]:
+def photo_pairs(
+    photos: Sequence[Tensor],
+    n: int,
+    split: str,
+    seed: int = 0,
+    size: int = 32,
+    factor: int = 4,
+    scales: Sequence[int] = (1, 2, 3),
+    chunk: int = 500,
+) -> tuple[Tensor, Tensor]:
     """``n`` uint8 pairs from ``photos``: noisy/noisy (``split="train"``) or noisy/clean
     (``"val"``). Crops are drawn with probability proportional to their photo's area."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
     crop = size * factor
-    levels = [(lvl, img) for p in photos for lvl, img in enumerate(pyramid(p, scales))
-              if min(img.shape[1:]) >= crop]
+    levels = [
+        (lvl, img)
+        for p in photos
+        for lvl, img in enumerate(pyramid(p, scales))
+        if min(img.shape[1:]) >= crop
+    ]
     if not levels:
         raise ValueError(f"no photo is at least {crop} pixels on its short side")
     areas = torch.tensor([float(img.shape[1] * img.shape[2]) for _, img in levels])
     which = torch.multinomial(areas, n, replacement=True, generator=g).tolist()
     firsts, seconds = [], []
-    for start in range(0, n, chunk):                 # bounded memory: crops are large
-        picks = which[start:start + chunk]
+    for start in range(0, n, chunk):  # bounded memory: crops are large
+        picks = which[start : start + chunk]
         highs = torch.empty(len(picks), 3, crop, crop)
         for i, j in enumerate(picks):
             img = levels[j][1]
             y = int(torch.randint(img.shape[1] - crop + 1, (1,), generator=g))
             x = int(torch.randint(img.shape[2] - crop + 1, (1,), generator=g))
-            patch = img[:, y:y + crop, x:x + crop]
+            patch = img[:, y : y + crop, x : x + crop]
             flips, turns = torch.randint(2, (1,), generator=g), torch.randint(4, (1,), generator=g)
             if flips:
                 patch = patch.flip(2)
@@ -56,19 +67,29 @@ def photo_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0, siz
         seconds.append(to_uint8(clean if split == "val" else point_sample(highs, factor, g)))
     return torch.cat(firsts), torch.cat(seconds)
 
-def load_photos(folder) -> List[Tensor]:
+
+def load_photos(folder) -> list[Tensor]:
     """Every image in ``folder`` as a uint8 (3, H, W) tensor."""
     from .files import list_images, read_image
+
     paths = list_images(folder)
     if not paths:
         raise ValueError(f"no images (png, jpg, ...) in {folder}")
     return [read_image(p).rgb for p in paths]
 
 
-def mixed_factor_pairs(photos: Sequence[Tensor], n: int, split: str, seed: int = 0,
-                       factors: Sequence[int] = (4, 6, 8, 12)) -> Tuple[Tensor, Tensor]:
+def mixed_factor_pairs(
+    photos: Sequence[Tensor],
+    n: int,
+    split: str,
+    seed: int = 0,
+    factors: Sequence[int] = (4, 6, 8, 12),
+) -> tuple[Tensor, Tensor]:
     """``n`` pairs split evenly over several downsampling factors (several noise strengths)."""
-    parts = [photo_pairs(photos, n // len(factors) + (i < n % len(factors)), split,
-                         seed=seed * 100 + f, factor=f)
-             for i, f in enumerate(factors)]
+    parts = [
+        photo_pairs(
+            photos, n // len(factors) + (i < n % len(factors)), split, seed=seed * 100 + f, factor=f
+        )
+        for i, f in enumerate(factors)
+    ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -18,23 +18,24 @@ This is a data module, not compute path: it uses any torch function.
 """
 
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 
 class NoiseModel(NamedTuple):
-    kind: str = "downsample"     # "downsample", "gaussian" or "poisson"
-    level: float = 0.0           # sigma (0-255) for gaussian, peak for poisson
+    kind: str = "downsample"  # "downsample", "gaussian" or "poisson"
+    level: float = 0.0  # sigma (0-255) for gaussian, peak for poisson
 
     @staticmethod
     def parse(text: str) -> "NoiseModel":
         """``"downsample"``, ``"gaussian:25"`` or ``"poisson:30"``."""
         kind, _, level = text.partition(":")
         if kind not in ("downsample", "gaussian", "poisson"):
-            raise ValueError(f"unknown noise model {text!r}; use downsample, gaussian:SIGMA "
-                             "or poisson:PEAK")
+            raise ValueError(
+                f"unknown noise model {text!r}; use downsample, gaussian:SIGMA or poisson:PEAK"
+            )
         if kind != "downsample":
             try:
                 value = float(level)
@@ -50,8 +51,14 @@ def _uniform(g, *shape, low=0.0, high=1.0):
     return torch.rand(*shape, generator=g) * (high - low) + low
 
 
-def render_dead_leaves(n: int, size: int, generator: torch.Generator, shapes: int = 20,
-                       texture_fraction: float = 0.35, texture_strength: float = 0.3) -> Tensor:
+def render_dead_leaves(
+    n: int,
+    size: int,
+    generator: torch.Generator,
+    shapes: int = 20,
+    texture_fraction: float = 0.35,
+    texture_strength: float = 0.3,
+) -> Tensor:
     """``n`` RGB images of ``size x size`` in [0, 1], float32, shape (n, 3, size, size).
 
     Shape membership is decided on a half-resolution grid (edges still fall inside the
@@ -59,7 +66,7 @@ def render_dead_leaves(n: int, size: int, generator: torch.Generator, shapes: in
     """
     g = generator
     half = size // 2
-    k = shapes + 1                                   # label 0 is the background
+    k = shapes + 1  # label 0 is the background
     coords = (torch.arange(half, dtype=torch.float32) + 0.5) / half
     labels = torch.zeros(n, half, half, dtype=torch.long)
     rmin, rmax = 0.04, 0.7
@@ -67,35 +74,35 @@ def render_dead_leaves(n: int, size: int, generator: torch.Generator, shapes: in
         cx, cy = _uniform(g, n, 1, 1), _uniform(g, n, 1, 1)
         # radius density ~ r^-3 on [rmin, rmax] (scale invariance of dead leaves)
         u = _uniform(g, n, 1, 1)
-        r = (rmin ** -2 - u * (rmin ** -2 - rmax ** -2)) ** -0.5
+        r = (rmin**-2 - u * (rmin**-2 - rmax**-2)) ** -0.5
         rb = r * _uniform(g, n, 1, 1, low=0.35, high=1.0)
         theta = _uniform(g, n, 1, 1, high=math.pi)
         dx = coords.view(1, 1, half) - cx
         dy = coords.view(1, half, 1) - cy
         c, si = theta.cos(), theta.sin()
-        a = dx * (c / r) + dy * (si / r)             # rotated, scaled coordinates
+        a = dx * (c / r) + dy * (si / r)  # rotated, scaled coordinates
         b = dy * (c / rb) - dx * (si / rb)
         inside = (a * a + b * b < 1) if s % 2 else (a.abs_().maximum(b.abs_()) < 1)
         labels.masked_fill_(inside, s)
-    labels += (torch.arange(n) * k).view(n, 1, 1)                   # rows of the flat table
+    labels += (torch.arange(n) * k).view(n, 1, 1)  # rows of the flat table
 
     # per-shape parameters: colour 3, gradient 2, wave vector 2, phase 1, texture tint 3
     base = _uniform(g, n, k, 3) ** 1.3
     grad = _uniform(g, n, k, 2, low=-0.6, high=0.6) * (_uniform(g, n, k, 1) < 0.5)
     textured = (_uniform(g, n, k, 1) < texture_fraction).float()
-    period = 2 ** _uniform(g, n, k, 1, low=0.6, high=2.6)            # 1.5 .. 6 pixels
+    period = 2 ** _uniform(g, n, k, 1, low=0.6, high=2.6)  # 1.5 .. 6 pixels
     angle = _uniform(g, n, k, 1, high=math.pi)
     wave = torch.cat([angle.cos(), angle.sin()], -1) * (2 * math.pi / period)
     phase = _uniform(g, n, k, 1, high=2 * math.pi)
-    tint = (_uniform(g, n, k, 3, low=-1, high=1) * 0.5 + _uniform(g, n, k, 1, low=-1, high=1))
+    tint = _uniform(g, n, k, 3, low=-1, high=1) * 0.5 + _uniform(g, n, k, 1, low=-1, high=1)
     tint *= textured * texture_strength
     table = torch.cat([base, grad, wave, phase, tint], -1).view(n * k, 11)
     # parameters of each half-resolution pixel, shaped to broadcast over its 2x2 block
     p = table[labels.view(-1)].t().contiguous().view(11, n, half, 1, half, 1)
 
     pix = torch.arange(size, dtype=torch.float32)
-    x = pix.view(1, 1, 1, half, 2)                                   # column of each pixel
-    y = pix.view(1, half, 2, 1, 1)                                   # row of each pixel
+    x = pix.view(1, 1, 1, half, 2)  # column of each pixel
+    y = pix.view(1, half, 2, 1, 1)  # row of each pixel
     shade = p[3] * (x / size - 0.5) + p[4] * (y / size - 0.5)
     texture = (p[5] * x + p[6] * y + p[7]).sin_()
     img = torch.empty(n, 3, half, 2, half, 2)
@@ -124,22 +131,33 @@ def to_uint8(x: Tensor) -> Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def noisy_views(high: Tensor, clean: Tensor, noise: NoiseModel, factor: int,
-                generator: torch.Generator) -> Tensor:
+def noisy_views(
+    high: Tensor, clean: Tensor, noise: NoiseModel, factor: int, generator: torch.Generator
+) -> Tensor:
     """One noisy view (float, [0, 1]) of each image, for the given noise model."""
     if noise.kind == "downsample":
         return point_sample(high, factor, generator)
     if noise.kind == "gaussian":
-        return (clean + torch.randn(clean.shape, generator=generator) * (noise.level / 255)).clamp_(0, 1)
+        return (clean + torch.randn(clean.shape, generator=generator) * (noise.level / 255)).clamp_(
+            0, 1
+        )
     return (torch.poisson(clean * noise.level, generator=generator) / noise.level).clamp_(0, 1)
 
 
-def make_pairs(n: int, split: str, noise: NoiseModel = NoiseModel(), seed: int = 0,
-               size: int = 32, factor: int = 4, chunk: int = 1000) -> Tuple[Tensor, Tensor]:
+def make_pairs(
+    n: int,
+    split: str,
+    noise: NoiseModel | None = None,
+    seed: int = 0,
+    size: int = 32,
+    factor: int = 4,
+    chunk: int = 1000,
+) -> tuple[Tensor, Tensor]:
     """``n`` uint8 pairs (n, 3, size, size): noisy/noisy for ``split="train"``, noisy/clean for
     ``split="val"``. Train and val draw from disjoint seeds."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    noise = NoiseModel() if noise is None else noise
     if n < 1:
         raise ValueError(f"need at least one pair, got n={n}")
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
@@ -149,5 +167,7 @@ def make_pairs(n: int, split: str, noise: NoiseModel = NoiseModel(), seed: int =
         high = render_dead_leaves(m, size * factor, g)
         clean = box_downsample(high, factor)
         first.append(to_uint8(noisy_views(high, clean, noise, factor, g)))
-        second.append(to_uint8(clean if split == "val" else noisy_views(high, clean, noise, factor, g)))
+        second.append(
+            to_uint8(clean if split == "val" else noisy_views(high, clean, noise, factor, g))
+        )
     return torch.cat(first), torch.cat(second)
