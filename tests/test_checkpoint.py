@@ -285,3 +285,12 @@ def test_damaged_entries_give_clear_errors(tmp_path, entry, pattern):
     with pytest.raises(ValueError, match=pattern) as info:
         nf.load(path)
     assert "bad.pth" in str(info.value)
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_are_saved_and_come_back_on_the_cpu(tmp_path):
+    tensors = {str(d): _sample(d, (3, 4)).cuda() for d in DTYPES}
+    nf.save(tmp_path / "cuda.pth", tensors)
+    back = nf.load(tmp_path / "cuda.pth")
+    for k, t in tensors.items():
+        assert back[k].device.type == "cpu" and _same(back[k], t.cpu()), k

@@ -12,7 +12,7 @@ from n2nfunc import optim
 STEPS = 20
 
 
-def _problem(steps=STEPS, grad_scales=None):
+def _problem(steps=STEPS, grad_scales=None, device="cpu"):
     """Float64 params (three leaves, odd shapes) and a sequence of random gradients."""
     g = torch.Generator().manual_seed(0)
     params = {
@@ -20,20 +20,23 @@ def _problem(steps=STEPS, grad_scales=None):
         "b": torch.randn(3, generator=g, dtype=torch.float64),
         "conv": [torch.randn(2, 1, 3, 5, generator=g, dtype=torch.float64)],
     }
+    params = nf.tree.map(lambda t: t.to(device), params)
     scales = grad_scales or [1.0] * steps
     grads_seq = [
         nf.tree.map(
-            lambda v, s=s: s * torch.randn(v.shape, generator=g, dtype=torch.float64), params
+            lambda v, s=s: s * torch.randn(v.shape, generator=g, dtype=v.dtype).to(device), params
         )
         for s in scales
     ]
     return params, grads_seq
 
 
-def run_both(make_ours, make_torch, scheduler=None, before_step=None, grad_scales=None):
+def run_both(
+    make_ours, make_torch, scheduler=None, before_step=None, grad_scales=None, device="cpu"
+):
     """Run our transformation and a torch optimizer on the same gradients; return the worst
-    relative error of the parameters over all steps (and assert it is <= 1e-6)."""
-    params, grads_seq = _problem(grad_scales=grad_scales)
+    relative error of the parameters over all steps (and assert it is tiny)."""
+    params, grads_seq = _problem(grad_scales=grad_scales, device=device)
     ref = [torch.nn.Parameter(v.clone()) for v in nf.tree.leaves(params)]
     opt = make_torch(ref)
     sched = scheduler(opt) if scheduler else None
@@ -53,7 +56,7 @@ def run_both(make_ours, make_torch, scheduler=None, before_step=None, grad_scale
         for a, b in zip(nf.tree.leaves(params), ref):
             b = b.detach()
             worst = max(worst, float((a - b).abs().max() / b.abs().max()))
-    assert worst <= 1e-6, worst
+    assert worst <= 1e-12, worst  # the issue asks for 1e-6; all are within a few ulps
     return worst
 
 
@@ -206,6 +209,27 @@ def test_chain_state_is_a_tuple_of_states_and_checks_it():
     identity = nf.chain()
     updates, s = identity.update(grads, identity.init(params), params)
     assert updates is grads and s == ()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "ours,ref",
+    [
+        (
+            lambda: nf.chain(nf.clip_by_global_norm(1.5), nf.adamw(0.01, amsgrad=True)),
+            lambda ps: torch.optim.AdamW(ps, 0.01, amsgrad=True),
+        ),
+        (
+            lambda: nf.chain(
+                nf.clip_by_global_norm(1.5), nf.rmsprop(0.01, 0.9, 1e-6, 0.1, 0.5, True)
+            ),
+            lambda ps: torch.optim.RMSprop(ps, 0.01, 0.9, 1e-6, 0.1, 0.5, True),
+        ),
+    ],
+    ids=["adamw", "rmsprop"],
+)
+def test_optimizers_on_cuda_match_torch(ours, ref):
+    run_both(ours, ref, before_step=_clip(1.5), grad_scales=SCALES, device="cuda")
 
 
 # ------------------------------------------------------------------ schedules
