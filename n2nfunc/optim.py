@@ -27,7 +27,8 @@ takes the same ``step``: the number of updates made before this one (0 for the f
 which is what ``torch.optim.lr_scheduler`` calls the epoch when ``scheduler.step()`` follows
 every ``optimizer.step()``. ``exponential_decay`` and ``piecewise_constant`` follow optax
 (``init_value`` at step 0); ``cosine_decay``'s warm-up already gives
-``init_lr / warmup_steps`` at step 0 (optax's warm-up gives 0 there, wasting a step).
+``init_lr / warmup_steps`` at step 0, where optax's ``warmup_cosine_decay_schedule``
+gives its ``init_value`` (usually 0).
 """
 
 import math
@@ -109,11 +110,13 @@ def _adam(
 ) -> GradientTransformation:
     """Adam and AdamW: the same moments, the weight decay added to the gradient (``adam``)
     or decoupled, ``-lr * wd * p`` added to the update (``adamw``)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
     b1, b2 = betas
     check_hyperparameters(name, lr=lr, eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
     if not (b1 < 1 and b2 < 1):
         raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
-    l2 = weight_decay if not decoupled else 0.0
+    l2 = 0.0 if decoupled else weight_decay
 
     def init(params):
         state = {"step": 0, "m": tree.zeros_like(params), "v": tree.zeros_like(params)}

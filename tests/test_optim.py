@@ -356,6 +356,7 @@ def test_saved_state_resumes_exactly(tmp_path):
         (lambda: nf.adam(0.1, betas=(1.0, 0.9)), "adam: betas"),
         (lambda: nf.adamw(-0.1), "adamw: lr"),
         (lambda: nf.adamw(0.1, betas=(0.9, 1.0)), "adamw: betas"),
+        (lambda: nf.adamw(0.1, betas=0.9), "adamw: betas must be a pair"),
         (lambda: nf.adamw(0.1, weight_decay=float("nan")), "adamw: weight_decay"),
         (lambda: nf.adamw(0.1, eps=-1e-8), "adamw: eps"),
         (lambda: nf.rmsprop(0.1, alpha=1.0), "rmsprop: alpha"),
