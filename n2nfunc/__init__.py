@@ -9,6 +9,7 @@ wrappers (``Conv2d``, ``Sequential``, ``SGD``, ...) give the exercise grader's i
 from . import kernels, optim, tree
 from .activations import identity, relu, sigmoid
 from .base import Layer, pull, skips_input_grad
+from .checkpoint import load, save
 from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .losses import Loss, mse
@@ -18,16 +19,31 @@ from .modules import (
     MSE,
     SGD,
     Adam,
+    AdamW,
     Conv2d,
     Module,
     NearestUpsampling,
     ReLU,
+    RMSprop,
     Sequential,
     Sigmoid,
     TransposeConv2d,
     Upsampling,
 )
-from .optim import GradientTransformation, adam, apply_updates, cosine_decay, sgd
+from .optim import (
+    GradientTransformation,
+    adam,
+    adamw,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    clip_by_global_norm,
+    cosine_decay,
+    exponential_decay,
+    piecewise_constant,
+    rmsprop,
+    sgd,
+)
 from .testing import check_vjp
 from .train import make_train_step, value_and_grad
 
@@ -35,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
+    "AdamW",
     "Conv2d",
     "GradientTransformation",
     "Layer",
@@ -43,6 +60,7 @@ __all__ = [
     "Model",
     "Module",
     "NearestUpsampling",
+    "RMSprop",
     "ReLU",
     "SGD",
     "Sequential",
@@ -50,26 +68,35 @@ __all__ = [
     "TransposeConv2d",
     "Upsampling",
     "adam",
+    "adamw",
+    "add_decayed_weights",
     "apply_updates",
+    "chain",
     "check_vjp",
+    "clip_by_global_norm",
     "conv2d",
     "conv_transpose2d",
     "cosine_decay",
     "evaluate",
+    "exponential_decay",
     "fanin_concat",
     "fanin_sum",
     "fanout",
     "identity",
     "kernels",
+    "load",
     "make_train_step",
     "mse",
     "nearest_upsample",
     "optim",
     "parallel",
+    "piecewise_constant",
     "psnr",
     "pull",
     "relu",
     "residual",
+    "rmsprop",
+    "save",
     "serial",
     "sgd",
     "sigmoid",

@@ -1,16 +1,25 @@
 """Checkpoint files: plain containers and tensors, written atomically, read without code.
 
 A checkpoint is a pickle of dicts, lists, tuples, strings, numbers and bytes only; a
-tensor is stored as ``{"__tensor__": dtype, "shape": [...], "data": bytes}``. It is read
+tensor is stored as ``{"__tensor__": dtype, "shape": [...], "data": bytes}`` and a named
+tuple as ``{"__namedtuple__": type name, "fields": [...], "values": [...]}``. It is read
 by an unpickler that refuses *every* global, so a crafted file cannot run code: the
 worst it can do is fail to load. The format needs nothing newer than ``torch.frombuffer``
 (torch 1.10), so the same reader works in an exported submission.
+
+:func:`save` / :func:`load` (``n2nfunc.save`` / ``n2nfunc.load``) take any such tree:
+params, layer states, optimizer states, a ``Model``'s payload. Tensors come back on the
+CPU with their dtype and shape; tuples stay tuples; a named tuple comes back as a named
+tuple of the same type name and fields (a new class: attribute access, unpacking and
+``_asdict`` work, ``isinstance`` against the original class does not). Subclasses of
+int, float and str (enums, numpy scalars) are stored as the plain value.
 """
 
 import ctypes
 import io
 import os
 import pickle
+from collections import namedtuple
 from pathlib import Path
 
 import torch
@@ -19,14 +28,24 @@ from torch import Tensor
 FORMAT = "n2nfunc-checkpoint"
 VERSION = 1
 _DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+    str(d).replace("torch.", ""): d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.complex128,
+        torch.complex64,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
 }
+_RESERVED = ("__tensor__", "__namedtuple__")
+_KEY_TYPES = (str, int, float, bool, bytes, type(None))
 
 
 class Refused(pickle.UnpicklingError):
@@ -42,41 +61,101 @@ class _NoGlobals(pickle.Unpickler):
 
 def tensor_bytes(t: Tensor) -> bytes:
     """The raw bytes of a tensor, row-major, copied from a compact CPU copy in one memcpy."""
-    t = t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+    t = t.detach().to("cpu").resolve_conj().resolve_neg()
+    t = t.clone(memory_format=torch.contiguous_format)
     return ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()) if t.numel() else b""
 
 
+def _is_namedtuple(obj) -> bool:
+    return isinstance(obj, tuple) and isinstance(getattr(type(obj), "_fields", None), tuple)
+
+
 def encode(obj):
-    """Replace every tensor in a tree of plain containers by its dtype, shape and bytes."""
+    """Replace every tensor in a tree of plain containers by its dtype, shape and bytes, and
+    every named tuple by its type name, fields and values; containers become plain ones."""
     if isinstance(obj, Tensor):
         name = str(obj.dtype).replace("torch.", "")
         if name not in _DTYPES:
-            raise TypeError(f"cannot store a tensor of dtype {obj.dtype}")
+            raise TypeError(
+                f"cannot store a tensor of dtype {obj.dtype} (supported: {', '.join(_DTYPES)})"
+            )
+        if obj.layout != torch.strided:
+            raise TypeError(f"cannot store a tensor with layout {obj.layout}")
         return {"__tensor__": name, "shape": list(obj.shape), "data": tensor_bytes(obj)}
     if isinstance(obj, dict):
-        return {k: encode(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(encode(v) for v in obj)
+        for k in obj:
+            if not isinstance(k, _KEY_TYPES):
+                raise TypeError(
+                    f"cannot store a dict key of type {type(k).__name__} in a checkpoint "
+                    "(keys must be str, int, float, bool, bytes or None)"
+                )
+            if k in _RESERVED:
+                raise ValueError(f"cannot store a dict with the reserved key {k!r}")
+        return {_plain(k): encode(v) for k, v in obj.items()}
+    if _is_namedtuple(obj):
+        return {
+            "__namedtuple__": type(obj).__name__,
+            "fields": list(type(obj)._fields),
+            "values": [encode(v) for v in obj],
+        }
+    if isinstance(obj, tuple):
+        return tuple(encode(v) for v in obj)
+    if isinstance(obj, list):
+        return [encode(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj
+        return _plain(obj)
     raise TypeError(f"cannot store an object of type {type(obj).__name__} in a checkpoint")
+
+
+def _plain(x):
+    """``x`` as an exact bool, int, float, str or bytes: an instance of a subclass (an enum,
+    a numpy float) would pickle as a global, which :func:`load` refuses."""
+    if type(x) in (bool, int, float, str, bytes) or x is None:
+        return x
+    if isinstance(x, str):
+        return str.__str__(x)
+    for kind in (int, float, bytes):
+        if isinstance(x, kind):
+            return kind(x)
+    return x
 
 
 def decode(obj):
     """Inverse of :func:`encode`."""
     if isinstance(obj, dict):
         if "__tensor__" in obj:
-            dtype = _DTYPES.get(obj["__tensor__"])
-            shape, data = obj.get("shape"), obj.get("data")
-            if dtype is None or not isinstance(shape, list) or not isinstance(data, bytes):
-                raise ValueError("malformed tensor entry")
-            if not data:
-                return torch.empty(shape, dtype=dtype)
-            return torch.frombuffer(bytearray(data), dtype=dtype).view(shape).clone()
+            return _decode_tensor(obj)
+        if "__namedtuple__" in obj:
+            kind = namedtuple(obj["__namedtuple__"], obj["fields"])  # validates the names
+            return kind(*(decode(v) for v in obj["values"]))
         return {k: decode(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(decode(v) for v in obj)
     return obj
+
+
+def _decode_tensor(obj) -> Tensor:
+    dtype = _DTYPES.get(obj["__tensor__"])
+    shape, data = obj.get("shape"), obj.get("data")
+    if (
+        dtype is None
+        or not isinstance(shape, list)
+        or not all(type(n) is int and n >= 0 for n in shape)
+        or not isinstance(data, bytes)
+    ):
+        raise ValueError(f"malformed tensor entry (dtype {obj['__tensor__']!r})")
+    numel = 1
+    for n in shape:
+        numel *= n
+    size = numel * torch.empty((), dtype=dtype).element_size()
+    if len(data) != size:
+        raise ValueError(
+            f"a tensor of shape {shape} and dtype {obj['__tensor__']} needs {size} bytes, "
+            f"the file holds {len(data)}"
+        )
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).view(shape).clone()
 
 
 def write_atomic(path, data: bytes) -> None:
@@ -111,16 +190,17 @@ def _pause_for_tests(f) -> None:
         time.sleep(120)
 
 
-def save(path, payload: dict) -> None:
-    """Save ``payload`` (plain containers and tensors) as a checkpoint, atomically."""
-    blob = pickle.dumps(
-        {"format": FORMAT, "version": VERSION, "payload": encode(payload)}, protocol=4
-    )
+def save(path, tree) -> None:
+    """Save ``tree`` (nested dicts, lists, tuples and named tuples of tensors, numbers,
+    strings, bytes and None) as a checkpoint, atomically; unsupported objects raise
+    ``TypeError`` before anything is written."""
+    blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": encode(tree)}, protocol=4)
     write_atomic(path, blob)
 
 
-def load(path) -> dict:
-    """Load a checkpoint written by :func:`save`; errors name the file and what is wrong."""
+def load(path):
+    """The tree saved by :func:`save` in ``path`` (tensors on the CPU); errors name the file
+    and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -158,5 +238,5 @@ def load(path) -> dict:
         )
     try:
         return decode(obj["payload"])
-    except (ValueError, RuntimeError, TypeError) as e:
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
         raise ValueError(f"checkpoint {path} is damaged: {e}") from None

@@ -384,6 +384,49 @@ class Adam(Optimizer):
         betas=(0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        amsgrad: bool = False,
     ):
         optim.check_hyperparameters("Adam", lr=lr)
-        super().__init__(params, lambda lr_: optim.adam(lr_, betas, eps, weight_decay), lr, "Adam")
+        super().__init__(
+            params, lambda lr_: optim.adam(lr_, betas, eps, weight_decay, amsgrad), lr, "Adam"
+        )
+
+
+class AdamW(Optimizer):
+    """``torch.optim.AdamW``-like: ``AdamW(model.param(), lr=1e-3, weight_decay=1e-2)``."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+    ):
+        optim.check_hyperparameters("AdamW", lr=lr)
+        super().__init__(
+            params, lambda lr_: optim.adamw(lr_, betas, eps, weight_decay, amsgrad), lr, "AdamW"
+        )
+
+
+class RMSprop(Optimizer):
+    """``torch.optim.RMSprop``-like: ``RMSprop(model.param(), lr=1e-2, momentum=0.9)``."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ):
+        optim.check_hyperparameters("RMSprop", lr=lr)
+        super().__init__(
+            params,
+            lambda lr_: optim.rmsprop(lr_, alpha, eps, weight_decay, momentum, centered),
+            lr,
+            "RMSprop",
+        )

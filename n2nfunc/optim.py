@@ -5,17 +5,37 @@ An optimizer is ``GradientTransformation(init, update)``:
 * ``init(params) -> state``
 * ``update(grads, state, params) -> (updates, new_state)``
 
-and ``apply_updates(params, updates)`` returns ``params + updates``. States are dicts of
-an int step count and parameter-shaped trees, so they can be saved with the params.
-Each optimizer matches its ``torch.optim`` namesake step for step.
+and ``apply_updates(params, updates)`` returns ``params + updates``. A state is a dict of
+an int ``"step"`` count and parameter-shaped trees (the empty dict for stateless
+transformations; a tuple of states for :func:`chain`), so it can be saved with the params
+by :func:`n2nfunc.save`. Each optimizer matches its ``torch.optim`` namesake step for step.
 
-A learning rate may be a number or a schedule ``lr(step) -> float`` (``step`` counts the
-updates made before this one, from 0).
+``sgd``, ``adam``, ``adamw`` and ``rmsprop`` are complete optimizers: they turn gradients
+into the final updates (already scaled by ``-lr``). Gradient processing therefore goes
+*before* them in a :func:`chain`, which reads as in optax and means what torch users
+expect::
+
+    chain(clip_by_global_norm(1.0), adam(1e-3))  # clip_grad_norm_, then Adam.step()
+    chain(add_decayed_weights(1e-2), sgd(0.1))   # SGD(lr=0.1, weight_decay=1e-2)
+
+A transformation placed *after* an optimizer sees the final updates: ``clip_by_global_norm``
+there bounds the length of each step; ``add_decayed_weights`` there would add ``+wd * p``
+to a step (growing the weights), so use ``adamw`` or put it first.
+
+Learning rates may be numbers or schedules ``lr(step) -> float``. Every schedule here
+takes the same ``step``: the number of updates made before this one (0 for the first),
+which is what ``torch.optim.lr_scheduler`` calls the epoch when ``scheduler.step()`` follows
+every ``optimizer.step()``. ``exponential_decay`` and ``piecewise_constant`` follow optax
+(``init_value`` at step 0); ``cosine_decay``'s warm-up already gives
+``init_lr / warmup_steps`` at step 0, where optax's ``warmup_cosine_decay_schedule``
+gives its ``init_value`` (usually 0).
 """
 
 import math
 from collections.abc import Callable
 from typing import NamedTuple
+
+from torch import cat
 
 from . import tree
 
@@ -33,10 +53,11 @@ def _lr_at(lr: LearningRate, step: int) -> float:
 
 
 def check_hyperparameters(name: str, **values) -> None:
+    """Each value must be a finite number >= 0; only ``lr`` may also be a schedule."""
     for key, v in values.items():
-        if not callable(v) and (
-            not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
-        ):
+        if key == "lr" and callable(v):
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}: {key} must be a finite number >= 0, got {v!r}")
 
 
@@ -84,32 +105,183 @@ def sgd(
     return GradientTransformation(init, update)
 
 
-def adam(
-    lr: LearningRate = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+def _adam(
+    name: str, lr, betas, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool
 ) -> GradientTransformation:
-    """Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient):
-
-    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, and with ``t`` the step number,
-    update ``-lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
-    """
+    """Adam and AdamW: the same moments, the weight decay added to the gradient (``adam``)
+    or decoupled, ``-lr * wd * p`` added to the update (``adamw``)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
     b1, b2 = betas
-    check_hyperparameters("adam", lr=lr, eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
+    check_hyperparameters(name, lr=lr, eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
     if not (b1 < 1 and b2 < 1):
-        raise ValueError(f"adam: betas must be in [0, 1), got {betas!r}")
+        raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
+    l2 = 0.0 if decoupled else weight_decay
 
     def init(params):
-        return {"step": 0, "m": tree.zeros_like(params), "v": tree.zeros_like(params)}
+        state = {"step": 0, "m": tree.zeros_like(params), "v": tree.zeros_like(params)}
+        if amsgrad:
+            state["v_max"] = tree.zeros_like(params)
+        return state
 
     def update(grads, state, params):
         t = state["step"] + 1
         lr_now = _lr_at(lr, t - 1)
-        g = tree.map(lambda g_, p: g_ + weight_decay * p, grads, params) if weight_decay else grads
+        g = tree.map(lambda g_, p: g_ + l2 * p, grads, params) if l2 else grads
         m = tree.map(lambda m_, x: m_ * b1 + (1 - b1) * x, state["m"], g)
         v = tree.map(lambda v_, x: v_ * b2 + (1 - b2) * (x * x), state["v"], g)
+        new_state = {"step": t, "m": m, "v": v}
+        if amsgrad:
+            v = new_state["v_max"] = tree.map(lambda a, b: a.maximum(b), state["v_max"], v)
         step_size = lr_now / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
         updates = tree.map(lambda m_, v_: m_ / (v_.sqrt() / root_bc2 + eps) * -step_size, m, v)
-        return updates, {"step": t, "m": m, "v": v}
+        if decoupled and weight_decay:
+            decay = lr_now * weight_decay
+            updates = tree.map(lambda u, p: u - decay * p, updates, params)
+        return updates, new_state
+
+    return GradientTransformation(init, update)
+
+
+def adam(
+    lr: LearningRate = 1e-3,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+) -> GradientTransformation:
+    """Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient):
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, and with ``t`` the step number,
+    update ``-lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``. With ``amsgrad``
+    the running maximum of ``v`` replaces ``v`` in the denominator.
+    """
+    return _adam("adam", lr, betas, eps, weight_decay, decoupled=False, amsgrad=amsgrad)
+
+
+def adamw(
+    lr: LearningRate = 1e-3,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    amsgrad: bool = False,
+) -> GradientTransformation:
+    """AdamW, as ``torch.optim.AdamW``: Adam's update on the raw gradient, plus the
+    decoupled weight decay ``-lr * wd * p`` (``p`` before the step)."""
+    return _adam("adamw", lr, betas, eps, weight_decay, decoupled=True, amsgrad=amsgrad)
+
+
+def rmsprop(
+    lr: LearningRate = 0.01,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+) -> GradientTransformation:
+    """RMSprop, as ``torch.optim.RMSprop``:
+
+    ``g = g + wd * p``, ``s = alpha s + (1 - alpha) g^2``; centered, ``a = alpha a +
+    (1 - alpha) g`` and ``d = sqrt(s - a^2) + eps``, else ``d = sqrt(s) + eps``; update
+    ``-lr * g / d``, or with momentum ``b = momentum * b + g / d`` and update ``-lr * b``.
+    """
+    check_hyperparameters(
+        "rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
+    )
+    if not alpha < 1:
+        raise ValueError(f"rmsprop: alpha must be in [0, 1), got {alpha!r}")
+
+    def init(params):
+        state = {"step": 0, "square_avg": tree.zeros_like(params)}
+        if centered:
+            state["grad_avg"] = tree.zeros_like(params)
+        if momentum:
+            state["momentum"] = tree.zeros_like(params)
+        return state
+
+    def update(grads, state, params):
+        step = state["step"]
+        lr_now = _lr_at(lr, step)
+        g = tree.map(lambda g_, p: g_ + weight_decay * p, grads, params) if weight_decay else grads
+        s = tree.map(lambda s_, x: s_ * alpha + (1 - alpha) * (x * x), state["square_avg"], g)
+        new_state = {"step": step + 1, "square_avg": s}
+        if centered:
+            a = tree.map(lambda a_, x: a_ * alpha + (1 - alpha) * x, state["grad_avg"], g)
+            new_state["grad_avg"] = a
+            d = tree.map(lambda s_, a_: (s_ - a_ * a_).sqrt() + eps, s, a)
+        else:
+            d = tree.map(lambda s_: s_.sqrt() + eps, s)
+        if momentum:
+            b = tree.map(lambda b_, x, d_: b_ * momentum + x / d_, state["momentum"], g, d)
+            new_state["momentum"] = b
+            return tree.map(lambda x: x * -lr_now, b), new_state
+        return tree.map(lambda x, d_: x / d_ * -lr_now, g, d), new_state
+
+    return GradientTransformation(init, update)
+
+
+def chain(*transformations: GradientTransformation) -> GradientTransformation:
+    """Apply ``transformations`` in order, each to the updates of the one before (the first
+    gets the gradients); the state is the tuple of their states."""
+    for i, t in enumerate(transformations):
+        if not isinstance(t, GradientTransformation):
+            raise TypeError(
+                f"chain: argument {i} must be a GradientTransformation, got {type(t).__name__}"
+            )
+
+    def init(params):
+        return tuple(t.init(params) for t in transformations)
+
+    def update(grads, state, params):
+        if not isinstance(state, (tuple, list)) or len(state) != len(transformations):
+            raise ValueError(
+                f"chain: state must be a tuple of {len(transformations)} states "
+                f"(one per transformation), got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        new_state = []
+        for t, s in zip(transformations, state):
+            grads, s = t.update(grads, s, params)
+            new_state.append(s)
+        return grads, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale all updates by ``min(1, max_norm / (norm + 1e-6))``, where ``norm`` is the
+    Euclidean norm of all leaves together, as ``torch.nn.utils.clip_grad_norm_``. Stateless
+    (state ``{}``); the norm stays a tensor, so no device synchronisation."""
+    check_hyperparameters("clip_by_global_norm", max_norm=max_norm)
+
+    def init(params):
+        return {}
+
+    def update(grads, state, params):
+        leaves = tree.leaves(grads)
+        if not leaves:
+            return grads, state
+        device = leaves[0].device
+        total = cat([g.norm().reshape(1).to(device) for g in leaves]).norm()
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        return tree.map(lambda g: g * coef.to(g.device), grads), state
+
+    return GradientTransformation(init, update)
+
+
+def add_decayed_weights(weight_decay: float) -> GradientTransformation:
+    """Add ``weight_decay * params`` to the updates (as optax; placed before an optimizer,
+    the L2 decay of ``torch.optim``'s ``weight_decay``). Stateless (state ``{}``)."""
+    check_hyperparameters("add_decayed_weights", weight_decay=weight_decay)
+
+    def init(params):
+        return {}
+
+    def update(grads, state, params):
+        if params is None:
+            raise ValueError("add_decayed_weights: update needs the params")
+        return tree.map(lambda g, p: g + weight_decay * p, grads, params), state
 
     return GradientTransformation(init, update)
 
@@ -127,8 +299,9 @@ def apply_updates_(params, updates):
 def cosine_decay(
     init_lr: float, decay_steps: int, final_fraction: float = 0.0, warmup_steps: int = 0
 ) -> Schedule:
-    """Linear warm-up from 0 over ``warmup_steps``, then cosine decay from ``init_lr`` to
-    ``final_fraction * init_lr`` at ``decay_steps``, constant after."""
+    """Linear warm-up over ``warmup_steps`` (``init_lr * (step + 1) / warmup_steps``), then
+    cosine decay from ``init_lr`` to ``final_fraction * init_lr`` at ``decay_steps``,
+    constant after."""
     if decay_steps < 1 or warmup_steps < 0 or warmup_steps >= decay_steps:
         raise ValueError("cosine_decay: need 0 <= warmup_steps < decay_steps")
 
@@ -139,5 +312,72 @@ def cosine_decay(
         return init_lr * (
             final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
         )
+
+    return schedule
+
+
+def exponential_decay(
+    init_value: float,
+    decay_rate: float,
+    transition_steps: int = 1,
+    staircase: bool = False,
+    transition_begin: int = 0,
+    end_value: float | None = None,
+) -> Schedule:
+    """``init_value * decay_rate ** ((step - transition_begin) / transition_steps)`` (the
+    exponent floored when ``staircase``), ``init_value`` before ``transition_begin``, and
+    bounded by ``end_value`` if given (as optax's ``exponential_decay``).
+
+    ``exponential_decay(lr, gamma)`` is ``ExponentialLR(gamma)`` and
+    ``exponential_decay(lr, gamma, n, staircase=True)`` is ``StepLR(n, gamma)``.
+    """
+    name = "exponential_decay"
+    check_hyperparameters(name, init_value=init_value, transition_begin=transition_begin)
+    if isinstance(decay_rate, bool) or not isinstance(decay_rate, (int, float)):
+        raise ValueError(f"{name}: decay_rate must be a number > 0, got {decay_rate!r}")
+    if not (math.isfinite(decay_rate) and decay_rate > 0):
+        raise ValueError(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
+    if not isinstance(transition_steps, int) or transition_steps < 1:
+        raise ValueError(f"{name}: transition_steps must be an int >= 1, got {transition_steps!r}")
+    if end_value is not None:
+        check_hyperparameters(name, end_value=end_value)
+
+    def schedule(step: int) -> float:
+        count = step - transition_begin
+        if count <= 0:
+            return init_value
+        p = count // transition_steps if staircase else count / transition_steps
+        value = init_value * decay_rate**p
+        if end_value is not None:
+            value = max(value, end_value) if decay_rate < 1 else min(value, end_value)
+        return value
+
+    return schedule
+
+
+def piecewise_constant(init_value: float, boundaries_and_scales: dict[int, float]) -> Schedule:
+    """``init_value`` times the product of the scales of every boundary ``<= step`` (as
+    optax's ``piecewise_constant_schedule``): ``piecewise_constant(lr, {m: gamma for m in
+    milestones})`` is ``MultiStepLR(milestones, gamma)``."""
+    name = "piecewise_constant"
+    check_hyperparameters(name, init_value=init_value)
+    if not isinstance(boundaries_and_scales, dict):
+        raise ValueError(
+            f"{name}: boundaries_and_scales must be a dict {{step: scale}}, "
+            f"got {type(boundaries_and_scales).__name__}"
+        )
+    for b, s in boundaries_and_scales.items():
+        if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+            raise ValueError(f"{name}: boundary {b!r} must be an int >= 0")
+        check_hyperparameters(name, **{f"scale at {b}": s})
+    points = sorted(boundaries_and_scales.items())
+
+    def schedule(step: int) -> float:
+        value = init_value
+        for boundary, scale in points:
+            if step < boundary:
+                break
+            value *= scale
+        return value
 
     return schedule

@@ -1,15 +1,19 @@
+import enum
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import pytest
 import torch
 from helpers import code_running_pickle
 
+import n2nfunc as nf
 from n2nfunc import checkpoint
+from n2nfunc.model import DEFAULT_WEIGHTS, Model
 
 
 def test_round_trip_keeps_tensors_and_containers(tmp_path):
@@ -88,3 +92,205 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert torch.equal(checkpoint.load(path)["w"], torch.zeros(1000))
+
+
+# ------------------------------------------------------------------ n2nfunc.save / load
+DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.complex128,
+    torch.complex64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
+
+
+def _sample(dtype, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(shape, generator=g, dtype=dtype) * 1e3
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=g).bool()
+    info = torch.iinfo(dtype)
+    return torch.randint(info.min, info.max, shape, generator=g, dtype=torch.int64).to(dtype)
+
+
+def _same(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_dtype_round_trips_bit_for_bit(tmp_path, dtype):
+    full = _sample(dtype, (3, 5, 4))
+    tensors = {
+        "full": full,
+        "strided": full.transpose(0, 2)[1:, ::2],  # a non-contiguous view with an offset
+        "scalar": _sample(dtype, ()),
+        "empty": full[:0],
+    }
+    if dtype.is_complex:
+        tensors["conj"] = full.conj()  # a lazily conjugated view
+    nf.save(tmp_path / "t.pth", tensors)
+    back = nf.load(tmp_path / "t.pth")
+    assert set(back) == set(tensors)
+    for k, t in tensors.items():
+        assert _same(back[k], t.resolve_conj()), k
+        assert back[k].device.type == "cpu" and back[k].is_contiguous()
+
+
+class AdamLike(NamedTuple):
+    count: int
+    mu: dict
+    nu: list
+
+
+def test_trees_of_params_and_states_round_trip(tmp_path):
+    tree = {
+        "params": {"0": {"weight": torch.randn(2, 3, dtype=torch.float64)}, "1": {}},
+        "opt": (
+            {},
+            {"step": 7, "m": [torch.randn(3), torch.zeros(0)], "v": (torch.ones(2, 1),)},
+        ),
+        "record": AdamLike(3, {"w": torch.arange(5)}, [None, "x"]),
+        "meta": [1, 2.5, -0.0, float("inf"), "name", None, True, b"\x00raw", (), []],
+        7: "an int key",
+    }
+    nf.save(tmp_path / "tree.pth", tree)
+    back = nf.load(tmp_path / "tree.pth")
+    assert set(back) == set(tree)
+    assert type(back["opt"]) is tuple and type(back["opt"][1]["v"]) is tuple
+    assert type(back["opt"][1]["m"]) is list and back["opt"][0] == {}
+    assert back["opt"][1]["step"] == 7 and type(back["opt"][1]["step"]) is int
+    for a, b in zip(nf.tree.leaves(back["opt"]), nf.tree.leaves(tree["opt"])):
+        assert _same(a, b) if isinstance(b, torch.Tensor) else a == b
+    assert _same(back["params"]["0"]["weight"], tree["params"]["0"]["weight"])
+    assert back["params"]["1"] == {} and back[7] == "an int key"
+    assert back["meta"] == tree["meta"]
+    record = back["record"]  # a named tuple again, with the same name and fields
+    assert isinstance(record, tuple) and type(record).__name__ == "AdamLike"
+    assert record._fields == ("count", "mu", "nu") and record.count == 3
+    assert _same(record.mu["w"], torch.arange(5)) and record.nu == [None, "x"]
+    count, mu, nu = record
+    assert record._asdict()["count"] == count == 3
+
+
+def test_subclasses_of_plain_values_are_stored_as_plain_values(tmp_path):
+    class Mode(str, enum.Enum):
+        TRAIN = "train"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Score(float):
+        pass
+
+    nf.save(tmp_path / "p.pth", {"mode": Mode.TRAIN, "level": Level.HIGH, Mode.TRAIN: Score(0.5)})
+    back = nf.load(tmp_path / "p.pth")
+    assert back == {"mode": "train", "level": 3, "train": 0.5}
+    assert [type(v) for v in back.values()] == [str, int, float]
+
+
+@pytest.mark.parametrize(
+    "tree,error,pattern",
+    [
+        ({"f": lambda x: x}, TypeError, "type function"),
+        ([{1, 2}], TypeError, "type set"),
+        ({(1, 2): 3}, TypeError, "dict key of type tuple"),
+        ({"__tensor__": "float32"}, ValueError, "reserved key '__tensor__'"),
+        ({"x": {"__namedtuple__": "T"}}, ValueError, "reserved key '__namedtuple__'"),
+        ({"f8": torch.zeros(2, dtype=torch.float8_e4m3fn)}, TypeError, "dtype torch.float8_e4m3fn"),
+        ({"s": torch.zeros(3, 3).to_sparse()}, TypeError, "layout"),
+    ],
+    ids=["function", "set", "tuple-key", "tensor-key", "namedtuple-key", "float8", "sparse"],
+)
+def test_unstorable_trees_are_refused_before_writing(tmp_path, tree, error, pattern):
+    path = tmp_path / "x.pth"
+    with pytest.raises(error, match=pattern):
+        nf.save(path, tree)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_shipped_weights_and_older_files_keep_loading(tmp_path):
+    shipped = nf.load(DEFAULT_WEIGHTS)
+    assert set(shipped) >= {"config", "params"}
+    params = shipped["params"]
+    assert params and all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.float32 and bool(t.isfinite().all())
+        for t in params.values()
+    )
+    model = Model(shipped["config"])
+    model.load_pretrained_model()  # the default path is the shipped file
+    for k, t in model.net.state_dict().items():
+        assert torch.equal(t, params[k])
+    # saved again, the same tree comes back
+    nf.save(tmp_path / "again.pth", shipped)
+    again = nf.load(tmp_path / "again.pth")
+    assert again["config"] == shipped["config"]
+    assert all(torch.equal(again["params"][k], v) for k, v in params.items())
+    # a file written by hand in the original layout
+    old = {
+        "format": "n2nfunc-checkpoint",
+        "version": 1,
+        "payload": {
+            "w": {"__tensor__": "float32", "shape": [2], "data": b"\x00\x00\x80?\x00\x00\x00@"},
+            "meta": (1, "a"),
+        },
+    }
+    (tmp_path / "old.pth").write_bytes(pickle.dumps(old, protocol=4))
+    back = nf.load(tmp_path / "old.pth")
+    assert torch.equal(back["w"], torch.tensor([1.0, 2.0])) and back["meta"] == (1, "a")
+
+
+def test_code_inside_a_well_formed_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    blob = pickle.dumps(
+        {"format": "n2nfunc-checkpoint", "version": 1, "payload": {"params": [Evil()]}}
+    )
+    (tmp_path / "c.pth").write_bytes(blob)
+    with pytest.raises(ValueError, match="was refused: refusing to load global 'posix.system'"):
+        nf.load(tmp_path / "c.pth")
+    (tmp_path / "d.pth").write_bytes(code_running_pickle(marker))
+    with pytest.raises(ValueError, match="refused"):
+        nf.load(tmp_path / "d.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "entry,pattern",
+    [
+        ({"__tensor__": "float32", "shape": [3], "data": b"\x00" * 8}, "needs 12 bytes"),
+        ({"__tensor__": "float32", "shape": [-1], "data": b"\x00" * 8}, "malformed tensor"),
+        ({"__tensor__": "object", "shape": [1], "data": b"\x00" * 8}, "malformed tensor"),
+        ({"__namedtuple__": "T", "fields": ["import os"], "values": [1]}, "damaged"),
+        ({"__namedtuple__": "T", "fields": ["a"], "values": [1, 2]}, "damaged"),
+        ({"__namedtuple__": "T"}, "damaged"),
+    ],
+)
+def test_damaged_entries_give_clear_errors(tmp_path, entry, pattern):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(
+        pickle.dumps({"format": "n2nfunc-checkpoint", "version": 1, "payload": {"x": entry}})
+    )
+    with pytest.raises(ValueError, match=pattern) as info:
+        nf.load(path)
+    assert "bad.pth" in str(info.value)
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_are_saved_and_come_back_on_the_cpu(tmp_path):
+    tensors = {str(d): _sample(d, (3, 4)).cuda() for d in DTYPES}
+    nf.save(tmp_path / "cuda.pth", tensors)
+    back = nf.load(tmp_path / "cuda.pth")
+    for k, t in tensors.items():
+        assert back[k].device.type == "cpu" and _same(back[k], t.cpu()), k

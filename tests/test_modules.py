@@ -9,10 +9,12 @@ from n2nfunc import (
     MSE,
     SGD,
     Adam,
+    AdamW,
     Conv2d,
     Module,
     NearestUpsampling,
     ReLU,
+    RMSprop,
     Sequential,
     Sigmoid,
     TransposeConv2d,
@@ -142,6 +144,44 @@ def test_sequential_mse_sgd_train_like_torch():
         assert rel_err(dx, xr.grad) < 1e-4
     for p, q in zip(net.state_dict().values(), ref.parameters()):
         assert rel_err(p, q.detach()) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda ps: AdamW(ps), lambda ps: torch.optim.AdamW(ps)),
+        (
+            lambda ps: AdamW(ps, lr=3e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+            lambda ps: torch.optim.AdamW(ps, 3e-2, (0.8, 0.99), 1e-6, 0.1),
+        ),
+        (lambda ps: Adam(ps, amsgrad=True), lambda ps: torch.optim.Adam(ps, amsgrad=True)),
+        (lambda ps: RMSprop(ps), lambda ps: torch.optim.RMSprop(ps)),
+        (
+            lambda ps: RMSprop(ps, 1e-3, 0.9, 1e-6, 0.01, 0.9, True),
+            lambda ps: torch.optim.RMSprop(ps, 1e-3, 0.9, 1e-6, 0.01, 0.9, True),
+        ),
+    ],
+    ids=["AdamW", "AdamW-options", "Adam-amsgrad", "RMSprop", "RMSprop-options"],
+)
+def test_adamw_rmsprop_wrappers_train_like_torch(ours, theirs):
+    net, ref = required().to(dtype=torch.float64), required_torch().double()
+    for p, q in zip(net.state_dict().values(), ref.parameters()):
+        q.data.copy_(p)
+    loss, opt, ref_opt = MSE(), ours(net.param()), theirs(ref.parameters())
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.rand(3, 3, 12, 8, generator=g, dtype=torch.float64)
+        y = torch.rand(3, 3, 12, 8, generator=g, dtype=torch.float64)
+        opt.zero_grad()
+        loss.forward(net.forward(x), y)
+        net.backward(loss.backward())
+        opt.step()
+        with torch.enable_grad():
+            ref_opt.zero_grad()
+            F.mse_loss(ref(x), y).backward()
+            ref_opt.step()
+    for p, q in zip(net.state_dict().values(), ref.parameters()):
+        assert rel_err(p, q.detach()) < 1e-9
 
 
 def test_adam_wrapper_and_lr_changes():
