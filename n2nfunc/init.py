@@ -37,18 +37,23 @@ def _empty(generator: Generator | None, shape: Shape) -> Tensor:
     return empty(shape, device=generator.device if generator is not None else None)
 
 
+# The scales are computed in torch.nn.init's order of operations, so that the same generator
+# draws bit-identical weights.
+def _he_std(shape) -> float:
+    return math.sqrt(2.0) / math.sqrt(fans(shape)[0])
+
+
 def _he_normal(generator, shape):
-    std = math.sqrt(2.0 / fans(shape)[0])
-    return _empty(generator, shape).normal_(0.0, std, generator=generator)
+    return _empty(generator, shape).normal_(0.0, _he_std(shape), generator=generator)
 
 
 def _he_uniform(generator, shape):
-    return uniform(generator, shape, math.sqrt(6.0 / fans(shape)[0]))
+    return uniform(generator, shape, math.sqrt(3.0) * _he_std(shape))
 
 
 def _xavier_uniform(generator, shape):
     fan_in, fan_out = fans(shape)
-    return uniform(generator, shape, math.sqrt(6.0 / (fan_in + fan_out)))
+    return uniform(generator, shape, math.sqrt(3.0) * math.sqrt(2.0 / float(fan_in + fan_out)))
 
 
 def _zeros(generator, shape):
