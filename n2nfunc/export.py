@@ -28,7 +28,11 @@ VENDORED = [
     "base.py",
     "nhwc.py",
     "kernels.py",
+    "init.py",
     "conv.py",
+    "layers/__init__.py",
+    "layers/dense.py",
+    "layers/pool.py",
     "activations.py",
     "combinators.py",
     "tree.py",
@@ -123,6 +127,7 @@ def export_submission(out_dir, weights=None) -> Path:
         shutil.rmtree(folder)
     core.mkdir(parents=True)
     for name in VENDORED:
+        (core / name).parent.mkdir(exist_ok=True)
         shutil.copyfile(PACKAGE / name, core / name)
     (core / "__init__.py").write_text(INIT)
     (folder / "others" / "__init__.py").write_text("")
