@@ -76,16 +76,16 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     def apply(params, state, x, *, train, rng=None):
         new_state = {}
         for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
+            s = child_state(state, str(i), "serial")
             with at_layer(str(i)):
-                s = child_state(state, str(i), "serial")
                 x, new_state[str(i)] = layer.apply(params[str(i)], s, x, train=train, rng=r)
         return x, new_state
 
     def vjp(params, state, x, *, train, rng=None):
         new_state, pullbacks = {}, []
         for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
+            s = child_state(state, str(i), "serial")
             with at_layer(str(i)):
-                s = child_state(state, str(i), "serial")
                 x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             pullbacks.append(pb)
 
@@ -127,8 +127,8 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
         outs, new_state, pullbacks = [], {}, []
         xs = _check_tuple(xs, n, "parallel")
         for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
+            s = child_state(state, str(i), "parallel")
             with at_layer(str(i)):
-                s = child_state(state, str(i), "parallel")
                 y, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             outs.append(y)
             pullbacks.append(pb)
@@ -147,8 +147,8 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
         outs, new_state = [], {}
         xs = _check_tuple(xs, n, "parallel")
         for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
+            s = child_state(state, str(i), "parallel")
             with at_layer(str(i)):
-                s = child_state(state, str(i), "parallel")
                 y, new_state[str(i)] = layer.apply(params[str(i)], s, x, train=train, rng=r)
             outs.append(y)
         return tuple(outs), new_state
