@@ -89,6 +89,23 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
     ),
     ("relu", nf.relu(), lambda x, p: torch.relu(x), (32, 16, 16)),
     ("sigmoid", nf.sigmoid(), lambda x, p: torch.sigmoid(x), (3, 32, 32)),
+    ("max_pool2d 2", nf.max_pool2d(2), lambda x, p: F.max_pool2d(x, 2), (32, 16, 16)),
+    (
+        "max_pool2d 3 s2 p1",
+        nf.max_pool2d(3, 2, 1),
+        lambda x, p: F.max_pool2d(x, 3, 2, 1),
+        (32, 16, 16),
+    ),
+    ("avg_pool2d 2", nf.avg_pool2d(2), lambda x, p: F.avg_pool2d(x, 2), (32, 16, 16)),
+    ("global_avg_pool", nf.global_avg_pool(), lambda x, p: x.mean((2, 3)), (32, 16, 16)),
+    (
+        "dense 512->64",
+        nf.dense(64),
+        lambda x, p: F.linear(x, p["weight"], p["bias"]),
+        (512,),
+    ),
+    ("gelu", nf.gelu(), lambda x, p: F.gelu(x), (32, 16, 16)),
+    ("log_softmax", nf.log_softmax(), lambda x, p: F.log_softmax(x, 1), (10, 1, 1)),
 ]
 
 

@@ -1,8 +1,12 @@
-"""Parameterless elementwise layers: ``relu``, ``sigmoid``, ``identity``.
+"""Parameterless activation layers: elementwise ``relu``, ``sigmoid``, ``leaky_relu``,
+``tanh``, ``gelu``, ``elu``, ``softplus``, ``identity``, and ``softmax`` / ``log_softmax``
+along an axis.
 
 They accept any shape (``init`` passes the shape through) and keep the input's memory
 layout, so channels-last activations stay channels-last.
 """
+
+import math
 
 from .base import Layer, apply_via_vjp, check_cotangent, check_params, check_tensor
 
@@ -52,3 +56,119 @@ def identity() -> Layer:
         return x, lambda ct: ({}, ct)
 
     return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Layer:
+    """``y = x`` for ``x > 0``, else ``negative_slope * x``; ``dx = ct`` or
+    ``negative_slope * ct`` (the latter at ``x = 0``, like PyTorch)."""
+    a = float(negative_slope)
+    return _elementwise(
+        f"leaky_relu(negative_slope={negative_slope})",
+        lambda x: x.where(x > 0, x * a),
+        lambda x, y, ct: ct.where(x > 0, ct * a),
+    )
+
+
+def tanh() -> Layer:
+    """``y = tanh(x)``; ``dx = ct * (1 - y^2)``."""
+    return _elementwise(
+        "tanh", lambda x: x.tanh(), lambda x, y, ct: (y * y).neg_().add_(1).mul_(ct)
+    )
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _gelu_grad(x, y, ct):
+    # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    cdf = (x * _SQRT_HALF).erf_().add_(1).mul_(0.5)
+    pdf = (x * x).mul_(-0.5).exp_().mul_(_INV_SQRT_2PI)
+    return pdf.mul_(x).add_(cdf).mul_(ct)
+
+
+def gelu() -> Layer:
+    """The exact GELU, ``y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2``;
+    ``dx = ct * (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))``."""
+    return _elementwise(
+        "gelu", lambda x: (x * _SQRT_HALF).erf_().add_(1).mul_(x).mul_(0.5), _gelu_grad
+    )
+
+
+def elu(alpha: float = 1.0) -> Layer:
+    """``y = x`` for ``x > 0``, else ``alpha (exp(x) - 1)``; ``dx = ct`` or
+    ``ct (y + alpha)``."""
+    a = float(alpha)
+    return _elementwise(
+        f"elu(alpha={alpha})",
+        lambda x: x.where(x > 0, x.expm1() * a),
+        lambda x, y, ct: ct.where(x > 0, (y + a) * ct),
+    )
+
+
+def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
+    """``y = log(1 + exp(beta x)) / beta``, and ``y = x`` where ``beta x > threshold``
+    (PyTorch's semantics); ``dx = ct * sigmoid(beta x)``, or ``ct`` past the threshold."""
+    b, t = float(beta), float(threshold)
+    if b <= 0:
+        raise ValueError(f"softplus: beta must be > 0, got {beta!r}")
+
+    def forward(x):
+        bx = x * b
+        return x.where(bx > t, bx.exp().log1p_().div_(b))
+
+    def derivative_times(x, y, ct):
+        bx = x * b
+        return ct.where(bx > t, _sigmoid(bx).mul_(ct))
+
+    return _elementwise(f"softplus(beta={beta}, threshold={threshold})", forward, derivative_times)
+
+
+def _along(axis: int, name: str):
+    """A check that ``axis`` exists in the input (negative axes count from the end)."""
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+
+    def checked(x):
+        if not -x.dim() <= axis < x.dim():
+            raise ValueError(
+                f"{name}: axis {axis} is out of range for input shape {tuple(x.shape)}"
+            )
+        return x
+
+    return checked
+
+
+def log_softmax_of(x, axis: int):
+    """``x - max - log(sum(exp(x - max)))`` along ``axis``: finite for any finite ``x``."""
+    shifted = x - x.amax(axis, keepdim=True)
+    return shifted - shifted.exp().sum(axis, keepdim=True).log_()
+
+
+def log_softmax(axis: int = 1) -> Layer:
+    """``y = x - max - log(sum(exp(x - max)))`` along ``axis`` (stable for any finite ``x``);
+    ``dx = ct - exp(y) * sum(ct)``."""
+    name = f"log_softmax(axis={axis})"
+    checked = _along(axis, name)
+
+    def forward(x):
+        return log_softmax_of(checked(x), axis)
+
+    return _elementwise(
+        name, forward, lambda x, y, ct: ct - y.exp().mul_(ct.sum(axis, keepdim=True))
+    )
+
+
+def softmax(axis: int = 1) -> Layer:
+    """``y = exp(x - max) / sum(exp(x - max))`` along ``axis``;
+    ``dx = y * (ct - sum(ct * y))``."""
+    name = f"softmax(axis={axis})"
+    checked = _along(axis, name)
+
+    def forward(x):
+        e = (checked(x) - x.amax(axis, keepdim=True)).exp_()
+        return e.div_(e.sum(axis, keepdim=True))
+
+    return _elementwise(
+        name, forward, lambda x, y, ct: (ct - (ct * y).sum(axis, keepdim=True)).mul_(y)
+    )

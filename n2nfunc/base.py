@@ -94,6 +94,23 @@ def image_shape(in_shape, layer: str, channels: int | None = None) -> Shape:
     return shape
 
 
+def tensor_shape(in_shape, layer: str, min_rank: int, what: str) -> Shape:
+    """Check an ``init`` shape of rank >= ``min_rank``: ints, each > 0 or -1 (unknown)."""
+    shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
+    if (
+        shape is None
+        or len(shape) < min_rank
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+    ):
+        raise ValueError(f"{layer}: expected an input shape {what}, got {in_shape!r}")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(
+            f"{layer}: input shape {shape} has a non-positive size "
+            "(use -1 for a size not known yet)"
+        )
+    return shape
+
+
 def check_tensor(x, layer: str, what: str = "input") -> Tensor:
     """``x`` must be a floating-point tensor."""
     if not isinstance(x, Tensor):
@@ -112,6 +129,11 @@ def check_image(x, layer: str, channels: int, like: Tensor) -> Tensor:
         raise ValueError(
             f"{layer}: expected input of shape (N, {channels}, H, W), got {tuple(x.shape)}"
         )
+    return check_like(x, layer, like)
+
+
+def check_like(x: Tensor, layer: str, like: Tensor) -> Tensor:
+    """``x`` must have ``like``'s (the parameters') dtype and device and a non-empty batch."""
     if x.dtype != like.dtype:
         raise TypeError(
             f"{layer}: input dtype {x.dtype} does not match the parameters' "

@@ -3,7 +3,8 @@
 Parameters use PyTorch's layout and initialisation: a convolution's weight is
 [out, in, kh, kw], a transposed convolution's [in, out, kh, kw], a bias [out]; both are
 drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so a generator seeded like PyTorch's draws
-the same numbers as ``torch.nn.Conv2d`` / ``ConvTranspose2d``.
+the same numbers as ``torch.nn.Conv2d`` / ``ConvTranspose2d``. ``init=`` picks another
+initialiser (``"he_normal"``, ...; see :mod:`n2nfunc.init`).
 
 All computation is in :mod:`n2nfunc.kernels` on channels-last views (see :mod:`n2nfunc.nhwc`).
 """
@@ -16,12 +17,11 @@ from .base import (
     check_image,
     check_params,
     image_shape,
-    kaiming_bounds,
     pair,
     positive_int,
     skips_input_grad,
-    uniform,
 )
+from .init import check_init, init_weight_bias
 from .nhwc import to_nchw, to_nhwc
 
 
@@ -39,32 +39,24 @@ def _transpose_out(size: int, k: int, s: int, p: int, d: int, op: int) -> int:
     return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
-def _init_conv(generator, weight_shape, fan_in, out_channels, bias):
-    """Weight then bias, drawn in PyTorch's order and bounds."""
-    w_bound, b_bound = kaiming_bounds(fan_in)
-    params = {"weight": uniform(generator, weight_shape, w_bound)}
-    if bias:
-        params["bias"] = uniform(generator, (out_channels,), b_bound)
-    return params
-
-
 def _weight_shape(in_channels, out_channels, k, transposed):
     """[out, in, kh, kw] for a convolution, [in, out, kh, kw] for a transposed one."""
     return ((in_channels, out_channels) if transposed else (out_channels, in_channels)) + k
 
 
-def _make_init(name, out_channels, k, bias, out_size, transposed=False):
-    """``init`` of a convolution-like layer: PyTorch's fan-in is the weight's dim 1 times the
-    kernel area (the input channels, or for a transposed convolution the output channels)."""
+def _make_init(name, out_channels, k, bias, out_size, transposed=False, init=None):
+    """``init`` of a convolution-like layer, weights drawn by ``init`` (see :mod:`n2nfunc.init`;
+    PyTorch's fan-in is the weight's dim 1 times the kernel area)."""
+    check_init(init, name)
 
-    def init(generator, in_shape):
+    def init_fn(generator, in_shape):
         n, c, h, w = image_shape(in_shape, name)
         ho, wo = _sizes((n, c, h, w), out_size, name)
         shape = _weight_shape(c, out_channels, k, transposed)
-        params = _init_conv(generator, shape, shape[1] * k[0] * k[1], out_channels, bias)
+        params = init_weight_bias(init, generator, shape, out_channels if bias else None, name)
         return (n, out_channels, ho, wo), params
 
-    return init
+    return init_fn
 
 
 def _checked(params, x, name, out_channels, k, bias, out_size, transposed=False):
@@ -102,7 +94,7 @@ def _sizes(shape, size_fn, name):
 
 
 def conv2d(
-    out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True
+    out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True, init=None
 ) -> Layer:
     """2-d cross-correlation, as ``torch.nn.functional.conv2d``:
 
@@ -129,7 +121,7 @@ def conv2d(
         i = "HW".index(dim)
         return _conv_out(size, k[i], s[i], p[i], d[i])
 
-    init = _make_init(name, out_channels, k, bias, out_size)
+    init = _make_init(name, out_channels, k, bias, out_size, init=init)
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
@@ -164,6 +156,7 @@ def conv_transpose2d(
     output_padding=0,
     dilation=1,
     bias: bool = True,
+    init=None,
 ) -> Layer:
     """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``:
 
@@ -195,7 +188,7 @@ def conv_transpose2d(
         i = "HW".index(dim)
         return _transpose_out(size, k[i], s[i], p[i], d[i], op[i])
 
-    init = _make_init(name, out_channels, k, bias, out_size, transposed=True)
+    init = _make_init(name, out_channels, k, bias, out_size, transposed=True, init=init)
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(
@@ -251,7 +244,13 @@ def nearest_upsample(scale_factor=2) -> Layer:
 
 
 def upsample(
-    out_channels: int, kernel_size, scale_factor=2, padding=0, dilation=1, bias: bool = True
+    out_channels: int,
+    kernel_size,
+    scale_factor=2,
+    padding=0,
+    dilation=1,
+    bias: bool = True,
+    init=None,
 ) -> Layer:
     """Nearest upsampling by ``scale_factor`` followed by a stride-1 convolution, as one layer.
 
@@ -279,7 +278,7 @@ def upsample(
         i = "HW".index(dim)
         return _conv_out(size * sc[i], k[i], 1, p[i], d[i])
 
-    init = _make_init(name, out_channels, k, bias, out_size)
+    init = _make_init(name, out_channels, k, bias, out_size, init=init)
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)

@@ -29,6 +29,7 @@ VENDORED = [
     "base.py",
     "nhwc.py",
     "kernels.py",
+    "init.py",
     "conv.py",
     "activations.py",
     "combinators.py",
@@ -128,9 +129,10 @@ def export_submission(out_dir, weights=None) -> Path:
         shutil.rmtree(folder)
     core.mkdir(parents=True)
     for name in VENDORED:
+        (core / name).parent.mkdir(exist_ok=True)
         shutil.copyfile(PACKAGE / name, core / name)
     for sub in SUBPACKAGES:
-        (core / sub).mkdir()
+        (core / sub).mkdir(exist_ok=True)
         for path in sorted((PACKAGE / sub).glob("*.py")):
             shutil.copyfile(path, core / sub / path.name)
     (core / "__init__.py").write_text(INIT)

@@ -1,10 +1,15 @@
-"""Losses as pure value / gradient functions of ``(prediction, target)``."""
+"""Losses as pure value / gradient functions of ``(prediction, target)``, each the mean over
+the batch (and elements) like ``torch.nn.functional``'s default ``reduction="mean"``:
+``mse``, ``l1``, ``huber(delta)``, ``binary_cross_entropy_with_logits``, and
+``cross_entropy`` / ``cross_entropy_with(label_smoothing)`` of logits (N, K) and integer
+class labels (N,)."""
 
 from collections.abc import Callable
 from typing import NamedTuple
 
 from torch import Tensor
 
+from .activations import _sigmoid, log_softmax_of
 from .base import check_tensor
 
 
@@ -51,3 +56,105 @@ def mse_value_and_grad(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 mse = Loss(mse_value, mse_value_and_grad)
+
+
+def _value_only(value_and_grad):
+    return lambda pred, target: value_and_grad(pred, target)[0]
+
+
+def l1_value_and_grad(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``mean|pred - target|`` and its gradient ``sign(pred - target) / numel`` (0 where equal,
+    like PyTorch)."""
+    _check_pair(pred, target, "l1")
+    diff = pred - target
+    return diff.abs().mean(), diff.sign_().div_(diff.numel())
+
+
+l1 = Loss(_value_only(l1_value_and_grad), l1_value_and_grad)
+
+
+def huber(delta: float = 1.0) -> Loss:
+    """Huber loss, ``mean(h(pred - target))`` with ``h(d) = d^2 / 2`` for ``|d| < delta``, else
+    ``delta (|d| - delta / 2)``; gradient ``clamp(d, -delta, delta) / numel``."""
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
+        raise ValueError(f"huber: delta must be a number > 0, got {delta!r}")
+    d_max = float(delta)
+    name = f"huber(delta={delta})"
+
+    def value_and_grad(pred, target):
+        _check_pair(pred, target, name)
+        diff = pred - target
+        size = diff.abs()
+        value = (diff * diff * 0.5).where(size < d_max, (size - 0.5 * d_max) * d_max).mean()
+        return value, diff.clamp_(-d_max, d_max).div_(diff.numel())
+
+    return Loss(_value_only(value_and_grad), value_and_grad)
+
+
+def bce_with_logits_value_and_grad(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``mean(-t log sigmoid(x) - (1 - t) log(1 - sigmoid(x)))`` of logits ``x`` and target
+    probabilities ``t``, computed stably as ``max(x, 0) - x t + log(1 + exp(-|x|))``; gradient
+    ``(sigmoid(x) - t) / numel``."""
+    _check_pair(logits, target, "binary_cross_entropy_with_logits")
+    value = logits.clamp(min=0) - logits * target + logits.abs().neg_().exp_().log1p_()
+    return value.mean(), _sigmoid(logits).sub_(target).div_(logits.numel())
+
+
+binary_cross_entropy_with_logits = Loss(
+    _value_only(bce_with_logits_value_and_grad), bce_with_logits_value_and_grad
+)
+
+_INTEGER_DTYPES = {"torch.int64", "torch.int32", "torch.int16", "torch.int8", "torch.uint8"}
+
+
+def _check_labels(logits, labels, name: str) -> None:
+    """Logits (N, K) of floats; labels (N,) of integers in [0, K) on the same device."""
+    check_tensor(logits, name, "logits")
+    if logits.dim() != 2 or 0 in logits.shape:
+        raise ValueError(f"{name}: expected logits of shape (N, K), got {tuple(logits.shape)}")
+    n, k = logits.shape
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name}: labels must be a Tensor, got {type(labels).__name__}")
+    if str(labels.dtype) not in _INTEGER_DTYPES:
+        raise TypeError(
+            f"{name}: labels must be integer class indices, got dtype {labels.dtype} "
+            f"(labels shape {tuple(labels.shape)}, logits shape {tuple(logits.shape)})"
+        )
+    if tuple(labels.shape) != (n,):
+        raise ValueError(
+            f"{name}: labels must have shape ({n},) for logits of shape {(n, k)}, "
+            f"got {tuple(labels.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"{name}: labels are on {labels.device}, logits on {logits.device}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= k:
+        raise ValueError(
+            f"{name}: labels must be in [0, {k}) for logits of shape {(n, k)}, "
+            f"got values in [{low}, {high}]"
+        )
+
+
+def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
+    """Cross-entropy of logits ``z`` (N, K) and labels ``y`` (N,), as
+    ``torch.nn.functional.cross_entropy(z, y, label_smoothing=eps)``: with the smoothed target
+    ``q = (1 - eps) onehot(y) + eps / K``, ``mean_n(-sum_k q[n, k] log_softmax(z)[n, k])``;
+    gradient ``(softmax(z) - q) / N``. Stable for any finite logits."""
+    eps = label_smoothing
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {eps!r}")
+    name = "cross_entropy" if eps == 0 else f"cross_entropy_with(label_smoothing={eps})"
+
+    def value_and_grad(logits, labels):
+        _check_labels(logits, labels, name)
+        n, k = logits.shape
+        log_p = log_softmax_of(logits, 1)
+        target = logits.new_full((n, k), eps / k)
+        target.scatter_(1, labels.view(n, 1).long(), 1 - eps + eps / k)
+        value = (target * log_p).sum().neg_().div_(n)
+        return value, log_p.exp_().sub_(target).div_(n)
+
+    return Loss(_value_only(value_and_grad), value_and_grad)
+
+
+cross_entropy = cross_entropy_with(0.0)

@@ -22,12 +22,19 @@ and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 from torch import Generator, Tensor, empty
 
 from . import optim, tree
-from .activations import relu, sigmoid
+from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
 from .base import Layer, pull
 from .combinators import serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
-from .layers import batch_norm2d, dropout
-from .losses import Loss, mse
+from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
+from .losses import (
+    Loss,
+    binary_cross_entropy_with_logits,
+    cross_entropy_with,
+    huber,
+    l1,
+    mse,
+)
 from .stateful import StatefulLayer, lift
 
 
@@ -180,8 +187,8 @@ def _replace_leaves(d: dict, fn) -> None:
 class _WeightBias(Module):
     """A block whose params are ``{"weight", "bias"}``, exposed as attributes like torch.nn's."""
 
-    def __init__(self, layer, in_channels, generator, description):
-        _, params, state = lift(layer).init(generator, (-1, in_channels, -1, -1))
+    def __init__(self, layer, in_channels, generator, description, in_shape=None):
+        _, params, state = lift(layer).init(generator, in_shape or (-1, in_channels, -1, -1))
         super().__init__(layer, params, state=state)
         self._description = description
 
@@ -294,6 +301,26 @@ class Upsampling(_WeightBias):
         )
 
 
+class Linear(_WeightBias):
+    """``torch.nn.Linear``-like block on (N, *, in_features); ``weight`` [out, in],
+    ``bias`` [out]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        generator: Generator | None = None,
+    ):
+        super().__init__(
+            dense(out_features, bias),
+            in_features,
+            generator,
+            _options(in_features=in_features, out_features=out_features, bias=bias),
+            in_shape=(-1, in_features),
+        )
+
+
 class NearestUpsampling(Module):
     def __init__(self, scale_factor=2):
         super().__init__(nearest_upsample(scale_factor), {})
@@ -307,6 +334,87 @@ class ReLU(Module):
 class Sigmoid(Module):
     def __init__(self):
         super().__init__(sigmoid(), {})
+
+
+class _Parameterless(Module):
+    """A block without parameters around ``layer``, described by its options."""
+
+    def __init__(self, layer: Layer, description: str = ""):
+        super().__init__(layer, {})
+        self._description = description
+
+    def layer_description(self):
+        return self._description
+
+
+class Flatten(_Parameterless):
+    """``torch.nn.Flatten()``: (N, C, H, W) -> (N, C*H*W) in PyTorch's order."""
+
+    def __init__(self):
+        super().__init__(flatten())
+
+
+class MaxPool2d(_Parameterless):
+    """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0)``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(
+            max_pool2d(kernel_size, stride, padding),
+            _options(kernel_size=kernel_size, stride=stride, padding=padding),
+        )
+
+
+class AvgPool2d(_Parameterless):
+    """``torch.nn.AvgPool2d(kernel_size, stride=None, padding=0)`` (``count_include_pad``)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(
+            avg_pool2d(kernel_size, stride, padding),
+            _options(kernel_size=kernel_size, stride=stride, padding=padding),
+        )
+
+
+class LeakyReLU(_Parameterless):
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__(leaky_relu(negative_slope), _options(negative_slope=negative_slope))
+
+
+class Tanh(_Parameterless):
+    def __init__(self):
+        super().__init__(tanh())
+
+
+class GELU(_Parameterless):
+    """The exact (erf) GELU; ``approximate="tanh"`` is not provided."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate != "none":
+            raise ValueError(f"GELU: only approximate='none' is provided, got {approximate!r}")
+        super().__init__(gelu())
+
+
+class ELU(_Parameterless):
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(elu(alpha), _options(alpha=alpha))
+
+
+class Softplus(_Parameterless):
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__(softplus(beta, threshold), _options(beta=beta, threshold=threshold))
+
+
+class LogSoftmax(_Parameterless):
+    """``torch.nn.LogSoftmax(dim)``."""
+
+    def __init__(self, dim: int):
+        super().__init__(log_softmax(dim), _options(dim=dim))
+
+
+class Softmax(_Parameterless):
+    """``torch.nn.Softmax(dim)``."""
+
+    def __init__(self, dim: int):
+        super().__init__(softmax(dim), _options(dim=dim))
 
 
 class BatchNorm2d(_WeightBias):
@@ -432,6 +540,35 @@ class MSE(LossModule):
 
     def __init__(self):
         super().__init__(mse, "MSE")
+
+
+class L1Loss(LossModule):
+    """Mean absolute error, ``mean|pred - target|``."""
+
+    def __init__(self):
+        super().__init__(l1, "L1Loss")
+
+
+class HuberLoss(LossModule):
+    """``torch.nn.HuberLoss(delta=1.0)``."""
+
+    def __init__(self, delta: float = 1.0):
+        super().__init__(huber(delta), "HuberLoss")
+
+
+class BCEWithLogitsLoss(LossModule):
+    """``torch.nn.BCEWithLogitsLoss()``: ``forward(logits, target_probabilities)``."""
+
+    def __init__(self):
+        super().__init__(binary_cross_entropy_with_logits, "BCEWithLogitsLoss")
+
+
+class CrossEntropyLoss(LossModule):
+    """``torch.nn.CrossEntropyLoss(label_smoothing=0.0)``: ``forward(logits, labels)`` with
+    logits (N, K) and integer labels (N,); ``backward()`` is the gradient wrt the logits."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__(cross_entropy_with(label_smoothing), "CrossEntropyLoss")
 
 
 class Optimizer:

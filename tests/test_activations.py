@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import autograd_vjp, randn, rel_err
 
 import n2nfunc as nf
@@ -44,3 +45,121 @@ def test_layout_is_kept():
     x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     for layer in (nf.relu(), nf.sigmoid()):
         assert layer.apply({}, x).is_contiguous(memory_format=torch.channels_last)
+
+
+NEW = [
+    (nf.leaky_relu(), lambda t: F.leaky_relu(t)),
+    (nf.leaky_relu(0.2), lambda t: F.leaky_relu(t, 0.2)),
+    (nf.leaky_relu(-1.5), lambda t: F.leaky_relu(t, -1.5)),
+    (nf.tanh(), torch.tanh),
+    (nf.gelu(), lambda t: F.gelu(t)),
+    (nf.elu(), lambda t: F.elu(t)),
+    (nf.elu(0.3), lambda t: F.elu(t, 0.3)),
+    (nf.softplus(), lambda t: F.softplus(t)),
+    (nf.softplus(2.0, 5.0), lambda t: F.softplus(t, 2.0, 5.0)),
+    (nf.softplus(0.5, 1.0), lambda t: F.softplus(t, 0.5, 1.0)),
+    (nf.log_softmax(), lambda t: F.log_softmax(t, 1)),
+    (nf.log_softmax(axis=-1), lambda t: F.log_softmax(t, -1)),
+    (nf.log_softmax(axis=0), lambda t: F.log_softmax(t, 0)),
+    (nf.softmax(), lambda t: F.softmax(t, 1)),
+    (nf.softmax(axis=3), lambda t: F.softmax(t, 3)),
+    (nf.softmax(axis=-2), lambda t: F.softmax(t, -2)),
+]
+
+
+@pytest.mark.parametrize("layer,ref", NEW)
+@pytest.mark.parametrize("shape", [(1, 3, 1, 5), (3, 4, 5, 7)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_new_activations_match_torch(layer, ref, shape, dtype, tol):
+    x = randn(*shape, dtype=dtype) * 4
+    x.view(-1)[:3] = 0.0  # the kinks of leaky_relu / elu, where PyTorch picks a subgradient
+    y, pullback = layer.vjp({}, x)
+    ct = torch.randn_like(y)
+    y_ref, (g,) = autograd_vjp(ref, [x], ct)
+    assert rel_err(y, y_ref) <= tol and rel_err(layer.apply({}, x), y_ref) <= tol
+    params_grad, dx = pullback(ct)
+    assert params_grad == {} and rel_err(dx, g) <= tol
+
+
+@pytest.mark.parametrize("layer,ref", [lr for lr in NEW if lr[0] is not NEW[14][0]])
+def test_new_activations_on_2d_inputs_and_layout(layer, ref):
+    x = randn(4, 6)  # (softmax along axis 3 is left out: a 2-d input has no axis 3)
+    assert rel_err(layer.apply({}, x), ref(x)) <= 1e-10
+    xc = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    assert rel_err(layer.apply({}, xc), ref(xc)) <= 1e-5
+    assert layer.apply({}, xc).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nf.leaky_relu(0.1),
+        nf.tanh(),
+        nf.gelu(),
+        nf.elu(0.7),
+        nf.softplus(),
+        nf.softplus(3.0, 2.0),
+        nf.log_softmax(),
+        nf.softmax(),
+        nf.softmax(axis=-1),
+    ],
+)
+def test_new_activations_check_vjp(layer):
+    x = randn(2, 3, 3, 2, seed=4) * 2
+    x[x.abs() < 0.05] = 0.5  # keep away from kinks
+    nf.check_vjp(layer, {}, x)
+
+
+def test_softplus_threshold_follows_torch():
+    x = torch.tensor([-30.0, -1.0, 0.0, 9.99, 10.0, 10.01, 19.0, 20.0, 21.0], dtype=torch.float64)
+    for beta, threshold in [(1.0, 20.0), (2.0, 20.0), (1.0, 10.0)]:
+        layer = nf.softplus(beta, threshold)
+        y, pullback = layer.vjp({}, x)
+        ct = torch.randn_like(x)
+        y_ref, (g,) = autograd_vjp(lambda t, b=beta, th=threshold: F.softplus(t, b, th), [x], ct)
+        assert rel_err(y, y_ref) <= 1e-15 and rel_err(pullback(ct)[1], g) <= 1e-15
+    with pytest.raises(ValueError, match="softplus: beta must be > 0"):
+        nf.softplus(0.0)
+
+
+@pytest.mark.parametrize(
+    "layer,ref", [(nf.log_softmax(), F.log_softmax), (nf.softmax(), F.softmax)]
+)
+def test_softmaxes_are_stable_for_huge_logits(layer, ref):
+    x = torch.tensor([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [3e4, 3e4, -2.0]], dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        xd = x.to(dtype)
+        y, pullback = layer.vjp({}, xd)
+        ct = torch.randn_like(y)
+        y_ref, (g,) = autograd_vjp(lambda t: ref(t, 1), [xd], ct)
+        assert torch.isfinite(y).all() and torch.isfinite(pullback(ct)[1]).all()
+        assert rel_err(y, y_ref) <= 1e-6 and rel_err(pullback(ct)[1], g) <= 1e-6
+
+
+def test_kinks_take_pytorchs_subgradient():
+    x = torch.zeros(1, 1, 1, 3, dtype=torch.float64)
+    ct = torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64).view(1, 1, 1, 3)
+    for layer, ref in [
+        (nf.leaky_relu(0.3), lambda t: F.leaky_relu(t, 0.3)),
+        (nf.elu(2.0), lambda t: F.elu(t, 2.0)),
+    ]:
+        _, pullback = layer.vjp({}, x)
+        assert torch.equal(pullback(ct)[1], autograd_vjp(ref, [x], ct)[1][0])
+
+
+def test_bad_axes_and_inputs_are_refused():
+    with pytest.raises(
+        ValueError, match=r"log_softmax\(axis=2\): axis 2 is out of range for input shape \(4, 6\)"
+    ):
+        nf.log_softmax(axis=2).apply({}, torch.randn(4, 6))
+    with pytest.raises(ValueError, match=r"softmax\(axis=-3\): axis -3 is out of range"):
+        nf.softmax(axis=-3).vjp({}, torch.randn(4, 6))
+    with pytest.raises(TypeError, match=r"softmax\(axis=1.0\): axis must be an int"):
+        nf.softmax(axis=1.0)
+    with pytest.raises(TypeError, match=r"gelu: input must be floating point.*\(2, 2\)"):
+        nf.gelu().apply({}, torch.ones(2, 2, dtype=torch.int64))
+    _, pullback = nf.tanh().vjp({}, torch.randn(2, 3))
+    with pytest.raises(
+        ValueError, match=r"tanh: output gradient must have the output's shape \(2, 3\)"
+    ):
+        pullback(torch.randn(3))

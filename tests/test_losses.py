@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from helpers import autograd_vjp, rel_err
 
+import n2nfunc as nf
 from n2nfunc import mse
 
 
@@ -24,3 +25,176 @@ def test_mse_rejects_mismatched_shapes_instead_of_broadcasting():
         mse(torch.rand(2, 3), torch.rand(3))
     with pytest.raises(TypeError, match="differ in dtype"):
         mse(torch.rand(2, 3), torch.rand(2, 3, dtype=torch.float64))
+
+
+def _check_loss(loss, ref, pred, target, tol):
+    value, grad = loss.value_and_grad(pred, target)
+    ref_value, (g,) = autograd_vjp(
+        lambda p: ref(p, target), [pred], torch.tensor(1.0, dtype=pred.dtype)
+    )
+    assert value.shape == () and rel_err(value, ref_value) <= tol
+    assert (
+        rel_err(loss(pred, target), ref_value) <= tol
+        and rel_err(loss.value(pred, target), ref_value) <= tol
+    )
+    assert grad.shape == pred.shape and rel_err(grad, g) <= tol
+
+
+ELEMENTWISE = [
+    (nf.l1, F.l1_loss),
+    (nf.huber(), F.huber_loss),
+    (nf.huber(0.3), lambda p, t: F.huber_loss(p, t, delta=0.3)),
+    (nf.huber(2.5), lambda p, t: F.huber_loss(p, t, delta=2.5)),
+    (nf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits),
+]
+
+
+@pytest.mark.parametrize("loss,ref", ELEMENTWISE)
+@pytest.mark.parametrize("shape", [(1,), (5, 3), (2, 3, 4, 5)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_elementwise_losses_match_torch(loss, ref, shape, dtype, tol):
+    pred = torch.randn(shape, dtype=dtype) * 3
+    target = (
+        torch.rand(shape, dtype=dtype)
+        if ref is F.binary_cross_entropy_with_logits
+        else torch.randn(shape, dtype=dtype)
+    )
+    _check_loss(loss, ref, pred, target, tol)
+
+
+def test_elementwise_losses_at_their_kinks_match_torch():
+    target = torch.tensor([0.0, 1.0, -1.0, 2.0, 0.5], dtype=torch.float64)
+    pred = target + torch.tensor([0.0, 1.0, -1.0, 0.3, 1.0000001], dtype=torch.float64)
+    for loss, ref in ELEMENTWISE[:2]:
+        _check_loss(loss, ref, pred, target, 1e-15)
+
+
+def test_binary_cross_entropy_with_logits_is_stable():
+    x = torch.tensor([-1e4, -100.0, 0.0, 100.0, 1e4], dtype=torch.float64)
+    t = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0], dtype=torch.float64)
+    _check_loss(
+        nf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, t, 1e-12
+    )
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("n,k", [(1, 2), (5, 7), (16, 10)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_cross_entropy_matches_torch(smoothing, n, k, dtype, tol):
+    logits = torch.randn(n, k, dtype=dtype) * 3
+    labels = torch.randint(0, k, (n,))
+    loss = nf.cross_entropy if smoothing == 0 else nf.cross_entropy_with(smoothing)
+    _check_loss(
+        loss, lambda z, y: F.cross_entropy(z, y, label_smoothing=smoothing), logits, labels, tol
+    )
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_is_stable_for_huge_logits(smoothing):
+    logits = torch.tensor(
+        [[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0], [1e4, 1e4, -1e4], [-1e4, -1e4, -1e4]]
+    )
+    labels = torch.tensor([1, 1, 0, 2])
+    for dtype in (torch.float64, torch.float32):
+        z = logits.to(dtype)
+        value, grad = nf.cross_entropy_with(smoothing).value_and_grad(z, labels)
+        assert torch.isfinite(value) and torch.isfinite(grad).all()
+        _check_loss(
+            nf.cross_entropy_with(smoothing),
+            lambda a, y: F.cross_entropy(a, y, label_smoothing=smoothing),
+            z,
+            labels,
+            1e-6,
+        )
+
+
+def test_cross_entropy_accepts_int32_labels():
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 2])
+    assert nf.cross_entropy(logits, labels.int()) == nf.cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize(
+    "logits,labels,error,pattern",
+    [
+        (
+            torch.randn(4, 3),
+            torch.tensor([0, 1, 2, 3]),
+            ValueError,
+            r"cross_entropy: labels must be in \[0, 3\) for logits of shape \(4, 3\), "
+            r"got values in \[0, 3\]",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.tensor([0, -1, 2, 1]),
+            ValueError,
+            r"labels must be in \[0, 3\).*\[-1, 2\]",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.tensor([0.0, 1.0, 2.0, 1.0]),
+            TypeError,
+            r"cross_entropy: labels must be integer class indices, got dtype torch.float32 "
+            r"\(labels shape \(4,\), logits shape \(4, 3\)\)",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.tensor([True, False, True, True]),
+            TypeError,
+            r"integer class indices, got dtype torch.bool",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.tensor([0, 1, 2]),
+            ValueError,
+            r"cross_entropy: labels must have shape \(4,\) for logits of shape \(4, 3\), "
+            r"got \(3,\)",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.zeros(4, 1, dtype=torch.int64),
+            ValueError,
+            r"must have shape \(4,\).*got \(4, 1\)",
+        ),
+        (
+            torch.randn(4, 3, 2),
+            torch.zeros(4, dtype=torch.int64),
+            ValueError,
+            r"expected logits of shape \(N, K\), got \(4, 3, 2\)",
+        ),
+        (
+            torch.randn(0, 3),
+            torch.zeros(0, dtype=torch.int64),
+            ValueError,
+            r"expected logits of shape \(N, K\), got \(0, 3\)",
+        ),
+        (
+            torch.ones(4, 3, dtype=torch.int64),
+            torch.zeros(4, dtype=torch.int64),
+            TypeError,
+            "logits must be floating point",
+        ),
+        (torch.randn(4, 3), [0, 1, 2, 0], TypeError, "labels must be a Tensor, got list"),
+    ],
+)
+def test_cross_entropy_rejects_bad_labels(logits, labels, error, pattern):
+    for loss in (nf.cross_entropy.value, nf.cross_entropy.value_and_grad):
+        with pytest.raises(error, match=pattern):
+            loss(logits, labels)
+    with pytest.raises(error, match=r"cross_entropy_with\(label_smoothing=0.2\)"):
+        nf.cross_entropy_with(0.2)(logits, labels)
+
+
+def test_bad_options_and_pairs_are_refused():
+    with pytest.raises(ValueError, match=r"huber: delta must be a number > 0, got 0"):
+        nf.huber(0)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.5"):
+        nf.cross_entropy_with(1.5)
+    with pytest.raises(
+        ValueError, match=r"l1: prediction shape \(2, 3\) does not match target shape \(3,\)"
+    ):
+        nf.l1(torch.rand(2, 3), torch.rand(3))
+    with pytest.raises(ValueError, match=r"huber\(delta=1.0\): prediction shape"):
+        nf.huber()(torch.rand(2, 3), torch.rand(2, 1))
+    with pytest.raises(TypeError, match="binary_cross_entropy_with_logits: .* differ in dtype"):
+        nf.binary_cross_entropy_with_logits(torch.rand(2), torch.rand(2, dtype=torch.float64))

@@ -6,15 +6,30 @@ import torch.nn.functional as F
 from helpers import rel_err
 
 from n2nfunc import (
+    ELU,
+    GELU,
     MSE,
     SGD,
     Adam,
+    AvgPool2d,
+    BCEWithLogitsLoss,
     Conv2d,
+    CrossEntropyLoss,
+    Flatten,
+    HuberLoss,
+    L1Loss,
+    LeakyReLU,
+    Linear,
+    LogSoftmax,
+    MaxPool2d,
     Module,
     NearestUpsampling,
     ReLU,
     Sequential,
     Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
     TransposeConv2d,
     Upsampling,
     conv2d,
@@ -203,3 +218,133 @@ def test_sgd_rejects_bad_params():
         SGD([torch.zeros(2)], lr=0.1)
     with pytest.raises(ValueError, match="SGD: lr"):
         SGD([], lr=-1)
+
+
+BLOCKS = [
+    (lambda: Flatten(), lambda: torch.nn.Flatten()),
+    (lambda: MaxPool2d(3, 2, 1), lambda: torch.nn.MaxPool2d(3, 2, 1)),
+    (lambda: MaxPool2d(2), lambda: torch.nn.MaxPool2d(2)),
+    (lambda: AvgPool2d((3, 2), 1, (1, 0)), lambda: torch.nn.AvgPool2d((3, 2), 1, (1, 0))),
+    (lambda: LeakyReLU(0.2), lambda: torch.nn.LeakyReLU(0.2)),
+    (lambda: Tanh(), lambda: torch.nn.Tanh()),
+    (lambda: GELU(), lambda: torch.nn.GELU()),
+    (lambda: ELU(0.5), lambda: torch.nn.ELU(0.5)),
+    (lambda: Softplus(2.0, 3.0), lambda: torch.nn.Softplus(2.0, 3.0)),
+    (lambda: LogSoftmax(1), lambda: torch.nn.LogSoftmax(1)),
+    (lambda: Softmax(dim=-1), lambda: torch.nn.Softmax(dim=-1)),
+]
+
+
+@pytest.mark.parametrize("ours,ref", BLOCKS)
+def test_parameterless_wrappers_match_torch_nn(ours, ref):
+    block, torch_block = ours(), ref()
+    assert block.param() == []
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_()
+        y_ref = torch_block(xr)
+        ct = torch.randn_like(y_ref)
+        y_ref.backward(ct)
+    assert rel_err(block.forward(x), y_ref.detach()) <= 1e-10
+    assert rel_err(block.backward(ct), xr.grad) <= 1e-10
+
+
+def test_linear_same_seed_same_weights_and_backward_like_torch():
+    torch.manual_seed(5)
+    lin = Linear(6, 4)
+    torch.manual_seed(5)
+    ref = torch.nn.Linear(6, 4)
+    assert torch.equal(lin.weight, ref.weight) and torch.equal(lin.bias, ref.bias)
+    assert Linear(6, 4, bias=False).bias is None
+    assert repr(lin) == "Linear(in_features=6, out_features=4, bias=True)"
+    xs = [torch.randn(3, 6), torch.randn(2, 5, 6)]
+    with torch.enable_grad():
+        for x in xs:
+            xr = x.clone().requires_grad_()
+            y_ref = ref(xr)
+            ct = torch.randn_like(y_ref)
+            y_ref.backward(ct)
+            assert rel_err(lin(x), y_ref.detach()) <= 1e-5
+            assert rel_err(lin.backward(ct), xr.grad) <= 1e-5
+    (w, gw), (b, gb) = lin.param()
+    assert w is lin.weight and rel_err(gw, ref.weight.grad) <= 1e-5
+    assert rel_err(gb, ref.bias.grad) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "ours,ref,target",
+    [
+        (lambda: CrossEntropyLoss(), lambda: torch.nn.CrossEntropyLoss(), "labels"),
+        (
+            lambda: CrossEntropyLoss(label_smoothing=0.2),
+            lambda: torch.nn.CrossEntropyLoss(label_smoothing=0.2),
+            "labels",
+        ),
+        (lambda: L1Loss(), lambda: torch.nn.L1Loss(), "values"),
+        (lambda: HuberLoss(0.5), lambda: torch.nn.HuberLoss(delta=0.5), "values"),
+        (lambda: BCEWithLogitsLoss(), lambda: torch.nn.BCEWithLogitsLoss(), "probabilities"),
+    ],
+)
+def test_loss_wrappers_match_torch_nn(ours, ref, target):
+    loss, torch_loss = ours(), ref()
+    pred = torch.randn(6, 5, dtype=torch.float64)
+    y = {
+        "labels": torch.randint(0, 5, (6,)),
+        "values": torch.randn(6, 5, dtype=torch.float64),
+        "probabilities": torch.rand(6, 5, dtype=torch.float64),
+    }[target]
+    with torch.enable_grad():
+        pr = pred.clone().requires_grad_()
+        value_ref = torch_loss(pr, y)
+        value_ref.backward()
+    assert rel_err(loss.forward(pred, y), value_ref.detach()) <= 1e-10
+    assert rel_err(loss.backward(), pr.grad) <= 1e-10
+    assert loss.param() == []
+
+
+def test_gelu_tanh_approximation_is_refused():
+    with pytest.raises(ValueError, match="GELU: only approximate='none'"):
+        GELU("tanh")
+
+
+def test_a_cnn_classifier_trains_like_torch_nn():
+    """conv, LeakyReLU, max-pool, flatten, Linear, Tanh, Linear, cross-entropy and SGD,
+    three steps in float64 from the same weights: the same losses, gradients and weights."""
+    torch.manual_seed(0)
+    net = Sequential(
+        Conv2d(2, 4, 3, padding=1),
+        LeakyReLU(0.1),
+        MaxPool2d(2),
+        Flatten(),
+        Linear(4 * 3 * 4, 8),
+        Tanh(),
+        Linear(8, 3),
+    ).to(dtype=torch.float64)
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 3 * 4, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 3),
+    ).double()
+    for p, q in zip(net.state_dict().values(), ref.parameters()):
+        assert torch.equal(p, q.detach())
+    loss, opt = CrossEntropyLoss(), SGD(net.param(), lr=0.3, momentum=0.9)
+    ref_loss, ref_opt = torch.nn.CrossEntropyLoss(), torch.optim.SGD(ref.parameters(), 0.3, 0.9)
+    for _ in range(3):
+        x, y = torch.randn(5, 2, 7, 9, dtype=torch.float64), torch.randint(0, 3, (5,))
+        value = loss.forward(net.forward(x), y)
+        opt.zero_grad()
+        net.backward(loss.backward(), input_grad=False)
+        opt.step()
+        with torch.enable_grad():
+            value_ref = ref_loss(ref(x), y)
+            ref_opt.zero_grad()
+            value_ref.backward()
+            ref_opt.step()
+        assert rel_err(value, value_ref.detach()) <= 1e-10
+    for p, q in zip(net.state_dict().values(), ref.parameters()):
+        assert rel_err(p, q.detach()) <= 1e-10

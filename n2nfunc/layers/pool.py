@@ -1,0 +1,183 @@
+"""Pooling layers: ``max_pool2d``, ``avg_pool2d``, ``global_avg_pool``.
+
+Windows are one strided view of the padded channels-last input (:func:`n2nfunc.nhwc.windows`)
+reduced over the kernel axes; no loop over pixels.
+"""
+
+from torch import Tensor, arange
+
+from ..base import (
+    Layer,
+    apply_via_vjp,
+    check_cotangent,
+    check_image,
+    check_params,
+    image_shape,
+    pair,
+)
+from ..conv import _conv_out, _describe, _sizes
+from ..nhwc import to_nchw, to_nhwc, windows
+
+
+def _options(kind: str, kernel_size, stride, padding):
+    """Name, kernel, stride (the kernel by default) and padding of a pooling layer; like
+    PyTorch, padding may be at most half the kernel, so every window holds an input pixel."""
+    name = _describe(kind, kernel_size=kernel_size, stride=stride, padding=padding)
+    k = pair(kernel_size, "kernel_size", name)
+    s = k if stride is None else pair(stride, "stride", name)
+    p = pair(padding, "padding", name, minimum=0)
+    if any(pi > ki // 2 for pi, ki in zip(p, k)):
+        raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
+    return name, k, s, p
+
+
+def _padded(xh: Tensor, p: tuple[int, int], value: float) -> Tensor:
+    """The NHWC tensor ``xh`` with ``p`` rows / columns of ``value`` on each side."""
+    if p == (0, 0):
+        return xh
+    n, h, w, c = xh.shape
+    out = xh.new_full((n, h + 2 * p[0], w + 2 * p[1], c), value)
+    out[:, p[0] : p[0] + h, p[1] : p[1] + w].copy_(xh)
+    return out
+
+
+def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, backward):
+    """A pooling layer over the (N, Ho, Wo, kh, kw, C) window view of the input padded with
+    ``pad_value``: ``reduce(windows) -> y`` (NHWC), ``reduce_saving(windows) -> (y, saved)``
+    and ``backward(g, saved, padded_shape, kernel, stride) -> dxp`` (wrt the padded input)."""
+    name, k, s, p = _options(kind, kernel_size, stride, padding)
+
+    def out_size(dim, size):
+        i = "HW".index(dim)
+        return _conv_out(size, k[i], s[i], p[i], 1)
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        ho, wo = _sizes((n, c, h, w), out_size, name)
+        return (n, c, ho, wo), {}
+
+    def window_view(params, x):
+        check_params(params, name, {})
+        check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
+        out_hw = _sizes(x.shape, out_size, name)
+        xp = _padded(to_nhwc(x), p, pad_value)
+        return xp, windows(xp, k, s, (1, 1), out_hw)
+
+    def apply(params, x):
+        return to_nchw(reduce(window_view(params, x)[1]))
+
+    def vjp(params, x):
+        xp, win = window_view(params, x)
+        y_h, saved = reduce_saving(win)
+        y = to_nchw(y_h)
+        h, w = x.shape[2:]
+
+        def pullback(ct):
+            g = to_nhwc(check_cotangent(ct, y, name))
+            dxp = backward(g, saved, xp.shape, k, s)
+            return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
+
+        return y, pullback
+
+    return Layer(init, apply, vjp)
+
+
+def _max(win: Tensor) -> Tensor:
+    return win.amax((3, 4))
+
+
+def _max_saving_index(win: Tensor):
+    """Max over each window and the flat index (row-major in the window) of its first maximum."""
+    n, ho, wo, kh, kw, c = win.shape
+    return win.reshape(n, ho, wo, kh * kw, c).max(3)
+
+
+def _max_backward(g: Tensor, index: Tensor, padded_shape, k, s) -> Tensor:
+    """Scatter-add each output gradient onto the input pixel that was its window's maximum."""
+    n, hp, wp, c = padded_shape
+    _, ho, wo, _ = g.shape
+    rows = arange(ho, device=g.device).mul_(s[0]).view(1, ho, 1, 1) + index // k[1]
+    cols = arange(wo, device=g.device).mul_(s[1]).view(1, 1, wo, 1) + index % k[1]
+    flat = rows.mul_(wp).add_(cols).view(n, ho * wo, c)
+    dxp = g.new_zeros(n, hp * wp, c)
+    dxp.scatter_add_(1, flat, g.reshape(n, ho * wo, c))
+    return dxp.view(n, hp, wp, c)
+
+
+def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
+    """2-d max pooling, as ``torch.nn.functional.max_pool2d`` (padding counts as -inf):
+    ``y[n, c, i, j] = max_{a, b} x[n, c, s*i - p + a, s*j - p + b]``, stride = kernel by default.
+
+    The gradient of each output goes to the first maximum of its window in row-major order,
+    as in PyTorch; overlapping windows add up.
+    """
+    return _pool(
+        "max_pool2d",
+        kernel_size,
+        stride,
+        padding,
+        float("-inf"),
+        _max,
+        _max_saving_index,
+        _max_backward,
+    )
+
+
+def _mean(win: Tensor) -> Tensor:
+    """Mean over each window, padding included (``count_include_pad=True``)."""
+    return win.sum((3, 4)).div_(win.shape[3] * win.shape[4])
+
+
+def _avg_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
+    """Every pixel of a window gets ``g / (kh kw)``: one strided add per kernel offset."""
+    n, hp, wp, c = padded_shape
+    _, ho, wo, _ = g.shape
+    share = g / (k[0] * k[1])
+    dxp = g.new_zeros(n, hp, wp, c)
+    for a in range(k[0]):
+        for b in range(k[1]):
+            dxp[:, a : a + s[0] * (ho - 1) + 1 : s[0], b : b + s[1] * (wo - 1) + 1 : s[1]].add_(
+                share
+            )
+    return dxp
+
+
+def avg_pool2d(kernel_size, stride=None, padding=0) -> Layer:
+    """2-d average pooling, as ``torch.nn.functional.avg_pool2d`` (zero padding counted in the
+    mean, PyTorch's default): ``y[n, c, i, j] = mean_{a, b} x[n, c, s*i - p + a, s*j - p + b]``,
+    stride = kernel by default.
+    """
+    return _pool(
+        "avg_pool2d",
+        kernel_size,
+        stride,
+        padding,
+        0.0,
+        _mean,
+        lambda win: (_mean(win), None),
+        _avg_backward,
+    )
+
+
+def global_avg_pool() -> Layer:
+    """``(N, C, H, W) -> (N, C)``, the mean over each channel's pixels
+    (``adaptive_avg_pool2d(x, 1)`` flattened); ``dx[n, c, h, w] = g[n, c] / (H W)``."""
+    name = "global_avg_pool"
+
+    def init(generator, in_shape):
+        n, c, _, _ = image_shape(in_shape, name)
+        return (n, c), {}
+
+    def vjp(params, x):
+        check_params(params, name, {})
+        check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
+        n, c, h, w = x.shape
+        y = x.mean((2, 3))
+
+        def pullback(ct):
+            share = check_cotangent(ct, y, name) / (h * w)
+            return {}, to_nchw(share.view(n, 1, 1, c).expand(n, h, w, c).contiguous())
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), vjp)

@@ -1,0 +1,188 @@
+"""Pooling layers against torch.nn.functional + autograd over a grid of geometries (ties
+included), against finite differences, and their errors."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import autograd_vjp, randn, rel_err
+
+import n2nfunc as nf
+
+TOL64, TOL32 = 1e-10, 1e-5
+
+
+def _compare(layer, ref, x, tol, ct=None):
+    y, pullback = layer.vjp({}, x)
+    ct = torch.randn(y.shape, dtype=y.dtype) if ct is None else ct
+    y_ref, (g,) = autograd_vjp(ref, [x], ct)
+    assert y.shape == y_ref.shape
+    assert rel_err(y, y_ref) <= tol
+    assert rel_err(layer.apply({}, x), y_ref) <= tol
+    params_grad, dx = pullback(ct)
+    assert params_grad == {} and dx.shape == x.shape
+    assert rel_err(dx, g) <= tol
+    return y, dx, g
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+POOL_GRID = [
+    (k, s, p, hw, n)
+    for k, s, p, (hw, n) in itertools.product(
+        [1, 2, 3, (3, 2), (2, 4)],
+        [None, 1, 2, (1, 3)],
+        [0, 1, (1, 0)],
+        [((7, 9), 1), ((8, 8), 3), ((5, 12), 2)],
+    )
+    if all(pi <= ki // 2 for pi, ki in zip(_pair(p), _pair(k)))
+]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("k,s,p,hw,n", POOL_GRID)
+def test_pools_match_torch_float64(kind, k, s, p, hw, n):
+    layer = (nf.max_pool2d if kind == "max" else nf.avg_pool2d)(k, s, p)
+    ref = F.max_pool2d if kind == "max" else F.avg_pool2d
+    _compare(layer, lambda t: ref(t, k, s, p), randn(n, 2, *hw), TOL64)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 1))])
+def test_pools_match_torch_float32(kind, k, s, p):
+    layer = (nf.max_pool2d if kind == "max" else nf.avg_pool2d)(k, s, p)
+    ref = F.max_pool2d if kind == "max" else F.avg_pool2d
+    _compare(layer, lambda t: ref(t, k, s, p), randn(2, 3, 9, 10, dtype=torch.float32), TOL32)
+
+
+@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
+@pytest.mark.parametrize("values", [1, 2, 3])
+def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values):
+    """Inputs full of ties (a constant image, or 2-3 distinct values): the gradient of each
+    window lands on its first maximum in row-major order, exactly as in PyTorch."""
+    x = torch.randint(0, values, (2, 3, 7, 8), generator=torch.Generator().manual_seed(1))
+    x = x.double()
+    ct = torch.randn(F.max_pool2d(x, k, s, p).shape, dtype=torch.float64)
+    _, dx, g = _compare(nf.max_pool2d(k, s, p), lambda t: F.max_pool2d(t, k, s, p), x, 0.0, ct)
+    assert torch.equal(dx, g)
+
+
+def test_max_pool_with_negative_inputs_ignores_the_padding():
+    x = -1 - torch.rand(1, 2, 5, 5, dtype=torch.float64)
+    _compare(nf.max_pool2d(3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), x, TOL64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 3, 5, 7), (4, 2, 6, 6)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, TOL64), (torch.float32, TOL32)])
+def test_global_avg_pool_matches_torch(shape, dtype, tol):
+    _compare(
+        nf.global_avg_pool(),
+        lambda t: F.adaptive_avg_pool2d(t, 1).flatten(1),
+        randn(*shape, dtype=dtype),
+        tol,
+    )
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nf.max_pool2d(2),
+        nf.max_pool2d(3, 1, 1),
+        nf.max_pool2d((3, 2), (2, 1), (1, 0)),
+        nf.avg_pool2d(2),
+        nf.avg_pool2d(3, 2, 1),
+        nf.avg_pool2d((2, 3), 1, (1, 1)),
+        nf.global_avg_pool(),
+    ],
+)
+def test_check_vjp_finite_differences(layer):
+    nf.check_vjp(layer, {}, randn(2, 2, 5, 6, seed=3))
+
+
+def test_init_shapes():
+    assert nf.max_pool2d(2).init(None, (4, 3, 8, 9)) == ((4, 3, 4, 4), {})
+    assert nf.avg_pool2d(3, 2, 1).init(None, (-1, 3, 7, -1)) == ((-1, 3, 4, -1), {})
+    assert nf.global_avg_pool().init(None, (-1, 5, -1, -1)) == ((-1, 5), {})
+    x = randn(2, 3, 7, 5)
+    for layer in (nf.max_pool2d((3, 2), (2, 1), (1, 1)), nf.avg_pool2d(2, 3)):
+        assert layer.init(None, tuple(x.shape))[0] == tuple(layer.apply({}, x).shape)
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    conv = nf.conv2d(4, 3, padding=1)
+    _, params = conv.init(torch.Generator().manual_seed(0), (2, 3, 8, 8))
+    x = conv.apply(params, randn(2, 3, 8, 8, dtype=torch.float32))  # channels-last memory
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    for layer, ref in [
+        (nf.max_pool2d(3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1)),
+        (nf.avg_pool2d(2), lambda t: F.avg_pool2d(t, 2)),
+        (nf.global_avg_pool(), lambda t: t.mean((2, 3))),
+    ]:
+        _compare(layer, ref, x, TOL32)
+        _compare(layer, ref, x[:, :, :, ::2], TOL32)
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: nf.max_pool2d(0), "kernel_size must be >= 1"),
+        (lambda: nf.avg_pool2d((2, -1)), "kernel_size must be >= 1"),
+        (lambda: nf.max_pool2d(2, stride=0), "stride must be >= 1"),
+        (lambda: nf.avg_pool2d(2, padding=-1), "padding must be >= 0"),
+        (lambda: nf.max_pool2d(3, padding=2), r"padding \(2, 2\) must be at most half"),
+        (lambda: nf.avg_pool2d((4, 2), padding=(1, 2)), "at most half the kernel size"),
+        (lambda: nf.max_pool2d(2.5), "kernel_size must be an int"),
+    ],
+)
+def test_constructors_reject_bad_options(make, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        make()
+
+
+@pytest.mark.parametrize(
+    "layer,x,error,pattern",
+    [
+        (nf.max_pool2d(2), torch.randn(3, 8, 8), ValueError, r"max_pool2d.*\(3, 8, 8\)"),
+        (
+            nf.avg_pool2d(2),
+            torch.randn(2, 3, 4, 4, 1),
+            ValueError,
+            r"avg_pool2d.*\(2, 3, 4, 4, 1\)",
+        ),
+        (nf.global_avg_pool(), torch.randn(2, 3), ValueError, r"global_avg_pool.*\(2, 3\)"),
+        (nf.max_pool2d(5), torch.randn(1, 2, 4, 9), ValueError, r"max_pool2d.*empty output"),
+        (nf.avg_pool2d(2), torch.zeros(2, 3, 4, 4, dtype=torch.int64), TypeError, "floating"),
+        (nf.max_pool2d(2), torch.randn(0, 3, 4, 4), ValueError, "empty batch"),
+    ],
+)
+def test_apply_rejects_bad_input(layer, x, error, pattern):
+    with pytest.raises(error, match=pattern):
+        layer.apply({}, x)
+    with pytest.raises(error, match=pattern):
+        layer.vjp({}, x)
+
+
+def test_init_rejects_bad_shapes_and_params():
+    with pytest.raises(ValueError, match=r"max_pool2d.*empty output"):
+        nf.max_pool2d(3).init(None, (1, 2, 2, 8))
+    with pytest.raises(ValueError, match=r"global_avg_pool: expected an input shape"):
+        nf.global_avg_pool().init(None, (2, 8))
+    with pytest.raises(ValueError, match=r"avg_pool2d.*expected parameters \[\]"):
+        nf.avg_pool2d(2).apply({"weight": torch.ones(1)}, torch.randn(1, 1, 4, 4))
+    _, pullback = nf.max_pool2d(2).vjp({}, torch.randn(1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"output gradient must have the output's shape"):
+        pullback(torch.randn(1, 1, 4, 4))
+
+
+@pytest.mark.cuda
+def test_pools_on_cuda():
+    x = torch.randn(2, 3, 9, 8)
+    for layer in (nf.max_pool2d(3, 2, 1), nf.avg_pool2d(2, 1, 1), nf.global_avg_pool()):
+        y, pullback = layer.vjp({}, x)
+        ct = torch.randn_like(y)
+        y2, pb2 = layer.vjp({}, x.cuda())
+        assert y2.is_cuda and rel_err(y2.cpu(), y) < 1e-6
+        assert rel_err(pb2(ct.cuda())[1].cpu(), pullback(ct)[1]) < 1e-6
