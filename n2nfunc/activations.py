@@ -58,12 +58,19 @@ def identity() -> Layer:
     return Layer(init, apply_via_vjp(vjp), vjp)
 
 
+def _number(value, what: str, layer: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{layer}: {what} must be a number, got {value!r}")
+    return float(value)
+
+
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``y = x`` for ``x > 0``, else ``negative_slope * x``; ``dx = ct`` or
     ``negative_slope * ct`` (the latter at ``x = 0``, like PyTorch)."""
-    a = float(negative_slope)
+    name = f"leaky_relu(negative_slope={negative_slope})"
+    a = _number(negative_slope, "negative_slope", name)
     return _elementwise(
-        f"leaky_relu(negative_slope={negative_slope})",
+        name,
         lambda x: x.where(x > 0, x * a),
         lambda x, y, ct: ct.where(x > 0, ct * a),
     )
@@ -98,9 +105,10 @@ def gelu() -> Layer:
 def elu(alpha: float = 1.0) -> Layer:
     """``y = x`` for ``x > 0``, else ``alpha (exp(x) - 1)``; ``dx = ct`` or
     ``ct (y + alpha)``."""
-    a = float(alpha)
+    name = f"elu(alpha={alpha})"
+    a = _number(alpha, "alpha", name)
     return _elementwise(
-        f"elu(alpha={alpha})",
+        name,
         lambda x: x.where(x > 0, x.expm1() * a),
         lambda x, y, ct: ct.where(x > 0, (y + a) * ct),
     )
@@ -109,9 +117,10 @@ def elu(alpha: float = 1.0) -> Layer:
 def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
     """``y = log(1 + exp(beta x)) / beta``, and ``y = x`` where ``beta x > threshold``
     (PyTorch's semantics); ``dx = ct * sigmoid(beta x)``, or ``ct`` past the threshold."""
-    b, t = float(beta), float(threshold)
+    name = f"softplus(beta={beta}, threshold={threshold})"
+    b, t = _number(beta, "beta", name), _number(threshold, "threshold", name)
     if b <= 0:
-        raise ValueError(f"softplus: beta must be > 0, got {beta!r}")
+        raise ValueError(f"{name}: beta must be > 0, got {beta!r}")
 
     def forward(x):
         bx = x * b
@@ -121,7 +130,7 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
         bx = x * b
         return ct.where(bx > t, _sigmoid(bx).mul_(ct))
 
-    return _elementwise(f"softplus(beta={beta}, threshold={threshold})", forward, derivative_times)
+    return _elementwise(name, forward, derivative_times)
 
 
 def _along(axis: int, name: str):

@@ -118,8 +118,14 @@ def test_softplus_threshold_follows_torch():
         ct = torch.randn_like(x)
         y_ref, (g,) = autograd_vjp(lambda t, b=beta, th=threshold: F.softplus(t, b, th), [x], ct)
         assert rel_err(y, y_ref) <= 1e-15 and rel_err(pullback(ct)[1], g) <= 1e-15
-    with pytest.raises(ValueError, match="softplus: beta must be > 0"):
+    with pytest.raises(ValueError, match=r"softplus\(beta=0.0, threshold=20.0\): beta must be > 0"):
         nf.softplus(0.0)
+    with pytest.raises(
+        TypeError, match=r"leaky_relu\(negative_slope=0.1\): negative_slope must be a number"
+    ):
+        nf.leaky_relu("0.1")
+    with pytest.raises(TypeError, match=r"elu\(alpha=None\): alpha must be a number"):
+        nf.elu(None)
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,12 @@ def test_apply_rejects_bad_input(layer, x, error, pattern):
         layer.vjp({}, x)
 
 
+def test_non_tensors_are_refused():
+    for layer in (nf.max_pool2d(2), nf.avg_pool2d(2), nf.global_avg_pool()):
+        with pytest.raises(TypeError, match="input must be a Tensor, got list"):
+            layer.apply({}, [[1.0, 2.0]])
+
+
 def test_init_rejects_bad_shapes_and_params():
     with pytest.raises(ValueError, match=r"max_pool2d.*empty output"):
         nf.max_pool2d(3).init(None, (1, 2, 2, 8))

@@ -12,6 +12,7 @@ from ..base import (
     check_cotangent,
     check_image,
     check_params,
+    check_tensor,
     image_shape,
     pair,
 )
@@ -58,6 +59,7 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
 
     def window_view(params, x):
         check_params(params, name, {})
+        check_tensor(x, name)
         check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
         out_hw = _sizes(x.shape, out_size, name)
         xp = _padded(to_nhwc(x), p, pad_value)
@@ -170,6 +172,7 @@ def global_avg_pool() -> Layer:
 
     def vjp(params, x):
         check_params(params, name, {})
+        check_tensor(x, name)
         check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
         n, c, h, w = x.shape
         y = x.mean((2, 3))

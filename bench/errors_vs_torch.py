@@ -1,0 +1,152 @@
+"""Worst float64 relative error of each layer and loss against PyTorch (forward and every
+gradient, random cotangents) over a grid of shapes and options.
+
+    python bench/errors_vs_torch.py
+
+The error of a result is max|ours - torch| / max|torch|, the measure the tests bound by 1e-10.
+"""
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+import n2nfunc as nf
+
+
+def err(a, b):
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
+
+
+def layer_error(layer, ref, x, params=None):
+    """Worst error of the output, the input gradient and each parameter gradient."""
+    params = params if params is not None else {}
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=y.dtype)
+    names = list(params)
+    with torch.enable_grad():
+        leaves = [t.clone().requires_grad_() for t in [x] + [params[k] for k in names]]
+        y_ref = ref(leaves[0], dict(zip(names, leaves[1:])))
+        grads = torch.autograd.grad(y_ref, leaves, ct)
+    ct_params, ct_x = pullback(ct)
+    errors = [err(y, y_ref.detach()), err(ct_x, grads[0])]
+    errors += [err(ct_params[k], g) for k, g in zip(names, grads[1:])]
+    return max(errors)
+
+
+def loss_error(loss, ref, pred, target):
+    value, grad = loss.value_and_grad(pred, target)
+    with torch.enable_grad():
+        p = pred.clone().requires_grad_()
+        v = ref(p, target)
+        (g,) = torch.autograd.grad(v, [p])
+    return max(err(value, v.detach()), err(grad, g))
+
+
+def randn(*shape):
+    return torch.randn(*shape, dtype=torch.float64)
+
+
+def main():
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    rows = {}
+
+    def record(name, e):
+        rows[name] = max(rows.get(name, 0.0), e)
+
+    for shape, out, bias in itertools.product([(1, 5), (4, 7), (3, 2, 5)], [1, 3], [True, False]):
+        layer = nf.dense(out, bias=bias)
+        _, params = layer.init(None, (-1,) + shape[1:])
+        params = {k: v.double() for k, v in params.items()}
+        record(
+            "dense",
+            layer_error(layer, lambda x, p: F.linear(x, *p.values()), randn(*shape), params),
+        )
+    for shape in [(1, 3), (2, 3, 4), (3, 2, 5, 7)]:
+        record("flatten", layer_error(nf.flatten(), lambda x, p: x.flatten(1), randn(*shape)))
+    for k, s, p, (hw, n) in itertools.product(
+        [1, 2, 3, (3, 2)], [None, 1, 2, (1, 3)], [0, 1, (1, 0)], [((7, 9), 1), ((8, 8), 3)]
+    ):
+        kk = (k, k) if isinstance(k, int) else k
+        pp = (p, p) if isinstance(p, int) else p
+        if any(pi > ki // 2 for pi, ki in zip(pp, kk)):
+            continue
+        x = randn(n, 2, *hw)
+        record(
+            "max_pool2d",
+            layer_error(nf.max_pool2d(k, s, p), lambda t, _: F.max_pool2d(t, k, s, p), x),
+        )
+        ties = torch.randint(0, 2, x.shape).double()
+        record(
+            "max_pool2d (ties)",
+            layer_error(nf.max_pool2d(k, s, p), lambda t, _: F.max_pool2d(t, k, s, p), ties),
+        )
+        record(
+            "avg_pool2d",
+            layer_error(nf.avg_pool2d(k, s, p), lambda t, _: F.avg_pool2d(t, k, s, p), x),
+        )
+    for shape in [(1, 1, 1, 1), (1, 3, 5, 7), (4, 2, 6, 6)]:
+        record(
+            "global_avg_pool",
+            layer_error(nf.global_avg_pool(), lambda t, _: t.mean((2, 3)), randn(*shape)),
+        )
+    activations = [
+        ("leaky_relu", nf.leaky_relu(0.2), lambda t: F.leaky_relu(t, 0.2)),
+        ("tanh", nf.tanh(), torch.tanh),
+        ("gelu", nf.gelu(), F.gelu),
+        ("elu", nf.elu(0.7), lambda t: F.elu(t, 0.7)),
+        ("softplus", nf.softplus(), F.softplus),
+        ("log_softmax", nf.log_softmax(), lambda t: F.log_softmax(t, 1)),
+        ("softmax", nf.softmax(), lambda t: F.softmax(t, 1)),
+    ]
+    for (name, layer, ref), shape in itertools.product(activations, [(1, 3, 1, 5), (3, 4, 5, 7)]):
+        record(name, layer_error(layer, lambda t, _, ref=ref: ref(t), randn(*shape) * 4))
+    for name, layer, ref in activations[-2:]:
+        huge = torch.tensor([[1e4, -1e4, 0.0], [3e4, 3e4, -2.0]], dtype=torch.float64)
+        record(name, layer_error(layer, lambda t, _, ref=ref: ref(t), huge))
+    for shape in [(1,), (5, 3), (2, 3, 4, 5)]:
+        pred, target, probs = (
+            randn(*shape) * 3,
+            randn(*shape),
+            torch.rand(shape, dtype=torch.float64),
+        )
+        record("l1", loss_error(nf.l1, F.l1_loss, pred, target))
+        for delta in (0.3, 1.0, 2.5):
+            record(
+                "huber",
+                loss_error(
+                    nf.huber(delta), lambda a, b, d=delta: F.huber_loss(a, b, delta=d), pred, target
+                ),
+            )
+        record(
+            "binary_cross_entropy_with_logits",
+            loss_error(
+                nf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, pred, probs
+            ),
+        )
+    for eps, (n, k) in itertools.product([0.0, 0.1, 0.5], [(1, 2), (5, 7), (16, 10)]):
+        z, labels = randn(n, k) * 3, torch.randint(0, k, (n,))
+        name = "cross_entropy" if eps == 0 else "cross_entropy_with"
+        record(
+            name,
+            loss_error(
+                nf.cross_entropy_with(eps),
+                lambda a, b, e=eps: F.cross_entropy(a, b, label_smoothing=e),
+                z,
+                labels,
+            ),
+        )
+    huge = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 3.0], [1e4, 1e4, -1e4]], dtype=torch.float64)
+    record(
+        "cross_entropy",
+        loss_error(nf.cross_entropy, F.cross_entropy, huge, torch.tensor([1, 1, 0])),
+    )
+
+    print(f"{'layer / loss':<36}worst float64 relative error vs PyTorch")
+    for name, e in rows.items():
+        print(f"{name:<36}{e:.2e}")
+
+
+if __name__ == "__main__":
+    main()
