@@ -143,6 +143,55 @@ def main():
         loss_error(nf.cross_entropy, F.cross_entropy, huge, torch.tensor([1, 1, 0])),
     )
 
+    for shape, momentum in itertools.product(
+        [(2, 3, 5, 7), (1, 4, 3, 2), (3, 2, 1, 1), (4, 5, 8, 8)], [0.1, 0.7, None]
+    ):
+        c = shape[1]
+        bn = nf.batch_norm2d(momentum=momentum)
+        _, _, state = bn.init(None, (-1, c, -1, -1))
+        state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+        params = {"weight": randn(c), "bias": randn(c)}
+        rm, rv = state["running_mean"].clone(), state["running_var"].clone()
+        for _ in range(3):  # training steps: output, gradients and the running statistics
+            x = randn(*shape) * 3 + 1
+            record(
+                "batch_norm2d (train)",
+                layer_error(
+                    nf.stateful.fixed(bn, state, train=True),
+                    lambda t, p, rm=rm, rv=rv, f=momentum or 0.0: F.batch_norm(
+                        t, rm.clone(), rv.clone(), p["weight"], p["bias"], True, f
+                    ),
+                    x,
+                    params,
+                ),
+            )
+            _, state = bn.apply(params, state, x, train=True)
+            m = float(1 / int(state["num_batches_tracked"])) if momentum is None else momentum
+            F.batch_norm(x, rm, rv, None, None, True, m)  # torch updates rm, rv in place
+            record("batch_norm2d (running statistics)", err(state["running_mean"], rm))
+            record("batch_norm2d (running statistics)", err(state["running_var"], rv))
+        record(
+            "batch_norm2d (eval)",
+            layer_error(
+                nf.stateful.fixed(bn, state, train=False),
+                lambda t, p, rm=rm, rv=rv: F.batch_norm(t, rm, rv, p["weight"], p["bias"], False),
+                randn(*shape),
+                params,
+            ),
+        )
+    for shape, p in itertools.product([(1, 3, 5, 7), (4, 2, 3, 3), (5, 7)], [0.1, 0.5, 0.8]):
+        rng = torch.Generator().manual_seed(5)
+        mask = torch.empty(shape).bernoulli_(1 - p, generator=torch.Generator().manual_seed(5))
+        mask = mask.double()
+        record(
+            "dropout (its own mask)",
+            layer_error(
+                nf.stateful.fixed(nf.dropout(p), {}, train=True, rng=rng),
+                lambda t, _, m=mask, p=p: t * m / (1 - p),
+                randn(*shape),
+            ),
+        )
+
     print(f"{'layer / loss':<36}worst float64 relative error vs PyTorch")
     for name, e in rows.items():
         print(f"{name:<36}{e:.2e}")

@@ -1,12 +1,13 @@
 """n2nfunc: a small, exact deep-learning library with hand-written gradients, and a
 Noise2Noise denoiser built with it.
 
-Layers are triples of pure functions ``Layer(init, apply, vjp)``; combinators build
-networks that are layers again; losses and optimizers are pure functions; class
+Layers are triples of pure functions ``Layer(init, apply, vjp)`` (``StatefulLayer`` for
+batch norm and dropout, with explicit state and rng); combinators build networks that are
+layers again; losses and optimizers are pure functions; class
 wrappers (``Conv2d``, ``Sequential``, ``SGD``, ...) give the exercise grader's interface.
 """
 
-from . import init, kernels, optim, tree
+from . import init, kernels, layers, optim, stateful, tree
 from .activations import (
     elu,
     gelu,
@@ -23,7 +24,15 @@ from .base import Layer, pull, skips_input_grad
 from .checkpoint import load, save
 from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
-from .layers import avg_pool2d, dense, flatten, global_avg_pool, max_pool2d
+from .layers import (
+    avg_pool2d,
+    batch_norm2d,
+    dense,
+    dropout,
+    flatten,
+    global_avg_pool,
+    max_pool2d,
+)
 from .losses import (
     Loss,
     binary_cross_entropy_with_logits,
@@ -43,9 +52,11 @@ from .modules import (
     Adam,
     AdamW,
     AvgPool2d,
+    BatchNorm2d,
     BCEWithLogitsLoss,
     Conv2d,
     CrossEntropyLoss,
+    Dropout,
     Flatten,
     HuberLoss,
     L1Loss,
@@ -79,6 +90,7 @@ from .optim import (
     rmsprop,
     sgd,
 )
+from .stateful import StatefulLayer, lift
 from .testing import check_vjp
 from .train import make_train_step, value_and_grad
 
@@ -89,8 +101,10 @@ __all__ = [
     "AdamW",
     "AvgPool2d",
     "BCEWithLogitsLoss",
+    "BatchNorm2d",
     "Conv2d",
     "CrossEntropyLoss",
+    "Dropout",
     "ELU",
     "Flatten",
     "GELU",
@@ -114,6 +128,7 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Softplus",
+    "StatefulLayer",
     "Tanh",
     "TransposeConv2d",
     "Upsampling",
@@ -123,6 +138,7 @@ __all__ = [
     "apply_updates",
     "chain",
     "avg_pool2d",
+    "batch_norm2d",
     "binary_cross_entropy_with_logits",
     "check_vjp",
     "clip_by_global_norm",
@@ -132,6 +148,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with",
     "dense",
+    "dropout",
     "elu",
     "evaluate",
     "exponential_decay",
@@ -147,7 +164,9 @@ __all__ = [
     "kernels",
     "load",
     "l1",
+    "layers",
     "leaky_relu",
+    "lift",
     "log_softmax",
     "make_train_step",
     "max_pool2d",
@@ -168,6 +187,7 @@ __all__ = [
     "skips_input_grad",
     "softmax",
     "softplus",
+    "stateful",
     "tanh",
     "tree",
     "upsample",

@@ -149,18 +149,18 @@ def check_like(x: Tensor, layer: str, like: Tensor) -> Tensor:
     return x
 
 
-def check_params(params, layer: str, expected: dict) -> None:
-    """``params`` must hold exactly the tensors named in ``expected`` ({name: shape})."""
+def check_params(params, layer: str, expected: dict, what: str = "parameter") -> None:
+    """``params`` must hold exactly the tensors named in ``expected`` ({name: shape});
+    ``what`` names them in errors ("parameter", or "state" for a stateful layer's state)."""
     if not isinstance(params, dict) or set(params) != set(expected):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"{layer}: expected parameters {sorted(expected)}, got {got}")
+        kind = "parameters" if what == "parameter" else f"{what} entries"
+        raise ValueError(f"{layer}: expected {kind} {sorted(expected)}, got {got}")
     for key, shape in expected.items():
         p = params[key]
         if not isinstance(p, Tensor) or tuple(p.shape) != tuple(shape):
             found = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
-            raise ValueError(
-                f"{layer}: parameter '{key}' must have shape {tuple(shape)}, got {found}"
-            )
+            raise ValueError(f"{layer}: {what} '{key}' must have shape {tuple(shape)}, got {found}")
 
 
 def check_cotangent(ct, y: Tensor, layer: str) -> Tensor:

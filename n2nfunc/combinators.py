@@ -9,14 +9,21 @@
 * ``fanin_concat(axis=1)``: ``(x0, x1, ...) -> cat(..., axis)``; its pullback splits.
 * ``residual(layer)``: ``x -> x + layer(x)``, with ``layer``'s params.
 
+Children may be plain layers or :class:`~n2nfunc.stateful.StatefulLayer` s. ``serial``,
+``parallel`` and ``residual`` are written once, for lifted (stateful) children; a network
+with a stateful child is stateful (state ``{"0": s0, ...}`` beside the params), one without
+stays a plain ``Layer`` (see :mod:`n2nfunc.stateful`).
+
 Errors raised inside a child are re-raised with the child's path (``"in layer 2.1: ..."``).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from torch import Tensor, cat
 
 from .base import Layer, apply_via_vjp, check_cotangent, pull, skips_input_grad
+from .stateful import StatefulLayer, child_state, fixed, lift, split_rng
 
 
 def _at(path: str, error: Exception) -> Exception:
@@ -29,56 +36,69 @@ def _at(path: str, error: Exception) -> Exception:
     return type(error)(message)
 
 
+@contextmanager
+def at_layer(path: str) -> Iterator[None]:
+    """Re-raise a ``ValueError`` / ``TypeError`` / ``KeyError`` of the block as the same kind
+    of error naming the layer ``path``."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as e:
+        raise _at(path, e) from None
+
+
 def _check_layers(layers, name):
     for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
+        if not isinstance(layer, (Layer, StatefulLayer)):
             raise TypeError(f"{name}: argument {i} is not a Layer but {type(layer).__name__}")
     return layers
 
 
-def serial(*layers: Layer) -> Layer:
+def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:
+    """The combinator built from ``init``/``apply``/``vjp`` written for lifted children:
+    stateful if one of ``layers`` is, else a plain ``Layer`` (run with ``state=None``)."""
+    network = StatefulLayer(init, apply, vjp)
+    if any(isinstance(layer, StatefulLayer) for layer in layers):
+        return network
+    return fixed(network, None, train=False)
+
+
+def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     """Compose ``layers`` left to right."""
-    _check_layers(layers, "serial")
+    children = [lift(layer) for layer in _check_layers(layers, "serial")]
 
     def init(generator, in_shape):
-        params = {}
-        shape = in_shape
-        for i, layer in enumerate(layers):
-            try:
-                shape, params[str(i)] = layer.init(generator, shape)
-            except (ValueError, TypeError) as e:
-                raise _at(str(i), e) from None
-        return shape, params
+        params, state, shape = {}, {}, in_shape
+        for i, layer in enumerate(children):
+            with at_layer(str(i)):
+                shape, params[str(i)], state[str(i)] = layer.init(generator, shape)
+        return shape, params, state
 
-    def apply(params, x):
-        for i, layer in enumerate(layers):
-            try:
-                x = layer.apply(params[str(i)], x)
-            except (ValueError, TypeError, KeyError) as e:
-                raise _at(str(i), e) from None
-        return x
+    def apply(params, state, x, *, train, rng=None):
+        new_state = {}
+        for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
+            s = child_state(state, str(i), "serial")
+            with at_layer(str(i)):
+                x, new_state[str(i)] = layer.apply(params[str(i)], s, x, train=train, rng=r)
+        return x, new_state
 
-    def vjp(params, x):
-        pullbacks = []
-        for i, layer in enumerate(layers):
-            try:
-                x, pb = layer.vjp(params[str(i)], x)
-            except (ValueError, TypeError, KeyError) as e:
-                raise _at(str(i), e) from None
+    def vjp(params, state, x, *, train, rng=None):
+        new_state, pullbacks = {}, []
+        for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
+            s = child_state(state, str(i), "serial")
+            with at_layer(str(i)):
+                x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             pullbacks.append(pb)
 
         def pullback(ct, input_grad=True):
             grads = {}
-            for i in reversed(range(len(layers))):
-                try:
-                    grads[str(i)], ct = pull(layers[i].vjp, pullbacks[i], ct, input_grad or i > 0)
-                except (ValueError, TypeError) as e:
-                    raise _at(str(i), e) from None
-            return {str(i): grads[str(i)] for i in range(len(layers))}, ct
+            for i in reversed(range(len(children))):
+                with at_layer(str(i)):
+                    grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, input_grad or i > 0)
+            return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
-        return x, pullback
+        return x, new_state, pullback
 
-    return Layer(init, apply, skips_input_grad(vjp))
+    return _network(layers, init, apply, skips_input_grad(vjp))
 
 
 def _check_tuple(xs, n: int, name: str):
@@ -90,47 +110,50 @@ def _check_tuple(xs, n: int, name: str):
     return tuple(xs)
 
 
-def parallel(*layers: Layer) -> Layer:
+def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     """Apply ``layers[i]`` to input ``i`` of a tuple; params ``{"0": p0, ...}``."""
-    _check_layers(layers, "parallel")
-    n = len(layers)
+    children = [lift(layer) for layer in _check_layers(layers, "parallel")]
+    n = len(children)
 
     def init(generator, in_shapes):
-        shapes, params = [], {}
-        for i, (layer, shape) in enumerate(zip(layers, _check_tuple(in_shapes, n, "parallel"))):
-            try:
-                out, params[str(i)] = layer.init(generator, shape)
-            except (ValueError, TypeError) as e:
-                raise _at(str(i), e) from None
+        shapes, params, state = [], {}, {}
+        for i, (layer, shape) in enumerate(zip(children, _check_tuple(in_shapes, n, "parallel"))):
+            with at_layer(str(i)):
+                out, params[str(i)], state[str(i)] = layer.init(generator, shape)
             shapes.append(out)
-        return tuple(shapes), params
+        return tuple(shapes), params, state
 
-    def vjp(params, xs):
-        outs, pullbacks = [], []
-        for i, (layer, x) in enumerate(zip(layers, _check_tuple(xs, n, "parallel"))):
-            try:
-                y, pb = layer.vjp(params[str(i)], x)
-            except (ValueError, TypeError, KeyError) as e:
-                raise _at(str(i), e) from None
+    def vjp(params, state, xs, *, train, rng=None):
+        outs, new_state, pullbacks = [], {}, []
+        xs = _check_tuple(xs, n, "parallel")
+        for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
+            s = child_state(state, str(i), "parallel")
+            with at_layer(str(i)):
+                y, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             outs.append(y)
             pullbacks.append(pb)
 
         def pullback(cts):
             grads, cxs = {}, []
             for i, (pb, ct) in enumerate(zip(pullbacks, _check_tuple(cts, n, "parallel"))):
-                grads[str(i)], cx = pb(ct)
+                with at_layer(str(i)):
+                    grads[str(i)], cx = pb(ct)
                 cxs.append(cx)
             return grads, tuple(cxs)
 
-        return tuple(outs), pullback
+        return tuple(outs), new_state, pullback
 
-    def apply(params, xs):
-        return tuple(
-            layer.apply(params[str(i)], x)
-            for i, (layer, x) in enumerate(zip(layers, _check_tuple(xs, n, "parallel")))
-        )
+    def apply(params, state, xs, *, train, rng=None):
+        outs, new_state = [], {}
+        xs = _check_tuple(xs, n, "parallel")
+        for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
+            s = child_state(state, str(i), "parallel")
+            with at_layer(str(i)):
+                y, new_state[str(i)] = layer.apply(params[str(i)], s, x, train=train, rng=r)
+            outs.append(y)
+        return tuple(outs), new_state
 
-    return Layer(init, apply, vjp)
+    return _network(layers, init, apply, vjp)
 
 
 def _sum(xs: Sequence[Tensor]) -> Tensor:
@@ -207,32 +230,38 @@ def fanin_concat(axis: int = 1) -> Layer:
     return Layer(init, apply_via_vjp(vjp), vjp)
 
 
-def residual(layer: Layer) -> Layer:
-    """``x -> x + layer(x)``; params are ``layer``'s own. The layer must keep the shape."""
-    _check_layers([layer], "residual")
+def _same_shape(x, fx, name="residual"):
+    if tuple(fx) != tuple(x):
+        raise ValueError(
+            f"{name}: the inner layer maps shape {tuple(x)} to "
+            f"{tuple(fx)}; a residual block must keep the shape"
+        )
+
+
+def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
+    """``x -> x + layer(x)``; params (and state) are ``layer``'s own. The layer must keep
+    the shape."""
+    inner = lift(_check_layers([layer], "residual")[0])
 
     def init(generator, in_shape):
-        out, params = layer.init(generator, in_shape)
-        if tuple(out) != tuple(in_shape):
-            raise ValueError(
-                f"residual: the inner layer maps shape {tuple(in_shape)} to "
-                f"{tuple(out)}; a residual block must keep the shape"
-            )
-        return out, params
+        out, params, state = inner.init(generator, in_shape)
+        _same_shape(in_shape, out)
+        return out, params, state
 
-    def vjp(params, x):
-        fx, pb = layer.vjp(params, x)
-        if fx.shape != x.shape:
-            raise ValueError(
-                f"residual: the inner layer maps shape {tuple(x.shape)} to "
-                f"{tuple(fx.shape)}; a residual block must keep the shape"
-            )
+    def apply(params, state, x, *, train, rng=None):
+        fx, new_state = inner.apply(params, state, x, train=train, rng=rng)
+        _same_shape(x.shape, fx.shape)
+        return x + fx, new_state
+
+    def vjp(params, state, x, *, train, rng=None):
+        fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=rng)
+        _same_shape(x.shape, fx.shape)
         y = x + fx
 
         def pullback(ct):
             grads, cx = pb(check_cotangent(ct, y, "residual"))
             return grads, cx + ct
 
-        return y, pullback
+        return y, new_state, pullback
 
-    return Layer(init, apply_via_vjp(vjp), vjp)
+    return _network([layer], init, apply, vjp)

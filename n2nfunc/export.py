@@ -8,6 +8,7 @@ Layout::
         model.py          # the grader's names: Model, Conv2d, ..., SGD, Sequential
         bestmodel.pth     # the shipped (or a given) checkpoint
         others/n2nfunc/   # the library's compute code, copied from this package
+            layers/       # its subpackages, copied whole
 
 ``model.py`` loads ``others/n2nfunc`` as a package under a private name with importlib,
 so ``from model import Model`` (folder on ``sys.path``) and
@@ -30,9 +31,6 @@ VENDORED = [
     "kernels.py",
     "init.py",
     "conv.py",
-    "layers/__init__.py",
-    "layers/dense.py",
-    "layers/pool.py",
     "activations.py",
     "combinators.py",
     "tree.py",
@@ -44,7 +42,9 @@ VENDORED = [
     "metrics.py",
     "model.py",
     "checkpoint.py",
+    "stateful.py",
 ]
+SUBPACKAGES = ["layers"]  # copied whole (every .py file)
 NAMES = [
     "Model",
     "Conv2d",
@@ -63,10 +63,12 @@ from .activations import identity, relu, sigmoid
 from .base import Layer
 from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
+from .layers import batch_norm2d, dropout
 from .losses import mse
-from .modules import (MSE, SGD, Adam, Conv2d, Module, NearestUpsampling, ReLU, Sequential,
-                      Sigmoid, TransposeConv2d, Upsampling)
+from .modules import (MSE, SGD, Adam, BatchNorm2d, Conv2d, Dropout, Module, NearestUpsampling,
+                      ReLU, Sequential, Sigmoid, TransposeConv2d, Upsampling)
 from .optim import adam, sgd
+from .stateful import StatefulLayer, lift
 from .train import make_train_step, value_and_grad
 '''
 
@@ -129,6 +131,10 @@ def export_submission(out_dir, weights=None) -> Path:
     for name in VENDORED:
         (core / name).parent.mkdir(exist_ok=True)
         shutil.copyfile(PACKAGE / name, core / name)
+    for sub in SUBPACKAGES:
+        (core / sub).mkdir(exist_ok=True)
+        for path in sorted((PACKAGE / sub).glob("*.py")):
+            shutil.copyfile(path, core / sub / path.name)
     (core / "__init__.py").write_text(INIT)
     (folder / "others" / "__init__.py").write_text("")
     (folder / "__init__.py").write_text('"""Miniproject 2: Noise2Noise with n2nfunc."""\n')

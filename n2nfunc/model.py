@@ -5,7 +5,9 @@
     model.train(noisy_a, noisy_b, num_epochs=5)
     denoised = model.predict(noisy)
 
-The network is the required one, built from the library's blocks:
+The network is the required one, built from the library's blocks (``train`` puts it in
+training mode, ``predict`` in evaluation mode, which only matters for networks with batch
+norm or dropout):
 ``Sequential(Conv2d(stride 2), ReLU, Conv2d(stride 2), ReLU, Upsampling, ReLU,
 Upsampling, Sigmoid)``, where each Upsampling is a stride-2 transposed convolution
 (default) or nearest x2 upsampling followed by a convolution.
@@ -23,6 +25,7 @@ from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
 from .modules import MSE, SGD, Adam, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d, Upsampling
+from .stateful import StatefulLayer
 
 ARCHITECTURE = ("widths", "kernel", "upsampling")
 DEFAULT_CONFIG = {
@@ -128,6 +131,13 @@ def _pad_to_multiple(x: Tensor, m: int):
     if pw:
         x = cat([x, x[:, :, :, -1:].expand(-1, -1, -1, pw)], 3)
     return x
+
+
+def _inference(net: Sequential, x: Tensor) -> Tensor:
+    """The network's output in its current mode, without keeping a pullback."""
+    if isinstance(net.layer, StatefulLayer):
+        return net.layer.apply(net.params, net.state, x, train=net.training, rng=net.rng)[0]
+    return net.layer.apply(net.params, x)
 
 
 class Model:
@@ -256,6 +266,7 @@ class Model:
         """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
         run of ``total_epochs`` (the learning-rate schedule spans the whole run)."""
         self._move_to(x.device, x.dtype)
+        self.net.train()
         n = x.shape[0]
         bs = min(self.config["batch_size"], n)
         steps = n // bs
@@ -301,11 +312,12 @@ class Model:
         """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input."""
         x, scale = to_unit_range(test_input, "test_input")
         self._move_to(x.device, x.dtype)
+        self.net.eval()
         n, _, h, w = x.shape
         per_chunk = max(1, max_pixels // (h * w))
         outs = []
         for start in range(0, n, per_chunk):
             chunk = _pad_to_multiple(x[start : start + per_chunk], 4)
-            outs.append(self.net.layer.apply(self.net.params, chunk)[:, :, :h, :w])
+            outs.append(_inference(self.net, chunk)[:, :, :h, :w])
         out = cat(outs) if len(outs) > 1 else outs[0]
         return out.clamp(0, 1).mul(scale).contiguous()

@@ -11,16 +11,22 @@ Each block holds state -- parameters, accumulated gradients, the pullback of its
 Parameters are created like ``torch.nn``'s: with no ``generator`` the global RNG is used,
 so ``torch.manual_seed(0); Conv2d(3, 3, 3)`` holds the weights of
 ``torch.manual_seed(0); torch.nn.Conv2d(3, 3, 3)``.
+
+Blocks around a :class:`~n2nfunc.stateful.StatefulLayer` (``BatchNorm2d``, ``Dropout``, a
+``Sequential`` holding one) also carry its ``state`` (running statistics), replaced after
+every ``forward``, and an ``rng`` generator for dropout masks. ``train()`` / ``eval()`` set
+the ``training`` flag, recursively, as in ``torch.nn``; ``state_dict()`` holds parameters
+and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 """
 
-from torch import Generator, Tensor
+from torch import Generator, Tensor, empty
 
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
 from .base import Layer, pull
 from .combinators import serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
-from .layers import avg_pool2d, dense, flatten, max_pool2d
+from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
 from .losses import (
     Loss,
     binary_cross_entropy_with_logits,
@@ -29,30 +35,71 @@ from .losses import (
     l1,
     mse,
 )
+from .stateful import StatefulLayer, lift
 
 
 class Module:
-    """A stateful block around a functional :class:`~n2nfunc.base.Layer`."""
+    """A stateful block around a functional :class:`~n2nfunc.base.Layer` (or
+    :class:`~n2nfunc.stateful.StatefulLayer`, with its ``state`` and ``rng``)."""
 
-    def __init__(self, layer: Layer, params: dict, name: str | None = None):
+    def __init__(
+        self,
+        layer: Layer | StatefulLayer,
+        params: dict,
+        name: str | None = None,
+        state: dict | None = None,
+        rng: Generator | None = None,
+    ):
         self.layer = layer
         self.params = params
+        self.state = {} if state is None else state
+        self.rng = rng
+        self.training = True
         self.grads = tree.zeros_like(params)
         self.name = name or type(self).__name__
         self._pullback = None
 
     @classmethod
     def from_layer(
-        cls, layer: Layer, in_shape, generator: Generator | None = None, name: str | None = None
+        cls,
+        layer: Layer | StatefulLayer,
+        in_shape,
+        generator: Generator | None = None,
+        name: str | None = None,
+        rng: Generator | None = None,
     ) -> "Module":
-        """Wrap any functional layer, initialising its params for ``in_shape``."""
-        _, params = layer.init(generator, in_shape)
-        return Module(layer, params, name)
+        """Wrap any functional layer, initialising its params (and state) for ``in_shape``;
+        ``rng`` feeds a stateful layer's randomness (dropout) in training mode."""
+        _, params, state = lift(layer).init(generator, in_shape)
+        return Module(layer, params, name, state, rng)
 
     def forward(self, *inputs):
         x = inputs[0] if len(inputs) == 1 else inputs
-        y, self._pullback = self.layer.vjp(self.params, x)
+        if isinstance(self.layer, StatefulLayer):
+            y, new_state, self._pullback = self.layer.vjp(
+                self.params, self.state, x, train=self.training, rng=self.rng
+            )
+            _assign(self.state, new_state)
+        else:
+            y, self._pullback = self.layer.vjp(self.params, x)
         return y
+
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode (``False``: evaluation) here and in every sub-block; returns self."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"{self.name}.train: mode must be a bool, got {mode!r}")
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        """``train(False)``."""
+        return self.train(False)
+
+    def children(self) -> list["Module"]:
+        """The direct sub-blocks (none for a single block)."""
+        return []
 
     def __call__(self, *inputs):
         return self.forward(*inputs)
@@ -75,31 +122,39 @@ class Module:
         tree.zero_(self.grads)
 
     def state_dict(self) -> dict:
-        """``{path: parameter}``, paths as in the functional params (``"0.weight"``)."""
-        return dict(tree.flatten(self.params))
+        """``{path: tensor}``: the parameters, then the state (running statistics), paths as
+        in the functional trees (``"0.weight"``, ``"1.running_mean"``)."""
+        return dict(tree.flatten(self.params) + tree.flatten(self.state))
 
-    def load_state_dict(self, state: dict) -> None:
-        """Copy parameters in place (optimizers keep their references); keys and shapes must
-        match."""
-        state = dict(state)
-        values = tree.unflatten(self.params, state, what=f"{self.name}.load_state_dict")
-        for path, p in tree.flatten(self.params):
-            v = state[path]
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Copy parameters and state in place (optimizers keep their references); keys and
+        shapes must match."""
+        given, own = dict(state_dict), self.state_dict()
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        if missing or unexpected:
+            raise KeyError(
+                f"{self.name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        for path, p in own.items():
+            v = given[path]
             if not isinstance(v, Tensor) or v.shape != p.shape:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 raise ValueError(
                     f"{self.name}.load_state_dict: '{path}' has shape {got}, "
                     f"expected {tuple(p.shape)}"
                 )
-        tree.copy_(self.params, values)
+        for path, p in own.items():
+            p.copy_(given[path])
 
     def to(self, device=None, dtype=None) -> "Module":
-        """Move parameters and gradients (in place of the dict entries); returns self."""
+        """Move parameters, gradients and state (in place of the dict entries; integer state
+        such as ``num_batches_tracked`` keeps its dtype); returns self."""
 
         def move(t):
-            return t.to(device=device, dtype=dtype)
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
-        for d in (self.params, self.grads):
+        for d in (self.params, self.grads, self.state):
             _replace_leaves(d, move)
         return self
 
@@ -108,6 +163,16 @@ class Module:
 
     def layer_description(self) -> str:
         return ""
+
+
+def _assign(d: dict, new: dict) -> None:
+    """Put the leaves of ``new`` into the nested dict ``d``, keeping ``d``'s dict objects (a
+    ``Sequential``'s state shares its blocks' dicts)."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            _assign(d[k], v)
+        else:
+            d[k] = v
 
 
 def _replace_leaves(d: dict, fn) -> None:
@@ -123,8 +188,8 @@ class _WeightBias(Module):
     """A block whose params are ``{"weight", "bias"}``, exposed as attributes like torch.nn's."""
 
     def __init__(self, layer, in_channels, generator, description, in_shape=None):
-        _, params = layer.init(generator, in_shape or (-1, in_channels, -1, -1))
-        super().__init__(layer, params)
+        _, params, state = lift(layer).init(generator, in_shape or (-1, in_channels, -1, -1))
+        super().__init__(layer, params, state=state)
         self._description = description
 
     def layer_description(self):
@@ -352,6 +417,41 @@ class Softmax(_Parameterless):
         super().__init__(softmax(dim), _options(dim=dim))
 
 
+class BatchNorm2d(_WeightBias):
+    """``torch.nn.BatchNorm2d``-like block: ``weight`` / ``bias`` [C] (ones / zeros), and
+    ``running_mean``, ``running_var``, ``num_batches_tracked`` in its state; batch statistics
+    in training mode, running statistics in evaluation mode."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(
+                f"BatchNorm2d: num_features must be a positive int, got {num_features!r}"
+            )
+        layer = batch_norm2d(eps, momentum)
+        description = _options(num_features=num_features, eps=eps, momentum=momentum)
+        super().__init__(layer, num_features, None, description)
+
+    running_mean = property(lambda self: self.state["running_mean"])
+    running_var = property(lambda self: self.state["running_var"])
+    num_batches_tracked = property(lambda self: self.state["num_batches_tracked"])
+
+
+class Dropout(Module):
+    """``torch.nn.Dropout``-like block. It owns the generator ``rng`` its masks are drawn
+    from, seeded at construction with one draw from ``generator`` (or, without one, from
+    torch's global generator, so ``torch.manual_seed`` makes the masks reproducible)."""
+
+    def __init__(self, p: float = 0.5, generator: Generator | None = None):
+        layer = dropout(p)
+        device = generator.device if generator is not None else None
+        seed = int(empty((), device=device).long().random_(generator=generator))
+        super().__init__(layer, {}, state={}, rng=Generator().manual_seed(seed))
+        self.p = p
+
+    def layer_description(self):
+        return f"p={self.p}"
+
+
 class Sequential(Module):
     """Runs its blocks in order; ``backward`` runs them in reverse. Its functional twin is
     ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared)."""
@@ -364,7 +464,9 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
         self.modules = list(modules)
         super().__init__(
-            serial(*(m.layer for m in modules)), {str(i): m.params for i, m in enumerate(modules)}
+            serial(*(m.layer for m in modules)),
+            {str(i): m.params for i, m in enumerate(modules)},
+            state={str(i): m.state for i, m in enumerate(modules)},
         )
         self.grads = {str(i): m.grads for i, m in enumerate(modules)}
 
@@ -387,6 +489,16 @@ class Sequential(Module):
         for m in self.modules:
             m.to(device, dtype)
         return self
+
+    def children(self) -> list[Module]:
+        return list(self.modules)
+
+    def state_dict(self) -> dict:
+        """The blocks' state dicts, in order, keys prefixed with the block index (as
+        ``torch.nn.Sequential``'s)."""
+        return {
+            f"{i}.{k}": v for i, m in enumerate(self.modules) for k, v in m.state_dict().items()
+        }
 
     def __getitem__(self, i):
         return self.modules[i]

@@ -9,11 +9,17 @@ the pullback must give ``grad f``. The checks, all in float64:
 * full Jacobian: for an input (or a parameter) of at most ``full_jacobian_max`` elements,
   every coordinate of the pullback equals its own central difference;
 * linearity: ``pullback(a c1 + b c2) = a pullback(c1) + b pullback(c2)``.
+
+A :class:`~n2nfunc.stateful.StatefulLayer` is checked in training mode with its ``state`` and
+``rng`` held fixed (:func:`~n2nfunc.stateful.fixed`): every evaluation draws from a copy of
+the same generator, so dropout uses one mask throughout, and the pullback is checked for
+that mask; the new state is not checked.
 """
 
 from torch import Generator, Tensor, empty
 
 from . import tree
+from .stateful import StatefulLayer, fixed
 
 
 class VJPCheckError(AssertionError):
@@ -43,6 +49,9 @@ def check_vjp(
     full_jacobian_max: int = 64,
     seed: int = 0,
     atol: float = 1e-3,
+    state=None,
+    rng: Generator | None = None,
+    train: bool = True,
 ) -> dict:
     """Check ``layer.vjp`` on ``(params, x)``; raise :class:`VJPCheckError` on a mismatch.
 
@@ -52,10 +61,18 @@ def check_vjp(
     for a coordinate) plus what rounding makes unresolvable: a central difference of ``f``
     carries an error of about ``1e-15 * sum|c * y| / eps``, so errors of that size are
     not reported; pick ``eps`` (and the cotangent scale) so that this is small.
+
+    For a stateful layer, pass its ``state`` (required); ``rng`` defaults to a generator
+    seeded with ``seed`` on the input's device; ``train=False`` checks evaluation mode.
     """
     g = Generator(device=_device_of(x)).manual_seed(seed)
     params = tree.map(_to64, params)
     x = tree.map(_to64, x)
+    if isinstance(layer, StatefulLayer):
+        if state is None:
+            raise ValueError("check_vjp: a stateful layer needs its state (state=...)")
+        rng = rng if rng is not None else Generator(device=_device_of(x)).manual_seed(seed)
+        layer = fixed(layer, tree.map(_to64, state), train=train, rng=rng)
     y, pullback = layer.vjp(params, x)
     ct = tree.map(lambda t: _randn_like(t, g), y)
     ct_params, ct_x = pullback(ct)

@@ -1,15 +1,39 @@
-"""Training steps as functions: ``value_and_grad`` and ``make_train_step``."""
+"""Training steps as functions: ``value_and_grad`` and ``make_train_step``.
+
+For a plain network::
+
+    value, grads = value_and_grad(net, loss)(params, x, target)
+    params, opt_state, value = train_step(params, opt_state, x, target)
+
+For a :class:`~n2nfunc.stateful.StatefulLayer` (batch norm, dropout; always in training
+mode)::
+
+    value, grads, state = value_and_grad(net, loss)(params, state, x, target, rng)
+    params, state, opt_state, value = train_step(params, state, opt_state, x, target, rng)
+"""
 
 from collections.abc import Callable
 
 from .base import Layer, pull
 from .losses import Loss
 from .optim import GradientTransformation, apply_updates
+from .stateful import StatefulLayer
 
 
-def value_and_grad(layer: Layer, loss: Loss) -> Callable:
+def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
     """``f(params, x, target) -> (loss value, d loss / d params)`` for
-    ``loss(layer(params, x), target)``."""
+    ``loss(layer(params, x), target)``; for a stateful layer
+    ``f(params, state, x, target, rng) -> (loss value, d loss / d params, new state)``."""
+    if isinstance(layer, StatefulLayer):
+        stateful = layer
+
+        def f_stateful(params, state, x, target, rng=None):
+            pred, new_state, pullback = stateful.vjp(params, state, x, train=True, rng=rng)
+            value, ct = loss.value_and_grad(pred, target)
+            grads, _ = pull(stateful.vjp, pullback, ct, input_grad=False)  # x is data
+            return value, grads, new_state
+
+        return f_stateful
 
     def f(params, x, target):
         pred, pullback = layer.vjp(params, x)
@@ -20,10 +44,22 @@ def value_and_grad(layer: Layer, loss: Loss) -> Callable:
     return f
 
 
-def make_train_step(layer: Layer, loss: Loss, optimizer: GradientTransformation) -> Callable:
+def make_train_step(
+    layer: Layer | StatefulLayer, loss: Loss, optimizer: GradientTransformation
+) -> Callable:
     """A pure ``train_step(params, opt_state, x, target) -> (params, opt_state, loss value)``:
-    one gradient evaluation and one optimizer update."""
+    one gradient evaluation and one optimizer update. For a stateful layer:
+    ``train_step(params, state, opt_state, x, target, rng) -> (params, state, opt_state,
+    loss value)``."""
     grad_fn = value_and_grad(layer, loss)
+    if isinstance(layer, StatefulLayer):
+
+        def train_step_stateful(params, state, opt_state, x, target, rng=None):
+            value, grads, state = grad_fn(params, state, x, target, rng)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return apply_updates(params, updates), state, opt_state, value
+
+        return train_step_stateful
 
     def train_step(params, opt_state, x, target):
         value, grads = grad_fn(params, x, target)

@@ -13,7 +13,7 @@ import torch
 from test_allowed_primitives import ALLOWED, STDLIB_OK
 
 from n2nfunc.data import make_pairs
-from n2nfunc.export import VENDORED, export_submission
+from n2nfunc.export import SUBPACKAGES, VENDORED, export_submission
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
@@ -59,10 +59,37 @@ def test_layout(submission):
     names = {p.relative_to(submission).as_posix() for p in submission.rglob("*") if p.is_file()}
     assert {"__init__.py", "model.py", "bestmodel.pth"} <= names
     assert {f"others/n2nfunc/{f}" for f in VENDORED} <= names
+    package = Path(__file__).resolve().parent.parent / "n2nfunc"
+    for sub in SUBPACKAGES:
+        files = {p.name for p in (package / sub).glob("*.py")}
+        assert "__init__.py" in files
+        assert {f"others/n2nfunc/{sub}/{f}" for f in files} <= names
+
+
+def test_stateful_layers_work_in_the_submission(submission):
+    result = run(
+        """
+        import json
+        import model
+        core = model._core
+        net = core.Sequential(core.Conv2d(3, 4, 3, padding=1), core.BatchNorm2d(4), core.ReLU(),
+                              core.Dropout(0.5, generator=torch.Generator().manual_seed(0)))
+        y = net(torch.randn(2, 3, 5, 5))
+        net.backward(torch.randn_like(y))
+        f = core.serial(core.conv2d(4, 3), core.batch_norm2d(), core.dropout(0.2))
+        _, params, state = f.init(None, (-1, 3, 6, 6))
+        out, state = f.apply(params, state, torch.randn(2, 3, 6, 6), train=True, rng=torch.Generator())
+        print(json.dumps({"keys": list(net.state_dict()), "steps": int(state["1"]["num_batches_tracked"]),
+                          "eval_same": bool(torch.equal(net.eval()[3](y), y))}))
+    """,
+        submission,
+    )
+    assert "1.running_var" in result["keys"] and "1.num_batches_tracked" in result["keys"]
+    assert result["steps"] == 1 and result["eval_same"]
 
 
 def test_exported_compute_files_import_only_allowed_primitives(submission):
-    for path in (submission / "others" / "n2nfunc").glob("*.py"):
+    for path in (submission / "others" / "n2nfunc").rglob("*.py"):
         if path.name == "checkpoint.py":  # file reading: torch.frombuffer, pickle
             continue
         for node in ast.walk(ast.parse(path.read_text())):

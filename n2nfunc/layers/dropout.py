@@ -1,0 +1,49 @@
+"""``dropout(p)``: inverted dropout, as ``torch.nn.Dropout``.
+
+Training: ``y = x * mask / (1 - p)`` with ``mask`` Bernoulli(1 - p) per element, drawn from
+the call's ``rng`` (``empty(x.shape, device=rng.device).bernoulli_(1 - p, generator=rng)``,
+in the default float dtype, then moved to ``x``'s device and dtype -- so a float32 and a
+float64 network draw the same masks); the pullback multiplies by the same ``mask / (1 - p)``.
+Evaluation, or ``p = 0``: the identity, and nothing is drawn. No params, empty state.
+"""
+
+from torch import Generator, empty
+
+from ..base import check_cotangent, check_params, check_tensor
+from ..stateful import StatefulLayer
+
+
+def dropout(p: float = 0.5) -> StatefulLayer:
+    """Zero each element with probability ``p`` in training and scale the rest by
+    ``1 / (1 - p)``; ``p`` in [0, 1)."""
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be a number in [0, 1), got {p!r}")
+    name = f"dropout(p={p})"
+
+    def init(generator, in_shape):
+        return tuple(in_shape), {}, {}
+
+    def scaled_mask(x, rng):
+        if not isinstance(rng, Generator):
+            raise TypeError(
+                f"{name}: training needs rng, a torch.Generator, got {type(rng).__name__} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        keep = empty(x.shape, device=rng.device).bernoulli_(1 - p, generator=rng)
+        return keep.to(device=x.device, dtype=x.dtype).div_(1 - p)
+
+    def vjp(params, state, x, *, train, rng=None):
+        check_params(params, name, {})
+        check_params(state, name, {}, "state")
+        check_tensor(x, name)
+        if not train or p == 0:
+            return x, state, lambda ct: ({}, check_cotangent(ct, x, name))
+        mask = scaled_mask(x, rng)
+        y = x * mask
+        return y, state, lambda ct: ({}, check_cotangent(ct, y, name) * mask)
+
+    def apply(params, state, x, *, train, rng=None):
+        y, new_state, _ = vjp(params, state, x, train=train, rng=rng)
+        return y, new_state
+
+    return StatefulLayer(init, apply, vjp)

@@ -1,0 +1,132 @@
+"""``batch_norm2d``: batch normalisation over (N, H, W) per channel, as
+``torch.nn.BatchNorm2d``.
+
+Per channel, with ``m = N H W`` values:
+
+* training: ``mean``, biased ``var`` of the batch; ``y = (x - mean) / sqrt(var + eps) * weight
+  + bias``; the running statistics move towards the batch's, the variance unbiased:
+  ``running_var <- (1 - f) running_var + f var m / (m - 1)``, with ``f = momentum``
+  (or ``1 / num_batches_tracked`` when ``momentum`` is ``None``, a cumulative average);
+* evaluation: the same formula with ``running_mean`` / ``running_var``; the state is returned
+  unchanged. Before any training step these are PyTorch's initial values (mean 0,
+  variance 1), so evaluation then gives ``x / sqrt(1 + eps) * weight + bias`` -- exactly what
+  ``torch.nn.BatchNorm2d`` gives; it is not an error.
+
+Params ``{"weight": ones(C), "bias": zeros(C)}``; state ``{"running_mean": zeros(C),
+"running_var": ones(C), "num_batches_tracked": 0}`` (an int64 scalar), the names of
+``torch.nn.BatchNorm2d``'s state_dict. Training on one value per channel (``m = 1``) is a
+ValueError, as in PyTorch.
+"""
+
+from torch import empty
+
+from ..base import check_cotangent, check_image, check_params, image_shape, skips_input_grad
+from ..stateful import StatefulLayer
+
+_AXES = (0, 2, 3)
+
+
+def _column(t):
+    return t.view(1, -1, 1, 1)
+
+
+def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLayer:
+    """Batch normalisation of (N, C, H, W) inputs (see the module docstring)."""
+    name = f"batch_norm2d(eps={eps}, momentum={momentum})"
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"batch_norm2d: eps must be a positive number, got {eps!r}")
+    if momentum is not None and (
+        not isinstance(momentum, (int, float))
+        or isinstance(momentum, bool)
+        or not 0 <= momentum <= 1
+    ):
+        raise ValueError(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
+
+    def init(generator, in_shape):
+        shape = image_shape(in_shape, name)
+        c = shape[1]
+        device = generator.device if generator is not None else None
+        params = {
+            "weight": empty(c, device=device).fill_(1),
+            "bias": empty(c, device=device).zero_(),
+        }
+        state = {
+            "running_mean": empty(c, device=device).zero_(),
+            "running_var": empty(c, device=device).fill_(1),
+            "num_batches_tracked": empty((), device=device).long().zero_(),
+        }
+        return shape, params, state
+
+    def checked(params, state, x):
+        weight = params.get("weight") if isinstance(params, dict) else None
+        c = weight.shape[0] if hasattr(weight, "shape") and weight.dim() == 1 else -1
+        check_params(params, name, {"weight": (c,), "bias": (c,)})
+        expected = {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+        check_params(state, name, expected, "state")
+        for key in ("running_mean", "running_var"):
+            t = state[key]
+            if t.dtype != weight.dtype or t.device != weight.device:
+                raise TypeError(
+                    f"{name}: state '{key}' is {t.dtype} on {t.device} but the parameters "
+                    f"are {weight.dtype} on {weight.device}"
+                )
+        return check_image(x, name, c, weight)
+
+    def train_vjp(params, state, x):
+        n, _, h, w = x.shape
+        m = n * h * w
+        if m < 2:
+            raise ValueError(
+                f"{name}: training needs more than 1 value per channel, got input shape "
+                f"{tuple(x.shape)} (use evaluation mode, train=False)"
+            )
+        mean = x.mean(_AXES)
+        xc = x - _column(mean)
+        var = (xc * xc).mean(_AXES)
+        invstd = (var + eps).rsqrt()
+        scale = invstd * params["weight"]
+        y = xc * _column(scale) + _column(params["bias"])
+
+        count = state["num_batches_tracked"] + 1
+        f = momentum if momentum is not None else 1.0 / float(count)
+        new_state = {
+            "running_mean": state["running_mean"] * (1 - f) + mean * f,
+            "running_var": state["running_var"] * (1 - f) + var * (f * m / (m - 1)),
+            "num_batches_tracked": count,
+        }
+
+        def pullback(ct, input_grad=True):
+            ct = check_cotangent(ct, y, name)
+            d_bias = ct.sum(_AXES)
+            ct_xc = (ct * xc).sum(_AXES)
+            grads = {"weight": ct_xc * invstd, "bias": d_bias}
+            if not input_grad:
+                return grads, None
+            # dx = invstd w (ct - mean(ct) - xhat mean(ct xhat)), with xhat = xc invstd
+            dx = (ct - _column(d_bias / m)).sub_(xc * _column(ct_xc * invstd * invstd / m))
+            return grads, dx.mul_(_column(scale))
+
+        return y, new_state, pullback
+
+    def eval_vjp(params, state, x):
+        invstd = (state["running_var"] + eps).rsqrt()
+        scale = invstd * params["weight"]
+        xc = x - _column(state["running_mean"])
+        y = xc * _column(scale) + _column(params["bias"])
+
+        def pullback(ct, input_grad=True):
+            ct = check_cotangent(ct, y, name)
+            grads = {"weight": (ct * xc).sum(_AXES) * invstd, "bias": ct.sum(_AXES)}
+            return grads, (ct * _column(scale) if input_grad else None)
+
+        return y, state, pullback
+
+    def vjp(params, state, x, *, train, rng=None):
+        x = checked(params, state, x)
+        return (train_vjp if train else eval_vjp)(params, state, x)
+
+    def apply(params, state, x, *, train, rng=None):
+        y, new_state, _ = vjp(params, state, x, train=train)
+        return y, new_state
+
+    return StatefulLayer(init, apply, skips_input_grad(vjp))

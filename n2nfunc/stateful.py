@@ -1,0 +1,149 @@
+"""Stateful layers: running statistics and randomness, passed in and returned explicitly.
+
+A :class:`StatefulLayer` is a triple of pure functions, like :class:`~n2nfunc.base.Layer`,
+with a ``state`` tree beside the parameters (as Haiku's ``transform_with_state``):
+
+* ``init(generator, in_shape) -> (out_shape, params, state)``
+* ``apply(params, state, x, *, train, rng) -> (y, new_state)``
+* ``vjp(params, state, x, *, train, rng) -> (y, new_state, pullback)``
+
+``pullback(ct_y) -> (ct_params, ct_x)`` as for a plain layer: the state is not
+differentiated. ``train`` picks the behaviour (batch statistics and dropout masks in
+training; running statistics and the identity in evaluation). Nothing is mutated: a call
+returns the new state, and the caller passes it to the next call.
+
+**State paths mirror parameter paths.** A combinator's state is ``{"0": s0, "1": s1, ...}``
+like its params; a layer without state has ``{}``. So a batch norm at position 2 of a
+``serial`` has ``"2.weight"`` in ``tree.flatten(params)`` and ``"2.running_mean"`` in
+``tree.flatten(state)`` -- the names of the equivalent ``torch.nn.Sequential``'s state_dict.
+
+**Mixing kinds.** The combinators accept both kinds. A plain layer is lifted to a stateful
+one with the empty state ``{}`` by :func:`lift` (the one place that does it). A network
+with at least one stateful child is a ``StatefulLayer``; a network with none stays a
+plain ``Layer`` (see :func:`fixed`), so plain networks keep their two-argument signatures.
+
+**Randomness.** ``rng`` is a ``torch.Generator`` (or ``None`` where nothing random runs,
+e.g. in evaluation); a call draws from it, so the same generator state gives the same
+result. A combinator gives its children independent, deterministic randomness: at the
+start of a call it draws one 64-bit seed per child from ``rng`` (one draw of ``n`` int64s),
+and child ``i`` gets a fresh generator (on ``rng``'s device) seeded with seed ``i``. A
+child's masks therefore depend only on the parent generator's state and the child's
+position, not on what its siblings draw; ``apply`` and ``vjp`` draw the same masks.
+
+Example::
+
+    net = serial(conv2d(8, 3, padding=1), batch_norm2d(), relu(), dropout(0.2))
+    _, params, state = net.init(Generator().manual_seed(0), (-1, 3, 32, 32))
+    rng = Generator().manual_seed(1)
+    y, state, pullback = net.vjp(params, state, x, train=True, rng=rng)   # training
+    ct_params, ct_x = pullback(ct_y)
+    y, _ = net.apply(params, state, x, train=False, rng=None)             # evaluation
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from torch import Generator, empty
+
+from .base import Layer, Params, Pullback, Shape, skips_input_grad
+
+State = Any  # a dict (possibly nested) of tensors
+
+
+class StatefulLayer(NamedTuple):
+    """A layer with state and randomness as three pure functions (see the module docstring)."""
+
+    init: Callable[[Generator | None, Shape], tuple[Shape, Params, State]]
+    apply: Callable[..., tuple[Any, State]]
+    vjp: Callable[..., tuple[Any, State, Pullback]]
+
+
+def is_stateful(layer) -> bool:
+    return isinstance(layer, StatefulLayer)
+
+
+def lift(layer: Layer | StatefulLayer) -> StatefulLayer:
+    """``layer`` as a :class:`StatefulLayer`: a plain layer gets the empty state ``{}`` and
+    ignores ``train`` and ``rng``; a stateful layer is returned as it is."""
+    if isinstance(layer, StatefulLayer):
+        return layer
+    if not isinstance(layer, Layer):
+        raise TypeError(f"expected a Layer or StatefulLayer, got {type(layer).__name__}")
+
+    def init(generator, in_shape):
+        out, params = layer.init(generator, in_shape)
+        return out, params, {}
+
+    def apply(params, state, x, *, train, rng=None):
+        _check_empty(state)
+        return layer.apply(params, x), state
+
+    def vjp(params, state, x, *, train, rng=None):
+        _check_empty(state)
+        y, pullback = layer.vjp(params, x)
+        return y, state, pullback
+
+    if getattr(layer.vjp, "skips_input_grad", False):
+        skips_input_grad(vjp)
+    return StatefulLayer(init, apply, vjp)
+
+
+def _check_empty(state) -> None:
+    # None: run by a plain network (see `fixed`), which has no state tree at all.
+    if state is not None and state != {}:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"a layer without state was given the state {got}")
+
+
+def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | None = None):
+    """The plain :class:`~n2nfunc.base.Layer` ``(params, x) -> layer(params, state, x)`` with
+    ``state``, ``train`` and ``rng`` held fixed; the new state is dropped.
+
+    Every call draws from a fresh copy of ``rng`` as it is now, so every call uses the same
+    random masks (what :func:`n2nfunc.check_vjp` needs). With ``state=None`` and
+    ``train=False`` this is how a network of plain layers stays a plain layer.
+    """
+    rng_state = rng.get_state() if rng is not None else None
+
+    def fresh_rng():
+        if rng is None:
+            return None
+        g = Generator(device=rng.device)
+        g.set_state(rng_state)
+        return g
+
+    def init(generator, in_shape):
+        out, params, _ = layer.init(generator, in_shape)
+        return out, params
+
+    def apply(params, x):
+        return layer.apply(params, state, x, train=train, rng=fresh_rng())[0]
+
+    def vjp(params, x):
+        y, _, pullback = layer.vjp(params, state, x, train=train, rng=fresh_rng())
+        return y, pullback
+
+    if getattr(layer.vjp, "skips_input_grad", False):
+        skips_input_grad(vjp)
+    return Layer(init, apply, vjp)
+
+
+def split_rng(rng: Generator | None, n: int) -> list:
+    """``n`` independent generators derived from ``rng`` (one draw of ``n`` seeds; see the
+    module docstring), or ``n`` times ``None`` when ``rng`` is ``None``."""
+    if rng is None:
+        return [None] * n
+    if not isinstance(rng, Generator):
+        raise TypeError(f"rng must be a torch.Generator or None, got {type(rng).__name__}")
+    seeds = empty(n, device=rng.device).long().random_(generator=rng).tolist()
+    return [Generator(device=rng.device).manual_seed(s) for s in seeds]
+
+
+def child_state(state: State, key: str, name: str) -> State:
+    """The state of child ``key`` of combinator ``name`` (``None`` stays ``None``)."""
+    if state is None:
+        return None
+    if not isinstance(state, dict) or key not in state:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{name}: the state has no entry '{key}' for child {key} (got {got})")
+    return state[key]

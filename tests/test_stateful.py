@@ -1,0 +1,207 @@
+"""Stateful networks: combinators with batch norm / dropout children, rng splitting,
+check_vjp, value_and_grad and make_train_step against a torch.nn training loop."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import autograd_vjp, rel_err
+
+import n2nfunc as nf
+from n2nfunc.stateful import StatefulLayer
+
+
+def clone(g):
+    c = torch.Generator(device=g.device)
+    c.set_state(g.get_state())
+    return c
+
+
+def child_rngs(rng, n):
+    """The documented split: n int64 seeds drawn from rng, one generator per child."""
+    seeds = torch.empty(n, dtype=torch.int64).random_(generator=rng).tolist()
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def to64(tree):
+    return nf.tree.map(lambda t: t.double() if t.is_floating_point() else t, tree)
+
+
+def mixed_net():
+    return nf.serial(
+        nf.conv2d(4, 3, stride=2, padding=1),
+        nf.batch_norm2d(),
+        nf.relu(),
+        nf.dropout(0.3),
+        nf.conv2d(2, 3, padding=1),
+    )
+
+
+def test_one_stateful_child_makes_the_network_stateful():
+    assert isinstance(nf.serial(nf.conv2d(2, 3), nf.relu()), nf.Layer)
+    assert isinstance(nf.residual(nf.serial(nf.conv2d(3, 3, padding=1))), nf.Layer)
+    net = mixed_net()
+    assert isinstance(net, StatefulLayer)
+    assert isinstance(nf.parallel(nf.relu(), nf.dropout(0.5)), StatefulLayer)
+    assert isinstance(nf.residual(nf.batch_norm2d()), StatefulLayer)
+    out, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 9, 7))
+    assert out == (-1, 2, 5, 4)
+    assert [p for p, _ in nf.tree.flatten(params)] == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "4.weight",
+        "4.bias",
+    ]
+    assert [p for p, _ in nf.tree.flatten(state)] == [
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
+    assert state["0"] == {} and state["3"] == {}
+
+
+def test_serial_matches_torch_with_the_documented_masks():
+    net = mixed_net()
+    _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 9, 7))
+    params, state = to64(params), to64(state)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(4)
+    rngs = child_rngs(clone(rng), 5)
+    y, new_state, pullback = net.vjp(params, state, x, train=True, rng=rng)
+    ct = torch.randn_like(y)
+    mask = torch.empty(2, 4, 5, 4).bernoulli_(0.7, generator=rngs[3]).double() / 0.7
+    flat = nf.tree.flatten(params)
+    bn = torch.nn.BatchNorm2d(4).double()
+
+    def ref(x_, *ws):
+        q = dict(zip([p for p, _ in flat], ws))
+        h = F.conv2d(x_, q["0.weight"], q["0.bias"], 2, 1)
+        h = F.batch_norm(h, bn.running_mean, bn.running_var, q["1.weight"], q["1.bias"], True)
+        return F.conv2d(F.relu(h) * mask, q["4.weight"], q["4.bias"], 1, 1)
+
+    y_ref, grads = autograd_vjp(ref, [x] + [t for _, t in flat], ct)
+    assert rel_err(y, y_ref) < 1e-10
+    ct_params, ct_x = pullback(ct)
+    assert rel_err(ct_x, grads[0]) < 1e-10
+    for (path, g_ours), g in zip(nf.tree.flatten(ct_params), grads[1:]):
+        if path == "0.bias":  # batch norm cancels it: both are rounding noise around 0
+            assert float(g_ours.abs().max()) < 1e-12 and float(g.abs().max()) < 1e-12
+        else:
+            assert rel_err(g_ours, g) < 1e-10, path
+    assert rel_err(new_state["1"]["running_mean"], bn.running_mean) < 1e-10
+    assert rel_err(new_state["1"]["running_var"], bn.running_var) < 1e-10
+    assert state["1"]["num_batches_tracked"] == 0  # the input state is not mutated
+    # apply draws the same masks from the same generator state; evaluation needs no rng
+    y2, _ = net.apply(params, state, x, train=True, rng=clone(torch.Generator().manual_seed(4)))
+    assert torch.equal(y, y2)
+    y_eval, same = net.apply(params, new_state, x, train=False, rng=None)
+    assert y_eval.shape == y.shape and same["1"] is new_state["1"]
+
+
+def test_check_vjp_on_a_network_mixing_stateful_and_plain_layers():
+    net = nf.serial(
+        mixed_net(),
+        nf.residual(nf.serial(nf.batch_norm2d(), nf.relu(), nf.dropout(0.5))),
+        nf.sigmoid(),
+    )
+    _, params, state = net.init(torch.Generator().manual_seed(1), (-1, 3, 7, 6))
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    nf.check_vjp(net, params, x, state=state, rng=torch.Generator().manual_seed(3), directions=2)
+    nf.check_vjp(net, params, x, state=state, train=False, directions=2)
+    with pytest.raises(ValueError, match="needs its state"):
+        nf.check_vjp(net, params, x)
+
+
+def test_children_get_independent_deterministic_randomness():
+    net = nf.parallel(nf.dropout(0.5), nf.dropout(0.5))
+    _, params, state = net.init(None, ((4, 50), (4, 50)))
+    x = torch.ones(4, 50)
+    (a, b), _ = net.apply(params, state, (x, x), train=True, rng=torch.Generator().manual_seed(0))
+    (c, d), _ = net.apply(params, state, (x, x), train=True, rng=torch.Generator().manual_seed(0))
+    assert torch.equal(a, c) and torch.equal(b, d)  # deterministic
+    assert not torch.equal(a, b)  # independent children
+    rngs = child_rngs(torch.Generator().manual_seed(0), 2)
+    assert torch.equal(a == 0, torch.empty(4, 50).bernoulli_(0.5, generator=rngs[0]) == 0)
+    # a child's masks do not depend on what its siblings draw
+    net2 = nf.parallel(nf.dropout(0.9), nf.dropout(0.5))
+    (_, b2), _ = net2.apply(params, state, (x, x), train=True, rng=torch.Generator().manual_seed(0))
+    assert torch.equal(b, b2)
+
+
+def test_residual_and_parallel_with_a_stateful_child_match_torch():
+    block = nf.residual(nf.serial(nf.conv2d(3, 3, padding=1), nf.batch_norm2d()))
+    net = nf.serial(nf.fanout(2), nf.parallel(block, nf.relu()), nf.fanin_sum())
+    _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 5, 4))
+    params, state = to64(params), to64(state)
+    w, b = params["1"]["0"]["0"]["weight"], params["1"]["0"]["0"]["bias"]
+    bn = torch.nn.BatchNorm2d(3).double()
+    for step in range(3):
+        x = torch.randn(3, 3, 5, 4, dtype=torch.float64)
+        y, state, _ = net.vjp(params, state, x, train=True, rng=None)
+        y_ref = x + bn(F.conv2d(x, w, b, padding=1)) + F.relu(x)
+        assert rel_err(y, y_ref) < 1e-10
+    s = state["1"]["0"]["1"]
+    assert rel_err(s["running_var"], bn.running_var) < 1e-10
+    assert int(s["num_batches_tracked"]) == 3
+    nf.check_vjp(net, params, x, state=state, directions=2)
+
+
+def test_errors_name_the_layer_path():
+    net = mixed_net()
+    _, params, state = net.init(None, (-1, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(
+        ValueError, match=r"in layer 1: serial: the state has no entry '0' for child 0"
+    ):
+        nf.serial(nf.relu(), net).apply({"0": {}, "1": params}, {"0": {}, "1": {}}, x, train=True)
+    with pytest.raises(TypeError, match=r"in layer 3: dropout\(p=0.3\): training needs rng"):
+        net.apply(params, state, x, train=True, rng=None)
+    bad = {**state, "1": {**state["1"], "running_mean": torch.zeros(5)}}
+    with pytest.raises(ValueError, match=r"in layer 1: batch_norm2d.*running_mean.*\(4,\)"):
+        net.apply(params, bad, x, train=False)
+    with pytest.raises(ValueError, match=r"in layer 0: a layer without state was given"):
+        net.apply(params, {**state, "0": {"x": torch.ones(1)}}, x, train=False)
+    with pytest.raises(ValueError, match=r"in layer 1: batch_norm2d.*\(1, 4, 1, 1\)"):
+        net.apply(params, state, torch.randn(1, 3, 1, 1), train=True, rng=torch.Generator())
+    with pytest.raises(TypeError, match="rng must be a torch.Generator"):
+        net.apply(params, state, x, train=True, rng=0)
+    with pytest.raises(TypeError, match="serial: argument 1"):
+        nf.serial(nf.batch_norm2d(), "bn")
+
+
+def test_value_and_grad_and_train_step_match_a_torch_training_loop():
+    net = mixed_net()
+    _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
+    params, state = to64(params), to64(state)
+    ref = {k: torch.nn.Parameter(v.clone()) for k, v in nf.tree.flatten(params)}
+    bn = torch.nn.BatchNorm2d(4).double()
+    opt = torch.optim.SGD(ref.values(), lr=0.1, momentum=0.9)
+    optimizer = nf.sgd(0.1, momentum=0.9)
+    step = nf.make_train_step(net, nf.mse, optimizer)
+    opt_state = optimizer.init(params)
+    data = torch.Generator().manual_seed(1)
+    rng = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        x = torch.randn(3, 3, 8, 8, generator=data, dtype=torch.float64)
+        target = torch.randn(3, 2, 4, 4, generator=data, dtype=torch.float64)
+        rngs = child_rngs(clone(rng), 5)
+        mask = torch.empty(3, 4, 4, 4).bernoulli_(0.7, generator=rngs[3]).double() / 0.7
+        params, state, opt_state, value = step(params, state, opt_state, x, target, rng)
+        with torch.enable_grad():
+            h = F.conv2d(x, ref["0.weight"], ref["0.bias"], 2, 1)
+            h = F.batch_norm(
+                h, bn.running_mean, bn.running_var, ref["1.weight"], ref["1.bias"], True
+            )
+            out = F.conv2d(F.relu(h) * mask, ref["4.weight"], ref["4.bias"], 1, 1)
+            loss = F.mse_loss(out, target)
+            opt.zero_grad()
+            loss.backward()
+        opt.step()
+        assert abs(float(value) - float(loss)) < 1e-12 * max(1.0, float(loss))
+    for path, p in nf.tree.flatten(params):
+        assert float((p - ref[path].detach()).abs().max()) < 1e-10 * float(p.abs().max()), path
+    assert rel_err(state["1"]["running_mean"], bn.running_mean) < 1e-10
+    assert rel_err(state["1"]["running_var"], bn.running_var) < 1e-10
+    value, grads, new_state = nf.value_and_grad(net, nf.mse)(params, state, x, target, rng)
+    assert set(grads) == set(params) and int(new_state["1"]["num_batches_tracked"]) == 5
