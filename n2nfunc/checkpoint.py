@@ -145,9 +145,10 @@ def load(path) -> dict:
         UnicodeDecodeError,
         OverflowError,
         MemoryError,
-    ) as e:
+    ):  # the exception's text describes the unpickler's internals, not the file
         raise ValueError(
-            f"checkpoint {path} is truncated or not an n2nfunc checkpoint ({type(e).__name__}: {e})"
+            f"checkpoint {path} is truncated or not an n2nfunc checkpoint (damaged, or "
+            "written by another program)"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an n2nfunc checkpoint")
@@ -158,5 +159,5 @@ def load(path) -> dict:
         )
     try:
         return decode(obj["payload"])
-    except (ValueError, RuntimeError, TypeError) as e:
-        raise ValueError(f"checkpoint {path} is damaged: {e}") from None
+    except (ValueError, RuntimeError, TypeError, KeyError, AttributeError):
+        raise ValueError(f"checkpoint {path} is damaged (a stored tensor is malformed)") from None

@@ -26,6 +26,7 @@ COMPUTE = [
 ]
 IO = [
     "checkpoint.py",
+    "argtypes.py",
     "cli.py",
     "export.py",
     "viz.py",
