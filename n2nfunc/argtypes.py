@@ -203,12 +203,13 @@ def output_dir(text: str) -> Path:
     return path
 
 
-def writable_suffixes() -> set[str]:
-    """File name extensions Pillow can write, lower case with the dot."""
+def writable_suffixes() -> list[str]:
+    """The image file extensions (lower case, with the dot) that Pillow here can write."""
     from PIL import Image
 
     Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    known = Image.registered_extensions()
+    return [ext for ext in IMAGE_SUFFIXES if known.get(ext) in Image.SAVE]
 
 
 def output_image(text: str) -> Path:
@@ -221,8 +222,10 @@ def output_image(text: str) -> Path:
         raise Error(f"{text} is a folder; expected an image file name such as {text}/out.png")
     suffix = path.suffix.lower()
     if suffix not in writable_suffixes():
-        common = ", ".join(s for s in IMAGE_SUFFIXES if s in writable_suffixes())
-        raise Error(f"cannot write images with the extension {suffix or '(none)'!r}; use {common}")
+        raise Error(
+            f"cannot write images with the extension {suffix or '(none)'!r}; "
+            f"use {', '.join(writable_suffixes())}"
+        )
     parent = path.parent
     if not parent.is_dir():
         raise Error(f"the folder {parent} does not exist (it is not created for you)")

@@ -33,6 +33,7 @@ from .progress import Progress
 MIN_TILE = 16  # the network halves twice; a tile also needs room next to its margin
 PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
 VAL_PHOTO_FACTOR = 8  # the one of `--val-photos`
+ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
 SHIPPED_NOISE = (
     "aliasing from point-sampled downsampling by 4 to 12 (the course data's kind), "
     "learnt from photos and built-in pairs"
@@ -313,9 +314,15 @@ def cmd_denoise(args) -> int:
     model, noise = _load_model(args.checkpoint, device)
     print(f"weights: {args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})")
     picture = _loading("input", read_image, args.input)
+    alpha = picture.alpha
+    if alpha is not None and args.output.suffix.lower() not in ALPHA_SUFFIXES:
+        print(
+            f"note: {args.output.suffix} files have no transparency; the alpha channel is dropped"
+        )
+        alpha = None
     t0 = time.perf_counter()
     out = denoise_tiled(model, picture.rgb.to(device), args.tile)
-    write_image(args.output, out, picture.alpha, picture.grey)
+    write_image(args.output, out, alpha, picture.grey)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
         f"in {time.perf_counter() - t0:.1f} s"
@@ -667,8 +674,9 @@ def main(argv=None) -> int:
     except FloatingPointError as e:
         print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:
-        print(f"n2nfunc {args.command}: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # writing failed (disk full, permissions changed meanwhile, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"n2nfunc {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

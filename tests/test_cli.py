@@ -194,3 +194,20 @@ def test_denoise_and_eval_say_which_weights_and_noise(tmp_path, monkeypatch, cap
     assert f"weights: {DEFAULT_WEIGHTS} (noise: {SHIPPED_NOISE})" in capsys.readouterr().out
     assert main(["eval", "--n-val", "8"]) == 0
     assert "the course data's kind" in capsys.readouterr().out
+
+
+def test_denoise_to_a_format_without_transparency_drops_alpha_with_a_note(tmp_path, capsys):
+    model = tmp_path / "m.pth"
+    Model({"widths": (4, 4)}).save(model)
+    rgb = torch.randint(0, 256, (3, 21, 18), dtype=torch.uint8)
+    alpha = torch.randint(0, 256, (1, 21, 18), dtype=torch.uint8)
+    write_image(tmp_path / "in.png", rgb, alpha)
+    write_image(tmp_path / "grey.png", rgb, alpha, grey=True)
+    for src, dst in (("in.png", "out.jpg"), ("grey.png", "out.bmp"), ("grey.png", "out.webp")):
+        args = [str(tmp_path / src), str(tmp_path / dst), "--checkpoint", str(model)]
+        assert main(["denoise", *args]) == 0
+        picture = read_image(tmp_path / dst)
+        assert picture.rgb.shape == rgb.shape
+        keeps = dst.endswith(".webp")
+        assert (picture.alpha is not None) == keeps
+        assert ("alpha channel is dropped" in capsys.readouterr().out) != keeps

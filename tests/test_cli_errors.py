@@ -157,6 +157,7 @@ ROWS = [
     ("denoise {w}/photo.png {w}/out", r"argument output: .*out is a folder; expected an image"),
     ("denoise {w}/photo.png {w}/out/d.xyz", r"argument output: .*extension '.xyz'; use .png"),
     ("denoise {w}/photo.png {w}/out/denoised", r"argument output: .*extension '\(none\)'"),
+    ("denoise {w}/photo.png {w}/out/d.gif", r"argument output: .*extension '.gif'; use .png, "),
     ("denoise {w}/photo.png {w}/no_dir/d.png", r"argument output: the folder .*no_dir does not e"),
     ("denoise {w}/photo.png {w}/photo.png", r"output .*photo.png is the input file"),
     (
