@@ -43,7 +43,9 @@ class Progress:
         if not quiet and (isatty() if bar is None else bar):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", unit_scale=True, dynamic_ncols=True, file=out)
+            self.bar = tqdm(
+                total=total, unit="img", unit_scale=True, dynamic_ncols=True, file=self.out
+            )
 
     def _timing(self) -> tuple[float, float, float]:
         """(elapsed seconds, images per second, ETA seconds) over the whole run so far."""
