@@ -42,6 +42,9 @@ def world(tmp_path_factory) -> Path:
     _png(w / "mismatch" / "a" / "x.png")
     _png(w / "mismatch" / "b" / "y.png")
     _png(w / "only_a" / "a" / "x.png")
+    _png(w / "broken" / "a" / "x.png", 32, 32)
+    (w / "broken" / "b").mkdir()
+    (w / "broken" / "b" / "x.png").write_text("not a picture")
     (w / "only_a" / "b").mkdir()
     (w / "sub_file").mkdir()
     (w / "sub_file" / "Miniproject_2").write_text("a file where a folder goes")
@@ -121,6 +124,7 @@ ROWS = [
     ("train --pairs {w}/empty_dir", r"argument --pairs: .*empty_dir has no sub-folder a/"),
     ("train --pairs {w}/mismatch", r"argument --pairs: no image file name is in both .*x.png vs y"),
     ("train --pairs {w}/only_a", r"argument --pairs: no image files in .*only_a/b"),
+    ("train --pairs {w}/broken", r"--pairs: cannot read image .*x.png: damaged, truncated, or"),
     ("train --pairs {w}/text.txt", r"argument --pairs: .*text.txt is a file; expected a folder"),
     ("train --photos {w}/empty_dir", r"argument --photos: no image files .* in the folder"),
     ("train --photos {w}/nowhere", r"argument --photos: no such folder: .*nowhere"),

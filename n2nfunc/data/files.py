@@ -102,8 +102,10 @@ def read_image(path) -> Picture:
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
             grey = im.mode in ("L", "LA", "I", "I;16", "F", "1")
             rgb = im.convert("RGB")
-    except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    except OSError:  # Pillow's text names its decoder's internals
+        raise ValueError(
+            f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
+        ) from None
 
     def to_tensor(pic, c):
         data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
