@@ -385,9 +385,11 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         return super()._get_help_string(action)
 
 
-def _sub(sub, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+def _sub(sub, name: str, usage: str, help: str, examples: str) -> argparse.ArgumentParser:
+    """A command whose usage is one short line (``--help`` lists every option)."""
     return sub.add_parser(
         name,
+        usage=f"n2nfunc {name} {usage}",
         help=help,
         description=help[0].upper() + help[1:] + ".",
         epilog="examples:\n" + examples,
@@ -463,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = _sub(
         sub,
         "train",
+        "[options]   (n2nfunc train --help lists them)",
         "train the denoiser (on built-in data unless told otherwise)",
         "  n2nfunc train                                   # 50,000 built-in pairs, 12 epochs\n"
         "  n2nfunc train --epochs 2 --n-train 5000 --out runs/quick\n"
@@ -585,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = _sub(
         sub,
         "eval",
+        "[options]   (n2nfunc eval --help lists them)",
         "PSNR of a checkpoint on validation data (default: the shipped weights)",
         "  n2nfunc eval                                    # shipped weights, built-in data\n"
         "  n2nfunc eval --checkpoint runs/latest/model.pth\n"
@@ -609,14 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = _sub(
         sub,
         "denoise",
+        "INPUT OUTPUT [options]   (n2nfunc denoise --help lists them)",
         "denoise an image file of any size",
         "  n2nfunc denoise noisy.png denoised.png\n"
         "  n2nfunc denoise photo.jpg out.png --checkpoint runs/latest/model.pth\n",
     )
-    d.add_argument("input", type=at.input_image, help="image to denoise (png, jpg, ...)")
+    d.add_argument(
+        "input", type=at.input_image, metavar="INPUT", help="image to denoise (png, jpg, ...)"
+    )
     d.add_argument(
         "output",
         type=at.output_image,
+        metavar="OUTPUT",
         help="image to write (png, jpg, ...), in an existing folder; replaced if it exists",
     )
     d.add_argument(
@@ -638,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = _sub(
         sub,
         "export-submission",
+        "OUT_DIR [--checkpoint FILE]",
         "write OUT_DIR/Miniproject_2/ for the course grader",
         "  n2nfunc export-submission out/\n"
         "  n2nfunc export-submission out/ --checkpoint runs/latest/model.pth\n",
