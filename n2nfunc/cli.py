@@ -363,7 +363,7 @@ def _check_denoise(args, error) -> None:
 def _check_export(args, error) -> None:
     target = args.out_dir / "Miniproject_2"
     if target.exists() and not target.is_dir():
-        error(f"{target} exists and is a file; it would be replaced by a folder")
+        error(f"{target} is a file; move it away (the submission is a folder of that name)")
 
 
 def _no_check(args, error) -> None:

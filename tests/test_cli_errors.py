@@ -172,7 +172,7 @@ ROWS = [
     ("denoise {w}/photo.png", r"the following arguments are required: OUTPUT"),
     # ---- export-submission
     ("export-submission {w}/text.txt", r"argument OUT_DIR: .*text.txt is a file; expected a fold"),
-    ("export-submission {w}/sub_file", r"Miniproject_2 exists and is a file"),
+    ("export-submission {w}/sub_file", r"Miniproject_2 is a file; move it away"),
     (
         "export-submission {w}/out --checkpoint {w}/text.txt",
         r"--checkpoint: checkpoint .*text.txt is truncated or not an n2nfunc checkpoint",
