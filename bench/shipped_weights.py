@@ -5,7 +5,7 @@
 
 Training data, all noisy/noisy (Noise2Noise, no clean image is ever used for training):
 * pairs cut from 24 real photographs in Debian's wallpaper packages (mate-backgrounds'
-  nature set, 11 photos of plasma-workspace-wallpapers, one of lomiri-wallpapers-20.04),
+  nature set, 12 photos of plasma-workspace-wallpapers, one of lomiri-wallpapers-20.04),
   at downsampling factors 4, 6, 8 and 12 (course-like aliasing of several strengths);
 * built-in dead-leaves pairs (``--builtin-share`` of the photo pairs), which add variety.
 

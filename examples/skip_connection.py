@@ -1,6 +1,7 @@
 """Compose a skip-connection denoiser with the combinators and train it on built-in pairs.
 
-    python examples/skip_connection.py
+    python examples/skip_connection.py            # 10,000 pairs, 3 epochs
+    python examples/skip_connection.py --quick    # 128 pairs, 1 epoch (what the tests run)
 
 The network: a stride-2 encoder, a residual block at low resolution, a transposed-conv
 decoder, and a long skip that concatenates the input with the decoded features before
@@ -8,6 +9,7 @@ the last convolution -- all one ``Layer`` built from ``serial``, ``fanout``,
 ``parallel``, ``residual`` and ``fanin_concat``.
 """
 
+import sys
 import time
 
 import torch
@@ -38,14 +40,15 @@ net = nf.serial(
 out_shape, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 32, 32))
 print("output shape", out_shape, "parameters:", [p for p, _ in nf.tree.flatten(params)])
 
-xt, yt = builtin_pairs(10000, "train")
-xv, yv = builtin_pairs(500, "val")
+QUICK = "--quick" in sys.argv
+xt, yt = builtin_pairs(128 if QUICK else 10000, "train")
+xv, yv = builtin_pairs(32 if QUICK else 500, "val")
 xt, yt, xv = xt.float() / 255, yt.float() / 255, xv.float() / 255
 optimizer = nf.adam(2e-3)
 state = optimizer.init(params)
 step = nf.make_train_step(net, nf.mse, optimizer)
 print(f"noisy input: {psnr(xv, yv.float() / 255):.2f} dB")
-for epoch in range(3):
+for epoch in range(1 if QUICK else 3):
     t0 = time.perf_counter()
     order = torch.randperm(xt.shape[0])
     for i in range(0, xt.shape[0], 32):

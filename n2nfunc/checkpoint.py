@@ -225,9 +225,10 @@ def load(path):
         UnicodeDecodeError,
         OverflowError,
         MemoryError,
-    ) as e:
+    ):  # the exception's text describes the unpickler's internals, not the file
         raise ValueError(
-            f"checkpoint {path} is truncated or not an n2nfunc checkpoint ({type(e).__name__}: {e})"
+            f"checkpoint {path} is truncated or not an n2nfunc checkpoint (damaged, or "
+            "written by another program)"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an n2nfunc checkpoint")
@@ -238,5 +239,7 @@ def load(path):
         )
     try:
         return decode(obj["payload"])
-    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+    except ValueError as e:  # raised by decode itself, in user terms
         raise ValueError(f"checkpoint {path} is damaged: {e}") from None
+    except (RuntimeError, TypeError, KeyError, AttributeError):
+        raise ValueError(f"checkpoint {path} is damaged (a stored tensor is malformed)") from None

@@ -1,4 +1,9 @@
-"""The ``n2nfunc`` command line: train, eval, denoise, export-submission."""
+"""The n2nfunc command line: train, eval, denoise, export-submission.
+
+Every option is checked before any work starts (see argtypes.py for the per-value checks
+and the ``_check_*`` functions below for the ones between options); a bad value gives the
+usage line and one ``error:`` line, exit status 2, and nothing is written.
+"""
 
 import argparse
 import json
@@ -8,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import __version__, checkpoint
+from . import argtypes as at
 from .data import (
+    NoiseModel,
     builtin_pairs,
     load_folder_pairs,
     load_pair_file,
@@ -21,80 +28,143 @@ from .data import (
 )
 from .metrics import evaluate
 from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, Model
+from .progress import Progress
+
+MIN_TILE = 16  # the network halves twice; a tile also needs room next to its margin
+PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
+VAL_PHOTO_FACTOR = 8  # the one of `--val-photos`
+ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
+SHIPPED_NOISE = (
+    "aliasing from point-sampled downsampling by 4 to 12 (the course data's kind), "
+    "learnt from photos and built-in pairs"
+)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
+# ---------------------------------------------------------------------------- helpers
 def _setup(args) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    return _device(args.device)
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def _loading(option: str, load, *a, **kw):
+    """Run a loader; a ValueError / FileNotFoundError is re-raised naming the option."""
+    try:
+        return load(*a, **kw)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
+def noise_words(spec: str) -> str:
+    """A short description of a built-in noise model, for people."""
+    noise = NoiseModel.parse(spec)
+    if noise.kind == "gaussian":
+        return f"Gaussian noise, sigma {noise.level:g} (of 255), built-in pairs"
+    if noise.kind == "poisson":
+        return f"Poisson noise, peak {noise.level:g}, built-in pairs"
+    return "aliasing from point-sampled 4x downsampling (the course data's kind), built-in pairs"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _builtin(args, n: int, split: str):
+    return builtin_pairs(n, split, args.noise, args.seed, announce=_say)
+
+
+def _validation_data(args):
+    """(noisy, clean, description) of the validation options shared by train and eval."""
+    if getattr(args, "val", None):
+        xv, yv = _loading("--val", load_pair_file, args.val)
+        return xv, yv, f"course file {args.val}"
+    if args.val_pairs:
+        xv, yv = _loading("--val-pairs", load_folder_pairs, args.val_pairs)
+        return xv, yv, f"image pairs in {args.val_pairs}"
+    if args.val_photos:
+        photos = _loading("--val-photos", load_photos, args.val_photos)
+        xv, yv = _loading(
+            "--val-photos",
+            photo_pairs,
+            photos,
+            args.n_val,
+            "val",
+            args.seed,
+            factor=VAL_PHOTO_FACTOR,
+            scales=(1,),
+        )
+        return xv, yv, f"{args.n_val} patches of the photos in {args.val_photos} (factor 8)"
+    xv, yv = _builtin(args, args.n_val, "val")
+    return xv, yv, f"{args.n_val} built-in validation pairs, noise {args.noise}"
 
 
 def _training_data(args):
-    """(train_a, train_b, val_noisy, val_clean, description) from the command-line options."""
-    if args.train or args.val:
-        if not (args.train and args.val):
-            raise ValueError("--train and --val go together")
-        xt, yt = load_pair_file(args.train)
-        xv, yv = load_pair_file(args.val)
-        return xt, yt, xv, yv, f"course files {args.train} / {args.val}"
+    """(train_a, train_b, description, noise description) from the command-line options."""
+    if args.train:
+        xt, yt = _loading("--train", load_pair_file, args.train)
+        return xt, yt, f"course file {args.train}", f"the noise of the course file {args.train}"
     if args.pairs:
-        xt, yt = load_folder_pairs(args.pairs)
-        desc = f"image pairs in {args.pairs}"
-    elif args.photos:
-        xt, yt = mixed_factor_pairs(load_photos(args.photos), args.n_train, "train", args.seed)
-        desc = f"{args.n_train} pairs cut from the photos in {args.photos}"
-    else:
-        print(f"generating {args.n_train} built-in training pairs (cached after the first run)...")
-        xt, yt = builtin_pairs(args.n_train, "train", args.noise, args.seed)
-        desc = f"{args.n_train} built-in dead-leaves pairs, noise {args.noise}"
-    if args.val_pairs:
-        xv, yv = load_folder_pairs(args.val_pairs)
-    elif args.val_photos:
-        xv, yv = photo_pairs(
-            load_photos(args.val_photos), args.n_val, "val", args.seed, factor=8, scales=(1,)
+        xt, yt = _loading("--pairs", load_folder_pairs, args.pairs)
+        return (
+            xt,
+            yt,
+            f"image pairs in {args.pairs}",
+            f"the noise of the image pairs in {args.pairs}",
         )
-    else:
-        xv, yv = builtin_pairs(args.n_val, "val", args.noise, args.seed)
-    return xt, yt, xv, yv, desc
+    if args.photos:
+        photos = _loading("--photos", load_photos, args.photos)
+        xt, yt = _loading(
+            "--photos", mixed_factor_pairs, photos, args.n_train, "train", args.seed, PHOTO_FACTORS
+        )
+        return (
+            xt,
+            yt,
+            f"{args.n_train} pairs cut from the photos in {args.photos}",
+            "aliasing from point-sampled downsampling by "
+            f"{', '.join(map(str, PHOTO_FACTORS))} of the photos in {args.photos}",
+        )
+    xt, yt = _builtin(args, args.n_train, "train")
+    return xt, yt, f"{args.n_train} built-in pairs, noise {args.noise}", noise_words(args.noise)
 
 
 def _config(args) -> dict:
-    cfg = {}
-    for key in ("batch_size", "optimizer", "lr", "momentum", "kernel", "upsampling", "seed"):
-        value = getattr(args, key)
-        if value is not None:
-            cfg[key] = value
-    if args.widths:
-        cfg["widths"] = tuple(args.widths)
-    if args.epochs is not None:
-        cfg["num_epochs"] = args.epochs
+    cfg = {k: getattr(args, k) for k in ("batch_size", "optimizer", "lr", "momentum", "kernel")}
+    cfg.update(upsampling=args.upsampling, seed=args.seed, widths=tuple(args.widths))
+    cfg["num_epochs"] = args.epochs
     return cfg
 
 
-def _resume_state(model: Model, path) -> dict:
-    state = checkpoint.load(path)
+def _load_state(path) -> dict:
+    """A training state written by `train` (checkpoint.pth), checked for its parts."""
+    state = _loading("--resume", checkpoint.load, path)
+    missing = [k for k in ("config", "params", "optimizer", "epoch", "rng") if k not in state]
+    if missing:
+        hint = (
+            " (it holds weights only: resume from a run's checkpoint.pth)"
+            if ("params" in state)
+            else ""
+        )
+        raise ValueError(f"--resume: {path} is not a training state{hint}")
+    return state
+
+
+def _resume(model: Model, state: dict, path) -> None:
     model.load_payload(state, str(path))
     model.pretrained = False  # resuming continues the same run's schedule
     model.optimizer.state = state["optimizer"]
     model.generator.set_state(state["rng"])
     model.epochs_done = state["epoch"]
-    return state
 
 
-def _save_state(model: Model, path, epoch: int, history: list) -> None:
+def _save_state(model: Model, path, epoch: int, history: list, noise: str) -> None:
     checkpoint.save(
         path,
         {
             **model.payload(),
+            "noise": noise,
             "optimizer": model.optimizer.state,
             "epoch": epoch,
             "rng": model.generator.get_state(),
@@ -103,24 +173,25 @@ def _save_state(model: Model, path, epoch: int, history: list) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    from tqdm import tqdm
-
     device = _setup(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    xt, yt, xv, yv, desc = _training_data(args)
-    if args.resume:
-        saved = checkpoint.load(args.resume)
-        model = Model(saved["config"])
-        state = _resume_state(model, args.resume)
-        start, history = state["epoch"], list(state["history"])
+    state = _load_state(args.resume) if args.resume else None
+    xt, yt, desc, noise = _training_data(args)
+    xv, yv, _ = _validation_data(args)
+    if state is not None:
+        model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
+        _loading("--resume", _resume, model, state, args.resume)
+        start, history = state["epoch"], list(state.get("history", []))
+        noise = state.get("noise", noise)
     else:
         model = Model(_config(args))
         start, history = 0, []
     epochs = model.config["num_epochs"]
-    x, y = model.prepare_pairs(xt.to(device), yt.to(device))
+    x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
     xv, yv = xv.to(device), yv.to(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
     per_epoch = (x.shape[0] // bs) * bs
@@ -129,18 +200,10 @@ def cmd_train(args) -> int:
         f"{torch.get_num_threads()} threads, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
-    bar = tqdm(
-        total=(epochs - start) * per_epoch,
-        unit="img",
-        unit_scale=True,
-        dynamic_ncols=True,
-        disable=args.quiet,
-    )
+    progress = Progress(max(epochs - start, 0) * per_epoch, epochs, quiet=args.quiet)
 
     def on_step(epoch, step, steps, loss):
-        bar.update(bs)
-        if step % 20 == 0:
-            bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} loss {loss:.5f}", refresh=False)
+        progress.step(epoch, bs, step, steps, loss)
 
     epoch = start
     try:
@@ -158,22 +221,22 @@ def cmd_train(args) -> int:
                     "seconds": seconds,
                 }
             )
-            bar.write(
+            progress.epoch_end(
                 f"epoch {epoch + 1}/{epochs}: loss {loss:.5f}, validation PSNR "
                 f"{scores['denoised_psnr']:.2f} dB (noisy {scores['noisy_psnr']:.2f} dB, "
                 f"gain {scores['gain']:+.2f} dB), {per_epoch / seconds:.0f} images/s"
             )
-            _save_state(model, state_path, epoch + 1, history)
+            _save_state(model, state_path, epoch + 1, history, noise)
     except KeyboardInterrupt:
-        bar.close()
-        _save_state(model, state_path, epoch, history)
+        progress.close()
+        _save_state(model, state_path, epoch, history, noise)
         print(
             f"\ninterrupted in epoch {epoch + 1}; state saved to {state_path}; continue with "
-            f"`n2nfunc train --resume {state_path}` (that epoch restarts)"
+            f"`n2nfunc train --resume {state_path} --out {out}` (that epoch restarts)"
         )
         return 130
-    bar.close()
-    model.save(weights_path)
+    progress.close()
+    checkpoint.save(weights_path, {**model.payload(), "noise": noise})
     (out / "history.json").write_text(json.dumps(history, indent=1))
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
     if not args.no_pictures:
@@ -184,37 +247,38 @@ def cmd_train(args) -> int:
         for p in (curves, grid):
             if p:
                 print(f"picture: {p}")
+    print(
+        "use these weights:\n"
+        f"  n2nfunc denoise photo.png denoised.png --checkpoint {weights_path}\n"
+        f"  n2nfunc eval --checkpoint {weights_path}"
+    )
     return 0
 
 
-def _load_model(path, device) -> Model:
-    payload = checkpoint.load(path or DEFAULT_WEIGHTS)
-    model = Model({k: v for k, v in payload["config"].items() if k in DEFAULT_CONFIG})
-    model.load_payload(payload, str(path or DEFAULT_WEIGHTS))
+# ---------------------------------------------------------------------------- eval, denoise
+def _load_model(path, device) -> tuple[Model, str]:
+    """The Model in a weights file (default: the shipped one) and its training noise."""
+    path = Path(path) if path else DEFAULT_WEIGHTS
+    payload = _loading("--checkpoint", checkpoint.load, path)
+    if not isinstance(payload.get("config"), dict) or "params" not in payload:
+        raise ValueError(f"--checkpoint: {path} holds no network weights (not a Model checkpoint)")
+    config = {k: v for k, v in payload["config"].items() if k in DEFAULT_CONFIG}
+    model = _loading("--checkpoint", Model, config)
+    _loading("--checkpoint", model.load_payload, payload, str(path))
     model._move_to(device)
-    return model
+    noise = payload.get("noise")
+    if not isinstance(noise, str):
+        noise = SHIPPED_NOISE if path.resolve() == DEFAULT_WEIGHTS else "not recorded"
+    return model, noise
 
 
 def cmd_eval(args) -> int:
     device = _setup(args)
-    model = _load_model(args.checkpoint, device)
-    if args.val:
-        xv, yv = load_pair_file(args.val)
-        desc = str(args.val)
-    elif args.val_pairs:
-        xv, yv = load_folder_pairs(args.val_pairs)
-        desc = str(args.val_pairs)
-    elif args.val_photos:
-        xv, yv = photo_pairs(
-            load_photos(args.val_photos), args.n_val, "val", args.seed, factor=8, scales=(1,)
-        )
-        desc = f"{args.n_val} patches of the photos in {args.val_photos} (downsampling factor 8)"
-    else:
-        xv, yv = builtin_pairs(args.n_val, "val", args.noise, args.seed)
-        desc = f"{args.n_val} built-in validation pairs, noise {args.noise}"
+    model, noise = _load_model(args.checkpoint, device)
+    xv, yv, desc = _validation_data(args)
     s = evaluate(model, xv.to(device), yv.to(device))
     print(
-        f"checkpoint: {args.checkpoint or DEFAULT_WEIGHTS}\ndata: {desc}\n"
+        f"weights: {args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})\ndata: {desc}\n"
         f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\n"
         f"denoised PSNR:    {s['denoised_psnr']:.2f} dB\n"
         f"gain:             {s['gain']:+.2f} dB"
@@ -227,6 +291,8 @@ def denoise_tiled(
 ) -> torch.Tensor:
     """Denoise a uint8 (3, H, W) image tile by tile (each with a ``margin`` of context), so
     memory stays bounded for any image size; returns uint8 (3, H, W)."""
+    if tile < 1 or margin < 0:
+        raise ValueError(f"denoise_tiled: tile must be >= 1 and margin >= 0, got {tile}, {margin}")
     _, h, w = rgb.shape
     out = torch.empty(3, h, w, dtype=torch.uint8)
     for y0 in range(0, h, tile):
@@ -245,11 +311,18 @@ def denoise_tiled(
 
 def cmd_denoise(args) -> int:
     device = _setup(args)
-    model = _load_model(args.checkpoint, device)
-    picture = read_image(args.input)
+    model, noise = _load_model(args.checkpoint, device)
+    print(f"weights: {args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})")
+    picture = _loading("input", read_image, args.input)
+    alpha = picture.alpha
+    if alpha is not None and args.output.suffix.lower() not in ALPHA_SUFFIXES:
+        print(
+            f"note: {args.output.suffix} files have no transparency; the alpha channel is dropped"
+        )
+        alpha = None
     t0 = time.perf_counter()
     out = denoise_tiled(model, picture.rgb.to(device), args.tile)
-    write_image(args.output, out, picture.alpha, picture.grey)
+    write_image(args.output, out, alpha, picture.grey)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
         f"in {time.perf_counter() - t0:.1f} s"
@@ -260,84 +333,360 @@ def cmd_denoise(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_submission
 
-    folder = export_submission(args.out_dir, args.checkpoint)
+    folder = _loading("--checkpoint", export_submission, args.out_dir, args.checkpoint)
     print(f"submission written to {folder}")
     return 0
 
 
-def _common(p, device=True):
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+# ------------------------------------------------------------------ checks between options
+def _check_train(args, error) -> None:
+    if args.train and not args.val:
+        error("--train needs --val too (the course's validation file, val_data.pkl)")
+    if args.val and not args.train:
+        error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
+    if args.val and (args.val_pairs or args.val_photos):
+        error("give one validation set: --val, --val-pairs or --val-photos")
+    if args.upsampling == "nearest" and args.kernel % 2 == 0:
+        error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
+
+
+def _check_eval(args, error) -> None:
+    if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
+        error("give one validation set: --val, --val-pairs or --val-photos")
+
+
+def _check_denoise(args, error) -> None:
+    if args.output.exists() and args.output.resolve() == args.input.resolve():
+        error(f"output {args.output} is the input file; choose another name")
+
+
+def _check_export(args, error) -> None:
+    target = args.out_dir / "Miniproject_2"
+    if target.exists() and not target.is_dir():
+        error(f"{target} is a file; move it away (the submission is a folder of that name)")
+
+
+def _no_check(args, error) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------- the parser
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless it is None or a flag's False, where the help
+    says what happens instead) and keeps the epilog's examples as written."""
+
+    def _get_help_string(self, action):
+        if (
+            action.default is None
+            or action.default is False
+            or isinstance(action, argparse._VersionAction)
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _sub(sub, name: str, usage: str, help: str, examples: str) -> argparse.ArgumentParser:
+    """A command whose usage is one short line (``--help`` lists every option)."""
+    return sub.add_parser(
+        name,
+        usage=f"n2nfunc {name} {usage}",
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog="examples:\n" + examples,
+        formatter_class=_Help,
+    )
+
+
+def _common(p, device: bool = True) -> None:
+    p.add_argument(
+        "--threads",
+        type=at.int_range(1),
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice, usually one per core)",
+    )
     if device:
-        p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+        p.add_argument(
+            "--device",
+            type=at.device,
+            default="cpu",
+            help="cpu, cuda, cuda:N, or auto (cuda when there is one)",
+        )
 
 
-def _val_options(p):
-    p.add_argument("--n-val", type=int, default=1000, help="built-in / photo validation pairs")
+def _val_options(p) -> None:
+    p.add_argument(
+        "--val-pairs",
+        type=at.pair_dir,
+        metavar="DIR",
+        help="validate on DIR/a (noisy), DIR/b (clean)",
+    )
+    p.add_argument(
+        "--val-photos",
+        type=at.photo_dir(32 * VAL_PHOTO_FACTOR),
+        metavar="DIR",
+        help="validate on noisy/clean patches cut from the photos in DIR (factor 8)",
+    )
+    p.add_argument(
+        "--n-val",
+        type=at.int_range(1),
+        default=1000,
+        metavar="N",
+        help="built-in / photo validation pairs",
+    )
     p.add_argument(
         "--noise",
+        type=at.noise,
         default="downsample",
-        help="built-in noise: downsample, gaussian:SIGMA or poisson:PEAK",
+        help="noise of the built-in pairs: downsample (course-like), gaussian:SIGMA or "
+        "poisson:PEAK",
     )
-    p.add_argument("--val-pairs", type=Path, help="folder with a/ (noisy) and b/ (clean) images")
-    p.add_argument("--val-photos", type=Path, help="folder of photos for validation patches")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=at.int_range(0, 2**31 - 1),
+        default=DEFAULT_CONFIG["seed"],
+        help="seed of the data, initial weights and batch order",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="n2nfunc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="n2nfunc",
+        description="Train and use a Noise2Noise image denoiser written with n2nfunc, a small\n"
+        "deep-learning library with hand-written gradients.",
+        epilog="examples:\n"
+        "  n2nfunc train                       # built-in data; about 10 min on a 2-core CPU\n"
+        "  n2nfunc denoise noisy.png clean.png\n"
+        "  n2nfunc train --help                # the options of one command",
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"n2nfunc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train the denoiser (built-in data by default)")
-    t.add_argument("--train", type=Path, help="course training file (train_data.pkl)")
-    t.add_argument("--val", type=Path, help="course validation file (val_data.pkl)")
-    t.add_argument("--pairs", type=Path, help="folder with a/ and b/ noisy images of equal names")
-    t.add_argument("--photos", type=Path, help="folder of photos to cut noisy pairs from")
-    t.add_argument("--n-train", type=int, default=50000, help="built-in / photo training pairs")
+    t = _sub(
+        sub,
+        "train",
+        "[options]   (n2nfunc train --help lists them)",
+        "train the denoiser (on built-in data unless told otherwise)",
+        "  n2nfunc train                                   # 50,000 built-in pairs, 12 epochs\n"
+        "  n2nfunc train --epochs 2 --n-train 5000 --out runs/quick\n"
+        "  n2nfunc train --train train_data.pkl --val val_data.pkl\n"
+        "  n2nfunc train --photos ~/Pictures --val-photos ~/Pictures/held-out\n"
+        "  n2nfunc train --resume runs/latest/checkpoint.pth --out runs/latest\n",
+    )
+    data = t.add_argument_group(
+        "training data (default: built-in pairs)"
+    ).add_mutually_exclusive_group()
+    data.add_argument(
+        "--train",
+        type=at.existing_file("pair file"),
+        metavar="FILE",
+        help="course training file (train_data.pkl); needs --val",
+    )
+    data.add_argument(
+        "--pairs",
+        type=at.pair_dir,
+        metavar="DIR",
+        help="noisy/noisy images of equal names in DIR/a and DIR/b (cut into 32x32 patches)",
+    )
+    data.add_argument(
+        "--photos",
+        type=at.photo_dir(32 * max(PHOTO_FACTORS)),
+        metavar="DIR",
+        help="photos to cut course-like noisy pairs from (at least one must be "
+        f"{32 * max(PHOTO_FACTORS)} px on its short side)",
+    )
+    t.add_argument(
+        "--val",
+        type=at.existing_file("pair file"),
+        metavar="FILE",
+        help="course validation file (val_data.pkl)",
+    )
+    t.add_argument(
+        "--n-train",
+        type=at.int_range(1),
+        default=50000,
+        metavar="N",
+        help="built-in / photo training pairs",
+    )
     _val_options(t)
-    t.add_argument("--epochs", type=int, help=f"default {DEFAULT_CONFIG['num_epochs']}")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--optimizer", choices=["adam", "sgd"])
-    t.add_argument("--lr", type=float)
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--widths", type=int, nargs=2, metavar=("W1", "W2"))
-    t.add_argument("--kernel", type=int)
-    t.add_argument("--upsampling", choices=["transpose", "nearest"])
-    t.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
-    t.add_argument("--resume", type=Path, help="continue from a checkpoint.pth")
-    t.add_argument("--no-pictures", action="store_true", help="skip the PNG plots")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    net = t.add_argument_group("network and optimizer")
+    net.add_argument(
+        "--epochs",
+        type=at.int_range(1),
+        default=DEFAULT_CONFIG["num_epochs"],
+        metavar="N",
+        help="passes over the training pairs",
+    )
+    net.add_argument(
+        "--batch-size",
+        type=at.int_range(1),
+        default=DEFAULT_CONFIG["batch_size"],
+        metavar="B",
+        help="pairs per training step",
+    )
+    net.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default=DEFAULT_CONFIG["optimizer"],
+        help="Adam, or SGD with momentum",
+    )
+    net.add_argument(
+        "--lr",
+        type=at.float_range(0.0),
+        default=DEFAULT_CONFIG["lr"],
+        help="peak learning rate (warm-up, then cosine decay)",
+    )
+    net.add_argument(
+        "--momentum",
+        type=at.float_range(0.0, 1.0, low_open=False),
+        default=DEFAULT_CONFIG["momentum"],
+        help="SGD momentum (with --optimizer sgd)",
+    )
+    net.add_argument(
+        "--widths",
+        type=at.int_range(1),
+        nargs=2,
+        default=DEFAULT_CONFIG["widths"],
+        metavar=("W1", "W2"),
+        help="channels after the first and the second convolution",
+    )
+    net.add_argument(
+        "--kernel",
+        type=at.int_range(2, 5),
+        default=DEFAULT_CONFIG["kernel"],
+        metavar="K",
+        help="kernel size of every layer",
+    )
+    net.add_argument(
+        "--upsampling",
+        choices=["transpose", "nearest"],
+        default=DEFAULT_CONFIG["upsampling"],
+        help="transposed convolution, or nearest x2 + convolution (needs an odd kernel)",
+    )
+    run = t.add_argument_group("output")
+    run.add_argument(
+        "--out",
+        type=at.output_dir,
+        default="runs/latest",
+        metavar="DIR",
+        help="folder for model.pth, checkpoint.pth, history.json and pictures (created, with "
+        "its parents, if missing; files of an earlier run there are replaced)",
+    )
+    run.add_argument(
+        "--resume",
+        type=at.existing_file("checkpoint"),
+        metavar="FILE",
+        help="continue a run from its checkpoint.pth (its settings are used)",
+    )
+    run.add_argument("--no-pictures", action="store_true", help="skip curves.png and samples.png")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress bar or in-epoch lines (epoch lines stay)"
+    )
     _common(t)
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, check=_check_train, parser=t)
 
-    e = sub.add_parser("eval", help="PSNR of a checkpoint (default: the shipped weights)")
-    e.add_argument("--checkpoint", type=Path)
-    e.add_argument("--val", type=Path, help="course validation file (val_data.pkl)")
+    e = _sub(
+        sub,
+        "eval",
+        "[options]   (n2nfunc eval --help lists them)",
+        "PSNR of a checkpoint on validation data (default: the shipped weights)",
+        "  n2nfunc eval                                    # shipped weights, built-in data\n"
+        "  n2nfunc eval --checkpoint runs/latest/model.pth\n"
+        "  n2nfunc eval --val val_data.pkl\n",
+    )
+    e.add_argument(
+        "--checkpoint",
+        type=at.existing_file("checkpoint"),
+        metavar="FILE",
+        help="weights to evaluate (default: the shipped n2nfunc/weights/bestmodel.pth)",
+    )
+    e.add_argument(
+        "--val",
+        type=at.existing_file("pair file"),
+        metavar="FILE",
+        help="course validation file (val_data.pkl)",
+    )
     _val_options(e)
     _common(e)
-    e.set_defaults(func=cmd_eval)
+    e.set_defaults(func=cmd_eval, check=_check_eval, parser=e)
 
-    d = sub.add_parser("denoise", help="denoise an image file of any size")
-    d.add_argument("input", type=Path)
-    d.add_argument("output", type=Path)
-    d.add_argument("--checkpoint", type=Path)
-    d.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory bound)")
+    d = _sub(
+        sub,
+        "denoise",
+        "INPUT OUTPUT [options]   (n2nfunc denoise --help lists them)",
+        "denoise an image file of any size",
+        "  n2nfunc denoise noisy.png denoised.png\n"
+        "  n2nfunc denoise photo.jpg out.png --checkpoint runs/latest/model.pth\n",
+    )
+    d.add_argument(
+        "input", type=at.input_image, metavar="INPUT", help="image to denoise (png, jpg, ...)"
+    )
+    d.add_argument(
+        "output",
+        type=at.output_image,
+        metavar="OUTPUT",
+        help="image to write (png, jpg, ...), in an existing folder; replaced if it exists",
+    )
+    d.add_argument(
+        "--checkpoint",
+        type=at.existing_file("checkpoint"),
+        metavar="FILE",
+        help="weights to use (default: the shipped n2nfunc/weights/bestmodel.pth)",
+    )
+    d.add_argument(
+        "--tile",
+        type=at.int_range(MIN_TILE),
+        default=256,
+        metavar="PX",
+        help="tile size in pixels; smaller tiles use less memory",
+    )
     _common(d)
-    d.set_defaults(func=cmd_denoise)
+    d.set_defaults(func=cmd_denoise, check=_check_denoise, parser=d)
 
-    x = sub.add_parser("export-submission", help="write Miniproject_2/ for the course grader")
-    x.add_argument("out_dir", type=Path)
-    x.add_argument("--checkpoint", type=Path, help="weights to ship (default: the shipped ones)")
-    x.set_defaults(func=cmd_export)
+    x = _sub(
+        sub,
+        "export-submission",
+        "OUT_DIR [--checkpoint FILE]",
+        "write OUT_DIR/Miniproject_2/ for the course grader",
+        "  n2nfunc export-submission out/\n"
+        "  n2nfunc export-submission out/ --checkpoint runs/latest/model.pth\n",
+    )
+    x.add_argument(
+        "out_dir",
+        type=at.output_dir,
+        metavar="OUT_DIR",
+        help="folder to write Miniproject_2/ into (created if missing; an existing "
+        "Miniproject_2/ there is replaced)",
+    )
+    x.add_argument(
+        "--checkpoint",
+        type=at.existing_file("checkpoint"),
+        metavar="FILE",
+        help="weights to ship (default: the shipped n2nfunc/weights/bestmodel.pth)",
+    )
+    x.set_defaults(func=cmd_export, check=_check_export, parser=x)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (0 done, 2 bad usage or data)."""
+    try:
+        args = build_parser().parse_args(argv)
+        args.check(args, args.parser.error)
+    except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing failed (disk full, permissions changed meanwhile, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"n2nfunc {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

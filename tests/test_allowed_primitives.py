@@ -33,6 +33,7 @@ COMPUTE = [
 ]
 IO = [
     "checkpoint.py",
+    "argtypes.py",
     "cli.py",
     "export.py",
     "viz.py",

@@ -1,11 +1,15 @@
+import io
 import json
+import re
+import sys
 
 import torch
 
 from n2nfunc import checkpoint
-from n2nfunc.cli import denoise_tiled, main
+from n2nfunc.cli import SHIPPED_NOISE, denoise_tiled, main
 from n2nfunc.data import read_image, write_image
-from n2nfunc.model import Model
+from n2nfunc.model import DEFAULT_WEIGHTS, Model
+from n2nfunc.progress import Progress, clock
 
 TINY = [
     "--n-train",
@@ -28,13 +32,19 @@ def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys)
     assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    assert "validation PSNR" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "generating 96 built-in train pairs" in log and "generating 16 built-in val" in log
+    assert "validation PSNR" in log
+    # how to use what was just trained
+    assert f"--checkpoint {out / 'model.pth'}" in log
+    assert "aliasing" in checkpoint.load(out / "model.pth")["noise"]
     state = checkpoint.load(out / "checkpoint.pth")
     assert state["epoch"] == 2 and state["optimizer"]["step"] == 12
     # resuming a finished run trains nothing more; resuming with more epochs continues
     state["config"]["num_epochs"] = 3
     checkpoint.save(out / "more.pth", state)
     assert main(["train", *TINY, "--resume", str(out / "more.pth"), "--out", str(out)]) == 0
+    assert "generating" not in capsys.readouterr().out  # cached by the first run
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert checkpoint.load(out / "checkpoint.pth")["optimizer"]["step"] == 18
@@ -123,8 +133,83 @@ def test_tiles_agree_with_whole_image_away_from_tile_borders():
     assert (whole.int() - tiled.int()).abs().max() <= 1
 
 
-def test_cli_errors_are_clear(tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["train", "--train", str(tmp_path / "t.pkl"), "--out", str(tmp_path)]) == 2
-    assert "--train and --val go together" in capsys.readouterr().err
+def test_log_lines_when_stdout_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    """Captured stdout is not a terminal: no bar, no carriage returns, one line per epoch
+    with loss, images/s, elapsed time and ETA."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    args = ["train", "--n-train", "64", "--n-val", "8", "--widths", "4", "4", "--batch-size", "16"]
+    assert main([*args, "--epochs", "2", "--no-pictures", "--out", str(tmp_path / "r")]) == 0
+    log = capsys.readouterr().out
+    assert "\r" not in log
+    lines = [x for x in log.splitlines() if x.startswith("epoch ")]
+    assert len(lines) == 2, log
+    for i, line in enumerate(lines, 1):
+        assert re.fullmatch(
+            rf"epoch {i}/2: loss \d\.\d{{5}}, validation PSNR .* dB .*, \d+ images/s, "
+            r"elapsed \d+:\d\d, ETA \d+:\d\d",
+            line,
+        ), line
+    assert lines[-1].endswith("ETA 0:00")
+
+
+def test_progress_lines_inside_long_epochs_and_bar_on_a_terminal(monkeypatch):
+    lines = io.StringIO()
+    p = Progress(total=40, epochs=2, out=lines, interval=0.0)
+    for step in range(4):
+        p.step(0, 5, step, 4, 0.25)
+    p.epoch_end("epoch 1/2: loss 0.25000")
+    text = lines.getvalue().splitlines()
+    assert len(text) == 4 and "\r" not in lines.getvalue()  # 3 in-epoch lines (not the last step)
+    assert re.fullmatch(
+        r"epoch 1/2: 25% of the epoch, loss 0.25000, \d+ images/s, elapsed \d+:\d\d, ETA .*",
+        text[0],
+    )
+    assert text[-1].startswith("epoch 1/2: loss 0.25000, elapsed ")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)  # the bar goes where the check looked: stdout
+    bar = Progress(total=40, epochs=1)
+    for step in range(8):
+        bar.step(0, 5, step, 8, 0.5)
+    bar.close()
+    assert "\r" in term.getvalue() and "100%" in term.getvalue()
+    assert clock(59.6) == "1:00" and clock(3725) == "1:02:05"
+
+
+def test_denoise_and_eval_say_which_weights_and_noise(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8))
+    old = tmp_path / "old.pth"
+    Model({"widths": (4, 4)}).save(old)  # no noise recorded, like checkpoints of 0.1.0
+    noted = tmp_path / "noted.pth"
+    checkpoint.save(noted, {**Model({"widths": (4, 4)}).payload(), "noise": "Gaussian, sigma 9"})
+    out = str(tmp_path / "out.png")
+    assert main(["denoise", str(tmp_path / "in.png"), out, "--checkpoint", str(old)]) == 0
+    assert f"weights: {old} (noise: not recorded)" in capsys.readouterr().out
+    assert main(["denoise", str(tmp_path / "in.png"), out, "--checkpoint", str(noted)]) == 0
+    assert "(noise: Gaussian, sigma 9)" in capsys.readouterr().out
+    assert main(["denoise", str(tmp_path / "in.png"), out]) == 0
+    assert f"weights: {DEFAULT_WEIGHTS} (noise: {SHIPPED_NOISE})" in capsys.readouterr().out
+    assert main(["eval", "--n-val", "8"]) == 0
+    assert "the course data's kind" in capsys.readouterr().out
+
+
+def test_denoise_to_a_format_without_transparency_drops_alpha_with_a_note(tmp_path, capsys):
+    model = tmp_path / "m.pth"
+    Model({"widths": (4, 4)}).save(model)
+    rgb = torch.randint(0, 256, (3, 21, 18), dtype=torch.uint8)
+    alpha = torch.randint(0, 256, (1, 21, 18), dtype=torch.uint8)
+    write_image(tmp_path / "in.png", rgb, alpha)
+    write_image(tmp_path / "grey.png", rgb, alpha, grey=True)
+    for src, dst in (("in.png", "out.jpg"), ("grey.png", "out.bmp"), ("grey.png", "out.webp")):
+        args = [str(tmp_path / src), str(tmp_path / dst), "--checkpoint", str(model)]
+        assert main(["denoise", *args]) == 0
+        picture = read_image(tmp_path / dst)
+        assert picture.rgb.shape == rgb.shape
+        keeps = dst.endswith(".webp")
+        assert (picture.alpha is not None) == keeps
+        assert ("alpha channel is dropped" in capsys.readouterr().out) != keeps

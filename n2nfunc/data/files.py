@@ -25,17 +25,27 @@ def safe_load(path, what: str = "file"):
         raise ValueError(f"{what} {path} is empty")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError:
         raise ValueError(
-            f"{what} {path} was not loaded: it is not a torch file of tensors and "
-            "plain containers (damaged, foreign, or holding other objects; nothing "
-            f"in it was executed): {reason}"
+            f"{what} {path} was not loaded: it is not a torch file of tensors and plain "
+            "containers (damaged, foreign, or holding other objects; nothing in it was executed)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        UnicodeDecodeError,
+        MemoryError,
+    ):
         raise ValueError(
-            f"{what} {path} is not a readable torch file (truncated or foreign?): "
-            f"{type(e).__name__}: {e}"
+            f"{what} {path} is not a readable torch file (damaged, truncated, or another "
+            "kind of file)"
         ) from None
 
 
@@ -92,8 +102,10 @@ def read_image(path) -> Picture:
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
             grey = im.mode in ("L", "LA", "I", "I;16", "F", "1")
             rgb = im.convert("RGB")
-    except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    except OSError:  # Pillow's text names its decoder's internals
+        raise ValueError(
+            f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
+        ) from None
 
     def to_tensor(pic, c):
         data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)

@@ -1,0 +1,245 @@
+"""Bad command lines: each exits with status 2, prints at most the usage and one `error:`
+line naming the option and the value, no traceback, and writes nothing (every file of the
+test folder, including a populated output folder, is hashed before and after)."""
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from n2nfunc import argtypes, checkpoint
+from n2nfunc.cli import main
+from n2nfunc.data import write_image
+from n2nfunc.model import Model
+
+
+def _png(path: Path, h: int = 40, w: int = 30) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Files a hurried user points the command line at, and a populated output folder."""
+    w = tmp_path_factory.mktemp("world")
+    Model({"widths": (8, 8)}).save(w / "weights.pth")
+    checkpoint.save(w / "data.ckpt", {"first": torch.zeros(2, 3, 4, 4, dtype=torch.uint8)})
+    (w / "text.txt").write_text("hello, I am not a tensor file\n")
+    (w / "garbage.pth").write_bytes(b"garbage\n")
+    (w / "empty.pkl").write_bytes(b"")
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    torch.save((x, x), w / "train_data.pkl")
+    torch.save((x[:, :2], x[:, :2]), w / "two_channels.pkl")
+    (w / "folder").mkdir()
+    (w / "empty_dir").mkdir()
+    _png(w / "photo.png")
+    _png(w / "small_photos" / "p.png", 50, 60)
+    _png(w / "pairs" / "a" / "x.png", 32, 32)
+    _png(w / "pairs" / "b" / "x.png", 32, 32)
+    _png(w / "mismatch" / "a" / "x.png")
+    _png(w / "mismatch" / "b" / "y.png")
+    _png(w / "only_a" / "a" / "x.png")
+    _png(w / "broken" / "a" / "x.png", 32, 32)
+    (w / "broken" / "b").mkdir()
+    (w / "broken" / "b" / "x.png").write_text("not a picture")
+    (w / "only_a" / "b").mkdir()
+    (w / "sub_file").mkdir()
+    (w / "sub_file" / "Miniproject_2").write_text("a file where a folder goes")
+    out = w / "out"  # a previous run's output
+    out.mkdir()
+    Model({"widths": (8, 8)}).save(out / "model.pth")
+    (out / "history.json").write_text("[]")
+    _png(out / "denoised.png")
+    return w
+
+
+def _tree_hash(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+
+# (argv with {w} for the test folder, the error line's pattern)
+ROWS = [
+    # ---- train: numbers
+    ("train --batch-size 0", r"argument --batch-size: expected an integer >= 1, got '0'"),
+    ("train --batch-size -3", r"argument --batch-size: expected an integer >= 1, got '-3'"),
+    ("train --batch-size 8.5", r"argument --batch-size: expected an integer >= 1, got '8.5'"),
+    ("train --epochs 0", r"argument --epochs: expected an integer >= 1, got '0'"),
+    ("train --epochs -1", r"argument --epochs: expected an integer >= 1, got '-1'"),
+    ("train --epochs many", r"argument --epochs: expected an integer >= 1, got 'many'"),
+    ("train --lr 0", r"argument --lr: expected a number > 0, got '0'"),
+    ("train --lr -0.01", r"argument --lr: expected a number > 0, got '-0.01'"),
+    ("train --lr nan", r"argument --lr: expected a number > 0, got 'nan'"),
+    ("train --lr inf", r"argument --lr: expected a number > 0, got 'inf'"),
+    ("train --momentum 1", r"argument --momentum: expected a number >= 0 and < 1, got '1'"),
+    ("train --momentum -0.5", r"argument --momentum: expected a number >= 0 and < 1, got '-0.5'"),
+    ("train --widths 0 8", r"argument --widths: expected an integer >= 1, got '0'"),
+    ("train --widths 8", r"argument --widths: expected 2 arguments"),
+    ("train --kernel 1", r"argument --kernel: expected an integer from 2 to 5, got '1'"),
+    ("train --kernel 7", r"argument --kernel: expected an integer from 2 to 5, got '7'"),
+    ("train --upsampling nearest", r"--upsampling nearest needs an odd --kernel .* --kernel 4"),
+    ("train --upsampling bilinear", r"argument --upsampling: invalid choice: 'bilinear'"),
+    ("train --optimizer rmsprop", r"argument --optimizer: invalid choice: 'rmsprop'"),
+    ("train --n-train 0", r"argument --n-train: expected an integer >= 1, got '0'"),
+    ("train --n-val -5", r"argument --n-val: expected an integer >= 1, got '-5'"),
+    ("train --seed -1", r"argument --seed: expected an integer from 0 to 2147483647, got '-1'"),
+    ("train --noise gaussian", r"argument --noise: noise model 'gaussian' needs a number"),
+    ("train --noise gaussian:-5", r"argument --noise: noise level must be > 0, got 'gaussian:-5'"),
+    ("train --noise salt", r"argument --noise: unknown noise model 'salt'"),
+    ("train --threads 0", r"argument --threads: expected an integer >= 1, got '0'"),
+    pytest.param(
+        "train --device cuda",
+        r"argument --device: 'cuda' asked for, but no CUDA device is available",
+        marks=NO_CUDA,
+    ),
+    ("train --device gpu", r"argument --device: expected cpu, cuda, cuda:N or auto, got 'gpu'"),
+    # ---- train: data files and folders
+    ("train --train {w}/missing.pkl --val {w}/train_data.pkl", r"--train: no such pair file: "),
+    ("train --train {w}/folder --val {w}/train_data.pkl", r"--train: .*folder is a folder; expe"),
+    ("train --train {w}/empty.pkl --val {w}/train_data.pkl", r"--train: .*empty.pkl is empty"),
+    (
+        "train --train {w}/text.txt --val {w}/train_data.pkl",
+        r"--train: pair file .*text.txt is not a readable torch file",
+    ),
+    (
+        "train --train {w}/train_data.pkl --val {w}/text.txt",
+        r"--val: pair file .*text.txt is not a readable torch file",
+    ),
+    (
+        "train --train {w}/two_channels.pkl --val {w}/train_data.pkl",
+        r"--train: pair file .*two_channels.pkl: first tensor has shape \(5, 2, 32, 32\)",
+    ),
+    ("train --train {w}/train_data.pkl", r"--train needs --val too"),
+    ("train --val {w}/train_data.pkl", r"--val goes with --train"),
+    ("train --train {w}/train_data.pkl --pairs {w}/pairs", r"--pairs: not allowed with .*--train"),
+    ("train --pairs {w}/empty_dir", r"argument --pairs: .*empty_dir has no sub-folder a/"),
+    ("train --pairs {w}/mismatch", r"argument --pairs: no image file name is in both .*x.png vs y"),
+    ("train --pairs {w}/only_a", r"argument --pairs: no image files in .*only_a/b"),
+    ("train --pairs {w}/broken", r"--pairs: cannot read image .*x.png: damaged, truncated, or"),
+    ("train --pairs {w}/text.txt", r"argument --pairs: .*text.txt is a file; expected a folder"),
+    ("train --photos {w}/empty_dir", r"argument --photos: no image files .* in the folder"),
+    ("train --photos {w}/nowhere", r"argument --photos: no such folder: .*nowhere"),
+    (
+        "train --photos {w}/small_photos",
+        r"argument --photos: no photo in .*small_photos is at least 384 pixels .*largest: 50",
+    ),
+    ("train --val-pairs {w}/mismatch", r"argument --val-pairs: no image file name is in both"),
+    ("train --val-photos {w}/photo.png", r"argument --val-photos: .*photo.png is a file"),
+    # ---- train: output and resume
+    ("train --out {w}/text.txt", r"argument --out: .*text.txt is a file; expected a folder"),
+    ("train --out {w}/text.txt/run", r"argument --out: cannot create .*: .*text.txt is a file"),
+    ("train --resume {w}/garbage.pth", r"--resume: checkpoint .*garbage.pth is truncated or not"),
+    ("train --resume {w}/weights.pth", r"--resume: .*weights.pth is not a training state .*"),
+    ("train --resume {w}/folder", r"argument --resume: .*folder is a folder; expected a checkpo"),
+    ("train --resume {w}/nope.pth", r"argument --resume: no such checkpoint: .*nope.pth"),
+    # ---- eval
+    ("eval --checkpoint {w}/missing.pth", r"argument --checkpoint: no such checkpoint: "),
+    ("eval --checkpoint {w}/folder", r"argument --checkpoint: .*folder is a folder"),
+    ("eval --checkpoint {w}/text.txt", r"--checkpoint: checkpoint .*text.txt is truncated or no"),
+    ("eval --checkpoint {w}/garbage.pth", r"--checkpoint: checkpoint .*garbage.pth is truncated"),
+    ("eval --checkpoint {w}/data.ckpt", r"--checkpoint: .*data.ckpt holds no network weights"),
+    ("eval --val {w}/text.txt", r"--val: pair file .*text.txt is not a readable torch file"),
+    ("eval --val {w}/train_data.pkl --val-pairs {w}/pairs", r"give one validation set"),
+    ("eval --val-photos {w}/small_photos", r"argument --val-photos: .* at least 256 pixels"),
+    ("eval --n-val 0", r"argument --n-val: expected an integer >= 1, got '0'"),
+    ("eval --seed -7", r"argument --seed: expected an integer from 0 to 2147483647, got '-7'"),
+    # ---- denoise
+    ("denoise {w}/photo.png {w}/out/denoised.png --tile 0", r"argument --tile: .* >= 16, got '0'"),
+    ("denoise {w}/photo.png {w}/out/denoised.png --tile -4", r"argument --tile: .*got '-4'"),
+    ("denoise {w}/folder {w}/out/denoised.png", r"argument INPUT: .*folder is a folder; expected"),
+    ("denoise {w}/missing.png {w}/out/denoised.png", r"argument INPUT: no such image file: "),
+    ("denoise {w}/text.txt {w}/out/denoised.png", r"argument INPUT: .*text.txt is not an image "),
+    ("denoise {w}/photo.png {w}/out", r"argument OUTPUT: .*out is a folder; expected an image"),
+    ("denoise {w}/photo.png {w}/out/d.xyz", r"argument OUTPUT: .*extension '.xyz'; use .png"),
+    ("denoise {w}/photo.png {w}/out/denoised", r"argument OUTPUT: .*extension '\(none\)'"),
+    ("denoise {w}/photo.png {w}/out/d.gif", r"argument OUTPUT: .*extension '.gif'; use .png, "),
+    ("denoise {w}/photo.png {w}/no_dir/d.png", r"argument OUTPUT: the folder .*no_dir does not e"),
+    ("denoise {w}/photo.png {w}/photo.png", r"output .*photo.png is the input file"),
+    (
+        "denoise {w}/photo.png {w}/out/d.png --checkpoint {w}/garbage.pth",
+        r"--checkpoint: checkpoint .*garbage.pth is truncated or not an n2nfunc checkpoint",
+    ),
+    ("denoise {w}/photo.png {w}/out/d.png --threads -2", r"argument --threads: .*got '-2'"),
+    ("denoise {w}/photo.png", r"the following arguments are required: OUTPUT"),
+    # ---- export-submission
+    ("export-submission {w}/text.txt", r"argument OUT_DIR: .*text.txt is a file; expected a fold"),
+    ("export-submission {w}/sub_file", r"Miniproject_2 is a file; move it away"),
+    (
+        "export-submission {w}/out --checkpoint {w}/text.txt",
+        r"--checkpoint: checkpoint .*text.txt is truncated or not an n2nfunc checkpoint",
+    ),
+    ("export-submission {w}/out --checkpoint {w}/no.pth", r"argument --checkpoint: no such chec"),
+    (
+        "export-submission {w}/out --checkpoint {w}/data.ckpt",
+        r"--checkpoint: .*data.ckpt: not a Model checkpoint",
+    ),
+    # ---- the command itself
+    ("", r"the following arguments are required: COMMAND"),
+    ("fit", r"argument COMMAND: invalid choice: 'fit'"),
+    ("train --epoch 3 --batchsize 8", r"unrecognized arguments: --batchsize 8"),
+]
+
+
+@pytest.mark.parametrize("line,pattern", ROWS)
+def test_bad_invocation_is_one_line_and_writes_nothing(
+    world, line, pattern, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    before = _tree_hash(world)
+    argv = [a.format(w=world) for a in line.split()]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) in (1, 2) and "error:" in lines[-1], err  # [usage line,] error line
+    assert len(lines) == 1 or lines[0].startswith("usage: n2nfunc")
+    assert re.search(pattern, lines[-1]), lines[-1]
+    assert _tree_hash(world) == before
+    assert list(tmp_path.iterdir()) == []  # nothing written in the working folder either
+
+
+@pytest.mark.parametrize(
+    "line,option",
+    [
+        ("train --out {w}/out", "--out"),
+        ("export-submission {w}/out", "OUT_DIR"),
+        ("denoise {w}/photo.png {w}/out/new.png", "OUTPUT"),
+    ],
+)
+def test_unwritable_output_folder(world, line, option, monkeypatch, capsys):
+    """A folder the user cannot write in (simulated, so the test also means something when
+    run as root, who may write anywhere)."""
+    real = os.access
+    denied = world / "out"
+
+    def access(path, mode, *a, **kw):
+        if Path(path) == denied and mode & os.W_OK:
+            return False
+        return real(path, mode, *a, **kw)
+
+    monkeypatch.setattr(argtypes.os, "access", access)
+    before = _tree_hash(world)
+    assert main([a.format(w=world) for a in line.split()]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"argument {option}: cannot write in .*out \(permission denied\)", err), err
+    assert _tree_hash(world) == before
+
+
+def test_help_and_version_exit_zero(capsys):
+    assert main(["--version"]) == 0
+    assert re.fullmatch(r"n2nfunc \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    for command in ("train", "eval", "denoise", "export-submission"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "examples:" in text and f"n2nfunc {command}" in text and "``" not in text

@@ -1,0 +1,66 @@
+"""The README's Python snippets and the examples run as printed.
+
+A README block whose first line is ``# continues the previous block`` runs after the
+block before it, in the same process; every other block starts a fresh interpreter.
+Examples run with ``--quick`` (a smaller data set, same code path).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTINUES = "# continues the previous block"
+
+
+def readme_programs(text: str) -> list[str]:
+    """The README's ```python blocks, continuing blocks joined to the one before."""
+    programs: list[str] = []
+    for block in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
+        if block.startswith(CONTINUES):
+            if not programs:
+                raise ValueError("the README's first python block cannot continue another")
+            programs[-1] += "\n" + block
+        else:
+            programs.append(block)
+    return programs
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "N2NFUNC_CACHE": str(tmp_path / "cache"),
+        "MPLBACKEND": "Agg",
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_readme_blocks_are_found():
+    programs = readme_programs((ROOT / "README.md").read_text())
+    assert len(programs) >= 2
+    assert readme_programs("```python\na = 1\n```\n```python\n" + CONTINUES + "\nb = a\n```\n") == [
+        "a = 1\n\n" + CONTINUES + "\nb = a\n"
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(readme_programs((ROOT / "README.md").read_text()))))
+def test_readme_python_snippet_runs(index, tmp_path):
+    program = readme_programs((ROOT / "README.md").read_text())[index]
+    (tmp_path / "snippet.py").write_text(program)
+    done = _run(["snippet.py"], tmp_path)
+    assert done.returncode == 0, f"README snippet {index + 1} failed:\n{program}\n{done.stderr}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_example_runs(name, tmp_path):
+    done = _run([str(ROOT / "examples" / name), "--quick"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "an example prints what it shows"
