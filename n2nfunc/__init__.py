@@ -28,6 +28,7 @@ from .modules import (
     Upsampling,
 )
 from .optim import GradientTransformation, adam, apply_updates, cosine_decay, sgd
+from .precision import mixed_precision
 from .testing import check_vjp
 from .train import make_train_step, value_and_grad
 
@@ -62,6 +63,7 @@ __all__ = [
     "identity",
     "kernels",
     "make_train_step",
+    "mixed_precision",
     "mse",
     "nearest_upsample",
     "optim",

@@ -39,6 +39,7 @@ VENDORED = [
     "testing.py",
     "metrics.py",
     "model.py",
+    "precision.py",
     "checkpoint.py",
 ]
 NAMES = [

@@ -23,10 +23,12 @@ COMPUTE = [
     "testing.py",
     "metrics.py",
     "model.py",
+    "precision.py",
 ]
 IO = [
     "checkpoint.py",
     "cli.py",
+    "hardware.py",
     "export.py",
     "viz.py",
     "progress.py",
