@@ -10,6 +10,10 @@ The network is the required one, built from the library's blocks:
 Upsampling, Sigmoid)``, where each Upsampling is a stride-2 transposed convolution
 (default) or nearest x2 upsampling followed by a convolution.
 
+``Model(config={"precision": "bfloat16"})`` trains and predicts with bfloat16 matmul operands
+(:func:`n2nfunc.mixed_precision`); weights, optimizer state, loss and checkpoints stay float32.
+The default is "float32"; the class wrappers never switch precision on their own.
+
 Scale rule for inputs: ``uint8`` (and other integer types) mean 0-255; a floating-point
 tensor whose maximum is <= 1 means 0-1, otherwise 0-255. ``predict`` returns a float
 tensor of the input's shape, in the input's scale, on the input's device.
