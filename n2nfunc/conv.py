@@ -141,7 +141,7 @@ def conv2d(
             g = to_nhwc(check_cotangent(ct, y, name))
             grads = {"weight": weight_grad(g)}
             if bias:
-                grads["bias"] = K.rows(g).sum(0)
+                grads["bias"] = K.channel_sums(g)
             if not input_grad:
                 return grads, None
             py = K.phase_plan("transpose", out_hw[0], h, k[0], s[0], p[0], d[0])
@@ -212,7 +212,7 @@ def conv_transpose2d(
             dx, weight_grad = K.conv_and_weight_grad(g, weight, None, k, s, p, d, (h, w))
             grads = {"weight": weight_grad(xh)}
             if bias:
-                grads["bias"] = K.rows(g).sum(0)
+                grads["bias"] = K.channel_sums(g)
             return grads, to_nchw(dx) if input_grad else None
 
         return y, pullback
@@ -296,7 +296,7 @@ def upsample(
                 "weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()
             }
             if bias:
-                grads["bias"] = K.rows(g).sum(0)
+                grads["bias"] = K.channel_sums(g)
             return grads, to_nchw(dx) if input_grad else None
 
         return y, pullback

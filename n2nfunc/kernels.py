@@ -87,6 +87,17 @@ def rows(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def channel_sums(x: Tensor) -> Tensor:
+    """``sum_{n,h,w} x[n, h, w, c]`` of an NHWC tensor (a bias gradient), as ``1^T @ rows(x)``.
+
+    A matrix-vector product: on a long, narrow matrix it is many times faster than
+    ``.sum(0)`` (which was 4 ms for a (102400, 3) matrix on a busy 2-core machine, 0.1 ms as
+    a product), and in bfloat16 it accumulates in float32 like any matmul here.
+    """
+    r = rows(x)
+    return r.new_ones(1, r.shape[0]).matmul(r).view(-1)
+
+
 # -------------------------------------------------------------------------- polyphase
 
 
