@@ -1,5 +1,10 @@
-"""Shared pieces of the benchmarks: the required network built three ways from the same
-weights (n2nfunc functional, n2nfunc class wrappers, torch.nn), and timing helpers."""
+"""Shared pieces of the benchmarks: the required network built from the same weights in
+n2nfunc and in torch.nn, the machine header, GEMM peaks, and timing helpers.
+
+Fairness rules every script follows: torch runs eager (no torch.compile) on the same
+threads; it is timed in NCHW and in channels_last (the faster is the reference); mixed
+precision on the torch side is ``torch.autocast("cpu", dtype=torch.bfloat16)``; contenders
+alternate within one process and each figure is a median over >= 5 rounds."""
 
 import statistics
 import time
@@ -8,7 +13,10 @@ import torch
 from torch import nn
 
 import n2nfunc as nf
+from n2nfunc import hardware
 from n2nfunc.model import DEFAULT_CONFIG, build_network
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def variant_config(variant: str, widths, kernel: int = 3) -> dict:
@@ -65,7 +73,7 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 3) -> dict:
+def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 5) -> dict:
     """Median seconds per call of each contender, measured in alternating rounds so that
     machine noise hits all of them alike."""
     for fn in contenders.values():
@@ -78,12 +86,33 @@ def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 3) ->
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matmul GFLOP/s at this thread count (the machine's practical peak)."""
+def matmul_peak(threads: int, dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """Measured matmul GFLOP/s of ``dtype`` at this thread count (the practical peak)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     a @ b
     return 2 * size**3 / median_time(lambda: a @ b, repeats) / 1e9
+
+
+def header(threads: int) -> dict:
+    """Print the machine (CPU model, flags, threads) and the measured GEMM peaks; return the
+    peaks in GFLOP/s by precision name."""
+    peaks = {name: matmul_peak(threads, dtype) for name, dtype in DTYPES.items()}
+    torch.set_num_threads(threads)
+    print(hardware.describe())
+    print(
+        "measured GEMM peak (2048^3): "
+        + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())
+    )
+    problem = hardware.bfloat16_problem("cpu")
+    if problem:
+        print(f"NOTE: {problem}")
+    print()
+    return peaks
+
+
+def channels_last(net: nn.Module) -> nn.Module:
+    return net.to(memory_format=torch.channels_last)
 
 
 def flops_per_image(config: dict, size: int = 32, training: bool = True) -> float:
@@ -109,4 +138,7 @@ __all__ = [
     "matmul_peak",
     "flops_per_image",
     "median_time",
+    "header",
+    "channels_last",
+    "DTYPES",
 ]

@@ -1,74 +1,109 @@
-"""Inference throughput: ``Model.predict`` against the same torch.nn network's forward.
+"""Inference: ``Model.predict`` (end to end: uint8 in, checks, scaling, padding, 0-255 out)
+and the bare network forward, in float32 and bfloat16, against the same torch.nn network's
+forward under ``torch.no_grad()`` in float32 and under autocast-bf16, NCHW and channels_last.
 
     python bench/inference.py
 
-Inputs: 1,000 x 3 x 32 x 32 (uint8) and 1 x 3 x 512 x 512; the shipped architecture and
-weights; contenders interleaved, median of several runs.
+Inputs: 1,000 x 3 x 32 x 32 and 1 x 3 x 512 x 512 (uint8 for predict, float 0-1 for the
+forwards); the default network with the shipped weights, and the reference nearest-upsampling
+network; contenders alternate in rounds, median of >= 5. Ratios: the faster torch layout of
+the same precision's time / ours.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, torch_net  # noqa: E402
+from common import channels_last, header, interleaved, torch_net  # noqa: E402
 
+import n2nfunc as nf  # noqa: E402
 from n2nfunc.model import Model  # noqa: E402
 
 
-def main(threads: int = 2) -> None:
-    torch.set_grad_enabled(False)
-    torch.set_num_threads(threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    shipped = Model()
-    shipped.load_pretrained_model()
-    compare(shipped, "the shipped network and weights")
-    compare(
-        Model({"widths": (32, 64), "kernel": 3, "upsampling": "nearest"}),
-        "the required network with nearest x2 + 3x3 conv upsampling, widths 32/64",
-    )
+def contenders(model32: Model, model16: Model, x) -> dict:
+    """name -> (precision, zero-argument function)."""
+    xf = x.float() / 255
+    xcl = xf.contiguous(memory_format=torch.channels_last)
+    net, params = model32.net.layer, model32.net.params
+    mp = nf.mixed_precision(net, "bfloat16")
+    ref = torch_net(model32.config, model32.net.state_dict())
+    ref_cl = channels_last(torch_net(model32.config, model32.net.state_dict()))
+
+    def autocast(r, xx):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return r(xx).float()
+
+        return run
+
+    return {
+        "n2nfunc Model.predict f32": ("float32", lambda: model32.predict(x)),
+        "n2nfunc Model.predict bf16": ("bfloat16", lambda: model16.predict(x)),
+        "n2nfunc network fwd f32": ("float32", lambda: net.apply(params, xf)),
+        "n2nfunc network fwd bf16": ("bfloat16", lambda: mp.apply(params, xf)),
+        "torch.nn fwd f32 NCHW": ("float32", lambda: ref(xf)),
+        "torch.nn fwd f32 ch-last": ("float32", lambda: ref_cl(xcl)),
+        "torch.nn fwd autocast NCHW": ("bfloat16", autocast(ref, xf)),
+        "torch.nn fwd autocast ch-last": ("bfloat16", autocast(ref_cl, xcl)),
+    }
 
 
-def compare(model: Model, label: str) -> None:
-    ref = torch_net(model.config, model.net.state_dict())
+def compare(config: dict, label: str, shipped: bool, rounds: int) -> None:
+    model32, model16 = Model(config), Model({**config, "precision": "bfloat16"})
+    if shipped:
+        model32.load_pretrained_model()
+        model16.load_pretrained_model()
     print(
-        f"\n{label}: widths {model.config['widths']}, kernel {model.config['kernel']}, "
-        f"upsampling {model.config['upsampling']}"
+        f"{label}: widths {config['widths']}, kernel {config['kernel']}, "
+        f"upsampling {config['upsampling']}"
     )
-    print(f"{'input':<22}{'contender':<26}{'ms':>9}{'img/s':>9}{'ratio':>7}")
+    print(f"{'input':<20}{'contender':<32}{'ms':>9}{'img/s':>9}{'ratio':>7}")
     g = torch.Generator().manual_seed(0)
-    for label, x in [
-        (
-            "1000 x 3 x 32 x 32",
-            torch.randint(0, 256, (1000, 3, 32, 32), generator=g, dtype=torch.uint8),
-        ),
-        (
-            "1 x 3 x 512 x 512",
-            torch.randint(0, 256, (1, 3, 512, 512), generator=g, dtype=torch.uint8),
-        ),
+    for name, shape in [
+        ("1000 x 3 x 32 x 32", (1000, 3, 32, 32)),
+        ("1 x 3 x 512 x 512", (1, 3, 512, 512)),
     ]:
-        xf = x.float() / 255
-        assert torch.allclose(model.predict(x) / 255, ref(xf), atol=1e-5)
-        times = interleaved(
-            {
-                "n2nfunc Model.predict": lambda: model.predict(x),
-                "torch.nn forward": lambda: ref(x.float() / 255).clamp(0, 1) * 255,
-            },
-            2,
-            5,
-        )
-        base = times["torch.nn forward"]
-        for name, t in times.items():
-            print(f"{label:<22}{name:<26}{t * 1000:>9.1f}{x.shape[0] / t:>9.0f}{base / t:>7.2f}")
+        x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        cands = contenders(model32, model16, x)
+        ref = cands["torch.nn fwd f32 NCHW"][1]()
+        assert torch.allclose(model32.predict(x) / 255, ref.clamp(0, 1), atol=1e-5)
+        times = interleaved({k: fn for k, (_, fn) in cands.items()}, 2, 5, rounds)
+        best = {
+            p: min(times[k] for k, (q, _) in cands.items() if q == p and k.startswith("torch"))
+            for p in ("float32", "bfloat16")
+        }
+        for k, t in times.items():
+            ratio = best[cands[k][0]] / t
+            print(f"{name:<20}{k:<32}{t * 1000:>9.1f}{shape[0] / t:>9.0f}{ratio:>7.2f}")
+        print()
 
 
-def footer() -> None:
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    header(args.threads)
+    compare(dict(Model().config), "default network, shipped weights", True, args.rounds)
+    compare(
+        {**Model().config, "widths": (32, 64), "kernel": 3, "upsampling": "nearest"},
+        "reference network (nearest x2 + 3x3 conv upsampling)",
+        False,
+        args.rounds,
+    )
     print(
-        "\nratio = torch time / n2nfunc time (>1: n2nfunc faster); both include the 0-255 scaling."
+        "ratio = time of the faster torch.nn layout of the same precision (bare forward under "
+        "no_grad) / ours (>1: n2nfunc faster).\nModel.predict includes uint8 -> float, the "
+        "input checks, padding to a multiple of 4, clamping and 0-255 scaling; the torch "
+        "forward includes none of them."
     )
 
 
 if __name__ == "__main__":
     main()
-    footer()

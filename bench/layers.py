@@ -1,7 +1,11 @@
 """Each layer alone: forward and VJP (forward + pullback) of n2nfunc against
 torch.nn.functional + autograd, to see where a training step's time goes.
 
-    python bench/layers.py [--batch 100]
+    python bench/layers.py [--batch 100] [--precision float32|bfloat16|both]
+
+Both sides run the layer directly in the given dtype (bfloat16 tensors in, bfloat16 out),
+so the table shows the kernels themselves; %peak is the share of the measured GEMM peak of
+that precision (2048^3 matmul) that the nominal multiply-adds reach.
 """
 
 import argparse
@@ -12,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, nf  # noqa: E402
+from common import DTYPES, header, interleaved, nf  # noqa: E402
 
 CASES = [  # name, layer, torch forward, input shape (C, H, W)
     (
@@ -109,49 +113,86 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
 ]
 
 
+def nominal_flops(name: str, x_shape, y_shape, params) -> float:
+    """Multiply-adds x 2 of a layer's forward pass as a direct convolution counts them."""
+    if "weight" not in params:
+        return 0.0
+    w = params["weight"]
+    if name.startswith(("conv_t", "shipped conv_t")):  # per input pixel: Cin x Cout x k x k
+        return 2.0 * x_shape[0] * x_shape[2] * x_shape[3] * w.numel()
+    return 2.0 * y_shape[0] * y_shape[2] * y_shape[3] * w.numel()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    torch.set_num_threads(args.threads)
-    print(f"batch {args.batch}, {torch.get_num_threads()} threads; times in ms (median)\n")
+    peaks = header(args.threads)
+    for precision in ["float32", "bfloat16"] if args.precision == "both" else [args.precision]:
+        table(precision, DTYPES[precision], peaks[precision], args)
+
+
+def table(precision: str, dtype, peak: float, args) -> None:
     print(
-        f"{'layer':<22}{'fwd ours':>9}{'fwd torch':>10}{'ratio':>7}{'vjp ours':>10}{'vjp torch':>10}{'ratio':>7}"
+        f"{precision}: batch {args.batch}; times in ms (median of {args.rounds} rounds); torch = "
+        f"the faster of NCHW and channels_last; GEMM peak {peak:.0f} GFLOP/s"
+    )
+    print(
+        f"{'layer':<24}{'fwd ours':>9}{'torch':>8}{'ratio':>7}{'%peak':>7}"
+        f"{'vjp ours':>10}{'torch':>8}{'ratio':>7}{'%peak':>7}"
     )
     for name, layer, ref, shape in CASES:
-        x = torch.randn(args.batch, *shape)
+        x = torch.randn(args.batch, *shape).to(dtype)
         _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
+        params = {k: v.to(dtype) for k, v in params.items()}
         y = layer.apply(params, x)
-        ct = torch.randn_like(y)
+        ct = torch.randn(y.shape).to(dtype)
         leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+        xcl, ctcl = (t.contiguous(memory_format=torch.channels_last) for t in (x, ct))
 
         def ours_vjp():
             _, pullback = layer.vjp(params, x)
             pullback(ct)
 
-        def torch_vjp():
-            with torch.enable_grad():
-                xr = x.requires_grad_() if not x.requires_grad else x
-                torch.autograd.grad(ref(xr, leaves), [xr] + list(leaves.values()), ct)
+        def torch_vjp(xx, cc):
+            def run():
+                with torch.enable_grad():
+                    xr = xx.detach().requires_grad_()
+                    torch.autograd.grad(ref(xr, leaves), [xr] + list(leaves.values()), cc)
+
+            return run
 
         t = interleaved(
             {
                 "f": lambda: layer.apply(params, x),
                 "F": lambda: ref(x, leaves),
+                "Fcl": lambda: ref(xcl, leaves),
                 "v": ours_vjp,
-                "V": torch_vjp,
+                "V": torch_vjp(x, ct),
+                "Vcl": torch_vjp(xcl, ctcl),
             },
             2,
             5,
+            args.rounds,
         )
+        tf, tv = min(t["F"], t["Fcl"]), min(t["V"], t["Vcl"])
+        flops = nominal_flops(name, x.shape, y.shape, params)
+
+        def share(seconds, factor):
+            return f"{100 * factor * flops / seconds / 1e9 / peak:>6.0f}%" if flops else f"{'-':>7}"
+
         print(
-            f"{name:<22}{t['f'] * 1e3:>9.2f}{t['F'] * 1e3:>10.2f}{t['F'] / t['f']:>7.2f}"
-            f"{t['v'] * 1e3:>10.2f}{t['V'] * 1e3:>10.2f}{t['V'] / t['v']:>7.2f}"
+            f"{name:<24}{t['f'] * 1e3:>9.2f}{tf * 1e3:>8.2f}{tf / t['f']:>7.2f}{share(t['f'], 1)}"
+            f"{t['v'] * 1e3:>10.2f}{tv * 1e3:>8.2f}{tv / t['v']:>7.2f}{share(t['v'], 3)}"
         )
-        x.requires_grad_(False)
-    print("\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all gradients")
+    print(
+        "\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all "
+        "gradients; %peak = nominal FLOPs (x3 for vjp) / time / the GEMM peak of this precision\n"
+    )
 
 
 if __name__ == "__main__":

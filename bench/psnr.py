@@ -4,6 +4,8 @@ targets, and a simple torch.nn recipe (Adam 1e-3, batch 64) given the same wall 
 
     python bench/psnr.py                     # 50,000 pairs, default epochs (long)
     python bench/psnr.py --n-train 20000 --epochs 6
+    python bench/psnr.py --precisions        # only n2nfunc float32 vs bfloat16 (same seed)
+    python bench/psnr.py --precisions --n-train 4000 --epochs 3   # a short check
 """
 
 import argparse
@@ -99,6 +101,11 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--precisions",
+        action="store_true",
+        help="only train the default recipe in float32 and in bfloat16 and compare",
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
@@ -112,6 +119,8 @@ def main() -> None:
         f"config {config}\n"
     )
     rows = [("noisy input", psnr(xv.float(), yv.float(), 255.0), "", "")]
+    if args.precisions:
+        return compare_precisions(config, xt, yt, xv, yv, epochs, rows)
     ours, t_ours = train_ours(config, xt, yt, epochs)
     rows.append(
         (
@@ -149,6 +158,25 @@ def main() -> None:
         f"\nparity (n2nfunc - torch, same recipe): {rows[1][1] - rows[2][1]:+.3f} dB; "
         f"Noise2Noise vs clean targets: {rows[1][1] - rows[3][1]:+.3f} dB"
     )
+
+
+def compare_precisions(config, xt, yt, xv, yv, epochs, rows) -> None:
+    """The default recipe in float32 and in bfloat16 mixed precision, same seed and data."""
+    for precision in ("float32", "bfloat16"):
+        model, seconds = train_ours({**config, "precision": precision}, xt, yt, epochs)
+        rows.append(
+            (
+                f"n2nfunc, default recipe, {precision}",
+                score(model.predict, xv, yv),
+                f"{seconds:.0f}",
+                epochs,
+            )
+        )
+    base = rows[0][1]
+    print(f"{'recipe':<44}{'PSNR dB':>9}{'gain dB':>9}{'train s':>9}{'epochs':>8}")
+    for name, value, seconds, ep in rows:
+        print(f"{name:<44}{value:>9.2f}{value - base:>+9.2f}{seconds:>9}{ep:>8}")
+    print(f"\nbfloat16 - float32: {rows[2][1] - rows[1][1]:+.3f} dB (target: within 0.05 dB)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
-"""Training-step throughput: n2nfunc (functional and class wrappers) against torch.nn +
-autograd + torch.optim.SGD, on the same network, initial weights and data, in one process.
+"""Training-step throughput and memory: n2nfunc in float32 and in bfloat16 mixed precision
+against torch.nn + autograd + torch.optim.Adam in float32 and under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, each torch contender in NCHW and in
+channels_last; same network, initial weights and data, in one process.
 
-    python bench/train_step.py            # full table (a few minutes)
-    python bench/train_step.py --quick    # batch 100, widths 32/64 only
+    python bench/train_step.py            # default network at batch 32 and 100, reference
+                                          # network at batch 100, with memory (a few minutes)
+    python bench/train_step.py --quick    # default network, batch 100, no memory
 
-One step = forward + MSE + backward + SGD update. Contenders run interleaved (warm-up,
-then alternating rounds, median of each). Peak memory: each contender in its own
-subprocess; max RSS minus the RSS just before the first step.
+One step = forward + MSE + backward + Adam update (default Adam, lr 1e-3, on both sides),
+n2nfunc as ``Model.train`` runs it (class wrappers; the data needs no gradient; bfloat16 via
+``mixed_precision``, float32 master weights and optimizer state). Contenders alternate in
+rounds (median of >= 5). Ratios: throughput / the faster torch layout of that precision.
+Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step.
 """
 
 import argparse
@@ -22,9 +27,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    channels_last,
     flops_per_image,
+    header,
     interleaved,
-    matmul_peak,
     n2nfunc_net,
     nf,
     torch_net,
@@ -33,47 +39,68 @@ from common import (  # noqa: E402
 
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
-LR = 0.01
+LR = 1e-3
+OURS = ("n2nfunc float32", "n2nfunc bfloat16")
+TORCH = {  # name -> (channels_last, autocast)
+    "torch.nn float32 NCHW": (False, False),
+    "torch.nn float32 ch-last": (True, False),
+    "torch.nn autocast-bf16 NCHW": (False, True),
+    "torch.nn autocast-bf16 ch-last": (True, True),
+}
 
 
-def contenders(config: dict, batch: int, seed: int = 0) -> dict:
+def ours(config: dict, precision: str, x, y, seed: int = 0):
+    """One n2nfunc training step as Model.train runs it."""
+    net = n2nfunc_net(config, seed)
+    runner = net
+    if precision != "float32":
+        runner = nf.Module(nf.mixed_precision(net.layer, precision), net.params)
+        runner.grads = net.grads
+    loss, adam = nf.MSE(), nf.Adam(net.param(), lr=LR)
+
+    def step():
+        loss.forward(runner.forward(x), y)
+        adam.zero_grad()
+        runner.backward(loss.backward(), input_grad=False)
+        adam.step()
+
+    return step
+
+
+def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
+    """One torch.nn + autograd + Adam step, optionally channels_last and/or autocast-bf16."""
+    net = torch_net(config, n2nfunc_net(config, seed).state_dict())
+    if layout_cl:
+        net, x = channels_last(net), x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+
+    def step():
+        with torch.enable_grad():
+            opt.zero_grad()
+            if autocast:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = net(x)
+                F.mse_loss(out.float(), y).backward()
+            else:
+                F.mse_loss(net(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def contenders(config: dict, batch: int, only: str | None = None, seed: int = 0) -> dict:
     """name -> zero-argument function doing one training step."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, 32, 32, generator=g)
     y = torch.rand(batch, 3, 32, 32, generator=g)
-
-    wrapped = n2nfunc_net(config, seed)
-    ref = torch_net(config, wrapped.state_dict())
-    layer = wrapped.layer
-    box = {"params": nf.tree.map(lambda t: t.clone(), wrapped.params)}
-    opt = nf.sgd(LR)
-    box["state"] = opt.init(box["params"])
-    train_step = nf.make_train_step(layer, nf.mse, opt)
-
-    def functional():
-        box["params"], box["state"], _ = train_step(box["params"], box["state"], x, y)
-
-    loss, sgd = nf.MSE(), nf.SGD(wrapped.param(), lr=LR)
-
-    def wrappers():  # as Model.train uses them: the data needs no gradient
-        loss.forward(wrapped.forward(x), y)
-        sgd.zero_grad()
-        wrapped.backward(loss.backward(), input_grad=False)
-        sgd.step()
-
-    torch_opt = torch.optim.SGD(ref.parameters(), lr=LR)
-
-    def torch_nn():
-        with torch.enable_grad():
-            torch_opt.zero_grad()
-            F.mse_loss(ref(x), y).backward()
-        torch_opt.step()
-
-    return {
-        "n2nfunc functional": functional,
-        "n2nfunc wrappers": wrappers,
-        "torch.nn+autograd": torch_nn,
-    }
+    out = {}
+    for name in OURS:
+        if only in (None, name):
+            out[name] = ours(config, name.split()[-1], x, y, seed)
+    for name, (cl, ac) in TORCH.items():
+        if only in (None, name):
+            out[name] = theirs(config, cl, ac, x, y, seed)
+    return out
 
 
 def rss_bytes() -> int:
@@ -99,7 +126,7 @@ def memory_child(args) -> None:
     """Run one contender alone and print its peak memory above the pre-step baseline."""
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
-    fn = contenders(json.loads(args.config), args.batch)[args.memory]
+    fn = contenders(json.loads(args.config), args.batch, only=args.memory)[args.memory]
     base = rss_bytes()
     reset_peak_rss()
     for _ in range(5):
@@ -109,38 +136,29 @@ def memory_child(args) -> None:
 
 
 def peak_memory(name: str, config: dict, batch: int, threads: int) -> float:
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--memory",
-            name,
-            "--config",
-            json.dumps(config),
-            "--batch",
-            str(batch),
-            "--threads",
-            str(threads),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    cmd = [sys.executable, __file__, "--memory", name, "--config", json.dumps(config)]
+    cmd += ["--batch", str(batch), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
 def settings(quick: bool):
-    shipped = {k: DEFAULT_CONFIG[k] for k in ("widths", "kernel", "upsampling")}
-    nets = [("nearest", (32, 64), 3), ("transpose", (32, 64), 3)]
+    default = {k: DEFAULT_CONFIG[k] for k in ("widths", "kernel", "upsampling")}
+    label = f"default ({default['upsampling']} k{default['kernel']})"
+    runs = [(label, variant_config(default["upsampling"], default["widths"], default["kernel"]))]
+    batches = {label: (100,) if quick else (32, 100)}
     if not quick:
-        nets += [
-            ("nearest", (64, 128), 3),
-            ("transpose", (64, 128), 3),
-            ("shipped: " + shipped["upsampling"], shipped["widths"], shipped["kernel"]),
-        ]
-    for variant, widths, kernel in nets:
-        for batch in (100,) if quick else (1, 32, 100):
-            yield variant, variant_config(variant.split(": ")[-1], widths, kernel), batch
+        ref = "reference (nearest k3)"
+        runs.append((ref, variant_config("nearest", (32, 64), 3)))
+        batches[ref] = (100,)
+    for label, config in runs:
+        for batch in batches[label]:
+            yield label, config, batch
+
+
+def best(times: dict, autocast: bool) -> float:
+    """The faster torch layout's seconds per step for float32 or autocast-bf16."""
+    return min(t for name, t in times.items() if name in TORCH and TORCH[name][1] == autocast)
 
 
 def main() -> None:
@@ -149,6 +167,7 @@ def main() -> None:
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -157,42 +176,36 @@ def main() -> None:
     if args.memory:
         return memory_child(args)
     torch.set_grad_enabled(False)
-    peak = matmul_peak(args.threads)
-    torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"float32 matmul peak {peak:.0f} GFLOP/s (2048^3)\n"
+    peaks = header(args.threads)
+    memory = not (args.no_memory or args.quick)
+    head = (
+        f"{'network':<24}{'batch':>6}  {'contender':<32}{'img/s':>8}{'vs f32':>8}{'vs bf16':>8}"
+        f"{'GFLOP/s':>9}{'%peak':>7}" + (f"{'peak MB':>9}{'mem ratio':>10}" if memory else "")
     )
-    header = (
-        f"{'network':<22}{'widths':>8}{'k':>3}{'batch':>6}  {'contender':<20}{'img/s':>8}"
-        f"{'ratio':>7}{'GFLOP/s':>9}{'% peak':>8}"
-        + ("" if args.no_memory else f"{'peak MB':>9}{'mem ratio':>10}")
-    )
-    print(header)
-    print("-" * len(header))
-    for variant, config, batch in settings(args.quick):
-        warmup, repeats = (5, 20) if batch == 1 else (3, 7)
-        times = interleaved(contenders(config, batch), warmup, repeats)
-        mem = (
-            {}
-            if args.no_memory
-            else {name: peak_memory(name, config, batch, args.threads) for name in times}
-        )
-        ref = times["torch.nn+autograd"]
+    print(head)
+    print("-" * len(head))
+    for label, config, batch in settings(args.quick):
+        times = interleaved(contenders(config, batch), 3, 5, args.rounds)
+        mem = {n: peak_memory(n, config, batch, args.threads) for n in times} if memory else {}
+        ref32, ref16 = best(times, False), best(times, True)
+        ref_name = min((n for n in TORCH if not TORCH[n][1]), key=lambda n: times[n])
         for name, t in times.items():
-            ips = batch / t
-            gflops = flops_per_image(config) * ips / 1e9
+            precision = "bfloat16" if ("bf16" in name or "bfloat16" in name) else "float32"
+            gflops = flops_per_image(config) * batch / t / 1e9
             row = (
-                f"{variant:<22}{'/'.join(map(str, config['widths'])):>8}{config['kernel']:>3}{batch:>6}  "
-                f"{name:<20}{ips:>8.0f}{ref / t:>7.2f}{gflops:>9.1f}{100 * gflops / peak:>7.0f}%"
+                f"{label:<24}{batch:>6}  {name:<32}{batch / t:>8.0f}{ref32 / t:>8.2f}"
+                f"{ref16 / t:>8.2f}{gflops:>9.1f}{100 * gflops / peaks[precision]:>6.0f}%"
             )
             if mem:
-                row += f"{mem[name]:>9.0f}{mem[name] / max(mem['torch.nn+autograd'], 1e-9):>10.2f}"
+                row += f"{mem[name]:>9.0f}{mem[name] / max(mem[ref_name], 1e-9):>10.2f}"
             print(row)
         print()
     print(
-        "ratio = throughput / torch.nn's (>1: n2nfunc faster); GFLOP/s counts the nominal "
-        "multiply-adds of direct convolutions (3x the forward pass per training step)."
+        "vs f32 / vs bf16 = throughput / that of the faster torch.nn layout in float32 / under "
+        "autocast-bf16 (>1: faster than torch).\nGFLOP/s counts the nominal multiply-adds of "
+        "direct convolutions (3x the forward pass per step); %peak is of the measured GEMM "
+        "peak of the contender's precision.\nmem ratio = peak MB / that of the faster torch.nn "
+        "float32 layout."
     )
 
 

@@ -90,6 +90,7 @@ from .optim import (
     rmsprop,
     sgd,
 )
+from .precision import mixed_precision
 from .stateful import StatefulLayer, lift
 from .testing import check_vjp
 from .train import make_train_step, value_and_grad
@@ -170,6 +171,7 @@ __all__ = [
     "log_softmax",
     "make_train_step",
     "max_pool2d",
+    "mixed_precision",
     "mse",
     "nearest_upsample",
     "optim",

@@ -30,10 +30,12 @@ def _elementwise(name: str, forward, derivative_times) -> Layer:
 
 
 def relu() -> Layer:
-    """``y = max(x, 0)``; ``dx = ct * [y > 0]`` (the subgradient 0 at x = 0, like PyTorch)."""
-    return _elementwise(
-        "relu", lambda x: x.clamp(min=0), lambda x, y, ct: ct.masked_fill(y <= 0, 0)
-    )
+    """``y = max(x, 0)``; ``dx = ct * [y > 0]`` (the subgradient 0 at x = 0, like PyTorch).
+
+    The mask is ``sign(y)`` (y >= 0, so 0 or 1) multiplied in: one float pass, several
+    times faster than a boolean mask and ``masked_fill`` on channels-last tensors.
+    """
+    return _elementwise("relu", lambda x: x.clamp(min=0), lambda x, y, ct: y.sign().mul_(ct))
 
 
 def _sigmoid(x):

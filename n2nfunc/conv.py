@@ -126,21 +126,20 @@ def conv2d(
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
         xh = to_nhwc(x)
-        y, cols = K.conv_forward(xh, K.conv_matrix(weight), params.get("bias"), k, s, p, d, out_hw)
+        y, weight_grad = K.conv_and_weight_grad(xh, weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
 
         def pullback(ct, input_grad=True):
             g = to_nhwc(check_cotangent(ct, y, name))
-            g2d = K.rows(g)
-            grads = {"weight": K.weight_grad(g2d, cols, k)}
+            grads = {"weight": weight_grad(g)}
             if bias:
-                grads["bias"] = g2d.sum(0)
+                grads["bias"] = K.channel_sums(g)
             if not input_grad:
                 return grads, None
             py = K.phase_plan("transpose", out_hw[0], h, k[0], s[0], p[0], d[0])
             px = K.phase_plan("transpose", out_hw[1], w, k[1], s[1], p[1], d[1])
             w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
-            dx, _ = K.polyphase_forward(g, w_eff, None, py, px, (h, w))
+            dx, _ = K.polyphase_forward(g, w_eff, None, py, px, (h, w), keep_cols=False)
             return grads, to_nchw(dx)
 
         return y, pullback
@@ -198,15 +197,15 @@ def conv_transpose2d(
         px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
         xh = to_nhwc(x)
         w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
-        y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw)
+        y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False)
         y = to_nchw(y)
 
         def pullback(ct, input_grad=True):
             g = to_nhwc(check_cotangent(ct, y, name))
-            dx, cols = K.conv_forward(g, K.conv_matrix(weight), None, k, s, p, d, (h, w))
-            grads = {"weight": K.weight_grad(K.rows(xh), cols, k)}
+            dx, weight_grad = K.conv_and_weight_grad(g, weight, None, k, s, p, d, (h, w))
+            grads = {"weight": weight_grad(xh)}
             if bias:
-                grads["bias"] = K.rows(g).sum(0)
+                grads["bias"] = K.channel_sums(g)
             return grads, to_nchw(dx) if input_grad else None
 
         return y, pullback
@@ -296,7 +295,7 @@ def upsample(
                 "weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()
             }
             if bias:
-                grads["bias"] = K.rows(g).sum(0)
+                grads["bias"] = K.channel_sums(g)
             return grads, to_nchw(dx) if input_grad else None
 
         return y, pullback

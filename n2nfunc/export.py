@@ -41,6 +41,7 @@ VENDORED = [
     "testing.py",
     "metrics.py",
     "model.py",
+    "precision.py",
     "checkpoint.py",
     "stateful.py",
 ]

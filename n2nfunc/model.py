@@ -12,6 +12,10 @@ norm or dropout):
 Upsampling, Sigmoid)``, where each Upsampling is a stride-2 transposed convolution
 (default) or nearest x2 upsampling followed by a convolution.
 
+``Model(config={"precision": "bfloat16"})`` trains and predicts with bfloat16 matmul operands
+(:func:`n2nfunc.mixed_precision`); weights, optimizer state, loss and checkpoints stay float32.
+The default is "float32"; the class wrappers never switch precision on their own.
+
 Scale rule for inputs: ``uint8`` (and other integer types) mean 0-255; a floating-point
 tensor whose maximum is <= 1 means 0-1, otherwise 0-255. ``predict`` returns a float
 tensor of the input's shape, in the input's scale, on the input's device.
@@ -24,7 +28,19 @@ from pathlib import Path
 from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
-from .modules import MSE, SGD, Adam, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d, Upsampling
+from .modules import (
+    MSE,
+    SGD,
+    Adam,
+    Conv2d,
+    Module,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    TransposeConv2d,
+    Upsampling,
+)
+from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
 
 ARCHITECTURE = ("widths", "kernel", "upsampling")
@@ -42,6 +58,7 @@ DEFAULT_CONFIG = {
     "finetune_lr_scale": 0.1,  # peak lr multiplier when training after loading weights
     "augment": True,  # random flips / quarter turns of each batch
     "seed": 0,
+    "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
@@ -133,7 +150,7 @@ def _pad_to_multiple(x: Tensor, m: int):
     return x
 
 
-def _inference(net: Sequential, x: Tensor) -> Tensor:
+def _inference(net: Module, x: Tensor) -> Tensor:
     """The network's output in its current mode, without keeping a pullback."""
     if isinstance(net.layer, StatefulLayer):
         return net.layer.apply(net.params, net.state, x, train=net.training, rng=net.rng)[0]
@@ -151,6 +168,10 @@ class Model:
             )
         self.config = {**DEFAULT_CONFIG, **(config or {})}
         self.config["widths"] = tuple(self.config["widths"])
+        try:
+            compute_dtype(self.config["precision"])
+        except ValueError as e:
+            raise ValueError(f"Model: {e}") from None
         self.generator = Generator().manual_seed(self.config["seed"])
         self.net = build_network(self.config, self.generator)
         self.optimizer: Adam | SGD
@@ -209,6 +230,26 @@ class Model:
         checkpoint.save(path, self.payload())
 
     # ------------------------------------------------------------------ training
+    def _runner(self, x: Tensor, name: str) -> Module:
+        """The module that computes: ``self.net`` in float32, else a module sharing its params
+        and gradients whose layer is ``mixed_precision(net, precision)`` (float32 weights,
+        optimizer state and loss; bfloat16 matmul operands)."""
+        precision = self.config["precision"]
+        if precision == "float32":
+            return self.net
+        if x.dtype != FLOAT32:
+            raise ValueError(
+                f"Model: precision {precision!r} computes on float32 data with float32 master "
+                f"weights; {name} is {x.dtype} (shape {tuple(x.shape)}). Pass float32 or uint8 "
+                "images, or use precision 'float32' for float64"
+            )
+        layer = self.net.layer
+        if isinstance(layer, StatefulLayer):  # the denoiser networks have no state
+            raise ValueError(f"Model: precision {precision!r} needs a network without state")
+        runner = Module(mixed_precision(layer, precision), self.net.params, "Model")
+        runner.grads = self.net.grads
+        return runner
+
     def _move_to(self, device, dtype=None) -> None:
         """Move the network and the optimizer's state to ``device`` (and ``dtype``); the
         optimizer is re-pointed at the moved parameters."""
@@ -267,6 +308,7 @@ class Model:
         run of ``total_epochs`` (the learning-rate schedule spans the whole run)."""
         self._move_to(x.device, x.dtype)
         self.net.train()
+        net = self._runner(x, "train_input")
         n = x.shape[0]
         bs = min(self.config["batch_size"], n)
         steps = n // bs
@@ -287,7 +329,7 @@ class Model:
             if self.config["augment"]:
                 k = int(empty(1).random_(8, generator=self.generator))
                 xb, yb = _dihedral(xb, k), _dihedral(yb, k)
-            value = float(self.loss.forward(self.net.forward(xb), yb))
+            value = float(self.loss.forward(net.forward(xb), yb))
             if not math.isfinite(value):
                 if self._snapshot is not None:
                     tree.copy_(params, self._snapshot)
@@ -297,7 +339,7 @@ class Model:
                     "rate or check the data."
                 )
             self.net.zero_grad()
-            self.net.backward(self.loss.backward(), input_grad=False)
+            net.backward(self.loss.backward(), input_grad=False)
             self._snapshot = [p.clone() for p in params]  # undo point for a NaN
             self.optimizer.lr = schedule(epoch * steps + b)
             self.optimizer.step()
@@ -313,11 +355,12 @@ class Model:
         x, scale = to_unit_range(test_input, "test_input")
         self._move_to(x.device, x.dtype)
         self.net.eval()
+        runner = self._runner(x, "test_input")
         n, _, h, w = x.shape
         per_chunk = max(1, max_pixels // (h * w))
         outs = []
         for start in range(0, n, per_chunk):
             chunk = _pad_to_multiple(x[start : start + per_chunk], 4)
-            outs.append(_inference(self.net, chunk)[:, :, :h, :w])
+            outs.append(_inference(runner, chunk)[:, :, :h, :w])
         out = cat(outs) if len(outs) > 1 else outs[0]
         return out.clamp(0, 1).mul(scale).contiguous()

@@ -30,11 +30,13 @@ COMPUTE = [
     "stateful.py",
     "layers/norm.py",
     "layers/dropout.py",
+    "precision.py",
 ]
 IO = [
     "checkpoint.py",
     "argtypes.py",
     "cli.py",
+    "hardware.py",
     "export.py",
     "viz.py",
     "progress.py",

@@ -1,0 +1,74 @@
+"""What the machine offers (I/O: reads /proc/cpuinfo and asks torch about CUDA).
+
+bfloat16 pays off only where the matmul units take it natively: on x86 CPUs the flags
+``amx_bf16`` (Intel AMX) or ``avx512_bf16`` (AVX512-BF16, e.g. AMD Zen 4); on CUDA GPUs
+compute capability 8.0 or newer. Elsewhere torch emulates it, usually slower than float32.
+"""
+
+from functools import lru_cache
+
+import torch
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> dict:
+    """First processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
+    fields: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``"unknown CPU"`` when the OS does not say)."""
+    return _cpuinfo().get("model name", "unknown CPU")
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags (empty when unknown)."""
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def native_bfloat16(device="cpu") -> bool:
+    """True if ``device`` multiplies bfloat16 matrices natively."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+    return False
+
+
+def bfloat16_problem(device="cpu") -> str | None:
+    """One line explaining why bfloat16 would be slow on ``device``, or None if it is native."""
+    if native_bfloat16(device):
+        return None
+    device = torch.device(device)
+    if device.type == "cpu":
+        return (
+            f"this CPU ({cpu_model()}) has no native bfloat16 matmul (needs one of the flags "
+            f"{', '.join(BF16_CPU_FLAGS)}); bfloat16 would be emulated and slower than float32"
+        )
+    return f"device {device} has no native bfloat16 matmul; bfloat16 would be slower than float32"
+
+
+def describe() -> str:
+    """One line for benchmark headers: CPU model, cores torch uses, the flags that matter."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+    have = [f for f in wanted if f in cpu_flags()]
+    return (
+        f"CPU {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}; "
+        f"native bfloat16: {'yes' if native_bfloat16('cpu') else 'no'}"
+    )

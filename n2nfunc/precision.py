@@ -1,0 +1,73 @@
+"""Mixed precision: a layer computed on bfloat16 operands, float32 outside.
+
+``mixed_precision(layer, "bfloat16")`` is a layer with the same params and shapes whose
+forward pass and pullback run ``layer`` on bfloat16 copies of the float32 params, input
+and output cotangent, and hand back float32 outputs and gradients. This is the policy of
+``torch.autocast("cpu", dtype=torch.bfloat16)``: the matmuls take bfloat16 operands and
+accumulate in float32 inside the kernel; the master weights (the params the caller keeps),
+the optimizer state and the loss stay float32. Only float32 params and inputs are
+accepted: a float64 tensor is an error, never silently rounded to bfloat16.
+"""
+
+from torch import Tensor, empty
+
+from . import tree
+from .base import Layer, pull, skips_input_grad
+
+FLOAT32 = empty(0).float().dtype
+PRECISIONS = {"float32": FLOAT32, "bfloat16": empty(0).bfloat16().dtype}
+
+
+def compute_dtype(precision: str):
+    """The dtype named by ``precision`` ("float32" or "bfloat16")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
+    """``layer`` computed in ``precision`` ("bfloat16"), float32 params/inputs/outputs.
+
+    ``"float32"`` returns ``layer`` itself. Outputs and every gradient are float32.
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"mixed_precision: expected a Layer, got {type(layer).__name__}")
+    low = compute_dtype(precision)
+    if low == FLOAT32:
+        return layer
+    name = f"mixed_precision({precision})"
+
+    def down(what):
+        def cast(t):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                return t
+            if t.dtype != FLOAT32:
+                raise TypeError(
+                    f"{name}: {what} must be float32 (the master precision), got {t.dtype} "
+                    f"with shape {tuple(t.shape)}; {precision} is a compute policy for float32 "
+                    "networks, other dtypes are never converted silently"
+                )
+            return t.to(dtype=low)
+
+        return cast
+
+    def up(t):
+        return t.to(dtype=FLOAT32) if isinstance(t, Tensor) and t.dtype == low else t
+
+    def init(generator, in_shape):
+        return layer.init(generator, in_shape)
+
+    def apply(params, x):
+        y = layer.apply(tree.map(down("params"), params), tree.map(down("input"), x))
+        return tree.map(up, y)
+
+    def vjp(params, x):
+        y, pb = layer.vjp(tree.map(down("params"), params), tree.map(down("input"), x))
+
+        def pullback(ct, input_grad=True):
+            grads, dx = pull(layer.vjp, pb, tree.map(down("output gradient"), ct), input_grad)
+            return tree.map(up, grads), tree.map(up, dx)
+
+        return tree.map(up, y), pullback
+
+    return Layer(init, apply, skips_input_grad(vjp))

@@ -1,0 +1,49 @@
+"""Both convolution engines (im2col and the implicit-GEMM space-to-depth one) agree in
+float64, on the forward pass and on the weight gradient."""
+
+import pytest
+import torch
+from helpers import randn, rel_err
+
+from n2nfunc import kernels as K
+
+TOL64 = 1e-12
+
+
+@pytest.mark.parametrize(
+    "k,s,p,hw,n",
+    [
+        ((4, 4), (2, 2), (1, 1), (16, 16), 3),  # the default network's convolutions
+        ((4, 4), (2, 2), (1, 1), (7, 9), 1),  # odd sizes: the last input row/column unused
+        ((2, 2), (2, 2), (0, 0), (5, 6), 2),  # one tap
+        ((6, 3), (3, 3), (2, 0), (11, 8), 2),  # non-square taps, stride 3
+        ((4, 2), (2, 1), (0, 1), (9, 5), 1),  # stride 1 along one dim
+    ],
+)
+def test_implicit_gemm_engine_matches_im2col_float64(k, s, p, hw, n):
+    c, o = 5, 4
+    x = randn(n, *hw, c, seed=0)  # NHWC
+    weight = randn(o, c, *k, seed=1)
+    bias = randn(o, seed=2)
+    out_hw = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(hw, k, s, p))
+    assert K.s2d_applies(x, k, s, (1, 1))
+    y_ref, cols = K.conv_forward(x, K.conv_matrix(weight), bias, k, s, p, (1, 1), out_hw)
+    plan = K.s2d_plan(n, hw, k, s, p, out_hw)
+    y, z = K.s2d_conv_forward(x, K.s2d_weights(weight, plan), bias, plan)
+    assert y.shape == y_ref.shape and rel_err(y, y_ref) < TOL64
+    g = randn(*y.shape, seed=3)
+    dw_ref = K.weight_grad(K.rows(g), cols, k)
+    dw = K.s2d_weight_grad_to_conv(K.s2d_conv_weight_grad(z, g, plan), plan, weight.shape)
+    assert dw.shape == weight.shape and rel_err(dw, dw_ref) < TOL64
+    # the dispatcher picks this engine and gives the same weight gradient
+    y2, weight_grad = K.conv_and_weight_grad(x, weight, bias, k, s, p, (1, 1), out_hw)
+    assert torch.equal(y2, y) and torch.equal(weight_grad(g), dw)
+
+
+def test_implicit_gemm_engine_is_not_used_where_taps_would_round():
+    x = randn(1, 8, 8, 3).to(torch.bfloat16)
+    assert not K.s2d_applies(x, (4, 4), (2, 2), (1, 1))  # bfloat16: one float32 accumulation
+    x = randn(1, 8, 8, 3)
+    assert not K.s2d_applies(x, (3, 3), (2, 2), (1, 1))  # k not a multiple of s
+    assert not K.s2d_applies(x, (4, 4), (2, 2), (2, 1))  # dilation
+    assert not K.s2d_applies(x, (3, 3), (1, 1), (1, 1))  # stride 1: im2col is one matmul

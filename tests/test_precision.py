@@ -1,0 +1,180 @@
+"""Mixed precision (bfloat16 compute, float32 outside): the functional wrapper and Model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import autograd_vjp, rel_err
+
+import n2nfunc as nf
+from n2nfunc import checkpoint, hardware
+from n2nfunc.data import make_pairs
+from n2nfunc.model import DEFAULT_CONFIG, Model, build_network
+
+BF16_TOL = 3e-2  # a few bfloat16 ulps (2^-8) after sums of hundreds of products
+
+
+def norm_err(a, b):
+    """||a - b|| / ||b||: through a whole network a ReLU whose input is within rounding of 0
+    may switch, so single elements can differ a lot while the gradient as a whole agrees."""
+    return float((a - b).norm() / b.norm())
+
+
+def default_net(widths=(16, 16)):
+    """The default architecture (stride-2 convs, stride-2 transposed convs, kernel 4)."""
+    return build_network({**DEFAULT_CONFIG, "widths": widths}, torch.Generator().manual_seed(0))
+
+
+def torch_twin(net, k=4):
+    """The same network in torch.nn with the same weights (default architecture)."""
+    (w1, c), w2 = net[0].weight.shape[:2], net[2].weight.shape[0]
+    twin = torch.nn.Sequential(
+        torch.nn.Conv2d(c, w1, k, 2, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(w1, w2, k, 2, 1),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(w2, w1, k, 2, 1),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(w1, c, k, 2, 1),
+        torch.nn.Sigmoid(),
+    )
+    for p, v in zip(twin.parameters(), net.state_dict().values()):
+        p.copy_(v)
+    return twin
+
+
+def test_whole_network_errors_are_those_of_torch_autocast():
+    """bfloat16 vs float32 on the default network: our error is the size of torch.autocast's
+    (same policy), and params are left untouched."""
+    net = default_net()
+    layer, params = net.layer, net.params
+    before = [p.clone() for p in nf.tree.leaves(params)]
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 20, 12, generator=g)
+    ct = torch.randn(3, 3, 20, 12, generator=g)
+    y32, pb32 = layer.vjp(params, x)
+    grads32, dx32 = pb32(ct)
+    mp = nf.mixed_precision(layer, "bfloat16")
+    y16, pb16 = mp.vjp(params, x)
+    grads16, dx16 = pb16(ct)
+    y_ac, dx_ac, *grads_ac = autocast_vjp(torch_twin(net), x, ct)
+    pairs = [(y16, y_ac, y32), (dx16, dx_ac, dx32)]
+    pairs += list(zip(nf.tree.leaves(grads16), grads_ac, nf.tree.leaves(grads32)))
+    for ours, theirs, exact in pairs:
+        assert ours.dtype == torch.float32 and ours.shape == exact.shape
+        assert norm_err(ours, exact) <= 1.5 * norm_err(theirs, exact) + 2e-3
+        assert norm_err(ours, exact) < 0.1
+    for p, b in zip(nf.tree.leaves(params), before):
+        assert p.dtype == torch.float32 and torch.equal(p, b)
+    assert torch.equal(mp.apply(params, x), y16)
+
+
+def autocast_vjp(twin, x, ct):
+    """Output and gradients wrt the input and every parameter of ``twin`` under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = twin(xr).float()
+        return (y.detach(), *torch.autograd.grad(y, [xr, *twin.parameters()], ct))
+
+
+def test_skipping_the_input_gradient_passes_through():
+    net = default_net((8, 8))
+    mp = nf.mixed_precision(net.layer)
+    x = torch.rand(2, 3, 8, 8)
+    _, pb = mp.vjp(net.params, x)
+    grads, dx = nf.pull(mp.vjp, pb, torch.randn(2, 3, 8, 8), input_grad=False)
+    assert dx is None and all(g.dtype == torch.float32 for g in nf.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_layers_agree_with_torch_autocast(transposed):
+    """Same policy as torch.autocast on the CPU: bfloat16 operands, float32 accumulation."""
+    g = torch.Generator().manual_seed(2)
+    if transposed:
+        layer = nf.conv_transpose2d(6, 4, stride=2, padding=1)
+        ref = lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1)  # noqa: E731
+    else:
+        layer = nf.conv2d(6, 4, stride=2, padding=1)
+        ref = lambda x, w, b: F.conv2d(x, w, b, 2, 1)  # noqa: E731
+    x = torch.rand(2, 5, 11, 9, generator=g)
+    _, params = layer.init(g, x.shape)
+    y, pb = nf.mixed_precision(layer).vjp(params, x)
+    ct = torch.randn(y.shape, generator=g)
+    grads, dx = pb(ct)
+
+    def autocast_ref(x, w, b):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return ref(x, w, b).float()
+
+    y_ref, (dx_ref, dw_ref, db_ref) = autograd_vjp(
+        autocast_ref, [x, params["weight"], params["bias"]], ct
+    )
+    assert rel_err(y, y_ref) < BF16_TOL
+    assert rel_err(dx, dx_ref) < BF16_TOL
+    assert rel_err(grads["weight"], dw_ref) < BF16_TOL
+    assert rel_err(grads["bias"], db_ref) < BF16_TOL
+
+
+def test_float64_and_unknown_precisions_are_refused():
+    net = default_net((8, 8))
+    mp = nf.mixed_precision(net.layer, "bfloat16")
+    with pytest.raises(
+        TypeError, match=r"mixed_precision\(bfloat16\): input must be float32.*float64"
+    ):
+        mp.apply(net.params, torch.rand(1, 3, 8, 8, dtype=torch.float64))
+    params64 = nf.tree.map(lambda t: t.double(), net.params)
+    with pytest.raises(TypeError, match="params must be float32"):
+        mp.vjp(params64, torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        nf.mixed_precision(net.layer, "float16")
+    with pytest.raises(TypeError, match="expected a Layer"):
+        nf.mixed_precision(net, "bfloat16")
+    assert nf.mixed_precision(net.layer, "float32") is net.layer
+
+
+def test_model_trains_in_bfloat16_with_float32_weights(tmp_path):
+    xt, yt = make_pairs(128, "train", seed=0)
+    config = {"widths": (8, 8), "batch_size": 16, "warmup_steps": 2, "precision": "bfloat16"}
+    m16, m32 = Model(config), Model({**config, "precision": "float32"})
+    losses16 = m16.train(xt, yt, num_epochs=2)
+    losses32 = m32.train(xt, yt, num_epochs=2)
+    assert all(p.dtype == torch.float32 for p in m16.net.state_dict().values())
+    assert all(
+        s.dtype == torch.float32
+        for s in nf.tree.leaves(m16.optimizer.state)
+        if isinstance(s, torch.Tensor)
+    )
+    assert abs(losses16[-1] - losses32[-1]) < 0.05 * losses32[-1]
+    assert losses16[-1] < losses16[0]
+    y = m16.predict(xt[:4])
+    assert y.dtype == torch.float32 and y.shape == xt[:4].shape
+    assert rel_err(y, m16.net.layer.apply(m16.net.params, xt[:4].float() / 255) * 255) < BF16_TOL
+    m16.save(tmp_path / "m.pth")
+    payload = checkpoint.load(tmp_path / "m.pth")
+    assert payload["config"]["precision"] == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in payload["params"].values())
+    fresh = Model({"widths": (8, 8)})  # a float32 model loads bfloat16-trained weights
+    fresh.load_pretrained_model(tmp_path / "m.pth")
+    assert torch.equal(fresh.net.state_dict()["0.weight"], m16.net.state_dict()["0.weight"])
+
+
+def test_model_precision_errors():
+    with pytest.raises(ValueError, match="Model: precision must be one of"):
+        Model({"precision": "fp8"})
+    m = Model({"widths": (8, 8), "precision": "bfloat16"})
+    with pytest.raises(ValueError, match="precision 'bfloat16'.*float64"):
+        m.predict(torch.rand(1, 3, 8, 8, dtype=torch.float64))
+    assert Model().config["precision"] == "float32"
+
+
+def test_wrappers_never_switch_precision():
+    conv = nf.Conv2d(3, 4, 3)
+    assert conv.forward(torch.rand(1, 3, 5, 5)).dtype == torch.float32
+
+
+def test_hardware_report():
+    assert isinstance(hardware.native_bfloat16("cpu"), bool)
+    problem = hardware.bfloat16_problem("cpu")
+    assert (problem is None) == hardware.native_bfloat16("cpu")
+    assert hardware.describe().startswith("CPU ")
