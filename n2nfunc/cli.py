@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, hardware
 from . import argtypes as at
 from .data import (
     NoiseModel,
@@ -134,6 +134,7 @@ def _config(args) -> dict:
     cfg = {k: getattr(args, k) for k in ("batch_size", "optimizer", "lr", "momentum", "kernel")}
     cfg.update(upsampling=args.upsampling, seed=args.seed, widths=tuple(args.widths))
     cfg["num_epochs"] = args.epochs
+    cfg["precision"] = args.precision
     return cfg
 
 
@@ -256,13 +257,14 @@ def cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------------------- eval, denoise
-def _load_model(path, device) -> tuple[Model, str]:
+def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
     """The Model in a weights file (default: the shipped one) and its training noise."""
     path = Path(path) if path else DEFAULT_WEIGHTS
     payload = _loading("--checkpoint", checkpoint.load, path)
     if not isinstance(payload.get("config"), dict) or "params" not in payload:
         raise ValueError(f"--checkpoint: {path} holds no network weights (not a Model checkpoint)")
     config = {k: v for k, v in payload["config"].items() if k in DEFAULT_CONFIG}
+    config["precision"] = precision  # how to compute now, not how the weights were trained
     model = _loading("--checkpoint", Model, config)
     _loading("--checkpoint", model.load_payload, payload, str(path))
     model._move_to(device)
@@ -274,7 +276,7 @@ def _load_model(path, device) -> tuple[Model, str]:
 
 def cmd_eval(args) -> int:
     device = _setup(args)
-    model, noise = _load_model(args.checkpoint, device)
+    model, noise = _load_model(args.checkpoint, device, args.precision)
     xv, yv, desc = _validation_data(args)
     s = evaluate(model, xv.to(device), yv.to(device))
     print(
@@ -311,7 +313,7 @@ def denoise_tiled(
 
 def cmd_denoise(args) -> int:
     device = _setup(args)
-    model, noise = _load_model(args.checkpoint, device)
+    model, noise = _load_model(args.checkpoint, device, args.precision)
     print(f"weights: {args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})")
     picture = _loading("input", read_image, args.input)
     alpha = picture.alpha
@@ -339,6 +341,17 @@ def cmd_export(args) -> int:
 
 
 # ------------------------------------------------------------------ checks between options
+def _check_precision(args, error) -> None:
+    """bfloat16 only where the matmul units take it natively (emulated, it is slower)."""
+    if getattr(args, "precision", "float32") == "bfloat16":
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+        if device == "auto":
+            device = "cpu"
+        problem = hardware.bfloat16_problem(device)
+        if problem:
+            error(f"--precision bfloat16: {problem}")
+
+
 def _check_train(args, error) -> None:
     if args.train and not args.val:
         error("--train needs --val too (the course's validation file, val_data.pkl)")
@@ -398,6 +411,15 @@ def _sub(sub, name: str, usage: str, help: str, examples: str) -> argparse.Argum
 
 
 def _common(p, device: bool = True) -> None:
+    if device:
+        p.add_argument(
+            "--precision",
+            choices=["float32", "bfloat16"],
+            default="float32",
+            help="arithmetic of the network's matmuls: float32, or bfloat16 operands with "
+            "float32 weights, accumulation and loss (needs a CPU with AMX or AVX512-BF16, or a "
+            "recent GPU)",
+        )
     p.add_argument(
         "--threads",
         type=at.int_range(1),
@@ -673,6 +695,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.check(args, args.parser.error)
+        _check_precision(args, args.parser.error)
     except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0
     try:

@@ -213,3 +213,25 @@ def test_denoise_to_a_format_without_transparency_drops_alpha_with_a_note(tmp_pa
         keeps = dst.endswith(".webp")
         assert (picture.alpha is not None) == keeps
         assert ("alpha channel is dropped" in capsys.readouterr().out) != keeps
+
+
+def test_precision_option_trains_in_bfloat16_or_refuses_in_one_line(tmp_path, monkeypatch, capsys):
+    from n2nfunc import hardware
+
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--epochs", "1", "--out", str(out), "--precision", "bfloat16"]
+    if hardware.native_bfloat16("cpu"):
+        assert main(args) == 0
+        saved = checkpoint.load(out / "model.pth")
+        assert saved["config"]["precision"] == "bfloat16"
+        assert all(t.dtype == torch.float32 for t in saved["params"].values())  # float32 weights
+        capsys.readouterr()
+    monkeypatch.setattr(hardware, "native_bfloat16", lambda device="cpu": False)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main([*args[:-2], "--out", str(tmp_path / "other"), "--precision", "bfloat16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: --precision bfloat16: this CPU" in err[-1] and "no native bfloat16" in err[-1]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    assert main(["eval", "--precision", "float16"]) == 2
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
