@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, launch
 from .data import (
     builtin_pairs,
     load_folder_pairs,
@@ -77,6 +77,8 @@ def _config(args) -> dict:
         cfg["widths"] = tuple(args.widths)
     if args.epochs is not None:
         cfg["num_epochs"] = args.epochs
+    if args.no_augment:
+        cfg["augment"] = False
     return cfg
 
 
@@ -106,6 +108,8 @@ def _save_state(model: Model, path, epoch: int, history: list) -> None:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
+    if args.nproc != 1 or launch.is_worker():  # data parallel: see n2nfunc/launch.py
+        return launch.train(args, args.argv)
     device = _setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", type=Path, help="continue from a checkpoint.pth")
     t.add_argument("--no-pictures", action="store_true", help="skip the PNG plots")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-augment", action="store_true", help="no random flips / quarter turns")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel training in N local processes (torchrun); the batch is global",
+    )
     _common(t)
     t.set_defaults(func=cmd_train)
 
@@ -333,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # passed on to --nproc workers
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -27,6 +27,8 @@ COMPUTE = [
 IO = [
     "checkpoint.py",
     "cli.py",
+    "distributed.py",
+    "launch.py",
     "export.py",
     "viz.py",
     "progress.py",

@@ -1,0 +1,141 @@
+"""Data-parallel training on ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+
+Every process (rank) holds the same parameters, trains on its own slice of each global
+batch and averages the gradients over ranks before the update, so all ranks make the
+update of the whole batch and stay identical:
+
+    optimizer = optim.chain(distributed.mean_gradients(), optim.adam(1e-3))
+    train_step = make_train_step(layer, loss, optimizer)   # same code on 1 or N processes
+
+Communication is I/O, not compute: this is the only module that imports
+``torch.distributed``. Without a process group every function here is the identity, so
+single-process code pays nothing.
+"""
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import tree
+from .optim import GradientTransformation
+
+TIMEOUT_S = 30.0  # a dead or stuck peer surfaces as an error after this long
+LONG_WAIT_S = 3600.0  # waiting for rank 0 to prepare the data or evaluate an epoch
+
+
+def active() -> bool:
+    """Whether a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(values: Any) -> Any:
+    """The mean over ranks of every tensor leaf of a tree, as a new tree of the same shape.
+
+    The leaves are packed into one flat buffer per (dtype, device), each buffer is summed
+    over ranks with ONE collective and divided by the number of ranks, and the results are
+    unpacked. Every rank receives the same bytes. Without a process group: ``values``.
+    """
+    if not active():
+        return values
+    flat = tree.flatten(values)
+    buckets: dict[tuple, list[int]] = {}
+    for i, (path, leaf) in enumerate(flat):
+        if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
+            raise TypeError(
+                f"all_reduce_mean: leaf {path or '(root)'} must be a floating-point tensor, "
+                f"got {type(leaf).__name__}"
+                + (f" of dtype {leaf.dtype}" if isinstance(leaf, Tensor) else "")
+            )
+        buckets.setdefault((leaf.dtype, leaf.device), []).append(i)
+    size = dist.get_world_size()
+    out: dict[str, Tensor] = {}
+    for members in buckets.values():
+        buffer = torch.cat([flat[i][1].reshape(-1) for i in members])
+        dist.all_reduce(buffer)
+        buffer.div_(size)
+        start = 0
+        for i in members:
+            path, leaf = flat[i]
+            out[path] = buffer[start : start + leaf.numel()].view(leaf.shape)
+            start += leaf.numel()
+    return tree.unflatten(values, out, "all_reduce_mean")
+
+
+def mean_gradients() -> GradientTransformation:
+    """A gradient transformation that replaces the gradients by their mean over ranks
+    (the identity without a process group). Put it first in a chain of transformations."""
+
+    def init(params):
+        return {}
+
+    def update(grads, state, params=None):
+        return all_reduce_mean(grads), state
+
+    return GradientTransformation(init, update)
+
+
+class DataParallel:
+    """This process's place in the group, for :meth:`n2nfunc.Model.train_epoch`:
+    ``rank`` of ``size`` ranks, and ``mean(tree)`` (:func:`all_reduce_mean`)."""
+
+    def __init__(self, rank: int, size: int, store=None, device=None):
+        self.rank, self.size, self.store, self.device = rank, size, store, device
+
+    @staticmethod
+    def mean(values: Any) -> Any:
+        return all_reduce_mean(values)
+
+    def done(self, key: str) -> None:
+        """Rank 0 announces that the step ``key`` (data ready, epoch saved, ...) is done."""
+        if self.rank == 0 and self.store is not None:
+            self.store.set(f"n2nfunc/{key}", "1")
+
+    def wait(self, key: str, seconds: float = LONG_WAIT_S) -> None:
+        """Ranks other than 0 wait (at most ``seconds``) until rank 0 calls ``done(key)``;
+        unlike a collective, this may take longer than :data:`TIMEOUT_S`."""
+        if self.rank != 0 and self.store is not None:
+            self.store.wait([f"n2nfunc/{key}"], timedelta(seconds=seconds))
+
+    def broadcast(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Rank 0's ``tensors`` on every rank (other ranks pass ``[]``): shapes and dtypes are
+        sent first, then each tensor. Tensors come back on the CPU."""
+        if self.size == 1:
+            return tensors
+        dev = self.device or torch.device("cpu")
+        header: list[Any] = [None]
+        if self.rank == 0:
+            header = [[(tuple(t.shape), t.dtype) for t in tensors]]
+        dist.broadcast_object_list(header, src=0, device=dev)
+        out = []
+        for i, (shape, dtype) in enumerate(header[0]):
+            if self.rank == 0:
+                t = tensors[i].to(dev)
+            else:
+                t = torch.empty(shape, dtype=dtype, device=dev)
+            dist.broadcast(t, src=0)
+            out.append(t.cpu())
+        return out
+
+
+def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataParallel:
+    """Join the process group that ``torchrun`` describes in the environment (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo for CPU tensors, NCCL for CUDA, with a
+    short timeout so that a dead peer is an error in seconds, not after gloo's 30 minutes."""
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    return DataParallel(rank, size, store, device)
+
+
+def shutdown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
