@@ -27,6 +27,24 @@ TIMEOUT_S = 30.0  # a dead or stuck peer surfaces as an error after this long
 LONG_WAIT_S = 3600.0  # waiting for rank 0 to prepare the data or evaluate an epoch
 
 
+class CommunicationError(RuntimeError):
+    """A collective failed: another rank died, hung past the timeout or disconnected."""
+
+
+def _collective(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with a torch.distributed failure turned into a
+    :class:`CommunicationError` that says which rank saw it."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as e:  # gloo reports a dead peer as a plain RuntimeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        rank, size = dist.get_rank(), dist.get_world_size()
+        raise CommunicationError(
+            f"rank {rank} of {size}: {fn.__name__} failed, another process died or stopped "
+            f"answering ({type(e).__name__}: {first})"
+        ) from e
+
+
 def active() -> bool:
     """Whether a process group with more than one rank is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -55,7 +73,7 @@ def all_reduce_mean(values: Any) -> Any:
     out: dict[str, Tensor] = {}
     for members in buckets.values():
         buffer = torch.cat([flat[i][1].reshape(-1) for i in members])
-        dist.all_reduce(buffer)
+        _collective(dist.all_reduce, buffer)
         buffer.div_(size)
         start = 0
         for i in members:
@@ -98,7 +116,7 @@ class DataParallel:
         """Ranks other than 0 wait (at most ``seconds``) until rank 0 calls ``done(key)``;
         unlike a collective, this may take longer than :data:`TIMEOUT_S`."""
         if self.rank != 0 and self.store is not None:
-            self.store.wait([f"n2nfunc/{key}"], timedelta(seconds=seconds))
+            _collective(self.store.wait, [f"n2nfunc/{key}"], timedelta(seconds=seconds))
 
     def broadcast(self, tensors: list[Tensor]) -> list[Tensor]:
         """Rank 0's ``tensors`` on every rank (other ranks pass ``[]``): shapes and dtypes are
@@ -109,14 +127,14 @@ class DataParallel:
         header: list[Any] = [None]
         if self.rank == 0:
             header = [[(tuple(t.shape), t.dtype) for t in tensors]]
-        dist.broadcast_object_list(header, src=0, device=dev)
+        _collective(dist.broadcast_object_list, header, src=0, device=dev)
         out = []
         for i, (shape, dtype) in enumerate(header[0]):
             if self.rank == 0:
                 t = tensors[i].to(dev)
             else:
                 t = torch.empty(shape, dtype=dtype, device=dev)
-            dist.broadcast(t, src=0)
+            _collective(dist.broadcast, t, src=0)
             out.append(t.cpu())
         return out
 

@@ -13,6 +13,7 @@ trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`)
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -81,24 +82,28 @@ def spawn(args, argv: list[str]) -> int:
     try:
         elastic_launch(config, cmd)(*cmd_args, *_without_nproc(argv))
     except ChildFailedError as e:
-        lines = [
-            f"rank {rank} (pid {f.pid}) "
-            + (f"killed by signal {-f.exitcode}" if f.exitcode < 0 else f"exit code {f.exitcode}")
-            for rank, f in sorted(e.failures.items())
-        ]
-        interrupted = all(f.exitcode in (130, -2) for f in e.failures.values())
-        if interrupted:
-            return 130
+        if all(f.exitcode in (130, -signal.SIGINT) for f in e.failures.values()):
+            return 130  # Ctrl-C: rank 0 has said where the checkpoint is
+        # the agent stops the survivors with SIGTERM: the cause is another failure
+        causes = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != -signal.SIGTERM]
+        first_rank, first = causes[0] if causes else e.get_first_failure()
         print(
-            f"error: training with {n} processes failed: {'; '.join(lines)}; the other "
-            f"processes were stopped. The last checkpoint in {args.out} is intact (continue "
-            f"with --resume {Path(args.out) / 'checkpoint.pth'}).",
+            f"error: training with {n} processes failed: rank {first_rank} (pid {first.pid}) "
+            f"{_exit_text(first.exitcode)} first; the other processes were stopped. The last "
+            f"checkpoint in {args.out} is intact (continue with --resume "
+            f"{Path(args.out) / 'checkpoint.pth'}).",
             file=sys.stderr,
         )
         return 1
     except (SignalException, KeyboardInterrupt):
         return 130
     return 0
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with code {code}"
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -115,17 +120,25 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def train_worker(args) -> int:
     """One rank of a data-parallel ``n2nfunc train`` (see the module docstring)."""
-    from torch.distributed import DistError
-
     from . import distributed
     from .cli import _setup
 
     device = _setup(args)
     dp = distributed.init_from_env(device)
     state_path = Path(args.out) / "checkpoint.pth"
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         return _train(args, dp, device)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, distributed.CommunicationError) as e:
+        if isinstance(e, distributed.CommunicationError) and not interrupted:  # a peer died
+            print(f"error: {e}; stopping. Last checkpoint: {state_path}", file=sys.stderr)
+            return 1
         if dp.rank == 0:
             print(
                 f"\ninterrupted; the last checkpoint {state_path} is intact (if an epoch "
@@ -133,15 +146,6 @@ def train_worker(args) -> int:
                 file=sys.stderr,
             )
         return 130
-    except DistError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(
-            f"error: rank {dp.rank} of {dp.size} lost contact with the other processes "
-            f"({type(e).__name__}: {first}); stopping. The last checkpoint {state_path} "
-            "is intact.",
-            file=sys.stderr,
-        )
-        return 1
     finally:
         distributed.shutdown()
 
