@@ -107,7 +107,7 @@ def single(args) -> dict:
 
 def two_processes(args) -> dict:
     sys.path.insert(0, str(ROOT))
-    from n2nfunc.launch import _loopback_interface
+    from n2nfunc.distributed import loopback_interface
 
     env = {
         **os.environ,
@@ -115,7 +115,7 @@ def two_processes(args) -> dict:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()),
         "WORLD_SIZE": "2",
-        "GLOO_SOCKET_IFNAME": _loopback_interface() or "lo",
+        "GLOO_SOCKET_IFNAME": loopback_interface() or "lo",
     }
     cmd = [sys.executable, __file__, "--worker", "--threads", "1", *_common(args)]
     return _run([(cmd, {**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)], 600)

@@ -13,6 +13,9 @@ single-process code pays nothing.
 """
 
 import os
+import signal
+import socket
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -101,7 +104,8 @@ class DataParallel:
     ``rank`` of ``size`` ranks, and ``mean(tree)`` (:func:`all_reduce_mean`)."""
 
     def __init__(self, rank: int, size: int, store=None, device=None):
-        self.rank, self.size, self.store, self.device = rank, size, store, device
+        self.rank, self.size, self.store = rank, size, store
+        self.device = device or torch.device("cpu")  # where this rank computes
 
     @staticmethod
     def mean(values: Any) -> Any:
@@ -123,7 +127,7 @@ class DataParallel:
         sent first, then each tensor. Tensors come back on the CPU."""
         if self.size == 1:
             return tensors
-        dev = self.device or torch.device("cpu")
+        dev = self.device
         header: list[Any] = [None]
         if self.rank == 0:
             header = [[(tuple(t.shape), t.dtype) for t in tensors]]
@@ -157,3 +161,58 @@ def shutdown() -> None:
     """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def loopback_interface() -> str | None:
+    """The name of the loopback network interface (``lo`` on Linux, ``lo0`` on macOS)."""
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    return names[0] if names else None
+
+
+class WorkerFailed(RuntimeError):
+    """A worker started by :func:`run_local` failed: the first one's rank, pid and exit code
+    (negative: killed by that signal); ``interrupted`` if they all stopped on Ctrl-C."""
+
+    def __init__(self, rank: int, pid: int, exitcode: int, interrupted: bool):
+        super().__init__(f"rank {rank} (pid {pid}) failed with exit code {exitcode}")
+        self.rank, self.pid, self.exitcode, self.interrupted = rank, pid, exitcode, interrupted
+
+
+def run_local(nproc: int, python_args: list[str]) -> None:
+    """Run ``python *python_args`` in ``nproc`` workers on this machine through
+    ``torch.distributed.run`` (torchrun), with its rendezvous and the workers' addresses on
+    127.0.0.1; returns when all have finished. Raises :class:`WorkerFailed` if one fails (the
+    others are stopped) and ``KeyboardInterrupt`` on Ctrl-C (forwarded to the workers)."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    # torchrun's options as `torchrun --standalone` sets them, but on 127.0.0.1; the workers'
+    # arguments are added after parsing, so torchrun's parser never sees them
+    torchrun = [
+        "--nnodes=1",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+        f"--rdzv-id=n2nfunc-{os.getpid()}",
+        "--local-addr=127.0.0.1",
+        "--max-restarts=0",
+        "--no-python",
+        sys.executable,
+    ]
+    config, cmd, cmd_args = config_from_args(parse_args(torchrun))
+    loopback = loopback_interface()
+    if loopback:  # gloo would otherwise pick the interface of the host name
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    try:
+        elastic_launch(config, cmd)(*cmd_args, *python_args)
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        interrupted = all(c in (130, -signal.SIGINT) for c in codes)
+        # the launcher stops the survivors with SIGTERM: the cause is another failure
+        causes = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != -signal.SIGTERM]
+        rank, first = causes[0] if causes else e.get_first_failure()
+        raise WorkerFailed(rank, first.pid, first.exitcode, interrupted) from None
+    except SignalException:
+        raise KeyboardInterrupt from None

@@ -14,7 +14,6 @@ trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`)
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -36,19 +35,10 @@ def train(args, argv: list[str]) -> int:
     return train_worker(args) if is_worker() else spawn(args, argv)
 
 
-def _loopback_interface() -> str | None:
-    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
-    return names[0] if names else None
-
-
 def spawn(args, argv: list[str]) -> int:
     """Start ``args.nproc`` workers on this machine through ``torch.distributed.run``, talking
     over the loopback interface only; returns when they all have stopped."""
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-    from torch.distributed.run import config_from_args, parse_args
-
+    from . import distributed
     from .model import DEFAULT_CONFIG
 
     n = args.nproc
@@ -62,40 +52,20 @@ def spawn(args, argv: list[str]) -> int:
         )
     threads = args.threads or max(1, (os.cpu_count() or 1) // n)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    loopback = _loopback_interface()
-    if loopback:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
-    # torchrun's own options, as `torchrun --standalone` sets them but on 127.0.0.1; the
-    # workers' options are appended after parsing, so torchrun's parser never sees them
-    torchrun = [
-        "--nnodes=1",
-        f"--nproc-per-node={n}",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=127.0.0.1:0",
-        f"--rdzv-id=n2nfunc-{os.getpid()}",
-        "--local-addr=127.0.0.1",
-        "--max-restarts=0",
-        "--module",
-        "n2nfunc.cli",
-    ]
-    config, cmd, cmd_args = config_from_args(parse_args(torchrun))
     try:
-        elastic_launch(config, cmd)(*cmd_args, *_without_nproc(argv))
-    except ChildFailedError as e:
-        if all(f.exitcode in (130, -signal.SIGINT) for f in e.failures.values()):
+        distributed.run_local(n, ["-u", "-m", "n2nfunc.cli", *_without_nproc(argv)])
+    except distributed.WorkerFailed as e:
+        if e.interrupted:
             return 130  # Ctrl-C: rank 0 has said where the checkpoint is
-        # the agent stops the survivors with SIGTERM: the cause is another failure
-        causes = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != -signal.SIGTERM]
-        first_rank, first = causes[0] if causes else e.get_first_failure()
         print(
-            f"error: training with {n} processes failed: rank {first_rank} (pid {first.pid}) "
-            f"{_exit_text(first.exitcode)} first; the other processes were stopped. The last "
+            f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
+            f"{_exit_text(e.exitcode)} first; the other processes were stopped. The last "
             f"checkpoint in {args.out} is intact (continue with --resume "
             f"{Path(args.out) / 'checkpoint.pth'}).",
             file=sys.stderr,
         )
         return 1
-    except (SignalException, KeyboardInterrupt):
+    except KeyboardInterrupt:
         return 130
     return 0
 
@@ -123,8 +93,8 @@ def train_worker(args) -> int:
     from . import distributed
     from .cli import _setup
 
-    device = _setup(args)
-    dp = distributed.init_from_env(device)
+    dp = distributed.init_from_env(_setup(args))
+    device = dp.device  # cuda:LOCAL_RANK on GPUs
     state_path = Path(args.out) / "checkpoint.pth"
     interrupted = []
 

@@ -20,7 +20,7 @@ from dist_worker import TINY, data, functional_params, model_params
 
 from n2nfunc import checkpoint, distributed, tree
 from n2nfunc.cli import main
-from n2nfunc.launch import _loopback_interface
+from n2nfunc.distributed import loopback_interface
 from n2nfunc.model import Model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def ranks(tmp_path_factory):
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(_free_port()),
         WORLD_SIZE="2",
-        GLOO_SOCKET_IFNAME=_loopback_interface() or "lo",
+        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
     )
     procs = [
         subprocess.Popen(
