@@ -57,11 +57,11 @@ def spawn(args, argv: list[str]) -> int:
     except distributed.WorkerFailed as e:
         if e.interrupted:
             return 130  # Ctrl-C: rank 0 has said where the checkpoint is
+        state = Path(args.out) / "checkpoint.pth"
         print(
             f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
-            f"{_exit_text(e.exitcode)} first; the other processes were stopped. The last "
-            f"checkpoint in {args.out} is intact (continue with --resume "
-            f"{Path(args.out) / 'checkpoint.pth'}).",
+            f"{_exit_text(e.exitcode)} first; the other processes were stopped."
+            + (f" The last checkpoint is intact: --resume {state}" if state.is_file() else ""),
             file=sys.stderr,
         )
         return 1
@@ -110,9 +110,15 @@ def train_worker(args) -> int:
             print(f"error: {e}; stopping. Last checkpoint: {state_path}", file=sys.stderr)
             return 1
         if dp.rank == 0:
+            saved = state_path.is_file()
             print(
-                f"\ninterrupted; the last checkpoint {state_path} is intact (if an epoch "
-                f"finished); continue with `n2nfunc train --resume {state_path}`",
+                "\ninterrupted; "
+                + (
+                    f"the last epoch's checkpoint is intact: continue with `n2nfunc train "
+                    f"--resume {state_path}`"
+                    if saved
+                    else "no epoch had finished, nothing was saved"
+                ),
                 file=sys.stderr,
             )
         return 130

@@ -270,6 +270,7 @@ def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
         _stop(proc)
     assert proc.returncode == 1, err[-3000:]
     assert "error: training with 2 processes failed" in err and "killed by signal 9" in err
+    assert f"The last checkpoint is intact: --resume {out / 'checkpoint.pth'}" in err
     assert elapsed < distributed.TIMEOUT_S + 30
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
@@ -287,7 +288,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path):
     finally:
         _stop(proc)
     assert proc.returncode == 130, err[-3000:]
-    assert "interrupted" in err and "--resume" in err
+    assert "interrupted; the last epoch's checkpoint is intact" in err and "--resume" in err
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
     Model(state["config"]).load_payload(state, "checkpoint")
