@@ -107,7 +107,7 @@ def train_worker(args) -> int:
         return _train(args, dp, device)
     except (KeyboardInterrupt, distributed.CommunicationError) as e:
         if isinstance(e, distributed.CommunicationError) and not interrupted:  # a peer died
-            print(f"error: {e}; stopping. Last checkpoint: {state_path}", file=sys.stderr)
+            print(f"error: {e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
             saved = state_path.is_file()
