@@ -1,7 +1,7 @@
 """Single-process training speed: this tree's ``Model.train_epoch`` against the one of an
 older commit, interleaved in one process (the rest of the package is this tree's).
 
-    python bench/train_epoch_vs_commit.py 08ec488 --rounds 7
+    python bench/train_epoch_vs_commit.py 08ec488 --rounds 7 [--threads 1 --cpu-time]
 
 Each round trains one epoch of the same pairs with each version (same seed, same work),
 alternating which goes first; prints the medians and their ratio.
@@ -47,6 +47,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--pairs", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the process's CPU time (steadier than wall time on a busy machine)",
+    )
     args = p.parse_args()
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
@@ -55,11 +60,13 @@ def main() -> None:
     y = torch.rand(args.pairs, 3, 32, 32, generator=g)
     versions = {"this tree": Model, args.commit: old_model_class(args.commit)}
 
+    clock = time.process_time if args.cpu_time else time.perf_counter
+
     def epoch(cls) -> float:
         model = cls({"augment": True})
-        t0 = time.perf_counter()
+        t0 = clock()
         model.train_epoch(x, y, 0, 12)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     for cls in versions.values():
         epoch(cls)  # warm-up
@@ -70,7 +77,7 @@ def main() -> None:
             times[name].append(epoch(versions[name]))
     med = {name: statistics.median(v) for name, v in times.items()}
     for name in names:
-        print(f"{name}: median {med[name]:.3f} s per epoch of {args.pairs} pairs")
+        print(f"{name}: median {med[name]:.3f} s ({clock.__name__}) per epoch of {args.pairs} pairs")
     print(f"{args.threads} threads, {args.rounds} rounds")
     print(f"ratio this tree / {args.commit}: {med[names[0]] / med[names[1]]:.3f} (<= 1: no slower)")
 
