@@ -77,8 +77,8 @@ def main() -> None:
             times[name].append(epoch(versions[name]))
     med = {name: statistics.median(v) for name, v in times.items()}
     for name in names:
-        print(f"{name}: median {med[name]:.3f} s ({clock.__name__}) per epoch of {args.pairs} pairs")
-    print(f"{args.threads} threads, {args.rounds} rounds")
+        print(f"{name}: median {med[name]:.3f} s ({clock.__name__}) per epoch")
+    print(f"{args.pairs} pairs, {args.threads} threads, {args.rounds} rounds")
     print(f"ratio this tree / {args.commit}: {med[names[0]] / med[names[1]]:.3f} (<= 1: no slower)")
 
 
