@@ -10,10 +10,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from . import __version__, checkpoint, hardware
+from . import __version__, checkpoint, hardware, launch
 from . import argtypes as at
 from .data import (
     NoiseModel,
@@ -135,6 +136,8 @@ def _config(args) -> dict:
     cfg.update(upsampling=args.upsampling, seed=args.seed, widths=tuple(args.widths))
     cfg["num_epochs"] = args.epochs
     cfg["precision"] = args.precision
+    if args.no_augment:
+        cfg["augment"] = False
     return cfg
 
 
@@ -176,10 +179,32 @@ def _save_state(model: Model, path, epoch: int, history: list, noise: str) -> No
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    device = _setup(args)
+    if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
+        return launch.train_worker(args, _setup(args), run_training)
+    if args.nproc > 1:
+        return launch.spawn(args, args.argv)
+    return run_training(args, _setup(args))
+
+
+def run_training(args, device, dp=None) -> int:
+    """The training run of `train`. With ``dp`` (:mod:`n2nfunc.distributed`) it is one rank of
+    a data-parallel run: rank 0 alone reads the data (the others receive it), evaluates and
+    writes files; every rank trains on its slice of each global batch."""
+    lead = dp is None or dp.rank == 0
     state = _load_state(args.resume) if args.resume else None
-    xt, yt, desc, noise = _training_data(args)
-    xv, yv, _ = _validation_data(args)
+    xt: Any = None  # rank 0 reads the data; the other ranks receive it
+    yt: Any = None
+    xv: Any = None
+    yv: Any = None
+    desc = noise = ""
+    if lead:
+        xt, yt, desc, noise = _training_data(args)
+        xv, yv, _ = _validation_data(args)
+    if dp is not None:
+        if lead:
+            dp.done("data")
+        dp.wait("data")  # rank 0 may take minutes to generate the data
+        xt, yt = dp.broadcast([xt, yt] if lead else [])
     if state is not None:
         model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
         _loading("--resume", _resume, model, state, args.resume)
@@ -190,14 +215,20 @@ def cmd_train(args) -> int:
         start, history = 0, []
     epochs = model.config["num_epochs"]
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
-    xv, yv = xv.to(device), yv.to(device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
     per_epoch = (x.shape[0] // bs) * bs
+    if not lead:
+        for epoch in range(start, epochs):
+            model.train_epoch(x, y, epoch, epochs, parallel=dp)
+            dp.wait(f"epoch-{epoch + 1}")  # rank 0 evaluates and saves meanwhile
+        return 0
+    xv, yv = xv.to(device), yv.to(device)
+    out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
+    processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
     print(
-        f"training on {desc}: {x.shape[0]} pairs, {epochs} epochs, batch {bs}, "
+        f"training on {desc}: {x.shape[0]} pairs, {epochs} epochs, batch {bs}{processes}, "
         f"{torch.get_num_threads()} threads, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
@@ -210,7 +241,7 @@ def cmd_train(args) -> int:
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            loss = model.train_epoch(x, y, epoch, epochs, on_step)
+            loss = model.train_epoch(x, y, epoch, epochs, on_step, parallel=dp)
             seconds = time.perf_counter() - t0
             scores = evaluate(model, xv, yv)
             history.append(
@@ -228,8 +259,12 @@ def cmd_train(args) -> int:
                 f"gain {scores['gain']:+.2f} dB), {per_epoch / seconds:.0f} images/s"
             )
             _save_state(model, state_path, epoch + 1, history, noise)
+            if dp is not None:
+                dp.done(f"epoch-{epoch + 1}")
     except KeyboardInterrupt:
         progress.close()
+        if dp is not None:  # the workers stop together; the last epoch's checkpoint stays
+            raise
         _save_state(model, state_path, epoch, history, noise)
         print(
             f"\ninterrupted in epoch {epoch + 1}; state saved to {state_path}; continue with "
@@ -361,6 +396,11 @@ def _check_train(args, error) -> None:
         error("give one validation set: --val, --val-pairs or --val-photos")
     if args.upsampling == "nearest" and args.kernel % 2 == 0:
         error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
+    if args.nproc > 1 and not args.resume and args.batch_size % args.nproc:
+        error(
+            f"--nproc {args.nproc}: the global --batch-size {args.batch_size} must divide by the "
+            "number of processes (each takes an equal slice of every batch)"
+        )
 
 
 def _check_eval(args, error) -> None:
@@ -580,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernel size of every layer",
     )
     net.add_argument(
+        "--no-augment", action="store_true", help="no random flips / quarter turns of the batches"
+    )
+    net.add_argument(
         "--upsampling",
         choices=["transpose", "nearest"],
         default=DEFAULT_CONFIG["upsampling"],
@@ -601,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run from its checkpoint.pth (its settings are used)",
     )
     run.add_argument("--no-pictures", action="store_true", help="skip curves.png and samples.png")
+    run.add_argument(
+        "--nproc",
+        type=at.int_range(1),
+        default=1,
+        metavar="N",
+        help="data-parallel training in N local processes (torch.distributed, gloo on CPUs, "
+        "NCCL on GPUs); the batch size stays the global one",
+    )
     run.add_argument(
         "--quiet", action="store_true", help="no progress bar or in-epoch lines (epoch lines stay)"
     )
@@ -694,6 +745,7 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 done, 2 bad usage or data)."""
     try:
         args = build_parser().parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else list(argv)  # for --nproc's workers
         args.check(args, args.parser.error)
         _check_precision(args, args.parser.error)
     except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)

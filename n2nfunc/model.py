@@ -302,16 +302,39 @@ class Model:
         return x, y.to(dtype=x.dtype)
 
     def train_epoch(
-        self, x: Tensor, y: Tensor, epoch: int, total_epochs: int, callback: Callable | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        epoch: int,
+        total_epochs: int,
+        callback: Callable | None = None,
+        parallel=None,
     ) -> float:
         """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
-        run of ``total_epochs`` (the learning-rate schedule spans the whole run)."""
+        run of ``total_epochs`` (the learning-rate schedule spans the whole run).
+
+        Data parallel (``parallel`` from :mod:`n2nfunc.distributed`, with ``rank``, ``size``
+        and ``mean(tree)``): every rank holds all pairs and draws the same global batches;
+        it trains on the ``rank``-th of ``size`` equal slices of each batch (the batch size
+        must divide by ``size``), and the loss and gradients are averaged over ranks before
+        the update, which is therefore the whole batch's update on every rank.
+        """
         self._move_to(x.device, x.dtype)
         self.net.train()
         net = self._runner(x, "train_input")
         n = x.shape[0]
         bs = min(self.config["batch_size"], n)
         steps = n // bs
+        lo, hi = 0, bs  # this rank's slice of each batch
+        if parallel is not None and parallel.size > 1:
+            if bs % parallel.size:
+                raise ValueError(
+                    f"Model.train_epoch: the global batch size {bs} does not divide by the "
+                    f"{parallel.size} processes; choose a batch size that does"
+                )
+            lo, hi = parallel.rank * bs // parallel.size, (parallel.rank + 1) * bs // parallel.size
+        else:
+            parallel = None
         peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
         total = max(1, total_epochs * steps)
         schedule = optim.cosine_decay(
@@ -321,15 +344,22 @@ class Model:
             min(self.config["warmup_steps"], total // 10),
         )
         params = [p for p, _ in self.net.param()]
+        grads = [g for _, g in self.net.param()]
         order = empty(n).uniform_(generator=self.generator).argsort().to(x.device)
         running = 0.0
         for b in range(steps):
-            idx = order[b * bs : (b + 1) * bs]
+            idx = order[b * bs + lo : b * bs + hi]
             xb, yb = x[idx], y[idx]
             if self.config["augment"]:
                 k = int(empty(1).random_(8, generator=self.generator))
                 xb, yb = _dihedral(xb, k), _dihedral(yb, k)
-            value = float(self.loss.forward(net.forward(xb), yb))
+            loss = self.loss.forward(net.forward(xb), yb)
+            self.net.zero_grad()
+            net.backward(self.loss.backward(), input_grad=False)
+            if parallel is not None:  # one collective for the loss and all the gradients
+                loss, mean_grads = parallel.mean((loss, grads))
+                tree.copy_(grads, mean_grads)
+            value = float(loss)
             if not math.isfinite(value):
                 if self._snapshot is not None:
                     tree.copy_(params, self._snapshot)
@@ -338,8 +368,6 @@ class Model:
                     "parameters from before the last update were restored. Lower the learning "
                     "rate or check the data."
                 )
-            self.net.zero_grad()
-            net.backward(self.loss.backward(), input_grad=False)
             self._snapshot = [p.clone() for p in params]  # undo point for a NaN
             self.optimizer.lr = schedule(epoch * steps + b)
             self.optimizer.step()

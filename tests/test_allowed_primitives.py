@@ -37,6 +37,8 @@ IO = [
     "argtypes.py",
     "cli.py",
     "hardware.py",
+    "distributed.py",
+    "launch.py",
     "export.py",
     "viz.py",
     "progress.py",
@@ -107,3 +109,17 @@ def test_the_checker_catches_forbidden_uses(tmp_path):
     )
     bad = _violations(f)
     assert len(bad) == 5, bad  # import torch, zeros, conv2d, numpy, requires_grad_
+
+
+def test_only_distributed_py_imports_torch_distributed():
+    importers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "torch.distributed" or n.startswith("torch.distributed.") for n in names):
+                importers.add(str(path.relative_to(PACKAGE)))
+    assert importers == {"distributed.py"}

@@ -96,6 +96,10 @@ ROWS = [
     ("train --noise gaussian:-5", r"argument --noise: noise level must be > 0, got 'gaussian:-5'"),
     ("train --noise salt", r"argument --noise: unknown noise model 'salt'"),
     ("train --threads 0", r"argument --threads: expected an integer >= 1, got '0'"),
+    ("train --nproc 0", r"argument --nproc: expected an integer >= 1, got '0'"),
+    ("train --nproc 3", r"--nproc 3: the global --batch-size 32 must divide by the number"),
+    ("train --nproc two", r"argument --nproc: expected an integer >= 1, got 'two'"),
+    ("train --precision float16", r"argument --precision: invalid choice: 'float16'"),
     pytest.param(
         "train --device cuda",
         r"argument --device: 'cuda' asked for, but no CUDA device is available",

@@ -124,6 +124,21 @@ def test_exported_compute_files_import_only_allowed_primitives(submission):
                 ), (path, mods)
 
 
+def test_export_never_imports_torch_distributed(submission):
+    assert not {"distributed.py", "launch.py"} & set(VENDORED)
+    for path in submission.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            assert not any(
+                part in ("distributed", "launch") for n in names for part in n.split(".")
+            ), (path, names)
+
+
 def test_blocks_behave_like_torch_for_the_grader(submission):
     result = run(
         """

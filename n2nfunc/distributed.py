@@ -1,0 +1,218 @@
+"""Data-parallel training on ``torch.distributed`` (gloo on CPU, NCCL on CUDA).
+
+Every process (rank) holds the same parameters, trains on its own slice of each global
+batch and averages the gradients over ranks before the update, so all ranks make the
+update of the whole batch and stay identical:
+
+    optimizer = optim.chain(distributed.mean_gradients(), optim.adam(1e-3))
+    train_step = make_train_step(layer, loss, optimizer)   # same code on 1 or N processes
+
+Communication is I/O, not compute: this is the only module that imports
+``torch.distributed``. Without a process group every function here is the identity, so
+single-process code pays nothing.
+"""
+
+import os
+import signal
+import socket
+import sys
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import tree
+from .optim import GradientTransformation
+
+TIMEOUT_S = 30.0  # a dead or stuck peer surfaces as an error after this long
+LONG_WAIT_S = 3600.0  # waiting for rank 0 to prepare the data or evaluate an epoch
+
+
+class CommunicationError(RuntimeError):
+    """A collective failed: another rank died, hung past the timeout or disconnected."""
+
+
+def _collective(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with a torch.distributed failure turned into a
+    :class:`CommunicationError` that says which rank saw it."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as e:  # gloo reports a dead peer as a plain RuntimeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        rank, size = dist.get_rank(), dist.get_world_size()
+        raise CommunicationError(
+            f"rank {rank} of {size}: {fn.__name__} failed, another process died or stopped "
+            f"answering ({type(e).__name__}: {first})"
+        ) from e
+
+
+def active() -> bool:
+    """Whether a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(values: Any) -> Any:
+    """The mean over ranks of every tensor leaf of a tree, as a new tree of the same shape.
+
+    The leaves are packed into one flat buffer per (dtype, device), each buffer is summed
+    over ranks with ONE collective and divided by the number of ranks, and the results are
+    unpacked. Every rank receives the same bytes. Without a process group: ``values``.
+    """
+    if not active():
+        return values
+    flat = tree.flatten(values)
+    buckets: dict[tuple, list[int]] = {}
+    for i, (path, leaf) in enumerate(flat):
+        if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
+            raise TypeError(
+                f"all_reduce_mean: leaf {path or '(root)'} must be a floating-point tensor, "
+                f"got {type(leaf).__name__}"
+                + (f" of dtype {leaf.dtype}" if isinstance(leaf, Tensor) else "")
+            )
+        buckets.setdefault((leaf.dtype, leaf.device), []).append(i)
+    size = dist.get_world_size()
+    out: dict[str, Tensor] = {}
+    for members in buckets.values():
+        buffer = torch.cat([flat[i][1].reshape(-1) for i in members])
+        _collective(dist.all_reduce, buffer)
+        buffer.div_(size)
+        start = 0
+        for i in members:
+            path, leaf = flat[i]
+            out[path] = buffer[start : start + leaf.numel()].view(leaf.shape)
+            start += leaf.numel()
+    return tree.unflatten(values, out, "all_reduce_mean")
+
+
+def mean_gradients() -> GradientTransformation:
+    """A gradient transformation that replaces the gradients by their mean over ranks
+    (the identity without a process group). Put it first in a chain of transformations."""
+
+    def init(params):
+        return {}
+
+    def update(grads, state, params=None):
+        return all_reduce_mean(grads), state
+
+    return GradientTransformation(init, update)
+
+
+class DataParallel:
+    """This process's place in the group, for :meth:`n2nfunc.Model.train_epoch`:
+    ``rank`` of ``size`` ranks, and ``mean(tree)`` (:func:`all_reduce_mean`)."""
+
+    def __init__(self, rank: int, size: int, store=None, device=None):
+        self.rank, self.size, self.store = rank, size, store
+        self.device = device or torch.device("cpu")  # where this rank computes
+
+    @staticmethod
+    def mean(values: Any) -> Any:
+        return all_reduce_mean(values)
+
+    def done(self, key: str) -> None:
+        """Rank 0 announces that the step ``key`` (data ready, epoch saved, ...) is done."""
+        if self.rank == 0 and self.store is not None:
+            self.store.set(f"n2nfunc/{key}", "1")
+
+    def wait(self, key: str, seconds: float = LONG_WAIT_S) -> None:
+        """Ranks other than 0 wait (at most ``seconds``) until rank 0 calls ``done(key)``;
+        unlike a collective, this may take longer than :data:`TIMEOUT_S`."""
+        if self.rank != 0 and self.store is not None:
+            _collective(self.store.wait, [f"n2nfunc/{key}"], timedelta(seconds=seconds))
+
+    def broadcast(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Rank 0's ``tensors`` on every rank (other ranks pass ``[]``): shapes and dtypes are
+        sent first, then each tensor. Tensors come back on the CPU."""
+        if self.size == 1:
+            return tensors
+        dev = self.device
+        header: list[Any] = [None]
+        if self.rank == 0:
+            header = [[(tuple(t.shape), t.dtype) for t in tensors]]
+        _collective(dist.broadcast_object_list, header, src=0, device=dev)
+        out = []
+        for i, (shape, dtype) in enumerate(header[0]):
+            if self.rank == 0:
+                t = tensors[i].to(dev)
+            else:
+                t = torch.empty(shape, dtype=dtype, device=dev)
+            _collective(dist.broadcast, t, src=0)
+            out.append(t.cpu())
+        return out
+
+
+def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataParallel:
+    """Join the process group that ``torchrun`` describes in the environment (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo for CPU tensors, NCCL for CUDA, with a
+    short timeout so that a dead peer is an error in seconds, not after gloo's 30 minutes."""
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    return DataParallel(rank, size, store, device)
+
+
+def shutdown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def loopback_interface() -> str | None:
+    """The name of the loopback network interface (``lo`` on Linux, ``lo0`` on macOS)."""
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    return names[0] if names else None
+
+
+class WorkerFailed(RuntimeError):
+    """A worker started by :func:`run_local` failed: the first one's rank, pid and exit code
+    (negative: killed by that signal); ``interrupted`` if they all stopped on Ctrl-C."""
+
+    def __init__(self, rank: int, pid: int, exitcode: int, interrupted: bool):
+        super().__init__(f"rank {rank} (pid {pid}) failed with exit code {exitcode}")
+        self.rank, self.pid, self.exitcode, self.interrupted = rank, pid, exitcode, interrupted
+
+
+def run_local(nproc: int, python_args: list[str]) -> None:
+    """Run ``python *python_args`` in ``nproc`` workers on this machine through
+    ``torch.distributed.run`` (torchrun), with its rendezvous and the workers' addresses on
+    127.0.0.1; returns when all have finished. Raises :class:`WorkerFailed` if one fails (the
+    others are stopped) and ``KeyboardInterrupt`` on Ctrl-C (forwarded to the workers)."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    # torchrun's options as `torchrun --standalone` sets them, but on 127.0.0.1; the workers'
+    # arguments are added after parsing, so torchrun's parser never sees them
+    torchrun = [
+        "--nnodes=1",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+        f"--rdzv-id=n2nfunc-{os.getpid()}",
+        "--local-addr=127.0.0.1",
+        "--max-restarts=0",
+        "--no-python",
+        sys.executable,
+    ]
+    config, cmd, cmd_args = config_from_args(parse_args(torchrun))
+    loopback = loopback_interface()
+    if loopback:  # gloo would otherwise pick the interface of the host name
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    try:
+        elastic_launch(config, cmd)(*cmd_args, *python_args)
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        interrupted = all(c in (130, -signal.SIGINT) for c in codes)
+        # the launcher stops the survivors with SIGTERM: the cause is another failure
+        causes = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != -signal.SIGTERM]
+        rank, first = causes[0] if causes else e.get_first_failure()
+        raise WorkerFailed(rank, first.pid, first.exitcode, interrupted) from None
+    except SignalException:
+        raise KeyboardInterrupt from None

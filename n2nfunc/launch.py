@@ -1,0 +1,108 @@
+"""``n2nfunc train --nproc N``: data-parallel training in N local processes.
+
+The command starts N workers through ``torch.distributed.run`` (torchrun) on the
+loopback address (:func:`spawn`); each worker runs ``python -m n2nfunc.cli train`` with the
+same options and, seeing torchrun's environment, joins the process group and runs the CLI's
+training loop as one rank (:func:`train_worker`).
+``torchrun --nnodes M --nproc-per-node K ... -m n2nfunc.cli train ...`` runs the same
+workers on several machines.
+
+In a worker, rank 0 alone reads or generates the data (the others wait for it and
+receive it), evaluates, and writes checkpoints, pictures and the progress bar; every rank
+trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`).
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def is_worker() -> bool:
+    """Whether this process was started by torchrun (or by ``n2nfunc train --nproc``)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or all(
+        k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    )
+
+
+def spawn(args, argv: list[str]) -> int:
+    """Start ``args.nproc`` workers on this machine through ``torch.distributed.run``, talking
+    over the loopback interface only; returns when they all have stopped."""
+    from . import distributed
+
+    n = args.nproc
+    threads = args.threads or max(1, (os.cpu_count() or 1) // n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        distributed.run_local(n, ["-u", "-m", "n2nfunc.cli", *_without_nproc(argv)])
+    except distributed.WorkerFailed as e:
+        if e.interrupted:
+            return 130  # Ctrl-C: rank 0 has said where the checkpoint is
+        state = Path(args.out) / "checkpoint.pth"
+        print(
+            f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
+            f"{_exit_text(e.exitcode)} first; the other processes were stopped."
+            + (f" The last checkpoint is intact: --resume {state}" if state.is_file() else ""),
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with code {code}"
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def train_worker(args, device, run) -> int:
+    """One rank of a data-parallel ``n2nfunc train``: joins the process group and calls
+    ``run(args, device, dp)`` (the CLI's training run), turning Ctrl-C and a dead peer into
+    exit codes 130 and 1."""
+    from . import distributed
+
+    dp = distributed.init_from_env(device)
+    device = dp.device  # cuda:LOCAL_RANK on GPUs
+    state_path = Path(args.out) / "checkpoint.pth"
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return run(args, device, dp)
+    except (KeyboardInterrupt, distributed.CommunicationError) as e:
+        if isinstance(e, distributed.CommunicationError) and not interrupted:  # a peer died
+            print(f"error: {e}; stopping", file=sys.stderr)
+            return 1
+        if dp.rank == 0:
+            saved = state_path.is_file()
+            print(
+                "\ninterrupted; "
+                + (
+                    f"the last epoch's checkpoint is intact: continue with `n2nfunc train "
+                    f"--resume {state_path}`"
+                    if saved
+                    else "no epoch had finished, nothing was saved"
+                ),
+                file=sys.stderr,
+            )
+        return 130
+    finally:
+        distributed.shutdown()

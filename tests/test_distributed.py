@@ -1,0 +1,294 @@
+"""Data-parallel training on torch.distributed (gloo, CPU, 2 processes on the loopback).
+
+Every wait is bounded by a timeout and every process started here is killed on the way
+out. Ranks must end bit-identical, and equal to one process with the same global batch.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from dist_worker import TINY, data, functional_params, model_params
+
+from n2nfunc import checkpoint, distributed, tree
+from n2nfunc.cli import main
+from n2nfunc.distributed import loopback_interface
+from n2nfunc.model import Model
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "dist_worker.py"
+CLI_TINY = [
+    "--n-train",
+    "96",
+    "--n-val",
+    "16",
+    "--widths",
+    "8",
+    "8",
+    "--batch-size",
+    "16",
+    "--no-pictures",
+    "--quiet",
+    "--no-augment",
+    "--threads",
+    "1",
+]
+
+
+def _env(tmp_path, **extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "N2NFUNC_CACHE": str(tmp_path / "cache")}
+    env.pop("N2NFUNC_TEST_PAUSE_IN_SAVE", None)
+    return {**env, **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a process started in its own session, with everything it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of 2 ranks of tests/dist_worker.py saw and trained."""
+    out = tmp_path_factory.mktemp("ranks")
+    env = _env(
+        out,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE="2",
+        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(out)],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            _stop(p)
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return [checkpoint.load(out / f"rank{r}.ckpt") for r in range(2)]
+
+
+def _relative(a: dict, b: dict) -> dict:
+    return {k: float((a[k] - b[k]).norm() / a[k].norm()) for k in a}
+
+
+def test_all_reduce_mean_packs_each_dtype_into_one_collective(ranks):
+    for r in ranks:
+        assert r["reduce_calls"] == [6 + 1, 5]  # float32: a and the scalar; float64: b[0]
+        assert torch.equal(r["mean"]["a"], torch.full((2, 3), 1.5))
+        assert torch.equal(r["mean"]["b"][0], torch.arange(5, dtype=torch.float64) * 1.5)
+        assert r["mean"]["b"][1].shape == () and float(r["mean"]["b"][1]) == 1.0
+        assert "leaf i" in r["type_error"] and "int64" in r["type_error"]
+
+
+def test_broadcast_sends_rank0_tensors(ranks):
+    for r in ranks:
+        a, b = r["received"]
+        assert torch.equal(a, torch.arange(12, dtype=torch.uint8).view(3, 4) * 2)
+        assert torch.equal(b, torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("key", ["model64", "adam64", "model32", "functional64"])
+def test_ranks_end_bit_identical(ranks, key):
+    la, lb = (tree.flatten(r[key]) for r in ranks)
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (path, x), (_, y) in zip(la, lb):
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), path
+        else:
+            assert x == y, path
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(ranks):
+    single64, _ = model_params(torch.float64, epochs=2)
+    single32, _ = model_params(torch.float32)
+    for key, value in _relative(single64, ranks[0]["model64"]).items():
+        assert value <= 1e-10, (key, value)
+    for key, value in _relative(single32, ranks[0]["model32"]).items():
+        assert value <= 1e-5, (key, value)
+    assert max(_relative(single64, ranks[0]["model64"]).values()) > 0  # really two processes
+
+
+def test_mean_gradients_in_a_chain_matches_one_process(ranks):
+    single = dict(tree.flatten(functional_params(torch.float64)))
+    two = dict(tree.flatten(ranks[0]["functional64"]))
+    for key, value in _relative(single, two).items():
+        assert value <= 1e-10, (key, value)
+
+
+def test_without_a_process_group_everything_is_the_identity():
+    t = {"w": torch.randn(3, 2), "b": [torch.randn(2)]}
+    assert not distributed.active()
+    assert distributed.all_reduce_mean(t) is t
+    g = distributed.mean_gradients()
+    state = g.init(t)
+    updates, new_state = g.update(t, state, t)
+    assert updates is t and new_state == state
+
+
+def test_model_rejects_a_batch_that_does_not_divide_by_the_ranks():
+    x, y = data(torch.float32)
+    model = Model(TINY)  # batch 8
+    three = SimpleNamespace(rank=0, size=3, mean=lambda t: t)
+    with pytest.raises(ValueError, match="global batch size 8 does not divide by the 3"):
+        model.train_epoch(x, y, 0, 1, parallel=three)
+
+
+def test_cli_refuses_nproc_that_does_not_divide_the_batch(capsys):
+    assert main(["train", *CLI_TINY, "--batch-size", "15", "--nproc", "2"]) == 2
+    assert "global --batch-size 15 must divide by the number of processes" in capsys.readouterr().err
+    assert main(["train", *CLI_TINY, "--nproc", "0"]) == 2
+    assert "argument --nproc: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_no_augment_is_saved_in_the_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    assert main(["train", *CLI_TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pth")["config"]["augment"] is False
+
+
+def _cli(tmp_path, *args, timeout=180):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, *args],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _stop(proc)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_cli_nproc_2_equals_nproc_1_and_resumes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    code, out, err = _cli(tmp_path, "--epochs", "1", "--out", str(one))
+    assert code == 0, err
+    code, out, err = _cli(tmp_path, "--epochs", "1", "--nproc", "2", "--out", str(two))
+    assert code == 0, err
+    assert "batch 16 (8 in each of 2 processes)" in out
+    assert out.count("epoch 1/1") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoint.pth", "history.json", "model.pth"]
+    a = checkpoint.load(one / "model.pth")["params"]
+    b = checkpoint.load(two / "model.pth")["params"]
+    for key, value in _relative(a, b).items():
+        assert value <= 1e-5, (key, value)
+    # resume the 2-process run for a second epoch, in 2 processes
+    state = checkpoint.load(two / "checkpoint.pth")
+    state["config"]["num_epochs"] = 2
+    checkpoint.save(tmp_path / "more.pth", state)
+    code, out, err = _cli(
+        tmp_path, "--nproc", "2", "--resume", str(tmp_path / "more.pth"), "--out", str(two)
+    )
+    assert code == 0, err
+    history = json.loads((two / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert checkpoint.load(two / "checkpoint.pth")["optimizer"]["step"] == 12
+
+
+def _start_long_run(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "n2nfunc.cli",
+            "train",
+            *CLI_TINY,
+            "--n-train",
+            "480",
+            "--epochs",
+            "500",
+            "--nproc",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pth").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.2)
+    return proc, out
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
+    proc, out = _start_long_run(tmp_path)
+    try:
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGKILL)  # the later-started worker
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=distributed.TIMEOUT_S + 30)
+        elapsed = time.monotonic() - t0
+    finally:
+        _stop(proc)
+    assert proc.returncode == 1, err[-3000:]
+    assert "error: training with 2 processes failed" in err and "killed by signal 9" in err
+    assert f"The last checkpoint is intact: --resume {out / 'checkpoint.pth'}" in err
+    assert elapsed < distributed.TIMEOUT_S + 30
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)
+    state = checkpoint.load(out / "checkpoint.pth")
+    assert state["epoch"] >= 1
+    Model(state["config"]).load_payload(state, "checkpoint")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path):
+    proc, out = _start_long_run(tmp_path)
+    try:
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the command
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted; the last epoch's checkpoint is intact" in err and "--resume" in err
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)
+    state = checkpoint.load(out / "checkpoint.pth")
+    Model(state["config"]).load_payload(state, "checkpoint")
