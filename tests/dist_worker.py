@@ -11,26 +11,10 @@ from n2nfunc import checkpoint, distributed, tree
 from n2nfunc.data import make_pairs
 from n2nfunc.losses import mse
 from n2nfunc.model import Model
-from n2nfunc.optim import GradientTransformation, adam
+from n2nfunc.optim import adam, chain
 from n2nfunc.train import make_train_step
 
 TINY = {"widths": (6, 8), "batch_size": 8, "augment": False, "seed": 3}
-
-
-def chain(*transforms):
-    """Minimal chain of gradient transformations (the tests' own; the library's may differ)."""
-
-    def init(params):
-        return tuple(t.init(params) for t in transforms)
-
-    def update(grads, state, params):
-        new = []
-        for t, s in zip(transforms, state):
-            grads, s = t.update(grads, s, params)
-            new.append(s)
-        return grads, tuple(new)
-
-    return GradientTransformation(init, update)
 
 
 def data(dtype):
