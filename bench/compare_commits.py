@@ -7,7 +7,8 @@ The package of ``--base`` is extracted with ``git archive`` into a temporary fol
 imported under a private name, so both versions run side by side on the same weights and
 batches. Each network takes one training step the way ``Model.train`` takes it (class
 wrappers, MSE, Adam, no input gradient for the first layer); contenders alternate, and each
-figure is the median of ``--rounds`` rounds. A ratio above 1 means this tree is faster.
+figure is the median of ``--rounds`` rounds; a last row times a whole ``Model.train_epoch``
+(data order, augmentation, schedule). A ratio above 1 means this tree is faster.
 """
 
 import argparse
@@ -66,6 +67,16 @@ def step_fn(package, config: dict, batch: int):
         opt.step()
 
     return step
+
+
+def epoch_fn(package, config: dict, pairs: int = 512):
+    """One ``Model.train_epoch`` of ``package`` over ``pairs`` fixed pairs (batch 32, with
+    augmentation), the way ``n2nfunc train`` runs an epoch."""
+    model = sys.modules[package.__name__ + ".model"].Model(config)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(pairs, 3, 32, 32, generator=g), torch.rand(pairs, 3, 32, 32, generator=g)
+    x, y = model.prepare_pairs(x, y)
+    return lambda: model.train_epoch(x, y, 0, 1)
 
 
 def main() -> None:
