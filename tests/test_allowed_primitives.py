@@ -27,6 +27,7 @@ COMPUTE = [
     "testing.py",
     "metrics.py",
     "model.py",
+    "unet.py",
 ]
 IO = [
     "checkpoint.py",
