@@ -39,6 +39,7 @@ IO = [
     "data/files.py",
     "data/synthetic.py",
     "data/photos.py",
+    "data/noise.py",
 ]
 ALLOWED = {
     "torch": {"empty", "cat", "arange", "Tensor", "Generator", "device", "dtype"},
