@@ -79,8 +79,11 @@ from .optim import (
     rmsprop,
     sgd,
 )
+from .pretrained import load_network, pretrained
 from .testing import check_vjp
+from .tiling import denoise_image
 from .train import make_train_step, value_and_grad
+from .unet import padded_to_multiple, unet
 
 __version__ = "0.1.0"
 
@@ -132,6 +135,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with",
     "dense",
+    "denoise_image",
     "elu",
     "evaluate",
     "exponential_decay",
@@ -146,6 +150,7 @@ __all__ = [
     "init",
     "kernels",
     "load",
+    "load_network",
     "l1",
     "leaky_relu",
     "log_softmax",
@@ -154,8 +159,10 @@ __all__ = [
     "mse",
     "nearest_upsample",
     "optim",
+    "padded_to_multiple",
     "parallel",
     "piecewise_constant",
+    "pretrained",
     "psnr",
     "pull",
     "relu",
@@ -170,6 +177,7 @@ __all__ = [
     "softplus",
     "tanh",
     "tree",
+    "unet",
     "upsample",
     "value_and_grad",
 ]

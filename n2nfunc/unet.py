@@ -122,7 +122,7 @@ def _skip(deeper: Layer) -> Layer:
     return serial(fanout(2), parallel(deeper, identity()), fanin_concat(1))
 
 
-def check_architecture(depth, widths, in_channels, out_channels) -> dict:
+def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> dict:
     """The architecture as a plain dict (what checkpoints record); bad values raise."""
     name = "unet"
     positive_int(depth, "depth", name)

@@ -28,6 +28,7 @@ COMPUTE = [
     "metrics.py",
     "model.py",
     "unet.py",
+    "tiling.py",
 ]
 IO = [
     "checkpoint.py",
@@ -40,6 +41,7 @@ IO = [
     "data/synthetic.py",
     "data/photos.py",
     "data/noise.py",
+    "pretrained.py",
 ]
 ALLOWED = {
     "torch": {"empty", "cat", "arange", "Tensor", "Generator", "device", "dtype"},
