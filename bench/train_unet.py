@@ -134,25 +134,35 @@ def train(
     log_every: int = 50,
 ):
     """Train a U-Net; returns ``(layer, params, info)``. Exactly one of ``steps`` and
-    ``minutes`` (the step count is then set from the time of the first steps)."""
+    ``minutes`` (the step count is then set by timing steps of a throwaway run, so the run
+    itself, learning-rate schedule included, is the one ``steps`` replays)."""
     if (steps is None) == (minutes is None):
         raise ValueError("give exactly one of steps and minutes")
+    make = n2nfunc_trainer if backend == "n2nfunc" else torch_trainer
+    if minutes is not None:  # time a few steps of a throwaway run, then fix the step count
+        probe = Batches(photos, specs, crop, batch, seed, clean_targets)
+        probe_step = make(arch, lambda t: lr, seed, device)[0]
+        probe_step(*(b.to(device) for b in next(probe)))  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(2):
+            probe_step(*(b.to(device) for b in next(probe)))
+        per_step = (time.perf_counter() - t0) / 2
+        steps = max(10, int(minutes * 60 / per_step))
+        print(f"{per_step:.2f} s/step -> --steps {steps} for {minutes:g} minutes")
     batches = Batches(photos, specs, crop, batch, seed, clean_targets)
-    plan = {"total": steps or 10**9}
+    total: int = steps
 
     def lr_at(t: int) -> float:
-        total = plan["total"]
         warmup = min(100, total // 10)
         if t < warmup:
             return lr * (t + 1) / warmup
         frac = min(1.0, (t - warmup) / max(1, total - warmup))
         return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    make = n2nfunc_trainer if backend == "n2nfunc" else torch_trainer
     step, params, layer = make(arch, lr_at, seed, device)
     start = time.perf_counter()
     t, running, since, losses = 0, 0.0, 0, []
-    while t < plan["total"]:
+    while t < total:
         x, y = next(batches)
         value = step(x.to(device), y.to(device))
         if not math.isfinite(value):
@@ -160,15 +170,11 @@ def train(
         running += value
         since += 1
         t += 1
-        if minutes is not None and t == 3:
-            per_step = (time.perf_counter() - start) / 3
-            plan["total"] = max(10, int(minutes * 60 / per_step))
-            print(f"{per_step:.2f} s/step -> --steps {plan['total']} for {minutes:g} minutes")
-        if t % log_every == 0 or t == plan["total"]:
+        if t % log_every == 0 or t == total:
             losses.append(running / since)
             elapsed = time.perf_counter() - start
             print(
-                f"step {t}/{plan['total']}  loss {losses[-1]:.5f}  {elapsed / 60:.1f} min",
+                f"step {t}/{total}  loss {losses[-1]:.5f}  {elapsed / 60:.1f} min",
                 flush=True,
             )
             running, since = 0.0, 0
