@@ -63,17 +63,23 @@ def save_unet(path, architecture: dict, params, info: dict | None = None) -> Non
 
 
 def load_network(path) -> tuple[Layer, Params, dict]:
-    """``(layer, params, info)`` from any n2nfunc checkpoint: a U-Net checkpoint, or a
-    ``Model`` checkpoint of the exercise's network (``info`` is then its config)."""
-    payload = checkpoint.load(path)
+    """``(layer, params, info)`` from any n2nfunc network checkpoint file (see
+    :func:`network_from_payload`)."""
+    return network_from_payload(checkpoint.load(path), str(path))
+
+
+def network_from_payload(payload, source: str = "checkpoint") -> tuple[Layer, Params, dict]:
+    """``(layer, params, info)`` from a loaded checkpoint tree: a U-Net checkpoint, or a
+    ``Model`` checkpoint of the exercise's network (``info`` is then its config). Errors
+    name ``source``."""
     if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not an n2nfunc network checkpoint")
+        raise ValueError(f"{source}: not an n2nfunc network checkpoint")
     if payload.get("network") == "unet":
-        return _unet_from(payload, str(path))
+        return _unet_from(payload, source)
     if "params" in payload and "config" in payload and "network" not in payload:
-        return _exercise_from(payload, str(path))
+        return _exercise_from(payload, source)
     raise ValueError(
-        f"{path}: not an n2nfunc network checkpoint (expected a U-Net or a Model checkpoint, "
+        f"{source}: not an n2nfunc network checkpoint (expected a U-Net or a Model checkpoint, "
         f"got keys {sorted(map(str, payload))})"
     )
 
@@ -119,4 +125,12 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     return padded_to_multiple(net.layer, EXERCISE_MULTIPLE), net.params, config
 
 
-__all__ = ["NAMES", "load_network", "pretrained", "save_unet", "unet_payload", "weights_path"]
+__all__ = [
+    "NAMES",
+    "load_network",
+    "network_from_payload",
+    "pretrained",
+    "save_unet",
+    "unet_payload",
+    "weights_path",
+]
