@@ -91,9 +91,12 @@ from .optim import (
     sgd,
 )
 from .precision import mixed_precision
+from .pretrained import load_network, pretrained
 from .stateful import StatefulLayer, lift
 from .testing import check_vjp
+from .tiling import denoise_image
 from .train import make_train_step, value_and_grad
+from .unet import padded_to_multiple, unet
 
 __version__ = "0.1.0"
 
@@ -150,6 +153,7 @@ __all__ = [
     "cross_entropy_with",
     "dense",
     "dropout",
+    "denoise_image",
     "elu",
     "evaluate",
     "exponential_decay",
@@ -164,6 +168,7 @@ __all__ = [
     "init",
     "kernels",
     "load",
+    "load_network",
     "l1",
     "layers",
     "leaky_relu",
@@ -175,8 +180,10 @@ __all__ = [
     "mse",
     "nearest_upsample",
     "optim",
+    "padded_to_multiple",
     "parallel",
     "piecewise_constant",
+    "pretrained",
     "psnr",
     "pull",
     "relu",
@@ -192,6 +199,7 @@ __all__ = [
     "stateful",
     "tanh",
     "tree",
+    "unet",
     "upsample",
     "value_and_grad",
 ]

@@ -31,6 +31,8 @@ COMPUTE = [
     "layers/norm.py",
     "layers/dropout.py",
     "precision.py",
+    "unet.py",
+    "tiling.py",
 ]
 IO = [
     "checkpoint.py",
@@ -46,6 +48,8 @@ IO = [
     "data/files.py",
     "data/synthetic.py",
     "data/photos.py",
+    "data/noise.py",
+    "pretrained.py",
 ]
 ALLOWED = {
     "torch": {"empty", "cat", "arange", "Tensor", "Generator", "device", "dtype"},

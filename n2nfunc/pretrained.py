@@ -1,0 +1,139 @@
+"""Shipped networks by name, and any n2nfunc checkpoint as a ``(layer, params)`` pair.
+
+    layer, params = n2nfunc.pretrained("unet-gaussian")
+    clean = n2nfunc.denoise_image(layer, params, noisy).clamp(0, 1)
+
+Names: ``"exercise"`` (the exercise's required network, ``weights/bestmodel.pth``) and the
+U-Nets ``"unet-gaussian"``, ``"unet-poisson"``, ``"unet-aliasing"``
+(``weights/<name>.pth``, made by ``bench/train_unet.py``). Every returned layer takes
+(N, 3, H, W) images in [0, 1] of any size (padded to its multiple and cropped back).
+
+A U-Net checkpoint records its architecture, so loading rebuilds the right network::
+
+    {"network": "unet", "architecture": {"depth", "widths", "in_channels", "out_channels"},
+     "params": <the layer's params>, "info": {...free-form: noise, training time, ...}}
+
+Files are read with :func:`n2nfunc.checkpoint.load`, which never runs code from a file.
+"""
+
+from pathlib import Path
+
+from . import checkpoint, tree
+from .base import Layer, Params
+from .model import ARCHITECTURE, DEFAULT_CONFIG, DEFAULT_WEIGHTS, build_network
+from .unet import check_architecture, padded_to_multiple, unet
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+NAMES = ("exercise", "unet-gaussian", "unet-poisson", "unet-aliasing")
+EXERCISE_MULTIPLE = 4  # the exercise's network halves the size twice
+
+
+def weights_path(name: str) -> Path:
+    """The shipped weights file of ``name``."""
+    check_name(name)
+    return DEFAULT_WEIGHTS if name == "exercise" else WEIGHTS / f"{name}.pth"
+
+
+def check_name(name) -> str:
+    if name not in NAMES:
+        raise ValueError(f"unknown pretrained network {name!r}; known: {', '.join(NAMES)}")
+    return name
+
+
+def pretrained(name: str) -> tuple[Layer, Params]:
+    """``(layer, params)`` of a shipped network (float32, on the CPU)."""
+    path = weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the weights of {name!r} are not shipped yet ({path} is missing); train them "
+            f"with: python bench/train_unet.py --name {name}"
+        )
+    layer, params, _ = load_network(path)
+    return layer, params
+
+
+def unet_payload(architecture: dict, params, info: dict | None = None) -> dict:
+    """The checkpoint tree of a U-Net (see the module docstring)."""
+    arch = check_architecture(**architecture)
+    return {"network": "unet", "architecture": arch, "params": params, "info": dict(info or {})}
+
+
+def save_unet(path, architecture: dict, params, info: dict | None = None) -> None:
+    checkpoint.save(path, unet_payload(architecture, params, info))
+
+
+def load_network(path) -> tuple[Layer, Params, dict]:
+    """``(layer, params, info)`` from any n2nfunc network checkpoint file (see
+    :func:`network_from_payload`)."""
+    return network_from_payload(checkpoint.load(path), str(path))
+
+
+def network_from_payload(payload, source: str = "checkpoint") -> tuple[Layer, Params, dict]:
+    """``(layer, params, info)`` from a loaded checkpoint tree: a U-Net checkpoint, or a
+    ``Model`` checkpoint of the exercise's network (``info`` is then its config). Errors
+    name ``source``."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"{source}: not an n2nfunc network checkpoint")
+    if payload.get("network") == "unet":
+        return _unet_from(payload, source)
+    if "params" in payload and "config" in payload and "network" not in payload:
+        return _exercise_from(payload, source)
+    raise ValueError(
+        f"{source}: not an n2nfunc network checkpoint (expected a U-Net or a Model checkpoint, "
+        f"got keys {sorted(map(str, payload))})"
+    )
+
+
+def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
+    arch = payload.get("architecture")
+    if not isinstance(arch, dict):
+        raise ValueError(f"{source}: U-Net checkpoint without an 'architecture' dict")
+    try:
+        arch = check_architecture(**arch)
+    except TypeError as e:
+        raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
+    layer = unet(**arch)
+    _, fresh = layer.init(None, (-1, arch["in_channels"], -1, -1))
+    params = payload.get("params")
+    _check_like(params, fresh, source)
+    return layer, params, dict(payload.get("info") or {})
+
+
+def _check_like(params, fresh, source: str) -> None:
+    """``params`` must have ``fresh``'s paths, shapes and a floating dtype."""
+    try:
+        got = {p: tuple(t.shape) for p, t in tree.flatten(params)}
+    except AttributeError:
+        raise ValueError(f"{source}: the parameters are not a tree of tensors") from None
+    want = {p: tuple(t.shape) for p, t in tree.flatten(fresh)}
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))[:4]
+        raise ValueError(
+            f"{source}: parameters do not fit the recorded architecture "
+            f"(first differences, (path, shape)): {diff}"
+        )
+
+
+def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
+    theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+    config = {**DEFAULT_CONFIG, **{k: v for k, v in theirs.items() if k in ARCHITECTURE}}
+    net = build_network(config)
+    try:
+        net.load_state_dict(dict(payload["params"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from None
+    layer = net.layer
+    if not isinstance(layer, Layer):  # the exercise network has no state
+        raise TypeError(f"{source}: expected a network without state")
+    return padded_to_multiple(layer, EXERCISE_MULTIPLE), net.params, config
+
+
+__all__ = [
+    "NAMES",
+    "load_network",
+    "network_from_payload",
+    "pretrained",
+    "save_unet",
+    "unet_payload",
+    "weights_path",
+]

@@ -1,0 +1,174 @@
+"""The --noise grammar and Noise2Noise pairs: zero-mean unclipped targets, independent draws,
+blind levels, determinism, photo crops."""
+
+import pytest
+import torch
+
+from n2nfunc.data.noise import (
+    NoiseSpec,
+    add_noise,
+    clean_for,
+    noisy_pair,
+    parse_noise,
+    photo_noise_pairs,
+    random_crops,
+)
+
+
+@pytest.mark.parametrize(
+    "text, spec",
+    [
+        ("gaussian:25", NoiseSpec("gaussian", 25, 25)),
+        ("gaussian:0-50", NoiseSpec("gaussian", 0, 50)),
+        ("gaussian:12.5-12.5", NoiseSpec("gaussian", 12.5, 12.5)),
+        ("poisson:30", NoiseSpec("poisson", 30, 30)),
+        ("poisson:5-50", NoiseSpec("poisson", 5, 50)),
+        ("downsample", NoiseSpec("downsample", 4, 4)),
+        ("downsample:8", NoiseSpec("downsample", 8, 8)),
+    ],
+)
+def test_grammar_accepts(text, spec):
+    assert parse_noise(text) == spec
+    assert parse_noise(str(spec)) == spec  # str() round-trips
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("gauss:25", "unknown kind"),
+        ("gaussian", "needs a level"),
+        ("gaussian:", "needs a level"),
+        ("gaussian:abc", "not a number"),
+        ("gaussian:50-10", "empty"),
+        ("gaussian:0", "not all zero"),
+        ("gaussian:-5", "not a number"),
+        ("gaussian:300", "sigma"),
+        ("gaussian:nan", "finite"),
+        ("gaussian:1-inf", "finite"),
+        ("poisson:0", "peak must be > 0"),
+        ("poisson:0-30", "peak must be > 0"),
+        ("downsample:1", "integer >= 2"),
+        ("downsample:2.5", "integer >= 2"),
+        ("", "unknown kind"),
+    ],
+)
+def test_grammar_rejects_with_the_text(text, why):
+    with pytest.raises(ValueError, match=why) as e:
+        parse_noise(text)
+    assert repr(text) in str(e.value) and "gaussian:SIGMA" in str(e.value)
+
+
+def test_not_a_string():
+    with pytest.raises(TypeError, match="noise must be a string"):
+        parse_noise(25)
+
+
+def _gray(n=4, size=64, value=0.5):
+    return torch.full((n, 3, size, size), value)
+
+
+@pytest.mark.parametrize("text", ["gaussian:40", "poisson:10"])
+def test_targets_are_zero_mean_and_unclipped_inputs_clipped(text):
+    g = torch.Generator().manual_seed(0)
+    for value in (0.02, 0.5, 0.98):  # near black and white, clipping would bias the mean
+        clean = _gray(value=value)
+        inp, target = noisy_pair(clean, text, g)
+        assert float(inp.min()) >= 0 and float(inp.max()) <= 1
+        assert abs(float((target - clean).mean())) < 0.004
+        if value > 0.9:
+            assert float(target.max()) > 1  # not clipped
+    inp, target = noisy_pair(_gray(value=0.02), "gaussian:40", g)
+    assert float(target.min()) < 0
+
+
+def test_gaussian_sigma_and_blind_levels_per_image():
+    g = torch.Generator().manual_seed(1)
+    clean = _gray(n=64)
+    _, target = noisy_pair(clean, "gaussian:25", g)
+    assert abs(float((target - clean).std()) * 255 / 25 - 1) < 0.01
+    _, target = noisy_pair(clean, "gaussian:0-50", g)
+    sigmas = (target - clean).flatten(1).std(1) * 255
+    assert float(sigmas.min()) < 10 and float(sigmas.max()) > 40  # uniform over the range
+    assert len(set((sigmas / 0.5).round().tolist())) > 30  # one level per image
+
+
+def test_pair_shares_the_level_but_draws_independently():
+    g = torch.Generator().manual_seed(2)
+    clean = _gray(n=32)
+    a, b = noisy_pair(clean, "gaussian:0-50", g)
+    na, nb = (a - clean).flatten(1), (b - clean).flatten(1)
+    assert torch.allclose(na.std(1), nb.std(1), rtol=0.1, atol=2e-3)  # same level
+    corr = float((na * nb).mean() / (na.std() * nb.std()))
+    assert abs(corr) < 0.01  # independent draws
+    assert not torch.equal(a, b)
+
+
+def test_poisson_variance():
+    g = torch.Generator().manual_seed(3)
+    clean = _gray(n=16, value=0.4)
+    _, t = noisy_pair(clean, "poisson:30", g)
+    assert abs(float(t.var()) / (0.4 / 30) - 1) < 0.03  # Var = x / peak
+
+
+def test_downsample_pairs_and_their_clean_image():
+    g = torch.Generator().manual_seed(4)
+    clean = torch.rand(2, 3, 64, 48, generator=g)
+    a, b = noisy_pair(clean, "downsample:8", g)
+    assert a.shape == b.shape == (2, 3, 8, 6) == clean_for(clean, "downsample:8").shape
+    assert not torch.equal(a, b)
+    assert clean_for(clean, "gaussian:5") is clean
+
+
+def test_deterministic_per_seed():
+    clean = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for text in ("gaussian:0-50", "poisson:5-50", "downsample:4"):
+        one = noisy_pair(clean, text, torch.Generator().manual_seed(7))
+        two = noisy_pair(clean, text, torch.Generator().manual_seed(7))
+        other = noisy_pair(clean, text, torch.Generator().manual_seed(8))
+        assert all(torch.equal(x, y) for x, y in zip(one, two))
+        assert not torch.equal(one[0], other[0])
+
+
+def test_add_noise_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        add_noise(torch.rand(3, 8, 8), "gaussian:5", torch.Generator())
+    with pytest.raises(ValueError, match="at least 8x8"):
+        add_noise(torch.rand(1, 3, 4, 4), "downsample:8", torch.Generator())
+
+
+def _photos():
+    g = torch.Generator().manual_seed(5)
+    return [
+        torch.randint(0, 256, (3, 150, 200), dtype=torch.uint8, generator=g),
+        torch.randint(0, 256, (3, 90, 70), dtype=torch.uint8, generator=g),
+    ]
+
+
+def test_photo_pairs_crops_flips_turns_and_seed():
+    photos = _photos()
+    a, b = photo_noise_pairs(photos, 6, "gaussian:0-50", size=64, seed=3)
+    assert a.shape == b.shape == (6, 3, 64, 64)
+    a2, b2 = photo_noise_pairs(photos, 6, "gaussian:0-50", size=64, seed=3)
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+    x, y = photo_noise_pairs(photos, 2, "downsample:2", size=64, seed=0)
+    assert x.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="at least 64x64"):
+        photo_noise_pairs(photos, 2, "gaussian:5", size=32)
+
+
+def test_random_crops_are_pieces_of_the_image_up_to_a_symmetry():
+    img = torch.arange(3 * 9 * 7, dtype=torch.float32).view(3, 9, 7)
+    crops = random_crops([img], 20, 5, torch.Generator().manual_seed(0))
+    for c in crops:
+        found = False
+        for k in range(4):
+            for flip in (False, True):
+                back = c.rot90(-k, (1, 2))
+                back = back.flip(2) if flip else back
+                v = int(back[0, 0, 0])
+                y, x = divmod(v, 7)
+                if y + 5 <= 9 and x + 5 <= 7 and torch.equal(back, img[:, y : y + 5, x : x + 5]):
+                    found = True
+        assert found
+    with pytest.raises(ValueError, match="at least 10 pixels"):
+        random_crops([img], 1, 10, torch.Generator())

@@ -1,0 +1,131 @@
+"""pretrained(name), U-Net checkpoints that record their architecture, and tiled denoising."""
+
+import importlib
+
+import pytest
+import torch
+
+import n2nfunc as nf
+from n2nfunc.pretrained import NAMES, load_network, save_unet
+from n2nfunc.unet import unet
+
+# the module (n2nfunc.pretrained is the function of the same name)
+pretrained_module = importlib.import_module("n2nfunc.pretrained")
+TINY = {"depth": 2, "widths": (4, 6, 5, 3)}
+
+
+def _random_unet(arch=TINY, seed=0):
+    layer = unet(**arch)
+    _, params = layer.init(torch.Generator().manual_seed(seed), (-1, 3, -1, -1))
+    return layer, params
+
+
+def test_exercise_is_the_shipped_model_at_any_size():
+    layer, params = nf.pretrained("exercise")
+    model = nf.Model()
+    model.load_pretrained_model()
+    x = torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(0))
+    y = layer.apply(params, x)
+    assert y.shape == x.shape
+    assert torch.allclose(y.clamp(0, 1), model.predict(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["unet-gaussian", "unet-poisson", "unet-aliasing"])
+def test_unshipped_unet_weights_say_so(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained_module, "WEIGHTS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="not shipped yet.*bench/train_unet.py"):
+        nf.pretrained(name)
+
+
+def test_shipped_unet_weights_load_when_present(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained_module, "WEIGHTS", tmp_path)
+    layer, params = _random_unet()
+    save_unet(tmp_path / "unet-poisson.pth", TINY, params, {"noise": "poisson:5-50"})
+    got_layer, got = nf.pretrained("unet-poisson")
+    x = torch.rand(1, 3, 21, 10)
+    assert torch.equal(got_layer.apply(got, x), layer.apply(params, x))
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError) as e:
+        nf.pretrained("unet")
+    assert all(n in str(e.value) for n in NAMES)
+
+
+def test_checkpoint_records_the_architecture(tmp_path):
+    arch = {"depth": 3, "widths": (5, 7, 4, 3), "in_channels": 3, "out_channels": 3}
+    layer, params = _random_unet(arch, seed=3)
+    save_unet(tmp_path / "net.pth", arch, params, {"noise": "gaussian:0-50", "minutes": 1.5})
+    got_layer, got_params, info = load_network(tmp_path / "net.pth")
+    assert info == {"noise": "gaussian:0-50", "minutes": 1.5}
+    x = torch.rand(2, 3, 19, 33)
+    assert torch.equal(got_layer.apply(got_params, x), layer.apply(params, x))
+
+
+def test_load_network_reads_model_checkpoints(tmp_path):
+    model = nf.Model({"widths": (8, 12), "seed": 4})
+    model.save(tmp_path / "m.pth")
+    layer, params, config = load_network(tmp_path / "m.pth")
+    assert config["widths"] == (8, 12)
+    x = torch.rand(1, 3, 10, 13)
+    assert torch.allclose(layer.apply(params, x).clamp(0, 1), model.predict(x), atol=1e-6)
+
+
+def test_bad_checkpoints(tmp_path):
+    _, params = _random_unet()
+    nf.save(
+        tmp_path / "wrong.pth",
+        {"network": "unet", "architecture": dict(TINY, depth=3), "params": params},
+    )
+    with pytest.raises(ValueError, match="do not fit the recorded architecture"):
+        load_network(tmp_path / "wrong.pth")
+    nf.save(
+        tmp_path / "arch.pth",
+        {"network": "unet", "architecture": {"depth": 2, "colour": 1}, "params": params},
+    )
+    with pytest.raises(ValueError, match="bad architecture"):
+        load_network(tmp_path / "arch.pth")
+    nf.save(tmp_path / "noarch.pth", {"network": "unet", "params": params})
+    with pytest.raises(ValueError, match="without an 'architecture'"):
+        load_network(tmp_path / "noarch.pth")
+    nf.save(tmp_path / "other.pth", {"weights": params})
+    with pytest.raises(ValueError, match="not an n2nfunc network checkpoint"):
+        load_network(tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="widths"):
+        save_unet(tmp_path / "x.pth", {"depth": 2, "widths": (4,)}, params)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_tiled_equals_untiled_on_a_non_square_image(batched):
+    layer, params = _random_unet()
+    shape = (2, 3, 150, 97) if batched else (3, 150, 97)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    whole = layer.apply(params, x if batched else x[None])
+    whole = whole if batched else whole[0]
+    tiled = nf.denoise_image(layer, params, x, tile=64, overlap=16, align=4)
+    assert tiled.shape == x.shape
+    assert float((tiled - whole).abs().max()) < 1e-5
+
+
+def test_tiled_exercise_network_and_one_tile():
+    layer, params = nf.pretrained("exercise")
+    x = torch.rand(1, 3, 70, 45, generator=torch.Generator().manual_seed(2))
+    whole = layer.apply(params, x)
+    assert (
+        float((nf.denoise_image(layer, params, x, tile=32, overlap=8, align=4) - whole).abs().max())
+        < 1e-5
+    )
+    assert torch.equal(nf.denoise_image(layer, params, x, tile=256), whole)  # a single tile
+
+
+def test_denoise_image_bad_arguments():
+    layer, params = _random_unet()
+    x = torch.rand(1, 3, 40, 40)
+    with pytest.raises(ValueError, match="multiple of align"):
+        nf.denoise_image(layer, params, x, tile=100)
+    with pytest.raises(ValueError, match="no room after the overlap"):
+        nf.denoise_image(layer, params, x, tile=64, overlap=32)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        nf.denoise_image(layer, params, torch.rand(40, 40))
+    with pytest.raises(TypeError, match="image must be a Tensor"):
+        nf.denoise_image(layer, params, [[0.0]])

@@ -1,0 +1,210 @@
+"""The U-Net: exact gradients (check_vjp, torch autograd twin), any image size, bad input."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import autograd_vjp, rel_err
+
+import n2nfunc as nf
+from n2nfunc.testing import check_vjp
+from n2nfunc.unet import PAPER_ARCHITECTURE, _edge_pad_adjoint, padded_to_multiple, unet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from unet_twin import TorchUNet  # noqa: E402
+
+TINY = {"depth": 2, "widths": (3, 4, 3, 2)}
+
+
+def _init(arch, shape, seed=0, dtype=torch.float64, device="cpu"):
+    layer = unet(**arch)
+    _, params = layer.init(torch.Generator().manual_seed(seed), shape)
+    return layer, nf.tree.map(lambda t: t.to(device=device, dtype=dtype), params)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 3, 8, 8), (1, 3, 1, 2)])
+def test_check_vjp_tiny_unet(shape):
+    """Random directions for every parameter and the input (the full Jacobian is the slow
+    test below)."""
+    layer, params = _init(TINY, shape)
+    x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    check_vjp(layer, params, x, full_jacobian_max=0)
+
+
+@pytest.mark.slow
+def test_check_vjp_tiny_unet_full_jacobian():
+    layer, params = _init(TINY, (1, 3, 7, 5))
+    x = torch.rand(1, 3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    check_vjp(layer, params, x)
+
+
+@pytest.mark.parametrize(
+    "arch, shape",
+    [
+        (TINY, (2, 3, 11, 7)),
+        ({"depth": 3, "widths": (4, 6, 5, 3)}, (1, 3, 9, 20)),
+        ({"depth": 1, "widths": (3, 4, 3, 2), "out_channels": 2}, (1, 3, 6, 5)),
+        ({"depth": 3, "widths": (4, 6, 5, 3), "in_channels": 1, "out_channels": 1}, (3, 1, 16, 8)),
+    ],
+)
+def test_forward_and_vjp_match_torch_twin(arch, shape):
+    layer, params = _init(arch, shape)
+    twin = TorchUNet(**arch).double().load_n2nfunc(params)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(shape, dtype=torch.float64, generator=g)
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=torch.float64, generator=g)
+    grads, cx = pullback(ct)
+    weights = [p for c in twin.execution_order() for p in (c.weight, c.bias)]
+
+    def fn(x_, *ws):
+        with torch.no_grad():
+            for p, w in zip(weights, ws):
+                p.copy_(w)
+        # run the twin functionally with ws as leaves
+        names = [n for n, _ in twin.named_parameters()]
+        by_id = {id(p): w for p, w in zip(weights, ws)}
+        values = {n: by_id[id(p)] for n, p in twin.named_parameters()}
+        assert len(values) == len(names)
+        return torch.func.functional_call(twin, values, (x_,))
+
+    y_ref, (cx_ref, *g_ref) = autograd_vjp(fn, [x] + [w.detach().clone() for w in weights], ct)
+    assert y.shape == x.shape[:1] + (arch.get("out_channels", 3),) + x.shape[2:]
+    assert rel_err(y, y_ref) < 1e-10
+    assert rel_err(cx, cx_ref) < 1e-10
+    leaves = [t for _, t in nf.tree.flatten(grads)]
+    assert len(leaves) == len(g_ref)
+    for ours, ref in zip(leaves, g_ref):
+        assert rel_err(ours, ref) < 1e-10
+
+
+def test_float32_matches_twin():
+    layer, params = _init(TINY, (1, 3, 13, 10), dtype=torch.float32)
+    twin = TorchUNet(**TINY).load_n2nfunc(params)
+    x = torch.rand(1, 3, 13, 10)
+    assert rel_err(layer.apply(params, x), twin(x)) < 1e-5
+
+
+def test_paper_shape_and_init():
+    layer = unet(**PAPER_ARCHITECTURE)
+    shape, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
+    assert shape == (-1, 3, -1, -1)
+    convs = [t for path, t in nf.tree.flatten(params) if path.endswith("weight")]
+    # 2 + 4 encoder convs + bottleneck, 2 per decoder level 5..2, then 64, 32, 3
+    assert [tuple(w.shape[:2]) for w in convs] == [
+        (48, 3),
+        (48, 48),
+        (48, 48),
+        (48, 48),
+        (48, 48),
+        (48, 48),
+        (48, 48),
+        (96, 96),
+        (96, 96),
+        (96, 144),
+        (96, 96),
+        (96, 144),
+        (96, 96),
+        (96, 144),
+        (96, 96),
+        (64, 99),
+        (32, 64),
+        (3, 32),
+    ]
+    # He normal: std sqrt(2 / fan_in), zero bias
+    w = convs[8]
+    assert abs(float(w.std()) / (2 / (96 * 9)) ** 0.5 - 1) < 0.05
+    assert all(float(t.abs().max()) == 0 for p, t in nf.tree.flatten(params) if "bias" in p)
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (5, 33), (32, 32), (31, 64)])
+def test_any_size_keeps_shape(h, w):
+    layer, params = _init({"depth": 4, "widths": (4, 6, 5, 3)}, (1, 3, h, w))
+    x = torch.rand(2, 3, h, w, dtype=torch.float64)
+    assert layer.apply(params, x).shape == (2, 3, h, w)
+
+
+def test_edge_padding_and_its_adjoint():
+    """Around the identity, padded_to_multiple is the identity; the padding it applies is
+    F.pad(mode="replicate") on the bottom and right, and its pullback that pad's adjoint."""
+    ident = padded_to_multiple(nf.identity(), 4)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
+    y, pb = ident.vjp({}, x)
+    ct = torch.randn(y.shape, dtype=torch.float64)
+    assert torch.equal(y, x) and torch.equal(pb(ct)[1], ct)
+
+    seen = {}
+
+    def vjp(params, xp):
+        seen["x"] = xp
+        return xp, lambda ct: ({}, ct)
+
+    spy = padded_to_multiple(nf.Layer(lambda g, s: (s, {}), lambda p, x: x, vjp), 4)
+    spy.vjp({}, x)
+    assert torch.equal(seen["x"], F.pad(x, (0, 2, 0, 3), mode="replicate"))
+    g = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    _, (ref,) = autograd_vjp(lambda t: F.pad(t, (0, 2, 0, 3), mode="replicate"), [x], g)
+    assert rel_err(_edge_pad_adjoint(g, 5, 6), ref) < 1e-15
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 5, 6), (2, 2, 1, 3)])
+def test_check_vjp_padded_conv(shape):
+    inner = nf.conv2d(3, 3, padding=1)
+    _, p = inner.init(torch.Generator().manual_seed(0), shape)
+    p = nf.tree.map(lambda t: t.double(), p)
+    x = torch.randn(shape, dtype=torch.float64)
+    check_vjp(padded_to_multiple(inner, 4), p, x)
+
+
+def test_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="widths"):
+        unet(widths=(48, 96))
+    with pytest.raises(ValueError, match="depth"):
+        unet(depth=0)
+    layer, params = _init(TINY, (1, 3, 8, 8))
+    with pytest.raises(ValueError, match="expected 3 input channels"):
+        layer.init(None, (1, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        layer.apply(params, torch.rand(3, 8, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        layer.apply(params, torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="channels"):
+        layer.apply(params, torch.rand(1, 4, 8, 8, dtype=torch.float64))
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    layer, params = _init(TINY, (1, 3, 9, 14), dtype=torch.float32)
+    x = torch.rand(1, 3, 9, 14)
+    y = layer.apply(params, x)
+    cuda = nf.tree.map(lambda t: t.cuda(), params)
+    assert rel_err(layer.apply(cuda, x.cuda()).cpu(), y) < 1e-5
+
+
+def test_adam_training_matches_the_torch_twin():
+    """Three Adam steps of Noise2Noise training give the same network as torch.nn + autograd
+    + torch.optim.Adam from the same weights and batches (float64)."""
+    arch = {"depth": 2, "widths": (4, 6, 5, 3)}
+    layer, params = _init(arch, (2, 3, 12, 10))
+    twin = TorchUNet(**arch).double().load_n2nfunc(params)
+    opt = nf.adam(1e-2, betas=(0.9, 0.99))
+    step = nf.make_train_step(layer, nf.mse, opt)
+    state = opt.init(params)
+    topt = torch.optim.Adam(twin.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x = torch.rand(2, 3, 12, 10, dtype=torch.float64, generator=g)
+        y = torch.rand(2, 3, 12, 10, dtype=torch.float64, generator=g)
+        params, state, value = step(params, state, x, y)
+        with torch.enable_grad():
+            topt.zero_grad()
+            loss = F.mse_loss(twin(x), y)
+            loss.backward()
+            topt.step()
+        assert abs(float(value) - float(loss)) < 1e-12
+    ours = [t for _, t in nf.tree.flatten(params)]
+    theirs = [p.detach() for c in twin.execution_order() for p in (c.weight, c.bias)]
+    for a, b in zip(ours, theirs):
+        assert rel_err(a, b) < 1e-10
