@@ -72,7 +72,8 @@ def step_fn(package, config: dict, batch: int):
 def epoch_fn(package, config: dict, pairs: int = 512):
     """One ``Model.train_epoch`` of ``package`` over ``pairs`` fixed pairs (batch 32, with
     augmentation), the way ``n2nfunc train`` runs an epoch."""
-    model = sys.modules[package.__name__ + ".model"].Model(config)
+    module = sys.modules[package.__name__ + ".model"]
+    model = module.Model({k: v for k, v in config.items() if k in module.DEFAULT_CONFIG})
     g = torch.Generator().manual_seed(2)
     x, y = torch.rand(pairs, 3, 32, 32, generator=g), torch.rand(pairs, 3, 32, 32, generator=g)
     x, y = model.prepare_pairs(x, y)
@@ -110,6 +111,17 @@ def main() -> None:
                     f"{label:<32}{batch:>6}{1e3 * times['base']:>10.2f}"
                     f"{1e3 * times['this']:>10.2f}{times['base'] / times['this']:>8.2f}"
                 )
+        config = networks["default (transpose, 48/48, k4)"]
+        times = interleaved(
+            {"base": epoch_fn(old, config), "this": epoch_fn(new, config)},
+            warmup=1,
+            repeats=1,
+            rounds=args.rounds,
+        )
+        print(
+            f"{'Model.train_epoch, 512 pairs':<32}{32:>6}{1e3 * times['base']:>10.1f}"
+            f"{1e3 * times['this']:>10.1f}{times['base'] / times['this']:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

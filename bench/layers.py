@@ -152,7 +152,9 @@ def table(precision: str, dtype, peak: float, args) -> None:
         y = layer.apply(params, x)
         ct = torch.randn(y.shape).to(dtype)
         leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-        xcl, ctcl = (t.contiguous(memory_format=torch.channels_last) for t in (x, ct))
+        xcl, ctcl = (  # channels_last exists for images only
+            t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in (x, ct)
+        )
 
         def ours_vjp():
             _, pullback = layer.vjp(params, x)
