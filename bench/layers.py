@@ -120,6 +120,8 @@ def nominal_flops(name: str, x_shape, y_shape, params) -> float:
     w = params["weight"]
     if name.startswith(("conv_t", "shipped conv_t")):  # per input pixel: Cin x Cout x k x k
         return 2.0 * x_shape[0] * x_shape[2] * x_shape[3] * w.numel()
+    if len(y_shape) == 2:  # dense: one matmul
+        return 2.0 * y_shape[0] * w.numel()
     return 2.0 * y_shape[0] * y_shape[2] * y_shape[3] * w.numel()
 
 
