@@ -96,3 +96,13 @@ def col2im(cols: Tensor, out_hw: tuple, kernel: tuple) -> Tensor:
         for b in range(kw):
             out[:, a : a + ho, b : b + wo].add_(cols[:, :, :, a, b])
     return out
+
+
+def sum_of(views: list[Tensor]) -> Tensor:
+    """The elementwise sum of equally shaped (strided) views, as a new tensor. A few adds of
+    strided views are several times faster than one reduction over the interleaved axes of a
+    6-d view (e.g. ``reshape(n, h, 2, w, 2, c).sum((2, 4))``)."""
+    total = views[0] + views[1] if len(views) > 1 else views[0].clone()
+    for v in views[2:]:
+        total.add_(v)
+    return total

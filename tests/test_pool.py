@@ -192,3 +192,19 @@ def test_pools_on_cuda():
         y2, pb2 = layer.vjp({}, x.cuda())
         assert y2.is_cuda and rel_err(y2.cpu(), y) < 1e-6
         assert rel_err(pb2(ct.cuda())[1].cpu(), pullback(ct)[1]) < 1e-6
+
+
+def test_max_pool2d_propagates_nan_and_routes_its_gradient_like_torch():
+    x = torch.rand(1, 2, 4, 4, dtype=torch.float64)
+    x[0, 0, 0, 1] = float("nan")  # one NaN in a window
+    x[0, 1, 2, 2] = x[0, 1, 3, 3] = float("nan")  # two NaNs in one window
+    ct = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    layer = nf.max_pool2d(2)
+    y, pullback = layer.vjp({}, x)
+    _, dx = pullback(ct)
+    xr = x.clone().requires_grad_()
+    with torch.enable_grad():
+        ref = F.max_pool2d(xr, 2)
+        (g,) = torch.autograd.grad(ref, xr, ct)
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
+    assert torch.equal(dx, g)

@@ -17,7 +17,7 @@ from ..base import (
     pair,
 )
 from ..conv import _conv_out, _describe, _sizes
-from ..nhwc import to_nchw, to_nhwc, windows
+from ..nhwc import sum_of, to_nchw, to_nhwc, windows
 
 
 def _options(kind: str, kernel_size, stride, padding):
@@ -84,14 +84,31 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
     return Layer(init, apply, vjp)
 
 
+def _offsets(win: Tensor) -> list[Tensor]:
+    """The (N, Ho, Wo, C) views of a window view, one per kernel offset, in row-major order;
+    elementwise passes over them are much faster than reductions over the kernel axes."""
+    return [win[:, :, :, a, b] for a in range(win.shape[3]) for b in range(win.shape[4])]
+
+
 def _max(win: Tensor) -> Tensor:
-    return win.amax((3, 4))
+    parts = _offsets(win)
+    best = parts[0].maximum(parts[1]) if len(parts) > 1 else parts[0].clone()
+    for v in parts[2:]:
+        best = best.maximum(v)
+    return best
 
 
 def _max_saving_index(win: Tensor):
-    """Max over each window and the flat index (row-major in the window) of its first maximum."""
-    n, ho, wo, kh, kw, c = win.shape
-    return win.reshape(n, ho, wo, kh * kw, c).max(3)
+    """Max over each window and the flat index (row-major in the window) of the maximum
+    PyTorch's kernel picks: the first one, but a NaN wins (the last NaN)."""
+    parts = _offsets(win)
+    best = parts[0].clone()
+    index = arange(0, device=win.device).new_zeros(best.shape)
+    for t, v in enumerate(parts[1:], start=1):
+        better = (v > best).logical_or_(v.isnan())
+        best = v.where(better, best)
+        index.masked_fill_(better, t)
+    return best, index
 
 
 def _max_backward(g: Tensor, index: Tensor, padded_shape, k, s) -> Tensor:
@@ -127,7 +144,7 @@ def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
 
 def _mean(win: Tensor) -> Tensor:
     """Mean over each window, padding included (``count_include_pad=True``)."""
-    return win.sum((3, 4)).div_(win.shape[3] * win.shape[4])
+    return sum_of(_offsets(win)).div_(win.shape[3] * win.shape[4])
 
 
 def _avg_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
