@@ -99,16 +99,10 @@ def _max(win: Tensor) -> Tensor:
 
 
 def _max_saving_index(win: Tensor):
-    """Max over each window and the flat index (row-major in the window) of the maximum
-    PyTorch's kernel picks: the first one, but a NaN wins (the last NaN)."""
-    parts = _offsets(win)
-    best = parts[0].clone()
-    index = arange(0, device=win.device).new_zeros(best.shape)
-    for t, v in enumerate(parts[1:], start=1):
-        better = (v > best).logical_or_(v.isnan())
-        best = v.where(better, best)
-        index.masked_fill_(better, t)
-    return best, index
+    """Max over each window and the flat index (row-major in the window) of its first maximum
+    (one reduction: faster here than per-offset passes, which need boolean masks)."""
+    n, ho, wo, kh, kw, c = win.shape
+    return win.reshape(n, ho, wo, kh * kw, c).max(3)
 
 
 def _into_windows(part, g: Tensor, padded_shape, k, s) -> Tensor:
@@ -124,11 +118,7 @@ def _into_windows(part, g: Tensor, padded_shape, k, s) -> Tensor:
 
 
 def _max_backward(g: Tensor, index: Tensor, padded_shape, k, s) -> Tensor:
-    """Each output gradient goes to the input pixel that was its window's maximum. Windows
-    that do not overlap (stride >= kernel) take one strided pass per kernel offset; where they
-    overlap, a scatter-add sums the shares in PyTorch's order (bit-identical gradients)."""
-    if s[0] >= k[0] and s[1] >= k[1]:
-        return _into_windows(lambda t: g.masked_fill(index != t, 0), g, padded_shape, k, s)
+    """Scatter-add each output gradient onto the input pixel that was its window's maximum."""
     n, hp, wp, c = padded_shape
     _, ho, wo, _ = g.shape
     rows = arange(ho, device=g.device).mul_(s[0]).view(1, ho, 1, 1) + index // k[1]
@@ -144,7 +134,8 @@ def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
     ``y[n, c, i, j] = max_{a, b} x[n, c, s*i - p + a, s*j - p + b]``, stride = kernel by default.
 
     The gradient of each output goes to the first maximum of its window in row-major order,
-    as in PyTorch; overlapping windows add up.
+    as in PyTorch; overlapping windows add up. A NaN in a window is its maximum (as in
+    PyTorch); with several NaNs in one window the gradient goes to the first (PyTorch: the last).
     """
     return _pool(
         "max_pool2d",
