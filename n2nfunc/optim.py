@@ -48,6 +48,13 @@ class GradientTransformation(NamedTuple):
     update: Callable
 
 
+def _l2_decayed(grads, params, weight_decay: float):
+    """``grads + weight_decay * params`` (torch.optim's coupled ``weight_decay``)."""
+    if not weight_decay:
+        return grads
+    return tree.map(lambda g, p: g + weight_decay * p, grads, params)
+
+
 def _lr_at(lr: LearningRate, step: int) -> float:
     return lr(step) if callable(lr) else lr
 
@@ -89,7 +96,7 @@ def sgd(
     def update(grads, state, params):
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        d = tree.map(lambda g, p: g + weight_decay * p, grads, params) if weight_decay else grads
+        d = _l2_decayed(grads, params, weight_decay)
         new_state = {"step": step + 1}
         if momentum:
             if step == 0:
@@ -203,7 +210,7 @@ def rmsprop(
     def update(grads, state, params):
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        g = tree.map(lambda g_, p: g_ + weight_decay * p, grads, params) if weight_decay else grads
+        g = _l2_decayed(grads, params, weight_decay)
         s = tree.map(lambda s_, x: s_ * alpha + (1 - alpha) * (x * x), state["square_avg"], g)
         new_state = {"step": step + 1, "square_avg": s}
         if centered:
@@ -281,7 +288,7 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     def update(grads, state, params):
         if params is None:
             raise ValueError("add_decayed_weights: update needs the params")
-        return tree.map(lambda g, p: g + weight_decay * p, grads, params), state
+        return _l2_decayed(grads, params, weight_decay), state
 
     return GradientTransformation(init, update)
 
