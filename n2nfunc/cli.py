@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, checkpoint, hardware, launch
+from . import __version__, checkpoint, hardware, launch, tree
 from . import argtypes as at
 from .data import (
     NoiseModel,
@@ -29,6 +29,7 @@ from .data import (
 )
 from .metrics import evaluate
 from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, Model
+from .pretrained import NAMES as PRETRAINED_NAMES
 from .progress import Progress
 
 MIN_TILE = 16  # the network halves twice; a tile also needs room next to its margin
@@ -346,10 +347,43 @@ def denoise_tiled(
     return out
 
 
+def _shipped_network(name: str, device, precision: str):
+    """A shipped network other than the exercise's, as a function of a (3, H, W) uint8 image
+    (tiled, any size), and a line saying which weights it is."""
+    from .precision import mixed_precision
+    from .pretrained import load_network, weights_path
+    from .tiling import denoise_image
+
+    path = weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--model {name}: its weights are not shipped yet ({path} is missing); train them "
+            f"with: python bench/train_unet.py --name {name}"
+        )
+    layer, params, info = _loading("--model", load_network, path)
+    if precision != "float32":
+        layer = mixed_precision(layer, precision)
+    params = tree.map(lambda t: t.to(device), params)
+
+    def run(rgb: torch.Tensor, tile: int) -> torch.Tensor:
+        out = denoise_image(layer, params, rgb.to(device).float() / 255, tile=tile)
+        return out.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+    return run, f"{path} (noise: {info.get('noise', 'not recorded')})"
+
+
 def cmd_denoise(args) -> int:
     device = _setup(args)
-    model, noise = _load_model(args.checkpoint, device, args.precision)
-    print(f"weights: {args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})")
+    if args.model not in (None, "exercise"):
+        run, which = _shipped_network(args.model, device, args.precision)
+    else:
+        model, noise = _load_model(args.checkpoint, device, args.precision)
+        which = f"{args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})"
+
+        def run(rgb: torch.Tensor, tile: int) -> torch.Tensor:
+            return denoise_tiled(model, rgb.to(device), tile)
+
+    print(f"weights: {which}")
     picture = _loading("input", read_image, args.input)
     alpha = picture.alpha
     if alpha is not None and args.output.suffix.lower() not in ALPHA_SUFFIXES:
@@ -358,7 +392,7 @@ def cmd_denoise(args) -> int:
         )
         alpha = None
     t0 = time.perf_counter()
-    out = denoise_tiled(model, picture.rgb.to(device), args.tile)
+    out = run(picture.rgb, args.tile)
     write_image(args.output, out, alpha, picture.grey)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
@@ -408,7 +442,12 @@ def _check_eval(args, error) -> None:
         error("give one validation set: --val, --val-pairs or --val-photos")
 
 
+UNET_MIN_TILE = 96  # denoise_image's default overlap (32) on both sides + its alignment (32)
+
+
 def _check_denoise(args, error) -> None:
+    if args.model not in (None, "exercise") and args.tile < UNET_MIN_TILE:
+        error(f"--tile {args.tile}: --model {args.model} needs tiles of >= {UNET_MIN_TILE} px")
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         error(f"output {args.output} is the input file; choose another name")
 
@@ -689,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
         "INPUT OUTPUT [options]   (n2nfunc denoise --help lists them)",
         "denoise an image file of any size",
         "  n2nfunc denoise noisy.png denoised.png\n"
-        "  n2nfunc denoise photo.jpg out.png --checkpoint runs/latest/model.pth\n",
+        "  n2nfunc denoise photo.jpg out.png --checkpoint runs/latest/model.pth\n"
+        "  n2nfunc denoise photo.jpg out.png --model unet-gaussian\n",
     )
     d.add_argument(
         "input", type=at.input_image, metavar="INPUT", help="image to denoise (png, jpg, ...)"
@@ -700,11 +740,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUTPUT",
         help="image to write (png, jpg, ...), in an existing folder; replaced if it exists",
     )
-    d.add_argument(
+    weights = d.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--model",
+        choices=list(PRETRAINED_NAMES),
+        help="a shipped network: exercise (the default: the course's network, "
+        "n2nfunc/weights/bestmodel.pth) or a U-Net for camera noise (unet-gaussian, "
+        "unet-poisson) or the course's aliasing (unet-aliasing)",
+    )
+    weights.add_argument(
         "--checkpoint",
         type=at.existing_file("checkpoint"),
         metavar="FILE",
-        help="weights to use (default: the shipped n2nfunc/weights/bestmodel.pth)",
+        help="weights of your own (a model.pth written by `n2nfunc train`)",
     )
     d.add_argument(
         "--tile",

@@ -235,3 +235,40 @@ def test_precision_option_trains_in_bfloat16_or_refuses_in_one_line(tmp_path, mo
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
     assert main(["eval", "--precision", "float16"]) == 2
     assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_denoise_with_a_shipped_model_by_name(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from n2nfunc.pretrained import save_unet
+    from n2nfunc.tiling import denoise_image
+    from n2nfunc.unet import unet
+
+    rgb = torch.randint(0, 256, (3, 37, 50), dtype=torch.uint8)
+    write_image(tmp_path / "in.png", rgb)
+    out = tmp_path / "out.png"
+    args = ["denoise", str(tmp_path / "in.png"), str(out)]
+    # weights not shipped yet: one line, nothing written
+    shipped = importlib.import_module("n2nfunc.pretrained")  # the module, not the function
+    monkeypatch.setattr(shipped, "WEIGHTS", tmp_path / "weights")
+    assert main([*args, "--model", "unet-gaussian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model unet-gaussian: its weights are not shipped yet" in err[0]
+    assert not out.exists()
+    # a (tiny, random) U-Net in the weights folder is used through the tiled functional path
+    arch = {"depth": 2, "widths": (4, 6, 4, 4), "in_channels": 3, "out_channels": 3}
+    _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
+    (tmp_path / "weights").mkdir()
+    save_unet(tmp_path / "weights" / "unet-gaussian.pth", arch, params, {"noise": "gaussian:0-50"})
+    assert main([*args, "--model", "unet-gaussian", "--tile", "32"]) == 2
+    assert "--model unet-gaussian needs tiles of >= 96 px" in capsys.readouterr().err
+    assert main([*args, "--model", "unet-gaussian", "--tile", "96"]) == 0
+    assert "(noise: gaussian:0-50)" in capsys.readouterr().out
+    expected = denoise_image(unet(**arch), params, rgb.float() / 255, tile=96)
+    expected = expected.clamp(0, 1).mul(255).round().to(torch.uint8)
+    assert (read_image(out).rgb.int() - expected.int()).abs().max() <= 1  # PNG round trip
+    # --model and --checkpoint exclude each other; unknown names are listed
+    assert main([*args, "--model", "unet-gaussian", "--checkpoint", str(DEFAULT_WEIGHTS)]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([*args, "--model", "unet"]) == 2
+    assert "invalid choice: 'unet'" in capsys.readouterr().err
