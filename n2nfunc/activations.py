@@ -71,11 +71,14 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     ``negative_slope * ct`` (the latter at ``x = 0``, like PyTorch)."""
     name = f"leaky_relu(negative_slope={negative_slope})"
     a = _number(negative_slope, "negative_slope", name)
-    return _elementwise(
-        name,
-        lambda x: x.where(x > 0, x * a),
-        lambda x, y, ct: ct.where(x > 0, ct * a),
-    )
+
+    def forward(x):  # max(x, a x) for a <= 1, min(x, a x) for a > 1: several times faster
+        return x.maximum(x * a) if a <= 1 else x.minimum(x * a)  # than a boolean where
+
+    def derivative_times(x, y, ct):  # ct * (a + (1 - a) [x > 0]); a float mask beats where
+        return ct.mul((x > 0).to(ct.dtype).mul_(1 - a).add_(a))
+
+    return _elementwise(name, forward, derivative_times)
 
 
 def tanh() -> Layer:

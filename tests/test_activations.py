@@ -51,6 +51,7 @@ NEW = [
     (nf.leaky_relu(), lambda t: F.leaky_relu(t)),
     (nf.leaky_relu(0.2), lambda t: F.leaky_relu(t, 0.2)),
     (nf.leaky_relu(-1.5), lambda t: F.leaky_relu(t, -1.5)),
+    (nf.leaky_relu(3.0), lambda t: F.leaky_relu(t, 3.0)),  # slope > 1: the min branch
     (nf.tanh(), torch.tanh),
     (nf.gelu(), lambda t: F.gelu(t)),
     (nf.elu(), lambda t: F.elu(t)),
