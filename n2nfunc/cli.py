@@ -458,10 +458,6 @@ def _check_export(args, error) -> None:
         error(f"{target} is a file; move it away (the submission is a folder of that name)")
 
 
-def _no_check(args, error) -> None:
-    pass
-
-
 # ---------------------------------------------------------------------------- the parser
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default (unless it is None or a flag's False, where the help

@@ -58,10 +58,6 @@ class StatefulLayer(NamedTuple):
     vjp: Callable[..., tuple[Any, State, Pullback]]
 
 
-def is_stateful(layer) -> bool:
-    return isinstance(layer, StatefulLayer)
-
-
 def lift(layer: Layer | StatefulLayer) -> StatefulLayer:
     """``layer`` as a :class:`StatefulLayer`: a plain layer gets the empty state ``{}`` and
     ignores ``train`` and ``rng``; a stateful layer is returned as it is."""

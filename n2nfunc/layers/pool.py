@@ -105,18 +105,6 @@ def _max_saving_index(win: Tensor):
     return win.reshape(n, ho, wo, kh * kw, c).max(3)
 
 
-def _into_windows(part, g: Tensor, padded_shape, k, s) -> Tensor:
-    """Adjoint of the window view: ``part(t)``, the (N, Ho, Wo, C) gradient of kernel offset
-    ``t`` (row-major), added into a zero padded input at its strided positions."""
-    n, hp, wp, c = padded_shape
-    _, ho, wo, _ = g.shape
-    dxp = g.new_zeros(n, hp, wp, c)
-    for t in range(k[0] * k[1]):
-        a, b = divmod(t, k[1])
-        dxp[:, a : a + s[0] * (ho - 1) + 1 : s[0], b : b + s[1] * (wo - 1) + 1 : s[1]].add_(part(t))
-    return dxp
-
-
 def _max_backward(g: Tensor, index: Tensor, padded_shape, k, s) -> Tensor:
     """Scatter-add each output gradient onto the input pixel that was its window's maximum."""
     n, hp, wp, c = padded_shape
@@ -155,9 +143,17 @@ def _mean(win: Tensor) -> Tensor:
 
 
 def _avg_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
-    """Every pixel of a window gets ``g / (kh kw)``."""
+    """Every pixel of a window gets ``g / (kh kw)``: one strided add per kernel offset."""
+    n, hp, wp, c = padded_shape
+    _, ho, wo, _ = g.shape
     share = g / (k[0] * k[1])
-    return _into_windows(lambda t: share, g, padded_shape, k, s)
+    dxp = g.new_zeros(n, hp, wp, c)
+    for a in range(k[0]):
+        for b in range(k[1]):
+            dxp[:, a : a + s[0] * (ho - 1) + 1 : s[0], b : b + s[1] * (wo - 1) + 1 : s[1]].add_(
+                share
+            )
+    return dxp
 
 
 def avg_pool2d(kernel_size, stride=None, padding=0) -> Layer:
