@@ -73,13 +73,14 @@ class Batches:
         return x, (clean_for(clean, spec) if self.clean_targets else y)
 
 
-def n2nfunc_trainer(arch: dict, lr_schedule, seed: int, device: str):
-    """``(step(x, y) -> loss, params())`` for the n2nfunc U-Net with Adam."""
+def n2nfunc_trainer(arch: dict, lr_schedule, seed: int, device: str, precision="float32"):
+    """``(step(x, y) -> loss, params())`` for the n2nfunc U-Net with Adam (``precision``:
+    the matmul operands' dtype, see ``n2nfunc.mixed_precision``)."""
     layer = unet(**arch)
     _, params = layer.init(torch.Generator().manual_seed(seed), (-1, 3, -1, -1))
     params = nf.tree.map(lambda t: t.to(device), params)
     opt = nf.adam(lr_schedule, betas=(0.9, 0.99))
-    step_fn = nf.make_train_step(layer, nf.mse, opt)
+    step_fn = nf.make_train_step(nf.mixed_precision(layer, precision), nf.mse, opt)
     box = {"params": params, "state": opt.init(params)}
 
     def step(x, y):
@@ -89,8 +90,9 @@ def n2nfunc_trainer(arch: dict, lr_schedule, seed: int, device: str):
     return step, lambda: box["params"], layer
 
 
-def torch_trainer(arch: dict, lr_schedule, seed: int, device: str):
-    """The same recipe with the torch.nn + autograd twin (same initial weights)."""
+def torch_trainer(arch: dict, lr_schedule, seed: int, device: str, precision="float32"):
+    """The same recipe with the torch.nn + autograd twin (same initial weights; bfloat16
+    runs the forward under ``torch.autocast``)."""
     from unet_twin import TorchUNet
 
     _, first, layer = n2nfunc_trainer(arch, lr_schedule, seed, "cpu")
@@ -104,7 +106,9 @@ def torch_trainer(arch: dict, lr_schedule, seed: int, device: str):
         count["t"] += 1
         with torch.enable_grad():
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(twin(x), y)
+            with torch.autocast(x.device.type, torch.bfloat16, enabled=precision != "float32"):
+                out = twin(x)
+            loss = torch.nn.functional.mse_loss(out.float(), y)
             loss.backward()
             opt.step()
         return float(loss)
@@ -132,6 +136,7 @@ def train(
     clean_targets: bool = False,
     backend: str = "n2nfunc",
     log_every: int = 50,
+    precision: str = "float32",
 ):
     """Train a U-Net; returns ``(layer, params, info)``. Exactly one of ``steps`` and
     ``minutes`` (the step count is then set by timing steps of a throwaway run, so the run
@@ -141,7 +146,7 @@ def train(
     make = n2nfunc_trainer if backend == "n2nfunc" else torch_trainer
     if minutes is not None:  # time a few steps of a throwaway run, then fix the step count
         probe = Batches(photos, specs, crop, batch, seed, clean_targets)
-        probe_step = make(arch, lambda t: lr, seed, device)[0]
+        probe_step = make(arch, lambda t: lr, seed, device, precision)[0]
         probe_step(*(b.to(device) for b in next(probe)))  # warm-up
         t0 = time.perf_counter()
         for _ in range(2):
@@ -159,7 +164,7 @@ def train(
         frac = min(1.0, (t - warmup) / max(1, total - warmup))
         return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    step, params, layer = make(arch, lr_at, seed, device)
+    step, params, layer = make(arch, lr_at, seed, device, precision)
     start = time.perf_counter()
     t, running, since, losses = 0, 0.0, 0, []
     while t < total:
@@ -187,6 +192,7 @@ def train(
         "seed": seed,
         "targets": "clean" if clean_targets else "noisy",
         "backend": backend,
+        "precision": precision,
         "minutes": (time.perf_counter() - start) / 60,
         "threads": torch.get_num_threads(),
         "final_loss": losses[-1] if losses else None,
@@ -217,6 +223,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="matmul operands (bfloat16: mixed precision, float32 master weights)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="default n2nfunc/weights/NAME.pth")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -235,12 +247,14 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
     out = args.out or ROOT / "n2nfunc" / "weights" / f"{args.name}.pth"
     replay = [f"python bench/train_unet.py --name {args.name} --steps {info['steps']}"]
     replay += [f"--noise {s}" for s in args.noise or []]
     replay += [f"--arch {args.arch}"] if args.arch else []
     replay += [f"--crop {args.crop} --batch {args.batch} --lr {args.lr} --seed {args.seed}"]
+    replay += [f"--precision {args.precision}"] if args.precision != "float32" else []
     info["command"] = " ".join(replay)
     save_unet(out, arch, params, info)
     size = out.stat().st_size / 1e6
