@@ -12,6 +12,12 @@ norm or dropout):
 Upsampling, Sigmoid)``, where each Upsampling is a stride-2 transposed convolution
 (default) or nearest x2 upsampling followed by a convolution.
 
+``Model(config={"network": "unet"})`` trains and predicts with the Noise2Noise U-Net
+(:class:`~n2nfunc.modules.UNet`; ``depth`` and four ``widths``) instead, and
+``Model.from_pretrained(name)`` returns a ready Model for any shipped network
+(:data:`n2nfunc.pretrained.NAMES`). A checkpoint records its architecture: loading one
+rebuilds the network it holds.
+
 ``Model(config={"precision": "bfloat16"})`` trains and predicts with bfloat16 matmul operands
 (:func:`n2nfunc.mixed_precision`); weights, optimizer state, loss and checkpoints stay float32.
 The default is "float32"; the class wrappers never switch precision on their own.
@@ -38,14 +44,20 @@ from .modules import (
     Sequential,
     Sigmoid,
     TransposeConv2d,
+    UNet,
     Upsampling,
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
+from .unet import check_architecture
 
-ARCHITECTURE = ("widths", "kernel", "upsampling")
+NETWORKS = ("exercise", "unet")
+ARCHITECTURE = ("widths", "kernel", "upsampling")  # what defines the exercise's network
+UNET_ARCHITECTURE = ("depth", "widths")
 DEFAULT_CONFIG = {
+    "network": "exercise",  # the exercise's required network, or "unet"
     "widths": (48, 48),  # channels after the first and the second convolution
+    "depth": 4,  # U-Net only: the number of 2x2 poolings
     "kernel": 4,
     "upsampling": "transpose",  # or "nearest" (nearest x2 + convolution)
     "optimizer": "adam",  # or "sgd" (with momentum)
@@ -60,11 +72,22 @@ DEFAULT_CONFIG = {
     "seed": 0,
     "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
+UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
-def build_network(config: dict, generator: Generator | None = None) -> Sequential:
-    """The required network for an architecture config (widths, kernel, upsampling)."""
+def architecture(config: dict) -> dict:
+    """The config entries that define the network (checkpoints must match them)."""
+    network = config.get("network", "exercise")
+    keys = UNET_ARCHITECTURE if network == "unet" else ARCHITECTURE
+    return {"network": network, **{k: config[k] for k in keys}}
+
+
+def build_network(config: dict, generator: Generator | None = None) -> Module:
+    """The network of a config: the exercise's (widths, kernel, upsampling) or, with
+    ``network="unet"``, the U-Net (depth, widths)."""
+    if config.get("network", "exercise") == "unet":
+        return UNet(config["depth"], config["widths"], generator)
     w1, w2 = config["widths"]
     k = config["kernel"]
     pad = (k - 1) // 2  # stride-2 convs map H to H/2 for k in 2..5
@@ -166,11 +189,36 @@ class Model:
             raise ValueError(
                 f"Model: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}"
             )
-        self.config = {**DEFAULT_CONFIG, **(config or {})}
+        self._given = dict(config or {})
+        self._configure(self._given)
+        self.loss = MSE()
+        self.pretrained = False
+        self.epochs_done = 0
+        self._snapshot: list[Tensor] | None = None
+
+    @classmethod
+    def from_pretrained(cls, name: str = "exercise") -> "Model":
+        """A Model holding the shipped network ``name`` (see :data:`n2nfunc.pretrained.NAMES`)."""
+        from .pretrained import shipped_weights
+
+        model = cls()
+        model.load_pretrained_model(shipped_weights(name))
+        return model
+
+    def _configure(self, config: dict) -> None:
+        """Set the config (defaults, then the network's own defaults, then ``config``) and
+        build a fresh network and optimizer."""
+        network = config.get("network", DEFAULT_CONFIG["network"])
+        if network not in NETWORKS:
+            raise ValueError(f"Model: network must be one of {NETWORKS}, got {network!r}")
+        own = UNET_DEFAULTS if network == "unet" else {}
+        self.config = {**DEFAULT_CONFIG, **own, **config}
         self.config["widths"] = tuple(self.config["widths"])
         try:
             compute_dtype(self.config["precision"])
-        except ValueError as e:
+            if network == "unet":
+                check_architecture(self.config["depth"], self.config["widths"])
+        except (TypeError, ValueError) as e:
             raise ValueError(f"Model: {e}") from None
         self.generator = Generator().manual_seed(self.config["seed"])
         self.net = build_network(self.config, self.generator)
@@ -183,10 +231,6 @@ class Model:
             )
         else:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.config['optimizer']!r}")
-        self.loss = MSE()
-        self.pretrained = False
-        self.epochs_done = 0
-        self._snapshot: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ weights
     def load_pretrained_model(self, path=None) -> None:
@@ -198,22 +242,12 @@ class Model:
         self.load_payload(payload, str(path))
 
     def load_payload(self, payload: dict, source: str) -> None:
-        if not isinstance(payload, dict) or "params" not in payload or "config" not in payload:
-            raise ValueError(f"{source}: not a Model checkpoint (no 'params' / 'config')")
-        theirs = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in payload["config"].items()
-            if k in ARCHITECTURE
-        }
-        ours = {k: self.config[k] for k in ARCHITECTURE}
-        if theirs != ours:
-            diff = {k: (theirs.get(k), ours[k]) for k in ARCHITECTURE if theirs.get(k) != ours[k]}
-            raise ValueError(
-                f"{source}: checkpoint architecture differs from this Model's "
-                f"(key: (checkpoint, model)): {diff}"
-            )
+        """Load a checkpoint tree (a Model's or a U-Net's, see :meth:`payload`); a network of
+        another architecture than this Model's is rebuilt first (as the file records it)."""
+        theirs, params = _checkpoint_network(payload, source)
+        if theirs != architecture(self.config):
+            self._configure({**self._given, **theirs})
         device = tree.leaves(self.net.params)[0].device
-        params = payload["params"]
         try:
             self.net.load_state_dict({k: v.to(device) for k, v in params.items()})
         except (KeyError, ValueError) as e:
@@ -221,7 +255,18 @@ class Model:
         self.pretrained = True
 
     def payload(self) -> dict:
-        """Config and parameters, ready for :func:`n2nfunc.checkpoint.save`."""
+        """Config and parameters, ready for :func:`n2nfunc.checkpoint.save`: ``{"config",
+        "params"}`` (flat), or for the U-Net the format of :mod:`n2nfunc.pretrained` with the
+        config added (so :func:`n2nfunc.load_network` reads either)."""
+        if self.config["network"] == "unet":
+            arch = check_architecture(self.config["depth"], self.config["widths"])
+            return {
+                "network": "unet",
+                "architecture": arch,
+                "params": self.net.params,
+                "info": {},
+                "config": dict(self.config),
+            }
         return {"config": dict(self.config), "params": dict(self.net.state_dict())}
 
     def save(self, path) -> None:
@@ -387,8 +432,31 @@ class Model:
         n, _, h, w = x.shape
         per_chunk = max(1, max_pixels // (h * w))
         outs = []
+        multiple = 1 if self.config["network"] == "unet" else 4  # the U-Net pads itself
         for start in range(0, n, per_chunk):
-            chunk = _pad_to_multiple(x[start : start + per_chunk], 4)
+            chunk = _pad_to_multiple(x[start : start + per_chunk], multiple)
             outs.append(_inference(runner, chunk)[:, :, :h, :w])
         out = cat(outs) if len(outs) > 1 else outs[0]
         return out.clamp(0, 1).mul(scale).contiguous()
+
+
+def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:
+    """``(architecture, {path: tensor})`` of a checkpoint tree, checked for its form."""
+    if isinstance(payload, dict) and payload.get("network") == "unet":
+        arch, params = payload.get("architecture"), payload.get("params")
+        if not isinstance(arch, dict) or not isinstance(params, dict):
+            raise ValueError(f"{source}: U-Net checkpoint without 'architecture' / 'params'")
+        try:
+            arch = check_architecture(**arch)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: bad U-Net architecture: {e}") from None
+        return {"network": "unet", "depth": arch["depth"], "widths": arch["widths"]}, dict(
+            tree.flatten(params)
+        )
+    if not isinstance(payload, dict) or "params" not in payload or "config" not in payload:
+        raise ValueError(f"{source}: not a Model checkpoint (no 'params' / 'config')")
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+    missing = [k for k in ARCHITECTURE if k not in config]
+    if missing or not isinstance(payload["params"], dict):
+        raise ValueError(f"{source}: not a Model checkpoint (config lacks {missing})")
+    return {"network": "exercise", **{k: config[k] for k in ARCHITECTURE}}, payload["params"]

@@ -36,6 +36,7 @@ from .losses import (
     mse,
 )
 from .stateful import StatefulLayer, lift
+from .unet import unet
 
 
 class Module:
@@ -450,6 +451,20 @@ class Dropout(Module):
 
     def layer_description(self):
         return f"p={self.p}"
+
+
+class UNet(Module):
+    """The Noise2Noise U-Net (:func:`n2nfunc.unet`) as one block: ``depth`` poolings,
+    ``widths = (encoder, decoder, last_a, last_b)``; any H x W input (padded inside)."""
+
+    def __init__(self, depth=4, widths=(32, 64, 48, 24), generator: Generator | None = None):
+        layer = unet(depth, widths)
+        _, params = layer.init(generator, (-1, 3, -1, -1))
+        super().__init__(layer, params)
+        self.depth, self.widths = depth, tuple(widths)
+
+    def layer_description(self):
+        return f"depth={self.depth}, widths={self.widths}"
 
 
 class Sequential(Module):

@@ -40,15 +40,21 @@ def check_name(name) -> str:
     return name
 
 
-def pretrained(name: str) -> tuple[Layer, Params]:
-    """``(layer, params)`` of a shipped network (float32, on the CPU)."""
+def shipped_weights(name: str) -> Path:
+    """The weights file of ``name``; ``FileNotFoundError`` naming the training command if it
+    is missing."""
     path = weights_path(name)
     if not path.is_file():
         raise FileNotFoundError(
             f"the weights of {name!r} are not shipped yet ({path} is missing); train them "
             f"with: python bench/train_unet.py --name {name}"
         )
-    layer, params, _ = load_network(path)
+    return path
+
+
+def pretrained(name: str) -> tuple[Layer, Params]:
+    """``(layer, params)`` of a shipped network (float32, on the CPU)."""
+    layer, params, _ = load_network(shipped_weights(name))
     return layer, params
 
 
@@ -134,6 +140,7 @@ __all__ = [
     "network_from_payload",
     "pretrained",
     "save_unet",
+    "shipped_weights",
     "unet_payload",
     "weights_path",
 ]
