@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .data.files import IMAGE_SUFFIXES
-from .data.synthetic import NoiseModel
+from .data.noise import parse_noise
 
 Error = argparse.ArgumentTypeError
 
@@ -60,9 +60,10 @@ def float_range(low: float, high: float | None = None, low_open: bool = True):
 
 
 def noise(text: str) -> str:
-    """A built-in noise model: ``downsample``, ``gaussian:SIGMA`` or ``poisson:PEAK``."""
+    """A noise spec (:func:`n2nfunc.data.noise.parse_noise`): ``gaussian:SIGMA`` or
+    ``gaussian:LO-HI``, ``poisson:PEAK`` or ``poisson:LO-HI``, ``downsample[:FACTOR]``."""
     try:
-        NoiseModel.parse(text)
+        parse_noise(text)
     except ValueError as e:
         raise Error(str(e)) from None
     return text

@@ -17,7 +17,6 @@ import torch
 from . import __version__, checkpoint, hardware, launch, tree
 from . import argtypes as at
 from .data import (
-    NoiseModel,
     builtin_pairs,
     load_folder_pairs,
     load_pair_file,
@@ -27,12 +26,15 @@ from .data import (
     read_image,
     write_image,
 )
+from .data.noise import parse_noise, photo_noise_pairs
 from .metrics import evaluate
-from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, Model
+from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, NETWORKS, UNET_DEFAULTS, Model
 from .pretrained import NAMES as PRETRAINED_NAMES
 from .progress import Progress
 
-MIN_TILE = 16  # the network halves twice; a tile also needs room next to its margin
+TILE_ALIGN = 32  # n2nfunc.denoise_image's tile alignment (a multiple of every network's)
+MIN_TILE = 96  # its overlap (32) on both sides plus one alignment step
+PHOTO_CROP = 64  # crops of `train --photos` with camera noise (Gaussian, Poisson)
 PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
 VAL_PHOTO_FACTOR = 8  # the one of `--val-photos`
 ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
@@ -60,14 +62,35 @@ def _loading(option: str, load, *a, **kw):
         raise ValueError(f"{option}: {e}") from None
 
 
-def noise_words(spec: str) -> str:
-    """A short description of a built-in noise model, for people."""
-    noise = NoiseModel.parse(spec)
+def noise_words(spec: str, source: str = "built-in pairs") -> str:
+    """A short description of a noise spec, for people."""
+    noise = parse_noise(spec)
+    blind = "blind " if noise.low != noise.high else ""
+    level = str(noise).partition(":")[2]
     if noise.kind == "gaussian":
-        return f"Gaussian noise, sigma {noise.level:g} (of 255), built-in pairs"
+        return f"{blind}Gaussian noise, sigma {level} (of 255), {source}"
     if noise.kind == "poisson":
-        return f"Poisson noise, peak {noise.level:g}, built-in pairs"
-    return "aliasing from point-sampled 4x downsampling (the course data's kind), built-in pairs"
+        return f"{blind}Poisson noise, peak {level}, {source}"
+    return f"aliasing from point-sampled {level}x downsampling (the course data's kind), {source}"
+
+
+def _camera_noise(args) -> bool:
+    """Whether ``--noise`` is Gaussian or Poisson (else the exercise's downsampling)."""
+    return parse_noise(args.noise).kind != "downsample"
+
+
+def _n_train(args) -> int:
+    """``--n-train``, by default 50,000 32x32 patches or as many pixels of 64x64 crops."""
+    if args.n_train is not None:
+        return args.n_train
+    return 50000 // 4 if args.photos and _camera_noise(args) else 50000
+
+
+def _photo_noise_pairs(photos, n: int, args, split: str):
+    """Camera-noise pairs of 64x64 photo crops on the 0-255 scale (the Model's scale rule
+    reads an unclipped target whose maximum exceeds 1 correctly only in 0-255)."""
+    a, b = photo_noise_pairs(photos, n, args.noise, PHOTO_CROP, args.seed, split=split)
+    return a * 255, b * 255
 
 
 def _say(message: str) -> None:
@@ -88,6 +111,9 @@ def _validation_data(args):
         return xv, yv, f"image pairs in {args.val_pairs}"
     if args.val_photos:
         photos = _loading("--val-photos", load_photos, args.val_photos)
+        if _camera_noise(args):
+            xv, yv = _loading("--val-photos", _photo_noise_pairs, photos, args.n_val, args, "val")
+            return xv, yv, f"{args.n_val} crops of the photos in {args.val_photos}, {args.noise}"
         xv, yv = _loading(
             "--val-photos",
             photo_pairs,
@@ -116,25 +142,38 @@ def _training_data(args):
             f"image pairs in {args.pairs}",
             f"the noise of the image pairs in {args.pairs}",
         )
+    n = _n_train(args)
     if args.photos:
         photos = _loading("--photos", load_photos, args.photos)
+        desc = f"{n} pairs cut from the photos in {args.photos}"
+        if _camera_noise(args):
+            xt, yt = _loading("--photos", _photo_noise_pairs, photos, n, args, "train")
+            return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
+        if args.noise != "downsample":  # one factor asked for
+            factor = int(parse_noise(args.noise).low)
+            xt, yt = _loading("--photos", photo_pairs, photos, n, "train", args.seed, factor=factor)
+            return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
         xt, yt = _loading(
-            "--photos", mixed_factor_pairs, photos, args.n_train, "train", args.seed, PHOTO_FACTORS
+            "--photos", mixed_factor_pairs, photos, n, "train", args.seed, PHOTO_FACTORS
         )
         return (
             xt,
             yt,
-            f"{args.n_train} pairs cut from the photos in {args.photos}",
+            desc,
             "aliasing from point-sampled downsampling by "
             f"{', '.join(map(str, PHOTO_FACTORS))} of the photos in {args.photos}",
         )
-    xt, yt = _builtin(args, args.n_train, "train")
-    return xt, yt, f"{args.n_train} built-in pairs, noise {args.noise}", noise_words(args.noise)
+    xt, yt = _builtin(args, n, "train")
+    return xt, yt, f"{n} built-in pairs, noise {args.noise}", noise_words(args.noise)
 
 
 def _config(args) -> dict:
-    cfg = {k: getattr(args, k) for k in ("batch_size", "optimizer", "lr", "momentum", "kernel")}
-    cfg.update(upsampling=args.upsampling, seed=args.seed, widths=tuple(args.widths))
+    cfg = {k: getattr(args, k) for k in ("batch_size", "optimizer", "momentum", "kernel")}
+    cfg.update(upsampling=args.upsampling, seed=args.seed, network=args.network)
+    if args.widths is not None:
+        cfg["widths"] = tuple(args.widths)
+    if args.lr is not None:
+        cfg["lr"] = args.lr
     cfg["num_epochs"] = args.epochs
     cfg["precision"] = args.precision
     if args.no_augment:
@@ -293,21 +332,37 @@ def run_training(args, device, dp=None) -> int:
 
 
 # ---------------------------------------------------------------------------- eval, denoise
+def _network_payload(option: str, path: Path) -> dict:
+    """The checkpoint tree of a network weights file (a Model's or a U-Net's)."""
+    payload = _loading(option, checkpoint.load, path)
+    unet = isinstance(payload, dict) and payload.get("network") == "unet"
+    model = isinstance(payload, dict) and isinstance(payload.get("config"), dict)
+    if not (unet or (model and "params" in payload)):
+        raise ValueError(f"{option}: {path} holds no network weights (not a Model checkpoint)")
+    return payload
+
+
+def _recorded_noise(payload: dict, path: Path) -> str:
+    """The training noise a weights file records, in words."""
+    info = payload.get("info")
+    noise = payload.get("noise", info.get("noise") if isinstance(info, dict) else None)
+    if isinstance(noise, list):
+        noise = ", ".join(map(str, noise))
+    if isinstance(noise, str):
+        return noise
+    return SHIPPED_NOISE if path.resolve() == DEFAULT_WEIGHTS else "not recorded"
+
+
 def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
     """The Model in a weights file (default: the shipped one) and its training noise."""
     path = Path(path) if path else DEFAULT_WEIGHTS
-    payload = _loading("--checkpoint", checkpoint.load, path)
-    if not isinstance(payload.get("config"), dict) or "params" not in payload:
-        raise ValueError(f"--checkpoint: {path} holds no network weights (not a Model checkpoint)")
-    config = {k: v for k, v in payload["config"].items() if k in DEFAULT_CONFIG}
+    payload = _network_payload("--checkpoint", path)
+    config = {k: v for k, v in (payload.get("config") or {}).items() if k in DEFAULT_CONFIG}
     config["precision"] = precision  # how to compute now, not how the weights were trained
     model = _loading("--checkpoint", Model, config)
     _loading("--checkpoint", model.load_payload, payload, str(path))
     model._move_to(device)
-    noise = payload.get("noise")
-    if not isinstance(noise, str):
-        noise = SHIPPED_NOISE if path.resolve() == DEFAULT_WEIGHTS else "not recorded"
-    return model, noise
+    return model, _recorded_noise(payload, path)
 
 
 def cmd_eval(args) -> int:
@@ -324,65 +379,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def denoise_tiled(
-    model: Model, rgb: torch.Tensor, tile: int = 256, margin: int = 16
-) -> torch.Tensor:
-    """Denoise a uint8 (3, H, W) image tile by tile (each with a ``margin`` of context), so
-    memory stays bounded for any image size; returns uint8 (3, H, W)."""
-    if tile < 1 or margin < 0:
-        raise ValueError(f"denoise_tiled: tile must be >= 1 and margin >= 0, got {tile}, {margin}")
-    _, h, w = rgb.shape
-    out = torch.empty(3, h, w, dtype=torch.uint8)
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            ys, xs = max(0, y0 - margin), max(0, x0 - margin)
-            ye, xe = min(h, y0 + tile + margin), min(w, x0 + tile + margin)
-            pred = model.predict(rgb[None, :, ys:ye, xs:xe].float())[0]
-            core = pred[
-                :, y0 - ys : y0 - ys + min(tile, h - y0), x0 - xs : x0 - xs + min(tile, w - x0)
-            ]
-            out[:, y0 : y0 + core.shape[1], x0 : x0 + core.shape[2]] = (
-                core.round().to(torch.uint8).cpu()
-            )
-    return out
-
-
-def _shipped_network(name: str, device, precision: str):
-    """A shipped network other than the exercise's, as a function of a (3, H, W) uint8 image
-    (tiled, any size), and a line saying which weights it is."""
+def _denoiser(args, device):
+    """The network of ``--model`` or ``--checkpoint`` as a function of a uint8 (3, H, W) image
+    (tiled by :func:`n2nfunc.denoise_image`, any size), and a line saying which weights."""
     from .precision import mixed_precision
-    from .pretrained import load_network, weights_path
+    from .pretrained import network_from_payload, shipped_weights
     from .tiling import denoise_image
 
-    path = weights_path(name)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--model {name}: its weights are not shipped yet ({path} is missing); train them "
-            f"with: python bench/train_unet.py --name {name}"
-        )
-    layer, params, info = _loading("--model", load_network, path)
-    if precision != "float32":
-        layer = mixed_precision(layer, precision)
-    params = tree.map(lambda t: t.to(device), params)
+    if args.model is not None:
+        option, path = "--model", _loading("--model", shipped_weights, args.model)
+    else:
+        option, path = "--checkpoint", Path(args.checkpoint or DEFAULT_WEIGHTS)
+    payload = _network_payload(option, path)
+    layer, params, _ = _loading(option, network_from_payload, payload, str(path))
+    if args.precision != "float32":
+        layer = mixed_precision(layer, args.precision)
+    params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)
 
-    def run(rgb: torch.Tensor, tile: int) -> torch.Tensor:
-        out = denoise_image(layer, params, rgb.to(device).float() / 255, tile=tile)
+    def run(rgb: torch.Tensor) -> torch.Tensor:
+        out = denoise_image(layer, params, rgb.to(device).float() / 255, tile=args.tile)
         return out.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
-    return run, f"{path} (noise: {info.get('noise', 'not recorded')})"
+    return run, f"{path} (noise: {_recorded_noise(payload, path)})"
 
 
 def cmd_denoise(args) -> int:
-    device = _setup(args)
-    if args.model not in (None, "exercise"):
-        run, which = _shipped_network(args.model, device, args.precision)
-    else:
-        model, noise = _load_model(args.checkpoint, device, args.precision)
-        which = f"{args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})"
-
-        def run(rgb: torch.Tensor, tile: int) -> torch.Tensor:
-            return denoise_tiled(model, rgb.to(device), tile)
-
+    run, which = _denoiser(args, _setup(args))
     print(f"weights: {which}")
     picture = _loading("input", read_image, args.input)
     alpha = picture.alpha
@@ -392,7 +414,7 @@ def cmd_denoise(args) -> int:
         )
         alpha = None
     t0 = time.perf_counter()
-    out = run(picture.rgb, args.tile)
+    out = run(picture.rgb)
     write_image(args.output, out, alpha, picture.grey)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
@@ -428,6 +450,12 @@ def _check_train(args, error) -> None:
         error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
     if args.val and (args.val_pairs or args.val_photos):
         error("give one validation set: --val, --val-pairs or --val-photos")
+    want = 4 if args.network == "unet" else 2
+    if args.widths is not None and len(args.widths) != want:
+        error(
+            f"--widths: the {args.network} network takes {want} widths, got {len(args.widths)} "
+            f"({' '.join(map(str, args.widths))})"
+        )
     if args.upsampling == "nearest" and args.kernel % 2 == 0:
         error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
     if args.nproc > 1 and not args.resume and args.batch_size % args.nproc:
@@ -442,12 +470,14 @@ def _check_eval(args, error) -> None:
         error("give one validation set: --val, --val-pairs or --val-photos")
 
 
-UNET_MIN_TILE = 96  # denoise_image's default overlap (32) on both sides + its alignment (32)
-
-
 def _check_denoise(args, error) -> None:
-    if args.model not in (None, "exercise") and args.tile < UNET_MIN_TILE:
-        error(f"--tile {args.tile}: --model {args.model} needs tiles of >= {UNET_MIN_TILE} px")
+    if args.tile % TILE_ALIGN:
+        error(
+            f"--tile {args.tile}: must be a multiple of {TILE_ALIGN} (e.g. "
+            f"{max(MIN_TILE, args.tile // TILE_ALIGN * TILE_ALIGN)})"
+        )
+    if args.output.exists() and args.output.resolve() == args.input.resolve():
+        error(f"output {args.output} is the input file; choose another name")
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         error(f"output {args.output} is the input file; choose another name")
 
@@ -601,12 +631,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--n-train",
         type=at.int_range(1),
-        default=50000,
+        default=None,
         metavar="N",
-        help="built-in / photo training pairs",
+        help="built-in / photo training pairs (default 50000 32x32 patches; 12500 64x64 crops "
+        "for --photos with Gaussian or Poisson noise)",
     )
     _val_options(t)
     net = t.add_argument_group("network and optimizer")
+    net.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="exercise",
+        help="the exercise's required network, or the Noise2Noise U-Net (3x3 convolutions, "
+        "max pooling, skip connections; --kernel and --upsampling do not apply)",
+    )
     net.add_argument(
         "--epochs",
         type=at.int_range(1),
@@ -630,8 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--lr",
         type=at.float_range(0.0),
-        default=DEFAULT_CONFIG["lr"],
-        help="peak learning rate (warm-up, then cosine decay)",
+        default=None,
+        help=f"peak learning rate (warm-up, then cosine decay; default {DEFAULT_CONFIG['lr']:g}, "
+        f"{UNET_DEFAULTS['lr']:g} for the U-Net)",
     )
     net.add_argument(
         "--momentum",
@@ -642,10 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--widths",
         type=at.int_range(1),
-        nargs=2,
-        default=DEFAULT_CONFIG["widths"],
-        metavar=("W1", "W2"),
-        help="channels after the first and the second convolution",
+        nargs="+",
+        default=None,
+        metavar="W",
+        help="channels: 2 for the exercise's network (after its first and second convolution, "
+        "default 48 48), 4 for the U-Net (encoder, decoder, last two, default 32 64 48 24)",
     )
     net.add_argument(
         "--kernel",
@@ -748,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=at.existing_file("checkpoint"),
         metavar="FILE",
-        help="weights of your own (a model.pth written by `n2nfunc train`)",
+        help="weights of your own (a model.pth written by `n2nfunc train`, or a U-Net's)",
     )
     d.add_argument(
         "--tile",

@@ -6,7 +6,7 @@ import sys
 import torch
 
 from n2nfunc import checkpoint
-from n2nfunc.cli import SHIPPED_NOISE, denoise_tiled, main
+from n2nfunc.cli import SHIPPED_NOISE, main
 from n2nfunc.data import read_image, write_image
 from n2nfunc.model import DEFAULT_WEIGHTS, Model
 from n2nfunc.progress import Progress, clock
@@ -102,7 +102,7 @@ def test_eval_and_denoise(tmp_path, monkeypatch, capsys):
                 "--checkpoint",
                 str(tmp_path / "m.pth"),
                 "--tile",
-                "32",
+                "96",
             ]
         )
         == 0
@@ -125,12 +125,27 @@ def test_eval_and_denoise(tmp_path, monkeypatch, capsys):
     assert read_image(tmp_path / "grey_out.png").grey
 
 
-def test_tiles_agree_with_whole_image_away_from_tile_borders():
+def test_denoise_tiles_agree_with_model_predict(tmp_path):
+    """`denoise --checkpoint` (tiled functional path) gives Model.predict's image."""
     model = Model({"widths": (8, 8)})
-    rgb = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    model.save(tmp_path / "m.pth")
+    rgb = torch.randint(0, 256, (3, 150, 97), dtype=torch.uint8)
+    write_image(tmp_path / "in.png", rgb)
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png")]
+    assert main([*args, "--checkpoint", str(tmp_path / "m.pth"), "--tile", "96"]) == 0
     whole = model.predict(rgb[None].float())[0].round().to(torch.uint8)
-    tiled = denoise_tiled(model, rgb, tile=32, margin=16)
-    assert (whole.int() - tiled.int()).abs().max() <= 1
+    assert (whole.int() - read_image(tmp_path / "out.png").rgb.int()).abs().max() <= 1
+
+
+def test_denoise_checkpoint_accepts_a_unet_model(tmp_path):
+    model = Model({"network": "unet", "depth": 2, "widths": (4, 6, 4, 4)})
+    model.save(tmp_path / "u.pth")
+    rgb = torch.randint(0, 256, (3, 40, 33), dtype=torch.uint8)
+    write_image(tmp_path / "in.png", rgb)
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png")]
+    assert main([*args, "--checkpoint", str(tmp_path / "u.pth")]) == 0
+    whole = model.predict(rgb[None].float())[0].round().to(torch.uint8)
+    assert (whole.int() - read_image(tmp_path / "out.png").rgb.int()).abs().max() <= 1
 
 
 def test_log_lines_when_stdout_is_not_a_terminal(tmp_path, monkeypatch, capsys):
@@ -253,15 +268,15 @@ def test_denoise_with_a_shipped_model_by_name(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shipped, "WEIGHTS", tmp_path / "weights")
     assert main([*args, "--model", "unet-gaussian"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--model unet-gaussian: its weights are not shipped yet" in err[0]
+    assert len(err) == 1 and "--model: the weights of 'unet-gaussian' are not shipped" in err[0]
     assert not out.exists()
     # a (tiny, random) U-Net in the weights folder is used through the tiled functional path
     arch = {"depth": 2, "widths": (4, 6, 4, 4), "in_channels": 3, "out_channels": 3}
     _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
     (tmp_path / "weights").mkdir()
     save_unet(tmp_path / "weights" / "unet-gaussian.pth", arch, params, {"noise": "gaussian:0-50"})
-    assert main([*args, "--model", "unet-gaussian", "--tile", "32"]) == 2
-    assert "--model unet-gaussian needs tiles of >= 96 px" in capsys.readouterr().err
+    assert main([*args, "--model", "unet-gaussian", "--tile", "100"]) == 2
+    assert "--tile 100: must be a multiple of 32 (e.g. 96)" in capsys.readouterr().err
     assert main([*args, "--model", "unet-gaussian", "--tile", "96"]) == 0
     assert "(noise: gaussian:0-50)" in capsys.readouterr().out
     expected = denoise_image(unet(**arch), params, rgb.float() / 255, tile=96)
@@ -272,3 +287,28 @@ def test_denoise_with_a_shipped_model_by_name(tmp_path, monkeypatch, capsys):
     assert "not allowed with argument" in capsys.readouterr().err
     assert main([*args, "--model", "unet"]) == 2
     assert "invalid choice: 'unet'" in capsys.readouterr().err
+
+
+def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys):
+    """`train --network unet --noise gaussian:0-50 --photos DIR`: 64x64 crops with blind
+    Gaussian noise, a U-Net checkpoint that `denoise --checkpoint` reads back."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_image(photos / "p.png", torch.randint(0, 256, (3, 400, 420), generator=g).to(torch.uint8))
+    out = tmp_path / "run"
+    args = ["train", "--network", "unet", "--widths", "4", "6", "4", "4", "--photos", str(photos)]
+    args += ["--noise", "gaussian:0-50", "--val-photos", str(photos), "--n-train", "8"]
+    args += ["--n-val", "4", "--epochs", "1", "--batch-size", "4", "--no-pictures", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 pairs cut from the photos in" in printed and "UNet(depth=4" in printed
+    payload = checkpoint.load(out / "model.pth")
+    assert payload["network"] == "unet" and payload["architecture"]["widths"] == (4, 6, 4, 4)
+    assert payload["noise"].startswith("blind Gaussian noise, sigma 0-50 (of 255), photos in")
+    rgb = torch.randint(0, 256, (3, 33, 41), dtype=torch.uint8)
+    write_image(tmp_path / "in.png", rgb)
+    den = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png")]
+    assert main([*den, "--checkpoint", str(out / "model.pth")]) == 0
+    assert "(noise: blind Gaussian noise, sigma 0-50" in capsys.readouterr().out

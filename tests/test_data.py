@@ -3,7 +3,6 @@ import torch
 from helpers import code_running_pickle
 
 from n2nfunc.data import (
-    NoiseModel,
     builtin_pairs,
     load_folder_pairs,
     load_pair_file,
@@ -36,15 +35,23 @@ def test_downsample_noise_is_unbiased_and_course_like():
 
 
 @pytest.mark.parametrize(
-    "noise,low,high", [("gaussian:25", 19.0, 21.5), ("poisson:30", 15.0, 25.0)]
+    "noise,low,high",
+    [
+        ("gaussian:25", 19.0, 21.5),
+        ("poisson:30", 15.0, 25.0),
+        ("gaussian:10-40", 18.0, 28.0),
+        ("downsample:8", 17.0, 24.0),
+    ],
 )
-def test_classic_noise_models(noise, low, high):
-    noisy, clean = make_pairs(50, "val", NoiseModel.parse(noise))
+def test_builtin_noise_models(noise, low, high):
+    noisy, clean = make_pairs(50, "val", noise)
     assert low < psnr(noisy.float(), clean.float(), 255.0) < high
-    with pytest.raises(ValueError, match="needs a number"):
-        NoiseModel.parse("gaussian")
-    with pytest.raises(ValueError, match="unknown noise model"):
-        NoiseModel.parse("salt")
+
+
+def test_builtin_blind_levels_vary_per_pair():
+    a, b = make_pairs(200, "train", "gaussian:0-50", seed=2)
+    spread = [(u.float() - v.float()).std().item() for u, v in zip(a, b)]
+    assert max(spread) > 3 * min(spread)  # blind levels: pairs differ in noise strength
 
 
 def test_builtin_pairs_are_cached(tmp_path, monkeypatch):

@@ -176,16 +176,22 @@ def photo_noise_pairs(
     size: int = 64,
     seed: int = 0,
     scales: Sequence[int] = (1, 2),
+    split: str = "train",
 ) -> tuple[Tensor, Tensor]:
     """``n`` Noise2Noise training pairs (inputs clipped, targets not) of ``size`` x ``size``
     from random crops of ``photos`` (uint8 (3, H, W)); for ``downsample:F`` the crops are
-    ``F * size`` and point-sampled down to ``size``. Deterministic for a seed."""
+    ``F * size`` and point-sampled down to ``size``. ``split="val"`` gives (noisy input,
+    clean) pairs instead. Deterministic for a seed; train and val use disjoint streams."""
+    if split not in ("train", "val"):
+        raise ValueError(f"photo_noise_pairs: split must be 'train' or 'val', got {split!r}")
     spec = parse_noise(spec)
     if not isinstance(size, int) or size < 64:
         raise ValueError(f"photo_noise_pairs: crops must be at least 64x64, got size={size!r}")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
     factor = int(spec.low) if spec.kind == "downsample" else 1
     clean = random_crops(photo_levels(photos, scales), n, size * factor, g)
+    if split == "val":
+        return add_noise(clean, spec, g), clean_for(clean, spec)
     return noisy_pair(clean, spec, g)
 
 

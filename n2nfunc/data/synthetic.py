@@ -18,33 +18,9 @@ This is a data module, not compute path: it uses any torch function.
 """
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
-
-
-class NoiseModel(NamedTuple):
-    kind: str = "downsample"  # "downsample", "gaussian" or "poisson"
-    level: float = 0.0  # sigma (0-255) for gaussian, peak for poisson
-
-    @staticmethod
-    def parse(text: str) -> "NoiseModel":
-        """``"downsample"``, ``"gaussian:25"`` or ``"poisson:30"``."""
-        kind, _, level = text.partition(":")
-        if kind not in ("downsample", "gaussian", "poisson"):
-            raise ValueError(
-                f"unknown noise model {text!r}; use downsample, gaussian:SIGMA or poisson:PEAK"
-            )
-        if kind != "downsample":
-            try:
-                value = float(level)
-            except ValueError:
-                raise ValueError(f"noise model {text!r} needs a number, e.g. {kind}:25") from None
-            if not value > 0:
-                raise ValueError(f"noise level must be > 0, got {text!r}")
-            return NoiseModel(kind, value)
-        return NoiseModel()
 
 
 def _uniform(g, *shape, low=0.0, high=1.0):
@@ -132,32 +108,35 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def noisy_views(
-    high: Tensor, clean: Tensor, noise: NoiseModel, factor: int, generator: torch.Generator
+    high: Tensor, clean: Tensor, noise, factor: int, generator: torch.Generator, level=None
 ) -> Tensor:
-    """One noisy view (float, [0, 1]) of each image, for the given noise model."""
+    """One noisy view (float, [0, 1]) of each image for a noise spec
+    (:func:`n2nfunc.data.noise.parse_noise`): ``high`` point-sampled by ``factor`` for
+    downsampling, else ``clean`` plus noise at ``level`` (one per image), clipped."""
+    from .noise import add_noise  # noise.py builds on this module's samplers
+
     if noise.kind == "downsample":
         return point_sample(high, factor, generator)
-    if noise.kind == "gaussian":
-        return (clean + torch.randn(clean.shape, generator=generator) * (noise.level / 255)).clamp_(
-            0, 1
-        )
-    return (torch.poisson(clean * noise.level, generator=generator) / noise.level).clamp_(0, 1)
+    return add_noise(clean, noise, generator, level=level)
 
 
 def make_pairs(
     n: int,
     split: str,
-    noise: NoiseModel | None = None,
+    noise="downsample",
     seed: int = 0,
     size: int = 32,
-    factor: int = 4,
     chunk: int = 1000,
 ) -> tuple[Tensor, Tensor]:
     """``n`` uint8 pairs (n, 3, size, size): noisy/noisy for ``split="train"``, noisy/clean for
-    ``split="val"``. Train and val draw from disjoint seeds."""
+    ``split="val"``, with the noise of a spec (a ``--noise`` text or a ``NoiseSpec``; both
+    images of a pair share one level). Train and val draw from disjoint seeds."""
+    from .noise import levels, parse_noise
+
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    noise = NoiseModel() if noise is None else noise
+    noise = parse_noise(noise)
+    factor = int(noise.low) if noise.kind == "downsample" else 4
     if n < 1:
         raise ValueError(f"need at least one pair, got n={n}")
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
@@ -166,8 +145,9 @@ def make_pairs(
         m = min(chunk, n - start)
         high = render_dead_leaves(m, size * factor, g)
         clean = box_downsample(high, factor)
-        first.append(to_uint8(noisy_views(high, clean, noise, factor, g)))
+        lv = None if noise.kind == "downsample" else levels(noise, m, g)
+        first.append(to_uint8(noisy_views(high, clean, noise, factor, g, lv)))
         second.append(
-            to_uint8(clean if split == "val" else noisy_views(high, clean, noise, factor, g))
+            to_uint8(clean if split == "val" else noisy_views(high, clean, noise, factor, g, lv))
         )
     return torch.cat(first), torch.cat(second)
