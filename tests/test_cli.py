@@ -312,3 +312,41 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     den = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png")]
     assert main([*den, "--checkpoint", str(out / "model.pth")]) == 0
     assert "(noise: blind Gaussian noise, sigma 0-50" in capsys.readouterr().out
+
+
+def _tiny_unet_weights(folder):
+    from n2nfunc.pretrained import save_unet
+    from n2nfunc.unet import unet
+
+    arch = {"depth": 2, "widths": (4, 6, 4, 4)}
+    _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
+    folder.mkdir()
+    save_unet(folder / "unet-gaussian.pth", arch, params, {"noise": "gaussian:0-50"})
+
+
+def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypatch, capsys):
+    """A 16-bit greyscale PNG is read as its 8-bit values (not clipped to white), and images
+    down to 1x1 pixel go through both the exercise's network and a U-Net."""
+    import importlib
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setattr(importlib.import_module("n2nfunc.pretrained"), "WEIGHTS", tmp_path / "w")
+    _tiny_unet_weights(tmp_path / "w")
+    deep = (np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16)  # 0..59950
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    picture = read_image(tmp_path / "deep.png")
+    assert picture.grey and torch.equal(
+        picture.rgb[0], torch.from_numpy((deep / 257).round().astype(np.uint8))
+    )
+    for size in [(1, 1), (2, 3), (5, 1)]:
+        rgb = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
+        write_image(tmp_path / "tiny.png", rgb)
+        for model in ["exercise", "unet-gaussian"]:
+            out = tmp_path / f"tiny-{model}.png"
+            args = ["denoise", str(tmp_path / "tiny.png"), str(out), "--model", model]
+            assert main(args) == 0, capsys.readouterr().err
+            assert read_image(out).rgb.shape == (3, *size)
+    assert main(["denoise", str(tmp_path / "deep.png"), str(tmp_path / "d.png")]) == 0
+    assert read_image(tmp_path / "d.png").grey

@@ -100,7 +100,9 @@ def read_image(path) -> Picture:
         with Image.open(path) as im:
             im.load()
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
-            grey = im.mode in ("L", "LA", "I", "I;16", "F", "1")
+            grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
+            if im.mode.startswith("I") and im.getextrema()[1] > 255:  # 16-bit: 0-65535
+                im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
             rgb = im.convert("RGB")
     except OSError:  # Pillow's text names its decoder's internals
         raise ValueError(
