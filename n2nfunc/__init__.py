@@ -74,6 +74,7 @@ from .modules import (
     Softplus,
     Tanh,
     TransposeConv2d,
+    UNet,
     Upsampling,
 )
 from .optim import (
@@ -134,6 +135,7 @@ __all__ = [
     "Softplus",
     "StatefulLayer",
     "Tanh",
+    "UNet",
     "TransposeConv2d",
     "Upsampling",
     "adam",
