@@ -31,15 +31,27 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import n2nfunc as nf  # noqa: E402
-from n2nfunc.data import load_photos  # noqa: E402
+from n2nfunc.data import builtin_pairs, load_photos  # noqa: E402
 from n2nfunc.data.noise import clean_for, noisy_pair, parse_noise, photo_levels, random_crops  # noqa: E402
 from n2nfunc.pretrained import save_unet  # noqa: E402
 from n2nfunc.unet import DEFAULT_ARCHITECTURE, unet  # noqa: E402
 
+BUILTIN = "builtin"  # a batch of the built-in 32x32 aliasing pairs (n2nfunc.data.builtin_pairs)
+BUILTIN_PAIRS = 50000
 NOISE = {
     "unet-gaussian": ["gaussian:0-50"],
     "unet-poisson": ["poisson:5-50"],
-    "unet-aliasing": ["downsample:4", "downsample:6", "downsample:8", "downsample:12"],
+    # the exercise's data, as for bestmodel.pth: photo pairs at four factors and built-in pairs
+    "unet-aliasing": [
+        "downsample:4",
+        BUILTIN,
+        "downsample:6",
+        BUILTIN,
+        "downsample:8",
+        BUILTIN,
+        "downsample:12",
+        BUILTIN,
+    ],
 }
 
 
@@ -58,7 +70,8 @@ class Batches:
     ``specs``), two noisy draws (or noisy input and clean target with ``clean_targets``)."""
 
     def __init__(self, photos, specs, crop: int, batch: int, seed: int, clean_targets=False):
-        self.specs = [parse_noise(s) for s in specs]
+        self.specs = [s if s == BUILTIN else parse_noise(s) for s in specs]
+        self.builtin = builtin_pairs(BUILTIN_PAIRS, "train") if BUILTIN in specs else None
         self.images = photo_levels(photos, (1, 2))
         self.crop, self.batch, self.clean_targets = crop, batch, clean_targets
         self.g = torch.Generator().manual_seed(seed)
@@ -67,6 +80,13 @@ class Batches:
     def __next__(self):
         spec = self.specs[self.i % len(self.specs)]
         self.i += 1
+        if spec == BUILTIN:  # as many pixels as a photo batch, in 32x32 pairs, flipped / turned
+            assert self.builtin is not None and not self.clean_targets
+            n = self.batch * (self.crop // 32) ** 2
+            idx = torch.randint(len(self.builtin[0]), (n,), generator=self.g)
+            k = int(torch.randint(8, (1,), generator=self.g))
+            x, y = (t[idx].float().div(255).rot90(k // 2, (2, 3)) for t in self.builtin)
+            return (x.flip(3), y.flip(3)) if k % 2 else (x, y)
         factor = int(spec.low) if spec.kind == "downsample" else 1
         clean = random_crops(self.images, self.batch, self.crop * factor, self.g)
         x, y = noisy_pair(clean, spec, self.g)
@@ -184,7 +204,7 @@ def train(
             )
             running, since = 0.0, 0
     info = {
-        "noise": [str(parse_noise(s)) for s in specs],
+        "noise": [s if s == BUILTIN else str(parse_noise(s)) for s in specs],
         "steps": t,
         "crop": crop,
         "batch": batch,
