@@ -38,6 +38,7 @@ VENDORED = [
     "optim.py",
     "train.py",
     "modules.py",
+    "unet.py",
     "testing.py",
     "metrics.py",
     "model.py",
