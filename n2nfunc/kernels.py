@@ -418,6 +418,12 @@ def s2d_conv_forward(x: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPl
     """``y = conv(x)`` (NHWC) by shifted-view matmuls; returns ``(y, z)``, ``y`` a strided
     (N, Ho, Wo, O) view and ``z`` the space-to-depth input kept for the weight gradient."""
     z = space_to_depth(x, plan)
+    return tap_sum(z, w_taps, bias, plan, x.shape[0]), z
+
+
+def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int) -> Tensor:
+    """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
+    plan's (N, Mh, Mw) grid, as the strided (N, Ho, Wo, O) view of the outputs."""
     rows = plan.rows
     y = None
     for a, b, shift in _shifts(plan):
@@ -427,7 +433,7 @@ def s2d_conv_forward(x: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPl
         else:
             y.addmm_(zs, w_taps[a, b])
     assert y is not None
-    return _frame_view(y, x.shape[0], plan), z
+    return _frame_view(y, n, plan)
 
 
 def _frame_view(buf: Tensor, n: int, plan: S2DPlan) -> Tensor:
@@ -476,38 +482,29 @@ def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bo
 
 
 def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
-    """``(y, weight_grad)`` of a stride-1 convolution by row taps (see the section comment);
-    ``y`` is a strided (N, Ho, Wo, O) view, ``weight_grad(g)`` is shaped like ``weight``."""
+    """``(y, weight_grad)`` of a stride-1 convolution by row taps (see the section comment):
+    the shifted-view engine with kh x 1 taps on the W-unrolled input. ``y`` is a strided
+    (N, Ho, Wo, O) view, ``weight_grad(g)`` is shaped like ``weight``."""
     n, h, w, c = x.shape
     o, _, kh, kw = weight.shape
     ho, wo = out_hw
     hp = ho + kh - 1
-    xp = pad(x, padding[0], hp - h - padding[0], padding[1], wo + kw - 1 - w - padding[1])
+    pads = (padding[0], hp - h - padding[0], padding[1], wo + kw - 1 - w - padding[1])
+    plan = S2DPlan((1, 1), (kh, 1), (hp, wo), out_hw, pads, n * hp * wo - (kh - 1) * wo)
+    xp = pad(x, *pads)
     st = xp.stride()
     z = (
         xp.as_strided((n, hp, wo, kw, c), (st[0], st[1], st[2], st[2], st[3]))
         .contiguous()
         .view(n * hp * wo, kw * c)
     )
-    taps = weight.permute(2, 3, 1, 0).reshape(kh, kw * c, o)
-    rows = n * hp * wo - (kh - 1) * wo
-
-    def frame(buf: Tensor) -> Tensor:
-        return buf.as_strided((n, ho, wo, o), (hp * wo * o, wo * o, o, 1), buf.storage_offset())
-
-    y = z[:rows].matmul(taps[0]) if bias is None else bias.addmm(z[:rows], taps[0])
-    for a in range(1, kh):
-        y.addmm_(z[a * wo : a * wo + rows], taps[a])
+    taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)
 
     def weight_grad(g: Tensor) -> Tensor:
-        g_full = g.new_zeros(n * hp * wo, o)
-        frame(g_full).copy_(g)
-        d = g.new_empty(kh, kw * c, o)
-        for a in range(kh):
-            d[a] = z[a * wo : a * wo + rows].t().matmul(g_full[:rows])
+        d = s2d_conv_weight_grad(z, g, plan)
         return d.view(kh, kw, c, o).permute(3, 2, 0, 1).contiguous()
 
-    return frame(y), weight_grad
+    return tap_sum(z, taps, bias, plan, n), weight_grad
 
 
 def conv_and_weight_grad(
