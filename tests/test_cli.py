@@ -255,9 +255,7 @@ def test_precision_option_trains_in_bfloat16_or_refuses_in_one_line(tmp_path, mo
 def test_denoise_with_a_shipped_model_by_name(tmp_path, monkeypatch, capsys):
     import importlib
 
-    from n2nfunc.pretrained import save_unet
     from n2nfunc.tiling import denoise_image
-    from n2nfunc.unet import unet
 
     rgb = torch.randint(0, 256, (3, 37, 50), dtype=torch.uint8)
     write_image(tmp_path / "in.png", rgb)
@@ -271,15 +269,12 @@ def test_denoise_with_a_shipped_model_by_name(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and "--model: the weights of 'unet-gaussian' are not shipped" in err[0]
     assert not out.exists()
     # a (tiny, random) U-Net in the weights folder is used through the tiled functional path
-    arch = {"depth": 2, "widths": (4, 6, 4, 4), "in_channels": 3, "out_channels": 3}
-    _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
-    (tmp_path / "weights").mkdir()
-    save_unet(tmp_path / "weights" / "unet-gaussian.pth", arch, params, {"noise": "gaussian:0-50"})
+    layer, params = _tiny_unet_weights(tmp_path / "weights")
     assert main([*args, "--model", "unet-gaussian", "--tile", "100"]) == 2
     assert "--tile 100: must be a multiple of 32 (e.g. 96)" in capsys.readouterr().err
     assert main([*args, "--model", "unet-gaussian", "--tile", "96"]) == 0
     assert "(noise: gaussian:0-50)" in capsys.readouterr().out
-    expected = denoise_image(unet(**arch), params, rgb.float() / 255, tile=96)
+    expected = denoise_image(layer, params, rgb.float() / 255, tile=96)
     expected = expected.clamp(0, 1).mul(255).round().to(torch.uint8)
     assert (read_image(out).rgb.int() - expected.int()).abs().max() <= 1  # PNG round trip
     # --model and --checkpoint exclude each other; unknown names are listed
@@ -315,13 +310,16 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
 
 
 def _tiny_unet_weights(folder):
+    """A small random U-Net saved as ``folder``/unet-gaussian.pth; returns (layer, params)."""
     from n2nfunc.pretrained import save_unet
     from n2nfunc.unet import unet
 
     arch = {"depth": 2, "widths": (4, 6, 4, 4)}
-    _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
+    layer = unet(**arch)
+    _, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
     folder.mkdir()
     save_unet(folder / "unet-gaussian.pth", arch, params, {"noise": "gaussian:0-50"})
+    return layer, params
 
 
 def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypatch, capsys):
