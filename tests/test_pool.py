@@ -62,10 +62,11 @@ def test_pools_match_torch_float32(kind, k, s, p):
 @pytest.mark.parametrize("values", [1, 2, 3])
 def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values):
     """Inputs full of ties (a constant image, or 2-3 distinct values): the gradient of each
-    window lands on its first maximum in row-major order, exactly as in PyTorch."""
-    x = torch.randint(0, values, (2, 3, 7, 8), generator=torch.Generator().manual_seed(1))
-    x = x.double()
-    ct = torch.randn(F.max_pool2d(x, k, s, p).shape, dtype=torch.float64)
+    window lands on its first maximum in row-major order, exactly as in PyTorch. The
+    cotangents are random integers, so overlapping windows' sums are exact in any order."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, values, (2, 3, 7, 8), generator=gen).double()
+    ct = torch.randint(-9, 10, F.max_pool2d(x, k, s, p).shape, generator=gen).double()
     _, dx, g = _compare(nf.max_pool2d(k, s, p), lambda t: F.max_pool2d(t, k, s, p), x, 0.0, ct)
     assert torch.equal(dx, g)
 

@@ -4,7 +4,9 @@ Windows are one strided view of the padded channels-last input (:func:`n2nfunc.n
 reduced over the kernel axes; no loop over pixels.
 """
 
-from torch import Tensor, arange
+import math
+
+from torch import Tensor
 
 from ..base import (
     Layer,
@@ -98,23 +100,44 @@ def _max(win: Tensor) -> Tensor:
     return best
 
 
-def _max_saving_index(win: Tensor):
-    """Max over each window and the flat index (row-major in the window) of its first maximum
-    (one reduction: faster here than per-offset passes, which need boolean masks)."""
-    n, ho, wo, kh, kw, c = win.shape
-    return win.reshape(n, ho, wo, kh * kw, c).max(3)
+def _max_saving(win: Tensor):
+    """Max over each window; saves the window view and the max for the backward pass."""
+    y = _max(win)
+    return y, (win, y)
 
 
-def _max_backward(g: Tensor, index: Tensor, padded_shape, k, s) -> Tensor:
-    """Scatter-add each output gradient onto the input pixel that was its window's maximum."""
-    n, hp, wp, c = padded_shape
-    _, ho, wo, _ = g.shape
-    rows = arange(ho, device=g.device).mul_(s[0]).view(1, ho, 1, 1) + index // k[1]
-    cols = arange(wo, device=g.device).mul_(s[1]).view(1, 1, wo, 1) + index % k[1]
-    flat = rows.mul_(wp).add_(cols).view(n, ho * wo, c)
-    dxp = g.new_zeros(n, hp * wp, c)
-    dxp.scatter_add_(1, flat, g.reshape(n, ho * wo, c))
-    return dxp.view(n, hp, wp, c)
+def _max_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
+    """Route each output gradient to the first input of its window (row-major) that equals
+    the window's maximum: one pass per kernel offset, each claiming the share of the
+    gradient that earlier offsets left free, so tied maxima count once and overlapping
+    windows add up. Float arithmetic when every maximum is finite (``v - max`` is 0 exactly
+    at a maximum; comparisons producing bool tensors are several times slower on the CPU);
+    otherwise boolean masks that also route a NaN maximum to the first NaN."""
+    win, y = saved
+    ho, wo = g.shape[1], g.shape[2]
+    dxp = g.new_zeros(padded_shape)
+    parts = _offsets(win)
+    slots = [
+        dxp[:, a : a + s[0] * (ho - 1) + 1 : s[0], b : b + s[1] * (wo - 1) + 1 : s[1]]
+        for a in range(k[0])
+        for b in range(k[1])
+    ]
+    if math.isfinite(float(y.sum())):
+        free = None  # the share of each output's gradient not yet routed (1, then 0)
+        for v, slot in zip(parts[:-1], slots[:-1]):
+            hit = v.sub(y).sign_().add_(1)  # 1 where v is the window's maximum, else 0
+            claim = hit if free is None else hit.mul_(free)
+            free = claim.neg().add_(1) if free is None else free.sub_(claim)
+            slot.addcmul_(claim, g)
+        slots[-1].addcmul_(free, g) if free is not None else slots[-1].add_(g)
+        return dxp
+    rest = g
+    for i, (v, slot) in enumerate(zip(parts, slots)):
+        hit = v.eq(y).logical_or_(v.isnan())
+        slot.add_(rest * hit)
+        if i + 1 < len(parts):
+            rest = rest.masked_fill(hit, 0)
+    return dxp
 
 
 def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
@@ -132,7 +155,7 @@ def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
         padding,
         float("-inf"),
         _max,
-        _max_saving_index,
+        _max_saving,
         _max_backward,
     )
 
