@@ -1,12 +1,12 @@
 """The n2nfunc U-Net (n2nfunc/unet.py) written a second time in torch.nn, for the tests and
 the benchmarks: same layers, same edge padding and crop, and weights copied from n2nfunc's
-params (the convolutions in execution order, which is the params' insertion order)."""
+params (the convolutions in execution order, ``n2nfunc.unet.conv_list``)."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import n2nfunc as nf
+from n2nfunc.unet import conv_list
 
 
 class TorchUNet(nn.Module):
@@ -37,13 +37,13 @@ class TorchUNet(nn.Module):
         return list(self.encoder) + list(self.decoder) + list(self.last)
 
     def load_n2nfunc(self, params) -> "TorchUNet":
-        leaves = [t for _, t in nf.tree.flatten(params)]
-        convs = self.execution_order()
-        assert len(leaves) == 2 * len(convs), (len(leaves), len(convs))
+        convs = conv_list(params)
+        mine = self.execution_order()
+        assert len(convs) == len(mine), (len(convs), len(mine))
         with torch.no_grad():
-            for i, conv in enumerate(convs):
-                conv.weight.copy_(leaves[2 * i])
-                conv.bias.copy_(leaves[2 * i + 1])
+            for conv, (weight, bias) in zip(mine, convs):
+                conv.weight.copy_(weight)
+                conv.bias.copy_(bias)
         return self
 
     def forward(self, x):

@@ -49,7 +49,7 @@ from .modules import (
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
-from .unet import check_architecture
+from .unet import check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
 ARCHITECTURE = ("widths", "kernel", "upsampling")  # what defines the exercise's network
@@ -450,6 +450,7 @@ def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:
             arch = check_architecture(**arch)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: bad U-Net architecture: {e}") from None
+        params = load_params(arch, params, source)  # this layout, or the earlier one
         return {"network": "unet", "depth": arch["depth"], "widths": arch["widths"]}, dict(
             tree.flatten(params)
         )

@@ -18,10 +18,10 @@ Files are read with :func:`n2nfunc.checkpoint.load`, which never runs code from 
 
 from pathlib import Path
 
-from . import checkpoint, tree
+from . import checkpoint
 from .base import Layer, Params
 from .model import ARCHITECTURE, DEFAULT_CONFIG, DEFAULT_WEIGHTS, build_network
-from .unet import check_architecture, padded_to_multiple, unet
+from .unet import check_architecture, load_params, padded_to_multiple, unet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 NAMES = ("exercise", "unet-gaussian", "unet-poisson", "unet-aliasing")
@@ -98,26 +98,8 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
         arch = check_architecture(**arch)
     except TypeError as e:
         raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
-    layer = unet(**arch)
-    _, fresh = layer.init(None, (-1, arch["in_channels"], -1, -1))
-    params = payload.get("params")
-    _check_like(params, fresh, source)
-    return layer, params, dict(payload.get("info") or {})
-
-
-def _check_like(params, fresh, source: str) -> None:
-    """``params`` must have ``fresh``'s paths, shapes and a floating dtype."""
-    try:
-        got = {p: tuple(t.shape) for p, t in tree.flatten(params)}
-    except AttributeError:
-        raise ValueError(f"{source}: the parameters are not a tree of tensors") from None
-    want = {p: tuple(t.shape) for p, t in tree.flatten(fresh)}
-    if got != want:
-        diff = sorted(set(got.items()) ^ set(want.items()))[:4]
-        raise ValueError(
-            f"{source}: parameters do not fit the recorded architecture "
-            f"(first differences, (path, shape)): {diff}"
-        )
+    params = load_params(arch, payload.get("params"), source)
+    return unet(**arch), params, dict(payload.get("info") or {})
 
 
 def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:

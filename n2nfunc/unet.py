@@ -11,8 +11,15 @@ With ``depth = 5`` and ``widths = (48, 96, 64, 32)`` it is the paper's network::
 
 Every conv is 3x3 with zero padding 1 and He-normal weights (zero bias), followed by
 LeakyReLU(0.1) except the linear output conv; pooling is 2x2 max pooling, upsampling is
-nearest x2; a skip is ``fanout(2)`` then ``parallel(deeper path, identity)`` then
-``fanin_concat`` along channels.
+nearest x2; a skip is ``fanout(2)`` then ``parallel(deeper path, identity)``.
+
+Each "upsample x2, concat skip, conv" is one layer, :func:`up_concat_conv`: the conv's
+weight is split along its input channels, the upsampled part is convolved on the
+low-resolution grid (:func:`n2nfunc.upsample`, 2.25x fewer multiply-adds) and the skip part
+at full resolution, and the two are summed; the concatenation is never formed. The math is
+that of the paper's network; :func:`conv_list` gives its convolutions as the paper's
+(merged) weights, and :func:`load_params` also reads checkpoints of the earlier layout
+(one conv after an explicit concatenation).
 
 Any H x W: the network is wrapped in :func:`padded_to_multiple`, which pads the input on
 the bottom and right by repeating its last row / column (edge padding, so any size works,
@@ -22,12 +29,13 @@ through the network, and the padded rows / columns of the input gradient are sum
 the edge row / column they copy.
 """
 
-from torch import cat
+from torch import Tensor, cat
 
+from . import tree
 from .activations import identity, leaky_relu
-from .base import Layer, check_cotangent, check_tensor, image_shape, positive_int
-from .combinators import fanin_concat, fanout, parallel, serial
-from .conv import conv2d, nearest_upsample
+from .base import Layer, Params, check_cotangent, check_tensor, image_shape, positive_int
+from .combinators import fanin_sum, fanout, parallel, serial
+from .conv import conv2d, upsample
 from .layers import max_pool2d
 from .stateful import StatefulLayer
 
@@ -127,8 +135,39 @@ def _conv(channels: int, activation: bool = True) -> Layer:
 
 
 def _skip(deeper: Layer) -> Layer:
-    """``x -> cat(deeper(x), x)`` along channels."""
-    return _serial(fanout(2), parallel(deeper, identity()), fanin_concat(1))
+    """``x -> (deeper(x), x)``."""
+    return _serial(fanout(2), parallel(deeper, identity()))
+
+
+def up_concat_conv(channels: int) -> Layer:
+    """``(low, skip) -> LeakyReLU_0.1(conv3x3(cat(upsample_x2(low), skip)))``, with the
+    conv's weight ``W = cat(W_low, W_skip)`` split along input channels::
+
+        y = upsample(low; W_low) + conv(skip; W_skip) + b
+
+    where ``upsample`` is :func:`n2nfunc.upsample` (nearest x2 then 3x3, computed on the
+    low-resolution grid). Params ``{"0": {"0": {"weight": W_low}, "1": {"weight": W_skip,
+    "bias": b}}, "1": {}, "2": {}}``; the initial weights are one He-normal draw for the
+    whole conv (fan-in over both parts), split."""
+    net = _serial(
+        parallel(upsample(channels, 3, 2, padding=1, bias=False), conv2d(channels, 3, padding=1)),
+        fanin_sum(),
+        leaky_relu(0.1),
+    )
+    whole = conv2d(channels, 3, padding=1, init="he_normal")
+
+    def init(generator, in_shapes):
+        name = f"up_concat_conv({channels})"
+        if not isinstance(in_shapes, (tuple, list)) or len(in_shapes) != 2:
+            raise ValueError(f"{name}: expected two input shapes (low, skip), got {in_shapes!r}")
+        (_, c_low, _, _), (n, c_skip, h, w) = (image_shape(s, name) for s in in_shapes)
+        out, p = whole.init(generator, (n, c_low + c_skip, h, w))
+        weight = p["weight"]
+        low = {"weight": weight[:, :c_low].contiguous()}
+        skip = {"weight": weight[:, c_low:].contiguous(), "bias": p["bias"]}
+        return out, {"0": {"0": low, "1": skip}, "1": {}, "2": {}}
+
+    return Layer(init, net.apply, net.vjp)
 
 
 def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> dict:
@@ -163,14 +202,17 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
     enc, dec, last_a, last_b = arch["widths"]
 
     def level(k: int) -> Layer:
-        """The path below pooling ``k``: from the 1/2**k resolution back to it."""
+        """The path below pooling ``k``: from the 1/2**k resolution back to it, less the
+        final upsampling (done by the caller's :func:`up_concat_conv`)."""
         if k == depth:
             return _conv(enc)  # the bottleneck (the paper's enc_conv6)
-        deeper = _serial(_conv(enc), max_pool2d(2), level(k + 1), nearest_upsample(2))
-        return _serial(_skip(deeper), _conv(dec), _conv(dec))
+        deeper = _serial(_conv(enc), max_pool2d(2), level(k + 1))
+        return _serial(_skip(deeper), up_concat_conv(dec), _conv(dec))
 
-    top = _serial(_conv(enc), _conv(enc), max_pool2d(2), level(1), nearest_upsample(2))
-    net = _serial(_skip(top), _conv(last_a), _conv(last_b), _conv(out_channels, activation=False))
+    top = _serial(_conv(enc), _conv(enc), max_pool2d(2), level(1))
+    net = _serial(
+        _skip(top), up_concat_conv(last_a), _conv(last_b), _conv(out_channels, activation=False)
+    )
     padded = padded_to_multiple(net, 2**depth)
 
     def init(generator, in_shape):
@@ -178,6 +220,69 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
         return padded.init(generator, in_shape)
 
     return Layer(init, padded.apply, padded.vjp)
+
+
+def conv_list(params: Params) -> list[tuple[Tensor, Tensor]]:
+    """The U-Net's convolutions as ``(weight, bias)`` in execution order (the order of the
+    params), each :func:`up_concat_conv`'s two parts merged into the one weight over
+    ``cat(upsampled, skip)`` that they compute. Also reads the earlier layout, whose params
+    hold that weight whole."""
+    leaves = [t for _, t in tree.flatten(params)]
+    convs, i = [], 0
+    while i + 1 < len(leaves):
+        if i + 2 < len(leaves) and leaves[i + 1].dim() == 4:  # weight, weight, bias: split
+            convs.append((cat([leaves[i], leaves[i + 1]], 1), leaves[i + 2]))
+            i += 3
+        else:
+            convs.append((leaves[i], leaves[i + 1]))
+            i += 2
+    if i != len(leaves):
+        raise ValueError("unet: the parameters are not (weight, bias) pairs of convolutions")
+    return convs
+
+
+def from_conv_list(template: Params, convs: list[tuple[Tensor, Tensor]]) -> Params:
+    """``template`` (params of this layout) holding the convolutions ``convs`` (as
+    :func:`conv_list` gives them), the merged weights split where the template splits."""
+    slots = tree.flatten(template)
+    values, i = {}, 0
+    for weight, bias in convs:
+        if i + 1 >= len(slots):
+            raise ValueError(f"unet: {len(convs)} convolutions for a smaller network")
+        path, slot = slots[i]
+        if slot.dim() == 4 and slots[i + 1][1].dim() == 4:  # an up_concat_conv's two parts
+            c = slot.shape[1]
+            values[path], values[slots[i + 1][0]] = weight[:, :c], weight[:, c:]
+            i += 1
+        else:
+            values[path] = weight
+        values[slots[i + 1][0]] = bias
+        i += 2
+    if i != len(slots):
+        raise ValueError(f"unet: {len(convs)} convolutions for a larger network")
+    return tree.unflatten(template, {p: t.contiguous() for p, t in values.items()})
+
+
+def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
+    """A checkpoint's U-Net params (this layout or the earlier one) for ``unet(**arch)``,
+    their paths and shapes checked; errors name ``source``."""
+    _, fresh = unet(**arch).init(None, (-1, arch["in_channels"], -1, -1))
+    try:
+        params = from_conv_list(fresh, conv_list(params))
+    except (AttributeError, TypeError, ValueError, IndexError, RuntimeError):
+        pass  # reported below as a difference of paths / shapes
+    try:
+        got = {p: tuple(t.shape) for p, t in tree.flatten(params)}
+    except AttributeError:
+        raise ValueError(f"{source}: the parameters are not a tree of tensors") from None
+    want = {p: tuple(t.shape) for p, t in tree.flatten(fresh)}
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))[:4]
+        raise ValueError(
+            f"{source}: parameters do not fit the recorded architecture "
+            f"(first differences, (path, shape)): {diff}"
+        )
+    return params
 
 
 def multiple(arch: dict) -> int:
@@ -189,7 +294,11 @@ __all__ = [
     "DEFAULT_ARCHITECTURE",
     "PAPER_ARCHITECTURE",
     "check_architecture",
+    "conv_list",
+    "from_conv_list",
+    "load_params",
     "multiple",
     "padded_to_multiple",
     "unet",
+    "up_concat_conv",
 ]

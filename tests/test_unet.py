@@ -10,7 +10,15 @@ from helpers import autograd_vjp, rel_err
 
 import n2nfunc as nf
 from n2nfunc.testing import check_vjp
-from n2nfunc.unet import PAPER_ARCHITECTURE, _edge_pad_adjoint, padded_to_multiple, unet
+from n2nfunc.unet import (
+    PAPER_ARCHITECTURE,
+    _edge_pad_adjoint,
+    conv_list,
+    from_conv_list,
+    load_params,
+    padded_to_multiple,
+    unet,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from unet_twin import TorchUNet  # noqa: E402
@@ -74,7 +82,7 @@ def test_forward_and_vjp_match_torch_twin(arch, shape):
     assert y.shape == x.shape[:1] + (arch.get("out_channels", 3),) + x.shape[2:]
     assert rel_err(y, y_ref) < 1e-10
     assert rel_err(cx, cx_ref) < 1e-10
-    leaves = [t for _, t in nf.tree.flatten(grads)]
+    leaves = [t for pair in conv_list(grads) for t in pair]  # as the twin's merged convs
     assert len(leaves) == len(g_ref)
     for ours, ref in zip(leaves, g_ref):
         assert rel_err(ours, ref) < 1e-10
@@ -91,7 +99,7 @@ def test_paper_shape_and_init():
     layer = unet(**PAPER_ARCHITECTURE)
     shape, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
     assert shape == (-1, 3, -1, -1)
-    convs = [t for path, t in nf.tree.flatten(params) if path.endswith("weight")]
+    convs = [w for w, _ in conv_list(params)]
     # 2 + 4 encoder convs + bottleneck, 2 per decoder level 5..2, then 64, 32, 3
     assert [tuple(w.shape[:2]) for w in convs] == [
         (48, 3),
@@ -204,7 +212,71 @@ def test_adam_training_matches_the_torch_twin():
             loss.backward()
             topt.step()
         assert abs(float(value) - float(loss)) < 1e-12
-    ours = [t for _, t in nf.tree.flatten(params)]
+    ours = [t for pair in conv_list(params) for t in pair]
     theirs = [p.detach() for c in twin.execution_order() for p in (c.weight, c.bias)]
     for a, b in zip(ours, theirs):
         assert rel_err(a, b) < 1e-10
+
+
+def _earlier_layout_unet(depth, widths):
+    """The U-Net as composed before up_concat_conv: nearest_upsample, fanin_concat, conv."""
+
+    def conv(c, act=True):
+        c = nf.conv2d(c, 3, padding=1, init="he_normal")
+        return nf.serial(c, nf.leaky_relu(0.1)) if act else c
+
+    def skip(deeper):
+        return nf.serial(nf.fanout(2), nf.parallel(deeper, nf.identity()), nf.fanin_concat(1))
+
+    enc, dec, a, b = widths
+
+    def level(k):
+        if k == depth:
+            return conv(enc)
+        deeper = nf.serial(conv(enc), nf.max_pool2d(2), level(k + 1), nf.nearest_upsample(2))
+        return nf.serial(skip(deeper), conv(dec), conv(dec))
+
+    top = nf.serial(conv(enc), conv(enc), nf.max_pool2d(2), level(1), nf.nearest_upsample(2))
+    net = nf.serial(skip(top), conv(a), conv(b), conv(3, False))
+    return padded_to_multiple(net, 2**depth)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_earlier_layout_loads_and_computes_the_same_function(depth):
+    """Checkpoints of the earlier layout (one conv after an explicit concatenation) load into
+    today's network, which computes the same function; the same seed draws the same weights."""
+    arch = {"depth": depth, "widths": (4, 6, 5, 3), "in_channels": 3, "out_channels": 3}
+    old = _earlier_layout_unet(depth, arch["widths"])
+    _, old_params = old.init(torch.Generator().manual_seed(4), (-1, 3, -1, -1))
+    old_params = nf.tree.map(lambda t: t.double().add_(torch.randn_like(t.double())), old_params)
+    layer, fresh = _init(arch, (1, 3, 8, 8), seed=4)
+    for (w0, b0), (w1, b1) in zip(
+        conv_list(old.init(torch.Generator().manual_seed(4), (-1, 3, -1, -1))[1]), conv_list(fresh)
+    ):
+        assert torch.equal(w0.double(), w1) and torch.equal(b0.double(), b1)
+    params = load_params(arch, old_params)
+    assert [p for p, _ in nf.tree.flatten(params)] == [p for p, _ in nf.tree.flatten(fresh)]
+    x = torch.rand(2, 3, 9, 14, dtype=torch.float64)
+    assert rel_err(layer.apply(params, x), old.apply(old_params, x)) < 1e-12
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            [t for c in conv_list(params) for t in c], [t for c in conv_list(old_params) for t in c]
+        )
+    )
+    again = from_conv_list(fresh, conv_list(params))  # today's layout round-trips exactly
+    assert all(
+        torch.equal(a, b) for (_, a), (_, b) in zip(nf.tree.flatten(again), nf.tree.flatten(params))
+    )
+
+
+def test_load_params_names_what_does_not_fit():
+    arch = {"depth": 2, "widths": (4, 6, 5, 3), "in_channels": 3, "out_channels": 3}
+    _, params = _init(arch, (1, 3, 8, 8))
+    leaves = nf.tree.flatten(params)
+    with pytest.raises(ValueError, match=r"my\.pth: parameters do not fit"):
+        load_params(arch, dict(leaves[:-2]), "my.pth")  # a conv short
+    with pytest.raises(ValueError, match=r"my\.pth: parameters do not fit"):
+        load_params({**arch, "widths": (4, 6, 5, 4)}, params, "my.pth")
+    with pytest.raises(ValueError, match="not a tree of tensors"):
+        load_params(arch, {"0": "weights"}, "my.pth")
