@@ -34,7 +34,7 @@ import n2nfunc as nf  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos  # noqa: E402
 from n2nfunc.data.noise import clean_for, noisy_pair, parse_noise, photo_levels, random_crops  # noqa: E402
 from n2nfunc.pretrained import save_unet  # noqa: E402
-from n2nfunc.unet import DEFAULT_ARCHITECTURE, unet  # noqa: E402
+from n2nfunc.unet import DEFAULT_ARCHITECTURE, from_conv_list, unet  # noqa: E402
 
 BUILTIN = "builtin"  # a batch of the built-in 32x32 aliasing pairs (n2nfunc.data.builtin_pairs)
 BUILTIN_PAIRS = 50000
@@ -134,10 +134,8 @@ def torch_trainer(arch: dict, lr_schedule, seed: int, device: str, precision="fl
         return float(loss)
 
     def params():
-        convs = twin.execution_order()
-        leaves = [p.detach() for c in convs for p in (c.weight, c.bias)]
-        paths = [p for p, _ in nf.tree.flatten(first())]
-        return nf.tree.unflatten(first(), dict(zip(paths, leaves)))
+        convs = [(c.weight.detach(), c.bias.detach()) for c in twin.execution_order()]
+        return from_conv_list(first(), convs)
 
     return step, params, layer
 
@@ -168,10 +166,11 @@ def train(
         probe = Batches(photos, specs, crop, batch, seed, clean_targets)
         probe_step = make(arch, lambda t: lr, seed, device, precision)[0]
         probe_step(*(b.to(device) for b in next(probe)))  # warm-up
+        timed = max(2, len(specs))  # a whole cycle: some noise specs cost more to draw
         t0 = time.perf_counter()
-        for _ in range(2):
+        for _ in range(timed):
             probe_step(*(b.to(device) for b in next(probe)))
-        per_step = (time.perf_counter() - t0) / 2
+        per_step = (time.perf_counter() - t0) / timed
         steps = max(10, int(minutes * 60 / per_step))
         print(f"{per_step:.2f} s/step -> --steps {steps} for {minutes:g} minutes")
     batches = Batches(photos, specs, crop, batch, seed, clean_targets)
