@@ -67,8 +67,9 @@ def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values):
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, values, (2, 3, 7, 8), generator=gen).double()
     ct = torch.randint(-9, 10, F.max_pool2d(x, k, s, p).shape, generator=gen).double()
-    _, dx, g = _compare(nf.max_pool2d(k, s, p), lambda t: F.max_pool2d(t, k, s, p), x, 0.0, ct)
-    assert torch.equal(dx, g)
+    y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
+    y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)
+    assert torch.equal(y, y_ref) and torch.equal(pullback(ct)[1], g)
 
 
 def test_max_pool_with_negative_inputs_ignores_the_padding():
@@ -211,3 +212,17 @@ def test_max_pool2d_propagates_a_nan_and_routes_its_gradient_like_torch():
         (g,) = torch.autograd.grad(ref, xr, ct)
     assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
     assert torch.equal(dx, g)
+
+
+@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 1, 1)])
+def test_max_pool2d_routes_infinite_maxima_like_torch(k, s, p):
+    """+inf maxima (tied or not) and windows of -inf take the exact (boolean) path, since
+    ``v - max`` is NaN there; the gradient still goes to each window's first maximum."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 3, (1, 2, 6, 6), generator=gen).double()
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = float("inf")  # a tie of +inf in one window
+    x[0, 1, 2:4, 2:4] = float("-inf")  # a window of -inf only
+    ct = torch.randint(-9, 10, F.max_pool2d(x, k, s, p).shape, generator=gen).double()
+    y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
+    y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)
+    assert torch.equal(y, y_ref) and torch.equal(pullback(ct)[1], g)
