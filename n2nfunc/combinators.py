@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, cat
 
+from . import tree
 from .base import Layer, apply_via_vjp, check_cotangent, pull, skips_input_grad
 from .stateful import StatefulLayer, child_state, fixed, lift, split_rng
 
@@ -89,11 +90,20 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                 x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             pullbacks.append(pb)
 
+        # children before the first one with parameters need no output cotangent unless the
+        # caller wants the input gradient: their pullbacks are then not run at all
+        first = next((i for i in range(len(children)) if tree.leaves(params[str(i)])), None)
+        first = len(children) if first is None else first
+
         def pullback(ct, input_grad=True):
             grads = {}
             for i in reversed(range(len(children))):
+                if i < first and not input_grad:
+                    grads[str(i)], ct = tree.map(lambda t: t, params[str(i)]), None
+                    continue
                 with at_layer(str(i)):
-                    grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, input_grad or i > 0)
+                    need = input_grad or i > first
+                    grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, need)
             return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
         return x, new_state, pullback
@@ -133,13 +143,13 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             outs.append(y)
             pullbacks.append(pb)
 
-        def pullback(cts):
+        def pullback(cts, input_grad=True):
             grads, cxs = {}, []
             for i, (pb, ct) in enumerate(zip(pullbacks, _check_tuple(cts, n, "parallel"))):
                 with at_layer(str(i)):
-                    grads[str(i)], cx = pb(ct)
+                    grads[str(i)], cx = pull(children[i].vjp, pb, ct, input_grad)
                 cxs.append(cx)
-            return grads, tuple(cxs)
+            return grads, tuple(cxs) if input_grad else None
 
         return tuple(outs), new_state, pullback
 
@@ -153,7 +163,7 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             outs.append(y)
         return tuple(outs), new_state
 
-    return _network(layers, init, apply, vjp)
+    return _network(layers, init, apply, skips_input_grad(vjp))
 
 
 def _sum(xs: Sequence[Tensor]) -> Tensor:

@@ -33,7 +33,16 @@ from torch import Tensor, cat
 
 from . import tree
 from .activations import identity, leaky_relu
-from .base import Layer, Params, check_cotangent, check_tensor, image_shape, positive_int
+from .base import (
+    Layer,
+    Params,
+    check_cotangent,
+    check_tensor,
+    image_shape,
+    positive_int,
+    pull,
+    skips_input_grad,
+)
 from .combinators import fanin_sum, fanout, parallel, serial
 from .conv import conv2d, upsample
 from .layers import max_pool2d
@@ -108,16 +117,16 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
         check_size(yp, xp)
         y = yp[:, :, :h, :w]
 
-        def pullback(ct):
+        def pullback(ct, input_grad=True):
             ct = check_cotangent(ct, y, name)
             ctp = yp.new_zeros(yp.shape)
             ctp[:, :, :h, :w] = ct
-            grads, cxp = pb(ctp)
-            return grads, _edge_pad_adjoint(cxp, h, w)
+            grads, cxp = pull(layer.vjp, pb, ctp, input_grad)
+            return grads, _edge_pad_adjoint(cxp, h, w) if input_grad else None
 
         return y, pullback
 
-    return Layer(init, apply, vjp)
+    return Layer(init, apply, skips_input_grad(vjp))
 
 
 def _serial(*layers: Layer | StatefulLayer) -> Layer:

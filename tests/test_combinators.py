@@ -106,3 +106,46 @@ def test_shape_errors_name_the_layer_path_and_shapes():
         nf.residual(nf.conv2d(3, 3)).init(None, (1, 3, 5, 5))
     with pytest.raises(TypeError, match="serial: argument 1"):
         nf.serial(nf.relu(), "relu")
+
+
+def _spy_conv(calls: list):
+    """conv2d whose pullback records whether it was asked for the input gradient."""
+    conv = nf.conv2d(2, 3, padding=1)
+
+    def vjp(params, x):
+        y, pb = conv.vjp(params, x)
+
+        def pullback(ct, input_grad=True):
+            calls.append(input_grad)
+            return pb(ct, input_grad=input_grad)
+
+        return y, pullback
+
+    return nf.Layer(conv.init, conv.apply, nf.skips_input_grad(vjp))
+
+
+def test_skipping_the_input_gradient_reaches_the_first_layers_with_parameters():
+    """With input_grad=False, serial skips the pullbacks of leading layers without
+    parameters (fanout here) and asks parallel's branches, and the first conv in each, for no
+    input gradient; every parameter gradient is unchanged."""
+    calls: list = []
+    net = nf.serial(
+        nf.relu(),
+        nf.fanout(2),
+        nf.parallel(nf.serial(_spy_conv(calls), nf.relu()), _spy_conv(calls)),
+        nf.fanin_sum(),
+        nf.conv2d(3, 3, padding=1),
+    )
+    _, params = net.init(torch.Generator().manual_seed(0), (2, 3, 5, 6))
+    params = nf.tree.map(lambda t: t.double(), params)
+    y, pullback = net.vjp(params, randn(2, 3, 5, 6))
+    ct = torch.randn_like(y)
+    full, dx = pullback(ct)
+    assert dx is not None and calls == [True, True]
+    calls.clear()
+    skipped, none = nf.pull(net.vjp, pullback, ct, input_grad=False)
+    assert none is None and calls == [False, False]
+    flat = dict(nf.tree.flatten(full))
+    assert flat.keys() == dict(nf.tree.flatten(skipped)).keys()
+    assert all(torch.equal(t, flat[p]) for p, t in nf.tree.flatten(skipped))
+    assert skipped["0"] == {} and skipped["1"] == {}

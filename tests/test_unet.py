@@ -280,3 +280,15 @@ def test_load_params_names_what_does_not_fit():
         load_params({**arch, "widths": (4, 6, 5, 4)}, params, "my.pth")
     with pytest.raises(ValueError, match="not a tree of tensors"):
         load_params(arch, {"0": "weights"}, "my.pth")
+
+
+def test_skipping_the_input_gradient_keeps_the_parameter_gradients():
+    layer, params = _init(TINY, (2, 3, 9, 7))
+    y, pullback = layer.vjp(params, torch.rand(2, 3, 9, 7, dtype=torch.float64))
+    ct = torch.randn_like(y)
+    full, dx = pullback(ct)
+    skipped, none = nf.pull(layer.vjp, pullback, ct, input_grad=False)
+    assert none is None and dx is not None
+    assert all(
+        torch.equal(a, b) for (_, a), (_, b) in zip(nf.tree.flatten(full), nf.tree.flatten(skipped))
+    )
