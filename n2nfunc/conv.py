@@ -101,9 +101,7 @@ def conv2d(
     ``y[n, o, i, j] = b[o] + sum_{c, a, b} w[o, c, a, b] x[n, c, s*i - p + d*a, s*j - p + d*b]``.
 
     Gradients: ``dW = g^T @ im2col(x)``; ``dx`` is the transposed convolution of ``g``
-    with the same kernel: for stride 1 the convolution of ``g`` with the flipped kernel
-    ``W[:, :, ::-1, ::-1]^T`` and padding ``k - 1 - p`` (row taps), otherwise the polyphase
-    engine (see :mod:`n2nfunc.kernels`).
+    with the same kernel (computed by the polyphase engine, see :mod:`n2nfunc.kernels`).
     """
     name = _describe(
         "conv2d",
@@ -138,10 +136,6 @@ def conv2d(
                 grads["bias"] = K.channel_sums(g)
             if not input_grad:
                 return grads, None
-            if K.rows_applies(g, k, s, d):  # stride 1: dx = conv(g, flipped W^T, pad k-1-p)
-                flipped = weight.flip(2, 3).transpose(0, 1)
-                pads = (k[0] - 1 - p[0], k[1] - 1 - p[1])
-                return grads, to_nchw(K.row_taps_conv(g, flipped, None, pads, (h, w))[0])
             py = K.phase_plan("transpose", out_hw[0], h, k[0], s[0], p[0], d[0])
             px = K.phase_plan("transpose", out_hw[1], w, k[1], s[1], p[1], d[1])
             w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
