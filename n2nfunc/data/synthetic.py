@@ -98,9 +98,11 @@ def point_sample(high: Tensor, factor: int, generator: torch.Generator) -> Tenso
     channels of that pixel): an unbiased but aliased estimate of :func:`box_downsample`."""
     n, c, hh, ww = high.shape
     h, w = hh // factor, ww // factor
-    cells = high.view(n, c, h, factor, w, factor).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w, -1)
-    pick = torch.randint(factor * factor, (n, 1, h, w, 1), generator=generator)
-    return cells.gather(4, pick.expand(n, c, h, w, 1)).squeeze(4)
+    pick = torch.randint(factor * factor, (n, 1, h, w), generator=generator)  # a * factor + b
+    rows = torch.arange(h).view(1, 1, h, 1).mul(factor).add(pick.div(factor, rounding_mode="floor"))
+    cols = torch.arange(w).view(1, 1, 1, w).mul(factor).add(pick.remainder(factor))
+    flat = rows.mul_(ww).add_(cols).view(n, 1, h * w).expand(n, c, h * w)
+    return high.reshape(n, c, hh * ww).gather(2, flat).view(n, c, h, w)  # only the picked pixels
 
 
 def to_uint8(x: Tensor) -> Tensor:
