@@ -11,9 +11,9 @@ With ``depth = 5`` and ``widths = (48, 96, 64, 32)`` it is the paper's network::
 
 Every conv is 3x3 with zero padding 1 and He-normal weights (zero bias), followed by
 LeakyReLU(0.1) except the linear output conv; pooling is 2x2 max pooling, upsampling is
-nearest x2; a skip is ``fanout(2)`` then ``parallel(deeper path, identity)``.
+nearest x2.
 
-Each "upsample x2, concat skip, conv" is one layer, :func:`up_concat_conv`: the conv's
+Each "deeper path, upsample x2, concat skip, conv" is one :func:`skip_block`: the conv's
 weight is split along its input channels, the upsampled part is convolved on the
 low-resolution grid (:func:`n2nfunc.upsample`, 2.25x fewer multiply-adds) and the skip part
 at full resolution, and the two are summed; the concatenation is never formed. The math is
@@ -32,7 +32,7 @@ the edge row / column they copy.
 from torch import Tensor, cat
 
 from . import tree
-from .activations import identity, leaky_relu
+from .activations import leaky_relu
 from .base import (
     Layer,
     Params,
@@ -143,38 +143,36 @@ def _conv(channels: int, activation: bool = True) -> Layer:
     return _serial(conv, leaky_relu(0.1)) if activation else conv
 
 
-def _skip(deeper: Layer) -> Layer:
-    """``x -> (deeper(x), x)``."""
-    return _serial(fanout(2), parallel(deeper, identity()))
+def skip_block(deeper: Layer, channels: int) -> Layer:
+    """``x -> LeakyReLU_0.1(conv3x3(cat(upsample_x2(deeper(x)), x)))`` with the conv's weight
+    ``W = cat(W_low, W_skip)`` split along input channels::
 
-
-def up_concat_conv(channels: int) -> Layer:
-    """``(low, skip) -> LeakyReLU_0.1(conv3x3(cat(upsample_x2(low), skip)))``, with the
-    conv's weight ``W = cat(W_low, W_skip)`` split along input channels::
-
-        y = upsample(low; W_low) + conv(skip; W_skip) + b
+        y = upsample(deeper(x); W_low) + conv(x; W_skip) + b
 
     where ``upsample`` is :func:`n2nfunc.upsample` (nearest x2 then 3x3, computed on the
-    low-resolution grid). Params ``{"0": {"0": {"weight": W_low}, "1": {"weight": W_skip,
-    "bias": b}}, "1": {}, "2": {}}``; the initial weights are one He-normal draw for the
-    whole conv (fan-in over both parts), split."""
+    low-resolution grid); the concatenation is never formed. Composed as ``fanout(2)``,
+    ``parallel(serial(deeper, upsample), conv)``, ``fanin_sum``, ``leaky_relu``, so a caller
+    that needs no input gradient skips the skip conv's too. Params ``{"1": {"0": {"0":
+    <deeper>, "1": {"weight": W_low}}, "1": {"weight": W_skip, "bias": b}}, ...}``; the
+    initial weights are ``deeper``'s, then one He-normal draw for the whole conv (fan-in over
+    both parts), split."""
+    low_conv = upsample(channels, 3, 2, padding=1, bias=False)
     net = _serial(
-        parallel(upsample(channels, 3, 2, padding=1, bias=False), conv2d(channels, 3, padding=1)),
+        fanout(2),
+        parallel(_serial(deeper, low_conv), conv2d(channels, 3, padding=1)),
         fanin_sum(),
         leaky_relu(0.1),
     )
     whole = conv2d(channels, 3, padding=1, init="he_normal")
 
-    def init(generator, in_shapes):
-        name = f"up_concat_conv({channels})"
-        if not isinstance(in_shapes, (tuple, list)) or len(in_shapes) != 2:
-            raise ValueError(f"{name}: expected two input shapes (low, skip), got {in_shapes!r}")
-        (_, c_low, _, _), (n, c_skip, h, w) = (image_shape(s, name) for s in in_shapes)
-        out, p = whole.init(generator, (n, c_low + c_skip, h, w))
-        weight = p["weight"]
-        low = {"weight": weight[:, :c_low].contiguous()}
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, "unet skip_block")
+        low_shape, low_params = deeper.init(generator, in_shape)
+        out, p = whole.init(generator, (n, low_shape[1] + c, h, w))
+        weight, c_low = p["weight"], low_shape[1]
+        low = {"0": low_params, "1": {"weight": weight[:, :c_low].contiguous()}}
         skip = {"weight": weight[:, c_low:].contiguous(), "bias": p["bias"]}
-        return out, {"0": {"0": low, "1": skip}, "1": {}, "2": {}}
+        return out, {"0": {}, "1": {"0": low, "1": skip}, "2": {}, "3": {}}
 
     return Layer(init, net.apply, net.vjp)
 
@@ -212,16 +210,14 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
 
     def level(k: int) -> Layer:
         """The path below pooling ``k``: from the 1/2**k resolution back to it, less the
-        final upsampling (done by the caller's :func:`up_concat_conv`)."""
+        final upsampling (done by the caller's :func:`skip_block`)."""
         if k == depth:
             return _conv(enc)  # the bottleneck (the paper's enc_conv6)
         deeper = _serial(_conv(enc), max_pool2d(2), level(k + 1))
-        return _serial(_skip(deeper), up_concat_conv(dec), _conv(dec))
+        return _serial(skip_block(deeper, dec), _conv(dec))
 
     top = _serial(_conv(enc), _conv(enc), max_pool2d(2), level(1))
-    net = _serial(
-        _skip(top), up_concat_conv(last_a), _conv(last_b), _conv(out_channels, activation=False)
-    )
+    net = _serial(skip_block(top, last_a), _conv(last_b), _conv(out_channels, activation=False))
     padded = padded_to_multiple(net, 2**depth)
 
     def init(generator, in_shape):
@@ -233,7 +229,7 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
 
 def conv_list(params: Params) -> list[tuple[Tensor, Tensor]]:
     """The U-Net's convolutions as ``(weight, bias)`` in execution order (the order of the
-    params), each :func:`up_concat_conv`'s two parts merged into the one weight over
+    params), each :func:`skip_block`'s two parts merged into the one weight over
     ``cat(upsampled, skip)`` that they compute. Also reads the earlier layout, whose params
     hold that weight whole."""
     leaves = [t for _, t in tree.flatten(params)]
@@ -259,7 +255,7 @@ def from_conv_list(template: Params, convs: list[tuple[Tensor, Tensor]]) -> Para
         if i + 1 >= len(slots):
             raise ValueError(f"unet: {len(convs)} convolutions for a smaller network")
         path, slot = slots[i]
-        if slot.dim() == 4 and slots[i + 1][1].dim() == 4:  # an up_concat_conv's two parts
+        if slot.dim() == 4 and slots[i + 1][1].dim() == 4:  # a skip_block's two parts
             c = slot.shape[1]
             values[path], values[slots[i + 1][0]] = weight[:, :c], weight[:, c:]
             i += 1
@@ -308,6 +304,6 @@ __all__ = [
     "load_params",
     "multiple",
     "padded_to_multiple",
+    "skip_block",
     "unet",
-    "up_concat_conv",
 ]

@@ -219,7 +219,7 @@ def test_adam_training_matches_the_torch_twin():
 
 
 def _earlier_layout_unet(depth, widths):
-    """The U-Net as composed before up_concat_conv: nearest_upsample, fanin_concat, conv."""
+    """The U-Net as composed before skip_block: nearest_upsample, fanin_concat, conv."""
 
     def conv(c, act=True):
         c = nf.conv2d(c, 3, padding=1, init="he_normal")
