@@ -90,12 +90,13 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                 x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             pullbacks.append(pb)
 
-        # children before the first one with parameters need no output cotangent unless the
-        # caller wants the input gradient: their pullbacks are then not run at all
-        first = next((i for i in range(len(children)) if tree.leaves(params[str(i)])), None)
-        first = len(children) if first is None else first
-
         def pullback(ct, input_grad=True):
+            # without the input gradient, the children before the first one with parameters
+            # need no output cotangent: their pullbacks are not run at all
+            first = 0
+            if not input_grad:
+                has = [bool(tree.leaves(params[str(i)])) for i in range(len(children))]
+                first = has.index(True) if True in has else len(children)
             grads = {}
             for i in reversed(range(len(children))):
                 if i < first and not input_grad:

@@ -129,7 +129,10 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
             claim = hit if free is None else hit.mul_(free)
             free = claim.neg().add_(1) if free is None else free.sub_(claim)
             slot.addcmul_(claim, g)
-        slots[-1].addcmul_(free, g) if free is not None else slots[-1].add_(g)
+        if free is None:  # a single offset: it takes every gradient
+            slots[-1].add_(g)
+        else:
+            slots[-1].addcmul_(free, g)
         return dxp
     rest = g
     for i, (v, slot) in enumerate(zip(parts, slots)):
