@@ -47,3 +47,34 @@ def test_implicit_gemm_engine_is_not_used_where_taps_would_round():
     assert not K.s2d_applies(x, (3, 3), (2, 2), (1, 1))  # k not a multiple of s
     assert not K.s2d_applies(x, (4, 4), (2, 2), (2, 1))  # dilation
     assert not K.s2d_applies(x, (3, 3), (1, 1), (1, 1))  # stride 1: im2col is one matmul
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3000, 1 << 21])  # one row, a few rows, whole images
+@pytest.mark.parametrize("o", [3, 9])  # below THIN: computed channels-first
+@pytest.mark.parametrize("bias", [False, True])
+def test_im2col_by_blocks_matches_one_matmul(monkeypatch, block_bytes, o, bias):
+    monkeypatch.setattr(K, "BLOCK_BYTES", block_bytes)
+    n, hw, c, k, s = 3, (9, 7), 5, (3, 2), (2, 1)
+    x = randn(n, *hw, c, seed=0)
+    wmat = randn(k[0] * k[1] * c, o, seed=1)
+    b = randn(o, seed=2) if bias else None
+    out_hw = (4, 8)
+    y_ref, cols = K.conv_forward(x, wmat, b, k, s, (1, 1), (1, 1), out_hw)
+    y, none = K.conv_forward(x, wmat, b, k, s, (1, 1), (1, 1), out_hw, keep_cols=False)
+    assert none is None and y.shape == y_ref.shape and rel_err(y, y_ref) < TOL64
+
+
+@pytest.mark.parametrize("o,c", [(2, 7), (7, 2), (9, 9)])  # thin output, thin input, neither
+def test_tap_sums_match_im2col_for_thin_matrices(o, c):
+    """The shifted-view engine transposes its matmuls for narrow matrices (THIN, the weight
+    gradient's smaller side): same numbers as one im2col matmul."""
+    x, weight, bias = randn(2, 6, 5, c, seed=0), randn(o, c, 3, 3, seed=1), randn(o, seed=2)
+    args = ((3, 3), (1, 1), (1, 1), (1, 1), (6, 5))
+    y_ref, cols = K.conv_forward(x, K.conv_matrix(weight), bias, *args)
+    y, weight_grad = K.conv_and_weight_grad(x, weight, bias, *args)
+    g = randn(*y.shape, seed=3)
+    assert rel_err(y, y_ref) < TOL64
+    assert rel_err(weight_grad(g), K.weight_grad(K.rows(g), cols, (3, 3))) < TOL64
+    plan = K.s2d_plan(2, (6, 5), (3, 3), (1, 1), (1, 1), (6, 5))
+    y3, _ = K.s2d_conv_forward(x, K.s2d_weights(weight, plan), bias, plan)
+    assert rel_err(y3, y_ref) < TOL64

@@ -87,17 +87,40 @@ def test_skipping_the_input_gradient_passes_through():
     assert dx is None and all(g.dtype == torch.float32 for g in nf.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_conv_layers_agree_with_torch_autocast(transposed):
+LAYER_CASES = {
+    # the default network's convolutions: few channels, the im2col matrix kept
+    "conv k4 s2": (
+        nf.conv2d(6, 4, stride=2, padding=1),
+        5,
+        lambda x, w, b: F.conv2d(x, w, b, 2, 1),
+    ),
+    "transposed k4 s2": (
+        nf.conv_transpose2d(6, 4, stride=2, padding=1),
+        5,
+        lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1),
+    ),
+    # U-Net convolutions: wide (shifted-view weight gradient), thin output, dilated (im2col)
+    "conv 3x3 wide": (nf.conv2d(17, 3, padding=1), 16, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
+    "conv 3x3 thin": (nf.conv2d(3, 3, padding=1), 24, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
+    "conv dilated": (
+        nf.conv2d(16, 3, padding=2, dilation=2),
+        16,
+        lambda x, w, b: F.conv2d(x, w, b, 1, 2, 2),
+    ),
+    "upsample": (
+        nf.upsample(5, 3, 2, padding=1),
+        4,
+        lambda x, w, b: F.conv2d(F.interpolate(x, scale_factor=2), w, b, 1, 1),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_conv_layers_agree_with_torch_autocast(case):
     """Same policy as torch.autocast on the CPU: bfloat16 operands, float32 accumulation."""
+    layer, channels, ref = LAYER_CASES[case]
     g = torch.Generator().manual_seed(2)
-    if transposed:
-        layer = nf.conv_transpose2d(6, 4, stride=2, padding=1)
-        ref = lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1)  # noqa: E731
-    else:
-        layer = nf.conv2d(6, 4, stride=2, padding=1)
-        ref = lambda x, w, b: F.conv2d(x, w, b, 2, 1)  # noqa: E731
-    x = torch.rand(2, 5, 11, 9, generator=g)
+    x = torch.rand(2, channels, 11, 9, generator=g)
     _, params = layer.init(g, x.shape)
     y, pb = nf.mixed_precision(layer).vjp(params, x)
     ct = torch.randn(y.shape, generator=g)
