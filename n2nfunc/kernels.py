@@ -614,10 +614,12 @@ def conv_and_weight_grad(
     Float32 / float64: the implicit-GEMM engine where it applies (:func:`s2d_applies`), row
     taps for stride-1 convolutions (:func:`rows_applies`), else im2col. Lower precisions
     (bfloat16), whose sums must stay inside one matmul: the forward pass by blocks of
-    im2col (:func:`im2col_matmul`) and, when the kernel is a multiple of the stride,
-    undilated, and both channel counts are at least ``WIDE_TAPS``, the weight gradient by
-    the shifted-view engine, whose taps are separate matmuls that each reduce over every
-    pixel (no im2col kept for the backward pass); else the im2col matrix is kept.
+    im2col (:func:`im2col_matmul`) and, for stride 1, no dilation and both channel counts at
+    least ``WIDE_TAPS``, the weight gradient by the shifted-view engine on the padded input,
+    whose taps are separate matmuls that each reduce over every pixel (no im2col kept for
+    the backward pass); else the im2col matrix is kept (for stride 2, one matmul with it
+    beat the space-to-depth copy and four tap matmuls: default network, batch 100, bfloat16
+    training step 4,294 against 3,863 img/s on a 2-core AMD EPYC).
     """
     if rows_applies(x, kernel, stride, dilation):
         return row_taps_conv(x, weight, bias, padding, out_hw)
@@ -628,11 +630,7 @@ def conv_and_weight_grad(
             s2d_conv_weight_grad(z, a, plan), plan, tuple(weight.shape)
         )
     wmat = conv_matrix(weight)
-    if (
-        dilation == (1, 1)
-        and all(k % s == 0 for k, s in zip(kernel, stride))
-        and min(weight.shape[:2]) >= WIDE_TAPS
-    ):
+    if dilation == stride == (1, 1) and min(weight.shape[:2]) >= WIDE_TAPS:
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
         return y, lambda a: s2d_weight_grad_to_conv(
