@@ -84,7 +84,8 @@ def _output_blocks(n: int, ho: int, row_bytes: int):
         for n0 in range(0, n, per):
             yield n0, min(n, n0 + per), 0, ho
         return
-    per = max(1, BLOCK_BYTES // row_bytes)
+    parts = -(-image_bytes // BLOCK_BYTES)
+    per = -(-ho // parts)  # equal parts of an image, each at most about BLOCK_BYTES
     for i in range(n):
         for r0 in range(0, ho, per):
             yield i, i + 1, r0, min(ho, r0 + per)
@@ -109,8 +110,11 @@ def im2col_matmul(
     thin = cout < THIN  # then y is computed channels-first, each block as W^T @ cols^T
     y = xp.new_empty(cout, n, ho, wo) if thin else xp.new_empty(n, ho, wo, cout)
     view = windows(xp, kernel, stride, dilation, out_hw)
-    for n0, n1, r0, r1 in _output_blocks(n, ho, wo * k * xp.element_size()):
-        cols = view[n0:n1, r0:r1].contiguous().view(-1, k)
+    blocks = list(_output_blocks(n, ho, wo * k * xp.element_size()))
+    buffer = xp.new_empty(max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in blocks) * wo * k)
+    for n0, n1, r0, r1 in blocks:  # one buffer for all blocks: one allocation, reused
+        part = view[n0:n1, r0:r1]
+        cols = buffer[: part.numel()].view(part.shape).copy_(part).view(-1, k)
         if thin:
             out, a, b = y[:, n0:n1, r0:r1].view(cout, -1), wmat.t(), cols.t()
             if bias is not None:
@@ -592,9 +596,10 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
     return tap_sum(z, taps, bias, plan, n), weight_grad
 
 
-# Below this many input or output channels, the shifted-view weight gradient's matmuls
-# (C x pixels by pixels x O, one per tap) are too thin: one matmul with the kept im2col matrix
-# is faster (bfloat16 on a 2-core AMD EPYC: 3 -> 32 channels, 8 x 64 x 64: 1.6 vs 0.6 ms).
+# Below this many input channels, the shifted-view weight gradient's matmuls (C x pixels by
+# pixels x O, one per tap) are too thin: one matmul with the kept im2col matrix is faster
+# (bfloat16 on a 2-core AMD EPYC, 8 x 64 x 64: 3 -> 32 channels 1.6 vs 0.6 ms; a thin
+# output is fine, the taps run transposed: 24 -> 3 channels, fwd + bwd 6.3 vs 8.4 ms).
 WIDE_TAPS = 16
 
 
@@ -614,12 +619,12 @@ def conv_and_weight_grad(
     Float32 / float64: the implicit-GEMM engine where it applies (:func:`s2d_applies`), row
     taps for stride-1 convolutions (:func:`rows_applies`), else im2col. Lower precisions
     (bfloat16), whose sums must stay inside one matmul: the forward pass by blocks of
-    im2col (:func:`im2col_matmul`) and, for stride 1, no dilation and both channel counts at
-    least ``WIDE_TAPS``, the weight gradient by the shifted-view engine on the padded input,
-    whose taps are separate matmuls that each reduce over every pixel (no im2col kept for
-    the backward pass); else the im2col matrix is kept (for stride 2, one matmul with it
-    beat the space-to-depth copy and four tap matmuls: default network, batch 100, bfloat16
-    training step 4,294 against 3,863 img/s on a 2-core AMD EPYC).
+    im2col (:func:`im2col_matmul`) and, for stride 1, no dilation and at least
+    ``WIDE_TAPS`` input channels, the weight gradient by the shifted-view engine on the
+    padded input, whose taps are separate matmuls that each reduce over every pixel (no
+    im2col kept for the backward pass); else the im2col matrix is kept (for stride 2, one
+    matmul with it beat the space-to-depth copy and four tap matmuls: default network,
+    batch 100, bfloat16 training step 4,294 against 3,863 img/s on a 2-core AMD EPYC).
     """
     if rows_applies(x, kernel, stride, dilation):
         return row_taps_conv(x, weight, bias, padding, out_hw)
@@ -630,7 +635,7 @@ def conv_and_weight_grad(
             s2d_conv_weight_grad(z, a, plan), plan, tuple(weight.shape)
         )
     wmat = conv_matrix(weight)
-    if dilation == stride == (1, 1) and min(weight.shape[:2]) >= WIDE_TAPS:
+    if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
         return y, lambda a: s2d_weight_grad_to_conv(
