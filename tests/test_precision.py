@@ -99,6 +99,11 @@ LAYER_CASES = {
         5,
         lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1),
     ),
+    "transposed to 1 channel": (  # 4 phases x 1 channel: a thin matmul, run transposed
+        nf.conv_transpose2d(1, 4, stride=2, padding=1),
+        5,
+        lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1),
+    ),
     # U-Net convolutions: wide (shifted-view weight gradient), thin output, dilated (im2col)
     "conv 3x3 wide": (nf.conv2d(17, 3, padding=1), 16, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
     "conv 3x3 thin": (nf.conv2d(3, 3, padding=1), 24, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
