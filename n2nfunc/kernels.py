@@ -330,7 +330,8 @@ def polyphase_forward(
     co = w_eff.shape[1] // s
     bias_eff = None if bias is None else bias.repeat(s)
     cols = None
-    if not keep_cols and s2d_applies(x, (py.width, px.width), (1, 1), (1, 1), stride_one=True):
+    taps = s2d_applies(x, (py.width, px.width), (1, 1), (1, 1), stride_one=True)
+    if not keep_cols and taps and x.shape[3] >= WIDE_TAPS:
         plan = s2d_plan(
             n,
             x.shape[1:3],
@@ -498,6 +499,14 @@ def s2d_conv_forward(x: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPl
 THIN = 8
 
 
+# Below this many input channels a shifted-view tap (a matmul with K = channels) is too thin:
+# one matmul with an im2col matrix (K = kh*kw*channels) is faster. Weight gradient, bfloat16 on
+# a 2-core AMD EPYC, 8 x 64 x 64: 3 -> 32 channels 1.6 vs 0.6 ms (a thin output is fine, the
+# taps run transposed: 24 -> 3 channels, fwd + bwd 6.3 vs 8.4 ms); float32 forward + weight
+# gradient of 3 -> 48 channels and the input gradient of 24 -> 3: see rows_applies.
+WIDE_TAPS = 16
+
+
 def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int) -> Tensor:
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
     plan's (N, Mh, Mw) grid, as the strided (N, Ho, Wo, O) view of the outputs. A narrow
@@ -567,6 +576,7 @@ def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bo
         and stride == (1, 1)
         and dilation == (1, 1)
         and kernel[0] > 1
+        and x.shape[3] >= WIDE_TAPS
     )
 
 
@@ -594,13 +604,6 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
         return d.view(kh, kw, c, o).permute(3, 2, 0, 1).contiguous()
 
     return tap_sum(z, taps, bias, plan, n), weight_grad
-
-
-# Below this many input channels, the shifted-view weight gradient's matmuls (C x pixels by
-# pixels x O, one per tap) are too thin: one matmul with the kept im2col matrix is faster
-# (bfloat16 on a 2-core AMD EPYC, 8 x 64 x 64: 3 -> 32 channels 1.6 vs 0.6 ms; a thin
-# output is fine, the taps run transposed: 24 -> 3 channels, fwd + bwd 6.3 vs 8.4 ms).
-WIDE_TAPS = 16
 
 
 def conv_and_weight_grad(

@@ -51,6 +51,23 @@ def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
     )
 
 
+@pytest.mark.parametrize("o", [2, 20])  # a thin output (transposed taps) and a wide one
+@pytest.mark.parametrize("k,p,d", [(3, 1, 1), (2, 0, 1), (5, 2, 1), (3, 2, 2)])
+@pytest.mark.parametrize("hw,n", [((7, 9), 1), ((8, 5), 2)])
+def test_wide_stride_1_conv2d_matches_torch_float64(o, k, p, d, hw, n):
+    """Stride-1 convolutions with >= WIDE_TAPS input channels run as row taps; their input
+    gradient as shifted-view taps when the output has >= WIDE_TAPS channels."""
+    layer = nf.conv2d(o, k, padding=p, dilation=d)
+    params = init64(layer, (n, 17) + hw)
+    _compare(
+        layer,
+        lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p, d),
+        params,
+        randn(n, 17, *hw),
+        TOL64,
+    )
+
+
 TCONV_GRID = [
     c
     for c in itertools.product(

@@ -64,12 +64,14 @@ def test_im2col_by_blocks_matches_one_matmul(monkeypatch, block_bytes, o, bias):
     assert none is None and y.shape == y_ref.shape and rel_err(y, y_ref) < TOL64
 
 
-@pytest.mark.parametrize("o,c", [(2, 7), (7, 2), (9, 9)])  # thin output, thin input, neither
+@pytest.mark.parametrize("o,c", [(2, 16), (20, 17), (50, 16), (5, 3)])
 def test_tap_sums_match_im2col_for_thin_matrices(o, c):
-    """The shifted-view engine transposes its matmuls for narrow matrices (THIN, the weight
-    gradient's smaller side): same numbers as one im2col matmul."""
+    """Row taps transpose their matmuls for narrow matrices (an output below THIN channels,
+    the weight gradient's smaller side); below WIDE_TAPS input channels im2col is used:
+    the same numbers as one im2col matmul either way."""
     x, weight, bias = randn(2, 6, 5, c, seed=0), randn(o, c, 3, 3, seed=1), randn(o, seed=2)
     args = ((3, 3), (1, 1), (1, 1), (1, 1), (6, 5))
+    assert K.rows_applies(x, (3, 3), (1, 1), (1, 1)) == (c >= K.WIDE_TAPS)
     y_ref, cols = K.conv_forward(x, K.conv_matrix(weight), bias, *args)
     y, weight_grad = K.conv_and_weight_grad(x, weight, bias, *args)
     g = randn(*y.shape, seed=3)
