@@ -117,12 +117,10 @@ def im2col_matmul(
         cols = buffer[: part.numel()].view(part.shape).copy_(part).view(-1, k)
         if thin:
             out, a, b = y[:, n0:n1, r0:r1].view(cout, -1), wmat.t(), cols.t()
-            if bias is not None:
-                out.copy_(bias[:, None].expand_as(out))
         else:
             out, a, b = y[n0:n1, r0:r1].view(-1, cout), cols, wmat
-            if bias is not None:
-                out.copy_(bias.expand_as(out))
+        if bias is not None:
+            out.copy_((bias[:, None] if thin else bias).expand_as(out))
         out.addmm_(a, b, beta=0 if bias is None else 1)
     return y.permute(1, 2, 3, 0) if thin else y
 
@@ -500,10 +498,10 @@ THIN = 8
 
 
 # Below this many input channels a shifted-view tap (a matmul with K = channels) is too thin:
-# one matmul with an im2col matrix (K = kh*kw*channels) is faster. Weight gradient, bfloat16 on
-# a 2-core AMD EPYC, 8 x 64 x 64: 3 -> 32 channels 1.6 vs 0.6 ms (a thin output is fine, the
-# taps run transposed: 24 -> 3 channels, fwd + bwd 6.3 vs 8.4 ms); float32 forward + weight
-# gradient of 3 -> 48 channels and the input gradient of 24 -> 3: see rows_applies.
+# one matmul with an im2col matrix (K = kh*kw*channels) is faster. On a 2-core AMD EPYC,
+# 8 x 64 x 64: bfloat16 weight gradient of 3 -> 32 channels 1.6 vs 0.6 ms (a thin output is
+# fine, the taps run transposed: 24 -> 3 channels, fwd + bwd 6.3 vs 8.4 ms); float32 row
+# taps (rows_applies), 3 -> 48 channels fwd + weight gradient 5.5 vs 2.8 ms.
 WIDE_TAPS = 16
 
 
