@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import n2nfunc as nf
-from n2nfunc import hardware
+from n2nfunc import allocator, hardware
 from n2nfunc.model import DEFAULT_CONFIG, build_network
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -94,12 +94,20 @@ def matmul_peak(threads: int, dtype=torch.float32, size: int = 2048, repeats: in
     return 2 * size**3 / median_time(lambda: a @ b, repeats) / 1e9
 
 
+def allocator_line() -> str:
+    """Apply :func:`n2nfunc.allocator.keep_freed_memory` (for every contender alike, as the
+    CLI and ``Model`` do) and say whether it took effect."""
+    kept = allocator.keep_freed_memory()
+    return "allocator: glibc keeps freed memory (all contenders)" if kept else "allocator: default"
+
+
 def header(threads: int) -> dict:
     """Print the machine (CPU model, flags, threads) and the measured GEMM peaks; return the
     peaks in GFLOP/s by precision name."""
     peaks = {name: matmul_peak(threads, dtype) for name, dtype in DTYPES.items()}
     torch.set_num_threads(threads)
     print(hardware.describe())
+    print(allocator_line())
     print(
         "measured GEMM peak (2048^3): "
         + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())

@@ -1,8 +1,9 @@
 """Training-step throughput of the U-Net: n2nfunc (functional, hand-written gradients)
 against its torch.nn + autograd twin (bench/unet_twin.py), same weights, data and Adam
 update, in float32 and in mixed precision (n2nfunc.mixed_precision "bfloat16" against
-torch.autocast bfloat16), all four interleaved in one process (only ratios are meaningful
-on a shared machine).
+torch.autocast bfloat16), torch in NCHW and in channels_last (the faster layout is the
+reference), all six interleaved in one process (only ratios are meaningful on a shared
+machine).
 
     python bench/unet_train_step.py                       # default and paper shapes
     python bench/unet_train_step.py --crop 64 --batch 8 --arch 4:32,64,48,24
@@ -20,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import interleaved  # noqa: E402
+from common import allocator_line, interleaved  # noqa: E402
 from unet_twin import TorchUNet  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
@@ -38,7 +39,8 @@ def parse_arch(text: str) -> dict:
 
 def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) -> dict:
     """One training step of each contender on the same weights and data: n2nfunc in float32
-    and in mixed precision (bfloat16 operands), torch.nn in float32 and under autocast."""
+    and in mixed precision (bfloat16 operands), torch.nn in float32 and under autocast, each
+    torch contender in NCHW and in channels_last."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, crop, crop, generator=g).to(device)
     y = torch.rand(batch, 3, crop, crop, generator=g).to(device)
@@ -56,31 +58,35 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
 
         return run
 
-    def torch_step(autocast):
-        twin = TorchUNet(**arch).to(device).load_n2nfunc(params)
+    def torch_step(autocast, layout):
+        twin = TorchUNet(**arch).to(device).load_n2nfunc(params).to(memory_format=layout)
         opt = torch.optim.Adam(twin.parameters(), lr=LR)
+        xt = x.contiguous(memory_format=layout)
 
         def run():
             with torch.enable_grad():
                 opt.zero_grad()
                 with torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
-                    out = twin(x)
+                    out = twin(xt)
                 torch.nn.functional.mse_loss(out.float(), y).backward()
                 opt.step()
 
         return run
 
-    return {
-        "n2nfunc f32": n2nfunc_step("float32"),
-        "n2nfunc bf16": n2nfunc_step("bfloat16"),
-        "torch f32": torch_step(False),
-        "torch autocast": torch_step(True),
-    }
+    c = {"n2nfunc float32": n2nfunc_step("float32"), "n2nfunc bfloat16": n2nfunc_step("bfloat16")}
+    for name, autocast in TORCH.items():
+        for layout_name, layout in LAYOUTS.items():
+            c[f"{name} {layout_name}"] = torch_step(autocast, layout)
+    return c
+
+
+TORCH = {"torch float32": False, "torch autocast": True}
+LAYOUTS = {"NCHW": torch.contiguous_format, "ch-last": torch.channels_last}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--arch", action="append", help="DEPTH:ENC,DEC,A,B (repeatable)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", action="append", help="DEPTH:W1,W2,W3,W4 (repeatable)")
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
@@ -91,14 +97,15 @@ def main() -> None:
     torch.set_grad_enabled(False)
     if args.device == "cpu":
         print(hardware.describe())
+    print(allocator_line())
     print(
         f"crop {args.crop}, batch {args.batch}, device {args.device}, "
-        f"threads {torch.get_num_threads()}; ms per step (median of {args.rounds} interleaved "
-        "rounds) and img/s; ratio = torch's time / n2nfunc's at the same precision"
+        f"threads {torch.get_num_threads()}; ms per step, median of {args.rounds} interleaved "
+        "rounds; ratio = the faster torch layout's time / n2nfunc's (> 1: n2nfunc faster)"
     )
     print(
-        f"{'depth:widths':<16}{'n2nfunc f32':>13}{'torch f32':>11}{'ratio':>7}"
-        f"{'n2nfunc bf16':>14}{'autocast':>10}{'ratio':>7}{'bf16 vs torch f32':>19}"
+        f"{'depth:widths':<16}{'precision':<11}{'n2nfunc':>9}{'img/s':>8}"
+        f"{'torch NCHW':>12}{'ch-last':>9}{'ratio':>7}"
     )
     for arch in archs:
         c = contenders(arch, args.crop, args.batch, args.device)
@@ -106,14 +113,20 @@ def main() -> None:
             c = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in c.items()}
         t = {k: v * 1e3 for k, v in interleaved(c, 2, args.repeats, args.rounds).items()}
         label = f"{arch['depth']}:{','.join(map(str, arch['widths']))}"
+        for (ours, theirs), precision in zip(
+            (("n2nfunc float32", "torch float32"), ("n2nfunc bfloat16", "torch autocast")),
+            ("float32", "bfloat16"),
+        ):
+            nchw, cl = t[f"{theirs} NCHW"], t[f"{theirs} ch-last"]
+            print(
+                f"{label:<16}{precision:<11}{t[ours]:>9.1f}{args.batch / t[ours] * 1e3:>8.1f}"
+                f"{nchw:>12.1f}{cl:>9.1f}{min(nchw, cl) / t[ours]:>7.2f}"
+            )
+        torch32 = min(t["torch float32 NCHW"], t["torch float32 ch-last"])
         print(
-            f"{label:<16}{t['n2nfunc f32']:>13.1f}{t['torch f32']:>11.1f}"
-            f"{t['torch f32'] / t['n2nfunc f32']:>7.2f}{t['n2nfunc bf16']:>14.1f}"
-            f"{t['torch autocast']:>10.1f}{t['torch autocast'] / t['n2nfunc bf16']:>7.2f}"
-            f"{t['torch f32'] / t['n2nfunc bf16']:>19.2f}"
+            f"{'':<16}bfloat16 n2nfunc vs the faster torch float32: "
+            f"{torch32 / t['n2nfunc bfloat16']:.2f}"
         )
-        print(f"{'':<16}img/s: n2nfunc f32 {args.batch / t['n2nfunc f32'] * 1e3:.1f}, bf16 "
-              f"{args.batch / t['n2nfunc bf16'] * 1e3:.1f}")
 
 
 if __name__ == "__main__":

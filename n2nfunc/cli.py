@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, checkpoint, hardware, launch, tree
+from . import __version__, allocator, checkpoint, hardware, launch, tree
 from . import argtypes as at
 from .data import (
     builtin_pairs,
@@ -49,6 +49,7 @@ def _setup(args) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    allocator.keep_freed_memory()
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(args.device)

@@ -39,6 +39,7 @@ IO = [
     "argtypes.py",
     "cli.py",
     "hardware.py",
+    "allocator.py",
     "distributed.py",
     "launch.py",
     "export.py",
