@@ -492,38 +492,43 @@ def s2d_conv_forward(x: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPl
     return tap_sum(z, w_taps, bias, plan, x.shape[0]), z
 
 
-# Matmuls with an output this narrow run several times faster transposed, as
-# ``(W^T @ z^T)^T`` (float32, 32768 x 72 by 72 x 3: 0.8 ms against 1.9 ms on a 2-core AMD EPYC).
+# Matmuls with an output this narrow run far below the GEMM peak (float32, 2048 x 432 by
+# 432 x N on a 2-core AMD EPYC: N = 3 takes as long as N = 16): they are made wider or
+# computed transposed. For shifted-view taps, all taps in one matmul: 8 x 64 x 64, 24 -> 3
+# channels, float32 fwd + bwd 9.0 -> 5.1 ms, 48 -> 3 channels 54.9 -> 9.2 ms.
 THIN = 8
 
 
 # Below this many input channels a shifted-view tap (a matmul with K = channels) is too thin:
 # one matmul with an im2col matrix (K = kh*kw*channels) is faster. On a 2-core AMD EPYC,
 # 8 x 64 x 64: bfloat16 weight gradient of 3 -> 32 channels 1.6 vs 0.6 ms (a thin output is
-# fine, the taps run transposed: 24 -> 3 channels, fwd + bwd 6.3 vs 8.4 ms); float32 row
-# taps (rows_applies), 3 -> 48 channels fwd + weight gradient 5.5 vs 2.8 ms.
+# fine: its taps share one matmul, see tap_sum); float32 row taps (rows_applies), 3 -> 48
+# channels fwd + weight gradient 5.5 vs 2.8 ms.
 WIDE_TAPS = 16
 
 
 def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int) -> Tensor:
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
     plan's (N, Mh, Mw) grid, as the strided (N, Ho, Wo, O) view of the outputs. A narrow
-    output (fewer than THIN channels) is summed transposed, in an (O, L) buffer."""
-    rows, thin = plan.rows, w_taps.shape[-1] < THIN
-    y = None
-    for a, b, shift in _shifts(plan):
-        zs, w = (z[shift : shift + rows], w_taps[a, b])
-        if thin:
-            zs, w = w.t(), zs.t()
-        if y is None:
-            if bias is None:
-                y = zs.matmul(w)
-            else:
-                y = (bias[:, None] if thin else bias).addmm(zs, w)
-        else:
-            y.addmm_(zs, w)
-    assert y is not None
-    return _frame_view(y.t() if thin else y, n, plan)
+    output (fewer than THIN channels) is one matmul with every tap's columns side by side,
+    ``z @ [W_t]_t``, whose shifted column blocks are then summed."""
+    rows, o = plan.rows, w_taps.shape[-1]
+    taps = list(_shifts(plan))
+    if o < THIN:
+        wide = z.matmul(w_taps.permute(2, 0, 1, 3).reshape(w_taps.shape[2], -1))  # (R, taps*O)
+        blocks = [
+            wide[shift : shift + rows, t * o : (t + 1) * o] for t, (*_, shift) in enumerate(taps)
+        ]
+        y = blocks[0].clone() if bias is None else blocks[0] + bias
+        for block in blocks[1:]:
+            y.add_(block)
+    else:
+        (a, b, shift), rest = taps[0], taps[1:]
+        zs, w = z[shift : shift + rows], w_taps[a, b]
+        y = zs.matmul(w) if bias is None else bias.addmm(zs, w)
+        for a, b, shift in rest:
+            y.addmm_(z[shift : shift + rows], w_taps[a, b])
+    return _frame_view(y, n, plan)
 
 
 def _frame_view(buf: Tensor, n: int, plan: S2DPlan) -> Tensor:
@@ -535,15 +540,27 @@ def _frame_view(buf: Tensor, n: int, plan: S2DPlan) -> Tensor:
 
 def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
     """Tap gradients (Uy, Ux, sy*sx*C, O) of :func:`s2d_conv_forward` for an NHWC output
-    gradient ``g``: ``dW[a, b] = z[shift : shift + L]^T @ g_full[:L]``, computed as
-    ``(g_full^T @ z)^T`` when O is the smaller side (the faster order for thin matrices)."""
+    gradient ``g``: ``dW[a, b] = z[shift : shift + L]^T @ g_full[:L]``, with ``g`` placed in
+    the (N, Mh, Mw) frame (zeros in the ignored rows); computed as ``(g_full^T @ z)^T`` when
+    O is the smaller side (the faster order for thin matrices). A narrow ``g`` (fewer than
+    THIN channels) is placed once per tap, shifted, and every tap's gradient comes from one
+    matmul ``G^T @ z`` with ``G^T[t, :, shift + r] = g_full[r]`` (8 x 64 x 64, 24 -> 3
+    channels: float32 0.8 against 2.1 ms for a matmul per tap, bfloat16 0.5 against 1.7 ms;
+    2-core AMD EPYC)."""
     n, o = g.shape[0], g.shape[3]
     (mh, mw), rows = plan.grid, plan.rows
+    taps = list(_shifts(plan))
+    if o < THIN:
+        frame = g.new_zeros(len(taps), o, n * mh * mw)  # channels-first: G^T, contiguous
+        for t, (_, _, shift) in enumerate(taps):
+            _frame_view(frame[t, :, shift:].t(), n, plan).copy_(g)
+        d_all = frame.view(len(taps) * o, -1).matmul(z)  # (taps * O, K)
+        return d_all.view(*plan.taps, o, -1).transpose(2, 3).contiguous()
     g_full = g.new_zeros(n * mh * mw, o)
     _frame_view(g_full, n, plan).copy_(g)
     g_rows = g_full[:rows]
     d = g.new_empty(plan.taps[0], plan.taps[1], z.shape[1], o)
-    for a, b, shift in _shifts(plan):
+    for a, b, shift in taps:
         zs = z[shift : shift + rows]
         if o < z.shape[1]:
             d[a, b] = g_rows.t().matmul(zs).t()

@@ -66,9 +66,9 @@ def test_im2col_by_blocks_matches_one_matmul(monkeypatch, block_bytes, o, bias):
 
 @pytest.mark.parametrize("o,c", [(2, 16), (20, 17), (50, 16), (5, 3)])
 def test_tap_sums_match_im2col_for_thin_matrices(o, c):
-    """Row taps transpose their matmuls for narrow matrices (an output below THIN channels,
-    the weight gradient's smaller side); below WIDE_TAPS input channels im2col is used:
-    the same numbers as one im2col matmul either way."""
+    """Narrow outputs (below THIN channels) take every tap in one matmul, forward and weight
+    gradient; the weight gradient's smaller side is computed transposed; below WIDE_TAPS
+    input channels im2col is used: the same numbers as one im2col matmul either way."""
     x, weight, bias = randn(2, 6, 5, c, seed=0), randn(o, c, 3, 3, seed=1), randn(o, seed=2)
     args = ((3, 3), (1, 1), (1, 1), (1, 1), (6, 5))
     assert K.rows_applies(x, (3, 3), (1, 1), (1, 1)) == (c >= K.WIDE_TAPS)
@@ -78,5 +78,24 @@ def test_tap_sums_match_im2col_for_thin_matrices(o, c):
     assert rel_err(y, y_ref) < TOL64
     assert rel_err(weight_grad(g), K.weight_grad(K.rows(g), cols, (3, 3))) < TOL64
     plan = K.s2d_plan(2, (6, 5), (3, 3), (1, 1), (1, 1), (6, 5))
-    y3, _ = K.s2d_conv_forward(x, K.s2d_weights(weight, plan), bias, plan)
+    y3, z = K.s2d_conv_forward(x, K.s2d_weights(weight, plan), bias, plan)
     assert rel_err(y3, y_ref) < TOL64
+    dw = K.s2d_weight_grad_to_conv(K.s2d_conv_weight_grad(z, g, plan), plan, weight.shape)
+    assert rel_err(dw, K.weight_grad(K.rows(g), cols, (3, 3))) < TOL64
+
+
+@pytest.mark.parametrize("o", [3, 8])  # below THIN and at it
+@pytest.mark.parametrize("bias", [False, True])
+def test_strided_taps_match_im2col_thin_and_wide(o, bias):
+    """Stride-2 kernel-4 convolution by space-to-depth taps (4 taps on a 2x2 grid), odd
+    sizes, batch 3: output and weight gradient equal one im2col matmul's."""
+    n, hw, c, k, s, p, out_hw = 3, (9, 7), 5, (4, 4), (2, 2), (1, 2), (4, 4)
+    x, weight = randn(n, *hw, c, seed=0), randn(o, c, *k, seed=1)
+    b = randn(o, seed=2) if bias else None
+    y_ref, cols = K.conv_forward(x, K.conv_matrix(weight), b, k, s, p, (1, 1), out_hw)
+    plan = K.s2d_plan(n, hw, k, s, p, out_hw)
+    y, z = K.s2d_conv_forward(x, K.s2d_weights(weight, plan), b, plan)
+    g = randn(*y.shape, seed=3)
+    assert rel_err(y, y_ref) < TOL64
+    dw = K.s2d_weight_grad_to_conv(K.s2d_conv_weight_grad(z, g, plan), plan, weight.shape)
+    assert rel_err(dw, K.weight_grad(K.rows(g), cols, k)) < TOL64
