@@ -104,8 +104,10 @@ LAYER_CASES = {
         5,
         lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1),
     ),
-    # U-Net convolutions: wide (shifted-view weight gradient), thin output, dilated (im2col)
+    # U-Net convolutions: wide (shifted-view weight gradient: row taps when O >= C, else one
+    # tap per kernel element), thin output, dilated (im2col)
     "conv 3x3 wide": (nf.conv2d(17, 3, padding=1), 16, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
+    "conv 3x3 wide in": (nf.conv2d(9, 3, padding=1), 20, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
     "conv 3x3 thin": (nf.conv2d(3, 3, padding=1), 24, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
     "conv dilated": (
         nf.conv2d(16, 3, padding=2, dilation=2),
