@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import torch_net  # noqa: E402
 
-from n2nfunc import optim  # noqa: E402
+from n2nfunc import allocator, optim  # noqa: E402
 from n2nfunc.data import builtin_pairs, make_pairs  # noqa: E402
 from n2nfunc.metrics import psnr  # noqa: E402
 from n2nfunc.model import Model, _dihedral  # noqa: E402
@@ -107,6 +107,7 @@ def main() -> None:
         help="only train the default recipe in float32 and in bfloat16 and compare",
     )
     args = ap.parse_args()
+    allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     config = dict(Model().config)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import n2nfunc as nf  # noqa: E402
+from n2nfunc import allocator  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos  # noqa: E402
 from n2nfunc.data.noise import clean_for, noisy_pair, parse_noise, photo_levels, random_crops  # noqa: E402
 from n2nfunc.pretrained import save_unet  # noqa: E402
@@ -256,6 +257,7 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="default n2nfunc/weights/NAME.pth")
     args = ap.parse_args()
+    allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
     recipe = {"arch": None, "crop": 64, "batch": 8, **RECIPE.get(args.name, {})}
     for key, value in recipe.items():

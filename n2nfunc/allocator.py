@@ -9,9 +9,9 @@ cost 17 % of a float32 U-Net training step (batch 8 of 64x64: 154.6 -> 126.3 ms 
 :func:`keep_freed_memory`, bench/unet_train_step.py) and 22 % of a bfloat16 one.
 
 :func:`keep_freed_memory` makes glibc keep freed memory for reuse: the process's resident
-size stays near its peak instead of shrinking between steps. The CLI, ``Model.train`` /
-``Model.predict`` and the benchmarks (for every contender alike) call it; library functions
-never do on their own.
+size stays near its peak instead of shrinking between steps. The CLI, the training scripts
+and the benchmarks (for every contender alike) call it; library functions and ``Model``
+never do on their own (a program using them calls it once at start).
 """
 
 import ctypes

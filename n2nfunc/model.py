@@ -33,7 +33,7 @@ from pathlib import Path
 
 from torch import Generator, Tensor, cat, empty
 
-from . import allocator, optim, tree
+from . import optim, tree
 from .modules import (
     MSE,
     SGD,
@@ -327,7 +327,6 @@ class Model:
         loss becomes NaN or infinite, the parameters from before the offending update are
         restored and ``FloatingPointError`` is raised.
         """
-        allocator.keep_freed_memory()
         epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"num_epochs must be a non-negative int, got {epochs!r}")
@@ -426,7 +425,6 @@ class Model:
     # ------------------------------------------------------------------ inference
     def predict(self, test_input: Tensor, max_pixels: int = 1 << 21) -> Tensor:
         """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input."""
-        allocator.keep_freed_memory()
         x, scale = to_unit_range(test_input, "test_input")
         self._move_to(x.device, x.dtype)
         self.net.eval()
