@@ -493,10 +493,14 @@ def s2d_conv_forward(x: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPl
 
 
 # Matmuls with an output this narrow run far below the GEMM peak (float32, 2048 x 432 by
-# 432 x N on a 2-core AMD EPYC: N = 3 takes as long as N = 16): they are made wider or
-# computed transposed. For shifted-view taps, all taps in one matmul: 8 x 64 x 64, 24 -> 3
-# channels, float32 fwd + bwd 9.0 -> 5.1 ms, 48 -> 3 channels 54.9 -> 9.2 ms.
+# 432 x N on a 2-core AMD EPYC: N = 3 takes as long as N = 16): im2col_matmul computes them
+# transposed, channels-first.
 THIN = 8
+# Below this many output channels the shifted-view taps share one matmul (tap_sum,
+# s2d_conv_weight_grad): 8 x 64 x 64, 24 -> 3 channels, float32 fwd + bwd 9.0 -> 5.1 ms,
+# 48 -> 3 channels 54.9 -> 9.2 ms; the default network's last layer (4 phases x 3 = 12
+# outputs) float32 training step 41.9 -> 40.4 ms at batch 100 (2-core AMD EPYC).
+THIN_TAPS = 16
 
 
 # Below this many input channels a shifted-view tap (a matmul with K = channels) is too thin:
@@ -510,11 +514,11 @@ WIDE_TAPS = 16
 def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int) -> Tensor:
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
     plan's (N, Mh, Mw) grid, as the strided (N, Ho, Wo, O) view of the outputs. A narrow
-    output (fewer than THIN channels) is one matmul with every tap's columns side by side,
+    output (fewer than THIN_TAPS channels) is one matmul with every tap's columns side by side,
     ``z @ [W_t]_t``, whose shifted column blocks are then summed."""
     rows, o = plan.rows, w_taps.shape[-1]
     taps = list(_shifts(plan))
-    if o < THIN:
+    if o < THIN_TAPS:
         wide = z.matmul(w_taps.permute(2, 0, 1, 3).reshape(w_taps.shape[2], -1))  # (R, taps*O)
         blocks = [
             wide[shift : shift + rows, t * o : (t + 1) * o] for t, (*_, shift) in enumerate(taps)
@@ -543,7 +547,7 @@ def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
     gradient ``g``: ``dW[a, b] = z[shift : shift + L]^T @ g_full[:L]``, with ``g`` placed in
     the (N, Mh, Mw) frame (zeros in the ignored rows); ``(g^T @ z)^T`` when O is the smaller
     side was slower (float32 steps: default network, batch 100, 41.4 against 40.2 ms; U-Net
-    132.9 against 126.3 ms; bfloat16 even). A narrow ``g`` (fewer than THIN channels) is
+    132.9 against 126.3 ms; bfloat16 even). A narrow ``g`` (fewer than THIN_TAPS channels) is
     placed once per tap, shifted, and every tap's gradient comes from one matmul
     ``G^T @ z`` with ``G^T[t, :, shift + r] = g_full[r]`` (8 x 64 x 64, 24 -> 3 channels:
     float32 0.8 against 2.1 ms for a matmul per tap, bfloat16 0.5 against 1.7 ms; 2-core
@@ -551,7 +555,7 @@ def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
     n, o = g.shape[0], g.shape[3]
     (mh, mw), rows = plan.grid, plan.rows
     taps = list(_shifts(plan))
-    if o < THIN:
+    if o < THIN_TAPS:
         frame = g.new_zeros(len(taps), o, n * mh * mw)  # channels-first: G^T, contiguous
         for t, (_, _, shift) in enumerate(taps):
             _frame_view(frame[t, :, shift:].t(), n, plan).copy_(g)

@@ -66,7 +66,7 @@ def test_im2col_by_blocks_matches_one_matmul(monkeypatch, block_bytes, o, bias):
 
 @pytest.mark.parametrize("o,c", [(2, 16), (20, 17), (50, 16), (5, 3)])
 def test_tap_sums_match_im2col_for_thin_matrices(o, c):
-    """Narrow outputs (below THIN channels) take every tap in one matmul, forward and weight
+    """Narrow outputs (below THIN_TAPS channels) take every tap in one matmul, forward and weight
     gradient; the weight gradient's smaller side is computed transposed; below WIDE_TAPS
     input channels im2col is used: the same numbers as one im2col matmul either way."""
     x, weight, bias = randn(2, 6, 5, c, seed=0), randn(o, c, 3, 3, seed=1), randn(o, seed=2)
@@ -84,7 +84,7 @@ def test_tap_sums_match_im2col_for_thin_matrices(o, c):
     assert rel_err(dw, K.weight_grad(K.rows(g), cols, (3, 3))) < TOL64
 
 
-@pytest.mark.parametrize("o", [3, 8])  # below THIN and at it
+@pytest.mark.parametrize("o", [3, 12, 16])  # below THIN_TAPS (one matmul for all taps), at it
 @pytest.mark.parametrize("bias", [False, True])
 def test_strided_taps_match_im2col_thin_and_wide(o, bias):
     """Stride-2 kernel-4 convolution by space-to-depth taps (4 taps on a 2x2 grid), odd
