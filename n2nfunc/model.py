@@ -180,6 +180,13 @@ def _inference(net: Module, x: Tensor) -> Tensor:
     return net.layer.apply(net.params, x)
 
 
+# Images per forward pass in Model.predict, as pixels: small enough that the activations stay
+# in cache-sized, reusable buffers. 1000 x 3 x 32 x 32 on a 2-core AMD EPYC: float32 264 ms
+# in one pass (2**21 pixels) against 164 ms in chunks of 2**18 (256 images), bfloat16 121
+# against 89 ms; 2**17 was no faster.
+PREDICT_PIXELS = 1 << 18
+
+
 class Model:
     """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
 
@@ -423,8 +430,10 @@ class Model:
         return running / max(steps, 1)
 
     # ------------------------------------------------------------------ inference
-    def predict(self, test_input: Tensor, max_pixels: int = 1 << 21) -> Tensor:
-        """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input."""
+    def predict(self, test_input: Tensor, max_pixels: int = PREDICT_PIXELS) -> Tensor:
+        """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input.
+
+        The batch runs in chunks of about ``max_pixels`` pixels (at least one image)."""
         x, scale = to_unit_range(test_input, "test_input")
         self._move_to(x.device, x.dtype)
         self.net.eval()

@@ -33,6 +33,14 @@ def test_predict_keeps_shape_scale_and_range():
     assert big.shape == (1, 3, 512, 512)
 
 
+def test_predict_in_chunks_equals_one_pass():
+    m = Model(SMALL)
+    x = torch.randint(0, 256, (300, 3, 16, 16), dtype=torch.uint8)
+    chunked = m.predict(x, max_pixels=128 * 16 * 16)  # chunks of 128, 128 and 44 images
+    assert torch.allclose(chunked, m.predict(x, max_pixels=1 << 30), atol=1e-3)
+    assert torch.allclose(chunked[:1], m.predict(x[:1]), atol=1e-3)
+
+
 def test_scale_rule_gives_the_same_image_in_both_scales():
     m = Model(SMALL)
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
