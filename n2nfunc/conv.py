@@ -144,7 +144,11 @@ def conv2d(
 
         return y, pullback
 
-    return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+    def apply(params, x):
+        weight, _, out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
+        return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
+
+    return Layer(init, apply, skips_input_grad(vjp))
 
 
 def conv_transpose2d(
@@ -279,12 +283,22 @@ def upsample(
 
     init = _make_init(name, out_channels, k, bias, out_size, init=init)
 
-    def vjp(params, x):
+    def plans(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
         py = K.phase_plan("nearest", h, out_hw[0], k[0], sc[0], p[0], d[0])
         px = K.phase_plan("nearest", w, out_hw[1], k[1], sc[1], p[1], d[1])
         wk = weight.permute(2, 3, 1, 0)
-        w_eff = K.combine(wk, py, px)
+        return wk, K.combine(wk, py, px), py, px, out_hw
+
+    def apply(params, x):  # nothing kept for a backward pass
+        _, w_eff, py, px, out_hw = plans(params, x)
+        y, _ = K.polyphase_forward(
+            to_nhwc(x), w_eff, params.get("bias"), py, px, out_hw, keep_cols=False
+        )
+        return to_nchw(y)
+
+    def vjp(params, x):
+        wk, w_eff, py, px, out_hw = plans(params, x)
         y, cols = K.polyphase_forward(to_nhwc(x), w_eff, params.get("bias"), py, px, out_hw)
         y = to_nchw(y)
 
@@ -300,4 +314,4 @@ def upsample(
 
         return y, pullback
 
-    return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+    return Layer(init, apply, skips_input_grad(vjp))

@@ -22,6 +22,7 @@ def _compare(layer, ref, params, x, tol):
     )
     assert y.shape == y_ref.shape
     assert rel_err(y, y_ref) <= tol
+    assert rel_err(layer.apply(params, x), y_ref) <= tol  # apply keeps nothing: its own path
     ct_params, ct_x = pullback(ct)
     assert rel_err(ct_x, grads[0]) <= tol
     for k, g in zip(names, grads[1:]):
