@@ -21,7 +21,7 @@ TOL64 = 1e-12
     ],
 )
 def test_implicit_gemm_engine_matches_im2col_float64(k, s, p, hw, n):
-    c, o = 5, 4
+    c, o = 8, 4  # each tap's K = c*sy*sx >= WIDE_TAPS
     x = randn(n, *hw, c, seed=0)  # NHWC
     weight = randn(o, c, *k, seed=1)
     bias = randn(o, seed=2)
@@ -40,10 +40,13 @@ def test_implicit_gemm_engine_matches_im2col_float64(k, s, p, hw, n):
     assert torch.equal(y2, y) and torch.equal(weight_grad(g), dw)
 
 
-def test_implicit_gemm_engine_is_not_used_where_taps_would_round():
-    x = randn(1, 8, 8, 3).to(torch.bfloat16)
+def test_implicit_gemm_engine_is_not_used_where_taps_would_round_or_be_thin():
+    x = randn(1, 8, 8, 4).to(torch.bfloat16)
     assert not K.s2d_applies(x, (4, 4), (2, 2), (1, 1))  # bfloat16: one float32 accumulation
     x = randn(1, 8, 8, 3)
+    assert not K.s2d_applies(x, (4, 4), (2, 2), (1, 1))  # taps with K = 12 < WIDE_TAPS
+    x = randn(1, 8, 8, 4)
+    assert K.s2d_applies(x, (4, 4), (2, 2), (1, 1))  # K = 16
     assert not K.s2d_applies(x, (3, 3), (2, 2), (1, 1))  # k not a multiple of s
     assert not K.s2d_applies(x, (4, 4), (2, 2), (2, 1))  # dilation
     assert not K.s2d_applies(x, (3, 3), (1, 1), (1, 1))  # stride 1: im2col is one matmul
