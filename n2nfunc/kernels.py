@@ -152,12 +152,19 @@ def rows(x: Tensor) -> Tensor:
 def channel_sums(x: Tensor) -> Tensor:
     """``sum_{n,h,w} x[n, h, w, c]`` of an NHWC tensor (a bias gradient), as ``1^T @ rows(x)``.
 
-    A matrix-vector product: on a long, narrow matrix it is many times faster than
-    ``.sum(0)`` (which was 4 ms for a (102400, 3) matrix on a busy 2-core machine, 0.1 ms as
-    a product), and in bfloat16 it accumulates in float32 like any matmul here.
+    A matrix-vector product, which in bfloat16 accumulates in float32 like any matmul here.
+    A narrow matrix is first folded, k rows side by side, to (M/k, k*C) with k*C about 128,
+    and the k partial sums added at the end: a product with 3 columns is slow (float32
+    (102400, 3): 0.54 ms, folded 0.02 ms; bfloat16 0.86 against 0.04 ms; 2-core Xeon).
     """
     r = rows(x)
-    return r.new_ones(1, r.shape[0]).matmul(r).view(-1)
+    m, c = r.shape
+    k = 1
+    while k * c < 128 and m % (2 * k) == 0:
+        k *= 2
+    if k == 1 or not r.is_contiguous():
+        return r.new_ones(1, m).matmul(r).view(-1)
+    return r.new_ones(1, m // k).matmul(r.view(m // k, k * c)).view(k, c).sum(0)
 
 
 # -------------------------------------------------------------------------- polyphase

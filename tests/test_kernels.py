@@ -102,3 +102,16 @@ def test_strided_taps_match_im2col_thin_and_wide(o, bias):
     assert rel_err(y, y_ref) < TOL64
     dw = K.s2d_weight_grad_to_conv(K.s2d_conv_weight_grad(z, g, plan), plan, weight.shape)
     assert rel_err(dw, K.weight_grad(K.rows(g), cols, k)) < TOL64
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 8, 8, 3), (3, 5, 7, 3), (2, 4, 4, 48), (1, 1, 1, 5), (6, 16, 16, 200)],
+)  # folded (even row counts, narrow), not foldable (odd rows), wide, one row, wider than 128
+def test_channel_sums_fold_narrow_matrices_exactly(shape):
+    x = randn(*shape, seed=4)
+    ref = x.reshape(-1, shape[-1]).sum(0)
+    assert rel_err(K.channel_sums(x), ref) < TOL64
+    assert rel_err(K.channel_sums(x.permute(0, 2, 1, 3)), ref) < TOL64  # a strided view
+    low = K.channel_sums(x.to(torch.bfloat16)).double()  # float32 sums, rounded at the end
+    assert rel_err(low, ref) < 2e-2
