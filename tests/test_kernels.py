@@ -115,3 +115,18 @@ def test_channel_sums_fold_narrow_matrices_exactly(shape):
     assert rel_err(K.channel_sums(x.permute(0, 2, 1, 3)), ref) < TOL64  # a strided view
     low = K.channel_sums(x.to(torch.bfloat16)).double()  # float32 sums, rounded at the end
     assert rel_err(low, ref) < 2e-2
+
+
+@pytest.mark.parametrize("o", [3, 20])  # thin (taps side by side) and wide (channels-first G^T)
+@pytest.mark.parametrize("k,s,p", [((3, 3), (1, 1), (1, 1)), ((4, 4), (2, 2), (1, 1))])
+def test_tap_weight_gradient_in_bfloat16_matches_float64(o, k, s, p):
+    n, hw, c = 2, (9, 7), 17
+    x = randn(n, *hw, c, seed=5)
+    out_hw = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(hw, k, s, p))
+    plan = K.s2d_plan(n, hw, k, s, p, out_hw)
+    g = randn(n, *out_hw, o, seed=6)
+    ref = K.s2d_conv_weight_grad(K.space_to_depth(x, plan), g, plan)
+    low = K.s2d_conv_weight_grad(
+        K.space_to_depth(x.to(torch.bfloat16), plan), g.to(torch.bfloat16), plan
+    )
+    assert low.shape == ref.shape and rel_err(low.double(), ref) < 2e-2
