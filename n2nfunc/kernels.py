@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from torch import Tensor, empty
 
-from .nhwc import col2im, im2col, pad, unpad, windows
+from .nhwc import col2im, im2col, pad, sum_of, unpad, windows
 
 # ----------------------------------------------------------------------------- direct
 
@@ -329,6 +329,12 @@ def polyphase_forward(
     im2col matrix of the padded input, which the weight gradient needs. With
     ``keep_cols=False`` (``cols`` is then None) float32/float64 inputs skip the im2col copy:
     the (Uy, Ux) windows are taps of the implicit-GEMM engine with stride 1.
+
+    The phases are interleaved by one strided copy, except for a thin output (fewer than THIN
+    channels, an image): there ``y`` is a view of channels-first (N, C, H, W) memory filled
+    phase by phase, as one copy with 3-channel runs was 3-4x slower (the default network's
+    last layer, batch 100: 0.53 against 0.14 ms; 2-core Xeon), and an NCHW output meets the
+    loss target and the caller's images in their own layout.
     """
     n = x.shape[0]
     s = py.stride * px.stride
@@ -366,6 +372,11 @@ def polyphase_forward(
             keep_cols,
         )
         r = r2.view(n, py.starts, px.starts, py.stride, px.stride, co)
+    if co < THIN:  # phase by phase into channels-first memory (see the docstring)
+        y = x.new_empty(n, co, out_hw[0], out_hw[1])
+        for ry, rx, sy, sx in _phase_slices(py, px):
+            y[:, :, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx].permute(0, 3, 1, 2)
+        return y.permute(0, 2, 3, 1), cols
     view = _interleaved(r, py, px)
     if view is not None:
         return view.contiguous().view(n, out_hw[0], out_hw[1], co), cols
@@ -525,19 +536,21 @@ def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: in
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
     plan's (N, Mh, Mw) grid, as the strided (N, Ho, Wo, O) view of the outputs. A narrow
     output (fewer than THIN_TAPS channels) is one matmul with every tap's columns side by side,
-    ``z @ [W_t]_t``, whose shifted column blocks are then summed."""
+    ``z @ [W_t]_t``, whose shifted column blocks are then summed, along x, then along y
+    (Ux + Uy - 1 passes instead of Ux * Uy: the default network's last layer, batch 100,
+    float32 forward 1.71 -> 1.56 ms; one 512 x 512 image 4.47 -> 3.59 ms; 2-core Xeon)."""
     rows, o = plan.rows, w_taps.shape[-1]
-    taps = list(_shifts(plan))
     if o < THIN_TAPS:
+        (uy, ux), mw = plan.taps, plan.grid[1]
         wide = z.matmul(w_taps.permute(2, 0, 1, 3).reshape(w_taps.shape[2], -1))  # (R, taps*O)
-        blocks = [
-            wide[shift : shift + rows, t * o : (t + 1) * o] for t, (*_, shift) in enumerate(taps)
-        ]
-        y = blocks[0].clone() if bias is None else blocks[0] + bias
-        for block in blocks[1:]:
-            y.add_(block)
+        wide = wide.view(-1, uy, ux, o)
+        part = wide.shape[0] - (ux - 1)  # along x first: u[r, a] = sum_b wide[r + b, a, b]
+        u = sum_of([wide[b : b + part, :, b] for b in range(ux)])
+        y = sum_of([u[a * mw : a * mw + rows, a] for a in range(uy)])
+        if bias is not None:
+            y.add_(bias)
     else:
-        (a, b, shift), rest = taps[0], taps[1:]
+        (a, b, shift), *rest = _shifts(plan)
         zs, w = z[shift : shift + rows], w_taps[a, b]
         y = zs.matmul(w) if bias is None else bias.addmm(zs, w)
         for a, b, shift in rest:
