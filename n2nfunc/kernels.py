@@ -524,6 +524,11 @@ THIN = 8
 THIN_TAPS = 16
 
 
+# Tap weight gradients with at most this many outputs in all (taps x output channels) come
+# from one matmul with g placed once per tap (see s2d_conv_weight_grad).
+STACKED_TAPS = 256
+
+
 # Below this many input channels a shifted-view tap (a matmul with K = channels) is too thin:
 # one matmul with an im2col matrix (K = kh*kw*channels) is faster. On a 2-core AMD EPYC,
 # 8 x 64 x 64: bfloat16 weight gradient of 3 -> 32 channels 1.6 vs 0.6 ms (a thin output is
@@ -568,35 +573,40 @@ def _frame_view(buf: Tensor, n: int, plan: S2DPlan) -> Tensor:
 def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
     """Tap gradients (Uy, Ux, sy*sx*C, O) of :func:`s2d_conv_forward` for an NHWC output
     gradient ``g``: ``dW[a, b] = z[shift : shift + L]^T @ g_full[:L]``, with ``g`` placed in
-    the (N, Mh, Mw) frame (zeros in the ignored rows).
+    the (N, Mh, Mw) frame (zeros in the ignored rows). Three ways to compute it, by shape:
 
-    In float32 / float64 the frame is row-major and each tap one matmul as written (``(g^T @
-    z)^T`` was slower: default network, batch 100, 41.4 against 40.2 ms; 2-core AMD EPYC).
-    In bfloat16 a matmul reducing over rows is twice as fast when both operands hold the rows
-    contiguously, so ``g`` is placed channels-first, ``G^T`` (O, rows), and
-    ``dW[a, b]^T = G^T[:, :L] @ z[shift : shift + L]`` (8 x 64 x 64, 48 -> 24 channels, 3 x 3:
-    4.2 against 2.0 ms with the transposing copy; 2-core Xeon). A narrow ``g`` (fewer than
-    THIN_TAPS channels) is placed once per tap, shifted, and every tap's gradient comes from
-    one matmul ``G^T @ z`` with ``G^T[t, :, shift + r] = g_full[r]`` (8 x 64 x 64, 24 -> 3
-    channels: float32 0.8 against 2.1 ms for a matmul per tap, bfloat16 0.5 against 1.7 ms;
-    2-core AMD EPYC)."""
+    * a narrow ``g`` (O < THIN_TAPS), or few outputs in all (taps x O <= STACKED_TAPS) each
+      reducing a wide z (K >= 4 O): one matmul for every tap, ``[G^T shifted by each tap] @
+      z`` with ``G^T[t, :, shift + r] = g_full[r]``; ``g`` is placed channels-first once and
+      shifted by row copies (default network, 48 -> 48, k4 s2, batch 100: float32 2.9 -> 2.5
+      ms, bfloat16 1.0 -> 0.7 ms; row taps 8 x 64 x 64, 48 -> 24, float32 5.2 -> 4.1 ms, but
+      16 -> 32 2.1 -> 3.8 ms, hence the K >= 4 O; 24 -> 3 channels: float32 0.8 against 2.1
+      ms for a matmul per tap);
+    * else in float32 / float64 one matmul per tap with the row-major frame, as written;
+    * else in bfloat16, where a matmul reducing over rows is twice as fast with the rows
+      contiguous in both operands, ``dW[a, b]^T = G^T[:, :L] @ z[shift : shift + L]`` (8 x 64
+      x 64, 32 -> 32 channels, 3 x 3: 4.0 -> 3.3 ms with the transposing copy).
+
+    (2-core Xeon with AMX, except where marked.)"""
     n, o = g.shape[0], g.shape[3]
     (mh, mw), rows = plan.grid, plan.rows
     taps = list(_shifts(plan))
-    if o < THIN_TAPS:
-        frame = g.new_zeros(len(taps), o, n * mh * mw)  # channels-first: G^T, contiguous
-        for t, (_, _, shift) in enumerate(taps):
-            _frame_view(frame[t, :, shift:].t(), n, plan).copy_(g)
-        d_all = frame.view(len(taps) * o, -1).matmul(z)  # (taps * O, K)
+    size = n * mh * mw
+    if o < THIN_TAPS or (len(taps) * o <= STACKED_TAPS and z.shape[1] >= 4 * o):
+        frame = g.new_zeros(len(taps), o, size)  # channels-first: the G^T of every tap
+        _frame_view(frame[0].t(), n, plan).copy_(g)
+        for t, (_, _, shift) in enumerate(taps[1:], 1):
+            frame[t, :, shift:].copy_(frame[0, :, : size - shift])
+        d_all = frame.view(len(taps) * o, size).matmul(z)  # (taps * O, K)
         return d_all.view(*plan.taps, o, -1).transpose(2, 3).contiguous()
     if g.element_size() < 4:
-        frame = g.new_zeros(o, n * mh * mw)
+        frame = g.new_zeros(o, size)
         _frame_view(frame.t(), n, plan).copy_(g)
         d = g.new_empty(plan.taps[0], plan.taps[1], o, z.shape[1])
         for a, b, shift in taps:
             d[a, b] = frame[:, :rows].matmul(z[shift : shift + rows])
         return d.transpose(2, 3).contiguous()
-    g_full = g.new_zeros(n * mh * mw, o)
+    g_full = g.new_zeros(size, o)
     _frame_view(g_full, n, plan).copy_(g)
     g_rows = g_full[:rows]
     d = g.new_empty(plan.taps[0], plan.taps[1], z.shape[1], o)
