@@ -130,3 +130,25 @@ def test_tap_weight_gradient_in_bfloat16_matches_float64(o, k, s, p):
         K.space_to_depth(x.to(torch.bfloat16), plan), g.to(torch.bfloat16), plan
     )
     assert low.shape == ref.shape and rel_err(low.double(), ref) < 2e-2
+
+
+@pytest.mark.parametrize(
+    "c,o,k,s",
+    [
+        (8, 3, (4, 4), (2, 2)),  # thin: stacked
+        (16, 16, (4, 4), (2, 2)),  # 4 taps x 16 outputs, K = 64 = 4 O: stacked
+        (16, 24, (4, 4), (2, 2)),  # K = 64 < 4 O: a matmul per tap
+        (17, 20, (3, 3), (1, 1)),  # 9 taps x 20 outputs > STACKED_TAPS: a matmul per tap
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_every_tap_weight_gradient_path_matches_im2col(c, o, k, s, dtype):
+    n, hw, p = 2, (9, 8), (1, 1)
+    out_hw = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(hw, k, s, p))
+    x, g = randn(n, *hw, c, seed=7), randn(n, *out_hw, o, seed=8)
+    _, cols = K.conv_forward(x, randn(k[0] * k[1] * c, o), None, k, s, p, (1, 1), out_hw)
+    ref = K.weight_grad(K.rows(g), cols, k)
+    plan = K.s2d_plan(n, hw, k, s, p, out_hw)
+    z = K.space_to_depth(x.to(dtype), plan)
+    d = K.s2d_weight_grad_to_conv(K.s2d_conv_weight_grad(z, g.to(dtype), plan), plan, ref.shape)
+    assert rel_err(d.double(), ref) < (TOL64 if dtype == torch.float64 else 2e-2)
