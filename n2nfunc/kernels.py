@@ -594,30 +594,41 @@ def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
 
     (2-core Xeon with AMX, except where marked.)"""
     n, o = g.shape[0], g.shape[3]
-    (mh, mw), rows = plan.grid, plan.rows
-    taps = list(_shifts(plan))
-    size = n * mh * mw
+    rows, taps = plan.rows, list(_shifts(plan))
+    size = n * plan.grid[0] * plan.grid[1]
     if o < THIN_TAPS or (len(taps) * o <= STACKED_TAPS and z.shape[1] >= 4 * o):
-        frame = g.new_zeros(len(taps), o, size)  # channels-first: the G^T of every tap
-        _frame_view(frame[0].t(), n, plan).copy_(g)
+        frame = g.new_empty(len(taps), o, size)  # channels-first: the G^T of every tap
+        _place_in_frame(g, frame[0].t(), plan)
         for t, (_, _, shift) in enumerate(taps[1:], 1):
+            frame[t, :, :shift].zero_()
             frame[t, :, shift:].copy_(frame[0, :, : size - shift])
         d_all = frame.view(len(taps) * o, size).matmul(z)  # (taps * O, K)
         return d_all.view(*plan.taps, o, -1).transpose(2, 3).contiguous()
     if g.element_size() < 4:
-        frame = g.new_zeros(o, size)
-        _frame_view(frame.t(), n, plan).copy_(g)
+        frame = g.new_empty(o, size)
+        _place_in_frame(g, frame.t(), plan)
         d = g.new_empty(plan.taps[0], plan.taps[1], o, z.shape[1])
         for a, b, shift in taps:
             d[a, b] = frame[:, :rows].matmul(z[shift : shift + rows])
         return d.transpose(2, 3).contiguous()
-    g_full = g.new_zeros(size, o)
-    _frame_view(g_full, n, plan).copy_(g)
+    g_full = _place_in_frame(g, g.new_empty(size, o), plan)
     g_rows = g_full[:rows]
     d = g.new_empty(plan.taps[0], plan.taps[1], z.shape[1], o)
     for a, b, shift in taps:
         d[a, b] = z[shift : shift + rows].t().matmul(g_rows)
     return d
+
+
+def _place_in_frame(g: Tensor, buf: Tensor, plan: S2DPlan) -> Tensor:
+    """Write the NHWC ``g`` into the (rows, C) matrix ``buf`` (any strides) laid out on the
+    plan's (N, Mh, Mw) grid, with zeros in the rows outside the (Ho, Wo) outputs; returns
+    ``buf``. Only those rows are zeroed, not the whole buffer."""
+    (mh, mw), (ho, wo) = plan.grid, plan.out_hw
+    grid = buf.view(g.shape[0], mh, mw, buf.shape[1])
+    grid[:, ho:].zero_()
+    grid[:, :ho, wo:].zero_()
+    grid[:, :ho, :wo].copy_(g)
+    return buf
 
 
 # --------------------------------------------------------------------------- row taps
