@@ -139,13 +139,17 @@ def to_unit_range(x, name: str):
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if x.is_floating_point():
-        if not bool(x.isfinite().all()):
+        low, high = float(x.min()), float(x.max())  # NaN and +-inf show here
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
-        scale = 1.0 if float(x.max()) <= 1.0 else 255.0
+        scale = 1.0 if high <= 1.0 else 255.0
     else:
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
-    return x.to(dtype=dtype) / scale if scale != 1.0 else x.to(dtype=dtype), scale
+    y = x.to(dtype=dtype)
+    if scale == 1.0:
+        return y, scale
+    return (y / scale if y is x else y.div_(scale)), scale
 
 
 _BOOL = empty(0).bool().dtype
@@ -445,8 +449,9 @@ class Model:
         for start in range(0, n, per_chunk):
             chunk = _pad_to_multiple(x[start : start + per_chunk], multiple)
             outs.append(_inference(runner, chunk)[:, :, :h, :w])
-        out = cat(outs) if len(outs) > 1 else outs[0]
-        return out.clamp(0, 1).mul(scale).contiguous()
+        out = cat(outs) if len(outs) > 1 else outs[0]  # a new tensor either way
+        out = out.clamp_(0, 1)
+        return (out.mul_(scale) if scale != 1.0 else out).contiguous()
 
 
 def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:

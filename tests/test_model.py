@@ -142,6 +142,8 @@ def test_divergence_restores_parameters_and_raises(pairs):
     [
         (torch.rand(2, 3, 8, 8).mul(float("nan")), "NaN or infinite"),
         (torch.full((2, 3, 8, 8), float("inf")), "NaN or infinite"),
+        (torch.rand(2, 3, 8, 8).index_fill_(3, torch.tensor([5]), float("nan")), "NaN or inf"),
+        (torch.rand(2, 3, 8, 8).index_fill_(2, torch.tensor([1]), -float("inf")), "NaN or inf"),
         (torch.rand(0, 3, 8, 8), "is empty"),
         (torch.rand(3, 8, 8), r"shape \(N, 3, H, W\), got \(3, 8, 8\)"),
         (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
