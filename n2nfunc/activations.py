@@ -11,8 +11,10 @@ import math
 from .base import Layer, apply_via_vjp, check_cotangent, check_params, check_tensor
 
 
-def _elementwise(name: str, forward, derivative_times) -> Layer:
-    """A layer ``y = f(x)`` with pullback ``ct -> derivative_times(x, y, ct)``."""
+def _elementwise(name: str, forward, derivative_times, uses_input: bool = True) -> Layer:
+    """A layer ``y = f(x)`` with pullback ``ct -> derivative_times(x, y, ct)``; a derivative
+    written in ``y`` alone (``uses_input=False``, it then gets ``x = None``) keeps only ``y``
+    for the backward pass, not the input too."""
 
     def init(generator, in_shape):
         return tuple(in_shape), {}
@@ -20,9 +22,10 @@ def _elementwise(name: str, forward, derivative_times) -> Layer:
     def vjp(params, x):
         check_params(params, name, {})
         y = forward(check_tensor(x, name))
+        kept = x if uses_input else None
 
         def pullback(ct):
-            return {}, derivative_times(x, y, check_cotangent(ct, y, name))
+            return {}, derivative_times(kept, y, check_cotangent(ct, y, name))
 
         return y, pullback
 
@@ -35,7 +38,9 @@ def relu() -> Layer:
     The mask is ``sign(y)`` (y >= 0, so 0 or 1) multiplied in: one float pass, several
     times faster than a boolean mask and ``masked_fill`` on channels-last tensors.
     """
-    return _elementwise("relu", lambda x: x.clamp(min=0), lambda x, y, ct: y.sign().mul_(ct))
+    return _elementwise(
+        "relu", lambda x: x.clamp(min=0), lambda x, y, ct: y.sign().mul_(ct), uses_input=False
+    )
 
 
 def _sigmoid(x):
@@ -45,7 +50,9 @@ def _sigmoid(x):
 
 def sigmoid() -> Layer:
     """``y = 1 / (1 + exp(-x))``; ``dx = ct * y * (1 - y)``."""
-    return _elementwise("sigmoid", _sigmoid, lambda x, y, ct: y.neg().add_(1).mul_(y).mul_(ct))
+    return _elementwise(
+        "sigmoid", _sigmoid, lambda x, y, ct: y.neg().add_(1).mul_(y).mul_(ct), uses_input=False
+    )
 
 
 def identity() -> Layer:
@@ -76,15 +83,19 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
         return x.maximum(x * a) if a <= 1 else x.minimum(x * a)  # than a boolean where
 
     def derivative_times(x, y, ct):  # ct * (a + (1 - a) [x > 0]), the step as sign(max(x, 0)):
-        return x.clamp(min=0).sign_().mul_(1 - a).add_(a).mul_(ct)  # 2.7x a bool mask (bf16)
+        v = y if x is None else x  # 2.7x faster than a bool mask (bf16); for a >= 0, y > 0 iff
+        return v.clamp(min=0).sign_().mul_(1 - a).add_(a).mul_(ct)  # x > 0: y alone is kept
 
-    return _elementwise(name, forward, derivative_times)
+    return _elementwise(name, forward, derivative_times, uses_input=a < 0)
 
 
 def tanh() -> Layer:
     """``y = tanh(x)``; ``dx = ct * (1 - y^2)``."""
     return _elementwise(
-        "tanh", lambda x: x.tanh(), lambda x, y, ct: (y * y).neg_().add_(1).mul_(ct)
+        "tanh",
+        lambda x: x.tanh(),
+        lambda x, y, ct: (y * y).neg_().add_(1).mul_(ct),
+        uses_input=False,
     )
 
 
@@ -169,7 +180,10 @@ def log_softmax(axis: int = 1) -> Layer:
         return log_softmax_of(checked(x), axis)
 
     return _elementwise(
-        name, forward, lambda x, y, ct: ct - y.exp().mul_(ct.sum(axis, keepdim=True))
+        name,
+        forward,
+        lambda x, y, ct: ct - y.exp().mul_(ct.sum(axis, keepdim=True)),
+        uses_input=False,
     )
 
 
@@ -184,5 +198,8 @@ def softmax(axis: int = 1) -> Layer:
         return e.div_(e.sum(axis, keepdim=True))
 
     return _elementwise(
-        name, forward, lambda x, y, ct: (ct - (ct * y).sum(axis, keepdim=True)).mul_(y)
+        name,
+        forward,
+        lambda x, y, ct: (ct - (ct * y).sum(axis, keepdim=True)).mul_(y),
+        uses_input=False,
     )

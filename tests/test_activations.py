@@ -171,3 +171,21 @@ def test_bad_axes_and_inputs_are_refused():
         ValueError, match=r"tanh: output gradient must have the output's shape \(2, 3\)"
     ):
         pullback(torch.randn(3))
+
+
+@pytest.mark.parametrize(
+    "layer", [nf.relu(), nf.sigmoid(), nf.tanh(), nf.leaky_relu(0.1), nf.softmax()]
+)
+def test_pullbacks_written_in_the_output_do_not_keep_the_input(layer):
+    import gc
+    import weakref
+
+    x = randn(2, 3, 4, 5)
+    y, pullback = layer.vjp({}, x)
+    ct = torch.randn_like(y)
+    _, dx_ref = layer.vjp({}, x.clone())[1](ct)
+    alive = weakref.ref(x)
+    del x
+    gc.collect()
+    assert alive() is None  # the backward pass keeps y only: one activation less in memory
+    assert torch.equal(pullback(ct)[1], dx_ref)
