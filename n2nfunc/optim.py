@@ -134,15 +134,18 @@ def _adam(
     def update(grads, state, params):
         t = state["step"] + 1
         lr_now = _lr_at(lr, t - 1)
-        g = tree.map(lambda g_, p: g_ + l2 * p, grads, params) if l2 else grads
-        m = tree.map(lambda m_, x: m_ * b1 + (1 - b1) * x, state["m"], g)
-        v = tree.map(lambda v_, x: v_ * b2 + (1 - b2) * (x * x), state["v"], g)
+        g = tree.map(lambda g_, p: g_.add(p, alpha=l2), grads, params) if l2 else grads
+        # in as few tensor operations as torch.optim.Adam's own: a U-Net has ~40 leaves
+        m = tree.map(lambda m_, x: m_.lerp(x, 1 - b1), state["m"], g)
+        v = tree.map(lambda v_, x: v_.mul(b2).addcmul_(x, x, value=1 - b2), state["v"], g)
         new_state = {"step": t, "m": m, "v": v}
         if amsgrad:
             v = new_state["v_max"] = tree.map(lambda a, b: a.maximum(b), state["v_max"], v)
         step_size = lr_now / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
-        updates = tree.map(lambda m_, v_: m_ / (v_.sqrt() / root_bc2 + eps) * -step_size, m, v)
+        updates = tree.map(
+            lambda m_, v_: m_.div(v_.sqrt().div_(root_bc2).add_(eps)).mul_(-step_size), m, v
+        )
         if decoupled and weight_decay:
             decay = lr_now * weight_decay
             updates = tree.map(lambda u, p: u - decay * p, updates, params)
