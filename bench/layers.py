@@ -4,7 +4,8 @@ torch.nn.functional + autograd, to see where a training step's time goes.
     python bench/layers.py [--batch 100] [--precision float32|bfloat16|both]
 
 Both sides run the layer directly in the given dtype (bfloat16 tensors in, bfloat16 out),
-so the table shows the kernels themselves; %peak is the share of the measured GEMM peak of
+so the table shows the kernels themselves; n2nfunc gets channels-last images and a
+cotangent laid out like its output, as inside a network (torch: the faster layout); %peak is the share of the measured GEMM peak of
 that precision (2048^3 matmul) that the nominal multiply-adds reach.
 """
 
@@ -151,16 +152,20 @@ def table(precision: str, dtype, peak: float, args) -> None:
         x = torch.randn(args.batch, *shape).to(dtype)
         _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
         params = {k: v.to(dtype) for k, v in params.items()}
-        y = layer.apply(params, x)
-        ct = torch.randn(y.shape).to(dtype)
+        ct = torch.randn(layer.apply(params, x).shape).to(dtype)
         leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
         xcl, ctcl = (  # channels_last exists for images only
             t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in (x, ct)
         )
+        # ours as inside a network: channels-last activations (what n2nfunc's layers return),
+        # and a cotangent laid out like the output
+        x_ours = xcl
+        y = layer.apply(params, x_ours)
+        ct_ours = torch.empty_like(y).copy_(ct)
 
         def ours_vjp():
-            _, pullback = layer.vjp(params, x)
-            pullback(ct)
+            _, pullback = layer.vjp(params, x_ours)
+            pullback(ct_ours)
 
         def torch_vjp(xx, cc):
             def run():
@@ -172,7 +177,7 @@ def table(precision: str, dtype, peak: float, args) -> None:
 
         t = interleaved(
             {
-                "f": lambda: layer.apply(params, x),
+                "f": lambda: layer.apply(params, x_ours),
                 "F": lambda: ref(x, leaves),
                 "Fcl": lambda: ref(xcl, leaves),
                 "v": ours_vjp,
