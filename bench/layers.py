@@ -114,16 +114,21 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
 ]
 
 
-def nominal_flops(name: str, x_shape, y_shape, params) -> float:
-    """Multiply-adds x 2 of a layer's forward pass as a direct convolution counts them."""
+def nominal_gemm(name: str, x_shape, y_shape, params):
+    """``(M, K, N)`` of one matmul with the multiply-adds of the layer's forward pass as a
+    direct convolution counts them, M = output pixels and N = output channels (None for a
+    layer without weights)."""
     if "weight" not in params:
-        return 0.0
+        return None
     w = params["weight"]
-    if name.startswith(("conv_t", "shipped conv_t")):  # per input pixel: Cin x Cout x k x k
-        return 2.0 * x_shape[0] * x_shape[2] * x_shape[3] * w.numel()
     if len(y_shape) == 2:  # dense: one matmul
-        return 2.0 * y_shape[0] * w.numel()
-    return 2.0 * y_shape[0] * y_shape[2] * y_shape[3] * w.numel()
+        return y_shape[0], w.shape[1], w.shape[0]
+    m, n = y_shape[0] * y_shape[2] * y_shape[3], y_shape[1]
+    if name.startswith(("conv_t", "shipped conv_t")):  # per input pixel: Cin x Cout x k x k
+        macs = x_shape[0] * x_shape[2] * x_shape[3] * w.numel()
+    else:
+        macs = m * w.numel()
+    return m, macs // (m * n), n
 
 
 def main() -> None:
@@ -145,7 +150,7 @@ def table(precision: str, dtype, peak: float, args) -> None:
         f"the faster of NCHW and channels_last; GEMM peak {peak:.0f} GFLOP/s"
     )
     print(
-        f"{'layer':<24}{'fwd ours':>9}{'torch':>8}{'ratio':>7}{'%peak':>7}"
+        f"{'layer':<24}{'fwd ours':>9}{'torch':>8}{'ratio':>7}{'GEMM':>7}{'%peak':>7}"
         f"{'vjp ours':>10}{'torch':>8}{'ratio':>7}{'%peak':>7}"
     )
     for name, layer, ref, shape in CASES:
@@ -175,8 +180,13 @@ def table(precision: str, dtype, peak: float, args) -> None:
 
             return run
 
+        gemm = nominal_gemm(name, x.shape, y.shape, params) or (1, 1, 1)
+        a, b = torch.randn(gemm[0], gemm[1]).to(dtype), torch.randn(gemm[1], gemm[2]).to(dtype)
+        at, bt = a.t().contiguous(), b.t().contiguous()
         t = interleaved(
             {
+                "G": lambda: a.matmul(b),  # both orientations: a thin N is faster transposed
+                "Gt": lambda: bt.matmul(at),
                 "f": lambda: layer.apply(params, x_ours),
                 "F": lambda: ref(x, leaves),
                 "Fcl": lambda: ref(xcl, leaves),
@@ -189,18 +199,22 @@ def table(precision: str, dtype, peak: float, args) -> None:
             args.rounds,
         )
         tf, tv = min(t["F"], t["Fcl"]), min(t["V"], t["Vcl"])
-        flops = nominal_flops(name, x.shape, y.shape, params)
+        flops = 2.0 * gemm[0] * gemm[1] * gemm[2] if "weight" in params else 0.0
+        bare = f"{min(t['G'], t['Gt']) * 1e3:>7.2f}" if flops else f"{'-':>7}"
 
         def share(seconds, factor):
             return f"{100 * factor * flops / seconds / 1e9 / peak:>6.0f}%" if flops else f"{'-':>7}"
 
         print(
-            f"{name:<24}{t['f'] * 1e3:>9.2f}{tf * 1e3:>8.2f}{tf / t['f']:>7.2f}{share(t['f'], 1)}"
+            f"{name:<24}{t['f'] * 1e3:>9.2f}{tf * 1e3:>8.2f}{tf / t['f']:>7.2f}{bare}"
+            f"{share(t['f'], 1)}"
             f"{t['v'] * 1e3:>10.2f}{tv * 1e3:>8.2f}{tv / t['v']:>7.2f}{share(t['v'], 3)}"
         )
     print(
         "\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all "
-        "gradients; %peak = nominal FLOPs (x3 for vjp) / time / the GEMM peak of this precision\n"
+        "gradients; GEMM = one bare matmul with the forward's nominal multiply-adds, operands "
+        "ready (pixels x Cin k k x Cout, the faster orientation); %peak = nominal FLOPs (x3 for vjp) / "
+        "time / the GEMM peak of this precision\n"
     )
 
 
