@@ -5,8 +5,10 @@ torch.nn.functional + autograd, to see where a training step's time goes.
 
 Both sides run the layer directly in the given dtype (bfloat16 tensors in, bfloat16 out),
 so the table shows the kernels themselves; n2nfunc gets channels-last images and a
-cotangent laid out like its output, as inside a network (torch: the faster layout); %peak is the share of the measured GEMM peak of
-that precision (2048^3 matmul) that the nominal multiply-adds reach.
+cotangent laid out like its output, as inside a network (torch: the faster layout). GEMM
+is one bare matmul with the forward's nominal multiply-adds, operands ready; %peak is the
+share of the measured GEMM peak of that precision (2048^3 matmul) that the nominal
+multiply-adds reach.
 """
 
 import argparse
@@ -212,9 +214,9 @@ def table(precision: str, dtype, peak: float, args) -> None:
         )
     print(
         "\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all "
-        "gradients; GEMM = one bare matmul with the forward's nominal multiply-adds, operands "
-        "ready (pixels x Cin k k x Cout, the faster orientation); %peak = nominal FLOPs (x3 for vjp) / "
-        "time / the GEMM peak of this precision\n"
+        "gradients; GEMM = one bare matmul with the forward's nominal multiply-adds, "
+        "operands ready (pixels x Cin k k x Cout, the faster orientation); %peak = nominal "
+        "FLOPs (x3 for vjp) / time / the GEMM peak of this precision\n"
     )
 
 
