@@ -245,6 +245,24 @@ def test_backward_before_forward_is_an_error():
         MSE().backward()
 
 
+def test_backward_releases_what_forward_kept():
+    import gc
+    import weakref
+
+    for block in (ReLU(), required()):
+        x = torch.randn(2, 3, 8, 8)
+        y = block.forward(x)
+        shape, kept = y.shape, weakref.ref(y)  # a ReLU keeps its output for the mask
+        del y
+        gc.collect()
+        assert kept() is not None
+        assert block.backward(torch.randn(shape)).shape == x.shape
+        gc.collect()
+        assert kept() is None  # released by the backward pass, as by torch.autograd
+        with pytest.raises(ValueError, match="serves one backward"):
+            block.backward(torch.randn(shape))
+
+
 def test_weight_can_be_replaced_with_the_same_shape_only():
     conv = Conv2d(3, 2, 3)
     conv.weight = torch.zeros(2, 3, 3, 3)
