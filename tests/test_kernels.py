@@ -152,3 +152,12 @@ def test_every_tap_weight_gradient_path_matches_im2col(c, o, k, s, dtype):
     z = K.space_to_depth(x.to(dtype), plan)
     d = K.s2d_weight_grad_to_conv(K.s2d_conv_weight_grad(z, g.to(dtype), plan), plan, ref.shape)
     assert rel_err(d.double(), ref) < (TOL64 if dtype == torch.float64 else 2e-2)
+
+
+@pytest.mark.parametrize("r", [401, 400, 7])  # a remainder block, none, too short to split
+def test_reduce_matmul_splits_long_sums_exactly(r):
+    z, g = randn(r + 3, 9, seed=9), randn(r, 5, seed=10)
+    lhs = z[2 : 2 + r].t()  # a transposed, offset view, as the weight gradients pass it
+    assert rel_err(K.reduce_matmul(lhs, g), lhs.matmul(g)) < TOL64
+    frame = randn(6, r + 5, seed=11)[:, :r]  # row-major with a longer stride
+    assert rel_err(K.reduce_matmul(frame, g), frame.matmul(g)) < TOL64
