@@ -162,8 +162,8 @@ def reduce_matmul(lhs: Tensor, rhs: Tensor) -> Tensor:
     are split into SPLIT blocks, multiplied as one batched matmul over strided views and the
     partial products added: one matmul with so small an output keeps a single thread busy
     (MKL splits the output, not the sum). 96 x 33664 by 33664 x 32: 1.18 -> 0.81 ms; 48 x 6400
-    by 6400 x 768 2.27 -> 1.71 ms (2-core Xeon, 2 threads). bfloat16 keeps one matmul, whose
-    sum accumulates in float32 inside it."""
+    by 6400 x 768 2.27 -> 1.71 ms (2-core Xeon, 2 threads). Lower precisions (bfloat16,
+    float16) keep one matmul, whose sum accumulates in float32 inside it."""
     m, r = lhs.shape
     n = rhs.shape[1]
     if lhs.element_size() < 4 or r < 4 * max(m, n):
@@ -182,9 +182,10 @@ def channel_sums(x: Tensor) -> Tensor:
     """``sum_{n,h,w} x[n, h, w, c]`` of an NHWC tensor (a bias gradient), as ``1^T @ rows(x)``.
 
     A matrix-vector product, which in bfloat16 accumulates in float32 like any matmul here.
-    A narrow matrix is first folded, k rows side by side, to (M/k, k*C) with k*C about 128,
-    and the k partial sums added at the end: a product with 3 columns is slow (float32
-    (102400, 3): 0.54 ms, folded 0.02 ms; bfloat16 0.86 against 0.04 ms; 2-core Xeon).
+    A narrow matrix is first folded, k rows side by side, to (M/k, k*C) with k*C >= 128,
+    and the k partial sums added at the end (in bfloat16 each is rounded first): a product
+    with 3 columns is slow (float32 (102400, 3): 0.54 ms, folded 0.02 ms; bfloat16 0.86
+    against 0.04 ms; 2-core Xeon).
     """
     r = rows(x)
     m, c = r.shape
@@ -358,10 +359,11 @@ def polyphase_forward(
     im2col matrix of the padded input, which the weight gradient needs. With
     ``keep_cols=False`` (``cols`` is then None) the im2col matrix is formed a block at a time
     (:func:`im2col_matmul`), or, for a thin float32/float64 output (fewer than THIN channels
-    per phase), not at all: the (Uy, Ux) windows are then taps of the implicit-GEMM engine
-    with stride 1. A wider output was faster by blocks -- one matmul with K = Uy*Ux*C instead
-    of Uy*Ux tap matmuls with K = C over a frame of padded rows: 48 -> 48, k4 s2, float32,
-    100 x 8 x 8 inputs 3.4 -> 2.7 ms, 25 x 16 x 16 2.5 -> 2.2 ms, one 128 x 128 5.1 -> 5.0 ms;
+    per phase) from at least WIDE_TAPS input channels, not at all: the (Uy, Ux) windows are
+    then taps of the implicit-GEMM engine with stride 1. A wider output was faster by
+    blocks -- one matmul with K = Uy*Ux*C instead of Uy*Ux tap matmuls with K = C over a
+    frame of padded rows: 48 -> 48, k4 s2, float32, 100 x 8 x 8 inputs 3.4 -> 2.7 ms,
+    25 x 16 x 16 2.5 -> 2.2 ms, one 128 x 128 5.1 -> 5.0 ms;
     the default network's float32 training step 4% faster (2-core Xeon with AMX).
 
     The phases are interleaved by one strided copy, except for a thin output (fewer than THIN
@@ -558,8 +560,9 @@ THIN = 8
 THIN_TAPS = 16
 
 
-# Tap weight gradients with at most this many outputs in all (taps x output channels) come
-# from one matmul with g placed once per tap (see s2d_conv_weight_grad).
+# Tap weight gradients with at most this many outputs in all (taps x output channels), each
+# reducing a z of at least 4 x as many columns as outputs, come from one matmul with g placed
+# once per tap (see s2d_conv_weight_grad).
 STACKED_TAPS = 256
 
 
@@ -649,9 +652,9 @@ def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
 
 
 def _place_in_frame(g: Tensor, buf: Tensor, plan: S2DPlan) -> Tensor:
-    """Write the NHWC ``g`` into the (rows, C) matrix ``buf`` (any strides) laid out on the
-    plan's (N, Mh, Mw) grid, with zeros in the rows outside the (Ho, Wo) outputs; returns
-    ``buf``. Only those rows are zeroed, not the whole buffer."""
+    """Write the NHWC ``g`` into the (N*Mh*Mw, C) matrix ``buf`` (any strides), its rows
+    laid out on the plan's (N, Mh, Mw) grid, with zeros in the rows outside the (Ho, Wo)
+    outputs; returns ``buf``. Only those rows are zeroed, not the whole buffer."""
     (mh, mw), (ho, wo) = plan.grid, plan.out_hw
     grid = buf.view(g.shape[0], mh, mw, buf.shape[1])
     grid[:, ho:].zero_()

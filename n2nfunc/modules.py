@@ -1,7 +1,8 @@
 """Class wrappers with the exercise grader's names and methods.
 
 Each block holds state -- parameters, accumulated gradients, the pullback of its last
-``forward`` -- and delegates every computation to the functional core:
+``forward`` until a ``backward`` has used it -- and delegates every computation to the
+functional core:
 
     conv = Conv2d(3, 16, 3, stride=2, padding=1)
     y = conv.forward(x)                 # layer.vjp(params, x)
@@ -18,6 +19,8 @@ every ``forward``, and an ``rng`` generator for dropout masks. ``train()`` / ``e
 the ``training`` flag, recursively, as in ``torch.nn``; ``state_dict()`` holds parameters
 and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 """
+
+from typing import Any
 
 from torch import Generator, Tensor, empty
 
@@ -38,10 +41,11 @@ from .losses import (
 from .stateful import StatefulLayer, lift
 from .unet import unet
 
-# A forward pass keeps what its backward pass needs (inputs, im2col matrices, masks); the
-# backward pass releases it, as torch.autograd frees a graph's saved tensors, so a training
-# loop holds one step's worth at a time (default network, batch 100: peak 83 -> 75 MB).
-_ONCE = " (each forward() serves one backward(), which releases what it kept)"
+# A forward pass keeps what its backward pass needs (inputs, im2col matrices, masks); a
+# backward pass that succeeds releases it, as torch.autograd frees a graph's saved tensors,
+# so a training loop holds one step's worth at a time (default network, batch 100: peak RSS
+# 83 -> 75 MB). The pullback is then replaced by this marker.
+_SPENT = "spent"
 
 
 class Module:
@@ -63,7 +67,7 @@ class Module:
         self.training = True
         self.grads = tree.zeros_like(params)
         self.name = name or type(self).__name__
-        self._pullback = None
+        self._pullback: Any = None  # the last forward's pullback, None or _SPENT
 
     @classmethod
     def from_layer(
@@ -114,13 +118,21 @@ class Module:
         """Accumulate the parameter gradients of the last ``forward`` and return the gradient
         wrt its input (``None`` with ``input_grad=False``, which may skip that work). Releases
         what that forward kept: a second backward needs a new forward, as in torch."""
-        if self._pullback is None:
-            raise ValueError(f"{self.name}: backward() called before forward(){_ONCE}")
+        self._check_backward()
         ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
-        pullback, self._pullback = self._pullback, None  # releases what forward kept
-        ct_params, ct_x = pull(self.layer.vjp, pullback, ct, input_grad)
+        ct_params, ct_x = pull(self.layer.vjp, self._pullback, ct, input_grad)
+        self._pullback = _SPENT
         tree.add_(self.grads, ct_params)
         return ct_x
+
+    def _check_backward(self) -> None:
+        if self._pullback is None:
+            raise ValueError(f"{self.name}: backward() called before forward()")
+        if self._pullback is _SPENT:
+            raise ValueError(
+                f"{self.name}: backward() called twice after one forward(); the first released "
+                "what forward() kept (as torch.autograd does): run forward() again"
+            )
 
     def param(self) -> list[tuple[Tensor, Tensor]]:
         """``(parameter, gradient)`` pairs, in ``state_dict`` order."""
@@ -500,12 +512,11 @@ class Sequential(Module):
         return x
 
     def backward(self, *grad_wrt_output, input_grad: bool = True):
-        if self._pullback is None:
-            raise ValueError(f"Sequential: backward() called before forward(){_ONCE}")
+        self._check_backward()
         ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
-        self._pullback = None
         for i in reversed(range(len(self.modules))):
             ct = self.modules[i].backward(ct, input_grad=input_grad or i > 0)
+        self._pullback = _SPENT
         return ct
 
     def to(self, device=None, dtype=None) -> "Sequential":

@@ -4,7 +4,9 @@ The layers take and return tensors of PyTorch's logical shape (N, C, H, W), but
 compute on the channels-last view ``x.permute(0, 2, 3, 1)``: an im2col row is then
 a contiguous run of ``kh * kw * C`` numbers and a matmul's (rows, C) output *is*
 the next activation, with no layout copy. Outputs are returned as
-``y_nhwc.permute(0, 3, 1, 2)``, i.e. (N, C, H, W) tensors in channels-last memory.
+``y_nhwc.permute(0, 3, 1, 2)``, i.e. (N, C, H, W) tensors in channels-last memory, except
+the thin (fewer than 8 channels) outputs of upsampling maps, which are written phase by phase
+into (N, C, H, W) memory (see ``kernels.polyphase_forward``).
 """
 
 from torch import Tensor

@@ -259,8 +259,16 @@ def test_backward_releases_what_forward_kept():
         assert block.backward(torch.randn(shape)).shape == x.shape
         gc.collect()
         assert kept() is None  # released by the backward pass, as by torch.autograd
-        with pytest.raises(ValueError, match="serves one backward"):
+        with pytest.raises(ValueError, match="called twice after one forward"):
             block.backward(torch.randn(shape))
+
+
+def test_a_failed_backward_leaves_the_forward_usable():
+    conv = Conv2d(3, 4, 3)
+    y = conv.forward(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        conv.backward(torch.randn(2, 4, 5, 5))
+    assert conv.backward(torch.randn(y.shape)).shape == (2, 3, 8, 8)
 
 
 def test_weight_can_be_replaced_with_the_same_shape_only():
