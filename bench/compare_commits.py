@@ -1,14 +1,18 @@
-"""Training-step speed of this working tree against an earlier commit, in one process.
+"""Speed of this working tree against an earlier commit, in one process.
 
     python bench/compare_commits.py                 # against HEAD~1
     python bench/compare_commits.py --base 08ec488  # against any revision
+    python bench/compare_commits.py --base 08ec488 --precision both --unet --predict
 
 The package of ``--base`` is extracted with ``git archive`` into a temporary folder and
 imported under a private name, so both versions run side by side on the same weights and
 batches. Each network takes one training step the way ``Model.train`` takes it (class
-wrappers, MSE, Adam, no input gradient for the first layer); contenders alternate, and each
-figure is the median of ``--rounds`` rounds; a last row times a whole ``Model.train_epoch``
-(data order, augmentation, schedule). A ratio above 1 means this tree is faster.
+wrappers, MSE, Adam, no input gradient for the first layer; bfloat16 through
+``mixed_precision``); contenders alternate, and each figure is the median of ``--rounds``
+rounds; a float32 row times a whole ``Model.train_epoch`` (data order, augmentation,
+schedule). ``--unet`` adds the U-Net's functional training step (depth 4, widths
+32/64/48/24, 8 crops of 64 x 64), ``--predict`` ``Model.predict`` with the shipped weights on
+one 512 x 512 image and on 1000 images of 32 x 32. A ratio above 1 means this tree is faster.
 """
 
 import argparse
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, variant_config  # noqa: E402
+from common import allocator_line, interleaved, variant_config  # noqa: E402
 
 import n2nfunc as new  # noqa: E402
 
@@ -52,21 +56,53 @@ def import_revision(rev: str, folder: Path):
     return module
 
 
-def step_fn(package, config: dict, batch: int):
+def step_fn(package, config: dict, batch: int, precision: str = "float32"):
     """One ``Model.train``-style step of ``package``'s network, built from seed 0."""
     model_module = sys.modules[package.__name__ + ".model"]
     net = model_module.build_network(config, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.rand(batch, 3, 32, 32, generator=g)
     loss, opt = package.MSE(), package.Adam(net.param(), lr=1e-4)
+    runner = net
+    if precision != "float32":
+        runner = package.Module(package.mixed_precision(net.layer, precision), net.params)
+        runner.grads = net.grads
 
     def step():
-        loss.forward(net.forward(x), y)
+        loss.forward(runner.forward(x), y)
         net.zero_grad()
-        net.backward(loss.backward(), input_grad=False)
+        runner.backward(loss.backward(), input_grad=False)
         opt.step()
 
     return step
+
+
+def unet_step_fn(package, precision: str, batch: int = 8, crop: int = 64):
+    """One functional training step of ``package``'s U-Net (bench/unet_train_step.py's)."""
+    layer = sys.modules[package.__name__ + ".unet"].unet(depth=4, widths=(32, 64, 48, 24))
+    _, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, crop, crop))
+    g = torch.Generator().manual_seed(1)
+    x, y = (
+        torch.rand(batch, 3, crop, crop, generator=g),
+        torch.rand(batch, 3, crop, crop, generator=g),
+    )
+    opt = package.adam(1e-3)
+    box = {"params": params, "state": opt.init(params)}
+    step = package.make_train_step(package.mixed_precision(layer, precision), package.mse, opt)
+
+    def run():
+        box["params"], box["state"], _ = step(box["params"], box["state"], x, y)
+
+    return run
+
+
+def predict_fn(package, precision: str, shape: tuple):
+    """``Model.predict`` of ``package`` with its shipped weights on a random uint8 batch."""
+    model = sys.modules[package.__name__ + ".model"].Model({"precision": precision})
+    model.load_pretrained_model()
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(3))
+    x = x.to(torch.uint8)
+    return lambda: model.predict(x)
 
 
 def epoch_fn(package, config: dict, pairs: int = 512):
@@ -85,7 +121,11 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD~1", help="git revision to compare against")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32")
+    parser.add_argument("--unet", action="store_true", help="also the U-Net's training step")
+    parser.add_argument("--predict", action="store_true", help="also Model.predict")
     args = parser.parse_args()
+    precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     networks = {
@@ -94,33 +134,51 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         old = import_revision(args.base, Path(tmp))
+        print(allocator_line())
         print(
-            f"training step, this tree vs {args.base}; {args.threads} threads; median of "
-            f"{args.rounds} alternating rounds"
+            f"this tree vs {args.base}; {args.threads} threads; median of {args.rounds} "
+            "alternating rounds"
         )
-        print(f"{'network':<32}{'batch':>6}{'base ms':>10}{'this ms':>10}{'ratio':>8}")
-        for label, config in networks.items():
-            for batch in (32, 100):
-                times = interleaved(
-                    {"base": step_fn(old, config, batch), "this": step_fn(new, config, batch)},
-                    warmup=3,
-                    repeats=5,
-                    rounds=args.rounds,
+        print(f"{'what':<58}{'base ms':>10}{'this ms':>10}{'ratio':>8}")
+
+        def row(label, base_fn, this_fn, repeats=5):
+            times = interleaved(
+                {"base": base_fn, "this": this_fn}, warmup=2, repeats=repeats, rounds=args.rounds
+            )
+            print(
+                f"{label:<58}{1e3 * times['base']:>10.2f}{1e3 * times['this']:>10.2f}"
+                f"{times['base'] / times['this']:>8.2f}"
+            )
+
+        for precision in precisions:
+            for label, config in networks.items():
+                for batch in (32, 100):
+                    row(
+                        f"{label} step, batch {batch}, {precision}",
+                        step_fn(old, config, batch, precision),
+                        step_fn(new, config, batch, precision),
+                    )
+            if args.unet:
+                row(
+                    f"U-Net step, 8 x 64 x 64, {precision}",
+                    unet_step_fn(old, precision),
+                    unet_step_fn(new, precision),
+                    repeats=3,
                 )
-                print(
-                    f"{label:<32}{batch:>6}{1e3 * times['base']:>10.2f}"
-                    f"{1e3 * times['this']:>10.2f}{times['base'] / times['this']:>8.2f}"
-                )
+            if args.predict:
+                for shape in ((1, 3, 512, 512), (1000, 3, 32, 32)):
+                    row(
+                        f"Model.predict {'x'.join(map(str, shape))}, {precision}",
+                        predict_fn(old, precision, shape),
+                        predict_fn(new, precision, shape),
+                        repeats=3,
+                    )
         config = networks["default (transpose, 48/48, k4)"]
-        times = interleaved(
-            {"base": epoch_fn(old, config), "this": epoch_fn(new, config)},
-            warmup=1,
+        row(
+            "Model.train_epoch, 512 pairs, batch 32",
+            epoch_fn(old, config),
+            epoch_fn(new, config),
             repeats=1,
-            rounds=args.rounds,
-        )
-        print(
-            f"{'Model.train_epoch, 512 pairs':<32}{32:>6}{1e3 * times['base']:>10.1f}"
-            f"{1e3 * times['this']:>10.1f}{times['base'] / times['this']:>8.2f}"
         )
 
 
