@@ -297,7 +297,15 @@ def upsample(
         )
         return to_nchw(y)
 
+    # A transposed convolution of the combined kernel, as whose adjoint the backward pass is
+    # a strided convolution of g: used in lower precisions (one float32-accumulating matmul
+    # per gradient, where polyphase_backward's col2im sums rounded bfloat16 products).
+    k2 = tuple(dd * (kk - 1) + ss for kk, ss, dd in zip(k, sc, d))
+    p2 = tuple(dd * (kk - 1) - pp for kk, pp, dd in zip(k, p, d))
+
     def vjp(params, x):
+        if x.element_size() < 4 and min(p2) >= 0:
+            return transposed_vjp(params, x)
         wk, w_eff, py, px, out_hw = plans(params, x)
         y, cols = K.polyphase_forward(to_nhwc(x), w_eff, params.get("bias"), py, px, out_hw)
         y = to_nchw(y)
@@ -308,6 +316,25 @@ def upsample(
             grads = {
                 "weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()
             }
+            if bias:
+                grads["bias"] = K.channel_sums(g)
+            return grads, to_nchw(dx) if input_grad else None
+
+        return y, pullback
+
+    def transposed_vjp(params, x):
+        weight = params["weight"]
+        _, w_eff, py, px, out_hw = plans(params, x)
+        xh = to_nhwc(x)
+        y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False)
+        y = to_nchw(y)
+
+        def pullback(ct, input_grad=True):
+            g = to_nhwc(check_cotangent(ct, y, name))
+            kc = K.nearest_conv_kernel(weight, sc, d)
+            dx, kernel_grad = K.conv_and_weight_grad(g, kc, None, k2, sc, p2, (1, 1), xh.shape[1:3])
+            d_kc = kernel_grad(xh)
+            grads = {"weight": K.nearest_conv_kernel_grad(d_kc, sc, d, tuple(weight.shape))}
             if bias:
                 grads["bias"] = K.channel_sums(g)
             return grads, to_nchw(dx) if input_grad else None

@@ -307,6 +307,49 @@ def uncombine(g_eff: Tensor, py: PhasePlan, px: PhasePlan, kernel_shape: tuple) 
     return t.view(kh, kw, ci, co)
 
 
+# Nearest upsampling by s followed by a convolution (kernel k, dilation d, padding p) is one
+# transposed convolution with stride s, padding d(k-1) - p and a kernel of d(k-1) + s taps per
+# dim: y[o] = sum_t w[t] x[(o - p + d t) // s] puts w[t] on the offsets e = r - d t + d(k-1)
+# for r < s, so the combined kernel is kc[e] = sum_t A[e, t] w[t] with A[e, t] = 1 iff
+# 0 <= e + d t - d(k-1) < s.
+
+
+@lru_cache(maxsize=64)
+def _nearest_matrix(kernel: tuple, scale: tuple, dilation: tuple, dtype, device) -> Tensor:
+    """``A_y`` (x) ``A_x`` of the section comment: (k2y * k2x, kh * kw), one matmul for both
+    dims (small matmuls cost more in calls than in work)."""
+    per_dim = []
+    for k, s, d in zip(kernel, scale, dilation):
+        a = empty(d * (k - 1) + s, k, dtype=dtype, device=device).zero_()
+        for t in range(k):
+            a[d * (k - 1) - d * t : d * (k - 1) - d * t + s, t] = 1
+        per_dim.append(a)
+    ay, ax = per_dim
+    return (ay[:, None, :, None] * ax[None, :, None, :]).reshape(
+        ay.shape[0] * ax.shape[0], ay.shape[1] * ax.shape[1]
+    )
+
+
+def nearest_conv_kernel(weight: Tensor, scale: tuple, dilation: tuple) -> Tensor:
+    """The transposed convolution's kernel [C, O, k2y, k2x] equal to nearest upsampling by
+    ``scale`` then the convolution with ``weight`` [O, C, kh, kw] (see the section comment);
+    a view whose :func:`conv_matrix` needs no copy."""
+    o, c, kh, kw = weight.shape
+    a = _nearest_matrix((kh, kw), scale, dilation, weight.dtype, weight.device)
+    m = a.matmul(weight.permute(2, 3, 0, 1).reshape(kh * kw, o * c))  # (k2y*k2x, O*C)
+    k2y = dilation[0] * (kh - 1) + scale[0]
+    return m.view(k2y, -1, o, c).permute(3, 2, 0, 1)
+
+
+def nearest_conv_kernel_grad(d_kernel: Tensor, scale: tuple, dilation: tuple, shape) -> Tensor:
+    """Adjoint of :func:`nearest_conv_kernel`: the gradient wrt ``weight`` (``shape``
+    [O, C, kh, kw]) from one wrt the combined kernel [C, O, k2y, k2x]."""
+    o, c, kh, kw = shape
+    a = _nearest_matrix((kh, kw), scale, dilation, d_kernel.dtype, d_kernel.device)
+    t = a.t().matmul(d_kernel.permute(2, 3, 1, 0).reshape(a.shape[0], o * c))
+    return t.view(kh, kw, o, c).permute(2, 3, 0, 1).contiguous()
+
+
 def _phase_slices(py: PhasePlan, px: PhasePlan):
     """For each output phase: (rho_y, rho_x, slice of window starts in y, same in x)."""
     for ry in range(py.stride):

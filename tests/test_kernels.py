@@ -161,3 +161,25 @@ def test_reduce_matmul_splits_long_sums_exactly(r):
     assert rel_err(K.reduce_matmul(lhs, g), lhs.matmul(g)) < TOL64
     frame = randn(6, r + 5, seed=11)[:, :r]  # row-major with a longer stride
     assert rel_err(K.reduce_matmul(frame, g), frame.matmul(g)) < TOL64
+
+
+@pytest.mark.parametrize(
+    "k,s,d,p",
+    [
+        ((3, 3), (2, 2), (1, 1), (1, 1)),
+        ((3, 2), (2, 3), (1, 2), (0, 2)),
+        ((5, 5), (3, 3), (2, 2), (4, 1)),
+    ],
+)
+def test_nearest_upsampling_then_conv_is_one_transposed_conv(k, s, d, p):
+    import torch.nn.functional as F
+
+    w, x = randn(4, 3, *k, seed=12), randn(2, 3, 5, 6, seed=13)
+    ref = F.conv2d(F.interpolate(x, scale_factor=s, mode="nearest"), w, padding=p, dilation=d)
+    kc = K.nearest_conv_kernel(w, s, d)
+    p2 = tuple(dd * (kk - 1) - pp for dd, kk, pp in zip(d, k, p))
+    assert rel_err(F.conv_transpose2d(x, kc, stride=s, padding=p2), ref) < TOL64
+    v = randn(*kc.shape, seed=14)  # the adjoint: <A w, v> = <w, A^T v>
+    lhs = float((kc * v).sum())
+    rhs = float((w * K.nearest_conv_kernel_grad(v, s, d, w.shape)).sum())
+    assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))

@@ -114,10 +114,20 @@ LAYER_CASES = {
         16,
         lambda x, w, b: F.conv2d(x, w, b, 1, 2, 2),
     ),
-    "upsample": (
+    "upsample": (  # bfloat16: the transposed convolution of the combined kernel
         nf.upsample(5, 3, 2, padding=1),
         4,
         lambda x, w, b: F.conv2d(F.interpolate(x, scale_factor=2), w, b, 1, 1),
+    ),
+    "upsample dilated, two scales": (
+        nf.upsample(5, 3, (2, 3), padding=(1, 0), dilation=(1, 2)),
+        4,
+        lambda x, w, b: F.conv2d(F.interpolate(x, scale_factor=(2, 3)), w, b, 1, (1, 0), (1, 2)),
+    ),
+    "upsample padded past its kernel": (  # padding 3 > k - 1: the polyphase backward
+        nf.upsample(5, 3, 2, padding=3),
+        4,
+        lambda x, w, b: F.conv2d(F.interpolate(x, scale_factor=2), w, b, 1, 3),
     ),
 }
 
