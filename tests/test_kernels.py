@@ -113,7 +113,7 @@ def test_channel_sums_fold_narrow_matrices_exactly(shape):
     ref = x.reshape(-1, shape[-1]).sum(0)
     assert rel_err(K.channel_sums(x), ref) < TOL64
     assert rel_err(K.channel_sums(x.permute(0, 2, 1, 3)), ref) < TOL64  # a strided view
-    low = K.channel_sums(x.to(torch.bfloat16)).double()  # k bfloat16 partial sums, then added
+    low = K.channel_sums(x.to(torch.bfloat16)).double()  # float32 sums, rounded once
     assert rel_err(low, ref) < 2e-2
 
 
