@@ -11,7 +11,8 @@ One step = forward + MSE + backward + Adam update (default Adam, lr 1e-3, on bot
 n2nfunc as ``Model.train`` runs it (class wrappers; the data needs no gradient; bfloat16 via
 ``mixed_precision``, float32 master weights and optimizer state). Contenders alternate in
 rounds (median of >= 5). Ratios: throughput / the faster torch layout of that precision.
-Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step.
+Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step
+(the median of 3 processes).
 """
 
 import argparse
@@ -135,11 +136,16 @@ def memory_child(args) -> None:
     print(json.dumps({"peak_mb": (peak - base) / 2**20}))
 
 
-def peak_memory(name: str, config: dict, batch: int, threads: int) -> float:
+def peak_memory(name: str, config: dict, batch: int, threads: int, runs: int = 3) -> float:
+    """The median peak of ``runs`` fresh processes: one run's peak RSS depends on where the C
+    allocator happened to place blocks (the same n2nfunc step measured 72 or 102 MB)."""
     cmd = [sys.executable, __file__, "--memory", name, "--config", json.dumps(config)]
     cmd += ["--batch", str(batch), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    peaks = []
+    for _ in range(runs):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+    return sorted(peaks)[len(peaks) // 2]
 
 
 def settings(quick: bool):
