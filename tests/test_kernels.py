@@ -169,6 +169,7 @@ def test_reduce_matmul_splits_long_sums_exactly(r):
         ((3, 3), (2, 2), (1, 1), (1, 1)),
         ((3, 2), (2, 3), (1, 2), (0, 2)),
         ((5, 5), (3, 3), (2, 2), (4, 1)),
+        ((1, 1), (2, 1), (1, 1), (0, 0)),  # kernel 1, scale 1 along x
     ],
 )
 def test_nearest_upsampling_then_conv_is_one_transposed_conv(k, s, d, p):

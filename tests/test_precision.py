@@ -219,3 +219,40 @@ def test_hardware_report():
     problem = hardware.bfloat16_problem("cpu")
     assert (problem is None) == hardware.native_bfloat16("cpu")
     assert hardware.describe().startswith("CPU ")
+
+
+@pytest.mark.parametrize(
+    "kernel,scale,padding,n,hw,bias",
+    [
+        (3, 2, 1, 2, (7, 5), True),
+        (1, (1, 2), 0, 1, (4, 3), False),  # kernel 1, scale 1 along y, batch 1, no bias
+        (3, 3, 2, 1, (5, 6), True),
+    ],
+)
+def test_bfloat16_upsample_is_one_transposed_convolution(
+    monkeypatch, kernel, scale, padding, n, hw, bias
+):
+    """In bfloat16 ``upsample``'s backward pass is the strided convolution adjoint to one
+    transposed convolution (no col2im of rounded products): same gradients as float64 within
+    bfloat16 rounding, with or without the input gradient."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("polyphase_backward used in bfloat16")
+
+    layer = nf.upsample(6, kernel, scale, padding=padding, bias=bias)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(n, 4, *hw, generator=g, dtype=torch.float64)
+    _, params = layer.init(g, x.shape)
+    params = {k: v.double() for k, v in params.items()}
+    y64, pb64 = layer.vjp(params, x)
+    ct = torch.randn(y64.shape, generator=g, dtype=torch.float64)
+    grads64, dx64 = pb64(ct)
+    monkeypatch.setattr(nf.kernels, "polyphase_backward", refuse)
+    low = {k: v.to(torch.bfloat16) for k, v in params.items()}
+    y, pb = layer.vjp(low, x.to(torch.bfloat16))
+    grads, dx = pb(ct.to(torch.bfloat16))
+    assert rel_err(y.double(), y64) < BF16_TOL and rel_err(dx.double(), dx64) < BF16_TOL
+    for key in grads64:
+        assert rel_err(grads[key].double(), grads64[key]) < BF16_TOL
+    grads_only, none = layer.vjp(low, x.to(torch.bfloat16))[1](ct.to(torch.bfloat16), False)
+    assert none is None and torch.equal(grads_only["weight"], grads["weight"])
