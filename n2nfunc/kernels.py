@@ -287,7 +287,11 @@ def _phase_kron(py: PhasePlan, px: PhasePlan, dtype, device) -> Tensor:
     """``Ay (x) Ax``: (sy*Uy * sx*Ux, kh * kw), so that both dims combine in one matmul (in
     bfloat16 each small matmul cost more in its call than in its work: two matmuls per
     combine were 0.25 ms of the default network's training step)."""
-    ay, ax = _phase_matrix(py, dtype, device), _phase_matrix(px, dtype, device)
+    return _kron(_phase_matrix(py, dtype, device), _phase_matrix(px, dtype, device))
+
+
+def _kron(ay: Tensor, ax: Tensor) -> Tensor:
+    """The Kronecker product: ``K[(a, b), (t, u)] = ay[a, t] ax[b, u]``."""
     return (ay[:, None, :, None] * ax[None, :, None, :]).reshape(
         ay.shape[0] * ax.shape[0], ay.shape[1] * ax.shape[1]
     )
@@ -331,10 +335,7 @@ def _nearest_matrix(kernel: tuple, scale: tuple, dilation: tuple, dtype, device)
         for t in range(k):
             a[d * (k - 1) - d * t : d * (k - 1) - d * t + s, t] = 1
         per_dim.append(a)
-    ay, ax = per_dim
-    return (ay[:, None, :, None] * ax[None, :, None, :]).reshape(
-        ay.shape[0] * ax.shape[0], ay.shape[1] * ax.shape[1]
-    )
+    return _kron(*per_dim)
 
 
 def nearest_conv_kernel(weight: Tensor, scale: tuple, dilation: tuple) -> Tensor:
