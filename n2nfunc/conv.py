@@ -323,11 +323,7 @@ def upsample(
         return y, pullback
 
     def transposed_vjp(params, x):
-        weight = params["weight"]
-        _, w_eff, py, px, out_hw = plans(params, x)
-        xh = to_nhwc(x)
-        y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False)
-        y = to_nchw(y)
+        weight, xh, y = params["weight"], to_nhwc(x), apply(params, x)
 
         def pullback(ct, input_grad=True):
             g = to_nhwc(check_cotangent(ct, y, name))
