@@ -203,18 +203,27 @@ def conv_transpose2d(
         w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
         y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False)
         y = to_nchw(y)
-
-        def pullback(ct, input_grad=True):
-            g = to_nhwc(check_cotangent(ct, y, name))
-            dx, weight_grad = K.conv_and_weight_grad(g, weight, None, k, s, p, d, (h, w))
-            grads = {"weight": weight_grad(xh)}
-            if bias:
-                grads["bias"] = K.channel_sums(g)
-            return grads, to_nchw(dx) if input_grad else None
-
-        return y, pullback
+        return y, _transposed_pullback(name, y, xh, weight, k, s, p, d, bias)
 
     return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+
+
+def _transposed_pullback(name, y, xh, kernel, k, s, p, d, bias, kernel_to_weight=None):
+    """The pullback of a transposed convolution of ``xh`` (NHWC) with ``kernel`` [in, out,
+    kh, kw]: ``dx`` is the plain convolution of ``g`` with the same kernel, whose im2col also
+    gives the kernel gradient ``x^T @ im2col(g)``, mapped by ``kernel_to_weight`` to the
+    layer's own weight when the kernel is derived from it."""
+
+    def pullback(ct, input_grad=True):
+        g = to_nhwc(check_cotangent(ct, y, name))
+        dx, kernel_grad = K.conv_and_weight_grad(g, kernel, None, k, s, p, d, xh.shape[1:3])
+        d_kernel = kernel_grad(xh)
+        grads = {"weight": d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)}
+        if bias:
+            grads["bias"] = K.channel_sums(g)
+        return grads, to_nchw(dx) if input_grad else None
+
+    return pullback
 
 
 def nearest_upsample(scale_factor=2) -> Layer:
@@ -323,18 +332,15 @@ def upsample(
         return y, pullback
 
     def transposed_vjp(params, x):
-        weight, xh, y = params["weight"], to_nhwc(x), apply(params, x)
+        weight, y = params["weight"], apply(params, x)
+        kc = K.nearest_conv_kernel(weight, sc, d)
 
-        def pullback(ct, input_grad=True):
-            g = to_nhwc(check_cotangent(ct, y, name))
-            kc = K.nearest_conv_kernel(weight, sc, d)
-            dx, kernel_grad = K.conv_and_weight_grad(g, kc, None, k2, sc, p2, (1, 1), xh.shape[1:3])
-            d_kc = kernel_grad(xh)
-            grads = {"weight": K.nearest_conv_kernel_grad(d_kc, sc, d, tuple(weight.shape))}
-            if bias:
-                grads["bias"] = K.channel_sums(g)
-            return grads, to_nchw(dx) if input_grad else None
+        def to_weight(d_kc):
+            return K.nearest_conv_kernel_grad(d_kc, sc, d, tuple(weight.shape))
 
+        pullback = _transposed_pullback(
+            name, y, to_nhwc(x), kc, k2, sc, p2, (1, 1), bias, kernel_to_weight=to_weight
+        )
         return y, pullback
 
     return Layer(init, apply, skips_input_grad(vjp))
