@@ -163,12 +163,15 @@ def check_params(params, layer: str, expected: dict, what: str = "parameter") ->
             raise ValueError(f"{layer}: {what} '{key}' must have shape {tuple(shape)}, got {found}")
 
 
-def check_cotangent(ct, y: Tensor, layer: str) -> Tensor:
-    """The output cotangent must be a tensor of the output's shape (no silent broadcasting)."""
-    if not isinstance(ct, Tensor) or ct.shape != y.shape:
+def check_cotangent(ct, shape, layer: str) -> Tensor:
+    """The output cotangent must be a tensor of the output's ``shape`` (no silent
+    broadcasting). Pullbacks pass ``y.shape``, not ``y``, unless they need ``y`` anyway: a
+    closure that holds the output keeps its memory alive until the backward pass."""
+    shape = shape.shape if isinstance(shape, Tensor) else shape
+    if not isinstance(ct, Tensor) or ct.shape != shape:
         got = tuple(ct.shape) if isinstance(ct, Tensor) else type(ct).__name__
         raise ValueError(
-            f"{layer}: output gradient must have the output's shape {tuple(y.shape)}, got {got}"
+            f"{layer}: output gradient must have the output's shape {tuple(shape)}, got {got}"
         )
     return ct
 

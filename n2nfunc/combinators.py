@@ -204,7 +204,8 @@ def fanin_sum() -> Layer:
     def vjp(params, xs):
         _same_shapes([x.shape for x in _check_tuple(xs, -1, "fanin_sum")], "fanin_sum")
         y = _sum(xs)
-        return y, lambda ct: ({}, (check_cotangent(ct, y, "fanin_sum"),) * len(xs))
+        y_shape, count = y.shape, len(xs)
+        return y, lambda ct: ({}, (check_cotangent(ct, y_shape, "fanin_sum"),) * count)
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 
@@ -231,10 +232,10 @@ def fanin_concat(axis: int = 1) -> Layer:
             raise ValueError(
                 f"{name}: cannot concatenate shapes {[tuple(x.shape) for x in xs]}: {e}"
             ) from None
-        sizes = [x.shape[axis] for x in xs]
+        sizes, y_shape = [x.shape[axis] for x in xs], y.shape
 
         def pullback(ct):
-            return {}, tuple(check_cotangent(ct, y, name).split(sizes, axis))
+            return {}, tuple(check_cotangent(ct, y_shape, name).split(sizes, axis))
 
         return y, pullback
 
@@ -270,7 +271,7 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
         y = x + fx
 
         def pullback(ct):
-            grads, cx = pb(check_cotangent(ct, y, "residual"))
+            grads, cx = pb(check_cotangent(ct, fx.shape, "residual"))
             return grads, cx + ct
 
         return y, new_state, pullback

@@ -116,10 +116,11 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
         yp, pb = layer.vjp(params, xp)
         check_size(yp, xp)
         y = yp[:, :, :h, :w]
+        y_shape, yp_shape = y.shape, yp.shape
 
         def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y, name)
-            ctp = yp.new_zeros(yp.shape)
+            ct = check_cotangent(ct, y_shape, name)
+            ctp = ct.new_zeros(yp_shape)
             ctp[:, :, :h, :w] = ct
             grads, cxp = pull(layer.vjp, pb, ctp, input_grad)
             return grads, _edge_pad_adjoint(cxp, h, w) if input_grad else None

@@ -60,9 +60,10 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
 
     def vjp(params, x):
         y = forward(params, x)
+        y_shape = y.shape
 
         def pullback(ct, input_grad=True):
-            g = check_cotangent(ct, y, name)
+            g = check_cotangent(ct, y_shape, name)
             g2d = g.reshape(-1, out_features)
             grads = {"weight": g2d.t().matmul(x.reshape(-1, x.shape[-1]))}
             if bias:
@@ -93,9 +94,10 @@ def flatten() -> Layer:
                 f"{name}: expected a non-empty batch of shape (N, ...), got {tuple(x.shape)}"
             )
         y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+        x_shape, y_shape = x.shape, y.shape
 
         def pullback(ct):
-            return {}, check_cotangent(ct, y, name).reshape(x.shape)
+            return {}, check_cotangent(ct, y_shape, name).reshape(x_shape)
 
         return y, pullback
 

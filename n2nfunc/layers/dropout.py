@@ -36,11 +36,12 @@ def dropout(p: float = 0.5) -> StatefulLayer:
         check_params(params, name, {})
         check_params(state, name, {}, "state")
         check_tensor(x, name)
+        shape = x.shape  # the closures hold the shape, not the tensors
         if not train or p == 0:
-            return x, state, lambda ct: ({}, check_cotangent(ct, x, name))
+            return x, state, lambda ct: ({}, check_cotangent(ct, shape, name))
         mask = scaled_mask(x, rng)
         y = x * mask
-        return y, state, lambda ct: ({}, check_cotangent(ct, y, name) * mask)
+        return y, state, lambda ct: ({}, check_cotangent(ct, shape, name) * mask)
 
     def apply(params, state, x, *, train, rng=None):
         y, new_state, _ = vjp(params, state, x, train=train, rng=rng)

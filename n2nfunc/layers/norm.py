@@ -86,6 +86,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         invstd = (var + eps).rsqrt()
         scale = invstd * params["weight"]
         y = xc * _column(scale) + _column(params["bias"])
+        y_shape = y.shape
 
         count = state["num_batches_tracked"] + 1
         f = momentum if momentum is not None else 1.0 / float(count)
@@ -96,7 +97,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         }
 
         def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y, name)
+            ct = check_cotangent(ct, y_shape, name)
             d_bias = ct.sum(_AXES)
             ct_xc = (ct * xc).sum(_AXES)
             grads = {"weight": ct_xc * invstd, "bias": d_bias}
@@ -113,9 +114,10 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         scale = invstd * params["weight"]
         xc = x - _column(state["running_mean"])
         y = xc * _column(scale) + _column(params["bias"])
+        y_shape = y.shape
 
         def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y, name)
+            ct = check_cotangent(ct, y_shape, name)
             grads = {"weight": (ct * xc).sum(_AXES) * invstd, "bias": ct.sum(_AXES)}
             return grads, (ct * _column(scale) if input_grad else None)
 

@@ -75,10 +75,11 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
         y_h, saved = reduce_saving(win)
         y = to_nchw(y_h)
         h, w = x.shape[2:]
+        y_shape, xp_shape = y.shape, xp.shape
 
         def pullback(ct):
-            g = to_nhwc(check_cotangent(ct, y, name))
-            dxp = backward(g, saved, xp.shape, k, s)
+            g = to_nhwc(check_cotangent(ct, y_shape, name))
+            dxp = backward(g, saved, xp_shape, k, s)
             return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
 
         return y, pullback
@@ -216,7 +217,7 @@ def global_avg_pool() -> Layer:
         y = x.mean((2, 3))
 
         def pullback(ct):
-            share = check_cotangent(ct, y, name) / (h * w)
+            share = check_cotangent(ct, (n, c), name) / (h * w)
             return {}, to_nchw(share.view(n, 1, 1, c).expand(n, h, w, c).contiguous())
 
         return y, pullback
