@@ -769,7 +769,13 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
     z, plan = _row_unroll(x, (kh, kw), padding, out_hw)
     taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)
     y = tap_sum(z, taps, bias, plan, x.shape[0])
-    return y, lambda g: _row_weight_grad(z, g, plan, tuple(weight.shape))
+    del z  # kw times the input: unrolled again for the weight gradient, not kept
+
+    def row_weight_grad(g: Tensor) -> Tensor:
+        z = _row_unroll(x, (kh, kw), padding, out_hw)[0]
+        return _row_weight_grad(z, g, plan, tuple(weight.shape))
+
+    return y, row_weight_grad
 
 
 def conv(
