@@ -318,12 +318,13 @@ def upsample(
         if x.element_size() < 4 and min(p2) >= 0:
             return transposed_vjp(params, x)
         wk, w_eff, py, px, out_hw = plans(params, x)
-        y, cols = K.polyphase_forward(to_nhwc(x), w_eff, params.get("bias"), py, px, out_hw)
-        y = to_nchw(y)
+        xh = to_nhwc(x)
+        y = to_nchw(K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, False)[0])
         y_shape = y.shape
 
-        def pullback(ct, input_grad=True):
+        def pullback(ct, input_grad=True):  # the im2col of x is formed again, not kept
             g = to_nhwc(check_cotangent(ct, y_shape, name))
+            cols = K.polyphase_cols(xh, py, px)
             d_eff, dx = K.polyphase_backward(g, cols, w_eff, py, px, input_grad)
             grads = {
                 "weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()

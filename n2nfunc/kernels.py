@@ -54,17 +54,27 @@ def conv_forward(
     im2col matrix, kept for the weight gradient; with ``keep_cols=False`` ``cols`` is None
     and the im2col matrix is only formed a block at a time (:func:`im2col_matmul`).
     """
-    n, h, w, _ = x.shape
-    pads = []
-    for size, k, s, p, d, o in zip((h, w), kernel, stride, padding, dilation, out_hw):
-        needed = (o - 1) * s + d * (k - 1) + 1
-        pads += [p, needed - size - p]
-    xp = x if not any(pads) else pad(x, *pads)
+    xp = _padded_input(x, kernel, stride, padding, dilation, out_hw)
     if not keep_cols:
         return im2col_matmul(xp, wmat, bias, kernel, stride, dilation, out_hw), None
     cols = im2col(xp, kernel, stride, dilation, out_hw)
     y = cols.matmul(wmat) if bias is None else bias.addmm(cols, wmat)
-    return y.view(n, out_hw[0], out_hw[1], wmat.shape[1]), cols
+    return y.view(x.shape[0], out_hw[0], out_hw[1], wmat.shape[1]), cols
+
+
+def _padded_input(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
+    """The NHWC input padded (or cropped) to exactly what ``out_hw`` outputs read."""
+    pads = []
+    for size, k, s, p, d, o in zip(x.shape[1:3], kernel, stride, padding, dilation, out_hw):
+        needed = (o - 1) * s + d * (k - 1) + 1
+        pads += [p, needed - size - p]
+    return x if not any(pads) else pad(x, *pads)
+
+
+def conv_cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
+    """The im2col matrix of :func:`conv_forward` (rows: output pixels; kh*kw*C columns)."""
+    xp = _padded_input(x, kernel, stride, padding, dilation, out_hw)
+    return im2col(xp, kernel, stride, dilation, out_hw)
 
 
 # Bytes of im2col matrix formed at a time by im2col_matmul: a block small enough to stay in
@@ -473,11 +483,18 @@ def polyphase_forward(
     return y, cols
 
 
+def polyphase_cols(x: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:
+    """The im2col matrix of :func:`polyphase_forward` (what its ``keep_cols`` returns)."""
+    window, pads = (py.width, px.width), (py.pad_before, px.pad_before)
+    return conv_cols(x, window, (1, 1), pads, (1, 1), (py.starts, px.starts))
+
+
 def polyphase_backward(
     g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px: PhasePlan, input_grad: bool = True
 ):
     """Gradients of :func:`polyphase_forward` wrt ``W_eff`` and (unless ``input_grad`` is
-    False, then ``None``) wrt its input ``x`` (NHWC)."""
+    False, then ``None``) wrt its input ``x`` (NHWC), for the im2col matrix ``cols`` of ``x``
+    (:func:`polyphase_cols`)."""
     n, co = g.shape[0], g.shape[3]
     dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
     view = _interleaved(dr, py, px)
