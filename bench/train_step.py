@@ -12,7 +12,7 @@ n2nfunc as ``Model.train`` runs it (class wrappers; the data needs no gradient; 
 ``mixed_precision``, float32 master weights and optimizer state). Contenders alternate in
 rounds (median of >= 5). Ratios: throughput / the faster torch layout of that precision.
 Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step
-(the median of 3 processes).
+(the median of 5 processes).
 """
 
 import argparse
@@ -136,9 +136,10 @@ def memory_child(args) -> None:
     print(json.dumps({"peak_mb": (peak - base) / 2**20}))
 
 
-def peak_memory(name: str, config: dict, batch: int, threads: int, runs: int = 3) -> float:
+def peak_memory(name: str, config: dict, batch: int, threads: int, runs: int = 5) -> float:
     """The median peak of ``runs`` fresh processes: one run's peak RSS depends on where the C
-    allocator happened to place blocks (the same n2nfunc step measured 72 or 102 MB)."""
+    allocator happened to place blocks (the same n2nfunc step measured 64 to 87 MB in seven
+    processes, torch.nn float32 50 to 61 MB)."""
     cmd = [sys.executable, __file__, "--memory", name, "--config", json.dumps(config)]
     cmd += ["--batch", str(batch), "--threads", str(threads)]
     peaks = []
