@@ -269,9 +269,10 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
         fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=rng)
         _same_shape(x.shape, fx.shape)
         y = x + fx
+        y_shape = y.shape
 
         def pullback(ct):
-            grads, cx = pb(check_cotangent(ct, fx.shape, "residual"))
+            grads, cx = pb(check_cotangent(ct, y_shape, "residual"))
             return grads, cx + ct
 
         return y, new_state, pullback

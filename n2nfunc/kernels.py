@@ -786,13 +786,18 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
     z, plan = _row_unroll(x, (kh, kw), padding, out_hw)
     taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)
     y = tap_sum(z, taps, bias, plan, x.shape[0])
-    del z  # kw times the input: unrolled again for the weight gradient, not kept
+    return y, _unrolled_weight_grad(x, tuple(weight.shape), padding, out_hw)
 
-    def row_weight_grad(g: Tensor) -> Tensor:
-        z = _row_unroll(x, (kh, kw), padding, out_hw)[0]
-        return _row_weight_grad(z, g, plan, tuple(weight.shape))
 
-    return y, row_weight_grad
+def _unrolled_weight_grad(x: Tensor, shape: tuple, padding: tuple, out_hw: tuple):
+    """``g -> dW`` (shaped ``shape``) by row taps on ``x`` unrolled again when called: the
+    unrolled copy, kw times the input, is not kept from the forward pass."""
+
+    def weight_grad(g: Tensor) -> Tensor:
+        z, plan = _row_unroll(x, shape[2:], padding, out_hw)
+        return _row_weight_grad(z, g, plan, shape)
+
+    return weight_grad
 
 
 def conv(
@@ -853,12 +858,7 @@ def conv_and_weight_grad(
     if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
         if weight.shape[0] >= weight.shape[1]:  # O >= C: row taps, kh wider matmuls
-
-            def row_weight_grad(a: Tensor) -> Tensor:
-                z, plan = _row_unroll(x, kernel, padding, out_hw)
-                return _row_weight_grad(z, a, plan, tuple(weight.shape))
-
-            return y, row_weight_grad
+            return y, _unrolled_weight_grad(x, tuple(weight.shape), padding, out_hw)
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         return y, lambda a: s2d_weight_grad_to_conv(
             s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)

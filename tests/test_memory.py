@@ -28,6 +28,7 @@ LAYERS = [  # name, layer, input shape (the pullback of each may keep its input,
     ("padded_to_multiple", nf.padded_to_multiple(nf.conv2d(4, 3, padding=1), 4), IMAGE),
     ("serial", nf.serial(nf.conv2d(4, 4, 2, 1), nf.relu(), nf.conv_transpose2d(3, 4, 2, 1)), IMAGE),
     ("mixed_precision", nf.mixed_precision(nf.conv2d(5, 3, padding=1)), IMAGE),
+    ("residual", nf.residual(nf.serial(nf.conv2d(4, 3, padding=1), nf.relu())), IMAGE),
 ]
 
 
