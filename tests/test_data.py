@@ -97,6 +97,7 @@ def test_course_file_loader(tmp_path):
             load_pair_file(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the crafted file's protocol
 def test_course_loader_never_runs_code_from_the_file(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
