@@ -59,7 +59,7 @@ def torch_net(config: dict, state: dict) -> nn.Sequential:
         nn.Sigmoid(),
     )
     with torch.no_grad():
-        for (name, param), value in zip(net.named_parameters(), state.values()):
+        for param, value in zip(net.parameters(), state.values()):
             param.copy_(value)
     return net
 

@@ -43,6 +43,11 @@ def loss_error(loss, ref, pred, target):
     return max(err(value, v.detach()), err(grad, g))
 
 
+def _pool(fn, *args):
+    """The torch reference ``(x, params) -> fn(x, *args)`` of a pooling layer."""
+    return lambda t, _: fn(t, *args)
+
+
 def randn(*shape):
     return torch.randn(*shape, dtype=torch.float64)
 
@@ -75,16 +80,16 @@ def main():
         x = randn(n, 2, *hw)
         record(
             "max_pool2d",
-            layer_error(nf.max_pool2d(k, s, p), lambda t, _: F.max_pool2d(t, k, s, p), x),
+            layer_error(nf.max_pool2d(k, s, p), _pool(F.max_pool2d, k, s, p), x),
         )
         ties = torch.randint(0, 2, x.shape).double()
         record(
             "max_pool2d (ties)",
-            layer_error(nf.max_pool2d(k, s, p), lambda t, _: F.max_pool2d(t, k, s, p), ties),
+            layer_error(nf.max_pool2d(k, s, p), _pool(F.max_pool2d, k, s, p), ties),
         )
         record(
             "avg_pool2d",
-            layer_error(nf.avg_pool2d(k, s, p), lambda t, _: F.avg_pool2d(t, k, s, p), x),
+            layer_error(nf.avg_pool2d(k, s, p), _pool(F.avg_pool2d, k, s, p), x),
         )
     for shape in [(1, 1, 1, 1), (1, 3, 5, 7), (4, 2, 6, 6)]:
         record(

@@ -73,13 +73,14 @@ def main() -> None:
         total = time.perf_counter() - t0
     t = json.loads(proc.stdout.strip().splitlines()[-1])
     print(
-        f"grader flow on the exported submission ({args.n_train} training pairs, {args.threads} threads):"
+        f"grader flow on the exported submission ({args.n_train} training pairs, "
+        f"{args.threads} threads):"
     )
     for key in ("load", "train 1 epoch", "predict"):
         print(f"  {key:<16}{t[key]:>8.1f} s")
     print(
-        f"  {'whole process':<16}{total:>8.1f} s = {total / 60:.1f} min of the 45-minute CPU budget "
-        f"({100 * total / 2700:.0f}%)"
+        f"  {'whole process':<16}{total:>8.1f} s = {total / 60:.1f} min of the 45-minute CPU "
+        f"budget ({100 * total / 2700:.0f}%)"
     )
     print(f"  PSNR after fine-tuning: {t['psnr']:.2f} dB (noisy input {t['noisy psnr']:.2f} dB)")
 

@@ -156,67 +156,72 @@ def table(precision: str, dtype, peak: float, args) -> None:
         f"{'vjp ours':>10}{'torch':>8}{'ratio':>7}{'%peak':>7}"
     )
     for name, layer, ref, shape in CASES:
-        x = torch.randn(args.batch, *shape).to(dtype)
-        _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
-        params = {k: v.to(dtype) for k, v in params.items()}
-        ct = torch.randn(layer.apply(params, x).shape).to(dtype)
-        leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-        xcl, ctcl = (  # channels_last exists for images only
-            t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in (x, ct)
-        )
-        # ours as inside a network: channels-last activations (what n2nfunc's layers return),
-        # and a cotangent laid out like the output
-        x_ours = xcl
-        y = layer.apply(params, x_ours)
-        ct_ours = torch.empty_like(y).copy_(ct)
-
-        def ours_vjp():
-            _, pullback = layer.vjp(params, x_ours)
-            pullback(ct_ours)
-
-        def torch_vjp(xx, cc):
-            def run():
-                with torch.enable_grad():
-                    xr = xx.detach().requires_grad_()
-                    torch.autograd.grad(ref(xr, leaves), [xr] + list(leaves.values()), cc)
-
-            return run
-
-        gemm = nominal_gemm(name, x.shape, y.shape, params) or (1, 1, 1)
-        a, b = torch.randn(gemm[0], gemm[1]).to(dtype), torch.randn(gemm[1], gemm[2]).to(dtype)
-        at, bt = a.t().contiguous(), b.t().contiguous()
-        t = interleaved(
-            {
-                "G": lambda: a.matmul(b),  # both orientations: a thin N is faster transposed
-                "Gt": lambda: bt.matmul(at),
-                "f": lambda: layer.apply(params, x_ours),
-                "F": lambda: ref(x, leaves),
-                "Fcl": lambda: ref(xcl, leaves),
-                "v": ours_vjp,
-                "V": torch_vjp(x, ct),
-                "Vcl": torch_vjp(xcl, ctcl),
-            },
-            2,
-            5,
-            args.rounds,
-        )
-        tf, tv = min(t["F"], t["Fcl"]), min(t["V"], t["Vcl"])
-        flops = 2.0 * gemm[0] * gemm[1] * gemm[2] if "weight" in params else 0.0
-        bare = f"{min(t['G'], t['Gt']) * 1e3:>7.2f}" if flops else f"{'-':>7}"
-
-        def share(seconds, factor):
-            return f"{100 * factor * flops / seconds / 1e9 / peak:>6.0f}%" if flops else f"{'-':>7}"
-
-        print(
-            f"{name:<24}{t['f'] * 1e3:>9.2f}{tf * 1e3:>8.2f}{tf / t['f']:>7.2f}{bare}"
-            f"{share(t['f'], 1)}"
-            f"{t['v'] * 1e3:>10.2f}{tv * 1e3:>8.2f}{tv / t['v']:>7.2f}{share(t['v'], 3)}"
-        )
+        print(row(name, layer, ref, shape, dtype, peak, args))
     print(
         "\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all "
         "gradients; GEMM = one bare matmul with the forward's nominal multiply-adds, "
         "operands ready (pixels x Cin k k x Cout, the faster orientation); %peak = nominal "
         "FLOPs (x3 for vjp) / time / the GEMM peak of this precision\n"
+    )
+
+
+def row(name: str, layer, ref, shape, dtype, peak: float, args) -> str:
+    """One table row: the layer's forward and VJP against torch's and the bare GEMM."""
+    x = torch.randn(args.batch, *shape).to(dtype)
+    _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
+    params = {k: v.to(dtype) for k, v in params.items()}
+    ct = torch.randn(layer.apply(params, x).shape).to(dtype)
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    xcl, ctcl = (  # channels_last exists for images only
+        t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in (x, ct)
+    )
+    # ours as inside a network: channels-last activations (what n2nfunc's layers return),
+    # and a cotangent laid out like the output
+    x_ours = xcl
+    y = layer.apply(params, x_ours)
+    ct_ours = torch.empty_like(y).copy_(ct)
+
+    def ours_vjp():
+        _, pullback = layer.vjp(params, x_ours)
+        pullback(ct_ours)
+
+    def torch_vjp(xx, cc):
+        def run():
+            with torch.enable_grad():
+                xr = xx.detach().requires_grad_()
+                torch.autograd.grad(ref(xr, leaves), [xr] + list(leaves.values()), cc)
+
+        return run
+
+    gemm = nominal_gemm(name, x.shape, y.shape, params) or (1, 1, 1)
+    a, b = torch.randn(gemm[0], gemm[1]).to(dtype), torch.randn(gemm[1], gemm[2]).to(dtype)
+    at, bt = a.t().contiguous(), b.t().contiguous()
+    t = interleaved(
+        {
+            "G": lambda: a.matmul(b),  # both orientations: a thin N is faster transposed
+            "Gt": lambda: bt.matmul(at),
+            "f": lambda: layer.apply(params, x_ours),
+            "F": lambda: ref(x, leaves),
+            "Fcl": lambda: ref(xcl, leaves),
+            "v": ours_vjp,
+            "V": torch_vjp(x, ct),
+            "Vcl": torch_vjp(xcl, ctcl),
+        },
+        2,
+        5,
+        args.rounds,
+    )
+    tf, tv = min(t["F"], t["Fcl"]), min(t["V"], t["Vcl"])
+    flops = 2.0 * gemm[0] * gemm[1] * gemm[2] if "weight" in params else 0.0
+    bare = f"{min(t['G'], t['Gt']) * 1e3:>7.2f}" if flops else f"{'-':>7}"
+
+    def share(seconds, factor):
+        return f"{100 * factor * flops / seconds / 1e9 / peak:>6.0f}%" if flops else f"{'-':>7}"
+
+    return (
+        f"{name:<24}{t['f'] * 1e3:>9.2f}{tf * 1e3:>8.2f}{tf / t['f']:>7.2f}{bare}"
+        f"{share(t['f'], 1)}"
+        f"{t['v'] * 1e3:>10.2f}{tv * 1e3:>8.2f}{tv / t['v']:>7.2f}{share(t['v'], 3)}"
     )
 
 

@@ -56,6 +56,6 @@ for epoch in range(1 if QUICK else 3):
         params, state, loss = step(params, state, xt[idx], yt[idx])
     denoised = net.apply(params, xv)
     print(
-        f"epoch {epoch + 1}: loss {float(loss):.4f}, validation {psnr(denoised, yv.float() / 255):.2f} dB, "
-        f"{time.perf_counter() - t0:.0f} s"
+        f"epoch {epoch + 1}: loss {float(loss):.4f}, "
+        f"validation {psnr(denoised, yv.float() / 255):.2f} dB, {time.perf_counter() - t0:.0f} s"
     )

@@ -104,9 +104,11 @@ UP_GRID = [
 def test_upsample_matches_nearest_then_conv_float64(k, sc, p, d, hw, n):
     layer = nf.upsample(4, k, scale_factor=sc, padding=p, dilation=d)
     params = init64(layer, (n, 3) + hw)
-    ref = lambda x, q: F.conv2d(
-        F.interpolate(x, scale_factor=sc, mode="nearest"), q["weight"], q["bias"], 1, p, d
-    )
+
+    def ref(x, q):
+        up = F.interpolate(x, scale_factor=sc, mode="nearest")
+        return F.conv2d(up, q["weight"], q["bias"], 1, p, d)
+
     _compare(layer, ref, params, randn(n, 3, *hw), TOL64)
 
 

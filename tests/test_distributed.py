@@ -170,7 +170,9 @@ def test_model_rejects_a_batch_that_does_not_divide_by_the_ranks():
 
 def test_cli_refuses_nproc_that_does_not_divide_the_batch(capsys):
     assert main(["train", *CLI_TINY, "--batch-size", "15", "--nproc", "2"]) == 2
-    assert "global --batch-size 15 must divide by the number of processes" in capsys.readouterr().err
+    assert (
+        "global --batch-size 15 must divide by the number of processes" in capsys.readouterr().err
+    )
     assert main(["train", *CLI_TINY, "--nproc", "0"]) == 2
     assert "argument --nproc: expected an integer >= 1, got '0'" in capsys.readouterr().err
 

@@ -78,9 +78,11 @@ def test_stateful_layers_work_in_the_submission(submission):
         net.backward(torch.randn_like(y))
         f = core.serial(core.conv2d(4, 3), core.batch_norm2d(), core.dropout(0.2))
         _, params, state = f.init(None, (-1, 3, 6, 6))
-        out, state = f.apply(params, state, torch.randn(2, 3, 6, 6), train=True, rng=torch.Generator())
-        print(json.dumps({"keys": list(net.state_dict()), "steps": int(state["1"]["num_batches_tracked"]),
-                          "eval_same": bool(torch.equal(net.eval()[3](y), y))}))
+        x = torch.randn(2, 3, 6, 6)
+        out, state = f.apply(params, state, x, train=True, rng=torch.Generator())
+        steps = int(state["1"]["num_batches_tracked"])
+        same = bool(torch.equal(net.eval()[3](y), y))
+        print(json.dumps({"keys": list(net.state_dict()), "steps": steps, "eval_same": same}))
     """,
         submission,
     )
@@ -144,7 +146,8 @@ def test_blocks_behave_like_torch_for_the_grader(submission):
         """
         import json
         import torch.nn.functional as F
-        from model import Conv2d, TransposeConv2d, Upsampling, NearestUpsampling, ReLU, Sigmoid, MSE, SGD, Sequential
+        from model import Conv2d, TransposeConv2d, Upsampling, NearestUpsampling, ReLU, Sigmoid
+        from model import MSE, SGD, Sequential
         out = {}
         x = torch.randn(2, 3, 11, 9)
         conv = Conv2d(3, 3, 3)
@@ -154,15 +157,17 @@ def test_blocks_behave_like_torch_for_the_grader(submission):
         ct = torch.randn_like(y)
         dx = conv2.backward(ct)
         with torch.enable_grad():
-            xr, w, b = x.clone().requires_grad_(), conv2.weight.clone().requires_grad_(), conv2.bias.clone().requires_grad_()
+            xr, w, b = (t.clone().requires_grad_() for t in (x, conv2.weight, conv2.bias))
             gx, gw, gb = torch.autograd.grad(F.conv2d(xr, w, b, 2, 1), [xr, w, b], ct)
         out["dx"] = float((dx - gx).abs().max())
         out["dw"] = float((conv2.param()[0][1] - gw).abs().max())
         t = TransposeConv2d(3, 4, 4, stride=2, padding=1)
         out["tconv"] = float((t(x) - F.conv_transpose2d(x, t.weight, t.bias, 2, 1)).abs().max())
         up = Upsampling(3, 4, 3, padding=1)
-        out["up"] = float((up(x) - F.conv2d(F.interpolate(x, scale_factor=2), up.weight, up.bias, padding=1)).abs().max())
-        net = Sequential(Conv2d(3, 8, 3, stride=2, padding=1), ReLU(), Conv2d(8, 8, 3, stride=2, padding=1), ReLU(),
+        ref = F.conv2d(F.interpolate(x, scale_factor=2), up.weight, up.bias, padding=1)
+        out["up"] = float((up(x) - ref).abs().max())
+        net = Sequential(Conv2d(3, 8, 3, stride=2, padding=1), ReLU(),
+                         Conv2d(8, 8, 3, stride=2, padding=1), ReLU(),
                          NearestUpsampling(2), ReLU(), Upsampling(8, 3, 3, padding=1), Sigmoid())
         loss, opt = MSE(), SGD(net.param(), lr=0.1)
         value = loss.forward(net.forward(torch.rand(4, 3, 8, 8)), torch.rand(4, 3, 8, 8))

@@ -127,7 +127,7 @@ def required_torch(seed=0):
 
 def test_sequential_mse_sgd_train_like_torch():
     net, ref = required(), required_torch()
-    for (k, p), q in zip(net.state_dict().items(), ref.parameters()):
+    for p, q in zip(net.state_dict().values(), ref.parameters()):
         q.data.copy_(p)
     assert list(net.state_dict()) == [
         "0.weight",

@@ -136,7 +136,7 @@ def test_residual_and_parallel_with_a_stateful_child_match_torch():
     params, state = to64(params), to64(state)
     w, b = params["1"]["0"]["0"]["weight"], params["1"]["0"]["0"]["bias"]
     bn = torch.nn.BatchNorm2d(3).double()
-    for step in range(3):
+    for _ in range(3):
         x = torch.randn(3, 3, 5, 4, dtype=torch.float64)
         y, state, _ = net.vjp(params, state, x, train=True, rng=None)
         y_ref = x + bn(F.conv2d(x, w, b, padding=1)) + F.relu(x)
