@@ -146,7 +146,7 @@ def _training_data(args):
     n = _n_train(args)
     if args.photos:
         photos = _loading("--photos", load_photos, args.photos)
-        desc = f"{n} pairs cut from the photos in {args.photos}"
+        desc = f"cut from the photos in {args.photos}"
         if _camera_noise(args):
             xt, yt = _loading("--photos", _photo_noise_pairs, photos, n, args, "train")
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
@@ -165,7 +165,7 @@ def _training_data(args):
             f"{', '.join(map(str, PHOTO_FACTORS))} of the photos in {args.photos}",
         )
     xt, yt = _builtin(args, n, "train")
-    return xt, yt, f"{n} built-in pairs, noise {args.noise}", noise_words(args.noise)
+    return xt, yt, f"built-in, noise {args.noise}", noise_words(args.noise)
 
 
 def _config(args) -> dict:
@@ -180,6 +180,88 @@ def _config(args) -> dict:
     if args.no_augment:
         cfg["augment"] = False
     return cfg
+
+
+# The options that choose a run's data: saved in its checkpoint.pth, so that --resume reads the
+# same pairs (and the same validation set) again. Paths are kept resolved.
+DATA_OPTIONS = (
+    "train", "val", "pairs", "photos", "n_train", "val_pairs", "val_photos", "n_val", "noise",
+)  # fmt: skip
+PATH_OPTIONS = {"train", "val", "pairs", "photos", "val_pairs", "val_photos"}
+# The options the run's own config decides on --resume: option dest -> config key.
+RUN_OPTIONS = {
+    "network": "network", "epochs": "num_epochs", "batch_size": "batch_size",
+    "optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "widths": "widths",
+    "kernel": "kernel", "no_augment": "augment", "upsampling": "upsampling",
+    "precision": "precision", "seed": "seed",
+}  # fmt: skip
+
+
+def _given(args) -> set:
+    """The dests of the options this command line sets itself (not left to their defaults)."""
+    unset = object()
+    tokens = args.argv[args.argv.index(args.command) + 1 :]
+    seen = argparse.Namespace(**{a.dest: unset for a in args.parser._actions})
+    args.parser.parse_args(tokens, namespace=seen)  # already checked once: cannot fail
+    return {dest for dest, value in vars(seen).items() if value is not unset}
+
+
+def _data_options(args) -> dict:
+    """The data options of a run, as saved in its checkpoint."""
+    return {
+        k: str(Path(v).resolve()) if k in PATH_OPTIONS and v is not None else getattr(args, k)
+        for k in DATA_OPTIONS
+        for v in [getattr(args, k)]
+    }
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _resume_options(args, state: dict) -> None:
+    """Make ``args`` describe the run being resumed: its data options come from the checkpoint
+    (a resumed run reads the same pairs), and an option given on this command line that
+    disagrees with the run's data or settings is refused, not silently ignored."""
+    given, path = _given(args), args.resume
+    config, cmd = state["config"], _config(args)
+    for dest, key in RUN_OPTIONS.items():
+        mine, theirs = _plain(cmd.get(key, DEFAULT_CONFIG.get(key))), _plain(config.get(key))
+        if dest in given and key in config and mine != theirs:
+            option = _option(dest) + ("" if dest == "no_augment" else f" {_shown(mine)}")
+            raise ValueError(
+                f"--resume continues the run of {path} with its own settings: {option} differs "
+                f"from its {key} {_shown(theirs)} (start a new run with another --out to change it)"
+            )
+    args.seed = config.get("seed", args.seed)  # the seed of its data too
+    saved = state.get("data")
+    if saved is None:  # written before checkpoints recorded their data
+        print(f"note: {path} does not record its training data; using this command line's")
+        return
+    mine = _data_options(args)
+    for dest in DATA_OPTIONS:
+        if dest in given and mine[dest] != saved.get(dest):
+            raise ValueError(
+                f"--resume continues the run of {path}, which trained with "
+                f"{_shown_data(dest, saved.get(dest))}; drop {_option(dest)} "
+                f"{_shown(getattr(args, dest))} or start a new run with another --out"
+            )
+        value = saved.get(dest)
+        setattr(args, dest, Path(value) if dest in PATH_OPTIONS and value is not None else value)
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _shown_data(dest: str, value) -> str:
+    return f"no {_option(dest)}" if value is None else f"{_option(dest)} {_shown(value)}"
 
 
 def _load_state(path) -> dict:
@@ -204,12 +286,13 @@ def _resume(model: Model, state: dict, path) -> None:
     model.epochs_done = state["epoch"]
 
 
-def _save_state(model: Model, path, epoch: int, history: list, noise: str) -> None:
+def _save_state(model: Model, path, epoch: int, history: list, noise: str, data: dict) -> None:
     checkpoint.save(
         path,
         {
             **model.payload(),
             "noise": noise,
+            "data": data,
             "optimizer": model.optimizer.state,
             "epoch": epoch,
             "rng": model.generator.get_state(),
@@ -233,6 +316,9 @@ def run_training(args, device, dp=None) -> int:
     writes files; every rank trains on its slice of each global batch."""
     lead = dp is None or dp.rank == 0
     state = _load_state(args.resume) if args.resume else None
+    if state is not None:
+        _resume_options(args, state)
+    data = _data_options(args)
     xt: Any = None  # rank 0 reads the data; the other ranks receive it
     yt: Any = None
     xv: Any = None
@@ -269,7 +355,7 @@ def run_training(args, device, dp=None) -> int:
     out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
     processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
     print(
-        f"training on {desc}: {x.shape[0]} pairs, {epochs} epochs, batch {bs}{processes}, "
+        f"training on {x.shape[0]} pairs ({desc}), {epochs} epochs, batch {bs}{processes}, "
         f"{torch.get_num_threads()} threads, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
@@ -299,14 +385,14 @@ def run_training(args, device, dp=None) -> int:
                 f"{scores['denoised_psnr']:.2f} dB (noisy {scores['noisy_psnr']:.2f} dB, "
                 f"gain {scores['gain']:+.2f} dB), {per_epoch / seconds:.0f} images/s"
             )
-            _save_state(model, state_path, epoch + 1, history, noise)
+            _save_state(model, state_path, epoch + 1, history, noise, data)
             if dp is not None:
                 dp.done(f"epoch-{epoch + 1}")
     except KeyboardInterrupt:
         progress.close()
         if dp is not None:  # the workers stop together; the last epoch's checkpoint stays
             raise
-        _save_state(model, state_path, epoch, history, noise)
+        _save_state(model, state_path, epoch, history, noise, data)
         print(
             f"\ninterrupted in epoch {epoch + 1}; state saved to {state_path}; continue with "
             f"`n2nfunc train --resume {state_path} --out {out}` (that epoch restarts)"
@@ -343,12 +429,26 @@ def _network_payload(option: str, path: Path) -> dict:
     return payload
 
 
+def _mixed_noise_words(specs: list) -> str:
+    """Words for the noises a run mixed (a U-Net recipe's list of specs), each said once."""
+    try:
+        parsed = [parse_noise(str(spec)) for spec in specs]
+    except ValueError:
+        return ", ".join(dict.fromkeys(map(str, specs)))
+    factors = sorted({int(p.low) for p in parsed if p.kind == "downsample"})
+    parts = [str(s) for s, p in zip(specs, parsed) if p.kind != "downsample"]
+    if factors:
+        by = ", ".join(map(str, factors))
+        parts.insert(0, f"aliasing from point-sampled downsampling by {by}")
+    return ", ".join(dict.fromkeys(parts))
+
+
 def _recorded_noise(payload: dict, path: Path) -> str:
     """The training noise a weights file records, in words."""
     info = payload.get("info")
     noise = payload.get("noise", info.get("noise") if isinstance(info, dict) else None)
     if isinstance(noise, list):
-        noise = ", ".join(map(str, noise))
+        noise = _mixed_noise_words(noise)
     if isinstance(noise, str):
         return noise
     return SHIPPED_NOISE if path.resolve() == DEFAULT_WEIGHTS else "not recorded"
@@ -414,6 +514,8 @@ def cmd_denoise(args) -> int:
             f"note: {args.output.suffix} files have no transparency; the alpha channel is dropped"
         )
         alpha = None
+    if picture.deep:
+        print(f"note: {args.input} has 16 bits a channel; {args.output} is written with 8")
     t0 = time.perf_counter()
     out = run(picture.rgb)
     write_image(args.output, out, alpha, picture.grey)
@@ -457,6 +559,13 @@ def _check_train(args, error) -> None:
             f"--widths: the {args.network} network takes {want} widths, got {len(args.widths)} "
             f"({' '.join(map(str, args.widths))})"
         )
+    if args.network == "unet":
+        stray = sorted({"kernel", "upsampling"} & _given(args))
+        if stray:
+            error(
+                f"{_option(stray[0])} does not apply to --network unet (3x3 convolutions, "
+                "nearest x2 upsampling)"
+            )
     if args.upsampling == "nearest" and args.kernel % 2 == 0:
         error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
     if args.nproc > 1 and not args.resume and args.batch_size % args.nproc:
@@ -565,8 +674,9 @@ def _val_options(p) -> None:
         "--noise",
         type=at.noise,
         default="downsample",
-        help="noise of the built-in pairs: downsample (course-like), gaussian:SIGMA or "
-        "poisson:PEAK",
+        help="noise of the built-in or photo pairs: downsample (course-like aliasing) or "
+        "downsample:FACTOR, gaussian:SIGMA or gaussian:LO-HI (0-255 scale, a range draws one "
+        "sigma per image), poisson:PEAK or poisson:LO-HI",
     )
     p.add_argument(
         "--seed",
@@ -576,8 +686,12 @@ def _val_options(p) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    commands: dict = {}  # name -> the command's parser, set by build_parser
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
         prog="n2nfunc",
         description="Train and use a Noise2Noise image denoiser written with n2nfunc, a small\n"
         "deep-learning library with hand-written gradients.",
@@ -589,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"n2nfunc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # name -> the command's parser
 
     t = _sub(
         sub,
@@ -717,7 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         type=at.existing_file("checkpoint"),
         metavar="FILE",
-        help="continue a run from its checkpoint.pth (its settings are used)",
+        help="continue a run from its checkpoint.pth (its settings and data options are used; "
+        "options given here that disagree with them are refused)",
     )
     run.add_argument("--no-pictures", action="store_true", help="skip curves.png and samples.png")
     run.add_argument(
@@ -826,11 +942,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
+    """Stop with the command's own usage at an option it does not have. argparse itself names
+    an unknown option only after every positional was read, with the top-level usage, and an
+    unknown option's value can first fail as a positional (``denoise --noise gaussian:25 in.png
+    out.png`` said "no such image file: gaussian:25")."""
+    commands = parser.commands
+    at_command = next((i for i, t in enumerate(argv) if t in commands), None)
+    if at_command is None:
+        return
+    command = commands[argv[at_command]]
+    known = [s for action in command._actions for s in action.option_strings]
+    for token in argv[at_command + 1 :]:
+        if token == "--":
+            return
+        if not token.startswith("-") or token == "-" or _is_number(token):
+            continue
+        name = token.split("=", 1)[0]
+        prefixed = [k for k in known if k.startswith("--") and k.startswith(name)]
+        if name not in known and not (name.startswith("--") and len(prefixed) == 1):
+            command.error(
+                f"unrecognized option {name} (n2nfunc {argv[at_command]} --help lists the options)"
+            )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 done, 2 bad usage or data)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
-        args.argv = sys.argv[1:] if argv is None else list(argv)  # for --nproc's workers
+        parser = build_parser()
+        _refuse_unknown_options(parser, argv)
+        args = parser.parse_args(argv)
+        args.argv = argv  # for --nproc's workers
         args.check(args, args.parser.error)
         _check_precision(args, args.parser.error)
     except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)

@@ -51,8 +51,11 @@ def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys)
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """The resume command the interrupted run prints, as it is: the data options (here
+    Gaussian noise, 96 pairs) and the settings come from the checkpoint."""
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
-    assert main(["train", *TINY, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
+    run = ["train", *TINY, "--noise", "gaussian:10", "--epochs", "3"]
+    assert main([*run, "--out", str(tmp_path / "full")]) == 0
     real = Model.train_epoch
     calls = []
 
@@ -63,25 +66,48 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Model, "train_epoch", ctrl_c_in_epoch_2)
-    assert main(["train", *TINY, "--epochs", "3", "--out", str(tmp_path / "cut")]) == 130
-    assert "--resume" in capsys.readouterr().out
+    assert main([*run, "--out", str(tmp_path / "cut")]) == 130
+    printed = re.search(r"`n2nfunc (train --resume .*)`", capsys.readouterr().out).group(1)
     monkeypatch.setattr(Model, "train_epoch", real)
-    assert (
-        main(
-            [
-                "train",
-                *TINY,
-                "--resume",
-                str(tmp_path / "cut" / "checkpoint.pth"),
-                "--out",
-                str(tmp_path / "cut"),
-            ]
-        )
-        == 0
-    )
-    full = checkpoint.load(tmp_path / "full" / "model.pth")["params"]
-    resumed = checkpoint.load(tmp_path / "cut" / "model.pth")["params"]
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert main([*printed.split(), "--no-pictures", "--quiet"]) == 0
+    assert "training on 96 pairs (built-in, noise gaussian:10)" in capsys.readouterr().out
+    full = checkpoint.load(tmp_path / "full" / "model.pth")
+    resumed = checkpoint.load(tmp_path / "cut" / "model.pth")
+    assert all(torch.equal(full["params"][k], resumed["params"][k]) for k in full["params"])
+    assert resumed["noise"] == full["noise"] and "Gaussian" in resumed["noise"]
+    history = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert history == [
+        {**h, "seconds": c["seconds"]}
+        for h, c in zip(json.loads((tmp_path / "full" / "history.json").read_text()), history)
+    ]
+
+
+def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--noise", "gaussian:10", "--out", str(out)]) == 0
+    capsys.readouterr()
+    resume = ["train", "--resume", str(out / "checkpoint.pth"), "--out", str(out), "--quiet"]
+    for extra, said in [
+        (["--noise", "gaussian:25"], r"trained with --noise gaussian:10; drop --noise gaussian:25"),
+        (["--n-train", "200"], r"trained with --n-train 96; drop --n-train 200"),
+        (["--epochs", "5"], r"own settings: --epochs 5 differs from its num_epochs 1"),
+        (["--lr", "0.1"], r"own settings: --lr 0.1 differs from its lr 0.006"),
+        (["--no-augment"], r"own settings: --no-augment differs from its augment True"),
+        (["--widths", "8", "9"], r"--widths 8 9 differs from its widths 8 8"),
+    ]:
+        assert main([*resume, *extra]) == 2
+        err = capsys.readouterr().err
+        assert re.search(said, err), err
+    # the run's own values, given again, are fine; the finished run trains nothing more
+    assert main([*resume, "--noise", "gaussian:10", "--epochs", "1", "--no-pictures"]) == 0
+
+
+def test_unet_refuses_the_exercise_network_options(capsys):
+    for option in (["--kernel", "3"], ["--upsampling", "nearest"]):
+        assert main(["train", "--network", "unet", *option]) == 2
+        err = capsys.readouterr().err
+        assert f"{option[0]} does not apply to --network unet" in err, err
 
 
 def test_eval_and_denoise(tmp_path, monkeypatch, capsys):
@@ -298,7 +324,7 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     args += ["--n-val", "4", "--epochs", "1", "--batch-size", "4", "--no-pictures", "--quiet"]
     assert main([*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8 pairs cut from the photos in" in printed and "UNet(depth=4" in printed
+    assert "training on 8 pairs (cut from the photos in" in printed and "UNet(depth=4" in printed
     payload = checkpoint.load(out / "model.pth")
     assert payload["network"] == "unet" and payload["architecture"]["widths"] == (4, 6, 4, 4)
     assert payload["noise"].startswith("blind Gaussian noise, sigma 0-50 (of 255), photos in")
@@ -335,8 +361,10 @@ def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypa
     deep = (np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16)  # 0..59950
     Image.fromarray(deep).save(tmp_path / "deep.png")
     picture = read_image(tmp_path / "deep.png")
-    assert picture.grey and torch.equal(
-        picture.rgb[0], torch.from_numpy((deep / 257).round().astype(np.uint8))
+    assert (
+        picture.grey
+        and picture.deep
+        and torch.equal(picture.rgb[0], torch.from_numpy((deep / 257).round().astype(np.uint8)))
     )
     for size in [(1, 1), (2, 3), (5, 1)]:
         rgb = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
@@ -346,5 +374,18 @@ def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypa
             args = ["denoise", str(tmp_path / "tiny.png"), str(out), "--model", model]
             assert main(args) == 0, capsys.readouterr().err
             assert read_image(out).rgb.shape == (3, *size)
+    assert "has 16 bits" not in capsys.readouterr().out  # 8-bit files get no note
     assert main(["denoise", str(tmp_path / "deep.png"), str(tmp_path / "d.png")]) == 0
-    assert read_image(tmp_path / "d.png").grey
+    assert "has 16 bits a channel; " in capsys.readouterr().out
+    assert read_image(tmp_path / "d.png").grey and not read_image(tmp_path / "d.png").deep
+
+
+def test_mixed_noise_of_a_recipe_is_said_once_in_words():
+    from n2nfunc.cli import _recorded_noise
+    from n2nfunc.pretrained import WEIGHTS
+
+    specs = ["downsample:4", "downsample:8", "downsample:6", "downsample:8", "downsample:12"]
+    said = _recorded_noise({"info": {"noise": specs}}, WEIGHTS / "x.pth")
+    assert said == "aliasing from point-sampled downsampling by 4, 6, 8, 12"
+    mixed = _recorded_noise({"info": {"noise": ["gaussian:0-50", "poisson:5-50"] * 2}}, WEIGHTS)
+    assert mixed == "gaussian:0-50, poisson:5-50"

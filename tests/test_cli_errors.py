@@ -95,7 +95,8 @@ ROWS = [
     ("train --n-val -5", r"argument --n-val: expected an integer >= 1, got '-5'"),
     ("train --seed -1", r"argument --seed: expected an integer from 0 to 2147483647, got '-1'"),
     ("train --noise gaussian", r"argument --noise: noise 'gaussian': gaussian needs a level"),
-    ("train --noise gaussian:-5", r"argument --noise: noise 'gaussian:-5': '-5' is not a number"),
+    ("train --noise gaussian:-5", r"argument --noise: noise 'gaussian:-5': sigma must be in \[0,"),
+    ("train --noise poisson:-5", r"noise 'poisson:-5': the Poisson peak must be > 0"),
     ("train --noise gaussian:50-10", r"argument --noise: .*the range '50-10' is empty"),
     ("train --noise gaussian:300", r"argument --noise: .*sigma must be in \[0, 255\]"),
     ("train --noise poisson:0", r"argument --noise: .*the Poisson peak must be > 0"),
@@ -195,7 +196,9 @@ ROWS = [
     # ---- the command itself
     ("", r"the following arguments are required: COMMAND"),
     ("fit", r"argument COMMAND: invalid choice: 'fit'"),
-    ("train --epoch 3 --batchsize 8", r"unrecognized arguments: --batchsize 8"),
+    ("train --epoch 3 --batchsize 8", r"train: error: unrecognized option --batchsize \(n2nfunc t"),
+    ("denoise --noise gaussian:25 {w}/photo.png {w}/o.png", r"denoise: .*unrecognized option --n"),
+    ("denoise {w}/photo.png {w}/o.png --nosuch=3", r"denoise: .*unrecognized option --nosuch "),
 ]
 
 

@@ -4,6 +4,7 @@ Never executes code from a file: tensors are read with ``torch.load(weights_only
 """
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +25,9 @@ def safe_load(path, what: str = "file"):
     if path.stat().st_size == 0:
         raise ValueError(f"{what} {path} is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the error below says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(
             f"{what} {path} was not loaded: it is not a torch file of tensors and plain "
@@ -86,6 +89,7 @@ class Picture(NamedTuple):
     rgb: Tensor  # uint8 (3, H, W)
     alpha: Tensor | None  # uint8 (1, H, W) or None
     grey: bool  # the file was greyscale
+    deep: bool = False  # the file had more than 8 bits a channel (read as their top 8)
 
 
 def read_image(path) -> Picture:
@@ -101,7 +105,8 @@ def read_image(path) -> Picture:
             im.load()
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
             grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
-            if im.mode.startswith("I") and im.getextrema()[1] > 255:  # 16-bit: 0-65535
+            deep = im.mode.startswith("I") and im.getextrema()[1] > 255  # 16-bit: 0-65535
+            if deep:
                 im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
             rgb = im.convert("RGB")
     except OSError:  # Pillow's text names its decoder's internals
@@ -113,7 +118,9 @@ def read_image(path) -> Picture:
         data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
         return data.view(pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
 
-    return Picture(to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey)
+    return Picture(
+        to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey, deep
+    )
 
 
 def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False) -> None:

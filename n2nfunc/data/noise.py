@@ -66,6 +66,12 @@ def parse_noise(text) -> NoiseSpec:
         return NoiseSpec("downsample", float(level), float(level))
     if not level:
         raise bad(f"{kind} needs a level, e.g. {kind}:25")
+    if level.startswith("-"):  # "-5" is a number, but not a level
+        raise bad(
+            "the Poisson peak must be > 0"
+            if kind == "poisson"
+            else "sigma must be in [0, 255] (0-255 scale) and not all zero"
+        )
     lo_text, dash, hi_text = level.partition("-")
     try:
         low = float(lo_text)
