@@ -7,6 +7,7 @@ usage line and one ``error:`` line, exit status 2, and nothing is written.
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -207,19 +208,31 @@ def _given(args) -> set:
 
 
 def _data_options(args) -> dict:
-    """The data options of a run, as saved in its checkpoint."""
-    return {
-        k: str(Path(v).resolve()) if k in PATH_OPTIONS and v is not None else getattr(args, k)
-        for k in DATA_OPTIONS
-        for v in [getattr(args, k)]
-    }
+    """The data options of a run, as saved in its checkpoint (paths resolved, the number of
+    training pairs as used)."""
+    data = {}
+    for k in DATA_OPTIONS:
+        v = getattr(args, k)
+        data[k] = str(Path(v).resolve()) if k in PATH_OPTIONS and v is not None else v
+    if not (args.train or args.pairs):
+        data["n_train"] = _n_train(args)
+    return data
+
+
+def _same_data(dest: str, mine, saved) -> bool:
+    """Whether a data option given with --resume names what the run read."""
+    if mine == saved:
+        return True
+    if dest == "noise" and "downsample" not in (mine, saved):  # bare "downsample" is its own
+        return parse_noise(mine) == parse_noise(saved)
+    return False
 
 
 def _option(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def _resume_options(args, state: dict) -> None:
+def _resume_options(args, state: dict, say: bool = True) -> None:
     """Make ``args`` describe the run being resumed: its data options come from the checkpoint
     (a resumed run reads the same pairs), and an option given on this command line that
     disagrees with the run's data or settings is refused, not silently ignored."""
@@ -234,19 +247,25 @@ def _resume_options(args, state: dict) -> None:
                 f"from its {key} {_shown(theirs)} (start a new run with another --out to change it)"
             )
     args.seed = config.get("seed", args.seed)  # the seed of its data too
+    args.batch_size = config.get("batch_size", args.batch_size)
+    args.precision = config.get("precision", args.precision)
     saved = state.get("data")
     if saved is None:  # written before checkpoints recorded their data
-        print(f"note: {path} does not record its training data; using this command line's")
+        if say:
+            print(f"note: {path} does not record its training data; using this command line's")
         return
     mine = _data_options(args)
     for dest in DATA_OPTIONS:
-        if dest in given and mine[dest] != saved.get(dest):
-            raise ValueError(
-                f"--resume continues the run of {path}, which trained with "
-                f"{_shown_data(dest, saved.get(dest))}; drop {_option(dest)} "
-                f"{_shown(getattr(args, dest))} or start a new run with another --out"
-            )
         value = saved.get(dest)
+        if dest in given and not _same_data(dest, mine[dest], value):
+            moved = dest in PATH_OPTIONS and value is not None and not Path(value).exists()
+            if not moved:  # a folder that moved may be given at its new place
+                raise ValueError(
+                    f"--resume continues the run of {path}, which trained with "
+                    f"{_shown_data(dest, value)}; drop {_option(dest)} "
+                    f"{_shown(getattr(args, dest))} or start a new run with another --out"
+                )
+            continue
         setattr(args, dest, Path(value) if dest in PATH_OPTIONS and value is not None else value)
 
 
@@ -303,6 +322,15 @@ def _save_state(model: Model, path, epoch: int, history: list, noise: str, data:
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    if args.resume:  # before --nproc's workers start: a refusal is a usage error (exit 2)
+        rank = os.environ.get("RANK", "0") if launch.is_worker() else "0"
+        _resume_options(args, _load_state(args.resume), say=rank == "0")
+        _check_precision(args, _refuse)  # the run's precision, on this machine
+        if args.nproc > 1 and args.batch_size % args.nproc:
+            _refuse(
+                f"--nproc {args.nproc}: the run's batch size {args.batch_size} must divide "
+                "by the number of processes (each takes an equal slice of every batch)"
+            )
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         return launch.train_worker(args, _setup(args), run_training)
     if args.nproc > 1:
@@ -310,14 +338,16 @@ def cmd_train(args) -> int:
     return run_training(args, _setup(args))
 
 
+def _refuse(message: str):
+    raise ValueError(message)
+
+
 def run_training(args, device, dp=None) -> int:
     """The training run of `train`. With ``dp`` (:mod:`n2nfunc.distributed`) it is one rank of
     a data-parallel run: rank 0 alone reads the data (the others receive it), evaluates and
     writes files; every rank trains on its slice of each global batch."""
     lead = dp is None or dp.rank == 0
-    state = _load_state(args.resume) if args.resume else None
-    if state is not None:
-        _resume_options(args, state)
+    state = _load_state(args.resume) if args.resume else None  # args already agree with it
     data = _data_options(args)
     xt: Any = None  # rank 0 reads the data; the other ranks receive it
     yt: Any = None
@@ -336,6 +366,11 @@ def run_training(args, device, dp=None) -> int:
         model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
         _loading("--resume", _resume, model, state, args.resume)
         start, history = state["epoch"], list(state.get("history", []))
+        if lead and "data" not in state and state.get("noise", noise) != noise:
+            raise ValueError(  # an old checkpoint, which does not record its data options
+                f"--resume: {args.resume} was trained on {state['noise']}; this command line "
+                f"reads {noise}: give the run's own data options"
+            )
         noise = state.get("noise", noise)
     else:
         model = Model(_config(args))
@@ -547,6 +582,8 @@ def _check_precision(args, error) -> None:
 
 
 def _check_train(args, error) -> None:
+    if args.resume:  # the run's own options: cmd_train compares those given with them
+        return
     if args.train and not args.val:
         error("--train needs --val too (the course's validation file, val_data.pkl)")
     if args.val and not args.train:
@@ -568,7 +605,7 @@ def _check_train(args, error) -> None:
             )
     if args.upsampling == "nearest" and args.kernel % 2 == 0:
         error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
-    if args.nproc > 1 and not args.resume and args.batch_size % args.nproc:
+    if args.nproc > 1 and args.batch_size % args.nproc:
         error(
             f"--nproc {args.nproc}: the global --batch-size {args.batch_size} must divide by the "
             "number of processes (each takes an equal slice of every batch)"
@@ -956,14 +993,17 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
     for token in argv[at_command + 1 :]:
         if token == "--":
             return
-        if not token.startswith("-") or token == "-" or _is_number(token):
-            continue
+        if not token.startswith("-") or token == "-" or " " in token or _is_number(token):
+            continue  # a value, as argparse reads it
         name = token.split("=", 1)[0]
         prefixed = [k for k in known if k.startswith("--") and k.startswith(name)]
-        if name not in known and not (name.startswith("--") and len(prefixed) == 1):
-            command.error(
-                f"unrecognized option {name} (n2nfunc {argv[at_command]} --help lists the options)"
-            )
+        if name in known or (name.startswith("--") and len(prefixed) == 1):
+            continue
+        if name.startswith("--") and prefixed:
+            command.error(f"ambiguous option: {name} could match {', '.join(prefixed)}")
+        command.error(
+            f"unrecognized option {name} (n2nfunc {argv[at_command]} --help lists the options)"
+        )
 
 
 def _is_number(text: str) -> bool:

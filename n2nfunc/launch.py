@@ -97,7 +97,7 @@ def train_worker(args, device, run) -> int:
                 "\ninterrupted; "
                 + (
                     f"the last epoch's checkpoint is intact: continue with `n2nfunc train "
-                    f"--resume {state_path}`"
+                    f"--resume {state_path} --out {args.out}`"
                     if saved
                     else "no epoch had finished, nothing was saved"
                 ),

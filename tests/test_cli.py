@@ -3,6 +3,7 @@ import json
 import re
 import sys
 
+import pytest
 import torch
 
 from n2nfunc import checkpoint
@@ -99,8 +100,27 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
         assert main([*resume, *extra]) == 2
         err = capsys.readouterr().err
         assert re.search(said, err), err
-    # the run's own values, given again, are fine; the finished run trains nothing more
-    assert main([*resume, "--noise", "gaussian:10", "--epochs", "1", "--no-pictures"]) == 0
+    # refused before any worker starts, as a usage error
+    assert main([*resume, "--nproc", "2", "--noise", "gaussian:25"]) == 2
+    assert "drop --noise gaussian:25" in capsys.readouterr().err
+    # the run's own values, given again (in any spelling), are fine; it trains nothing more
+    again = ["--noise", "gaussian:10.0", "--epochs", "1", "--n-train", "96", "--no-pictures"]
+    assert main([*resume, *again]) == 0
+
+
+def test_unknown_options_are_named_but_values_are_left_to_argparse(capsys):
+    from n2nfunc.cli import _refuse_unknown_options, build_parser
+
+    parser = build_parser()
+    for argv in (["train", "--out", "-a b"], ["train", "--epochs", "-3"], ["train", "--n-tr", "5"]):
+        _refuse_unknown_options(parser, argv)  # no exit
+    for argv, said in [
+        (["train", "--no", "x"], "ambiguous option: --no could match --noise, --no-augment"),
+        (["denoise", "a.png", "b.png", "--noise=3"], "unrecognized option --noise"),
+    ]:
+        with pytest.raises(SystemExit):
+            _refuse_unknown_options(parser, argv)
+        assert said in capsys.readouterr().err
 
 
 def test_unet_refuses_the_exercise_network_options(capsys):
