@@ -409,3 +409,19 @@ def test_mixed_noise_of_a_recipe_is_said_once_in_words():
     assert said == "aliasing from point-sampled downsampling by 4, 6, 8, 12"
     mixed = _recorded_noise({"info": {"noise": ["gaussian:0-50", "poisson:5-50"] * 2}}, WEIGHTS)
     assert mixed == "gaussian:0-50, poisson:5-50"
+
+
+def test_resume_of_a_checkpoint_that_does_not_record_its_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--noise", "gaussian:10", "--out", str(out)]) == 0
+    state = checkpoint.load(out / "checkpoint.pth")
+    del state["data"]  # as written before checkpoints recorded their data options
+    state["config"]["num_epochs"] = 2
+    checkpoint.save(out / "old.pth", state)
+    capsys.readouterr()
+    resume = ["train", *TINY, "--resume", str(out / "old.pth"), "--out", str(out)]
+    assert main(resume) == 2  # the command line's default data is not what it trained on
+    assert "was trained on Gaussian noise, sigma 10" in capsys.readouterr().err
+    assert main([*resume, "--noise", "gaussian:10"]) == 0
+    assert "does not record its training data" in capsys.readouterr().out
