@@ -325,12 +325,8 @@ def cmd_train(args) -> int:
     if args.resume:  # before --nproc's workers start: a refusal is a usage error (exit 2)
         rank = os.environ.get("RANK", "0") if launch.is_worker() else "0"
         _resume_options(args, _load_state(args.resume), say=rank == "0")
-        _check_precision(args, _refuse)  # the run's precision, on this machine
-        if args.nproc > 1 and args.batch_size % args.nproc:
-            _refuse(
-                f"--nproc {args.nproc}: the run's batch size {args.batch_size} must divide "
-                "by the number of processes (each takes an equal slice of every batch)"
-            )
+        _check_precision(args, _refuse)  # the run's precision and batch size, here
+        _check_nproc(args, _refuse)
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         return launch.train_worker(args, _setup(args), run_training)
     if args.nproc > 1:
@@ -605,6 +601,10 @@ def _check_train(args, error) -> None:
             )
     if args.upsampling == "nearest" and args.kernel % 2 == 0:
         error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
+    _check_nproc(args, error)
+
+
+def _check_nproc(args, error) -> None:
     if args.nproc > 1 and args.batch_size % args.nproc:
         error(
             f"--nproc {args.nproc}: the global --batch-size {args.batch_size} must divide by the "
