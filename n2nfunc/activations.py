@@ -39,8 +39,16 @@ def relu() -> Layer:
     times faster than a boolean mask and ``masked_fill`` on channels-last tensors.
     """
     return _elementwise(
-        "relu", lambda x: x.clamp(min=0), lambda x, y, ct: y.sign().mul_(ct), uses_input=False
+        "relu", lambda x: x.clamp(min=0), lambda x, y, ct: _times(y.sign(), ct), uses_input=False
     )
+
+
+def _times(factor, ct):
+    """``factor * ct``, written into ``factor`` (a temporary) in float32 / float64; a new tensor
+    in lower precisions, where PyTorch's in-place arithmetic on the CPU runs at half the speed
+    of the same op writing a fresh tensor (bfloat16, 1.6 M elements: ``mul_`` 0.79 ms, ``mul``
+    0.39 ms; float32 the other way round, 0.43 against 0.69 ms; 2-core Xeon)."""
+    return factor.mul_(ct) if factor.element_size() >= 4 else ct.mul(factor)
 
 
 def _sigmoid(x):
@@ -84,9 +92,11 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
             return x.clamp(min=0)
         return x.maximum(x * a) if a <= 1 else x.minimum(x * a)
 
-    def derivative_times(x, y, ct):  # ct * (a + (1 - a) [x > 0]), the step as sign(max(x, 0)):
-        v = y if x is None else x  # 2.7x faster than a bool mask (bf16); for a >= 0, y > 0 iff
-        return v.clamp(min=0).sign_().mul_(1 - a).add_(a).mul_(ct)  # x > 0: y alone is kept
+    def derivative_times(x, y, ct):  # ct * (1 where x > 0, else a); for a >= 0, y > 0 iff
+        v = y if x is None else x  # x > 0, so y alone is kept. Float passes, not a bool mask
+        if 0 <= a <= 1:  # (2.7x slower in bfloat16): sign(v) is -1, 0 or 1, at least a -> a, a, 1
+            return _times(v.sign().clamp_(min=a), ct)  # float32 8 x 64 x 64 x 48 1.26 -> 0.91 ms
+        return _times(v.clamp(min=0).sign_().mul_(1 - a).add_(a), ct)
 
     return _elementwise(name, forward, derivative_times, uses_input=a < 0)
 
