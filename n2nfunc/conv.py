@@ -137,11 +137,7 @@ def conv2d(
                 grads["bias"] = K.channel_sums(g)
             if not input_grad:
                 return grads, None
-            py = K.phase_plan("transpose", out_hw[0], h, k[0], s[0], p[0], d[0])
-            px = K.phase_plan("transpose", out_hw[1], w, k[1], s[1], p[1], d[1])
-            w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
-            dx, _ = K.polyphase_forward(g, w_eff, None, py, px, (h, w), keep_cols=False)
-            return grads, to_nchw(dx)
+            return grads, to_nchw(K.conv_input_grad(g, weight, s, p, d, (h, w)))
 
         return y, pullback
 
