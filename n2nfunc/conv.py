@@ -101,7 +101,8 @@ def conv2d(
     ``y[n, o, i, j] = b[o] + sum_{c, a, b} w[o, c, a, b] x[n, c, s*i - p + d*a, s*j - p + d*b]``.
 
     Gradients: ``dW = g^T @ im2col(x)``; ``dx`` is the transposed convolution of ``g``
-    with the same kernel (computed by the polyphase engine, see :mod:`n2nfunc.kernels`).
+    with the same kernel (the polyphase engine; for stride 1 the stride-1 convolution of ``g``
+    with the flipped kernel, see :func:`n2nfunc.kernels.conv_input_grad`).
     """
     name = _describe(
         "conv2d",

@@ -811,7 +811,8 @@ def conv_input_grad(
     x 32, 64 -> 64 channels: 3.9 -> 3.1 ms; 8 x 64 x 64, 32 -> 32: 3.4 -> 3.1 ms), else by
     im2col blocks on the flipped kernel's matrix, without the polyphase engine's kernel
     relayout (a 0/1 matmul per call: bfloat16 U-Net step 1.02x faster; 2-core Xeon). A thin
-    ``dx`` (fewer than THIN channels) keeps the polyphase engine's shifted-view taps."""
+    ``dx`` (fewer than THIN channels) without row taps keeps the polyphase engine's
+    shifted-view taps."""
     kernel = tuple(weight.shape[2:])
     if stride == dilation == (1, 1) and all(p < k for p, k in zip(padding, kernel)):
         flipped = weight.flip(2, 3).transpose(0, 1)

@@ -189,3 +189,28 @@ def test_pullbacks_written_in_the_output_do_not_keep_the_input(layer):
     gc.collect()
     assert alive() is None  # the backward pass keeps y only: one activation less in memory
     assert torch.equal(pullback(ct)[1], dx_ref)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 1.0, 1.5, -0.5])
+def test_leaky_relu_gradient_at_zeros_subnormals_and_infinities_matches_torch(slope):
+    special = [0.0, -0.0, 1e-310, -1e-310, float("inf"), -float("inf"), 2.0, -3.0]
+    x = torch.tensor(special, dtype=torch.float64).view(1, 2, 2, 2)
+    y, pullback = nf.leaky_relu(slope).vjp({}, x)
+    ct = torch.tensor([1.5, -2.0, 0.25, 3.0, -1.0, 0.5, 2.5, -0.75], dtype=torch.float64)
+    ct = ct.view(1, 2, 2, 2)
+    ref = F.relu if slope == 0 else (lambda t: F.leaky_relu(t, slope))  # torch: -inf * 0 = nan
+    y_ref, (dx_ref,) = autograd_vjp(ref, [x], ct)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(pullback(ct)[1], dx_ref)
+
+
+@pytest.mark.parametrize("layer", [nf.relu(), nf.leaky_relu(0.1)])
+def test_bfloat16_pullbacks_keep_the_output_dtype_and_layout(layer):
+    x = torch.randn(2, 8, 5, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    y, pullback = layer.vjp({}, x)
+    for ct in (torch.randn(y.shape).to(torch.bfloat16), torch.randn(y.shape)):  # NCHW memory
+        dx = pullback(ct)[1]
+        assert dx.dtype == torch.bfloat16
+        assert dx.is_contiguous(memory_format=torch.channels_last)
+        dx32 = layer.vjp({}, x.float())[1](ct.float())[1]
+        assert rel_err(dx.float(), dx32) < 1e-2

@@ -54,14 +54,17 @@ def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
 
 @pytest.mark.parametrize("o", [2, 20])  # a thin output (transposed taps) and a wide one
 @pytest.mark.parametrize(
-    "k,p,d", [(3, 1, 1), (2, 0, 1), (5, 2, 1), (3, 2, 2), ((3, 5), (2, 1), 1), (3, 3, 1)]
+    "k,p,d",
+    [(3, 1, 1), (2, 0, 1), (5, 2, 1), (3, 2, 2), ((3, 5), (2, 1), 1), (3, 3, 1), (1, 0, 1)]
+    + [((1, 3), (0, 1), 1), ((3, 1), (1, 0), 1)],
 )
 @pytest.mark.parametrize("hw,n", [((7, 9), 1), ((8, 5), 2)])
 def test_wide_stride_1_conv2d_matches_torch_float64(o, k, p, d, hw, n):
     """Stride-1 convolutions with >= WIDE_TAPS input channels run as row taps; their input
     gradient, when the output has >= WIDE_TAPS channels and the padding is below the kernel,
-    as row taps of the output gradient with the flipped kernel (a padding of 3 for a 3 x 3
-    kernel takes the polyphase engine)."""
+    as row taps of the output gradient with the flipped kernel, else (a thin output, or a
+    kernel one row high) as im2col blocks on the flipped kernel; a padding of 3 for a 3 x 3
+    kernel takes the polyphase engine."""
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
     _compare(

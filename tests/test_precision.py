@@ -109,6 +109,12 @@ LAYER_CASES = {
     "conv 3x3 wide": (nf.conv2d(17, 3, padding=1), 16, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
     "conv 3x3 wide in": (nf.conv2d(9, 3, padding=1), 20, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
     "conv 3x3 thin": (nf.conv2d(3, 3, padding=1), 24, lambda x, w, b: F.conv2d(x, w, b, 1, 1)),
+    "conv 1x3": (
+        nf.conv2d(9, (1, 3), padding=(0, 1)),
+        12,
+        lambda x, w, b: F.conv2d(x, w, b, 1, (0, 1)),
+    ),
+    "conv 1x1": (nf.conv2d(20, 1), 12, lambda x, w, b: F.conv2d(x, w, b)),
     "conv dilated": (
         nf.conv2d(16, 3, padding=2, dilation=2),
         16,
