@@ -93,7 +93,10 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     def forward(x):  # max(x, a x) for a <= 1, min(x, a x) for a > 1: several times faster
         if a == 0:  # than a boolean where; with a = 0, inf * 0 would be NaN
             return x.clamp(min=0)
-        return x.maximum(x * a) if a <= 1 else x.minimum(x * a)
+        ax = x * a
+        if x.element_size() >= 4:  # in place in float32 (see _times): 1.1 -> 0.9 ms on 1.6 M
+            return ax.clamp_(min=x) if a <= 1 else ax.clamp_(max=x)
+        return x.maximum(ax) if a <= 1 else x.minimum(ax)
 
     def derivative_times(x, y, ct):  # ct * (1 where x > 0, else a); for a >= 0, y > 0 iff
         v = y if x is None else x  # x > 0, so y alone is kept. Float passes, not a bool mask
