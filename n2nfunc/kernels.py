@@ -696,7 +696,7 @@ def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
     n, o = g.shape[0], g.shape[3]
     rows, taps = plan.rows, list(_shifts(plan))
     size = n * plan.grid[0] * plan.grid[1]
-    if o < THIN_TAPS or (len(taps) * o <= STACKED_TAPS and z.shape[1] >= 4 * o):
+    if _stacked(len(taps), o, z.shape[1]):
         frame = g.new_empty(len(taps), o, size)  # channels-first: the G^T of every tap
         _place_in_frame(g, frame[0].t(), plan)
         for t, (_, _, shift) in enumerate(taps[1:], 1):
@@ -717,6 +717,11 @@ def s2d_conv_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan) -> Tensor:
     for a, b, shift in taps:
         d[a, b] = reduce_matmul(z[shift : shift + rows].t(), g_rows)
     return d
+
+
+def _stacked(taps: int, o: int, k: int) -> bool:
+    """Whether :func:`s2d_conv_weight_grad` takes every tap's gradient from one matmul."""
+    return o < THIN_TAPS or (taps * o <= STACKED_TAPS and k >= 4 * o)
 
 
 def _place_in_frame(g: Tensor, buf: Tensor, plan: S2DPlan) -> Tensor:
@@ -772,9 +777,25 @@ def _row_unroll(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple):
 
 
 def _row_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan, shape: tuple) -> Tensor:
-    """Row-tap gradients of :func:`_row_unroll`'s ``z`` as a conv weight of ``shape``."""
+    """Row-tap gradients of :func:`_row_unroll`'s ``z`` for the NHWC output gradient ``g``, as
+    a conv weight of ``shape``: ``dW[a] = sum_n z_n[a Wo : a Wo + Ho Wo]^T @ g_n``.
+
+    In float32 / float64, unless the taps' gradients stack into one matmul
+    (:func:`s2d_conv_weight_grad`), one batched matmul per kernel row over the images, whose
+    rows of z line up with ``g``'s own -- no frame copy of ``g``, no ignored rows -- and the
+    images' partial sums added (8 x 64 x 64, 32 -> 32 channels: 4.1 -> 3.7 ms; 8 x 32 x 32,
+    64 -> 64: 2.7 -> 2.5 ms; 2-core Xeon). Lower precisions keep every sum inside one matmul.
+    """
     o, c, kh, kw = shape
-    d = s2d_conv_weight_grad(z, g, plan)
+    n, ho, wo = g.shape[:3]
+    if g.element_size() < 4 or _stacked(kh, o, kw * c):
+        d = s2d_conv_weight_grad(z, g, plan)
+    else:
+        per_image = z.view(n, plan.grid[0] * wo, kw * c)
+        g_rows = g.reshape(n, ho * wo, o)
+        d = g.new_empty(kh, kw * c, o)
+        for a in range(kh):
+            d[a] = per_image[:, a * wo : a * wo + ho * wo].transpose(1, 2).bmm(g_rows).sum(0)
     return d.view(kh, kw, c, o).permute(3, 2, 0, 1).contiguous()
 
 
