@@ -527,10 +527,10 @@ def polyphase_backward(
 #     W[a][(r, c), o] = w[o, c, s*a + r].
 #
 # Flattening z to rows ``R = (n*Mh + m_y)*Mw + m_x`` turns tap (a, b) into the row shift
-# ``a*Mw + b``: each tap is one matmul over a *shifted flat view* of z, accumulated into
-# the output, with no im2col copy (z is 1.27x the input for the default 8x8 outputs, an
-# im2col 4x). Output rows whose window runs off the right/bottom edge of z are computed
-# and ignored: the result is a strided view of the (N, Mh, Mw, Cout) row buffer. The
+# ``a*Mw + b``: each tap is one matmul over a *shifted flat view* of z (batched over the
+# images), accumulated into the output, with no im2col copy (z is 1.27x the input for the
+# default 8x8 outputs, an im2col 4x). Output rows whose window runs off the right edge of z
+# are computed and ignored: the result is a strided view of the (N, Ho, Mw, Cout) rows. The
 # weight gradient is the same sum, transposed: dW[a] = z_shifted^T @ g_full, with g placed
 # in the (N, Mh, Mw) frame (zeros in the ignored rows).
 #
@@ -644,14 +644,19 @@ WIDE_TAPS = 16
 
 def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int) -> Tensor:
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
-    plan's (N, Mh, Mw) grid, as the strided (N, Ho, Wo, O) view of the outputs. A narrow
-    output (fewer than THIN_TAPS channels) is one matmul with every tap's columns side by side,
-    ``z @ [W_t]_t``, whose shifted column blocks are then summed, along x, then along y
-    (Ux + Uy - 1 passes instead of Ux * Uy: the default network's last layer, batch 100,
-    float32 forward 1.71 -> 1.56 ms; one 512 x 512 image 4.47 -> 3.59 ms; 2-core Xeon)."""
-    rows, o = plan.rows, w_taps.shape[-1]
+    plan's (N, Mh, Mw) grid, as a strided (N, Ho, Wo, O) view of the outputs.
+
+    Each tap is one batched matmul over the images, ``z_n[shift : shift + L_n]``, whose
+    ``L_n = Ho Mw - (Ux - 1)`` rows end at the image's last output: the rows below it, which
+    a matmul over the whole batch would compute and ignore, are left out (the default
+    network's float32 training step 1.01-1.03x; 2-core Xeon). A narrow output (fewer than
+    THIN_TAPS channels) is one matmul with every tap's columns side by side, ``z @ [W_t]_t``,
+    whose shifted column blocks are then summed, along x, then along y (Ux + Uy - 1 passes
+    instead of Ux * Uy: the default network's last layer, batch 100, float32 forward 1.71 ->
+    1.56 ms; one 512 x 512 image 4.47 -> 3.59 ms; 2-core Xeon)."""
+    o = w_taps.shape[-1]
     if o < THIN_TAPS:
-        (uy, ux), mw = plan.taps, plan.grid[1]
+        (uy, ux), mw, rows = plan.taps, plan.grid[1], plan.rows
         wide = z.matmul(w_taps.permute(2, 0, 1, 3).reshape(w_taps.shape[2], -1))  # (R, taps*O)
         wide = wide.view(-1, uy, ux, o)
         part = wide.shape[0] - (ux - 1)  # along x first: u[r, a] = sum_b wide[r + b, a, b]
@@ -659,13 +664,16 @@ def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: in
         y = sum_of([u[a * mw : a * mw + rows, a] for a in range(uy)])
         if bias is not None:
             y.add_(bias)
-    else:
-        (a, b, shift), *rest = _shifts(plan)
-        zs, w = z[shift : shift + rows], w_taps[a, b]
-        y = zs.matmul(w) if bias is None else bias.addmm(zs, w)
-        for a, b, shift in rest:
-            y.addmm_(z[shift : shift + rows], w_taps[a, b])
-    return _frame_view(y, n, plan)
+        return _frame_view(y, n, plan)
+    (mh, mw), (ho, wo), k = plan.grid, plan.out_hw, z.shape[1]
+    per_image = z.view(n, mh * mw, k)
+    length = ho * mw - (plan.taps[1] - 1)
+    (a, b, shift), *rest = _shifts(plan)
+    zs, w = per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o)
+    y = zs.bmm(w) if bias is None else bias.expand(n, length, o).baddbmm(zs, w)
+    for a, b, shift in rest:
+        y.baddbmm_(per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o))
+    return y.as_strided((n, ho, wo, o), (length * o, mw * o, o, 1))
 
 
 def _frame_view(buf: Tensor, n: int, plan: S2DPlan) -> Tensor:
@@ -743,11 +751,12 @@ def _place_in_frame(g: Tensor, buf: Tensor, plan: S2DPlan) -> Tensor:
 #
 #     y[n, i, j] = sum_a z[n, i + a, j] @ W[a],    W[a] of shape (kw*C, O),
 #
-# on the (N, Hp, Wo) grid of z (the last kh-1 rows of each image computed and ignored). The
-# weight gradient is the same sum transposed, dW[a] = z_shifted^T @ g on that grid. On a
-# 2-core AMD EPYC this halved the forward + weight gradient of the U-Net's 3x3 convolutions
-# against one im2col matmul (32 -> 32 channels, 8 x 64 x 64: 12.5 vs 25.9 ms). Float32 and
-# float64 only, like the shifted-view engine above.
+# each a matmul batched over the images, whose Ho*Wo rows start a*Wo rows into the image's
+# (Hp, Wo) grid of z: no row is computed and ignored, and y is a dense NHWC tensor. The weight
+# gradient is the same sum transposed, dW[a] = sum_n z_n,shifted^T @ g_n. On a 2-core AMD
+# EPYC row taps halved the forward + weight gradient of the U-Net's 3x3 convolutions against
+# one im2col matmul (32 -> 32 channels, 8 x 64 x 64: 12.5 vs 25.9 ms). Float32 and float64
+# only, like the shifted-view engine above.
 
 
 def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bool:
