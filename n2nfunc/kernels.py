@@ -810,26 +810,14 @@ def _row_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan, shape: tuple) -> Tenso
 
 def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
     """``(y, weight_grad)`` of a stride-1 convolution by row taps (see the section comment):
-    ``y[n] = sum_a z_n[a Wo : a Wo + Ho Wo] @ W[a] (+ bias)`` on the W-unrolled input, one
-    batched matmul per kernel row over the images, so that ``y`` comes out as a dense (N, Ho,
-    Wo, O) tensor with no ignored rows (8 x 32 x 32, 64 -> 64 channels: 3.2 -> 2.8 ms against
-    shifted views of the whole batch; 2-core Xeon); a narrow output (fewer than THIN_TAPS
-    channels) is :func:`tap_sum`'s one wide matmul, a strided view. ``weight_grad(g)`` is
-    shaped like ``weight``."""
+    :func:`tap_sum` with kh x 1 taps on the W-unrolled input, whose rows per image hold no
+    ignored row, so ``y`` is a dense (N, Ho, Wo, O) tensor (a strided view for a narrow
+    output). ``weight_grad(g)`` is shaped like ``weight``."""
     o, c, kh, kw = weight.shape
     z, plan = _row_unroll(x, (kh, kw), padding, out_hw)
     taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)
-    grad = _unrolled_weight_grad(x, tuple(weight.shape), padding, out_hw)
-    n, (ho, wo) = x.shape[0], out_hw
-    if o < THIN_TAPS:
-        return tap_sum(z, taps, bias, plan, n), grad
-    per_image = z.view(n, plan.grid[0] * wo, kw * c)
-    rows = [per_image[:, a * wo : a * wo + ho * wo] for a in range(kh)]
-    w = [taps[a, 0].expand(n, kw * c, o) for a in range(kh)]
-    y = rows[0].bmm(w[0]) if bias is None else bias.expand(n, ho * wo, o).baddbmm(rows[0], w[0])
-    for a in range(1, kh):
-        y.baddbmm_(rows[a], w[a])
-    return y.view(n, ho, wo, o), grad
+    y = tap_sum(z, taps, bias, plan, x.shape[0])
+    return y, _unrolled_weight_grad(x, tuple(weight.shape), padding, out_hw)
 
 
 def _unrolled_weight_grad(x: Tensor, shape: tuple, padding: tuple, out_hw: tuple):
