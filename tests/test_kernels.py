@@ -40,6 +40,32 @@ def test_implicit_gemm_engine_matches_im2col_float64(k, s, p, hw, n):
     assert torch.equal(y2, y) and torch.equal(weight_grad(g), dw)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "hw,k,s,p",
+    [
+        ((16, 16), (4, 4), (2, 2), (1, 1)),
+        ((9, 7), (4, 4), (2, 2), (0, 1)),  # the grid ends before the input: crops, no padding
+        ((11, 8), (6, 3), (3, 3), (2, 0)),  # stride 3, padding on one side only
+        ((5, 6), (2, 2), (2, 2), (1, 0)),
+        ((7, 5), (3, 3), (1, 1), (1, 1)),  # stride 1: just the padded input
+    ],
+)
+def test_space_to_depth_is_the_padded_input_rearranged(hw, k, s, p, dtype):
+    """z[(n, my, mx), (ry, rx, c)] = xp[n, s*my + ry, s*mx + rx, c], written in one pass."""
+    n, c = 2, 5
+    x = randn(n, *hw, c, seed=0).to(dtype)
+    out_hw = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(hw, k, s, p))
+    plan = K.s2d_plan(n, hw, k, s, p, out_hw)
+    (mh, mw), (sy, sx) = plan.grid, plan.stride
+    top, bottom, left, right = plan.pads
+    xp = torch.zeros(n, hw[0] + top + max(bottom, 0), hw[1] + left + max(right, 0), c, dtype=dtype)
+    xp[:, top : top + hw[0], left : left + hw[1]] = x
+    xp = xp[:, : sy * mh, : sx * mw]
+    expected = xp.reshape(n, mh, sy, mw, sx, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, sy * sx * c)
+    assert torch.equal(K.space_to_depth(x, plan), expected)
+
+
 def test_implicit_gemm_engine_is_not_used_where_taps_would_round_or_be_thin():
     x = randn(1, 8, 8, 4).to(torch.bfloat16)
     assert not K.s2d_applies(x, (4, 4), (2, 2), (1, 1))  # bfloat16: one float32 accumulation
