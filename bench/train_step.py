@@ -12,7 +12,10 @@ n2nfunc as ``Model.train`` runs it (class wrappers; the data needs no gradient; 
 ``mixed_precision``, float32 master weights and optimizer state). Contenders alternate in
 rounds (median of >= 5). Ratios: throughput / the faster torch layout of that precision.
 Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step
-(the median of 5 processes).
+(the median of 5 processes), and the peak of live tensor bytes during one step above those
+alive before it (torch's CPU allocator, as its profiler records it: steady from run to run, but
+blind to memory that libraries keep outside tensors, such as MKL's GEMM buffers, about 9 MB
+once n2nfunc's matmuls have run).
 """
 
 import argparse
@@ -123,8 +126,24 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def peak_live_tensor_bytes(fn) -> int:
+    """The peak, during one call of ``fn``, of the bytes of live tensors above those alive
+    before it, from the allocation and free events of torch's profiler (CPU allocator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
 def memory_child(args) -> None:
-    """Run one contender alone and print its peak memory above the pre-step baseline."""
+    """Run one contender alone and print its peak memory above the pre-step baseline: RSS
+    over 5 steps, then the live tensor bytes of a 6th."""
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     fn = contenders(json.loads(args.config), args.batch, only=args.memory)[args.memory]
@@ -133,20 +152,23 @@ def memory_child(args) -> None:
     for _ in range(5):
         fn()
     peak = peak_rss_bytes()
-    print(json.dumps({"peak_mb": (peak - base) / 2**20}))
+    live = peak_live_tensor_bytes(fn)
+    print(json.dumps({"peak_mb": (peak - base) / 2**20, "live_mb": live / 2**20}))
 
 
-def peak_memory(name: str, config: dict, batch: int, threads: int, runs: int = 5) -> float:
-    """The median peak of ``runs`` fresh processes: one run's peak RSS depends on where the C
-    allocator happened to place blocks (the same n2nfunc step measured 64 to 87 MB in seven
-    processes, torch.nn float32 50 to 61 MB)."""
+def peak_memory(name: str, config: dict, batch: int, threads: int, runs: int = 5) -> tuple:
+    """``(peak RSS MB, live tensor MB)``, the medians of ``runs`` fresh processes: one run's
+    peak RSS depends on where the C allocator happened to place blocks (the same n2nfunc step
+    measured 64 to 87 MB in seven processes, torch.nn float32 50 to 61 MB)."""
     cmd = [sys.executable, __file__, "--memory", name, "--config", json.dumps(config)]
     cmd += ["--batch", str(batch), "--threads", str(threads)]
-    peaks = []
+    peaks, lives = [], []
     for _ in range(runs):
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
-    return sorted(peaks)[len(peaks) // 2]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        peaks.append(result["peak_mb"])
+        lives.append(result["live_mb"])
+    return sorted(peaks)[len(peaks) // 2], sorted(lives)[len(lives) // 2]
 
 
 def settings(quick: bool):
@@ -187,8 +209,10 @@ def main() -> None:
     memory = not (args.no_memory or args.quick)
     head = (
         f"{'network':<24}{'batch':>6}  {'contender':<32}{'img/s':>8}{'vs f32':>8}{'vs bf16':>8}"
-        f"{'GFLOP/s':>9}{'%peak':>7}" + (f"{'peak MB':>9}{'mem ratio':>10}" if memory else "")
+        f"{'GFLOP/s':>9}{'%peak':>7}"
     )
+    if memory:
+        head += f"{'peak MB':>9}{'mem ratio':>10}{'live MB':>9}{'ratio':>7}"
     print(head)
     print("-" * len(head))
     for label, config, batch in settings(args.quick):
@@ -204,15 +228,18 @@ def main() -> None:
                 f"{ref16 / t:>8.2f}{gflops:>9.1f}{100 * gflops / peaks[precision]:>6.0f}%"
             )
             if mem:
-                row += f"{mem[name]:>9.0f}{mem[name] / max(mem[ref_name], 1e-9):>10.2f}"
+                (rss, live), (ref_rss, ref_live) = mem[name], mem[ref_name]
+                row += f"{rss:>9.0f}{rss / max(ref_rss, 1e-9):>10.2f}"
+                row += f"{live:>9.1f}{live / max(ref_live, 1e-9):>7.2f}"
             print(row)
         print()
     print(
         "vs f32 / vs bf16 = throughput / that of the faster torch.nn layout in float32 / under "
         "autocast-bf16 (>1: faster than torch).\nGFLOP/s counts the nominal multiply-adds of "
         "direct convolutions (3x the forward pass per step); %peak is of the measured GEMM "
-        "peak of the contender's precision.\nmem ratio = peak MB / that of the faster torch.nn "
-        "float32 layout."
+        "peak of the contender's precision.\nmem ratio = peak MB (RSS) / that of the faster "
+        "torch.nn float32 layout; live MB = the peak of live tensor bytes in a step (torch's "
+        "CPU allocator; MKL's GEMM buffers, about 9 MB for n2nfunc, not counted), ratio likewise."
     )
 
 
