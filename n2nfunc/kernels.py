@@ -779,6 +779,48 @@ def _place_in_frame(g: Tensor, buf: Tensor, plan: S2DPlan) -> Tensor:
     return buf
 
 
+class TapWeightGrad(NamedTuple):
+    """``g -> dW`` of the implicit-GEMM engine (shaped ``shape`` [O, C, kh, kw]), holding the
+    space-to-depth input ``z`` of its forward pass, which :func:`conv_grads` may also use."""
+
+    z: Tensor
+    plan: S2DPlan
+    shape: tuple
+
+    def __call__(self, g: Tensor) -> Tensor:
+        d_taps = s2d_conv_weight_grad(self.z, g, self.plan)
+        return s2d_weight_grad_to_conv(d_taps, self.plan, self.shape)
+
+
+def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor, padding: tuple, in_hw: tuple):
+    """``(dW, dx)`` of a strided convolution of the implicit-GEMM engine from one im2col
+    matrix of ``g``, or None where the geometry does not line up.
+
+    ``dx`` is the polyphase engine's upsampling of ``g`` (:func:`conv_input_grad`), one matmul
+    with the (U x U)-window im2col of ``g`` padded by U - 1. Where its window starts are the
+    z grid, column block ``j`` of that matrix at row ``r`` is ``g[r + j - (U - 1)]``, which is
+    what tap ``a = U - 1 - j`` of the weight gradient multiplies by ``z[r]`` -- ``dW[a] =
+    sum_r z[r]^T g[r - a]`` (:func:`s2d_conv_weight_grad`) -- so ``dW = flip(cols^T @ z)``
+    with no frame of ``g`` built for it (default network, 48 -> 48, k4 s2, batch 100, float32,
+    both gradients 5.6 -> 5.0 ms; batch 32 2.15 -> 1.76 ms; 2-core Xeon)."""
+    plan, (o, c, kh, kw) = wg.plan, weight.shape
+    n, ho, wo, _ = g.shape
+    (sy, sx), (uy, ux) = plan.stride, plan.taps
+    py = phase_plan("transpose", ho, in_hw[0], kh, sy, padding[0], 1)
+    px = phase_plan("transpose", wo, in_hw[1], kw, sx, padding[1], 1)
+    lined_up = all(
+        p.width == u and p.pad_before == u - 1 and p.starts == m
+        for p, u, m in zip((py, px), (uy, ux), plan.grid)
+    )
+    if not lined_up or c < THIN:
+        return None
+    w_eff = combine(weight.permute(2, 3, 0, 1), py, px)
+    dx, cols = polyphase_forward(g, w_eff, None, py, px, in_hw, keep_cols=True)
+    m = reduce_matmul(cols.t(), wg.z).view(uy, ux, o, -1)  # rows (jy, jx, o)
+    d_taps = m.flip(0, 1).transpose(2, 3).contiguous()  # tap a = U - 1 - j: (Uy, Ux, K, O)
+    return s2d_weight_grad_to_conv(d_taps, plan, wg.shape), dx
+
+
 # --------------------------------------------------------------------------- row taps
 # A stride-1 convolution as kh matmuls over shifted flat views: the padded input is unrolled
 # along W only -- z[n, r, j] = (xp[n, r, j + b] for b < kw), kw*C columns, kw times the input
@@ -923,9 +965,14 @@ def conv_grads(
     """``(dW, dx)`` of a convolution for its NHWC output gradient ``g``: ``weight_grad(g)``
     (from :func:`conv_and_weight_grad`) and :func:`conv_input_grad`, or ``dx`` None without
     ``input_grad``. Given the forward input ``x`` where :func:`shares_row_taps`, both come
-    from one unrolled ``g`` (:func:`_row_tap_grads`)."""
+    from one unrolled ``g`` (:func:`_row_tap_grads`); for the implicit-GEMM engine from one
+    im2col matrix of ``g`` where the geometry allows (:func:`_phase_grads`)."""
     if input_grad and x is not None and shares_row_taps(x, weight, stride, padding, dilation):
         return _row_tap_grads(x, g, weight, padding)
+    if input_grad and isinstance(weight_grad, TapWeightGrad):
+        both = _phase_grads(weight_grad, g, weight, padding, in_hw)
+        if both is not None:
+            return both
     dx = conv_input_grad(g, weight, stride, padding, dilation, in_hw) if input_grad else None
     return weight_grad(g), dx
 
@@ -1009,9 +1056,7 @@ def conv_and_weight_grad(
     if s2d_applies(x, kernel, stride, dilation):
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         y, z = s2d_conv_forward(x, s2d_weights(weight, plan), bias, plan)
-        return y, lambda a: s2d_weight_grad_to_conv(
-            s2d_conv_weight_grad(z, a, plan), plan, tuple(weight.shape)
-        )
+        return y, TapWeightGrad(z, plan, tuple(weight.shape))
     wmat = conv_matrix(weight)
     if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)

@@ -88,6 +88,41 @@ def test_wide_stride_1_conv2d_matches_torch_float64(o, k, p, d, hw, n):
     assert ct_x is None and rel_err(ct_params["weight"], grads[1]) <= TOL64
 
 
+@pytest.mark.parametrize("o", [4, 20])
+@pytest.mark.parametrize(
+    "k,s,p,hw,n",
+    [
+        (4, 2, 1, (16, 16), 2),  # the default network's geometry
+        (4, 2, 1, (7, 9), 1),  # odd sizes
+        (2, 2, 0, (6, 5), 2),
+        (4, 2, 0, (9, 8), 1),
+        (4, 2, 2, (8, 8), 1),
+        (6, 3, 2, (11, 10), 1),
+        ((4, 2), (2, 1), (1, 0), (8, 7), 2),  # strided along one dim only
+    ],
+)
+def test_strided_implicit_gemm_conv2d_matches_torch_float64(monkeypatch, o, k, s, p, hw, n):
+    """Strided convolutions of the implicit-GEMM engine (8 input channels); where the input
+    gradient's windows line up with the space-to-depth grid, both gradients come from one
+    im2col matrix of g (kernels._phase_grads) -- the default network's geometry does."""
+    taken = []
+    phase_grads = K._phase_grads
+
+    def spy(*args):
+        out = phase_grads(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(K, "_phase_grads", spy)
+    layer = nf.conv2d(o, k, stride=s, padding=p)
+    params = init64(layer, (n, 8) + hw)
+    ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], s, p)  # noqa: E731
+    _compare(layer, ref, params, randn(n, 8, *hw), TOL64)
+    assert taken  # the implicit-GEMM engine ran
+    if (k, s, p) == (4, 2, 1):
+        assert taken == [True]
+
+
 def _pair(v):
     return v if isinstance(v, tuple) else (v, v)
 
