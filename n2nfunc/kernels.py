@@ -780,45 +780,61 @@ def _place_in_frame(g: Tensor, buf: Tensor, plan: S2DPlan) -> Tensor:
 
 
 class TapWeightGrad(NamedTuple):
-    """``g -> dW`` of the implicit-GEMM engine (shaped ``shape`` [O, C, kh, kw]), holding the
-    space-to-depth input ``z`` of its forward pass, which :func:`conv_grads` may also use."""
+    """``g -> dW`` of the implicit-GEMM engine (shaped ``shape`` [O, C, kh, kw]) for a
+    convolution of an ``in_hw`` input, holding the space-to-depth input ``z`` of its forward
+    pass (which :func:`conv_grads` may also use).
+
+    ``dW[a] = sum_r z[r]^T g[r - a]`` (:func:`s2d_conv_weight_grad`). Where the polyphase
+    engine's im2col of ``g`` -- the (U x U)-window matrix of ``g`` padded by U - 1 that the
+    input gradient multiplies (:func:`conv_input_grad`) -- has the z grid for its window
+    starts, its column block ``j`` at row ``r`` is ``g[r + j - (U - 1)]``, what tap ``a = U - 1
+    - j`` multiplies: ``dW = flip(cols^T @ z)``, one im2col copy of ``g`` instead of a frame of
+    it per tap (the default network's transposed 48 -> 48 layer's kernel gradient, batch 100,
+    float32: 2.80 -> 2.65 ms), which the input gradient then shares (:func:`_phase_grads`)."""
 
     z: Tensor
     plan: S2DPlan
     shape: tuple
+    in_hw: tuple
+
+    def phase_plans(self) -> tuple | None:
+        """``(py, px)`` of the input gradient's polyphase engine when its im2col lines up with
+        the z grid (see the class docstring), else None."""
+        (kh, kw), (ho, wo), pads = self.shape[2:], self.plan.out_hw, self.plan.pads
+        py = phase_plan("transpose", ho, self.in_hw[0], kh, self.plan.stride[0], pads[0], 1)
+        px = phase_plan("transpose", wo, self.in_hw[1], kw, self.plan.stride[1], pads[2], 1)
+        lined_up = all(
+            p.width == u and p.pad_before == u - 1 and p.starts == m
+            for p, u, m in zip((py, px), self.plan.taps, self.plan.grid)
+        )
+        return (py, px) if lined_up else None
+
+    def from_cols(self, cols: Tensor) -> Tensor:
+        """``dW`` from the lined-up im2col matrix of ``g`` (see the class docstring)."""
+        (uy, ux), o = self.plan.taps, self.shape[0]
+        m = reduce_matmul(cols.t(), self.z).view(uy, ux, o, -1)  # rows (jy, jx, o)
+        d_taps = m.flip(0, 1).transpose(2, 3).contiguous()  # tap a = U - 1 - j: (Uy, Ux, K, O)
+        return s2d_weight_grad_to_conv(d_taps, self.plan, self.shape)
 
     def __call__(self, g: Tensor) -> Tensor:
+        plans = self.phase_plans()
+        if plans is not None:
+            return self.from_cols(polyphase_cols(g, *plans))
         d_taps = s2d_conv_weight_grad(self.z, g, self.plan)
         return s2d_weight_grad_to_conv(d_taps, self.plan, self.shape)
 
 
-def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor, padding: tuple, in_hw: tuple):
+def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     """``(dW, dx)`` of a strided convolution of the implicit-GEMM engine from one im2col
-    matrix of ``g``, or None where the geometry does not line up.
-
-    ``dx`` is the polyphase engine's upsampling of ``g`` (:func:`conv_input_grad`), one matmul
-    with the (U x U)-window im2col of ``g`` padded by U - 1. Where its window starts are the
-    z grid, column block ``j`` of that matrix at row ``r`` is ``g[r + j - (U - 1)]``, which is
-    what tap ``a = U - 1 - j`` of the weight gradient multiplies by ``z[r]`` -- ``dW[a] =
-    sum_r z[r]^T g[r - a]`` (:func:`s2d_conv_weight_grad`) -- so ``dW = flip(cols^T @ z)``
-    with no frame of ``g`` built for it (default network, 48 -> 48, k4 s2, batch 100, float32,
-    both gradients 5.6 -> 5.0 ms; batch 32 2.15 -> 1.76 ms; 2-core Xeon)."""
-    plan, (o, c, kh, kw) = wg.plan, weight.shape
-    n, ho, wo, _ = g.shape
-    (sy, sx), (uy, ux) = plan.stride, plan.taps
-    py = phase_plan("transpose", ho, in_hw[0], kh, sy, padding[0], 1)
-    px = phase_plan("transpose", wo, in_hw[1], kw, sx, padding[1], 1)
-    lined_up = all(
-        p.width == u and p.pad_before == u - 1 and p.starts == m
-        for p, u, m in zip((py, px), (uy, ux), plan.grid)
-    )
-    if not lined_up or c < THIN:
+    matrix of ``g`` (see :class:`TapWeightGrad`), or None where it does not line up (default
+    network, 48 -> 48, k4 s2, float32, both gradients 5.6 -> 5.0 ms at batch 100, 2.15 -> 1.76
+    ms at batch 32; 2-core Xeon)."""
+    plans = wg.phase_plans()
+    if plans is None or weight.shape[1] < THIN:
         return None
-    w_eff = combine(weight.permute(2, 3, 0, 1), py, px)
-    dx, cols = polyphase_forward(g, w_eff, None, py, px, in_hw, keep_cols=True)
-    m = reduce_matmul(cols.t(), wg.z).view(uy, ux, o, -1)  # rows (jy, jx, o)
-    d_taps = m.flip(0, 1).transpose(2, 3).contiguous()  # tap a = U - 1 - j: (Uy, Ux, K, O)
-    return s2d_weight_grad_to_conv(d_taps, plan, wg.shape), dx
+    w_eff = combine(weight.permute(2, 3, 0, 1), *plans)
+    dx, cols = polyphase_forward(g, w_eff, None, *plans, wg.in_hw, keep_cols=True)
+    return wg.from_cols(cols), dx
 
 
 # --------------------------------------------------------------------------- row taps
@@ -970,7 +986,7 @@ def conv_grads(
     if input_grad and x is not None and shares_row_taps(x, weight, stride, padding, dilation):
         return _row_tap_grads(x, g, weight, padding)
     if input_grad and isinstance(weight_grad, TapWeightGrad):
-        both = _phase_grads(weight_grad, g, weight, padding, in_hw)
+        both = _phase_grads(weight_grad, g, weight)
         if both is not None:
             return both
     dx = conv_input_grad(g, weight, stride, padding, dilation, in_hw) if input_grad else None
@@ -1056,7 +1072,7 @@ def conv_and_weight_grad(
     if s2d_applies(x, kernel, stride, dilation):
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         y, z = s2d_conv_forward(x, s2d_weights(weight, plan), bias, plan)
-        return y, TapWeightGrad(z, plan, tuple(weight.shape))
+        return y, TapWeightGrad(z, plan, tuple(weight.shape), tuple(x.shape[1:3]))
     wmat = conv_matrix(weight)
     if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
