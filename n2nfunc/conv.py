@@ -254,6 +254,16 @@ def nearest_upsample(scale_factor=2) -> Layer:
     return Layer(init, apply_via_vjp(vjp), vjp)
 
 
+# From this many input pixels (N H W) on, upsample's float32 backward pass runs as the strided
+# convolution of g (its weight gradient from one im2col copy of x, kernels.TapWeightGrad)
+# rather than polyphase_backward. x2 + 3x3, forward + backward, ms (2-core Xeon): 100 x 64 x 8
+# x 8 -> 32 channels 9.6 -> 9.0; 8 x 64 x 32 x 32 -> 64 18.6 -> 17.8; but 8 x 64 x 8 x 8 ->
+# 64 1.75 -> 2.11 and 8 x 64 x 16 x 16 -> 64 4.40 -> 4.74 (more, smaller calls); a thin
+# output always (100 x 32 x 16 x 16 -> 3: 6.0 -> 2.8; reference network step 1.09x / 1.22x at
+# batch 32 / 100).
+STRIDED_BACKWARD_PIXELS = 4096
+
+
 def upsample(
     out_channels: int,
     kernel_size,
@@ -307,12 +317,19 @@ def upsample(
 
     # A transposed convolution of the combined kernel, as whose adjoint the backward pass is
     # a strided convolution of g: used in lower precisions (one float32-accumulating matmul
-    # per gradient, where polyphase_backward's col2im sums rounded bfloat16 products).
+    # per gradient, where polyphase_backward's col2im sums rounded bfloat16 products), and in
+    # float32 / float64 for a thin output or from STRIDED_BACKWARD_PIXELS input pixels, where
+    # its implicit-GEMM engine beats polyphase_backward's frame and col2im (see the constant).
     k2 = tuple(dd * (kk - 1) + ss for kk, ss, dd in zip(k, sc, d))
     p2 = tuple(dd * (kk - 1) - pp for kk, pp, dd in zip(k, p, d))
 
     def vjp(params, x):
-        if x.element_size() < 4 and min(p2) >= 0:
+        strided = (
+            x.element_size() < 4
+            or out_channels < K.THIN
+            or x.shape[0] * x.shape[2] * x.shape[3] >= STRIDED_BACKWARD_PIXELS
+        )
+        if strided and min(p2) >= 0:
             return transposed_vjp(params, x)
         wk, w_eff, py, px, out_hw = plans(params, x)
         xh = to_nhwc(x)

@@ -10,6 +10,7 @@ from helpers import autograd_vjp, init64, randn, rel_err
 
 import n2nfunc as nf
 from n2nfunc import kernels as K
+from n2nfunc.conv import STRIDED_BACKWARD_PIXELS
 
 TOL64, TOL32 = 1e-10, 1e-5
 
@@ -158,9 +159,10 @@ UP_GRID = [
 ]
 
 
+@pytest.mark.parametrize("o", [4, 9])  # a thin output (strided backward pass) and a wider one
 @pytest.mark.parametrize("k,sc,p,d,hw,n", UP_GRID)
-def test_upsample_matches_nearest_then_conv_float64(k, sc, p, d, hw, n):
-    layer = nf.upsample(4, k, scale_factor=sc, padding=p, dilation=d)
+def test_upsample_matches_nearest_then_conv_float64(o, k, sc, p, d, hw, n):
+    layer = nf.upsample(o, k, scale_factor=sc, padding=p, dilation=d)
     params = init64(layer, (n, 3) + hw)
 
     def ref(x, q):
@@ -168,6 +170,21 @@ def test_upsample_matches_nearest_then_conv_float64(k, sc, p, d, hw, n):
         return F.conv2d(up, q["weight"], q["bias"], 1, p, d)
 
     _compare(layer, ref, params, randn(n, 3, *hw), TOL64)
+
+
+@pytest.mark.parametrize("k,p,hw", [(3, 1, (64, 64)), (3, 1, (33, 130)), (5, 2, (64, 65))])
+def test_upsample_on_large_inputs_matches_float64(k, p, hw):
+    """From conv.STRIDED_BACKWARD_PIXELS input pixels the backward pass is the strided
+    convolution of g (where the combined kernel allows) rather than polyphase_backward."""
+    assert hw[0] * hw[1] >= STRIDED_BACKWARD_PIXELS
+    layer = nf.upsample(9, k, scale_factor=2, padding=p)
+    params = init64(layer, (1, 3) + hw)
+
+    def ref(x, q):
+        up = F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.conv2d(up, q["weight"], q["bias"], 1, p)
+
+    _compare(layer, ref, params, randn(1, 3, *hw), TOL64)
 
 
 def test_non_square_kernel_stride_padding():
