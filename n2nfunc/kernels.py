@@ -629,8 +629,8 @@ def space_to_depth(x: Tensor, plan: S2DPlan) -> Tensor:
 def _phase_span(r: int, s: int, before: int, size: int, cells: int) -> tuple:
     """``(m0, m1, i0)``: the cells ``m0 <= m < m1`` of phase ``r`` whose padded position
     ``s*m + r`` holds input ``i = s*m + r - before`` inside ``0 <= i < size`` (``before`` < 0
-    crops), the first of them ``i0``."""
-    m0 = max(0, -((r - before) // s))  # smallest m with s*m + r - before >= 0
+    crops), the first of them ``i0``; ``m0 == m1`` when there are none."""
+    m0 = min(cells, max(0, -((r - before) // s)))  # smallest m with s*m + r - before >= 0
     m1 = min(cells, max(m0, -(-(size + before - r) // s)))  # s*m + r - before < size
     return m0, m1, s * m0 + r - before
 
@@ -1012,12 +1012,12 @@ def _row_tap_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
     zg, plan = _row_unroll(g, (kh, kw), pads, (h, w))
     taps = flipped.permute(2, 3, 1, 0).reshape(kh, 1, kw * o, c)
     dx = tap_sum(zg, taps, None, plan, n)
-    xt = x.reshape(n, h * w, c).transpose(1, 2)  # (N, C, H W)
+    xt = x.permute(0, 3, 1, 2).reshape(n, c, h * w)  # (N, C, H W), a view in either layout
     per_image = zg.view(n, plan.grid[0] * w, kw * o)
     d = g.new_empty(kh, c, kw * o)
     for a in range(kh):
         d[a] = xt.bmm(per_image[:, a * w : a * w + h * w]).sum(0)
-    dw = d.view(kh, c, kw, o).permute(3, 1, 0, 2).flip(2, 3)
+    dw = d.view(kh, c, kw, o).permute(3, 1, 0, 2).flip(2, 3).contiguous()
     return dw, dx
 
 

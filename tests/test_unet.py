@@ -55,6 +55,8 @@ def test_check_vjp_tiny_unet_full_jacobian():
         ({"depth": 3, "widths": (4, 6, 5, 3)}, (1, 3, 9, 20)),
         ({"depth": 1, "widths": (3, 4, 3, 2), "out_channels": 2}, (1, 3, 6, 5)),
         ({"depth": 3, "widths": (4, 6, 5, 3), "in_channels": 1, "out_channels": 1}, (3, 1, 16, 8)),
+        # widths >= 16: the 3 x 3 layers run as row taps, both gradients from one unrolled g
+        ({"depth": 2, "widths": (16, 20, 17, 16)}, (1, 3, 20, 17)),
     ],
 )
 def test_forward_and_vjp_match_torch_twin(arch, shape):
