@@ -797,7 +797,7 @@ class TapWeightGrad(NamedTuple):
     shape: tuple
     in_hw: tuple
 
-    def phase_plans(self) -> tuple | None:
+    def phase_plans(self) -> tuple[PhasePlan, PhasePlan] | None:
         """``(py, px)`` of the input gradient's polyphase engine when its im2col lines up with
         the z grid (see the class docstring), else None."""
         (kh, kw), (ho, wo), pads = self.shape[2:], self.plan.out_hw, self.plan.pads
@@ -819,7 +819,7 @@ class TapWeightGrad(NamedTuple):
     def __call__(self, g: Tensor) -> Tensor:
         plans = self.phase_plans()
         if plans is not None:
-            return self.from_cols(polyphase_cols(g, *plans))
+            return self.from_cols(polyphase_cols(g, plans[0], plans[1]))
         d_taps = s2d_conv_weight_grad(self.z, g, self.plan)
         return s2d_weight_grad_to_conv(d_taps, self.plan, self.shape)
 
@@ -832,8 +832,9 @@ def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     plans = wg.phase_plans()
     if plans is None or weight.shape[1] < THIN:
         return None
-    w_eff = combine(weight.permute(2, 3, 0, 1), *plans)
-    dx, cols = polyphase_forward(g, w_eff, None, *plans, wg.in_hw, keep_cols=True)
+    py, px = plans
+    w_eff = combine(weight.permute(2, 3, 0, 1), py, px)
+    dx, cols = polyphase_forward(g, w_eff, None, py, px, wg.in_hw, keep_cols=True)
     return wg.from_cols(cols), dx
 
 
