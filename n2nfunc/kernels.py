@@ -616,10 +616,10 @@ def space_to_depth(x: Tensor, plan: S2DPlan) -> Tensor:
             cols = _phase_span(rx, sx, left, x.shape[2], mw)
             phase = z[:, :, :, ry, rx]
             (m0, m1, i0), (k0, k1, j0) = rows, cols
-            phase[:, :m0].zero_()
-            phase[:, m1:].zero_()
-            phase[:, m0:m1, :k0].zero_()
-            phase[:, m0:m1, k1:].zero_()
+            inner = phase[:, m0:m1]
+            for border in (phase[:, :m0], phase[:, m1:], inner[:, :, :k0], inner[:, :, k1:]):
+                if border.numel():  # empty slices skipped: a call each saved
+                    border.zero_()
             if m1 > m0 and k1 > k0:
                 inside = x[:, i0 : i0 + sy * (m1 - m0) : sy, j0 : j0 + sx * (k1 - k0) : sx]
                 phase[:, m0:m1, k0:k1].copy_(inside)
