@@ -130,11 +130,10 @@ def conv2d(
         y, weight_grad = K.conv_and_weight_grad(xh, weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
         y_shape = y.shape
-        shared = xh if K.shares_row_taps(xh, weight, s, p, d) else None  # else not held
 
         def pullback(ct, input_grad=True):
             g = to_nhwc(check_cotangent(ct, y_shape, name))
-            dw, dx = K.conv_grads(g, weight, weight_grad, s, p, d, (h, w), input_grad, shared)
+            dw, dx = K.conv_grads(g, weight, weight_grad, s, p, d, (h, w), input_grad)
             grads = {"weight": dw}
             if bias:
                 grads["bias"] = K.channel_sums(g)

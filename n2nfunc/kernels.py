@@ -907,22 +907,38 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
     :func:`tap_sum` with kh x 1 taps on the W-unrolled input, whose rows per image hold no
     ignored row, so ``y`` is a dense (N, Ho, Wo, O) tensor (a strided view for a narrow
     output). ``weight_grad(g)`` is shaped like ``weight``."""
+    y, _, _ = _row_taps(x, weight, bias, padding, out_hw)
+    return y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw)
+
+
+def _row_taps(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
+    """``(y, z, plan)``: :func:`row_taps_conv`'s output with the unrolled input and its plan."""
     o, c, kh, kw = weight.shape
     z, plan = _row_unroll(x, (kh, kw), padding, out_hw)
     taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)
-    y = tap_sum(z, taps, bias, plan, x.shape[0])
-    return y, _unrolled_weight_grad(x, tuple(weight.shape), padding, out_hw)
+    return tap_sum(z, taps, bias, plan, x.shape[0]), z, plan
 
 
-def _unrolled_weight_grad(x: Tensor, shape: tuple, padding: tuple, out_hw: tuple):
+class RowWeightGrad(NamedTuple):
     """``g -> dW`` (shaped ``shape``) by row taps on ``x`` unrolled again when called: the
-    unrolled copy, kw times the input, is not kept from the forward pass."""
+    unrolled copy, kw times the input, is not kept from the forward pass. Holds ``x``, which
+    :func:`conv_grads` may also use."""
 
-    def weight_grad(g: Tensor) -> Tensor:
-        z, plan = _row_unroll(x, shape[2:], padding, out_hw)
-        return _row_weight_grad(z, g, plan, shape)
+    x: Tensor
+    shape: tuple
+    padding: tuple
+    out_hw: tuple
 
-    return weight_grad
+    def __call__(self, g: Tensor) -> Tensor:
+        z, plan = _row_unroll(self.x, self.shape[2:], self.padding, self.out_hw)
+        return _row_weight_grad(z, g, plan, self.shape)
+
+
+def _flipped(weight: Tensor, padding: tuple) -> tuple[Tensor, tuple]:
+    """``(W[:, :, ::-1, ::-1]^T, k - 1 - p)``: the kernel and padding of the stride-1
+    convolution of ``g`` that is a stride-1 convolution's input gradient."""
+    pads = tuple(k - 1 - p for k, p in zip(weight.shape[2:], padding))
+    return weight.flip(2, 3).transpose(0, 1), pads
 
 
 def conv_input_grad(
@@ -940,10 +956,9 @@ def conv_input_grad(
     shifted-view taps."""
     kernel = tuple(weight.shape[2:])
     if stride == dilation == (1, 1) and all(p < k for p, k in zip(padding, kernel)):
-        flipped = weight.flip(2, 3).transpose(0, 1)
-        pads = tuple(k - 1 - p for k, p in zip(kernel, padding))
+        flipped, pads = _flipped(weight, padding)
         if rows_applies(g, kernel, stride, dilation):
-            return row_taps_conv(g, flipped, None, pads, in_hw)[0]
+            return _row_taps(g, flipped, None, pads, in_hw)[0]
         if weight.shape[1] >= THIN:
             wmat = conv_matrix(flipped)
             return conv_forward(g, wmat, None, kernel, stride, pads, dilation, in_hw, False)[0]
@@ -977,15 +992,18 @@ def conv_grads(
     dilation: tuple,
     in_hw: tuple,
     input_grad: bool = True,
-    x: Tensor | None = None,
 ):
     """``(dW, dx)`` of a convolution for its NHWC output gradient ``g``: ``weight_grad(g)``
     (from :func:`conv_and_weight_grad`) and :func:`conv_input_grad`, or ``dx`` None without
-    ``input_grad``. Given the forward input ``x`` where :func:`shares_row_taps`, both come
-    from one unrolled ``g`` (:func:`_row_tap_grads`); for the implicit-GEMM engine from one
-    im2col matrix of ``g`` where the geometry allows (:func:`_phase_grads`)."""
-    if input_grad and x is not None and shares_row_taps(x, weight, stride, padding, dilation):
-        return _row_tap_grads(x, g, weight, padding)
+    ``input_grad``. For row taps where :func:`shares_row_taps`, both come from one unrolled
+    ``g`` (:func:`_row_tap_grads`); for the implicit-GEMM engine from one im2col matrix of
+    ``g`` where the geometry allows (:func:`_phase_grads`)."""
+    if (
+        input_grad
+        and isinstance(weight_grad, RowWeightGrad)
+        and shares_row_taps(weight_grad.x, weight, stride, padding, dilation)
+    ):
+        return _row_tap_grads(weight_grad.x, g, weight, padding)
     if input_grad and isinstance(weight_grad, TapWeightGrad):
         both = _phase_grads(weight_grad, g, weight)
         if both is not None:
@@ -1008,11 +1026,8 @@ def _row_tap_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
     1.04x (2-core Xeon)."""
     o, c, kh, kw = weight.shape
     n, h, w, _ = x.shape
-    flipped = weight.flip(2, 3).transpose(0, 1)
-    pads = (kh - 1 - padding[0], kw - 1 - padding[1])
-    zg, plan = _row_unroll(g, (kh, kw), pads, (h, w))
-    taps = flipped.permute(2, 3, 1, 0).reshape(kh, 1, kw * o, c)
-    dx = tap_sum(zg, taps, None, plan, n)
+    flipped, pads = _flipped(weight, padding)
+    dx, zg, plan = _row_taps(g, flipped, None, pads, (h, w))
     xt = x.permute(0, 3, 1, 2).reshape(n, c, h * w)  # (N, C, H W), a view in either layout
     per_image = zg.view(n, plan.grid[0] * w, kw * o)
     d = g.new_empty(kh, c, kw * o)
@@ -1078,7 +1093,7 @@ def conv_and_weight_grad(
     if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
         if weight.shape[0] >= weight.shape[1]:  # O >= C: row taps, kh wider matmuls
-            return y, _unrolled_weight_grad(x, tuple(weight.shape), padding, out_hw)
+            return y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw)
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         return y, lambda a: s2d_weight_grad_to_conv(
             s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
