@@ -149,4 +149,20 @@ __all__ = [
     "header",
     "channels_last",
     "DTYPES",
+    "peak_live_tensor_bytes",
 ]
+
+
+def peak_live_tensor_bytes(fn) -> int:
+    """The peak, during one call of ``fn``, of the bytes of live tensors above those alive
+    before it, from the allocation and free events of torch's profiler (CPU allocator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak

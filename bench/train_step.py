@@ -37,6 +37,7 @@ from common import (  # noqa: E402
     interleaved,
     n2nfunc_net,
     nf,
+    peak_live_tensor_bytes,
     torch_net,
     variant_config,
 )
@@ -124,21 +125,6 @@ def peak_rss_bytes() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def peak_live_tensor_bytes(fn) -> int:
-    """The peak, during one call of ``fn``, of the bytes of live tensors above those alive
-    before it, from the allocation and free events of torch's profiler (CPU allocator)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def memory_child(args) -> None:

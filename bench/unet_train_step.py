@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import allocator_line, interleaved  # noqa: E402
+from common import allocator_line, interleaved, peak_live_tensor_bytes  # noqa: E402
 from unet_twin import TorchUNet  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
@@ -92,6 +92,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="also the peak of live tensor bytes in one step (CPU allocator, torch profiler)",
+    )
     args = ap.parse_args()
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
@@ -127,6 +132,13 @@ def main() -> None:
             f"{'':<16}bfloat16 n2nfunc vs the faster torch float32: "
             f"{torch32 / t['n2nfunc bfloat16']:.2f}"
         )
+        if args.memory and args.device == "cpu":
+            print(f"{'':<16}peak of live tensors in one step, MB (ratio to n2nfunc's):")
+            mb = {k: peak_live_tensor_bytes(f) / 2**20 for k, f in c.items()}
+            for name, value in mb.items():
+                precision = "bfloat16" if "bf" in name or "autocast" in name else "float32"
+                ours = mb[f"n2nfunc {precision}"]
+                print(f"{'':<18}{name:<26}{value:>7.1f}{value / ours:>7.2f}")
 
 
 if __name__ == "__main__":

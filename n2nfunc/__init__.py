@@ -20,7 +20,7 @@ from .activations import (
     softplus,
     tanh,
 )
-from .base import Layer, pull, skips_input_grad
+from .base import Layer, ReleasedError, pull, releases, skips_input_grad
 from .checkpoint import load, save
 from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
@@ -117,6 +117,7 @@ __all__ = [
     "HuberLoss",
     "L1Loss",
     "Layer",
+    "ReleasedError",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",
@@ -189,6 +190,7 @@ __all__ = [
     "psnr",
     "pull",
     "relu",
+    "releases",
     "residual",
     "rmsprop",
     "save",

@@ -9,8 +9,15 @@ A layer is a triple of pure functions over a dict of parameters:
 ``ct_params`` has the structure of ``params``; ``ct_x`` the shape of ``x``. A layer whose
 pullback also accepts ``pullback(ct_y, input_grad=False)`` -- and may then return ``None``
 for ``ct_x``, skipping that work when ``x`` is data -- marks its ``vjp`` with
-:func:`skips_input_grad`; :func:`pull` calls any pullback that way when it can. Shapes are
-full tuples ``(N, C, H, W)``; ``-1`` marks a size not known yet (the batch, or an
+:func:`skips_input_grad`; :func:`pull` calls any pullback that way when it can.
+
+A pullback may be called any number of times (``check_vjp`` tests linearity that way). A
+caller that calls it once, as a training step does, says so with ``release=True`` to a layer
+marked with :func:`releases` (the combinators and wrappers): it then lets go of what the
+forward pass kept for each child as soon as that child's pullback has run, as torch's
+autograd frees a node's saved tensors, and refuses a later call.
+
+Shapes are full tuples ``(N, C, H, W)``; ``-1`` marks a size not known yet (the batch, or an
 image size), and it propagates to the output shape.
 """
 
@@ -45,12 +52,44 @@ def skips_input_grad(vjp: Callable) -> Callable:
     return vjp
 
 
-def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool):
+def releases(vjp: Callable) -> Callable:
+    """Mark ``vjp`` as returning pullbacks that accept ``release=True``: the caller's last
+    call, during which the pullback drops what it holds for each child once used (a later
+    call raises :class:`ReleasedError`)."""
+    vjp.releases = True  # type: ignore[attr-defined]
+    return vjp
+
+
+def marked_like(vjp: Callable, inner: Callable) -> Callable:
+    """``vjp`` with the markers (:func:`skips_input_grad`, :func:`releases`) of ``inner``,
+    for a wrapper whose pullback is the inner one."""
+    for marker in ("skips_input_grad", "releases"):
+        if getattr(inner, marker, False):
+            setattr(vjp, marker, True)
+    return vjp
+
+
+class ReleasedError(RuntimeError):
+    """A pullback called again after a call with ``release=True``."""
+
+
+def released(name: str) -> ReleasedError:
+    return ReleasedError(
+        f"{name}: this pullback was called with release=True, which freed what the forward "
+        "pass kept; run vjp again for another backward pass"
+    )
+
+
+def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool, release: bool = False):
     """``pullback(ct)``, asking it to skip the input gradient when ``input_grad`` is False and
-    the layer (whose ``vjp`` is given) supports that."""
-    if input_grad or not getattr(vjp, "skips_input_grad", False):
-        return pullback(ct)
-    return pullback(ct, input_grad=False)
+    to free what it keeps as it goes when ``release`` is True (this is the last call), as far
+    as the layer (whose ``vjp`` is given) supports these."""
+    options = {}
+    if not input_grad and getattr(vjp, "skips_input_grad", False):
+        options["input_grad"] = False
+    if release and getattr(vjp, "releases", False):
+        options["release"] = True
+    return pullback(ct, **options)
 
 
 def pair(value, name: str, layer: str, minimum: int = 1) -> tuple[int, int]:

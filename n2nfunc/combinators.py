@@ -15,6 +15,9 @@ with a stateful child is stateful (state ``{"0": s0, ...}`` beside the params), 
 stays a plain ``Layer`` (see :mod:`n2nfunc.stateful`).
 
 Errors raised inside a child are re-raised with the child's path (``"in layer 2.1: ..."``).
+Called with ``release=True`` (see :func:`~n2nfunc.base.pull`), a combinator's pullback drops
+each child's pullback, and with it what that child saved, right after running it, and
+passes ``release=True`` on to it.
 """
 
 from collections.abc import Iterator, Sequence
@@ -23,7 +26,15 @@ from contextlib import contextmanager
 from torch import Tensor, cat
 
 from . import tree
-from .base import Layer, apply_via_vjp, check_cotangent, pull, skips_input_grad
+from .base import (
+    Layer,
+    apply_via_vjp,
+    check_cotangent,
+    pull,
+    released,
+    releases,
+    skips_input_grad,
+)
 from .stateful import StatefulLayer, child_state, fixed, lift, split_rng
 
 
@@ -57,7 +68,7 @@ def _check_layers(layers, name):
 def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:
     """The combinator built from ``init``/``apply``/``vjp`` written for lifted children:
     stateful if one of ``layers`` is, else a plain ``Layer`` (run with ``state=None``)."""
-    network = StatefulLayer(init, apply, vjp)
+    network = StatefulLayer(init, apply, releases(skips_input_grad(vjp)))
     if any(isinstance(layer, StatefulLayer) for layer in layers):
         return network
     return fixed(network, None, train=False)
@@ -90,7 +101,9 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                 x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             pullbacks.append(pb)
 
-        def pullback(ct, input_grad=True):
+        def pullback(ct, input_grad=True, release=False):
+            if None in pullbacks:
+                raise released("serial")
             # without the input gradient, the children before the first one with parameters
             # need no output cotangent: their pullbacks are not run at all
             first = 0
@@ -104,12 +117,16 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                     continue
                 with at_layer(str(i)):
                     need = input_grad or i > first
-                    grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, need)
+                    grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, need, release)
+                if release:
+                    pullbacks[i] = None
+            if release:
+                pullbacks[:] = [None] * len(pullbacks)  # also those not run
             return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
         return x, new_state, pullback
 
-    return _network(layers, init, apply, skips_input_grad(vjp))
+    return _network(layers, init, apply, vjp)
 
 
 def _check_tuple(xs, n: int, name: str):
@@ -144,11 +161,15 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             outs.append(y)
             pullbacks.append(pb)
 
-        def pullback(cts, input_grad=True):
+        def pullback(cts, input_grad=True, release=False):
+            if None in pullbacks:
+                raise released("parallel")
             grads, cxs = {}, []
-            for i, (pb, ct) in enumerate(zip(pullbacks, _check_tuple(cts, n, "parallel"))):
+            for i, ct in enumerate(_check_tuple(cts, n, "parallel")):
                 with at_layer(str(i)):
-                    grads[str(i)], cx = pull(children[i].vjp, pb, ct, input_grad)
+                    grads[str(i)], cx = pull(children[i].vjp, pullbacks[i], ct, input_grad, release)
+                if release:
+                    pullbacks[i] = None
                 cxs.append(cx)
             return grads, tuple(cxs) if input_grad else None
 
@@ -164,7 +185,7 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             outs.append(y)
         return tuple(outs), new_state
 
-    return _network(layers, init, apply, skips_input_grad(vjp))
+    return _network(layers, init, apply, vjp)
 
 
 def _sum(xs: Sequence[Tensor]) -> Tensor:
@@ -270,10 +291,16 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
         _same_shape(x.shape, fx.shape)
         y = x + fx
         y_shape = y.shape
+        kept = [pb]  # a box, emptied by a call with release=True
 
-        def pullback(ct):
-            grads, cx = pb(check_cotangent(ct, y_shape, "residual"))
-            return grads, cx + ct
+        def pullback(ct, input_grad=True, release=False):
+            if kept[0] is None:
+                raise released("residual")
+            ct = check_cotangent(ct, y_shape, "residual")
+            grads, cx = pull(inner.vjp, kept[0], ct, input_grad, release)
+            if release:
+                kept[0] = None
+            return grads, cx + ct if input_grad else None
 
         return y, new_state, pullback
 

@@ -12,7 +12,7 @@ accepted: a float64 tensor is an error, never silently rounded to bfloat16.
 from torch import Tensor, empty
 
 from . import tree
-from .base import Layer, pull, skips_input_grad
+from .base import Layer, pull, releases, skips_input_grad
 
 FLOAT32 = empty(0).float().dtype
 PRECISIONS = {"float32": FLOAT32, "bfloat16": empty(0).bfloat16().dtype}
@@ -64,10 +64,11 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
     def vjp(params, x):
         y, pb = layer.vjp(tree.map(down("params"), params), tree.map(down("input"), x))
 
-        def pullback(ct, input_grad=True):
-            grads, dx = pull(layer.vjp, pb, tree.map(down("output gradient"), ct), input_grad)
+        def pullback(ct, input_grad=True, release=False):
+            ct = tree.map(down("output gradient"), ct)
+            grads, dx = pull(layer.vjp, pb, ct, input_grad, release)
             return tree.map(up, grads), tree.map(up, dx)
 
         return tree.map(up, y), pullback
 
-    return Layer(init, apply, skips_input_grad(vjp))
+    return Layer(init, apply, releases(skips_input_grad(vjp)))

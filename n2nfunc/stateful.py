@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 from torch import Generator, empty
 
-from .base import Layer, Params, Pullback, Shape, skips_input_grad
+from .base import Layer, Params, Pullback, Shape, marked_like
 
 State = Any  # a dict (possibly nested) of tensors
 
@@ -79,9 +79,7 @@ def lift(layer: Layer | StatefulLayer) -> StatefulLayer:
         y, pullback = layer.vjp(params, x)
         return y, state, pullback
 
-    if getattr(layer.vjp, "skips_input_grad", False):
-        skips_input_grad(vjp)
-    return StatefulLayer(init, apply, vjp)
+    return StatefulLayer(init, apply, marked_like(vjp, layer.vjp))
 
 
 def _check_empty(state) -> None:
@@ -119,9 +117,7 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
         y, _, pullback = layer.vjp(params, state, x, train=train, rng=fresh_rng())
         return y, pullback
 
-    if getattr(layer.vjp, "skips_input_grad", False):
-        skips_input_grad(vjp)
-    return Layer(init, apply, vjp)
+    return Layer(init, apply, marked_like(vjp, layer.vjp))
 
 
 def split_rng(rng: Generator | None, n: int) -> list:

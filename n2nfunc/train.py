@@ -30,7 +30,8 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
         def f_stateful(params, state, x, target, rng=None):
             pred, new_state, pullback = stateful.vjp(params, state, x, train=True, rng=rng)
             value, ct = loss.value_and_grad(pred, target)
-            grads, _ = pull(stateful.vjp, pullback, ct, input_grad=False)  # x is data
+            # x is data; one backward pass, so what the forward kept is freed as it goes
+            grads, _ = pull(stateful.vjp, pullback, ct, input_grad=False, release=True)
             return value, grads, new_state
 
         return f_stateful
@@ -38,7 +39,8 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
     def f(params, x, target):
         pred, pullback = layer.vjp(params, x)
         value, ct = loss.value_and_grad(pred, target)
-        grads, _ = pull(layer.vjp, pullback, ct, input_grad=False)  # x is data
+        # x is data; one backward pass, so what the forward kept is freed as it goes
+        grads, _ = pull(layer.vjp, pullback, ct, input_grad=False, release=True)
         return value, grads
 
     return f

@@ -41,6 +41,7 @@ from .base import (
     image_shape,
     positive_int,
     pull,
+    releases,
     skips_input_grad,
 )
 from .combinators import fanin_sum, fanout, parallel, serial
@@ -118,16 +119,16 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
         y = yp[:, :, :h, :w]
         y_shape, yp_shape = y.shape, yp.shape
 
-        def pullback(ct, input_grad=True):
+        def pullback(ct, input_grad=True, release=False):
             ct = check_cotangent(ct, y_shape, name)
             ctp = ct.new_zeros(yp_shape)
             ctp[:, :, :h, :w] = ct
-            grads, cxp = pull(layer.vjp, pb, ctp, input_grad)
+            grads, cxp = pull(layer.vjp, pb, ctp, input_grad, release)
             return grads, _edge_pad_adjoint(cxp, h, w) if input_grad else None
 
         return y, pullback
 
-    return Layer(init, apply, skips_input_grad(vjp))
+    return Layer(init, apply, releases(skips_input_grad(vjp)))
 
 
 def _serial(*layers: Layer | StatefulLayer) -> Layer:

@@ -72,3 +72,102 @@ def test_the_check_can_fail():
         return y, lambda ct: (y, ct)
 
     assert not _output_freed(vjp)
+
+
+# ------------------------------------------------------------------ release=True
+
+
+def _probe_pair():
+    """Two layers for ``serial(first, ..., last)``: ``last`` saves a tensor for its backward
+    pass; ``first``'s pullback records whether that tensor is still alive when it runs."""
+    box = {}
+
+    def last_vjp(params, x):
+        saved = x * 2.0
+        box["saved"] = weakref.ref(saved)
+        return x * 2.0, lambda ct: ({}, ct * saved / x)
+
+    def first_vjp(params, x):
+        def pullback(ct):
+            gc.collect()
+            box["alive"] = box["saved"]() is not None
+            return {}, ct
+
+        return x + 0.0, pullback
+
+    def init(generator, in_shape):
+        return in_shape, {}
+
+    first = nf.Layer(init, lambda p, x: first_vjp(p, x)[0], first_vjp)
+    last = nf.Layer(init, lambda p, x: last_vjp(p, x)[0], last_vjp)
+    return first, last, box
+
+
+def _wrappings(first, last):
+    """The chain ``serial(first, conv, last)`` inside each combinator and wrapper, which must
+    pass ``release`` on for ``last``'s tensor to be freed before ``first`` runs."""
+    conv = nf.conv2d(4, 3, padding=1)
+    chain = nf.serial(first, conv, last)
+    return {
+        "serial": chain,
+        "nested serial": nf.serial(nf.serial(chain)),
+        "parallel": nf.serial(nf.fanout(2), nf.parallel(chain, conv), nf.fanin_sum()),
+        "residual": nf.residual(chain),
+        "mixed_precision": nf.mixed_precision(chain),
+        "padded_to_multiple": nf.padded_to_multiple(chain, 4),
+        "stateful": nf.serial(nf.dropout(0.5), chain),
+    }
+
+
+def _pullback_of(net, x):
+    """``(params, pullback)`` of ``net`` at ``x`` (training mode for a stateful net)."""
+    if isinstance(net, nf.stateful.StatefulLayer):
+        _, params, state = net.init(torch.Generator().manual_seed(0), x.shape)
+        net = nf.stateful.fixed(net, state, train=True, rng=torch.Generator().manual_seed(1))
+    else:
+        _, params = net.init(torch.Generator().manual_seed(0), x.shape)
+    y, pullback = net.vjp(params, x)
+    return net, params, y, pullback
+
+
+@pytest.mark.parametrize("case", list(_wrappings(*_probe_pair()[:2])))
+def test_release_frees_what_later_layers_saved_before_earlier_ones_run(case):
+    """With ``release=True`` a layer's saved tensors are gone by the time the layers before
+    it run their pullbacks (as torch's autograd frees a node's saved tensors); without it
+    they stay, so the pullback can be called again."""
+    x = torch.rand(2, 4, 6, 6) + 0.5
+    for release, alive in ((False, True), (True, False)):
+        first, last, box = _probe_pair()
+        net, _, y, pullback = _pullback_of(_wrappings(first, last)[case], x)
+        nf.pull(net.vjp, pullback, torch.randn_like(y), True, release=release)
+        assert box["alive"] is alive, f"{case}, release={release}"
+
+
+def test_released_pullback_refuses_a_second_call_and_others_repeat():
+    net = nf.serial(nf.conv2d(3, 3, padding=1), nf.relu(), nf.conv2d(2, 3, padding=1))
+    _, params = net.init(torch.Generator().manual_seed(0), (2, 3, 5, 7))
+    x = torch.randn(2, 3, 5, 7)
+    y, pullback = net.vjp(params, x)
+    ct = torch.randn_like(y)
+    first = pullback(ct)  # a plain call keeps everything: it can be repeated
+    again = pullback(ct)
+    final = pullback(ct, release=True)  # the last call gives the same gradients
+    for a, b, c in zip(nf.tree.leaves(first), nf.tree.leaves(again), nf.tree.leaves(final)):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    with pytest.raises(nf.ReleasedError, match="release=True"):
+        pullback(ct)
+
+
+def test_training_step_and_module_backward_release():
+    """make_train_step and Module.backward make their one backward call with release=True."""
+    first, last, box = _probe_pair()
+    conv = nf.conv2d(4, 3, padding=1)
+    net = nf.serial(conv, first, conv, last)  # a conv first: first's pullback must run
+    _, params = net.init(torch.Generator().manual_seed(0), (2, 4, 6, 6))
+    x, target = torch.rand(2, 4, 6, 6) + 0.5, torch.rand(2, 4, 6, 6)
+    opt = nf.sgd(0.1)
+    nf.make_train_step(net, nf.mse, opt)(params, opt.init(params), x, target)
+    assert box["alive"] is False
+    module = nf.Module(net, params)
+    module.backward(module.forward(x))
+    assert box["alive"] is False
