@@ -75,9 +75,27 @@ class ReleasedError(RuntimeError):
 
 def released(name: str) -> ReleasedError:
     return ReleasedError(
-        f"{name}: this pullback was called with release=True, which freed what the forward "
-        "pass kept; run vjp again for another backward pass"
+        f"{name}: this pullback was called with release=True (possibly by a call that failed "
+        "partway), which freed what the forward pass kept; run vjp again for another backward "
+        "pass"
     )
+
+
+class Held:
+    """The pullback of a wrapper's one child, let go of by a call with ``release=True``."""
+
+    def __init__(self, pullback: Pullback, name: str):
+        self.pullback: Pullback | None = pullback
+        self.name = name
+
+    def take(self, release: bool) -> Pullback:
+        """The child's pullback, for this call; after a release, :class:`ReleasedError`."""
+        pullback = self.pullback
+        if pullback is None:
+            raise released(self.name)
+        if release:
+            self.pullback = None
+        return pullback
 
 
 def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool, release: bool = False):

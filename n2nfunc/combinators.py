@@ -27,6 +27,7 @@ from torch import Tensor, cat
 
 from . import tree
 from .base import (
+    Held,
     Layer,
     apply_via_vjp,
     check_cotangent,
@@ -110,6 +111,8 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             if not input_grad:
                 has = [bool(tree.leaves(params[str(i)])) for i in range(len(children))]
                 first = has.index(True) if True in has else len(children)
+            if release:
+                pullbacks[:first] = [None] * first  # never run: free them now
             grads = {}
             for i in reversed(range(len(children))):
                 if i < first and not input_grad:
@@ -120,8 +123,6 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                     grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, need, release)
                 if release:
                     pullbacks[i] = None
-            if release:
-                pullbacks[:] = [None] * len(pullbacks)  # also those not run
             return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
         return x, new_state, pullback
@@ -290,16 +291,11 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
         fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=rng)
         _same_shape(x.shape, fx.shape)
         y = x + fx
-        y_shape = y.shape
-        kept = [pb]  # a box, emptied by a call with release=True
+        y_shape, held = y.shape, Held(pb, "residual")
 
         def pullback(ct, input_grad=True, release=False):
-            if kept[0] is None:
-                raise released("residual")
             ct = check_cotangent(ct, y_shape, "residual")
-            grads, cx = pull(inner.vjp, kept[0], ct, input_grad, release)
-            if release:
-                kept[0] = None
+            grads, cx = pull(inner.vjp, held.take(release), ct, input_grad, release)
             return grads, cx + ct if input_grad else None
 
         return y, new_state, pullback

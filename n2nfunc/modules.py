@@ -120,6 +120,8 @@ class Module:
         what that forward kept: a second backward needs a new forward, as in torch."""
         self._check_backward()
         ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
+        # a call that fails on a bad cotangent may be retried; one that failed partway has
+        # released part of the network, and its pullback then says so (ReleasedError)
         ct_params, ct_x = pull(self.layer.vjp, self._pullback, ct, input_grad, release=True)
         self._pullback = _SPENT
         tree.add_(self.grads, ct_params)

@@ -12,7 +12,7 @@ accepted: a float64 tensor is an error, never silently rounded to bfloat16.
 from torch import Tensor, empty
 
 from . import tree
-from .base import Layer, pull, releases, skips_input_grad
+from .base import Held, Layer, pull, releases, skips_input_grad
 
 FLOAT32 = empty(0).float().dtype
 PRECISIONS = {"float32": FLOAT32, "bfloat16": empty(0).bfloat16().dtype}
@@ -63,10 +63,11 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
 
     def vjp(params, x):
         y, pb = layer.vjp(tree.map(down("params"), params), tree.map(down("input"), x))
+        held = Held(pb, name)
 
         def pullback(ct, input_grad=True, release=False):
             ct = tree.map(down("output gradient"), ct)
-            grads, dx = pull(layer.vjp, pb, ct, input_grad, release)
+            grads, dx = pull(layer.vjp, held.take(release), ct, input_grad, release)
             return tree.map(up, grads), tree.map(up, dx)
 
         return tree.map(up, y), pullback

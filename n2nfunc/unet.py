@@ -34,6 +34,7 @@ from torch import Tensor, cat
 from . import tree
 from .activations import leaky_relu
 from .base import (
+    Held,
     Layer,
     Params,
     check_cotangent,
@@ -117,13 +118,13 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
         yp, pb = layer.vjp(params, xp)
         check_size(yp, xp)
         y = yp[:, :, :h, :w]
-        y_shape, yp_shape = y.shape, yp.shape
+        y_shape, yp_shape, held = y.shape, yp.shape, Held(pb, name)
 
         def pullback(ct, input_grad=True, release=False):
             ct = check_cotangent(ct, y_shape, name)
             ctp = ct.new_zeros(yp_shape)
             ctp[:, :, :h, :w] = ct
-            grads, cxp = pull(layer.vjp, pb, ctp, input_grad, release)
+            grads, cxp = pull(layer.vjp, held.take(release), ctp, input_grad, release)
             return grads, _edge_pad_adjoint(cxp, h, w) if input_grad else None
 
         return y, pullback

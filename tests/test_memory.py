@@ -88,8 +88,7 @@ def _probe_pair():
         return x * 2.0, lambda ct: ({}, ct * saved / x)
 
     def first_vjp(params, x):
-        def pullback(ct):
-            gc.collect()
+        def pullback(ct):  # no gc.collect(): freed by reference counts, at once
             box["alive"] = box["saved"]() is not None
             return {}, ct
 
@@ -112,6 +111,7 @@ def _wrappings(first, last):
         "serial": chain,
         "nested serial": nf.serial(nf.serial(chain)),
         "parallel": nf.serial(nf.fanout(2), nf.parallel(chain, conv), nf.fanin_sum()),
+        "parallel branches": nf.serial(nf.fanout(2), nf.parallel(last, first), nf.fanin_sum()),
         "residual": nf.residual(chain),
         "mixed_precision": nf.mixed_precision(chain),
         "padded_to_multiple": nf.padded_to_multiple(chain, 4),
@@ -143,6 +143,26 @@ def test_release_frees_what_later_layers_saved_before_earlier_ones_run(case):
         assert box["alive"] is alive, f"{case}, release={release}"
 
 
+def _real_wrappings():
+    """The ``_wrappings`` cases with real layers in place of the probes."""
+    return _wrappings(nf.conv2d(4, 3, padding=1), nf.leaky_relu(0.1))
+
+
+@pytest.mark.parametrize("case", list(_real_wrappings()))
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_release_gives_the_same_gradients_and_refuses_a_second_call(case, input_grad):
+    x = torch.randn(2, 4, 6, 6)
+    net, _, y, pullback = _pullback_of(_real_wrappings()[case], x)
+    ct = torch.randn_like(y)
+    plain = nf.pull(net.vjp, pullback, ct, input_grad)
+    final = nf.pull(net.vjp, pullback, ct, input_grad, release=True)
+    assert (plain[1] is None) == (final[1] is None) == (not input_grad)
+    for a, b in zip(nf.tree.leaves(plain), nf.tree.leaves(final), strict=True):
+        assert a is b is None or torch.equal(a, b), case
+    with pytest.raises(nf.ReleasedError, match="release=True"):
+        nf.pull(net.vjp, pullback, ct, input_grad)
+
+
 def test_released_pullback_refuses_a_second_call_and_others_repeat():
     net = nf.serial(nf.conv2d(3, 3, padding=1), nf.relu(), nf.conv2d(2, 3, padding=1))
     _, params = net.init(torch.Generator().manual_seed(0), (2, 3, 5, 7))
@@ -171,3 +191,14 @@ def test_training_step_and_module_backward_release():
     module = nf.Module(net, params)
     module.backward(module.forward(x))
     assert box["alive"] is False
+
+
+def test_release_frees_the_children_a_step_without_input_gradient_skips():
+    """Without the input gradient, serial never runs the children before its first one with
+    parameters; with release=True it lets go of what they saved too."""
+    _, last, box = _probe_pair()
+    net = nf.serial(last, nf.conv2d(4, 3, padding=1))
+    _, params = net.init(torch.Generator().manual_seed(0), (2, 4, 6, 6))
+    y, pullback = net.vjp(params, torch.rand(2, 4, 6, 6) + 0.5)
+    nf.pull(net.vjp, pullback, torch.randn_like(y), False, release=True)
+    assert box["saved"]() is None
