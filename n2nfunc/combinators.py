@@ -32,7 +32,6 @@ from .base import (
     apply_via_vjp,
     check_cotangent,
     pull,
-    released,
     releases,
     skips_input_grad,
 )
@@ -100,19 +99,17 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             s = child_state(state, str(i), "serial")
             with at_layer(str(i)):
                 x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
-            pullbacks.append(pb)
+            pullbacks.append(Held(pb, "serial"))
 
         def pullback(ct, input_grad=True, release=False):
-            if None in pullbacks:
-                raise released("serial")
             # without the input gradient, the children before the first one with parameters
             # need no output cotangent: their pullbacks are not run at all
             first = 0
             if not input_grad:
                 has = [bool(tree.leaves(params[str(i)])) for i in range(len(children))]
                 first = has.index(True) if True in has else len(children)
-            if release:
-                pullbacks[:first] = [None] * first  # never run: free them now
+            for held in pullbacks[:first]:  # never run; with release=True let go of them now
+                held.take(release)
             grads = {}
             for i in reversed(range(len(children))):
                 if i < first and not input_grad:
@@ -120,9 +117,8 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                     continue
                 with at_layer(str(i)):
                     need = input_grad or i > first
-                    grads[str(i)], ct = pull(children[i].vjp, pullbacks[i], ct, need, release)
-                if release:
-                    pullbacks[i] = None
+                    pb = pullbacks[i].take(release)
+                    grads[str(i)], ct = pull(children[i].vjp, pb, ct, need, release)
             return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
         return x, new_state, pullback
@@ -160,17 +156,14 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             with at_layer(str(i)):
                 y, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
             outs.append(y)
-            pullbacks.append(pb)
+            pullbacks.append(Held(pb, "parallel"))
 
         def pullback(cts, input_grad=True, release=False):
-            if None in pullbacks:
-                raise released("parallel")
             grads, cxs = {}, []
             for i, ct in enumerate(_check_tuple(cts, n, "parallel")):
                 with at_layer(str(i)):
-                    grads[str(i)], cx = pull(children[i].vjp, pullbacks[i], ct, input_grad, release)
-                if release:
-                    pullbacks[i] = None
+                    pb = pullbacks[i].take(release)
+                    grads[str(i)], cx = pull(children[i].vjp, pb, ct, input_grad, release)
                 cxs.append(cx)
             return grads, tuple(cxs) if input_grad else None
 
