@@ -231,3 +231,21 @@ def test_relu_pullback_in_16_bit_floats_equals_torchs_bit_for_bit(dtype):
     assert torch.equal(y, y_ref)
     assert dx.dtype == dtype and torch.equal(dx, dx_ref)
     assert not dx[0, 0, 0, :2].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.1, 0.5, 1.0])
+def test_leaky_relu_pullback_in_16_bit_floats_is_the_exact_product(dtype, slope):
+    """The 16-bit pullback builds its factor (1 or the slope, rounded to the dtype) on the
+    bits: the result must be that factor times ct, rounded once, at zeros (+0 and -0),
+    subnormals and infinities too."""
+    x = torch.randn(3, 4, 5, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30]).to(dtype)
+    x[1, 0, 0, :2] = torch.tensor([float("inf"), -float("inf")]).to(dtype)
+    ct = torch.randn(x.shape).to(dtype)
+    _, pullback = nf.leaky_relu(slope).vjp({}, x)
+    dx = pullback(ct)[1]
+    low = float(torch.tensor(slope).to(dtype))
+    factor = torch.where(x.float() > 0, 1.0, low)
+    assert dx.dtype == dtype and dx.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(dx, (ct.float() * factor).to(dtype))
