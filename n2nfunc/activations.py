@@ -129,7 +129,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``y = x`` for ``x > 0``, else ``negative_slope * x``; ``dx = ct`` or
     ``negative_slope * ct`` (the latter at ``x = 0``, like PyTorch)."""
     name = f"leaky_relu(negative_slope={negative_slope})"
-    a = _number(negative_slope, "negative_slope", name)
+    a = _number(negative_slope, "negative_slope", name) + 0.0  # -0.0 as 0.0: one key per slope
 
     def forward(x):  # max(x, a x) for a <= 1, min(x, a x) for a > 1: several times faster
         if a == 0:  # than a boolean where; with a = 0, inf * 0 would be NaN

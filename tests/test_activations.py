@@ -249,3 +249,17 @@ def test_leaky_relu_pullback_in_16_bit_floats_is_the_exact_product(dtype, slope)
     factor = torch.where(x.float() > 0, 1.0, low)
     assert dx.dtype == dtype and dx.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(dx, (ct.float() * factor).to(dtype))
+
+
+def test_leaky_relu_16_bit_factor_does_not_depend_on_an_earlier_slope_of_minus_zero():
+    """The slope's bits are cached by value, and -0.0 == 0.0: a slope of -0.0 must neither
+    fix the bits a later 0.0 gets nor overflow the int16 arithmetic."""
+    from n2nfunc.activations import _bits_of
+
+    _bits_of.cache_clear()  # as in a fresh process
+    x = torch.tensor([-2.0, 3.0, 0.0]).to(torch.bfloat16)
+    ct = torch.ones(3).to(torch.bfloat16)
+    for slope in (-0.0, 0.0):
+        dx = nf.leaky_relu(slope).vjp({}, x)[1](ct)[1]
+        assert dx.tolist() == [0.0, 1.0, 0.0]
+        assert not dx.signbit().any()
