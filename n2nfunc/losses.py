@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .activations import _sigmoid, log_softmax_of
+from .activations import log_softmax_of
 from .base import check_tensor
 
 
@@ -97,7 +97,7 @@ def bce_with_logits_value_and_grad(logits: Tensor, target: Tensor) -> tuple[Tens
     ``(sigmoid(x) - t) / numel``."""
     _check_pair(logits, target, "binary_cross_entropy_with_logits")
     value = logits.clamp(min=0) - logits * target + logits.abs().neg_().exp_().log1p_()
-    return value.mean(), _sigmoid(logits).sub_(target).div_(logits.numel())
+    return value.mean(), logits.sigmoid().sub_(target).div_(logits.numel())
 
 
 binary_cross_entropy_with_logits = Loss(
