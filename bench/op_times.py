@@ -1,0 +1,112 @@
+"""Where a training step's time goes, op by op: every ATen op of one step timed on its own
+(a ``TorchDispatchMode`` puts a clock around each call), summed over a few steps and
+grouped by op and input shapes -- for n2nfunc or for its torch.nn contender, so the two
+lists can be read side by side.
+
+    python bench/op_times.py                                   # default network, float32
+    python bench/op_times.py --contender "n2nfunc bfloat16" --batch 32
+    python bench/op_times.py --contender "torch.nn float32 ch-last"
+    python bench/op_times.py --unet --contender "n2nfunc float32"  # U-Net, 8 crops of 64
+
+Why not ``torch.profiler``: on these machines it slowed the steps it recorded by 30-40%,
+and unevenly -- it reported a bfloat16 im2col copy of the default network at 2.0 ms that
+takes 0.4-0.5 ms when clocked alone inside the same step. Here the per-op clocks add up to
+within about 10% of an unobserved step (both are printed); each op still pays a little
+Python around it, so ops of a few microseconds (views) read high.
+"""
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_step  # noqa: E402
+import unet_train_step  # noqa: E402
+from common import allocator_line  # noqa: E402
+
+from n2nfunc import hardware  # noqa: E402
+from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
+
+
+class OpClock(TorchDispatchMode):
+    """Records ``(op, input shapes, seconds)`` for every ATen op run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[str, str, float]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        seconds = time.perf_counter() - start
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        self.records.append((str(func).removeprefix("aten."), str(shapes), seconds))
+        return out
+
+
+def op_table(step, steps: int) -> tuple[dict, dict]:
+    """``({(op, shapes): ms per step}, {(op, shapes): calls per step})`` over ``steps`` steps."""
+    ms: dict = collections.defaultdict(float)
+    calls: collections.Counter = collections.Counter()
+    for _ in range(steps):
+        with OpClock() as clock:
+            step()
+        for op, shapes, seconds in clock.records:
+            ms[op, shapes] += seconds * 1e3 / steps
+            calls[op, shapes] += 1
+    return ms, {k: c // steps for k, c in calls.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--contender", default="n2nfunc float32", help="a name as the step benches print it"
+    )
+    ap.add_argument("--unet", action="store_true", help="the U-Net step (depth 4, 32/64/48/24)")
+    ap.add_argument("--batch", type=int, default=None, help="default: 100, U-Net 8")
+    ap.add_argument("--crop", type=int, default=64, help="U-Net crop size")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--top", type=int, default=30, help="rows of the table")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    print(hardware.describe())
+    print(allocator_line())
+    if args.unet:
+        arch = unet_train_step.parse_arch("4:32,64,48,24")
+        batch = args.batch or 8
+        contenders = unet_train_step.contenders(arch, args.crop, batch, "cpu")
+    else:
+        batch = args.batch or 100
+        contenders = train_step.contenders(DEFAULT_CONFIG, batch)
+    if args.contender not in contenders:
+        ap.error(f"--contender: one of {', '.join(repr(k) for k in contenders)}")
+    step = contenders[args.contender]
+    for _ in range(10):  # warm-up: caches, allocator, weights' relayouts
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    plain = (time.perf_counter() - start) * 1e3 / args.steps
+    ms, calls = op_table(step, args.steps)
+    by_op: dict = collections.defaultdict(float)
+    for (op, _), t in ms.items():
+        by_op[op] += t
+    net = "U-Net" if args.unet else "default network"
+    print(
+        f"{args.contender}, {net}, batch {batch}: one step {plain:.2f} ms unobserved, ops "
+        f"clocked one by one {sum(ms.values()):.2f} ms ({sum(calls.values())} ops)"
+    )
+    print(f"{'ms':>8} {'calls':>6}  op, input shapes")
+    for key, t in sorted(ms.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"{t:8.3f} {calls[key]:6d}  {key[0]} {key[1]}")
+    ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
+    print("by op:", ", ".join(f"{op} {t:.2f}" for op, t in ranked))
+
+
+if __name__ == "__main__":
+    main()
