@@ -32,6 +32,28 @@ from common import allocator_line  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
+# ATen ops by kind, for the summary line (anything else counts as elementwise / reduction)
+KINDS = {
+    "matmul or convolution": set(
+        "mm bmm addmm addmm_ baddbmm baddbmm_ matmul convolution convolution_backward".split()
+    ),
+    "copy": set(
+        "copy_ clone contiguous zero_ fill_ new_zeros cat _to_copy flip repeat "
+        "constant_pad_nd".split()
+    ),
+    "view or allocation": set(
+        "slice view permute as_strided select expand t transpose reshape alias _unsafe_view "
+        "new_empty empty empty_like new_ones detach unsqueeze squeeze unfold split narrow "
+        "_local_scalar_dense".split()
+    ),
+}
+
+
+def kind(op: str) -> str:
+    """The KINDS entry of an op name such as ``"addmm_.default"``."""
+    base = op.split(".")[0]
+    return next((k for k, ops in KINDS.items() if base in ops), "elementwise or reduction")
+
 
 class OpClock(TorchDispatchMode):
     """Records ``(op, input shapes, seconds)`` for every ATen op run inside it."""
@@ -106,6 +128,14 @@ def main() -> None:
         print(f"{t:8.3f} {calls[key]:6d}  {key[0]} {key[1]}")
     ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
     print("by op:", ", ".join(f"{op} {t:.2f}" for op, t in ranked))
+    by_kind: dict = collections.defaultdict(float)
+    ops_of_kind: collections.Counter = collections.Counter()
+    for key, t in ms.items():
+        by_kind[kind(key[0])] += t
+        ops_of_kind[kind(key[0])] += calls[key]
+    print(
+        "by kind:", ", ".join(f"{k} {t:.1f} ms ({ops_of_kind[k]} ops)" for k, t in by_kind.items())
+    )
 
 
 if __name__ == "__main__":
