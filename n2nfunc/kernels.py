@@ -385,7 +385,9 @@ def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor | None:
 
     ``y[s*m + rho] = r[m + offsets[rho] - first_start, rho]``: when the offsets grow by a
     constant step per phase (always for stride 2) and every phase has the same number of
-    outputs, the phase index is one more strided dimension, and the interleave is one copy.
+    outputs, the phase index is one more strided dimension, and the interleave is one copy --
+    unless the offsets fall faster than the phases advance (stride 2 with dilation 3: a
+    negative stride, which a view cannot have).
     """
     strides_ = []
     for plan, dim_stride, phase_stride in (
@@ -395,6 +397,8 @@ def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor | None:
         offs = plan.offsets
         step = offs[1] - offs[0] if plan.stride > 1 else 0
         if any(o != offs[0] + i * step for i, o in enumerate(offs)) or len(set(plan.counts)) != 1:
+            return None
+        if step * dim_stride + phase_stride < 0:  # offsets falling fast (stride 2, dilation 3)
             return None
         strides_.append((dim_stride, step * dim_stride + phase_stride))
     (ry_, ryp), (rx_, rxp) = strides_

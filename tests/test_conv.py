@@ -150,6 +150,23 @@ def test_conv_transpose2d_matches_torch_float64(k, s, p, op, d, hw, n):
     )
 
 
+# Wide layers (8 channels and more take the one-copy phase interleave) whose dilation makes
+# the phases' offsets fall as the phase index grows (stride 2, dilation 3): the interleave
+# then cannot be one view and goes phase by phase.
+STRIDE_DILATION = [(2, 2, 3), (4, 2, 3), (2, 2, 5), (3, 3, 4), (2, 4, 5), (3, 2, 3), (2, 2, 2)]
+
+
+@pytest.mark.parametrize("k,s,d", STRIDE_DILATION)
+@pytest.mark.parametrize("p", [0, 1])
+def test_strided_dilated_wide_layers_match_torch_float64(k, s, d, p):
+    conv = nf.conv2d(8, k, stride=s, padding=p, dilation=d)
+    ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], s, p, d)  # noqa: E731
+    _compare(conv, ref, init64(conv, (2, 9, 11, 13)), randn(2, 9, 11, 13), TOL64)
+    tconv = nf.conv_transpose2d(9, k, stride=s, padding=p, dilation=d)
+    tref = lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], s, p, 0, 1, d)  # noqa: E731
+    _compare(tconv, tref, init64(tconv, (2, 3, 5, 6)), randn(2, 3, 5, 6), TOL64)
+
+
 UP_GRID = [
     c
     for c in itertools.product(
