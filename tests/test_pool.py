@@ -214,14 +214,18 @@ def test_max_pool2d_propagates_a_nan_and_routes_its_gradient_like_torch():
     assert torch.equal(dx, g)
 
 
-@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 1, 1)])
+@pytest.mark.parametrize(
+    "k,s,p", [(2, None, 0), (3, 1, 1), (2, 1, 1), (3, 2, 1), ((1, 3), 1, (0, 1))]
+)
 def test_max_pool2d_routes_infinite_maxima_like_torch(k, s, p):
     """+inf maxima (tied or not) and windows of -inf take the exact (boolean) path, since
-    ``v - max`` is NaN there; the gradient still goes to each window's first maximum."""
+    ``v - max`` is NaN there; the gradient still goes to each window's first maximum, and a
+    window of -inf that takes in padding (-inf too) gives it to its first input."""
     gen = torch.Generator().manual_seed(5)
-    x = torch.randint(0, 3, (1, 2, 6, 6), generator=gen).double()
+    x = torch.randint(0, 3, (1, 2, 6, 7), generator=gen).double()
     x[0, 0, 0, 0] = x[0, 0, 1, 1] = float("inf")  # a tie of +inf in one window
     x[0, 1, 2:4, 2:4] = float("-inf")  # a window of -inf only
+    x[0, 0, 4:, :3] = x[0, 1, 0, :] = x[0, 1, :, 6] = float("-inf")  # -inf along the borders
     ct = torch.randint(-9, 10, F.max_pool2d(x, k, s, p).shape, generator=gen).double()
     y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
     y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)

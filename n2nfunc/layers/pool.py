@@ -47,7 +47,8 @@ def _padded(xh: Tensor, p: tuple[int, int], value: float) -> Tensor:
 def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, backward):
     """A pooling layer over the (N, Ho, Wo, kh, kw, C) window view of the input padded with
     ``pad_value``: ``reduce(windows) -> y`` (NHWC), ``reduce_saving(windows) -> (y, saved)``
-    and ``backward(g, saved, padded_shape, kernel, stride) -> dxp`` (wrt the padded input)."""
+    and ``backward(g, saved, padded_shape, kernel, stride, padding) -> dxp`` (wrt the padded
+    input)."""
     name, k, s, p = _options(kind, kernel_size, stride, padding)
 
     def out_size(dim, size):
@@ -79,7 +80,7 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
 
         def pullback(ct):
             g = to_nhwc(check_cotangent(ct, y_shape, name))
-            dxp = backward(g, saved, xp_shape, k, s)
+            dxp = backward(g, saved, xp_shape, k, s, p)
             return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
 
         return y, pullback
@@ -107,13 +108,14 @@ def _max_saving(win: Tensor):
     return y, (win, y)
 
 
-def _max_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
+def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     """Route each output gradient to the first input of its window (row-major) that equals
     the window's maximum: one pass per kernel offset, each claiming the share of the
     gradient that earlier offsets left free, so tied maxima count once and overlapping
     windows add up. Float arithmetic when every maximum is finite (``v - max`` is 0 exactly
     at a maximum; comparisons producing bool tensors are several times slower on the CPU);
-    otherwise boolean masks that also route a NaN maximum to the first NaN."""
+    otherwise boolean masks that also route a NaN maximum to the first NaN, and a window of
+    -inf only to its first input, never to the padding (which counts as -inf too)."""
     win, y = saved
     ho, wo = g.shape[1], g.shape[2]
     dxp = g.new_zeros(padded_shape)
@@ -135,9 +137,16 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
         else:
             slots[-1].addcmul_(free, g)
         return dxp
+    inside = None  # per offset, whether each window's cell is an input, not padding
+    if p != (0, 0):
+        real = g.new_zeros(1, padded_shape[1], padded_shape[2], 1)
+        real[:, p[0] : padded_shape[1] - p[0], p[1] : padded_shape[2] - p[1]] = 1
+        inside = _offsets(windows(real.bool(), k, s, (1, 1), (ho, wo)))
     rest = g
     for i, (v, slot) in enumerate(zip(parts, slots)):
         hit = v.eq(y).logical_or_(v.isnan())
+        if inside is not None:
+            hit.logical_and_(inside[i])
         slot.add_(rest * hit)
         if i + 1 < len(parts):
             rest = rest.masked_fill(hit, 0)
@@ -169,7 +178,7 @@ def _mean(win: Tensor) -> Tensor:
     return sum_of(_offsets(win)).div_(win.shape[3] * win.shape[4])
 
 
-def _avg_backward(g: Tensor, saved, padded_shape, k, s) -> Tensor:
+def _avg_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     """Every pixel of a window gets ``g / (kh kw)``: one strided add per kernel offset."""
     n, hp, wp, c = padded_shape
     _, ho, wo, _ = g.shape
