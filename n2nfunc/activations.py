@@ -166,30 +166,43 @@ _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
+def _normal_cdf(x):
+    """``Phi(x) = erfc(-x / sqrt 2) / 2``: the same as ``(1 + erf(x / sqrt 2)) / 2``, without
+    its cancellation for negative ``x`` (which in bfloat16 made GELU 0 below x = -3.5 and
+    30% off at -3; in float32 below about -5.5)."""
+    return (x * -_SQRT_HALF).erfc_().mul_(0.5)
+
+
+def _gelu(x):
+    if x.element_size() < 4:  # in float32, rounded once (as PyTorch's 16-bit GELU): the
+        return _gelu(x.float()).to(x.dtype)  # rounded argument of erfc cost 2% at x = -3.5
+    return _normal_cdf(x).mul_(x)
+
+
 def _gelu_grad(x, y, ct):
     # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-    cdf = (x * _SQRT_HALF).erf_().add_(1).mul_(0.5)
+    if x.element_size() < 4:
+        return _gelu_grad(x.float(), None, ct.float()).to(ct.dtype)
     pdf = (x * x).mul_(-0.5).exp_().mul_(_INV_SQRT_2PI)
-    return pdf.mul_(x).add_(cdf).mul_(ct)
+    return pdf.mul_(x).add_(_normal_cdf(x)).mul_(ct)
 
 
 def gelu() -> Layer:
-    """The exact GELU, ``y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2``;
-    ``dx = ct * (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))``."""
-    return _elementwise(
-        "gelu", lambda x: (x * _SQRT_HALF).erf_().add_(1).mul_(x).mul_(0.5), _gelu_grad
-    )
+    """The exact GELU, ``y = x Phi(x) = x erfc(-x / sqrt 2) / 2``;
+    ``dx = ct * (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))``; 16-bit inputs are computed in
+    float32 and rounded once."""
+    return _elementwise("gelu", _gelu, _gelu_grad)
 
 
 def elu(alpha: float = 1.0) -> Layer:
     """``y = x`` for ``x > 0``, else ``alpha (exp(x) - 1)``; ``dx = ct`` or
-    ``ct (y + alpha)``."""
+    ``ct alpha exp(x)`` (from ``x``: ``y + alpha`` would cancel, 0 in float32 below x = -17)."""
     name = f"elu(alpha={alpha})"
     a = _number(alpha, "alpha", name)
     return _elementwise(
         name,
         lambda x: x.where(x > 0, x.expm1() * a),
-        lambda x, y, ct: ct.where(x > 0, (y + a) * ct),
+        lambda x, y, ct: ct.where(x > 0, x.clamp(max=0).exp_().mul_(a).mul_(ct)),
     )
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,3 +265,37 @@ def test_leaky_relu_16_bit_factor_does_not_depend_on_an_earlier_slope_of_minus_z
         dx = nf.leaky_relu(slope).vjp({}, x)[1](ct)[1]
         assert dx.tolist() == [0.0, 1.0, 0.0]
         assert not dx.signbit().any()
+
+
+def test_gelu_keeps_its_accuracy_in_the_negative_tail():
+    """Phi(x) by erfc: no cancellation in 1 + erf for negative x (in float32 GELU was 0 below
+    about -5.5); 16-bit inputs are computed in float32 and rounded once, as torch does."""
+    x64 = torch.linspace(-12, 4, 801, dtype=torch.float64).float().double()
+    exact = torch.tensor(
+        [v * math.erfc(-v / math.sqrt(2)) / 2 for v in x64.tolist()], dtype=torch.float64
+    )
+    y32 = nf.gelu().apply({}, x64.float()).double()  # (the float32 rounding of x / sqrt 2
+    assert ((y32 - exact).abs() <= 1e-4 * exact.abs()).all()  # moves erfc by up to 1e-5 here)
+    for dtype in (torch.bfloat16, torch.float16):  # within half an ulp of the exact values
+        x = x64.to(dtype)  # (torch's 16-bit GELU, from 1 + erf in float32, is 0 below -5.5)
+        ct = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        y, pullback = nf.gelu().vjp({}, x)
+        dx = pullback(ct)[1]
+        assert y.dtype == dx.dtype == dtype
+        y_exact, (g_exact,) = autograd_vjp(
+            lambda t: t * torch.erfc(-t / math.sqrt(2)) / 2, [x.double()], ct.double()
+        )
+        ulp, tiny = 2.0 ** -(8 if dtype == torch.bfloat16 else 11), torch.finfo(dtype).tiny
+        assert ((y.double() - y_exact).abs() <= ulp * y_exact.abs() + tiny).all()
+        assert ((dx.double() - g_exact).abs() <= ulp * g_exact.abs() + tiny).all()
+
+
+def test_elu_gradient_keeps_its_accuracy_for_very_negative_inputs():
+    x = torch.tensor([-1.0, -10.0, -20.0, -30.0, -40.0, -80.0], dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-14), (torch.float32, 1e-6)):
+        _, pullback = nf.elu(0.7).vjp({}, x.to(dtype))
+        dx = pullback(torch.ones(6, dtype=dtype))[1].double()
+        exact = 0.7 * x.exp()
+        if dtype == torch.float32:
+            exact = exact.float().double()  # e^-80 * 0.7 is a float32 subnormal
+        assert ((dx - exact).abs() <= tol * exact.abs() + 1e-44).all()
