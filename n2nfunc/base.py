@@ -180,12 +180,15 @@ def check_tensor(x, layer: str, what: str = "input") -> Tensor:
 
 
 def check_image(x, layer: str, channels: int, like: Tensor) -> Tensor:
-    """``x`` must be a (N, ``channels``, H, W) float tensor of ``like``'s dtype and device."""
+    """``x`` must be a (N, ``channels``, H, W) float tensor of ``like``'s dtype and device,
+    with at least one pixel."""
     check_tensor(x, layer)
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(
             f"{layer}: expected input of shape (N, {channels}, H, W), got {tuple(x.shape)}"
         )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{layer}: empty image (H or W is 0), input shape {tuple(x.shape)}")
     return check_like(x, layer, like)
 
 

@@ -152,3 +152,25 @@ def test_mixed_devices_are_refused():
         ValueError, match=r"conv2d\(.*\): input is on meta but the parameters are on cpu"
     ):
         layer.apply(params, meta)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nf.conv2d(4, 3, padding=1),
+        nf.conv_transpose2d(4, 3, stride=2),
+        nf.upsample(4, 3),
+        nf.nearest_upsample(2),
+        nf.max_pool2d(2),
+        nf.avg_pool2d(2),
+        nf.global_avg_pool(),
+        nf.batch_norm2d(),
+    ],
+)
+@pytest.mark.parametrize("hw", [(0, 4), (4, 0)])
+def test_images_without_pixels_are_refused(layer, hw):
+    """(torch refuses them too; a transposed convolution used to return an image of biases)"""
+    _, params, state = nf.lift(layer).init(None, (1, 3, 4, 4))
+    x = torch.randn(1, 3, *hw)
+    with pytest.raises(ValueError, match=r"empty image \(H or W is 0\), input shape \(1, 3, "):
+        nf.lift(layer).vjp(params, state, x, train=True)
