@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from torch import Generator, Tensor, empty
+from torch import Generator, Tensor, device, dtype, empty
 
 Shape = tuple[int, ...]
 Params = Any  # a dict (possibly nested) of tensors
@@ -223,17 +223,42 @@ def check_params(params, layer: str, expected: dict, what: str = "parameter") ->
             raise ValueError(f"{layer}: {what} '{key}' must have shape {tuple(shape)}, got {found}")
 
 
-def check_cotangent(ct, shape, layer: str) -> Tensor:
-    """The output cotangent must be a tensor of the output's ``shape`` (no silent
-    broadcasting). Pullbacks pass ``y.shape``, not ``y``, unless they need ``y`` anyway: a
-    closure that holds the output keeps its memory alive until the backward pass."""
-    shape = shape.shape if isinstance(shape, Tensor) else shape
-    if not isinstance(ct, Tensor) or ct.shape != shape:
+class Output(NamedTuple):
+    """What a pullback checks its cotangent against: the output's shape, dtype and device."""
+
+    shape: tuple
+    dtype: dtype
+    device: device
+
+
+def output_of(y: Tensor, shape: tuple | None = None) -> Output:
+    """The :class:`Output` of ``y`` (or of a tensor of ``shape`` with ``y``'s dtype and
+    device). Pullbacks keep this, not ``y``, unless they need ``y`` anyway: a closure that
+    holds the output keeps its memory alive until the backward pass."""
+    return Output(tuple(y.shape) if shape is None else tuple(shape), y.dtype, y.device)
+
+
+def check_cotangent(ct, out: "Tensor | Output", layer: str) -> Tensor:
+    """The output cotangent must be a floating-point tensor of the output's shape (no silent
+    broadcasting) and device; one of another float dtype is converted to the output's, as
+    torch.autograd converts the gradients between nodes, so that the input gradient always
+    has the input's dtype."""
+    out = output_of(out) if isinstance(out, Tensor) else out
+    if not isinstance(ct, Tensor) or tuple(ct.shape) != out.shape:
         got = tuple(ct.shape) if isinstance(ct, Tensor) else type(ct).__name__
         raise ValueError(
-            f"{layer}: output gradient must have the output's shape {tuple(shape)}, got {got}"
+            f"{layer}: output gradient must have the output's shape {out.shape}, got {got}"
         )
-    return ct
+    if not ct.is_floating_point():
+        raise TypeError(
+            f"{layer}: output gradient must be floating point, got {ct.dtype} (shape {out.shape})"
+        )
+    if ct.device != out.device:
+        raise ValueError(
+            f"{layer}: output gradient is on {ct.device} but the output is on {out.device} "
+            f"(shape {out.shape})"
+        )
+    return ct if ct.dtype == out.dtype else ct.to(out.dtype)
 
 
 def uniform(generator: Generator | None, shape: Shape, bound: float) -> Tensor:

@@ -31,6 +31,7 @@ from .base import (
     Layer,
     apply_via_vjp,
     check_cotangent,
+    output_of,
     pull,
     releases,
     skips_input_grad,
@@ -219,8 +220,8 @@ def fanin_sum() -> Layer:
     def vjp(params, xs):
         _same_shapes([x.shape for x in _check_tuple(xs, -1, "fanin_sum")], "fanin_sum")
         y = _sum(xs)
-        y_shape, count = y.shape, len(xs)
-        return y, lambda ct: ({}, (check_cotangent(ct, y_shape, "fanin_sum"),) * count)
+        y_out, count = output_of(y), len(xs)
+        return y, lambda ct: ({}, (check_cotangent(ct, y_out, "fanin_sum"),) * count)
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 
@@ -247,10 +248,10 @@ def fanin_concat(axis: int = 1) -> Layer:
             raise ValueError(
                 f"{name}: cannot concatenate shapes {[tuple(x.shape) for x in xs]}: {e}"
             ) from None
-        sizes, y_shape = [x.shape[axis] for x in xs], y.shape
+        sizes, y_out = [x.shape[axis] for x in xs], output_of(y)
 
         def pullback(ct):
-            return {}, tuple(check_cotangent(ct, y_shape, name).split(sizes, axis))
+            return {}, tuple(check_cotangent(ct, y_out, name).split(sizes, axis))
 
         return y, pullback
 
@@ -284,10 +285,10 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
         fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=rng)
         _same_shape(x.shape, fx.shape)
         y = x + fx
-        y_shape, held = y.shape, Held(pb, "residual")
+        y_out, held = output_of(y), Held(pb, "residual")
 
         def pullback(ct, input_grad=True, release=False):
-            ct = check_cotangent(ct, y_shape, "residual")
+            ct = check_cotangent(ct, y_out, "residual")
             grads, cx = pull(inner.vjp, held.take(release), ct, input_grad, release)
             return grads, cx + ct if input_grad else None
 

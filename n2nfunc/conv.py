@@ -17,6 +17,7 @@ from .base import (
     check_image,
     check_params,
     image_shape,
+    output_of,
     pair,
     positive_int,
     skips_input_grad,
@@ -129,10 +130,10 @@ def conv2d(
         xh = to_nhwc(x)
         y, weight_grad = K.conv_and_weight_grad(xh, weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
-        y_shape = y.shape
+        y_out = output_of(y)
 
         def pullback(ct, input_grad=True):
-            g = to_nhwc(check_cotangent(ct, y_shape, name))
+            g = to_nhwc(check_cotangent(ct, y_out, name))
             dw, dx = K.conv_grads(g, weight, weight_grad, s, p, d, (h, w), input_grad)
             grads = {"weight": dw}
             if bias:
@@ -200,19 +201,19 @@ def conv_transpose2d(
         w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
         y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False)
         y = to_nchw(y)
-        return y, _transposed_pullback(name, y.shape, xh, weight, k, s, p, d, bias)
+        return y, _transposed_pullback(name, output_of(y), xh, weight, k, s, p, d, bias)
 
     return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
 
 
-def _transposed_pullback(name, y_shape, xh, kernel, k, s, p, d, bias, kernel_to_weight=None):
+def _transposed_pullback(name, y_out, xh, kernel, k, s, p, d, bias, kernel_to_weight=None):
     """The pullback of a transposed convolution of ``xh`` (NHWC) with ``kernel`` [in, out,
     kh, kw]: ``dx`` is the plain convolution of ``g`` with the same kernel, whose im2col also
     gives the kernel gradient ``x^T @ im2col(g)``, mapped by ``kernel_to_weight`` to the
     layer's own weight when the kernel is derived from it."""
 
     def pullback(ct, input_grad=True):
-        g = to_nhwc(check_cotangent(ct, y_shape, name))
+        g = to_nhwc(check_cotangent(ct, y_out, name))
         dx, kernel_grad = K.conv_and_weight_grad(g, kernel, None, k, s, p, d, xh.shape[1:3])
         d_kernel = kernel_grad(xh)
         grads = {"weight": d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)}
@@ -242,10 +243,10 @@ def nearest_upsample(scale_factor=2) -> Layer:
         xh = to_nhwc(x)
         y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
         y = to_nchw(y)
-        y_shape = y.shape
+        y_out = output_of(y)
 
         def pullback(ct):
-            g = to_nhwc(check_cotangent(ct, y_shape, name))
+            g = to_nhwc(check_cotangent(ct, y_out, name))
             return {}, to_nchw(sum_of([g[:, a::sy, b::sx] for a in range(sy) for b in range(sx)]))
 
         return y, pullback
@@ -333,10 +334,10 @@ def upsample(
         wk, w_eff, py, px, out_hw = plans(params, x)
         xh = to_nhwc(x)
         y = to_nchw(K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, False)[0])
-        y_shape = y.shape
+        y_out = output_of(y)
 
         def pullback(ct, input_grad=True):  # the im2col of x is formed again, not kept
-            g = to_nhwc(check_cotangent(ct, y_shape, name))
+            g = to_nhwc(check_cotangent(ct, y_out, name))
             cols = K.polyphase_cols(xh, py, px)
             d_eff, dx = K.polyphase_backward(g, cols, w_eff, py, px, input_grad)
             grads = {
@@ -356,7 +357,7 @@ def upsample(
             return K.nearest_conv_kernel_grad(d_kc, sc, d, tuple(weight.shape))
 
         pullback = _transposed_pullback(
-            name, y.shape, to_nhwc(x), kc, k2, sc, p2, (1, 1), bias, kernel_to_weight=to_weight
+            name, output_of(y), to_nhwc(x), kc, k2, sc, p2, (1, 1), bias, kernel_to_weight=to_weight
         )
         return y, pullback
 

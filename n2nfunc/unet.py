@@ -40,6 +40,7 @@ from .base import (
     check_cotangent,
     check_tensor,
     image_shape,
+    output_of,
     positive_int,
     pull,
     releases,
@@ -118,10 +119,10 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
         yp, pb = layer.vjp(params, xp)
         check_size(yp, xp)
         y = yp[:, :, :h, :w]
-        y_shape, yp_shape, held = y.shape, yp.shape, Held(pb, name)
+        y_out, yp_shape, held = output_of(y), yp.shape, Held(pb, name)
 
         def pullback(ct, input_grad=True, release=False):
-            ct = check_cotangent(ct, y_shape, name)
+            ct = check_cotangent(ct, y_out, name)
             ctp = ct.new_zeros(yp_shape)
             ctp[:, :, :h, :w] = ct
             grads, cxp = pull(layer.vjp, held.take(release), ctp, input_grad, release)

@@ -174,3 +174,34 @@ def test_images_without_pixels_are_refused(layer, hw):
     x = torch.randn(1, 3, *hw)
     with pytest.raises(ValueError, match=r"empty image \(H or W is 0\), input shape \(1, 3, "):
         nf.lift(layer).vjp(params, state, x, train=True)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nf.conv2d(4, 3, padding=1),
+        nf.conv_transpose2d(4, 3, stride=2),
+        nf.upsample(4, 3),
+        nf.max_pool2d(2),
+        nf.global_avg_pool(),
+        nf.relu(),
+        nf.elu(),
+        nf.flatten(),
+        nf.serial(nf.conv2d(4, 3), nf.relu()),
+    ],
+)
+@pytest.mark.parametrize("ct_dtype", [torch.float64, torch.bfloat16])
+def test_a_cotangent_of_another_float_dtype_is_converted_to_the_outputs(layer, ct_dtype):
+    """As torch.autograd converts gradients between nodes: the input gradient keeps the
+    input's dtype, the parameter gradients the parameters' (no raw matmul dtype error)."""
+    params = layer.init(None, (2, 3, 6, 6))[1]
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=ct_dtype)
+    grads, dx = pullback(ct)
+    expected_grads, expected_dx = layer.vjp(params, x)[1](ct.float())
+    assert dx.dtype == torch.float32 and torch.equal(dx, expected_dx)
+    for g, e in zip(nf.tree.leaves(grads), nf.tree.leaves(expected_grads)):
+        assert g.dtype == torch.float32 and torch.equal(g, e)
+    with pytest.raises(TypeError, match=r"output gradient must be floating point, got torch.int64"):
+        layer.vjp(params, x)[1](ct.long())

@@ -11,6 +11,7 @@ from ..base import (
     check_like,
     check_params,
     check_tensor,
+    output_of,
     positive_int,
     skips_input_grad,
     tensor_shape,
@@ -60,10 +61,10 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
 
     def vjp(params, x):
         y = forward(params, x)
-        y_shape = y.shape
+        y_out = output_of(y)
 
         def pullback(ct, input_grad=True):
-            g = check_cotangent(ct, y_shape, name)
+            g = check_cotangent(ct, y_out, name)
             g2d = g.reshape(-1, out_features)
             grads = {"weight": g2d.t().matmul(x.reshape(-1, x.shape[-1]))}
             if bias:
@@ -94,10 +95,10 @@ def flatten() -> Layer:
                 f"{name}: expected a non-empty batch of shape (N, ...), got {tuple(x.shape)}"
             )
         y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-        x_shape, y_shape = x.shape, y.shape
+        x_shape, y_out = x.shape, output_of(y)
 
         def pullback(ct):
-            return {}, check_cotangent(ct, y_shape, name).reshape(x_shape)
+            return {}, check_cotangent(ct, y_out, name).reshape(x_shape)
 
         return y, pullback
 

@@ -9,7 +9,7 @@ Evaluation, or ``p = 0``: the identity, and nothing is drawn. No params, empty s
 
 from torch import Generator, empty
 
-from ..base import check_cotangent, check_params, check_tensor
+from ..base import check_cotangent, check_params, check_tensor, output_of
 from ..stateful import StatefulLayer
 
 
@@ -36,12 +36,12 @@ def dropout(p: float = 0.5) -> StatefulLayer:
         check_params(params, name, {})
         check_params(state, name, {}, "state")
         check_tensor(x, name)
-        shape = x.shape  # the closures hold the shape, not the tensors
+        out = output_of(x)  # the closures hold its shape, dtype and device, not x
         if not train or p == 0:
-            return x, state, lambda ct: ({}, check_cotangent(ct, shape, name))
+            return x, state, lambda ct: ({}, check_cotangent(ct, out, name))
         mask = scaled_mask(x, rng)
         y = x * mask
-        return y, state, lambda ct: ({}, check_cotangent(ct, shape, name) * mask)
+        return y, state, lambda ct: ({}, check_cotangent(ct, out, name) * mask)
 
     def apply(params, state, x, *, train, rng=None):
         y, new_state, _ = vjp(params, state, x, train=train, rng=rng)

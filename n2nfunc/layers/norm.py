@@ -20,7 +20,14 @@ ValueError, as in PyTorch.
 
 from torch import empty
 
-from ..base import check_cotangent, check_image, check_params, image_shape, skips_input_grad
+from ..base import (
+    check_cotangent,
+    check_image,
+    check_params,
+    image_shape,
+    output_of,
+    skips_input_grad,
+)
 from ..stateful import StatefulLayer
 
 _AXES = (0, 2, 3)
@@ -86,7 +93,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         invstd = (var + eps).rsqrt()
         scale = invstd * params["weight"]
         y = xc * _column(scale) + _column(params["bias"])
-        y_shape = y.shape
+        y_out = output_of(y)
 
         count = state["num_batches_tracked"] + 1
         f = momentum if momentum is not None else 1.0 / float(count)
@@ -97,7 +104,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         }
 
         def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y_shape, name)
+            ct = check_cotangent(ct, y_out, name)
             d_bias = ct.sum(_AXES)
             ct_xc = (ct * xc).sum(_AXES)
             grads = {"weight": ct_xc * invstd, "bias": d_bias}
@@ -114,10 +121,10 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         scale = invstd * params["weight"]
         xc = x - _column(state["running_mean"])
         y = xc * _column(scale) + _column(params["bias"])
-        y_shape = y.shape
+        y_out = output_of(y)
 
         def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y_shape, name)
+            ct = check_cotangent(ct, y_out, name)
             grads = {"weight": (ct * xc).sum(_AXES) * invstd, "bias": ct.sum(_AXES)}
             return grads, (ct * _column(scale) if input_grad else None)
 

@@ -16,6 +16,7 @@ from ..base import (
     check_params,
     check_tensor,
     image_shape,
+    output_of,
     pair,
 )
 from ..conv import _conv_out, _describe, _sizes
@@ -76,10 +77,10 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
         y_h, saved = reduce_saving(win)
         y = to_nchw(y_h)
         h, w = x.shape[2:]
-        y_shape, xp_shape = y.shape, xp.shape
+        y_out, xp_shape = output_of(y), xp.shape
 
         def pullback(ct):
-            g = to_nhwc(check_cotangent(ct, y_shape, name))
+            g = to_nhwc(check_cotangent(ct, y_out, name))
             dxp = backward(g, saved, xp_shape, k, s, p)
             return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
 
@@ -224,9 +225,10 @@ def global_avg_pool() -> Layer:
         check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
         n, c, h, w = x.shape
         y = x.mean((2, 3))
+        y_out = output_of(y)
 
         def pullback(ct):
-            share = check_cotangent(ct, (n, c), name) / (h * w)
+            share = check_cotangent(ct, y_out, name) / (h * w)
             return {}, to_nchw(share.view(n, 1, 1, c).expand(n, h, w, c).contiguous())
 
         return y, pullback
