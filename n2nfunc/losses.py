@@ -139,7 +139,8 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
     """Cross-entropy of logits ``z`` (N, K) and labels ``y`` (N,), as
     ``torch.nn.functional.cross_entropy(z, y, label_smoothing=eps)``: with the smoothed target
     ``q = (1 - eps) onehot(y) + eps / K``, ``mean_n(-sum_k q[n, k] log_softmax(z)[n, k])``;
-    gradient ``(softmax(z) - q) / N``. Stable for any finite logits."""
+    gradient ``(softmax(z) - q) / N``. Stable for any finite logits; without smoothing a
+    logit of -inf (a masked class) is fine too unless it is the label's."""
     eps = label_smoothing
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {eps!r}")
@@ -151,7 +152,10 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
         log_p = log_softmax_of(logits, 1)
         target = logits.new_full((n, k), eps / k)
         target.scatter_(1, labels.view(n, 1).long(), 1 - eps + eps / k)
-        value = (target * log_p).sum().neg_().div_(n)
+        if eps == 0:  # the label's log-probability alone: 0 * log_p would be NaN at -inf
+            value = log_p.gather(1, labels.view(n, 1).long()).sum().neg_().div_(n)
+        else:
+            value = (target * log_p).sum().neg_().div_(n)
         return value, log_p.exp_().sub_(target).div_(n)
 
     return Loss(_value_only(value_and_grad), value_and_grad)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,14 @@ def test_cross_entropy_matches_torch(smoothing, n, k, dtype, tol):
     _check_loss(
         loss, lambda z, y: F.cross_entropy(z, y, label_smoothing=smoothing), logits, labels, tol
     )
+
+
+def test_cross_entropy_takes_masked_classes_with_logits_of_minus_infinity():
+    logits = torch.tensor([[1.0, 2.0, -math.inf], [-math.inf, 0.5, 0.25]], dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    value, grad = nf.cross_entropy.value_and_grad(logits, labels)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    _check_loss(nf.cross_entropy, F.cross_entropy, logits, labels, 1e-12)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
