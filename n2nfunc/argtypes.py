@@ -53,7 +53,7 @@ def float_range(low: float, high: float | None = None, low_open: bool = True):
             raise Error(f"expected a number {bound}, got {text!r}") from None
         ok = math.isfinite(value) and (value > low if low_open else value >= low)
         if not ok or (high is not None and value >= high):
-            raise Error(f"expected a number {bound}, got {text!r}")
+            raise Error(f"expected a finite number {bound}, got {text!r}")
         return value
 
     return _named(parse, "float")
@@ -222,9 +222,14 @@ def output_image(text: str) -> Path:
     if path.is_dir():
         raise Error(f"{text} is a folder; expected an image file name such as {text}/out.png")
     suffix = path.suffix.lower()
+    if not suffix:
+        raise Error(
+            f"{text} has no extension, which names the image format; "
+            f"use {', '.join(writable_suffixes())}"
+        )
     if suffix not in writable_suffixes():
         raise Error(
-            f"cannot write images with the extension {suffix or '(none)'!r}; "
+            f"cannot write images with the extension {suffix!r}; "
             f"use {', '.join(writable_suffixes())}"
         )
     parent = path.parent

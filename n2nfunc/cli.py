@@ -6,9 +6,11 @@ usage line and one ``error:`` line, exit status 2, and nothing is written.
 """
 
 import argparse
+import difflib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,13 @@ SHIPPED_NOISE = (
 # ---------------------------------------------------------------------------- helpers
 def _setup(args) -> torch.device:
     if args.threads:
+        cores = os.cpu_count() or args.threads
+        if args.threads > cores:
+            print(
+                f"note: --threads {args.threads} is more than this machine's {cores} CPUs; "
+                "extra threads wait for each other (the default is one per core)",
+                file=sys.stderr,
+            )
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     allocator.keep_freed_memory()
@@ -244,7 +253,7 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
             option = _option(dest) + ("" if dest == "no_augment" else f" {_shown(mine)}")
             raise ValueError(
                 f"--resume continues the run of {path} with its own settings: {option} differs "
-                f"from its {key} {_shown(theirs)} (start a new run with another --out to change it)"
+                f"from its {key} {_shown(theirs)} (to change it, start a new run without --resume)"
             )
     args.seed = config.get("seed", args.seed)  # the seed of its data too
     args.batch_size = config.get("batch_size", args.batch_size)
@@ -263,7 +272,7 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
                 raise ValueError(
                     f"--resume continues the run of {path}, which trained with "
                     f"{_shown_data(dest, value)}; drop {_option(dest)} "
-                    f"{_shown(getattr(args, dest))} or start a new run with another --out"
+                    f"{_shown(getattr(args, dest))} or start a new run without --resume"
                 )
             continue
         setattr(args, dest, Path(value) if dest in PATH_OPTIONS and value is not None else value)
@@ -372,8 +381,17 @@ def run_training(args, device, dp=None) -> int:
         model = Model(_config(args))
         start, history = 0, []
     epochs = model.config["num_epochs"]
-    x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
     out = Path(args.out)
+    if state is not None and start >= epochs:
+        if lead:
+            print(
+                f"{args.resume}: this run has finished its {epochs} epoch{'s' * (epochs != 1)}; "
+                "nothing to train "
+                f"(its weights: {out / 'model.pth'}; to train on, start a new run without "
+                "--resume)"
+            )
+        return 0
+    x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
     per_epoch = (x.shape[0] // bs) * bs
@@ -386,7 +404,8 @@ def run_training(args, device, dp=None) -> int:
     out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
     processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
     print(
-        f"training on {x.shape[0]} pairs ({desc}), {epochs} epochs, batch {bs}{processes}, "
+        f"training on {x.shape[0]} pairs ({desc}), {epochs} epoch{'s' * (epochs != 1)}, "
+        f"batch {bs}{processes}, "
         f"{torch.get_num_threads()} threads, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
@@ -456,7 +475,10 @@ def _network_payload(option: str, path: Path) -> dict:
     unet = isinstance(payload, dict) and payload.get("network") == "unet"
     model = isinstance(payload, dict) and isinstance(payload.get("config"), dict)
     if not (unet or (model and "params" in payload)):
-        raise ValueError(f"{option}: {path} holds no network weights (not a Model checkpoint)")
+        raise ValueError(
+            f"{option}: {path} holds no network weights (not a checkpoint written by n2nfunc "
+            "train or Model.save)"
+        )
     return payload
 
 
@@ -578,6 +600,8 @@ def _check_precision(args, error) -> None:
 
 
 def _check_train(args, error) -> None:
+    _check_writable(Path(args.out), "--out", error)
+    _check_memory(args, error)
     if args.resume:  # the run's own options: cmd_train compares those given with them
         return
     if args.train and not args.val:
@@ -604,6 +628,24 @@ def _check_train(args, error) -> None:
     _check_nproc(args, error)
 
 
+def _check_memory(args, error) -> None:
+    """Refuse an --n-train whose generated pairs (two float32 images each, as training holds
+    them) could not fit in this machine's memory at all."""
+    if args.train or args.pairs or args.resume or args.n_train is None:
+        return
+    side = PHOTO_CROP if args.photos and _camera_noise(args) else 32
+    need = args.n_train * 2 * 3 * side * side * 4
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on this system
+        return
+    if need > have:
+        error(
+            f"--n-train {args.n_train}: its pairs need about {need / 2**30:.0f} GiB of memory, "
+            f"more than this machine's {have / 2**30:.0f} GiB (the default is 50000)"
+        )
+
+
 def _check_nproc(args, error) -> None:
     if args.nproc > 1 and args.batch_size % args.nproc:
         error(
@@ -625,14 +667,30 @@ def _check_denoise(args, error) -> None:
         )
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         error(f"output {args.output} is the input file; choose another name")
-    if args.output.exists() and args.output.resolve() == args.input.resolve():
-        error(f"output {args.output} is the input file; choose another name")
+    _check_writable(args.output.parent, "output", error)
 
 
 def _check_export(args, error) -> None:
     target = args.out_dir / "Miniproject_2"
     if target.exists() and not target.is_dir():
         error(f"{target} is a file; move it away (the submission is a folder of that name)")
+    _check_writable(args.out_dir, "OUT_DIR", error)
+
+
+def _check_writable(folder: Path, what: str, error) -> None:
+    """Stop before any work when nothing can be written in ``folder`` (or, where it does not
+    exist yet, in the nearest folder above it, where it would be made): a probe file is
+    created and removed, which also catches read-only file systems and /proc."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        error(f"{what}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        error(f"{what}: cannot write in {existing} ({e.strerror or e})")
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -733,7 +791,7 @@ def build_parser() -> _Parser:
         description="Train and use a Noise2Noise image denoiser written with n2nfunc, a small\n"
         "deep-learning library with hand-written gradients.",
         epilog="examples:\n"
-        "  n2nfunc train                       # built-in data; about 10 min on a 2-core CPU\n"
+        "  n2nfunc train                       # built-in data; 5-9 min on a 2-core CPU\n"
         "  n2nfunc denoise noisy.png clean.png\n"
         "  n2nfunc train --help                # the options of one command",
         formatter_class=_Help,
@@ -986,6 +1044,13 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
     out.png`` said "no such image file: gaussian:25")."""
     commands = parser.commands
     at_command = next((i for i, t in enumerate(argv) if t in commands), None)
+    top = [s for action in parser._actions for s in action.option_strings]
+    for token in argv[:at_command]:  # before the command only -h / --help / --version belong
+        if token.startswith("-") and token.split("=", 1)[0] not in top:
+            parser.error(
+                f"unrecognized option {token} before the command (n2nfunc --help lists "
+                f"the commands: {', '.join(commands)})"
+            )
     if at_command is None:
         return
     command = commands[argv[at_command]]
@@ -1001,8 +1066,11 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
             continue
         if name.startswith("--") and prefixed:
             command.error(f"ambiguous option: {name} could match {', '.join(prefixed)}")
+        close = difflib.get_close_matches(name, [k for k in known if k.startswith("--")], 1)
+        hint = f"did you mean {close[0]}? " if close else ""
         command.error(
-            f"unrecognized option {name} (n2nfunc {argv[at_command]} --help lists the options)"
+            f"unrecognized option {name} ({hint}n2nfunc {argv[at_command]} --help lists the "
+            "options)"
         )
 
 
@@ -1020,7 +1088,9 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         _refuse_unknown_options(parser, argv)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # a stray positional: the command's usage, not the top-level one
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         args.argv = argv  # for --nproc's workers
         args.check(args, args.parser.error)
         _check_precision(args, args.parser.error)
@@ -1028,6 +1098,9 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # (train saves its state itself when stopped in an epoch)
+        print(f"\nn2nfunc {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as e:
         print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
         return 2

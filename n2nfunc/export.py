@@ -123,8 +123,16 @@ def export_submission(out_dir, weights=None) -> Path:
 
     weights = Path(weights) if weights else DEFAULT_WEIGHTS
     payload = checkpoint.load(weights)  # refuse to ship a damaged checkpoint
+    if isinstance(payload, dict) and payload.get("network") == "unet":
+        raise ValueError(
+            f"{weights}: U-Net weights; a submission ships the course's required network "
+            "(the weights of `n2nfunc train` with --network exercise, the default)"
+        )
     if "params" not in payload or "config" not in payload:
-        raise ValueError(f"{weights}: not a Model checkpoint")
+        raise ValueError(
+            f"{weights}: not a checkpoint of the course's network (written by `n2nfunc train` "
+            "or Model.save)"
+        )
     folder = Path(out_dir) / "Miniproject_2"
     core = folder / "others" / "n2nfunc"
     if folder.exists():

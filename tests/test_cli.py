@@ -105,7 +105,24 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
     assert "drop --noise gaussian:25" in capsys.readouterr().err
     # the run's own values, given again (in any spelling), are fine; it trains nothing more
     again = ["--noise", "gaussian:10.0", "--epochs", "1", "--n-train", "96", "--no-pictures"]
+    before = (out / "model.pth").read_bytes()
     assert main([*resume, *again]) == 0
+    assert "this run has finished its 1 epoch; nothing to train" in capsys.readouterr().out
+    assert (out / "model.pth").read_bytes() == before  # nothing rewritten
+
+
+def test_ctrl_c_outside_an_epoch_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    """(inside an epoch, train saves its state: test_interrupted_and_resumed_run_...)"""
+    import n2nfunc.cli as cli
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_training_data", ctrl_c)  # while generating the data
+    assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "n2nfunc train: interrupted" and "Traceback" not in captured.out
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_options_are_named_but_values_are_left_to_argparse(capsys):

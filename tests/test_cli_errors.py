@@ -5,6 +5,7 @@ test folder, including a populated output folder, is hashed before and after).""
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from n2nfunc import argtypes, checkpoint
 from n2nfunc.cli import main
 from n2nfunc.data import write_image
-from n2nfunc.model import Model
+from n2nfunc.model import DEFAULT_WEIGHTS, Model
 
 
 def _png(path: Path, h: int = 40, w: int = 30) -> None:
@@ -26,6 +27,7 @@ def world(tmp_path_factory) -> Path:
     """Files a hurried user points the command line at, and a populated output folder."""
     w = tmp_path_factory.mktemp("world")
     Model({"widths": (8, 8)}).save(w / "weights.pth")
+    shutil.copy(DEFAULT_WEIGHTS.parent / "unet-gaussian.pth", w / "unet.pth")
     checkpoint.save(w / "data.ckpt", {"first": torch.zeros(2, 3, 4, 4, dtype=torch.uint8)})
     (w / "text.txt").write_text("hello, I am not a tensor file\n")
     (w / "garbage.pth").write_bytes(b"garbage\n")
@@ -76,12 +78,15 @@ ROWS = [
     ("train --epochs 0", r"argument --epochs: expected an integer >= 1, got '0'"),
     ("train --epochs -1", r"argument --epochs: expected an integer >= 1, got '-1'"),
     ("train --epochs many", r"argument --epochs: expected an integer >= 1, got 'many'"),
-    ("train --lr 0", r"argument --lr: expected a number > 0, got '0'"),
-    ("train --lr -0.01", r"argument --lr: expected a number > 0, got '-0.01'"),
-    ("train --lr nan", r"argument --lr: expected a number > 0, got 'nan'"),
-    ("train --lr inf", r"argument --lr: expected a number > 0, got 'inf'"),
-    ("train --momentum 1", r"argument --momentum: expected a number >= 0 and < 1, got '1'"),
-    ("train --momentum -0.5", r"argument --momentum: expected a number >= 0 and < 1, got '-0.5'"),
+    ("train --lr 0", r"argument --lr: expected a finite number > 0, got '0'"),
+    ("train --lr -0.01", r"argument --lr: expected a finite number > 0, got '-0.01'"),
+    ("train --lr nan", r"argument --lr: expected a finite number > 0, got 'nan'"),
+    ("train --lr inf", r"argument --lr: expected a finite number > 0, got 'inf'"),
+    ("train --momentum 1", r"argument --momentum: expected a finite number >= 0 and < 1, got '1'"),
+    (
+        "train --momentum -0.5",
+        r"argument --momentum: expected a finite number >= 0 and < 1, got '-0.5'",
+    ),
     ("train --widths 0 8", r"argument --widths: expected an integer >= 1, got '0'"),
     ("train --widths 8", r"--widths: the exercise network takes 2 widths, got 1 \(8\)"),
     ("train --network unet --widths 8 8", r"--widths: the unet network takes 4 widths, got 2"),
@@ -171,7 +176,7 @@ ROWS = [
     ("denoise {w}/text.txt {w}/out/denoised.png", r"argument INPUT: .*text.txt is not an image "),
     ("denoise {w}/photo.png {w}/out", r"argument OUTPUT: .*out is a folder; expected an image"),
     ("denoise {w}/photo.png {w}/out/d.xyz", r"argument OUTPUT: .*extension '.xyz'; use .png"),
-    ("denoise {w}/photo.png {w}/out/denoised", r"argument OUTPUT: .*extension '\(none\)'"),
+    ("denoise {w}/photo.png {w}/out/denoised", r"argument OUTPUT: .*denoised has no extension"),
     ("denoise {w}/photo.png {w}/out/d.gif", r"argument OUTPUT: .*extension '.gif'; use .png, "),
     ("denoise {w}/photo.png {w}/no_dir/d.png", r"argument OUTPUT: the folder .*no_dir does not e"),
     ("denoise {w}/photo.png {w}/photo.png", r"output .*photo.png is the input file"),
@@ -191,12 +196,26 @@ ROWS = [
     ("export-submission {w}/out --checkpoint {w}/no.pth", r"argument --checkpoint: no such chec"),
     (
         "export-submission {w}/out --checkpoint {w}/data.ckpt",
-        r"--checkpoint: .*data.ckpt: not a Model checkpoint",
+        r"--checkpoint: .*data.ckpt: not a checkpoint of the course's network",
     ),
     # ---- the command itself
     ("", r"the following arguments are required: COMMAND"),
     ("fit", r"argument COMMAND: invalid choice: 'fit'"),
-    ("train --epoch 3 --batchsize 8", r"train: error: unrecognized option --batchsize \(n2nfunc t"),
+    (
+        "train --epoch 3 --batchsize 8",
+        r"train: error: unrecognized option --batchsize \(did you mean --batch-size\? n2nfunc t",
+    ),
+    ("--foo train", r"n2nfunc: error: unrecognized option --foo before the command"),
+    ("train extra", r"n2nfunc train: error: unrecognized arguments: extra$"),
+    (
+        "denoise {w}/photo.png {w}/o.png {w}/x.png",
+        r"denoise: error: unrecognized arguments: .*x.png",
+    ),
+    ("train --n-train 2000000000", r"--n-train 2000000000: its pairs need about \d+ GiB of memory"),
+    (
+        "export-submission {w}/out --checkpoint {w}/unet.pth",
+        r"--checkpoint: .*unet.pth: U-Net weights; a submission ships the course's required",
+    ),
     ("denoise --noise gaussian:25 {w}/photo.png {w}/o.png", r"denoise: .*unrecognized option --n"),
     ("denoise {w}/photo.png {w}/o.png --nosuch=3", r"denoise: .*unrecognized option --nosuch "),
 ]
@@ -256,3 +275,20 @@ def test_help_and_version_exit_zero(capsys):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out
         assert "examples:" in text and f"n2nfunc {command}" in text and "``" not in text
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(
+    "line,option",
+    [
+        ("train --out /proc/n2nfunc-run", "--out"),
+        ("export-submission /proc/n2nfunc-sub", "OUT_DIR"),
+        ("denoise {w}/photo.png /proc/n2nfunc.png", "output"),
+    ],
+)
+def test_a_folder_that_refuses_files_is_named_before_any_work(world, line, option, capsys):
+    """/proc takes no new files, even from root, whom the permission bits let write anywhere:
+    a probe file finds out before any data is generated or weights loaded."""
+    assert main([a.format(w=world) for a in line.split()]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"error: {option}: cannot write in /proc \(", err), err
