@@ -250,6 +250,11 @@ def input_image(text: str) -> Path:
     try:
         with Image.open(path) as im:
             w, h = im.size
+    except Image.DecompressionBombError:  # Pillow's guard against huge images (not OSError)
+        raise Error(
+            f"{text} has more pixels than Pillow opens safely (its guard against "
+            "decompression bombs)"
+        ) from None
     except (UnidentifiedImageError, OSError):
         raise Error(f"{text} is not an image file Pillow can read") from None
     if w < 1 or h < 1:

@@ -49,7 +49,7 @@ from .modules import (
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
-from .unet import check_architecture, load_params
+from .unet import MAX_WIDTH, check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
 ARCHITECTURE = ("widths", "kernel", "upsampling")  # what defines the exercise's network
@@ -125,8 +125,9 @@ def build_network(config: dict, generator: Generator | None = None) -> Module:
     )
 
 
-def to_unit_range(x, name: str):
-    """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1."""
+def to_unit_range(x, name: str, scale: float | None = None):
+    """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1
+    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     if not (x.is_floating_point() or _is_integer(x)):
@@ -142,7 +143,8 @@ def to_unit_range(x, name: str):
         low, high = float(x.min()), float(x.max())  # NaN and +-inf show here
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
-        scale = 1.0 if high <= 1.0 else 255.0
+        if scale is None:
+            scale = 1.0 if high <= 1.0 else 255.0
     else:
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
@@ -193,6 +195,58 @@ def _inference(net: Module, x: Tensor) -> Tensor:
 PREDICT_BYTES = 1 << 19
 
 
+def check_config(config: dict) -> None:
+    """Each training setting must be of its kind and range (a negative final learning-rate
+    fraction would turn the end of every run into gradient ascent)."""
+
+    def whole(key, low):
+        v = config[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
+
+    def number(key, low, high=None, low_open=False, high_open=True):
+        v = config[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > low if low_open else v >= low)
+        ok = ok and (high is None or (v < high if high_open else v <= high))
+        if not ok:
+            span = f"{'>' if low_open else '>='} {low}" + (
+                "" if high is None else f" and {'<' if high_open else '<='} {high}"
+            )
+            raise ValueError(f"{key} must be a finite number {span}, got {v!r}")
+
+    whole("batch_size", 1)
+    whole("num_epochs", 0)
+    whole("warmup_steps", 0)
+    whole("seed", 0)
+    number("lr", 0, low_open=True)
+    number("momentum", 0, 1)
+    number("final_lr_fraction", 0, 1, high_open=False)
+    number("finetune_lr_scale", 0, low_open=True)
+    if not isinstance(config["augment"], bool):
+        raise ValueError(f"augment must be True or False, got {config['augment']!r}")
+    if config["optimizer"] not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {config['optimizer']!r}")
+    if config.get("network", "exercise") == "unet":
+        return
+    widths = config["widths"]
+    if not (
+        isinstance(widths, tuple)
+        and len(widths) == 2
+        and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in widths
+        )
+    ):
+        raise ValueError(f"widths must be 2 ints from 1 to {MAX_WIDTH}, got {widths!r}")
+    whole("kernel", 2)
+    if config["kernel"] > 5:
+        raise ValueError(f"kernel must be from 2 to 5, got {config['kernel']!r}")
+    if config["upsampling"] not in ("transpose", "nearest"):
+        raise ValueError(
+            f"upsampling must be 'transpose' or 'nearest', got {config['upsampling']!r}"
+        )
+
+
 class Model:
     """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
 
@@ -207,7 +261,6 @@ class Model:
         self.loss = MSE()
         self.pretrained = False
         self.epochs_done = 0
-        self._snapshot: list[Tensor] | None = None
 
     @classmethod
     def from_pretrained(cls, name: str = "exercise") -> "Model":
@@ -225,25 +278,31 @@ class Model:
         if network not in NETWORKS:
             raise ValueError(f"Model: network must be one of {NETWORKS}, got {network!r}")
         own = UNET_DEFAULTS if network == "unet" else {}
-        self.config = {**DEFAULT_CONFIG, **own, **config}
-        self.config["widths"] = tuple(self.config["widths"])
+        config = {**DEFAULT_CONFIG, **own, **config}
+        if isinstance(config["widths"], (tuple, list)):
+            config["widths"] = tuple(config["widths"])
         try:
-            compute_dtype(self.config["precision"])
+            check_config(config)
+            compute_dtype(config["precision"])
             if network == "unet":
-                check_architecture(self.config["depth"], self.config["widths"])
+                check_architecture(config["depth"], config["widths"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"Model: {e}") from None
+        self.config = config
         self.generator = Generator().manual_seed(self.config["seed"])
         self.net = build_network(self.config, self.generator)
+        self._new_optimizer()
+
+    def _new_optimizer(self) -> None:
+        """A fresh optimizer (no moments, step 0) over the network's parameters."""
         self.optimizer: Adam | SGD
         if self.config["optimizer"] == "adam":
             self.optimizer = Adam(self.net.param(), lr=self.config["lr"])
-        elif self.config["optimizer"] == "sgd":
+        else:
             self.optimizer = SGD(
                 self.net.param(), lr=self.config["lr"], momentum=self.config["momentum"]
             )
-        else:
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.config['optimizer']!r}")
+        self._snapshot: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ weights
     def load_pretrained_model(self, path=None) -> None:
@@ -258,13 +317,19 @@ class Model:
         """Load a checkpoint tree (a Model's or a U-Net's, see :meth:`payload`); a network of
         another architecture than this Model's is rebuilt first (as the file records it)."""
         theirs, params = _checkpoint_network(payload, source)
-        if theirs != architecture(self.config):
-            self._configure({**self._given, **theirs})
-        device = tree.leaves(self.net.params)[0].device
-        try:
+        bad = [k for k, v in params.items() if not isinstance(v, Tensor)]
+        if bad:
+            raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
+        before = (self.config, self.generator, self.net, self.optimizer, self._snapshot)
+        try:  # a file refused halfway leaves this Model as it was
+            if theirs != architecture(self.config):
+                self._configure({**self._given, **theirs})
+            device = tree.leaves(self.net.params)[0].device
             self.net.load_state_dict({k: v.to(device) for k, v in params.items()})
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
+            self.config, self.generator, self.net, self.optimizer, self._snapshot = before
             raise ValueError(f"{source}: {e}") from None
+        self._new_optimizer()  # fine-tuning starts afresh, whatever was trained before
         self.pretrained = True
 
     def payload(self) -> dict:
@@ -347,9 +412,11 @@ class Model:
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
     def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
-        """Validate a training set and return it as float tensors in [0, 1]."""
-        x, _ = to_unit_range(train_input, "train_input")
-        y, _ = to_unit_range(train_target, "train_target")
+        """Validate a training set and return it as float tensors in [0, 1]. A float target
+        takes the input's scale: a Noise2Noise target's noise is not clipped, so a 0-1 target
+        may exceed 1 a little (the scale rule alone would read it as 0-255)."""
+        x, scale = to_unit_range(train_input, "train_input")
+        y, _ = to_unit_range(train_target, "train_target", scale)
         if x.shape != y.shape:
             raise ValueError(
                 f"train_input shape {tuple(x.shape)} does not match train_target "
@@ -357,6 +424,12 @@ class Model:
             )
         if x.shape[2] < 4 or x.shape[3] < 4:
             raise ValueError(f"training images must be at least 4x4, got {tuple(x.shape)}")
+        if self.config["network"] != "unet" and (x.shape[2] % 4 or x.shape[3] % 4):
+            raise ValueError(
+                f"train_input: the exercise's network trains on images whose height and width "
+                f"are multiples of 4 (two stride-2 convolutions), got {tuple(x.shape)}; crop "
+                "the pairs (predict pads any size; the U-Net trains on any size)"
+            )
         return x, y.to(dtype=x.dtype)
 
     def train_epoch(
@@ -477,6 +550,8 @@ def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:
         )
     if not isinstance(payload, dict) or "params" not in payload or "config" not in payload:
         raise ValueError(f"{source}: not a Model checkpoint (no 'params' / 'config')")
+    if not isinstance(payload["config"], dict):
+        raise ValueError(f"{source}: its 'config' is not a dict")
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
     missing = [k for k in ARCHITECTURE if k not in config]
     if missing or not isinstance(payload["params"], dict):

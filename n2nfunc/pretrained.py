@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .base import Layer, Params
-from .model import ARCHITECTURE, DEFAULT_CONFIG, DEFAULT_WEIGHTS, build_network
+from .model import ARCHITECTURE, DEFAULT_CONFIG, DEFAULT_WEIGHTS, build_network, check_config
 from .unet import check_architecture, load_params, padded_to_multiple, unet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -96,15 +96,21 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
         raise ValueError(f"{source}: U-Net checkpoint without an 'architecture' dict")
     try:
         arch = check_architecture(**arch)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
     params = load_params(arch, payload.get("params"), source)
     return unet(**arch), params, dict(payload.get("info") or {})
 
 
 def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
+    if not isinstance(payload["config"], dict) or not isinstance(payload["params"], dict):
+        raise ValueError(f"{source}: 'config' and 'params' must be dicts")
     theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
     config = {**DEFAULT_CONFIG, **{k: v for k, v in theirs.items() if k in ARCHITECTURE}}
+    try:
+        check_config(config)  # before building: a crafted file cannot ask for huge layers
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     net = build_network(config)
     try:
         net.load_state_dict(dict(payload["params"]))

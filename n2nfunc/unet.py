@@ -181,20 +181,31 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
     return Layer(init, net.apply, net.vjp)
 
 
+# Bounds that a checkpoint's architecture must keep, so that a crafted file cannot ask for
+# terabytes of weights or a recursion deeper than Python allows (a depth-10 U-Net pads its
+# input to multiples of 1024 pixels already).
+MAX_DEPTH = 10
+MAX_WIDTH = 4096
+
+
 def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> dict:
     """The architecture as a plain dict (what checkpoints record); bad values raise."""
     name = "unet"
     positive_int(depth, "depth", name)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{name}: depth must be at most {MAX_DEPTH}, got {depth}")
     positive_int(in_channels, "in_channels", name)
     positive_int(out_channels, "out_channels", name)
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in widths)
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WIDTH for v in widths
+        )
     ):
         raise ValueError(
-            f"{name}: widths must be 4 positive ints (encoder, decoder, last two decoder "
-            f"convs), e.g. (48, 96, 64, 32); got {widths!r}"
+            f"{name}: widths must be 4 ints from 1 to {MAX_WIDTH} (encoder, decoder, last two "
+            f"decoder convs), e.g. (48, 96, 64, 32); got {widths!r}"
         )
     return {
         "depth": depth,

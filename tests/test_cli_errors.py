@@ -28,6 +28,9 @@ def world(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("world")
     Model({"widths": (8, 8)}).save(w / "weights.pth")
     shutil.copy(DEFAULT_WEIGHTS.parent / "unet-gaussian.pth", w / "unet.pth")
+    from PIL import Image
+
+    Image.new("1", (14000, 14000)).save(w / "bomb.png")  # 24 KB, 196 M pixels
     checkpoint.save(w / "data.ckpt", {"first": torch.zeros(2, 3, 4, 4, dtype=torch.uint8)})
     (w / "text.txt").write_text("hello, I am not a tensor file\n")
     (w / "garbage.pth").write_bytes(b"garbage\n")
@@ -186,6 +189,7 @@ ROWS = [
     ),
     ("denoise {w}/photo.png {w}/out/d.png --threads -2", r"argument --threads: .*got '-2'"),
     ("denoise {w}/photo.png", r"the following arguments are required: OUTPUT"),
+    ("denoise {w}/bomb.png {w}/o.png", r"INPUT: .*bomb.png has more pixels than Pillow opens saf"),
     # ---- export-submission
     ("export-submission {w}/text.txt", r"argument OUT_DIR: .*text.txt is a file; expected a fold"),
     ("export-submission {w}/sub_file", r"Miniproject_2 is a file; move it away"),

@@ -138,3 +138,12 @@ def test_photo_pairs_from_an_image():
     assert a.shape == (20, 3, 32, 32) and not torch.equal(a, b)
     with pytest.raises(ValueError, match="at least 512 pixels"):
         photo_pairs([photo], 5, "val", factor=16)
+
+
+def test_read_image_refuses_a_decompression_bomb_in_one_line(tmp_path):
+    """Pillow's guard raises DecompressionBombError, which is not an OSError."""
+    from PIL import Image
+
+    Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match=r"bomb.png: it decodes to more pixels than Pillow's"):
+        read_image(tmp_path / "bomb.png")

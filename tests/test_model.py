@@ -179,3 +179,96 @@ def test_model_runs_on_the_inputs_cuda_device(pairs):
     m = Model(SMALL)
     m.train(xt[:64].cuda(), yt[:64].cuda(), num_epochs=1)
     assert m.predict(xv[:4].cuda()).is_cuda
+
+
+def test_a_refused_load_leaves_the_model_as_it_was(tmp_path):
+    m = Model.from_pretrained("exercise")
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before, config = m.predict(x), dict(m.config)
+    payload = m.payload()
+    payload["config"]["kernel"] = 3  # another architecture, whose shapes the weights miss
+    checkpoint.save(tmp_path / "bad.pth", payload)
+    with pytest.raises(ValueError, match=r"bad.pth: .*has shape .*expected"):
+        m.load_pretrained_model(tmp_path / "bad.pth")
+    assert m.config == config and torch.equal(m.predict(x), before)
+
+
+def test_loading_weights_starts_the_optimizer_afresh(pairs):
+    """Fine-tuning after a load does not depend on what the Model trained before it."""
+    xt, yt, _, _ = pairs
+    trained, fresh = Model(SMALL), Model(SMALL)
+    trained.train(xt[:64], yt[:64], num_epochs=1)
+    for m in (trained, fresh):
+        m.load_pretrained_model()
+        assert m.optimizer.state["step"] == 0 and m._snapshot is None
+        m.generator.manual_seed(7)
+        m.train(xt[:64], yt[:64], num_epochs=1)
+    a, b = trained.net.state_dict(), fresh.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "config,pattern",
+    [
+        ({"batch_size": 0}, r"batch_size must be an int >= 1, got 0"),
+        ({"batch_size": -1}, r"batch_size must be an int >= 1, got -1"),
+        ({"batch_size": 2.5}, r"batch_size must be an int >= 1, got 2.5"),
+        ({"final_lr_fraction": -5}, r"final_lr_fraction must be a finite number >= 0 and <= 1"),
+        ({"final_lr_fraction": float("nan")}, r"final_lr_fraction must be a finite number"),
+        ({"finetune_lr_scale": -1}, r"finetune_lr_scale must be a finite number > 0, got -1"),
+        ({"lr": 0}, r"lr must be a finite number > 0, got 0"),
+        ({"momentum": 1.0}, r"momentum must be a finite number >= 0 and < 1, got 1.0"),
+        ({"augment": "no"}, r"augment must be True or False, got 'no'"),
+        ({"widths": (8, 8, 8)}, r"widths must be 2 ints from 1 to 4096, got \(8, 8, 8\)"),
+        ({"widths": (100000, 100000)}, r"widths must be 2 ints from 1 to 4096"),
+        ({"kernel": "4"}, r"kernel must be an int >= 2, got '4'"),
+        ({"kernel": 7}, r"kernel must be from 2 to 5, got 7"),
+        ({"seed": "a"}, r"seed must be an int >= 0, got 'a'"),
+        ({"warmup_steps": -1}, r"warmup_steps must be an int >= 0, got -1"),
+        ({"network": "unet", "depth": 1000}, r"unet: depth must be at most 10, got 1000"),
+        (
+            {"network": "unet", "widths": (8, 8, 8, 5000)},
+            r"unet: widths must be 4 ints from 1 to 4096",
+        ),
+    ],
+)
+def test_bad_configs_are_refused_by_name(config, pattern):
+    with pytest.raises(ValueError, match=r"^Model: " + pattern):
+        Model(config)
+
+
+def test_a_crafted_checkpoint_is_refused_before_its_network_is_built(tmp_path):
+    payload = Model(SMALL).payload()
+    payload["config"]["widths"] = [100000, 100000]  # 640 GB of weights if built
+    checkpoint.save(tmp_path / "huge.pth", payload)
+    with pytest.raises(ValueError, match=r"widths must be 2 ints from 1 to 4096"):
+        Model().load_pretrained_model(tmp_path / "huge.pth")
+    unet = Model({"network": "unet", "widths": (8, 8, 8, 8), "depth": 2}).payload()
+    unet["architecture"]["depth"] = 1000  # a recursion deeper than Python allows
+    checkpoint.save(tmp_path / "deep.pth", unet)
+    with pytest.raises(ValueError, match=r"deep.pth: bad U-Net architecture: .*at most 10"):
+        Model().load_pretrained_model(tmp_path / "deep.pth")
+    payload = Model(SMALL).payload()
+    payload["params"]["0.weight"] = 3
+    checkpoint.save(tmp_path / "int.pth", payload)
+    with pytest.raises(ValueError, match=r"int.pth: parameter '0.weight' is not a tensor"):
+        Model(SMALL).load_pretrained_model(tmp_path / "int.pth")
+
+
+def test_a_float_target_takes_the_inputs_scale():
+    """A Noise2Noise target's noise is not clipped: a 0-1 target may exceed 1 a little."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=g)
+    y = x + 0.2 * torch.randn(4, 3, 8, 8, generator=g)  # max above 1
+    assert y.max() > 1
+    xs, ys = Model(SMALL).prepare_pairs(x, y)
+    assert torch.equal(xs, x) and torch.equal(ys, y)  # not divided by 255
+    xs, ys = Model(SMALL).prepare_pairs(x * 255, y * 255)
+    assert torch.allclose(ys, y, atol=1e-6)
+
+
+def test_training_sizes_the_exercise_network_cannot_keep_are_named():
+    x = torch.rand(4, 3, 13, 17)
+    with pytest.raises(ValueError, match=r"multiples of 4 .*got \(4, 3, 13, 17\); crop"):
+        Model(SMALL).train(x, x, 1)
+    Model({"network": "unet", "widths": (8, 8, 8, 8), "depth": 2, "batch_size": 4}).train(x, x, 1)

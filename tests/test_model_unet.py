@@ -94,7 +94,10 @@ def test_bad_unet_checkpoints_name_the_file(tmp_path):
     "config,pattern",
     [
         ({"network": "resnet"}, r"network must be one of \('exercise', 'unet'\), got 'resnet'"),
-        ({"network": "unet", "widths": (8, 8)}, r"Model: unet: widths must be 4 positive ints"),
+        (
+            {"network": "unet", "widths": (8, 8)},
+            r"Model: unet: widths must be 4 ints from 1 to 4096",
+        ),
         ({"network": "unet", "depth": 0}, r"Model: .*depth"),
     ],
 )

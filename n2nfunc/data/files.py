@@ -109,6 +109,10 @@ def read_image(path) -> Picture:
             if deep:
                 im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
             rgb = im.convert("RGB")
+    except Image.DecompressionBombError as e:  # Pillow's guard; not an OSError
+        raise ValueError(
+            f"cannot read image {path}: it decodes to more pixels than Pillow's safety limit ({e})"
+        ) from None
     except OSError:  # Pillow's text names its decoder's internals
         raise ValueError(
             f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
