@@ -154,18 +154,17 @@ def test_mixed_devices_are_refused():
         layer.apply(params, meta)
 
 
+IMAGE_LAYERS = [
+    nf.conv2d(4, 3, padding=1),
+    nf.conv_transpose2d(4, 3, stride=2),
+    nf.upsample(4, 3),
+    nf.max_pool2d(2),
+    nf.global_avg_pool(),
+]
+
+
 @pytest.mark.parametrize(
-    "layer",
-    [
-        nf.conv2d(4, 3, padding=1),
-        nf.conv_transpose2d(4, 3, stride=2),
-        nf.upsample(4, 3),
-        nf.nearest_upsample(2),
-        nf.max_pool2d(2),
-        nf.avg_pool2d(2),
-        nf.global_avg_pool(),
-        nf.batch_norm2d(),
-    ],
+    "layer", IMAGE_LAYERS + [nf.nearest_upsample(2), nf.avg_pool2d(2), nf.batch_norm2d()]
 )
 @pytest.mark.parametrize("hw", [(0, 4), (4, 0)])
 def test_images_without_pixels_are_refused(layer, hw):
@@ -178,17 +177,7 @@ def test_images_without_pixels_are_refused(layer, hw):
 
 @pytest.mark.parametrize(
     "layer",
-    [
-        nf.conv2d(4, 3, padding=1),
-        nf.conv_transpose2d(4, 3, stride=2),
-        nf.upsample(4, 3),
-        nf.max_pool2d(2),
-        nf.global_avg_pool(),
-        nf.relu(),
-        nf.elu(),
-        nf.flatten(),
-        nf.serial(nf.conv2d(4, 3), nf.relu()),
-    ],
+    IMAGE_LAYERS + [nf.relu(), nf.elu(), nf.flatten(), nf.serial(nf.conv2d(4, 3), nf.relu())],
 )
 @pytest.mark.parametrize("ct_dtype", [torch.float64, torch.bfloat16])
 def test_a_cotangent_of_another_float_dtype_is_converted_to_the_outputs(layer, ct_dtype):
