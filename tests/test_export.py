@@ -221,11 +221,20 @@ def test_package_style_import_from_the_parent_folder(submission):
         from Miniproject_2.model import Model, Conv2d, SGD
         m = Model()
         m.load_pretrained_model()
-        print(json.dumps({"ok": m.predict(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9, 13)}))
+        ok = m.predict(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9, 13)
+        same = all(torch.equal(a, b) for (a, _), (b, _) in
+                   zip(Model.from_pretrained().net.param(), m.net.param()))
+        try:
+            Model.from_pretrained("unet-gaussian")
+            refused = ""
+        except ValueError as e:
+            refused = str(e)
+        print(json.dumps({"ok": ok, "same": same, "refused": refused}))
     """,
         submission.parent,
     )
-    assert result["ok"]
+    assert result["ok"] and result["same"]
+    assert "ships one network, 'exercise' (bestmodel.pth), not 'unet-gaussian'" in result["refused"]
 
 
 def test_export_refuses_a_broken_checkpoint(tmp_path):
