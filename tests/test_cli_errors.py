@@ -104,11 +104,20 @@ ROWS = [
     ("train --seed -1", r"argument --seed: expected an integer from 0 to 2147483647, got '-1'"),
     ("train --noise gaussian", r"argument --noise: noise 'gaussian': gaussian needs a level"),
     ("train --noise gaussian:-5", r"argument --noise: noise 'gaussian:-5': sigma must be in \[0,"),
-    ("train --noise poisson:-5", r"noise 'poisson:-5': the Poisson peak must be > 0"),
+    (
+        "train --noise poisson:-5",
+        r"noise 'poisson:-5': the Poisson peak must be from 0.001 to 1e\+06",
+    ),
     ("train --noise gaussian:50-10", r"argument --noise: .*the range '50-10' is empty"),
     ("train --noise gaussian:300", r"argument --noise: .*sigma must be in \[0, 255\]"),
-    ("train --noise poisson:0", r"argument --noise: .*the Poisson peak must be > 0"),
-    ("train --noise downsample:1", r"argument --noise: .*the factor must be an integer >= 2"),
+    (
+        "train --noise poisson:0",
+        r"argument --noise: .*the Poisson peak must be from 0.001 to 1e\+06",
+    ),
+    (
+        "train --noise downsample:1",
+        r"argument --noise: .*the factor must be an integer from 2 to 16",
+    ),
     ("train --noise salt", r"argument --noise: noise 'salt': unknown kind 'salt'; expected gaus"),
     ("train --threads 0", r"argument --threads: expected an integer >= 1, got '0'"),
     ("train --nproc 0", r"argument --nproc: expected an integer >= 1, got '0'"),

@@ -42,14 +42,18 @@ def test_grammar_accepts(text, spec):
         ("gaussian:50-10", "empty"),
         ("gaussian:0", "not all zero"),
         ("gaussian:-5", "sigma must be in"),
-        ("poisson:-5", "peak must be > 0"),
+        ("poisson:-5", "peak must be from 0.001 to 1e\\+06"),
         ("gaussian:300", "sigma"),
         ("gaussian:nan", "finite"),
         ("gaussian:1-inf", "finite"),
-        ("poisson:0", "peak must be > 0"),
-        ("poisson:0-30", "peak must be > 0"),
-        ("downsample:1", "integer >= 2"),
-        ("downsample:2.5", "integer >= 2"),
+        ("poisson:0", "peak must be from 0.001 to 1e\\+06"),
+        ("poisson:0-30", "peak must be from 0.001 to 1e\\+06"),
+        ("downsample:1", "integer from 2 to 16"),
+        ("downsample:2.5", "integer from 2 to 16"),
+        ("downsample:1000", "integer from 2 to 16"),  # rendered 1000x larger: terabytes
+        ("downsample:\u00b2", "integer from 2 to 16"),  # a superscript two is isdigit()
+        ("poisson:1e20", "peak must be from"),  # past torch.poisson's range: black images
+        ("poisson:5-1e7", "peak must be from"),
         ("", "unknown kind"),
     ],
 )
@@ -57,6 +61,13 @@ def test_grammar_rejects_with_the_text(text, why):
     with pytest.raises(ValueError, match=why) as e:
         parse_noise(text)
     assert repr(text) in str(e.value) and "gaussian:SIGMA" in str(e.value)
+
+
+def test_levels_in_exponent_notation():
+    """(the "-" of an exponent is not the range's)"""
+    assert parse_noise("gaussian:1e-1") == ("gaussian", 0.1, 0.1)
+    assert parse_noise("gaussian:1e-1-2.5e1") == ("gaussian", 0.1, 25.0)
+    assert parse_noise("poisson:.5-1E3") == ("poisson", 0.5, 1000.0)
 
 
 def test_not_a_string():

@@ -16,6 +16,7 @@ unclipped: clipping a target would bias Noise2Noise near black and white.
 """
 
 import math
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -26,6 +27,10 @@ from .photos import pyramid
 from .synthetic import box_downsample, point_sample
 
 KINDS = ("gaussian", "poisson", "downsample")
+MAX_FACTOR = 16  # downsampling factors (the clean images are rendered FACTOR times larger)
+POISSON_PEAKS = (1e-3, 1e6)  # photons at white: beyond these, torch.poisson's range ends
+# (1e19 gave black images) or a float32 peak becomes 0 (NaN images)
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")  # ASCII digits only
 GRAMMAR = "gaussian:SIGMA, gaussian:LO-HI, poisson:PEAK, poisson:LO-HI or downsample[:FACTOR]"
 
 
@@ -61,31 +66,32 @@ def parse_noise(text) -> NoiseSpec:
     if kind == "downsample":
         if not colon:
             return NoiseSpec("downsample", 4.0, 4.0)
-        if not level.isdigit() or int(level) < 2:
-            raise bad("the factor must be an integer >= 2")
+        if not level.isascii() or not level.isdigit() or not 2 <= int(level) <= MAX_FACTOR:
+            raise bad(f"the factor must be an integer from 2 to {MAX_FACTOR}")
         return NoiseSpec("downsample", float(level), float(level))
     if not level:
         raise bad(f"{kind} needs a level, e.g. {kind}:25")
     if level.startswith("-"):  # "-5" is a number, but not a level
         raise bad(
-            "the Poisson peak must be > 0"
+            f"the Poisson peak must be from {POISSON_PEAKS[0]:g} to {POISSON_PEAKS[1]:g}"
             if kind == "poisson"
             else "sigma must be in [0, 255] (0-255 scale) and not all zero"
         )
-    lo_text, dash, hi_text = level.partition("-")
-    try:
-        low = float(lo_text)
-        high = float(hi_text) if dash else low
-    except ValueError:
-        raise bad(f"{level!r} is not a number or a range LO-HI") from None
+    parts = re.fullmatch(rf"({_NUMBER.pattern})(?:-({_NUMBER.pattern}))?", level)
+    if parts is None:  # (a "-" inside an exponent, as in 1e-1, is not the range's)
+        if re.search("nan|inf", level.lower()):
+            raise bad("levels must be finite")
+        raise bad(f"{level!r} is not a number or a range LO-HI")
+    low = float(parts.group(1))
+    high = float(parts.group(2)) if parts.group(2) else low
     if not (math.isfinite(low) and math.isfinite(high)):
         raise bad("levels must be finite")
     if low > high:
         raise bad(f"the range {level!r} is empty (LO > HI)")
     if kind == "gaussian" and not (0 <= low and 0 < high <= 255):
         raise bad("sigma must be in [0, 255] (0-255 scale) and not all zero")
-    if kind == "poisson" and not low > 0:
-        raise bad("the Poisson peak must be > 0")
+    if kind == "poisson" and not POISSON_PEAKS[0] <= low <= high <= POISSON_PEAKS[1]:
+        raise bad(f"the Poisson peak must be from {POISSON_PEAKS[0]:g} to {POISSON_PEAKS[1]:g}")
     return NoiseSpec(kind, low, high)
 
 
