@@ -415,6 +415,9 @@ def run_training(args, device, dp=None) -> int:
         progress.step(epoch, bs, step, steps, loss)
 
     epoch = start
+    # the state at the start of every epoch is on disk: this one now, the next ones as each
+    # epoch ends, so that Ctrl-C inside an epoch resumes from its start, bit for bit
+    _save_state(model, state_path, start, history, noise, data)
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -442,10 +445,9 @@ def run_training(args, device, dp=None) -> int:
         progress.close()
         if dp is not None:  # the workers stop together; the last epoch's checkpoint stays
             raise
-        _save_state(model, state_path, epoch, history, noise, data)
-        print(
-            f"\ninterrupted in epoch {epoch + 1}; state saved to {state_path}; continue with "
-            f"`n2nfunc train --resume {state_path} --out {out}` (that epoch restarts)"
+        print(  # (not the state of now, which is partway through the epoch's batches)
+            f"\ninterrupted in epoch {epoch + 1}; {state_path} holds the state from its start; "
+            f"continue with `n2nfunc train --resume {state_path} --out {out}`"
         )
         return 130
     progress.close()

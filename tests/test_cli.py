@@ -52,19 +52,22 @@ def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys)
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
-    """The resume command the interrupted run prints, as it is: the data options (here
-    Gaussian noise, 96 pairs) and the settings come from the checkpoint."""
+    """Ctrl-C partway through an epoch, then the resume command the run prints, as it is:
+    the checkpoint holds the state from the epoch's start (not the half-trained weights), and
+    the data options (here Gaussian noise, 96 pairs) and the settings come from it."""
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     run = ["train", *TINY, "--noise", "gaussian:10", "--epochs", "3"]
     assert main([*run, "--out", str(tmp_path / "full")]) == 0
     real = Model.train_epoch
-    calls = []
 
-    def ctrl_c_in_epoch_2(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
+    def ctrl_c_in_epoch_2(self, x, y, epoch, total, callback=None, parallel=None):
+        def step(e, b, steps, loss):  # after three of its six steps have updated the weights
+            if e == 1 and b == 2:
+                raise KeyboardInterrupt
+            if callback is not None:
+                callback(e, b, steps, loss)
+
+        return real(self, x, y, epoch, total, step, parallel)
 
     monkeypatch.setattr(Model, "train_epoch", ctrl_c_in_epoch_2)
     assert main([*run, "--out", str(tmp_path / "cut")]) == 130
