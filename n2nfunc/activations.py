@@ -11,7 +11,14 @@ from functools import lru_cache
 
 from torch import empty
 
-from .base import Layer, apply_via_vjp, check_cotangent, check_params, check_tensor
+from .base import (
+    Layer,
+    apply_via_vjp,
+    check_cotangent,
+    check_params,
+    check_tensor,
+    output_of,
+)
 
 
 def _elementwise(name: str, forward, derivative_times, uses_input: bool = True) -> Layer:
@@ -116,7 +123,8 @@ def identity() -> Layer:
         return in_shape, {}
 
     def vjp(params, x):
-        return x, lambda ct: ({}, ct)
+        x_out = output_of(x)
+        return x, lambda ct: ({}, check_cotangent(ct, x_out, "identity"))
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 

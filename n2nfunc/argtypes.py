@@ -146,6 +146,8 @@ def photo_dir(min_side: int) -> Callable[[str], Path]:
             try:
                 with Image.open(p) as im:
                     sides.append(min(im.size))
+            except Image.DecompressionBombError:  # (not an OSError)
+                raise Error(_too_many_pixels(p)) from None
             except (UnidentifiedImageError, OSError):
                 raise Error(f"{p} is not an image file Pillow can read") from None
         if max(sides) < min_side:
@@ -242,6 +244,12 @@ def output_image(text: str) -> Path:
     return path
 
 
+def _too_many_pixels(path) -> str:
+    return (
+        f"{path} has more pixels than Pillow opens safely (its guard against decompression bombs)"
+    )
+
+
 def input_image(text: str) -> Path:
     """An existing image file whose header Pillow can read."""
     from PIL import Image, UnidentifiedImageError
@@ -251,10 +259,7 @@ def input_image(text: str) -> Path:
         with Image.open(path) as im:
             w, h = im.size
     except Image.DecompressionBombError:  # Pillow's guard against huge images (not OSError)
-        raise Error(
-            f"{text} has more pixels than Pillow opens safely (its guard against "
-            "decompression bombs)"
-        ) from None
+        raise Error(_too_many_pixels(text)) from None
     except (UnidentifiedImageError, OSError):
         raise Error(f"{text} is not an image file Pillow can read") from None
     if w < 1 or h < 1:

@@ -34,6 +34,7 @@ from .metrics import evaluate
 from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, NETWORKS, UNET_DEFAULTS, Model
 from .pretrained import NAMES as PRETRAINED_NAMES
 from .progress import Progress
+from .unet import MAX_WIDTH
 
 TILE_ALIGN = 32  # n2nfunc.denoise_image's tile alignment (a multiple of every network's)
 MIN_TILE = 96  # its overlap (32) on both sides plus one alignment step
@@ -50,11 +51,13 @@ SHIPPED_NOISE = (
 # ---------------------------------------------------------------------------- helpers
 def _setup(args) -> torch.device:
     if args.threads:
-        cores = os.cpu_count() or args.threads
-        if args.threads > cores:
+        cores, processes = os.cpu_count() or args.threads, max(1, getattr(args, "nproc", 1))
+        lead = not launch.is_worker() or os.environ.get("RANK", "0") == "0"
+        if lead and args.threads * processes > cores:
+            each = f" in each of {processes} processes" if processes > 1 else ""
             print(
-                f"note: --threads {args.threads} is more than this machine's {cores} CPUs; "
-                "extra threads wait for each other (the default is one per core)",
+                f"note: --threads {args.threads}{each} is more than this machine's {cores} "
+                "CPUs; extra threads wait for each other (the default is one per core)",
                 file=sys.stderr,
             )
         torch.set_num_threads(args.threads)
@@ -94,7 +97,7 @@ def _n_train(args) -> int:
     """``--n-train``, by default 50,000 32x32 patches or as many pixels of 64x64 crops."""
     if args.n_train is not None:
         return args.n_train
-    return 50000 // 4 if args.photos and _camera_noise(args) else 50000
+    return _n_train_default(args)
 
 
 def _photo_noise_pairs(photos, n: int, args, split: str):
@@ -333,9 +336,21 @@ def _save_state(model: Model, path, epoch: int, history: list, noise: str, data:
 def cmd_train(args) -> int:
     if args.resume:  # before --nproc's workers start: a refusal is a usage error (exit 2)
         rank = os.environ.get("RANK", "0") if launch.is_worker() else "0"
-        _resume_options(args, _load_state(args.resume), say=rank == "0")
+        state = _load_state(args.resume)
+        _resume_options(args, state, say=rank == "0")
         _check_precision(args, _refuse)  # the run's precision and batch size, here
         _check_nproc(args, _refuse)
+        epochs = state["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
+        if state["epoch"] >= epochs:  # before any data is read
+            if rank == "0":
+                weights = Path(args.resume).with_name("model.pth")
+                beside = f"; its weights: {weights}" if weights.is_file() else ""
+                print(
+                    f"{args.resume}: this run has finished its {epochs} epoch"
+                    f"{'s' * (epochs != 1)}; nothing to train{beside} (to train on, start a "
+                    "new run without --resume)"
+                )
+            return 0
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         return launch.train_worker(args, _setup(args), run_training)
     if args.nproc > 1:
@@ -382,15 +397,6 @@ def run_training(args, device, dp=None) -> int:
         start, history = 0, []
     epochs = model.config["num_epochs"]
     out = Path(args.out)
-    if state is not None and start >= epochs:
-        if lead:
-            print(
-                f"{args.resume}: this run has finished its {epochs} epoch{'s' * (epochs != 1)}; "
-                "nothing to train "
-                f"(its weights: {out / 'model.pth'}; to train on, start a new run without "
-                "--resume)"
-            )
-        return 0
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
@@ -631,21 +637,32 @@ def _check_train(args, error) -> None:
 
 
 def _check_memory(args, error) -> None:
-    """Refuse an --n-train whose generated pairs (two float32 images each, as training holds
-    them) could not fit in this machine's memory at all."""
-    if args.train or args.pairs or args.resume or args.n_train is None:
-        return
-    side = PHOTO_CROP if args.photos and _camera_noise(args) else 32
-    need = args.n_train * 2 * 3 * side * side * 4
+    """Refuse an --n-train / --n-val whose generated pairs (two float32 images each, as
+    training and evaluation hold them; a copy in each of --nproc's processes) could not fit in
+    this machine's memory at all."""
+    counts = []
+    if not any(getattr(args, k, None) for k in ("train", "pairs", "resume")):
+        if getattr(args, "n_train", None) is not None:
+            side = PHOTO_CROP if args.photos and _camera_noise(args) else 32
+            counts.append(("--n-train", args.n_train, side, _n_train_default(args)))
+    if not (args.val or args.val_pairs) and args.n_val is not None:
+        counts.append(("--n-val", args.n_val, 32, 1000))
     try:
         have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on this system
         return
-    if need > have:
+    copies = max(1, getattr(args, "nproc", 1))
+    need = copies * sum(n * 2 * 3 * side * side * 4 for _, n, side, _ in counts)
+    if need > have and counts:
+        option, n, _, default = max(counts, key=lambda c: c[1] * c[2] ** 2)
         error(
-            f"--n-train {args.n_train}: its pairs need about {need / 2**30:.0f} GiB of memory, "
-            f"more than this machine's {have / 2**30:.0f} GiB (the default is 50000)"
+            f"{option} {n}: the pairs need about {need / 2**30:.0f} GiB of memory, more than "
+            f"this machine's {have / 2**30:.0f} GiB (the default is {default})"
         )
+
+
+def _n_train_default(args) -> int:
+    return 50000 // 4 if args.photos and _camera_noise(args) else 50000
 
 
 def _check_nproc(args, error) -> None:
@@ -659,6 +676,7 @@ def _check_nproc(args, error) -> None:
 def _check_eval(args, error) -> None:
     if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
         error("give one validation set: --val, --val-pairs or --val-photos")
+    _check_memory(args, error)
 
 
 def _check_denoise(args, error) -> None:
@@ -692,7 +710,7 @@ def _check_writable(folder: Path, what: str, error) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        error(f"{what}: cannot write in {existing} ({e.strerror or e})")
+        error(f"{what}: cannot create files in {existing} ({e.strerror or e})")
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -793,7 +811,7 @@ def build_parser() -> _Parser:
         description="Train and use a Noise2Noise image denoiser written with n2nfunc, a small\n"
         "deep-learning library with hand-written gradients.",
         epilog="examples:\n"
-        "  n2nfunc train                       # built-in data; 5-9 min on a 2-core CPU\n"
+        "  n2nfunc train                       # built-in data; 4-9 min on a 2-core CPU\n"
         "  n2nfunc denoise noisy.png clean.png\n"
         "  n2nfunc train --help                # the options of one command",
         formatter_class=_Help,
@@ -893,7 +911,7 @@ def build_parser() -> _Parser:
     )
     net.add_argument(
         "--widths",
-        type=at.int_range(1),
+        type=at.int_range(1, MAX_WIDTH),
         nargs="+",
         default=None,
         metavar="W",
@@ -1048,7 +1066,9 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
     at_command = next((i for i, t in enumerate(argv) if t in commands), None)
     top = [s for action in parser._actions for s in action.option_strings]
     for token in argv[:at_command]:  # before the command only -h / --help / --version belong
-        if token.startswith("-") and token.split("=", 1)[0] not in top:
+        name = token.split("=", 1)[0]
+        abbreviates = name.startswith("--") and any(k.startswith(name) for k in top)
+        if token.startswith("-") and name not in top and not abbreviates:
             parser.error(
                 f"unrecognized option {token} before the command (n2nfunc --help lists "
                 f"the commands: {', '.join(commands)})"
@@ -1068,8 +1088,9 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
             continue
         if name.startswith("--") and prefixed:
             command.error(f"ambiguous option: {name} could match {', '.join(prefixed)}")
-        close = difflib.get_close_matches(name, [k for k in known if k.startswith("--")], 1)
-        hint = f"did you mean {close[0]}? " if close else ""
+        words = [k[2:] for k in known if k.startswith("--")]  # the "--" would count as alike
+        close = difflib.get_close_matches(name.lstrip("-"), words, 1, cutoff=0.75)
+        hint = f"did you mean --{close[0]}? " if close else ""
         command.error(
             f"unrecognized option {name} ({hint}n2nfunc {argv[at_command]} --help lists the "
             "options)"

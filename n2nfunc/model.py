@@ -29,6 +29,7 @@ tensor of the input's shape, in the input's scale, on the input's device.
 
 import math
 from collections.abc import Callable
+from numbers import Integral, Real
 from pathlib import Path
 
 from torch import Generator, Tensor, cat, empty
@@ -73,6 +74,9 @@ DEFAULT_CONFIG = {
     "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
 UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
+# A float training target beside a 0-1 input, with values up to this, is 0-1 with unclipped
+# noise (4 = white plus 7.5 sigma of Gaussian noise with sigma 100 on the 0-255 scale).
+NOISY_TARGET_MAX = 4.0
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
@@ -199,14 +203,17 @@ def check_config(config: dict) -> None:
     """Each training setting must be of its kind and range (a negative final learning-rate
     fraction would turn the end of every run into gradient ascent)."""
 
-    def whole(key, low):
+    def whole(key, low=None):  # Python or NumPy integers
         v = config[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
+        if not isinstance(v, Integral) or isinstance(v, bool) or (low is not None and v < low):
+            raise ValueError(
+                f"{key} must be an int{'' if low is None else f' >= {low}'}, got {v!r}"
+            )
+        config[key] = int(v)
 
     def number(key, low, high=None, low_open=False, high_open=True):
         v = config[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
         ok = ok and (v > low if low_open else v >= low)
         ok = ok and (high is None or (v < high if high_open else v <= high))
         if not ok:
@@ -214,11 +221,12 @@ def check_config(config: dict) -> None:
                 "" if high is None else f" and {'<' if high_open else '<='} {high}"
             )
             raise ValueError(f"{key} must be a finite number {span}, got {v!r}")
+        config[key] = float(v) if not isinstance(v, Integral) else int(v)
 
     whole("batch_size", 1)
     whole("num_epochs", 0)
     whole("warmup_steps", 0)
-    whole("seed", 0)
+    whole("seed")  # (any int, as torch.Generator.manual_seed takes)
     number("lr", 0, low_open=True)
     number("momentum", 0, 1)
     number("final_lr_fraction", 0, 1, high_open=False)
@@ -412,11 +420,20 @@ class Model:
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
     def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
-        """Validate a training set and return it as float tensors in [0, 1]. A float target
-        takes the input's scale: a Noise2Noise target's noise is not clipped, so a 0-1 target
-        may exceed 1 a little (the scale rule alone would read it as 0-255)."""
+        """Validate a training set and return it as float tensors in [0, 1]. Each follows the
+        scale rule, except a float target beside a 0-1 float input whose maximum is at most
+        NOISY_TARGET_MAX: that is a 0-1 image whose noise was not clipped (as a Noise2Noise
+        target's should not be), not a 0-255 image darker than 2%."""
         x, scale = to_unit_range(train_input, "train_input")
-        y, _ = to_unit_range(train_target, "train_target", scale)
+        unclipped = (
+            scale == 1.0
+            and train_input.is_floating_point()
+            and isinstance(train_target, Tensor)
+            and train_target.is_floating_point()
+            and train_target.numel() > 0
+            and float(train_target.max()) <= NOISY_TARGET_MAX
+        )
+        y, _ = to_unit_range(train_target, "train_target", 1.0 if unclipped else None)
         if x.shape != y.shape:
             raise ValueError(
                 f"train_input shape {tuple(x.shape)} does not match train_target "

@@ -110,7 +110,9 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
     again = ["--noise", "gaussian:10.0", "--epochs", "1", "--n-train", "96", "--no-pictures"]
     before = (out / "model.pth").read_bytes()
     assert main([*resume, *again]) == 0
-    assert "this run has finished its 1 epoch; nothing to train" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "this run has finished its 1 epoch; nothing to train; its weights: " in said
+    assert f"{out / 'model.pth'} (to train on" in said and "generating" not in said
     assert (out / "model.pth").read_bytes() == before  # nothing rewritten
 
 

@@ -177,7 +177,8 @@ def test_images_without_pixels_are_refused(layer, hw):
 
 @pytest.mark.parametrize(
     "layer",
-    IMAGE_LAYERS + [nf.relu(), nf.elu(), nf.flatten(), nf.serial(nf.conv2d(4, 3), nf.relu())],
+    IMAGE_LAYERS
+    + [nf.relu(), nf.elu(), nf.flatten(), nf.identity(), nf.serial(nf.conv2d(4, 3), nf.relu())],
 )
 @pytest.mark.parametrize("ct_dtype", [torch.float64, torch.bfloat16])
 def test_a_cotangent_of_another_float_dtype_is_converted_to_the_outputs(layer, ct_dtype):
