@@ -29,7 +29,6 @@ tensor of the input's shape, in the input's scale, on the input's device.
 
 import math
 from collections.abc import Callable
-from numbers import Integral, Real
 from pathlib import Path
 
 from torch import Generator, Tensor, cat, empty
@@ -203,9 +202,10 @@ def check_config(config: dict) -> None:
     """Each training setting must be of its kind and range (a negative final learning-rate
     fraction would turn the end of every run into gradient ascent)."""
 
-    def whole(key, low=None):  # Python or NumPy integers
+    def whole(key, low=None):  # Python or NumPy integers (anything with __index__)
         v = config[key]
-        if not isinstance(v, Integral) or isinstance(v, bool) or (low is not None and v < low):
+        integral = hasattr(type(v), "__index__") and not isinstance(v, bool)
+        if not integral or (low is not None and v < low):
             raise ValueError(
                 f"{key} must be an int{'' if low is None else f' >= {low}'}, got {v!r}"
             )
@@ -213,7 +213,8 @@ def check_config(config: dict) -> None:
 
     def number(key, low, high=None, low_open=False, high_open=True):
         v = config[key]
-        ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+        real = hasattr(type(v), "__float__") and not isinstance(v, (bool, str, complex))
+        ok = real and math.isfinite(float(v))
         ok = ok and (v > low if low_open else v >= low)
         ok = ok and (high is None or (v < high if high_open else v <= high))
         if not ok:
@@ -221,7 +222,7 @@ def check_config(config: dict) -> None:
                 "" if high is None else f" and {'<' if high_open else '<='} {high}"
             )
             raise ValueError(f"{key} must be a finite number {span}, got {v!r}")
-        config[key] = float(v) if not isinstance(v, Integral) else int(v)
+        config[key] = int(v) if hasattr(type(v), "__index__") else float(v)
 
     whole("batch_size", 1)
     whole("num_epochs", 0)
