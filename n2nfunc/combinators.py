@@ -232,7 +232,11 @@ def fanin_concat(axis: int = 1) -> Layer:
 
     def init(generator, in_shapes):
         shapes = [tuple(s) for s in _check_tuple(in_shapes, -1, name)]
-        others = {s[:axis] + s[axis + 1 :] for s in shapes}
+        ranks = {len(s) for s in shapes}
+        if len(ranks) != 1 or not -min(ranks) <= axis < min(ranks):
+            raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")
+        a = axis % len(shapes[0])  # s[:-1] + s[0:] would keep the whole shape for axis -1
+        others = {s[:a] + s[a + 1 :] for s in shapes}
         if len(others) != 1:
             raise ValueError(f"{name}: inputs must agree except along axis {axis}, got {shapes}")
         size = sum(s[axis] for s in shapes)

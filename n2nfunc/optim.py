@@ -312,8 +312,16 @@ def cosine_decay(
     """Linear warm-up over ``warmup_steps`` (``init_lr * (step + 1) / warmup_steps``), then
     cosine decay from ``init_lr`` to ``final_fraction * init_lr`` at ``decay_steps``,
     constant after."""
+    check_hyperparameters("cosine_decay", init_lr=init_lr, final_fraction=final_fraction)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (decay_steps, warmup_steps)):
+        raise ValueError(
+            f"cosine_decay: decay_steps and warmup_steps must be ints, got {decay_steps!r} and "
+            f"{warmup_steps!r}"
+        )
     if decay_steps < 1 or warmup_steps < 0 or warmup_steps >= decay_steps:
         raise ValueError("cosine_decay: need 0 <= warmup_steps < decay_steps")
+    if final_fraction > 1:
+        raise ValueError(f"cosine_decay: final_fraction must be at most 1, got {final_fraction!r}")
 
     def schedule(step: int) -> float:
         if step < warmup_steps:

@@ -149,3 +149,15 @@ def test_skipping_the_input_gradient_reaches_the_first_layers_with_parameters():
     assert flat.keys() == dict(nf.tree.flatten(skipped)).keys()
     assert all(torch.equal(t, flat[p]) for p, t in nf.tree.flatten(skipped))
     assert skipped["0"] == {} and skipped["1"] == {}
+
+
+@pytest.mark.parametrize("axis", [-1, 3, -3, 1])
+def test_fanin_concat_init_takes_negative_axes(axis):
+    shapes = [[2, 3, 4, 5], [2, 3, 4, 5]]
+    shapes[1][axis] = 6
+    layer = nf.fanin_concat(axis=axis)
+    out, _ = layer.init(None, tuple(tuple(s) for s in shapes))
+    y = layer.apply({}, tuple(torch.zeros(s) for s in shapes))
+    assert out == tuple(y.shape)
+    with pytest.raises(ValueError, match=r"inputs of one rank with an axis 4"):
+        nf.fanin_concat(axis=4).init(None, ((2, 3), (2, 3)))

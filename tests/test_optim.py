@@ -380,3 +380,18 @@ def test_saved_state_resumes_exactly(tmp_path):
 def test_bad_hyperparameters_are_refused(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        ((1.0, 10, -2.0), r"final_fraction must be a finite number >= 0, got -2.0"),
+        ((1.0, 10, 1.5), r"final_fraction must be at most 1, got 1.5"),
+        ((-1e-3, 100), r"init_lr must be a finite number >= 0, got -0.001"),
+        ((float("nan"), 100), r"init_lr must be a finite number >= 0, got nan"),
+        ((1.0, 2.5), r"decay_steps and warmup_steps must be ints, got 2.5 and 0"),
+    ],
+)
+def test_cosine_decay_refuses_settings_that_make_a_negative_or_odd_rate(args, pattern):
+    with pytest.raises(ValueError, match="cosine_decay: " + pattern):
+        nf.cosine_decay(*args)
