@@ -147,3 +147,31 @@ def test_read_image_refuses_a_decompression_bomb_in_one_line(tmp_path):
     Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")
     with pytest.raises(ValueError, match=r"bomb.png: it decodes to more pixels than Pillow's"):
         read_image(tmp_path / "bomb.png")
+
+
+def test_a_dark_16_bit_image_is_scaled_as_16_bit(tmp_path):
+    """16-bit by its mode, not by its brightest pixel: a dark frame is not read 257x too
+    bright (and two frames either side of 255 keep one scale)."""
+    np = pytest.importorskip("numpy")
+    from PIL import Image
+
+    dark = (np.arange(64 * 64).reshape(64, 64) % 200).astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    picture = read_image(tmp_path / "dark16.png")
+    assert picture.deep and picture.grey
+    assert torch.equal(picture.rgb[0], torch.from_numpy((dark / 257).round().astype(np.uint8)))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone's portrait photo, stored landscape with Orientation = 6 (rotate 90 degrees),
+    comes out upright."""
+    from PIL import Image
+
+    im = Image.new("RGB", (80, 40), (200, 10, 10))
+    im.paste((10, 200, 10), (0, 0, 10, 40))  # a green band on the stored image's left edge
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    rgb = read_image(tmp_path / "portrait.jpg").rgb
+    assert tuple(rgb.shape) == (3, 80, 40)  # displayed 40 wide, 80 high
+    assert rgb[1, :5].float().mean() > 150 and rgb[0, :5].float().mean() < 60  # band on top

@@ -95,17 +95,19 @@ class Picture(NamedTuple):
 def read_image(path) -> Picture:
     """An image file as uint8 tensors. Greyscale becomes three equal channels (and
     ``grey`` is set); palette and other modes are converted to RGB; alpha is kept apart."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as raw:
+            raw.load()
+            im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
             grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
-            deep = im.mode.startswith("I") and im.getextrema()[1] > 255  # 16-bit: 0-65535
+            # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
+            deep = im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255)
             if deep:
                 im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
             rgb = im.convert("RGB")
