@@ -671,6 +671,13 @@ def _check_nproc(args, error) -> None:
             f"--nproc {args.nproc}: the global --batch-size {args.batch_size} must divide by the "
             "number of processes (each takes an equal slice of every batch)"
         )
+    generated = not any(getattr(args, k, None) for k in ("train", "pairs"))
+    n = getattr(args, "n_train", None)
+    if args.nproc > 1 and generated and n is not None and n < args.batch_size and n % args.nproc:
+        error(  # a batch is at most the whole training set
+            f"--nproc {args.nproc}: --n-train {n} is below --batch-size {args.batch_size}, so "
+            f"each batch is all {n} pairs, which must divide by the number of processes"
+        )
 
 
 def _check_eval(args, error) -> None:

@@ -219,6 +219,10 @@ ROWS = [
         r"train: error: unrecognized option --batchsize \(did you mean --batch-size\? n2nfunc t",
     ),
     ("--foo train", r"n2nfunc: error: unrecognized option --foo before the command"),
+    (
+        "train --nproc 2 --n-train 15 --batch-size 16",
+        r"--nproc 2: --n-train 15 is below --batch-size 16, so each batch is all 15 pairs",
+    ),
     ("train --gpu", r"unrecognized option --gpu \(n2nfunc train --help"),  # no far-off guess
     ("eval --n-val 2000000000", r"--n-val 2000000000: the pairs need about \d+ GiB .*is 1000\)"),
     ("train extra", r"n2nfunc train: error: unrecognized arguments: extra$"),
