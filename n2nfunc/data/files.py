@@ -107,7 +107,8 @@ def read_image(path) -> Picture:
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
             grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
             # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
-            deep = im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] > 255)
+            top = im.getextrema()[1] if im.mode == "I" else 0
+            deep = im.mode.startswith("I;16") or (isinstance(top, (int, float)) and top > 255)
             if deep:
                 im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
             rgb = im.convert("RGB")
