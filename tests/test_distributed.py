@@ -251,9 +251,14 @@ def _start_long_run(tmp_path):
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pth").exists():
+
+    def an_epoch_done():  # (the state is written at the start too, atomically)
+        path = out / "checkpoint.pth"
+        return path.exists() and checkpoint.load(path)["epoch"] >= 1
+
+    while not an_epoch_done():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        assert time.monotonic() < deadline, "no checkpoint of a finished epoch after 120 s"
         time.sleep(0.2)
     return proc, out
 
