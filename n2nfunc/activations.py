@@ -9,7 +9,7 @@ layout, so channels-last activations stay channels-last.
 import math
 from functools import lru_cache
 
-from torch import empty
+from torch import Tensor, empty
 
 from .base import (
     Layer,
@@ -123,6 +123,8 @@ def identity() -> Layer:
         return in_shape, {}
 
     def vjp(params, x):
+        if not isinstance(x, Tensor):  # a tuple or tree of streams passes through as it is
+            return x, lambda ct: ({}, ct)
         x_out = output_of(x)
         return x, lambda ct: ({}, check_cotangent(ct, x_out, "identity"))
 

@@ -646,13 +646,14 @@ def _check_memory(args, error) -> None:
             side = PHOTO_CROP if args.photos and _camera_noise(args) else 32
             counts.append(("--n-train", args.n_train, side, _n_train_default(args)))
     if not (args.val or args.val_pairs) and args.n_val is not None:
-        counts.append(("--n-val", args.n_val, 32, 1000))
+        side = PHOTO_CROP if getattr(args, "val_photos", None) and _camera_noise(args) else 32
+        counts.append(("--n-val", args.n_val, side, 1000))
     try:
         have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on this system
         return
-    copies = max(1, getattr(args, "nproc", 1))
-    need = copies * sum(n * 2 * 3 * side * side * 4 for _, n, side, _ in counts)
+    copies = {"--n-train": max(1, getattr(args, "nproc", 1)), "--n-val": 1}  # rank 0 evaluates
+    need = sum(copies[o] * n * 2 * 3 * side * side * 4 for o, n, side, _ in counts)
     if need > have and counts:
         option, n, _, default = max(counts, key=lambda c: c[1] * c[2] ** 2)
         error(

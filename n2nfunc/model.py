@@ -73,9 +73,10 @@ DEFAULT_CONFIG = {
     "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
 UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
-# A float training target beside a 0-1 input, with values up to this, is 0-1 with unclipped
-# noise (4 = white plus 7.5 sigma of Gaussian noise with sigma 100 on the 0-255 scale).
-NOISY_TARGET_MAX = 4.0
+# A float training target beside a 0-1 input whose *mean* is at most this is 0-1 with
+# unclipped, zero-mean noise (its maximum may be far above 1: Poisson noise at peak 1 reached
+# 9); a 0-255 image with a mean below 2 would be all but black.
+NOISY_TARGET_MEAN = 2.0
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
@@ -202,9 +203,16 @@ def check_config(config: dict) -> None:
     """Each training setting must be of its kind and range (a negative final learning-rate
     fraction would turn the end of every run into gradient ascent)."""
 
-    def whole(key, low=None):  # Python or NumPy integers (anything with __index__)
+    def plain(v) -> bool:  # a Python or NumPy number, not a bool, string or tensor
+        return (
+            hasattr(type(v), "__float__")
+            and not isinstance(v, (bool, str, complex, Tensor))
+            and getattr(v, "ndim", 0) == 0
+        )
+
+    def whole(key, low=None):
         v = config[key]
-        integral = hasattr(type(v), "__index__") and not isinstance(v, bool)
+        integral = plain(v) and math.isfinite(float(v)) and int(v) == v
         if not integral or (low is not None and v < low):
             raise ValueError(
                 f"{key} must be an int{'' if low is None else f' >= {low}'}, got {v!r}"
@@ -213,8 +221,7 @@ def check_config(config: dict) -> None:
 
     def number(key, low, high=None, low_open=False, high_open=True):
         v = config[key]
-        real = hasattr(type(v), "__float__") and not isinstance(v, (bool, str, complex))
-        ok = real and math.isfinite(float(v))
+        ok = plain(v) and math.isfinite(float(v))
         ok = ok and (v > low if low_open else v >= low)
         ok = ok and (high is None or (v < high if high_open else v <= high))
         if not ok:
@@ -222,7 +229,7 @@ def check_config(config: dict) -> None:
                 "" if high is None else f" and {'<' if high_open else '<='} {high}"
             )
             raise ValueError(f"{key} must be a finite number {span}, got {v!r}")
-        config[key] = int(v) if hasattr(type(v), "__index__") else float(v)
+        config[key] = v if isinstance(v, int) else float(v)
 
     whole("batch_size", 1)
     whole("num_epochs", 0)
@@ -422,9 +429,9 @@ class Model:
 
     def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
         """Validate a training set and return it as float tensors in [0, 1]. Each follows the
-        scale rule, except a float target beside a 0-1 float input whose maximum is at most
-        NOISY_TARGET_MAX: that is a 0-1 image whose noise was not clipped (as a Noise2Noise
-        target's should not be), not a 0-255 image darker than 2%."""
+        scale rule, except a float target beside a 0-1 float input whose mean is at most
+        NOISY_TARGET_MEAN: that is a 0-1 image whose zero-mean noise was not clipped (as a
+        Noise2Noise target's should not be), not a 0-255 image darker than 1%."""
         x, scale = to_unit_range(train_input, "train_input")
         unclipped = (
             scale == 1.0
@@ -432,7 +439,7 @@ class Model:
             and isinstance(train_target, Tensor)
             and train_target.is_floating_point()
             and train_target.numel() > 0
-            and float(train_target.max()) <= NOISY_TARGET_MAX
+            and float(train_target.mean()) <= NOISY_TARGET_MEAN
         )
         y, _ = to_unit_range(train_target, "train_target", 1.0 if unclipped else None)
         if x.shape != y.shape:
@@ -485,7 +492,11 @@ class Model:
         else:
             parallel = None
         peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
-        total = max(1, total_epochs * steps)
+        if isinstance(total_epochs, bool) or int(total_epochs) != total_epochs:
+            raise ValueError(
+                f"Model.train_epoch: total_epochs must be an int, got {total_epochs!r}"
+            )
+        total = max(1, int(total_epochs) * steps)
         schedule = optim.cosine_decay(
             peak,
             total + 1,

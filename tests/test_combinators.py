@@ -161,3 +161,13 @@ def test_fanin_concat_init_takes_negative_axes(axis):
     assert out == tuple(y.shape)
     with pytest.raises(ValueError, match=r"inputs of one rank with an axis 4"):
         nf.fanin_concat(axis=4).init(None, ((2, 3), (2, 3)))
+
+
+def test_identity_passes_several_streams_through():
+    net = nf.serial(nf.fanout(2), nf.identity(), nf.fanin_sum())
+    _, params = net.init(torch.Generator(), (2, 3))
+    x = torch.randn(2, 3)
+    y, pullback = net.vjp(params, x)
+    assert torch.equal(y, 2 * x) and torch.equal(
+        pullback(torch.ones(2, 3))[1], 2 * torch.ones(2, 3)
+    )

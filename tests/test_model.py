@@ -291,3 +291,35 @@ def test_configs_take_numpy_numbers_and_any_integer_seed():
     m = Model({**SMALL, "batch_size": np.int64(16), "lr": np.float32(1e-3), "seed": -1})
     assert m.config["batch_size"] == 16 and type(m.config["batch_size"]) is int
     assert type(m.config["lr"]) is float
+
+
+def test_a_strongly_noisy_0_1_target_stays_0_1():
+    """Unclipped Poisson noise at peak 1 takes a 0-1 target to 9 and more; its mean stays
+    that of the image, which is what tells it from a 0-255 one."""
+    from n2nfunc.data.noise import photo_noise_pairs
+
+    photo = torch.full((3, 128, 128), 230, dtype=torch.uint8)
+    a, b = photo_noise_pairs([photo], 16, "poisson:1", 64, 0)
+    assert float(b.max()) > 4
+    _, y = Model(SMALL).prepare_pairs(a, b)
+    assert abs(float(y.mean()) - 230 / 255) < 0.05
+
+
+@pytest.mark.parametrize(
+    "config,pattern",
+    [
+        ({"lr": torch.tensor(1e-3)}, r"lr must be a finite number > 0, got tensor"),
+        ({"batch_size": torch.tensor(16)}, r"batch_size must be an int >= 1, got tensor"),
+        ({"batch_size": 16.7}, r"batch_size must be an int >= 1, got 16.7"),
+    ],
+)
+def test_tensors_and_fractions_are_not_config_numbers(config, pattern):
+    with pytest.raises(ValueError, match=r"^Model: " + pattern):
+        Model(config)
+
+
+def test_train_epoch_takes_a_numpy_epoch_count():
+    np = pytest.importorskip("numpy")
+    m = Model({**SMALL, "batch_size": 4})
+    x, y = m.prepare_pairs(torch.rand(8, 3, 8, 8), torch.rand(8, 3, 8, 8))
+    assert m.train_epoch(x, y, 0, np.int64(3)) > 0

@@ -30,7 +30,7 @@ KINDS = ("gaussian", "poisson", "downsample")
 MAX_FACTOR = 16  # downsampling factors (the clean images are rendered FACTOR times larger)
 POISSON_PEAKS = (1e-3, 1e6)  # photons at white: beyond these, torch.poisson's range ends
 # (1e19 gave black images) or a float32 peak becomes 0 (NaN images)
-_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")  # ASCII digits only
+_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 GRAMMAR = "gaussian:SIGMA, gaussian:LO-HI, poisson:PEAK, poisson:LO-HI or downsample[:FACTOR]"
 
 
