@@ -231,11 +231,10 @@ class Output(NamedTuple):
     device: device
 
 
-def output_of(y: Tensor, shape: tuple | None = None) -> Output:
-    """The :class:`Output` of ``y`` (or of a tensor of ``shape`` with ``y``'s dtype and
-    device). Pullbacks keep this, not ``y``, unless they need ``y`` anyway: a closure that
-    holds the output keeps its memory alive until the backward pass."""
-    return Output(tuple(y.shape) if shape is None else tuple(shape), y.dtype, y.device)
+def output_of(y: Tensor) -> Output:
+    """The :class:`Output` of ``y``. Pullbacks keep this, not ``y``, unless they need ``y``
+    anyway: a closure that holds the output keeps its memory alive until the backward pass."""
+    return Output(tuple(y.shape), y.dtype, y.device)
 
 
 def check_cotangent(ct, out: "Tensor | Output", layer: str) -> Tensor:

@@ -52,8 +52,7 @@ SHIPPED_NOISE = (
 def _setup(args) -> torch.device:
     if args.threads:
         cores, processes = os.cpu_count() or args.threads, max(1, getattr(args, "nproc", 1))
-        lead = not launch.is_worker() or os.environ.get("RANK", "0") == "0"
-        if lead and args.threads * processes > cores:
+        if _rank() == "0" and args.threads * processes > cores:
             each = f" in each of {processes} processes" if processes > 1 else ""
             print(
                 f"note: --threads {args.threads}{each} is more than this machine's {cores} "
@@ -66,6 +65,11 @@ def _setup(args) -> torch.device:
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(args.device)
+
+
+def _rank() -> str:
+    """This process's rank in a data-parallel run ("0" outside one)."""
+    return os.environ.get("RANK", "0") if launch.is_worker() else "0"
 
 
 def _loading(option: str, load, *a, **kw):
@@ -335,7 +339,7 @@ def _save_state(model: Model, path, epoch: int, history: list, noise: str, data:
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     if args.resume:  # before --nproc's workers start: a refusal is a usage error (exit 2)
-        rank = os.environ.get("RANK", "0") if launch.is_worker() else "0"
+        rank = _rank()
         state = _load_state(args.resume)
         _resume_options(args, state, say=rank == "0")
         _check_precision(args, _refuse)  # the run's precision and batch size, here
@@ -396,8 +400,8 @@ def run_training(args, device, dp=None) -> int:
         model = Model(_config(args))
         start, history = 0, []
     epochs = model.config["num_epochs"]
-    out = Path(args.out)
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
+    out = Path(args.out)
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
     per_epoch = (x.shape[0] // bs) * bs
@@ -1129,7 +1133,7 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         return args.func(args)
-    except KeyboardInterrupt:  # (train saves its state itself when stopped in an epoch)
+    except KeyboardInterrupt:  # (inside an epoch train says which state it kept, itself)
         print(f"\nn2nfunc {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as e:
