@@ -125,7 +125,7 @@ def _validation_data(args):
         xv, yv = _loading("--val", load_pair_file, args.val)
         return xv, yv, f"course file {args.val}"
     if args.val_pairs:
-        xv, yv = _loading("--val-pairs", load_folder_pairs, args.val_pairs)
+        xv, yv = _loading("--val-pairs", load_folder_pairs, args.val_pairs, announce=_say)
         return xv, yv, f"image pairs in {args.val_pairs}"
     if args.val_photos:
         photos = _loading("--val-photos", load_photos, args.val_photos)
@@ -153,7 +153,7 @@ def _training_data(args):
         xt, yt = _loading("--train", load_pair_file, args.train)
         return xt, yt, f"course file {args.train}", f"the noise of the course file {args.train}"
     if args.pairs:
-        xt, yt = _loading("--pairs", load_folder_pairs, args.pairs)
+        xt, yt = _loading("--pairs", load_folder_pairs, args.pairs, announce=_say)
         return (
             xt,
             yt,

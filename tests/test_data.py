@@ -1,3 +1,4 @@
+import shutil
 import warnings
 
 import pytest
@@ -129,6 +130,26 @@ def test_images_and_folder_pairs(tmp_path):
         (tmp_path / "c" / "a").mkdir(parents=True)
         (tmp_path / "c" / "b").mkdir()
         load_folder_pairs(tmp_path / "c")
+
+
+def test_folder_pairs_name_the_images_they_leave_out(tmp_path):
+    rgb = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    for sub in ("a", "b"):
+        write_image(tmp_path / sub / "one.png", rgb)
+        write_image(tmp_path / sub / "tiny.png", rgb[:, :20, :])
+    for i in range(5):
+        write_image(tmp_path / "b" / f"only_b{i}.png", rgb)
+    notes = []
+    a, _ = load_folder_pairs(tmp_path, announce=notes.append)
+    assert a.shape[0] == 1 and len(notes) == 1
+    assert "5 without a partner" in notes[0] and "b/only_b0.png" in notes[0]
+    assert "and 2 more" in notes[0] and "1 smaller than 32x32 (tiny.png)" in notes[0]
+    for sub in ("a", "b"):
+        shutil.rmtree(tmp_path / sub)
+        write_image(tmp_path / sub / "one.png", rgb)
+    notes.clear()
+    load_folder_pairs(tmp_path, announce=notes.append)
+    assert notes == []  # every image used: nothing to say
 
 
 def test_photo_pairs_from_an_image():

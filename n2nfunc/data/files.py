@@ -6,6 +6,7 @@ Never executes code from a file: tensors are read with ``torch.load(weights_only
 import pickle
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -152,9 +153,15 @@ def list_images(folder) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> tuple[Tensor, Tensor]:
+def load_folder_pairs(
+    root, patch: int = 32, stride: int = 32, announce: Callable[[str], object] | None = None
+) -> tuple[Tensor, Tensor]:
     """Pairs from ``root/a`` and ``root/b``: images with the same file name in both (noisy/noisy
-    for training, noisy/clean for validation), cut into ``patch x patch`` tiles."""
+    for training, noisy/clean for validation), cut into ``patch x patch`` tiles.
+
+    Images left out -- a name in only one folder, or smaller than the patch -- are counted
+    and named in one ``announce(message)``, so that a half-filled folder is not read quietly.
+    """
     root = Path(root)
     a_dir, b_dir = root / "a", root / "b"
     names_a = {p.name: p for p in list_images(a_dir)}
@@ -162,6 +169,9 @@ def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> tuple[Tensor, 
     common = sorted(set(names_a) & set(names_b))
     if not common:
         raise ValueError(f"{root}: no image file names common to {a_dir} and {b_dir}")
+    skipped = [f"a/{n}" for n in sorted(set(names_a) - set(names_b))]
+    skipped += [f"b/{n}" for n in sorted(set(names_b) - set(names_a))]
+    small = []
     firsts, seconds = [], []
     for name in common:
         a, b = read_image(names_a[name]).rgb, read_image(names_b[name]).rgb
@@ -170,6 +180,7 @@ def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> tuple[Tensor, 
                 f"{root}: {name} has size {tuple(a.shape[1:])} in a/ but {tuple(b.shape[1:])} in b/"
             )
         if min(a.shape[1:]) < patch:
+            small.append(name)
             continue
         ta = a.unfold(1, patch, stride).unfold(2, patch, stride)
         tb = b.unfold(1, patch, stride).unfold(2, patch, stride)
@@ -177,4 +188,20 @@ def load_folder_pairs(root, patch: int = 32, stride: int = 32) -> tuple[Tensor, 
         seconds.append(tb.permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
     if not firsts:
         raise ValueError(f"{root}: every image is smaller than the {patch}x{patch} patch")
+    if announce is not None and (skipped or small):
+        announce(_skipped_note(root, skipped, small, patch))
     return torch.cat(firsts), torch.cat(seconds)
+
+
+def _skipped_note(root, unmatched: list, small: list, patch: int) -> str:
+    """One line on the images of a pair folder that were left out, naming a few."""
+
+    def few(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = []
+    if unmatched:
+        parts.append(f"{len(unmatched)} without a partner of the same name ({few(unmatched)})")
+    if small:
+        parts.append(f"{len(small)} smaller than {patch}x{patch} ({few(small)})")
+    return f"note: {root}: left out " + "; ".join(parts)
