@@ -93,10 +93,12 @@ def huber(delta: float = 1.0) -> Loss:
 
 def bce_with_logits_value_and_grad(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """``mean(-t log sigmoid(x) - (1 - t) log(1 - sigmoid(x)))`` of logits ``x`` and target
-    probabilities ``t``, computed stably as ``max(x, 0) - x t + log(1 + exp(-|x|))``; gradient
-    ``(sigmoid(x) - t) / numel``."""
+    probabilities ``t``, computed stably as ``(1 - t) max(x, 0) + t max(-x, 0) + log(1 +
+    exp(-|x|))`` (``max(x, 0) - x t`` rearranged so that an infinite logit gives an infinite
+    loss, not ``inf - inf``); gradient ``(sigmoid(x) - t) / numel``."""
     _check_pair(logits, target, "binary_cross_entropy_with_logits")
-    value = logits.clamp(min=0) - logits * target + logits.abs().neg_().exp_().log1p_()
+    value = logits.clamp(min=0).mul_(1 - target) + logits.neg().clamp_(min=0).mul_(target)
+    value += logits.abs().neg_().exp_().log1p_()
     return value.mean(), logits.sigmoid().sub_(target).div_(logits.numel())
 
 

@@ -48,24 +48,58 @@ class GradientTransformation(NamedTuple):
     update: Callable
 
 
-def _l2_decayed(grads, params, weight_decay: float):
+def _l2_decayed(grads, params, weight_decay: float, name: str):
     """``grads + weight_decay * params`` (torch.optim's coupled ``weight_decay``)."""
     if not weight_decay:
         return grads
-    return tree.map(lambda g, p: g + weight_decay * p, grads, params)
+    return tree.map(lambda g, p: g + weight_decay * p, grads, _needed(params, name))
+
+
+def _needed(params, name: str):
+    if params is None:
+        raise ValueError(f"{name}: weight decay needs the params: update(grads, state, params)")
+    return params
+
+
+def _check_grads(grads, like, name: str) -> None:
+    """The gradients must match the params (or, without them, the optimizer's state) leaf
+    for leaf, in shape and dtype: nothing is broadcast, as torch refuses such a ``.grad``."""
+    tree.check_like(grads, like, f"{name}: gradients", "parameter")
 
 
 def _lr_at(lr: LearningRate, step: int) -> float:
     return lr(step) if callable(lr) else lr
 
 
-def check_hyperparameters(name: str, **values) -> None:
-    """Each value must be a finite number >= 0; only ``lr`` may also be a schedule."""
+def check_hyperparameters(name: str, **values) -> list:
+    """Each value must be a finite real number >= 0 -- a Python, NumPy or 0-dim tensor
+    scalar -- and only ``lr`` may also be a schedule. Returns the values in order, numbers as
+    Python floats."""
+    out = []
     for key, v in values.items():
         if key == "lr" and callable(v):
+            out.append(v)
             continue
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name}: {key} must be a finite number >= 0, got {v!r}")
+        number = _real(v)
+        if number is None or not math.isfinite(number) or number < 0:
+            raise ValueError(
+                f"{name}: {key} must be a finite number >= 0, got {v!r}"
+                + (f" ({type(v).__name__})" if number is None else "")
+            )
+        out.append(number)
+    return out
+
+
+def _real(v) -> float | None:
+    """``float(v)`` for a real scalar (not a bool, string or a tensor of several numbers)."""
+    if isinstance(v, (bool, str, bytes)) or getattr(v, "ndim", 0) != 0:
+        return None
+    if getattr(v, "is_complex", lambda: False)() or isinstance(v, complex):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def sgd(
@@ -81,7 +115,7 @@ def sgd(
     ``b = momentum * b + (1 - dampening) * d`` after; ``d = d + momentum * b`` (Nesterov)
     or ``d = b``; update ``-lr * d``.
     """
-    check_hyperparameters(
+    lr, momentum, weight_decay, dampening = check_hyperparameters(
         "sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening
     )
     if nesterov and (momentum <= 0 or dampening != 0):
@@ -94,9 +128,10 @@ def sgd(
         return state
 
     def update(grads, state, params):
+        _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        d = _l2_decayed(grads, params, weight_decay)
+        d = _l2_decayed(grads, params, weight_decay, "sgd")
         new_state = {"step": step + 1}
         if momentum:
             if step == 0:
@@ -119,8 +154,9 @@ def _adam(
     or decoupled, ``-lr * wd * p`` added to the update (``adamw``)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
-    b1, b2 = betas
-    check_hyperparameters(name, lr=lr, eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
+    lr, eps, weight_decay, b1, b2 = check_hyperparameters(
+        name, lr=lr, eps=eps, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1]
+    )
     if not (b1 < 1 and b2 < 1):
         raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
     l2 = 0.0 if decoupled else weight_decay
@@ -132,6 +168,9 @@ def _adam(
         return state
 
     def update(grads, state, params):
+        _check_grads(grads, params if params is not None else state["m"], name)
+        if weight_decay:
+            _needed(params, name)
         t = state["step"] + 1
         lr_now = _lr_at(lr, t - 1)
         g = tree.map(lambda g_, p: g_.add(p, alpha=l2), grads, params) if l2 else grads
@@ -196,7 +235,7 @@ def rmsprop(
     (1 - alpha) g`` and ``d = sqrt(s - a^2) + eps``, else ``d = sqrt(s) + eps``; update
     ``-lr * g / d``, or with momentum ``b = momentum * b + g / d`` and update ``-lr * b``.
     """
-    check_hyperparameters(
+    lr, alpha, eps, weight_decay, momentum = check_hyperparameters(
         "rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
     )
     if not alpha < 1:
@@ -211,9 +250,10 @@ def rmsprop(
         return state
 
     def update(grads, state, params):
+        _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        g = _l2_decayed(grads, params, weight_decay)
+        g = _l2_decayed(grads, params, weight_decay, "rmsprop")
         s = tree.map(lambda s_, x: s_ * alpha + (1 - alpha) * (x * x), state["square_avg"], g)
         new_state = {"step": step + 1, "square_avg": s}
         if centered:
@@ -263,7 +303,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all updates by ``min(1, max_norm / (norm + 1e-6))``, where ``norm`` is the
     Euclidean norm of all leaves together, as ``torch.nn.utils.clip_grad_norm_``. Stateless
     (state ``{}``); the norm stays a tensor, so no device synchronisation."""
-    check_hyperparameters("clip_by_global_norm", max_norm=max_norm)
+    (max_norm,) = check_hyperparameters("clip_by_global_norm", max_norm=max_norm)
 
     def init(params):
         return {}
@@ -283,26 +323,28 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     """Add ``weight_decay * params`` to the updates (as optax; placed before an optimizer,
     the L2 decay of ``torch.optim``'s ``weight_decay``). Stateless (state ``{}``)."""
-    check_hyperparameters("add_decayed_weights", weight_decay=weight_decay)
+    (weight_decay,) = check_hyperparameters("add_decayed_weights", weight_decay=weight_decay)
 
     def init(params):
         return {}
 
     def update(grads, state, params):
-        if params is None:
-            raise ValueError("add_decayed_weights: update needs the params")
-        return _l2_decayed(grads, params, weight_decay), state
+        _check_grads(grads, _needed(params, "add_decayed_weights"), "add_decayed_weights")
+        return _l2_decayed(grads, params, weight_decay, "add_decayed_weights"), state
 
     return GradientTransformation(init, update)
 
 
 def apply_updates(params, updates):
-    """``params + updates``, leafwise, as a new tree."""
+    """``params + updates``, leafwise, as a new tree (each update of its parameter's shape and
+    dtype: nothing is broadcast or promoted)."""
+    tree.check_like(updates, params, "apply_updates: updates")
     return tree.add(params, updates)
 
 
 def apply_updates_(params, updates):
     """``params += updates`` in place (for holders of parameter references); returns ``params``."""
+    tree.check_like(updates, params, "apply_updates_: updates")
     return tree.add_(params, updates)
 
 
@@ -312,7 +354,9 @@ def cosine_decay(
     """Linear warm-up over ``warmup_steps`` (``init_lr * (step + 1) / warmup_steps``), then
     cosine decay from ``init_lr`` to ``final_fraction * init_lr`` at ``decay_steps``,
     constant after."""
-    check_hyperparameters("cosine_decay", init_lr=init_lr, final_fraction=final_fraction)
+    init_lr, final_fraction = check_hyperparameters(
+        "cosine_decay", init_lr=init_lr, final_fraction=final_fraction
+    )
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (decay_steps, warmup_steps)):
         raise ValueError(
             f"cosine_decay: decay_steps and warmup_steps must be ints, got {decay_steps!r} and "
@@ -350,22 +394,27 @@ def exponential_decay(
     ``exponential_decay(lr, gamma, n, staircase=True)`` is ``StepLR(n, gamma)``.
     """
     name = "exponential_decay"
-    check_hyperparameters(name, init_value=init_value, transition_begin=transition_begin)
-    if isinstance(decay_rate, bool) or not isinstance(decay_rate, (int, float)):
-        raise ValueError(f"{name}: decay_rate must be a number > 0, got {decay_rate!r}")
-    if not (math.isfinite(decay_rate) and decay_rate > 0):
+    (init_value,) = check_hyperparameters(name, init_value=init_value)
+    check_hyperparameters(name, transition_begin=transition_begin)
+    rate = _real(decay_rate)
+    if rate is None or not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
+    decay_rate = rate
     if not isinstance(transition_steps, int) or transition_steps < 1:
         raise ValueError(f"{name}: transition_steps must be an int >= 1, got {transition_steps!r}")
     if end_value is not None:
-        check_hyperparameters(name, end_value=end_value)
+        (end_value,) = check_hyperparameters(name, end_value=end_value)
 
     def schedule(step: int) -> float:
         count = step - transition_begin
         if count <= 0:
             return init_value
         p = count // transition_steps if staircase else count / transition_steps
-        value = init_value * decay_rate**p
+        try:
+            factor = decay_rate**p
+        except OverflowError:  # a growing schedule far out: capped by end_value below
+            factor = math.inf
+        value = init_value * factor if init_value else 0.0
         if end_value is not None:
             value = max(value, end_value) if decay_rate < 1 else min(value, end_value)
         return value
@@ -378,17 +427,18 @@ def piecewise_constant(init_value: float, boundaries_and_scales: dict[int, float
     optax's ``piecewise_constant_schedule``): ``piecewise_constant(lr, {m: gamma for m in
     milestones})`` is ``MultiStepLR(milestones, gamma)``."""
     name = "piecewise_constant"
-    check_hyperparameters(name, init_value=init_value)
+    (init_value,) = check_hyperparameters(name, init_value=init_value)
     if not isinstance(boundaries_and_scales, dict):
         raise ValueError(
             f"{name}: boundaries_and_scales must be a dict {{step: scale}}, "
             f"got {type(boundaries_and_scales).__name__}"
         )
+    points = []
     for b, s in boundaries_and_scales.items():
         if not isinstance(b, int) or isinstance(b, bool) or b < 0:
             raise ValueError(f"{name}: boundary {b!r} must be an int >= 0")
-        check_hyperparameters(name, **{f"scale at {b}": s})
-    points = sorted(boundaries_and_scales.items())
+        points += [(b, *check_hyperparameters(name, **{f"scale at {b}": s}))]
+    points.sort()
 
     def schedule(step: int) -> float:
         value = init_value

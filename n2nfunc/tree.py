@@ -11,21 +11,81 @@ Tree = Any
 
 
 def map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 (mirrors jax.tree.map)
-    """Apply ``fn`` leafwise over trees of the same structure, returning a tree of results."""
+    """Apply ``fn`` leafwise over trees of the same structure, returning a tree of results.
+
+    Dicts are matched by key, sequences by position; a difference in structure raises
+    ``ValueError`` naming the path where it is."""
+    return _map(lambda _, *leaves: fn(*leaves), (), tree, rest)
+
+
+def map_with_path(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
+    """Like :func:`map`, calling ``fn(path, leaf, *other_leaves)`` with the dotted path."""
+    return _map(lambda path, *leaves: fn(_dotted(path), *leaves), (), tree, rest)
+
+
+def _map(fn: Callable, path: tuple, tree: Tree, rest: tuple) -> Tree:
     if isinstance(tree, dict):
         for other in rest:
-            if not isinstance(other, dict) or set(other) != set(tree):
+            if not isinstance(other, dict) or other.keys() != tree.keys():
                 raise ValueError(
-                    f"tree.map: keys differ: {sorted(tree)} vs "
-                    f"{sorted(other) if isinstance(other, dict) else type(other).__name__}"
+                    f"tree.map: {_at(path)}keys differ: {sorted(tree)} vs {_keys(other)}"
                 )
-        return {k: map(fn, tree[k], *(r[k] for r in rest)) for k in tree}
+        return {k: _map(fn, path + (k,), v, tuple(r[k] for r in rest)) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         for other in rest:
             if not isinstance(other, (list, tuple)) or len(other) != len(tree):
-                raise ValueError("tree.map: sequences differ in length or type")
-        return type(tree)(map(fn, *items) for items in zip(tree, *rest))
-    return fn(tree, *rest)
+                raise ValueError(f"tree.map: {_at(path)}{_shape_of(tree)} vs {_shape_of(other)}")
+        items = [_map(fn, path + (i,), v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    for other in rest:
+        if isinstance(other, (dict, list, tuple)):
+            raise ValueError(f"tree.map: {_at(path)}a leaf vs {_shape_of(other)}")
+    return fn(path, tree, *rest)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(k) for k in path)
+
+
+def _at(path: tuple) -> str:
+    return f"at '{_dotted(path)}': " if path else ""
+
+
+def _keys(node) -> str:
+    return str(sorted(node)) if isinstance(node, dict) else _shape_of(node)
+
+
+def _shape_of(node) -> str:
+    """A few words on a tree node, for errors."""
+    if isinstance(node, dict):
+        return f"keys {sorted(node)}"
+    if isinstance(node, (list, tuple)):
+        return f"a {type(node).__name__} of length {len(node)}"
+    return "a leaf" if node is not None else "None"
+
+
+def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") -> None:
+    """Raise ``ValueError`` unless ``tree`` has ``like``'s structure and each of its tensor
+    leaves ``like``'s shape and dtype (no broadcasting: a gradient or update must match its
+    parameter, as torch requires of ``.grad``), naming the first leaf that differs."""
+
+    def check(path, x, y):
+        for leaf, whose in ((x, what), (y, f"the {like_what}")):
+            if leaf is None:
+                raise ValueError(f"{what}: '{path}' of {whose} is None")
+        if hasattr(x, "shape") and hasattr(y, "shape") and (x.shape, x.dtype) != (y.shape, y.dtype):
+            raise ValueError(
+                f"{what}: '{path}' has shape {tuple(x.shape)} and dtype {x.dtype}, but the "
+                f"{like_what} has shape {tuple(y.shape)} and dtype {y.dtype}"
+            )
+
+    try:
+        map_with_path(check, tree, like)
+    except ValueError as e:
+        message = str(e)
+        if message.startswith("tree.map: "):
+            message = f"{what} and the {like_what}s differ in structure, " + message[10:]
+        raise ValueError(message) from None
 
 
 def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
@@ -61,22 +121,15 @@ def unflatten(template: Tree, values: dict[str, Any], what: str = "tree") -> Tre
     return map_with_path(lambda path, _: values[path], template)
 
 
-def map_with_path(fn: Callable, tree: Tree, prefix: str = "") -> Tree:
-    """Like :func:`map` over one tree, calling ``fn(path, leaf)``."""
-    if isinstance(tree, dict):
-        return {
-            k: map_with_path(fn, v, f"{prefix}.{k}" if prefix else str(k)) for k, v in tree.items()
-        }
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(
-            map_with_path(fn, v, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(tree)
-        )
-    return fn(prefix, tree)
-
-
 def zeros_like(tree: Tree) -> Tree:
     """A tree of zero tensors shaped like ``tree``'s leaves."""
-    return map(lambda t: t.new_zeros(t.shape), tree)
+
+    def zeros(path, t):
+        if not hasattr(t, "new_zeros"):
+            raise TypeError(f"tree.zeros_like: '{path}' is {type(t).__name__}, not a tensor")
+        return t.new_zeros(t.shape)
+
+    return map_with_path(zeros, tree)
 
 
 def add(a: Tree, b: Tree) -> Tree:
@@ -109,5 +162,5 @@ def zero_(tree: Tree) -> Tree:
 
 
 def vdot(a: Tree, b: Tree) -> float:
-    """``sum_leaves <a, b>`` as a Python float."""
-    return sum(float((x * y).sum()) for x, y in zip(leaves(a), leaves(b)))
+    """``sum_leaves <a, b>`` as a Python float, leaves paired as by :func:`map`."""
+    return sum(float(d) for d in leaves(map(lambda x, y: (x * y).sum(), a, b)))

@@ -208,3 +208,14 @@ def test_bad_options_and_pairs_are_refused():
         nf.huber()(torch.rand(2, 3), torch.rand(2, 1))
     with pytest.raises(TypeError, match="binary_cross_entropy_with_logits: .* differ in dtype"):
         nf.binary_cross_entropy_with_logits(torch.rand(2), torch.rand(2, dtype=torch.float64))
+
+
+def test_bce_with_logits_is_infinite_for_an_infinite_wrong_logit():
+    inf = float("inf")
+    x = torch.tensor([inf, inf, -inf, -inf, -40.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 0.5, 1.0, 0.0], dtype=torch.float64)
+    for i in range(5):
+        value, grad = nf.losses.bce_with_logits_value_and_grad(x[i : i + 1], t[i : i + 1])
+        exact = torch.nn.functional.softplus(x[i]) - x[i] * t[i] if i == 4 else inf
+        assert value.item() == pytest.approx(float(exact), rel=1e-12)
+        assert grad.isfinite().all()

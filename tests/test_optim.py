@@ -395,3 +395,71 @@ def test_bad_hyperparameters_are_refused(make, pattern):
 def test_cosine_decay_refuses_settings_that_make_a_negative_or_odd_rate(args, pattern):
     with pytest.raises(ValueError, match="cosine_decay: " + pattern):
         nf.cosine_decay(*args)
+
+
+@pytest.mark.parametrize(
+    "make,has_state_tree",  # without the params, a state tree is what the gradients must match
+    [
+        (lambda: optim.sgd(0.1), False),
+        (lambda: optim.sgd(0.1, momentum=0.9), True),
+        (lambda: optim.adam(0.1), True),
+        (lambda: optim.adamw(0.1, weight_decay=0), True),
+        (lambda: optim.rmsprop(0.1), True),
+        (lambda: optim.chain(optim.clip_by_global_norm(1.0), optim.adam(0.1)), True),
+    ],
+)
+def test_gradients_of_another_shape_or_dtype_are_refused_not_broadcast(make, has_state_tree):
+    params = {"enc": {"w": torch.ones(3, 1), "v": torch.ones(4)}}
+    opt = make()
+    state = opt.init(params)
+    for bad, pattern in [
+        ({"enc": {"w": torch.ones(3), "v": torch.ones(4)}}, r"'enc.w' has shape \(3,\)"),
+        ({"enc": {"w": torch.ones(3, 1), "v": torch.ones(1)}}, r"'enc.v' has shape \(1,\)"),
+        ({"enc": {"w": torch.ones(3, 1), "v": torch.ones(4).double()}}, r"dtype torch.float64"),
+        ({"enc": {"w": torch.ones(3, 1)}}, r"at 'enc': keys differ"),
+    ]:
+        for given in (params, None) if has_state_tree else (params,):
+            with pytest.raises(ValueError, match=pattern):
+                opt.update(bad, state, given)
+        with pytest.raises(ValueError, match=r"apply_updates: updates.*" + pattern):
+            optim.apply_updates(params, bad)
+        with pytest.raises(ValueError, match=r"apply_updates_: updates.*" + pattern):
+            optim.apply_updates_(params, bad)
+    assert params["enc"]["w"].shape == (3, 1)
+
+
+def test_weight_decay_without_params_is_named():
+    params = {"w": torch.ones(2)}
+    for opt, name in [
+        (optim.adamw(0.1), "adamw"),
+        (optim.sgd(0.1, weight_decay=0.1), "sgd"),
+        (optim.adam(0.1, weight_decay=0.1), "adam"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name}: weight decay needs the params"):
+            opt.update(params, opt.init(params), None)
+
+
+def test_numpy_and_0_dim_tensor_hyperparameters_are_numbers():
+    np = pytest.importorskip("numpy")
+    p = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    g = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    expected = optim.adam(0.1, weight_decay=0.01).update(
+        {"p": g}, optim.adam(0.1).init({"p": p}), {"p": p}
+    )
+    for lr in (np.float32(0.1), torch.tensor(0.1, dtype=torch.float64)):
+        opt = optim.adam(lr, weight_decay=np.float64(0.01))
+        got = opt.update({"p": g}, opt.init({"p": p}), {"p": p})
+        assert torch.allclose(got[0]["p"], expected[0]["p"], rtol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"adam: lr must be a finite number >= 0, got 'fast' \(str\)"
+    ):
+        optim.adam("fast")
+    with pytest.raises(ValueError, match=r"adam: lr must be a finite number >= 0"):
+        optim.adam(torch.tensor([0.1, 0.2]))
+
+
+def test_a_growing_exponential_schedule_is_capped_not_overflowing():
+    grow = optim.exponential_decay(0.01, 2.0, end_value=1.0)
+    assert grow(3) == 0.08 and grow(1024) == 1.0 and grow(10**6) == 1.0
+    assert optim.exponential_decay(0.01, 2.0)(2000) == float("inf")
+    assert optim.exponential_decay(0.0, 2.0)(2000) == 0.0

@@ -29,3 +29,54 @@ def test_map_and_in_place_helpers():
     assert tree.vdot(a, b) == 0.0
     with pytest.raises(ValueError, match="keys differ"):
         tree.map(lambda u, v: u, {"a": 1}, {"b": 1})
+
+
+def test_structure_errors_name_the_path():
+    a = {"decoder": {"0": {"weight": torch.ones(1), "bias": torch.ones(1)}}}
+    b = {"decoder": {"0": {"weight": torch.ones(1)}}}
+    with pytest.raises(ValueError, match=r"at 'decoder.0': keys differ: \['bias', 'weight'\]"):
+        tree.map(lambda u, v: u, a, b)
+    with pytest.raises(ValueError, match=r"at 'decoder': a leaf vs keys"):
+        tree.map(lambda u, v: u, {"decoder": torch.ones(1)}, {"decoder": {"w": torch.ones(1)}})
+    with pytest.raises(ValueError, match=r"at 'x': a list of length 2 vs a list of length 1"):
+        tree.map(lambda u, v: u, {"x": [1, 2]}, {"x": [1]})
+
+
+def test_vdot_pairs_leaves_by_key_and_refuses_other_structures():
+    a = {"x": torch.tensor([1.0, 2.0]), "y": torch.tensor([10.0])}
+    b = {"y": torch.tensor([20.0]), "x": torch.tensor([3.0, 4.0])}  # other insertion order
+    assert tree.vdot(a, b) == 1 * 3 + 2 * 4 + 10 * 20
+    with pytest.raises(ValueError, match="keys differ"):
+        tree.vdot(a, {"x": torch.ones(2)})
+
+
+def test_named_tuples_keep_their_type():
+    from typing import NamedTuple
+
+    class Block(NamedTuple):
+        weight: torch.Tensor
+        bias: torch.Tensor
+
+    t = {"b": Block(torch.ones(2), torch.ones(1))}
+    z = tree.zeros_like(t)
+    assert isinstance(z["b"], Block) and torch.equal(z["b"].weight, torch.zeros(2))
+    doubled = tree.map_with_path(lambda path, u, v: (path, u + v), t, t)
+    path, bias = doubled["b"].bias
+    assert path == "b.1" and torch.equal(bias, torch.full((1,), 2.0))  # paths as in flatten
+
+
+def test_check_like_refuses_other_shapes_dtypes_and_none():
+    params = {"w": torch.ones(3, 1), "b": torch.ones(4)}
+    tree.check_like({"w": torch.ones(3, 1), "b": torch.ones(4)}, params, "grads")
+    with pytest.raises(
+        ValueError, match=r"grads: 'w' has shape \(3,\).*parameter has shape \(3, 1\)"
+    ):
+        tree.check_like({"w": torch.ones(3), "b": torch.ones(4)}, params, "grads")
+    with pytest.raises(ValueError, match=r"'b' has shape \(4,\) and dtype torch.float64"):
+        tree.check_like({"w": torch.ones(3, 1), "b": torch.ones(4).double()}, params, "grads")
+    with pytest.raises(ValueError, match=r"grads: 'b' of grads is None"):
+        tree.check_like({"w": torch.ones(3, 1), "b": None}, params, "grads")
+    with pytest.raises(ValueError, match=r"grads and the parameters differ in structure"):
+        tree.check_like({"w": torch.ones(3, 1)}, params, "grads")
+    with pytest.raises(TypeError, match=r"zeros_like: 'b' is NoneType, not a tensor"):
+        tree.zeros_like({"w": torch.ones(1), "b": None})
