@@ -15,32 +15,75 @@ def map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 (mirrors j
 
     Dicts are matched by key, sequences by position; a difference in structure raises
     ``ValueError`` naming the path where it is."""
-    return _map(lambda _, *leaves: fn(*leaves), (), tree, rest)
+    try:
+        return _map(fn, tree, rest)
+    except _Mismatch:
+        _find_mismatch((), tree, rest)  # raises, naming the path (a second walk, off the hot path)
+        raise AssertionError("unreachable") from None
 
 
 def map_with_path(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
     """Like :func:`map`, calling ``fn(path, leaf, *other_leaves)`` with the dotted path."""
-    return _map(lambda path, *leaves: fn(_dotted(path), *leaves), (), tree, rest)
+    _find_mismatch((), tree, rest)
+    return _map_path(fn, (), tree, rest)
 
 
-def _map(fn: Callable, path: tuple, tree: Tree, rest: tuple) -> Tree:
+class _Mismatch(Exception):
+    """The trees differ in structure (where is found by :func:`_find_mismatch`)."""
+
+
+def _map(fn: Callable, tree: Tree, rest: tuple) -> Tree:
+    if isinstance(tree, dict):
+        for other in rest:
+            if not isinstance(other, dict) or other.keys() != tree.keys():
+                raise _Mismatch
+        return {k: _map(fn, v, tuple(r[k] for r in rest)) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        for other in rest:
+            if not isinstance(other, (list, tuple)) or len(other) != len(tree):
+                raise _Mismatch
+        items = [_map(fn, v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    for other in rest:
+        if isinstance(other, (dict, list, tuple)):
+            raise _Mismatch
+    return fn(tree, *rest)
+
+
+def _map_path(fn: Callable, path: tuple, tree: Tree, rest: tuple) -> Tree:
+    """:func:`_map` for trees known to match, calling ``fn(dotted path, *leaves)``."""
+    if isinstance(tree, dict):
+        return {
+            k: _map_path(fn, path + (k,), v, tuple(r[k] for r in rest)) for k, v in tree.items()
+        }
+    if isinstance(tree, (list, tuple)):
+        items = [
+            _map_path(fn, path + (i,), v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)
+        ]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    return fn(_dotted(path), tree, *rest)
+
+
+def _find_mismatch(path: tuple, tree: Tree, rest: tuple) -> None:
+    """Raise ``ValueError`` at the first place where ``rest`` differs from ``tree``."""
     if isinstance(tree, dict):
         for other in rest:
             if not isinstance(other, dict) or other.keys() != tree.keys():
                 raise ValueError(
                     f"tree.map: {_at(path)}keys differ: {sorted(tree)} vs {_keys(other)}"
                 )
-        return {k: _map(fn, path + (k,), v, tuple(r[k] for r in rest)) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
+        for k, v in tree.items():
+            _find_mismatch(path + (k,), v, tuple(r[k] for r in rest))
+    elif isinstance(tree, (list, tuple)):
         for other in rest:
             if not isinstance(other, (list, tuple)) or len(other) != len(tree):
                 raise ValueError(f"tree.map: {_at(path)}{_shape_of(tree)} vs {_shape_of(other)}")
-        items = [_map(fn, path + (i,), v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)]
-        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
-    for other in rest:
-        if isinstance(other, (dict, list, tuple)):
-            raise ValueError(f"tree.map: {_at(path)}a leaf vs {_shape_of(other)}")
-    return fn(path, tree, *rest)
+        for i, v in enumerate(tree):
+            _find_mismatch(path + (i,), v, tuple(r[i] for r in rest))
+    else:
+        for other in rest:
+            if isinstance(other, (dict, list, tuple)):
+                raise ValueError(f"tree.map: {_at(path)}a leaf vs {_shape_of(other)}")
 
 
 def _dotted(path: tuple) -> str:
@@ -80,12 +123,24 @@ def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") 
             )
 
     try:
+        pairs: list = []
+        map(lambda x, y: pairs.append((x, y)), tree, like)
+        if all(_alike(x, y) for x, y in pairs):
+            return  # the usual case, without building paths
         map_with_path(check, tree, like)
     except ValueError as e:
         message = str(e)
         if message.startswith("tree.map: "):
             message = f"{what} and the {like_what}s differ in structure, " + message[10:]
         raise ValueError(message) from None
+
+
+def _alike(x, y) -> bool:
+    if x is None or y is None:
+        return False
+    if hasattr(x, "shape") and hasattr(y, "shape"):
+        return x.shape == y.shape and x.dtype == y.dtype
+    return True
 
 
 def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
