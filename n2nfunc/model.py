@@ -396,17 +396,7 @@ class Model:
         dtype = dtype or first.dtype
         if first.device == device and first.dtype == dtype:
             return
-        self.net.to(device=device, dtype=dtype)
-        self.optimizer.params = [p for p, _ in self.net.param()]
-        self.optimizer.grads = [g for _, g in self.net.param()]
-        self.optimizer.state = tree.map(
-            lambda t: (
-                t.to(device=device, dtype=dtype)
-                if isinstance(t, Tensor) and t.is_floating_point()
-                else t
-            ),
-            self.optimizer.state,
-        )
+        self.net.to(device=device, dtype=dtype)  # in place: the optimizer follows at its step
 
     def train(
         self,

@@ -122,8 +122,14 @@ class Module:
         ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
         # a call that fails on a bad cotangent may be retried; one that failed partway has
         # released part of the network, and its pullback then says so (ReleasedError)
-        ct_params, ct_x = pull(self.layer.vjp, self._pullback, ct, input_grad, release=True)
+        ct_x = self._pull(self._pullback, ct, input_grad)
         self._pullback = _SPENT
+        return ct_x
+
+    def _pull(self, pullback, ct, input_grad: bool):
+        """Run ``pullback`` (one of this block's forward passes), add its parameter
+        gradients to ``grads``, return the input gradient."""
+        ct_params, ct_x = pull(self.layer.vjp, pullback, ct, input_grad, release=True)
         tree.add_(self.grads, ct_params)
         return ct_x
 
@@ -170,14 +176,15 @@ class Module:
             p.copy_(given[path])
 
     def to(self, device=None, dtype=None) -> "Module":
-        """Move parameters, gradients and state (in place of the dict entries; integer state
+        """Move parameters, gradients and state, each tensor in place as ``torch.nn.Module.to``
+        does (so an optimizer or a ``param()`` list made before keeps working; integer state
         such as ``num_batches_tracked`` keeps its dtype); returns self."""
 
         def move(t):
-            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+            t.data = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
         for d in (self.params, self.grads, self.state):
-            _replace_leaves(d, move)
+            tree.map(move, d)
         return self
 
     def __repr__(self):
@@ -189,21 +196,25 @@ class Module:
 
 def _assign(d: dict, new: dict) -> None:
     """Put the leaves of ``new`` into the nested dict ``d``, keeping ``d``'s dict objects (a
-    ``Sequential``'s state shares its blocks' dicts)."""
+    ``Sequential``'s state shares its blocks' dicts) and, where they match, its tensors: a
+    running mean is updated in place, as torch.nn's buffers are."""
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(d.get(k), dict):
-            _assign(d[k], v)
+        old = d.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            _assign(old, v)
+        elif isinstance(old, Tensor) and _same_kind(old, v):
+            if old is not v:
+                old.copy_(v)
         else:
             d[k] = v
 
 
-def _replace_leaves(d: dict, fn) -> None:
-    """Replace every tensor leaf of nested dict ``d`` by ``fn(leaf)``, keeping the dict objects."""
-    for k, v in d.items():
-        if isinstance(v, dict):
-            _replace_leaves(v, fn)
-        else:
-            d[k] = fn(v)
+def _same_kind(a, b) -> bool:
+    return (
+        isinstance(a, Tensor)
+        and isinstance(b, Tensor)
+        and (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
+    )
 
 
 class _WeightBias(Module):
@@ -218,10 +229,18 @@ class _WeightBias(Module):
         return self._description
 
     def _set(self, key, value):
-        old = self.params[key]
+        old = self.params.get(key)
+        if old is None:
+            raise ValueError(f"{self.name}: was built with bias=False, so it has no {key}")
         if not isinstance(value, Tensor) or value.shape != old.shape:
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"{self.name}: {key} must have shape {tuple(old.shape)}, got {got}")
+        if (value.dtype, value.device) != (old.dtype, old.device):
+            raise ValueError(
+                f"{self.name}: {key} must be {old.dtype} on {old.device} like the block's other "
+                f"tensors and gradients, got {value.dtype} on {value.device} (use .to() to "
+                "change the whole block)"
+            )
         self.params[key] = value
 
     weight = property(lambda self: self.params["weight"], lambda self, v: self._set("weight", v))
@@ -232,8 +251,18 @@ def _options(**kw):
     return ", ".join(f"{k}={v}" for k, v in kw.items())
 
 
+def _checked_flags(name: str, bias, groups=1) -> None:
+    """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
+    ``bias`` is a bool, and ``groups`` (not supported) is 1."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"{name}: bias must be True or False, got {bias!r}")
+    if groups != 1 or isinstance(groups, bool):
+        raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
+
+
 class Conv2d(_WeightBias):
-    """``torch.nn.Conv2d``-like block; ``weight`` [out, in, kh, kw], ``bias`` [out]."""
+    """``torch.nn.Conv2d``-like block, arguments in its order (``groups`` must be 1);
+    ``weight`` [out, in, kh, kw], ``bias`` [out]."""
 
     def __init__(
         self,
@@ -243,9 +272,12 @@ class Conv2d(_WeightBias):
         stride=1,
         padding=0,
         dilation=1,
+        groups: int = 1,
         bias: bool = True,
+        *,
         generator: Generator | None = None,
     ):
+        _checked_flags("Conv2d", bias, groups)
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
         super().__init__(
             layer,
@@ -262,7 +294,8 @@ class Conv2d(_WeightBias):
 
 
 class TransposeConv2d(_WeightBias):
-    """``torch.nn.ConvTranspose2d``-like block; ``weight`` [in, out, kh, kw], ``bias`` [out]."""
+    """``torch.nn.ConvTranspose2d``-like block, arguments in its order (``groups`` must be 1);
+    ``weight`` [in, out, kh, kw], ``bias`` [out]."""
 
     def __init__(
         self,
@@ -272,10 +305,13 @@ class TransposeConv2d(_WeightBias):
         stride=1,
         padding=0,
         output_padding=0,
-        dilation=1,
+        groups: int = 1,
         bias: bool = True,
+        dilation=1,
+        *,
         generator: Generator | None = None,
     ):
+        _checked_flags("TransposeConv2d", bias, groups)
         layer = conv_transpose2d(
             out_channels, kernel_size, stride, padding, output_padding, dilation, bias
         )
@@ -306,8 +342,10 @@ class Upsampling(_WeightBias):
         scale_factor=2,
         padding=0,
         bias: bool = True,
+        *,
         generator: Generator | None = None,
     ):
+        _checked_flags("Upsampling", bias)
         layer = upsample(out_channels, kernel_size, scale_factor, padding, bias=bias)
         super().__init__(
             layer,
@@ -332,8 +370,10 @@ class Linear(_WeightBias):
         in_features: int,
         out_features: int,
         bias: bool = True,
+        *,
         generator: Generator | None = None,
     ):
+        _checked_flags("Linear", bias)
         super().__init__(
             dense(out_features, bias),
             in_features,
@@ -507,18 +547,24 @@ class Sequential(Module):
         self.grads = {str(i): m.grads for i, m in enumerate(modules)}
 
     def forward(self, *inputs):
+        """Run the blocks in order, keeping each one's pullback of *this* call, so that
+        ``backward`` differentiates this forward pass even if a block runs again meanwhile
+        (a probe of an intermediate output, a block shared with another Sequential, the
+        same block twice in this one), as torch.autograd keeps one graph per call."""
         x = inputs[0] if len(inputs) == 1 else inputs
+        pullbacks = []
         for m in self.modules:
             x = m.forward(x)
-        self._pullback = True
+            pullbacks.append(m._pullback)
+        self._pullback = pullbacks
         return x
 
-    def backward(self, *grad_wrt_output, input_grad: bool = True):
-        self._check_backward()
-        ct = grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output
+    def _pull(self, pullbacks, ct, input_grad: bool):
         for i in reversed(range(len(self.modules))):
-            ct = self.modules[i].backward(ct, input_grad=input_grad or i > 0)
-        self._pullback = _SPENT
+            m = self.modules[i]
+            ct = m._pull(pullbacks[i], ct, input_grad or i > 0)
+            if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
+                m._pullback = _SPENT
         return ct
 
     def to(self, device=None, dtype=None) -> "Sequential":
@@ -632,8 +678,20 @@ class Optimizer:
         self.state = self.transform.init(self.params)
 
     def step(self) -> None:
+        self._follow_params()
         updates, self.state = self.transform.update(self.grads, self.state, self.params)
         optim.apply_updates_(self.params, updates)
+
+    def _follow_params(self) -> None:
+        """After ``Module.to`` (which moves the parameters in place), move the state's
+        parameter-shaped tensors to each parameter's device and dtype."""
+
+        def follow(t, p):
+            return t if (t.device, t.dtype) == (p.device, p.dtype) else t.to(p.device, p.dtype)
+
+        for key, value in self.state.items():
+            if isinstance(value, list) and len(value) == len(self.params):
+                self.state[key] = tree.map(follow, value, self.params)
 
     def zero_grad(self) -> None:
         tree.zero_(self.grads)

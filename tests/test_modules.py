@@ -35,6 +35,7 @@ from n2nfunc import (
     TransposeConv2d,
     Upsampling,
     conv2d,
+    tree,
 )
 
 
@@ -271,12 +272,132 @@ def test_a_failed_backward_leaves_the_forward_usable():
     assert conv.backward(torch.randn(y.shape)).shape == (2, 3, 8, 8)
 
 
+def _torch_twin(conv):
+    twin = torch.nn.Conv2d(conv.weight.shape[1], conv.weight.shape[0], 3, padding=1).double()
+    with torch.no_grad():
+        twin.weight.copy_(conv.weight), twin.bias.copy_(conv.bias)
+    return twin
+
+
+def test_sequential_backward_differentiates_its_own_forward():
+    torch.manual_seed(0)
+    x, probe = torch.randn(2, 2, 5, 7).double(), torch.randn(2, 2, 5, 7).double()
+    ct = torch.randn(2, 2, 5, 7).double()
+
+    def grads_of(run):
+        conv = Conv2d(2, 2, 3, padding=1).to(dtype=torch.float64)
+        twin = _torch_twin(conv)
+        ours_dx, theirs = run(conv, twin)
+        assert rel_err(conv.param()[0][1], twin.weight.grad) < 1e-12
+        assert rel_err(ours_dx, theirs) < 1e-12
+
+    def probed(conv, twin):  # an intermediate output looked at between forward and backward
+        seq = Sequential(conv, ReLU())
+        seq.forward(x)
+        conv.forward(probe)
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_()
+            twin(xt).relu().backward(ct)
+        return seq.backward(ct), xt.grad
+
+    def shared(conv, twin):  # one block in two Sequentials, both differentiated
+        a, b = Sequential(conv, ReLU()), Sequential(conv, ReLU())
+        a.forward(x), b.forward(probe)
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_()
+            (twin(xt).relu() * ct).sum().add((twin(probe).relu() * ct).sum()).backward()
+        b.backward(ct)
+        return a.backward(ct), xt.grad
+
+    def twice(conv, twin):  # the same block twice in one Sequential
+        seq = Sequential(conv, ReLU(), conv)
+        seq.forward(x)
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_()
+            twin(twin(xt).relu()).backward(ct)
+        return seq.backward(ct), xt.grad
+
+    def failed(conv, twin):  # a later forward that fails partway changes nothing
+        seq = Sequential(conv, ReLU(), Flatten(), conv)
+        seq2 = Sequential(conv, ReLU())
+        seq2.forward(x)
+        with pytest.raises(ValueError):
+            seq.forward(probe)  # conv then ReLU run, then conv refuses the flat input
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_()
+            twin(xt).relu().backward(ct)
+        return seq2.backward(ct), xt.grad
+
+    for run in (probed, shared, twice, failed):
+        grads_of(run)
+
+
 def test_weight_can_be_replaced_with_the_same_shape_only():
     conv = Conv2d(3, 2, 3)
     conv.weight = torch.zeros(2, 3, 3, 3)
     assert float(conv(torch.randn(1, 3, 3, 3)).sub(conv.bias.view(1, 2, 1, 1)).abs().max()) == 0
     with pytest.raises(ValueError, match="weight must have shape"):
         conv.weight = torch.zeros(3, 3, 3, 3)
+
+
+def test_positional_arguments_follow_torch_nn_and_misplaced_ones_are_refused():
+    torch.manual_seed(0)
+    ours = Conv2d(4, 6, 3, 1, 1, 1, 1, False)  # torch: ..., dilation, groups, bias
+    assert ours.bias is None
+    up = TransposeConv2d(4, 6, 3, 2, 1, 1, 1, True, 2)  # torch: ..., groups, bias, dilation
+    twin = torch.nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 1, True, 2)
+    x = torch.randn(1, 4, 5, 5)
+    assert up.forward(x).shape == twin(x).shape == (1, 6, 12, 12)
+    with pytest.raises(ValueError, match=r"Conv2d: groups=2 is not supported"):
+        Conv2d(4, 4, 3, 1, 1, 1, 2)
+    with pytest.raises(ValueError, match=r"TransposeConv2d: groups=2 is not supported"):
+        TransposeConv2d(4, 4, 3, 2, 1, 1, 2)
+    for make in (
+        lambda: Conv2d(4, 4, 3, bias=0),
+        lambda: Linear(4, 4, 2),
+        lambda: Upsampling(4, 4, 3, 2, 1, None),
+    ):
+        with pytest.raises(TypeError, match="bias must be True or False"):
+            make()
+    with pytest.raises(TypeError):
+        Linear(4, 4, True, torch.Generator())  # the generator is a keyword
+
+
+def test_replaced_tensors_keep_the_blocks_dtype_and_device():
+    conv = Conv2d(3, 2, 3)
+    with pytest.raises(
+        ValueError, match=r"weight must be torch.float32 on cpu .* got torch.float64"
+    ):
+        conv.weight = conv.weight.double()
+    with pytest.raises(ValueError, match="built with bias=False, so it has no bias"):
+        Conv2d(3, 2, 3, bias=False).bias = torch.zeros(2)
+    conv.to(dtype=torch.float64)
+    conv.weight = torch.zeros(2, 3, 3, 3, dtype=torch.float64)
+    conv.forward(torch.randn(1, 3, 4, 4, dtype=torch.float64))
+    conv.backward(torch.randn(1, 2, 2, 2, dtype=torch.float64))
+    assert all(g.dtype == torch.float64 for _, g in conv.param())
+
+
+def test_to_moves_tensors_in_place_so_an_optimizer_keeps_training():
+    torch.manual_seed(0)
+    for make in (lambda p: SGD(p, lr=0.1, momentum=0.9), lambda p: Adam(p, lr=0.1)):
+        net = Sequential(Conv2d(3, 4, 3, padding=1), ReLU())
+        pairs = net.param()
+        opt = make(net.param())
+        net.to(dtype=torch.float64)
+        assert all(
+            p.dtype == torch.float64 and p is q for (p, _), (q, _) in zip(net.param(), pairs)
+        )
+        before = net[0].weight.clone()
+        y = net.forward(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+        net.backward(torch.randn_like(y))
+        opt.step()
+        assert float((net[0].weight - before).abs().max()) > 1e-3  # the step reached the block
+        assert all(t.dtype == torch.float64 for t in nf_leaves(opt.state) if t.is_floating_point())
+
+
+def nf_leaves(t):
+    return [leaf for leaf in tree.leaves(t) if isinstance(leaf, torch.Tensor)]
 
 
 def test_sgd_rejects_bad_params():

@@ -156,3 +156,11 @@ def test_model_switches_its_network_mode():
     assert seen == [True]
     model.predict(torch.rand(1, 3, 8, 8))
     assert not model.net.training and not model.net[0].training
+
+
+def test_running_statistics_are_updated_in_place_as_torch_buffers():
+    bn = BatchNorm2d(2)
+    held, state = bn.running_mean, bn.state_dict()
+    bn.forward(torch.randn(4, 2, 3, 3) + 0.5)
+    assert bn.running_mean is held and float(held.abs().sum()) > 0
+    assert state["running_mean"] is held and state["num_batches_tracked"] is bn.num_batches_tracked
