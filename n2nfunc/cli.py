@@ -36,8 +36,8 @@ from .pretrained import NAMES as PRETRAINED_NAMES
 from .progress import Progress
 from .unet import MAX_WIDTH
 
-TILE_ALIGN = 32  # n2nfunc.denoise_image's tile alignment (a multiple of every network's)
-MIN_TILE = 96  # its overlap (32) on both sides plus one alignment step
+TILE_ALIGN = 32  # --tile's multiple (deeper U-Nets than the shipped ask for more: named then)
+MIN_TILE = 96  # the exercise network's overlap (32) on both sides plus one alignment step
 PHOTO_CROP = 64  # crops of `train --photos` with camera noise (Gaussian, Poisson)
 PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
 VAL_PHOTO_FACTOR = 8  # the one of `--val-photos`
@@ -550,7 +550,7 @@ def _denoiser(args, device):
     (tiled by :func:`n2nfunc.denoise_image`, any size), and a line saying which weights."""
     from .precision import mixed_precision
     from .pretrained import network_from_payload, shipped_weights
-    from .tiling import denoise_image
+    from .tiling import denoise_image, tile_settings
 
     if args.model is not None:
         option, path = "--model", _loading("--model", shipped_weights, args.model)
@@ -561,9 +561,11 @@ def _denoiser(args, device):
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)
+    tile, overlap, align = _loading("--tile", tile_settings, layer, args.tile)
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
-        out = denoise_image(layer, params, rgb.to(device).float() / 255, tile=args.tile)
+        image = rgb.to(device).float() / 255
+        out = denoise_image(layer, params, image, tile=tile, overlap=overlap, align=align)
         return out.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
     return run, f"{path} (noise: {_recorded_noise(payload, path)})"
@@ -692,7 +694,7 @@ def _check_eval(args, error) -> None:
 
 
 def _check_denoise(args, error) -> None:
-    if args.tile % TILE_ALIGN:
+    if args.tile is not None and args.tile % TILE_ALIGN:
         error(
             f"--tile {args.tile}: must be a multiple of {TILE_ALIGN} (e.g. "
             f"{max(MIN_TILE, args.tile // TILE_ALIGN * TILE_ALIGN)})"
@@ -1037,9 +1039,9 @@ def build_parser() -> _Parser:
     d.add_argument(
         "--tile",
         type=at.int_range(MIN_TILE),
-        default=256,
         metavar="PX",
-        help="tile size in pixels; smaller tiles use less memory",
+        help="tile size in pixels, a multiple of 32; smaller tiles use less memory "
+        "(default: 256, and 480 for the U-Nets, whose tiles overlap by 78 pixels)",
     )
     _common(d)
     d.set_defaults(func=cmd_denoise, check=_check_denoise, parser=d)

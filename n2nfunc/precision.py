@@ -13,6 +13,7 @@ from torch import Tensor, empty
 
 from . import tree
 from .base import Held, Layer, pull, releases, skips_input_grad
+from .tiling import footprint, with_footprint
 
 FLOAT32 = empty(0).float().dtype
 PRECISIONS = {"float32": FLOAT32, "bfloat16": empty(0).bfloat16().dtype}
@@ -72,4 +73,6 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
 
         return tree.map(up, y), pullback
 
-    return Layer(init, apply, releases(skips_input_grad(vjp)))
+    mixed = Layer(init, apply, releases(skips_input_grad(vjp)))
+    fp = footprint(layer)  # the same network: the same tiling needs
+    return with_footprint(mixed, *fp) if fp else mixed

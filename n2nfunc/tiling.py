@@ -6,15 +6,46 @@ overlap`` rounded down to a multiple of ``align``); the last tile stops at the i
 border. Each tile's output is cropped to the part at least ``overlap`` pixels away from
 the tile's inner borders, and the crops tile the image exactly (no blending). Because
 tiles start at multiples of ``align`` -- a multiple of the network's own padding multiple
-(32 covers the U-Nets up to depth 5 and the exercise's network) -- every tile sees the
-same pooling grid and the same edge padding as the whole image, so the result equals
-the untiled one wherever the network's receptive field fits in the overlap, and is
-within rounding of it in practice.
+-- every tile sees the same pooling grid and the same edge padding as the whole image, so
+where ``overlap`` covers the network's *reach* (how far from an output pixel the input
+pixels it depends on lie) the result is the untiled one, up to the rounding of
+differently sized matrix products.
+
+A network declares its multiple and reach with :func:`with_footprint` (the U-Nets do:
+``5 * 2**depth - 2`` pixels, 78 at the default depth 4); ``denoise_image`` then takes
+them as its defaults. Without a footprint (the exercise's network, which reaches a few
+pixels) the defaults are an overlap of 32 and an alignment of 32.
 """
+
+from typing import NamedTuple
 
 from torch import Tensor
 
 from .base import Layer, check_tensor
+
+DEFAULT_OVERLAP = 32
+DEFAULT_ALIGN = 32
+DEFAULT_TILE = 256
+
+
+class Footprint(NamedTuple):
+    multiple: int  # the network pads its input to multiples of this
+    reach: int  # an output pixel depends on input pixels at most this far away
+
+
+def with_footprint(layer: Layer, multiple: int, reach: int) -> Layer:
+    """``layer``, recording its size ``multiple`` and its ``reach`` for :func:`denoise_image`."""
+
+    def apply(params, x):
+        return layer.apply(params, x)
+
+    apply.footprint = Footprint(multiple, reach)  # type: ignore[attr-defined]
+    return Layer(layer.init, apply, layer.vjp)
+
+
+def footprint(layer: Layer) -> Footprint | None:
+    """What :func:`with_footprint` recorded, or None."""
+    return getattr(layer.apply, "footprint", None)
 
 
 def _starts(size: int, tile: int, step: int) -> list[int]:
@@ -36,10 +67,51 @@ def _spans(size: int, tile: int, step: int, overlap: int):
     return spans
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_settings(layer: Layer, tile=None, overlap=None, align=None) -> tuple[int, int, int]:
+    """``(tile, overlap, align)`` for ``layer``, each None taken from its footprint:
+    ``overlap`` its reach, ``align`` its multiple (at least 32), ``tile`` at least 256 and
+    six overlaps, so that at most about half of every tile is overlap. Bad values raise."""
+    name = "denoise_image"
+    fp = footprint(layer)
+    for value, what in ((tile, "tile"), (overlap, "overlap"), (align, "align")):
+        low = 0 if what == "overlap" else 1
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < low
+        ):
+            raise ValueError(f"{name}: {what} must be an int >= {low}, got {value!r}")
+    if align is None:
+        align = max(DEFAULT_ALIGN, fp.multiple) if fp else DEFAULT_ALIGN
+    elif fp and align % fp.multiple:
+        raise ValueError(
+            f"{name}: align {align} must be a multiple of the network's size multiple "
+            f"{fp.multiple}, or tiles would see other pooling grids than the whole image"
+        )
+    if overlap is None:
+        overlap = fp.reach if fp else DEFAULT_OVERLAP
+    if tile is None:
+        tile = max(DEFAULT_TILE, _round_up(6 * overlap, align))
+    if tile % align:
+        raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
+    if (tile - 2 * overlap) // align * align < align:
+        raise ValueError(
+            f"{name}: tile {tile} leaves no room after the overlap {overlap} on both sides "
+            f"(need tile >= 2 * overlap + align = {2 * overlap + align}: "
+            f"{_round_up(2 * overlap + align, align)} or more)"
+        )
+    return tile, overlap, align
+
+
 def denoise_image(
-    layer: Layer, params, image: Tensor, tile: int = 256, overlap: int = 32, align: int = 32
+    layer: Layer, params, image: Tensor, tile: int | None = None, overlap=None, align=None
 ) -> Tensor:
-    """``layer.apply(params, image)`` computed tile by tile (see the module docstring).
+    """``layer.apply(params, image)`` computed tile by tile (see the module docstring);
+    ``tile``, ``overlap`` and ``align`` default to what the network's footprint asks for
+    (:func:`tile_settings`). A smaller ``overlap`` than the network's reach is allowed and
+    leaves seams where the reach is cut.
 
     ``image`` is (C, H, W) or (N, C, H, W), any size, on the parameters' device and dtype;
     the result has the network's output channels and the image's other sizes. Values may
@@ -51,21 +123,8 @@ def denoise_image(
         raise ValueError(
             f"{name}: image must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}"
         )
-    for value, what in ((tile, "tile"), (overlap, "overlap"), (align, "align")):
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or value < (0 if what == "overlap" else 1)
-        ):
-            raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
-    if tile % align:
-        raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
+    tile, overlap, align = tile_settings(layer, tile, overlap, align)
     step = (tile - 2 * overlap) // align * align
-    if step < align:
-        raise ValueError(
-            f"{name}: tile {tile} leaves no room after the overlap {overlap} on both sides "
-            f"(need tile >= 2 * overlap + align = {2 * overlap + align})"
-        )
     batch = image if image.dim() == 4 else image[None]
     n, _, h, w = batch.shape
     out: Tensor | None = None

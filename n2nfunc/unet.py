@@ -50,6 +50,7 @@ from .combinators import fanin_sum, fanout, parallel, serial
 from .conv import conv2d, upsample
 from .layers import max_pool2d
 from .stateful import StatefulLayer
+from .tiling import with_footprint
 
 # The default is smaller than the paper's, to train on 2 CPU cores: a float32 training step at
 # batch 8 of 64x64 crops takes 279 ms against 448 ms for the paper's shape
@@ -239,7 +240,18 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
         image_shape(in_shape, "unet", in_channels)
         return padded.init(generator, in_shape)
 
-    return Layer(init, padded.apply, padded.vjp)
+    return with_footprint(Layer(init, padded.apply, padded.vjp), 2**depth, reach(depth))
+
+
+def reach(depth: int) -> int:
+    """How far from an output pixel the input pixels it depends on can lie, in pixels:
+    ``5 * 2**depth - 2`` (78 at depth 4). Follow an output pixel's dependence interval back
+    through the network: each 3x3 convolution widens it by one pixel of its level on each
+    side, a pooling or an upsampling maps it to the next level; the deepest path dominates,
+    and its reach, maximised over the pixel's position within the pooling grid, is this
+    (``tests/test_pretrained.py`` measures it on the network itself). :func:`denoise_image`
+    overlaps its tiles by this much."""
+    return 5 * 2**depth - 2
 
 
 def conv_list(params: Params) -> list[tuple[Tensor, Tensor]]:
@@ -319,6 +331,7 @@ __all__ = [
     "load_params",
     "multiple",
     "padded_to_multiple",
+    "reach",
     "skip_block",
     "unet",
 ]

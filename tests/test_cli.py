@@ -447,3 +447,12 @@ def test_resume_of_a_checkpoint_that_does_not_record_its_data(tmp_path, monkeypa
     assert "was trained on Gaussian noise, sigma 10" in capsys.readouterr().err
     assert main([*resume, "--noise", "gaussian:10"]) == 0
     assert "does not record its training data" in capsys.readouterr().out
+
+
+def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys):
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8))
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model"]
+    assert main([*args, "unet-gaussian", "--tile", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "overlap 78" in err[-1] and "192 or more" in err[-1]
+    assert not (tmp_path / "out.png").exists()

@@ -118,6 +118,46 @@ def test_tiled_exercise_network_and_one_tile():
     assert torch.equal(nf.denoise_image(layer, params, x, tile=256), whole)  # a single tile
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_unet_reach_is_measured_on_the_network_itself(depth):
+    """Move one input pixel (float64, far out of range so that pooling passes it on) at each
+    position of the pooling grid: outputs change exactly up to ``reach(depth)`` pixels away."""
+    from n2nfunc.unet import reach
+
+    layer, params = _random_unet({"depth": depth, "widths": (3, 4, 3, 2)}, seed=depth)
+    params = nf.tree.map(lambda t: t.double(), params)
+    m, width = 2**depth, 2 * reach(depth) + 6 * 2**depth
+    x = torch.rand(1, 3, m, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    base = layer.apply(params, x)
+    farthest = 0
+    for p in range(width // 2 - m, width // 2):
+        moved = x.clone()
+        moved[0, :, 0, p] += 1e3
+        changed = (layer.apply(params, moved) != base).any(dim=(0, 1, 2)).nonzero().flatten()
+        farthest = max(farthest, int((changed - p).abs().max()))
+    assert farthest == reach(depth)
+
+
+def test_default_tiling_of_the_shipped_unet_has_no_seams():
+    layer, params = nf.pretrained("unet-gaussian")
+    x = torch.rand(1, 3, 300, 257, generator=torch.Generator().manual_seed(3))
+    whole = layer.apply(params, x)
+    tiled = nf.denoise_image(layer, params, x, tile=256)  # the overlap is the U-Net's reach
+    assert float((tiled - whole).abs().max()) < 1e-5
+    assert nf.tiling.tile_settings(layer) == (480, 78, 32)
+    seams = nf.denoise_image(layer, params, x, tile=256, overlap=32)  # asked for: allowed
+    assert float((seams - whole).abs().max()) > 1e-3
+
+
+def test_tiles_align_to_a_deep_unets_multiple():
+    layer, _ = _random_unet({"depth": 6, "widths": (2, 2, 2, 2)})
+    assert nf.tiling.tile_settings(layer)[2] == 64
+    with pytest.raises(
+        ValueError, match=r"align 32 must be a multiple of the network's size multiple 64"
+    ):
+        nf.tiling.tile_settings(layer, align=32)
+
+
 def test_denoise_image_bad_arguments():
     layer, params = _random_unet()
     x = torch.rand(1, 3, 40, 40)
