@@ -121,16 +121,28 @@ def _plain(x):
 
 
 def decode(obj):
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode`.
+
+    :func:`encode` never puts one container in two places, and a file that does (pickle can
+    share an object) is refused: a chain of 60 lists each held twice by the next is a file of
+    a few hundred bytes that would decode to 2**60 leaves."""
+    return _decode(obj, set())
+
+
+def _decode(obj, seen):
+    if isinstance(obj, (dict, list, tuple)) and len(obj):
+        if id(obj) in seen:
+            raise ValueError("one container is stored in two places, which n2nfunc never writes")
+        seen.add(id(obj))
     if isinstance(obj, dict):
         if "__tensor__" in obj:
             return _decode_tensor(obj)
         if "__namedtuple__" in obj:
             kind = namedtuple(obj["__namedtuple__"], obj["fields"])  # validates the names
-            return kind(*(decode(v) for v in obj["values"]))
-        return {k: decode(v) for k, v in obj.items()}
+            return kind(*(_decode(v, seen) for v in obj["values"]))
+        return {k: _decode(v, seen) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(decode(v) for v in obj)
+        return type(obj)(_decode(v, seen) for v in obj)
     return obj
 
 
@@ -241,5 +253,7 @@ def load(path):
         return decode(obj["payload"])
     except ValueError as e:  # raised by decode itself, in user terms
         raise ValueError(f"checkpoint {path} is damaged: {e}") from None
+    except RecursionError:
+        raise ValueError(f"checkpoint {path} is damaged (nested too deeply)") from None
     except (RuntimeError, TypeError, KeyError, AttributeError):
         raise ValueError(f"checkpoint {path} is damaged (a stored tensor is malformed)") from None

@@ -29,7 +29,7 @@ through the network, and the padded rows / columns of the input gradient are sum
 the edge row / column they copy.
 """
 
-from torch import Tensor, cat
+from torch import Tensor, cat, device
 
 from . import tree
 from .activations import leaky_relu
@@ -297,8 +297,12 @@ def from_conv_list(template: Params, convs: list[tuple[Tensor, Tensor]]) -> Para
 
 def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
     """A checkpoint's U-Net params (this layout or the earlier one) for ``unet(**arch)``,
-    their paths and shapes checked; errors name ``source``."""
-    _, fresh = unet(**arch).init(None, (-1, arch["in_channels"], -1, -1))
+    their paths and shapes checked; errors name ``source``. The shapes the architecture
+    asks for are formed on the meta device, so that a crafted architecture costs no memory
+    (depth 10 at width 4096 would be 6 billion parameters) before it is compared with the
+    file's own tensors."""
+    with device("meta"):
+        _, fresh = unet(**arch).init(None, (-1, arch["in_channels"], -1, -1))
     try:
         params = from_conv_list(fresh, conv_list(params))
     except (AttributeError, TypeError, ValueError, IndexError, RuntimeError):

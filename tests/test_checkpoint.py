@@ -287,6 +287,45 @@ def test_damaged_entries_give_clear_errors(tmp_path, entry, pattern):
     assert "bad.pth" in str(info.value)
 
 
+def _shared_lists(depth: int) -> bytes:
+    """A checkpoint of a few hundred bytes whose payload has 2**depth leaves: a chain of
+    lists, each held twice by the next (pickle shares the object)."""
+    node: list = [0]
+    for _ in range(depth):
+        node = [node, node]
+    return pickle.dumps({"format": "n2nfunc-checkpoint", "version": 1, "payload": node})
+
+
+def _deep_lists(depth: int) -> bytes:
+    """A checkpoint whose payload is ``depth`` nested lists, in raw pickle opcodes (pickling
+    it would recurse as deeply): ``depth`` empty lists, each appended to the one below."""
+
+    def text(s: str) -> bytes:
+        return b"X" + len(s).to_bytes(4, "little") + s.encode()
+
+    head = b"\x80\x02}(" + text("format") + text("n2nfunc-checkpoint") + text("version")
+    return head + b"K\x01" + text("payload") + b"]" * depth + b"a" * (depth - 1) + b"u."
+
+
+@pytest.mark.parametrize(
+    "blob,pattern",
+    [(_shared_lists(60), "stored in two places"), (_deep_lists(100_000), "nested too deeply")],
+)
+def test_files_that_would_expand_or_recurse_without_end_are_refused_at_once(
+    tmp_path, blob, pattern
+):
+    path = tmp_path / "bomb.pth"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=f"bomb.pth is damaged.*{pattern}"):
+        nf.load(path)
+
+
+def test_shared_leaves_and_empty_containers_still_load(tmp_path):
+    name, empty_tuple = "weight", ()
+    nf.save(tmp_path / "ok.pth", {"a": [name, name], "b": (empty_tuple, empty_tuple, [], [])})
+    assert nf.load(tmp_path / "ok.pth") == {"a": ["weight", "weight"], "b": ((), (), [], [])}
+
+
 @pytest.mark.cuda
 def test_cuda_tensors_are_saved_and_come_back_on_the_cpu(tmp_path):
     tensors = {str(d): _sample(d, (3, 4)).cuda() for d in DTYPES}

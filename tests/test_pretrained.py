@@ -95,6 +95,17 @@ def test_bad_checkpoints(tmp_path):
         save_unet(tmp_path / "x.pth", {"depth": 2, "widths": (4,)}, params)
 
 
+def test_a_huge_recorded_architecture_costs_no_memory_before_it_is_refused(tmp_path):
+    import resource
+
+    payload = {"network": "unet", "architecture": {"depth": 10, "widths": (4096,) * 4}}
+    nf.save(tmp_path / "bomb.pth", {**payload, "params": {}})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="bomb.pth: parameters do not fit"):
+        load_network(tmp_path / "bomb.pth")  # 6 billion parameters, had they been made
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
 @pytest.mark.parametrize("batched", [True, False])
 def test_tiled_equals_untiled_on_a_non_square_image(batched):
     layer, params = _random_unet()
