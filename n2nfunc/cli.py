@@ -673,16 +673,20 @@ def _n_train_default(args) -> int:
 
 
 def _check_nproc(args, error) -> None:
-    if args.nproc > 1 and args.batch_size % args.nproc:
+    processes, who = args.nproc, f"--nproc {args.nproc}"
+    if launch.is_worker() and args.nproc == 1:  # started by torchrun: its WORLD_SIZE counts
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        who = f"{processes} processes (WORLD_SIZE)"
+    if processes > 1 and args.batch_size % processes:
         error(
-            f"--nproc {args.nproc}: the global --batch-size {args.batch_size} must divide by the "
+            f"{who}: the global --batch-size {args.batch_size} must divide by the "
             "number of processes (each takes an equal slice of every batch)"
         )
     generated = not any(getattr(args, k, None) for k in ("train", "pairs"))
     n = getattr(args, "n_train", None)
-    if args.nproc > 1 and generated and n is not None and n < args.batch_size and n % args.nproc:
+    if processes > 1 and generated and n is not None and n < args.batch_size and n % processes:
         error(  # a batch is at most the whole training set
-            f"--nproc {args.nproc}: --n-train {n} is below --batch-size {args.batch_size}, so "
+            f"{who}: --n-train {n} is below --batch-size {args.batch_size}, so "
             f"each batch is all {n} pairs, which must divide by the number of processes"
         )
 

@@ -148,7 +148,20 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo for CPU tensors, NCCL for CUDA, with a
     short timeout so that a dead peer is an error in seconds, not after gloo's 30 minutes."""
     timeout = timedelta(seconds=timeout_s)
-    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    try:
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (
+            "is MASTER_ADDR an address of this machine, and MASTER_PORT free?"
+            if os.environ.get("RANK") == "0"
+            else "is rank 0 running there, with the same MASTER_ADDR and MASTER_PORT?"
+        )
+        raise CommunicationError(
+            f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} could not join "
+            f"the process group at {where} within {timeout_s:g} s ({hint}): {reason}"
+        ) from None
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -75,7 +75,11 @@ def train_worker(args, device, run) -> int:
     exit codes 130 and 1."""
     from . import distributed
 
-    dp = distributed.init_from_env(device)
+    try:
+        dp = distributed.init_from_env(device)
+    except distributed.CommunicationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     device = dp.device  # cuda:LOCAL_RANK on GPUs
     state_path = Path(args.out) / "checkpoint.pth"
     interrupted = []

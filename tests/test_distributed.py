@@ -177,6 +177,32 @@ def test_cli_refuses_nproc_that_does_not_divide_the_batch(capsys):
     assert "argument --nproc: expected an integer >= 1, got '0'" in capsys.readouterr().err
 
 
+def test_a_torchrun_worker_checks_the_batch_against_world_size_before_any_data(
+    tmp_path, monkeypatch, capsys
+):
+    for key, value in dict(RANK="1", WORLD_SIZE="3", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    out = tmp_path / "run"
+    assert main(["train", *CLI_TINY, "--batch-size", "8", "--out", str(out)]) == 2
+    assert (
+        "3 processes (WORLD_SIZE): the global --batch-size 8 must divide" in capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+def test_an_unreachable_rank_0_is_one_clear_error(monkeypatch):
+    for key, value in dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(key, value)
+    port = _free_port()  # nobody listens there
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    with pytest.raises(
+        distributed.CommunicationError,
+        match=rf"rank 1 of 2 could not join the process group at 127.0.0.1:{port} within 1 s",
+    ):
+        distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
+
+
 def test_no_augment_is_saved_in_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     assert main(["train", *CLI_TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
