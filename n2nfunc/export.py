@@ -45,6 +45,7 @@ VENDORED = [
     "precision.py",
     "checkpoint.py",
     "stateful.py",
+    "tiling.py",
 ]
 SUBPACKAGES = ["layers"]  # copied whole (every .py file)
 NAMES = [

@@ -34,6 +34,7 @@ from pathlib import Path
 from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
+from .base import Layer
 from .modules import (
     MSE,
     SGD,
@@ -49,6 +50,7 @@ from .modules import (
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
+from .tiling import denoise_image, with_footprint
 from .unet import MAX_WIDTH, check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
@@ -183,6 +185,13 @@ def _pad_to_multiple(x: Tensor, m: int):
     return x
 
 
+def _no_init(generator, in_shape):
+    raise TypeError("Model.predict's tiled network is for inference only")
+
+
+_no_vjp = _no_init
+
+
 def _inference(net: Module, x: Tensor) -> Tensor:
     """The network's output in its current mode, without keeping a pullback."""
     if isinstance(net.layer, StatefulLayer):
@@ -197,6 +206,12 @@ def _inference(net: Module, x: Tensor) -> Tensor:
 # still in chunks of 2**17 pixels (97.7 / 99.1 against 102.4 / 104.0 ms in two runs) and
 # bfloat16 in chunks of 2**18 (54.1 / 58.3 against 57.6 / 59.1 ms): one budget in bytes.
 PREDICT_BYTES = 1 << 19
+
+# Images of more pixels than PREDICT_TILE**2 are denoised tile by tile (overlapping by the
+# network's reach, see n2nfunc.denoise_image), so that memory stays bounded: the U-Net keeps
+# about 1 KB of float32 activations per pixel, so a 1500 x 2000 photo took 2.9 GB in one
+# pass, and a phone's 12-megapixel one would take 12.
+PREDICT_TILE = 1024
 
 
 def check_config(config: dict) -> None:
@@ -533,7 +548,9 @@ class Model:
 
         The batch runs in chunks of about ``max_pixels`` pixels (at least one image); by
         default ``PREDICT_BYTES`` over the bytes of one computed number (2**17 pixels in
-        float32, 2**18 in bfloat16)."""
+        float32, 2**18 in bfloat16). An image of more than ``PREDICT_TILE``**2 pixels runs
+        in overlapping tiles of that size (:func:`n2nfunc.denoise_image`), which bounds the
+        memory and gives the untiled result up to rounding."""
         x, scale = to_unit_range(test_input, "test_input")
         self._move_to(x.device, x.dtype)
         self.net.eval()
@@ -543,11 +560,19 @@ class Model:
             computed = x if runner is self.net else compute_dtype(self.config["precision"])
             max_pixels = PREDICT_BYTES // computed.itemsize
         per_chunk = max(1, max_pixels // (h * w))
-        outs = []
         multiple = 1 if self.config["network"] == "unet" else 4  # the U-Net pads itself
-        for start in range(0, n, per_chunk):
-            chunk = _pad_to_multiple(x[start : start + per_chunk], multiple)
-            outs.append(_inference(runner, chunk)[:, :, :h, :w])
+
+        def run(chunk):
+            hc, wc = chunk.shape[2], chunk.shape[3]
+            return _inference(runner, _pad_to_multiple(chunk, multiple))[:, :, :hc, :wc]
+
+        if h * w > PREDICT_TILE**2:  # one large image at a time, in tiles
+            fp = getattr(runner.layer.apply, "footprint", None)  # the U-Net's reach
+            layer = Layer(_no_init, lambda _, chunk: run(chunk), _no_vjp)
+            layer = with_footprint(layer, *fp) if fp else layer
+            outs = [denoise_image(layer, None, x[i : i + 1], PREDICT_TILE) for i in range(n)]
+        else:
+            outs = [run(x[start : start + per_chunk]) for start in range(0, n, per_chunk)]
         out = cat(outs) if len(outs) > 1 else outs[0]  # a new tensor either way
         out = out.clamp_(0, 1)
         return (out.mul_(scale) if scale != 1.0 else out).contiguous()

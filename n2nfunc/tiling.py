@@ -96,11 +96,12 @@ def tile_settings(layer: Layer, tile=None, overlap=None, align=None) -> tuple[in
         tile = max(DEFAULT_TILE, _round_up(6 * overlap, align))
     if tile % align:
         raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
+    rounded = _round_up(2 * overlap + align, align)
     if (tile - 2 * overlap) // align * align < align:
         raise ValueError(
             f"{name}: tile {tile} leaves no room after the overlap {overlap} on both sides "
-            f"(need tile >= 2 * overlap + align = {2 * overlap + align}: "
-            f"{_round_up(2 * overlap + align, align)} or more)"
+            f"(need tile >= 2 * overlap + align = {2 * overlap + align}"
+            + (f", so {rounded} or more)" if rounded != 2 * overlap + align else ")")
         )
     return tile, overlap, align
 

@@ -40,6 +40,24 @@ def test_unet_model_trains_and_predicts_any_size():
         assert torch.allclose(out, direct, atol=1e-4)
 
 
+@pytest.mark.parametrize("config", [TINY, {**TINY, "precision": "bfloat16"}, {}])
+def test_large_images_are_predicted_in_tiles_with_the_untiled_result(config, monkeypatch):
+    import n2nfunc.model as model_module
+
+    m = Model(config)  # {}: the exercise's network
+    z = torch.randint(
+        0, 256, (2, 3, 150, 131), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    whole = m.predict(z)
+    calls = []
+    real = model_module.denoise_image
+    monkeypatch.setattr(model_module, "denoise_image", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(model_module, "PREDICT_TILE", 96)
+    tiled = m.predict(z)
+    assert len(calls) == 2 and tiled.shape == z.shape  # one image at a time
+    assert float((tiled - whole).abs().max()) < 1e-3  # 0-255 scale
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_unet_model_precision(precision):
     x, y = _pairs(4)
