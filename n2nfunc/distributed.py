@@ -135,10 +135,11 @@ class DataParallel:
         out = []
         for i, (shape, dtype) in enumerate(header[0]):
             if self.rank == 0:
-                t = tensors[i].to(dev)
+                t = tensors[i].to(dev).contiguous()
             else:
                 t = torch.empty(shape, dtype=dtype, device=dev)
-            _collective(dist.broadcast, t, src=0)
+            # sent as raw bytes: gloo has no int16 (the unclipped targets of built-in pairs)
+            _collective(dist.broadcast, t.view(-1).view(torch.uint8), src=0)
             out.append(t.cpu())
         return out
 

@@ -73,7 +73,11 @@ def main(out: Path) -> None:
     except TypeError as e:
         type_error = str(e)
     dist.all_reduce = real
-    sent = [torch.arange(12, dtype=torch.uint8).view(3, 4) * 2, torch.ones(2, dtype=torch.float64)]
+    sent = [
+        torch.arange(12, dtype=torch.uint8).view(3, 4) * 2,
+        torch.ones(2, dtype=torch.float64),
+        torch.tensor([[-300, 7], [512, 0]], dtype=torch.int16).t(),  # gloo has no int16
+    ]
     received = dp.broadcast(sent if r == 0 else [])
     p64, s64 = model_params(torch.float64, dp, epochs=2)
     p32, _ = model_params(torch.float32, dp)

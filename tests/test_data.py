@@ -196,3 +196,25 @@ def test_exif_orientation_is_applied(tmp_path):
     rgb = read_image(tmp_path / "portrait.jpg").rgb
     assert tuple(rgb.shape) == (3, 80, 40)  # displayed 40 wide, 80 high
     assert rgb[1, :5].float().mean() > 150 and rgb[0, :5].float().mean() < 60  # band on top
+
+
+@pytest.mark.parametrize("noise", ["gaussian:50", "poisson:5"])
+def test_builtin_training_targets_of_camera_noise_are_not_clipped(noise, tmp_path, monkeypatch):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path))
+    first, second = builtin_pairs(300, "train", noise)
+    assert first.dtype == torch.uint8 and second.dtype == torch.int16
+    assert int(second.max()) > 255  # beyond white (and, for Gaussian noise, below black)
+    assert int(second.min()) < 0 if noise.startswith("gaussian") else int(second.min()) == 0
+    again = builtin_pairs(300, "train", noise)  # from the cache, as made
+    assert torch.equal(again[1], second) and len(list(tmp_path.iterdir())) == 1
+    _, clean = builtin_pairs(50, "val", noise)
+    assert clean.dtype == torch.uint8
+    aliasing = builtin_pairs(20, "train", "downsample:4")
+    assert aliasing[0].dtype == aliasing[1].dtype == torch.uint8
+
+
+def test_the_cache_tells_apart_levels_that_print_alike(tmp_path, monkeypatch):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path))
+    builtin_pairs(4, "val", "gaussian:12.3456")
+    builtin_pairs(4, "val", "gaussian:12.34564")
+    assert len(list(tmp_path.iterdir())) == 2

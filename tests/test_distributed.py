@@ -117,9 +117,10 @@ def test_all_reduce_mean_packs_each_dtype_into_one_collective(ranks):
 
 def test_broadcast_sends_rank0_tensors(ranks):
     for r in ranks:
-        a, b = r["received"]
+        a, b, c = r["received"]
         assert torch.equal(a, torch.arange(12, dtype=torch.uint8).view(3, 4) * 2)
         assert torch.equal(b, torch.ones(2, dtype=torch.float64))
+        assert torch.equal(c, torch.tensor([[-300, 512], [7, 0]], dtype=torch.int16))
 
 
 @pytest.mark.parametrize("key", ["model64", "adam64", "model32", "functional64"])

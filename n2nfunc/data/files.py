@@ -53,12 +53,14 @@ def safe_load(path, what: str = "file"):
         ) from None
 
 
-def check_pairs(first, second, source: str) -> tuple[Tensor, Tensor]:
-    """Two uint8 tensors of equal shape (N, 3, H, W) with N > 0."""
+def check_pairs(first, second, source: str, unclipped_target: bool = False):
+    """Two uint8 tensors of equal shape (N, 3, H, W) with N > 0 (the second may be int16,
+    an unclipped target on the 0-255 scale, where ``unclipped_target``)."""
     for name, t in (("first", first), ("second", second)):
         if not isinstance(t, Tensor):
             raise ValueError(f"{source}: {name} element is a {type(t).__name__}, not a tensor")
-        if t.dtype != torch.uint8:
+        allowed = (torch.uint8, torch.int16) if unclipped_target and name == "second" else ()
+        if t.dtype != torch.uint8 and t.dtype not in allowed:
             raise ValueError(f"{source}: {name} tensor has dtype {t.dtype}, expected torch.uint8")
         if t.dim() != 4 or t.shape[1] != 3 or t.shape[0] == 0:
             raise ValueError(

@@ -109,17 +109,29 @@ def to_uint8(x: Tensor) -> Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def to_int16(x: Tensor) -> Tensor:
+    """``x`` on the 0-255 scale, rounded but not clipped (an unclipped Noise2Noise target)."""
+    return (x * 255).round_().clamp_(-32768, 32767).to(torch.int16)
+
+
 def noisy_views(
-    high: Tensor, clean: Tensor, noise, factor: int, generator: torch.Generator, level=None
+    high: Tensor,
+    clean: Tensor,
+    noise,
+    factor: int,
+    generator: torch.Generator,
+    level=None,
+    clip: bool = True,
 ) -> Tensor:
-    """One noisy view (float, [0, 1]) of each image for a noise spec
+    """One noisy view (float) of each image for a noise spec
     (:func:`n2nfunc.data.noise.parse_noise`): ``high`` point-sampled by ``factor`` for
-    downsampling, else ``clean`` plus noise at ``level`` (one per image), clipped."""
+    downsampling, else ``clean`` plus noise at ``level`` (one per image), clipped to [0, 1]
+    when ``clip``."""
     from .noise import add_noise  # noise.py builds on this module's samplers
 
     if noise.kind == "downsample":
         return point_sample(high, factor, generator)
-    return add_noise(clean, noise, generator, level=level)
+    return add_noise(clean, noise, generator, level=level, clip=clip)
 
 
 def make_pairs(
@@ -130,9 +142,12 @@ def make_pairs(
     size: int = 32,
     chunk: int = 1000,
 ) -> tuple[Tensor, Tensor]:
-    """``n`` uint8 pairs (n, 3, size, size): noisy/noisy for ``split="train"``, noisy/clean for
-    ``split="val"``, with the noise of a spec (a ``--noise`` text or a ``NoiseSpec``; both
-    images of a pair share one level). Train and val draw from disjoint seeds."""
+    """``n`` pairs (n, 3, size, size) on the 0-255 scale: noisy/noisy for ``split="train"``,
+    noisy/clean for ``split="val"``, with the noise of a spec (a ``--noise`` text or a
+    ``NoiseSpec``; both images of a pair share one level). Train and val draw from disjoint
+    seeds. The first image, and every image of aliasing pairs, is uint8 (clipped, like a
+    saved photo); a training target of Gaussian or Poisson noise is int16, rounded but not
+    clipped, as a clipped target would bias Noise2Noise near black and white."""
     from .noise import levels, parse_noise
 
     if split not in ("train", "val"):
@@ -149,7 +164,10 @@ def make_pairs(
         clean = box_downsample(high, factor)
         lv = None if noise.kind == "downsample" else levels(noise, m, g)
         first.append(to_uint8(noisy_views(high, clean, noise, factor, g, lv)))
-        second.append(
-            to_uint8(clean if split == "val" else noisy_views(high, clean, noise, factor, g, lv))
-        )
+        if split == "val":
+            second.append(to_uint8(clean))
+        elif noise.kind == "downsample":
+            second.append(to_uint8(noisy_views(high, clean, noise, factor, g, lv)))
+        else:
+            second.append(to_int16(noisy_views(high, clean, noise, factor, g, lv, clip=False)))
     return torch.cat(first), torch.cat(second)
