@@ -14,8 +14,8 @@ Layout::
 so ``from model import Model`` (folder on ``sys.path``) and
 ``from Miniproject_2.model import Model`` both work, and an installed n2nfunc is never
 touched. The copied files import only torch and the standard library; checkpoints are
-read by a standard-library unpickler that refuses every global (needs torch >= 1.10 for
-``torch.frombuffer``).
+read by a standard-library unpickler that refuses every global. Python >= 3.10, torch >= 2.0
+(as the package; CI tests the version ``constraints.txt`` pins).
 """
 
 import shutil

@@ -193,10 +193,14 @@ _no_vjp = _no_init
 
 
 def _inference(net: Module, x: Tensor) -> Tensor:
-    """The network's output in its current mode, without keeping a pullback."""
+    """The network's output in its current mode, without keeping a pullback; computed in
+    ``x``'s dtype (on a converted copy of the weights if theirs differs)."""
+    params = net.params
+    if tree.leaves(params)[0].dtype != x.dtype:
+        params = tree.map(lambda t: t.to(dtype=x.dtype) if t.is_floating_point() else t, params)
     if isinstance(net.layer, StatefulLayer):
-        return net.layer.apply(net.params, net.state, x, train=net.training, rng=net.rng)[0]
-    return net.layer.apply(net.params, x)
+        return net.layer.apply(params, net.state, x, train=net.training, rng=net.rng)[0]
+    return net.layer.apply(params, x)
 
 
 # Images per forward pass in Model.predict, as pixels times the bytes of one computed number:
@@ -552,13 +556,13 @@ class Model:
         in overlapping tiles of that size (:func:`n2nfunc.denoise_image`), which bounds the
         memory and gives the untiled result up to rounding."""
         x, scale = to_unit_range(test_input, "test_input")
-        self._move_to(x.device, x.dtype)
+        self._move_to(x.device)  # the weights keep their dtype: float64 images use a copy
         self.net.eval()
         runner = self._runner(x, "test_input")
         n, _, h, w = x.shape
         if max_pixels is None:
-            computed = x if runner is self.net else compute_dtype(self.config["precision"])
-            max_pixels = PREDICT_BYTES // computed.itemsize
+            computed = x.dtype if runner is self.net else compute_dtype(self.config["precision"])
+            max_pixels = PREDICT_BYTES // empty((), dtype=computed).element_size()
         per_chunk = max(1, max_pixels // (h * w))
         multiple = 1 if self.config["network"] == "unet" else 4  # the U-Net pads itself
 

@@ -218,3 +218,22 @@ def test_the_cache_tells_apart_levels_that_print_alike(tmp_path, monkeypatch):
     builtin_pairs(4, "val", "gaussian:12.3456")
     builtin_pairs(4, "val", "gaussian:12.34564")
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_transparency_of_palette_and_trns_images_is_kept(tmp_path):
+    from PIL import Image
+
+    pal = Image.new("P", (8, 6), 0)
+    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    pal.paste(1, (0, 0, 4, 6))
+    pal.save(tmp_path / "pal.png", transparency=0)  # index 0 transparent
+    pic = read_image(tmp_path / "pal.png")
+    assert pic.alpha is not None and not pic.grey
+    assert int(pic.alpha[0, 0, 0]) == 255 and int(pic.alpha[0, 0, 7]) == 0
+    assert pic.rgb[:, 0, 0].tolist() == [200, 100, 50]
+    grey = Image.new("L", (5, 5), 200)
+    grey.putpixel((0, 0), 7)
+    grey.save(tmp_path / "grey.png", transparency=7)  # a tRNS grey level
+    pic = read_image(tmp_path / "grey.png")
+    assert pic.grey and pic.alpha is not None
+    assert int(pic.alpha[0, 0, 0]) == 0 and int(pic.alpha[0, 1, 1]) == 255

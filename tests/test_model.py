@@ -90,6 +90,18 @@ def test_float64_inputs_train_the_network_in_float64(pairs):
     assert m.optimizer.params[0] is after
 
 
+def test_predict_computes_in_the_inputs_dtype_and_leaves_the_weights_as_they_are(pairs):
+    xt, yt, xv, _ = pairs
+    m = Model(SMALL)
+    m.train(xt[:32].double(), yt[:32].double(), num_epochs=1)  # float64 weights
+    weights = m.net.state_dict()["0.weight"].clone()
+    out32 = m.predict(xv[:4].float())
+    assert out32.dtype == torch.float32 and m.net.state_dict()["0.weight"].dtype == torch.float64
+    assert torch.equal(m.net.state_dict()["0.weight"], weights)  # not rounded to float32
+    out64 = m.predict(xv[:4].double())
+    assert out64.dtype == torch.float64 and torch.allclose(out64.float(), out32, atol=1e-3)
+
+
 def test_train_accepts_the_old_grader_call_and_0_1_floats(pairs):
     xt, yt, _, _ = pairs
     m = Model({**SMALL, "num_epochs": 1})

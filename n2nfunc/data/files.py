@@ -107,6 +107,8 @@ def read_image(path) -> Picture:
         with Image.open(path) as raw:
             raw.load()
             im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
+            if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
+                im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # a tRNS chunk
             alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
             grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
             # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
