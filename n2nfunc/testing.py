@@ -8,7 +8,11 @@ the pullback must give ``grad f``. The checks, all in float64:
   for every parameter path;
 * full Jacobian: for an input (or a parameter) of at most ``full_jacobian_max`` elements,
   every coordinate of the pullback equals its own central difference;
-* linearity: ``pullback(a c1 + b c2) = a pullback(c1) + b pullback(c2)``.
+* linearity: ``pullback(a c1 + b c2) = a pullback(c1) + b pullback(c2)``;
+* form: ``vjp``'s output is ``apply``'s; every gradient has its parameter's (or the
+  input's) path, shape and dtype, with nothing broadcast; and a call without the input
+  gradient (``input_grad=False``, as a training step makes) gives the same parameter
+  gradients.
 
 A :class:`~n2nfunc.stateful.StatefulLayer` is checked in training mode with its ``state`` and
 ``rng`` held fixed (:func:`~n2nfunc.stateful.fixed`): every evaluation draws from a copy of
@@ -19,6 +23,7 @@ that mask; the new state is not checked.
 from torch import Generator, Tensor, empty
 
 from . import tree
+from .base import pull
 from .stateful import StatefulLayer, fixed
 
 
@@ -80,6 +85,7 @@ def check_vjp(
         float((c * t).abs().sum()) for c, t in zip(tree.leaves(ct), tree.leaves(y))
     )
     tiny = rounding / eps / rtol + 1e-300
+    _check_form(layer, params, x, y, ct, pullback, ct_params, ct_x, rtol)
 
     def f(p, z):
         return tree.vdot(ct, layer.apply(p, z))
@@ -145,6 +151,28 @@ def check_vjp(
         err = float((got - want).abs().max()) / max(float(want.abs().max()), tiny)
         record(f"linearity ({path})", err, "pullback is not linear")
     return worst
+
+
+def _check_form(layer, params, x, y, ct, pullback, ct_params, ct_x, rtol: float) -> None:
+    """What finite differences of ``apply`` cannot see (see the module docstring)."""
+    try:
+        tree.check_like(y, layer.apply(params, x), "check_vjp: vjp's output", "apply output")
+        tree.check_like(ct_params, params, "check_vjp: the parameter gradients")
+        tree.check_like(ct_x, x, "check_vjp: the input gradient", "input")
+    except ValueError as e:
+        raise VJPCheckError(str(e)) from None
+    for path, want in tree.flatten(layer.apply(params, x)):
+        got = dict(tree.flatten(y))[path]
+        if float((got - want).abs().max()) > rtol * max(float(want.abs().max()), 1e-300):
+            where = f" '{path}'" if path else ""
+            raise VJPCheckError(f"check_vjp: vjp's output{where} differs from apply's")
+    without, _ = pull(layer.vjp, pullback, ct, input_grad=False)
+    for (path, got), (_, want) in zip(tree.flatten(without), tree.flatten(ct_params)):
+        if float((got - want).abs().max()) > rtol * max(float(want.abs().max()), 1e-300):
+            raise VJPCheckError(
+                f"check_vjp: parameter gradient '{path}' differs when the input gradient is "
+                "not asked for (input_grad=False)"
+            )
 
 
 def _device_of(x):

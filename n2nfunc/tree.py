@@ -113,12 +113,13 @@ def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") 
     parameter, as torch requires of ``.grad``), naming the first leaf that differs."""
 
     def check(path, x, y):
+        where = f"'{path}' " if path else ""
         for leaf, whose in ((x, what), (y, f"the {like_what}")):
             if leaf is None:
-                raise ValueError(f"{what}: '{path}' of {whose} is None")
+                raise ValueError(f"{what}: {where}of {whose} is None")
         if hasattr(x, "shape") and hasattr(y, "shape") and (x.shape, x.dtype) != (y.shape, y.dtype):
             raise ValueError(
-                f"{what}: '{path}' has shape {tuple(x.shape)} and dtype {x.dtype}, but the "
+                f"{what}: {where}has shape {tuple(x.shape)} and dtype {x.dtype}, but the "
                 f"{like_what} has shape {tuple(y.shape)} and dtype {y.dtype}"
             )
 

@@ -39,3 +39,48 @@ def test_bias_gradient_error_names_the_bias():
     buggy = _with_pullback(conv, lambda g, dx: ({**g, "bias": g["bias"] * 0.5}, dx))
     with pytest.raises(VJPCheckError, match="parameter 'bias'.*relative error"):
         nf.check_vjp(buggy, params, torch.randn(1, 2, 4, 4))
+
+
+def _conv_case():
+    conv = nf.conv2d(3, 3, padding=1)
+    _, params = conv.init(torch.Generator().manual_seed(0), (2, 4, 6, 6))
+    return conv, params, torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize(
+    "fix,pattern",
+    [
+        (lambda g, dx: ({**g, "bias": g["bias"][None]}, dx), r"'bias' has shape \(1, 3\)"),
+        (lambda g, dx: (g, dx[None]), r"input gradient: has shape \(1, 2, 4, 6, 6\)"),
+        (lambda g, dx: (g, dx.float()), r"input gradient: has shape .* dtype torch.float32"),
+        (lambda g, dx: ({"weight": g["weight"]}, dx), r"differ in structure, keys differ"),
+    ],
+)
+def test_gradients_of_the_wrong_form_are_caught(fix, pattern):
+    conv, params, x = _conv_case()
+    with pytest.raises(VJPCheckError, match=pattern):
+        nf.check_vjp(_with_pullback(conv, fix), params, x)
+
+
+def test_a_vjp_output_unlike_apply_and_an_input_grad_false_path_are_checked():
+    conv, params, x = _conv_case()
+
+    def vjp_without_bias(p, z):
+        return conv.vjp({**p, "bias": p["bias"] * 0}, z)[0], conv.vjp(p, z)[1]
+
+    with pytest.raises(VJPCheckError, match="vjp's output differs from apply's"):
+        nf.check_vjp(nf.Layer(conv.init, conv.apply, vjp_without_bias), params, x)
+
+    def vjp_doubling_without_input_grad(p, z):
+        y, pullback = conv.vjp(p, z)
+
+        def pb(ct, input_grad=True):
+            g, dx = pullback(ct)
+            return (g if input_grad else nf.tree.scale(2.0, g)), (dx if input_grad else None)
+
+        return y, pb
+
+    vjp_doubling_without_input_grad.skips_input_grad = True
+    layer = nf.Layer(conv.init, conv.apply, vjp_doubling_without_input_grad)
+    with pytest.raises(VJPCheckError, match="'weight' differs when the input gradient is not"):
+        nf.check_vjp(layer, params, x)
