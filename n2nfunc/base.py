@@ -221,6 +221,15 @@ def check_params(params, layer: str, expected: dict, what: str = "parameter") ->
         if not isinstance(p, Tensor) or tuple(p.shape) != tuple(shape):
             found = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
             raise ValueError(f"{layer}: {what} '{key}' must have shape {tuple(shape)}, got {found}")
+    if what == "parameter" and len(expected) > 1:  # one dtype and device for all (a bias too)
+        first, *rest = expected
+        for key in rest:
+            a, b = params[first], params[key]
+            if (a.dtype, a.device) != (b.dtype, b.device):
+                raise TypeError(
+                    f"{layer}: parameter '{key}' is {b.dtype} on {b.device}, but '{first}' is "
+                    f"{a.dtype} on {a.device}; a layer's parameters share one dtype and device"
+                )
 
 
 class Output(NamedTuple):

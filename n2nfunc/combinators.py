@@ -199,7 +199,17 @@ def fanout(n: int) -> Layer:
         return (tuple(in_shape),) * n, {}
 
     def vjp(params, x):
-        return (x,) * n, lambda cts: ({}, _sum(_check_tuple(cts, n, "fanout")))
+        x_out = output_of(x) if isinstance(x, Tensor) else None  # else a stream of streams
+
+        def pullback(cts):
+            cts = _check_tuple(cts, n, "fanout")
+            if x_out is not None:
+                cts = [
+                    check_cotangent(ct, x_out, f"fanout (output {i})") for i, ct in enumerate(cts)
+                ]
+            return {}, _sum(cts)
+
+        return (x,) * n, pullback
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 
@@ -218,10 +228,16 @@ def fanin_sum() -> Layer:
         return _same_shapes(in_shapes, "fanin_sum")[0], {}
 
     def vjp(params, xs):
-        _same_shapes([x.shape for x in _check_tuple(xs, -1, "fanin_sum")], "fanin_sum")
+        xs = _tensors(xs, "fanin_sum")
+        _same_shapes([x.shape for x in xs], "fanin_sum")
         y = _sum(xs)
-        y_out, count = output_of(y), len(xs)
-        return y, lambda ct: ({}, (check_cotangent(ct, y_out, "fanin_sum"),) * count)
+        y_out, dtypes = output_of(y), [x.dtype for x in xs]
+
+        def pullback(ct):
+            ct = check_cotangent(ct, y_out, "fanin_sum")
+            return {}, tuple(ct.to(dtype=d) for d in dtypes)  # each input's dtype
+
+        return y, pullback
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 
@@ -245,21 +261,38 @@ def fanin_concat(axis: int = 1) -> Layer:
         return tuple(out), {}
 
     def vjp(params, xs):
-        xs = _check_tuple(xs, -1, name)
+        xs = _tensors(xs, name)
         try:
             y = cat(xs, axis)
         except RuntimeError as e:
             raise ValueError(
                 f"{name}: cannot concatenate shapes {[tuple(x.shape) for x in xs]}: {e}"
             ) from None
-        sizes, y_out = [x.shape[axis] for x in xs], output_of(y)
+        sizes, y_out, dtypes = [x.shape[axis] for x in xs], output_of(y), [x.dtype for x in xs]
 
         def pullback(ct):
-            return {}, tuple(check_cotangent(ct, y_out, name).split(sizes, axis))
+            parts = check_cotangent(ct, y_out, name).split(sizes, axis)
+            return {}, tuple(part.to(dtype=d) for part, d in zip(parts, dtypes))
 
         return y, pullback
 
     return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def _tensors(xs, name: str):
+    """A tuple of tensors (the inputs of a merge), else a ValueError naming the layer."""
+    xs = _check_tuple(xs, -1, name)
+    for i, x in enumerate(xs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: input {i} must be a Tensor, got {type(x).__name__}")
+    return xs
+
+
+def _same_tensor_shape(x, fx):
+    if not isinstance(fx, Tensor) or not isinstance(x, Tensor):
+        kinds = f"{type(x).__name__} to {type(fx).__name__}"
+        raise TypeError(f"residual: the inner layer must map a tensor to a tensor, not {kinds}")
+    _same_shape(x.shape, fx.shape)
 
 
 def _same_shape(x, fx, name="residual"):
@@ -282,12 +315,12 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
 
     def apply(params, state, x, *, train, rng=None):
         fx, new_state = inner.apply(params, state, x, train=train, rng=rng)
-        _same_shape(x.shape, fx.shape)
+        _same_tensor_shape(x, fx)
         return x + fx, new_state
 
     def vjp(params, state, x, *, train, rng=None):
         fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=rng)
-        _same_shape(x.shape, fx.shape)
+        _same_tensor_shape(x, fx)
         y = x + fx
         y_out, held = output_of(y), Held(pb, "residual")
 

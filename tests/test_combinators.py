@@ -171,3 +171,30 @@ def test_identity_passes_several_streams_through():
     assert torch.equal(y, 2 * x) and torch.equal(
         pullback(torch.ones(2, 3))[1], 2 * torch.ones(2, 3)
     )
+
+
+def test_merge_and_branch_pullbacks_check_cotangents_and_keep_each_inputs_dtype():
+    x = torch.randn(2, 3, 5, 6)
+    _, pb = nf.fanout(2).vjp({}, x)
+    with pytest.raises(
+        ValueError, match=r"fanout \(output 0\): .* shape \(2, 3, 5, 6\), got \(1, 3, 5, 6\)"
+    ):
+        pb((torch.ones(1, 3, 5, 6), torch.ones(2, 3, 5, 6)))
+    with pytest.raises(ValueError, match=r"fanout \(output 1\)"):
+        pb((torch.ones(2, 3, 5, 6), None))
+    assert pb((torch.ones(2, 3, 5, 6).double(), torch.ones(2, 3, 5, 6)))[1].dtype == torch.float32
+    pair = (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4).double())
+    for merge in (nf.fanin_sum(), nf.fanin_concat(axis=1)):
+        y, pb = merge.vjp({}, pair)
+        _, (g0, g1) = pb(torch.randn(y.shape, dtype=y.dtype))
+        assert (g0.dtype, g1.dtype) == (torch.float32, torch.float64)
+        with pytest.raises(TypeError, match="input 1 must be a Tensor, got int"):
+            merge.apply({}, (pair[0], 2))
+
+
+def test_residual_around_a_layer_that_returns_a_tuple_is_named():
+    with pytest.raises(
+        TypeError,
+        match=r"in layer 0: residual: .* map a tensor to a tensor, not Tensor to tuple",
+    ):
+        nf.serial(nf.residual(nf.fanout(2))).apply({"0": {}}, torch.randn(1, 2, 3, 3))

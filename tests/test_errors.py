@@ -195,3 +195,23 @@ def test_a_cotangent_of_another_float_dtype_is_converted_to_the_outputs(layer, c
         assert g.dtype == torch.float32 and torch.equal(g, e)
     with pytest.raises(TypeError, match=r"output gradient must be floating point, got torch.int64"):
         layer.vjp(params, x)[1](ct.long())
+
+
+@pytest.mark.parametrize(
+    "layer,in_shape",
+    [
+        (nf.conv2d(4, 3, padding=1), (1, 2, 5, 5)),
+        (nf.conv_transpose2d(4, 3, stride=2, padding=1), (1, 2, 5, 5)),
+        (nf.upsample(4, 3, 2, padding=1), (1, 2, 5, 5)),
+        (nf.dense(4), (1, 6)),
+    ],
+)
+def test_a_bias_of_another_dtype_than_the_weight_is_named(layer, in_shape):
+    _, params = layer.init(None, in_shape)
+    x = torch.rand(in_shape)
+    for bias in (params["bias"].double(), params["bias"].int()):
+        with pytest.raises(
+            TypeError,
+            match=r"in layer 0: .*'bias' is torch\.(float64|int32) on cpu, but 'weight' is",
+        ):
+            nf.serial(layer).apply({"0": {**params, "bias": bias}}, x)
