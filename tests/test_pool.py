@@ -230,3 +230,24 @@ def test_max_pool2d_routes_infinite_maxima_like_torch(k, s, p):
     y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
     y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)
     assert torch.equal(y, y_ref) and torch.equal(pullback(ct)[1], g)
+
+
+def test_16_bit_window_sums_accumulate_in_float32_and_round_once():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 3, 16, 16, generator=g) + 1.0).bfloat16()  # sums that bfloat16 rounds
+    ref = F.avg_pool2d(x.float(), 8)
+    y = nf.avg_pool2d(8).apply({}, x)
+    assert y.dtype == torch.bfloat16 and float(((y.float() - ref) / ref).abs().max()) <= 2**-8
+    up = nf.nearest_upsample(4)
+    _, pb = up.vjp({}, x)
+    ct = (torch.rand(2, 3, 64, 64, generator=g) + 1.0).bfloat16()
+    want = ct.float().view(2, 3, 16, 4, 16, 4).sum((3, 5))
+    got = pb(ct)[1]
+    assert float(((got.float() - want) / want).abs().max()) <= 2**-8
+    _, pb = nf.avg_pool2d(5, 1, 2).vjp({}, x)  # overlapping windows in the backward pass
+    ct = (torch.rand(2, 3, 16, 16, generator=g) + 1.0).bfloat16()
+    with torch.enable_grad():
+        x32 = x.float().requires_grad_()
+        F.avg_pool2d(x32, 5, 1, 2).backward(ct.float())
+    got = pb(ct)[1].float()
+    assert float(((got - x32.grad) / x32.grad).abs().max()) <= 2**-8

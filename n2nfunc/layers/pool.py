@@ -183,6 +183,9 @@ def _avg_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     """Every pixel of a window gets ``g / (kh kw)``: one strided add per kernel offset."""
     n, hp, wp, c = padded_shape
     _, ho, wo, _ = g.shape
+    low = g.dtype if g.element_size() == 2 and (s[0] < k[0] or s[1] < k[1]) else None
+    if low is not None:  # overlapping windows add up: in float32, rounded once at the end
+        g = g.float()
     share = g / (k[0] * k[1])
     dxp = g.new_zeros(n, hp, wp, c)
     for a in range(k[0]):
@@ -190,7 +193,7 @@ def _avg_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
             dxp[:, a : a + s[0] * (ho - 1) + 1 : s[0], b : b + s[1] * (wo - 1) + 1 : s[1]].add_(
                 share
             )
-    return dxp
+    return dxp if low is None else dxp.to(dtype=low)
 
 
 def avg_pool2d(kernel_size, stride=None, padding=0) -> Layer:
