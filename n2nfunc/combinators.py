@@ -215,10 +215,18 @@ def fanout(n: int) -> Layer:
 
 
 def _same_shapes(shapes, name):
+    """Equal shapes, a -1 (a size ``init`` does not know) matching any size; returns the
+    shapes with each -1 replaced by a known size of that axis where there is one."""
     shapes = [tuple(s) for s in _check_tuple(shapes, -1, name)]
-    if any(s != shapes[0] for s in shapes):
+    if len({len(s) for s in shapes}) != 1:
         raise ValueError(f"{name}: inputs must have equal shapes, got {shapes}")
-    return shapes
+    merged = []
+    for sizes in zip(*shapes):
+        known = {d for d in sizes if d != -1}
+        if len(known) > 1:
+            raise ValueError(f"{name}: inputs must have equal shapes, got {shapes}")
+        merged.append(known.pop() if known else -1)
+    return [tuple(merged)] * len(shapes)
 
 
 def fanin_sum() -> Layer:
@@ -252,13 +260,14 @@ def fanin_concat(axis: int = 1) -> Layer:
         if len(ranks) != 1 or not -min(ranks) <= axis < min(ranks):
             raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")
         a = axis % len(shapes[0])  # s[:-1] + s[0:] would keep the whole shape for axis -1
-        others = {s[:a] + s[a + 1 :] for s in shapes}
-        if len(others) != 1:
-            raise ValueError(f"{name}: inputs must agree except along axis {axis}, got {shapes}")
-        size = sum(s[axis] for s in shapes)
-        out = list(shapes[0])
-        out[axis] = -1 if any(s[axis] == -1 for s in shapes) else size
-        return tuple(out), {}
+        try:
+            (rest, *_) = _same_shapes([s[:a] + s[a + 1 :] for s in shapes], name)
+        except ValueError:
+            raise ValueError(
+                f"{name}: inputs must agree except along axis {axis}, got {shapes}"
+            ) from None
+        size = -1 if any(s[a] == -1 for s in shapes) else sum(s[a] for s in shapes)
+        return rest[:a] + (size,) + rest[a:], {}
 
     def vjp(params, xs):
         xs = _tensors(xs, name)

@@ -16,6 +16,7 @@ from .base import (
     check_cotangent,
     check_image,
     check_params,
+    check_tensor,
     image_shape,
     output_of,
     pair,
@@ -86,9 +87,14 @@ def _sizes(shape, size_fn, name):
             continue
         o = size_fn(dim, size)
         if o < 1:
+            why = (
+                "the padding crops away more than the output has"
+                if name.startswith("conv_transpose2d")
+                else "the kernel is larger than the padded input"
+            )
             raise ValueError(
-                f"{name}: input shape {tuple(shape)} gives an empty output "
-                f"along {dim} ({o}); the kernel is larger than the padded input"
+                f"{name}: input shape {tuple(shape)} gives an empty output along {dim} ({o}); "
+                + why
             )
         out.append(o)
     return out
@@ -238,6 +244,7 @@ def nearest_upsample(scale_factor=2) -> Layer:
 
     def vjp(params, x):
         check_params(params, name, {})
+        check_tensor(x, name)
         check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
         n, c, h, w = x.shape
         xh = to_nhwc(x)

@@ -14,6 +14,8 @@ the pullback must give ``grad f``. The checks, all in float64:
   gradient (``input_grad=False``, as a training step makes) gives the same parameter
   gradients.
 
+A ``mixed_precision`` layer refuses the float64 this needs: check the layer it wraps.
+
 A :class:`~n2nfunc.stateful.StatefulLayer` is checked in training mode with its ``state`` and
 ``rng`` held fixed (:func:`~n2nfunc.stateful.fixed`): every evaluation draws from a copy of
 the same generator, so dropout uses one mask throughout, and the pullback is checked for

@@ -198,3 +198,13 @@ def test_residual_around_a_layer_that_returns_a_tuple_is_named():
         match=r"in layer 0: residual: .* map a tensor to a tensor, not Tensor to tuple",
     ):
         nf.serial(nf.residual(nf.fanout(2))).apply({"0": {}}, torch.randn(1, 2, 3, 3))
+
+
+def test_merges_init_with_unknown_sizes_beside_known_ones():
+    assert nf.fanin_sum().init(None, ((-1, 3, 8, 8), (4, 3, 8, -1)))[0] == (4, 3, 8, 8)
+    assert nf.fanin_concat().init(None, ((-1, 3, 8, 8), (4, 5, 8, -1)))[0] == (4, 8, 8, 8)
+    assert nf.fanin_concat(-1).init(None, ((2, 3, 8, 8), (2, 3, 8, 4)))[0] == (2, 3, 8, 12)
+    with pytest.raises(ValueError, match="agree except along axis 1"):
+        nf.fanin_concat().init(None, ((2, 3, 8, 8), (3, 5, 8, 8)))
+    with pytest.raises(ValueError, match="equal shapes"):
+        nf.fanin_sum().init(None, ((2, 3, 8, 8), (2, 3, 8, 9)))

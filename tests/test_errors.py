@@ -215,3 +215,13 @@ def test_a_bias_of_another_dtype_than_the_weight_is_named(layer, in_shape):
             match=r"in layer 0: .*'bias' is torch\.(float64|int32) on cpu, but 'weight' is",
         ):
             nf.serial(layer).apply({"0": {**params, "bias": bias}}, x)
+
+
+def test_upsampling_a_non_tensor_and_an_empty_transposed_output_are_named():
+    with pytest.raises(
+        TypeError, match=r"nearest_upsample\(scale_factor=2\): input must be a Tensor"
+    ):
+        nf.nearest_upsample().apply({}, [1.0])
+    layer = nf.conv_transpose2d(2, 3, padding=3)
+    with pytest.raises(ValueError, match="empty output along H .*the padding crops away"):
+        layer.init(None, (1, 2, 2, 2))
