@@ -676,11 +676,16 @@ class Optimizer:
         self.grads = [g for _, g in params]
         self.transform = make(lambda step: self.lr)
         self.state = self.transform.init(self.params)
+        self._placement = self._placement_now()
 
     def step(self) -> None:
-        self._follow_params()
+        if self._placement_now() != self._placement:
+            self._follow_params()
         updates, self.state = self.transform.update(self.grads, self.state, self.params)
-        optim.apply_updates_(self.params, updates)
+        tree.add_(self.params, updates)  # the update checked the gradients against them
+
+    def _placement_now(self) -> list:
+        return [(p.device, p.dtype) for p in self.params]
 
     def _follow_params(self) -> None:
         """After ``Module.to`` (which moves the parameters in place), move the state's
@@ -692,6 +697,7 @@ class Optimizer:
         for key, value in self.state.items():
             if isinstance(value, list) and len(value) == len(self.params):
                 self.state[key] = tree.map(follow, value, self.params)
+        self._placement = self._placement_now()
 
     def zero_grad(self) -> None:
         tree.zero_(self.grads)
