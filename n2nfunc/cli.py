@@ -561,10 +561,12 @@ def _denoiser(args, device):
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)
-    tile, overlap, align = _loading("--tile", tile_settings, layer, args.tile)
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
         image = rgb.to(device).float() / 255
+        tile, overlap, align = _loading(
+            "--tile", tile_settings, layer, args.tile, size=rgb.shape[1:]
+        )
         out = denoise_image(layer, params, image, tile=tile, overlap=overlap, align=align)
         return out.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
@@ -675,7 +677,10 @@ def _n_train_default(args) -> int:
 def _check_nproc(args, error) -> None:
     processes, who = args.nproc, f"--nproc {args.nproc}"
     if launch.is_worker() and args.nproc == 1:  # started by torchrun: its WORLD_SIZE counts
-        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        text = os.environ.get("WORLD_SIZE", "1")
+        if not text.isdigit() or int(text) < 1:
+            error(f"WORLD_SIZE={text!r}: expected the number of processes, an integer >= 1")
+        processes = int(text)
         who = f"{processes} processes (WORLD_SIZE)"
     if processes > 1 and args.batch_size % processes:
         error(

@@ -149,6 +149,13 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo for CPU tensors, NCCL for CUDA, with a
     short timeout so that a dead peer is an error in seconds, not after gloo's 30 minutes."""
     timeout = timedelta(seconds=timeout_s)
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        value = os.environ.get(key)
+        if not value or (key != "MASTER_ADDR" and not value.isdigit()):
+            raise CommunicationError(
+                f"the environment variable {key} is {'not set' if not value else repr(value)}"
+                " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
+            )
     try:
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
     except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables

@@ -50,7 +50,7 @@ from .modules import (
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
-from .tiling import denoise_image, with_footprint
+from .tiling import denoise_image, tile_settings, with_footprint
 from .unet import MAX_WIDTH, check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
@@ -572,7 +572,8 @@ class Model:
             # exercise's networks reach at most 27 pixels, within the default overlap of 32
             layer = Layer(_inference_only, lambda _, chunk: run(chunk), _inference_only)
             layer = with_footprint(layer, *fp) if fp else layer
-            outs = [denoise_image(layer, None, x[i : i + 1], PREDICT_TILE) for i in range(n)]
+            tile = max(PREDICT_TILE, tile_settings(layer)[0])  # deep U-Nets reach further
+            outs = [denoise_image(layer, None, x[i : i + 1], tile) for i in range(n)]
         else:
             outs = [run(x[start : start + per_chunk]) for start in range(0, n, per_chunk)]
         out = cat(outs) if len(outs) > 1 else outs[0]  # a new tensor either way

@@ -181,10 +181,10 @@ class Module:
         such as ``num_batches_tracked`` keeps its dtype); returns self."""
 
         def move(t):
-            t.data = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
         for d in (self.params, self.grads, self.state):
-            tree.map(move, d)
+            _move_in_place(d, move)
         return self
 
     def __repr__(self):
@@ -207,6 +207,21 @@ def _assign(d: dict, new: dict) -> None:
                 old.copy_(v)
         else:
             d[k] = v
+
+
+def _move_in_place(d: dict, move) -> None:
+    """Replace each tensor of the nested dict ``d`` by ``move(tensor)`` in place (its
+    ``.data``), so references stay valid; where torch cannot swap the data (the meta device,
+    some backends) the dict entry is replaced, as torch.nn does then."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            _move_in_place(v, move)
+            continue
+        new = move(v)
+        try:
+            v.data = new
+        except RuntimeError:
+            d[k] = new
 
 
 def _same_kind(a, b) -> bool:
@@ -251,13 +266,19 @@ def _options(**kw):
     return ", ".join(f"{k}={v}" for k, v in kw.items())
 
 
-def _checked_flags(name: str, bias, groups=1) -> None:
+def _checked_flags(name: str, bias, groups=1) -> bool:
     """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
-    ``bias`` is a bool, and ``groups`` (not supported) is 1."""
-    if not isinstance(bias, bool):
+    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (not
+    supported) is 1. Returns ``bias`` as a bool."""
+    try:
+        flag = not isinstance(bias, (str, bytes)) and bias in (True, False)
+    except (TypeError, RuntimeError, ValueError):  # a tensor of several values, ...
+        flag = False
+    if not flag:
         raise TypeError(f"{name}: bias must be True or False, got {bias!r}")
     if groups != 1 or isinstance(groups, bool):
         raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
+    return bool(bias)
 
 
 class Conv2d(_WeightBias):
@@ -277,7 +298,7 @@ class Conv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        _checked_flags("Conv2d", bias, groups)
+        bias = _checked_flags("Conv2d", bias, groups)
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
         super().__init__(
             layer,
@@ -311,7 +332,7 @@ class TransposeConv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        _checked_flags("TransposeConv2d", bias, groups)
+        bias = _checked_flags("TransposeConv2d", bias, groups)
         layer = conv_transpose2d(
             out_channels, kernel_size, stride, padding, output_padding, dilation, bias
         )
@@ -345,7 +366,7 @@ class Upsampling(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        _checked_flags("Upsampling", bias)
+        bias = _checked_flags("Upsampling", bias)
         layer = upsample(out_channels, kernel_size, scale_factor, padding, bias=bias)
         super().__init__(
             layer,
@@ -373,7 +394,7 @@ class Linear(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        _checked_flags("Linear", bias)
+        bias = _checked_flags("Linear", bias)
         super().__init__(
             dense(out_features, bias),
             in_features,
@@ -561,8 +582,11 @@ class Sequential(Module):
 
     def _pull(self, pullbacks, ct, input_grad: bool):
         for i in reversed(range(len(self.modules))):
-            m = self.modules[i]
-            ct = m._pull(pullbacks[i], ct, input_grad or i > 0)
+            m, wanted = self.modules[i], input_grad or i > 0
+            if type(m).backward is not Module.backward:  # a block with a backward of its own
+                ct = m.backward(ct, input_grad=wanted)
+                continue
+            ct = m._pull(pullbacks[i], ct, wanted)
             if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                 m._pullback = _SPENT
         return ct

@@ -410,11 +410,18 @@ def exponential_decay(
         if count <= 0:
             return init_value
         p = count // transition_steps if staircase else count / transition_steps
+        if not init_value:
+            return 0.0
         try:
             factor = decay_rate**p
         except OverflowError:  # a growing schedule far out: capped by end_value below
+            if end_value is None:
+                raise ValueError(
+                    f"{name}: at step {step} the rate {init_value} * {decay_rate}**{p} "
+                    "overflows; give an end_value to cap a growing schedule"
+                ) from None
             factor = math.inf
-        value = init_value * factor if init_value else 0.0
+        value = init_value * factor
         if end_value is not None:
             value = max(value, end_value) if decay_rate < 1 else min(value, end_value)
         return value

@@ -71,10 +71,13 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def tile_settings(layer: Layer, tile=None, overlap=None, align=None) -> tuple[int, int, int]:
+def tile_settings(
+    layer: Layer, tile=None, overlap=None, align=None, size: tuple | None = None
+) -> tuple[int, int, int]:
     """``(tile, overlap, align)`` for ``layer``, each None taken from its footprint:
     ``overlap`` its reach, ``align`` its multiple (at least 32), ``tile`` at least 256 and
-    six overlaps, so that at most about half of every tile is overlap. Bad values raise."""
+    six overlaps, so that at most about half of every tile is overlap. Bad values raise; a
+    tile too small for its overlaps only where the image (``size``, H and W) needs tiles."""
     name = "denoise_image"
     fp = footprint(layer)
     for value, what in ((tile, "tile"), (overlap, "overlap"), (align, "align")):
@@ -97,7 +100,8 @@ def tile_settings(layer: Layer, tile=None, overlap=None, align=None) -> tuple[in
     if tile % align:
         raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
     rounded = _round_up(2 * overlap + align, align)
-    if (tile - 2 * overlap) // align * align < align:
+    one_tile = size is not None and max(size) <= tile
+    if (tile - 2 * overlap) // align * align < align and not one_tile:
         raise ValueError(
             f"{name}: tile {tile} leaves no room after the overlap {overlap} on both sides "
             f"(need tile >= 2 * overlap + align = {2 * overlap + align}"
@@ -124,8 +128,8 @@ def denoise_image(
         raise ValueError(
             f"{name}: image must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}"
         )
-    tile, overlap, align = tile_settings(layer, tile, overlap, align)
-    step = (tile - 2 * overlap) // align * align
+    tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))
+    step = max((tile - 2 * overlap) // align * align, align)  # (one tile: any step)
     batch = image if image.dim() == 4 else image[None]
     n, _, h, w = batch.shape
     out: Tensor | None = None

@@ -114,9 +114,10 @@ def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") 
 
     def check(path, x, y):
         where = f"'{path}' " if path else ""
-        for leaf, whose in ((x, what), (y, f"the {like_what}")):
-            if leaf is None:
-                raise ValueError(f"{what}: {where}of {whose} is None")
+        if x is None:
+            raise ValueError(f"{what}: {where}is None")
+        if y is None:
+            raise ValueError(f"{what}: the {like_what} {where}is None")
         if hasattr(x, "shape") and hasattr(y, "shape") and (x.shape, x.dtype) != (y.shape, y.dtype):
             raise ValueError(
                 f"{what}: {where}has shape {tuple(x.shape)} and dtype {x.dtype}, but the "

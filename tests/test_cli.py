@@ -450,9 +450,15 @@ def test_resume_of_a_checkpoint_that_does_not_record_its_data(tmp_path, monkeypa
 
 
 def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys):
-    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8))
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 200, 60), dtype=torch.uint8))
     args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model"]
-    assert main([*args, "unet-gaussian", "--tile", "128"]) == 2
+    assert main([*args, "unet-gaussian", "--tile", "128"]) == 2  # 200 rows need tiles
     err = capsys.readouterr().err.strip().splitlines()
     assert "overlap 78" in err[-1] and "192 or more" in err[-1]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_denoise_a_small_tile_is_fine_for_an_image_that_fits_in_it(tmp_path):
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8))
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model"]
+    assert main([*args, "unet-gaussian", "--tile", "128"]) == 0

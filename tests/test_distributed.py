@@ -326,3 +326,17 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path):
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
     Model(state["config"]).load_payload(state, "checkpoint")
+
+
+def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
+    for key, value in dict(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(
+        distributed.CommunicationError, match="the environment variable RANK is not set"
+    ):
+        distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert main(["train", *CLI_TINY]) == 2
+    assert "WORLD_SIZE='two': expected the number of processes" in capsys.readouterr().err

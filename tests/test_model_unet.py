@@ -143,3 +143,15 @@ def test_from_pretrained_unets_match_the_functional_reader(name):
     x = torch.rand(1, 3, 33, 47)
     assert isinstance(m.net, nf.modules.UNet)
     assert torch.allclose(m.predict(x), layer.apply(params, x).clamp(0, 1), atol=1e-6)
+
+
+def test_tiles_of_large_predictions_grow_with_the_networks_reach(monkeypatch):
+    import n2nfunc.model as model_module
+
+    m = Model({**TINY, "depth": 3})  # reaches 38 pixels: tiles of 256
+    z = torch.randint(
+        0, 256, (1, 3, 300, 270), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    whole = m.predict(z)
+    monkeypatch.setattr(model_module, "PREDICT_TILE", 64)  # too small for that reach
+    assert float((m.predict(z) - whole).abs().max()) < 1e-3

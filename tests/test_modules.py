@@ -353,7 +353,7 @@ def test_positional_arguments_follow_torch_nn_and_misplaced_ones_are_refused():
     with pytest.raises(ValueError, match=r"TransposeConv2d: groups=2 is not supported"):
         TransposeConv2d(4, 4, 3, 2, 1, 1, 2)
     for make in (
-        lambda: Conv2d(4, 4, 3, bias=0),
+        lambda: Conv2d(4, 4, 3, bias=2),
         lambda: Linear(4, 4, 2),
         lambda: Upsampling(4, 4, 3, 2, 1, None),
     ):
@@ -535,3 +535,30 @@ def test_a_cnn_classifier_trains_like_torch_nn():
         assert rel_err(value, value_ref.detach()) <= 1e-10
     for p, q in zip(net.state_dict().values(), ref.parameters()):
         assert rel_err(p, q.detach()) <= 1e-10
+
+
+def test_a_block_with_its_own_backward_is_honoured_inside_sequential():
+    class Halving(Conv2d):
+        def backward(self, *grad_wrt_output, input_grad=True):
+            dx = super().backward(*grad_wrt_output, input_grad=input_grad)
+            return None if dx is None else dx * 0.5
+
+    torch.manual_seed(0)
+    conv = Halving(2, 2, 3, padding=1)
+    x, ct = torch.randn(1, 2, 5, 5), torch.randn(1, 2, 5, 5)
+    plain = Conv2d(2, 2, 3, padding=1)
+    plain.weight, plain.bias = conv.weight.clone(), conv.bias.clone()
+    plain.forward(x)
+    want = plain.backward(ct) * 0.5
+    seq = Sequential(conv)
+    seq.forward(x)
+    assert torch.allclose(seq.backward(ct), want)
+
+
+def test_to_the_meta_device_and_bias_values_torch_takes():
+    conv = Conv2d(3, 2, 3).to(device="meta")
+    assert conv.weight.device.type == "meta" and conv.param()[0][1].device.type == "meta"
+    np = pytest.importorskip("numpy")
+    for flag, has_bias in ((np.False_, False), (1, True), (0, False), (np.True_, True)):
+        assert (Conv2d(3, 2, 3, bias=flag).bias is not None) == has_bias
+        assert (Linear(3, 2, flag).bias is not None) == has_bias

@@ -175,8 +175,18 @@ def test_denoise_image_bad_arguments():
     with pytest.raises(ValueError, match="multiple of align"):
         nf.denoise_image(layer, params, x, tile=100)
     with pytest.raises(ValueError, match="no room after the overlap"):
-        nf.denoise_image(layer, params, x, tile=64, overlap=32)
+        nf.denoise_image(layer, params, torch.rand(1, 3, 100, 40), tile=64, overlap=32)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         nf.denoise_image(layer, params, torch.rand(40, 40))
     with pytest.raises(TypeError, match="image must be a Tensor"):
         nf.denoise_image(layer, params, [[0.0]])
+
+
+def test_a_tile_smaller_than_the_overlaps_need_is_fine_for_an_image_that_fits_in_it():
+    layer, params = _random_unet({"depth": 4, "widths": (2, 2, 2, 2)})  # reaches 78 pixels
+    small = torch.rand(3, 90, 70, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(
+        nf.denoise_image(layer, params, small, tile=96), layer.apply(params, small[None])[0]
+    )
+    with pytest.raises(ValueError, match="leaves no room after the overlap 78"):
+        nf.denoise_image(layer, params, torch.rand(3, 200, 70), tile=96)

@@ -74,9 +74,14 @@ def test_check_like_refuses_other_shapes_dtypes_and_none():
         tree.check_like({"w": torch.ones(3), "b": torch.ones(4)}, params, "grads")
     with pytest.raises(ValueError, match=r"'b' has shape \(4,\) and dtype torch.float64"):
         tree.check_like({"w": torch.ones(3, 1), "b": torch.ones(4).double()}, params, "grads")
-    with pytest.raises(ValueError, match=r"grads: 'b' of grads is None"):
+    with pytest.raises(ValueError, match=r"^grads: 'b' is None$"):
         tree.check_like({"w": torch.ones(3, 1), "b": None}, params, "grads")
     with pytest.raises(ValueError, match=r"grads and the parameters differ in structure"):
         tree.check_like({"w": torch.ones(3, 1)}, params, "grads")
     with pytest.raises(TypeError, match=r"zeros_like: 'b' is NoneType, not a tensor"):
         tree.zeros_like({"w": torch.ones(1), "b": None})
+
+
+def test_a_none_parameter_is_named_once():
+    with pytest.raises(ValueError, match=r"^g: the parameter 'w' is None$"):
+        tree.check_like({"w": torch.ones(1)}, {"w": None}, "g")

@@ -40,7 +40,11 @@ def builtin_pairs(
     """
     noise = parse_noise(noise)
     level = str(noise).replace(":", "")
-    if parse_noise(str(noise)) != noise:  # levels with more digits than str shows
+    try:
+        exact = parse_noise(str(noise)) == noise
+    except ValueError:  # a hand-made spec outside the grammar's ranges
+        exact = False
+    if not exact:  # levels with more digits than str shows
         level = f"{noise.kind}{noise.low!r}-{noise.high!r}"
     name = f"{split}-{level}-n{n}-seed{seed}-v{GENERATOR_VERSION[noise.kind]}.ckpt"
     path = cache_dir() / name
