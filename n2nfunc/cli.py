@@ -564,9 +564,14 @@ def _denoiser(args, device):
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
         image = rgb.to(device).float() / 255
-        tile, overlap, align = _loading(
-            "--tile", tile_settings, layer, args.tile, size=rgb.shape[1:]
-        )
+        _, overlap, align = tile_settings(layer)
+        least = -(-(2 * overlap + align) // align) * align
+        if args.tile is not None and args.tile < least and max(rgb.shape[1:]) > args.tile:
+            raise ValueError(
+                f"--tile {args.tile}: this network's tiles overlap by {overlap} pixels on each "
+                f"side, so an image of {rgb.shape[2]}x{rgb.shape[1]} needs tiles of {least} or more"
+            )
+        tile = _loading("--tile", tile_settings, layer, args.tile, size=rgb.shape[1:])[0]
         out = denoise_image(layer, params, image, tile=tile, overlap=overlap, align=align)
         return out.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
@@ -616,6 +621,8 @@ def _check_precision(args, error) -> None:
 
 
 def _check_train(args, error) -> None:
+    if args.resume and "out" not in _given(args):  # continue in the run's own folder
+        args.out = str(Path(args.resume).parent)
     _check_writable(Path(args.out), "--out", error)
     _check_memory(args, error)
     if args.resume:  # the run's own options: cmd_train compares those given with them
@@ -964,7 +971,8 @@ def build_parser() -> _Parser:
         default="runs/latest",
         metavar="DIR",
         help="folder for model.pth, checkpoint.pth, history.json and pictures (created, with "
-        "its parents, if missing; files of an earlier run there are replaced)",
+        "its parents, if missing; files of an earlier run there are replaced); with --resume, "
+        "the checkpoint's folder unless given",
     )
     run.add_argument(
         "--resume",
@@ -1050,7 +1058,8 @@ def build_parser() -> _Parser:
         type=at.int_range(MIN_TILE),
         metavar="PX",
         help="tile size in pixels, a multiple of 32; smaller tiles use less memory "
-        "(default: 256, and 480 for the U-Nets, whose tiles overlap by 78 pixels)",
+        "(default: 256, and 480 for the U-Nets, whose tiles overlap by 78 pixels, so that "
+        "theirs must be 192 or more where an image needs several)",
     )
     _common(d)
     d.set_defaults(func=cmd_denoise, check=_check_denoise, parser=d)

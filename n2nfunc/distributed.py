@@ -204,6 +204,15 @@ def run_local(nproc: int, python_args: list[str]) -> None:
     ``torch.distributed.run`` (torchrun), with its rendezvous and the workers' addresses on
     127.0.0.1; returns when all have finished. Raises :class:`WorkerFailed` if one fails (the
     others are stopped) and ``KeyboardInterrupt`` on Ctrl-C (forwarded to the workers)."""
+    import logging
+
+    # torchrun's agent logs every stop as a warning ("Received 2 death signal, shutting down
+    # workers"); the CLI says what happened in its own words
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # loggers made from here on (get_logger)
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch

@@ -18,6 +18,7 @@ read by a standard-library unpickler that refuses every global. Python >= 3.10, 
 (as the package; CI tests the version ``constraints.txt`` pins).
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -145,10 +146,28 @@ def export_submission(out_dir, weights=None) -> Path:
             f"{weights}: not a checkpoint of the course's network (written by `n2nfunc train` "
             "or Model.save)"
         )
-    folder = Path(out_dir) / "Miniproject_2"
-    core = folder / "others" / "n2nfunc"
+    final = Path(out_dir) / "Miniproject_2"
+    folder = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # built whole, then renamed
+    try:
+        _write_submission(folder, weights, __version__)
+    except OSError as e:  # a full disk, ...: nothing half-written is left
+        shutil.rmtree(folder, ignore_errors=True)
+        raise OSError(
+            e.errno, f"cannot write the submission ({e.strerror or e})", str(final)
+        ) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(folder, final)
+    return final
+
+
+def _write_submission(folder: Path, weights: Path, version: str) -> None:
     if folder.exists():
         shutil.rmtree(folder)
+    core = folder / "others" / "n2nfunc"
     core.mkdir(parents=True)
     for name in VENDORED:
         (core / name).parent.mkdir(exist_ok=True)
@@ -160,6 +179,5 @@ def export_submission(out_dir, weights=None) -> Path:
     (core / "__init__.py").write_text(INIT)
     (folder / "others" / "__init__.py").write_text("")
     (folder / "__init__.py").write_text('"""Miniproject 2: Noise2Noise with n2nfunc."""\n')
-    (folder / "model.py").write_text(MODEL.format(version=__version__, names=NAMES))
+    (folder / "model.py").write_text(MODEL.format(version=version, names=NAMES))
     shutil.copyfile(weights, folder / "bestmodel.pth")
-    return folder

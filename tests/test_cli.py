@@ -44,7 +44,9 @@ def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys)
     # resuming a finished run trains nothing more; resuming with more epochs continues
     state["config"]["num_epochs"] = 3
     checkpoint.save(out / "more.pth", state)
-    assert main(["train", *TINY, "--resume", str(out / "more.pth"), "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)  # no --out: the run continues in its own folder, not runs/latest
+    assert main(["train", *TINY, "--resume", str(out / "more.pth")]) == 0
+    assert not (tmp_path / "runs").exists()
     assert "generating" not in capsys.readouterr().out  # cached by the first run
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -454,7 +456,10 @@ def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys
     args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model"]
     assert main([*args, "unet-gaussian", "--tile", "128"]) == 2  # 200 rows need tiles
     err = capsys.readouterr().err.strip().splitlines()
-    assert "overlap 78" in err[-1] and "192 or more" in err[-1]
+    assert err[-1].endswith(
+        "--tile 128: this network's tiles overlap by 78 pixels on each side, so an image of "
+        "60x200 needs tiles of 192 or more"
+    )
     assert not (tmp_path / "out.png").exists()
 
 

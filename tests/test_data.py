@@ -1,5 +1,6 @@
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,34 @@ def test_transparency_of_palette_and_trns_images_is_kept(tmp_path):
     pic = read_image(tmp_path / "grey.png")
     assert pic.grey and pic.alpha is not None
     assert int(pic.alpha[0, 0, 0]) == 0 and int(pic.alpha[0, 1, 1]) == 255
+
+
+def test_an_interrupted_image_write_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rgb = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    write_image(tmp_path / "out.png", rgb)
+    before = (tmp_path / "out.png").read_bytes()
+
+    def interrupted(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(tmp_path / "out.png", rgb.flip(1))
+    assert (tmp_path / "out.png").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+
+
+def test_a_large_image_below_pillows_hard_limit_reads_without_a_raw_warning(tmp_path, monkeypatch):
+    from PIL import Image
+
+    write_image(tmp_path / "big.png", torch.zeros(3, 12, 12, dtype=torch.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: warned, not refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "big.png").rgb.shape == (3, 12, 12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # beyond twice the limit: refused
+    with pytest.raises(ValueError, match="more pixels than Pillow's safety limit"):
+        read_image(tmp_path / "big.png")

@@ -242,3 +242,24 @@ def test_export_refuses_a_broken_checkpoint(tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pth"):
         export_submission(tmp_path / "out", bad)
+
+
+def test_a_failed_export_leaves_nothing_half_written_and_names_the_destination(
+    tmp_path, monkeypatch
+):
+    import errno
+    import shutil
+
+    real = shutil.copyfile
+
+    def disk_full(src, dst, *a, **kw):
+        if str(dst).endswith("bestmodel.pth"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    with pytest.raises(OSError) as info:
+        export_submission(tmp_path / "out")
+    assert info.value.filename == str(tmp_path / "out" / "Miniproject_2")
+    assert "No space left on device" in str(info.value)
+    assert list((tmp_path / "out").iterdir()) == []  # no half-written submission

@@ -3,6 +3,7 @@
 Never executes code from a file: tensors are read with ``torch.load(weights_only=True)``.
 """
 
+import os
 import pickle
 import warnings
 import zipfile
@@ -104,19 +105,23 @@ def read_image(path) -> Picture:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        with Image.open(path) as raw:
-            raw.load()
-            im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
-            if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
-                im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # a tRNS chunk
-            alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
-            grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
-            # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
-            top = im.getextrema()[1] if im.mode == "I" else 0
-            deep = im.mode.startswith("I;16") or (isinstance(top, (int, float)) and top > 255)
-            if deep:
-                im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
-            rgb = im.convert("RGB")
+        with warnings.catch_warnings():
+            # between Pillow's warning and its hard limit (2x), the tiled denoiser keeps the
+            # memory bounded: no raw warning for a large photo
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as raw:
+                raw.load()
+                im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
+                if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
+                    im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # a tRNS chunk
+                alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
+                grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
+                # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
+                top = im.getextrema()[1] if im.mode == "I" else 0
+                deep = im.mode.startswith("I;16") or (isinstance(top, (int, float)) and top > 255)
+                if deep:
+                    im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
+                rgb = im.convert("RGB")
     except Image.DecompressionBombError as e:  # Pillow's guard; not an OSError
         raise ValueError(
             f"cannot read image {path}: it decodes to more pixels than Pillow's safety limit ({e})"
@@ -137,7 +142,8 @@ def read_image(path) -> Picture:
 
 def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False) -> None:
     """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
-    ``grey`` writes it as a greyscale (luminance) image."""
+    ``grey`` writes it as a greyscale (luminance) image. Atomic: a temporary file beside it,
+    then ``os.replace``."""
     from PIL import Image
 
     h, w = rgb.shape[1:]
@@ -146,8 +152,15 @@ def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = Fal
         im = im.convert("L")
     if alpha is not None:
         im.putalpha(Image.frombytes("L", (w, h), tensor_bytes(alpha[0])))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # Pillow reads the type
+    try:  # written whole, then renamed: Ctrl-C or a full disk never leaves half an image
+        im.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def list_images(folder) -> list[Path]:
