@@ -532,12 +532,22 @@ def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
 
 
 def cmd_eval(args) -> int:
+    from .pretrained import shipped_weights
+
     device = _setup(args)
-    model, noise = _load_model(args.checkpoint, device, args.precision)
+    path = args.checkpoint or DEFAULT_WEIGHTS
+    if args.model is not None:
+        path = _loading("--model", shipped_weights, args.model)
+    model, noise = _load_model(path, device, args.precision)
     xv, yv, desc = _validation_data(args)
+    if model.config["network"] == "unet" and not (args.val or args.val_pairs or args.val_photos):
+        print(
+            "note: a U-Net learns from photographs; the built-in 32x32 pairs are not what it "
+            "was trained on, so judge it on --val-photos DIR (or --val-pairs DIR)"
+        )
     s = evaluate(model, xv.to(device), yv.to(device))
     print(
-        f"weights: {args.checkpoint or DEFAULT_WEIGHTS} (noise: {noise})\ndata: {desc}\n"
+        f"weights: {path} (noise: {noise})\ndata: {desc}\n"
         f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\n"
         f"denoised PSNR:    {s['denoised_psnr']:.2f} dB\n"
         f"gain:             {s['gain']:+.2f} dB"
@@ -1005,7 +1015,13 @@ def build_parser() -> _Parser:
         "  n2nfunc eval --checkpoint runs/latest/model.pth\n"
         "  n2nfunc eval --val val_data.pkl\n",
     )
-    e.add_argument(
+    e_weights = e.add_mutually_exclusive_group()
+    e_weights.add_argument(
+        "--model",
+        choices=list(PRETRAINED_NAMES),
+        help="a shipped network, as for denoise (default: exercise)",
+    )
+    e_weights.add_argument(
         "--checkpoint",
         type=at.existing_file("checkpoint"),
         metavar="FILE",

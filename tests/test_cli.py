@@ -467,3 +467,16 @@ def test_denoise_a_small_tile_is_fine_for_an_image_that_fits_in_it(tmp_path):
     write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8))
     args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model"]
     assert main([*args, "unet-gaussian", "--tile", "128"]) == 0
+
+
+def test_eval_takes_a_shipped_model_by_name_and_notes_what_a_unet_is_judged_on(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "--model", "unet-gaussian", "--noise", "gaussian:25", "--n-val", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "note: a U-Net learns from photographs" in out and "unet-gaussian.pth" in out
+    assert main(["eval", "--model", "exercise", "--n-val", "8"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert main(["eval", "--model", "exercise", "--checkpoint", str(DEFAULT_WEIGHTS)]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
