@@ -17,6 +17,7 @@ them as its defaults. Without a footprint (the exercise's network, which reaches
 pixels) the defaults are an overlap of 32 and an alignment of 32.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from torch import Tensor
@@ -111,7 +112,13 @@ def tile_settings(
 
 
 def denoise_image(
-    layer: Layer, params, image: Tensor, tile: int | None = None, overlap=None, align=None
+    layer: Layer,
+    params,
+    image: Tensor,
+    tile: int | None = None,
+    overlap=None,
+    align=None,
+    on_tile: Callable[[int, int], object] | None = None,
 ) -> Tensor:
     """``layer.apply(params, image)`` computed tile by tile (see the module docstring);
     ``tile``, ``overlap`` and ``align`` default to what the network's footprint asks for
@@ -121,6 +128,7 @@ def denoise_image(
     ``image`` is (C, H, W) or (N, C, H, W), any size, on the parameters' device and dtype;
     the result has the network's output channels and the image's other sizes. Values may
     leave [0, 1] slightly: callers clamp. Memory is that of one ``tile`` x ``tile`` pass.
+    ``on_tile(done, total)`` is called after each tile (a progress bar's hook).
     """
     name = "denoise_image"
     check_tensor(image, name, "image")
@@ -133,11 +141,14 @@ def denoise_image(
     batch = image if image.dim() == 4 else image[None]
     n, _, h, w = batch.shape
     out: Tensor | None = None
-    for y0, y1, ky0, ky1 in _spans(h, tile, step, overlap):
-        for x0, x1, kx0, kx1 in _spans(w, tile, step, overlap):
+    rows, columns = _spans(h, tile, step, overlap), _spans(w, tile, step, overlap)
+    for i, (y0, y1, ky0, ky1) in enumerate(rows):
+        for j, (x0, x1, kx0, kx1) in enumerate(columns):
             y = layer.apply(params, batch[:, :, y0:y1, x0:x1])
             if out is None:
                 out = y.new_empty((n, y.shape[1], h, w))
             out[:, :, ky0:ky1, kx0:kx1] = y[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
+            if on_tile is not None:
+                on_tile(i * len(columns) + j + 1, len(rows) * len(columns))
     assert out is not None
     return out if image.dim() == 4 else out[0]

@@ -190,3 +190,19 @@ def test_a_tile_smaller_than_the_overlaps_need_is_fine_for_an_image_that_fits_in
     )
     with pytest.raises(ValueError, match="leaves no room after the overlap 78"):
         nf.denoise_image(layer, params, torch.rand(3, 200, 70), tile=96)
+
+
+def test_denoise_image_reports_each_tile():
+    layer, params = _random_unet()
+    calls = []
+    nf.denoise_image(
+        layer,
+        params,
+        torch.rand(3, 150, 97),
+        tile=64,
+        overlap=16,
+        align=4,
+        on_tile=lambda *a: calls.append(a),
+    )
+    total = calls[-1][1]
+    assert total > 1 and calls == [(i, total) for i in range(1, total + 1)]
