@@ -1,7 +1,7 @@
 """Classify scikit-learn's handwritten digits (8x8 images, 10 classes) with a small CNN
 written with the functional API: conv, batch norm, ReLU, max-pool, flatten, dropout, dense.
 
-    pip install -e ".[examples]"      # scikit-learn, for the data set (shipped with it, offline)
+    pip install -c constraints.txt -e ".[examples]"   # scikit-learn, for the data set (offline)
     python examples/classify_digits.py
 
 Batch norm and dropout make the network a ``StatefulLayer``: the training step takes and

@@ -547,6 +547,8 @@ def cmd_eval(args) -> int:
             "was trained on, so judge it on --val-photos DIR (or --val-pairs DIR)"
         )
     s = evaluate(model, xv.to(device), yv.to(device))
+    if s["noisy_psnr"] >= 100:
+        print("note: the noisy images equal the clean ones: nothing to denoise (check the data)")
     print(
         f"weights: {path} (noise: {noise})\ndata: {desc}\n"
         f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\n"

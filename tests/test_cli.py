@@ -480,3 +480,11 @@ def test_eval_takes_a_shipped_model_by_name_and_notes_what_a_unet_is_judged_on(
     assert "note:" not in capsys.readouterr().out
     assert main(["eval", "--model", "exercise", "--checkpoint", str(DEFAULT_WEIGHTS)]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_eval_notes_pairs_whose_noisy_images_equal_the_clean_ones(tmp_path, capsys):
+    rgb = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    for sub in ("a", "b"):
+        write_image(tmp_path / "pairs" / sub / "x.png", rgb)
+    assert main(["eval", "--val-pairs", str(tmp_path / "pairs")]) == 0
+    assert "note: the noisy images equal the clean ones" in capsys.readouterr().out
