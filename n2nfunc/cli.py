@@ -563,7 +563,7 @@ def _denoiser(args, device):
     (tiled by :func:`n2nfunc.denoise_image`, any size), and a line saying which weights."""
     from .precision import mixed_precision
     from .pretrained import network_from_payload, shipped_weights
-    from .tiling import denoise_image, tile_settings
+    from .tiling import denoise_image, least_tile, tile_settings
 
     if args.model is not None:
         option, path = "--model", _loading("--model", shipped_weights, args.model)
@@ -574,11 +574,11 @@ def _denoiser(args, device):
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)
+    _, overlap, align = tile_settings(layer)
+    least = least_tile(overlap, align)
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
         image = rgb.to(device).float() / 255
-        _, overlap, align = tile_settings(layer)
-        least = -(-(2 * overlap + align) // align) * align
         if args.tile is not None and args.tile < least and max(rgb.shape[1:]) > args.tile:
             raise ValueError(
                 f"--tile {args.tile}: this network's tiles overlap by {overlap} pixels on each "

@@ -289,7 +289,7 @@ def fanin_concat(axis: int = 1) -> Layer:
 
 
 def _tensors(xs, name: str):
-    """A tuple of tensors (the inputs of a merge), else a ValueError naming the layer."""
+    """A tuple of tensors (the inputs of a merge), else an error naming the layer."""
     xs = _check_tuple(xs, -1, name)
     for i, x in enumerate(xs):
         if not isinstance(x, Tensor):

@@ -50,7 +50,7 @@ from .modules import (
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
-from .tiling import denoise_image, tile_settings, with_footprint
+from .tiling import denoise_image, footprint, tile_settings, with_footprint
 from .unet import MAX_WIDTH, check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
@@ -568,7 +568,7 @@ class Model:
             return _inference(runner, _pad_to_multiple(chunk, multiple))[:, :, :hc, :wc]
 
         if h * w > PREDICT_TILE**2:  # one large image at a time, in tiles
-            fp = getattr(runner.layer.apply, "footprint", None)  # the U-Net's reach; the
+            fp = footprint(runner.layer)  # the U-Net's reach; the
             # exercise's networks reach at most 27 pixels, within the default overlap of 32
             layer = Layer(_inference_only, lambda _, chunk: run(chunk), _inference_only)
             layer = with_footprint(layer, *fp) if fp else layer

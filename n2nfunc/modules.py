@@ -20,7 +20,7 @@ the ``training`` flag, recursively, as in ``torch.nn``; ``state_dict()`` holds p
 and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 """
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from torch import Generator, Tensor, empty
 
@@ -202,7 +202,7 @@ def _assign(d: dict, new: dict) -> None:
         old = d.get(k)
         if isinstance(v, dict) and isinstance(old, dict):
             _assign(old, v)
-        elif isinstance(old, Tensor) and _same_kind(old, v):
+        elif _same_kind(old, v):
             if old is not v:
                 old.copy_(v)
         else:
@@ -224,7 +224,8 @@ def _move_in_place(d: dict, move) -> None:
             d[k] = new
 
 
-def _same_kind(a, b) -> bool:
+def _same_kind(a, b) -> TypeGuard[Tensor]:
+    """Two tensors of one shape, dtype and device (``a`` may then take ``b``'s values)."""
     return (
         isinstance(a, Tensor)
         and isinstance(b, Tensor)

@@ -157,20 +157,26 @@ def check_vjp(
 
 def _check_form(layer, params, x, y, ct, pullback, ct_params, ct_x, rtol: float) -> None:
     """What finite differences of ``apply`` cannot see (see the module docstring)."""
+    applied = layer.apply(params, x)
     try:
-        tree.check_like(y, layer.apply(params, x), "check_vjp: vjp's output", "apply output")
+        tree.check_like(y, applied, "check_vjp: vjp's output", "apply output")
         tree.check_like(ct_params, params, "check_vjp: the parameter gradients")
         tree.check_like(ct_x, x, "check_vjp: the input gradient", "input")
     except ValueError as e:
         raise VJPCheckError(str(e)) from None
-    for path, want in tree.flatten(layer.apply(params, x)):
-        got = dict(tree.flatten(y))[path]
-        if float((got - want).abs().max()) > rtol * max(float(want.abs().max()), 1e-300):
+
+    def differs(got, want) -> bool:
+        return float((got - want).abs().max()) > rtol * max(float(want.abs().max()), 1e-300)
+
+    wanted = dict(tree.flatten(applied))  # by path: dicts may differ in key order
+    for path, got in tree.flatten(y):
+        if differs(got, wanted[path]):
             where = f" '{path}'" if path else ""
             raise VJPCheckError(f"check_vjp: vjp's output{where} differs from apply's")
     without, _ = pull(layer.vjp, pullback, ct, input_grad=False)
-    for (path, got), (_, want) in zip(tree.flatten(without), tree.flatten(ct_params)):
-        if float((got - want).abs().max()) > rtol * max(float(want.abs().max()), 1e-300):
+    full = dict(tree.flatten(ct_params))
+    for path, got in tree.flatten(without):
+        if differs(got, full[path]):
             raise VJPCheckError(
                 f"check_vjp: parameter gradient '{path}' differs when the input gradient is "
                 "not asked for (input_grad=False)"

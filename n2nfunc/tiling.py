@@ -44,7 +44,7 @@ def with_footprint(layer: Layer, multiple: int, reach: int) -> Layer:
     return Layer(layer.init, apply, layer.vjp)
 
 
-def footprint(layer: Layer) -> Footprint | None:
+def footprint(layer) -> Footprint | None:
     """What :func:`with_footprint` recorded, or None."""
     return getattr(layer.apply, "footprint", None)
 
@@ -70,6 +70,11 @@ def _spans(size: int, tile: int, step: int, overlap: int):
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def least_tile(overlap: int, align: int) -> int:
+    """The smallest tile that leaves room for one alignment step between two overlaps."""
+    return _round_up(2 * overlap + align, align)
 
 
 def tile_settings(
@@ -100,7 +105,7 @@ def tile_settings(
         tile = max(DEFAULT_TILE, _round_up(6 * overlap, align))
     if tile % align:
         raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
-    rounded = _round_up(2 * overlap + align, align)
+    rounded = least_tile(overlap, align)
     one_tile = size is not None and max(size) <= tile
     if (tile - 2 * overlap) // align * align < align and not one_tile:
         raise ValueError(

@@ -42,8 +42,7 @@ def _map(fn: Callable, tree: Tree, rest: tuple) -> Tree:
         for other in rest:
             if not isinstance(other, (list, tuple)) or len(other) != len(tree):
                 raise _Mismatch
-        items = [_map(fn, v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)]
-        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+        return _rebuild(tree, [_map(fn, v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)])
     for other in rest:
         if isinstance(other, (dict, list, tuple)):
             raise _Mismatch
@@ -57,11 +56,16 @@ def _map_path(fn: Callable, path: tuple, tree: Tree, rest: tuple) -> Tree:
             k: _map_path(fn, path + (k,), v, tuple(r[k] for r in rest)) for k, v in tree.items()
         }
     if isinstance(tree, (list, tuple)):
-        items = [
-            _map_path(fn, path + (i,), v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)
-        ]
-        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+        return _rebuild(
+            tree,
+            [_map_path(fn, path + (i,), v, tuple(r[i] for r in rest)) for i, v in enumerate(tree)],
+        )
     return fn(_dotted(path), tree, *rest)
+
+
+def _rebuild(sequence, items: list):
+    """A list or tuple (named tuples included) of ``sequence``'s type holding ``items``."""
+    return type(sequence)(*items) if hasattr(sequence, "_fields") else type(sequence)(items)
 
 
 def _find_mismatch(path: tuple, tree: Tree, rest: tuple) -> None:

@@ -3,7 +3,7 @@
 Never executes code from a file: tensors are read with ``torch.load(weights_only=True)``.
 """
 
-import os
+import io
 import pickle
 import warnings
 import zipfile
@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..checkpoint import tensor_bytes
+from ..checkpoint import tensor_bytes, write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -142,8 +142,8 @@ def read_image(path) -> Picture:
 
 def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False) -> None:
     """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
-    ``grey`` writes it as a greyscale (luminance) image. Atomic: a temporary file beside it,
-    then ``os.replace``."""
+    ``grey`` writes it as a greyscale (luminance) image. Atomic
+    (:func:`n2nfunc.checkpoint.write_atomic`)."""
     from PIL import Image
 
     h, w = rgb.shape[1:]
@@ -153,14 +153,12 @@ def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = Fal
     if alpha is not None:
         im.putalpha(Image.frombytes("L", (w, h), tensor_bytes(alpha[0])))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # Pillow reads the type
-    try:  # written whole, then renamed: Ctrl-C or a full disk never leaves half an image
-        im.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    kind = Image.registered_extensions().get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
+    encoded = io.BytesIO()
+    im.save(encoded, format=kind)
+    write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
 
 
 def list_images(folder) -> list[Path]:
