@@ -36,7 +36,7 @@ from .base import (
     releases,
     skips_input_grad,
 )
-from .stateful import StatefulLayer, child_state, fixed, lift, split_rng
+from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng
 
 
 def _at(path: str, error: Exception) -> Exception:
@@ -57,6 +57,12 @@ def at_layer(path: str) -> Iterator[None]:
         yield
     except (ValueError, TypeError, KeyError) as e:
         raise _at(path, e) from None
+
+
+def _child(params, state, i: int, name: str):
+    """Child ``i``'s params and state in combinator ``name``, each checked to be there."""
+    key = str(i)
+    return child_entry(params, key, name, "params"), child_entry(state, key, name)
 
 
 def _check_layers(layers, name):
@@ -89,17 +95,17 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     def apply(params, state, x, *, train, rng=None):
         new_state = {}
         for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
-            s = child_state(state, str(i), "serial")
+            p, s = _child(params, state, i, "serial")
             with at_layer(str(i)):
-                x, new_state[str(i)] = layer.apply(params[str(i)], s, x, train=train, rng=r)
+                x, new_state[str(i)] = layer.apply(p, s, x, train=train, rng=r)
         return x, new_state
 
     def vjp(params, state, x, *, train, rng=None):
         new_state, pullbacks = {}, []
         for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
-            s = child_state(state, str(i), "serial")
+            p, s = _child(params, state, i, "serial")
             with at_layer(str(i)):
-                x, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
+                x, new_state[str(i)], pb = layer.vjp(p, s, x, train=train, rng=r)
             pullbacks.append(Held(pb, "serial"))
 
         def pullback(ct, input_grad=True, release=False):
@@ -153,9 +159,9 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
         outs, new_state, pullbacks = [], {}, []
         xs = _check_tuple(xs, n, "parallel")
         for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
-            s = child_state(state, str(i), "parallel")
+            p, s = _child(params, state, i, "parallel")
             with at_layer(str(i)):
-                y, new_state[str(i)], pb = layer.vjp(params[str(i)], s, x, train=train, rng=r)
+                y, new_state[str(i)], pb = layer.vjp(p, s, x, train=train, rng=r)
             outs.append(y)
             pullbacks.append(Held(pb, "parallel"))
 
@@ -174,9 +180,9 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
         outs, new_state = [], {}
         xs = _check_tuple(xs, n, "parallel")
         for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
-            s = child_state(state, str(i), "parallel")
+            p, s = _child(params, state, i, "parallel")
             with at_layer(str(i)):
-                y, new_state[str(i)] = layer.apply(params[str(i)], s, x, train=train, rng=r)
+                y, new_state[str(i)] = layer.apply(p, s, x, train=train, rng=r)
             outs.append(y)
         return tuple(outs), new_state
 
@@ -323,12 +329,14 @@ def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
         return out, params, state
 
     def apply(params, state, x, *, train, rng=None):
-        fx, new_state = inner.apply(params, state, x, train=train, rng=rng)
+        (r,) = split_rng(rng, 1)
+        fx, new_state = inner.apply(params, state, x, train=train, rng=r)
         _same_tensor_shape(x, fx)
         return x + fx, new_state
 
     def vjp(params, state, x, *, train, rng=None):
-        fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=rng)
+        (r,) = split_rng(rng, 1)
+        fx, new_state, pb = inner.vjp(params, state, x, train=train, rng=r)
         _same_tensor_shape(x, fx)
         y = x + fx
         y_out, held = output_of(y), Held(pb, "residual")

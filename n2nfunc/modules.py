@@ -523,9 +523,17 @@ class BatchNorm2d(_WeightBias):
 class Dropout(Module):
     """``torch.nn.Dropout``-like block. It owns the generator ``rng`` its masks are drawn
     from, seeded at construction with one draw from ``generator`` (or, without one, from
-    torch's global generator, so ``torch.manual_seed`` makes the masks reproducible)."""
+    torch's global generator, so ``torch.manual_seed`` makes the masks reproducible).
+    Arguments in torch's order: ``inplace`` may only be False (a new tensor is returned)."""
 
-    def __init__(self, p: float = 0.5, generator: Generator | None = None):
+    def __init__(
+        self, p: float = 0.5, inplace: bool = False, *, generator: Generator | None = None
+    ):
+        if inplace is not False:
+            raise ValueError(f"Dropout: inplace={inplace!r} is not supported (only False)")
+        if generator is not None and not isinstance(generator, Generator):
+            kind = type(generator).__name__
+            raise TypeError(f"Dropout: generator must be a torch.Generator or None, got {kind}")
         layer = dropout(p)
         device = generator.device if generator is not None else None
         seed = int(empty((), device=device).long().random_(generator=generator))

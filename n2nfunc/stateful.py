@@ -131,11 +131,13 @@ def split_rng(rng: Generator | None, n: int) -> list:
     return [Generator(device=rng.device).manual_seed(s) for s in seeds]
 
 
-def child_state(state: State, key: str, name: str) -> State:
-    """The state of child ``key`` of combinator ``name`` (``None`` stays ``None``)."""
-    if state is None:
+def child_entry(tree: Any, key: str, name: str, what: str = "state") -> Any:
+    """Child ``key``'s entry in combinator ``name``'s ``what`` ("params" or "state") tree
+    (a ``None`` state stays ``None``), with an error naming what is missing."""
+    if tree is None and what == "state":
         return None
-    if not isinstance(state, dict) or key not in state:
-        got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{name}: the state has no entry '{key}' for child {key} (got {got})")
-    return state[key]
+    if not isinstance(tree, dict) or key not in tree:
+        got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+        message = f"the {what} tree has no entry '{key}' for child {key} (got {got})"
+        raise ValueError(f"{name}: {message}")
+    return tree[key]

@@ -127,6 +127,12 @@ def test_children_get_independent_deterministic_randomness():
     net2 = nf.parallel(nf.dropout(0.9), nf.dropout(0.5))
     (_, b2), _ = net2.apply(params, state, (x, x), train=True, rng=torch.Generator().manual_seed(0))
     assert torch.equal(b, b2)
+    # residual is a combinator too: its one child gets seed 0 of the split, in apply and vjp
+    block = nf.residual(nf.dropout(0.5))
+    mask = torch.empty(4, 50).bernoulli_(0.5, generator=child_rngs(torch.Generator(), 1)[0])
+    for run in (block.apply, block.vjp):
+        y = run(params["0"], state["0"], x, train=True, rng=torch.Generator())[0]
+        assert torch.equal(y - x, mask * 2)
 
 
 def test_residual_and_parallel_with_a_stateful_child_match_torch():
@@ -152,7 +158,7 @@ def test_errors_name_the_layer_path():
     _, params, state = net.init(None, (-1, 3, 8, 8))
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(
-        ValueError, match=r"in layer 1: serial: the state has no entry '0' for child 0"
+        ValueError, match=r"in layer 1: serial: the state tree has no entry '0' for child 0"
     ):
         nf.serial(nf.relu(), net).apply({"0": {}, "1": params}, {"0": {}, "1": {}}, x, train=True)
     with pytest.raises(TypeError, match=r"in layer 3: dropout\(p=0.3\): training needs rng"):
@@ -166,6 +172,12 @@ def test_errors_name_the_layer_path():
         net.apply(params, state, torch.randn(1, 3, 1, 1), train=True, rng=torch.Generator())
     with pytest.raises(TypeError, match="rng must be a torch.Generator"):
         net.apply(params, state, x, train=True, rng=0)
+    with pytest.raises(ValueError, match=r"serial: the params tree has no entry '3' for child 3"):
+        net.apply({k: params[k] for k in "012"}, state, x, train=False)
+    with pytest.raises(ValueError, match=r"in layer 0: serial: the params tree has no entry '1'"):
+        nf.serial(net).vjp({"0": {"0": params["0"]}}, {"0": state}, x, train=False)
+    with pytest.raises(ValueError, match=r"parallel: the params tree has no entry '0'.*list"):
+        nf.parallel(net).apply([params], {"0": state}, (x,), train=False)
     with pytest.raises(TypeError, match="serial: argument 1"):
         nf.serial(nf.batch_norm2d(), "bn")
 

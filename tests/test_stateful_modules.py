@@ -80,6 +80,12 @@ def test_dropout_block_modes_and_generator():
     assert torch.equal(Dropout()(x), a)  # seeded from torch's global generator
     with pytest.raises(ValueError, match=r"dropout: p must be a number in \[0, 1\)"):
         Dropout(1.0)
+    # torch's positional order: Dropout(p, inplace); the generator is keyword-only
+    assert Dropout(0.25, False).p == 0.25
+    with pytest.raises(ValueError, match=r"Dropout: inplace=True is not supported"):
+        Dropout(0.25, True)
+    with pytest.raises(TypeError, match=r"Dropout: generator must be a torch.Generator.*int"):
+        Dropout(0.25, generator=3)
 
 
 def test_sequential_forward_backward_match_torch_with_the_same_masks():
