@@ -66,7 +66,7 @@ def noise(text: str) -> str:
         parse_noise(text)
     except ValueError as e:
         raise Error(str(e)) from None
-    return text
+    return text.strip()  # the text that names the data (cache files, --photos' factors)
 
 
 def device(text: str) -> str:

@@ -120,6 +120,12 @@ def _builtin(args, n: int, split: str):
     return builtin_pairs(n, split, args.noise, args.seed, announce=_say)
 
 
+def _photo_factor(args) -> int | None:
+    """The factor of ``--noise downsample:FACTOR``; None for plain ``downsample`` (photo pairs
+    then take their own: mixed factors to train, VAL_PHOTO_FACTOR to validate)."""
+    return int(parse_noise(args.noise).low) if args.noise != "downsample" else None
+
+
 def _validation_data(args):
     """(noisy, clean, description) of the validation options shared by train and eval."""
     if getattr(args, "val", None):
@@ -133,6 +139,7 @@ def _validation_data(args):
         if _camera_noise(args):
             xv, yv = _loading("--val-photos", _photo_noise_pairs, photos, args.n_val, args, "val")
             return xv, yv, f"{args.n_val} crops of the photos in {args.val_photos}, {args.noise}"
+        factor = _photo_factor(args) or VAL_PHOTO_FACTOR
         xv, yv = _loading(
             "--val-photos",
             photo_pairs,
@@ -140,10 +147,10 @@ def _validation_data(args):
             args.n_val,
             "val",
             args.seed,
-            factor=VAL_PHOTO_FACTOR,
+            factor=factor,
             scales=(1,),
         )
-        return xv, yv, f"{args.n_val} patches of the photos in {args.val_photos} (factor 8)"
+        return xv, yv, f"{args.n_val} patches of the photos in {args.val_photos} (factor {factor})"
     xv, yv = _builtin(args, args.n_val, "val")
     return xv, yv, f"{args.n_val} built-in validation pairs, noise {args.noise}"
 
@@ -168,8 +175,8 @@ def _training_data(args):
         if _camera_noise(args):
             xt, yt = _loading("--photos", _photo_noise_pairs, photos, n, args, "train")
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
-        if args.noise != "downsample":  # one factor asked for
-            factor = int(parse_noise(args.noise).low)
+        factor = _photo_factor(args)
+        if factor:  # one factor asked for
             xt, yt = _loading("--photos", photo_pairs, photos, n, "train", args.seed, factor=factor)
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
         xt, yt = _loading(
@@ -669,8 +676,7 @@ def _check_train(args, error) -> None:
         error("--train needs --val too (the course's validation file, val_data.pkl)")
     if args.val and not args.train:
         error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
-    if args.val and (args.val_pairs or args.val_photos):
-        error("give one validation set: --val, --val-pairs or --val-photos")
+    _one_validation_set(args, error)
     want = 4 if args.network == "unet" else 2
     if args.widths is not None and len(args.widths) != want:
         error(
@@ -741,9 +747,13 @@ def _check_nproc(args, error) -> None:
         )
 
 
-def _check_eval(args, error) -> None:
+def _one_validation_set(args, error) -> None:
     if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
         error("give one validation set: --val, --val-pairs or --val-photos")
+
+
+def _check_eval(args, error) -> None:
+    _one_validation_set(args, error)
     _check_memory(args, error)
 
 
@@ -844,7 +854,8 @@ def _val_options(p) -> None:
         "--val-photos",
         type=at.photo_dir(32 * VAL_PHOTO_FACTOR),
         metavar="DIR",
-        help="validate on noisy/clean patches cut from the photos in DIR (factor 8)",
+        help="validate on noisy/clean patches cut from the photos in DIR (aliasing at factor "
+        f"{VAL_PHOTO_FACTOR} unless --noise gives one)",
     )
     p.add_argument(
         "--n-val",

@@ -424,6 +424,47 @@ def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypa
     assert read_image(tmp_path / "d.png").grey and not read_image(tmp_path / "d.png").deep
 
 
+def _png_16_bit_rgb(path, values) -> None:
+    """Write an (H, W, 3) array of 16-bit values as an RGB PNG, by hand (Pillow cannot)."""
+    import struct
+    import zlib
+
+    h, w, _ = values.shape
+    rows = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+
+
+def test_16_bit_rgb_and_float_images(tmp_path):
+    """16-bit RGB is flagged deep (Pillow keeps each value's high byte; it had no note), and a
+    float image is scaled from 0-1 or kept from 0-255 (a 0-1 one was read as black), else
+    refused."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.arange(4 * 5 * 3).reshape(4, 5, 3) * 1000 + 77
+    _png_16_bit_rgb(tmp_path / "rgb16.png", values)
+    picture = read_image(tmp_path / "rgb16.png")
+    assert picture.deep and not picture.grey
+    assert torch.equal(picture.rgb, torch.from_numpy(values >> 8).permute(2, 0, 1).to(torch.uint8))
+    grey = np.random.default_rng(0).random((6, 7)).astype("float32")
+    for scale in (1, 200):
+        Image.fromarray(grey * scale, "F").save(tmp_path / "f.tif")
+        picture = read_image(tmp_path / "f.tif")
+        want = torch.from_numpy(grey * (255 if scale == 1 else scale))
+        assert picture.grey and (picture.rgb.float() - want).abs().max() <= 0.5
+    Image.fromarray(grey * 1000, "F").save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match=r"f.tif: a float image with values from .* expected 0-1"):
+        read_image(tmp_path / "f.tif")
+
+
 def test_mixed_noise_of_a_recipe_is_said_once_in_words():
     from n2nfunc.cli import _recorded_noise
     from n2nfunc.pretrained import WEIGHTS
@@ -488,3 +529,20 @@ def test_eval_notes_pairs_whose_noisy_images_equal_the_clean_ones(tmp_path, caps
         write_image(tmp_path / "pairs" / sub / "x.png", rgb)
     assert main(["eval", "--val-pairs", str(tmp_path / "pairs")]) == 0
     assert "note: the noisy images equal the clean ones" in capsys.readouterr().out
+
+
+def test_val_photos_take_the_factor_of_noise_downsample(tmp_path, capsys):
+    """`--val-photos` validates at --noise downsample:FACTOR when one is given (it took
+    factor 8 whatever the factor, so a factor-2 run was validated at factor 8)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_image(photos / "p.png", torch.randint(0, 256, (3, 300, 320), generator=g).to(torch.uint8))
+    args = ["eval", "--val-photos", str(photos), "--n-val", "4"]
+    psnrs = {}
+    for noise, factor in (("downsample", 8), ("downsample:2", 2)):
+        assert main([*args, "--noise", noise]) == 0
+        printed = capsys.readouterr().out
+        assert f"(factor {factor})" in printed, printed
+        psnrs[factor] = printed
+    assert psnrs[8] != psnrs[2]

@@ -42,6 +42,7 @@ def world(tmp_path_factory) -> Path:
     (w / "empty_dir").mkdir()
     _png(w / "photo.png")
     _png(w / "small_photos" / "p.png", 50, 60)
+    _png(w / "photos" / "p.png", 400, 300)
     _png(w / "pairs" / "a" / "x.png", 32, 32)
     _png(w / "pairs" / "b" / "x.png", 32, 32)
     _png(w / "mismatch" / "a" / "x.png")
@@ -106,13 +107,13 @@ ROWS = [
     ("train --noise gaussian:-5", r"argument --noise: noise 'gaussian:-5': sigma must be in \[0,"),
     (
         "train --noise poisson:-5",
-        r"noise 'poisson:-5': the Poisson peak must be from 0.001 to 1e\+06",
+        r"noise 'poisson:-5': the Poisson peak must be from 0.1 to 1e\+06",
     ),
     ("train --noise gaussian:50-10", r"argument --noise: .*the range '50-10' is empty"),
     ("train --noise gaussian:300", r"argument --noise: .*sigma must be in \[0, 255\]"),
     (
         "train --noise poisson:0",
-        r"argument --noise: .*the Poisson peak must be from 0.001 to 1e\+06",
+        r"argument --noise: .*the Poisson peak must be from 0.1 to 1e\+06",
     ),
     (
         "train --noise downsample:1",
@@ -162,6 +163,7 @@ ROWS = [
     ),
     ("train --val-pairs {w}/mismatch", r"argument --val-pairs: no image file name is in both"),
     ("train --val-photos {w}/photo.png", r"argument --val-photos: .*photo.png is a file"),
+    ("train --val-pairs {w}/pairs --val-photos {w}/photos", r"give one validation set"),
     # ---- train: output and resume
     ("train --out {w}/text.txt", r"argument --out: .*text.txt is a file; expected a folder"),
     ("train --out {w}/text.txt/run", r"argument --out: cannot create .*: .*text.txt is a file"),

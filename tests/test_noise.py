@@ -4,6 +4,7 @@ blind levels, determinism, photo crops."""
 import pytest
 import torch
 
+from n2nfunc import argtypes
 from n2nfunc.data.noise import (
     NoiseSpec,
     add_noise,
@@ -13,6 +14,8 @@ from n2nfunc.data.noise import (
     photo_noise_pairs,
     random_crops,
 )
+from n2nfunc.data.photos import mixed_factor_pairs
+from n2nfunc.data.synthetic import make_pairs
 
 
 @pytest.mark.parametrize(
@@ -42,12 +45,12 @@ def test_grammar_accepts(text, spec):
         ("gaussian:50-10", "empty"),
         ("gaussian:0", "not all zero"),
         ("gaussian:-5", "sigma must be in"),
-        ("poisson:-5", "peak must be from 0.001 to 1e\\+06"),
+        ("poisson:-5", "peak must be from 0.1 to 1e\\+06"),
         ("gaussian:300", "sigma"),
         ("gaussian:nan", "finite"),
         ("gaussian:1-inf", "finite"),
-        ("poisson:0", "peak must be from 0.001 to 1e\\+06"),
-        ("poisson:0-30", "peak must be from 0.001 to 1e\\+06"),
+        ("poisson:0", "peak must be from 0.1 to 1e\\+06"),
+        ("poisson:0-30", "peak must be from 0.1 to 1e\\+06"),
         ("downsample:1", "integer from 2 to 16"),
         ("downsample:2.5", "integer from 2 to 16"),
         ("downsample:1000", "integer from 2 to 16"),  # rendered 1000x larger: terabytes
@@ -68,6 +71,34 @@ def test_levels_in_exponent_notation():
     assert parse_noise("gaussian:1e-1") == ("gaussian", 0.1, 0.1)
     assert parse_noise("gaussian:1e-1-2.5e1") == ("gaussian", 0.1, 25.0)
     assert parse_noise("poisson:.5-1E3") == ("poisson", 0.5, 1000.0)
+
+
+def test_low_poisson_peaks_keep_builtin_targets_unbiased():
+    """A built-in target is int16 on the 0-255 scale: at the lowest peak no photon count
+    that occurs overflows it (at 0.001, the old floor, targets averaged 0.06 for 0.43)."""
+    parse_noise("poisson:0.1")
+    with pytest.raises(ValueError, match="peak must be from 0.1"):
+        parse_noise("poisson:0.05")
+    noisy, clean = make_pairs(200, "val", "poisson:0.1", seed=1)
+    _, target = make_pairs(200, "train", "poisson:0.1", seed=1)
+    assert int(target.max()) < 32767
+    assert abs(float(target.float().mean()) - float(clean.float().mean())) < 0.05 * 255
+
+
+def test_the_command_line_keeps_the_stripped_text():
+    """(" downsample" named the data differently from "downsample": --photos then took
+    factor 4 alone instead of the mixed factors)"""
+    assert argtypes.noise(" downsample ") == "downsample"
+    assert argtypes.noise("gaussian:25 ") == "gaussian:25"
+
+
+def test_fewer_mixed_factor_pairs_than_factors():
+    photo = torch.randint(0, 256, (3, 400, 400), dtype=torch.uint8)
+    for n in (1, 3):
+        a, b = mixed_factor_pairs([photo], n, "train")
+        assert a.shape == b.shape == (n, 3, 32, 32)
+    with pytest.raises(ValueError, match="need at least one pair, got n=0"):
+        mixed_factor_pairs([photo], 0, "train")
 
 
 def test_not_a_string():

@@ -96,6 +96,19 @@ class Picture(NamedTuple):
     deep: bool = False  # the file had more than 8 bits a channel (read as their top 8)
 
 
+def _float_as_8_bits(im, path):
+    """A float ("F") image as 0-255 greyscale: values in [0, 1] are scaled by 255, values in
+    [0, 255] kept; others are refused (there is no telling what they mean)."""
+    low, high = im.getextrema()
+    if not (low >= 0 and high <= 255):  # NaN fails too
+        raise ValueError(
+            f"cannot read image {path}: a float image with values from {low:g} to {high:g}; "
+            "expected 0-1 or 0-255"
+        )
+    scale = 255 if high <= 1 else 1
+    return im.point(lambda v: v * scale + 0.5).convert("L")
+
+
 def read_image(path) -> Picture:
     """An image file as uint8 tensors. Greyscale becomes three equal channels (and
     ``grey`` is set); palette and other modes are converted to RGB; alpha is kept apart."""
@@ -110,17 +123,25 @@ def read_image(path) -> Picture:
             # memory bounded: no raw warning for a large photo
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as raw:
+                # Pillow reads 16-bit RGB as RGB, keeping each value's high byte: only the
+                # decoder's raw mode tells
+                wide = any(";16" in str(getattr(t, "args", "")) for t in raw.tile or ())
                 raw.load()
                 im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
+                if im.mode == "F":
+                    im = _float_as_8_bits(im, path)
                 if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
                     im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # a tRNS chunk
                 alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
                 grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
                 top = im.getextrema()[1] if im.mode == "I" else 0
-                deep = im.mode.startswith("I;16") or (isinstance(top, (int, float)) and top > 255)
-                if deep:
+                sixteen = im.mode.startswith("I;16") or (
+                    isinstance(top, (int, float)) and top > 255
+                )
+                if sixteen:
                     im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
+                deep = sixteen or wide
                 rgb = im.convert("RGB")
     except Image.DecompressionBombError as e:  # Pillow's guard; not an OSError
         raise ValueError(

@@ -28,8 +28,11 @@ from .synthetic import box_downsample, point_sample
 
 KINDS = ("gaussian", "poisson", "downsample")
 MAX_FACTOR = 16  # downsampling factors (the clean images are rendered FACTOR times larger)
-POISSON_PEAKS = (1e-3, 1e6)  # photons at white: beyond these, torch.poisson's range ends
-# (1e19 gave black images) or a float32 peak becomes 0 (NaN images)
+# Photons at white. Above 1e6 torch.poisson's range ends (1e19 gave black images); below 0.1
+# a built-in training target, int16 on the 0-255 scale where one photon is worth 255/peak,
+# would overflow (at 0.001 targets averaged 0.06 for a clean mean of 0.43): at 0.1 that takes
+# 13 photons where 0.1 are expected.
+POISSON_PEAKS = (0.1, 1e6)
 _NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 GRAMMAR = "gaussian:SIGMA, gaussian:LO-HI, poisson:PEAK, poisson:LO-HI or downsample[:FACTOR]"
 
@@ -164,6 +167,8 @@ def random_crops(images: Sequence[Tensor], n: int, size: int, generator: torch.G
     turned by quarter turns."""
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"random_crops: size must be a positive int, got {size!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"random_crops: need at least one crop, got n={n!r}")
     big = [img for img in images if min(img.shape[1:]) >= size]
     if not big:
         raise ValueError(f"random_crops: no image is at least {size} pixels on its short side")

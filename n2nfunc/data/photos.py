@@ -37,6 +37,8 @@ def photo_pairs(
     (``"val"``). Crops are drawn with probability proportional to their photo's area."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"need at least one pair, got n={n!r}")
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
     crop = size * factor
     levels = [
@@ -85,11 +87,14 @@ def mixed_factor_pairs(
     seed: int = 0,
     factors: Sequence[int] = (4, 6, 8, 12),
 ) -> tuple[Tensor, Tensor]:
-    """``n`` pairs split evenly over several downsampling factors (several noise strengths)."""
+    """``n`` pairs split evenly over several downsampling factors (several noise strengths;
+    with fewer pairs than factors, the first ``n`` factors)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"need at least one pair, got n={n!r}")
+    shares = [n // len(factors) + (i < n % len(factors)) for i in range(len(factors))]
     parts = [
-        photo_pairs(
-            photos, n // len(factors) + (i < n % len(factors)), split, seed=seed * 100 + f, factor=f
-        )
-        for i, f in enumerate(factors)
+        photo_pairs(photos, m, split, seed=seed * 100 + f, factor=f)
+        for m, f in zip(shares, factors)
+        if m
     ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -10,8 +10,11 @@ a smooth gradient and often a fine periodic texture. Images are rendered at
   of each cell, at an independent random position. Its expectation is the clean image,
   so two views are a valid Noise2Noise pair; the error is aliasing: sparse, strong,
   wrong-coloured pixels where the image has fine texture.
-* ``gaussian``: clean + N(0, sigma^2) (sigma in 0-255 units), clipped.
-* ``poisson``: Poisson(clean * peak) / peak, clipped.
+* ``gaussian``: clean + N(0, sigma^2) (sigma in 0-255 units).
+* ``poisson``: Poisson(clean * peak) / peak.
+
+(A noisy input is clipped to [0, 1] as a saved photo would be; a training target is not, as
+a clipped target would bias Noise2Noise near black and white.)
 
 Everything is vectorised over a chunk of images and deterministic for a seed.
 This is a data module, not compute path: it uses any torch function.
