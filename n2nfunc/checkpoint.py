@@ -123,9 +123,10 @@ def _plain(x):
 def decode(obj):
     """Inverse of :func:`encode`.
 
-    :func:`encode` never puts one container in two places, and a file that does (pickle can
-    share an object) is refused: a chain of 60 lists each held twice by the next is a file of
-    a few hundred bytes that would decode to 2**60 leaves."""
+    :func:`encode` never puts one container, or one tensor's bytes, in two places, and a file
+    that does (pickle can share an object) is refused: a chain of 60 lists each held twice by
+    the next is a file of a few hundred bytes that would decode to 2**60 leaves, and 4,000
+    tensors sharing 64 KiB of bytes a 150 KiB file that would decode to 250 MiB."""
     return _decode(obj, set())
 
 
@@ -136,6 +137,13 @@ def _decode(obj, seen):
         seen.add(id(obj))
     if isinstance(obj, dict):
         if "__tensor__" in obj:
+            data = obj.get("data")
+            if isinstance(data, bytes) and data:
+                if id(data) in seen:
+                    raise ValueError(
+                        "one tensor's bytes are stored in two places, which n2nfunc never writes"
+                    )
+                seen.add(id(data))
             return _decode_tensor(obj)
         if "__namedtuple__" in obj:
             kind = namedtuple(obj["__namedtuple__"], obj["fields"])  # validates the names

@@ -307,9 +307,21 @@ def _deep_lists(depth: int) -> bytes:
     return head + b"K\x01" + text("payload") + b"]" * depth + b"a" * (depth - 1) + b"u."
 
 
+def _shared_bytes(count: int, size: int) -> bytes:
+    """A checkpoint of ``count`` tensor entries sharing one ``size``-byte ``data`` object:
+    about size + 30 count bytes in the file, count x size decoded."""
+    blob = bytes(size)
+    entry = [{"__tensor__": "uint8", "shape": [size], "data": blob} for _ in range(count)]
+    return pickle.dumps({"format": "n2nfunc-checkpoint", "version": 1, "payload": entry})
+
+
 @pytest.mark.parametrize(
     "blob,pattern",
-    [(_shared_lists(60), "stored in two places"), (_deep_lists(100_000), "nested too deeply")],
+    [
+        (_shared_lists(60), "stored in two places"),
+        (_deep_lists(100_000), "nested too deeply"),
+        (_shared_bytes(4000, 64 << 10), "one tensor's bytes are stored in two places"),
+    ],
 )
 def test_files_that_would_expand_or_recurse_without_end_are_refused_at_once(
     tmp_path, blob, pattern
