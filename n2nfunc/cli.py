@@ -412,6 +412,14 @@ def run_training(args, device, dp=None) -> int:
     out = Path(args.out)
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
+    if dp is not None and bs % dp.size:  # a batch is at most the whole training set
+        if not lead:
+            return 2  # rank 0 says why
+        raise ValueError(
+            f"the training data holds {x.shape[0]} pairs, fewer than --batch-size "
+            f"{model.config['batch_size']}: each batch is all {bs} pairs, which must divide by "
+            f"the {dp.size} processes"
+        )
     per_epoch = (x.shape[0] // bs) * bs
     if not lead:
         for epoch in range(start, epochs):
@@ -843,16 +851,23 @@ def _common(p, device: bool = True) -> None:
         )
 
 
+def _data_path(check):
+    """The argparse type of a data option: ``check`` where the data is read, a bare path on
+    the other ranks of a data-parallel run, which receive it from rank 0 (so that the other
+    machines of a multi-machine run need no copy of it)."""
+    return check if _rank() == "0" else Path
+
+
 def _val_options(p) -> None:
     p.add_argument(
         "--val-pairs",
-        type=at.pair_dir,
+        type=_data_path(at.pair_dir),
         metavar="DIR",
         help="validate on DIR/a (noisy), DIR/b (clean)",
     )
     p.add_argument(
         "--val-photos",
-        type=at.photo_dir(32 * VAL_PHOTO_FACTOR),
+        type=_data_path(at.photo_dir(32 * VAL_PHOTO_FACTOR)),
         metavar="DIR",
         help="validate on noisy/clean patches cut from the photos in DIR (aliasing at factor "
         f"{VAL_PHOTO_FACTOR} unless --noise gives one)",
@@ -915,26 +930,26 @@ def build_parser() -> _Parser:
     ).add_mutually_exclusive_group()
     data.add_argument(
         "--train",
-        type=at.existing_file("pair file"),
+        type=_data_path(at.existing_file("pair file")),
         metavar="FILE",
         help="course training file (train_data.pkl); needs --val",
     )
     data.add_argument(
         "--pairs",
-        type=at.pair_dir,
+        type=_data_path(at.pair_dir),
         metavar="DIR",
         help="noisy/noisy images of equal names in DIR/a and DIR/b (cut into 32x32 patches)",
     )
     data.add_argument(
         "--photos",
-        type=at.photo_dir(32 * max(PHOTO_FACTORS)),
+        type=_data_path(at.photo_dir(32 * max(PHOTO_FACTORS))),
         metavar="DIR",
         help="photos to cut course-like noisy pairs from (at least one must be "
         f"{32 * max(PHOTO_FACTORS)} px on its short side)",
     )
     t.add_argument(
         "--val",
-        type=at.existing_file("pair file"),
+        type=_data_path(at.existing_file("pair file")),
         metavar="FILE",
         help="course validation file (val_data.pkl)",
     )

@@ -156,25 +156,26 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
                 f"the environment variable {key} is {'not set' if not value else repr(value)}"
                 " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
             )
-    try:
-        store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
-    except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables
-        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = (
-            "is MASTER_ADDR an address of this machine, and MASTER_PORT free?"
-            if os.environ.get("RANK") == "0"
-            else "is rank 0 running there, with the same MASTER_ADDR and MASTER_PORT?"
-        )
-        raise CommunicationError(
-            f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} could not join "
-            f"the process group at {where} within {timeout_s:g} s ({hint}): {reason}"
-        ) from None
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    hint = (  # rank 0 listens and waits for the others; the others connect to it
+        f"did all {os.environ['WORLD_SIZE']} ranks start, with this MASTER_ADDR and MASTER_PORT "
+        "(free on this machine)? one may have stopped with an error"
+        if os.environ["RANK"] == "0"
+        else "is rank 0 running there, with the same MASTER_ADDR and MASTER_PORT?"
+    )
+    try:
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CommunicationError(
+            f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join "
+            f"the process group at {where} within {timeout_s:g} s ({hint}): {reason}"
+        ) from None
     return DataParallel(rank, size, store, device)
 
 
@@ -207,12 +208,13 @@ def run_local(nproc: int, python_args: list[str]) -> None:
     import logging
 
     # torchrun's agent logs every stop as a warning ("Received 2 death signal, shutting down
-    # workers"); the CLI says what happened in its own words
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # workers") and a worker's failure as an error ("failed (exitcode: 2) local_rank: 0 ..."):
+    # the worker and the CLI say what happened in their own words
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("LOGLEVEL", "ERROR")  # loggers made from here on (get_logger)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("LOGLEVEL", "CRITICAL")  # loggers made from here on (get_logger)
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch

@@ -33,22 +33,37 @@ def spawn(args, argv: list[str]) -> int:
     n = args.nproc
     threads = args.threads or max(1, (os.cpu_count() or 1) // n)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    state = Path(args.out) / "checkpoint.pth"
+    ours = run_checkpoint(args, state)
     try:
         distributed.run_local(n, ["-u", "-m", "n2nfunc.cli", *_without_nproc(argv)])
     except distributed.WorkerFailed as e:
         if e.interrupted:
             return 130  # Ctrl-C: rank 0 has said where the checkpoint is
-        state = Path(args.out) / "checkpoint.pth"
+        if e.exitcode == 2:
+            return 2  # bad usage or data, which the rank has said
         print(
             f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
             f"{_exit_text(e.exitcode)} first; the other processes were stopped."
-            + (f" The last checkpoint is intact: --resume {state}" if state.is_file() else ""),
+            + (f" The last checkpoint is intact: --resume {state}" if ours() else ""),
             file=sys.stderr,
         )
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def run_checkpoint(args, state: Path):
+    """A test, to call later, of whether ``state`` is this run's checkpoint: the one it
+    resumes from, or one written since this call (not an earlier run's in the same folder)."""
+    resumed = bool(args.resume) and Path(args.resume).resolve() == state.resolve()
+
+    def stamp():
+        return state.stat().st_mtime_ns if state.is_file() else None
+
+    before = stamp()
+    return lambda: state.is_file() and (resumed or stamp() != before)
 
 
 def _exit_text(code: int) -> str:
@@ -82,6 +97,7 @@ def train_worker(args, device, run) -> int:
         return 1
     device = dp.device  # cuda:LOCAL_RANK on GPUs
     state_path = Path(args.out) / "checkpoint.pth"
+    ours = run_checkpoint(args, state_path)
     interrupted = []
 
     def on_sigint(signum, frame):
@@ -96,7 +112,7 @@ def train_worker(args, device, run) -> int:
             print(f"error: {e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
-            saved = state_path.is_file()
+            saved = ours()
             print(
                 "\ninterrupted; "
                 + (

@@ -18,7 +18,7 @@ import pytest
 import torch
 from dist_worker import TINY, data, functional_params, model_params
 
-from n2nfunc import checkpoint, distributed, tree
+from n2nfunc import checkpoint, distributed, launch, tree
 from n2nfunc.cli import main
 from n2nfunc.distributed import loopback_interface
 from n2nfunc.model import Model
@@ -202,6 +202,61 @@ def test_an_unreachable_rank_0_is_one_clear_error(monkeypatch):
         match=rf"rank 1 of 2 could not join the process group at 127.0.0.1:{port} within 1 s",
     ):
         distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
+
+
+def test_a_rank_that_never_comes_is_one_clear_error_on_rank_0(monkeypatch):
+    for key, value in dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    with pytest.raises(distributed.CommunicationError, match=r"rank 0 of 2 .*did all 2 ranks st"):
+        distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
+    distributed.shutdown()
+
+
+def test_only_rank_0_checks_the_data_options(monkeypatch, tmp_path):
+    """The other ranks receive the data from rank 0: the other machines of a run need no copy
+    (their argparse checks refused a missing file, and rank 0 then timed out)."""
+    from n2nfunc.cli import build_parser
+
+    argv = ["train", "--train", str(tmp_path / "t.pkl"), "--val", str(tmp_path / "v.pkl")]
+    argv += ["--val-photos", str(tmp_path / "photos")]
+    for key, value in dict(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RANK", "1")
+    args = build_parser().parse_args(argv)
+    assert args.train == tmp_path / "t.pkl" and args.val_photos == tmp_path / "photos"
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+
+
+def test_run_checkpoint_is_this_runs_own(tmp_path):
+    state = tmp_path / "checkpoint.pth"
+    state.write_bytes(b"an earlier run's")
+    args = SimpleNamespace(resume=None)
+    ours = launch.run_checkpoint(args, state)
+    assert not ours()  # not written by this run
+    time.sleep(0.01)
+    state.write_bytes(b"this run's")
+    assert ours()
+    assert launch.run_checkpoint(SimpleNamespace(resume=str(state)), state)()  # resumed from
+
+
+@pytest.mark.slow
+def test_nproc_with_fewer_pairs_than_processes_need_is_one_usage_error(tmp_path):
+    """A course file of 5 pairs under --batch-size 16: each batch is all 5 pairs, which 2
+    processes cannot share. One error line from rank 0, exit 2, no resume advice for the
+    earlier run's checkpoint in --out."""
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    torch.save((x, x), tmp_path / "train.pkl")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(b"an earlier run's")
+    data = ["--train", str(tmp_path / "train.pkl"), "--val", str(tmp_path / "train.pkl")]
+    code, _, err = _cli(tmp_path, *data, "--nproc", "2", "--out", str(out), timeout=120)
+    assert code == 2, err
+    assert err.count("the training data holds 5 pairs, fewer than --batch-size 16") == 1, err
+    assert "--resume" not in err and "processes failed" not in err and "exitcode" not in err
 
 
 def test_no_augment_is_saved_in_the_config(tmp_path, monkeypatch):
