@@ -26,22 +26,26 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parent),
+]  # this tree
 from common import allocator_line, interleaved, variant_config  # noqa: E402
 
 import n2nfunc as new  # noqa: E402
+from n2nfunc.argtypes import int_range  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def import_revision(rev: str, folder: Path):
     """The ``n2nfunc`` package as it was at ``rev``, imported as ``n2nfunc_at_base``."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "n2nfunc"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
+    done = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "n2nfunc"], cwd=ROOT, capture_output=True
+    )
+    if done.returncode:
+        sys.exit(f"--base {rev}: {done.stderr.decode().strip() or 'git archive failed'}")
+    archive = done.stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     name = "n2nfunc_at_base"
@@ -119,7 +123,9 @@ def epoch_fn(package, config: dict, pairs: int = 512):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="HEAD~1", help="git revision to compare against")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
+    parser.add_argument(
+        "--rounds", type=int_range(1), default=5, help="alternating rounds (median)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32")
     parser.add_argument("--unet", action="store_true", help="also the U-Net's training step")

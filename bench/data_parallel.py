@@ -171,10 +171,13 @@ def estimate(step_s: float, step_small_s: float, grad_bytes: float, batch: int) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--pairs", type=int, default=1024)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    sys.path.insert(0, str(ROOT))
+    from n2nfunc.argtypes import int_range
+
+    p.add_argument("--pairs", type=int_range(32), default=1024, help="(at least a batch, 32)")
+    p.add_argument("--epochs", type=int_range(1), default=2)
+    p.add_argument("--rounds", type=int_range(1), default=3)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)  # the workers'
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:

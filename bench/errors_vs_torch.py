@@ -6,12 +6,17 @@ gradient, random cotangents) over a grid of shapes and options.
 The error of a result is max|ours - torch| / max|torch|, the measure the tests bound by 1e-10.
 """
 
+import argparse
 import itertools
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import n2nfunc as nf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree
+
+import n2nfunc as nf  # noqa: E402
 
 
 def err(a, b):
@@ -48,11 +53,18 @@ def _pool(fn, *args):
     return lambda t, _: fn(t, *args)
 
 
+def _params64(layer, x):
+    """The float64 params of ``layer`` for input ``x``, in a dict (weight, then bias)."""
+    _, params = layer.init(torch.Generator().manual_seed(0), tuple(x.shape))
+    return {k: v.double() for k, v in params.items()}
+
+
 def randn(*shape):
     return torch.randn(*shape, dtype=torch.float64)
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     rows = {}
@@ -60,6 +72,63 @@ def main():
     def record(name, e):
         rows[name] = max(rows.get(name, 0.0), e)
 
+    for (n, c, h, w), (out, k, stride, pad, dil), bias in itertools.product(
+        [(1, 3, 9, 7), (3, 5, 8, 8)],
+        [(4, 3, 1, 1, 1), (6, 4, 2, 1, 1), (2, (3, 2), (2, 1), (1, 0), 1), (3, 3, 1, 2, 2)],
+        [True, False],
+    ):
+        x = randn(n, c, h, w)
+        layer = nf.conv2d(out, k, stride, pad, dil, bias=bias)
+        record(
+            "conv2d",
+            layer_error(
+                layer,
+                lambda t, q, s=stride, p=pad, d=dil: F.conv2d(
+                    t, q["weight"], q.get("bias"), s, p, d
+                ),
+                x,
+                _params64(layer, x),
+            ),
+        )
+        for out_pad in (0, 1):
+            if out_pad >= (stride if isinstance(stride, int) else min(stride)):
+                continue
+            layer = nf.conv_transpose2d(out, k, stride, pad, out_pad, dil, bias=bias)
+            record(
+                "conv_transpose2d",
+                layer_error(
+                    layer,
+                    lambda t, q, s=stride, p=pad, o=out_pad, d=dil: F.conv_transpose2d(
+                        t, q["weight"], q.get("bias"), s, p, o, 1, d
+                    ),
+                    x,
+                    _params64(layer, x),
+                ),
+            )
+        for scale in (2, (2, 3)):
+            layer = nf.upsample(out, 3, scale, 1, bias=bias)
+            record(
+                "upsample (nearest, then conv)",
+                layer_error(
+                    layer,
+                    lambda t, q, sc=scale: F.conv2d(
+                        F.interpolate(t, scale_factor=sc, mode="nearest"),
+                        q["weight"],
+                        q.get("bias"),
+                        padding=1,
+                    ),
+                    x,
+                    _params64(layer, x),
+                ),
+            )
+            record(
+                "nearest_upsample",
+                layer_error(
+                    nf.nearest_upsample(scale),
+                    lambda t, _, sc=scale: F.interpolate(t, scale_factor=sc, mode="nearest"),
+                    x,
+                ),
+            )
     for shape, out, bias in itertools.product([(1, 5), (4, 7), (3, 2, 5)], [1, 3], [True, False]):
         layer = nf.dense(out, bias=bias)
         _, params = layer.init(None, (-1,) + shape[1:])
@@ -97,6 +166,8 @@ def main():
             layer_error(nf.global_avg_pool(), lambda t, _: t.mean((2, 3)), randn(*shape)),
         )
     activations = [
+        ("relu", nf.relu(), F.relu),
+        ("sigmoid", nf.sigmoid(), torch.sigmoid),
         ("leaky_relu", nf.leaky_relu(0.2), lambda t: F.leaky_relu(t, 0.2)),
         ("tanh", nf.tanh(), torch.tanh),
         ("gelu", nf.gelu(), F.gelu),
@@ -116,6 +187,7 @@ def main():
             randn(*shape),
             torch.rand(shape, dtype=torch.float64),
         )
+        record("mse", loss_error(nf.mse, F.mse_loss, pred, target))
         record("l1", loss_error(nf.l1, F.l1_loss, pred, target))
         for delta in (0.3, 1.0, 2.5):
             record(

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs  # noqa: E402
 from n2nfunc.export import export_submission  # noqa: E402
 
@@ -53,7 +54,7 @@ GRADER = textwrap.dedent("""
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n-train", type=int, default=50000)
+    ap.add_argument("--n-train", type=int_range(1), default=50000)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     xt, yt = builtin_pairs(args.n_train, "train")

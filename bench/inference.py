@@ -16,10 +16,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parent),
+]  # this tree
 from common import channels_last, header, interleaved, torch_net  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
+from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.model import Model  # noqa: E402
 
 
@@ -86,7 +90,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int_range(1), default=5)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     header(args.threads)

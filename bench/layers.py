@@ -18,8 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parent),
+]  # this tree
 from common import DTYPES, header, interleaved, nf  # noqa: E402
+
+from n2nfunc.argtypes import int_range  # noqa: E402
 
 CASES = [  # name, layer, torch forward, input shape (C, H, W)
     (
@@ -138,7 +143,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int_range(1), default=5)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     peaks = header(args.threads)

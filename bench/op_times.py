@@ -24,12 +24,16 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parent),
+]  # this tree
 import train_step  # noqa: E402
 import unet_train_step  # noqa: E402
 from common import allocator_line  # noqa: E402
 
 from n2nfunc import hardware  # noqa: E402
+from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
 # ATen ops by kind, for the summary line (anything else counts as elementwise / reduction)
@@ -92,7 +96,7 @@ def main() -> None:
     ap.add_argument("--unet", action="store_true", help="the U-Net step (depth 4, 32/64/48/24)")
     ap.add_argument("--batch", type=int, default=None, help="default: 100, U-Net 8")
     ap.add_argument("--crop", type=int, default=64, help="U-Net crop size")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int_range(1), default=5)
     ap.add_argument("--top", type=int, default=30, help="rows of the table")
     args = ap.parse_args()
     torch.set_grad_enabled(False)

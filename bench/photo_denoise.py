@@ -19,7 +19,7 @@ Methods: the noisy input; n2nfunc U-Net (Noise2Noise, ``pretrained("unet-gaussia
 the true sigma; Poisson: the Anscombe transform, BM3D with sigma 1, and the closed-form
 approximation of the exact unbiased inverse of Makitalo and Foi); scikit-image's
 non-local means (sigma from ``estimate_sigma``, h = 0.8 sigma, fast mode) and wavelet
-(BayesShrink, soft, YCbCr) denoisers (``pip install scikit-image``). A method whose
+(BayesShrink, soft, YCbCr) denoisers (``pip install scikit-image PyWavelets``). A method whose
 package or weights are missing is skipped with a note.
 
 ``--aliasing`` adds the exercise's degradation: ``unet-aliasing`` against the shipped
@@ -51,6 +51,21 @@ from n2nfunc.metrics import psnr  # noqa: E402
 from n2nfunc.pretrained import load_network, weights_path  # noqa: E402
 
 LEVELS = ["gaussian:15", "gaussian:25", "gaussian:50", "poisson:30"]
+
+
+def camera_noise(text: str) -> str:
+    """A --levels entry: Gaussian or Poisson noise (downsampling changes the image size)."""
+    from n2nfunc.data.noise import parse_noise
+
+    try:
+        kind = parse_noise(text).kind
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if kind == "downsample":
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: only gaussian or poisson levels (see --aliasing)"
+        )
+    return text.strip()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -130,8 +145,9 @@ def bm3d_method():
 
 def skimage_methods():
     try:
+        import pywt  # noqa: F401 -- estimate_sigma and denoise_wavelet need it; scikit-image
         from skimage.restoration import denoise_nl_means, denoise_wavelet, estimate_sigma
-    except ImportError:
+    except ImportError:  # does not install it
         return {}
 
     def nl_means(noisy, spec):
@@ -258,7 +274,7 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
-    ap.add_argument("--levels", nargs="+", default=LEVELS)
+    ap.add_argument("--levels", nargs="+", default=LEVELS, type=camera_noise)
     ap.add_argument("--gaussian-weights", type=Path, default=None)
     ap.add_argument("--poisson-weights", type=Path, default=None)
     ap.add_argument("--picture", type=Path, default=None)
@@ -289,7 +305,9 @@ def main() -> None:
         methods["BM3D"] = {"gaussian": bm3d, "poisson": bm3d}
     sk = skimage_methods()
     if not sk:
-        notes.append("scikit-image denoisers skipped: `pip install scikit-image` to include them")
+        notes.append(
+            "scikit-image denoisers skipped: `pip install scikit-image PyWavelets` to include them"
+        )
     for name, fn in sk.items():
         methods[name] = {"gaussian": fn, "poisson": fn}
     table(clean, methods, args.levels, notes, args.picture)

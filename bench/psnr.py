@@ -16,10 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parent),
+]  # this tree
 from common import torch_net  # noqa: E402
 
 from n2nfunc import allocator, optim  # noqa: E402
+from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs, make_pairs  # noqa: E402
 from n2nfunc.metrics import psnr  # noqa: E402
 from n2nfunc.model import Model, _dihedral  # noqa: E402
@@ -45,6 +49,7 @@ def train_torch_same_recipe(config, x, y, epochs):
     g = twin.generator
     x, y = x.float() / 255, y.float() / 255
     n, bs = x.shape[0], config["batch_size"]
+    bs = min(bs, n)  # as Model.train_epoch: a batch is at most the whole set
     steps = n // bs
     total = max(1, epochs * steps)
     schedule = optim.cosine_decay(
@@ -97,8 +102,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--n-train", type=int, default=50000)
-    ap.add_argument("--n-val", type=int, default=1000)
+    ap.add_argument(
+        "--n-train", type=int_range(64), default=50000, help="(at least the simple recipe's batch)"
+    )
+    ap.add_argument("--n-val", type=int_range(1), default=1000)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(

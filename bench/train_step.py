@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parent),
+]  # this tree
 from common import (  # noqa: E402
     channels_last,
     flops_per_image,
@@ -42,6 +45,7 @@ from common import (  # noqa: E402
     variant_config,
 )
 
+from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
 LR = 1e-3
@@ -182,7 +186,7 @@ def main() -> None:
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int_range(1), default=5)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)

@@ -26,6 +26,7 @@ from unet_twin import TorchUNet  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
+from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.unet import unet  # noqa: E402
 
 LR = 1e-3
@@ -90,8 +91,8 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int_range(1), default=3)
+    ap.add_argument("--rounds", type=int_range(1), default=5)
     ap.add_argument(
         "--memory",
         action="store_true",

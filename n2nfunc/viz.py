@@ -1,34 +1,36 @@
 """Pictures of a training run: loss / PSNR curves and a noisy | denoised | clean grid.
 
 Needs the ``viz`` extra (matplotlib); every function returns the path it wrote, or None
-with a message when matplotlib is missing.
+with a message when matplotlib is missing. Figures are drawn without pyplot, so the
+caller's matplotlib backend (a notebook's, say) is left as it was.
 """
 
 from pathlib import Path
 
 import torch
 
+from .model import to_unit_range
 
-def _pyplot():
+
+def _figure(**kwargs):
+    """A matplotlib Figure outside pyplot's state, or None (with a message) without it."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        return plt
+        from matplotlib.figure import Figure
     except ImportError:
         print("matplotlib is not installed (pip install 'n2nfunc[viz]'): no pictures written")
         return None
+    return Figure(**kwargs)
 
 
 def plot_curves(history: list, path) -> Path | None:
     """Training loss and validation PSNR per epoch, side by side."""
-    plt = _pyplot()
-    if plt is None or not history:
+    if not history:
+        raise ValueError("plot_curves: the history is empty (no epoch to plot)")
+    fig = _figure(figsize=(9, 3.4))
+    if fig is None:
         return None
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a, b = fig.subplots(1, 2)
     a.plot(epochs, [h["loss"] for h in history], marker="o")
     a.set(xlabel="epoch", ylabel="training loss (MSE)", yscale="log", title="loss")
     b.plot(epochs, [h["val_psnr"] for h in history], marker="o", label="denoised")
@@ -37,32 +39,37 @@ def plot_curves(history: list, path) -> Path | None:
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def sample_grid(
     noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tensor, path, count: int = 8
 ) -> Path | None:
-    """Rows of noisy | denoised | clean images (uint8 or 0-255 floats, N x 3 x H x W)."""
-    plt = _pyplot()
-    if plt is None:
-        return None
+    """Rows of noisy | denoised | clean images: batches of one shape (N, 3, H, W), each uint8
+    or float, on the 0-255 scale or, for a float batch whose maximum is at most 1, the 0-1
+    scale (the rule of ``Model.predict``); the first ``count`` images of each."""
+    rows = {"noisy": noisy, "denoised": denoised, "clean": clean}
+    units = {
+        name: to_unit_range(images, f"sample_grid: {name}")[0] for name, images in rows.items()
+    }
+    if len({tuple(x.shape) for x in units.values()}) > 1:
+        shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in units.items())
+        raise ValueError(f"sample_grid: the three batches must have one shape, got {shapes}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"sample_grid: count must be an int >= 1, got {count!r}")
     count = min(count, noisy.shape[0])
-    fig, axes = plt.subplots(3, count, figsize=(1.3 * count, 4.2), squeeze=False)
-    for row, (name, images) in enumerate(
-        (("noisy", noisy), ("denoised", denoised), ("clean", clean))
-    ):
+    fig = _figure(figsize=(1.3 * count, 4.2))
+    if fig is None:
+        return None
+    axes = fig.subplots(3, count, squeeze=False)
+    for row, (name, images) in enumerate(units.items()):
         for i in range(count):
             ax = axes[row][i]
-            ax.imshow(
-                images[i].float().clamp(0, 255).div(255).permute(1, 2, 0).cpu().numpy(),
-                interpolation="nearest",
-            )
+            picture = images[i].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            ax.imshow(picture, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row][0].set_ylabel(name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
