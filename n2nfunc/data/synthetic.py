@@ -143,14 +143,16 @@ def make_pairs(
     noise="downsample",
     seed: int = 0,
     size: int = 32,
-    chunk: int = 1000,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``n`` pairs (n, 3, size, size) on the 0-255 scale: noisy/noisy for ``split="train"``,
     noisy/clean for ``split="val"``, with the noise of a spec (a ``--noise`` text or a
     ``NoiseSpec``; both images of a pair share one level). Train and val draw from disjoint
     seeds. The first image, and every image of aliasing pairs, is uint8 (clipped, like a
     saved photo); a training target of Gaussian or Poisson noise is int16, rounded but not
-    clipped, as a clipped target would bias Noise2Noise near black and white."""
+    clipped, as a clipped target would bias Noise2Noise near black and white. Images are
+    made ``chunk`` at a time (default: 1000 rendered at 128 x 128, fewer when the downsampling
+    factor renders them larger, so that memory stays about 1 GB at any factor)."""
     from .noise import levels, parse_noise
 
     if split not in ("train", "val"):
@@ -159,6 +161,8 @@ def make_pairs(
     factor = int(noise.low) if noise.kind == "downsample" else 4
     if n < 1:
         raise ValueError(f"need at least one pair, got n={n}")
+    if chunk is None:
+        chunk = max(1, min(1000, 16000 // factor**2))
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
     first, second = [], []
     for start in range(0, n, chunk):
