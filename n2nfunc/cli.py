@@ -645,7 +645,7 @@ def cmd_denoise(args) -> int:
         print(f"note: {args.input} has 16 bits a channel; {args.output} is written with 8")
     t0 = time.perf_counter()
     out = run(picture.rgb)
-    write_image(args.output, out, alpha, picture.grey)
+    write_image(args.output, out, alpha, picture.grey, picture.icc)  # colours as they were
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
         f"in {time.perf_counter() - t0:.1f} s"

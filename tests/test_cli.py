@@ -465,6 +465,21 @@ def test_16_bit_rgb_and_float_images(tmp_path):
         read_image(tmp_path / "f.tif")
 
 
+def test_denoise_keeps_a_fitting_colour_profile(tmp_path, capsys):
+    """An embedded ICC profile (a Display P3 photo's, say) is written into the output, so
+    viewers show the colours as before; one of another colour space (CMYK) is dropped."""
+    from PIL import Image, ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (40, 30), (200, 30, 40)).save(tmp_path / "in.jpg", icc_profile=srgb)
+    assert main(["denoise", str(tmp_path / "in.jpg"), str(tmp_path / "out.png")]) == 0
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.info.get("icc_profile") == srgb
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]
+    Image.new("L", (40, 30), 90).save(tmp_path / "grey.png", icc_profile=cmyk)
+    assert read_image(tmp_path / "grey.png").icc is None
+
+
 def test_mixed_noise_of_a_recipe_is_said_once_in_words():
     from n2nfunc.cli import _recorded_noise
     from n2nfunc.pretrained import WEIGHTS

@@ -94,6 +94,16 @@ class Picture(NamedTuple):
     alpha: Tensor | None  # uint8 (1, H, W) or None
     grey: bool  # the file was greyscale
     deep: bool = False  # the file had more than 8 bits a channel (read as their top 8)
+    icc: bytes | None = None  # the file's colour profile, when it fits the values read
+
+
+def _profile(icc, grey: bool) -> bytes | None:
+    """An embedded ICC profile kept only when its colour space (header bytes 16-19) is the
+    one the values are read in: "RGB " or, for greyscale, "GRAY" (a CMYK JPEG's profile does
+    not describe its RGB conversion)."""
+    if not isinstance(icc, bytes) or len(icc) < 20:
+        return None
+    return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
 def _float_as_8_bits(im, path):
@@ -134,6 +144,7 @@ def read_image(path) -> Picture:
                     im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # a tRNS chunk
                 alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
                 grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
+                icc = _profile(raw.info.get("icc_profile"), grey)
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
                 top = im.getextrema()[1] if im.mode == "I" else 0
                 sixteen = im.mode.startswith("I;16") or (
@@ -157,14 +168,16 @@ def read_image(path) -> Picture:
         return data.view(pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
 
     return Picture(
-        to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey, deep
+        to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey, deep, icc
     )
 
 
-def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False) -> None:
+def write_image(
+    path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False, icc: bytes | None = None
+) -> None:
     """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
-    ``grey`` writes it as a greyscale (luminance) image. Atomic
-    (:func:`n2nfunc.checkpoint.write_atomic`)."""
+    ``grey`` writes it as a greyscale (luminance) image, ``icc`` embeds a colour profile
+    (formats without one ignore it). Atomic (:func:`n2nfunc.checkpoint.write_atomic`)."""
     from PIL import Image
 
     h, w = rgb.shape[1:]
@@ -178,7 +191,7 @@ def write_image(path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = Fal
     if kind is None:
         raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
     encoded = io.BytesIO()
-    im.save(encoded, format=kind)
+    im.save(encoded, format=kind, **({"icc_profile": icc} if icc else {}))
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
 
 
