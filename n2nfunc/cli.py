@@ -758,6 +758,13 @@ def _check_nproc(args, error) -> None:
 def _one_validation_set(args, error) -> None:
     if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
         error("give one validation set: --val, --val-pairs or --val-photos")
+    given = _given(args)
+    files = [o for o in ("train", "pairs") if getattr(args, o, None)]
+    if "n_train" in given and files:
+        error(f"--n-train counts built-in or --photos pairs; {_option(files[0])} trains on all its")
+    files = [o for o in ("val", "val_pairs") if getattr(args, o, None)]
+    if "n_val" in given and files:
+        error(f"--n-val counts built-in or --val-photos pairs; {_option(files[0])} gives all its")
 
 
 def _check_eval(args, error) -> None:

@@ -164,6 +164,8 @@ ROWS = [
     ("train --val-pairs {w}/mismatch", r"argument --val-pairs: no image file name is in both"),
     ("train --val-photos {w}/photo.png", r"argument --val-photos: .*photo.png is a file"),
     ("train --val-pairs {w}/pairs --val-photos {w}/photos", r"give one validation set"),
+    ("train --pairs {w}/pairs --n-train 50", r"--n-train counts built-in .*--pairs trains on all"),
+    ("eval --val-pairs {w}/pairs --n-val 9", r"--n-val counts built-in .*--val-pairs gives all"),
     # ---- train: output and resume
     ("train --out {w}/text.txt", r"argument --out: .*text.txt is a file; expected a folder"),
     ("train --out {w}/text.txt/run", r"argument --out: cannot create .*: .*text.txt is a file"),

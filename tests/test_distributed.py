@@ -253,7 +253,9 @@ def test_nproc_with_fewer_pairs_than_processes_need_is_one_usage_error(tmp_path)
     out.mkdir()
     (out / "checkpoint.pth").write_bytes(b"an earlier run's")
     data = ["--train", str(tmp_path / "train.pkl"), "--val", str(tmp_path / "train.pkl")]
-    code, _, err = _cli(tmp_path, *data, "--nproc", "2", "--out", str(out), timeout=120)
+    tiny = [a for a in CLI_TINY[4:] if a]  # without --n-train and --n-val: file data
+    assert CLI_TINY[:4] == ["--n-train", "96", "--n-val", "16"]
+    code, _, err = _cli(tmp_path, *data, "--nproc", "2", "--out", str(out), tiny=tiny)
     assert code == 2, err
     assert err.count("the training data holds 5 pairs, fewer than --batch-size 16") == 1, err
     assert "--resume" not in err and "processes failed" not in err and "exitcode" not in err
@@ -265,9 +267,9 @@ def test_no_augment_is_saved_in_the_config(tmp_path, monkeypatch):
     assert checkpoint.load(tmp_path / "run" / "checkpoint.pth")["config"]["augment"] is False
 
 
-def _cli(tmp_path, *args, timeout=180):
+def _cli(tmp_path, *args, timeout=180, tiny=CLI_TINY):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, *args],
+        [sys.executable, "-m", "n2nfunc.cli", "train", *tiny, *args],
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
