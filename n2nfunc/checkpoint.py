@@ -123,10 +123,11 @@ def _plain(x):
 def decode(obj):
     """Inverse of :func:`encode`.
 
-    :func:`encode` never puts one container, or one tensor's bytes, in two places, and a file
-    that does (pickle can share an object) is refused: a chain of 60 lists each held twice by
-    the next is a file of a few hundred bytes that would decode to 2**60 leaves, and 4,000
-    tensors sharing 64 KiB of bytes a 150 KiB file that would decode to 250 MiB."""
+    :func:`encode` never puts one container, or one tensor's bytes (2 or more of them), in two
+    places, and a file that does (pickle can share an object) is refused: a chain of 60 lists
+    each held twice by the next is a file of a few hundred bytes that would decode to 2**60
+    leaves, and 4,000 tensors sharing 64 KiB of bytes a 150 KiB file that would decode to
+    250 MiB."""
     return _decode(obj, set())
 
 
@@ -138,7 +139,7 @@ def _decode(obj, seen):
     if isinstance(obj, dict):
         if "__tensor__" in obj:
             data = obj.get("data")
-            if isinstance(data, bytes) and data:
+            if isinstance(data, bytes) and len(data) > 1:  # (Python shares each 1-byte value)
                 if id(data) in seen:
                     raise ValueError(
                         "one tensor's bytes are stored in two places, which n2nfunc never writes"

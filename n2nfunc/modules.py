@@ -529,7 +529,9 @@ class Dropout(Module):
     def __init__(
         self, p: float = 0.5, inplace: bool = False, *, generator: Generator | None = None
     ):
-        if inplace is not False:
+        if isinstance(inplace, Generator):
+            raise TypeError("Dropout: the generator is keyword-only: Dropout(p, generator=g)")
+        if inplace:
             raise ValueError(f"Dropout: inplace={inplace!r} is not supported (only False)")
         if generator is not None and not isinstance(generator, Generator):
             kind = type(generator).__name__

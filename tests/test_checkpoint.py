@@ -332,6 +332,19 @@ def test_files_that_would_expand_or_recurse_without_end_are_refused_at_once(
         nf.load(path)
 
 
+def test_equal_one_byte_tensors_still_load(tmp_path):
+    """(Python keeps one object for each 1-byte value, so pickle shares their bytes)"""
+    tree = {
+        "a": torch.tensor(True),
+        "b": torch.tensor(True),
+        "c": torch.tensor([7], dtype=torch.uint8),
+    }
+    tree["d"] = torch.tensor([7], dtype=torch.uint8)
+    nf.save(tmp_path / "flags.pth", tree)
+    back = nf.load(tmp_path / "flags.pth")
+    assert all(torch.equal(back[k], tree[k]) for k in tree)
+
+
 def test_shared_leaves_and_empty_containers_still_load(tmp_path):
     name, empty_tuple = "weight", ()
     nf.save(tmp_path / "ok.pth", {"a": [name, name], "b": (empty_tuple, empty_tuple, [], [])})

@@ -454,12 +454,22 @@ def test_16_bit_rgb_and_float_images(tmp_path):
     picture = read_image(tmp_path / "rgb16.png")
     assert picture.deep and not picture.grey
     assert torch.equal(picture.rgb, torch.from_numpy(values >> 8).permute(2, 0, 1).to(torch.uint8))
+    from types import SimpleNamespace
+
+    from n2nfunc.data.files import _sixteen_bit_rgb
+
+    for args, wide in [("RGB;16B", True), (("RGBA;16L", 0, 1), True), (("BGR;16", 8, -1), False)]:
+        assert _sixteen_bit_rgb(SimpleNamespace(args=args)) == wide  # BGR;16: 5-6-5 bits a pixel
     grey = np.random.default_rng(0).random((6, 7)).astype("float32")
     for scale in (1, 200):
         Image.fromarray(grey * scale, "F").save(tmp_path / "f.tif")
         picture = read_image(tmp_path / "f.tif")
         want = torch.from_numpy(grey * (255 if scale == 1 else scale))
         assert picture.grey and (picture.rgb.float() - want).abs().max() <= 0.5
+    overshoot = np.linspace(-0.01, 1.02, 8, dtype=np.float32)[None]  # a sharpened 0-1 image
+    Image.fromarray(overshoot, "F").save(tmp_path / "f.tif")
+    want = (overshoot * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    assert torch.equal(read_image(tmp_path / "f.tif").rgb[0], torch.from_numpy(want))
     Image.fromarray(grey * 1000, "F").save(tmp_path / "f.tif")
     with pytest.raises(ValueError, match=r"f.tif: a float image with values from .* expected 0-1"):
         read_image(tmp_path / "f.tif")
@@ -475,6 +485,15 @@ def test_denoise_keeps_a_fitting_colour_profile(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "in.jpg"), str(tmp_path / "out.png")]) == 0
     with Image.open(tmp_path / "out.png") as im:
         assert im.info.get("icc_profile") == srgb
+    # a greyscale profile stays with greyscale files; WebP stores them as RGB: dropped there
+    gray = srgb[:16] + b"GRAY" + srgb[20:]
+    Image.new("L", (40, 30), 90).save(tmp_path / "grey.png", icc_profile=gray)
+    picture = read_image(tmp_path / "grey.png")
+    assert picture.icc == gray
+    for suffix, kept in ((".png", True), (".webp", False)):
+        write_image(tmp_path / f"o{suffix}", picture.rgb, None, True, picture.icc)
+        with Image.open(tmp_path / f"o{suffix}") as im:
+            assert (im.info.get("icc_profile") == gray) == kept
     cmyk = srgb[:16] + b"CMYK" + srgb[20:]
     Image.new("L", (40, 30), 90).save(tmp_path / "grey.png", icc_profile=cmyk)
     assert read_image(tmp_path / "grey.png").icc is None

@@ -286,3 +286,12 @@ def test_large_downsampling_factors_are_made_in_bounded_memory():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 1_500_000  # KiB
+
+
+def test_cache_versions_change_only_where_the_data_did():
+    from n2nfunc.data import generator_version, parse_noise
+
+    versions = {t: generator_version(parse_noise(t)) for t in ("downsample", "downsample:4")}
+    assert versions == {"downsample": 1, "downsample:4": 1}  # the default cache stays valid
+    assert generator_version(parse_noise("downsample:8")) == 2
+    assert generator_version(parse_noise("gaussian:25")) == 2

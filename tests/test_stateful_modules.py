@@ -84,6 +84,9 @@ def test_dropout_block_modes_and_generator():
     assert Dropout(0.25, False).p == 0.25
     with pytest.raises(ValueError, match=r"Dropout: inplace=True is not supported"):
         Dropout(0.25, True)
+    assert Dropout(0.25, 0).p == 0.25  # any false inplace, as torch
+    with pytest.raises(TypeError, match=r"Dropout: the generator is keyword-only"):
+        Dropout(0.25, torch.Generator())
     with pytest.raises(TypeError, match=r"Dropout: generator must be a torch.Generator.*int"):
         Dropout(0.25, generator=3)
 

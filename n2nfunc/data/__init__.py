@@ -14,9 +14,16 @@ from .photos import load_photos, mixed_factor_pairs, photo_pairs
 from .synthetic import make_pairs, render_dead_leaves
 
 # bump when make_pairs changes for a kind of noise, to invalidate its caches (version 2 of
-# Gaussian and Poisson pairs keeps the training target unclipped; of downsampling, factors
-# above 4 are made in smaller chunks, which draws them differently)
-GENERATOR_VERSION = {"downsample": 2, "gaussian": 2, "poisson": 2}
+# Gaussian and Poisson pairs keeps the training target unclipped)
+GENERATOR_VERSION = {"downsample": 1, "gaussian": 2, "poisson": 2}
+
+
+def generator_version(noise: NoiseSpec) -> int:
+    """The version of :func:`make_pairs` for ``noise`` (see GENERATOR_VERSION): downsampling
+    by factors above 4 is version 2, made in smaller chunks, which draws it differently."""
+    if noise.kind == "downsample" and noise.low > 4:
+        return 2
+    return GENERATOR_VERSION[noise.kind]
 
 
 def cache_dir() -> Path:
@@ -47,7 +54,7 @@ def builtin_pairs(
         exact = False
     if not exact:  # levels with more digits than str shows
         level = f"{noise.kind}{noise.low!r}-{noise.high!r}"
-    name = f"{split}-{level}-n{n}-seed{seed}-v{GENERATOR_VERSION[noise.kind]}.ckpt"
+    name = f"{split}-{level}-n{n}-seed{seed}-v{generator_version(noise)}.ckpt"
     path = cache_dir() / name
     if cache and path.is_file():
         try:

@@ -89,6 +89,9 @@ def load_pair_file(path) -> tuple[Tensor, Tensor]:
     return check_pairs(data[0], data[1], f"pair file {path}")
 
 
+GREY_FORMATS = {"PNG", "JPEG", "TIFF"}  # Pillow formats that store greyscale as greyscale
+
+
 class Picture(NamedTuple):
     rgb: Tensor  # uint8 (3, H, W)
     alpha: Tensor | None  # uint8 (1, H, W) or None
@@ -106,17 +109,27 @@ def _profile(icc, grey: bool) -> bytes | None:
     return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
+def _sixteen_bit_rgb(tile) -> bool:
+    """Whether a Pillow decoder tile reads 16 bits a channel of colour ("RGB;16B", ...; not
+    "BGR;16", which is 16 bits a pixel)."""
+    args = getattr(tile, "args", None)
+    rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    kind, _, bits = str(rawmode).partition(";")
+    return kind in ("RGB", "RGBA", "RGBX") and bits.startswith("16")
+
+
 def _float_as_8_bits(im, path):
-    """A float ("F") image as 0-255 greyscale: values in [0, 1] are scaled by 255, values in
-    [0, 255] kept; others are refused (there is no telling what they mean)."""
+    """A float ("F") image as 0-255 greyscale: a maximum up to 2 reads the values on the 0-1
+    scale (with the overshoot of resampling or sharpening), up to 300 on the 0-255 scale; both
+    are clipped. Others, and NaN, are refused (there is no telling what they mean)."""
     low, high = im.getextrema()
-    if not (low >= 0 and high <= 255):  # NaN fails too
+    if not (-1e30 < low <= high <= 300):  # NaN fails too
         raise ValueError(
             f"cannot read image {path}: a float image with values from {low:g} to {high:g}; "
             "expected 0-1 or 0-255"
         )
-    scale = 255 if high <= 1 else 1
-    return im.point(lambda v: v * scale + 0.5).convert("L")
+    scale = 255 if high <= 2 else 1
+    return im.point(lambda v: v * scale + 0.5).convert("L")  # convert clips to 0-255
 
 
 def read_image(path) -> Picture:
@@ -135,7 +148,7 @@ def read_image(path) -> Picture:
             with Image.open(path) as raw:
                 # Pillow reads 16-bit RGB as RGB, keeping each value's high byte: only the
                 # decoder's raw mode tells
-                wide = any(";16" in str(getattr(t, "args", "")) for t in raw.tile or ())
+                wide = any(_sixteen_bit_rgb(t) for t in raw.tile or ())
                 raw.load()
                 im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
                 if im.mode == "F":
@@ -191,6 +204,8 @@ def write_image(
     if kind is None:
         raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
     encoded = io.BytesIO()
+    if icc and grey and kind not in GREY_FORMATS:  # written as RGB: a GRAY profile misfits
+        icc = None
     im.save(encoded, format=kind, **({"icc_profile": icc} if icc else {}))
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
 
