@@ -370,6 +370,23 @@ def cmd_train(args) -> int:
     return run_training(args, _setup(args))
 
 
+def _note_unfinished_run(state_path: Path) -> None:
+    """Say so when a new run replaces an unfinished one's checkpoint (Ctrl-C has just said to
+    resume it; a plain re-run would lose its epochs without a word)."""
+    if not state_path.is_file():
+        return
+    try:
+        old = checkpoint.load(state_path)
+        done, total = old["epoch"], old["config"]["num_epochs"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return
+    if done < total:
+        print(
+            f"note: {state_path} held an unfinished run (epoch {done} of {total}), which this "
+            f"new run replaces (`--resume {state_path}` continues a run)"
+        )
+
+
 def _refuse(message: str):
     raise ValueError(message)
 
@@ -429,8 +446,11 @@ def run_training(args, device, dp=None) -> int:
     xv, yv = xv.to(device), yv.to(device)
     out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
     processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
+    if state is None:
+        _note_unfinished_run(state_path)
+    resuming = f" (resuming at epoch {start + 1})" if state is not None else ""
     print(
-        f"training on {x.shape[0]} pairs ({desc}), {epochs} epoch{'s' * (epochs != 1)}, "
+        f"training on {x.shape[0]} pairs ({desc}), {epochs} epoch{'s' * (epochs != 1)}{resuming}, "
         f"batch {bs}{processes}, "
         f"{torch.get_num_threads()} threads, device {device}"
     )
@@ -865,6 +885,20 @@ def _data_path(check):
     return check if _rank() == "0" else Path
 
 
+def _shipped_name(text: str) -> str:
+    """A shipped network's name; a file is pointed to --checkpoint, a typo to the name."""
+    if text in PRETRAINED_NAMES:
+        return text
+    names = ", ".join(PRETRAINED_NAMES)
+    if "/" in text or "." in text:
+        raise at.Error(
+            f"{text!r} is not a shipped network ({names}); a file goes with --checkpoint"
+        )
+    close = difflib.get_close_matches(text, list(PRETRAINED_NAMES), 1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise at.Error(f"invalid choice: {text!r} ({hint}choose from {names})")
+
+
 def _val_options(p) -> None:
     p.add_argument(
         "--val-pairs",
@@ -904,6 +938,12 @@ def _val_options(p) -> None:
 
 class _Parser(argparse.ArgumentParser):
     commands: dict = {}  # name -> the command's parser, set by build_parser
+
+    def __init__(self, *args, **kwargs):
+        # no prefixes of options: "--epoch 2" is refused with a suggestion, not read as
+        # --epochs (nor would a prefix keep its meaning once a longer option is added)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> _Parser:
@@ -1079,7 +1119,8 @@ def build_parser() -> _Parser:
     e_weights = e.add_mutually_exclusive_group()
     e_weights.add_argument(
         "--model",
-        choices=list(PRETRAINED_NAMES),
+        type=_shipped_name,
+        metavar="{" + ",".join(PRETRAINED_NAMES) + "}",
         help="a shipped network, as for denoise (default: exercise)",
     )
     e_weights.add_argument(
@@ -1119,7 +1160,8 @@ def build_parser() -> _Parser:
     weights = d.add_mutually_exclusive_group()
     weights.add_argument(
         "--model",
-        choices=list(PRETRAINED_NAMES),
+        type=_shipped_name,
+        metavar="{" + ",".join(PRETRAINED_NAMES) + "}",
         help="a shipped network: exercise (the default: the course's network, "
         "n2nfunc/weights/bestmodel.pth) or a U-Net for camera noise (unet-gaussian, "
         "unet-poisson) or the course's aliasing (unet-aliasing)",
@@ -1176,8 +1218,7 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
     top = [s for action in parser._actions for s in action.option_strings]
     for token in argv[:at_command]:  # before the command only -h / --help / --version belong
         name = token.split("=", 1)[0]
-        abbreviates = name.startswith("--") and any(k.startswith(name) for k in top)
-        if token.startswith("-") and name not in top and not abbreviates:
+        if token.startswith("-") and name not in top:
             parser.error(
                 f"unrecognized option {token} before the command (n2nfunc --help lists "
                 f"the commands: {', '.join(commands)})"
@@ -1192,14 +1233,15 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
         if not token.startswith("-") or token == "-" or " " in token or _is_number(token):
             continue  # a value, as argparse reads it
         name = token.split("=", 1)[0]
+        if name in known:
+            continue  # (no prefixes: "--epoch" is not read as --epochs)
         prefixed = [k for k in known if k.startswith("--") and k.startswith(name)]
-        if name in known or (name.startswith("--") and len(prefixed) == 1):
-            continue
-        if name.startswith("--") and prefixed:
-            command.error(f"ambiguous option: {name} could match {', '.join(prefixed)}")
         words = [k[2:] for k in known if k.startswith("--")]  # the "--" would count as alike
         close = difflib.get_close_matches(name.lstrip("-"), words, 1, cutoff=0.75)
-        hint = f"did you mean --{close[0]}? " if close else ""
+        close = (
+            [p[2:] for p in prefixed] if name.startswith("--") and 0 < len(prefixed) <= 3 else close
+        )
+        hint = f"did you mean {' or '.join('--' + c for c in close)}? " if close else ""
         command.error(
             f"unrecognized option {name} ({hint}n2nfunc {argv[at_command]} --help lists the "
             "options)"

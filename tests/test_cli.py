@@ -136,10 +136,12 @@ def test_unknown_options_are_named_but_values_are_left_to_argparse(capsys):
     from n2nfunc.cli import _refuse_unknown_options, build_parser
 
     parser = build_parser()
-    for argv in (["train", "--out", "-a b"], ["train", "--epochs", "-3"], ["train", "--n-tr", "5"]):
+    for argv in (["train", "--out", "-a b"], ["train", "--epochs", "-3"]):
         _refuse_unknown_options(parser, argv)  # no exit
-    for argv, said in [
-        (["train", "--no", "x"], "ambiguous option: --no could match --noise, --no-augment"),
+    for argv, said in [  # no prefixes of options: "--epoch 2" was read as --epochs 2
+        (["train", "--epoch", "2"], "unrecognized option --epoch (did you mean --epochs? "),
+        (["train", "--n-tr", "5"], "unrecognized option --n-tr (did you mean --n-train? "),
+        (["train", "--no-", "x"], "(did you mean --no-augment or --no-pictures? "),
         (["denoise", "a.png", "b.png", "--noise=3"], "unrecognized option --noise"),
     ]:
         with pytest.raises(SystemExit):
@@ -580,3 +582,24 @@ def test_val_photos_take_the_factor_of_noise_downsample(tmp_path, capsys):
         assert f"(factor {factor})" in printed, printed
         psnrs[factor] = printed
     assert psnrs[8] != psnrs[2]
+
+
+def test_a_new_run_says_it_replaces_an_unfinished_one(tmp_path, monkeypatch, capsys):
+    """After Ctrl-C a plain re-run into the same folder replaced the unfinished run's
+    checkpoint without a word; a resumed run says where it starts."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    run = ["train", *TINY, "--epochs", "2", "--out", str(out)]
+    assert main(run) == 0
+    assert "unfinished" not in capsys.readouterr().out  # nothing was there
+    state = checkpoint.load(out / "checkpoint.pth")
+    checkpoint.save(out / "checkpoint.pth", {**state, "epoch": 1})  # as if stopped in epoch 2
+    resume = ["train", *TINY, "--resume", str(out / "checkpoint.pth")]
+    assert main(resume) == 0
+    assert "(resuming at epoch 2)" in capsys.readouterr().out
+    checkpoint.save(out / "checkpoint.pth", {**state, "epoch": 1})
+    assert main(run) == 0
+    said = capsys.readouterr().out
+    assert f"note: {out / 'checkpoint.pth'} held an unfinished run (epoch 1 of 2)" in said
+    assert main(run) == 0  # a finished run is replaced quietly
+    assert "unfinished" not in capsys.readouterr().out

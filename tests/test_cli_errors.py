@@ -166,6 +166,14 @@ ROWS = [
     ("train --val-pairs {w}/pairs --val-photos {w}/photos", r"give one validation set"),
     ("train --pairs {w}/pairs --n-train 50", r"--n-train counts built-in .*--pairs trains on all"),
     ("eval --val-pairs {w}/pairs --n-val 9", r"--n-val counts built-in .*--val-pairs gives all"),
+    (
+        "eval --model {w}/model.pth",
+        r"--model: '.*model.pth' is not a shipped .*goes with --checkpoint",
+    ),
+    (
+        "eval --model unet-gausian",
+        r"--model: invalid choice: 'unet-gausian' \(did you mean unet-gaus",
+    ),
     # ---- train: output and resume
     ("train --out {w}/text.txt", r"argument --out: .*text.txt is a file; expected a folder"),
     ("train --out {w}/text.txt/run", r"argument --out: cannot create .*: .*text.txt is a file"),
@@ -219,7 +227,7 @@ ROWS = [
     ("", r"the following arguments are required: COMMAND"),
     ("fit", r"argument COMMAND: invalid choice: 'fit'"),
     (
-        "train --epoch 3 --batchsize 8",
+        "train --epochs 3 --batchsize 8",
         r"train: error: unrecognized option --batchsize \(did you mean --batch-size\? n2nfunc t",
     ),
     ("--foo train", r"n2nfunc: error: unrecognized option --foo before the command"),
@@ -317,9 +325,11 @@ def test_a_folder_that_refuses_files_is_named_before_any_work(world, line, optio
     assert re.search(rf"error: {option}: cannot create files in /proc \(", err), err
 
 
-def test_top_level_options_may_be_abbreviated(capsys):
-    assert main(["--vers"]) == 0
+def test_top_level_options_are_not_abbreviated(capsys):
+    assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("n2nfunc ")
+    assert main(["--vers"]) == 2
+    assert "unrecognized option --vers before the command" in capsys.readouterr().err
 
 
 def test_a_decompression_bomb_among_the_photos_is_one_line(world, monkeypatch, capsys):
