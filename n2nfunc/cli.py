@@ -704,7 +704,7 @@ def _check_train(args, error) -> None:
         error("--train needs --val too (the course's validation file, val_data.pkl)")
     if args.val and not args.train:
         error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
-    _one_validation_set(args, error)
+    _check_data_options(args, error)
     want = 4 if args.network == "unet" else 2
     if args.widths is not None and len(args.widths) != want:
         error(
@@ -775,7 +775,8 @@ def _check_nproc(args, error) -> None:
         )
 
 
-def _one_validation_set(args, error) -> None:
+def _check_data_options(args, error) -> None:
+    """One validation set, and no count given for data that uses all its pairs."""
     if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
         error("give one validation set: --val, --val-pairs or --val-photos")
     given = _given(args)
@@ -788,7 +789,7 @@ def _one_validation_set(args, error) -> None:
 
 
 def _check_eval(args, error) -> None:
-    _one_validation_set(args, error)
+    _check_data_options(args, error)
     _check_memory(args, error)
 
 
