@@ -6,6 +6,7 @@ one line per epoch, and a line every ``interval`` seconds inside long epochs, ea
 the loss, images/s, elapsed time and ETA, so a log reads top to bottom without ``\\r``.
 """
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -16,6 +17,14 @@ def clock(seconds: float) -> str:
     s = int(round(max(seconds, 0.0)))
     h, m = divmod(s // 60, 60)
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+def _columns(out: TextIO) -> int | None:
+    """The width of the terminal ``out`` writes to, or None where there is no telling."""
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class Progress:
@@ -43,9 +52,10 @@ class Progress:
         if not quiet and (isatty() if bar is None else bar):
             from tqdm import tqdm
 
-            self.bar = tqdm(
-                total=total, unit="img", unit_scale=True, dynamic_ncols=True, file=self.out
-            )
+            # a terminal that reports no width (some `script` and container consoles) would
+            # get an empty bar that follows its width: 80 columns there
+            fixed = {"ncols": 80} if _columns(self.out) == 0 else {"dynamic_ncols": True}
+            self.bar = tqdm(total=total, unit="img", unit_scale=True, file=self.out, **fixed)
 
     def _timing(self) -> tuple[float, float, float]:
         """(elapsed seconds, images per second, ETA seconds) over the whole run so far."""

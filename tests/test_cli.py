@@ -267,6 +267,28 @@ def test_progress_lines_inside_long_epochs_and_bar_on_a_terminal(monkeypatch):
     assert clock(59.6) == "1:00" and clock(3725) == "1:02:05"
 
 
+def test_the_bar_shows_on_a_terminal_that_reports_no_width():
+    """A new pseudo-terminal reports 0 x 0 (as `script` did in a newcomer's trial): the bar
+    came out empty, and the plain lines were off since a bar was on."""
+    import os
+    import pty
+    import select
+
+    main_fd, other_fd = pty.openpty()
+    with os.fdopen(other_fd, "w") as term:
+        assert os.get_terminal_size(term.fileno()).columns == 0
+        bar = Progress(total=40, epochs=1, out=term)
+        for step in range(8):
+            bar.step(0, 5, step, 8, 0.5)
+        bar.close()
+        term.flush()
+        shown = ""
+        while select.select([main_fd], [], [], 0.5)[0]:  # all that is written so far
+            shown += os.read(main_fd, 65536).decode()
+    os.close(main_fd)
+    assert "100%|" in shown and "40.0/40.0" in shown  # a bar, 80 columns wide
+
+
 def test_denoise_and_eval_say_which_weights_and_noise(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8))
