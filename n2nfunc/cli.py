@@ -779,13 +779,13 @@ def _check_data_options(args, error) -> None:
     """One validation set, and no count given for data that uses all its pairs."""
     if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
         error("give one validation set: --val, --val-pairs or --val-photos")
-    given = _given(args)
-    files = [o for o in ("train", "pairs") if getattr(args, o, None)]
-    if "n_train" in given and files:
-        error(f"--n-train counts built-in or --photos pairs; {_option(files[0])} trains on all its")
-    files = [o for o in ("val", "val_pairs") if getattr(args, o, None)]
-    if "n_val" in given and files:
-        error(f"--n-val counts built-in or --val-photos pairs; {_option(files[0])} gives all its")
+    train = [o for o in ("train", "pairs") if getattr(args, o, None)]
+    val = [o for o in ("val", "val_pairs") if getattr(args, o, None)]
+    given = _given(args) if train or val else set()  # (re-parses the command line)
+    if "n_train" in given and train:
+        error(f"--n-train counts built-in or --photos pairs; {_option(train[0])} trains on all its")
+    if "n_val" in given and val:
+        error(f"--n-val counts built-in or --val-photos pairs; {_option(val[0])} gives all its")
 
 
 def _check_eval(args, error) -> None:

@@ -23,6 +23,11 @@ def pyramid(photo: Tensor, scales: Sequence[int]) -> list[Tensor]:
     return out
 
 
+def _check_count(n) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"need at least one pair, got n={n!r}")
+
+
 def photo_pairs(
     photos: Sequence[Tensor],
     n: int,
@@ -37,8 +42,7 @@ def photo_pairs(
     (``"val"``). Crops are drawn with probability proportional to their photo's area."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"need at least one pair, got n={n!r}")
+    _check_count(n)
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
     crop = size * factor
     levels = [
@@ -89,8 +93,7 @@ def mixed_factor_pairs(
 ) -> tuple[Tensor, Tensor]:
     """``n`` pairs split evenly over several downsampling factors (several noise strengths;
     with fewer pairs than factors, the first ``n`` factors)."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"need at least one pair, got n={n!r}")
+    _check_count(n)
     shares = [n // len(factors) + (i < n % len(factors)) for i in range(len(factors))]
     parts = [
         photo_pairs(photos, m, split, seed=seed * 100 + f, factor=f)
