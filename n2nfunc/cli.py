@@ -1196,8 +1196,8 @@ def build_parser() -> _Parser:
         "out_dir",
         type=at.output_dir,
         metavar="OUT_DIR",
-        help="folder to write Miniproject_2/ into (created if missing; an existing "
-        "Miniproject_2/ there is replaced)",
+        help="folder to write Miniproject_2/ into (created if missing; in an existing "
+        "Miniproject_2/ the exported files are replaced and others, such as Report_2.pdf, kept)",
     )
     x.add_argument(
         "--checkpoint",

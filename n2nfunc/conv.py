@@ -6,10 +6,14 @@ drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so a generator seeded like PyTorc
 the same numbers as ``torch.nn.Conv2d`` / ``ConvTranspose2d``. ``init=`` picks another
 initialiser (``"he_normal"``, ...; see :mod:`n2nfunc.init`).
 
-All computation is in :mod:`n2nfunc.kernels` on channels-last views (see :mod:`n2nfunc.nhwc`).
+All computation is in :mod:`n2nfunc.kernels` on channels-last views (see :mod:`n2nfunc.nhwc`),
+except for one small float32 image, which :mod:`n2nfunc.torch_order` computes as PyTorch does.
 """
 
+from torch import Tensor
+
 from . import kernels as K
+from . import torch_order
 from .base import (
     Layer,
     apply_via_vjp,
@@ -143,7 +147,7 @@ def conv2d(
             dw, dx = K.conv_grads(g, weight, weight_grad, s, p, d, (h, w), input_grad)
             grads = {"weight": dw}
             if bias:
-                grads["bias"] = K.channel_sums(g)
+                grads["bias"] = _bias_grad(g, isinstance(weight_grad, torch_order.Grads))
             return grads, None if dx is None else to_nchw(dx)
 
         return y, pullback
@@ -204,30 +208,47 @@ def conv_transpose2d(
         py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
         px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
         xh = to_nhwc(x)
-        w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
-        y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False)
+        like_torch = torch_order.applies(xh, k)
+        if like_torch:
+            y = torch_order.conv_transpose(xh, weight, params.get("bias"), k, s, p, d, out_hw)
+        else:
+            w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
+            y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, False)
         y = to_nchw(y)
-        return y, _transposed_pullback(name, output_of(y), xh, weight, k, s, p, d, bias)
+        pullback = _transposed_pullback(
+            name, output_of(y), xh, weight, k, s, p, d, bias, like_torch=like_torch
+        )
+        return y, pullback
 
     return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
 
 
-def _transposed_pullback(name, y_out, xh, kernel, k, s, p, d, bias, kernel_to_weight=None):
+def _transposed_pullback(
+    name, y_out, xh, kernel, k, s, p, d, bias, kernel_to_weight=None, like_torch=False
+):
     """The pullback of a transposed convolution of ``xh`` (NHWC) with ``kernel`` [in, out,
     kh, kw]: ``dx`` is the plain convolution of ``g`` with the same kernel, whose im2col also
     gives the kernel gradient ``x^T @ im2col(g)``, mapped by ``kernel_to_weight`` to the
-    layer's own weight when the kernel is derived from it."""
+    layer's own weight when the kernel is derived from it; in PyTorch's order
+    (:mod:`n2nfunc.torch_order`) when the forward pass was."""
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        dx, kernel_grad = K.conv_and_weight_grad(g, kernel, None, k, s, p, d, xh.shape[1:3])
+        dx, kernel_grad = K.conv_and_weight_grad(
+            g, kernel, None, k, s, p, d, xh.shape[1:3], like_torch
+        )
         d_kernel = kernel_grad(xh)
         grads = {"weight": d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)}
         if bias:
-            grads["bias"] = K.channel_sums(g)
+            grads["bias"] = _bias_grad(g, like_torch)
         return grads, to_nchw(dx) if input_grad else None
 
     return pullback
+
+
+def _bias_grad(g, like_torch: bool):
+    """The bias gradient, the channel sums of the NHWC output gradient ``g``."""
+    return torch_order.bias_grad(g) if like_torch else K.channel_sums(g)
 
 
 def nearest_upsample(scale_factor=2) -> Layer:
@@ -315,7 +336,28 @@ def upsample(
         wk = weight.permute(2, 3, 1, 0)
         return wk, K.combine(wk, py, px), py, px, out_hw
 
+    def like_torch(x):
+        return isinstance(x, Tensor) and x.dim() == 4 and torch_order.applies(to_nhwc(x), k, sc)
+
+    as_torch = (nearest_upsample(sc), conv2d(out_channels, k, 1, p, d, bias))
+
+    def torch_vjp(params, x):
+        """Nearest upsampling, then the convolution, each as PyTorch computes it."""
+        _checked(params, x, name, out_channels, k, bias, out_size)
+        up, conv = as_torch
+        xu, up_pullback = up.vjp({}, x)
+        y, conv_pullback = conv.vjp(params, xu)
+        y_out = output_of(y)
+
+        def pullback(ct, input_grad=True):
+            grads, dxu = conv_pullback(check_cotangent(ct, y_out, name), input_grad)
+            return grads, up_pullback(dxu)[1] if input_grad else None
+
+        return y, pullback
+
     def apply(params, x):  # nothing kept for a backward pass
+        if like_torch(x):
+            return torch_vjp(params, x)[0]
         _, w_eff, py, px, out_hw = plans(params, x)
         y, _ = K.polyphase_forward(
             to_nhwc(x), w_eff, params.get("bias"), py, px, out_hw, keep_cols=False
@@ -331,6 +373,8 @@ def upsample(
     p2 = tuple(dd * (kk - 1) - pp for kk, pp, dd in zip(k, p, d))
 
     def vjp(params, x):
+        if like_torch(x):
+            return torch_vjp(params, x)
         strided = (
             x.element_size() < 4
             or out_channels < K.THIN

@@ -30,6 +30,7 @@ VENDORED = [
     "base.py",
     "nhwc.py",
     "kernels.py",
+    "torch_order.py",
     "init.py",
     "conv.py",
     "activations.py",
@@ -131,7 +132,8 @@ __all__ = {names!r}
 
 
 def export_submission(out_dir, weights=None) -> Path:
-    """Write ``out_dir/Miniproject_2`` and return its path."""
+    """Write ``out_dir/Miniproject_2`` and return its path. In an existing folder only the
+    files of :data:`GENERATED` are replaced; others (the report, ...) are kept."""
     from . import __version__
 
     weights = Path(weights) if weights else DEFAULT_WEIGHTS
@@ -158,10 +160,21 @@ def export_submission(out_dir, weights=None) -> Path:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(folder, final)
+    if not final.is_dir():
+        os.replace(folder, final)  # a file of that name is an error here (OSError)
+        return final
+    (final / "others").mkdir(exist_ok=True)
+    for name in GENERATED:  # what the user put there (Report_2.pdf, ...) stays
+        target = final / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(folder / name, target)
+    shutil.rmtree(folder)
     return final
+
+
+# What export_submission writes into Miniproject_2/, replacing an earlier export's.
+GENERATED = ("__init__.py", "model.py", "bestmodel.pth", "others/__init__.py", "others/n2nfunc")
 
 
 def _write_submission(folder: Path, weights: Path, version: str) -> None:

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from torch import Tensor, empty
 
+from . import torch_order
 from .nhwc import col2im, im2col, pad, sum_of, unpad, windows
 
 # ----------------------------------------------------------------------------- direct
@@ -1002,6 +1003,8 @@ def conv_grads(
     ``input_grad``. For row taps where :func:`shares_row_taps`, both come from one unrolled
     ``g`` (:func:`_row_tap_grads`); for the implicit-GEMM engine from one im2col matrix of
     ``g`` where the geometry allows (:func:`_phase_grads`)."""
+    if isinstance(weight_grad, torch_order.Grads):
+        return weight_grad(g), weight_grad.input_grad(g) if input_grad else None
     if (
         input_grad
         and isinstance(weight_grad, RowWeightGrad)
@@ -1071,9 +1074,13 @@ def conv_and_weight_grad(
     padding: tuple,
     dilation: tuple,
     out_hw: tuple,
+    like_torch: bool | None = None,
 ):
     """``y = conv(x)`` on NHWC tensors and a function ``a -> sum_rows a^T im2col(x)`` shaped
     like ``weight`` [O, C, kh, kw] (the weight gradient for an output gradient ``a``).
+
+    In PyTorch's own order (:mod:`n2nfunc.torch_order`) where it :func:`~n2nfunc.torch_order.
+    applies` (``like_torch`` None) or ``like_torch`` says so.
 
     Float32 / float64: the implicit-GEMM engine where it applies (:func:`s2d_applies`), row
     taps for stride-1 convolutions (:func:`rows_applies`), else im2col. Lower precisions
@@ -1087,6 +1094,8 @@ def conv_and_weight_grad(
     matmul with it beat the space-to-depth copy and four tap matmuls: default network,
     batch 100, bfloat16 training step 4,294 against 3,863 img/s on a 2-core AMD EPYC).
     """
+    if torch_order.applies(x, kernel) if like_torch is None else like_torch:
+        return torch_order.conv(x, weight, bias, kernel, stride, padding, dilation, out_hw)
     if rows_applies(x, kernel, stride, dilation):
         return row_taps_conv(x, weight, bias, padding, out_hw)
     if s2d_applies(x, kernel, stride, dilation):

@@ -12,6 +12,7 @@ COMPUTE = [
     "base.py",
     "nhwc.py",
     "kernels.py",
+    "torch_order.py",
     "init.py",
     "conv.py",
     "layers/__init__.py",
