@@ -29,6 +29,7 @@ from . import tree
 from .base import (
     Held,
     Layer,
+    Output,
     apply_via_vjp,
     check_cotangent,
     output_of,
@@ -55,14 +56,34 @@ def at_layer(path: str) -> Iterator[None]:
     of error naming the layer ``path``."""
     try:
         yield
-    except (ValueError, TypeError, KeyError) as e:
-        raise _at(path, e) from None
+    except (ValueError, TypeError, KeyError) as e:  # the traceback still shows where
+        raise _at(path, e).with_traceback(e.__traceback__) from None
 
 
 def _child(params, state, i: int, name: str):
     """Child ``i``'s params and state in combinator ``name``, each checked to be there."""
     key = str(i)
     return child_entry(params, key, name, "params"), child_entry(state, key, name)
+
+
+def _outputs(y):
+    """What a pullback keeps of its output ``y`` to check its cotangent: an ``Output`` per
+    tensor, in the same tuples (None for anything else)."""
+    if isinstance(y, Tensor):
+        return output_of(y)
+    if isinstance(y, tuple):
+        return tuple(_outputs(part) for part in y)
+    return None
+
+
+def _checked_cotangent(ct, out, name: str):
+    """``ct`` checked against :func:`_outputs` ``out``, before any child's pullback runs: one
+    that fails then has released nothing, and can be called again."""
+    if isinstance(out, tuple) and not isinstance(out, Output):
+        return tuple(
+            _checked_cotangent(c, o, name) for c, o in zip(_check_tuple(ct, len(out), name), out)
+        )
+    return ct if out is None else check_cotangent(ct, out, name)
 
 
 def _check_layers(layers, name):
@@ -107,8 +128,10 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             with at_layer(str(i)):
                 x, new_state[str(i)], pb = layer.vjp(p, s, x, train=train, rng=r)
             pullbacks.append(Held(pb, "serial"))
+        out = _outputs(x)
 
         def pullback(ct, input_grad=True, release=False):
+            ct = _checked_cotangent(ct, out, "serial")
             # without the input gradient, the children before the first one with parameters
             # need no output cotangent: their pullbacks are not run at all
             first = 0
@@ -134,7 +157,8 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
 
 
 def _check_tuple(xs, n: int, name: str):
-    if not isinstance(xs, (tuple, list)) or (n >= 0 and len(xs) != n):
+    """``xs`` as a tuple of ``n`` inputs (-1: one or more)."""
+    if not isinstance(xs, (tuple, list)) or (len(xs) != n if n >= 0 else not xs):
         got = f"{len(xs)} inputs" if isinstance(xs, (tuple, list)) else type(xs).__name__
         raise ValueError(
             f"{name}: expected a tuple of {n if n >= 0 else 'several'} inputs, got {got}"
@@ -165,9 +189,11 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             outs.append(y)
             pullbacks.append(Held(pb, "parallel"))
 
+        out = _outputs(tuple(outs))
+
         def pullback(cts, input_grad=True, release=False):
             grads, cxs = {}, []
-            for i, ct in enumerate(_check_tuple(cts, n, "parallel")):
+            for i, ct in enumerate(_checked_cotangent(cts, out, "parallel")):
                 with at_layer(str(i)):
                     pb = pullbacks[i].take(release)
                     grads[str(i)], cx = pull(children[i].vjp, pb, ct, input_grad, release)
@@ -196,6 +222,13 @@ def _sum(xs: Sequence[Tensor]) -> Tensor:
     return total
 
 
+def _sum_streams(cts):
+    """The sum of cotangents of one structure: tensors added, tuples part by part."""
+    if isinstance(cts[0], tuple):
+        return tuple(_sum_streams(parts) for parts in zip(*cts))
+    return _sum(cts)
+
+
 def fanout(n: int) -> Layer:
     """``x -> (x,) * n``."""
     if not isinstance(n, int) or n < 1:
@@ -205,15 +238,14 @@ def fanout(n: int) -> Layer:
         return (tuple(in_shape),) * n, {}
 
     def vjp(params, x):
-        x_out = output_of(x) if isinstance(x, Tensor) else None  # else a stream of streams
+        out = _outputs(x)  # x may be a tuple of streams: each output is that tuple
 
         def pullback(cts):
-            cts = _check_tuple(cts, n, "fanout")
-            if x_out is not None:
-                cts = [
-                    check_cotangent(ct, x_out, f"fanout (output {i})") for i, ct in enumerate(cts)
-                ]
-            return {}, _sum(cts)
+            cts = [
+                _checked_cotangent(ct, out, f"fanout (output {i})")
+                for i, ct in enumerate(_check_tuple(cts, n, "fanout"))
+            ]
+            return {}, _sum_streams(cts)
 
         return (x,) * n, pullback
 
@@ -279,7 +311,7 @@ def fanin_concat(axis: int = 1) -> Layer:
         xs = _tensors(xs, name)
         try:
             y = cat(xs, axis)
-        except RuntimeError as e:
+        except (RuntimeError, IndexError) as e:  # IndexError: no such axis
             raise ValueError(
                 f"{name}: cannot concatenate shapes {[tuple(x.shape) for x in xs]}: {e}"
             ) from None

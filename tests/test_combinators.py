@@ -208,3 +208,55 @@ def test_merges_init_with_unknown_sizes_beside_known_ones():
         nf.fanin_concat().init(None, ((2, 3, 8, 8), (3, 5, 8, 8)))
     with pytest.raises(ValueError, match="equal shapes"):
         nf.fanin_sum().init(None, ((2, 3, 8, 8), (2, 3, 8, 9)))
+
+
+def test_fanout_of_several_streams_sums_their_cotangents_stream_by_stream():
+    """fanout(2) of a pair (a, b) gives ((a, b), (a, b)); its pullback adds the two pairs'
+    cotangents part by part (it joined the tuples, four parts instead of two)."""
+    conv = nf.serial(nf.conv2d(2, 3, padding=1), nf.relu())
+    branch = nf.serial(nf.parallel(conv, nf.conv2d(2, 1)), nf.fanin_concat())
+    net = nf.serial(nf.fanout(2), nf.parallel(branch, nf.fanin_sum()), nf.fanin_concat())
+    a, b = randn(2, 3, 5, 4), randn(2, 3, 5, 4)
+    _, params = net.init(torch.Generator().manual_seed(0), ((2, 3, 5, 4), (2, 3, 5, 4)))
+    params = nf.tree.map(lambda t: t.double(), params)
+    y, pullback = net.vjp(params, (a, b))
+    ct = randn(*y.shape)
+    grads, (da, db) = pullback(ct)
+
+    def f(a, b, w0, b0, w1, b1):
+        left = torch.cat([F.conv2d(a, w0, b0, padding=1).relu(), F.conv2d(b, w1, b1)], 1)
+        return torch.cat([left, a + b], 1)
+
+    p = params["1"]["0"]["0"]
+    leaves = [a, b, p["0"]["0"]["weight"], p["0"]["0"]["bias"], p["1"]["weight"], p["1"]["bias"]]
+    y_torch, expected = autograd_vjp(f, leaves, ct)
+    assert rel_err(y, y_torch) < 1e-12
+    assert rel_err(da, expected[0]) < 1e-10 and rel_err(db, expected[1]) < 1e-10
+    assert rel_err(grads["1"]["0"]["0"]["1"]["weight"], expected[4]) < 1e-10
+
+
+def test_a_bad_cotangent_releases_nothing_so_backward_can_be_called_again():
+    layer = nf.serial(nf.conv2d(4, 3, padding=1), nf.relu(), nf.conv2d(2, 3, padding=1))
+    for block in (nf.Module.from_layer(layer, (-1, 3, 8, 8)),):
+        block.forward(randn(2, 3, 8, 8).float())
+        with pytest.raises(ValueError, match=r"serial: .*shape \(2, 2, 8, 8\), got \(2, 3, 8, 8\)"):
+            block.backward(randn(2, 3, 8, 8).float())
+        assert block.backward(randn(2, 2, 8, 8).float()).shape == (2, 3, 8, 8)
+    pair = nf.parallel(nf.conv2d(2, 1), nf.conv2d(2, 1))
+    _, params = pair.init(None, ((1, 3, 4, 4), (1, 3, 4, 4)))
+    params = nf.tree.map(lambda t: t.double(), params)
+    (y0, y1), pullback = pair.vjp(params, (randn(1, 3, 4, 4), randn(1, 3, 4, 4)))
+    with pytest.raises(ValueError, match="parallel"):
+        pullback((randn(*y0.shape), randn(1, 5, 4, 4)), release=True)
+    assert pullback((randn(*y0.shape), randn(*y1.shape)), release=True)[1][1].shape == (1, 3, 4, 4)
+
+
+def test_an_error_inside_a_layer_keeps_its_traceback():
+    def broken(params, x):
+        return x + "oops"  # the user's bug, in this file
+
+    layer = nf.Layer(lambda g, s: (s, {}), broken, lambda p, x: (broken(p, x), None))
+    net = nf.serial(nf.relu(), layer)
+    with pytest.raises(TypeError, match="in layer 1") as info:
+        net.apply({"0": {}, "1": {}}, randn(1, 2))
+    assert any(entry.name == "broken" for entry in info.traceback)
