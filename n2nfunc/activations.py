@@ -39,7 +39,11 @@ def _elementwise(name: str, forward, derivative_times, uses_input: bool = True) 
 
         return y, pullback
 
-    return Layer(init, lambda params, x: forward(check_tensor(x, name)), vjp)
+    def apply(params, x):
+        check_params(params, name, {})
+        return forward(check_tensor(x, name))
+
+    return Layer(init, apply, vjp)
 
 
 def relu() -> Layer:

@@ -110,6 +110,18 @@ def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool, release: bool 
     return pullback(ct, **options)
 
 
+def flag(value, name: str, layer: str) -> bool:
+    """``value`` as a bool: True or False (or 1, 0, a NumPy bool, as torch takes); anything
+    else, such as the string "False", is an error naming ``layer`` and ``name``."""
+    try:
+        ok = not isinstance(value, (str, bytes)) and value in (True, False)
+    except (TypeError, RuntimeError, ValueError):  # a tensor of several values, ...
+        ok = False
+    if not ok:
+        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def pair(value, name: str, layer: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as a pair of ints >= ``minimum`` (an int means the same for height and width)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -181,12 +193,11 @@ def check_tensor(x, layer: str, what: str = "input") -> Tensor:
 
 def check_image(x, layer: str, channels: int, like: Tensor) -> Tensor:
     """``x`` must be a (N, ``channels``, H, W) float tensor of ``like``'s dtype and device,
-    with at least one pixel."""
+    with at least one pixel (``channels`` -1: any number of channels)."""
     check_tensor(x, layer)
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(
-            f"{layer}: expected input of shape (N, {channels}, H, W), got {tuple(x.shape)}"
-        )
+    if x.dim() != 4 or (channels != -1 and x.shape[1] != channels):
+        c = "C" if channels == -1 else channels
+        raise ValueError(f"{layer}: expected input of shape (N, {c}, H, W), got {tuple(x.shape)}")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{layer}: empty image (H or W is 0), input shape {tuple(x.shape)}")
     return check_like(x, layer, like)

@@ -21,6 +21,7 @@ from .base import (
     check_image,
     check_params,
     check_tensor,
+    flag,
     image_shape,
     output_of,
     pair,
@@ -124,6 +125,7 @@ def conv2d(
         dilation=dilation,
     )
     positive_int(out_channels, "out_channels", name)
+    bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
     p = pair(padding, "padding", name, minimum=0)
@@ -187,6 +189,7 @@ def conv_transpose2d(
         dilation=dilation,
     )
     positive_int(out_channels, "out_channels", name)
+    bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
     p = pair(padding, "padding", name, minimum=0)
@@ -266,7 +269,7 @@ def nearest_upsample(scale_factor=2) -> Layer:
     def vjp(params, x):
         check_params(params, name, {})
         check_tensor(x, name)
-        check_image(x, name, x.shape[1] if x.dim() == 4 else -1, x)
+        check_image(x, name, -1, x)
         n, c, h, w = x.shape
         xh = to_nhwc(x)
         y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
@@ -318,6 +321,7 @@ def upsample(
         dilation=dilation,
     )
     positive_int(out_channels, "out_channels", name)
+    bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     sc = pair(scale_factor, "scale_factor", name)
     p = pair(padding, "padding", name, minimum=0)

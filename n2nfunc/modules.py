@@ -26,7 +26,7 @@ from torch import Generator, Tensor, empty
 
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
-from .base import Layer, pull
+from .base import Layer, flag, pull
 from .combinators import serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
@@ -271,15 +271,10 @@ def _checked_flags(name: str, bias, groups=1) -> bool:
     """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
     ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (not
     supported) is 1. Returns ``bias`` as a bool."""
-    try:
-        flag = not isinstance(bias, (str, bytes)) and bias in (True, False)
-    except (TypeError, RuntimeError, ValueError):  # a tensor of several values, ...
-        flag = False
-    if not flag:
-        raise TypeError(f"{name}: bias must be True or False, got {bias!r}")
+    bias = flag(bias, "bias", name)
     if groups != 1 or isinstance(groups, bool):
         raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
-    return bool(bias)
+    return bias
 
 
 class Conv2d(_WeightBias):

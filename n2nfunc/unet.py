@@ -38,8 +38,10 @@ from .base import (
     Layer,
     Params,
     check_cotangent,
+    check_image,
     check_tensor,
     image_shape,
+    marked_like,
     output_of,
     positive_int,
     pull,
@@ -88,6 +90,11 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
     layer must keep the spatial size; params are ``layer``'s own."""
     name = f"padded_to_multiple(multiple={multiple})"
     m = positive_int(multiple, "multiple", name)
+    if isinstance(layer, StatefulLayer):
+        raise TypeError(
+            f"{name}: the layer has state (batch norm, dropout, ...), which padding does not "
+            "carry; pad the input yourself or use a stateless layer"
+        )
 
     def init(generator, in_shape):
         n, c, h, w = image_shape(in_shape, name)
@@ -240,7 +247,22 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
         image_shape(in_shape, "unet", in_channels)
         return padded.init(generator, in_shape)
 
-    return with_footprint(Layer(init, padded.apply, padded.vjp), 2**depth, reach(depth))
+    def checked(params, x):
+        """``x`` must fit the first convolution, checked here so that an error names the
+        input's own shape (the convolution sees it padded)."""
+        first = tree.leaves(params)[:1]
+        if first:
+            check_image(x, "unet", in_channels, first[0])
+        return x
+
+    def apply(params, x):
+        return padded.apply(params, checked(params, x))
+
+    def vjp(params, x):
+        return padded.vjp(params, checked(params, x))
+
+    layer = Layer(init, apply, marked_like(vjp, padded.vjp))
+    return with_footprint(layer, 2**depth, reach(depth))
 
 
 def reach(depth: int) -> int:

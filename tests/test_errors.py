@@ -225,3 +225,52 @@ def test_upsampling_a_non_tensor_and_an_empty_transposed_output_are_named():
     layer = nf.conv_transpose2d(2, 3, padding=3)
     with pytest.raises(ValueError, match="empty output along H .*the padding crops away"):
         layer.init(None, (1, 2, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda: nf.dense(3, bias="False"), TypeError, r"dense.*bias must be True or False"),
+        (lambda: nf.conv2d(3, 3, bias="False"), TypeError, r"conv2d.*bias must be True or"),
+        (lambda: nf.upsample(3, 3, bias=None), TypeError, r"upsample.*bias must be True or"),
+        (
+            lambda: nf.max_pool2d(2).apply({}, torch.rand(3, 4, 4)),
+            ValueError,
+            r"max_pool2d.*\(N, C, H, W\), got \(3, 4, 4\)",
+        ),
+        (
+            lambda: nf.fanin_concat(5).apply({}, (torch.rand(2, 2), torch.rand(2, 2))),
+            ValueError,
+            r"fanin_concat\(axis=5\): cannot concatenate",
+        ),
+        (lambda: nf.fanin_sum().apply({}, ()), ValueError, r"fanin_sum: .* got 0 inputs"),
+        (
+            lambda: nf.relu().apply({"weight": torch.rand(1)}, torch.rand(2)),
+            ValueError,
+            r"relu: expected parameters \[\], got \['weight'\]",
+        ),
+        (
+            lambda: nf.padded_to_multiple(nf.serial(nf.conv2d(3, 1), nf.batch_norm2d()), 4),
+            TypeError,
+            r"padded_to_multiple.*state",
+        ),
+    ],
+)
+def test_misuse_of_layers_and_combinators_is_named(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize(
+    "x, error, pattern",
+    [
+        (torch.rand(1, 1, 30, 20), ValueError, r"^unet: .*\(N, 3, H, W\), got \(1, 1, 30, 20\)"),
+        (torch.rand(1, 3, 30, 20).double(), TypeError, r"^unet: .*float64.*\(1, 3, 30, 20\)"),
+    ],
+)
+def test_unet_input_errors_quote_the_input_not_its_padded_copy(x, error, pattern):
+    net = nf.unet(depth=2, widths=(4, 4, 4, 4))
+    _, params = net.init(None, (-1, 3, -1, -1))
+    for run in (lambda: net.apply(params, x), lambda: net.vjp(params, x)):
+        with pytest.raises(error, match=pattern):
+            run()

@@ -176,11 +176,11 @@ def test_bad_arguments_and_inputs():
     layer, params = _init(TINY, (1, 3, 8, 8))
     with pytest.raises(ValueError, match="expected 3 input channels"):
         layer.init(None, (1, 4, 8, 8))
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^unet: .*\(N, 3, H, W\), got \(3, 8, 8\)"):
         layer.apply(params, torch.rand(3, 8, 8, dtype=torch.float64))
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="^unet: input dtype"):
         layer.apply(params, torch.rand(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match=r"^unet: .*\(N, 3, H, W\), got \(1, 4, 8, 8\)"):
         layer.apply(params, torch.rand(1, 4, 8, 8, dtype=torch.float64))
 
 

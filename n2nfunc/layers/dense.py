@@ -11,6 +11,7 @@ from ..base import (
     check_like,
     check_params,
     check_tensor,
+    flag,
     output_of,
     positive_int,
     skips_input_grad,
@@ -29,6 +30,7 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
     """
     name = f"dense(out_features={out_features}, bias={bias})"
     positive_int(out_features, "out_features", name)
+    bias = flag(bias, "bias", name)
     check_init(init, name)
 
     def init_fn(generator, in_shape):
