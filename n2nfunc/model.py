@@ -55,6 +55,10 @@ from .unet import MAX_WIDTH, check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
 ARCHITECTURE = ("widths", "kernel", "upsampling")  # what defines the exercise's network
+# How far from an output pixel of the exercise's networks (kernels up to 5) the input pixels
+# it depends on can lie: a bound (kernel 5: 4 + 8 + 8 + 4 pixels through its four layers,
+# plus the stride-2 rounding); tests/test_pretrained.py measures 3 to 15 on the networks.
+EXERCISE_REACH = 27
 UNET_ARCHITECTURE = ("depth", "widths")
 DEFAULT_CONFIG = {
     "network": "exercise",  # the exercise's required network, or "unet"
@@ -136,6 +140,7 @@ def to_unit_range(x, name: str, scale: float | None = None):
     (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+    x = x.detach()  # the result never joins the caller's autograd graph
     if not (x.is_floating_point() or _is_integer(x)):
         raise ValueError(
             f"{name} must hold numbers (uint8 or float), got dtype {x.dtype} "
@@ -215,25 +220,30 @@ PREDICT_BYTES = 1 << 19
 PREDICT_TILE = 1024
 
 
+def _plain(v) -> bool:
+    """A Python or NumPy number, not a bool, string or tensor."""
+    return (
+        hasattr(type(v), "__float__")
+        and not isinstance(v, (bool, str, complex, Tensor))
+        and getattr(v, "ndim", 0) == 0
+    )
+
+
+def _whole(v, key: str, low=None) -> int:
+    """``v`` as an int (2.0 and NumPy ints are), at least ``low`` if given."""
+    integral = _plain(v) and math.isfinite(float(v)) and int(v) == v
+    if not integral or (low is not None and v < low):
+        raise ValueError(f"{key} must be an int{'' if low is None else f' >= {low}'}, got {v!r}")
+    return int(v)
+
+
 def check_config(config: dict) -> None:
     """Each training setting must be of its kind and range (a negative final learning-rate
     fraction would turn the end of every run into gradient ascent)."""
-
-    def plain(v) -> bool:  # a Python or NumPy number, not a bool, string or tensor
-        return (
-            hasattr(type(v), "__float__")
-            and not isinstance(v, (bool, str, complex, Tensor))
-            and getattr(v, "ndim", 0) == 0
-        )
+    plain = _plain
 
     def whole(key, low=None):
-        v = config[key]
-        integral = plain(v) and math.isfinite(float(v)) and int(v) == v
-        if not integral or (low is not None and v < low):
-            raise ValueError(
-                f"{key} must be an int{'' if low is None else f' >= {low}'}, got {v!r}"
-            )
-        config[key] = int(v)
+        config[key] = _whole(config[key], key, low)
 
     def number(key, low, high=None, low_open=False, high_open=True):
         v = config[key]
@@ -250,7 +260,9 @@ def check_config(config: dict) -> None:
     whole("batch_size", 1)
     whole("num_epochs", 0)
     whole("warmup_steps", 0)
-    whole("seed")  # (any int, as torch.Generator.manual_seed takes)
+    whole("seed")
+    if not -(2**63) <= config["seed"] < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"seed must be an int from -2**63 to 2**64 - 1, got {config['seed']}")
     number("lr", 0, low_open=True)
     number("momentum", 0, 1)
     number("final_lr_fraction", 0, 1, high_open=False)
@@ -283,6 +295,8 @@ class Model:
     """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
 
     def __init__(self, config: dict | None = None):
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(f"Model: config must be a dict, got {type(config).__name__}")
         unknown = set(config or {}) - set(DEFAULT_CONFIG)
         if unknown:
             raise ValueError(
@@ -352,6 +366,9 @@ class Model:
         bad = [k for k, v in params.items() if not isinstance(v, Tensor)]
         if bad:
             raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
+        bad = [k for k, v in params.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:  # a diverged run's weights: every prediction would be NaN
+            raise ValueError(f"{source}: parameter {bad[0]!r} holds NaN or infinite values")
         before = (self.config, self.generator, self.net, self.optimizer, self._snapshot)
         try:  # a file refused halfway leaves this Model as it was
             if theirs != architecture(self.config):
@@ -360,7 +377,8 @@ class Model:
             self.net.load_state_dict({k: v.to(device) for k, v in params.items()})
         except (KeyError, ValueError, TypeError) as e:
             self.config, self.generator, self.net, self.optimizer, self._snapshot = before
-            raise ValueError(f"{source}: {e}") from None
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e  # no quotes
+            raise ValueError(f"{source}: {message}") from None
         self._new_optimizer()  # fine-tuning starts afresh, whatever was trained before
         self.pretrained = True
 
@@ -428,8 +446,7 @@ class Model:
         restored and ``FloatingPointError`` is raised.
         """
         epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-            raise ValueError(f"num_epochs must be a non-negative int, got {epochs!r}")
+        epochs = _whole(epochs, "num_epochs", 0)  # as the config takes it
         x, y = self.prepare_pairs(train_input, train_target)
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
@@ -568,10 +585,9 @@ class Model:
             return _inference(runner, _pad_to_multiple(chunk, multiple))[:, :, :hc, :wc]
 
         if h * w > PREDICT_TILE**2:  # one large image at a time, in tiles
-            fp = footprint(runner.layer)  # the U-Net's reach; the
-            # exercise's networks reach at most 27 pixels, within the default overlap of 32
+            fp = footprint(runner.layer) or (multiple, EXERCISE_REACH)  # the U-Net's own
             layer = Layer(_inference_only, lambda _, chunk: run(chunk), _inference_only)
-            layer = with_footprint(layer, *fp) if fp else layer
+            layer = with_footprint(layer, *fp)
             tile = max(PREDICT_TILE, tile_settings(layer)[0])  # deep U-Nets reach further
             outs = [denoise_image(layer, None, x[i : i + 1], tile) for i in range(n)]
         else:

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from . import checkpoint
 from .base import Layer, Params
-from .model import ARCHITECTURE, DEFAULT_CONFIG, DEFAULT_WEIGHTS, build_network, check_config
+from .model import (
+    ARCHITECTURE,
+    DEFAULT_CONFIG,
+    DEFAULT_WEIGHTS,
+    EXERCISE_REACH,
+    build_network,
+    check_config,
+)
+from .tiling import with_footprint
 from .unet import check_architecture, load_params, padded_to_multiple, unet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -119,7 +127,8 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     layer = net.layer
     if not isinstance(layer, Layer):  # the exercise network has no state
         raise TypeError(f"{source}: expected a network without state")
-    return padded_to_multiple(layer, EXERCISE_MULTIPLE), net.params, config
+    padded = padded_to_multiple(layer, EXERCISE_MULTIPLE)
+    return with_footprint(padded, EXERCISE_MULTIPLE, EXERCISE_REACH), net.params, config
 
 
 __all__ = [

@@ -335,3 +335,55 @@ def test_train_epoch_takes_a_numpy_epoch_count():
     m = Model({**SMALL, "batch_size": 4})
     x, y = m.prepare_pairs(torch.rand(8, 3, 8, 8), torch.rand(8, 3, 8, 8))
     assert m.train_epoch(x, y, 0, np.int64(3)) > 0
+
+
+@pytest.mark.parametrize(
+    "config, error, pattern",
+    [
+        ("unet", TypeError, r"Model: config must be a dict, got str"),
+        ([("lr", 1)], TypeError, r"Model: config must be a dict, got list"),
+        ({"seed": 2**70}, ValueError, r"Model: seed must be an int from -2\*\*63 to 2\*\*64 - 1"),
+    ],
+)
+def test_model_refuses_what_is_not_a_config(config, error, pattern):
+    with pytest.raises(error, match=pattern):
+        Model(config)
+
+
+def test_train_takes_num_epochs_as_the_config_does():
+    import numpy as np
+
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = Model({"batch_size": 4})
+    assert len(model.train(x, x, num_epochs=np.int64(2))) == 2
+    assert len(model.train(x, x, num_epochs=1.0)) == 1
+    with pytest.raises(ValueError, match=r"num_epochs must be an int >= 0, got -1"):
+        model.train(x, x, num_epochs=-1)
+
+
+def test_predict_never_joins_the_callers_autograd_graph():
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with torch.enable_grad():
+        out = Model().predict(x)
+    assert not out.requires_grad and out.grad_fn is None
+
+
+def test_weights_with_nan_are_refused_and_messages_carry_no_quotes(tmp_path):
+    from n2nfunc import checkpoint
+
+    model = Model()
+    payload = model.payload()
+    broken = {**payload, "params": dict(payload["params"])}
+    name = next(iter(broken["params"]))
+    broken["params"][name] = broken["params"][name].clone().fill_(float("nan"))
+    checkpoint.save(tmp_path / "nan.pth", broken)
+    with pytest.raises(ValueError, match=f"parameter '{name}' holds NaN"):
+        model.load_pretrained_model(tmp_path / "nan.pth")
+    missing = {**payload, "params": dict(payload["params"])}
+    del missing["params"][name]
+    checkpoint.save(tmp_path / "missing.pth", missing)
+    with pytest.raises(ValueError) as info:
+        model.load_pretrained_model(tmp_path / "missing.pth")
+    assert str(info.value).endswith(
+        f"missing.pth: Sequential.load_state_dict: missing keys [{name!r}], unexpected keys []"
+    )

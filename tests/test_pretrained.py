@@ -206,3 +206,40 @@ def test_denoise_image_reports_each_tile():
     )
     total = calls[-1][1]
     assert total > 1 and calls == [(i, total) for i in range(1, total + 1)]
+
+
+@pytest.mark.parametrize("kernel, upsampling", [(2, "transpose"), (5, "transpose"), (5, "nearest")])
+def test_exercise_reach_bounds_what_the_networks_read(kernel, upsampling):
+    """As for the U-Net: one input pixel moved at each position of the 4-pixel grid changes
+    outputs no farther away than EXERCISE_REACH, the exercise networks' tiling overlap."""
+    from n2nfunc.model import DEFAULT_CONFIG, EXERCISE_REACH, build_network
+    from n2nfunc.unet import padded_to_multiple
+
+    config = {**DEFAULT_CONFIG, "kernel": kernel, "upsampling": upsampling, "widths": (3, 4)}
+    net = build_network(config, torch.Generator().manual_seed(kernel))
+    layer = padded_to_multiple(net.layer, 4)
+    params = nf.tree.map(lambda t: t.double(), net.params)
+    x = torch.rand(1, 3, 4, 120, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    base = layer.apply(params, x)
+    farthest = 0
+    for p in range(56, 60):
+        moved = x.clone()
+        moved[0, :, 0, p] += 1e3
+        changed = (layer.apply(params, moved) != base).any(dim=(0, 1, 2)).nonzero().flatten()
+        farthest = max(farthest, int((changed - p).abs().max()))
+    assert 3 * (kernel - 1) <= farthest <= EXERCISE_REACH
+
+
+def test_exercise_tiles_keep_its_pooling_grid():
+    """The exercise network halves the size twice: tiles aligned to anything but a multiple
+    of 4 would see other grids (its output was silently wrong by up to 0.27)."""
+    layer, params = nf.pretrained("exercise")
+    x = torch.rand(1, 3, 150, 97, generator=torch.Generator().manual_seed(4))
+    whole = layer.apply(params, x)
+    tiled = nf.denoise_image(layer, params, x, tile=64, align=4)
+    assert float((tiled - whole).abs().max()) < 1e-5
+    assert nf.tiling.tile_settings(layer) == (256, 27, 32)
+    with pytest.raises(
+        ValueError, match="align 6 must be a multiple of the network's size multiple 4"
+    ):
+        nf.denoise_image(layer, params, x, tile=96, align=6)
