@@ -686,7 +686,9 @@ class CrossEntropyLoss(LossModule):
 class Optimizer:
     """Applies a functional optimizer in place to ``(parameter, gradient)`` pairs.
 
-    ``lr`` is read at every step, so it may be changed between steps.
+    ``lr`` (a number or a schedule ``step -> lr``) is read at every step, so it may be
+    changed between steps. A parameter listed twice (a block used twice in a ``Sequential``)
+    is updated once, as ``torch.optim`` does with ``parameters()``.
     """
 
     def __init__(self, params, make, lr, name):
@@ -702,9 +704,12 @@ class Optimizer:
             if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
                 raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
         self.name, self.lr = name, lr
-        self.params = [p for p, _ in params]
-        self.grads = [g for _, g in params]
-        self.transform = make(lambda step: self.lr)
+        unique: dict = {}
+        for p, g in params:
+            unique.setdefault(id(p), (p, g))
+        self.params = [p for p, _ in unique.values()]
+        self.grads = [g for _, g in unique.values()]
+        self.transform = make(lambda step: self.lr(step) if callable(self.lr) else self.lr)
         self.state = self.transform.init(self.params)
         self._placement = self._placement_now()
 

@@ -287,6 +287,28 @@ def test_damaged_entries_give_clear_errors(tmp_path, entry, pattern):
     assert "bad.pth" in str(info.value)
 
 
+def test_named_tuples_cannot_multiply_a_small_file(tmp_path):
+    """Entries sharing one long field list were each given a class of their own: a 224 KiB
+    file took 158 MB. Sharing is refused, and the fields are few."""
+    fields, values = [f"f{i}" for i in range(2000)], list(range(2000))
+    shared = [{"__namedtuple__": "X", "fields": fields, "values": values} for _ in range(50)]
+    wide = [{"__namedtuple__": "X", "fields": fields[:100], "values": values[:100]}]
+    for name, payload, pattern in (
+        ("shared", shared, "stored in two places|malformed named tuple"),
+        ("wide", wide, "malformed named tuple"),
+    ):
+        blob = {"format": "n2nfunc-checkpoint", "version": 1, "payload": payload}
+        (tmp_path / f"{name}.pth").write_bytes(pickle.dumps(blob))
+        with pytest.raises(ValueError, match=pattern):
+            nf.load(tmp_path / f"{name}.pth")
+    from collections import namedtuple
+
+    pair = namedtuple("P", ["a", "b"])
+    nf.save(tmp_path / "many.pth", [pair(i, i) for i in range(1000)])
+    loaded = nf.load(tmp_path / "many.pth")
+    assert len({type(p) for p in loaded}) == 1 and loaded[7] == (7, 7)
+
+
 def _shared_lists(depth: int) -> bytes:
     """A checkpoint of a few hundred bytes whose payload has 2**depth leaves: a chain of
     lists, each held twice by the next (pickle shares the object)."""

@@ -562,3 +562,33 @@ def test_to_the_meta_device_and_bias_values_torch_takes():
     for flag, has_bias in ((np.False_, False), (1, True), (0, False), (np.True_, True)):
         assert (Conv2d(3, 2, 3, bias=flag).bias is not None) == has_bias
         assert (Linear(3, 2, flag).bias is not None) == has_bias
+
+
+def test_optimizers_update_a_block_used_twice_once_and_take_schedules():
+    """torch.optim dedupes ``parameters()``; a block used twice in a Sequential had its
+    parameters stepped twice (twice the learning rate, two Adam states for one tensor)."""
+    import n2nfunc as nf
+    from n2nfunc.modules import Adam
+
+    conv = Conv2d(3, 3, 3, padding=1, generator=torch.Generator().manual_seed(0))
+    twin = torch.nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():
+        twin.weight.copy_(conv.weight), twin.bias.copy_(conv.bias)
+    seq = Sequential(conv, ReLU(), conv)
+    torch_net = torch.nn.Sequential(twin, torch.nn.ReLU(), twin)
+    for make, make_torch in (
+        (lambda p: SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+        (lambda p: Adam(p, lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+    ):
+        opt, opt_torch = make(seq.param()), make_torch(torch_net.parameters())
+        assert len(seq.param()) == 4 and len(opt.params) == 2
+        for _ in range(2):
+            x = torch.randn(2, 3, 6, 6)
+            opt.zero_grad(), opt_torch.zero_grad()
+            seq.backward(torch.ones_like(seq.forward(x)))
+            with torch.enable_grad():
+                torch_net(x).sum().backward()
+            opt.step(), opt_torch.step()
+        torch.testing.assert_close(conv.weight, twin.weight.detach(), rtol=1e-5, atol=1e-6)
+    scheduled = SGD(conv.param(), lr=nf.cosine_decay(0.1, 100))
+    scheduled.step()  # a schedule as lr: called with the step (it crashed here)
