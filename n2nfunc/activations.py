@@ -107,7 +107,7 @@ def _times(factor, ct):
 
 
 def sigmoid() -> Layer:
-    """``y = 1 / (1 + exp(-x))``; ``dx = ct * y * (1 - y)``.
+    """``y = 1 / (1 + exp(-x))``; ``dx = (ct * (1 - y)) * y``, PyTorch's order (so its bits).
 
     The forward pass is the tensor method ``x.sigmoid()``: one pass where the formula takes
     four (1 x 3 x 512 x 512 float32: 0.38 -> 0.19 ms; 2-core Xeon), finite for any ``x``, and
@@ -115,7 +115,7 @@ def sigmoid() -> Layer:
     return _elementwise(
         "sigmoid",
         lambda x: x.sigmoid(),
-        lambda x, y, ct: y.neg().add_(1).mul_(y).mul_(ct),
+        lambda x, y, ct: y.neg().add_(1).mul_(ct).mul_(y),
         uses_input=False,
     )
 

@@ -38,7 +38,7 @@ from .progress import Progress
 from .unet import MAX_WIDTH
 
 TILE_ALIGN = 32  # --tile's multiple (deeper U-Nets than the shipped ask for more: named then)
-MIN_TILE = 96  # the exercise network's overlap (32) on both sides plus one alignment step
+MIN_TILE = 96  # an overlap of 32 (the exercise network reaches 27) on both sides plus one 32 step
 PHOTO_CROP = 64  # crops of `train --photos` with camera noise (Gaussian, Poisson)
 PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
 VAL_PHOTO_FACTOR = 8  # the one of `--val-photos`

@@ -71,7 +71,7 @@ def _outputs(y):
     tensor, in the same tuples (None for anything else)."""
     if isinstance(y, Tensor):
         return output_of(y)
-    if isinstance(y, tuple):
+    if isinstance(y, (tuple, list)):
         return tuple(_outputs(part) for part in y)
     return None
 
@@ -224,7 +224,7 @@ def _sum(xs: Sequence[Tensor]) -> Tensor:
 
 def _sum_streams(cts):
     """The sum of cotangents of one structure: tensors added, tuples part by part."""
-    if isinstance(cts[0], tuple):
+    if isinstance(cts[0], (tuple, list)):
         return tuple(_sum_streams(parts) for parts in zip(*cts))
     return _sum(cts)
 

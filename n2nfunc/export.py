@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from . import checkpoint
-from .model import DEFAULT_WEIGHTS
+from .model import DEFAULT_WEIGHTS, check_finite
 
 PACKAGE = Path(__file__).resolve().parent
 VENDORED = [
@@ -148,6 +148,7 @@ def export_submission(out_dir, weights=None) -> Path:
             f"{weights}: not a checkpoint of the course's network (written by `n2nfunc train` "
             "or Model.save)"
         )
+    check_finite(payload["params"], str(weights))
     final = Path(out_dir) / "Miniproject_2"
     folder = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # built whole, then renamed
     try:
@@ -160,17 +161,34 @@ def export_submission(out_dir, weights=None) -> Path:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    if not final.is_dir():
-        os.replace(folder, final)  # a file of that name is an error here (OSError)
-        return final
-    (final / "others").mkdir(exist_ok=True)
-    for name in GENERATED:  # what the user put there (Report_2.pdf, ...) stays
-        target = final / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(folder / name, target)
-    shutil.rmtree(folder)
+    try:
+        if final.is_dir() and not final.is_symlink():
+            _move_into(folder, final)
+        else:
+            os.replace(folder, final)  # a file of that name is an error here
+    except OSError as e:
+        raise OSError(
+            e.errno, f"cannot write the submission ({e.strerror or e})", str(final)
+        ) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _move_into(folder: Path, final: Path) -> None:
+    """Move the GENERATED entries of ``folder`` into the existing ``final``, replacing what
+    is there under those names (a file or link where a folder goes too); everything else
+    the user put there (Report_2.pdf, ...) stays."""
+    for name in ("others",) + GENERATED:
+        target = final / name
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            target.unlink()
+        elif target.is_dir() and name != "others":
+            shutil.rmtree(target)
+        if name == "others":
+            target.mkdir(exist_ok=True)
+        else:
+            os.replace(folder / name, target)
 
 
 # What export_submission writes into Miniproject_2/, replacing an earlier export's.

@@ -366,9 +366,7 @@ class Model:
         bad = [k for k, v in params.items() if not isinstance(v, Tensor)]
         if bad:
             raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
-        bad = [k for k, v in params.items() if v.is_floating_point() and not v.isfinite().all()]
-        if bad:  # a diverged run's weights: every prediction would be NaN
-            raise ValueError(f"{source}: parameter {bad[0]!r} holds NaN or infinite values")
+        check_finite(params, source)
         before = (self.config, self.generator, self.net, self.optimizer, self._snapshot)
         try:  # a file refused halfway leaves this Model as it was
             if theirs != architecture(self.config):
@@ -595,6 +593,14 @@ class Model:
         out = cat(outs) if len(outs) > 1 else outs[0]  # a new tensor either way
         out = out.clamp_(0, 1)
         return (out.mul_(scale) if scale != 1.0 else out).contiguous()
+
+
+def check_finite(params, source: str) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged run's: every prediction
+    would be NaN, a denoised image black), naming the first such parameter."""
+    for path, leaf in tree.flatten(params):
+        if isinstance(leaf, Tensor) and leaf.is_floating_point() and not leaf.isfinite().all():
+            raise ValueError(f"{source}: parameter {path!r} holds NaN or infinite values")
 
 
 def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:

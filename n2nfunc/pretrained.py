@@ -27,6 +27,7 @@ from .model import (
     EXERCISE_REACH,
     build_network,
     check_config,
+    check_finite,
 )
 from .tiling import with_footprint
 from .unet import check_architecture, load_params, padded_to_multiple, unet
@@ -107,6 +108,7 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
     params = load_params(arch, payload.get("params"), source)
+    check_finite(params, source)
     return unet(**arch), params, dict(payload.get("info") or {})
 
 
@@ -124,6 +126,7 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
         net.load_state_dict(dict(payload["params"]))
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{source}: {e}") from None
+    check_finite(net.params, source)
     layer = net.layer
     if not isinstance(layer, Layer):  # the exercise network has no state
         raise TypeError(f"{source}: expected a network without state")

@@ -56,8 +56,9 @@ def _cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
 
 
 def _matrix(g: Tensor) -> Tensor:
-    """The one NHWC image ``g`` as its (C, H*W) channels-first matrix."""
-    return to_nchw(g).reshape(g.shape[3], -1)
+    """The one NHWC image ``g`` as its (C, H*W) channels-first matrix, contiguous (as
+    PyTorch makes an output gradient before its GEMMs)."""
+    return to_nchw(g).contiguous().view(g.shape[3], -1)
 
 
 def _image(m: Tensor, hw: tuple) -> Tensor:
@@ -67,7 +68,7 @@ def _image(m: Tensor, hw: tuple) -> Tensor:
 
 def bias_grad(g: Tensor) -> Tensor:
     """``sum_l g[o, l]`` over the pixels of the one NHWC image ``g``, as PyTorch sums it."""
-    return to_nchw(g).sum((0, 2, 3))
+    return to_nchw(g).sum((0, 2, 3))  # in its own layout, as PyTorch sums it
 
 
 class Grads(NamedTuple):

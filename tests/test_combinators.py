@@ -230,6 +230,8 @@ def test_fanout_of_several_streams_sums_their_cotangents_stream_by_stream():
     p = params["1"]["0"]["0"]
     leaves = [a, b, p["0"]["0"]["weight"], p["0"]["0"]["bias"], p["1"]["weight"], p["1"]["bias"]]
     y_torch, expected = autograd_vjp(f, leaves, ct)
+    _, from_list = net.vjp(params, [a, b])  # a list of streams is one too
+    assert all(torch.equal(u, v) for u, v in zip(from_list(ct)[1], (da, db)))
     assert rel_err(y, y_torch) < 1e-12
     assert rel_err(da, expected[0]) < 1e-10 and rel_err(db, expected[1]) < 1e-10
     assert rel_err(grads["1"]["0"]["0"]["1"]["weight"], expected[4]) < 1e-10

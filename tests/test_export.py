@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_allowed_primitives import ALLOWED, STDLIB_OK
 
+import n2nfunc as nf
 from n2nfunc.data import make_pairs
 from n2nfunc.export import SUBPACKAGES, VENDORED, export_submission
 
@@ -318,3 +319,25 @@ def test_a_new_export_keeps_the_users_files(tmp_path):
     assert "class Model" in (final / "model.py").read_text()
     assert not (final / "others" / "n2nfunc" / "stale.py").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["Miniproject_2"]  # no temporary left
+
+
+def test_export_refuses_nan_weights_and_replaces_odd_layouts(tmp_path):
+    from n2nfunc import checkpoint
+    from n2nfunc.model import Model
+
+    payload = Model().payload()
+    name = next(iter(payload["params"]))
+    payload["params"][name] = payload["params"][name].clone().fill_(float("nan"))
+    checkpoint.save(tmp_path / "nan.pth", payload)
+    with pytest.raises(ValueError, match=f"parameter '{name}' holds NaN"):
+        export_submission(tmp_path / "out", tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match="holds NaN"):
+        nf.load_network(tmp_path / "nan.pth")
+    final = export_submission(tmp_path / "out")
+    import shutil
+
+    shutil.rmtree(final / "others")
+    (final / "others").write_text("a file where the folder goes")
+    export_submission(tmp_path / "out")
+    assert (final / "others" / "n2nfunc" / "conv.py").is_file()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["Miniproject_2"]

@@ -111,3 +111,58 @@ def test_the_engines_outside_agree_with_it():
     both = layer.apply(params, x)
     alone = torch.cat([layer.apply(params, x[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(both, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_the_course_network_of_one_image_gives_torch_bits_end_to_end():
+    """Conv2d .. Upsampling .. Sigmoid at batch 1, against its torch.nn twin: the sigmoid's
+    backward pass multiplies in PyTorch's order too, so every gradient is PyTorch's."""
+    from n2nfunc import Conv2d, ReLU, Sequential, Sigmoid, Upsampling
+
+    torch.manual_seed(0)
+    blocks = [Conv2d(3, 8, 3, stride=2, padding=1), ReLU(), Upsampling(8, 3, 3, padding=1)]
+    net = Sequential(*blocks, Sigmoid())
+    twin = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Upsample(scale_factor=2),
+        torch.nn.Conv2d(8, 3, 3, padding=1),
+        torch.nn.Sigmoid(),
+    )
+    with torch.no_grad():
+        for mine, theirs in ((blocks[0], twin[0]), (blocks[2], twin[3])):
+            theirs.weight.copy_(mine.weight), theirs.bias.copy_(mine.bias)
+    x = torch.randn(1, 3, 32, 32)
+    y = net.forward(x)
+    ct = torch.randn(y.shape)
+    dx = net.backward(ct)
+    with torch.enable_grad():
+        xt = x.clone().requires_grad_()
+        yt = twin(xt)
+        yt.backward(ct)
+    assert torch.equal(y, yt.detach()) and torch.equal(dx, xt.grad)
+    for (_, grad), p in zip(
+        net.param(), [twin[0].weight, twin[0].bias, twin[3].weight, twin[3].bias]
+    ):
+        assert torch.equal(grad, p.grad)
+
+
+def test_output_padding_beyond_the_stride_and_odd_layouts():
+    """conv_transpose2d with output_padding >= stride (allowed with dilation) keeps n2nfunc's
+    engine (col2im cannot place those rows); a channels-last or sliced cotangent is made
+    contiguous first, as PyTorch does, so the gradients stay PyTorch's."""
+    layer = nf.conv_transpose2d(4, 3, stride=2, output_padding=2, dilation=3)
+    x = torch.randn(1, 2, 8, 8)
+    _, params = layer.init(None, tuple(x.shape))
+    expected = F.conv_transpose2d(x, params["weight"], params["bias"], 2, 0, 2, 1, 3)
+    torch.testing.assert_close(layer.apply(params, x), expected)
+    conv = nf.conv2d(4, 3, padding=1)
+    _, params = conv.init(None, (1, 3, 12, 12))
+    x = torch.randn(1, 3, 12, 12)
+    _, pullback = conv.vjp(params, x)
+    ct = torch.randn(1, 12, 12, 4).permute(0, 3, 1, 2)  # channels-last memory
+    grads, dx = pullback(ct)
+    with torch.enable_grad():
+        leaves = [t.clone().requires_grad_() for t in (x, params["weight"], params["bias"])]
+        expected = torch.autograd.grad(F.conv2d(*leaves, padding=1), leaves, ct)
+    for a, b in zip([dx, grads["weight"], grads["bias"]], expected):
+        assert torch.equal(a, b)
