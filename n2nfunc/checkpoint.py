@@ -12,7 +12,8 @@ params, layer states, optimizer states, a ``Model``'s payload. Tensors come back
 CPU with their dtype and shape; tuples stay tuples; a named tuple comes back as a named
 tuple of the same type name and fields (a new class: attribute access, unpacking and
 ``_asdict`` work, ``isinstance`` against the original class does not). Subclasses of
-int, float and str (enums, numpy scalars) are stored as the plain value.
+int, float and str (an enum, NumPy's float64) are stored as the plain value; other NumPy
+scalars are refused (convert them with ``.item()``).
 """
 
 import ctypes

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, allocator, checkpoint, hardware, launch, tree
+from . import __version__, allocator, checkpoint, hardware, launch, optim, tree
 from . import argtypes as at
 from .data import (
     builtin_pairs,
@@ -324,6 +324,8 @@ def _load_state(path) -> dict:
 def _resume(model: Model, state: dict, path) -> None:
     model.load_payload(state, str(path))
     model.pretrained = False  # resuming continues the same run's schedule
+    fresh = model.optimizer.state
+    optim.check_state(state["optimizer"], fresh, f"{path}: the optimizer's state")
     model.optimizer.state = state["optimizer"]
     model.generator.set_state(state["rng"])
     model.epochs_done = state["epoch"]

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .activations import log_softmax_of
 from .base import check_tensor
+from .optim import _real
 
 
 class Loss(NamedTuple):
@@ -76,9 +77,9 @@ l1 = Loss(_value_only(l1_value_and_grad), l1_value_and_grad)
 def huber(delta: float = 1.0) -> Loss:
     """Huber loss, ``mean(h(pred - target))`` with ``h(d) = d^2 / 2`` for ``|d| < delta``, else
     ``delta (|d| - delta / 2)``; gradient ``clamp(d, -delta, delta) / numel``."""
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
+    d_max = _real(delta)  # a Python, NumPy or 0-dim tensor number
+    if d_max is None or not d_max > 0:
         raise ValueError(f"huber: delta must be a number > 0, got {delta!r}")
-    d_max = float(delta)
     name = f"huber(delta={delta})"
 
     def value_and_grad(pred, target):
@@ -97,7 +98,8 @@ def bce_with_logits_value_and_grad(logits: Tensor, target: Tensor) -> tuple[Tens
     exp(-|x|))`` (``max(x, 0) - x t`` rearranged so that an infinite logit gives an infinite
     loss, not ``inf - inf``); gradient ``(sigmoid(x) - t) / numel``."""
     _check_pair(logits, target, "binary_cross_entropy_with_logits")
-    value = logits.clamp(min=0).mul_(1 - target) + logits.neg().clamp_(min=0).mul_(target)
+    value = logits.clamp(min=0).mul_(1 - target).masked_fill_(target == 1, 0)  # inf * 0 is 0
+    value += logits.neg().clamp_(min=0).mul_(target).masked_fill_(target == 0, 0)
     value += logits.abs().neg_().exp_().log1p_()
     return value.mean(), logits.sigmoid().sub_(target).div_(logits.numel())
 
@@ -143,9 +145,11 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
     ``q = (1 - eps) onehot(y) + eps / K``, ``mean_n(-sum_k q[n, k] log_softmax(z)[n, k])``;
     gradient ``(softmax(z) - q) / N``. Stable for any finite logits; without smoothing a
     logit of -inf (a masked class) is fine too unless it is the label's."""
-    eps = label_smoothing
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
-        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {eps!r}")
+    eps = _real(label_smoothing)  # a Python, NumPy or 0-dim tensor number
+    if eps is None or not 0 <= eps <= 1:
+        raise ValueError(
+            f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing!r}"
+        )
     name = "cross_entropy" if eps == 0 else f"cross_entropy_with(label_smoothing={eps})"
 
     def value_and_grad(logits, labels):

@@ -67,6 +67,27 @@ def _check_grads(grads, like, name: str) -> None:
     tree.check_like(grads, like, f"{name}: gradients", "parameter")
 
 
+def check_state(state, like: dict, what: str) -> None:
+    """``state`` must be an optimizer state of ``like``'s form (a fresh ``init``'s, or the
+    trees of the last update's gradients): the same keys, a step count that is an int >= 0,
+    and each tree leaf for leaf of ``like``'s shapes and dtypes (nothing is broadcast)."""
+    if not isinstance(state, dict) or set(state) != set(like):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{what}: expected an optimizer state with keys {sorted(like)}, got {got}")
+    for key, value in like.items():
+        if key == "step":
+            step = state[key]
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                raise ValueError(f"{what}: step must be an int >= 0, got {step!r}")
+        else:
+            tree.check_like(state[key], value, f"{what}: '{key}'")
+
+
+def _check_state(state, keys, grads, name: str) -> None:
+    """Each of the state's ``keys`` must be a tree like ``grads`` (checked like the params)."""
+    check_state(state, {"step": 0, **{k: grads for k in keys}}, f"{name}: state")
+
+
 def _lr_at(lr: LearningRate, step: int) -> float:
     return lr(step) if callable(lr) else lr
 
@@ -129,6 +150,7 @@ def sgd(
 
     def update(grads, state, params):
         _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
+        _check_state(state, ["momentum"] if momentum else [], grads, "sgd")
         step = state["step"]
         lr_now = _lr_at(lr, step)
         d = _l2_decayed(grads, params, weight_decay, "sgd")
@@ -169,6 +191,7 @@ def _adam(
 
     def update(grads, state, params):
         _check_grads(grads, params if params is not None else state["m"], name)
+        _check_state(state, ["m", "v"] + (["v_max"] if amsgrad else []), grads, name)
         if weight_decay:
             _needed(params, name)
         t = state["step"] + 1
@@ -251,6 +274,8 @@ def rmsprop(
 
     def update(grads, state, params):
         _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
+        keys = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum"] * bool(momentum))
+        _check_state(state, keys, grads, "rmsprop")
         step = state["step"]
         lr_now = _lr_at(lr, step)
         g = _l2_decayed(grads, params, weight_decay, "rmsprop")
@@ -309,13 +334,14 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         return {}
 
     def update(grads, state, params):
+        tree.check_like(grads, grads, "clip_by_global_norm: gradients")  # no None leaves
         leaves = tree.leaves(grads)
         if not leaves:
             return grads, state
         device = leaves[0].device
         total = cat([g.norm().reshape(1).to(device) for g in leaves]).norm()
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        return tree.map(lambda g: g * coef.to(g.device), grads), state
+        return tree.map(lambda g: g * coef.to(g.device, g.dtype), grads), state  # dtypes kept
 
     return GradientTransformation(init, update)
 

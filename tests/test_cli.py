@@ -625,3 +625,31 @@ def test_a_new_run_says_it_replaces_an_unfinished_one(tmp_path, monkeypatch, cap
     assert f"note: {out / 'checkpoint.pth'} held an unfinished run (epoch 1 of 2)" in said
     assert main(run) == 0  # a finished run is replaced quietly
     assert "unfinished" not in capsys.readouterr().out
+
+
+def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    state = checkpoint.load(out / "checkpoint.pth")
+    state["config"]["num_epochs"] = 2
+    broken = {**state, "optimizer": {"step": 6}}
+    checkpoint.save(tmp_path / "keys.pth", broken)
+    leaf = torch.ones(1)
+    short = {
+        **state,
+        "optimizer": {**state["optimizer"], "m": [leaf] * len(state["optimizer"]["m"])},
+    }
+    checkpoint.save(tmp_path / "shapes.pth", short)
+    capsys.readouterr()
+    for name, pattern in (
+        ("keys", "expected an optimizer state with keys"),
+        ("shapes", "has shape (1,)"),
+    ):
+        assert main(["train", *TINY, "--resume", str(tmp_path / f"{name}.pth")]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"{name}.pth: the optimizer's state" in err
+            and pattern in err
+            and "Traceback" not in err
+        )

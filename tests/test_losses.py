@@ -219,3 +219,28 @@ def test_bce_with_logits_is_infinite_for_an_infinite_wrong_logit():
         exact = torch.nn.functional.softplus(x[i]) - x[i] * t[i] if i == 4 else inf
         assert value.item() == pytest.approx(float(exact), rel=1e-12)
         assert grad.isfinite().all()
+
+
+def test_bce_of_infinite_logits_and_numpy_hyperparameters():
+    import numpy as np
+
+    import n2nfunc as nf
+
+    logits = torch.tensor([float("inf"), -float("inf"), float("inf")])
+    value, grad = nf.binary_cross_entropy_with_logits.value_and_grad(
+        logits, torch.tensor([1.0, 0.0, 0.0])
+    )
+    assert value == float("inf") and torch.equal(grad, torch.tensor([0.0, 0.0, 1 / 3]))
+    right, _ = nf.binary_cross_entropy_with_logits.value_and_grad(
+        logits[:2], torch.tensor([1.0, 0.0])
+    )
+    assert right == 0  # confident and right (it was NaN)
+    x, y = torch.randn(5), torch.randn(5)
+    assert nf.huber(np.float32(1.0)).value(x, y) == nf.huber(1.0).value(x, y)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    smoothed = nf.cross_entropy_with(torch.tensor(0.1)).value(logits, labels)
+    assert torch.allclose(
+        smoothed, torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    )
+    with pytest.raises(ValueError, match="huber: delta must be a number > 0"):
+        nf.huber("1")

@@ -464,3 +464,34 @@ def test_a_growing_exponential_schedule_is_capped_not_overflowing():
     with pytest.raises(ValueError, match="at step 2000 .* overflows; give an end_value"):
         optim.exponential_decay(0.01, 2.0)(2000)
     assert optim.exponential_decay(0.0, 2.0)(2000) == 0.0
+
+
+def test_a_state_that_does_not_fit_the_params_is_refused_not_broadcast():
+    import n2nfunc as nf
+
+    params = {"w": torch.zeros(3, 4), "b": torch.zeros(4)}
+    grads = nf.tree.map(torch.ones_like, params)
+    small = nf.tree.map(lambda t: torch.zeros(1), params)
+    for opt, key in (
+        (nf.sgd(0.1, 0.9), "momentum"),
+        (nf.adam(0.1), "m"),
+        (nf.rmsprop(0.1), "square_avg"),
+    ):
+        state = opt.init(params)
+        state[key] = small
+        with pytest.raises(ValueError, match=rf"state: '{key}': 'w' has shape \(1,\)"):
+            opt.update(grads, state, params)
+    with pytest.raises(ValueError, match=r"keys \['m', 'step', 'v'\], got \['step'\]"):
+        nf.adam(0.1).update(grads, {"step": 1}, params)
+
+
+def test_clipping_keeps_each_leafs_dtype_and_names_a_missing_gradient():
+    import n2nfunc as nf
+
+    params = {"w": torch.zeros(3, 4, dtype=torch.float64), "s": torch.zeros(())}
+    grads = {"w": torch.full((3, 4), 5.0, dtype=torch.float64), "s": torch.tensor(3.0)}
+    opt = nf.chain(nf.clip_by_global_norm(1.0), nf.sgd(0.1))
+    updates, _ = opt.update(grads, opt.init(params), params)
+    assert updates["s"].dtype == torch.float32 and updates["w"].dtype == torch.float64
+    with pytest.raises(ValueError, match=r"clip_by_global_norm: gradients: 's' is None"):
+        opt.update({"w": grads["w"], "s": None}, opt.init(params), params)
