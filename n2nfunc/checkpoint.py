@@ -94,6 +94,11 @@ def encode(obj):
                 raise ValueError(f"cannot store a dict with the reserved key {k!r}")
         return {_plain(k): encode(v) for k, v in obj.items()}
     if _is_namedtuple(obj):
+        if len(obj) > MAX_FIELDS:
+            raise TypeError(
+                f"cannot store a named tuple of more than {MAX_FIELDS} fields "
+                f"({type(obj).__name__} has {len(obj)}); store a dict instead"
+            )
         return {
             "__namedtuple__": type(obj).__name__,
             "fields": list(type(obj)._fields),
@@ -152,10 +157,15 @@ def _namedtuple_class(obj, seen, kinds):
         isinstance(name, str)
         and isinstance(fields, list)
         and isinstance(values, list)
-        and len(fields) == len(values) <= MAX_FIELDS
+        and len(fields) == len(values)
         and all(isinstance(f, str) for f in fields)
     ):
         raise ValueError(f"malformed named tuple entry {str(name)[:40]!r}")
+    if len(fields) > MAX_FIELDS:
+        raise ValueError(
+            f"named tuple entry {name[:40]!r} has {len(fields)} fields, more than the "
+            f"{MAX_FIELDS} n2nfunc writes"
+        )
     _claim(fields, seen)
     key = (name, tuple(fields))
     if key not in kinds:

@@ -162,7 +162,7 @@ def export_submission(out_dir, weights=None) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     try:
-        if final.is_dir() and not final.is_symlink():
+        if final.is_dir():  # (through a link too: the files go where it points)
             _move_into(folder, final)
         else:
             os.replace(folder, final)  # a file of that name is an error here

@@ -687,8 +687,10 @@ class Optimizer:
     """Applies a functional optimizer in place to ``(parameter, gradient)`` pairs.
 
     ``lr`` (a number or a schedule ``step -> lr``) is read at every step, so it may be
-    changed between steps. A parameter listed twice (a block used twice in a ``Sequential``)
-    is updated once, as ``torch.optim`` does with ``parameters()``.
+    changed between steps. A parameter listed twice is updated once, as ``torch.optim`` does
+    with ``parameters()``: with the sum of its distinct gradient tensors (one for a block used
+    twice in a ``Sequential``; two for weights tied by assignment, ``dec.weight =
+    enc.weight``, each block keeping its own gradient, which torch would accumulate).
     """
 
     def __init__(self, params, make, lr, name):
@@ -704,11 +706,12 @@ class Optimizer:
             if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
                 raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
         self.name, self.lr = name, lr
-        unique: dict = {}
+        groups: dict = {}
         for p, g in params:
-            unique.setdefault(id(p), (p, g))
-        self.params = [p for p, _ in unique.values()]
-        self.grads = [g for _, g in unique.values()]
+            grads = groups.setdefault(id(p), (p, {}))[1]
+            grads.setdefault(id(g), g)
+        self.params = [p for p, _ in groups.values()]
+        self.grads = [list(grads.values()) for _, grads in groups.values()]
         self.transform = make(lambda step: self.lr(step) if callable(self.lr) else self.lr)
         self.state = self.transform.init(self.params)
         self._placement = self._placement_now()
@@ -716,7 +719,8 @@ class Optimizer:
     def step(self) -> None:
         if self._placement_now() != self._placement:
             self._follow_params()
-        updates, self.state = self.transform.update(self.grads, self.state, self.params)
+        grads = [sum(gs[1:], gs[0]) for gs in self.grads]
+        updates, self.state = self.transform.update(grads, self.state, self.params)
         tree.add_(self.params, updates)  # the update checked the gradients against them
 
     def _placement_now(self) -> list:

@@ -67,25 +67,32 @@ def _check_grads(grads, like, name: str) -> None:
     tree.check_like(grads, like, f"{name}: gradients", "parameter")
 
 
-def check_state(state, like: dict, what: str) -> None:
+def check_state(state, like: dict, what: str, like_what: str = "new state") -> None:
     """``state`` must be an optimizer state of ``like``'s form (a fresh ``init``'s, or the
-    trees of the last update's gradients): the same keys, a step count that is an int >= 0,
-    and each tree leaf for leaf of ``like``'s shapes and dtypes (nothing is broadcast)."""
+    params' trees): the same keys, a step count that is an int >= 0, and each tree leaf for
+    leaf a tensor of ``like``'s shape and dtype (nothing is broadcast; a ``like`` of None:
+    any tree of tensors)."""
     if not isinstance(state, dict) or set(state) != set(like):
-        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{what}: expected an optimizer state with keys {sorted(like)}, got {got}")
     for key, value in like.items():
         if key == "step":
             step = state[key]
             if not isinstance(step, int) or isinstance(step, bool) or step < 0:
                 raise ValueError(f"{what}: step must be an int >= 0, got {step!r}")
+        elif value is None:
+            for path, leaf in tree.flatten(state[key]):
+                if not hasattr(leaf, "shape"):
+                    kind = type(leaf).__name__
+                    raise ValueError(f"{what}: '{key}': '{path}' is a {kind}, not a tensor")
         else:
-            tree.check_like(state[key], value, f"{what}: '{key}'")
+            tree.check_like(state[key], value, f"{what}: '{key}'", like_what)
 
 
-def _check_state(state, keys, grads, name: str) -> None:
-    """Each of the state's ``keys`` must be a tree like ``grads`` (checked like the params)."""
-    check_state(state, {"step": 0, **{k: grads for k in keys}}, f"{name}: state")
+def _check_state(state, keys, grads, params, name: str) -> None:
+    """Each of the state's ``keys`` must be a tree like the params (without them, a tree of
+    tensors, against which the gradients are then checked), before the state is used."""
+    check_state(state, {"step": 0, **{k: params for k in keys}}, f"{name}: state", "parameter")
 
 
 def _lr_at(lr: LearningRate, step: int) -> float:
@@ -149,8 +156,8 @@ def sgd(
         return state
 
     def update(grads, state, params):
+        _check_state(state, ["momentum"] if momentum else [], grads, params, "sgd")
         _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
-        _check_state(state, ["momentum"] if momentum else [], grads, "sgd")
         step = state["step"]
         lr_now = _lr_at(lr, step)
         d = _l2_decayed(grads, params, weight_decay, "sgd")
@@ -190,8 +197,8 @@ def _adam(
         return state
 
     def update(grads, state, params):
+        _check_state(state, ["m", "v"] + (["v_max"] if amsgrad else []), grads, params, name)
         _check_grads(grads, params if params is not None else state["m"], name)
-        _check_state(state, ["m", "v"] + (["v_max"] if amsgrad else []), grads, name)
         if weight_decay:
             _needed(params, name)
         t = state["step"] + 1
@@ -273,9 +280,9 @@ def rmsprop(
         return state
 
     def update(grads, state, params):
-        _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         keys = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum"] * bool(momentum))
-        _check_state(state, keys, grads, "rmsprop")
+        _check_state(state, keys, grads, params, "rmsprop")
+        _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         step = state["step"]
         lr_now = _lr_at(lr, step)
         g = _l2_decayed(grads, params, weight_decay, "rmsprop")

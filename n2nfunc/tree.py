@@ -122,6 +122,10 @@ def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") 
             raise ValueError(f"{what}: {where}is None")
         if y is None:
             raise ValueError(f"{what}: the {like_what} {where}is None")
+        if hasattr(y, "shape") and not hasattr(x, "shape"):
+            raise ValueError(
+                f"{what}: {where}is a {type(x).__name__}, not a tensor like the {like_what}"
+            )
         if hasattr(x, "shape") and hasattr(y, "shape") and (x.shape, x.dtype) != (y.shape, y.dtype):
             raise ValueError(
                 f"{what}: {where}has shape {tuple(x.shape)} and dtype {x.dtype}, but the "
@@ -146,7 +150,7 @@ def _alike(x, y) -> bool:
         return False
     if hasattr(x, "shape") and hasattr(y, "shape"):
         return x.shape == y.shape and x.dtype == y.dtype
-    return True
+    return not hasattr(y, "shape")  # a tensor's place must hold a tensor
 
 
 def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:

@@ -341,3 +341,12 @@ def test_export_refuses_nan_weights_and_replaces_odd_layouts(tmp_path):
     export_submission(tmp_path / "out")
     assert (final / "others" / "n2nfunc" / "conv.py").is_file()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["Miniproject_2"]
+
+
+def test_export_through_a_linked_folder_writes_where_it_points(tmp_path):
+    real, out = tmp_path / "real", tmp_path / "out"
+    real.mkdir(), out.mkdir()
+    (real / "Report_2.pdf").write_text("report")
+    (out / "Miniproject_2").symlink_to(real)
+    export_submission(out)
+    assert (real / "model.py").is_file() and (real / "Report_2.pdf").read_text() == "report"

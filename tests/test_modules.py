@@ -592,3 +592,26 @@ def test_optimizers_update_a_block_used_twice_once_and_take_schedules():
         torch.testing.assert_close(conv.weight, twin.weight.detach(), rtol=1e-5, atol=1e-6)
     scheduled = SGD(conv.param(), lr=nf.cosine_decay(0.1, 100))
     scheduled.step()  # a schedule as lr: called with the step (it crashed here)
+
+
+def test_weights_tied_by_assignment_get_both_gradients():
+    """dec.weight = enc.weight: each block keeps its own gradient buffer, and torch's
+    accumulated .grad is their sum; the optimizer steps the one tensor with that sum."""
+    enc = Conv2d(3, 3, 3, padding=1, generator=torch.Generator().manual_seed(1))
+    dec = Conv2d(3, 3, 3, padding=1, generator=torch.Generator().manual_seed(2))
+    dec.weight = enc.weight
+    t1, t2 = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():
+        t1.weight.copy_(enc.weight), t1.bias.copy_(enc.bias), t2.bias.copy_(dec.bias)
+    t2.weight = t1.weight
+    seq, twin = Sequential(enc, ReLU(), dec), torch.nn.Sequential(t1, torch.nn.ReLU(), t2)
+    opt, opt_torch = SGD(seq.param(), lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
+    for _ in range(3):
+        x = torch.randn(2, 3, 6, 6)
+        opt.zero_grad(), opt_torch.zero_grad()
+        seq.backward(torch.ones_like(seq.forward(x)))
+        with torch.enable_grad():
+            twin(x).sum().backward()
+        opt.step(), opt_torch.step()
+    torch.testing.assert_close(enc.weight, t1.weight.detach(), rtol=1e-5, atol=1e-6)
+    assert dec.weight is enc.weight

@@ -495,3 +495,17 @@ def test_clipping_keeps_each_leafs_dtype_and_names_a_missing_gradient():
     assert updates["s"].dtype == torch.float32 and updates["w"].dtype == torch.float64
     with pytest.raises(ValueError, match=r"clip_by_global_norm: gradients: 's' is None"):
         opt.update({"w": grads["w"], "s": None}, opt.init(params), params)
+
+
+def test_state_leaves_must_be_tensors_even_without_params():
+    import n2nfunc as nf
+
+    g = [torch.ones(2)]
+    with pytest.raises(ValueError, match=r"sgd: state: 'momentum': '0' is a float, not a tensor"):
+        nf.sgd(0.1, 0.9).update(g, {"step": 3, "momentum": [0.5]}, None)
+    with pytest.raises(ValueError, match=r"adam: state: expected an optimizer state with keys"):
+        nf.adam(0.1).update(g, {"step": 0}, None)
+    with pytest.raises(ValueError, match=r"keys \['momentum', 'step'\], got tuple"):
+        nf.sgd(0.1, 0.9).update(g, ({},), None)
+    with pytest.raises(ValueError, match=r"got \['0', 'm', 'step', 'v'\]"):
+        nf.adam(0.1).update(g, {"step": 0, "m": g, "v": g, 0: 1}, None)
