@@ -12,10 +12,13 @@ Communication is I/O, not compute: this is the only module that imports
 single-process code pays nothing.
 """
 
+import ast
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from datetime import timedelta
 from typing import Any
 
@@ -122,6 +125,26 @@ class DataParallel:
         if self.rank != 0 and self.store is not None:
             _collective(self.store.wait, [f"n2nfunc/{key}"], timedelta(seconds=seconds))
 
+    def disagreement(self, options: dict) -> str | None:
+        """Rank 0 posts its ``options`` (name -> printable value); another rank returns the
+        first of its own that differs, as a sentence, else None. Every rank must train the
+        same run: a different seed or learning rate would go unnoticed, the mean gradient
+        applied to different weights."""
+        if self.store is None or self.size == 1:
+            return None
+        if self.rank == 0:
+            self.store.set("n2nfunc/options", repr(sorted(options.items())))
+            return None
+        self.wait("options", TIMEOUT_S)
+        theirs = dict(ast.literal_eval(self.store.get("n2nfunc/options").decode()))
+        for name, value in sorted(options.items()):
+            if theirs.get(name) != value:
+                return (
+                    f"rank {self.rank} runs with {name} {value!r}, rank 0 with "
+                    f"{theirs.get(name)!r}: every process must be started with the same options"
+                )
+        return None
+
     def broadcast(self, tensors: list[Tensor]) -> list[Tensor]:
         """Rank 0's ``tensors`` on every rank (other ranks pass ``[]``): shapes and dtypes are
         sent first, then each tensor. Tensors come back on the CPU."""
@@ -222,6 +245,7 @@ def run_local(nproc: int, python_args: list[str]) -> None:
 
     # torchrun's options as `torchrun --standalone` sets them, but on 127.0.0.1; the workers'
     # arguments are added after parsing, so torchrun's parser never sees them
+    log_dir = tempfile.mkdtemp(prefix="n2nfunc-torchrun-")
     torchrun = [
         "--nnodes=1",
         f"--nproc-per-node={nproc}",
@@ -230,6 +254,7 @@ def run_local(nproc: int, python_args: list[str]) -> None:
         f"--rdzv-id=n2nfunc-{os.getpid()}",
         "--local-addr=127.0.0.1",
         "--max-restarts=0",
+        f"--log-dir={log_dir}",  # torchrun's own logs, removed below (else left in /tmp)
         "--no-python",
         sys.executable,
     ]
@@ -248,3 +273,5 @@ def run_local(nproc: int, python_args: list[str]) -> None:
         raise WorkerFailed(rank, first.pid, first.exitcode, interrupted) from None
     except SignalException:
         raise KeyboardInterrupt from None
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)

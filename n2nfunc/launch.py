@@ -84,6 +84,23 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+# The options that make a run what it is, which every rank must share (data paths, --out and
+# --threads may differ between machines: the data comes from rank 0, which alone writes).
+SHARED_OPTIONS = (
+    "noise", "seed", "network", "epochs", "batch_size", "optimizer", "lr", "momentum",
+    "widths", "kernel", "no_augment", "upsampling", "precision",
+)  # fmt: skip
+
+
+def shared_options(args) -> dict:
+    """``--option value`` of each of SHARED_OPTIONS, as this process was started."""
+    return {"--" + k.replace("_", "-"): _plain(getattr(args, k, None)) for k in SHARED_OPTIONS}
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
 def train_worker(args, device, run) -> int:
     """One rank of a data-parallel ``n2nfunc train``: joins the process group and calls
     ``run(args, device, dp)`` (the CLI's training run), turning Ctrl-C and a dead peer into
@@ -96,6 +113,10 @@ def train_worker(args, device, run) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     device = dp.device  # cuda:LOCAL_RANK on GPUs
+    differs = dp.disagreement(shared_options(args))
+    if differs:
+        print(f"n2nfunc train: error: {differs}", file=sys.stderr)
+        return 2
     state_path = Path(args.out) / "checkpoint.pth"
     ours = run_checkpoint(args, state_path)
     interrupted = []

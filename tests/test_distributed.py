@@ -397,3 +397,35 @@ def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "two")
     assert main(["train", *CLI_TINY]) == 2
     assert "WORLD_SIZE='two': expected the number of processes" in capsys.readouterr().err
+
+
+def test_ranks_started_with_different_options_are_refused(tmp_path):
+    """Every rank builds its model and batch order from its own command line: a different
+    --seed trained silently on other weights. The rank that differs says which option."""
+    env = _env(
+        tmp_path,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE="2",
+        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "1"]
+            + ["--seed", str(5 * r), "--out", str(tmp_path / f"out{r}")],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            _stop(p)
+    assert procs[1].returncode == 2, logs[1]
+    assert "rank 1 runs with --seed 5, rank 0 with 0: every process must be started" in logs[1][1]
+    assert procs[0].returncode != 0
