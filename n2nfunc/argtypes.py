@@ -137,19 +137,10 @@ def image_dir(text: str) -> Path:
 def photo_dir(min_side: int) -> Callable[[str], Path]:
     """A folder of images, at least one of them ``min_side`` pixels on its short side (only
     the headers are read)."""
-    from PIL import Image, UnidentifiedImageError
 
     def parse(text: str) -> Path:
         path = image_dir(text)
-        sides = []
-        for p in _images(path):
-            try:
-                with Image.open(p) as im:
-                    sides.append(min(im.size))
-            except Image.DecompressionBombError:  # (not an OSError)
-                raise Error(_too_many_pixels(p)) from None
-            except (UnidentifiedImageError, OSError):
-                raise Error(f"{p} is not an image file Pillow can read") from None
+        sides = [min(_image_size(p)) for p in _images(path)]
         if max(sides) < min_side:
             raise Error(
                 f"no photo in {text} is at least {min_side} pixels on its short side "
@@ -231,8 +222,7 @@ def output_image(text: str) -> Path:
         )
     if suffix not in writable_suffixes():
         raise Error(
-            f"cannot write images with the extension {suffix!r}; "
-            f"use {', '.join(writable_suffixes())}"
+            f"n2nfunc does not write {suffix!r} images; use {', '.join(writable_suffixes())}"
         )
     parent = path.parent
     if not parent.is_dir():
@@ -250,18 +240,28 @@ def _too_many_pixels(path) -> str:
     )
 
 
-def input_image(text: str) -> Path:
-    """An existing image file whose header Pillow can read."""
+def _image_size(path) -> tuple[int, int]:
+    """(width, height) from an image file's header, else an Error naming the file (no raw
+    warning for a large photo: the tiled denoiser keeps its memory bounded)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    path = existing_file("image file")(text)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
     except Image.DecompressionBombError:  # Pillow's guard against huge images (not OSError)
-        raise Error(_too_many_pixels(text)) from None
-    except (UnidentifiedImageError, OSError):
-        raise Error(f"{text} is not an image file Pillow can read") from None
+        raise Error(_too_many_pixels(path)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        raise Error(f"{path} is not an image file Pillow can read") from None
+
+
+def input_image(text: str) -> Path:
+    """An existing image file whose header Pillow can read."""
+    path = existing_file("image file")(text)
+    w, h = _image_size(path)
     if w < 1 or h < 1:
         raise Error(f"{text} has no pixels ({w}x{h})")
     return path

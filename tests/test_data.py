@@ -295,3 +295,25 @@ def test_cache_versions_change_only_where_the_data_did():
     assert versions == {"downsample": 1, "downsample:4": 1}  # the default cache stays valid
     assert generator_version(parse_noise("downsample:8")) == 2
     assert generator_version(parse_noise("gaussian:25")) == 2
+
+
+def test_damaged_images_and_odd_pair_tensors_are_one_clear_error(tmp_path):
+    from PIL import Image
+
+    from n2nfunc.data.files import check_pairs, read_image
+
+    pixels = torch.randint(0, 256, (20, 20, 3), dtype=torch.uint8, generator=torch.Generator())
+    Image.frombytes("RGB", (20, 20), bytes(pixels.flatten().tolist())).save(tmp_path / "ok.png")
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    data[data.find(b"IDAT") - 1] ^= 0x40  # the chunk's length: Pillow raises SyntaxError
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad.png: damaged, truncated"):
+        read_image(tmp_path / "bad.png")
+    good = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    for bad, pattern in (
+        (good.to_sparse(), "sparse"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="meta"), "on meta"),
+        (torch.zeros(2, 3, 0, 8, dtype=torch.uint8), r"N, H, W > 0"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            check_pairs(bad, good, "pairs.pt")

@@ -5,6 +5,7 @@ Never executes code from a file: tensors are read with ``torch.load(weights_only
 
 import io
 import pickle
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -47,6 +48,8 @@ def safe_load(path, what: str = "file"):
         AttributeError,
         UnicodeDecodeError,
         MemoryError,
+        AssertionError,  # torch's legacy format on a damaged file
+        NotImplementedError,
     ):
         raise ValueError(
             f"{what} {path} is not a readable torch file (damaged, truncated, or another "
@@ -63,10 +66,15 @@ def check_pairs(first, second, source: str, unclipped_target: bool = False):
         allowed = (torch.uint8, torch.int16) if unclipped_target and name == "second" else ()
         if t.dtype != torch.uint8 and t.dtype not in allowed:
             raise ValueError(f"{source}: {name} tensor has dtype {t.dtype}, expected torch.uint8")
-        if t.dim() != 4 or t.shape[1] != 3 or t.shape[0] == 0:
+        if t.dim() != 4 or t.shape[1] != 3 or 0 in (t.shape[0], t.shape[2], t.shape[3]):
             raise ValueError(
                 f"{source}: {name} tensor has shape {tuple(t.shape)}, "
-                "expected (N, 3, H, W) with N > 0"
+                "expected (N, 3, H, W) with N, H, W > 0"
+            )
+        if t.layout != torch.strided or t.device.type != "cpu":
+            raise ValueError(
+                f"{source}: {name} tensor is a {t.layout} tensor on {t.device}, expected a "
+                "plain (strided) CPU tensor"
             )
     if first.shape != second.shape:
         raise ValueError(
@@ -132,6 +140,12 @@ def _float_as_8_bits(im, path):
     return im.point(lambda v: v * scale + 0.5).convert("L")  # convert clips to 0-255
 
 
+def _damaged(path) -> ValueError:
+    return ValueError(
+        f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
+    )
+
+
 def read_image(path) -> Picture:
     """An image file as uint8 tensors. Greyscale becomes three equal channels (and
     ``grey`` is set); palette and other modes are converted to RGB; alpha is kept apart."""
@@ -171,10 +185,13 @@ def read_image(path) -> Picture:
         raise ValueError(
             f"cannot read image {path}: it decodes to more pixels than Pillow's safety limit ({e})"
         ) from None
-    except OSError:  # Pillow's text names its decoder's internals
-        raise ValueError(
-            f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
-        ) from None
+    except ValueError as e:
+        if str(e).startswith("cannot read image"):  # ours, already clear
+            raise
+        raise _damaged(path) from None
+    except (OSError, SyntaxError, TypeError, struct.error):
+        # Pillow's text names its decoder's internals (a broken PNG chunk is a SyntaxError)
+        raise _damaged(path) from None
 
     def to_tensor(pic, c):
         data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
