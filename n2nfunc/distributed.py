@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -102,6 +103,10 @@ def mean_gradients() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+# How often a rank waiting for rank 0 (DataParallel.wait) looks at the store.
+POLL_S = 0.05
+
+
 class DataParallel:
     """This process's place in the group, for :meth:`n2nfunc.Model.train_epoch`:
     ``rank`` of ``size`` ranks, and ``mean(tree)`` (:func:`all_reduce_mean`)."""
@@ -121,9 +126,15 @@ class DataParallel:
 
     def wait(self, key: str, seconds: float = LONG_WAIT_S) -> None:
         """Ranks other than 0 wait (at most ``seconds``) until rank 0 calls ``done(key)``;
-        unlike a collective, this may take longer than :data:`TIMEOUT_S`."""
+        unlike a collective, this may take longer than :data:`TIMEOUT_S`. The store is
+        polled, not waited on: Ctrl-C cannot interrupt a wait inside the store (it took the
+        launcher's 30 s grace period to stop a rank waiting for rank 0's data)."""
         if self.rank != 0 and self.store is not None:
-            _collective(self.store.wait, [f"n2nfunc/{key}"], timedelta(seconds=seconds))
+            keys, deadline = [f"n2nfunc/{key}"], time.monotonic() + seconds
+            while not _collective(self.store.check, keys):
+                if time.monotonic() > deadline:
+                    _collective(self.store.wait, keys, timedelta(seconds=1))  # its error
+                time.sleep(POLL_S)
 
     def disagreement(self, options: dict) -> str | None:
         """Rank 0 posts its ``options`` (name -> printable value); another rank returns the

@@ -109,7 +109,10 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
         raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
     params = load_params(arch, payload.get("params"), source)
     check_finite(params, source)
-    return unet(**arch), params, dict(payload.get("info") or {})
+    info = payload.get("info") or {}
+    if not isinstance(info, dict):
+        raise ValueError(f"{source}: 'info' must be a dict, got {type(info).__name__}")
+    return unet(**arch), params, dict(info)
 
 
 def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
