@@ -70,12 +70,11 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    """What each of 2 ranks of tests/dist_worker.py saw and trained."""
-    out = tmp_path_factory.mktemp("ranks")
+def _two_ranks(tmp_path, command, timeout: int):
+    """Run ``command(rank)`` as ranks 0 and 1 of a process group on this machine; returns the
+    processes and their ``(stdout, stderr)``."""
     env = _env(
-        out,
+        tmp_path,
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(_free_port()),
         WORLD_SIZE="2",
@@ -83,22 +82,30 @@ def ranks(tmp_path_factory):
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(out)],
+            command(r),
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
         for r in range(2)
     ]
     try:
-        logs = [p.communicate(timeout=180)[0] for p in procs]
+        logs = [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             _stop(p)
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    return procs, logs
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of 2 ranks of tests/dist_worker.py saw and trained."""
+    out = tmp_path_factory.mktemp("ranks")
+    procs, logs = _two_ranks(out, lambda r: [sys.executable, str(WORKER), str(out)], 180)
+    for p, (stdout, stderr) in zip(procs, logs):
+        assert p.returncode == 0, (stdout + stderr)[-3000:]
     return [checkpoint.load(out / f"rank{r}.ckpt") for r in range(2)]
 
 
@@ -402,30 +409,14 @@ def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
 def test_ranks_started_with_different_options_are_refused(tmp_path):
     """Every rank builds its model and batch order from its own command line: a different
     --seed trained silently on other weights. The rank that differs says which option."""
-    env = _env(
+    procs, logs = _two_ranks(
         tmp_path,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE="2",
-        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
-    )
-    procs = [
-        subprocess.Popen(
+        lambda r: (
             [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "1"]
-            + ["--seed", str(5 * r), "--out", str(tmp_path / f"out{r}")],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for r in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            _stop(p)
+            + ["--seed", str(5 * r), "--out", str(tmp_path / f"out{r}")]
+        ),
+        120,
+    )
     assert procs[1].returncode == 2, logs[1]
     assert "rank 1 runs with --seed 5, rank 0 with 0: every process must be started" in logs[1][1]
     assert procs[0].returncode != 0
