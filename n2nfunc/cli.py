@@ -615,7 +615,7 @@ def _denoiser(args, device):
     least = least_tile(overlap, align)
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
-        image = rgb.to(device).float() / 255
+        image = rgb.to(device).float().div_(255)  # whole-image copies made in place
         if args.tile is not None and args.tile < least and max(rgb.shape[1:]) > args.tile:
             raise ValueError(
                 f"--tile {args.tile}: this network's tiles overlap by {overlap} pixels on each "
@@ -626,7 +626,8 @@ def _denoiser(args, device):
             out = denoise_image(
                 layer, params, image, tile=tile, overlap=overlap, align=align, on_tile=on_tile
             )
-        return out.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+        del image
+        return out.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
 
     return run, f"{path} (noise: {_recorded_noise(payload, path)})"
 
