@@ -208,13 +208,13 @@ def conv_transpose2d(
         weight, (h, w), out_hw = _checked(
             params, x, name, out_channels, k, bias, out_size, transposed=True
         )
-        py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
-        px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
         xh = to_nhwc(x)
         like_torch = torch_order.applies(xh, k) and all(o < si for o, si in zip(op, s))
         if like_torch:
             y = torch_order.conv_transpose(xh, weight, params.get("bias"), k, s, p, d, out_hw)
         else:
+            py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
+            px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
             w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
             y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, False)
         y = to_nchw(y)

@@ -240,14 +240,13 @@ def _whole(v, key: str, low=None) -> int:
 def check_config(config: dict) -> None:
     """Each training setting must be of its kind and range (a negative final learning-rate
     fraction would turn the end of every run into gradient ascent)."""
-    plain = _plain
 
     def whole(key, low=None):
         config[key] = _whole(config[key], key, low)
 
     def number(key, low, high=None, low_open=False, high_open=True):
         v = config[key]
-        ok = plain(v) and math.isfinite(float(v))
+        ok = _plain(v) and math.isfinite(float(v))
         ok = ok and (v > low if low_open else v >= low)
         ok = ok and (high is None or (v < high if high_open else v <= high))
         if not ok:

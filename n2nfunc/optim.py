@@ -89,7 +89,7 @@ def check_state(state, like: dict, what: str, like_what: str = "new state") -> N
             tree.check_like(state[key], value, f"{what}: '{key}'", like_what)
 
 
-def _check_state(state, keys, grads, params, name: str) -> None:
+def _check_state(state, keys, params, name: str) -> None:
     """Each of the state's ``keys`` must be a tree like the params (without them, a tree of
     tensors, against which the gradients are then checked), before the state is used."""
     check_state(state, {"step": 0, **{k: params for k in keys}}, f"{name}: state", "parameter")
@@ -156,7 +156,7 @@ def sgd(
         return state
 
     def update(grads, state, params):
-        _check_state(state, ["momentum"] if momentum else [], grads, params, "sgd")
+        _check_state(state, ["momentum"] if momentum else [], params, "sgd")
         _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
         step = state["step"]
         lr_now = _lr_at(lr, step)
@@ -197,7 +197,7 @@ def _adam(
         return state
 
     def update(grads, state, params):
-        _check_state(state, ["m", "v"] + (["v_max"] if amsgrad else []), grads, params, name)
+        _check_state(state, ["m", "v"] + (["v_max"] if amsgrad else []), params, name)
         _check_grads(grads, params if params is not None else state["m"], name)
         if weight_decay:
             _needed(params, name)
@@ -281,7 +281,7 @@ def rmsprop(
 
     def update(grads, state, params):
         keys = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum"] * bool(momentum))
-        _check_state(state, keys, grads, params, "rmsprop")
+        _check_state(state, keys, params, "rmsprop")
         _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         step = state["step"]
         lr_now = _lr_at(lr, step)

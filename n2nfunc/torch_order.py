@@ -68,7 +68,7 @@ def _image(m: Tensor, hw: tuple) -> Tensor:
 
 def bias_grad(g: Tensor) -> Tensor:
     """``sum_l g[o, l]`` over the pixels of the one NHWC image ``g``, as PyTorch sums it."""
-    return to_nchw(g).sum((0, 2, 3))  # in its own layout, as PyTorch sums it
+    return to_nchw(g).sum((0, 2, 3))  # in g's own memory layout
 
 
 class Grads(NamedTuple):

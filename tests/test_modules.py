@@ -564,6 +564,17 @@ def test_to_the_meta_device_and_bias_values_torch_takes():
         assert (Linear(3, 2, flag).bias is not None) == has_bias
 
 
+def _train_beside_torch(seq, opt, torch_net, opt_torch, steps: int) -> None:
+    """``steps`` steps of sum-of-outputs descent, ours and torch.nn's, on the same inputs."""
+    for _ in range(steps):
+        x = torch.randn(2, 3, 6, 6)
+        opt.zero_grad(), opt_torch.zero_grad()
+        seq.backward(torch.ones_like(seq.forward(x)))
+        with torch.enable_grad():
+            torch_net(x).sum().backward()
+        opt.step(), opt_torch.step()
+
+
 def test_optimizers_update_a_block_used_twice_once_and_take_schedules():
     """torch.optim dedupes ``parameters()``; a block used twice in a Sequential had its
     parameters stepped twice (twice the learning rate, two Adam states for one tensor)."""
@@ -582,13 +593,7 @@ def test_optimizers_update_a_block_used_twice_once_and_take_schedules():
     ):
         opt, opt_torch = make(seq.param()), make_torch(torch_net.parameters())
         assert len(seq.param()) == 4 and len(opt.params) == 2
-        for _ in range(2):
-            x = torch.randn(2, 3, 6, 6)
-            opt.zero_grad(), opt_torch.zero_grad()
-            seq.backward(torch.ones_like(seq.forward(x)))
-            with torch.enable_grad():
-                torch_net(x).sum().backward()
-            opt.step(), opt_torch.step()
+        _train_beside_torch(seq, opt, torch_net, opt_torch, steps=2)
         torch.testing.assert_close(conv.weight, twin.weight.detach(), rtol=1e-5, atol=1e-6)
     scheduled = SGD(conv.param(), lr=nf.cosine_decay(0.1, 100))
     scheduled.step()  # a schedule as lr: called with the step (it crashed here)
@@ -606,12 +611,6 @@ def test_weights_tied_by_assignment_get_both_gradients():
     t2.weight = t1.weight
     seq, twin = Sequential(enc, ReLU(), dec), torch.nn.Sequential(t1, torch.nn.ReLU(), t2)
     opt, opt_torch = SGD(seq.param(), lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
-    for _ in range(3):
-        x = torch.randn(2, 3, 6, 6)
-        opt.zero_grad(), opt_torch.zero_grad()
-        seq.backward(torch.ones_like(seq.forward(x)))
-        with torch.enable_grad():
-            twin(x).sum().backward()
-        opt.step(), opt_torch.step()
+    _train_beside_torch(seq, opt, twin, opt_torch, steps=3)
     torch.testing.assert_close(enc.weight, t1.weight.detach(), rtol=1e-5, atol=1e-6)
     assert dec.weight is enc.weight

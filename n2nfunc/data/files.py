@@ -126,13 +126,17 @@ def _sixteen_bit_rgb(tile) -> bool:
     return kind in ("RGB", "RGBA", "RGBX") and bits.startswith("16")
 
 
+class _Unreadable(ValueError):
+    """An image refused with a message of our own (re-raised as it is by read_image)."""
+
+
 def _float_as_8_bits(im, path):
     """A float ("F") image as 0-255 greyscale: a maximum up to 2 reads the values on the 0-1
     scale (with the overshoot of resampling or sharpening), up to 300 on the 0-255 scale; both
     are clipped. Others, and NaN, are refused (there is no telling what they mean)."""
     low, high = im.getextrema()
     if not (-1e30 < low <= high <= 300):  # NaN fails too
-        raise ValueError(
+        raise _Unreadable(
             f"cannot read image {path}: a float image with values from {low:g} to {high:g}; "
             "expected 0-1 or 0-255"
         )
@@ -185,11 +189,9 @@ def read_image(path) -> Picture:
         raise ValueError(
             f"cannot read image {path}: it decodes to more pixels than Pillow's safety limit ({e})"
         ) from None
-    except ValueError as e:
-        if str(e).startswith("cannot read image"):  # ours, already clear
-            raise
-        raise _damaged(path) from None
-    except (OSError, SyntaxError, TypeError, struct.error):
+    except _Unreadable:
+        raise
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error):
         # Pillow's text names its decoder's internals (a broken PNG chunk is a SyntaxError)
         raise _damaged(path) from None
 
