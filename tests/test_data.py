@@ -297,6 +297,24 @@ def test_cache_versions_change_only_where_the_data_did():
     assert generator_version(parse_noise("gaussian:25")) == 2
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".webp"])
+def test_an_animation_is_refused_and_a_tiffs_first_page_is_read(tmp_path, suffix):
+    """An animated GIF, PNG or WebP was read as its first frame without a word; a
+    multi-page TIFF is read as its first page (cameras put a reduced copy after it)."""
+    from PIL import Image
+
+    from n2nfunc.data.files import read_image
+
+    frames = [Image.new("RGB", (9, 7), (40 * i, 200 - 40 * i, 3)) for i in range(3)]
+    for name, extra in (("still", []), ("anim", frames[1:])):
+        frames[0].save(tmp_path / f"{name}{suffix}", save_all=True, append_images=extra)
+    assert read_image(tmp_path / f"still{suffix}").rgb.shape == (3, 7, 9)
+    with pytest.raises(ValueError, match=r"anim\.\w+: an animation of 3 frames; .*still images"):
+        read_image(tmp_path / f"anim{suffix}")
+    frames[1].save(tmp_path / "pages.tiff", save_all=True, append_images=[frames[0], frames[2]])
+    assert read_image(tmp_path / "pages.tiff").rgb[:, 0, 0].tolist() == [40, 160, 3]
+
+
 def test_damaged_images_and_odd_pair_tensors_are_one_clear_error(tmp_path):
     from PIL import Image
 

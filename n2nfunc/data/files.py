@@ -164,6 +164,12 @@ def read_image(path) -> Picture:
             # memory bounded: no raw warning for a large photo
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as raw:
+                frames = getattr(raw, "n_frames", 1)
+                if frames > 1 and raw.format != "TIFF":  # a TIFF's first page is its image
+                    raise _Unreadable(
+                        f"cannot read image {path}: an animation of {frames} frames; "
+                        "n2nfunc reads still images only (save the frame you want as a PNG)"
+                    )
                 # Pillow reads 16-bit RGB as RGB, keeping each value's high byte: only the
                 # decoder's raw mode tells
                 wide = any(_sixteen_bit_rgb(t) for t in raw.tile or ())
