@@ -708,6 +708,7 @@ def _check_train(args, error) -> None:
     if args.val and not args.train:
         error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
     _check_data_options(args, error)
+    _check_photo_sides(args, error)
     want = 4 if args.network == "unet" else 2
     if args.widths is not None and len(args.widths) != want:
         error(
@@ -791,8 +792,39 @@ def _check_data_options(args, error) -> None:
         error(f"--n-val counts built-in or --val-photos pairs; {_option(val[0])} gives all its")
 
 
+def _check_photo_sides(args, error) -> None:
+    """``--photos`` / ``--val-photos`` hold a photo as large as the crops that ``--noise``
+    cuts from them (only the headers are read; on rank 0, which reads the data)."""
+    if _rank() != "0":
+        return
+    for option in ("photos", "val_photos"):
+        folder = getattr(args, option, None)
+        if not folder:
+            continue
+        factor = _photo_factor(args)
+        if _camera_noise(args):
+            side = PHOTO_CROP
+            why = f"--noise {args.noise} cuts {side} x {side} crops"
+        elif factor:
+            side = 32 * factor
+            why = f"--noise {args.noise} cuts {side} x {side} crops (32 x the factor)"
+        else:
+            factors = PHOTO_FACTORS if option == "photos" else (VAL_PHOTO_FACTOR,)
+            side = 32 * max(factors)
+            listed = ", ".join(map(str, factors))
+            why = (
+                f"plain --noise downsample cuts crops of 32 x factor {listed}; "
+                "--noise downsample:FACTOR cuts 32 x FACTOR"
+            )
+        try:
+            at.photo_dir(side)(str(folder))
+        except at.Error as e:
+            error(f"{_option(option)}: {e}: {why}")
+
+
 def _check_eval(args, error) -> None:
     _check_data_options(args, error)
+    _check_photo_sides(args, error)
     _check_memory(args, error)
 
 
@@ -912,7 +944,7 @@ def _val_options(p) -> None:
     )
     p.add_argument(
         "--val-photos",
-        type=_data_path(at.photo_dir(32 * VAL_PHOTO_FACTOR)),
+        type=_data_path(at.image_dir),
         metavar="DIR",
         help="validate on noisy/clean patches cut from the photos in DIR (aliasing at factor "
         f"{VAL_PHOTO_FACTOR} unless --noise gives one)",
@@ -993,10 +1025,11 @@ def build_parser() -> _Parser:
     )
     data.add_argument(
         "--photos",
-        type=_data_path(at.photo_dir(32 * max(PHOTO_FACTORS))),
+        type=_data_path(at.image_dir),
         metavar="DIR",
-        help="photos to cut course-like noisy pairs from (at least one must be "
-        f"{32 * max(PHOTO_FACTORS)} px on its short side)",
+        help="photos to cut noisy pairs from (at least one must be as large as a crop on its "
+        f"short side: {PHOTO_CROP} px with Gaussian or Poisson noise, {32 * max(PHOTO_FACTORS)} "
+        "with plain --noise downsample, 32 x FACTOR with downsample:FACTOR)",
     )
     t.add_argument(
         "--val",
@@ -1180,9 +1213,11 @@ def build_parser() -> _Parser:
         "--tile",
         type=at.int_range(MIN_TILE),
         metavar="PX",
-        help="tile size in pixels, a multiple of 32; smaller tiles use less memory "
-        "(default: 256, and 480 for the U-Nets, whose tiles overlap by 78 pixels, so that "
-        "theirs must be 192 or more where an image needs several)",
+        help="tile size in pixels, a multiple of 32; smaller tiles use less memory. Tiles "
+        "overlap by the network's reach, and an image that needs several takes tiles of at "
+        "least twice the overlap plus 32 (default: 256, or six overlaps where larger). "
+        "exercise: overlap 27, tiles >= 96; unet-gaussian and unet-poisson: overlap 78, "
+        "tiles >= 192, default 480; unet-aliasing: overlap 38, tiles >= 128",
     )
     _common(d)
     d.set_defaults(func=cmd_denoise, check=_check_denoise, parser=d)

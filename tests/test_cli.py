@@ -606,6 +606,18 @@ def test_val_photos_take_the_factor_of_noise_downsample(tmp_path, capsys):
     assert psnrs[8] != psnrs[2]
 
 
+def test_small_photos_serve_the_noise_whose_crops_fit(tmp_path, capsys):
+    """A 100-pixel photo validates `--noise downsample:3` (96-pixel crops) and camera noise
+    (64-pixel crops); it was refused at parse time for the 256 pixels of factor 8."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_image(photos / "p.png", torch.randint(0, 256, (3, 100, 120), generator=g).to(torch.uint8))
+    for noise, said in (("downsample:3", "(factor 3)"), ("gaussian:25", "crops of the photos")):
+        assert main(["eval", "--val-photos", str(photos), "--n-val", "2", "--noise", noise]) == 0
+        assert said in capsys.readouterr().out
+
+
 def test_a_new_run_says_it_replaces_an_unfinished_one(tmp_path, monkeypatch, capsys):
     """After Ctrl-C a plain re-run into the same folder replaced the unfinished run's
     checkpoint without a word; a resumed run says where it starts."""

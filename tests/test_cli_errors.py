@@ -42,6 +42,7 @@ def world(tmp_path_factory) -> Path:
     (w / "empty_dir").mkdir()
     _png(w / "photo.png")
     _png(w / "small_photos" / "p.png", 50, 60)
+    _png(w / "mid_photos" / "p.png", 100, 120)
     _png(w / "photos" / "p.png", 400, 300)
     _png(w / "pairs" / "a" / "x.png", 32, 32)
     _png(w / "pairs" / "b" / "x.png", 32, 32)
@@ -159,7 +160,15 @@ ROWS = [
     ("train --photos {w}/nowhere", r"argument --photos: no such folder: .*nowhere"),
     (
         "train --photos {w}/small_photos",
-        r"argument --photos: no photo in .*small_photos is at least 384 pixels .*largest: 50",
+        r"--photos: no photo in .*small_photos is at least 384 pixels .*largest: 50\): plain --n",
+    ),
+    (
+        "train --photos {w}/mid_photos --noise downsample:4",
+        r"--photos: no photo .* at least 128 pixels .*largest: 100\): --noise downsample:4 cuts",
+    ),
+    (
+        "train --photos {w}/small_photos --noise gaussian:25",
+        r"--photos: no photo .* at least 64 pixels .*: --noise gaussian:25 cuts 64 x 64 crops",
     ),
     ("train --val-pairs {w}/mismatch", r"argument --val-pairs: no image file name is in both"),
     ("train --val-photos {w}/photo.png", r"argument --val-photos: .*photo.png is a file"),
@@ -189,7 +198,7 @@ ROWS = [
     ("eval --checkpoint {w}/data.ckpt", r"--checkpoint: .*data.ckpt holds no network weights"),
     ("eval --val {w}/text.txt", r"--val: pair file .*text.txt is not a readable torch file"),
     ("eval --val {w}/train_data.pkl --val-pairs {w}/pairs", r"give one validation set"),
-    ("eval --val-photos {w}/small_photos", r"argument --val-photos: .* at least 256 pixels"),
+    ("eval --val-photos {w}/mid_photos", r"--val-photos: .* at least 256 pixels .*factor 8;"),
     ("eval --n-val 0", r"argument --n-val: expected an integer >= 1, got '0'"),
     ("eval --seed -7", r"argument --seed: expected an integer from 0 to 2147483647, got '-7'"),
     # ---- denoise

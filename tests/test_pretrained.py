@@ -1,6 +1,7 @@
 """pretrained(name), U-Net checkpoints that record their architecture, and tiled denoising."""
 
 import importlib
+import re
 
 import pytest
 import torch
@@ -243,3 +244,17 @@ def test_exercise_tiles_keep_its_pooling_grid():
         ValueError, match="align 6 must be a multiple of the network's size multiple 4"
     ):
         nf.denoise_image(layer, params, x, tile=96, align=6)
+
+
+def test_the_tile_help_names_each_shipped_networks_overlap_and_least_tile(capsys):
+    """`denoise --help` quotes every shipped network's overlap and smallest tile (it once
+    quoted the depth-4 U-Nets' for unet-aliasing, whose reach is shorter)."""
+    from n2nfunc.cli import main
+
+    assert main(["denoise", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in NAMES:
+        layer, _, _ = load_network(pretrained_module.shipped_weights(name))
+        _, overlap, align = nf.tiling.tile_settings(layer)
+        least = nf.tiling.least_tile(overlap, align)
+        assert re.search(f"{name}[^;]*: overlap {overlap}, tiles >= {least}", text), name
