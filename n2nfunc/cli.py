@@ -52,7 +52,7 @@ SHIPPED_NOISE = (
 # ---------------------------------------------------------------------------- helpers
 def _setup(args) -> torch.device:
     if args.threads:
-        cores, processes = os.cpu_count() or args.threads, max(1, getattr(args, "nproc", 1))
+        cores, processes = os.cpu_count() or args.threads, _local_processes(args)
         if _rank() == "0" and args.threads * processes > cores:
             each = f" in each of {processes} processes" if processes > 1 else ""
             print(
@@ -66,6 +66,13 @@ def _setup(args) -> torch.device:
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(args.device)
+
+
+def _local_processes(args) -> int:
+    """How many processes of this run share this machine's CPUs: --nproc, or in a worker
+    (whose --nproc the launcher removed) torchrun's LOCAL_WORLD_SIZE."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1") if launch.is_worker() else "1"
+    return max(1, getattr(args, "nproc", 1), int(text) if text.isdigit() else 1)
 
 
 def _rank() -> str:
@@ -1317,8 +1324,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:
-        print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
+    except FloatingPointError as e:  # a loss that is not finite: in a data-parallel run the
+        if _rank() == "0":  # mean of all ranks', so every rank stops here and rank 0 says it
+            print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # writing failed (disk full, permissions changed meanwhile, ...)
         where = f"{e.filename}: " if e.filename else ""

@@ -227,11 +227,13 @@ def loopback_interface() -> str | None:
 
 class WorkerFailed(RuntimeError):
     """A worker started by :func:`run_local` failed: the first one's rank, pid and exit code
-    (negative: killed by that signal); ``interrupted`` if they all stopped on Ctrl-C."""
+    (negative: killed by that signal); ``interrupted`` if they all stopped on Ctrl-C;
+    ``failed``, how many workers failed by themselves (not stopped by the launcher)."""
 
-    def __init__(self, rank: int, pid: int, exitcode: int, interrupted: bool):
+    def __init__(self, rank: int, pid: int, exitcode: int, interrupted: bool, failed: int = 1):
         super().__init__(f"rank {rank} (pid {pid}) failed with exit code {exitcode}")
         self.rank, self.pid, self.exitcode, self.interrupted = rank, pid, exitcode, interrupted
+        self.failed = failed
 
 
 def run_local(nproc: int, python_args: list[str]) -> None:
@@ -281,7 +283,9 @@ def run_local(nproc: int, python_args: list[str]) -> None:
         # the launcher stops the survivors with SIGTERM: the cause is another failure
         causes = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != -signal.SIGTERM]
         rank, first = causes[0] if causes else e.get_first_failure()
-        raise WorkerFailed(rank, first.pid, first.exitcode, interrupted) from None
+        raise WorkerFailed(
+            rank, first.pid, first.exitcode, interrupted, max(len(causes), 1)
+        ) from None
     except SignalException:
         raise KeyboardInterrupt from None
     finally:

@@ -42,6 +42,12 @@ def spawn(args, argv: list[str]) -> int:
             return 130  # Ctrl-C: rank 0 has said where the checkpoint is
         if e.exitcode == 2:
             return 2  # bad usage or data, which the rank has said
+        if e.failed == n:  # a failure of the run itself (a NaN loss...), which rank 0 has said
+            print(
+                f"error: training with {n} processes failed: each stopped on the error above",
+                file=sys.stderr,
+            )
+            return 1
         print(
             f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
             f"{_exit_text(e.exitcode)} first; the other processes were stopped."

@@ -268,6 +268,22 @@ def test_nproc_with_fewer_pairs_than_processes_need_is_one_usage_error(tmp_path)
     assert "--resume" not in err and "processes failed" not in err and "exitcode" not in err
 
 
+@pytest.mark.slow
+def test_a_nan_loss_under_nproc_is_said_once(tmp_path):
+    """A learning rate that makes the loss NaN stops every rank at the same step (the loss
+    checked is the mean of all ranks'): rank 0 says so, once, and the launcher adds one line
+    that says so, not that one rank failed and the others were stopped. The note on too many
+    threads counts the processes (the workers' own --nproc is 1)."""
+    threads = str(os.cpu_count())  # 2 processes of as many threads as CPUs: a note, once
+    run = ["--nproc", "2", "--lr", "1e20", "--threads", threads, "--out", str(tmp_path / "run")]
+    code, _, err = _cli(tmp_path, *run)
+    assert code == 1, err
+    assert err.count(f"note: --threads {threads} in each of 2 processes is more than") == 1, err
+    assert err.count("the loss became nan") == 1, err
+    assert "processes failed: each stopped on the error above" in err, err
+    assert "were stopped" not in err and "--resume" not in err, err
+
+
 def test_no_augment_is_saved_in_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     assert main(["train", *CLI_TINY, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
