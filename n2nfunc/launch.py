@@ -15,6 +15,8 @@ trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`)
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -132,6 +134,7 @@ def train_worker(args, device, run) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
+    _interrupt_when_orphaned()
     try:
         return run(args, device, dp)
     except (KeyboardInterrupt, distributed.CommunicationError) as e:
@@ -153,3 +156,16 @@ def train_worker(args, device, run) -> int:
         return 130
     finally:
         distributed.shutdown()
+
+
+def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
+    """Interrupt this worker, as Ctrl-C would, once the launcher that started it is gone (a
+    launcher killed outright cannot stop its workers, which would train on unseen)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="n2nfunc-orphan-watch", daemon=True).start()

@@ -333,7 +333,8 @@ def test_cli_nproc_2_equals_nproc_1_and_resumes(tmp_path):
     assert checkpoint.load(two / "checkpoint.pth")["optimizer"]["step"] == 12
 
 
-def _start_long_run(tmp_path):
+def _start_long_run(tmp_path, *more, epochs_done: int = 1):
+    """A run of 500 epochs under --nproc 2, once ``epochs_done`` epochs have finished."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [
@@ -350,6 +351,7 @@ def _start_long_run(tmp_path):
             "2",
             "--out",
             str(out),
+            *more,
         ],
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
@@ -361,7 +363,7 @@ def _start_long_run(tmp_path):
 
     def an_epoch_done():  # (the state is written at the start too, atomically)
         path = out / "checkpoint.pth"
-        return path.exists() and checkpoint.load(path)["epoch"] >= 1
+        return path.exists() and checkpoint.load(path)["epoch"] >= epochs_done
 
     while not an_epoch_done():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -405,6 +407,28 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path):
     assert "interrupted; the last epoch's checkpoint is intact" in err and "--resume" in err
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
+    Model(state["config"]).load_payload(state, "checkpoint")
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_launcher_is_killed(tmp_path):
+    """A launcher killed outright (SIGKILL: it cannot stop its workers) left them training
+    unseen to the end of the epoch (their first use of its store); they now interrupt
+    themselves, as Ctrl-C would, within a second or two. Epochs of 6,000 steps here."""
+    proc, out = _start_long_run(tmp_path, "--n-train", "12000", "--batch-size", "2", epochs_done=0)
+    try:
+        time.sleep(1)  # into the first epoch
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{w}").exists() for w in workers):
+            assert time.monotonic() < deadline, "the workers outlived their launcher by 5 s"
+            time.sleep(0.2)
+    finally:
+        _stop(proc)
+    state = checkpoint.load(out / "checkpoint.pth")  # intact: written atomically
     Model(state["config"]).load_payload(state, "checkpoint")
 
 
