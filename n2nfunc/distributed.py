@@ -136,6 +136,20 @@ class DataParallel:
                     _collective(self.store.wait, keys, timedelta(seconds=1))  # its error
                 time.sleep(POLL_S)
 
+    def leave(self, seconds: float = TIMEOUT_S) -> None:
+        """The end of a run: each rank other than 0 says it is leaving, and rank 0, which
+        holds the store of a group started without torchrun, waits (at most ``seconds``) for
+        them all to say so, so that none still polling it finds it gone."""
+        if self.store is None or self.size == 1:
+            return
+        if self.rank != 0:
+            _collective(self.store.set, f"n2nfunc/left/{self.rank}", "1")
+            return
+        keys = [f"n2nfunc/left/{r}" for r in range(1, self.size)]
+        deadline = time.monotonic() + seconds
+        while not _collective(self.store.check, keys) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+
     def disagreement(self, options: dict) -> str | None:
         """Rank 0 posts its ``options`` (name -> printable value); another rank returns the
         first of its own that differs, as a sentence, else None. Every rank must train the
@@ -182,7 +196,6 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     """Join the process group that ``torchrun`` describes in the environment (RANK,
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT): gloo for CPU tensors, NCCL for CUDA, with a
     short timeout so that a dead peer is an error in seconds, not after gloo's 30 minutes."""
-    timeout = timedelta(seconds=timeout_s)
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         value = os.environ.get(key)
         if not value or (key != "MASTER_ADDR" and not value.isdigit()):
@@ -200,17 +213,44 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
         if os.environ["RANK"] == "0"
         else "is rank 0 running there, with the same MASTER_ADDR and MASTER_PORT?"
     )
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    started = time.monotonic()
+
+    def failed(reason: str) -> CommunicationError:
+        return CommunicationError(
+            f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join "
+            f"the process group at {where} within {timeout_s:g} s ({hint}): {reason}"
+        )
+
+    if os.environ["RANK"] != "0":  # torch's own wait prints C++ stack traces as it retries
+        reason = _wait_for_listener(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout_s
+        )
+        if reason:
+            raise failed(reason)
+    timeout = timedelta(seconds=max(1.0, timeout_s - (time.monotonic() - started)))
     try:
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables
-        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CommunicationError(
-            f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join "
-            f"the process group at {where} within {timeout_s:g} s ({hint}): {reason}"
-        ) from None
+        raise failed(reason) from None
     return DataParallel(rank, size, store, device)
+
+
+def _wait_for_listener(host: str, port: int, timeout_s: float) -> str | None:
+    """Wait until something accepts connections at ``host:port`` (rank 0's store); None once
+    it does, else why not after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, timeout_s))):
+                return None
+        except OSError as e:
+            reason = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() >= deadline:
+            return f"nothing accepted a connection there ({reason})"
+        time.sleep(0.25)
 
 
 def shutdown() -> None:

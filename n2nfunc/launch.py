@@ -136,7 +136,10 @@ def train_worker(args, device, run) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     _interrupt_when_orphaned()
     try:
-        return run(args, device, dp)
+        code = run(args, device, dp)
+        if code == 0:
+            dp.leave()
+        return code
     except (KeyboardInterrupt, distributed.CommunicationError) as e:
         if isinstance(e, distributed.CommunicationError) and not interrupted:  # a peer died
             print(f"error: {e}; stopping", file=sys.stderr)

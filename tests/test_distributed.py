@@ -432,6 +432,38 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     Model(state["config"]).load_payload(state, "checkpoint")
 
 
+@pytest.mark.slow
+def test_ranks_started_by_hand_both_finish_cleanly(tmp_path):
+    """Ranks started without torchrun: rank 0 holds the store, and leaving as soon as it had
+    saved, it made rank 1, still polling for the last epoch, fail with "another process died"
+    at the end of a good run. Rank 0 now waits for the others to leave."""
+    procs, logs = _two_ranks(
+        tmp_path,
+        lambda r: (
+            [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "2"]
+            + ["--out", str(tmp_path / f"out{r}")]
+        ),
+        120,
+    )
+    for p, (_, stderr) in zip(procs, logs):
+        assert p.returncode == 0 and "error" not in stderr, stderr[-3000:]
+    assert (tmp_path / "out0" / "model.pth").is_file()
+
+
+def test_a_rank_with_no_rank_0_to_join_says_so_in_one_line(monkeypatch):
+    """Without rank 0, torch's own connection retries printed C++ stack traces before our
+    error; the wait is now ours, and the error one line."""
+    env = dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(distributed.CommunicationError) as e:
+        distributed.init_from_env(torch.device("cpu"), timeout_s=0.5)
+    assert str(e.value).startswith("rank 1 of 2 could not join the process group at 127.0.0.1:")
+    assert "is rank 0 running there" in str(e.value) and "nothing accepted a connection" in str(
+        e.value
+    )
+
+
 def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
     for key, value in dict(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
         monkeypatch.setenv(key, value)
