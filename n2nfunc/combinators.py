@@ -86,6 +86,16 @@ def _checked_cotangent(ct, out, name: str):
     return ct if out is None else check_cotangent(ct, out, name)
 
 
+def _check_input_grad(ct, x: Output | None) -> None:
+    """A child's pullback must return an input gradient of its input's shape (a layer of
+    one's own that returned another would otherwise be blamed on the layer before it)."""
+    if isinstance(x, Output) and isinstance(ct, Tensor) and tuple(ct.shape) != x.shape:
+        raise ValueError(
+            f"its pullback returned an input gradient of shape {tuple(ct.shape)} for an input "
+            f"of shape {x.shape}"
+        )
+
+
 def _check_layers(layers, name):
     for i, layer in enumerate(layers):
         if not isinstance(layer, (Layer, StatefulLayer)):
@@ -122,9 +132,10 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
         return x, new_state
 
     def vjp(params, state, x, *, train, rng=None):
-        new_state, pullbacks = {}, []
+        new_state, pullbacks, inputs = {}, [], []
         for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
             p, s = _child(params, state, i, "serial")
+            inputs.append(_outputs(x))
             with at_layer(str(i)):
                 x, new_state[str(i)], pb = layer.vjp(p, s, x, train=train, rng=r)
             pullbacks.append(Held(pb, "serial"))
@@ -149,6 +160,8 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                     need = input_grad or i > first
                     pb = pullbacks[i].take(release)
                     grads[str(i)], ct = pull(children[i].vjp, pb, ct, need, release)
+                    if need:
+                        _check_input_grad(ct, inputs[i])
             return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
         return x, new_state, pullback

@@ -262,3 +262,30 @@ def test_an_error_inside_a_layer_keeps_its_traceback():
     with pytest.raises(TypeError, match="in layer 1") as info:
         net.apply({"0": {}, "1": {}}, randn(1, 2))
     assert any(entry.name == "broken" for entry in info.traceback)
+
+
+def _shrinking_input_grad_layer() -> nf.Layer:
+    """A layer of one's own whose pullback sums its input gradient over the batch (a bug)."""
+
+    def vjp(params, x):
+        return x * 2, lambda ct: ({}, (ct * 2).sum(0, keepdim=True))
+
+    return nf.Layer(lambda g, shape: (shape, {}), lambda p, x: x * 2, vjp)
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_serial_names_the_child_whose_input_gradient_has_another_shape(where):
+    """A child that returned an input gradient of another shape was blamed on the layer
+    before it (its cotangent check), or passed unnoticed when it came first."""
+    layers = [nf.conv2d(3, 3, padding=1), nf.relu()]
+    layers.insert(where, _shrinking_input_grad_layer())
+    net = nf.serial(*layers)
+    _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 5, 5))
+    x = torch.randn(4, 3, 5, 5)
+    y, pullback = net.vjp(params, x)
+    with pytest.raises(
+        ValueError,
+        match=rf"^in layer {where}: its pullback returned an input "
+        r"gradient of shape \(1, 3, 5, 5\) for an input of shape \(4, 3, 5, 5\)",
+    ):
+        pullback(torch.randn_like(y))
