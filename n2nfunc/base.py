@@ -151,8 +151,10 @@ def image_shape(in_shape, layer: str, channels: int | None = None) -> Shape:
         or len(shape) != 4
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
     ):
-        raise ValueError(f"{layer}: expected an input shape (N, C, H, W), got {in_shape!r}")
+        raise ValueError(f"{layer}: expected an input shape (N, C, H, W), got {_shown(in_shape)}")
     n, c, h, w = shape
+    if c == -1:
+        raise ValueError(f"{layer}: the channel count C of input shape {shape} must be known")
     if c < 1 or any(s == 0 or s < -1 for s in (n, h, w)):
         raise ValueError(
             f"{layer}: input shape {shape} has a non-positive size "
@@ -163,6 +165,16 @@ def image_shape(in_shape, layer: str, channels: int | None = None) -> Shape:
     return shape
 
 
+def _shown(in_shape) -> str:
+    """An ``init`` argument as an error quotes it: a tensor by its shape, not its values."""
+    if isinstance(in_shape, Tensor):
+        return (
+            f"a tensor of shape {tuple(in_shape.shape)} (init takes the shape: "
+            f"pass x.shape, or -1 for sizes not known yet)"
+        )
+    return repr(in_shape)
+
+
 def tensor_shape(in_shape, layer: str, min_rank: int, what: str) -> Shape:
     """Check an ``init`` shape of rank >= ``min_rank``: ints, each > 0 or -1 (unknown)."""
     shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
@@ -171,7 +183,7 @@ def tensor_shape(in_shape, layer: str, min_rank: int, what: str) -> Shape:
         or len(shape) < min_rank
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
     ):
-        raise ValueError(f"{layer}: expected an input shape {what}, got {in_shape!r}")
+        raise ValueError(f"{layer}: expected an input shape {what}, got {_shown(in_shape)}")
     if any(s == 0 or s < -1 for s in shape):
         raise ValueError(
             f"{layer}: input shape {shape} has a non-positive size "

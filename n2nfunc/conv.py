@@ -74,6 +74,10 @@ def _checked(params, x, name, out_channels, k, bias, out_size, transposed=False)
     weight = params.get("weight") if isinstance(params, dict) else None
     ok = weight is not None and hasattr(weight, "dim") and weight.dim() == 4
     c = weight.shape[0 if transposed else 1] if ok else -1
+    if (not ok or tuple(weight.shape) != _weight_shape(c, out_channels, k, transposed)) and (
+        isinstance(x, Tensor) and x.dim() == 4
+    ):  # another layer's weight: the shape this one needs for this input
+        c = x.shape[1]
     expected = {
         "weight": _weight_shape(c, out_channels, k, transposed),
         **({"bias": (out_channels,)} if bias else {}),

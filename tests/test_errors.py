@@ -134,6 +134,38 @@ def test_params_of_the_wrong_shape_are_named():
         layer.apply({"weight": params["weight"]}, torch.randn(1, 3, 8, 8))
 
 
+@pytest.mark.parametrize(
+    "make, in_shape, other_shape, x_shape, pattern",
+    [
+        (lambda c: nf.conv2d(c, 3), (-1, 5, 8, 8), (-1, 5, 8, 8), (2, 16, 8, 8),
+         r"conv2d.*'weight' must have shape \(8, 16, 3, 3\), got \(16, 5, 3, 3\)"),
+        (lambda c: nf.conv_transpose2d(c, 3), (-1, 5, 8, 8), (-1, 5, 8, 8), (2, 16, 8, 8),
+         r"conv_transpose2d.*'weight' must have shape \(16, 8, 3, 3\), got \(5, 16, 3, 3\)"),
+        (lambda c: nf.dense(c), (-1, 5), (-1, 5), (2, 7),
+         r"dense.*'weight' must have shape \(8, 7\), got \(16, 5\)"),
+    ],
+)  # fmt: skip
+def test_another_layers_weight_is_named_with_the_shape_this_input_needs(
+    make, in_shape, other_shape, x_shape, pattern
+):
+    """Params of another layer (16 outputs, 5 inputs) given to an 8-output layer: the
+    expected shape took its input size from the wrong weight, then blamed the input."""
+    g = torch.Generator().manual_seed(0)
+    _, other = make(16).init(g, other_shape)
+    _, own = make(8).init(g, in_shape)
+    with pytest.raises(ValueError, match=pattern):
+        make(8).apply(other, torch.randn(x_shape))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, (\*, )?5"):
+        make(8).apply(own, torch.randn(x_shape))  # its own weight: the input is wrong
+
+
+def test_init_given_a_tensor_or_an_unknown_channel_count_says_so():
+    with pytest.raises(ValueError, match=r"got a tensor of shape \(8, 3, 32, 32\) \(init takes"):
+        nf.conv2d(4, 3).init(None, torch.randn(8, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"the channel count C of input shape \(-1, -1, 32, 32\)"):
+        nf.conv2d(4, 3).init(None, (-1, -1, 32, 32))
+
+
 def test_cotangent_of_the_wrong_shape_is_refused():
     layer = nf.conv2d(4, 3)
     y, pullback = layer.vjp(_params(layer, (1, 3, 8, 8)), torch.randn(1, 3, 8, 8))
