@@ -44,8 +44,9 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
 
     def checked(params, x) -> Tensor:
         weight = params.get("weight") if isinstance(params, dict) else None
-        features = weight.shape[1] if isinstance(weight, Tensor) and weight.dim() == 2 else -1
-        if (features == -1 or weight.shape[0] != out_features) and isinstance(x, Tensor):
+        size = tuple(weight.shape) if isinstance(weight, Tensor) and weight.dim() == 2 else None
+        features = size[1] if size else -1
+        if not (size and size[0] == out_features) and isinstance(x, Tensor):
             features = x.shape[-1] if x.dim() >= 2 else features  # another layer's weight
         check_params(
             params,
