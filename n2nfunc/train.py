@@ -20,10 +20,27 @@ from .optim import GradientTransformation, apply_updates
 from .stateful import StatefulLayer
 
 
+def _called(value) -> str:
+    """What was passed, as an error names it; a function gets a hint that it may be a
+    factory to call (``n2nfunc.huber``, ``optim.adam``)."""
+    if callable(value) and not isinstance(value, (Layer, StatefulLayer, Loss, tuple)):
+        name = getattr(value, "__name__", type(value).__name__)
+        return f"the function {name} (a factory? call it: {name}(...))"
+    return type(value).__name__
+
+
+def _check_parts(layer, loss, name: str) -> None:
+    if not isinstance(layer, (Layer, StatefulLayer)):
+        raise TypeError(f"{name}: layer must be a Layer, got {_called(layer)}")
+    if not callable(getattr(loss, "value_and_grad", None)):
+        raise TypeError(f"{name}: loss must be a Loss such as n2nfunc.mse, got {_called(loss)}")
+
+
 def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
     """``f(params, x, target) -> (loss value, d loss / d params)`` for
     ``loss(layer(params, x), target)``; for a stateful layer
     ``f(params, state, x, target, rng) -> (loss value, d loss / d params, new state)``."""
+    _check_parts(layer, loss, "value_and_grad")
     if isinstance(layer, StatefulLayer):
         stateful = layer
 
@@ -53,10 +70,24 @@ def make_train_step(
     one gradient evaluation and one optimizer update. For a stateful layer:
     ``train_step(params, state, opt_state, x, target, rng) -> (params, state, opt_state,
     loss value)``."""
+    _check_parts(layer, loss, "make_train_step")
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            "make_train_step: optimizer must be a GradientTransformation such as "
+            f"n2nfunc.optim.adam(1e-3), got {_called(optimizer)}"
+        )
     grad_fn = value_and_grad(layer, loss)
     if isinstance(layer, StatefulLayer):
 
-        def train_step_stateful(params, state, opt_state, x, target, rng=None):
+        def train_step_stateful(params, state, opt_state, x=None, target=None, rng=None):
+            if x is None or target is None:
+                raise TypeError(
+                    "train_step: the network is stateful (batch norm, dropout, ...): call "
+                    "train_step(params, state, opt_state, x, target, rng), with the state from "
+                    "its init, which returns (out_shape, params, state)"
+                )
             value, grads, state = grad_fn(params, state, x, target, rng)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return apply_updates(params, updates), state, opt_state, value

@@ -217,3 +217,43 @@ def test_value_and_grad_and_train_step_match_a_torch_training_loop():
     assert rel_err(state["1"]["running_var"], bn.running_var) < 1e-10
     value, grads, new_state = nf.value_and_grad(net, nf.mse)(params, state, x, target, rng)
     assert set(grads) == set(params) and int(new_state["1"]["num_batches_tracked"]) == 5
+
+
+def test_a_stateful_network_called_like_a_plain_layer_says_how_to_call_it():
+    """`net.apply(params, x)` on a network with batch norm read "missing 1 required
+    positional argument: 'x'" though x was given; train steps likewise."""
+    net = nf.serial(nf.conv2d(3, 3, padding=1), nf.batch_norm2d())
+    _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    for call in (
+        lambda: net.apply(params, x, train=False),
+        lambda: net.vjp(params, x),
+        lambda: net.apply(params, state, x),  # train not given
+    ):
+        with pytest.raises(
+            TypeError,
+            match=r"this network is stateful .*call (apply|vjp)\(params, state, x, train=",
+        ):
+            call()
+    opt = nf.optim.adam(1e-3)
+    step = nf.make_train_step(net, nf.mse, opt)
+    with pytest.raises(TypeError, match=r"train_step: the network is stateful"):
+        step(params, opt.init(params), x, x)
+    assert net.apply(params, state, x, train=False)[0].shape == x.shape
+
+
+def test_make_train_step_names_a_factory_given_for_loss_or_optimizer():
+    net = nf.serial(nf.conv2d(3, 3, padding=1))
+    with pytest.raises(
+        TypeError,
+        match=r"make_train_step: loss must be a Loss .*function huber \(a factory\? call it",
+    ):
+        nf.make_train_step(net, nf.huber, nf.optim.adam(1e-3))
+    with pytest.raises(
+        TypeError, match=r"make_train_step: optimizer must be .*function adam \(a factory"
+    ):
+        nf.make_train_step(net, nf.mse, nf.optim.adam)
+    with pytest.raises(
+        TypeError, match=r"value_and_grad: layer must be a Layer, got the function conv2d"
+    ):
+        nf.value_and_grad(nf.conv2d, nf.mse)
