@@ -207,3 +207,13 @@ __all__ = [
     "upsample",
     "value_and_grad",
 ]
+
+
+def __getattr__(name: str):
+    """``n2nfunc.distributed`` on first use: it imports ``torch.distributed``, which plain
+    training never needs."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

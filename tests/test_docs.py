@@ -64,3 +64,26 @@ def test_example_runs(name, tmp_path):
     done = _run([str(ROOT / "examples" / name), "--quick"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "an example prints what it shows"
+
+
+def test_readme_names_every_export_and_its_dotted_names_resolve(tmp_path):
+    """Each name in ``n2nfunc.__all__`` is in the README's code, and every ``n2nfunc.a.b`` in
+    its inline code resolves by attribute access after ``import n2nfunc`` (in a fresh
+    interpreter), as a reader types it: ``n2nfunc.distributed`` and ``n2nfunc.unet.skip_block``
+    did not."""
+    text = (ROOT / "README.md").read_text()
+    spans = [s for s in re.findall(r"`([^`\n]+)`", text) if not s.startswith(("from ", "import "))]
+    dotted = sorted({m for s in spans for m in re.findall(r"\bn2nfunc(?:\.\w+)+", s)})
+    assert "n2nfunc.distributed.mean_gradients" in dotted
+    program = (
+        "import functools, n2nfunc\n"
+        f"for ref in {dotted!r}:\n"
+        "    functools.reduce(getattr, ref.split('.')[1:], n2nfunc)\n"
+    )
+    (tmp_path / "names.py").write_text(program)
+    done = _run(["names.py"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import n2nfunc
+
+    code = " ".join(spans)
+    assert not [n for n in n2nfunc.__all__ if not re.search(rf"\b{n}\b", code)]
