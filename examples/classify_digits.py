@@ -9,11 +9,17 @@ returns the running statistics (``state``) and draws dropout masks from an expli
 generator (``rng``); evaluation uses the running statistics and no dropout.
 """
 
+import argparse
 import time
 
 import torch
 
 import n2nfunc as nf
+
+parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+)
+parser.parse_args()  # --help prints the docstring above
 
 EPOCHS = 15
 BATCH_SIZE = 32

@@ -4,9 +4,16 @@ its hand-written VJP with ``check_vjp`` before using it in a network.
     python examples/custom_layer.py
 """
 
+import argparse
+
 import torch
 
 import n2nfunc as nf
+
+parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+)
+parser.parse_args()  # --help prints the docstring above
 
 
 def channel_scale() -> nf.Layer:

@@ -1,13 +1,22 @@
-"""Use the class wrappers the way the exercise's grader does: blocks built PyTorch-style,
-forward / backward / param(), an MSE loss and SGD, compared with torch.nn.
+"""Use the class wrappers the way the exercise's grader does: blocks built PyTorch-style and
+called through forward / backward / param(). One Conv2d is compared with torch's F.conv2d
+(the grader's own check), then a network of every required block takes five SGD steps on
+an MSE loss.
 
     python examples/grader_style.py
 """
+
+import argparse
 
 import torch
 import torch.nn.functional as F
 
 from n2nfunc import MSE, SGD, Conv2d, ReLU, Sequential, Sigmoid, TransposeConv2d, Upsampling
+
+parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+)
+parser.parse_args()  # --help prints the docstring above
 
 torch.set_grad_enabled(False)
 torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 A README block whose first line is ``# continues the previous block`` runs after the
 block before it, in the same process; every other block starts a fresh interpreter.
-Examples run with ``--quick`` (a smaller data set, same code path).
+Examples run with ``--quick`` where they offer it (a smaller data set, same code path).
 """
 
 import os
@@ -61,9 +61,19 @@ def test_readme_python_snippet_runs(index, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_example_runs(name, tmp_path):
-    done = _run([str(ROOT / "examples" / name), "--quick"], tmp_path)
+    path = ROOT / "examples" / name
+    quick = ["--quick"] if '"--quick"' in path.read_text() else []
+    done = _run([str(path), *quick], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "an example prints what it shows"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_example_help_prints_its_docstring_and_runs_nothing(name, tmp_path):
+    """`--help` ran a whole 4-minute training before the examples parsed their options."""
+    done = _run([str(ROOT / "examples" / name), "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "python examples/" + name in done.stdout
 
 
 def test_readme_names_every_export_and_its_dotted_names_resolve(tmp_path):
