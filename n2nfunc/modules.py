@@ -27,7 +27,7 @@ from torch import Generator, Tensor, empty
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
 from .base import Layer, flag, pull
-from .combinators import serial
+from .combinators import at_layer, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
 from .losses import (
@@ -580,8 +580,9 @@ class Sequential(Module):
         same block twice in this one), as torch.autograd keeps one graph per call."""
         x = inputs[0] if len(inputs) == 1 else inputs
         pullbacks = []
-        for m in self.modules:
-            x = m.forward(x)
+        for i, m in enumerate(self.modules):
+            with at_layer(str(i)):
+                x = m.forward(x)
             pullbacks.append(m._pullback)
         self._pullback = pullbacks
         return x
@@ -590,9 +591,11 @@ class Sequential(Module):
         for i in reversed(range(len(self.modules))):
             m, wanted = self.modules[i], input_grad or i > 0
             if type(m).backward is not Module.backward:  # a block with a backward of its own
-                ct = m.backward(ct, input_grad=wanted)
+                with at_layer(str(i)):
+                    ct = m.backward(ct, input_grad=wanted)
                 continue
-            ct = m._pull(pullbacks[i], ct, wanted)
+            with at_layer(str(i)):
+                ct = m._pull(pullbacks[i], ct, wanted)
             if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                 m._pullback = _SPENT
         return ct

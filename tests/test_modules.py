@@ -614,3 +614,16 @@ def test_weights_tied_by_assignment_get_both_gradients():
     _train_beside_torch(seq, opt, twin, opt_torch, steps=3)
     torch.testing.assert_close(enc.weight, t1.weight.detach(), rtol=1e-5, atol=1e-6)
     assert dec.weight is enc.weight
+
+
+def test_sequential_errors_name_the_block_position():
+    """A shape error inside a Sequential named the layer but not where it sits."""
+    import n2nfunc as nf
+
+    seq = nf.Sequential(nf.Conv2d(3, 8, 3), nf.ReLU(), nf.Conv2d(4, 3, 3))
+    with pytest.raises(ValueError, match=r"^in layer 2: conv2d\(.*expected input of shape \(N, 4"):
+        seq.forward(torch.randn(2, 3, 8, 8))
+    nested = nf.Sequential(nf.Conv2d(3, 8, 3), nf.Sequential(nf.Conv2d(8, 3, 3), nf.ReLU()))
+    nested.forward(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"^in layer 1\.1: relu: output gradient must have"):
+        nested.backward(torch.randn(2, 3, 5, 5))
