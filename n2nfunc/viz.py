@@ -23,23 +23,51 @@ def _figure(**kwargs):
 
 
 def plot_curves(history: list, path) -> Path | None:
-    """Training loss and validation PSNR per epoch, side by side."""
+    """Training loss and validation PSNR per epoch, side by side. ``history``: the dicts that
+    ``n2nfunc train`` writes (``epoch``, ``loss``, ``val_psnr``, ``noisy_psnr``), or the
+    losses alone (what ``Model.train`` returns); without ``val_psnr`` the loss alone."""
     if not history:
         raise ValueError("plot_curves: the history is empty (no epoch to plot)")
-    fig = _figure(figsize=(9, 3.4))
+    rows = [_epoch_row(h, i) for i, h in enumerate(history)]
+    validated = all("val_psnr" in h for h in rows)
+    fig = _figure(figsize=(9, 3.4) if validated else (4.8, 3.4))
     if fig is None:
         return None
-    epochs = [h["epoch"] for h in history]
-    a, b = fig.subplots(1, 2)
-    a.plot(epochs, [h["loss"] for h in history], marker="o")
-    a.set(xlabel="epoch", ylabel="training loss (MSE)", yscale="log", title="loss")
-    b.plot(epochs, [h["val_psnr"] for h in history], marker="o", label="denoised")
-    b.axhline(history[0]["noisy_psnr"], color="grey", linestyle="--", label="noisy input")
-    b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation PSNR")
-    b.legend()
+    epochs = [h["epoch"] for h in rows]
+    axes = fig.subplots(1, 2 if validated else 1, squeeze=False)[0]
+    axes[0].plot(epochs, [h["loss"] for h in rows], marker="o")
+    axes[0].set(xlabel="epoch", ylabel="training loss (MSE)", yscale="log", title="loss")
+    if validated:
+        b = axes[1]
+        b.plot(epochs, [h["val_psnr"] for h in rows], marker="o", label="denoised")
+        if "noisy_psnr" in rows[0]:
+            b.axhline(rows[0]["noisy_psnr"], color="grey", linestyle="--", label="noisy input")
+        b.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation PSNR")
+        b.legend()
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _epoch_row(entry, i: int) -> dict:
+    """One epoch of a history as a dict with ``epoch`` and ``loss``: a number is a loss."""
+    if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+        return {"epoch": i + 1, "loss": float(entry)}
+    if isinstance(entry, dict) and "loss" in entry:
+        return {"epoch": i + 1, **entry}
+    raise ValueError(
+        f"plot_curves: history entry {i} must be a loss or a dict with 'loss' (and 'epoch', "
+        f"'val_psnr', 'noisy_psnr', as n2nfunc train writes them), got {entry!r}"
+    )
+
+
+def _save(fig, path) -> Path:
+    """Write ``fig`` to ``path`` (a name without a suffix gets ``.png``, as matplotlib would
+    write it) and return the path written."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
     fig.savefig(path, dpi=110)
-    return Path(path)
+    return path
 
 
 def sample_grid(
@@ -71,5 +99,4 @@ def sample_grid(
             ax.set_yticks([])
         axes[row][0].set_ylabel(name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return _save(fig, path)
