@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int_range(1), default=5, help="alternating rounds (median)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int_range(1), default=2, help="torch threads")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32")
     parser.add_argument("--unet", action="store_true", help="also the U-Net's training step")
     parser.add_argument("--predict", action="store_true", help="also Model.predict")

@@ -55,7 +55,7 @@ GRADER = textwrap.dedent("""
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-train", type=int_range(1), default=50000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int_range(1), default=2)
     args = ap.parse_args()
     xt, yt = builtin_pairs(args.n_train, "train")
     xv, yv = builtin_pairs(1000, "val")
@@ -69,8 +69,9 @@ def main() -> None:
             cwd=folder,
             capture_output=True,
             text=True,
-            check=True,
         )
+        if proc.returncode:
+            sys.exit(f"the grader's process failed (exit {proc.returncode}):\n{proc.stderr}")
         total = time.perf_counter() - t0
     t = json.loads(proc.stdout.strip().splitlines()[-1])
     print(

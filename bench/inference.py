@@ -89,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument("--rounds", type=int_range(1), default=5)
     args = ap.parse_args()
     torch.set_grad_enabled(False)

@@ -140,8 +140,8 @@ def nominal_gemm(name: str, x_shape, y_shape, params):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int_range(1), default=100)
+    ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
     ap.add_argument("--rounds", type=int_range(1), default=5)
     args = ap.parse_args()

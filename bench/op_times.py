@@ -43,7 +43,8 @@ KINDS = {
     ),
     "copy": set(
         "copy_ clone contiguous zero_ fill_ new_zeros cat _to_copy flip repeat "
-        "constant_pad_nd".split()
+        "constant_pad_nd replication_pad2d replication_pad2d_backward upsample_nearest2d "
+        "upsample_nearest2d_backward".split()
     ),
     "view or allocation": set(
         "slice view permute as_strided select expand t transpose reshape alias _unsafe_view "
@@ -94,20 +95,20 @@ def main() -> None:
         "--contender", default="n2nfunc float32", help="a name as the step benches print it"
     )
     ap.add_argument("--unet", action="store_true", help="the U-Net step (depth 4, 32/64/48/24)")
-    ap.add_argument("--batch", type=int, default=None, help="default: 100, U-Net 8")
-    ap.add_argument("--crop", type=int, default=64, help="U-Net crop size")
+    ap.add_argument("--batch", type=int_range(1), default=None, help="default: 100, U-Net 8")
+    ap.add_argument("--crop", type=int_range(1), default=64, help="U-Net crop size")
     ap.add_argument("--steps", type=int_range(1), default=5)
-    ap.add_argument("--top", type=int, default=30, help="rows of the table")
+    ap.add_argument("--top", type=int_range(1), default=30, help="rows of the table")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     print(hardware.describe())
     print(allocator_line())
     if args.unet:
         arch = unet_train_step.parse_arch("4:32,64,48,24")
-        batch = args.batch or 8
+        batch = 8 if args.batch is None else args.batch
         contenders = unet_train_step.contenders(arch, args.crop, batch, "cpu")
     else:
-        batch = args.batch or 100
+        batch = 100 if args.batch is None else args.batch
         contenders = train_step.contenders(DEFAULT_CONFIG, batch)
     if args.contender not in contenders:
         ap.error(f"--contender: one of {', '.join(repr(k) for k in contenders)}")

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import n2nfunc as nf  # noqa: E402
+from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import write_image  # noqa: E402
 from n2nfunc.data.noise import add_noise, parse_noise  # noqa: E402
 from n2nfunc.metrics import psnr  # noqa: E402
@@ -99,7 +100,7 @@ def heldout_crops(root: Path, crop: int) -> torch.Tensor:
             continue
         y, x = (h - crop) // 2, (w - crop) // 2
         out.append(p[:, y : y + crop, x : x + crop].float() / 255)
-    return torch.stack(out)
+    return torch.stack(out) if out else torch.empty(0, 3, crop, crop)
 
 
 def n2nfunc_method(path: Path):
@@ -272,21 +273,25 @@ def train_compare(root: Path, clean, minutes: float, batch: int, crop: int) -> N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
-    ap.add_argument("--crop", type=int, default=256)
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N photos")
+    ap.add_argument("--crop", type=int_range(16), default=256)
+    ap.add_argument("--limit", type=int_range(1), default=None, help="use only the first N photos")
     ap.add_argument("--levels", nargs="+", default=LEVELS, type=camera_noise)
     ap.add_argument("--gaussian-weights", type=Path, default=None)
     ap.add_argument("--poisson-weights", type=Path, default=None)
     ap.add_argument("--picture", type=Path, default=None)
     ap.add_argument("--aliasing", action="store_true")
-    ap.add_argument("--aliasing-pairs", type=int, default=2000)
+    ap.add_argument("--aliasing-pairs", type=int_range(1), default=2000)
     ap.add_argument("--train-compare", action="store_true")
-    ap.add_argument("--compare-minutes", type=float, default=10.0)
-    ap.add_argument("--compare-batch", type=int, default=8)
-    ap.add_argument("--compare-crop", type=int, default=64)
+    ap.add_argument("--compare-minutes", type=float_range(0), default=10.0)
+    ap.add_argument("--compare-batch", type=int_range(1), default=8)
+    ap.add_argument("--compare-crop", type=int_range(16), default=64)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     clean = heldout_crops(args.photos, args.crop)[: args.limit]
+    if not len(clean):
+        ap.error(
+            f"--crop {args.crop}: no held-out photo in {args.photos / 'heldout'} is that large"
+        )
     notes: list[str] = []
     methods: dict = {}
     unets = {}

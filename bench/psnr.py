@@ -106,8 +106,8 @@ def main() -> None:
         "--n-train", type=int_range(64), default=50000, help="(at least the simple recipe's batch)"
     )
     ap.add_argument("--n-val", type=int_range(1), default=1000)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int_range(1), default=None)
+    ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument(
         "--precisions",
         action="store_true",
@@ -118,7 +118,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     config = dict(Model().config)
-    epochs = args.epochs or config["num_epochs"]
+    epochs = config["num_epochs"] if args.epochs is None else args.epochs
     xt, yt = builtin_pairs(args.n_train, "train")
     xc, yc = make_pairs(args.n_train, "val", seed=1)  # same distribution, with clean targets
     xv, yv = builtin_pairs(args.n_val, "val")

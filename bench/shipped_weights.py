@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos, mixed_factor_pairs, photo_pairs  # noqa: E402
 from n2nfunc.metrics import evaluate  # noqa: E402
 from n2nfunc.model import DEFAULT_WEIGHTS, Model  # noqa: E402
@@ -77,13 +78,23 @@ HELDOUT_SKIMAGE = (
 )
 
 
-def fetch_photos(root: Path) -> None:
-    """Fill root/train and root/heldout unless they already hold images."""
-    train, held = root / "train", root / "heldout"
-    if any(train.glob("*")) and any(held.glob("*")):
-        return
-    train.mkdir(parents=True, exist_ok=True)
-    held.mkdir(parents=True, exist_ok=True)
+def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
+    """Fill each of root/train and root/heldout named in ``parts`` unless it already holds
+    images (the training wallpapers come from Debian packages through apt-get; an evaluation
+    needs only the held-out photos, from a pip wheel and matplotlib)."""
+    for part in parts:
+        folder = root / part
+        if not any(folder.glob("*")):  # fetched beside it, then renamed: never half filled
+            partial = root / f".{part}-partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            (_fetch_train if part == "train" else _fetch_heldout)(partial)
+            if folder.is_dir():
+                folder.rmdir()
+            partial.rename(folder)
+
+
+def _fetch_train(train: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for package, files in TRAIN_PHOTOS.items():
@@ -94,6 +105,11 @@ def fetch_photos(root: Path) -> None:
                 parts = Path(f).parts
                 name = f"{parts[3]}-{Path(f).name}" if "wallpapers" in parts else Path(f).name
                 shutil.copyfile(tmp / package / f, train / name)
+
+
+def _fetch_heldout(held: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
         wheel_spec, names = HELDOUT_SKIMAGE
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
@@ -128,19 +144,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
-    ap.add_argument("--n-photo", type=int, default=60000, help="photo training pairs")
+    ap.add_argument("--n-photo", type=int_range(1), default=60000, help="photo training pairs")
     ap.add_argument(
-        "--builtin-share", type=float, default=0.5, help="built-in pairs per photo pair"
+        "--builtin-share",
+        type=float_range(0, low_open=False),
+        default=0.5,
+        help="built-in pairs per photo pair",
     )
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--n-val", type=int, default=1000)
+    ap.add_argument("--epochs", type=int_range(1), default=20)
+    ap.add_argument("--n-val", type=int_range(1), default=1000)
     ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument("--eval-only", action="store_true")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
-    fetch_photos(args.photos)
+    fetch_photos(args.photos, ("heldout",) if args.eval_only else ("train", "heldout"))
     sets = heldout_sets(args.photos, args.n_val)
     if args.eval_only:
         model = Model()

@@ -185,7 +185,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int_range(1), default=2)
     p.add_argument("--rounds", type=int_range(1), default=5)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory", help=argparse.SUPPRESS)

@@ -30,8 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import unet_train_step  # noqa: E402
+
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import allocator  # noqa: E402
+from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos  # noqa: E402
 from n2nfunc.data.noise import clean_for, noisy_pair, parse_noise, photo_levels, random_crops  # noqa: E402
 from n2nfunc.pretrained import save_unet  # noqa: E402
@@ -58,14 +61,19 @@ NOISE = {
 RECIPE = {"unet-aliasing": {"arch": "3:32,64,48,24", "crop": 32, "batch": 32}}
 
 
+def noise_spec(text: str) -> str:
+    """A ``--noise`` value: ``builtin`` or a spec that :func:`parse_noise` takes."""
+    if text != BUILTIN:
+        try:
+            parse_noise(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parse_arch(text: str) -> dict:
     """``DEPTH:ENC,DEC,A,B`` -> unet kwargs."""
-    depth, _, widths = text.partition(":")
-    return {
-        **DEFAULT_ARCHITECTURE,
-        "depth": int(depth),
-        "widths": tuple(int(v) for v in widths.split(",")),
-    }
+    return {**DEFAULT_ARCHITECTURE, **unet_train_step.parse_arch(text)}
 
 
 class Batches:
@@ -227,7 +235,7 @@ def photo_folder(root: Path, part: str):
     """The photos of ``root/part`` (fetched with bench/shipped_weights.py's sources if absent)."""
     from shipped_weights import fetch_photos
 
-    fetch_photos(root)
+    fetch_photos(root, (part,))
     return load_photos(root / part)
 
 
@@ -237,16 +245,26 @@ def main() -> None:
     ap.add_argument(
         "--noise",
         action="append",
+        type=noise_spec,
         help="noise spec(s), default per --name; 'builtin': a batch of the built-in 32x32 pairs",
     )
     ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
     budget = ap.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--minutes", type=float)
-    budget.add_argument("--steps", type=int)
-    ap.add_argument("--arch", default=None, help="DEPTH:ENC,DEC,A,B (default: per --name)")
-    ap.add_argument("--crop", type=int, default=None, help="default 64 (32 for unet-aliasing)")
-    ap.add_argument("--batch", type=int, default=None, help="default 8 (32 for unet-aliasing)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    budget.add_argument("--minutes", type=float_range(0))
+    budget.add_argument("--steps", type=int_range(1))
+    ap.add_argument(
+        "--arch",
+        type=unet_train_step.arch_text,
+        default=None,
+        help="DEPTH:ENC,DEC,A,B (default: per --name)",
+    )
+    ap.add_argument(
+        "--crop", type=int_range(1), default=None, help="default 64 (32 for unet-aliasing)"
+    )
+    ap.add_argument(
+        "--batch", type=int_range(1), default=None, help="default 8 (32 for unet-aliasing)"
+    )
+    ap.add_argument("--lr", type=float_range(0), default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
@@ -257,6 +275,8 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="default n2nfunc/weights/NAME.pth")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this torch has no CUDA device")
     allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
     recipe = {"arch": None, "crop": 64, "batch": 8, **RECIPE.get(args.name, {})}

@@ -27,15 +27,29 @@ from unet_twin import TorchUNet  # noqa: E402
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
-from n2nfunc.unet import unet  # noqa: E402
+from n2nfunc.unet import check_architecture, unet  # noqa: E402
 
 LR = 1e-3
 
 
 def parse_arch(text: str) -> dict:
-    """``DEPTH:ENC,DEC,A,B`` -> unet kwargs."""
+    """``DEPTH:ENC,DEC,A,B`` -> unet kwargs; a bad text raises ``argparse.ArgumentTypeError``
+    (an ``--arch`` type: one usage error, not a traceback)."""
     depth, _, widths = text.partition(":")
-    return {"depth": int(depth), "widths": tuple(int(v) for v in widths.split(","))}
+    try:
+        arch = {"depth": int(depth), "widths": tuple(int(v) for v in widths.split(","))}
+        check_architecture(**arch)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected DEPTH:ENC,DEC,A,B such as 4:32,64,48,24 ({e})"
+        ) from None
+    return arch
+
+
+def arch_text(text: str) -> str:
+    """``text`` once :func:`parse_arch` takes it (for options kept as written)."""
+    parse_arch(text)
+    return text
 
 
 def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) -> dict:
@@ -87,9 +101,11 @@ LAYOUTS = {"NCHW": torch.contiguous_format, "ch-last": torch.channels_last}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", action="append", help="DEPTH:W1,W2,W3,W4 (repeatable)")
-    ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument(
+        "--arch", action="append", type=arch_text, help="DEPTH:W1,W2,W3,W4 (repeatable)"
+    )
+    ap.add_argument("--crop", type=int_range(1), default=64)
+    ap.add_argument("--batch", type=int_range(1), default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int_range(1), default=3)
     ap.add_argument("--rounds", type=int_range(1), default=5)
@@ -99,6 +115,8 @@ def main() -> None:
         help="also the peak of live tensor bytes in one step (CPU allocator, torch profiler)",
     )
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this torch has no CUDA device")
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
     if args.device == "cpu":
