@@ -16,11 +16,6 @@ import torch
 
 import n2nfunc as nf
 
-parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-)
-parser.parse_args()  # --help prints the docstring above
-
 EPOCHS = 15
 BATCH_SIZE = 32
 LR = 3e-3
@@ -99,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(  # --help prints the docstring above
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()
