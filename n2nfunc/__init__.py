@@ -213,7 +213,7 @@ def __getattr__(name: str):
     """``n2nfunc.distributed`` on first use: it imports ``torch.distributed``, which plain
     training never needs."""
     if name == "distributed":
-        import importlib
+        from .distributed import mean_gradients  # noqa: F401  (sets the package attribute)
 
-        return importlib.import_module(".distributed", __name__)
+        return globals()["distributed"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
