@@ -824,6 +824,10 @@ def _check_photo_sides(args, error) -> None:
                 "--noise downsample:FACTOR cuts 32 x FACTOR"
             )
         try:
+            at.photo_dir(1)(str(folder))  # readable: its own message
+        except at.Error as e:
+            error(f"{_option(option)}: {e}")
+        try:
             at.photo_dir(side)(str(folder))
         except at.Error as e:
             error(f"{_option(option)}: {e}: {why}")

@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+LAUNCHER_PID = "N2NFUNC_LAUNCHER_PID"  # set by `train --nproc` for the workers it starts
+
 
 def is_worker() -> bool:
     """Whether this process was started by torchrun (or by ``n2nfunc train --nproc``)."""
@@ -33,6 +35,7 @@ def spawn(args, argv: list[str]) -> int:
     from . import distributed
 
     n = args.nproc
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the workers stop if this process is gone
     threads = args.threads or max(1, (os.cpu_count() or 1) // n)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     state = Path(args.out) / "checkpoint.pth"
@@ -162,9 +165,13 @@ def train_worker(args, device, run) -> int:
 
 
 def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
-    """Interrupt this worker, as Ctrl-C would, once the launcher that started it is gone (a
-    launcher killed outright cannot stop its workers, which would train on unseen)."""
-    parent = os.getppid()
+    """Interrupt this worker, as Ctrl-C would, once the ``train --nproc`` launcher that
+    started it is gone (a launcher killed outright cannot stop its workers, which would train
+    on unseen). Workers started otherwise (torchrun, by hand, under nohup) are left alone."""
+    text = os.environ.get(LAUNCHER_PID, "")
+    if not text.isdigit() or os.getppid() != int(text):
+        return
+    parent = int(text)
 
     def watch():
         while os.getppid() == parent:

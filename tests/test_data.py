@@ -300,7 +300,8 @@ def test_cache_versions_change_only_where_the_data_did():
 @pytest.mark.parametrize("suffix", [".gif", ".png", ".webp"])
 def test_an_animation_is_refused_and_a_tiffs_first_page_is_read(tmp_path, suffix):
     """An animated GIF, PNG or WebP was read as its first frame without a word; a
-    multi-page TIFF is read as its first page (cameras put a reduced copy after it)."""
+    multi-page TIFF is read as its first page and a camera JPEG with a preview (MPO) as its
+    main picture."""
     from PIL import Image
 
     from n2nfunc.data.files import read_image
@@ -313,6 +314,9 @@ def test_an_animation_is_refused_and_a_tiffs_first_page_is_read(tmp_path, suffix
         read_image(tmp_path / f"anim{suffix}")
     frames[1].save(tmp_path / "pages.tiff", save_all=True, append_images=[frames[0], frames[2]])
     assert read_image(tmp_path / "pages.tiff").rgb[:, 0, 0].tolist() == [40, 160, 3]
+    big = Image.new("RGB", (40, 30), (200, 100, 50))  # a camera JPEG with its preview (MPO)
+    big.save(tmp_path / "cam.jpg", format="MPO", save_all=True, append_images=[frames[0]])
+    assert read_image(tmp_path / "cam.jpg").rgb.shape == (3, 30, 40)
 
 
 def test_damaged_images_and_odd_pair_tensors_are_one_clear_error(tmp_path):

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -492,3 +493,18 @@ def test_ranks_started_with_different_options_are_refused(tmp_path):
     assert procs[1].returncode == 2, logs[1]
     assert "rank 1 runs with --seed 5, rank 0 with 0: every process must be started" in logs[1][1]
     assert procs[0].returncode != 0
+
+
+def test_only_workers_of_train_nproc_watch_their_parent(monkeypatch):
+    """Ranks started by hand under nohup interrupted themselves when their shell exited: the
+    watch is for workers whose parent is the `train --nproc` launcher that set its pid."""
+
+    def watching():
+        return any(t.name == "n2nfunc-orphan-watch" for t in threading.enumerate())
+
+    assert not watching()
+    monkeypatch.delenv(launch.LAUNCHER_PID, raising=False)
+    launch._interrupt_when_orphaned()  # by hand / torchrun: no launcher of ours
+    monkeypatch.setenv(launch.LAUNCHER_PID, str(os.getpid()))  # a launcher, not our parent
+    launch._interrupt_when_orphaned()
+    assert not watching()

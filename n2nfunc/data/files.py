@@ -165,7 +165,9 @@ def read_image(path) -> Picture:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as raw:
                 frames = getattr(raw, "n_frames", 1)
-                if frames > 1 and raw.format != "TIFF":  # a TIFF's first page is its image
+                # an animation; a TIFF's first page and a camera JPEG's (MPO) main picture
+                # are the image, read as before
+                if frames > 1 and raw.format in ("GIF", "PNG", "WEBP"):
                     raise _Unreadable(
                         f"cannot read image {path}: an animation of {frames} frames; "
                         "n2nfunc reads still images only (save the frame you want as a PNG)"
