@@ -162,7 +162,7 @@ ROWS = [
         "train --photos {w}/small_photos",
         r"--photos: no photo in .*small_photos is at least 384 pixels .*largest: 50\): plain --n",
     ),
-    ("train --photos {w}/broken/b", r"--photos: .*x.png is not an image file Pillow can read\n"),
+    ("train --photos {w}/broken/b", r"--photos: .*x.png is not an image file Pillow can read$"),
     (
         "train --photos {w}/mid_photos --noise downsample:4",
         r"--photos: no photo .* at least 128 pixels .*largest: 100\): --noise downsample:4 cuts",
