@@ -276,6 +276,15 @@ class WorkerFailed(RuntimeError):
         self.failed = failed
 
 
+class Stopped(RuntimeError):
+    """The launcher of :func:`run_local` got a signal other than SIGINT (SIGTERM from
+    ``kill`` or ``timeout``, SIGHUP): its workers were stopped with it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum} ({signal.Signals(signum).name})")
+        self.signum = signum
+
+
 def run_local(nproc: int, python_args: list[str]) -> None:
     """Run ``python *python_args`` in ``nproc`` workers on this machine through
     ``torch.distributed.run`` (torchrun), with its rendezvous and the workers' addresses on
@@ -326,7 +335,9 @@ def run_local(nproc: int, python_args: list[str]) -> None:
         raise WorkerFailed(
             rank, first.pid, first.exitcode, interrupted, max(len(causes), 1)
         ) from None
-    except SignalException:
-        raise KeyboardInterrupt from None
+    except SignalException as e:
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise Stopped(int(e.sigval)) from None
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)

@@ -60,6 +60,13 @@ def spawn(args, argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    except distributed.Stopped as e:
+        print(
+            f"error: training with {n} processes {e}; the workers were stopped."
+            + (f" The last checkpoint is intact: --resume {state}" if ours() else ""),
+            file=sys.stderr,
+        )
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
     return 0
@@ -148,17 +155,7 @@ def train_worker(args, device, run) -> int:
             print(f"error: {e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
-            saved = ours()
-            print(
-                "\ninterrupted; "
-                + (
-                    f"the last epoch's checkpoint is intact: continue with `n2nfunc train "
-                    f"--resume {state_path} --out {args.out}`"
-                    if saved
-                    else "no epoch had finished, nothing was saved"
-                ),
-                file=sys.stderr,
-            )
+            print("\n" + _interrupted_text(state_path, args.out, ours()), file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()
@@ -179,3 +176,20 @@ def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=watch, name="n2nfunc-orphan-watch", daemon=True).start()
+
+
+def _interrupted_text(state: Path, out, saved: bool) -> str:
+    """What rank 0 says on Ctrl-C: the epoch whose start the checkpoint holds (it is saved
+    at the start of the run and after every epoch), as a one-process run says it."""
+    if not saved:
+        return "interrupted before the run's first checkpoint; nothing was saved"
+    from . import checkpoint
+
+    try:
+        epoch = int(checkpoint.load(state)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"interrupted; {state} could not be read back"
+    return (
+        f"interrupted in epoch {epoch + 1}; {state} holds the state from its start; continue "
+        f"with `n2nfunc train --resume {state} --out {out}`"
+    )

@@ -405,7 +405,9 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path):
     finally:
         _stop(proc)
     assert proc.returncode == 130, err[-3000:]
-    assert "interrupted; the last epoch's checkpoint is intact" in err and "--resume" in err
+    state = checkpoint.load(out / "checkpoint.pth")
+    said = f"interrupted in epoch {state['epoch'] + 1}; {out / 'checkpoint.pth'} holds the state"
+    assert said in err and "--resume" in err, err[-3000:]
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
     Model(state["config"]).load_payload(state, "checkpoint")
@@ -463,6 +465,23 @@ def test_a_rank_with_no_rank_0_to_join_says_so_in_one_line(monkeypatch):
     assert "is rank 0 running there" in str(e.value) and "nothing accepted a connection" in str(
         e.value
     )
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_is_said_and_exits_143(tmp_path):
+    """`timeout` or `kill` (SIGTERM) stopped an --nproc run with exit 130 and no word, as if
+    Ctrl-C had been pressed."""
+    proc, out = _start_long_run(tmp_path)
+    try:
+        workers = _children(proc.pid)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 143, err[-3000:]
+    assert "error: training with 2 processes stopped by signal 15 (SIGTERM)" in err, err[-3000:]
+    assert f"The last checkpoint is intact: --resume {out / 'checkpoint.pth'}" in err
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)
 
 
 def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
