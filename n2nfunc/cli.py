@@ -576,6 +576,22 @@ def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
     return model, _recorded_noise(payload, path)
 
 
+def _say_other_noise(args, recorded: str) -> None:
+    """A note when the weights were trained on camera noise and eval generates aliasing, or
+    the other way round (the default --noise is the course's aliasing)."""
+    if args.val or args.val_pairs or "not recorded" in recorded:
+        return
+    trained_camera = any(k in recorded.lower() for k in ("gaussian", "poisson"))
+    if trained_camera != _camera_noise(args):
+        print(
+            f"note: the weights' noise is {recorded}; the validation pairs have --noise "
+            f"{args.noise}"
+            + (", the default" if "noise" not in _given(args) else "")
+            + ": give --noise to judge them on their own kind"
+            + (" (e.g. --noise gaussian:25)" if trained_camera else "")
+        )
+
+
 def cmd_eval(args) -> int:
     from .pretrained import shipped_weights
 
@@ -590,6 +606,7 @@ def cmd_eval(args) -> int:
             "note: a U-Net learns from photographs; the built-in 32x32 pairs are not what it "
             "was trained on, so judge it on --val-photos DIR (or --val-pairs DIR)"
         )
+    _say_other_noise(args, noise)
     s = evaluate(model, xv.to(device), yv.to(device))
     if s["noisy_psnr"] >= 100:
         print("note: the noisy images equal the clean ones: nothing to denoise (check the data)")

@@ -665,3 +665,15 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
             and pattern in err
             and "Traceback" not in err
         )
+
+
+def test_eval_notes_when_the_weights_noise_is_another_kind(tmp_path, monkeypatch, capsys):
+    """A Gaussian-noise network judged on the default aliasing pairs got a negative gain
+    without a word."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "--model", "unet-gaussian", "--n-val", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "note: the weights' noise is gaussian:0-50; the validation pairs have --noise " in out
+    assert "downsample, the default: give --noise" in out
+    assert main(["eval", "--model", "unet-gaussian", "--n-val", "4", "--noise", "gaussian:25"]) == 0
+    assert "the weights' noise is" not in capsys.readouterr().out
