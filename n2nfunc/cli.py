@@ -75,6 +75,10 @@ def _local_processes(args) -> int:
     return max(1, getattr(args, "nproc", 1), int(text) if text.isdigit() else 1)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _rank() -> str:
     """This process's rank in a data-parallel run ("0" outside one)."""
     return os.environ.get("RANK", "0") if launch.is_worker() else "0"
@@ -459,9 +463,9 @@ def run_training(args, device, dp=None) -> int:
         _note_unfinished_run(state_path)
     resuming = f" (resuming at epoch {start + 1})" if state is not None else ""
     print(
-        f"training on {x.shape[0]} pairs ({desc}), {epochs} epoch{'s' * (epochs != 1)}{resuming}, "
+        f"training on {_count(x.shape[0], 'pair')} ({desc}), {_count(epochs, 'epoch')}{resuming}, "
         f"batch {bs}{processes}, "
-        f"{torch.get_num_threads()} threads, device {device}"
+        f"{_count(torch.get_num_threads(), 'thread')}, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
     progress = Progress(max(epochs - start, 0) * per_epoch, epochs, quiet=args.quiet)
@@ -1304,7 +1308,7 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
             continue  # (no prefixes: "--epoch" is not read as --epochs)
         prefixed = [k for k in known if k.startswith("--") and k.startswith(name)]
         words = [k[2:] for k in known if k.startswith("--")]  # the "--" would count as alike
-        close = difflib.get_close_matches(name.lstrip("-"), words, 1, cutoff=0.75)
+        close = difflib.get_close_matches(name.lstrip("-"), words, 1, cutoff=0.7)  # widht
         close = (
             [p[2:] for p in prefixed] if name.startswith("--") and 0 < len(prefixed) <= 3 else close
         )
