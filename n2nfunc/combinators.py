@@ -86,13 +86,13 @@ def _checked_cotangent(ct, out, name: str):
     return ct if out is None else check_cotangent(ct, out, name)
 
 
-def _check_input_grad(ct, x: Output | None) -> None:
-    """A child's pullback must return an input gradient of its input's shape (a layer of
+def _check_input_grad(ct, shape) -> None:
+    """A child's pullback must return an input gradient of its input's ``shape`` (a layer of
     one's own that returned another would otherwise be blamed on the layer before it)."""
-    if isinstance(x, Output) and isinstance(ct, Tensor) and tuple(ct.shape) != x.shape:
+    if shape is not None and isinstance(ct, Tensor) and ct.shape != shape:
         raise ValueError(
             f"its pullback returned an input gradient of shape {tuple(ct.shape)} for an input "
-            f"of shape {x.shape}"
+            f"of shape {tuple(shape)}"
         )
 
 
@@ -156,7 +156,7 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
         new_state, pullbacks, inputs = {}, [], []
         for i, (layer, r) in enumerate(zip(children, split_rng(rng, len(children)))):
             p, s = _child(params, state, i, "serial")
-            inputs.append(_outputs(x))
+            inputs.append(x.shape if isinstance(x, Tensor) else None)
             with at_layer(str(i)):
                 x, new_state[str(i)], pb = layer.vjp(p, s, x, train=train, rng=r)
             pullbacks.append(Held(pb, "serial"))

@@ -74,15 +74,19 @@ def _checked(params, x, name, out_channels, k, bias, out_size, transposed=False)
     weight = params.get("weight") if isinstance(params, dict) else None
     ok = weight is not None and hasattr(weight, "dim") and weight.dim() == 4
     c = weight.shape[0 if transposed else 1] if ok else -1
-    if (not ok or tuple(weight.shape) != _weight_shape(c, out_channels, k, transposed)) and (
-        isinstance(x, Tensor) and x.dim() == 4
-    ):  # another layer's weight: the shape this one needs for this input
-        c = x.shape[1]
-    expected = {
-        "weight": _weight_shape(c, out_channels, k, transposed),
-        **({"bias": (out_channels,)} if bias else {}),
-    }
-    check_params(params, name, expected)
+
+    def expected(c):
+        return {
+            "weight": _weight_shape(c, out_channels, k, transposed),
+            **({"bias": (out_channels,)} if bias else {}),
+        }
+
+    try:
+        check_params(params, name, expected(c))
+    except ValueError:
+        if isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
+            check_params(params, name, expected(x.shape[1]))  # the shape this input needs
+        raise
     check_image(x, name, c, weight)
     return weight, tuple(x.shape[2:]), _sizes(x.shape, out_size, name)
 
