@@ -40,7 +40,7 @@ from .base import (
 from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng
 
 
-def _at(path: str, error: Exception) -> Exception:
+def layer_error(path: str, error: Exception) -> Exception:
     """The same kind of error, its message prefixed with the layer path."""
     message = str(error.args[0]) if error.args else str(error)
     if message.startswith("in layer "):
@@ -57,7 +57,7 @@ def at_layer(path: str) -> Iterator[None]:
     try:
         yield
     except (ValueError, TypeError, KeyError) as e:  # the traceback still shows where
-        raise _at(path, e).with_traceback(e.__traceback__) from None
+        raise layer_error(path, e).with_traceback(e.__traceback__) from None
 
 
 def _child(params, state, i: int, name: str):

@@ -27,7 +27,7 @@ from torch import Generator, Tensor, empty
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
 from .base import Layer, flag, pull
-from .combinators import at_layer, serial
+from .combinators import layer_error, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
 from .losses import (
@@ -581,8 +581,10 @@ class Sequential(Module):
         x = inputs[0] if len(inputs) == 1 else inputs
         pullbacks = []
         for i, m in enumerate(self.modules):
-            with at_layer(str(i)):
+            try:
                 x = m.forward(x)
+            except (ValueError, TypeError, KeyError) as e:  # named by its position
+                raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             pullbacks.append(m._pullback)
         self._pullback = pullbacks
         return x
@@ -590,12 +592,13 @@ class Sequential(Module):
     def _pull(self, pullbacks, ct, input_grad: bool):
         for i in reversed(range(len(self.modules))):
             m, wanted = self.modules[i], input_grad or i > 0
-            if type(m).backward is not Module.backward:  # a block with a backward of its own
-                with at_layer(str(i)):
+            try:
+                if type(m).backward is not Module.backward:  # a block with its own backward
                     ct = m.backward(ct, input_grad=wanted)
-                continue
-            with at_layer(str(i)):
+                    continue
                 ct = m._pull(pullbacks[i], ct, wanted)
+            except (ValueError, TypeError, KeyError) as e:  # named by its position
+                raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                 m._pullback = _SPENT
         return ct
