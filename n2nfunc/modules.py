@@ -27,7 +27,7 @@ from torch import Generator, Tensor, empty
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
 from .base import Layer, flag, pull
-from .combinators import layer_error, serial
+from .combinators import NAMED, layer_error, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
 from .losses import (
@@ -583,7 +583,7 @@ class Sequential(Module):
         for i, m in enumerate(self.modules):
             try:
                 x = m.forward(x)
-            except (ValueError, TypeError, KeyError) as e:  # named by its position
+            except NAMED as e:  # named by its position
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             pullbacks.append(m._pullback)
         self._pullback = pullbacks
@@ -597,7 +597,7 @@ class Sequential(Module):
                     ct = m.backward(ct, input_grad=wanted)
                     continue
                 ct = m._pull(pullbacks[i], ct, wanted)
-            except (ValueError, TypeError, KeyError) as e:  # named by its position
+            except NAMED as e:  # named by its position
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                 m._pullback = _SPENT
