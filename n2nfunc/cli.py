@@ -276,10 +276,14 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
     for dest, key in RUN_OPTIONS.items():
         mine, theirs = _plain(cmd.get(key, DEFAULT_CONFIG.get(key))), _plain(config.get(key))
         if dest in given and key in config and mine != theirs:
-            option = _option(dest) + ("" if dest == "no_augment" else f" {_shown(mine)}")
+            if dest == "no_augment":
+                option = "--no-augment"
+                own = "the run, which augments its pairs" if theirs else "the run"
+            else:
+                option, own = f"{_option(dest)} {_shown(mine)}", f"its {_shown(theirs)}"
             raise ValueError(
                 f"--resume continues the run of {path} with its own settings: {option} differs "
-                f"from its {key} {_shown(theirs)} (to change it, start a new run without --resume)"
+                f"from {own} (to change it, start a new run without --resume)"
             )
     args.seed = config.get("seed", args.seed)  # the seed of its data too
     args.batch_size = config.get("batch_size", args.batch_size)
@@ -864,7 +868,7 @@ def _check_denoise(args, error) -> None:
     if args.tile is not None and args.tile % TILE_ALIGN:
         error(
             f"--tile {args.tile}: must be a multiple of {TILE_ALIGN} (e.g. "
-            f"{max(MIN_TILE, args.tile // TILE_ALIGN * TILE_ALIGN)})"
+            f"{max(MIN_TILE, min(args.tile, 4096) // TILE_ALIGN * TILE_ALIGN)})"
         )
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         error(f"output {args.output} is the input file; choose another name")

@@ -97,10 +97,13 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
     for extra, said in [
         (["--noise", "gaussian:25"], r"trained with --noise gaussian:10; drop --noise gaussian:25"),
         (["--n-train", "200"], r"trained with --n-train 96; drop --n-train 200"),
-        (["--epochs", "5"], r"own settings: --epochs 5 differs from its num_epochs 1"),
-        (["--lr", "0.1"], r"own settings: --lr 0.1 differs from its lr 0.006"),
-        (["--no-augment"], r"own settings: --no-augment differs from its augment True"),
-        (["--widths", "8", "9"], r"--widths 8 9 differs from its widths 8 8"),
+        (["--epochs", "5"], r"own settings: --epochs 5 differs from its 1 "),
+        (["--lr", "0.1"], r"own settings: --lr 0.1 differs from its 0.006 "),
+        (
+            ["--no-augment"],
+            r"own settings: --no-augment differs from the run, which augments its pairs",
+        ),
+        (["--widths", "8", "9"], r"--widths 8 9 differs from its 8 8 "),
     ]:
         assert main([*resume, *extra]) == 2
         err = capsys.readouterr().err
