@@ -43,7 +43,12 @@ NAMED = (ValueError, TypeError, KeyError)  # errors re-raised naming the layer's
 
 
 def layer_error(path: str, error: Exception) -> Exception:
-    """The same kind of error, its message prefixed with the layer path."""
+    """The same kind of error, its message prefixed with the layer path; an error of a class
+    of one's own (a subclass) is the same error, with the path added as a note."""
+    if type(error) not in NAMED:
+        if hasattr(error, "add_note"):  # Python 3.11+
+            error.add_note(f"in layer {path}")
+        return error
     message = str(error.args[0]) if error.args else str(error)
     if message.startswith("in layer "):
         message = f"in layer {path}." + message[len("in layer ") :]

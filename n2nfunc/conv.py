@@ -84,7 +84,8 @@ def _checked(params, x, name, out_channels, k, bias, out_size, transposed=False)
     try:
         check_params(params, name, expected(c))
     except ValueError:
-        if isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
+        own = ok and tuple(weight.shape) == expected(c)["weight"]
+        if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
             check_params(params, name, expected(x.shape[1]))  # the shape this input needs
         raise
     check_image(x, name, c, weight)

@@ -13,6 +13,7 @@ mode)::
 """
 
 from collections.abc import Callable
+from types import FunctionType
 
 from .base import Layer, pull
 from .losses import Loss
@@ -21,12 +22,17 @@ from .stateful import StatefulLayer
 
 
 def _called(value) -> str:
-    """What was passed, as an error names it; a function gets a hint that it may be a
-    factory to call (``n2nfunc.huber``, ``optim.adam``)."""
-    if callable(value) and not isinstance(value, (Layer, StatefulLayer, Loss, tuple)):
-        name = getattr(value, "__name__", type(value).__name__)
-        return f"the function {name} (a factory? call it: {name}(...))"
+    """What was passed, as an error names it: a named function gets a hint that it may be a
+    factory to call (``n2nfunc.huber``, ``optim.adam``), a class wrapper that its layer is
+    ``.layer``."""
+    if isinstance(value, FunctionType) and value.__name__ != "<lambda>":
+        return f"the function {value.__name__} (a factory? call it: {value.__name__}(...))"
+    if isinstance(getattr(value, "layer", None), (Layer, StatefulLayer)):
+        return f"a {type(value).__name__} block (its functional layer is .layer, params .params)"
     return type(value).__name__
+
+
+_MISSING = object()  # an argument not given (None is a target a loss may ignore)
 
 
 def _check_parts(layer, loss, name: str) -> None:
@@ -81,8 +87,8 @@ def make_train_step(
     grad_fn = value_and_grad(layer, loss)
     if isinstance(layer, StatefulLayer):
 
-        def train_step_stateful(params, state, opt_state, x=None, target=None, rng=None):
-            if x is None or target is None:
+        def train_step_stateful(params, state, opt_state, x=_MISSING, target=_MISSING, rng=None):
+            if x is _MISSING or target is _MISSING:
                 raise TypeError(
                     "train_step: the network is stateful (batch norm, dropout, ...): call "
                     "train_step(params, state, opt_state, x, target, rng), with the state from "

@@ -306,3 +306,11 @@ def test_unet_input_errors_quote_the_input_not_its_padded_copy(x, error, pattern
     for run in (lambda: net.apply(params, x), lambda: net.vjp(params, x)):
         with pytest.raises(error, match=pattern):
             run()
+
+
+def test_a_wrong_bias_beside_the_layers_own_weight_names_the_bias():
+    layer = nf.conv2d(8, 3, padding=1)
+    _, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
+    params["bias"] = torch.zeros(4)
+    with pytest.raises(ValueError, match=r"parameter 'bias' must have shape \(8,\), got \(4,\)"):
+        layer.apply(params, torch.randn(2, 5, 8, 8))

@@ -627,3 +627,29 @@ def test_sequential_errors_name_the_block_position():
     nested.forward(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"^in layer 1\.1: relu: output gradient must have"):
         nested.backward(torch.randn(2, 3, 5, 5))
+
+
+def test_sequential_lets_an_error_class_of_ones_own_through_with_a_note():
+    """Rebuilding the error with the layer path in its message broke a ValueError subclass
+    whose __init__ takes other arguments."""
+    import sys
+
+    import n2nfunc as nf
+
+    class ShapeError(ValueError):
+        def __init__(self, expected, got):
+            super().__init__(f"expected {expected}, got {got}")
+            self.expected = expected
+
+    class Mine(nf.Module):
+        def __init__(self):
+            super().__init__(nf.relu(), {})
+
+        def forward(self, x):
+            raise ShapeError(99, x.shape[1])
+
+    with pytest.raises(ShapeError) as e:
+        nf.Sequential(nf.Conv2d(3, 4, 3, padding=1), Mine()).forward(torch.randn(1, 3, 8, 8))
+    assert e.value.expected == 99
+    if sys.version_info >= (3, 11):
+        assert e.value.__notes__ == ["in layer 1"]

@@ -257,3 +257,24 @@ def test_make_train_step_names_a_factory_given_for_loss_or_optimizer():
         TypeError, match=r"value_and_grad: layer must be a Layer, got the function conv2d"
     ):
         nf.value_and_grad(nf.conv2d, nf.mse)
+
+
+def test_a_stateful_train_step_takes_a_target_of_none():
+    """A loss that ignores its target may be given None; the check for a plain-style call
+    took None for a missing argument."""
+    from n2nfunc.losses import Loss
+
+    energy = Loss(lambda p, _: (p * p).mean(), lambda p, _: ((p * p).mean(), 2 * p / p.numel()))
+    net = nf.serial(nf.conv2d(3, 3, padding=1), nf.batch_norm2d(), nf.relu())
+    _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
+    opt = nf.optim.sgd(0.1)
+    step = nf.make_train_step(net, energy, opt)
+    *_, value = step(params, state, opt.init(params), torch.randn(2, 3, 8, 8), None, None)
+    assert torch.isfinite(value)
+
+
+def test_a_class_wrapper_given_to_make_train_step_is_pointed_to_its_layer():
+    with pytest.raises(TypeError, match=r"got a Sequential block \(its functional layer is .layer"):
+        nf.make_train_step(nf.Sequential(nf.Conv2d(3, 3, 3)), nf.mse, nf.optim.sgd(0.1))
+    with pytest.raises(TypeError, match=r"loss must be a Loss such as n2nfunc.mse, got function$"):
+        nf.make_train_step(nf.serial(nf.relu()), lambda a, b: 0, nf.optim.sgd(0.1))
