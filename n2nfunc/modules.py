@@ -26,7 +26,7 @@ from torch import Generator, Tensor, empty
 
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
-from .base import Layer, flag, pull
+from .base import Layer, check_cotangent, flag, output_of, pull
 from .combinators import NAMED, layer_error, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
@@ -587,7 +587,16 @@ class Sequential(Module):
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             pullbacks.append(m._pullback)
         self._pullback = pullbacks
+        self._out = output_of(x) if isinstance(x, Tensor) else None
         return x
+
+    def backward(self, *grad_wrt_output, input_grad: bool = True):
+        """As :meth:`Module.backward`, the output gradient checked against this Sequential's
+        output first (else a wrong one was blamed on its last block)."""
+        self._check_backward()
+        if len(grad_wrt_output) == 1 and self._out is not None:
+            grad_wrt_output = (check_cotangent(grad_wrt_output[0], self._out, "Sequential"),)
+        return super().backward(*grad_wrt_output, input_grad=input_grad)
 
     def _pull(self, pullbacks, ct, input_grad: bool):
         for i in reversed(range(len(self.modules))):

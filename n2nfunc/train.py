@@ -13,7 +13,6 @@ mode)::
 """
 
 from collections.abc import Callable
-from types import FunctionType
 
 from .base import Layer, pull
 from .losses import Loss
@@ -25,7 +24,7 @@ def _called(value) -> str:
     """What was passed, as an error names it: a named function gets a hint that it may be a
     factory to call (``n2nfunc.huber``, ``optim.adam``), a class wrapper that its layer is
     ``.layer``."""
-    if isinstance(value, FunctionType) and value.__name__ != "<lambda>":
+    if isinstance(value, type(_check_parts)) and value.__name__ != "<lambda>":  # a def
         return f"the function {value.__name__} (a factory? call it: {value.__name__}(...))"
     if isinstance(getattr(value, "layer", None), (Layer, StatefulLayer)):
         return f"a {type(value).__name__} block (its functional layer is .layer, params .params)"
