@@ -151,7 +151,8 @@ def train_worker(args, device, run) -> int:
             dp.leave()
         return code
     except (KeyboardInterrupt, distributed.CommunicationError) as e:
-        if isinstance(e, distributed.CommunicationError) and not interrupted:  # a peer died
+        peer_died = isinstance(e, distributed.CommunicationError) and not interrupted
+        if peer_died and not _launcher_gone():  # (a launcher killed outright takes the store)
             print(f"error: {e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
@@ -178,6 +179,20 @@ def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="n2nfunc-orphan-watch", daemon=True).start()
 
 
+def _launcher_gone(wait_s: float = 1.0) -> bool:
+    """Whether the ``train --nproc`` launcher of this worker has died (waiting a moment: a
+    dying process closes its sockets before its children are handed to another parent)."""
+    text = os.environ.get(LAUNCHER_PID, "")
+    if not text.isdigit():
+        return False
+    deadline = time.monotonic() + wait_s
+    while os.getppid() == int(text):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _interrupted_text(state: Path, out, saved: bool) -> str:
     """What rank 0 says on Ctrl-C: the epoch whose start the checkpoint holds (it is saved
     at the start of the run and after every epoch), as a one-process run says it."""
@@ -186,9 +201,15 @@ def _interrupted_text(state: Path, out, saved: bool) -> str:
     from . import checkpoint
 
     try:
-        epoch = int(checkpoint.load(state)["epoch"])
+        saved_state = checkpoint.load(state)
+        epoch, epochs = int(saved_state["epoch"]), int(saved_state["config"]["num_epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return f"interrupted; {state} could not be read back"
+    if epoch >= epochs:  # while the results were being written
+        weights = Path(out) / "model.pth"
+        return f"interrupted after the last epoch; {state} holds the trained run" + (
+            f", {weights} its weights" if weights.is_file() else ""
+        )
     return (
         f"interrupted in epoch {epoch + 1}; {state} holds the state from its start; continue "
         f"with `n2nfunc train --resume {state} --out {out}`"

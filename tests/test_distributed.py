@@ -429,8 +429,11 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
         while any(Path(f"/proc/{w}").exists() for w in workers):
             assert time.monotonic() < deadline, "the workers outlived their launcher by 5 s"
             time.sleep(0.2)
+        err = proc.stderr.read()  # the workers wrote into the launcher's stderr
     finally:
         _stop(proc)
+    # rank 0 says where to resume, whichever came first: the watch, or the store's death
+    assert "interrupted in epoch 1;" in err and "another process died" not in err, err[-3000:]
     state = checkpoint.load(out / "checkpoint.pth")  # intact: written atomically
     Model(state["config"]).load_payload(state, "checkpoint")
 
@@ -527,3 +530,14 @@ def test_only_workers_of_train_nproc_watch_their_parent(monkeypatch):
     monkeypatch.setenv(launch.LAUNCHER_PID, str(os.getpid()))  # a launcher, not our parent
     launch._interrupt_when_orphaned()
     assert not watching()
+
+
+def test_ctrl_c_after_the_last_epoch_does_not_advise_resuming(tmp_path):
+    """Ctrl-C while the results were written said to --resume a finished run."""
+    model = Model({"widths": (4, 4), "num_epochs": 1})
+    state = tmp_path / "checkpoint.pth"
+    checkpoint.save(state, {**model.payload(), "epoch": 1})
+    text = launch._interrupted_text(state, tmp_path, True)
+    assert text.startswith("interrupted after the last epoch;") and "--resume" not in text
+    checkpoint.save(state, {**model.payload(), "epoch": 0})
+    assert launch._interrupted_text(state, tmp_path, True).startswith("interrupted in epoch 1;")
