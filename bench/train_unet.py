@@ -275,8 +275,10 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="default n2nfunc/weights/NAME.pth")
     args = ap.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: this torch has no CUDA device")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as e:
+        ap.error(f"--device {args.device}: {str(e).splitlines()[0]}")
     allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
     recipe = {"arch": None, "crop": 64, "batch": 8, **RECIPE.get(args.name, {})}

@@ -115,8 +115,10 @@ def main() -> None:
         help="also the peak of live tensor bytes in one step (CPU allocator, torch profiler)",
     )
     args = ap.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: this torch has no CUDA device")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as e:
+        ap.error(f"--device {args.device}: {str(e).splitlines()[0]}")
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
     if args.device == "cpu":

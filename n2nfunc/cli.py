@@ -585,18 +585,19 @@ def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
 
 
 def _say_other_noise(args, recorded: str) -> None:
-    """A note when the weights were trained on camera noise and eval generates aliasing, or
-    the other way round (the default --noise is the course's aliasing)."""
-    if args.val or args.val_pairs or "not recorded" in recorded:
+    """A note when the weights were trained on camera noise and eval generates aliasing by
+    default, or the other way round (a --noise given on purpose gets none)."""
+    if args.val or args.val_pairs or "not recorded" in recorded or "noise" in _given(args):
         return
-    trained_camera = any(k in recorded.lower() for k in ("gaussian", "poisson"))
-    if trained_camera != _camera_noise(args):
+    kinds = [k for k in ("gaussian", "poisson") if k in recorded.lower()]
+    if bool(kinds) != _camera_noise(args):
+        example = (
+            {"gaussian": "gaussian:25", "poisson": "poisson:30"}.get(kinds[0]) if kinds else ""
+        )
         print(
-            f"note: the weights' noise is {recorded}; the validation pairs have --noise "
-            f"{args.noise}"
-            + (", the default" if "noise" not in _given(args) else "")
-            + ": give --noise to judge them on their own kind"
-            + (" (e.g. --noise gaussian:25)" if trained_camera else "")
+            f"note: the weights' noise is {recorded}; the validation pairs have the default "
+            f"--noise {args.noise}: give --noise to judge them on their own kind"
+            + (f" (e.g. --noise {example})" if example else "")
         )
 
 

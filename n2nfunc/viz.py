@@ -50,7 +50,7 @@ def plot_curves(history: list, path) -> Path | None:
 
 def _epoch_row(entry, i: int) -> dict:
     """One epoch of a history as a dict with ``epoch`` and ``loss``: a number is a loss."""
-    if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+    if _number(entry):  # a Python, NumPy or 0-dim tensor number (a train step's loss)
         return {"epoch": i + 1, "loss": float(entry)}
     if isinstance(entry, dict) and "loss" in entry:
         return {"epoch": i + 1, **entry}
@@ -58,6 +58,14 @@ def _epoch_row(entry, i: int) -> dict:
         f"plot_curves: history entry {i} must be a loss or a dict with 'loss' (and 'epoch', "
         f"'val_psnr', 'noisy_psnr', as n2nfunc train writes them), got {entry!r}"
     )
+
+
+def _number(value) -> bool:
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return getattr(value, "ndim", None) == 0 and hasattr(value, "__float__")
 
 
 def _save(fig, path) -> Path:

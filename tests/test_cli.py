@@ -676,7 +676,10 @@ def test_eval_notes_when_the_weights_noise_is_another_kind(tmp_path, monkeypatch
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     assert main(["eval", "--model", "unet-gaussian", "--n-val", "4"]) == 0
     out = capsys.readouterr().out
-    assert "note: the weights' noise is gaussian:0-50; the validation pairs have --noise " in out
-    assert "downsample, the default: give --noise" in out
-    assert main(["eval", "--model", "unet-gaussian", "--n-val", "4", "--noise", "gaussian:25"]) == 0
-    assert "the weights' noise is" not in capsys.readouterr().out
+    assert "note: the weights' noise is gaussian:0-50; the validation pairs have the default" in out
+    assert "default --noise downsample: give --noise" in out and "gaussian:25)" in out
+    assert main(["eval", "--model", "unet-poisson", "--n-val", "4"]) == 0
+    assert "(e.g. --noise poisson:30)" in capsys.readouterr().out
+    for noise in ("gaussian:25", "downsample"):  # given on purpose: no note
+        assert main(["eval", "--model", "unet-gaussian", "--n-val", "4", "--noise", noise]) == 0
+        assert "the weights' noise is" not in capsys.readouterr().out
