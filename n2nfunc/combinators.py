@@ -37,7 +37,7 @@ from .base import (
     releases,
     skips_input_grad,
 )
-from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng
+from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng, stateful_call
 
 NAMED = (ValueError, TypeError, KeyError)  # errors re-raised naming the layer's path
 
@@ -114,30 +114,11 @@ def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:
     """The combinator built from ``init``/``apply``/``vjp`` written for lifted children:
     stateful if one of ``layers`` is, else a plain ``Layer`` (run with ``state=None``)."""
     if any(isinstance(layer, StatefulLayer) for layer in layers):
-        vjp = _stateful_call(vjp, "vjp")
-        return StatefulLayer(init, _stateful_call(apply, "apply"), releases(skips_input_grad(vjp)))
+        vjp = stateful_call(vjp, "vjp", "this network")
+        return StatefulLayer(
+            init, stateful_call(apply, "apply", "this network"), releases(skips_input_grad(vjp))
+        )
     return fixed(StatefulLayer(init, apply, releases(skips_input_grad(vjp))), None, train=False)
-
-
-_MISSING = object()
-
-
-def _stateful_call(fn, kind: str):
-    """``fn(params, state, x, *, train, rng)``, with a call in a plain layer's form
-    (``net.apply(params, x)``) named as such rather than as a missing argument."""
-
-    def call(params, state=_MISSING, x=_MISSING, *, train=_MISSING, rng=None):
-        if x is _MISSING or train is _MISSING:
-            raise TypeError(
-                f"{kind}: this network is stateful (a layer in it, such as batch norm or dropout, "
-                f"keeps state or draws random numbers): call {kind}(params, state, x, "
-                "train=True or False, rng=a torch.Generator or None), with the state from its "
-                "init, which returns (out_shape, params, state); or make it a plain layer with "
-                "n2nfunc.stateful.fixed(net, state, train=False)"
-            )
-        return fn(params, state, x, train=train, rng=rng)
-
-    return call
 
 
 def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:

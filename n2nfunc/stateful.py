@@ -58,6 +58,28 @@ class StatefulLayer(NamedTuple):
     vjp: Callable[..., tuple[Any, State, Pullback]]
 
 
+_MISSING = object()
+
+
+def stateful_call(fn, kind: str, who: str):
+    """``fn(params, state, x, *, train, rng)`` (a stateful layer's ``apply`` or ``vjp``, as
+    ``kind`` says), with a call in a plain layer's form (``net.apply(params, x)``) named as
+    such rather than as a missing argument; ``who`` names the layer or network."""
+
+    def call(params, state=_MISSING, x=_MISSING, *, train=_MISSING, rng=None):
+        if x is _MISSING or train is _MISSING:
+            raise TypeError(
+                f"{kind}: {who} is stateful (it keeps state or draws random numbers, as batch "
+                f"norm and dropout do): call {kind}(params, state, x, train=True or False, "
+                "rng=a torch.Generator or None), with the state from its init, which returns "
+                "(out_shape, params, state); or make it a plain layer with "
+                "n2nfunc.stateful.fixed(layer, state, train=False)"
+            )
+        return fn(params, state, x, train=train, rng=rng)
+
+    return call
+
+
 def lift(layer: Layer | StatefulLayer) -> StatefulLayer:
     """``layer`` as a :class:`StatefulLayer`: a plain layer gets the empty state ``{}`` and
     ignores ``train`` and ``rng``; a stateful layer is returned as it is."""

@@ -278,3 +278,14 @@ def test_a_class_wrapper_given_to_make_train_step_is_pointed_to_its_layer():
         nf.make_train_step(nf.Sequential(nf.Conv2d(3, 3, 3)), nf.mse, nf.optim.sgd(0.1))
     with pytest.raises(TypeError, match=r"loss must be a Loss such as n2nfunc.mse, got function$"):
         nf.make_train_step(nf.serial(nf.relu()), lambda a, b: 0, nf.optim.sgd(0.1))
+
+
+@pytest.mark.parametrize("make", [nf.batch_norm2d, lambda: nf.dropout(0.5)])
+def test_a_bare_stateful_layer_called_like_a_plain_one_says_how_to_call_it(make):
+    layer = make()
+    _, params, state = layer.init(torch.Generator().manual_seed(0), (-1, 3, 4, 4))
+    x = torch.randn(2, 3, 4, 4)
+    for call in (lambda: layer.apply(params, x), lambda: layer.vjp(params, x)):
+        with pytest.raises(TypeError, match=r"(batch_norm2d|dropout)\(.*\) is stateful .*call"):
+            call()
+    assert layer.apply(params, state, x, train=False)[0].shape == x.shape

@@ -10,7 +10,7 @@ Evaluation, or ``p = 0``: the identity, and nothing is drawn. No params, empty s
 from torch import Generator, empty
 
 from ..base import check_cotangent, check_params, check_tensor, output_of
-from ..stateful import StatefulLayer
+from ..stateful import StatefulLayer, stateful_call
 
 
 def dropout(p: float = 0.5) -> StatefulLayer:
@@ -47,4 +47,4 @@ def dropout(p: float = 0.5) -> StatefulLayer:
         y, new_state, _ = vjp(params, state, x, train=train, rng=rng)
         return y, new_state
 
-    return StatefulLayer(init, apply, vjp)
+    return StatefulLayer(init, stateful_call(apply, "apply", name), stateful_call(vjp, "vjp", name))

@@ -28,7 +28,7 @@ from ..base import (
     output_of,
     skips_input_grad,
 )
-from ..stateful import StatefulLayer
+from ..stateful import StatefulLayer, stateful_call
 
 _AXES = (0, 2, 3)
 
@@ -138,4 +138,6 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         y, new_state, _ = vjp(params, state, x, train=train)
         return y, new_state
 
-    return StatefulLayer(init, apply, skips_input_grad(vjp))
+    return StatefulLayer(
+        init, stateful_call(apply, "apply", name), skips_input_grad(stateful_call(vjp, "vjp", name))
+    )
