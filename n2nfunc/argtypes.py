@@ -134,9 +134,9 @@ def image_dir(text: str) -> Path:
     return path
 
 
-def photo_dir(min_side: int) -> Callable[[str], Path]:
+def photo_dir(min_side: int, why: str = "") -> Callable[[str], Path]:
     """A folder of images, at least one of them ``min_side`` pixels on its short side (only
-    the headers are read)."""
+    the headers are read); ``why`` ends the message of a folder without one."""
 
     def parse(text: str) -> Path:
         path = image_dir(text)
@@ -144,7 +144,7 @@ def photo_dir(min_side: int) -> Callable[[str], Path]:
         if max(sides) < min_side:
             raise Error(
                 f"no photo in {text} is at least {min_side} pixels on its short side "
-                f"(the largest: {max(sides)})"
+                f"(the largest: {max(sides)})" + (f": {why}" if why else "")
             )
         return path
 

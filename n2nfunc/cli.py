@@ -274,7 +274,10 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
     given, path = _given(args), args.resume
     config, cmd = state["config"], _config(args)
     for dest, key in RUN_OPTIONS.items():
-        mine, theirs = _plain(cmd.get(key, DEFAULT_CONFIG.get(key))), _plain(config.get(key))
+        mine, theirs = (
+            launch.plain(cmd.get(key, DEFAULT_CONFIG.get(key))),
+            launch.plain(config.get(key)),
+        )
         if dest in given and key in config and mine != theirs:
             if dest == "no_augment":
                 option = "--no-augment"
@@ -306,10 +309,6 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
                 )
             continue
         setattr(args, dest, Path(value) if dest in PATH_OPTIONS and value is not None else value)
-
-
-def _plain(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _shown(value) -> str:
@@ -830,11 +829,11 @@ def _check_photo_sides(args, error) -> None:
     cuts from them (only the headers are read; on rank 0, which reads the data)."""
     if _rank() != "0":
         return
+    factor = _photo_factor(args)
     for option in ("photos", "val_photos"):
         folder = getattr(args, option, None)
         if not folder:
             continue
-        factor = _photo_factor(args)
         if _camera_noise(args):
             side = PHOTO_CROP
             why = f"--noise {args.noise} cuts {side} x {side} crops"
@@ -850,13 +849,9 @@ def _check_photo_sides(args, error) -> None:
                 "--noise downsample:FACTOR cuts 32 x FACTOR"
             )
         try:
-            at.photo_dir(1)(str(folder))  # readable: its own message
+            at.photo_dir(side, why)(str(folder))
         except at.Error as e:
             error(f"{_option(option)}: {e}")
-        try:
-            at.photo_dir(side)(str(folder))
-        except at.Error as e:
-            error(f"{_option(option)}: {e}: {why}")
 
 
 def _check_eval(args, error) -> None:

@@ -112,10 +112,11 @@ SHARED_OPTIONS = (
 
 def shared_options(args) -> dict:
     """``--option value`` of each of SHARED_OPTIONS, as this process was started."""
-    return {"--" + k.replace("_", "-"): _plain(getattr(args, k, None)) for k in SHARED_OPTIONS}
+    return {"--" + k.replace("_", "-"): plain(getattr(args, k, None)) for k in SHARED_OPTIONS}
 
 
-def _plain(value):
+def plain(value):
+    """An option's value as runs compare it: a list (--widths) as a tuple."""
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -162,14 +163,19 @@ def train_worker(args, device, run) -> int:
         distributed.shutdown()
 
 
+def _launcher() -> int | None:
+    """The pid of the ``train --nproc`` launcher that started this worker, if one did."""
+    text = os.environ.get(LAUNCHER_PID, "")
+    return int(text) if text.isdigit() else None
+
+
 def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
     """Interrupt this worker, as Ctrl-C would, once the ``train --nproc`` launcher that
     started it is gone (a launcher killed outright cannot stop its workers, which would train
     on unseen). Workers started otherwise (torchrun, by hand, under nohup) are left alone."""
-    text = os.environ.get(LAUNCHER_PID, "")
-    if not text.isdigit() or os.getppid() != int(text):
+    parent = _launcher()
+    if parent is None or os.getppid() != parent:
         return
-    parent = int(text)
 
     def watch():
         while os.getppid() == parent:
@@ -182,11 +188,11 @@ def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
 def _launcher_gone(wait_s: float = 1.0) -> bool:
     """Whether the ``train --nproc`` launcher of this worker has died (waiting a moment: a
     dying process closes its sockets before its children are handed to another parent)."""
-    text = os.environ.get(LAUNCHER_PID, "")
-    if not text.isdigit():
+    parent = _launcher()
+    if parent is None:
         return False
     deadline = time.monotonic() + wait_s
-    while os.getppid() == int(text):
+    while os.getppid() == parent:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
