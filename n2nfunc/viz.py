@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .model import to_unit_range
+from .optim import _real
 
 
 def _figure(**kwargs):
@@ -50,22 +51,15 @@ def plot_curves(history: list, path) -> Path | None:
 
 def _epoch_row(entry, i: int) -> dict:
     """One epoch of a history as a dict with ``epoch`` and ``loss``: a number is a loss."""
-    if _number(entry):  # a Python, NumPy or 0-dim tensor number (a train step's loss)
-        return {"epoch": i + 1, "loss": float(entry)}
+    loss = _real(entry)  # a Python, NumPy or 0-dim tensor number (a train step's loss)
+    if loss is not None:
+        return {"epoch": i + 1, "loss": loss}
     if isinstance(entry, dict) and "loss" in entry:
         return {"epoch": i + 1, **entry}
     raise ValueError(
         f"plot_curves: history entry {i} must be a loss or a dict with 'loss' (and 'epoch', "
         f"'val_psnr', 'noisy_psnr', as n2nfunc train writes them), got {entry!r}"
     )
-
-
-def _number(value) -> bool:
-    if isinstance(value, (bool, str, bytes)):
-        return False
-    if isinstance(value, (int, float)):
-        return True
-    return getattr(value, "ndim", None) == 0 and hasattr(value, "__float__")
 
 
 def _save(fig, path) -> Path:
