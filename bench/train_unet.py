@@ -34,7 +34,7 @@ import unet_train_step  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import allocator  # noqa: E402
-from n2nfunc.argtypes import float_range, int_range  # noqa: E402
+from n2nfunc.argtypes import float_range, int_range, noise  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos  # noqa: E402
 from n2nfunc.data.noise import clean_for, noisy_pair, parse_noise, photo_levels, random_crops  # noqa: E402
 from n2nfunc.pretrained import save_unet  # noqa: E402
@@ -62,13 +62,8 @@ RECIPE = {"unet-aliasing": {"arch": "3:32,64,48,24", "crop": 32, "batch": 32}}
 
 
 def noise_spec(text: str) -> str:
-    """A ``--noise`` value: ``builtin`` or a spec that :func:`parse_noise` takes."""
-    if text != BUILTIN:
-        try:
-            parse_noise(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+    """A ``--noise`` value: ``builtin`` or a spec as the command line takes it."""
+    return text if text == BUILTIN else noise(text)
 
 
 def parse_arch(text: str) -> dict:
