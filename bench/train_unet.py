@@ -261,7 +261,7 @@ def main() -> None:
     )
     ap.add_argument("--lr", type=float_range(0), default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", type=unet_train_step.torch_device, default="cpu")
     ap.add_argument(
         "--precision",
         choices=["float32", "bfloat16"],
@@ -270,10 +270,6 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None, help="default n2nfunc/weights/NAME.pth")
     args = ap.parse_args()
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as e:
-        ap.error(f"--device {args.device}: {str(e).splitlines()[0]}")
     allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
     recipe = {"arch": None, "crop": 64, "batch": 8, **RECIPE.get(args.name, {})}

@@ -46,6 +46,15 @@ def parse_arch(text: str) -> dict:
     return arch
 
 
+def torch_device(text: str) -> str:
+    """A ``--device`` that torch can allocate on (``cuda`` only where CUDA is)."""
+    try:
+        torch.empty(0, device=text)
+    except (RuntimeError, AssertionError) as e:
+        raise argparse.ArgumentTypeError(str(e).splitlines()[0]) from None
+    return text
+
+
 def arch_text(text: str) -> str:
     """``text`` once :func:`parse_arch` takes it (for options kept as written)."""
     parse_arch(text)
@@ -106,7 +115,7 @@ def main() -> None:
     )
     ap.add_argument("--crop", type=int_range(1), default=64)
     ap.add_argument("--batch", type=int_range(1), default=8)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", type=torch_device, default="cpu")
     ap.add_argument("--repeats", type=int_range(1), default=3)
     ap.add_argument("--rounds", type=int_range(1), default=5)
     ap.add_argument(
@@ -115,10 +124,6 @@ def main() -> None:
         help="also the peak of live tensor bytes in one step (CPU allocator, torch profiler)",
     )
     args = ap.parse_args()
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as e:
-        ap.error(f"--device {args.device}: {str(e).splitlines()[0]}")
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
     if args.device == "cpu":
