@@ -6,6 +6,7 @@ threads; it is timed in NCHW and in channels_last (the faster is the reference);
 precision on the torch side is ``torch.autocast("cpu", dtype=torch.bfloat16)``; contenders
 alternate within one process and each figure is a median over >= 5 rounds."""
 
+import argparse
 import statistics
 import time
 
@@ -86,12 +87,44 @@ def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 5) ->
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def matmul_peak(threads: int, dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
+def torch_device(text: str) -> str:
+    """A ``--device`` that torch can allocate on (``cuda`` only where CUDA is)."""
+    try:
+        torch.empty(0, device=text)
+    except (RuntimeError, AssertionError) as e:
+        raise argparse.ArgumentTypeError(str(e).splitlines()[0]) from None
+    return text
+
+
+def synced(fns: dict, device: str) -> dict:
+    """``fns`` whose calls wait for the device to finish (CUDA runs asynchronously: without
+    this a timer would measure only the launches)."""
+    if torch.device(device).type != "cuda":
+        return fns
+    return {k: (lambda f=f: (f(), torch.cuda.synchronize(device))[0]) for k, f in fns.items()}
+
+
+def cuda_peak_bytes(fn, device: str) -> int:
+    """The peak of CUDA memory allocated during one call of ``fn`` above what was allocated
+    before it (torch's caching allocator statistics)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def matmul_peak(
+    threads: int, dtype=torch.float32, size: int = 2048, repeats: int = 5, device: str = "cpu"
+) -> float:
     """Measured matmul GFLOP/s of ``dtype`` at this thread count (the practical peak)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    a @ b
-    return 2 * size**3 / median_time(lambda: a @ b, repeats) / 1e9
+    a = torch.randn(size, size).to(device=device, dtype=dtype)
+    b = torch.randn(size, size).to(device=device, dtype=dtype)
+    mm = synced({"mm": lambda: a @ b}, device)["mm"]
+    mm()
+    return 2 * size**3 / median_time(mm, repeats) / 1e9
 
 
 def allocator_line() -> str:
@@ -101,18 +134,28 @@ def allocator_line() -> str:
     return "allocator: glibc keeps freed memory (all contenders)" if kept else "allocator: default"
 
 
-def header(threads: int) -> dict:
-    """Print the machine (CPU model, flags, threads) and the measured GEMM peaks; return the
-    peaks in GFLOP/s by precision name."""
-    peaks = {name: matmul_peak(threads, dtype) for name, dtype in DTYPES.items()}
+def header(threads: int, device: str = "cpu") -> dict:
+    """Print the machine (CPU model, flags, threads; the GPU and torch's CUDA version on a
+    CUDA device) and the measured GEMM peaks; return the peaks in GFLOP/s by precision."""
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:  # float32 means IEEE float32 on both sides (cuDNN's default would be TF32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    size = 8192 if on_cuda else 2048
+    peaks = {name: matmul_peak(threads, dt, size, device=device) for name, dt in DTYPES.items()}
     torch.set_num_threads(threads)
     print(hardware.describe())
+    if on_cuda:
+        print(
+            f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}); float32 "
+            "is IEEE float32 on both sides (TF32 off in cuDNN and cuBLAS)"
+        )
     print(allocator_line())
     print(
-        "measured GEMM peak (2048^3): "
+        f"measured GEMM peak ({size}^3 on {device}): "
         + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())
     )
-    problem = hardware.bfloat16_problem("cpu")
+    problem = hardware.bfloat16_problem(device)
     if problem:
         print(f"NOTE: {problem}")
     print()
@@ -147,6 +190,9 @@ __all__ = [
     "flops_per_image",
     "median_time",
     "header",
+    "torch_device",
+    "synced",
+    "cuda_peak_bytes",
     "channels_last",
     "DTYPES",
     "peak_live_tensor_bytes",

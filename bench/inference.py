@@ -20,7 +20,14 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parents[1]),
     str(Path(__file__).resolve().parent),
 ]  # this tree
-from common import channels_last, header, interleaved, torch_net  # noqa: E402
+from common import (  # noqa: E402
+    channels_last,
+    header,
+    interleaved,
+    synced,
+    torch_device,
+    torch_net,
+)
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
@@ -33,12 +40,12 @@ def contenders(model32: Model, model16: Model, x) -> dict:
     xcl = xf.contiguous(memory_format=torch.channels_last)
     net, params = model32.net.layer, model32.net.params
     mp = nf.mixed_precision(net, "bfloat16")
-    ref = torch_net(model32.config, model32.net.state_dict())
-    ref_cl = channels_last(torch_net(model32.config, model32.net.state_dict()))
+    ref = torch_net(model32.config, model32.net.state_dict()).to(x.device)
+    ref_cl = channels_last(torch_net(model32.config, model32.net.state_dict()).to(x.device))
 
     def autocast(r, xx):
         def run():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return r(xx).float()
 
         return run
@@ -55,7 +62,7 @@ def contenders(model32: Model, model16: Model, x) -> dict:
     }
 
 
-def compare(config: dict, label: str, shipped: bool, rounds: int) -> None:
+def compare(config: dict, label: str, shipped: bool, rounds: int, device: str = "cpu") -> None:
     model32, model16 = Model(config), Model({**config, "precision": "bfloat16"})
     if shipped:
         model32.load_pretrained_model()
@@ -70,11 +77,12 @@ def compare(config: dict, label: str, shipped: bool, rounds: int) -> None:
         ("1000 x 3 x 32 x 32", (1000, 3, 32, 32)),
         ("1 x 3 x 512 x 512", (1, 3, 512, 512)),
     ]:
-        x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device)
+        model32.predict(x[:1]), model16.predict(x[:1])  # the models move to the input's device
         cands = contenders(model32, model16, x)
         ref = cands["torch.nn fwd f32 NCHW"][1]()
         assert torch.allclose(model32.predict(x) / 255, ref.clamp(0, 1), atol=1e-5)
-        times = interleaved({k: fn for k, (_, fn) in cands.items()}, 2, 5, rounds)
+        times = interleaved(synced({k: fn for k, (_, fn) in cands.items()}, device), 2, 5, rounds)
         best = {
             p: min(times[k] for k, (q, _) in cands.items() if q == p and k.startswith("torch"))
             for p in ("float32", "bfloat16")
@@ -91,15 +99,19 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument("--rounds", type=int_range(1), default=5)
+    ap.add_argument("--device", type=torch_device, default="cpu", help="cpu (default) or cuda[:N]")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    header(args.threads)
-    compare(dict(Model().config), "default network, shipped weights", True, args.rounds)
+    header(args.threads, args.device)
+    compare(
+        dict(Model().config), "default network, shipped weights", True, args.rounds, args.device
+    )
     compare(
         {**Model().config, "widths": (32, 64), "kernel": 3, "upsampling": "nearest"},
         "reference network (nearest x2 + 3x3 conv upsampling)",
         False,
         args.rounds,
+        args.device,
     )
     print(
         "ratio = time of the faster torch.nn layout of the same precision (bare forward under "

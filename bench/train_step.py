@@ -35,12 +35,15 @@ sys.path[:0] = [
 ]  # this tree
 from common import (  # noqa: E402
     channels_last,
+    cuda_peak_bytes,
     flops_per_image,
     header,
     interleaved,
     n2nfunc_net,
     nf,
     peak_live_tensor_bytes,
+    synced,
+    torch_device,
     torch_net,
     variant_config,
 )
@@ -60,7 +63,7 @@ TORCH = {  # name -> (channels_last, autocast)
 
 def ours(config: dict, precision: str, x, y, seed: int = 0):
     """One n2nfunc training step as Model.train runs it."""
-    net = n2nfunc_net(config, seed)
+    net = n2nfunc_net(config, seed).to(device=x.device)
     runner = net
     if precision != "float32":
         runner = nf.Module(nf.mixed_precision(net.layer, precision), net.params)
@@ -78,7 +81,7 @@ def ours(config: dict, precision: str, x, y, seed: int = 0):
 
 def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
     """One torch.nn + autograd + Adam step, optionally channels_last and/or autocast-bf16."""
-    net = torch_net(config, n2nfunc_net(config, seed).state_dict())
+    net = torch_net(config, n2nfunc_net(config, seed).state_dict()).to(x.device)
     if layout_cl:
         net, x = channels_last(net), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
@@ -87,7 +90,7 @@ def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
         with torch.enable_grad():
             opt.zero_grad()
             if autocast:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
                     out = net(x)
                 F.mse_loss(out.float(), y).backward()
             else:
@@ -97,11 +100,13 @@ def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
     return step
 
 
-def contenders(config: dict, batch: int, only: str | None = None, seed: int = 0) -> dict:
-    """name -> zero-argument function doing one training step."""
+def contenders(
+    config: dict, batch: int, only: str | None = None, seed: int = 0, device: str = "cpu"
+) -> dict:
+    """name -> zero-argument function doing one training step (waiting for a CUDA device)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, 3, 32, 32, generator=g)
-    y = torch.rand(batch, 3, 32, 32, generator=g)
+    x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
+    y = torch.rand(batch, 3, 32, 32, generator=g).to(device)
     out = {}
     for name in OURS:
         if only in (None, name):
@@ -109,7 +114,7 @@ def contenders(config: dict, batch: int, only: str | None = None, seed: int = 0)
     for name, (cl, ac) in TORCH.items():
         if only in (None, name):
             out[name] = theirs(config, cl, ac, x, y, seed)
-    return out
+    return synced(out, device)
 
 
 def rss_bytes() -> int:
@@ -161,11 +166,12 @@ def peak_memory(name: str, config: dict, batch: int, threads: int, runs: int = 5
     return sorted(peaks)[len(peaks) // 2], sorted(lives)[len(lives) // 2]
 
 
-def settings(quick: bool):
+def settings(quick: bool, device: str = "cpu"):
     default = {k: DEFAULT_CONFIG[k] for k in ("widths", "kernel", "upsampling")}
     label = f"default ({default['upsampling']} k{default['kernel']})"
     runs = [(label, variant_config(default["upsampling"], default["widths"], default["kernel"]))]
-    batches = {label: (100,) if quick else (32, 100)}
+    gpu_batch = () if device == "cpu" else (4096,)  # a GPU needs large batches to fill
+    batches = {label: (100,) if quick else (32, 100, *gpu_batch)}
     if not quick:
         ref = "reference (nearest k3)"
         runs.append((ref, variant_config("nearest", (32, 64), 3)))
@@ -188,6 +194,13 @@ def main() -> None:
     p.add_argument("--threads", type=int_range(1), default=2)
     p.add_argument("--rounds", type=int_range(1), default=5)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--device",
+        type=torch_device,
+        default="cpu",
+        help="cpu (default) or cuda[:N]; on CUDA, memory is the peak of the caching "
+        "allocator in one step, and batch 4096 is added",
+    )
     p.add_argument("--memory", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -195,19 +208,29 @@ def main() -> None:
     if args.memory:
         return memory_child(args)
     torch.set_grad_enabled(False)
-    peaks = header(args.threads)
+    peaks = header(args.threads, args.device)
+    on_cuda = torch.device(args.device).type == "cuda"
     memory = not (args.no_memory or args.quick)
     head = (
         f"{'network':<24}{'batch':>6}  {'contender':<32}{'img/s':>8}{'vs f32':>8}{'vs bf16':>8}"
         f"{'GFLOP/s':>9}{'%peak':>7}"
     )
-    if memory:
+    if memory and on_cuda:
+        head += f"{'CUDA MB':>9}{'ratio':>7}"
+    elif memory:
         head += f"{'peak MB':>9}{'mem ratio':>10}{'live MB':>9}{'ratio':>7}"
     print(head)
     print("-" * len(head))
-    for label, config, batch in settings(args.quick):
-        times = interleaved(contenders(config, batch), 3, 5, args.rounds)
-        mem = {n: peak_memory(n, config, batch, args.threads) for n in times} if memory else {}
+    for label, config, batch in settings(args.quick, args.device):
+        fns = contenders(config, batch, device=args.device)
+        times = interleaved(fns, 3, 5, args.rounds)
+        if memory and on_cuda:
+            mem = {n: (cuda_peak_bytes(f, args.device) / 2**20,) for n, f in fns.items()}
+        elif memory:
+            mem = {n: peak_memory(n, config, batch, args.threads) for n in times}
+        else:
+            mem = {}
+        del fns
         ref32, ref16 = best(times, False), best(times, True)
         ref_name = min((n for n in TORCH if not TORCH[n][1]), key=lambda n: times[n])
         for name, t in times.items():
@@ -217,7 +240,9 @@ def main() -> None:
                 f"{label:<24}{batch:>6}  {name:<32}{batch / t:>8.0f}{ref32 / t:>8.2f}"
                 f"{ref16 / t:>8.2f}{gflops:>9.1f}{100 * gflops / peaks[precision]:>6.0f}%"
             )
-            if mem:
+            if mem and on_cuda:
+                row += f"{mem[name][0]:>9.1f}{mem[name][0] / max(mem[ref_name][0], 1e-9):>7.2f}"
+            elif mem:
                 (rss, live), (ref_rss, ref_live) = mem[name], mem[ref_name]
                 row += f"{rss:>9.0f}{rss / max(ref_rss, 1e-9):>10.2f}"
                 row += f"{live:>9.1f}{live / max(ref_live, 1e-9):>7.2f}"
@@ -230,6 +255,8 @@ def main() -> None:
         "peak of the contender's precision.\nmem ratio = peak MB (RSS) / that of the faster "
         "torch.nn float32 layout; live MB = the peak of live tensor bytes in a step (torch's "
         "CPU allocator; MKL's GEMM buffers, about 9 MB for n2nfunc, not counted), ratio likewise."
+        "\nOn CUDA: CUDA MB = the peak of torch's caching allocator in one step above what was "
+        "allocated before it; ratio to the faster torch.nn float32 layout."
     )
 
 

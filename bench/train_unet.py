@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import unet_train_step  # noqa: E402
+from common import torch_device  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import allocator  # noqa: E402
@@ -261,7 +262,7 @@ def main() -> None:
     )
     ap.add_argument("--lr", type=float_range(0), default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", type=unet_train_step.torch_device, default="cpu")
+    ap.add_argument("--device", type=torch_device, default="cpu")
     ap.add_argument(
         "--precision",
         choices=["float32", "bfloat16"],

@@ -21,7 +21,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from common import allocator_line, interleaved, peak_live_tensor_bytes  # noqa: E402
+from common import (  # noqa: E402
+    allocator_line,
+    interleaved,
+    peak_live_tensor_bytes,
+    synced,
+    torch_device,
+)
 from unet_twin import TorchUNet  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
@@ -44,15 +50,6 @@ def parse_arch(text: str) -> dict:
             f"expected DEPTH:ENC,DEC,A,B such as 4:32,64,48,24 ({e})"
         ) from None
     return arch
-
-
-def torch_device(text: str) -> str:
-    """A ``--device`` that torch can allocate on (``cuda`` only where CUDA is)."""
-    try:
-        torch.empty(0, device=text)
-    except (RuntimeError, AssertionError) as e:
-        raise argparse.ArgumentTypeError(str(e).splitlines()[0]) from None
-    return text
 
 
 def arch_text(text: str) -> str:
@@ -140,8 +137,7 @@ def main() -> None:
     )
     for arch in archs:
         c = contenders(arch, args.crop, args.batch, args.device)
-        if args.device != "cpu":
-            c = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in c.items()}
+        c = synced(c, args.device)
         t = {k: v * 1e3 for k, v in interleaved(c, 2, args.repeats, args.rounds).items()}
         label = f"{arch['depth']}:{','.join(map(str, arch['widths']))}"
         for (ours, theirs), precision in zip(

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# CUDA checks and GPU benchmarks in one run, for a machine with an NVIDIA GPU and torch
+# installed (run from the repository root; nothing is installed, the tree is used as is):
+#
+#     bash bench/cuda_checks.sh [OUTDIR]      # logs in OUTDIR (default: $OUT or out/cuda)
+#
+# Each step has its own time limit, writes OUTDIR/STEP.log and prints its exit code, time
+# and last lines, so one failing step does not hide the others:
+#   info       GPU, driver, torch and CUDA versions
+#   cuda       the tests marked cuda (tests/test_cuda.py: every layer family on the GPU
+#              against the CPU in float64, check_vjp, mixed precision, training steps, tiling)
+#   suite      the whole test suite on this machine (its torch version, a GPU present)
+#   train      the README's training run (50,000 built-in pairs, 12 epochs) on the GPU
+#   nccl       one-process data-parallel training through NCCL (torchrun's variables set by
+#              hand), and --nproc 2 on a machine with fewer GPUs (must be refused)
+#   bench-*    training-step and inference throughput against torch.nn on the GPU, and
+#              the U-Net's training step at a GPU-sized batch
+#   unet-gpu   bench/train_unet.py's unet-gaussian recipe at batch 32 for $MINUTES minutes
+#              (default 3) on the GPU, photos from data/photos/train (fetch them first:
+#              bench/shipped_weights.py); evaluate the weights it writes with
+#              bench/photo_denoise.py --gaussian-weights OUTDIR/unet-gaussian-gpu.pth
+# STEPS="info cuda" runs only those (default: all but suite and unet-gpu).
+set -u
+out=${1:-${OUT:-out/cuda}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export N2NFUNC_CACHE="$out/cache" PYTHONDONTWRITEBYTECODE=1
+steps=${STEPS:-info cuda bench-train bench-infer bench-unet nccl train}
+py=${PYTHON:-python3}
+
+run() {  # run NAME SECONDS COMMAND...
+    local name=$1 limit=$2 start rc
+    shift 2
+    case " $steps " in *" $name "*) ;; *) return ;; esac
+    start=$(date +%s)
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    rc=$?
+    echo "== $name: exit $rc after $(($(date +%s) - start)) s (limit $limit s)"
+    tail -n "${TAIL:-12}" "$out/$name.log" | cut -c1-200
+}
+
+run info 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm \
+    --format=csv; $py -c 'import torch; print(torch.__version__, torch.version.cuda, \
+    torch.cuda.get_device_name(0))'; nproc"
+run cuda 120 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
+run bench-train 100 "$py" bench/train_step.py --device cuda --rounds 5
+run bench-infer 60 "$py" bench/inference.py --device cuda --rounds 5
+run bench-unet 60 "$py" bench/unet_train_step.py --device cuda --crop 128 --batch 32 \
+    --arch 4:32,64,48,24 --arch 5:48,96,64,32
+run nccl 60 bash -c "RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 $py -m n2nfunc.cli train --device cuda \
+    --n-train 2048 --n-val 256 --epochs 1 --quiet --no-pictures --out $out/nccl; \
+    echo \"exit \$?\"; $py -m n2nfunc.cli train --device cuda --nproc 2 --out $out/nccl2; \
+    echo \"exit \$? (2 expected on a machine with one GPU)\""
+run train 150 "$py" -m n2nfunc.cli train --device cuda --no-pictures --out "$out/train"
+run unet-gpu $((${MINUTES:-3} * 60 + 60)) "$py" bench/train_unet.py --name unet-gaussian \
+    --minutes "${MINUTES:-3}" --batch 32 --precision bfloat16 --device cuda \
+    --photos data/photos --out "$out/unet-gaussian-gpu.pth"
+run suite 240 "$py" -m pytest -q -p no:cacheprovider -n 8 tests
