@@ -802,6 +802,19 @@ def _check_nproc(args, error) -> None:
             f"{who}: the global --batch-size {args.batch_size} must divide by the "
             "number of processes (each takes an equal slice of every batch)"
         )
+    device = getattr(args, "device", "cpu")
+    if args.nproc > 1 and (device.startswith("cuda") or device == "auto"):
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if ":" in device:
+            error(
+                f"{who} with --device {device}: each process takes the GPU of its local rank "
+                f"(cuda:0 to cuda:{args.nproc - 1}); give --device cuda"
+            )
+        if gpus and args.nproc > gpus:
+            error(
+                f"{who} with --device {device}: each process needs a GPU of its own (NCCL) "
+                f"and this machine has {gpus}; give --nproc {gpus} or fewer, or --device cpu"
+            )
     generated = not any(getattr(args, k, None) for k in ("train", "pairs"))
     n = getattr(args, "n_train", None)
     if processes > 1 and generated and n is not None and n < args.batch_size and n % processes:

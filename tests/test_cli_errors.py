@@ -351,3 +351,26 @@ def test_a_decompression_bomb_among_the_photos_is_one_line(world, monkeypatch, c
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert re.search(r"--photos: .*p.png has more pixels than Pillow opens safely", err), err
+
+
+@pytest.mark.parametrize(
+    "line,pattern",
+    [
+        (
+            "train --nproc 2 --device cuda",
+            r"--nproc 2 with --device cuda: each process needs a GPU",
+        ),
+        ("train --nproc 4 --device auto", r"--nproc 4 with --device auto: .*this machine has 1;"),
+        ("train --nproc 2 --device cuda:0", r"--nproc 2 with --device cuda:0: each process takes"),
+    ],
+)
+def test_nproc_on_gpus_needs_a_gpu_per_process(line, pattern, tmp_path, monkeypatch, capsys):
+    """NCCL gives each local process the GPU of its rank: more processes than GPUs, or one
+    GPU named for all of them, is refused before any process starts (one GPU pretended)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.chdir(tmp_path)
+    assert main(line.split()) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(pattern, err.splitlines()[-1]), err
+    assert list(tmp_path.iterdir()) == []
