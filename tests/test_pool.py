@@ -60,12 +60,17 @@ def test_pools_match_torch_float32(kind, k, s, p):
 
 @pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
 @pytest.mark.parametrize("values", [1, 2, 3])
-def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values):
+@pytest.mark.parametrize("masks", [False, True])
+def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values, masks):
     """Inputs full of ties (a constant image, or 2-3 distinct values): the gradient of each
     window lands on its first maximum in row-major order, exactly as in PyTorch. The
-    cotangents are random integers, so overlapping windows' sums are exact in any order."""
+    cotangents are random integers, so overlapping windows' sums are exact in any order.
+    ``masks``: one +inf in the batch sends the pullback down the boolean path (the one a GPU
+    always takes), which must route the finite ties alike."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, values, (2, 3, 7, 8), generator=gen).double()
+    if masks:
+        x[1, 2, 6, 7] = float("inf")
     ct = torch.randint(-9, 10, F.max_pool2d(x, k, s, p).shape, generator=gen).double()
     y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
     y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)

@@ -115,7 +115,8 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     gradient that earlier offsets left free, so tied maxima count once and overlapping
     windows add up. Float arithmetic when every maximum is finite (``v - max`` is 0 exactly
     at a maximum; comparisons producing bool tensors are several times slower on the CPU);
-    otherwise boolean masks that also route a NaN maximum to the first NaN, and a window of
+    otherwise, and on a GPU (where the finiteness test would make the host wait for the
+    device), boolean masks that also route a NaN maximum to the first NaN, and a window of
     -inf only to its first input, never to the padding (which counts as -inf too)."""
     win, y = saved
     ho, wo = g.shape[1], g.shape[2]
@@ -126,7 +127,7 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
         for a in range(k[0])
         for b in range(k[1])
     ]
-    if math.isfinite(float(y.sum())):
+    if y.device.type == "cpu" and math.isfinite(float(y.sum())):  # elsewhere: no host sync
         free = None  # the share of each output's gradient not yet routed (1, then 0)
         for v, slot in zip(parts[:-1], slots[:-1]):
             hit = v.sub(y).sign_().add_(1)  # 1 where v is the window's maximum, else 0
