@@ -106,8 +106,19 @@ def _check_input_grad(ct, shape) -> None:
 def _check_layers(layers, name):
     for i, layer in enumerate(layers):
         if not isinstance(layer, (Layer, StatefulLayer)):
-            raise TypeError(f"{name}: argument {i} is not a Layer but {type(layer).__name__}")
+            raise TypeError(f"{name}: argument {i} is not a Layer but {_what(layer)}")
     return layers
+
+
+def _what(obj) -> str:
+    """The type of ``obj``; for a layer-making function passed uncalled (``relu`` for
+    ``relu()``), how to make the layer."""
+    code = getattr(obj, "__code__", None)
+    if code is None or not getattr(obj, "__module__", "").startswith("n2nfunc"):
+        return type(obj).__name__
+    required = code.co_argcount - len(getattr(obj, "__defaults__", None) or ())
+    call = f"{obj.__name__}({'...' if required else ''})"
+    return f"the function {obj.__name__}; call it to make one: {call}"
 
 
 def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:

@@ -314,3 +314,19 @@ def test_a_wrong_bias_beside_the_layers_own_weight_names_the_bias():
     params["bias"] = torch.zeros(4)
     with pytest.raises(ValueError, match=r"parameter 'bias' must have shape \(8,\), got \(4,\)"):
         layer.apply(params, torch.randn(2, 5, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "bad, pattern",
+    [
+        (
+            nf.relu,
+            r"argument 1 is not a Layer but the function relu; call it to make one: relu\(\)",
+        ),
+        (nf.conv2d, r"but the function conv2d; call it to make one: conv2d\(\.\.\.\)"),
+        (3, r"argument 1 is not a Layer but int$"),
+    ],
+)
+def test_a_layer_function_passed_uncalled_is_named_with_the_call(bad, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        nf.serial(nf.conv2d(8, 3), bad)
