@@ -687,9 +687,9 @@ def _tile_bar():
 
 
 def cmd_denoise(args) -> int:
+    picture = _loading("input", read_image, args.input)  # a refused input says only that
     run, which = _denoiser(args, _setup(args))
     print(f"weights: {which}")
-    picture = _loading("input", read_image, args.input)
     alpha = picture.alpha
     if alpha is not None and args.output.suffix.lower() not in ALPHA_SUFFIXES:
         print(

@@ -41,6 +41,8 @@ def world(tmp_path_factory) -> Path:
     (w / "folder").mkdir()
     (w / "empty_dir").mkdir()
     _png(w / "photo.png")
+    frames = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    frames[0].save(w / "anim.gif", save_all=True, append_images=frames[1:])
     _png(w / "small_photos" / "p.png", 50, 60)
     _png(w / "mid_photos" / "p.png", 100, 120)
     _png(w / "photos" / "p.png", 400, 300)
@@ -221,6 +223,7 @@ ROWS = [
     ("denoise {w}/photo.png {w}/out/d.png --threads -2", r"argument --threads: .*got '-2'"),
     ("denoise {w}/photo.png", r"the following arguments are required: OUTPUT"),
     ("denoise {w}/bomb.png {w}/o.png", r"INPUT: .*bomb.png has more pixels than Pillow opens saf"),
+    ("denoise {w}/anim.gif {w}/o.png", r"input: cannot read image .*anim.gif: an animation of 2 f"),
     # ---- export-submission
     ("export-submission {w}/text.txt", r"argument OUT_DIR: .*text.txt is a file; expected a fold"),
     ("export-submission {w}/sub_file", r"Miniproject_2 is a file; move it away"),
