@@ -37,6 +37,7 @@ run() {  # run NAME SECONDS COMMAND...
     rc=$?
     echo "== $name: exit $rc after $(($(date +%s) - start)) s (limit $limit s)"
     tail -n "${TAIL:-12}" "$out/$name.log" | cut -c1-200
+    grep -E "(FAILED|ERROR) tests/" "$out/$name.log" | head -n 20 | cut -c1-200  # pytest -v
 }
 
 run info 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm \
@@ -56,4 +57,4 @@ run train 150 "$py" -m n2nfunc.cli train --device cuda --no-pictures --out "$out
 run unet-gpu $((${MINUTES:-3} * 60 + 60)) "$py" bench/train_unet.py --name unet-gaussian \
     --minutes "${MINUTES:-3}" --batch 32 --precision bfloat16 --device cuda \
     --photos data/photos --out "$out/unet-gaussian-gpu.pth"
-run suite 240 "$py" -m pytest -q -p no:cacheprovider -n 8 tests
+run suite 240 "$py" -m pytest -v -p no:cacheprovider -n 8 tests
