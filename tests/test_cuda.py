@@ -109,7 +109,8 @@ def test_layer_on_the_device_matches_the_cpu_float64(case):
     y2, dx2, grads2 = _vjp_on(layer, params, x, ct, DEVICE)
     _same(y2, y)
     _same(dx2, dx)
-    for a, b in zip(nf.tree.leaves(grads2), nf.tree.leaves(grads)):
+    assert [p for p, _ in nf.tree.flatten(grads2)] == [p for p, _ in nf.tree.flatten(grads)]
+    for a, b in zip(nf.tree.leaves(grads2), nf.tree.leaves(grads), strict=True):
         _same(a, b)
 
 
@@ -161,7 +162,7 @@ def test_batch_norm_and_dropout_on_the_device():
         y, new_state, pullback = bn.vjp(p, s, x.to(device), train=True)
         grads, dx = pullback(ct.to(device))
         out[device] = [y, dx, *nf.tree.leaves(grads), *nf.tree.leaves(new_state)]
-    for a, b in zip(out[DEVICE], out["cpu"]):
+    for a, b in zip(out[DEVICE], out["cpu"], strict=True):
         if a.is_floating_point():
             _same(a.cpu(), b)
         else:
@@ -194,8 +195,9 @@ def test_mixed_precision_errors_on_the_device_are_those_of_torch_autocast():
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             y_ac = twin(xr).float()
         dx_ac, *grads_ac = torch.autograd.grad(y_ac, [xr, *twin.parameters()], ct)
+    assert norm_err(y16, y32) > 1e-4  # bfloat16 operands did run
     pairs = [(y16, y_ac.detach(), y32), (dx16, dx_ac, dx32)]
-    pairs += list(zip(nf.tree.leaves(grads16), grads_ac, nf.tree.leaves(grads32)))
+    pairs += list(zip(nf.tree.leaves(grads16), grads_ac, nf.tree.leaves(grads32), strict=True))
     for ours, theirs, exact in pairs:
         assert ours.dtype == torch.float32 and ours.device == exact.device
         assert norm_err(ours, exact) <= 1.5 * norm_err(theirs, exact) + 2e-3
@@ -219,7 +221,7 @@ def test_training_steps_on_the_device_match_the_cpu():
             p, s, loss = step(p, s, x.to(device), y.to(device))
         out[device] = (p, float(loss))
     assert abs(out[DEVICE][1] - out["cpu"][1]) < 1e-12
-    for a, b in zip(nf.tree.leaves(out[DEVICE][0]), nf.tree.leaves(out["cpu"][0])):
+    for a, b in zip(nf.tree.leaves(out[DEVICE][0]), nf.tree.leaves(out["cpu"][0]), strict=True):
         _same(a.cpu(), b, 1e-9)
 
 
