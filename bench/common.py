@@ -104,6 +104,23 @@ def synced(fns: dict, device: str) -> dict:
     return {k: (lambda f=f: (f(), torch.cuda.synchronize(device))[0]) for k, f in fns.items()}
 
 
+def strict_float32(device: str) -> bool:
+    """On a CUDA ``device``, turn TF32 off in cuDNN and cuBLAS, so that float32 means IEEE
+    float32 on both sides (cuDNN's convolutions default to TF32); True if CUDA."""
+    if torch.device(device).type != "cuda":
+        return False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    return True
+
+
+def gpu_line(device: str) -> str:
+    return (
+        f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}); float32 is "
+        "IEEE float32 on both sides (TF32 off in cuDNN and cuBLAS)"
+    )
+
+
 def cuda_peak_bytes(fn, device: str) -> int:
     """The peak of CUDA memory allocated during one call of ``fn`` above what was allocated
     before it (torch's caching allocator statistics)."""
@@ -137,19 +154,13 @@ def allocator_line() -> str:
 def header(threads: int, device: str = "cpu") -> dict:
     """Print the machine (CPU model, flags, threads; the GPU and torch's CUDA version on a
     CUDA device) and the measured GEMM peaks; return the peaks in GFLOP/s by precision."""
-    on_cuda = torch.device(device).type == "cuda"
-    if on_cuda:  # float32 means IEEE float32 on both sides (cuDNN's default would be TF32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    on_cuda = strict_float32(device)
     size = 8192 if on_cuda else 2048
     peaks = {name: matmul_peak(threads, dt, size, device=device) for name, dt in DTYPES.items()}
     torch.set_num_threads(threads)
     print(hardware.describe())
     if on_cuda:
-        print(
-            f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__} "
-            f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}); float32 "
-            "is IEEE float32 on both sides (TF32 off in cuDNN and cuBLAS)"
-        )
+        print(gpu_line(device))
     print(allocator_line())
     print(
         f"measured GEMM peak ({size}^3 on {device}): "
@@ -192,6 +203,8 @@ __all__ = [
     "header",
     "torch_device",
     "synced",
+    "strict_float32",
+    "gpu_line",
     "cuda_peak_bytes",
     "channels_last",
     "DTYPES",

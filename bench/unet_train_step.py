@@ -23,8 +23,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import (  # noqa: E402
     allocator_line,
+    gpu_line,
     interleaved,
     peak_live_tensor_bytes,
+    strict_float32,
     synced,
     torch_device,
 )
@@ -123,8 +125,9 @@ def main() -> None:
     args = ap.parse_args()
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
-    if args.device == "cpu":
-        print(hardware.describe())
+    print(hardware.describe())
+    if strict_float32(args.device):
+        print(gpu_line(args.device))
     print(allocator_line())
     print(
         f"crop {args.crop}, batch {args.batch}, device {args.device}, "
