@@ -802,18 +802,20 @@ def _check_nproc(args, error) -> None:
             f"{who}: the global --batch-size {args.batch_size} must divide by the "
             "number of processes (each takes an equal slice of every batch)"
         )
-    device = getattr(args, "device", "cpu")
-    if args.nproc > 1 and (device.startswith("cuda") or device == "auto"):
+    device, local = getattr(args, "device", "cpu"), _local_processes(args)
+    if local > 1 and (device.startswith("cuda") or device == "auto"):
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        here = who if args.nproc > 1 else f"{local} processes on this machine (LOCAL_WORLD_SIZE)"
+        fewer = f"--nproc {gpus}" if args.nproc > 1 else f"{gpus} processes a machine"
+        if gpus and local > gpus:
+            error(
+                f"{here} with --device {device}: each process needs a GPU of its own (NCCL) "
+                f"and this machine has {gpus}; give {fewer} or fewer, or --device cpu"
+            )
         if ":" in device:
             error(
-                f"{who} with --device {device}: each process takes the GPU of its local rank "
-                f"(cuda:0 to cuda:{args.nproc - 1}); give --device cuda"
-            )
-        if gpus and args.nproc > gpus:
-            error(
-                f"{who} with --device {device}: each process needs a GPU of its own (NCCL) "
-                f"and this machine has {gpus}; give --nproc {gpus} or fewer, or --device cpu"
+                f"{here} with --device {device}: each process takes the GPU of its local rank "
+                f"(cuda:0 to cuda:{local - 1}); give --device cuda"
             )
     generated = not any(getattr(args, k, None) for k in ("train", "pairs"))
     n = getattr(args, "n_train", None)

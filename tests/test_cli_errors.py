@@ -364,14 +364,22 @@ def test_a_decompression_bomb_among_the_photos_is_one_line(world, monkeypatch, c
             r"--nproc 2 with --device cuda: each process needs a GPU",
         ),
         ("train --nproc 4 --device auto", r"--nproc 4 with --device auto: .*this machine has 1;"),
-        ("train --nproc 2 --device cuda:0", r"--nproc 2 with --device cuda:0: each process takes"),
+        ("train --nproc 2 --device cuda:0", r"--nproc 2 with --device cuda:0: each process needs"),
+        ("train --nproc 2 --device cuda:1", r"--nproc 2 with --device cuda:1: each process takes"),
+        ("torchrun 2 train --device cuda", r"2 processes on this machine \(LOCAL_WORLD_SIZE\) wi"),
     ],
 )
 def test_nproc_on_gpus_needs_a_gpu_per_process(line, pattern, tmp_path, monkeypatch, capsys):
     """NCCL gives each local process the GPU of its rank: more processes than GPUs, or one
-    GPU named for all of them, is refused before any process starts (one GPU pretended)."""
+    GPU named for all of them, is refused before any process starts (one GPU pretended; two
+    for cuda:1; "torchrun 2": a worker of a torchrun with 2 processes on this machine)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if "cuda:1" in line else 1)
+    if line.startswith("torchrun"):
+        _, local, line = line.split(" ", 2)
+        env = {"RANK": "0", "WORLD_SIZE": local, "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": local}
+        for key, value in {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+            monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     assert main(line.split()) == 2
     err = capsys.readouterr().err
