@@ -25,8 +25,13 @@ out=${1:-${OUT:-out/cuda}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export N2NFUNC_CACHE="$out/cache" PYTHONDONTWRITEBYTECODE=1
+all="info cuda bench-train bench-infer bench-unet nccl train unet-gpu suite"
 steps=${STEPS:-info cuda bench-train bench-infer bench-unet nccl train}
+for s in $steps; do
+    case " $all " in *" $s "*) ;; *) echo "unknown step '$s' (steps: $all)" >&2; exit 2 ;; esac
+done
 py=${PYTHON:-python3}
+failed=""
 
 run() {  # run NAME SECONDS COMMAND...
     local name=$1 limit=$2 start rc
@@ -35,26 +40,33 @@ run() {  # run NAME SECONDS COMMAND...
     start=$(date +%s)
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     rc=$?
+    [ "$rc" = 0 ] || failed="$failed $name"
     echo "== $name: exit $rc after $(($(date +%s) - start)) s (limit $limit s)"
     tail -n "${TAIL:-12}" "$out/$name.log" | cut -c1-200
     grep -E "(FAILED|ERROR) tests/" "$out/$name.log" | head -n 20 | cut -c1-200  # pytest -v
 }
 
-run info 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm \
-    --format=csv; $py -c 'import torch; print(torch.__version__, torch.version.cuda, \
-    torch.cuda.get_device_name(0))'; nproc"
+run info 20 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm \
+    --format=csv && "$1" -c "import torch; print(torch.__version__, torch.version.cuda, \
+    torch.cuda.get_device_name(0))" && nproc' _ "$py"
 run cuda 120 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
 run bench-train 100 "$py" bench/train_step.py --device cuda --rounds 5
 run bench-infer 60 "$py" bench/inference.py --device cuda --rounds 5
 run bench-unet 60 "$py" bench/unet_train_step.py --device cuda --crop 128 --batch 32 \
     --arch 4:32,64,48,24 --arch 5:48,96,64,32
-run nccl 60 bash -c "RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
-    MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 $py -m n2nfunc.cli train --device cuda \
-    --n-train 2048 --n-val 256 --epochs 1 --quiet --no-pictures --out $out/nccl; \
-    echo \"exit \$?\"; $py -m n2nfunc.cli train --device cuda --nproc 2 --out $out/nccl2; \
-    echo \"exit \$? (2 expected on a machine with one GPU)\""
+# one NCCL process (torchrun's variables by hand), then one process more than the GPUs
+# (refused: exit 2)
+run nccl 60 bash -c 'RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 "$1" -m n2nfunc.cli train --device cuda \
+    --n-train 2048 --n-val 256 --epochs 1 --quiet --no-pictures --out "$2/nccl" || exit 1
+    more=$(("$("$1" -c "import torch; print(torch.cuda.device_count())")" + 1))
+    "$1" -m n2nfunc.cli train --device cuda --nproc "$more" --out "$2/nccl2"
+    rc=$?; echo "exit $rc (2 expected: --nproc $more)"; [ "$rc" = 2 ]' _ "$py" "$out"
 run train 150 "$py" -m n2nfunc.cli train --device cuda --no-pictures --out "$out/train"
 run unet-gpu $((${MINUTES:-3} * 60 + 60)) "$py" bench/train_unet.py --name unet-gaussian \
     --minutes "${MINUTES:-3}" --batch 32 --precision bfloat16 --device cuda \
     --photos data/photos --out "$out/unet-gaussian-gpu.pth"
-run suite 240 "$py" -m pytest -v -p no:cacheprovider -n 8 tests
+xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, if there
+# shellcheck disable=SC2086
+run suite 240 "$py" -m pytest -v -p no:cacheprovider $xdist tests
+[ -z "$failed" ] || { echo "failed:$failed"; exit 1; }
