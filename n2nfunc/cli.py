@@ -1367,7 +1367,7 @@ def main(argv=None) -> int:
     except FloatingPointError as e:  # a loss that is not finite: in a data-parallel run the
         if _rank() == "0":  # mean of all ranks', so every rank stops here and rank 0 says it
             print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return launch.NON_FINITE_LOSS if launch.is_worker() else 1
     except OSError as e:  # writing failed (disk full, permissions changed meanwhile, ...)
         where = f"{e.filename}: " if e.filename else ""
         print(f"n2nfunc {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 LAUNCHER_PID = "N2NFUNC_LAUNCHER_PID"  # set by `train --nproc` for the workers it starts
+# A worker's exit code when the loss became NaN or infinite: the loss is the mean of all
+# ranks', so every rank stops at the same step; the launcher may stop the slower ones first
+NON_FINITE_LOSS = 3
 
 
 def is_worker() -> bool:
@@ -47,7 +50,14 @@ def spawn(args, argv: list[str]) -> int:
             return 130  # Ctrl-C: rank 0 has said where the checkpoint is
         if e.exitcode == 2:
             return 2  # bad usage or data, which the rank has said
-        if e.failed == n:  # a failure of the run itself (a NaN loss...), which rank 0 has said
+        if e.exitcode == NON_FINITE_LOSS:  # every rank stops (rank 0 says at which step)
+            print(
+                f"error: training with {n} processes failed: the loss became NaN or infinite "
+                "(the mean of all processes', so every process stopped at the same step)",
+                file=sys.stderr,
+            )
+            return 1
+        if e.failed == n:  # every rank failed by itself, each saying why
             print(
                 f"error: training with {n} processes failed: each stopped on the error above",
                 file=sys.stderr,
