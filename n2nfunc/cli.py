@@ -1028,6 +1028,18 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def error(self, message):
+        """argparse's error, with the nearest command for a mistyped one ('trian')."""
+        prefix = "argument COMMAND: invalid choice: '"
+        if message.startswith(prefix) and self.commands:
+            typed = message[len(prefix) :].split("'", 1)[0]
+            close = difflib.get_close_matches(typed, list(self.commands), 1)
+            if close:
+                message = message.replace(
+                    " (choose from", f" (did you mean {close[0]}? choose from"
+                )
+        super().error(message)
+
 
 def build_parser() -> _Parser:
     parser = _Parser(
@@ -1301,15 +1313,21 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
     out.png`` said "no such image file: gaussian:25")."""
     commands = parser.commands
     at_command = next((i for i, t in enumerate(argv) if t in commands), None)
+    first_word = next((i for i, t in enumerate(argv) if not t.startswith("-")), None)
     top = [s for action in parser._actions for s in action.option_strings]
-    for token in argv[:at_command]:  # before the command only -h / --help / --version belong
-        name = token.split("=", 1)[0]
+    for token in argv[: first_word if at_command is None else at_command]:
+        name = token.split("=", 1)[0]  # before the command only -h / --help / --version belong
         if token.startswith("-") and name not in top:
             parser.error(
                 f"unrecognized option {token} before the command (n2nfunc --help lists "
                 f"the commands: {', '.join(commands)})"
             )
     if at_command is None:
+        if first_word is not None and not any(t in top for t in argv):  # a mistyped command
+            choices = ", ".join(repr(c) for c in commands)
+            parser.error(
+                f"argument COMMAND: invalid choice: {argv[first_word]!r} (choose from {choices})"
+            )
         return
     command = commands[argv[at_command]]
     known = [s for action in command._actions for s in action.option_strings]

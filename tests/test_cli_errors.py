@@ -127,6 +127,7 @@ ROWS = [
     ("train --nproc 0", r"argument --nproc: expected an integer >= 1, got '0'"),
     ("train --nproc 3", r"--nproc 3: the global --batch-size 32 must divide by the number"),
     ("train --nproc two", r"argument --nproc: expected an integer >= 1, got 'two'"),
+    ("trian --epochs 2", r"invalid choice: 'trian' \(did you mean train\? choose from 'train'"),
     ("train --precision float16", r"argument --precision: invalid choice: 'float16'"),
     pytest.param(
         "train --device cuda",
