@@ -19,10 +19,10 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
-def _columns(out: TextIO) -> int | None:
-    """The width of the terminal ``out`` writes to, or None where there is no telling."""
+def _size(out: TextIO) -> os.terminal_size | None:
+    """The size of the terminal ``out`` writes to, or None where there is no telling."""
     try:
-        return os.get_terminal_size(out.fileno()).columns
+        return os.get_terminal_size(out.fileno())
     except (AttributeError, OSError, ValueError):
         return None
 
@@ -52,10 +52,20 @@ class Progress:
         if not quiet and (isatty() if bar is None else bar):
             from tqdm import tqdm
 
-            # a terminal that reports no width (some `script` and container consoles) would
-            # get an empty bar that follows its width: 80 columns there
-            fixed = {"ncols": 80} if _columns(self.out) == 0 else {"dynamic_ncols": True}
-            self.bar = tqdm(total=total, unit="img", unit_scale=True, file=self.out, **fixed)
+            # a terminal that reports a size of 0 (some `script` and container consoles) would
+            # get an empty bar that follows its width, or none at all with 0 rows (tqdm hides
+            # bars below the last row): 80 x 24 there
+            size = _size(self.out)
+            unknown = size is not None and 0 in size
+            self.bar = tqdm(
+                total=total,
+                unit="img",
+                unit_scale=True,
+                file=self.out,
+                dynamic_ncols=not unknown,
+                ncols=(size.columns or 80) if size is not None and unknown else None,
+                nrows=(size.lines or 24) if size is not None and unknown else None,
+            )
 
     def _timing(self) -> tuple[float, float, float]:
         """(elapsed seconds, images per second, ETA seconds) over the whole run so far."""

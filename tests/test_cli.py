@@ -270,26 +270,38 @@ def test_progress_lines_inside_long_epochs_and_bar_on_a_terminal(monkeypatch):
     assert clock(59.6) == "1:00" and clock(3725) == "1:02:05"
 
 
-def test_the_bar_shows_on_a_terminal_that_reports_no_width():
-    """A new pseudo-terminal reports 0 x 0 (as `script` did in a newcomer's trial): the bar
-    came out empty, and the plain lines were off since a bar was on."""
+@pytest.mark.parametrize("stream", ["stdout", "a file object"])
+def test_the_bar_shows_on_a_terminal_that_reports_no_size(stream):
+    """A new pseudo-terminal reports 0 x 0 (as `script` did in newcomers' trials): the bar
+    came out empty, and the plain lines were off since a bar was on; as the process's own
+    stdout (where tqdm asks the terminal for its rows too) it was hidden altogether."""
     import os
     import pty
     import select
+    import subprocess
 
     main_fd, other_fd = pty.openpty()
-    with os.fdopen(other_fd, "w") as term:
-        assert os.get_terminal_size(term.fileno()).columns == 0
-        bar = Progress(total=40, epochs=1, out=term)
-        for step in range(8):
-            bar.step(0, 5, step, 8, 0.5)
-        bar.close()
-        term.flush()
-        shown = ""
-        while select.select([main_fd], [], [], 0.5)[0]:  # all that is written so far
-            shown += os.read(main_fd, 65536).decode()
+    assert os.get_terminal_size(other_fd) == (0, 0)
+    out = "sys.stdout" if stream == "stdout" else "open(1, 'w', closefd=False)"
+    code = (
+        "import sys; from n2nfunc.progress import Progress\n"
+        f"bar = Progress(total=40, epochs=1, out={out})\n"
+        "for step in range(8): bar.step(0, 5, step, 8, 0.5)\n"
+        "bar.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], stdout=other_fd, check=True, timeout=60)
+    os.close(other_fd)
+    shown = ""
+    while select.select([main_fd], [], [], 0.5)[0]:  # all that was written
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the other end is closed: all read
+            break
+        if not chunk:
+            break
+        shown += chunk.decode()
     os.close(main_fd)
-    assert "100%|" in shown and "40.0/40.0" in shown  # a bar, 80 columns wide
+    assert "100%|" in shown and "40.0/40.0" in shown, shown  # a bar, 80 columns wide
 
 
 def test_denoise_and_eval_say_which_weights_and_noise(tmp_path, monkeypatch, capsys):
