@@ -44,7 +44,10 @@ def _he_std(shape) -> float:
 
 
 def _he_normal(generator, shape):
-    return _empty(generator, shape).normal_(0.0, _he_std(shape), generator=generator)
+    t = _empty(generator, shape)
+    if t.is_meta:  # shapes only (checkpoint checks): a first normal_ there imports for 1 s
+        return t
+    return t.normal_(0.0, _he_std(shape), generator=generator)
 
 
 def _he_uniform(generator, shape):

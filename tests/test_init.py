@@ -132,3 +132,16 @@ def test_init_draws_on_the_generators_device():
             torch.Generator(device="cuda"), (-1, 2, -1, -1)
         )
         assert params["weight"].is_cuda and params["bias"].is_cuda
+
+
+def test_meta_shapes_draw_nothing(monkeypatch):
+    """Checkpoint checks form a U-Net's shapes on the meta device; a first normal_ there cost
+    a second of torch's imports on every U-Net load (found in a newcomer trial)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("normal_ called on the meta device")
+
+    monkeypatch.setattr(torch.Tensor, "normal_", refuse)
+    with torch.device("meta"):
+        _, params = nf.conv2d(8, 3, init="he_normal").init(None, (1, 4, 8, 8))
+    assert params["weight"].is_meta and params["weight"].shape == (8, 4, 3, 3)
