@@ -588,16 +588,19 @@ def _say_other_noise(args, recorded: str) -> None:
     default, or the other way round (a --noise given on purpose gets none)."""
     if args.val or args.val_pairs or "not recorded" in recorded or "noise" in _given(args):
         return
-    kinds = [k for k in ("gaussian", "poisson") if k in recorded.lower()]
-    if bool(kinds) != _camera_noise(args):
-        example = (
-            {"gaussian": "gaussian:25", "poisson": "poisson:30"}.get(kinds[0]) if kinds else ""
-        )
+    example = _noise_example(recorded)
+    if bool(example) != _camera_noise(args):
         print(
             f"note: the weights' noise is {recorded}; the validation pairs have the default "
             f"--noise {args.noise}: give --noise to judge them on their own kind"
             + (f" (e.g. --noise {example})" if example else "")
         )
+
+
+def _noise_example(recorded: str) -> str:
+    """A --noise of the camera kind the weights were trained on ('' for aliasing)."""
+    kinds = [k for k in ("gaussian", "poisson") if k in recorded.lower()]
+    return {"gaussian": "gaussian:25", "poisson": "poisson:30"}.get(kinds[0]) if kinds else ""
 
 
 def cmd_eval(args) -> int:
@@ -610,11 +613,14 @@ def cmd_eval(args) -> int:
     model, noise = _load_model(path, device, args.precision)
     xv, yv, desc = _validation_data(args)
     if model.config["network"] == "unet" and not (args.val or args.val_pairs or args.val_photos):
-        print(
+        example = _noise_example(noise) if "noise" not in _given(args) else ""
+        noise_option = f" --noise {example}" if example else ""
+        print(  # (a --noise for the built-in pairs would not help: 32x32 is too small)
             "note: a U-Net learns from photographs; the built-in 32x32 pairs are not what it "
-            "was trained on, so judge it on --val-photos DIR (or --val-pairs DIR)"
+            f"was trained on, so judge it on --val-photos DIR{noise_option} (or --val-pairs DIR)"
         )
-    _say_other_noise(args, noise)
+    else:
+        _say_other_noise(args, noise)
     s = evaluate(model, xv.to(device), yv.to(device))
     if s["noisy_psnr"] >= 100:
         print("note: the noisy images equal the clean ones: nothing to denoise (check the data)")

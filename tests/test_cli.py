@@ -684,14 +684,24 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
 
 def test_eval_notes_when_the_weights_noise_is_another_kind(tmp_path, monkeypatch, capsys):
     """A Gaussian-noise network judged on the default aliasing pairs got a negative gain
-    without a word."""
+    without a word. A U-Net gets one note, for photos with its noise: the built-in 32x32
+    pairs with --noise gaussian:25 (the earlier advice) still gave it a negative gain."""
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
-    assert main(["eval", "--model", "unet-gaussian", "--n-val", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "note: the weights' noise is gaussian:0-50; the validation pairs have the default" in out
-    assert "default --noise downsample: give --noise" in out and "gaussian:25)" in out
-    assert main(["eval", "--model", "unet-poisson", "--n-val", "4"]) == 0
-    assert "(e.g. --noise poisson:30)" in capsys.readouterr().out
-    for noise in ("gaussian:25", "downsample"):  # given on purpose: no note
-        assert main(["eval", "--model", "unet-gaussian", "--n-val", "4", "--noise", noise]) == 0
+    for noise, example in (("gaussian:25", "gaussian:25"), ("poisson:5-50", "poisson:30")):
+        path = tmp_path / f"{noise.split(':')[0]}.pth"
+        checkpoint.save(path, {**Model({"widths": (4, 4)}).payload(), "noise": noise})
+        assert main(["eval", "--checkpoint", str(path), "--n-val", "4"]) == 0
+        out = capsys.readouterr().out
+        assert f"note: the weights' noise is {noise}; the validation pairs have the default" in out
+        assert "default --noise downsample: give --noise" in out and f"{example})" in out
+        given = ["eval", "--checkpoint", str(path), "--n-val", "4", "--noise", "downsample"]
+        assert main(given) == 0  # given on purpose: no note
         assert "the weights' noise is" not in capsys.readouterr().out
+    for name, example in (
+        ("unet-gaussian", " --noise gaussian:25"),
+        ("unet-poisson", " --noise poisson:30"),
+    ):
+        assert main(["eval", "--model", name, "--n-val", "4"]) == 0
+        out = capsys.readouterr().out
+        assert f"judge it on --val-photos DIR{example} (or --val-pairs DIR)" in out
+        assert "the weights' noise is" not in out
