@@ -600,7 +600,7 @@ def _say_other_noise(args, recorded: str) -> None:
 def _noise_example(recorded: str) -> str:
     """A --noise of the camera kind the weights were trained on ('' for aliasing)."""
     kinds = [k for k in ("gaussian", "poisson") if k in recorded.lower()]
-    return {"gaussian": "gaussian:25", "poisson": "poisson:30"}.get(kinds[0]) if kinds else ""
+    return {"gaussian": "gaussian:25", "poisson": "poisson:30"}[kinds[0]] if kinds else ""
 
 
 def cmd_eval(args) -> int:
@@ -881,12 +881,20 @@ def _check_eval(args, error) -> None:
     _check_memory(args, error)
 
 
+def _tile_size(text: str) -> int:
+    """--tile: a multiple of TILE_ALIGN of at least MIN_TILE (both rules in one message)."""
+    rules = f"expected a multiple of {TILE_ALIGN} of at least {MIN_TILE}, got {text!r}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise at.Error(rules) from None
+    if value < MIN_TILE or value % TILE_ALIGN:
+        near = max(MIN_TILE, min(value, 4096) // TILE_ALIGN * TILE_ALIGN)
+        raise at.Error(f"{rules} (e.g. {near})")
+    return value
+
+
 def _check_denoise(args, error) -> None:
-    if args.tile is not None and args.tile % TILE_ALIGN:
-        error(
-            f"--tile {args.tile}: must be a multiple of {TILE_ALIGN} (e.g. "
-            f"{max(MIN_TILE, min(args.tile, 4096) // TILE_ALIGN * TILE_ALIGN)})"
-        )
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         error(f"output {args.output} is the input file; choose another name")
     _check_writable(args.output.parent, "output", error)
@@ -1276,7 +1284,7 @@ def build_parser() -> _Parser:
     )
     d.add_argument(
         "--tile",
-        type=at.int_range(MIN_TILE),
+        type=_tile_size,
         metavar="PX",
         help="tile size in pixels, a multiple of 32; smaller tiles use less memory. Tiles "
         "overlap by the network's reach, and an image that needs several takes tiles of at "

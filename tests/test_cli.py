@@ -380,7 +380,9 @@ def test_denoise_with_a_shipped_model_by_name(tmp_path, monkeypatch, capsys):
     # a (tiny, random) U-Net in the weights folder is used through the tiled functional path
     layer, params = _tiny_unet_weights(tmp_path / "weights")
     assert main([*args, "--model", "unet-gaussian", "--tile", "100"]) == 2
-    assert "--tile 100: must be a multiple of 32 (e.g. 96)" in capsys.readouterr().err
+    assert "--tile: expected a multiple of 32 of at least 96, got '100' (e.g. 96)" in (
+        capsys.readouterr().err
+    )
     assert main([*args, "--model", "unet-gaussian", "--tile", "96"]) == 0
     assert "(noise: gaussian:0-50)" in capsys.readouterr().out
     expected = denoise_image(layer, params, rgb.float() / 255, tile=96)

@@ -206,8 +206,14 @@ ROWS = [
     ("eval --n-val 0", r"argument --n-val: expected an integer >= 1, got '0'"),
     ("eval --seed -7", r"argument --seed: expected an integer from 0 to 2147483647, got '-7'"),
     # ---- denoise
-    ("denoise {w}/photo.png {w}/out/denoised.png --tile 0", r"argument --tile: .* >= 96, got '0'"),
+    ("denoise {w}/photo.png {w}/out/denoised.png --tile 0", r"--tile: .*of at least 96, got '0' "),
     ("denoise {w}/photo.png {w}/out/denoised.png --tile -4", r"argument --tile: .*got '-4'"),
+    (
+        "denoise {w}/photo.png {w}/o.png --tile 100",
+        r"--tile: expected a multiple of 32 .*\(e.g. 96\)",
+    ),
+    ("denoise {w}/photo.png {w}/o.png --tile 64", r"--tile: .* at least 96, got '64' \(e.g. 96\)"),
+    ("denoise {w}/photo.png {w}/o.png --tile big", r"--tile: .* at least 96, got 'big'$"),
     ("denoise {w}/folder {w}/out/denoised.png", r"argument INPUT: .*folder is a folder; expected"),
     ("denoise {w}/missing.png {w}/out/denoised.png", r"argument INPUT: no such image file: "),
     ("denoise {w}/text.txt {w}/out/denoised.png", r"argument INPUT: .*text.txt is not an image "),
