@@ -36,6 +36,7 @@ COMPUTE = [
     "tiling.py",
 ]
 IO = [
+    "__main__.py",
     "checkpoint.py",
     "argtypes.py",
     "cli.py",

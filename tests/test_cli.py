@@ -707,3 +707,16 @@ def test_eval_notes_when_the_weights_noise_is_another_kind(tmp_path, monkeypatch
         out = capsys.readouterr().out
         assert f"judge it on --val-photos DIR{example} (or --val-pairs DIR)" in out
         assert "the weights' noise is" not in out
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "n2nfunc", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.startswith("n2nfunc "), done
+    done = subprocess.run(
+        [sys.executable, "-m", "n2nfunc", "trian"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "did you mean train?" in done.stderr, done

@@ -1,0 +1,7 @@
+"""``python -m n2nfunc ...``: the same command line as ``n2nfunc ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
