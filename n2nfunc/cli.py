@@ -7,6 +7,7 @@ usage line and one ``error:`` line, exit status 2, and nothing is written.
 
 import argparse
 import difflib
+import errno
 import json
 import os
 import sys
@@ -919,8 +920,9 @@ def _check_writable(folder: Path, what: str, error) -> None:
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
-    except OSError as e:
-        error(f"{what}: cannot create files in {existing} ({e.strerror or e})")
+    except OSError as e:  # (/proc answers "No such file or directory" for a folder it has)
+        why = "it takes no new files" if e.errno == errno.ENOENT else e.strerror or e
+        error(f"{what}: cannot create files in {existing} ({why})")
 
 
 # ---------------------------------------------------------------------------- the parser
