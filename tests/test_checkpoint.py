@@ -383,3 +383,11 @@ def test_cuda_tensors_are_saved_and_come_back_on_the_cpu(tmp_path):
     back = nf.load(tmp_path / "cuda.pth")
     for k, t in tensors.items():
         assert back[k].device.type == "cpu" and _same(back[k], t.cpu()), k
+
+
+def test_a_failed_write_names_the_file_asked_for_not_its_temporary(tmp_path):
+    (tmp_path / "model.pth" / "x").mkdir(parents=True)  # a folder where the file goes
+    with pytest.raises(OSError) as e:
+        checkpoint.write_atomic(tmp_path / "model.pth", b"abc")
+    assert e.value.filename == str(tmp_path / "model.pth") and ".tmp" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]  # no temporary left
