@@ -204,8 +204,10 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
                 " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
             )
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":  # the GPU of the local rank; cuda:N kept where it is alone
+        alone = os.environ.get("LOCAL_WORLD_SIZE", "1") == "1"
+        if device.index is None or not alone:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     hint = (  # rank 0 listens and waits for the others; the others connect to it
         f"did all {os.environ['WORLD_SIZE']} ranks start, with this MASTER_ADDR and MASTER_PORT "
@@ -270,10 +272,18 @@ class WorkerFailed(RuntimeError):
     (negative: killed by that signal); ``interrupted`` if they all stopped on Ctrl-C;
     ``failed``, how many workers failed by themselves (not stopped by the launcher)."""
 
-    def __init__(self, rank: int, pid: int, exitcode: int, interrupted: bool, failed: int = 1):
+    def __init__(
+        self,
+        rank: int,
+        pid: int,
+        exitcode: int,
+        interrupted: bool,
+        failed: int = 1,
+        stopped: bool = True,
+    ):
         super().__init__(f"rank {rank} (pid {pid}) failed with exit code {exitcode}")
         self.rank, self.pid, self.exitcode, self.interrupted = rank, pid, exitcode, interrupted
-        self.failed = failed
+        self.failed, self.stopped = failed, stopped  # stopped: the launcher stopped others
 
 
 class Stopped(RuntimeError):
@@ -283,6 +293,21 @@ class Stopped(RuntimeError):
     def __init__(self, signum: int):
         super().__init__(f"stopped by signal {signum} ({signal.Signals(signum).name})")
         self.signum = signum
+
+
+def failure_causes(failures: dict) -> list:
+    """``[(rank, failure)]`` of the workers that failed by themselves, from torchrun's
+    ``{rank: ProcessFailure}``: not those its agent stopped after a first failure -- with
+    SIGTERM, or with SIGKILL when one did not stop within its grace (a hung rank; the
+    agent's kill comes seconds later than the failure that caused it)."""
+    first = min(f.timestamp for f in failures.values())
+
+    def stopped(f) -> bool:
+        return f.exitcode == -signal.SIGTERM or (
+            f.exitcode == -signal.SIGKILL and f.timestamp > first
+        )
+
+    return [(r, f) for r, f in sorted(failures.items()) if not stopped(f)]
 
 
 def run_local(nproc: int, python_args: list[str]) -> None:
@@ -329,11 +354,11 @@ def run_local(nproc: int, python_args: list[str]) -> None:
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
         interrupted = all(c in (130, -signal.SIGINT) for c in codes)
-        # the launcher stops the survivors with SIGTERM: the cause is another failure
-        causes = [(r, f) for r, f in sorted(e.failures.items()) if f.exitcode != -signal.SIGTERM]
+        causes = failure_causes(e.failures)
         rank, first = causes[0] if causes else e.get_first_failure()
+        stopped = len(e.failures) > len(causes)
         raise WorkerFailed(
-            rank, first.pid, first.exitcode, interrupted, max(len(causes), 1)
+            rank, first.pid, first.exitcode, interrupted, max(len(causes), 1), stopped
         ) from None
     except SignalException as e:
         if e.sigval == signal.SIGINT:

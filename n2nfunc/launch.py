@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from .checkpoint import load
+
 LAUNCHER_PID = "N2NFUNC_LAUNCHER_PID"  # set by `train --nproc` for the workers it starts
 # A worker's exit code when the loss became NaN or infinite: the loss is the mean of all
 # ranks', so every rank stops at the same step; the launcher may stop the slower ones first
@@ -63,23 +65,41 @@ def spawn(args, argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 1
+        others = "the other processes were stopped" if e.stopped else "the others had ended"
         print(
             f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
-            f"{_exit_text(e.exitcode)} first; the other processes were stopped."
-            + (f" The last checkpoint is intact: --resume {state}" if ours() else ""),
+            f"{_exit_text(e.exitcode)} first; {others}.{_resume_hint(state, ours)}",
             file=sys.stderr,
         )
         return 1
     except distributed.Stopped as e:
         print(
             f"error: training with {n} processes {e}; the workers were stopped."
-            + (f" The last checkpoint is intact: --resume {state}" if ours() else ""),
+            + _resume_hint(state, ours),
             file=sys.stderr,
         )
         return 128 + e.signum
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _resume_hint(state: Path, ours) -> str:
+    """Where the run's state is, if this run wrote it: ``--resume`` for an unfinished run;
+    a finished one (a failure after the last epoch) has nothing left to train."""
+    if not ours():
+        return ""
+    try:
+        saved = load(state)
+        from .model import DEFAULT_CONFIG
+
+        epochs = saved["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
+        finished = saved["epoch"] >= epochs
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        finished = False
+    if finished:
+        return f" The run had finished its epochs; its checkpoint holds the weights: {state}"
+    return f" The last checkpoint is intact: --resume {state}"
 
 
 def run_checkpoint(args, state: Path):

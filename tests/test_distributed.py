@@ -541,3 +541,35 @@ def test_ctrl_c_after_the_last_epoch_does_not_advise_resuming(tmp_path):
     assert text.startswith("interrupted after the last epoch;") and "--resume" not in text
     checkpoint.save(state, {**model.payload(), "epoch": 0})
     assert launch._interrupted_text(state, tmp_path, True).startswith("interrupted in epoch 1;")
+
+
+def test_failure_causes_leave_out_the_ranks_the_agent_stopped():
+    """torchrun's agent stops the others with SIGTERM after a first failure, and kills with
+    SIGKILL one that has not stopped within its grace (a hung rank, seconds later): neither
+    is a cause. A rank killed outright first (the OOM killer) is one."""
+    from collections import namedtuple
+
+    from n2nfunc.distributed import failure_causes
+
+    failure = namedtuple("failure", "exitcode timestamp pid")
+    hung = {0: failure(1, 100, 10), 1: failure(-9, 130, 11), 2: failure(-15, 101, 12)}
+    assert [r for r, _ in failure_causes(hung)] == [0]
+    killed = {0: failure(-15, 101, 10), 1: failure(-9, 100, 11)}
+    assert [r for r, _ in failure_causes(killed)] == [1]
+    both = {0: failure(3, 100, 10), 1: failure(3, 100, 11)}
+    assert [r for r, _ in failure_causes(both)] == [0, 1]
+
+
+def test_the_resume_hint_is_for_unfinished_runs_only(tmp_path):
+    """A failure after the last epoch (writing model.pth, say) advised a --resume that had
+    nothing left to train."""
+    from n2nfunc.launch import _resume_hint
+
+    state = tmp_path / "checkpoint.pth"
+    checkpoint.save(state, {"epoch": 1, "config": {"num_epochs": 2}})
+    assert _resume_hint(state, lambda: True) == f" The last checkpoint is intact: --resume {state}"
+    checkpoint.save(state, {"epoch": 2, "config": {"num_epochs": 2}})
+    assert "finished its epochs; its checkpoint holds the weights" in _resume_hint(
+        state, lambda: True
+    )
+    assert _resume_hint(state, lambda: False) == ""  # an earlier run's checkpoint
