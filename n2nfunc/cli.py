@@ -813,7 +813,7 @@ def _check_nproc(args, error) -> None:
     if local > 1 and (device.startswith("cuda") or device == "auto"):
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         here = who if args.nproc > 1 else f"{local} processes on this machine (LOCAL_WORLD_SIZE)"
-        fewer = f"--nproc {gpus}" if args.nproc > 1 else f"{gpus} processes a machine"
+        fewer = f"--nproc {gpus}" if args.nproc > 1 else f"torchrun --nproc-per-node {gpus}"
         if gpus and local > gpus:
             error(
                 f"{here} with --device {device}: each process needs a GPU of its own (NCCL) "

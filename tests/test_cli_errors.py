@@ -373,7 +373,12 @@ def test_a_decompression_bomb_among_the_photos_is_one_line(world, monkeypatch, c
         ("train --nproc 4 --device auto", r"--nproc 4 with --device auto: .*this machine has 1;"),
         ("train --nproc 2 --device cuda:0", r"--nproc 2 with --device cuda:0: each process needs"),
         ("train --nproc 2 --device cuda:1", r"--nproc 2 with --device cuda:1: each process takes"),
-        ("torchrun 2 train --device cuda", r"2 processes on this machine \(LOCAL_WORLD_SIZE\) wi"),
+        (
+            "torchrun 2 train --device cuda",
+            r"2 processes on this machine \(LOCAL_WORLD_SIZE\) with --device cuda: each process "
+            r"needs a GPU of its own \(NCCL\) and this machine has 1; give torchrun "
+            r"--nproc-per-node 1 or fewer, or --device cpu",
+        ),
     ],
 )
 def test_nproc_on_gpus_needs_a_gpu_per_process(line, pattern, tmp_path, monkeypatch, capsys):
