@@ -388,7 +388,7 @@ def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
     assert proc.returncode == 1, err[-3000:]
     assert "error: training with 2 processes failed" in err and "killed by signal 9" in err
     assert f"The last checkpoint is intact: --resume {out / 'checkpoint.pth'}" in err
-    assert elapsed < distributed.TIMEOUT_S + 30
+    assert elapsed < 15, elapsed  # "within seconds" (the README): the agent stops them
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
     assert state["epoch"] >= 1
