@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import load
+from .model import DEFAULT_CONFIG
 
 LAUNCHER_PID = "N2NFUNC_LAUNCHER_PID"  # set by `train --nproc` for the workers it starts
 # A worker's exit code when the loss became NaN or infinite: the loss is the mean of all
@@ -91,8 +92,6 @@ def _resume_hint(state: Path, ours) -> str:
         return ""
     try:
         saved = load(state)
-        from .model import DEFAULT_CONFIG
-
         epochs = saved["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
         finished = saved["epoch"] >= epochs
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
