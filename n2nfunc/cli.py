@@ -1338,12 +1338,7 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
                 f"unrecognized option {token} before the command (n2nfunc --help lists "
                 f"the commands: {', '.join(commands)})"
             )
-    if at_command is None:
-        if first_word is not None and not any(t in top for t in argv):  # a mistyped command
-            choices = ", ".join(repr(c) for c in commands)
-            parser.error(
-                f"argument COMMAND: invalid choice: {argv[first_word]!r} (choose from {choices})"
-            )
+    if at_command is None:  # (a mistyped command: argparse names it, _Parser.error the nearest)
         return
     command = commands[argv[at_command]]
     known = [s for action in command._actions for s in action.option_strings]
