@@ -369,7 +369,7 @@ def cmd_train(args) -> int:
         _resume_options(args, state, say=rank == "0")
         _check_precision(args, _refuse)  # the run's precision and batch size, here
         _check_nproc(args, _refuse)
-        epochs = state["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
+        epochs = launch.planned_epochs(state)
         if state["epoch"] >= epochs:  # before any data is read
             if rank == "0":
                 weights = Path(args.resume).with_name("model.pth")

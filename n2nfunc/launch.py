@@ -85,6 +85,11 @@ def spawn(args, argv: list[str]) -> int:
     return 0
 
 
+def planned_epochs(state: dict) -> int:
+    """The number of epochs a run's saved state (checkpoint.pth) was started for."""
+    return state["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
+
+
 def _resume_hint(state: Path, ours) -> str:
     """Where the run's state is, if this run wrote it: ``--resume`` for an unfinished run;
     a finished one (a failure after the last epoch) has nothing left to train."""
@@ -92,8 +97,7 @@ def _resume_hint(state: Path, ours) -> str:
         return ""
     try:
         saved = load(state)
-        epochs = saved["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
-        finished = saved["epoch"] >= epochs
+        finished = saved["epoch"] >= planned_epochs(saved)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         finished = False
     if finished:
