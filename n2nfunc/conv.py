@@ -13,7 +13,7 @@ except for one small float32 image, which :mod:`n2nfunc.torch_order` computes as
 from torch import Tensor
 
 from . import kernels as K
-from . import torch_order
+from . import torch_order, unfold_conv
 from .base import (
     Layer,
     apply_via_vjp,
@@ -148,6 +148,8 @@ def conv2d(
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
+        if unfold_conv.applies(x):
+            return _unfold_conv2d_vjp(name, x, weight, params.get("bias"), (k, s, p, d))
         xh = to_nhwc(x)
         y, weight_grad = K.conv_and_weight_grad(xh, weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
@@ -165,9 +167,28 @@ def conv2d(
 
     def apply(params, x):
         weight, _, out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
+        if unfold_conv.applies(x):
+            return unfold_conv.conv(x, weight, params.get("bias"), k, s, p, d)[0]
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
 
     return Layer(init, apply, skips_input_grad(vjp))
+
+
+def _unfold_conv2d_vjp(name, x, weight, bias, geometry):
+    """The vjp of a convolution on :mod:`n2nfunc.unfold_conv`'s engine."""
+    y, cols = unfold_conv.conv(x, weight, bias, *geometry)
+    y_out = output_of(y)
+
+    def pullback(ct, input_grad=True):
+        g = check_cotangent(ct, y_out, name)
+        grads = {"weight": unfold_conv.conv_weight_grad(g, cols, tuple(weight.shape))}
+        if bias is not None:
+            grads["bias"] = unfold_conv.bias_grad(g)
+        if not input_grad:
+            return grads, None
+        return grads, unfold_conv.conv_input_grad(g, weight, tuple(x.shape[2:]), *geometry)
+
+    return y, pullback
 
 
 def conv_transpose2d(
@@ -217,6 +238,8 @@ def conv_transpose2d(
         weight, (h, w), out_hw = _checked(
             params, x, name, out_channels, k, bias, out_size, transposed=True
         )
+        if unfold_conv.applies(x) and all(o < si for o, si in zip(op, s)):
+            return _unfold_transposed_vjp(name, x, weight, params.get("bias"), out_hw, (k, s, p, d))
         xh = to_nhwc(x)
         like_torch = torch_order.applies(xh, k) and all(o < si for o, si in zip(op, s))
         if like_torch:
@@ -233,6 +256,22 @@ def conv_transpose2d(
         return y, pullback
 
     return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+
+
+def _unfold_transposed_vjp(name, x, weight, bias, out_hw, geometry):
+    """The vjp of a transposed convolution on :mod:`n2nfunc.unfold_conv`'s engine."""
+    y = unfold_conv.conv_transpose(x, weight, bias, out_hw, geometry)
+    y_out = output_of(y)
+
+    def pullback(ct, input_grad=True):
+        g = check_cotangent(ct, y_out, name)
+        dw, dx = unfold_conv.conv_transpose_grads(g, x, weight, geometry, input_grad)
+        grads = {"weight": dw}
+        if bias is not None:
+            grads["bias"] = unfold_conv.bias_grad(g)
+        return grads, dx
+
+    return y, pullback
 
 
 def _transposed_pullback(
@@ -280,13 +319,20 @@ def nearest_upsample(scale_factor=2) -> Layer:
         check_tensor(x, name)
         check_image(x, name, -1, x)
         n, c, h, w = x.shape
-        xh = to_nhwc(x)
-        y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
-        y = to_nchw(y)
+        channels_first = unfold_conv.applies(x)  # the layout that engine reads and writes
+        if channels_first:
+            y = x[:, :, :, None, :, None].expand(n, c, h, sy, w, sx).reshape(n, c, h * sy, -1)
+        else:
+            xh = to_nhwc(x)
+            y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, -1, c)
+            y = to_nchw(y)
         y_out = output_of(y)
 
         def pullback(ct):
-            g = to_nhwc(check_cotangent(ct, y_out, name))
+            g = check_cotangent(ct, y_out, name)
+            if channels_first:
+                return {}, g.reshape(n, c, h, sy, w, sx).sum((3, 5))
+            g = to_nhwc(g)
             return {}, to_nchw(sum_of([g[:, a::sy, b::sx] for a in range(sy) for b in range(sx)]))
 
         return y, pullback
@@ -349,13 +395,15 @@ def upsample(
         wk = weight.permute(2, 3, 1, 0)
         return wk, K.combine(wk, py, px), py, px, out_hw
 
-    def like_torch(x):
-        return isinstance(x, Tensor) and x.dim() == 4 and torch_order.applies(to_nhwc(x), k, sc)
+    def as_two_layers(x):  # in PyTorch's order, or on the unfold engine
+        if not (isinstance(x, Tensor) and x.dim() == 4):
+            return False
+        return unfold_conv.applies(x) or torch_order.applies(to_nhwc(x), k, sc)
 
     as_torch = (nearest_upsample(sc), conv2d(out_channels, k, 1, p, d, bias))
 
     def torch_vjp(params, x):
-        """Nearest upsampling, then the convolution, each as PyTorch computes it."""
+        """Nearest upsampling, then the convolution (each as PyTorch computes it on the CPU)."""
         _checked(params, x, name, out_channels, k, bias, out_size)
         up, conv = as_torch
         xu, up_pullback = up.vjp({}, x)
@@ -369,7 +417,7 @@ def upsample(
         return y, pullback
 
     def apply(params, x):  # nothing kept for a backward pass
-        if like_torch(x):
+        if as_two_layers(x):
             return torch_vjp(params, x)[0]
         _, w_eff, py, px, out_hw = plans(params, x)
         y, _ = K.polyphase_forward(
@@ -386,7 +434,7 @@ def upsample(
     p2 = tuple(dd * (kk - 1) - pp for kk, pp, dd in zip(k, p, d))
 
     def vjp(params, x):
-        if like_torch(x):
+        if as_two_layers(x):
             return torch_vjp(params, x)
         strided = (
             x.element_size() < 4

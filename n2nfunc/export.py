@@ -31,6 +31,7 @@ VENDORED = [
     "nhwc.py",
     "kernels.py",
     "torch_order.py",
+    "unfold_conv.py",
     "init.py",
     "conv.py",
     "activations.py",
