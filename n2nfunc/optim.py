@@ -160,18 +160,21 @@ def sgd(
         _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        d = _l2_decayed(grads, params, weight_decay, "sgd")
+        trees = [grads] + ([state["momentum"]] if momentum else [])
+        trees += [_needed(params, "sgd")] if weight_decay else []
+
+        def sgd_step(g, *more):  # on one flat vector per tree where it can (map_raveled)
+            d = g + weight_decay * more[-1] if weight_decay else g
+            if not momentum:
+                return d * -lr_now
+            buf = d.clone() if step == 0 else more[0] * momentum + (1 - dampening) * d
+            return (d + momentum * buf if nesterov else buf) * -lr_now, buf
+
         new_state = {"step": step + 1}
-        if momentum:
-            if step == 0:
-                buf = tree.map(lambda x: x.clone(), d)
-            else:
-                buf = tree.map(
-                    lambda b, x: b * momentum + (1 - dampening) * x, state["momentum"], d
-                )
-            new_state["momentum"] = buf
-            d = tree.map(lambda x, b: x + momentum * b, d, buf) if nesterov else buf
-        return tree.map(lambda x: x * -lr_now, d), new_state
+        if not momentum:
+            return tree.map_raveled(sgd_step, *trees), new_state
+        updates, new_state["momentum"] = tree.map_raveled(sgd_step, *trees, outputs=2)
+        return updates, new_state
 
     return GradientTransformation(init, update)
 
@@ -203,21 +206,30 @@ def _adam(
             _needed(params, name)
         t = state["step"] + 1
         lr_now = _lr_at(lr, t - 1)
-        g = tree.map(lambda g_, p: g_.add(p, alpha=l2), grads, params) if l2 else grads
-        # in as few tensor operations as torch.optim.Adam's own: a U-Net has ~40 leaves
-        m = tree.map(lambda m_, x: m_.lerp(x, 1 - b1), state["m"], g)
-        v = tree.map(lambda v_, x: v_.mul(b2).addcmul_(x, x, value=1 - b2), state["v"], g)
-        new_state = {"step": t, "m": m, "v": v}
-        if amsgrad:
-            v = new_state["v_max"] = tree.map(lambda a, b: a.maximum(b), state["v_max"], v)
         step_size = lr_now / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
-        updates = tree.map(
-            lambda m_, v_: m_.div(v_.sqrt().div_(root_bc2).add_(eps)).mul_(-step_size), m, v
-        )
-        if decoupled and weight_decay:
-            decay = lr_now * weight_decay
-            updates = tree.map(lambda u, p: u - decay * p, updates, params)
+        decay = lr_now * weight_decay if decoupled else 0.0
+
+        def step(g, m, v, *more):  # on one flat vector per tree where it can (map_raveled)
+            v_max = more[0] if amsgrad else None
+            p = more[-1] if weight_decay else None
+            if l2:
+                g = g.add(p, alpha=l2)
+            m = m.lerp(g, 1 - b1)
+            v = v.mul(b2).addcmul_(g, g, value=1 - b2)
+            if amsgrad:
+                v_max = v_max.maximum(v)
+            u = m.div((v_max if amsgrad else v).sqrt().div_(root_bc2).add_(eps)).mul_(-step_size)
+            if decay:
+                u = u - decay * p
+            return (u, m, v) + ((v_max,) if amsgrad else ())
+
+        trees = [grads, state["m"], state["v"]] + ([state["v_max"]] if amsgrad else [])
+        trees += [params] * bool(weight_decay)
+        updates, m, v, *v_max = tree.map_raveled(step, *trees, outputs=3 + amsgrad)
+        new_state = {"step": t, "m": m, "v": v}
+        if amsgrad:
+            new_state["v_max"] = v_max[0]
         return updates, new_state
 
     return GradientTransformation(init, update)
@@ -285,20 +297,29 @@ def rmsprop(
         _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        g = _l2_decayed(grads, params, weight_decay, "rmsprop")
-        s = tree.map(lambda s_, x: s_ * alpha + (1 - alpha) * (x * x), state["square_avg"], g)
-        new_state = {"step": step + 1, "square_avg": s}
-        if centered:
-            a = tree.map(lambda a_, x: a_ * alpha + (1 - alpha) * x, state["grad_avg"], g)
-            new_state["grad_avg"] = a
-            d = tree.map(lambda s_, a_: (s_ - a_ * a_).sqrt() + eps, s, a)
-        else:
-            d = tree.map(lambda s_: s_.sqrt() + eps, s)
-        if momentum:
-            b = tree.map(lambda b_, x, d_: b_ * momentum + x / d_, state["momentum"], g, d)
-            new_state["momentum"] = b
-            return tree.map(lambda x: x * -lr_now, b), new_state
-        return tree.map(lambda x, d_: x / d_ * -lr_now, g, d), new_state
+        trees = [grads] + [state[k] for k in keys]
+        trees += [_needed(params, "rmsprop")] if weight_decay else []
+
+        def rmsprop_step(g, s, *more):  # on one flat vector per tree where it can
+            more = list(more)
+            a = more.pop(0) if centered else None
+            b = more.pop(0) if momentum else None
+            if weight_decay:
+                g = g + weight_decay * more[0]
+            s = s * alpha + (1 - alpha) * (g * g)
+            out = [s]
+            if centered:
+                a = a * alpha + (1 - alpha) * g
+                out.append(a)
+            d = ((s - a * a) if centered else s).sqrt() + eps
+            if momentum:
+                b = b * momentum + g / d
+                out.append(b)
+                return (b * -lr_now, *out)
+            return (g / d * -lr_now, *out)
+
+        updates, *new = tree.map_raveled(rmsprop_step, *trees, outputs=1 + len(keys))
+        return updates, {"step": step + 1, **dict(zip(keys, new))}
 
     return GradientTransformation(init, update)
 

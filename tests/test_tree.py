@@ -85,3 +85,57 @@ def test_check_like_refuses_other_shapes_dtypes_and_none():
 def test_a_none_parameter_is_named_once():
     with pytest.raises(ValueError, match=r"^g: the parameter 'w' is None$"):
         tree.check_like({"w": torch.ones(1)}, {"w": None}, "g")
+
+
+def _adam_like(g, m, v):
+    m = m.lerp(g, 0.1)
+    v = v.mul(0.999).addcmul_(g, g, value=0.001)
+    return m.div(v.sqrt().add_(1e-8)).mul_(-0.01), m, v
+
+
+def _trees(dtype_b=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def tree_(shift):
+        return {
+            "b": torch.randn(3, generator=gen, dtype=dtype_b) + shift,
+            "a": [torch.randn(2, 1, 3, generator=gen), torch.randn((), generator=gen)],
+        }
+
+    return tree_(0.0), tree_(0.5), tree.map(lambda t: t.abs(), tree_(1.0))
+
+
+@pytest.mark.parametrize("dtype_b", [torch.float32, torch.float64])  # one kind, two kinds
+def test_map_raveled_equals_map_bit_for_bit(dtype_b):
+    """One call on raveled leaves (one dtype) or one call per leaf (two dtypes): the same
+    values as tree.map, bit for bit, in trees shaped like the first; with one dtype the
+    leaves of each result are views of one vector."""
+    g, m, v = _trees(dtype_b)
+    v = {"a": v["a"], "b": v["b"]}  # another key order: leaves are paired by key
+    calls = []
+
+    def counted(*xs):
+        calls.append(xs[0].numel())
+        return _adam_like(*xs)
+
+    results = tree.map_raveled(counted, g, m, v, outputs=3)
+    for i, got in enumerate(results):
+        assert list(got) == ["b", "a"] and isinstance(got["a"], list)
+        want = dict(tree.flatten(tree.map(lambda *xs, i=i: _adam_like(*xs)[i], g, m, v)))
+        for path, leaf in tree.flatten(got):
+            assert torch.equal(leaf, want[path]) and leaf.dtype == want[path].dtype, path
+    one_kind = dtype_b == torch.float32
+    assert calls == ([3 + 6 + 1] if one_kind else [3, 6, 1])
+    bases = {leaf.untyped_storage().data_ptr() for leaf in tree.leaves(results[0])}
+    assert (len(bases) == 1) == one_kind
+
+
+def test_map_raveled_single_output_empty_and_mismatch():
+    g, m, _ = _trees()
+    out = tree.map_raveled(lambda a, b: a - b, g, m)
+    assert torch.equal(out["a"][0], g["a"][0] - m["a"][0])
+    assert tree.map_raveled(lambda a: a, {"x": {}, "y": []}) == {"x": {}, "y": []}
+    assert tree.map_raveled(lambda a: (a, a), {}, outputs=2) == ({}, {})
+    assert tree.map_raveled(lambda a: a * 2, {"n": 3}) == {"n": 6}  # numbers: leaf by leaf
+    with pytest.raises(ValueError, match="a"):
+        tree.map_raveled(lambda a, b: a, g, {"b": g["b"], "a": [g["a"][0]]})
