@@ -13,9 +13,11 @@ interleaves, shifted-view taps) launch many. Here a convolution of ``x`` (N, C, 
 and a transposed convolution (``W`` [C, O, kh, kw]) is its adjoint: ``y = fold(W^T @ x) + b``,
 ``dx = W @ unfold(g)``, ``dW = sum_n x_n @ unfold(g)_n^T``. Outputs are contiguous (N, C, H, W).
 
-The engine takes float32 and float64 (:func:`applies`); lower precisions keep the engines of
-:mod:`n2nfunc.kernels`, whose sums stay inside one float32-accumulating matmul (``fold``
-would add rounded bfloat16 partial sums).
+In bfloat16 (:func:`~n2nfunc.precision.mixed_precision`) each matmul accumulates in float32
+and rounds once, as on the CPU's engines, the weight gradient as one matmul over all N L
+columns; but ``fold`` adds up to kh kw / (sh sw) rounded partial sums (4 for the default
+network's kernel 4, stride 2). Through the default network the errors against float32 stay
+those of ``torch.autocast`` (tests/test_unfold_conv.py).
 """
 
 from torch import Tensor
@@ -23,8 +25,8 @@ from torch.nn.functional import fold, unfold
 
 
 def applies(x: Tensor) -> bool:
-    """Whether convolutions of ``x`` run on this engine: a float32 / float64 tensor off the CPU."""
-    return x.device.type != "cpu" and x.dtype.is_floating_point and x.element_size() >= 4
+    """Whether convolutions of ``x`` run on this engine: a floating-point tensor off the CPU."""
+    return x.device.type != "cpu" and x.dtype.is_floating_point
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -40,8 +42,14 @@ def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _summed_products(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_n a_n @ b_n^T`` for (N, P, L) and (N, Q, L): one batched matmul, then the sum."""
-    return a.matmul(b.transpose(1, 2)).sum(0)
+    """``sum_n a_n @ b_n^T`` for (N, P, L) and (N, Q, L): one batched matmul, then the sum;
+    in a lower precision one matmul over all N L columns (copies of both operands), so that
+    the whole sum is accumulated in float32 inside it and rounded once."""
+    if a.element_size() >= 4:
+        return a.matmul(b.transpose(1, 2)).sum(0)
+    n, p, length = a.shape
+    a2 = a.transpose(0, 1).reshape(p, n * length)
+    return a2.matmul(b.transpose(1, 2).reshape(n * length, b.shape[1]))
 
 
 def bias_grad(g: Tensor) -> Tensor:
@@ -54,8 +62,12 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, kernel, stride, padding
     the im2col matrix ``cols`` (N, C kh kw, Ho Wo) that its gradients read."""
     cols = unfold(x, kernel, dilation, padding, stride)
     ho = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    y = weight.reshape(weight.shape[0], -1).matmul(cols)
-    return _add_bias(y.view(x.shape[0], weight.shape[0], ho, -1), bias), cols
+    wmat = weight.reshape(weight.shape[0], -1)
+    if bias is None:
+        y = wmat.matmul(cols)
+    else:  # the bias inside the matmul: added to the float32 sums before the one rounding
+        y = bias[:, None].baddbmm(wmat.expand(x.shape[0], -1, -1), cols)
+    return y.view(x.shape[0], weight.shape[0], ho, -1), cols
 
 
 def conv_weight_grad(g: Tensor, cols: Tensor, shape: tuple) -> Tensor:

@@ -118,11 +118,10 @@ def test_layer_on_the_device_matches_the_cpu_float64(case):
         _same(a, b)
 
 
-def test_float_convolutions_on_the_device_run_on_the_unfold_engine():
+def test_convolutions_on_the_device_run_on_the_unfold_engine():
     x = torch.zeros(1, 3, 4, 4, device=DEVICE)
-    assert unfold_conv.applies(x.double()) == (x.device.type != "cpu")
-    assert unfold_conv.applies(x) == (x.device.type != "cpu")
-    assert not unfold_conv.applies(x.bfloat16())
+    for dtype in [torch.float64, torch.float32, torch.bfloat16]:
+        assert unfold_conv.applies(x.to(dtype)) == (x.device.type != "cpu")
 
 
 def test_max_pool_ties_on_the_device_go_where_they_go_on_the_cpu():

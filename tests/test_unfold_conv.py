@@ -1,8 +1,10 @@
-"""The unfold engine (n2nfunc.unfold_conv, the convolutions off the CPU) on the CPU in
-float64: the same grids as tests/test_conv.py against torch autograd, with the engine
-forced on (tests/test_cuda.py runs it where it applies by itself)."""
+"""The unfold engine (n2nfunc.unfold_conv, the convolutions off the CPU) on the CPU, forced
+on: in float64 the same grids as tests/test_conv.py against torch autograd, in bfloat16
+tests/test_precision.py's checks against torch.autocast (tests/test_cuda.py runs the
+engine where it applies by itself)."""
 
 import pytest
+import test_precision
 import torch
 import torch.nn.functional as F
 from helpers import autograd_vjp, init64, randn, rel_err
@@ -14,7 +16,7 @@ from n2nfunc import unfold_conv
 
 @pytest.fixture(autouse=True)
 def engine_calls(monkeypatch):
-    """Force the engine on for float32 / float64 CPU tensors; count its convolutions."""
+    """Force the engine on for CPU tensors; count its convolutions."""
     calls = {"conv": 0, "conv_transpose": 0}
 
     def counted(name):
@@ -26,7 +28,7 @@ def engine_calls(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(unfold_conv, "applies", lambda x: x.element_size() >= 4)
+    monkeypatch.setattr(unfold_conv, "applies", lambda x: x.dtype.is_floating_point)
     for name in calls:
         monkeypatch.setattr(unfold_conv, name, counted(name))
     return calls
@@ -97,12 +99,25 @@ def test_input_gradient_skipped_and_layouts(engine_calls):
     assert engine_calls["conv"] + engine_calls["conv_transpose"] == 4
 
 
-def test_applies_off_the_cpu_in_float32_and_float64_only(monkeypatch):
+def test_applies_off_the_cpu_only(monkeypatch):
     monkeypatch.undo()  # the real predicate
     meta = torch.empty(1, 3, 4, 4, device="meta")
-    assert unfold_conv.applies(meta) and unfold_conv.applies(meta.double())
-    assert not unfold_conv.applies(meta.bfloat16())  # its sums stay in one matmul elsewhere
+    assert all(unfold_conv.applies(meta.to(t)) for t in [torch.float, torch.double, torch.bfloat16])
+    assert not unfold_conv.applies(meta.int())
     assert not unfold_conv.applies(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("case", sorted(test_precision.LAYER_CASES))
+def test_bfloat16_layers_agree_with_torch_autocast(engine_calls, case):
+    test_precision.test_conv_layers_agree_with_torch_autocast(case)
+    assert engine_calls["conv"] + engine_calls["conv_transpose"] >= 2
+
+
+def test_bfloat16_network_errors_are_those_of_torch_autocast(engine_calls):
+    """fold adds rounded bfloat16 partial sums; through the default network the errors
+    against float32 stay within 1.5x those of torch.autocast (plus 2e-3)."""
+    test_precision.test_whole_network_errors_are_those_of_torch_autocast()
+    assert engine_calls["conv"] and engine_calls["conv_transpose"]
 
 
 @pytest.mark.parametrize(
