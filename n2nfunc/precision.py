@@ -55,21 +55,28 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
     def up(t):
         return t.to(dtype=FLOAT32) if isinstance(t, Tensor) and t.dtype == low else t
 
+    def cast_params(params):  # one cast for all leaves where they share a dtype (map_raveled)
+        cast = down("params")
+        for t in tree.leaves(params):  # a leaf of another float dtype is refused, by its shape
+            if isinstance(t, Tensor) and t.dtype != FLOAT32:
+                cast(t)
+        return tree.map_raveled(cast, params)
+
     def init(generator, in_shape):
         return layer.init(generator, in_shape)
 
     def apply(params, x):
-        y = layer.apply(tree.map(down("params"), params), tree.map(down("input"), x))
+        y = layer.apply(cast_params(params), tree.map(down("input"), x))
         return tree.map(up, y)
 
     def vjp(params, x):
-        y, pb = layer.vjp(tree.map(down("params"), params), tree.map(down("input"), x))
+        y, pb = layer.vjp(cast_params(params), tree.map(down("input"), x))
         held = Held(pb, name)
 
         def pullback(ct, input_grad=True, release=False):
             ct = tree.map(down("output gradient"), ct)
             grads, dx = pull(layer.vjp, held.take(release), ct, input_grad, release)
-            return tree.map(up, grads), tree.map(up, dx)
+            return tree.map_raveled(up, grads), tree.map(up, dx)
 
         return tree.map(up, y), pullback
 
