@@ -12,8 +12,8 @@ except for one small float32 image, which :mod:`n2nfunc.torch_order` computes as
 
 from torch import Tensor
 
+from . import device_conv, torch_order
 from . import kernels as K
-from . import torch_order, unfold_conv
 from .base import (
     Layer,
     apply_via_vjp,
@@ -148,8 +148,8 @@ def conv2d(
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
-        if unfold_conv.applies(x):
-            return _unfold_conv2d_vjp(name, x, weight, params.get("bias"), (k, s, p, d))
+        if device_conv.applies(x):
+            return _device_conv2d_vjp(name, x, weight, params.get("bias"), (k, s, p, d), out_hw)
         xh = to_nhwc(x)
         y, weight_grad = K.conv_and_weight_grad(xh, weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
@@ -167,26 +167,31 @@ def conv2d(
 
     def apply(params, x):
         weight, _, out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
-        if unfold_conv.applies(x):
-            return unfold_conv.conv(x, weight, params.get("bias"), k, s, p, d)[0]
+        if device_conv.applies(x):
+            return to_nchw(
+                device_conv.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)[0]
+            )
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
 
     return Layer(init, apply, skips_input_grad(vjp))
 
 
-def _unfold_conv2d_vjp(name, x, weight, bias, geometry):
-    """The vjp of a convolution on :mod:`n2nfunc.unfold_conv`'s engine."""
-    y, cols = unfold_conv.conv(x, weight, bias, *geometry)
+def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
+    """The vjp of a convolution on :mod:`n2nfunc.device_conv`'s engine."""
+    xh = to_nhwc(x)
+    y, cols = device_conv.conv(xh, weight, bias, *geometry, out_hw)
+    y = to_nchw(y)
     y_out = output_of(y)
 
     def pullback(ct, input_grad=True):
-        g = check_cotangent(ct, y_out, name)
-        grads = {"weight": unfold_conv.conv_weight_grad(g, cols, tuple(weight.shape))}
+        g = to_nhwc(check_cotangent(ct, y_out, name))
+        grads = {"weight": device_conv.conv_weight_grad(g, cols, weight.shape)}
         if bias is not None:
-            grads["bias"] = unfold_conv.bias_grad(g)
+            grads["bias"] = device_conv.bias_grad(g)
         if not input_grad:
             return grads, None
-        return grads, unfold_conv.conv_input_grad(g, weight, tuple(x.shape[2:]), *geometry)
+        dx = device_conv.conv_input_grad(g, weight, tuple(xh.shape[1:3]), *geometry)
+        return grads, to_nchw(dx)
 
     return y, pullback
 
@@ -238,8 +243,8 @@ def conv_transpose2d(
         weight, (h, w), out_hw = _checked(
             params, x, name, out_channels, k, bias, out_size, transposed=True
         )
-        if unfold_conv.applies(x) and all(o < si for o, si in zip(op, s)):
-            return _unfold_transposed_vjp(name, x, weight, params.get("bias"), out_hw, (k, s, p, d))
+        if device_conv.applies(x):
+            return _device_transposed_vjp(name, x, weight, params.get("bias"), out_hw, (k, s, p, d))
         xh = to_nhwc(x)
         like_torch = torch_order.applies(xh, k) and all(o < si for o, si in zip(op, s))
         if like_torch:
@@ -258,18 +263,19 @@ def conv_transpose2d(
     return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
 
 
-def _unfold_transposed_vjp(name, x, weight, bias, out_hw, geometry):
-    """The vjp of a transposed convolution on :mod:`n2nfunc.unfold_conv`'s engine."""
-    y = unfold_conv.conv_transpose(x, weight, bias, out_hw, geometry)
+def _device_transposed_vjp(name, x, weight, bias, out_hw, geometry):
+    """The vjp of a transposed convolution on :mod:`n2nfunc.device_conv`'s engine."""
+    xh = to_nhwc(x)
+    y = to_nchw(device_conv.conv_transpose(xh, weight, bias, out_hw, geometry))
     y_out = output_of(y)
 
     def pullback(ct, input_grad=True):
-        g = check_cotangent(ct, y_out, name)
-        dw, dx = unfold_conv.conv_transpose_grads(g, x, weight, geometry, input_grad)
+        g = to_nhwc(check_cotangent(ct, y_out, name))
+        dw, dx = device_conv.conv_transpose_grads(g, xh, weight, geometry, input_grad)
         grads = {"weight": dw}
         if bias is not None:
-            grads["bias"] = unfold_conv.bias_grad(g)
-        return grads, dx
+            grads["bias"] = device_conv.bias_grad(g)
+        return grads, None if dx is None else to_nchw(dx)
 
     return y, pullback
 
@@ -319,20 +325,16 @@ def nearest_upsample(scale_factor=2) -> Layer:
         check_tensor(x, name)
         check_image(x, name, -1, x)
         n, c, h, w = x.shape
-        channels_first = unfold_conv.applies(x)  # the layout that engine reads and writes
-        if channels_first:
-            y = x[:, :, :, None, :, None].expand(n, c, h, sy, w, sx).reshape(n, c, h * sy, -1)
-        else:
-            xh = to_nhwc(x)
-            y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, -1, c)
-            y = to_nchw(y)
+        xh = to_nhwc(x)
+        y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
+        y = to_nchw(y)
         y_out = output_of(y)
+        one_sum = device_conv.applies(x)  # one reduction (one launch) instead of s^2 - 1 adds
 
         def pullback(ct):
-            g = check_cotangent(ct, y_out, name)
-            if channels_first:
-                return {}, g.reshape(n, c, h, sy, w, sx).sum((3, 5))
-            g = to_nhwc(g)
+            g = to_nhwc(check_cotangent(ct, y_out, name))
+            if one_sum:
+                return {}, to_nchw(g.reshape(n, h, sy, w, sx, c).sum((2, 4)))
             return {}, to_nchw(sum_of([g[:, a::sy, b::sx] for a in range(sy) for b in range(sx)]))
 
         return y, pullback
@@ -395,10 +397,10 @@ def upsample(
         wk = weight.permute(2, 3, 1, 0)
         return wk, K.combine(wk, py, px), py, px, out_hw
 
-    def as_two_layers(x):  # in PyTorch's order, or on the unfold engine
+    def as_two_layers(x):  # in PyTorch's order, or on the device engine
         if not (isinstance(x, Tensor) and x.dim() == 4):
             return False
-        return unfold_conv.applies(x) or torch_order.applies(to_nhwc(x), k, sc)
+        return device_conv.applies(x) or torch_order.applies(to_nhwc(x), k, sc)
 
     as_torch = (nearest_upsample(sc), conv2d(out_channels, k, 1, p, d, bias))
 

@@ -31,7 +31,7 @@ VENDORED = [
     "nhwc.py",
     "kernels.py",
     "torch_order.py",
-    "unfold_conv.py",
+    "device_conv.py",
     "init.py",
     "conv.py",
     "activations.py",

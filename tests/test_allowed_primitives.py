@@ -13,7 +13,7 @@ COMPUTE = [
     "nhwc.py",
     "kernels.py",
     "torch_order.py",
-    "unfold_conv.py",
+    "device_conv.py",
     "init.py",
     "conv.py",
     "layers/__init__.py",

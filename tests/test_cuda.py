@@ -3,11 +3,10 @@
 The CPU results are the ones the oracle tests check against torch autograd and finite
 differences; here the same float64 call (same parameters, input and random cotangent) runs
 on the GPU, and the output, the input gradient and every parameter gradient must agree to
-rounding. On the GPU float32 and float64 convolutions run on the unfold engine
-(:mod:`n2nfunc.unfold_conv`), lower precisions on the CPU's engines (im2col, implicit GEMM on
-the space-to-depth grid, row taps, polyphase transposed convolutions, nearest upsampling
-folded into the kernel); the geometries cover odd and non-square sizes, stride > 1, padding,
-dilation and batch 1.
+rounding. On the GPU convolutions run on the device engine (:mod:`n2nfunc.device_conv`), on
+the CPU on its own engines (im2col blocks, implicit GEMM on the space-to-depth grid, row taps,
+polyphase transposed convolutions, nearest upsampling folded into the kernel): the geometries
+cover odd and non-square sizes, stride > 1, padding, output padding, dilation and batch 1.
 
 Skipped without a GPU. ``N2NFUNC_TEST_DEVICE=cpu`` runs the same comparisons CPU against CPU
 (a dry run of this file on a machine without one)."""
@@ -21,7 +20,7 @@ from helpers import autograd_vjp, rel_err
 from test_precision import default_net, norm_err, torch_twin
 
 import n2nfunc as nf
-from n2nfunc import unfold_conv
+from n2nfunc import device_conv
 from n2nfunc.model import Model
 from n2nfunc.stateful import fixed
 from n2nfunc.testing import check_vjp
@@ -47,7 +46,7 @@ CASES = {  # id -> (layer, input shape)
     "tconv k3 s2 p1 op1": (nf.conv_transpose2d(4, 3, 2, 1, 1), (1, 5, 5, 6)),
     "tconv k5 s3 p2 d2": (nf.conv_transpose2d(3, 5, 3, 2, 0, 2), (2, 4, 4, 3)),
     "tconv k2 s1": (nf.conv_transpose2d(3, 2), (1, 2, 3, 5)),
-    "tconv k3 s1 op1 d2 (not unfold's)": (nf.conv_transpose2d(3, 3, 1, 0, 1, 2), (2, 3, 4, 5)),
+    "tconv k3 s1 op1 d2": (nf.conv_transpose2d(3, 3, 1, 0, 1, 2), (2, 3, 4, 5)),
     "upsample k3 x2 p1": (nf.upsample(5, 3, 2, 1), (2, 4, 5, 7)),
     "upsample k4 x2 p1": (nf.upsample(3, 4, 2, 1), (1, 6, 6, 6)),
     "upsample k3 x3 d2": (nf.upsample(4, 3, 3, 2, 2), (1, 3, 4, 5)),
@@ -118,10 +117,10 @@ def test_layer_on_the_device_matches_the_cpu_float64(case):
         _same(a, b)
 
 
-def test_convolutions_on_the_device_run_on_the_unfold_engine():
+def test_convolutions_on_the_device_run_on_the_device_engine():
     x = torch.zeros(1, 3, 4, 4, device=DEVICE)
     for dtype in [torch.float64, torch.float32, torch.bfloat16]:
-        assert unfold_conv.applies(x.to(dtype)) == (x.device.type != "cpu")
+        assert device_conv.applies(x.to(dtype)) == (x.device.type != "cpu")
 
 
 def test_max_pool_ties_on_the_device_go_where_they_go_on_the_cpu():

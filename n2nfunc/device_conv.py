@@ -1,0 +1,139 @@
+"""Convolutions off the CPU: one im2col copy and one matmul per product, whatever the batch.
+
+On a GPU a small network's step is bound by the number of kernels it launches, not by its
+arithmetic. The CPU engines of :mod:`n2nfunc.kernels` (cache-sized blocks, phase
+interleaves, shifted-view taps) launch many. Here, on NHWC tensors, each product is one copy
+of a strided view (im2col) of a zero-padded input and one matmul over all N Ho Wo rows (an
+earlier engine on ``unfold`` / ``fold``, one small matmul per image in a batched matmul,
+ran a batch-4096 step of the default network 3.5x slower on an H200):
+
+    convolution             y  = im2col(x) @ W^T + b        dW = g^T @ im2col(x)
+                            dx = im2col(spread(g)) @ flip(W)^T
+    transposed convolution  y  = im2col(spread(x)) @ flip(W)^T + b
+                            dx = im2col(g) @ W^T             dW = x^T @ im2col(g)
+
+``spread`` places the rows and columns of its input ``s`` apart in zeros (stride ``s``) and
+pads them by ``d (k - 1) - p``, so a transposed direction is a stride-1 convolution with the
+flipped kernel: ``s^2`` times the multiply-adds it needs (4x for the default network's stride
+2), for a fixed number of launches. Every sum lies inside one matmul, which in bfloat16
+(:func:`~n2nfunc.precision.mixed_precision`) accumulates in float32 and rounds once, as on
+the CPU's engines. Columns are ordered (kh, kw, C), so that the im2col copy reads whole
+pixels (C contiguous values) at a time; the weight matrices are small copies of the weights.
+"""
+
+from torch import Tensor
+
+
+def applies(x: Tensor) -> bool:
+    """Whether convolutions of ``x`` run on this engine: a floating-point tensor off the CPU."""
+    return x.device.type != "cpu" and x.dtype.is_floating_point
+
+
+def spread(x: Tensor, step: tuple, before: tuple, size: tuple) -> Tensor:
+    """A contiguous zero NHWC tensor of spatial ``size`` holding row ``i`` of ``x`` at row
+    ``before[0] + step[0] i`` (likewise for columns); rows that fall outside are dropped."""
+    n, h, w, c = x.shape
+    if step == (1, 1) and before == (0, 0) and size == (h, w):
+        return x.contiguous()
+    out = x.new_zeros(n, size[0], size[1], c)
+    src, dst = [], []
+    for length, s, b, m in zip((h, w), step, before, size):
+        first = max(0, -(b // s))  # the first index whose place b + s i is >= 0
+        last = min(length, (m - 1 - b) // s + 1)  # one past the last whose place is < m
+        if last <= first:
+            return out
+        src.append(slice(first, last))
+        dst.append(slice(b + s * first, b + s * (last - 1) + 1, s))
+    out[:, dst[0], dst[1]] = x[:, src[0], src[1]]
+    return out
+
+
+def im2col(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> Tensor:
+    """The (N Ho Wo, kh kw C) im2col matrix of the padded NHWC tensor ``xp`` (one copy)."""
+    n, _, _, c = xp.shape
+    sn, sy, sx, sc = xp.stride()
+    (kh, kw), (st_h, st_w), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    view = xp.as_strided((n, ho, wo, kh, kw, c), (sn, sy * st_h, sx * st_w, sy * dh, sx * dw, sc))
+    return view.reshape(n * ho * wo, kh * kw * c)
+
+
+def _product(cols: Tensor, wmat: Tensor, bias: Tensor | None) -> Tensor:
+    """``cols @ wmat^T (+ bias)``: one matmul, the bias added to its sums."""
+    return cols.matmul(wmat.t()) if bias is None else bias.addmm(cols, wmat.t())
+
+
+def _matrix(weight: Tensor) -> Tensor:
+    """``weight`` [A, B, kh, kw] as the (A, kh kw B) matrix that multiplies im2col columns."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _flipped(weight: Tensor) -> Tensor:
+    """``weight`` [A, B, kh, kw] flipped in both spatial dims, as a (B, kh kw A) matrix."""
+    return weight.flip(2, 3).permute(1, 2, 3, 0).reshape(weight.shape[1], -1)
+
+
+def _weight_from(m: Tensor, shape) -> Tensor:
+    """The (A, kh kw B) matrix ``m`` as a contiguous weight of ``shape`` [A, B, kh, kw]."""
+    a, b, kh, kw = shape
+    return m.view(a, kh, kw, b).permute(0, 3, 1, 2).contiguous()
+
+
+def _span(kernel: tuple, dilation: tuple) -> tuple:
+    """``d (k - 1)`` per spatial dim."""
+    return tuple(d * (k - 1) for k, d in zip(kernel, dilation))
+
+
+def conv(x: Tensor, weight: Tensor, bias: Tensor | None, kernel, stride, padding, dilation, out_hw):
+    """``(y, cols)``: the convolution of the NHWC ``x`` with ``weight`` [O, C, kh, kw], an NHWC
+    ``y``, and the im2col matrix that its weight gradient reads."""
+    size = tuple((o - 1) * s + e + 1 for o, s, e in zip(out_hw, stride, _span(kernel, dilation)))
+    cols = im2col(spread(x, (1, 1), tuple(padding), size), kernel, stride, dilation, out_hw)
+    y = _product(cols, _matrix(weight), bias)
+    return y.view(x.shape[0], out_hw[0], out_hw[1], -1), cols
+
+
+def conv_weight_grad(g: Tensor, cols: Tensor, shape) -> Tensor:
+    """``dW = g^T @ im2col(x)`` for the NHWC output gradient ``g``, shaped ``shape``."""
+    return _weight_from(g.reshape(-1, g.shape[3]).t().matmul(cols), shape)
+
+
+def bias_grad(g: Tensor) -> Tensor:
+    """``db = sum_{n, i, j} g[n, i, j, :]`` for an NHWC output gradient."""
+    return g.sum((0, 1, 2))
+
+
+def conv_input_grad(g: Tensor, weight: Tensor, in_hw: tuple, kernel, stride, padding, dilation):
+    """``dx`` (NHWC, spatial ``in_hw``) of a convolution for its NHWC output gradient ``g``:
+    the stride-1 convolution of ``spread(g)`` with the flipped kernel."""
+    span = _span(kernel, dilation)
+    before = tuple(e - p for e, p in zip(span, padding))
+    size = tuple(h + e for h, e in zip(in_hw, span))
+    cols = im2col(spread(g, tuple(stride), before, size), kernel, (1, 1), dilation, in_hw)
+    return cols.matmul(_flipped(weight).t()).view(g.shape[0], in_hw[0], in_hw[1], -1)
+
+
+def conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None, out_hw: tuple, geometry):
+    """The transposed convolution of the NHWC ``x`` with ``weight`` [C, O, kh, kw] (an NHWC
+    output of spatial ``out_hw``); ``geometry`` is (kernel, stride, padding, dilation). The
+    same product as :func:`conv_input_grad`, the bias added."""
+    kernel, stride, padding, dilation = geometry
+    span = _span(kernel, dilation)
+    before = tuple(e - p for e, p in zip(span, padding))
+    size = tuple(h + e for h, e in zip(out_hw, span))
+    cols = im2col(spread(x, tuple(stride), before, size), kernel, (1, 1), dilation, out_hw)
+    y = _product(cols, _flipped(weight), bias)
+    return y.view(x.shape[0], out_hw[0], out_hw[1], -1)
+
+
+def conv_transpose_grads(g: Tensor, x: Tensor, weight: Tensor, geometry, input_grad: bool = True):
+    """``(dW, dx)`` of :func:`conv_transpose` for its NHWC output gradient ``g``, from one
+    im2col of ``g`` (a convolution's): ``dx = im2col(g) @ W^T``, ``dW = x^T @ im2col(g)``
+    (``dx`` None without ``input_grad``)."""
+    kernel, stride, padding, dilation = geometry
+    n, h, w, c = x.shape
+    size = tuple((i - 1) * s + e + 1 for i, s, e in zip((h, w), stride, _span(kernel, dilation)))
+    cols = im2col(spread(g, (1, 1), tuple(padding), size), kernel, stride, dilation, (h, w))
+    dw = _weight_from(x.reshape(-1, c).t().matmul(cols), weight.shape)
+    if not input_grad:
+        return dw, None
+    return dw, _product(cols, _matrix(weight), None).view(n, h, w, c)
