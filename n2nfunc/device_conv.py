@@ -8,20 +8,27 @@ earlier engine on ``unfold`` / ``fold``, one small matmul per image in a batched
 ran a batch-4096 step of the default network 3.5x slower on an H200):
 
     convolution             y  = im2col(x) @ W^T + b        dW = g^T @ im2col(x)
-                            dx = im2col(spread(g)) @ flip(W)^T
-    transposed convolution  y  = im2col(spread(x)) @ flip(W)^T + b
+                            dx = conv_transpose(g, W)
+    transposed convolution  y  = conv_transpose(x, W) + b
                             dx = im2col(g) @ W^T             dW = x^T @ im2col(g)
 
-``spread`` places the rows and columns of its input ``s`` apart in zeros (stride ``s``) and
-pads them by ``d (k - 1) - p``, so a transposed direction is a stride-1 convolution with the
-flipped kernel: ``s^2`` times the multiply-adds it needs (4x for the default network's stride
-2), for a fixed number of launches. Every sum lies inside one matmul, which in bfloat16
-(:func:`~n2nfunc.precision.mixed_precision`) accumulates in float32 and rounds once, as on
-the CPU's engines. Columns are ordered (kh, kw, C), so that the im2col copy reads whole
-pixels (C contiguous values) at a time; the weight matrices are small copies of the weights.
+For stride 1, ``conv_transpose`` is the convolution of the input padded by ``d (k - 1) - p``
+with the flipped kernel; for stride ``s`` > 1 it is the polyphase product
+of :mod:`n2nfunc.kernels` instead (the sub-pixel identity): each of the ``s^2`` output phases
+is a small convolution of the input, all of them one matmul with the phase kernels side by
+side (:func:`~n2nfunc.kernels.combine`), then one strided copy interleaves the phases. (The
+input spread ``s`` apart in zeros would also make it one stride-1 convolution, but with
+``s^2`` times the multiply-adds and 16x the im2col memory for the default network's kernel
+4, stride 2: 17x torch's CUDA memory per training step on an H200.) Every sum lies inside
+one matmul, which in bfloat16 (:func:`~n2nfunc.precision.mixed_precision`) accumulates in
+float32 and rounds once, as on the CPU's engines. Columns are ordered (kh, kw, C), so that
+the im2col copy reads whole pixels (C contiguous values) at a time; the weight matrices are
+small copies of the weights.
 """
 
 from torch import Tensor
+
+from .kernels import combine, interleaved, phase_plan, phase_slices
 
 
 def applies(x: Tensor) -> bool:
@@ -29,21 +36,21 @@ def applies(x: Tensor) -> bool:
     return x.device.type != "cpu" and x.dtype.is_floating_point
 
 
-def spread(x: Tensor, step: tuple, before: tuple, size: tuple) -> Tensor:
-    """A contiguous zero NHWC tensor of spatial ``size`` holding row ``i`` of ``x`` at row
-    ``before[0] + step[0] i`` (likewise for columns); rows that fall outside are dropped."""
+def padded(x: Tensor, before: tuple, size: tuple) -> Tensor:
+    """A contiguous NHWC tensor of spatial ``size`` holding ``x`` at offset ``before`` (per
+    spatial dim, negative: cropped) in zeros, the part of ``x`` outside it dropped (two
+    launches: the zeros and one copy)."""
     n, h, w, c = x.shape
-    if step == (1, 1) and before == (0, 0) and size == (h, w):
+    if before == (0, 0) and size == (h, w):
         return x.contiguous()
     out = x.new_zeros(n, size[0], size[1], c)
     src, dst = [], []
-    for length, s, b, m in zip((h, w), step, before, size):
-        first = max(0, -(b // s))  # the first index whose place b + s i is >= 0
-        last = min(length, (m - 1 - b) // s + 1)  # one past the last whose place is < m
+    for length, b, m in zip((h, w), before, size):
+        first, last = max(0, -b), min(length, m - b)  # the part of x that lands inside
         if last <= first:
             return out
         src.append(slice(first, last))
-        dst.append(slice(b + s * first, b + s * (last - 1) + 1, s))
+        dst.append(slice(b + first, b + last))
     out[:, dst[0], dst[1]] = x[:, src[0], src[1]]
     return out
 
@@ -87,7 +94,7 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, kernel, stride, padding
     """``(y, cols)``: the convolution of the NHWC ``x`` with ``weight`` [O, C, kh, kw], an NHWC
     ``y``, and the im2col matrix that its weight gradient reads."""
     size = tuple((o - 1) * s + e + 1 for o, s, e in zip(out_hw, stride, _span(kernel, dilation)))
-    cols = im2col(spread(x, (1, 1), tuple(padding), size), kernel, stride, dilation, out_hw)
+    cols = im2col(padded(x, tuple(padding), size), kernel, stride, dilation, out_hw)
     y = _product(cols, _matrix(weight), bias)
     return y.view(x.shape[0], out_hw[0], out_hw[1], -1), cols
 
@@ -104,25 +111,48 @@ def bias_grad(g: Tensor) -> Tensor:
 
 def conv_input_grad(g: Tensor, weight: Tensor, in_hw: tuple, kernel, stride, padding, dilation):
     """``dx`` (NHWC, spatial ``in_hw``) of a convolution for its NHWC output gradient ``g``:
-    the stride-1 convolution of ``spread(g)`` with the flipped kernel."""
-    span = _span(kernel, dilation)
-    before = tuple(e - p for e, p in zip(span, padding))
-    size = tuple(h + e for h, e in zip(in_hw, span))
-    cols = im2col(spread(g, tuple(stride), before, size), kernel, (1, 1), dilation, in_hw)
-    return cols.matmul(_flipped(weight).t()).view(g.shape[0], in_hw[0], in_hw[1], -1)
+    the transposed convolution of ``g`` with the same weight."""
+    return conv_transpose(g, weight, None, in_hw, (kernel, stride, padding, dilation))
 
 
 def conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None, out_hw: tuple, geometry):
     """The transposed convolution of the NHWC ``x`` with ``weight`` [C, O, kh, kw] (an NHWC
-    output of spatial ``out_hw``); ``geometry`` is (kernel, stride, padding, dilation). The
-    same product as :func:`conv_input_grad`, the bias added."""
+    output of spatial ``out_hw``); ``geometry`` is (kernel, stride, padding, dilation): for
+    stride 1 the convolution of the padded ``x`` with the flipped kernel, else by phases."""
     kernel, stride, padding, dilation = geometry
+    if tuple(stride) != (1, 1):
+        return _by_phases(x, weight, bias, out_hw, geometry)
     span = _span(kernel, dilation)
     before = tuple(e - p for e, p in zip(span, padding))
     size = tuple(h + e for h, e in zip(out_hw, span))
-    cols = im2col(spread(x, tuple(stride), before, size), kernel, (1, 1), dilation, out_hw)
+    cols = im2col(padded(x, before, size), kernel, (1, 1), dilation, out_hw)
     y = _product(cols, _flipped(weight), bias)
     return y.view(x.shape[0], out_hw[0], out_hw[1], -1)
+
+
+def _by_phases(x: Tensor, weight: Tensor, bias: Tensor | None, out_hw: tuple, geometry):
+    """:func:`conv_transpose` for stride > 1: output ``o = s m + rho`` of phase ``rho`` reads
+    a window of ``x`` at ``m + offset[rho]`` through that phase's taps
+    (:func:`~n2nfunc.kernels.phase_plan`): one im2col of the padded ``x`` over the windows,
+    one matmul with the combined (window, phase) kernel, one copy to interleave the phases."""
+    (kh, kw), stride, padding, dilation = geometry
+    n, h, w, _ = x.shape
+    py = phase_plan("transpose", h, out_hw[0], kh, stride[0], padding[0], dilation[0])
+    px = phase_plan("transpose", w, out_hw[1], kw, stride[1], padding[1], dilation[1])
+    starts, window = (py.starts, px.starts), (py.width, px.width)
+    size = (py.starts + py.width - 1, px.starts + px.width - 1)
+    xp = padded(x, (py.pad_before, px.pad_before), size)
+    w_eff = combine(weight.permute(2, 3, 0, 1), py, px)  # (window, C) x (phase, O)
+    bias_eff = None if bias is None else bias.repeat(py.stride * px.stride)
+    r = _product(im2col(xp, window, (1, 1), (1, 1), starts), w_eff.t(), bias_eff)
+    r = r.view(n, py.starts, px.starts, py.stride, px.stride, -1)
+    view = interleaved(r, py, px)
+    if view is not None:
+        return view.reshape(n, out_hw[0], out_hw[1], -1)
+    y = x.new_empty(n, out_hw[0], out_hw[1], r.shape[5])
+    for ry, rx, sy, sx in phase_slices(py, px):
+        y[:, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx]
+    return y
 
 
 def conv_transpose_grads(g: Tensor, x: Tensor, weight: Tensor, geometry, input_grad: bool = True):
@@ -132,7 +162,7 @@ def conv_transpose_grads(g: Tensor, x: Tensor, weight: Tensor, geometry, input_g
     kernel, stride, padding, dilation = geometry
     n, h, w, c = x.shape
     size = tuple((i - 1) * s + e + 1 for i, s, e in zip((h, w), stride, _span(kernel, dilation)))
-    cols = im2col(spread(g, (1, 1), tuple(padding), size), kernel, stride, dilation, (h, w))
+    cols = im2col(padded(g, tuple(padding), size), kernel, stride, dilation, (h, w))
     dw = _weight_from(x.reshape(-1, c).t().matmul(cols), weight.shape)
     if not input_grad:
         return dw, None

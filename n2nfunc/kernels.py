@@ -380,7 +380,7 @@ def nearest_conv_kernel_grad(d_kernel: Tensor, scale: tuple, dilation: tuple, sh
     return t.view(kh, kw, o, c).permute(2, 3, 0, 1).contiguous()
 
 
-def _phase_slices(py: PhasePlan, px: PhasePlan):
+def phase_slices(py: PhasePlan, px: PhasePlan):
     """For each output phase: (rho_y, rho_x, slice of window starts in y, same in x)."""
     for ry in range(py.stride):
         for rx in range(px.stride):
@@ -390,7 +390,7 @@ def _phase_slices(py: PhasePlan, px: PhasePlan):
                 yield ry, rx, slice(y0, y0 + py.counts[ry]), slice(x0, x0 + px.counts[rx])
 
 
-def _interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor | None:
+def interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor | None:
     """All phases of ``r`` (N, Ry, Rx, sy, sx, C) as one strided view shaped like the output,
     (N, My, sy, Mx, sx, C), or None when no such view exists.
 
@@ -487,14 +487,14 @@ def polyphase_forward(
         r = r2.view(n, py.starts, px.starts, py.stride, px.stride, co)
     if co < THIN:  # phase by phase into channels-first memory (see the docstring)
         y = x.new_empty(n, co, out_hw[0], out_hw[1])
-        for ry, rx, sy, sx in _phase_slices(py, px):
+        for ry, rx, sy, sx in phase_slices(py, px):
             y[:, :, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx].permute(0, 3, 1, 2)
         return y.permute(0, 2, 3, 1), cols
-    view = _interleaved(r, py, px)
+    view = interleaved(r, py, px)
     if view is not None:
         return view.contiguous().view(n, out_hw[0], out_hw[1], co), cols
     y = x.new_empty(n, out_hw[0], out_hw[1], co)
-    for ry, rx, sy, sx in _phase_slices(py, px):
+    for ry, rx, sy, sx in phase_slices(py, px):
         y[:, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx]
     return y, cols
 
@@ -513,11 +513,11 @@ def polyphase_backward(
     (:func:`polyphase_cols`)."""
     n, co = g.shape[0], g.shape[3]
     dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
-    view = _interleaved(dr, py, px)
+    view = interleaved(dr, py, px)
     if view is not None:
         view.copy_(g.reshape(view.shape))
     else:
-        for ry, rx, sy, sx in _phase_slices(py, px):
+        for ry, rx, sy, sx in phase_slices(py, px):
             dr[:, sy, sx, ry, rx] = g[:, ry :: py.stride, rx :: px.stride]
     dr = dr.view(-1, py.stride * px.stride * co)
     d_eff = reduce_matmul(dr.t(), cols).t()
