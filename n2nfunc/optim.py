@@ -163,7 +163,7 @@ def sgd(
         trees = [grads] + ([state["momentum"]] if momentum else [])
         trees += [_needed(params, "sgd")] if weight_decay else []
 
-        def sgd_step(g, *more):  # on one flat vector per tree where it can (map_raveled)
+        def sgd_step(g, *more):  # leafwise, or on one vector per tree (tree.map_raveled)
             d = g + weight_decay * more[-1] if weight_decay else g
             if not momentum:
                 return d * -lr_now
@@ -210,7 +210,7 @@ def _adam(
         root_bc2 = math.sqrt(1 - b2**t)
         decay = lr_now * weight_decay if decoupled else 0.0
 
-        def step(g, m, v, *more):  # on one flat vector per tree where it can (map_raveled)
+        def step(m, g, v, *more):  # the state first: the results take its structure
             v_max = more[0] if amsgrad else None
             p = more[-1] if weight_decay else None
             if l2:
@@ -224,7 +224,7 @@ def _adam(
                 u = u - decay * p
             return (u, m, v) + ((v_max,) if amsgrad else ())
 
-        trees = [grads, state["m"], state["v"]] + ([state["v_max"]] if amsgrad else [])
+        trees = [state["m"], grads, state["v"]] + ([state["v_max"]] if amsgrad else [])
         trees += [params] * bool(weight_decay)
         updates, m, v, *v_max = tree.map_raveled(step, *trees, outputs=3 + amsgrad)
         new_state = {"step": t, "m": m, "v": v}
@@ -297,10 +297,10 @@ def rmsprop(
         _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         step = state["step"]
         lr_now = _lr_at(lr, step)
-        trees = [grads] + [state[k] for k in keys]
+        trees = [state["square_avg"], grads] + [state[k] for k in keys[1:]]
         trees += [_needed(params, "rmsprop")] if weight_decay else []
 
-        def rmsprop_step(g, s, *more):  # on one flat vector per tree where it can
+        def rmsprop_step(s, g, *more):  # the state first: the results take its structure
             more = list(more)
             a = more.pop(0) if centered else None
             b = more.pop(0) if momentum else None

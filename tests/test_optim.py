@@ -1,6 +1,7 @@
 """Each optimizer matches its torch.optim namesake for 20 steps in float64; chains, clipping
 and schedules match torch's clip_grad_norm_ and lr_scheduler."""
 
+import functools
 import itertools
 
 import pytest
@@ -509,3 +510,44 @@ def test_state_leaves_must_be_tensors_even_without_params():
         nf.sgd(0.1, 0.9).update(g, ({},), None)
     with pytest.raises(ValueError, match=r"got \['0', 'm', 'step', 'v'\]"):
         nf.adam(0.1).update(g, {"step": 0, "m": g, "v": g, 0: 1}, None)
+
+
+@pytest.mark.parametrize(
+    "make_ours,make_torch",
+    [
+        (
+            lambda: nf.adam(0.01, weight_decay=0.1, amsgrad=True),
+            lambda ps: torch.optim.Adam(ps, 0.01, weight_decay=0.1, amsgrad=True),
+        ),
+        (lambda: nf.adamw(0.01), lambda ps: torch.optim.AdamW(ps, 0.01)),
+        (
+            lambda: nf.sgd(0.05, 0.9, True, 0.01),
+            lambda ps: torch.optim.SGD(ps, 0.05, 0.9, weight_decay=0.01, nesterov=True),
+        ),
+        (
+            lambda: nf.rmsprop(0.01, momentum=0.9, centered=True, weight_decay=0.05),
+            lambda ps: torch.optim.RMSprop(
+                ps, 0.01, momentum=0.9, centered=True, weight_decay=0.05
+            ),
+        ),
+    ],
+)
+def test_optimizers_on_raveled_leaves_match_torch(monkeypatch, make_ours, make_torch):
+    """The single-vector path that optimizers take off the CPU (tree.map_raveled), forced on
+    the CPU: still torch.optim's steps."""
+    monkeypatch.setattr(nf.tree, "map_raveled", functools.partial(nf.tree.map_raveled, ravel=True))
+    run_both(make_ours, make_torch)
+
+
+@pytest.mark.parametrize("ravel", [False, True])
+def test_updates_and_state_keep_the_params_structure(monkeypatch, ravel):
+    """Gradients given as another container type and key order: updates and state still
+    follow the params (and the state's) structure."""
+    monkeypatch.setattr(nf.tree, "map_raveled", functools.partial(nf.tree.map_raveled, ravel=ravel))
+    params = {"a": torch.ones(2), "b": [torch.ones(3), torch.ones(1)]}
+    grads = {"b": (torch.ones(3), torch.ones(1)), "a": torch.ones(2)}
+    for opt in [nf.adam(0.1), nf.rmsprop(0.1, centered=True, momentum=0.5)]:
+        state = opt.init(params)
+        updates, state = opt.update(grads, state, params)
+        for t in [updates] + [v for v in state.values() if isinstance(v, dict)]:
+            assert list(t) == ["a", "b"] and isinstance(t["b"], list)

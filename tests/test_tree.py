@@ -107,9 +107,9 @@ def _trees(dtype_b=torch.float32, seed=0):
 
 @pytest.mark.parametrize("dtype_b", [torch.float32, torch.float64])  # one kind, two kinds
 def test_map_raveled_equals_map_bit_for_bit(dtype_b):
-    """One call on raveled leaves (one dtype) or one call per leaf (two dtypes): the same
-    values as tree.map, bit for bit, in trees shaped like the first; with one dtype the
-    leaves of each result are views of one vector."""
+    """With ravel=True, one call on raveled leaves (one dtype) or one call per leaf (two
+    dtypes): the same values as tree.map, bit for bit, in trees shaped like the first; with
+    one dtype the leaves of each result are views of one vector."""
     g, m, v = _trees(dtype_b)
     v = {"a": v["a"], "b": v["b"]}  # another key order: leaves are paired by key
     calls = []
@@ -118,7 +118,7 @@ def test_map_raveled_equals_map_bit_for_bit(dtype_b):
         calls.append(xs[0].numel())
         return _adam_like(*xs)
 
-    results = tree.map_raveled(counted, g, m, v, outputs=3)
+    results = tree.map_raveled(counted, g, m, v, outputs=3, ravel=True)
     for i, got in enumerate(results):
         assert list(got) == ["b", "a"] and isinstance(got["a"], list)
         want = dict(tree.flatten(tree.map(lambda *xs, i=i: _adam_like(*xs)[i], g, m, v)))
@@ -128,6 +128,16 @@ def test_map_raveled_equals_map_bit_for_bit(dtype_b):
     assert calls == ([3 + 6 + 1] if one_kind else [3, 6, 1])
     bases = {leaf.untyped_storage().data_ptr() for leaf in tree.leaves(results[0])}
     assert (len(bases) == 1) == one_kind
+
+
+def test_map_raveled_goes_leaf_by_leaf_on_the_cpu_by_default():
+    g, m, _ = _trees()
+    calls = []
+    tree.map_raveled(lambda a, b: calls.append(a.numel()) or a - b, g, m)
+    assert calls == [3, 6, 1]
+    meta = tree.map(lambda t: t.to("meta"), g)  # off the CPU: one call
+    tree.map_raveled(lambda a, b: calls.append(a.numel()) or a - b, meta, meta)
+    assert calls[3:] == [10]
 
 
 def test_map_raveled_single_output_empty_and_mismatch():
