@@ -169,7 +169,7 @@ def conv2d(
         weight, _, out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
         if device_conv.applies(x):
             return to_nchw(
-                device_conv.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)[0]
+                device_conv.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)
             )
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
 
@@ -179,13 +179,12 @@ def conv2d(
 def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
     """The vjp of a convolution on :mod:`n2nfunc.device_conv`'s engine."""
     xh = to_nhwc(x)
-    y, cols = device_conv.conv(xh, weight, bias, *geometry, out_hw)
-    y = to_nchw(y)
+    y = to_nchw(device_conv.conv(xh, weight, bias, *geometry, out_hw))
     y_out = output_of(y)
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        grads = {"weight": device_conv.conv_weight_grad(g, cols, weight.shape)}
+        grads = {"weight": device_conv.conv_weight_grad(g, xh, weight.shape, *geometry)}
         if bias is not None:
             grads["bias"] = device_conv.bias_grad(g)
         if not input_grad:
