@@ -28,7 +28,7 @@ small copies of the weights.
 
 from torch import Tensor
 
-from .kernels import combine, interleaved, phase_plan, phase_slices
+from .kernels import DEVICE_BLOCK_BYTES, combine, interleaved, phase_plan, phase_slices
 
 
 def applies(x: Tensor) -> bool:
@@ -69,6 +69,49 @@ def _product(cols: Tensor, wmat: Tensor, bias: Tensor | None) -> Tensor:
     return cols.matmul(wmat.t()) if bias is None else bias.addmm(cols, wmat.t())
 
 
+def _image_blocks(n: int, image_bytes: int) -> list:
+    """Slices of the N images whose im2col matrices fit DEVICE_BLOCK_BYTES together (one
+    slice of all of them when the whole matrix fits; single images when none do)."""
+    step = max(1, DEVICE_BLOCK_BYTES // max(1, image_bytes))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _windows_product(xp: Tensor, window, stride, dilation, out_hw, wmat, bias) -> Tensor:
+    """``im2col(xp) @ wmat^T (+ bias)``, (N Ho Wo, O), for the padded NHWC ``xp``: one im2col
+    copy and one matmul, or one of each per block of images where the whole im2col matrix
+    would pass DEVICE_BLOCK_BYTES (exact: no sum crosses a block)."""
+    n, rows = xp.shape[0], out_hw[0] * out_hw[1]
+    blocks = _image_blocks(n, rows * wmat.shape[1] * xp.element_size())
+    if len(blocks) == 1:
+        return _product(im2col(xp, window, stride, dilation, out_hw), wmat, bias)
+    out = xp.new_empty(n * rows, wmat.shape[0])
+    for b in blocks:
+        part = out[b.start * rows : b.stop * rows]
+        if bias is None:
+            part.addmm_(im2col(xp[b], window, stride, dilation, out_hw), wmat.t(), beta=0)
+        else:  # the bias inside the matmul's sums, as in _product
+            part.copy_(bias.expand_as(part))
+            part.addmm_(im2col(xp[b], window, stride, dilation, out_hw), wmat.t())
+    return out
+
+
+def _windows_gram(a: Tensor, xp: Tensor, window, stride, dilation, out_hw) -> Tensor:
+    """``a^T @ im2col(xp)`` for ``a`` (N Ho Wo, P): one matmul, or in float32 / float64 a sum
+    over the blocks of :func:`_windows_product` (in a lower precision always one matmul, so
+    that the whole sum accumulates in float32 and rounds once)."""
+    n, rows = xp.shape[0], out_hw[0] * out_hw[1]
+    k = window[0] * window[1] * xp.shape[3]
+    blocks = _image_blocks(n, rows * k * xp.element_size())
+    if len(blocks) == 1 or xp.element_size() < 4:
+        return a.t().matmul(im2col(xp, window, stride, dilation, out_hw))
+    out = a.new_zeros(a.shape[1], k)
+    for b in blocks:
+        out.addmm_(
+            a[b.start * rows : b.stop * rows].t(), im2col(xp[b], window, stride, dilation, out_hw)
+        )
+    return out
+
+
 def _matrix(weight: Tensor) -> Tensor:
     """``weight`` [A, B, kh, kw] as the (A, kh kw B) matrix that multiplies im2col columns."""
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
@@ -90,16 +133,16 @@ def _span(kernel: tuple, dilation: tuple) -> tuple:
     return tuple(d * (k - 1) for k, d in zip(kernel, dilation))
 
 
-def conv_cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
-    """The im2col matrix of a convolution of the NHWC ``x`` (padded)."""
+def _conv_input(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
+    """The NHWC ``x`` padded as a convolution with these output sizes reads it."""
     size = tuple((o - 1) * s + e + 1 for o, s, e in zip(out_hw, stride, _span(kernel, dilation)))
-    return im2col(padded(x, tuple(padding), size), kernel, stride, dilation, out_hw)
+    return padded(x, tuple(padding), size)
 
 
 def conv(x: Tensor, weight: Tensor, bias: Tensor | None, kernel, stride, padding, dilation, out_hw):
     """The convolution of the NHWC ``x`` with ``weight`` [O, C, kh, kw], an NHWC tensor."""
-    cols = conv_cols(x, kernel, stride, padding, dilation, out_hw)
-    y = _product(cols, _matrix(weight), bias)
+    xp = _conv_input(x, kernel, stride, padding, dilation, out_hw)
+    y = _windows_product(xp, kernel, stride, dilation, out_hw, _matrix(weight), bias)
     return y.view(x.shape[0], out_hw[0], out_hw[1], -1)
 
 
@@ -109,8 +152,11 @@ def conv_weight_grad(g: Tensor, x: Tensor, shape, kernel, stride, padding, dilat
     backward pass it holds k^2 / s^2 times its input (9x for a 3 x 3 convolution): the live
     tensors of a U-Net step at 8 x 128 x 128 peaked at 1,507 MB instead of 515 (torch 300),
     the default network's at batch 100 at 65.7 MB instead of 42.3 (torch 22.3)."""
-    cols = conv_cols(x, kernel, stride, padding, dilation, tuple(g.shape[1:3]))
-    return _weight_from(g.reshape(-1, g.shape[3]).t().matmul(cols), shape)
+    out_hw = tuple(g.shape[1:3])
+    xp = _conv_input(x, kernel, stride, padding, dilation, out_hw)
+    return _weight_from(
+        _windows_gram(g.reshape(-1, g.shape[3]), xp, kernel, stride, dilation, out_hw), shape
+    )
 
 
 def bias_grad(g: Tensor) -> Tensor:
@@ -134,8 +180,8 @@ def conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None, out_hw: tuple
     span = _span(kernel, dilation)
     before = tuple(e - p for e, p in zip(span, padding))
     size = tuple(h + e for h, e in zip(out_hw, span))
-    cols = im2col(padded(x, before, size), kernel, (1, 1), dilation, out_hw)
-    y = _product(cols, _flipped(weight), bias)
+    xp = padded(x, before, size)
+    y = _windows_product(xp, kernel, (1, 1), dilation, out_hw, _flipped(weight), bias)
     return y.view(x.shape[0], out_hw[0], out_hw[1], -1)
 
 
@@ -153,7 +199,7 @@ def _by_phases(x: Tensor, weight: Tensor, bias: Tensor | None, out_hw: tuple, ge
     xp = padded(x, (py.pad_before, px.pad_before), size)
     w_eff = combine(weight.permute(2, 3, 0, 1), py, px)  # (window, C) x (phase, O)
     bias_eff = None if bias is None else bias.repeat(py.stride * px.stride)
-    r = _product(im2col(xp, window, (1, 1), (1, 1), starts), w_eff.t(), bias_eff)
+    r = _windows_product(xp, window, (1, 1), (1, 1), starts, w_eff.t(), bias_eff)
     r = r.view(n, py.starts, px.starts, py.stride, px.stride, -1)
     view = interleaved(r, py, px)
     if view is not None:
@@ -170,9 +216,15 @@ def conv_transpose_grads(g: Tensor, x: Tensor, weight: Tensor, geometry, input_g
     (``dx`` None without ``input_grad``)."""
     kernel, stride, padding, dilation = geometry
     n, h, w, c = x.shape
-    size = tuple((i - 1) * s + e + 1 for i, s, e in zip((h, w), stride, _span(kernel, dilation)))
-    cols = im2col(padded(g, tuple(padding), size), kernel, stride, dilation, (h, w))
-    dw = _weight_from(x.reshape(-1, c).t().matmul(cols), weight.shape)
-    if not input_grad:
-        return dw, None
-    return dw, _product(cols, _matrix(weight), None).view(n, h, w, c)
+    gp = _conv_input(g, kernel, stride, padding, dilation, (h, w))
+    x2 = x.reshape(-1, c)
+    if len(_image_blocks(n, h * w * weight[0].numel() * g.element_size())) > 1:  # too large
+        dw = _windows_gram(x2, gp, kernel, stride, dilation, (h, w))  # to form it at once
+        dx = None
+        if input_grad:
+            dx = _windows_product(gp, kernel, stride, dilation, (h, w), _matrix(weight), None)
+    else:  # one im2col of g for both
+        cols = im2col(gp, kernel, stride, dilation, (h, w))
+        dw = x2.t().matmul(cols)
+        dx = _product(cols, _matrix(weight), None) if input_grad else None
+    return _weight_from(dw, weight.shape), None if dx is None else dx.view(n, h, w, c)

@@ -88,7 +88,8 @@ def conv_cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
 BLOCK_BYTES = 1 << 22
 # On a GPU, cache-sized blocks only multiply kernel launches (one U-Net training step in
 # bfloat16 at crop 128, batch 32: 11,635 tensor operations in 4 MiB blocks, 2,750 in one
-# block); there the blocks only bound the memory of a very large input.
+# block); there the blocks (of images, in n2nfunc.device_conv) only bound the memory of a
+# very large input.
 DEVICE_BLOCK_BYTES = 1 << 28
 
 

@@ -138,3 +138,30 @@ def test_nearest_upsample_sums_blocks_in_one_reduction(scale, shape):
     assert torch.equal(y, y_ref)
     assert rel_err(pullback(ct)[1], gx) < TOL64
     assert nf.check_vjp(layer, {}, x)["input"] < 1e-6
+
+
+@pytest.mark.parametrize("budget", [1, "two images"])
+@pytest.mark.parametrize(
+    "make,ref",
+    [
+        (lambda: nf.conv2d(5, 3, 1, 1), lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, 1)),
+        (lambda: nf.conv2d(4, 4, 2, 1), lambda x, q: F.conv2d(x, q["weight"], q["bias"], 2, 1)),
+        (
+            lambda: nf.conv_transpose2d(4, 4, 2, 1),
+            lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], 2, 1),
+        ),
+        (
+            lambda: nf.conv_transpose2d(4, 3, 1, 1, bias=False),
+            lambda x, q: F.conv_transpose2d(x, q["weight"], None, 1, 1),
+        ),
+    ],
+)
+def test_large_products_go_by_blocks_of_images(monkeypatch, engine_calls, budget, make, ref):
+    """Where an im2col matrix would pass DEVICE_BLOCK_BYTES, products and weight gradients
+    go a block of images at a time (here forced with a small budget): the same results."""
+    layer, x = make(), randn(3, 3, 7, 6)
+    params = init64(layer, x.shape)
+    if budget == "two images":  # the first conv's im2col of two images fits, of three not
+        budget = 2 * 7 * 6 * 9 * 3 * 8
+    monkeypatch.setattr(device_conv, "DEVICE_BLOCK_BYTES", budget)
+    _compare(layer, ref, params, x, TOL64)
