@@ -28,7 +28,8 @@ small copies of the weights.
 
 from torch import Tensor
 
-from .kernels import DEVICE_BLOCK_BYTES, combine, interleaved, phase_plan, phase_slices
+from . import kernels
+from .kernels import combine, interleaved, phase_plan, phase_slices
 
 
 def applies(x: Tensor) -> bool:
@@ -70,16 +71,17 @@ def _product(cols: Tensor, wmat: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _image_blocks(n: int, image_bytes: int) -> list:
-    """Slices of the N images whose im2col matrices fit DEVICE_BLOCK_BYTES together (one
-    slice of all of them when the whole matrix fits; single images when none do)."""
-    step = max(1, DEVICE_BLOCK_BYTES // max(1, image_bytes))
+    """Slices of the N images whose im2col matrices fit ``kernels.DEVICE_BLOCK_BYTES``
+    together (read at each call; one slice of all of them when the whole matrix fits, single
+    images when none do)."""
+    step = max(1, kernels.DEVICE_BLOCK_BYTES // max(1, image_bytes))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 def _windows_product(xp: Tensor, window, stride, dilation, out_hw, wmat, bias) -> Tensor:
     """``im2col(xp) @ wmat^T (+ bias)``, (N Ho Wo, O), for the padded NHWC ``xp``: one im2col
     copy and one matmul, or one of each per block of images where the whole im2col matrix
-    would pass DEVICE_BLOCK_BYTES (exact: no sum crosses a block)."""
+    would pass ``kernels.DEVICE_BLOCK_BYTES`` (exact: no sum crosses a block)."""
     n, rows = xp.shape[0], out_hw[0] * out_hw[1]
     blocks = _image_blocks(n, rows * wmat.shape[1] * xp.element_size())
     if len(blocks) == 1:
