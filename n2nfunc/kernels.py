@@ -88,9 +88,11 @@ def conv_cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
 BLOCK_BYTES = 1 << 22
 # On a GPU, cache-sized blocks only multiply kernel launches (one U-Net training step in
 # bfloat16 at crop 128, batch 32: 11,635 tensor operations in 4 MiB blocks, 2,750 in one
-# block); there the blocks (of images, in n2nfunc.device_conv) only bound the memory of a
-# very large input.
-DEVICE_BLOCK_BYTES = 1 << 28
+# block); there the blocks (of images, in n2nfunc.device_conv) bound the memory of large
+# inputs: a U-Net step at 8 x 128 x 128 peaks at 322 MB of live tensors (torch 300) in
+# 64 MiB blocks, 394 in 128 MiB, 480 in 256 MiB (the engine forced on, on the CPU). A 64 MiB
+# block's im2col copy and matmul are tens of microseconds of work each, past a launch's cost.
+DEVICE_BLOCK_BYTES = 1 << 26
 
 
 def block_bytes(device) -> int:
