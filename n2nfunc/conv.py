@@ -6,8 +6,10 @@ drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so a generator seeded like PyTorc
 the same numbers as ``torch.nn.Conv2d`` / ``ConvTranspose2d``. ``init=`` picks another
 initialiser (``"he_normal"``, ...; see :mod:`n2nfunc.init`).
 
-All computation is in :mod:`n2nfunc.kernels` on channels-last views (see :mod:`n2nfunc.nhwc`),
-except for one small float32 image, which :mod:`n2nfunc.torch_order` computes as PyTorch does.
+All computation is on channels-last views (see :mod:`n2nfunc.nhwc`): on the CPU in
+:mod:`n2nfunc.kernels`, except for one small float32 image, which :mod:`n2nfunc.torch_order`
+computes as PyTorch does; off the CPU (a GPU) in :mod:`n2nfunc.device_conv`, whose engine
+launches few kernels.
 """
 
 from torch import Tensor
