@@ -28,8 +28,16 @@ small copies of the weights.
 
 from torch import Tensor
 
-from . import kernels
 from .kernels import combine, interleaved, phase_plan, phase_slices
+
+# Bytes of im2col matrix formed at a time (whole images; all of them when they fit). On a
+# GPU, blocks sized for caches (as the CPU's kernels.BLOCK_BYTES) only multiply kernel
+# launches (one U-Net training step in bfloat16 at crop 128, batch 32: 11,635 tensor
+# operations in 4 MiB blocks, 2,750 in one block); here they bound the memory of large
+# inputs: a U-Net step at 8 x 128 x 128 peaks at 322 MB of live tensors (torch 300) in 64 MiB
+# blocks, 394 in 128 MiB, 480 in 256 MiB (the engine forced on, on the CPU). A 64 MiB block's
+# im2col copy and matmul are tens of microseconds of work each, past a launch's cost.
+BLOCK_BYTES = 1 << 26
 
 
 def applies(x: Tensor) -> bool:
@@ -71,17 +79,16 @@ def _product(cols: Tensor, wmat: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _image_blocks(n: int, image_bytes: int) -> list:
-    """Slices of the N images whose im2col matrices fit ``kernels.DEVICE_BLOCK_BYTES``
-    together (read at each call; one slice of all of them when the whole matrix fits, single
-    images when none do)."""
-    step = max(1, kernels.DEVICE_BLOCK_BYTES // max(1, image_bytes))
+    """Slices of the N images whose im2col matrices fit BLOCK_BYTES together (one slice of
+    all of them when the whole matrix fits, single images when none do)."""
+    step = max(1, BLOCK_BYTES // max(1, image_bytes))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 def _windows_product(xp: Tensor, window, stride, dilation, out_hw, wmat, bias) -> Tensor:
     """``im2col(xp) @ wmat^T (+ bias)``, (N Ho Wo, O), for the padded NHWC ``xp``: one im2col
     copy and one matmul, or one of each per block of images where the whole im2col matrix
-    would pass ``kernels.DEVICE_BLOCK_BYTES`` (exact: no sum crosses a block)."""
+    would pass BLOCK_BYTES (exact: no sum crosses a block)."""
     n, rows = xp.shape[0], out_hw[0] * out_hw[1]
     blocks = _image_blocks(n, rows * wmat.shape[1] * xp.element_size())
     if len(blocks) == 1:

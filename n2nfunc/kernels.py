@@ -86,31 +86,19 @@ def conv_cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
 # than 2: bfloat16 training steps 2-3% faster on a 2-core Xeon with 2 MB of L2 per core (U-Net
 # 65.0 -> 63.3 ms, default network 16.7 -> 16.3 ms), float32 the same; 8 MiB no better.
 BLOCK_BYTES = 1 << 22
-# On a GPU, cache-sized blocks only multiply kernel launches (one U-Net training step in
-# bfloat16 at crop 128, batch 32: 11,635 tensor operations in 4 MiB blocks, 2,750 in one
-# block); there the blocks (of images, in n2nfunc.device_conv) bound the memory of large
-# inputs: a U-Net step at 8 x 128 x 128 peaks at 322 MB of live tensors (torch 300) in
-# 64 MiB blocks, 394 in 128 MiB, 480 in 256 MiB (the engine forced on, on the CPU). A 64 MiB
-# block's im2col copy and matmul are tens of microseconds of work each, past a launch's cost.
-DEVICE_BLOCK_BYTES = 1 << 26
 
 
-def block_bytes(device) -> int:
-    """The im2col block budget on ``device``: BLOCK_BYTES on the CPU, else DEVICE_BLOCK_BYTES."""
-    return BLOCK_BYTES if device.type == "cpu" else DEVICE_BLOCK_BYTES
-
-
-def _output_blocks(n: int, ho: int, row_bytes: int, budget: int = BLOCK_BYTES):
+def _output_blocks(n: int, ho: int, row_bytes: int):
     """``(n0, n1, r0, r1)``: output rows ``r0:r1`` of images ``n0:n1`` in blocks of about
-    ``budget`` bytes of im2col (``row_bytes`` per output row): whole images when one fits,
-    else row ranges of one image."""
+    BLOCK_BYTES of im2col (``row_bytes`` per output row): whole images when one fits, else
+    row ranges of one image."""
     image_bytes = ho * row_bytes
-    if image_bytes <= budget:
-        per = budget // image_bytes
+    if image_bytes <= BLOCK_BYTES:
+        per = BLOCK_BYTES // image_bytes
         for n0 in range(0, n, per):
             yield n0, min(n, n0 + per), 0, ho
         return
-    parts = -(-image_bytes // budget)
+    parts = -(-image_bytes // BLOCK_BYTES)
     per = -(-ho // parts)  # equal parts of an image, each at most about BLOCK_BYTES
     for i in range(n):
         for r0 in range(0, ho, per):
@@ -136,7 +124,7 @@ def im2col_matmul(
     thin = cout < THIN  # then y is computed channels-first, each block as W^T @ cols^T
     y = xp.new_empty(cout, n, ho, wo) if thin else xp.new_empty(n, ho, wo, cout)
     view = windows(xp, kernel, stride, dilation, out_hw)
-    blocks = list(_output_blocks(n, ho, wo * k * xp.element_size(), block_bytes(xp.device)))
+    blocks = list(_output_blocks(n, ho, wo * k * xp.element_size()))
     buffer = xp.new_empty(max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in blocks) * wo * k)
     for n0, n1, r0, r1 in blocks:  # one buffer for all blocks: one allocation, reused
         part = view[n0:n1, r0:r1]
@@ -187,11 +175,10 @@ def reduce_matmul(lhs: Tensor, rhs: Tensor) -> Tensor:
     partial products added: one matmul with so small an output keeps a single thread busy
     (MKL splits the output, not the sum). 96 x 33664 by 33664 x 32: 1.18 -> 0.81 ms; 48 x 6400
     by 6400 x 768 2.27 -> 1.71 ms (2-core Xeon, 2 threads). Lower precisions (bfloat16,
-    float16) keep one matmul, whose sum accumulates in float32 inside it, and so does a GPU,
-    whose matmul library splits long sums itself."""
+    float16) keep one matmul, whose sum accumulates in float32 inside it."""
     m, r = lhs.shape
     n = rhs.shape[1]
-    if lhs.element_size() < 4 or r < 4 * max(m, n) or lhs.device.type != "cpu":
+    if lhs.element_size() < 4 or r < 4 * max(m, n):
         return lhs.matmul(rhs)
     c = r // SPLIT
     (sm, sr), (sr2, sn) = lhs.stride(), rhs.stride()

@@ -11,7 +11,7 @@ from helpers import autograd_vjp, init64, randn, rel_err
 from test_conv import CONV_GRID, TCONV_GRID, TOL64, UP_GRID, _compare
 
 import n2nfunc as nf
-from n2nfunc import device_conv, kernels
+from n2nfunc import device_conv
 
 
 @pytest.fixture(autouse=True)
@@ -157,11 +157,11 @@ def test_nearest_upsample_sums_blocks_in_one_reduction(scale, shape):
     ],
 )
 def test_large_products_go_by_blocks_of_images(monkeypatch, engine_calls, budget, make, ref):
-    """Where an im2col matrix would pass kernels.DEVICE_BLOCK_BYTES, products and weight gradients
+    """Where an im2col matrix would pass device_conv.BLOCK_BYTES, products and weight gradients
     go a block of images at a time (here forced with a small budget): the same results."""
     layer, x = make(), randn(3, 3, 7, 6)
     params = init64(layer, x.shape)
     if budget == "two images":  # the first conv's im2col of two images fits, of three not
         budget = 2 * 7 * 6 * 9 * 3 * 8
-    monkeypatch.setattr(kernels, "DEVICE_BLOCK_BYTES", budget)
+    monkeypatch.setattr(device_conv, "BLOCK_BYTES", budget)
     _compare(layer, ref, params, x, TOL64)
