@@ -23,7 +23,8 @@ rebuilds the network it holds.
 The default is "float32"; the class wrappers never switch precision on their own.
 
 Scale rule for inputs: ``uint8`` (and other integer types) mean 0-255; a floating-point
-tensor whose maximum is <= 1 means 0-1, otherwise 0-255. ``predict`` returns a float
+tensor whose maximum is <= 1, or whose mean is <= 2 (a 0-1 image with unclipped noise, which
+may go well above 1), means 0-1, otherwise 0-255. ``predict`` returns a float
 tensor of the input's shape, in the input's scale, on the input's device.
 """
 
@@ -79,10 +80,10 @@ DEFAULT_CONFIG = {
     "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
 UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
-# A float training target beside a 0-1 input whose *mean* is at most this is 0-1 with
-# unclipped, zero-mean noise (its maximum may be far above 1: Poisson noise at peak 1 reached
-# 9); a 0-255 image with a mean below 2 would be all but black.
-NOISY_TARGET_MEAN = 2.0
+# A float image whose *mean* is at most this is 0-1 with unclipped, zero-mean noise (its
+# maximum may be far above 1: Poisson noise at peak 1 reached 9); a 0-255 image with a mean
+# below 2 would be all but black.
+NOISY_MEAN = 2.0
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
@@ -137,7 +138,8 @@ def build_network(config: dict, generator: Generator | None = None) -> Module:
 
 def to_unit_range(x, name: str, scale: float | None = None):
     """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1
-    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1)."""
+    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or its mean at
+    most ``NOISY_MEAN``)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     x = x.detach()  # the result never joins the caller's autograd graph
@@ -155,7 +157,7 @@ def to_unit_range(x, name: str, scale: float | None = None):
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
-            scale = 1.0 if high <= 1.0 else 255.0
+            scale = 1.0 if high <= 1.0 or float(x.mean()) <= NOISY_MEAN else 255.0
     else:
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
@@ -448,20 +450,10 @@ class Model:
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
     def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
-        """Validate a training set and return it as float tensors in [0, 1]. Each follows the
-        scale rule, except a float target beside a 0-1 float input whose mean is at most
-        NOISY_TARGET_MEAN: that is a 0-1 image whose zero-mean noise was not clipped (as a
-        Noise2Noise target's should not be), not a 0-255 image darker than 1%."""
-        x, scale = to_unit_range(train_input, "train_input")
-        unclipped = (
-            scale == 1.0
-            and train_input.is_floating_point()
-            and isinstance(train_target, Tensor)
-            and train_target.is_floating_point()
-            and train_target.numel() > 0
-            and float(train_target.mean()) <= NOISY_TARGET_MEAN
-        )
-        y, _ = to_unit_range(train_target, "train_target", 1.0 if unclipped else None)
+        """Validate a training set and return it as float tensors in [0, 1], each by the scale
+        rule."""
+        x, _ = to_unit_range(train_input, "train_input")
+        y, _ = to_unit_range(train_target, "train_target")
         if x.shape != y.shape:
             raise ValueError(
                 f"train_input shape {tuple(x.shape)} does not match train_target "

@@ -287,8 +287,6 @@ def test_training_sizes_the_exercise_network_cannot_keep_are_named():
 
 
 def test_mixed_uint8_and_float_pairs_keep_their_own_scales():
-    """(only a float target beside a 0-1 float input, at most NOISY_TARGET_MAX, is read as
-    0-1 with unclipped noise)"""
     g = torch.Generator().manual_seed(0)
     x8 = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
     unit = x8.float() / 255
@@ -296,6 +294,25 @@ def test_mixed_uint8_and_float_pairs_keep_their_own_scales():
     for x, y in ((x8, unit), (unit, x8.float()), (x8, x8.float()), (unit, x8)):
         xs, ys = m.prepare_pairs(x, y)
         assert torch.allclose(xs, unit) and torch.allclose(ys, unit, atol=1e-6)
+
+
+def test_noisy_0_1_inputs_above_1_stay_0_1():
+    """Unclipped noise takes a 0-1 input above 1: its mean, not its maximum, tells it from a
+    0-255 image (it was read as 0-255: a near-black image, and predict's output x 255)."""
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 16, 16, generator=g) * 0.8 + 0.1
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=g)
+    assert float(noisy.max()) > 1
+    m = Model(SMALL)
+    xs, ys = m.prepare_pairs(noisy, noisy * 255)
+    assert torch.allclose(xs, noisy) and torch.allclose(ys, noisy, atol=1e-6)
+    out = m.predict(noisy)
+    assert torch.allclose(out * 255, m.predict(noisy * 255), atol=1e-3)
+    assert float(out.max()) <= 1
+    dark = torch.zeros(1, 3, 8, 8)
+    dark[..., 0, 0] = 200  # a 0-255 image with a mean above 2 and a maximum above 1 stays 0-255
+    dark[..., 1, :] = 0.5
+    assert float(dark.mean()) > 2 and m.prepare_pairs(dark, dark)[0].max() == 200 / 255
 
 
 def test_configs_take_numpy_numbers_and_any_integer_seed():
