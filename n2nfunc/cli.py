@@ -32,6 +32,7 @@ from .data import (
     write_image,
 )
 from .data.noise import parse_noise, photo_noise_pairs
+from .data.photos import PATCH
 from .metrics import evaluate
 from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, NETWORKS, UNET_DEFAULTS, Model
 from .pretrained import NAMES as PRETRAINED_NAMES
@@ -118,8 +119,8 @@ def _n_train(args) -> int:
 
 
 def _photo_noise_pairs(photos, n: int, args, split: str):
-    """Camera-noise pairs of 64x64 photo crops on the 0-255 scale (the Model's scale rule
-    reads an unclipped target whose maximum exceeds 1 correctly only in 0-255)."""
+    """Camera-noise pairs of 64x64 photo crops on the 0-255 scale, as every other source of
+    pairs gives them (the targets unclipped)."""
     a, b = photo_noise_pairs(photos, n, args.noise, PHOTO_CROP, args.seed, split=split)
     return a * 255, b * 255
 
@@ -147,11 +148,13 @@ def _validation_data(args):
         xv, yv = _loading("--val-pairs", load_folder_pairs, args.val_pairs, announce=_say)
         return xv, yv, f"image pairs in {args.val_pairs}"
     if args.val_photos:
-        photos = _loading("--val-photos", load_photos, args.val_photos)
-        if _camera_noise(args):
+        camera = _camera_noise(args)
+        factor = 1 if camera else _photo_factor(args) or VAL_PHOTO_FACTOR
+        crop = PHOTO_CROP if camera else PATCH * factor
+        photos = _loading("--val-photos", load_photos, args.val_photos, crop, _say)
+        if camera:
             xv, yv = _loading("--val-photos", _photo_noise_pairs, photos, args.n_val, args, "val")
             return xv, yv, f"{args.n_val} crops of the photos in {args.val_photos}, {args.noise}"
-        factor = _photo_factor(args) or VAL_PHOTO_FACTOR
         xv, yv = _loading(
             "--val-photos",
             photo_pairs,
@@ -182,12 +185,14 @@ def _training_data(args):
         )
     n = _n_train(args)
     if args.photos:
-        photos = _loading("--photos", load_photos, args.photos)
+        camera = _camera_noise(args)
+        factor = None if camera else _photo_factor(args)
+        crop = PHOTO_CROP if camera else PATCH * (factor or min(PHOTO_FACTORS))
+        photos = _loading("--photos", load_photos, args.photos, crop, _say)
         desc = f"cut from the photos in {args.photos}"
-        if _camera_noise(args):
+        if camera:
             xt, yt = _loading("--photos", _photo_noise_pairs, photos, n, args, "train")
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
-        factor = _photo_factor(args)
         if factor:  # one factor asked for
             xt, yt = _loading("--photos", photo_pairs, photos, n, "train", args.seed, factor=factor)
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
@@ -655,10 +660,17 @@ def _denoiser(args, device):
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
         image = rgb.to(device).float().div_(255)  # whole-image copies made in place
-        if args.tile is not None and args.tile < least and max(rgb.shape[1:]) > args.tile:
+        if args.tile is not None and args.tile % align:
+            raise ValueError(
+                f"--tile {args.tile}: this network's tiles must be multiples of {align} (it "
+                f"pools the image down to 1/{align} of its size)"
+            )
+        whole = -(-max(rgb.shape[1:]) // align) * align  # the image in one tile
+        if args.tile is not None and args.tile < min(least, whole):
             raise ValueError(
                 f"--tile {args.tile}: this network's tiles overlap by {overlap} pixels on each "
-                f"side, so an image of {rgb.shape[2]}x{rgb.shape[1]} needs tiles of {least} or more"
+                f"side, so an image of {rgb.shape[2]}x{rgb.shape[1]} needs tiles of "
+                f"{min(least, whole)} or more"
             )
         tile = _loading("--tile", tile_settings, layer, args.tile, size=rgb.shape[1:])[0]
         with _tile_bar() as on_tile:
@@ -754,6 +766,8 @@ def _check_train(args, error) -> None:
             f"--widths: the {args.network} network takes {want} widths, got {len(args.widths)} "
             f"({' '.join(map(str, args.widths))})"
         )
+    if args.optimizer != "sgd" and "momentum" in _given(args):
+        error(f"--momentum is SGD's; it does not apply to --optimizer {args.optimizer}")
     if args.network == "unet":
         stray = sorted({"kernel", "upsampling"} & _given(args))
         if stray:

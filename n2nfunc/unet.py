@@ -116,15 +116,27 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
                 f"{tuple(y.shape[2:])}; it must keep the spatial size"
             )
 
+    def inner(run, params, x, xp):
+        """``run(params, xp)``; an error of the inner layer names the caller's input shape
+        too, not only the padded one that the inner layer saw."""
+        try:
+            return run(params, xp)
+        except ValueError as e:
+            if xp.shape == x.shape:
+                raise
+            raise ValueError(
+                f"{e} (the input of shape {tuple(x.shape)}, padded to {tuple(xp.shape)} by {name})"
+            ) from None
+
     def apply(params, x):
         xp, h, w = padded(x)
-        y = layer.apply(params, xp)
+        y = inner(layer.apply, params, x, xp)
         check_size(y, xp)
         return y[:, :, :h, :w]
 
     def vjp(params, x):
         xp, h, w = padded(x)
-        yp, pb = layer.vjp(params, xp)
+        yp, pb = inner(layer.vjp, params, x, xp)
         check_size(yp, xp)
         y = yp[:, :, :h, :w]
         y_out, yp_shape, held = output_of(y), yp.shape, Held(pb, name)

@@ -159,6 +159,12 @@ def test_unet_refuses_the_exercise_network_options(capsys):
         assert f"{option[0]} does not apply to --network unet" in err, err
 
 
+def test_momentum_needs_sgd(capsys):
+    """(with Adam, the default, --momentum was silently ignored)"""
+    assert main(["train", "--momentum", "0.5"]) == 2
+    assert "--momentum is SGD's; it does not apply to --optimizer adam" in capsys.readouterr().err
+
+
 def test_eval_and_denoise(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     model = Model({"widths": (8, 8)})
@@ -403,6 +409,7 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     photos.mkdir()
     g = torch.Generator().manual_seed(0)
     write_image(photos / "p.png", torch.randint(0, 256, (3, 400, 420), generator=g).to(torch.uint8))
+    write_image(photos / "tiny.png", torch.zeros(3, 5, 7, dtype=torch.uint8))  # said, not used
     out = tmp_path / "run"
     args = ["train", "--network", "unet", "--widths", "4", "6", "4", "4", "--photos", str(photos)]
     args += ["--noise", "gaussian:0-50", "--val-photos", str(photos), "--n-train", "8"]
@@ -410,6 +417,7 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     assert main([*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "training on 8 pairs (cut from the photos in" in printed and "UNet(depth=4" in printed
+    assert printed.count(f"note: {photos}: left out 1 smaller than 64x64 (tiny.png)") == 2
     payload = checkpoint.load(out / "model.pth")
     assert payload["network"] == "unet" and payload["architecture"]["widths"] == (4, 6, 4, 4)
     assert payload["noise"].startswith("blind Gaussian noise, sigma 0-50 (of 255), photos in")
@@ -465,12 +473,13 @@ def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypa
     assert read_image(tmp_path / "d.png").grey and not read_image(tmp_path / "d.png").deep
 
 
-def _png_16_bit_rgb(path, values) -> None:
-    """Write an (H, W, 3) array of 16-bit values as an RGB PNG, by hand (Pillow cannot)."""
+def _png_16_bit(path, values, key=None) -> None:
+    """Write an (H, W, C) array of 16-bit values as a PNG by hand (Pillow cannot): C = 1 grey,
+    2 grey and alpha, 3 RGB; ``key``, a tRNS chunk's transparent colour (C values)."""
     import struct
     import zlib
 
-    h, w, _ = values.shape
+    h, w, c = values.shape
     rows = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
 
     def chunk(kind, data):
@@ -478,9 +487,43 @@ def _png_16_bit_rgb(path, values) -> None:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2}[c], 0, 0, 0)
+    trns = b"" if key is None else chunk(b"tRNS", struct.pack(f">{len(key)}H", *key))
+    png = chunk(b"IHDR", header) + trns + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+
+
+def test_16_bit_transparency_keys_compare_all_16_bits(tmp_path):
+    """A 16-bit PNG's tRNS colour is a 16-bit value: a pixel is transparent where all its bits
+    equal it (Pillow keeps only each value's high byte, so a pixel sharing the key's high bytes
+    became transparent and the key's own pixels did not); 16-bit grey with a key or an alpha
+    channel keeps its alpha and reads as grey."""
+    import numpy as np
+
+    rgb = np.full((6, 7, 3), 40000)
+    rgb[:2, :3] = (100, 200, 300)  # the key
+    rgb[4:, 4:] = (200, 100, 50)  # the key's high bytes (0, 0, 1), not the key
+    rgb[2, 0] = (100, 200, 301)  # one bit off
+    _png_16_bit(tmp_path / "rgb.png", rgb, key=(100, 200, 300))
+    picture = read_image(tmp_path / "rgb.png")
+    want = torch.full((1, 6, 7), 255, dtype=torch.uint8)
+    want[0, :2, :3] = 0
+    assert picture.deep and not picture.grey and torch.equal(picture.alpha, want)
+    assert torch.equal(picture.rgb[:, 0, 0], torch.tensor([0, 0, 1], dtype=torch.uint8))
+
+    grey = np.full((6, 7, 1), 30000)
+    grey[:2, :3] = 1000
+    grey[4:, 4:] = 1100  # high byte 4, as the key's
+    _png_16_bit(tmp_path / "grey.png", grey, key=(1000,))
+    picture = read_image(tmp_path / "grey.png")
+    assert picture.grey and torch.equal(picture.alpha, want)
+
+    grey_alpha = np.concatenate([grey, np.full((6, 7, 1), 65535)], axis=-1)
+    grey_alpha[:2, :3, 1] = 0
+    _png_16_bit(tmp_path / "la.png", grey_alpha)
+    picture = read_image(tmp_path / "la.png")
+    assert picture.grey and picture.deep and torch.equal(picture.alpha, want)
+    assert int(picture.rgb[0, 3, 0]) == 30000 >> 8
 
 
 def test_16_bit_rgb_and_float_images(tmp_path):
@@ -491,16 +534,17 @@ def test_16_bit_rgb_and_float_images(tmp_path):
     from PIL import Image
 
     values = np.arange(4 * 5 * 3).reshape(4, 5, 3) * 1000 + 77
-    _png_16_bit_rgb(tmp_path / "rgb16.png", values)
+    _png_16_bit(tmp_path / "rgb16.png", values)
     picture = read_image(tmp_path / "rgb16.png")
     assert picture.deep and not picture.grey
     assert torch.equal(picture.rgb, torch.from_numpy(values >> 8).permute(2, 0, 1).to(torch.uint8))
     from types import SimpleNamespace
 
-    from n2nfunc.data.files import _sixteen_bit_rgb
+    from n2nfunc.data.files import _raw_mode, _sixteen_bit_channels
 
     for args, wide in [("RGB;16B", True), (("RGBA;16L", 0, 1), True), (("BGR;16", 8, -1), False)]:
-        assert _sixteen_bit_rgb(SimpleNamespace(args=args)) == wide  # BGR;16: 5-6-5 bits a pixel
+        tile = SimpleNamespace(args=args)  # BGR;16: 5-6-5 bits a pixel
+        assert _sixteen_bit_channels(_raw_mode(tile)) == wide
     grey = np.random.default_rng(0).random((6, 7)).astype("float32")
     for scale in (1, 200):
         Image.fromarray(grey * scale, "F").save(tmp_path / "f.tif")
@@ -577,6 +621,22 @@ def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys
         "60x200 needs tiles of 192 or more"
     )
     assert not (tmp_path / "out.png").exists()
+
+
+def test_denoise_tiles_of_a_deep_unet_are_named_in_its_own_multiple(tmp_path, capsys):
+    """A depth-6 U-Net pools to 1/64: --tile 416 was refused in denoise_image's words
+    (help says multiples of 32), and --tile 384 was told 704 although 448 takes the image whole."""
+    Model({"network": "unet", "depth": 6, "widths": (4, 4, 4, 4)}).save(tmp_path / "deep.pth")
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 300, 410), dtype=torch.uint8))
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png")]
+    args += ["--checkpoint", str(tmp_path / "deep.pth"), "--tile"]
+    for tile, said in (
+        ("416", "--tile 416: this network's tiles must be multiples of 64 (it pools"),
+        ("384", "so an image of 410x300 needs tiles of 448 or more"),
+    ):
+        assert main([*args, tile]) == 2
+        assert said in capsys.readouterr().err
+    assert main([*args, "448"]) == 0
 
 
 def test_denoise_a_small_tile_is_fine_for_an_image_that_fits_in_it(tmp_path):

@@ -218,6 +218,7 @@ ROWS = [
     ("denoise {w}/missing.png {w}/out/denoised.png", r"argument INPUT: no such image file: "),
     ("denoise {w}/text.txt {w}/out/denoised.png", r"argument INPUT: .*text.txt is not an image "),
     ("denoise {w}/photo.png {w}/out", r"argument OUTPUT: .*out is a folder; expected an image"),
+    ("denoise {w}/photo.png {w}/out/", r"OUTPUT: .*out/ is a folder; .* such as \S*[^/]/out.png$"),
     ("denoise {w}/photo.png {w}/out/d.xyz", r"OUTPUT: .*does not write '.xyz' images; use .png"),
     ("denoise {w}/photo.png {w}/out/denoised", r"argument OUTPUT: .*denoised has no extension"),
     ("denoise {w}/photo.png {w}/out/d.gif", r"OUTPUT: .*does not write '.gif' images; use .png, "),

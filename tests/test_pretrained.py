@@ -258,3 +258,16 @@ def test_the_tile_help_names_each_shipped_networks_overlap_and_least_tile(capsys
         _, overlap, align = nf.tiling.tile_settings(layer)
         least = nf.tiling.least_tile(overlap, align)
         assert re.search(f"{name}[^;]*: overlap {overlap}, tiles >= {least}", text), name
+
+
+def test_errors_inside_the_padding_name_the_callers_shape():
+    """A channels-last image given to the exercise network: the inner convolution sees the
+    padded shape, and the error names the shape the caller passed beside it."""
+    layer, params = nf.pretrained("exercise")
+    for call in (layer.apply, layer.vjp):
+        with pytest.raises(
+            ValueError,
+            match=r"got \(1, 37, 56, 4\) \(the input of shape "
+            r"\(1, 37, 53, 3\), padded to \(1, 37, 56, 4\)",
+        ):
+            call(params, torch.rand(1, 37, 53, 3))

@@ -98,6 +98,9 @@ def load_pair_file(path) -> tuple[Tensor, Tensor]:
 
 
 GREY_FORMATS = {"PNG", "JPEG", "TIFF"}  # Pillow formats that store greyscale as greyscale
+# A denoised photo saved lossily: high quality, and JPEG's colour at full resolution (Pillow's
+# defaults, quality 75 with colour at half resolution, cost a denoised test photo 1-2 dB)
+LOSSY_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
 
 
 class Picture(NamedTuple):
@@ -117,13 +120,47 @@ def _profile(icc, grey: bool) -> bytes | None:
     return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
-def _sixteen_bit_rgb(tile) -> bool:
-    """Whether a Pillow decoder tile reads 16 bits a channel of colour ("RGB;16B", ...; not
-    "BGR;16", which is 16 bits a pixel)."""
+def _raw_mode(tile) -> str:
+    """The raw mode a Pillow decoder tile reads ("RGB;16B", "LA;16B", "I;16B", ...)."""
     args = getattr(tile, "args", None)
-    rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
-    kind, _, bits = str(rawmode).partition(";")
-    return kind in ("RGB", "RGBA", "RGBX") and bits.startswith("16")
+    first = args[0] if isinstance(args, tuple) and args else ""
+    return str(args if isinstance(args, str) else first)
+
+
+def _sixteen_bit_channels(rawmode: str) -> bool:
+    """Whether a raw mode holds 16 bits a channel that Pillow reads as their high byte
+    (colour "RGB;16B", ..., and greyscale with alpha "LA;16B"; not "BGR;16", which is 16 bits
+    a pixel, nor "I;16", which Pillow keeps whole)."""
+    kind, _, bits = rawmode.partition(";")
+    return kind in ("RGB", "RGBA", "RGBX", "LA") and bits.startswith("16")
+
+
+def _key_alpha(values: Tensor, key: Tensor, size: tuple):
+    """An "L" mask, 0 where a pixel's channels (the last axis of ``values``) all equal
+    ``key`` (a PNG tRNS colour key), else 255."""
+    from PIL import Image
+
+    opaque = (values != key).any(-1).to(torch.uint8).mul_(255)
+    return Image.frombytes("L", size, tensor_bytes(opaque))
+
+
+def _sixteen_bit_key_alpha(path, im, key: tuple):
+    """The alpha of a 16-bit RGB PNG whose tRNS chunk names a 16-bit transparent colour.
+    Pillow keeps each value's high byte, so the file (big-endian) is decoded once more as if
+    little-endian, which reads the low bytes (the same picture, turned upright likewise);
+    a pixel is transparent where all 48 bits equal the key."""
+    from PIL import Image, ImageOps
+
+    def pixels(pic):
+        data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
+        return data.view(pic.size[1], pic.size[0], 3).to(torch.int32)
+
+    with Image.open(path) as low:
+        low.tile = [t._replace(args=_raw_mode(t).replace(";16B", ";16L")) for t in low.tile]
+        low.load()
+        low = ImageOps.exif_transpose(low)
+        values = pixels(im.convert("RGB")) * 256 + pixels(low.convert("RGB"))
+    return _key_alpha(values, torch.tensor(key, dtype=torch.int32), im.size)
 
 
 class _Unreadable(ValueError):
@@ -172,17 +209,29 @@ def read_image(path) -> Picture:
                         f"cannot read image {path}: an animation of {frames} frames; "
                         "n2nfunc reads still images only (save the frame you want as a PNG)"
                     )
-                # Pillow reads 16-bit RGB as RGB, keeping each value's high byte: only the
-                # decoder's raw mode tells
-                wide = any(_sixteen_bit_rgb(t) for t in raw.tile or ())
+                # Pillow reads 16-bit RGB as RGB and 16-bit greyscale with alpha as RGBA,
+                # keeping each value's high byte: only the decoder's raw mode tells
+                raw_modes = [_raw_mode(t) for t in raw.tile or ()]
+                wide = any(_sixteen_bit_channels(m) for m in raw_modes)
+                key = raw.info.get("transparency")  # a PNG tRNS chunk: a transparent colour
                 raw.load()
                 im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
                 if im.mode == "F":
                     im = _float_as_8_bits(im, path)
-                if "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
-                    im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # a tRNS chunk
-                alpha = im.getchannel("A") if im.mode in ("RGBA", "LA", "PA") else None
-                grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1")
+                alpha = None
+                if wide and raw.format == "PNG" and isinstance(key, tuple) and len(key) == 3:
+                    alpha = _sixteen_bit_key_alpha(path, im, key)
+                elif im.mode.startswith("I;16") and isinstance(key, int):  # a 16-bit grey key
+                    values = bytearray(im.convert("I").tobytes())
+                    grey_values = torch.frombuffer(values, dtype=torch.int32).view(-1, 1)
+                    alpha = _key_alpha(grey_values, torch.tensor([key]), im.size)
+                elif "transparency" in im.info and im.mode in ("P", "L", "RGB", "1") and not wide:
+                    im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # an 8-bit key
+                if im.mode in ("RGBA", "LA", "PA"):
+                    alpha = im.getchannel("A")
+                grey = im.mode in ("L", "LA", "I", "I;16", "I;16L", "I;16B", "F", "1") or any(
+                    m.startswith("LA;") for m in raw_modes
+                )
                 icc = _profile(raw.info.get("icc_profile"), grey)
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
                 top = im.getextrema()[1] if im.mode == "I" else 0
@@ -233,7 +282,8 @@ def write_image(
     encoded = io.BytesIO()
     if icc and grey and kind not in GREY_FORMATS:  # written as RGB: a GRAY profile misfits
         icc = None
-    im.save(encoded, format=kind, **({"icc_profile": icc} if icc else {}))
+    options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
+    im.save(encoded, format=kind, **options)
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
 
 

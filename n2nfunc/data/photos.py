@@ -12,6 +12,8 @@ from torch import Tensor
 
 from .synthetic import box_downsample, point_sample, to_uint8
 
+PATCH = 32  # the side of photo_pairs' patches (the course's image size)
+
 
 def pyramid(photo: Tensor, scales: Sequence[int]) -> list[Tensor]:
     """The photo (uint8, 3 x H x W) box-downsampled by each integer scale, as float [0, 1]."""
@@ -33,7 +35,7 @@ def photo_pairs(
     n: int,
     split: str,
     seed: int = 0,
-    size: int = 32,
+    size: int = PATCH,
     factor: int = 4,
     scales: Sequence[int] = (1, 2, 3),
     chunk: int = 500,
@@ -74,14 +76,20 @@ def photo_pairs(
     return torch.cat(firsts), torch.cat(seconds)
 
 
-def load_photos(folder) -> list[Tensor]:
-    """Every image in ``folder`` as a uint8 (3, H, W) tensor."""
-    from .files import list_images, read_image
+def load_photos(folder, min_side: int = 1, announce=None) -> list[Tensor]:
+    """Every image in ``folder`` as a uint8 (3, H, W) tensor, but those less than
+    ``min_side`` pixels on their short side (too small for any crop), which
+    ``announce(line)`` names in a note."""
+    from .files import _skipped_note, list_images, read_image
 
     paths = list_images(folder)
     if not paths:
         raise ValueError(f"no images (png, jpg, ...) in {folder}")
-    return [read_image(p).rgb for p in paths]
+    photos = [(p, read_image(p).rgb) for p in paths]
+    small = [p.name for p, photo in photos if min(photo.shape[1:]) < min_side]
+    if small and announce is not None:
+        announce(_skipped_note(folder, [], small, min_side))
+    return [photo for _, photo in photos if min(photo.shape[1:]) >= min_side]
 
 
 def mixed_factor_pairs(
