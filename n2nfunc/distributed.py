@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -310,6 +311,24 @@ def failure_causes(failures: dict) -> list:
     return [(r, f) for r, f in sorted(failures.items()) if not stopped(f)]
 
 
+LOG_DIR_PREFIX = "n2nfunc-torchrun-"  # + the launcher's pid: torchrun's logs of one run
+
+
+def _remove_stale_log_dirs() -> None:
+    """Remove the torchrun log folders of launchers that are gone without removing them (a
+    launcher killed by SIGKILL cannot): those whose pid no longer runs."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{LOG_DIR_PREFIX}*-*"):
+        pid = folder.name[len(LOG_DIR_PREFIX) :].partition("-")[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, under another user (whose folders are not ours to remove anyway)
+
+
 def run_local(nproc: int, python_args: list[str]) -> None:
     """Run ``python *python_args`` in ``nproc`` workers on this machine through
     ``torch.distributed.run`` (torchrun), with its rendezvous and the workers' addresses on
@@ -332,7 +351,8 @@ def run_local(nproc: int, python_args: list[str]) -> None:
 
     # torchrun's options as `torchrun --standalone` sets them, but on 127.0.0.1; the workers'
     # arguments are added after parsing, so torchrun's parser never sees them
-    log_dir = tempfile.mkdtemp(prefix="n2nfunc-torchrun-")
+    _remove_stale_log_dirs()
+    log_dir = tempfile.mkdtemp(prefix=f"{LOG_DIR_PREFIX}{os.getpid()}-")
     torchrun = [
         "--nnodes=1",
         f"--nproc-per-node={nproc}",

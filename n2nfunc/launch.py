@@ -1,8 +1,8 @@
 """``n2nfunc train --nproc N``: data-parallel training in N local processes.
 
 The command starts N workers through ``torch.distributed.run`` (torchrun) on the
-loopback address (:func:`spawn`); each worker runs ``python -m n2nfunc.cli train`` with the
-same options and, seeing torchrun's environment, joins the process group and runs the CLI's
+loopback address (:func:`spawn`); each worker runs the CLI's ``train`` (:data:`WORKER`) with
+the same options and, seeing torchrun's environment, joins the process group and runs the CLI's
 training loop as one rank (:func:`train_worker`).
 ``torchrun --nnodes M --nproc-per-node K ... -m n2nfunc.cli train ...`` runs the same
 workers on several machines.
@@ -26,6 +26,16 @@ LAUNCHER_PID = "N2NFUNC_LAUNCHER_PID"  # set by `train --nproc` for the workers 
 # A worker's exit code when the loss became NaN or infinite: the loss is the mean of all
 # ranks', so every rank stops at the same step; the launcher may stop the slower ones first
 NON_FINITE_LOSS = 3
+# A worker's program (``python -c``): ``n2nfunc.cli`` with a Ctrl-C during its imports (torch
+# takes a second or two to load) ending the worker quietly, as one during training does,
+# rather than with a traceback from each worker
+WORKER = """import sys
+try:
+    from n2nfunc.cli import main
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(main())
+"""
 
 
 def is_worker() -> bool:
@@ -47,7 +57,7 @@ def spawn(args, argv: list[str]) -> int:
     state = Path(args.out) / "checkpoint.pth"
     ours = run_checkpoint(args, state)
     try:
-        distributed.run_local(n, ["-u", "-m", "n2nfunc.cli", *_without_nproc(argv)])
+        distributed.run_local(n, ["-u", "-c", WORKER, *_without_nproc(argv)])
     except distributed.WorkerFailed as e:
         if e.interrupted:
             return 130  # Ctrl-C: rank 0 has said where the checkpoint is

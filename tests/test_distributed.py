@@ -573,3 +573,51 @@ def test_the_resume_hint_is_for_unfinished_runs_only(tmp_path):
         state, lambda: True
     )
     assert _resume_hint(state, lambda: False) == ""  # an earlier run's checkpoint
+
+
+def test_a_worker_interrupted_while_torch_loads_ends_without_a_traceback(tmp_path):
+    """Ctrl-C in the first seconds of `train --nproc` reached the workers while they imported
+    torch, and each printed a KeyboardInterrupt traceback. (A stand-in package that takes its
+    time to import, so that the signal surely lands inside the import.)"""
+    from n2nfunc.launch import WORKER
+
+    fake = tmp_path / "n2nfunc"
+    fake.mkdir()
+    started = tmp_path / "importing"
+    (fake / "__init__.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)\n"
+    )
+    (fake / "cli.py").write_text("def main():\n    return 0\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen(  # (in tmp_path: `python -c` looks in its folder first)
+        [sys.executable, "-c", WORKER, "--version"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+def test_torchrun_logs_of_a_killed_launcher_are_removed_by_the_next(tmp_path, monkeypatch):
+    """A launcher killed by SIGKILL cannot remove its torchrun log folder; the next launcher
+    removes those whose launcher no longer runs (one was left in /tmp per kill)."""
+    import tempfile
+
+    from n2nfunc import distributed
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{distributed.LOG_DIR_PREFIX}{dead.pid}-abc"
+    alive = tmp_path / f"{distributed.LOG_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "n2nfunc-torchrun-notes"
+    for folder in (stale, alive, other):
+        (folder / "attempt_0").mkdir(parents=True)
+    distributed._remove_stale_log_dirs()
+    assert not stale.exists() and alive.exists() and other.exists()
