@@ -17,6 +17,7 @@ scalars are refused (convert them with ``.item()``).
 """
 
 import ctypes
+import glob
 import io
 import os
 import pickle
@@ -238,6 +239,24 @@ def write_atomic(path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed writer's
+        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and process_gone(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs (one of another user's counts as running; on
+    Windows, where signal 0 would be a Ctrl-C, every process does)."""
+    if os.name == "nt":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def _pause_for_tests(f) -> None:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import tree
+from .checkpoint import process_gone
 from .optim import GradientTransformation
 
 TIMEOUT_S = 30.0  # a dead or stuck peer surfaces as an error after this long
@@ -319,14 +320,8 @@ def _remove_stale_log_dirs() -> None:
     launcher killed by SIGKILL cannot): those whose pid no longer runs."""
     for folder in Path(tempfile.gettempdir()).glob(f"{LOG_DIR_PREFIX}*-*"):
         pid = folder.name[len(LOG_DIR_PREFIX) :].partition("-")[0]
-        if not pid.isdigit() or not folder.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and folder.is_dir() and process_gone(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass  # alive, under another user (whose folders are not ours to remove anyway)
 
 
 def run_local(nproc: int, python_args: list[str]) -> None:

@@ -92,6 +92,15 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert torch.equal(checkpoint.load(path)["w"], torch.zeros(1000))
+    # the killed writer's temporary stays until the next save of that file removes it, and
+    # only that: a live writer's and another file's are left alone
+    live = tmp_path / f".c.pth.{os.getppid()}.tmp"
+    other = tmp_path / f".d.pth.{proc.pid}.tmp"
+    live.touch()
+    other.touch()
+    checkpoint.save(path, {"w": torch.ones(3)})
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert left == sorted([live.name, other.name]), left
 
 
 # ------------------------------------------------------------------ n2nfunc.save / load
