@@ -17,7 +17,6 @@ scalars are refused (convert them with ``.item()``).
 """
 
 import ctypes
-import glob
 import io
 import os
 import pickle
@@ -239,10 +238,12 @@ def write_atomic(path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed writer's
-        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
-        if pid.isdigit() and process_gone(int(pid)):
-            stale.unlink(missing_ok=True)
+    head = f".{path.name}."
+    for stale in path.parent.iterdir():  # the temporaries of killed writers of this file
+        pid = stale.name[len(head) : -len(".tmp")]
+        if stale.name.startswith(head) and stale.name.endswith(".tmp") and pid.isdigit():
+            if process_gone(int(pid)):
+                stale.unlink(missing_ok=True)
 
 
 def process_gone(pid: int) -> bool:
