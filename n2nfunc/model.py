@@ -23,8 +23,9 @@ rebuilds the network it holds.
 The default is "float32"; the class wrappers never switch precision on their own.
 
 Scale rule for inputs: ``uint8`` (and other integer types) mean 0-255; a floating-point
-tensor whose maximum is <= 1, or whose mean is <= 2 (a 0-1 image with unclipped noise, which
-may go well above 1), means 0-1, otherwise 0-255. ``predict`` returns a float
+tensor whose maximum is <= 1, or whose mean is <= 2 and maximum <= 16 (a 0-1 image with
+unclipped noise, which may go well above 1), means 0-1, otherwise 0-255; a training target
+takes the second reading only beside a 0-1 input. ``predict`` returns a float
 tensor of the input's shape, in the input's scale, on the input's device.
 """
 
@@ -80,10 +81,11 @@ DEFAULT_CONFIG = {
     "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
 UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
-# A float image whose *mean* is at most this is 0-1 with unclipped, zero-mean noise (its
-# maximum may be far above 1: Poisson noise at peak 1 reached 9); a 0-255 image with a mean
-# below 2 would be all but black.
-NOISY_MEAN = 2.0
+# A float image whose mean is at most NOISY_MEAN and maximum at most NOISY_MAX is 0-1 with
+# unclipped, zero-mean noise (its maximum may be far above 1: Poisson noise at peak 1 reached
+# 9); a 0-255 image with both would be all but black (a dark image with bright points, a
+# night sky, has a mean below 2 but not the maximum).
+NOISY_MEAN, NOISY_MAX = 2.0, 16.0
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
@@ -136,10 +138,10 @@ def build_network(config: dict, generator: Generator | None = None) -> Module:
     )
 
 
-def to_unit_range(x, name: str, scale: float | None = None):
+def to_unit_range(x, name: str, scale: float | None = None, noisy: bool = True):
     """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1
-    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or its mean at
-    most ``NOISY_MEAN``)."""
+    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or, where
+    ``noisy``, its mean at most ``NOISY_MEAN`` and maximum at most ``NOISY_MAX``)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     x = x.detach()  # the result never joins the caller's autograd graph
@@ -157,7 +159,8 @@ def to_unit_range(x, name: str, scale: float | None = None):
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
-            scale = 1.0 if high <= 1.0 or float(x.mean()) <= NOISY_MEAN else 255.0
+            unclipped = noisy and high <= NOISY_MAX and float(x.mean()) <= NOISY_MEAN
+            scale = 1.0 if high <= 1.0 or unclipped else 255.0
     else:
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
@@ -451,9 +454,10 @@ class Model:
 
     def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
         """Validate a training set and return it as float tensors in [0, 1], each by the scale
-        rule."""
-        x, _ = to_unit_range(train_input, "train_input")
-        y, _ = to_unit_range(train_target, "train_target")
+        rule (a target is read as 0-1 with unclipped noise only beside a 0-1 input: a pair of
+        views of one 0-255 image whose target is that dark is 0-255 too)."""
+        x, scale = to_unit_range(train_input, "train_input")
+        y, _ = to_unit_range(train_target, "train_target", noisy=scale == 1.0)
         if x.shape != y.shape:
             raise ValueError(
                 f"train_input shape {tuple(x.shape)} does not match train_target "

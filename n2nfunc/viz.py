@@ -76,8 +76,8 @@ def sample_grid(
     noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tensor, path, count: int = 8
 ) -> Path | None:
     """Rows of noisy | denoised | clean images: batches of one shape (N, 3, H, W), each uint8
-    or float, on the 0-255 scale or, for a float batch whose maximum is at most 1, the 0-1
-    scale (the rule of ``Model.predict``); the first ``count`` images of each."""
+    or float, each on the 0-255 or the 0-1 scale by the scale rule of ``Model.predict``;
+    the first ``count`` images of each."""
     rows = {"noisy": noisy, "denoised": denoised, "clean": clean}
     units = {
         name: to_unit_range(images, f"sample_grid: {name}")[0] for name, images in rows.items()

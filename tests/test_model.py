@@ -309,10 +309,19 @@ def test_noisy_0_1_inputs_above_1_stay_0_1():
     out = m.predict(noisy)
     assert torch.allclose(out * 255, m.predict(noisy * 255), atol=1e-3)
     assert float(out.max()) <= 1
-    dark = torch.zeros(1, 3, 8, 8)
-    dark[..., 0, 0] = 200  # a 0-255 image with a mean above 2 and a maximum above 1 stays 0-255
-    dark[..., 1, :] = 0.5
-    assert float(dark.mean()) > 2 and m.prepare_pairs(dark, dark)[0].max() == 200 / 255
+    night = torch.full((1, 3, 64, 64), 1.0)
+    night[..., ::16, ::16] = 230  # a dark 0-255 image with bright points: mean below 2
+    assert float(night.mean()) < 2
+    assert float(m.prepare_pairs(night, night)[0].max()) == pytest.approx(230 / 255)
+    assert torch.allclose(m.predict(night), m.predict(night.round().to(torch.uint8)))
+    dim = torch.full((1, 3, 64, 64), 1.5)  # a pair of views of an all but black 0-255 image:
+    dim[..., 0, 0] = 20  # the input reads 0-255 by its maximum, and the target beside it too,
+    target = 1.5 + 0.5 * torch.randn(dim.shape, generator=g)  # not 0-1 by its mean and maximum
+    assert float(target.max()) < 16 and float(target.mean()) < 2
+    xs, ys = m.prepare_pairs(dim, target)
+    assert torch.allclose(ys * 255, target, atol=1e-4) and float(xs.max()) == pytest.approx(
+        20 / 255
+    )
 
 
 def test_configs_take_numpy_numbers_and_any_integer_seed():
