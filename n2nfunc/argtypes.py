@@ -213,7 +213,8 @@ def output_image(text: str) -> Path:
         raise Error("an empty path is not an image file name")
     path = Path(text).expanduser()
     if path.is_dir():
-        example = text.rstrip("/") + "/out.png" if text.rstrip("/") else "/out.png"
+        folder = text.rstrip("/" + os.sep)
+        example = f"{folder}{os.sep}out.png" if folder else f"{text}out.png"
         raise Error(f"{text} is a folder; expected an image file name such as {example}")
     suffix = path.suffix.lower()
     if not suffix:

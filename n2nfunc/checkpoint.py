@@ -20,6 +20,7 @@ import ctypes
 import io
 import os
 import pickle
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -238,16 +239,42 @@ def write_atomic(path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+STALE_AFTER_S = 3600  # a leftover untouched this long belongs to no writer still running
+
+
+def remove_stale_temporaries(path) -> None:
+    """Remove the temporaries that :func:`write_atomic` left beside ``path`` in writers that
+    were killed (SIGKILL, or a signal they did not catch). Best effort: never raises."""
+    path = Path(path)
     head = f".{path.name}."
-    for stale in path.parent.iterdir():  # the temporaries of killed writers of this file
-        pid = stale.name[len(head) : -len(".tmp")]
-        if stale.name.startswith(head) and stale.name.endswith(".tmp") and pid.isdigit():
-            if process_gone(int(pid)):
-                stale.unlink(missing_ok=True)
+    try:
+        for entry in path.parent.iterdir():
+            if entry.name.startswith(head) and entry.name.endswith(".tmp"):
+                if abandoned(entry, entry.name[len(head) : -len(".tmp")]):
+                    entry.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def abandoned(entry: Path, pid: str) -> bool:
+    """Whether ``entry`` (not followed if a link), written by the process whose id is the
+    text ``pid``, was left by a process that is gone: ours, untouched for STALE_AFTER_S (a
+    process of another PID namespace or machine sharing the folder may still be writing one
+    whose id means nothing here), and no process ``pid`` runs here."""
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 9) or not hasattr(os, "getuid"):
+        return False
+    try:
+        info = entry.lstat()
+    except OSError:
+        return False
+    old = time.time() - info.st_mtime > STALE_AFTER_S
+    return info.st_uid == os.getuid() and old and process_gone(int(pid))
 
 
 def process_gone(pid: int) -> bool:
-    """Whether no process ``pid`` runs (one of another user's counts as running; on
+    """Whether no process ``pid`` runs here (one of another user's counts as running; on
     Windows, where signal 0 would be a Ctrl-C, every process does)."""
     if os.name == "nt":
         return False
@@ -255,7 +282,7 @@ def process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:
+    except (OSError, OverflowError):
         pass
     return False
 
@@ -278,6 +305,7 @@ def save(path, tree) -> None:
     ``TypeError`` before anything is written."""
     blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": encode(tree)}, protocol=4)
     write_atomic(path, blob)
+    remove_stale_temporaries(path)
 
 
 def load(path):

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import tree
-from .checkpoint import process_gone
+from .checkpoint import abandoned
 from .optim import GradientTransformation
 
 TIMEOUT_S = 30.0  # a dead or stuck peer surfaces as an error after this long
@@ -317,11 +317,15 @@ LOG_DIR_PREFIX = "n2nfunc-torchrun-"  # + the launcher's pid: torchrun's logs of
 
 def _remove_stale_log_dirs() -> None:
     """Remove the torchrun log folders of launchers that are gone without removing them (a
-    launcher killed by SIGKILL cannot): those whose pid no longer runs."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{LOG_DIR_PREFIX}*-*"):
-        pid = folder.name[len(LOG_DIR_PREFIX) :].partition("-")[0]
-        if pid.isdigit() and folder.is_dir() and process_gone(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+    launcher killed by SIGKILL cannot; see :func:`n2nfunc.checkpoint.abandoned`)."""
+    try:
+        for folder in Path(tempfile.gettempdir()).iterdir():
+            if folder.name.startswith(LOG_DIR_PREFIX) and not folder.is_symlink():
+                pid = folder.name[len(LOG_DIR_PREFIX) :].partition("-")[0]
+                if folder.is_dir() and abandoned(folder, pid):
+                    shutil.rmtree(folder, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def run_local(nproc: int, python_args: list[str]) -> None:

@@ -117,16 +117,16 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
             )
 
     def inner(run, params, x, xp):
-        """``run(params, xp)``; an error of the inner layer names the caller's input shape
-        too, not only the padded one that the inner layer saw."""
+        """``run(params, xp)``; a layer's error (a plain ValueError) names the caller's input
+        shape too, not only the padded one that the inner layer saw."""
         try:
             return run(params, xp)
         except ValueError as e:
-            if xp.shape == x.shape:
+            if xp.shape == x.shape or type(e) is not ValueError:
                 raise
             raise ValueError(
                 f"{e} (the input of shape {tuple(x.shape)}, padded to {tuple(xp.shape)} by {name})"
-            ) from None
+            ) from e
 
     def apply(params, x):
         xp, h, w = padded(x)

@@ -92,15 +92,22 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert torch.equal(checkpoint.load(path)["w"], torch.zeros(1000))
-    # the killed writer's temporary stays until the next save of that file removes it, and
-    # only that: a live writer's and another file's are left alone
+    # the next save of that file removes the killed writer's temporary once it is an hour
+    # old (a writer in another PID namespace may be alive), and nothing else
+    killed = next(p for p in tmp_path.iterdir() if p.name == f".c.pth.{proc.pid}.tmp")
     live = tmp_path / f".c.pth.{os.getppid()}.tmp"
     other = tmp_path / f".d.pth.{proc.pid}.tmp"
-    live.touch()
-    other.touch()
+    odd = [tmp_path / f".c.pth.{pid}.tmp" for pid in ("99999999999999999999", "\u00b2", "")]
+    for p in (live, other, *odd):
+        p.touch()
     checkpoint.save(path, {"w": torch.ones(3)})
-    left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
-    assert left == sorted([live.name, other.name]), left
+    assert killed.exists()
+    hours_ago = time.time() - 2 * checkpoint.STALE_AFTER_S
+    for p in (killed, live, other, *odd):
+        os.utime(p, (hours_ago, hours_ago))
+    checkpoint.save(path, {"w": torch.ones(3)})
+    left = {p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
+    assert left == {p.name for p in (live, other, *odd)}, left
 
 
 # ------------------------------------------------------------------ n2nfunc.save / load

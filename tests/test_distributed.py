@@ -615,9 +615,13 @@ def test_torchrun_logs_of_a_killed_launcher_are_removed_by_the_next(tmp_path, mo
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f"{distributed.LOG_DIR_PREFIX}{dead.pid}-abc"
+    fresh = tmp_path / f"{distributed.LOG_DIR_PREFIX}{dead.pid}-ghi"  # another PID namespace's?
     alive = tmp_path / f"{distributed.LOG_DIR_PREFIX}{os.getpid()}-def"
     other = tmp_path / "n2nfunc-torchrun-notes"
-    for folder in (stale, alive, other):
+    hours_ago = time.time() - 2 * checkpoint.STALE_AFTER_S
+    for folder in (stale, fresh, alive, other):
         (folder / "attempt_0").mkdir(parents=True)
+        if folder is not fresh:
+            os.utime(folder, (hours_ago, hours_ago))
     distributed._remove_stale_log_dirs()
-    assert not stale.exists() and alive.exists() and other.exists()
+    assert not stale.exists() and fresh.exists() and alive.exists() and other.exists()

@@ -271,3 +271,11 @@ def test_errors_inside_the_padding_name_the_callers_shape():
             r"\(1, 37, 53, 3\), padded to \(1, 37, 56, 4\)",
         ):
             call(params, torch.rand(1, 37, 53, 3))
+    subclass = type("SingularMatrix", (ValueError,), {})  # another error passes as it is
+
+    def fails(params, x):
+        raise subclass("singular")
+
+    layer = nf.padded_to_multiple(nf.Layer(lambda g, s: (s, {}), fails, None), 4)
+    with pytest.raises(subclass, match="^singular$"):
+        layer.apply({}, torch.rand(1, 3, 5, 5))
