@@ -758,16 +758,17 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """``torch.optim.SGD``-like: ``SGD(model.param(), lr, momentum=0.9)``."""
+    """``torch.optim.SGD``-like: ``SGD(model.param(), lr, momentum=0.9)``, its arguments in
+    torch's order (``nf.sgd``, optax-like, puts ``nesterov`` third)."""
 
     def __init__(
         self,
         params,
         lr: float,
         momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
         dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
     ):
         optim.check_hyperparameters("SGD", lr=lr)
         super().__init__(

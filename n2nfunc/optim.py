@@ -38,6 +38,7 @@ from typing import NamedTuple
 from torch import cat
 
 from . import tree
+from .base import flag
 
 Schedule = Callable[[int], float]
 LearningRate = float | Schedule
@@ -146,6 +147,7 @@ def sgd(
     lr, momentum, weight_decay, dampening = check_hyperparameters(
         "sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening
     )
+    nesterov = flag(nesterov, "nesterov", "sgd")
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("sgd: Nesterov momentum requires momentum > 0 and dampening = 0")
 
@@ -191,6 +193,7 @@ def _adam(
     )
     if not (b1 < 1 and b2 < 1):
         raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
+    amsgrad = flag(amsgrad, "amsgrad", name)
     l2 = 0.0 if decoupled else weight_decay
 
     def init(params):
@@ -282,6 +285,7 @@ def rmsprop(
     )
     if not alpha < 1:
         raise ValueError(f"rmsprop: alpha must be in [0, 1), got {alpha!r}")
+    centered = flag(centered, "centered", "rmsprop")
 
     def init(params):
         state = {"step": 0, "square_avg": tree.zeros_like(params)}
@@ -456,6 +460,7 @@ def exponential_decay(
     decay_rate = rate
     if not isinstance(transition_steps, int) or transition_steps < 1:
         raise ValueError(f"{name}: transition_steps must be an int >= 1, got {transition_steps!r}")
+    staircase = flag(staircase, "staircase", name)
     if end_value is not None:
         (end_value,) = check_hyperparameters(name, end_value=end_value)
 

@@ -7,6 +7,12 @@ and output cotangent, and hand back float32 outputs and gradients. This is the p
 accumulate in float32 inside the kernel; the master weights (the params the caller keeps),
 the optimizer state and the loss stay float32. Only float32 params and inputs are
 accepted: a float64 tensor is an error, never silently rounded to bfloat16.
+
+One difference from autocast: the whole layer runs on bfloat16 tensors, its input rounded on
+entry, where autocast rounds a matmul's operands and leaves other ops in their inputs' dtype.
+Between matmuls both carry bfloat16 activations; but a path that carries the float32 input
+past every matmul (a residual block's skip from the network's input) keeps bfloat16
+precision here (about 3 significant digits) and float32 under autocast.
 """
 
 from torch import Tensor, empty

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 from torch import Generator, empty
 
-from .base import Layer, Params, Pullback, Shape, marked_like
+from .base import Layer, Params, Pullback, Shape, flag, marked_like
 
 State = Any  # a dict (possibly nested) of tensors
 
@@ -75,7 +75,7 @@ def stateful_call(fn, kind: str, who: str):
                 "(out_shape, params, state); or make it a plain layer with "
                 "n2nfunc.stateful.fixed(layer, state, train=False)"
             )
-        return fn(params, state, x, train=train, rng=rng)
+        return fn(params, state, x, train=flag(train, "train", f"{kind} of {who}"), rng=rng)
 
     return call
 
@@ -119,6 +119,7 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
     random masks (what :func:`n2nfunc.check_vjp` needs). With ``state=None`` and
     ``train=False`` this is how a network of plain layers stays a plain layer.
     """
+    train = flag(train, "train", "fixed")
     rng_state = rng.get_state() if rng is not None else None
 
     def fresh_rng():

@@ -289,3 +289,19 @@ def test_serial_names_the_child_whose_input_gradient_has_another_shape(where):
         r"gradient of shape \(1, 3, 5, 5\) for an input of shape \(4, 3, 5, 5\)",
     ):
         pullback(torch.randn_like(y))
+
+
+def test_params_of_a_bigger_network_are_refused():
+    """serial and parallel took a params tree with entries for children they lack, and their
+    gradient tree then lacked them, an error far away in the optimizer."""
+    g = torch.Generator().manual_seed(0)
+    big = nf.serial(nf.dense(4), nf.relu(), nf.dense(3))
+    _, params = big.init(g, (2, 5))
+    small = nf.serial(nf.dense(4), nf.relu())
+    for call in (small.apply, small.vjp):
+        with pytest.raises(ValueError, match=r"serial: the params tree has entries \['2'\] for"):
+            call(params, torch.rand(2, 5))
+    pair = nf.parallel(nf.dense(4), nf.dense(4))
+    _, pair_params = pair.init(g, ((2, 5), (2, 5)))
+    with pytest.raises(ValueError, match=r"parallel: the params tree has entries \['2'\]"):
+        pair.apply({**pair_params, "2": {}}, (torch.rand(2, 5), torch.rand(2, 5)))

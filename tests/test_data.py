@@ -356,3 +356,12 @@ def test_damaged_images_and_odd_pair_tensors_are_one_clear_error(tmp_path):
     ):
         with pytest.raises(ValueError, match=pattern):
             check_pairs(bad, good, "pairs.pt")
+
+
+def test_psnr_refuses_a_max_value_that_is_no_white_level():
+    """max_value 0 gave nan and -1 a normal-looking number."""
+    a = torch.rand(1, 3, 4, 4)
+    for bad in (0, -1, float("nan"), float("inf"), "255", True):
+        with pytest.raises(ValueError, match="max_value must be a finite number > 0"):
+            psnr(a, a, bad)
+    assert psnr(a, a) == 200.0  # an exact match: the error floored at 1e-20, as documented

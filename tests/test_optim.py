@@ -551,3 +551,42 @@ def test_updates_and_state_keep_the_params_structure(monkeypatch, ravel):
         updates, state = opt.update(grads, state, params)
         for t in [updates] + [v for v in state.values() if isinstance(v, dict)]:
             assert list(t) == ["a", "b"] and isinstance(t["b"], list)
+
+
+def test_flags_take_bools_only():
+    """A string or a number where a flag goes was taken as True (sgd's nesterov third where
+    torch.optim.SGD has dampening: `sgd(0.1, 0.9, 0.5)` turned Nesterov on)."""
+    for make, name in [
+        (lambda v: nf.sgd(0.1, 0.9, v), "nesterov"),
+        (lambda v: nf.adam(1e-3, amsgrad=v), "amsgrad"),
+        (lambda v: nf.adamw(1e-3, amsgrad=v), "amsgrad"),
+        (lambda v: nf.rmsprop(centered=v), "centered"),
+        (lambda v: nf.exponential_decay(0.1, 0.5, staircase=v), "staircase"),
+    ]:
+        for bad in ("no", "False", 0.5):
+            with pytest.raises(TypeError, match=f"{name} must be True or False, got {bad!r}"):
+                make(bad)
+        make(True), make(0)
+
+
+def test_the_sgd_class_takes_torchs_argument_order():
+    """SGD(params, lr, momentum, dampening, weight_decay, nesterov), as torch.optim.SGD, so
+    that a call written for torch means the same (dampening was taken as nesterov)."""
+    from n2nfunc.modules import SGD
+
+    g = torch.Generator().manual_seed(0)
+    ours = torch.randn(5, generator=g, dtype=torch.float64)
+    theirs = ours.clone().requires_grad_()
+    grad = torch.zeros_like(ours)
+    opt, ref = (
+        SGD([(ours, grad)], 0.1, 0.9, 0.5, 0.01),
+        torch.optim.SGD([theirs], 0.1, 0.9, 0.5, 0.01),
+    )
+    for _ in range(3):
+        grad.copy_(torch.randn(5, generator=g, dtype=torch.float64))
+        theirs.grad = grad.clone()
+        opt.step()
+        ref.step()
+        assert torch.allclose(ours, theirs.detach(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="dampening must be a finite number >= 0, got True"):
+        SGD([(ours, grad)], 0.1, 0.9, True)  # nesterov where it stood before

@@ -289,3 +289,16 @@ def test_a_bare_stateful_layer_called_like_a_plain_one_says_how_to_call_it(make)
         with pytest.raises(TypeError, match=r"(batch_norm2d|dropout)\(.*\) is stateful .*call"):
             call()
     assert layer.apply(params, state, x, train=False)[0].shape == x.shape
+
+
+def test_train_takes_a_bool_only():
+    """train="False" ran the training mode (batch statistics updated, dropout on)."""
+    net = nf.serial(nf.conv2d(2, 3), nf.batch_norm2d(), nf.dropout(0.5))
+    _, params, state = net.init(torch.Generator().manual_seed(0), (2, 3, 8, 8))
+    x = torch.rand(2, 3, 8, 8)
+    for bad in ("False", "eval", None):
+        with pytest.raises(TypeError, match=f"train must be True or False, got {bad!r}"):
+            net.apply(params, state, x, train=bad, rng=torch.Generator())
+        with pytest.raises(TypeError, match="fixed: train must be True or False"):
+            nf.stateful.fixed(net, state, train=bad)
+    net.apply(params, state, x, train=False)
