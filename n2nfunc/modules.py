@@ -26,7 +26,7 @@ from torch import Generator, Tensor, empty
 
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
-from .base import Layer, check_cotangent, flag, output_of, pull
+from .base import Layer, check_cotangent, flag, output_of, pull, released
 from .combinators import NAMED, layer_error, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
@@ -46,6 +46,16 @@ from .unet import unet
 # so a training loop holds one step's worth at a time (default network, batch 100: peak RSS
 # 83 -> 75 MB). The pullback is then replaced by this marker.
 _SPENT = "spent"
+
+
+def _spent_pullback(name: str):
+    """In place of a pullback that has run with ``release=True``: a call raises
+    :class:`~n2nfunc.base.ReleasedError` (as the pullback itself would)."""
+
+    def pullback(ct, **options):
+        raise released(name)
+
+    return pullback
 
 
 class Module:
@@ -599,6 +609,10 @@ class Sequential(Module):
         return super().backward(*grad_wrt_output, input_grad=input_grad)
 
     def _pull(self, pullbacks, ct, input_grad: bool):
+        """The blocks' pullbacks in reverse, each dropped once it has run, and with it what
+        its forward pass kept (a layer without a release of its own, as an activation, kept
+        its output to the end of the whole backward pass: default network, float32, batch
+        100, peak of live tensors 39.1 -> 34.2 MB)."""
         for i in reversed(range(len(self.modules))):
             m, wanted = self.modules[i], input_grad or i > 0
             try:
@@ -610,6 +624,7 @@ class Sequential(Module):
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                 m._pullback = _SPENT
+            pullbacks[i] = _spent_pullback(f"Sequential block {i}")
         return ct
 
     def to(self, device=None, dtype=None) -> "Sequential":

@@ -202,3 +202,64 @@ def test_release_frees_the_children_a_step_without_input_gradient_skips():
     y, pullback = net.vjp(params, torch.rand(2, 4, 6, 6) + 0.5)
     nf.pull(net.vjp, pullback, torch.randn_like(y), False, release=True)
     assert box["saved"]() is None
+
+
+def test_sequential_drops_each_blocks_pullback_once_it_has_run():
+    """The class wrappers' Sequential kept every block's pullback, and what it saved, to the
+    end of the whole backward pass (a ReLU's output while the blocks before it ran: the
+    default network's float32 step peaked at 39.1 MB of live tensors instead of 34.2)."""
+    from n2nfunc.modules import Module, ReLU, Sequential, Sigmoid
+
+    seen = {}
+
+    def recorder():  # the identity, noting its input (the ReLU's output, which ReLU keeps)
+        def vjp(params, x):
+            seen["relu_out"] = weakref.ref(x)
+            return x, lambda ct: ({}, ct)
+
+        return nf.Layer(lambda g, s: (s, {}), lambda p, x: x, vjp)
+
+    def checker():  # the identity, asking in its pullback whether that output is gone
+        def vjp(params, x):
+            def pullback(ct):
+                gc.collect()
+                seen["freed"] = seen["relu_out"]() is None
+                return {}, ct
+
+            return x, pullback
+
+        return nf.Layer(lambda g, s: (s, {}), lambda p, x: x, vjp)
+
+    net = Sequential(Module(checker(), {}), ReLU(), Module(recorder(), {}), Sigmoid())
+    out = net.forward(torch.randn(2, 3, 4, 4))
+    net.backward(torch.randn_like(out))
+    assert seen["freed"]
+
+
+def test_a_strided_convolution_keeps_no_copy_of_its_input():
+    """The implicit-GEMM engine's space-to-depth copy of the input (padded: larger than the
+    input, which the layer before keeps anyway) stayed alive from the forward pass to the
+    backward pass; it is formed again for the weight gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    made = []
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                made.append(weakref.ref(out))
+            return out
+
+    layer = nf.conv2d(8, 4, stride=2, padding=1)
+    x = torch.randn(2, 16, 8, 8)
+    _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
+    with Track():
+        y, pullback = layer.vjp(params, x)
+    del y
+    gc.collect()
+    kept = [r() for r in made if r() is not None and r().untyped_storage().nbytes()]
+    kept = [t for t in kept if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()]
+    assert not kept, [tuple(t.shape) for t in kept]
+    grads, dx = pullback(torch.randn(2, 8, 4, 4))
+    assert grads["weight"].shape == (8, 16, 4, 4) and dx.shape == x.shape
