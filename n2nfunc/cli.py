@@ -644,7 +644,7 @@ def _denoiser(args, device):
     (tiled by :func:`n2nfunc.denoise_image`, any size), and a line saying which weights."""
     from .precision import mixed_precision
     from .pretrained import network_from_payload, shipped_weights
-    from .tiling import denoise_image, least_tile, tile_settings
+    from .tiling import denoise_image, least_tile, round_up, tile_settings
 
     if args.model is not None:
         option, path = "--model", _loading("--model", shipped_weights, args.model)
@@ -665,7 +665,7 @@ def _denoiser(args, device):
                 f"--tile {args.tile}: this network's tiles must be multiples of {align} (it "
                 f"pools the image down to 1/{align} of its size)"
             )
-        whole = -(-max(rgb.shape[1:]) // align) * align  # the image in one tile
+        whole = round_up(max(rgb.shape[1:]), align)  # the image in one tile
         if args.tile is not None and args.tile < min(least, whole):
             raise ValueError(
                 f"--tile {args.tile}: this network's tiles overlap by {overlap} pixels on each "

@@ -186,7 +186,7 @@ def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        grads = {"weight": device_conv.conv_weight_grad(g, xh, weight.shape, *geometry)}
+        grads = {"weight": device_conv.conv_weight_grad(g, xh, *geometry)}
         if bias is not None:
             grads["bias"] = device_conv.bias_grad(g)
         if not input_grad:

@@ -28,7 +28,14 @@ small copies of the weights.
 
 from torch import Tensor
 
-from .kernels import combine, interleaved, phase_plan, phase_slices
+from .kernels import (
+    combine,
+    conv_matrix,
+    interleaved,
+    matrix_to_weight,
+    phase_plan,
+    phase_slices,
+)
 
 # Bytes of im2col matrix formed at a time (whole images; all of them when they fit). On a
 # GPU, blocks sized for caches (as the CPU's kernels.BLOCK_BYTES) only multiply kernel
@@ -74,8 +81,8 @@ def im2col(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tu
 
 
 def _product(cols: Tensor, wmat: Tensor, bias: Tensor | None) -> Tensor:
-    """``cols @ wmat^T (+ bias)``: one matmul, the bias added to its sums."""
-    return cols.matmul(wmat.t()) if bias is None else bias.addmm(cols, wmat.t())
+    """``cols @ wmat (+ bias)``: one matmul, the bias added to its sums."""
+    return cols.matmul(wmat) if bias is None else bias.addmm(cols, wmat)
 
 
 def _image_blocks(n: int, image_bytes: int) -> list:
@@ -86,21 +93,22 @@ def _image_blocks(n: int, image_bytes: int) -> list:
 
 
 def _windows_product(xp: Tensor, window, stride, dilation, out_hw, wmat, bias) -> Tensor:
-    """``im2col(xp) @ wmat^T (+ bias)``, (N Ho Wo, O), for the padded NHWC ``xp``: one im2col
-    copy and one matmul, or one of each per block of images where the whole im2col matrix
-    would pass BLOCK_BYTES (exact: no sum crosses a block)."""
+    """``im2col(xp) @ wmat (+ bias)``, (N Ho Wo, O), for the padded NHWC ``xp`` and a
+    (kh kw C, O) ``wmat`` (:func:`~n2nfunc.kernels.conv_matrix`): one im2col copy and one
+    matmul, or one of each per block of images where the whole im2col matrix would pass
+    BLOCK_BYTES (exact: no sum crosses a block)."""
     n, rows = xp.shape[0], out_hw[0] * out_hw[1]
-    blocks = _image_blocks(n, rows * wmat.shape[1] * xp.element_size())
+    blocks = _image_blocks(n, rows * wmat.shape[0] * xp.element_size())
     if len(blocks) == 1:
         return _product(im2col(xp, window, stride, dilation, out_hw), wmat, bias)
-    out = xp.new_empty(n * rows, wmat.shape[0])
+    out = xp.new_empty(n * rows, wmat.shape[1])
     for b in blocks:
         part = out[b.start * rows : b.stop * rows]
         if bias is None:
-            part.addmm_(im2col(xp[b], window, stride, dilation, out_hw), wmat.t(), beta=0)
+            part.addmm_(im2col(xp[b], window, stride, dilation, out_hw), wmat, beta=0)
         else:  # the bias inside the matmul's sums, as in _product
             part.copy_(bias.expand_as(part))
-            part.addmm_(im2col(xp[b], window, stride, dilation, out_hw), wmat.t())
+            part.addmm_(im2col(xp[b], window, stride, dilation, out_hw), wmat)
     return out
 
 
@@ -121,20 +129,10 @@ def _windows_gram(a: Tensor, xp: Tensor, window, stride, dilation, out_hw) -> Te
     return out
 
 
-def _matrix(weight: Tensor) -> Tensor:
-    """``weight`` [A, B, kh, kw] as the (A, kh kw B) matrix that multiplies im2col columns."""
-    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
-
-
 def _flipped(weight: Tensor) -> Tensor:
-    """``weight`` [A, B, kh, kw] flipped in both spatial dims, as a (B, kh kw A) matrix."""
-    return weight.flip(2, 3).permute(1, 2, 3, 0).reshape(weight.shape[1], -1)
-
-
-def _weight_from(m: Tensor, shape) -> Tensor:
-    """The (A, kh kw B) matrix ``m`` as a contiguous weight of ``shape`` [A, B, kh, kw]."""
-    a, b, kh, kw = shape
-    return m.view(a, kh, kw, b).permute(0, 3, 1, 2).contiguous()
+    """:func:`~n2nfunc.kernels.conv_matrix` of ``weight`` [A, B, kh, kw] flipped in both
+    spatial dims, its two channel axes swapped: a (kh kw A, B) matrix."""
+    return conv_matrix(weight.flip(2, 3).transpose(0, 1))
 
 
 def _span(kernel: tuple, dilation: tuple) -> tuple:
@@ -151,21 +149,20 @@ def _conv_input(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
 def conv(x: Tensor, weight: Tensor, bias: Tensor | None, kernel, stride, padding, dilation, out_hw):
     """The convolution of the NHWC ``x`` with ``weight`` [O, C, kh, kw], an NHWC tensor."""
     xp = _conv_input(x, kernel, stride, padding, dilation, out_hw)
-    y = _windows_product(xp, kernel, stride, dilation, out_hw, _matrix(weight), bias)
+    y = _windows_product(xp, kernel, stride, dilation, out_hw, conv_matrix(weight), bias)
     return y.view(x.shape[0], out_hw[0], out_hw[1], -1)
 
 
-def conv_weight_grad(g: Tensor, x: Tensor, shape, kernel, stride, padding, dilation) -> Tensor:
-    """``dW = g^T @ im2col(x)`` for the NHWC output gradient ``g``, shaped ``shape``. The
+def conv_weight_grad(g: Tensor, x: Tensor, kernel, stride, padding, dilation) -> Tensor:
+    """``dW = g^T @ im2col(x)`` for the NHWC output gradient ``g``, a weight [O, C, kh, kw]. The
     im2col matrix is formed again rather than kept from the forward pass: kept through the
     backward pass it holds k^2 / s^2 times its input (9x for a 3 x 3 convolution): the live
     tensors of a U-Net step at 8 x 128 x 128 peaked at 1,507 MB instead of 515 (torch 300),
     the default network's at batch 100 at 65.7 MB instead of 42.3 (torch 22.3)."""
     out_hw = tuple(g.shape[1:3])
     xp = _conv_input(x, kernel, stride, padding, dilation, out_hw)
-    return _weight_from(
-        _windows_gram(g.reshape(-1, g.shape[3]), xp, kernel, stride, dilation, out_hw), shape
-    )
+    a = g.reshape(-1, g.shape[3])
+    return matrix_to_weight(_windows_gram(a, xp, kernel, stride, dilation, out_hw), kernel)
 
 
 def bias_grad(g: Tensor) -> Tensor:
@@ -208,7 +205,7 @@ def _by_phases(x: Tensor, weight: Tensor, bias: Tensor | None, out_hw: tuple, ge
     xp = padded(x, (py.pad_before, px.pad_before), size)
     w_eff = combine(weight.permute(2, 3, 0, 1), py, px)  # (window, C) x (phase, O)
     bias_eff = None if bias is None else bias.repeat(py.stride * px.stride)
-    r = _windows_product(xp, window, (1, 1), (1, 1), starts, w_eff.t(), bias_eff)
+    r = _windows_product(xp, window, (1, 1), (1, 1), starts, w_eff, bias_eff)
     r = r.view(n, py.starts, px.starts, py.stride, px.stride, -1)
     view = interleaved(r, py, px)
     if view is not None:
@@ -231,9 +228,9 @@ def conv_transpose_grads(g: Tensor, x: Tensor, weight: Tensor, geometry, input_g
         dw = _windows_gram(x2, gp, kernel, stride, dilation, (h, w))  # to form it at once
         dx = None
         if input_grad:
-            dx = _windows_product(gp, kernel, stride, dilation, (h, w), _matrix(weight), None)
+            dx = _windows_product(gp, kernel, stride, dilation, (h, w), conv_matrix(weight), None)
     else:  # one im2col of g for both
         cols = im2col(gp, kernel, stride, dilation, (h, w))
         dw = x2.t().matmul(cols)
-        dx = _product(cols, _matrix(weight), None) if input_grad else None
-    return _weight_from(dw, weight.shape), None if dx is None else dx.view(n, h, w, c)
+        dx = _product(cols, conv_matrix(weight), None) if input_grad else None
+    return matrix_to_weight(dw, kernel), None if dx is None else dx.view(n, h, w, c)

@@ -152,10 +152,14 @@ def weight_grad(a2d: Tensor, cols: Tensor, kernel: tuple) -> Tensor:
     for a transposed convolution ``a2d`` is its input and ``cols`` the im2col of its
     output gradient, giving dL/dW [in, out, kh, kw].
     """
+    return matrix_to_weight(reduce_matmul(a2d.t(), cols), kernel)
+
+
+def matrix_to_weight(m: Tensor, kernel: tuple) -> Tensor:
+    """The (A, kh*kw*B) matrix ``m`` (columns ordered as im2col's) as a contiguous weight
+    [A, B, kh, kw]."""
     kh, kw = kernel
-    a = a2d.shape[1]
-    g = reduce_matmul(a2d.t(), cols)
-    return g.view(a, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
+    return m.view(m.shape[0], kh, kw, -1).permute(0, 3, 1, 2).contiguous()
 
 
 def rows(x: Tensor) -> Tensor:

@@ -68,13 +68,14 @@ def _spans(size: int, tile: int, step: int, overlap: int):
     return spans
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple``."""
     return -(-value // multiple) * multiple
 
 
 def least_tile(overlap: int, align: int) -> int:
     """The smallest tile that leaves room for one alignment step between two overlaps."""
-    return _round_up(2 * overlap + align, align)
+    return round_up(2 * overlap + align, align)
 
 
 def tile_settings(
@@ -102,7 +103,7 @@ def tile_settings(
     if overlap is None:
         overlap = fp.reach if fp else DEFAULT_OVERLAP
     if tile is None:
-        tile = max(DEFAULT_TILE, _round_up(6 * overlap, align))
+        tile = max(DEFAULT_TILE, round_up(6 * overlap, align))
     if tile % align:
         raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
     rounded = least_tile(overlap, align)
