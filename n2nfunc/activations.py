@@ -238,9 +238,9 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
     if b <= 0:
         raise ValueError(f"{name}: beta must be > 0, got {beta!r}")
 
-    def forward(x):
+    def forward(x):  # log(1 + e^z) = max(z, 0) + log(1 + e^-|z|): no overflow in float16
         bx = x * b
-        return x.where(bx > t, bx.exp().log1p_().div_(b))
+        return x.where(bx > t, bx.abs().neg_().exp_().log1p_().add_(bx.clamp(min=0)).div_(b))
 
     def derivative_times(x, y, ct):
         bx = x * b

@@ -439,6 +439,7 @@ def upsample(
     def vjp(params, x):
         if as_two_layers(x):
             return torch_vjp(params, x)
+        _checked(params, x, name, out_channels, k, bias, out_size)  # before x's shape is read
         strided = (
             x.element_size() < 4
             or out_channels < K.THIN

@@ -570,9 +570,16 @@ class Sequential(Module):
     ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared)."""
 
     def __init__(self, *modules: Module):
-        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+        layers = (Layer, StatefulLayer)
+        if len(modules) == 1 and type(modules[0]) in (list, tuple):  # not a layer's named tuple
             modules = tuple(modules[0])
         for i, m in enumerate(modules):
+            if isinstance(m, layers):
+                raise TypeError(
+                    f"Sequential: block {i} is a functional {type(m).__name__}, not a Module: "
+                    "wrap it with Module.from_layer(layer, in_shape), or use serial(...) "
+                    "for a functional network"
+                )
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
         self.modules = list(modules)

@@ -299,3 +299,12 @@ def test_elu_gradient_keeps_its_accuracy_for_very_negative_inputs():
         if dtype == torch.float32:
             exact = exact.float().double()  # e^-80 * 0.7 is a float32 subnormal
         assert ((dx - exact).abs() <= tol * exact.abs() + 1e-44).all()
+
+
+def test_softplus_in_float16_does_not_overflow_below_the_threshold():
+    """exp(12) is past float16's largest number (65504): the value must still be ~x, as
+    torch's (which computes it in float32)."""
+    x = torch.tensor([-30.0, -1.0, 0.0, 11.0, 12.0, 15.0, 19.9, 20.0, 21.0], dtype=torch.float16)
+    y = nf.softplus().apply({}, x)
+    assert torch.isfinite(y).all()
+    assert (y.double() - F.softplus(x.float()).double()).abs().max() <= 0.01

@@ -159,6 +159,21 @@ def test_another_layers_weight_is_named_with_the_shape_this_input_needs(
         make(8).apply(own, torch.randn(x_shape))  # its own weight: the input is wrong
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upsample_vjp_names_a_bad_input_before_picking_its_engine(dtype):
+    """The engine choice read ``x.element_size()`` and ``x.shape[3]`` first: a 3-D input
+    was an IndexError, a list an AttributeError, neither naming the layer."""
+    layer = nf.upsample(16, 3, padding=1)
+    params = _params(layer, (1, 3, 8, 8))
+    params = {k: v.to(dtype) for k, v in params.items()}
+    with pytest.raises(ValueError, match=r"upsample\(.*expected input of shape \(N, 3, H, W\)"):
+        layer.vjp(params, torch.randn(3, 8, 8, dtype=dtype))
+    with pytest.raises(TypeError, match=r"upsample\(.*input must be a Tensor, got list"):
+        layer.vjp(params, [[1.0]])
+    with pytest.raises(ValueError, match=r"in layer 0: upsample\(.*got \(3, 8, 8\)"):
+        nf.Sequential(nf.Upsampling(3, 16, 3, padding=1))(torch.randn(3, 8, 8))
+
+
 def test_init_given_a_tensor_or_an_unknown_channel_count_says_so():
     with pytest.raises(ValueError, match=r"got a tensor of shape \(8, 3, 32, 32\) \(init takes"):
         nf.conv2d(4, 3).init(None, torch.randn(8, 3, 32, 32))

@@ -34,7 +34,9 @@ from n2nfunc import (
     Tanh,
     TransposeConv2d,
     Upsampling,
+    batch_norm2d,
     conv2d,
+    relu,
     tree,
 )
 
@@ -654,3 +656,13 @@ def test_sequential_lets_an_error_class_of_ones_own_through_with_a_note():
     assert e.value.expected == 99
     if sys.version_info >= (3, 11):
         assert e.value.__notes__ == ["in layer 1"]
+
+
+def test_sequential_of_a_functional_layer_says_how_to_wrap_it():
+    """A Layer is a named tuple: it had been unpacked as a list of blocks, and the error
+    blamed its init function ("block 0 is a function")."""
+    for block in (relu(), batch_norm2d()):
+        for args in ((block,), ([block],), (ReLU(), block)):
+            with pytest.raises(TypeError, match=r"block \d is a functional \w*Layer, not a Module"):
+                Sequential(*args)
+    assert len(Sequential([ReLU(), ReLU()]).modules) == 2  # a list of blocks still unpacks
