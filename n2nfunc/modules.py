@@ -26,7 +26,7 @@ from torch import Generator, Tensor, empty
 
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
-from .base import Layer, check_cotangent, flag, output_of, pull, released
+from .base import Layer, check_cotangent, flag, output_of, positive_int, pull, released
 from .combinators import NAMED, layer_error, serial
 from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
@@ -95,6 +95,7 @@ class Module:
 
     def forward(self, *inputs):
         x = inputs[0] if len(inputs) == 1 else inputs
+        self._pullback = None  # a forward that fails leaves nothing to differentiate
         if isinstance(self.layer, StatefulLayer):
             y, new_state, self._pullback = self.layer.vjp(
                 self.params, self.state, x, train=self.training, rng=self.rng
@@ -145,7 +146,9 @@ class Module:
 
     def _check_backward(self) -> None:
         if self._pullback is None:
-            raise ValueError(f"{self.name}: backward() called before forward()")
+            raise ValueError(
+                f"{self.name}: backward() called before forward(), or after a forward() that failed"
+            )
         if self._pullback is _SPENT:
             raise ValueError(
                 f"{self.name}: backward() called twice after one forward(); the first released "
@@ -246,7 +249,10 @@ def _same_kind(a, b) -> TypeGuard[Tensor]:
 class _WeightBias(Module):
     """A block whose params are ``{"weight", "bias"}``, exposed as attributes like torch.nn's."""
 
-    def __init__(self, layer, in_channels, generator, description, in_shape=None):
+    def __init__(
+        self, layer, in_channels, generator, description, in_shape=None, size="in_channels"
+    ):
+        positive_int(in_channels, size, type(self).__name__)
         _, params, state = lift(layer).init(generator, in_shape or (-1, in_channels, -1, -1))
         super().__init__(layer, params, state=state)
         self._description = description
@@ -275,6 +281,13 @@ class _WeightBias(Module):
 
 def _options(**kw):
     return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def _unless_default(dilation, bias) -> dict:
+    """The options torch.nn's repr shows only when they differ from their defaults."""
+    return {
+        k: v for k, v, default in (("dilation", dilation, 1), ("bias", bias, True)) if v != default
+    }
 
 
 def _checked_flags(name: str, bias, groups=1) -> bool:
@@ -316,6 +329,7 @@ class Conv2d(_WeightBias):
                 kernel_size=kernel_size,
                 stride=stride,
                 padding=padding,
+                **_unless_default(dilation, bias),
             ),
         )
 
@@ -353,6 +367,7 @@ class TransposeConv2d(_WeightBias):
                 stride=stride,
                 padding=padding,
                 output_padding=output_padding,
+                **_unless_default(dilation, bias),
             ),
         )
 
@@ -407,6 +422,7 @@ class Linear(_WeightBias):
             generator,
             _options(in_features=in_features, out_features=out_features, bias=bias),
             in_shape=(-1, in_features),
+            size="in_features",
         )
 
 
@@ -512,13 +528,9 @@ class BatchNorm2d(_WeightBias):
     in training mode, running statistics in evaluation mode."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(
-                f"BatchNorm2d: num_features must be a positive int, got {num_features!r}"
-            )
         layer = batch_norm2d(eps, momentum)
         description = _options(num_features=num_features, eps=eps, momentum=momentum)
-        super().__init__(layer, num_features, None, description)
+        super().__init__(layer, num_features, None, description, size="num_features")
 
     running_mean = property(lambda self: self.state["running_mean"])
     running_var = property(lambda self: self.state["running_var"])
@@ -596,7 +608,7 @@ class Sequential(Module):
         (a probe of an intermediate output, a block shared with another Sequential, the
         same block twice in this one), as torch.autograd keeps one graph per call."""
         x = inputs[0] if len(inputs) == 1 else inputs
-        pullbacks = []
+        pullbacks, self._pullback = [], None
         for i, m in enumerate(self.modules):
             try:
                 x = m.forward(x)
@@ -669,6 +681,7 @@ class LossModule:
         self._grad: Tensor | None = None
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        self._grad = None  # a forward that fails leaves nothing to differentiate
         value, self._grad = self.loss.value_and_grad(pred, target)
         return value
 
@@ -677,7 +690,9 @@ class LossModule:
 
     def backward(self) -> Tensor:
         if self._grad is None:
-            raise ValueError(f"{self.name}: backward() called before forward()")
+            raise ValueError(
+                f"{self.name}: backward() called before forward(), or after a forward() that failed"
+            )
         return self._grad
 
     def param(self) -> list:

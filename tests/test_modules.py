@@ -666,3 +666,34 @@ def test_sequential_of_a_functional_layer_says_how_to_wrap_it():
             with pytest.raises(TypeError, match=r"block \d is a functional \w*Layer, not a Module"):
                 Sequential(*args)
     assert len(Sequential([ReLU(), ReLU()]).modules) == 2  # a list of blocks still unpacks
+
+
+def test_backward_after_a_failed_forward_is_refused():
+    """It had differentiated the forward pass before the failed one, silently."""
+    x, bad = torch.randn(1, 3, 8, 8), torch.randn(1, 5, 8, 8)
+    for block in (Conv2d(3, 4, 3), Sequential(Conv2d(3, 4, 3), ReLU())):
+        block(x)
+        with pytest.raises(ValueError, match="expected input of shape"):
+            block(bad)
+        with pytest.raises(ValueError, match=r"after a forward\(\) that failed"):
+            block.backward(torch.randn(1, 4, 6, 6))
+    loss = MSE()
+    loss(x, x)
+    with pytest.raises(ValueError):
+        loss(x, bad)
+    with pytest.raises(ValueError, match=r"after a forward\(\) that failed"):
+        loss.backward()
+
+
+def test_blocks_check_their_input_size_and_show_non_default_options():
+    for make, message in (
+        (lambda: Conv2d(-1, 8, 3), "Conv2d: in_channels must be a positive int, got -1"),
+        (lambda: TransposeConv2d(True, 8, 3), "TransposeConv2d: in_channels must be a positive"),
+        (lambda: Linear(0, 3), "Linear: in_features must be a positive int, got 0"),
+        (lambda: Upsampling(2.0, 3, 3), "Upsampling: in_channels must be a positive int"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make()
+    assert repr(Conv2d(3, 8, 3, dilation=2, bias=False)).endswith("dilation=2, bias=False)")
+    assert repr(Conv2d(3, 8, 3)).endswith("padding=0)")
+    assert "dilation=2" in repr(TransposeConv2d(3, 8, 3, dilation=2))
