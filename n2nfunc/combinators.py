@@ -32,7 +32,9 @@ from .base import (
     Output,
     apply_via_vjp,
     check_cotangent,
+    check_tensor,
     output_of,
+    positive_int,
     pull,
     releases,
     skips_input_grad,
@@ -280,8 +282,7 @@ def _sum_streams(cts):
 
 def fanout(n: int) -> Layer:
     """``x -> (x,) * n``."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"fanout: n must be a positive int, got {n!r}")
+    positive_int(n, "n", "fanout")
 
     def init(generator, in_shape):
         return (tuple(in_shape),) * n, {}
@@ -339,7 +340,9 @@ def fanin_sum() -> Layer:
 
 def fanin_concat(axis: int = 1) -> Layer:
     """``(x0, x1, ...) -> cat(xs, axis)``, by default along channels; the pullback splits."""
-    name = f"fanin_concat(axis={axis})"
+    name = f"fanin_concat(axis={axis!r})"
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"{name}: axis must be an int")
 
     def init(generator, in_shapes):
         shapes = [tuple(s) for s in _check_tuple(in_shapes, -1, name)]
@@ -379,8 +382,7 @@ def _tensors(xs, name: str):
     """A tuple of tensors (the inputs of a merge), else an error naming the layer."""
     xs = _check_tuple(xs, -1, name)
     for i, x in enumerate(xs):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name}: input {i} must be a Tensor, got {type(x).__name__}")
+        check_tensor(x, name, f"input {i}")
     return xs
 
 

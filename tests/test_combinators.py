@@ -190,6 +190,15 @@ def test_merge_and_branch_pullbacks_check_cotangents_and_keep_each_inputs_dtype(
         assert (g0.dtype, g1.dtype) == (torch.float32, torch.float64)
         with pytest.raises(TypeError, match="input 1 must be a Tensor, got int"):
             merge.apply({}, (pair[0], 2))
+        ints = torch.ones(2, 3, dtype=torch.int64)  # an output no gradient can flow through
+        with pytest.raises(
+            TypeError, match=r"input 0 must be floating point, got dtype torch.int64"
+        ):
+            merge.apply({}, (ints, ints))
+    with pytest.raises(TypeError, match=r"fanin_concat\(axis='1'\): axis must be an int"):
+        nf.fanin_concat("1")
+    with pytest.raises(ValueError, match="fanout: n must be a positive int, got True"):
+        nf.fanout(True)
 
 
 def test_residual_around_a_layer_that_returns_a_tuple_is_named():
