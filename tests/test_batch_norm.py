@@ -175,3 +175,15 @@ def test_bad_input_is_named():
     )
     with pytest.raises(ValueError, match="output gradient"):
         pullback(torch.randn(2, 3, 2, 3, dtype=torch.float64))
+
+
+def test_a_wrong_weight_or_a_float_batch_count_is_named():
+    bn = nf.batch_norm2d()
+    _, params, state = bn.init(None, (1, 3, 4, 4))
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(
+        ValueError, match=r"'weight' must have shape \(C,\), one per channel, got \(3, 1\)"
+    ):
+        bn.apply(dict(params, weight=torch.ones(3, 1)), state, x, train=True)
+    with pytest.raises(TypeError, match="'num_batches_tracked' must be an integer"):
+        bn.apply(params, dict(state, num_batches_tracked=torch.zeros(())), x, train=True)

@@ -18,7 +18,7 @@ Params ``{"weight": ones(C), "bias": zeros(C)}``; state ``{"running_mean": zeros
 ValueError, as in PyTorch.
 """
 
-from torch import empty
+from torch import Tensor, empty
 
 from ..base import (
     check_cotangent,
@@ -66,7 +66,12 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
 
     def checked(params, state, x):
         weight = params.get("weight") if isinstance(params, dict) else None
-        c = weight.shape[0] if hasattr(weight, "shape") and weight.dim() == 1 else -1
+        if weight is not None and not (isinstance(weight, Tensor) and weight.dim() == 1):
+            got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(
+                f"{name}: parameter 'weight' must have shape (C,), one per channel, got {got}"
+            )
+        c = -1 if weight is None else weight.shape[0]
         check_params(params, name, {"weight": (c,), "bias": (c,)})
         expected = {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
         check_params(state, name, expected, "state")
@@ -77,6 +82,8 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
                     f"{name}: state '{key}' is {t.dtype} on {t.device} but the parameters "
                     f"are {weight.dtype} on {weight.device}"
                 )
+        if state["num_batches_tracked"].is_floating_point():
+            raise TypeError(f"{name}: state 'num_batches_tracked' must be an integer (as torch's)")
         return check_image(x, name, c, weight)
 
     def train_vjp(params, state, x):
