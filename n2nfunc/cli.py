@@ -338,7 +338,49 @@ def _load_state(path) -> dict:
             else ""
         )
         raise ValueError(f"--resume: {path} is not a training state{hint}")
+    _check_state_parts(state, path)
     return state
+
+
+def _is_count(value, least: int = 0) -> bool:
+    return type(value) is int and value >= least
+
+
+def _check_state_parts(state: dict, path) -> None:
+    """Refuse a training state whose parts are of the wrong kind (a hand-edited file, or one of
+    another tool) in one line naming the part, before any of it is used."""
+    config, data = state["config"], state.get("data", {})
+    parts = {
+        "epoch": (_is_count(state["epoch"]), "a count of epochs"),
+        "config": (
+            isinstance(config, dict) and _is_count(config.get("num_epochs", 1), 1),
+            "a dict whose num_epochs is a positive int",
+        ),
+        "rng": (
+            isinstance(state["rng"], torch.Tensor)
+            and state["rng"].dtype == torch.uint8
+            and state["rng"].dim() == 1,
+            "a random generator's state (a 1-d uint8 tensor)",
+        ),
+        "history": (isinstance(state.get("history", []), list), "a list"),
+        "noise": (isinstance(state.get("noise", ""), str), "a noise spec"),
+        "data": (
+            isinstance(data, dict)
+            and all(
+                data.get(k) is None
+                or (
+                    _is_count(data[k], 1) if k in ("n_train", "n_val") else isinstance(data[k], str)
+                )
+                for k in DATA_OPTIONS
+            ),
+            "a dict of the run's data options",
+        ),
+    }
+    for part, (ok, want) in parts.items():
+        if not ok:
+            got = repr(state.get(part))
+            got = got if len(got) <= 60 else got[:57] + "..."
+            raise ValueError(f"--resume: {path}: its {part!r} must be {want}, got {got}")
 
 
 def _resume(model: Model, state: dict, path) -> None:
@@ -347,7 +389,10 @@ def _resume(model: Model, state: dict, path) -> None:
     fresh = model.optimizer.state
     optim.check_state(state["optimizer"], fresh, f"{path}: the optimizer's state")
     model.optimizer.state = state["optimizer"]
-    model.generator.set_state(state["rng"])
+    try:
+        model.generator.set_state(state["rng"])
+    except RuntimeError as e:  # a state of another length or kind of generator
+        raise ValueError(f"{path}: its 'rng' is not a state of this generator ({e})") from None
     model.epochs_done = state["epoch"]
 
 
@@ -372,6 +417,7 @@ def cmd_train(args) -> int:
         rank = _rank()
         state = _load_state(args.resume)
         _resume_options(args, state, say=rank == "0")
+        _check_memory(args, _refuse)  # the run's own --n-train, here
         _check_precision(args, _refuse)  # the run's precision and batch size, here
         _check_nproc(args, _refuse)
         epochs = launch.planned_epochs(state)
@@ -509,13 +555,18 @@ def run_training(args, device, dp=None) -> int:
             _save_state(model, state_path, epoch + 1, history, noise, data)
             if dp is not None:
                 dp.done(f"epoch-{epoch + 1}")
+    except FloatingPointError as e:  # the model is not saved after it
+        progress.close()
+        raise FloatingPointError(
+            f"{e} {state_path} holds the state from the start of epoch {epoch + 1}."
+        ) from None
     except KeyboardInterrupt:
         progress.close()
         if dp is not None:  # the workers stop together; the last epoch's checkpoint stays
             raise
         print(  # (not the state of now, which is partway through the epoch's batches)
             f"\ninterrupted in epoch {epoch + 1}; {state_path} holds the state from its start; "
-            f"continue with `n2nfunc train --resume {state_path} --out {out}`"
+            f"continue with `{launch.resume_command(state_path, args)}`"
         )
         return 130
     progress.close()
@@ -785,7 +836,7 @@ def _check_memory(args, error) -> None:
     training and evaluation hold them; a copy in each of --nproc's processes) could not fit in
     this machine's memory at all."""
     counts = []
-    if not any(getattr(args, k, None) for k in ("train", "pairs", "resume")):
+    if not any(getattr(args, k, None) for k in ("train", "pairs")):
         if getattr(args, "n_train", None) is not None:
             side = PHOTO_CROP if args.photos and _camera_noise(args) else 32
             counts.append(("--n-train", args.n_train, side, _n_train_default(args)))

@@ -12,6 +12,7 @@ receive it), evaluates, and writes checkpoints, pictures and the progress bar; e
 trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`).
 """
 
+import hashlib
 import os
 import signal
 import sys
@@ -154,8 +155,14 @@ SHARED_OPTIONS = (
 
 
 def shared_options(args) -> dict:
-    """``--option value`` of each of SHARED_OPTIONS, as this process was started."""
-    return {"--" + k.replace("_", "-"): plain(getattr(args, k, None)) for k in SHARED_OPTIONS}
+    """``--option value`` of each of SHARED_OPTIONS, as this process was started, and the
+    checkpoint it resumes, by content: a rank started without ``--resume``, or with another
+    machine's stale copy, would train other weights on the same mean gradients."""
+    options = {"--" + k.replace("_", "-"): plain(getattr(args, k, None)) for k in SHARED_OPTIONS}
+    resume = getattr(args, "resume", None)
+    digest = hashlib.sha256(Path(resume).read_bytes()).hexdigest()[:16] if resume else None
+    options["--resume"] = f"a checkpoint of sha256 {digest}..." if digest else None
+    return options
 
 
 def plain(value):
@@ -200,7 +207,8 @@ def train_worker(args, device, run) -> int:
             print(f"error: {e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
-            print("\n" + _interrupted_text(state_path, args.out, ours()), file=sys.stderr)
+            nproc = dp.size if _launcher() is not None else 1  # (torchrun: by its own options)
+            print("\n" + _interrupted_text(state_path, args, ours(), nproc), file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()
@@ -242,7 +250,18 @@ def _launcher_gone(wait_s: float = 1.0) -> bool:
     return True
 
 
-def _interrupted_text(state: Path, out, saved: bool) -> str:
+def resume_command(state, args, nproc: int = 1) -> str:
+    """The command that continues the run of ``state``: the run's settings and data come from
+    the checkpoint; where and how it runs (processes, device, threads) and what it prints and
+    draws do not, so those given to this run are given again."""
+    extra = [f"--nproc {nproc}"] * (nproc > 1)
+    extra += [f"--device {args.device}"] * (str(getattr(args, "device", "cpu")) != "cpu")
+    extra += [f"--threads {args.threads}"] * (getattr(args, "threads", None) is not None)
+    extra += [f"--{k.replace('_', '-')}" for k in ("no_pictures", "quiet") if getattr(args, k, 0)]
+    return " ".join(["n2nfunc train --resume", str(state), "--out", str(args.out), *extra])
+
+
+def _interrupted_text(state: Path, args, saved: bool, nproc: int) -> str:
     """What rank 0 says on Ctrl-C: the epoch whose start the checkpoint holds (it is saved
     at the start of the run and after every epoch), as a one-process run says it."""
     if not saved:
@@ -255,11 +274,11 @@ def _interrupted_text(state: Path, out, saved: bool) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return f"interrupted; {state} could not be read back"
     if epoch >= epochs:  # while the results were being written
-        weights = Path(out) / "model.pth"
+        weights = Path(args.out) / "model.pth"
         return f"interrupted after the last epoch; {state} holds the trained run" + (
             f", {weights} its weights" if weights.is_file() else ""
         )
     return (
         f"interrupted in epoch {epoch + 1}; {state} holds the state from its start; continue "
-        f"with `n2nfunc train --resume {state} --out {out}`"
+        f"with `{resume_command(state, args, nproc)}`"
     )

@@ -537,12 +537,13 @@ class Model:
                 tree.copy_(grads, mean_grads)
             value = float(loss)
             if not math.isfinite(value):
-                if self._snapshot is not None:
+                restored = self._snapshot is not None  # none before a run's first update
+                if restored:
                     tree.copy_(params, self._snapshot)
                 raise FloatingPointError(
-                    f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; the "
-                    "parameters from before the last update were restored. Lower the learning "
-                    "rate or check the data."
+                    f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
+                    + ("the parameters from before the last update were restored. " * restored)
+                    + "Lower the learning rate or check the data."
                 )
             self._snapshot = [p.clone() for p in params]  # undo point for a NaN
             self.optimizer.lr = schedule(epoch * steps + b)

@@ -742,6 +742,23 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
             and pattern in err
             and "Traceback" not in err
         )
+    # parts of the wrong kind (a hand-edited file) had been TypeErrors or AttributeErrors,
+    # or passed: a negative epoch trained more epochs than the run's, a huge n_train was
+    # killed by the system (--n-train's memory check had been skipped under --resume)
+    for part, value, pattern in (
+        ("epoch", "1", "its 'epoch' must be a count of epochs, got '1'"),
+        ("epoch", -1, "its 'epoch' must be a count of epochs, got -1"),
+        ("rng", torch.zeros(10), "its 'rng' must be a random generator's state"),
+        ("rng", torch.zeros(10, dtype=torch.uint8), "its 'rng' is not a state of this generator"),
+        ("config", [1], "its 'config' must be a dict whose num_epochs is a positive int"),
+        ("data", {**state["data"], "n_train": "5"}, "its 'data' must be a dict of the run's"),
+        ("data", {**state["data"], "n_train": 10**12}, "the pairs need about"),
+        ("history", "x", "its 'history' must be a list"),
+    ):
+        checkpoint.save(tmp_path / "part.pth", {**state, part: value})
+        assert main(["train", "--resume", str(tmp_path / "part.pth"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert pattern in err and "Traceback" not in err, (part, value, err)
 
 
 def test_eval_notes_when_the_weights_noise_is_another_kind(tmp_path, monkeypatch, capsys):
@@ -780,3 +797,15 @@ def test_python_dash_m_runs_the_command_line():
         [sys.executable, "-m", "n2nfunc", "trian"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "did you mean train?" in done.stderr, done
+
+
+def test_a_diverging_run_says_which_state_its_checkpoint_holds(tmp_path, monkeypatch, capsys):
+    """The CLI passed on Model.train's "parameters restored" without saying that nothing is
+    saved after it: the checkpoint holds the epoch's start."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--epochs", "2", "--optimizer", "sgd", "--lr", "1e30"]
+    assert main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the loss became" in err and "Traceback" not in err
+    assert f"{out / 'checkpoint.pth'} holds the state from the start of epoch 1." in err

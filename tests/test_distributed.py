@@ -537,10 +537,22 @@ def test_ctrl_c_after_the_last_epoch_does_not_advise_resuming(tmp_path):
     model = Model({"widths": (4, 4), "num_epochs": 1})
     state = tmp_path / "checkpoint.pth"
     checkpoint.save(state, {**model.payload(), "epoch": 1})
-    text = launch._interrupted_text(state, tmp_path, True)
+    args = SimpleNamespace(out=tmp_path, device="cpu", threads=None, no_pictures=True, quiet=False)
+    text = launch._interrupted_text(state, args, True, 2)
     assert text.startswith("interrupted after the last epoch;") and "--resume" not in text
     checkpoint.save(state, {**model.payload(), "epoch": 0})
-    assert launch._interrupted_text(state, tmp_path, True).startswith("interrupted in epoch 1;")
+    text = launch._interrupted_text(state, args, True, 2)
+    assert text.startswith("interrupted in epoch 1;")
+    # the options that are not the run's own (it keeps its settings and data) are given again:
+    # a --no-pictures run resumed as told had drawn its pictures
+    assert text.endswith(f"--resume {state} --out {tmp_path} --nproc 2 --no-pictures`")
+
+
+def test_the_resume_command_repeats_where_and_how_the_run_ran(tmp_path):
+    args = SimpleNamespace(out="o", device="cuda:1", threads=3, no_pictures=False, quiet=True)
+    assert launch.resume_command("o/c.pth", args) == (
+        "n2nfunc train --resume o/c.pth --out o --device cuda:1 --threads 3 --quiet"
+    )
 
 
 def test_failure_causes_leave_out_the_ranks_the_agent_stopped():
@@ -625,3 +637,23 @@ def test_torchrun_logs_of_a_killed_launcher_are_removed_by_the_next(tmp_path, mo
             os.utime(folder, (hours_ago, hours_ago))
     distributed._remove_stale_log_dirs()
     assert not stale.exists() and fresh.exists() and alive.exists() and other.exists()
+
+
+def test_ranks_must_resume_the_same_checkpoint(tmp_path):
+    """A rank started without --resume (or with a stale copy of the checkpoint) passed the
+    options check and trained fresh weights on the mean gradients of a resumed run. The
+    checkpoint is compared by content, so each machine may hold its own copy."""
+    first, copy, other = tmp_path / "a.pth", tmp_path / "copy" / "a.pth", tmp_path / "b.pth"
+    copy.parent.mkdir()
+    first.write_bytes(b"state one")
+    copy.write_bytes(b"state one")
+    other.write_bytes(b"state two")
+
+    def options(resume):
+        return launch.shared_options(SimpleNamespace(resume=resume and str(resume)))
+
+    assert options(first) == options(copy)
+    assert options(first)["--resume"] != options(other)["--resume"]
+    assert options(None)["--resume"] is None and options(first)["--resume"].startswith(
+        "a checkpoint of sha256 "
+    )

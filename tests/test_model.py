@@ -147,6 +147,11 @@ def test_divergence_restores_parameters_and_raises(pairs):
     with pytest.raises(FloatingPointError, match="restored"):
         m.train(xt[:64], yt[:64], num_epochs=3)
     assert all(torch.isfinite(p).all() for p in m.net.state_dict().values())
+    m = Model(SMALL)  # a loss that is not finite at a run's first step: nothing to restore
+    m.net.state_dict()["0.weight"].fill_(float("inf"))
+    with pytest.raises(FloatingPointError) as e:
+        m.train(xt[:64], yt[:64], num_epochs=1)
+    assert "step 1;" in str(e.value) and "restored" not in str(e.value)
 
 
 @pytest.mark.parametrize(
