@@ -539,8 +539,10 @@ class BatchNorm2d(_WeightBias):
 
 class Dropout(Module):
     """``torch.nn.Dropout``-like block. It owns the generator ``rng`` its masks are drawn
-    from, seeded at construction with one draw from ``generator`` (or, without one, from
-    torch's global generator, so ``torch.manual_seed`` makes the masks reproducible).
+    from, seeded with one draw from ``generator`` at construction, or, without one, from
+    torch's global generator at its first forward pass (so ``torch.manual_seed`` makes the
+    masks reproducible, and building the block leaves the global generator as torch.nn's
+    does: the blocks built after it get torch's initial weights for the same seed).
     Arguments in torch's order: ``inplace`` may only be False (a new tensor is returned)."""
 
     def __init__(
@@ -554,13 +556,24 @@ class Dropout(Module):
             kind = type(generator).__name__
             raise TypeError(f"Dropout: generator must be a torch.Generator or None, got {kind}")
         layer = dropout(p)
-        device = generator.device if generator is not None else None
-        seed = int(empty((), device=device).long().random_(generator=generator))
-        super().__init__(layer, {}, state={}, rng=Generator().manual_seed(seed))
+        super().__init__(layer, {}, state={}, rng=None if generator is None else _seeded(generator))
         self.p = p
+
+    def forward(self, *inputs):
+        if self.rng is None:
+            self.rng = _seeded(None)
+        return super().forward(*inputs)
 
     def layer_description(self):
         return f"p={self.p}"
+
+
+def _seeded(generator: Generator | None) -> Generator:
+    """A CPU generator seeded with one draw from ``generator`` (None: torch's global one)."""
+    device = generator.device if generator is not None else None
+    return Generator().manual_seed(
+        int(empty((), device=device).long().random_(generator=generator))
+    )
 
 
 class UNet(Module):

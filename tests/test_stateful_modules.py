@@ -78,6 +78,13 @@ def test_dropout_block_modes_and_generator():
     a = Dropout()(x)
     torch.manual_seed(5)
     assert torch.equal(Dropout()(x), a)  # seeded from torch's global generator
+    # ... at its first forward pass, not when built: a block built after it gets the weights
+    # torch.nn gives for the same seed (torch's Dropout draws nothing when built)
+    torch.manual_seed(0)
+    ours = Sequential(Dropout(0.5), Conv2d(3, 4, 3))
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Conv2d(3, 4, 3))
+    assert torch.equal(ours[1].weight, ref[1].weight) and torch.equal(ours[1].bias, ref[1].bias)
     with pytest.raises(ValueError, match=r"dropout: p must be a number in \[0, 1\)"):
         Dropout(1.0)
     # torch's positional order: Dropout(p, inplace); the generator is keyword-only
@@ -94,8 +101,8 @@ def test_dropout_block_modes_and_generator():
 def test_sequential_forward_backward_match_torch_with_the_same_masks():
     ours, ref = pair(1)
     x = torch.randn(2, 3, 6, 5)
-    rng = torch.Generator()
-    rng.set_state(ours[3].rng.get_state())
+    ours[3].rng = torch.Generator().manual_seed(7)  # the masks' generator, set by hand
+    rng = torch.Generator().manual_seed(7)
     mask = torch.empty(2, 4, 6, 5).bernoulli_(0.5, generator=rng)
     ct = torch.randn(2, 4, 6, 5)
     y = ours(x)
