@@ -697,3 +697,18 @@ def test_blocks_check_their_input_size_and_show_non_default_options():
     assert repr(Conv2d(3, 8, 3, dilation=2, bias=False)).endswith("dilation=2, bias=False)")
     assert repr(Conv2d(3, 8, 3)).endswith("padding=0)")
     assert "dilation=2" in repr(TransposeConv2d(3, 8, 3, dilation=2))
+
+
+def test_blocks_work_with_autograd_on_and_an_input_that_requires_grad():
+    """The blocks' gradients are hand-written; with autograd left on, an input that requires
+    grad had every operation recorded, and max pooling's backward pass was refused ("a leaf
+    Variable that requires grad is being used in an in-place operation")."""
+    torch.manual_seed(0)
+    net = Sequential(Conv2d(2, 3, 3), ReLU(), MaxPool2d(2))
+    x, ct = torch.randn(1, 2, 7, 7), torch.randn(1, 3, 2, 2)
+    with torch.no_grad():
+        y_ref, dx_ref = net(x), net.backward(ct)
+    with torch.enable_grad():
+        y = net(x.clone().requires_grad_())
+        dx = net.backward(ct)
+    assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref) and not y.requires_grad
