@@ -705,7 +705,7 @@ class LossModule:
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         self._grad = None  # a forward that fails leaves nothing to differentiate
-        value, self._grad = self.loss.value_and_grad(pred, target)
+        value, self._grad = self.loss.value_and_grad(_untracked(pred), _untracked(target))
         return value
 
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
