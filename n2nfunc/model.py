@@ -36,7 +36,7 @@ from pathlib import Path
 from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
-from .base import Layer
+from .base import Layer, positive_int
 from .modules import (
     MSE,
     SGD,
@@ -566,6 +566,8 @@ class Model:
         of more than ``PREDICT_TILE``**2 pixels runs in overlapping tiles of that size
         (:func:`n2nfunc.denoise_image`), which bounds the memory and gives the untiled result
         up to rounding."""
+        if max_pixels is not None:
+            positive_int(max_pixels, "max_pixels", "Model.predict")
         x, scale = to_unit_range(test_input, "test_input")
         self._move_to(x.device)  # the weights keep their dtype: float64 images use a copy
         self.net.eval()

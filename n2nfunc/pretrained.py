@@ -124,8 +124,8 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
         check_config(config)  # before building: a crafted file cannot ask for huge layers
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
-    net = build_network(config)
-    try:
+    try:  # a config check_config passes may still be refused by the layers (an even kernel
+        net = build_network(config)  # for nearest upsampling)
         net.load_state_dict(dict(payload["params"]))
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{source}: {e}") from None

@@ -144,7 +144,7 @@ def denoise_image(
         )
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))
     step = max((tile - 2 * overlap) // align * align, align)  # (one tile: any step)
-    batch = image if image.dim() == 4 else image[None]
+    batch = (image if image.dim() == 4 else image[None]).detach()  # no autograd graph kept
     n, _, h, w = batch.shape
     out: Tensor | None = None
     rows, columns = _spans(h, tile, step, overlap), _spans(w, tile, step, overlap)

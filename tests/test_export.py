@@ -284,20 +284,49 @@ def test_export_refuses_a_broken_checkpoint(tmp_path):
         export_submission(tmp_path / "out", bad)
 
 
+def test_export_ships_only_what_the_grader_can_load(tmp_path):
+    """The export checked the file's keys and values only: a weight of the wrong shape, or a
+    config the Model refuses, was shipped, and the grader's load_pretrained_model failed.
+    A run's training state is shipped as its weights alone."""
+    from n2nfunc import checkpoint
+    from n2nfunc.model import Model
+
+    wrong_shape = Model().payload()
+    wrong_shape["params"]["0.weight"] = torch.zeros(1)
+    odd_kernel = Model().payload()
+    odd_kernel["config"].update(upsampling="nearest", kernel=4)
+    for name, payload, pattern in (
+        ("shape", wrong_shape, r".*'0.weight' has shape \(1,\), expected \(48, 3, 4, 4\)"),
+        ("kernel", odd_kernel, "nearest upsampling needs an odd kernel"),
+    ):
+        checkpoint.save(tmp_path / f"{name}.pth", payload)
+        with pytest.raises(ValueError, match=f"{name}.pth: {pattern}"):
+            export_submission(tmp_path / name, tmp_path / f"{name}.pth")
+        assert not (tmp_path / name).exists()
+    model = Model({"widths": (4, 4)})
+    state = {**model.payload(), "noise": "downsample", "optimizer": {"m": [torch.ones(9)]}}
+    checkpoint.save(tmp_path / "checkpoint.pth", {**state, "epoch": 3, "rng": torch.ones(3)})
+    final = export_submission(tmp_path / "out", tmp_path / "checkpoint.pth")
+    shipped = checkpoint.load(final / "bestmodel.pth")
+    assert sorted(shipped) == ["config", "noise", "params"]
+    assert all(torch.equal(shipped["params"][k], v) for k, v in model.payload()["params"].items())
+
+
 def test_a_failed_export_leaves_nothing_half_written_and_names_the_destination(
     tmp_path, monkeypatch
 ):
     import errno
-    import shutil
 
-    real = shutil.copyfile
+    from n2nfunc import checkpoint
 
-    def disk_full(src, dst, *a, **kw):
-        if str(dst).endswith("bestmodel.pth"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(src))
-        return real(src, dst, *a, **kw)
+    real = checkpoint.save
 
-    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    def disk_full(path, tree, *a, **kw):
+        if str(path).endswith("bestmodel.pth"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, tree, *a, **kw)
+
+    monkeypatch.setattr(checkpoint, "save", disk_full)
     with pytest.raises(OSError) as info:
         export_submission(tmp_path / "out")
     assert info.value.filename == str(tmp_path / "out" / "Miniproject_2")

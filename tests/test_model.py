@@ -418,3 +418,12 @@ def test_weights_with_nan_are_refused_and_messages_carry_no_quotes(tmp_path):
     assert str(info.value).endswith(
         f"missing.pth: Sequential.load_state_dict: missing keys [{name!r}], unexpected keys []"
     )
+
+
+def test_predict_takes_a_positive_int_max_pixels():
+    m = Model(SMALL)
+    x = torch.rand(2, 3, 20, 20)
+    for bad in (1e6, 0, True):
+        with pytest.raises(ValueError, match="Model.predict: max_pixels must be a positive int"):
+            m.predict(x, max_pixels=bad)
+    assert (m.predict(x, max_pixels=400) - m.predict(x)).abs().max() < 1e-5  # one image a chunk

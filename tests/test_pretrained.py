@@ -279,3 +279,22 @@ def test_errors_inside_the_padding_name_the_callers_shape():
     layer = nf.padded_to_multiple(nf.Layer(lambda g, s: (s, {}), fails, None), 4)
     with pytest.raises(subclass, match="^singular$"):
         layer.apply({}, torch.rand(1, 3, 5, 5))
+
+
+def test_a_config_the_layers_refuse_names_the_file(tmp_path):
+    from n2nfunc import Model, checkpoint
+
+    payload = Model().payload()
+    payload["config"].update(upsampling="nearest", kernel=4)
+    checkpoint.save(tmp_path / "even.pth", payload)
+    with pytest.raises(ValueError, match=r"even.pth: nearest upsampling needs an odd kernel"):
+        load_network(tmp_path / "even.pth")
+
+
+def test_denoise_image_keeps_no_autograd_graph():
+    """An image that requires grad had every tile's operations recorded (and kept)."""
+    layer, params = nf.pretrained("exercise")
+    image = torch.rand(3, 40, 36, requires_grad=True)
+    out = nf.denoise_image(layer, params, image)
+    assert not out.requires_grad
+    assert torch.equal(out, nf.denoise_image(layer, params, image.detach()))
