@@ -186,11 +186,20 @@ def skimage_methods():
     return {"skimage NL-means": nl_means, "skimage wavelet (BayesShrink)": wavelet}
 
 
+def noisy_inputs(clean, levels) -> dict:
+    """level -> the noisy crops: one generator (seed 12) draws every level of LEVELS in turn,
+    then any other level asked for, so that a level's draw is the same whichever levels a
+    run lists (``--levels gaussian:25`` scores the draw of the default table's column)."""
+    g = torch.Generator().manual_seed(12)
+    drawn = {lv: add_noise(clean, lv, g) for lv in LEVELS}
+    drawn.update({lv: add_noise(clean, lv, g) for lv in levels if lv not in drawn})
+    return {lv: drawn[lv] for lv in levels}
+
+
 def table(clean, methods: dict, levels, notes: list, picture: Path | None):
     print(f"\n{len(clean)} held-out crops of {clean.shape[2]}x{clean.shape[3]}; PSNR dB / SSIM")
     print(f"{'method':<34}" + "".join(f"{lv:>20}" for lv in levels))
-    g = torch.Generator().manual_seed(12)
-    noisy = {lv: add_noise(clean, lv, g) for lv in levels}
+    noisy = noisy_inputs(clean, levels)
     rows: dict = {"noisy input": {lv: noisy[lv] for lv in levels}}
     for name, run in methods.items():
         rows[name] = {}
@@ -286,6 +295,14 @@ def main() -> None:
     ap.add_argument("--compare-batch", type=int_range(1), default=8)
     ap.add_argument("--compare-crop", type=int_range(16), default=64)
     args = ap.parse_args()
+    if args.picture is not None and "gaussian:25" not in args.levels:
+        ap.error("--picture shows the gaussian:25 column: add gaussian:25 to --levels")
+    for option, path in (
+        ("--gaussian-weights", args.gaussian_weights),
+        ("--poisson-weights", args.poisson_weights),
+    ):
+        if path is not None and not path.is_file():
+            ap.error(f"{option}: {path} is not a file")
     torch.set_grad_enabled(False)
     clean = heldout_crops(args.photos, args.crop)[: args.limit]
     if not len(clean):
@@ -298,7 +315,10 @@ def main() -> None:
     for kind, given in (("gaussian", args.gaussian_weights), ("poisson", args.poisson_weights)):
         path = given or weights_path(f"unet-{kind}")
         if path.is_file():
-            unets[kind] = n2nfunc_method(path)
+            try:
+                unets[kind] = n2nfunc_method(path)
+            except ValueError as e:
+                ap.error(f"--{kind}-weights: {e}")
         else:
             notes.append(f"n2nfunc U-Net for {kind}: {path} not found (weights not shipped yet)")
     if unets:

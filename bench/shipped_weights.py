@@ -153,17 +153,29 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=int_range(1), default=20)
     ap.add_argument("--n-val", type=int_range(1), default=1000)
-    ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "weights" / "bestmodel.pth",
+        help="where training writes its weights (copy them into n2nfunc/weights/ to ship them)",
+    )
     ap.add_argument("--threads", type=int_range(1), default=2)
-    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate --weights, train nothing")
+    ap.add_argument(
+        "--weights", type=Path, default=DEFAULT_WEIGHTS, help="with --eval-only (default: shipped)"
+    )
     args = ap.parse_args()
+    if args.eval_only:
+        model = Model()
+        try:
+            model.load_pretrained_model(args.weights)
+        except (ValueError, FileNotFoundError) as e:
+            ap.error(f"--weights: {e}")
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     fetch_photos(args.photos, ("heldout",) if args.eval_only else ("train", "heldout"))
     sets = heldout_sets(args.photos, args.n_val)
     if args.eval_only:
-        model = Model()
-        model.load_pretrained_model(args.out)
         return report(model, sets)
     xt, yt = mixed_factor_pairs(load_photos(args.photos / "train"), args.n_photo, "train", seed=0)
     n_builtin = int(args.n_photo * args.builtin_share)

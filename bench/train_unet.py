@@ -275,7 +275,12 @@ def main() -> None:
         default="float32",
         help="matmul operands (bfloat16: mixed precision, float32 master weights)",
     )
-    ap.add_argument("--out", type=Path, default=None, help="default n2nfunc/weights/NAME.pth")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default runs/weights/NAME.pth (copy it into n2nfunc/weights/ to ship it)",
+    )
     args = ap.parse_args()
     allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
@@ -300,7 +305,7 @@ def main() -> None:
         device=args.device,
         precision=args.precision,
     )
-    out = args.out or ROOT / "n2nfunc" / "weights" / f"{args.name}.pth"
+    out = args.out or ROOT / "runs" / "weights" / f"{args.name}.pth"  # never the shipped file
     replay = [f"python bench/train_unet.py --name {args.name} --steps {info['steps']}"]
     replay += [f"--noise {s}" for s in args.noise or []]
     replay += [f"--arch {args.arch}"] if args.arch else []
