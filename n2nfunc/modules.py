@@ -606,8 +606,9 @@ class Sequential(Module):
 
     def __init__(self, *modules: Module):
         layers = (Layer, StatefulLayer)
-        if len(modules) == 1 and type(modules[0]) in (list, tuple):  # not a layer's named tuple
-            modules = tuple(modules[0])
+        first = modules[0] if len(modules) == 1 else None
+        if isinstance(first, (list, tuple)) and not isinstance(first, layers):  # (named tuples)
+            modules = tuple(first)
         for i, m in enumerate(modules):
             if isinstance(m, layers):
                 raise TypeError(
