@@ -10,6 +10,7 @@ import difflib
 import errno
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -452,6 +453,11 @@ def _note_unfinished_run(state_path: Path) -> None:
         print(
             f"note: {state_path} held an unfinished run (epoch {done} of {total}), which this "
             f"new run replaces (`--resume {state_path}` continues a run)"
+        )
+    else:  # its weights, history and pictures stay until this run writes its own
+        print(
+            f"note: {state_path.parent} held a finished run, whose files this new run replaces "
+            "as it writes its own (give another --out to keep them)"
         )
 
 
@@ -1063,7 +1069,7 @@ def _shipped_name(text: str) -> str:
     raise at.Error(f"invalid choice: {text!r} ({hint}choose from {names})")
 
 
-def _val_options(p) -> None:
+def _val_options(p, training: bool = True) -> None:
     p.add_argument(
         "--val-pairs",
         type=_data_path(at.pair_dir),
@@ -1096,8 +1102,13 @@ def _val_options(p) -> None:
         "--seed",
         type=at.int_range(0, 2**31 - 1),
         default=DEFAULT_CONFIG["seed"],
-        help="seed of the data, initial weights and batch order",
+        help="seed of the data, initial weights and batch order"
+        if training
+        else "seed of the generated validation pairs",
     )
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1108,13 +1119,18 @@ class _Parser(argparse.ArgumentParser):
         # --epochs (nor would a prefix keep its meaning once a longer option is added)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # "-1e-3" is a value, not an option: argparse's own pattern knows only -1 and -1.5,
+        # and "--lr -1e-3" said "expected one argument" instead of naming the bad value
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message):
         """argparse's error, with the nearest command for a mistyped one ('trian')."""
         prefix = "argument COMMAND: invalid choice: '"
         if message.startswith(prefix) and self.commands:
             typed = message[len(prefix) :].split("'", 1)[0]
-            close = difflib.get_close_matches(typed, list(self.commands), 1)
+            close = [c for c in self.commands if c.startswith(typed)] or difflib.get_close_matches(
+                typed, list(self.commands), 1
+            )  # ('export': export-submission)
             if close:
                 message = message.replace(
                     " (choose from", f" (did you mean {close[0]}? choose from"
@@ -1312,7 +1328,7 @@ def build_parser() -> _Parser:
         metavar="FILE",
         help="course validation file (val_data.pkl)",
     )
-    _val_options(e)
+    _val_options(e, training=False)
     _common(e)
     e.set_defaults(func=cmd_eval, check=_check_eval, parser=e)
 

@@ -695,7 +695,7 @@ def test_small_photos_serve_the_noise_whose_crops_fit(tmp_path, capsys):
         assert said in capsys.readouterr().out
 
 
-def test_a_new_run_says_it_replaces_an_unfinished_one(tmp_path, monkeypatch, capsys):
+def test_a_new_run_says_it_replaces_an_earlier_one(tmp_path, monkeypatch, capsys):
     """After Ctrl-C a plain re-run into the same folder replaced the unfinished run's
     checkpoint without a word; a resumed run says where it starts."""
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
@@ -712,8 +712,10 @@ def test_a_new_run_says_it_replaces_an_unfinished_one(tmp_path, monkeypatch, cap
     assert main(run) == 0
     said = capsys.readouterr().out
     assert f"note: {out / 'checkpoint.pth'} held an unfinished run (epoch 1 of 2)" in said
-    assert main(run) == 0  # a finished run is replaced quietly
-    assert "unfinished" not in capsys.readouterr().out
+    assert main(run) == 0  # a finished run: said too (Ctrl-C would leave a mixed folder)
+    said = capsys.readouterr().out
+    assert "unfinished" not in said
+    assert f"note: {out} held a finished run, whose files this new run replaces" in said
 
 
 def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypatch, capsys):
@@ -809,3 +811,12 @@ def test_a_diverging_run_says_which_state_its_checkpoint_holds(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "the loss became" in err and "Traceback" not in err
     assert f"{out / 'checkpoint.pth'} holds the state from the start of epoch 1." in err
+
+
+def test_numbers_in_e_notation_and_a_prefix_of_a_command_are_read(capsys):
+    """argparse took "-1e-3" for an option ("expected one argument"), and "export" got no
+    suggestion of export-submission."""
+    assert main(["train", "--lr", "-1e-3"]) == 2
+    assert "argument --lr: expected a finite number > 0, got '-1e-3'" in capsys.readouterr().err
+    assert main(["export"]) == 2
+    assert "did you mean export-submission?" in capsys.readouterr().err
