@@ -439,6 +439,57 @@ def cmd_train(args) -> int:
     return run_training(args, _setup(args))
 
 
+# Lock files a command holds, (open file, path): removed and unlocked when it returns (main).
+_LOCKS: list = []
+LOCK_NAME = ".n2nfunc-train.lock"
+
+
+def _lock_folder(out: Path) -> None:
+    """Refuse a second `train` writing into ``out`` at the same time (each would overwrite the
+    other's checkpoint): an exclusive ``flock`` on a file there, which the system lifts when
+    the process ends, however it ends; the file is removed when the command returns. Where
+    there is no ``flock`` (Windows), nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path = out / LOCK_NAME
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 -- held open until the command returns
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise ValueError(
+                f"--out {out}: another n2nfunc train{by} is writing into this folder; wait for "
+                "it to end or give another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break  # (else its holder removed it meanwhile: lock the new one)
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _LOCKS.append((f, path))
+
+
+def _unlock_all() -> None:
+    while _LOCKS:
+        f, path = _LOCKS.pop()
+        try:
+            path.unlink()  # while still locked: a waiting run then locks a file of its own
+        except OSError:
+            pass
+        f.close()
+
+
 def _note_unfinished_run(state_path: Path) -> None:
     """Say so when a new run replaces an unfinished one's checkpoint (Ctrl-C has just said to
     resume it; a plain re-run would lose its epochs without a word)."""
@@ -519,6 +570,7 @@ def run_training(args, device, dp=None) -> int:
         return 0
     xv, yv = xv.to(device), yv.to(device)
     out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
+    _lock_folder(out)
     processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
     if state is None:
         _note_unfinished_run(state_path)
@@ -1275,8 +1327,8 @@ def build_parser() -> _Parser:
         default="runs/latest",
         metavar="DIR",
         help="folder for model.pth, checkpoint.pth, history.json and pictures (created, with "
-        "its parents, if missing; files of an earlier run there are replaced); with --resume, "
-        "the checkpoint's folder unless given",
+        "its parents, if missing; files of an earlier run there are replaced; one run at a time "
+        "writes into it); with --resume, the checkpoint's folder unless given",
     )
     run.add_argument(
         "--resume",
@@ -1466,6 +1518,14 @@ def main(argv=None) -> int:
         _check_precision(args, args.parser.error)
     except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0
+    try:
+        return _run(args)
+    finally:
+        _unlock_all()
+
+
+def _run(args) -> int:
+    """``args.func(args)``, its failures said in one line and turned into exit codes."""
     try:
         return args.func(args)
     except KeyboardInterrupt:  # (inside an epoch train says which state it kept, itself)

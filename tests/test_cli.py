@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import re
 import sys
 
@@ -820,3 +821,22 @@ def test_numbers_in_e_notation_and_a_prefix_of_a_command_are_read(capsys):
     assert "argument --lr: expected a finite number > 0, got '-1e-3'" in capsys.readouterr().err
     assert main(["export"]) == 2
     assert "did you mean export-submission?" in capsys.readouterr().err
+
+
+def test_two_runs_cannot_write_into_one_folder_at_once(tmp_path, monkeypatch, capsys):
+    """Two `train` into the same --out both ran, each overwriting the other's checkpoint."""
+    from n2nfunc import cli
+
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    out.mkdir()
+    cli._lock_folder(out)  # as a run in progress holds it
+    try:
+        assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: another n2nfunc train (process {os.getpid()}) is writing" in err
+        assert not (out / "checkpoint.pth").exists()
+    finally:
+        cli._unlock_all()
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert not (out / cli.LOCK_NAME).exists()  # removed when the run ends
