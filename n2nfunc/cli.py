@@ -458,7 +458,7 @@ def _lock_folder(out: Path) -> None:
         f = open(path, "a+")  # noqa: SIM115 -- held open until the command returns
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             f.seek(0)
             holder = f.read().strip()
             f.close()
@@ -467,6 +467,9 @@ def _lock_folder(out: Path) -> None:
                 f"--out {out}: another n2nfunc train{by} is writing into this folder; wait for "
                 "it to end or give another --out"
             ) from None
+        except OSError:  # a file system without locks (some network mounts): no lock
+            f.close()
+            return
         try:
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                 break  # (else its holder removed it meanwhile: lock the new one)
