@@ -1119,8 +1119,10 @@ def _shipped_name(text: str) -> str:
         raise at.Error(
             f"{text!r} is not a shipped network ({names}); a file goes with --checkpoint"
         )
-    close = difflib.get_close_matches(text, list(PRETRAINED_NAMES), 1)
-    hint = f"did you mean {close[0]}? " if close else ""
+    close = [n for n in PRETRAINED_NAMES if n.startswith(text)] or difflib.get_close_matches(
+        text, list(PRETRAINED_NAMES), 1
+    )  # ('unet': the three U-Nets)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise at.Error(f"invalid choice: {text!r} ({hint}choose from {names})")
 
 

@@ -187,6 +187,10 @@ ROWS = [
         "eval --model unet-gausian",
         r"--model: invalid choice: 'unet-gausian' \(did you mean unet-gaus",
     ),
+    (
+        "eval --model unet",
+        r"invalid choice: 'unet' \(did you mean unet-gaussian or unet-poisson or",
+    ),
     # ---- train: output and resume
     ("train --out {w}/text.txt", r"argument --out: .*text.txt is a file; expected a folder"),
     ("train --out {w}/text.txt/run", r"argument --out: cannot create .*: .*text.txt is a file"),
