@@ -140,6 +140,17 @@ def _photo_factor(args) -> int | None:
     return int(parse_noise(args.noise).low) if args.noise != "downsample" else None
 
 
+def _crop_sides(args, option: str) -> tuple:
+    """The sides of the crops that ``--noise`` cuts from the photos of ``option`` ("photos"
+    or "val_photos"): PHOTO_CROP for camera noise, else PATCH x each downsampling factor
+    (plain ``downsample``: PHOTO_FACTORS to train, VAL_PHOTO_FACTOR to validate)."""
+    if _camera_noise(args):
+        return (PHOTO_CROP,)
+    factor = _photo_factor(args)
+    own = PHOTO_FACTORS if option == "photos" else (VAL_PHOTO_FACTOR,)
+    return tuple(PATCH * f for f in ((factor,) if factor else own))
+
+
 def _validation_data(args):
     """(noisy, clean, description) of the validation options shared by train and eval."""
     if getattr(args, "val", None):
@@ -149,13 +160,12 @@ def _validation_data(args):
         xv, yv = _loading("--val-pairs", load_folder_pairs, args.val_pairs, announce=_say)
         return xv, yv, f"image pairs in {args.val_pairs}"
     if args.val_photos:
-        camera = _camera_noise(args)
-        factor = 1 if camera else _photo_factor(args) or VAL_PHOTO_FACTOR
-        crop = PHOTO_CROP if camera else PATCH * factor
+        crop = min(_crop_sides(args, "val_photos"))
         photos = _loading("--val-photos", load_photos, args.val_photos, crop, _say)
-        if camera:
+        if _camera_noise(args):
             xv, yv = _loading("--val-photos", _photo_noise_pairs, photos, args.n_val, args, "val")
             return xv, yv, f"{args.n_val} crops of the photos in {args.val_photos}, {args.noise}"
+        factor = crop // PATCH
         xv, yv = _loading(
             "--val-photos",
             photo_pairs,
@@ -186,14 +196,14 @@ def _training_data(args):
         )
     n = _n_train(args)
     if args.photos:
-        camera = _camera_noise(args)
-        factor = None if camera else _photo_factor(args)
-        crop = PHOTO_CROP if camera else PATCH * (factor or min(PHOTO_FACTORS))
-        photos = _loading("--photos", load_photos, args.photos, crop, _say)
+        photos = _loading(
+            "--photos", load_photos, args.photos, min(_crop_sides(args, "photos")), _say
+        )
         desc = f"cut from the photos in {args.photos}"
-        if camera:
+        if _camera_noise(args):
             xt, yt = _loading("--photos", _photo_noise_pairs, photos, n, args, "train")
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
+        factor = _photo_factor(args)
         if factor:  # one factor asked for
             xt, yt = _loading("--photos", photo_pairs, photos, n, "train", args.seed, factor=factor)
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
@@ -977,21 +987,18 @@ def _check_photo_sides(args, error) -> None:
     cuts from them (only the headers are read; on rank 0, which reads the data)."""
     if _rank() != "0":
         return
-    factor = _photo_factor(args)
     for option in ("photos", "val_photos"):
         folder = getattr(args, option, None)
         if not folder:
             continue
+        sides = _crop_sides(args, option)
+        side = max(sides)
         if _camera_noise(args):
-            side = PHOTO_CROP
             why = f"--noise {args.noise} cuts {side} x {side} crops"
-        elif factor:
-            side = 32 * factor
+        elif _photo_factor(args):
             why = f"--noise {args.noise} cuts {side} x {side} crops (32 x the factor)"
         else:
-            factors = PHOTO_FACTORS if option == "photos" else (VAL_PHOTO_FACTOR,)
-            side = 32 * max(factors)
-            listed = ", ".join(map(str, factors))
+            listed = ", ".join(str(s // PATCH) for s in sides)
             why = (
                 f"plain --noise downsample cuts crops of 32 x factor {listed}; "
                 "--noise downsample:FACTOR cuts 32 x FACTOR"
@@ -1110,6 +1117,13 @@ def _data_path(check):
     return check if _rank() == "0" else Path
 
 
+def _nearest(text: str, names) -> list:
+    """The names that ``text`` begins, else the closest one to it (a typo), else none."""
+    return [n for n in names if n.startswith(text)] or difflib.get_close_matches(
+        text, list(names), 1
+    )
+
+
 def _shipped_name(text: str) -> str:
     """A shipped network's name; a file is pointed to --checkpoint, a typo to the name."""
     if text in PRETRAINED_NAMES:
@@ -1119,9 +1133,7 @@ def _shipped_name(text: str) -> str:
         raise at.Error(
             f"{text!r} is not a shipped network ({names}); a file goes with --checkpoint"
         )
-    close = [n for n in PRETRAINED_NAMES if n.startswith(text)] or difflib.get_close_matches(
-        text, list(PRETRAINED_NAMES), 1
-    )  # ('unet': the three U-Nets)
+    close = _nearest(text, PRETRAINED_NAMES)  # ('unet': the three U-Nets)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise at.Error(f"invalid choice: {text!r} ({hint}choose from {names})")
 
@@ -1185,9 +1197,7 @@ class _Parser(argparse.ArgumentParser):
         prefix = "argument COMMAND: invalid choice: '"
         if message.startswith(prefix) and self.commands:
             typed = message[len(prefix) :].split("'", 1)[0]
-            close = [c for c in self.commands if c.startswith(typed)] or difflib.get_close_matches(
-                typed, list(self.commands), 1
-            )  # ('export': export-submission)
+            close = _nearest(typed, self.commands)  # ('export': export-submission)
             if close:
                 message = message.replace(
                     " (choose from", f" (did you mean {close[0]}? choose from"
