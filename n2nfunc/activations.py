@@ -17,6 +17,8 @@ from .base import (
     check_cotangent,
     check_params,
     check_tensor,
+    is_int,
+    is_number,
     output_of,
 )
 
@@ -146,7 +148,7 @@ def identity() -> Layer:
 
 
 def _number(value, what: str, layer: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{layer}: {what} must be a number, got {value!r}")
     return float(value)
 
@@ -251,8 +253,9 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
 
 def _along(axis: int, name: str):
     """A check that ``axis`` exists in the input (negative axes count from the end)."""
-    if not isinstance(axis, int) or isinstance(axis, bool):
+    if not is_int(axis):
         raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+    axis = int(axis)
 
     def checked(x):
         if not -x.dim() <= axis < x.dim():

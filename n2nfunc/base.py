@@ -22,6 +22,7 @@ image size), and it propagates to the output shape.
 """
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -122,37 +123,42 @@ def flag(value, name: str, layer: str) -> bool:
     return bool(value)
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer and not a bool: a Python int or a NumPy one (anything
+    registered as ``numbers.Integral``), as torch.nn's arguments take."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """Whether ``value`` is a real number and not a bool: a Python int or float, or a NumPy
+    scalar (``numbers.Real``)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def pair(value, name: str, layer: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as a pair of ints >= ``minimum`` (an int means the same for height and width)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(is_int, value)):
         raise TypeError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
-    return tuple(value)
+    return int(value[0]), int(value[1])
 
 
 def positive_int(value, name: str, layer: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """``value`` as a Python int, which must be >= 1."""
+    if not is_int(value) or value < 1:
         raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def image_shape(in_shape, layer: str, channels: int | None = None) -> Shape:
     """Check an ``init`` shape ``(N, C, H, W)``: ints, C > 0, others > 0 or -1 (unknown)."""
     shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
-    if (
-        shape is None
-        or len(shape) != 4
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
-    ):
+    if shape is None or len(shape) != 4 or not all(map(is_int, shape)):
         raise ValueError(f"{layer}: expected an input shape (N, C, H, W), got {_shown(in_shape)}")
-    n, c, h, w = shape
+    n, c, h, w = shape = tuple(map(int, shape))
     if c == -1:
         raise ValueError(f"{layer}: the channel count C of input shape {shape} must be known")
     if c < 1 or any(s == 0 or s < -1 for s in (n, h, w)):
@@ -178,12 +184,9 @@ def _shown(in_shape) -> str:
 def tensor_shape(in_shape, layer: str, min_rank: int, what: str) -> Shape:
     """Check an ``init`` shape of rank >= ``min_rank``: ints, each > 0 or -1 (unknown)."""
     shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
-    if (
-        shape is None
-        or len(shape) < min_rank
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
-    ):
+    if shape is None or len(shape) < min_rank or not all(map(is_int, shape)):
         raise ValueError(f"{layer}: expected an input shape {what}, got {_shown(in_shape)}")
+    shape = tuple(map(int, shape))
     if any(s == 0 or s < -1 for s in shape):
         raise ValueError(
             f"{layer}: input shape {shape} has a non-positive size "

@@ -33,6 +33,7 @@ from .base import (
     apply_via_vjp,
     check_cotangent,
     check_tensor,
+    is_int,
     output_of,
     positive_int,
     pull,
@@ -288,7 +289,7 @@ def _sum_streams(cts):
 
 def fanout(n: int) -> Layer:
     """``x -> (x,) * n``."""
-    positive_int(n, "n", "fanout")
+    n = positive_int(n, "n", "fanout")
 
     def init(generator, in_shape):
         return (tuple(in_shape),) * n, {}
@@ -347,8 +348,9 @@ def fanin_sum() -> Layer:
 def fanin_concat(axis: int = 1) -> Layer:
     """``(x0, x1, ...) -> cat(xs, axis)``, by default along channels; the pullback splits."""
     name = f"fanin_concat(axis={axis!r})"
-    if not isinstance(axis, int) or isinstance(axis, bool):
-        raise TypeError(f"{name}: axis must be an int")
+    if not is_int(axis):
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+    axis = int(axis)
 
     def init(generator, in_shapes):
         shapes = [tuple(s) for s in _check_tuple(in_shapes, -1, name)]

@@ -135,7 +135,7 @@ def conv2d(
         padding=padding,
         dilation=dilation,
     )
-    positive_int(out_channels, "out_channels", name)
+    out_channels = positive_int(out_channels, "out_channels", name)
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -224,7 +224,7 @@ def conv_transpose2d(
         output_padding=output_padding,
         dilation=dilation,
     )
-    positive_int(out_channels, "out_channels", name)
+    out_channels = positive_int(out_channels, "out_channels", name)
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -378,7 +378,7 @@ def upsample(
         padding=padding,
         dilation=dilation,
     )
-    positive_int(out_channels, "out_channels", name)
+    out_channels = positive_int(out_channels, "out_channels", name)
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     sc = pair(scale_factor, "scale_factor", name)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 from torch import cat
 
 from . import tree
-from .base import flag
+from .base import flag, is_int
 
 Schedule = Callable[[int], float]
 LearningRate = float | Schedule
@@ -79,7 +79,7 @@ def check_state(state, like: dict, what: str, like_what: str = "new state") -> N
     for key, value in like.items():
         if key == "step":
             step = state[key]
-            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            if not is_int(step) or step < 0:
                 raise ValueError(f"{what}: step must be an int >= 0, got {step!r}")
         elif value is None:
             for path, leaf in tree.flatten(state[key]):
@@ -415,11 +415,12 @@ def cosine_decay(
     init_lr, final_fraction = check_hyperparameters(
         "cosine_decay", init_lr=init_lr, final_fraction=final_fraction
     )
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (decay_steps, warmup_steps)):
+    if not (is_int(decay_steps) and is_int(warmup_steps)):
         raise ValueError(
             f"cosine_decay: decay_steps and warmup_steps must be ints, got {decay_steps!r} and "
             f"{warmup_steps!r}"
         )
+    decay_steps, warmup_steps = int(decay_steps), int(warmup_steps)
     if decay_steps < 1 or warmup_steps < 0 or warmup_steps >= decay_steps:
         raise ValueError("cosine_decay: need 0 <= warmup_steps < decay_steps")
     if final_fraction > 1:
@@ -458,8 +459,9 @@ def exponential_decay(
     if rate is None or not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
     decay_rate = rate
-    if not isinstance(transition_steps, int) or transition_steps < 1:
+    if not is_int(transition_steps) or transition_steps < 1:
         raise ValueError(f"{name}: transition_steps must be an int >= 1, got {transition_steps!r}")
+    transition_steps = int(transition_steps)
     staircase = flag(staircase, "staircase", name)
     if end_value is not None:
         (end_value,) = check_hyperparameters(name, end_value=end_value)
@@ -501,9 +503,9 @@ def piecewise_constant(init_value: float, boundaries_and_scales: dict[int, float
         )
     points = []
     for b, s in boundaries_and_scales.items():
-        if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+        if not is_int(b) or b < 0:
             raise ValueError(f"{name}: boundary {b!r} must be an int >= 0")
-        points += [(b, *check_hyperparameters(name, **{f"scale at {b}": s}))]
+        points += [(int(b), *check_hyperparameters(name, **{f"scale at {b}": s}))]
     points.sort()
 
     def schedule(step: int) -> float:

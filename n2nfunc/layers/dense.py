@@ -29,7 +29,7 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
     ``init`` picks the weights' initialiser (see :mod:`n2nfunc.init`; PyTorch's by default).
     """
     name = f"dense(out_features={out_features}, bias={bias})"
-    positive_int(out_features, "out_features", name)
+    out_features = positive_int(out_features, "out_features", name)
     bias = flag(bias, "bias", name)
     check_init(init, name)
 

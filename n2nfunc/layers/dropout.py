@@ -9,15 +9,16 @@ Evaluation, or ``p = 0``: the identity, and nothing is drawn. No params, empty s
 
 from torch import Generator, empty
 
-from ..base import check_cotangent, check_params, check_tensor, output_of
+from ..base import check_cotangent, check_params, check_tensor, is_number, output_of
 from ..stateful import StatefulLayer, stateful_call
 
 
 def dropout(p: float = 0.5) -> StatefulLayer:
     """Zero each element with probability ``p`` in training and scale the rest by
     ``1 / (1 - p)``; ``p`` in [0, 1)."""
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+    if not is_number(p) or not 0 <= p < 1:
         raise ValueError(f"dropout: p must be a number in [0, 1), got {p!r}")
+    p = float(p)
     name = f"dropout(p={p})"
 
     def init(generator, in_shape):

@@ -25,6 +25,7 @@ from ..base import (
     check_image,
     check_params,
     image_shape,
+    is_number,
     output_of,
     skips_input_grad,
 )
@@ -40,14 +41,11 @@ def _column(t):
 def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLayer:
     """Batch normalisation of (N, C, H, W) inputs (see the module docstring)."""
     name = f"batch_norm2d(eps={eps}, momentum={momentum})"
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+    if not is_number(eps) or not eps > 0:
         raise ValueError(f"batch_norm2d: eps must be a positive number, got {eps!r}")
-    if momentum is not None and (
-        not isinstance(momentum, (int, float))
-        or isinstance(momentum, bool)
-        or not 0 <= momentum <= 1
-    ):
+    if momentum is not None and (not is_number(momentum) or not 0 <= momentum <= 1):
         raise ValueError(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
+    eps, momentum = float(eps), None if momentum is None else float(momentum)
 
     def init(generator, in_shape):
         shape = image_shape(in_shape, name)
