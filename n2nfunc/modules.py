@@ -130,6 +130,11 @@ class Module:
         wrt its input (``None`` with ``input_grad=False``, which may skip that work). Releases
         what that forward kept: a second backward needs a new forward, as in torch."""
         self._check_backward()
+        if not grad_wrt_output:
+            raise TypeError(
+                f"{type(self).__name__}.backward() needs the gradient wrt the output of its "
+                "forward (a loss block's backward() gives it)"
+            )
         ct = _untracked(grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output)
         # a call that fails on a bad cotangent may be retried; one that failed partway has
         # released part of the network, and its pullback then says so (ReleasedError)
@@ -252,7 +257,7 @@ class _WeightBias(Module):
     def __init__(
         self, layer, in_channels, generator, description, in_shape=None, size="in_channels"
     ):
-        positive_int(in_channels, size, type(self).__name__)
+        in_channels = positive_int(in_channels, size, type(self).__name__)
         _, params, state = lift(layer).init(generator, in_shape or (-1, in_channels, -1, -1))
         super().__init__(layer, params, state=state)
         self._description = description
@@ -550,9 +555,10 @@ class BatchNorm2d(_WeightBias):
 class Dropout(Module):
     """``torch.nn.Dropout``-like block. It owns the generator ``rng`` its masks are drawn
     from, seeded with one draw from ``generator`` at construction, or, without one, from
-    torch's global generator at its first forward pass (so ``torch.manual_seed`` makes the
-    masks reproducible, and building the block leaves the global generator as torch.nn's
-    does: the blocks built after it get torch's initial weights for the same seed).
+    torch's global generator at its first forward pass in training mode (so
+    ``torch.manual_seed`` makes the masks reproducible, and building the block, or running it
+    in evaluation mode, leaves the global generator as torch.nn's does: the blocks built
+    after it get torch's initial weights for the same seed).
     Arguments in torch's order: ``inplace`` may only be False (a new tensor is returned)."""
 
     def __init__(
@@ -570,7 +576,7 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, *inputs):
-        if self.rng is None:
+        if self.rng is None and self.training:
             self.rng = _seeded(None)
         return super().forward(*inputs)
 
@@ -753,9 +759,15 @@ class BCEWithLogitsLoss(LossModule):
 
 class CrossEntropyLoss(LossModule):
     """``torch.nn.CrossEntropyLoss(label_smoothing=0.0)``: ``forward(logits, labels)`` with
-    logits (N, K) and integer labels (N,); ``backward()`` is the gradient wrt the logits."""
+    logits (N, K) and integer labels (N,); ``backward()`` is the gradient wrt the logits.
+    Class weights (torch's first argument, ``weight``) are not supported: only None."""
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, weight=None, *, label_smoothing: float = 0.0):
+        if weight is not None:
+            raise TypeError(
+                "CrossEntropyLoss: class weights (weight) are not supported; "
+                "label smoothing is the keyword label_smoothing"
+            )
         super().__init__(cross_entropy_with(label_smoothing), "CrossEntropyLoss")
 
 
@@ -767,6 +779,12 @@ class Optimizer:
     with ``parameters()``: with the sum of its distinct gradient tensors (one for a block used
     twice in a ``Sequential``; two for weights tied by assignment, ``dec.weight =
     enc.weight``, each block keeping its own gradient, which torch would accumulate).
+
+    ``zero_grad`` fills the gradients with zeros, as torch's ``zero_grad(set_to_none=False)``
+    and optax do: every parameter moves at every ``step``, so one that got no gradient since
+    (an unused branch, a network that trains in turns with another under the same optimizer)
+    still gets its weight decay, momentum and Adam step, where torch's default (gradients set
+    to None) skips it. Give such networks an optimizer each.
     """
 
     def __init__(self, params, make, lr, name):

@@ -13,9 +13,11 @@ from n2nfunc import (
     Adam,
     AdamW,
     AvgPool2d,
+    BatchNorm2d,
     BCEWithLogitsLoss,
     Conv2d,
     CrossEntropyLoss,
+    Dropout,
     Flatten,
     HuberLoss,
     L1Loss,
@@ -36,6 +38,8 @@ from n2nfunc import (
     Upsampling,
     batch_norm2d,
     conv2d,
+    conv_transpose2d,
+    cosine_decay,
     relu,
     tree,
 )
@@ -246,6 +250,44 @@ def test_backward_before_forward_is_an_error():
             block.backward(torch.ones(1, 3, 4, 4))
     with pytest.raises(ValueError, match="MSE: backward"):
         MSE().backward()
+
+
+def test_backward_without_the_output_gradient_says_so():
+    for block in (Conv2d(3, 3, 3), ReLU(), Sequential(Conv2d(3, 3, 3), ReLU())):
+        y = block(torch.ones(1, 3, 4, 4))
+        needs = rf"{type(block).__name__}.backward\(\) needs the gradient wrt the output"
+        with pytest.raises(TypeError, match=needs):
+            block.backward()  # torch's loss.backward() habit
+        assert block.backward(torch.ones_like(y)).shape == (1, 3, 4, 4)  # still usable
+
+
+def test_cross_entropy_class_weights_are_refused_by_name():
+    with pytest.raises(TypeError, match=r"CrossEntropyLoss: class weights \(weight\) are not"):
+        CrossEntropyLoss(torch.ones(3))  # torch's first positional argument
+    with pytest.raises(TypeError):
+        CrossEntropyLoss(None, 0.1)  # label smoothing is keyword-only, as in torch
+    assert CrossEntropyLoss(None, label_smoothing=0.1) is not None
+
+
+def test_numpy_scalars_are_taken_where_torch_nn_takes_them():
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    ours = Linear(np.int64(4), np.int64(3))
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(4, 3)
+    assert torch.equal(ours.weight, ref.weight)
+    conv = Conv2d(np.int64(3), np.int64(4), np.int64(3), stride=np.int64(2))
+    assert conv(torch.ones(1, 3, 9, 9)).shape == (1, 4, 4, 4)
+    assert type(conv_transpose2d(np.int64(2), 3).init(None, (1, 3, 4, 4))[0][1]) is int
+    bn = BatchNorm2d(np.int64(3), eps=np.float32(1e-5), momentum=np.float64(0.1))
+    assert bn(torch.randn(2, 3, 4, 4)).shape == (2, 3, 4, 4)
+    assert Dropout(np.float32(0.5)).p == 0.5
+    assert LeakyReLU(np.float64(0.2))(torch.tensor([-1.0])).item() == pytest.approx(-0.2)
+    assert cosine_decay(0.1, np.int64(10), warmup_steps=np.int64(2))(0) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="out_features must be a positive int"):
+        Linear(2, np.float64(2.0))
+    with pytest.raises(ValueError, match="out_channels must be a positive int, got True"):
+        conv2d(True, 3)
 
 
 def test_backward_releases_what_forward_kept():

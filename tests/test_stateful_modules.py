@@ -85,6 +85,16 @@ def test_dropout_block_modes_and_generator():
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Conv2d(3, 4, 3))
     assert torch.equal(ours[1].weight, ref[1].weight) and torch.equal(ours[1].bias, ref[1].bias)
+    # nor in evaluation mode, where torch's Dropout draws nothing either: the global stream
+    # goes on as torch's does, and the block seeds itself at its first training forward
+    torch.manual_seed(7)
+    idle = Dropout(0.5).eval()
+    assert torch.equal(idle(x), x) and idle.rng is None
+    after_eval = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(3), after_eval)
+    idle.train()(x)
+    assert idle.rng is not None
     with pytest.raises(ValueError, match=r"dropout: p must be a number in \[0, 1\)"):
         Dropout(1.0)
     # torch's positional order: Dropout(p, inplace); the generator is keyword-only
