@@ -138,10 +138,11 @@ def build_network(config: dict, generator: Generator | None = None) -> Module:
     )
 
 
-def to_unit_range(x, name: str, scale: float | None = None, noisy: bool = True):
+def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = NOISY_MAX):
     """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1
-    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or, where
-    ``noisy``, its mean at most ``NOISY_MEAN`` and maximum at most ``NOISY_MAX``)."""
+    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or its mean
+    at most ``NOISY_MEAN`` and maximum at most ``noisy_max``: 0-1 images with unclipped noise;
+    0 reads only a batch within [0, 1] as 0-1)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     x = x.detach()  # the result never joins the caller's autograd graph
@@ -159,7 +160,7 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy: bool = True):
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
-            unclipped = noisy and high <= NOISY_MAX and float(x.mean()) <= NOISY_MEAN
+            unclipped = high <= noisy_max and float(x.mean()) <= NOISY_MEAN
             scale = 1.0 if high <= 1.0 or unclipped else 255.0
     else:
         scale = 255.0
@@ -454,10 +455,15 @@ class Model:
 
     def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
         """Validate a training set and return it as float tensors in [0, 1], each by the scale
-        rule (a target is read as 0-1 with unclipped noise only beside a 0-1 input: a pair of
-        views of one 0-255 image whose target is that dark is 0-255 too)."""
+        rule. A target is read as 0-1 with unclipped noise only beside a 0-1 input (a pair of
+        views of one 0-255 image whose target is that dark is 0-255 too), and there by its
+        mean alone, whatever its maximum: Poisson noise at a peak below 1 lifts an unclipped
+        0-1 target far above NOISY_MAX (peak 0.3: 20), and such a target is the other view of
+        images the input shows on the 0-1 scale."""
         x, scale = to_unit_range(train_input, "train_input")
-        y, _ = to_unit_range(train_target, "train_target", noisy=scale == 1.0)
+        y, _ = to_unit_range(
+            train_target, "train_target", noisy_max=math.inf if scale == 1.0 else 0.0
+        )
         if x.shape != y.shape:
             raise ValueError(
                 f"train_input shape {tuple(x.shape)} does not match train_target "

@@ -284,6 +284,20 @@ def test_a_float_target_takes_the_inputs_scale():
     assert torch.allclose(ys, y, atol=1e-6)
 
 
+def test_a_weak_light_poisson_target_beside_a_0_1_input_stays_0_1():
+    """Poisson noise at a peak below 1 (photon counts / peak) lifts an unclipped 0-1 target's
+    maximum far above NOISY_MAX; beside a 0-1 input its mean reads it (it was divided by 255:
+    a target of all but black, and a network trained towards black)."""
+    from n2nfunc.data.noise import noisy_pair
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(8, 3, 16, 16, generator=g) * 0.8 + 0.1
+    x, y = noisy_pair(clean, "poisson:0.1", g)
+    assert float(x.max()) <= 1 and float(y.max()) > 16 and float(y.mean()) < 1
+    xs, ys = Model(SMALL).prepare_pairs(x, y)
+    assert torch.equal(xs, x) and torch.equal(ys, y)
+
+
 def test_training_sizes_the_exercise_network_cannot_keep_are_named():
     x = torch.rand(4, 3, 13, 17)
     with pytest.raises(ValueError, match=r"multiples of 4 .*got \(4, 3, 13, 17\); crop"):
