@@ -24,6 +24,7 @@ from . import __version__, allocator, checkpoint, hardware, launch, optim, tree
 from . import argtypes as at
 from .data import (
     builtin_pairs,
+    check_fits,
     load_folder_pairs,
     load_pair_file,
     load_photos,
@@ -829,6 +830,7 @@ def _tile_bar():
 
 def cmd_denoise(args) -> int:
     picture = _loading("input", read_image, args.input)  # a refused input says only that
+    _loading("output", check_fits, args.output, picture.rgb.shape[2], picture.rgb.shape[1])
     run, which = _denoiser(args, _setup(args))
     print(f"weights: {which}")
     alpha = picture.alpha

@@ -624,6 +624,30 @@ def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys
     assert not (tmp_path / "out.png").exists()
 
 
+def test_denoise_refuses_a_size_the_output_format_cannot_store_before_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    """WebP stores at most 16383 pixels a side, JPEG 65500: Pillow found out only while
+    encoding, after the whole denoise ("broken data stream" for JPEG)."""
+    import n2nfunc.cli as cli
+
+    write_image(tmp_path / "wide.png", torch.zeros(3, 2, 16384, dtype=torch.uint8))
+    monkeypatch.setattr(cli, "_denoiser", lambda *a: pytest.fail("the network ran"))
+    assert main(["denoise", str(tmp_path / "wide.png"), str(tmp_path / "out.webp")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "out.webp: .webp images are at most 16383 pixels a side, this one is 16384x2; "
+            "write it as .png or .tif"
+        )
+    )
+    assert not (tmp_path / "out.webp").exists()
+    monkeypatch.undo()
+    assert main(["denoise", str(tmp_path / "wide.png"), str(tmp_path / "out.jpg")]) == 0
+
+
 def test_denoise_tiles_of_a_deep_unet_are_named_in_its_own_multiple(tmp_path, capsys):
     """A depth-6 U-Net pools to 1/64: --tile 416 was refused in denoise_image's words
     (help says multiples of 32), and --tile 384 was told 704 although 448 takes the image whole."""

@@ -8,7 +8,14 @@ from pathlib import Path
 from torch import Tensor
 
 from .. import checkpoint
-from .files import check_pairs, load_folder_pairs, load_pair_file, read_image, write_image
+from .files import (
+    check_fits,
+    check_pairs,
+    load_folder_pairs,
+    load_pair_file,
+    read_image,
+    write_image,
+)
 from .noise import NoiseSpec, parse_noise
 from .photos import load_photos, mixed_factor_pairs, photo_pairs
 from .synthetic import make_pairs, render_dead_leaves
@@ -80,6 +87,7 @@ __all__ = [
     "mixed_factor_pairs",
     "builtin_pairs",
     "cache_dir",
+    "check_fits",
     "check_pairs",
     "load_folder_pairs",
     "load_pair_file",

@@ -261,6 +261,23 @@ def read_image(path) -> Picture:
     )
 
 
+# The widest side each format stores (libjpeg's JPEG_MAX_DIMENSION; WebP's 14-bit sizes);
+# Pillow finds out only while encoding, after a whole denoise, with "broken data stream"
+MAX_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383}
+
+
+def check_fits(path, width: int, height: int) -> None:
+    """Refuse, before any work, an image of ``width`` x ``height`` that the format of ``path``
+    (by its extension) cannot store."""
+    path = Path(path)
+    most = MAX_SIDE.get(path.suffix.lower())
+    if most is not None and max(width, height) > most:
+        raise ValueError(
+            f"{path}: {path.suffix} images are at most {most} pixels a side, this one is "
+            f"{width}x{height}; write it as .png or .tif"
+        )
+
+
 def write_image(
     path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False, icc: bytes | None = None
 ) -> None:
