@@ -455,7 +455,10 @@ def upsample(
         def pullback(ct, input_grad=True):  # the im2col of x is formed again, not kept
             g = to_nhwc(check_cotangent(ct, y_out, name))
             cols = K.polyphase_cols(xh, py, px)
-            d_eff, dx = K.polyphase_backward(g, cols, w_eff, py, px, input_grad)
+            # in 16-bit dtypes dx's products run in float32: on the kernel combined there too,
+            # exact sums of the 16-bit weights, not their rounding (as autocast's sums)
+            w_dx = w_eff if xh.element_size() >= 4 else K.combine(wk.float(), py, px)
+            d_eff, dx = K.polyphase_backward(g, cols, w_dx, py, px, input_grad)
             grads = {
                 "weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()
             }

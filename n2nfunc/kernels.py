@@ -506,7 +506,11 @@ def polyphase_backward(
 ):
     """Gradients of :func:`polyphase_forward` wrt ``W_eff`` and (unless ``input_grad`` is
     False, then ``None``) wrt its input ``x`` (NHWC), for the im2col matrix ``cols`` of ``x``
-    (:func:`polyphase_cols`)."""
+    (:func:`polyphase_cols`). In 16-bit dtypes ``dx``'s column products and their col2im sums
+    run in float32 on the 16-bit values, rounded once at the end, as a float32-accumulating
+    convolution does (summed rounded products lost up to a third of ``dx`` where the window
+    offsets' terms cancel: ``upsample`` with padding above ``d (k - 1)``, its one path here
+    in lower precisions)."""
     n, co = g.shape[0], g.shape[3]
     dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
     view = interleaved(dr, py, px)
@@ -519,6 +523,9 @@ def polyphase_backward(
     d_eff = reduce_matmul(dr.t(), cols).t()
     if not input_grad:
         return d_eff, None
+    low = g.dtype if g.element_size() < 4 else None
+    if low is not None:
+        dr, w_eff = dr.float(), w_eff.float()
     dcols = dr.matmul(w_eff.t()).view(n, py.starts, px.starts, py.width, px.width, -1)
     dx = unpad(
         col2im(dcols, (py.starts, px.starts), (py.width, px.width)),
@@ -527,7 +534,7 @@ def polyphase_backward(
         px.pad_before,
         px.pad_after,
     )
-    return d_eff, dx
+    return d_eff, dx if low is None else dx.to(dtype=low)
 
 
 # --------------------------------------------------------- implicit GEMM (space-to-depth)

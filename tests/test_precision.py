@@ -262,3 +262,32 @@ def test_bfloat16_upsample_is_one_transposed_convolution(
         assert rel_err(grads[key].double(), grads64[key]) < BF16_TOL
     grads_only, none = layer.vjp(low, x.to(torch.bfloat16))[1](ct.to(torch.bfloat16), False)
     assert none is None and torch.equal(grads_only["weight"], grads["weight"])
+
+
+def test_bfloat16_upsample_padded_past_its_kernel_sums_dx_in_float32():
+    """Padding above ``d (k - 1)`` takes ``polyphase_backward`` in bfloat16 too: its input
+    gradient's column products and col2im sums run in float32 on the exactly combined kernel,
+    rounded once. Summed rounded bfloat16 products had lost a third of dx where the window
+    offsets' terms cancel (a zero-sum kernel and a smooth cotangent: 0.33 of max |dx| against
+    autocast's 0.002)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 4, 3, 3, generator=g)
+    w -= w.mean((2, 3), keepdim=True)  # an edge detector: its taps cancel on smooth inputs
+    x = torch.randn(2, 4, 12, 12, generator=g)
+    y, pb = nf.mixed_precision(nf.upsample(4, 3, 2, padding=3, bias=False)).vjp({"weight": w}, x)
+    ct = torch.randn(2, 4, 1, 1, generator=g) + 0.01 * torch.randn(y.shape, generator=g)
+    dx = pb(ct)[1]
+
+    def dx_of(x, w, ct, autocast):
+        x = x.clone().requires_grad_()
+        with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = F.conv2d(F.interpolate(x, scale_factor=2), w, None, 1, 3)
+            return torch.autograd.grad(y, x, ct)[0].double()
+
+    rounded = [t.bfloat16().double() for t in (x, w, ct)]
+    exact = dx_of(*rounded, autocast=False)  # float64 on the bfloat16 operands
+
+    def err(d):
+        return float((d - exact).abs().max() / exact.abs().max())
+
+    assert err(dx.double()) < 3 * err(dx_of(x, w, ct.bfloat16(), autocast=True)) + 2e-3
