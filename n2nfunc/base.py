@@ -11,6 +11,12 @@ pullback also accepts ``pullback(ct_y, input_grad=False)`` -- and may then retur
 for ``ct_x``, skipping that work when ``x`` is data -- marks its ``vjp`` with
 :func:`skips_input_grad`; :func:`pull` calls any pullback that way when it can.
 
+Pure means no argument is changed in place: not ``params`` or ``x`` by ``apply`` and ``vjp``,
+and not ``ct_y`` by the pullback -- the combinators hand one tensor to several pullbacks
+(``fanin_sum`` gives each input the same cotangent, ``residual`` adds its own after the
+inner pullback), so a ``ct.mul_(mask)`` corrupts another branch's gradient; ``check_vjp``
+refuses it.
+
 A pullback may be called any number of times (``check_vjp`` tests linearity that way). A
 caller that calls it once, as a training step does, says so with ``release=True`` to a layer
 marked with :func:`releases` (the combinators and wrappers): it then lets go of what the

@@ -10,9 +10,14 @@ the pullback must give ``grad f``. The checks, all in float64:
   every coordinate of the pullback equals its own central difference;
 * linearity: ``pullback(a c1 + b c2) = a pullback(c1) + b pullback(c2)``;
 * form: ``vjp``'s output is ``apply``'s; every gradient has its parameter's (or the
-  input's) path, shape and dtype, with nothing broadcast; and a call without the input
+  input's) path, shape and dtype, with nothing broadcast; a call without the input
   gradient (``input_grad=False``, as a training step makes) gives the same parameter
-  gradients.
+  gradients; and nothing is changed in place -- the cotangent by the pullback, the input
+  and parameters by ``vjp`` or the pullback (a combinator hands one cotangent to several
+  pullbacks, so ``ct.mul_(mask)`` corrupts another branch's gradient, while finite
+  differences against the changed cotangent would still agree).
+
+Parameters must be floating-point tensors (the gradient of an integer is not defined).
 
 A ``mixed_precision`` layer refuses the float64 this needs: check the layer it wraps.
 
@@ -73,8 +78,16 @@ def check_vjp(
     seeded with ``seed`` on the input's device; ``train=False`` checks evaluation mode.
     """
     g = Generator(device=_device_of(x)).manual_seed(seed)
+    for path, leaf in tree.flatten(params):
+        if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
+            kind = leaf.dtype if isinstance(leaf, Tensor) else type(leaf).__name__
+            raise ValueError(
+                f"check_vjp: parameter '{path}' is {kind}, not a floating-point tensor: "
+                "keep integer buffers out of params (the closure of init can hold them)"
+            )
     params = tree.map(_to64, params)
     x = tree.map(_to64, x)
+    originals = tree.map(_copy, {"input": x, "params": params})
     if isinstance(layer, StatefulLayer):
         if state is None:
             raise ValueError("check_vjp: a stateful layer needs its state (state=...)")
@@ -82,7 +95,10 @@ def check_vjp(
         layer = fixed(layer, tree.map(_to64, state), train=train, rng=rng)
     y, pullback = layer.vjp(params, x)
     ct = tree.map(lambda t: _randn_like(t, g), y)
+    ct_kept = tree.map(_copy, ct)
     ct_params, ct_x = pullback(ct)
+    _unchanged({"cotangent": ct}, {"cotangent": ct_kept}, "the pullback")
+    _unchanged({"input": x, "params": params}, originals, "vjp or its pullback")
     rounding = 1e-15 * sum(
         float((c * t).abs().sum()) for c, t in zip(tree.leaves(ct), tree.leaves(y))
     )
@@ -153,6 +169,20 @@ def check_vjp(
         err = float((got - want).abs().max()) / max(float(want.abs().max()), tiny)
         record(f"linearity ({path})", err, "pullback is not linear")
     return worst
+
+
+def _copy(t):
+    return t.clone() if isinstance(t, Tensor) else t
+
+
+def _unchanged(now, before, by: str) -> None:
+    """Every tensor leaf of ``now`` still equals its copy in ``before`` (NaNs included)."""
+    for (path, a), (_, b) in zip(tree.flatten(now), tree.flatten(before)):
+        if isinstance(a, Tensor) and not (a.eq(b) | (a.ne(a) & b.ne(b))).all():
+            raise VJPCheckError(
+                f"check_vjp: {by} changed the {path.replace('.', ' ', 1)} in place; a layer "
+                "must leave its arguments as they were (see n2nfunc.base)"
+            )
 
 
 def _check_form(layer, params, x, y, ct, pullback, ct_params, ct_x, rtol: float) -> None:

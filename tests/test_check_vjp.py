@@ -84,3 +84,55 @@ def test_a_vjp_output_unlike_apply_and_an_input_grad_false_path_are_checked():
     layer = nf.Layer(conv.init, conv.apply, vjp_doubling_without_input_grad)
     with pytest.raises(VJPCheckError, match="'weight' differs when the input gradient is not"):
         nf.check_vjp(layer, params, x)
+
+
+def _relu_that_masks_in_place():
+    """A ReLU whose pullback multiplies its cotangent in place (torch's ``ct.mul_`` habit)."""
+
+    def vjp(params, x):
+        mask = x > 0
+        return x.clamp(min=0), lambda ct: ({}, ct.mul_(mask))
+
+    return nf.Layer(lambda g, s: (s, {}), lambda p, x: x.clamp(min=0), vjp)
+
+
+def test_a_pullback_changing_its_cotangent_in_place_is_caught():
+    """Inside ``residual`` the in-place product corrupts the skip path's gradient, while
+    finite differences against the changed cotangent agree with it: only the in-place check
+    sees it (it passed with a relative error of 3e-9)."""
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    net = nf.residual(_relu_that_masks_in_place())
+    y, pullback = net.vjp({}, x)
+    ct = torch.randn(y.shape, dtype=torch.float64)
+    _, dx = pullback(ct.clone())
+    assert (dx - (ct + ct * (x > 0))).abs().max() > 0.1  # the gradient is wrong
+    for layer in (net, _relu_that_masks_in_place()):
+        with pytest.raises(VJPCheckError, match="the pullback changed the cotangent in place"):
+            nf.check_vjp(layer, {}, x)
+    nf.check_vjp(nf.residual(nf.relu()), {}, x)  # the library's own leave it alone
+
+
+def test_a_layer_changing_its_input_or_params_in_place_is_caught():
+    def scale_in_place():
+        def vjp(params, x):
+            y = x * params["w"]
+            params["w"].add_(1.0)  # e.g. an update folded into the forward pass
+            return y, lambda ct: ({"w": (ct * x).sum().reshape(1)}, ct * (params["w"] - 1))
+
+        return nf.Layer(lambda g, s: (s, {"w": torch.ones(1)}), lambda p, x: x * p["w"], vjp)
+
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(VJPCheckError, match=r"vjp or its pullback changed the params w in place"):
+        nf.check_vjp(scale_in_place(), {"w": torch.full((1,), 2.0)}, x)
+
+
+def test_integer_params_are_named():
+    def indexed():
+        def vjp(params, x):
+            return x * params["w"], lambda ct: ({**params, "w": (ct * x).sum().reshape(1)}, ct)
+
+        return nf.Layer(lambda g, s: (s, {}), lambda p, x: x * p["w"], vjp)
+
+    params = {"w": torch.ones(1), "idx": torch.arange(3)}
+    with pytest.raises(ValueError, match=r"parameter 'idx' is torch.int64, not a floating-point"):
+        nf.check_vjp(indexed(), params, torch.randn(2, 3))
