@@ -204,7 +204,18 @@ def _alike(x, y) -> bool:
 
 
 def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
-    """All leaves with their dotted paths, in insertion order."""
+    """All leaves with their dotted paths, in insertion order. Two leaves on one path (keys
+    ``1`` and ``"1"``, or ``"a.b"`` beside ``{"a": {"b": ...}}``) are refused: a path names
+    one leaf in state dicts, checkpoints and gradient checks."""
+    out = _flatten(tree, prefix)
+    if len({path for path, _ in out}) < len(out):
+        seen: set = set()
+        twice = next(path for path, _ in out if path in seen or seen.add(path))
+        raise ValueError(f"tree: two leaves have the path {twice!r}; keys must differ as text")
+    return out
+
+
+def _flatten(tree: Tree, prefix: str) -> list[tuple[str, Any]]:
     items: Iterable[tuple[Any, Any]]
     if isinstance(tree, dict):
         items = tree.items()
@@ -214,7 +225,7 @@ def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
         return [(prefix, tree)]
     out = []
     for key, sub in items:
-        out += flatten(sub, f"{prefix}.{key}" if prefix else str(key))
+        out += _flatten(sub, f"{prefix}.{key}" if prefix else str(key))
     return out
 
 

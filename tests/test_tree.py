@@ -149,3 +149,14 @@ def test_map_raveled_single_output_empty_and_mismatch():
     assert tree.map_raveled(lambda a: a * 2, {"n": 3}) == {"n": 6}  # numbers: leaf by leaf
     with pytest.raises(ValueError, match="a"):
         tree.map_raveled(lambda a, b: a, g, {"b": g["b"], "a": [g["a"][0]]})
+
+
+def test_two_leaves_on_one_path_are_refused():
+    """Paths name leaves in state dicts, checkpoints and check_vjp's lookups: keys 1 and "1",
+    or "a.b" beside {"a": {"b": ...}}, had given two leaves one path, and unflatten had
+    filled both from one value."""
+    t = torch.zeros(1)
+    for twins, path in (({1: t, "1": t}, "'1'"), ({"a.b": t, "a": {"b": t}}, "'a.b'")):
+        with pytest.raises(ValueError, match=f"tree: two leaves have the path {path}"):
+            tree.flatten(twins)
+    assert [p for p, _ in tree.flatten({1: t, "2": {"1": t}})] == ["1", "2.1"]
