@@ -222,6 +222,19 @@ def _check_tuple(xs, n: int, name: str):
     return tuple(xs)
 
 
+def _check_shapes(in_shapes, n: int, name: str) -> tuple:
+    """``init``'s ``in_shapes`` as a tuple of ``n`` shapes (-1: one or more), one per input, each
+    a tuple or list (of ints, or of shapes for an input that is a tuple)."""
+    if isinstance(in_shapes, (tuple, list)) and not all(
+        isinstance(s, (tuple, list)) for s in in_shapes
+    ):
+        raise ValueError(
+            f"{name}: expected a tuple of input shapes, one per input, got {in_shapes!r} "
+            "(a single shape?)"
+        )
+    return _check_tuple(in_shapes, n, name)
+
+
 def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     """Apply ``layers[i]`` to input ``i`` of a tuple; params ``{"0": p0, ...}``."""
     children = [lift(layer) for layer in _check_layers(layers, "parallel")]
@@ -229,7 +242,7 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
 
     def init(generator, in_shapes):
         shapes, params, state = [], {}, {}
-        for i, (layer, shape) in enumerate(zip(children, _check_tuple(in_shapes, n, "parallel"))):
+        for i, (layer, shape) in enumerate(zip(children, _check_shapes(in_shapes, n, "parallel"))):
             with at_layer(str(i)):
                 out, params[str(i)], state[str(i)] = layer.init(generator, shape)
             shapes.append(out)
@@ -328,7 +341,7 @@ def fanin_sum() -> Layer:
     """``(x0, x1, ...) -> x0 + x1 + ...`` (equal shapes)."""
 
     def init(generator, in_shapes):
-        return _same_shapes(in_shapes, "fanin_sum")[0], {}
+        return _same_shapes(_check_shapes(in_shapes, -1, "fanin_sum"), "fanin_sum")[0], {}
 
     def vjp(params, xs):
         xs = _tensors(xs, "fanin_sum")
@@ -353,7 +366,7 @@ def fanin_concat(axis: int = 1) -> Layer:
     axis = int(axis)
 
     def init(generator, in_shapes):
-        shapes = [tuple(s) for s in _check_tuple(in_shapes, -1, name)]
+        shapes = [tuple(s) for s in _check_shapes(in_shapes, -1, name)]
         ranks = {len(s) for s in shapes}
         if len(ranks) != 1 or not -min(ranks) <= axis < min(ranks):
             raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")

@@ -314,3 +314,16 @@ def test_params_of_a_bigger_network_are_refused():
     _, pair_params = pair.init(g, ((2, 5), (2, 5)))
     with pytest.raises(ValueError, match=r"parallel: the params tree has entries \['2'\]"):
         pair.apply({**pair_params, "2": {}}, (torch.rand(2, 5), torch.rand(2, 5)))
+
+
+def test_a_single_shape_where_init_takes_one_per_input_is_named():
+    g = torch.Generator().manual_seed(0)
+    for layer, name in (
+        (nf.parallel(nf.relu(), nf.relu()), "parallel"),
+        (nf.fanin_sum(), "fanin_sum"),
+        (nf.fanin_concat(), r"fanin_concat\(axis=1\)"),
+    ):
+        with pytest.raises(ValueError, match=rf"{name}: expected a tuple of input shapes, one "):
+            layer.init(g, (-1, 3, 4, 4))  # had been "'int' object is not iterable"
+    nested = nf.parallel(nf.relu(), nf.fanin_sum())  # a tuple input's shape is a tuple of shapes
+    assert nested.init(g, ((1, 2), ((1, 2), (-1, 2))))[0] == ((1, 2), (1, 2))
