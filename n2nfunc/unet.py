@@ -41,6 +41,7 @@ from .base import (
     check_image,
     check_tensor,
     image_shape,
+    is_int,
     marked_like,
     output_of,
     positive_int,
@@ -211,17 +212,15 @@ MAX_WIDTH = 4096
 def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> dict:
     """The architecture as a plain dict (what checkpoints record); bad values raise."""
     name = "unet"
-    positive_int(depth, "depth", name)
+    depth = positive_int(depth, "depth", name)
     if depth > MAX_DEPTH:
         raise ValueError(f"{name}: depth must be at most {MAX_DEPTH}, got {depth}")
-    positive_int(in_channels, "in_channels", name)
-    positive_int(out_channels, "out_channels", name)
+    in_channels = positive_int(in_channels, "in_channels", name)
+    out_channels = positive_int(out_channels, "out_channels", name)
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 4
-        or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WIDTH for v in widths
-        )
+        or not all(is_int(v) and 0 < v <= MAX_WIDTH for v in widths)
     ):
         raise ValueError(
             f"{name}: widths must be 4 ints from 1 to {MAX_WIDTH} (encoder, decoder, last two "
@@ -229,7 +228,7 @@ def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_chan
         )
     return {
         "depth": depth,
-        "widths": tuple(widths),
+        "widths": tuple(map(int, widths)),
         "in_channels": in_channels,
         "out_channels": out_channels,
     }

@@ -13,6 +13,7 @@ from n2nfunc.testing import check_vjp
 from n2nfunc.unet import (
     PAPER_ARCHITECTURE,
     _edge_pad_adjoint,
+    check_architecture,
     conv_list,
     from_conv_list,
     load_params,
@@ -294,3 +295,11 @@ def test_skipping_the_input_gradient_keeps_the_parameter_gradients():
     assert all(
         torch.equal(a, b) for (_, a), (_, b) in zip(nf.tree.flatten(full), nf.tree.flatten(skipped))
     )
+
+
+def test_numpy_integer_sizes_are_taken_and_recorded_as_ints():
+    np = pytest.importorskip("numpy")
+    layer = nf.unet(np.int64(2), tuple(np.array([4, 6, 5, 4])))
+    assert layer.init(torch.Generator().manual_seed(0), (1, 3, 16, 16))[0] == (1, 3, 16, 16)
+    arch = check_architecture(np.int64(2), tuple(np.array([4, 6, 5, 4])))
+    assert all(type(v) is int for v in (arch["depth"], *arch["widths"]))
