@@ -25,6 +25,8 @@ from .base import (
     check_tensor,
     flag,
     image_shape,
+    is_int,
+    is_number,
     output_of,
     pair,
     positive_int,
@@ -36,6 +38,19 @@ from .nhwc import sum_of, to_nchw, to_nhwc
 
 def _describe(kind: str, **options) -> str:
     return f"{kind}(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+
+
+def _scale_pair(value, layer: str) -> tuple[int, int]:
+    """``scale_factor`` as a pair of ints >= 1: whole floats count (``2.0``, as
+    ``torch.nn.Upsample`` takes it), fractions are refused by name."""
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    if any(is_number(v) and not is_int(v) and not float(v).is_integer() for v in values):
+        raise ValueError(
+            f"{layer}: scale_factor must be whole numbers (nearest upsampling by a fraction "
+            f"is not supported), got {value!r}"
+        )
+    whole = [int(v) if is_number(v) and not is_int(v) else v for v in values]
+    return pair(whole if isinstance(value, (tuple, list)) else whole[0], "scale_factor", layer)
 
 
 def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -315,7 +330,7 @@ def nearest_upsample(scale_factor=2) -> Layer:
     The gradient sums each s x s block of the output gradient.
     """
     name = _describe("nearest_upsample", scale_factor=scale_factor)
-    sy, sx = pair(scale_factor, "scale_factor", name)
+    sy, sx = _scale_pair(scale_factor, name)
 
     def init(generator, in_shape):
         n, c, h, w = image_shape(in_shape, name)
@@ -381,7 +396,7 @@ def upsample(
     out_channels = positive_int(out_channels, "out_channels", name)
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
-    sc = pair(scale_factor, "scale_factor", name)
+    sc = _scale_pair(scale_factor, name)
     p = pair(padding, "padding", name, minimum=0)
     d = pair(dilation, "dilation", name)
 

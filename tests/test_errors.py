@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import n2nfunc as nf
-from n2nfunc import Conv2d
+from n2nfunc import Conv2d, NearestUpsampling
 
 
 def _params(layer, shape):
@@ -345,3 +345,15 @@ def test_a_wrong_bias_beside_the_layers_own_weight_names_the_bias():
 def test_a_layer_function_passed_uncalled_is_named_with_the_call(bad, pattern):
     with pytest.raises(TypeError, match=pattern):
         nf.serial(nf.conv2d(8, 3), bad)
+
+
+def test_whole_float_scale_factors_are_taken_and_fractions_refused_by_name():
+    """``torch.nn.Upsample(scale_factor=2.0)`` is a common spelling: the same here, as ints."""
+    x = torch.rand(1, 3, 5, 4)
+    up = nf.nearest_upsample((2.0, 3))
+    assert up.init(None, x.shape)[0] == (1, 3, 10, 12)
+    assert torch.equal(up.apply({}, x), nf.nearest_upsample((2, 3)).apply({}, x))
+    assert NearestUpsampling(2.0)(x).shape == (1, 3, 10, 8)
+    for bad in (1.5, (2, 0.5), float("inf")):
+        with pytest.raises(ValueError, match=r"scale_factor must be whole numbers .* got"):
+            nf.upsample(4, 3, bad)
