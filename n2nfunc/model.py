@@ -323,21 +323,10 @@ class Model:
         return model
 
     def _configure(self, config: dict) -> None:
-        """Set the config (defaults, then the network's own defaults, then ``config``) and
-        build a fresh network and optimizer."""
-        network = config.get("network", DEFAULT_CONFIG["network"])
-        if network not in NETWORKS:
-            raise ValueError(f"Model: network must be one of {NETWORKS}, got {network!r}")
-        own = UNET_DEFAULTS if network == "unet" else {}
-        config = {**DEFAULT_CONFIG, **own, **config}
-        if isinstance(config["widths"], (tuple, list)):
-            config["widths"] = tuple(config["widths"])
+        """Set the config (:func:`full_config`) and build a fresh network and optimizer."""
         try:
-            check_config(config)
-            compute_dtype(config["precision"])
-            if network == "unet":
-                check_architecture(config["depth"], config["widths"])
-        except (TypeError, ValueError) as e:
+            config = full_config(config)
+        except ValueError as e:
             raise ValueError(f"Model: {e}") from None
         self.config = config
         self.generator = Generator().manual_seed(self.config["seed"])
@@ -602,6 +591,26 @@ class Model:
         out = cat(outs) if len(outs) > 1 else outs[0]  # a new tensor either way
         out = out.clamp_(0, 1)
         return (out.mul_(scale) if scale != 1.0 else out).contiguous()
+
+
+def full_config(config: dict) -> dict:
+    """The defaults, then the network's own defaults, then ``config``, checked: a ValueError
+    names the first setting out of its kind or range."""
+    network = config.get("network", DEFAULT_CONFIG["network"])
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    own = UNET_DEFAULTS if network == "unet" else {}
+    config = {**DEFAULT_CONFIG, **own, **config}
+    if isinstance(config["widths"], (tuple, list)):
+        config["widths"] = tuple(config["widths"])
+    try:
+        check_config(config)
+        compute_dtype(config["precision"])
+        if network == "unet":
+            check_architecture(config["depth"], config["widths"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(str(e)) from None
+    return config
 
 
 def check_finite(params, source: str) -> None:

@@ -174,7 +174,8 @@ class Module:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Copy parameters and state in place (optimizers keep their references); keys and
-        shapes must match."""
+        shapes must match, and a floating-point entry must be given as one (an integer or
+        complex tensor would be cast, its fractions or imaginary part dropped)."""
         given, own = dict(state_dict), self.state_dict()
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
@@ -189,6 +190,11 @@ class Module:
                 raise ValueError(
                     f"{self.name}.load_state_dict: '{path}' has shape {got}, "
                     f"expected {tuple(p.shape)}"
+                )
+            if p.is_floating_point() and not v.is_floating_point():  # cast, fractions lost
+                raise ValueError(
+                    f"{self.name}.load_state_dict: '{path}' is {v.dtype}, expected a "
+                    "floating-point tensor"
                 )
         for path, p in own.items():
             p.copy_(given[path])

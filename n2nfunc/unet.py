@@ -351,6 +351,9 @@ def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
             f"{source}: parameters do not fit the recorded architecture "
             f"(first differences, (path, shape)): {diff}"
         )
+    for path, t in tree.flatten(params):
+        if not t.is_floating_point():  # it would be refused by the first matmul, unnamed
+            raise ValueError(f"{source}: parameter {path!r} is {t.dtype}, not floating point")
     return params
 
 

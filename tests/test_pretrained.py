@@ -94,6 +94,17 @@ def test_bad_checkpoints(tmp_path):
         load_network(tmp_path / "other.pth")
     with pytest.raises(ValueError, match="widths"):
         save_unet(tmp_path / "x.pth", {"depth": 2, "widths": (4,)}, params)
+    ints = {"network": "unet", "architecture": TINY, "params": nf.tree.map(torch.round, params)}
+    ints["params"] = nf.tree.map(lambda t: t.int(), ints["params"])
+    nf.save(tmp_path / "int.pth", ints)  # refused by name, not by the first matmul
+    with pytest.raises(ValueError, match=r"int.pth: parameter '.*' is torch.int32, not floating"):
+        load_network(tmp_path / "int.pth")
+    model = nf.Model({"widths": (4, 4)})
+    exercise = {"config": model.payload()["config"], "params": model.net.state_dict()}
+    exercise["params"] = {k: v.long() for k, v in exercise["params"].items()}
+    nf.save(tmp_path / "long.pth", exercise)  # had been cast, its weights truncated
+    with pytest.raises(ValueError, match=r"'0.weight' is torch.int64, expected a floating-point"):
+        load_network(tmp_path / "long.pth")
 
 
 def test_a_huge_recorded_architecture_costs_no_memory_before_it_is_refused(tmp_path):
