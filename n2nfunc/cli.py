@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -36,7 +37,15 @@ from .data import (
 from .data.noise import parse_noise, photo_noise_pairs
 from .data.photos import PATCH
 from .metrics import evaluate
-from .model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, NETWORKS, UNET_DEFAULTS, Model
+from .model import (
+    DEFAULT_CONFIG,
+    DEFAULT_WEIGHTS,
+    NETWORKS,
+    UNET_DEFAULTS,
+    Model,
+    check_finite,
+    full_config,
+)
 from .pretrained import NAMES as PRETRAINED_NAMES
 from .progress import Progress
 from .unet import MAX_WIDTH
@@ -374,7 +383,14 @@ def _check_state_parts(state: dict, path) -> None:
             and state["rng"].dim() == 1,
             "a random generator's state (a 1-d uint8 tensor)",
         ),
-        "history": (isinstance(state.get("history", []), list), "a list"),
+        "history": (
+            isinstance(state.get("history", []), list)
+            and all(
+                isinstance(h, dict) and all(_is_number(v) for v in h.values())
+                for h in state.get("history", [])
+            ),
+            "a list of per-epoch dicts of numbers",
+        ),
         "noise": (isinstance(state.get("noise", ""), str), "a noise spec"),
         "data": (
             isinstance(data, dict)
@@ -393,6 +409,24 @@ def _check_state_parts(state: dict, path) -> None:
             got = repr(state.get(part))
             got = got if len(got) <= 60 else got[:57] + "..."
             raise ValueError(f"--resume: {path}: its {part!r} must be {want}, got {got}")
+    try:  # before the data is made from its seed
+        full_config({k: v for k, v in config.items() if k in DEFAULT_CONFIG})
+    except ValueError as e:
+        raise ValueError(f"--resume: {path}: its config: {e}") from None
+
+
+def _is_number(value) -> bool:
+    return type(value) in (int, float)
+
+
+def _write_results(state: dict, path, weights: Path) -> None:
+    """The weights and history of a finished run's training state, as the run writes them at
+    its end (its pictures need the data: ``eval --checkpoint`` shows what it does)."""
+    model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
+    _loading("--resume", _resume, model, state, path)
+    noise = {"noise": state["noise"]} if "noise" in state else {}
+    checkpoint.save(weights, {**model.payload(), **noise})
+    weights.with_name("history.json").write_text(json.dumps(state.get("history", []), indent=1))
 
 
 def _resume(model: Model, state: dict, path) -> None:
@@ -400,6 +434,7 @@ def _resume(model: Model, state: dict, path) -> None:
     model.pretrained = False  # resuming continues the same run's schedule
     fresh = model.optimizer.state
     optim.check_state(state["optimizer"], fresh, f"{path}: the optimizer's state")
+    check_finite(state["optimizer"], f"{path}: the optimizer's state")  # a diverged Adam moment
     model.optimizer.state = state["optimizer"]
     try:
         model.generator.set_state(state["rng"])
@@ -436,12 +471,18 @@ def cmd_train(args) -> int:
         if state["epoch"] >= epochs:  # before any data is read
             if rank == "0":
                 weights = Path(args.resume).with_name("model.pth")
-                beside = f"; its weights: {weights}" if weights.is_file() else ""
-                print(
-                    f"{args.resume}: this run has finished its {epochs} epoch"
-                    f"{'s' * (epochs != 1)}; nothing to train{beside} (to train on, start a "
-                    "new run without --resume)"
-                )
+                done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
+                if weights.is_file():
+                    print(
+                        f"{done}; nothing to train; its weights: {weights} (to train on, "
+                        "start a new run without --resume)"
+                    )
+                else:  # its end was cut short (a full disk, Ctrl-C) before the results
+                    _write_results(state, args.resume, weights)
+                    print(
+                        f"{done}; its weights were not written: now {weights}, and its "
+                        f"history {weights.with_name('history.json')}"
+                    )
             return 0
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         return launch.train_worker(args, _setup(args), run_training)
@@ -517,7 +558,7 @@ def _note_unfinished_run(state_path: Path) -> None:
     if done < total:
         print(
             f"note: {state_path} held an unfinished run (epoch {done} of {total}), which this "
-            f"new run replaces (`--resume {state_path}` continues a run)"
+            f"new run replaces (`--resume {shlex.quote(str(state_path))}` continues a run)"
         )
     else:  # its weights, history and pictures stay until this run writes its own
         print(
@@ -542,6 +583,9 @@ def run_training(args, device, dp=None) -> int:
     xv: Any = None
     yv: Any = None
     desc = noise = ""
+    locked = lead and Path(args.out).is_dir()  # a run writing there is refused before the
+    if locked:  # data, which may take minutes to make
+        _lock_folder(Path(args.out))
     if lead:
         xt, yt, desc, noise = _training_data(args)
         xv, yv, _ = _validation_data(args)
@@ -584,9 +628,10 @@ def run_training(args, device, dp=None) -> int:
         return 0
     xv, yv = xv.to(device), yv.to(device)
     out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
-    _lock_folder(out)
+    if not locked:
+        _lock_folder(out)
     processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
-    if state is None:
+    if state is None or Path(args.resume).resolve() != state_path.resolve():
         _note_unfinished_run(state_path)
     resuming = f" (resuming at epoch {start + 1})" if state is not None else ""
     print(
@@ -642,8 +687,17 @@ def run_training(args, device, dp=None) -> int:
         )
         return 130
     progress.close()
-    checkpoint.save(weights_path, {**model.payload(), "noise": noise})
-    (out / "history.json").write_text(json.dumps(history, indent=1))
+    try:
+        checkpoint.save(weights_path, {**model.payload(), "noise": noise})
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+    except KeyboardInterrupt:
+        if dp is not None:  # rank 0 of several says it (launch)
+            raise
+        print(
+            f"\ninterrupted after the last epoch; {state_path} holds the trained run: "
+            f"`{launch.resume_command(state_path, args)}` writes its weights"
+        )
+        return 130
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
     if not args.no_pictures:
         from .viz import plot_curves, sample_grid

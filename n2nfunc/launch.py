@@ -14,6 +14,7 @@ trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`)
 
 import hashlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -80,14 +81,14 @@ def spawn(args, argv: list[str]) -> int:
         others = "the other processes were stopped" if e.stopped else "the others had ended"
         print(
             f"error: training with {n} processes failed: rank {e.rank} (pid {e.pid}) "
-            f"{_exit_text(e.exitcode)} first; {others}.{_resume_hint(state, ours)}",
+            f"{_exit_text(e.exitcode)} first; {others}.{_resume_hint(state, ours, args)}",
             file=sys.stderr,
         )
         return 1
     except distributed.Stopped as e:
         print(
             f"error: training with {n} processes {e}; the workers were stopped."
-            + _resume_hint(state, ours),
+            + _resume_hint(state, ours, args),
             file=sys.stderr,
         )
         return 128 + e.signum
@@ -101,9 +102,10 @@ def planned_epochs(state: dict) -> int:
     return state["config"].get("num_epochs", DEFAULT_CONFIG["num_epochs"])
 
 
-def _resume_hint(state: Path, ours) -> str:
-    """Where the run's state is, if this run wrote it: ``--resume`` for an unfinished run;
-    a finished one (a failure after the last epoch) has nothing left to train."""
+def _resume_hint(state: Path, ours, args) -> str:
+    """Where the run's state is, if this run wrote it: the command that continues an
+    unfinished run; a finished one (a failure after the last epoch) has nothing left to
+    train."""
     if not ours():
         return ""
     try:
@@ -112,8 +114,11 @@ def _resume_hint(state: Path, ours) -> str:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         finished = False
     if finished:
-        return f" The run had finished its epochs; its checkpoint holds the weights: {state}"
-    return f" The last checkpoint is intact: --resume {state}"
+        return (
+            f" The run had finished its epochs; its checkpoint holds the weights: {state} "
+            f"(`{resume_command(state, args, args.nproc)}` writes its model.pth)"
+        )
+    return f" The last checkpoint is intact: `{resume_command(state, args, args.nproc)}`"
 
 
 def run_checkpoint(args, state: Path):
@@ -255,10 +260,13 @@ def resume_command(state, args, nproc: int = 1) -> str:
     the checkpoint; where and how it runs (processes, device, threads) and what it prints and
     draws do not, so those given to this run are given again."""
     extra = [f"--nproc {nproc}"] * (nproc > 1)
-    extra += [f"--device {args.device}"] * (str(getattr(args, "device", "cpu")) != "cpu")
+    extra += [f"--device {shlex.quote(str(args.device))}"] * (
+        str(getattr(args, "device", "cpu")) != "cpu"
+    )
     extra += [f"--threads {args.threads}"] * (getattr(args, "threads", None) is not None)
     extra += [f"--{k.replace('_', '-')}" for k in ("no_pictures", "quiet") if getattr(args, k, 0)]
-    return " ".join(["n2nfunc train --resume", str(state), "--out", str(args.out), *extra])
+    paths = [shlex.quote(str(state)), "--out", shlex.quote(str(args.out))]  # spaces, quotes
+    return " ".join(["n2nfunc train --resume", *paths, *extra])
 
 
 def _interrupted_text(state: Path, args, saved: bool, nproc: int) -> str:
@@ -276,7 +284,9 @@ def _interrupted_text(state: Path, args, saved: bool, nproc: int) -> str:
     if epoch >= epochs:  # while the results were being written
         weights = Path(args.out) / "model.pth"
         return f"interrupted after the last epoch; {state} holds the trained run" + (
-            f", {weights} its weights" if weights.is_file() else ""
+            f", {weights} its weights"
+            if weights.is_file()
+            else f": `{resume_command(state, args, nproc)}` writes its weights"
         )
     return (
         f"interrupted in epoch {epoch + 1}; {state} holds the state from its start; continue "

@@ -781,11 +781,64 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
         ("data", {**state["data"], "n_train": "5"}, "its 'data' must be a dict of the run's"),
         ("data", {**state["data"], "n_train": 10**12}, "the pairs need about"),
         ("history", "x", "its 'history' must be a list"),
+        ("history", [1, "x", None], "its 'history' must be a list of per-epoch dicts of"),
+        ("config", {**state["config"], "seed": 2**70}, "its config: seed must be an int from"),
+        ("config", {**state["config"], "lr": float("nan")}, "its config: lr must be a finite"),
+        (  # had been cast: the weights truncated, the run trained on without a word
+            "params",
+            {k: v.int() for k, v in state["params"].items()},
+            "'0.weight' is torch.int32, expected a floating-point tensor",
+        ),
+        (  # had trained into a NaN loss, blamed on the learning rate or the data
+            "optimizer",
+            {**state["optimizer"], "v": [t * float("nan") for t in state["optimizer"]["v"]]},
+            "part.pth: the optimizer's state: parameter 'v.0' holds NaN",
+        ),
     ):
         checkpoint.save(tmp_path / "part.pth", {**state, part: value})
         assert main(["train", "--resume", str(tmp_path / "part.pth"), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert pattern in err and "Traceback" not in err, (part, value, err)
+
+
+def test_resuming_a_finished_run_whose_results_were_not_written_writes_them(
+    tmp_path, monkeypatch, capsys
+):
+    """A run stopped between its last checkpoint and its results (a full disk, Ctrl-C) had
+    no way to its model.pth: --resume said there was nothing to train."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    weights, history = checkpoint.load(out / "model.pth"), (out / "history.json").read_text()
+    (out / "model.pth").unlink()
+    (out / "history.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
+    said = capsys.readouterr().out
+    assert f"its weights were not written: now {out / 'model.pth'}" in said
+    again = checkpoint.load(out / "model.pth")
+    assert again["noise"] == weights["noise"] and again["config"] == weights["config"]
+    assert all(torch.equal(again["params"][k], v) for k, v in weights["params"].items())
+    assert (out / "history.json").read_text() == history
+    assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0  # now: nothing to do
+    assert f"nothing to train; its weights: {out / 'model.pth'}" in capsys.readouterr().out
+
+
+def test_a_resume_into_another_folder_notes_the_unfinished_run_it_replaces(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other):
+        assert main(["train", *TINY, "--epochs", "2", "--out", str(folder)]) == 0
+    state = checkpoint.load(other / "checkpoint.pth")
+    checkpoint.save(other / "checkpoint.pth", {**state, "epoch": 1})  # unfinished there
+    checkpoint.save(run / "checkpoint.pth", {**state, "epoch": 1})
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run / "checkpoint.pth"), "--out", str(other)]) == 0
+    assert f"note: {other / 'checkpoint.pth'} held an unfinished run (epoch 1 of 2)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_eval_notes_when_the_weights_noise_is_another_kind(tmp_path, monkeypatch, capsys):
@@ -856,7 +909,9 @@ def test_two_runs_cannot_write_into_one_folder_at_once(tmp_path, monkeypatch, ca
     out.mkdir()
     cli._lock_folder(out)  # as a run in progress holds it
     try:
-        assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+        with monkeypatch.context() as m:  # refused before the data (minutes for 50,000 pairs)
+            m.setattr(cli, "_training_data", lambda args: pytest.fail("data read"))
+            assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"--out {out}: another n2nfunc train (process {os.getpid()}) is writing" in err
         assert not (out / "checkpoint.pth").exists()

@@ -387,7 +387,8 @@ def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
         _stop(proc)
     assert proc.returncode == 1, err[-3000:]
     assert "error: training with 2 processes failed" in err and "killed by signal 9" in err
-    assert f"The last checkpoint is intact: --resume {out / 'checkpoint.pth'}" in err
+    intact = f"The last checkpoint is intact: `n2nfunc train --resume {out / 'checkpoint.pth'}"
+    assert f"{intact} --out {out} --nproc 2 " in err  # the whole command, as after Ctrl-C
     assert elapsed < 15, elapsed  # "within seconds" (the README): the agent stops them
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     state = checkpoint.load(out / "checkpoint.pth")
@@ -483,7 +484,8 @@ def test_sigterm_to_the_launcher_is_said_and_exits_143(tmp_path):
         _stop(proc)
     assert proc.returncode == 143, err[-3000:]
     assert "error: training with 2 processes stopped by signal 15 (SIGTERM)" in err, err[-3000:]
-    assert f"The last checkpoint is intact: --resume {out / 'checkpoint.pth'}" in err
+    intact = f"The last checkpoint is intact: `n2nfunc train --resume {out / 'checkpoint.pth'}"
+    assert f"{intact} --out {out} --nproc 2 " in err  # the whole command, as after Ctrl-C
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
 
 
@@ -532,14 +534,19 @@ def test_only_workers_of_train_nproc_watch_their_parent(monkeypatch):
     assert not watching()
 
 
-def test_ctrl_c_after_the_last_epoch_does_not_advise_resuming(tmp_path):
-    """Ctrl-C while the results were written said to --resume a finished run."""
+def test_ctrl_c_after_the_last_epoch_advises_resuming_only_for_the_weights(tmp_path):
+    """Ctrl-C while the results were written said to --resume a finished run, to train on;
+    --resume of a finished run now writes the weights it lacks, and only that is said."""
     model = Model({"widths": (4, 4), "num_epochs": 1})
     state = tmp_path / "checkpoint.pth"
     checkpoint.save(state, {**model.payload(), "epoch": 1})
     args = SimpleNamespace(out=tmp_path, device="cpu", threads=None, no_pictures=True, quiet=False)
     text = launch._interrupted_text(state, args, True, 2)
-    assert text.startswith("interrupted after the last epoch;") and "--resume" not in text
+    assert text.startswith("interrupted after the last epoch;")
+    assert text.endswith("--nproc 2 --no-pictures` writes its weights")
+    model.save(tmp_path / "model.pth")
+    text = launch._interrupted_text(state, args, True, 2)
+    assert "--resume" not in text and text.endswith(f"{tmp_path / 'model.pth'} its weights")
     checkpoint.save(state, {**model.payload(), "epoch": 0})
     text = launch._interrupted_text(state, args, True, 2)
     assert text.startswith("interrupted in epoch 1;")
@@ -552,6 +559,11 @@ def test_the_resume_command_repeats_where_and_how_the_run_ran(tmp_path):
     args = SimpleNamespace(out="o", device="cuda:1", threads=3, no_pictures=False, quiet=True)
     assert launch.resume_command("o/c.pth", args) == (
         "n2nfunc train --resume o/c.pth --out o --device cuda:1 --threads 3 --quiet"
+    )
+    args.out = "my runs/o"  # pasted into a shell, as printed
+    assert launch.resume_command("my runs/o/c.pth", args) == (
+        "n2nfunc train --resume 'my runs/o/c.pth' --out 'my runs/o' --device cuda:1 --threads 3 "
+        "--quiet"
     )
 
 
@@ -575,16 +587,21 @@ def test_failure_causes_leave_out_the_ranks_the_agent_stopped():
 def test_the_resume_hint_is_for_unfinished_runs_only(tmp_path):
     """A failure after the last epoch (writing model.pth, say) advised a --resume that had
     nothing left to train."""
+    import argparse
+
     from n2nfunc.launch import _resume_hint
 
     state = tmp_path / "checkpoint.pth"
+    args = argparse.Namespace(out=tmp_path, nproc=2, device="cpu", threads=1)
+    command = f"n2nfunc train --resume {state} --out {tmp_path} --nproc 2 --threads 1"
     checkpoint.save(state, {"epoch": 1, "config": {"num_epochs": 2}})
-    assert _resume_hint(state, lambda: True) == f" The last checkpoint is intact: --resume {state}"
+    assert _resume_hint(state, lambda: True, args) == f" The last checkpoint is intact: `{command}`"
     checkpoint.save(state, {"epoch": 2, "config": {"num_epochs": 2}})
-    assert "finished its epochs; its checkpoint holds the weights" in _resume_hint(
-        state, lambda: True
+    assert _resume_hint(state, lambda: True, args) == (
+        f" The run had finished its epochs; its checkpoint holds the weights: {state} "
+        f"(`{command}` writes its model.pth)"
     )
-    assert _resume_hint(state, lambda: False) == ""  # an earlier run's checkpoint
+    assert _resume_hint(state, lambda: False, args) == ""  # an earlier run's checkpoint
 
 
 def test_a_worker_interrupted_while_torch_loads_ends_without_a_traceback(tmp_path):
