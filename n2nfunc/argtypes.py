@@ -170,6 +170,16 @@ def pair_dir(text: str) -> Path:
     return path
 
 
+def _unwritable(folder: Path) -> str:
+    """Why a folder that ``os.access`` calls unwritable is so."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "a read-only file system"
+    except (AttributeError, OSError):  # no statvfs (Windows)
+        pass
+    return "permission denied"
+
+
 def _writable_parent(path: Path, text: str) -> None:
     """The nearest existing ancestor of ``path`` is a writable directory."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -178,7 +188,7 @@ def _writable_parent(path: Path, text: str) -> None:
     if not parent.is_dir():
         raise Error(f"cannot create {text}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise Error(f"cannot write in {parent} (permission denied)")
+        raise Error(f"cannot write in {parent} ({_unwritable(parent)})")
 
 
 def output_dir(text: str) -> Path:
@@ -191,7 +201,7 @@ def output_dir(text: str) -> Path:
         if not path.is_dir():
             raise Error(f"{text} is a file; expected a folder (it would be created if missing)")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise Error(f"cannot write in {text} (permission denied)")
+            raise Error(f"cannot write in {text} ({_unwritable(path)})")
         return path
     _writable_parent(path, text)
     return path
@@ -230,7 +240,7 @@ def output_image(text: str) -> Path:
     if not parent.is_dir():
         raise Error(f"the folder {parent} does not exist (it is not created for you)")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise Error(f"cannot write in {parent} (permission denied)")
+        raise Error(f"cannot write in {parent} ({_unwritable(parent)})")
     if path.exists() and not os.access(path, os.W_OK):
         raise Error(f"{text} exists and is not writable")
     return path

@@ -166,9 +166,12 @@ class DataParallel:
         theirs = dict(ast.literal_eval(self.store.get("n2nfunc/options").decode()))
         for name, value in sorted(options.items()):
             if theirs.get(name) != value:
+                ours = f"runs without {name}" if value is None else f"runs with {name} {value!r}"
+                other = theirs.get(name)
+                zero = f"without {name}" if other is None else f"with {other!r}"
                 return (
-                    f"rank {self.rank} runs with {name} {value!r}, rank 0 with "
-                    f"{theirs.get(name)!r}: every process must be started with the same options"
+                    f"rank {self.rank} {ours}, rank 0 {zero}: every process must be started "
+                    "with the same options (a default given to one and not to another differs)"
                 )
         return None
 
