@@ -386,7 +386,7 @@ def _check_state_parts(state: dict, path) -> None:
         "history": (
             isinstance(state.get("history", []), list)
             and all(
-                isinstance(h, dict) and all(_is_number(v) for v in h.values())
+                isinstance(h, dict) and all(_is_plain_number(v) for v in h.values())
                 for h in state.get("history", [])
             ),
             "a list of per-epoch dicts of numbers",
@@ -415,7 +415,7 @@ def _check_state_parts(state: dict, path) -> None:
         raise ValueError(f"--resume: {path}: its config: {e}") from None
 
 
-def _is_number(value) -> bool:
+def _is_plain_number(value) -> bool:
     return type(value) in (int, float)
 
 

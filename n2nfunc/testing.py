@@ -78,11 +78,11 @@ def check_vjp(
     seeded with ``seed`` on the input's device; ``train=False`` checks evaluation mode.
     """
     g = Generator(device=_device_of(x)).manual_seed(seed)
-    for path, leaf in tree.flatten(params):
+    for where, leaf in tree.flatten(params):
         if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
             kind = leaf.dtype if isinstance(leaf, Tensor) else type(leaf).__name__
             raise ValueError(
-                f"check_vjp: parameter '{path}' is {kind}, not a floating-point tensor: "
+                f"check_vjp: parameter '{where}' is {kind}, not a floating-point tensor: "
                 "keep integer buffers out of params (the closure of init can hold them)"
             )
     params = tree.map(_to64, params)

@@ -210,8 +210,11 @@ def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
     out = _flatten(tree, prefix)
     if len({path for path, _ in out}) < len(out):
         seen: set = set()
-        twice = next(path for path, _ in out if path in seen or seen.add(path))
-        raise ValueError(f"tree: two leaves have the path {twice!r}; keys must differ as text")
+        for path, _ in out:
+            if path in seen:
+                break
+            seen.add(path)
+        raise ValueError(f"tree: two leaves have the path {path!r}; keys must differ as text")
     return out
 
 
