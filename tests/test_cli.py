@@ -782,6 +782,7 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
         ("data", {**state["data"], "n_train": 10**12}, "the pairs need about"),
         ("history", "x", "its 'history' must be a list"),
         ("history", [1, "x", None], "its 'history' must be a list of per-epoch dicts of"),
+        ("history", [{"epoch": 1, "loss": None}], "its 'history' must be a list of per-epoch"),
         ("config", {**state["config"], "seed": 2**70}, "its config: seed must be an int from"),
         ("config", {**state["config"], "lr": float("nan")}, "its config: lr must be a finite"),
         (  # had been cast: the weights truncated, the run trained on without a word
