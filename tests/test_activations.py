@@ -308,3 +308,19 @@ def test_softplus_in_float16_does_not_overflow_below_the_threshold():
     y = nf.softplus().apply({}, x)
     assert torch.isfinite(y).all()
     assert (y.double() - F.softplus(x.float()).double()).abs().max() <= 0.01
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_relu_passes_infinite_and_nan_gradients_where_torch_does(dtype):
+    """``ct`` where ``y > 0`` (infinite, NaN or not) and +0 elsewhere, torch's
+    threshold_backward: ``sign(y) * ct`` had made 0 * inf = NaN off the active inputs."""
+    x = torch.tensor([-2.0, 0.0, 3.0, -1.0, 4.0, -0.0, float("nan")], dtype=dtype)
+    ct = torch.tensor([float("inf"), -float("inf"), float("inf"), float("nan"), 2.0, 5.0, 1.0])
+    ct = ct.to(dtype)
+    y, pullback = nf.relu().vjp({}, x)
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad(F.relu(xr), xr, ct)
+    got = pullback(ct)[1]
+    assert got.dtype == dtype and torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())

@@ -237,6 +237,21 @@ def test_max_pool2d_routes_infinite_maxima_like_torch(k, s, p):
     assert torch.equal(y, y_ref) and torch.equal(pullback(ct)[1], g)
 
 
+@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool2d_routes_infinite_and_nan_gradients_like_torch(k, s, p):
+    """An infinite or NaN output gradient goes to its window's maximum only, as torch's
+    index scatter sends it; the float path's ``0 * inf`` had put NaN beside it."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64)
+    y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
+    ct = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    ct[0, 0, 0, 0], ct[1, 2, 1, 1], ct[0, 1, -1, -1] = float("inf"), -float("inf"), float("nan")
+    _, (want,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)
+    got = pullback(ct)[1]
+    assert torch.equal(got.isnan(), want.isnan()) and int(want.isnan().sum()) >= 1
+    assert torch.allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
+
+
 def test_16_bit_window_sums_accumulate_in_float32_and_round_once():
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(2, 3, 16, 16, generator=g) + 1.0).bfloat16()  # sums that bfloat16 rounds

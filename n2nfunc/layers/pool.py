@@ -113,8 +113,9 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     """Route each output gradient to the first input of its window (row-major) that equals
     the window's maximum: one pass per kernel offset, each claiming the share of the
     gradient that earlier offsets left free, so tied maxima count once and overlapping
-    windows add up. Float arithmetic when every maximum is finite (``v - max`` is 0 exactly
-    at a maximum; comparisons producing bool tensors are several times slower on the CPU);
+    windows add up. Float arithmetic when every maximum and gradient is finite (``v - max``
+    is 0 exactly at a maximum; comparisons producing bool tensors are several times slower
+    on the CPU; an infinite gradient times 0 would be NaN off the maximum);
     otherwise, and on a GPU (where the finiteness test would make the host wait for the
     device), boolean masks that also route a NaN maximum to the first NaN, and a window of
     -inf only to its first input, never to the padding (which counts as -inf too)."""
@@ -127,7 +128,7 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
         for a in range(k[0])
         for b in range(k[1])
     ]
-    if y.device.type == "cpu" and math.isfinite(float(y.sum())):  # elsewhere: no host sync
+    if y.device.type == "cpu" and all(math.isfinite(float(t.sum())) for t in (y, g)):
         free = None  # the share of each output's gradient not yet routed (1, then 0)
         for v, slot in zip(parts[:-1], slots[:-1]):
             hit = v.sub(y).sign_().add_(1)  # 1 where v is the window's maximum, else 0
@@ -149,7 +150,7 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
         hit = v.eq(y).logical_or_(v.isnan())
         if inside is not None:
             hit.logical_and_(inside[i])
-        slot.add_(rest * hit)
+        slot.add_(rest.where(hit, 0.0))  # (rest * hit: 0 * inf = NaN off the maximum)
         if i + 1 < len(parts):
             rest = rest.masked_fill(hit, 0)
     return dxp
