@@ -48,6 +48,7 @@ from .modules import (
     Sigmoid,
     TransposeConv2d,
     UNet,
+    Unpicklable,
     Upsampling,
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
@@ -296,8 +297,13 @@ def check_config(config: dict) -> None:
         )
 
 
-class Model:
+class Model(Unpicklable):
     """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
+
+    save_instead = (
+        "use model.save(path) instead (weights and config; Model().load_pretrained_model(path) "
+        "reads them)"
+    )
 
     def __init__(self, config: dict | None = None):
         if config is not None and not isinstance(config, dict):

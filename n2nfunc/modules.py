@@ -20,6 +20,7 @@ the ``training`` flag, recursively, as in ``torch.nn``; ``state_dict()`` holds p
 and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 """
 
+import copy
 from typing import Any, TypeGuard
 
 from torch import Generator, Tensor, empty
@@ -58,7 +59,36 @@ def _spent_pullback(name: str):
     return pullback
 
 
-class Module:
+class Unpicklable:
+    """Copied as plain Python objects are (``copy.copy``, ``copy.deepcopy``), but refused by
+    ``pickle`` and so ``torch.save`` in a sentence saying what to save instead: the object
+    holds the functions its layers were built as, which pickle cannot store (it had failed
+    on a closure deep inside, "Can't pickle local object ...")."""
+
+    save_instead = (
+        "save its state_dict() instead (n2nfunc.save or torch.save) and load_state_dict it "
+        "into a new one"
+    )
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled (nor given to torch.save): it holds the "
+            f"functions of its layers; {self.save_instead}"
+        )
+
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
+
+class Module(Unpicklable):
     """A stateful block around a functional :class:`~n2nfunc.base.Layer` (or
     :class:`~n2nfunc.stateful.StatefulLayer`, with its ``state`` and ``rng``)."""
 
@@ -708,9 +738,11 @@ class Sequential(Module):
         return f"Sequential(\n  {inner}\n)"
 
 
-class LossModule:
+class LossModule(Unpicklable):
     """A loss as a block: ``forward(pred, target)`` returns the value, ``backward()`` its
     gradient wrt ``pred``."""
+
+    save_instead = "a loss holds no state: build a new one"
 
     def __init__(self, loss: Loss, name: str):
         self.loss, self.name = loss, name
@@ -777,7 +809,7 @@ class CrossEntropyLoss(LossModule):
         super().__init__(cross_entropy_with(label_smoothing), "CrossEntropyLoss")
 
 
-class Optimizer:
+class Optimizer(Unpicklable):
     """Applies a functional optimizer in place to ``(parameter, gradient)`` pairs.
 
     ``lr`` (a number or a schedule ``step -> lr``) is read at every step, so it may be
@@ -792,6 +824,8 @@ class Optimizer:
     still gets its weight decay, momentum and Adam step, where torch's default (gradients set
     to None) skips it. Give such networks an optimizer each.
     """
+
+    save_instead = "save its state (the tree optimizer.state) with n2nfunc.save instead"
 
     def __init__(self, params, make, lr, name):
         if isinstance(params, Module):

@@ -754,3 +754,31 @@ def test_blocks_work_with_autograd_on_and_an_input_that_requires_grad():
         y = net(x.clone().requires_grad_())
         dx = net.backward(ct)
     assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref) and not y.requires_grad
+
+
+def test_pickling_is_refused_in_a_sentence_and_copies_still_work():
+    """Blocks hold their layers' functions, which pickle cannot store: torch.save(block) had
+    failed with "Can't pickle local object '_make_init.<locals>.init_fn'"."""
+    import copy
+    import io
+    import pickle
+
+    from n2nfunc import Model
+
+    net = Sequential(Conv2d(3, 4, 3), ReLU())
+    for obj, advice in (
+        (net, r"save its state_dict\(\) instead"),
+        (MSE(), "a loss holds no state"),
+        (SGD(net.param(), 0.1), "save its state"),
+        (Model(), r"use model.save\(path\) instead"),
+    ):
+        name = type(obj).__name__
+        with pytest.raises(TypeError, match=rf"{name} cannot be pickled .*; {advice}"):
+            pickle.dumps(obj)
+        with pytest.raises(TypeError, match=f"{name} cannot be pickled"):
+            torch.save(obj, io.BytesIO())
+    twin = copy.deepcopy(net)
+    assert twin[0].weight is not net[0].weight and torch.equal(twin[0].weight, net[0].weight)
+    x = torch.randn(1, 3, 6, 6)
+    assert torch.equal(twin(x), net(x))
+    assert copy.copy(net)[0] is net[0]
