@@ -62,6 +62,7 @@ ALLOWED = {
 FORBIDDEN_ATTRIBUTES = {"requires_grad", "requires_grad_", "retain_grad", "grad_fn", "autograd"}
 STDLIB_OK = {
     "math",
+    "copy",
     "numbers",
     "functools",
     "typing",
