@@ -54,7 +54,8 @@ def relu() -> Layer:
     The mask is applied to the bits (:func:`_relu_mask_bits`): ``ct`` where ``y > 0``, else
     +0, as PyTorch's -- an infinite or NaN cotangent stays where ``y > 0`` and is 0 elsewhere
     (``sign(y) * ct`` gave NaN there, ``0 * inf``) -- and faster than a boolean mask and
-    ``masked_fill`` on channels-last tensors.
+    ``masked_fill`` on channels-last tensors. (Where ``y`` itself is NaN, see
+    :func:`_positive_bits`.)
     """
     return _elementwise("relu", lambda x: x.clamp(min=0), _relu_times, uses_input=False)
 
@@ -75,7 +76,9 @@ def _positive_bits(v):
     read as an integer are a positive number, +0's are 0 and a negative float's (sign bit
     set) are negative, so this is ``clamp(bits(v), 0, 1)``. Integer ops, where arithmetic on
     bfloat16 converts every element to float32 and back. A NaN counts by its sign bit (the
-    forward pass carries it already; PyTorch's ReLU passes the cotangent there too)."""
+    forward pass carries it already): PyTorch's ReLU passes the cotangent at every NaN, this
+    mask at one with the sign bit clear (``float("nan")``; arithmetic's NaNs on x86, as
+    ``inf - inf``, have it set, and get 0)."""
     return v.view(_SAME_SIZE_INT[v.element_size()]).clamp(0, 1)
 
 

@@ -419,14 +419,33 @@ def _is_plain_number(value) -> bool:
     return type(value) in (int, float)
 
 
-def _write_results(state: dict, path, weights: Path) -> None:
-    """The weights and history of a finished run's training state, as the run writes them at
-    its end (its pictures need the data: ``eval --checkpoint`` shows what it does)."""
-    model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
-    _loading("--resume", _resume, model, state, path)
-    noise = {"noise": state["noise"]} if "noise" in state else {}
-    checkpoint.save(weights, {**model.payload(), **noise})
-    weights.with_name("history.json").write_text(json.dumps(state.get("history", []), indent=1))
+def _finished_run(args, state: dict, epochs: int) -> None:
+    """``--resume`` of a run that has trained all its epochs: nothing to train; the weights
+    and history it would have written at its end are written into ``--out`` where they are
+    missing (a full disk or Ctrl-C cut that end short), never over a file there (its
+    pictures need the data: ``eval --checkpoint`` shows what it does)."""
+    out = Path(args.out)
+    weights, history = out / "model.pth", out / "history.json"
+    done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
+    if weights.is_file() and history.is_file():
+        print(
+            f"{done}; nothing to train; its weights: {weights} (to train on, start a new run "
+            "without --resume)"
+        )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _lock_folder(out)  # no run is writing there meanwhile
+    written = []
+    if not weights.is_file():
+        model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
+        _loading("--resume", _resume, model, state, args.resume)
+        noise = {"noise": state["noise"]} if "noise" in state else {}
+        checkpoint.save(weights, {**model.payload(), **noise})
+        written.append(f"its weights {weights}")
+    if not history.is_file():
+        history.write_text(json.dumps(state.get("history", []), indent=1))
+        written.append(f"its history {history}")
+    print(f"{done}; nothing to train; written now: {', '.join(written)}")
 
 
 def _resume(model: Model, state: dict, path) -> None:
@@ -470,19 +489,7 @@ def cmd_train(args) -> int:
         epochs = launch.planned_epochs(state)
         if state["epoch"] >= epochs:  # before any data is read
             if rank == "0":
-                weights = Path(args.resume).with_name("model.pth")
-                done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
-                if weights.is_file():
-                    print(
-                        f"{done}; nothing to train; its weights: {weights} (to train on, "
-                        "start a new run without --resume)"
-                    )
-                else:  # its end was cut short (a full disk, Ctrl-C) before the results
-                    _write_results(state, args.resume, weights)
-                    print(
-                        f"{done}; its weights were not written: now {weights}, and its "
-                        f"history {weights.with_name('history.json')}"
-                    )
+                _finished_run(args, state, epochs)
             return 0
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         return launch.train_worker(args, _setup(args), run_training)

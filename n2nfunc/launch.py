@@ -113,6 +113,9 @@ def _resume_hint(state: Path, ours, args) -> str:
         finished = saved["epoch"] >= planned_epochs(saved)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         finished = False
+    weights = Path(args.out) / "model.pth"
+    if finished and weights.is_file():  # (a failure while drawing its pictures)
+        return f" The run had finished its epochs; its weights: {weights}"
     if finished:
         return (
             f" The run had finished its epochs; its checkpoint holds the weights: {state} "

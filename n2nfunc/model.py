@@ -612,8 +612,9 @@ def full_config(config: dict) -> dict:
     try:
         check_config(config)
         compute_dtype(config["precision"])
-        if network == "unet":
-            check_architecture(config["depth"], config["widths"])
+        if network == "unet":  # recorded as it checks them: Python ints (checkpoints store)
+            arch = check_architecture(config["depth"], config["widths"])
+            config["depth"], config["widths"] = arch["depth"], arch["widths"]
     except (TypeError, ValueError) as e:
         raise ValueError(str(e)) from None
     return config

@@ -816,13 +816,27 @@ def test_resuming_a_finished_run_whose_results_were_not_written_writes_them(
     capsys.readouterr()
     assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
     said = capsys.readouterr().out
-    assert f"its weights were not written: now {out / 'model.pth'}" in said
+    assert f"written now: its weights {out / 'model.pth'}, its history" in said
     again = checkpoint.load(out / "model.pth")
     assert again["noise"] == weights["noise"] and again["config"] == weights["config"]
     assert all(torch.equal(again["params"][k], v) for k, v in weights["params"].items())
     assert (out / "history.json").read_text() == history
     assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0  # now: nothing to do
     assert f"nothing to train; its weights: {out / 'model.pth'}" in capsys.readouterr().out
+    # into --out, never over a file there: a copy of the checkpoint elsewhere, whose folder
+    # holds another run's history, writes into --out (it had written beside the copy)
+    elsewhere, other = tmp_path / "copies", tmp_path / "b"
+    elsewhere.mkdir()
+    (elsewhere / "ckpt.pth").write_bytes((out / "checkpoint.pth").read_bytes())
+    (elsewhere / "history.json").write_text("[]")
+    resume = ["train", "--resume", str(elsewhere / "ckpt.pth"), "--out", str(other)]
+    assert main(resume) == 0
+    assert (other / "model.pth").is_file() and (other / "history.json").read_text() == history
+    assert (elsewhere / "history.json").read_text() == "[]"
+    assert not (elsewhere / "model.pth").exists()
+    (other / "history.json").unlink()  # Ctrl-C between the two files: the history alone
+    assert main(resume) == 0
+    assert f"written now: its history {other / 'history.json'}" in capsys.readouterr().out
 
 
 def test_a_resume_into_another_folder_notes_the_unfinished_run_it_replaces(

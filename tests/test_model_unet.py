@@ -155,3 +155,15 @@ def test_tiles_of_large_predictions_grow_with_the_networks_reach(monkeypatch):
     whole = m.predict(z)
     monkeypatch.setattr(model_module, "PREDICT_TILE", 64)  # too small for that reach
     assert float((m.predict(z) - whole).abs().max()) < 1e-3
+
+
+def test_numpy_sizes_are_recorded_as_ints_so_the_model_saves(tmp_path):
+    np = pytest.importorskip("numpy")
+    model = Model({"network": "unet", "depth": np.int64(2), "widths": tuple(np.array([4] * 4))})
+    assert type(model.config["depth"]) is int and all(
+        type(w) is int for w in model.config["widths"]
+    )
+    model.save(tmp_path / "m.pth")  # a checkpoint stores no NumPy scalar
+    again = Model()
+    again.load_pretrained_model(tmp_path / "m.pth")
+    assert again.config["depth"] == 2 and again.config["widths"] == (4, 4, 4, 4)
