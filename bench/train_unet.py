@@ -11,8 +11,9 @@ of the training photos (bench/shipped_weights.py's Debian wallpapers, fetched in
 each; the input is clipped to [0, 1], the target is not. Adam (betas 0.9/0.99 as in the
 paper), warm-up then cosine decay, MSE. ``--minutes`` times the first steps and sets the
 number of steps to fit the budget; the run is then fixed by ``--steps`` (printed), so
-passing that number replays it exactly. The weights go to n2nfunc/weights/NAME.pth with
-their architecture and the training settings (``n2nfunc.pretrained(NAME)`` loads them).
+passing that number replays it exactly. The weights go to runs/weights/NAME.pth (``--out``)
+with their architecture and the training settings; shipping them is copying that file into
+n2nfunc/weights/, where ``n2nfunc.pretrained(NAME)`` loads them.
 
 ``train(...)`` is also used by bench/photo_denoise.py --train-compare (Noise2Clean
 targets, the torch.nn twin).
