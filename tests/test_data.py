@@ -365,3 +365,17 @@ def test_psnr_refuses_a_max_value_that_is_no_white_level():
         with pytest.raises(ValueError, match="max_value must be a finite number > 0"):
             psnr(a, a, bad)
     assert psnr(a, a) == 200.0  # an exact match: the error floored at 1e-20, as documented
+
+
+def test_clean_targets_beside_the_very_inputs_of_noise2noise_pairs():
+    """bench/psnr.py's clean-target model trained on other images than its Noise2Noise one
+    (the validation split of another seed): now the same inputs, each with its clean image."""
+    from n2nfunc.data.synthetic import make_pairs
+
+    for noise, sigma in (("gaussian:10", 10.0), ("downsample", None)):
+        x, noisy = make_pairs(8, "train", noise, chunk=3)  # several chunks: the draws line up
+        xc, clean = make_pairs(8, "train", noise, chunk=3, clean_targets=True)
+        assert torch.equal(x, xc) and clean.dtype == torch.uint8
+        if sigma is not None:  # the noisy target is the clean one plus the noise
+            assert abs(float((noisy.float() - clean.float()).std()) - sigma) < 1.0
+        assert not torch.equal(noisy.to(clean.dtype), clean)

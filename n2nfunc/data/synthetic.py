@@ -144,6 +144,7 @@ def make_pairs(
     seed: int = 0,
     size: int = 32,
     chunk: int | None = None,
+    clean_targets: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``n`` pairs (n, 3, size, size) on the 0-255 scale: noisy/noisy for ``split="train"``,
     noisy/clean for ``split="val"``, with the noise of a spec (a ``--noise`` text or a
@@ -152,7 +153,10 @@ def make_pairs(
     saved photo); a training target of Gaussian or Poisson noise is int16, rounded but not
     clipped, as a clipped target would bias Noise2Noise near black and white. Images are
     made ``chunk`` at a time (default: 1000 rendered at 128 x 128, fewer when the downsampling
-    factor renders them larger, so that memory stays about 1 GB at any factor)."""
+    factor renders them larger, so that memory stays about 1 GB at any factor).
+    ``clean_targets``: the training split's inputs, each beside its clean image (uint8) instead
+    of its second noisy view -- the same draws, so a model trained on them sees exactly the
+    inputs of one trained Noise2Noise (bench/psnr.py compares the two)."""
     from .noise import levels, parse_noise
 
     if split not in ("train", "val"):
@@ -173,8 +177,10 @@ def make_pairs(
         first.append(to_uint8(noisy_views(high, clean, noise, factor, g, lv)))
         if split == "val":
             second.append(to_uint8(clean))
-        elif noise.kind == "downsample":
-            second.append(to_uint8(noisy_views(high, clean, noise, factor, g, lv)))
+            continue
+        if noise.kind == "downsample":
+            view = to_uint8(noisy_views(high, clean, noise, factor, g, lv))
         else:
-            second.append(to_int16(noisy_views(high, clean, noise, factor, g, lv, clip=False)))
-    return torch.cat(first), torch.cat(second)
+            view = to_int16(noisy_views(high, clean, noise, factor, g, lv, clip=False))
+        second.append(to_uint8(clean) if clean_targets else view)  # drawn either way: the
+    return torch.cat(first), torch.cat(second)  # next chunk's images are the same
