@@ -13,11 +13,11 @@ from torch import Tensor, empty
 
 from .base import (
     Layer,
+    an_int,
     apply_via_vjp,
     check_cotangent,
     check_params,
     check_tensor,
-    is_int,
     is_number,
     output_of,
 )
@@ -260,9 +260,7 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
 
 def _along(axis: int, name: str):
     """A check that ``axis`` exists in the input (negative axes count from the end)."""
-    if not is_int(axis):
-        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
-    axis = int(axis)
+    axis = an_int(axis, "axis", name)
 
     def checked(x):
         if not -x.dim() <= axis < x.dim():

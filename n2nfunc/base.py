@@ -152,6 +152,13 @@ def pair(value, name: str, layer: str, minimum: int = 1) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def an_int(value, name: str, layer: str) -> int:
+    """``value`` as a Python int (any sign); a TypeError naming ``layer`` and ``name`` else."""
+    if not is_int(value):
+        raise TypeError(f"{layer}: {name} must be an int, got {value!r}")
+    return int(value)
+
+
 def positive_int(value, name: str, layer: str) -> int:
     """``value`` as a Python int, which must be >= 1."""
     if not is_int(value) or value < 1:

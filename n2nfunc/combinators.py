@@ -30,10 +30,10 @@ from .base import (
     Held,
     Layer,
     Output,
+    an_int,
     apply_via_vjp,
     check_cotangent,
     check_tensor,
-    is_int,
     output_of,
     positive_int,
     pull,
@@ -361,9 +361,7 @@ def fanin_sum() -> Layer:
 def fanin_concat(axis: int = 1) -> Layer:
     """``(x0, x1, ...) -> cat(xs, axis)``, by default along channels; the pullback splits."""
     name = f"fanin_concat(axis={axis!r})"
-    if not is_int(axis):
-        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
-    axis = int(axis)
+    axis = an_int(axis, "axis", name)
 
     def init(generator, in_shapes):
         shapes = [tuple(s) for s in _check_shapes(in_shapes, -1, name)]
