@@ -23,6 +23,7 @@ import torch
 
 from . import __version__, allocator, checkpoint, hardware, launch, optim, tree
 from . import argtypes as at
+from .base import is_number
 from .data import (
     builtin_pairs,
     check_fits,
@@ -386,7 +387,7 @@ def _check_state_parts(state: dict, path) -> None:
         "history": (
             isinstance(state.get("history", []), list)
             and all(
-                isinstance(h, dict) and all(_is_plain_number(v) for v in h.values())
+                isinstance(h, dict) and all(is_number(v) for v in h.values())
                 for h in state.get("history", [])
             ),
             "a list of per-epoch dicts of numbers",
@@ -410,13 +411,14 @@ def _check_state_parts(state: dict, path) -> None:
             got = got if len(got) <= 60 else got[:57] + "..."
             raise ValueError(f"--resume: {path}: its {part!r} must be {want}, got {got}")
     try:  # before the data is made from its seed
-        full_config({k: v for k, v in config.items() if k in DEFAULT_CONFIG})
+        full_config(_run_config(config))
     except ValueError as e:
         raise ValueError(f"--resume: {path}: its config: {e}") from None
 
 
-def _is_plain_number(value) -> bool:
-    return type(value) in (int, float)
+def _run_config(config) -> dict:
+    """A checkpoint's config, less entries this version's Model does not know."""
+    return {k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG}
 
 
 def _finished_run(args, state: dict, epochs: int) -> None:
@@ -437,7 +439,7 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     _lock_folder(out)  # no run is writing there meanwhile
     written = []
     if not weights.is_file():
-        model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
+        model = Model(_run_config(state["config"]))
         _loading("--resume", _resume, model, state, args.resume)
         noise = {"noise": state["noise"]} if "noise" in state else {}
         checkpoint.save(weights, {**model.payload(), **noise})
@@ -602,7 +604,7 @@ def run_training(args, device, dp=None) -> int:
         dp.wait("data")  # rank 0 may take minutes to generate the data
         xt, yt = dp.broadcast([xt, yt] if lead else [])
     if state is not None:
-        model = Model({k: v for k, v in state["config"].items() if k in DEFAULT_CONFIG})
+        model = Model(_run_config(state["config"]))
         _loading("--resume", _resume, model, state, args.resume)
         start, history = state["epoch"], list(state.get("history", []))
         if lead and "data" not in state and state.get("noise", noise) != noise:
@@ -765,7 +767,7 @@ def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
     """The Model in a weights file (default: the shipped one) and its training noise."""
     path = Path(path) if path else DEFAULT_WEIGHTS
     payload = _network_payload("--checkpoint", path)
-    config = {k: v for k, v in (payload.get("config") or {}).items() if k in DEFAULT_CONFIG}
+    config = _run_config(payload.get("config"))
     config["precision"] = precision  # how to compute now, not how the weights were trained
     model = _loading("--checkpoint", Model, config)
     _loading("--checkpoint", model.load_payload, payload, str(path))
