@@ -43,14 +43,22 @@ def _describe(kind: str, **options) -> str:
 def _scale_pair(value, layer: str) -> tuple[int, int]:
     """``scale_factor`` as a pair of ints >= 1: whole floats count (``2.0``, as
     ``torch.nn.Upsample`` takes it), fractions are refused by name."""
-    values = list(value) if isinstance(value, (tuple, list)) else [value]
-    if any(is_number(v) and not is_int(v) and not float(v).is_integer() for v in values):
-        raise ValueError(
-            f"{layer}: scale_factor must be whole numbers (nearest upsampling by a fraction "
-            f"is not supported), got {value!r}"
-        )
-    whole = [int(v) if is_number(v) and not is_int(v) else v for v in values]
-    return pair(whole if isinstance(value, (tuple, list)) else whole[0], "scale_factor", layer)
+
+    def whole(v):  # a float as its int; anything else as it is, for pair to judge
+        if not is_number(v) or is_int(v):
+            return v
+        if not float(v).is_integer():
+            raise ValueError(
+                f"{layer}: scale_factor must be whole numbers (nearest upsampling by a "
+                f"fraction is not supported), got {value!r}"
+            )
+        return int(v)
+
+    return pair(
+        [whole(v) for v in value] if isinstance(value, (tuple, list)) else whole(value),
+        "scale_factor",
+        layer,
+    )
 
 
 def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:

@@ -59,6 +59,9 @@ def _spent_pullback(name: str):
     return pullback
 
 
+NO_FORWARD = "backward() called before forward(), or after a forward() that failed"
+
+
 class Unpicklable:
     """Copied as plain Python objects are (``copy.copy``, ``copy.deepcopy``), but refused by
     ``pickle`` and so ``torch.save`` in a sentence saying what to save instead: the object
@@ -181,9 +184,7 @@ class Module(Unpicklable):
 
     def _check_backward(self) -> None:
         if self._pullback is None:
-            raise ValueError(
-                f"{self.name}: backward() called before forward(), or after a forward() that failed"
-            )
+            raise ValueError(f"{self.name}: {NO_FORWARD}")
         if self._pullback is _SPENT:
             raise ValueError(
                 f"{self.name}: backward() called twice after one forward(); the first released "
@@ -758,9 +759,7 @@ class LossModule(Unpicklable):
 
     def backward(self) -> Tensor:
         if self._grad is None:
-            raise ValueError(
-                f"{self.name}: backward() called before forward(), or after a forward() that failed"
-            )
+            raise ValueError(f"{self.name}: {NO_FORWARD}")
         return self._grad
 
     def param(self) -> list:

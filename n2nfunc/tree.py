@@ -207,14 +207,11 @@ def flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
     """All leaves with their dotted paths, in insertion order. Two leaves on one path (keys
     ``1`` and ``"1"``, or ``"a.b"`` beside ``{"a": {"b": ...}}``) are refused: a path names
     one leaf in state dicts, checkpoints and gradient checks."""
-    out = _flatten(tree, prefix)
-    if len({path for path, _ in out}) < len(out):
-        seen: set = set()
-        for path, _ in out:
-            if path in seen:
-                break
-            seen.add(path)
-        raise ValueError(f"tree: two leaves have the path {path!r}; keys must differ as text")
+    out, seen = _flatten(tree, prefix), set()
+    for path, _ in out:
+        if path in seen:
+            raise ValueError(f"tree: two leaves have the path {path!r}; keys must differ as text")
+        seen.add(path)
     return out
 
 
