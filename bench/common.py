@@ -166,9 +166,9 @@ def header(threads: int, device: str = "cpu") -> dict:
         f"measured GEMM peak ({size}^3 on {device}): "
         + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())
     )
-    problem = hardware.bfloat16_problem(device)
-    if problem:
-        print(f"NOTE: {problem}")
+    for problem in (hardware.bfloat16_problem(device), None if on_cuda else hardware.mkl_problem()):
+        if problem:
+            print(f"NOTE: {problem}")
     print()
     return peaks
 

@@ -649,6 +649,9 @@ def run_training(args, device, dp=None) -> int:
         f"{_count(torch.get_num_threads(), 'thread')}, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
+    slow_gemm = hardware.mkl_problem() if torch.device(device).type == "cpu" else None
+    if slow_gemm:
+        print(f"note: {slow_gemm}")
     progress = Progress(max(epochs - start, 0) * per_epoch, epochs, quiet=args.quiet)
 
     def on_step(epoch, step, steps, loss):

@@ -1,11 +1,13 @@
-"""What the machine offers (I/O: reads /proc/cpuinfo and asks torch about CUDA).
+"""What the machine offers (I/O: reads /proc/cpuinfo, asks torch about CUDA and MKL).
 
 bfloat16 pays off only where the matmul units take it natively: on x86 CPUs the flags
 ``amx_bf16`` (Intel AMX) or ``avx512_bf16`` (AVX512-BF16, e.g. AMD Zen 4); on CUDA GPUs
 compute capability 8.0 or newer. Elsewhere torch emulates it, usually slower than float32.
 """
 
+import ctypes
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -63,6 +65,40 @@ def bfloat16_problem(device="cpu") -> str | None:
     return f"device {device} has no native bfloat16 matmul; bfloat16 would be slower than float32"
 
 
+def mkl_intel_paths() -> bool | None:
+    """Whether torch's MKL runs its Intel code paths (its AVX-512 float32 GEMM kernels): True
+    on Intel CPUs, False where its vendor check (``mkl_serv_intel_cpu_true``) turns them down
+    -- on AMD CPUs MKL falls back to generic kernels, even where the CPU has AVX-512 --, None
+    where torch has no MKL or the check cannot be asked.
+
+    The check is asked where MKL asks it: first in the process's global symbols (where a
+    library preloaded with ``LD_PRELOAD`` would answer it, see ``bench/mkl_on_amd.sh``), then
+    in torch's own library."""
+    if not torch.backends.mkl.is_available():
+        return None
+    libraries = [None] + sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))
+    for library in libraries:
+        try:
+            shared = ctypes.CDLL(None if library is None else str(library))
+            check = shared.mkl_serv_intel_cpu_true
+        except (OSError, AttributeError):
+            continue
+        check.restype = ctypes.c_int
+        return bool(check())
+    return None
+
+
+def mkl_problem() -> str | None:
+    """One line saying that MKL withholds its AVX-512 kernels on this CPU, or None."""
+    if mkl_intel_paths() is not False or "avx512f" not in cpu_flags():
+        return None
+    return (
+        f"MKL runs its generic float32 GEMM kernels on this non-Intel CPU ({cpu_model()}), "
+        "although it has AVX-512; bench/mkl_on_amd.sh runs a command with MKL's AVX-512 "
+        "kernels (README, Performance)"
+    )
+
+
 def describe() -> str:
     """One line for benchmark headers: CPU model, cores torch uses, the flags that matter."""
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -70,5 +106,9 @@ def describe() -> str:
     return (
         f"CPU {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}; "
-        f"native bfloat16: {'yes' if native_bfloat16('cpu') else 'no'}"
+        f"native bfloat16: {'yes' if native_bfloat16('cpu') else 'no'}; "
+        f"MKL code path: {_MKL_PATHS[mkl_intel_paths()]}"
     )
+
+
+_MKL_PATHS = {True: "Intel (AVX-512 where the CPU has it)", False: "generic", None: "no MKL"}
