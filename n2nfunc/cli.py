@@ -649,7 +649,8 @@ def run_training(args, device, dp=None) -> int:
         f"{_count(torch.get_num_threads(), 'thread')}, device {device}"
     )
     print(f"network: {model.net!r}".replace("\n", "\n  "))
-    slow_gemm = hardware.mkl_problem() if torch.device(device).type == "cpu" else None
+    on_mkl = torch.device(device).type == "cpu" and model.config["precision"] == "float32"
+    slow_gemm = hardware.mkl_problem() if on_mkl else None  # bfloat16 matmuls: oneDNN's
     if slow_gemm:
         print(f"note: {slow_gemm}")
     progress = Progress(max(epochs - start, 0) * per_epoch, epochs, quiet=args.quiet)

@@ -6,6 +6,7 @@ compute capability 8.0 or newer. Elsewhere torch emulates it, usually slower tha
 """
 
 import ctypes
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,26 +66,39 @@ def bfloat16_problem(device="cpu") -> str | None:
     return f"device {device} has no native bfloat16 matmul; bfloat16 would be slower than float32"
 
 
+# MKL's vendor checks: both must answer 1 for it to take its Intel code paths (a library
+# preloaded with only the second leaves MKL on its generic kernels, with only the first on SSE2).
+MKL_VENDOR_CHECKS = ("mkl_serv_intel_cpu", "mkl_serv_intel_cpu_true")
+
+
 def mkl_intel_paths() -> bool | None:
     """Whether torch's MKL runs its Intel code paths (its AVX-512 float32 GEMM kernels): True
-    on Intel CPUs, False where its vendor check (``mkl_serv_intel_cpu_true``) turns them down
-    -- on AMD CPUs MKL falls back to generic kernels, even where the CPU has AVX-512 --, None
-    where torch has no MKL or the check cannot be asked.
+    on Intel CPUs; elsewhere True only where its vendor checks (MKL_VENDOR_CHECKS) answer 1 --
+    on AMD CPUs they do not, and MKL falls back to generic kernels even where the CPU has
+    AVX-512 --; None where torch has no MKL, off Linux, or where the checks cannot be asked.
 
-    The check is asked where MKL asks it: first in the process's global symbols (where a
-    library preloaded with ``LD_PRELOAD`` would answer it, see ``bench/mkl_on_amd.sh``), then
-    in torch's own library."""
-    if not torch.backends.mkl.is_available():
+    Each check is asked where MKL asks it: first in the process's global symbols (where a
+    library preloaded with ``LD_PRELOAD`` answers it, see ``bench/mkl_on_amd.sh``), then in
+    torch's own library."""
+    if not torch.backends.mkl.is_available() or not sys.platform.startswith("linux"):
         return None
-    libraries = [None] + sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))
+    if _cpuinfo().get("vendor_id") == "GenuineIntel":
+        return True
+    answers = [_ask_mkl(name) for name in MKL_VENDOR_CHECKS]
+    return None if None in answers else all(a == 1 for a in answers)
+
+
+def _ask_mkl(name: str) -> int | None:
+    """The answer of MKL's vendor check ``name`` (a function of no arguments returning an
+    int), or None where no library of the process has it."""
+    libraries = [None] + sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.so*"))
     for library in libraries:
         try:
-            shared = ctypes.CDLL(None if library is None else str(library))
-            check = shared.mkl_serv_intel_cpu_true
-        except (OSError, AttributeError):
+            check = getattr(ctypes.CDLL(None if library is None else str(library)), name)
+        except (OSError, AttributeError, TypeError):
             continue
         check.restype = ctypes.c_int
-        return bool(check())
+        return check()
     return None
 
 
@@ -107,8 +121,14 @@ def describe() -> str:
         f"CPU {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}; "
         f"native bfloat16: {'yes' if native_bfloat16('cpu') else 'no'}; "
-        f"MKL code path: {_MKL_PATHS[mkl_intel_paths()]}"
+        f"MKL code path: {_mkl_path()}"
     )
 
 
-_MKL_PATHS = {True: "Intel (AVX-512 where the CPU has it)", False: "generic", None: "no MKL"}
+def _mkl_path() -> str:
+    if not torch.backends.mkl.is_available():
+        return "no MKL"
+    paths = mkl_intel_paths()
+    if paths is None:
+        return "unknown"
+    return "Intel (AVX-512 where the CPU has it)" if paths else "generic"

@@ -35,28 +35,63 @@ def test_mkl_code_path_follows_the_cpu_vendor():
     out = subprocess.run(
         [sys.executable, "-c", ASK], env=_clean_env(), capture_output=True, text=True, check=True
     )
+    if out.stdout.strip() == "None":
+        pytest.skip("this torch's MKL does not export its vendor checks")
     assert out.stdout.strip() == str(_vendor() == "GenuineIntel")
+
+
+# One float32 matmul with MKL's verbose mode on: its first line names the code path it runs.
+SGEMM = "import torch; a = torch.randn(256, 256); a @ a"
+
+
+def _mkl_verbose_header(command: list, env: dict) -> str:
+    env = {**env, "MKL_VERBOSE": "1"}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return next(line for line in out.stdout.splitlines() if "oneMKL" in line or "MKL" in line)
 
 
 @needs_mkl
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
 def test_wrapper_makes_mkl_take_its_intel_paths(tmp_path):
+    """Under the wrapper MKL says it runs its AVX-512 kernels (where the CPU has AVX-512), and
+    hardware.mkl_intel_paths() agrees; plain, on an AMD CPU, it runs generic ones."""
     env = _clean_env(XDG_CACHE_HOME=str(tmp_path))
-    run = ["bash", str(WRAPPER), sys.executable, "-c", ASK]
+    wrapped = ["bash", str(WRAPPER), sys.executable]
     for _ in range(2):  # compiles once, then reuses the library
-        out = subprocess.run(run, env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == "True", out.stderr
-    assert (tmp_path / "n2nfunc" / "libmkl_on_amd.so").is_file()
+        out = subprocess.run([*wrapped, "-c", ASK], env=env, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+    assert len(list((tmp_path / "n2nfunc").glob("libmkl_on_amd-*.so"))) == 1
+    if "avx512f" in hardware.cpu_flags():
+        assert "AVX-512" in _mkl_verbose_header([*wrapped, "-c", SGEMM], env)
+        if _vendor() == "AuthenticAMD":
+            assert "AVX-512" not in _mkl_verbose_header([sys.executable, "-c", SGEMM], env)
 
 
 def test_wrapper_without_a_command_says_how_to_use_it():
     out = subprocess.run(["bash", str(WRAPPER)], capture_output=True, text=True)
     assert out.returncode == 2 and "usage: bash bench/mkl_on_amd.sh COMMAND" in out.stderr
+    out = subprocess.run(["bash", str(WRAPPER), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: bash bench/mkl_on_amd.sh COMMAND" in out.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_wrapper_names_a_command_it_cannot_find(tmp_path):
+    env = _clean_env(XDG_CACHE_HOME=str(tmp_path))
+    out = subprocess.run(
+        ["bash", str(WRAPPER), "no-such-cmd"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 127 and "command not found: no-such-cmd" in out.stderr
 
 
 @pytest.mark.parametrize(
     "intel_paths,flags,warned",
-    [(False, {"avx2", "avx512f"}, True), (False, {"avx2"}, False), (True, {"avx512f"}, False)],
+    [
+        (False, {"avx2", "avx512f"}, True),
+        (False, {"avx2"}, False),
+        (True, {"avx512f"}, False),
+        (None, {"avx512f"}, False),  # unknown: no word
+    ],
 )
 def test_mkl_problem_only_where_avx512_is_withheld(monkeypatch, intel_paths, flags, warned):
     monkeypatch.setattr(hardware, "mkl_intel_paths", lambda: intel_paths)
@@ -67,10 +102,15 @@ def test_mkl_problem_only_where_avx512_is_withheld(monkeypatch, intel_paths, fla
         assert "generic float32 GEMM kernels" in problem and "bench/mkl_on_amd.sh" in problem
 
 
-def test_train_notes_the_generic_mkl_kernels_once(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("precision,noted", [("float32", 1), ("bfloat16", 0)])
+def test_train_notes_the_generic_mkl_kernels_in_float32(
+    tmp_path, monkeypatch, capsys, precision, noted
+):
+    """Once, and only in float32: bfloat16 matmuls run in oneDNN, not MKL."""
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hardware, "mkl_problem", lambda: "MKL runs its generic kernels here")
+    monkeypatch.setattr(hardware, "bfloat16_problem", lambda device="cpu": None)
     small = ["--n-train", "32", "--n-val", "8", "--widths", "4", "4", "--batch-size", "16"]
-    args = ["train", *small, "--epochs", "1", "--no-pictures", "--quiet"]
+    args = ["train", *small, "--epochs", "1", "--precision", precision, "--no-pictures", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
-    assert capsys.readouterr().out.count("note: MKL runs its generic kernels here") == 1
+    assert capsys.readouterr().out.count("note: MKL runs its generic kernels here") == noted
