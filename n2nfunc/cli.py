@@ -53,6 +53,9 @@ from .unet import MAX_WIDTH
 
 TILE_ALIGN = 32  # --tile's multiple (deeper U-Nets than the shipped ask for more: named then)
 MIN_TILE = 96  # an overlap of 32 (the exercise network reaches 27) on both sides plus one 32 step
+# --threads' ceiling: torch crashes (a segmentation fault) asked for 100,000 threads, and the
+# OpenMP runtime fails to start 20,000 on a 2-core machine
+MAX_THREADS = 1024
 PHOTO_CROP = 64  # crops of `train --photos` with camera noise (Gaussian, Poisson)
 PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
 VAL_PHOTO_FACTOR = 8  # the one of `--val-photos`
@@ -1166,7 +1169,7 @@ def _common(p, device: bool = True) -> None:
         )
     p.add_argument(
         "--threads",
-        type=at.int_range(1),
+        type=at.int_range(1, MAX_THREADS),
         metavar="N",
         help="CPU threads for torch (default: torch's choice, usually one per core)",
     )

@@ -123,7 +123,8 @@ ROWS = [
         r"argument --noise: .*the factor must be an integer from 2 to 16",
     ),
     ("train --noise salt", r"argument --noise: noise 'salt': unknown kind 'salt'; expected gaus"),
-    ("train --threads 0", r"argument --threads: expected an integer >= 1, got '0'"),
+    ("train --threads 0", r"argument --threads: expected an integer from 1 to 1024, got '0'"),
+    ("train --threads 100000", r"argument --threads: expected an integer from 1 to 1024, got"),
     ("train --nproc 0", r"argument --nproc: expected an integer >= 1, got '0'"),
     ("train --nproc 3", r"--nproc 3: the global --batch-size 32 must divide by the number"),
     ("train --nproc two", r"argument --nproc: expected an integer >= 1, got 'two'"),
@@ -227,6 +228,8 @@ ROWS = [
     ("denoise {w}/photo.png {w}/out/denoised", r"argument OUTPUT: .*denoised has no extension"),
     ("denoise {w}/photo.png {w}/out/d.gif", r"OUTPUT: .*does not write '.gif' images; use .png, "),
     ("denoise {w}/photo.png {w}/no_dir/d.png", r"argument OUTPUT: the folder .*no_dir does not e"),
+    ("denoise {w}/photo.png {w}/photo.png/d.png", r"OUTPUT: .*photo.png is a file, not a folder"),
+    ("denoise {w}/photo.png {w}/photo.png/a/d.png", r"OUTPUT: .*photo.png is a file, not a fold"),
     ("denoise {w}/photo.png {w}/photo.png", r"output .*photo.png is the input file"),
     (
         "denoise {w}/photo.png {w}/out/d.png --checkpoint {w}/garbage.pth",
