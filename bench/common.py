@@ -76,14 +76,17 @@ def median_time(fn, repeats: int) -> float:
 
 def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 5) -> dict:
     """Median seconds per call of each contender, measured in alternating rounds so that
-    machine noise hits all of them alike."""
+    machine noise hits all of them alike; each round starts one contender further on, so that
+    none always follows the same one (whose data it would find in, or evict from, the caches)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
-    samples = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            samples[name].append(median_time(fn, repeats))
+    names = list(contenders)
+    samples: dict = {name: [] for name in names}
+    for r in range(rounds):
+        first = r % len(names)
+        for name in names[first:] + names[:first]:
+            samples[name].append(median_time(contenders[name], repeats))
     return {name: statistics.median(v) for name, v in samples.items()}
 
 

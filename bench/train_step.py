@@ -15,7 +15,8 @@ Peak memory: each contender alone in a subprocess, max RSS minus the RSS before 
 (the median of 5 processes), and the peak of live tensor bytes during one step above those
 alive before it (torch's CPU allocator, as its profiler records it: steady from run to run, but
 blind to memory that libraries keep outside tensors, such as MKL's GEMM buffers, about 9 MB
-once n2nfunc's matmuls have run).
+once n2nfunc's matmuls have run), each with glibc keeping freed memory as in the timed runs;
+memory ratios are to the smaller torch layout of the same precision (autocast for bfloat16).
 """
 
 import argparse
@@ -48,6 +49,7 @@ from common import (  # noqa: E402
     variant_config,
 )
 
+from n2nfunc import allocator  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
@@ -141,6 +143,7 @@ def memory_child(args) -> None:
     over 5 steps, then the live tensor bytes of a 6th."""
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
+    allocator.keep_freed_memory()  # as in the timed runs, for every contender alike
     fn = contenders(json.loads(args.config), args.batch, only=args.memory)[args.memory]
     base = rss_bytes()
     reset_peak_rss()
@@ -232,31 +235,34 @@ def main() -> None:
             mem = {}
         del fns
         ref32, ref16 = best(times, False), best(times, True)
-        ref_name = min((n for n in TORCH if not TORCH[n][1]), key=lambda n: times[n])
         for name, t in times.items():
             precision = "bfloat16" if ("bf16" in name or "bfloat16" in name) else "float32"
+            same = [n for n in TORCH if TORCH[n][1] == (precision == "bfloat16")]
             gflops = flops_per_image(config) * batch / t / 1e9
             row = (
                 f"{label:<24}{batch:>6}  {name:<32}{batch / t:>8.0f}{ref32 / t:>8.2f}"
                 f"{ref16 / t:>8.2f}{gflops:>9.1f}{100 * gflops / peaks[precision]:>6.0f}%"
             )
+            # memory: against the smaller torch.nn layout of the same precision, measure by measure
+            refs = [min(mem[n][i] for n in same) for i in range(len(mem[name]))] if mem else []
             if mem and on_cuda:
-                row += f"{mem[name][0]:>9.1f}{mem[name][0] / max(mem[ref_name][0], 1e-9):>7.2f}"
+                row += f"{mem[name][0]:>9.1f}{mem[name][0] / max(refs[0], 1e-9):>7.2f}"
             elif mem:
-                (rss, live), (ref_rss, ref_live) = mem[name], mem[ref_name]
-                row += f"{rss:>9.0f}{rss / max(ref_rss, 1e-9):>10.2f}"
-                row += f"{live:>9.1f}{live / max(ref_live, 1e-9):>7.2f}"
+                rss, live = mem[name]
+                row += f"{rss:>9.0f}{rss / max(refs[0], 1e-9):>10.2f}"
+                row += f"{live:>9.1f}{live / max(refs[1], 1e-9):>7.2f}"
             print(row)
         print()
     print(
         "vs f32 / vs bf16 = throughput / that of the faster torch.nn layout in float32 / under "
         "autocast-bf16 (>1: faster than torch).\nGFLOP/s counts the nominal multiply-adds of "
         "direct convolutions (3x the forward pass per step); %peak is of the measured GEMM "
-        "peak of the contender's precision.\nmem ratio = peak MB (RSS) / that of the faster "
-        "torch.nn float32 layout; live MB = the peak of live tensor bytes in a step (torch's "
-        "CPU allocator; MKL's GEMM buffers, about 9 MB for n2nfunc, not counted), ratio likewise."
-        "\nOn CUDA: CUDA MB = the peak of torch's caching allocator in one step above what was "
-        "allocated before it; ratio to the faster torch.nn float32 layout."
+        "peak of the contender's precision.\nmem ratio = peak MB (RSS) / the smaller of torch.nn's "
+        "two layouts in the same precision (float32; autocast-bf16 for bfloat16 rows); live MB "
+        "= the peak of live tensor bytes in a step (torch's CPU allocator; MKL's GEMM buffers, "
+        "about 9 MB for n2nfunc, not counted), ratio likewise.\nOn CUDA: CUDA MB = the peak of "
+        "torch's caching allocator in one step above what was allocated before it; ratio "
+        "likewise."
     )
 
 
