@@ -12,7 +12,11 @@ Why not ``torch.profiler``: on these machines it slowed the steps it recorded by
 and unevenly -- it reported a bfloat16 im2col copy of the default network at 2.0 ms that
 takes 0.4-0.5 ms when clocked alone inside the same step. Here the per-op clocks add up to
 within about 10% of an unobserved step (both are printed); each op still pays a little
-Python around it, so ops of a few microseconds (views) read high.
+Python around it (about 1.5 us on a 2-core AMD EPYC: a view 0.9 us plain, 2.3 us clocked), so
+ops of a few microseconds (views) read high, and a contender of many ops more than one of few
+(n2nfunc's U-Net step runs about 2,700 ops, torch's 400: some 3-4 ms of its clocked "rest" is
+the clock's). One contender per process, not alternated: read the tables for where the time
+goes, and take ratios from the step benchmarks.
 """
 
 import argparse
@@ -98,9 +102,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int_range(1), default=None, help="default: 100, U-Net 8")
     ap.add_argument("--crop", type=int_range(1), default=64, help="U-Net crop size")
     ap.add_argument("--steps", type=int_range(1), default=5)
+    ap.add_argument("--threads", type=int_range(1), default=2, help="default: 2")
     ap.add_argument("--top", type=int_range(1), default=30, help="rows of the table")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
     print(hardware.describe())
     print(allocator_line())
     if args.unet:

@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int_range(1), default=8)
     ap.add_argument("--device", type=torch_device, default="cpu")
     ap.add_argument("--repeats", type=int_range(1), default=3)
+    ap.add_argument("--threads", type=int_range(1), default=2, help="default: 2")
     ap.add_argument("--rounds", type=int_range(1), default=5)
     ap.add_argument(
         "--memory",
@@ -125,6 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
     print(hardware.describe())
     if strict_float32(args.device):
         print(gpu_line(args.device))
