@@ -109,7 +109,7 @@ def mkl_problem() -> str | None:
     return (
         f"MKL runs its generic float32 GEMM kernels on this non-Intel CPU ({cpu_model()}), "
         "although it has AVX-512; bench/mkl_on_amd.sh runs a command with its AVX-512 ones "
-        "(U-Net training 1.15-1.3x faster on an AMD EPYC; README, 'MKL on AMD CPUs')"
+        "(float32 U-Net training 1.1-1.3x faster on an AMD EPYC; README, 'MKL on AMD CPUs')"
     )
 
 
