@@ -256,7 +256,8 @@ def main() -> None:
     print(
         "vs f32 / vs bf16 = throughput / that of the faster torch.nn layout in float32 / under "
         "autocast-bf16 (>1: faster than torch).\nGFLOP/s counts the nominal multiply-adds of "
-        "direct convolutions (3x the forward pass per step); %peak is of the measured GEMM "
+        "direct convolutions (forward, weight gradients, input gradients but the first layer's); "
+        "%peak is of the measured GEMM "
         "peak of the contender's precision.\nmem ratio = peak MB (RSS) / the smaller of torch.nn's "
         "two layouts in the same precision (float32; autocast-bf16 for bfloat16 rows); live MB "
         "= the peak of live tensor bytes in a step (torch's CPU allocator; MKL's GEMM buffers, "
