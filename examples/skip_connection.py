@@ -16,7 +16,6 @@ import torch
 
 import n2nfunc as nf
 from n2nfunc.data import builtin_pairs
-from n2nfunc.metrics import psnr
 
 parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -52,19 +51,22 @@ xt, yt, xv = xt.float() / 255, yt.float() / 255, xv.float() / 255
 optimizer = nf.adam(2e-3)
 state = optimizer.init(params)
 step = nf.make_train_step(net, nf.mse, optimizer)
-print(f"noisy input: {psnr(xv, yv.float() / 255):.2f} dB")
+print(f"noisy input: {nf.psnr(xv, yv.float() / 255):.2f} dB")
 if QUICK:
     print(
         "(--quick: 4 steps, too few to denoise; the PSNR shows the code runs, not what it learns)"
     )
+shuffle = torch.Generator().manual_seed(1)  # the same batches, hence weights, on every run
 for epoch in range(1 if QUICK else 3):
     t0 = time.perf_counter()
-    order = torch.randperm(xt.shape[0])
+    order = torch.randperm(xt.shape[0], generator=shuffle)
+    losses = []
     for i in range(0, xt.shape[0], 32):
         idx = order[i : i + 32]
         params, state, loss = step(params, state, xt[idx], yt[idx])
+        losses.append(float(loss) * len(idx))
     denoised = net.apply(params, xv)
     print(
-        f"epoch {epoch + 1}: loss {float(loss):.4f}, "
-        f"validation {psnr(denoised, yv.float() / 255):.2f} dB, {time.perf_counter() - t0:.0f} s"
+        f"epoch {epoch + 1}: mean training loss {sum(losses) / xt.shape[0]:.4f}, "
+        f"validation {nf.psnr(denoised, yv.float() / 255):.2f} dB, {time.perf_counter() - t0:.0f} s"
     )

@@ -67,8 +67,9 @@ def check_vjp(
 ) -> dict:
     """Check ``layer.vjp`` on ``(params, x)``; raise :class:`VJPCheckError` on a mismatch.
 
-    Returns ``{part: worst relative error}`` for the parts checked (``"input"`` and every
-    parameter path). A relative error is ``|a - n| / max(|a|, |n|, floor)``. The floor is
+    Returns ``{check: worst relative error}``: ``"input"``, ``"parameter 'PATH'"`` for every
+    parameter path, and ``"linearity (PART)"`` for the pullback's linearity in each part.
+    A relative error is ``|a - n| / max(|a|, |n|, floor)``. The floor is
     ``atol`` times the part's gradient scale (``|grad| |u|`` for a direction, ``max |grad_i|``
     for a coordinate) plus what rounding makes unresolvable: a central difference of ``f``
     carries an error of about ``1e-15 * sum|c * y| / eps``, so errors of that size are
