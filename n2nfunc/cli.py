@@ -709,10 +709,7 @@ def run_training(args, device, dp=None) -> int:
     except KeyboardInterrupt:
         if dp is not None:  # rank 0 of several says it (launch)
             raise
-        print(
-            f"\ninterrupted after the last epoch; {state_path} holds the trained run: "
-            f"`{launch.resume_command(state_path, args)}` writes its weights"
-        )
+        print("\n" + launch.finished_text(state_path, args))
         return 130
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
     if not args.no_pictures:

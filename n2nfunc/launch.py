@@ -272,6 +272,17 @@ def resume_command(state, args, nproc: int = 1) -> str:
     return " ".join(["n2nfunc train --resume", *paths, *extra])
 
 
+def finished_text(state: Path, args, nproc: int = 1) -> str:
+    """What Ctrl-C after the last epoch says, while the run's results were being written:
+    its weights, or the command that writes them from the checkpoint."""
+    weights = Path(args.out) / "model.pth"
+    return f"interrupted after the last epoch; {state} holds the trained run" + (
+        f", {weights} its weights"
+        if weights.is_file()
+        else f": `{resume_command(state, args, nproc)}` writes its weights"
+    )
+
+
 def _interrupted_text(state: Path, args, saved: bool, nproc: int) -> str:
     """What rank 0 says on Ctrl-C: the epoch whose start the checkpoint holds (it is saved
     at the start of the run and after every epoch), as a one-process run says it."""
@@ -285,12 +296,7 @@ def _interrupted_text(state: Path, args, saved: bool, nproc: int) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return f"interrupted; {state} could not be read back"
     if epoch >= epochs:  # while the results were being written
-        weights = Path(args.out) / "model.pth"
-        return f"interrupted after the last epoch; {state} holds the trained run" + (
-            f", {weights} its weights"
-            if weights.is_file()
-            else f": `{resume_command(state, args, nproc)}` writes its weights"
-        )
+        return finished_text(state, args, nproc)
     return (
         f"interrupted in epoch {epoch + 1}; {state} holds the state from its start; continue "
         f"with `{resume_command(state, args, nproc)}`"

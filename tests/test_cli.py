@@ -3,6 +3,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +53,27 @@ def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys)
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert checkpoint.load(out / "checkpoint.pth")["optimizer"]["step"] == 18
+
+
+def test_ctrl_c_while_the_weights_are_written_says_how_to_write_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out, save = tmp_path / "run", checkpoint.save
+
+    def cut_at_the_weights(path, tree):
+        if Path(path).name == "model.pth":
+            raise KeyboardInterrupt
+        save(path, tree)
+
+    monkeypatch.setattr(checkpoint, "save", cut_at_the_weights)
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 130
+    said = capsys.readouterr().out
+    assert (
+        f"interrupted after the last epoch; {out / 'checkpoint.pth'} holds the trained run" in said
+    )
+    command = re.search(r"`n2nfunc (train --resume .*)` writes its weights", said).group(1)
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert main(command.split()) == 0
+    assert (out / "model.pth").is_file()
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
