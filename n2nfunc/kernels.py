@@ -31,7 +31,7 @@ from typing import NamedTuple
 from torch import Tensor, empty
 
 from . import torch_order
-from .nhwc import col2im, im2col, pad, sum_of, unpad, windows
+from .nhwc import col2im, im2col, pad, sum_of, to_nchw, to_nhwc, unpad, windows
 
 # ----------------------------------------------------------------------------- direct
 
@@ -137,6 +137,77 @@ def im2col_matmul(
             out.copy_((bias[:, None] if thin else bias).expand_as(out))
         out.addmm_(a, b, beta=0 if bias is None else 1)
     return y.permute(1, 2, 3, 0) if thin else y
+
+
+# Bytes of one temporary copy (an im2col or space-to-depth matrix) that the float32 / float64
+# engines form at a time where nothing needs the whole batch's, for a block of images
+# (:func:`image_blocks`). The whole batch's copies, alive beside the activations, put the
+# default network's training step (batch 100) at 1.49x the peak of torch.nn's live tensors;
+# in blocks of 4 MiB (two) at 1.00x, as fast; 2 MiB blocks made the step 10% slower (smaller
+# matmuls, more ops; 2-core AMD EPYC).
+GRAD_BLOCK_BYTES = 1 << 22
+
+
+def image_blocks(n: int, image_bytes: int):
+    """``(n0, n1)``: ``n`` images in blocks as equal as can be of at most GRAD_BLOCK_BYTES
+    (``image_bytes`` an image), one image at least."""
+    per = max(1, GRAD_BLOCK_BYTES // max(image_bytes, 1))
+    per = -(-n // -(-n // per))  # as many blocks, sized evenly
+    for n0 in range(0, n, per):
+        yield n0, min(n, n0 + per)
+
+
+class ColsWeightGrad(NamedTuple):
+    """``a -> sum_rows a^T im2col(x)`` as a weight [A, C, kh, kw] (:func:`weight_grad`), for
+    the NHWC ``x`` of :func:`conv_forward`, with the im2col matrix formed again when asked,
+    a block of images at a time (:func:`image_blocks`), not kept from the forward pass.
+
+    For strided convolutions (float32 / float64): the default network's first layer (3 -> 48
+    channels, k4 s2, batch 100) held 4.7 MB of it through the whole backward pass, which put
+    its training step's peak of live tensors at 1.22x torch.nn's; forming it again costs 0.4
+    to 0.8 ms of a 40 ms step. A stride-1 layer keeps its matrix: the reference network's
+    first layer (3 -> 32, k3) paid 1.5 ms (4% of its step) to form its 11 MB again, for a
+    step whose peak is 0.82x torch.nn's with it kept (2-core AMD EPYC)."""
+
+    x: Tensor
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    out_hw: tuple
+
+    def __call__(self, a: Tensor) -> Tensor:
+        geometry = (self.kernel, self.stride, self.padding, self.dilation, self.out_hw)
+        return cols_products(self.x, geometry, a)[1]
+
+
+def cols_products(x: Tensor, geometry: tuple, a: Tensor, wmat: Tensor | None = None):
+    """``(im2col(x) @ wmat or None, sum_rows a^T im2col(x))``, the second as a weight [A, C,
+    kh, kw], for the NHWC ``x`` and ``geometry`` ``(kernel, stride, padding, dilation,
+    out_hw)`` of :func:`conv_forward`, forming the im2col matrix a block of images at a time
+    (:func:`image_blocks`); float32 / float64."""
+    kernel, _, _, _, (ho, wo) = geometry
+    n, k = x.shape[0], kernel[0] * kernel[1] * x.shape[3]
+    y = None if wmat is None else x.new_empty(n, ho, wo, wmat.shape[1])
+
+    def share(n0: int, n1: int) -> Tensor:
+        cols = conv_cols(x[n0:n1], *geometry)
+        if y is not None and wmat is not None:
+            y[n0:n1].view(-1, wmat.shape[1]).addmm_(cols, wmat, beta=0)
+        return reduce_matmul(rows(a[n0:n1]).t(), cols)
+
+    total = sum_over_blocks(n, ho * wo * k * x.element_size(), share)
+    return y, matrix_to_weight(total, kernel)
+
+
+def sum_over_blocks(n: int, image_bytes: int, share) -> Tensor:
+    """``sum share(n0, n1)`` over the blocks of :func:`image_blocks` (n >= 1 images): each
+    block's copies are freed, with ``share``'s locals, before the next block's are formed."""
+    blocks = image_blocks(n, image_bytes)
+    total = share(*next(blocks))
+    for n0, n1 in blocks:
+        total.add_(share(n0, n1))
+    return total
 
 
 def conv_matrix(weight: Tensor) -> Tensor:
@@ -425,6 +496,7 @@ def polyphase_forward(
     px: PhasePlan,
     out_hw: tuple,
     keep_cols: bool = True,
+    out: Tensor | None = None,
 ):
     """Apply an upsampling map given by ``W_eff`` (see :func:`combine`) to an NHWC tensor.
 
@@ -443,7 +515,10 @@ def polyphase_forward(
     channels, an image): there ``y`` is a view of channels-first (N, C, H, W) memory filled
     phase by phase, as one copy with 3-channel runs was 3-4x slower (the default network's
     last layer, batch 100: 0.53 against 0.14 ms; 2-core Xeon), and an NCHW output meets the
-    loss target and the caller's images in their own layout.
+    loss target and the caller's images in their own layout. With ``out``, an (N, Ly, Lx,
+    Cout) tensor -- contiguous, or for a thin output a view of channels-first memory -- the
+    output is written there. A thin output by taps runs by blocks of images in float32 /
+    float64 (:func:`image_blocks`).
     """
     n = x.shape[0]
     s = py.stride * px.stride
@@ -460,6 +535,14 @@ def polyphase_forward(
             (py.pad_before, px.pad_before),
             (py.starts, px.starts),
         )
+        image = plan.grid[0] * plan.grid[1] * x.shape[3] * x.element_size()
+        blocks = list(image_blocks(n, image))
+        if len(blocks) > 1:
+            y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
+            for n0, n1 in blocks:
+                part = to_nhwc(y[n0:n1])
+                polyphase_forward(x[n0:n1], w_eff, bias, py, px, out_hw, False, part)
+            return to_nhwc(y), None
         w_taps = w_eff.view(py.width, px.width, -1, w_eff.shape[1])
         r4 = tap_sum(space_to_depth(x, plan), w_taps, bias_eff, plan, n)
         st = r4.stride()
@@ -482,14 +565,17 @@ def polyphase_forward(
         )
         r = r2.view(n, py.starts, px.starts, py.stride, px.stride, co)
     if co < THIN:  # phase by phase into channels-first memory (see the docstring)
-        y = x.new_empty(n, co, out_hw[0], out_hw[1])
+        y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
         for ry, rx, sy, sx in phase_slices(py, px):
             y[:, :, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx].permute(0, 3, 1, 2)
         return y.permute(0, 2, 3, 1), cols
     view = interleaved(r, py, px)
+    if view is not None and out is not None:
+        out.view(view.shape).copy_(view)
+        return out, cols
     if view is not None:
         return view.contiguous().view(n, out_hw[0], out_hw[1], co), cols
-    y = x.new_empty(n, out_hw[0], out_hw[1], co)
+    y = x.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
     for ry, rx, sy, sx in phase_slices(py, px):
         y[:, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx]
     return y, cols
@@ -692,7 +778,9 @@ STACKED_TAPS = 256
 WIDE_TAPS = 16
 
 
-def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int) -> Tensor:
+def tap_sum(
+    z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int, out=None
+) -> Tensor:
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
     plan's (N, Mh, Mw) grid, as a strided (N, Ho, Wo, O) view of the outputs.
 
@@ -703,7 +791,9 @@ def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: in
     THIN_TAPS channels) is one matmul with every tap's columns side by side, ``z @ [W_t]_t``,
     whose shifted column blocks are then summed, along x, then along y (Ux + Uy - 1 passes
     instead of Ux * Uy: the default network's last layer, batch 100, float32 forward 1.71 ->
-    1.56 ms; one 512 x 512 image 4.47 -> 3.59 ms; 2-core Xeon)."""
+    1.56 ms; one 512 x 512 image 4.47 -> 3.59 ms; 2-core Xeon). With ``out``, an (N, Ho Mw -
+    (Ux - 1), O) tensor, the sums of an output of THIN_TAPS channels or more are written
+    there."""
     o = w_taps.shape[-1]
     if o < THIN_TAPS:
         (uy, ux), mw, rows = plan.taps, plan.grid[1], plan.rows
@@ -718,14 +808,24 @@ def tap_sum(z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: in
         if bias is not None:
             y.add_(bias)
         return _frame_view(y, n, plan)
-    (mh, mw), (ho, wo), k = plan.grid, plan.out_hw, z.shape[1]
+    (mh, mw), ho, k = plan.grid, plan.out_hw[0], z.shape[1]
     per_image = z.view(n, mh * mw, k)
     length = ho * mw - (plan.taps[1] - 1)
     (a, b, shift), *rest = _shifts(plan)
     zs, w = per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o)
-    y = zs.bmm(w) if bias is None else bias.expand(n, length, o).baddbmm(zs, w)
+    if out is not None:  # (N, length, O), written here (see TapWeightGrad.conv_and_grad)
+        y = out.baddbmm_(zs, w, beta=0) if bias is None else out.copy_(bias).baddbmm_(zs, w)
+    else:
+        y = zs.bmm(w) if bias is None else bias.expand(n, length, o).baddbmm(zs, w)
     for a, b, shift in rest:
         y.baddbmm_(per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o))
+    return _taps_view(y, plan)
+
+
+def _taps_view(y: Tensor, plan: S2DPlan) -> Tensor:
+    """The (N, Ho, Wo, O) outputs inside :func:`tap_sum`'s (N, Ho Mw - (Ux - 1), O) sums."""
+    n, length, o = y.shape
+    (ho, wo), mw = plan.out_hw, plan.grid[1]
     return y.as_strided((n, ho, wo, o), (length * o, mw * o, o, 1))
 
 
@@ -811,7 +911,10 @@ class TapWeightGrad(NamedTuple):
     starts, its column block ``j`` at row ``r`` is ``g[r + j - (U - 1)]``, what tap ``a = U - 1
     - j`` multiplies: ``dW = flip(cols^T @ z)``, one im2col copy of ``g`` instead of a frame of
     it per tap (the default network's transposed 48 -> 48 layer's kernel gradient, batch 100,
-    float32: 2.80 -> 2.65 ms), which the input gradient then shares (:func:`_phase_grads`)."""
+    float32: 2.80 -> 2.65 ms), which the input gradient then shares (:func:`_phase_grads`).
+
+    The gradient is the sum of its blocks of images' (:meth:`block`, :func:`image_blocks`),
+    so that z and the im2col of ``g`` exist for one block at a time."""
 
     x: Tensor
     plan: S2DPlan
@@ -835,19 +938,45 @@ class TapWeightGrad(NamedTuple):
         )
         return (py, px) if lined_up else None
 
-    def from_cols(self, cols: Tensor) -> Tensor:
-        """``dW`` from the lined-up im2col matrix of ``g`` (see the class docstring)."""
-        (uy, ux), o = self.plan.taps, self.shape[0]
-        m = reduce_matmul(cols.t(), self.z()).view(uy, ux, o, -1)  # rows (jy, jx, o)
-        d_taps = m.flip(0, 1).transpose(2, 3).contiguous()  # tap a = U - 1 - j: (Uy, Ux, K, O)
-        return s2d_weight_grad_to_conv(d_taps, self.plan, self.shape)
+    def image_bytes(self) -> int:
+        """The bytes of z per image (the lined-up im2col of ``g`` is as large)."""
+        (mh, mw), (sy, sx) = self.plan.grid, self.plan.stride
+        return mh * mw * sy * sx * self.x.shape[3] * self.x.element_size()
+
+    def block(self, n0: int, n1: int) -> "TapWeightGrad":
+        """The same for images ``n0:n1`` of ``x`` (the gradient of a block of images)."""
+        grid = self.plan.grid[0] * self.plan.grid[1]
+        rows_ = self.plan.rows - (self.x.shape[0] - (n1 - n0)) * grid
+        kept = None if self.kept is None else self.kept[n0 * grid : n1 * grid]
+        return self._replace(x=self.x[n0:n1], plan=self.plan._replace(rows=rows_), kept=kept)
+
+    def products(self, g: Tensor, plans, cols: Tensor | None = None) -> Tensor:
+        """The raw sums for ``g`` that :meth:`finish` makes ``dW``: ``cols^T @ z`` with the
+        lined-up im2col ``cols`` of ``g`` (formed here unless given) where ``plans`` (see
+        :meth:`phase_plans`), else the tap gradients (:func:`s2d_conv_weight_grad`)."""
+        if plans is None:
+            return s2d_conv_weight_grad(self.z(), g, self.plan)
+        if cols is None:
+            cols = polyphase_cols(g, plans[0], plans[1])
+        return reduce_matmul(cols.t(), self.z())
+
+    def finish(self, sums: Tensor, plans) -> Tensor:
+        """``dW`` from the (added) :meth:`products`."""
+        if plans is not None:
+            (uy, ux), o = self.plan.taps, self.shape[0]
+            m = sums.view(uy, ux, o, -1)  # rows (jy, jx, o)
+            sums = m.flip(0, 1).transpose(2, 3).contiguous()  # tap a = U - 1 - j
+        return s2d_weight_grad_to_conv(sums, self.plan, self.shape)
 
     def __call__(self, g: Tensor) -> Tensor:
+        """``dW`` for the NHWC output gradient ``g``, by blocks of images (their z and
+        im2col copies formed a block at a time, :func:`image_blocks`)."""
         plans = self.phase_plans()
-        if plans is not None:
-            return self.from_cols(polyphase_cols(g, plans[0], plans[1]))
-        d_taps = s2d_conv_weight_grad(self.z(), g, self.plan)
-        return s2d_weight_grad_to_conv(d_taps, self.plan, self.shape)
+
+        def share(n0: int, n1: int) -> Tensor:
+            return self.block(n0, n1).products(g[n0:n1], plans)
+
+        return self.finish(sum_over_blocks(self.x.shape[0], self.image_bytes(), share), plans)
 
 
 def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
@@ -858,10 +987,60 @@ def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     plans = wg.phase_plans()
     if plans is None or weight.shape[1] < THIN:
         return None
-    py, px = plans
-    w_eff = combine(weight.permute(2, 3, 0, 1), py, px)
-    dx, cols = polyphase_forward(g, w_eff, None, py, px, wg.in_hw, keep_cols=True)
-    return wg.from_cols(cols), dx
+    w_eff = combine(weight.permute(2, 3, 0, 1), *plans)
+    dx = g.new_empty(g.shape[0], *wg.in_hw, weight.shape[1])
+
+    def share(n0: int, n1: int) -> Tensor:
+        _, cols = polyphase_forward(g[n0:n1], w_eff, None, *plans, wg.in_hw, True, dx[n0:n1])
+        return wg.block(n0, n1).products(g[n0:n1], plans, cols)
+
+    return wg.finish(sum_over_blocks(g.shape[0], wg.image_bytes(), share), plans), dx
+
+
+def transposed_grads(g: Tensor, kernel: Tensor, x: Tensor, geometry: tuple, like_torch: bool):
+    """``(dx, dK)`` of a transposed convolution of the NHWC ``x`` with ``kernel`` [in, out,
+    kh, kw] for its NHWC output gradient ``g``: ``dx`` is the convolution of ``g`` with the
+    same kernel (``geometry`` ``(kernel_size, stride, padding, dilation)``) and ``dK`` that
+    convolution's weight gradient for ``x`` as its output gradient, ``sum x^T im2col(g)``.
+
+    In float32 / float64 the implicit-GEMM engine and the im2col engine run by blocks of
+    images (:func:`image_blocks`), both gradients from each block's copies of ``g``; else
+    as :func:`conv_and_weight_grad` with ``at_once``."""
+    kernel_size, stride, padding, dilation = geometry
+    in_hw = tuple(x.shape[1:3])
+    o = kernel.shape[0]
+    blocks = not like_torch and g.element_size() >= 4
+    blocks = blocks and not rows_applies(g, kernel_size, stride, dilation)
+    if blocks and o >= THIN_TAPS and s2d_applies(g, kernel_size, stride, dilation):
+        return _s2d_transposed_grads(g, kernel, x, geometry)
+    wide_taps = dilation == stride == (1, 1) and kernel.shape[1] >= WIDE_TAPS
+    if blocks and o >= THIN and not wide_taps:
+        wmat = conv_matrix(kernel)
+        return cols_products(g, (*geometry, in_hw), x, wmat)
+    dx, kernel_grad = conv_and_weight_grad(
+        g, kernel, None, kernel_size, stride, padding, dilation, in_hw, like_torch, at_once=True
+    )
+    return dx, kernel_grad(x)
+
+
+def _s2d_transposed_grads(g: Tensor, kernel: Tensor, x: Tensor, geometry: tuple):
+    """:func:`transposed_grads` on the implicit-GEMM engine: for each block of images, the
+    space-to-depth copy of ``g`` gives ``dx`` (:func:`tap_sum`) and its share of ``dK``."""
+    kernel_size, stride, padding, _ = geometry
+    n, in_hw = g.shape[0], tuple(x.shape[1:3])
+    plan = s2d_plan(n, g.shape[1:3], kernel_size, stride, padding, in_hw)
+    w_taps = s2d_weights(kernel, plan)
+    wg = TapWeightGrad(g, plan, tuple(kernel.shape), tuple(g.shape[1:3]))
+    plans = wg.phase_plans()
+    sums = g.new_empty(n, in_hw[0] * plan.grid[1] - (plan.taps[1] - 1), kernel.shape[0])
+
+    def share(n0: int, n1: int) -> Tensor:
+        block = wg.block(n0, n1)
+        z = block.z()
+        tap_sum(z, w_taps, None, block.plan, n1 - n0, out=sums[n0:n1])
+        return block._replace(kept=z).products(x[n0:n1], plans)
+
+    return _taps_view(sums, plan), wg.finish(sum_over_blocks(n, wg.image_bytes(), share), plans)
 
 
 # --------------------------------------------------------------------------- row taps
@@ -1136,5 +1315,8 @@ def conv_and_weight_grad(
         return y, lambda a: s2d_weight_grad_to_conv(
             s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
         )
+    if x.element_size() >= 4 and not at_once and max(stride) > 1:  # see ColsWeightGrad
+        y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
+        return y, ColsWeightGrad(x, kernel, stride, padding, dilation, out_hw)
     y, cols = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw)
     return y, lambda a: weight_grad(rows(a), cols, kernel)

@@ -350,3 +350,67 @@ def test_conv_layers_on_cuda():
         grads2, dx2 = pb2(ct.cuda())
         assert y2.is_cuda and rel_err(y2.cpu(), y) < 1e-5 and rel_err(dx2.cpu(), dx) < 1e-5
         assert all(rel_err(grads2[k].cpu(), grads[k]) < 1e-5 for k in grads)
+
+
+# Layers whose float32 / float64 gradients run by blocks of images (kernels.image_blocks):
+# name, layer, input channels, its torch twin -- each engine that forms its copies a block at
+# a time.
+def _twin(fn, s, p):
+    return lambda x, q: fn(x, q["weight"], q["bias"], s, p)
+
+
+BLOCKED = [
+    ("strided im2col, formed again", nf.conv2d(6, 4, 2, 1), 3, _twin(F.conv2d, 2, 1)),
+    ("implicit GEMM, both gradients", nf.conv2d(16, 4, 2, 1), 16, _twin(F.conv2d, 2, 1)),
+    ("implicit GEMM, not lined up", nf.conv2d(16, 4, 2, 0), 16, _twin(F.conv2d, 2, 0)),
+    (
+        "transposed, implicit GEMM",
+        nf.conv_transpose2d(16, 4, 2, 1),
+        16,
+        _twin(F.conv_transpose2d, 2, 1),
+    ),
+    ("transposed, few inputs", nf.conv_transpose2d(8, 4, 2, 1), 4, _twin(F.conv_transpose2d, 2, 1)),
+    ("transposed, thin g", nf.conv_transpose2d(3, 4, 2, 1), 16, _twin(F.conv_transpose2d, 2, 1)),
+    ("transposed, thin taps", nf.conv_transpose2d(3, 3, 1, 1), 16, _twin(F.conv_transpose2d, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 4096])  # one image a block; uneven blocks
+@pytest.mark.parametrize("name, layer, c, ref", BLOCKED, ids=[b[0] for b in BLOCKED])
+def test_gradients_by_blocks_of_images_match_torch(monkeypatch, block_bytes, name, layer, c, ref):
+    """Every block's share lands where it belongs: 5 images in blocks of one, or of two, two
+    and one (non-square images), against autograd and against the whole batch at once."""
+    n, hw = 5, (9, 7)
+    params = init64(layer, (n, c) + hw)
+    x = randn(n, c, *hw, seed=3)
+    y, pullback = layer.vjp(params, x)
+    ct = randn(*y.shape, seed=4)
+    w_params, w_dx = pullback(ct)
+    monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", block_bytes)
+    spans = []
+    blocks = K.image_blocks
+    monkeypatch.setattr(K, "image_blocks", lambda *a: spans.append(list(blocks(*a))) or blocks(*a))
+    y_b, pullback_b = layer.vjp(params, x)
+    d_params, dx = pullback_b(ct)
+    assert any(len(s) > 1 for s in spans), f"{name}: no blocks"
+    names = list(params)
+    y_ref, grads = autograd_vjp(
+        lambda x_, *ps: ref(x_, dict(zip(names, ps))), [x] + [params[k] for k in names], ct
+    )
+    assert rel_err(y_b, y_ref) <= TOL64 and rel_err(y_b, y) <= TOL64
+    assert rel_err(dx, grads[0]) <= TOL64 and rel_err(dx, w_dx) <= TOL64
+    for k, g in zip(names, grads[1:]):
+        assert rel_err(d_params[k], g) <= TOL64 and rel_err(d_params[k], w_params[k]) <= TOL64
+
+
+@pytest.mark.parametrize(
+    "n, per_image, limit", [(100, 62208, 1 << 22), (5, 1, 1), (7, 3, 6), (3, 10, 1)]
+)
+def test_image_blocks_cover_the_batch_in_near_equal_blocks(monkeypatch, n, per_image, limit):
+    monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", limit)
+    blocks = list(K.image_blocks(n, per_image))
+    assert blocks[0][0] == 0 and blocks[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    sizes = [n1 - n0 for n0, n1 in blocks]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert max(sizes) * per_image <= limit or max(sizes) == 1
