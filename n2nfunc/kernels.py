@@ -162,12 +162,12 @@ class ColsWeightGrad(NamedTuple):
     the NHWC ``x`` of :func:`conv_forward`, with the im2col matrix formed again when asked,
     a block of images at a time (:func:`image_blocks`), not kept from the forward pass.
 
-    For strided convolutions (float32 / float64): the default network's first layer (3 -> 48
-    channels, k4 s2, batch 100) held 4.7 MB of it through the whole backward pass, which put
-    its training step's peak of live tensors at 1.22x torch.nn's; forming it again costs 0.4
-    to 0.8 ms of a 40 ms step. A stride-1 layer keeps its matrix: the reference network's
-    first layer (3 -> 32, k3) paid 1.5 ms (4% of its step) to form its 11 MB again, for a
-    step whose peak is 0.82x torch.nn's with it kept (2-core AMD EPYC)."""
+    Used in float32 / float64 for strided convolutions whose matrix is at least 4x their input
+    (kh kw >= 4 sh sw): the default network's first layer (3 -> 48 channels, k4 s2, batch 100)
+    held 4.7 MB of it through the whole backward pass, which put its training step's peak of
+    live tensors at 1.22x torch.nn's; forming it again costs 0.4-0.8 ms of a 40 ms step. The
+    reference network's k3 s2 layers (2.25x their input) keep theirs: forming them again made
+    its step 5-8% slower, for a peak already 0.82x torch.nn's (2-core AMD EPYC)."""
 
     x: Tensor
     kernel: tuple
@@ -1315,7 +1315,8 @@ def conv_and_weight_grad(
         return y, lambda a: s2d_weight_grad_to_conv(
             s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
         )
-    if x.element_size() >= 4 and not at_once and max(stride) > 1:  # see ColsWeightGrad
+    large = kernel[0] * kernel[1] >= 4 * stride[0] * stride[1] and max(stride) > 1
+    if x.element_size() >= 4 and not at_once and large:  # see ColsWeightGrad
         y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
         return y, ColsWeightGrad(x, kernel, stride, padding, dilation, out_hw)
     y, cols = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw)
