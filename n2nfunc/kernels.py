@@ -143,8 +143,8 @@ def im2col_matmul(
 # engines form at a time where nothing needs the whole batch's, for a block of images
 # (:func:`image_blocks`). The whole batch's copies, alive beside the activations, put the
 # default network's training step (batch 100) at 1.49x the peak of torch.nn's live tensors;
-# in blocks of 4 MiB (two) at 1.00x, as fast; 2 MiB blocks made the step 10% slower (smaller
-# matmuls, more ops; 2-core AMD EPYC).
+# in blocks of 4 MiB (two) at 1.00x, 0.94-1.00x as fast; 2 MiB blocks made the step 10%
+# slower (smaller matmuls, more ops; 2-core AMD EPYC).
 GRAD_BLOCK_BYTES = 1 << 22
 
 
@@ -779,7 +779,7 @@ WIDE_TAPS = 16
 
 
 def tap_sum(
-    z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int, out=None
+    z: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPlan, n: int, out: Tensor | None = None
 ) -> Tensor:
     """``sum_taps z[shift : shift + L] @ w_taps[a, b] (+ bias)`` for flat rows ``z`` on the
     plan's (N, Mh, Mw) grid, as a strided (N, Ho, Wo, O) view of the outputs.
@@ -813,7 +813,7 @@ def tap_sum(
     length = ho * mw - (plan.taps[1] - 1)
     (a, b, shift), *rest = _shifts(plan)
     zs, w = per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o)
-    if out is not None:  # (N, length, O), written here (see TapWeightGrad.conv_and_grad)
+    if out is not None:  # (N, length, O): a block's rows (_s2d_transposed_grads)
         y = out.baddbmm_(zs, w, beta=0) if bias is None else out.copy_(bias).baddbmm_(zs, w)
     else:
         y = zs.bmm(w) if bias is None else bias.expand(n, length, o).baddbmm(zs, w)
