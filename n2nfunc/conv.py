@@ -315,7 +315,9 @@ def _transposed_pullback(
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        dx, d_kernel = K.transposed_grads(g, kernel, xh, (k, s, p, d), like_torch)
+        dx, d_kernel = K.conv_and_weight_grad(
+            g, kernel, None, k, s, p, d, xh.shape[1:3], like_torch, grad_for=xh
+        )
         grads = {"weight": d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)}
         if bias:
             grads["bias"] = _bias_grad(g, like_torch)

@@ -181,11 +181,13 @@ class ColsWeightGrad(NamedTuple):
         return cols_products(self.x, geometry, a)[1]
 
 
-def cols_products(x: Tensor, geometry: tuple, a: Tensor, wmat: Tensor | None = None):
-    """``(im2col(x) @ wmat or None, sum_rows a^T im2col(x))``, the second as a weight [A, C,
-    kh, kw], for the NHWC ``x`` and ``geometry`` ``(kernel, stride, padding, dilation,
-    out_hw)`` of :func:`conv_forward`, forming the im2col matrix a block of images at a time
-    (:func:`image_blocks`); float32 / float64."""
+def cols_products(
+    x: Tensor, geometry: tuple, a: Tensor, wmat: Tensor | None = None, bias: Tensor | None = None
+):
+    """``(im2col(x) @ wmat (+ bias) or None, sum_rows a^T im2col(x))``, the second as a
+    weight [A, C, kh, kw], for the NHWC ``x`` and ``geometry`` ``(kernel, stride, padding,
+    dilation, out_hw)`` of :func:`conv_forward`, forming the im2col matrix a block of images
+    at a time (:func:`image_blocks`); float32 / float64."""
     kernel, _, _, _, (ho, wo) = geometry
     n, k = x.shape[0], kernel[0] * kernel[1] * x.shape[3]
     y = None if wmat is None else x.new_empty(n, ho, wo, wmat.shape[1])
@@ -193,7 +195,11 @@ def cols_products(x: Tensor, geometry: tuple, a: Tensor, wmat: Tensor | None = N
     def share(n0: int, n1: int) -> Tensor:
         cols = conv_cols(x[n0:n1], *geometry)
         if y is not None and wmat is not None:
-            y[n0:n1].view(-1, wmat.shape[1]).addmm_(cols, wmat, beta=0)
+            rows_ = y[n0:n1].view(-1, wmat.shape[1])
+            if bias is None:
+                rows_.addmm_(cols, wmat, beta=0)
+            else:
+                rows_.copy_(bias.expand_as(rows_)).addmm_(cols, wmat)
         return reduce_matmul(rows(a[n0:n1]).t(), cols)
 
     total = sum_over_blocks(n, ho * wo * k * x.element_size(), share)
@@ -813,7 +819,7 @@ def tap_sum(
     length = ho * mw - (plan.taps[1] - 1)
     (a, b, shift), *rest = _shifts(plan)
     zs, w = per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o)
-    if out is not None:  # (N, length, O): a block's rows (_s2d_transposed_grads)
+    if out is not None:  # (N, length, O): a block's rows (_s2d_conv_and_grad)
         y = out.baddbmm_(zs, w, beta=0) if bias is None else out.copy_(bias).baddbmm_(zs, w)
     else:
         y = zs.bmm(w) if bias is None else bias.expand(n, length, o).baddbmm(zs, w)
@@ -997,48 +1003,20 @@ def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     return wg.finish(sum_over_blocks(g.shape[0], wg.image_bytes(), share), plans), dx
 
 
-def transposed_grads(g: Tensor, kernel: Tensor, x: Tensor, geometry: tuple, like_torch: bool):
-    """``(dx, dK)`` of a transposed convolution of the NHWC ``x`` with ``kernel`` [in, out,
-    kh, kw] for its NHWC output gradient ``g``: ``dx`` is the convolution of ``g`` with the
-    same kernel (``geometry`` ``(kernel_size, stride, padding, dilation)``) and ``dK`` that
-    convolution's weight gradient for ``x`` as its output gradient, ``sum x^T im2col(g)``.
-
-    In float32 / float64 the implicit-GEMM engine and the im2col engine run by blocks of
-    images (:func:`image_blocks`), both gradients from each block's copies of ``g``; else
-    as :func:`conv_and_weight_grad` with ``at_once``."""
-    kernel_size, stride, padding, dilation = geometry
-    in_hw = tuple(x.shape[1:3])
-    o = kernel.shape[0]
-    blocks = not like_torch and g.element_size() >= 4
-    blocks = blocks and not rows_applies(g, kernel_size, stride, dilation)
-    if blocks and o >= THIN_TAPS and s2d_applies(g, kernel_size, stride, dilation):
-        return _s2d_transposed_grads(g, kernel, x, geometry)
-    wide_taps = dilation == stride == (1, 1) and kernel.shape[1] >= WIDE_TAPS
-    if blocks and o >= THIN and not wide_taps:
-        wmat = conv_matrix(kernel)
-        return cols_products(g, (*geometry, in_hw), x, wmat)
-    dx, kernel_grad = conv_and_weight_grad(
-        g, kernel, None, kernel_size, stride, padding, dilation, in_hw, like_torch, at_once=True
-    )
-    return dx, kernel_grad(x)
-
-
-def _s2d_transposed_grads(g: Tensor, kernel: Tensor, x: Tensor, geometry: tuple):
-    """:func:`transposed_grads` on the implicit-GEMM engine: for each block of images, the
-    space-to-depth copy of ``g`` gives ``dx`` (:func:`tap_sum`) and its share of ``dK``."""
-    kernel_size, stride, padding, _ = geometry
-    n, in_hw = g.shape[0], tuple(x.shape[1:3])
-    plan = s2d_plan(n, g.shape[1:3], kernel_size, stride, padding, in_hw)
-    w_taps = s2d_weights(kernel, plan)
-    wg = TapWeightGrad(g, plan, tuple(kernel.shape), tuple(g.shape[1:3]))
-    plans = wg.phase_plans()
-    sums = g.new_empty(n, in_hw[0] * plan.grid[1] - (plan.taps[1] - 1), kernel.shape[0])
+def _s2d_conv_and_grad(
+    x: Tensor, w_taps: Tensor, bias: Tensor | None, wg: TapWeightGrad, a: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(y, dW)`` of the implicit-GEMM engine for the output gradient ``a``, both at once
+    (:func:`conv_and_weight_grad`'s ``grad_for``): each block of images' space-to-depth copy
+    gives its outputs (:func:`tap_sum`) and its share of ``dW``."""
+    n, plans, plan = x.shape[0], wg.phase_plans(), wg.plan
+    sums = x.new_empty(n, plan.out_hw[0] * plan.grid[1] - (plan.taps[1] - 1), w_taps.shape[-1])
 
     def share(n0: int, n1: int) -> Tensor:
         block = wg.block(n0, n1)
         z = block.z()
-        tap_sum(z, w_taps, None, block.plan, n1 - n0, out=sums[n0:n1])
-        return block._replace(kept=z).products(x[n0:n1], plans)
+        tap_sum(z, w_taps, bias, block.plan, n1 - n0, out=sums[n0:n1])
+        return block._replace(kept=z).products(a[n0:n1], plans)
 
     return _taps_view(sums, plan), wg.finish(sum_over_blocks(n, wg.image_bytes(), share), plans)
 
@@ -1275,12 +1253,15 @@ def conv_and_weight_grad(
     dilation: tuple,
     out_hw: tuple,
     like_torch: bool | None = None,
-    at_once: bool = False,
+    grad_for: Tensor | None = None,
 ):
     """``y = conv(x)`` on NHWC tensors and a function ``a -> sum_rows a^T im2col(x)`` shaped
-    like ``weight`` [O, C, kh, kw] (the weight gradient for an output gradient ``a``), called
-    right away where ``at_once`` (a transposed convolution's pullback: the copies of the
-    forward pass are kept for it, not formed again).
+    like ``weight`` [O, C, kh, kw] (the weight gradient for an output gradient ``a``) -- or,
+    given ``grad_for``, that gradient for ``a = grad_for`` itself, computed with ``y``: a
+    transposed convolution's pullback (``x`` its output gradient, ``grad_for`` its input),
+    where the copies of ``x`` serve both, in float32 / float64 a block of images at a time
+    (:func:`image_blocks`) on the implicit-GEMM engine (O >= THIN_TAPS) and on im2col (O >=
+    THIN).
 
     In PyTorch's own order (:mod:`n2nfunc.torch_order`) where it :func:`~n2nfunc.torch_order.
     applies` (``like_torch`` None) or ``like_torch`` says so.
@@ -1297,27 +1278,41 @@ def conv_and_weight_grad(
     matmul with it beat the space-to-depth copy and four tap matmuls: default network,
     batch 100, bfloat16 training step 4,294 against 3,863 img/s on a 2-core AMD EPYC).
     """
+
+    def done(y, weight_grad):
+        return (y, weight_grad) if grad_for is None else (y, weight_grad(grad_for))
+
+    o, wide = weight.shape[0], x.element_size() >= 4
     if torch_order.applies(x, kernel) if like_torch is None else like_torch:
-        return torch_order.conv(x, weight, bias, kernel, stride, padding, dilation, out_hw)
+        return done(*torch_order.conv(x, weight, bias, kernel, stride, padding, dilation, out_hw))
     if rows_applies(x, kernel, stride, dilation):
-        return row_taps_conv(x, weight, bias, padding, out_hw)
+        return done(*row_taps_conv(x, weight, bias, padding, out_hw))
     if s2d_applies(x, kernel, stride, dilation):
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
-        y, z = s2d_conv_forward(x, s2d_weights(weight, plan), bias, plan)
-        kept = z if at_once else None
-        return y, TapWeightGrad(x, plan, tuple(weight.shape), tuple(x.shape[1:3]), kept)
+        w_taps = s2d_weights(weight, plan)
+        wg = TapWeightGrad(x, plan, tuple(weight.shape), tuple(x.shape[1:3]))
+        if grad_for is not None and o >= THIN_TAPS:
+            return _s2d_conv_and_grad(x, w_taps, bias, wg, grad_for)
+        y, z = s2d_conv_forward(x, w_taps, bias, plan)
+        return done(y, wg if grad_for is None else wg._replace(kept=z))
     wmat = conv_matrix(weight)
+    geometry = (kernel, stride, padding, dilation, out_hw)
     if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
-        y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
-        if weight.shape[0] >= weight.shape[1]:  # O >= C: row taps, kh wider matmuls
-            return y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw)
+        y, _ = conv_forward(x, wmat, bias, *geometry, False)
+        if o >= weight.shape[1]:  # O >= C: row taps, kh wider matmuls
+            return done(y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw))
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
-        return y, lambda a: s2d_weight_grad_to_conv(
-            s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
+        return done(
+            y,
+            lambda a: s2d_weight_grad_to_conv(
+                s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
+            ),
         )
+    if wide and grad_for is not None and o >= THIN:
+        return cols_products(x, geometry, grad_for, wmat, bias)
     large = kernel[0] * kernel[1] >= 4 * stride[0] * stride[1] and max(stride) > 1
-    if x.element_size() >= 4 and not at_once and large:  # see ColsWeightGrad
-        y, _ = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)
-        return y, ColsWeightGrad(x, kernel, stride, padding, dilation, out_hw)
-    y, cols = conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw)
-    return y, lambda a: weight_grad(rows(a), cols, kernel)
+    if wide and grad_for is None and large:  # see ColsWeightGrad
+        y, _ = conv_forward(x, wmat, bias, *geometry, False)
+        return y, ColsWeightGrad(x, *geometry)
+    y, cols = conv_forward(x, wmat, bias, *geometry)
+    return done(y, lambda a: weight_grad(rows(a), cols, kernel))

@@ -227,3 +227,29 @@ def test_channel_sums_of_an_expanded_tensor_fold_like_a_contiguous_one():
         torch.rand(1, 1, 1, 8).expand(16, 64, 64, 8),
     ):
         assert torch.equal(K.channel_sums(g), K.channel_sums(g.contiguous()))
+
+
+@pytest.mark.parametrize(
+    "c, o, k, s",
+    [
+        (8, 16, (4, 4), (2, 2)),  # implicit GEMM, by blocks
+        (8, 4, (4, 4), (2, 2)),  # implicit GEMM, z kept whole (O < THIN_TAPS)
+        (3, 9, (4, 4), (2, 2)),  # im2col, by blocks
+        (3, 4, (3, 3), (2, 2)),  # im2col kept whole (O < THIN)
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_with_its_weight_gradient_at_once_matches_the_two_apart(monkeypatch, c, o, k, s, bias):
+    """``grad_for`` (a transposed convolution's pullback) gives the output and the weight
+    gradient together, in blocks of one image, as the forward pass and the gradient apart."""
+    n, hw, p = 3, (9, 7), (1, 1)
+    x, weight = randn(n, *hw, c, seed=0), randn(o, c, *k, seed=1)
+    b = randn(o, seed=2) if bias else None
+    out_hw = tuple((h + 2 * q - kk) // ss + 1 for h, q, kk, ss in zip(hw, p, k, s))
+    a = randn(n, *out_hw, o, seed=3)
+    geometry = (k, s, p, (1, 1), out_hw)
+    y_ref, weight_grad = K.conv_and_weight_grad(x, weight, b, *geometry, like_torch=False)
+    dw_ref = weight_grad(a)
+    monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", 1)
+    y, dw = K.conv_and_weight_grad(x, weight, b, *geometry, like_torch=False, grad_for=a)
+    assert rel_err(y, y_ref) < TOL64 and rel_err(dw, dw_ref) < TOL64
