@@ -618,8 +618,11 @@ def test_a_worker_interrupted_while_torch_loads_ends_without_a_traceback(tmp_pat
     )
     (fake / "cli.py").write_text("def main():\n    return 0\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # Ctrl-C's handler as a terminal gives it: a test run started in the background of a
+    # non-interactive shell has SIGINT ignored, which Python and its children inherit
+    sigint = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     proc = subprocess.Popen(  # (in tmp_path: `python -c` looks in its folder first)
-        [sys.executable, "-c", WORKER, "--version"],
+        [sys.executable, "-c", sigint + WORKER, "--version"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
