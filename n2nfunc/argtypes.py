@@ -238,10 +238,9 @@ def output_image(text: str) -> Path:
         )
     parent = path.parent
     if not parent.is_dir():
-        above = next((p for p in parent.parents if p.exists()), None)
-        if parent.exists() or (above is not None and not above.is_dir()):
-            file = parent if parent.exists() else above
-            raise Error(f"{file} is a file, not a folder: {text} cannot be written")
+        existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise Error(f"{existing} is a file, not a folder: {text} cannot be written")
         raise Error(f"the folder {parent} does not exist (it is not created for you)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise Error(f"cannot write in {parent} ({_unwritable(parent)})")
