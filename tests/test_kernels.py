@@ -140,8 +140,8 @@ def test_strided_taps_match_im2col_thin_and_wide(o, bias):
 @pytest.mark.parametrize(
     "shape",
     [(4, 8, 8, 3), (3, 5, 7, 3), (2, 4, 4, 48), (1, 1, 1, 5), (6, 16, 16, 200)],
-)  # folded (even row counts, narrow), not foldable (odd rows), wide, one row, wider than 128
-def test_channel_sums_fold_narrow_matrices_exactly(shape):
+)  # narrow, odd row count, wide, one row, wider than 128
+def test_channel_sums_match_a_float64_sum(shape):
     x = randn(*shape, seed=4)
     ref = x.reshape(-1, shape[-1]).sum(0)
     assert rel_err(K.channel_sums(x), ref) < TOL64
@@ -188,12 +188,25 @@ def test_every_tap_weight_gradient_path_matches_im2col(c, o, k, s, dtype):
 
 
 @pytest.mark.parametrize("r", [401, 400, 7])  # a remainder block, none, too short to split
-def test_reduce_matmul_splits_long_sums_exactly(r):
-    z, g = randn(r + 3, 9, seed=9), randn(r, 5, seed=10)
+@pytest.mark.parametrize("m", [9, 16])  # 16 x 5: computed transposed (fast_width)
+def test_reduce_matmul_splits_long_sums_exactly(r, m):
+    z, g = randn(r + 3, m, seed=9), randn(r, 5, seed=10)
     lhs = z[2 : 2 + r].t()  # a transposed, offset view, as the weight gradients pass it
     assert rel_err(K.reduce_matmul(lhs, g), lhs.matmul(g)) < TOL64
     frame = randn(6, r + 5, seed=11)[:, :r]  # row-major with a longer stride
     assert rel_err(K.reduce_matmul(frame, g), frame.matmul(g)) < TOL64
+    assert K.reduce_matmul(lhs, g).is_contiguous()
+
+
+@pytest.mark.parametrize("n", [1, 3, 9, 16, 24, 27, 40])
+def test_widened_weights_give_the_same_product_at_a_fast_width(n):
+    z, w = randn(50, 7, seed=15), randn(7, n, seed=16)
+    wide = K.widened(w)
+    assert wide.shape == (7, K.fast_width(n)) and K.fast_width(n) >= n
+    assert K.fast_width(n) == n or (K.fast_width(n) % 8 == 0 and K.fast_width(n) >= 16)
+    assert torch.equal(wide[:, :n], w) and not wide[:, n:].any()
+    assert rel_err(z.matmul(wide)[:, :n], z.matmul(w)) < TOL64
+    assert K.widened(w.to(torch.bfloat16)).shape == (7, n)  # lower precisions: as they are
 
 
 @pytest.mark.parametrize(
@@ -219,9 +232,9 @@ def test_nearest_upsampling_then_conv_is_one_transposed_conv(k, s, d, p):
     assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))
 
 
-def test_channel_sums_of_an_expanded_tensor_fold_like_a_contiguous_one():
-    """An expanded cotangent (what autograd makes of ``.sum()``) kept stride 0 and was summed
-    as one long product per channel: its bias gradients were ~50x less accurate."""
+def test_channel_sums_of_an_expanded_tensor_equal_those_of_a_contiguous_one():
+    """An expanded cotangent (what autograd makes of ``.sum()``, stride 0) is summed as its
+    contiguous copy would be (a matrix-vector product on it once was ~50x less accurate)."""
     for g in (
         torch.tensor(0.01).expand(100, 16, 16, 3),
         torch.rand(1, 1, 1, 8).expand(16, 64, 64, 8),
