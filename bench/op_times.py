@@ -17,10 +17,20 @@ ops of a few microseconds (views) read high, and a contender of many ops more th
 (n2nfunc's U-Net step runs about 2,700 ops, torch's 400: some 3-4 ms of its clocked "rest" is
 the clock's). One contender per process, not alternated: read the tables for where the time
 goes, and take ratios from the step benchmarks.
+
+    python bench/op_times.py --unet --by site      # grouped by the n2nfunc line that ran them
+    python bench/op_times.py --unet --matmuls      # each matmul shape's GFLOP/s
+
+``--by site`` names, for each op, the innermost frame in the ``n2nfunc`` package that called
+it (``kernels.py:tap_sum:827``). ``--matmuls`` lists the matrix products by shape --
+(M x K) @ (K x N), batch, operand strides -- with their GFLOP/s: a library's GEMM can be much
+slower at some shapes than at others of the same size (MKL's generic float32 kernels at an
+output width not a multiple of 8, for one).
 """
 
 import argparse
 import collections
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +46,7 @@ import train_step  # noqa: E402
 import unet_train_step  # noqa: E402
 from common import allocator_line  # noqa: E402
 
+import n2nfunc  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
@@ -64,33 +75,92 @@ def kind(op: str) -> str:
     return next((k for k, ops in KINDS.items() if base in ops), "elementwise or reduction")
 
 
-class OpClock(TorchDispatchMode):
-    """Records ``(op, input shapes, seconds)`` for every ATen op run inside it."""
+MATMULS = {"mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_"}
 
-    def __init__(self):
+
+def matmul_shape(op: str, args) -> tuple | None:
+    """``(M, K, N, batch, lhs strides, rhs strides)`` of a matrix-product op's operands (the
+    last two tensor arguments), else None."""
+    if op.split(".")[0] not in MATMULS:
+        return None
+    lhs, rhs = [a for a in args if isinstance(a, torch.Tensor)][-2:]
+    batch = lhs.shape[0] if lhs.dim() == 3 else 1
+    m, k = lhs.shape[-2:]
+    return m, k, rhs.shape[-1], batch, lhs.stride(), rhs.stride()
+
+
+PACKAGE = str(Path(n2nfunc.__file__).resolve().parent)
+
+
+def caller_site() -> str:
+    """``file:function:line`` of the innermost frame in the n2nfunc package, or "-"."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if path.startswith(PACKAGE):
+            name = Path(path).relative_to(PACKAGE).as_posix()
+            return f"{name}:{frame.f_code.co_name}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "-"
+
+
+class OpClock(TorchDispatchMode):
+    """Records ``(op, key, seconds)`` for every ATen op run inside it; the key is the input
+    shapes, the n2nfunc line that ran it (``by="site"``) or the matmul's shape (``by=
+    "matmul"``, other ops not recorded)."""
+
+    def __init__(self, by: str = "op"):
         super().__init__()
-        self.records: list[tuple[str, str, float]] = []
+        self.by = by
+        self.records: list[tuple[str, str | tuple, float]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         start = time.perf_counter()
         out = func(*args, **(kwargs or {}))
         seconds = time.perf_counter() - start
-        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        self.records.append((str(func).removeprefix("aten."), str(shapes), seconds))
+        op = str(func).removeprefix("aten.")
+        key: str | tuple | None
+        if self.by == "matmul":
+            key = matmul_shape(op, args)
+        elif self.by == "site":
+            key = caller_site()
+        else:
+            key = str([tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
+        if key is not None:
+            self.records.append((op, key, seconds))
         return out
 
 
-def op_table(step, steps: int) -> tuple[dict, dict]:
-    """``({(op, shapes): ms per step}, {(op, shapes): calls per step})`` over ``steps`` steps."""
+def op_table(step, steps: int, by: str = "op") -> tuple[dict, dict]:
+    """``({(op, key): ms per step}, {(op, key): calls per step})`` over ``steps`` steps, keys
+    as :class:`OpClock` ``by`` makes them."""
     ms: dict = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
     for _ in range(steps):
-        with OpClock() as clock:
+        with OpClock(by) as clock:
             step()
-        for op, shapes, seconds in clock.records:
-            ms[op, shapes] += seconds * 1e3 / steps
-            calls[op, shapes] += 1
+        for op, key, seconds in clock.records:
+            ms[op, key] += seconds * 1e3 / steps
+            calls[op, key] += 1
     return ms, {k: c // steps for k, c in calls.items()}
+
+
+def print_matmuls(step, steps: int, top: int, title: str) -> None:
+    """The step's matrix products by shape, slowest first, with their GFLOP/s."""
+    ms, calls = op_table(step, steps, by="matmul")
+    flops = {key: 2 * math.prod(key[1][:4]) * calls[key] for key in ms}
+    total_ms = sum(ms.values())
+    print(
+        f"{title}; matmuls: {sum(calls.values())} per step, {total_ms:.2f} ms, "
+        f"{sum(flops.values()) / total_ms / 1e6:.0f} GFLOP/s"
+    )
+    print(f"{'ms':>8} {'calls':>6} {'GFLOP/s':>8}  op, (M x K) @ (K x N), batch, strides")
+    for key, t in sorted(ms.items(), key=lambda kv: -kv[1])[:top]:
+        (op, (m, k, n, b, sa, sb)) = key
+        print(
+            f"{t:8.3f} {calls[key]:6d} {flops[key] / t / 1e6:8.0f}  {op} ({m} x {k}) @ "
+            f"({k} x {n}), batch {b}, strides {sa} {sb}"
+        )
 
 
 def main() -> None:
@@ -104,6 +174,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int_range(1), default=5)
     ap.add_argument("--threads", type=int_range(1), default=2, help="default: 2")
     ap.add_argument("--top", type=int_range(1), default=30, help="rows of the table")
+    ap.add_argument(
+        "--by",
+        choices=("op", "site"),
+        default="op",
+        help="group by op and input shapes (default) or by the n2nfunc line that ran the op",
+    )
+    ap.add_argument(
+        "--matmuls", action="store_true", help="the matrix products by shape, with GFLOP/s"
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
@@ -125,16 +204,17 @@ def main() -> None:
     for _ in range(args.steps):
         step()
     plain = (time.perf_counter() - start) * 1e3 / args.steps
-    ms, calls = op_table(step, args.steps)
+    net = "U-Net" if args.unet else "default network"
+    title = f"{args.contender}, {net}, batch {batch}: one step {plain:.2f} ms unobserved"
+    if args.matmuls:
+        print_matmuls(step, args.steps, args.top, title)
+        return
+    ms, calls = op_table(step, args.steps, args.by)
     by_op: dict = collections.defaultdict(float)
     for (op, _), t in ms.items():
         by_op[op] += t
-    net = "U-Net" if args.unet else "default network"
-    print(
-        f"{args.contender}, {net}, batch {batch}: one step {plain:.2f} ms unobserved, ops "
-        f"clocked one by one {sum(ms.values()):.2f} ms ({sum(calls.values())} ops)"
-    )
-    print(f"{'ms':>8} {'calls':>6}  op, input shapes")
+    print(f"{title}, ops clocked one by one {sum(ms.values()):.2f} ms ({sum(calls.values())} ops)")
+    print(f"{'ms':>8} {'calls':>6}  op, " + ("input shapes" if args.by == "op" else "caller"))
     for key, t in sorted(ms.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{t:8.3f} {calls[key]:6d}  {key[0]} {key[1]}")
     ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]

@@ -35,3 +35,28 @@ def test_a_bad_option_is_one_usage_error(command, said):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert said in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_op_times_names_the_calling_line_and_each_matmul_shape():
+    """``bench/op_times.py --by site`` and ``--matmuls``: each op is put on the n2nfunc line
+    that ran it, and each matrix product's (M, K, N, batch) is its operands' shape."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import op_times
+
+    from n2nfunc import conv2d
+
+    layer = conv2d(5, kernel_size=3, padding=1)
+    _, params = layer.init(torch.Generator().manual_seed(0), (2, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    with op_times.OpClock("site") as clock:
+        layer.apply(params, x)
+    sites = {key for _, key, _ in clock.records}
+    assert sites and all(s == "-" or s.count(":") == 2 for s in sites), sites
+    assert any(s.startswith("kernels.py:") for s in sites), sites
+    with op_times.OpClock("matmul") as clock:
+        x.reshape(6, 64).matmul(torch.randn(64, 7))
+        torch.randn(4, 5, 6).bmm(torch.randn(4, 6, 3))
+        x.sum()  # not a matmul: not recorded
+    assert [key[:4] for _, key, _ in clock.records] == [(6, 64, 7, 1), (5, 6, 3, 4)]
