@@ -34,7 +34,8 @@ from common import (  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
-from n2nfunc.model import PREDICT_BYTES, Model  # noqa: E402
+from n2nfunc.model import Model, images_per_chunk  # noqa: E402
+from n2nfunc.precision import compute_dtype  # noqa: E402
 
 
 def contenders(model32: Model, model16: Model, x) -> dict:
@@ -78,8 +79,7 @@ def contenders(model32: Model, model16: Model, x) -> dict:
 
 def predict_chunk(precision: str, shape) -> int:
     """Images per chunk of ``Model.predict`` on the CPU for a batch of ``shape``."""
-    computed = 4 if precision == "float32" else 2  # bytes of one computed number
-    return max(1, PREDICT_BYTES // computed // (shape[2] * shape[3]))
+    return images_per_chunk(shape[2], shape[3], compute_dtype(precision))
 
 
 def _on_chunks(net, chunks: list, cast: bool):

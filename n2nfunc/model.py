@@ -220,11 +220,23 @@ def _inference(net: Module, x: Tensor) -> Tensor:
 # bfloat16 in chunks of 2**18 (54.1 / 58.3 against 57.6 / 59.1 ms): one budget in bytes.
 PREDICT_BYTES = 1 << 19
 
+
 # Images of more pixels than PREDICT_TILE**2 are denoised tile by tile (overlapping by the
 # network's reach, see n2nfunc.denoise_image), so that memory stays bounded: the U-Net keeps
 # about 1 KB of float32 activations per pixel, so a 1500 x 2000 photo took 2.9 GB in one
 # pass, and a phone's 12-megapixel one would take 12.
 PREDICT_TILE = 1024
+
+
+def images_per_chunk(h: int, w: int, computed, device_type: str = "cpu") -> int:
+    """Images of h x w pixels per forward pass of :meth:`Model.predict` by default, for
+    numbers computed in the dtype ``computed``: ``PREDICT_BYTES`` of them on the CPU,
+    ``PREDICT_TILE``**2 pixels on a GPU; at least one image."""
+    if device_type == "cpu":
+        max_pixels = PREDICT_BYTES // empty((), dtype=computed).element_size()
+    else:
+        max_pixels = PREDICT_TILE**2  # a GPU pays a fixed launch cost per chunk
+    return max(1, max_pixels // (h * w))
 
 
 def _plain(v) -> bool:
@@ -574,12 +586,11 @@ class Model(Unpicklable):
         self.net.eval()
         runner = self._runner(x, "test_input")
         n, _, h, w = x.shape
-        if max_pixels is None and x.device.type != "cpu":
-            max_pixels = PREDICT_TILE**2  # a GPU pays a fixed launch cost per chunk
-        elif max_pixels is None:
+        if max_pixels is None:
             computed = x.dtype if runner is self.net else compute_dtype(self.config["precision"])
-            max_pixels = PREDICT_BYTES // empty((), dtype=computed).element_size()
-        per_chunk = max(1, max_pixels // (h * w))
+            per_chunk = images_per_chunk(h, w, computed, x.device.type)
+        else:
+            per_chunk = max(1, max_pixels // (h * w))
         multiple = 1 if self.config["network"] == "unet" else 4  # the U-Net pads itself
 
         def run(chunk):

@@ -434,6 +434,15 @@ def test_weights_with_nan_are_refused_and_messages_carry_no_quotes(tmp_path):
     )
 
 
+def test_predict_chunks_hold_a_fixed_budget_of_computed_bytes():
+    from n2nfunc.model import PREDICT_BYTES, PREDICT_TILE, images_per_chunk
+
+    assert images_per_chunk(32, 32, torch.float32) * 32 * 32 * 4 == PREDICT_BYTES
+    assert images_per_chunk(32, 32, torch.bfloat16) == 2 * images_per_chunk(32, 32, torch.float32)
+    assert images_per_chunk(32, 32, torch.float32, "cuda") == PREDICT_TILE**2 // (32 * 32)
+    assert images_per_chunk(2000, 3000, torch.float32) == 1  # at least one image
+
+
 def test_predict_takes_a_positive_int_max_pixels():
     m = Model(SMALL)
     x = torch.rand(2, 3, 20, 20)
