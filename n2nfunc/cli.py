@@ -144,6 +144,16 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _say_if_identical(noisy, clean) -> None:
+    """A note when the validation set's noisy images equal its clean ones (its PSNR is then
+    the 200 dB cap, and the gain meaningless)."""
+    if noisy.shape == clean.shape and bool((noisy == clean).all()):
+        print(
+            "note: the noisy validation images equal the clean ones: nothing to denoise "
+            "(check the data)"
+        )
+
+
 def _builtin(args, n: int, split: str):
     return builtin_pairs(n, split, args.noise, args.seed, announce=_say)
 
@@ -594,13 +604,13 @@ def run_training(args, device, dp=None) -> int:
     yt: Any = None
     xv: Any = None
     yv: Any = None
-    desc = noise = ""
+    desc = noise = val_desc = ""
     locked = lead and Path(args.out).is_dir()  # a run writing there is refused before the
     if locked:  # data, which may take minutes to make
         _lock_folder(Path(args.out))
     if lead:
         xt, yt, desc, noise = _training_data(args)
-        xv, yv, _ = _validation_data(args)
+        xv, yv, val_desc = _validation_data(args)
     if dp is not None:
         if lead:
             dp.done("data")
@@ -651,6 +661,8 @@ def run_training(args, device, dp=None) -> int:
         f"batch {bs}{processes}, "
         f"{_count(torch.get_num_threads(), 'thread')}, device {device}"
     )
+    print(f"validating on {val_desc}")
+    _say_if_identical(xv, yv)
     print(f"network: {model.net!r}".replace("\n", "\n  "))
     on_mkl = torch.device(device).type == "cpu" and model.config["precision"] == "float32"
     slow_gemm = hardware.mkl_problem() if on_mkl else None  # bfloat16 matmuls: oneDNN's
@@ -808,6 +820,7 @@ def cmd_eval(args) -> int:
         path = _loading("--model", shipped_weights, args.model)
     model, noise = _load_model(path, device, args.precision)
     xv, yv, desc = _validation_data(args)
+    _say_if_identical(xv, yv)
     if model.config["network"] == "unet" and not (args.val or args.val_pairs or args.val_photos):
         example = _noise_example(noise) if "noise" not in _given(args) else ""
         noise_option = f" --noise {example}" if example else ""
@@ -818,8 +831,6 @@ def cmd_eval(args) -> int:
     else:
         _say_other_noise(args, noise)
     s = evaluate(model, xv.to(device), yv.to(device))
-    if s["noisy_psnr"] >= 100:
-        print("note: the noisy images equal the clean ones: nothing to denoise (check the data)")
     print(
         f"weights: {path} (noise: {noise})\ndata: {desc}\n"
         f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\n"
@@ -1039,16 +1050,29 @@ def _check_nproc(args, error) -> None:
 
 
 def _check_data_options(args, error) -> None:
-    """One validation set, and no count given for data that uses all its pairs."""
+    """One validation set, and no option given that the data would ignore: a count for data
+    that uses all its pairs, a --noise (or, for eval, a --seed) where no pair is generated."""
     if sum(bool(v) for v in (args.val, args.val_pairs, args.val_photos)) > 1:
         error("give one validation set: --val, --val-pairs or --val-photos")
     train = [o for o in ("train", "pairs") if getattr(args, o, None)]
     val = [o for o in ("val", "val_pairs") if getattr(args, o, None)]
     given = _given(args) if train or val else set()  # (re-parses the command line)
     if "n_train" in given and train:
-        error(f"--n-train counts built-in or --photos pairs; {_option(train[0])} trains on all its")
+        error(
+            f"--n-train counts built-in or --photos pairs; {_option(train[0])} trains on all "
+            "its pairs"
+        )
     if "n_val" in given and val:
-        error(f"--n-val counts built-in or --val-photos pairs; {_option(val[0])} gives all its")
+        error(
+            f"--n-val counts built-in or --val-photos pairs; {_option(val[0])} validates on all "
+            "its pairs"
+        )
+    files_only = val and (train or args.command == "eval")  # every pair read, none generated
+    for dest in ("noise", "seed") if args.command == "eval" else ("noise",):
+        if files_only and dest in given:
+            sources = " and ".join(_option(o) for o in train + val)
+            verb = "give" if len(train + val) > 1 else "gives"
+            error(f"{_option(dest)} applies to generated pairs; {sources} {verb} all the pairs")
 
 
 def _check_photo_sides(args, error) -> None:

@@ -705,12 +705,18 @@ def test_eval_takes_a_shipped_model_by_name_and_notes_what_a_unet_is_judged_on(
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_eval_notes_pairs_whose_noisy_images_equal_the_clean_ones(tmp_path, capsys):
+def test_eval_and_train_note_pairs_whose_noisy_images_equal_the_clean_ones(tmp_path, capsys):
     rgb = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
     for sub in ("a", "b"):
         write_image(tmp_path / "pairs" / sub / "x.png", rgb)
     assert main(["eval", "--val-pairs", str(tmp_path / "pairs")]) == 0
-    assert "note: the noisy images equal the clean ones" in capsys.readouterr().out
+    assert "note: the noisy validation images equal the clean ones" in capsys.readouterr().out
+    out = str(tmp_path / "run")
+    argv = ["train", "--epochs", "1", "--n-train", "64", "--quiet", "--out", out]
+    assert main([*argv, "--val-pairs", str(tmp_path / "pairs")]) == 0
+    said = capsys.readouterr().out
+    assert f"validating on image pairs in {tmp_path / 'pairs'}" in said
+    assert "note: the noisy validation images equal the clean ones" in said
 
 
 def test_val_photos_take_the_factor_of_noise_downsample(tmp_path, capsys):

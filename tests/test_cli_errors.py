@@ -178,8 +178,23 @@ ROWS = [
     ("train --val-pairs {w}/mismatch", r"argument --val-pairs: no image file name is in both"),
     ("train --val-photos {w}/photo.png", r"argument --val-photos: .*photo.png is a file"),
     ("train --val-pairs {w}/pairs --val-photos {w}/photos", r"give one validation set"),
-    ("train --pairs {w}/pairs --n-train 50", r"--n-train counts built-in .*--pairs trains on all"),
-    ("eval --val-pairs {w}/pairs --n-val 9", r"--n-val counts built-in .*--val-pairs gives all"),
+    (
+        "train --pairs {w}/pairs --n-train 50",
+        r"--n-train counts .*--pairs trains on all its pairs$",
+    ),
+    ("eval --val-pairs {w}/pairs --n-val 9", r"--n-val counts .*--val-pairs validates on all its"),
+    (
+        "eval --val-pairs {w}/pairs --noise gaussian:25",
+        r"--noise applies to generated pairs; --val",
+    ),
+    (
+        "eval --val {w}/train_data.pkl --seed 5",
+        r"--seed applies to generated pairs; --val gives all the pairs$",
+    ),
+    (
+        "train --pairs {w}/pairs --val-pairs {w}/pairs --noise poisson:30",
+        r"--noise applies to generated pairs; --pairs and --val-pairs give all the pairs$",
+    ),
     (
         "eval --model {w}/model.pth",
         r"--model: '.*model.pth' is not a shipped .*goes with --checkpoint",

@@ -334,9 +334,8 @@ def load_folder_pairs(
     for name in common:
         a, b = read_image(names_a[name]).rgb, read_image(names_b[name]).rgb
         if a.shape != b.shape:
-            raise ValueError(
-                f"{root}: {name} has size {tuple(a.shape[1:])} in a/ but {tuple(b.shape[1:])} in b/"
-            )
+            (ha, wa), (hb, wb) = a.shape[1:], b.shape[1:]
+            raise ValueError(f"{root}: {name} is {wa}x{ha} in a/ but {wb}x{hb} in b/")
         if min(a.shape[1:]) < patch:
             small.append(name)
             continue
