@@ -1597,11 +1597,22 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
         close = (
             [p[2:] for p in prefixed] if name.startswith("--") and 0 < len(prefixed) <= 3 else close
         )
+        alias = SAME_THING.get(argv[at_command], {}).get(name)
+        close = [alias[2:]] if alias in known else close
         hint = f"did you mean {' or '.join('--' + c for c in close)}? " if close else ""
         command.error(
             f"unrecognized option {name} ({hint}n2nfunc {argv[at_command]} --help lists the "
             "options)"
         )
+
+
+# Options of one command that another command names otherwise: the hint for a user who
+# gives the one to the other ("n2nfunc train --model unet").
+SAME_THING = {
+    "train": {"--model": "--network"},
+    "eval": {"--network": "--model"},
+    "denoise": {"--network": "--model"},
+}
 
 
 def _is_number(text: str) -> bool:

@@ -279,6 +279,8 @@ ROWS = [
         r"--nproc 2: --n-train 15 is below --batch-size 16, so each batch is all 15 pairs",
     ),
     ("train --widht 8 8", r"unrecognized option --widht \(did you mean --widths\?"),
+    ("train --model unet", r"unrecognized option --model \(did you mean --network\?"),
+    ("eval --network unet", r"unrecognized option --network \(did you mean --model\?"),
     ("train --gpu", r"unrecognized option --gpu \(n2nfunc train --help"),  # no far-off guess
     ("eval --n-val 2000000000", r"--n-val 2000000000: the pairs need about \d+ GiB .*is 1000\)"),
     ("train extra", r"n2nfunc train: error: unrecognized arguments: extra$"),
