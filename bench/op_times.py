@@ -19,10 +19,10 @@ the clock's). One contender per process, not alternated: read the tables for whe
 goes, and take ratios from the step benchmarks.
 
     python bench/op_times.py --unet --by site      # grouped by the n2nfunc line that ran them
-    python bench/op_times.py --unet --matmuls      # each matmul shape's GFLOP/s
+    python bench/op_times.py --unet --by matmul    # each matmul shape's GFLOP/s
 
 ``--by site`` names, for each op, the innermost frame in the ``n2nfunc`` package that called
-it (``kernels.py:tap_sum:827``). ``--matmuls`` lists the matrix products by shape --
+it (``kernels.py:tap_sum:827``). ``--by matmul`` lists the matrix products by shape --
 (M x K) @ (K x N), batch, operand strides -- with their GFLOP/s: a library's GEMM can be much
 slower at some shapes than at others of the same size (MKL's generic float32 kernels at an
 output width not a multiple of 8, for one).
@@ -176,12 +176,10 @@ def main() -> None:
     ap.add_argument("--top", type=int_range(1), default=30, help="rows of the table")
     ap.add_argument(
         "--by",
-        choices=("op", "site"),
+        choices=("op", "site", "matmul"),
         default="op",
-        help="group by op and input shapes (default) or by the n2nfunc line that ran the op",
-    )
-    ap.add_argument(
-        "--matmuls", action="store_true", help="the matrix products by shape, with GFLOP/s"
+        help="group by op and input shapes (default), by the n2nfunc line that ran the op, or "
+        "list the matrix products by shape with their GFLOP/s",
     )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -206,7 +204,7 @@ def main() -> None:
     plain = (time.perf_counter() - start) * 1e3 / args.steps
     net = "U-Net" if args.unet else "default network"
     title = f"{args.contender}, {net}, batch {batch}: one step {plain:.2f} ms unobserved"
-    if args.matmuls:
+    if args.by == "matmul":
         print_matmuls(step, args.steps, args.top, title)
         return
     ms, calls = op_table(step, args.steps, args.by)

@@ -147,7 +147,7 @@ def _say(message: str) -> None:
 def _say_if_identical(noisy, clean) -> None:
     """A note when the validation set's noisy images equal its clean ones (its PSNR is then
     the 200 dB cap, and the gain meaningless)."""
-    if noisy.shape == clean.shape and bool((noisy == clean).all()):
+    if torch.equal(noisy, clean):
         print(
             "note: the noisy validation images equal the clean ones: nothing to denoise "
             "(check the data)"
@@ -1597,7 +1597,7 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
         close = (
             [p[2:] for p in prefixed] if name.startswith("--") and 0 < len(prefixed) <= 3 else close
         )
-        alias = SAME_THING.get(argv[at_command], {}).get(name)
+        alias = SAME_THING.get(argv[at_command], {}).get(name, "")
         close = [alias[2:]] if alias in known else close
         hint = f"did you mean {' or '.join('--' + c for c in close)}? " if close else ""
         command.error(

@@ -259,13 +259,19 @@ def fast_width(n: int) -> int:
     return n if n == 1 else max(16, -(-n // 8) * 8)
 
 
+def _on_mkl_float32(t: Tensor) -> bool:
+    """Whether a matmul with ``t`` runs in MKL's float32 kernels (:func:`fast_width`): a
+    float32 CPU tensor (bfloat16 runs in oneDNN, a GPU in its own library)."""
+    return t.device.type == "cpu" and t.dtype.is_floating_point and t.element_size() == 4
+
+
 def widened(wmat: Tensor) -> Tensor:
-    """``wmat`` (K, N) with zero columns appended up to :func:`fast_width` in float32 /
-    float64 (a product with it, sliced to its first N columns, is the product with ``wmat``);
-    ``wmat`` itself where it is that wide or of a lower precision."""
+    """``wmat`` (K, N) with zero columns appended up to :func:`fast_width` for MKL's float32
+    kernels (a product with it, sliced to its first N columns, is the product with
+    ``wmat``); ``wmat`` itself where it is that wide, or not float32 on the CPU."""
     k, n = wmat.shape
     width = fast_width(n)
-    if width == n or wmat.element_size() < 4:
+    if width == n or not _on_mkl_float32(wmat):
         return wmat
     out = wmat.new_zeros(k, width)
     out[:, :n] = wmat
@@ -279,14 +285,16 @@ def reduce_matmul(lhs: Tensor, rhs: Tensor) -> Tensor:
     partial products added: one matmul with so small an output keeps a single thread busy
     (MKL splits the output, not the sum). 96 x 33664 by 33664 x 32: 1.18 -> 0.81 ms; 48 x 6400
     by 6400 x 768 2.27 -> 1.71 ms (2-core Xeon, 2 threads). Lower precisions (bfloat16,
-    float16) keep one matmul, whose sum accumulates in float32 inside it."""
+    float16) keep one matmul, whose sum accumulates in float32 inside it. In MKL's float32
+    kernels an output of a slow width N (:func:`fast_width`) and a fast height M is computed
+    transposed, ``(rhs^T @ lhs^T)^T`` (48 x 8192 by 8192 x 27, the U-Net's first layer's
+    weight gradient: 1.04 -> 0.59 ms; 2-core AMD EPYC)."""
     m, r = lhs.shape
     n = rhs.shape[1]
     if lhs.element_size() < 4 or r < 4 * max(m, n):
         return lhs.matmul(rhs)
-    if fast_width(n) != n and fast_width(m) == m:  # the product transposed, at full speed (48
-        return reduce_matmul(rhs.t(), lhs.t()).t().contiguous()  # x 8192 by 8192 x 27: 1.04 ->
-    # 0.59 ms, the U-Net's first layer's weight gradient; 2-core AMD EPYC)
+    if _on_mkl_float32(lhs) and fast_width(n) != n and fast_width(m) == m:
+        return reduce_matmul(rhs.t(), lhs.t()).t().contiguous()
     c = r // SPLIT
     (sm, sr), (sr2, sn) = lhs.stride(), rhs.stride()
     a = lhs.as_strided((SPLIT, m, c), (c * sr, sm, sr), lhs.storage_offset())

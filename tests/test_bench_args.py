@@ -38,7 +38,7 @@ def test_a_bad_option_is_one_usage_error(command, said):
 
 
 def test_op_times_names_the_calling_line_and_each_matmul_shape():
-    """``bench/op_times.py --by site`` and ``--matmuls``: each op is put on the n2nfunc line
+    """``bench/op_times.py --by site`` and ``--by matmul``: each op is put on the n2nfunc line
     that ran it, and each matrix product's (M, K, N, batch) is its operands' shape."""
     import torch
 

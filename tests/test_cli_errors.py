@@ -185,7 +185,7 @@ ROWS = [
     ("eval --val-pairs {w}/pairs --n-val 9", r"--n-val counts .*--val-pairs validates on all its"),
     (
         "eval --val-pairs {w}/pairs --noise gaussian:25",
-        r"--noise applies to generated pairs; --val",
+        r"--noise applies to generated pairs; --val-pairs gives all the pairs$",
     ),
     (
         "eval --val {w}/train_data.pkl --seed 5",

@@ -130,6 +130,9 @@ def test_images_and_folder_pairs(tmp_path):
         (tmp_path / "c" / "a").mkdir(parents=True)
         (tmp_path / "c" / "b").mkdir()
         load_folder_pairs(tmp_path / "c")
+    write_image(tmp_path / "b" / "one.png", rgb[:, :36])  # width x height, as denoise says it
+    with pytest.raises(ValueError, match="one.png is 70x40 in a/ but 70x36 in b/"):
+        load_folder_pairs(tmp_path)
 
 
 def test_folder_pairs_name_the_images_they_leave_out(tmp_path):

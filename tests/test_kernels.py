@@ -188,25 +188,28 @@ def test_every_tap_weight_gradient_path_matches_im2col(c, o, k, s, dtype):
 
 
 @pytest.mark.parametrize("r", [401, 400, 7])  # a remainder block, none, too short to split
-@pytest.mark.parametrize("m", [9, 16])  # 16 x 5: computed transposed (fast_width)
-def test_reduce_matmul_splits_long_sums_exactly(r, m):
-    z, g = randn(r + 3, m, seed=9), randn(r, 5, seed=10)
+@pytest.mark.parametrize("m", [9, 16])  # 16 x 5 in float32: computed transposed (fast_width)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_reduce_matmul_splits_long_sums_exactly(r, m, dtype):
+    z, g = randn(r + 3, m, seed=9, dtype=dtype), randn(r, 5, seed=10, dtype=dtype)
+    tol = TOL64 if dtype == torch.float64 else 1e-5
     lhs = z[2 : 2 + r].t()  # a transposed, offset view, as the weight gradients pass it
-    assert rel_err(K.reduce_matmul(lhs, g), lhs.matmul(g)) < TOL64
-    frame = randn(6, r + 5, seed=11)[:, :r]  # row-major with a longer stride
-    assert rel_err(K.reduce_matmul(frame, g), frame.matmul(g)) < TOL64
+    assert rel_err(K.reduce_matmul(lhs, g).double(), lhs.double().matmul(g.double())) < tol
+    frame = randn(m, r + 5, seed=11, dtype=dtype)[:, :r]  # row-major with a longer stride
+    assert rel_err(K.reduce_matmul(frame, g).double(), frame.double().matmul(g.double())) < tol
     assert K.reduce_matmul(lhs, g).is_contiguous()
 
 
 @pytest.mark.parametrize("n", [1, 3, 9, 16, 24, 27, 40])
 def test_widened_weights_give_the_same_product_at_a_fast_width(n):
-    z, w = randn(50, 7, seed=15), randn(7, n, seed=16)
+    z, w = randn(50, 7, seed=15, dtype=torch.float32), randn(7, n, seed=16, dtype=torch.float32)
     wide = K.widened(w)
     assert wide.shape == (7, K.fast_width(n)) and K.fast_width(n) >= n
     assert K.fast_width(n) == n or (K.fast_width(n) % 8 == 0 and K.fast_width(n) >= 16)
     assert torch.equal(wide[:, :n], w) and not wide[:, n:].any()
-    assert rel_err(z.matmul(wide)[:, :n], z.matmul(w)) < TOL64
-    assert K.widened(w.to(torch.bfloat16)).shape == (7, n)  # lower precisions: as they are
+    assert rel_err(z.matmul(wide)[:, :n].double(), z.double().matmul(w.double())) < 1e-5
+    for other in (torch.float64, torch.bfloat16):  # not MKL's float32 kernels: as they are
+        assert K.widened(w.to(other)).shape == (7, n)
 
 
 @pytest.mark.parametrize(
