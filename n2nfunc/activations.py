@@ -13,6 +13,7 @@ from torch import Tensor, empty
 
 from .base import (
     Layer,
+    Unchanged,
     an_int,
     apply_via_vjp,
     check_cotangent,
@@ -35,8 +36,10 @@ def _elementwise(name: str, forward, derivative_times, uses_input: bool = True) 
         check_params(params, name, {})
         y = forward(check_tensor(x, name))
         kept = x if uses_input else None
+        seen = Unchanged(name, **({"input": x} if uses_input else {"output": y}))
 
         def pullback(ct):
+            seen.check()
             return {}, derivative_times(kept, y, check_cotangent(ct, y, name))
 
         return y, pullback

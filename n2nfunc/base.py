@@ -17,6 +17,11 @@ and not ``ct_y`` by the pullback -- the combinators hand one tensor to several p
 inner pullback), so a ``ct.mul_(mask)`` corrupts another branch's gradient; ``check_vjp``
 refuses it.
 
+Nor may a caller change in place, between ``vjp`` and the pullback, a tensor the pullback
+reads (a weight, the input, the output): an optimizer step before the backward pass, say. The
+layers record those tensors' version counters with :class:`Unchanged`, and the pullback
+refuses, as torch's autograd does, rather than return the gradient of other numbers.
+
 A pullback may be called any number of times (``check_vjp`` tests linearity that way). A
 caller that calls it once, as a training step does, says so with ``release=True`` to a layer
 marked with :func:`releases` (the combinators and wrappers): it then lets go of what the
@@ -29,6 +34,7 @@ image size), and it propagates to the output shape.
 
 import math
 import numbers
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -74,6 +80,58 @@ def marked_like(vjp: Callable, inner: Callable) -> Callable:
         if getattr(inner, marker, False):
             setattr(vjp, marker, True)
     return vjp
+
+
+class Unchanged:
+    """The version counters, at ``vjp`` time, of the tensors a pullback reads (named by
+    keyword: ``Unchanged(name, weight=w, input=x)``); :meth:`check` raises if one was changed
+    in place since. Holds weak references: what the pullback has let go of is not kept, and
+    needs no check. Tensors made under ``torch.inference_mode`` have no counter and are not
+    checked."""
+
+    __slots__ = ("name", "seen")
+
+    def __init__(self, name: str, **tensors):
+        self.name = name
+        self.seen = [
+            (what, weakref.ref(t), t._version)
+            for what, t in tensors.items()
+            if isinstance(t, Tensor) and not t.is_inference()
+        ]
+
+    def check(self) -> None:
+        for what, ref, version in self.seen:
+            t = ref()
+            if t is not None and t._version != version:
+                raise RuntimeError(
+                    f"{self.name}: its {what} (shape {tuple(t.shape)}) was changed in place "
+                    "after the forward pass that this backward pass differentiates (an "
+                    "optimizer step before the backward pass, say); run the backward pass "
+                    "first, or the forward pass again"
+                )
+
+
+def checks_unchanged(name: str, vjp: Callable, reads: Callable) -> Callable:
+    """``vjp`` whose pullbacks first check that the tensors named by ``reads(params, x, y)``
+    (a dict, e.g. ``{"weight": ..., "input": x}``) are as the vjp found them
+    (:class:`Unchanged`); its markers (:func:`skips_input_grad`, :func:`releases`) kept."""
+
+    def guarded(params, x):
+        y, pullback = vjp(params, x)
+        seen = Unchanged(name, **reads(params, x, y))
+
+        def checked(ct, *args, **options):
+            seen.check()
+            return pullback(ct, *args, **options)
+
+        return y, checked
+
+    return marked_like(guarded, vjp)
+
+
+def weight_and_input(params, x, y) -> dict:
+    """What a linear map's pullback reads (for :func:`checks_unchanged`): its weight and input."""
+    return {"weight": params["weight"], "input": x}
 
 
 class ReleasedError(RuntimeError):

@@ -23,6 +23,7 @@ from .base import (
     check_image,
     check_params,
     check_tensor,
+    checks_unchanged,
     flag,
     image_shape,
     is_int,
@@ -31,6 +32,7 @@ from .base import (
     pair,
     positive_int,
     skips_input_grad,
+    weight_and_input,
 )
 from .init import check_init, init_weight_bias
 from .nhwc import sum_of, to_nchw, to_nhwc
@@ -198,7 +200,7 @@ def conv2d(
             )
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
 
-    return Layer(init, apply, skips_input_grad(vjp))
+    return Layer(init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
 
 
 def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
@@ -284,7 +286,9 @@ def conv_transpose2d(
         )
         return y, pullback
 
-    return Layer(init, apply_via_vjp(vjp), skips_input_grad(vjp))
+    return Layer(
+        init, apply_via_vjp(vjp), checks_unchanged(name, skips_input_grad(vjp), weight_and_input)
+    )
 
 
 def _device_transposed_vjp(name, x, weight, bias, out_hw, geometry):
@@ -502,4 +506,4 @@ def upsample(
         )
         return y, pullback
 
-    return Layer(init, apply, skips_input_grad(vjp))
+    return Layer(init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))

@@ -71,6 +71,7 @@ STDLIB_OK = {
     "itertools",
     "dataclasses",
     "contextlib",
+    "weakref",
 }
 
 

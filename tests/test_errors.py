@@ -1,5 +1,7 @@
 """Bad input raises ValueError / TypeError naming the layer and the shapes."""
 
+import re
+
 import pytest
 import torch
 
@@ -357,3 +359,59 @@ def test_whole_float_scale_factors_are_taken_and_fractions_refused_by_name():
     for bad in (1.5, (2, 0.5), float("inf")):
         with pytest.raises(ValueError, match=r"scale_factor must be whole numbers .* got"):
             nf.upsample(4, 3, bad)
+
+
+CHANGED_IN_PLACE = [  # (layer, its name, input shape, what its pullback reads)
+    (nf.conv2d(4, 3, padding=1), "conv2d(", (2, 3, 7, 6), ("weight", "input")),
+    (nf.conv_transpose2d(4, 4, stride=2), "conv_transpose2d(", (2, 3, 5, 6), ("weight", "input")),
+    (nf.upsample(4, 3, scale_factor=2, padding=1), "upsample(", (2, 3, 5, 4), ("weight", "input")),
+    (nf.dense(5), "dense(", (3, 7), ("weight", "input")),
+    (nf.relu(), "relu", (2, 3, 4, 4), ("output",)),
+    (nf.sigmoid(), "sigmoid", (2, 3, 4, 4), ("output",)),
+    (nf.gelu(), "gelu", (2, 3, 4, 4), ("input",)),
+    (nf.max_pool2d(2), "max_pool2d(", (2, 3, 4, 6), ("input", "output")),
+    (nf.avg_pool2d(2), "avg_pool2d(", (2, 3, 4, 6), ()),
+]
+
+
+@pytest.mark.parametrize("layer,name,shape,reads", CHANGED_IN_PLACE)
+def test_a_tensor_changed_in_place_before_the_pullback_is_refused(layer, name, shape, reads):
+    """A weight, input or output that the pullback reads, changed in place after vjp (an
+    optimizer step before the backward pass): an error, as autograd's, not the gradient of
+    other numbers; what it does not read may change."""
+    _, params = layer.init(torch.Generator().manual_seed(0), shape)
+    params = {k: v.double() for k, v in params.items()}
+    for what in ("weight", "input", "output"):
+        if what == "weight" and "weight" not in params:
+            continue
+        x = torch.randn(shape, dtype=torch.float64)
+        y, pullback = layer.vjp(params, x)
+        ct = torch.randn_like(y)
+        expected = pullback(ct)
+        {"weight": params.get("weight"), "input": x, "output": y}[what].mul_(2)
+        if what in reads:
+            with pytest.raises(RuntimeError, match=rf"^{re.escape(name)}.*: its {what} \(shape"):
+                pullback(ct)
+        else:
+            assert torch.equal(pullback(ct)[1], expected[1])
+
+
+def test_an_optimizer_step_before_the_backward_pass_is_refused():
+    lin = nf.Linear(3, 2)
+    opt = nf.SGD(lin.param(), lr=1.0)
+    x, ct = torch.randn(4, 3), torch.randn(4, 2)
+    lin.forward(x)
+    opt.step()
+    with pytest.raises(RuntimeError, match="weight .* changed in place after the forward pass"):
+        lin.backward(ct)
+    lin.forward(x)  # a forward pass again: fine
+    assert lin.backward(ct).shape == x.shape
+
+
+def test_tensors_of_inference_mode_have_no_version_to_check():
+    layer = nf.dense(2)
+    _, params = layer.init(torch.Generator().manual_seed(0), (3, 4))
+    with torch.inference_mode():
+        x = torch.randn(3, 4)
+    y, pullback = layer.vjp(params, x)
+    assert pullback(torch.ones_like(y))[1].shape == x.shape

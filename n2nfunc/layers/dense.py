@@ -11,11 +11,13 @@ from ..base import (
     check_like,
     check_params,
     check_tensor,
+    checks_unchanged,
     flag,
     output_of,
     positive_int,
     skips_input_grad,
     tensor_shape,
+    weight_and_input,
 )
 from ..init import check_init, init_weight_bias
 
@@ -78,7 +80,7 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
 
         return y, pullback
 
-    return Layer(init_fn, forward, skips_input_grad(vjp))
+    return Layer(init_fn, forward, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
 
 
 def flatten() -> Layer:

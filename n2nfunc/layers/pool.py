@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..base import (
     Layer,
+    Unchanged,
     apply_via_vjp,
     check_cotangent,
     check_image,
@@ -78,8 +79,10 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
         y = to_nchw(y_h)
         h, w = x.shape[2:]
         y_out, xp_shape = output_of(y), xp.shape
+        seen = Unchanged(name, **({} if saved is None else {"input": x, "output": y}))
 
         def pullback(ct):
+            seen.check()
             g = to_nhwc(check_cotangent(ct, y_out, name))
             dxp = backward(g, saved, xp_shape, k, s, p)
             return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
