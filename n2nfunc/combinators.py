@@ -103,7 +103,8 @@ def _checked_cotangent(ct, out, name: str):
     that fails then has released nothing, and can be called again."""
     if isinstance(out, tuple) and not isinstance(out, Output):
         return tuple(
-            _checked_cotangent(c, o, name) for c, o in zip(_check_tuple(ct, len(out), name), out)
+            _checked_cotangent(c, o, name)
+            for c, o in zip(_check_tuple(ct, len(out), name, "output gradients"), out)
         )
     return ct if out is None else check_cotangent(ct, out, name)
 
@@ -212,12 +213,12 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     return _network(layers, init, apply, vjp)
 
 
-def _check_tuple(xs, n: int, name: str):
-    """``xs`` as a tuple of ``n`` inputs (-1: one or more)."""
+def _check_tuple(xs, n: int, name: str, what: str = "inputs"):
+    """``xs`` as a tuple of ``n`` inputs (-1: one or more), or of ``what``."""
     if not isinstance(xs, (tuple, list)) or (len(xs) != n if n >= 0 else not xs):
-        got = f"{len(xs)} inputs" if isinstance(xs, (tuple, list)) else type(xs).__name__
+        got = f"{len(xs)} {what}" if isinstance(xs, (tuple, list)) else type(xs).__name__
         raise ValueError(
-            f"{name}: expected a tuple of {n if n >= 0 else 'several'} inputs, got {got}"
+            f"{name}: expected a tuple of {n if n >= 0 else 'several'} {what}, got {got}"
         )
     return tuple(xs)
 
@@ -313,7 +314,7 @@ def fanout(n: int) -> Layer:
         def pullback(cts):
             cts = [
                 _checked_cotangent(ct, out, f"fanout (output {i})")
-                for i, ct in enumerate(_check_tuple(cts, n, "fanout"))
+                for i, ct in enumerate(_check_tuple(cts, n, "fanout", "output gradients"))
             ]
             return {}, _sum_streams(cts)
 

@@ -96,8 +96,19 @@ def _check_state(state, keys, params, name: str) -> None:
     check_state(state, {"step": 0, **{k: params for k in keys}}, f"{name}: state", "parameter")
 
 
-def _lr_at(lr: LearningRate, step: int) -> float:
-    return lr(step) if callable(lr) else lr
+def _lr_at(lr: LearningRate, step: int, name: str) -> float:
+    """The learning rate at ``step``: a schedule's value must be a finite number >= 0, as a
+    fixed rate is (a negative one would climb the loss without a word)."""
+    if not callable(lr):
+        return lr
+    value = lr(step)
+    number = _real(value)
+    if number is None or not math.isfinite(number) or number < 0:
+        raise ValueError(
+            f"{name}: the learning-rate schedule gave {value!r} at step {step}; expected a "
+            "finite number >= 0"
+        )
+    return value
 
 
 def check_hyperparameters(name: str, **values) -> list:
@@ -161,7 +172,7 @@ def sgd(
         _check_state(state, ["momentum"] if momentum else [], params, "sgd")
         _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
         step = state["step"]
-        lr_now = _lr_at(lr, step)
+        lr_now = _lr_at(lr, step, "sgd")
         trees = [grads] + ([state["momentum"]] if momentum else [])
         trees += [_needed(params, "sgd")] if weight_decay else []
 
@@ -208,7 +219,7 @@ def _adam(
         if weight_decay:
             _needed(params, name)
         t = state["step"] + 1
-        lr_now = _lr_at(lr, t - 1)
+        lr_now = _lr_at(lr, t - 1, name)
         step_size = lr_now / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
         decay = lr_now * weight_decay if decoupled else 0.0
@@ -300,7 +311,7 @@ def rmsprop(
         _check_state(state, keys, params, "rmsprop")
         _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
         step = state["step"]
-        lr_now = _lr_at(lr, step)
+        lr_now = _lr_at(lr, step, "rmsprop")
         trees = [state["square_avg"], grads] + [state[k] for k in keys[1:]]
         trees += [_needed(params, "rmsprop")] if weight_decay else []
 

@@ -34,6 +34,15 @@ def _called(value) -> str:
 _MISSING = object()  # an argument not given (None is a target a loss may ignore)
 
 
+def _stateless(name: str, call: str, got: int) -> str:
+    """The error for a plain network's step called in the stateful form (with a state and an
+    rng): easy to do after taking the last batch norm or dropout out of a network."""
+    return (
+        f"{name}: the network has no state (no batch norm or dropout): call {call}; got {got} "
+        "arguments"
+    )
+
+
 def _check_parts(layer, loss, name: str) -> None:
     if not isinstance(layer, (Layer, StatefulLayer)):
         raise TypeError(f"{name}: layer must be a Layer, got {_called(layer)}")
@@ -49,7 +58,13 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
     if isinstance(layer, StatefulLayer):
         stateful = layer
 
-        def f_stateful(params, state, x, target, rng=None):
+        def f_stateful(params, state, x=_MISSING, target=_MISSING, rng=None):
+            if x is _MISSING or target is _MISSING:
+                raise TypeError(
+                    "value_and_grad: the network is stateful (batch norm, dropout, ...): call "
+                    "f(params, state, x, target, rng), with the state from its init, which "
+                    "returns (out_shape, params, state)"
+                )
             pred, new_state, pullback = stateful.vjp(params, state, x, train=True, rng=rng)
             value, ct = loss.value_and_grad(pred, target)
             # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -58,7 +73,9 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
 
         return f_stateful
 
-    def f(params, x, target):
+    def f(params, x, target, *extra):
+        if extra:
+            raise TypeError(_stateless("value_and_grad", "f(params, x, target)", 3 + len(extra)))
         pred, pullback = layer.vjp(params, x)
         value, ct = loss.value_and_grad(pred, target)
         # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -99,7 +116,11 @@ def make_train_step(
 
         return train_step_stateful
 
-    def train_step(params, opt_state, x, target):
+    def train_step(params, opt_state, x, target, *extra):
+        if extra:
+            raise TypeError(
+                _stateless("train_step", "train_step(params, opt_state, x, target)", 4 + len(extra))
+            )
         value, grads = grad_fn(params, x, target)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return apply_updates(params, updates), opt_state, value

@@ -415,3 +415,41 @@ def test_tensors_of_inference_mode_have_no_version_to_check():
         x = torch.randn(3, 4)
     y, pullback = layer.vjp(params, x)
     assert pullback(torch.ones_like(y))[1].shape == x.shape
+
+
+def test_a_step_called_in_the_other_form_says_which_form_the_network_takes():
+    """A network without batch norm or dropout called with a state and an rng (as after taking
+    the last one out), and a stateful one called without its state."""
+    plain = nf.serial(nf.conv2d(4, 3, padding=1), nf.relu())
+    _, params = plain.init(None, (2, 3, 8, 8))
+    x, target = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 8, 8)
+    opt = nf.optim.adam(1e-3)
+    step = nf.make_train_step(plain, nf.mse, opt)
+    with pytest.raises(TypeError, match=r"train_step: the network has no state .* got 6 argu"):
+        step(params, {}, opt.init(params), x, target, None)
+    with pytest.raises(TypeError, match=r"value_and_grad: the network has no state .* got 5 a"):
+        nf.value_and_grad(plain, nf.mse)(params, {}, x, target, None)
+    stateful = nf.serial(nf.conv2d(4, 3, padding=1), nf.batch_norm2d())
+    _, params, _ = stateful.init(None, (2, 3, 8, 8))
+    with pytest.raises(TypeError, match=r"value_and_grad: the network is stateful .* call f\("):
+        nf.value_and_grad(stateful, nf.mse)(params, x, target)
+
+
+def test_a_learning_rate_schedule_is_checked_at_every_step():
+    params = {"w": torch.ones(3)}
+    for make, name in ((nf.optim.adam, "adam"), (nf.optim.sgd, "sgd"), (nf.optim.rmsprop, "rm")):
+        opt = make(lambda step: 0.1 if step < 1 else -0.1)  # gradient ascent from step 1
+        state = opt.init(params)
+        _, state = opt.update({"w": torch.ones(3)}, state, params)
+        with pytest.raises(
+            ValueError, match=rf"^{name}\w*: the learning-rate schedule gave -0.1 at"
+        ):
+            opt.update({"w": torch.ones(3)}, state, params)
+
+
+def test_a_tuple_cotangent_of_the_wrong_length_is_named_as_output_gradients():
+    net = nf.serial(nf.fanout(2), nf.parallel(nf.relu(), nf.relu()))
+    _, params = net.init(None, (2, 3))
+    _, pullback = net.vjp(params, torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"^serial: expected a tuple of 2 output gradients, got 1"):
+        pullback((torch.randn(2, 3),))
