@@ -133,14 +133,28 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
         out, params, _ = layer.init(generator, in_shape)
         return out, params
 
-    def apply(params, x):
+    def apply(params, x, *extra, **options):
+        if extra or options:
+            raise TypeError(_plain_called("apply", 2 + len(extra), options))
         return layer.apply(params, state, x, train=train, rng=fresh_rng())[0]
 
-    def vjp(params, x):
+    def vjp(params, x, *extra, **options):
+        if extra or options:
+            raise TypeError(_plain_called("vjp", 2 + len(extra), options))
         y, _, pullback = layer.vjp(params, state, x, train=train, rng=fresh_rng())
         return y, pullback
 
     return Layer(init, apply, marked_like(vjp, layer.vjp))
+
+
+def _plain_called(method: str, got: int, options: dict) -> str:
+    """The error for a plain network called in the stateful form (a state, ``train=``,
+    ``rng=``): easy to do after taking the last batch norm or dropout out of a network."""
+    keywords = "".join(f", {k}=..." for k in options)
+    return (
+        f"{method}: this network has no state (no batch norm or dropout): call "
+        f"{method}(params, x); got {got} arguments{keywords}"
+    )
 
 
 def split_rng(rng: Generator | None, n: int) -> list:

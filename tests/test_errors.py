@@ -429,6 +429,10 @@ def test_a_step_called_in_the_other_form_says_which_form_the_network_takes():
         step(params, {}, opt.init(params), x, target, None)
     with pytest.raises(TypeError, match=r"value_and_grad: the network has no state .* got 5 a"):
         nf.value_and_grad(plain, nf.mse)(params, {}, x, target, None)
+    with pytest.raises(TypeError, match=r"apply: this network has no state .* train=\.\.\."):
+        plain.apply(params, {}, x, train=True)
+    with pytest.raises(TypeError, match=r"vjp: this network has no state .*, rng=\.\.\."):
+        plain.vjp(params, {}, x, train=True, rng=None)
     stateful = nf.serial(nf.conv2d(4, 3, padding=1), nf.batch_norm2d())
     _, params, _ = stateful.init(None, (2, 3, 8, 8))
     with pytest.raises(TypeError, match=r"value_and_grad: the network is stateful .* call f\("):
