@@ -437,10 +437,11 @@ class Upsampling(_WeightBias):
         padding=0,
         bias: bool = True,
         *,
+        dilation=1,
         generator: Generator | None = None,
     ):
         bias = _checked_flags("Upsampling", bias)
-        layer = upsample(out_channels, kernel_size, scale_factor, padding, bias=bias)
+        layer = upsample(out_channels, kernel_size, scale_factor, padding, dilation, bias=bias)
         super().__init__(
             layer,
             in_channels,
@@ -451,6 +452,7 @@ class Upsampling(_WeightBias):
                 kernel_size=kernel_size,
                 scale_factor=scale_factor,
                 padding=padding,
+                **_unless_default(dilation, True),
             ),
         )
 

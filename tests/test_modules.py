@@ -76,6 +76,12 @@ def test_same_seed_same_weights_as_torch_nn():
                 torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 4, 3, 1, 1)
             ),
         ),
+        (
+            lambda: Upsampling(3, 4, 3, scale_factor=2, padding=2, dilation=2),
+            lambda m: torch.nn.Sequential(
+                torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 4, 3, 1, 2, dilation=2)
+            ),
+        ),
     ],
 )
 def test_backward_accumulates_like_autograd(ours, ref):
