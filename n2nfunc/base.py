@@ -85,26 +85,28 @@ def marked_like(vjp: Callable, inner: Callable) -> Callable:
 class Unchanged:
     """The version counters, at ``vjp`` time, of the tensors a pullback reads (named by
     keyword: ``Unchanged(name, weight=w, input=x)``); :meth:`check` raises if one was changed
-    in place since. Holds weak references: what the pullback has let go of is not kept, and
-    needs no check. Tensors made under ``torch.inference_mode`` have no counter and are not
-    checked."""
+    in place since. A view shares its base's counter, and the base is what is watched: a view
+    passed inline (``x.permute(...)``) is gone after the vjp, while the pullback reads its
+    memory through views of its own. Holds weak references: what nothing else keeps is not
+    kept, and needs no check. Tensors made under ``torch.inference_mode`` have no counter and
+    are not checked."""
 
     __slots__ = ("name", "seen")
 
     def __init__(self, name: str, **tensors):
         self.name = name
         self.seen = [
-            (what, weakref.ref(t), t._version)
+            (what, tuple(t.shape), weakref.ref(t if t._base is None else t._base), t._version)
             for what, t in tensors.items()
             if isinstance(t, Tensor) and not t.is_inference()
         ]
 
     def check(self) -> None:
-        for what, ref, version in self.seen:
+        for what, shape, ref, version in self.seen:
             t = ref()
             if t is not None and t._version != version:
                 raise RuntimeError(
-                    f"{self.name}: its {what} (shape {tuple(t.shape)}) was changed in place "
+                    f"{self.name}: its {what} (shape {shape}) was changed in place "
                     "after the forward pass that this backward pass differentiates (an "
                     "optimizer step before the backward pass, say); run the backward pass "
                     "first, or the forward pass again"

@@ -396,6 +396,32 @@ def test_a_tensor_changed_in_place_before_the_pullback_is_refused(layer, name, s
             assert torch.equal(pullback(ct)[1], expected[1])
 
 
+def test_an_input_passed_as_a_view_is_watched_through_its_base():
+    """A view passed inline is gone after the vjp; the pullback reads its memory through views
+    of its own, so the base's counter (which every view shares) is the one watched."""
+    conv, pool = nf.conv2d(3, 3, padding=1), nf.max_pool2d(2)
+    _, params = conv.init(torch.Generator().manual_seed(0), (2, 16, 8, 8))
+    images = torch.rand(2, 8, 8, 16)  # NHWC, passed as an NCHW view
+    y, pullback = conv.vjp(params, images.permute(0, 3, 1, 2))
+    images.mul_(2)
+    with pytest.raises(RuntimeError, match=r"^conv2d\(.*its input \(shape \(2, 16, 8, 8\)\)"):
+        pullback(torch.randn_like(y))
+    big = torch.rand(2, 20, 8, 8)
+    y, pullback = pool.vjp({}, big[:, 1:4])
+    big.add_(1)
+    with pytest.raises(RuntimeError, match=r"^max_pool2d\(.*its input \(shape \(2, 3, 8, 8\)\)"):
+        pullback(torch.randn_like(y))
+
+
+def test_dense_keeps_the_weight_its_forward_pass_used():
+    layer = nf.dense(2)
+    _, params = layer.init(torch.Generator().manual_seed(0), (4, 3))
+    x, ct, weight = torch.randn(4, 3), torch.randn(4, 2), params["weight"]
+    _, pullback = layer.vjp(params, x)
+    params["weight"] = torch.randn(2, 3)  # rebound, not changed in place
+    assert torch.allclose(pullback(ct)[1], ct @ weight)
+
+
 def test_an_optimizer_step_before_the_backward_pass_is_refused():
     lin = nf.Linear(3, 2)
     opt = nf.SGD(lin.param(), lr=1.0)

@@ -68,7 +68,7 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
 
     def vjp(params, x):
         y = forward(params, x)
-        y_out = output_of(y)
+        y_out, weight = output_of(y), params["weight"]  # (the dict may be rebound later)
 
         def pullback(ct, input_grad=True):
             g = check_cotangent(ct, y_out, name)
@@ -76,7 +76,7 @@ def dense(out_features: int, bias: bool = True, init=None) -> Layer:
             grads = {"weight": g2d.t().matmul(x.reshape(-1, x.shape[-1]))}
             if bias:
                 grads["bias"] = g2d.sum(0)
-            return grads, g.matmul(params["weight"]) if input_grad else None
+            return grads, g.matmul(weight) if input_grad else None
 
         return y, pullback
 
