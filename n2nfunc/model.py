@@ -220,7 +220,6 @@ def _inference(net: Module, x: Tensor) -> Tensor:
 # bfloat16 in chunks of 2**18 (54.1 / 58.3 against 57.6 / 59.1 ms): one budget in bytes.
 PREDICT_BYTES = 1 << 19
 
-
 # Images of more pixels than PREDICT_TILE**2 are denoised tile by tile (overlapping by the
 # network's reach, see n2nfunc.denoise_image), so that memory stays bounded: the U-Net keeps
 # about 1 KB of float32 activations per pixel, so a 1500 x 2000 photo took 2.9 GB in one
