@@ -1054,7 +1054,8 @@ def _s2d_conv_and_grad(
 # gradient is the same sum transposed, dW[a] = sum_n z_n,shifted^T @ g_n. On a 2-core AMD
 # EPYC row taps halved the forward + weight gradient of the U-Net's 3x3 convolutions against
 # one im2col matmul (32 -> 32 channels, 8 x 64 x 64: 12.5 vs 25.9 ms). Float32 and float64
-# only, like the shifted-view engine above.
+# only, like the shifted-view engine above. The forward pass of a large image takes kh x kw
+# taps of the padded input itself instead (KERNEL_TAPS_PIXELS).
 
 
 def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bool:
@@ -1108,11 +1109,37 @@ def _row_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan, shape: tuple) -> Tenso
 
 def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
     """``(y, weight_grad)`` of a stride-1 convolution by row taps (see the section comment):
-    :func:`tap_sum` with kh x 1 taps on the W-unrolled input, whose rows per image hold no
-    ignored row, so ``y`` is a dense (N, Ho, Wo, O) tensor (a strided view for a narrow
-    output). ``weight_grad(g)`` is shaped like ``weight``."""
-    y, _, _ = _row_taps(x, weight, bias, padding, out_hw)
+    ``y`` from :func:`stride_one_forward`, ``weight_grad(g)``, shaped like ``weight``, by row
+    taps of the W-unrolled input."""
+    y = stride_one_forward(x, weight, bias, padding, out_hw)
     return y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw)
+
+
+# From this many output pixels per image on, a stride-1 convolution's forward pass is nine
+# (kh x kw) shifted-view taps of the padded input, K = C, rather than kh row taps of its
+# W-unrolled copy, K = kw C: MKL's generic float32 kernels slow down with K at these narrow
+# outputs, and no unrolled copy is made. Alone, on a 2-core AMD EPYC, 8 images: 64 x 64, 48 ->
+# 24 channels 8.6 -> 5.2 ms, 32 -> 32 5.0 -> 3.7 ms; 48 x 48, 64 -> 64 10.7 -> 7.7 ms; one 256 x
+# 256 image, 64 -> 64 51.6 -> 30.0 ms; but 32 x 32 even, 16 x 16 0.83-0.91x (the two padding
+# columns computed and ignored are 12% of the rows there, and the matmuls 9 rather than 3).
+# U-Net float32 step 1.04-1.07x (compare_commits, 15 rounds, three runs).
+KERNEL_TAPS_PIXELS = 2048
+
+
+def stride_one_forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw):
+    """``y = conv(x)`` (NHWC) of a stride-1 convolution that :func:`rows_applies` to: for a
+    large image and an output of THIN_TAPS channels or more by kh x kw shifted-view taps of the
+    padded input (:func:`tap_sum` on its (N, Hp, Wp) grid, ``y`` a strided view whose rows
+    skip the kw - 1 padding columns), else by row taps."""
+    o, c, kh, kw = weight.shape
+    (ho, wo), n = out_hw, x.shape[0]
+    if o < THIN_TAPS or ho * wo < KERNEL_TAPS_PIXELS:
+        return _row_taps(x, weight, bias, padding, out_hw)[0]
+    hp, wp = ho + kh - 1, wo + kw - 1
+    pads = (padding[0], hp - x.shape[1] - padding[0], padding[1], wp - x.shape[2] - padding[1])
+    plan = S2DPlan((1, 1), (kh, kw), (hp, wp), out_hw, pads, n * hp * wp - (kh - 1) * wp - kw + 1)
+    taps = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, C, O)
+    return tap_sum(pad(x, *pads).view(n * hp * wp, c), taps, bias, plan, n)
 
 
 def _row_taps(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
@@ -1162,7 +1189,7 @@ def conv_input_grad(
     if stride == dilation == (1, 1) and all(p < k for p, k in zip(padding, kernel)):
         flipped, pads = _flipped(weight, padding)
         if rows_applies(g, kernel, stride, dilation):
-            return _row_taps(g, flipped, None, pads, in_hw)[0]
+            return stride_one_forward(g, flipped, None, pads, in_hw)
         if weight.shape[1] >= THIN:
             wmat = conv_matrix(flipped)
             return conv_forward(g, wmat, None, kernel, stride, pads, dilation, in_hw, False)[0]

@@ -61,19 +61,29 @@ def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
     + [((1, 3), (0, 1), 1), ((3, 1), (1, 0), 1)],
 )
 @pytest.mark.parametrize("hw,n", [((7, 9), 1), ((8, 5), 2)])
-def test_wide_stride_1_conv2d_matches_torch_float64(o, k, p, d, hw, n):
-    """Stride-1 convolutions with >= WIDE_TAPS input channels run as row taps; their input
+@pytest.mark.parametrize("kernel_taps", [False, True])
+def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw, n, kernel_taps):
+    """Stride-1 convolutions with >= WIDE_TAPS input channels run as row taps -- their
+    forward pass, for an output of >= THIN_TAPS channels, as kh x kw shifted-view taps of the
+    padded input from KERNEL_TAPS_PIXELS output pixels on (here from 0 with ``kernel_taps``,
+    or never); their input
     gradient, when the output has >= WIDE_TAPS channels and the padding is below the kernel,
     as row taps of the output gradient with the flipped kernel, else (a thin output, or a
     kernel one row high) as im2col blocks on the flipped kernel; a padding of 3 for a 3 x 3
     kernel takes the polyphase engine. Where both backward passes are row taps they share the
     unrolled output gradient (the weight gradient read from it and x); without the input
     gradient the weight gradient unrolls x as in the forward pass."""
+    monkeypatch.setattr(K, "KERNEL_TAPS_PIXELS", 0 if kernel_taps else 10**9)
+    unrolled, row_taps = [], K._row_taps  # the channels of each input row taps unrolled
+    spy = lambda x, *a: unrolled.append(x.shape[3]) or row_taps(x, *a)  # noqa: E731
+    monkeypatch.setattr(K, "_row_taps", spy)
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
     x = randn(n, 17, *hw)
     ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p, d)  # noqa: E731
     _compare(layer, ref, params, x, TOL64)
+    rows = K.rows_applies(x.permute(0, 2, 3, 1), _pair(k), (1, 1), _pair(d))
+    assert (17 in unrolled) == (rows and not (kernel_taps and o >= K.THIN_TAPS))
     kernel, pads = _pair(k), _pair(p)
     shared = K.shares_row_taps(x.permute(0, 2, 3, 1), params["weight"], (1, 1), pads, (d, d))
     below = all(pi < ki for pi, ki in zip(pads, kernel))
