@@ -832,6 +832,8 @@ class Optimizer(Unpicklable):
         if isinstance(params, Module):
             params = params.param()
         params = list(params)
+        if not params:  # as torch.optim refuses: a step would silently do nothing
+            raise ValueError(f"{name}: got an empty parameter list (the module has no parameters)")
         if not all(isinstance(pg, (tuple, list)) and len(pg) == 2 for pg in params):
             raise TypeError(
                 f"{name}: params must be a list of (parameter, gradient) pairs "

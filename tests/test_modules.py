@@ -455,6 +455,9 @@ def test_sgd_rejects_bad_params():
         SGD([torch.zeros(2)], lr=0.1)
     with pytest.raises(ValueError, match="SGD: lr"):
         SGD([], lr=-1)
+    for params in ([], Sequential(ReLU()), iter([])):  # torch.optim refuses these too
+        with pytest.raises(ValueError, match="SGD: got an empty parameter list"):
+            SGD(params, lr=0.1)
 
 
 BLOCKS = [
