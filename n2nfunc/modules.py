@@ -832,8 +832,6 @@ class Optimizer(Unpicklable):
         if isinstance(params, Module):
             params = params.param()
         params = list(params)
-        if not params:  # as torch.optim refuses: a step would silently do nothing
-            raise ValueError(f"{name}: got an empty parameter list (the module has no parameters)")
         if not all(isinstance(pg, (tuple, list)) and len(pg) == 2 for pg in params):
             raise TypeError(
                 f"{name}: params must be a list of (parameter, gradient) pairs "
@@ -850,6 +848,8 @@ class Optimizer(Unpicklable):
         self.params = [p for p, _ in groups.values()]
         self.grads = [list(grads.values()) for _, grads in groups.values()]
         self.transform = make(lambda step: self.lr(step) if callable(self.lr) else self.lr)
+        if not params:  # after the hyperparameters, as torch.optim: a step would do nothing
+            raise ValueError(f"{name}: got an empty parameter list (the module has no parameters)")
         self.state = self.transform.init(self.params)
         self._placement = self._placement_now()
 
