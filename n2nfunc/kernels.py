@@ -1115,25 +1115,40 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
     return y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw)
 
 
-# From this many output pixels per image on, a stride-1 convolution's forward pass is nine
-# (kh x kw) shifted-view taps of the padded input, K = C, rather than kh row taps of its
-# W-unrolled copy, K = kw C: MKL's generic float32 kernels slow down with K at these narrow
+# A stride-1 convolution's forward pass on a large image -- at least KERNEL_TAPS_PIXELS output
+# pixels per image, KERNEL_TAPS_WIDTH columns, KERNEL_TAPS_CHANNELS input and THIN_TAPS output
+# channels -- is kh x kw shifted-view taps of the padded input, K = C, rather than kh row taps of
+# its W-unrolled copy, K = kw C: MKL's generic float32 kernels slow down with K at these narrow
 # outputs, and no unrolled copy is made. Alone, on a 2-core AMD EPYC, 8 images: 64 x 64, 48 ->
 # 24 channels 8.6 -> 5.2 ms, 32 -> 32 5.0 -> 3.7 ms; 48 x 48, 64 -> 64 10.7 -> 7.7 ms; one 256 x
-# 256 image, 64 -> 64 51.6 -> 30.0 ms; but 32 x 32 even, 16 x 16 0.83-0.91x (the two padding
-# columns computed and ignored are 12% of the rows there, and the matmuls 9 rather than 3).
-# U-Net float32 step 1.04-1.07x (compare_commits, 15 rounds, three runs).
+# 256 image, 64 -> 64 51.6 -> 30.0 ms. Below the bounds it is even or slower: 32 x 32 even, 16
+# x 16 0.83-0.91x (the kw - 1 padding columns computed and ignored are 12% of the rows there,
+# and the matmuls 9 rather than 3), 8 x 128 x 32 0.90x, 2 x 1024 x 4 0.73x, 16 -> 16 channels
+# 0.87-0.96x. U-Net float32 step 1.04-1.07x (compare_commits, 15 rounds, three runs).
 KERNEL_TAPS_PIXELS = 2048
+KERNEL_TAPS_WIDTH = 48
+KERNEL_TAPS_CHANNELS = 24
+
+
+def kernel_taps_pay(c: int, o: int, out_hw: tuple) -> bool:
+    """Whether :func:`stride_one_forward` takes kernel taps for ``c -> o`` channels."""
+    (ho, wo) = out_hw
+    return (
+        ho * wo >= KERNEL_TAPS_PIXELS
+        and wo >= KERNEL_TAPS_WIDTH
+        and c >= KERNEL_TAPS_CHANNELS
+        and o >= THIN_TAPS
+    )
 
 
 def stride_one_forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw):
-    """``y = conv(x)`` (NHWC) of a stride-1 convolution that :func:`rows_applies` to: for a
-    large image and an output of THIN_TAPS channels or more by kh x kw shifted-view taps of the
-    padded input (:func:`tap_sum` on its (N, Hp, Wp) grid, ``y`` a strided view whose rows
-    skip the kw - 1 padding columns), else by row taps."""
+    """``y = conv(x)`` (NHWC) of a stride-1 convolution that :func:`rows_applies` to: on a
+    large image (see KERNEL_TAPS_PIXELS) by kh x kw shifted-view taps of the padded input
+    (:func:`tap_sum` on its (N, Hp, Wp) grid, ``y`` a strided view whose rows skip the kw - 1
+    padding columns), else by row taps."""
     o, c, kh, kw = weight.shape
     (ho, wo), n = out_hw, x.shape[0]
-    if o < THIN_TAPS or ho * wo < KERNEL_TAPS_PIXELS:
+    if not kernel_taps_pay(c, o, out_hw):
         return _row_taps(x, weight, bias, padding, out_hw)[0]
     hp, wp = ho + kh - 1, wo + kw - 1
     pads = (padding[0], hp - x.shape[1] - padding[0], padding[1], wp - x.shape[2] - padding[1])
@@ -1189,7 +1204,7 @@ def conv_input_grad(
     if stride == dilation == (1, 1) and all(p < k for p, k in zip(padding, kernel)):
         flipped, pads = _flipped(weight, padding)
         if rows_applies(g, kernel, stride, dilation):
-            return stride_one_forward(g, flipped, None, pads, in_hw)
+            return _row_taps(g, flipped, None, pads, in_hw)[0]
         if weight.shape[1] >= THIN:
             wmat = conv_matrix(flipped)
             return conv_forward(g, wmat, None, kernel, stride, pads, dilation, in_hw, False)[0]

@@ -849,7 +849,7 @@ class Optimizer(Unpicklable):
         self.grads = [list(grads.values()) for _, grads in groups.values()]
         self.transform = make(lambda step: self.lr(step) if callable(self.lr) else self.lr)
         if not params:  # after the hyperparameters, as torch.optim: a step would do nothing
-            raise ValueError(f"{name}: got an empty parameter list (the module has no parameters)")
+            raise ValueError(f"{name}: got an empty parameter list: nothing to train")
         self.state = self.transform.init(self.params)
         self._placement = self._placement_now()
 

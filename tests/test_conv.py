@@ -65,15 +65,16 @@ def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
 def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw, n, kernel_taps):
     """Stride-1 convolutions with >= WIDE_TAPS input channels run as row taps -- their
     forward pass, for an output of >= THIN_TAPS channels, as kh x kw shifted-view taps of the
-    padded input from KERNEL_TAPS_PIXELS output pixels on (here from 0 with ``kernel_taps``,
-    or never); their input
+    padded input on large images (kernels.kernel_taps_pay; here on any with ``kernel_taps``,
+    else never); their input
     gradient, when the output has >= WIDE_TAPS channels and the padding is below the kernel,
     as row taps of the output gradient with the flipped kernel, else (a thin output, or a
     kernel one row high) as im2col blocks on the flipped kernel; a padding of 3 for a 3 x 3
     kernel takes the polyphase engine. Where both backward passes are row taps they share the
     unrolled output gradient (the weight gradient read from it and x); without the input
     gradient the weight gradient unrolls x as in the forward pass."""
-    monkeypatch.setattr(K, "KERNEL_TAPS_PIXELS", 0 if kernel_taps else 10**9)
+    for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
+        monkeypatch.setattr(K, bound, 0 if kernel_taps else 10**9)
     unrolled, row_taps = [], K._row_taps  # the channels of each input row taps unrolled
     spy = lambda x, *a: unrolled.append(x.shape[3]) or row_taps(x, *a)  # noqa: E731
     monkeypatch.setattr(K, "_row_taps", spy)

@@ -456,7 +456,7 @@ def test_sgd_rejects_bad_params():
     with pytest.raises(ValueError, match="SGD: lr"):
         SGD([], lr=-1)
     for params in ([], Sequential(ReLU()), iter([])):  # torch.optim refuses these too
-        with pytest.raises(ValueError, match="SGD: got an empty parameter list"):
+        with pytest.raises(ValueError, match="SGD: got an empty parameter list: nothing"):
             SGD(params, lr=0.1)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers import autograd_vjp, rel_err
 
 import n2nfunc as nf
+import n2nfunc.kernels as K
 from n2nfunc.testing import check_vjp
 from n2nfunc.unet import (
     PAPER_ARCHITECTURE,
@@ -58,9 +59,14 @@ def test_check_vjp_tiny_unet_full_jacobian():
         ({"depth": 3, "widths": (4, 6, 5, 3), "in_channels": 1, "out_channels": 1}, (3, 1, 16, 8)),
         # widths >= 16: the 3 x 3 layers run as row taps, both gradients from one unrolled g
         ({"depth": 2, "widths": (16, 20, 17, 16)}, (1, 3, 20, 17)),
+        # and on an image this large (kernels.KERNEL_TAPS_PIXELS) their forward passes as kernel
+        # taps at full resolution, whose strided outputs the next layers read
+        ({"depth": 2, "widths": (24, 20, 24, 24)}, (1, 3, 50, 70)),
     ],
 )
-def test_forward_and_vjp_match_torch_twin(arch, shape):
+def test_forward_and_vjp_match_torch_twin(monkeypatch, arch, shape):
+    taken, pays = [], K.kernel_taps_pay  # which 3 x 3 forward passes ran as kernel taps
+    monkeypatch.setattr(K, "kernel_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
     layer, params = _init(arch, shape)
     twin = TorchUNet(**arch).double().load_n2nfunc(params)
     g = torch.Generator().manual_seed(2)
@@ -89,6 +95,7 @@ def test_forward_and_vjp_match_torch_twin(arch, shape):
     assert len(leaves) == len(g_ref)
     for ours, ref in zip(leaves, g_ref):
         assert rel_err(ours, ref) < 1e-10
+    assert any(taken) == (shape[2] * shape[3] >= K.KERNEL_TAPS_PIXELS)
 
 
 def test_float32_matches_twin():
