@@ -1070,13 +1070,20 @@ def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bo
     )
 
 
+def _stride_one_pads(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple) -> tuple:
+    """``(top, bottom, left, right)`` (negative: crop) that put the NHWC ``x`` on the (Ho + kh -
+    1, Wo + kw - 1) grid a stride-1 convolution with ``out_hw`` outputs reads."""
+    (kh, kw), (ho, wo) = kernel, out_hw
+    bottom, right = ho + kh - 1 - x.shape[1] - padding[0], wo + kw - 1 - x.shape[2] - padding[1]
+    return padding[0], bottom, padding[1], right
+
+
 def _row_unroll(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple):
     """``(z, plan)``: the padded NHWC input unrolled along W (kw*C columns, rows on the
     (N, Hp, Wo) grid) and the plan of its kh x 1 row taps (see the section comment)."""
-    n, h, w, c = x.shape
+    n, _, _, c = x.shape
     (kh, kw), (ho, wo) = kernel, out_hw
-    hp = ho + kh - 1
-    pads = (padding[0], hp - h - padding[0], padding[1], wo + kw - 1 - w - padding[1])
+    hp, pads = ho + kh - 1, _stride_one_pads(x, kernel, padding, out_hw)
     plan = S2DPlan((1, 1), (kh, 1), (hp, wo), out_hw, pads, n * hp * wo - (kh - 1) * wo)
     xp = pad(x, *pads)
     st = xp.stride()
@@ -1150,8 +1157,7 @@ def stride_one_forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: 
     (ho, wo), n = out_hw, x.shape[0]
     if not kernel_taps_pay(c, o, out_hw):
         return _row_taps(x, weight, bias, padding, out_hw)[0]
-    hp, wp = ho + kh - 1, wo + kw - 1
-    pads = (padding[0], hp - x.shape[1] - padding[0], padding[1], wp - x.shape[2] - padding[1])
+    hp, wp, pads = ho + kh - 1, wo + kw - 1, _stride_one_pads(x, (kh, kw), padding, out_hw)
     plan = S2DPlan((1, 1), (kh, kw), (hp, wp), out_hw, pads, n * hp * wp - (kh - 1) * wp - kw + 1)
     taps = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, C, O)
     return tap_sum(pad(x, *pads).view(n * hp * wp, c), taps, bias, plan, n)
