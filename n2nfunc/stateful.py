@@ -135,25 +135,26 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
 
     def apply(params, x, *extra, **options):
         if extra or options:
-            raise TypeError(_plain_called("apply", 2 + len(extra), options))
+            raise TypeError(no_state_error("apply", "apply(params, x)", 2 + len(extra), options))
         return layer.apply(params, state, x, train=train, rng=fresh_rng())[0]
 
     def vjp(params, x, *extra, **options):
         if extra or options:
-            raise TypeError(_plain_called("vjp", 2 + len(extra), options))
+            raise TypeError(no_state_error("vjp", "vjp(params, x)", 2 + len(extra), options))
         y, _, pullback = layer.vjp(params, state, x, train=train, rng=fresh_rng())
         return y, pullback
 
     return Layer(init, apply, marked_like(vjp, layer.vjp))
 
 
-def _plain_called(method: str, got: int, options: dict) -> str:
-    """The error for a plain network called in the stateful form (a state, ``train=``,
-    ``rng=``): easy to do after taking the last batch norm or dropout out of a network."""
-    keywords = "".join(f", {k}=..." for k in options)
+def no_state_error(name: str, call: str, got: int, options: dict | None = None) -> str:
+    """The error for a plain network (or a training step built on one) called in the stateful
+    form (a state, ``train=``, ``rng=``): easy to do after taking the last batch norm or
+    dropout out of a network."""
+    keywords = "".join(f", {k}=..." for k in options or {})
     return (
-        f"{method}: this network has no state (no batch norm or dropout): call "
-        f"{method}(params, x); got {got} arguments{keywords}"
+        f"{name}: this network has no state (no batch norm or dropout): call {call}; got {got} "
+        f"arguments{keywords}"
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from .base import Layer, pull
 from .losses import Loss
 from .optim import GradientTransformation, apply_updates
-from .stateful import StatefulLayer
+from .stateful import StatefulLayer, no_state_error
 
 
 def _called(value) -> str:
@@ -32,15 +32,6 @@ def _called(value) -> str:
 
 
 _MISSING = object()  # an argument not given (None is a target a loss may ignore)
-
-
-def _stateless(name: str, call: str, got: int) -> str:
-    """The error for a plain network's step called in the stateful form (with a state and an
-    rng): easy to do after taking the last batch norm or dropout out of a network."""
-    return (
-        f"{name}: the network has no state (no batch norm or dropout): call {call}; got {got} "
-        "arguments"
-    )
 
 
 def _check_parts(layer, loss, name: str) -> None:
@@ -75,7 +66,8 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
 
     def f(params, x, target, *extra):
         if extra:
-            raise TypeError(_stateless("value_and_grad", "f(params, x, target)", 3 + len(extra)))
+            call = "f(params, x, target)"
+            raise TypeError(no_state_error("value_and_grad", call, 3 + len(extra)))
         pred, pullback = layer.vjp(params, x)
         value, ct = loss.value_and_grad(pred, target)
         # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -119,7 +111,9 @@ def make_train_step(
     def train_step(params, opt_state, x, target, *extra):
         if extra:
             raise TypeError(
-                _stateless("train_step", "train_step(params, opt_state, x, target)", 4 + len(extra))
+                no_state_error(
+                    "train_step", "train_step(params, opt_state, x, target)", 4 + len(extra)
+                )
             )
         value, grads = grad_fn(params, x, target)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -451,9 +451,9 @@ def test_a_step_called_in_the_other_form_says_which_form_the_network_takes():
     x, target = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 8, 8)
     opt = nf.optim.adam(1e-3)
     step = nf.make_train_step(plain, nf.mse, opt)
-    with pytest.raises(TypeError, match=r"train_step: the network has no state .* got 6 argu"):
+    with pytest.raises(TypeError, match=r"train_step: this network has no state .* got 6 argu"):
         step(params, {}, opt.init(params), x, target, None)
-    with pytest.raises(TypeError, match=r"value_and_grad: the network has no state .* got 5 a"):
+    with pytest.raises(TypeError, match=r"value_and_grad: this network has no state .* got 5 a"):
         nf.value_and_grad(plain, nf.mse)(params, {}, x, target, None)
     with pytest.raises(TypeError, match=r"apply: this network has no state .* train=\.\.\."):
         plain.apply(params, {}, x, train=True)
