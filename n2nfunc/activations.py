@@ -169,13 +169,14 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     name = f"leaky_relu(negative_slope={negative_slope})"
     a = _number(negative_slope, "negative_slope", name) + 0.0  # -0.0 as 0.0: one key per slope
 
-    def forward(x):  # max(x, a x) for a <= 1, min(x, a x) for a > 1: several times faster
-        if a == 0:  # than a boolean where; with a = 0, inf * 0 would be NaN
+    def forward(x):
+        if a == 0:  # (with a = 0, inf * 0 would be NaN)
             return x.clamp(min=0)
-        ax = x * a
-        if x.element_size() >= 4:  # in place in float32 (see _times): 1.1 -> 0.9 ms on 1.6 M
-            return ax.clamp_(min=x) if a <= 1 else ax.clamp_(max=x)
-        return x.maximum(ax) if a <= 1 else x.minimum(ax)
+        if x.element_size() >= 4:  # the tensor method prelu, x or a x by sign in one pass:
+            return x.prelu(x.new_full((1,), a))  # float32 8 x 64 x 64 x 32 0.114 -> 0.060 ms
+        # 16-bit floats: max(x, a x) for a <= 1, min(x, a x) for a > 1, several times faster
+        ax = x * a  # than a boolean where; a x rounded from the exact product, as PyTorch's
+        return x.maximum(ax) if a <= 1 else x.minimum(ax)  # (prelu rounds a first)
 
     def derivative_times(x, y, ct):  # ct * (1 where x > 0, else a); for a >= 0, y > 0 iff
         v = y if x is None else x  # x > 0, so y alone is kept. Float passes, not a bool mask
