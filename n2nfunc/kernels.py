@@ -528,13 +528,14 @@ def polyphase_forward(
     Returns ``(y, cols)``: ``y`` of shape (N, Ly, Lx, Cout) and the (Uy, Ux)-window
     im2col matrix of the padded input, which the weight gradient needs. With
     ``keep_cols=False`` (``cols`` is then None) the im2col matrix is formed a block at a time
-    (:func:`im2col_matmul`), or, for a thin float32/float64 output (fewer than THIN channels
-    per phase) from at least WIDE_TAPS input channels, not at all: the (Uy, Ux) windows are
-    then taps of the implicit-GEMM engine with stride 1. A wider output was faster by
-    blocks -- one matmul with K = Uy*Ux*C instead of Uy*Ux tap matmuls with K = C over a
-    frame of padded rows: 48 -> 48, k4 s2, float32, 100 x 8 x 8 inputs 3.4 -> 2.7 ms,
-    25 x 16 x 16 2.5 -> 2.2 ms, one 128 x 128 5.1 -> 5.0 ms;
-    the default network's float32 training step 4% faster (2-core Xeon with AMX).
+    (:func:`im2col_matmul`), or, in float32 / float64 from at least WIDE_TAPS input channels,
+    for a thin output (fewer than THIN channels per phase) or a large input
+    (:func:`phase_taps_pay`), not at all: the (Uy, Ux) windows are then taps of the
+    implicit-GEMM engine with stride 1. A wide output of small images is faster by blocks --
+    one matmul with K = Uy*Ux*C instead of Uy*Ux tap matmuls with K = C over a frame of
+    padded rows: 48 -> 48, k4 s2, float32, 100 x 8 x 8 inputs 3.4 -> 2.7 ms, 25 x 16 x 16
+    2.5 -> 2.2 ms; the default network's float32 training step 4% faster (2-core Xeon with
+    AMX).
 
     The phases are interleaved by one strided copy, except for a thin output (fewer than THIN
     channels, an image): there ``y`` is a view of channels-first (N, C, H, W) memory filled
@@ -550,7 +551,9 @@ def polyphase_forward(
     co = w_eff.shape[1] // s
     bias_eff = None if bias is None else bias.repeat(s)
     cols = None
-    taps = co < THIN and s2d_applies(x, (py.width, px.width), (1, 1), (1, 1), stride_one=True)
+    taps = phase_taps_pay(x, co) and s2d_applies(
+        x, (py.width, px.width), (1, 1), (1, 1), stride_one=True
+    )
     if not keep_cols and taps:
         plan = s2d_plan(
             n,
@@ -563,11 +566,14 @@ def polyphase_forward(
         image = plan.grid[0] * plan.grid[1] * x.shape[3] * x.element_size()
         blocks = list(image_blocks(n, image))
         if len(blocks) > 1:
-            y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
+            if co < THIN:  # channels-first memory (see below)
+                y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
+            else:
+                y = x.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
             for n0, n1 in blocks:
-                part = to_nhwc(y[n0:n1])
+                part = to_nhwc(y[n0:n1]) if co < THIN else y[n0:n1]
                 polyphase_forward(x[n0:n1], w_eff, bias, py, px, out_hw, False, part)
-            return to_nhwc(y), None
+            return (to_nhwc(y) if co < THIN else y), None
         w_taps = w_eff.view(py.width, px.width, -1, w_eff.shape[1])
         r4 = tap_sum(space_to_depth(x, plan), w_taps, bias_eff, plan, n)
         st = r4.stride()
@@ -604,6 +610,26 @@ def polyphase_forward(
     for ry, rx, sy, sx in phase_slices(py, px):
         y[:, ry :: py.stride, rx :: px.stride] = r[:, sy, sx, ry, rx]
     return y, cols
+
+
+# A wide output (THIN channels or more per phase) is computed by shifted-view taps as well,
+# rather than by blocks of its im2col matrix, on inputs of at least PHASE_TAPS_WIDTH columns and
+# PHASE_TAPS_PIXELS pixels (N H W) in float32 / float64: no im2col copy, and MKL's generic
+# float32 kernels run the taps' K = C about as fast as K = Uy Ux C there. Alone, forward, on a
+# 2-core AMD EPYC: x2 + 3x3, 8 x 32 x 32, 64 -> 48 channels 1.11x, 32 -> 64 1.14x; one 96 x 96,
+# 64 -> 48 1.12x; 4 x 64 x 64, 32 -> 32 1.22x; 48 -> 48 k4 s2 transposed, one 128 x 128 1.09x,
+# 32 x 32 x 32 1.05x. Narrower images are even or slower (the padding columns the taps compute
+# and ignore): 8 x 16 x 16 0.96-0.97x, the default network's 100 x 8 x 8 and 100 x 16 x 16
+# 0.97x and 0.95x.
+PHASE_TAPS_WIDTH = 32
+PHASE_TAPS_PIXELS = 4096
+
+
+def phase_taps_pay(x: Tensor, co: int) -> bool:
+    """Whether :func:`polyphase_forward` takes taps for the NHWC ``x`` and ``co`` output
+    channels per phase: a thin output always, a wide one on a large input (see above)."""
+    n, h, w = x.shape[:3]
+    return co < THIN or (w >= PHASE_TAPS_WIDTH and n * h * w >= PHASE_TAPS_PIXELS)
 
 
 def polyphase_cols(x: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:

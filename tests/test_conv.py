@@ -200,6 +200,47 @@ def test_upsample_matches_nearest_then_conv_float64(o, k, sc, p, d, hw, n):
     _compare(layer, ref, params, randn(n, 3, *hw), TOL64)
 
 
+PHASE_TAPS_CASES = [  # layer, its torch twin; 17 input channels (>= WIDE_TAPS), 9 outputs
+    (nf.upsample(9, 3, 2, padding=1), lambda x, q: _up_conv(x, q, 2, 1, 1)),
+    (nf.upsample(9, 2, 3), lambda x, q: _up_conv(x, q, 3, 0, 1)),
+    (nf.upsample(9, 3, 2, padding=2, dilation=2), lambda x, q: _up_conv(x, q, 2, 2, 2)),
+    (nf.conv_transpose2d(9, 4, 2, 1), lambda x, q: _tconv(x, q, 2, 1, 0, 1)),
+    (nf.conv_transpose2d(9, 3, 2, 1, 1), lambda x, q: _tconv(x, q, 2, 1, 1, 1)),
+    (nf.conv_transpose2d(9, (3, 5), (3, 2), (1, 2)), lambda x, q: _tconv(x, q, (3, 2), (1, 2))),
+    (nf.conv_transpose2d(9, 3, 2, 2, dilation=2), lambda x, q: _tconv(x, q, 2, 2, 0, 2)),
+]
+
+
+def _up_conv(x, q, sc, p, d):
+    up = F.interpolate(x, scale_factor=sc, mode="nearest")
+    return F.conv2d(up, q["weight"], q["bias"], 1, p, d)
+
+
+def _tconv(x, q, s, p, op=0, d=1):
+    return F.conv_transpose2d(x, q["weight"], q["bias"], s, p, op, 1, d)
+
+
+@pytest.mark.parametrize("case", range(len(PHASE_TAPS_CASES)))
+@pytest.mark.parametrize("hw,n", [((5, 7), 2), ((4, 4), 1)])
+@pytest.mark.parametrize("taps,block_bytes", [(False, None), (True, None), (True, 1)])
+def test_wide_phase_taps_match_torch_float64(monkeypatch, case, hw, n, taps, block_bytes):
+    """Upsampling and transposed convolutions with a wide output (THIN channels or more per
+    phase) run their forward pass as shifted-view taps on large inputs
+    (kernels.phase_taps_pay; here on any with ``taps``, else never), by blocks of images
+    when a batch's copy is over GRAD_BLOCK_BYTES (here one image a block)."""
+    layer, ref = PHASE_TAPS_CASES[case]
+    bound = 0 if taps else 10**9
+    monkeypatch.setattr(K, "PHASE_TAPS_WIDTH", bound)
+    monkeypatch.setattr(K, "PHASE_TAPS_PIXELS", bound)
+    if block_bytes is not None:
+        monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", block_bytes)
+    taken, pays = [], K.phase_taps_pay  # whether each polyphase forward pass took taps
+    monkeypatch.setattr(K, "phase_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
+    params = init64(layer, (n, 17) + hw)
+    _compare(layer, ref, params, randn(n, 17, *hw), TOL64)
+    assert taken and all(t == taps for t in taken)
+
+
 @pytest.mark.parametrize("k,p,hw", [(3, 1, (64, 64)), (3, 1, (33, 130)), (5, 2, (64, 65))])
 def test_upsample_on_large_inputs_matches_float64(k, p, hw):
     """From conv.STRIDED_BACKWARD_PIXELS input pixels the backward pass is the strided
