@@ -100,6 +100,15 @@ def unet_step_fn(package, precision: str, batch: int = 8, crop: int = 64):
     return run
 
 
+def unet_apply_fn(package, precision: str, size: int = 512):
+    """The U-Net's forward pass (what ``n2nfunc denoise`` runs per tile) on one image."""
+    layer = sys.modules[package.__name__ + ".unet"].unet(depth=4, widths=(32, 64, 48, 24))
+    _, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, size, size))
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    layer = package.mixed_precision(layer, precision)
+    return lambda: layer.apply(params, x)
+
+
 def predict_fn(package, precision: str, shape: tuple):
     """``Model.predict`` of ``package`` with its shipped weights on a random uint8 batch."""
     model = sys.modules[package.__name__ + ".model"].Model({"precision": precision})
@@ -129,7 +138,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int_range(1), default=2, help="torch threads")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32")
     parser.add_argument("--unet", action="store_true", help="also the U-Net's training step")
-    parser.add_argument("--predict", action="store_true", help="also Model.predict")
+    parser.add_argument(
+        "--predict", action="store_true", help="also Model.predict (with --unet: the U-Net's apply)"
+    )
     args = parser.parse_args()
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
     torch.set_num_threads(args.threads)
@@ -170,6 +181,13 @@ def main() -> None:
                     unet_step_fn(old, precision),
                     unet_step_fn(new, precision),
                     repeats=3,
+                )
+            if args.unet and args.predict:
+                row(
+                    f"U-Net apply 1x3x512x512, {precision}",
+                    unet_apply_fn(old, precision),
+                    unet_apply_fn(new, precision),
+                    repeats=2,
                 )
             if args.predict:
                 for shape in ((1, 3, 512, 512), (1000, 3, 32, 32)):
