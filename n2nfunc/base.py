@@ -73,6 +73,14 @@ def releases(vjp: Callable) -> Callable:
     return vjp
 
 
+def adds_into(apply: Callable, add_into: Callable) -> Callable:
+    """Mark ``apply`` with ``add_into(params, x, out)``, which adds ``apply(params, x)`` to the
+    tensor ``out`` in place (any strides) without forming it: a sum downstream then needs
+    neither the layer's output nor a new tensor for the sum (the U-Net's skip blocks)."""
+    apply.add_into = add_into  # type: ignore[attr-defined]
+    return apply
+
+
 def marked_like(vjp: Callable, inner: Callable) -> Callable:
     """``vjp`` with the markers (:func:`skips_input_grad`, :func:`releases`) of ``inner``,
     for a wrapper whose pullback is the inner one."""

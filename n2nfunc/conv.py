@@ -18,6 +18,7 @@ from . import device_conv, torch_order
 from . import kernels as K
 from .base import (
     Layer,
+    adds_into,
     apply_via_vjp,
     check_cotangent,
     check_image,
@@ -454,6 +455,22 @@ def upsample(
         )
         return to_nchw(y)
 
+    def add_into(params, x, out):
+        """``out += apply(params, x)`` in place, the output never formed on its own."""
+        out_hw = _checked(params, x, name, out_channels, k, bias, out_size)[2]
+        shape = (x.shape[0], out_channels) + tuple(out_hw)
+        if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(
+                f"{name}: cannot add an output of shape {shape} ({x.dtype}, {x.device}) to "
+                f"one of {tuple(out.shape)} ({out.dtype}, {out.device})"
+            )
+        if as_two_layers(x):
+            return out.add_(torch_vjp(params, x)[0])
+        _, w_eff, py, px, out_hw = plans(params, x)
+        b = params.get("bias")
+        K.polyphase_forward(to_nhwc(x), w_eff, b, py, px, out_hw, False, to_nhwc(out), True)
+        return out
+
     # A transposed convolution of the combined kernel, as whose adjoint the backward pass is
     # a strided convolution of g: used in lower precisions (one float32-accumulating matmul
     # per gradient, where polyphase_backward's col2im sums rounded bfloat16 products), and in
@@ -506,4 +523,8 @@ def upsample(
         )
         return y, pullback
 
-    return Layer(init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
+    return Layer(
+        init,
+        adds_into(apply, add_into),
+        checks_unchanged(name, skips_input_grad(vjp), weight_and_input),
+    )

@@ -181,13 +181,12 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
     <deeper>, "1": {"weight": W_low}}, "1": {"weight": W_skip, "bias": b}}, ...}``; the
     initial weights are ``deeper``'s, then one He-normal draw for the whole conv (fan-in over
     both parts), split."""
-    low_conv = upsample(channels, 3, 2, padding=1, bias=False)
-    net = _serial(
-        fanout(2),
-        parallel(_serial(deeper, low_conv), conv2d(channels, 3, padding=1)),
-        fanin_sum(),
+    low_conv, skip_conv, act = (
+        upsample(channels, 3, 2, padding=1, bias=False),
+        conv2d(channels, 3, padding=1),
         leaky_relu(0.1),
     )
+    net = _serial(fanout(2), parallel(_serial(deeper, low_conv), skip_conv), fanin_sum(), act)
     whole = conv2d(channels, 3, padding=1, init="he_normal")
 
     def init(generator, in_shape):
@@ -199,7 +198,34 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
         skip = {"weight": weight[:, c_low:].contiguous(), "bias": p["bias"]}
         return out, {"0": {}, "1": {"0": low, "1": skip}, "2": {}, "3": {}}
 
-    return Layer(init, net.apply, net.vjp)
+    def apply(params, x):
+        """``net.apply``, with the upsampled part added into the skip conv's fresh output in
+        place (``upsample``'s ``add_into``): neither the interleaved upsampled output nor
+        the sum is formed on its own, the same values (one sum of two terms either way)."""
+        parts = _skip_block_parts(params)
+        if parts is None or not isinstance(x, Tensor):
+            return net.apply(params, x)  # (whose checks name what is wrong)
+        deeper_params, low_params, skip_params = parts
+        y = skip_conv.apply(skip_params, x)
+        low_conv.apply.add_into(low_params, deeper.apply(deeper_params, x), y)
+        return act.apply(params["3"], y)
+
+    return Layer(init, apply, net.vjp)
+
+
+def _skip_block_parts(params) -> tuple | None:
+    """``(deeper's, upsample's, skip conv's params)`` from a skip block's, or None where they
+    are not laid out as its composed network's (which then raises its own error)."""
+
+    def keys(tree, expected):
+        return isinstance(tree, dict) and tree.keys() == set(expected)
+
+    if not (keys(params, "0123") and params["0"] == {} and params["2"] == {}):
+        return None
+    branches = params["1"]
+    if not (keys(branches, "01") and keys(branches["0"], "01")):
+        return None
+    return branches["0"]["0"], branches["0"]["1"], branches["1"]
 
 
 # Bounds that a checkpoint's architecture must keep, so that a crafted file cannot ask for

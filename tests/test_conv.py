@@ -241,6 +241,35 @@ def test_wide_phase_taps_match_torch_float64(monkeypatch, case, hw, n, taps, blo
     assert taken and all(t == taps for t in taken)
 
 
+@pytest.mark.parametrize(
+    "o, c, hw, n, dtype",
+    [
+        (4, 3, (5, 6), 1, torch.float32),  # one small float32 image: PyTorch's order
+        (4, 3, (5, 6), 2, torch.float64),  # thin, few channels: im2col
+        (4, 17, (9, 7), 2, torch.float64),  # thin: channels-first phases
+        (9, 17, (9, 7), 2, torch.float64),  # wide: one interleaved view
+        (9, 17, (33, 70), 2, torch.float64),  # wide, on a large input: shifted-view taps
+    ],
+)
+def test_upsample_add_into_adds_its_output_in_place(o, c, hw, n, dtype):
+    """``upsample``'s ``apply.add_into(params, x, out)`` adds what ``apply`` returns to
+    ``out`` -- here a strided view into a larger buffer -- and nothing else of the buffer."""
+    layer = nf.upsample(o, 3, 2, padding=1)
+    params = {k: v.to(dtype) for k, v in init64(layer, (n, c) + hw).items()}
+    x = randn(n, c, *hw).to(dtype)
+    y = layer.apply(params, x)
+    buf = randn(n, y.shape[2] + 1, y.shape[3] + 2, o, seed=7).to(dtype)  # NHWC, a margin
+    before = buf.clone()
+    out = buf[:, 1:, 2:].permute(0, 3, 1, 2)
+    assert layer.apply.add_into(params, x, out) is out
+    assert torch.equal(out, before[:, 1:, 2:].permute(0, 3, 1, 2) + y)
+    assert torch.equal(buf[:, :1], before[:, :1]) and torch.equal(buf[:, :, :2], before[:, :, :2])
+    with pytest.raises(ValueError, match=rf"cannot add an output of shape \({n}, {o}, "):
+        layer.apply.add_into(params, x, out[:, :, 1:])
+    with pytest.raises(ValueError, match="cannot add an output"):
+        layer.apply.add_into(params, x, out.to(torch.float16))
+
+
 @pytest.mark.parametrize("k,p,hw", [(3, 1, (64, 64)), (3, 1, (33, 130)), (5, 2, (64, 65))])
 def test_upsample_on_large_inputs_matches_float64(k, p, hw):
     """From conv.STRIDED_BACKWARD_PIXELS input pixels the backward pass is the strided

@@ -105,6 +105,49 @@ def test_float32_matches_twin():
     assert rel_err(layer.apply(params, x), twin(x)) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "arch, shape",
+    [
+        (TINY, (2, 3, 13, 10)),  # small: PyTorch's order and the thin engines
+        ({"depth": 2, "widths": (24, 20, 24, 24)}, (1, 3, 50, 70)),  # kernel taps
+        ({"depth": 1, "widths": (16, 16, 16, 16)}, (2, 3, 70, 130)),  # wide phase taps
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_apply_adds_the_upsampled_part_in_place_to_the_same_values(monkeypatch, arch, shape, dtype):
+    """A skip block's ``apply`` adds its upsampled part into the skip conv's output in place
+    (``upsample``'s ``add_into``) where its composed network forms both and their sum: the
+    same values, bit for bit, as the vjp's forward pass (the composed network)."""
+    layer, params = _init(arch, shape, dtype=dtype)
+    x = torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    added, forward = [], K.polyphase_forward  # whether each polyphase pass added in place
+
+    def spy(*args, **kwargs):
+        added.append(args[8] if len(args) > 8 else kwargs.get("add", False))
+        return forward(*args, **kwargs)
+
+    taps, pays = [], K.phase_taps_pay
+    monkeypatch.setattr(K, "polyphase_forward", spy)
+    monkeypatch.setattr(K, "phase_taps_pay", lambda *a: taps.append(pays(*a)) or taps[-1])
+    y = layer.apply(params, x)
+    if arch is not TINY:  # (PyTorch's order there: add_into adds its output)
+        assert added.count(True) == arch["depth"]  # one skip block a level
+    if arch["depth"] == 1:
+        assert any(taps)
+    assert torch.equal(y, layer.vjp(params, x)[0])
+    bad = tree_with(params, "1.2", {"w": torch.zeros(1, dtype=dtype)})
+    with pytest.raises(ValueError):
+        layer.apply(bad, x)
+
+
+def tree_with(params, path: str, value):
+    """A copy of the nested dict ``params`` with the entry at the dotted ``path`` replaced."""
+    head, _, rest = path.partition(".")
+    out = dict(params)
+    out[head] = tree_with(params[head], rest, value) if rest else value
+    return out
+
+
 def test_paper_shape_and_init():
     layer = unet(**PAPER_ARCHITECTURE)
     shape, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
