@@ -49,7 +49,7 @@ from .base import (
     releases,
     skips_input_grad,
 )
-from .combinators import fanin_sum, fanout, parallel, serial
+from .combinators import at_layer, fanin_sum, fanout, parallel, serial
 from .conv import conv2d, upsample
 from .layers import max_pool2d
 from .stateful import StatefulLayer
@@ -206,9 +206,15 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
         if parts is None or not isinstance(x, Tensor):
             return net.apply(params, x)  # (whose checks name what is wrong)
         deeper_params, low_params, skip_params = parts
-        y = skip_conv.apply(skip_params, x)
-        low_conv.apply.add_into(low_params, deeper.apply(deeper_params, x), y)
-        return act.apply(params["3"], y)
+        with at_layer("1.0.0"):  # the composed network's order and layer paths
+            low = deeper.apply(deeper_params, x)
+        with at_layer("1.1"):
+            y = skip_conv.apply(skip_params, x)
+        with at_layer("1.0.1"):
+            low_conv.apply.add_into(low_params, low, y)
+        del low
+        with at_layer("3"):
+            return act.apply(params["3"], y)
 
     return Layer(init, apply, net.vjp)
 
@@ -220,7 +226,7 @@ def _skip_block_parts(params) -> tuple | None:
     def keys(tree, expected):
         return isinstance(tree, dict) and tree.keys() == set(expected)
 
-    if not (keys(params, "0123") and params["0"] == {} and params["2"] == {}):
+    if not (keys(params, "0123") and keys(params["0"], "") and keys(params["2"], "")):
         return None
     branches = params["1"]
     if not (keys(branches, "01") and keys(branches["0"], "01")):

@@ -135,17 +135,26 @@ def test_apply_adds_the_upsampled_part_in_place_to_the_same_values(monkeypatch, 
     if arch["depth"] == 1:
         assert any(taps)
     assert torch.equal(y, layer.vjp(params, x)[0])
-    bad = tree_with(params, "1.2", {"w": torch.zeros(1, dtype=dtype)})
-    with pytest.raises(ValueError):
-        layer.apply(bad, x)
 
 
-def tree_with(params, path: str, value):
-    """A copy of the nested dict ``params`` with the entry at the dotted ``path`` replaced."""
-    head, _, rest = path.partition(".")
-    out = dict(params)
-    out[head] = tree_with(params[head], rest, value) if rest else value
-    return out
+def test_fused_apply_names_a_bad_parameter_as_the_composed_network_does():
+    """Every parameter of the U-Net replaced by one of the wrong shape: ``apply`` (whose skip
+    blocks call their parts directly) raises what the vjp (the composed network) raises,
+    naming the same layer path."""
+    layer, params = _init(TINY, (1, 3, 12, 8))
+    x = torch.rand(1, 3, 12, 8, dtype=torch.float64)
+    paths = [path for path, _ in nf.tree.flatten(params)]
+    assert len(paths) == 20  # 9 convolutions' weights and biases, 2 upsampled parts' weights
+    for path in paths:
+        bad = nf.tree.unflatten(
+            params, {p: (t[..., :1] if p == path else t) for p, t in nf.tree.flatten(params)}
+        )
+        with pytest.raises(ValueError) as composed:
+            layer.vjp(bad, x)
+        with pytest.raises(ValueError) as fused:
+            layer.apply(bad, x)
+        assert str(fused.value) == str(composed.value), path
+        assert "in layer " in str(fused.value), path
 
 
 def test_paper_shape_and_init():
