@@ -67,10 +67,40 @@ def test_blocks_above_the_largest_mmap_threshold_come_from_the_heap():
     assert int(done.stdout) == 0, done.stdout  # mapped on its own: 96 MiB and more
 
 
+RELEASE_CHECK = """
+import os
+import torch
+from n2nfunc import allocator
+
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+assert allocator.keep_freed_memory()
+big = torch.empty(50 << 20).fill_(1.0)  # 200 MiB
+pin = torch.empty(1024).fill_(1.0)  # a small block after it: the freed one is kept
+del big
+before = rss()
+print(allocator.release_free_memory(), (before - rss()) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/statm")
+@pytest.mark.skipif(allocator._glibc() is None, reason="C library is not glibc")
+def test_release_free_memory_hands_a_kept_block_back():
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_CHECK], capture_output=True, text=True, check=True
+    )
+    released, mib = done.stdout.split()
+    assert released == "True" and int(mib) >= 150, done.stdout  # of the 200 MiB kept
+
+
 def test_returns_false_without_glibc(monkeypatch):
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(allocator, "_glibc", lambda: None)
     assert allocator.keep_freed_memory() is False
+    assert allocator.release_free_memory() is False
     monkeypatch.setattr(allocator, "_applied", None)  # let a later call apply it for real
 
 
