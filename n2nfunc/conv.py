@@ -456,7 +456,8 @@ def upsample(
         return to_nchw(y)
 
     def add_into(params, x, out):
-        """``out += apply(params, x)`` in place, the output never formed on its own."""
+        """``out += apply(params, x)`` in place, the output never formed on its own (``out``
+        must not overlap ``x``)."""
         out_hw = _checked(params, x, name, out_channels, k, bias, out_size)[2]
         shape = (x.shape[0], out_channels) + tuple(out_hw)
         if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:

@@ -545,8 +545,9 @@ def polyphase_forward(
     loss target and the caller's images in their own layout. With ``out``, an (N, Ly, Lx,
     Cout) tensor -- contiguous, or for a thin output a view of channels-first memory -- the
     output is written there; with ``add`` as well, added to ``out`` (any strides) in place,
-    read from the phases' results as they lie (no interleaved copy). A thin output by taps runs
-    by blocks of images in float32 / float64 (:func:`image_blocks`).
+    read from the phases' results as they lie (no interleaved copy; ``out`` must not overlap
+    ``x``, which blocks of images read after earlier blocks wrote). An output by taps runs by
+    blocks of images in float32 / float64 (:func:`image_blocks`).
     """
     if add and out is None:
         raise ValueError("polyphase_forward: add=True needs an out tensor to add to")

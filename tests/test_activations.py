@@ -206,6 +206,21 @@ def test_leaky_relu_gradient_at_zeros_subnormals_and_infinities_matches_torch(sl
     assert torch.equal(pullback(ct)[1], dx_ref)
 
 
+@pytest.mark.parametrize("slope", [0.01, 0.1, 1.0, 1.5, -0.5, -2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_leaky_relu_forward_has_torch_bits_at_special_values(slope, dtype):
+    """The forward pass bit for bit as ``F.leaky_relu``'s, signed zeros and NaNs included
+    (``torch.equal`` counts -0.0 equal to 0.0 and a NaN unequal to itself), on a strided
+    channels-last view as a convolution leaves it."""
+    special = [0.0, -0.0, float("nan"), -float("nan"), float("inf"), -float("inf"), 1e-310]
+    special += [-1e-310, 1e-40, -1e-40, 2.5, -3.25, 7.0, -0.125, 1e30, -1e30]
+    buf = torch.tensor(special * 7, dtype=dtype).view(2, 4, 7, 2)  # (N, H, W + 1, C)
+    x = buf[:, :, :6].permute(0, 3, 1, 2)  # every special value, in a strided NCHW view
+    y = nf.leaky_relu(slope).apply({}, x)
+    ints = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(y.contiguous().view(ints), F.leaky_relu(x, slope).contiguous().view(ints))
+
+
 @pytest.mark.parametrize("layer", [nf.relu(), nf.leaky_relu(0.1)])
 def test_bfloat16_pullbacks_keep_the_output_dtype_and_layout(layer):
     x = torch.randn(2, 8, 5, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)

@@ -251,9 +251,12 @@ def test_wide_phase_taps_match_torch_float64(monkeypatch, case, hw, n, taps, blo
         (9, 17, (33, 70), 2, torch.float64),  # wide, on a large input: shifted-view taps
     ],
 )
-def test_upsample_add_into_adds_its_output_in_place(o, c, hw, n, dtype):
+@pytest.mark.parametrize("blocks", [False, True])  # True: one image a block of the taps
+def test_upsample_add_into_adds_its_output_in_place(monkeypatch, o, c, hw, n, dtype, blocks):
     """``upsample``'s ``apply.add_into(params, x, out)`` adds what ``apply`` returns to
     ``out`` -- here a strided view into a larger buffer -- and nothing else of the buffer."""
+    if blocks:
+        monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", 1)
     layer = nf.upsample(o, 3, 2, padding=1)
     params = {k: v.to(dtype) for k, v in init64(layer, (n, c) + hw).items()}
     x = randn(n, c, *hw).to(dtype)
