@@ -1221,7 +1221,7 @@ def _shipped_name(text: str) -> str:
     """A shipped network's name; a file is pointed to --checkpoint, a typo to the name."""
     if text in PRETRAINED_NAMES:
         return text
-    names = ", ".join(PRETRAINED_NAMES)
+    names = ", ".join(repr(name) for name in PRETRAINED_NAMES)  # as argparse lists choices
     if "/" in text or "." in text:
         raise at.Error(
             f"{text!r} is not a shipped network ({names}); a file goes with --checkpoint"

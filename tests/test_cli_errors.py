@@ -207,6 +207,10 @@ ROWS = [
         "eval --model unet",
         r"invalid choice: 'unet' \(did you mean unet-gaussian or unet-poisson or",
     ),
+    (
+        "denoise {w}/photo.png {w}/o.png --model nope",
+        r"--model: invalid choice: 'nope' \(choose from 'exercise', 'unet-gaussian', ",
+    ),
     # ---- train: output and resume
     ("train --out {w}/text.txt", r"argument --out: .*text.txt is a file; expected a folder"),
     ("train --out {w}/text.txt/run", r"argument --out: cannot create .*: .*text.txt is a file"),
