@@ -81,6 +81,26 @@ def adds_into(apply: Callable, add_into: Callable) -> Callable:
     return apply
 
 
+def add_into_vjp(vjp: Callable, vjp_into: Callable, name: str) -> Callable:
+    """Mark ``vjp`` with ``add_into(params, x, out) -> pullback``: the forward pass of
+    ``vjp`` with its output added to ``out`` in place (not formed on its own), by
+    ``vjp_into(params, x, out)``, which returns ``(out, pullback)``; the pullback is guarded
+    as ``vjp``'s (:func:`checks_unchanged`: weight and input)."""
+
+    def add_into(params, x, out):
+        _, pullback = vjp_into(params, x, out)
+        seen = Unchanged(name, **weight_and_input(params, x, out))
+
+        def checked(ct, *args, **options):
+            seen.check()
+            return pullback(ct, *args, **options)
+
+        return checked
+
+    vjp.add_into = add_into  # type: ignore[attr-defined]
+    return vjp
+
+
 def marked_like(vjp: Callable, inner: Callable) -> Callable:
     """``vjp`` with the markers (:func:`skips_input_grad`, :func:`releases`) of ``inner``,
     for a wrapper whose pullback is the inner one."""

@@ -18,6 +18,7 @@ from . import device_conv, torch_order
 from . import kernels as K
 from .base import (
     Layer,
+    add_into_vjp,
     adds_into,
     apply_via_vjp,
     check_cotangent,
@@ -458,6 +459,16 @@ def upsample(
     def add_into(params, x, out):
         """``out += apply(params, x)`` in place, the output never formed on its own (``out``
         must not overlap ``x``)."""
+        check_out(params, x, out)
+        if as_two_layers(x):
+            return out.add_(torch_vjp(params, x)[0])
+        _, w_eff, py, px, out_hw = plans(params, x)
+        b = params.get("bias")
+        K.polyphase_forward(to_nhwc(x), w_eff, b, py, px, out_hw, False, to_nhwc(out), True)
+        return out
+
+    def check_out(params, x, out):
+        """``out`` must be what ``apply(params, x)`` returns, in shape, dtype and device."""
         out_hw = _checked(params, x, name, out_channels, k, bias, out_size)[2]
         shape = (x.shape[0], out_channels) + tuple(out_hw)
         if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
@@ -465,12 +476,6 @@ def upsample(
                 f"{name}: cannot add an output of shape {shape} ({x.dtype}, {x.device}) to "
                 f"one of {tuple(out.shape)} ({out.dtype}, {out.device})"
             )
-        if as_two_layers(x):
-            return out.add_(torch_vjp(params, x)[0])
-        _, w_eff, py, px, out_hw = plans(params, x)
-        b = params.get("bias")
-        K.polyphase_forward(to_nhwc(x), w_eff, b, py, px, out_hw, False, to_nhwc(out), True)
-        return out
 
     # A transposed convolution of the combined kernel, as whose adjoint the backward pass is
     # a strided convolution of g: used in lower precisions (one float32-accumulating matmul
@@ -480,9 +485,14 @@ def upsample(
     k2 = tuple(dd * (kk - 1) + ss for kk, ss, dd in zip(k, sc, d))
     p2 = tuple(dd * (kk - 1) - pp for kk, pp, dd in zip(k, p, d))
 
-    def vjp(params, x):
+    def vjp(params, x, out=None):
+        """The layer's vjp; with ``out``, ``out += y`` in place instead of forming ``y``, and
+        ``(out, pullback)`` returned (:func:`add_into_vjp`)."""
+        if out is not None:
+            check_out(params, x, out)
         if as_two_layers(x):
-            return torch_vjp(params, x)
+            y, pullback = torch_vjp(params, x)
+            return (y if out is None else out.add_(y)), pullback
         _checked(params, x, name, out_channels, k, bias, out_size)  # before x's shape is read
         strided = (
             x.element_size() < 4
@@ -490,10 +500,13 @@ def upsample(
             or x.shape[0] * x.shape[2] * x.shape[3] >= STRIDED_BACKWARD_PIXELS
         )
         if strided and min(p2) >= 0:
-            return transposed_vjp(params, x)
+            return transposed_vjp(params, x, out)
         wk, w_eff, py, px, out_hw = plans(params, x)
-        xh = to_nhwc(x)
-        y = to_nchw(K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, False)[0])
+        xh, b, add = to_nhwc(x), params.get("bias"), out is not None
+        y = K.polyphase_forward(
+            xh, w_eff, b, py, px, out_hw, False, None if out is None else to_nhwc(out), add
+        )[0]
+        y = out if add else to_nchw(y)
         y_out = output_of(y)
 
         def pullback(ct, input_grad=True):  # the im2col of x is formed again, not kept
@@ -512,8 +525,9 @@ def upsample(
 
         return y, pullback
 
-    def transposed_vjp(params, x):
-        weight, y = params["weight"], apply(params, x)
+    def transposed_vjp(params, x, out=None):
+        weight = params["weight"]
+        y = apply(params, x) if out is None else add_into(params, x, out)
         kc = K.nearest_conv_kernel(weight, sc, d)
 
         def to_weight(d_kc):
@@ -524,8 +538,5 @@ def upsample(
         )
         return y, pullback
 
-    return Layer(
-        init,
-        adds_into(apply, add_into),
-        checks_unchanged(name, skips_input_grad(vjp), weight_and_input),
-    )
+    guarded = checks_unchanged(name, skips_input_grad(vjp), weight_and_input)
+    return Layer(init, adds_into(apply, add_into), add_into_vjp(guarded, vjp, name))

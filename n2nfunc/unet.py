@@ -176,7 +176,9 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
 
     where ``upsample`` is :func:`n2nfunc.upsample` (nearest x2 then 3x3, computed on the
     low-resolution grid); the concatenation is never formed. Composed as ``fanout(2)``,
-    ``parallel(serial(deeper, upsample), conv)``, ``fanin_sum``, ``leaky_relu``, so a caller
+    ``parallel(serial(deeper, upsample), conv)``, ``fanin_sum``, ``leaky_relu`` (whose params
+    it takes, and whose errors it raises), with ``apply`` and ``vjp`` running the parts
+    themselves so that the upsampled part is added into the conv's output in place; a caller
     that needs no input gradient skips the skip conv's too. Params ``{"1": {"0": {"0":
     <deeper>, "1": {"weight": W_low}}, "1": {"weight": W_skip, "bias": b}}, ...}``; the
     initial weights are ``deeper``'s, then one He-normal draw for the whole conv (fan-in over
@@ -216,7 +218,54 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
         with at_layer("3"):
             return act.apply(params["3"], y)
 
-    return Layer(init, apply, net.vjp)
+    @releases
+    @skips_input_grad
+    def vjp(params, x):
+        """``net.vjp`` computed as ``apply`` computes the forward pass (the upsampled part
+        added into the skip conv's output), the pullback pulling the parts in the composed
+        network's order: the same output bit for bit, the same gradients up to the order of
+        the bias gradients' sums (the cotangent laid out as the skip conv's output rather than
+        as the sum's; about 1e-16 relative in float64). Training step 1.02-1.03x."""
+        parts = _skip_block_parts(params)
+        if parts is None or not isinstance(x, Tensor):
+            return net.vjp(params, x)
+        deeper_params, low_params, skip_params = parts
+        with at_layer("1.0.0"):
+            low, deeper_pb = deeper.vjp(deeper_params, x)
+        with at_layer("1.1"):
+            y, skip_pb = skip_conv.vjp(skip_params, x)
+        with at_layer("1.0.1"):
+            low_pb = low_conv.vjp.add_into(low_params, low, y)
+        del low
+        with at_layer("3"):
+            z, act_pb = act.vjp(params["3"], y)
+        z_out = output_of(z)
+        held = {key: Held(pb, NAME) for key, pb in (("3", act_pb), ("1.0.1", low_pb))}
+        held.update({"1.0.0": Held(deeper_pb, NAME), "1.1": Held(skip_pb, NAME)})
+        del act_pb, low_pb, deeper_pb, skip_pb
+
+        def pullback(ct, input_grad=True, release=False):
+            ct = check_cotangent(ct, z_out, NAME)
+
+            def pulled(path, layer, ct, need):  # one part's pullback, let go of if released
+                with at_layer(path):
+                    return pull(layer.vjp, held[path].take(release), ct, need, release)
+
+            _, g = pulled("3", act, ct, True)
+            low_grads, d_low = pulled("1.0.1", low_conv, g, True)
+            deeper_grads, dx = pulled("1.0.0", deeper, d_low, input_grad)
+            del d_low
+            skip_grads, dx_skip = pulled("1.1", skip_conv, g, input_grad)
+            grads = {"0": {}, "1": {"0": {"0": deeper_grads, "1": low_grads}, "1": skip_grads}}
+            grads.update({"2": {}, "3": {}})
+            return grads, (dx + dx_skip if input_grad else None)
+
+        return z, pullback
+
+    return Layer(init, apply, vjp)
+
+
+NAME = "unet skip_block"
 
 
 def _skip_block_parts(params) -> tuple | None:

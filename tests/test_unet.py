@@ -105,21 +105,35 @@ def test_float32_matches_twin():
     assert rel_err(layer.apply(params, x), twin(x)) < 1e-5
 
 
-@pytest.mark.parametrize(
-    "arch, shape",
-    [
-        (TINY, (2, 3, 13, 10)),  # small: PyTorch's order and the thin engines
-        ({"depth": 2, "widths": (24, 20, 24, 24)}, (1, 3, 50, 70)),  # kernel taps
-        ({"depth": 1, "widths": (16, 16, 16, 16)}, (2, 3, 70, 130)),  # wide phase taps
-    ],
-)
+FUSED_CASES = [
+    (TINY, (2, 3, 13, 10)),  # small: the thin engines
+    (TINY, (1, 3, 13, 10)),  # one small image: PyTorch's order in float32
+    ({"depth": 2, "widths": (24, 20, 24, 24)}, (1, 3, 50, 70)),  # kernel taps
+    ({"depth": 1, "widths": (16, 16, 16, 16)}, (2, 3, 70, 130)),  # wide phase taps
+]
+
+
+def _composed(monkeypatch):
+    """From here on the skip blocks run as their composed networks (``fanout``, ``parallel``,
+    ``fanin_sum``): what the fused ``apply`` and ``vjp`` must equal."""
+    monkeypatch.setattr(sys.modules["n2nfunc.unet"], "_skip_block_parts", lambda params: None)
+
+
+@pytest.mark.parametrize("arch, shape", FUSED_CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_apply_adds_the_upsampled_part_in_place_to_the_same_values(monkeypatch, arch, shape, dtype):
-    """A skip block's ``apply`` adds its upsampled part into the skip conv's output in place
-    (``upsample``'s ``add_into``) where its composed network forms both and their sum: the
-    same values, bit for bit, as the vjp's forward pass (the composed network)."""
+def test_fused_skip_blocks_match_their_composed_network_bit_for_bit(
+    monkeypatch, arch, shape, dtype
+):
+    """A skip block's ``apply`` and ``vjp`` add the upsampled part into the skip conv's
+    output in place (``upsample``'s ``add_into``) where its composed network forms both and
+    their sum: the same outputs bit for bit, and the same gradients -- with and without the
+    input gradient, and with ``release=True`` -- up to the rounding of sums taken in another
+    order (a bias gradient's channel sums over a cotangent laid out as the skip conv's
+    output rather than as the sum's)."""
     layer, params = _init(arch, shape, dtype=dtype)
-    x = torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(shape, dtype=dtype, generator=g)
+    ct = torch.randn(shape, dtype=dtype, generator=g)
     added, forward = [], K.polyphase_forward  # whether each polyphase pass added in place
 
     def spy(*args, **kwargs):
@@ -130,31 +144,53 @@ def test_apply_adds_the_upsampled_part_in_place_to_the_same_values(monkeypatch, 
     monkeypatch.setattr(K, "polyphase_forward", spy)
     monkeypatch.setattr(K, "phase_taps_pay", lambda *a: taps.append(pays(*a)) or taps[-1])
     y = layer.apply(params, x)
-    if arch is not TINY:  # (PyTorch's order there: add_into adds its output)
+    if shape[0] > 1 or dtype == torch.float64:  # (else PyTorch's order, add_into adds y)
         assert added.count(True) == arch["depth"]  # one skip block a level
     if arch["depth"] == 1:
         assert any(taps)
-    assert torch.equal(y, layer.vjp(params, x)[0])
+    y_vjp, pullback = layer.vjp(params, x)
+    fused = [pullback(ct), pullback(ct, input_grad=False), pullback(ct, release=True)]
+    with pytest.raises(nf.ReleasedError):
+        pullback(ct)
+    _composed(monkeypatch)
+    y_ref, pullback_ref = layer.vjp(params, x)
+    assert torch.equal(y, y_ref) and torch.equal(y_vjp, y_ref)
+    assert torch.equal(layer.apply(params, x), y_ref)
+    for (grads, dx), input_grad in zip(fused, (True, False, True)):
+        grads_ref, dx_ref = pullback_ref(ct, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert dx is None or rel_err(dx, dx_ref) <= tol
+        pairs = list(zip(nf.tree.flatten(grads), nf.tree.flatten(grads_ref)))
+        assert len(pairs) == len(nf.tree.flatten(params))
+        assert all(p == q and rel_err(a, b) <= tol for (p, a), (q, b) in pairs)
 
 
-def test_fused_apply_names_a_bad_parameter_as_the_composed_network_does():
-    """Every parameter of the U-Net replaced by one of the wrong shape: ``apply`` (whose skip
-    blocks call their parts directly) raises what the vjp (the composed network) raises,
-    naming the same layer path."""
+def test_fused_skip_blocks_name_a_bad_parameter_as_the_composed_network_does(monkeypatch):
+    """Every parameter of the U-Net replaced by one of the wrong shape: ``apply`` and ``vjp``
+    (whose skip blocks call their parts directly) raise what the composed network raises,
+    naming the same layer path; so does a bad cotangent, in the pullback."""
     layer, params = _init(TINY, (1, 3, 12, 8))
     x = torch.rand(1, 3, 12, 8, dtype=torch.float64)
     paths = [path for path, _ in nf.tree.flatten(params)]
     assert len(paths) == 20  # 9 convolutions' weights and biases, 2 upsampled parts' weights
-    for path in paths:
-        bad = nf.tree.unflatten(
-            params, {p: (t[..., :1] if p == path else t) for p, t in nf.tree.flatten(params)}
-        )
-        with pytest.raises(ValueError) as composed:
-            layer.vjp(bad, x)
-        with pytest.raises(ValueError) as fused:
-            layer.apply(bad, x)
-        assert str(fused.value) == str(composed.value), path
-        assert "in layer " in str(fused.value), path
+
+    def errors():
+        out = []
+        for path in paths:
+            bad = nf.tree.unflatten(
+                params, {p: (t[..., :1] if p == path else t) for p, t in nf.tree.flatten(params)}
+            )
+            for run in (layer.apply, layer.vjp):
+                with pytest.raises(ValueError) as e:
+                    run(bad, x)
+                out.append(str(e.value))
+        return out
+
+    fused = errors()
+    _composed(monkeypatch)
+    assert fused == errors()
+    assert all("in layer " in e for e in fused)
 
 
 def test_paper_shape_and_init():
