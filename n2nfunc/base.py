@@ -89,13 +89,7 @@ def add_into_vjp(vjp: Callable, vjp_into: Callable, name: str) -> Callable:
 
     def add_into(params, x, out):
         _, pullback = vjp_into(params, x, out)
-        seen = Unchanged(name, **weight_and_input(params, x, out))
-
-        def checked(ct, *args, **options):
-            seen.check()
-            return pullback(ct, *args, **options)
-
-        return checked
+        return _checking(pullback, Unchanged(name, **weight_and_input(params, x, out)))
 
     vjp.add_into = add_into  # type: ignore[attr-defined]
     return vjp
@@ -148,15 +142,19 @@ def checks_unchanged(name: str, vjp: Callable, reads: Callable) -> Callable:
 
     def guarded(params, x):
         y, pullback = vjp(params, x)
-        seen = Unchanged(name, **reads(params, x, y))
-
-        def checked(ct, *args, **options):
-            seen.check()
-            return pullback(ct, *args, **options)
-
-        return y, checked
+        return y, _checking(pullback, Unchanged(name, **reads(params, x, y)))
 
     return marked_like(guarded, vjp)
+
+
+def _checking(pullback: Pullback, seen: "Unchanged") -> Pullback:
+    """``pullback`` that first checks ``seen`` (raising if a tensor it reads was changed)."""
+
+    def checked(ct, *args, **options):
+        seen.check()
+        return pullback(ct, *args, **options)
+
+    return checked
 
 
 def weight_and_input(params, x, y) -> dict:

@@ -273,6 +273,28 @@ def test_upsample_add_into_adds_its_output_in_place(monkeypatch, o, c, hw, n, dt
         layer.apply.add_into(params, x, out.to(torch.float16))
 
 
+@pytest.mark.parametrize("hw", [(5, 6), (40, 70)])  # the polyphase and the strided backward
+def test_upsample_vjp_add_into_adds_its_output_and_pulls_back_as_vjp(hw):
+    """``upsample``'s ``vjp.add_into(params, x, out)`` adds the vjp's output to ``out`` and
+    returns its pullback, guarded as the vjp's: an input or weight changed in place since
+    raises."""
+    layer = nf.upsample(9, 3, 2, padding=1)
+    params = init64(layer, (2, 17) + hw)
+    x, out = randn(2, 17, *hw), randn(2, 9, 2 * hw[0], 2 * hw[1], seed=7)
+    y, pullback = layer.vjp(params, x)
+    before = out.clone()
+    pullback_into = layer.vjp.add_into(params, x, out)
+    assert torch.equal(out, before + y)
+    ct = randn(*y.shape, seed=8)
+    grads, dx = pullback(ct)
+    grads_into, dx_into = pullback_into(ct)
+    assert torch.equal(dx, dx_into) and torch.equal(grads["weight"], grads_into["weight"])
+    assert pullback_into(ct, input_grad=False)[1] is None
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="input .* changed in place after the forward pass"):
+        pullback_into(ct)
+
+
 @pytest.mark.parametrize("k,p,hw", [(3, 1, (64, 64)), (3, 1, (33, 130)), (5, 2, (64, 65))])
 def test_upsample_on_large_inputs_matches_float64(k, p, hw):
     """From conv.STRIDED_BACKWARD_PIXELS input pixels the backward pass is the strided
