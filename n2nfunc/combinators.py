@@ -109,7 +109,7 @@ def _checked_cotangent(ct, out, name: str):
     return ct if out is None else check_cotangent(ct, out, name)
 
 
-def _check_input_grad(ct, shape) -> None:
+def check_input_grad(ct, shape) -> None:
     """A child's pullback must return an input gradient of its input's ``shape`` (a layer of
     one's own that returned another would otherwise be blamed on the layer before it)."""
     if shape is not None and isinstance(ct, Tensor) and ct.shape != shape:
@@ -203,7 +203,7 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                     pb = pullbacks[i].take(release)
                     grads[str(i)], ct = pull(children[i].vjp, pb, ct, need, release)
                     if need:
-                        _check_input_grad(ct, inputs[i])
+                        check_input_grad(ct, inputs[i])
                 except NAMED as e:
                     raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
             return {str(i): grads[str(i)] for i in range(len(children))}, ct

@@ -49,7 +49,7 @@ from .base import (
     releases,
     skips_input_grad,
 )
-from .combinators import at_layer, fanin_sum, fanout, parallel, serial
+from .combinators import at_layer, check_input_grad, fanin_sum, fanout, parallel, serial
 from .conv import conv2d, upsample
 from .layers import max_pool2d
 from .stateful import StatefulLayer
@@ -212,6 +212,8 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
             low = deeper.apply(deeper_params, x)
         with at_layer("1.1"):
             y = skip_conv.apply(skip_params, x)
+        if not _adds_to(low, y):
+            return net.apply(params, x)  # (fanin_sum's error, or its type promotion)
         with at_layer("1.0.1"):
             low_conv.apply.add_into(low_params, low, y)
         del low
@@ -234,8 +236,11 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
             low, deeper_pb = deeper.vjp(deeper_params, x)
         with at_layer("1.1"):
             y, skip_pb = skip_conv.vjp(skip_params, x)
+        if not _adds_to(low, y):
+            return net.vjp(params, x)  # (fanin_sum's error, or its type promotion)
         with at_layer("1.0.1"):
             low_pb = low_conv.vjp.add_into(low_params, low, y)
+        shapes = {"3": y.shape, "1.0.1": low.shape, "1.0.0": x.shape, "1.1": x.shape}
         del low
         with at_layer("3"):
             z, act_pb = act.vjp(params["3"], y)
@@ -249,7 +254,10 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
 
             def pulled(path, layer, ct, need):  # one part's pullback, let go of if released
                 with at_layer(path):
-                    return pull(layer.vjp, held[path].take(release), ct, need, release)
+                    grads, ct = pull(layer.vjp, held[path].take(release), ct, need, release)
+                    if need:
+                        check_input_grad(ct, shapes[path])
+                    return grads, ct
 
             _, g = pulled("3", act, ct, True)
             low_grads, d_low = pulled("1.0.1", low_conv, g, True)
@@ -265,7 +273,18 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
     return Layer(init, apply, vjp)
 
 
-NAME = "unet skip_block"
+NAME = "serial"  # (the skip block's errors are its composed network's, a serial)
+
+
+def _adds_to(low, y) -> bool:
+    """Whether ``upsample(low)`` (x2 in height and width) has ``y``'s size and dtype, so that
+    it can be added into ``y`` in place."""
+    return (
+        isinstance(low, Tensor)
+        and low.dim() == 4
+        and low.dtype == y.dtype
+        and (low.shape[0], 2 * low.shape[2], 2 * low.shape[3]) == (y.shape[0], *y.shape[2:])
+    )
 
 
 def _skip_block_parts(params) -> tuple | None:

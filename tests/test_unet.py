@@ -19,6 +19,7 @@ from n2nfunc.unet import (
     from_conv_list,
     load_params,
     padded_to_multiple,
+    skip_block,
     unet,
 )
 
@@ -169,7 +170,7 @@ def test_fused_skip_blocks_match_their_composed_network_bit_for_bit(
 def test_fused_skip_blocks_name_a_bad_parameter_as_the_composed_network_does(monkeypatch):
     """Every parameter of the U-Net replaced by one of the wrong shape: ``apply`` and ``vjp``
     (whose skip blocks call their parts directly) raise what the composed network raises,
-    naming the same layer path; so does a bad cotangent, in the pullback."""
+    naming the same layer path."""
     layer, params = _init(TINY, (1, 3, 12, 8))
     x = torch.rand(1, 3, 12, 8, dtype=torch.float64)
     paths = [path for path, _ in nf.tree.flatten(params)]
@@ -191,6 +192,33 @@ def test_fused_skip_blocks_name_a_bad_parameter_as_the_composed_network_does(mon
     _composed(monkeypatch)
     assert fused == errors()
     assert all("in layer " in e for e in fused)
+
+
+def test_a_skip_block_alone_fails_as_its_composed_network_does(monkeypatch):
+    """A skip block on its own: a cotangent of the wrong shape, and branches whose sizes
+    differ (an odd height, which the deeper path's pooling rounds down), raise what the
+    composed network raises."""
+    deeper = nf.serial(nf.max_pool2d(2), nf.conv2d(5, 3, padding=1), nf.leaky_relu(0.1))
+    block = skip_block(deeper, 4)
+    _, params = block.init(torch.Generator().manual_seed(0), (2, 3, 8, 6))
+    params = nf.tree.map(lambda t: t.double(), params)
+    x, odd = torch.rand(2, 3, 8, 6, dtype=torch.float64), torch.rand(2, 3, 7, 6).double()
+
+    def errors():
+        out = []
+        with pytest.raises(ValueError) as e:
+            block.vjp(params, x)[1](torch.zeros(2, 4, 8, 5, dtype=torch.float64))
+        out.append(str(e.value))
+        for run in (block.apply, block.vjp):
+            with pytest.raises(ValueError) as e:
+                run(params, odd)
+            out.append(str(e.value))
+        return out
+
+    fused = errors()
+    assert "output gradient" in fused[0] and "fanin_sum" in fused[1]
+    _composed(monkeypatch)
+    assert fused == errors()
 
 
 def test_paper_shape_and_init():
