@@ -245,12 +245,14 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
         with at_layer("3"):
             z, act_pb = act.vjp(params["3"], y)
         z_out = output_of(z)
-        held = {key: Held(pb, NAME) for key, pb in (("3", act_pb), ("1.0.1", low_pb))}
-        held.update({"1.0.0": Held(deeper_pb, NAME), "1.1": Held(skip_pb, NAME)})
+        held = {key: Held(pb, _COMPOSED_NAME) for key, pb in (("3", act_pb), ("1.0.1", low_pb))}
+        held.update(
+            {"1.0.0": Held(deeper_pb, _COMPOSED_NAME), "1.1": Held(skip_pb, _COMPOSED_NAME)}
+        )
         del act_pb, low_pb, deeper_pb, skip_pb
 
         def pullback(ct, input_grad=True, release=False):
-            ct = check_cotangent(ct, z_out, NAME)
+            ct = check_cotangent(ct, z_out, _COMPOSED_NAME)
 
             def pulled(path, layer, ct, need):  # one part's pullback, let go of if released
                 with at_layer(path):
@@ -273,7 +275,7 @@ def skip_block(deeper: Layer, channels: int) -> Layer:
     return Layer(init, apply, vjp)
 
 
-NAME = "serial"  # (the skip block's errors are its composed network's, a serial)
+_COMPOSED_NAME = "serial"  # (the skip block's errors are its composed network's, a serial)
 
 
 def _adds_to(low, y) -> bool:
