@@ -460,6 +460,9 @@ def upsample(
         """``out += apply(params, x)`` in place, the output never formed on its own (``out``
         must not overlap ``x``)."""
         check_out(params, x, out)
+        return added(params, x, out)
+
+    def added(params, x, out):  # add_into, with out checked already
         if as_two_layers(x):
             return out.add_(torch_vjp(params, x)[0])
         _, w_eff, py, px, out_hw = plans(params, x)
@@ -527,7 +530,7 @@ def upsample(
 
     def transposed_vjp(params, x, out=None):
         weight = params["weight"]
-        y = apply(params, x) if out is None else add_into(params, x, out)
+        y = apply(params, x) if out is None else added(params, x, out)  # (vjp checked out)
         kc = K.nearest_conv_kernel(weight, sc, d)
 
         def to_weight(d_kc):
