@@ -182,16 +182,20 @@ def test_fused_skip_blocks_name_a_bad_parameter_as_the_composed_network_does(mon
             bad = nf.tree.unflatten(
                 params, {p: (t[..., :1] if p == path else t) for p, t in nf.tree.flatten(params)}
             )
-            for run in (layer.apply, layer.vjp):
-                with pytest.raises(ValueError) as e:
-                    run(bad, x)
-                out.append(str(e.value))
+            out += [_value_error(run, bad, x) for run in (layer.apply, layer.vjp)]
         return out
 
     fused = errors()
     _composed(monkeypatch)
     assert fused == errors()
     assert all("in layer " in e for e in fused)
+
+
+def _value_error(fn, *args) -> str:
+    """The message of the ValueError that ``fn(*args)`` raises."""
+    with pytest.raises(ValueError) as e:
+        fn(*args)
+    return str(e.value)
 
 
 def test_a_skip_block_alone_fails_as_its_composed_network_does(monkeypatch):
@@ -205,15 +209,9 @@ def test_a_skip_block_alone_fails_as_its_composed_network_does(monkeypatch):
     x, odd = torch.rand(2, 3, 8, 6, dtype=torch.float64), torch.rand(2, 3, 7, 6).double()
 
     def errors():
-        out = []
-        with pytest.raises(ValueError) as e:
-            block.vjp(params, x)[1](torch.zeros(2, 4, 8, 5, dtype=torch.float64))
-        out.append(str(e.value))
-        for run in (block.apply, block.vjp):
-            with pytest.raises(ValueError) as e:
-                run(params, odd)
-            out.append(str(e.value))
-        return out
+        bad_ct = torch.zeros(2, 4, 8, 5, dtype=torch.float64)
+        out = [_value_error(block.vjp(params, x)[1], bad_ct)]
+        return out + [_value_error(run, params, odd) for run in (block.apply, block.vjp)]
 
     fused = errors()
     assert "output gradient" in fused[0] and "fanin_sum" in fused[1]
