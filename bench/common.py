@@ -7,7 +7,11 @@ precision on the torch side is ``torch.autocast("cpu", dtype=torch.bfloat16)``; 
 alternate within one process and each figure is a median over >= 5 rounds."""
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
+import tempfile
 import time
 
 import torch
@@ -218,12 +222,40 @@ __all__ = [
 ]
 
 
+# What torch's profiler writes to stderr on every start and stop (its C++ side, past Python's
+# sys.stderr): dropped from the benches' output, any other line passed on.
+PROFILER_CHATTER = ("SyncActivityProfilerHandler", "allocated before the profiling started")
+
+
+@contextlib.contextmanager
+def _profiler_lines_dropped():
+    """Redirect file descriptor 2 while the profiler runs; then write back what it received,
+    less the profiler's own status lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(mark in line for mark in PROFILER_CHATTER):
+                    sys.stderr.write(line)
+
+
 def peak_live_tensor_bytes(fn) -> int:
     """The peak, during one call of ``fn``, of the bytes of live tensors above those alive
     before it, from the allocation and free events of torch's profiler (CPU allocator)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _profiler_lines_dropped(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0

@@ -2,6 +2,7 @@
 epoch count once trained nothing and wrote the untrained weights over the shipped ones, and
 ``--epochs 0`` / ``--batch 0`` fell back to the defaults."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,18 @@ def test_op_times_names_the_calling_line_and_each_matmul_shape():
         torch.randn(4, 5, 6).bmm(torch.randn(4, 6, 3))
         x.sum()  # not a matmul: not recorded
     assert [key[:4] for _, key, _ in clock.records] == [(6, 64, 7, 1), (5, 6, 3, 4)]
+
+
+def test_the_memory_probe_drops_the_profilers_status_lines_and_keeps_the_rest(capfd):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def step():
+        os.write(2, b"a line of the step\n" + common.PROFILER_CHATTER[0].encode() + b" x\n")
+
+    assert common.peak_live_tensor_bytes(step) >= 0
+    err = capfd.readouterr().err
+    assert "a line of the step" in err and common.PROFILER_CHATTER[0] not in err
