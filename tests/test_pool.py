@@ -271,3 +271,20 @@ def test_16_bit_window_sums_accumulate_in_float32_and_round_once():
         F.avg_pool2d(x32, 5, 1, 2).backward(ct.float())
     got = pb(ct)[1].float()
     assert float(((got - x32.grad) / x32.grad).abs().max()) <= 2**-8
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nf.max_pool2d(2), nf.max_pool2d(3, stride=2, padding=1), nf.avg_pool2d(2, padding=1)],
+    ids=["max", "max-padded", "avg-padded"],
+)
+def test_pullback_works_on_tensors_that_require_grad_in_grad_mode(layer):
+    # grad mode on and inputs that require grad (parameters taken from a torch module): the
+    # pullback's in-place sums once refused a leaf that requires grad
+    x = randn(2, 3, 7, 6, seed=41)
+    ct = randn(*layer.apply({}, x).shape, seed=42)
+    _, expected = layer.vjp({}, x)[1](ct)
+    with torch.enable_grad():
+        y, pullback = layer.vjp({}, x.clone().requires_grad_())
+        _, dx = pullback(ct.clone().requires_grad_())
+    assert torch.equal(y.detach(), layer.apply({}, x)) and torch.equal(dx, expected)

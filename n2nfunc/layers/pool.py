@@ -83,8 +83,9 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
 
         def pullback(ct):
             seen.check()
-            g = to_nhwc(check_cotangent(ct, y_out, name))
-            dxp = backward(g, saved, xp_shape, k, s, p)
+            g = to_nhwc(check_cotangent(ct, y_out, name)).detach()  # in-place sums below:
+            kept = None if saved is None else tuple(t.detach() for t in saved)  # no autograd
+            dxp = backward(g, kept, xp_shape, k, s, p)  # graph (inputs that require grad)
             return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
 
         return y, pullback
