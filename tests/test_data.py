@@ -382,3 +382,32 @@ def test_clean_targets_beside_the_very_inputs_of_noise2noise_pairs():
         if sigma is not None:  # the noisy target is the clean one plus the noise
             assert abs(float((noisy.float() - clean.float()).std()) - sigma) < 1.0
         assert not torch.equal(noisy.to(clean.dtype), clean)
+
+
+def test_psnr_refuses_a_reference_brighter_than_white():
+    """0-255 images read with the default max_value=1 scored some 48 dB too high."""
+    clean = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(3))
+    noisy = (clean + 9).clamp(max=255)
+    for c, n in ((clean, noisy), (clean.float(), noisy.float())):
+        with pytest.raises(ValueError, match="clean images reach 255, above max_value=1"):
+            psnr(n, c)
+    right = psnr(noisy.float(), clean.float(), 255.0)
+    assert right == pytest.approx(psnr(noisy.float() / 255, clean.float() / 255), abs=1e-6)
+
+
+def test_evaluate_reads_the_scale_of_the_clean_images():
+    """The same images as 0-1 floats scored 48 dB more than as uint8 (read as 0-255)."""
+    from n2nfunc import Model, evaluate
+
+    g = torch.Generator().manual_seed(4)
+    clean = torch.randint(0, 256, (3, 3, 16, 16), generator=g, dtype=torch.uint8)
+    noisy = (clean.int() + torch.randint(-30, 31, clean.shape, generator=g)).clamp(0, 255)
+    noisy = noisy.to(torch.uint8)
+    model = Model()
+    as_bytes = evaluate(model, noisy, clean)
+    as_unit = evaluate(model, noisy.float() / 255, clean.float() / 255)
+    as_floats = evaluate(model, noisy.float(), clean.float())
+    for scores in (as_unit, as_floats):
+        for key in ("noisy_psnr", "denoised_psnr"):
+            assert scores[key] == pytest.approx(as_bytes[key], abs=0.05), (key, scores)
+    assert 10 < as_bytes["noisy_psnr"] < 40
