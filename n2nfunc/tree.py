@@ -258,9 +258,39 @@ def zeros_like(tree: Tree) -> Tree:
     return map_with_path(zeros, tree)
 
 
+class _ShapesDiffer(Exception):
+    """Two paired tensor leaves differ in shape (where is found by :func:`_pairwise`)."""
+
+
+def _pairwise(name: str, op: Callable, a: Tree, b: Tree) -> Tree:
+    """:func:`map` of ``op`` over ``a`` and ``b`` whose paired tensor leaves must have the same
+    shape: nothing is broadcast (a gradient of shape (2,) added to a (2, 2) parameter, or a
+    dot product of them, is a bug, not a sum); else ``ValueError`` naming the leaf."""
+
+    def same(x, y):
+        if hasattr(x, "shape") and hasattr(y, "shape") and x.shape != y.shape:
+            raise _ShapesDiffer
+        return op(x, y)
+
+    try:
+        return map(same, a, b)
+    except _ShapesDiffer:
+
+        def named(path, x, y):
+            if hasattr(x, "shape") and hasattr(y, "shape") and x.shape != y.shape:
+                where = f"'{path}' " if path else ""
+                raise ValueError(
+                    f"tree.{name}: {where}has shape {tuple(x.shape)} in the first tree and "
+                    f"{tuple(y.shape)} in the second; leaves must match (nothing is broadcast)"
+                )
+
+        map_with_path(named, a, b)
+        raise AssertionError("unreachable") from None
+
+
 def add(a: Tree, b: Tree) -> Tree:
-    """Leafwise ``a + b``."""
-    return map(lambda x, y: x + y, a, b)
+    """Leafwise ``a + b`` (paired tensors of the same shape)."""
+    return _pairwise("add", lambda x, y: x + y, a, b)
 
 
 def scale(c: float, tree: Tree) -> Tree:
@@ -269,15 +299,16 @@ def scale(c: float, tree: Tree) -> Tree:
 
 
 def add_(a: Tree, b: Tree) -> Tree:
-    """In place: every leaf of ``a`` gets ``+= `` the matching leaf of ``b``; returns ``a``."""
-    map(lambda x, y: x.add_(y), a, b)
+    """In place: every leaf of ``a`` gets ``+= `` the matching leaf of ``b`` (of its shape);
+    returns ``a``."""
+    _pairwise("add_", lambda x, y: x.add_(y), a, b)
     return a
 
 
 def copy_(a: Tree, b: Tree) -> Tree:
-    """In place: every leaf of ``a`` is overwritten with the matching leaf of ``b``; returns
-    ``a``."""
-    map(lambda x, y: x.copy_(y), a, b)
+    """In place: every leaf of ``a`` is overwritten with the matching leaf of ``b`` (of its
+    shape); returns ``a``."""
+    _pairwise("copy_", lambda x, y: x.copy_(y), a, b)
     return a
 
 
@@ -288,5 +319,6 @@ def zero_(tree: Tree) -> Tree:
 
 
 def vdot(a: Tree, b: Tree) -> float:
-    """``sum_leaves <a, b>`` as a Python float, leaves paired as by :func:`map`."""
-    return sum(float(d) for d in leaves(map(lambda x, y: (x * y).sum(), a, b)))
+    """``sum_leaves <a, b>`` as a Python float, leaves paired as by :func:`map` (each pair of
+    one shape)."""
+    return sum(float(d) for d in leaves(_pairwise("vdot", lambda x, y: (x * y).sum(), a, b)))

@@ -50,6 +50,20 @@ def test_vdot_pairs_leaves_by_key_and_refuses_other_structures():
         tree.vdot(a, {"x": torch.ones(2)})
 
 
+@pytest.mark.parametrize("op", ["add", "add_", "copy_", "vdot"])
+def test_leafwise_pairs_refuse_other_shapes_naming_the_leaf(op):
+    """(2, 2) + (2,) broadcast silently, and vdot of them read 4.0; (2,) + (3,) raised
+    PyTorch's own error, with no path."""
+    for other in (torch.ones(2), torch.ones(3), torch.ones(1, 2, 2)):
+        a = {"w": torch.ones(2, 2), "b": torch.ones(2)}
+        with pytest.raises(ValueError, match=rf"tree.{op}: 'w' has shape \(2, 2\) in the first"):
+            getattr(tree, op)(a, {"w": other, "b": torch.ones(2)})
+        assert torch.equal(a["w"], torch.ones(2, 2))  # nothing written before the refusal
+    a, same = {"w": torch.ones(2, 2), "b": torch.ones(2)}, {"w": torch.eye(2), "b": torch.ones(2)}
+    out = getattr(tree, op)(a, same)
+    assert out == 4.0 if op == "vdot" else torch.equal(out["w"], same["w"] + (op != "copy_"))
+
+
 def test_named_tuples_keep_their_type():
     from typing import NamedTuple
 
