@@ -151,6 +151,11 @@ def denoise_image(
     for i, (y0, y1, ky0, ky1) in enumerate(rows):
         for j, (x0, x1, kx0, kx1) in enumerate(columns):
             y = layer.apply(params, batch[:, :, y0:y1, x0:x1])
+            if tuple(y.shape[-2:]) != (y1 - y0, x1 - x0) or y.dim() != 4 or y.shape[0] != n:
+                raise ValueError(
+                    f"{name}: the network maps a tile {tuple(batch[:, :, y0:y1, x0:x1].shape)} "
+                    f"to {tuple(y.shape)}; tiling needs one that keeps the batch and the size"
+                )
             if out is None:
                 out = y.new_empty((n, y.shape[1], h, w))
             out[:, :, ky0:ky1, kx0:kx1] = y[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]

@@ -194,6 +194,21 @@ def test_denoise_image_bad_arguments():
         nf.denoise_image(layer, params, [[0.0]])
 
 
+@pytest.mark.parametrize("hw", [(51, 49), (300, 298)])  # one tile; several
+def test_denoise_image_refuses_a_network_that_changes_the_size(hw):
+    """An unpadded convolution (size - 2) raised PyTorch's expand error; a strided pair that
+    grows even sizes by one was cropped without a word."""
+    shrinks = nf.serial(nf.conv2d(3, 3), nf.sigmoid())
+    grows = nf.serial(
+        nf.conv2d(4, 4, stride=2, padding=1),
+        nf.conv_transpose2d(3, 4, stride=2, padding=1, output_padding=1),
+    )
+    for net in (shrinks, grows):
+        _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 64, 64))
+        with pytest.raises(ValueError, match=r"denoise_image: the network maps a tile \(1, 3, "):
+            nf.denoise_image(net, params, torch.rand(3, hw[0] - hw[0] % 2, hw[1]), tile=128)
+
+
 def test_a_tile_smaller_than_the_overlaps_need_is_fine_for_an_image_that_fits_in_it():
     layer, params = _random_unet({"depth": 4, "widths": (2, 2, 2, 2)})  # reaches 78 pixels
     small = torch.rand(3, 90, 70, generator=torch.Generator().manual_seed(0))
