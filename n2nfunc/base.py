@@ -60,15 +60,18 @@ def apply_via_vjp(vjp: Callable) -> Callable:
 
 
 def skips_input_grad(vjp: Callable) -> Callable:
-    """Mark ``vjp`` as returning pullbacks that accept ``input_grad=False``."""
+    """Mark ``vjp`` (in place, and return it) as returning pullbacks that accept
+    ``input_grad=False``: a decorator for a layer's author, not a query (:func:`pull` then
+    passes the keyword)."""
     vjp.skips_input_grad = True  # type: ignore[attr-defined]
     return vjp
 
 
 def releases(vjp: Callable) -> Callable:
-    """Mark ``vjp`` as returning pullbacks that accept ``release=True``: the caller's last
-    call, during which the pullback drops what it holds for each child once used (a later
-    call raises :class:`ReleasedError`)."""
+    """Mark ``vjp`` (in place, and return it) as returning pullbacks that accept
+    ``release=True``: the caller's last call, during which the pullback drops what it holds
+    for each child once used (a later call raises :class:`ReleasedError`). A decorator for a
+    layer's author, not a query (:func:`pull` then passes the keyword)."""
     vjp.releases = True  # type: ignore[attr-defined]
     return vjp
 
