@@ -82,6 +82,8 @@ DEFAULT_CONFIG = {
     "precision": "float32",  # or "bfloat16": matmuls on bfloat16 operands, float32 weights
 }
 UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
+# Settings of one network only: Model refuses them set away from their defaults for the other
+NETWORK_ONLY = {"depth": "unet", "kernel": "exercise", "upsampling": "exercise"}
 # A float image whose mean is at most NOISY_MEAN and maximum at most NOISY_MAX is 0-1 with
 # unclipped, zero-mean noise (its maximum may be far above 1: Poisson noise at peak 1 reached
 # 9); a 0-255 image with both would be all but black (a dark image with bright points, a
@@ -255,6 +257,14 @@ def _whole(v, key: str, low=None) -> int:
     return int(v)
 
 
+def _differs(value, key: str) -> bool:
+    """Whether ``value`` is not ``key``'s default (any value that cannot be compared is)."""
+    try:
+        return bool(value != DEFAULT_CONFIG[key])
+    except Exception:  # a tensor of several values, an object whose != raises
+        return True
+
+
 def check_config(config: dict) -> None:
     """Each training setting must be of its kind and range (a negative final learning-rate
     fraction would turn the end of every run into gradient ascent)."""
@@ -325,6 +335,18 @@ class Model(Unpicklable):
                 f"Model: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}"
             )
         self._given = dict(config or {})
+        network = self._given.get("network", DEFAULT_CONFIG["network"])
+        other = [  # set away from its default for a network that ignores it
+            k
+            for k in NETWORK_ONLY
+            if NETWORK_ONLY[k] != network and k in self._given and _differs(self._given[k], k)
+        ]
+        if other and network in NETWORKS:
+            kind = "is a setting" if len(other) == 1 else "are settings"
+            raise ValueError(
+                f"Model: {', '.join(map(repr, other))} {kind} of network "
+                f"{NETWORK_ONLY[other[0]]!r} only; this config's network is {network!r}"
+            )
         self._configure(self._given)
         self.loss = MSE()
         self.pretrained = False
@@ -658,6 +680,13 @@ def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:
         raise ValueError(f"{source}: its 'config' is not a dict")
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
     missing = [k for k in ARCHITECTURE if k not in config]
-    if missing or not isinstance(payload["params"], dict):
+    if missing:
         raise ValueError(f"{source}: not a Model checkpoint (config lacks {missing})")
+    if not isinstance(payload["params"], dict):
+        raise ValueError(f"{source}: its 'params' is not a dict")
+    if config.get("network", "exercise") != "exercise":  # a U-Net's is the form above
+        raise ValueError(
+            f"{source}: its config names network {config['network']!r}, but it holds the "
+            "exercise network's checkpoint form"
+        )
     return {"network": "exercise", **{k: config[k] for k in ARCHITECTURE}}, payload["params"]

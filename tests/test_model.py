@@ -450,3 +450,31 @@ def test_predict_takes_a_positive_int_max_pixels():
         with pytest.raises(ValueError, match="Model.predict: max_pixels must be a positive int"):
             m.predict(x, max_pixels=bad)
     assert (m.predict(x, max_pixels=400) - m.predict(x)).abs().max() < 1e-5  # one image a chunk
+
+
+def test_a_setting_of_the_other_network_is_refused_unless_at_its_default():
+    """{"network": "unet", "kernel": 99} and {"depth": -5} were stored and ignored."""
+    for config, said in (
+        ({"network": "unet", "kernel": 99, "upsampling": "bogus"}, "'kernel', 'upsampling' are"),
+        ({"depth": -5}, "'depth' is a setting of network 'unet' only"),
+        ({"network": "exercise", "depth": 3}, "this config's network is 'exercise'"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            Model(config)
+    # a full config (a checkpoint's, the command line's) holds the others at their defaults
+    unet = Model({"network": "unet", "depth": 3, "kernel": 4, "upsampling": "transpose"})
+    assert unet.config["depth"] == 3 and Model(dict(unet.config)).config == unet.config
+    assert Model({"depth": 4, "kernel": 3}).config["kernel"] == 3
+
+
+def test_a_checkpoint_naming_another_network_or_without_a_params_dict_says_so(tmp_path):
+    payload = Model().payload()
+    for change, said in (
+        (lambda p: p["config"].update(network="resnet"), "names network 'resnet'"),
+        (lambda p: p.update(params=list(p["params"].values())), "its 'params' is not a dict"),
+    ):
+        bad = {"config": dict(payload["config"]), "params": dict(payload["params"])}
+        change(bad)
+        checkpoint.save(tmp_path / "bad.pth", bad)
+        with pytest.raises(ValueError, match=said):
+            Model().load_pretrained_model(tmp_path / "bad.pth")
