@@ -103,6 +103,15 @@ class Module(Unpicklable):
         state: dict | None = None,
         rng: Generator | None = None,
     ):
+        if not isinstance(layer, (Layer, StatefulLayer)):
+            called = getattr(layer, "__name__", "")
+            hint = f" (call it: {called}(...), not {called})" if callable(layer) and called else ""
+            raise TypeError(f"Module: expected a Layer, got {type(layer).__name__}{hint}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(
+                f"Module: name must be a str, got {type(name).__name__} (a stateful layer's "
+                "state goes by keyword: Module(layer, params, state=state))"
+            )
         self.layer = layer
         self.params = params
         self.state = {} if state is None else state
