@@ -397,6 +397,19 @@ def check_cotangent(ct, out: "Tensor | Output", layer: str) -> Tensor:
     return ct if ct.dtype == out.dtype else ct.to(out.dtype)
 
 
+def generator_device(generator, layer: str):
+    """The device of an ``init``'s generator (None: the default), refusing anything that is
+    not a ``torch.Generator`` (a seed passed in its place failed on ``.device``)."""
+    if generator is None:
+        return None
+    if not isinstance(generator, Generator):
+        raise TypeError(
+            f"{layer}: init's generator must be a torch.Generator or None, got "
+            f"{type(generator).__name__} (a seed goes in torch.Generator().manual_seed(seed))"
+        )
+    return generator.device
+
+
 def uniform(generator: Generator | None, shape: Shape, bound: float) -> Tensor:
     """A tensor of ``shape`` drawn from U(-bound, bound), on the generator's device."""
     device = generator.device if generator is not None else None

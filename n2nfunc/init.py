@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from torch import Generator, Tensor, empty
 
-from .base import Shape, kaiming_bounds, uniform
+from .base import Shape, generator_device, kaiming_bounds, uniform
 
 Initializer = Callable[[Generator | None, Shape], Tensor]
 NAMES = ("he_normal", "he_uniform", "xavier_uniform", "zeros")
@@ -85,6 +85,7 @@ def init_weight_bias(
 ) -> dict:
     """``{"weight": ..., "bias": ...}`` (no bias when ``bias_size`` is None) drawn by ``init``."""
     check_init(init, layer)
+    generator_device(generator, layer)
     fan_in = fans(weight_shape)[0]
     if init is None:
         w_bound, b_bound = kaiming_bounds(fan_in)

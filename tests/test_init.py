@@ -145,3 +145,11 @@ def test_meta_shapes_draw_nothing(monkeypatch):
     with torch.device("meta"):
         _, params = nf.conv2d(8, 3, init="he_normal").init(None, (1, 4, 8, 8))
     assert params["weight"].is_meta and params["weight"].shape == (8, 4, 3, 3)
+
+
+@pytest.mark.parametrize("seed", [0, "cpu", 1.5])
+def test_init_refuses_a_seed_in_place_of_a_generator(seed):
+    """layer.init(0, shape) raised AttributeError: 'int' object has no attribute 'device'."""
+    for layer in (nf.conv2d(3, 3), nf.batch_norm2d(), nf.dense(4), nf.upsample(3, 3)):
+        with pytest.raises(TypeError, match=r"init's generator must be a torch.Generator or None"):
+            layer.init(seed, (-1, 3, 8, 8))

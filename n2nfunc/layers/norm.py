@@ -24,6 +24,7 @@ from ..base import (
     check_cotangent,
     check_image,
     check_params,
+    generator_device,
     image_shape,
     is_number,
     output_of,
@@ -50,7 +51,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
     def init(generator, in_shape):
         shape = image_shape(in_shape, name)
         c = shape[1]
-        device = generator.device if generator is not None else None
+        device = generator_device(generator, name)
         params = {
             "weight": empty(c, device=device).fill_(1),
             "bias": empty(c, device=device).zero_(),
