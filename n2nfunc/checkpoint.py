@@ -223,6 +223,8 @@ def write_atomic(path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then ``os.replace``: readers never
     see a partial file and a crash mid-write leaves the previous file intact."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -312,6 +314,8 @@ def load(path):
     """The tree saved by :func:`save` in ``path`` (tensors on the CPU); errors name the file
     and what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a folder; expected a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     data = path.read_bytes()
