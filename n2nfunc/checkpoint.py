@@ -223,8 +223,6 @@ def write_atomic(path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then ``os.replace``: readers never
     see a partial file and a crash mid-write leaves the previous file intact."""
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder; expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
