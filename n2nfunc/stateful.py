@@ -67,6 +67,12 @@ def stateful_call(fn, kind: str, who: str):
     such rather than as a missing argument; ``who`` names the layer or network."""
 
     def call(params, state=_MISSING, x=_MISSING, *, train=_MISSING, rng=None):
+        if x is not _MISSING and train is _MISSING:  # the state given, train= forgotten
+            raise TypeError(
+                f"{kind}: {who} is stateful: say whether it trains, {kind}(params, state, x, "
+                "train=True or False): batch norm uses the batch's statistics and updates its "
+                "running ones in training, and dropout drops, but neither in evaluation"
+            )
         if x is _MISSING or train is _MISSING:
             raise TypeError(
                 f"{kind}: {who} is stateful (it keeps state or draws random numbers, as batch "

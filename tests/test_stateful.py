@@ -228,13 +228,17 @@ def test_a_stateful_network_called_like_a_plain_layer_says_how_to_call_it():
     for call in (
         lambda: net.apply(params, x, train=False),
         lambda: net.vjp(params, x),
-        lambda: net.apply(params, state, x),  # train not given
     ):
         with pytest.raises(
             TypeError,
             match=r"this network is stateful .*call (apply|vjp)\(params, state, x, train=",
         ):
             call()
+    for kind in ("apply", "vjp"):  # the state given, train not: only train= is asked for
+        with pytest.raises(
+            TypeError, match=rf"stateful: say whether it trains, {kind}\(params, state, x, train="
+        ):
+            getattr(net, kind)(params, state, x)
     opt = nf.optim.adam(1e-3)
     step = nf.make_train_step(net, nf.mse, opt)
     with pytest.raises(TypeError, match=r"train_step: the network is stateful"):
