@@ -117,6 +117,11 @@ def tile_settings(
     return tile, overlap, align
 
 
+# Above this a float image is no [0, 1] image, even with unclipped noise (Poisson noise of
+# peak 1 reached 9), but most likely a 0-255 one (as Model's scale rule, NOISY_MAX).
+BRIGHTEST = 16.0
+
+
 def denoise_image(
     layer: Layer,
     params,
@@ -141,6 +146,11 @@ def denoise_image(
     if image.dim() not in (3, 4):
         raise ValueError(
             f"{name}: image must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}"
+        )
+    if image.is_floating_point() and image.numel() and float(image.max()) > BRIGHTEST:
+        raise ValueError(
+            f"{name}: the image reaches {float(image.max()):g}; it takes values in [0, 1] "
+            "(divide a 0-255 image by 255)"
         )
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))
     step = max((tile - 2 * overlap) // align * align, align)  # (one tile: any step)

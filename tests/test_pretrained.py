@@ -209,6 +209,15 @@ def test_denoise_image_refuses_a_network_that_changes_the_size(hw):
             nf.denoise_image(net, params, torch.rand(3, hw[0] - hw[0] % 2, hw[1]), tile=128)
 
 
+def test_denoise_image_refuses_a_0_255_float_image():
+    """A float 0-255 image was denoised as if its values were 0-1: the output all white."""
+    layer, params = _random_unet()
+    with pytest.raises(ValueError, match=r"the image reaches 255; it takes values in \[0, 1\]"):
+        nf.denoise_image(layer, params, torch.linspace(0, 255, 4800).view(3, 40, 40))
+    noisy = torch.rand(3, 40, 40) * 9  # unclipped noise may go well above 1: still denoised
+    assert nf.denoise_image(layer, params, noisy).shape == noisy.shape
+
+
 def test_a_tile_smaller_than_the_overlaps_need_is_fine_for_an_image_that_fits_in_it():
     layer, params = _random_unet({"depth": 4, "widths": (2, 2, 2, 2)})  # reaches 78 pixels
     small = torch.rand(3, 90, 70, generator=torch.Generator().manual_seed(0))
