@@ -397,6 +397,23 @@ def check_cotangent(ct, out: "Tensor | Output", layer: str) -> Tensor:
     return ct if ct.dtype == out.dtype else ct.to(out.dtype)
 
 
+# A float image whose mean is at most NOISY_MEAN and maximum at most NOISY_MAX is 0-1 with
+# unclipped, zero-mean noise (its maximum may be far above 1: Poisson noise at peak 1 reached
+# 9); a 0-255 image with both would be all but black (a dark image with bright points, a
+# night sky, has a mean below 2 but not the maximum).
+NOISY_MEAN, NOISY_MAX = 2.0, 16.0
+
+
+def pixel_scale(x: Tensor, noisy_max: float = NOISY_MAX) -> float:
+    """The value of white in an image batch: 255 for integers; for floats 1 when the maximum
+    is at most 1, or the mean at most NOISY_MEAN and the maximum at most ``noisy_max`` (0-1
+    images with unclipped noise), else 255."""
+    if not x.is_floating_point():
+        return 255.0
+    high = float(x.max())
+    return 1.0 if high <= 1.0 or (high <= noisy_max and float(x.mean()) <= NOISY_MEAN) else 255.0
+
+
 def generator_device(generator, layer: str):
     """The device of an ``init``'s generator (None: the default), refusing anything that is
     not a ``torch.Generator`` (a seed passed in its place failed on ``.device``)."""
@@ -412,7 +429,7 @@ def generator_device(generator, layer: str):
 
 def uniform(generator: Generator | None, shape: Shape, bound: float) -> Tensor:
     """A tensor of ``shape`` drawn from U(-bound, bound), on the generator's device."""
-    device = generator.device if generator is not None else None
+    device = generator_device(generator, "init")
     return empty(shape, device=device).uniform_(-bound, bound, generator=generator)
 
 

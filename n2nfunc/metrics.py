@@ -4,13 +4,15 @@ import math
 
 from torch import Tensor
 
+from .base import pixel_scale
+
 
 def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     """Mean over images of ``-10 log10(mean((denoised - clean)^2))``, values scaled to 0-1.
 
     ``max_value`` is the value of white in the inputs (1 or 255); inputs are (N, C, H, W).
-    A reference above it is refused: 0-255 images read on the 0-1 scale would score some 48
-    dB too high. An image equal to its reference counts as 200 dB (its error is floored at
+    A reference above twice that is refused: 0-255 images read on the 0-1 scale would score
+    some 48 dB too high. An image equal to its reference counts as 200 dB (its error is floored at
     1e-20, so that one such image does not make the mean infinite).
     """
     try:
@@ -25,10 +27,11 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
             f"{tuple(denoised.shape)} and {tuple(clean.shape)}"
         )
     high = float(clean.max()) if clean.numel() else 0.0
-    if high > top:
+    if high > 2 * top:  # no overshoot of a resampled reference: another scale
+        hint = "0-255 images need max_value=255" if top < 255 else "is it on another scale?"
         raise ValueError(
-            f"psnr: the clean images reach {high:g}, above max_value={top:g} (the value of "
-            f"white); 0-255 images need max_value=255"
+            f"psnr: the clean images reach {high:g}, over twice max_value={top:g} (the value "
+            f"of white); {hint}"
         )
     d = denoised.double() / top
     c = clean.double() / top
@@ -38,9 +41,15 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
 
 def evaluate(model, noisy: Tensor, clean: Tensor) -> dict:
     """PSNR of the noisy input and of ``model.predict(noisy)`` against ``clean``, and the gain
-    in dB. The clean images set the scale, as ``predict`` keeps the input's: integers, or
-    floats above 1, are 0-255 images; other floats 0-1 images."""
-    white = 1.0 if clean.dtype.is_floating_point and float(clean.max()) <= 1.0 else 255.0
+    in dB, on the images' own scale (``predict`` keeps the input's): 0-255 for integers, and
+    for floats as ``Model.predict`` reads them (:func:`~n2nfunc.base.pixel_scale`: 0-1 up to a
+    maximum of 1, or with unclipped noise); noisy and clean must be on the same one."""
+    white = pixel_scale(clean)
+    if pixel_scale(noisy) != white:
+        raise ValueError(
+            f"evaluate: the noisy images read as 0-{pixel_scale(noisy):g} and the clean ones "
+            f"as 0-{white:g} ({noisy.dtype} and {clean.dtype}); give both on one scale"
+        )
     denoised = model.predict(noisy)
     before = psnr(noisy.float(), clean.float(), white)
     after = psnr(denoised.float(), clean.float(), white)

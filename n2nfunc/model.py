@@ -36,7 +36,7 @@ from pathlib import Path
 from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
-from .base import Layer, positive_int
+from .base import NOISY_MAX, Layer, pixel_scale, positive_int
 from .modules import (
     MSE,
     SGD,
@@ -84,11 +84,6 @@ DEFAULT_CONFIG = {
 UNET_DEFAULTS = {"widths": (32, 64, 48, 24), "lr": 1e-3}  # where "unet" differs
 # Settings of one network only: Model refuses them set away from their defaults for the other
 NETWORK_ONLY = {"depth": "unet", "kernel": "exercise", "upsampling": "exercise"}
-# A float image whose mean is at most NOISY_MEAN and maximum at most NOISY_MAX is 0-1 with
-# unclipped, zero-mean noise (its maximum may be far above 1: Poisson noise at peak 1 reached
-# 9); a 0-255 image with both would be all but black (a dark image with bright points, a
-# night sky, has a mean below 2 but not the maximum).
-NOISY_MEAN, NOISY_MAX = 2.0, 16.0
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "bestmodel.pth"
 
 
@@ -163,8 +158,7 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
-            unclipped = high <= noisy_max and float(x.mean()) <= NOISY_MEAN
-            scale = 1.0 if high <= 1.0 or unclipped else 255.0
+            scale = pixel_scale(x, noisy_max)
     else:
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
@@ -403,7 +397,12 @@ class Model(Unpicklable):
         before = (self.config, self.generator, self.net, self.optimizer, self._snapshot)
         try:  # a file refused halfway leaves this Model as it was
             if theirs != architecture(self.config):
-                self._configure({**self._given, **theirs})
+                given = {  # the settings of the network loaded, not the one replaced
+                    k: v
+                    for k, v in self._given.items()
+                    if NETWORK_ONLY.get(k, theirs["network"]) == theirs["network"]
+                }
+                self._configure({**given, **theirs})
             device = tree.leaves(self.net.params)[0].device
             self.net.load_state_dict({k: v.to(device) for k, v in params.items()})
         except (KeyError, ValueError, TypeError) as e:

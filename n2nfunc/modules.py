@@ -40,6 +40,7 @@ from .losses import (
     mse,
 )
 from .stateful import StatefulLayer, lift
+from .train import described
 from .unet import unet
 
 # A forward pass keeps what its backward pass needs (inputs, im2col matrices, masks); a
@@ -104,9 +105,7 @@ class Module(Unpicklable):
         rng: Generator | None = None,
     ):
         if not isinstance(layer, (Layer, StatefulLayer)):
-            called = getattr(layer, "__name__", "")
-            hint = f" (call it: {called}(...), not {called})" if callable(layer) and called else ""
-            raise TypeError(f"Module: expected a Layer, got {type(layer).__name__}{hint}")
+            raise TypeError(f"Module: expected a Layer, got {described(layer)}")
         if name is not None and not isinstance(name, str):
             raise TypeError(
                 f"Module: name must be a str, got {type(name).__name__} (a stateful layer's "

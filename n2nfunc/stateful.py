@@ -43,7 +43,7 @@ Example::
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from torch import Generator, empty
+from torch import Generator, Tensor, empty
 
 from .base import Layer, Params, Pullback, Shape, flag, marked_like
 
@@ -67,7 +67,7 @@ def stateful_call(fn, kind: str, who: str):
     such rather than as a missing argument; ``who`` names the layer or network."""
 
     def call(params, state=_MISSING, x=_MISSING, *, train=_MISSING, rng=None):
-        if x is not _MISSING and train is _MISSING:  # the state given, train= forgotten
+        if isinstance(state, dict) and isinstance(x, Tensor) and train is _MISSING:
             raise TypeError(
                 f"{kind}: {who} is stateful: say whether it trains, {kind}(params, state, x, "
                 "train=True or False): batch norm uses the batch's statistics and updates its "

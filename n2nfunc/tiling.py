@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .base import Layer, check_tensor
+from .base import NOISY_MEAN, Layer, check_tensor
 
 DEFAULT_OVERLAP = 32
 DEFAULT_ALIGN = 32
@@ -117,11 +117,6 @@ def tile_settings(
     return tile, overlap, align
 
 
-# Above this a float image is no [0, 1] image, even with unclipped noise (Poisson noise of
-# peak 1 reached 9), but most likely a 0-255 one (as Model's scale rule, NOISY_MAX).
-BRIGHTEST = 16.0
-
-
 def denoise_image(
     layer: Layer,
     params,
@@ -147,9 +142,9 @@ def denoise_image(
         raise ValueError(
             f"{name}: image must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}"
         )
-    if image.is_floating_point() and image.numel() and float(image.max()) > BRIGHTEST:
+    if image.is_floating_point() and image.numel() and float(image.mean()) > NOISY_MEAN:
         raise ValueError(
-            f"{name}: the image reaches {float(image.max()):g}; it takes values in [0, 1] "
+            f"{name}: the image's mean is {float(image.mean()):g}; it takes values in [0, 1] "
             "(divide a 0-255 image by 255)"
         )
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))

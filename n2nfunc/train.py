@@ -20,7 +20,7 @@ from .optim import GradientTransformation, apply_updates
 from .stateful import StatefulLayer, no_state_error
 
 
-def _called(value) -> str:
+def described(value) -> str:
     """What was passed, as an error names it: a named function gets a hint that it may be a
     factory to call (``n2nfunc.huber``, ``optim.adam``), a class wrapper that its layer is
     ``.layer``."""
@@ -36,9 +36,9 @@ _MISSING = object()  # an argument not given (None is a target a loss may ignore
 
 def _check_parts(layer, loss, name: str) -> None:
     if not isinstance(layer, (Layer, StatefulLayer)):
-        raise TypeError(f"{name}: layer must be a Layer, got {_called(layer)}")
+        raise TypeError(f"{name}: layer must be a Layer, got {described(layer)}")
     if not callable(getattr(loss, "value_and_grad", None)):
-        raise TypeError(f"{name}: loss must be a Loss such as n2nfunc.mse, got {_called(loss)}")
+        raise TypeError(f"{name}: loss must be a Loss such as n2nfunc.mse, got {described(loss)}")
 
 
 def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
@@ -90,7 +90,7 @@ def make_train_step(
     ):
         raise TypeError(
             "make_train_step: optimizer must be a GradientTransformation such as "
-            f"n2nfunc.optim.adam(1e-3), got {_called(optimizer)}"
+            f"n2nfunc.optim.adam(1e-3), got {described(optimizer)}"
         )
     grad_fn = value_and_grad(layer, loss)
     if isinstance(layer, StatefulLayer):

@@ -258,34 +258,26 @@ def zeros_like(tree: Tree) -> Tree:
     return map_with_path(zeros, tree)
 
 
-class _ShapesDiffer(Exception):
-    """Two paired tensor leaves differ in shape (where is found by :func:`_pairwise`)."""
-
-
 def _pairwise(name: str, op: Callable, a: Tree, b: Tree) -> Tree:
     """:func:`map` of ``op`` over ``a`` and ``b`` whose paired tensor leaves must have the same
     shape: nothing is broadcast (a gradient of shape (2,) added to a (2, 2) parameter, or a
-    dot product of them, is a bug, not a sum); else ``ValueError`` naming the leaf."""
+    dot product of them, is a bug, not a sum); else ``ValueError`` naming the leaf, before
+    ``op`` has run on any pair (an in-place op leaves ``a`` as it was)."""
+    pairs: list = []
+    map(lambda x, y: pairs.append((x, y)), a, b)
+    if all(x.shape == y.shape for x, y in pairs if hasattr(x, "shape") and hasattr(y, "shape")):
+        return map(op, a, b)
 
-    def same(x, y):
+    def named(path, x, y):
         if hasattr(x, "shape") and hasattr(y, "shape") and x.shape != y.shape:
-            raise _ShapesDiffer
-        return op(x, y)
+            where = f"'{path}' " if path else ""
+            raise ValueError(
+                f"tree.{name}: {where}has shape {tuple(x.shape)} in the first tree and "
+                f"{tuple(y.shape)} in the second; leaves must match (nothing is broadcast)"
+            )
 
-    try:
-        return map(same, a, b)
-    except _ShapesDiffer:
-
-        def named(path, x, y):
-            if hasattr(x, "shape") and hasattr(y, "shape") and x.shape != y.shape:
-                where = f"'{path}' " if path else ""
-                raise ValueError(
-                    f"tree.{name}: {where}has shape {tuple(x.shape)} in the first tree and "
-                    f"{tuple(y.shape)} in the second; leaves must match (nothing is broadcast)"
-                )
-
-        map_with_path(named, a, b)
-        raise AssertionError("unreachable") from None
+    map_with_path(named, a, b)
+    raise AssertionError("unreachable")
 
 
 def add(a: Tree, b: Tree) -> Tree:

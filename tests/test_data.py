@@ -385,12 +385,16 @@ def test_clean_targets_beside_the_very_inputs_of_noise2noise_pairs():
 
 
 def test_psnr_refuses_a_reference_brighter_than_white():
-    """0-255 images read with the default max_value=1 scored some 48 dB too high."""
+    """0-255 images read with the default max_value=1 scored some 48 dB too high (a reference
+    a little above white, as resampling leaves it, is scored)."""
     clean = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(3))
     noisy = (clean + 9).clamp(max=255)
     for c, n in ((clean, noisy), (clean.float(), noisy.float())):
-        with pytest.raises(ValueError, match="clean images reach 255, above max_value=1"):
+        with pytest.raises(ValueError, match="clean images reach 255, over twice max_value=1"):
             psnr(n, c)
+    with pytest.raises(ValueError, match=r"over twice max_value=255 .*; is it on another"):
+        psnr(noisy.float(), clean.float() * 3, 255.0)
+    assert psnr(noisy.float(), clean.float() * 1.01, 255.0) < 40  # an overshoot is scored
     right = psnr(noisy.float(), clean.float(), 255.0)
     assert right == pytest.approx(psnr(noisy.float() / 255, clean.float() / 255), abs=1e-6)
 
@@ -407,7 +411,11 @@ def test_evaluate_reads_the_scale_of_the_clean_images():
     as_bytes = evaluate(model, noisy, clean)
     as_unit = evaluate(model, noisy.float() / 255, clean.float() / 255)
     as_floats = evaluate(model, noisy.float(), clean.float())
-    for scores in (as_unit, as_floats):
+    # 0-1 images a little above 1 (a resampled reference overshoots) stay 0-1 images
+    as_overshot = evaluate(model, noisy.float() / 255 * 1.001, clean.float() / 255 * 1.001)
+    for scores in (as_unit, as_floats, as_overshot):
         for key in ("noisy_psnr", "denoised_psnr"):
             assert scores[key] == pytest.approx(as_bytes[key], abs=0.05), (key, scores)
     assert 10 < as_bytes["noisy_psnr"] < 40
+    with pytest.raises(ValueError, match=r"noisy images read as 0-255 and the clean ones as 0-1"):
+        evaluate(model, noisy, clean.float() / 255)

@@ -465,6 +465,12 @@ def test_a_setting_of_the_other_network_is_refused_unless_at_its_default():
     unet = Model({"network": "unet", "depth": 3, "kernel": 4, "upsampling": "transpose"})
     assert unet.config["depth"] == 3 and Model(dict(unet.config)).config == unet.config
     assert Model({"depth": 4, "kernel": 3}).config["kernel"] == 3
+    # a Model that loads the other network's weights drops the settings it was given for its
+    # own, so that its config builds a Model again
+    exercise = Model({"kernel": 3, "upsampling": "nearest"})
+    exercise.load_payload(unet.payload(), "unet weights")
+    assert exercise.config["network"] == "unet" and exercise.config["kernel"] == 4
+    assert Model(dict(exercise.config)).config == exercise.config
 
 
 def test_a_checkpoint_naming_another_network_or_without_a_params_dict_says_so(tmp_path):

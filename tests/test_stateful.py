@@ -234,6 +234,8 @@ def test_a_stateful_network_called_like_a_plain_layer_says_how_to_call_it():
             match=r"this network is stateful .*call (apply|vjp)\(params, state, x, train=",
         ):
             call()
+    with pytest.raises(TypeError, match=r"this network is stateful .*call apply\(params, state"):
+        net.apply(params, x, True)  # no state, train given by position: the whole advice
     for kind in ("apply", "vjp"):  # the state given, train not: only train= is asked for
         with pytest.raises(
             TypeError, match=rf"stateful: say whether it trains, {kind}\(params, state, x, train="

@@ -58,7 +58,10 @@ def test_leafwise_pairs_refuse_other_shapes_naming_the_leaf(op):
         a = {"w": torch.ones(2, 2), "b": torch.ones(2)}
         with pytest.raises(ValueError, match=rf"tree.{op}: 'w' has shape \(2, 2\) in the first"):
             getattr(tree, op)(a, {"w": other, "b": torch.ones(2)})
-        assert torch.equal(a["w"], torch.ones(2, 2))  # nothing written before the refusal
+        a = {"b": torch.ones(2), "w": torch.ones(2, 2)}  # 'b' paired first, then the bad 'w'
+        with pytest.raises(ValueError, match=rf"tree.{op}: 'w' has shape \(2, 2\) in the first"):
+            getattr(tree, op)(a, {"b": torch.full((2,), 5.0), "w": other})
+        assert torch.equal(a["w"], torch.ones(2, 2)) and torch.equal(a["b"], torch.ones(2))
     a, same = {"w": torch.ones(2, 2), "b": torch.ones(2)}, {"w": torch.eye(2), "b": torch.ones(2)}
     out = getattr(tree, op)(a, same)
     assert out == 4.0 if op == "vdot" else torch.equal(out["w"], same["w"] + (op != "copy_"))
