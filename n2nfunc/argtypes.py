@@ -130,7 +130,10 @@ def image_dir(text: str) -> Path:
     """A folder holding at least one image file (png, jpg, ...)."""
     path = existing_dir(text)
     if not _images(path):
-        raise Error(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {text}")
+        raise Error(
+            f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {text} (its subfolders "
+            "are not searched)"
+        )
     return path
 
 

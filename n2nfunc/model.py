@@ -136,6 +136,11 @@ def build_network(config: dict, generator: Generator | None = None) -> Module:
     )
 
 
+# Integer images are 0-255; unclipped noise may take a wider integer target this far past
+# either end (Gaussian sigma 50 reaches some 250), but not a 16-bit image's 65,535
+INTEGER_SLACK = 255
+
+
 def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = NOISY_MAX):
     """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1
     (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or its mean
@@ -160,6 +165,12 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
         if scale is None:
             scale = pixel_scale(x, noisy_max)
     else:
+        low, high = int(x.min()), int(x.max())
+        if low < -INTEGER_SLACK or high > 255 + INTEGER_SLACK:
+            raise ValueError(
+                f"{name}: integer images hold 0-255 (uint8), got values from {low} to {high} "
+                f"(shape {tuple(x.shape)}); give 16-bit images as 0-255 or as floats in [0, 1]"
+            )
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
     y = x.to(dtype=dtype)
@@ -497,12 +508,14 @@ class Model(Unpicklable):
                 f"shape {tuple(y.shape)}"
             )
         if x.shape[2] < 4 or x.shape[3] < 4:
-            raise ValueError(f"training images must be at least 4x4, got {tuple(x.shape)}")
+            raise ValueError(
+                f"train_input: training images must be at least 4x4, got {tuple(x.shape)}"
+            )
         if self.config["network"] != "unet" and (x.shape[2] % 4 or x.shape[3] % 4):
             raise ValueError(
                 f"train_input: the exercise's network trains on images whose height and width "
                 f"are multiples of 4 (two stride-2 convolutions), got {tuple(x.shape)}; crop "
-                "the pairs (predict pads any size; the U-Net trains on any size)"
+                "the pairs (predict pads any size; the U-Net trains on any size from 4x4)"
             )
         return x, y.to(dtype=x.dtype)
 
@@ -575,8 +588,8 @@ class Model(Unpicklable):
                     tree.copy_(params, self._snapshot)
                 raise FloatingPointError(
                     f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
-                    + ("the parameters from before the last update were restored. " * restored)
-                    + "Lower the learning rate or check the data."
+                    + ("the parameters from before the last update were restored; " * restored)
+                    + "check the data (its scale) or lower the learning rate."
                 )
             self._snapshot = [p.clone() for p in params]  # undo point for a NaN
             self.optimizer.lr = schedule(epoch * steps + b)

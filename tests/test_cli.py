@@ -578,6 +578,9 @@ def test_16_bit_rgb_and_float_images(tmp_path):
     Image.fromarray(overshoot, "F").save(tmp_path / "f.tif")
     want = (overshoot * 255 + 0.5).clip(0, 255).astype(np.uint8)
     assert torch.equal(read_image(tmp_path / "f.tif").rgb[0], torch.from_numpy(want))
+    noisy = (grey * 3).astype("float32")  # 0-1 with unclipped noise up to 3 (mean 1.5): as
+    Image.fromarray(noisy, "F").save(tmp_path / "f.tif")  # Model.predict reads it, 0-1, where
+    assert read_image(tmp_path / "f.tif").rgb.float().mean() > 200  # it came out nearly black
     Image.fromarray(grey * 1000, "F").save(tmp_path / "f.tif")
     with pytest.raises(ValueError, match=r"f.tif: a float image with values from .* expected 0-1"):
         read_image(tmp_path / "f.tif")

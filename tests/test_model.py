@@ -166,6 +166,9 @@ def test_divergence_restores_parameters_and_raises(pairs):
         (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.bool), "must hold numbers"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.complex64), "must hold numbers"),
+        # 16-bit images as integers were read as 0-255 ones, saturated (shipped weights: -0.5 dB)
+        (torch.full((2, 3, 8, 8), 65535, dtype=torch.int32), "integer images hold 0-255"),
+        (torch.full((2, 3, 8, 8), -600, dtype=torch.int16), "values from -600 to -600"),
     ],
 )
 def test_bad_inputs_are_refused_with_the_argument_and_shape(bad, pattern):
@@ -178,6 +181,16 @@ def test_bad_inputs_are_refused_with_the_argument_and_shape(bad, pattern):
         m.train(bad, torch.rand(2, 3, 8, 8), num_epochs=1)
     with pytest.raises(TypeError, match="test_input must be a Tensor"):
         m.predict([[1, 2]])
+
+
+def test_integer_targets_with_unclipped_noise_are_still_0_255_images():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.int16)
+    y = x + torch.randint(-200, 201, x.shape, generator=g, dtype=torch.int16)  # past both ends
+    Model(SMALL).train(x, y, num_epochs=1)
+    unet = Model({"network": "unet", "batch_size": 2})
+    with pytest.raises(ValueError, match=r"train_input: training images must be at least 4x4"):
+        unet.train(x[:, :, :3], y[:, :, :3], num_epochs=1)
 
 
 def test_mismatched_training_shapes():
