@@ -949,10 +949,16 @@ def _check_precision(args, error) -> None:
             error(f"--precision bfloat16: {problem}")
 
 
+RUN_FILES = ("model.pth", "checkpoint.pth", "history.json", "curves.png", "samples.png")
+
+
 def _check_train(args, error) -> None:
     if args.resume and "out" not in _given(args):  # continue in the run's own folder
         args.out = str(Path(args.resume).parent)
     _check_writable(Path(args.out), "--out", error)
+    for name in RUN_FILES:  # found only when written, after the training, before
+        if (Path(args.out) / name).is_dir():
+            error(f"--out: {Path(args.out) / name} is a folder, where the run writes its {name}")
     _check_memory(args, error)
     if args.resume:  # the run's own options: cmd_train compares those given with them
         return

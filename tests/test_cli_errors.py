@@ -375,6 +375,16 @@ def test_a_folder_that_refuses_files_is_named_before_any_work(world, line, optio
     assert re.search(rf"error: {option}: cannot create files in /proc \(it takes no new", err), err
 
 
+@pytest.mark.parametrize("name", ["model.pth", "curves.png"])
+def test_a_folder_where_a_run_file_goes_is_named_before_any_training(tmp_path, name, capsys):
+    """It was found when the file was written, after all the epochs."""
+    (tmp_path / "run" / name).mkdir(parents=True)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out: {tmp_path / 'run' / name} is a folder, where the run writes" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [name]
+
+
 def test_top_level_options_are_not_abbreviated(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("n2nfunc ")
