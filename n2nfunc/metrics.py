@@ -53,10 +53,10 @@ def evaluate(model, noisy: Tensor, clean: Tensor) -> dict:
     in dB, on the images' own scale (``predict`` keeps the input's): 0-255 for integers, and
     for floats as ``Model.predict`` reads them (:func:`~n2nfunc.base.pixel_scale`: 0-1 up to a
     maximum of 1, or with unclipped noise); noisy and clean must be on the same one."""
-    white = pixel_scale(clean)
-    if pixel_scale(noisy) != white:
+    white, noisy_white = pixel_scale(clean), pixel_scale(noisy)
+    if noisy_white != white:
         raise ValueError(
-            f"evaluate: the noisy images read as 0-{pixel_scale(noisy):g} and the clean ones "
+            f"evaluate: the noisy images read as 0-{noisy_white:g} and the clean ones "
             f"as 0-{white:g} ({noisy.dtype} and {clean.dtype}); give both on one scale"
         )
     denoised = model.predict(noisy)

@@ -262,6 +262,11 @@ def _whole(v, key: str, low=None) -> int:
     return int(v)
 
 
+def _applies(key: str, network: str) -> bool:
+    """Whether the setting ``key`` is one of ``network``'s (all but NETWORK_ONLY's others)."""
+    return NETWORK_ONLY.get(key, network) == network
+
+
 def _differs(value, key: str) -> bool:
     """Whether ``value`` is not ``key``'s default (any value that cannot be compared is)."""
     try:
@@ -342,9 +347,7 @@ class Model(Unpicklable):
         self._given = dict(config or {})
         network = self._given.get("network", DEFAULT_CONFIG["network"])
         other = [  # set away from its default for a network that ignores it
-            k
-            for k in NETWORK_ONLY
-            if NETWORK_ONLY[k] != network and k in self._given and _differs(self._given[k], k)
+            k for k, v in self._given.items() if not _applies(k, network) and _differs(v, k)
         ]
         if other and network in NETWORKS:
             kind = "is a setting" if len(other) == 1 else "are settings"
@@ -409,9 +412,7 @@ class Model(Unpicklable):
         try:  # a file refused halfway leaves this Model as it was
             if theirs != architecture(self.config):
                 given = {  # the settings of the network loaded, not the one replaced
-                    k: v
-                    for k, v in self._given.items()
-                    if NETWORK_ONLY.get(k, theirs["network"]) == theirs["network"]
+                    k: v for k, v in self._given.items() if _applies(k, theirs["network"])
                 }
                 self._configure({**given, **theirs})
             device = tree.leaves(self.net.params)[0].device

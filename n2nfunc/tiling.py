@@ -142,9 +142,10 @@ def denoise_image(
         raise ValueError(
             f"{name}: image must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}"
         )
-    if image.is_floating_point() and image.numel() and float(image.mean()) > NOISY_MEAN:
+    mean = float(image.mean()) if image.is_floating_point() and image.numel() else 0.0
+    if mean > NOISY_MEAN:
         raise ValueError(
-            f"{name}: the image's mean is {float(image.mean()):g}; it takes values in [0, 1] "
+            f"{name}: the image's mean is {mean:g}; it takes values in [0, 1] "
             "(divide a 0-255 image by 255)"
         )
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..base import NOISY_MAX, NOISY_MEAN
+from ..base import pixel_scale
 from ..checkpoint import tensor_bytes, write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -169,9 +169,9 @@ class _Unreadable(ValueError):
 
 
 def _float_as_8_bits(im, path):
-    """A float ("F") image as 0-255 greyscale: a maximum up to 2, or a mean up to NOISY_MEAN
-    with a maximum up to NOISY_MAX (as ``Model.predict`` reads a float batch: 0-1 with
-    unclipped noise), reads the values on the 0-1 scale (with the overshoot of resampling or
+    """A float ("F") image as 0-255 greyscale: a maximum up to 2, or values that
+    ``Model.predict`` reads as 0-1 (:func:`~n2nfunc.base.pixel_scale`: with unclipped noise),
+    reads the values on the 0-1 scale (with the overshoot of resampling or
     sharpening), others up to 300 on the 0-255 scale; both are clipped. Others, and NaN, are
     refused (there is no telling what they mean)."""
     low, high = im.getextrema()
@@ -180,9 +180,8 @@ def _float_as_8_bits(im, path):
             f"cannot read image {path}: a float image with values from {low:g} to {high:g}; "
             "expected 0-1 or 0-255"
         )
-    mean = float(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.float32).mean())
-    unit = high <= 2 or (high <= NOISY_MAX and mean <= NOISY_MEAN)  # (mode F: float32 values)
-    scale = 255 if unit else 1
+    values = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.float32)  # mode F's values
+    scale = 255 if high <= 2 or pixel_scale(values) == 1.0 else 1
     return im.point(lambda v: v * scale + 0.5).convert("L")  # convert clips to 0-255
 
 
