@@ -48,18 +48,27 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     return total / clean.shape[0] if clean.shape[0] else math.nan
 
 
-def evaluate(model, noisy: Tensor, clean: Tensor) -> dict:
+def evaluate(model, noisy: Tensor, clean: Tensor, scale: float | None = None) -> dict:
     """PSNR of the noisy input and of ``model.predict(noisy)`` against ``clean``, and the gain
-    in dB, on the images' own scale (``predict`` keeps the input's): 0-255 for integers, and
-    for floats as ``Model.predict`` reads them (:func:`~n2nfunc.base.pixel_scale`: 0-1 up to a
-    maximum of 1, or with unclipped noise); noisy and clean must be on the same one."""
+    in dB, on the images' own scale (``predict`` keeps the input's): ``scale`` (the value of
+    white) when given, else 0-255 for integers, and for floats as ``Model.predict`` reads them
+    (:func:`~n2nfunc.base.pixel_scale`: 0-1 up to a maximum of 1, or with unclipped noise);
+    noisy and clean must be on the same one."""
+    if scale is not None:
+        denoised = model.predict(noisy, scale=scale)  # checks scale and the noisy images
+        return _gains(noisy, clean, denoised, float(scale))
     white, noisy_white = pixel_scale(clean), pixel_scale(noisy)
     if noisy_white != white:
         raise ValueError(
             f"evaluate: the noisy images read as 0-{noisy_white:g} and the clean ones "
-            f"as 0-{white:g} ({noisy.dtype} and {clean.dtype}); give both on one scale"
+            f"as 0-{white:g} ({noisy.dtype} and {clean.dtype}); give both on one scale "
+            "(or pass scale=)"
         )
-    denoised = model.predict(noisy)
+    return _gains(noisy, clean, model.predict(noisy), white)
+
+
+def _gains(noisy: Tensor, clean: Tensor, denoised: Tensor, white: float) -> dict:
+    """The PSNRs of ``noisy`` and ``denoised`` against ``clean`` (white ``white``), the gain."""
     before = psnr(noisy, clean, white)
     after = psnr(denoised, clean, white)
     return {"noisy_psnr": before, "denoised_psnr": after, "gain": after - before}

@@ -36,7 +36,7 @@ from pathlib import Path
 from torch import Generator, Tensor, cat, empty
 
 from . import optim, tree
-from .base import NOISY_MAX, Layer, pixel_scale, positive_int
+from .base import NOISY_MAX, NOISY_MEAN, Layer, is_number, pixel_scale, positive_int
 from .modules import (
     MSE,
     SGD,
@@ -142,10 +142,11 @@ INTEGER_SLACK = 255
 
 
 def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = NOISY_MAX):
-    """Validate an image batch and return ``(x as float in [0, 1], scale)`` with scale 255 or 1
-    (for a float batch, ``scale`` if given, else 1 when its maximum is at most 1 or its mean
-    at most ``NOISY_MEAN`` and maximum at most ``noisy_max``: 0-1 images with unclipped noise;
-    0 reads only a batch within [0, 1] as 0-1)."""
+    """Validate an image batch and return ``(x as float in [0, 1], scale)``, scale being the
+    value of white: 255 for integers; for floats ``scale`` if given (see :func:`white_of`),
+    else 1 when the maximum is at most 1 or the mean at most ``NOISY_MEAN`` and the maximum at
+    most ``noisy_max`` (0-1 images with unclipped noise; 0 reads only a batch within [0, 1] as
+    0-1), else 255."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     x = x.detach()  # the result never joins the caller's autograd graph
@@ -164,6 +165,11 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
             scale = pixel_scale(x, noisy_max)
+        elif float(x.mean()) > NOISY_MEAN * scale:
+            raise ValueError(
+                f"{name}: the mean value {float(x.mean()):.4g} is far above white "
+                f"(scale={scale:g}): the images are on a larger scale than that"
+            )
     else:
         low, high = int(x.min()), int(x.max())
         if low < -INTEGER_SLACK or high > 255 + INTEGER_SLACK:
@@ -171,12 +177,30 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
                 f"{name}: integer images hold 0-255 (uint8), got values from {low} to {high} "
                 f"(shape {tuple(x.shape)}); give 16-bit images as 0-255 or as floats in [0, 1]"
             )
+        if scale not in (None, 255.0):
+            raise ValueError(
+                f"{name}: integer images hold 0-255 (uint8), so scale must be 255 or None "
+                f"for them, got scale={scale:g}"
+            )
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
     y = x.to(dtype=dtype)
     if scale == 1.0:
         return y, scale
     return (y / scale if y is x else y.div_(scale)), scale
+
+
+def white_of(scale, where: str) -> float | None:
+    """A caller's ``scale`` argument -- the value of white of its images, 1 or 255 say, or None
+    to infer it -- as a float, refusing anything but a positive finite number."""
+    if scale is None:
+        return None
+    if not is_number(scale) or not (0 < float(scale) < math.inf):
+        raise ValueError(
+            f"{where}: scale must be the value of white (a positive number such as 1 or "
+            f"255) or None to infer it, got {scale!r}"
+        )
+    return float(scale)
 
 
 _BOOL = empty(0).bool().dtype
@@ -480,28 +504,32 @@ class Model(Unpicklable):
         train_target: Tensor,
         num_epochs: int | None = None,
         callback: Callable | None = None,
+        scale: float | None = None,
     ) -> list:
         """Train on noisy/noisy pairs (N, 3, H, W); returns the mean loss of each epoch.
 
         ``callback(epoch, step, steps_per_epoch, loss)`` is called after every step. If the
         loss becomes NaN or infinite, the parameters from before the offending update are
-        restored and ``FloatingPointError`` is raised.
+        restored and ``FloatingPointError`` is raised. ``scale``: the value of white of float
+        images (1, 255), inferred when None (see :meth:`prepare_pairs`).
         """
         epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
         epochs = _whole(epochs, "num_epochs", 0)  # as the config takes it
-        x, y = self.prepare_pairs(train_input, train_target)
+        x, y = self.prepare_pairs(train_input, train_target, scale)
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
-    def prepare_pairs(self, train_input: Tensor, train_target: Tensor):
-        """Validate a training set and return it as float tensors in [0, 1], each by the scale
-        rule. A target is read as 0-1 with unclipped noise only beside a 0-1 input (a pair of
-        views of one 0-255 image whose target is that dark is 0-255 too), and there by its
-        mean alone, whatever its maximum: Poisson noise at a peak below 1 lifts an unclipped
-        0-1 target far above NOISY_MAX (peak 0.3: 20), and such a target is the other view of
-        images the input shows on the 0-1 scale."""
-        x, scale = to_unit_range(train_input, "train_input")
+    def prepare_pairs(self, train_input: Tensor, train_target: Tensor, scale=None):
+        """Validate a training set and return it as float tensors in [0, 1]: divided by
+        ``scale`` (the value of white) when given, else each by the scale rule. A target is
+        read as 0-1 with unclipped noise only beside a 0-1 input (a pair of views of one 0-255
+        image whose target is that dark is 0-255 too), and there by its mean alone, whatever
+        its maximum: Poisson noise at a peak below 1 lifts an unclipped 0-1 target far above
+        NOISY_MAX (peak 0.3: 20), and such a target is the other view of images the input
+        shows on the 0-1 scale."""
+        given = white_of(scale, "Model.train")
+        x, scale = to_unit_range(train_input, "train_input", given)
         y, _ = to_unit_range(
-            train_target, "train_target", noisy_max=math.inf if scale == 1.0 else 0.0
+            train_target, "train_target", given, noisy_max=math.inf if scale == 1.0 else 0.0
         )
         if x.shape != y.shape:
             raise ValueError(
@@ -602,8 +630,13 @@ class Model(Unpicklable):
         return running / max(steps, 1)
 
     # ------------------------------------------------------------------ inference
-    def predict(self, test_input: Tensor, max_pixels: int | None = None) -> Tensor:
+    def predict(
+        self, test_input: Tensor, max_pixels: int | None = None, scale: float | None = None
+    ) -> Tensor:
         """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input.
+        ``scale``: the value of white of float images (1, 255), inferred when None (0-255, or
+        0-1 when the maximum is at most 1 or, for unclipped noise, the mean at most
+        ``NOISY_MEAN`` and the maximum at most ``NOISY_MAX``; give it for noisier 0-1 images).
 
         The batch runs in chunks of about ``max_pixels`` pixels (at least one image); by
         default ``PREDICT_BYTES`` over the bytes of one computed number (2**17 pixels in
@@ -615,7 +648,7 @@ class Model(Unpicklable):
         up to rounding."""
         if max_pixels is not None:
             positive_int(max_pixels, "max_pixels", "Model.predict")
-        x, scale = to_unit_range(test_input, "test_input")
+        x, scale = to_unit_range(test_input, "test_input", white_of(scale, "Model.predict"))
         self._move_to(x.device)  # the weights keep their dtype: float64 images use a copy
         self.net.eval()
         runner = self._runner(x, "test_input")

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -497,3 +499,60 @@ def test_a_checkpoint_naming_another_network_or_without_a_params_dict_says_so(tm
         checkpoint.save(tmp_path / "bad.pth", bad)
         with pytest.raises(ValueError, match=said):
             Model().load_pretrained_model(tmp_path / "bad.pth")
+
+
+def test_an_explicit_scale_reads_noisy_0_1_images_the_rule_takes_for_0_255():
+    """Both views at Poisson peak 0.1 go far above NOISY_MAX: the rule reads such an input
+    as 0-255 (an all but black image); ``scale=1`` says what it is, in train, predict and
+    evaluate alike, and the output comes back on that scale."""
+    from n2nfunc.data.noise import noisy_pair
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(8, 3, 16, 16, generator=g) * 0.8 + 0.1
+    x, y = noisy_pair(clean, "poisson:0.1", g)
+    x = y.flip(0)  # an unclipped input too: maximum far above NOISY_MAX, mean about 0.5
+    assert float(x.max()) > 16 and float(x.mean()) < 1
+    m = Model(SMALL)
+    guessed, _ = m.prepare_pairs(x, y)
+    assert float(guessed.max()) < 1  # divided by 255
+    xs, ys = m.prepare_pairs(x, y, scale=1)
+    assert torch.equal(xs, x) and torch.equal(ys, y)
+    xs, ys = m.prepare_pairs(x * 255, y * 255, scale=255)
+    assert torch.allclose(xs, x, atol=1e-6)
+    out = m.predict(x, scale=1)
+    assert out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert float(out.mean()) > 0.05  # 0-1 output; read as 0-255 it would be near 0 x 255
+    assert torch.allclose(m.predict(x * 255, scale=255), out * 255, atol=1e-3)
+    scores = evaluate(m, x, clean, scale=1)
+    assert scores["denoised_psnr"] > 0 and math.isfinite(scores["gain"])
+    assert m.train(x, y, 1, scale=1)  # trains: one epoch's mean loss
+
+
+@pytest.mark.parametrize(
+    "scale, message",
+    [
+        (0, r"Model.predict: scale must be the value of white .* got 0"),
+        (-1.0, r"got -1.0"),
+        (float("inf"), r"got inf"),
+        ("255", r"got '255'"),
+        (True, r"got True"),
+    ],
+)
+def test_a_bad_scale_is_refused(scale, message):
+    with pytest.raises(ValueError, match=message):
+        Model(SMALL).predict(torch.rand(1, 3, 8, 8), scale=scale)
+
+
+def test_a_scale_that_contradicts_the_images_is_refused():
+    m = Model(SMALL)
+    x = torch.rand(2, 3, 8, 8) * 255
+    with pytest.raises(ValueError, match=r"test_input: the mean value .* above white \(scale=1\)"):
+        m.predict(x, scale=1)
+    with pytest.raises(ValueError, match=r"train_target: the mean value"):
+        m.train(x / 255, x, 1, scale=1)
+    x8 = x.to(torch.uint8)
+    with pytest.raises(ValueError, match=r"integer images .*scale must be 255 .*got scale=1"):
+        m.predict(x8, scale=1)
+    assert torch.equal(m.predict(x8, scale=255), m.predict(x8))
+    with pytest.raises(ValueError, match=r"psnr"):  # clean on 0-255 against scale=1
+        evaluate(m, x / 255, x, scale=1)
