@@ -27,6 +27,7 @@ from .base import is_number
 from .data import (
     builtin_pairs,
     check_fits,
+    keeps_profile,
     load_folder_pairs,
     load_pair_file,
     load_photos,
@@ -724,20 +725,33 @@ def run_training(args, device, dp=None) -> int:
         print("\n" + launch.finished_text(state_path, args))
         return 130
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
+    pictures = []
     if not args.no_pictures:
         from .viz import plot_curves, sample_grid
 
         curves = plot_curves(history, out / "curves.png")
         grid = sample_grid(xv[:8], model.predict(xv[:8]), yv[:8], out / "samples.png")
-        for p in (curves, grid):
-            if p:
-                print(f"picture: {p}")
+        pictures = [p for p in (curves, grid) if p]
+        for p in pictures:
+            print(f"picture: {p}")
+    _drop_stale_pictures(out, pictures)
     print(
         "use these weights:\n"
         f"  n2nfunc denoise photo.png denoised.png --checkpoint {weights_path}\n"
         f"  n2nfunc eval --checkpoint {weights_path}"
     )
     return 0
+
+
+def _drop_stale_pictures(out: Path, written: list) -> None:
+    """Remove the pictures an earlier run left in ``out`` that this one did not write
+    (``--no-pictures``, or no matplotlib): the folder then shows one run, not this run's
+    weights beside another's curves and samples."""
+    for name in RUN_PICTURES:
+        path = out / name
+        if path not in written and path.is_file():
+            path.unlink()
+            print(f"removed {path}: an earlier run's picture")
 
 
 # ---------------------------------------------------------------------------- eval, denoise
@@ -919,6 +933,14 @@ def cmd_denoise(args) -> int:
         alpha = None
     if picture.deep:
         print(f"note: {args.input} has 16 bits a channel; {args.output} is written with 8")
+    if picture.pages > 1:
+        print(f"note: {args.input} has {picture.pages} pages; the first one is denoised")
+    if picture.icc and not keeps_profile(args.output, picture.grey):
+        kinds = ".png, .jpg and .tif" if picture.grey else ".png, .jpg, .tif and .webp"
+        print(
+            f"note: {args.output.suffix} files keep no {'greyscale ' if picture.grey else ''}"
+            f"colour profile; the one of {args.input} is dropped ({kinds} keep it)"
+        )
     t0 = time.perf_counter()
     out = run(picture.rgb)
     write_image(args.output, out, alpha, picture.grey, picture.icc)  # colours as they were
@@ -949,7 +971,8 @@ def _check_precision(args, error) -> None:
             error(f"--precision bfloat16: {problem}")
 
 
-RUN_FILES = ("model.pth", "checkpoint.pth", "history.json", "curves.png", "samples.png")
+RUN_PICTURES = ("curves.png", "samples.png")
+RUN_FILES = ("model.pth", "checkpoint.pth", "history.json", *RUN_PICTURES)
 
 
 def _check_train(args, error) -> None:

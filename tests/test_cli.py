@@ -55,6 +55,21 @@ def test_train_writes_weights_history_and_resumes(tmp_path, monkeypatch, capsys)
     assert checkpoint.load(out / "checkpoint.pth")["optimizer"]["step"] == 18
 
 
+def test_a_run_without_pictures_removes_an_earlier_runs_pictures(tmp_path, monkeypatch, capsys):
+    """A run into a folder of an earlier run with pictures, itself without any, leaves its
+    weights and no curves or samples of the other run beside them."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("curves.png", "samples.png"):
+        (out / name).write_bytes(b"an earlier run's picture")
+    (out / "notes.txt").write_text("the user's own file")
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert not (out / "curves.png").exists() and not (out / "samples.png").exists()
+    assert (out / "notes.txt").exists() and (out / "model.pth").is_file()
+    assert f"removed {out / 'samples.png'}: an earlier run's picture" in capsys.readouterr().out
+
+
 def test_ctrl_c_while_the_weights_are_written_says_how_to_write_them(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     out, save = tmp_path / "run", checkpoint.save
@@ -608,6 +623,80 @@ def test_denoise_keeps_a_fitting_colour_profile(tmp_path, capsys):
     cmyk = srgb[:16] + b"CMYK" + srgb[20:]
     Image.new("L", (40, 30), 90).save(tmp_path / "grey.png", icc_profile=cmyk)
     assert read_image(tmp_path / "grey.png").icc is None
+
+
+@pytest.mark.parametrize(
+    "image, suffix, note",
+    [
+        (
+            "RGB",
+            ".bmp",
+            ".bmp files keep no colour profile; the one of .*in.png is dropped "
+            r"\(.png, .jpg, .tif and .webp keep it\)",
+        ),
+        ("L", ".webp", r".webp files keep no greyscale colour profile; .*\(.png, .jpg and .tif"),
+        ("RGB", ".webp", None),
+        ("L", ".tif", None),
+    ],
+)
+def test_denoise_says_when_the_output_drops_the_colour_profile(
+    tmp_path, capsys, image, suffix, note
+):
+    """A BMP stores no colour profile, a WebP no greyscale one: the profile was dropped
+    without a word (colours shift in colour-managed viewers)."""
+    from PIL import Image, ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    if image == "L":
+        profile = profile[:16] + b"GRAY" + profile[20:]
+    Image.new(image, (40, 30), 90).save(tmp_path / "in.png", icc_profile=profile)
+    out = tmp_path / f"out{suffix}"
+    assert main(["denoise", str(tmp_path / "in.png"), str(out)]) == 0
+    log = capsys.readouterr().out
+    if note is None:
+        assert "colour profile" not in log
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == profile
+    else:
+        assert re.search("note: " + note, log), log
+
+
+def test_denoise_names_the_pages_of_a_multi_page_tiff(tmp_path, capsys):
+    """A multi-page TIFF was denoised as its first page without a word."""
+    from PIL import Image
+
+    pages = [Image.new("RGB", (20, 16), (40 * i, 90, 3)) for i in range(3)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    assert read_image(tmp_path / "pages.tif").pages == 3
+    assert main(["denoise", str(tmp_path / "pages.tif"), str(tmp_path / "out.png")]) == 0
+    assert "pages.tif has 3 pages; the first one is denoised" in capsys.readouterr().out
+    pages[0].save(tmp_path / "one.tif")
+    assert main(["denoise", str(tmp_path / "one.tif"), str(tmp_path / "out.png")]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_a_32_bit_integer_image_beyond_16_bits_is_refused(tmp_path):
+    """A 32-bit integer ("I") image above 65535 was clipped to white and called 16-bit; one
+    within 0-65535 reads as 16-bit, one within 0-255 as 8-bit."""
+    np = pytest.importorskip("numpy")
+    from PIL import Image
+
+    ramp = np.arange(20 * 16, dtype=np.int32).reshape(16, 20)
+    for values, deep in ((ramp % 256, False), (ramp * 200, True)):
+        Image.fromarray(values.astype(np.int32), "I").save(tmp_path / "i.tif")
+        picture = read_image(tmp_path / "i.tif")
+        assert picture.deep == deep
+        scale = 257 if deep else 1
+        want = torch.from_numpy((values / scale + 0.5).astype(np.uint8))
+        assert torch.equal(picture.rgb[0], want)
+    for values, low, high in ((ramp * 1000, 0, 319000), (ramp - 5, -5, 314)):
+        Image.fromarray(values.astype(np.int32), "I").save(tmp_path / "i.tif")
+        with pytest.raises(
+            ValueError,
+            match=rf"i.tif: a 32-bit integer image with values from "
+            rf"{low} to {high}; expected 0-255 or 0-65535",
+        ):
+            read_image(tmp_path / "i.tif")
 
 
 def test_mixed_noise_of_a_recipe_is_said_once_in_words():

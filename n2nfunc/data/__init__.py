@@ -11,6 +11,7 @@ from .. import checkpoint
 from .files import (
     check_fits,
     check_pairs,
+    keeps_profile,
     load_folder_pairs,
     load_pair_file,
     read_image,
@@ -89,6 +90,7 @@ __all__ = [
     "cache_dir",
     "check_fits",
     "check_pairs",
+    "keeps_profile",
     "load_folder_pairs",
     "load_pair_file",
     "make_pairs",

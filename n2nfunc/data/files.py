@@ -99,6 +99,7 @@ def load_pair_file(path) -> tuple[Tensor, Tensor]:
 
 
 GREY_FORMATS = {"PNG", "JPEG", "TIFF"}  # Pillow formats that store greyscale as greyscale
+PROFILE_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP"}  # ... that store a colour profile (not BMP)
 # A denoised photo saved lossily: high quality, and JPEG's colour at full resolution (Pillow's
 # defaults, quality 75 with colour at half resolution, cost a denoised test photo 1-2 dB)
 LOSSY_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
@@ -110,6 +111,7 @@ class Picture(NamedTuple):
     grey: bool  # the file was greyscale
     deep: bool = False  # the file had more than 8 bits a channel (read as their top 8)
     icc: bytes | None = None  # the file's colour profile, when it fits the values read
+    pages: int = 1  # a multi-page TIFF's pages (the first is read)
 
 
 def _profile(icc, grey: bool) -> bytes | None:
@@ -185,6 +187,18 @@ def _float_as_8_bits(im, path):
     return im.point(lambda v: v * scale + 0.5).convert("L")  # convert clips to 0-255
 
 
+def _int_extrema(im, path) -> tuple[int, int]:
+    """The lowest and highest value of a 32-bit integer ("I") image, refusing one outside
+    0-65535 (clipping it to white would be a silent wrong picture)."""
+    low, top = im.getextrema()
+    if not (0 <= low and top <= 65535):
+        raise _Unreadable(
+            f"cannot read image {path}: a 32-bit integer image with values from {low} to {top}; "
+            "expected 0-255 or 0-65535 (save it with 8 or 16 bits a channel)"
+        )
+    return int(low), int(top)
+
+
 def _damaged(path) -> ValueError:
     return ValueError(
         f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
@@ -238,10 +252,8 @@ def read_image(path) -> Picture:
                 )
                 icc = _profile(raw.info.get("icc_profile"), grey)
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
-                top = im.getextrema()[1] if im.mode == "I" else 0
-                sixteen = im.mode.startswith("I;16") or (
-                    isinstance(top, (int, float)) and top > 255
-                )
+                low, top = _int_extrema(im, path) if im.mode == "I" else (0, 0)
+                sixteen = im.mode.startswith("I;16") or top > 255
                 if sixteen:
                     im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
                 deep = sixteen or wide
@@ -260,9 +272,9 @@ def read_image(path) -> Picture:
         data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
         return data.view(pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
 
-    return Picture(
-        to_tensor(rgb, 3), to_tensor(alpha, 1) if alpha is not None else None, grey, deep, icc
-    )
+    alpha_values = to_tensor(alpha, 1) if alpha is not None else None
+    pages = frames if raw.format == "TIFF" else 1
+    return Picture(to_tensor(rgb, 3), alpha_values, grey, deep, icc, pages)
 
 
 # The widest side each format stores (libjpeg's JPEG_MAX_DIMENSION; WebP's 14-bit sizes);
@@ -280,6 +292,16 @@ def check_fits(path, width: int, height: int) -> None:
             f"{path}: {path.suffix} images are at most {most} pixels a side, this one is "
             f"{width}x{height}; write it as .png or .tif"
         )
+
+
+def keeps_profile(path, grey: bool = False) -> bool:
+    """Whether :func:`write_image` keeps a colour profile in an image file of this name (by
+    its extension): PNG, JPEG, TIFF and WebP store one, but a greyscale profile only in the
+    formats that store greyscale (WebP writes grey images as RGB)."""
+    from PIL import Image
+
+    kind = Image.registered_extensions().get(Path(path).suffix.lower())
+    return kind in PROFILE_FORMATS and (not grey or kind in GREY_FORMATS)
 
 
 def write_image(
@@ -301,7 +323,7 @@ def write_image(
     if kind is None:
         raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
     encoded = io.BytesIO()
-    if icc and grey and kind not in GREY_FORMATS:  # written as RGB: a GRAY profile misfits
+    if icc and not keeps_profile(path, grey):  # a grey one written as RGB would misfit
         icc = None
     options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
     im.save(encoded, format=kind, **options)
