@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 from torch import Generator, Tensor, empty
 
+from . import tree
 from .base import Layer, Params, Pullback, Shape, flag, marked_like
 
 State = Any  # a dict (possibly nested) of tensors
@@ -124,9 +125,25 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
     Every call draws from a fresh copy of ``rng`` as it is now, so every call uses the same
     random masks (what :func:`n2nfunc.check_vjp` needs). With ``state=None`` and
     ``train=False`` this is how a network of plain layers stays a plain layer.
+
+    The held state follows the parameters as a module's buffers follow ``.double()`` and
+    ``.to(device)``, where that loses nothing: its float leaves are widened to a wider
+    parameter dtype (float32 statistics for float64 parameters, as ``check_vjp`` passes)
+    and its leaves moved to the parameters' device; a narrower parameter dtype is still
+    refused by the layer.
     """
     train = flag(train, "train", "fixed")
     rng_state = rng.get_state() if rng is not None else None
+    matched: dict = {}  # (dtype, device) of the params -> the state converted to them
+
+    def state_for(params):
+        first = next((t for t in tree.leaves(params) if _is_float_tensor(t)), None)
+        if first is None or state is None:
+            return state
+        key = (first.dtype, first.device)
+        if key not in matched:
+            matched[key] = tree.map(lambda t: _follow(t, first), state)
+        return matched[key]
 
     def fresh_rng():
         if rng is None:
@@ -142,15 +159,27 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
     def apply(params, x, *extra, **options):
         if extra or options:
             raise TypeError(no_state_error("apply", "apply(params, x)", 2 + len(extra), options))
-        return layer.apply(params, state, x, train=train, rng=fresh_rng())[0]
+        return layer.apply(params, state_for(params), x, train=train, rng=fresh_rng())[0]
 
     def vjp(params, x, *extra, **options):
         if extra or options:
             raise TypeError(no_state_error("vjp", "vjp(params, x)", 2 + len(extra), options))
-        y, _, pullback = layer.vjp(params, state, x, train=train, rng=fresh_rng())
+        y, _, pullback = layer.vjp(params, state_for(params), x, train=train, rng=fresh_rng())
         return y, pullback
 
     return Layer(init, apply, marked_like(vjp, layer.vjp))
+
+
+def _is_float_tensor(t) -> bool:
+    return isinstance(t, Tensor) and t.is_floating_point()
+
+
+def _follow(t, like: Tensor):
+    """A state leaf on ``like``'s device, and in its dtype where that is a wider float."""
+    if not isinstance(t, Tensor):
+        return t
+    wider = t.is_floating_point() and like.element_size() > t.element_size()
+    return t.to(device=like.device, dtype=like.dtype if wider else t.dtype)
 
 
 def no_state_error(name: str, call: str, got: int, options: dict | None = None) -> str:

@@ -308,3 +308,28 @@ def test_train_takes_a_bool_only():
         with pytest.raises(TypeError, match="fixed: train must be True or False"):
             nf.stateful.fixed(net, state, train=bad)
     net.apply(params, state, x, train=False)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_fixed_network_passes_check_vjp_with_its_float32_state(train):
+    """check_vjp runs in float64: the float32 statistics held by ``fixed`` follow the
+    parameters up to float64 (they were refused: 'state running_mean is torch.float32 ...
+    but the parameters are torch.float64'), and the fixed layer still runs in float32; a
+    narrower parameter dtype is still refused."""
+    net = nf.serial(nf.conv2d(4, 3, padding=1), nf.batch_norm2d(), nf.relu(), nf.dropout(0.3))
+    _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 6, 5))
+    state = nf.tree.map(lambda t: t + 0.5 if t.is_floating_point() else t, state)
+    rng = torch.Generator().manual_seed(1)
+    layer = nf.stateful.fixed(net, state, train=train, rng=rng)
+    x = torch.randn(2, 3, 6, 5)
+    errors = nf.check_vjp(layer, params, x)
+    assert max(errors.values()) < 1e-6
+    y = layer.apply(params, x)
+    want, _ = net.apply(params, state, x, train=train, rng=clone(rng))
+    assert y.dtype == torch.float32 and torch.equal(y, want)
+    y64 = layer.apply(to64(params), x.double())
+    want64, _ = net.apply(to64(params), to64(state), x.double(), train=train, rng=clone(rng))
+    assert y64.dtype == torch.float64 and torch.equal(y64, want64)
+    half = nf.tree.map(lambda t: t.half(), params)
+    with pytest.raises(TypeError, match=r"state 'running_mean' is torch.float32"):
+        layer.apply(half, x.half())
