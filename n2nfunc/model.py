@@ -156,7 +156,8 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
             f"with shape {tuple(x.shape)}"
         )
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(x.shape)}")
+        one = " (one image: add the batch dim, x[None])" if x.dim() == 3 else ""
+        raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(x.shape)}{one}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if x.is_floating_point():
@@ -633,7 +634,8 @@ class Model(Unpicklable):
     def predict(
         self, test_input: Tensor, max_pixels: int | None = None, scale: float | None = None
     ) -> Tensor:
-        """Denoise a batch (N, 3, H, W) of any size; same shape, scale and device as the input.
+        """Denoise a batch (N, 3, H, W) -- or one image (3, H, W) -- of any size; same shape,
+        scale and device as the input.
         ``scale``: the value of white of float images (1, 255), inferred when None (0-255, or
         0-1 when the maximum is at most 1 or, for unclipped noise, the mean at most
         ``NOISY_MEAN`` and the maximum at most ``NOISY_MAX``; give it for noisier 0-1 images).
@@ -648,6 +650,8 @@ class Model(Unpicklable):
         up to rounding."""
         if max_pixels is not None:
             positive_int(max_pixels, "max_pixels", "Model.predict")
+        if isinstance(test_input, Tensor) and test_input.dim() == 3 and len(test_input) == 3:
+            return self.predict(test_input[None], max_pixels, scale)[0]  # one image
         x, scale = to_unit_range(test_input, "test_input", white_of(scale, "Model.predict"))
         self._move_to(x.device)  # the weights keep their dtype: float64 images use a copy
         self.net.eval()

@@ -164,7 +164,7 @@ def test_divergence_restores_parameters_and_raises(pairs):
         (torch.rand(2, 3, 8, 8).index_fill_(3, torch.tensor([5]), float("nan")), "NaN or inf"),
         (torch.rand(2, 3, 8, 8).index_fill_(2, torch.tensor([1]), -float("inf")), "NaN or inf"),
         (torch.rand(0, 3, 8, 8), "is empty"),
-        (torch.rand(3, 8, 8), r"shape \(N, 3, H, W\), got \(3, 8, 8\)"),
+        (torch.rand(4, 8, 8), r"shape \(N, 3, H, W\), got \(4, 8, 8\) \(one image: .*x\[None\]"),
         (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.bool), "must hold numbers"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.complex64), "must hold numbers"),
@@ -556,3 +556,20 @@ def test_a_scale_that_contradicts_the_images_is_refused():
     assert torch.equal(m.predict(x8, scale=255), m.predict(x8))
     with pytest.raises(ValueError, match=r"psnr"):  # clean on 0-255 against scale=1
         evaluate(m, x / 255, x, scale=1)
+
+
+def test_predict_and_psnr_take_one_image_too():
+    """A (3, H, W) image, as n2nfunc.denoise_image takes and returns it, was refused by
+    predict and by psnr; train still wants a batch, and says how to make one."""
+    from n2nfunc.metrics import psnr
+
+    m = Model(SMALL)
+    image = torch.rand(3, 13, 9)
+    out = m.predict(image)
+    assert out.shape == image.shape and torch.equal(out, m.predict(image[None])[0])
+    assert torch.equal(m.predict(image * 255, scale=255), m.predict(image[None] * 255)[0])
+    assert psnr(out, image) == psnr(out[None], image[None])
+    with pytest.raises(ValueError, match=r"train_input must have shape .*\(3, 8, 8\) \(one image"):
+        m.train(torch.rand(3, 8, 8), torch.rand(3, 8, 8), 1)
+    with pytest.raises(ValueError, match=r"psnr: expected two \(N, C, H, W\) \(or \(C, H, W\)\)"):
+        psnr(out, image[None])
