@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .data.files import IMAGE_SUFFIXES
+from .data.files import FORMAT_NAMES, IMAGE_SUFFIXES, open_image
 from .data.noise import parse_noise
 
 Error = argparse.ArgumentTypeError
@@ -268,16 +268,16 @@ def _image_size(path) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 return im.size
     except Image.DecompressionBombError:  # Pillow's guard against huge images (not OSError)
         raise Error(_too_many_pixels(path)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
-        raise Error(f"{path} is not an image file Pillow can read") from None
+        raise Error(f"{path} is not a {FORMAT_NAMES} file n2nfunc can read") from None
 
 
 def input_image(text: str) -> Path:
-    """An existing image file whose header Pillow can read."""
+    """An existing image file of a format n2nfunc reads (READ_FORMATS), its header readable."""
     path = existing_file("image file")(text)
     w, h = _image_size(path)
     if w < 1 or h < 1:

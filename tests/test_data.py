@@ -1,3 +1,4 @@
+import os
 import shutil
 import warnings
 
@@ -5,6 +6,7 @@ import pytest
 import torch
 from helpers import code_running_pickle
 
+from n2nfunc import checkpoint
 from n2nfunc.data import (
     builtin_pairs,
     load_folder_pairs,
@@ -64,6 +66,9 @@ def test_builtin_pairs_are_cached(tmp_path, monkeypatch):
     again = builtin_pairs(24, "train", seed=5)
     assert torch.equal(first[0], again[0])
     next(tmp_path.iterdir()).write_bytes(b"garbage")  # a damaged cache is regenerated
+    assert torch.equal(builtin_pairs(24, "train", seed=5)[1], first[1])
+    cached = next(tmp_path.iterdir())  # an altered one (8 of the 24 pairs) too: it was used
+    checkpoint.save(cached, {"first": first[0][:8], "second": first[1][:8]})
     assert torch.equal(builtin_pairs(24, "train", seed=5)[1], first[1])
 
 
@@ -356,9 +361,19 @@ def test_damaged_images_and_odd_pair_tensors_are_one_clear_error(tmp_path):
         (good.to_sparse(), "sparse"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="meta"), "on meta"),
         (torch.zeros(2, 3, 0, 8, dtype=torch.uint8), r"N, H, W > 0"),
+        # a 1-byte storage declared as 10^7 images: a 1.6 KB file, 31 TB when read
+        (
+            torch.zeros(1, dtype=torch.uint8).as_strided((10**7, 3, 1024, 1024), (0, 0, 0, 0)),
+            r"shape \(10000000, 3, 1024, 1024\) repeats its data \(strides \(0, 0, 0, 0\), 1 b",
+        ),
+        (
+            torch.zeros(1, 3, 8, 8, dtype=torch.uint8).expand(2, 3, 8, 8),
+            r"repeats its data \(strides \(0, 64, 8, 1\), 192 bytes",
+        ),
     ):
         with pytest.raises(ValueError, match=pattern):
-            check_pairs(bad, good, "pairs.pt")
+            check_pairs(bad, good if bad.shape == good.shape else bad, "pairs.pt")
+    assert check_pairs(good[:, :, 1:5], good[:, :, 2:6], "slices")[0].shape == (2, 3, 4, 8)
 
 
 def test_psnr_refuses_a_max_value_that_is_no_white_level():
@@ -433,3 +448,22 @@ def test_psnr_by_blocks_of_images_equals_the_whole_set(monkeypatch):
     assert whole == pytest.approx(sum(per_image) / 23, rel=1e-12)
     monkeypatch.setattr(metrics, "CHUNK_NUMBERS", 3 * 8 * 8 * 5)  # blocks of 5, the last of 3
     assert psnr(noisy, clean, 255.0) == pytest.approx(whole, rel=1e-12)
+
+
+def test_an_image_of_a_format_n2nfunc_does_not_read_is_refused_unopened(tmp_path, monkeypatch):
+    """An EPS file, whatever its name, reached Pillow's EPS plugin, which runs Ghostscript on
+    it (a stand-in ``gs`` on the PATH here records that it ran)."""
+    from n2nfunc.data.files import read_image
+
+    ran = tmp_path / "gs_ran"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "gs").write_text(f'#!/bin/sh\n[ "$1" = --version ] && echo 10 && exit 0\ntouch {ran}\n')
+    (fake / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    for name in ("x.png", "x.eps"):
+        (tmp_path / name).write_bytes(eps)
+        with pytest.raises(ValueError, match=rf"{name}: damaged, truncated, or not a PNG, JPEG"):
+            read_image(tmp_path / name)
+    assert not ran.exists()

@@ -77,6 +77,12 @@ def check_pairs(first, second, source: str, unclipped_target: bool = False):
                 f"{source}: {name} tensor is a {t.layout} tensor on {t.device}, expected a "
                 "plain (strided) CPU tensor"
             )
+        stored = t.untyped_storage().nbytes()
+        if t.numel() * t.element_size() > stored:  # zero or overlapping strides: a few bytes
+            raise ValueError(  # would read as an enormous batch
+                f"{source}: {name} tensor of shape {tuple(t.shape)} repeats its data (strides "
+                f"{t.stride()}, {stored} bytes stored); expected one value stored per pixel"
+            )
     if first.shape != second.shape:
         raise ValueError(
             f"{source}: the two tensors differ in shape: {tuple(first.shape)} vs "
@@ -152,13 +158,13 @@ def _sixteen_bit_key_alpha(path, im, key: tuple):
     Pillow keeps each value's high byte, so the file (big-endian) is decoded once more as if
     little-endian, which reads the low bytes (the same picture, turned upright likewise);
     a pixel is transparent where all 48 bits equal the key."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     def pixels(pic):
         data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
         return data.view(pic.size[1], pic.size[0], 3).to(torch.int32)
 
-    with Image.open(path) as low:
+    with open_image(path) as low:
         low.tile = [t._replace(args=_raw_mode(t).replace(";16B", ";16L")) for t in low.tile]
         low.load()
         low = ImageOps.exif_transpose(low)
@@ -199,10 +205,22 @@ def _int_extrema(im, path) -> tuple[int, int]:
     return int(low), int(top)
 
 
+# The image formats n2nfunc opens, whatever a file's name: Pillow would otherwise pick any of
+# its plugins by the file's first bytes -- EPS among them, which runs Ghostscript on the file
+READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")  # JPEG: MPO too
+FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF or PPM"
+
+
+def open_image(path):
+    """``PIL.Image.open`` limited to READ_FORMATS (an image of another format is
+    ``PIL.UnidentifiedImageError``, an OSError)."""
+    from PIL import Image
+
+    return Image.open(path, formats=READ_FORMATS)
+
+
 def _damaged(path) -> ValueError:
-    return ValueError(
-        f"cannot read image {path}: damaged, truncated, or not an image file Pillow can read"
-    )
+    return ValueError(f"cannot read image {path}: damaged, truncated, or not a {FORMAT_NAMES} file")
 
 
 def read_image(path) -> Picture:
@@ -218,7 +236,7 @@ def read_image(path) -> Picture:
             # between Pillow's warning and its hard limit (2x), the tiled denoiser keeps the
             # memory bounded: no raw warning for a large photo
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as raw:
+            with open_image(path) as raw:
                 frames = getattr(raw, "n_frames", 1)
                 # an animation; a TIFF's first page and a camera JPEG's (MPO) main picture
                 # are the image, read as before
