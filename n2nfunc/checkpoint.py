@@ -195,16 +195,21 @@ def _decode(obj, seen, kinds):
     return obj
 
 
+MAX_DIMS = 64  # PyTorch's limit on a tensor's dimensions
+
+
 def _decode_tensor(obj) -> Tensor:
     dtype = _DTYPES.get(obj["__tensor__"])
     shape, data = obj.get("shape"), obj.get("data")
     if (
         dtype is None
         or not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
         or not all(type(n) is int and n >= 0 for n in shape)
         or not isinstance(data, bytes)
     ):
-        raise ValueError(f"malformed tensor entry (dtype {obj['__tensor__']!r})")
+        dims = f", {len(shape)} dims" if isinstance(shape, list) and len(shape) > MAX_DIMS else ""
+        raise ValueError(f"malformed tensor entry (dtype {obj['__tensor__']!r}{dims})")
     numel = 1
     for n in shape:
         numel *= n
@@ -316,7 +321,12 @@ def load(path):
         raise FileNotFoundError(f"checkpoint {path} is a folder; expected a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except MemoryError:
+        raise ValueError(
+            f"checkpoint {path} is too large to read ({path.stat().st_size:,} bytes)"
+        ) from None
     if not data:
         raise ValueError(f"checkpoint {path} is empty")
     try:
@@ -346,9 +356,11 @@ def load(path):
         raise ValueError(f"{path} is not an n2nfunc checkpoint")
     if obj.get("version") != VERSION:
         raise ValueError(
-            f"checkpoint {path} has format version {obj.get('version')}; this "
-            f"n2nfunc reads version {VERSION}"
+            f"checkpoint {path} has format version {obj.get('version')!r}; this "
+            f"n2nfunc reads version {VERSION!r}"
         )
+    if "payload" not in obj:
+        raise ValueError(f"checkpoint {path} is damaged: it holds no payload")
     try:
         return decode(obj["payload"])
     except ValueError as e:  # raised by decode itself, in user terms

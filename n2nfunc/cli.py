@@ -470,6 +470,13 @@ def _resume(model: Model, state: dict, path) -> None:
     fresh = model.optimizer.state
     optim.check_state(state["optimizer"], fresh, f"{path}: the optimizer's state")
     check_finite(state["optimizer"], f"{path}: the optimizer's state")  # a diverged Adam moment
+    for key in ("v", "v_max"):  # Adam's second moments: averages of squares
+        for where, t in tree.flatten(state["optimizer"].get(key, {})):
+            if bool((t < 0).any()):
+                raise ValueError(
+                    f"{path}: the optimizer's state '{key}' '{where}' holds negative values (a "
+                    "mean of squared gradients cannot be negative: the file was altered)"
+                )
     model.optimizer.state = state["optimizer"]
     try:
         model.generator.set_state(state["rng"])
@@ -867,6 +874,12 @@ def _denoiser(args, device):
         option, path = "--checkpoint", Path(args.checkpoint or DEFAULT_WEIGHTS)
     payload = _network_payload(option, path)
     layer, params, _ = _loading(option, network_from_payload, payload, str(path))
+    arch = payload.get("architecture") if payload.get("network") == "unet" else None
+    if isinstance(arch, dict) and (arch.get("in_channels"), arch.get("out_channels")) != (3, 3):
+        raise ValueError(
+            f"{option}: {path} holds a U-Net of {arch.get('in_channels')} input and "
+            f"{arch.get('out_channels')} output channels; denoise takes RGB to RGB (3 and 3)"
+        )
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)

@@ -144,7 +144,7 @@ def export_submission(out_dir, weights=None) -> Path:
             f"{weights}: U-Net weights; a submission ships the course's required network "
             "(the weights of `n2nfunc train` with --network exercise, the default)"
         )
-    if "params" not in payload or "config" not in payload:
+    if not isinstance(payload, dict) or "params" not in payload or "config" not in payload:
         raise ValueError(
             f"{weights}: not a checkpoint of the course's network (written by `n2nfunc train` "
             "or Model.save)"

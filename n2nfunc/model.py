@@ -279,11 +279,29 @@ def _plain(v) -> bool:
     )
 
 
+def _finite(v) -> bool:
+    """Whether the plain number ``v`` is finite as a float (an int past float's range is not:
+    no setting or statistic needs one)."""
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _brief(v) -> str:
+    """``repr(v)`` for an error message, an int of hundreds of digits said by its length."""
+    if isinstance(v, int) and abs(v) >= 10**30:  # (str() refuses past 4,300 digits)
+        digits = len(str(abs(v))) if abs(v).bit_length() < 10_000 else "thousands of"
+        return f"an int of {digits} digits"
+    return repr(v)
+
+
 def _whole(v, key: str, low=None) -> int:
     """``v`` as an int (2.0 and NumPy ints are), at least ``low`` if given."""
-    integral = _plain(v) and math.isfinite(float(v)) and int(v) == v
+    integral = _plain(v) and _finite(v) and int(v) == v
     if not integral or (low is not None and v < low):
-        raise ValueError(f"{key} must be an int{'' if low is None else f' >= {low}'}, got {v!r}")
+        low_text = "" if low is None else f" >= {low}"
+        raise ValueError(f"{key} must be an int{low_text}, got {_brief(v)}")
     return int(v)
 
 
@@ -309,14 +327,14 @@ def check_config(config: dict) -> None:
 
     def number(key, low, high=None, low_open=False, high_open=True):
         v = config[key]
-        ok = _plain(v) and math.isfinite(float(v))
+        ok = _plain(v) and _finite(v)
         ok = ok and (v > low if low_open else v >= low)
         ok = ok and (high is None or (v < high if high_open else v <= high))
         if not ok:
             span = f"{'>' if low_open else '>='} {low}" + (
                 "" if high is None else f" and {'<' if high_open else '<='} {high}"
             )
-            raise ValueError(f"{key} must be a finite number {span}, got {v!r}")
+            raise ValueError(f"{key} must be a finite number {span}, got {_brief(v)}")
         config[key] = v if isinstance(v, int) else float(v)
 
     whole("batch_size", 1)

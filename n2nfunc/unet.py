@@ -319,6 +319,9 @@ def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_chan
         raise ValueError(f"{name}: depth must be at most {MAX_DEPTH}, got {depth}")
     in_channels = positive_int(in_channels, "in_channels", name)
     out_channels = positive_int(out_channels, "out_channels", name)
+    for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if value > MAX_WIDTH:
+            raise ValueError(f"{name}: {what} must be at most {MAX_WIDTH}, got {value}")
     if (
         not isinstance(widths, (tuple, list))
         or len(widths) != 4

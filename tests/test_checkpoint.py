@@ -48,6 +48,11 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_runs_nothing(tmp_path)
             pickle.dumps({"format": "n2nfunc-checkpoint", "version": 99, "payload": {}}),
             "format version 99",
         ),
+        (  # a version that prints like the right one
+            pickle.dumps({"format": "n2nfunc-checkpoint", "version": "1", "payload": {}}),
+            "format version '1'; this n2nfunc reads version 1",
+        ),
+        (pickle.dumps({"format": "n2nfunc-checkpoint", "version": 1}), "holds no payload"),
     ],
 )
 def test_bad_files_give_clear_errors_naming_the_file(tmp_path, content, pattern):
@@ -288,6 +293,8 @@ def test_code_inside_a_well_formed_checkpoint_is_refused_and_runs_nothing(tmp_pa
         ({"__tensor__": "float32", "shape": [3], "data": b"\x00" * 8}, "needs 12 bytes"),
         ({"__tensor__": "float32", "shape": [-1], "data": b"\x00" * 8}, "malformed tensor"),
         ({"__tensor__": "object", "shape": [1], "data": b"\x00" * 8}, "malformed tensor"),
+        # more dimensions than PyTorch has: its RuntimeError at the first use of the tensor
+        ({"__tensor__": "float32", "shape": [1] * 65, "data": b"\x00" * 4}, "65 dims"),
         ({"__namedtuple__": "T", "fields": ["import os"], "values": [1]}, "damaged"),
         ({"__namedtuple__": "T", "fields": ["a"], "values": [1, 2]}, "damaged"),
         ({"__namedtuple__": "T"}, "damaged"),

@@ -915,6 +915,16 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
             {**state["optimizer"], "v": [t * float("nan") for t in state["optimizer"]["v"]]},
             "part.pth: the optimizer's state: parameter 'v.0' holds NaN",
         ),
+        (  # had trained into a NaN loss at the first step, blamed on the data
+            "optimizer",
+            {**state["optimizer"], "v": [t - 1 for t in state["optimizer"]["v"]]},
+            "part.pth: the optimizer's state 'v' '0' holds negative values",
+        ),
+        (  # had been a raw OverflowError from float()
+            "config",
+            {**state["config"], "warmup_steps": 10**400},
+            "its config: warmup_steps must be an int >= 0, got an int of 401 digits",
+        ),
     ):
         checkpoint.save(tmp_path / "part.pth", {**state, part: value})
         assert main(["train", "--resume", str(tmp_path / "part.pth"), "--quiet"]) == 2
@@ -1054,3 +1064,24 @@ def test_two_runs_cannot_write_into_one_folder_at_once(tmp_path, monkeypatch, ca
         cli._unlock_all()
     assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
     assert not (out / cli.LOCK_NAME).exists()  # removed when the run ends
+
+
+def test_denoise_refuses_a_u_net_that_is_not_rgb_to_rgb(tmp_path, capsys):
+    """A U-Net of 1 output channel denoised the whole image, then failed in Pillow ("not
+    enough image data"); one of 4 input channels failed without naming the file."""
+    from PIL import Image
+
+    from n2nfunc.pretrained import save_unet
+    from n2nfunc.unet import unet
+
+    Image.new("RGB", (20, 16), (90, 30, 200)).save(tmp_path / "in.png")
+    for channels in ((3, 1), (4, 3)):
+        arch = {"depth": 2, "widths": (4, 6, 4, 4), "in_channels": channels[0]}
+        arch["out_channels"] = channels[1]
+        _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, channels[0], -1, -1))
+        save_unet(tmp_path / "u.pth", arch, params)
+        args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png")]
+        assert main([*args, "--checkpoint", str(tmp_path / "u.pth")]) == 2
+        err = capsys.readouterr().err
+        want = f"u.pth holds a U-Net of {channels[0]} input and {channels[1]} output channels"
+        assert want in err and "Traceback" not in err and not (tmp_path / "o.png").exists()

@@ -282,6 +282,10 @@ def test_export_refuses_a_broken_checkpoint(tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pth"):
         export_submission(tmp_path / "out", bad)
+    for payload in (None, 5, [1]):  # a TypeError ("not iterable") had come from `in`
+        nf.save(bad, payload)
+        with pytest.raises(ValueError, match="bad.pth: not a checkpoint of the course's network"):
+            export_submission(tmp_path / "out", bad)
 
 
 def test_export_ships_only_what_the_grader_can_load(tmp_path):

@@ -257,6 +257,10 @@ def test_loading_weights_starts_the_optimizer_afresh(pairs):
         ({"kernel": 7}, r"kernel must be from 2 to 5, got 7"),
         ({"seed": "a"}, r"seed must be an int, got 'a'"),
         ({"warmup_steps": -1}, r"warmup_steps must be an int >= 0, got -1"),
+        # past float's range: a raw OverflowError had come from float()
+        ({"kernel": 10**400}, r"kernel must be an int >= 2, got an int of 401 digits"),
+        ({"lr": 10**400}, r"lr must be a finite number > 0, got an int of 401 digits"),
+        ({"seed": -(10**5000)}, r"seed must be an int, got an int of thousands of digits"),
         ({"network": "unet", "depth": 1000}, r"unet: depth must be at most 10, got 1000"),
         (
             {"network": "unet", "widths": (8, 8, 8, 5000)},

@@ -118,6 +118,17 @@ def test_a_huge_recorded_architecture_costs_no_memory_before_it_is_refused(tmp_p
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
+def test_a_recorded_channel_count_past_the_widths_is_refused(tmp_path):
+    """in_channels of 10**400 had failed deep inside torch.empty (119 lines of traceback)."""
+    for channels in (10**400, 5000):
+        payload = {"network": "unet", "architecture": {"depth": 2, "in_channels": channels}}
+        nf.save(tmp_path / "wide.pth", {**payload, "params": {}})
+        with pytest.raises(
+            ValueError, match=r"wide.pth: bad architecture .*in_channels must be at"
+        ):
+            load_network(tmp_path / "wide.pth")
+
+
 @pytest.mark.parametrize("batched", [True, False])
 def test_tiled_equals_untiled_on_a_non_square_image(batched):
     layer, params = _random_unet()

@@ -67,9 +67,11 @@ def builtin_pairs(
     if cache and path.is_file():
         try:
             data = checkpoint.load(path)
-            return check_pairs(data["first"], data["second"], str(path), unclipped_target=True)
+            pairs = check_pairs(data["first"], data["second"], str(path), unclipped_target=True)
+            if tuple(pairs[0].shape) == (n, 3, 32, 32):
+                return pairs
         except (ValueError, KeyError, TypeError):
-            pass  # a damaged cache is regenerated
+            pass  # a damaged (or altered: another number of pairs) cache is regenerated
     if announce is not None:
         announce(f"generating {n} built-in {split} pairs (cached after this run) ...")
     first, second = make_pairs(n, split, noise, seed)
