@@ -164,14 +164,21 @@ class DataParallel:
             return None
         self.wait("options", TIMEOUT_S)
         theirs = dict(ast.literal_eval(self.store.get("n2nfunc/options").decode()))
-        for name, value in sorted(options.items()):
+        # --resume first: a resumed run takes its other settings from the checkpoint, so
+        # another option's default on one rank says nothing where --resume differs
+        for name, value in sorted(options.items(), key=lambda kv: (kv[0] != "--resume", kv[0])):
             if theirs.get(name) != value:
                 ours = f"runs without {name}" if value is None else f"runs with {name} {value!r}"
                 other = theirs.get(name)
                 zero = f"without {name}" if other is None else f"with {other!r}"
+                why = (
+                    ""
+                    if name == "--resume"
+                    else " (a default given to one and not to another differs)"
+                )
                 return (
                     f"rank {self.rank} {ours}, rank 0 {zero}: every process must be started "
-                    "with the same options (a default given to one and not to another differs)"
+                    f"with the same options{why}"
                 )
         return None
 

@@ -677,3 +677,32 @@ def test_ranks_must_resume_the_same_checkpoint(tmp_path):
     assert options(None)["--resume"] is None and options(first)["--resume"].startswith(
         "a checkpoint of sha256 "
     )
+
+
+def test_a_rank_without_resume_is_told_so_first():
+    """Rank 0 resumed (its epochs from the checkpoint), rank 1 was started without --resume:
+    rank 1 had blamed --epochs (its default against rank 0's) and only then, once that was
+    given, --resume."""
+
+    class Store(dict):
+        def set(self, key, value):
+            self[key] = value.encode()
+
+        def check(self, keys):
+            return all(k in self for k in keys)
+
+        def get(self, key):
+            return self[key]
+
+    store = Store()
+    zero = {"--epochs": 12, "--seed": 0, "--resume": "a checkpoint of sha256 ab12..."}
+    assert distributed.DataParallel(0, 2, store).disagreement(zero) is None
+    one = distributed.DataParallel(1, 2, store)
+    said = one.disagreement({"--epochs": 10, "--seed": 0, "--resume": None})
+    assert said == (
+        "rank 1 runs without --resume, rank 0 with 'a checkpoint of sha256 ab12...': every "
+        "process must be started with the same options"
+    )
+    said = one.disagreement({**zero, "--epochs": 10})
+    assert said.startswith("rank 1 runs with --epochs 10, rank 0 with 12") and "default" in said
+    assert one.disagreement(dict(zero)) is None
