@@ -69,6 +69,13 @@ SHIPPED_NOISE = (
 
 # ---------------------------------------------------------------------------- helpers
 def _setup(args) -> torch.device:
+    cores, processes = os.cpu_count() or 1, _local_processes(args)
+    if _rank() == "0" and processes > cores:
+        print(
+            f"note: {processes} processes on this machine's {cores} CPUs; they wait for each "
+            "other (as many processes as cores at most is faster)",
+            file=sys.stderr,
+        )
     if args.threads:
         cores, processes = os.cpu_count() or args.threads, _local_processes(args)
         if _rank() == "0" and args.threads * processes > cores:
@@ -667,7 +674,8 @@ def run_training(args, device, dp=None) -> int:
     print(
         f"training on {_count(x.shape[0], 'pair')} ({desc}), {_count(epochs, 'epoch')}{resuming}, "
         f"batch {bs}{processes}, "
-        f"{_count(torch.get_num_threads(), 'thread')}, device {device}"
+        f"{_count(torch.get_num_threads(), 'thread')}, device {device}, "
+        f"{model.config['precision']}"
     )
     print(f"validating on {val_desc}")
     _say_if_identical(xv, yv)
