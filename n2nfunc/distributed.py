@@ -182,6 +182,29 @@ class DataParallel:
                 )
         return None
 
+    def refuse(self, reason: str) -> None:
+        """Leave word in the store that this rank refuses to train, and why (for
+        :meth:`refusal`); nothing if the store cannot be reached."""
+        if self.store is not None:
+            try:
+                self.store.set(f"n2nfunc/refused/{self.rank}", reason)
+            except Exception:  # noqa: BLE001 -- best effort: the rank exits either way
+                pass
+
+    def refusal(self) -> str | None:
+        """The reason another rank left word of (:meth:`refuse`) for refusing to train, as
+        ``rank N refused to train: ...``; None if none did or the store is gone."""
+        if self.store is None:
+            return None
+        for rank in range(self.size):
+            key = f"n2nfunc/refused/{rank}"
+            try:
+                if rank != self.rank and self.store.check([key]):
+                    return f"rank {rank} refused to train: {self.store.get(key).decode()}"
+            except Exception:  # noqa: BLE001 -- the store went with its host
+                return None
+        return None
+
     def broadcast(self, tensors: list[Tensor]) -> list[Tensor]:
         """Rank 0's ``tensors`` on every rank (other ranks pass ``[]``): shapes and dtypes are
         sent first, then each tensor. Tensors come back on the CPU."""

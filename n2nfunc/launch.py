@@ -193,6 +193,7 @@ def train_worker(args, device, run) -> int:
     differs = dp.disagreement(shared_options(args))
     if differs:
         print(f"n2nfunc train: error: {differs}", file=sys.stderr)
+        dp.refuse(differs)  # rank 0, on another machine maybe, says it too
         return 2
     state_path = Path(args.out) / "checkpoint.pth"
     ours = run_checkpoint(args, state_path)
@@ -212,7 +213,8 @@ def train_worker(args, device, run) -> int:
     except (KeyboardInterrupt, distributed.CommunicationError) as e:
         peer_died = isinstance(e, distributed.CommunicationError) and not interrupted
         if peer_died and not _launcher_gone():  # (a launcher killed outright takes the store)
-            print(f"error: {e}; stopping", file=sys.stderr)
+            refused = dp.refusal()
+            print(f"error: {refused or e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
             nproc = dp.size if _launcher() is not None else 1  # (torchrun: by its own options)

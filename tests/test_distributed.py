@@ -517,6 +517,8 @@ def test_ranks_started_with_different_options_are_refused(tmp_path):
     assert procs[1].returncode == 2, logs[1]
     assert "rank 1 runs with --seed 5, rank 0 with 0: every process must be started" in logs[1][1]
     assert procs[0].returncode != 0
+    # rank 0, on another machine maybe, had said only that its broadcast failed
+    assert "error: rank 1 refused to train: rank 1 runs with --seed 5" in logs[0][1], logs[0]
 
 
 def test_only_workers_of_train_nproc_watch_their_parent(monkeypatch):
@@ -706,3 +708,8 @@ def test_a_rank_without_resume_is_told_so_first():
     said = one.disagreement({**zero, "--epochs": 10})
     assert said.startswith("rank 1 runs with --epochs 10, rank 0 with 12") and "default" in said
     assert one.disagreement(dict(zero)) is None
+    zero_dp = distributed.DataParallel(0, 2, store)
+    assert zero_dp.refusal() is None
+    one.refuse(said)
+    assert zero_dp.refusal() == f"rank 1 refused to train: {said}"
+    assert one.refusal() is None  # its own word is not another's
