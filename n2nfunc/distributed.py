@@ -239,6 +239,8 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
                 " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
             )
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "gloo":
+        _check_interfaces(os.environ.get("GLOO_SOCKET_IFNAME", ""))
     if device.type == "cuda":  # the GPU of the local rank; cuda:N kept where it is alone
         alone = os.environ.get("LOCAL_WORLD_SIZE", "1") == "1"
         if device.index is None or not alone:
@@ -273,6 +275,21 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise failed(reason) from None
     return DataParallel(rank, size, store, device)
+
+
+def _check_interfaces(names: str) -> None:
+    """Refuse a GLOO_SOCKET_IFNAME that names an interface this machine lacks (gloo's own
+    error read as a failure to reach rank 0, its cause at the end of the line)."""
+    try:
+        known = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):  # not listable here: gloo will say
+        return
+    missing = [n for n in names.split(",") if n and n not in known]
+    if missing:
+        raise CommunicationError(
+            f"GLOO_SOCKET_IFNAME={names}: this machine has no network interface "
+            f"{', '.join(missing)} (it has {', '.join(known)})"
+        )
 
 
 def _wait_for_listener(host: str, port: int, timeout_s: float) -> str | None:

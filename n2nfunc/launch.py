@@ -218,7 +218,10 @@ def train_worker(args, device, run) -> int:
             return 1
         if dp.rank == 0:
             nproc = dp.size if _launcher() is not None else 1  # (torchrun: by its own options)
-            print("\n" + _interrupted_text(state_path, args, ours(), nproc), file=sys.stderr)
+            text = _interrupted_text(state_path, args, ours(), nproc)
+            if _launcher() is None and dp.size > 1:
+                text = under_torchrun(text)
+            print("\n" + text, file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()
@@ -282,6 +285,17 @@ def finished_text(state: Path, args, nproc: int = 1) -> str:
         f", {weights} its weights"
         if weights.is_file()
         else f": `{resume_command(state, args, nproc)}` writes its weights"
+    )
+
+
+def under_torchrun(text: str) -> str:
+    """``text`` (which may name a ``n2nfunc train --resume ...`` command) for ranks started by
+    torchrun: the resume then runs as the same torchrun command on every machine."""
+    if "`n2nfunc train " not in text:
+        return text
+    return (
+        text.replace("`n2nfunc train ", "`torchrun [the same options] -m n2nfunc.cli train ", 1)
+        + ", on every machine"
     )
 
 

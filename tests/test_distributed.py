@@ -713,3 +713,31 @@ def test_a_rank_without_resume_is_told_so_first():
     one.refuse(said)
     assert zero_dp.refusal() == f"rank 1 refused to train: {said}"
     assert one.refusal() is None  # its own word is not another's
+
+
+def test_a_missing_gloo_interface_is_named(monkeypatch):
+    """GLOO_SOCKET_IFNAME=eth9 on a machine without it read as 'could not join the process
+    group ... is rank 0 running there?', the cause at the end of the line."""
+    for key, value in dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo,nosuch9")
+    with pytest.raises(
+        distributed.CommunicationError,
+        match=r"^GLOO_SOCKET_IFNAME=lo,nosuch9: this machine has no network interface nosuch9 "
+        r"\(it has .*lo",
+    ):
+        distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
+
+
+def test_the_resume_hint_of_a_torchrun_run_is_a_torchrun_command():
+    """Ranks started by torchrun were told to resume with a one-process `n2nfunc train`."""
+    text = "interrupted in epoch 2; o/c.pth holds the state from its start; continue with "
+    said = launch.under_torchrun(text + "`n2nfunc train --resume o/c.pth --out o`")
+    assert said == (
+        text + "`torchrun [the same options] -m n2nfunc.cli train --resume o/c.pth --out o`, "
+        "on every machine"
+    )
+    assert launch.under_torchrun("interrupted; nothing was saved") == (
+        "interrupted; nothing was saved"
+    )
