@@ -883,10 +883,12 @@ def _denoiser(args, device):
     payload = _network_payload(option, path)
     layer, params, _ = _loading(option, network_from_payload, payload, str(path))
     arch = payload.get("architecture") if payload.get("network") == "unet" else None
-    if isinstance(arch, dict) and (arch.get("in_channels"), arch.get("out_channels")) != (3, 3):
+    arch = arch if isinstance(arch, dict) else None
+    channels = (arch.get("in_channels", 3), arch.get("out_channels", 3)) if arch else (3, 3)
+    if channels != (3, 3):  # (3 and 3 when not recorded, as the network loads them)
         raise ValueError(
-            f"{option}: {path} holds a U-Net of {arch.get('in_channels')} input and "
-            f"{arch.get('out_channels')} output channels; denoise takes RGB to RGB (3 and 3)"
+            f"{option}: {path} holds a U-Net of {channels[0]} input and {channels[1]} output "
+            "channels; denoise takes RGB to RGB (3 and 3)"
         )
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)

@@ -15,7 +15,8 @@ so ``from model import Model`` (folder on ``sys.path``) and
 ``from Miniproject_2.model import Model`` both work, and an installed n2nfunc is never
 touched. The copied files import only torch and the standard library; checkpoints are
 read by a standard-library unpickler that refuses every global. Python >= 3.10, torch >= 2.0
-(as the package; CI tests the version ``constraints.txt`` pins).
+(the package asks for 2.10, for its course-file reader, which the submission does not copy;
+CI tests the version ``constraints.txt`` pins).
 """
 
 import os

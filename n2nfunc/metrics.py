@@ -15,7 +15,7 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     """Mean over images of ``-10 log10(mean((denoised - clean)^2))``, values scaled to 0-1.
 
     ``max_value`` is the value of white in the inputs (1 or 255); inputs are (N, C, H, W), or
-    (C, H, W) for one image.
+    (3, H, W) for one RGB image.
     A reference above twice that is refused: 0-255 images read on the 0-1 scale would score
     some 48 dB too high. An image equal to its reference counts as 200 dB (its error is floored at
     1e-20, so that one such image does not make the mean infinite).
@@ -26,11 +26,11 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
         top = math.nan
     if not (math.isfinite(top) and top > 0):
         raise ValueError(f"psnr: max_value must be a finite number > 0, got {max_value!r}")
-    if denoised.shape == clean.shape and denoised.dim() == 3:  # one image
+    if denoised.shape == clean.shape and denoised.dim() == 3 and len(clean) == 3:  # one image
         denoised, clean = denoised[None], clean[None]
     if denoised.shape != clean.shape or denoised.dim() != 4:
         raise ValueError(
-            f"psnr: expected two (N, C, H, W) (or (C, H, W)) tensors of equal shape, got "
+            f"psnr: expected two (N, C, H, W) (or (3, H, W)) tensors of equal shape, got "
             f"{tuple(denoised.shape)} and {tuple(clean.shape)}"
         )
     high = float(clean.max()) if clean.numel() else 0.0
@@ -59,6 +59,12 @@ def evaluate(model, noisy: Tensor, clean: Tensor, scale: float | None = None) ->
     noisy and clean must be on the same one."""
     if scale is not None:
         denoised = model.predict(noisy, scale=scale)  # checks scale and the noisy images
+        top = float(clean.max()) if clean.numel() else 0.0  # (above 2 x scale: psnr refuses)
+        if clean.is_floating_point() and float(scale) > 2 and top <= 1:
+            raise ValueError(
+                f"evaluate: the clean images lie within 0-{top:.3g}, a 0-1 image beside "
+                f"white at scale={float(scale):g}; give both on one scale"
+            )
         return _gains(noisy, clean, denoised, float(scale))
     white, noisy_white = pixel_scale(clean), pixel_scale(noisy)
     if noisy_white != white:

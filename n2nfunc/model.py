@@ -156,8 +156,9 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
             f"with shape {tuple(x.shape)}"
         )
     if x.dim() != 4 or x.shape[1] != 3:
-        one = " (one image: add the batch dim, x[None])" if x.dim() == 3 else ""
-        raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(x.shape)}{one}")
+        raise ValueError(
+            f"{name} must have shape (N, 3, H, W), got {tuple(x.shape)}{_layout_hint(x)}"
+        )
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if x.is_floating_point():
@@ -189,6 +190,16 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
     if scale == 1.0:
         return y, scale
     return (y / scale if y is x else y.div_(scale)), scale
+
+
+def _layout_hint(x: Tensor) -> str:
+    """How a batch of the wrong shape may be meant: one image, or channels last."""
+    if x.dim() == 3 and x.shape[0] == 3:
+        return " (one image: add the batch dim, x[None])"
+    if x.dim() in (3, 4) and x.shape[-1] == 3:
+        fix = "x.permute(2, 0, 1)[None]" if x.dim() == 3 else "x.permute(0, 3, 1, 2)"
+        return f" (channels last? {fix})"
+    return ""
 
 
 def white_of(scale, where: str) -> float | None:

@@ -1085,6 +1085,11 @@ def test_denoise_refuses_a_u_net_that_is_not_rgb_to_rgb(tmp_path, capsys):
         err = capsys.readouterr().err
         want = f"u.pth holds a U-Net of {channels[0]} input and {channels[1]} output channels"
         assert want in err and "Traceback" not in err and not (tmp_path / "o.png").exists()
+    payload = checkpoint.load(tmp_path / "u.pth")  # channels not recorded: 3 and 3, as loaded
+    arch = {"depth": 2, "widths": (4, 6, 4, 4)}
+    _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
+    checkpoint.save(tmp_path / "u.pth", {**payload, "architecture": arch, "params": params})
+    assert main([*args, "--checkpoint", str(tmp_path / "u.pth")]) == 0
 
 
 def test_more_processes_than_cores_get_a_note(monkeypatch, capsys):

@@ -168,7 +168,7 @@ ROWS = [
     ),
     (
         "train --photos {w}/broken/b",
-        r"--photos: .*x.png is not a PNG, JPEG, .* file n2nfunc can read$",
+        r"--photos: .*x.png is not a PNG, JPEG, .* AVIF file n2nfunc can read$",
     ),
     (
         "train --photos {w}/mid_photos --noise downsample:4",
@@ -245,7 +245,7 @@ ROWS = [
     ("denoise {w}/missing.png {w}/out/denoised.png", r"argument INPUT: no such image file: "),
     (
         "denoise {w}/text.txt {w}/out/denoised.png",
-        r"argument INPUT: .*text.txt is not a PNG, JPEG, ",
+        r"argument INPUT: .*text.txt is not a PNG, JPEG, .*AVIF file",
     ),
     ("denoise {w}/photo.png {w}/out", r"argument OUTPUT: .*out is a folder; expected an image"),
     ("denoise {w}/photo.png {w}/out/", r"OUTPUT: .*out/ is a folder; .* such as \S*[^/]/out.png$"),

@@ -464,6 +464,9 @@ def test_an_image_of_a_format_n2nfunc_does_not_read_is_refused_unopened(tmp_path
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     for name in ("x.png", "x.eps"):
         (tmp_path / name).write_bytes(eps)
-        with pytest.raises(ValueError, match=rf"{name}: damaged, truncated, or not a PNG, JPEG"):
+        with pytest.raises(
+            ValueError,
+            match=rf"{name}: damaged, truncated, or not an image of a format n2nfunc reads \(PNG",
+        ):
             read_image(tmp_path / name)
     assert not ran.exists()

@@ -164,7 +164,9 @@ def test_divergence_restores_parameters_and_raises(pairs):
         (torch.rand(2, 3, 8, 8).index_fill_(3, torch.tensor([5]), float("nan")), "NaN or inf"),
         (torch.rand(2, 3, 8, 8).index_fill_(2, torch.tensor([1]), -float("inf")), "NaN or inf"),
         (torch.rand(0, 3, 8, 8), "is empty"),
-        (torch.rand(4, 8, 8), r"shape \(N, 3, H, W\), got \(4, 8, 8\) \(one image: .*x\[None\]"),
+        (torch.rand(4, 8, 8), r"shape \(N, 3, H, W\), got \(4, 8, 8\)$"),
+        (torch.rand(8, 8, 3), r"got \(8, 8, 3\) \(channels last\? x.permute\(2, 0, 1\)\[None\]\)"),
+        (torch.rand(2, 8, 8, 3), r"got \(2, 8, 8, 3\) \(channels last\? x.permute\(0, 3, 1, 2\)\)"),
         (torch.rand(2, 1, 8, 8), r"got \(2, 1, 8, 8\)"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.bool), "must hold numbers"),
         (torch.zeros(2, 3, 8, 8, dtype=torch.complex64), "must hold numbers"),
@@ -560,6 +562,8 @@ def test_a_scale_that_contradicts_the_images_is_refused():
     assert torch.equal(m.predict(x8, scale=255), m.predict(x8))
     with pytest.raises(ValueError, match=r"psnr"):  # clean on 0-255 against scale=1
         evaluate(m, x / 255, x, scale=1)
+    with pytest.raises(ValueError, match=r"evaluate: the clean images lie within 0-1, a 0-1 im"):
+        evaluate(m, x8, x.div(255).clamp(max=1), scale=255)  # had scored it: +1 dB "gain"
 
 
 def test_predict_and_psnr_take_one_image_too():
@@ -575,5 +579,7 @@ def test_predict_and_psnr_take_one_image_too():
     assert psnr(out, image) == psnr(out[None], image[None])
     with pytest.raises(ValueError, match=r"train_input must have shape .*\(3, 8, 8\) \(one image"):
         m.train(torch.rand(3, 8, 8), torch.rand(3, 8, 8), 1)
-    with pytest.raises(ValueError, match=r"psnr: expected two \(N, C, H, W\) \(or \(C, H, W\)\)"):
+    with pytest.raises(ValueError, match=r"psnr: expected two \(N, C, H, W\) \(or \(3, H, W\)\)"):
         psnr(out, image[None])
+    with pytest.raises(ValueError, match=r"psnr: expected"):  # a grey batch, not one image
+        psnr(torch.rand(5, 8, 8), torch.rand(5, 8, 8))

@@ -81,7 +81,8 @@ def check_pairs(first, second, source: str, unclipped_target: bool = False):
         if t.numel() * t.element_size() > stored:  # zero or overlapping strides: a few bytes
             raise ValueError(  # would read as an enormous batch
                 f"{source}: {name} tensor of shape {tuple(t.shape)} repeats its data (strides "
-                f"{t.stride()}, {stored} bytes stored); expected one value stored per pixel"
+                f"{t.stride()}, {stored} byte{'s' * (stored != 1)} stored); expected one value "
+                "stored per pixel (save it after .contiguous())"
             )
     if first.shape != second.shape:
         raise ValueError(
@@ -207,20 +208,24 @@ def _int_extrema(im, path) -> tuple[int, int]:
 
 # The image formats n2nfunc opens, whatever a file's name: Pillow would otherwise pick any of
 # its plugins by the file's first bytes -- EPS among them, which runs Ghostscript on the file
-READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")  # JPEG: MPO too
-FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF or PPM"
+READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "AVIF")  # JPEG: MPO too
+FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM or AVIF"
 
 
 def open_image(path):
-    """``PIL.Image.open`` limited to READ_FORMATS (an image of another format is
-    ``PIL.UnidentifiedImageError``, an OSError)."""
+    """``PIL.Image.open`` limited to READ_FORMATS that this Pillow has (an image of another
+    format is ``PIL.UnidentifiedImageError``, an OSError)."""
     from PIL import Image
 
-    return Image.open(path, formats=READ_FORMATS)
+    Image.init()  # registers the plugins, so that OPEN lists them
+    return Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN])
 
 
 def _damaged(path) -> ValueError:
-    return ValueError(f"cannot read image {path}: damaged, truncated, or not a {FORMAT_NAMES} file")
+    return ValueError(
+        f"cannot read image {path}: damaged, truncated, or not an image of a format n2nfunc "
+        f"reads ({FORMAT_NAMES})"
+    )
 
 
 def read_image(path) -> Picture:
