@@ -69,15 +69,15 @@ SHIPPED_NOISE = (
 
 # ---------------------------------------------------------------------------- helpers
 def _setup(args) -> torch.device:
-    cores, processes = os.cpu_count() or 1, _local_processes(args)
-    if _rank() == "0" and processes > cores:
+    count, processes = os.cpu_count(), _local_processes(args)
+    if _rank() == "0" and processes > (count or 1):
         print(
-            f"note: {processes} processes on this machine's {cores} CPUs; they wait for each "
-            "other (as many processes as cores at most is faster)",
+            f"note: {processes} processes on this machine's {count or 1} CPUs; they wait for "
+            "each other (as many processes as cores at most is faster)",
             file=sys.stderr,
         )
     if args.threads:
-        cores, processes = os.cpu_count() or args.threads, _local_processes(args)
+        cores = count or args.threads
         if _rank() == "0" and args.threads * processes > cores:
             each = f" in each of {processes} processes" if processes > 1 else ""
             print(
@@ -882,9 +882,8 @@ def _denoiser(args, device):
         option, path = "--checkpoint", Path(args.checkpoint or DEFAULT_WEIGHTS)
     payload = _network_payload(option, path)
     layer, params, _ = _loading(option, network_from_payload, payload, str(path))
-    arch = payload.get("architecture") if payload.get("network") == "unet" else None
-    arch = arch if isinstance(arch, dict) else None
-    channels = (arch.get("in_channels", 3), arch.get("out_channels", 3)) if arch else (3, 3)
+    arch = payload["architecture"] if payload.get("network") == "unet" else {}  # a dict: loaded
+    channels = (arch.get("in_channels", 3), arch.get("out_channels", 3))
     if channels != (3, 3):  # (3 and 3 when not recorded, as the network loads them)
         raise ValueError(
             f"{option}: {path} holds a U-Net of {channels[0]} input and {channels[1]} output "

@@ -167,9 +167,9 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
             scale = pixel_scale(x, noisy_max)
-        elif float(x.mean()) > NOISY_MEAN * scale:
+        elif (mean := float(x.mean())) > NOISY_MEAN * scale:
             raise ValueError(
-                f"{name}: the mean value {float(x.mean()):.4g} is far above white "
+                f"{name}: the mean value {mean:.4g} is far above white "
                 f"(scale={scale:g}): the images are on a larger scale than that"
             )
     else:

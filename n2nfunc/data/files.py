@@ -194,8 +194,8 @@ def _float_as_8_bits(im, path):
     return im.point(lambda v: v * scale + 0.5).convert("L")  # convert clips to 0-255
 
 
-def _int_extrema(im, path) -> tuple[int, int]:
-    """The lowest and highest value of a 32-bit integer ("I") image, refusing one outside
+def _int_top(im, path) -> int:
+    """The highest value of a 32-bit integer ("I") image, refusing one with values outside
     0-65535 (clipping it to white would be a silent wrong picture)."""
     low, top = im.getextrema()
     if not (0 <= low and top <= 65535):
@@ -203,7 +203,7 @@ def _int_extrema(im, path) -> tuple[int, int]:
             f"cannot read image {path}: a 32-bit integer image with values from {low} to {top}; "
             "expected 0-255 or 0-65535 (save it with 8 or 16 bits a channel)"
         )
-    return int(low), int(top)
+    return int(top)
 
 
 # The image formats n2nfunc opens, whatever a file's name: Pillow would otherwise pick any of
@@ -275,7 +275,7 @@ def read_image(path) -> Picture:
                 )
                 icc = _profile(raw.info.get("icc_profile"), grey)
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
-                low, top = _int_extrema(im, path) if im.mode == "I" else (0, 0)
+                top = _int_top(im, path) if im.mode == "I" else 0
                 sixteen = im.mode.startswith("I;16") or top > 255
                 if sixteen:
                     im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
