@@ -17,6 +17,7 @@ one 512 x 512 image and on 1000 images of 32 x 32. A ratio above 1 means this tr
 
 import argparse
 import importlib.util
+import inspect
 import subprocess
 import sys
 import tarfile
@@ -71,11 +72,15 @@ def step_fn(package, config: dict, batch: int, precision: str = "float32"):
     if precision != "float32":
         runner = package.Module(package.mixed_precision(net.layer, precision), net.params)
         runner.grads = net.grads
+    # as Model.train: what the forward kept freed as the backward pass goes (where a commit
+    # has the option: before it, backward always did so)
+    takes = "retain_graph" in inspect.signature(runner.backward).parameters
+    release = {"retain_graph": False} if takes else {}
 
     def step():
         loss.forward(runner.forward(x), y)
         net.zero_grad()
-        runner.backward(loss.backward(), input_grad=False)
+        runner.backward(loss.backward(), input_grad=False, **release)
         opt.step()
 
     return step

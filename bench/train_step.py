@@ -75,7 +75,7 @@ def ours(config: dict, precision: str, x, y, seed: int = 0):
     def step():
         loss.forward(runner.forward(x), y)
         adam.zero_grad()
-        runner.backward(loss.backward(), input_grad=False)
+        runner.backward(loss.backward(), input_grad=False, retain_graph=False)
         adam.step()
 
     return step

@@ -1179,7 +1179,9 @@ def _check_denoise(args, error) -> None:
 
 
 def _check_export(args, error) -> None:
-    target = args.out_dir / "Miniproject_2"
+    from .export import submission_folder
+
+    target = submission_folder(args.out_dir)
     if target.exists() and not target.is_dir():
         error(f"{target} is a file; move it away (the submission is a folder of that name)")
     _check_writable(args.out_dir, "OUT_DIR", error)
@@ -1601,8 +1603,9 @@ def build_parser() -> _Parser:
         "out_dir",
         type=at.output_dir,
         metavar="OUT_DIR",
-        help="folder to write Miniproject_2/ into (created if missing; in an existing "
-        "Miniproject_2/ the exported files are replaced and others, such as Report_2.pdf, kept)",
+        help="folder to write Miniproject_2/ into (created if missing; a folder named "
+        "Miniproject_2 is written into itself; in an existing Miniproject_2/ the exported files "
+        "are replaced and others, such as Report_2.pdf, kept)",
     )
     x.add_argument(
         "--checkpoint",

@@ -143,6 +143,28 @@ def _sizes(shape, size_fn, name):
     return out
 
 
+def _padding(padding, k, s, d, name: str) -> tuple[int, int]:
+    """``padding`` as a pair of ints; torch's strings too: ``"valid"`` is 0, ``"same"`` (stride
+    1 only) pads ``d * (k - 1) / 2`` on each side, which must be whole (torch pads an odd total
+    one more on the right and bottom; that asymmetric padding is refused here)."""
+    if padding == "valid":
+        return 0, 0
+    if padding != "same":
+        if isinstance(padding, str):
+            raise ValueError(f"{name}: padding must be 'same', 'valid' or ints, got {padding!r}")
+        return pair(padding, "padding", name, minimum=0)
+    if s != (1, 1):
+        raise ValueError(f"{name}: padding='same' needs stride 1 (as in torch), got stride {s}")
+    total = tuple(di * (ki - 1) for ki, di in zip(k, d))
+    if any(t % 2 for t in total):
+        raise ValueError(
+            f"{name}: padding='same' with kernel_size {k} and dilation {d} would pad "
+            f"{total} in all, one more on one side than the other, which this layer does not "
+            "do; use an odd kernel size, or explicit padding"
+        )
+    return total[0] // 2, total[1] // 2
+
+
 def conv2d(
     out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True, init=None
 ) -> Layer:
@@ -166,8 +188,8 @@ def conv2d(
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
-    p = pair(padding, "padding", name, minimum=0)
     d = pair(dilation, "dilation", name)
+    p = _padding(padding, k, s, d, name)
 
     def out_size(dim, size):
         i = "HW".index(dim)
@@ -410,8 +432,8 @@ def upsample(
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     sc = _scale_pair(scale_factor, name)
-    p = pair(padding, "padding", name, minimum=0)
     d = pair(dilation, "dilation", name)
+    p = _padding(padding, k, (1, 1), d, name)
 
     def out_size(dim, size):
         i = "HW".index(dim)

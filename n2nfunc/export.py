@@ -26,6 +26,7 @@ from pathlib import Path
 from . import checkpoint
 from .model import DEFAULT_WEIGHTS, Model
 
+SUBMISSION = "Miniproject_2"
 PACKAGE = Path(__file__).resolve().parent
 VENDORED = [
     "base.py",
@@ -133,9 +134,18 @@ __all__ = {names!r}
 '''
 
 
+def submission_folder(out_dir) -> Path:
+    """Where :func:`export_submission` writes: ``out_dir/Miniproject_2``, or ``out_dir`` itself
+    where it is named ``Miniproject_2`` (``out/Miniproject_2``, or ``.`` inside one), rather
+    than a second copy nested in the first."""
+    out = Path(out_dir)
+    return out if Path(os.path.abspath(out)).name == SUBMISSION else out / SUBMISSION
+
+
 def export_submission(out_dir, weights=None) -> Path:
-    """Write ``out_dir/Miniproject_2`` and return its path. In an existing folder only the
-    files of :data:`GENERATED` are replaced; others (the report, ...) are kept."""
+    """Write ``out_dir/Miniproject_2`` (see :func:`submission_folder`) and return its path.
+    In an existing folder only the files of :data:`GENERATED` are replaced; others (the
+    report, ...) are kept."""
     from . import __version__
 
     weights = Path(weights) if weights else DEFAULT_WEIGHTS
@@ -153,8 +163,10 @@ def export_submission(out_dir, weights=None) -> Path:
     model = Model()  # the grader's load_pretrained_model, run here: a file it refuses is not
     model.load_payload(payload, str(weights))  # shipped (wrong shapes, a config it rejects)
     shipped = {**model.payload(), **{k: payload[k] for k in ("noise",) if k in payload}}
-    final = Path(out_dir) / "Miniproject_2"
-    folder = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # built whole, then renamed
+    final = submission_folder(out_dir)
+    folder = Path(os.path.abspath(final)).with_name(
+        f".{SUBMISSION}.{os.getpid()}.tmp"
+    )  # built whole, then renamed
     try:
         _write_submission(folder, shipped, __version__)
     except OSError as e:  # a full disk, ...: nothing half-written is left

@@ -636,7 +636,7 @@ class Model(Unpicklable):
                 xb, yb = _dihedral(xb, k), _dihedral(yb, k)
             loss = self.loss.forward(net.forward(xb), yb)
             self.net.zero_grad()
-            net.backward(self.loss.backward(), input_grad=False)
+            net.backward(self.loss.backward(), input_grad=False, retain_graph=False)
             if parallel is not None:  # one collective for the loss and all the gradients
                 loss, mean_grads = parallel.mean((loss, grads))
                 tree.copy_(grads, mean_grads)

@@ -1,8 +1,8 @@
 """Class wrappers with the exercise grader's names and methods.
 
 Each block holds state -- parameters, accumulated gradients, the pullback of its last
-``forward`` until a ``backward`` has used it -- and delegates every computation to the
-functional core:
+``forward`` (until the next one, or a ``backward(..., retain_graph=False)``) -- and
+delegates every computation to the functional core:
 
     conv = Conv2d(3, 16, 3, stride=2, padding=1)
     y = conv.forward(x)                 # layer.vjp(params, x)
@@ -24,6 +24,7 @@ import copy
 from typing import Any, TypeGuard
 
 from torch import Generator, Tensor, empty
+from torch import dtype as torch_dtype
 
 from . import optim, tree
 from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
@@ -166,10 +167,17 @@ class Module(Unpicklable):
     def __call__(self, *inputs):
         return self.forward(*inputs)
 
-    def backward(self, *grad_wrt_output, input_grad: bool = True):
+    def backward(self, *grad_wrt_output, input_grad: bool = True, retain_graph: bool = True):
         """Accumulate the parameter gradients of the last ``forward`` and return the gradient
-        wrt its input (``None`` with ``input_grad=False``, which may skip that work). Releases
-        what that forward kept: a second backward needs a new forward, as in torch."""
+        wrt its input (``None`` with ``input_grad=False``, which may skip that work).
+
+        What that forward kept stays until the next ``forward``, so a second backward (another
+        output gradient, say) adds its parameter gradients again, as a hand-written block that
+        keeps its input does. ``retain_graph=False`` (torch.autograd's default) releases it
+        as the backward pass goes, each block's as soon as it has run -- a lower peak of
+        memory in a training loop (``Model.train`` does so) -- and a second backward then
+        needs a new forward."""
+        release = not flag(retain_graph, "retain_graph", f"{self.name}.backward")
         self._check_backward()
         if not grad_wrt_output:
             raise TypeError(
@@ -179,14 +187,15 @@ class Module(Unpicklable):
         ct = _untracked(grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output)
         # a call that fails on a bad cotangent may be retried; one that failed partway has
         # released part of the network, and its pullback then says so (ReleasedError)
-        ct_x = self._pull(self._pullback, ct, input_grad)
-        self._pullback = _SPENT
+        ct_x = self._pull(self._pullback, ct, input_grad, release)
+        if release:
+            self._pullback = _SPENT
         return ct_x
 
-    def _pull(self, pullback, ct, input_grad: bool):
+    def _pull(self, pullback, ct, input_grad: bool, release: bool):
         """Run ``pullback`` (one of this block's forward passes), add its parameter
         gradients to ``grads``, return the input gradient."""
-        ct_params, ct_x = pull(self.layer.vjp, pullback, ct, input_grad, release=True)
+        ct_params, ct_x = pull(self.layer.vjp, pullback, ct, input_grad, release)
         tree.add_(self.grads, ct_params)
         return ct_x
 
@@ -195,8 +204,8 @@ class Module(Unpicklable):
             raise ValueError(f"{self.name}: {NO_FORWARD}")
         if self._pullback is _SPENT:
             raise ValueError(
-                f"{self.name}: backward() called twice after one forward(); the first released "
-                "what forward() kept (as torch.autograd does): run forward() again"
+                f"{self.name}: backward() called twice after one forward(); the first, with "
+                "retain_graph=False, released what forward() kept: run forward() again"
             )
 
     def param(self) -> list[tuple[Tensor, Tensor]]:
@@ -300,12 +309,25 @@ class _WeightBias(Module):
     """A block whose params are ``{"weight", "bias"}``, exposed as attributes like torch.nn's."""
 
     def __init__(
-        self, layer, in_channels, generator, description, in_shape=None, size="in_channels"
+        self,
+        layer,
+        in_channels,
+        generator,
+        description,
+        in_shape=None,
+        size="in_channels",
+        device=None,
+        dtype=None,
     ):
-        in_channels = positive_int(in_channels, size, type(self).__name__)
+        name = type(self).__name__
+        in_channels = positive_int(in_channels, size, name)
+        if dtype is not None and not (isinstance(dtype, torch_dtype) and dtype.is_floating_point):
+            raise TypeError(f"{name}: dtype must be a floating-point torch.dtype, got {dtype!r}")
         _, params, state = lift(layer).init(generator, in_shape or (-1, in_channels, -1, -1))
         super().__init__(layer, params, state=state)
         self._description = description
+        if device is not None or dtype is not None:  # drawn as on the CPU in float32, then moved
+            self.to(device, dtype)
 
     def layer_description(self):
         return self._description
@@ -350,13 +372,15 @@ def _unless_default(dilation, bias) -> dict:
     }
 
 
-def _checked_flags(name: str, bias, groups=1) -> bool:
+def _checked_flags(name: str, bias, groups=1, padding_mode="zeros") -> bool:
     """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
     ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (not
-    supported) is 1. Returns ``bias`` as a bool."""
+    supported) is 1, ``padding_mode`` is ``"zeros"``. Returns ``bias`` as a bool."""
     bias = flag(bias, "bias", name)
     if groups != 1 or isinstance(groups, bool):
         raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
+    if padding_mode != "zeros":
+        raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported (only 'zeros')")
     return bias
 
 
@@ -374,10 +398,13 @@ class Conv2d(_WeightBias):
         dilation=1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("Conv2d", bias, groups)
+        bias = _checked_flags("Conv2d", bias, groups, padding_mode)
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
         super().__init__(
             layer,
@@ -391,6 +418,8 @@ class Conv2d(_WeightBias):
                 padding=padding,
                 **_unless_default(dilation, bias),
             ),
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -409,10 +438,13 @@ class TransposeConv2d(_WeightBias):
         groups: int = 1,
         bias: bool = True,
         dilation=1,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("TransposeConv2d", bias, groups)
+        bias = _checked_flags("TransposeConv2d", bias, groups, padding_mode)
         layer = conv_transpose2d(
             out_channels, kernel_size, stride, padding, output_padding, dilation, bias
         )
@@ -429,6 +461,8 @@ class TransposeConv2d(_WeightBias):
                 output_padding=output_padding,
                 **_unless_default(dilation, bias),
             ),
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -446,6 +480,8 @@ class Upsampling(_WeightBias):
         bias: bool = True,
         *,
         dilation=1,
+        device=None,
+        dtype=None,
         generator: Generator | None = None,
     ):
         bias = _checked_flags("Upsampling", bias)
@@ -462,6 +498,8 @@ class Upsampling(_WeightBias):
                 padding=padding,
                 **_unless_default(dilation, True),
             ),
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -474,6 +512,8 @@ class Linear(_WeightBias):
         in_features: int,
         out_features: int,
         bias: bool = True,
+        device=None,
+        dtype=None,
         *,
         generator: Generator | None = None,
     ):
@@ -485,6 +525,8 @@ class Linear(_WeightBias):
             _options(in_features=in_features, out_features=out_features, bias=bias),
             in_shape=(-1, in_features),
             size="in_features",
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -696,31 +738,33 @@ class Sequential(Module):
         self._out = output_of(x) if isinstance(x, Tensor) else None
         return x
 
-    def backward(self, *grad_wrt_output, input_grad: bool = True):
+    def backward(self, *grad_wrt_output, input_grad: bool = True, retain_graph: bool = True):
         """As :meth:`Module.backward`, the output gradient checked against this Sequential's
         output first (else a wrong one was blamed on its last block)."""
         self._check_backward()
         if len(grad_wrt_output) == 1 and self._out is not None:
             grad_wrt_output = (check_cotangent(grad_wrt_output[0], self._out, "Sequential"),)
-        return super().backward(*grad_wrt_output, input_grad=input_grad)
+        return super().backward(*grad_wrt_output, input_grad=input_grad, retain_graph=retain_graph)
 
-    def _pull(self, pullbacks, ct, input_grad: bool):
-        """The blocks' pullbacks in reverse, each dropped once it has run, and with it what
-        its forward pass kept (a layer without a release of its own, as an activation, kept
-        its output to the end of the whole backward pass: default network, float32, batch
-        100, peak of live tensors 39.1 -> 32.9 MB)."""
+    def _pull(self, pullbacks, ct, input_grad: bool, release: bool):
+        """The blocks' pullbacks in reverse; with ``release``, each dropped once it has run,
+        and with it what its forward pass kept (a layer without a release of its own, as an
+        activation, kept its output to the end of the whole backward pass: default network,
+        float32, batch 100, peak of live tensors 39.1 -> 32.9 MB)."""
         for i in reversed(range(len(self.modules))):
             m, wanted = self.modules[i], input_grad or i > 0
             try:
                 if type(m).backward is not Module.backward:  # a block with its own backward
-                    ct = m.backward(ct, input_grad=wanted)
+                    options = {"retain_graph": False} if release else {}  # (one may not take it)
+                    ct = m.backward(ct, input_grad=wanted, **options)
                     continue
-                ct = m._pull(pullbacks[i], ct, wanted)
+                ct = m._pull(pullbacks[i], ct, wanted, release)
             except NAMED as e:  # named by its position
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
-            if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
-                m._pullback = _SPENT
-            pullbacks[i] = _spent_pullback(f"Sequential block {i}")
+            if release:
+                if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
+                    m._pullback = _SPENT
+                pullbacks[i] = _spent_pullback(f"Sequential block {i}")
         return ct
 
     def to(self, device=None, dtype=None) -> "Sequential":
@@ -751,11 +795,14 @@ class Sequential(Module):
 
 class LossModule(Unpicklable):
     """A loss as a block: ``forward(pred, target)`` returns the value, ``backward()`` its
-    gradient wrt ``pred``."""
+    gradient wrt ``pred``. The value is the mean over elements: ``reduction`` (a keyword,
+    as torch.nn's losses take) can only be ``"mean"``."""
 
     save_instead = "a loss holds no state: build a new one"
 
-    def __init__(self, loss: Loss, name: str):
+    def __init__(self, loss: Loss, name: str, reduction: str = "mean"):
+        if reduction != "mean":
+            raise ValueError(f"{name}: reduction={reduction!r} is not supported (only 'mean')")
         self.loss, self.name = loss, name
         self._grad: Tensor | None = None
 
@@ -779,29 +826,29 @@ class LossModule(Unpicklable):
 class MSE(LossModule):
     """Mean squared error, ``mean((pred - target)^2)``."""
 
-    def __init__(self):
-        super().__init__(mse, "MSE")
+    def __init__(self, *, reduction: str = "mean"):
+        super().__init__(mse, "MSE", reduction)
 
 
 class L1Loss(LossModule):
     """Mean absolute error, ``mean|pred - target|``."""
 
-    def __init__(self):
-        super().__init__(l1, "L1Loss")
+    def __init__(self, *, reduction: str = "mean"):
+        super().__init__(l1, "L1Loss", reduction)
 
 
 class HuberLoss(LossModule):
     """``torch.nn.HuberLoss(delta=1.0)``."""
 
-    def __init__(self, delta: float = 1.0):
-        super().__init__(huber(delta), "HuberLoss")
+    def __init__(self, delta: float = 1.0, *, reduction: str = "mean"):
+        super().__init__(huber(delta), "HuberLoss", reduction)
 
 
 class BCEWithLogitsLoss(LossModule):
     """``torch.nn.BCEWithLogitsLoss()``: ``forward(logits, target_probabilities)``."""
 
-    def __init__(self):
-        super().__init__(binary_cross_entropy_with_logits, "BCEWithLogitsLoss")
+    def __init__(self, *, reduction: str = "mean"):
+        super().__init__(binary_cross_entropy_with_logits, "BCEWithLogitsLoss", reduction)
 
 
 class CrossEntropyLoss(LossModule):
@@ -809,13 +856,13 @@ class CrossEntropyLoss(LossModule):
     logits (N, K) and integer labels (N,); ``backward()`` is the gradient wrt the logits.
     Class weights (torch's first argument, ``weight``) are not supported: only None."""
 
-    def __init__(self, weight=None, *, label_smoothing: float = 0.0):
+    def __init__(self, weight=None, *, reduction: str = "mean", label_smoothing: float = 0.0):
         if weight is not None:
             raise TypeError(
                 "CrossEntropyLoss: class weights (weight) are not supported; "
                 "label smoothing is the keyword label_smoothing"
             )
-        super().__init__(cross_entropy_with(label_smoothing), "CrossEntropyLoss")
+        super().__init__(cross_entropy_with(label_smoothing), "CrossEntropyLoss", reduction)
 
 
 class Optimizer(Unpicklable):
@@ -889,12 +936,13 @@ class Optimizer(Unpicklable):
 
 class SGD(Optimizer):
     """``torch.optim.SGD``-like: ``SGD(model.param(), lr, momentum=0.9)``, its arguments in
-    torch's order (``nf.sgd``, optax-like, puts ``nesterov`` third)."""
+    torch's order and ``lr`` 1e-3 by default as there (``nf.sgd``, optax-like, puts
+    ``nesterov`` third)."""
 
     def __init__(
         self,
         params,
-        lr: float,
+        lr: float = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,

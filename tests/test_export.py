@@ -383,3 +383,17 @@ def test_export_through_a_linked_folder_writes_where_it_points(tmp_path):
     (out / "Miniproject_2").symlink_to(real)
     export_submission(out)
     assert (real / "model.py").is_file() and (real / "Report_2.pdf").read_text() == "report"
+
+
+def test_a_folder_named_miniproject_2_is_written_into_not_nested(tmp_path, monkeypatch):
+    """``export-submission out/Miniproject_2``, or ``.`` inside such a folder, had written a
+    second, complete submission inside the first (zipped with it)."""
+    named = tmp_path / "out" / "Miniproject_2"
+    assert export_submission(named) == named
+    (named / "Report_2.pdf").write_text("report")
+    monkeypatch.chdir(named)
+    assert export_submission(".").resolve() == named
+    assert sorted(p.name for p in named.iterdir()) == [
+        "Report_2.pdf", "__init__.py", "bestmodel.pth", "model.py", "others",
+    ]  # fmt: skip
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["Miniproject_2"]  # no temporary

@@ -179,7 +179,8 @@ def test_released_pullback_refuses_a_second_call_and_others_repeat():
 
 
 def test_training_step_and_module_backward_release():
-    """make_train_step and Module.backward make their one backward call with release=True."""
+    """make_train_step and Module.backward(retain_graph=False) make their one backward call
+    with release=True."""
     first, last, box = _probe_pair()
     conv = nf.conv2d(4, 3, padding=1)
     net = nf.serial(conv, first, conv, last)  # a conv first: first's pullback must run
@@ -189,7 +190,7 @@ def test_training_step_and_module_backward_release():
     nf.make_train_step(net, nf.mse, opt)(params, opt.init(params), x, target)
     assert box["alive"] is False
     module = nf.Module(net, params)
-    module.backward(module.forward(x))
+    module.backward(module.forward(x), retain_graph=False)
     assert box["alive"] is False
 
 

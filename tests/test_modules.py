@@ -296,7 +296,7 @@ def test_numpy_scalars_are_taken_where_torch_nn_takes_them():
         conv2d(True, 3)
 
 
-def test_backward_releases_what_forward_kept():
+def test_backward_with_retain_graph_false_releases_what_forward_kept():
     import gc
     import weakref
 
@@ -306,12 +306,48 @@ def test_backward_releases_what_forward_kept():
         shape, kept = y.shape, weakref.ref(y)  # a ReLU keeps its output for the mask
         del y
         gc.collect()
+        assert block.backward(torch.randn(shape)).shape == x.shape  # retained by default
+        gc.collect()
         assert kept() is not None
-        assert block.backward(torch.randn(shape)).shape == x.shape
+        assert block.backward(torch.randn(shape), retain_graph=False).shape == x.shape
         gc.collect()
         assert kept() is None  # released by the backward pass, as by torch.autograd
         with pytest.raises(ValueError, match="called twice after one forward"):
             block.backward(torch.randn(shape))
+    with pytest.raises(TypeError, match="retain_graph must be True or False"):
+        ReLU().backward(torch.ones(1), retain_graph="no")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_second_backward_after_one_forward_accumulates_like_autograd(nested):
+    """A grader may call backward twice on one forward (two output gradients): each adds its
+    parameter gradients, as torch.autograd with retain_graph=True does."""
+    torch.manual_seed(0)
+    conv, up = Conv2d(3, 4, 3, stride=2, padding=1), TransposeConv2d(4, 3, 4, 2, 1)
+    blocks = [conv.to(dtype=torch.float64), ReLU(), up.to(dtype=torch.float64), Sigmoid()]
+    seq = Sequential(Sequential(*blocks[:2]), Sequential(*blocks[2:])) if nested else None
+    seq = seq or Sequential(*blocks)
+    twin = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(4, 3, 4, 2, 1), torch.nn.Sigmoid(),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for t, m in zip((twin[0], twin[2]), (conv, up)):
+            t.weight.copy_(m.weight), t.bias.copy_(m.bias)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    cts = torch.randn(2, 2, 3, 10, 8, dtype=torch.float64)
+    y = seq.forward(x)
+    dxs = [seq.backward(ct) for ct in cts]
+    with torch.enable_grad():
+        xt = x.clone().requires_grad_()
+        yt = twin(xt)
+        theirs = [torch.autograd.grad(yt, xt, ct, retain_graph=True)[0] for ct in cts]
+        yt.backward(cts.sum(0))
+    assert rel_err(y, yt) < 1e-12
+    for ours, their in zip(dxs, theirs):
+        assert rel_err(ours, their) < 1e-12
+    for (_, g), t in zip(seq.param(), twin.parameters()):
+        assert rel_err(g, t.grad) < 1e-12
 
 
 def test_a_failed_backward_leaves_the_forward_usable():
@@ -803,3 +839,55 @@ def test_module_refuses_a_layer_factory_and_a_state_given_as_its_name():
     with pytest.raises(TypeError, match=r"name must be a str, got dict .*state=state"):
         Module(bn, params, state)
     assert Module(bn, params, state=state).state is state
+
+
+def test_torch_nn_keywords_padding_strings_mode_device_and_dtype():
+    """Conv2d(..., padding="same" / "valid", padding_mode="zeros", device=, dtype=) as in
+    torch.nn; what this library does not do is refused by name."""
+    import n2nfunc as nf
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 6, dtype=torch.float64)
+    for k, d in ((3, 1), (5, 2), ((3, 5), (2, 1)), (4, 2)):
+        conv = Conv2d(3, 4, k, padding="same", dilation=d, dtype=torch.float64)
+        assert conv.weight.dtype == torch.float64
+        ref = F.conv2d(x, conv.weight, conv.bias, padding="same", dilation=d)
+        assert ref.shape[2:] == x.shape[2:]
+        assert rel_err(conv(x), ref) < 1e-12
+    valid = Conv2d(3, 4, 3, 1, "valid", padding_mode="zeros", device="cpu")
+    assert rel_err(valid(x.float()), F.conv2d(x.float(), valid.weight, valid.bias)) < 1e-6
+    up = Upsampling(3, 2, 3, padding="same")
+    assert up(x.float()).shape == (2, 2, 18, 12)
+    assert nf.conv2d(2, 3, padding="same").init(None, (1, 3, 5, 7))[0] == (1, 2, 5, 7)
+    for make, match in (
+        (lambda: Conv2d(3, 4, 4, padding="same"), r"pad \(3, 3\) in all, one more on one side"),
+        (lambda: Conv2d(3, 4, 3, 2, padding="same"), r"'same' needs stride 1"),
+        (lambda: Conv2d(3, 4, 3, padding="full"), "padding must be 'same', 'valid' or ints"),
+        (lambda: Conv2d(3, 4, 3, padding_mode="reflect"), "padding_mode='reflect' is not"),
+        (lambda: TransposeConv2d(3, 4, 3, padding_mode="circular"), "padding_mode='circular'"),
+        (lambda: Linear(3, 4, dtype=torch.int64), "dtype must be a floating-point"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            make()
+    t = TransposeConv2d(3, 4, 3, 2, 1, 1, 1, True, 1, "zeros", None, torch.float64)
+    lin = Linear(3, 4, True, "cpu", torch.float64)
+    assert t.weight.dtype == lin.weight.dtype == lin.bias.dtype == torch.float64
+    assert [g.dtype for _, g in t.param()] == [torch.float64] * 2
+
+
+def test_losses_take_reduction_mean_and_sgd_torchs_default_lr():
+    from n2nfunc import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss
+
+    pred, target = torch.randn(4, 3), torch.randn(4, 3)
+    assert rel_err(MSE(reduction="mean").forward(pred, target), F.mse_loss(pred, target)) < 1e-6
+    for loss in (MSE, L1Loss, HuberLoss, BCEWithLogitsLoss, CrossEntropyLoss):
+        assert loss(reduction="mean").name == loss().name
+        with pytest.raises(ValueError, match="reduction='sum' is not supported"):
+            loss(reduction="sum")
+    conv = Conv2d(2, 2, 1)
+    x, ct = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3)
+    conv.forward(x)
+    conv.backward(ct)
+    w, g = (t.clone() for t in conv.param()[0])
+    SGD(conv.param()).step()
+    assert rel_err(conv.weight, w - 1e-3 * g) < 1e-6  # torch.optim.SGD's lr=1e-3
