@@ -408,7 +408,7 @@ def apply_updates(params, updates):
     """``params + updates``, leafwise, as a new tree (each update of its parameter's shape and
     dtype: nothing is broadcast or promoted)."""
     tree.check_like(updates, params, "apply_updates: updates")
-    return tree.add(params, updates)
+    return tree.add(tree.detach(params), tree.detach(updates))  # no autograd graph kept
 
 
 def apply_updates_(params, updates):

@@ -14,6 +14,7 @@ mode)::
 
 from collections.abc import Callable
 
+from . import tree
 from .base import Layer, pull
 from .losses import Loss
 from .optim import GradientTransformation, apply_updates
@@ -56,6 +57,7 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
                     "f(params, state, x, target, rng), with the state from its init, which "
                     "returns (out_shape, params, state)"
                 )
+            params, state, x, target = tree.detach((params, state, x, target))
             pred, new_state, pullback = stateful.vjp(params, state, x, train=True, rng=rng)
             value, ct = loss.value_and_grad(pred, target)
             # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -68,6 +70,7 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
         if extra:
             call = "f(params, x, target)"
             raise TypeError(no_state_error("value_and_grad", call, 3 + len(extra)))
+        params, x, target = tree.detach((params, x, target))  # (no autograd graph recorded)
         pred, pullback = layer.vjp(params, x)
         value, ct = loss.value_and_grad(pred, target)
         # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -102,6 +105,7 @@ def make_train_step(
                     "train_step(params, state, opt_state, x, target, rng), with the state from "
                     "its init, which returns (out_shape, params, state)"
                 )
+            params = tree.detach(params)  # the update reads them too (weight decay)
             value, grads, state = grad_fn(params, state, x, target, rng)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return apply_updates(params, updates), state, opt_state, value
@@ -115,6 +119,7 @@ def make_train_step(
                     "train_step", "train_step(params, opt_state, x, target)", 4 + len(extra)
                 )
             )
+        params = tree.detach(params)  # the update reads them too (weight decay)
         value, grads = grad_fn(params, x, target)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return apply_updates(params, updates), opt_state, value

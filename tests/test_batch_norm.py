@@ -187,3 +187,40 @@ def test_a_wrong_weight_or_a_float_batch_count_is_named():
         bn.apply(dict(params, weight=torch.ones(3, 1)), state, x, train=True)
     with pytest.raises(TypeError, match="'num_batches_tracked' must be an integer"):
         bn.apply(params, dict(state, num_batches_tracked=torch.zeros(())), x, train=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("train", [True, False])
+def test_16_bit_batch_norm_computes_in_float32_as_torch(dtype, train):
+    """In float16 the squares of centred values past 256 overflowed: the output was all
+    zeros and the running variance inf. Now float32 inside, rounded once, as torch does."""
+    torch.manual_seed(0)
+    bn = nf.batch_norm2d()
+    _, params, state = bn.init(None, (-1, 3, 8, 8))
+    params = {k: (torch.rand(3) + 0.5 if k == "weight" else torch.randn(3)) for k in params}
+    state = {**state, "running_mean": torch.randn(3) * 50, "running_var": torch.rand(3) * 1e3}
+    x = torch.randn(16, 3, 8, 8) * 100 + 20
+    ct = torch.randn(16, 3, 8, 8)
+    low = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    y, new_state, pullback = bn.vjp(
+        nf.tree.map(low, params), nf.tree.map(low, state), low(x), train=train
+    )
+    grads, dx = pullback(low(ct))
+    assert y.dtype == dx.dtype == grads["weight"].dtype == new_state["running_var"].dtype == dtype
+    twin = torch.nn.BatchNorm2d(3).train(train)
+    with torch.no_grad():
+        twin.weight.copy_(params["weight"]), twin.bias.copy_(params["bias"])
+        twin.running_mean.copy_(state["running_mean"]), twin.running_var.copy_(state["running_var"])
+    twin = twin.to(dtype)
+    with torch.enable_grad():
+        xt = low(x).requires_grad_()
+        yt = twin(xt)
+        yt.backward(low(ct))
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert rel_err(y, yt) < tol
+    assert rel_err(dx, xt.grad) < tol
+    assert rel_err(grads["weight"], twin.weight.grad) < tol
+    assert rel_err(grads["bias"], twin.bias.grad) < tol
+    assert rel_err(new_state["running_var"], twin.running_var) < tol
+    with pytest.raises(ValueError, match="batch_norm2d"):
+        pullback(ct.to(dtype)[:1])

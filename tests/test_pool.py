@@ -288,3 +288,16 @@ def test_pullback_works_on_tensors_that_require_grad_in_grad_mode(layer):
         y, pullback = layer.vjp({}, x.clone().requires_grad_())
         _, dx = pullback(ct.clone().requires_grad_())
     assert torch.equal(y.detach(), layer.apply({}, x)) and torch.equal(dx, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_average_pooling_sums_in_float32(dtype):
+    """A float16 window of four 30,000s summed to inf before the division."""
+    x = torch.full((1, 2, 4, 6), 30000.0, dtype=dtype)
+    x[0, 1] = torch.randn(4, 6).to(dtype)
+    for k, s, p in ((2, 2, 0), (3, 1, 1), ((2, 3), (1, 2), (1, 0))):
+        ours = nf.avg_pool2d(k, s, p).apply({}, x)
+        theirs = F.avg_pool2d(x.float(), k, s, p).to(dtype)
+        assert ours.dtype == dtype
+        assert torch.isfinite(ours).all()
+        assert rel_err(ours, theirs) < 1e-2

@@ -20,6 +20,7 @@ ValueError, as in PyTorch.
 
 from torch import Tensor, empty
 
+from .. import tree
 from ..base import (
     check_cotangent,
     check_image,
@@ -37,6 +38,25 @@ _AXES = (0, 2, 3)
 
 def _column(t):
     return t.view(1, -1, 1, 1)
+
+
+def _in_float32(run, params, state, x, name: str):
+    """``run(params, state, x)`` for 16-bit ``x``, params and state, computed in float32 and
+    rounded once, as torch's 16-bit batch norm does: in float16 the squares of the centred
+    values overflow past 256 (the output became zeros, the running variance inf)."""
+    wide = tree.map(lambda t: t.float() if t.is_floating_point() else t, (params, state))
+    y, new_state, pullback = run(*wide, x.float())
+    y = y.to(dtype=x.dtype)
+    y_out = output_of(y)
+    new_state = tree.map(lambda new, old: new.to(dtype=old.dtype), new_state, state)
+
+    def narrow_pullback(ct, input_grad=True):
+        ct = check_cotangent(ct, y_out, name)
+        grads, dx = pullback(ct.float(), input_grad)
+        grads = tree.map(lambda g, p: g.to(dtype=p.dtype), grads, params)
+        return grads, None if dx is None else dx.to(dtype=x.dtype)
+
+    return y, new_state, narrow_pullback
 
 
 def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLayer:
@@ -138,7 +158,10 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
 
     def vjp(params, state, x, *, train, rng=None):
         x = checked(params, state, x)
-        return (train_vjp if train else eval_vjp)(params, state, x)
+        run = train_vjp if train else eval_vjp
+        if x.element_size() > 2:
+            return run(params, state, x)
+        return _in_float32(run, params, state, x, name)
 
     def apply(params, state, x, *, train, rng=None):
         y, new_state, _ = vjp(params, state, x, train=train)

@@ -181,8 +181,10 @@ def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
 
 
 def _mean(win: Tensor) -> Tensor:
-    """Mean over each window, padding included (``count_include_pad=True``)."""
-    return sum_of(_offsets(win)).div_(win.shape[3] * win.shape[4])
+    """Mean over each window, padding included (``count_include_pad=True``); 16-bit inputs
+    summed and divided in float32, rounded once (a float16 sum of 4 x 30,000 is inf)."""
+    total = sum_of(_offsets(win), wide=True).div_(win.shape[3] * win.shape[4])
+    return total if total.dtype == win.dtype else total.to(dtype=win.dtype)
 
 
 def _avg_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
