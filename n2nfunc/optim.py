@@ -407,8 +407,13 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
 def apply_updates(params, updates):
     """``params + updates``, leafwise, as a new tree (each update of its parameter's shape and
     dtype: nothing is broadcast or promoted)."""
+    return added(tree.detach(params), tree.detach(updates))  # (no autograd graph kept)
+
+
+def added(params, updates):
+    """:func:`apply_updates` of trees already cut from autograd's graph."""
     tree.check_like(updates, params, "apply_updates: updates")
-    return tree.add(tree.detach(params), tree.detach(updates))  # no autograd graph kept
+    return tree.add(params, updates)
 
 
 def apply_updates_(params, updates):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from . import tree
 from .base import Layer, pull
 from .losses import Loss
-from .optim import GradientTransformation, apply_updates
+from .optim import GradientTransformation, added
 from .stateful import StatefulLayer, no_state_error
 
 
@@ -47,6 +47,13 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
     ``loss(layer(params, x), target)``; for a stateful layer
     ``f(params, state, x, target, rng) -> (loss value, d loss / d params, new state)``."""
     _check_parts(layer, loss, "value_and_grad")
+    return _value_and_grad(layer, loss, detach=True)
+
+
+def _value_and_grad(layer, loss, detach: bool) -> Callable:
+    """:func:`value_and_grad`; with ``detach`` False its arguments must already be cut from
+    autograd's graph (:func:`make_train_step` cuts them once for the whole step)."""
+    cut = tree.detach if detach else (lambda t: t)
     if isinstance(layer, StatefulLayer):
         stateful = layer
 
@@ -57,7 +64,7 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
                     "f(params, state, x, target, rng), with the state from its init, which "
                     "returns (out_shape, params, state)"
                 )
-            params, state, x, target = tree.detach((params, state, x, target))
+            params, state, x, target = cut((params, state, x, target))
             pred, new_state, pullback = stateful.vjp(params, state, x, train=True, rng=rng)
             value, ct = loss.value_and_grad(pred, target)
             # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -70,7 +77,7 @@ def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:
         if extra:
             call = "f(params, x, target)"
             raise TypeError(no_state_error("value_and_grad", call, 3 + len(extra)))
-        params, x, target = tree.detach((params, x, target))  # (no autograd graph recorded)
+        params, x, target = cut((params, x, target))  # (no autograd graph recorded)
         pred, pullback = layer.vjp(params, x)
         value, ct = loss.value_and_grad(pred, target)
         # x is data; one backward pass, so what the forward kept is freed as it goes
@@ -95,7 +102,7 @@ def make_train_step(
             "make_train_step: optimizer must be a GradientTransformation such as "
             f"n2nfunc.optim.adam(1e-3), got {described(optimizer)}"
         )
-    grad_fn = value_and_grad(layer, loss)
+    grad_fn = _value_and_grad(layer, loss, detach=False)
     if isinstance(layer, StatefulLayer):
 
         def train_step_stateful(params, state, opt_state, x=_MISSING, target=_MISSING, rng=None):
@@ -105,10 +112,10 @@ def make_train_step(
                     "train_step(params, state, opt_state, x, target, rng), with the state from "
                     "its init, which returns (out_shape, params, state)"
                 )
-            params = tree.detach(params)  # the update reads them too (weight decay)
+            params, state, x, target = tree.detach((params, state, x, target))  # once a step
             value, grads, state = grad_fn(params, state, x, target, rng)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return apply_updates(params, updates), state, opt_state, value
+            return added(params, updates), state, opt_state, value
 
         return train_step_stateful
 
@@ -119,9 +126,9 @@ def make_train_step(
                     "train_step", "train_step(params, opt_state, x, target)", 4 + len(extra)
                 )
             )
-        params = tree.detach(params)  # the update reads them too (weight decay)
+        params, x, target = tree.detach((params, x, target))  # once for the step
         value, grads = grad_fn(params, x, target)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return apply_updates(params, updates), opt_state, value
+        return added(params, updates), opt_state, value
 
     return train_step
