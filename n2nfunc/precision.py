@@ -27,7 +27,7 @@ PRECISIONS = {"float32": FLOAT32, "bfloat16": empty(0).bfloat16().dtype}
 
 def compute_dtype(precision: str):
     """The dtype named by ``precision`` ("float32" or "bfloat16")."""
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
 
@@ -38,10 +38,16 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
     ``"float32"`` returns ``layer`` itself. Outputs and every gradient are float32.
     """
     if not isinstance(layer, Layer):
-        raise TypeError(f"mixed_precision: expected a Layer, got {type(layer).__name__}")
+        stateful = " (a stateful one: batch norm and dropout are not supported)"
+        what = type(layer).__name__ + (stateful if type(layer).__name__ == "StatefulLayer" else "")
+        raise TypeError(f"mixed_precision: expected a Layer, got {what}")
     low = compute_dtype(precision)
     if low == FLOAT32:
         return layer
+    if (inner := getattr(layer.vjp, "mixed_precision", None)) is not None:
+        raise ValueError(
+            f"mixed_precision: the layer already computes in {inner}; wrap the float32 layer once"
+        )
     name = f"mixed_precision({precision})"
 
     def down(what):
@@ -86,6 +92,7 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
 
         return tree.map(up, y), pullback
 
+    vjp.mixed_precision = precision  # type: ignore[attr-defined]
     mixed = Layer(init, apply, releases(skips_input_grad(vjp)))
     fp = footprint(layer)  # the same network: the same tiling needs
     return with_footprint(mixed, *fp) if fp else mixed

@@ -13,8 +13,10 @@ differently sized matrix products.
 
 A network declares its multiple and reach with :func:`with_footprint` (the U-Nets do:
 ``5 * 2**depth - 2`` pixels, 78 at the default depth 4); ``denoise_image`` then takes
-them as its defaults (the exercise's network: multiple 4, reach 27). Without a footprint the
-defaults are an overlap of 32 and an alignment of 32.
+them as its defaults (the exercise's network: multiple 4, reach 27). A network without one --
+any network of your own, a U-Net inside ``serial`` or ``residual`` too (combinators do not
+pass a footprint on) -- must be given ``overlap`` and ``align`` where the image needs more
+than one tile: defaults guessed for it had left seams. ``with_footprint`` declares them once.
 """
 
 from collections.abc import Callable
@@ -22,11 +24,15 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .base import NOISY_MEAN, Layer, check_tensor
+from .base import NOISY_MAX, Layer, check_tensor, pixel_scale
+from .train import described
 
-DEFAULT_OVERLAP = 32
 DEFAULT_ALIGN = 32
 DEFAULT_TILE = 256
+# The largest value a [0, 1] image with unclipped noise is taken to reach (Poisson noise at
+# peak 0.3 reaches 20); a float image with a higher maximum and a mean above NOISY_MEAN, or a
+# maximum above this, reads as 0-255 (a dark 0-255 image has a mean below 2).
+UNCLIPPED_MAX = 4 * NOISY_MAX
 
 
 class Footprint(NamedTuple):
@@ -84,7 +90,8 @@ def tile_settings(
     """``(tile, overlap, align)`` for ``layer``, each None taken from its footprint:
     ``overlap`` its reach, ``align`` its multiple (at least 32), ``tile`` at least 256 and
     six overlaps, so that at most about half of every tile is overlap. Bad values raise; a
-    tile too small for its overlaps only where the image (``size``, H and W) needs tiles."""
+    tile too small for its overlaps, or a network without a footprint given no ``overlap``
+    and ``align``, only where the image (``size``, H and W) needs tiles."""
     name = "denoise_image"
     fp = footprint(layer)
     for value, what in ((tile, "tile"), (overlap, "overlap"), (align, "align")):
@@ -93,6 +100,18 @@ def tile_settings(
             not isinstance(value, int) or isinstance(value, bool) or value < low
         ):
             raise ValueError(f"{name}: {what} must be an int >= {low}, got {value!r}")
+    if fp is None and (overlap is None or align is None):
+        fits = size is not None and max(size) <= (tile or DEFAULT_TILE)
+        if not fits:
+            raise ValueError(
+                f"{name}: the network's reach and size multiple are unknown (a network of "
+                "your own, or a U-Net inside serial, residual, ..., which do not pass them on) "
+                f"and the image {tuple(size) if size else ''} needs tiles: give overlap= (at "
+                "least its reach, in pixels) and align= (a multiple of the size its input is "
+                "padded to), or declare them once with "
+                "n2nfunc.tiling.with_footprint(layer, multiple, reach)"
+            )
+        overlap = 0 if overlap is None else overlap  # one tile: the whole image, untiled
     if align is None:
         align = max(DEFAULT_ALIGN, fp.multiple) if fp else DEFAULT_ALIGN
     elif fp and align % fp.multiple:
@@ -101,7 +120,7 @@ def tile_settings(
             f"{fp.multiple}, or tiles would see other pooling grids than the whole image"
         )
     if overlap is None:
-        overlap = fp.reach if fp else DEFAULT_OVERLAP
+        overlap = fp.reach if fp else 0
     if tile is None:
         tile = max(DEFAULT_TILE, round_up(6 * overlap, align))
     if tile % align:
@@ -137,17 +156,25 @@ def denoise_image(
     ``on_tile(done, total)`` is called after each tile (a progress bar's hook).
     """
     name = "denoise_image"
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{name}: layer must be a Layer, got {described(layer)}")
     check_tensor(image, name, "image")
+    shape = tuple(image.shape)
     if image.dim() not in (3, 4):
+        raise ValueError(f"{name}: image must be (C, H, W) or (N, C, H, W), got {shape}")
+    if image.dim() == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3):
         raise ValueError(
-            f"{name}: image must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}"
+            f"{name}: image must be (C, H, W), got {shape}: channels last? image.permute(2, 0, 1)"
         )
-    mean = float(image.mean()) if image.is_floating_point() and image.numel() else 0.0
-    if mean > NOISY_MEAN:
-        raise ValueError(
-            f"{name}: the image's mean is {mean:g}; it takes values in [0, 1] "
-            "(divide a 0-255 image by 255)"
-        )
+    if image.is_floating_point() and image.numel():
+        if not bool(image.isfinite().all()):
+            raise ValueError(f"{name}: the image holds NaN or infinite values")
+        if pixel_scale(image, UNCLIPPED_MAX) != 1.0:
+            high, mean = float(image.max()), float(image.mean())
+            raise ValueError(
+                f"{name}: the image reads as 0-255 (maximum {high:g}, mean {mean:.4g}); it "
+                "takes values in [0, 1] (divide a 0-255 image by 255)"
+            )
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))
     step = max((tile - 2 * overlap) // align * align, align)  # (one tile: any step)
     batch = (image if image.dim() == 4 else image[None]).detach()  # no autograd graph kept

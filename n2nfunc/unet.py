@@ -343,7 +343,7 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
     """The Noise2Noise U-Net (see the module docstring) with ``depth`` poolings and
     ``widths = (encoder, decoder, last_a, last_b)`` channels; any H x W input.
 
-    ``in_channels`` only documents the expected input (``init`` checks it)."""
+    ``in_channels`` is the input's channel count, checked by ``init``, ``apply`` and ``vjp``."""
     arch = check_architecture(depth, widths, in_channels, out_channels)
     enc, dec, last_a, last_b = arch["widths"]
 
@@ -366,8 +366,11 @@ def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Lay
     def checked(params, x):
         """``x`` must fit the first convolution, checked here so that an error names the
         input's own shape (the convolution sees it padded)."""
+        if not isinstance(params, dict):
+            got = type(params).__name__
+            raise TypeError(f"unet: params must be the dict its init returned, got {got}")
         first = tree.leaves(params)[:1]
-        if first:
+        if first and isinstance(first[0], Tensor):
             check_image(x, "unet", in_channels, first[0])
         return x
 

@@ -291,3 +291,15 @@ def test_bfloat16_upsample_padded_past_its_kernel_sums_dx_in_float32():
         return float((d - exact).abs().max() / exact.abs().max())
 
     assert err(dx.double()) < 3 * err(dx_of(x, w, ct.bfloat16(), autocast=True)) + 2e-3
+
+
+def test_mixed_precision_names_what_it_cannot_take():
+    conv = nf.conv2d(4, 3, padding=1)
+    mixed = nf.mixed_precision(conv, "bfloat16")
+    with pytest.raises(ValueError, match="already computes in bfloat16; wrap the float32 layer"):
+        nf.mixed_precision(mixed, "bfloat16")
+    with pytest.raises(TypeError, match="StatefulLayer .a stateful one: batch norm and dropout"):
+        nf.mixed_precision(nf.batch_norm2d(), "bfloat16")
+    with pytest.raises(ValueError, match=r"precision must be one of .*, got \['bfloat16'\]"):
+        nf.mixed_precision(conv, ["bfloat16"])
+    assert nf.mixed_precision(mixed, "float32") is mixed
