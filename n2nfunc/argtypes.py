@@ -143,7 +143,14 @@ def photo_dir(min_side: int, why: str = "") -> Callable[[str], Path]:
 
     def parse(text: str) -> Path:
         path = image_dir(text)
-        sides = [min(_image_size(p)) for p in _images(path)]
+        sides = []
+        for p in _images(path):
+            try:
+                sides.append(min(_image_size(p)))
+            except Error as e:  # left out when the photos are read, with a note
+                reason = str(e)
+        if not sides:
+            raise Error(f"no image in {text} can be read ({reason})")
         if max(sides) < min_side:
             raise Error(
                 f"no photo in {text} is at least {min_side} pixels on its short side "

@@ -8,6 +8,7 @@ usage line and one ``error:`` line, exit status 2, and nothing is written.
 import argparse
 import difflib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from .data import (
     read_image,
     write_image,
 )
+from .data.files import list_images
 from .data.noise import parse_noise, photo_noise_pairs
 from .data.photos import PATCH
 from .metrics import evaluate
@@ -293,14 +295,35 @@ def _given(args) -> set:
 
 def _data_options(args) -> dict:
     """The data options of a run, as saved in its checkpoint (paths resolved, the number of
-    training pairs as used)."""
+    training pairs as used), and for each image folder a digest of the files it holds."""
     data = {}
     for k in DATA_OPTIONS:
         v = getattr(args, k)
         data[k] = str(Path(v).resolve()) if k in PATH_OPTIONS and v is not None else v
     if not (args.train or args.pairs):
         data["n_train"] = _n_train(args)
+    for k in FOLDER_OPTIONS:
+        folder = getattr(args, k)
+        if folder is not None and Path(folder).is_dir():  # (not on a machine without it)
+            data[k + "_files"] = _folder_digest(Path(folder), k)
     return data
+
+
+# The data options that name folders of images; --resume checks that they hold the same files.
+FOLDER_OPTIONS = ("pairs", "photos", "val_pairs", "val_photos")
+
+
+def _folder_digest(folder: Path, dest: str) -> str:
+    """A digest of the image files a data folder holds (names and sizes; ``a/`` and ``b/`` of
+    a pair folder): a run resumed on a folder that changed would not read the same pairs."""
+    subs = ("a", "b") if dest in ("pairs", "val_pairs") else ("",)
+    lines = [
+        f"{sub}/{p.name}\t{p.stat().st_size}"
+        for sub in subs
+        if (folder / sub).is_dir()
+        for p in list_images(folder / sub)
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def _same_data(dest: str, mine, saved) -> bool:
@@ -358,6 +381,16 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
                 )
             continue
         setattr(args, dest, Path(value) if dest in PATH_OPTIONS and value is not None else value)
+    for dest in FOLDER_OPTIONS:
+        folder, digest = getattr(args, dest), saved.get(dest + "_files")
+        if digest is not None and folder is not None and Path(folder).is_dir():
+            if _folder_digest(Path(folder), dest) != digest:
+                raise ValueError(
+                    f"--resume continues the run of {path}, but the images in {_option(dest)} "
+                    f"{folder} are not those it started with (files added, removed or "
+                    "changed), so it would not read the same pairs: put them back, or start a "
+                    "new run without --resume"
+                )
 
 
 def _shown(value) -> str:
@@ -422,7 +455,8 @@ def _check_state_parts(state: dict, path) -> None:
                     _is_count(data[k], 1) if k in ("n_train", "n_val") else isinstance(data[k], str)
                 )
                 for k in DATA_OPTIONS
-            ),
+            )
+            and all(isinstance(data.get(k + "_files", ""), str) for k in FOLDER_OPTIONS),
             "a dict of the run's data options",
         ),
     }
@@ -678,6 +712,13 @@ def run_training(args, device, dp=None) -> int:
         f"{model.config['precision']}"
     )
     print(f"validating on {val_desc}")
+    own_val = args.val or args.val_pairs or args.val_photos
+    if args.photos and not own_val and (_camera_noise(args) or model.config["network"] == "unet"):
+        print(
+            "note: the built-in 32x32 validation pairs are not photographs: a network that "
+            "denoises photos well may score a negative gain on them; --val-photos DIR "
+            "(photos kept out of training) measures what it learns"
+        )
     _say_if_identical(xv, yv)
     print(f"network: {model.net!r}".replace("\n", "\n  "))
     on_mkl = torch.device(device).type == "cpu" and model.config["precision"] == "float32"
@@ -1582,8 +1623,10 @@ def build_parser() -> _Parser:
         "--tile",
         type=_tile_size,
         metavar="PX",
-        help="tile size in pixels, a multiple of 32; smaller tiles use less memory. Tiles "
-        "overlap by the network's reach, and an image that needs several takes tiles of at "
+        help="tile size in pixels, a multiple of 32; smaller tiles use less memory but take "
+        "longer, as each computes its overlap again (a U-Net at --tile 192 takes several "
+        "times as long as at its default 480). Tiles overlap by the "
+        "network's reach, and an image that needs several takes tiles of at "
         "least twice the overlap plus 32 (default: 256, or six overlaps where larger). "
         "exercise: overlap 27, tiles >= 96; unet-gaussian and unet-poisson: overlap 78, "
         "tiles >= 192, default 480; unet-aliasing: overlap 38, tiles >= 128",

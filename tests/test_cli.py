@@ -456,6 +456,7 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     printed = capsys.readouterr().out
     assert "training on 8 pairs (cut from the photos in" in printed and "UNet(depth=4" in printed
     assert printed.count(f"note: {photos}: left out 1 smaller than 64x64 (tiny.png)") == 2
+    assert "not photographs" not in printed  # validated on --val-photos
     payload = checkpoint.load(out / "model.pth")
     assert payload["network"] == "unet" and payload["architecture"]["widths"] == (4, 6, 4, 4)
     assert payload["noise"].startswith("blind Gaussian noise, sigma 0-50 (of 255), photos in")
@@ -1104,3 +1105,42 @@ def test_more_processes_than_cores_get_a_note(monkeypatch, capsys):
         cli._setup(SimpleNamespace(nproc=nproc, threads=None, device="cpu"))
         err = capsys.readouterr().err
         assert ("note: 16 processes on this machine's 2 CPUs" in err) == noted, err
+
+
+def test_photos_train_past_unreadable_files_and_resume_on_the_same_files_only(
+    tmp_path, monkeypatch, capsys
+):
+    """A text file named .jpg, an empty and a truncated image among the photos had each
+    stopped `train --photos`, one per run; a resumed run read a folder that had changed since
+    without a word (other pairs than the run started with)."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in ("p.png", "q.png"):
+        write_image(photos / name, torch.randint(0, 256, (3, 80, 90), generator=g).byte())
+    write_image(photos / "whole.jpg", torch.randint(0, 256, (3, 80, 90), generator=g).byte())
+    (photos / "trunc.jpg").write_bytes((photos / "whole.jpg").read_bytes()[:300])
+    (photos / "whole.jpg").unlink()
+    (photos / "text.jpg").write_text("not an image")
+    (photos / "zero.png").write_bytes(b"")
+    out = tmp_path / "run"
+    args = ["train", "--network", "unet", "--widths", "4", "6", "4", "4", "--photos", str(photos)]
+    args += ["--noise", "gaussian:25", "--n-train", "4", "--n-val", "4", "--epochs", "1"]
+    args += ["--batch-size", "4", "--no-pictures", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {photos}: left out 3 that cannot be read (text.jpg, trunc.jpg, zero.png)" in (
+        printed
+    )
+    assert "note: the built-in 32x32 validation pairs are not photographs" in printed
+    (photos / "q.png").unlink()
+    resume = ["train", "--resume", str(out / "checkpoint.pth"), "--epochs", "1", "--quiet"]
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"the images in --photos {photos} are not those it started with" in err
+    for name in ("p.png", "text.jpg", "trunc.jpg", "zero.png"):
+        (photos / name).unlink()
+    (photos / "junk.png").write_text("")
+    assert main(args[:-2] + ["--out", str(tmp_path / "run2")]) == 2
+    assert "no image in" in capsys.readouterr().err

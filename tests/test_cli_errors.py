@@ -168,7 +168,8 @@ ROWS = [
     ),
     (
         "train --photos {w}/broken/b",
-        r"--photos: .*x.png is not a PNG, JPEG, .* AVIF file n2nfunc can read$",
+        r"--photos: no image in .*b can be read \(.*x.png is not a PNG, JPEG, .* AVIF file "
+        r"n2nfunc can read\)$",
     ),
     (
         "train --photos {w}/mid_photos --noise downsample:4",

@@ -399,8 +399,8 @@ def load_folder_pairs(
     return torch.cat(firsts), torch.cat(seconds)
 
 
-def _skipped_note(root, unmatched: list, small: list, patch: int) -> str:
-    """One line on the images of a pair folder that were left out, naming a few."""
+def _skipped_note(root, unmatched: list, small: list, patch: int, unreadable=()) -> str:
+    """One line on the images of a folder that were left out, naming a few."""
 
     def few(names):
         return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -410,4 +410,6 @@ def _skipped_note(root, unmatched: list, small: list, patch: int) -> str:
         parts.append(f"{len(unmatched)} without a partner of the same name ({few(unmatched)})")
     if small:
         parts.append(f"{len(small)} smaller than {patch}x{patch} ({few(small)})")
+    if unreadable:
+        parts.append(f"{len(unreadable)} that cannot be read ({few(list(unreadable))})")
     return f"note: {root}: left out " + "; ".join(parts)

@@ -78,17 +78,27 @@ def photo_pairs(
 
 def load_photos(folder, min_side: int = 1, announce=None) -> list[Tensor]:
     """Every image in ``folder`` as a uint8 (3, H, W) tensor, but those less than
-    ``min_side`` pixels on their short side (too small for any crop), which
-    ``announce(line)`` names in a note."""
+    ``min_side`` pixels on their short side (too small for any crop) and those that cannot be
+    read (damaged, empty, not an image), which ``announce(line)`` names in a note: one bad
+    file among a folder of photos had stopped the run, and the next run stopped at the next.
+    A folder with no readable image is an error giving the first file's reason."""
     from .files import _skipped_note, list_images, read_image
 
     paths = list_images(folder)
     if not paths:
         raise ValueError(f"no images (png, jpg, ...) in {folder}")
-    photos = [(p, read_image(p).rgb) for p in paths]
+    photos, unreadable, first_reason = [], [], ""
+    for p in paths:
+        try:
+            photos.append((p, read_image(p).rgb))
+        except (ValueError, OSError) as e:
+            unreadable.append(p.name)
+            first_reason = first_reason or str(e)
+    if not photos:
+        raise ValueError(f"no image in {folder} can be read ({first_reason})")
     small = [p.name for p, photo in photos if min(photo.shape[1:]) < min_side]
-    if small and announce is not None:
-        announce(_skipped_note(folder, [], small, min_side))
+    if (small or unreadable) and announce is not None:
+        announce(_skipped_note(folder, [], small, min_side, unreadable))
     return [photo for _, photo in photos if min(photo.shape[1:]) >= min_side]
 
 
