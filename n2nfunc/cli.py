@@ -486,8 +486,8 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
     if weights.is_file() and history.is_file():
         print(
-            f"{done}; nothing to train; its weights: {weights} (to train on, start a new run "
-            "without --resume)"
+            f"{done}; nothing to train; its weights: {weights} (to train on from them, start "
+            f"a new run: n2nfunc train --init {weights} --out NEW_FOLDER ...)"
         )
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -677,6 +677,9 @@ def run_training(args, device, dp=None) -> int:
         noise = state.get("noise", noise)
     else:
         model = Model(_config(args))
+        if args.init is not None:  # its network and weights, a new optimizer
+            payload = _network_payload("--init", args.init)
+            _loading("--init", model.load_payload, payload, str(args.init))
         start, history = 0, []
     epochs = model.config["num_epochs"]
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
@@ -712,6 +715,8 @@ def run_training(args, device, dp=None) -> int:
         f"{model.config['precision']}"
     )
     print(f"validating on {val_desc}")
+    if state is None and args.init is not None:
+        print(f"starting from the weights in {args.init}")
     own_val = args.val or args.val_pairs or args.val_photos
     if args.photos and not own_val and (_camera_noise(args) or model.config["network"] == "unet"):
         print(
@@ -1046,8 +1051,12 @@ def _check_train(args, error) -> None:
         if (Path(args.out) / name).is_dir():
             error(f"--out: {Path(args.out) / name} is a folder, where the run writes its {name}")
     _check_memory(args, error)
+    if args.resume and args.init is not None:
+        error("--init starts a new run from weights; --resume continues a run: give one")
     if args.resume:  # the run's own options: cmd_train compares those given with them
         return
+    if args.init is not None:
+        _check_init(args, error)
     if args.train and not args.val:
         error("--train needs --val too (the course's validation file, val_data.pkl)")
     if args.val and not args.train:
@@ -1072,6 +1081,33 @@ def _check_train(args, error) -> None:
     if args.upsampling == "nearest" and args.kernel % 2 == 0:
         error(f"--upsampling nearest needs an odd --kernel (3 or 5), got --kernel {args.kernel}")
     _check_nproc(args, error)
+
+
+def _check_init(args, error) -> None:
+    """``--init``: a weights file or a shipped network's name, read once here so that a bad
+    one stops the run before its data is made; the run trains the network it records."""
+    stray = sorted({"network", "widths", "kernel", "upsampling"} & _given(args))
+    if stray:
+        error(
+            f"{_option(stray[0])} does not apply with --init: the network is the one its "
+            "weights record"
+        )
+    from .pretrained import shipped_weights
+
+    path = Path(args.init)
+    try:
+        if not path.exists() and args.init in PRETRAINED_NAMES:
+            path = _loading("--init", shipped_weights, args.init)
+        elif path.is_dir():
+            raise ValueError(f"--init: {args.init} is a folder; expected a weights file")
+        elif not path.is_file():
+            names = ", ".join(PRETRAINED_NAMES)
+            raise ValueError(f"--init: no such weights file: {args.init} (or a name: {names})")
+        payload = _network_payload("--init", path)
+    except (ValueError, OSError) as e:
+        error(str(e))
+    args.init = path
+    args.network = "unet" if payload.get("network") == "unet" else "exercise"
 
 
 def _check_memory(args, error) -> None:
@@ -1463,6 +1499,14 @@ def build_parser() -> _Parser:
         default="exercise",
         help="the exercise's required network, or the Noise2Noise U-Net (3x3 convolutions, "
         "max pooling, skip connections; --kernel and --upsampling do not apply)",
+    )
+    net.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from these weights with a new optimizer: a model.pth, a run's "
+        "checkpoint.pth, or a shipped network's name (exercise, unet-gaussian, unet-poisson, "
+        "unet-aliasing); the run trains the network they record (to train a finished run "
+        "further, or to fine-tune on your photos)",
     )
     net.add_argument(
         "--epochs",

@@ -1144,3 +1144,36 @@ def test_photos_train_past_unreadable_files_and_resume_on_the_same_files_only(
     (photos / "junk.png").write_text("")
     assert main(args[:-2] + ["--out", str(tmp_path / "run2")]) == 2
     assert "no image in" in capsys.readouterr().err
+
+
+def test_init_starts_a_new_run_from_weights(tmp_path, monkeypatch, capsys):
+    """A finished run could not be trained further, nor a shipped network fine-tuned: `train
+    --init WEIGHTS` starts a new run from them, with the network they record."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "first"
+    run = ["train", *TINY, "--noise", "gaussian:10", "--epochs", "1", "--out", str(first)]
+    assert main(run) == 0
+    assert main(["train", "--resume", str(first / "checkpoint.pth")]) == 0
+    assert f"n2nfunc train --init {first / 'model.pth'} --out NEW_FOLDER" in (
+        capsys.readouterr().out
+    )
+    trained = checkpoint.load(first / "model.pth")
+    again = tmp_path / "again"
+    fine = ["train", "--noise", "gaussian:10", "--n-train", "96", "--n-val", "32", "--quiet"]
+    fine += ["--no-pictures", "--epochs", "1", "--lr", "1e-30"]
+    assert main([*fine, "--init", str(first / "model.pth"), "--out", str(again)]) == 0
+    assert f"starting from the weights in {first / 'model.pth'}" in capsys.readouterr().out
+    same = checkpoint.load(again / "model.pth")  # lr 1e-30: the weights it started from
+    assert same["config"]["widths"] == trained["config"]["widths"] == (8, 8)
+    for k, v in trained["params"].items():
+        assert torch.allclose(same["params"][k], v, rtol=0, atol=1e-20)
+    for extra, message in (
+        (["--widths", "8", "8"], "--widths does not apply with --init"),
+        (["--resume", str(again / "checkpoint.pth")], "--init starts a new run from weights"),
+        ([], "--init: no such weights file: nothing.pth"),
+    ):
+        weights = "nothing.pth" if not extra else str(first / "model.pth")
+        assert main([*fine, "--init", weights, *extra, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*fine, "--init", "unet-gaussian", "--out", str(tmp_path / "u")]) == 0
+    assert checkpoint.load(tmp_path / "u" / "model.pth")["network"] == "unet"
