@@ -339,7 +339,7 @@ def _option(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def _resume_options(args, state: dict, say: bool = True) -> None:
+def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> None:
     """Make ``args`` describe the run being resumed: its data options come from the checkpoint
     (a resumed run reads the same pairs), and an option given on this command line that
     disagrees with the run's data or settings is refused, not silently ignored."""
@@ -381,9 +381,9 @@ def _resume_options(args, state: dict, say: bool = True) -> None:
                 )
             continue
         setattr(args, dest, Path(value) if dest in PATH_OPTIONS and value is not None else value)
-    for dest in FOLDER_OPTIONS:
+    for dest in FOLDER_OPTIONS:  # (rank 0 alone reads the data: another machine's copy is not)
         folder, digest = getattr(args, dest), saved.get(dest + "_files")
-        if digest is not None and folder is not None and Path(folder).is_dir():
+        if lead and digest is not None and folder is not None and Path(folder).is_dir():
             if _folder_digest(Path(folder), dest) != digest:
                 raise ValueError(
                     f"--resume continues the run of {path}, but the images in {_option(dest)} "
@@ -546,7 +546,7 @@ def cmd_train(args) -> int:
     if args.resume:  # before --nproc's workers start: a refusal is a usage error (exit 2)
         rank = _rank()
         state = _load_state(args.resume)
-        _resume_options(args, state, say=rank == "0")
+        _resume_options(args, state, say=rank == "0", lead=rank == "0")
         _check_memory(args, _refuse)  # the run's own --n-train, here
         _check_precision(args, _refuse)  # the run's precision and batch size, here
         _check_nproc(args, _refuse)
@@ -680,6 +680,7 @@ def run_training(args, device, dp=None) -> int:
         if args.init is not None:  # its network and weights, a new optimizer
             payload = _network_payload("--init", args.init)
             _loading("--init", model.load_payload, payload, str(args.init))
+            model.pretrained = False  # --lr as given (as --resume trains on), not scaled
         start, history = 0, []
     epochs = model.config["num_epochs"]
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))

@@ -139,7 +139,8 @@ def submission_folder(out_dir) -> Path:
     where it is named ``Miniproject_2`` (``out/Miniproject_2``, or ``.`` inside one), rather
     than a second copy nested in the first."""
     out = Path(out_dir)
-    return out if Path(os.path.abspath(out)).name == SUBMISSION else out / SUBMISSION
+    whole = Path(os.path.abspath(out))  # ("." names its folder so)
+    return whole if whole.name == SUBMISSION else out / SUBMISSION
 
 
 def export_submission(out_dir, weights=None) -> Path:

@@ -170,6 +170,9 @@ def shared_options(args) -> dict:
     resume = getattr(args, "resume", None)
     digest = hashlib.sha256(Path(resume).read_bytes()).hexdigest()[:16] if resume else None
     options["--resume"] = f"a checkpoint of sha256 {digest}..." if digest else None
+    init = getattr(args, "init", None)  # the weights a new run starts from, by content too
+    digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()[:16] if init else None
+    options["--init"] = f"weights of sha256 {digest}..." if digest else None
     return options
 
 

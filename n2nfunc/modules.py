@@ -21,6 +21,7 @@ and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 """
 
 import copy
+import inspect
 from typing import Any, TypeGuard
 
 from torch import Generator, Tensor, empty
@@ -695,6 +696,17 @@ class UNet(Module):
         return f"depth={self.depth}, widths={self.widths}"
 
 
+def _release_option(block: Module, release: bool) -> dict:
+    """``{"retain_graph": False}`` for a releasing backward pass, where ``block``'s own
+    ``backward`` takes it (one written before the option, ``backward(g, input_grad)``,
+    keeps what it kept, as it did)."""
+    if not release:
+        return {}
+    params = inspect.signature(block.backward).parameters.values()
+    takes = any(p.name == "retain_graph" or p.kind is p.VAR_KEYWORD for p in params)
+    return {"retain_graph": False} if takes else {}
+
+
 class Sequential(Module):
     """Runs its blocks in order; ``backward`` runs them in reverse. Its functional twin is
     ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared)."""
@@ -755,8 +767,7 @@ class Sequential(Module):
             m, wanted = self.modules[i], input_grad or i > 0
             try:
                 if type(m).backward is not Module.backward:  # a block with its own backward
-                    options = {"retain_graph": False} if release else {}  # (one may not take it)
-                    ct = m.backward(ct, input_grad=wanted, **options)
+                    ct = m.backward(ct, input_grad=wanted, **_release_option(m, release))
                     continue
                 ct = m._pull(pullbacks[i], ct, wanted, release)
             except NAMED as e:  # named by its position

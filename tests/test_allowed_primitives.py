@@ -72,6 +72,7 @@ STDLIB_OK = {
     "dataclasses",
     "contextlib",
     "weakref",
+    "inspect",
 }
 
 

@@ -1177,3 +1177,32 @@ def test_init_starts_a_new_run_from_weights(tmp_path, monkeypatch, capsys):
         assert message in capsys.readouterr().err
     assert main([*fine, "--init", "unet-gaussian", "--out", str(tmp_path / "u")]) == 0
     assert checkpoint.load(tmp_path / "u" / "model.pth")["network"] == "unet"
+
+
+def test_a_run_started_with_init_resumes_as_it_would_have_gone_on(tmp_path, monkeypatch, capsys):
+    """--init had trained at a tenth of --lr (the fine-tuning scale of a loaded Model), and a
+    resumed --init run at the whole of it: the two halves of one run differed."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "first"
+    assert (
+        main(["train", *TINY, "--noise", "gaussian:10", "--epochs", "1", "--out", str(first)]) == 0
+    )
+    run = ["train", *TINY[:4], "--batch-size", "16", "--no-pictures", "--quiet"]
+    run += ["--noise", "gaussian:10", "--epochs", "2", "--init", str(first / "model.pth")]
+    assert main([*run, "--out", str(tmp_path / "full")]) == 0
+    real = Model.train_epoch
+
+    def ctrl_c_in_epoch_2(self, x, y, epoch, total, callback=None, parallel=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, x, y, epoch, total, callback, parallel)
+
+    monkeypatch.setattr(Model, "train_epoch", ctrl_c_in_epoch_2)
+    assert main([*run, "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(Model, "train_epoch", real)
+    resume = ["train", "--resume", str(tmp_path / "cut" / "checkpoint.pth"), "--quiet"]
+    assert main([*resume, "--no-pictures"]) == 0
+    full = checkpoint.load(tmp_path / "full" / "model.pth")
+    resumed = checkpoint.load(tmp_path / "cut" / "model.pth")
+    assert all(torch.equal(full["params"][k], resumed["params"][k]) for k in full["params"])
+    capsys.readouterr()

@@ -679,6 +679,10 @@ def test_ranks_must_resume_the_same_checkpoint(tmp_path):
     assert options(None)["--resume"] is None and options(first)["--resume"].startswith(
         "a checkpoint of sha256 "
     )
+    started = launch.shared_options(SimpleNamespace(resume=None, init=str(first)))
+    assert started["--init"] == launch.shared_options(SimpleNamespace(init=copy))["--init"]
+    assert started["--init"] != launch.shared_options(SimpleNamespace(init=other))["--init"]
+    assert options(first)["--init"] is None  # ranks that start from other weights differ
 
 
 def test_a_rank_without_resume_is_told_so_first():

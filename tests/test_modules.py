@@ -642,6 +642,8 @@ def test_a_block_with_its_own_backward_is_honoured_inside_sequential():
     seq = Sequential(conv)
     seq.forward(x)
     assert torch.allclose(seq.backward(ct), want)
+    seq.forward(x)  # a backward written before retain_graph is not passed it
+    assert torch.allclose(seq.backward(ct, retain_graph=False), want)
 
 
 def test_to_the_meta_device_and_bias_values_torch_takes():
