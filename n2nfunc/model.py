@@ -432,6 +432,7 @@ class Model(Unpicklable):
         self.config = config
         self.generator = Generator().manual_seed(self.config["seed"])
         self.net = build_network(self.config, self.generator)
+        self._fresh_rng = self.generator.get_state()  # a new network's data order starts here
         self._new_optimizer()
 
     def _new_optimizer(self) -> None:
@@ -471,6 +472,7 @@ class Model(Unpicklable):
                 self._configure({**given, **theirs})
             device = tree.leaves(self.net.params)[0].device
             self.net.load_state_dict({k: v.to(device) for k, v in params.items()})
+            self.generator.set_state(self._fresh_rng)  # as a new Model's, whatever ran before
         except (KeyError, ValueError, TypeError) as e:
             self.config, self.generator, self.net, self.optimizer, self._snapshot = before
             message = e.args[0] if isinstance(e, KeyError) and e.args else e  # no quotes
@@ -716,13 +718,23 @@ def full_config(config: dict) -> dict:
     network = config.get("network", DEFAULT_CONFIG["network"])
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
-    own = UNET_DEFAULTS if network == "unet" else {}
+    own, given = UNET_DEFAULTS if network == "unet" else {}, set(config)
     config = {**DEFAULT_CONFIG, **own, **config}
     if isinstance(config["widths"], (tuple, list)):
         config["widths"] = tuple(config["widths"])
     try:
         check_config(config)
         compute_dtype(config["precision"])
+        if (
+            network == "exercise"
+            and config["upsampling"] == "nearest"
+            and config["kernel"] % 2 == 0
+        ):
+            raise ValueError(
+                f"upsampling 'nearest' needs an odd kernel (3 or 5) to keep the size, got kernel "
+                f"{config['kernel']}"
+                + (" (the default): give kernel=3" if "kernel" not in given else "")
+            )
         if network == "unet":  # recorded as it checks them: Python ints (checkpoints store)
             arch = check_architecture(config["depth"], config["widths"])
             config["depth"], config["widths"] = arch["depth"], arch["widths"]

@@ -906,18 +906,33 @@ class Optimizer(Unpicklable):
         for i, (p, g) in enumerate(params):
             if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
                 raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
-        self.name, self.lr = name, lr
+        self.name, self.lr, self._make = name, lr, make
         groups: dict = {}
         for p, g in params:
             grads = groups.setdefault(id(p), (p, {}))[1]
             grads.setdefault(id(g), g)
         self.params = [p for p, _ in groups.values()]
         self.grads = [list(grads.values()) for _, grads in groups.values()]
-        self.transform = make(lambda step: self.lr(step) if callable(self.lr) else self.lr)
+        self.transform = make(self._lr_at)
         if not params:  # after the hyperparameters, as torch.optim: a step would do nothing
             raise ValueError(f"{name}: got an empty parameter list: nothing to train")
         self.state = self.transform.init(self.params)
         self._placement = self._placement_now()
+
+    def _lr_at(self, step):
+        """The learning rate at ``step``: ``lr``, or ``lr(step)`` for a schedule (read at every
+        step, so that ``lr`` may change between steps)."""
+        return self.lr(step) if callable(self.lr) else self.lr
+
+    def __copy__(self):
+        new = super().__copy__()
+        new.transform = new._make(new._lr_at)  # the copy's own lr, not the original's
+        return new
+
+    def __deepcopy__(self, memo):
+        new = super().__deepcopy__(memo)
+        new.transform = new._make(new._lr_at)
+        return new
 
     def step(self) -> None:
         if self._placement_now() != self._placement:

@@ -583,3 +583,32 @@ def test_predict_and_psnr_take_one_image_too():
         psnr(out, image[None])
     with pytest.raises(ValueError, match=r"psnr: expected"):  # a grey batch, not one image
         psnr(torch.rand(5, 8, 8), torch.rand(5, 8, 8))
+
+
+def test_a_deep_copy_trains_with_its_own_learning_rate_and_loading_restarts_the_data_order():
+    """A copy's optimizer read the original's lr (its schedule closed over the original), and
+    fine-tuning after load_pretrained_model depended on what the Model had trained before."""
+    import copy
+
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randint(0, 256, (64, 3, 32, 32), generator=g, dtype=torch.uint8) for _ in "ab")
+    small = {"widths": (8, 8), "batch_size": 16}
+    m = Model(small)
+    m.train(a, b, 1)
+    d = copy.deepcopy(m)
+    before = [p.clone() for p, _ in d.net.param()]
+    m.optimizer.lr = 0.0  # the original only
+    d.train(a, b, 1)
+    assert any(not torch.equal(p, q) for (p, _), q in zip(d.net.param(), before))
+    fresh, used = Model(small), Model(small)
+    used.train(a[:32], b[:32], 1)
+    for model in (fresh, used):
+        model.load_payload(m.payload(), "the trained Model's payload")
+        model.train(a, b, 1)
+    assert all(torch.equal(p, q) for (p, _), (q, _) in zip(fresh.net.param(), used.net.param()))
+
+
+def test_nearest_upsampling_with_the_default_kernel_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^Model: upsampling 'nearest' needs an odd kernel .* 4 "):
+        Model({"upsampling": "nearest"})
+    assert Model({"upsampling": "nearest", "kernel": 3}).config["kernel"] == 3
