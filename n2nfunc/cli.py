@@ -562,12 +562,13 @@ def cmd_train(args) -> int:
     return run_training(args, _setup(args))
 
 
-# Lock files a command holds, (open file, path): removed and unlocked when it returns (main).
+# Lock files a command holds, (open file, path, the folders the command made for it, innermost
+# first): removed and unlocked when it returns (main), with those folders where left empty.
 _LOCKS: list = []
 LOCK_NAME = ".n2nfunc-train.lock"
 
 
-def _lock_folder(out: Path) -> None:
+def _lock_folder(out: Path, made: tuple = ()) -> None:
     """Refuse a second `train` writing into ``out`` at the same time (each would overwrite the
     other's checkpoint): an exclusive ``flock`` on a file there, which the system lifts when
     the process ends, however it ends; the file is removed when the command returns. Where
@@ -603,15 +604,17 @@ def _lock_folder(out: Path) -> None:
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
-    _LOCKS.append((f, path))
+    _LOCKS.append((f, path, made))
 
 
 def _unlock_all() -> None:
     while _LOCKS:
-        f, path = _LOCKS.pop()
+        f, path, made = _LOCKS.pop()
         try:
             path.unlink()  # while still locked: a waiting run then locks a file of its own
-        except OSError:
+            for folder in made:  # a run refused before it wrote anything leaves no folder
+                folder.rmdir()
+        except OSError:  # (not empty: rmdir refuses)
             pass
         f.close()
 
@@ -654,9 +657,11 @@ def run_training(args, device, dp=None) -> int:
     xv: Any = None
     yv: Any = None
     desc = noise = val_desc = ""
-    locked = lead and Path(args.out).is_dir()  # a run writing there is refused before the
-    if locked:  # data, which may take minutes to make
-        _lock_folder(Path(args.out))
+    if lead:  # a run writing there is refused before the data, which may take minutes to make
+        out = Path(args.out).absolute()  # (folders made for it removed if left empty)
+        made = tuple(p for p in (out, *out.parents) if not p.exists())
+        out.mkdir(parents=True, exist_ok=True)
+        _lock_folder(out, made)
     if lead:
         xt, yt, desc, noise = _training_data(args)
         xv, yv, val_desc = _validation_data(args)
@@ -702,9 +707,6 @@ def run_training(args, device, dp=None) -> int:
             dp.wait(f"epoch-{epoch + 1}")  # rank 0 evaluates and saves meanwhile
         return 0
     xv, yv = xv.to(device), yv.to(device)
-    out.mkdir(parents=True, exist_ok=True)  # only now: every check has passed
-    if not locked:
-        _lock_folder(out)
     processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
     if state is None or Path(args.resume).resolve() != state_path.resolve():
         _note_unfinished_run(state_path)

@@ -1206,3 +1206,24 @@ def test_a_run_started_with_init_resumes_as_it_would_have_gone_on(tmp_path, monk
     resumed = checkpoint.load(tmp_path / "cut" / "model.pth")
     assert all(torch.equal(full["params"][k], resumed["params"][k]) for k in full["params"])
     capsys.readouterr()
+
+
+def test_the_out_folder_is_locked_before_the_data_is_made(tmp_path, monkeypatch, capsys):
+    """A second run into a folder that did not exist yet was let in while the first generated
+    its data (minutes), and the two then wrote over each other's files."""
+    from n2nfunc import cli
+
+    out = tmp_path / "new" / "run"
+    seen = []
+
+    def data_fails(args):
+        seen.append((out / cli.LOCK_NAME).is_file())
+        with pytest.raises(ValueError, match="another n2nfunc train .* is writing"):
+            cli._lock_folder(out)  # what a second run meets meanwhile
+        raise ValueError("no data today")
+
+    monkeypatch.setattr(cli, "_training_data", data_fails)
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert "no data today" in capsys.readouterr().err
+    assert seen == [True]
+    assert not out.exists()  # made for the lock, left empty: removed
