@@ -658,11 +658,10 @@ def run_training(args, device, dp=None) -> int:
     yv: Any = None
     desc = noise = val_desc = ""
     if lead:  # a run writing there is refused before the data, which may take minutes to make
-        out = Path(args.out).absolute()  # (folders made for it removed if left empty)
-        made = tuple(p for p in (out, *out.parents) if not p.exists())
-        out.mkdir(parents=True, exist_ok=True)
-        _lock_folder(out, made)
-    if lead:
+        folder = Path(args.out).absolute()  # (folders made for it removed if left empty)
+        made = tuple(p for p in (folder, *folder.parents) if not p.exists())
+        folder.mkdir(parents=True, exist_ok=True)
+        _lock_folder(folder, made)
         xt, yt, desc, noise = _training_data(args)
         xv, yv, val_desc = _validation_data(args)
     if dp is not None:

@@ -137,7 +137,7 @@ class Module(Unpicklable):
         return Module(layer, params, name, state, rng)
 
     def forward(self, *inputs):
-        x = _untracked(inputs[0] if len(inputs) == 1 else inputs)
+        x = tree.detach(inputs[0] if len(inputs) == 1 else inputs)
         self._pullback = None  # a forward that fails leaves nothing to differentiate
         if isinstance(self.layer, StatefulLayer):
             y, new_state, self._pullback = self.layer.vjp(
@@ -185,7 +185,7 @@ class Module(Unpicklable):
                 f"{type(self).__name__}.backward() needs the gradient wrt the output of its "
                 "forward (a loss block's backward() gives it)"
             )
-        ct = _untracked(grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output)
+        ct = tree.detach(grad_wrt_output[0] if len(grad_wrt_output) == 1 else grad_wrt_output)
         # a call that fails on a bad cotangent may be retried; one that failed partway has
         # released part of the network, and its pullback then says so (ReleasedError)
         ct_x = self._pull(self._pullback, ct, input_grad, release)
@@ -350,16 +350,6 @@ class _WeightBias(Module):
 
     weight = property(lambda self: self.params["weight"], lambda self, v: self._set("weight", v))
     bias = property(lambda self: self.params.get("bias"), lambda self, v: self._set("bias", v))
-
-
-def _untracked(x):
-    """``x`` (a tensor or a tuple of them) cut from torch.autograd's graph (a view, no copy):
-    the gradients here are the hand-written ones, and a caller with autograd on and an input
-    that requires grad would otherwise have every operation recorded (and max pooling's
-    in-place routing refused)."""
-    if isinstance(x, Tensor):
-        return x.detach()
-    return tuple(_untracked(v) for v in x) if isinstance(x, tuple) else x
 
 
 def _options(**kw):
@@ -819,7 +809,7 @@ class LossModule(Unpicklable):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         self._grad = None  # a forward that fails leaves nothing to differentiate
-        value, self._grad = self.loss.value_and_grad(_untracked(pred), _untracked(target))
+        value, self._grad = self.loss.value_and_grad(*tree.detach((pred, target)))
         return value
 
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
