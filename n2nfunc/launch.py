@@ -167,12 +167,11 @@ def shared_options(args) -> dict:
     checkpoint it resumes, by content: a rank started without ``--resume``, or with another
     machine's stale copy, would train other weights on the same mean gradients."""
     options = {"--" + k.replace("_", "-"): plain(getattr(args, k, None)) for k in SHARED_OPTIONS}
-    resume = getattr(args, "resume", None)
-    digest = hashlib.sha256(Path(resume).read_bytes()).hexdigest()[:16] if resume else None
-    options["--resume"] = f"a checkpoint of sha256 {digest}..." if digest else None
-    init = getattr(args, "init", None)  # the weights a new run starts from, by content too
-    digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()[:16] if init else None
-    options["--init"] = f"weights of sha256 {digest}..." if digest else None
+    # the checkpoint a run resumes, and the weights a new run starts from, by content
+    for option, what in (("resume", "a checkpoint"), ("init", "weights")):
+        path = getattr(args, option, None)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else None
+        options["--" + option] = f"{what} of sha256 {digest}..." if digest else None
     return options
 
 

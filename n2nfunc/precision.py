@@ -19,6 +19,7 @@ from torch import Tensor, empty
 
 from . import tree
 from .base import Held, Layer, pull, releases, skips_input_grad
+from .stateful import StatefulLayer
 from .tiling import footprint, with_footprint
 
 FLOAT32 = empty(0).float().dtype
@@ -39,7 +40,7 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
     """
     if not isinstance(layer, Layer):
         stateful = " (a stateful one: batch norm and dropout are not supported)"
-        what = type(layer).__name__ + (stateful if type(layer).__name__ == "StatefulLayer" else "")
+        what = type(layer).__name__ + (stateful if isinstance(layer, StatefulLayer) else "")
         raise TypeError(f"mixed_precision: expected a Layer, got {what}")
     low = compute_dtype(precision)
     if low == FLOAT32:
