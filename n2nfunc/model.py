@@ -444,7 +444,7 @@ class Model(Unpicklable):
             self.optimizer = SGD(
                 self.net.param(), lr=self.config["lr"], momentum=self.config["momentum"]
             )
-        self._snapshot: list[Tensor] | None = None
+        self._snapshot: tuple | None = None  # (params, optimizer state)
 
     # ------------------------------------------------------------------ weights
     def load_pretrained_model(self, path=None) -> None:
@@ -541,9 +541,9 @@ class Model(Unpicklable):
         """Train on noisy/noisy pairs (N, 3, H, W); returns the mean loss of each epoch.
 
         ``callback(epoch, step, steps_per_epoch, loss)`` is called after every step. If the
-        loss becomes NaN or infinite, the parameters from before the offending update are
-        restored and ``FloatingPointError`` is raised. ``scale``: the value of white of float
-        images (1, 255), inferred when None (see :meth:`prepare_pairs`).
+        loss becomes NaN or infinite, the parameters and the optimizer state from before the
+        offending update are restored and ``FloatingPointError`` is raised. ``scale``: the
+        value of white of float images (1, 255), inferred when None (see :meth:`prepare_pairs`).
         """
         epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
         epochs = _whole(epochs, "num_epochs", 0)  # as the config takes it
@@ -644,15 +644,20 @@ class Model(Unpicklable):
                 tree.copy_(grads, mean_grads)
             value = float(loss)
             if not math.isfinite(value):
-                restored = self._snapshot is not None  # none before a run's first update
-                if restored:
-                    tree.copy_(params, self._snapshot)
+                snapshot = self._snapshot  # none before a run's first update
+                restored = snapshot is not None
+                if snapshot is not None:
+                    tree.copy_(params, snapshot[0])
+                    self.optimizer.state = snapshot[1]
                 raise FloatingPointError(
                     f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
-                    + ("the parameters from before the last update were restored; " * restored)
+                    + "the parameters and optimizer state from before the last update were "
+                    "restored; "
+                    * restored
                     + "check the data (its scale) or lower the learning rate."
                 )
-            self._snapshot = [p.clone() for p in params]  # undo point for a NaN
+            # undo point for a NaN: the optimizer's update makes a new state (no copy needed)
+            self._snapshot = ([p.clone() for p in params], self.optimizer.state)
             self.optimizer.lr = schedule(epoch * steps + b)
             self.optimizer.step()
             running += value

@@ -756,9 +756,12 @@ class Sequential(Module):
         for i in reversed(range(len(self.modules))):
             m, wanted = self.modules[i], input_grad or i > 0
             try:
-                if type(m).backward is not Module.backward:  # a block with its own backward
+                if type(m).backward not in (Module.backward, Sequential.backward):
+                    # a block with a backward of its own, which knows its last forward only
                     ct = m.backward(ct, input_grad=wanted, **_release_option(m, release))
                     continue
+                # a Sequential inside runs the pullbacks of the forward pass this one made,
+                # not those of its own last forward (a probe since, a block used twice)
                 ct = m._pull(pullbacks[i], ct, wanted, release)
             except NAMED as e:  # named by its position
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
@@ -880,11 +883,17 @@ class Optimizer(Unpicklable):
     (an unused branch, a network that trains in turns with another under the same optimizer)
     still gets its weight decay, momentum and Adam step, where torch's default (gradients set
     to None) skips it. Give such networks an optimizer each.
+
+    As in torch: ``param_groups`` (one group; its ``"lr"`` may be set, the other
+    hyperparameters are read-only), and ``state_dict()`` / ``load_state_dict()`` (the state
+    tree and a fixed ``lr``; :func:`n2nfunc.save` stores the dict). The parameters are updated
+    in place through detached views, so ``nn.Parameter`` objects are stepped as
+    ``torch.optim`` steps them, under no grad.
     """
 
-    save_instead = "save its state (the tree optimizer.state) with n2nfunc.save instead"
+    save_instead = "save its state_dict() with n2nfunc.save instead and load_state_dict it"
 
-    def __init__(self, params, make, lr, name):
+    def __init__(self, params, make, lr, name, **hyperparameters):
         if isinstance(params, Module):
             params = params.param()
         params = list(params)
@@ -896,12 +905,13 @@ class Optimizer(Unpicklable):
         for i, (p, g) in enumerate(params):
             if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
                 raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
-        self.name, self.lr, self._make = name, lr, make
+        self.name, self._make = name, make
         groups: dict = {}
         for p, g in params:
             grads = groups.setdefault(id(p), (p, {}))[1]
             grads.setdefault(id(g), g)
         self.params = [p for p, _ in groups.values()]
+        self.param_groups = [ParamGroup(name, params=self.params, lr=lr, **hyperparameters)]
         self.grads = [list(grads.values()) for _, grads in groups.values()]
         self.transform = make(self._lr_at)
         if not params:  # after the hyperparameters, as torch.optim: a step would do nothing
@@ -909,13 +919,47 @@ class Optimizer(Unpicklable):
         self.state = self.transform.init(self.params)
         self._placement = self._placement_now()
 
+    @property
+    def lr(self):
+        """The learning rate (a number or a schedule ``step -> lr``): ``param_groups[0]["lr"]``."""
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self.param_groups[0]["lr"] = value  # checked there
+
     def _lr_at(self, step):
         """The learning rate at ``step``: ``lr``, or ``lr(step)`` for a schedule (read at every
         step, so that ``lr`` may change between steps)."""
         return self.lr(step) if callable(self.lr) else self.lr
 
+    def state_dict(self) -> dict:
+        """``{"state": the optimizer state tree, "lr": the learning rate}`` (no ``"lr"`` for a
+        schedule, which is code: give it to the new optimizer). References, not copies, as
+        torch's; :func:`n2nfunc.save` writes it."""
+        return {"state": self.state, **({} if callable(self.lr) else {"lr": self.lr})}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Take a :meth:`state_dict` of an optimizer of the same kind over parameters of the
+        same shapes and dtypes (copied in, on this optimizer's devices)."""
+        what = f"{self.name}.load_state_dict"
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            raise ValueError(f"{what}: expected a dict with a 'state' key, as state_dict() gives")
+        unexpected = sorted(set(state_dict) - {"state", "lr"})
+        if unexpected:
+            raise ValueError(f"{what}: unexpected keys {unexpected}")
+        state = tree.map(
+            lambda new, old: new.to(old.device).clone() if isinstance(old, Tensor) else new,
+            _checked_state(state_dict["state"], self.state, what),
+            self.state,
+        )
+        if "lr" in state_dict:
+            self.lr = state_dict["lr"]
+        self.state = state
+
     def __copy__(self):
         new = super().__copy__()
+        new.param_groups = [copy.copy(g) for g in self.param_groups]  # its own lr
         new.transform = new._make(new._lr_at)  # the copy's own lr, not the original's
         return new
 
@@ -929,7 +973,7 @@ class Optimizer(Unpicklable):
             self._follow_params()
         grads = [sum(gs[1:], gs[0]) for gs in self.grads]
         updates, self.state = self.transform.update(grads, self.state, self.params)
-        tree.add_(self.params, updates)  # the update checked the gradients against them
+        tree.add_(tree.detach(self.params), updates)  # checked by the update; no autograd
 
     def _placement_now(self) -> list:
         return [(p.device, p.dtype) for p in self.params]
@@ -950,6 +994,37 @@ class Optimizer(Unpicklable):
         tree.zero_(self.grads)
 
 
+def _checked_state(state, like, what: str):
+    """``state`` if it has ``like``'s structure, tensor shapes and dtypes (on any device)."""
+
+    def on_cpu(t):
+        return t.to("cpu") if isinstance(t, Tensor) else t
+
+    tree.check_like(tree.map(on_cpu, state), tree.map(on_cpu, like), f"{what}: state", "state")
+    return state
+
+
+class ParamGroup(dict):
+    """torch.optim's ``param_groups[0]``: the parameters and hyperparameters. Setting ``"lr"``
+    (checked here) changes the rate of the next steps; the others are fixed at
+    construction, and setting one is refused rather than ignored."""
+
+    def __init__(self, name: str, **items):
+        super().__init__(**items)
+        self.name = name
+        self["lr"] = items["lr"]
+
+    def __setitem__(self, key, value) -> None:
+        if key != "lr" and key in self:
+            raise ValueError(
+                f"{self.name}: param_groups[0][{key!r}] is fixed at construction; only 'lr' "
+                "may change between steps (make a new optimizer for other values)"
+            )
+        if key == "lr":
+            optim.check_hyperparameters(self.name, lr=value)
+        super().__setitem__(key, value)
+
+
 class SGD(Optimizer):
     """``torch.optim.SGD``-like: ``SGD(model.param(), lr, momentum=0.9)``, its arguments in
     torch's order and ``lr`` 1e-3 by default as there (``nf.sgd``, optax-like, puts
@@ -964,12 +1039,18 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
     ):
-        optim.check_hyperparameters("SGD", lr=lr)
+        optim.check_hyperparameters(
+            "SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay
+        )
         super().__init__(
             params,
             lambda lr_: optim.sgd(lr_, momentum, nesterov, weight_decay, dampening),
             lr,
             "SGD",
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
         )
 
 
@@ -985,9 +1066,16 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
     ):
-        optim.check_hyperparameters("Adam", lr=lr)
+        optim.check_hyperparameters("Adam", lr=lr, eps=eps, weight_decay=weight_decay)
         super().__init__(
-            params, lambda lr_: optim.adam(lr_, betas, eps, weight_decay, amsgrad), lr, "Adam"
+            params,
+            lambda lr_: optim.adam(lr_, betas, eps, weight_decay, amsgrad),
+            lr,
+            "Adam",
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
         )
 
 
@@ -1003,9 +1091,16 @@ class AdamW(Optimizer):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
     ):
-        optim.check_hyperparameters("AdamW", lr=lr)
+        optim.check_hyperparameters("AdamW", lr=lr, eps=eps, weight_decay=weight_decay)
         super().__init__(
-            params, lambda lr_: optim.adamw(lr_, betas, eps, weight_decay, amsgrad), lr, "AdamW"
+            params,
+            lambda lr_: optim.adamw(lr_, betas, eps, weight_decay, amsgrad),
+            lr,
+            "AdamW",
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
         )
 
 
@@ -1022,10 +1117,17 @@ class RMSprop(Optimizer):
         momentum: float = 0.0,
         centered: bool = False,
     ):
-        optim.check_hyperparameters("RMSprop", lr=lr)
+        optim.check_hyperparameters(
+            "RMSprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
+        )
         super().__init__(
             params,
             lambda lr_: optim.rmsprop(lr_, alpha, eps, weight_decay, momentum, centered),
             lr,
             "RMSprop",
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
         )

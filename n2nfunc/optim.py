@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-from torch import cat
+from torch import Tensor, cat
 
 from . import tree
 from .base import flag, is_int
@@ -66,6 +66,18 @@ def _check_grads(grads, like, name: str) -> None:
     """The gradients must match the params (or, without them, the optimizer's state) leaf
     for leaf, in shape and dtype: nothing is broadcast, as torch refuses such a ``.grad``."""
     tree.check_like(grads, like, f"{name}: gradients", "parameter")
+    check_real_floats(grads, f"{name}: gradients")
+
+
+def check_real_floats(grads, what: str) -> None:
+    """Every leaf must be a real floating-point tensor: the optimizers' formulas (``g * g``
+    for a squared magnitude) would be silently wrong on complex numbers and fail deep inside
+    on integers."""
+    for path, g in tree.flatten(grads):
+        if not getattr(g, "is_floating_point", lambda: False)():
+            kind = f"dtype {g.dtype}" if isinstance(g, Tensor) else f"a {type(g).__name__}"
+            where = f"'{path}' " if path else ""
+            raise ValueError(f"{what}: {where}is {kind}; expected real floating-point tensors")
 
 
 def check_state(state, like: dict, what: str, like_what: str = "new state") -> None:
@@ -320,13 +332,13 @@ def rmsprop(
             a = more.pop(0) if centered else None
             b = more.pop(0) if momentum else None
             if weight_decay:
-                g = g + weight_decay * more[0]
-            s = s * alpha + (1 - alpha) * (g * g)
+                g = g.add(more[0], alpha=weight_decay)
+            s = s.mul(alpha).addcmul_(g, g, value=1 - alpha)  # torch's order: g^2 never alone
             out = [s]
             if centered:
-                a = a * alpha + (1 - alpha) * g
+                a = a.lerp(g, 1 - alpha)
                 out.append(a)
-            d = ((s - a * a) if centered else s).sqrt() + eps
+            d = (s.addcmul(a, a, value=-1) if centered else s).sqrt().add_(eps)
             if momentum:
                 b = b * momentum + g / d
                 out.append(b)
@@ -378,6 +390,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
     def update(grads, state, params):
         tree.check_like(grads, grads, "clip_by_global_norm: gradients")  # no None leaves
+        check_real_floats(grads, "clip_by_global_norm: gradients")
         leaves = tree.leaves(grads)
         if not leaves:
             return grads, state
@@ -419,7 +432,8 @@ def added(params, updates):
 def apply_updates_(params, updates):
     """``params += updates`` in place (for holders of parameter references); returns ``params``."""
     tree.check_like(updates, params, "apply_updates_: updates")
-    return tree.add_(params, updates)
+    tree.add_(tree.detach(params), updates)  # nn.Parameters too, as torch.optim under no_grad
+    return params
 
 
 def cosine_decay(

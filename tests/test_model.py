@@ -612,3 +612,22 @@ def test_nearest_upsampling_with_the_default_kernel_is_refused_by_name():
     with pytest.raises(ValueError, match=r"^Model: upsampling 'nearest' needs an odd kernel .* 4 "):
         Model({"upsampling": "nearest"})
     assert Model({"upsampling": "nearest", "kernel": 3}).config["kernel"] == 3
+
+
+def test_divergence_restores_the_optimizer_state_with_the_parameters(pairs, monkeypatch):
+    xt, yt, _, _ = pairs
+    m = Model({**SMALL, "warmup_steps": 0})
+    calls, states, forward = [], [], m.loss.forward
+
+    def nan_at_fourth(pred, target):
+        calls.append(1)
+        states.append((m.optimizer.state, [p.clone() for p, _ in m.net.param()]))
+        loss = forward(pred, target)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(m.loss, "forward", nan_at_fourth)
+    with pytest.raises(FloatingPointError, match="optimizer state"):
+        m.train(xt[:64], yt[:64], num_epochs=1)
+    state, params = states[2]  # as before the third update, whose result gave the NaN
+    assert m.optimizer.state is state and m.optimizer.state["step"] == 2
+    assert all(torch.equal(p, q) for (p, _), q in zip(m.net.param(), params))

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
+import n2nfunc as nf
 from n2nfunc import (
     ELU,
     GELU,
@@ -414,7 +415,26 @@ def test_sequential_backward_differentiates_its_own_forward():
             twin(xt).relu().backward(ct)
         return seq2.backward(ct), xt.grad
 
-    for run in (probed, shared, twice, failed):
+    def nested_probed(conv, twin):  # a sub-network looked at between forward and backward
+        inner = Sequential(conv, ReLU())
+        seq = Sequential(inner, Tanh())
+        seq.forward(x)
+        inner.forward(probe)
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_()
+            twin(xt).relu().tanh().backward(ct)
+        return seq.backward(ct), xt.grad
+
+    def nested_twice(conv, twin):  # one sub-network twice, its pass released as it goes
+        inner = Sequential(conv, ReLU())
+        seq = Sequential(inner, inner)
+        seq.forward(x)
+        with torch.enable_grad():
+            xt = x.clone().requires_grad_()
+            twin(twin(xt).relu()).relu().backward(ct)
+        return seq.backward(ct, retain_graph=False), xt.grad
+
+    for run in (probed, shared, twice, failed, nested_probed, nested_twice):
         grads_of(run)
 
 
@@ -669,7 +689,6 @@ def _train_beside_torch(seq, opt, torch_net, opt_torch, steps: int) -> None:
 def test_optimizers_update_a_block_used_twice_once_and_take_schedules():
     """torch.optim dedupes ``parameters()``; a block used twice in a Sequential had its
     parameters stepped twice (twice the learning rate, two Adam states for one tensor)."""
-    import n2nfunc as nf
     from n2nfunc.modules import Adam
 
     conv = Conv2d(3, 3, 3, padding=1, generator=torch.Generator().manual_seed(0))
@@ -709,7 +728,6 @@ def test_weights_tied_by_assignment_get_both_gradients():
 
 def test_sequential_errors_name_the_block_position():
     """A shape error inside a Sequential named the layer but not where it sits."""
-    import n2nfunc as nf
 
     seq = nf.Sequential(nf.Conv2d(3, 8, 3), nf.ReLU(), nf.Conv2d(4, 3, 3))
     with pytest.raises(ValueError, match=r"^in layer 2: conv2d\(.*expected input of shape \(N, 4"):
@@ -725,8 +743,6 @@ def test_sequential_lets_an_error_class_of_ones_own_through_with_a_note():
     """Rebuilding the error with the layer path in its message broke a ValueError subclass
     whose __init__ takes other arguments."""
     import sys
-
-    import n2nfunc as nf
 
     class ShapeError(ValueError):
         def __init__(self, expected, got):
@@ -846,7 +862,6 @@ def test_module_refuses_a_layer_factory_and_a_state_given_as_its_name():
 def test_torch_nn_keywords_padding_strings_mode_device_and_dtype():
     """Conv2d(..., padding="same" / "valid", padding_mode="zeros", device=, dtype=) as in
     torch.nn; what this library does not do is refused by name."""
-    import n2nfunc as nf
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 9, 6, dtype=torch.float64)
@@ -893,3 +908,64 @@ def test_losses_take_reduction_mean_and_sgd_torchs_default_lr():
     w, g = (t.clone() for t in conv.param()[0])
     SGD(conv.param()).step()
     assert rel_err(conv.weight, w - 1e-3 * g) < 1e-6  # torch.optim.SGD's lr=1e-3
+
+
+def test_optimizer_classes_step_nn_parameters_and_have_torchs_param_groups_and_state_dict():
+    lin = torch.nn.Linear(3, 2)
+    ours = Module(nf.dense(2), {"weight": lin.weight, "bias": lin.bias})
+    theirs = torch.nn.Linear(3, 2)
+    theirs.load_state_dict(lin.state_dict())
+    opt, ref = Adam(ours.param(), lr=0.1), torch.optim.Adam(theirs.parameters(), lr=0.1)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    x, ct = torch.randn(4, 3), torch.randn(4, 2)
+    for step in range(3):
+        if step == 1:
+            for group in (*opt.param_groups, *ref.param_groups):
+                group["lr"] = 0.05
+        opt.zero_grad()
+        ours.forward(x)
+        ours.backward(ct)
+        ref.zero_grad()
+        with torch.enable_grad():  # torch's default mode, where an in-place add to a
+            theirs(x).backward(ct)  # leaf that requires grad raises
+            opt.step()  # an nn.Parameter stepped in place, as torch.optim does under no_grad
+        ref.step()
+    assert opt.lr == 0.05 and lin.weight.requires_grad
+    torch.testing.assert_close(lin.weight.detach(), theirs.weight.detach(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"Adam: param_groups\[0\]\['betas'\] is fixed"):
+        opt.param_groups[0]["betas"] = (0.5, 0.5)
+    with pytest.raises(ValueError, match="Adam: lr must be a finite number >= 0, got -0.1"):
+        opt.lr = -0.1
+    with pytest.raises(ValueError, match="SGD: momentum must be a finite number >= 0"):
+        SGD(ours.param(), 0.1, momentum=-1)
+
+
+def test_optimizer_state_dict_round_trips_through_save_and_resumes_exactly(tmp_path):
+    def run(opt_of, net, steps, state_dict=None):
+        opt = opt_of(net)
+        if state_dict is not None:
+            opt.load_state_dict(state_dict)
+        for _ in range(steps):
+            opt.zero_grad()
+            net.forward(torch.linspace(-1, 1, 12).view(4, 3))
+            net.backward(torch.linspace(1, -2, 8).view(4, 2))
+            opt.step()
+        return opt
+
+    def adam(net):
+        return Adam(net.param(), lr=0.05)
+
+    g = torch.Generator().manual_seed(0)
+    straight = Module.from_layer(nf.dense(2), (-1, 3), generator=g)
+    stopped = Module.from_layer(nf.dense(2), (-1, 3), generator=torch.Generator().manual_seed(0))
+    run(adam, straight, 5)
+    first = run(adam, stopped, 2)
+    first.lr = 0.05
+    nf.save(tmp_path / "opt.pth", first.state_dict())
+    run(adam, stopped, 3, state_dict=nf.load(tmp_path / "opt.pth"))
+    assert torch.equal(straight.state_dict()["weight"], stopped.state_dict()["weight"])
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: unexpected keys \['x'\]"):
+        first.load_state_dict({"state": first.state, "x": 1})
+    other = Module.from_layer(nf.dense(5), (-1, 3))
+    with pytest.raises(ValueError, match="Adam.load_state_dict: state"):
+        Adam(other.param()).load_state_dict(first.state_dict())

@@ -375,7 +375,7 @@ def test_saved_state_resumes_exactly(tmp_path):
         (lambda: optim.piecewise_constant(0.1, [(5, 0.1)]), "piecewise_constant: boundaries"),
         (lambda: nf.AdamW([], lr=-1.0), "AdamW: lr"),
         (lambda: nf.RMSprop([], lr=float("nan")), "RMSprop: lr"),
-        (lambda: nf.RMSprop([], momentum=-1.0), "rmsprop: momentum"),
+        (lambda: nf.RMSprop([], momentum=-1.0), "RMSprop: momentum"),
     ],
 )
 def test_bad_hyperparameters_are_refused(make, pattern):
@@ -590,3 +590,44 @@ def test_the_sgd_class_takes_torchs_argument_order():
         assert torch.allclose(ours, theirs.detach(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="dampening must be a finite number >= 0, got True"):
         SGD([(ours, grad)], 0.1, 0.9, True)  # nesterov where it stood before
+
+
+@pytest.mark.parametrize("make", [optim.sgd, optim.adam, optim.adamw, optim.rmsprop])
+@pytest.mark.parametrize(
+    "leaf,pattern",
+    [
+        (torch.ones(3, dtype=torch.complex64), "'w' is dtype torch.complex64"),
+        (torch.ones(3, dtype=torch.int64), "'w' is dtype torch.int64"),
+    ],
+)
+def test_complex_and_integer_gradients_are_refused_by_name(make, leaf, pattern):
+    tx = make(0.1)
+    params = {"w": leaf}
+    with pytest.raises(ValueError, match=pattern + "; expected real floating-point"):
+        tx.update({"w": leaf}, tx.init(params), params)
+    clip = optim.clip_by_global_norm(1.0)
+    with pytest.raises(ValueError, match=r"clip_by_global_norm: gradients: 'w' is dtype"):
+        clip.update({"w": leaf}, clip.init(params), params)
+    with pytest.raises(ValueError, match=r"clip_by_global_norm: gradients: 'w' is a float"):
+        clip.update({"w": 1.5}, {}, None)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_squares_huge_gradients_without_overflow_as_torch(centered):
+    g = torch.tensor([3e19, -2e21, 1.0])  # g * g overflows float32 where addcmul does not
+    p = torch.zeros(3)
+    tx = optim.rmsprop(1e-2, centered=centered)
+    updates, _ = tx.update({"w": g}, tx.init({"w": p}), {"w": p})
+    ref = torch.nn.Parameter(p.clone())
+    opt = torch.optim.RMSprop([ref], 1e-2, centered=centered)
+    ref.grad = g.clone()
+    opt.step()
+    assert torch.isfinite(updates["w"]).all() and float(updates["w"].abs().max()) > 0.09
+    torch.testing.assert_close(updates["w"], ref.detach(), rtol=1e-6, atol=0)
+
+
+def test_apply_updates_in_place_steps_nn_parameters_as_torch_optim():
+    w = torch.nn.Parameter(torch.zeros(2))
+    with torch.enable_grad():  # torch's default mode
+        assert optim.apply_updates_({"w": w}, {"w": torch.ones(2)})["w"] is w
+    assert torch.equal(w.detach(), torch.ones(2)) and w.requires_grad

@@ -18,6 +18,8 @@ Params ``{"weight": ones(C), "bias": zeros(C)}``; state ``{"running_mean": zeros
 ValueError, as in PyTorch.
 """
 
+import math
+
 from torch import Tensor, empty
 
 from .. import tree
@@ -62,8 +64,8 @@ def _in_float32(run, params, state, x, name: str):
 def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLayer:
     """Batch normalisation of (N, C, H, W) inputs (see the module docstring)."""
     name = f"batch_norm2d(eps={eps}, momentum={momentum})"
-    if not is_number(eps) or not eps > 0:
-        raise ValueError(f"batch_norm2d: eps must be a positive number, got {eps!r}")
+    if not is_number(eps) or not 0 < eps < math.inf:
+        raise ValueError(f"batch_norm2d: eps must be a finite positive number, got {eps!r}")
     if momentum is not None and (not is_number(momentum) or not 0 <= momentum <= 1):
         raise ValueError(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
     eps, momentum = float(eps), None if momentum is None else float(momentum)
