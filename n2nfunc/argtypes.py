@@ -107,6 +107,11 @@ def existing_file(what: str = "file") -> Callable[[str], Path]:
         path = _existing(text, what)
         if path.is_dir():
             raise Error(f"{text} is a folder; expected {_a(what)}")
+        if not path.is_file():  # a pipe, device or socket: its size says nothing
+            raise Error(
+                f"{text} is not a regular file (a pipe or device); expected {_a(what)} "
+                "saved on disk"
+            )
         if path.stat().st_size == 0:
             raise Error(f"{text} is empty; expected {_a(what)}")
         return path

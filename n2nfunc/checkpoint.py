@@ -313,6 +313,12 @@ def save(path, tree) -> None:
     remove_stale_temporaries(path)
 
 
+_NOT_OURS = (
+    "checkpoint {path} is truncated or not an n2nfunc checkpoint (damaged, or written by "
+    "another program)"
+)
+
+
 def load(path):
     """The tree saved by :func:`save` in ``path`` (tensors on the CPU); errors name the file
     and what is wrong."""
@@ -321,6 +327,10 @@ def load(path):
         raise FileNotFoundError(f"checkpoint {path} is a folder; expected a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:  # the header first: a large file of something else is not read
+        head = f.read(2)
+    if head and not (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise ValueError(_NOT_OURS.format(path=path))
     try:
         data = path.read_bytes()
     except MemoryError:
@@ -348,10 +358,7 @@ def load(path):
         OverflowError,
         MemoryError,
     ):  # the exception's text describes the unpickler's internals, not the file
-        raise ValueError(
-            f"checkpoint {path} is truncated or not an n2nfunc checkpoint (damaged, or "
-            "written by another program)"
-        ) from None
+        raise ValueError(_NOT_OURS.format(path=path)) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not an n2nfunc checkpoint")
     if obj.get("version") != VERSION:

@@ -48,6 +48,7 @@ from .model import (
     UNET_DEFAULTS,
     Model,
     check_finite,
+    checkpoint_network,
     full_config,
 )
 from .pretrained import NAMES as PRETRAINED_NAMES
@@ -657,6 +658,17 @@ def run_training(args, device, dp=None) -> int:
     xv: Any = None
     yv: Any = None
     desc = noise = val_desc = ""
+    if state is not None:  # the weights and state checked before the data is made
+        model = Model(_run_config(state["config"]))
+        _loading("--resume", _resume, model, state, args.resume)
+        start, history = state["epoch"], list(state.get("history", []))
+    else:
+        model = Model(_config(args))
+        if args.init is not None:  # its network and weights, a new optimizer
+            payload = _network_payload("--init", args.init)
+            _loading("--init", model.load_payload, payload, str(args.init))
+            model.pretrained = False  # --lr as given (as --resume trains on), not scaled
+        start, history = 0, []
     if lead:  # a run writing there is refused before the data, which may take minutes to make
         folder = Path(args.out).absolute()  # (folders made for it removed if left empty)
         made = tuple(p for p in (folder, *folder.parents) if not p.exists())
@@ -670,22 +682,12 @@ def run_training(args, device, dp=None) -> int:
         dp.wait("data")  # rank 0 may take minutes to generate the data
         xt, yt = dp.broadcast([xt, yt] if lead else [])
     if state is not None:
-        model = Model(_run_config(state["config"]))
-        _loading("--resume", _resume, model, state, args.resume)
-        start, history = state["epoch"], list(state.get("history", []))
         if lead and "data" not in state and state.get("noise", noise) != noise:
             raise ValueError(  # an old checkpoint, which does not record its data options
-                f"--resume: {args.resume} was trained on {state['noise']}; this command line "
-                f"reads {noise}: give the run's own data options"
+                f"--resume: {args.resume} was trained on {shown(state['noise'])}; this command "
+                f"line reads {noise}: give the run's own data options"
             )
         noise = state.get("noise", noise)
-    else:
-        model = Model(_config(args))
-        if args.init is not None:  # its network and weights, a new optimizer
-            payload = _network_payload("--init", args.init)
-            _loading("--init", model.load_payload, payload, str(args.init))
-            model.pretrained = False  # --lr as given (as --resume trains on), not scaled
-        start, history = 0, []
     epochs = model.config["num_epochs"]
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
     out = Path(args.out)
@@ -828,7 +830,8 @@ def _network_payload(option: str, path: Path) -> dict:
             f"{option}: {path} holds no network weights (not a checkpoint written by n2nfunc "
             "train or Model.save)"
         )
-    return payload
+    _loading(option, checkpoint_network, payload, str(path))  # its form, architecture and
+    return payload  # shapes (on the meta device), before any network is built from it
 
 
 def _mixed_noise_words(specs: list) -> str:
@@ -846,14 +849,21 @@ def _mixed_noise_words(specs: list) -> str:
 
 
 def _recorded_noise(payload: dict, path: Path) -> str:
-    """The training noise a weights file records, in words."""
+    """The training noise a weights file records, in words (as :func:`shown`)."""
     info = payload.get("info")
     noise = payload.get("noise", info.get("noise") if isinstance(info, dict) else None)
     if isinstance(noise, list):
         noise = _mixed_noise_words(noise)
     if isinstance(noise, str):
-        return noise
+        return shown(noise)
     return SHIPPED_NOISE if path.resolve() == DEFAULT_WEIGHTS else "not recorded"
+
+
+def shown(text: str, limit: int = 160) -> str:
+    """A file's text as printed: control characters escaped (a crafted file's terminal
+    escapes or forged lines are shown, not obeyed) and at most ``limit`` characters."""
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
 
 
 def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
@@ -1002,7 +1012,10 @@ def cmd_denoise(args) -> int:
         )
         alpha = None
     if picture.deep:
-        print(f"note: {args.input} has 16 bits a channel; {args.output} is written with 8")
+        print(
+            f"note: {args.input} has more than 8 bits a channel (16-bit or floating-point "
+            f"values); {args.output} is written with 8"
+        )
     if picture.pages > 1:
         print(f"note: {args.input} has {picture.pages} pages; the first one is denoised")
     if picture.icc and not keeps_profile(args.output, picture.grey):

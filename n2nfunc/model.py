@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from torch import Generator, Tensor, cat, empty
+from torch import Generator, Tensor, cat, device, empty
 
 from . import optim, tree
 from .base import NOISY_MAX, NOISY_MEAN, Layer, is_number, pixel_scale, positive_int
@@ -458,7 +458,7 @@ class Model(Unpicklable):
     def load_payload(self, payload: dict, source: str) -> None:
         """Load a checkpoint tree (a Model's or a U-Net's, see :meth:`payload`); a network of
         another architecture than this Model's is rebuilt first (as the file records it)."""
-        theirs, params = _checkpoint_network(payload, source)
+        theirs, params = checkpoint_network(payload, source)
         bad = [k for k, v in params.items() if not isinstance(v, Tensor)]
         if bad:
             raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
@@ -756,7 +756,7 @@ def check_finite(params, source: str) -> None:
             raise ValueError(f"{source}: parameter {path!r} holds NaN or infinite values")
 
 
-def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:
+def checkpoint_network(payload, source: str) -> tuple[dict, dict]:
     """``(architecture, {path: tensor})`` of a checkpoint tree, checked for its form."""
     if isinstance(payload, dict) and payload.get("network") == "unet":
         arch, params = payload.get("architecture"), payload.get("params")
@@ -785,4 +785,23 @@ def _checkpoint_network(payload, source: str) -> tuple[dict, dict]:
             f"{source}: its config names network {config['network']!r}, but it holds the "
             "exercise network's checkpoint form"
         )
-    return {"network": "exercise", **{k: config[k] for k in ARCHITECTURE}}, payload["params"]
+    bad = [k for k, v in payload["params"].items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
+    arch = {"network": "exercise", **{k: config[k] for k in ARCHITECTURE}}
+    check_exercise_params(arch, payload["params"], source)
+    return arch, payload["params"]
+
+
+def check_exercise_params(arch: dict, params: dict, source: str) -> None:
+    """The exercise network's architecture (checked as a config is) and a file's params for
+    it (paths, shapes, floating point), compared with the network formed on the meta
+    device: a crafted file asking for widths 4096 costs no memory (built for real, 10-13
+    GB) before it is refused. Errors name ``source``."""
+    try:
+        config = full_config(dict(arch))
+        with device("meta"):
+            build_network(config).check_state_dict(params)
+    except (KeyError, ValueError, TypeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # no quotes
+        raise ValueError(f"{source}: {message}") from None

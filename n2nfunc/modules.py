@@ -226,6 +226,14 @@ class Module(Unpicklable):
         shapes must match, and a floating-point entry must be given as one (an integer or
         complex tensor would be cast, its fractions or imaginary part dropped)."""
         given, own = dict(state_dict), self.state_dict()
+        self.check_state_dict(given)
+        for path, p in own.items():
+            p.copy_(given[path])
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Raise as :meth:`load_state_dict` would, copying nothing (on a Module formed on the
+        meta device, it checks a file's tensors against a network that takes no memory)."""
+        given, own = dict(state_dict), self.state_dict()
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         if missing or unexpected:
@@ -245,8 +253,6 @@ class Module(Unpicklable):
                     f"{self.name}.load_state_dict: '{path}' is {v.dtype}, expected a "
                     "floating-point tensor"
                 )
-        for path, p in own.items():
-            p.copy_(given[path])
 
     def to(self, device=None, dtype=None) -> "Module":
         """Move parameters, gradients and state, each tensor in place as ``torch.nn.Module.to``

@@ -25,8 +25,9 @@ from .model import (
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
     EXERCISE_REACH,
+    architecture,
     build_network,
-    check_config,
+    check_exercise_params,
     check_finite,
 )
 from .tiling import with_footprint
@@ -119,16 +120,16 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     if not isinstance(payload["config"], dict) or not isinstance(payload["params"], dict):
         raise ValueError(f"{source}: 'config' and 'params' must be dicts")
     theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
+    if theirs.get("network", "exercise") != "exercise":  # a U-Net's has the form above
+        raise ValueError(
+            f"{source}: its config names network {theirs['network']!r}, but it holds the "
+            "exercise network's checkpoint form"
+        )
     config = {**DEFAULT_CONFIG, **{k: v for k, v in theirs.items() if k in ARCHITECTURE}}
-    try:
-        check_config(config)  # before building: a crafted file cannot ask for huge layers
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
-    try:  # a config check_config passes may still be refused by the layers (an even kernel
-        net = build_network(config)  # for nearest upsampling)
-        net.load_state_dict(dict(payload["params"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{source}: {e}") from None
+    params = dict(payload["params"])
+    check_exercise_params(architecture(config), params, source)  # before building for real
+    net = build_network(config)
+    net.load_state_dict(params)
     check_finite(net.params, source)
     layer = net.layer
     if not isinstance(layer, Layer):  # the exercise network has no state

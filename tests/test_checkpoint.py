@@ -43,6 +43,7 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_runs_nothing(tmp_path)
     [
         (b"", "is empty"),
         (b"\x80\x04garbage", "truncated or not an n2nfunc checkpoint"),
+        (b"PK\x03\x04" + bytes(100), "truncated or not an n2nfunc checkpoint"),
         (pickle.dumps({"hello": 1}), "is not an n2nfunc checkpoint"),
         (
             pickle.dumps({"format": "n2nfunc-checkpoint", "version": 99, "payload": {}}),
@@ -428,3 +429,14 @@ def test_a_folder_in_place_of_a_checkpoint_file_is_named_as_one(tmp_path):
     assert e.value.filename == str(tmp_path) and list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         nf.load(tmp_path / "missing.pth")
+
+
+def test_a_large_file_of_something_else_is_refused_by_its_first_bytes(tmp_path, monkeypatch):
+    """A 3 GB file that is not a checkpoint was read whole (11 s, 3.4 GB) before it was
+    refused: its first bytes tell."""
+    path = tmp_path / "sparse.pth"
+    with path.open("wb") as f:
+        f.truncate(3 * 2**30)  # sparse: zeros, no disk
+    monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail("read whole"))
+    with pytest.raises(ValueError, match="sparse.pth is truncated or not an n2nfunc checkpoint"):
+        checkpoint.load(path)

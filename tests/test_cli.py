@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from n2nfunc import checkpoint
+from n2nfunc import checkpoint, cli
 from n2nfunc.cli import SHIPPED_NOISE, main
 from n2nfunc.data import read_image, write_image
 from n2nfunc.model import DEFAULT_WEIGHTS, Model
@@ -506,10 +506,16 @@ def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypa
             args = ["denoise", str(tmp_path / "tiny.png"), str(out), "--model", model]
             assert main(args) == 0, capsys.readouterr().err
             assert read_image(out).rgb.shape == (3, *size)
-    assert "has 16 bits" not in capsys.readouterr().out  # 8-bit files get no note
+    assert "more than 8 bits" not in capsys.readouterr().out  # 8-bit files get no note
     assert main(["denoise", str(tmp_path / "deep.png"), str(tmp_path / "d.png")]) == 0
-    assert "has 16 bits a channel; " in capsys.readouterr().out
+    assert "has more than 8 bits a channel (16-bit or floating-point" in capsys.readouterr().out
     assert read_image(tmp_path / "d.png").grey and not read_image(tmp_path / "d.png").deep
+    from PIL import Image
+
+    Image.fromarray(np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)).save(tmp_path / "f.tif")
+    assert read_image(tmp_path / "f.tif").deep  # float values, read as 8 bits
+    assert main(["denoise", str(tmp_path / "f.tif"), str(tmp_path / "f.png")]) == 0
+    assert "f.tif has more than 8 bits a channel" in capsys.readouterr().out
 
 
 def _png_16_bit(path, values, key=None) -> None:
@@ -1227,3 +1233,62 @@ def test_the_out_folder_is_locked_before_the_data_is_made(tmp_path, monkeypatch,
     assert "no data today" in capsys.readouterr().err
     assert seen == [True]
     assert not out.exists()  # made for the lock, left empty: removed
+
+
+def test_bad_init_and_resume_weights_stop_the_run_before_its_data_is_made(
+    tmp_path, monkeypatch, capsys
+):
+    """--init and --resume files were checked (shapes, NaN, optimizer state) only after the
+    training data was made: 40 s to 130 s of generating pairs before a one-line refusal."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "first"
+    assert (
+        main(["train", *TINY, "--noise", "gaussian:10", "--epochs", "2", "--out", str(first)]) == 0
+    )
+    state = checkpoint.load(first / "checkpoint.pth")
+    state["epoch"] = 1
+    state["params"]["0.weight"][0, 0, 0, 0] = float("nan")
+    checkpoint.save(tmp_path / "nan_state.pth", state)
+    weights = checkpoint.load(first / "model.pth")
+    weights["params"]["0.weight"][0, 0, 0, 0] = float("nan")
+    checkpoint.save(tmp_path / "nan.pth", weights)
+
+    def no_data(*args, **kw):
+        raise AssertionError("the data was made before the weights were checked")
+
+    monkeypatch.setattr(cli, "_training_data", no_data)
+    run = ["train", *TINY[:4], *TINY[7:], "--noise", "gaussian:10", "--epochs", "2"]
+    assert main([*run, "--init", str(tmp_path / "nan.pth"), "--out", str(tmp_path / "i")]) == 2
+    assert "nan.pth: parameter '0.weight' holds NaN or infinite values" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nan_state.pth")]) == 2
+    assert "nan_state.pth: parameter '0.weight' holds NaN or infinite" in capsys.readouterr().err
+
+
+def test_text_from_a_weights_file_is_printed_escaped_and_short(tmp_path, capsys):
+    """A crafted file's recorded noise reached the terminal as it was: escape sequences,
+    forged lines, 100,000 characters."""
+    payload = Model({"widths": (8, 8)}).payload()
+    payload["noise"] = "\x1b[2J\x1b[31mEVIL\x1b[0m\nweights: fake line" + "x" * 100_000
+    checkpoint.save(tmp_path / "ansi.pth", payload)
+    write_image(tmp_path / "in.png", torch.rand(3, 12, 10))
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png")]
+    assert main([*args, "--checkpoint", str(tmp_path / "ansi.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\nweights: fake" not in out and len(out) < 1000
+    assert "\\x1b[2J\\x1b[31mEVIL\\x1b[0m\\nweights: fake line" in out
+
+
+def test_every_command_refuses_an_exercise_checkpoint_whose_config_names_the_unet(tmp_path, capsys):
+    """denoise ran the exercise network of such a file; eval blamed the widths of a U-Net."""
+    payload = Model({"widths": (8, 8)}).payload()
+    payload["config"]["network"] = "unet"
+    checkpoint.save(tmp_path / "odd.pth", payload)
+    write_image(tmp_path / "in.png", torch.rand(3, 12, 10))
+    said = "odd.pth: its config names network 'unet', but it holds the exercise network's"
+    for args in (
+        ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png"), "--checkpoint"],
+        ["eval", "--n-val", "4", "--checkpoint"],
+        ["export-submission", str(tmp_path / "sub"), "--checkpoint"],
+    ):
+        assert main([*args, str(tmp_path / "odd.pth")]) == 2
+        assert said in capsys.readouterr().err

@@ -35,6 +35,7 @@ def world(tmp_path_factory) -> Path:
     (w / "text.txt").write_text("hello, I am not a tensor file\n")
     (w / "garbage.pth").write_bytes(b"garbage\n")
     (w / "empty.pkl").write_bytes(b"")
+    os.mkfifo(w / "pipe.png")  # as a shell's <(cat photo.png) gives: no size, no seek
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     torch.save((x, x), w / "train_data.pkl")
     torch.save((x[:, :2], x[:, :2]), w / "two_channels.pkl")
@@ -140,6 +141,8 @@ ROWS = [
     ("train --train {w}/missing.pkl --val {w}/train_data.pkl", r"--train: no such pair file: "),
     ("train --train {w}/folder --val {w}/train_data.pkl", r"--train: .*folder is a folder; expe"),
     ("train --train {w}/empty.pkl --val {w}/train_data.pkl", r"--train: .*empty.pkl is empty"),
+    ("denoise {w}/pipe.png {w}/o.png", r"INPUT: .*pipe.png is not a regular file \(a pipe"),
+    ("eval --checkpoint {w}/pipe.png", r"--checkpoint: .*pipe.png is not a regular file"),
     (
         "train --train {w}/text.txt --val {w}/train_data.pkl",
         r"--train: pair file .*text.txt is not a readable torch file",

@@ -301,7 +301,7 @@ def test_export_ships_only_what_the_grader_can_load(tmp_path):
     odd_kernel["config"].update(upsampling="nearest", kernel=4)
     for name, payload, pattern in (
         ("shape", wrong_shape, r".*'0.weight' has shape \(1,\), expected \(48, 3, 4, 4\)"),
-        ("kernel", odd_kernel, "Model: upsampling 'nearest' needs an odd kernel"),
+        ("kernel", odd_kernel, "upsampling 'nearest' needs an odd kernel"),
     ):
         checkpoint.save(tmp_path / f"{name}.pth", payload)
         with pytest.raises(ValueError, match=f"{name}.pth: {pattern}"):

@@ -2,6 +2,7 @@
 
 import importlib
 import re
+import sys
 
 import pytest
 import torch
@@ -342,8 +343,36 @@ def test_a_config_the_layers_refuse_names_the_file(tmp_path):
     payload = Model().payload()
     payload["config"].update(upsampling="nearest", kernel=4)
     checkpoint.save(tmp_path / "even.pth", payload)
-    with pytest.raises(ValueError, match=r"even.pth: nearest upsampling needs an odd kernel"):
+    with pytest.raises(ValueError, match=r"even.pth: upsampling 'nearest' needs an odd kernel"):
         load_network(tmp_path / "even.pth")
+
+
+def test_a_file_asking_for_huge_layers_is_refused_before_they_are_built(tmp_path, monkeypatch):
+    """A 315 KB file whose config asks for widths 4096 with the shipped tensors: every loader
+    built the network for real (10-13 GB) before comparing shapes. Now the shapes are
+    compared on the meta device: nothing that large is ever allocated."""
+    from n2nfunc import Model, checkpoint, model
+
+    payload = Model().payload()
+    payload["config"].update(widths=[4096, 4096], kernel=5)
+    checkpoint.save(tmp_path / "huge.pth", payload)
+    built = []
+    real = model.build_network
+
+    def watched(config, *args, **kw):
+        built.append(tuple(config["widths"]))
+        net = real(config, *args, **kw)
+        assert nf.tree.leaves(net.params)[0].is_meta or max(config["widths"]) < 4096
+        return net
+
+    monkeypatch.setattr(model, "build_network", watched)
+    monkeypatch.setattr(sys.modules["n2nfunc.pretrained"], "build_network", watched)
+    shape = r"huge.pth: .*'0.weight' has shape \(48, 3, 4, 4\), expected \(4096, 3, 5, 5\)"
+    with pytest.raises(ValueError, match=shape):
+        load_network(tmp_path / "huge.pth")
+    with pytest.raises(ValueError, match=shape):
+        Model().load_pretrained_model(tmp_path / "huge.pth")
+    assert (4096, 4096) in built  # checked, on the meta device only
 
 
 def test_denoise_image_keeps_no_autograd_graph():

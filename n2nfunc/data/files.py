@@ -116,7 +116,7 @@ class Picture(NamedTuple):
     rgb: Tensor  # uint8 (3, H, W)
     alpha: Tensor | None  # uint8 (1, H, W) or None
     grey: bool  # the file was greyscale
-    deep: bool = False  # the file had more than 8 bits a channel (read as their top 8)
+    deep: bool = False  # the file had more than 8 bits a channel (16-bit or float), read as 8
     icc: bytes | None = None  # the file's colour profile, when it fits the values read
     pages: int = 1  # a multi-page TIFF's pages (the first is read)
 
@@ -257,7 +257,8 @@ def read_image(path) -> Picture:
                 key = raw.info.get("transparency")  # a PNG tRNS chunk: a transparent colour
                 raw.load()
                 im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
-                if im.mode == "F":
+                floating = im.mode == "F"
+                if floating:
                     im = _float_as_8_bits(im, path)
                 alpha = None
                 if wide and raw.format == "PNG" and isinstance(key, tuple) and len(key) == 3:
@@ -279,7 +280,7 @@ def read_image(path) -> Picture:
                 sixteen = im.mode.startswith("I;16") or top > 255
                 if sixteen:
                     im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
-                deep = sixteen or wide
+                deep = sixteen or wide or floating
                 rgb = im.convert("RGB")
     except Image.DecompressionBombError as e:  # Pillow's guard; not an OSError
         raise ValueError(
