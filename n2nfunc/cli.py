@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -557,6 +559,14 @@ def cmd_train(args) -> int:
                 _finished_run(args, state, epochs)
             return 0
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
+        size = os.environ.get("WORLD_SIZE", "")
+        if args.nproc > 1 and size != str(args.nproc):  # torchrun's variables left in a shell
+            raise ValueError(
+                f"--nproc {args.nproc}: this process runs as a worker of a group of "
+                f"WORLD_SIZE={size or '?'} (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are "
+                "set in the environment, as torchrun sets them); unset them for --nproc to "
+                "start its own workers"
+            )
         return launch.train_worker(args, _setup(args), run_training)
     if args.nproc > 1:
         return launch.spawn(args, args.argv)
@@ -708,7 +718,9 @@ def run_training(args, device, dp=None) -> int:
             dp.wait(f"epoch-{epoch + 1}")  # rank 0 evaluates and saves meanwhile
         return 0
     xv, yv = xv.to(device), yv.to(device)
-    processes = "" if dp is None else f" ({bs // dp.size} in each of {dp.size} processes)"
+    processes = (
+        "" if dp is None or dp.size == 1 else f" ({bs // dp.size} in each of {dp.size} processes)"
+    )
     if state is None or Path(args.resume).resolve() != state_path.resolve():
         _note_unfinished_run(state_path)
     resuming = f" (resuming at epoch {start + 1})" if state is not None else ""
@@ -1793,10 +1805,30 @@ def main(argv=None) -> int:
         _check_precision(args, args.parser.error)
     except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0
+    exits = _exit_on_sigterm()
     try:
         return _run(args)
     finally:
         _unlock_all()
+        if exits:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _exit_on_sigterm() -> bool:
+    """Make SIGTERM (``kill``, ``timeout``, torchrun's agent stopping the workers) end this
+    command by ``SystemExit(143)``, so that its lock file and the empty folders made for it
+    are removed on the way out, as on Ctrl-C; whether it did. A handler already set (a host
+    program's) is left alone, and so are threads other than the main one."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    return True
 
 
 def _run(args) -> int:

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -238,6 +239,14 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
                 f"the environment variable {key} is {'not set' if not value else repr(value)}"
                 " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
             )
+    rank, size, port = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+    if not 0 <= rank < size:
+        raise CommunicationError(
+            f"RANK={rank} with WORLD_SIZE={size}: the ranks of a group of {size} are 0 to "
+            f"{size - 1}"
+        )
+    if not 1 <= port <= 65535:
+        raise CommunicationError(f"MASTER_PORT={port}: a port is a number from 1 to 65535")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "gloo":
         _check_interfaces(os.environ.get("GLOO_SOCKET_IFNAME", ""))
@@ -268,13 +277,34 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
         if reason:
             raise failed(reason)
     timeout = timedelta(seconds=max(1.0, timeout_s - (time.monotonic() - started)))
+    # torch's store client waits without end on a listener that accepts and never answers
+    # (another program on the port): past the timeout and a grace, this process says so
+    # and exits (the wait is in C++, where no exception reaches it)
+    watchdog = threading.Timer(
+        timeout_s + WATCHDOG_GRACE_S,
+        _give_up,
+        [failed("no answer from the listener there (another program may hold that port)")],
+    )
+    watchdog.daemon = True
+    watchdog.start()
     try:
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise failed(reason) from None
+    finally:
+        watchdog.cancel()
     return DataParallel(rank, size, store, device)
+
+
+WATCHDOG_GRACE_S = 15.0  # beyond the timeout, for torch's own errors to come first
+
+
+def _give_up(error: CommunicationError) -> None:
+    """The last resort of :func:`init_from_env`: say why on stderr and exit with status 1."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _check_interfaces(names: str) -> None:
@@ -355,7 +385,7 @@ def failure_causes(failures: dict) -> list:
     first = min(f.timestamp for f in failures.values())
 
     def stopped(f) -> bool:
-        return f.exitcode == -signal.SIGTERM or (
+        return f.exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM) or (  # (the CLI's exit)
             f.exitcode == -signal.SIGKILL and f.timestamp > first
         )
 

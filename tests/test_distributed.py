@@ -582,6 +582,8 @@ def test_failure_causes_leave_out_the_ranks_the_agent_stopped():
     assert [r for r, _ in failure_causes(hung)] == [0]
     killed = {0: failure(-15, 101, 10), 1: failure(-9, 100, 11)}
     assert [r for r, _ in failure_causes(killed)] == [1]
+    cli_exit = {0: failure(143, 101, 10), 1: failure(-9, 100, 11)}  # SIGTERM as SystemExit
+    assert [r for r, _ in failure_causes(cli_exit)] == [1]
     both = {0: failure(3, 100, 10), 1: failure(3, 100, 11)}
     assert [r for r, _ in failure_causes(both)] == [0, 1]
 
@@ -745,3 +747,77 @@ def test_the_resume_hint_of_a_torchrun_run_is_a_torchrun_command():
     assert launch.under_torchrun("interrupted; nothing was saved") == (
         "interrupted; nothing was saved"
     )
+
+
+@pytest.mark.parametrize(
+    "env,pattern",
+    [
+        (dict(RANK="2", WORLD_SIZE="2"), r"RANK=2 with WORLD_SIZE=2: the ranks of a group of 2"),
+        (dict(RANK="0", WORLD_SIZE="0"), r"RANK=0 with WORLD_SIZE=0"),
+        (dict(MASTER_PORT="99999"), r"MASTER_PORT=99999: a port is a number from 1 to 65535"),
+        (dict(MASTER_PORT="0"), r"MASTER_PORT=0: a port"),
+    ],
+)
+def test_a_rank_or_port_out_of_range_is_refused_at_once(monkeypatch, env, pattern):
+    """These had waited the whole timeout, then blamed rank 0 or a missing peer."""
+    base = dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+    for key, value in {**base, **env}.items():
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    with pytest.raises(distributed.CommunicationError, match=pattern):
+        distributed.init_from_env(torch.device("cpu"), timeout_s=30.0)
+    assert time.monotonic() - started < 5
+
+
+def test_a_listener_that_never_answers_is_said_after_the_timeout(tmp_path):
+    """Another program holding MASTER_PORT accepts the connection and says nothing: torch's
+    store client waited there without end (over 300 s), printing nothing."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        code = (
+            "import torch\n"
+            "from n2nfunc import distributed\n"
+            "distributed.WATCHDOG_GRACE_S = 1.0\n"
+            "distributed.init_from_env(torch.device('cpu'), timeout_s=1.0)\n"
+        )
+        env = _env(tmp_path, RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+        env["MASTER_PORT"] = str(port)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "rank 1 of 2 could not join the process group" in proc.stderr
+    assert "no answer from the listener there (another program may hold that port)" in (proc.stderr)
+
+
+def test_nproc_under_stale_torchrun_variables_is_refused(monkeypatch, capsys):
+    """A shell with torchrun's variables left set trained in one process, --nproc ignored."""
+    env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29431")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", *CLI_TINY, "--nproc", "2"]) == 2
+    assert "--nproc 2: this process runs as a worker of a group of WORLD_SIZE=1" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_lock_and_the_folders_made_for_the_run(tmp_path):
+    """`kill` or `timeout` (SIGTERM) left .n2nfunc-train.lock, and the folders made for it,
+    behind; a worker stopped by torchrun's agent the same."""
+    out = tmp_path / "made" / "run"
+    args = [sys.executable, "-m", "n2nfunc", "train", "--n-train", "50000", "--out", str(out)]
+    proc = subprocess.Popen(args, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".n2nfunc-train.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / ".n2nfunc-train.lock").exists()
+        proc.terminate()  # while it makes the 50,000 pairs
+        _, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 143, err[-2000:]
+    assert not (tmp_path / "made").exists()  # made for the run, left empty: removed
