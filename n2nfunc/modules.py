@@ -899,7 +899,13 @@ class Optimizer(Unpicklable):
 
     save_instead = "save its state_dict() with n2nfunc.save instead and load_state_dict it"
 
-    def __init__(self, params, make, lr, name, **hyperparameters):
+    def __init__(self, params, transformation, name: str, lr, **hyperparameters):
+        """``transformation(lr, **hyperparameters)`` (:mod:`n2nfunc.optim`'s function) over
+        ``params``; numeric hyperparameters are checked here, errors naming the class."""
+        numbers = {
+            k: v for k, v in hyperparameters.items() if not isinstance(v, (bool, tuple, list))
+        }
+        optim.check_hyperparameters(name, lr=lr, **numbers)
         if isinstance(params, Module):
             params = params.param()
         params = list(params)
@@ -911,7 +917,8 @@ class Optimizer(Unpicklable):
         for i, (p, g) in enumerate(params):
             if not isinstance(p, Tensor) or not isinstance(g, Tensor) or p.shape != g.shape:
                 raise ValueError(f"{name}: pair {i} must hold two tensors of equal shape")
-        self.name, self._make = name, make
+        self.name = name
+        self._make = lambda lr_: transformation(lr_, **hyperparameters)
         groups: dict = {}
         for p, g in params:
             grads = groups.setdefault(id(p), (p, {}))[1]
@@ -919,7 +926,7 @@ class Optimizer(Unpicklable):
         self.params = [p for p, _ in groups.values()]
         self.param_groups = [ParamGroup(name, params=self.params, lr=lr, **hyperparameters)]
         self.grads = [list(grads.values()) for _, grads in groups.values()]
-        self.transform = make(self._lr_at)
+        self.transform = self._make(self._lr_at)
         if not params:  # after the hyperparameters, as torch.optim: a step would do nothing
             raise ValueError(f"{name}: got an empty parameter list: nothing to train")
         self.state = self.transform.init(self.params)
@@ -1045,14 +1052,11 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
     ):
-        optim.check_hyperparameters(
-            "SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay
-        )
         super().__init__(
             params,
-            lambda lr_: optim.sgd(lr_, momentum, nesterov, weight_decay, dampening),
-            lr,
+            optim.sgd,
             "SGD",
+            lr,
             momentum=momentum,
             dampening=dampening,
             weight_decay=weight_decay,
@@ -1072,17 +1076,8 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
     ):
-        optim.check_hyperparameters("Adam", lr=lr, eps=eps, weight_decay=weight_decay)
-        super().__init__(
-            params,
-            lambda lr_: optim.adam(lr_, betas, eps, weight_decay, amsgrad),
-            lr,
-            "Adam",
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-        )
+        hyperparameters = dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(params, optim.adam, "Adam", lr, **hyperparameters)
 
 
 class AdamW(Optimizer):
@@ -1097,17 +1092,8 @@ class AdamW(Optimizer):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
     ):
-        optim.check_hyperparameters("AdamW", lr=lr, eps=eps, weight_decay=weight_decay)
-        super().__init__(
-            params,
-            lambda lr_: optim.adamw(lr_, betas, eps, weight_decay, amsgrad),
-            lr,
-            "AdamW",
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-        )
+        hyperparameters = dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(params, optim.adamw, "AdamW", lr, **hyperparameters)
 
 
 class RMSprop(Optimizer):
@@ -1123,14 +1109,11 @@ class RMSprop(Optimizer):
         momentum: float = 0.0,
         centered: bool = False,
     ):
-        optim.check_hyperparameters(
-            "RMSprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
-        )
         super().__init__(
             params,
-            lambda lr_: optim.rmsprop(lr_, alpha, eps, weight_decay, momentum, centered),
-            lr,
+            optim.rmsprop,
             "RMSprop",
+            lr,
             alpha=alpha,
             eps=eps,
             weight_decay=weight_decay,
