@@ -358,6 +358,17 @@ class _WeightBias(Module):
     bias = property(lambda self: self.params.get("bias"), lambda self, v: self._set("bias", v))
 
 
+def _only_defaults(name: str, **given_and_default) -> None:
+    """torch.nn's arguments this block takes only at their defaults, ``option=(given,
+    default)``: another value is refused by name, never ignored (``inplace=True`` would leave
+    the input as it was; ``ceil_mode=True`` would give another output size)."""
+    for option, (given, default) in given_and_default.items():
+        if not (given is default or (default is not None and given == default)):
+            raise ValueError(
+                f"{name}: {option}={given!r} is not supported (only {default!r}, torch's default)"
+            )
+
+
 def _options(**kw):
     return ", ".join(f"{k}={v}" for k, v in kw.items())
 
@@ -533,7 +544,8 @@ class NearestUpsampling(Module):
 
 
 class ReLU(Module):
-    def __init__(self):
+    def __init__(self, inplace: bool = False):
+        _only_defaults("ReLU", inplace=(inplace, False))
         super().__init__(relu(), {})
 
 
@@ -561,9 +573,18 @@ class Flatten(_Parameterless):
 
 
 class MaxPool2d(_Parameterless):
-    """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0)``."""
+    """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0)``; torch's other arguments
+    only at their defaults."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(
+        self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
+    ):
+        _only_defaults(
+            "MaxPool2d",
+            dilation=(1 if dilation in ((1, 1), [1, 1]) else dilation, 1),
+            return_indices=(return_indices, False),
+            ceil_mode=(ceil_mode, False),
+        )
         super().__init__(
             max_pool2d(kernel_size, stride, padding),
             _options(kernel_size=kernel_size, stride=stride, padding=padding),
@@ -571,9 +592,24 @@ class MaxPool2d(_Parameterless):
 
 
 class AvgPool2d(_Parameterless):
-    """``torch.nn.AvgPool2d(kernel_size, stride=None, padding=0)`` (``count_include_pad``)."""
+    """``torch.nn.AvgPool2d(kernel_size, stride=None, padding=0)`` (``count_include_pad``);
+    torch's other arguments only at their defaults."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+    ):
+        _only_defaults(
+            "AvgPool2d",
+            ceil_mode=(ceil_mode, False),
+            count_include_pad=(count_include_pad, True),
+            divisor_override=(divisor_override, None),
+        )
         super().__init__(
             avg_pool2d(kernel_size, stride, padding),
             _options(kernel_size=kernel_size, stride=stride, padding=padding),
@@ -581,7 +617,8 @@ class AvgPool2d(_Parameterless):
 
 
 class LeakyReLU(_Parameterless):
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        _only_defaults("LeakyReLU", inplace=(inplace, False))
         super().__init__(leaky_relu(negative_slope), _options(negative_slope=negative_slope))
 
 
@@ -600,7 +637,8 @@ class GELU(_Parameterless):
 
 
 class ELU(_Parameterless):
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        _only_defaults("ELU", inplace=(inplace, False))
         super().__init__(elu(alpha), _options(alpha=alpha))
 
 
@@ -628,10 +666,24 @@ class BatchNorm2d(_WeightBias):
     ``running_mean``, ``running_var``, ``num_batches_tracked`` in its state; batch statistics
     in training mode, running statistics in evaluation mode."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        _only_defaults(
+            "BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True)
+        )
         layer = batch_norm2d(eps, momentum)
         description = _options(num_features=num_features, eps=eps, momentum=momentum)
-        super().__init__(layer, num_features, None, description, size="num_features")
+        super().__init__(
+            layer, num_features, None, description, size="num_features", device=device, dtype=dtype
+        )
 
     running_mean = property(lambda self: self.state["running_mean"])
     running_var = property(lambda self: self.state["running_var"])
@@ -652,8 +704,7 @@ class Dropout(Module):
     ):
         if isinstance(inplace, Generator):
             raise TypeError("Dropout: the generator is keyword-only: Dropout(p, generator=g)")
-        if inplace:
-            raise ValueError(f"Dropout: inplace={inplace!r} is not supported (only False)")
+        _only_defaults("Dropout", inplace=(inplace, False))
         if generator is not None and not isinstance(generator, Generator):
             kind = type(generator).__name__
             raise TypeError(f"Dropout: generator must be a torch.Generator or None, got {kind}")

@@ -969,3 +969,41 @@ def test_optimizer_state_dict_round_trips_through_save_and_resumes_exactly(tmp_p
     other = Module.from_layer(nf.dense(5), (-1, 3))
     with pytest.raises(ValueError, match="Adam.load_state_dict: state"):
         Adam(other.param()).load_state_dict(first.state_dict())
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: ReLU(inplace=True), r"ReLU: inplace=True is not supported \(only False"),
+        (lambda: LeakyReLU(0.1, True), r"LeakyReLU: inplace=True is not supported"),
+        (lambda: ELU(1.0, inplace=True), r"ELU: inplace=True"),
+        (lambda: MaxPool2d(2, ceil_mode=True), r"MaxPool2d: ceil_mode=True is not supported"),
+        (lambda: MaxPool2d(2, dilation=2), r"MaxPool2d: dilation=2 is not supported \(only 1"),
+        (lambda: MaxPool2d(2, return_indices=True), r"MaxPool2d: return_indices=True"),
+        (lambda: AvgPool2d(2, count_include_pad=False), r"AvgPool2d: count_include_pad=False"),
+        (lambda: AvgPool2d(2, divisor_override=3), r"AvgPool2d: divisor_override=3 is not"),
+        (lambda: BatchNorm2d(4, affine=False), r"BatchNorm2d: affine=False is not supported"),
+        (lambda: BatchNorm2d(4, track_running_stats=False), r"track_running_stats=False"),
+        (lambda: Dropout(0.5, True), r"Dropout: inplace=True is not supported \(only False"),
+    ],
+)
+def test_torch_arguments_other_than_their_defaults_are_refused_by_name(make, pattern):
+    """Student code passes torch.nn's other arguments (ReLU(inplace=True), MaxPool2d(...,
+    ceil_mode=...)): these were a bare TypeError; an ignored one would be a wrong result."""
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+def test_torch_arguments_at_their_defaults_build_the_same_blocks():
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    pairs = [
+        (ReLU(inplace=False), torch.nn.ReLU()),
+        (LeakyReLU(0.2, inplace=False), torch.nn.LeakyReLU(0.2)),
+        (MaxPool2d(2, None, 0, (1, 1), False, False), torch.nn.MaxPool2d(2)),
+        (AvgPool2d(3, 1, 1, False, True, None), torch.nn.AvgPool2d(3, 1, 1)),
+    ]
+    for ours, theirs in pairs:
+        assert torch.equal(ours(x), theirs(x))
+    bn = BatchNorm2d(4, affine=True, track_running_stats=True, dtype=torch.float64)
+    assert bn.weight.dtype == bn.running_mean.dtype == torch.float64
+    torch.testing.assert_close(bn(x), torch.nn.BatchNorm2d(4).double()(x))
