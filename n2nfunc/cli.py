@@ -16,7 +16,6 @@ import shlex
 import signal
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -398,8 +397,8 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
 
 def _shown(value) -> str:
     if isinstance(value, (tuple, list)):
-        return " ".join(map(str, value))
-    return str(value)
+        return shown(" ".join(map(str, value)))
+    return shown(str(value))
 
 
 def _shown_data(dest: str, value) -> str:
@@ -455,7 +454,9 @@ def _check_state_parts(state: dict, path) -> None:
             and all(
                 data.get(k) is None
                 or (
-                    _is_count(data[k], 1) if k in ("n_train", "n_val") else isinstance(data[k], str)
+                    _is_count(data[k], 1)
+                    if k in ("n_train", "n_val")
+                    else isinstance(data[k], str) and data[k].isprintable()  # (a path, printed)
                 )
                 for k in DATA_OPTIONS
             )
@@ -559,13 +560,12 @@ def cmd_train(args) -> int:
                 _finished_run(args, state, epochs)
             return 0
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
-        size = os.environ.get("WORLD_SIZE", "")
-        if args.nproc > 1 and size != str(args.nproc):  # torchrun's variables left in a shell
+        if args.nproc > 1 and launch.launcher_pid() is None:  # not one of --nproc's own
             raise ValueError(
-                f"--nproc {args.nproc}: this process runs as a worker of a group of "
-                f"WORLD_SIZE={size or '?'} (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are "
-                "set in the environment, as torchrun sets them); unset them for --nproc to "
-                "start its own workers"
+                f"--nproc {args.nproc}: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set "
+                f"(WORLD_SIZE={os.environ.get('WORLD_SIZE', '?')}), so this process is a worker "
+                "of torchrun's: under torchrun give no --nproc (its --nproc-per-node says how "
+                "many); left over in a shell, unset them for --nproc to start its own workers"
             )
         return launch.train_worker(args, _setup(args), run_training)
     if args.nproc > 1:
@@ -783,7 +783,7 @@ def run_training(args, device, dp=None) -> int:
         raise FloatingPointError(
             f"{e} {state_path} holds the state from the start of epoch {epoch + 1}."
         ) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         progress.close()
         if dp is not None:  # the workers stop together; the last epoch's checkpoint stays
             raise
@@ -791,16 +791,16 @@ def run_training(args, device, dp=None) -> int:
             f"\ninterrupted in epoch {epoch + 1}; {state_path} holds the state from its start; "
             f"continue with `{launch.resume_command(state_path, args)}`"
         )
-        return 130
+        return _stopped_code(e)
     progress.close()
     try:
         checkpoint.save(weights_path, {**model.payload(), "noise": noise})
         (out / "history.json").write_text(json.dumps(history, indent=1))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if dp is not None:  # rank 0 of several says it (launch)
             raise
         print("\n" + launch.finished_text(state_path, args))
-        return 130
+        return _stopped_code(e)
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
     pictures = []
     if not args.no_pictures:
@@ -1805,39 +1805,43 @@ def main(argv=None) -> int:
         _check_precision(args, args.parser.error)
     except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0
-    exits = _exit_on_sigterm()
     try:
         return _run(args)
     finally:
         _unlock_all()
-        if exits:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _exit_on_sigterm() -> bool:
-    """Make SIGTERM (``kill``, ``timeout``, torchrun's agent stopping the workers) end this
-    command by ``SystemExit(143)``, so that its lock file and the empty folders made for it
-    are removed on the way out, as on Ctrl-C; whether it did. A handler already set (a host
-    program's) is left alone, and so are threads other than the main one."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return False
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch system) in a command run by :func:`entry`: it
+    stops as on Ctrl-C -- the resume hint said, the lock file and the empty folders made for
+    the run removed -- with exit status 143."""
 
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    return True
+def _terminated(signum, frame):
+    raise Terminated
+
+
+def _stopped_code(e: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+
+
+def entry() -> int:
+    """The console script and ``python -m n2nfunc``: :func:`main`, SIGTERM raising
+    :class:`Terminated` in a process of its own (not in a data-parallel worker: there the
+    signal must stop the process at once, even while torch waits in C++ for a rendezvous or
+    a collective, which a Python handler would wait for; nor where a handler is set)."""
+    if not launch.is_worker() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+    return main()
 
 
 def _run(args) -> int:
     """``args.func(args)``, its failures said in one line and turned into exit codes."""
     try:
         return args.func(args)
-    except KeyboardInterrupt:  # (inside an epoch train says which state it kept, itself)
+    except KeyboardInterrupt as e:  # (inside an epoch train says which state it kept, itself)
         print(f"\nn2nfunc {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _stopped_code(e)
     except (ValueError, FileNotFoundError) as e:
         print(f"n2nfunc {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -1852,4 +1856,4 @@ def _run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

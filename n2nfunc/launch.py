@@ -219,9 +219,9 @@ def train_worker(args, device, run) -> int:
             print(f"error: {refused or e}; stopping", file=sys.stderr)
             return 1
         if dp.rank == 0:
-            nproc = dp.size if _launcher() is not None else 1  # (torchrun: by its own options)
+            nproc = dp.size if launcher_pid() is not None else 1  # (torchrun: by its own options)
             text = _interrupted_text(state_path, args, ours(), nproc)
-            if _launcher() is None and dp.size > 1:
+            if launcher_pid() is None and dp.size > 1:
                 text = under_torchrun(text)
             print("\n" + text, file=sys.stderr)
         return 130
@@ -229,7 +229,7 @@ def train_worker(args, device, run) -> int:
         distributed.shutdown()
 
 
-def _launcher() -> int | None:
+def launcher_pid() -> int | None:
     """The pid of the ``train --nproc`` launcher that started this worker, if one did."""
     text = os.environ.get(LAUNCHER_PID, "")
     return int(text) if text.isdigit() else None
@@ -239,7 +239,7 @@ def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
     """Interrupt this worker, as Ctrl-C would, once the ``train --nproc`` launcher that
     started it is gone (a launcher killed outright cannot stop its workers, which would train
     on unseen). Workers started otherwise (torchrun, by hand, under nohup) are left alone."""
-    parent = _launcher()
+    parent = launcher_pid()
     if parent is None or os.getppid() != parent:
         return
 
@@ -254,7 +254,7 @@ def _interrupt_when_orphaned(every_s: float = 0.5) -> None:
 def _launcher_gone(wait_s: float = 1.0) -> bool:
     """Whether the ``train --nproc`` launcher of this worker has died (waiting a moment: a
     dying process closes its sockets before its children are handed to another parent)."""
-    parent = _launcher()
+    parent = launcher_pid()
     if parent is None:
         return False
     deadline = time.monotonic() + wait_s

@@ -825,7 +825,8 @@ class Sequential(Module):
             if release:
                 if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                     m._pullback = _SPENT
-                pullbacks[i] = _spent_pullback(f"Sequential block {i}")
+                if not isinstance(pullbacks[i], list):  # (a Sequential's: spent one by one)
+                    pullbacks[i] = _spent_pullback(f"Sequential block {i}")
         return ct
 
     def to(self, device=None, dtype=None) -> "Sequential":
@@ -1018,7 +1019,10 @@ class Optimizer(Unpicklable):
             self.state,
         )
         if "lr" in state_dict:
-            self.lr = state_dict["lr"]
+            try:
+                self.lr = state_dict["lr"]
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
         self.state = state
 
     def __copy__(self):
@@ -1059,12 +1063,23 @@ class Optimizer(Unpicklable):
 
 
 def _checked_state(state, like, what: str):
-    """``state`` if it has ``like``'s structure, tensor shapes and dtypes (on any device)."""
+    """``state`` if it has ``like``'s structure and tensor shapes (on any device), its floating
+    tensors cast to ``like``'s dtypes, as torch's ``load_state_dict`` casts them."""
+
+    def cast(t, old):
+        if isinstance(t, Tensor) and isinstance(old, Tensor) and t.is_floating_point():
+            return t.to(dtype=old.dtype) if old.is_floating_point() else t
+        return t
 
     def on_cpu(t):
         return t.to("cpu") if isinstance(t, Tensor) else t
 
-    tree.check_like(tree.map(on_cpu, state), tree.map(on_cpu, like), f"{what}: state", "state")
+    try:
+        state = tree.map(cast, state, like)
+    except ValueError:
+        pass  # a difference of structure, said below
+    given, own = tree.map(on_cpu, state), tree.map(on_cpu, like)
+    tree.check_like(given, own, f"{what}: the state given", "optimizer's own state")
     return state
 
 
@@ -1084,9 +1099,19 @@ class ParamGroup(dict):
                 f"{self.name}: param_groups[0][{key!r}] is fixed at construction; only 'lr' "
                 "may change between steps (make a new optimizer for other values)"
             )
-        if key == "lr":
-            optim.check_hyperparameters(self.name, lr=value)
+        if key == "lr":  # a number as a Python float (n2nfunc.save takes no NumPy scalar)
+            (value,) = optim.check_hyperparameters(self.name, lr=value)
         super().__setitem__(key, value)
+
+    def update(self, *args, **kwargs) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __delitem__(self, key) -> None:
+        raise ValueError(f"{self.name}: param_groups[0][{key!r}] cannot be removed")
+
+    def pop(self, key, *default):
+        raise ValueError(f"{self.name}: param_groups[0][{key!r}] cannot be removed")
 
 
 class SGD(Optimizer):

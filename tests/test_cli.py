@@ -1292,3 +1292,18 @@ def test_every_command_refuses_an_exercise_checkpoint_whose_config_names_the_une
     ):
         assert main([*args, str(tmp_path / "odd.pth")]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_a_resume_state_whose_data_paths_hold_control_characters_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    """A crafted state's --photos path reached the terminal through the option's error."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "first"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(first)]) == 0
+    state = checkpoint.load(first / "checkpoint.pth")
+    state["epoch"], state["data"]["photos"] = 1, "/nonexist\x1b[31mEVIL"
+    checkpoint.save(tmp_path / "ansi.pth", state)
+    assert main(["train", "--resume", str(tmp_path / "ansi.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "its 'data' must be a dict of the run's data options" in err

@@ -792,15 +792,21 @@ def test_a_listener_that_never_answers_is_said_after_the_timeout(tmp_path):
     assert "no answer from the listener there (another program may hold that port)" in (proc.stderr)
 
 
-def test_nproc_under_stale_torchrun_variables_is_refused(monkeypatch, capsys):
-    """A shell with torchrun's variables left set trained in one process, --nproc ignored."""
-    env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29431")
+@pytest.mark.parametrize("size", ["1", "2"])
+def test_nproc_under_stale_torchrun_variables_is_refused(monkeypatch, capsys, size):
+    """A shell with torchrun's variables left set trained in one process, --nproc ignored,
+    or (WORLD_SIZE 2) waited for a rank 1 that never came."""
+    env = dict(RANK="0", WORLD_SIZE=size, MASTER_ADDR="127.0.0.1", MASTER_PORT="29431")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv(launch.LAUNCHER_PID, raising=False)
     assert main(["train", *CLI_TINY, "--nproc", "2"]) == 2
-    assert "--nproc 2: this process runs as a worker of a group of WORLD_SIZE=1" in (
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        f"--nproc 2: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set (WORLD_SIZE={size})"
+        in err
     )
+    assert "under torchrun give no --nproc" in err and "unset them" in err
 
 
 @pytest.mark.slow
@@ -820,4 +826,5 @@ def test_sigterm_removes_the_lock_and_the_folders_made_for_the_run(tmp_path):
     finally:
         _stop(proc)
     assert proc.returncode == 143, err[-2000:]
+    assert "n2nfunc train: interrupted" in err  # said, as on Ctrl-C
     assert not (tmp_path / "made").exists()  # made for the run, left empty: removed

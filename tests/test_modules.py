@@ -438,6 +438,26 @@ def test_sequential_backward_differentiates_its_own_forward():
         grads_of(run)
 
 
+def test_a_released_backward_that_failed_partway_is_named_when_retried_with_nesting():
+    """The retry of a retain_graph=False backward that failed in an outer block, after an
+    inner Sequential had run: a TypeError ('function' object is not subscriptable)."""
+
+    class Flaky(ReLU):
+        fails = [True]
+
+        def backward(self, *ct, **options):
+            if self.fails.pop():
+                raise ValueError("flaky")
+            return super().backward(*ct, **options)
+
+    outer = Sequential(Flaky(), Sequential(Conv2d(2, 2, 3, padding=1), ReLU()))
+    y = outer.forward(torch.randn(1, 2, 5, 5))
+    with pytest.raises(ValueError, match="flaky"):
+        outer.backward(torch.randn(y.shape), retain_graph=False)
+    with pytest.raises(nf.ReleasedError, match=r"block 1: this pullback was called with release"):
+        outer.backward(torch.randn(y.shape), retain_graph=False)
+
+
 def test_weight_can_be_replaced_with_the_same_shape_only():
     conv = Conv2d(3, 2, 3)
     conv.weight = torch.zeros(2, 3, 3, 3)
@@ -967,8 +987,32 @@ def test_optimizer_state_dict_round_trips_through_save_and_resumes_exactly(tmp_p
     with pytest.raises(ValueError, match=r"Adam.load_state_dict: unexpected keys \['x'\]"):
         first.load_state_dict({"state": first.state, "x": 1})
     other = Module.from_layer(nf.dense(5), (-1, 3))
-    with pytest.raises(ValueError, match="Adam.load_state_dict: state"):
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: the state given: 'm.0' has sha"):
         Adam(other.param()).load_state_dict(first.state_dict())
+    wide = Module.from_layer(nf.dense(2), (-1, 3)).to(dtype=torch.float64)
+    cast = Adam(wide.param())  # a float32 state, cast to the float64 params' dtype, as torch
+    cast.load_state_dict(first.state_dict())
+    assert cast.state["m"][0].dtype == torch.float64
+    assert torch.equal(cast.state["m"][0], first.state["m"][0].double())
+    with pytest.raises(ValueError, match="Adam.load_state_dict: Adam: lr must be a finite"):
+        cast.load_state_dict({"state": first.state, "lr": -1.0})
+
+
+def test_param_groups_lr_is_a_float_and_the_fixed_entries_stay_fixed(tmp_path):
+    import numpy as np
+
+    opt = Adam(Module.from_layer(nf.dense(2), (-1, 3)).param(), lr=np.float32(0.5))
+    assert type(opt.lr) is float and opt.lr == 0.5
+    nf.save(tmp_path / "opt.pth", opt.state_dict())  # (a NumPy lr could not be saved)
+    opt.param_groups[0].update(lr=0.25)
+    assert opt.lr == 0.25
+    with pytest.raises(ValueError, match=r"Adam: param_groups\[0\]\['betas'\] is fixed"):
+        opt.param_groups[0].update(betas=(0.0, 0.0))
+    with pytest.raises(ValueError, match=r"Adam: lr must be a finite number >= 0"):
+        opt.param_groups[0].update(lr=-1)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] cannot be removed"):
+        opt.param_groups[0].pop("lr")
+    assert opt.lr == 0.25
 
 
 @pytest.mark.parametrize(
