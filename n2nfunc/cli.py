@@ -951,14 +951,7 @@ def _denoiser(args, device):
     else:
         option, path = "--checkpoint", Path(args.checkpoint or DEFAULT_WEIGHTS)
     payload = _network_payload(option, path)
-    layer, params, _ = _loading(option, network_from_payload, payload, str(path))
-    arch = payload["architecture"] if payload.get("network") == "unet" else {}  # a dict: loaded
-    channels = (arch.get("in_channels", 3), arch.get("out_channels", 3))
-    if channels != (3, 3):  # (3 and 3 when not recorded, as the network loads them)
-        raise ValueError(
-            f"{option}: {path} holds a U-Net of {channels[0]} input and {channels[1]} output "
-            "channels; denoise takes RGB to RGB (3 and 3)"
-        )
+    layer, params, _ = _loading(option, network_from_payload, payload, str(path))  # RGB (3, 3)
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)

@@ -766,6 +766,12 @@ def checkpoint_network(payload, source: str) -> tuple[dict, dict]:
             arch = check_architecture(**arch)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: bad U-Net architecture: {e}") from None
+        channels = (arch["in_channels"], arch["out_channels"])
+        if channels != (3, 3):  # (3 and 3 when not recorded)
+            raise ValueError(
+                f"{source} holds a U-Net of {channels[0]} input and {channels[1]} output "
+                "channels; a Model denoises RGB to RGB (3 and 3)"
+            )
         params = load_params(arch, params, source)  # this layout, or the earlier one
         return {"network": "unet", "depth": arch["depth"], "widths": arch["widths"]}, dict(
             tree.flatten(params)

@@ -1092,6 +1092,10 @@ def test_denoise_refuses_a_u_net_that_is_not_rgb_to_rgb(tmp_path, capsys):
         err = capsys.readouterr().err
         want = f"u.pth holds a U-Net of {channels[0]} input and {channels[1]} output channels"
         assert want in err and "Traceback" not in err and not (tmp_path / "o.png").exists()
+        for command in (["eval", "--n-val", "4"], ["train", "--n-train", "32", "--quiet"]):
+            option = "--checkpoint" if command[0] == "eval" else "--init"
+            assert main([*command, option, str(tmp_path / "u.pth")]) == 2  # (was a shape)
+            assert want in capsys.readouterr().err
     payload = checkpoint.load(tmp_path / "u.pth")  # channels not recorded: 3 and 3, as loaded
     arch = {"depth": 2, "widths": (4, 6, 4, 4)}
     _, params = unet(**arch).init(torch.Generator().manual_seed(0), (-1, 3, -1, -1))
