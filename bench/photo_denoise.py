@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import n2nfunc as nf  # noqa: E402
 from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import write_image  # noqa: E402
+from n2nfunc.data.files import IMAGE_SUFFIXES  # noqa: E402
 from n2nfunc.data.noise import add_noise, parse_noise  # noqa: E402
 from n2nfunc.metrics import psnr  # noqa: E402
 from n2nfunc.pretrained import load_network, weights_path  # noqa: E402
@@ -297,6 +298,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.picture is not None and "gaussian:25" not in args.levels:
         ap.error("--picture shows the gaussian:25 column: add gaussian:25 to --levels")
+    if args.picture is not None and args.picture.suffix.lower() not in IMAGE_SUFFIXES:
+        ap.error(f"--picture {args.picture}: expected one of {', '.join(IMAGE_SUFFIXES)}")
     for option, path in (
         ("--gaussian-weights", args.gaussian_weights),
         ("--poisson-weights", args.poisson_weights),

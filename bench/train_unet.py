@@ -37,7 +37,7 @@ from common import torch_device  # noqa: E402
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import allocator  # noqa: E402
 from n2nfunc.argtypes import float_range, int_range, noise  # noqa: E402
-from n2nfunc.data import builtin_pairs, load_photos  # noqa: E402
+from n2nfunc.data import builtin_pairs  # noqa: E402
 from n2nfunc.data.noise import clean_for, noisy_pair, parse_noise, photo_levels, random_crops  # noqa: E402
 from n2nfunc.pretrained import save_unet  # noqa: E402
 from n2nfunc.unet import DEFAULT_ARCHITECTURE, from_conv_list, unet  # noqa: E402
@@ -236,10 +236,10 @@ def train(
 
 def photo_folder(root: Path, part: str):
     """The photos of ``root/part`` (fetched with bench/shipped_weights.py's sources if absent)."""
-    from shipped_weights import fetch_photos
+    from shipped_weights import fetch_photos, loaded_photos
 
     fetch_photos(root, (part,))
-    return load_photos(root / part)
+    return loaded_photos(root / part)
 
 
 def main() -> None:

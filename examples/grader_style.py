@@ -1,7 +1,8 @@
 """Use the class wrappers the way the exercise's grader does: blocks built PyTorch-style and
 called through forward / backward / param(). One Conv2d is compared with torch's F.conv2d on
 a 1 x 3 x 32 x 32 image (the grader's own check), then a network of every required block
-learns to reproduce blocky images (an autoencoder) in ten SGD steps on an MSE loss.
+learns to reproduce blocky images (an autoencoder) with SGD on an MSE loss: 150 steps take
+its loss well below the 1/12 that an output of constant 0.5 scores.
 
     python examples/grader_style.py
 """
@@ -58,12 +59,13 @@ loss, optimizer = MSE(), SGD(model.param(), lr=1.0, momentum=0.9)
 blocks = torch.rand(64, 3, 4, 4)
 source = blocks.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
 target = source
-for step in range(10):
+print(f"an output of constant 0.5 scores {float(loss.forward(0.5 + 0 * target, target)):.5f}")
+for step in range(150):
     value = loss.forward(model.forward(source), target)
     optimizer.zero_grad()
     grad_input = model.backward(loss.backward())
     optimizer.step()
-    print(
-        f"step {step}: loss {float(value):.5f}, |d loss / d input| = {float(grad_input.norm()):.3g}"
-    )
+    if step % 15 == 0 or step == 149:
+        norm = float(grad_input.norm())
+        print(f"step {step}: loss {float(value):.5f}, |d loss / d input| = {norm:.3g}")
 print("parameters:", [tuple(p.shape) for p, _ in model.param()])

@@ -65,8 +65,8 @@ def _needed(params, name: str):
 def _check_grads(grads, like, name: str) -> None:
     """The gradients must match the params (or, without them, the optimizer's state) leaf
     for leaf, in shape and dtype: nothing is broadcast, as torch refuses such a ``.grad``."""
-    tree.check_like(grads, like, f"{name}: gradients", "parameter")
     check_real_floats(grads, f"{name}: gradients")
+    tree.check_like(grads, like, f"{name}: gradients", "parameter")
 
 
 def check_real_floats(grads, what: str) -> None:
@@ -175,6 +175,7 @@ def sgd(
         raise ValueError("sgd: Nesterov momentum requires momentum > 0 and dampening = 0")
 
     def init(params):
+        check_real_floats(params, "sgd: params")
         state = {"step": 0}
         if momentum:
             state["momentum"] = tree.zeros_like(params)
@@ -220,6 +221,7 @@ def _adam(
     l2 = 0.0 if decoupled else weight_decay
 
     def init(params):
+        check_real_floats(params, f"{name}: params")
         state = {"step": 0, "m": tree.zeros_like(params), "v": tree.zeros_like(params)}
         if amsgrad:
             state["v_max"] = tree.zeros_like(params)
@@ -311,6 +313,7 @@ def rmsprop(
     centered = flag(centered, "centered", "rmsprop")
 
     def init(params):
+        check_real_floats(params, "rmsprop: params")
         state = {"step": 0, "square_avg": tree.zeros_like(params)}
         if centered:
             state["grad_avg"] = tree.zeros_like(params)

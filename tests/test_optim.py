@@ -603,8 +603,11 @@ def test_the_sgd_class_takes_torchs_argument_order():
 def test_complex_and_integer_gradients_are_refused_by_name(make, leaf, pattern):
     tx = make(0.1)
     params = {"w": leaf}
-    with pytest.raises(ValueError, match=pattern + "; expected real floating-point"):
-        tx.update({"w": leaf}, tx.init(params), params)
+    with pytest.raises(ValueError, match=r"params: " + pattern + "; expected real floating"):
+        tx.init(params)  # (SGD without momentum has no state to make, and is refused too)
+    state = tx.init({"w": torch.ones(3)})
+    with pytest.raises(ValueError, match=r"gradients: " + pattern + "; expected real floating"):
+        tx.update({"w": leaf}, state, None)
     clip = optim.clip_by_global_norm(1.0)
     with pytest.raises(ValueError, match=r"clip_by_global_norm: gradients: 'w' is dtype"):
         clip.update({"w": leaf}, clip.init(params), params)
