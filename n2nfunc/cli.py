@@ -675,8 +675,7 @@ def run_training(args, device, dp=None) -> int:
     else:
         model = Model(_config(args))
         if args.init is not None:  # its network and weights, a new optimizer
-            payload = _network_payload("--init", args.init)
-            _loading("--init", model.load_payload, payload, str(args.init))
+            _loading("--init", model.load_payload, args.init_payload, str(args.init))
             model.pretrained = False  # --lr as given (as --resume trains on), not scaled
         start, history = 0, []
     if lead:  # a run writing there is refused before the data, which may take minutes to make
@@ -950,8 +949,8 @@ def _denoiser(args, device):
         option, path = "--model", _loading("--model", shipped_weights, args.model)
     else:
         option, path = "--checkpoint", Path(args.checkpoint or DEFAULT_WEIGHTS)
-    payload = _network_payload(option, path)
-    layer, params, _ = _loading(option, network_from_payload, payload, str(path))  # RGB (3, 3)
+    payload = _network_payload(option, path)  # (refuses a U-Net that is not RGB to RGB)
+    layer, params, _ = _loading(option, network_from_payload, payload, str(path))
     if args.precision != "float32":
         layer = mixed_precision(layer, args.precision)
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)
@@ -1126,7 +1125,7 @@ def _check_init(args, error) -> None:
         payload = _network_payload("--init", path)
     except (ValueError, OSError) as e:
         error(str(e))
-    args.init = path
+    args.init, args.init_payload = path, payload  # (run_training loads it: read once)
     args.network = "unet" if payload.get("network") == "unet" else "exercise"
 
 

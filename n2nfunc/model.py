@@ -644,17 +644,15 @@ class Model(Unpicklable):
                 tree.copy_(grads, mean_grads)
             value = float(loss)
             if not math.isfinite(value):
-                snapshot = self._snapshot  # none before a run's first update
-                restored = snapshot is not None
+                snapshot, undone = self._snapshot, ""  # none before a run's first update
                 if snapshot is not None:
                     tree.copy_(params, snapshot[0])
                     self.optimizer.state = snapshot[1]
+                    undone = "the parameters and optimizer state from before the last update "
+                    undone += "were restored; "
                 raise FloatingPointError(
                     f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
-                    + "the parameters and optimizer state from before the last update were "
-                    "restored; "
-                    * restored
-                    + "check the data (its scale) or lower the learning rate."
+                    f"{undone}check the data (its scale) or lower the learning rate."
                 )
             # undo point for a NaN: the optimizer's update makes a new state (no copy needed)
             self._snapshot = ([p.clone() for p in params], self.optimizer.state)
@@ -786,17 +784,23 @@ def checkpoint_network(payload, source: str) -> tuple[dict, dict]:
         raise ValueError(f"{source}: not a Model checkpoint (config lacks {missing})")
     if not isinstance(payload["params"], dict):
         raise ValueError(f"{source}: its 'params' is not a dict")
-    if config.get("network", "exercise") != "exercise":  # a U-Net's is the form above
-        raise ValueError(
-            f"{source}: its config names network {config['network']!r}, but it holds the "
-            "exercise network's checkpoint form"
-        )
+    check_exercise_form(config, source)
     bad = [k for k, v in payload["params"].items() if not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
     arch = {"network": "exercise", **{k: config[k] for k in ARCHITECTURE}}
     check_exercise_params(arch, payload["params"], source)
     return arch, payload["params"]
+
+
+def check_exercise_form(config: dict, source: str) -> None:
+    """A checkpoint of the exercise network's form (flat params beside a config) must not
+    name another network in that config (a U-Net's has a form of its own)."""
+    if config.get("network", "exercise") != "exercise":
+        raise ValueError(
+            f"{source}: its config names network {config['network']!r}, but it holds the "
+            "exercise network's checkpoint form"
+        )
 
 
 def check_exercise_params(arch: dict, params: dict, source: str) -> None:

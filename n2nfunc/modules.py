@@ -1013,11 +1013,7 @@ class Optimizer(Unpicklable):
         unexpected = sorted(set(state_dict) - {"state", "lr"})
         if unexpected:
             raise ValueError(f"{what}: unexpected keys {unexpected}")
-        state = tree.map(
-            lambda new, old: new.to(old.device).clone() if isinstance(old, Tensor) else new,
-            _checked_state(state_dict["state"], self.state, what),
-            self.state,
-        )
+        state = _checked_state(state_dict["state"], self.state, what)
         if "lr" in state_dict:
             try:
                 self.lr = state_dict["lr"]
@@ -1063,23 +1059,21 @@ class Optimizer(Unpicklable):
 
 
 def _checked_state(state, like, what: str):
-    """``state`` if it has ``like``'s structure and tensor shapes (on any device), its floating
-    tensors cast to ``like``'s dtypes, as torch's ``load_state_dict`` casts them."""
+    """A copy of ``state`` with each tensor on the device of ``like``'s and, where both are
+    floating, of its dtype (as torch's ``load_state_dict`` casts them), if it then has
+    ``like``'s structure, shapes and dtypes."""
 
-    def cast(t, old):
-        if isinstance(t, Tensor) and isinstance(old, Tensor) and t.is_floating_point():
-            return t.to(dtype=old.dtype) if old.is_floating_point() else t
-        return t
-
-    def on_cpu(t):
-        return t.to("cpu") if isinstance(t, Tensor) else t
+    def placed(t, old):
+        if not (isinstance(t, Tensor) and isinstance(old, Tensor)):
+            return t
+        dtype = old.dtype if t.is_floating_point() and old.is_floating_point() else t.dtype
+        return t.to(old.device, dtype, copy=True)
 
     try:
-        state = tree.map(cast, state, like)
+        state = tree.map(placed, state, like)
     except ValueError:
         pass  # a difference of structure, said below
-    given, own = tree.map(on_cpu, state), tree.map(on_cpu, like)
-    tree.check_like(given, own, f"{what}: the state given", "optimizer's own state")
+    tree.check_like(state, like, f"{what}: the state given", "optimizer's own state")
     return state
 
 

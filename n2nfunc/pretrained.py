@@ -27,6 +27,7 @@ from .model import (
     EXERCISE_REACH,
     architecture,
     build_network,
+    check_exercise_form,
     check_exercise_params,
     check_finite,
 )
@@ -120,11 +121,7 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     if not isinstance(payload["config"], dict) or not isinstance(payload["params"], dict):
         raise ValueError(f"{source}: 'config' and 'params' must be dicts")
     theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
-    if theirs.get("network", "exercise") != "exercise":  # a U-Net's has the form above
-        raise ValueError(
-            f"{source}: its config names network {theirs['network']!r}, but it holds the "
-            "exercise network's checkpoint form"
-        )
+    check_exercise_form(theirs, source)
     config = {**DEFAULT_CONFIG, **{k: v for k, v in theirs.items() if k in ARCHITECTURE}}
     params = dict(payload["params"])
     check_exercise_params(architecture(config), params, source)  # before building for real
