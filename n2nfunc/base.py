@@ -98,12 +98,27 @@ def add_into_vjp(vjp: Callable, vjp_into: Callable, name: str) -> Callable:
     return vjp
 
 
+# What a network holds inside, marked on its vjp and carried up by every wrapper and
+# combinator: a mixed_precision layer (its precision), a stateful layer with its state held
+# fixed (True). mixed_precision refuses both where it is built.
+INNER_MARKERS = ("mixed_precision", "holds_state")
+
+
 def marked_like(vjp: Callable, inner: Callable) -> Callable:
     """``vjp`` with the markers (:func:`skips_input_grad`, :func:`releases`) of ``inner``,
-    for a wrapper whose pullback is the inner one."""
-    for marker in ("skips_input_grad", "releases"):
-        if getattr(inner, marker, False):
-            setattr(vjp, marker, True)
+    for a wrapper whose pullback is the inner one, and what ``inner`` holds (INNER_MARKERS)."""
+    for marker in ("skips_input_grad", "releases", *INNER_MARKERS):
+        if value := getattr(inner, marker, None):
+            setattr(vjp, marker, value)
+    return vjp
+
+
+def holding(vjp: Callable, layers) -> Callable:
+    """``vjp`` of a network of ``layers`` marked with what any of them holds (INNER_MARKERS)."""
+    for marker in INNER_MARKERS:
+        for layer in layers:
+            if value := getattr(layer.vjp, marker, None):
+                setattr(vjp, marker, value)
     return vjp
 
 

@@ -34,6 +34,7 @@ from .base import (
     apply_via_vjp,
     check_cotangent,
     check_tensor,
+    holding,
     output_of,
     positive_int,
     pull,
@@ -140,6 +141,7 @@ def _what(obj) -> str:
 def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:
     """The combinator built from ``init``/``apply``/``vjp`` written for lifted children:
     stateful if one of ``layers`` is, else a plain ``Layer`` (run with ``state=None``)."""
+    vjp = holding(vjp, layers)
     if any(isinstance(layer, StatefulLayer) for layer in layers):
         vjp = stateful_call(vjp, "vjp", "this network")
         return StatefulLayer(
@@ -149,7 +151,9 @@ def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:
 
 
 def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
-    """Compose ``layers`` left to right."""
+    """Compose ``layers`` left to right. Each position has params of its own (``"0"``,
+    ``"1"``, ...): a layer listed twice is two layers with the same recipe, not shared
+    weights."""
     children = [lift(layer) for layer in _check_layers(layers, "serial")]
 
     def init(generator, in_shape):

@@ -68,7 +68,7 @@ def l1_value_and_grad(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     like PyTorch)."""
     _check_pair(pred, target, "l1")
     diff = pred - target
-    return diff.abs().mean(), diff.sign_().div_(diff.numel())
+    return diff.abs().mean(), diff.sign().div_(diff.numel())
 
 
 l1 = Loss(_value_only(l1_value_and_grad), l1_value_and_grad)
@@ -87,7 +87,7 @@ def huber(delta: float = 1.0) -> Loss:
         diff = pred - target
         size = diff.abs()
         value = (diff * diff * 0.5).where(size < d_max, (size - 0.5 * d_max) * d_max).mean()
-        return value, diff.clamp_(-d_max, d_max).div_(diff.numel())
+        return value, diff.clamp(-d_max, d_max).div_(diff.numel())
 
     return Loss(_value_only(value_and_grad), value_and_grad)
 
@@ -100,7 +100,7 @@ def bce_with_logits_value_and_grad(logits: Tensor, target: Tensor) -> tuple[Tens
     _check_pair(logits, target, "binary_cross_entropy_with_logits")
     value = logits.clamp(min=0).mul_(1 - target).masked_fill_(target == 1, 0)  # inf * 0 is 0
     value += logits.neg().clamp_(min=0).mul_(target).masked_fill_(target == 0, 0)
-    value += logits.abs().neg_().exp_().log1p_()
+    value += logits.abs().neg_().exp().log1p()
     return value.mean(), logits.sigmoid().sub_(target).div_(logits.numel())
 
 
@@ -162,7 +162,7 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
             value = log_p.gather(1, labels.view(n, 1).long()).sum().neg_().div_(n)
         else:
             value = (target * log_p).sum().neg_().div_(n)
-        return value, log_p.exp_().sub_(target).div_(n)
+        return value, log_p.exp().sub_(target).div_(n)
 
     return Loss(_value_only(value_and_grad), value_and_grad)
 

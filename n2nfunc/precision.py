@@ -47,7 +47,13 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
         return layer
     if (inner := getattr(layer.vjp, "mixed_precision", None)) is not None:
         raise ValueError(
-            f"mixed_precision: the layer already computes in {inner}; wrap the float32 layer once"
+            f"mixed_precision: the layer already computes in {inner} (it is, or holds, a "
+            "mixed_precision layer); wrap the float32 layer once"
+        )
+    if getattr(layer.vjp, "holds_state", False):
+        raise TypeError(
+            "mixed_precision: the layer holds a stateful one (batch norm, dropout), with its "
+            "state fixed; stateful networks are not supported"
         )
     name = f"mixed_precision({precision})"
 
@@ -56,10 +62,16 @@ def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
             if not isinstance(t, Tensor) or not t.is_floating_point():
                 return t
             if t.dtype != FLOAT32:
+                hint = (
+                    "keep the float32 master copy outside (a mixed_precision layer inside "
+                    "another gets its copies: wrap the float32 layer once)"
+                    if t.dtype == low
+                    else "other dtypes are never converted silently"
+                )
                 raise TypeError(
                     f"{name}: {what} must be float32 (the master precision), got {t.dtype} "
                     f"with shape {tuple(t.shape)}; {precision} is a compute policy for float32 "
-                    "networks, other dtypes are never converted silently"
+                    f"networks: {hint}"
                 )
             return t.to(dtype=low)
 

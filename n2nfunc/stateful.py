@@ -167,7 +167,10 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
         y, _, pullback = layer.vjp(params, state_for(params), x, train=train, rng=fresh_rng())
         return y, pullback
 
-    return Layer(init, apply, marked_like(vjp, layer.vjp))
+    vjp = marked_like(vjp, layer.vjp)
+    if state is not None:
+        vjp.holds_state = True  # type: ignore[attr-defined]
+    return Layer(init, apply, vjp)
 
 
 def _is_float_tensor(t) -> bool:

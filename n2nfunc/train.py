@@ -26,6 +26,8 @@ def described(value) -> str:
     factory to call (``n2nfunc.huber``, ``optim.adam``), a class wrapper that its layer is
     ``.layer``."""
     if isinstance(value, type(_check_parts)) and value.__name__ != "<lambda>":  # a def
+        if not getattr(value, "__module__", "").startswith("n2nfunc"):
+            return f"the function {value.__name__}"
         return f"the function {value.__name__} (a factory? call it: {value.__name__}(...))"
     if isinstance(getattr(value, "layer", None), (Layer, StatefulLayer)):
         return f"a {type(value).__name__} block (its functional layer is .layer, params .params)"
@@ -39,7 +41,10 @@ def _check_parts(layer, loss, name: str) -> None:
     if not isinstance(layer, (Layer, StatefulLayer)):
         raise TypeError(f"{name}: layer must be a Layer, got {described(layer)}")
     if not callable(getattr(loss, "value_and_grad", None)):
-        raise TypeError(f"{name}: loss must be a Loss such as n2nfunc.mse, got {described(loss)}")
+        raise TypeError(
+            f"{name}: loss must be a Loss such as n2nfunc.mse, got {described(loss)} (your "
+            "own loss: n2nfunc.Loss(value, value_and_grad), the gradient written by hand)"
+        )
 
 
 def value_and_grad(layer: Layer | StatefulLayer, loss: Loss) -> Callable:

@@ -244,3 +244,31 @@ def test_bce_of_infinite_logits_and_numpy_hyperparameters():
     )
     with pytest.raises(ValueError, match="huber: delta must be a number > 0"):
         nf.huber("1")
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        nf.mse,
+        nf.l1,
+        nf.huber(0.7),
+        nf.binary_cross_entropy_with_logits,
+        nf.cross_entropy,
+        nf.cross_entropy_with(0.2),
+    ],
+)
+def test_a_loss_value_is_differentiable_by_torch_autograd_and_agrees(loss):
+    """Called with grad mode on, a loss's value is an autograd graph whose gradient is the
+    hand-written one (its gradient pass must not overwrite what the value's graph saved)."""
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    if loss in (nf.binary_cross_entropy_with_logits,):
+        target = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    elif "cross_entropy" in getattr(loss.value_and_grad, "__qualname__", ""):
+        target = torch.randint(0, 4, (5,), generator=g)
+    else:
+        target = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(loss(pred, target), pred)
+    _, ours = loss.value_and_grad(pred.detach(), target)
+    assert rel_err(grad, ours) < 1e-12

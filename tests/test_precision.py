@@ -173,6 +173,9 @@ def test_float64_and_unknown_precisions_are_refused():
     params64 = nf.tree.map(lambda t: t.double(), net.params)
     with pytest.raises(TypeError, match="params must be float32"):
         mp.vjp(params64, torch.rand(1, 3, 8, 8))
+    params16 = nf.tree.map(lambda t: t.bfloat16(), net.params)
+    with pytest.raises(TypeError, match="got torch.bfloat16 .*keep the float32 master copy"):
+        mp.apply(params16, torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="precision must be one of"):
         nf.mixed_precision(net.layer, "float16")
     with pytest.raises(TypeError, match="expected a Layer"):
@@ -296,8 +299,17 @@ def test_bfloat16_upsample_padded_past_its_kernel_sums_dx_in_float32():
 def test_mixed_precision_names_what_it_cannot_take():
     conv = nf.conv2d(4, 3, padding=1)
     mixed = nf.mixed_precision(conv, "bfloat16")
-    with pytest.raises(ValueError, match="already computes in bfloat16; wrap the float32 layer"):
+    with pytest.raises(ValueError, match="already computes in bfloat16 .*wrap the float32 layer"):
         nf.mixed_precision(mixed, "bfloat16")
+    for holder in (nf.serial(mixed, nf.relu()), nf.residual(nf.serial(nf.relu(), mixed))):
+        with pytest.raises(ValueError, match="already computes in bfloat16 .it is, or holds"):
+            nf.mixed_precision(holder, "bfloat16")
+    net = nf.serial(conv, nf.batch_norm2d(), nf.relu())
+    _, _, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
+    held = nf.stateful.fixed(net, state, train=False)
+    for holder in (held, nf.serial(nf.relu(), held)):
+        with pytest.raises(TypeError, match="holds a stateful one .batch norm, dropout"):
+            nf.mixed_precision(holder, "bfloat16")
     with pytest.raises(TypeError, match="StatefulLayer .a stateful one: batch norm and dropout"):
         nf.mixed_precision(nf.batch_norm2d(), "bfloat16")
     with pytest.raises(ValueError, match=r"precision must be one of .*, got \['bfloat16'\]"):

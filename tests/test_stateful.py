@@ -263,6 +263,8 @@ def test_make_train_step_names_a_factory_given_for_loss_or_optimizer():
         TypeError, match=r"value_and_grad: layer must be a Layer, got the function conv2d"
     ):
         nf.value_and_grad(nf.conv2d, nf.mse)
+    with pytest.raises(TypeError, match=r"got the function mse_loss \(your own loss: n2nfunc.Loss"):
+        nf.value_and_grad(net, torch.nn.functional.mse_loss)  # not ours: no factory hint
 
 
 def test_a_stateful_train_step_takes_a_target_of_none():
@@ -282,7 +284,7 @@ def test_a_stateful_train_step_takes_a_target_of_none():
 def test_a_class_wrapper_given_to_make_train_step_is_pointed_to_its_layer():
     with pytest.raises(TypeError, match=r"got a Sequential block \(its functional layer is .layer"):
         nf.make_train_step(nf.Sequential(nf.Conv2d(3, 3, 3)), nf.mse, nf.optim.sgd(0.1))
-    with pytest.raises(TypeError, match=r"loss must be a Loss such as n2nfunc.mse, got function$"):
+    with pytest.raises(TypeError, match=r"Loss such as n2nfunc.mse, got function \(your own loss"):
         nf.make_train_step(nf.serial(nf.relu()), lambda a, b: 0, nf.optim.sgd(0.1))
 
 
