@@ -793,7 +793,10 @@ def run_training(args, device, dp=None) -> int:
         return _stopped_code(e)
     progress.close()
     try:
-        checkpoint.save(weights_path, {**model.payload(), "noise": noise})
+        payload = {**model.payload(), "noise": noise}
+        if isinstance(payload.get("info"), dict):  # a U-Net's: load_network returns its info
+            payload["info"] = {**payload["info"], "noise": noise}
+        checkpoint.save(weights_path, payload)
         (out / "history.json").write_text(json.dumps(history, indent=1))
     except KeyboardInterrupt as e:
         if dp is not None:  # rank 0 of several says it (launch)
@@ -956,6 +959,7 @@ def _denoiser(args, device):
     params = tree.map(lambda t: t.to(device=device, dtype=torch.float32), params)
     _, overlap, align = tile_settings(layer)
     least = least_tile(overlap, align)
+    noted: list = []  # a small --tile's note, said once
 
     def run(rgb: torch.Tensor) -> torch.Tensor:
         image = rgb.to(device).float().div_(255)  # whole-image copies made in place
@@ -972,6 +976,15 @@ def _denoiser(args, device):
                 f"{min(least, whole)} or more"
             )
         tile = _loading("--tile", tile_settings, layer, args.tile, size=rgb.shape[1:])[0]
+        step = (tile - 2 * overlap) // align * align  # what each tile adds to the image
+        if max(rgb.shape[1:]) > tile and 2 * step < tile and not noted:
+            noted.append(tile)
+            _say(
+                f"note: --tile {tile} keeps {step} of each tile's {tile} pixels a side (this "
+                f"network's tiles overlap by {overlap}): on a large image about "
+                f"{(tile / step) ** 2:.0f}x the work of one pass; --tile "
+                f"{round_up(4 * overlap, align)} or more is under 4x"
+            )
         with _tile_bar() as on_tile:
             out = denoise_image(
                 layer, params, image, tile=tile, overlap=overlap, align=align, on_tile=on_tile

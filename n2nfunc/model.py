@@ -53,7 +53,7 @@ from .modules import (
 )
 from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
-from .tiling import denoise_image, footprint, tile_settings, with_footprint
+from .tiling import footprint, tile_settings, tiled, with_footprint
 from .unet import MAX_WIDTH, check_architecture, load_params
 
 NETWORKS = ("exercise", "unet")
@@ -167,22 +167,26 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
             raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
         if scale is None:
             scale = pixel_scale(x, noisy_max)
-        elif (mean := float(x.mean())) > NOISY_MEAN * scale:
-            raise ValueError(
-                f"{name}: the mean value {mean:.4g} is far above white "
-                f"(scale={scale:g}): the images are on a larger scale than that"
-            )
+        else:
+            _not_far_above_white(x, name, scale)
     else:
-        low, high = int(x.min()), int(x.max())
-        if low < -INTEGER_SLACK or high > 255 + INTEGER_SLACK:
-            raise ValueError(
-                f"{name}: integer images hold 0-255 (uint8), got values from {low} to {high} "
-                f"(shape {tuple(x.shape)}); give 16-bit images as 0-255 or as floats in [0, 1]"
-            )
         if scale not in (None, 255.0):
             raise ValueError(
                 f"{name}: integer images hold 0-255 (uint8), so scale must be 255 or None "
                 f"for them, got scale={scale:g}"
+            )
+        low, high = int(x.min()), int(x.max())
+        if scale is not None:  # the caller vouches for the scale: any unclipped noise
+            _not_far_above_white(x, name, scale)
+        elif low < -INTEGER_SLACK or high > 255 + INTEGER_SLACK:
+            raise ValueError(
+                f"{name}: integer images hold 0-255 (uint8), got values from {low} to {high} "
+                f"(shape {tuple(x.shape)}); give 16-bit images as 0-255 or as floats in [0, 1]"
+                + (
+                    " (0-255 targets with unclipped noise: pass scale=255)"
+                    if "target" in name
+                    else ""
+                )
             )
         scale = 255.0
     dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
@@ -190,6 +194,15 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
     if scale == 1.0:
         return y, scale
     return (y / scale if y is x else y.div_(scale)), scale
+
+
+def _not_far_above_white(x: Tensor, name: str, scale: float) -> None:
+    """Refuse images whose mean is far above the white ``scale`` their caller gave."""
+    if (mean := float(x.float().mean())) > NOISY_MEAN * scale:
+        raise ValueError(
+            f"{name}: the mean value {mean:.4g} is far above white "
+            f"(scale={scale:g}): the images are on a larger scale than that"
+        )
 
 
 def _layout_hint(x: Tensor) -> str:
@@ -557,9 +570,18 @@ class Model(Unpicklable):
         image whose target is that dark is 0-255 too), and there by its mean alone, whatever
         its maximum: Poisson noise at a peak below 1 lifts an unclipped 0-1 target far above
         NOISY_MAX (peak 0.3: 20), and such a target is the other view of images the input
-        shows on the 0-1 scale."""
+        shows on the 0-1 scale. An integer target beside an integer input is read as 0-255
+        whatever its range (the built-in pairs' int16 targets: unclipped noise), unless its mean
+        is far above white."""
         given = white_of(scale, "Model.train")
         x, scale = to_unit_range(train_input, "train_input", given)
+        if (
+            given is None
+            and _is_integer(train_input)
+            and isinstance(train_target, Tensor)
+            and _is_integer(train_target)
+        ):
+            given = 255.0  # the other view of those 0-255 images, with any unclipped noise
         y, _ = to_unit_range(
             train_target, "train_target", given, noisy_max=math.inf if scale == 1.0 else 0.0
         )
@@ -707,7 +729,7 @@ class Model(Unpicklable):
             layer = Layer(_inference_only, lambda _, chunk: run(chunk), _inference_only)
             layer = with_footprint(layer, *fp)
             tile = max(PREDICT_TILE, tile_settings(layer)[0])  # deep U-Nets reach further
-            outs = [denoise_image(layer, None, x[i : i + 1], tile) for i in range(n)]
+            outs = [tiled(layer, None, x[i : i + 1], tile) for i in range(n)]
         else:
             outs = [run(x[start : start + per_chunk]) for start in range(0, n, per_chunk)]
         out = cat(outs) if len(outs) > 1 else outs[0]  # a new tensor either way

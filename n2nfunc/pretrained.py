@@ -18,7 +18,7 @@ Files are read with :func:`n2nfunc.checkpoint.load`, which never runs code from 
 
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, tree
 from .base import Layer, Params
 from .model import (
     ARCHITECTURE,
@@ -81,7 +81,7 @@ def save_unet(path, architecture: dict, params, info: dict | None = None) -> Non
 
 def load_network(path) -> tuple[Layer, Params, dict]:
     """``(layer, params, info)`` from any n2nfunc network checkpoint file (see
-    :func:`network_from_payload`)."""
+    :func:`network_from_payload`); the params float32, on the CPU."""
     return network_from_payload(checkpoint.load(path), str(path))
 
 
@@ -110,6 +110,7 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
     params = load_params(arch, payload.get("params"), source)
+    params = tree.map(lambda t: t.float(), params)  # float32, as the exercise's
     check_finite(params, source)
     info = payload.get("info") or {}
     if not isinstance(info, dict):

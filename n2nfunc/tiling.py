@@ -122,7 +122,7 @@ def tile_settings(
     if overlap is None:
         overlap = fp.reach if fp else 0
     if tile is None:
-        tile = max(DEFAULT_TILE, round_up(6 * overlap, align))
+        tile = round_up(max(DEFAULT_TILE, 6 * overlap), align)
     if tile % align:
         raise ValueError(f"{name}: tile {tile} must be a multiple of align {align}")
     rounded = least_tile(overlap, align)
@@ -175,6 +175,22 @@ def denoise_image(
                 f"{name}: the image reads as 0-255 (maximum {high:g}, mean {mean:.4g}); it "
                 "takes values in [0, 1] (divide a 0-255 image by 255)"
             )
+    return tiled(layer, params, image, tile, overlap, align, on_tile)
+
+
+def tiled(
+    layer: Layer,
+    params,
+    image: Tensor,
+    tile: int | None = None,
+    overlap=None,
+    align=None,
+    on_tile: Callable[[int, int], object] | None = None,
+) -> Tensor:
+    """:func:`denoise_image` without its checks of the image (its shape, finite values, the
+    0-1 scale), for a caller that made them: ``Model.predict``, whose explicit ``scale``
+    may leave unclipped noise above :func:`denoise_image`'s bound."""
+    name = "denoise_image"
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))
     step = max((tile - 2 * overlap) // align * align, align)  # (one tile: any step)
     batch = (image if image.dim() == 4 else image[None]).detach()  # no autograd graph kept

@@ -12,6 +12,7 @@ from n2nfunc import checkpoint, cli
 from n2nfunc.cli import SHIPPED_NOISE, main
 from n2nfunc.data import read_image, write_image
 from n2nfunc.model import DEFAULT_WEIGHTS, Model
+from n2nfunc.pretrained import load_network
 from n2nfunc.progress import Progress, clock
 
 TINY = [
@@ -460,6 +461,7 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     payload = checkpoint.load(out / "model.pth")
     assert payload["network"] == "unet" and payload["architecture"]["widths"] == (4, 6, 4, 4)
     assert payload["noise"].startswith("blind Gaussian noise, sigma 0-50 (of 255), photos in")
+    assert load_network(out / "model.pth")[2]["noise"] == payload["noise"]  # as shipped ones
     rgb = torch.randint(0, 256, (3, 33, 41), dtype=torch.uint8)
     write_image(tmp_path / "in.png", rgb)
     den = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png")]
@@ -743,6 +745,12 @@ def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys
         "60x200 needs tiles of 192 or more"
     )
     assert not (tmp_path / "out.png").exists()
+    assert main([*args, "unet-gaussian", "--tile", "192"]) == 0  # allowed, but it costs
+    assert (
+        "note: --tile 192 keeps 32 of each tile's 192 pixels a side (this network's tiles "
+        "overlap by 78): on a large image about 36x the work of one pass; --tile 320 or more"
+        in capsys.readouterr().out
+    )
 
 
 def test_denoise_refuses_a_size_the_output_format_cannot_store_before_the_run(

@@ -192,6 +192,15 @@ def test_integer_targets_with_unclipped_noise_are_still_0_255_images():
     x = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.int16)
     y = x + torch.randint(-200, 201, x.shape, generator=g, dtype=torch.int16)  # past both ends
     Model(SMALL).train(x, y, num_epochs=1)
+    for noise in ("poisson:0.5", "gaussian:200"):  # targets far past -255..510, as parsed
+        xs, ys = make_pairs(16, "train", seed=1, noise=noise)
+        assert ys.dtype == torch.int16 and (ys.min() < -255 or ys.max() > 510)
+        prepared = Model(SMALL).prepare_pairs(xs, ys)[1]
+        assert torch.equal(prepared, ys.float() / 255)
+    with pytest.raises(ValueError, match=r"train_target: the mean value .* far above white"):
+        Model(SMALL).train(x, torch.full_like(x, 30000), num_epochs=1)  # 16-bit targets
+    with pytest.raises(ValueError, match=r"train_target: integer .*: pass scale=255\)$"):
+        Model(SMALL).train(x.float(), y.int() * 3, num_epochs=1)
     unet = Model({"network": "unet", "batch_size": 2})
     with pytest.raises(ValueError, match=r"train_input: training images must be at least 4x4"):
         unet.train(x[:, :, :3], y[:, :, :3], num_epochs=1)

@@ -50,12 +50,19 @@ def test_large_images_are_predicted_in_tiles_with_the_untiled_result(config, mon
     )
     whole = m.predict(z)
     calls = []
-    real = model_module.denoise_image
-    monkeypatch.setattr(model_module, "denoise_image", lambda *a: calls.append(1) or real(*a))
+    real = model_module.tiled
+    monkeypatch.setattr(model_module, "tiled", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(model_module, "PREDICT_TILE", 96)
     tiled = m.predict(z)
     assert len(calls) == 2 and tiled.shape == z.shape  # one image at a time
     assert float((tiled - whole).abs().max()) < 1e-3  # 0-255 scale
+    # an explicit 0-1 scale holds for tiles too, unclipped noise and all (denoise_image's own
+    # guess would read a maximum of 80 as 0-255)
+    noisy = z[:1].float() / 255
+    noisy[0, 0, 5, 5] = 80.0
+    tiled = m.predict(noisy, scale=1)
+    monkeypatch.setattr(model_module, "PREDICT_TILE", 1024)
+    assert torch.allclose(tiled, m.predict(noisy, scale=1), atol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

@@ -11,6 +11,7 @@ from n2nfunc.data.noise import (
     clean_for,
     noisy_pair,
     parse_noise,
+    photo_levels,
     photo_noise_pairs,
     random_crops,
 )
@@ -215,3 +216,28 @@ def test_random_crops_are_pieces_of_the_image_up_to_a_symmetry():
         assert found
     with pytest.raises(ValueError, match="at least 10 pixels"):
         random_crops([img], 1, 10, torch.Generator())
+
+
+def test_photo_levels_cut_the_crops_of_the_whole_downsampled_photo_without_holding_it():
+    from n2nfunc.data.synthetic import box_downsample
+
+    def pyramid(photo, scales):  # the whole photo at each scale, as float [0, 1]
+        x = photo.float().div(255)[None]
+        out = []
+        for s in scales:
+            h, w = x.shape[2] // s * s, x.shape[3] // s * s
+            out.append(box_downsample(x[:, :, :h, :w], s)[0] if s > 1 else x[0])
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.randint(0, 256, (3, 131, 203), dtype=torch.uint8, generator=g)]
+    levels = photo_levels(photos, (1, 2, 3))
+    assert all(level.photo is photos[0] for level in levels)  # no float copy of the photo
+    for level, whole in zip(levels, pyramid(photos[0], (1, 2, 3))):
+        assert level.shape == tuple(whole.shape)
+        h, w = level.shape[1:]
+        for y, x, size in [(0, 0, 20), (5, 9, 17), (h - 21, w - 21, 21)]:
+            assert torch.equal(level.crop(y, x, size), whole[:, y : y + size, x : x + size])
+    crops = random_crops(levels, 6, 40, torch.Generator().manual_seed(1))
+    wholes = [img for p in photos for img in pyramid(p, (1, 2, 3))]
+    assert torch.equal(crops, random_crops(wholes, 6, 40, torch.Generator().manual_seed(1)))

@@ -65,6 +65,25 @@ def test_checkpoint_records_the_architecture(tmp_path):
     assert torch.equal(got_layer.apply(got_params, x), layer.apply(params, x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_load_network_gives_float32_params_whatever_the_file_holds(tmp_path, dtype):
+    layer, params = _random_unet()
+    save_unet(tmp_path / "net.pth", TINY, nf.tree.map(lambda t: t.to(dtype), params))
+    _, got, _ = load_network(tmp_path / "net.pth")
+    assert all(t.dtype == torch.float32 for t in nf.tree.leaves(got))
+    x = torch.rand(1, 3, 21, 18)
+    want = layer.apply(nf.tree.map(lambda t: t.to(dtype).float(), params), x)
+    assert torch.equal(nf.denoise_image(layer, got, x), want)
+
+
+@pytest.mark.parametrize("align", [12, 48])
+def test_the_default_tile_is_a_multiple_of_a_given_align(align):
+    layer, params = nf.pretrained("exercise")
+    x = torch.rand(1, 3, 300, 290, generator=torch.Generator().manual_seed(1))
+    out = nf.denoise_image(layer, params, x, align=align)
+    assert torch.allclose(out, layer.apply(params, x), atol=1e-5)
+
+
 def test_load_network_reads_model_checkpoints(tmp_path):
     model = nf.Model({"widths": (8, 12), "seed": 4})
     model.save(tmp_path / "m.pth")

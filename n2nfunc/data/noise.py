@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .photos import pyramid
+from .photos import PhotoLevel, photo_levels
 from .synthetic import box_downsample, point_sample
 
 KINDS = ("gaussian", "poisson", "downsample")
@@ -155,16 +155,10 @@ def noisy_pair(clean: Tensor, spec, generator: torch.Generator) -> tuple[Tensor,
     return first, add_noise(clean, spec, generator, level=lv, clip=False)
 
 
-def photo_levels(photos: Sequence[Tensor], scales: Sequence[int] = (1, 2)) -> list[Tensor]:
-    """Every photo (uint8, 3 x H x W) box-downsampled by each of ``scales``, as float [0, 1]
-    images to crop from (:func:`n2nfunc.data.photos.pyramid` of each)."""
-    return [img for p in photos for img in pyramid(p, scales)]
-
-
-def random_crops(images: Sequence[Tensor], n: int, size: int, generator: torch.Generator) -> Tensor:
-    """``n`` crops (n, 3, size, size) of float images (3, H, W), each from a random image
-    (chosen in proportion to its area, among those large enough), randomly flipped and
-    turned by quarter turns."""
+def random_crops(images: Sequence, n: int, size: int, generator: torch.Generator) -> Tensor:
+    r"""``n`` crops (n, 3, size, size) of float images (3, H, W) or :class:`PhotoLevel`\ s,
+    each from a random image (chosen in proportion to its area, among those large enough),
+    randomly flipped and turned by quarter turns."""
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"random_crops: size must be a positive int, got {size!r}")
     if not isinstance(n, int) or n < 1:
@@ -179,7 +173,11 @@ def random_crops(images: Sequence[Tensor], n: int, size: int, generator: torch.G
         img = big[j]
         y = int(torch.randint(img.shape[1] - size + 1, (1,), generator=generator))
         x = int(torch.randint(img.shape[2] - size + 1, (1,), generator=generator))
-        patch = img[:, y : y + size, x : x + size]
+        patch = (
+            img.crop(y, x, size)
+            if isinstance(img, PhotoLevel)
+            else img[:, y : y + size, x : x + size]
+        )
         if int(torch.randint(2, (1,), generator=generator)):
             patch = patch.flip(2)
         out[i] = patch.rot90(int(torch.randint(4, (1,), generator=generator)), (1, 2))
