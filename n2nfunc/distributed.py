@@ -41,6 +41,11 @@ class CommunicationError(RuntimeError):
     """A collective failed: another rank died, hung past the timeout or disconnected."""
 
 
+class SettingError(CommunicationError):
+    """The environment describes no group this process can join: a torchrun variable missing
+    or out of range, a GLOO_SOCKET_IFNAME this machine lacks (a usage error: exit status 2)."""
+
+
 def _collective(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` with a torch.distributed failure turned into a
     :class:`CommunicationError` that says which rank saw it."""
@@ -235,18 +240,18 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         value = os.environ.get(key)
         if not value or (key != "MASTER_ADDR" and not value.isdigit()):
-            raise CommunicationError(
+            raise SettingError(
                 f"the environment variable {key} is {'not set' if not value else repr(value)}"
                 " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
             )
     rank, size, port = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
     if not 0 <= rank < size:
-        raise CommunicationError(
+        raise SettingError(
             f"RANK={rank} with WORLD_SIZE={size}: the ranks of a group of {size} are 0 to "
             f"{size - 1}"
         )
     if not 1 <= port <= 65535:
-        raise CommunicationError(f"MASTER_PORT={port}: a port is a number from 1 to 65535")
+        raise SettingError(f"MASTER_PORT={port}: a port is a number from 1 to 65535")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "gloo":
         _check_interfaces(os.environ.get("GLOO_SOCKET_IFNAME", ""))
@@ -316,7 +321,7 @@ def _check_interfaces(names: str) -> None:
         return
     missing = [n for n in names.split(",") if n and n not in known]
     if missing:
-        raise CommunicationError(
+        raise SettingError(
             f"GLOO_SOCKET_IFNAME={names}: this machine has no network interface "
             f"{', '.join(missing)} (it has {', '.join(known)})"
         )

@@ -183,14 +183,14 @@ def plain(value):
 def train_worker(args, device, run) -> int:
     """One rank of a data-parallel ``n2nfunc train``: joins the process group and calls
     ``run(args, device, dp)`` (the CLI's training run), turning Ctrl-C and a dead peer into
-    exit codes 130 and 1."""
+    exit codes 130 and 1 (2 for an environment that describes no group it can join)."""
     from . import distributed
 
     try:
         dp = distributed.init_from_env(device)
     except distributed.CommunicationError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, distributed.SettingError) else 1
     device = dp.device  # cuda:LOCAL_RANK on GPUs
     differs = dp.disagreement(shared_options(args))
     if differs:

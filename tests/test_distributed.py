@@ -6,6 +6,7 @@ out. Ranks must end bit-identical, and equal to one process with the same global
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -758,15 +759,17 @@ def test_the_resume_hint_of_a_torchrun_run_is_a_torchrun_command():
         (dict(MASTER_PORT="0"), r"MASTER_PORT=0: a port"),
     ],
 )
-def test_a_rank_or_port_out_of_range_is_refused_at_once(monkeypatch, env, pattern):
+def test_a_rank_or_port_out_of_range_is_refused_at_once(monkeypatch, capsys, env, pattern):
     """These had waited the whole timeout, then blamed rank 0 or a missing peer."""
     base = dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
     for key, value in {**base, **env}.items():
         monkeypatch.setenv(key, value)
     started = time.monotonic()
-    with pytest.raises(distributed.CommunicationError, match=pattern):
+    with pytest.raises(distributed.SettingError, match=pattern):
         distributed.init_from_env(torch.device("cpu"), timeout_s=30.0)
     assert time.monotonic() - started < 5
+    assert launch.train_worker(None, torch.device("cpu"), None) == 2  # a usage error's status
+    assert re.search(pattern, capsys.readouterr().err)
 
 
 def test_a_listener_that_never_answers_is_said_after_the_timeout(tmp_path):
