@@ -35,10 +35,12 @@ SHAPES = [(2, 3, 5, 7), (1, 4, 3, 2), (3, 2, 1, 1), (1, 2, 1, 3), (4, 5, 8, 8)]
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("momentum", [0.1, 0.7, None])
-def test_training_steps_match_torch(dtype, shape, momentum):
+@pytest.mark.parametrize(
+    "momentum,eps", [(0.1, 1e-5), (0.7, 0.3), (None, 1e-5), (0.0, 2.0), (1.0, 1e-5)]
+)
+def test_training_steps_match_torch(dtype, shape, momentum, eps):
     n, c, h, w = shape
-    layer, params, state, ref = init(c, dtype, momentum)
+    layer, params, state, ref = init(c, dtype, momentum, eps)
     g = torch.Generator().manual_seed(1)
     tol = TOL[dtype]
     for step in range(3):
@@ -62,9 +64,10 @@ def test_training_steps_match_torch(dtype, shape, momentum):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 3, 1, 1), (1, 3, 4, 3)])
-def test_evaluation_matches_torch_before_and_after_training(dtype, shape):
+@pytest.mark.parametrize("eps", [1e-5, 0.3])
+def test_evaluation_matches_torch_before_and_after_training(dtype, shape, eps):
     n, c, h, w = shape
-    layer, params, state, ref = init(c, dtype)
+    layer, params, state, ref = init(c, dtype, eps=eps)
     g = torch.Generator().manual_seed(2)
     tol = TOL[dtype]
     # before any statistics exist: PyTorch's initial mean 0 / variance 1, not an error
@@ -76,7 +79,7 @@ def test_evaluation_matches_torch_before_and_after_training(dtype, shape):
     assert (
         rel_err(
             y,
-            x / (1 + 1e-5) ** 0.5 * params["weight"].view(1, -1, 1, 1)
+            x / (1 + eps) ** 0.5 * params["weight"].view(1, -1, 1, 1)
             + params["bias"].view(1, -1, 1, 1),
         )
         < tol

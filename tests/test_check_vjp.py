@@ -136,3 +136,40 @@ def test_integer_params_are_named():
     params = {"w": torch.ones(1), "idx": torch.arange(3)}
     with pytest.raises(ValueError, match=r"parameter 'idx' is torch.int64, not a floating-point"):
         nf.check_vjp(indexed(), params, torch.randn(2, 3))
+
+
+def test_a_pullback_that_accumulates_into_a_kept_buffer_is_caught_as_not_linear():
+    """Right on its first call, so only the linearity check can see it."""
+    sig = nf.sigmoid()
+
+    def vjp(params, x):
+        y, pullback = sig.vjp(params, x)
+        kept = torch.zeros_like(x)
+
+        def accumulating(ct):
+            g, dx = pullback(ct)
+            return g, kept.add_(dx).clone()
+
+        return y, accumulating
+
+    with pytest.raises(VJPCheckError, match=r"linearity \(input\).*pullback is not linear"):
+        nf.check_vjp(nf.Layer(sig.init, sig.apply, vjp), {}, torch.randn(2, 1, 3, 3))
+
+
+def test_train_false_checks_the_evaluation_mode_pullback():
+    """A stateful layer whose evaluation pullback alone is wrong: caught with train=False,
+    not in training mode."""
+    bn = nf.batch_norm2d()
+
+    def vjp(params, state, x, *, train, rng=None):
+        y, new_state, pullback = bn.vjp(params, state, x, train=train, rng=rng)
+        if train:
+            return y, new_state, pullback
+        return y, new_state, lambda ct: (lambda g, dx: (g, dx * 1.01))(*pullback(ct))
+
+    buggy = nf.StatefulLayer(bn.init, bn.apply, vjp)
+    _, params, state = buggy.init(None, (-1, 3, -1, -1))
+    x = torch.randn(4, 3, 3, 2, dtype=torch.float64)
+    nf.check_vjp(buggy, params, x, state=state)
+    with pytest.raises(VJPCheckError, match="wrt input"):
+        nf.check_vjp(buggy, params, x, state=state, train=False)

@@ -520,3 +520,53 @@ def test_image_blocks_cover_the_batch_in_near_equal_blocks(monkeypatch, n, per_i
     sizes = [n1 - n0 for n0, n1 in blocks]
     assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
     assert max(sizes) * per_image <= limit or max(sizes) == 1
+
+
+def _b(q):
+    return q.get("bias")
+
+
+BIAS_FREE_AND_SAME_CASES = [  # layer, its torch twin
+    (nf.conv2d(5, 3, 2, 1, bias=False), lambda x, q: F.conv2d(x, q["weight"], None, 2, 1)),
+    (
+        nf.conv2d(5, (3, 2), (2, 3), (1, 0), bias=False),
+        lambda x, q: F.conv2d(x, q["weight"], None, (2, 3), (1, 0)),
+    ),
+    (nf.conv2d(20, 4, 2, 1, bias=False), lambda x, q: F.conv2d(x, q["weight"], None, 2, 1)),
+    (nf.conv2d(20, 3, 1, 1, bias=False), lambda x, q: F.conv2d(x, q["weight"], None, 1, 1)),
+    (
+        nf.conv_transpose2d(5, 4, 2, 1, bias=False),
+        lambda x, q: _tconv(x, {**q, "bias": None}, 2, 1),
+    ),
+    (
+        nf.conv_transpose2d(20, 3, 2, 1, 1, bias=False),
+        lambda x, q: _tconv(x, {**q, "bias": None}, 2, 1, 1),
+    ),
+    (
+        nf.conv_transpose2d(4, 3, 1, 1, bias=False),
+        lambda x, q: _tconv(x, {**q, "bias": None}, 1, 1),
+    ),
+    (nf.upsample(6, 3, 2, 1, bias=False), lambda x, q: _up_conv(x, {**q, "bias": None}, 2, 1, 1)),
+    # "same" pads H and W by their own kernel sizes and dilations
+    (
+        nf.conv2d(4, (3, 5), padding="same"),
+        lambda x, q: F.conv2d(x, q["weight"], _b(q), padding="same"),
+    ),
+    (
+        nf.conv2d(20, (5, 3), padding="same", dilation=(1, 3)),
+        lambda x, q: F.conv2d(x, q["weight"], _b(q), padding="same", dilation=(1, 3)),
+    ),
+    (
+        nf.upsample(4, (3, 5), padding="same", bias=False),
+        lambda x, q: F.conv2d(F.interpolate(x, scale_factor=2), q["weight"], None, padding="same"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BIAS_FREE_AND_SAME_CASES)))
+@pytest.mark.parametrize("c,hw,n", [(3, (9, 7), 1), (24, (8, 11), 2)])
+def test_bias_free_and_same_padded_layers_match_torch_float64(case, c, hw, n):
+    layer, ref = BIAS_FREE_AND_SAME_CASES[case]
+    params = init64(layer, (n, c) + hw)
+    _compare(layer, ref, params, randn(n, c, *hw), TOL64)
+    nf.check_vjp(layer, params, randn(n, c, *hw, seed=4))

@@ -317,6 +317,18 @@ def test_cosine_schedule_is_used_per_step():
     assert float(updates["w"]) == pytest.approx(-0.05) and state["step"] == 1
 
 
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_cosine_decay_matches_torchs_cosine_annealing_to_a_final_fraction(warmup):
+    sched = optim.cosine_decay(0.1, 12 + warmup, final_fraction=0.2, warmup_steps=warmup)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=12, eta_min=0.02)
+    for step in range(13):
+        assert sched(warmup + step) == pytest.approx(ref.get_last_lr()[0], rel=1e-12, abs=0)
+        opt.step()
+        ref.step()
+    assert sched(100) == pytest.approx(0.02, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "make,ref", [(nf.rmsprop, torch.optim.RMSprop), (nf.adamw, torch.optim.AdamW)]
 )

@@ -25,8 +25,9 @@ def pair(seed=0):
     return ours, ref
 
 
-def test_batch_norm_block_trains_like_torch():
-    ours, ref = BatchNorm2d(3, momentum=0.2), torch.nn.BatchNorm2d(3, momentum=0.2)
+@pytest.mark.parametrize("eps", [1e-5, 0.5])
+def test_batch_norm_block_trains_like_torch(eps):
+    ours, ref = BatchNorm2d(3, eps, 0.2), torch.nn.BatchNorm2d(3, eps=eps, momentum=0.2)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         x = torch.randn(2, 3, 5, 4, generator=g)
