@@ -96,7 +96,11 @@ def test_serial_matches_torch_with_the_documented_masks():
     y2, _ = net.apply(params, state, x, train=True, rng=clone(torch.Generator().manual_seed(4)))
     assert torch.equal(y, y2)
     y_eval, same = net.apply(params, new_state, x, train=False, rng=None)
-    assert y_eval.shape == y.shape and same["1"] is new_state["1"]
+    assert same["1"] is new_state["1"]
+    q = dict(flat)  # evaluation: running statistics, no dropout
+    h = F.conv2d(x, q["0.weight"], q["0.bias"], 2, 1)
+    h = F.batch_norm(h, bn.running_mean, bn.running_var, q["1.weight"], q["1.bias"], False)
+    assert rel_err(y_eval, F.conv2d(F.relu(h), q["4.weight"], q["4.bias"], 1, 1)) < 1e-10
 
 
 def test_check_vjp_on_a_network_mixing_stateful_and_plain_layers():

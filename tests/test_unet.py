@@ -252,10 +252,15 @@ def test_paper_shape_and_init():
 
 
 @pytest.mark.parametrize("h, w", [(1, 1), (5, 33), (32, 32), (31, 64)])
-def test_any_size_keeps_shape(h, w):
-    layer, params = _init({"depth": 4, "widths": (4, 6, 5, 3)}, (1, 3, h, w))
+def test_any_size_keeps_shape_and_is_the_twin_on_the_edge_padded_image(h, w):
+    arch = {"depth": 4, "widths": (4, 6, 5, 3)}
+    layer, params = _init(arch, (1, 3, h, w))
     x = torch.rand(2, 3, h, w, dtype=torch.float64)
-    assert layer.apply(params, x).shape == (2, 3, h, w)
+    y = layer.apply(params, x)
+    assert y.shape == (2, 3, h, w)
+    twin = TorchUNet(**arch).double().load_n2nfunc(params)
+    padded = F.pad(x, (0, -w % 16, 0, -h % 16), mode="replicate")
+    assert rel_err(y, twin(padded)[:, :, :h, :w]) < 1e-10
 
 
 def test_edge_padding_and_its_adjoint():
