@@ -22,7 +22,7 @@ and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 
 import copy
 import inspect
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
@@ -98,6 +98,26 @@ class Module(Unpicklable):
     """A stateful block around a functional :class:`~n2nfunc.base.Layer` (or
     :class:`~n2nfunc.stateful.StatefulLayer`, with its ``state`` and ``rng``)."""
 
+    def __init_subclass__(cls, **kwargs):
+        """A block's constructor errors start with the block's name: ``Linear(3, 0)`` says
+        ``Linear: dense(out_features=0, ...): ...``, not only the functional layer's words."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        def checked_init(self, *args, **kw):
+            try:
+                init(self, *args, **kw)
+            except (ValueError, TypeError) as e:
+                name = type(self).__name__
+                if type(e) not in (ValueError, TypeError) or str(e).startswith(name):
+                    raise
+                raise type(e)(f"{name}: {e}") from None
+
+        checked_init.__doc__, checked_init.__wrapped__ = init.__doc__, init
+        cls.__init__ = checked_init
+
     def __init__(
         self,
         layer: Layer | StatefulLayer,
@@ -141,11 +161,11 @@ class Module(Unpicklable):
         self._pullback = None  # a forward that fails leaves nothing to differentiate
         if isinstance(self.layer, StatefulLayer):
             y, new_state, self._pullback = self.layer.vjp(
-                self.params, self.state, x, train=self.training, rng=self.rng
+                tree.detach(self.params), self.state, x, train=self.training, rng=self.rng
             )
             _assign(self.state, new_state)
         else:
-            y, self._pullback = self.layer.vjp(self.params, x)
+            y, self._pullback = self.layer.vjp(tree.detach(self.params), x)
         return y
 
     def train(self, mode: bool = True) -> "Module":
@@ -164,6 +184,17 @@ class Module(Unpicklable):
     def children(self) -> list["Module"]:
         """The direct sub-blocks (none for a single block)."""
         return []
+
+    def modules(self):
+        """This block, then every block inside it, each once (as ``torch.nn.Module``'s)."""
+        seen: set = set()
+        todo = [self]
+        while todo:
+            m = todo.pop(0)
+            if id(m) not in seen:
+                seen.add(id(m))
+                yield m
+                todo[:0] = m.children()
 
     def __call__(self, *inputs):
         return self.forward(*inputs)
@@ -213,34 +244,43 @@ class Module(Unpicklable):
         """``(parameter, gradient)`` pairs, in ``state_dict`` order."""
         return list(zip(tree.leaves(self.params), tree.leaves(self.grads)))
 
-    def zero_grad(self) -> None:
-        tree.zero_(self.grads)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Fill the gradients with zeros. ``set_to_none`` is taken for torch's signature; the
+        gradients stay tensors either way (``param()``'s pairs are kept by optimizers)."""
+        flag(set_to_none, "set_to_none", f"{self.name}.zero_grad")
+        tree.zero_([g for _, g in self.param()])  # (a block's own param() included)
 
     def state_dict(self) -> dict:
         """``{path: tensor}``: the parameters, then the state (running statistics), paths as
         in the functional trees (``"0.weight"``, ``"1.running_mean"``)."""
         return dict(tree.flatten(self.params) + tree.flatten(self.state))
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict, strict: bool = True) -> "IncompatibleKeys":
         """Copy parameters and state in place (optimizers keep their references); keys and
         shapes must match, and a floating-point entry must be given as one (an integer or
-        complex tensor would be cast, its fractions or imaginary part dropped)."""
+        complex tensor would be cast, its fractions or imaginary part dropped). With
+        ``strict=False`` the keys present in both are copied (their shapes still checked).
+        Returns the missing and unexpected keys, as torch does."""
         given, own = dict(state_dict), self.state_dict()
-        self.check_state_dict(given)
+        keys = self.check_state_dict(given, strict)
         for path, p in own.items():
-            p.copy_(given[path])
+            if path in given:
+                p.copy_(given[path].detach())  # (a requires-grad source: no autograd graph)
+        return keys
 
-    def check_state_dict(self, state_dict: dict) -> None:
+    def check_state_dict(self, state_dict: dict, strict: bool = True) -> "IncompatibleKeys":
         """Raise as :meth:`load_state_dict` would, copying nothing (on a Module formed on the
         meta device, it checks a file's tensors against a network that takes no memory)."""
         given, own = dict(state_dict), self.state_dict()
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
-        if missing or unexpected:
+        if flag(strict, "strict", f"{self.name}.load_state_dict") and (missing or unexpected):
             raise KeyError(
                 f"{self.name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
             )
         for path, p in own.items():
+            if path not in given:
+                continue
             v = given[path]
             if not isinstance(v, Tensor) or v.shape != p.shape:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
@@ -253,11 +293,15 @@ class Module(Unpicklable):
                     f"{self.name}.load_state_dict: '{path}' is {v.dtype}, expected a "
                     "floating-point tensor"
                 )
+        return IncompatibleKeys(missing, unexpected)
 
-    def to(self, device=None, dtype=None) -> "Module":
+    def to(self, *args, **kwargs) -> "Module":
         """Move parameters, gradients and state, each tensor in place as ``torch.nn.Module.to``
         does (so an optimizer or a ``param()`` list made before keeps working; integer state
-        such as ``num_batches_tracked`` keeps its dtype); returns self."""
+        such as ``num_batches_tracked`` keeps its dtype); returns self. Takes torch's forms:
+        ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)``, keywords; the
+        dtype a floating-point one."""
+        device, dtype = _to_args(self.name, args, kwargs)
 
         def move(t):
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
@@ -266,11 +310,53 @@ class Module(Unpicklable):
             _move_in_place(d, move)
         return self
 
+    def double(self) -> "Module":
+        return self.to(dtype=_FLOAT64)
+
+    def float(self) -> "Module":
+        return self.to(dtype=_FLOAT32)
+
+    def cpu(self) -> "Module":
+        return self.to("cpu")
+
+    def cuda(self, device=None) -> "Module":
+        return self.to("cuda" if device is None else device)
+
     def __repr__(self):
         return f"{self.name}({self.layer_description()})" if self.layer_description() else self.name
 
     def layer_description(self) -> str:
         return ""
+
+
+_FLOAT32, _FLOAT64 = empty(0).float().dtype, empty(0).double().dtype
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` found missing in, and unexpected in, the dict it was given."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+
+def _to_args(name: str, args: tuple, kwargs: dict):
+    """``(device, dtype)`` of ``torch.nn.Module.to``'s arguments."""
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    kwargs.pop("non_blocking", None)
+    if kwargs or len(args) > 2:
+        raise TypeError(f"{name}.to: unexpected arguments {list(kwargs) or args}")
+    for a in args:
+        if a is None:
+            continue
+        if isinstance(a, torch_dtype):
+            dtype = a
+        elif isinstance(a, Tensor):
+            device, dtype = a.device, a.dtype
+        else:
+            device = a
+    if dtype is not None and not (isinstance(dtype, torch_dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name}.to: the dtype must be a floating-point one, got {dtype!r}")
+    return device, dtype
 
 
 def _assign(d: dict, new: dict) -> None:
@@ -541,6 +627,10 @@ class Linear(_WeightBias):
 class NearestUpsampling(Module):
     def __init__(self, scale_factor=2):
         super().__init__(nearest_upsample(scale_factor), {})
+        self.scale_factor = scale_factor
+
+    def layer_description(self):
+        return f"scale_factor={self.scale_factor!r}"
 
 
 class ReLU(Module):
@@ -743,15 +833,17 @@ class UNet(Module):
         return f"depth={self.depth}, widths={self.widths}"
 
 
-def _release_option(block: Module, release: bool) -> dict:
-    """``{"retain_graph": False}`` for a releasing backward pass, where ``block``'s own
-    ``backward`` takes it (one written before the option, ``backward(g, input_grad)``,
-    keeps what it kept, as it did)."""
-    if not release:
-        return {}
+def _backward_options(block: Module, input_grad: bool, release: bool) -> dict:
+    """The options of a releasing or input-gradient-free backward pass that ``block``'s own
+    ``backward`` takes: one written as the course's ``backward(*grad)`` gets neither, one
+    written before ``retain_graph``, ``backward(g, input_grad)``, keeps what it kept."""
     params = inspect.signature(block.backward).parameters.values()
-    takes = any(p.name == "retain_graph" or p.kind is p.VAR_KEYWORD for p in params)
-    return {"retain_graph": False} if takes else {}
+
+    def takes(name: str) -> bool:
+        return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+    options = {"input_grad": input_grad, "retain_graph": not release}  # (True: the defaults)
+    return {k: v for k, v in options.items() if not v and takes(k)}
 
 
 class Sequential(Module):
@@ -772,7 +864,7 @@ class Sequential(Module):
                 )
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
-        self.modules = list(modules)
+        self.blocks = list(modules)
         super().__init__(
             serial(*(m.layer for m in modules)),
             {str(i): m.params for i, m in enumerate(modules)},
@@ -787,7 +879,7 @@ class Sequential(Module):
         same block twice in this one), as torch.autograd keeps one graph per call."""
         x = inputs[0] if len(inputs) == 1 else inputs
         pullbacks, self._pullback = [], None
-        for i, m in enumerate(self.modules):
+        for i, m in enumerate(self.blocks):
             try:
                 x = m.forward(x)
             except NAMED as e:  # named by its position
@@ -810,12 +902,12 @@ class Sequential(Module):
         and with it what its forward pass kept (a layer without a release of its own, as an
         activation, kept its output to the end of the whole backward pass: default network,
         float32, batch 100, peak of live tensors 39.1 -> 32.9 MB)."""
-        for i in reversed(range(len(self.modules))):
-            m, wanted = self.modules[i], input_grad or i > 0
+        for i in reversed(range(len(self.blocks))):
+            m, wanted = self.blocks[i], input_grad or i > 0
             try:
                 if type(m).backward not in (Module.backward, Sequential.backward):
                     # a block with a backward of its own, which knows its last forward only
-                    ct = m.backward(ct, input_grad=wanted, **_release_option(m, release))
+                    ct = m.backward(ct, **_backward_options(m, wanted, release))
                     continue
                 # a Sequential inside runs the pullbacks of the forward pass this one made,
                 # not those of its own last forward (a probe since, a block used twice)
@@ -829,29 +921,39 @@ class Sequential(Module):
                     pullbacks[i] = _spent_pullback(f"Sequential block {i}")
         return ct
 
-    def to(self, device=None, dtype=None) -> "Sequential":
-        for m in self.modules:
-            m.to(device, dtype)
+    def to(self, *args, **kwargs) -> "Sequential":
+        for m in self.blocks:
+            m.to(*args, **kwargs)
         return self
 
+    def param(self) -> list[tuple[Tensor, Tensor]]:
+        """The blocks' ``param()`` pairs in order (a block of your own with a ``param()`` of
+        its own too), each pair once: a block used twice is stepped once, as torch's
+        ``parameters()`` lists it once (weights tied by assignment keep a pair per block,
+        whose gradients torch would add up in one ``.grad``)."""
+        pairs: dict = {}
+        for m in self.blocks:
+            for p, g in m.param():
+                pairs.setdefault((id(p), id(g)), (p, g))
+        return list(pairs.values())
+
     def children(self) -> list[Module]:
-        return list(self.modules)
+        return list(self.blocks)
 
     def state_dict(self) -> dict:
         """The blocks' state dicts, in order, keys prefixed with the block index (as
         ``torch.nn.Sequential``'s)."""
-        return {
-            f"{i}.{k}": v for i, m in enumerate(self.modules) for k, v in m.state_dict().items()
-        }
+        return {f"{i}.{k}": v for i, m in enumerate(self.blocks) for k, v in m.state_dict().items()}
 
     def __getitem__(self, i):
-        return self.modules[i]
+        """Block ``i``; a slice is a ``Sequential`` of those blocks (shared), as torch's."""
+        return Sequential(*self.blocks[i]) if isinstance(i, slice) else self.blocks[i]
 
     def __len__(self):
-        return len(self.modules)
+        return len(self.blocks)
 
     def __repr__(self):
-        inner = ",\n  ".join(repr(m) for m in self.modules)
+        inner = ",\n".join(repr(m) for m in self.blocks).replace("\n", "\n  ")
         return f"Sequential(\n  {inner}\n)"
 
 
@@ -883,6 +985,9 @@ class LossModule(Unpicklable):
 
     def param(self) -> list:
         return []
+
+    def __repr__(self):
+        return f"{self.name}()"
 
 
 class MSE(LossModule):
@@ -1054,8 +1159,16 @@ class Optimizer(Unpicklable):
                 self.state[key] = tree.map(follow, value, self.params)
         self._placement = self._placement_now()
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Fill the gradients with zeros (see the class docstring; ``set_to_none`` is taken
+        for torch's signature)."""
+        flag(set_to_none, "set_to_none", f"{self.name}.zero_grad")
         tree.zero_(self.grads)
+
+    def __repr__(self):
+        group = self.param_groups[0]
+        settings = ", ".join(f"{k}={v!r}" for k, v in group.items() if k != "params")
+        return f"{self.name}({len(self.params)} parameters, {settings})"
 
 
 def _checked_state(state, like, what: str):
@@ -1106,6 +1219,21 @@ class ParamGroup(dict):
 
     def pop(self, key, *default):
         raise ValueError(f"{self.name}: param_groups[0][{key!r}] cannot be removed")
+
+    def __ior__(self, other):  # type: ignore[misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, key, default=None):  # (torch's schedulers add "initial_lr" so)
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def popitem(self):
+        raise ValueError(f"{self.name}: param_groups[0]'s entries cannot be removed")
+
+    def clear(self) -> None:
+        raise ValueError(f"{self.name}: param_groups[0]'s entries cannot be removed")
 
 
 class SGD(Optimizer):

@@ -724,7 +724,7 @@ def test_optimizers_update_a_block_used_twice_once_and_take_schedules():
         (lambda p: Adam(p, lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
     ):
         opt, opt_torch = make(seq.param()), make_torch(torch_net.parameters())
-        assert len(seq.param()) == 4 and len(opt.params) == 2
+        assert len(seq.param()) == 2 and len(opt.params) == 2
         _train_beside_torch(seq, opt, torch_net, opt_torch, steps=2)
         torch.testing.assert_close(conv.weight, twin.weight.detach(), rtol=1e-5, atol=1e-6)
     scheduled = SGD(conv.param(), lr=nf.cosine_decay(0.1, 100))
@@ -792,7 +792,7 @@ def test_sequential_of_a_functional_layer_says_how_to_wrap_it():
         for args in ((block,), ([block],), (ReLU(), block)):
             with pytest.raises(TypeError, match=r"block \d is a functional \w*Layer, not a Module"):
                 Sequential(*args)
-    assert len(Sequential([ReLU(), ReLU()]).modules) == 2  # a list of blocks still unpacks
+    assert len(Sequential([ReLU(), ReLU()])) == 2  # a list of blocks still unpacks
 
 
 def test_backward_after_a_failed_forward_is_refused():
@@ -1053,3 +1053,140 @@ def test_torch_arguments_at_their_defaults_build_the_same_blocks():
     bn = BatchNorm2d(4, affine=True, track_running_stats=True, dtype=torch.float64)
     assert bn.weight.dtype == bn.running_mean.dtype == torch.float64
     torch.testing.assert_close(bn(x), torch.nn.BatchNorm2d(4).double()(x))
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: nf.Linear(3, 0), r"^Linear: dense\(out_features=0, bias=True\): out_features"),
+        (lambda: nf.Conv2d(3, 4, 0), r"^Conv2d: conv2d\(.*kernel_size must be >= 1"),
+        (lambda: nf.TransposeConv2d(3, 4, 3, output_padding=5), r"^TransposeConv2d: conv_tr"),
+        (lambda: nf.MaxPool2d(0), r"^MaxPool2d: max_pool2d\(kernel_size=0"),
+        (lambda: nf.Dropout(2), r"^Dropout: dropout: p must be"),
+        (lambda: nf.LeakyReLU(float("nan")), r"^LeakyReLU: leaky_relu\(negative_slope=nan\)"),
+        (lambda: nf.BatchNorm2d(0), r"^BatchNorm2d: num_features"),  # named once, not twice
+    ],
+)
+def test_a_blocks_constructor_errors_start_with_the_blocks_name(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+class _Residual(Module):
+    """A block of the course's kind: its own forward, backward(*grad) and param()."""
+
+    def __init__(self):
+        super().__init__(nf.identity(), {})
+        self.inner = Linear(3, 3, generator=torch.Generator().manual_seed(5))
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+    def backward(self, *grad):
+        return grad[0] + self.inner.backward(grad[0])
+
+    def param(self):
+        return self.inner.param()
+
+
+def test_a_block_of_your_own_inside_sequential_is_trained_and_zeroed():
+    """Its param() was not in the Sequential's (never trained, no error), and its
+    backward(*grad) got an input_grad keyword it does not take."""
+    res, head = _Residual(), Linear(3, 1, generator=torch.Generator().manual_seed(6))
+    seq = Sequential(res, head)
+    assert [p for p, _ in seq.param()] == [p for p, _ in res.param() + head.param()]
+    x = torch.randn(4, 3)
+    before = res.inner.weight.clone()
+    opt = SGD(seq.param(), lr=0.1)
+    y = seq(x)
+    seq.backward(torch.randn_like(y))
+    assert float(res.inner.param()[0][1].abs().sum()) > 0
+    opt.step()
+    assert not torch.equal(res.inner.weight, before)
+    seq.zero_grad()
+    assert all(float(g.abs().sum()) == 0 for _, g in res.param() + head.param())
+
+
+def test_parameters_that_require_grad_keep_a_block_free_of_autograd():
+    """A torch.nn state_dict(keep_vars=True) loaded, or an nn.Parameter assigned, had made
+    the weights non-leaves and every forward record a graph (deepcopy then failed)."""
+    import copy
+
+    twin, ours = torch.nn.Linear(3, 2), Linear(3, 2)
+    ours.load_state_dict(dict(twin.named_parameters()))
+    assert ours.weight.is_leaf and not ours.weight.requires_grad
+    assert torch.equal(ours.weight, twin.weight.detach())
+    copy.deepcopy(ours)
+    ours.weight = torch.nn.Parameter(torch.randn(2, 3))
+    with torch.enable_grad():
+        y = ours(torch.randn(4, 3))
+    assert not y.requires_grad
+    with torch.no_grad():  # an in-place change between forward and backward is still seen
+        ours.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        ours.backward(torch.randn(4, 2))
+
+
+def test_to_takes_torchs_forms_and_refuses_a_non_float_dtype():
+    block = Conv2d(3, 4, 3)
+    assert block.to(torch.float64).weight.dtype == torch.float64
+    assert block.float().weight.dtype == torch.float32
+    assert block.double().bias.dtype == torch.float64
+    assert block.to(torch.zeros(1, dtype=torch.float32)).weight.dtype == torch.float32
+    assert block.to("cpu", torch.float64).cpu().weight.dtype == torch.float64
+    seq = Sequential(Conv2d(3, 4, 3), ReLU())
+    assert seq.to(torch.float64)[0].weight.dtype == torch.float64
+    with pytest.raises(TypeError, match=r"Conv2d.to: the dtype must be a floating-point one"):
+        block.to(dtype=torch.int64)
+    assert block.weight.dtype == torch.float64  # nothing moved
+
+
+def test_sequential_slices_modules_and_repr_as_torch():
+    inner = Sequential(Conv2d(3, 4, 3), ReLU())
+    seq = Sequential(inner, NearestUpsampling(2), Sigmoid())
+    head = seq[0:2]
+    assert isinstance(head, Sequential) and len(head) == 2 and head[0] is inner
+    x = torch.randn(1, 3, 6, 6)
+    assert torch.equal(head(x), F.interpolate(inner(x), scale_factor=2))
+    assert [type(m).__name__ for m in seq.modules()] == [
+        "Sequential",
+        "Sequential",
+        "Conv2d",
+        "ReLU",
+        "NearestUpsampling",
+        "Sigmoid",
+    ]
+    lines = repr(seq).splitlines()
+    assert lines[1] == "  Sequential(" and lines[2].startswith("    Conv2d(") and lines[4] == "  ),"
+    assert "NearestUpsampling(scale_factor=2)" in repr(seq)
+    assert repr(MSE()) == "MSE()" and repr(SGD(seq, lr=0.5)).startswith("SGD(2 parameters, lr=0.5")
+
+
+def test_torchs_zero_grad_and_strict_keywords():
+    block = Linear(3, 2)
+    block.zero_grad(set_to_none=True)
+    SGD(block, lr=0.1).zero_grad(set_to_none=False)
+    assert all(isinstance(g, torch.Tensor) for _, g in block.param())
+    twin = torch.nn.Linear(3, 2)
+    keys = block.load_state_dict({"weight": twin.weight, "extra": torch.zeros(1)}, strict=False)
+    assert keys.missing_keys == ["bias"] and keys.unexpected_keys == ["extra"]
+    assert torch.equal(block.weight, twin.weight.detach())
+    assert block.load_state_dict(twin.state_dict()) == ([], [])
+    with pytest.raises(KeyError, match="missing keys"):
+        block.load_state_dict({"weight": twin.weight})
+    with pytest.raises(TypeError, match="strict must be True or False"):
+        block.load_state_dict(twin.state_dict(), strict="no")
+
+
+def test_param_groups_cannot_be_changed_behind_the_optimizers_back():
+    opt = SGD(Linear(3, 2), lr=0.1)
+    group = opt.param_groups[0]
+    with pytest.raises(ValueError, match=r"\['momentum'\] is fixed at construction"):
+        group |= {"momentum": 0.7}
+    group |= {"lr": 0.05}
+    assert opt.param_groups[0]["lr"] == 0.05
+    for change in (group.clear, group.popitem):
+        with pytest.raises(ValueError, match="cannot be removed"):
+            change()
+    assert group.setdefault("initial_lr", 0.05) == 0.05  # what torch's schedulers do
+    assert group.setdefault("lr", 1.0) == 0.05
