@@ -36,7 +36,7 @@ from pathlib import Path
 from torch import Generator, Tensor, cat, device, empty
 
 from . import optim, tree
-from .base import NOISY_MAX, NOISY_MEAN, Layer, is_number, pixel_scale, positive_int
+from .base import NOISY_MAX, NOISY_MEAN, Layer, is_int, is_number, pixel_scale, positive_int
 from .modules import (
     MSE,
     SGD,
@@ -175,7 +175,8 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
                 f"{name}: integer images hold 0-255 (uint8), so scale must be 255 or None "
                 f"for them, got scale={scale:g}"
             )
-        low, high = int(x.min()), int(x.max())
+        wide = x if x.is_signed() or x.element_size() == 1 else x.double()  # (uint16-64 have
+        low, high = int(wide.min()), int(wide.max())  # no min / max of their own)
         if scale is not None:  # the caller vouches for the scale: any unclipped noise
             _not_far_above_white(x, name, scale)
         elif low < -INTEGER_SLACK or high > 255 + INTEGER_SLACK:
@@ -202,6 +203,24 @@ def _not_far_above_white(x: Tensor, name: str, scale: float) -> None:
         raise ValueError(
             f"{name}: the mean value {mean:.4g} is far above white "
             f"(scale={scale:g}): the images are on a larger scale than that"
+        )
+
+
+def _check_prepared(x, y) -> None:
+    """Refuse to train on what :meth:`Model.prepare_pairs` does not give: float32 / float64
+    pairs of one shape (N, 3, H, W). The weights follow the data's dtype: uint8 data would
+    truncate them, 16-bit floats round them."""
+    for name, t in (("x", x), ("y", y)):
+        if not (isinstance(t, Tensor) and t.is_floating_point() and t.element_size() >= 4):
+            got = f"{t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"Model.train_epoch: {name} must be float32 or float64 images in [0, 1] (as "
+                f"Model.prepare_pairs gives them), got {got}"
+            )
+    if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(
+            f"Model.train_epoch: x and y must be (N, 3, H, W) of one shape, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
 
 
@@ -381,9 +400,7 @@ def check_config(config: dict) -> None:
     if not (
         isinstance(widths, tuple)
         and len(widths) == 2
-        and all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in widths
-        )
+        and all(is_int(v) and 1 <= v <= MAX_WIDTH for v in widths)  # (NumPy ints too)
     ):
         raise ValueError(f"widths must be 2 ints from 1 to {MAX_WIDTH}, got {widths!r}")
     whole("kernel", 2)
@@ -560,6 +577,8 @@ class Model(Unpicklable):
         """
         epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
         epochs = _whole(epochs, "num_epochs", 0)  # as the config takes it
+        if callback is not None and not callable(callback):
+            raise TypeError(f"Model.train: callback must be callable, got {_brief(callback)}")
         x, y = self.prepare_pairs(train_input, train_target, scale)
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
@@ -620,9 +639,10 @@ class Model(Unpicklable):
         must divide by ``size``), and the loss and gradients are averaged over ranks before
         the update, which is therefore the whole batch's update on every rank.
         """
+        _check_prepared(x, y)
+        net = self._runner(x, "train_input")  # (refuses a dtype before the weights move)
         self._move_to(x.device, x.dtype)
         self.net.train()
-        net = self._runner(x, "train_input")
         n = x.shape[0]
         bs = min(self.config["batch_size"], n)
         steps = n // bs
@@ -763,6 +783,8 @@ def full_config(config: dict) -> dict:
         if network == "unet":  # recorded as it checks them: Python ints (checkpoints store)
             arch = check_architecture(config["depth"], config["widths"])
             config["depth"], config["widths"] = arch["depth"], arch["widths"]
+        else:
+            config["widths"] = tuple(int(v) for v in config["widths"])
     except (TypeError, ValueError) as e:
         raise ValueError(str(e)) from None
     return config

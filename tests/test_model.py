@@ -640,3 +640,43 @@ def test_divergence_restores_the_optimizer_state_with_the_parameters(pairs, monk
     state, params = states[2]  # as before the third update, whose result gave the NaN
     assert m.optimizer.state is state and m.optimizer.state["step"] == 2
     assert all(torch.equal(p, q) for (p, _), q in zip(m.net.param(), params))
+
+
+def test_refused_training_data_leaves_the_weights_as_they_were():
+    """train_epoch cast the weights to the data's dtype before checking it (uint8 data
+    truncated them for good, float16 rounded them); a bfloat16 Model refused float64 data
+    after casting its weights to float64; a callback that is not callable failed after the
+    first update."""
+    x, y = make_pairs(8, "train", seed=3)
+    m = Model(SMALL)
+    before = {k: v.clone() for k, v in m.net.state_dict().items()}
+
+    def unchanged():
+        return all(
+            torch.equal(v, before[k]) and v.dtype == before[k].dtype
+            for k, v in m.net.state_dict().items()
+        )
+
+    xf, yf = m.prepare_pairs(x, y)
+    for bad in ((x, y), (xf.half(), yf.half()), (xf, yf[:, :, :4])):
+        with pytest.raises(ValueError, match="Model.train_epoch: x"):
+            m.train_epoch(*bad, 0, 1)
+        assert unchanged()
+    with pytest.raises(TypeError, match="callback must be callable, got 'x'"):
+        m.train(x, y, num_epochs=1, callback="x")
+    assert unchanged()
+    mixed = Model({**SMALL, "precision": "bfloat16"})
+    with pytest.raises(ValueError, match="precision 'bfloat16' computes on float32 data"):
+        mixed.train(xf.double(), yf.double(), num_epochs=1)
+    assert all(t.dtype == torch.float32 for t in mixed.net.state_dict().values())
+
+
+def test_wider_unsigned_integer_images_and_numpy_widths():
+    np = pytest.importorskip("numpy")
+    x, _ = make_pairs(4, "val", seed=2)
+    m = Model({**SMALL, "widths": tuple(np.array([8, 8]))})
+    assert m.config["widths"] == (8, 8) and all(type(w) is int for w in m.config["widths"])
+    for dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch has no min / max of these
+        assert torch.equal(m.predict(x.to(dtype)), m.predict(x))
+    with pytest.raises(ValueError, match="integer images hold 0-255"):
+        m.predict(x.to(torch.uint16) * 257)  # 16-bit images
