@@ -1,8 +1,10 @@
 """What the machine offers (I/O: reads /proc/cpuinfo, asks torch about CUDA and MKL).
 
 bfloat16 pays off only where the matmul units take it natively: on x86 CPUs the flags
-``amx_bf16`` (Intel AMX) or ``avx512_bf16`` (AVX512-BF16, e.g. AMD Zen 4); on CUDA GPUs
-compute capability 8.0 or newer. Elsewhere torch emulates it, usually slower than float32.
+``amx_bf16`` (Intel AMX) or ``avx512_bf16`` (AVX512-BF16, e.g. AMD Zen 4), on Arm CPUs the
+feature ``bf16`` (Neoverse V1 / V2: Graviton 3 / 4); on CUDA GPUs compute capability 8.0 or
+newer. Elsewhere torch emulates it, usually slower than float32. Where the CPU's features
+cannot be read (no /proc/cpuinfo: macOS, Windows) the answer is "unknown", not "no".
 """
 
 import ctypes
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
 @lru_cache(maxsize=1)
@@ -39,23 +41,42 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> set:
-    """The CPU's feature flags (empty when unknown)."""
-    return set(_cpuinfo().get("flags", "").split())
+    """The CPU's feature flags: x86's ``flags``, Arm's ``Features`` (empty when unknown)."""
+    info = _cpuinfo()
+    return set((info.get("flags", "") + " " + info.get("Features", "")).split())
 
 
-def native_bfloat16(device="cpu") -> bool:
-    """True if ``device`` multiplies bfloat16 matrices natively."""
+def cpu_flags_known() -> bool:
+    """Whether the OS lists the CPU's features (Linux's /proc/cpuinfo)."""
+    return bool(cpu_flags())
+
+
+def native_bfloat16(device="cpu") -> bool | None:
+    """Whether ``device`` multiplies bfloat16 matrices natively; None for a CPU whose features
+    cannot be read here."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+        return bool(cpu_flags() & set(BF16_CPU_FLAGS)) if cpu_flags_known() else None
     return False
 
 
+def bfloat16_unknown(device="cpu") -> str | None:
+    """One line where it cannot be told whether ``device`` has native bfloat16, else None."""
+    if native_bfloat16(device) is not None:
+        return None
+    return (
+        f"cannot tell whether this CPU ({cpu_model()}) multiplies bfloat16 natively (its "
+        "features are not listed here); where it does not, bfloat16 is emulated and slower "
+        "than float32"
+    )
+
+
 def bfloat16_problem(device="cpu") -> str | None:
-    """One line explaining why bfloat16 would be slow on ``device``, or None if it is native."""
-    if native_bfloat16(device):
+    """One line explaining why bfloat16 would be slow on ``device``, or None if it is native
+    or that cannot be told (:func:`bfloat16_unknown`)."""
+    if native_bfloat16(device) is not False:
         return None
     device = torch.device(device)
     if device.type == "cpu":
@@ -117,11 +138,12 @@ def mkl_problem() -> str | None:
 def describe() -> str:
     """One line for benchmark headers: CPU model, cores torch uses, the flags that matter."""
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-    have = [f for f in wanted if f in cpu_flags()]
+    have = [f for f in wanted + ("bf16",) if f in cpu_flags()]
+    flags = " ".join(have) or "none of " + " ".join(wanted) if cpu_flags_known() else "unknown"
+    native = {True: "yes", False: "no", None: "unknown"}[native_bfloat16("cpu")]
     return (
         f"CPU {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}; "
-        f"native bfloat16: {'yes' if native_bfloat16('cpu') else 'no'}; "
+        f"flags: {flags}; native bfloat16: {native}; "
         f"MKL code path: {_mkl_path()}"
     )
 

@@ -30,6 +30,7 @@ tensor of the input's shape, in the input's scale, on the input's device.
 """
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -544,6 +545,12 @@ class Model(Unpicklable):
                 f"weights; {name} is {x.dtype} (shape {tuple(x.shape)}). Pass float32 or uint8 "
                 "images, or use precision 'float32' for float64"
             )
+        if not getattr(self, "_said", False):  # once per Model: every step comes here
+            from . import hardware  # (I/O: reads /proc/cpuinfo)
+
+            self._said = True
+            if problem := hardware.bfloat16_problem(x.device):
+                warnings.warn(f"Model: precision {precision!r}: {problem}", stacklevel=3)
         layer = self.net.layer
         if isinstance(layer, StatefulLayer):  # the denoiser networks have no state
             raise ValueError(f"Model: precision {precision!r} needs a network without state")

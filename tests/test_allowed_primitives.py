@@ -73,6 +73,7 @@ STDLIB_OK = {
     "contextlib",
     "weakref",
     "inspect",
+    "warnings",
 }
 
 

@@ -114,3 +114,40 @@ def test_train_notes_the_generic_mkl_kernels_in_float32(
     args = ["train", *small, "--epochs", "1", "--precision", precision, "--no-pictures", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     assert capsys.readouterr().out.count("note: MKL runs its generic kernels here") == noted
+
+
+@pytest.mark.parametrize(
+    "info,native",
+    [
+        ({}, None),  # no /proc/cpuinfo (macOS, Windows): unknown, not "no"
+        ({"Features": "fp asimd sve bf16 i8mm", "CPU implementer": "0x41"}, True),  # Graviton 3
+        ({"Features": "fp asimd evtstrm aes"}, False),
+        ({"flags": "fpu sse2 avx2 avx512f", "model name": "Old Xeon"}, False),
+        ({"flags": "fpu avx512f avx512_bf16", "model name": "Zen 4"}, True),
+    ],
+)
+def test_native_bfloat16_is_unknown_where_the_features_are_not_listed(monkeypatch, info, native):
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: info)
+    assert hardware.native_bfloat16("cpu") is native
+    assert (hardware.bfloat16_problem("cpu") is not None) == (native is False)
+    assert (hardware.bfloat16_unknown("cpu") is not None) == (native is None)
+    line = hardware.describe()
+    expected = {None: "unknown", True: "yes", False: "no"}[native]
+    assert f"native bfloat16: {expected}" in line
+    assert ("flags: unknown" in line) == (native is None)
+
+
+def test_a_bfloat16_model_on_a_cpu_without_it_warns_once(monkeypatch):
+    from n2nfunc import Model
+    from n2nfunc.data import make_pairs
+
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"flags": "fpu avx2", "model name": "X"})
+    x, y = make_pairs(8, "train", seed=0)
+    m = Model({"widths": (4, 4), "batch_size": 4, "precision": "bfloat16"})
+    with pytest.warns(UserWarning, match=r"precision 'bfloat16': this CPU \(X\) has no native"):
+        m.train(x, y, num_epochs=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.predict(x)  # said once per Model
