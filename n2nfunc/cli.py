@@ -41,6 +41,7 @@ from .data import (
 from .data.files import list_images
 from .data.noise import parse_noise, photo_noise_pairs
 from .data.photos import PATCH
+from .data.synthetic import to_int16, to_uint8
 from .metrics import evaluate
 from .model import (
     DEFAULT_CONFIG,
@@ -146,10 +147,12 @@ def _n_train(args) -> int:
 
 
 def _photo_noise_pairs(photos, n: int, args, split: str):
-    """Camera-noise pairs of 64x64 photo crops on the 0-255 scale, as every other source of
-    pairs gives them (the targets unclipped)."""
+    """Camera-noise pairs of 64x64 photo crops as the built-in pairs are: the noisy input
+    uint8 (clipped and rounded, as a saved photo), the target int16 on the 0-255 scale
+    (unclipped) or, to validate, the clean crop uint8. Integers say their scale: as floats on
+    the 0-255 scale, the pairs of a dark photo (mean at most 2) were read as 0-1 images."""
     a, b = photo_noise_pairs(photos, n, args.noise, PHOTO_CROP, args.seed, split=split)
-    return a * 255, b * 255
+    return to_uint8(a), to_uint8(b) if split == "val" else to_int16(b)
 
 
 def _say(message: str) -> None:
@@ -552,13 +555,13 @@ def cmd_train(args) -> int:
         state = _load_state(args.resume)
         _resume_options(args, state, say=rank == "0", lead=rank == "0")
         _check_memory(args, _refuse)  # the run's own --n-train, here
-        _check_precision(args, _refuse)  # the run's precision and batch size, here
-        _check_nproc(args, _refuse)
         epochs = launch.planned_epochs(state)
-        if state["epoch"] >= epochs:  # before any data is read
+        if state["epoch"] >= epochs:  # before any data is read (and nothing computed)
             if rank == "0":
                 _finished_run(args, state, epochs)
             return 0
+        _check_precision(args, _refuse)  # the run's precision and batch size, here
+        _check_nproc(args, _refuse)
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         if args.nproc > 1 and launch.launcher_pid() is None:  # not one of --nproc's own
             raise ValueError(
@@ -1069,6 +1072,8 @@ def _check_precision(args, error) -> None:
         problem = hardware.bfloat16_problem(device)
         if problem:
             error(f"--precision bfloat16: {problem}")
+        if (unknown := hardware.bfloat16_unknown(device)) and _rank() == "0":
+            print(f"note: --precision bfloat16: {unknown}", file=sys.stderr)
 
 
 RUN_PICTURES = ("curves.png", "samples.png")
@@ -1800,20 +1805,35 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 done, 2 bad usage or data)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
-        _refuse_unknown_options(parser, argv)
-        args, extra = parser.parse_known_args(argv)
-        if extra:  # a stray positional: the command's usage, not the top-level one
-            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-        args.argv = argv  # for --nproc's workers
-        args.check(args, args.parser.error)
-        _check_precision(args, args.parser.error)
-    except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else 0
-    try:
-        return _run(args)
-    finally:
-        _unlock_all()
+        try:
+            parser = build_parser()
+            _refuse_unknown_options(parser, argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # a stray positional: the command's usage, not the top-level one
+                getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+            args.argv = argv  # for --nproc's workers
+            args.check(args, args.parser.error)
+            _check_precision(args, args.parser.error)
+        except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
+            return e.code if isinstance(e.code, int) else 0
+        try:
+            return _run(args)
+        finally:
+            _unlock_all()
+    except ModuleNotFoundError as e:  # an optional dependency (the viz extra) not installed
+        if e.name not in OPTIONAL_MODULES:
+            raise
+        command = next((a for a in argv if not a.startswith("-")), "")
+        print(
+            f"n2nfunc {command}: error: this needs {OPTIONAL_MODULES[e.name]}, which is not "
+            "installed: pip install 'n2nfunc[viz]'",
+            file=sys.stderr,
+        )
+        return 2
+
+
+# The optional dependencies of the viz extra, by the module a missing one fails to import
+OPTIONAL_MODULES = {"PIL": "Pillow (image files)", "matplotlib": "matplotlib (the plots)"}
 
 
 class Terminated(KeyboardInterrupt):

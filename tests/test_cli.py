@@ -402,6 +402,12 @@ def test_precision_option_trains_in_bfloat16_or_refuses_in_one_line(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert "error: --precision bfloat16: this CPU" in err[-1] and "no native bfloat16" in err[-1]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    if (out / "checkpoint.pth").exists():  # a finished run's resume computes nothing
+        assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
+        assert "has finished" in capsys.readouterr().out
+    monkeypatch.setattr(hardware, "native_bfloat16", lambda device="cpu": None)  # unknown
+    assert main([*args[:-2], "--out", str(tmp_path / "third"), "--precision", "bfloat16"]) == 0
+    assert "note: --precision bfloat16: cannot tell whether this CPU" in capsys.readouterr().err
     assert main(["eval", "--precision", "float16"]) == 2
     assert "invalid choice: 'float16'" in capsys.readouterr().err
 
@@ -467,6 +473,23 @@ def test_train_a_unet_on_photos_with_camera_noise(tmp_path, monkeypatch, capsys)
     den = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png")]
     assert main([*den, "--checkpoint", str(out / "model.pth")]) == 0
     assert "(noise: blind Gaussian noise, sigma 0-50" in capsys.readouterr().out
+
+
+def test_camera_noise_pairs_of_a_dark_photo_keep_their_scale(tmp_path, monkeypatch, capsys):
+    """As floats on the 0-255 scale, the pairs of a dark photo (values 0-2) were read as 0-1
+    images, 255 times too bright: validation 'noisy -3.94 dB' for sigma 2 of 255."""
+    import re
+
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "dark"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_image(photos / "d.png", torch.randint(0, 3, (3, 256, 256), generator=g).to(torch.uint8))
+    args = ["train", "--photos", str(photos), "--val-photos", str(photos), "--noise", "gaussian:2"]
+    args += ["--n-train", "16", "--n-val", "8", "--epochs", "1", "--widths", "4", "4"]
+    assert main([*args, "--no-pictures", "--out", str(tmp_path / "run")]) == 0
+    noisy = float(re.search(r"\(noisy ([-\d.]+) dB", capsys.readouterr().out).group(1))
+    assert 40 < noisy < 50  # sigma 2 of 255, clipped at black: about 44 dB
 
 
 def _tiny_unet_weights(folder):
@@ -1319,3 +1342,23 @@ def test_a_resume_state_whose_data_paths_hold_control_characters_is_refused(
     assert main(["train", "--resume", str(tmp_path / "ansi.pth")]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "its 'data' must be a dict of the run's data options" in err
+
+
+def test_a_missing_optional_dependency_is_one_line(tmp_path, monkeypatch, capsys):
+    """Without Pillow (the viz extra) --pairs and denoise ended in a traceback."""
+    import sys
+
+    rgb = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    for sub in ("a", "b"):
+        write_image(tmp_path / "pairs" / sub / "x.png", rgb)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if not installed
+    args = ["train", "--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert main(["denoise", str(tmp_path / "pairs" / "a" / "x.png"), str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"n2nfunc {c}: error: this needs Pillow (image files), which is not installed: "
+        "pip install 'n2nfunc[viz]'"
+        for c in ("train", "denoise")
+    ]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "o.png").exists()

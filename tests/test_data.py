@@ -70,6 +70,22 @@ def test_builtin_pairs_are_cached(tmp_path, monkeypatch):
     cached = next(tmp_path.iterdir())  # an altered one (8 of the 24 pairs) too: it was used
     checkpoint.save(cached, {"first": first[0][:8], "second": first[1][:8]})
     assert torch.equal(builtin_pairs(24, "train", seed=5)[1], first[1])
+    leftover = cached.with_name(f".{cached.name}.999999999.tmp")  # a writer killed (-9)
+    leftover.write_bytes(b"partial")
+    os.utime(leftover, (0, 0))  # long untouched
+    assert torch.equal(builtin_pairs(24, "train", seed=5)[0], first[0])  # a cache hit ...
+    assert not leftover.exists()  # ... clears it (none had saved since to sweep it)
+    import n2nfunc.data as data_module
+
+    def unreadable(path):  # a cache entry (or folder) this user may not read
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data_module.checkpoint, "load", unreadable)
+    assert torch.equal(builtin_pairs(24, "train", seed=5)[1], first[1])  # made again
+    monkeypatch.setenv("N2NFUNC_CACHE", str(cached))  # a file where the folder goes
+    said = []
+    assert torch.equal(builtin_pairs(24, "train", seed=5, announce=said.append)[0], first[0])
+    assert said[-1].startswith(f"note: the pairs are not cached ({cached}")
 
 
 def test_course_file_loader(tmp_path):
@@ -158,6 +174,15 @@ def test_folder_pairs_name_the_images_they_leave_out(tmp_path):
     notes.clear()
     load_folder_pairs(tmp_path, announce=notes.append)
     assert notes == []  # every image used: nothing to say
+    for sub in ("a", "b"):  # macOS's AppleDouble files and a folder named like an image
+        (tmp_path / sub / "._one.png").write_bytes(b"\0\5\x16\7 not an image")
+        (tmp_path / sub / "folder.png").mkdir()
+    write_image(tmp_path / "a" / "broken.png", rgb)
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG truncated")
+    a, _ = load_folder_pairs(tmp_path, announce=notes.append)  # stopped the whole load
+    assert a.shape[0] == 1 and notes == [
+        f"note: {tmp_path}: left out 1 that cannot be read (broken.png)"
+    ]
 
 
 def test_photo_pairs_from_an_image():
@@ -470,3 +495,27 @@ def test_an_image_of_a_format_n2nfunc_does_not_read_is_refused_unopened(tmp_path
         ):
             read_image(tmp_path / name)
     assert not ran.exists()
+
+
+def test_an_odd_rendered_size_is_refused_by_name():
+    from n2nfunc.data.synthetic import render_dead_leaves
+
+    with pytest.raises(ValueError, match=r"make_pairs: size must be .*even .*got size=33"):
+        make_pairs(2, "train", "downsample:3", size=33)  # a reshape error inside the renderer
+    with pytest.raises(ValueError, match="render_dead_leaves: size must be an even int"):
+        render_dead_leaves(2, 99, torch.Generator())
+    assert make_pairs(2, "train", "downsample:2", size=33)[0].shape == (2, 3, 33, 33)
+
+
+def test_the_cache_folder_follows_n2nfunc_cache_then_xdg(monkeypatch, tmp_path):
+    from n2nfunc.data import cache_dir
+
+    monkeypatch.delenv("N2NFUNC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "n2nfunc"  # where bench/mkl_on_amd.sh looks too
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("N2NFUNC_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "n2nfunc"

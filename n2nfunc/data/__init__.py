@@ -35,8 +35,10 @@ def generator_version(noise: NoiseSpec) -> int:
 
 
 def cache_dir() -> Path:
-    """``$N2NFUNC_CACHE`` or ``~/.cache/n2nfunc``."""
-    return Path(os.environ.get("N2NFUNC_CACHE") or Path.home() / ".cache" / "n2nfunc")
+    """``$N2NFUNC_CACHE``, else ``n2nfunc`` in ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    if folder := os.environ.get("N2NFUNC_CACHE"):
+        return Path(folder)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "n2nfunc"
 
 
 def builtin_pairs(
@@ -64,22 +66,25 @@ def builtin_pairs(
         level = f"{noise.kind}{noise.low!r}-{noise.high!r}"
     name = f"{split}-{level}-n{n}-seed{seed}-v{generator_version(noise)}.ckpt"
     path = cache_dir() / name
-    if cache and path.is_file():
+    if cache:
         try:
-            data = checkpoint.load(path)
-            pairs = check_pairs(data["first"], data["second"], str(path), unclipped_target=True)
-            if tuple(pairs[0].shape) == (n, 3, 32, 32):
-                return pairs
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged (or altered: another number of pairs) cache is regenerated
+            if path.is_file():
+                data = checkpoint.load(path)
+                pairs = check_pairs(data["first"], data["second"], str(path), unclipped_target=True)
+                if tuple(pairs[0].shape) == (n, 3, 32, 32):
+                    checkpoint.remove_stale_temporaries(path)  # of a writer killed since
+                    return pairs
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # a damaged, altered or unreadable cache: the pairs are made again
     if announce is not None:
-        announce(f"generating {n} built-in {split} pairs (cached after this run) ...")
+        announce(f"generating {n} built-in {split} pairs ...")
     first, second = make_pairs(n, split, noise, seed)
     if cache:
         try:
             checkpoint.save(path, {"first": first, "second": second})
-        except OSError:
-            pass  # a read-only home still works, uncached
+        except OSError as e:  # a read-only home still works, uncached
+            if announce is not None:
+                announce(f"note: the pairs are not cached ({path}: {e.strerror or e})")
     return first, second
 
 

@@ -358,7 +358,11 @@ def list_images(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(  # (not hidden files: macOS's ._x.png beside x.png holds no image)
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def load_folder_pairs(
@@ -367,8 +371,9 @@ def load_folder_pairs(
     """Pairs from ``root/a`` and ``root/b``: images with the same file name in both (noisy/noisy
     for training, noisy/clean for validation), cut into ``patch x patch`` tiles.
 
-    Images left out -- a name in only one folder, or smaller than the patch -- are counted
-    and named in one ``announce(message)``, so that a half-filled folder is not read quietly.
+    Images left out -- a name in only one folder, smaller than the patch, or a file that
+    cannot be read -- are counted and named in one ``announce(message)``, so that a
+    half-filled folder is not read quietly.
     """
     root = Path(root)
     a_dir, b_dir = root / "a", root / "b"
@@ -379,10 +384,15 @@ def load_folder_pairs(
         raise ValueError(f"{root}: no image file names common to {a_dir} and {b_dir}")
     skipped = [f"a/{n}" for n in sorted(set(names_a) - set(names_b))]
     skipped += [f"b/{n}" for n in sorted(set(names_b) - set(names_a))]
-    small = []
+    small, unreadable, first_error = [], [], None
     firsts, seconds = [], []
     for name in common:
-        a, b = read_image(names_a[name]).rgb, read_image(names_b[name]).rgb
+        try:
+            a, b = read_image(names_a[name]).rgb, read_image(names_b[name]).rgb
+        except (ValueError, OSError) as e:  # damaged, empty, not an image
+            unreadable.append(name)
+            first_error = first_error or e
+            continue
         if a.shape != b.shape:
             (ha, wa), (hb, wb) = a.shape[1:], b.shape[1:]
             raise ValueError(f"{root}: {name} is {wa}x{ha} in a/ but {wb}x{hb} in b/")
@@ -393,10 +403,13 @@ def load_folder_pairs(
         tb = b.unfold(1, patch, stride).unfold(2, patch, stride)
         firsts.append(ta.permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
         seconds.append(tb.permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
+    if not firsts and first_error is not None and not small:  # nothing readable: say why
+        raise first_error
     if not firsts:
-        raise ValueError(f"{root}: every image is smaller than the {patch}x{patch} patch")
-    if announce is not None and (skipped or small):
-        announce(_skipped_note(root, skipped, small, patch))
+        why = "cannot be read or is" if unreadable else "is"
+        raise ValueError(f"{root}: every image {why} smaller than the {patch}x{patch} patch")
+    if announce is not None and (skipped or small or unreadable):
+        announce(_skipped_note(root, skipped, small, patch, unreadable))
     return torch.cat(firsts), torch.cat(seconds)
 
 

@@ -60,7 +60,9 @@ def photo_pairs(
     chunk: int = 500,
 ) -> tuple[Tensor, Tensor]:
     """``n`` uint8 pairs from ``photos``: noisy/noisy (``split="train"``) or noisy/clean
-    (``"val"``). Crops are drawn with probability proportional to their photo's area."""
+    (``"val"``). Crops are drawn from the photos' scale levels large enough for them, each
+    with probability proportional to its area (so a photo too small at some scales is drawn
+    less than its share of the pixels)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     _check_count(n)

@@ -43,6 +43,8 @@ def render_dead_leaves(
     Shape membership is decided on a half-resolution grid (edges still fall inside the
     output cells) and colours on the full grid.
     """
+    if not isinstance(size, int) or size < 2 or size % 2:
+        raise ValueError(f"render_dead_leaves: size must be an even int >= 2, got {size!r}")
     g = generator
     half = size // 2
     k = shapes + 1  # label 0 is the background
@@ -165,6 +167,11 @@ def make_pairs(
     factor = int(noise.low) if noise.kind == "downsample" else 4
     if n < 1:
         raise ValueError(f"need at least one pair, got n={n}")
+    if not isinstance(size, int) or size < 1 or size * factor % 2:
+        raise ValueError(
+            f"make_pairs: size must be an int >= 1 whose rendering at {factor}x is even "
+            f"(images are drawn on a half-resolution grid), got size={size!r}"
+        )
     if chunk is None:
         chunk = max(1, min(1000, 16000 // factor**2))
     g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
