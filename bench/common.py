@@ -158,6 +158,17 @@ def allocator_line() -> str:
     return "allocator: glibc keeps freed memory (all contenders)" if kept else "allocator: default"
 
 
+def machine_lines(device: str = "cpu", precision: str = "float32") -> str:
+    """The machine line of a script that trains (CPU, flags, threads), and a NOTE where
+    bfloat16 would be emulated there or cannot be told to be native."""
+    lines = [hardware.describe()]
+    if precision == "bfloat16":
+        for note in (hardware.bfloat16_problem(device), hardware.bfloat16_unknown(device)):
+            if note:
+                lines.append(f"NOTE: {note}")
+    return "\n".join(lines)
+
+
 def header(threads: int, device: str = "cpu") -> dict:
     """Print the machine (CPU model, flags, threads; the GPU and torch's CUDA version on a
     CUDA device) and the measured GEMM peaks; return the peaks in GFLOP/s by precision."""

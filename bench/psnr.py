@@ -20,7 +20,7 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parents[1]),
     str(Path(__file__).resolve().parent),
 ]  # this tree
-from common import torch_net  # noqa: E402
+from common import machine_lines, torch_net  # noqa: E402
 
 from n2nfunc import allocator, optim  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
@@ -117,6 +117,7 @@ def main() -> None:
     allocator.keep_freed_memory()  # training loop: reuse freed buffers (n2nfunc/allocator.py)
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
+    print(machine_lines(precision="bfloat16" if args.precisions else "float32"))
     config = dict(Model().config)
     epochs = config["num_epochs"] if args.epochs is None else args.epochs
     xt, yt = builtin_pairs(args.n_train, "train")

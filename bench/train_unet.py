@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import unet_train_step  # noqa: E402
-from common import torch_device  # noqa: E402
+from common import machine_lines, torch_device  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import allocator  # noqa: E402
@@ -292,6 +292,7 @@ def main() -> None:
     arch = parse_arch(args.arch) if args.arch else dict(DEFAULT_ARCHITECTURE)
     specs = args.noise or NOISE[args.name]
     photos = photo_folder(args.photos, "train")
+    print(machine_lines(args.device, args.precision))
     print(f"{args.name}: {len(photos)} photos, noise {specs}, architecture {arch}")
     _, params, info = train(
         photos,

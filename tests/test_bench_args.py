@@ -76,3 +76,30 @@ def test_the_memory_probe_drops_the_profilers_status_lines_and_keeps_the_rest(ca
     assert common.peak_live_tensor_bytes(step) >= 0
     err = capfd.readouterr().err
     assert "a line of the step" in err and common.PROFILER_CHATTER[0] not in err
+
+
+@pytest.mark.parametrize(
+    "info,note",
+    [
+        ({"flags": "fpu avx2", "model name": "Old"}, "NOTE: this CPU (Old) has no native bfloat16"),
+        ({}, "NOTE: cannot tell whether this CPU"),
+        ({"flags": "avx512f avx512_bf16", "model name": "Zen 4"}, None),
+    ],
+)
+def test_training_benches_say_where_bfloat16_is_emulated(monkeypatch, info, note):
+    """bench/psnr.py and bench/train_unet.py trained bfloat16 emulated without a word."""
+    from n2nfunc import hardware
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: info)
+    lines = common.machine_lines("cpu", "bfloat16").splitlines()
+    assert lines[0].startswith("CPU ") and (
+        lines[1:] == [] if note is None else lines[1].startswith(note)
+    )
+    assert common.machine_lines("cpu", "float32").splitlines() == lines[:1]
+    for script in ("psnr.py", "train_unet.py"):
+        assert "machine_lines(" in (BENCH / script).read_text()
