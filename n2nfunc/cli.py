@@ -326,7 +326,7 @@ def _folder_digest(folder: Path, dest: str) -> str:
         f"{sub}/{p.name}\t{p.stat().st_size}"
         for sub in subs
         if (folder / sub).is_dir()
-        for p in list_images(folder / sub)
+        for p in list_images(folder / sub, every_name=True)  # (the digests of earlier runs)
     ]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
@@ -986,7 +986,7 @@ def _denoiser(args, device):
                 f"note: --tile {tile} keeps {step} of each tile's {tile} pixels a side (this "
                 f"network's tiles overlap by {overlap}): on a large image about "
                 f"{(tile / step) ** 2:.0f}x the work of one pass; --tile "
-                f"{round_up(4 * overlap, align)} or more is under 4x"
+                f"{round_up(4 * overlap, align)} or more is at most 4x"
             )
         with _tile_bar() as on_tile:
             out = denoise_image(

@@ -131,7 +131,7 @@ def _what(obj) -> str:
     """The type of ``obj``; for a layer-making function passed uncalled (``relu`` for
     ``relu()``), how to make the layer."""
     code = getattr(obj, "__code__", None)
-    if code is None or not getattr(obj, "__module__", "").startswith("n2nfunc"):
+    if code is None or not (getattr(obj, "__module__", None) or "").startswith("n2nfunc"):
         return type(obj).__name__
     required = code.co_argcount - len(getattr(obj, "__defaults__", None) or ())
     call = f"{obj.__name__}({'...' if required else ''})"

@@ -53,7 +53,7 @@ def mse_value_and_grad(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     _check_pair(pred, target, "mse")
     diff = pred - target
     value = (diff * diff).mean()
-    return value, diff.mul_(2.0 / diff.numel())
+    return value, diff.mul(2.0 / diff.numel())  # (diff stays as the value's graph saved it)
 
 
 mse = Loss(mse_value, mse_value_and_grad)

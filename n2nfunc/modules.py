@@ -113,7 +113,7 @@ class Module(Unpicklable):
                 name = type(self).__name__
                 if type(e) not in (ValueError, TypeError) or str(e).startswith(name):
                     raise
-                raise type(e)(f"{name}: {e}") from None
+                raise type(e)(f"{name}: {e}").with_traceback(e.__traceback__) from None
 
         checked_init.__doc__, checked_init.__wrapped__ = init.__doc__, init
         cls.__init__ = checked_init
@@ -181,9 +181,15 @@ class Module(Unpicklable):
         """``train(False)``."""
         return self.train(False)
 
+    def named_children(self) -> list[tuple[str, "Module"]]:
+        """The direct sub-blocks with their names: the blocks held in attributes (as
+        ``torch.nn.Module`` registers them), e.g. ``self.inner = Linear(3, 3)`` of a block
+        of your own; none for a library block."""
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
     def children(self) -> list["Module"]:
-        """The direct sub-blocks (none for a single block)."""
-        return []
+        """The direct sub-blocks (:meth:`named_children`)."""
+        return [m for _, m in self.named_children()]
 
     def modules(self):
         """This block, then every block inside it, each once (as ``torch.nn.Module``'s)."""
@@ -241,8 +247,16 @@ class Module(Unpicklable):
             )
 
     def param(self) -> list[tuple[Tensor, Tensor]]:
-        """``(parameter, gradient)`` pairs, in ``state_dict`` order."""
-        return list(zip(tree.leaves(self.params), tree.leaves(self.grads)))
+        """``(parameter, gradient)`` pairs, in ``state_dict`` order: this block's, then its
+        sub-blocks' (:meth:`children`), each pair once."""
+        pairs = {
+            (id(p), id(g)): (p, g)
+            for p, g in zip(tree.leaves(self.params), tree.leaves(self.grads))
+        }
+        for child in self.children():
+            for p, g in child.param():
+                pairs.setdefault((id(p), id(g)), (p, g))
+        return list(pairs.values())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Fill the gradients with zeros. ``set_to_none`` is taken for torch's signature; the
@@ -252,8 +266,12 @@ class Module(Unpicklable):
 
     def state_dict(self) -> dict:
         """``{path: tensor}``: the parameters, then the state (running statistics), paths as
-        in the functional trees (``"0.weight"``, ``"1.running_mean"``)."""
-        return dict(tree.flatten(self.params) + tree.flatten(self.state))
+        in the functional trees (``"0.weight"``, ``"1.running_mean"``), then each sub-block's
+        entries under its name (``"inner.weight"``)."""
+        own = dict(tree.flatten(self.params) + tree.flatten(self.state))
+        for name, child in self.named_children():
+            own.update({f"{name}.{k}": v for k, v in child.state_dict().items()})
+        return own
 
     def load_state_dict(self, state_dict: dict, strict: bool = True) -> "IncompatibleKeys":
         """Copy parameters and state in place (optimizers keep their references); keys and
@@ -308,6 +326,8 @@ class Module(Unpicklable):
 
         for d in (self.params, self.grads, self.state):
             _move_in_place(d, move)
+        for child in self.children():  # (a Sequential's: its params are theirs, moved already)
+            child.to(device, dtype)
         return self
 
     def double(self) -> "Module":
@@ -343,10 +363,11 @@ def _to_args(name: str, args: tuple, kwargs: dict):
     """``(device, dtype)`` of ``torch.nn.Module.to``'s arguments."""
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     kwargs.pop("non_blocking", None)
-    if kwargs or len(args) > 2:
+    kwargs.pop("memory_format", None)  # (the layers take any layout of their weights)
+    if kwargs or len(args) > 3:
         raise TypeError(f"{name}.to: unexpected arguments {list(kwargs) or args}")
     for a in args:
-        if a is None:
+        if a is None or isinstance(a, bool):  # (a bool: torch's positional non_blocking)
             continue
         if isinstance(a, torch_dtype):
             dtype = a
@@ -842,8 +863,8 @@ def _backward_options(block: Module, input_grad: bool, release: bool) -> dict:
     def takes(name: str) -> bool:
         return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
-    options = {"input_grad": input_grad, "retain_graph": not release}  # (True: the defaults)
-    return {k: v for k, v in options.items() if not v and takes(k)}
+    options = {"input_grad": input_grad} if takes("input_grad") else {}
+    return {**options, "retain_graph": False} if release and takes("retain_graph") else options
 
 
 class Sequential(Module):
@@ -921,11 +942,6 @@ class Sequential(Module):
                     pullbacks[i] = _spent_pullback(f"Sequential block {i}")
         return ct
 
-    def to(self, *args, **kwargs) -> "Sequential":
-        for m in self.blocks:
-            m.to(*args, **kwargs)
-        return self
-
     def param(self) -> list[tuple[Tensor, Tensor]]:
         """The blocks' ``param()`` pairs in order (a block of your own with a ``param()`` of
         its own too), each pair once: a block used twice is stepped once, as torch's
@@ -937,8 +953,8 @@ class Sequential(Module):
                 pairs.setdefault((id(p), id(g)), (p, g))
         return list(pairs.values())
 
-    def children(self) -> list[Module]:
-        return list(self.blocks)
+    def named_children(self) -> list[tuple[str, Module]]:
+        return [(str(i), m) for i, m in enumerate(self.blocks)]
 
     def state_dict(self) -> dict:
         """The blocks' state dicts, in order, keys prefixed with the block index (as
@@ -1200,7 +1216,8 @@ class ParamGroup(dict):
         self.name = name
         self["lr"] = items["lr"]
 
-    def __setitem__(self, key, value) -> None:
+    def _checked(self, key, value):
+        """``value`` as ``key`` takes it, or the error of setting a fixed one."""
         if key != "lr" and key in self:
             raise ValueError(
                 f"{self.name}: param_groups[0][{key!r}] is fixed at construction; only 'lr' "
@@ -1208,11 +1225,16 @@ class ParamGroup(dict):
             )
         if key == "lr":  # a number as a Python float (n2nfunc.save takes no NumPy scalar)
             (value,) = optim.check_hyperparameters(self.name, lr=value)
-        super().__setitem__(key, value)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, self._checked(key, value))
 
     def update(self, *args, **kwargs) -> None:
-        for key, value in dict(*args, **kwargs).items():
-            self[key] = value
+        """Set every entry or, if one is refused, none."""
+        items = {k: self._checked(k, v) for k, v in dict(*args, **kwargs).items()}
+        for key, value in items.items():
+            super().__setitem__(key, value)
 
     def __delitem__(self, key) -> None:
         raise ValueError(f"{self.name}: param_groups[0][{key!r}] cannot be removed")

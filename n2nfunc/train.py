@@ -26,7 +26,7 @@ def described(value) -> str:
     factory to call (``n2nfunc.huber``, ``optim.adam``), a class wrapper that its layer is
     ``.layer``."""
     if isinstance(value, type(_check_parts)) and value.__name__ != "<lambda>":  # a def
-        if not getattr(value, "__module__", "").startswith("n2nfunc"):
+        if not (getattr(value, "__module__", None) or "").startswith("n2nfunc"):
             return f"the function {value.__name__}"
         return f"the function {value.__name__} (a factory? call it: {value.__name__}(...))"
     if isinstance(getattr(value, "layer", None), (Layer, StatefulLayer)):

@@ -40,6 +40,7 @@ from .base import (
     check_cotangent,
     check_image,
     check_tensor,
+    holding,
     image_shape,
     is_int,
     marked_like,
@@ -151,7 +152,7 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
 
         return y, pullback
 
-    return Layer(init, apply, releases(skips_input_grad(vjp)))
+    return Layer(init, apply, releases(skips_input_grad(holding(vjp, [layer]))))
 
 
 def _serial(*layers: Layer | StatefulLayer) -> Layer:

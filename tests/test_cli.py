@@ -1362,3 +1362,15 @@ def test_a_missing_optional_dependency_is_one_line(tmp_path, monkeypatch, capsys
         for c in ("train", "denoise")
     ]
     assert not (tmp_path / "run").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_a_folders_digest_keeps_the_rule_of_earlier_runs(tmp_path):
+    """Hidden files are no longer read, but a run started before records them in its
+    folder's digest: --resume would have refused the unchanged folder."""
+    import hashlib
+
+    write_image(tmp_path / "a.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    (tmp_path / "._a.png").write_bytes(b"\0\5\x16\7")
+    lines = [f"/{p.name}\t{p.stat().st_size}" for p in sorted(tmp_path.iterdir())]
+    recorded = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    assert cli._folder_digest(tmp_path, "photos") == recorded

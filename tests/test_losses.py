@@ -270,5 +270,6 @@ def test_a_loss_value_is_differentiable_by_torch_autograd_and_agrees(loss):
         target = torch.randn(5, 4, generator=g, dtype=torch.float64)
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(loss(pred, target), pred)
+        (again,) = torch.autograd.grad(loss.value_and_grad(pred, target)[0], pred)
     _, ours = loss.value_and_grad(pred.detach(), target)
-    assert rel_err(grad, ours) < 1e-12
+    assert rel_err(grad, ours) < 1e-12 and rel_err(again, ours) < 1e-12

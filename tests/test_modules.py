@@ -1107,6 +1107,61 @@ def test_a_block_of_your_own_inside_sequential_is_trained_and_zeroed():
     assert all(float(g.abs().sum()) == 0 for _, g in res.param() + head.param())
 
 
+def test_a_block_of_your_own_is_moved_saved_and_switched_like_a_torch_module():
+    """Its sub-blocks (attributes) were trained through param() but not moved by to(),
+    saved by state_dict() or switched by eval()."""
+    seq = Sequential(_Residual(), Linear(3, 1))
+    inner = seq[0].inner
+    assert inner in list(seq.modules())
+    seq.double()
+    assert inner.weight.dtype == torch.float64
+    y = seq(torch.randn(2, 3, dtype=torch.float64))
+    assert y.dtype == torch.float64
+    keys = list(seq.state_dict())
+    assert keys == ["0.inner.weight", "0.inner.bias", "1.weight", "1.bias"]
+    other = Sequential(_Residual(), Linear(3, 1)).double()
+    other.load_state_dict(seq.state_dict())
+    assert torch.equal(other[0].inner.weight, inner.weight)
+    seq.eval()
+    assert not inner.training
+
+    class Plain(_Residual):  # without a param() of its own: its sub-blocks' are found too
+        param = Module.param
+
+    plain = Plain()
+    assert [p for p, _ in plain.param()] == [p for p, _ in plain.inner.param()]
+
+
+def test_a_course_style_backward_with_a_required_input_grad_still_works():
+    class Double(Module):
+        def __init__(self):
+            super().__init__(nf.identity(), {})
+
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, g, input_grad):  # no default: it was always passed
+            return g * 2
+
+    seq = Sequential(Linear(3, 3), Double())
+    y = seq(torch.randn(2, 3))
+    assert seq.backward(torch.ones_like(y)).shape == (2, 3)
+
+
+def test_a_bug_in_a_blocks_constructor_keeps_its_traceback():
+    import traceback
+
+    class Broken(Module):
+        def __init__(self):
+            super().__init__(nf.identity(), {})
+            missing = None
+            missing(3)  # the line the traceback must show
+
+    with pytest.raises(TypeError, match="^Broken: 'NoneType' object is not callable") as info:
+        Broken()
+    assert "missing(3)" in "".join(traceback.format_tb(info.value.__traceback__))
+
+
 def test_parameters_that_require_grad_keep_a_block_free_of_autograd():
     """A torch.nn state_dict(keep_vars=True) loaded, or an nn.Parameter assigned, had made
     the weights non-leaves and every forward record a graph (deepcopy then failed)."""
@@ -1136,6 +1191,9 @@ def test_to_takes_torchs_forms_and_refuses_a_non_float_dtype():
     assert block.to("cpu", torch.float64).cpu().weight.dtype == torch.float64
     seq = Sequential(Conv2d(3, 4, 3), ReLU())
     assert seq.to(torch.float64)[0].weight.dtype == torch.float64
+    assert block.to(torch.float32, False).to(memory_format=torch.channels_last) is block
+    assert block.weight.dtype == torch.float32  # (non_blocking positional, a memory format)
+    block.double()
     with pytest.raises(TypeError, match=r"Conv2d.to: the dtype must be a floating-point one"):
         block.to(dtype=torch.int64)
     assert block.weight.dtype == torch.float64  # nothing moved
@@ -1182,7 +1240,8 @@ def test_param_groups_cannot_be_changed_behind_the_optimizers_back():
     opt = SGD(Linear(3, 2), lr=0.1)
     group = opt.param_groups[0]
     with pytest.raises(ValueError, match=r"\['momentum'\] is fixed at construction"):
-        group |= {"momentum": 0.7}
+        group |= {"lr": 0.5, "momentum": 0.7}
+    assert opt.param_groups[0]["lr"] == 0.1  # nothing set when one entry is refused
     group |= {"lr": 0.05}
     assert opt.param_groups[0]["lr"] == 0.05
     for change in (group.clear, group.popitem):

@@ -301,13 +301,17 @@ def test_mixed_precision_names_what_it_cannot_take():
     mixed = nf.mixed_precision(conv, "bfloat16")
     with pytest.raises(ValueError, match="already computes in bfloat16 .*wrap the float32 layer"):
         nf.mixed_precision(mixed, "bfloat16")
-    for holder in (nf.serial(mixed, nf.relu()), nf.residual(nf.serial(nf.relu(), mixed))):
+    for holder in (
+        nf.serial(mixed, nf.relu()),
+        nf.residual(nf.serial(nf.relu(), mixed)),
+        nf.padded_to_multiple(mixed, 4),
+    ):
         with pytest.raises(ValueError, match="already computes in bfloat16 .it is, or holds"):
             nf.mixed_precision(holder, "bfloat16")
     net = nf.serial(conv, nf.batch_norm2d(), nf.relu())
     _, _, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
     held = nf.stateful.fixed(net, state, train=False)
-    for holder in (held, nf.serial(nf.relu(), held)):
+    for holder in (held, nf.serial(nf.relu(), held), nf.padded_to_multiple(held, 4)):
         with pytest.raises(TypeError, match="holds a stateful one .batch norm, dropout"):
             nf.mixed_precision(holder, "bfloat16")
     with pytest.raises(TypeError, match="StatefulLayer .a stateful one: batch norm and dropout"):

@@ -269,6 +269,10 @@ def test_make_train_step_names_a_factory_given_for_loss_or_optimizer():
         nf.value_and_grad(nf.conv2d, nf.mse)
     with pytest.raises(TypeError, match=r"got the function mse_loss \(your own loss: n2nfunc.Loss"):
         nf.value_and_grad(net, torch.nn.functional.mse_loss)  # not ours: no factory hint
+    made = {}
+    exec("def made_here(a, b):\n    return 0", made)  # a function without a module
+    with pytest.raises(TypeError, match=r"got the function made_here \(your own loss"):
+        nf.value_and_grad(net, made["made_here"])
 
 
 def test_a_stateful_train_step_takes_a_target_of_none():

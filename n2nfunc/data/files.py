@@ -354,14 +354,18 @@ def write_image(
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
 
 
-def list_images(folder) -> list[Path]:
+def list_images(folder, every_name: bool = False) -> list[Path]:
+    """The image files of ``folder``: those with an image suffix, but hidden files (macOS's
+    ._x.png beside x.png holds no image) and folders; with ``every_name``, every entry with
+    an image suffix (what a run's folder digest recorded before they were left out)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
-    return sorted(  # (not hidden files: macOS's ._x.png beside x.png holds no image)
+    return sorted(
         p
         for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and (every_name or (not p.name.startswith(".") and p.is_file()))
     )
 
 
