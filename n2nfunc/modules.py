@@ -249,14 +249,8 @@ class Module(Unpicklable):
     def param(self) -> list[tuple[Tensor, Tensor]]:
         """``(parameter, gradient)`` pairs, in ``state_dict`` order: this block's, then its
         sub-blocks' (:meth:`children`), each pair once."""
-        pairs = {
-            (id(p), id(g)): (p, g)
-            for p, g in zip(tree.leaves(self.params), tree.leaves(self.grads))
-        }
-        for child in self.children():
-            for p, g in child.param():
-                pairs.setdefault((id(p), id(g)), (p, g))
-        return list(pairs.values())
+        own = zip(tree.leaves(self.params), tree.leaves(self.grads))
+        return _each_once([*own, *(pg for child in self.children() for pg in child.param())])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Fill the gradients with zeros. ``set_to_none`` is taken for torch's signature; the
@@ -350,6 +344,11 @@ class Module(Unpicklable):
 
 
 _FLOAT32, _FLOAT64 = empty(0).float().dtype, empty(0).double().dtype
+
+
+def _each_once(pairs: list) -> list:
+    """``(parameter, gradient)`` pairs in order, each pair only at its first place."""
+    return list({(id(p), id(g)): (p, g) for p, g in pairs}.values())
 
 
 class StateDictKeyError(KeyError, RuntimeError):
@@ -956,11 +955,7 @@ class Sequential(Module):
         its own too), each pair once: a block used twice is stepped once, as torch's
         ``parameters()`` lists it once (weights tied by assignment keep a pair per block,
         whose gradients torch would add up in one ``.grad``)."""
-        pairs: dict = {}
-        for m in self.blocks:
-            for p, g in m.param():
-                pairs.setdefault((id(p), id(g)), (p, g))
-        return list(pairs.values())
+        return _each_once([pg for m in self.blocks for pg in m.param()])
 
     def named_children(self) -> list[tuple[str, Module]]:
         return [(str(i), m) for i, m in enumerate(self.blocks)]
