@@ -341,6 +341,12 @@ def _brief(v) -> str:
     return repr(v)
 
 
+def _int_if_whole(v):
+    """``v`` as an int where it is a whole plain number (2.0, NumPy's 2), else ``v`` unchanged
+    (for the checks that follow to refuse)."""
+    return int(v) if _plain(v) and _finite(v) and int(v) == v else v
+
+
 def _whole(v, key: str, low=None) -> int:
     """``v`` as an int (2.0 and NumPy ints are), at least ``low`` if given."""
     integral = _plain(v) and _finite(v) and int(v) == v
@@ -774,8 +780,9 @@ def full_config(config: dict) -> dict:
         raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
     own, given = UNET_DEFAULTS if network == "unet" else {}, set(config)
     config = {**DEFAULT_CONFIG, **own, **config}
-    if isinstance(config["widths"], (tuple, list)):
-        config["widths"] = tuple(config["widths"])
+    if isinstance(config["widths"], (tuple, list)):  # whole numbers as ints, as every count
+        config["widths"] = tuple(map(_int_if_whole, config["widths"]))
+    config["depth"] = _int_if_whole(config["depth"])
     try:
         check_config(config)
         compute_dtype(config["precision"])

@@ -380,6 +380,19 @@ def test_configs_take_numpy_numbers_and_any_integer_seed():
     assert type(m.config["lr"]) is float
 
 
+def test_every_whole_number_setting_takes_a_whole_float_as_its_int():
+    """A config read from JSON or YAML may say 48.0: counts and sizes alike become ints."""
+    m = Model({**SMALL, "batch_size": 16.0, "kernel": 3.0, "widths": (8.0, 8)})
+    assert [m.config[k] for k in ("batch_size", "kernel", "widths")] == [16, 3, (8, 8)]
+    assert type(m.config["kernel"]) is int and all(type(v) is int for v in m.config["widths"])
+    u = Model({"network": "unet", "depth": 2.0, "widths": [8.0, 8, 8, 8]})
+    assert (u.config["depth"], u.config["widths"]) == (2, (8, 8, 8, 8))
+    assert type(u.config["depth"]) is int
+    for bad in ({"widths": (8.5, 8)}, {"network": "unet", "depth": 2.5}):
+        with pytest.raises(ValueError, match="widths|depth"):
+            Model(bad)
+
+
 def test_a_strongly_noisy_0_1_target_stays_0_1():
     """Unclipped Poisson noise at peak 1 takes a 0-1 target to 9 and more; its mean stays
     that of the image, which is what tells it from a 0-255 one."""
