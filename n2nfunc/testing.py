@@ -17,7 +17,24 @@ the pullback must give ``grad f``. The checks, all in float64:
   pullbacks, so ``ct.mul_(mask)`` corrupts another branch's gradient, while finite
   differences against the changed cotangent would still agree).
 
-Parameters must be floating-point tensors (the gradient of an integer is not defined).
+Parameters must be floating-point tensors (the gradient of an integer is not defined), and
+the layer must compute in float64 when its input and parameters are (a float32 layer is
+refused as such: its rounding would read as a wrong gradient). The output and every
+gradient must be finite at the point checked (a NaN or infinity is refused by name: a NaN
+compares as neither right nor wrong), and the pullback must give the same gradients when it
+is called again (a layer's pullback may be called any number of times).
+
+Where to check, as with any finite difference: away from kinks and ties -- ReLU at exactly
+0, max pooling over equal values (an all-zero or 8-bit quantised image) are not
+differentiable there, and are reported as wrong; at random parameters, not a fresh layer's
+(a batch norm's scale of ones hides a gradient that forgets it); with a batch of at least
+2 and different channel counts in and out (a bias gradient taken from the first image
+alone, or a transposed weight, agree at batch 1 or on square shapes); and at inputs of
+moderate size: a layer that subtracts large numbers inside (batch norm of values around
+1e3) loses digits that the error floor, which counts only the output's magnitude, does not
+allow for -- rescale the input or raise ``rtol``. The input of a layer that takes integers
+(an embedding's indices) cannot be perturbed: check such a layer's parameters through a
+wrapper that fixes the input.
 
 A ``mixed_precision`` layer refuses the float64 this needs: check the layer it wraps.
 
@@ -95,11 +112,15 @@ def check_vjp(
         rng = rng if rng is not None else Generator(device=_device_of(x)).manual_seed(seed)
         layer = fixed(layer, tree.map(_to64, state), train=train, rng=rng)
     y, pullback = layer.vjp(params, x)
+    _computed_in_float64(y)
+    _finite({"output": y}, "is not finite at this point: pick another x (or params)")
     ct = tree.map(lambda t: _randn_like(t, g), y)
-    ct_kept = tree.map(_copy, ct)
+    kept = tree.map(_copy, {"cotangent": ct, "output": y})
     ct_params, ct_x = pullback(ct)
-    _unchanged({"cotangent": ct}, {"cotangent": ct_kept}, "the pullback")
+    _unchanged({"cotangent": ct}, {"cotangent": kept["cotangent"]}, "the pullback")
     _unchanged({"input": x, "params": params}, originals, "vjp or its pullback")
+    _unchanged({"output": y}, {"output": kept["output"]}, "the pullback")
+    _finite({"gradient wrt input": ct_x, "gradient wrt parameter": ct_params}, "is not finite")
     rounding = 1e-15 * sum(
         float((c * t).abs().sum()) for c, t in zip(tree.leaves(ct), tree.leaves(y))
     )
@@ -113,7 +134,7 @@ def check_vjp(
 
     def record(part, err, detail):
         worst[part] = max(worst.get(part, 0.0), err)
-        if err > rtol:
+        if not err <= rtol:  # (a NaN error fails too)
             raise VJPCheckError(
                 f"check_vjp: gradient wrt {part} is wrong ({detail}): "
                 f"relative error {err:.3g} > rtol {rtol:g}"
@@ -135,26 +156,35 @@ def check_vjp(
 
             return f(tree.map_with_path(shift, params), x)
 
+        if sum(t.numel() for t in tree.leaves(value)) <= full_jacobian_max:
+            # first, where it is cheap: a failure then says which number is wrong
+            floor = atol * max(float(t.abs().max()) for t in tree.leaves(analytic)) + tiny
+            named = len(tree.leaves(value)) > 1  # (a tuple input)
+            for (where, leaf), a_leaf in zip(tree.flatten(value), tree.leaves(analytic)):
+                for i in range(leaf.numel()):
+                    e = tree.map(lambda t: t.new_zeros(t.shape), value)
+                    dict(tree.flatten(e))[where].view(-1)[i] = eps
+                    numeric = (perturbed(e) - perturbed(tree.scale(-1.0, e))) / (2 * eps)
+                    a = float(a_leaf.reshape(-1)[i])
+                    at = (f"'{where}' " if named else "") + f"at {_index(i, leaf.shape)}"
+                    record(
+                        part,
+                        _rel(a, numeric, floor),
+                        f"{at}: the pullback gives {a:.6g}, finite differences {numeric:.6g}",
+                    )
+
         norm = abs(tree.vdot(analytic, analytic)) ** 0.5
         for _ in range(directions):
             u = tree.map(lambda t: _randn_like(t, g), value)
             numeric = (perturbed(tree.scale(eps, u)) - perturbed(tree.scale(-eps, u))) / (2 * eps)
             floor = atol * norm * abs(tree.vdot(u, u)) ** 0.5 + tiny
-            record(part, _rel(tree.vdot(analytic, u), numeric, floor), "random direction")
-
-        if sum(t.numel() for t in tree.leaves(value)) <= full_jacobian_max:
-            floor = atol * max(float(t.abs().max()) for t in tree.leaves(analytic)) + tiny
-            for leaf_index, leaf in enumerate(tree.leaves(value)):
-                a_leaf = tree.leaves(analytic)[leaf_index]
-                for i in range(leaf.numel()):
-                    e = tree.map(lambda t: t.new_zeros(t.shape), value)
-                    tree.leaves(e)[leaf_index].view(-1)[i] = eps
-                    numeric = (perturbed(e) - perturbed(tree.scale(-1.0, e))) / (2 * eps)
-                    record(
-                        part,
-                        _rel(float(a_leaf.reshape(-1)[i]), numeric, floor),
-                        f"Jacobian coordinate {i} of leaf {leaf_index}",
-                    )
+            a = tree.vdot(analytic, u)
+            record(
+                part,
+                _rel(a, numeric, floor),
+                f"along a random direction: the pullback gives {a:.6g}, finite differences "
+                f"{numeric:.6g}",
+            )
 
     c1 = tree.map(lambda t: _randn_like(t, g), y)
     c2 = tree.map(lambda t: _randn_like(t, g), y)
@@ -170,6 +200,43 @@ def check_vjp(
         err = float((got - want).abs().max()) / max(float(want.abs().max()), tiny)
         record(f"linearity ({path})", err, "pullback is not linear")
     return worst
+
+
+def _index(i: int, shape) -> tuple:
+    """The flat index ``i`` of a tensor of ``shape`` as a tuple of indices."""
+    index = []
+    for size in reversed(tuple(shape)):
+        i, r = divmod(i, size)
+        index.append(r)
+    return tuple(reversed(index))
+
+
+def _computed_in_float64(y) -> None:
+    for path, leaf in tree.flatten(y):
+        if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.element_size() < 8:
+            where = f" '{path}'" if path else ""
+            raise VJPCheckError(
+                f"check_vjp: the layer's output{where} is {leaf.dtype} for float64 input and "
+                "parameters: it computes in a lower precision, whose rounding finite "
+                "differences would read as a wrong gradient; check it computing in float64"
+            )
+
+
+def _finite(parts: dict, problem: str) -> None:
+    """Every floating leaf of each part is finite; else name the part, path and place."""
+    for name, part in parts.items():
+        for path, leaf in tree.flatten(part):
+            if isinstance(leaf, Tensor) and leaf.is_floating_point():
+                bad = leaf.isfinite().logical_not_()
+                if bad.any():
+                    i = int(bad.reshape(-1).nonzero()[0])
+                    value = float(leaf.reshape(-1)[i])
+                    where = f" '{path}'" if path else ""
+                    raise VJPCheckError(
+                        f"check_vjp: the {name}{where} {problem} ({value} at "
+                        f"{_index(i, leaf.shape)}, {int(bad.sum())} of {leaf.numel()} "
+                        "numbers)"
+                    )
 
 
 def _copy(t):
@@ -188,7 +255,9 @@ def _unchanged(now, before, by: str) -> None:
 
 def _check_form(layer, params, x, y, ct, pullback, ct_params, ct_x, rtol: float) -> None:
     """What finite differences of ``apply`` cannot see (see the module docstring)."""
+    originals = tree.map(_copy, {"input": x, "params": params})
     applied = layer.apply(params, x)
+    _unchanged({"input": x, "params": params}, originals, "apply")
     try:
         tree.check_like(y, applied, "check_vjp: vjp's output", "apply output")
         tree.check_like(ct_params, params, "check_vjp: the parameter gradients")
@@ -196,14 +265,24 @@ def _check_form(layer, params, x, y, ct, pullback, ct_params, ct_x, rtol: float)
     except ValueError as e:
         raise VJPCheckError(str(e)) from None
 
-    def differs(got, want) -> bool:
-        return float((got - want).abs().max()) > rtol * max(float(want.abs().max()), 1e-300)
+    def differs(got, want) -> bool:  # (a NaN in either differs)
+        return not float((got - want).abs().max()) <= rtol * max(float(want.abs().max()), 1e-300)
 
     wanted = dict(tree.flatten(applied))  # by path: dicts may differ in key order
     for path, got in tree.flatten(y):
         if differs(got, wanted[path]):
             where = f" '{path}'" if path else ""
             raise VJPCheckError(f"check_vjp: vjp's output{where} differs from apply's")
+    again = dict(zip(("params", "input"), pullback(ct)))
+    for (path, got), (_, want) in zip(
+        tree.flatten(again), tree.flatten({"params": ct_params, "input": ct_x})
+    ):
+        if differs(got, want):
+            raise VJPCheckError(
+                f"check_vjp: a second call of the pullback with the same cotangent gives "
+                f"another gradient '{path}': a pullback may be called any number of times, so "
+                "it must not change what it keeps (a saved derivative, a buffer it adds into)"
+            )
     without, _ = pull(layer.vjp, pullback, ct, input_grad=False)
     full = dict(tree.flatten(ct_params))
     for path, got in tree.flatten(without):
