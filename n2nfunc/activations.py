@@ -237,10 +237,12 @@ def elu(alpha: float = 1.0) -> Layer:
     ``ct alpha exp(x)`` (from ``x``: ``y + alpha`` would cancel, 0 in float32 below x = -17)."""
     name = f"elu(alpha={alpha})"
     a = _number(alpha, "alpha", name)
-    return _elementwise(
-        name,
-        lambda x: x.where(x > 0, x.expm1() * a),
-        lambda x, y, ct: x.clamp(max=0).exp_().mul_(a).mul_(ct).where(x <= 0, ct),  # (NaN: ct)
+    return _elementwise(  # 16-bit floats in float32, rounded once (exp(x) of x < -10 is a
+        name,  # float16 subnormal: dx was 6% off)
+        _float32_inside(lambda x: x.where(x > 0, x.expm1() * a)),
+        _float32_inside(  # (NaN: ct)
+            lambda x, y, ct: x.clamp(max=0).exp_().mul_(a).mul_(ct).where(x <= 0, ct)
+        ),
     )
 
 
@@ -260,7 +262,8 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
         bx = x * b
         return ct.where(bx > t, bx.sigmoid().mul_(ct))
 
-    return _elementwise(name, forward, derivative_times)
+    # 16-bit floats in float32, rounded once (sigmoid(x) of x < -10 is a float16 subnormal)
+    return _elementwise(name, _float32_inside(forward), _float32_inside(derivative_times))
 
 
 def _along(axis: int, name: str):
@@ -279,6 +282,8 @@ def _along(axis: int, name: str):
 
 def log_softmax_of(x, axis: int):
     """``x - max - log(sum(exp(x - max)))`` along ``axis``: finite for any finite ``x``."""
+    if x.shape[axis] == 0:  # (no maximum to take: an empty result, as PyTorch's)
+        return x.clone()
     shifted = x - x.amax(axis, keepdim=True)
     return shifted - shifted.exp().sum(axis, keepdim=True).log_()
 
@@ -318,7 +323,9 @@ def softmax(axis: int = 1) -> Layer:
     checked = _along(axis, name)
 
     def forward(x):
-        e = (checked(x) - x.amax(axis, keepdim=True)).exp_()
+        if checked(x).shape[axis] == 0:  # (no maximum to take: an empty result, as PyTorch's)
+            return x.clone()
+        e = (x - x.amax(axis, keepdim=True)).exp_()
         return e.div_(e.sum(axis, keepdim=True))
 
     return _elementwise(

@@ -155,6 +155,8 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
     def value_and_grad(logits, labels):
         _check_labels(logits, labels, name)
         n, k = logits.shape
+        given = logits.dtype  # 16-bit floats computed in float32, rounded once (as softmax)
+        logits = logits.float() if logits.element_size() == 2 else logits
         log_p = log_softmax_of(logits, 1)
         target = logits.new_full((n, k), eps / k)
         target.scatter_(1, labels.view(n, 1).long(), 1 - eps + eps / k)
@@ -162,7 +164,7 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
             value = log_p.gather(1, labels.view(n, 1).long()).sum().neg_().div_(n)
         else:
             value = (target * log_p).sum().neg_().div_(n)
-        return value, log_p.exp().sub_(target).div_(n)
+        return value.to(given), log_p.exp().sub_(target).div_(n).to(given)
 
     return Loss(_value_only(value_and_grad), value_and_grad)
 

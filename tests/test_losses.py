@@ -273,3 +273,27 @@ def test_a_loss_value_is_differentiable_by_torch_autograd_and_agrees(loss):
         (again,) = torch.autograd.grad(loss.value_and_grad(pred, target)[0], pred)
     _, ours = loss.value_and_grad(pred.detach(), target)
     assert rel_err(grad, ours) < 1e-12 and rel_err(again, ours) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_16_bit_cross_entropy_is_computed_in_float32(dtype, smoothing):
+    """The log-softmax in 16 bits erred 5.8e-3 in the value (bfloat16, 1,000 classes,
+    smoothing 0.1) where torch's errs 2.9e-4: computed in float32, rounded once."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(512, 1000, generator=g, dtype=torch.float64) * 3).to(dtype)
+    labels = torch.randint(0, 1000, (512,), generator=g)
+    value, grad = nf.cross_entropy_with(smoothing).value_and_grad(logits, labels)
+    assert value.dtype == grad.dtype == dtype
+
+    def ce(t):
+        return torch.nn.functional.cross_entropy(t, labels, label_smoothing=smoothing)
+
+    loss64, (grad64,) = autograd_vjp(ce, [logits.double()], torch.tensor(1.0, dtype=torch.float64))
+    loss_ref, (grad_ref,) = autograd_vjp(ce, [logits], torch.tensor(1.0, dtype=dtype))
+
+    def grad_error(t):
+        return float((t.double() - grad64).norm() / grad64.norm())
+
+    assert abs(float(value) - float(loss64)) <= abs(float(loss_ref) - float(loss64)) * 1.01
+    assert grad_error(grad) <= grad_error(grad_ref) * 1.01
