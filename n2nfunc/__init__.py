@@ -8,30 +8,31 @@ wrappers (``Conv2d``, ``Sequential``, ``SGD``, ...) give the exercise grader's i
 """
 
 from . import init, kernels, layers, optim, stateful, tree
-from .activations import (
+from .base import Layer, ReleasedError, pull, releases, skips_input_grad
+from .checkpoint import load, save
+from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
+from .layers import (
+    avg_pool2d,
+    batch_norm2d,
+    conv2d,
+    conv_transpose2d,
+    dense,
+    dropout,
     elu,
+    flatten,
     gelu,
+    global_avg_pool,
     identity,
     leaky_relu,
     log_softmax,
+    max_pool2d,
+    nearest_upsample,
     relu,
     sigmoid,
     softmax,
     softplus,
     tanh,
-)
-from .base import Layer, ReleasedError, pull, releases, skips_input_grad
-from .checkpoint import load, save
-from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
-from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
-from .layers import (
-    avg_pool2d,
-    batch_norm2d,
-    dense,
-    dropout,
-    flatten,
-    global_avg_pool,
-    max_pool2d,
+    upsample,
 )
 from .losses import (
     Loss,

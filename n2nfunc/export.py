@@ -35,8 +35,6 @@ VENDORED = [
     "torch_order.py",
     "device_conv.py",
     "init.py",
-    "conv.py",
-    "activations.py",
     "combinators.py",
     "tree.py",
     "losses.py",
@@ -67,11 +65,10 @@ NAMES = [
 ]
 
 INIT = '''"""n2nfunc compute code, copied by `n2nfunc export-submission` (do not edit here)."""
-from .activations import identity, relu, sigmoid
 from .base import Layer
 from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
-from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
-from .layers import batch_norm2d, dropout
+from .layers import (batch_norm2d, conv2d, conv_transpose2d, dropout, identity,
+                     nearest_upsample, relu, sigmoid, upsample)
 from .losses import mse
 from .modules import (MSE, SGD, Adam, BatchNorm2d, Conv2d, Dropout, Module, NearestUpsampling,
                       ReLU, Sequential, Sigmoid, TransposeConv2d, Upsampling)

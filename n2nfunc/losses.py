@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .activations import log_softmax_of
 from .base import check_tensor
+from .layers.activations import log_softmax_of
 from .optim import _real
 
 

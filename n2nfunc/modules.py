@@ -28,11 +28,21 @@ from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
 
 from . import optim, tree
-from .activations import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
 from .base import Layer, check_cotangent, flag, output_of, positive_int, pull, released
 from .combinators import NAMED, layer_error, serial
-from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
+from .layers.activations import (
+    elu,
+    gelu,
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    tanh,
+)
+from .layers.conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .losses import (
     Loss,
     binary_cross_entropy_with_logits,

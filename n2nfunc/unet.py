@@ -32,7 +32,6 @@ the edge row / column they copy.
 from torch import Tensor, cat, device
 
 from . import tree
-from .activations import leaky_relu
 from .base import (
     Held,
     Layer,
@@ -51,8 +50,9 @@ from .base import (
     skips_input_grad,
 )
 from .combinators import at_layer, check_input_grad, fanin_sum, fanout, parallel, serial
-from .conv import conv2d, upsample
 from .layers import max_pool2d
+from .layers.activations import leaky_relu
+from .layers.conv import conv2d, upsample
 from .stateful import StatefulLayer
 from .tiling import with_footprint
 

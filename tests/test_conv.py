@@ -10,7 +10,7 @@ from helpers import autograd_vjp, init64, randn, rel_err
 
 import n2nfunc as nf
 from n2nfunc import kernels as K
-from n2nfunc.conv import STRIDED_BACKWARD_PIXELS
+from n2nfunc.layers.conv import STRIDED_BACKWARD_PIXELS
 
 TOL64, TOL32 = 1e-10, 1e-5
 

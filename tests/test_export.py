@@ -372,7 +372,7 @@ def test_export_refuses_nan_weights_and_replaces_odd_layouts(tmp_path):
     shutil.rmtree(final / "others")
     (final / "others").write_text("a file where the folder goes")
     export_submission(tmp_path / "out")
-    assert (final / "others" / "n2nfunc" / "conv.py").is_file()
+    assert (final / "others" / "n2nfunc" / "layers" / "conv.py").is_file()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["Miniproject_2"]
 
 

@@ -1,8 +1,23 @@
-"""Layers beyond convolutions, one module per family (see each module's docstring).
+"""The layers, one module per family: convolutions (:mod:`.conv`, on the engines of
+:mod:`n2nfunc.kernels`), activations, dense, pooling, normalisation, dropout (see each
+module's docstring).
 
 ``batch_norm2d`` and ``dropout`` are stateful layers (see :mod:`n2nfunc.stateful`).
 """
 
+from .activations import (
+    elu,
+    gelu,
+    identity,
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    tanh,
+)
+from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
 from .dense import dense, flatten
 from .dropout import dropout
 from .norm import batch_norm2d
@@ -11,9 +26,23 @@ from .pool import avg_pool2d, global_avg_pool, max_pool2d
 __all__ = [
     "avg_pool2d",
     "batch_norm2d",
+    "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
+    "elu",
     "flatten",
+    "gelu",
     "global_avg_pool",
+    "identity",
+    "leaky_relu",
+    "log_softmax",
     "max_pool2d",
+    "nearest_upsample",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "tanh",
+    "upsample",
 ]

@@ -20,8 +20,8 @@ from ..base import (
     output_of,
     pair,
 )
-from ..conv import _conv_out, _describe, _sizes
 from ..nhwc import sum_of, to_nchw, to_nhwc, windows
+from .conv import _conv_out, _describe, _sizes
 
 
 def _options(kind: str, kernel_size, stride, padding):

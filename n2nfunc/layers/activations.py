@@ -10,7 +10,7 @@ import math
 
 from torch import Tensor, empty
 
-from .base import (
+from ..base import (
     Layer,
     Unchanged,
     an_int,

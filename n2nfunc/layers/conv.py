@@ -14,9 +14,9 @@ launches few kernels.
 
 from torch import Tensor
 
-from . import device_conv, torch_order
-from . import kernels as K
-from .base import (
+from .. import device_conv, torch_order
+from .. import kernels as K
+from ..base import (
     Layer,
     add_into_vjp,
     adds_into,
@@ -36,8 +36,8 @@ from .base import (
     skips_input_grad,
     weight_and_input,
 )
-from .init import check_init, init_weight_bias
-from .nhwc import sum_of, to_nchw, to_nhwc
+from ..init import check_init, init_weight_bias
+from ..nhwc import sum_of, to_nchw, to_nhwc
 
 
 def _describe(kind: str, **options) -> str:
