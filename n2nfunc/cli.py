@@ -512,6 +512,20 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     print(f"{done}; nothing to train; written now: {', '.join(written)}")
 
 
+def _origin(args, state: dict | None) -> dict:
+    """``{"init": {"from", "sha256"}}``: the weights a run started from (``--init``), which its
+    checkpoints and weights record, a resumed run as its first part did; else ``{}``."""
+    if state is not None:
+        init = state.get("init")
+        return {"init": init} if isinstance(init, dict) else {}
+    if args.init is None:
+        return {}
+    digest = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
+    named = args.init_given in PRETRAINED_NAMES and args.init_given != str(args.init)
+    source = args.init_given if named else str(Path(args.init).resolve())
+    return {"init": {"from": source, "sha256": digest}}
+
+
 def _resume(model: Model, state: dict, path) -> None:
     model.load_payload(state, str(path))
     model.pretrained = False  # resuming continues the same run's schedule
@@ -533,11 +547,14 @@ def _resume(model: Model, state: dict, path) -> None:
     model.epochs_done = state["epoch"]
 
 
-def _save_state(model: Model, path, epoch: int, history: list, noise: str, data: dict) -> None:
+def _save_state(
+    model: Model, path, epoch: int, history: list, noise: str, data: dict, origin: dict
+) -> None:
     checkpoint.save(
         path,
         {
             **model.payload(),
+            **origin,
             "noise": noise,
             "data": data,
             "optimizer": model.optimizer.state,
@@ -693,6 +710,7 @@ def run_training(args, device, dp=None) -> int:
             dp.done("data")
         dp.wait("data")  # rank 0 may take minutes to generate the data
         xt, yt = dp.broadcast([xt, yt] if lead else [])
+    origin = _origin(args, state)
     if state is not None:
         if lead and "data" not in state and state.get("noise", noise) != noise:
             raise ValueError(  # an old checkpoint, which does not record its data options
@@ -756,7 +774,7 @@ def run_training(args, device, dp=None) -> int:
     epoch = start
     # the state at the start of every epoch is on disk: this one now, the next ones as each
     # epoch ends, so that Ctrl-C inside an epoch resumes from its start, bit for bit
-    _save_state(model, state_path, start, history, noise, data)
+    _save_state(model, state_path, start, history, noise, data, origin)
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -777,7 +795,7 @@ def run_training(args, device, dp=None) -> int:
                 f"{scores['denoised_psnr']:.2f} dB (noisy {scores['noisy_psnr']:.2f} dB, "
                 f"gain {scores['gain']:+.2f} dB), {per_epoch / seconds:.0f} images/s"
             )
-            _save_state(model, state_path, epoch + 1, history, noise, data)
+            _save_state(model, state_path, epoch + 1, history, noise, data, origin)
             if dp is not None:
                 dp.done(f"epoch-{epoch + 1}")
     except FloatingPointError as e:  # the model is not saved after it
@@ -796,7 +814,7 @@ def run_training(args, device, dp=None) -> int:
         return _stopped_code(e)
     progress.close()
     try:
-        payload = {**model.payload(), "noise": noise}
+        payload = {**model.payload(), **origin, "noise": noise}
         if isinstance(payload.get("info"), dict):  # a U-Net's: load_network returns its info
             payload["info"] = {**payload["info"], "noise": noise}
         checkpoint.save(weights_path, payload)
@@ -1143,6 +1161,7 @@ def _check_init(args, error) -> None:
         payload = _network_payload("--init", path)
     except (ValueError, OSError) as e:
         error(str(e))
+    args.init_given = args.init  # a shipped network's name, or the path as given
     args.init, args.init_payload = path, payload  # (run_training loads it: read once)
     args.network = "unet" if payload.get("network") == "unet" else "exercise"
 

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -1208,6 +1209,10 @@ def test_init_starts_a_new_run_from_weights(tmp_path, monkeypatch, capsys):
     assert same["config"]["widths"] == trained["config"]["widths"] == (8, 8)
     for k, v in trained["params"].items():
         assert torch.allclose(same["params"][k], v, rtol=0, atol=1e-20)
+    digest = hashlib.sha256((first / "model.pth").read_bytes()).hexdigest()
+    source = {"from": str((first / "model.pth").resolve()), "sha256": digest}
+    assert same["init"] == checkpoint.load(again / "checkpoint.pth")["init"] == source
+    assert "init" not in trained  # (a run of its own)
     for extra, message in (
         (["--widths", "8", "8"], "--widths does not apply with --init"),
         (["--resume", str(again / "checkpoint.pth")], "--init starts a new run from weights"),
@@ -1217,7 +1222,8 @@ def test_init_starts_a_new_run_from_weights(tmp_path, monkeypatch, capsys):
         assert main([*fine, "--init", weights, *extra, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
     assert main([*fine, "--init", "unet-gaussian", "--out", str(tmp_path / "u")]) == 0
-    assert checkpoint.load(tmp_path / "u" / "model.pth")["network"] == "unet"
+    tuned = checkpoint.load(tmp_path / "u" / "model.pth")
+    assert tuned["network"] == "unet" and tuned["init"]["from"] == "unet-gaussian"
 
 
 def test_a_run_started_with_init_resumes_as_it_would_have_gone_on(tmp_path, monkeypatch, capsys):
@@ -1246,6 +1252,8 @@ def test_a_run_started_with_init_resumes_as_it_would_have_gone_on(tmp_path, monk
     full = checkpoint.load(tmp_path / "full" / "model.pth")
     resumed = checkpoint.load(tmp_path / "cut" / "model.pth")
     assert all(torch.equal(full["params"][k], resumed["params"][k]) for k in full["params"])
+    assert resumed["init"] == full["init"]  # (recorded by the first part, kept by the resume)
+    assert resumed["init"]["from"] == str((first / "model.pth").resolve())
     capsys.readouterr()
 
 
