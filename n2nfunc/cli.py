@@ -544,7 +544,6 @@ def _resume(model: Model, state: dict, path) -> None:
         model.generator.set_state(state["rng"])
     except RuntimeError as e:  # a state of another length or kind of generator
         raise ValueError(f"{path}: its 'rng' is not a state of this generator ({e})") from None
-    model.epochs_done = state["epoch"]
 
 
 def _save_state(
@@ -1364,29 +1363,27 @@ def _sub(sub, name: str, usage: str, help: str, examples: str) -> argparse.Argum
     )
 
 
-def _common(p, device: bool = True) -> None:
-    if device:
-        p.add_argument(
-            "--precision",
-            choices=["float32", "bfloat16"],
-            default="float32",
-            help="arithmetic of the network's matmuls: float32, or bfloat16 operands with "
-            "float32 weights, accumulation and loss (needs a CPU with AMX or AVX512-BF16, or a "
-            "recent GPU)",
-        )
+def _common(p) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="arithmetic of the network's matmuls: float32, or bfloat16 operands with "
+        "float32 weights, accumulation and loss (needs a CPU with AMX or AVX512-BF16, or a "
+        "recent GPU)",
+    )
     p.add_argument(
         "--threads",
         type=at.int_range(1, MAX_THREADS),
         metavar="N",
         help="CPU threads for torch (default: torch's choice, usually one per core)",
     )
-    if device:
-        p.add_argument(
-            "--device",
-            type=at.device,
-            default="cpu",
-            help="cpu, cuda, cuda:N, or auto (cuda when there is one)",
-        )
+    p.add_argument(
+        "--device",
+        type=at.device,
+        default="cpu",
+        help="cpu, cuda, cuda:N, or auto (cuda when there is one)",
+    )
 
 
 def _data_path(check):

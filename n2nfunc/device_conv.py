@@ -36,6 +36,7 @@ from .kernels import (
     phase_plan,
     phase_slices,
 )
+from .nhwc import im2col
 
 # Bytes of im2col matrix formed at a time (whole images; all of them when they fit). On a
 # GPU, blocks sized for caches (as the CPU's kernels.BLOCK_BYTES) only multiply kernel
@@ -69,15 +70,6 @@ def padded(x: Tensor, before: tuple, size: tuple) -> Tensor:
         dst.append(slice(b + first, b + last))
     out[:, dst[0], dst[1]] = x[:, src[0], src[1]]
     return out
-
-
-def im2col(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> Tensor:
-    """The (N Ho Wo, kh kw C) im2col matrix of the padded NHWC tensor ``xp`` (one copy)."""
-    n, _, _, c = xp.shape
-    sn, sy, sx, sc = xp.stride()
-    (kh, kw), (st_h, st_w), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
-    view = xp.as_strided((n, ho, wo, kh, kw, c), (sn, sy * st_h, sx * st_w, sy * dh, sx * dw, sc))
-    return view.reshape(n * ho * wo, kh * kw * c)
 
 
 def _product(cols: Tensor, wmat: Tensor, bias: Tensor | None) -> Tensor:

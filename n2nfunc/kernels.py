@@ -1,6 +1,6 @@
 """Convolution kernels on channels-last (N, H, W, C) tensors.
 
-Two engines cover every convolution-like layer and its gradients:
+Two formulations underlie every convolution-like layer and its gradients:
 
 * **direct**: ``y = im2col(pad(x)) @ W`` -- one matmul with a
   (N*Ho*Wo, kh*kw*C) matrix of kernel windows, built from a strided view.
@@ -23,6 +23,12 @@ Two engines cover every convolution-like layer and its gradients:
 ``W_eff = combine(w)`` is linear in the kernel: ``W_eff[j, rho] = sum_t A[rho, j, t] w[t]``
 per spatial dim, with a 0/1 matrix ``A`` from :func:`phase_plan`; its gradient is
 the transposed map, :func:`uncombine`.
+
+In float32 and float64 on the CPU, faster engines built from shifted views take over where
+they apply (each says when): the implicit GEMM of strided layers over a space-to-depth copy
+(:func:`s2d_applies`), the row taps of stride-1 layers (:func:`rows_applies`) and their
+kernel taps on large images (:func:`kernel_taps_pay`); :func:`conv_and_weight_grad` and
+:func:`conv_input_grad` choose among them.
 """
 
 from functools import lru_cache
@@ -549,8 +555,6 @@ def polyphase_forward(
     ``x``, which blocks of images read after earlier blocks wrote). An output by taps runs by
     blocks of images in float32 / float64 (:func:`image_blocks`).
     """
-    if add and out is None:
-        raise ValueError("polyphase_forward: add=True needs an out tensor to add to")
     n = x.shape[0]
     s = py.stride * px.stride
     co = w_eff.shape[1] // s
@@ -1197,7 +1201,8 @@ def stride_one_forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: 
 
 
 def _row_taps(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
-    """``(y, z, plan)``: :func:`row_taps_conv`'s output with the unrolled input and its plan."""
+    """``(y, z, plan)``: the stride-1 convolution by row taps, with the unrolled input and
+    its plan."""
     o, c, kh, kw = weight.shape
     z, plan = _row_unroll(x, (kh, kw), padding, out_hw)
     taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)

@@ -450,7 +450,6 @@ class Model(Unpicklable):
         self._configure(self._given)
         self.loss = MSE()
         self.pretrained = False
-        self.epochs_done = 0
 
     @classmethod
     def from_pretrained(cls, name: str = "exercise") -> "Model":
@@ -718,7 +717,6 @@ class Model(Unpicklable):
             running += value
             if callback is not None:
                 callback(epoch, b, steps, value)
-        self.epochs_done += 1
         return running / max(steps, 1)
 
     # ------------------------------------------------------------------ inference

@@ -47,13 +47,8 @@ def pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
 
 
 def unpad(g: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
-    """Adjoint of :func:`pad`: the gradient wrt the unpadded input.
-
-    Padded positions are dropped; cropped positions (negative amounts) get zeros.
-    """
-    if min(top, bottom, left, right) >= 0:
-        return g[:, top : g.shape[1] - bottom, left : g.shape[2] - right]
-    return pad(g, -top, -bottom, -left, -right)
+    """Adjoint of :func:`pad` for amounts >= 0: the padded positions dropped (a view)."""
+    return g[:, top : g.shape[1] - bottom, left : g.shape[2] - right]
 
 
 def windows(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> Tensor:

@@ -432,13 +432,6 @@ def added(params, updates):
     return tree.add(params, updates)
 
 
-def apply_updates_(params, updates):
-    """``params += updates`` in place (for holders of parameter references); returns ``params``."""
-    tree.check_like(updates, params, "apply_updates_: updates")
-    tree.add_(tree.detach(params), updates)  # nn.Parameters too, as torch.optim under no_grad
-    return params
-
-
 def cosine_decay(
     init_lr: float, decay_steps: int, final_fraction: float = 0.0, warmup_steps: int = 0
 ) -> Schedule:

@@ -436,8 +436,6 @@ def test_gradients_of_another_shape_or_dtype_are_refused_not_broadcast(make, has
                 opt.update(bad, state, given)
         with pytest.raises(ValueError, match=r"apply_updates: updates.*" + pattern):
             optim.apply_updates(params, bad)
-        with pytest.raises(ValueError, match=r"apply_updates_: updates.*" + pattern):
-            optim.apply_updates_(params, bad)
     assert params["enc"]["w"].shape == (3, 1)
 
 
@@ -639,10 +637,3 @@ def test_rmsprop_squares_huge_gradients_without_overflow_as_torch(centered):
     opt.step()
     assert torch.isfinite(updates["w"]).all() and float(updates["w"].abs().max()) > 0.09
     torch.testing.assert_close(updates["w"], ref.detach(), rtol=1e-6, atol=0)
-
-
-def test_apply_updates_in_place_steps_nn_parameters_as_torch_optim():
-    w = torch.nn.Parameter(torch.zeros(2))
-    with torch.enable_grad():  # torch's default mode
-        assert optim.apply_updates_({"w": w}, {"w": torch.ones(2)})["w"] is w
-    assert torch.equal(w.detach(), torch.ones(2)) and w.requires_grad
