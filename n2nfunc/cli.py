@@ -491,10 +491,18 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     out = Path(args.out)
     weights, history = out / "model.pth", out / "history.json"
     done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
+    if weights.is_file() and not _holds_weights_of(weights, state):
+        print(
+            f"{done}; nothing to train; {weights} holds other weights (another run's), so its "
+            f"own are in {args.resume} (`n2nfunc eval --checkpoint {_quoted(args.resume)}`; to "
+            f"train on from them: n2nfunc train --init {_quoted(args.resume)} --out NEW_FOLDER "
+            "...)"
+        )
+        return
     if weights.is_file() and history.is_file():
         print(
             f"{done}; nothing to train; its weights: {weights} (to train on from them, start "
-            f"a new run: n2nfunc train --init {weights} --out NEW_FOLDER ...)"
+            f"a new run: n2nfunc train --init {_quoted(weights)} --out NEW_FOLDER ...)"
         )
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -510,6 +518,24 @@ def _finished_run(args, state: dict, epochs: int) -> None:
         history.write_text(json.dumps(state.get("history", []), indent=1))
         written.append(f"its history {history}")
     print(f"{done}; nothing to train; written now: {', '.join(written)}")
+
+
+def _holds_weights_of(path: Path, state: dict) -> bool:
+    """Whether the weights file ``path`` holds the parameters of the run state ``state``."""
+    try:
+        theirs = dict(tree.flatten(checkpoint.load(path)["params"]))
+        ours = tree.flatten(state["params"])
+        return len(theirs) == len(ours) and all(
+            k in theirs and theirs[k].shape == v.shape and torch.equal(theirs[k], v)
+            for k, v in ours
+        )
+    except (ValueError, OSError, KeyError, TypeError):
+        return False
+
+
+def _quoted(path) -> str:
+    """A path as a shell command line takes it (quoted where it holds spaces, ...)."""
+    return shlex.quote(str(path))
 
 
 def _origin(args, state: dict | None) -> dict:
@@ -578,6 +604,7 @@ def cmd_train(args) -> int:
             return 0
         _check_precision(args, _refuse)  # the run's precision and batch size, here
         _check_nproc(args, _refuse)
+        _check_foreign_files(Path(args.out), _refuse)
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         if args.nproc > 1 and launch.launcher_pid() is None:  # not one of --nproc's own
             raise ValueError(
@@ -662,7 +689,7 @@ def _note_unfinished_run(state_path: Path) -> None:
     if done < total:
         print(
             f"note: {state_path} held an unfinished run (epoch {done} of {total}), which this "
-            f"new run replaces (`--resume {shlex.quote(str(state_path))}` continues a run)"
+            f"new run replaces (`--resume {_quoted(state_path)}` continues a run)"
         )
     else:  # its weights, history and pictures stay until this run writes its own
         print(
@@ -800,7 +827,9 @@ def run_training(args, device, dp=None) -> int:
     except FloatingPointError as e:  # the model is not saved after it
         progress.close()
         raise FloatingPointError(
-            f"{e} {state_path} holds the state from the start of epoch {epoch + 1}."
+            f"{e} {state_path} holds the state from the start of epoch {epoch + 1} (resumed with "
+            "the same settings, it takes the same steps again: start a new run, with another "
+            "--lr, say)."
         ) from None
     except KeyboardInterrupt as e:
         progress.close()
@@ -836,8 +865,8 @@ def run_training(args, device, dp=None) -> int:
     _drop_stale_pictures(out, pictures)
     print(
         "use these weights:\n"
-        f"  n2nfunc denoise photo.png denoised.png --checkpoint {weights_path}\n"
-        f"  n2nfunc eval --checkpoint {weights_path}"
+        f"  n2nfunc denoise photo.png denoised.png --checkpoint {_quoted(weights_path)}\n"
+        f"  n2nfunc eval --checkpoint {_quoted(weights_path)}"
     )
     return 0
 
@@ -1097,6 +1126,24 @@ RUN_PICTURES = ("curves.png", "samples.png")
 RUN_FILES = ("model.pth", "checkpoint.pth", "history.json", *RUN_PICTURES)
 
 
+def _check_foreign_files(out: Path, error) -> None:
+    """Refuse an ``out`` that holds files of a run's names but no run of ``train`` (no
+    checkpoint.pth of one): files of the user's own, which a run would replace or remove."""
+    present = [name for name in RUN_FILES if (out / name).is_file()]
+    if not present:
+        return
+    try:
+        state = checkpoint.load(out / "checkpoint.pth")
+        if isinstance(state, dict) and {"epoch", "config"} <= set(state):
+            return
+    except (ValueError, OSError):
+        pass
+    error(
+        f"--out {out} holds {', '.join(present)} but no n2nfunc run (no checkpoint.pth that "
+        "train wrote): a run would write over or remove them; give another --out, or move them"
+    )
+
+
 def _check_train(args, error) -> None:
     if args.resume and "out" not in _given(args):  # continue in the run's own folder
         args.out = str(Path(args.resume).parent)
@@ -1104,6 +1151,8 @@ def _check_train(args, error) -> None:
     for name in RUN_FILES:  # found only when written, after the training, before
         if (Path(args.out) / name).is_dir():
             error(f"--out: {Path(args.out) / name} is a folder, where the run writes its {name}")
+    if not args.resume:  # (a finished run's resume writes only what is missing: cmd_train)
+        _check_foreign_files(Path(args.out), error)
     _check_memory(args, error)
     if args.resume and args.init is not None:
         error("--init starts a new run from weights; --resume continues a run: give one")
@@ -1832,6 +1881,11 @@ def main(argv=None) -> int:
             _check_precision(args, args.parser.error)
         except SystemExit as e:  # argparse: --help, --version (0) or a usage error (2)
             return e.code if isinstance(e.code, int) else 0
+        except OSError as e:  # a path the checks cannot reach (a folder without permission)
+            where = f"cannot reach {e.filename}" if e.filename else "cannot reach a path"
+            reason = (e.strerror or str(e)).lower()
+            print(f"n2nfunc {_command_of(argv)}: error: {where} ({reason})", file=sys.stderr)
+            return 2
         try:
             return _run(args)
         finally:
@@ -1839,13 +1893,17 @@ def main(argv=None) -> int:
     except ModuleNotFoundError as e:  # an optional dependency (the viz extra) not installed
         if e.name not in OPTIONAL_MODULES:
             raise
-        command = next((a for a in argv if not a.startswith("-")), "")
         print(
-            f"n2nfunc {command}: error: this needs {OPTIONAL_MODULES[e.name]}, which is not "
-            "installed: pip install 'n2nfunc[viz]'",
+            f"n2nfunc {_command_of(argv)}: error: this needs {OPTIONAL_MODULES[e.name]}, which "
+            "is not installed: pip install 'n2nfunc[viz]'",
             file=sys.stderr,
         )
         return 2
+
+
+def _command_of(argv: list) -> str:
+    """The command word of a command line, for an error said before it is parsed."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 # The optional dependencies of the viz extra, by the module a missing one fails to import

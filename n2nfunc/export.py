@@ -19,6 +19,7 @@ read by a standard-library unpickler that refuses every global. Python >= 3.10, 
 CI tests the version ``constraints.txt`` pins).
 """
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -162,6 +163,8 @@ def export_submission(out_dir, weights=None) -> Path:
     model.load_payload(payload, str(weights))  # shipped (wrong shapes, a config it rejects)
     shipped = {**model.payload(), **{k: payload[k] for k in ("noise",) if k in payload}}
     final = submission_folder(out_dir)
+    if final.is_dir():
+        _check_writable(final)  # before the first file is replaced: all or nothing
     folder = Path(os.path.abspath(final)).with_name(
         f".{SUBMISSION}.{os.getpid()}.tmp"
     )  # built whole, then renamed
@@ -187,6 +190,25 @@ def export_submission(out_dir, weights=None) -> Path:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _check_writable(final: Path) -> None:
+    """Refuse an earlier export whose folders (``final``, ``others/`` and the library's copy
+    in it) this process cannot change, before any of its files is replaced."""
+    folders = [final]
+    others = final / "others"
+    if others.is_dir() and not others.is_symlink():
+        folders.append(others)
+        core = others / "n2nfunc"
+        if core.is_dir() and not core.is_symlink():
+            folders += [core] + [Path(d) for d, _, _ in os.walk(core)][1:]
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(
+                errno.EACCES,
+                "cannot write the submission (Permission denied; nothing was replaced)",
+                str(folder),
+            )
 
 
 def _move_into(folder: Path, final: Path) -> None:

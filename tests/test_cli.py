@@ -62,7 +62,7 @@ def test_a_run_without_pictures_removes_an_earlier_runs_pictures(tmp_path, monke
     weights and no curves or samples of the other run beside them."""
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    out.mkdir()
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0  # the earlier run
     for name in ("curves.png", "samples.png"):
         (out / name).write_bytes(b"an earlier run's picture")
     (out / "notes.txt").write_text("the user's own file")
@@ -70,6 +70,26 @@ def test_a_run_without_pictures_removes_an_earlier_runs_pictures(tmp_path, monke
     assert not (out / "curves.png").exists() and not (out / "samples.png").exists()
     assert (out / "notes.txt").exists() and (out / "model.pth").is_file()
     assert f"removed {out / 'samples.png'}: an earlier run's picture" in capsys.readouterr().out
+
+
+def test_a_folder_of_the_users_own_files_with_a_runs_names_is_refused(tmp_path, capsys):
+    """--no-pictures removed a samples.png from a folder that had never held a run, and the run
+    wrote over a history.json there: files of the user's own, lost without a word."""
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"my picture")
+    (out / "history.json").write_text("my notes")
+    (out / "checkpoint.pth").write_text("not a checkpoint")
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoint.pth, history.json, samples.png but no n2nfunc run" in err
+    assert (out / "samples.png").read_bytes() == b"my picture"
+    assert (out / "history.json").read_text() == "my notes"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pth",
+        "history.json",
+        "samples.png",
+    ]
 
 
 def test_ctrl_c_while_the_weights_are_written_says_how_to_write_them(tmp_path, monkeypatch, capsys):
@@ -1072,7 +1092,8 @@ def test_a_diverging_run_says_which_state_its_checkpoint_holds(tmp_path, monkeyp
     assert main([*args, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "the loss became" in err and "Traceback" not in err
-    assert f"{out / 'checkpoint.pth'} holds the state from the start of epoch 1." in err
+    assert f"{out / 'checkpoint.pth'} holds the state from the start of epoch 1 (resumed" in err
+    assert "start a new run, with another --lr" in err
 
 
 def test_numbers_in_e_notation_and_a_prefix_of_a_command_are_read(capsys):
@@ -1382,3 +1403,60 @@ def test_a_folders_digest_keeps_the_rule_of_earlier_runs(tmp_path):
     lines = [f"/{p.name}\t{p.stat().st_size}" for p in sorted(tmp_path.iterdir())]
     recorded = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
     assert cli._folder_digest(tmp_path, "photos") == recorded
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "denoise {png} locked/x.png",
+        "denoise locked/x.png y.png",
+        "train --out locked/run --n-train 64 --epochs 1",
+        "export-submission locked/sub",
+        "eval --checkpoint locked/m.pth",
+    ],
+)
+def test_a_path_behind_a_folder_without_permission_is_one_line(
+    command, tmp_path, monkeypatch, capsys
+):
+    """Path.exists / is_dir raise PermissionError under a folder without search permission (as
+    root cannot be made to see, here it is simulated): a traceback and exit 1 in every command."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    png = tmp_path / "in.png"
+    Image.new("RGB", (12, 8)).save(png)
+    monkeypatch.chdir(tmp_path)
+    for name in ("exists", "is_dir", "is_file", "stat"):
+        real = getattr(Path, name)
+
+        def denied(self, *a, _real=real, **k):
+            if "locked" in str(self):
+                raise PermissionError(13, "Permission denied", str(self))
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(Path, name, denied)
+    assert main(command.format(png=png).split()) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"n2nfunc \S+: error: cannot reach locked/\S+ \(permission denied\)\n", err)
+
+
+def test_a_finished_runs_resume_into_a_folder_of_another_run_does_not_point_at_its_weights(
+    tmp_path, monkeypatch, capsys
+):
+    """--resume A/checkpoint.pth --out B of a finished run said "its weights: B/model.pth",
+    another run's; the suggested commands are quoted for a shell (a path with a space)."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "run a", tmp_path / "b"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(a)]) == 0
+    said = capsys.readouterr().out
+    assert f"--checkpoint '{a / 'model.pth'}'" in said
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--out", str(b)]) == 0
+    before = (b / "model.pth").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(a / "checkpoint.pth"), "--out", str(b)]) == 0
+    said = capsys.readouterr().out
+    assert f"{b / 'model.pth'} holds other weights (another run's)" in said
+    assert f"--init '{a / 'checkpoint.pth'}' --out NEW_FOLDER" in said
+    assert (b / "model.pth").read_bytes() == before
+    assert main(["train", "--resume", str(a / "checkpoint.pth")]) == 0  # its own folder
+    assert f"its weights: {a / 'model.pth'} (to train on" in capsys.readouterr().out

@@ -260,7 +260,7 @@ def test_nproc_with_fewer_pairs_than_processes_need_is_one_usage_error(tmp_path)
     torch.save((x, x), tmp_path / "train.pkl")
     out = tmp_path / "run"
     out.mkdir()
-    (out / "checkpoint.pth").write_bytes(b"an earlier run's")
+    checkpoint.save(out / "checkpoint.pth", {"epoch": 1, "config": {"num_epochs": 3}})  # a run's
     data = ["--train", str(tmp_path / "train.pkl"), "--val", str(tmp_path / "train.pkl")]
     tiny = [a for a in CLI_TINY[4:] if a]  # without --n-train and --n-val: file data
     assert CLI_TINY[:4] == ["--n-train", "96", "--n-val", "16"]

@@ -397,3 +397,22 @@ def test_a_folder_named_miniproject_2_is_written_into_not_nested(tmp_path, monke
         "Report_2.pdf", "__init__.py", "bestmodel.pth", "model.py", "others",
     ]  # fmt: skip
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["Miniproject_2"]  # no temporary
+
+
+def test_an_export_over_one_it_cannot_change_replaces_nothing(tmp_path, monkeypatch):
+    """A read-only others/ had bestmodel.pth replaced before the library's copy failed: a
+    submission of new weights and old code, the error naming Miniproject_2."""
+    import os
+
+    final = export_submission(tmp_path)
+    before = {p: p.read_bytes() for p in final.rglob("*") if p.is_file()}
+    locked = final / "others" / "n2nfunc" / "layers"
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real(p, mode))
+    weights = tmp_path / "w.pth"
+    nf.Model().save(weights)
+    with pytest.raises(PermissionError) as info:
+        export_submission(tmp_path, weights)
+    assert info.value.filename == str(locked) and "nothing was replaced" in str(info.value)
+    assert {p: p.read_bytes() for p in final.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name != "w.pth"] == ["Miniproject_2"]
