@@ -376,3 +376,19 @@ def load(path):
         raise ValueError(f"checkpoint {path} is damaged (nested too deeply)") from None
     except (RuntimeError, TypeError, KeyError, AttributeError):
         raise ValueError(f"checkpoint {path} is damaged (a stored tensor is malformed)") from None
+
+
+def holds_params(path, state: dict) -> bool:
+    """Whether the file ``path`` holds the parameters of ``state`` (a run's checkpoint tree),
+    bit for bit: a run's weights rather than another's."""
+    from .tree import flatten
+
+    try:
+        theirs = dict(flatten(load(path)["params"]))
+        ours = flatten(state["params"])
+        return len(theirs) == len(ours) and all(
+            k in theirs and theirs[k].shape == v.shape and torch.equal(theirs[k], v)
+            for k, v in ours
+        )
+    except (ValueError, OSError, KeyError, TypeError):
+        return False

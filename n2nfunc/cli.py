@@ -486,20 +486,23 @@ def _run_config(config) -> dict:
 def _finished_run(args, state: dict, epochs: int) -> None:
     """``--resume`` of a run that has trained all its epochs: nothing to train; the weights
     and history it would have written at its end are written into ``--out`` where they are
-    missing (a full disk or Ctrl-C cut that end short), never over a file there (its
-    pictures need the data: ``eval --checkpoint`` shows what it does)."""
+    missing or, in the run's own folder, an earlier run's (a full disk or Ctrl-C cut that end
+    short), never into another run's folder (its pictures need the data: ``eval
+    --checkpoint`` shows what it does)."""
     out = Path(args.out)
     weights, history = out / "model.pth", out / "history.json"
     done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
-    if weights.is_file() and not _holds_weights_of(weights, state):
+    own = (out / "checkpoint.pth").resolve() == Path(args.resume).resolve()
+    ours = weights.is_file() and checkpoint.holds_params(weights, state)
+    if not own and ((out / "checkpoint.pth").is_file() or (weights.is_file() and not ours)):
         print(
-            f"{done}; nothing to train; {weights} holds other weights (another run's), so its "
-            f"own are in {args.resume} (`n2nfunc eval --checkpoint {_quoted(args.resume)}`; to "
-            f"train on from them: n2nfunc train --init {_quoted(args.resume)} --out NEW_FOLDER "
-            "...)"
+            f"{done}; nothing to train; {out} holds another run's files, so its weights are "
+            f"in {args.resume} (`n2nfunc eval --checkpoint {_quoted(args.resume)}`; to train "
+            f"on from them: n2nfunc train --init {_quoted(args.resume)} --out NEW_FOLDER ...)"
         )
         return
-    if weights.is_file() and history.is_file():
+    runs = json.dumps(state.get("history", []), indent=1)
+    if ours and _read_text(history) == runs:
         print(
             f"{done}; nothing to train; its weights: {weights} (to train on from them, start "
             f"a new run: n2nfunc train --init {_quoted(weights)} --out NEW_FOLDER ...)"
@@ -508,29 +511,24 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _lock_folder(out)  # no run is writing there meanwhile
     written = []
-    if not weights.is_file():
+    if not ours:  # missing, or an earlier run's that this one replaces in its own folder
         model = Model(_run_config(state["config"]))
         _loading("--resume", _resume, model, state, args.resume)
         noise = {"noise": state["noise"]} if "noise" in state else {}
-        checkpoint.save(weights, {**model.payload(), **noise})
+        checkpoint.save(weights, {**model.payload(), **_origin(args, state), **noise})
         written.append(f"its weights {weights}")
-    if not history.is_file():
-        history.write_text(json.dumps(state.get("history", []), indent=1))
+    if _read_text(history) != runs:
+        history.write_text(runs)
         written.append(f"its history {history}")
     print(f"{done}; nothing to train; written now: {', '.join(written)}")
 
 
-def _holds_weights_of(path: Path, state: dict) -> bool:
-    """Whether the weights file ``path`` holds the parameters of the run state ``state``."""
+def _read_text(path: Path) -> str | None:
+    """The text of the file ``path``, or None where there is none to read."""
     try:
-        theirs = dict(tree.flatten(checkpoint.load(path)["params"]))
-        ours = tree.flatten(state["params"])
-        return len(theirs) == len(ours) and all(
-            k in theirs and theirs[k].shape == v.shape and torch.equal(theirs[k], v)
-            for k, v in ours
-        )
-    except (ValueError, OSError, KeyError, TypeError):
-        return False
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _quoted(path) -> str:
@@ -546,7 +544,7 @@ def _origin(args, state: dict | None) -> dict:
         return {"init": init} if isinstance(init, dict) else {}
     if args.init is None:
         return {}
-    digest = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
+    digest = args.init_sha256  # of the file _check_init read, as it read it
     named = args.init_given in PRETRAINED_NAMES and args.init_given != str(args.init)
     source = args.init_given if named else str(Path(args.init).resolve())
     return {"init": {"from": source, "sha256": digest}}
@@ -1140,7 +1138,8 @@ def _check_foreign_files(out: Path, error) -> None:
         pass
     error(
         f"--out {out} holds {', '.join(present)} but no n2nfunc run (no checkpoint.pth that "
-        "train wrote): a run would write over or remove them; give another --out, or move them"
+        "train wrote, or a damaged one): a run would write over or remove them; give another "
+        "--out, or move them"
     )
 
 
@@ -1207,6 +1206,7 @@ def _check_init(args, error) -> None:
             names = ", ".join(PRETRAINED_NAMES)
             raise ValueError(f"--init: no such weights file: {args.init} (or a name: {names})")
         payload = _network_payload("--init", path)
+        args.init_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     except (ValueError, OSError) as e:
         error(str(e))
     args.init_given = args.init  # a shipped network's name, or the path as given
@@ -1220,9 +1220,11 @@ def _check_memory(args, error) -> None:
     this machine's memory at all."""
     counts = []
     if not any(getattr(args, k, None) for k in ("train", "pairs")):
-        if getattr(args, "n_train", None) is not None:
+        if hasattr(args, "n_train"):  # (eval has none)
             side = PHOTO_CROP if args.photos and _camera_noise(args) else 32
-            counts.append(("--n-train", args.n_train, side, _n_train_default(args)))
+            default = _n_train_default(args)
+            n = default if args.n_train is None else args.n_train
+            counts.append(("--n-train", n, side, default))
     if not (args.val or args.val_pairs) and args.n_val is not None:
         side = PHOTO_CROP if getattr(args, "val_photos", None) and _camera_noise(args) else 32
         counts.append(("--n-val", args.n_val, side, 1000))
@@ -1230,14 +1232,28 @@ def _check_memory(args, error) -> None:
         have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on this system
         return
-    copies = {"--n-train": max(1, getattr(args, "nproc", 1)), "--n-val": 1}  # rank 0 evaluates
-    need = sum(copies[o] * n * 2 * 3 * side * side * 4 for o, n, side, _ in counts)
-    if need > have and counts:
+    nproc = max(1, getattr(args, "nproc", 1))
+    pairs = {o: n * 2 * 3 * side * side * 4 for o, n, side, _ in counts}
+    if sum(pairs.values()) > have:
         option, n, _, default = max(counts, key=lambda c: c[1] * c[2] ** 2)
         error(
-            f"{option} {n}: the pairs need about {need / 2**30:.0f} GiB of memory, more than "
-            f"this machine's {have / 2**30:.0f} GiB (the default is {default})"
+            f"{option} {n}: the pairs need about {sum(pairs.values()) / 2**30:.0f} GiB of "
+            f"memory, more than this machine's {have / 2**30:.0f} GiB (the default is {default})"
         )
+    train = pairs.get("--n-train", 0)  # a copy in each process; rank 0 alone evaluates
+    need = nproc * (train + PROCESS_BYTES) + pairs.get("--n-val", 0)
+    if nproc > 1 and need > have:
+        error(
+            f"--nproc {nproc}: its processes need about {need / 2**30:.0f} GiB of memory (each "
+            f"about {PROCESS_BYTES / 2**30:.2g} GiB for torch and the network"
+            + (f" and {train / 2**30:.2g} GiB for its copy of the training pairs" if train else "")
+            + f"), more than this machine's {have / 2**30:.0f} GiB"
+        )
+
+
+# What one training process holds besides its data: torch, MKL's buffers and the network
+# (peak RSS of a small default-network run, 2-core AMD EPYC: 259 MB).
+PROCESS_BYTES = 300 * 2**20
 
 
 def _n_train_default(args) -> int:

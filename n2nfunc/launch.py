@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from .checkpoint import load
+from .checkpoint import holds_params, load
 from .model import DEFAULT_CONFIG
 
 LAUNCHER_PID = "N2NFUNC_LAUNCHER_PID"  # set by `train --nproc` for the workers it starts
@@ -283,9 +283,13 @@ def finished_text(state: Path, args, nproc: int = 1) -> str:
     """What Ctrl-C after the last epoch says, while the run's results were being written:
     its weights, or the command that writes them from the checkpoint."""
     weights = Path(args.out) / "model.pth"
+    try:  # (a model.pth there may be an earlier run's, which this one was to replace)
+        written = weights.is_file() and holds_params(weights, load(state))
+    except (ValueError, OSError):
+        written = False
     return f"interrupted after the last epoch; {state} holds the trained run" + (
         f", {weights} its weights"
-        if weights.is_file()
+        if written
         else f": `{resume_command(state, args, nproc)}` writes its weights"
     )
 

@@ -1274,6 +1274,9 @@ def test_a_run_started_with_init_resumes_as_it_would_have_gone_on(tmp_path, monk
     resumed = checkpoint.load(tmp_path / "cut" / "model.pth")
     assert all(torch.equal(full["params"][k], resumed["params"][k]) for k in full["params"])
     assert resumed["init"] == full["init"]  # (recorded by the first part, kept by the resume)
+    (tmp_path / "cut" / "model.pth").unlink()  # its end cut short: --resume writes the weights
+    assert main(resume) == 0
+    assert checkpoint.load(tmp_path / "cut" / "model.pth")["init"] == full["init"]
     assert resumed["init"]["from"] == str((first / "model.pth").resolve())
     capsys.readouterr()
 
@@ -1455,8 +1458,41 @@ def test_a_finished_runs_resume_into_a_folder_of_another_run_does_not_point_at_i
     capsys.readouterr()
     assert main(["train", "--resume", str(a / "checkpoint.pth"), "--out", str(b)]) == 0
     said = capsys.readouterr().out
-    assert f"{b / 'model.pth'} holds other weights (another run's)" in said
+    assert f"{b} holds another run's files, so its weights are in {a / 'checkpoint.pth'}" in said
     assert f"--init '{a / 'checkpoint.pth'}' --out NEW_FOLDER" in said
     assert (b / "model.pth").read_bytes() == before
+    (b / "model.pth").unlink()  # another run's folder without its weights: nothing written
+    assert main(["train", "--resume", str(a / "checkpoint.pth"), "--out", str(b)]) == 0
+    assert f"{b} holds another run's files" in capsys.readouterr().out
+    assert not (b / "model.pth").exists()
     assert main(["train", "--resume", str(a / "checkpoint.pth")]) == 0  # its own folder
     assert f"its weights: {a / 'model.pth'} (to train on" in capsys.readouterr().out
+
+
+def test_a_finished_run_whose_folder_still_holds_an_earlier_runs_results_writes_its_own(
+    tmp_path, monkeypatch, capsys
+):
+    """A run into a finished run's folder, stopped while its own weights were written: its
+    Ctrl-C message called the earlier run's model.pth its weights, and its --resume refused to
+    write them (another run's file)."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out, save = tmp_path / "run", checkpoint.save
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    earlier = (out / "model.pth").read_bytes()
+
+    def cut_at_the_weights(path, tree):
+        if Path(path).name == "model.pth":
+            raise KeyboardInterrupt
+        save(path, tree)
+
+    monkeypatch.setattr(checkpoint, "save", cut_at_the_weights)
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "4", "--out", str(out)]) == 130
+    monkeypatch.setattr(checkpoint, "save", save)
+    said = capsys.readouterr().out
+    assert "writes its weights" in said and f"{out / 'model.pth'} its weights" not in said
+    assert (out / "model.pth").read_bytes() == earlier
+    assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
+    assert f"written now: its weights {out / 'model.pth'}, its history" in capsys.readouterr().out
+    state = checkpoint.load(out / "checkpoint.pth")
+    assert checkpoint.holds_params(out / "model.pth", state)
+    assert json.loads((out / "history.json").read_text()) == state["history"]

@@ -303,6 +303,11 @@ ROWS = [
         r"denoise: error: unrecognized arguments: .*x.png",
     ),
     ("train --n-train 2000000000", r"--n-train 2000000000: the pairs need about \d+ GiB of memory"),
+    (  # the default 50,000 pairs in each of 100,000 processes (one was OOM-killed at 64)
+        "train --nproc 100000 --batch-size 100000",
+        r"--nproc 100000: its processes need about \d+ GiB of memory \(each about 0.29 GiB for "
+        r"torch and the network and 1.1 GiB for its copy of the training pairs\)",
+    ),
     (
         "export-submission {w}/out --checkpoint {w}/unet.pth",
         r"--checkpoint: .*unet.pth: U-Net weights; a submission ships the course's required",

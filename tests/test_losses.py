@@ -278,22 +278,21 @@ def test_a_loss_value_is_differentiable_by_torch_autograd_and_agrees(loss):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_16_bit_cross_entropy_is_computed_in_float32(dtype, smoothing):
-    """The log-softmax in 16 bits erred 5.8e-3 in the value (bfloat16, 1,000 classes,
-    smoothing 0.1) where torch's errs 2.9e-4: computed in float32, rounded once."""
+    """The log-softmax in 16 bits put an error of a bfloat16 ulp of values near -7 into every
+    log-probability: small gradients came out up to 196x off (smoothing 0.1). Now each
+    gradient is within one rounding of the float32 one."""
     g = torch.Generator().manual_seed(0)
-    logits = (torch.randn(512, 1000, generator=g, dtype=torch.float64) * 3).to(dtype)
-    labels = torch.randint(0, 1000, (512,), generator=g)
+    logits = (torch.randn(64, 1000, generator=g, dtype=torch.float64) * 3).to(dtype)
+    labels = torch.randint(0, 1000, (64,), generator=g)
     value, grad = nf.cross_entropy_with(smoothing).value_and_grad(logits, labels)
     assert value.dtype == grad.dtype == dtype
 
     def ce(t):
         return torch.nn.functional.cross_entropy(t, labels, label_smoothing=smoothing)
 
-    loss64, (grad64,) = autograd_vjp(ce, [logits.double()], torch.tensor(1.0, dtype=torch.float64))
-    loss_ref, (grad_ref,) = autograd_vjp(ce, [logits], torch.tensor(1.0, dtype=dtype))
-
-    def grad_error(t):
-        return float((t.double() - grad64).norm() / grad64.norm())
-
-    assert abs(float(value) - float(loss64)) <= abs(float(loss_ref) - float(loss64)) * 1.01
-    assert grad_error(grad) <= grad_error(grad_ref) * 1.01
+    one = torch.tensor(1.0)
+    value32, (grad32,) = autograd_vjp(ce, [logits.float()], one)
+    ulp = 2.0 ** -(8 if dtype == torch.bfloat16 else 11)  # relative (two float32 sums may
+    assert abs(float(value) - float(value32)) <= abs(float(value32)) * ulp  # round apart)
+    tiny = torch.finfo(dtype).tiny  # (below it, 16-bit subnormals)
+    assert ((grad.float() - grad32).abs() <= grad32.abs() * ulp + tiny).all()  # was 0.13-196
