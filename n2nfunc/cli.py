@@ -487,25 +487,28 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     """``--resume`` of a run that has trained all its epochs: nothing to train; the weights
     and history it would have written at its end are written into ``--out`` where they are
     missing or, in the run's own folder, an earlier run's (a full disk or Ctrl-C cut that end
-    short), never into another run's folder (its pictures need the data: ``eval
-    --checkpoint`` shows what it does)."""
+    short; that run's pictures are removed then), never into a folder that holds other files
+    of a run's names (its pictures need the data: ``eval --checkpoint`` shows them)."""
     out = Path(args.out)
     weights, history = out / "model.pth", out / "history.json"
     done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
-    own = (out / "checkpoint.pth").resolve() == Path(args.resume).resolve()
-    ours = weights.is_file() and checkpoint.holds_params(weights, state)
-    if not own and ((out / "checkpoint.pth").is_file() or (weights.is_file() and not ours)):
-        print(
-            f"{done}; nothing to train; {out} holds another run's files, so its weights are "
-            f"in {args.resume} (`n2nfunc eval --checkpoint {_quoted(args.resume)}`; to train "
-            f"on from them: n2nfunc train --init {_quoted(args.resume)} --out NEW_FOLDER ...)"
-        )
-        return
-    runs = json.dumps(state.get("history", []), indent=1)
-    if ours and _read_text(history) == runs:
+    if launch.results_written(out, state):
         print(
             f"{done}; nothing to train; its weights: {weights} (to train on from them, start "
             f"a new run: n2nfunc train --init {_quoted(weights)} --out NEW_FOLDER ...)"
+        )
+        return
+    own = (out / "checkpoint.pth").resolve() == Path(args.resume).resolve()
+    ours = weights.is_file() and checkpoint.holds_params(weights, state)
+    others = [
+        name for name in RUN_FILES if (out / name).is_file() and not (ours and name == "model.pth")
+    ]
+    if not own and others:
+        print(
+            f"{done}; nothing to train; {out} holds other files ({', '.join(others)}), so its "
+            f"weights are in {args.resume} (`n2nfunc eval --checkpoint "
+            f"{_quoted(args.resume)}`; to train on from them: n2nfunc train --init "
+            f"{_quoted(args.resume)} --out NEW_FOLDER ...)"
         )
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -517,10 +520,12 @@ def _finished_run(args, state: dict, epochs: int) -> None:
         noise = {"noise": state["noise"]} if "noise" in state else {}
         checkpoint.save(weights, {**model.payload(), **_origin(args, state), **noise})
         written.append(f"its weights {weights}")
-    if _read_text(history) != runs:
+    runs = json.dumps(state.get("history", []), indent=1)
+    if _read_text(history) != runs and ("history" in state or not history.is_file()):
         history.write_text(runs)
         written.append(f"its history {history}")
     print(f"{done}; nothing to train; written now: {', '.join(written)}")
+    _drop_stale_pictures(out, [])  # (an earlier run's: this run's come after its results)
 
 
 def _read_text(path: Path) -> str | None:
@@ -1144,8 +1149,10 @@ def _check_foreign_files(out: Path, error) -> None:
 
 
 def _check_train(args, error) -> None:
-    if args.resume and "out" not in _given(args):  # continue in the run's own folder
-        args.out = str(Path(args.resume).parent)
+    if args.resume and "out" not in _given(args):  # continue in the run's own folder (where
+        args.out = str(Path(args.resume).resolve().parent)  # the file is, not a link to it)
+    if Path(args.out).is_symlink() and not Path(args.out).exists():
+        error(f"--out {args.out} is a link to {os.readlink(args.out)}, which does not exist")
     _check_writable(Path(args.out), "--out", error)
     for name in RUN_FILES:  # found only when written, after the training, before
         if (Path(args.out) / name).is_dir():

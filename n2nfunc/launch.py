@@ -13,6 +13,7 @@ trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`)
 """
 
 import hashlib
+import json
 import os
 import shlex
 import signal
@@ -114,8 +115,8 @@ def _resume_hint(state: Path, ours, args) -> str:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         finished = False
     weights = Path(args.out) / "model.pth"
-    if finished and weights.is_file():  # (a failure while drawing its pictures)
-        return f" The run had finished its epochs; its weights: {weights}"
+    if finished and results_written(Path(args.out), saved):  # (a failure while drawing its
+        return f" The run had finished its epochs; its weights: {weights}"  # pictures)
     if finished:
         return (
             f" The run had finished its epochs; its checkpoint holds the weights: {state} "
@@ -284,14 +285,26 @@ def finished_text(state: Path, args, nproc: int = 1) -> str:
     its weights, or the command that writes them from the checkpoint."""
     weights = Path(args.out) / "model.pth"
     try:  # (a model.pth there may be an earlier run's, which this one was to replace)
-        written = weights.is_file() and holds_params(weights, load(state))
+        written = results_written(Path(args.out), load(state))
     except (ValueError, OSError):
         written = False
     return f"interrupted after the last epoch; {state} holds the trained run" + (
         f", {weights} its weights"
         if written
-        else f": `{resume_command(state, args, nproc)}` writes its weights"
+        else f": `{resume_command(state, args, nproc)}` writes its weights and history"
     )
+
+
+def results_written(out: Path, state: dict) -> bool:
+    """Whether ``out`` holds what the finished run ``state`` writes at its end: its weights in
+    model.pth and its history in history.json (not an earlier run's left in that folder)."""
+    if "history" in state:  # (a checkpoint without one: the weights alone tell)
+        try:
+            if (out / "history.json").read_text() != json.dumps(state["history"], indent=1):
+                return False
+        except (OSError, UnicodeDecodeError):
+            return False
+    return holds_params(out / "model.pth", state)
 
 
 def under_torchrun(text: str) -> str:

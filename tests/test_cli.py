@@ -1458,13 +1458,19 @@ def test_a_finished_runs_resume_into_a_folder_of_another_run_does_not_point_at_i
     capsys.readouterr()
     assert main(["train", "--resume", str(a / "checkpoint.pth"), "--out", str(b)]) == 0
     said = capsys.readouterr().out
-    assert f"{b} holds another run's files, so its weights are in {a / 'checkpoint.pth'}" in said
+    others = "model.pth, checkpoint.pth, history.json"
+    assert f"{b} holds other files ({others}), so its weights are in {a / 'checkpoint.pth'}" in said
     assert f"--init '{a / 'checkpoint.pth'}' --out NEW_FOLDER" in said
     assert (b / "model.pth").read_bytes() == before
     (b / "model.pth").unlink()  # another run's folder without its weights: nothing written
     assert main(["train", "--resume", str(a / "checkpoint.pth"), "--out", str(b)]) == 0
-    assert f"{b} holds another run's files" in capsys.readouterr().out
+    assert f"{b} holds other files (checkpoint.pth, history.json)" in capsys.readouterr().out
     assert not (b / "model.pth").exists()
+    (b / "checkpoint.pth").unlink()  # the user's history.json alone: not written over either
+    (b / "history.json").write_text("my notes")
+    assert main(["train", "--resume", str(a / "checkpoint.pth"), "--out", str(b)]) == 0
+    assert f"{b} holds other files (history.json)" in capsys.readouterr().out
+    assert (b / "history.json").read_text() == "my notes" and not (b / "model.pth").exists()
     assert main(["train", "--resume", str(a / "checkpoint.pth")]) == 0  # its own folder
     assert f"its weights: {a / 'model.pth'} (to train on" in capsys.readouterr().out
 
@@ -1489,10 +1495,59 @@ def test_a_finished_run_whose_folder_still_holds_an_earlier_runs_results_writes_
     assert main(["train", *TINY, "--epochs", "1", "--seed", "4", "--out", str(out)]) == 130
     monkeypatch.setattr(checkpoint, "save", save)
     said = capsys.readouterr().out
-    assert "writes its weights" in said and f"{out / 'model.pth'} its weights" not in said
+    assert "writes its weights and history" in said
+    assert f"{out / 'model.pth'} its weights" not in said
     assert (out / "model.pth").read_bytes() == earlier
+    (out / "samples.png").write_bytes(b"the earlier run's picture")
     assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
-    assert f"written now: its weights {out / 'model.pth'}, its history" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"written now: its weights {out / 'model.pth'}, its history" in said
+    assert f"removed {out / 'samples.png'}: an earlier run's picture" in said
     state = checkpoint.load(out / "checkpoint.pth")
     assert checkpoint.holds_params(out / "model.pth", state)
     assert json.loads((out / "history.json").read_text()) == state["history"]
+
+
+def test_a_cut_history_a_history_less_checkpoint_and_a_linked_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while history.json was written said the run's results were all there (the
+    earlier run's history was); a checkpoint without a history wrote [] over the run's; a
+    --resume of a link to a checkpoint wrote beside the link, over a history.json there."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    earlier = (out / "history.json").read_text()
+    real = Path.write_text
+
+    def cut_at_the_history(self, *a, **k):
+        if self.name == "history.json":
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", cut_at_the_history)
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "4", "--out", str(out)]) == 130
+    monkeypatch.setattr(Path, "write_text", real)
+    assert "writes its weights and history" in capsys.readouterr().out
+    assert (out / "history.json").read_text() == earlier
+    assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
+    assert f"written now: its history {out / 'history.json'}" in capsys.readouterr().out
+    ours = (out / "history.json").read_text()
+    assert ours != earlier
+
+    state = checkpoint.load(out / "checkpoint.pth")
+    checkpoint.save(out / "checkpoint.pth", {k: v for k, v in state.items() if k != "history"})
+    assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
+    assert (out / "history.json").read_text() == ours  # kept: the checkpoint records none
+    capsys.readouterr()
+
+    checkpoint.save(out / "checkpoint.pth", state)
+    monkeypatch.chdir(tmp_path)
+    Path("latest.pth").symlink_to(out / "checkpoint.pth")
+    Path("history.json").write_text("my notes")
+    assert main(["train", "--resume", "latest.pth"]) == 0  # the run's own folder
+    assert f"its weights: {out / 'model.pth'}" in capsys.readouterr().out
+    assert Path("history.json").read_text() == "my notes" and not Path("model.pth").exists()
+    Path("gone").symlink_to(tmp_path / "nowhere")
+    assert main(["train", *TINY, "--out", "gone"]) == 2
+    assert "--out gone is a link to" in capsys.readouterr().err

@@ -546,7 +546,7 @@ def test_ctrl_c_after_the_last_epoch_advises_resuming_only_for_the_weights(tmp_p
     args = SimpleNamespace(out=tmp_path, device="cpu", threads=None, no_pictures=True, quiet=False)
     text = launch._interrupted_text(state, args, True, 2)
     assert text.startswith("interrupted after the last epoch;")
-    assert text.endswith("--nproc 2 --no-pictures` writes its weights")
+    assert text.endswith("--nproc 2 --no-pictures` writes its weights and history")
     model.save(tmp_path / "model.pth")
     text = launch._interrupted_text(state, args, True, 2)
     assert "--resume" not in text and text.endswith(f"{tmp_path / 'model.pth'} its weights")
