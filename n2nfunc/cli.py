@@ -492,17 +492,16 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     out = Path(args.out)
     weights, history = out / "model.pth", out / "history.json"
     done = f"{args.resume}: this run has finished its {_count(epochs, 'epoch')}"
-    if launch.results_written(out, state):
+    ours = checkpoint.holds_params(weights, state)  # (read once: model.pth may be large)
+    history_ours = launch.history_written(out, state)
+    if ours and history_ours:
         print(
             f"{done}; nothing to train; its weights: {weights} (to train on from them, start "
             f"a new run: n2nfunc train --init {_quoted(weights)} --out NEW_FOLDER ...)"
         )
         return
     own = (out / "checkpoint.pth").resolve() == Path(args.resume).resolve()
-    ours = weights.is_file() and checkpoint.holds_params(weights, state)
-    others = [
-        name for name in RUN_FILES if (out / name).is_file() and not (ours and name == "model.pth")
-    ]
+    others = [name for name in _run_files_in(out) if not (ours and name == "model.pth")]
     if not own and others:
         print(
             f"{done}; nothing to train; {out} holds other files ({', '.join(others)}), so its "
@@ -520,20 +519,11 @@ def _finished_run(args, state: dict, epochs: int) -> None:
         noise = {"noise": state["noise"]} if "noise" in state else {}
         checkpoint.save(weights, {**model.payload(), **_origin(args, state), **noise})
         written.append(f"its weights {weights}")
-    runs = json.dumps(state.get("history", []), indent=1)
-    if _read_text(history) != runs and ("history" in state or not history.is_file()):
-        history.write_text(runs)
+    if not history_ours or not history.is_file():  # (a checkpoint without one: [] if none)
+        history.write_text(json.dumps(state.get("history", []), indent=1))
         written.append(f"its history {history}")
     print(f"{done}; nothing to train; written now: {', '.join(written)}")
     _drop_stale_pictures(out, [])  # (an earlier run's: this run's come after its results)
-
-
-def _read_text(path: Path) -> str | None:
-    """The text of the file ``path``, or None where there is none to read."""
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _quoted(path) -> str:
@@ -1129,10 +1119,15 @@ RUN_PICTURES = ("curves.png", "samples.png")
 RUN_FILES = ("model.pth", "checkpoint.pth", "history.json", *RUN_PICTURES)
 
 
+def _run_files_in(out: Path) -> list:
+    """The names of a run's files (:data:`RUN_FILES`) that ``out`` holds."""
+    return [name for name in RUN_FILES if (out / name).is_file()]
+
+
 def _check_foreign_files(out: Path, error) -> None:
     """Refuse an ``out`` that holds files of a run's names but no run of ``train`` (no
     checkpoint.pth of one): files of the user's own, which a run would replace or remove."""
-    present = [name for name in RUN_FILES if (out / name).is_file()]
+    present = _run_files_in(out)
     if not present:
         return
     try:

@@ -298,13 +298,18 @@ def finished_text(state: Path, args, nproc: int = 1) -> str:
 def results_written(out: Path, state: dict) -> bool:
     """Whether ``out`` holds what the finished run ``state`` writes at its end: its weights in
     model.pth and its history in history.json (not an earlier run's left in that folder)."""
-    if "history" in state:  # (a checkpoint without one: the weights alone tell)
-        try:
-            if (out / "history.json").read_text() != json.dumps(state["history"], indent=1):
-                return False
-        except (OSError, UnicodeDecodeError):
-            return False
-    return holds_params(out / "model.pth", state)
+    return history_written(out, state) and holds_params(out / "model.pth", state)
+
+
+def history_written(out: Path, state: dict) -> bool:
+    """Whether ``out``'s history.json is the run ``state``'s (a checkpoint that records no
+    history cannot tell: then yes)."""
+    if "history" not in state:
+        return True
+    try:
+        return (out / "history.json").read_text() == json.dumps(state["history"], indent=1)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def under_torchrun(text: str) -> str:
