@@ -664,11 +664,17 @@ class Linear(_WeightBias):
 
 
 class NearestUpsampling(Module):
-    def __init__(self, scale_factor=2):
-        super().__init__(nearest_upsample(scale_factor), {})
-        self.scale_factor = scale_factor
+    """Nearest upsampling by a whole ``scale_factor`` (2 by default), or to ``size=(H, W)``
+    as ``torch.nn.UpsamplingNearest2d(size=...)``."""
+
+    def __init__(self, scale_factor=None, size=None):
+        super().__init__(nearest_upsample(scale_factor, size), {})
+        self.scale_factor = 2 if scale_factor is None and size is None else scale_factor
+        self.size = size
 
     def layer_description(self):
+        if self.size is not None:
+            return f"size={self.size!r}"
         return f"scale_factor={self.scale_factor!r}"
 
 

@@ -386,6 +386,8 @@ def test_no_bias():
         (nf.upsample(2, 2, scale_factor=3), (1, 2, 2, 3)),
         (nf.nearest_upsample(2), (2, 2, 3, 2)),
         (nf.nearest_upsample((1, 3)), (1, 2, 2, 2)),
+        (nf.nearest_upsample(size=(5, 7)), (2, 2, 3, 2)),
+        (nf.nearest_upsample(size=(2, 3)), (1, 2, 3, 5)),
     ],
 )
 def test_check_vjp_finite_differences(layer, shape):
@@ -404,6 +406,44 @@ def test_nearest_upsample_matches_interpolate():
     )
     assert torch.equal(y, y_ref)
     assert rel_err(pullback(ct)[1], gx) < TOL64
+
+
+@pytest.mark.parametrize(
+    "hw,size",
+    [((3, 5), (7, 11)), ((4, 4), (8, 12)), ((5, 3), (2, 9)), ((1, 1), (3, 4)), ((6, 7), (6, 7))],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nearest_upsample_to_a_size_matches_interpolate(hw, size, dtype):
+    """Any output size, larger or smaller, whole factors or not: the pixels PyTorch's
+    nearest mode picks (its float32 ratios), and their summed gradients."""
+    layer = nf.nearest_upsample(size=size)
+    x = randn(2, 3, *hw).to(dtype)
+    y, pullback = layer.vjp({}, x)
+    assert layer.init(None, x.shape)[0] == y.shape
+    ct = torch.randn_like(y)
+    y_ref, (gx,) = autograd_vjp(lambda t: F.interpolate(t, size=size, mode="nearest"), [x], ct)
+    assert torch.equal(y, y_ref)
+    assert rel_err(pullback(ct)[1], gx) < (TOL64 if dtype == torch.float64 else 1e-6)
+
+
+def test_nearest_sources_match_pytorch_for_every_small_size():
+    from n2nfunc.layers.conv import _nearest_sources
+
+    for n_in in range(1, 40):
+        x = torch.arange(n_in, dtype=torch.float32).reshape(1, 1, 1, n_in)
+        for n_out in range(1, 130):
+            picked = F.interpolate(x, size=(1, n_out), mode="nearest").flatten().long()
+            assert _nearest_sources(n_in, n_out) == tuple(picked.tolist()), (n_in, n_out)
+
+
+def test_nearest_upsampling_block_takes_a_size():
+    block = nf.NearestUpsampling(size=(5, 6))
+    x = randn(1, 2, 3, 4)
+    assert torch.equal(block(x), F.interpolate(x, size=(5, 6), mode="nearest"))
+    assert "size=(5, 6)" in repr(block)
+    assert "scale_factor=2" in repr(nf.NearestUpsampling())
+    with pytest.raises(ValueError, match="give size or scale_factor, not both"):
+        nf.NearestUpsampling(2, size=4)
 
 
 def test_pytorch_default_init_is_reproduced():

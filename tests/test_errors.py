@@ -103,6 +103,11 @@ def test_apply_rejects_bad_input(layer, shape, x, error, pattern):
             "output_padding must be smaller",
         ),
         (lambda: nf.nearest_upsample(0), "scale_factor must be >= 1"),
+        (
+            lambda: nf.nearest_upsample(size=(4, 0)),
+            r"nearest_upsample\(size=\(4, 0\)\): size must be >= 1",
+        ),
+        (lambda: nf.nearest_upsample(size=2.5), "size must be an int or a pair"),
         (lambda: Conv2d(3, -1, 3), "out_channels"),
     ],
 )

@@ -12,7 +12,9 @@ computes as PyTorch does; off the CPU (a GPU) in :mod:`n2nfunc.device_conv`, who
 launches few kernels.
 """
 
-from torch import Tensor
+import functools
+
+from torch import Tensor, arange
 
 from .. import device_conv, torch_order
 from .. import kernels as K
@@ -359,11 +361,24 @@ def _bias_grad(g, like_torch: bool):
     return torch_order.bias_grad(g) if like_torch else K.channel_sums(g)
 
 
-def nearest_upsample(scale_factor=2) -> Layer:
-    """Nearest-neighbour upsampling: ``y[n, c, i, j] = x[n, c, i // s, j // s]``.
+def nearest_upsample(scale_factor=None, size=None) -> Layer:
+    """Nearest-neighbour upsampling: ``y[n, c, i, j] = x[n, c, i // s, j // s]``
+    (``scale_factor`` s, a whole number or a pair of them; 2 when neither argument is given).
 
-    The gradient sums each s x s block of the output gradient.
+    ``size=(H_out, W_out)`` instead fixes the output size, as in ``torch.nn.Upsample``:
+    ``y[n, c, i, j] = x[n, c, min(floor(i * r), H - 1), min(floor(j * q), W - 1)]`` with
+    the ratios ``r = H / H_out`` and ``q = W / W_out`` in float32, as PyTorch computes them.
+
+    The gradient sums the output gradient over the pixels that copied each input pixel.
     """
+    if scale_factor is not None and size is not None:
+        raise ValueError(
+            f"nearest_upsample: give size or scale_factor, not both "
+            f"(got size={size!r}, scale_factor={scale_factor!r})"
+        )
+    if size is not None:
+        return _nearest_resize(size)
+    scale_factor = 2 if scale_factor is None else scale_factor
     name = _describe("nearest_upsample", scale_factor=scale_factor)
     sy, sx = _scale_pair(scale_factor, name)
 
@@ -375,18 +390,71 @@ def nearest_upsample(scale_factor=2) -> Layer:
         check_params(params, name, {})
         check_tensor(x, name)
         check_image(x, name, -1, x)
+        return _nearest_vjp(x, sy, sx, name)
+
+    return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def _nearest_vjp(x: Tensor, sy: int, sx: int, name: str):
+    """``x`` upsampled by whole factors ``(sy, sx)``, and its pullback."""
+    n, c, h, w = x.shape
+    xh = to_nhwc(x)
+    y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
+    y = to_nchw(y)
+    y_out = output_of(y)
+    one_sum = device_conv.applies(x)  # one reduction (one launch) instead of s^2 - 1 adds
+
+    def pullback(ct):
+        g = to_nhwc(check_cotangent(ct, y_out, name))
+        if one_sum:
+            return {}, to_nchw(g.reshape(n, h, sy, w, sx, c).sum((2, 4)))
+        return {}, to_nchw(sum_of([g[:, a::sy, b::sx] for a in range(sy) for b in range(sx)]))
+
+    return y, pullback
+
+
+@functools.lru_cache(maxsize=256)
+def _nearest_sources(n_in: int, n_out: int) -> tuple[int, ...]:
+    """The input index each of ``n_out`` outputs copies: ``min(floor(i * r), n_in - 1)``,
+    ``r = n_in / n_out`` and the product rounded to float32, as PyTorch's nearest mode."""
+    ratio = arange(n_in, n_in + 1).float() / n_out
+    return tuple((arange(n_out).float() * ratio).floor().long().clamp(max=n_in - 1).tolist())
+
+
+def _whole_factor(sources: tuple[int, ...], n_in: int) -> bool:
+    """Whether ``sources`` are those of upsampling ``n_in`` pixels by a whole factor."""
+    factor = len(sources) // n_in
+    return len(sources) == factor * n_in and sources == tuple(
+        i // factor for i in range(len(sources))
+    )
+
+
+def _nearest_resize(size) -> Layer:
+    """``nearest_upsample(size=...)``: whole factors by the fast path, other sizes by gathers."""
+    name = _describe("nearest_upsample", size=size)
+    ho, wo = pair(size, "size", name)
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        return (n, c, ho, wo), {}
+
+    def vjp(params, x):
+        check_params(params, name, {})
+        check_tensor(x, name)
+        check_image(x, name, -1, x)
         n, c, h, w = x.shape
-        xh = to_nhwc(x)
-        y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
-        y = to_nchw(y)
+        rows, cols = _nearest_sources(h, ho), _nearest_sources(w, wo)
+        if _whole_factor(rows, h) and _whole_factor(cols, w):
+            return _nearest_vjp(x, ho // h, wo // w, name)
+        row_index = arange(0).new_tensor(rows).to(x.device)  # int64, as index_select takes
+        col_index = arange(0).new_tensor(cols).to(x.device)
+        y = to_nchw(to_nhwc(x).index_select(1, row_index).index_select(2, col_index))
         y_out = output_of(y)
-        one_sum = device_conv.applies(x)  # one reduction (one launch) instead of s^2 - 1 adds
 
         def pullback(ct):
             g = to_nhwc(check_cotangent(ct, y_out, name))
-            if one_sum:
-                return {}, to_nchw(g.reshape(n, h, sy, w, sx, c).sum((2, 4)))
-            return {}, to_nchw(sum_of([g[:, a::sy, b::sx] for a in range(sy) for b in range(sx)]))
+            by_cols = g.new_zeros(n, ho, w, c).index_add_(2, col_index, g)
+            return {}, to_nchw(g.new_zeros(n, h, w, c).index_add_(1, row_index, by_cols))
 
         return y, pullback
 
