@@ -72,6 +72,16 @@ def _spent_pullback(name: str):
     return pullback
 
 
+# What an assignment to a fixed option (Module._fix) may have meant, said in its refusal.
+_FIXED_HINTS = {
+    ("Dropout", "p"): " (or call .eval() to turn dropout off)",
+    ("BatchNorm2d", "momentum"): (
+        " and load this one's state_dict into it (or call .eval() to use the running "
+        "statistics and keep them as they are)"
+    ),
+    ("BatchNorm2d", "eps"): " and load this one's state_dict into it",
+}
+
 NO_FORWARD = "backward() called before forward(), or after a forward() that failed"
 
 
@@ -151,6 +161,28 @@ class Module(Unpicklable):
         self.grads = tree.zeros_like(params)
         self.name = name or type(self).__name__
         self._pullback: Any = None  # the last forward's pullback, None or _SPENT
+
+    def _fix(self, **options) -> None:
+        """Keep torch.nn's constructor ``options`` of this block as attributes that read as
+        torch's do (``conv.stride``, ``dropout.p``) and refuse an assignment: the layer was
+        built from them, so a new value would be ignored, silently."""
+        self.__dict__.setdefault("_fixed", {}).update(options)
+
+    def __getattr__(self, key):  # (only for names that are not attributes)
+        fixed = self.__dict__.get("_fixed", {})
+        if key in fixed:
+            return fixed[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __setattr__(self, key, value):
+        fixed = self.__dict__.get("_fixed", {})
+        if key in fixed:
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{self.name}: {key} is fixed when the block is built ({key}={fixed[key]!r}); "
+                f"build a new {kind} with {key}={value!r}{_FIXED_HINTS.get((kind, key), '')}"
+            )
+        super().__setattr__(key, value)
 
     @classmethod
     def from_layer(
@@ -464,6 +496,17 @@ class _WeightBias(Module):
     def layer_description(self):
         return self._description
 
+    def _fix_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
+        """A convolution's options, read as ``torch.nn.Conv2d``'s: sizes as pairs."""
+        self._fix(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=_as_pair(kernel_size),
+            stride=_as_pair(stride),
+            padding=_as_pair(padding),
+            dilation=_as_pair(dilation),
+        )
+
     def _set(self, key, value):
         old = self.params.get(key)
         if old is None:
@@ -492,6 +535,13 @@ def _only_defaults(name: str, **given_and_default) -> None:
             raise ValueError(
                 f"{name}: {option}={given!r} is not supported (only {default!r}, torch's default)"
             )
+
+
+def _as_pair(value):
+    """An int as torch.nn's convolutions keep it, ``(v, v)``; a list as a tuple; else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _options(**kw):
@@ -539,6 +589,7 @@ class Conv2d(_WeightBias):
     ):
         bias = _checked_flags("Conv2d", bias, groups, padding_mode)
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
+        self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
         super().__init__(
             layer,
             in_channels,
@@ -581,6 +632,8 @@ class TransposeConv2d(_WeightBias):
         layer = conv_transpose2d(
             out_channels, kernel_size, stride, padding, output_padding, dilation, bias
         )
+        self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._fix(output_padding=_as_pair(output_padding))
         super().__init__(
             layer,
             in_channels,
@@ -619,6 +672,8 @@ class Upsampling(_WeightBias):
     ):
         bias = _checked_flags("Upsampling", bias)
         layer = upsample(out_channels, kernel_size, scale_factor, padding, dilation, bias=bias)
+        self._fix_conv(in_channels, out_channels, kernel_size, 1, padding, dilation)
+        self._fix(scale_factor=scale_factor)
         super().__init__(
             layer,
             in_channels,
@@ -651,6 +706,7 @@ class Linear(_WeightBias):
         generator: Generator | None = None,
     ):
         bias = _checked_flags("Linear", bias)
+        self._fix(in_features=in_features, out_features=out_features)
         super().__init__(
             dense(out_features, bias),
             in_features,
@@ -669,8 +725,8 @@ class NearestUpsampling(Module):
 
     def __init__(self, scale_factor=None, size=None):
         super().__init__(nearest_upsample(scale_factor, size), {})
-        self.scale_factor = 2 if scale_factor is None and size is None else scale_factor
-        self.size = size
+        self._fix(scale_factor=2 if scale_factor is None and size is None else scale_factor)
+        self._fix(size=size)
 
     def layer_description(self):
         if self.size is not None:
@@ -724,6 +780,8 @@ class MaxPool2d(_Parameterless):
             max_pool2d(kernel_size, stride, padding),
             _options(kernel_size=kernel_size, stride=stride, padding=padding),
         )
+        self._fix(kernel_size=kernel_size, stride=kernel_size if stride is None else stride)
+        self._fix(padding=padding)
 
 
 class AvgPool2d(_Parameterless):
@@ -749,12 +807,15 @@ class AvgPool2d(_Parameterless):
             avg_pool2d(kernel_size, stride, padding),
             _options(kernel_size=kernel_size, stride=stride, padding=padding),
         )
+        self._fix(kernel_size=kernel_size, stride=kernel_size if stride is None else stride)
+        self._fix(padding=padding)
 
 
 class LeakyReLU(_Parameterless):
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         _only_defaults("LeakyReLU", inplace=(inplace, False))
         super().__init__(leaky_relu(negative_slope), _options(negative_slope=negative_slope))
+        self._fix(negative_slope=negative_slope)
 
 
 class Tanh(_Parameterless):
@@ -775,11 +836,13 @@ class ELU(_Parameterless):
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
         _only_defaults("ELU", inplace=(inplace, False))
         super().__init__(elu(alpha), _options(alpha=alpha))
+        self._fix(alpha=alpha)
 
 
 class Softplus(_Parameterless):
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__(softplus(beta, threshold), _options(beta=beta, threshold=threshold))
+        self._fix(beta=beta, threshold=threshold)
 
 
 class LogSoftmax(_Parameterless):
@@ -787,6 +850,7 @@ class LogSoftmax(_Parameterless):
 
     def __init__(self, dim: int):
         super().__init__(log_softmax(dim), _options(dim=dim))
+        self._fix(dim=dim)
 
 
 class Softmax(_Parameterless):
@@ -794,6 +858,7 @@ class Softmax(_Parameterless):
 
     def __init__(self, dim: int):
         super().__init__(softmax(dim), _options(dim=dim))
+        self._fix(dim=dim)
 
 
 class BatchNorm2d(_WeightBias):
@@ -815,6 +880,7 @@ class BatchNorm2d(_WeightBias):
             "BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True)
         )
         layer = batch_norm2d(eps, momentum)
+        self._fix(num_features=num_features, eps=eps, momentum=momentum)
         description = _options(num_features=num_features, eps=eps, momentum=momentum)
         super().__init__(
             layer, num_features, None, description, size="num_features", device=device, dtype=dtype
@@ -826,12 +892,13 @@ class BatchNorm2d(_WeightBias):
 
 
 class Dropout(Module):
-    """``torch.nn.Dropout``-like block. It owns the generator ``rng`` its masks are drawn
-    from, seeded with one draw from ``generator`` at construction, or, without one, from
-    torch's global generator at its first forward pass in training mode (so
-    ``torch.manual_seed`` makes the masks reproducible, and building the block, or running it
-    in evaluation mode, leaves the global generator as torch.nn's does: the blocks built
-    after it get torch's initial weights for the same seed).
+    """``torch.nn.Dropout``-like block. Its masks are drawn from the generator ``rng``: with
+    ``generator`` given, one of its own, seeded with one draw from ``generator`` at
+    construction; without, one seeded with a draw from torch's global generator at each
+    forward pass in training mode (so ``torch.manual_seed`` before a pass repeats its mask, as
+    torch.nn's, and building the block, or running it in evaluation mode, leaves the global
+    generator as torch.nn's does: the blocks built after it get torch's initial weights for
+    the same seed).
     Arguments in torch's order: ``inplace`` may only be False (a new tensor is returned)."""
 
     def __init__(
@@ -845,11 +912,21 @@ class Dropout(Module):
             raise TypeError(f"Dropout: generator must be a torch.Generator or None, got {kind}")
         layer = dropout(p)
         super().__init__(layer, {}, state={}, rng=None if generator is None else _seeded(generator))
-        self.p = p
+        self._fix(p=p)
+
+    @property
+    def rng(self) -> Generator | None:
+        """The masks' generator; one set here is the block's own from then on (None: a fresh
+        one seeded from torch's global generator at each forward pass in training mode)."""
+        return self.__dict__["_rng"]
+
+    @rng.setter
+    def rng(self, generator: Generator | None) -> None:
+        self.__dict__.update(_rng=generator, _global_rng=generator is None)
 
     def forward(self, *inputs):
-        if self.rng is None and self.training:
-            self.rng = _seeded(None)
+        if self._global_rng and self.training:
+            self.__dict__["_rng"] = _seeded(None)
         return super().forward(*inputs)
 
     def layer_description(self):
@@ -872,7 +949,7 @@ class UNet(Module):
         layer = unet(depth, widths)
         _, params = layer.init(generator, (-1, 3, -1, -1))
         super().__init__(layer, params)
-        self.depth, self.widths = depth, tuple(widths)
+        self._fix(depth=depth, widths=tuple(widths))
 
     def layer_description(self):
         return f"depth={self.depth}, widths={self.widths}"

@@ -134,16 +134,12 @@ def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | N
     """
     train = flag(train, "train", "fixed")
     rng_state = rng.get_state() if rng is not None else None
-    matched: dict = {}  # (dtype, device) of the params -> the state converted to them
 
-    def state_for(params):
+    def state_for(params):  # converted at each call: the held state may change in place
         first = next((t for t in tree.leaves(params) if _is_float_tensor(t)), None)
         if first is None or state is None:
             return state
-        key = (first.dtype, first.device)
-        if key not in matched:
-            matched[key] = tree.map(lambda t: _follow(t, first), state)
-        return matched[key]
+        return tree.map(lambda t: _follow(t, first), state)
 
     def fresh_rng():
         if rng is None:

@@ -1252,3 +1252,59 @@ def test_param_groups_cannot_be_changed_behind_the_optimizers_back():
             change()
     assert group.setdefault("initial_lr", 0.05) == 0.05  # what torch's schedulers do
     assert group.setdefault("lr", 1.0) == 0.05
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,options",
+    [
+        (
+            lambda: nf.Conv2d(3, 4, (3, 2), stride=2, padding=1),
+            lambda: torch.nn.Conv2d(3, 4, (3, 2), stride=2, padding=1),
+            ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation"],
+        ),
+        (
+            lambda: nf.Conv2d(3, 4, 3, padding="same"),
+            lambda: torch.nn.Conv2d(3, 4, 3, padding="same"),
+            ["kernel_size", "padding"],
+        ),
+        (
+            lambda: nf.TransposeConv2d(3, 4, 4, stride=2, padding=1, output_padding=1),
+            lambda: torch.nn.ConvTranspose2d(3, 4, 4, stride=2, padding=1, output_padding=1),
+            ["in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding"],
+        ),
+        (lambda: nf.Linear(5, 2), lambda: torch.nn.Linear(5, 2), ["in_features", "out_features"]),
+        (lambda: nf.MaxPool2d(3), lambda: torch.nn.MaxPool2d(3), ["kernel_size", "stride"]),
+        (lambda: nf.AvgPool2d(2, 1, 1), lambda: torch.nn.AvgPool2d(2, 1, 1), ["stride", "padding"]),
+        (lambda: nf.Dropout(0.3), lambda: torch.nn.Dropout(0.3), ["p"]),
+        (
+            lambda: nf.BatchNorm2d(3, eps=1e-3, momentum=None),
+            lambda: torch.nn.BatchNorm2d(3, eps=1e-3, momentum=None),
+            ["num_features", "eps", "momentum"],
+        ),
+        (lambda: nf.LeakyReLU(0.2), lambda: torch.nn.LeakyReLU(0.2), ["negative_slope"]),
+        (
+            lambda: nf.Softplus(2.0, 10.0),
+            lambda: torch.nn.Softplus(2.0, 10.0),
+            ["beta", "threshold"],
+        ),
+        (lambda: nf.Softmax(1), lambda: torch.nn.Softmax(1), ["dim"]),
+        (
+            lambda: nf.NearestUpsampling(size=(4, 6)),
+            lambda: torch.nn.UpsamplingNearest2d(size=(4, 6)),
+            ["size", "scale_factor"],
+        ),
+    ],
+)
+def test_options_read_as_torch_nn_and_an_assignment_is_refused(ours, theirs, options):
+    """A block's options read as torch.nn's; assigning one, which torch.nn would honour but
+    the block's layer (built from them) would ignore, is refused by name."""
+    block, ref = ours(), theirs()
+    for option in options:
+        assert getattr(block, option) == getattr(ref, option), option
+        with pytest.raises(AttributeError, match=rf"{type(block).__name__}: {option} is fixed"):
+            setattr(block, option, 0)
+        assert getattr(block, option) == getattr(ref, option), option
+    block.note = "a user's own attribute"  # other names stay free
+    assert block.note == "a user's own attribute"
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        _ = block.nothing_here

@@ -343,3 +343,9 @@ def test_a_fixed_network_passes_check_vjp_with_its_float32_state(train):
     half = nf.tree.map(lambda t: t.half(), params)
     with pytest.raises(TypeError, match=r"state 'running_mean' is torch.float32"):
         layer.apply(half, x.half())
+    # the held state, changed in place (as a block's forward pass does), is read anew by
+    # every dtype: float64 parameters were given a copy taken at their first call
+    state["1"]["running_mean"] += 2.0
+    y64 = layer.apply(to64(params), x.double())
+    want64, _ = net.apply(to64(params), to64(state), x.double(), train=train, rng=clone(rng))
+    assert torch.equal(y64, want64)

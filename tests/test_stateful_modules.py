@@ -79,6 +79,12 @@ def test_dropout_block_modes_and_generator():
     a = Dropout()(x)
     torch.manual_seed(5)
     assert torch.equal(Dropout()(x), a)  # seeded from torch's global generator
+    d = Dropout()
+    torch.manual_seed(5)
+    assert torch.equal(d(x), a)
+    assert not torch.equal(d(x), a)  # ... at each forward pass: the global stream moved on
+    torch.manual_seed(5)
+    assert torch.equal(d(x), a)  # re-seeding repeats a pass's mask, as torch.nn.Dropout
     # ... at its first forward pass, not when built: a block built after it gets the weights
     # torch.nn gives for the same seed (torch's Dropout draws nothing when built)
     torch.manual_seed(0)
