@@ -1019,13 +1019,14 @@ def _denoiser(args, device):
             )
         tile = _loading("--tile", tile_settings, layer, args.tile, size=rgb.shape[1:])[0]
         step = (tile - 2 * overlap) // align * align  # what each tile adds to the image
-        if max(rgb.shape[1:]) > tile and 2 * step < tile and not noted:
+        tiled_sides = sum(size > tile for size in rgb.shape[1:])  # (a thin image: one)
+        if tiled_sides and 2 * step < tile and not noted:
             noted.append(tile)
             _say(
                 f"note: --tile {tile} keeps {step} of each tile's {tile} pixels a side (this "
-                f"network's tiles overlap by {overlap}): on a large image about "
-                f"{(tile / step) ** 2:.0f}x the work of one pass; --tile "
-                f"{round_up(4 * overlap, align)} or more is at most 4x"
+                f"network's tiles overlap by {overlap}): on this image about "
+                f"{(tile / step) ** tiled_sides:.0f}x the work of one pass; --tile "
+                f"{round_up(4 * overlap, align)} or more is at most {2**tiled_sides}x"
             )
         with _tile_bar() as on_tile:
             out = denoise_image(

@@ -792,9 +792,12 @@ def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys
     assert main([*args, "unet-gaussian", "--tile", "192"]) == 0  # allowed, but it costs
     assert (
         "note: --tile 192 keeps 32 of each tile's 192 pixels a side (this network's tiles "
-        "overlap by 78): on a large image about 36x the work of one pass; --tile 320 or more"
-        in capsys.readouterr().out
+        "overlap by 78): on this image about 6x the work of one pass; --tile 320 or more is "
+        "at most 2x" in capsys.readouterr().out  # (tiled along one side: 200 x 60)
     )
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 200, 200), dtype=torch.uint8))
+    assert main([*args, "unet-gaussian", "--tile", "192"]) == 0
+    assert "on this image about 36x the work of one pass" in capsys.readouterr().out
 
 
 def test_denoise_refuses_a_size_the_output_format_cannot_store_before_the_run(
