@@ -806,10 +806,17 @@ def full_config(config: dict) -> dict:
 
 def check_finite(params, source: str) -> None:
     """Refuse weights holding NaN or infinite values (a diverged run's: every prediction
-    would be NaN, a denoised image black), naming the first such parameter."""
+    would be NaN, a denoised image black), or values that float32, in which a Model keeps its
+    weights, cannot hold (1e300 in a float64 file), naming the first such parameter."""
     for path, leaf in tree.flatten(params):
         if isinstance(leaf, Tensor) and leaf.is_floating_point() and not leaf.isfinite().all():
             raise ValueError(f"{source}: parameter {path!r} holds NaN or infinite values")
+        if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.element_size() > 4:
+            if not leaf.float().isfinite().all():
+                raise ValueError(
+                    f"{source}: parameter {path!r} holds values too large for float32 "
+                    f"(largest magnitude {float(leaf.abs().max()):.3g})"
+                )
 
 
 def checkpoint_network(payload, source: str) -> tuple[dict, dict]:

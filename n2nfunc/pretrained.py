@@ -30,6 +30,7 @@ from .model import (
     check_exercise_form,
     check_exercise_params,
     check_finite,
+    full_config,
 )
 from .tiling import with_footprint
 from .unet import check_architecture, load_params, padded_to_multiple, unet
@@ -110,8 +111,8 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
     params = load_params(arch, payload.get("params"), source)
+    check_finite(params, source)  # (as the file holds them: 1e300 is named as too large)
     params = tree.map(lambda t: t.float(), params)  # float32, as the exercise's
-    check_finite(params, source)
     info = payload.get("info") or {}
     if not isinstance(info, dict):
         raise ValueError(f"{source}: 'info' must be a dict, got {type(info).__name__}")
@@ -126,9 +127,9 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     config = {**DEFAULT_CONFIG, **{k: v for k, v in theirs.items() if k in ARCHITECTURE}}
     params = dict(payload["params"])
     check_exercise_params(architecture(config), params, source)  # before building for real
-    net = build_network(config)
+    check_finite(params, source)
+    net = build_network(full_config(architecture(config)))  # (whole floats as ints: kernel 4.0)
     net.load_state_dict(params)
-    check_finite(net.params, source)
     layer = net.layer
     if not isinstance(layer, Layer):  # the exercise network has no state
         raise TypeError(f"{source}: expected a network without state")

@@ -445,15 +445,21 @@ def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
     file's own tensors."""
     with device("meta"):
         _, fresh = unet(**arch).init(None, (-1, arch["in_channels"], -1, -1))
-    try:
-        params = from_conv_list(fresh, conv_list(params))
-    except (AttributeError, TypeError, ValueError, IndexError, RuntimeError):
-        pass  # reported below as a difference of paths / shapes
-    try:
-        got = {p: tuple(t.shape) for p, t in tree.flatten(params)}
-    except AttributeError:
-        raise ValueError(f"{source}: the parameters are not a tree of tensors") from None
     want = {p: tuple(t.shape) for p, t in tree.flatten(fresh)}
+
+    def paths_and_shapes(params):
+        try:
+            return {p: tuple(t.shape) for p, t in tree.flatten(params)}
+        except AttributeError:
+            raise ValueError(f"{source}: the parameters are not a tree of tensors") from None
+
+    got = paths_and_shapes(params)
+    if got != want:  # the earlier layout, matched by position (never this layout's: a file
+        try:  # listing a dict's keys in another order would swap equal-shaped layers)
+            params = from_conv_list(fresh, conv_list(params))
+            got = paths_and_shapes(params)
+        except (AttributeError, TypeError, ValueError, IndexError, RuntimeError):
+            pass  # reported below as a difference of paths / shapes
     if got != want:
         diff = sorted(set(got.items()) ^ set(want.items()))[:4]
         raise ValueError(

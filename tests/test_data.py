@@ -519,3 +519,12 @@ def test_the_cache_folder_follows_n2nfunc_cache_then_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_dir() == tmp_path / ".cache" / "n2nfunc"
+
+
+def test_any_int_seed_makes_pairs_and_small_ones_are_unchanged():
+    """A seed a config accepts (up to 2**64 - 1) made pairs only below 2**62 (the data seeds
+    are ``2 * seed (+ 1)``; an overflow was raised unnamed); the seeds that worked draw
+    as before (torch takes a negative seed as its two's complement, as ``% 2**64`` does)."""
+    x, y = make_pairs(2, "train", seed=2**64 - 1, chunk=2)
+    assert x.shape == y.shape == (2, 3, 32, 32)
+    assert torch.Generator().manual_seed(-6).initial_seed() == (-6) % 2**64

@@ -7,6 +7,7 @@ from n2nfunc import checkpoint
 from n2nfunc.data import make_pairs
 from n2nfunc.metrics import evaluate
 from n2nfunc.model import Model
+from n2nfunc.pretrained import load_network
 
 SMALL = {"widths": (8, 8), "batch_size": 16, "warmup_steps": 5}
 
@@ -467,6 +468,14 @@ def test_weights_with_nan_are_refused_and_messages_carry_no_quotes(tmp_path):
     checkpoint.save(tmp_path / "nan.pth", broken)
     with pytest.raises(ValueError, match=f"parameter '{name}' holds NaN"):
         model.load_pretrained_model(tmp_path / "nan.pth")
+    # float64 weights past float32's range: infinite once a Model holds them
+    big = {**payload, "params": {k: v.double() for k, v in payload["params"].items()}}
+    big["params"][name][0] = 1e300
+    checkpoint.save(tmp_path / "big.pth", big)
+    with pytest.raises(ValueError, match=f"'{name}' holds values too large for float32 .*1e"):
+        model.load_pretrained_model(tmp_path / "big.pth")
+    with pytest.raises(ValueError, match="too large for float32"):
+        load_network(tmp_path / "big.pth")
     missing = {**payload, "params": dict(payload["params"])}
     del missing["params"][name]
     checkpoint.save(tmp_path / "missing.pth", missing)

@@ -431,3 +431,16 @@ def test_denoise_image_and_unet_name_what_they_were_given():
         nf.denoise_image(layer, params, torch.rand(40, 30, 3))
     with pytest.raises(TypeError, match="unet: params must be the dict its init returned"):
         layer.apply(None, torch.rand(1, 3, 8, 8))
+
+
+def test_whole_float_sizes_in_a_file_load_as_everywhere(tmp_path):
+    """A config's whole floats (kernel 4.0, widths 48.0), which Model, eval and train take,
+    load for denoise too (load_network built the network from the floats: a TypeError)."""
+    model = nf.Model()
+    payload = model.payload()
+    payload["config"] = {**payload["config"], "kernel": 4.0, "widths": [48.0, 48.0]}
+    nf.checkpoint.save(tmp_path / "floats.pth", payload)
+    layer, params, config = load_network(tmp_path / "floats.pth")
+    assert (config["kernel"], config["widths"]) == (4, (48, 48))
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(layer.apply(params, x).clamp(0, 1), model.predict(x), atol=1e-6)

@@ -399,6 +399,32 @@ def test_earlier_layout_loads_and_computes_the_same_function(depth):
     )
 
 
+def test_todays_layout_loads_by_path_whatever_order_a_file_lists_its_keys():
+    """A file of today's layout whose dicts list their keys in another order loads each
+    tensor at its own path (matched by position first, equal-shaped layers were swapped)."""
+    arch = {"depth": 2, "widths": (4, 4, 4, 4), "in_channels": 3, "out_channels": 3}
+    _, params = _init(arch, (1, 3, 8, 8))
+    params = nf.tree.map(lambda t: torch.randn_like(t), params)
+
+    def dict_paths(node, path=()):
+        if isinstance(node, dict):
+            yield path
+            for k, v in node.items():
+                yield from dict_paths(v, (*path, k))
+
+    def reversed_at(node, where, path=()):  # the keys of the dict at ``where`` reversed
+        if not isinstance(node, dict):
+            return node
+        keys = list(node)[::-1] if path == where else list(node)
+        return {k: reversed_at(node[k], where, (*path, k)) for k in keys}
+
+    want = dict(nf.tree.flatten(params))
+    for where in dict_paths(params):
+        loaded = dict(nf.tree.flatten(load_params(arch, reversed_at(params, where))))
+        assert loaded.keys() == want.keys()
+        assert all(torch.equal(loaded[p], want[p]) for p in want), where
+
+
 def test_load_params_names_what_does_not_fit():
     arch = {"depth": 2, "widths": (4, 6, 5, 3), "in_channels": 3, "out_channels": 3}
     _, params = _init(arch, (1, 3, 8, 8))

@@ -202,7 +202,7 @@ def photo_noise_pairs(
     spec = parse_noise(spec)
     if not isinstance(size, int) or size < 64:
         raise ValueError(f"photo_noise_pairs: crops must be at least 64x64, got size={size!r}")
-    g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
+    g = torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)  # (any int seed)
     factor = int(spec.low) if spec.kind == "downsample" else 1
     clean = random_crops(photo_levels(photos, scales), n, size * factor, g)
     if split == "val":

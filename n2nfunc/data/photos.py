@@ -66,7 +66,7 @@ def photo_pairs(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     _check_count(n)
-    g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
+    g = torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)  # (any int seed)
     crop = size * factor
     big = [img for img in photo_levels(photos, scales) if min(img.shape[1:]) >= crop]
     if not big:

@@ -174,7 +174,7 @@ def make_pairs(
         )
     if chunk is None:
         chunk = max(1, min(1000, 16000 // factor**2))
-    g = torch.Generator().manual_seed(seed * 2 + (split == "val"))
+    g = torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)  # (any int seed)
     first, second = [], []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
