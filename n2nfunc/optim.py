@@ -91,8 +91,9 @@ def check_state(state, like: dict, what: str, like_what: str = "new state") -> N
     for key, value in like.items():
         if key == "step":
             step = state[key]
-            if not is_int(step) or step < 0:
-                raise ValueError(f"{what}: step must be an int >= 0, got {step!r}")
+            if not is_int(step) or not 0 <= step < 2**53:  # (bias corrections b ** step)
+                shown = "a larger int" if is_int(step) and step >= 2**53 else repr(step)
+                raise ValueError(f"{what}: step must be an int from 0 to 2**53 - 1, got {shown}")
         elif value is None:
             for path, leaf in tree.flatten(state[key]):
                 if not hasattr(leaf, "shape"):

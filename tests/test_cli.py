@@ -982,6 +982,11 @@ def test_resume_refuses_a_damaged_optimizer_state_in_one_line(tmp_path, monkeypa
             {**state["optimizer"], "v": [t - 1 for t in state["optimizer"]["v"]]},
             "part.pth: the optimizer's state 'v' '0' holds negative values",
         ),
+        (  # had been a raw OverflowError from b1 ** step at the first step
+            "optimizer",
+            {**state["optimizer"], "step": 10**400},
+            "step must be an int from 0 to 2**53 - 1, got a larger int",
+        ),
         (  # had been a raw OverflowError from float()
             "config",
             {**state["config"], "warmup_steps": 10**400},
