@@ -16,10 +16,13 @@ int, float and str (an enum, NumPy's float64) are stored as the plain value; oth
 scalars are refused (convert them with ``.item()``).
 """
 
+import contextlib
 import ctypes
 import io
 import os
 import pickle
+import pickletools
+import secrets
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -59,6 +62,15 @@ class _NoGlobals(pickle.Unpickler):
 
     def find_class(self, module, name):
         raise Refused(f"refusing to load global '{module}.{name}'")
+
+
+def _check_memo(data: bytes) -> None:
+    """Refuse a memo index past the opcodes before it: pickle's C unpickler sizes its memo
+    table by the largest index it is asked to store at (a 9-byte file asking for index
+    250,000,000 took 4 GB), where a writer numbers its objects from 0."""
+    for count, (op, arg, _) in enumerate(pickletools.genops(data)):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg or 0) > count:
+            raise pickle.UnpicklingError(f"memo index {arg} after {count} opcodes")
 
 
 def tensor_bytes(t: Tensor) -> bytes:
@@ -226,12 +238,15 @@ def _decode_tensor(obj) -> Tensor:
 
 def write_atomic(path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then ``os.replace``: readers never
-    see a partial file and a crash mid-write leaves the previous file intact."""
+    see a partial file and a crash mid-write leaves the previous file intact. The temporary
+    is a new file of its own (``.NAME.PID.TOKEN.tmp``, created exclusively): never a link
+    someone left in its place, nor another writer's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = None
     try:
-        with open(tmp, "wb") as f:
+        tmp, fd = _new_temporary(path)
+        with os.fdopen(fd, "wb") as f:
             half = len(data) // 2
             f.write(data[:half])
             _pause_for_tests(f)
@@ -239,11 +254,34 @@ def write_atomic(path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:  # named as the file asked for, not the temporary one beside it
         raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _temporaries_head(path: Path) -> str:
+    """How the names of ``path``'s temporaries start (a long name cut, so that they fit)."""
+    return f".{path.name[:120]}."
+
+
+def _new_temporary(path: Path) -> tuple[Path, int]:
+    """A temporary file beside ``path``, created exclusively (``O_EXCL``: an existing file or
+    link of that name is an error, not a file to write through), and its descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
+    def named():
+        return path.with_name(f"{_temporaries_head(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+    for _ in range(99):  # a name taken: another token
+        tmp = named()
+        with contextlib.suppress(FileExistsError):
+            return tmp, os.open(tmp, flags, 0o666)
+    tmp = named()
+    return tmp, os.open(tmp, flags, 0o666)
 
 
 STALE_AFTER_S = 3600  # a leftover untouched this long belongs to no writer still running
@@ -253,11 +291,12 @@ def remove_stale_temporaries(path) -> None:
     """Remove the temporaries that :func:`write_atomic` left beside ``path`` in writers that
     were killed (SIGKILL, or a signal they did not catch). Best effort: never raises."""
     path = Path(path)
-    head = f".{path.name}."
+    head = _temporaries_head(path)
     try:
         for entry in path.parent.iterdir():
             if entry.name.startswith(head) and entry.name.endswith(".tmp"):
-                if abandoned(entry, entry.name[len(head) : -len(".tmp")]):
+                pid = entry.name[len(head) : -len(".tmp")].split(".")[0]  # (PID.TOKEN)
+                if abandoned(entry, pid):
                     entry.unlink(missing_ok=True)
     except OSError:
         pass
@@ -340,6 +379,7 @@ def load(path):
     if not data:
         raise ValueError(f"checkpoint {path} is empty")
     try:
+        _check_memo(data)
         obj = _NoGlobals(io.BytesIO(data)).load()
     except Refused as e:
         raise ValueError(

@@ -2,9 +2,12 @@ import enum
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 from typing import NamedTuple
 
 import pytest
@@ -100,7 +103,8 @@ def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path):
     assert torch.equal(checkpoint.load(path)["w"], torch.zeros(1000))
     # the next save of that file removes the killed writer's temporary once it is an hour
     # old (a writer in another PID namespace may be alive), and nothing else
-    killed = next(p for p in tmp_path.iterdir() if p.name == f".c.pth.{proc.pid}.tmp")
+    killed = next(p for p in tmp_path.iterdir() if p.name.startswith(f".c.pth.{proc.pid}."))
+    assert killed.name.endswith(".tmp")
     live = tmp_path / f".c.pth.{os.getppid()}.tmp"
     other = tmp_path / f".d.pth.{proc.pid}.tmp"
     odd = [tmp_path / f".c.pth.{pid}.tmp" for pid in ("99999999999999999999", "\u00b2", "")]
@@ -381,6 +385,22 @@ def test_files_that_would_expand_or_recurse_without_end_are_refused_at_once(
         nf.load(path)
 
 
+@pytest.mark.parametrize("opcode", [b"r", b"p"])  # LONG_BINPUT, PUT
+def test_a_memo_index_past_the_file_costs_no_memory(tmp_path, opcode):
+    """Pickle's C unpickler sizes its memo table by the index a file asks to store at: a
+    9-byte file took 4 GB before its error (an index near 2**32, tens of GB)."""
+    index = struct.pack("<I", 250_000_000) if opcode == b"r" else b"250000000\n"
+    (tmp_path / "memo.pth").write_bytes(b"\x80\x02}" + opcode + index + b".")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="memo.pth is truncated or not an n2nfunc"):
+            nf.load(tmp_path / "memo.pth")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 << 20
+
+
 def test_equal_one_byte_tensors_still_load(tmp_path):
     """(Python keeps one object for each 1-byte value, so pickle shares their bytes)"""
     tree = {
@@ -415,6 +435,53 @@ def test_a_failed_write_names_the_file_asked_for_not_its_temporary(tmp_path):
         checkpoint.write_atomic(tmp_path / "model.pth", b"abc")
     assert e.value.filename == str(tmp_path / "model.pth") and ".tmp" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]  # no temporary left
+
+
+def test_a_save_never_writes_through_a_link_left_where_a_temporary_goes(tmp_path):
+    """The temporary is created exclusively under a name no one can guess: a link planted
+    at a predictable name (``.c.pth.PID.tmp``) had been written through, its target
+    overwritten and the checkpoint left as a link to it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / f".c.pth.{os.getpid()}.tmp").symlink_to(victim)
+    checkpoint.save(tmp_path / "c.pth", {"w": torch.ones(3)})
+    assert victim.read_text() == "keep me" and not (tmp_path / "c.pth").is_symlink()
+    assert torch.equal(nf.load(tmp_path / "c.pth")["w"], torch.ones(3))
+    assert (tmp_path / "c.pth").stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() makes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_long_file_name_saves_and_two_threads_saving_one_file_do_not_mix(tmp_path):
+    """A temporary's name is cut to fit beside a name near the 255-byte limit (it had
+    failed with ENAMETOOLONG); two threads saving one path write temporaries of their own
+    (they had shared one: one save raised, and 1 in 30 files mixed both halves)."""
+    long_name = tmp_path / ("w" * 250 + ".pth")
+    checkpoint.save(long_name, {"w": torch.ones(3)})
+    assert torch.equal(nf.load(long_name)["w"], torch.ones(3))
+    path, errors = tmp_path / "shared.pth", []
+    trees = [{"w": torch.full((200_000,), float(i))} for i in range(2)]
+
+    def save(tree):
+        try:
+            for _ in range(5):
+                checkpoint.save(path, tree)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=save, args=(t,)) for t in trees]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    w = nf.load(path)["w"]
+    assert torch.equal(w, trees[0]["w"]) or torch.equal(w, trees[1]["w"])
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_folder_in_place_of_a_checkpoint_file_is_named_as_one(tmp_path):
