@@ -164,10 +164,11 @@ def export_submission(out_dir, weights=None) -> Path:
     shipped = {**model.payload(), **{k: payload[k] for k in ("noise",) if k in payload}}
     final = submission_folder(out_dir)
     if final.is_dir():
-        _check_writable(final)  # before the first file is replaced: all or nothing
-    folder = Path(os.path.abspath(final)).with_name(
-        f".{SUBMISSION}.{os.getpid()}.tmp"
-    )  # built whole, then renamed
+        _check_ours(final)  # before the first file is replaced: all or nothing
+        _check_writable(final)
+    folder = Path(os.path.realpath(final)).with_name(  # built whole, then renamed: beside
+        f".{SUBMISSION}.{os.getpid()}.tmp"  # where the files go (a link's target's folder),
+    )  # for a rename never crosses file systems
     try:
         _write_submission(folder, shipped, __version__)
     except OSError as e:  # a full disk, ...: nothing half-written is left
@@ -190,6 +191,26 @@ def export_submission(out_dir, weights=None) -> Path:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _check_ours(final: Path) -> None:
+    """Refuse to replace files of GENERATED's names that no export wrote (the course's
+    template, a solution of the user's own): an earlier export's model.py names
+    others/n2nfunc, which it loads."""
+    present = [name for name in GENERATED if (final / name).exists() or (final / name).is_symlink()]
+    model = final / "model.py"
+    try:
+        ours = model.is_file() and "others/n2nfunc" in model.read_text(errors="replace")
+    except OSError:
+        ours = False
+    if present and not ours:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"cannot write the submission: it holds {', '.join(present)}, not written by "
+            f"n2nfunc export-submission; move {'it' if len(present) == 1 else 'them'} away, "
+            "or export into another folder (nothing was replaced)",
+            str(final),
+        )
 
 
 def _check_writable(final: Path) -> None:

@@ -3,8 +3,10 @@ where n2nfunc cannot be imported, with autograd off."""
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -119,6 +121,8 @@ def test_exported_compute_files_import_only_allowed_primitives(submission):
                         "sys",
                         "io",
                         "pickle",
+                        "pickletools",
+                        "secrets",
                         "shutil",
                         "time",
                         "ctypes",
@@ -344,7 +348,7 @@ def test_a_new_export_keeps_the_users_files(tmp_path):
     final = export_submission(tmp_path)
     (final / "Report_2.pdf").write_bytes(b"%PDF report")
     (final / "others" / "notes.py").write_text("x = 1\n")
-    (final / "model.py").write_text("stale")
+    (final / "model.py").write_text("# an earlier export's: loads others/n2nfunc")
     (final / "others" / "n2nfunc" / "stale.py").write_text("")
     assert export_submission(tmp_path) == final
     assert (final / "Report_2.pdf").read_bytes() == b"%PDF report"
@@ -374,6 +378,38 @@ def test_export_refuses_nan_weights_and_replaces_odd_layouts(tmp_path):
     export_submission(tmp_path / "out")
     assert (final / "others" / "n2nfunc" / "layers" / "conv.py").is_file()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["Miniproject_2"]
+
+
+@pytest.mark.parametrize(
+    "files", [["model.py"], ["__init__.py", "model.py"], ["bestmodel.pth"], ["others/__init__.py"]]
+)
+def test_export_replaces_no_file_it_did_not_write(tmp_path, files):
+    """A Miniproject_2 of the user's own (the course's template, their solution) had its
+    model.py and __init__.py replaced, and others/n2nfunc removed, without a word."""
+    final = tmp_path / "Miniproject_2"
+    for name in files:
+        (final / name).parent.mkdir(parents=True, exist_ok=True)
+        (final / name).write_text("# the user's own\n")
+    with pytest.raises(FileExistsError, match=rf"it holds {', '.join(files)}, not written by"):
+        export_submission(tmp_path)
+    assert all((final / name).read_text() == "# the user's own\n" for name in files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Miniproject_2"]
+
+
+def test_export_through_a_link_to_another_file_system(tmp_path):
+    """The submission is built beside the folder the link points to: built beside the link,
+    its rename across file systems failed (EXDEV) and left an empty others/ behind."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    real = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        (tmp_path / "Miniproject_2").symlink_to(real)
+        export_submission(tmp_path)
+        assert (real / "model.py").is_file() and (real / "others" / "n2nfunc").is_dir()
+        assert sorted(p.name for p in real.parent.iterdir() if p.name.startswith(".Mini")) == []
+    finally:
+        shutil.rmtree(real)
 
 
 def test_export_through_a_linked_folder_writes_where_it_points(tmp_path):
