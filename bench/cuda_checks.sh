@@ -21,8 +21,16 @@
 #              bench/photo_denoise.py --gaussian-weights OUTDIR/unet-gaussian-gpu.pth
 # STEPS="info cuda" runs only those (default: all but suite and unet-gpu).
 set -u
+case ${1:-} in
+    -h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "usage: bash bench/cuda_checks.sh [OUTDIR] (not an option: '$1'; see --help)" >&2; exit 2 ;;
+esac
+if [ $# -gt 1 ]; then
+    echo "usage: bash bench/cuda_checks.sh [OUTDIR] (one folder; steps go in STEPS=\"...\")" >&2
+    exit 2
+fi
 out=${1:-${OUT:-out/cuda}}
-mkdir -p "$out"
+mkdir -p -- "$out" || exit 2
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export N2NFUNC_CACHE="$out/cache" PYTHONDONTWRITEBYTECODE=1
 all="info cuda bench-train bench-infer bench-unet nccl train unet-gpu suite"

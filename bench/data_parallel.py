@@ -180,6 +180,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)  # the workers'
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from n2nfunc import hardware
+
+    print(hardware.describe())  # the machine, beside every timing
     if args.worker:
         return worker(args)
     ones, twos = [], []

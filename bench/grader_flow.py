@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from n2nfunc import hardware  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs  # noqa: E402
 from n2nfunc.export import export_submission  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--n-train", type=int_range(1), default=50000)
     ap.add_argument("--threads", type=int_range(1), default=2)
     args = ap.parse_args()
+    print(hardware.describe())  # the machine, beside every timing
     xt, yt = builtin_pairs(args.n_train, "train")
     xv, yv = builtin_pairs(1000, "val")
     with tempfile.TemporaryDirectory() as tmp:

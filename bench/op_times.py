@@ -195,6 +195,11 @@ def main() -> None:
         contenders = train_step.contenders(DEFAULT_CONFIG, batch)
     if args.contender not in contenders:
         ap.error(f"--contender: one of {', '.join(repr(k) for k in contenders)}")
+    if args.by == "matmul" and not args.contender.startswith("n2nfunc"):
+        ap.error(
+            f"--by matmul lists the matrix products of n2nfunc's steps; {args.contender!r} runs "
+            "convolutions (see them with --by op)"
+        )
     step = contenders[args.contender]
     for _ in range(10):  # warm-up: caches, allocator, weights' relayouts
         step()

@@ -44,7 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from shipped_weights import DEFAULT_PHOTOS, photos_folder  # noqa: E402
+
 import n2nfunc as nf  # noqa: E402
+from n2nfunc import hardware  # noqa: E402
 from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import write_image  # noqa: E402
 from n2nfunc.data.files import IMAGE_SUFFIXES  # noqa: E402
@@ -282,7 +285,7 @@ def train_compare(root: Path, clean, minutes: float, batch: int, crop: int) -> N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
+    ap.add_argument("--photos", type=photos_folder, default=DEFAULT_PHOTOS)
     ap.add_argument("--crop", type=int_range(16), default=256)
     ap.add_argument("--limit", type=int_range(1), default=None, help="use only the first N photos")
     ap.add_argument("--levels", nargs="+", default=LEVELS, type=camera_noise)
@@ -296,6 +299,7 @@ def main() -> None:
     ap.add_argument("--compare-batch", type=int_range(1), default=8)
     ap.add_argument("--compare-crop", type=int_range(16), default=64)
     args = ap.parse_args()
+    print(hardware.describe())  # the machine, beside every timing
     if args.picture is not None and "gaussian:25" not in args.levels:
         ap.error("--picture shows the gaussian:25 column: add gaussian:25 to --levels")
     if args.picture is not None and args.picture.suffix.lower() not in IMAGE_SUFFIXES:

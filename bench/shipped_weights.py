@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from n2nfunc import hardware  # noqa: E402
 from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos, mixed_factor_pairs, photo_pairs  # noqa: E402
 from n2nfunc.metrics import evaluate  # noqa: E402
@@ -78,6 +79,50 @@ HELDOUT_SKIMAGE = (
 )
 
 
+DEFAULT_PHOTOS = ROOT / "data" / "photos"
+
+
+def photos_folder(text: str) -> Path:
+    """``--photos``: a folder; one that does not exist only as the default, into which the
+    photos are fetched (a mistyped path had been created and filled with downloads)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    if not path.exists() and path.resolve() != DEFAULT_PHOTOS.resolve():
+        raise argparse.ArgumentTypeError(
+            f"no such folder: {text} (photos are fetched into a folder that exists, or into the "
+            "default data/photos)"
+        )
+    return path
+
+
+def weights_file(text: str) -> Path:
+    """``--out``: a file the run can write, checked before it trains (a folder, or a folder
+    that cannot be written, had failed at the end, the trained weights lost)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a folder; give a file name, such as {path / 'weights.pth'}"
+        )
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # (the first that exists: the rest is made)
+    try:  # a file made and removed at once: os.access says yes to root everywhere
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(
+            f"cannot write {text}: {folder} ({(e.strerror or str(e)).lower()})"
+        ) from None
+    return path
+
+
+def needs(module: str):
+    """A missing optional dependency said in one line (the viz extra has them)."""
+    return SystemExit(
+        f"error: this needs {module}, which is not installed: pip install 'n2nfunc[viz]'"
+    )
+
+
 def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
     """Fill each of root/train and root/heldout named in ``parts`` unless it already holds
     images (the training wallpapers come from Debian packages through apt-get; an evaluation
@@ -92,6 +137,9 @@ def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
             partial.mkdir(parents=True)
             try:
                 (_fetch_train if part == "train" else _fetch_heldout)(partial)
+            except ModuleNotFoundError as e:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise needs(e.name or "a module") from None
             except (subprocess.CalledProcessError, OSError, StopIteration, zipfile.BadZipFile) as e:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise SystemExit(
@@ -109,6 +157,8 @@ def loaded_photos(folder: Path) -> list:
         return load_photos(folder)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    except ModuleNotFoundError as e:  # Pillow reads them
+        raise needs("Pillow" if e.name == "PIL" else e.name or "a module") from None
 
 
 def _fetch_train(train: Path) -> None:
@@ -161,7 +211,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
+    ap.add_argument("--photos", type=photos_folder, default=DEFAULT_PHOTOS)
     ap.add_argument("--n-photo", type=int_range(1), default=60000, help="photo training pairs")
     ap.add_argument(
         "--builtin-share",
@@ -173,7 +223,7 @@ def main() -> None:
     ap.add_argument("--n-val", type=int_range(1), default=1000)
     ap.add_argument(
         "--out",
-        type=Path,
+        type=weights_file,
         default=ROOT / "runs" / "weights" / "bestmodel.pth",
         help="where training writes its weights (copy them into n2nfunc/weights/ to ship them)",
     )
@@ -183,6 +233,7 @@ def main() -> None:
         "--weights", type=Path, default=DEFAULT_WEIGHTS, help="with --eval-only (default: shipped)"
     )
     args = ap.parse_args()
+    print(hardware.describe())  # the machine, beside every timing
     if args.eval_only:
         model = Model()
         try:

@@ -204,11 +204,16 @@ def main() -> None:
         help="cpu (default) or cuda[:N]; on CUDA, memory is the peak of the caching "
         "allocator in one step, and batch 4096 is added",
     )
-    p.add_argument("--memory", help=argparse.SUPPRESS)
+    p.add_argument("--memory", help=argparse.SUPPRESS)  # these three: a memory_child's
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.memory:
+    if args.memory is not None or args.config is not None or args.batch is not None:
+        if None in (args.memory, args.config, args.batch):
+            p.error(
+                "--memory, --config and --batch are for the script's own subprocesses; "
+                "memory is measured by default (--no-memory or --quick skip it)"
+            )
         return memory_child(args)
     torch.set_grad_enabled(False)
     peaks = header(args.threads, args.device)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import unet_train_step  # noqa: E402
 from common import machine_lines, torch_device  # noqa: E402
+from shipped_weights import DEFAULT_PHOTOS, photos_folder, weights_file  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import allocator  # noqa: E402
@@ -251,7 +252,7 @@ def main() -> None:
         type=noise_spec,
         help="noise spec(s), default per --name; 'builtin': a batch of the built-in 32x32 pairs",
     )
-    ap.add_argument("--photos", type=Path, default=ROOT / "data" / "photos")
+    ap.add_argument("--photos", type=photos_folder, default=DEFAULT_PHOTOS)
     budget = ap.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float_range(0))
     budget.add_argument("--steps", type=int_range(1))
@@ -278,7 +279,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--out",
-        type=Path,
+        type=weights_file,
         default=None,
         help="default runs/weights/NAME.pth (copy it into n2nfunc/weights/ to ship it)",
     )

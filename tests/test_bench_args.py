@@ -3,6 +3,7 @@ epoch count once trained nothing and wrote the untrained weights over the shippe
 ``--epochs 0`` / ``--batch 0`` fell back to the defaults."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,19 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("op_times.py --batch 0", "--batch: expected an integer >= 1"),
         ("unet_train_step.py --arch 4:1,2", "--arch: expected DEPTH:ENC,DEC,A,B"),
         ("layers.py --threads 0", "--threads: expected an integer >= 1"),
+        # checked before a run (they had failed after it, the trained weights lost, or had
+        # created the folder and downloaded 130 MB into it)
+        (f"{GAUSSIAN} --steps 1 --out /", "--out: / is a folder; give a file name"),
+        (f"{GAUSSIAN} --steps 1 --out /proc/x.pth", "--out: cannot write /proc/x.pth: /proc"),
+        ("shipped_weights.py --out /", "--out: / is a folder"),
+        (f"{GAUSSIAN} --steps 1 --photos /no/such/photos", "--photos: no such folder"),
+        ("photo_denoise.py --photos /no/such/photos", "--photos: no such folder"),
+        ("op_times.py --by matmul --contender 'torch.nn float32 ch-last'", "runs convolutions"),
+        ("train_step.py --memory x", "are for the script's own subprocesses"),
     ],
 )
 def test_a_bad_option_is_one_usage_error(command, said):
-    script, *args = command.split()
+    script, *args = shlex.split(command)
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120
     )
