@@ -743,8 +743,12 @@ def run_training(args, device, dp=None) -> int:
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
     if dp is not None and bs % dp.size:  # a batch is at most the whole training set
-        if not lead:
-            return 2  # rank 0 says why
+        if not lead:  # (under --nproc the launcher says rank 0's error, once)
+            if launch.launcher_pid() is None:
+                print(
+                    "error: rank 0 refused to train (the batch size; it says why)", file=sys.stderr
+                )
+            return 2
         raise ValueError(
             f"the training data holds {x.shape[0]} pairs, fewer than --batch-size "
             f"{model.config['batch_size']}: each batch is all {bs} pairs, which must divide by "

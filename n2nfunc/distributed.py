@@ -140,6 +140,10 @@ class DataParallel:
         if self.rank != 0 and self.store is not None:
             keys, deadline = [f"n2nfunc/{key}"], time.monotonic() + seconds
             while not _collective(self.store.check, keys):
+                if _collective(self.store.check, ["n2nfunc/refused/0"]):  # (see refuse)
+                    reason = _collective(self.store.get, "n2nfunc/refused/0").decode()
+                    _collective(self.store.set, f"n2nfunc/heard/{self.rank}", "1")
+                    raise CommunicationError(f"rank 0 refused to train: {reason}")
                 if time.monotonic() > deadline:
                     _collective(self.store.wait, keys, timedelta(seconds=1))  # its error
                 time.sleep(POLL_S)
@@ -169,7 +173,7 @@ class DataParallel:
             self.store.set("n2nfunc/options", repr(sorted(options.items())))
             return None
         self.wait("options", TIMEOUT_S)
-        theirs = dict(ast.literal_eval(self.store.get("n2nfunc/options").decode()))
+        theirs = dict(ast.literal_eval(_collective(self.store.get, "n2nfunc/options").decode()))
         # --resume first: a resumed run takes its other settings from the checkpoint, so
         # another option's default on one rank says nothing where --resume differs
         for name, value in sorted(options.items(), key=lambda kv: (kv[0] != "--resume", kv[0])):
@@ -196,6 +200,21 @@ class DataParallel:
                 self.store.set(f"n2nfunc/refused/{self.rank}", reason)
             except Exception:  # noqa: BLE001 -- best effort: the rank exits either way
                 pass
+
+    def refuse_for_all(self, reason: str, seconds: float = 3.0) -> None:
+        """Rank 0 leaves word that it refuses to train, and why, and waits (at most
+        ``seconds``) for the ranks waiting on it (:meth:`wait`) to hear it: a group started
+        without torchrun loses its store, which rank 0 holds, when rank 0 exits."""
+        if self.rank != 0 or self.store is None or self.size == 1:
+            return
+        self.refuse(reason)
+        keys = [f"n2nfunc/heard/{r}" for r in range(1, self.size)]
+        deadline = time.monotonic() + seconds
+        try:
+            while not self.store.check(keys) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+        except Exception:  # noqa: BLE001 -- best effort: rank 0 exits either way
+            pass
 
     def refusal(self) -> str | None:
         """The reason another rank left word of (:meth:`refuse`) for refusing to train, as
@@ -294,7 +313,10 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     watchdog.start()
     try:
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+        _check_group(store, rank, size, timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    except SettingError:  # (said as it is)
+        raise
     except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError, bad variables
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise failed(reason) from None
@@ -304,6 +326,27 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
 
 
 WATCHDOG_GRACE_S = 15.0  # beyond the timeout, for torch's own errors to come first
+
+
+def _check_group(store, rank: int, size: int, timeout: timedelta) -> None:
+    """Each rank joins once, and every rank has the same WORLD_SIZE, checked in the store
+    before the group forms (a second process of one RANK, or another WORLD_SIZE, had waited
+    out the timeout and been blamed on "another program" holding the port)."""
+    if store.add(f"n2nfunc/joined/{rank}", 1) > 1:
+        raise SettingError(
+            f"RANK={rank}: another process has already joined this group as rank {rank} "
+            "(each process needs a RANK of its own)"
+        )
+    store.set(f"n2nfunc/size/{rank}", str(size))
+    others = [f"n2nfunc/size/{r}" for r in range(1, size)] if rank == 0 else ["n2nfunc/size/0"]
+    store.wait(others, timeout)
+    for key in others:
+        theirs = int(store.get(key).decode())
+        if theirs != size:
+            raise SettingError(
+                f"WORLD_SIZE={size} here, but rank {key.rsplit('/', 1)[1]} has WORLD_SIZE="
+                f"{theirs}: every process of a group needs the same WORLD_SIZE"
+            )
 
 
 def _give_up(error: CommunicationError) -> None:

@@ -193,7 +193,11 @@ def train_worker(args, device, run) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, distributed.SettingError) else 1
     device = dp.device  # cuda:LOCAL_RANK on GPUs
-    differs = dp.disagreement(shared_options(args))
+    try:
+        differs = dp.disagreement(shared_options(args))
+    except distributed.CommunicationError as e:  # rank 0 gone before the options were compared
+        print(f"error: {e}; stopping", file=sys.stderr)
+        return 1
     if differs:
         print(f"n2nfunc train: error: {differs}", file=sys.stderr)
         dp.refuse(differs)  # rank 0, on another machine maybe, says it too
@@ -213,6 +217,10 @@ def train_worker(args, device, run) -> int:
         if code == 0:
             dp.leave()
         return code
+    except (ValueError, OSError) as e:  # rank 0's refusal, which the others hear (under
+        if launcher_pid() is None:  # --nproc the launcher says it, and stops them at once)
+            dp.refuse_for_all(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
     except (KeyboardInterrupt, distributed.CommunicationError) as e:
         peer_died = isinstance(e, distributed.CommunicationError) and not interrupted
         if peer_died and not _launcher_gone():  # (a launcher killed outright takes the store)

@@ -522,6 +522,80 @@ def test_ranks_started_with_different_options_are_refused(tmp_path):
     assert "error: rank 1 refused to train: rank 1 runs with --seed 5" in logs[0][1], logs[0]
 
 
+def test_rank_0s_refusal_before_training_is_said_by_every_rank(tmp_path):
+    """Rank 0 refusing its --out (another run writes there) left rank 1, waiting for its
+    data, with a 50-line traceback from the store that went with rank 0; rank 1 now says why
+    rank 0 refused."""
+    busy = tmp_path / "out0"
+    busy.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(120)",
+         str(busy / ".n2nfunc-train.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        holder.stdout.readline()  # the lock is held
+        procs, logs = _two_ranks(
+            tmp_path,
+            lambda r: (
+                [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "1"]
+                + ["--out", str(tmp_path / f"out{r}")]
+            ),
+            120,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert procs[0].returncode == 2 and "another n2nfunc train is writing" in logs[0][1]
+    err = logs[1][1]
+    assert procs[1].returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert "error: rank 0 refused to train: --out " in err and "another n2nfunc train" in err
+
+
+@pytest.mark.parametrize(
+    "ranks_and_sizes, said",
+    [
+        ([(0, 2), (1, 4)], "but rank 0 has WORLD_SIZE=2: every process of a group needs the same"),
+        ([(0, 2), (1, 2), (1, 2)], "another process has already joined this group as rank 1"),
+    ],
+)
+def test_a_mismatched_world_size_or_a_rank_taken_twice_is_named(tmp_path, ranks_and_sizes, said):
+    """Both had waited out the timeout and been blamed on another program holding the port."""
+    env = _env(
+        tmp_path,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
+    )
+    code = (
+        "import sys, time, torch; from n2nfunc import distributed as d\n"
+        "try:\n    d.init_from_env(torch.device('cpu'), timeout_s=20.0)\n"
+        "except d.SettingError as e:\n    print(e, file=sys.stderr); sys.exit(2)\n"
+        "time.sleep(4); d.all_reduce_mean(torch.ones(1)); d.shutdown()\n"  # (a late twin)
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={**env, "RANK": str(rank), "WORLD_SIZE": str(size)},
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for rank, size in ranks_and_sizes
+    ]
+    started = time.monotonic()
+    try:
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+    finally:
+        for p in procs:
+            _stop(p)
+    assert time.monotonic() - started < 15  # said at once, not after the timeout
+    refused = [e for p, e in zip(procs, errors) if p.returncode == 2]
+    assert refused and all(said in e or "WORLD_SIZE" in e for e in refused), errors
+    assert any(said in e for e in refused), errors
+
+
 def test_only_workers_of_train_nproc_watch_their_parent(monkeypatch):
     """Ranks started by hand under nohup interrupted themselves when their shell exited: the
     watch is for workers whose parent is the `train --nproc` launcher that set its pid."""
