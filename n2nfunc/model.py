@@ -668,6 +668,7 @@ class Model(Unpicklable):
                     f"{parallel.size} processes; choose a batch size that does"
                 )
             lo, hi = parallel.rank * bs // parallel.size, (parallel.rank + 1) * bs // parallel.size
+            _check_same_pairs(parallel, x, y)
         else:
             parallel = None
         peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
@@ -802,6 +803,23 @@ def full_config(config: dict) -> dict:
     except (TypeError, ValueError) as e:
         raise ValueError(str(e)) from None
     return config
+
+
+def _check_same_pairs(parallel, x: Tensor, y: Tensor) -> None:
+    """Every rank of a data-parallel epoch must hold the same pairs (each trains on its slice
+    of the same global batches; a rank given a shard of its own had trained on half of it,
+    unnoticed). Compared by count and by sums of a sample, in one collective: the mean over
+    ranks equals each rank's own only where all are equal."""
+    step = max(1, x.numel() // 1024)
+    mine = cat([x.new_full((1,), x.shape[0]), x.reshape(-1)[::step].sum(0, keepdim=True)])
+    mine = cat([mine, y.reshape(-1)[::step].sum(0, keepdim=True).to(x.dtype)])
+    mean = parallel.mean(mine)
+    if not bool(((mean - mine).abs() <= 1e-5 * mine.abs() + 1e-6).all()):
+        raise ValueError(
+            f"Model.train_epoch: rank {parallel.rank} of {parallel.size} holds other training "
+            f"pairs than the others ({x.shape[0]} pairs here, {float(mean[0]):g} on average): "
+            "every rank must hold all the pairs (each trains on its slice of every batch)"
+        )
 
 
 def check_finite(params, source: str) -> None:

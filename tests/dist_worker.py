@@ -82,6 +82,13 @@ def main(out: Path) -> None:
     p64, s64 = model_params(torch.float64, dp, epochs=2)
     p32, _ = model_params(torch.float32, dp)
     f64 = functional_params(torch.float64, r, n)
+    x, y = data(torch.float32)  # a shard of its own on each rank: refused on every rank
+    own = slice(20 * r, 20 * r + 20)
+    try:
+        Model(TINY).train_epoch(x[own], y[own], 0, 1, parallel=dp)
+        sharded = ""
+    except ValueError as e:
+        sharded = str(e)
     checkpoint.save(
         out / f"rank{r}.ckpt",
         {
@@ -93,6 +100,7 @@ def main(out: Path) -> None:
             "adam64": {"m": s64["m"], "v": s64["v"], "step": s64["step"]},
             "model32": p32,
             "functional64": f64,
+            "sharded": sharded,
         },
     )
     distributed.shutdown()

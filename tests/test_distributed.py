@@ -153,6 +153,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(ranks):
     assert max(_relative(single64, ranks[0]["model64"]).values()) > 0  # really two processes
 
 
+def test_ranks_holding_other_pairs_are_refused_on_every_rank(ranks):
+    """Each rank given a shard of its own (the habit of other data-parallel libraries) had
+    trained, unnoticed, on half of each shard."""
+    for r, seen in enumerate(ranks):
+        assert seen["sharded"].startswith(
+            f"Model.train_epoch: rank {r} of 2 holds other training pairs than the others"
+        ), seen["sharded"]
+
+
 def test_mean_gradients_in_a_chain_matches_one_process(ranks):
     single = dict(tree.flatten(functional_params(torch.float64)))
     two = dict(tree.flatten(ranks[0]["functional64"]))
