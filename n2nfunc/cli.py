@@ -1209,6 +1209,11 @@ def _check_init(args, error) -> None:
             path = _loading("--init", shipped_weights, args.init)
         elif path.is_dir():
             raise ValueError(f"--init: {args.init} is a folder; expected a weights file")
+        elif path.exists() and not path.is_file():  # (a FIFO, a device)
+            raise ValueError(
+                f"--init: {args.init} is not a regular file (a pipe or device); expected a "
+                "weights file saved on disk"
+            )
         elif not path.is_file():
             names = ", ".join(PRETRAINED_NAMES)
             raise ValueError(f"--init: no such weights file: {args.init} (or a name: {names})")

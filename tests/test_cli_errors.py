@@ -143,6 +143,7 @@ ROWS = [
     ("train --train {w}/empty.pkl --val {w}/train_data.pkl", r"--train: .*empty.pkl is empty"),
     ("denoise {w}/pipe.png {w}/o.png", r"INPUT: .*pipe.png is not a regular file \(a pipe"),
     ("eval --checkpoint {w}/pipe.png", r"--checkpoint: .*pipe.png is not a regular file"),
+    ("train --init {w}/pipe.png", r"--init: .*pipe.png is not a regular file \(a pipe or device\)"),
     (
         "train --train {w}/text.txt --val {w}/train_data.pkl",
         r"--train: pair file .*text.txt is not a readable torch file",
