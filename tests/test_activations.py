@@ -407,3 +407,15 @@ def test_nan_and_infinite_hyperparameters_are_refused(make, pattern):
         make()
     x = torch.tensor([-1.0, 0.0, 2.0])  # an infinite threshold: never linear, as torch
     assert torch.equal(nf.softplus(1.0, float("inf")).apply({}, x), F.softplus(x, 1, float("inf")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_gradient_of_an_infinite_cotangent_far_below_zero_is_torchs(dtype):
+    """sigmoid(x) of x below -87 is a float32 subnormal, which the sigmoid pass flushed to 0:
+    an infinite cotangent times it was NaN where torch's is infinite (and 0 where torch's is)."""
+    x = torch.tensor([-120.0, -104.0, -100.0, -95.0, -89.0, -30.0, 0.0, 3.0, 25.0], dtype=dtype)
+    ct = torch.full_like(x, float("inf"))
+    _, pullback = nf.softplus().vjp({}, x)
+    _, (g,) = autograd_vjp(F.softplus, [x], ct)
+    ours = pullback(ct)[1]
+    assert torch.equal(ours.isnan(), g.isnan()) and torch.equal(ours.isinf(), g.isinf()), (ours, g)

@@ -258,9 +258,10 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
         bx = x * b
         return x.where(bx > t, bx.abs().neg_().exp_().log1p_().add_(bx.clamp(min=0)).div_(b))
 
-    def derivative_times(x, y, ct):
-        bx = x * b
-        return ct.where(bx > t, bx.sigmoid().mul_(ct))
+    def derivative_times(x, y, ct):  # sigmoid(bx) as e / (1 + e) below 0, e = exp(-|bx|):
+        bx = x * b  # a subnormal, not 0, where bx < -87 (an infinite ct times it stays inf)
+        e = bx.abs().neg_().exp_()
+        return ct.where(bx > t, e.div(e + 1).where(bx < 0, (e + 1).reciprocal_()).mul_(ct))
 
     # 16-bit floats in float32, rounded once (sigmoid(x) of x < -10 is a float16 subnormal)
     return _elementwise(name, _float32_inside(forward), _float32_inside(derivative_times))
