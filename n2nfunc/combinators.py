@@ -43,14 +43,17 @@ from .base import (
 )
 from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng, stateful_call
 
-NAMED = (ValueError, TypeError, KeyError)  # errors re-raised naming the layer's path
+NAMED = (ValueError, TypeError, KeyError, RuntimeError)  # errors re-raised naming the path
 
 
 def layer_error(path: str, error: Exception) -> Exception:
     """The same kind of error, its message prefixed with the layer path; an error of a class
     of one's own (a subclass) is the same error, with the path added as a note."""
     if type(error) not in NAMED:
-        if hasattr(error, "add_note"):  # Python 3.11+
+        notes = getattr(error, "__notes__", None)
+        if notes and notes[-1].startswith("in layer "):  # an inner layer's: one path, whole
+            notes[-1] = f"in layer {path}." + notes[-1][len("in layer ") :]
+        elif hasattr(error, "add_note"):  # Python 3.11+
             error.add_note(f"in layer {path}")
         return error
     message = str(error.args[0]) if error.args else str(error)
@@ -63,8 +66,8 @@ def layer_error(path: str, error: Exception) -> Exception:
 
 @contextmanager
 def at_layer(path: str) -> Iterator[None]:
-    """Re-raise a ``ValueError`` / ``TypeError`` / ``KeyError`` of the block as the same kind
-    of error naming the layer ``path``."""
+    """Re-raise a ``ValueError`` / ``TypeError`` / ``KeyError`` / ``RuntimeError`` of the
+    block as the same kind of error naming the layer ``path``."""
     try:
         yield
     except NAMED as e:  # the traceback still shows where

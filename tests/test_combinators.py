@@ -334,3 +334,25 @@ def test_a_single_shape_where_init_takes_one_per_input_is_named():
             layer.init(g, (-1, 3, 4, 4))  # had been "'int' object is not iterable"
     nested = nf.parallel(nf.relu(), nf.fanin_sum())  # a tuple input's shape is a tuple of shapes
     assert nested.init(g, ((1, 2), ((1, 2), (-1, 2))))[0] == ((1, 2), (1, 2))
+
+
+def test_runtime_errors_inside_a_network_name_the_layers_path():
+    """A torch RuntimeError in a layer of one's own (a matmul of the wrong shapes) came out
+    without the path; an error of one's own class carries the whole path in one note."""
+
+    def failing(error):
+        def apply(params, x):
+            raise error
+
+        return nf.Layer(lambda g, shape: (shape, {}), apply, lambda p, x: (apply(p, x), None))
+
+    class Mine(RuntimeError):
+        pass
+
+    net = nf.serial(nf.relu(), nf.serial(nf.relu(), failing(RuntimeError("mat1 and mat2"))))
+    with pytest.raises(RuntimeError, match=r"^in layer 1\.1: mat1 and mat2$"):
+        net.apply({"0": {}, "1": {"0": {}, "1": {}}}, torch.ones(2))
+    net = nf.serial(nf.relu(), nf.serial(nf.relu(), failing(Mine("mine"))))
+    with pytest.raises(Mine) as info:
+        net.apply({"0": {}, "1": {"0": {}, "1": {}}}, torch.ones(2))
+    assert info.value.__notes__ == ["in layer 1.1"]
