@@ -111,6 +111,16 @@ def mean_gradients() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
+def _attempt() -> str:
+    """Where this attempt's keys go in the store: torchrun keeps its store across the
+    restarts of a group, whose keys would be read again by the next attempt."""
+    run, restart = (
+        os.environ.get("TORCHELASTIC_RUN_ID", ""),
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
+    )
+    return f"n2nfunc/{run}/{restart}"
+
+
 # How often a rank waiting for rank 0 (DataParallel.wait) looks at the store.
 POLL_S = 0.05
 
@@ -130,7 +140,7 @@ class DataParallel:
     def done(self, key: str) -> None:
         """Rank 0 announces that the step ``key`` (data ready, epoch saved, ...) is done."""
         if self.rank == 0 and self.store is not None:
-            self.store.set(f"n2nfunc/{key}", "1")
+            self.store.set(f"{_attempt()}/{key}", "1")
 
     def wait(self, key: str, seconds: float = LONG_WAIT_S) -> None:
         """Ranks other than 0 wait (at most ``seconds``) until rank 0 calls ``done(key)``;
@@ -138,11 +148,11 @@ class DataParallel:
         polled, not waited on: Ctrl-C cannot interrupt a wait inside the store (it took the
         launcher's 30 s grace period to stop a rank waiting for rank 0's data)."""
         if self.rank != 0 and self.store is not None:
-            keys, deadline = [f"n2nfunc/{key}"], time.monotonic() + seconds
+            keys, deadline = [f"{_attempt()}/{key}"], time.monotonic() + seconds
             while not _collective(self.store.check, keys):
-                if _collective(self.store.check, ["n2nfunc/refused/0"]):  # (see refuse)
-                    reason = _collective(self.store.get, "n2nfunc/refused/0").decode()
-                    _collective(self.store.set, f"n2nfunc/heard/{self.rank}", "1")
+                if _collective(self.store.check, [f"{_attempt()}/refused/0"]):  # (see refuse)
+                    reason = _collective(self.store.get, f"{_attempt()}/refused/0").decode()
+                    _collective(self.store.set, f"{_attempt()}/heard/{self.rank}", "1")
                     raise CommunicationError(f"rank 0 refused to train: {reason}")
                 if time.monotonic() > deadline:
                     _collective(self.store.wait, keys, timedelta(seconds=1))  # its error
@@ -155,9 +165,9 @@ class DataParallel:
         if self.store is None or self.size == 1:
             return
         if self.rank != 0:
-            _collective(self.store.set, f"n2nfunc/left/{self.rank}", "1")
+            _collective(self.store.set, f"{_attempt()}/left/{self.rank}", "1")
             return
-        keys = [f"n2nfunc/left/{r}" for r in range(1, self.size)]
+        keys = [f"{_attempt()}/left/{r}" for r in range(1, self.size)]
         deadline = time.monotonic() + seconds
         while not _collective(self.store.check, keys) and time.monotonic() < deadline:
             time.sleep(POLL_S)
@@ -170,10 +180,12 @@ class DataParallel:
         if self.store is None or self.size == 1:
             return None
         if self.rank == 0:
-            self.store.set("n2nfunc/options", repr(sorted(options.items())))
+            self.store.set(f"{_attempt()}/options", repr(sorted(options.items())))
             return None
         self.wait("options", TIMEOUT_S)
-        theirs = dict(ast.literal_eval(_collective(self.store.get, "n2nfunc/options").decode()))
+        theirs = dict(
+            ast.literal_eval(_collective(self.store.get, f"{_attempt()}/options").decode())
+        )
         # --resume first: a resumed run takes its other settings from the checkpoint, so
         # another option's default on one rank says nothing where --resume differs
         for name, value in sorted(options.items(), key=lambda kv: (kv[0] != "--resume", kv[0])):
@@ -197,7 +209,7 @@ class DataParallel:
         :meth:`refusal`); nothing if the store cannot be reached."""
         if self.store is not None:
             try:
-                self.store.set(f"n2nfunc/refused/{self.rank}", reason)
+                self.store.set(f"{_attempt()}/refused/{self.rank}", reason)
             except Exception:  # noqa: BLE001 -- best effort: the rank exits either way
                 pass
 
@@ -208,7 +220,7 @@ class DataParallel:
         if self.rank != 0 or self.store is None or self.size == 1:
             return
         self.refuse(reason)
-        keys = [f"n2nfunc/heard/{r}" for r in range(1, self.size)]
+        keys = [f"{_attempt()}/heard/{r}" for r in range(1, self.size)]
         deadline = time.monotonic() + seconds
         try:
             while not self.store.check(keys) and time.monotonic() < deadline:
@@ -222,7 +234,7 @@ class DataParallel:
         if self.store is None:
             return None
         for rank in range(self.size):
-            key = f"n2nfunc/refused/{rank}"
+            key = f"{_attempt()}/refused/{rank}"
             try:
                 if rank != self.rank and self.store.check([key]):
                     return f"rank {rank} refused to train: {self.store.get(key).decode()}"
@@ -331,21 +343,29 @@ WATCHDOG_GRACE_S = 15.0  # beyond the timeout, for torch's own errors to come fi
 def _check_group(store, rank: int, size: int, timeout: timedelta) -> None:
     """Each rank joins once, and every rank has the same WORLD_SIZE, checked in the store
     before the group forms (a second process of one RANK, or another WORLD_SIZE, had waited
-    out the timeout and been blamed on "another program" holding the port)."""
-    if store.add(f"n2nfunc/joined/{rank}", 1) > 1:
+    out the timeout and been blamed on "another program" holding the port). The keys are
+    those of this attempt: torchrun keeps its store across the restarts of a group."""
+    attempt = _attempt()
+    if store.add(f"{attempt}/joined/{rank}", 1) > 1:
         raise SettingError(
             f"RANK={rank}: another process has already joined this group as rank {rank} "
             "(each process needs a RANK of its own)"
         )
-    store.set(f"n2nfunc/size/{rank}", str(size))
-    others = [f"n2nfunc/size/{r}" for r in range(1, size)] if rank == 0 else ["n2nfunc/size/0"]
-    store.wait(others, timeout)
-    for key in others:
-        theirs = int(store.get(key).decode())
+    store.set(f"{attempt}/size/{rank}", str(size))
+    others = range(1, size) if rank == 0 else [0]
+    store.wait([f"{attempt}/size/{r}" for r in others], timeout)
+    sizes = {r: int(store.get(f"{attempt}/size/{r}").decode()) for r in others}
+    if rank != 0:
+        store.set(f"{attempt}/size-read/{rank}", "1")  # (rank 0 holds the store: see below)
+    for r, theirs in sizes.items():
         if theirs != size:
+            if rank == 0:  # the others read its size before it goes, and with it the store
+                read, deadline = [f"{attempt}/size-read/{q}" for q in others], time.monotonic() + 3
+                while not store.check(read) and time.monotonic() < deadline:
+                    time.sleep(POLL_S)
             raise SettingError(
-                f"WORLD_SIZE={size} here, but rank {key.rsplit('/', 1)[1]} has WORLD_SIZE="
-                f"{theirs}: every process of a group needs the same WORLD_SIZE"
+                f"WORLD_SIZE={size} here, but rank {r} has WORLD_SIZE={theirs}: every process "
+                "of a group needs the same WORLD_SIZE"
             )
 
 

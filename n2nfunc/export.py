@@ -198,11 +198,15 @@ def _check_ours(final: Path) -> None:
     template, a solution of the user's own): an earlier export's model.py names
     others/n2nfunc, which it loads."""
     present = [name for name in GENERATED if (final / name).exists() or (final / name).is_symlink()]
-    model = final / "model.py"
-    try:
-        ours = model.is_file() and "others/n2nfunc" in model.read_text(errors="replace")
-    except OSError:
-        ours = False
+    marks = {"model.py": "others/n2nfunc", "others/n2nfunc/__init__.py": "export-submission"}
+    ours = False
+    for name, mark in marks.items():  # (an export cut short may have lost its model.py)
+        try:
+            ours = ours or (
+                (final / name).is_file() and mark in (final / name).read_text(errors="replace")
+            )
+        except OSError:
+            pass
     if present and not ours:
         raise FileExistsError(
             errno.EEXIST,

@@ -176,13 +176,14 @@ class Module(Unpicklable):
 
     def __setattr__(self, key, value):
         fixed = self.__dict__.get("_fixed", {})
-        if key in fixed:
-            kind = type(self).__name__
+        if key in fixed and not _same(value, fixed[key]):  # (the same value: as it is)
+            kind = next(c.__name__ for c in type(self).__mro__ if c.__module__ == __name__)
             raise AttributeError(
                 f"{self.name}: {key} is fixed when the block is built ({key}={fixed[key]!r}); "
                 f"build a new {kind} with {key}={value!r}{_FIXED_HINTS.get((kind, key), '')}"
             )
-        super().__setattr__(key, value)
+        if key not in fixed:
+            super().__setattr__(key, value)
 
     @classmethod
     def from_layer(
@@ -497,15 +498,17 @@ class _WeightBias(Module):
         return self._description
 
     def _fix_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
-        """A convolution's options, read as ``torch.nn.Conv2d``'s: sizes as pairs."""
+        """A convolution's options, read as ``torch.nn.Conv2d``'s: sizes as pairs (no stride
+        where it has none)."""
         self._fix(
             in_channels=in_channels,
             out_channels=out_channels,
             kernel_size=_as_pair(kernel_size),
-            stride=_as_pair(stride),
             padding=_as_pair(padding),
             dilation=_as_pair(dilation),
         )
+        if stride is not None:
+            self._fix(stride=_as_pair(stride))
 
     def _set(self, key, value):
         old = self.params.get(key)
@@ -535,6 +538,15 @@ def _only_defaults(name: str, **given_and_default) -> None:
             raise ValueError(
                 f"{name}: {option}={given!r} is not supported (only {default!r}, torch's default)"
             )
+
+
+def _same(value, fixed) -> bool:
+    """Whether assigning ``value`` to a fixed option leaves it as it is (``2`` for a
+    convolution's stride ``(2, 2)`` too)."""
+    try:
+        return bool(value == fixed) or (isinstance(fixed, tuple) and _as_pair(value) == fixed)
+    except Exception:  # noqa: BLE001 -- a value that cannot be compared is another value
+        return False
 
 
 def _as_pair(value):
@@ -672,7 +684,7 @@ class Upsampling(_WeightBias):
     ):
         bias = _checked_flags("Upsampling", bias)
         layer = upsample(out_channels, kernel_size, scale_factor, padding, dilation, bias=bias)
-        self._fix_conv(in_channels, out_channels, kernel_size, 1, padding, dilation)
+        self._fix_conv(in_channels, out_channels, kernel_size, None, padding, dilation)
         self._fix(scale_factor=scale_factor)
         super().__init__(
             layer,
@@ -721,7 +733,8 @@ class Linear(_WeightBias):
 
 class NearestUpsampling(Module):
     """Nearest upsampling by a whole ``scale_factor`` (2 by default), or to ``size=(H, W)``
-    as ``torch.nn.UpsamplingNearest2d(size=...)``."""
+    as ``torch.nn.UpsamplingNearest2d(size=...)`` (by keyword: the first argument here is
+    the scale factor, the exercise's)."""
 
     def __init__(self, scale_factor=None, size=None):
         super().__init__(nearest_upsample(scale_factor, size), {})
@@ -922,6 +935,8 @@ class Dropout(Module):
 
     @rng.setter
     def rng(self, generator: Generator | None) -> None:
+        if generator is not None and generator is self.__dict__.get("_rng"):
+            return  # (the one it holds, given back: no change of where masks come from)
         self.__dict__.update(_rng=generator, _global_rng=generator is None)
 
     def forward(self, *inputs):

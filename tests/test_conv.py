@@ -436,6 +436,13 @@ def test_nearest_sources_match_pytorch_for_every_small_size():
             assert _nearest_sources(n_in, n_out) == tuple(picked.tolist()), (n_in, n_out)
 
 
+def test_nearest_upsample_by_1_returns_a_new_tensor():
+    x = randn(1, 2, 3, 4)
+    for layer in (nf.nearest_upsample(size=(3, 4)), nf.nearest_upsample(1)):
+        y = layer.apply({}, x)
+        assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+
+
 def test_nearest_upsampling_block_takes_a_size():
     block = nf.NearestUpsampling(size=(5, 6))
     x = randn(1, 2, 3, 4)

@@ -396,6 +396,13 @@ def test_export_replaces_no_file_it_did_not_write(tmp_path, files):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Miniproject_2"]
 
 
+def test_an_export_that_lost_its_model_py_is_still_an_export(tmp_path):
+    """(an export cut short between removing model.py and moving the new one in)"""
+    final = export_submission(tmp_path)
+    (final / "model.py").unlink()
+    assert export_submission(tmp_path) == final and (final / "model.py").is_file()
+
+
 def test_export_through_a_link_to_another_file_system(tmp_path):
     """The submission is built beside the folder the link points to: built beside the link,
     its rename across file systems failed (EXDEV) and left an empty others/ behind."""

@@ -702,3 +702,28 @@ def test_wider_unsigned_integer_images_and_numpy_widths():
         assert torch.equal(m.predict(x.to(dtype)), m.predict(x))
     with pytest.raises(ValueError, match="integer images hold 0-255"):
         m.predict(x.to(torch.uint16) * 257)  # 16-bit images
+
+
+def test_the_same_pairs_check_takes_nan_data_as_data():
+    """Pairs holding NaN or inf, the same on every rank, are not other pairs (the check had
+    blamed the ranks; the training stops on the NaN loss, saying so, as with one process)."""
+    from n2nfunc.model import _check_same_pairs
+
+    class Alone:  # a group whose other ranks hold what this one holds
+        rank, size = 0, 2
+
+        @staticmethod
+        def mean(t):
+            return t.clone()
+
+    x = torch.rand(40, 3, 8, 8)
+    x[0, 0, 0, 0], x[16, 1, 2, 3] = float("nan"), float("inf")
+    _check_same_pairs(Alone, x, x.clone())
+
+    class Other(Alone):
+        @staticmethod
+        def mean(t):
+            return t * 0.5
+
+    with pytest.raises(ValueError, match="rank 0 of 2 holds other training pairs"):
+        _check_same_pairs(Other, x, x.clone())

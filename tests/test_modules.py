@@ -1308,3 +1308,32 @@ def test_options_read_as_torch_nn_and_an_assignment_is_refused(ours, theirs, opt
     assert block.note == "a user's own attribute"
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         _ = block.nothing_here
+
+
+def test_a_subclass_may_set_an_option_to_the_value_it_has():
+    """torch-style subclasses set their options again in __init__ (``self.p = p``); the same
+    value is no change, another is refused naming the library block it builds on."""
+
+    class MyDropout(nf.Dropout):
+        def __init__(self, p):
+            super().__init__(p)
+            self.p = p
+
+    class MyConv(nf.Conv2d):
+        def __init__(self):
+            super().__init__(3, 4, 3, stride=2, padding=1)
+            self.stride, self.padding = 2, (1, 1)
+
+    assert MyDropout(0.3).p == 0.3 and MyConv().stride == (2, 2)
+    with pytest.raises(
+        AttributeError, match=r"MyDropout: p is fixed .* build a new Dropout with p=0.5 \(or call"
+    ):
+        MyDropout(0.3).p = 0.5
+    assert not hasattr(nf.Upsampling(3, 4, 3), "stride")  # (it has none to build with)
+    d = nf.Dropout(0.5)
+    d.train()(torch.ones(8))
+    d.rng = d.rng  # given back as it was: masks still drawn from torch's global generator
+    torch.manual_seed(9)
+    a = d(torch.ones(64))
+    torch.manual_seed(9)
+    assert torch.equal(d(torch.ones(64)), a)

@@ -400,7 +400,7 @@ def _nearest_vjp(x: Tensor, sy: int, sx: int, name: str):
     n, c, h, w = x.shape
     xh = to_nhwc(x)
     y = xh[:, :, None, :, None, :].expand(n, h, sy, w, sx, c).reshape(n, h * sy, w * sx, c)
-    y = to_nchw(y)
+    y = to_nchw(y if sy * sx > 1 else y.clone())  # (factor 1: a new tensor, as torch's)
     y_out = output_of(y)
     one_sum = device_conv.applies(x)  # one reduction (one launch) instead of s^2 - 1 adds
 
