@@ -715,7 +715,10 @@ def run_training(args, device, dp=None) -> int:
         model = Model(_config(args))
         if args.init is not None:  # its network and weights, a new optimizer
             _loading("--init", model.load_payload, args.init_payload, str(args.init))
-            model.pretrained = False  # --lr as given (as --resume trains on), not scaled
+            model.pretrained = False  # --lr as given, or as the config records it (resumes)
+            if args.lr is None:  # fine-tuning: a tenth of the default peak, as Model's
+                model.config["lr"] *= model.config["finetune_lr_scale"]  # (at 1e-3 a short
+            _say_init_notes(args, model)  # run made a shipped U-Net 2 dB worse)
         start, history = 0, []
     if lead:  # a run writing there is refused before the data, which may take minutes to make
         folder = Path(args.out).absolute()  # (folders made for it removed if left empty)
@@ -938,6 +941,32 @@ def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
     return model, _recorded_noise(payload, path)
 
 
+def _say_init_notes(args, model: Model) -> None:
+    """What ``--init`` changes that a user may not expect: the learning rate it fine-tunes
+    at, and a training noise of another kind than the weights'."""
+    if _rank() != "0":
+        return
+    if args.lr is None:
+        print(
+            f"note: --init without --lr fine-tunes at a peak learning rate of "
+            f"{model.config['lr']:g}, a tenth of a new run's (give --lr to choose)"
+        )
+    recorded = _recorded_noise(args.init_payload, Path(args.init))
+    example = _noise_example(recorded)
+    if "not recorded" in recorded or "noise" in _given(args):
+        return
+    try:  # the weights' own spec, where they record one
+        example = str(parse_noise(recorded)) if example else example
+    except ValueError:
+        pass
+    if bool(example) != _camera_noise(args):
+        print(
+            f"note: the --init weights were trained on {recorded}; this run trains on the "
+            f"default --noise {args.noise}: give --noise to keep their kind"
+            + (f" (e.g. --noise {example})" if example else "")
+        )
+
+
 def _say_other_noise(args, recorded: str) -> None:
     """A note when the weights were trained on camera noise and eval generates aliasing by
     default, or the other way round (a --noise given on purpose gets none)."""
@@ -968,7 +997,10 @@ def cmd_eval(args) -> int:
     model, noise = _load_model(path, device, args.precision)
     xv, yv, desc = _validation_data(args)
     _say_if_identical(xv, yv)
-    if model.config["network"] == "unet" and not (args.val or args.val_pairs or args.val_photos):
+    on_builtin = "built-in" in noise  # (a U-Net trained on the built-in pairs themselves)
+    if model.config["network"] == "unet" and not (
+        args.val or args.val_pairs or args.val_photos or on_builtin
+    ):
         example = _noise_example(noise) if "noise" not in _given(args) else ""
         noise_option = f" --noise {example}" if example else ""
         print(  # (a --noise for the built-in pairs would not help: 32x32 is too small)
