@@ -350,6 +350,12 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
     disagrees with the run's data or settings is refused, not silently ignored."""
     given, path = _given(args), args.resume
     config, cmd = state["config"], _config(args)
+    stray = sorted({"kernel", "upsampling"} & given) if config.get("network") == "unet" else []
+    if stray:  # (its config holds the exercise's defaults for them, which mean nothing)
+        raise ValueError(
+            f"--resume continues the U-Net run of {path}: {_option(stray[0])} does not apply "
+            "to --network unet (3x3 convolutions, nearest x2 upsampling)"
+        )
     for dest, key in RUN_OPTIONS.items():
         mine, theirs = (
             launch.plain(cmd.get(key, DEFAULT_CONFIG.get(key))),
@@ -516,14 +522,25 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     if not ours:  # missing, or an earlier run's that this one replaces in its own folder
         model = Model(_run_config(state["config"]))
         _loading("--resume", _resume, model, state, args.resume)
-        noise = {"noise": state["noise"]} if "noise" in state else {}
-        checkpoint.save(weights, {**model.payload(), **_origin(args, state), **noise})
+        noise = state.get("noise")
+        checkpoint.save(weights, _weights_payload(model, _origin(args, state), noise))
         written.append(f"its weights {weights}")
     if not history_ours or not history.is_file():  # (a checkpoint without one: [] if none)
         history.write_text(json.dumps(state.get("history", []), indent=1))
         written.append(f"its history {history}")
     print(f"{done}; nothing to train; written now: {', '.join(written)}")
     _drop_stale_pictures(out, [])  # (an earlier run's: this run's come after its results)
+
+
+def _weights_payload(model: Model, origin: dict, noise) -> dict:
+    """What a run's model.pth holds: the Model's payload, where its weights came from, and
+    its training noise (in a U-Net's info too, which load_network returns)."""
+    payload = {**model.payload(), **origin}
+    if noise is not None:
+        payload["noise"] = noise
+        if isinstance(payload.get("info"), dict):
+            payload["info"] = {**payload["info"], "noise": noise}
+    return payload
 
 
 def _quoted(path) -> str:
@@ -842,10 +859,7 @@ def run_training(args, device, dp=None) -> int:
         return _stopped_code(e)
     progress.close()
     try:
-        payload = {**model.payload(), **origin, "noise": noise}
-        if isinstance(payload.get("info"), dict):  # a U-Net's: load_network returns its info
-            payload["info"] = {**payload["info"], "noise": noise}
-        checkpoint.save(weights_path, payload)
+        checkpoint.save(weights_path, _weights_payload(model, origin, noise))
         (out / "history.json").write_text(json.dumps(history, indent=1))
     except KeyboardInterrupt as e:
         if dp is not None:  # rank 0 of several says it (launch)

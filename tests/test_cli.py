@@ -1592,3 +1592,23 @@ def test_a_cut_history_a_history_less_checkpoint_and_a_linked_checkpoint(
     Path("gone").symlink_to(tmp_path / "nowhere")
     assert main(["train", *TINY, "--out", "gone"]) == 2
     assert "--out gone is a link to" in capsys.readouterr().err
+
+
+def test_a_u_nets_weights_written_by_a_finished_runs_resume_keep_their_noise(
+    tmp_path, monkeypatch, capsys
+):
+    """(the weights rewritten by --resume had lost the noise from the U-Net's info, which
+    load_network returns)"""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    run = ["train", "--network", "unet", "--n-train", "16", "--n-val", "8", "--batch-size", "8"]
+    run += ["--noise", "gaussian:10", "--epochs", "1", "--no-pictures", "--quiet"]
+    assert main([*run, "--out", str(out)]) == 0
+    noise = load_network(out / "model.pth")[2]["noise"]
+    for stray in (["--kernel", "4"], ["--upsampling", "transpose"]):  # (had compared them)
+        assert main(["train", "--resume", str(out / "checkpoint.pth"), *stray]) == 2
+        assert f"{stray[0]} does not apply to --network unet" in capsys.readouterr().err
+    (out / "model.pth").unlink()
+    assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
+    assert load_network(out / "model.pth")[2]["noise"] == noise
+    capsys.readouterr()

@@ -1,6 +1,8 @@
 """The --noise grammar and Noise2Noise pairs: zero-mean unclipped targets, independent draws,
 blind levels, determinism, photo crops."""
 
+import re
+
 import pytest
 import torch
 
@@ -241,3 +243,18 @@ def test_photo_levels_cut_the_crops_of_the_whole_downsampled_photo_without_holdi
     crops = random_crops(levels, 6, 40, torch.Generator().manual_seed(1))
     wholes = [img for p in photos for img in pyramid(p, (1, 2, 3))]
     assert torch.equal(crops, random_crops(wholes, 6, 40, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize(
+    "spec, said",
+    [
+        (NoiseSpec("poisson", 0.0, 0.0), "the Poisson peak must be from"),  # (NaN images)
+        (NoiseSpec("salt", 1.0, 1.0), "unknown kind 'salt'"),  # (taken as Poisson)
+        (NoiseSpec("gaussian", -50.0, -50.0), "sigma must be in [0, 255]"),
+        (NoiseSpec("downsample", 3.5, 3.5), "a downsampling factor is one whole number"),
+    ],
+)
+def test_a_noise_spec_made_by_hand_is_checked_as_its_text(spec, said):
+    with pytest.raises(ValueError, match=re.escape(said)):
+        parse_noise(spec)
+    assert parse_noise(NoiseSpec("gaussian", 12.5, 20.0)) == NoiseSpec("gaussian", 12.5, 20.0)

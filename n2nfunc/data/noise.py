@@ -55,7 +55,11 @@ class NoiseSpec(NamedTuple):
 def parse_noise(text) -> NoiseSpec:
     """The :class:`NoiseSpec` of ``text`` (see the module docstring); a ValueError quotes the
     text and the grammar."""
-    if isinstance(text, NoiseSpec):
+    if isinstance(text, NoiseSpec):  # one made by hand: checked as its text would be
+        whole = text.kind != "downsample" or text.low == text.high == int(text.low)
+        if not (whole and all(isinstance(v, (int, float)) for v in text[1:])):
+            raise ValueError(f"noise {text!r}: a downsampling factor is one whole number")
+        parse_noise(str(text))
         return text
     if not isinstance(text, str):
         raise TypeError(f"noise must be a string like 'gaussian:25', got {type(text).__name__}")
