@@ -101,6 +101,19 @@ def _two_ranks(tmp_path, command, timeout: int):
     return procs, logs
 
 
+def _two_training_ranks(tmp_path, epochs: int, extra=lambda rank: []):
+    """``n2nfunc train`` of CLI_TINY as ranks 0 and 1, each writing into ``tmp_path/out{r}``
+    (the options of ``extra(rank)`` added)."""
+    return _two_ranks(
+        tmp_path,
+        lambda r: (
+            [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", str(epochs)]
+            + [*extra(r), "--out", str(tmp_path / f"out{r}")]
+        ),
+        120,
+    )
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each of 2 ranks of tests/dist_worker.py saw and trained."""
@@ -454,14 +467,7 @@ def test_ranks_started_by_hand_both_finish_cleanly(tmp_path):
     """Ranks started without torchrun: rank 0 holds the store, and leaving as soon as it had
     saved, it made rank 1, still polling for the last epoch, fail with "another process died"
     at the end of a good run. Rank 0 now waits for the others to leave."""
-    procs, logs = _two_ranks(
-        tmp_path,
-        lambda r: (
-            [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "2"]
-            + ["--out", str(tmp_path / f"out{r}")]
-        ),
-        120,
-    )
+    procs, logs = _two_training_ranks(tmp_path, epochs=2)
     for p, (_, stderr) in zip(procs, logs):
         assert p.returncode == 0 and "error" not in stderr, stderr[-3000:]
     assert (tmp_path / "out0" / "model.pth").is_file()
@@ -516,14 +522,7 @@ def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
 def test_ranks_started_with_different_options_are_refused(tmp_path):
     """Every rank builds its model and batch order from its own command line: a different
     --seed trained silently on other weights. The rank that differs says which option."""
-    procs, logs = _two_ranks(
-        tmp_path,
-        lambda r: (
-            [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "1"]
-            + ["--seed", str(5 * r), "--out", str(tmp_path / f"out{r}")]
-        ),
-        120,
-    )
+    procs, logs = _two_training_ranks(tmp_path, epochs=1, extra=lambda r: ["--seed", str(5 * r)])
     assert procs[1].returncode == 2, logs[1]
     assert "rank 1 runs with --seed 5, rank 0 with 0: every process must be started" in logs[1][1]
     assert procs[0].returncode != 0
@@ -545,14 +544,7 @@ def test_rank_0s_refusal_before_training_is_said_by_every_rank(tmp_path):
     )  # fmt: skip
     try:
         holder.stdout.readline()  # the lock is held
-        procs, logs = _two_ranks(
-            tmp_path,
-            lambda r: (
-                [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--epochs", "1"]
-                + ["--out", str(tmp_path / f"out{r}")]
-            ),
-            120,
-        )
+        procs, logs = _two_training_ranks(tmp_path, epochs=1)
     finally:
         holder.kill()
         holder.wait()
