@@ -967,8 +967,8 @@ def _say_init_notes(args, model: Model) -> None:
         )
     recorded = _recorded_noise(args.init_payload, Path(args.init))
     example = _noise_example(recorded)
-    if "not recorded" in recorded or "noise" in _given(args):
-        return
+    if "not recorded" in recorded or "noise" in _given(args) or args.train or args.pairs:
+        return  # (pairs from files: no noise is made for them)
     try:  # the weights' own spec, where they record one
         example = str(parse_noise(recorded)) if example else example
     except ValueError:

@@ -61,7 +61,11 @@ def layer_error(path: str, error: Exception) -> Exception:
         message = f"in layer {path}." + message[len("in layer ") :]
     else:
         message = f"in layer {path}: {message}"
-    return type(error)(message)
+    named = type(error)(message)  # (raised from the error's own cause, with its notes)
+    if hasattr(named, "add_note"):
+        for note in getattr(error, "__notes__", ()):
+            named.add_note(note)
+    return named
 
 
 @contextmanager
@@ -71,7 +75,7 @@ def at_layer(path: str) -> Iterator[None]:
     try:
         yield
     except NAMED as e:  # the traceback still shows where
-        raise layer_error(path, e).with_traceback(e.__traceback__) from None
+        raise layer_error(path, e).with_traceback(e.__traceback__) from e.__cause__
 
 
 def _no_stray_children(params, state, n: int, name: str) -> None:
@@ -174,7 +178,7 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             try:  # (a with-block per child cost the steps 1-2%)
                 x, new_state[str(i)] = layer.apply(p, s, x, train=train, rng=r)
             except NAMED as e:
-                raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
+                raise layer_error(str(i), e).with_traceback(e.__traceback__) from e.__cause__
         return x, new_state
 
     def vjp(params, state, x, *, train, rng=None):
@@ -186,7 +190,7 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             try:
                 x, new_state[str(i)], pb = layer.vjp(p, s, x, train=train, rng=r)
             except NAMED as e:
-                raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
+                raise layer_error(str(i), e).with_traceback(e.__traceback__) from e.__cause__
             pullbacks.append(Held(pb, "serial"))
         out = _outputs(x)
 
@@ -212,7 +216,7 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
                     if need:
                         check_input_grad(ct, inputs[i])
                 except NAMED as e:
-                    raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
+                    raise layer_error(str(i), e).with_traceback(e.__traceback__) from e.__cause__
             return {str(i): grads[str(i)] for i in range(len(children))}, ct
 
         return x, new_state, pullback

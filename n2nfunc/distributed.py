@@ -111,16 +111,6 @@ def mean_gradients() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def _attempt() -> str:
-    """Where this attempt's keys go in the store: torchrun keeps its store across the
-    restarts of a group, whose keys would be read again by the next attempt."""
-    run, restart = (
-        os.environ.get("TORCHELASTIC_RUN_ID", ""),
-        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
-    )
-    return f"n2nfunc/{run}/{restart}"
-
-
 # How often a rank waiting for rank 0 (DataParallel.wait) looks at the store.
 POLL_S = 0.05
 
@@ -140,7 +130,7 @@ class DataParallel:
     def done(self, key: str) -> None:
         """Rank 0 announces that the step ``key`` (data ready, epoch saved, ...) is done."""
         if self.rank == 0 and self.store is not None:
-            self.store.set(f"{_attempt()}/{key}", "1")
+            self.store.set(f"n2nfunc/{key}", "1")
 
     def wait(self, key: str, seconds: float = LONG_WAIT_S) -> None:
         """Ranks other than 0 wait (at most ``seconds``) until rank 0 calls ``done(key)``;
@@ -148,11 +138,11 @@ class DataParallel:
         polled, not waited on: Ctrl-C cannot interrupt a wait inside the store (it took the
         launcher's 30 s grace period to stop a rank waiting for rank 0's data)."""
         if self.rank != 0 and self.store is not None:
-            keys, deadline = [f"{_attempt()}/{key}"], time.monotonic() + seconds
+            keys, deadline = [f"n2nfunc/{key}"], time.monotonic() + seconds
             while not _collective(self.store.check, keys):
-                if _collective(self.store.check, [f"{_attempt()}/refused/0"]):  # (see refuse)
-                    reason = _collective(self.store.get, f"{_attempt()}/refused/0").decode()
-                    _collective(self.store.set, f"{_attempt()}/heard/{self.rank}", "1")
+                if _collective(self.store.check, ["n2nfunc/refused/0"]):  # (see refuse)
+                    reason = _collective(self.store.get, "n2nfunc/refused/0").decode()
+                    _collective(self.store.set, f"n2nfunc/heard/{self.rank}", "1")
                     raise CommunicationError(f"rank 0 refused to train: {reason}")
                 if time.monotonic() > deadline:
                     _collective(self.store.wait, keys, timedelta(seconds=1))  # its error
@@ -165,9 +155,9 @@ class DataParallel:
         if self.store is None or self.size == 1:
             return
         if self.rank != 0:
-            _collective(self.store.set, f"{_attempt()}/left/{self.rank}", "1")
+            _collective(self.store.set, f"n2nfunc/left/{self.rank}", "1")
             return
-        keys = [f"{_attempt()}/left/{r}" for r in range(1, self.size)]
+        keys = [f"n2nfunc/left/{r}" for r in range(1, self.size)]
         deadline = time.monotonic() + seconds
         while not _collective(self.store.check, keys) and time.monotonic() < deadline:
             time.sleep(POLL_S)
@@ -180,12 +170,10 @@ class DataParallel:
         if self.store is None or self.size == 1:
             return None
         if self.rank == 0:
-            self.store.set(f"{_attempt()}/options", repr(sorted(options.items())))
+            self.store.set("n2nfunc/options", repr(sorted(options.items())))
             return None
         self.wait("options", TIMEOUT_S)
-        theirs = dict(
-            ast.literal_eval(_collective(self.store.get, f"{_attempt()}/options").decode())
-        )
+        theirs = dict(ast.literal_eval(_collective(self.store.get, "n2nfunc/options").decode()))
         # --resume first: a resumed run takes its other settings from the checkpoint, so
         # another option's default on one rank says nothing where --resume differs
         for name, value in sorted(options.items(), key=lambda kv: (kv[0] != "--resume", kv[0])):
@@ -209,7 +197,7 @@ class DataParallel:
         :meth:`refusal`); nothing if the store cannot be reached."""
         if self.store is not None:
             try:
-                self.store.set(f"{_attempt()}/refused/{self.rank}", reason)
+                self.store.set(f"n2nfunc/refused/{self.rank}", reason)
             except Exception:  # noqa: BLE001 -- best effort: the rank exits either way
                 pass
 
@@ -220,7 +208,7 @@ class DataParallel:
         if self.rank != 0 or self.store is None or self.size == 1:
             return
         self.refuse(reason)
-        keys = [f"{_attempt()}/heard/{r}" for r in range(1, self.size)]
+        keys = [f"n2nfunc/heard/{r}" for r in range(1, self.size)]
         deadline = time.monotonic() + seconds
         try:
             while not self.store.check(keys) and time.monotonic() < deadline:
@@ -234,7 +222,7 @@ class DataParallel:
         if self.store is None:
             return None
         for rank in range(self.size):
-            key = f"{_attempt()}/refused/{rank}"
+            key = f"n2nfunc/refused/{rank}"
             try:
                 if rank != self.rank and self.store.check([key]):
                     return f"rank {rank} refused to train: {self.store.get(key).decode()}"
@@ -325,7 +313,8 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     watchdog.start()
     try:
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
-        _check_group(store, rank, size, timeout)
+        if "TORCHELASTIC_RUN_ID" not in os.environ:  # (torchrun gives each its own RANK)
+            _check_group(store, rank, size, timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     except SettingError:  # (said as it is)
         raise
@@ -343,9 +332,10 @@ WATCHDOG_GRACE_S = 15.0  # beyond the timeout, for torch's own errors to come fi
 def _check_group(store, rank: int, size: int, timeout: timedelta) -> None:
     """Each rank joins once, and every rank has the same WORLD_SIZE, checked in the store
     before the group forms (a second process of one RANK, or another WORLD_SIZE, had waited
-    out the timeout and been blamed on "another program" holding the port). The keys are
-    those of this attempt: torchrun keeps its store across the restarts of a group."""
-    attempt = _attempt()
+    out the timeout and been blamed on "another program" holding the port). For ranks
+    started by hand: torchrun sets RANK and WORLD_SIZE itself, and keeps its store across a
+    group's restarts, where these keys would be found again."""
+    attempt = "n2nfunc/group"
     if store.add(f"{attempt}/joined/{rank}", 1) > 1:
         raise SettingError(
             f"RANK={rank}: another process has already joined this group as rank {rank} "

@@ -1020,7 +1020,7 @@ class Sequential(Module):
             try:
                 x = m.forward(x)
             except NAMED as e:  # named by its position
-                raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
+                raise layer_error(str(i), e).with_traceback(e.__traceback__) from e.__cause__
             pullbacks.append(m._pullback)
         self._pullback = pullbacks
         self._out = output_of(x) if isinstance(x, Tensor) else None
@@ -1050,7 +1050,7 @@ class Sequential(Module):
                 # not those of its own last forward (a probe since, a block used twice)
                 ct = m._pull(pullbacks[i], ct, wanted, release)
             except NAMED as e:  # named by its position
-                raise layer_error(str(i), e).with_traceback(e.__traceback__) from None
+                raise layer_error(str(i), e).with_traceback(e.__traceback__) from e.__cause__
             if release:
                 if m._pullback is pullbacks[i]:  # the block's own last forward: now spent
                     m._pullback = _SPENT

@@ -385,7 +385,7 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
-    def update(grads, state, params):
+    def update(grads, state, params=None):
         if not isinstance(state, (tuple, list)) or len(state) != len(transformations):
             raise ValueError(
                 f"chain: state must be a tuple of {len(transformations)} states "
@@ -398,7 +398,7 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return grads, tuple(new_state)
 
-    return _transformation(init, update)
+    return GradientTransformation(init, update)  # (each library part detaches its own)
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:

@@ -1315,6 +1315,11 @@ def test_init_without_lr_fine_tunes_at_a_tenth_and_says_so(tmp_path, monkeypatch
     assert checkpoint.load(tmp_path / "a" / "checkpoint.pth")["config"]["lr"] == pytest.approx(
         tenth
     )
+    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    torch.save((x, x), tmp_path / "pairs.pkl")  # pairs from a file: no noise is made for them
+    files = ["--train", str(tmp_path / "pairs.pkl"), "--val", str(tmp_path / "pairs.pkl")]
+    assert main([*run[:1], *run[5:], *files, "--out", str(tmp_path / "f")]) == 0
+    assert "note: the --init weights were trained on" not in capsys.readouterr().out
     assert (
         main([*run, "--lr", "0.002", "--noise", "gaussian:10", "--out", str(tmp_path / "b")]) == 0
     )

@@ -352,6 +352,14 @@ def test_runtime_errors_inside_a_network_name_the_layers_path():
     net = nf.serial(nf.relu(), nf.serial(nf.relu(), failing(RuntimeError("mat1 and mat2"))))
     with pytest.raises(RuntimeError, match=r"^in layer 1\.1: mat1 and mat2$"):
         net.apply({"0": {}, "1": {"0": {}, "1": {}}}, torch.ones(2))
+    cause = OSError("no table")
+    chained = RuntimeError("could not read the table")
+    chained.__cause__ = cause
+    chained.add_note("a note of its own")
+    net = nf.serial(nf.relu(), failing(chained))
+    with pytest.raises(RuntimeError, match="in layer 1: could not read the table") as info:
+        net.apply({"0": {}, "1": {}}, torch.ones(2))
+    assert info.value.__cause__ is cause and info.value.__notes__ == ["a note of its own"]
     net = nf.serial(nf.relu(), nf.serial(nf.relu(), failing(Mine("mine"))))
     with pytest.raises(Mine) as info:
         net.apply({"0": {}, "1": {"0": {}, "1": {}}}, torch.ones(2))

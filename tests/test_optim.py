@@ -1,6 +1,7 @@
 """Each optimizer matches its torch.optim namesake for 20 steps in float64; chains, clipping
 and schedules match torch's clip_grad_norm_ and lr_scheduler."""
 
+import collections
 import functools
 import itertools
 
@@ -685,3 +686,21 @@ def test_sgd_refuses_momentum_buffers_at_step_0():
         {"w": torch.zeros(2)}, {"step": 1, "momentum": {"w": torch.ones(2)}}, params
     )
     assert torch.allclose(updates["w"], torch.full((2,), -0.09))
+
+
+def test_chain_leaves_the_state_of_a_transformation_of_ones_own_as_it_is():
+    """(a defaultdict state, rebuilt as a plain dict by detaching the chain's trees, lost its
+    default: KeyError)"""
+
+    def counter():
+        def update(grads, state, params=None):
+            state["n"] += 1
+            return grads, state
+
+        return nf.GradientTransformation(lambda params: collections.defaultdict(int), update)
+
+    opt = nf.chain(counter(), nf.sgd(0.1))
+    params = {"w": torch.zeros(2)}
+    state = opt.init(params)
+    _, state = opt.update({"w": torch.ones(2)}, state, params)
+    assert isinstance(state[0], collections.defaultdict) and state[0]["n"] == 1
