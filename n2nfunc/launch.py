@@ -226,13 +226,11 @@ def train_worker(args, device, run) -> int:
         if peer_died and not _launcher_gone():  # (a launcher killed outright takes the store)
             refused = dp.refusal()
             print(f"error: {refused or e}; stopping", file=sys.stderr)
-            return 1
+            if dp.rank == 0 and launcher_pid() is None and not refused:  # (--nproc: the
+                print("\n" + _stopped_text(state_path, args, ours(), dp), file=sys.stderr)
+            return 1  # launcher says where to resume)
         if dp.rank == 0:
-            nproc = dp.size if launcher_pid() is not None else 1  # (torchrun: by its own options)
-            text = _interrupted_text(state_path, args, ours(), nproc)
-            if launcher_pid() is None and dp.size > 1:
-                text = under_torchrun(text)
-            print("\n" + text, file=sys.stderr)
+            print("\n" + _stopped_text(state_path, args, ours(), dp), file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()
@@ -329,6 +327,13 @@ def under_torchrun(text: str) -> str:
         text.replace("`n2nfunc train ", "`torchrun [the same options] -m n2nfunc.cli train ", 1)
         + ", on every machine"
     )
+
+
+def _stopped_text(state: Path, args, saved: bool, dp) -> str:
+    """Rank 0's word on where the run stopped and how to go on from it."""
+    nproc = dp.size if launcher_pid() is not None else 1  # (torchrun: by its own options)
+    text = _interrupted_text(state, args, saved, nproc)
+    return under_torchrun(text) if launcher_pid() is None and dp.size > 1 else text
 
 
 def _interrupted_text(state: Path, args, saved: bool, nproc: int) -> str:

@@ -420,6 +420,48 @@ def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_rank_0_of_ranks_started_by_hand_says_where_to_resume_when_another_dies(tmp_path):
+    """Outside --nproc, whose launcher says it, rank 0 had only said that a collective
+    failed: not where the run stopped nor how to go on."""
+    env = _env(
+        tmp_path,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE="2",
+        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
+    )
+    out = tmp_path / "out0"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--n-train", "480"]
+            + ["--epochs", "500", "--out", str(tmp_path / f"out{r}")],
+            env={**env, "RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not (
+            (out / "checkpoint.pth").exists()
+            and checkpoint.load(out / "checkpoint.pth")["epoch"] >= 1
+        ):
+            assert time.monotonic() < deadline and procs[0].poll() is None
+            time.sleep(0.2)
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        _, err = procs[0].communicate(timeout=distributed.TIMEOUT_S + 30)
+    finally:
+        for p in procs:
+            _stop(p)
+    assert procs[0].returncode == 1, err[-3000:]
+    assert "another process died or stopped answering" in err
+    assert "holds the state from its start; continue with `" in err and "--resume" in err
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_keeps_the_checkpoint(tmp_path):
     proc, out = _start_long_run(tmp_path)
     try:
