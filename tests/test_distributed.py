@@ -75,6 +75,17 @@ def _children(pid: int) -> list[int]:
 def _two_ranks(tmp_path, command, timeout: int):
     """Run ``command(rank)`` as ranks 0 and 1 of a process group on this machine; returns the
     processes and their ``(stdout, stderr)``."""
+    procs = _start_two_ranks(tmp_path, command)
+    try:
+        logs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            _stop(p)
+    return procs, logs
+
+
+def _start_two_ranks(tmp_path, command) -> list:
+    """Start ``command(rank)`` as ranks 0 and 1 of a process group on this machine."""
     env = _env(
         tmp_path,
         MASTER_ADDR="127.0.0.1",
@@ -82,7 +93,7 @@ def _two_ranks(tmp_path, command, timeout: int):
         WORLD_SIZE="2",
         GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
     )
-    procs = [
+    return [
         subprocess.Popen(
             command(r),
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
@@ -93,12 +104,6 @@ def _two_ranks(tmp_path, command, timeout: int):
         )
         for r in range(2)
     ]
-    try:
-        logs = [p.communicate(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            _stop(p)
-    return procs, logs
 
 
 def _two_training_ranks(tmp_path, epochs: int, extra=lambda rank: []):
@@ -423,26 +428,14 @@ def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
 def test_rank_0_of_ranks_started_by_hand_says_where_to_resume_when_another_dies(tmp_path):
     """Outside --nproc, whose launcher says it, rank 0 had only said that a collective
     failed: not where the run stopped nor how to go on."""
-    env = _env(
-        tmp_path,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE="2",
-        GLOO_SOCKET_IFNAME=loopback_interface() or "lo",
-    )
     out = tmp_path / "out0"
-    procs = [
-        subprocess.Popen(
+    procs = _start_two_ranks(
+        tmp_path,
+        lambda r: (
             [sys.executable, "-m", "n2nfunc.cli", "train", *CLI_TINY, "--n-train", "480"]
-            + ["--epochs", "500", "--out", str(tmp_path / f"out{r}")],
-            env={**env, "RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for r in range(2)
-    ]
+            + ["--epochs", "500", "--out", str(tmp_path / f"out{r}")]
+        ),
+    )
     try:
         deadline = time.monotonic() + 120
         while not (
