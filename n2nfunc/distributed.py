@@ -158,9 +158,7 @@ class DataParallel:
             _collective(self.store.set, f"n2nfunc/left/{self.rank}", "1")
             return
         keys = [f"n2nfunc/left/{r}" for r in range(1, self.size)]
-        deadline = time.monotonic() + seconds
-        while not _collective(self.store.check, keys) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+        _poll(lambda k: _collective(self.store.check, k), keys, seconds)
 
     def disagreement(self, options: dict) -> str | None:
         """Rank 0 posts its ``options`` (name -> printable value); another rank returns the
@@ -208,11 +206,8 @@ class DataParallel:
         if self.rank != 0 or self.store is None or self.size == 1:
             return
         self.refuse(reason)
-        keys = [f"n2nfunc/heard/{r}" for r in range(1, self.size)]
-        deadline = time.monotonic() + seconds
         try:
-            while not self.store.check(keys) and time.monotonic() < deadline:
-                time.sleep(POLL_S)
+            _poll(self.store.check, [f"n2nfunc/heard/{r}" for r in range(1, self.size)], seconds)
         except Exception:  # noqa: BLE001 -- best effort: rank 0 exits either way
             pass
 
@@ -335,28 +330,33 @@ def _check_group(store, rank: int, size: int, timeout: timedelta) -> None:
     out the timeout and been blamed on "another program" holding the port). For ranks
     started by hand: torchrun sets RANK and WORLD_SIZE itself, and keeps its store across a
     group's restarts, where these keys would be found again."""
-    attempt = "n2nfunc/group"
-    if store.add(f"{attempt}/joined/{rank}", 1) > 1:
+    prefix = "n2nfunc/group"
+    if store.add(f"{prefix}/joined/{rank}", 1) > 1:
         raise SettingError(
             f"RANK={rank}: another process has already joined this group as rank {rank} "
             "(each process needs a RANK of its own)"
         )
-    store.set(f"{attempt}/size/{rank}", str(size))
+    store.set(f"{prefix}/size/{rank}", str(size))
     others = range(1, size) if rank == 0 else [0]
-    store.wait([f"{attempt}/size/{r}" for r in others], timeout)
-    sizes = {r: int(store.get(f"{attempt}/size/{r}").decode()) for r in others}
+    store.wait([f"{prefix}/size/{r}" for r in others], timeout)
+    sizes = {r: int(store.get(f"{prefix}/size/{r}").decode()) for r in others}
     if rank != 0:
-        store.set(f"{attempt}/size-read/{rank}", "1")  # (rank 0 holds the store: see below)
+        store.set(f"{prefix}/size-read/{rank}", "1")  # (rank 0 holds the store: see below)
     for r, theirs in sizes.items():
         if theirs != size:
             if rank == 0:  # the others read its size before it goes, and with it the store
-                read, deadline = [f"{attempt}/size-read/{q}" for q in others], time.monotonic() + 3
-                while not store.check(read) and time.monotonic() < deadline:
-                    time.sleep(POLL_S)
+                _poll(store.check, [f"{prefix}/size-read/{q}" for q in others], 3.0)
             raise SettingError(
                 f"WORLD_SIZE={size} here, but rank {r} has WORLD_SIZE={theirs}: every process "
                 "of a group needs the same WORLD_SIZE"
             )
+
+
+def _poll(check, keys: list, seconds: float) -> None:
+    """Wait until ``check(keys)`` says the store holds them all, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while not check(keys) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
 
 
 def _give_up(error: CommunicationError) -> None:
