@@ -830,14 +830,15 @@ def check_finite(params, source: str) -> None:
     would be NaN, a denoised image black), or values that float32, in which a Model keeps its
     weights, cannot hold (1e300 in a float64 file), naming the first such parameter."""
     for path, leaf in tree.flatten(params):
-        if isinstance(leaf, Tensor) and leaf.is_floating_point() and not leaf.isfinite().all():
+        if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
+            continue
+        if not leaf.isfinite().all():
             raise ValueError(f"{source}: parameter {path!r} holds NaN or infinite values")
-        if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.element_size() > 4:
-            if not leaf.float().isfinite().all():
-                raise ValueError(
-                    f"{source}: parameter {path!r} holds values too large for float32 "
-                    f"(largest magnitude {float(leaf.abs().max()):.3g})"
-                )
+        if leaf.element_size() > 4 and not leaf.float().isfinite().all():
+            raise ValueError(
+                f"{source}: parameter {path!r} holds values too large for float32 "
+                f"(largest magnitude {float(leaf.abs().max()):.3g})"
+            )
 
 
 def checkpoint_network(payload, source: str) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .photos import PhotoLevel, photo_levels
-from .synthetic import box_downsample, point_sample
+from .synthetic import box_downsample, point_sample, split_generator
 
 KINDS = ("gaussian", "poisson", "downsample")
 MAX_FACTOR = 16  # downsampling factors (the clean images are rendered FACTOR times larger)
@@ -206,7 +206,7 @@ def photo_noise_pairs(
     spec = parse_noise(spec)
     if not isinstance(size, int) or size < 64:
         raise ValueError(f"photo_noise_pairs: crops must be at least 64x64, got size={size!r}")
-    g = torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)  # (any int seed)
+    g = split_generator(seed, split)
     factor = int(spec.low) if spec.kind == "downsample" else 1
     clean = random_crops(photo_levels(photos, scales), n, size * factor, g)
     if split == "val":

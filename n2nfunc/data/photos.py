@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .synthetic import box_downsample, point_sample, to_uint8
+from .synthetic import box_downsample, point_sample, split_generator, to_uint8
 
 PATCH = 32  # the side of photo_pairs' patches (the course's image size)
 
@@ -66,7 +66,7 @@ def photo_pairs(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     _check_count(n)
-    g = torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)  # (any int seed)
+    g = split_generator(seed, split)
     crop = size * factor
     big = [img for img in photo_levels(photos, scales) if min(img.shape[1:]) >= crop]
     if not big:

@@ -139,6 +139,12 @@ def noisy_views(
     return add_noise(clean, noise, generator, level=level, clip=clip)
 
 
+def split_generator(seed: int, split: str) -> torch.Generator:
+    """The generator of a split's draws: train and val take disjoint streams of a seed
+    (``2 seed`` and ``2 seed + 1``, modulo 2**64, so that any int seed is one)."""
+    return torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)
+
+
 def make_pairs(
     n: int,
     split: str,
@@ -174,7 +180,7 @@ def make_pairs(
         )
     if chunk is None:
         chunk = max(1, min(1000, 16000 // factor**2))
-    g = torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)  # (any int seed)
+    g = split_generator(seed, split)
     first, second = [], []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
