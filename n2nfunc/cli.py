@@ -556,7 +556,7 @@ def _origin(args, state: dict | None) -> dict:
         return {"init": init} if isinstance(init, dict) else {}
     if args.init is None:
         return {}
-    digest = args.init_sha256  # of the file _check_init read, as it read it
+    digest = args.init_sha256  # (hashed by _check_init)
     named = args.init_given in PRETRAINED_NAMES and args.init_given != str(args.init)
     source = args.init_given if named else str(Path(args.init).resolve())
     return {"init": {"from": source, "sha256": digest}}

@@ -171,8 +171,12 @@ def shared_options(args) -> dict:
     # the checkpoint a run resumes, and the weights a new run starts from, by content
     for option, what in (("resume", "a checkpoint"), ("init", "weights")):
         path = getattr(args, option, None)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else None
-        options["--" + option] = f"{what} of sha256 {digest}..." if digest else None
+        if not path:
+            options["--" + option] = None
+            continue
+        digest = getattr(args, f"{option}_sha256", None)  # (--init's: hashed when checked)
+        digest = digest or hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        options["--" + option] = f"{what} of sha256 {digest[:16]}..."
     return options
 
 
