@@ -439,6 +439,144 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
     return _transformation(init, update)
 
 
+def set_to_zero() -> GradientTransformation:
+    """Updates of zero (as optax's): the leaves it is given stay where they are -- frozen
+    parameters, in a :func:`multi_transform` group of their own. Stateless (state ``{}``)."""
+
+    def init(params):
+        return {}
+
+    def update(grads, state, params):
+        check_real_floats(grads, "set_to_zero: gradients")
+        return tree.map(lambda g: g.new_zeros(g.shape), grads), state
+
+    return _transformation(init, update)
+
+
+def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
+    """Each leaf updated by the transformation that its label names: torch.optim's parameter
+    groups, as optax's ``multi_transform``::
+
+        labels = tree.map(lambda p: "decay" if p.ndim > 1 else "no_decay", params)
+        multi_transform({"decay": adamw(1e-3), "no_decay": adam(1e-3)}, labels)
+
+    ``param_labels`` is a tree like the params whose leaves are keys of ``transforms``, or a
+    function ``params -> such a tree``. Each transformation sees only its own leaves, as one
+    flat dict keyed by their dotted paths (``{"0.weight": w, ...}``), so its state holds
+    nothing for the others; the state is ``{label: that transformation's state}``."""
+    if not isinstance(transforms, dict) or not transforms:
+        raise TypeError(
+            "multi_transform: transforms must be a non-empty dict label -> transformation"
+        )
+    for label, t in transforms.items():
+        if not isinstance(t, GradientTransformation):
+            raise TypeError(
+                f"multi_transform: transforms[{label!r}] must be a GradientTransformation, "
+                f"got {type(t).__name__}"
+            )
+
+    def groups(like) -> dict:
+        """label -> the dotted paths of its leaves in ``like``."""
+        labels = param_labels(like) if callable(param_labels) else param_labels
+        pairs: list = []
+        try:
+            tree.map_with_path(lambda path, lab, _: pairs.append((path, lab)), labels, like)
+        except ValueError as e:
+            raise ValueError(
+                f"multi_transform: param_labels must be a tree like the params: {e}"
+            ) from None
+        out: dict = {label: [] for label in transforms}
+        for path, lab in pairs:
+            if not _hashable(lab) or lab not in out:
+                raise ValueError(
+                    f"multi_transform: '{path}' has the label {lab!r}, which names no "
+                    f"transformation; the labels are {list(transforms)}"
+                )
+            out[lab].append(path)
+        return out
+
+    def split(whole, paths_by_label: dict) -> dict:
+        """label -> the flat dict ``{path: leaf}`` of ``whole``'s leaves with that label."""
+        leaves = dict(tree.flatten(whole))
+        return {label: {p: leaves[p] for p in paths} for label, paths in paths_by_label.items()}
+
+    def init(params):
+        parts = split(params, groups(params))
+        return {label: transforms[label].init(part) for label, part in parts.items()}
+
+    def update(grads, state, params=None):
+        if not isinstance(state, dict) or set(state) != set(transforms):
+            got = list(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                "multi_transform: state must be a dict of one state per label "
+                f"{list(transforms)}, got {got}"
+            )
+        paths = groups(grads)
+        grad_parts = split(grads, paths)
+        param_parts = None if params is None else split(params, paths)
+        updates, new_state = {}, {}
+        for label, part in grad_parts.items():
+            sub_params = None if param_parts is None else param_parts[label]
+            u, new_state[label] = transforms[label].update(part, state[label], sub_params)
+            updates.update(tree.flatten(u))
+        return tree.unflatten(grads, updates, "multi_transform: updates"), new_state
+
+    return GradientTransformation(init, update)  # (each library part detaches its own)
+
+
+def masked(inner: GradientTransformation, mask) -> GradientTransformation:
+    """``inner`` on the leaves where ``mask`` is True; the others' updates pass through as
+    they came (optax's ``masked``), e.g. weight decay on the weights only::
+
+        chain(masked(add_decayed_weights(1e-2), tree.map(lambda p: p.ndim > 1, params)), sgd(0.1))
+
+    ``mask`` is a tree like the params of Python bools, or a function ``params -> such a
+    tree``; the state is ``inner``'s, over its leaves alone (see :func:`multi_transform`)."""
+    if not isinstance(inner, GradientTransformation):
+        raise TypeError(
+            f"masked: inner must be a GradientTransformation, got {type(inner).__name__}"
+        )
+
+    def labels(like):
+        def label(path, m, _):
+            if not isinstance(m, bool):
+                where = f"'{path}' " if path else ""
+                raise ValueError(f"masked: the mask's leaf {where}is {m!r}; expected True or False")
+            return "inner" if m else "rest"
+
+        try:
+            return tree.map_with_path(label, mask(like) if callable(mask) else mask, like)
+        except ValueError as e:
+            if str(e).startswith("masked:"):
+                raise
+            raise ValueError(f"masked: the mask must be a tree like the params: {e}") from None
+
+    both = multi_transform({"inner": inner, "rest": _identity()}, labels)
+
+    def init(params):
+        return both.init(params)["inner"]
+
+    def update(grads, state, params=None):
+        updates, new_state = both.update(grads, {"inner": state, "rest": {}}, params)
+        return updates, new_state["inner"]
+
+    return GradientTransformation(init, update)
+
+
+def _identity() -> GradientTransformation:
+    return GradientTransformation(
+        lambda params: {}, lambda grads, state, params=None: (grads, state)
+    )
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def apply_updates(params, updates):
     """``params + updates``, leafwise, as a new tree (each update of its parameter's shape and
     dtype: nothing is broadcast or promoted)."""

@@ -704,3 +704,146 @@ def test_chain_leaves_the_state_of_a_transformation_of_ones_own_as_it_is():
     state = opt.init(params)
     _, state = opt.update({"w": torch.ones(2)}, state, params)
     assert isinstance(state[0], collections.defaultdict) and state[0]["n"] == 1
+
+
+# --- parameter groups: multi_transform, masked, set_to_zero -------------------------------
+
+
+def _is_matrix(params):
+    return nf.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _groups_run(ours, torch_groups, steps=STEPS):
+    """Run ``ours`` and torch.optim's parameter groups (``torch_groups(matrices, vectors)``
+    -> an optimizer) on the same float64 gradients; the params must agree to a few ulps."""
+    params, grads_seq = _problem(steps)
+    ref = {path: torch.nn.Parameter(v.clone()) for path, v in nf.tree.flatten(params)}
+    mats = [p for p in ref.values() if p.ndim > 1]
+    vecs = [p for p in ref.values() if p.ndim <= 1]
+    opt = torch_groups(mats, vecs)
+    state = ours.init(params)
+    for grads in grads_seq:
+        updates, state = ours.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+        for path, g in nf.tree.flatten(grads):
+            ref[path].grad = g.clone()
+        opt.step()
+    for path, a in nf.tree.flatten(params):
+        b = ref[path].detach()
+        assert float((a - b).abs().max() / b.abs().max()) <= 1e-12, path
+    return params, state
+
+
+def test_multi_transform_matches_torchs_parameter_groups():
+    labels = lambda params: nf.tree.map(lambda p: "decay" if p.ndim > 1 else "plain", params)  # noqa: E731
+    ours = nf.multi_transform(
+        {"decay": nf.adamw(0.01, weight_decay=0.1), "plain": nf.adamw(0.03, weight_decay=0.0)},
+        labels,
+    )
+    _, state = _groups_run(
+        ours,
+        lambda mats, vecs: torch.optim.AdamW(
+            [
+                {"params": mats, "weight_decay": 0.1},
+                {"params": vecs, "lr": 0.03, "weight_decay": 0},
+            ],
+            lr=0.01,
+        ),
+    )
+    # each group's state holds its own leaves only, by dotted path
+    assert set(state) == {"decay", "plain"}
+    assert set(state["decay"]["m"]) == {"w", "conv.0"} and set(state["plain"]["m"]) == {"b"}
+    assert state["decay"]["step"] == state["plain"]["step"] == STEPS
+
+
+def test_masked_weight_decay_matches_torchs_groups_and_keeps_the_rest_as_given():
+    ours = nf.chain(nf.masked(nf.add_decayed_weights(0.05), _is_matrix), nf.sgd(0.1, momentum=0.9))
+    _groups_run(
+        ours,
+        lambda mats, vecs: torch.optim.SGD(
+            [{"params": mats, "weight_decay": 0.05}, {"params": vecs}], lr=0.1, momentum=0.9
+        ),
+    )
+    params, grads_seq = _problem(1)
+    updates, _ = nf.masked(nf.sgd(0.5), _is_matrix(params)).update(
+        grads_seq[0], {"step": 0}, params
+    )
+    assert updates["b"] is grads_seq[0]["b"]  # masked out: passed through as it came
+    assert torch.equal(updates["w"], grads_seq[0]["w"] * -0.5)
+
+
+def test_set_to_zero_freezes_its_group_and_others_train_as_torchs():
+    params, grads_seq = _problem(5)
+    ours = nf.multi_transform(
+        {"train": nf.adam(0.01), "frozen": nf.set_to_zero()},
+        nf.tree.map(lambda p: "frozen" if p.ndim == 1 else "train", params),
+    )
+    state, moved = ours.init(params), params
+    assert state["frozen"] == {} and set(state["train"]["m"]) == {"w", "conv.0"}
+    for grads in grads_seq:
+        updates, state = ours.update(grads, state)  # params are optional without weight decay
+        moved = optim.apply_updates(moved, updates)
+    assert torch.equal(moved["b"], params["b"])
+    assert not torch.equal(moved["w"], params["w"])
+
+
+def test_group_state_saves_and_resumes_exactly(tmp_path):
+    params, grads_seq = _problem(6)
+    opt = nf.chain(
+        nf.masked(nf.clip_by_global_norm(0.5), _is_matrix),
+        nf.multi_transform(
+            {"a": nf.adam(0.01), "b": nf.rmsprop(0.01)},
+            lambda p: nf.tree.map(lambda t: "a" if t.ndim > 1 else "b", p),
+        ),
+    )
+    straight, state = params, opt.init(params)
+    for i, grads in enumerate(grads_seq):
+        updates, state = opt.update(grads, state, straight)
+        straight = optim.apply_updates(straight, updates)
+        if i == 2:
+            nf.save(tmp_path / "run.pth", {"params": straight, "opt": state})
+    half = nf.load(tmp_path / "run.pth")
+    resumed, state = half["params"], half["opt"]
+    for grads in grads_seq[3:]:
+        updates, state = opt.update(grads, state, resumed)
+        resumed = optim.apply_updates(resumed, updates)
+    for a, b in zip(nf.tree.leaves(resumed), nf.tree.leaves(straight)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda p: nf.multi_transform({}, {}), "non-empty dict"),
+        (lambda p: nf.multi_transform({"a": 1}, {}), r"transforms\['a'\]"),
+        (
+            lambda p: nf.multi_transform({"a": nf.adam()}, nf.tree.map(lambda _: "b", p)),
+            r"'w' has the label 'b', which names no transformation; the labels are \['a'\]",
+        ),
+        (
+            lambda p: nf.multi_transform({"a": nf.adam()}, {"w": "a", "b": "a"}),
+            "param_labels must be a tree like the params",
+        ),
+        (
+            lambda p: nf.multi_transform({"a": nf.adam()}, nf.tree.map(lambda _: ["a"], p)),
+            "param_labels must be a tree like the params",
+        ),
+        (
+            lambda p: nf.masked(nf.adam(), nf.tree.map(lambda _: 1, p)),
+            r"masked: the mask's leaf 'w' is 1; expected True or False",
+        ),
+        (lambda p: nf.masked(nf.adam(), {"w": True}), "masked: the mask must be a tree like"),
+        (lambda p: nf.masked("adam", {}), "masked: inner must be a GradientTransformation"),
+    ],
+)
+def test_bad_groups_are_refused_by_name(make, pattern):
+    params, _ = _problem(1)
+    with pytest.raises((TypeError, ValueError), match=pattern):
+        make(params).init(params)
+
+
+def test_multi_transform_refuses_a_state_of_other_labels():
+    params, grads_seq = _problem(1)
+    opt = nf.multi_transform({"a": nf.sgd(0.1)}, nf.tree.map(lambda _: "a", params))
+    with pytest.raises(ValueError, match=r"one state per label \['a'\], got \['b'\]"):
+        opt.update(grads_seq[0], {"b": {"step": 0}}, params)
