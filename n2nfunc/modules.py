@@ -1194,6 +1194,11 @@ class Optimizer(Unpicklable):
         if isinstance(params, Module):
             params = params.param()
         params = list(params)
+        if any(isinstance(pg, dict) for pg in params):
+            raise TypeError(
+                f"{name}: takes one group of (parameter, gradient) pairs; for torch.optim's "
+                "parameter groups (dicts), use the functional n2nfunc.multi_transform"
+            )
         if not all(isinstance(pg, (tuple, list)) and len(pg) == 2 for pg in params):
             raise TypeError(
                 f"{name}: params must be a list of (parameter, gradient) pairs "

@@ -847,3 +847,12 @@ def test_multi_transform_refuses_a_state_of_other_labels():
     opt = nf.multi_transform({"a": nf.sgd(0.1)}, nf.tree.map(lambda _: "a", params))
     with pytest.raises(ValueError, match=r"one state per label \['a'\], got \['b'\]"):
         opt.update(grads_seq[0], {"b": {"step": 0}}, params)
+
+
+def test_the_classes_refuse_torchs_parameter_groups_pointing_to_multi_transform():
+    conv = nf.Conv2d(2, 3, 3)
+    pairs = conv.param()
+    with pytest.raises(TypeError, match="Adam: .* parameter groups .* n2nfunc.multi_transform"):
+        nf.Adam([{"params": [pairs[0]], "lr": 0.1}, {"params": [pairs[1]]}])
+    with pytest.raises(TypeError, match=r"SGD: params must be a list of \(parameter, gradient\)"):
+        nf.SGD([p for p, _ in pairs], lr=0.1)
