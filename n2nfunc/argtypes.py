@@ -264,10 +264,33 @@ def output_image(text: str) -> Path:
     return path
 
 
-def _too_many_pixels(path) -> str:
+def _too_many_pixels(path, size: tuple | None = None) -> str:
+    """The refusal of an image beyond Pillow's guard against decompression bombs (twice its
+    ``Image.MAX_IMAGE_PIXELS``), with its size where the header gives it."""
+    from PIL import Image
+
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    has = f" ({size[0]}x{size[1]}, {size[0] * size[1]:,} pixels)" if size else ""
+    most = f": at most {limit:,}" if limit else ""
     return (
-        f"{path} has more pixels than Pillow opens safely (its guard against decompression bombs)"
+        f"{path} has more pixels than Pillow opens safely{has}{most} "
+        "(its guard against decompression bombs)"
     )
+
+
+def _header_size(path) -> tuple | None:
+    """(width, height) from an image header, Pillow's guard off (nothing is decoded)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with open_image(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 (a size for a message, or none)
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _image_size(path) -> tuple[int, int]:
@@ -283,7 +306,7 @@ def _image_size(path) -> tuple[int, int]:
             with open_image(path) as im:
                 return im.size
     except Image.DecompressionBombError:  # Pillow's guard against huge images (not OSError)
-        raise Error(_too_many_pixels(path)) from None
+        raise Error(_too_many_pixels(path, _header_size(path))) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
         raise Error(f"{path} is not a {FORMAT_NAMES} file n2nfunc can read") from None
 

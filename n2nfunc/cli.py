@@ -1134,9 +1134,12 @@ def cmd_denoise(args) -> int:
             f"note: {args.output.suffix} files keep no {'greyscale ' if picture.grey else ''}"
             f"colour profile; the one of {args.input} is dropped ({kinds} keep it)"
         )
+    for what in picture.lost:
+        print(f"note: {args.input} has {what}; {args.output} does not keep it")
     t0 = time.perf_counter()
     out = run(picture.rgb)
-    write_image(args.output, out, alpha, picture.grey, picture.icc)  # colours as they were
+    # colours, EXIF (camera, date, ...) and resolution as they were
+    write_image(args.output, out, alpha, picture.grey, picture.icc, picture.exif, picture.dpi)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
         f"in {time.perf_counter() - t0:.1f} s"
@@ -1430,6 +1433,8 @@ def _tile_size(text: str) -> int:
 def _check_denoise(args, error) -> None:
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         error(f"output {args.output} is the input file; choose another name")
+    if (args.output.exists() or args.output.is_symlink()) and not args.overwrite:
+        error(f"output {args.output} exists; give --overwrite to replace it")
     _check_writable(args.output.parent, "output", error)
 
 
@@ -1822,7 +1827,14 @@ def build_parser() -> _Parser:
         "output",
         type=at.output_image,
         metavar="OUTPUT",
-        help="image to write (png, jpg, ...), in an existing folder; replaced if it exists",
+        help="image to write (png, jpg, ...), in an existing folder; an existing file is "
+        "replaced only with --overwrite",
+    )
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it exists (without it, an existing file is refused: "
+        "`n2nfunc denoise *.jpg` with two photos would write the first over the second)",
     )
     weights = d.add_mutually_exclusive_group()
     weights.add_argument(

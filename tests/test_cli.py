@@ -380,9 +380,12 @@ def test_denoise_and_eval_say_which_weights_and_noise(tmp_path, monkeypatch, cap
     out = str(tmp_path / "out.png")
     assert main(["denoise", str(tmp_path / "in.png"), out, "--checkpoint", str(old)]) == 0
     assert f"weights: {old} (noise: not recorded)" in capsys.readouterr().out
-    assert main(["denoise", str(tmp_path / "in.png"), out, "--checkpoint", str(noted)]) == 0
+    assert (
+        main(["denoise", str(tmp_path / "in.png"), out, "--checkpoint", str(noted), "--overwrite"])
+        == 0
+    )
     assert "(noise: Gaussian, sigma 9)" in capsys.readouterr().out
-    assert main(["denoise", str(tmp_path / "in.png"), out]) == 0
+    assert main(["denoise", str(tmp_path / "in.png"), out, "--overwrite"]) == 0
     assert f"weights: {DEFAULT_WEIGHTS} (noise: {SHIPPED_NOISE})" in capsys.readouterr().out
     assert main(["eval", "--n-val", "8"]) == 0
     assert "the course data's kind" in capsys.readouterr().out
@@ -549,7 +552,14 @@ def test_denoise_converts_16_bit_grey_and_handles_tiny_images(tmp_path, monkeypa
         write_image(tmp_path / "tiny.png", rgb)
         for model in ["exercise", "unet-gaussian"]:
             out = tmp_path / f"tiny-{model}.png"
-            args = ["denoise", str(tmp_path / "tiny.png"), str(out), "--model", model]
+            args = [
+                "denoise",
+                str(tmp_path / "tiny.png"),
+                str(out),
+                "--model",
+                model,
+                "--overwrite",
+            ]
             assert main(args) == 0, capsys.readouterr().err
             assert read_image(out).rgb.shape == (3, *size)
     assert "more than 8 bits" not in capsys.readouterr().out  # 8-bit files get no note
@@ -724,7 +734,9 @@ def test_denoise_names_the_pages_of_a_multi_page_tiff(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "pages.tif"), str(tmp_path / "out.png")]) == 0
     assert "pages.tif has 3 pages; the first one is denoised" in capsys.readouterr().out
     pages[0].save(tmp_path / "one.tif")
-    assert main(["denoise", str(tmp_path / "one.tif"), str(tmp_path / "out.png")]) == 0
+    assert (
+        main(["denoise", str(tmp_path / "one.tif"), str(tmp_path / "out.png"), "--overwrite"]) == 0
+    )
     assert "note:" not in capsys.readouterr().out
 
 
@@ -781,7 +793,8 @@ def test_resume_of_a_checkpoint_that_does_not_record_its_data(tmp_path, monkeypa
 
 def test_denoise_tile_too_small_for_the_unets_reach_is_one_line(tmp_path, capsys):
     write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 200, 60), dtype=torch.uint8))
-    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--model"]
+    out = str(tmp_path / "out.png")
+    args = ["denoise", str(tmp_path / "in.png"), out, "--overwrite", "--model"]
     assert main([*args, "unet-gaussian", "--tile", "128"]) == 2  # 200 rows need tiles
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(
@@ -1617,3 +1630,87 @@ def test_a_u_nets_weights_written_by_a_finished_runs_resume_keep_their_noise(
     assert main(["train", "--resume", str(out / "checkpoint.pth")]) == 0
     assert load_network(out / "model.pth")[2]["noise"] == noise
     capsys.readouterr()
+
+
+def test_denoise_replaces_an_existing_output_only_with_overwrite(tmp_path, capsys):
+    """`n2nfunc denoise *.jpg` with two photos in the folder is `denoise a.jpg b.jpg`: the
+    second photo must not be written over without a word."""
+    write_image(tmp_path / "a.png", torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8))
+    write_image(tmp_path / "b.png", torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8))
+    before = (tmp_path / "b.png").read_bytes()
+    args = ["denoise", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert main(args) == 2
+    assert "b.png exists; give --overwrite to replace it" in capsys.readouterr().err
+    assert (tmp_path / "b.png").read_bytes() == before
+    (tmp_path / "link.png").symlink_to(tmp_path / "gone.png")  # a dangling link counts too
+    assert main(["denoise", str(tmp_path / "a.png"), str(tmp_path / "link.png")]) == 2
+    assert main([*args, "--overwrite"]) == 0
+    assert (tmp_path / "b.png").read_bytes() != before
+
+
+def test_denoise_keeps_exif_and_resolution_and_applies_the_orientation(tmp_path, capsys):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to show
+    rgb = torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8)
+    im = Image.frombytes("RGB", (24, 16), rgb.permute(1, 2, 0).contiguous().numpy().tobytes())
+    im.save(tmp_path / "phone.jpg", exif=exif.tobytes(), dpi=(300, 300), quality=95)
+    for out in ("out.jpg", "out.png", "out.webp", "out.bmp"):
+        assert main(["denoise", str(tmp_path / "phone.jpg"), str(tmp_path / out)]) == 0
+        with Image.open(tmp_path / out) as written:
+            assert written.size == (16, 24)  # upright
+            kept = written.getexif()
+            if out != "out.bmp":  # (BMP holds no EXIF)
+                assert kept.get(0x010F) == "Canon" and kept.get(0x0112, 1) == 1, out
+            if out in ("out.jpg", "out.png"):
+                assert [round(v) for v in written.info["dpi"]] == [300, 300], out
+    assert read_image(tmp_path / "out.png").exif is not None
+
+
+def test_denoise_names_colour_information_it_cannot_keep_and_hides_exif_warnings(
+    tmp_path, capsys, recwarn
+):
+    import struct
+
+    from PIL import Image, ImageCms, PngImagePlugin
+
+    rgb = Image.new("RGB", (20, 12), (200, 40, 90))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]  # a CMYK profile's header (the JPEG's colour space)
+    rgb.convert("CMYK").save(tmp_path / "print.jpg", icc_profile=cmyk)
+    gamma = PngImagePlugin.PngInfo()
+    gamma.add(b"gAMA", struct.pack(">I", 100000))  # gamma 1.0: linear values
+    rgb.save(tmp_path / "linear.png", pnginfo=gamma)
+    standard = PngImagePlugin.PngInfo()
+    standard.add(b"gAMA", struct.pack(">I", 45455))  # sRGB's: nothing to say
+    rgb.save(tmp_path / "plain.png", pnginfo=standard)
+    rgb.save(
+        tmp_path / "bad_exif.jpg", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x002\x00" + b"\x01" * 20
+    )
+    expected = {
+        "print.jpg": "has its CMYK colour profile (the colours are converted without it)",
+        "linear.png": "has its gamma of 1.0 (a PNG gAMA chunk; written as sRGB's)",
+    }
+    for name in ("print.jpg", "linear.png", "plain.png", "bad_exif.jpg"):
+        out = tmp_path / f"out_{name}.png"
+        assert main(["denoise", str(tmp_path / name), str(out)]) == 0
+        notes = [line for line in capsys.readouterr().out.splitlines() if "does not keep" in line]
+        if name in expected:
+            assert notes == [f"note: {tmp_path / name} {expected[name]}; {out} does not keep it"]
+        else:
+            assert notes == []
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]
+
+
+def test_denoise_names_the_size_of_an_image_beyond_pillows_guard(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")
+    assert main(["denoise", str(tmp_path / "bomb.png"), str(tmp_path / "o.png")]) == 2
+    assert re.search(
+        r"bomb.png has more pixels than Pillow opens safely \(14000x14000, 196,000,000 pixels\): "
+        r"at most 178,956,\d+ \(its guard",
+        capsys.readouterr().err,
+    )

@@ -119,6 +119,9 @@ class Picture(NamedTuple):
     deep: bool = False  # the file had more than 8 bits a channel (16-bit or float), read as 8
     icc: bytes | None = None  # the file's colour profile, when it fits the values read
     pages: int = 1  # a multi-page TIFF's pages (the first is read)
+    exif: bytes | None = None  # the file's EXIF block (camera, date, ...), orientation applied
+    dpi: tuple | None = None  # the file's resolution, (x, y) dots per inch
+    lost: tuple = ()  # what the file says of its colours that the values read leave out
 
 
 def _profile(icc, grey: bool) -> bytes | None:
@@ -128,6 +131,30 @@ def _profile(icc, grey: bool) -> bytes | None:
     if not isinstance(icc, bytes) or len(icc) < 20:
         return None
     return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
+
+
+def _lost(info: dict, icc, grey: bool) -> tuple:
+    """What a file says of its colours that the values read leave out: a colour profile of
+    another colour space than theirs (a CMYK JPEG's: its conversion to RGB is Pillow's plain
+    one), and a PNG's gamma (gAMA) other than sRGB's, which viewers apply where there is no
+    profile or sRGB chunk."""
+    lost = []
+    if isinstance(icc, bytes) and len(icc) >= 20 and _profile(icc, grey) is None:
+        space = icc[16:20].decode("latin-1").strip() or "unknown"
+        lost.append(f"its {space} colour profile (the colours are converted without it)")
+    gamma = info.get("gamma")
+    if isinstance(gamma, (int, float)) and abs(gamma - 1 / 2.2) > 1e-3 and not icc:
+        if "srgb" not in info:
+            lost.append(f"its gamma of {gamma} (a PNG gAMA chunk; written as sRGB's)")
+    return tuple(lost)
+
+
+def _dpi(value) -> tuple | None:
+    """A resolution as Pillow reads it, kept only when it is two positive finite numbers."""
+    if isinstance(value, tuple) and len(value) == 2:
+        if all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in value):
+            return value
+    return None
 
 
 def _raw_mode(tile) -> str:
@@ -212,13 +239,20 @@ READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "AVIF")  # J
 FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM or AVIF"
 
 
+# Pillow's warning on a damaged EXIF block, which cameras write often: the picture reads the
+# same (without the orientation, where that is what is damaged)
+CORRUPT_EXIF = "Corrupt EXIF"
+
+
 def open_image(path):
     """``PIL.Image.open`` limited to READ_FORMATS that this Pillow has (an image of another
     format is ``PIL.UnidentifiedImageError``, an OSError)."""
     from PIL import Image
 
     Image.init()  # registers the plugins, so that OPEN lists them
-    return Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+        return Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN])
 
 
 def _damaged(path) -> ValueError:
@@ -241,6 +275,7 @@ def read_image(path) -> Picture:
             # between Pillow's warning and its hard limit (2x), the tiled denoiser keeps the
             # memory bounded: no raw warning for a large photo
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
             with open_image(path) as raw:
                 frames = getattr(raw, "n_frames", 1)
                 # an animation; a TIFF's first page and a camera JPEG's (MPO) main picture
@@ -275,6 +310,10 @@ def read_image(path) -> Picture:
                     m.startswith("LA;") for m in raw_modes
                 )
                 icc = _profile(raw.info.get("icc_profile"), grey)
+                lost = _lost(raw.info, raw.info.get("icc_profile"), grey)
+                exif = im.info.get("exif")  # (exif_transpose took the orientation out)
+                exif = exif if isinstance(exif, bytes) and exif else None
+                dpi = _dpi(raw.info.get("dpi"))
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
                 top = _int_top(im, path) if im.mode == "I" else 0
                 sixteen = im.mode.startswith("I;16") or top > 255
@@ -298,7 +337,7 @@ def read_image(path) -> Picture:
 
     alpha_values = to_tensor(alpha, 1) if alpha is not None else None
     pages = frames if raw.format == "TIFF" else 1
-    return Picture(to_tensor(rgb, 3), alpha_values, grey, deep, icc, pages)
+    return Picture(to_tensor(rgb, 3), alpha_values, grey, deep, icc, pages, exif, dpi, lost)
 
 
 # The widest side each format stores (libjpeg's JPEG_MAX_DIMENSION; WebP's 14-bit sizes);
@@ -329,11 +368,18 @@ def keeps_profile(path, grey: bool = False) -> bool:
 
 
 def write_image(
-    path, rgb: Tensor, alpha: Tensor | None = None, grey: bool = False, icc: bytes | None = None
+    path,
+    rgb: Tensor,
+    alpha: Tensor | None = None,
+    grey: bool = False,
+    icc: bytes | None = None,
+    exif: bytes | None = None,
+    dpi: tuple | None = None,
 ) -> None:
     """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
-    ``grey`` writes it as a greyscale (luminance) image, ``icc`` embeds a colour profile
-    (formats without one ignore it). Atomic (:func:`n2nfunc.checkpoint.write_atomic`)."""
+    ``grey`` writes it as a greyscale (luminance) image, ``icc`` embeds a colour profile,
+    ``exif`` an EXIF block and ``dpi`` a resolution (formats without them ignore them).
+    Atomic (:func:`n2nfunc.checkpoint.write_atomic`)."""
     from PIL import Image
 
     h, w = rgb.shape[1:]
@@ -350,6 +396,7 @@ def write_image(
     if icc and not keeps_profile(path, grey):  # a grey one written as RGB would misfit
         icc = None
     options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
+    options.update({"exif": exif} if exif else {}, **({"dpi": dpi} if dpi else {}))
     im.save(encoded, format=kind, **options)
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
 
