@@ -391,6 +391,15 @@ def phase_plan(
     )
 
 
+def _outside_inference(cached: Tensor) -> Tensor:
+    """A cached constant as the current mode can use it: one made under
+    ``torch.inference_mode`` (the first call of a shape inside a ``predict``, say) is an
+    inference tensor, which autograd refuses to save, so outside that mode a copy of it."""
+    if cached.is_inference() and not empty(0).is_inference():
+        return cached.clone()
+    return cached
+
+
 @lru_cache(maxsize=256)
 def _phase_matrix(plan: PhasePlan, dtype, device) -> Tensor:
     """The 0/1 matrix ``A`` of shape (stride*width, kernel): ``A[rho*width + j, t] = 1`` iff phase
@@ -424,7 +433,9 @@ def combine(wk: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:
     = sum_{ty, tx} Ay[ry, jy, ty] Ax[rx, jx, tx] wk[ty, tx, ci, co]``.
     """
     kh, kw, ci, co = wk.shape
-    t = _phase_kron(py, px, wk.dtype, wk.device).matmul(wk.reshape(kh * kw, ci * co))
+    t = _outside_inference(_phase_kron(py, px, wk.dtype, wk.device)).matmul(
+        wk.reshape(kh * kw, ci * co)
+    )
     t = t.view(py.stride, py.width, px.stride, px.width, ci, co).permute(1, 3, 4, 0, 2, 5)
     return t.reshape(py.width * px.width * ci, py.stride * px.stride * co)
 
@@ -435,7 +446,8 @@ def uncombine(g_eff: Tensor, py: PhasePlan, px: PhasePlan, kernel_shape: tuple) 
     kh, kw, ci, co = kernel_shape
     t = g_eff.view(py.width, px.width, ci, py.stride, px.stride, co).permute(3, 0, 4, 1, 2, 5)
     t = t.reshape(py.stride * py.width * px.stride * px.width, ci * co)
-    return _phase_kron(py, px, g_eff.dtype, g_eff.device).t().matmul(t).view(kh, kw, ci, co)
+    kron = _outside_inference(_phase_kron(py, px, g_eff.dtype, g_eff.device))
+    return kron.t().matmul(t).view(kh, kw, ci, co)
 
 
 # Nearest upsampling by s followed by a convolution (kernel k, dilation d, padding p) is one
@@ -463,7 +475,7 @@ def nearest_conv_kernel(weight: Tensor, scale: tuple, dilation: tuple) -> Tensor
     ``scale`` then the convolution with ``weight`` [O, C, kh, kw] (see the section comment);
     a view whose :func:`conv_matrix` needs no copy."""
     o, c, kh, kw = weight.shape
-    a = _nearest_matrix((kh, kw), scale, dilation, weight.dtype, weight.device)
+    a = _outside_inference(_nearest_matrix((kh, kw), scale, dilation, weight.dtype, weight.device))
     m = a.matmul(weight.permute(2, 3, 0, 1).reshape(kh * kw, o * c))  # (k2y*k2x, O*C)
     k2y = dilation[0] * (kh - 1) + scale[0]
     return m.view(k2y, -1, o, c).permute(3, 2, 0, 1)
@@ -473,7 +485,9 @@ def nearest_conv_kernel_grad(d_kernel: Tensor, scale: tuple, dilation: tuple, sh
     """Adjoint of :func:`nearest_conv_kernel`: the gradient wrt ``weight`` (``shape``
     [O, C, kh, kw]) from one wrt the combined kernel [C, O, k2y, k2x]."""
     o, c, kh, kw = shape
-    a = _nearest_matrix((kh, kw), scale, dilation, d_kernel.dtype, d_kernel.device)
+    a = _outside_inference(
+        _nearest_matrix((kh, kw), scale, dilation, d_kernel.dtype, d_kernel.device)
+    )
     t = a.t().matmul(d_kernel.permute(2, 3, 1, 0).reshape(a.shape[0], o * c))
     return t.view(kh, kw, o, c).permute(2, 3, 0, 1).contiguous()
 

@@ -281,13 +281,15 @@ def _pairwise(name: str, op: Callable, a: Tree, b: Tree) -> Tree:
 
 
 def detach(tree: Tree) -> Tree:
-    """The tree with each tensor leaf cut from torch.autograd's graph (a view, no copy);
-    other leaves as they are. The gradients here are hand-written: with autograd on (torch's
-    default), inputs or parameters that require grad (``nn.Parameter``s) would have every
-    operation recorded (and max pooling's in-place routing refused), and each training
-    step's returned parameters would carry that step's whole graph into the next, memory
-    growing without bound."""
-    return map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
+    """The tree with each tensor leaf cut from torch.autograd's graph (a view, no copy; a
+    tensor that does not require grad is itself, so that a pullback's watch on its input,
+    :class:`n2nfunc.base.Unchanged`, is on the caller's own tensor); other leaves as they
+    are. The gradients here are hand-written: with autograd on (torch's default), inputs or
+    parameters that require grad (``nn.Parameter``s) would have every operation recorded
+    (and max pooling's in-place routing refused), and each training step's returned
+    parameters would carry that step's whole graph into the next, memory growing without
+    bound."""
+    return map(lambda t: t.detach() if isinstance(t, Tensor) and t.requires_grad else t, tree)
 
 
 def add(a: Tree, b: Tree) -> Tree:

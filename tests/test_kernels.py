@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import randn, rel_err
 
+import n2nfunc as nf
 from n2nfunc import kernels as K
 
 TOL64 = 1e-12
@@ -269,3 +270,27 @@ def test_conv_with_its_weight_gradient_at_once_matches_the_two_apart(monkeypatch
     monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", 1)
     y, dw = K.conv_and_weight_grad(x, weight, b, *geometry, like_torch=False, grad_for=a)
     assert rel_err(y, y_ref) < TOL64 and rel_err(dw, dw_ref) < TOL64
+
+
+def test_constants_cached_under_inference_mode_serve_autograd_later():
+    """The first call of a shape inside torch.inference_mode (a predict) had cached inference
+    tensors, which autograd refuses to save: every later call of that shape with parameters
+    that require grad failed, until the process restarted."""
+    from n2nfunc import kernels
+
+    for layer, shape in [
+        (nf.upsample(8, 3, 2, 1), (2, 8, 4, 5)),
+        (nf.conv_transpose2d(4, 4, stride=2), (2, 3, 5, 6)),
+    ]:
+        for cached in (kernels._phase_matrix, kernels._phase_kron, kernels._nearest_matrix):
+            cached.cache_clear()
+        _, params = layer.init(torch.Generator().manual_seed(0), shape)
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            expected = layer.apply(params, x)
+        tracked = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
+        with torch.enable_grad():
+            y = layer.apply(tracked, x)
+            y.sum().backward()
+        assert torch.allclose(y.detach(), expected, atol=1e-5)
+        assert all(p.grad is not None for p in tracked.values())

@@ -233,7 +233,10 @@ def test_sequential_drops_each_blocks_pullback_once_it_has_run():
 
     net = Sequential(Module(checker(), {}), ReLU(), Module(recorder(), {}), Sigmoid())
     out = net.forward(torch.randn(2, 3, 4, 4))
-    net.backward(torch.randn_like(out))
+    net.backward(torch.randn_like(out))  # kept for another backward, as autograd's default
+    assert not seen["freed"]
+    out = net.forward(torch.randn(2, 3, 4, 4))
+    net.backward(torch.randn_like(out), retain_graph=False)
     assert seen["freed"]
 
 

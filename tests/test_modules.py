@@ -1337,3 +1337,15 @@ def test_a_subclass_may_set_an_option_to_the_value_it_has():
     a = d(torch.ones(64))
     torch.manual_seed(9)
     assert torch.equal(d(torch.ones(64)), a)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 8), (1, 20, 9, 8)])  # im2col copy; batch-1 order
+def test_a_blocks_input_changed_in_place_before_backward_is_refused(shape):
+    """As the functional pullback and autograd: the block watches the caller's own input,
+    not a detached stand-in that dies when the engine keeps a copy of what it needs."""
+    block = Conv2d(shape[1], 4, 3, padding=1)
+    x = torch.randn(shape)
+    y = block(x)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match=r"its input \(shape"):
+        block.backward(torch.randn_like(y))
