@@ -312,6 +312,14 @@ def tensor_shape(in_shape, layer: str, min_rank: int, what: str) -> Shape:
     return shape
 
 
+def shape_or_streams(in_shape, layer: str):
+    """Check an ``init`` argument of a layer that passes streams through (identity, fanout):
+    a shape of ints (see :func:`tensor_shape`) or a tuple of such, at any depth."""
+    if isinstance(in_shape, (tuple, list)) and in_shape and not all(map(is_int, in_shape)):
+        return tuple(shape_or_streams(s, layer) for s in in_shape)
+    return tensor_shape(in_shape, layer, 0, "(N, ...) or a tuple of shapes")
+
+
 def check_tensor(x, layer: str, what: str = "input") -> Tensor:
     """``x`` must be a floating-point tensor."""
     if not isinstance(x, Tensor):
@@ -389,6 +397,37 @@ def output_of(y: Tensor) -> Output:
     return Output(tuple(y.shape), y.dtype, y.device)
 
 
+def outputs_of(y):
+    """What a pullback keeps of its output ``y`` to check its cotangent: an ``Output`` per
+    tensor, in the same tuples (None for anything else)."""
+    if isinstance(y, Tensor):
+        return output_of(y)
+    if isinstance(y, (tuple, list)):
+        return tuple(outputs_of(part) for part in y)
+    return None
+
+
+def checked_cotangent(ct, out, name: str):
+    """``ct`` checked against :func:`outputs_of` ``out``, before any child's pullback runs: one
+    that fails then has released nothing, and can be called again."""
+    if isinstance(out, tuple) and not isinstance(out, Output):
+        return tuple(
+            checked_cotangent(c, o, name)
+            for c, o in zip(check_tuple(ct, len(out), name, "output gradients"), out)
+        )
+    return ct if out is None else check_cotangent(ct, out, name)
+
+
+def check_tuple(xs, n: int, name: str, what: str = "inputs"):
+    """``xs`` as a tuple of ``n`` inputs (-1: one or more), or of ``what``."""
+    if not isinstance(xs, (tuple, list)) or (len(xs) != n if n >= 0 else not xs):
+        got = f"{len(xs)} {what}" if isinstance(xs, (tuple, list)) else type(xs).__name__
+        raise ValueError(
+            f"{name}: expected a tuple of {n if n >= 0 else 'several'} {what}, got {got}"
+        )
+    return tuple(xs)
+
+
 def check_cotangent(ct, out: "Tensor | Output", layer: str) -> Tensor:
     """The output cotangent must be a floating-point tensor of the output's shape (no silent
     broadcasting) and device; one of another float dtype is converted to the output's, as
@@ -425,6 +464,8 @@ def pixel_scale(x: Tensor, noisy_max: float = NOISY_MAX) -> float:
     images with unclipped noise), else 255."""
     if not x.is_floating_point():
         return 255.0
+    if not x.numel():
+        raise ValueError(f"the images are empty: shape {tuple(x.shape)}; no scale to read")
     high = float(x.max())
     return 1.0 if high <= 1.0 or (high <= noisy_max and float(x.mean()) <= NOISY_MEAN) else 255.0
 

@@ -29,16 +29,19 @@ from . import tree
 from .base import (
     Held,
     Layer,
-    Output,
     an_int,
     apply_via_vjp,
     check_cotangent,
     check_tensor,
+    check_tuple,
+    checked_cotangent,
     holding,
     output_of,
+    outputs_of,
     positive_int,
     pull,
     releases,
+    shape_or_streams,
     skips_input_grad,
 )
 from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng, stateful_call
@@ -94,27 +97,6 @@ def _child(params, state, i: int, name: str):
     """Child ``i``'s params and state in combinator ``name``, each checked to be there."""
     key = str(i)
     return child_entry(params, key, name, "params"), child_entry(state, key, name)
-
-
-def _outputs(y):
-    """What a pullback keeps of its output ``y`` to check its cotangent: an ``Output`` per
-    tensor, in the same tuples (None for anything else)."""
-    if isinstance(y, Tensor):
-        return output_of(y)
-    if isinstance(y, (tuple, list)):
-        return tuple(_outputs(part) for part in y)
-    return None
-
-
-def _checked_cotangent(ct, out, name: str):
-    """``ct`` checked against :func:`_outputs` ``out``, before any child's pullback runs: one
-    that fails then has released nothing, and can be called again."""
-    if isinstance(out, tuple) and not isinstance(out, Output):
-        return tuple(
-            _checked_cotangent(c, o, name)
-            for c, o in zip(_check_tuple(ct, len(out), name, "output gradients"), out)
-        )
-    return ct if out is None else check_cotangent(ct, out, name)
 
 
 def check_input_grad(ct, shape) -> None:
@@ -192,10 +174,10 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             except NAMED as e:
                 raise layer_error(str(i), e).with_traceback(e.__traceback__) from e.__cause__
             pullbacks.append(Held(pb, "serial"))
-        out = _outputs(x)
+        out = outputs_of(x)
 
         def pullback(ct, input_grad=True, release=False):
-            ct = _checked_cotangent(ct, out, "serial")
+            ct = checked_cotangent(ct, out, "serial")
             # without the input gradient, the children before the first one with parameters
             # need no output cotangent: their pullbacks are not run at all
             first = 0
@@ -224,16 +206,6 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     return _network(layers, init, apply, vjp)
 
 
-def _check_tuple(xs, n: int, name: str, what: str = "inputs"):
-    """``xs`` as a tuple of ``n`` inputs (-1: one or more), or of ``what``."""
-    if not isinstance(xs, (tuple, list)) or (len(xs) != n if n >= 0 else not xs):
-        got = f"{len(xs)} {what}" if isinstance(xs, (tuple, list)) else type(xs).__name__
-        raise ValueError(
-            f"{name}: expected a tuple of {n if n >= 0 else 'several'} {what}, got {got}"
-        )
-    return tuple(xs)
-
-
 def _check_shapes(in_shapes, n: int, name: str) -> tuple:
     """``init``'s ``in_shapes`` as a tuple of ``n`` shapes (-1: one or more), one per input, each
     a tuple or list (of ints, or of shapes for an input that is a tuple)."""
@@ -244,7 +216,7 @@ def _check_shapes(in_shapes, n: int, name: str) -> tuple:
             f"{name}: expected a tuple of input shapes, one per input, got {in_shapes!r} "
             "(a single shape?)"
         )
-    return _check_tuple(in_shapes, n, name)
+    return check_tuple(in_shapes, n, name)
 
 
 def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
@@ -262,7 +234,7 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
 
     def vjp(params, state, xs, *, train, rng=None):
         outs, new_state, pullbacks = [], {}, []
-        xs = _check_tuple(xs, n, "parallel")
+        xs = check_tuple(xs, n, "parallel")
         _no_stray_children(params, state, n, "parallel")
         for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
             p, s = _child(params, state, i, "parallel")
@@ -271,11 +243,11 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             outs.append(y)
             pullbacks.append(Held(pb, "parallel"))
 
-        out = _outputs(tuple(outs))
+        out = outputs_of(tuple(outs))
 
         def pullback(cts, input_grad=True, release=False):
             grads, cxs = {}, []
-            for i, ct in enumerate(_checked_cotangent(cts, out, "parallel")):
+            for i, ct in enumerate(checked_cotangent(cts, out, "parallel")):
                 with at_layer(str(i)):
                     pb = pullbacks[i].take(release)
                     grads[str(i)], cx = pull(children[i].vjp, pb, ct, input_grad, release)
@@ -286,7 +258,7 @@ def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
 
     def apply(params, state, xs, *, train, rng=None):
         outs, new_state = [], {}
-        xs = _check_tuple(xs, n, "parallel")
+        xs = check_tuple(xs, n, "parallel")
         _no_stray_children(params, state, n, "parallel")
         for i, (layer, x, r) in enumerate(zip(children, xs, split_rng(rng, n))):
             p, s = _child(params, state, i, "parallel")
@@ -317,15 +289,15 @@ def fanout(n: int) -> Layer:
     n = positive_int(n, "n", "fanout")
 
     def init(generator, in_shape):
-        return (tuple(in_shape),) * n, {}
+        return (shape_or_streams(in_shape, "fanout"),) * n, {}
 
     def vjp(params, x):
-        out = _outputs(x)  # x may be a tuple of streams: each output is that tuple
+        out = outputs_of(x)  # x may be a tuple of streams: each output is that tuple
 
         def pullback(cts):
             cts = [
-                _checked_cotangent(ct, out, f"fanout (output {i})")
-                for i, ct in enumerate(_check_tuple(cts, n, "fanout", "output gradients"))
+                checked_cotangent(ct, out, f"fanout (output {i})")
+                for i, ct in enumerate(check_tuple(cts, n, "fanout", "output gradients"))
             ]
             return {}, _sum_streams(cts)
 
@@ -337,7 +309,7 @@ def fanout(n: int) -> Layer:
 def _same_shapes(shapes, name):
     """Equal shapes, a -1 (a size ``init`` does not know) matching any size; returns the
     shapes with each -1 replaced by a known size of that axis where there is one."""
-    shapes = [tuple(s) for s in _check_tuple(shapes, -1, name)]
+    shapes = [tuple(s) for s in check_tuple(shapes, -1, name)]
     if len({len(s) for s in shapes}) != 1:
         raise ValueError(f"{name}: inputs must have equal shapes, got {shapes}")
     merged = []
@@ -411,7 +383,7 @@ def fanin_concat(axis: int = 1) -> Layer:
 
 def _tensors(xs, name: str):
     """A tuple of tensors (the inputs of a merge), else an error naming the layer."""
-    xs = _check_tuple(xs, -1, name)
+    xs = check_tuple(xs, -1, name)
     for i, x in enumerate(xs):
         check_tensor(x, name, f"input {i}")
     return xs

@@ -57,6 +57,9 @@ def evaluate(model, noisy: Tensor, clean: Tensor, scale: float | None = None) ->
     white) when given, else 0-255 for integers, and for floats as ``Model.predict`` reads them
     (:func:`~n2nfunc.base.pixel_scale`: 0-1 up to a maximum of 1, or with unclipped noise);
     noisy and clean must be on the same one."""
+    for what, images in (("noisy", noisy), ("clean", clean)):
+        if isinstance(images, Tensor) and not images.numel():
+            raise ValueError(f"evaluate: the {what} images are empty: shape {tuple(images.shape)}")
     if scale is not None:
         denoised = model.predict(noisy, scale=scale)  # checks scale and the noisy images
         top = float(clean.max()) if clean.numel() else 0.0  # (above 2 x scale: psnr refuses)

@@ -741,6 +741,8 @@ class Model(Unpicklable):
         if max_pixels is not None:
             positive_int(max_pixels, "max_pixels", "Model.predict")
         if isinstance(test_input, Tensor) and test_input.dim() == 3 and len(test_input) == 3:
+            if not test_input.numel():  # (named by the shape given, not the batch of one)
+                raise ValueError(f"test_input is empty: shape {tuple(test_input.shape)}")
             return self.predict(test_input[None], max_pixels, scale)[0]  # one image
         x, scale = to_unit_range(test_input, "test_input", white_of(scale, "Model.predict"))
         self._move_to(x.device)  # the weights keep their dtype: float64 images use a copy

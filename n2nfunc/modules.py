@@ -28,7 +28,7 @@ from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
 
 from . import optim, tree
-from .base import Layer, check_cotangent, flag, output_of, positive_int, pull, released
+from .base import Layer, check_cotangent, flag, is_int, output_of, positive_int, pull, released
 from .combinators import NAMED, layer_error, serial
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
 from .layers.activations import (
@@ -551,8 +551,8 @@ def _same(value, fixed) -> bool:
 
 def _as_pair(value):
     """An int as torch.nn's convolutions keep it, ``(v, v)``; a list as a tuple; else as it is."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
+    if is_int(value):
+        return (int(value), int(value))
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -785,7 +785,7 @@ class MaxPool2d(_Parameterless):
     ):
         _only_defaults(
             "MaxPool2d",
-            dilation=(1 if dilation in ((1, 1), [1, 1]) else dilation, 1),
+            dilation=(1 if _as_pair(dilation) == (1, 1) else dilation, 1),
             return_indices=(return_indices, False),
             ceil_mode=(ceil_mode, False),
         )

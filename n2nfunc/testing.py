@@ -103,6 +103,13 @@ def check_vjp(
                 f"check_vjp: parameter '{where}' is {kind}, not a floating-point tensor: "
                 "keep integer buffers out of params (the closure of init can hold them)"
             )
+    for where, leaf in tree.flatten(x):
+        if isinstance(leaf, Tensor) and not leaf.numel():
+            at = f" '{where}'" if where else ""
+            raise ValueError(
+                f"check_vjp: the input{at} has no elements (shape {tuple(leaf.shape)}): no "
+                "difference to take; check a case with at least one number"
+            )
     params = tree.map(_to64, params)
     x = tree.map(_to64, x)
     originals = tree.map(_copy, {"input": x, "params": params})

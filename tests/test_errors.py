@@ -488,3 +488,50 @@ def test_a_tuple_cotangent_of_the_wrong_length_is_named_as_output_gradients():
     _, pullback = net.vjp(params, torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"^serial: expected a tuple of 2 output gradients, got 1"):
         pullback((torch.randn(2, 3),))
+
+
+def test_empty_images_are_named_by_evaluate_predict_and_check_vjp():
+    model = nf.Model({"widths": (4, 4)})
+    for scale in (None, 1):
+        with pytest.raises(ValueError, match=r"evaluate: the noisy images are empty: shape \(0, 3"):
+            nf.evaluate(model, torch.rand(0, 3, 8, 8), torch.rand(0, 3, 8, 8), scale=scale)
+    with pytest.raises(ValueError, match=r"test_input is empty: shape \(3, 0, 0\)"):
+        model.predict(torch.rand(3, 0, 0))
+    with pytest.raises(
+        ValueError, match=r"check_vjp: the input has no elements \(shape \(0, 3\)\)"
+    ):
+        nf.check_vjp(nf.relu(), {}, torch.randn(0, 3, dtype=torch.float64))
+
+
+def test_identity_checks_each_cotangent_of_a_tuple_of_streams():
+    y, pullback = nf.identity().vjp({}, (torch.randn(2, 3), torch.randn(4)))
+    with pytest.raises(ValueError, match=r"identity: output gradient must have the output's shape"):
+        pullback((torch.ones(1, 3), torch.ones(4)))
+    with pytest.raises(ValueError, match=r"identity: expected a tuple of 2 output gradients"):
+        pullback((torch.ones(2, 3),))
+    assert pullback((torch.ones(2, 3), torch.ones(4)))[1][1].shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nf.relu(), nf.sigmoid(), nf.identity(), nf.fanout(2), nf.serial(nf.relu(), nf.dense(3))],
+)
+def test_parameterless_layers_refuse_what_is_not_a_shape(layer):
+    """A tensor passed as init's shape had gone through an activation and been blamed, with
+    its values printed, on a later layer; an int or None failed inside Python."""
+    x = torch.randn(2, 5)
+    with pytest.raises(ValueError, match=r"got a tensor of shape \(2, 5\) \(init takes the shape"):
+        layer.init(None, x)
+    for bad in (5, None, (2, 0.5)):
+        with pytest.raises(ValueError, match="expected an input shape"):
+            layer.init(None, bad)
+    with pytest.raises(ValueError, match=r"dropout\(p=0.5\): expected an input shape"):
+        nf.dropout().init(None, None)
+
+
+def test_numpy_integers_are_torchs_ints_in_the_blocks_options():
+    np = pytest.importorskip("numpy")
+    assert nf.MaxPool2d(2, dilation=np.int64(1))(torch.randn(1, 1, 4, 4)).shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match="MaxPool2d: dilation=.* is not supported"):
+        nf.MaxPool2d(2, dilation=np.int64(2))
+    assert nf.Conv2d(3, 6, np.int64(3)).kernel_size == (3, 3)

@@ -8,7 +8,7 @@ layout, so channels-last activations stay channels-last.
 
 import math
 
-from torch import Tensor, empty
+from torch import empty
 
 from ..base import (
     Layer,
@@ -18,8 +18,11 @@ from ..base import (
     check_cotangent,
     check_params,
     check_tensor,
+    checked_cotangent,
     is_number,
-    output_of,
+    outputs_of,
+    shape_or_streams,
+    tensor_shape,
 )
 
 
@@ -29,7 +32,7 @@ def _elementwise(name: str, forward, derivative_times, uses_input: bool = True) 
     for the backward pass, not the input too."""
 
     def init(generator, in_shape):
-        return tuple(in_shape), {}
+        return tensor_shape(in_shape, name, 0, "(N, ...)"), {}
 
     def vjp(params, x):
         check_params(params, name, {})
@@ -141,13 +144,11 @@ def identity() -> Layer:
     """``y = x``; for skip connections."""
 
     def init(generator, in_shape):
-        return in_shape, {}
+        return shape_or_streams(in_shape, "identity"), {}
 
     def vjp(params, x):
-        if not isinstance(x, Tensor):  # a tuple or tree of streams passes through as it is
-            return x, lambda ct: ({}, ct)
-        x_out = output_of(x)
-        return x, lambda ct: ({}, check_cotangent(ct, x_out, "identity"))
+        x_out = outputs_of(x)  # a tuple of streams passes through as it is
+        return x, lambda ct: ({}, checked_cotangent(ct, x_out, "identity"))
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 

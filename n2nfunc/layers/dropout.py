@@ -9,7 +9,7 @@ Evaluation, or ``p = 0``: the identity, and nothing is drawn. No params, empty s
 
 from torch import Generator, empty
 
-from ..base import check_cotangent, check_params, check_tensor, is_number, output_of
+from ..base import check_cotangent, check_params, check_tensor, is_number, output_of, tensor_shape
 from ..stateful import StatefulLayer, stateful_call
 
 
@@ -22,7 +22,7 @@ def dropout(p: float = 0.5) -> StatefulLayer:
     name = f"dropout(p={p})"
 
     def init(generator, in_shape):
-        return tuple(in_shape), {}, {}
+        return tensor_shape(in_shape, name, 0, "(N, ...)"), {}, {}
 
     def scaled_mask(x, rng):
         if not isinstance(rng, Generator):
