@@ -1220,6 +1220,7 @@ def _check_train(args, error) -> None:
     if args.val and not args.train:
         error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
     _check_data_options(args, error)
+    _check_apart(args, error)
     _check_photo_sides(args, error)
     want = 4 if args.network == "unet" else 2
     if args.widths is not None and len(args.widths) != want:
@@ -1382,6 +1383,58 @@ def _check_data_options(args, error) -> None:
             sources = " and ".join(_option(o) for o in train + val)
             verb = "give" if len(train + val) > 1 else "gives"
             error(f"{_option(dest)} applies to generated pairs; {sources} {verb} all the pairs")
+
+
+def _check_apart(args, error) -> None:
+    """The validation data must not be the training data: the same file, the same folder, or
+    an image file of the same bytes in both (its crops or tiles then validate on what trained,
+    and the validation PSNR says nothing of other images)."""
+    for train, val, subs in (
+        ("train", "val", None),
+        ("photos", "val_photos", ("",)),
+        ("pairs", "val_pairs", ("a", "b")),
+    ):
+        a, b = getattr(args, train, None), getattr(args, val, None)
+        if not (a and b):
+            continue
+        if Path(a).resolve() == Path(b).resolve():
+            error(
+                f"{_option(train)} and {_option(val)} name the same "
+                f"{'file' if subs is None else 'folder'}: validate on data kept apart from "
+                "training"
+            )
+        if subs is None:
+            continue
+        shared = _same_images(Path(a), Path(b), subs)
+        if shared:
+            shown = ", ".join(f"{x} = {y}" for x, y in shared[:3]) + (" ..." * (len(shared) > 3))
+            error(
+                f"{_option(train)} and {_option(val)} hold {len(shared)} image file(s) of the "
+                f"same bytes ({shown}): validate on images kept apart from training"
+            )
+
+
+def _same_images(a: Path, b: Path, subs) -> list[tuple[str, str]]:
+    """Pairs of image files, one under ``a`` and one under ``b`` (in the sub-folders
+    ``subs``), with the same bytes (hashed only where the sizes match)."""
+
+    def files(root):
+        return [p for sub in subs if (root / sub).is_dir() for p in list_images(root / sub)]
+
+    by_size: dict[int, list[Path]] = {}
+    for p in files(a):
+        by_size.setdefault(p.stat().st_size, []).append(p)
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    shared = []
+    for q in files(b):
+        candidates = by_size.get(q.stat().st_size, [])
+        if candidates:
+            mine = digest(q)
+            shared += [(str(p), str(q)) for p in candidates if digest(p) == mine]
+    return shared
 
 
 def _check_photo_sides(args, error) -> None:
