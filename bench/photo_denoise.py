@@ -220,6 +220,7 @@ def table(clean, methods: dict, levels, notes: list, picture: Path | None):
             for lv in levels
         ]
         print(f"{name:<34}" + "".join(f"{c:>20}" for c in cells))
+    paired_differences(rows, clean, levels, "n2nfunc U-Net (Noise2Noise)", "BM3D")
     for n in notes:
         print("note:", n)
     if picture is not None and "gaussian:25" in levels:
@@ -229,6 +230,27 @@ def table(clean, methods: dict, levels, notes: list, picture: Path | None):
         write_image(picture, (strip * 255).round().clamp(0, 255).to(torch.uint8))
         print(f"picture ({' | '.join(order)} | clean, where present): {picture}")
     return rows
+
+
+def paired_differences(rows: dict, clean, levels, a: str, b: str) -> None:
+    """Per photo, PSNR of ``a`` minus that of ``b`` on the same noisy crop, and their mean with
+    its standard error: with a handful of photos, whether a mean margin is more than the
+    spread between photos."""
+    for lv in levels:
+        if lv not in rows.get(a, {}) or lv not in rows.get(b, {}):
+            continue
+        d = [
+            psnr(rows[a][lv][i : i + 1], clean[i : i + 1])
+            - psnr(rows[b][lv][i : i + 1], clean[i : i + 1])
+            for i in range(len(clean))
+        ]
+        mean = sum(d) / len(d)
+        sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else math.nan
+        se = sd / len(d) ** 0.5
+        print(
+            f"{lv}: {a} minus {b}, dB per photo: {' '.join(f'{x:+.2f}' for x in d)}; "
+            f"mean {mean:+.2f} +- {se:.2f} (standard error, {len(d)} photos)"
+        )
 
 
 def aliasing_table(root: Path, n: int, notes: list) -> None:
