@@ -460,10 +460,13 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
         labels = tree.map(lambda p: "decay" if p.ndim > 1 else "no_decay", params)
         multi_transform({"decay": adamw(1e-3), "no_decay": adam(1e-3)}, labels)
 
-    ``param_labels`` is a tree like the params whose leaves are keys of ``transforms``, or a
-    function ``params -> such a tree``. Each transformation sees only its own leaves, as one
-    flat dict keyed by their dotted paths (``{"0.weight": w, ...}``), so its state holds
-    nothing for the others; the state is ``{label: that transformation's state}``."""
+    ``param_labels`` holds a key of ``transforms`` for each leaf: a tree like the params, or
+    one whose leaves label whole sub-trees (``{"encoder": "frozen", "decoder": "train"}``; a
+    single label labels everything), or a function ``params -> such a tree`` (called on the
+    params -- on the gradients where ``update`` is given none). Each transformation sees only
+    its own leaves, as one flat dict keyed by their dotted paths (``{"0.weight": w, ...}``), so
+    its state holds nothing for the others, and a label tree, looked up by path, fits it too
+    (groups nest); the state is ``{label: that transformation's state}``."""
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError(
             "multi_transform: transforms must be a non-empty dict label -> transformation"
@@ -478,15 +481,8 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
     def groups(like) -> dict:
         """label -> the dotted paths of its leaves in ``like``."""
         labels = param_labels(like) if callable(param_labels) else param_labels
-        pairs: list = []
-        try:
-            tree.map_with_path(lambda path, lab, _: pairs.append((path, lab)), labels, like)
-        except ValueError as e:
-            raise ValueError(
-                f"multi_transform: param_labels must be a tree like the params: {e}"
-            ) from None
         out: dict = {label: [] for label in transforms}
-        for path, lab in pairs:
+        for path, lab in labelled(labels, like, "multi_transform: param_labels"):
             if not _hashable(lab) or lab not in out:
                 raise ValueError(
                     f"multi_transform: '{path}' has the label {lab!r}, which names no "
@@ -511,7 +507,7 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
                 "multi_transform: state must be a dict of one state per label "
                 f"{list(transforms)}, got {got}"
             )
-        paths = groups(grads)
+        paths = groups(grads if params is None else params)
         grad_parts = split(grads, paths)
         param_parts = None if params is None else split(params, paths)
         updates, new_state = {}, {}
@@ -524,32 +520,48 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
     return GradientTransformation(init, update)  # (each library part detaches its own)
 
 
+def labelled(labels, like, what: str) -> list[tuple[str, object]]:
+    """Each leaf path of ``like`` with its label: the leaf of ``labels`` on the same dotted
+    path, or on the longest path that leads to it (a label for a whole sub-tree; the root's,
+    ``""``, for everything). Extra labels are ignored, so a tree of labels for all the params
+    also labels a flat dict of some of them."""
+    given = dict(tree.flatten(labels))
+    out = []
+    for path, _ in tree.flatten(like):
+        key = path
+        while key not in given and key:
+            key = key.rpartition(".")[0]
+        if key not in given:
+            shown = sorted(given)[:6]
+            raise ValueError(
+                f"{what} has nothing for '{path}' (its paths: {shown}"
+                f"{' ...' if len(given) > 6 else ''}; a path may also name a whole sub-tree)"
+            )
+        out.append((path, given[key]))
+    return out
+
+
 def masked(inner: GradientTransformation, mask) -> GradientTransformation:
     """``inner`` on the leaves where ``mask`` is True; the others' updates pass through as
     they came (optax's ``masked``), e.g. weight decay on the weights only::
 
         chain(masked(add_decayed_weights(1e-2), tree.map(lambda p: p.ndim > 1, params)), sgd(0.1))
 
-    ``mask`` is a tree like the params of Python bools, or a function ``params -> such a
-    tree``; the state is ``inner``'s, over its leaves alone (see :func:`multi_transform`)."""
+    ``mask`` holds Python bools as :func:`multi_transform`'s labels hold labels (a tree like
+    the params, or of sub-trees, or a function of the params); the state is ``inner``'s, over
+    its leaves alone."""
     if not isinstance(inner, GradientTransformation):
         raise TypeError(
             f"masked: inner must be a GradientTransformation, got {type(inner).__name__}"
         )
 
     def labels(like):
-        def label(path, m, _):
+        flags = labelled(mask(like) if callable(mask) else mask, like, "masked: the mask")
+        for path, m in flags:
             if not isinstance(m, bool):
                 where = f"'{path}' " if path else ""
                 raise ValueError(f"masked: the mask's leaf {where}is {m!r}; expected True or False")
-            return "inner" if m else "rest"
-
-        try:
-            return tree.map_with_path(label, mask(like) if callable(mask) else mask, like)
-        except ValueError as e:
-            if str(e).startswith("masked:"):
-                raise
-            raise ValueError(f"masked: the mask must be a tree like the params: {e}") from None
+        return {path: "inner" if m else "rest" for path, m in flags}
 
     both = multi_transform({"inner": inner, "rest": _identity()}, labels)
 

@@ -822,17 +822,17 @@ def test_group_state_saves_and_resumes_exactly(tmp_path):
         ),
         (
             lambda p: nf.multi_transform({"a": nf.adam()}, {"w": "a", "b": "a"}),
-            "param_labels must be a tree like the params",
+            r"param_labels has nothing for 'conv.0' \(its paths: \['b', 'w'\]; a path may",
         ),
         (
             lambda p: nf.multi_transform({"a": nf.adam()}, nf.tree.map(lambda _: ["a"], p)),
-            "param_labels must be a tree like the params",
+            "param_labels has nothing for 'w'",
         ),
         (
             lambda p: nf.masked(nf.adam(), nf.tree.map(lambda _: 1, p)),
             r"masked: the mask's leaf 'w' is 1; expected True or False",
         ),
-        (lambda p: nf.masked(nf.adam(), {"w": True}), "masked: the mask must be a tree like"),
+        (lambda p: nf.masked(nf.adam(), {"w": True}), "masked: the mask has nothing for 'b'"),
         (lambda p: nf.masked("adam", {}), "masked: inner must be a GradientTransformation"),
     ],
 )
@@ -856,3 +856,53 @@ def test_the_classes_refuse_torchs_parameter_groups_pointing_to_multi_transform(
         nf.Adam([{"params": [pairs[0]], "lr": 0.1}, {"params": [pairs[1]]}])
     with pytest.raises(TypeError, match=r"SGD: params must be a list of \(parameter, gradient\)"):
         nf.SGD([p for p, _ in pairs], lr=0.1)
+
+
+def test_labels_may_name_sub_trees_and_groups_nest_as_in_optax():
+    """A label for a whole sub-tree (optax's prefix trees), one label for everything, and a
+    mask shaped like all the params inside a group, which sees a flat dict of its leaves."""
+    params, grads_seq = _problem(3)
+    grads = grads_seq[0]
+    by_tree = nf.multi_transform(
+        {"train": nf.sgd(0.1), "frozen": nf.set_to_zero()},
+        {"w": "train", "b": "frozen", "conv": ["train"]},
+    )
+    by_prefix = nf.multi_transform(
+        {"train": nf.sgd(0.1), "frozen": nf.set_to_zero()},
+        {"w": "train", "b": "frozen", "conv": "train"},
+    )
+    for opt in (by_tree, by_prefix):
+        updates, _ = opt.update(grads, opt.init(params), params)
+        assert torch.equal(updates["conv"][0], grads["conv"][0] * -0.1)
+        assert not updates["b"].any()
+    everything = nf.masked(nf.sgd(0.5), True)
+    updates, _ = everything.update(grads, everything.init(params), params)
+    assert torch.equal(updates["b"], grads["b"] * -0.5)
+    mask = _is_matrix(params)
+    nested = nf.multi_transform(
+        {
+            "train": nf.chain(nf.masked(nf.add_decayed_weights(0.1), mask), nf.sgd(1.0)),
+            "frozen": nf.set_to_zero(),
+        },
+        {"w": "train", "b": "train", "conv": "frozen"},
+    )
+    updates, _ = nested.update(grads, nested.init(params), params)
+    assert torch.equal(updates["w"], -(grads["w"] + 0.1 * params["w"]))
+    assert torch.equal(updates["b"], -grads["b"])  # a vector: no decay
+    assert not updates["conv"][0].any()
+
+
+def test_a_label_function_reads_the_params_at_every_update():
+    """A function of what only the params have (requires_grad, as torch users freeze) had
+    been called on the gradients at each update: every leaf moved to one group, silently."""
+    params = {
+        "w": torch.nn.Parameter(torch.randn(3, 3)),
+        "b": torch.nn.Parameter(torch.randn(3), requires_grad=False),
+    }
+    grads = {"w": torch.randn(3, 3), "b": torch.randn(3)}
+    opt = nf.multi_transform(
+        {"train": nf.adam(0.1), "frozen": nf.set_to_zero()},
+        lambda ps: nf.tree.map(lambda p: "train" if p.requires_grad else "frozen", ps),
+    )
+    updates, _ = opt.update(grads, opt.init(params), params)
+    assert updates["w"].abs().min() > 0 and not updates["b"].any()
