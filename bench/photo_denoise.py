@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from shipped_weights import DEFAULT_PHOTOS, photos_folder  # noqa: E402
+from shipped_weights import DEFAULT_PHOTOS, check_apart, photos_folder  # noqa: E402
 
 import n2nfunc as nf  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
@@ -97,6 +97,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 def heldout_crops(root: Path, crop: int) -> torch.Tensor:
     from train_unet import photo_folder
 
+    check_apart(root)
     out = []
     for p in photo_folder(root, "heldout"):
         h, w = p.shape[1:]

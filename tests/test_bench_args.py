@@ -113,3 +113,18 @@ def test_training_benches_say_where_bfloat16_is_emulated(monkeypatch, info, note
     assert common.machine_lines("cpu", "float32").splitlines() == lines[:1]
     for script in ("psnr.py", "train_unet.py"):
         assert "machine_lines(" in (BENCH / script).read_text()
+
+
+def test_the_held_out_photos_are_checked_apart_from_the_training_photos(tmp_path, monkeypatch):
+    """A held-out photo of the same bytes as a training photo is refused before scoring."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import shipped_weights
+
+    for part in ("train", "heldout"):
+        (tmp_path / part).mkdir()
+    (tmp_path / "train" / "a.png").write_bytes(b"\x89PNG same bytes")
+    (tmp_path / "heldout" / "b.png").write_bytes(b"\x89PNG other bytes")
+    shipped_weights.check_apart(tmp_path)
+    (tmp_path / "heldout" / "c.png").write_bytes(b"\x89PNG same bytes")
+    with pytest.raises(SystemExit, match=r"heldout holds training photos: c.png = train/a.png"):
+        shipped_weights.check_apart(tmp_path)
