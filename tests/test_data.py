@@ -528,3 +528,15 @@ def test_any_int_seed_makes_pairs_and_small_ones_are_unchanged():
     x, y = make_pairs(2, "train", seed=2**64 - 1, chunk=2)
     assert x.shape == y.shape == (2, 3, 32, 32)
     assert torch.Generator().manual_seed(-6).initial_seed() == (-6) % 2**64
+
+
+def test_the_resolution_is_read_from_png_jpeg_and_tiff(tmp_path):
+    """A TIFF's resolution comes as rationals, which had been dropped for not being floats."""
+    from PIL import Image
+
+    for name in ("r.tif", "r.png", "r.jpg"):
+        Image.new("RGB", (20, 10)).save(tmp_path / name, dpi=(300, 150))
+        x, y = read_image(tmp_path / name).dpi
+        assert (round(x), round(y)) == (300, 150), name
+    Image.new("RGB", (20, 10)).save(tmp_path / "none.png")
+    assert read_image(tmp_path / "none.png").dpi is None

@@ -150,10 +150,15 @@ def _lost(info: dict, icc, grey: bool) -> tuple:
 
 
 def _dpi(value) -> tuple | None:
-    """A resolution as Pillow reads it, kept only when it is two positive finite numbers."""
+    """A resolution as Pillow reads it (floats, or a TIFF's rationals), as two floats, kept only
+    when both are positive and finite."""
     if isinstance(value, tuple) and len(value) == 2:
-        if all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in value):
-            return value
+        try:
+            x, y = (float(v) for v in value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        if all(0 < v < float("inf") for v in (x, y)):
+            return x, y
     return None
 
 
