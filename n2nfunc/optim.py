@@ -463,10 +463,13 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
     ``param_labels`` holds a key of ``transforms`` for each leaf: a tree like the params, or
     one whose leaves label whole sub-trees (``{"encoder": "frozen", "decoder": "train"}``; a
     single label labels everything), or a function ``params -> such a tree`` (called on the
-    params -- on the gradients where ``update`` is given none). Each transformation sees only
-    its own leaves, as one flat dict keyed by their dotted paths (``{"0.weight": w, ...}``), so
-    its state holds nothing for the others, and a label tree, looked up by path, fits it too
-    (groups nest); the state is ``{label: that transformation's state}``."""
+    params at ``init`` and at every update -- where they are detached, or on the gradients
+    where ``update`` is given none -- so it must read paths, shapes or dtypes, not
+    ``requires_grad``; labels that move a leaf out of a group whose state holds it are
+    refused). Each transformation sees only its own leaves, as one flat dict keyed by their
+    dotted paths (``{"0.weight": w, ...}``), so its state holds nothing for the others, and a
+    label tree, looked up by path, fits it too (groups nest); the state is ``{label: that
+    transformation's state}``."""
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError(
             "multi_transform: transforms must be a non-empty dict label -> transformation"
@@ -512,6 +515,15 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
         param_parts = None if params is None else split(params, paths)
         updates, new_state = {}, {}
         for label, part in grad_parts.items():
+            held = _state_paths(state[label])
+            if held is not None and held != set(part):
+                moved = sorted(held ^ set(part))
+                raise ValueError(
+                    f"multi_transform: this update labels {moved[:4]} otherwise than the state "
+                    f"of group {label!r} holds: labels must stay the same from init on (a label "
+                    "function is called again on the params, detached, or on the gradients: "
+                    "let it read paths, shapes and dtypes, not requires_grad)"
+                )
             sub_params = None if param_parts is None else param_parts[label]
             u, new_state[label] = transforms[label].update(part, state[label], sub_params)
             updates.update(tree.flatten(u))
@@ -526,10 +538,12 @@ def labelled(labels, like, what: str) -> list[tuple[str, object]]:
     ``""``, for everything). Extra labels are ignored, so a tree of labels for all the params
     also labels a flat dict of some of them."""
     given = dict(tree.flatten(labels))
+    leaf_paths = [path for path, _ in tree.flatten(like)]
+    leaves = set(leaf_paths)
     out = []
-    for path, _ in tree.flatten(like):
-        key = path
-        while key not in given and key:
+    for path in leaf_paths:
+        key = path  # then the sub-trees that hold it (not a leaf "a" for a leaf "a.b")
+        while (key not in given or (key != path and key in leaves)) and key:
             key = key.rpartition(".")[0]
         if key not in given:
             shown = sorted(given)[:6]
@@ -573,6 +587,18 @@ def masked(inner: GradientTransformation, mask) -> GradientTransformation:
         return updates, new_state["inner"]
 
     return GradientTransformation(init, update)
+
+
+def _state_paths(state) -> set | None:
+    """The leaf paths that a state of this module's optimizers holds trees for (the keys of
+    its first tree; the first such state in a chain's tuple), or None where it holds none."""
+    if isinstance(state, tuple):
+        found = (_state_paths(s) for s in state)
+        return next((p for p in found if p is not None), None)
+    if isinstance(state, dict) and "step" in state:
+        trees = [v for k, v in state.items() if k != "step" and isinstance(v, dict)]
+        return set(trees[0]) if trees else None
+    return None
 
 
 def _identity() -> GradientTransformation:

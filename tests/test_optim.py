@@ -892,17 +892,34 @@ def test_labels_may_name_sub_trees_and_groups_nest_as_in_optax():
     assert not updates["conv"][0].any()
 
 
-def test_a_label_function_reads_the_params_at_every_update():
-    """A function of what only the params have (requires_grad, as torch users freeze) had
-    been called on the gradients at each update: every leaf moved to one group, silently."""
+def test_labels_that_change_after_init_are_refused_not_followed():
+    """A label function reading requires_grad sees nn.Parameters at init but detached params
+    (make_train_step, apply_updates) or gradients at the updates: every leaf had moved to one
+    group, silently (sgd) or with a message about adam's state."""
     params = {
         "w": torch.nn.Parameter(torch.randn(3, 3)),
         "b": torch.nn.Parameter(torch.randn(3), requires_grad=False),
     }
     grads = {"w": torch.randn(3, 3), "b": torch.randn(3)}
-    opt = nf.multi_transform(
-        {"train": nf.adam(0.1), "frozen": nf.set_to_zero()},
-        lambda ps: nf.tree.map(lambda p: "train" if p.requires_grad else "frozen", ps),
-    )
-    updates, _ = opt.update(grads, opt.init(params), params)
-    assert updates["w"].abs().min() > 0 and not updates["b"].any()
+    by_flag = lambda ps: nf.tree.map(lambda p: "train" if p.requires_grad else "frozen", ps)  # noqa: E731
+    for train in (nf.adam(0.1), nf.sgd(0.1, momentum=0.9)):
+        opt = nf.multi_transform({"train": train, "frozen": nf.set_to_zero()}, by_flag)
+        state = opt.init(params)
+        detached = nf.tree.detach(params)
+        with pytest.raises(
+            ValueError, match=r"labels \['w'\] otherwise than the state of group 'train'"
+        ):
+            opt.update(grads, state, nf.tree.map(lambda p: p.detach(), detached))
+    labels = by_flag(params)  # a tree, made once: what torch users freezing by flag want
+    opt = nf.multi_transform({"train": nf.adam(0.1), "frozen": nf.set_to_zero()}, labels)
+    state = opt.init(params)
+    for _ in range(2):
+        updates, state = opt.update(grads, state, nf.tree.map(lambda p: p.detach(), params))
+        assert updates["w"].abs().min() > 0 and not updates["b"].any()
+
+
+def test_a_label_for_a_leaf_does_not_label_a_sibling_leaf_whose_path_extends_it():
+    params = {"a": torch.zeros(2), "a.b": torch.zeros(3)}
+    opt = nf.multi_transform({"y": nf.sgd(1.0)}, {"a": "y"})
+    with pytest.raises(ValueError, match="param_labels has nothing for 'a.b'"):
+        opt.init(params)
