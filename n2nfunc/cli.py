@@ -8,6 +8,7 @@ usage line and one ``error:`` line, exit status 2, and nothing is written.
 import argparse
 import difflib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from .data import (
     read_image,
     write_image,
 )
-from .data.files import list_images
+from .data.files import exif_refused, list_images
 from .data.noise import parse_noise, photo_noise_pairs
 from .data.photos import PATCH
 from .data.synthetic import to_int16, to_uint8
@@ -736,6 +737,7 @@ def run_training(args, device, dp=None) -> int:
             if args.lr is None:  # fine-tuning: a tenth of the default peak, as Model's
                 model.config["lr"] *= model.config["finetune_lr_scale"]  # (at 1e-3 a short
             _say_init_notes(args, model)  # run made a shipped U-Net 2 dB worse)
+        _say_apart(args)
         start, history = 0, []
     if lead:  # a run writing there is refused before the data, which may take minutes to make
         folder = Path(args.out).absolute()  # (folders made for it removed if left empty)
@@ -1136,10 +1138,18 @@ def cmd_denoise(args) -> int:
         )
     for what in picture.lost:
         print(f"note: {args.input} has {what}; {args.output} does not keep it")
+    exif = picture.exif
+    why = exif and exif_refused(args.output, exif)
+    if why:
+        print(
+            f"note: the EXIF data of {args.input} cannot be written to {args.output} ({why}); "
+            "it is left out"
+        )
+        exif = None
     t0 = time.perf_counter()
     out = run(picture.rgb)
     # colours, EXIF (camera, date, ...) and resolution as they were
-    write_image(args.output, out, alpha, picture.grey, picture.icc, picture.exif, picture.dpi)
+    write_image(args.output, out, alpha, picture.grey, picture.icc, exif, picture.dpi)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
         f"in {time.perf_counter() - t0:.1f} s"
@@ -1220,7 +1230,6 @@ def _check_train(args, error) -> None:
     if args.val and not args.train:
         error("--val goes with --train (for other training data use --val-pairs or --val-photos)")
     _check_data_options(args, error)
-    _check_apart(args, error)
     _check_photo_sides(args, error)
     want = 4 if args.network == "unet" else 2
     if args.widths is not None and len(args.widths) != want:
@@ -1385,10 +1394,12 @@ def _check_data_options(args, error) -> None:
             error(f"{_option(dest)} applies to generated pairs; {sources} {verb} all the pairs")
 
 
-def _check_apart(args, error) -> None:
-    """The validation data must not be the training data: the same file, the same folder, or
-    an image file of the same bytes in both (its crops or tiles then validate on what trained,
-    and the validation PSNR says nothing of other images)."""
+def _say_apart(args) -> None:
+    """A note where the validation data is training data: the same file, the same folder, or
+    image files of the same bytes in both (its crops then validate on what trained, and the
+    validation PSNR says nothing of other images). On rank 0, which reads the data."""
+    if _rank() != "0":
+        return
     for train, val, subs in (
         ("train", "val", None),
         ("photos", "val_photos", ("",)),
@@ -1398,20 +1409,16 @@ def _check_apart(args, error) -> None:
         if not (a and b):
             continue
         if Path(a).resolve() == Path(b).resolve():
-            error(
-                f"{_option(train)} and {_option(val)} name the same "
-                f"{'file' if subs is None else 'folder'}: validate on data kept apart from "
-                "training"
-            )
-        if subs is None:
-            continue
-        shared = _same_images(Path(a), Path(b), subs)
-        if shared:
+            what = f"the {'file' if subs is None else 'folder'} of {_option(train)}"
+        elif subs is not None and (shared := _same_images(Path(a), Path(b), subs)):
             shown = ", ".join(f"{x} = {y}" for x, y in shared[:3]) + (" ..." * (len(shared) > 3))
-            error(
-                f"{_option(train)} and {_option(val)} hold {len(shared)} image file(s) of the "
-                f"same bytes ({shown}): validate on images kept apart from training"
-            )
+            what = f"{len(shared)} image file(s) of {_option(train)} ({shown})"
+        else:
+            continue
+        print(
+            f"note: {_option(val)} holds {what}: its PSNR measures the training data, not other "
+            "images (keep some apart to validate)"
+        )
 
 
 def _same_images(a: Path, b: Path, subs) -> list[tuple[str, str]]:
@@ -1425,7 +1432,8 @@ def _same_images(a: Path, b: Path, subs) -> list[tuple[str, str]]:
     for p in files(a):
         by_size.setdefault(p.stat().st_size, []).append(p)
 
-    def digest(p: Path) -> str:
+    @functools.cache
+    def digest(p: Path) -> str:  # (each file read once)
         return hashlib.sha256(p.read_bytes()).hexdigest()
 
     shared = []

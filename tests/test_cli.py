@@ -512,8 +512,29 @@ def test_camera_noise_pairs_of_a_dark_photo_keep_their_scale(tmp_path, monkeypat
     args = ["train", "--photos", str(photos), "--val-photos", str(photos), "--noise", "gaussian:2"]
     args += ["--n-train", "16", "--n-val", "8", "--epochs", "1", "--widths", "4", "4"]
     assert main([*args, "--no-pictures", "--out", str(tmp_path / "run")]) == 0
-    noisy = float(re.search(r"\(noisy ([-\d.]+) dB", capsys.readouterr().out).group(1))
+    said = capsys.readouterr().out
+    noisy = float(re.search(r"\(noisy ([-\d.]+) dB", said).group(1))
     assert 40 < noisy < 50  # sigma 2 of 255, clipped at black: about 44 dB
+    # the same photos to validate on: said, not refused (a check of fit, not of denoising)
+    assert "note: --val-photos holds the folder of --photos: its PSNR measures the training" in said
+
+
+def test_validation_files_of_the_same_bytes_as_training_files_are_noted(tmp_path, capsys):
+    import argparse
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "v").mkdir()
+    write_image(tmp_path / "p" / "x.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    write_image(tmp_path / "v" / "y.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    args = argparse.Namespace(photos=str(tmp_path / "p"), val_photos=str(tmp_path / "v"))
+    cli._say_apart(args)
+    assert re.search(
+        r"note: --val-photos holds 1 image file\(s\) of --photos \(.*x.png = .*y.png\)",
+        capsys.readouterr().out,
+    )
+    write_image(tmp_path / "v" / "y.png", torch.ones(3, 8, 8, dtype=torch.uint8))
+    cli._say_apart(args)
+    assert capsys.readouterr().out == ""
 
 
 def _tiny_unet_weights(folder):
@@ -1714,3 +1735,55 @@ def test_denoise_names_the_size_of_an_image_beyond_pillows_guard(tmp_path, capsy
         r"at most 178,956,\d+ \(its guard",
         capsys.readouterr().err,
     )
+
+
+def test_denoise_leaves_out_exif_the_output_cannot_hold_before_the_work(tmp_path, capsys, recwarn):
+    """EXIF over JPEG's 64 KB, or a block the TIFF writer cannot parse, had failed the write
+    after the whole denoise; TIFF's own tags are named as not kept."""
+    from PIL import Image
+
+    big = Image.Exif()
+    big[0x010E] = "x" * 70000  # ImageDescription: EXIF past 64 KB, which PNG holds
+    Image.new("RGB", (20, 12), (90, 30, 200)).save(tmp_path / "big.png", exif=big.tobytes())
+    bad = b"Exif\x00\x00garbage-not-a-tiff-header" + b"\x00" * 8
+    Image.new("RGB", (20, 12), (90, 30, 200)).save(tmp_path / "bad.jpg", exif=bad)
+    for src, dst, why in (("big.png", "o.jpg", "EXIF data is too long"), ("bad.jpg", "o.tif", "")):
+        out = tmp_path / dst
+        assert main(["denoise", str(tmp_path / src), str(out)]) == 0, capsys.readouterr().err
+        said = capsys.readouterr().out
+        assert f"note: the EXIF data of {tmp_path / src} cannot be written to {out} ({why}" in said
+        assert read_image(out).rgb.shape == (3, 12, 20)
+    assert main(["denoise", str(tmp_path / "big.png"), str(tmp_path / "o.png")]) == 0
+    assert "cannot be written" not in capsys.readouterr().out  # PNG holds it
+    tagged = Image.Exif()
+    tagged[0x010F] = "Canon"
+    Image.new("RGB", (20, 12)).save(tmp_path / "t.tif", exif=tagged.tobytes())
+    assert main(["denoise", str(tmp_path / "t.tif"), str(tmp_path / "t.png")]) == 0
+    assert "has its TIFF tags (camera, date, ...); " in capsys.readouterr().out
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]
+    Image.new("RGB", (20, 12)).save(tmp_path / "plain.tif")  # a TIFF's own layout tags: no note
+    assert main(["denoise", str(tmp_path / "plain.tif"), str(tmp_path / "p.png")]) == 0
+    assert "TIFF tags" not in capsys.readouterr().out
+
+
+def test_the_check_of_validation_files_against_training_files_reads_each_once(
+    tmp_path, monkeypatch
+):
+    """Each validation file had been compared by hashing every training file of its size
+    again: train x val reads (50,000 pairs against 1,000, uncompressed: most of an hour)."""
+    for folder, n in (("train", 6), ("val", 4)):
+        for i in range(n):
+            write_image(
+                tmp_path / folder / "a" / f"{i}.bmp",
+                torch.full((3, 8, 8), i + 10 * (folder == "val"), dtype=torch.uint8),
+            )
+            write_image(
+                tmp_path / folder / "b" / f"{i}.bmp",
+                torch.full((3, 8, 8), 100 + i, dtype=torch.uint8),
+            )
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    shared = cli._same_images(tmp_path / "train", tmp_path / "val", ("a", "b"))
+    assert len(reads) == len(set(reads)) == 20  # every file of one size: each read once
+    assert sorted(Path(x).name for x, _ in shared) == ["0.bmp", "1.bmp", "2.bmp", "3.bmp"]  # b/

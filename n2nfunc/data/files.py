@@ -244,6 +244,10 @@ READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "AVIF")  # J
 FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM or AVIF"
 
 
+# TIFF tags that describe the picture (description, make, model, software, date, artist,
+# copyright; the EXIF and GPS sub-directories), which a TIFF holds as tags of its own
+TIFF_METADATA = {0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x8769, 0x8825}
+
 # Pillow's warning on a damaged EXIF block, which cameras write often: the picture reads the
 # same (without the orientation, where that is what is damaged)
 CORRUPT_EXIF = "Corrupt EXIF"
@@ -318,6 +322,8 @@ def read_image(path) -> Picture:
                 lost = _lost(raw.info, raw.info.get("icc_profile"), grey)
                 exif = im.info.get("exif")  # (exif_transpose took the orientation out)
                 exif = exif if isinstance(exif, bytes) and exif else None
+                if raw.format == "TIFF" and set(raw.getexif()) & TIFF_METADATA:
+                    lost += ("its TIFF tags (camera, date, ...)",)
                 dpi = _dpi(raw.info.get("dpi"))
                 # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
                 top = _int_top(im, path) if im.mode == "I" else 0
@@ -402,8 +408,26 @@ def write_image(
         icc = None
     options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
     options.update({"exif": exif} if exif else {}, **({"dpi": dpi} if dpi else {}))
-    im.save(encoded, format=kind, **options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+        im.save(encoded, format=kind, **options)
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
+
+
+def exif_refused(path, exif: bytes) -> str | None:
+    """Why an image file of this name (by its extension) cannot hold the EXIF block ``exif``
+    (JPEG's 64 KB limit; a block that the TIFF writer cannot parse), else None: tried on a
+    1 x 1 image, before the work whose result it would have failed to write."""
+    from PIL import Image
+
+    kind = Image.registered_extensions().get(Path(path).suffix.lower())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+            Image.new("RGB", (1, 1)).save(io.BytesIO(), format=kind, exif=exif)
+    except Exception as e:  # noqa: BLE001 (Pillow's writers raise several kinds)
+        return str(e) or type(e).__name__
+    return None
 
 
 def list_images(folder, every_name: bool = False) -> list[Path]:
