@@ -1137,7 +1137,7 @@ def cmd_denoise(args) -> int:
             f"colour profile; the one of {args.input} is dropped ({kinds} keep it)"
         )
     for what in picture.lost:
-        print(f"note: {args.input} has {what}; {args.output} does not keep it")
+        print(f"note: {args.input} has {what}, which {args.output} does not keep")
     exif = picture.exif
     why = exif and exif_refused(args.output, exif)
     if why:

@@ -511,13 +511,14 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
                 f"{list(transforms)}, got {got}"
             )
         paths = groups(grads if params is None else params)
+        every = {p for group in paths.values() for p in group}
         grad_parts = split(grads, paths)
         param_parts = None if params is None else split(params, paths)
         updates, new_state = {}, {}
         for label, part in grad_parts.items():
-            held = _state_paths(state[label])
-            if held is not None and held != set(part):
-                moved = sorted(held ^ set(part))
+            held = _state_paths(state[label])  # (a masked part's state holds some leaves)
+            moved = sorted((held or set()) & every - set(part))
+            if moved:
                 raise ValueError(
                     f"multi_transform: this update labels {moved[:4]} otherwise than the state "
                     f"of group {label!r} holds: labels must stay the same from init on (a label "
@@ -592,7 +593,7 @@ def masked(inner: GradientTransformation, mask) -> GradientTransformation:
 def _state_paths(state) -> set | None:
     """The leaf paths that a state of this module's optimizers holds trees for (the keys of
     its first tree; the first such state in a chain's tuple), or None where it holds none."""
-    if isinstance(state, tuple):
+    if isinstance(state, (tuple, list)):
         found = (_state_paths(s) for s in state)
         return next((p for p in found if p is not None), None)
     if isinstance(state, dict) and "step" in state:

@@ -1719,7 +1719,7 @@ def test_denoise_names_colour_information_it_cannot_keep_and_hides_exif_warnings
         assert main(["denoise", str(tmp_path / name), str(out)]) == 0
         notes = [line for line in capsys.readouterr().out.splitlines() if "does not keep" in line]
         if name in expected:
-            assert notes == [f"note: {tmp_path / name} {expected[name]}; {out} does not keep it"]
+            assert notes == [f"note: {tmp_path / name} {expected[name]}, which {out} does not keep"]
         else:
             assert notes == []
     assert not [w for w in recwarn if "EXIF" in str(w.message)]
@@ -1759,7 +1759,7 @@ def test_denoise_leaves_out_exif_the_output_cannot_hold_before_the_work(tmp_path
     tagged[0x010F] = "Canon"
     Image.new("RGB", (20, 12)).save(tmp_path / "t.tif", exif=tagged.tobytes())
     assert main(["denoise", str(tmp_path / "t.tif"), str(tmp_path / "t.png")]) == 0
-    assert "has its TIFF tags (camera, date, ...); " in capsys.readouterr().out
+    assert "has its TIFF tags (camera, date, ...), which " in capsys.readouterr().out
     assert not [w for w in recwarn if "EXIF" in str(w.message)]
     Image.new("RGB", (20, 12)).save(tmp_path / "plain.tif")  # a TIFF's own layout tags: no note
     assert main(["denoise", str(tmp_path / "plain.tif"), str(tmp_path / "p.png")]) == 0
@@ -1787,3 +1787,22 @@ def test_the_check_of_validation_files_against_training_files_reads_each_once(
     shared = cli._same_images(tmp_path / "train", tmp_path / "val", ("a", "b"))
     assert len(reads) == len(set(reads)) == 20  # every file of one size: each read once
     assert sorted(Path(x).name for x, _ in shared) == ["0.bmp", "1.bmp", "2.bmp", "3.bmp"]  # b/
+
+
+def test_denoise_to_tiff_leaves_out_exif_layout_tags_and_jpeg_keeps_a_16_bit_density(tmp_path):
+    """Some cameras write the picture's size in their EXIF; TIFF's writer took it over its
+    own (a 4000 x 3000 TIFF of 48 x 64 pixels, unreadable). JPEG stores dpi in 16 bits."""
+    from PIL import Image
+
+    tags = Image.Exif()
+    tags[0x010F] = "Samsung"
+    tags[0x0100], tags[0x0101] = 4000, 3000  # ImageWidth, ImageLength
+    Image.new("RGB", (48, 64), (20, 90, 140)).save(tmp_path / "phone.jpg", exif=tags.tobytes())
+    assert main(["denoise", str(tmp_path / "phone.jpg"), str(tmp_path / "out.tif")]) == 0
+    with Image.open(tmp_path / "out.tif") as written:
+        written.load()
+        assert written.size == (48, 64) and written.getexif().get(0x010F) == "Samsung"
+    Image.new("RGB", (16, 16)).save(tmp_path / "fine.tif", dpi=(100000, 100000))
+    assert main(["denoise", str(tmp_path / "fine.tif"), str(tmp_path / "fine.jpg")]) == 0
+    with Image.open(tmp_path / "fine.jpg") as written:
+        assert written.info.get("dpi") in (None, (1, 1), (72, 72))  # not a wrapped 34464

@@ -920,3 +920,27 @@ def test_a_label_for_a_leaf_does_not_label_a_sibling_leaf_whose_path_extends_it(
     opt = nf.multi_transform({"y": nf.sgd(1.0)}, {"a": "y"})
     with pytest.raises(ValueError, match="param_labels has nothing for 'a.b'"):
         opt.init(params)
+
+
+def test_a_group_whose_transformation_is_masked_is_not_refused():
+    """masked keeps its inner state for some of a group's leaves: those are not leaves moved
+    out of the group (a state that is not an optimizer's, with a "step", neither)."""
+    params, grads_seq = _problem(3)
+    labels = {"w": "a", "conv": "a", "b": "b"}
+    only_w = lambda p: {k: k == "w" for k in p}  # noqa: E731
+    opt = nf.multi_transform(
+        {"a": nf.chain(nf.masked(nf.adam(0.1), only_w), nf.sgd(0.1, momentum=0.9)), "b": nf.adam()},
+        labels,
+    )
+    state = opt.init(params)
+    for grads in grads_seq:
+        _, state = opt.update(grads, state, params)
+    assert set(state["a"][0]["m"]) == {"w"}
+    custom = nf.GradientTransformation(
+        lambda p: {"step": 0, "hyper": {"lr": torch.tensor(0.1)}},
+        lambda g, s, p=None: (g, {"step": s["step"] + 1, "hyper": s["hyper"]}),
+    )
+    opt = nf.multi_transform({"a": custom}, "a")
+    state = opt.init(params)
+    for grads in grads_seq:
+        _, state = opt.update(grads, state, params)

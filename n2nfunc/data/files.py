@@ -244,9 +244,24 @@ READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "AVIF")  # J
 FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM or AVIF"
 
 
-# TIFF tags that describe the picture (description, make, model, software, date, artist,
+# TIFF tags that describe the picture (description, make, model, date, artist,
 # copyright; the EXIF and GPS sub-directories), which a TIFF holds as tags of its own
-TIFF_METADATA = {0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x8769, 0x8825}
+TIFF_METADATA = {0x010E, 0x010F, 0x0110, 0x0132, 0x013B, 0x8298, 0x8769, 0x8825}
+# TIFF tags that lay out the pixels (size, sample format, strips, tiles), which some cameras
+# also write in their EXIF blocks: the TIFF writer would take them over its own
+TIFF_LAYOUT = {
+    *range(0x100, 0x104),
+    0x106,
+    0x111,
+    *range(0x115, 0x118),
+    0x11C,
+    0x140,
+    *range(0x142, 0x146),
+    0x152,
+    0x153,
+    0x201,
+    0x202,
+}
 
 # Pillow's warning on a damaged EXIF block, which cameras write often: the picture reads the
 # same (without the orientation, where that is what is damaged)
@@ -406,12 +421,29 @@ def write_image(
     encoded = io.BytesIO()
     if icc and not keeps_profile(path, grey):  # a grey one written as RGB would misfit
         icc = None
+    if kind == "JPEG" and dpi and max(dpi) > 65535:  # (JPEG's density field is 16-bit)
+        dpi = None
     options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
-    options.update({"exif": exif} if exif else {}, **({"dpi": dpi} if dpi else {}))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+        exif = _exif_for(kind, exif)
+        options.update({"exif": exif} if exif else {}, **({"dpi": dpi} if dpi else {}))
         im.save(encoded, format=kind, **options)
     write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
+
+
+def _exif_for(kind: str | None, exif: bytes | None) -> bytes | None:
+    """The EXIF block to write into an image of Pillow format ``kind``: for TIFF, without the
+    layout tags that some cameras also write there (a TIFF of the camera's size, unreadable)."""
+    if kind != "TIFF" or not exif:
+        return exif
+    from PIL import Image
+
+    tags = Image.Exif()
+    tags.load(exif)
+    for tag in TIFF_LAYOUT & set(tags):
+        del tags[tag]
+    return tags.tobytes()
 
 
 def exif_refused(path, exif: bytes) -> str | None:
@@ -424,7 +456,7 @@ def exif_refused(path, exif: bytes) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
-            Image.new("RGB", (1, 1)).save(io.BytesIO(), format=kind, exif=exif)
+            Image.new("RGB", (1, 1)).save(io.BytesIO(), format=kind, exif=_exif_for(kind, exif))
     except Exception as e:  # noqa: BLE001 (Pillow's writers raise several kinds)
         return str(e) or type(e).__name__
     return None
