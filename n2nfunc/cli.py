@@ -43,6 +43,7 @@ from .data.files import exif_refused, list_images
 from .data.noise import parse_noise, photo_noise_pairs
 from .data.photos import PATCH
 from .data.synthetic import to_int16, to_uint8
+from .export import before_first_epoch
 from .metrics import evaluate
 from .model import (
     DEFAULT_CONFIG,
@@ -376,6 +377,7 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
     args.batch_size = config.get("batch_size", args.batch_size)
     args.precision = config.get("precision", args.precision)
     saved = state.get("data")
+    _say_other_processes(args, saved, say)
     if saved is None:  # written before checkpoints recorded their data
         if say:
             print(f"note: {path} does not record its training data; using this command line's")
@@ -403,6 +405,24 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
                     "changed), so it would not read the same pairs: put them back, or start a "
                     "new run without --resume"
                 )
+
+
+def _say_other_processes(args, saved, say: bool) -> None:
+    """A note where a run resumes on another number of processes than it trained on: it goes
+    on training the same network, but its sums round otherwise than an uninterrupted run's."""
+    before = saved.get("processes") if isinstance(saved, dict) else None
+    if not say or before is None or (launch.is_worker() and launch.launcher_pid() is not None):
+        return  # (--nproc's workers: their launcher said it)
+    now = max(1, getattr(args, "nproc", 1))
+    if launch.is_worker():
+        text = os.environ.get("WORLD_SIZE", "1")
+        now = int(text) if text.isdigit() else now
+    if now != before:
+        print(
+            f"note: {args.resume} trained on {before} process{'es' * (before > 1)}, this run on "
+            f"{now}: it goes on, but not bit for bit as an uninterrupted run (give --nproc "
+            f"{before} for that)"
+        )
 
 
 def _shown(value) -> str:
@@ -470,7 +490,8 @@ def _check_state_parts(state: dict, path) -> None:
                 )
                 for k in DATA_OPTIONS
             )
-            and all(isinstance(data.get(k + "_files", ""), str) for k in FOLDER_OPTIONS),
+            and all(isinstance(data.get(k + "_files", ""), str) for k in FOLDER_OPTIONS)
+            and _is_count(data.get("processes", 1), 1),
             "a dict of the run's data options",
         ),
     }
@@ -719,7 +740,7 @@ def run_training(args, device, dp=None) -> int:
     writes files; every rank trains on its slice of each global batch."""
     lead = dp is None or dp.rank == 0
     state = _load_state(args.resume) if args.resume else None  # args already agree with it
-    data = _data_options(args)
+    data = {**_data_options(args), "processes": 1 if dp is None else dp.size}
     xt: Any = None  # rank 0 reads the data; the other ranks receive it
     yt: Any = None
     xv: Any = None
@@ -900,8 +921,14 @@ def _drop_stale_pictures(out: Path, written: list) -> None:
 
 # ---------------------------------------------------------------------------- eval, denoise
 def _network_payload(option: str, path: Path) -> dict:
-    """The checkpoint tree of a network weights file (a Model's or a U-Net's)."""
+    """The checkpoint tree of a network weights file (a Model's or a U-Net's); a note where it
+    is a run's state from before its first epoch finished (the weights it started from)."""
     payload = _loading(option, checkpoint.load, path)
+    if before_first_epoch(payload):
+        print(
+            f"note: {option} {path} is the state of a run stopped in its first epoch: it holds "
+            "the weights the run started from, untrained"
+        )
     unet = isinstance(payload, dict) and payload.get("network") == "unet"
     model = isinstance(payload, dict) and isinstance(payload.get("config"), dict)
     if not (unet or (model and "params" in payload)):

@@ -141,6 +141,12 @@ def submission_folder(out_dir) -> Path:
     return whole if whole.name == SUBMISSION else out / SUBMISSION
 
 
+def before_first_epoch(payload) -> bool:
+    """Whether a checkpoint is a training state (``checkpoint.pth``) written before its run
+    finished an epoch: its weights are those the run started from."""
+    return isinstance(payload, dict) and "optimizer" in payload and payload.get("epoch") == 0
+
+
 def export_submission(out_dir, weights=None) -> Path:
     """Write ``out_dir/Miniproject_2`` (see :func:`submission_folder`) and return its path.
     In an existing folder only the files of :data:`GENERATED` are replaced; others (the
@@ -158,6 +164,11 @@ def export_submission(out_dir, weights=None) -> Path:
         raise ValueError(
             f"{weights}: not a checkpoint of the course's network (written by `n2nfunc train` "
             "or Model.save)"
+        )
+    if before_first_epoch(payload):
+        raise ValueError(
+            f"{weights}: the state of a run stopped in its first epoch, whose weights are those "
+            "it started from (untrained); resume it, or export a run that finished an epoch"
         )
     model = Model()  # the grader's load_pretrained_model, run here: a file it refuses is not
     model.load_payload(payload, str(weights))  # shipped (wrong shapes, a config it rejects)

@@ -1806,3 +1806,40 @@ def test_denoise_to_tiff_leaves_out_exif_layout_tags_and_jpeg_keeps_a_16_bit_den
     assert main(["denoise", str(tmp_path / "fine.tif"), str(tmp_path / "fine.jpg")]) == 0
     with Image.open(tmp_path / "fine.jpg") as written:
         assert written.info.get("dpi") in (None, (1, 1), (72, 72))  # not a wrapped 34464
+
+
+def test_a_state_from_before_the_first_epoch_is_named_and_not_exported(tmp_path, capsys):
+    """A run stopped in its first epoch leaves a checkpoint.pth of the weights it started from;
+    eval and denoise took it without a word and export-submission shipped it."""
+    model = Model({"widths": (4, 4)})
+    state = {**model.payload(), "optimizer": model.optimizer.state, "epoch": 0}
+    state.update(rng=model.generator.get_state(), history=[], noise="downsample")
+    checkpoint.save(tmp_path / "checkpoint.pth", state)
+    write_image(tmp_path / "in.png", torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8))
+    args = ["denoise", str(tmp_path / "in.png"), str(tmp_path / "o.png")]
+    assert main([*args, "--checkpoint", str(tmp_path / "checkpoint.pth")]) == 0
+    assert "is the state of a run stopped in its first epoch" in capsys.readouterr().out
+    code = main(
+        [
+            "export-submission",
+            str(tmp_path / "sub"),
+            "--checkpoint",
+            str(tmp_path / "checkpoint.pth"),
+        ]
+    )
+    assert code == 2 and "stopped in its first epoch" in capsys.readouterr().err
+    assert not (tmp_path / "sub" / "Miniproject_2").exists()
+    state["epoch"] = 1
+    checkpoint.save(tmp_path / "checkpoint.pth", state)
+    assert (
+        main(
+            [
+                "export-submission",
+                str(tmp_path / "sub"),
+                "--checkpoint",
+                str(tmp_path / "checkpoint.pth"),
+            ]
+        )
+        == 0
+    )
+    assert "first epoch" not in capsys.readouterr().out

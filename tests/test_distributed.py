@@ -357,9 +357,15 @@ def test_cli_nproc_2_equals_nproc_1_and_resumes(tmp_path):
         tmp_path, "--nproc", "2", "--resume", str(tmp_path / "more.pth"), "--out", str(two)
     )
     assert code == 0, err
+    assert "trained on 2 processes" not in out
     history = json.loads((two / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert checkpoint.load(two / "checkpoint.pth")["optimizer"]["step"] == 12
+    assert checkpoint.load(two / "checkpoint.pth")["data"]["processes"] == 2
+    # resumed in one process: said, as it will not repeat the 2-process run bit for bit
+    code, out, err = _cli(tmp_path, "--resume", str(tmp_path / "more.pth"), "--out", str(one))
+    assert code == 0, err
+    assert "more.pth trained on 2 processes, this run on 1: it goes on, but not bit for bit" in out
 
 
 def _start_long_run(tmp_path, *more, epochs_done: int = 1):
