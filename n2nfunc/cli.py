@@ -627,10 +627,11 @@ def cmd_train(args) -> int:
     if args.resume:  # before --nproc's workers start: a refusal is a usage error (exit 2)
         rank = _rank()
         state = _load_state(args.resume)
-        _resume_options(args, state, say=rank == "0", lead=rank == "0")
-        _check_memory(args, _refuse)  # the run's own --n-train, here
         epochs = launch.planned_epochs(state)
-        if state["epoch"] >= epochs:  # before any data is read (and nothing computed)
+        finished = state["epoch"] >= epochs  # (its folders are not read again: not checked)
+        _resume_options(args, state, say=rank == "0", lead=rank == "0" and not finished)
+        _check_memory(args, _refuse)  # the run's own --n-train, here
+        if finished:  # before any data is read (and nothing computed)
             if rank == "0":
                 _finished_run(args, state, epochs)
             return 0
@@ -1049,6 +1050,11 @@ def cmd_eval(args) -> int:
         print(  # (a --noise for the built-in pairs would not help: 32x32 is too small)
             "note: a U-Net learns from photographs; the built-in 32x32 pairs are not what it "
             f"was trained on, so judge it on --val-photos DIR{noise_option} (or --val-pairs DIR)"
+        )
+    elif args.val and _noise_example(noise):  # the course's file: aliasing, 32x32
+        print(
+            f"note: --val holds the course's pairs (aliasing noise); these weights learned "
+            f"{noise}: judge them on --val-photos DIR --noise {_noise_example(noise)}"
         )
     else:
         _say_other_noise(args, noise)

@@ -891,6 +891,14 @@ def test_eval_takes_a_shipped_model_by_name_and_notes_what_a_unet_is_judged_on(
     assert "note:" not in capsys.readouterr().out
     assert main(["eval", "--model", "exercise", "--checkpoint", str(DEFAULT_WEIGHTS)]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    torch.save((x, x), tmp_path / "val.pkl")  # the course's file: aliasing pairs
+    assert main(["eval", "--model", "unet-gaussian", "--val", str(tmp_path / "val.pkl")]) == 0
+    assert "note: --val holds the course's pairs (aliasing noise); these weights learned" in (
+        capsys.readouterr().out
+    )
+    assert main(["eval", "--model", "unet-aliasing", "--val", str(tmp_path / "val.pkl")]) == 0
+    assert "note: --val" not in capsys.readouterr().out
 
 
 def test_eval_and_train_note_pairs_whose_noisy_images_equal_the_clean_ones(tmp_path, capsys):
@@ -1240,7 +1248,10 @@ def test_photos_train_past_unreadable_files_and_resume_on_the_same_files_only(
     )
     assert "note: the built-in 32x32 validation pairs are not photographs" in printed
     (photos / "q.png").unlink()
-    resume = ["train", "--resume", str(out / "checkpoint.pth"), "--epochs", "1", "--quiet"]
+    state = checkpoint.load(out / "checkpoint.pth")  # a run with an epoch still to go
+    state["config"]["num_epochs"] = 2
+    checkpoint.save(tmp_path / "more.pth", state)
+    resume = ["train", "--resume", str(tmp_path / "more.pth"), "--out", str(out), "--quiet"]
     assert main(resume) == 2
     err = capsys.readouterr().err
     assert f"the images in --photos {photos} are not those it started with" in err
@@ -1843,3 +1854,19 @@ def test_a_state_from_before_the_first_epoch_is_named_and_not_exported(tmp_path,
         == 0
     )
     assert "first epoch" not in capsys.readouterr().out
+
+
+def test_resuming_a_finished_photo_run_does_not_check_its_folder_again(tmp_path, capsys):
+    """Nothing is read when a finished run is resumed: a photo added since is no reason to
+    refuse (a deleted folder was not one either)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_image(photos / "p.png", torch.randint(0, 256, (3, 400, 400), generator=g).to(torch.uint8))
+    run = tmp_path / "run"
+    args = ["train", "--photos", str(photos), "--n-train", "16", "--n-val", "8", "--epochs", "1"]
+    assert main([*args, "--widths", "4", "4", "--no-pictures", "--out", str(run)]) == 0
+    write_image(photos / "q.png", torch.zeros(3, 400, 400, dtype=torch.uint8))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run / "checkpoint.pth")]) == 0
+    assert "nothing to train" in capsys.readouterr().out
