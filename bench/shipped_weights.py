@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from n2nfunc import hardware  # noqa: E402
 from n2nfunc.argtypes import float_range, int_range  # noqa: E402
 from n2nfunc.data import builtin_pairs, load_photos, mixed_factor_pairs, photo_pairs  # noqa: E402
-from n2nfunc.data.files import list_images  # noqa: E402
+from n2nfunc.data.files import same_image_files  # noqa: E402
 from n2nfunc.metrics import evaluate  # noqa: E402
 from n2nfunc.model import DEFAULT_WEIGHTS, Model  # noqa: E402
 
@@ -198,15 +198,8 @@ def check_apart(root: Path) -> None:
     """Refuse a held-out photo whose file has the same bytes as a training photo's (the two
     sets come from different sources, Debian's wallpapers and scikit-image / matplotlib; a
     folder filled by hand could mix them)."""
-    import hashlib
-
-    def digests(folder: Path) -> dict:
-        if not folder.is_dir():
-            return {}
-        return {hashlib.sha256(p.read_bytes()).hexdigest(): p.name for p in list_images(folder)}
-
-    train, held = digests(root / "train"), digests(root / "heldout")
-    shared = sorted(f"{held[d]} = train/{train[d]}" for d in set(train) & set(held))
+    pairs = same_image_files(root / "train", root / "heldout")
+    shared = sorted(f"{Path(held).name} = train/{Path(train).name}" for train, held in pairs)
     if shared:
         raise SystemExit(f"error: {root}/heldout holds training photos: {', '.join(shared)}")
 

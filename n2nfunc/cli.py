@@ -8,7 +8,6 @@ usage line and one ``error:`` line, exit status 2, and nothing is written.
 import argparse
 import difflib
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ from .data import (
     read_image,
     write_image,
 )
-from .data.files import exif_refused, list_images
+from .data.files import exif_refused, list_images, same_image_files
 from .data.noise import parse_noise, photo_noise_pairs
 from .data.photos import PATCH
 from .data.synthetic import to_int16, to_uint8
@@ -100,10 +99,11 @@ def _setup(args) -> torch.device:
     return torch.device(args.device)
 
 
-def _local_processes(args) -> int:
+def _local_processes(args, count: str = "LOCAL_WORLD_SIZE") -> int:
     """How many processes of this run share this machine's CPUs: --nproc, or in a worker
-    (whose --nproc the launcher removed) torchrun's LOCAL_WORLD_SIZE."""
-    text = os.environ.get("LOCAL_WORLD_SIZE", "1") if launch.is_worker() else "1"
+    (whose --nproc the launcher removed) torchrun's LOCAL_WORLD_SIZE (``count="WORLD_SIZE"``:
+    how many there are in all)."""
+    text = os.environ.get(count, "1") if launch.is_worker() else "1"
     return max(1, getattr(args, "nproc", 1), int(text) if text.isdigit() else 1)
 
 
@@ -413,10 +413,7 @@ def _say_other_processes(args, saved, say: bool) -> None:
     before = saved.get("processes") if isinstance(saved, dict) else None
     if not say or before is None or (launch.is_worker() and launch.launcher_pid() is not None):
         return  # (--nproc's workers: their launcher said it)
-    now = max(1, getattr(args, "nproc", 1))
-    if launch.is_worker():
-        text = os.environ.get("WORLD_SIZE", "1")
-        now = int(text) if text.isdigit() else now
+    now = _local_processes(args, "WORLD_SIZE")
     if now != before:
         print(
             f"note: {args.resume} trained on {before} process{'es' * (before > 1)}, this run on "
@@ -1443,7 +1440,7 @@ def _say_apart(args) -> None:
             continue
         if Path(a).resolve() == Path(b).resolve():
             what = f"the {'file' if subs is None else 'folder'} of {_option(train)}"
-        elif subs is not None and (shared := _same_images(Path(a), Path(b), subs)):
+        elif subs is not None and (shared := same_image_files(Path(a), Path(b), subs)):
             shown = ", ".join(f"{x} = {y}" for x, y in shared[:3]) + (" ..." * (len(shared) > 3))
             what = f"{len(shared)} image file(s) of {_option(train)} ({shown})"
         else:
@@ -1452,30 +1449,6 @@ def _say_apart(args) -> None:
             f"note: {_option(val)} holds {what}: its PSNR measures the training data, not other "
             "images (keep some apart to validate)"
         )
-
-
-def _same_images(a: Path, b: Path, subs) -> list[tuple[str, str]]:
-    """Pairs of image files, one under ``a`` and one under ``b`` (in the sub-folders
-    ``subs``), with the same bytes (hashed only where the sizes match)."""
-
-    def files(root):
-        return [p for sub in subs if (root / sub).is_dir() for p in list_images(root / sub)]
-
-    by_size: dict[int, list[Path]] = {}
-    for p in files(a):
-        by_size.setdefault(p.stat().st_size, []).append(p)
-
-    @functools.cache
-    def digest(p: Path) -> str:  # (each file read once)
-        return hashlib.sha256(p.read_bytes()).hexdigest()
-
-    shared = []
-    for q in files(b):
-        candidates = by_size.get(q.stat().st_size, [])
-        if candidates:
-            mine = digest(q)
-            shared += [(str(p), str(q)) for p in candidates if digest(p) == mine]
-    return shared
 
 
 def _check_photo_sides(args, error) -> None:

@@ -12,6 +12,7 @@ import torch
 from n2nfunc import checkpoint, cli
 from n2nfunc.cli import SHIPPED_NOISE, main
 from n2nfunc.data import read_image, write_image
+from n2nfunc.data.files import same_image_files
 from n2nfunc.model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, Model
 from n2nfunc.pretrained import load_network
 from n2nfunc.progress import Progress, clock
@@ -1795,7 +1796,7 @@ def test_the_check_of_validation_files_against_training_files_reads_each_once(
     reads = []
     real = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
-    shared = cli._same_images(tmp_path / "train", tmp_path / "val", ("a", "b"))
+    shared = same_image_files(tmp_path / "train", tmp_path / "val", ("a", "b"))
     assert len(reads) == len(set(reads)) == 20  # every file of one size: each read once
     assert sorted(Path(x).name for x, _ in shared) == ["0.bmp", "1.bmp", "2.bmp", "3.bmp"]  # b/
 

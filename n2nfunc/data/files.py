@@ -3,12 +3,15 @@
 Never executes code from a file: tensors are read with ``torch.load(weights_only=True)``.
 """
 
+import functools
+import hashlib
 import io
 import pickle
 import struct
 import warnings
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -268,14 +271,20 @@ TIFF_LAYOUT = {
 CORRUPT_EXIF = "Corrupt EXIF"
 
 
+@contextmanager
+def _exif_warnings_hidden():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+        yield
+
+
 def open_image(path):
     """``PIL.Image.open`` limited to READ_FORMATS that this Pillow has (an image of another
     format is ``PIL.UnidentifiedImageError``, an OSError)."""
     from PIL import Image
 
     Image.init()  # registers the plugins, so that OPEN lists them
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+    with _exif_warnings_hidden():
         return Image.open(path, formats=[f for f in READ_FORMATS if f in Image.OPEN])
 
 
@@ -424,8 +433,7 @@ def write_image(
     if kind == "JPEG" and dpi and max(dpi) > 65535:  # (JPEG's density field is 16-bit)
         dpi = None
     options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+    with _exif_warnings_hidden():
         exif = _exif_for(kind, exif)
         options.update({"exif": exif} if exif else {}, **({"dpi": dpi} if dpi else {}))
         im.save(encoded, format=kind, **options)
@@ -454,8 +462,7 @@ def exif_refused(path, exif: bytes) -> str | None:
 
     kind = Image.registered_extensions().get(Path(path).suffix.lower())
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", CORRUPT_EXIF, UserWarning)
+        with _exif_warnings_hidden():
             Image.new("RGB", (1, 1)).save(io.BytesIO(), format=kind, exif=_exif_for(kind, exif))
     except Exception as e:  # noqa: BLE001 (Pillow's writers raise several kinds)
         return str(e) or type(e).__name__
@@ -475,6 +482,31 @@ def list_images(folder, every_name: bool = False) -> list[Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES
         and (every_name or (not p.name.startswith(".") and p.is_file()))
     )
+
+
+def same_image_files(a: Path, b: Path, subs=("",)) -> list[tuple[str, str]]:
+    """Pairs of image files, one under ``a`` and one under ``b`` (in their sub-folders
+    ``subs``; missing ones hold none), with the same bytes: validation or held-out images that
+    are training images. Hashed only where the sizes match, each file once."""
+
+    def files(root):
+        return [p for sub in subs if (root / sub).is_dir() for p in list_images(root / sub)]
+
+    by_size: dict[int, list[Path]] = {}
+    for p in files(a):
+        by_size.setdefault(p.stat().st_size, []).append(p)
+
+    @functools.cache
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    shared = []
+    for q in files(b):
+        candidates = by_size.get(q.stat().st_size, [])
+        if candidates:
+            mine = digest(q)
+            shared += [(str(p), str(q)) for p in candidates if digest(p) == mine]
+    return shared
 
 
 def load_folder_pairs(
