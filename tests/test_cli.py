@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from n2nfunc import checkpoint, cli
-from n2nfunc.cli import SHIPPED_NOISE, main
+from n2nfunc import checkpoint
+from n2nfunc.cli import SHIPPED_NOISE, checks, common, main, runs, train, use
 from n2nfunc.data import read_image, write_image
 from n2nfunc.data.files import same_image_files
 from n2nfunc.model import DEFAULT_CONFIG, DEFAULT_WEIGHTS, Model
@@ -184,12 +184,11 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
 
 def test_ctrl_c_outside_an_epoch_stops_in_one_line(tmp_path, monkeypatch, capsys):
     """(inside an epoch, train saves its state: test_interrupted_and_resumed_run_...)"""
-    import n2nfunc.cli as cli
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_training_data", ctrl_c)  # while generating the data
+    monkeypatch.setattr(train, "_training_data", ctrl_c)  # while generating the data
     assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 130
     captured = capsys.readouterr()
     assert captured.err.strip() == "n2nfunc train: interrupted" and "Traceback" not in captured.out
@@ -197,7 +196,7 @@ def test_ctrl_c_outside_an_epoch_stops_in_one_line(tmp_path, monkeypatch, capsys
 
 
 def test_unknown_options_are_named_but_values_are_left_to_argparse(capsys):
-    from n2nfunc.cli import _refuse_unknown_options, build_parser
+    from n2nfunc.cli.parser import _refuse_unknown_options, build_parser
 
     parser = build_parser()
     for argv in (["train", "--out", "-a b"], ["train", "--epochs", "-3"]):
@@ -528,13 +527,13 @@ def test_validation_files_of_the_same_bytes_as_training_files_are_noted(tmp_path
     write_image(tmp_path / "p" / "x.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
     write_image(tmp_path / "v" / "y.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
     args = argparse.Namespace(photos=str(tmp_path / "p"), val_photos=str(tmp_path / "v"))
-    cli._say_apart(args)
+    checks._say_apart(args)
     assert re.search(
         r"note: --val-photos holds 1 image file\(s\) of --photos \(.*x.png = .*y.png\)",
         capsys.readouterr().out,
     )
     write_image(tmp_path / "v" / "y.png", torch.ones(3, 8, 8, dtype=torch.uint8))
-    cli._say_apart(args)
+    checks._say_apart(args)
     assert capsys.readouterr().out == ""
 
 
@@ -787,7 +786,7 @@ def test_a_32_bit_integer_image_beyond_16_bits_is_refused(tmp_path):
 
 
 def test_mixed_noise_of_a_recipe_is_said_once_in_words():
-    from n2nfunc.cli import _recorded_noise
+    from n2nfunc.cli.use import _recorded_noise
     from n2nfunc.pretrained import WEIGHTS
 
     specs = ["downsample:4", "downsample:8", "downsample:6", "downsample:8", "downsample:12"]
@@ -840,10 +839,9 @@ def test_denoise_refuses_a_size_the_output_format_cannot_store_before_the_run(
 ):
     """WebP stores at most 16383 pixels a side, JPEG 65500: Pillow found out only while
     encoding, after the whole denoise ("broken data stream" for JPEG)."""
-    import n2nfunc.cli as cli
 
     write_image(tmp_path / "wide.png", torch.zeros(3, 2, 16384, dtype=torch.uint8))
-    monkeypatch.setattr(cli, "_denoiser", lambda *a: pytest.fail("the network ran"))
+    monkeypatch.setattr(use, "_denoiser", lambda *a: pytest.fail("the network ran"))
     assert main(["denoise", str(tmp_path / "wide.png"), str(tmp_path / "out.webp")]) == 2
     assert (
         capsys.readouterr()
@@ -1158,23 +1156,22 @@ def test_numbers_in_e_notation_and_a_prefix_of_a_command_are_read(capsys):
 
 def test_two_runs_cannot_write_into_one_folder_at_once(tmp_path, monkeypatch, capsys):
     """Two `train` into the same --out both ran, each overwriting the other's checkpoint."""
-    from n2nfunc import cli
 
     monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     out.mkdir()
-    cli._lock_folder(out)  # as a run in progress holds it
+    runs._lock_folder(out)  # as a run in progress holds it
     try:
         with monkeypatch.context() as m:  # refused before the data (minutes for 50,000 pairs)
-            m.setattr(cli, "_training_data", lambda args: pytest.fail("data read"))
+            m.setattr(train, "_training_data", lambda args: pytest.fail("data read"))
             assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"--out {out}: another n2nfunc train (process {os.getpid()}) is writing" in err
         assert not (out / "checkpoint.pth").exists()
     finally:
-        cli._unlock_all()
+        runs._unlock_all()
     assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
-    assert not (out / cli.LOCK_NAME).exists()  # removed when the run ends
+    assert not (out / runs.LOCK_NAME).exists()  # removed when the run ends
 
 
 def test_denoise_refuses_a_u_net_that_is_not_rgb_to_rgb(tmp_path, capsys):
@@ -1212,11 +1209,9 @@ def test_more_processes_than_cores_get_a_note(monkeypatch, capsys):
     --threads than cores had a note)."""
     from types import SimpleNamespace
 
-    from n2nfunc import cli
-
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
     for nproc, noted in ((16, True), (2, False)):
-        cli._setup(SimpleNamespace(nproc=nproc, threads=None, device="cpu"))
+        common._setup(SimpleNamespace(nproc=nproc, threads=None, device="cpu"))
         err = capsys.readouterr().err
         assert ("note: 16 processes on this machine's 2 CPUs" in err) == noted, err
 
@@ -1376,18 +1371,17 @@ def test_init_without_lr_fine_tunes_at_a_tenth_and_says_so(tmp_path, monkeypatch
 def test_the_out_folder_is_locked_before_the_data_is_made(tmp_path, monkeypatch, capsys):
     """A second run into a folder that did not exist yet was let in while the first generated
     its data (minutes), and the two then wrote over each other's files."""
-    from n2nfunc import cli
 
     out = tmp_path / "new" / "run"
     seen = []
 
     def data_fails(args):
-        seen.append((out / cli.LOCK_NAME).is_file())
+        seen.append((out / runs.LOCK_NAME).is_file())
         with pytest.raises(ValueError, match="another n2nfunc train .* is writing"):
-            cli._lock_folder(out)  # what a second run meets meanwhile
+            runs._lock_folder(out)  # what a second run meets meanwhile
         raise ValueError("no data today")
 
-    monkeypatch.setattr(cli, "_training_data", data_fails)
+    monkeypatch.setattr(train, "_training_data", data_fails)
     assert main(["train", *TINY, "--out", str(out)]) == 2
     assert "no data today" in capsys.readouterr().err
     assert seen == [True]
@@ -1415,7 +1409,7 @@ def test_bad_init_and_resume_weights_stop_the_run_before_its_data_is_made(
     def no_data(*args, **kw):
         raise AssertionError("the data was made before the weights were checked")
 
-    monkeypatch.setattr(cli, "_training_data", no_data)
+    monkeypatch.setattr(train, "_training_data", no_data)
     run = ["train", *TINY[:4], *TINY[7:], "--noise", "gaussian:10", "--epochs", "2"]
     assert main([*run, "--init", str(tmp_path / "nan.pth"), "--out", str(tmp_path / "i")]) == 2
     assert "nan.pth: parameter '0.weight' holds NaN or infinite values" in capsys.readouterr().err
@@ -1497,7 +1491,7 @@ def test_a_folders_digest_keeps_the_rule_of_earlier_runs(tmp_path):
     (tmp_path / "._a.png").write_bytes(b"\0\5\x16\7")
     lines = [f"/{p.name}\t{p.stat().st_size}" for p in sorted(tmp_path.iterdir())]
     recorded = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-    assert cli._folder_digest(tmp_path, "photos") == recorded
+    assert runs._folder_digest(tmp_path, "photos") == recorded
 
 
 @pytest.mark.parametrize(
