@@ -444,7 +444,7 @@ def failure_causes(failures: dict) -> list:
 
     def stopped(f) -> bool:
         return f.exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM) or (  # (the CLI's exit)
-            f.exitcode == -signal.SIGKILL and f.timestamp > first
+            f.exitcode == -getattr(signal, "SIGKILL", 9) and f.timestamp > first  # (Windows: none)
         )
 
     return [(r, f) for r, f in sorted(failures.items()) if not stopped(f)]

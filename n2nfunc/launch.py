@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -276,17 +277,23 @@ def _launcher_gone(wait_s: float = 1.0) -> bool:
     return True
 
 
+def quoted(text, windows: bool = os.name == "nt") -> str:
+    """``text`` (a path, say) as a command line in this system's shell takes it: quoted where
+    it holds spaces, quotes and the like -- in single quotes for a POSIX shell, in double
+    quotes for Windows' (where single quotes would become part of the argument)."""
+    text = str(text)
+    return subprocess.list2cmdline([text]) if windows else shlex.quote(text)
+
+
 def resume_command(state, args, nproc: int = 1) -> str:
     """The command that continues the run of ``state``: the run's settings and data come from
     the checkpoint; where and how it runs (processes, device, threads) and what it prints and
     draws do not, so those given to this run are given again."""
     extra = [f"--nproc {nproc}"] * (nproc > 1)
-    extra += [f"--device {shlex.quote(str(args.device))}"] * (
-        str(getattr(args, "device", "cpu")) != "cpu"
-    )
+    extra += [f"--device {quoted(args.device)}"] * (str(getattr(args, "device", "cpu")) != "cpu")
     extra += [f"--threads {args.threads}"] * (getattr(args, "threads", None) is not None)
     extra += [f"--{k.replace('_', '-')}" for k in ("no_pictures", "quiet") if getattr(args, k, 0)]
-    paths = [shlex.quote(str(state)), "--out", shlex.quote(str(args.out))]  # spaces, quotes
+    paths = [quoted(state), "--out", quoted(args.out)]  # spaces, quotes
     return " ".join(["n2nfunc train --resume", *paths, *extra])
 
 

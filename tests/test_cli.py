@@ -1865,3 +1865,19 @@ def test_resuming_a_finished_photo_run_does_not_check_its_folder_again(tmp_path,
     capsys.readouterr()
     assert main(["train", "--resume", str(run / "checkpoint.pth")]) == 0
     assert "nothing to train" in capsys.readouterr().out
+
+
+def test_names_stdout_cannot_encode_are_printed_escaped(tmp_path, monkeypatch):
+    """A photo named in characters standard output's encoding lacks (output redirected to a
+    file on Windows is cp1252) was denoised and written, then reported as a usage error
+    ('charmap' codec can't encode ...), exit status 2."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "写真.png")
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="ascii")  # errors="strict", as a file's
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["denoise", str(tmp_path / "写真.png"), str(tmp_path / "out.png")]) == 0
+    stdout.flush()
+    assert (tmp_path / "out.png").is_file()
+    assert "\\u5199\\u771f.png (40x30) ->" in raw.getvalue().decode("ascii")

@@ -686,6 +686,28 @@ def test_the_resume_command_repeats_where_and_how_the_run_ran(tmp_path):
     )
 
 
+def test_hints_quote_paths_for_the_shell_of_the_system():
+    """Windows' shells take double quotes; single quotes became part of the path pasted into
+    cmd.exe, and the hint failed with "not found"."""
+    assert launch.quoted("my runs/c.pth", windows=False) == "'my runs/c.pth'"
+    assert launch.quoted("runs/c.pth", windows=False) == "runs/c.pth"
+    assert launch.quoted(r"C:\my runs\c.pth", windows=True) == r'"C:\my runs\c.pth"'
+    assert launch.quoted(r"C:\runs\c.pth", windows=True) == r"C:\runs\c.pth"
+
+
+def test_failure_causes_need_no_sigkill(monkeypatch):
+    """Windows has no signal.SIGKILL: reading it turned every failed worker of `train --nproc`
+    (a usage error, a NaN loss) into the launcher's own AttributeError traceback."""
+    from collections import namedtuple
+
+    from n2nfunc.distributed import failure_causes
+
+    monkeypatch.delattr(signal, "SIGKILL")
+    failure = namedtuple("failure", "exitcode timestamp pid")
+    usage = {0: failure(2, 100, 10), 1: failure(1, 101, 11), 2: failure(143, 101, 12)}
+    assert [r for r, _ in failure_causes(usage)] == [0, 1]
+
+
 def test_failure_causes_leave_out_the_ranks_the_agent_stopped():
     """torchrun's agent stops the others with SIGTERM after a first failure, and kills with
     SIGKILL one that has not stopped within its grace (a hung rank, seconds later): neither

@@ -30,6 +30,7 @@ __all__ = ["SHIPPED_NOISE", "build_parser", "entry", "main"]
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 done, 2 bad usage or data)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _escape_unprintable()
     try:
         try:
             parser = build_parser()
@@ -60,6 +61,15 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _escape_unprintable() -> None:
+    """Print what standard output's encoding lacks (a path of Chinese characters where
+    output goes to a file in Windows' cp1252, or under ``PYTHONIOENCODING=ascii``) as
+    backslash escapes, as standard error does: not an error after the work is done."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # (a replaced stdout may lack it)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def _command_of(argv: list) -> str:

@@ -3,7 +3,6 @@ errors and values are said, and the names of a run's files."""
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -90,11 +89,6 @@ def _shown(value) -> str:
     if isinstance(value, (tuple, list)):
         return shown(" ".join(map(str, value)))
     return shown(str(value))
-
-
-def _quoted(path) -> str:
-    """A path as a shell command line takes it (quoted where it holds spaces, ...)."""
-    return shlex.quote(str(path))
 
 
 def shown(text: str, limit: int = 160) -> str:

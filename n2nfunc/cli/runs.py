@@ -18,7 +18,7 @@ from ..model import (
     full_config,
 )
 from ..pretrained import NAMES as PRETRAINED_NAMES
-from .common import RUN_PICTURES, _given, _loading, _local_processes, _option, _quoted, _shown
+from .common import RUN_PICTURES, _given, _loading, _local_processes, _option, _shown
 from .pairs import _n_train
 
 
@@ -388,7 +388,7 @@ def _note_unfinished_run(state_path: Path) -> None:
     if done < total:
         print(
             f"note: {state_path} held an unfinished run (epoch {done} of {total}), which this "
-            f"new run replaces (`--resume {_quoted(state_path)}` continues a run)"
+            f"new run replaces (`--resume {launch.quoted(state_path)}` continues a run)"
         )
     else:  # its weights, history and pictures stay until this run writes its own
         print(

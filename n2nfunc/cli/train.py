@@ -20,7 +20,6 @@ from .common import (
     _camera_noise,
     _count,
     _loading,
-    _quoted,
     _rank,
     _run_files_in,
     _setup,
@@ -59,7 +58,7 @@ def _finished_run(args, state: dict, epochs: int) -> None:
     if ours and history_ours:
         print(
             f"{done}; nothing to train; its weights: {weights} (to train on from them, start "
-            f"a new run: n2nfunc train --init {_quoted(weights)} --out NEW_FOLDER ...)"
+            f"a new run: n2nfunc train --init {launch.quoted(weights)} --out NEW_FOLDER ...)"
         )
         return
     own = (out / "checkpoint.pth").resolve() == Path(args.resume).resolve()
@@ -68,8 +67,8 @@ def _finished_run(args, state: dict, epochs: int) -> None:
         print(
             f"{done}; nothing to train; {out} holds other files ({', '.join(others)}), so its "
             f"weights are in {args.resume} (`n2nfunc eval --checkpoint "
-            f"{_quoted(args.resume)}`; to train on from them: n2nfunc train --init "
-            f"{_quoted(args.resume)} --out NEW_FOLDER ...)"
+            f"{launch.quoted(args.resume)}`; to train on from them: n2nfunc train --init "
+            f"{launch.quoted(args.resume)} --out NEW_FOLDER ...)"
         )
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +288,7 @@ def run_training(args, device, dp=None) -> int:
     _drop_stale_pictures(out, pictures)
     print(
         "use these weights:\n"
-        f"  n2nfunc denoise photo.png denoised.png --checkpoint {_quoted(weights_path)}\n"
-        f"  n2nfunc eval --checkpoint {_quoted(weights_path)}"
+        f"  n2nfunc denoise photo.png denoised.png --checkpoint {launch.quoted(weights_path)}\n"
+        f"  n2nfunc eval --checkpoint {launch.quoted(weights_path)}"
     )
     return 0
