@@ -322,20 +322,23 @@ def test_a_large_image_below_pillows_hard_limit_reads_without_a_raw_warning(tmp_
 
 def test_large_downsampling_factors_are_made_in_bounded_memory():
     """Images are rendered at FACTOR x 32 pixels: at factor 16, 300 of them at once took
-    about 3 GB (1,000: 10 GB); in chunks the process stays near its size at factor 4."""
+    about 3 GB more than the process's size after its imports (1,000: 10 GB); in chunks,
+    0.8-1.1 GB (factor 4: 0.2 GB). Measured from the size after the imports, which is 0.2 GB
+    with torch's CPU build and 0.5 GB with its CUDA build."""
     import subprocess
     import sys
 
     script = (
         "import resource\n"
         "from n2nfunc.data.synthetic import make_pairs\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "a, b = make_pairs(300, 'train', 'downsample:16')\n"
         "assert a.shape == b.shape == (300, 3, 32, 32)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout) < 1_500_000  # KiB
+    assert int(done.stdout) < 1_600_000  # KiB
 
 
 def test_cache_versions_change_only_where_the_data_did():

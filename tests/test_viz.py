@@ -55,6 +55,8 @@ def test_plot_curves_takes_losses_alone_and_returns_the_file_it_wrote(tmp_path):
     losses = ([0.02, 0.015], [torch.tensor(0.02), torch.tensor(0.015).numpy()[()]])
     for history in (*losses, [{"epoch": 1, "loss": 0.1}, {"epoch": 2, "loss": 0.05}]):
         path = plot_curves(history, tmp_path / "curves")
-        assert path == tmp_path / "curves.png" and Image.open(path).size[0] > 100
+        assert path == tmp_path / "curves.png"
+        with Image.open(path) as im:
+            assert im.size[0] > 100
     with pytest.raises(ValueError, match=r"history entry 1 must be a loss or a dict with 'loss'"):
         plot_curves([0.1, "0.2"], tmp_path / "bad.png")
