@@ -99,8 +99,6 @@ def shown(text: str, limit: int = 160) -> str:
 
 
 RUN_PICTURES = ("curves.png", "samples.png")
-
-
 RUN_FILES = ("model.pth", "checkpoint.pth", "history.json", *RUN_PICTURES)
 
 

@@ -17,8 +17,6 @@ from ..data.synthetic import to_int16, to_uint8
 from .common import _camera_noise, _loading, _n_train_default, _say
 
 PHOTO_CROP = 64  # crops of `train --photos` with camera noise (Gaussian, Poisson)
-
-
 PHOTO_FACTORS = (4, 6, 8, 12)  # downsampling factors of `train --photos` (mixed_factor_pairs)
 
 

@@ -41,8 +41,6 @@ def _config(args) -> dict:
 DATA_OPTIONS = (
     "train", "val", "pairs", "photos", "n_train", "val_pairs", "val_photos", "n_val", "noise",
 )  # fmt: skip
-
-
 PATH_OPTIONS = {"train", "val", "pairs", "photos", "val_pairs", "val_photos"}
 
 

@@ -30,14 +30,10 @@ from .pairs import _say_if_identical, _validation_data
 from .runs import _run_config
 
 TILE_ALIGN = 32  # --tile's multiple (deeper U-Nets than the shipped ask for more: named then)
-
-
 MIN_TILE = 96  # an overlap of 32 (the exercise network reaches 27) on both sides plus one 32 step
 
 
 ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
-
-
 SHIPPED_NOISE = (
     "aliasing from point-sampled downsampling by 4 to 12 (the course data's kind), "
     "learnt from photos and built-in pairs"
