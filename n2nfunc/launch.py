@@ -15,9 +15,9 @@ trains on its slice of each global batch (see :meth:`n2nfunc.Model.train_epoch`)
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -278,11 +278,18 @@ def _launcher_gone(wait_s: float = 1.0) -> bool:
 
 
 def quoted(text, windows: bool = os.name == "nt") -> str:
-    """``text`` (a path, say) as a command line in this system's shell takes it: quoted where
-    it holds spaces, quotes and the like -- in single quotes for a POSIX shell, in double
-    quotes for Windows' (where single quotes would become part of the argument)."""
+    """``text`` (a path, say) as this system's shells take it on a command line: bare where
+    it is made of letters, digits and ``_.:\\/+=,@-`` only, else in single quotes for a POSIX
+    shell and in double quotes for Windows' (where single quotes become part of the
+    argument; a trailing backslash doubled, so that it does not escape the closing quote;
+    cmd.exe still expands ``%NAME%`` inside them, PowerShell ``$name``)."""
     text = str(text)
-    return subprocess.list2cmdline([text]) if windows else shlex.quote(text)
+    if not windows:
+        return shlex.quote(text)
+    if re.fullmatch(r"[\w.:\\/+=,@-]+", text, re.ASCII):
+        return text
+    escaped = re.sub(r'(\\*)"', r'\1\1\\"', text)  # (a quote, which no Windows path holds)
+    return '"' + re.sub(r"(\\+)$", r"\1\1", escaped) + '"'
 
 
 def resume_command(state, args, nproc: int = 1) -> str:

@@ -693,6 +693,11 @@ def test_hints_quote_paths_for_the_shell_of_the_system():
     assert launch.quoted("runs/c.pth", windows=False) == "runs/c.pth"
     assert launch.quoted(r"C:\my runs\c.pth", windows=True) == r'"C:\my runs\c.pth"'
     assert launch.quoted(r"C:\runs\c.pth", windows=True) == r"C:\runs\c.pth"
+    # cmd.exe ends a command at &, PowerShell starts a string at '; a closing quote after a
+    # backslash would be escaped by it
+    assert launch.quoted(r"C:\R&D\c.pth", windows=True) == r'"C:\R&D\c.pth"'
+    assert launch.quoted(r"C:\O'Brien\c.pth", windows=True) == '"C:\\O\'Brien\\c.pth"'
+    assert launch.quoted("C:\\my runs\\", windows=True) == '"C:\\my runs\\\\"'
 
 
 def test_failure_causes_need_no_sigkill(monkeypatch):

@@ -72,12 +72,12 @@ def _check_train(args, error) -> None:
     for name in RUN_FILES:  # found only when written, after the training, before
         if (Path(args.out) / name).is_dir():
             error(f"--out: {Path(args.out) / name} is a folder, where the run writes its {name}")
-    if not args.resume:  # (a finished run's resume writes only what is missing: cmd_train)
+    if not args.resume:  # (a finished run's resume writes only what is missing: train.cmd_train)
         _check_foreign_files(Path(args.out), error)
     _check_memory(args, error)
     if args.resume and args.init is not None:
         error("--init starts a new run from weights; --resume continues a run: give one")
-    if args.resume:  # the run's own options: cmd_train compares those given with them
+    if args.resume:  # the run's own options: train.cmd_train compares those given with them
         return
     if args.init is not None:
         _check_init(args, error)
@@ -137,7 +137,7 @@ def _check_init(args, error) -> None:
     except (ValueError, OSError) as e:
         error(str(e))
     args.init_given = args.init  # a shipped network's name, or the path as given
-    args.init, args.init_payload = path, payload  # (run_training loads it: read once)
+    args.init, args.init_payload = path, payload  # (train.run_training loads it: read once)
     args.network = "unet" if payload.get("network") == "unet" else "exercise"
 
 

@@ -270,7 +270,7 @@ def _origin(args, state: dict | None) -> dict:
         return {"init": init} if isinstance(init, dict) else {}
     if args.init is None:
         return {}
-    digest = args.init_sha256  # (hashed by _check_init)
+    digest = args.init_sha256  # (hashed by checks._check_init)
     named = args.init_given in PRETRAINED_NAMES and args.init_given != str(args.init)
     source = args.init_given if named else str(Path(args.init).resolve())
     return {"init": {"from": source, "sha256": digest}}
@@ -315,7 +315,7 @@ def _save_state(
 
 
 # Lock files a command holds, (open file, path, the folders the command made for it, innermost
-# first): removed and unlocked when it returns (main), with those folders where left empty.
+# first): removed and unlocked when it returns (cli.main), with those folders where left empty.
 _LOCKS: list = []
 
 
