@@ -17,8 +17,8 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     ``max_value`` is the value of white in the inputs (1 or 255); inputs are (N, C, H, W), or
     (3, H, W) for one RGB image.
     A reference above twice that is refused: 0-255 images read on the 0-1 scale would score
-    some 48 dB too high. An image equal to its reference counts as 200 dB (its error is floored at
-    1e-20, so that one such image does not make the mean infinite).
+    some 48 dB too low (20 log10 255). An image equal to its reference counts as 200 dB (its
+    error is floored at 1e-20, so that one such image does not make the mean infinite).
     """
     try:
         top = float(max_value) if not isinstance(max_value, (bool, str)) else math.nan

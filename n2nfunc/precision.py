@@ -12,7 +12,7 @@ One difference from autocast: the whole layer runs on bfloat16 tensors, its inpu
 entry, where autocast rounds a matmul's operands and leaves other ops in their inputs' dtype.
 Between matmuls both carry bfloat16 activations; but a path that carries the float32 input
 past every matmul (a residual block's skip from the network's input) keeps bfloat16
-precision here (about 3 significant digits) and float32 under autocast.
+precision here (8 significant bits: 2-3 decimal digits) and float32 under autocast.
 """
 
 from torch import Tensor, empty

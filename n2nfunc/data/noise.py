@@ -7,7 +7,8 @@ Grammar (levels on the 0-255 scale for Gaussian noise):
 * ``poisson:PEAK`` or ``poisson:LO-HI``: ``Poisson(PEAK * clean) / PEAK`` (PEAK photons at
   white: a smaller PEAK is stronger noise);
 * ``downsample[:FACTOR]``: the exercise's aliasing, one random pixel of each FACTOR x
-  FACTOR cell (default 4); the noisy images are FACTOR times smaller than the clean one.
+  FACTOR cell (default 4); the noisy images are FACTOR times smaller than the clean one in height
+  and in width.
 
 A range means a *blind* level, drawn uniformly per image (the same for both images of a
 pair). All noise is zero-mean given the clean image. :func:`noisy_pair` returns the

@@ -172,11 +172,18 @@ def conv2d(
 ) -> Layer:
     """2-d cross-correlation, as ``torch.nn.functional.conv2d``:
 
-    ``y[n, o, i, j] = b[o] + sum_{c, a, b} w[o, c, a, b] x[n, c, s*i - p + d*a, s*j - p + d*b]``.
+    ``y[n, o, i, j] = bias[o] + sum_{c, u, v} w[o, c, u, v] x[n, c, s*i - p + d*u, s*j - p + d*v]``
+    (``x`` is 0 outside the image).
 
-    Gradients: ``dW = g^T @ im2col(x)``; ``dx`` is the transposed convolution of ``g``
-    with the same kernel (the polyphase engine; for stride 1 the stride-1 convolution of ``g``
-    with the flipped kernel, see :func:`n2nfunc.kernels.conv_input_grad`).
+    Gradients, for the output gradient ``g``:
+
+    * ``dw[o, c, u, v] = sum_{n, i, j} g[n, o, i, j] x[n, c, s*i - p + d*u, s*j - p + d*v]``
+      (one matmul, ``g^T @ im2col(x)``), and ``dbias[o] = sum_{n, i, j} g[n, o, i, j]``;
+    * ``dx[n, c, r, t] = sum w[o, c, u, v] g[n, o, i, j]`` over the ``(o, u, v, i, j)`` with
+      ``s*i - p + d*u = r`` and ``s*j - p + d*v = t``: the transposed convolution of ``g``
+      with the same kernel (the polyphase engine; for stride 1, the stride-1 convolution of
+      ``g`` with the kernel turned by 180 degrees and its in/out axes swapped,
+      ``w.flip(2, 3).transpose(0, 1)``: see :func:`n2nfunc.kernels.conv_input_grad`).
     """
     name = _describe(
         "conv2d",
@@ -260,11 +267,14 @@ def conv_transpose2d(
 ) -> Layer:
     """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``:
 
-    ``y[n, o, s*i - p + d*a, s*j - p + d*b] += w[c, o, a, b] x[n, c, i, j]`` (plus ``b[o]``),
-    output size ``(H-1)s - 2p + d(k-1) + output_padding + 1``.
+    ``y[n, o, s*i - p + d*u, s*j - p + d*v] += w[c, o, u, v] x[n, c, i, j]`` (plus
+    ``bias[o]``), output size ``(H-1)s - 2p + d(k-1) + output_padding + 1``.
 
-    The forward pass is the polyphase engine; ``dx`` is the plain convolution of ``g`` with
-    the same weight, and ``dW = x^T @ im2col(g)`` reuses that convolution's im2col.
+    The forward pass is the polyphase engine. Gradients, for the output gradient ``g``:
+    ``dx[n, c, i, j] = sum_{o, u, v} w[c, o, u, v] g[n, o, s*i - p + d*u, s*j - p + d*v]``,
+    the plain convolution of ``g`` with the same weight;
+    ``dw[c, o, u, v] = sum_{n, i, j} x[n, c, i, j] g[n, o, s*i - p + d*u, s*j - p + d*v]``
+    (``x^T @ im2col(g)``, reusing that convolution's im2col); ``dbias[o]`` sums ``g[:, o]``.
     """
     name = _describe(
         "conv_transpose2d",
@@ -369,7 +379,8 @@ def nearest_upsample(scale_factor=None, size=None) -> Layer:
     ``y[n, c, i, j] = x[n, c, min(floor(i * r), H - 1), min(floor(j * q), W - 1)]`` with
     the ratios ``r = H / H_out`` and ``q = W / W_out`` in float32, as PyTorch computes them.
 
-    The gradient sums the output gradient over the pixels that copied each input pixel.
+    The gradient sums the output gradient over the pixels that copied each input pixel:
+    ``dx[n, c, i, j] = sum_{a, b < s} g[n, c, s*i + a, s*j + b]``.
     """
     if scale_factor is not None and size is not None:
         raise ValueError(
@@ -482,11 +493,12 @@ def upsample(
 ) -> Layer:
     """Nearest upsampling by ``scale_factor`` followed by a stride-1 convolution, as one layer.
 
-    Equal to ``serial(nearest_upsample(s), conv2d(out_channels, kernel_size, padding=padding))``
-    with the conv's ``weight`` / ``bias`` directly in this layer's params. Computed on the
+    Equal to ``serial(nearest_upsample(s), conv2d(out_channels, kernel_size, padding=padding,
+    dilation=dilation))`` with the conv's ``weight`` / ``bias`` directly in this layer's
+    params. Computed on the
     low-resolution input: each of the s*s output phases is a small convolution of ``x``
     (the sub-pixel identity), e.g. x2 + 3x3 becomes four 2x2 convolutions, 2.25x fewer
-    multiply-adds and a 4x smaller im2col.
+    multiply-adds and an im2col about 9x smaller (4C instead of 36C numbers per input pixel).
     """
     name = _describe(
         "upsample",

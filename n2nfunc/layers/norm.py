@@ -5,12 +5,18 @@ Per channel, with ``m = N H W`` values:
 
 * training: ``mean``, biased ``var`` of the batch; ``y = (x - mean) / sqrt(var + eps) * weight
   + bias``; the running statistics move towards the batch's, the variance unbiased:
+  ``running_mean <- (1 - f) running_mean + f mean`` and
   ``running_var <- (1 - f) running_var + f var m / (m - 1)``, with ``f = momentum``
-  (or ``1 / num_batches_tracked`` when ``momentum`` is ``None``, a cumulative average);
-* evaluation: the same formula with ``running_mean`` / ``running_var``; the state is returned
-  unchanged. Before any training step these are PyTorch's initial values (mean 0,
-  variance 1), so evaluation then gives ``x / sqrt(1 + eps) * weight + bias`` -- exactly what
-  ``torch.nn.BatchNorm2d`` gives; it is not an error.
+  (or ``1 / num_batches_tracked`` when ``momentum`` is ``None``, a cumulative average).
+  Gradients, for the output gradient ``g``, with ``xhat = (x - mean) / sqrt(var + eps)`` and
+  sums and means over the channel's ``m`` values: ``dweight = sum g xhat``,
+  ``dbias = sum g``, ``dx = weight / sqrt(var + eps) (g - mean(g) - xhat mean(g xhat))``
+  (the batch's mean and variance depend on ``x`` too);
+* evaluation: the same formula with ``running_mean`` / ``running_var``, constants, so that
+  ``dx = weight / sqrt(running_var + eps) g``; the state is returned unchanged. Before any
+  training step these are PyTorch's initial values (mean 0, variance 1), so evaluation then
+  gives ``x / sqrt(1 + eps) * weight + bias`` -- exactly what ``torch.nn.BatchNorm2d``
+  gives; it is not an error.
 
 Params ``{"weight": ones(C), "bias": zeros(C)}``; state ``{"running_mean": zeros(C),
 "running_var": ones(C), "num_batches_tracked": 0}`` (an int64 scalar), the names of

@@ -165,8 +165,10 @@ def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
     ``y[n, c, i, j] = max_{a, b} x[n, c, s*i - p + a, s*j - p + b]``, stride = kernel by default.
 
     The gradient of each output goes to the first maximum of its window in row-major order,
-    as in PyTorch; overlapping windows add up. A NaN in a window is its maximum (as in
-    PyTorch); with several NaNs in one window the gradient goes to the first (PyTorch: the last).
+    as in PyTorch; overlapping windows add up: ``dx[n, c, r, t]`` is the sum of the
+    ``g[n, c, i, j]`` of the windows whose first maximum is at ``(r, t)``. A NaN in a window is
+    its maximum (as in PyTorch); with several NaNs in one window the gradient goes to the
+    first (PyTorch: the last).
     """
     return _pool(
         "max_pool2d",
@@ -207,7 +209,9 @@ def _avg_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
 def avg_pool2d(kernel_size, stride=None, padding=0) -> Layer:
     """2-d average pooling, as ``torch.nn.functional.avg_pool2d`` (zero padding counted in the
     mean, PyTorch's default): ``y[n, c, i, j] = mean_{a, b} x[n, c, s*i - p + a, s*j - p + b]``,
-    stride = kernel by default.
+    stride = kernel by default. Its gradient shares each output's evenly over its window:
+    ``dx[n, c, r, t]`` is the sum of ``g[n, c, i, j] / (kh kw)`` over the windows that hold
+    ``(r, t)``.
     """
     return _pool(
         "avg_pool2d",
