@@ -2,13 +2,18 @@
 held-out photographs, PSNR and SSIM (the README table).
 
     python bench/photo_denoise.py                         # evaluate the shipped weights
+    python bench/photo_denoise.py --set test              # ... on the untouched test photos
     python bench/photo_denoise.py --picture runs/photo.png
     python bench/photo_denoise.py --train-compare --compare-minutes 10   # N2N vs N2C vs torch
     python bench/photo_denoise.py --gaussian-weights runs/g.pth --poisson-weights runs/p.pth
 
 Held-out set: bench/shipped_weights.py's held-out photos (scikit-image's sample photos and
-matplotlib's grace_hopper, never used for training), the central ``--crop`` x ``--crop``
-(default 256) of each. Noise: Gaussian sigma 15, 25, 50 (0-255 scale) and Poisson peak 30
+matplotlib's grace_hopper, never used for training, but looked at to choose the shipped
+weights' settings: a validation set), the central ``--crop`` x ``--crop`` (default 256) of
+each. ``--set test`` takes its untouched test photos instead (12 of Ubuntu Touch 16.04's
+wallpapers and scikit-learn's two sample photos, each shrunk by a whole factor to a short
+side of 512-1023 pixels), which nothing was chosen on. Noise: Gaussian sigma 15, 25, 50
+(0-255 scale) and Poisson peak 30
 (``n2nfunc.data.noise``), one fixed draw per image, the noisy input clipped to [0, 1] for
 every method. PSNR as n2nfunc.metrics.psnr; SSIM of Wang et al. (11x11 Gaussian window,
 sigma 1.5, K = 0.01 / 0.03, mean over channels; equal to scikit-image's
@@ -94,12 +99,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(s.mean())
 
 
-def heldout_crops(root: Path, crop: int) -> torch.Tensor:
+def heldout_crops(root: Path, crop: int, part: str = "heldout") -> torch.Tensor:
+    """The central ``crop`` x ``crop`` of each photo of ``root/part`` large enough, 0-1."""
     from train_unet import photo_folder
 
-    check_apart(root)
+    photos = photo_folder(root, part)  # (fetched first, then checked)
+    check_apart(root, part)
     out = []
-    for p in photo_folder(root, "heldout"):
+    for p in photos:
         h, w = p.shape[1:]
         if min(h, w) < crop:
             continue
@@ -202,7 +209,7 @@ def noisy_inputs(clean, levels) -> dict:
 
 
 def table(clean, methods: dict, levels, notes: list, picture: Path | None):
-    print(f"\n{len(clean)} held-out crops of {clean.shape[2]}x{clean.shape[3]}; PSNR dB / SSIM")
+    print(f"\n{len(clean)} crops of {clean.shape[2]}x{clean.shape[3]}; PSNR dB / SSIM")
     print(f"{'method':<34}" + "".join(f"{lv:>20}" for lv in levels))
     noisy = noisy_inputs(clean, levels)
     rows: dict = {"noisy input": {lv: noisy[lv] for lv in levels}}
@@ -309,6 +316,12 @@ def train_compare(root: Path, clean, minutes: float, batch: int, crop: int) -> N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--photos", type=photos_folder, default=DEFAULT_PHOTOS)
+    ap.add_argument(
+        "--set",
+        choices=["heldout", "test"],
+        default="heldout",
+        help="held-out photos (the validation set) or the untouched test photos",
+    )
     ap.add_argument("--crop", type=int_range(16), default=256)
     ap.add_argument("--limit", type=int_range(1), default=None, help="use only the first N photos")
     ap.add_argument("--levels", nargs="+", default=LEVELS, type=camera_noise)
@@ -334,11 +347,10 @@ def main() -> None:
         if path is not None and not path.is_file():
             ap.error(f"{option}: {path} is not a file")
     torch.set_grad_enabled(False)
-    clean = heldout_crops(args.photos, args.crop)[: args.limit]
+    clean = heldout_crops(args.photos, args.crop, args.set)[: args.limit]
     if not len(clean):
-        ap.error(
-            f"--crop {args.crop}: no held-out photo in {args.photos / 'heldout'} is that large"
-        )
+        ap.error(f"--crop {args.crop}: no photo in {args.photos / args.set} is that large")
+    print(f"photos: {args.photos / args.set}")
     notes: list[str] = []
     methods: dict = {}
     unets = {}

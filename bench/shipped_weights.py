@@ -74,6 +74,36 @@ TRAIN_PHOTOS = {
     + [PLASMA.format("ColorfulCups", "2560x1600"), PLASMA.format("Volna", "5120x2880")],
     "lomiri-wallpapers-20.04": ["usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"],
 }
+# The untouched test set of bench/photo_denoise.py --set test: photos no training run and no
+# choice of weights or settings ever saw (the held-out set above is the validation set that
+# the shipped U-Nets were chosen on). Twelve photographs of Ubuntu Touch 16.04's wallpapers
+# (the package's other three are a texture, a clock face and digital art) and
+# scikit-learn's two sample photos.
+TEST_LOMIRI = (
+    "lomiri-wallpapers-16.04",
+    [
+        f"usr/share/backgrounds/{n}.jpg"
+        for n in (
+            "Bridge_by_Sander_Klootwijk",
+            "Dragonfly_by_Bolly",
+            "Picture_0B_by_freespace",
+            "Picture_1A_by_freespace",
+            "Wine_by_Jakkub_Mede",
+            "aitzgorri_by_Aitzol_Berasategi",
+            "free_by_Peter_Nerlich",
+            "friends_by_Aitzol_Berasategi",
+            "life_by_Aitzol_Berasategi",
+            "picosdeeuropa_by_Aitzol_Berasategi",
+            "seeding_by_Clements_Engelhardt",
+            "sunset_by_Aitzol_Berasategi",
+        )
+    ],
+)
+TEST_SKLEARN = ("scikit-learn==1.9.1", ["china.jpg", "flower.jpg"])
+# Test photos are shrunk by a whole factor (the mean of each factor x factor block) to a short
+# side of 512-1023 pixels: a 256 x 256 crop of a 12-megapixel photo is a patch of blur, and
+# averaging also removes most of the camera's own noise from the clean reference.
+TEST_SHORT_SIDE = 512
 HELDOUT_SKIMAGE = (
     "scikit-image==0.26.0",
     ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"],
@@ -125,9 +155,10 @@ def needs(module: str):
 
 
 def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
-    """Fill each of root/train and root/heldout named in ``parts`` unless it already holds
-    images (the training wallpapers come from Debian packages through apt-get; an evaluation
-    needs only the held-out photos, from a pip wheel and matplotlib)."""
+    """Fill each of root/train, root/heldout and root/test named in ``parts`` unless it
+    already holds images (the training wallpapers come from Debian packages through apt-get;
+    an evaluation needs only the held-out photos, from a pip wheel and matplotlib, or the test
+    photos, from a Debian package and a pip wheel)."""
     if root.exists() and not root.is_dir():
         raise SystemExit(f"error: --photos {root} is not a folder")
     for part in parts:
@@ -137,7 +168,7 @@ def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             try:
-                (_fetch_train if part == "train" else _fetch_heldout)(partial)
+                FETCH[part](partial)
             except ModuleNotFoundError as e:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise needs(e.name or "a module") from None
@@ -194,14 +225,47 @@ def _fetch_heldout(held: Path) -> None:
     )
 
 
-def check_apart(root: Path) -> None:
+def _fetch_test(test: Path) -> None:
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        package, files = TEST_LOMIRI
+        subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
+        deb = next(tmp.glob(f"{package}_*.deb"))
+        subprocess.run(["dpkg", "-x", str(deb), str(tmp / package)], check=True)
+        photos = [tmp / package / f for f in files]
+        wheel_spec, names = TEST_SKLEARN
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
+            check=True,
+        )
+        with zipfile.ZipFile(next(tmp.glob("scikit_learn-*.whl"))) as z:
+            for n in names:
+                (tmp / n).write_bytes(z.read(f"sklearn/datasets/images/{n}"))
+                photos.append(tmp / n)
+        for path in photos:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                factor = max(1, min(im.size) // TEST_SHORT_SIDE)
+                im.reduce(factor).save(test / f"{path.stem}.png")
+
+
+FETCH = {"train": _fetch_train, "heldout": _fetch_heldout, "test": _fetch_test}
+
+
+def check_apart(root: Path, part: str = "heldout") -> None:
     """Refuse a held-out photo whose file has the same bytes as a training photo's (the two
     sets come from different sources, Debian's wallpapers and scikit-image / matplotlib; a
-    folder filled by hand could mix them)."""
-    pairs = same_image_files(root / "train", root / "heldout")
-    shared = sorted(f"{Path(held).name} = train/{Path(train).name}" for train, held in pairs)
-    if shared:
-        raise SystemExit(f"error: {root}/heldout holds training photos: {', '.join(shared)}")
+    folder filled by hand could mix them); with ``part="test"``, a test photo that is a
+    training or held-out photo."""
+    others = ("train",) if part == "heldout" else ("train", "heldout")
+    for other in others:
+        pairs = same_image_files(root / other, root / part)
+        shared = sorted(f"{Path(b).name} = {other}/{Path(a).name}" for a, b in pairs)
+        if shared:
+            what = "training" if other == "train" else "held-out"
+            raise SystemExit(f"error: {root}/{part} holds {what} photos: {', '.join(shared)}")
 
 
 def heldout_sets(root: Path, n_val: int):

@@ -128,3 +128,8 @@ def test_the_held_out_photos_are_checked_apart_from_the_training_photos(tmp_path
     (tmp_path / "heldout" / "c.png").write_bytes(b"\x89PNG same bytes")
     with pytest.raises(SystemExit, match=r"heldout holds training photos: c.png = train/a.png"):
         shipped_weights.check_apart(tmp_path)
+    (tmp_path / "heldout" / "c.png").unlink()
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "d.png").write_bytes(b"\x89PNG other bytes")
+    with pytest.raises(SystemExit, match=r"test holds held-out photos: d.png = heldout/b.png"):
+        shipped_weights.check_apart(tmp_path, "test")
