@@ -7,6 +7,9 @@ layers again; losses and optimizers are pure functions; class
 wrappers (``Conv2d``, ``Sequential``, ``SGD``, ...) give the exercise grader's interface.
 """
 
+import types
+from typing import TYPE_CHECKING
+
 from . import init, kernels, layers, optim, stateful, tree
 from .base import Layer, ReleasedError, pull, releases, skips_input_grad
 from .checkpoint import load, save
@@ -104,6 +107,9 @@ from .train import make_train_step, value_and_grad
 from .unet import padded_to_multiple, unet
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # (imported on first use: see __getattr__)
+    from . import distributed as distributed
 
 __all__ = [
     "Adam",
@@ -216,7 +222,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> types.ModuleType:
     """``n2nfunc.distributed`` on first use: it imports ``torch.distributed``, which plain
     training never needs."""
     if name == "distributed":

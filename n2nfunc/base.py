@@ -36,19 +36,23 @@ import math
 import numbers
 import weakref
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from torch import Generator, Tensor, device, dtype, empty
 
 Shape = tuple[int, ...]
+# A layer's input or output shape: a Shape, or for several streams a tuple of them (nested)
+Shapes = Any
 Params = Any  # a dict (possibly nested) of tensors
+IntPair = int | tuple[int, int]  # a size or step for both axes, or (height, width)
 Pullback = Callable[..., tuple[Params, Any]]
+Vjp = TypeVar("Vjp", bound=Callable[..., Any])
 
 
 class Layer(NamedTuple):
     """A layer as three pure functions (see the module docstring)."""
 
-    init: Callable[[Generator | None, Shape], tuple[Shape, Params]]
+    init: Callable[[Generator | None, Shapes], tuple[Shapes, Params]]
     apply: Callable[[Params, Any], Any]
     vjp: Callable[[Params, Any], tuple[Any, Pullback]]
 
@@ -59,7 +63,7 @@ def apply_via_vjp(vjp: Callable) -> Callable:
     return lambda params, x: vjp(params, x)[0]
 
 
-def skips_input_grad(vjp: Callable) -> Callable:
+def skips_input_grad(vjp: Vjp) -> Vjp:
     """Mark ``vjp`` (in place, and return it) as returning pullbacks that accept
     ``input_grad=False``: a decorator for a layer's author, not a query (:func:`pull` then
     passes the keyword)."""
@@ -67,7 +71,7 @@ def skips_input_grad(vjp: Callable) -> Callable:
     return vjp
 
 
-def releases(vjp: Callable) -> Callable:
+def releases(vjp: Vjp) -> Vjp:
     """Mark ``vjp`` (in place, and return it) as returning pullbacks that accept
     ``release=True``: the caller's last call, during which the pullback drops what it holds
     for each child once used (a later call raises :class:`ReleasedError`). A decorator for a

@@ -26,6 +26,7 @@ import secrets
 import time
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -343,7 +344,7 @@ def _pause_for_tests(f) -> None:
         time.sleep(120)
 
 
-def save(path, tree) -> None:
+def save(path: str | os.PathLike, tree: Any) -> None:
     """Save ``tree`` (nested dicts, lists, tuples and named tuples of tensors, numbers,
     strings, bytes and None) as a checkpoint, atomically; unsupported objects raise
     ``TypeError`` before anything is written."""
@@ -358,7 +359,7 @@ _NOT_OURS = (
 )
 
 
-def load(path):
+def load(path: str | os.PathLike) -> Any:
     """The tree saved by :func:`save` in ``path`` (tensors on the CPU); errors name the file
     and what is wrong."""
     path = Path(path)

@@ -22,6 +22,7 @@ passes ``release=True`` on to it.
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import overload
 
 from torch import Tensor, cat
 
@@ -139,6 +140,10 @@ def _network(layers, init, apply, vjp) -> Layer | StatefulLayer:
     return fixed(StatefulLayer(init, apply, releases(skips_input_grad(vjp))), None, train=False)
 
 
+@overload
+def serial(*layers: Layer) -> Layer: ...
+@overload
+def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer: ...
 def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     """Compose ``layers`` left to right. Each position has params of its own (``"0"``,
     ``"1"``, ...): a layer listed twice is two layers with the same recipe, not shared
@@ -219,6 +224,10 @@ def _check_shapes(in_shapes, n: int, name: str) -> tuple:
     return check_tuple(in_shapes, n, name)
 
 
+@overload
+def parallel(*layers: Layer) -> Layer: ...
+@overload
+def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer: ...
 def parallel(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
     """Apply ``layers[i]`` to input ``i`` of a tuple; params ``{"0": p0, ...}``."""
     children = [lift(layer) for layer in _check_layers(layers, "parallel")]
@@ -404,6 +413,10 @@ def _same_shape(x, fx, name="residual"):
         )
 
 
+@overload
+def residual(layer: Layer) -> Layer: ...
+@overload
+def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer: ...
 def residual(layer: Layer | StatefulLayer) -> Layer | StatefulLayer:
     """``x -> x + layer(x)``; params (and state) are ``layer``'s own. The layer must keep
     the shape."""

@@ -24,6 +24,8 @@ from torch import Generator, Tensor, empty
 from .base import Shape, generator_device, kaiming_bounds, uniform
 
 Initializer = Callable[[Generator | None, Shape], Tensor]
+# What a layer's init= takes: None (PyTorch's default), a name of NAMES, or an Initializer
+Init = str | Initializer | None
 NAMES = ("he_normal", "he_uniform", "xavier_uniform", "zeros")
 
 

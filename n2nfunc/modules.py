@@ -22,7 +22,8 @@ and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 
 import copy
 import inspect
-from typing import Any, NamedTuple, TypeGuard
+from collections.abc import Iterator
+from typing import Any, NamedTuple, TypeGuard, TypeVar
 
 from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
@@ -51,6 +52,7 @@ from .losses import (
     l1,
     mse,
 )
+from .optim import LearningRate
 from .stateful import StatefulLayer, lift
 from .train import described
 from .unet import unet
@@ -112,6 +114,9 @@ class Unpicklable:
         memo[id(self)] = new
         new.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return new
+
+
+_M = TypeVar("_M", bound="Module")  # a block's own class, returned by train(), to(), ...
 
 
 class Module(Unpicklable):
@@ -199,7 +204,7 @@ class Module(Unpicklable):
         _, params, state = lift(layer).init(generator, in_shape)
         return Module(layer, params, name, state, rng)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: Any) -> Any:
         x = tree.detach(inputs[0] if len(inputs) == 1 else inputs)
         self._pullback = None  # a forward that fails leaves nothing to differentiate
         if isinstance(self.layer, StatefulLayer):
@@ -211,7 +216,7 @@ class Module(Unpicklable):
             y, self._pullback = self.layer.vjp(tree.detach(self.params), x)
         return y
 
-    def train(self, mode: bool = True) -> "Module":
+    def train(self: _M, mode: bool = True) -> _M:
         """Set training mode (``False``: evaluation) here and in every sub-block; returns self."""
         if not isinstance(mode, bool):
             raise ValueError(f"{self.name}.train: mode must be a bool, got {mode!r}")
@@ -220,7 +225,7 @@ class Module(Unpicklable):
             child.train(mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self: _M) -> _M:
         """``train(False)``."""
         return self.train(False)
 
@@ -234,7 +239,7 @@ class Module(Unpicklable):
         """The direct sub-blocks (:meth:`named_children`)."""
         return [m for _, m in self.named_children()]
 
-    def modules(self):
+    def modules(self) -> Iterator["Module"]:
         """This block, then every block inside it, each once (as ``torch.nn.Module``'s)."""
         seen: set = set()
         todo = [self]
@@ -245,10 +250,12 @@ class Module(Unpicklable):
                 yield m
                 todo[:0] = m.children()
 
-    def __call__(self, *inputs):
+    def __call__(self, *inputs: Any) -> Any:
         return self.forward(*inputs)
 
-    def backward(self, *grad_wrt_output, input_grad: bool = True, retain_graph: bool = True):
+    def backward(
+        self, *grad_wrt_output: Any, input_grad: bool = True, retain_graph: bool = True
+    ) -> Any:
         """Accumulate the parameter gradients of the last ``forward`` and return the gradient
         wrt its input (``None`` with ``input_grad=False``, which may skip that work).
 
@@ -350,7 +357,7 @@ class Module(Unpicklable):
                 )
         return IncompatibleKeys(missing, unexpected)
 
-    def to(self, *args, **kwargs) -> "Module":
+    def to(self: _M, *args, **kwargs) -> _M:
         """Move parameters, gradients and state, each tensor in place as ``torch.nn.Module.to``
         does (so an optimizer or a ``param()`` list made before keeps working; integer state
         such as ``num_batches_tracked`` keeps its dtype); returns self. Takes torch's forms:
@@ -367,16 +374,16 @@ class Module(Unpicklable):
             child.to(device, dtype)
         return self
 
-    def double(self) -> "Module":
+    def double(self: _M) -> _M:
         return self.to(dtype=_FLOAT64)
 
-    def float(self) -> "Module":
+    def float(self: _M) -> _M:
         return self.to(dtype=_FLOAT32)
 
-    def cpu(self) -> "Module":
+    def cpu(self: _M) -> _M:
         return self.to("cpu")
 
-    def cuda(self, device=None) -> "Module":
+    def cuda(self: _M, device=None) -> _M:
         return self.to("cuda" if device is None else device)
 
     def __repr__(self):
@@ -754,7 +761,7 @@ class ReLU(Module):
 
 
 class Sigmoid(Module):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(sigmoid(), {})
 
 
@@ -772,7 +779,7 @@ class _Parameterless(Module):
 class Flatten(_Parameterless):
     """``torch.nn.Flatten()``: (N, C, H, W) -> (N, C*H*W) in PyTorch's order."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(flatten())
 
 
@@ -832,7 +839,7 @@ class LeakyReLU(_Parameterless):
 
 
 class Tanh(_Parameterless):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(tanh())
 
 
@@ -939,7 +946,7 @@ class Dropout(Module):
             return  # (the one it holds, given back: no change of where masks come from)
         self.__dict__.update(_rng=generator, _global_rng=generator is None)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: Any) -> Any:
         if self._global_rng and self.training:
             self.__dict__["_rng"] = _seeded(None)
         return super().forward(*inputs)
@@ -1009,7 +1016,7 @@ class Sequential(Module):
         )
         self.grads = {str(i): m.grads for i, m in enumerate(modules)}
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: Any) -> Any:
         """Run the blocks in order, keeping each one's pullback of *this* call, so that
         ``backward`` differentiates this forward pass even if a block runs again meanwhile
         (a probe of an intermediate output, a block shared with another Sequential, the
@@ -1026,7 +1033,9 @@ class Sequential(Module):
         self._out = output_of(x) if isinstance(x, Tensor) else None
         return x
 
-    def backward(self, *grad_wrt_output, input_grad: bool = True, retain_graph: bool = True):
+    def backward(
+        self, *grad_wrt_output: Any, input_grad: bool = True, retain_graph: bool = True
+    ) -> Any:
         """As :meth:`Module.backward`, the output gradient checked against this Sequential's
         output first (else a wrong one was blamed on its last block)."""
         self._check_backward()
@@ -1223,12 +1232,12 @@ class Optimizer(Unpicklable):
         self._placement = self._placement_now()
 
     @property
-    def lr(self):
+    def lr(self) -> LearningRate:
         """The learning rate (a number or a schedule ``step -> lr``): ``param_groups[0]["lr"]``."""
         return self.param_groups[0]["lr"]
 
     @lr.setter
-    def lr(self, value) -> None:
+    def lr(self, value: LearningRate) -> None:
         self.param_groups[0]["lr"] = value  # checked there
 
     def _lr_at(self, step):

@@ -33,7 +33,7 @@ gives its ``init_value`` (usually 0).
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor, cat
 
@@ -45,8 +45,11 @@ LearningRate = float | Schedule
 
 
 class GradientTransformation(NamedTuple):
-    init: Callable
-    update: Callable
+    """``init(params) -> state`` and ``update(grads, state, params=None) -> (updates,
+    state)``, as optax's."""
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
 
 
 def _transformation(init: Callable, update: Callable) -> GradientTransformation:
@@ -616,7 +619,7 @@ def _hashable(value) -> bool:
     return True
 
 
-def apply_updates(params, updates):
+def apply_updates(params: Any, updates: Any) -> Any:
     """``params + updates``, leafwise, as a new tree (each update of its parameter's shape and
     dtype: nothing is broadcast or promoted)."""
     return added(tree.detach(params), tree.detach(updates))  # (no autograd graph kept)

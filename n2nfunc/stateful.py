@@ -118,7 +118,9 @@ def _check_empty(state) -> None:
         raise ValueError(f"a layer without state was given the state {got}")
 
 
-def fixed(layer: StatefulLayer, state: State, *, train: bool, rng: Generator | None = None):
+def fixed(
+    layer: StatefulLayer, state: State, *, train: bool, rng: Generator | None = None
+) -> Layer:
     """The plain :class:`~n2nfunc.base.Layer` ``(params, x) -> layer(params, state, x)`` with
     ``state``, ``train`` and ``rng`` held fixed; the new state is dropped.
 

@@ -19,6 +19,7 @@ from torch import Tensor, arange
 from .. import device_conv, torch_order
 from .. import kernels as K
 from ..base import (
+    IntPair,
     Layer,
     add_into_vjp,
     adds_into,
@@ -38,7 +39,7 @@ from ..base import (
     skips_input_grad,
     weight_and_input,
 )
-from ..init import check_init, init_weight_bias
+from ..init import Init, check_init, init_weight_bias
 from ..nhwc import sum_of, to_nchw, to_nhwc
 
 
@@ -168,7 +169,13 @@ def _padding(padding, k, s, d, name: str) -> tuple[int, int]:
 
 
 def conv2d(
-    out_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True, init=None
+    out_channels: int,
+    kernel_size: IntPair,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    bias: bool = True,
+    init: Init = None,
 ) -> Layer:
     """2-d cross-correlation, as ``torch.nn.functional.conv2d``:
 
@@ -204,7 +211,7 @@ def conv2d(
         i = "HW".index(dim)
         return _conv_out(size, k[i], s[i], p[i], d[i])
 
-    init = _make_init(name, out_channels, k, bias, out_size, init=init)
+    layer_init = _make_init(name, out_channels, k, bias, out_size, init=init)
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
@@ -233,7 +240,7 @@ def conv2d(
             )
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
 
-    return Layer(init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
+    return Layer(layer_init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
 
 
 def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
@@ -257,13 +264,13 @@ def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
 
 def conv_transpose2d(
     out_channels: int,
-    kernel_size,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    dilation=1,
+    kernel_size: IntPair,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    output_padding: IntPair = 0,
+    dilation: IntPair = 1,
     bias: bool = True,
-    init=None,
+    init: Init = None,
 ) -> Layer:
     """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``:
 
@@ -299,7 +306,7 @@ def conv_transpose2d(
         i = "HW".index(dim)
         return _transpose_out(size, k[i], s[i], p[i], d[i], op[i])
 
-    init = _make_init(name, out_channels, k, bias, out_size, transposed=True, init=init)
+    layer_init = _make_init(name, out_channels, k, bias, out_size, transposed=True, init=init)
 
     def vjp(params, x):
         weight, (h, w), out_hw = _checked(
@@ -323,7 +330,9 @@ def conv_transpose2d(
         return y, pullback
 
     return Layer(
-        init, apply_via_vjp(vjp), checks_unchanged(name, skips_input_grad(vjp), weight_and_input)
+        layer_init,
+        apply_via_vjp(vjp),
+        checks_unchanged(name, skips_input_grad(vjp), weight_and_input),
     )
 
 
@@ -371,7 +380,7 @@ def _bias_grad(g, like_torch: bool):
     return torch_order.bias_grad(g) if like_torch else K.channel_sums(g)
 
 
-def nearest_upsample(scale_factor=None, size=None) -> Layer:
+def nearest_upsample(scale_factor: IntPair | None = None, size: IntPair | None = None) -> Layer:
     """Nearest-neighbour upsampling: ``y[n, c, i, j] = x[n, c, i // s, j // s]``
     (``scale_factor`` s, a whole number or a pair of them; 2 when neither argument is given).
 
@@ -484,12 +493,12 @@ STRIDED_BACKWARD_PIXELS = 4096
 
 def upsample(
     out_channels: int,
-    kernel_size,
-    scale_factor=2,
-    padding=0,
-    dilation=1,
+    kernel_size: IntPair,
+    scale_factor: IntPair = 2,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
     bias: bool = True,
-    init=None,
+    init: Init = None,
 ) -> Layer:
     """Nearest upsampling by ``scale_factor`` followed by a stride-1 convolution, as one layer.
 
@@ -519,7 +528,7 @@ def upsample(
         i = "HW".index(dim)
         return _conv_out(size * sc[i], k[i], 1, p[i], d[i])
 
-    init = _make_init(name, out_channels, k, bias, out_size, init=init)
+    layer_init = _make_init(name, out_channels, k, bias, out_size, init=init)
 
     def plans(params, x):
         weight, (h, w), out_hw = _checked(params, x, name, out_channels, k, bias, out_size)
@@ -644,4 +653,4 @@ def upsample(
         return y, pullback
 
     guarded = checks_unchanged(name, skips_input_grad(vjp), weight_and_input)
-    return Layer(init, adds_into(apply, add_into), add_into_vjp(guarded, vjp, name))
+    return Layer(layer_init, adds_into(apply, add_into), add_into_vjp(guarded, vjp, name))

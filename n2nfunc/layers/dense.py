@@ -19,10 +19,10 @@ from ..base import (
     tensor_shape,
     weight_and_input,
 )
-from ..init import check_init, init_weight_bias
+from ..init import Init, check_init, init_weight_bias
 
 
-def dense(out_features: int, bias: bool = True, init=None) -> Layer:
+def dense(out_features: int, bias: bool = True, init: Init = None) -> Layer:
     """Affine map of the last axis, as ``torch.nn.functional.linear``:
     ``y[..., o] = sum_f x[..., f] W[o, f] + b[o]`` with ``W`` [out, in], on inputs (N, F) or
     (N, *, F).

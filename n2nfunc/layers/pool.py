@@ -9,6 +9,7 @@ import math
 from torch import Tensor
 
 from ..base import (
+    IntPair,
     Layer,
     Unchanged,
     apply_via_vjp,
@@ -160,7 +161,7 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     return dxp
 
 
-def max_pool2d(kernel_size, stride=None, padding=0) -> Layer:
+def max_pool2d(kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> Layer:
     """2-d max pooling, as ``torch.nn.functional.max_pool2d`` (padding counts as -inf):
     ``y[n, c, i, j] = max_{a, b} x[n, c, s*i - p + a, s*j - p + b]``, stride = kernel by default.
 
@@ -206,7 +207,7 @@ def _avg_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     return dxp if low is None else dxp.to(dtype=low)
 
 
-def avg_pool2d(kernel_size, stride=None, padding=0) -> Layer:
+def avg_pool2d(kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> Layer:
     """2-d average pooling, as ``torch.nn.functional.avg_pool2d`` (zero padding counted in the
     mean, PyTorch's default): ``y[n, c, i, j] = mean_{a, b} x[n, c, s*i - p + a, s*j - p + b]``,
     stride = kernel by default. Its gradient shares each output's evenly over its window:

@@ -1,0 +1,33 @@
+"""n2nfunc ships py.typed, so its annotations are part of its interface: an annotated user
+program of the README's API type-checks under ``mypy --strict`` and runs, and a misspelt name
+is an error there. The mypy check runs where mypy is installed (the dev extra, as in CI)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPED = Path(__file__).resolve().parent / "typed"
+
+
+def test_the_typed_user_program_runs():
+    done = subprocess.run(
+        [sys.executable, str(TYPED / "user_program.py")], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_a_typed_user_program_passes_mypy_strict_and_a_typo_does_not(tmp_path):
+    pytest.importorskip("mypy")
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nstrict = True\nfollow_imports = silent\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir",
+         str(tmp_path / "cache"), str(TYPED / "user_program.py"), str(TYPED / "misspelt.py")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert errors and all("misspelt.py:6:" in line for line in errors), done.stdout + done.stderr
