@@ -395,6 +395,8 @@ def _tensors(xs, name: str):
     xs = check_tuple(xs, -1, name)
     for i, x in enumerate(xs):
         check_tensor(x, name, f"input {i}")
+    if len({x.device for x in xs}) > 1:
+        raise ValueError(f"{name}: the inputs are on devices {[str(x.device) for x in xs]}")
     return xs
 
 

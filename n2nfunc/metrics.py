@@ -11,6 +11,14 @@ from .base import pixel_scale
 CHUNK_NUMBERS = 2**21
 
 
+def _check_images(name: str, **images) -> None:
+    """Each of ``images`` must be a real-valued tensor (integer or float)."""
+    for what, t in images.items():
+        if not isinstance(t, Tensor) or t.is_complex():
+            got = f"dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"{name}: {what} must be a real-valued tensor, got {got}")
+
+
 def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     """Mean over images of ``-10 log10(mean((denoised - clean)^2))``, values scaled to 0-1.
 
@@ -20,6 +28,9 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     some 48 dB too low (20 log10 255). An image equal to its reference counts as 200 dB (its
     error is floored at 1e-20, so that one such image does not make the mean infinite).
     """
+    _check_images("psnr", denoised=denoised, clean=clean)
+    if denoised.device != clean.device:
+        raise ValueError(f"psnr: denoised is on {denoised.device}, clean on {clean.device}")
     try:
         top = float(max_value) if not isinstance(max_value, (bool, str)) else math.nan
     except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
@@ -57,6 +68,11 @@ def evaluate(model, noisy: Tensor, clean: Tensor, scale: float | None = None) ->
     white) when given, else 0-255 for integers, and for floats as ``Model.predict`` reads them
     (:func:`~n2nfunc.base.pixel_scale`: 0-1 up to a maximum of 1, or with unclipped noise);
     noisy and clean must be on the same one."""
+    if not callable(getattr(model, "predict", None)):
+        raise TypeError(
+            f"evaluate: model must have a predict method (a Model), got {type(model).__name__}"
+        )
+    _check_images("evaluate", noisy=noisy, clean=clean)
     for what, images in (("noisy", noisy), ("clean", clean)):
         if isinstance(images, Tensor) and not images.numel():
             raise ValueError(f"evaluate: the {what} images are empty: shape {tuple(images.shape)}")

@@ -82,7 +82,7 @@ def _check_grads(grads, like, name: str) -> None:
     """The gradients must match the params (or, without them, the optimizer's state) leaf
     for leaf, in shape and dtype: nothing is broadcast, as torch refuses such a ``.grad``."""
     check_real_floats(grads, f"{name}: gradients")
-    tree.check_like(grads, like, f"{name}: gradients", "parameter")
+    tree.check_like(grads, like, f"{name}: gradients", "parameter", device=True)
 
 
 def check_real_floats(grads, what: str) -> None:
@@ -513,6 +513,8 @@ def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
                 "multi_transform: state must be a dict of one state per label "
                 f"{list(transforms)}, got {got}"
             )
+        if params is not None:  # (before the split, which looks up each param's gradient)
+            tree.check_like(grads, params, "multi_transform: gradients", device=True)
         paths = groups(grads if params is None else params)
         every = {p for group in paths.values() for p in group}
         grad_parts = split(grads, paths)
@@ -627,7 +629,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
 
 def added(params, updates):
     """:func:`apply_updates` of trees already cut from autograd's graph."""
-    tree.check_like(updates, params, "apply_updates: updates")
+    tree.check_like(updates, params, "apply_updates: updates", device=True)
     return tree.add(params, updates)
 
 

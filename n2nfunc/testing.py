@@ -44,10 +44,12 @@ the same generator, so dropout uses one mask throughout, and the pullback is che
 that mask; the new state is not checked.
 """
 
+import math
+
 from torch import Generator, Tensor, empty
 
 from . import tree
-from .base import pull
+from .base import an_int, is_number, positive_int, pull
 from .stateful import StatefulLayer, fixed
 
 
@@ -65,6 +67,25 @@ def _randn_like(t: Tensor, g: Generator) -> Tensor:
 
 def _rel(a: float, b: float, floor: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), floor)
+
+
+def _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed) -> None:
+    """check_vjp's own arguments: a wrong one could make it check nothing (``directions=0``)
+    or blame a correct layer (``rtol=nan``)."""
+    if not all(callable(getattr(layer, part, None)) for part in ("init", "apply", "vjp")):
+        raise TypeError(
+            f"check_vjp: layer must be a Layer or StatefulLayer, got {type(layer).__name__}"
+        )
+    positive_int(directions, "directions", "check_vjp")
+    an_int(full_jacobian_max, "full_jacobian_max", "check_vjp")
+    an_int(seed, "seed", "check_vjp")
+    if full_jacobian_max < 0:
+        raise ValueError(f"check_vjp: full_jacobian_max must be >= 0, got {full_jacobian_max}")
+    for what, value, least in (("eps", eps, 0.0), ("rtol", rtol, 0.0), ("atol", atol, 0.0)):
+        if not (is_number(value) and math.isfinite(value) and value >= least):
+            raise ValueError(f"check_vjp: {what} must be a finite number >= 0, got {value!r}")
+    if eps == 0:
+        raise ValueError("check_vjp: eps must be > 0 (the step of the central differences)")
 
 
 def check_vjp(
@@ -95,6 +116,7 @@ def check_vjp(
     For a stateful layer, pass its ``state`` (required); ``rng`` defaults to a generator
     seeded with ``seed`` on the input's device; ``train=False`` checks evaluation mode.
     """
+    _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed)
     g = Generator(device=_device_of(x)).manual_seed(seed)
     for where, leaf in tree.flatten(params):
         if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):

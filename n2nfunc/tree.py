@@ -161,10 +161,13 @@ def _shape_of(node) -> str:
     return "a leaf" if node is not None else "None"
 
 
-def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") -> None:
+def check_like(
+    tree: Tree, like: Tree, what: str, like_what: str = "parameter", device: bool = False
+) -> None:
     """Raise ``ValueError`` unless ``tree`` has ``like``'s structure and each of its tensor
     leaves ``like``'s shape and dtype (no broadcasting: a gradient or update must match its
-    parameter, as torch requires of ``.grad``), naming the first leaf that differs."""
+    parameter, as torch requires of ``.grad``), and with ``device`` its device too, naming
+    the first leaf that differs."""
 
     def check(path, x, y):
         where = f"'{path}' " if path else ""
@@ -181,11 +184,15 @@ def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") 
                 f"{what}: {where}has shape {tuple(x.shape)} and dtype {x.dtype}, but the "
                 f"{like_what} has shape {tuple(y.shape)} and dtype {y.dtype}"
             )
+        if device and _device(x) != _device(y):
+            raise ValueError(
+                f"{what}: {where}is on {_device(x)}, but the {like_what} is on {_device(y)}"
+            )
 
     try:
         pairs: list = []
         map(lambda x, y: pairs.append((x, y)), tree, like)
-        if all(_alike(x, y) for x, y in pairs):
+        if all(_alike(x, y) and (not device or _device(x) == _device(y)) for x, y in pairs):
             return  # the usual case, without building paths
         map_with_path(check, tree, like)
     except ValueError as e:
@@ -193,6 +200,10 @@ def check_like(tree: Tree, like: Tree, what: str, like_what: str = "parameter") 
         if message.startswith("tree.map: "):
             message = f"{what} and the {like_what}s differ in structure, " + message[10:]
         raise ValueError(message) from None
+
+
+def _device(x) -> Any:
+    return getattr(x, "device", None)
 
 
 def _alike(x, y) -> bool:

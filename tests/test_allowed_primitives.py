@@ -82,6 +82,7 @@ STDLIB_OK = {
     "weakref",
     "inspect",
     "warnings",
+    "types",  # (n2nfunc.__getattr__'s return type: ModuleType)
 }
 
 

@@ -188,7 +188,7 @@ def test_a_wrong_weight_or_a_float_batch_count_is_named():
         ValueError, match=r"'weight' must have shape \(C,\), one per channel, got \(3, 1\)"
     ):
         bn.apply(dict(params, weight=torch.ones(3, 1)), state, x, train=True)
-    with pytest.raises(TypeError, match="'num_batches_tracked' must be an integer"):
+    with pytest.raises(TypeError, match="'num_batches_tracked' must be an int64 number"):
         bn.apply(params, dict(state, num_batches_tracked=torch.zeros(())), x, train=True)
 
 

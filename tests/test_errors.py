@@ -1,5 +1,6 @@
 """Bad input raises ValueError / TypeError naming the layer and the shapes."""
 
+import math
 import re
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 import n2nfunc as nf
 from n2nfunc import Conv2d, NearestUpsampling
+from n2nfunc.testing import VJPCheckError
 
 
 def _params(layer, shape):
@@ -535,3 +537,91 @@ def test_numpy_integers_are_torchs_ints_in_the_blocks_options():
     with pytest.raises(ValueError, match="MaxPool2d: dilation=.* is not supported"):
         nf.MaxPool2d(2, dilation=np.int64(2))
     assert nf.Conv2d(3, 6, np.int64(3)).kernel_size == (3, 3)
+
+
+def test_check_vjp_refuses_arguments_that_would_check_nothing_or_blame_a_correct_layer():
+    """directions=0 on a large input checked no gradient at all, so a layer with both
+    gradients wrong passed; rtol=nan blamed a correct conv2d; eps=0 divided by zero."""
+
+    def vjp(p, x):  # both gradients wrong
+        return x * p["w"], lambda ct: ({"w": 3 * (ct * x).sum(0)}, 2 * ct * p["w"])
+
+    bad = nf.Layer(lambda g, s: (s, {"w": torch.ones(s[1:])}), lambda p, x: x * p["w"], vjp)
+    params, x = {"w": torch.randn(4, 5, 5)}, torch.randn(2, 4, 5, 5)
+    with pytest.raises(ValueError, match="check_vjp: directions must be a positive int, got 0"):
+        nf.check_vjp(bad, params, x, directions=0)
+    with pytest.raises(VJPCheckError):
+        nf.check_vjp(bad, params, x)
+    conv = nf.conv2d(3, 3)
+    _, p = conv.init(torch.Generator().manual_seed(0), (2, 3, 5, 5))
+    y = torch.randn(2, 3, 5, 5)
+    for kw, message in (
+        ({"eps": 0}, "eps must be > 0"),
+        ({"rtol": math.nan}, "rtol must be a finite number >= 0, got nan"),
+        ({"atol": -1.0}, "atol must be a finite number >= 0"),
+        ({"directions": 2.5}, "directions must be a positive int"),
+        ({"full_jacobian_max": -1}, "full_jacobian_max must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=f"check_vjp: {message}"):
+            nf.check_vjp(conv, p, y, **kw)
+    with pytest.raises(
+        TypeError, match="check_vjp: layer must be a Layer or StatefulLayer, got int"
+    ):
+        nf.check_vjp(3, p, y)
+
+
+def test_gradients_and_updates_on_another_device_than_their_params_are_named():
+    """The SGD block's step with gradients on another device was a silent no-op that still
+    counted a step; adam and apply_updates failed deep inside torch."""
+    w = torch.zeros(3)
+    opt = nf.SGD([(w, torch.ones(3, device="meta"))], lr=0.1)
+    with pytest.raises(
+        ValueError, match="sgd: gradients: '0' is on meta, but the parameter is on cpu"
+    ):
+        opt.step()
+    params = {"w": torch.zeros(3)}
+    adam = nf.adam(0.1)
+    with pytest.raises(ValueError, match="adam: gradients: 'w' is on meta"):
+        adam.update({"w": torch.ones(3, device="meta")}, adam.init(params), params)
+    with pytest.raises(ValueError, match="apply_updates: updates: 'w' is on meta"):
+        nf.apply_updates(params, {"w": torch.ones(3, device="meta")})
+
+
+def test_multi_transform_names_gradients_that_do_not_match_the_params():
+    """A missing gradient was a bare KeyError; an extra one said its keys the wrong way round."""
+    params = {"w": torch.zeros(3, 4), "b": torch.zeros(3)}
+    groups = nf.multi_transform({"a": nf.sgd(0.1), "b": nf.adam(0.1)}, {"w": "a", "b": "b"})
+    state = groups.init(params)
+    for grads in ({"w": torch.ones(3, 4)}, {**params, "x": torch.ones(1)}):
+        with pytest.raises(
+            ValueError, match="multi_transform: gradients and the parameters differ"
+        ):
+            groups.update(grads, state, params)
+
+
+def test_batch_norm_refuses_a_batch_count_that_is_negative_or_not_int64():
+    """-1 with momentum=None divided by zero; -3 weighed the batch negatively without a word;
+    an int8 count would wrap at 127."""
+    bn = nf.batch_norm2d(momentum=None)
+    _, params, state = bn.init(None, (2, 3, 4, 4))
+    x = torch.randn(2, 3, 4, 4)
+    for count in (-1, -3):
+        with pytest.raises(ValueError, match=f"'num_batches_tracked' is {count}: a count"):
+            bn.apply(params, {**state, "num_batches_tracked": torch.tensor(count)}, x, train=True)
+    for count in (torch.tensor(3, dtype=torch.int8), torch.tensor(True)):
+        with pytest.raises(TypeError, match="'num_batches_tracked' must be an int64 number"):
+            bn.apply(params, {**state, "num_batches_tracked": count}, x, train=True)
+
+
+def test_psnr_evaluate_and_fanin_sum_name_inputs_of_the_wrong_kind():
+    a = torch.rand(1, 3, 8, 8)
+    with pytest.raises(TypeError, match="psnr: denoised must be a real-valued tensor, got ndarray"):
+        nf.psnr(a.numpy(), a)
+    with pytest.raises(TypeError, match="psnr: clean must be a real-valued tensor, got dtype"):
+        nf.psnr(a, a.cfloat())
+    with pytest.raises(ValueError, match="psnr: denoised is on meta, clean on cpu"):
+        nf.psnr(a.to("meta"), a)
+    with pytest.raises(TypeError, match="evaluate: model must have a predict method"):
+        nf.evaluate(nf.relu(), a, a)
+    with pytest.raises(ValueError, match=r"fanin_sum: the inputs are on devices \['cpu', 'meta'\]"):
+        nf.fanin_sum().apply({}, (torch.ones(2, 3), torch.ones(2, 3, device="meta")))

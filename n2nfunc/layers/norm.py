@@ -44,6 +44,19 @@ from ..stateful import StatefulLayer, stateful_call
 _AXES = (0, 2, 3)
 
 
+def _batches(count: Tensor, name: str) -> int:
+    """The number of batches a cumulative average (``momentum=None``) has seen, this one
+    included: at least 1 (a negative count loaded from a file would divide by 0, or weigh the
+    batch negatively, without a word)."""
+    batches = int(count)
+    if batches < 1:
+        raise ValueError(
+            f"{name}: state 'num_batches_tracked' is {batches - 1}: a count of batches cannot "
+            "be negative"
+        )
+    return batches
+
+
 def _column(t):
     return t.view(1, -1, 1, 1)
 
@@ -109,8 +122,12 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
                     f"{name}: state '{key}' is {t.dtype} on {t.device} but the parameters "
                     f"are {weight.dtype} on {weight.device}"
                 )
-        if state["num_batches_tracked"].is_floating_point():
-            raise TypeError(f"{name}: state 'num_batches_tracked' must be an integer (as torch's)")
+        count = state["num_batches_tracked"]
+        if count.dtype != count.long().dtype or count.device != weight.device:
+            raise TypeError(
+                f"{name}: state 'num_batches_tracked' must be an int64 number on "
+                f"{weight.device}, as torch's, got {count.dtype} on {count.device}"
+            )
         return check_image(x, name, c, weight)
 
     def train_vjp(params, state, x):
@@ -130,7 +147,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         y_out = output_of(y)
 
         count = state["num_batches_tracked"] + 1
-        f = momentum if momentum is not None else 1.0 / float(count)
+        f = momentum if momentum is not None else 1.0 / _batches(count, name)
         new_state = {
             "running_mean": state["running_mean"] * (1 - f) + mean * f,
             "running_var": state["running_var"] * (1 - f) + var * (f * m / (m - 1)),
