@@ -1084,7 +1084,11 @@ class Sequential(Module):
 
     def __getitem__(self, i):
         """Block ``i``; a slice is a ``Sequential`` of those blocks (shared), as torch's."""
-        return Sequential(*self.blocks[i]) if isinstance(i, slice) else self.blocks[i]
+        if isinstance(i, slice):
+            return Sequential(*self.blocks[i])
+        if not is_int(i) or not -len(self.blocks) <= i < len(self.blocks):
+            raise IndexError(f"Sequential: no block {i!r} among {len(self.blocks)}")
+        return self.blocks[i]
 
     def __len__(self):
         return len(self.blocks)

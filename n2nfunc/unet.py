@@ -92,6 +92,8 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
     layer must keep the spatial size; params are ``layer``'s own."""
     name = f"padded_to_multiple(multiple={multiple})"
     m = positive_int(multiple, "multiple", name)
+    if not isinstance(layer, (Layer, StatefulLayer)):
+        raise TypeError(f"{name}: layer must be a Layer, got {type(layer).__name__}")
     if isinstance(layer, StatefulLayer):
         raise TypeError(
             f"{name}: the layer has state (batch norm, dropout, ...), which padding does not "

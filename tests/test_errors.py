@@ -625,3 +625,12 @@ def test_psnr_evaluate_and_fanin_sum_name_inputs_of_the_wrong_kind():
         nf.evaluate(nf.relu(), a, a)
     with pytest.raises(ValueError, match=r"fanin_sum: the inputs are on devices \['cpu', 'meta'\]"):
         nf.fanin_sum().apply({}, (torch.ones(2, 3), torch.ones(2, 3, device="meta")))
+
+
+def test_identity_sequential_indexing_and_padded_to_multiple_name_bad_arguments():
+    with pytest.raises(ValueError, match="identity"):
+        nf.identity().apply({"weight": torch.ones(3)}, torch.ones(2))
+    with pytest.raises(IndexError, match="Sequential: no block 10 among 1"):
+        nf.Sequential(nf.ReLU())[10]
+    with pytest.raises(TypeError, match=r"padded_to_multiple\(multiple=2\): layer must be a Layer"):
+        nf.padded_to_multiple(3, 2)

@@ -147,6 +147,7 @@ def identity() -> Layer:
         return shape_or_streams(in_shape, "identity"), {}
 
     def vjp(params, x):
+        check_params(params, "identity", {})
         x_out = outputs_of(x)  # a tuple of streams passes through as it is
         return x, lambda ct: ({}, checked_cotangent(ct, x_out, "identity"))
 
