@@ -193,30 +193,42 @@ def loaded_photos(folder: Path) -> list:
         raise needs("Pillow" if e.name == "PIL" else e.name or "a module") from None
 
 
+def _debian_package(package: str, tmp: Path) -> Path:
+    """The files of Debian's ``package``, fetched with apt-get into ``tmp``: their root."""
+    subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
+    deb = next(tmp.glob(f"{package}_*.deb"))
+    subprocess.run(["dpkg", "-x", str(deb), str(tmp / package)], check=True)
+    return tmp / package
+
+
+def _wheel_files(spec: str, folder: str, names: list, tmp: Path) -> list[Path]:
+    """The files ``folder/NAME`` of the pip wheel ``spec`` (fetched with pip into ``tmp``),
+    written into ``tmp``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), spec], check=True
+    )
+    wheel = spec.split("==")[0].replace("-", "_")
+    with zipfile.ZipFile(next(tmp.glob(f"{wheel}-*.whl"))) as z:
+        for n in names:
+            (tmp / n).write_bytes(z.read(f"{folder}/{n}"))
+    return [tmp / n for n in names]
+
+
 def _fetch_train(train: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
         for package, files in TRAIN_PHOTOS.items():
-            subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
-            deb = next(tmp.glob(f"{package}_*.deb"))
-            subprocess.run(["dpkg", "-x", str(deb), str(tmp / package)], check=True)
+            root = _debian_package(package, Path(tmp))
             for f in files:
                 parts = Path(f).parts
                 name = f"{parts[3]}-{Path(f).name}" if "wallpapers" in parts else Path(f).name
-                shutil.copyfile(tmp / package / f, train / name)
+                shutil.copyfile(root / f, train / name)
 
 
 def _fetch_heldout(held: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
         wheel_spec, names = HELDOUT_SKIMAGE
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
-            check=True,
-        )
-        with zipfile.ZipFile(next(tmp.glob("scikit_image-*.whl"))) as z:
-            for n in names:
-                (held / n).write_bytes(z.read(f"skimage/data/{n}"))
+        for path in _wheel_files(wheel_spec, "skimage/data", names, Path(tmp)):
+            shutil.copyfile(path, held / path.name)
     import matplotlib
 
     shutil.copyfile(
@@ -229,21 +241,11 @@ def _fetch_test(test: Path) -> None:
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
         package, files = TEST_LOMIRI
-        subprocess.run(["apt-get", "download", package], cwd=tmp, check=True)
-        deb = next(tmp.glob(f"{package}_*.deb"))
-        subprocess.run(["dpkg", "-x", str(deb), str(tmp / package)], check=True)
-        photos = [tmp / package / f for f in files]
+        root = _debian_package(package, Path(tmp))
         wheel_spec, names = TEST_SKLEARN
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), wheel_spec],
-            check=True,
-        )
-        with zipfile.ZipFile(next(tmp.glob("scikit_learn-*.whl"))) as z:
-            for n in names:
-                (tmp / n).write_bytes(z.read(f"sklearn/datasets/images/{n}"))
-                photos.append(tmp / n)
+        photos = [root / f for f in files]
+        photos += _wheel_files(wheel_spec, "sklearn/datasets/images", names, Path(tmp))
         for path in photos:
             with Image.open(path) as im:
                 im = im.convert("RGB")
