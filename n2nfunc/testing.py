@@ -81,8 +81,8 @@ def _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed
     an_int(seed, "seed", "check_vjp")
     if full_jacobian_max < 0:
         raise ValueError(f"check_vjp: full_jacobian_max must be >= 0, got {full_jacobian_max}")
-    for what, value, least in (("eps", eps, 0.0), ("rtol", rtol, 0.0), ("atol", atol, 0.0)):
-        if not (is_number(value) and math.isfinite(value) and value >= least):
+    for what, value in (("eps", eps), ("rtol", rtol), ("atol", atol)):
+        if not (is_number(value) and math.isfinite(value) and value >= 0):
             raise ValueError(f"check_vjp: {what} must be a finite number >= 0, got {value!r}")
     if eps == 0:
         raise ValueError("check_vjp: eps must be > 0 (the step of the central differences)")
