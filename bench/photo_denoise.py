@@ -11,10 +11,10 @@ Held-out set: bench/shipped_weights.py's held-out photos (scikit-image's sample 
 matplotlib's grace_hopper, never used for training, but looked at to choose the shipped
 weights' settings: a validation set), the central ``--crop`` x ``--crop`` (default 256) of
 each. ``--set test`` takes its untouched test photos instead (12 of Ubuntu Touch 16.04's
-wallpapers and scikit-learn's two sample photos, each shrunk by a whole factor to a short
-side of 512-1023 pixels), which nothing was chosen on. Noise: Gaussian sigma 15, 25, 50
-(0-255 scale) and Poisson peak 30
-(``n2nfunc.data.noise``), one fixed draw per image, the noisy input clipped to [0, 1] for
+wallpapers, each shrunk by a whole factor to a short side of 512-1023 pixels, and
+scikit-learn's two sample photos, 640 x 427), which nothing was chosen on. Noise: Gaussian
+sigma 15, 25, 50 (0-255 scale) and Poisson peak 30 (``n2nfunc.data.noise``), one fixed draw
+per image, the noisy input clipped to [0, 1] for
 every method. PSNR as n2nfunc.metrics.psnr; SSIM of Wang et al. (11x11 Gaussian window,
 sigma 1.5, K = 0.01 / 0.03, mean over channels; equal to scikit-image's
 ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``).
@@ -336,6 +336,8 @@ def main() -> None:
     ap.add_argument("--compare-crop", type=int_range(16), default=64)
     args = ap.parse_args()
     print(hardware.describe())  # the machine, beside every timing
+    if args.aliasing and args.set == "test":
+        ap.error("--aliasing measures on the held-out photos' patches: run it without --set test")
     if args.picture is not None and "gaussian:25" not in args.levels:
         ap.error("--picture shows the gaussian:25 column: add gaussian:25 to --levels")
     if args.picture is not None and args.picture.suffix.lower() not in IMAGE_SUFFIXES:

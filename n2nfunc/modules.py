@@ -1086,9 +1086,13 @@ class Sequential(Module):
         """Block ``i``; a slice is a ``Sequential`` of those blocks (shared), as torch's."""
         if isinstance(i, slice):
             return Sequential(*self.blocks[i])
-        if not is_int(i) or not -len(self.blocks) <= i < len(self.blocks):
+        try:  # an int, a NumPy one or an integer tensor, as torch's (operator.index)
+            k = i.__index__()
+        except (AttributeError, TypeError, RuntimeError):
+            k = None
+        if k is None or isinstance(i, bool) or not -len(self.blocks) <= k < len(self.blocks):
             raise IndexError(f"Sequential: no block {i!r} among {len(self.blocks)}")
-        return self.blocks[i]
+        return self.blocks[k]
 
     def __len__(self):
         return len(self.blocks)

@@ -69,23 +69,30 @@ def _rel(a: float, b: float, floor: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), floor)
 
 
-def _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed) -> None:
+def _number(value, what: str, zero_ok: bool) -> float:
+    """A check_vjp tolerance or step as a float: finite, > 0 (or >= 0 with ``zero_ok``)."""
+    try:
+        number = math.nan if isinstance(value, (bool, str)) else float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"check_vjp: {what} must be a finite number {bound}, got {value!r}")
+    return number
+
+
+def _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed) -> tuple:
     """check_vjp's own arguments: a wrong one could make it check nothing (``directions=0``)
-    or blame a correct layer (``rtol=nan``)."""
+    or blame a correct layer (``rtol=nan``). Returns ``(eps, rtol, atol)`` as floats."""
     if not all(callable(getattr(layer, part, None)) for part in ("init", "apply", "vjp")):
         raise TypeError(
             f"check_vjp: layer must be a Layer or StatefulLayer, got {type(layer).__name__}"
         )
     positive_int(directions, "directions", "check_vjp")
-    an_int(full_jacobian_max, "full_jacobian_max", "check_vjp")
     an_int(seed, "seed", "check_vjp")
-    if full_jacobian_max < 0:
-        raise ValueError(f"check_vjp: full_jacobian_max must be >= 0, got {full_jacobian_max}")
-    for what, value in (("eps", eps), ("rtol", rtol), ("atol", atol)):
-        if not (is_number(value) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"check_vjp: {what} must be a finite number >= 0, got {value!r}")
-    if eps == 0:
-        raise ValueError("check_vjp: eps must be > 0 (the step of the central differences)")
+    if not (is_number(full_jacobian_max) and full_jacobian_max >= 0):  # (math.inf: always)
+        raise ValueError(f"check_vjp: full_jacobian_max must be >= 0, got {full_jacobian_max!r}")
+    return _number(eps, "eps", False), _number(rtol, "rtol", False), _number(atol, "atol", True)
 
 
 def check_vjp(
@@ -116,7 +123,7 @@ def check_vjp(
     For a stateful layer, pass its ``state`` (required); ``rng`` defaults to a generator
     seeded with ``seed`` on the input's device; ``train=False`` checks evaluation mode.
     """
-    _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed)
+    eps, rtol, atol = _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed)
     g = Generator(device=_device_of(x)).manual_seed(seed)
     for where, leaf in tree.flatten(params):
         if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):

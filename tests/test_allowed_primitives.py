@@ -82,7 +82,6 @@ STDLIB_OK = {
     "weakref",
     "inspect",
     "warnings",
-    "types",  # (n2nfunc.__getattr__'s return type: ModuleType)
 }
 
 

@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -556,8 +557,9 @@ def test_check_vjp_refuses_arguments_that_would_check_nothing_or_blame_a_correct
     _, p = conv.init(torch.Generator().manual_seed(0), (2, 3, 5, 5))
     y = torch.randn(2, 3, 5, 5)
     for kw, message in (
-        ({"eps": 0}, "eps must be > 0"),
-        ({"rtol": math.nan}, "rtol must be a finite number >= 0, got nan"),
+        ({"eps": 0}, "eps must be a finite number > 0"),
+        ({"rtol": math.nan}, "rtol must be a finite number > 0, got nan"),
+        ({"rtol": 0.0}, "rtol must be a finite number > 0"),
         ({"atol": -1.0}, "atol must be a finite number >= 0"),
         ({"directions": 2.5}, "directions must be a positive int"),
         ({"full_jacobian_max": -1}, "full_jacobian_max must be >= 0"),
@@ -568,6 +570,9 @@ def test_check_vjp_refuses_arguments_that_would_check_nothing_or_blame_a_correct
         TypeError, match="check_vjp: layer must be a Layer or StatefulLayer, got int"
     ):
         nf.check_vjp(3, p, y)
+    # a 0-dim tensor or a NumPy float is a number; no bound on the full Jacobian is math.inf
+    eps, rtol = torch.tensor(1e-6), np.float32(1e-6)
+    nf.check_vjp(conv, p, y, eps=eps, rtol=rtol, full_jacobian_max=math.inf)
 
 
 def test_gradients_and_updates_on_another_device_than_their_params_are_named():
@@ -632,5 +637,6 @@ def test_identity_sequential_indexing_and_padded_to_multiple_name_bad_arguments(
         nf.identity().apply({"weight": torch.ones(3)}, torch.ones(2))
     with pytest.raises(IndexError, match="Sequential: no block 10 among 1"):
         nf.Sequential(nf.ReLU())[10]
+    assert isinstance(nf.Sequential(nf.ReLU())[torch.tensor(0)], nf.ReLU)  # as torch's
     with pytest.raises(TypeError, match=r"padded_to_multiple\(multiple=2\): layer must be a Layer"):
         nf.padded_to_multiple(3, 2)

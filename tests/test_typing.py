@@ -30,4 +30,7 @@ def test_a_typed_user_program_passes_mypy_strict_and_a_typo_does_not(tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
-    assert errors and all("misspelt.py:6:" in line for line in errors), done.stdout + done.stderr
+    names = ("conv2D", "Sequentail")  # a call and a bare attribute
+    assert len(errors) == len(names) and all(
+        "misspelt.py" in line and f'"{name}"' in line for line, name in zip(errors, names)
+    ), done.stdout + done.stderr

@@ -21,6 +21,7 @@ from .. import kernels as K
 from ..base import (
     IntPair,
     Layer,
+    ScalePair,
     add_into_vjp,
     adds_into,
     apply_via_vjp,
@@ -380,7 +381,7 @@ def _bias_grad(g, like_torch: bool):
     return torch_order.bias_grad(g) if like_torch else K.channel_sums(g)
 
 
-def nearest_upsample(scale_factor: IntPair | None = None, size: IntPair | None = None) -> Layer:
+def nearest_upsample(scale_factor: ScalePair | None = None, size: IntPair | None = None) -> Layer:
     """Nearest-neighbour upsampling: ``y[n, c, i, j] = x[n, c, i // s, j // s]``
     (``scale_factor`` s, a whole number or a pair of them; 2 when neither argument is given).
 
@@ -494,7 +495,7 @@ STRIDED_BACKWARD_PIXELS = 4096
 def upsample(
     out_channels: int,
     kernel_size: IntPair,
-    scale_factor: IntPair = 2,
+    scale_factor: ScalePair = 2,
     padding: IntPair | str = 0,
     dilation: IntPair = 1,
     bias: bool = True,
