@@ -218,6 +218,8 @@ def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool, release: bool 
     """``pullback(ct)``, asking it to skip the input gradient when ``input_grad`` is False and
     to free what it keeps as it goes when ``release`` is True (this is the last call), as far
     as the layer (whose ``vjp`` is given) supports these."""
+    input_grad = flag(input_grad, "input_grad", "pullback")  # ("no" had counted as True)
+    release = flag(release, "release", "pullback")
     options = {}
     if not input_grad and getattr(vjp, "skips_input_grad", False):
         options["input_grad"] = False

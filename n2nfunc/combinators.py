@@ -33,6 +33,7 @@ from .base import (
     an_int,
     apply_via_vjp,
     check_cotangent,
+    check_params,
     check_tensor,
     check_tuple,
     checked_cotangent,
@@ -301,6 +302,7 @@ def fanout(n: int) -> Layer:
         return (shape_or_streams(in_shape, "fanout"),) * n, {}
 
     def vjp(params, x):
+        check_params(params, "fanout", {})
         out = outputs_of(x)  # x may be a tuple of streams: each output is that tuple
 
         def pullback(cts):
@@ -337,6 +339,7 @@ def fanin_sum() -> Layer:
         return _same_shapes(_check_shapes(in_shapes, -1, "fanin_sum"), "fanin_sum")[0], {}
 
     def vjp(params, xs):
+        check_params(params, "fanin_sum", {})
         xs = _tensors(xs, "fanin_sum")
         _same_shapes([x.shape for x in xs], "fanin_sum")
         y = _sum(xs)
@@ -372,6 +375,7 @@ def fanin_concat(axis: int = 1) -> Layer:
         return rest[:a] + (size,) + rest[a:], {}
 
     def vjp(params, xs):
+        check_params(params, name, {})
         xs = _tensors(xs, name)
         try:
             y = cat(xs, axis)

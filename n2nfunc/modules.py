@@ -266,6 +266,7 @@ class Module(Unpicklable):
         memory in a training loop (``Model.train`` does so) -- and a second backward then
         needs a new forward."""
         release = not flag(retain_graph, "retain_graph", f"{self.name}.backward")
+        input_grad = flag(input_grad, "input_grad", f"{self.name}.backward")
         self._check_backward()
         if not grad_wrt_output:
             raise TypeError(

@@ -635,8 +635,25 @@ def test_psnr_evaluate_and_fanin_sum_name_inputs_of_the_wrong_kind():
 def test_identity_sequential_indexing_and_padded_to_multiple_name_bad_arguments():
     with pytest.raises(ValueError, match="identity"):
         nf.identity().apply({"weight": torch.ones(3)}, torch.ones(2))
+    two = (torch.ones(2, 3), torch.ones(2, 3))
+    for layer, x in ((nf.fanout(2), two[0]), (nf.fanin_sum(), two), (nf.fanin_concat(), two)):
+        with pytest.raises(ValueError, match="fan"):
+            layer.apply({"weight": torch.ones(3)}, x)
     with pytest.raises(IndexError, match="Sequential: no block 10 among 1"):
         nf.Sequential(nf.ReLU())[10]
     assert isinstance(nf.Sequential(nf.ReLU())[torch.tensor(0)], nf.ReLU)  # as torch's
     with pytest.raises(TypeError, match=r"padded_to_multiple\(multiple=2\): layer must be a Layer"):
         nf.padded_to_multiple(3, 2)
+
+
+def test_input_grad_and_release_must_be_flags():
+    """input_grad="no" counted as True: the input gradient was computed and returned."""
+    net = nf.serial(nf.conv2d(3, 3, padding=1), nf.relu())
+    _, params = net.init(torch.Generator().manual_seed(0), (2, 3, 5, 5))
+    y, pullback = net.vjp(params, torch.randn(2, 3, 5, 5))
+    with pytest.raises(TypeError, match="pullback: input_grad must be True or False, got 'no'"):
+        pullback(torch.randn_like(y), input_grad="no")
+    block = nf.Sequential(nf.Conv2d(3, 3, 3), nf.ReLU())
+    out = block.forward(torch.randn(2, 3, 5, 5))
+    with pytest.raises(TypeError, match="backward: input_grad must be True or False, got 'no'"):
+        block.backward(torch.randn_like(out), input_grad="no")
