@@ -99,7 +99,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(s.mean())
 
 
-def heldout_crops(root: Path, crop: int, part: str = "heldout") -> torch.Tensor:
+def photo_crops(root: Path, crop: int, part: str = "heldout") -> torch.Tensor:
     """The central ``crop`` x ``crop`` of each photo of ``root/part`` large enough, 0-1."""
     from train_unet import photo_folder
 
@@ -349,7 +349,7 @@ def main() -> None:
         if path is not None and not path.is_file():
             ap.error(f"{option}: {path} is not a file")
     torch.set_grad_enabled(False)
-    clean = heldout_crops(args.photos, args.crop, args.set)[: args.limit]
+    clean = photo_crops(args.photos, args.crop, args.set)[: args.limit]
     if not len(clean):
         ap.error(f"--crop {args.crop}: no photo in {args.photos / args.set} is that large")
     print(f"photos: {args.photos / args.set}")

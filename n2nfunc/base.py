@@ -252,6 +252,18 @@ def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def real_number(v) -> float | None:
+    """``float(v)`` for a real scalar (not a bool, string or a tensor of several numbers)."""
+    if isinstance(v, (bool, str, bytes)) or getattr(v, "ndim", 0) != 0:
+        return None
+    if getattr(v, "is_complex", lambda: False)() or isinstance(v, complex):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def pair(value, name: str, layer: str, minimum: int = 1) -> tuple[int, int]:
     """``value`` as a pair of ints >= ``minimum`` (an int means the same for height and width)."""
     if is_int(value):

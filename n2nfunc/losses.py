@@ -9,9 +9,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .base import check_tensor
+from .base import check_tensor, real_number
 from .layers.activations import log_softmax_of
-from .optim import _real
 
 
 class Loss(NamedTuple):
@@ -77,7 +76,7 @@ l1 = Loss(_value_only(l1_value_and_grad), l1_value_and_grad)
 def huber(delta: float = 1.0) -> Loss:
     """Huber loss, ``mean(h(pred - target))`` with ``h(d) = d^2 / 2`` for ``|d| < delta``, else
     ``delta (|d| - delta / 2)``; gradient ``clamp(d, -delta, delta) / numel``."""
-    d_max = _real(delta)  # a Python, NumPy or 0-dim tensor number
+    d_max = real_number(delta)  # a Python, NumPy or 0-dim tensor number
     if d_max is None or not d_max > 0:
         raise ValueError(f"huber: delta must be a number > 0, got {delta!r}")
     name = f"huber(delta={delta})"
@@ -145,7 +144,7 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
     ``q = (1 - eps) onehot(y) + eps / K``, ``mean_n(-sum_k q[n, k] log_softmax(z)[n, k])``;
     gradient ``(softmax(z) - q) / N``. Stable for any finite logits; without smoothing a
     logit of -inf (a masked class) is fine too unless it is the label's."""
-    eps = _real(label_smoothing)  # a Python, NumPy or 0-dim tensor number
+    eps = real_number(label_smoothing)  # a Python, NumPy or 0-dim tensor number
     if eps is None or not 0 <= eps <= 1:
         raise ValueError(
             f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing!r}"

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, cat
 
 from . import tree
-from .base import flag, is_int
+from .base import flag, is_int, real_number
 
 Schedule = Callable[[int], float]
 LearningRate = float | Schedule
@@ -131,7 +131,7 @@ def _lr_at(lr: LearningRate, step: int, name: str) -> float:
     if not callable(lr):
         return lr
     value = lr(step)
-    number = _real(value)
+    number = real_number(value)
     if number is None or not math.isfinite(number) or number < 0:
         raise ValueError(
             f"{name}: the learning-rate schedule gave {value!r} at step {step}; expected a "
@@ -149,7 +149,7 @@ def check_hyperparameters(name: str, **values) -> list:
         if key == "lr" and callable(v):
             out.append(v)
             continue
-        number = _real(v)
+        number = real_number(v)
         if number is None or not math.isfinite(number) or number < 0:
             raise ValueError(
                 f"{name}: {key} must be a finite number >= 0, got {v!r}"
@@ -157,18 +157,6 @@ def check_hyperparameters(name: str, **values) -> list:
             )
         out.append(number)
     return out
-
-
-def _real(v) -> float | None:
-    """``float(v)`` for a real scalar (not a bool, string or a tensor of several numbers)."""
-    if isinstance(v, (bool, str, bytes)) or getattr(v, "ndim", 0) != 0:
-        return None
-    if getattr(v, "is_complex", lambda: False)() or isinstance(v, complex):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def sgd(
@@ -682,7 +670,7 @@ def exponential_decay(
     name = "exponential_decay"
     (init_value,) = check_hyperparameters(name, init_value=init_value)
     check_hyperparameters(name, transition_begin=transition_begin)
-    rate = _real(decay_rate)
+    rate = real_number(decay_rate)
     if rate is None or not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
     decay_rate = rate

@@ -49,7 +49,7 @@ import math
 from torch import Generator, Tensor, empty
 
 from . import tree
-from .base import an_int, is_number, positive_int, pull
+from .base import an_int, is_number, positive_int, pull, real_number
 from .stateful import StatefulLayer, fixed
 
 
@@ -71,11 +71,8 @@ def _rel(a: float, b: float, floor: float) -> float:
 
 def _number(value, what: str, zero_ok: bool) -> float:
     """A check_vjp tolerance or step as a float: finite, > 0 (or >= 0 with ``zero_ok``)."""
-    try:
-        number = math.nan if isinstance(value, (bool, str)) else float(value)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
-        number = math.nan
-    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+    number = real_number(value)
+    if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         raise ValueError(f"check_vjp: {what} must be a finite number {bound}, got {value!r}")
     return number

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .base import real_number
 from .model import to_unit_range
-from .optim import _real
 
 
 def _figure(**kwargs):
@@ -51,7 +51,7 @@ def plot_curves(history: list, path) -> Path | None:
 
 def _epoch_row(entry, i: int) -> dict:
     """One epoch of a history as a dict with ``epoch`` and ``loss``: a number is a loss."""
-    loss = _real(entry)  # a Python, NumPy or 0-dim tensor number (a train step's loss)
+    loss = real_number(entry)  # a Python, NumPy or 0-dim tensor number (a train step's loss)
     if loss is not None:
         return {"epoch": i + 1, "loss": loss}
     if isinstance(entry, dict) and "loss" in entry:
