@@ -58,7 +58,7 @@ def broken_scale() -> nf.Layer:
 
 try:
     nf.check_vjp(broken_scale(), params, torch.randn(2, 3, 4, 5))
-except nf.testing.VJPCheckError as e:
+except nf.VJPCheckError as e:
     print("the buggy version is caught:", e)
 else:
     raise SystemExit("check_vjp passed the buggy version")

@@ -100,7 +100,7 @@ from .optim import (
 from .precision import mixed_precision
 from .pretrained import load_network, pretrained
 from .stateful import StatefulLayer, lift
-from .testing import check_vjp
+from .testing import VJPCheckError, check_vjp
 from .tiling import denoise_image
 from .train import make_train_step, value_and_grad
 from .unet import padded_to_multiple, unet
@@ -127,6 +127,7 @@ __all__ = [
     "L1Loss",
     "Layer",
     "ReleasedError",
+    "VJPCheckError",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",

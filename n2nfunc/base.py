@@ -46,6 +46,7 @@ Shapes = Any
 Params = Any  # a dict (possibly nested) of tensors
 IntPair = int | tuple[int, int] | list[int]  # one size or step for both axes, or (height, width)
 ScalePair = float | tuple[float, float] | list[float]  # whole numbers, as a float too
+DeviceLike = device | str | int | None  # as torch's ``Tensor.to`` reads it
 Pullback = Callable[..., tuple[Params, Any]]
 Vjp = TypeVar("Vjp", bound=Callable[..., Any])
 
@@ -175,9 +176,28 @@ def _checking(pullback: Pullback, seen: "Unchanged") -> Pullback:
 
     def checked(ct, *args, **options):
         seen.check()
+        _check_flags(args, options, seen.name)
         return pullback(ct, *args, **options)
 
     return checked
+
+
+def checks_flags(pullback: Pullback, name: str) -> Pullback:
+    """``pullback`` that refuses an ``input_grad`` or ``release`` other than True or False
+    (the string "no" would count as True), naming the layer ``name``."""
+
+    def checked(ct, *args, **options):
+        _check_flags(args, options, name)
+        return pullback(ct, *args, **options)
+
+    return checked
+
+
+def _check_flags(args: tuple, options: dict, name: str) -> None:
+    given = (*zip(("input_grad", "release"), args), *options.items())
+    for key, value in given:
+        if key in ("input_grad", "release"):
+            flag(value, key, f"{name} pullback")
 
 
 def weight_and_input(params, x, y) -> dict:
@@ -214,7 +234,9 @@ class Held:
         return pullback
 
 
-def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool, release: bool = False):
+def pull(
+    vjp: Callable, pullback: Pullback, ct: Any, input_grad: bool, release: bool = False
+) -> tuple[Params, Any]:
     """``pullback(ct)``, asking it to skip the input gradient when ``input_grad`` is False and
     to free what it keeps as it goes when ``release`` is True (this is the last call), as far
     as the layer (whose ``vjp`` is given) supports these."""
@@ -230,9 +252,13 @@ def pull(vjp: Callable, pullback: Pullback, ct, input_grad: bool, release: bool 
 
 def flag(value, name: str, layer: str) -> bool:
     """``value`` as a bool: True or False (or 1, 0, a NumPy bool, as torch takes); anything
-    else, such as the string "False", is an error naming ``layer`` and ``name``."""
+    else, such as the string "False" or the number 1.0, is an error naming ``layer`` and
+    ``name``."""
+    fractional = isinstance(value, numbers.Complex) and not isinstance(value, numbers.Integral)
+    if isinstance(value, Tensor):
+        fractional = value.is_floating_point() or value.is_complex()
     try:
-        ok = not isinstance(value, (str, bytes)) and value in (True, False)
+        ok = not isinstance(value, (str, bytes)) and not fractional and value in (True, False)
     except (TypeError, RuntimeError, ValueError):  # a tensor of several values, ...
         ok = False
     if not ok:
@@ -283,9 +309,11 @@ def an_int(value, name: str, layer: str) -> int:
 
 
 def positive_int(value, name: str, layer: str) -> int:
-    """``value`` as a Python int, which must be >= 1."""
+    """``value`` as a Python int, which must be >= 1 (a TypeError for a value that is not an
+    int, a ValueError for one below 1, as torch's)."""
     if not is_int(value) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+        error = ValueError if is_int(value) else TypeError
+        raise error(f"{layer}: {name} must be a positive int, got {value!r}")
     return int(value)
 
 
@@ -477,6 +505,19 @@ def check_cotangent(ct, out: "Tensor | Output", layer: str) -> Tensor:
 # 9); a 0-255 image with both would be all but black (a dark image with bright points, a
 # night sky, has a mean below 2 but not the maximum).
 NOISY_MEAN, NOISY_MAX = 2.0, 16.0
+
+# The seeds a run takes: a seed's training and validation data draw from the generator seeds
+# 2 seed and 2 seed + 1 (modulo 2**64, as torch reads a negative seed), which no other seed
+# in this range shares (seeds 2**63 apart would draw the same pairs).
+SEEDS = range(-(2**62), 2**62)
+
+
+def seed_error(seed: int) -> str | None:
+    """Why ``seed`` (an int) is not one of :data:`SEEDS`, or None."""
+    if seed in SEEDS:
+        return None
+    return f"seed must be an int from -2**62 to 2**62 - 1, got {seed} (the training and \
+validation data draw from 2 seed and 2 seed + 1: seeds 2**63 apart would draw the same pairs)"
 
 
 def pixel_scale(x: Tensor, noisy_max: float = NOISY_MAX) -> float:

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+PathLike = str | os.PathLike[str]  # a file's path, as open() takes it
+
 FORMAT = "n2nfunc-checkpoint"
 VERSION = 1
 _DTYPES = {
@@ -344,13 +346,20 @@ def _pause_for_tests(f) -> None:
         time.sleep(120)
 
 
-def save(path: str | os.PathLike, tree: Any) -> None:
+def save(path: PathLike, tree: Any) -> None:
     """Save ``tree`` (nested dicts, lists, tuples and named tuples of tensors, numbers,
     strings, bytes and None) as a checkpoint, atomically; unsupported objects raise
     ``TypeError`` before anything is written."""
+    _check_path(path, "save")
     blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": encode(tree)}, protocol=4)
     write_atomic(path, blob)
     remove_stale_temporaries(path)
+
+
+def _check_path(path: Any, name: str) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        first = " (the path comes first, unlike torch.save(obj, f))" if name == "save" else ""
+        raise TypeError(f"{name}: path must be a str or a path, got {type(path).__name__}{first}")
 
 
 _NOT_OURS = (
@@ -359,9 +368,10 @@ _NOT_OURS = (
 )
 
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: PathLike) -> Any:
     """The tree saved by :func:`save` in ``path`` (tensors on the CPU); errors name the file
     and what is wrong."""
+    _check_path(path, "load")
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(f"checkpoint {path} is a folder; expected a checkpoint file")

@@ -78,7 +78,8 @@ def huber(delta: float = 1.0) -> Loss:
     ``delta (|d| - delta / 2)``; gradient ``clamp(d, -delta, delta) / numel``."""
     d_max = real_number(delta)  # a Python, NumPy or 0-dim tensor number
     if d_max is None or not d_max > 0:
-        raise ValueError(f"huber: delta must be a number > 0, got {delta!r}")
+        error = TypeError if d_max is None else ValueError
+        raise error(f"huber: delta must be a number > 0, got {delta!r}")
     name = f"huber(delta={delta})"
 
     def value_and_grad(pred, target):

@@ -1,10 +1,18 @@
 """Image quality: PSNR as the course computes it."""
 
 import math
+from typing import Protocol
 
 from torch import Tensor
 
 from .base import pixel_scale
+
+
+class Predictor(Protocol):
+    """What :func:`evaluate` runs: a :class:`~n2nfunc.Model`, or anything with its ``predict``."""
+
+    def predict(self, test_input: Tensor, *, scale: float | None = None) -> Tensor: ...
+
 
 # psnr compares blocks of images of at most this many numbers (16 MiB as float64): a whole
 # validation set at once took 75 bytes a number (8,000 photo crops: 7.2 GB)
@@ -62,7 +70,9 @@ def psnr(denoised: Tensor, clean: Tensor, max_value: float = 1.0) -> float:
     return total / clean.shape[0] if clean.shape[0] else math.nan
 
 
-def evaluate(model, noisy: Tensor, clean: Tensor, scale: float | None = None) -> dict:
+def evaluate(
+    model: Predictor, noisy: Tensor, clean: Tensor, scale: float | None = None
+) -> dict[str, float]:
     """PSNR of the noisy input and of ``model.predict(noisy)`` against ``clean``, and the gain
     in dB, on the images' own scale (``predict`` keeps the input's): ``scale`` (the value of
     white) when given, else 0-255 for integers, and for floats as ``Model.predict`` reads them
@@ -95,7 +105,7 @@ def evaluate(model, noisy: Tensor, clean: Tensor, scale: float | None = None) ->
     return _gains(noisy, clean, model.predict(noisy), white)
 
 
-def _gains(noisy: Tensor, clean: Tensor, denoised: Tensor, white: float) -> dict:
+def _gains(noisy: Tensor, clean: Tensor, denoised: Tensor, white: float) -> dict[str, float]:
     """The PSNRs of ``noisy`` and ``denoised`` against ``clean`` (white ``white``), the gain."""
     before = psnr(noisy, clean, white)
     after = psnr(denoised, clean, white)

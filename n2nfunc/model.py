@@ -33,11 +33,21 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Generator, Tensor, cat, device, empty
 
 from . import optim, tree
-from .base import NOISY_MAX, NOISY_MEAN, Layer, is_int, is_number, pixel_scale, positive_int
+from .base import (
+    NOISY_MAX,
+    NOISY_MEAN,
+    Layer,
+    is_int,
+    is_number,
+    pixel_scale,
+    positive_int,
+    seed_error,
+)
 from .modules import (
     MSE,
     SGD,
@@ -56,6 +66,21 @@ from .precision import FLOAT32, compute_dtype, mixed_precision
 from .stateful import StatefulLayer
 from .tiling import footprint, tile_settings, tiled, with_footprint
 from .unet import MAX_WIDTH, check_architecture, load_params
+
+if TYPE_CHECKING:  # (the I/O module is imported where it is used)
+    from .checkpoint import PathLike
+
+
+class Parallel(Protocol):
+    """What :meth:`Model.train_epoch` trains data parallel with (as
+    :class:`n2nfunc.distributed.DataParallel`): this process's ``rank`` of ``size``, and
+    ``mean(tree)``, the mean of a tree over all ranks."""
+
+    rank: int
+    size: int
+
+    def mean(self, values: Any) -> Any: ...
+
 
 NETWORKS = ("exercise", "unet")
 ARCHITECTURE = ("widths", "kernel", "upsampling")  # what defines the exercise's network
@@ -99,7 +124,7 @@ def build_network(config: dict, generator: Generator | None = None) -> Module:
     """The network of a config: the exercise's (widths, kernel, upsampling) or, with
     ``network="unet"``, the U-Net (depth, widths)."""
     if config.get("network", "exercise") == "unet":
-        return UNet(config["depth"], config["widths"], generator)
+        return UNet(config["depth"], config["widths"], generator=generator)
     w1, w2 = config["widths"]
     k = config["kernel"]
     pad = (k - 1) // 2  # stride-2 convs map H to H/2 for k in 2..5
@@ -392,8 +417,8 @@ def check_config(config: dict) -> None:
     whole("num_epochs", 0)
     whole("warmup_steps", 0)
     whole("seed")
-    if not -(2**63) <= config["seed"] < 2**64:  # what torch.Generator.manual_seed takes
-        raise ValueError(f"seed must be an int from -2**63 to 2**64 - 1, got {config['seed']}")
+    if error := seed_error(config["seed"]):
+        raise ValueError(error)
     number("lr", 0, low_open=True)
     number("momentum", 0, 1)
     number("final_lr_fraction", 0, 1, high_open=False)
@@ -447,7 +472,13 @@ class Model(Unpicklable):
                 f"Model: {', '.join(map(repr, other))} {kind} of network "
                 f"{NETWORK_ONLY[other[0]]!r} only; this config's network is {network!r}"
             )
-        self._configure(self._given)
+        self._configure(self._given)  # (checks each setting's value)
+        optimizer = self.config["optimizer"]
+        if optimizer == "adam" and _differs(self.config["momentum"], "momentum"):
+            raise ValueError(  # (it would be dropped: Adam has no momentum setting)
+                f"Model: 'momentum' is a setting of optimizer 'sgd' only; this config's "
+                f"optimizer is {optimizer!r}"
+            )
         self.loss = MSE()
         self.pretrained = False
 
@@ -485,12 +516,21 @@ class Model(Unpicklable):
         self._said_precision = False  # the note on an emulated bfloat16, said once
 
     # ------------------------------------------------------------------ weights
-    def load_pretrained_model(self, path=None) -> None:
+    def load_pretrained_model(self, path: "PathLike | None" = None) -> None:
         """Load weights saved by :meth:`save` (default: the shipped ``bestmodel.pth``)."""
         from . import checkpoint
 
         path = DEFAULT_WEIGHTS if path is None else path
-        payload = checkpoint.load(path)
+        try:
+            payload = checkpoint.load(path)
+        except FileNotFoundError as e:
+            from .pretrained import NAMES
+
+            if path in NAMES:  # a shipped network's name, given as a path
+                raise FileNotFoundError(
+                    f"{e}; a shipped network by name: Model.from_pretrained({path!r})"
+                ) from None
+            raise
         self.load_payload(payload, str(path))
 
     def load_payload(self, payload: dict, source: str) -> None:
@@ -533,7 +573,7 @@ class Model(Unpicklable):
             }
         return {"config": dict(self.config), "params": dict(self.net.state_dict())}
 
-    def save(self, path) -> None:
+    def save(self, path: "PathLike") -> None:
         from . import checkpoint
 
         checkpoint.save(path, self.payload())
@@ -596,7 +636,9 @@ class Model(Unpicklable):
         x, y = self.prepare_pairs(train_input, train_target, scale)
         return [self.train_epoch(x, y, e, epochs, callback) for e in range(epochs)]
 
-    def prepare_pairs(self, train_input: Tensor, train_target: Tensor, scale=None):
+    def prepare_pairs(
+        self, train_input: Tensor, train_target: Tensor, scale: float | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Validate a training set and return it as float tensors in [0, 1]: divided by
         ``scale`` (the value of white) when given, else each by the scale rule. A target is
         read as 0-1 with unclipped noise only beside a 0-1 input (a pair of views of one 0-255
@@ -642,7 +684,7 @@ class Model(Unpicklable):
         epoch: int,
         total_epochs: int,
         callback: Callable | None = None,
-        parallel=None,
+        parallel: Parallel | None = None,
     ) -> float:
         """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
         run of ``total_epochs`` (the learning-rate schedule spans the whole run).

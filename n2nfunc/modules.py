@@ -22,14 +22,26 @@ and running statistics under ``torch.nn``'s names (``"1.running_mean"``).
 
 import copy
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeGuard, TypeVar
 
 from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
 
 from . import optim, tree
-from .base import Layer, check_cotangent, flag, is_int, output_of, positive_int, pull, released
+from .base import (
+    DeviceLike,
+    IntPair,
+    Layer,
+    ScalePair,
+    check_cotangent,
+    flag,
+    is_int,
+    output_of,
+    positive_int,
+    pull,
+    released,
+)
 from .combinators import NAMED, layer_error, serial
 from .layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
 from .layers.activations import (
@@ -358,7 +370,7 @@ class Module(Unpicklable):
                 )
         return IncompatibleKeys(missing, unexpected)
 
-    def to(self: _M, *args, **kwargs) -> _M:
+    def to(self: _M, *args: Any, **kwargs: Any) -> _M:
         """Move parameters, gradients and state, each tensor in place as ``torch.nn.Module.to``
         does (so an optimizer or a ``param()`` list made before keeps working; integer state
         such as ``num_batches_tracked`` keeps its dtype); returns self. Takes torch's forms:
@@ -384,7 +396,7 @@ class Module(Unpicklable):
     def cpu(self: _M) -> _M:
         return self.to("cpu")
 
-    def cuda(self: _M, device=None) -> _M:
+    def cuda(self: _M, device: DeviceLike = None) -> _M:
         return self.to("cuda" if device is None else device)
 
     def __repr__(self):
@@ -502,7 +514,7 @@ class _WeightBias(Module):
         if device is not None or dtype is not None:  # drawn as on the CPU in float32, then moved
             self.to(device, dtype)
 
-    def layer_description(self):
+    def layer_description(self) -> str:
         return self._description
 
     def _fix_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
@@ -595,15 +607,15 @@ class Conv2d(_WeightBias):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair | str = 0,
+        dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
         *,
         generator: Generator | None = None,
     ):
@@ -635,16 +647,16 @@ class TransposeConv2d(_WeightBias):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        output_padding=0,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        output_padding: IntPair = 0,
         groups: int = 1,
         bias: bool = True,
-        dilation=1,
+        dilation: IntPair = 1,
         padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
         *,
         generator: Generator | None = None,
     ):
@@ -680,14 +692,14 @@ class Upsampling(_WeightBias):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        scale_factor=2,
-        padding=0,
+        kernel_size: IntPair,
+        scale_factor: ScalePair = 2,
+        padding: IntPair | str = 0,
         bias: bool = True,
         *,
-        dilation=1,
-        device=None,
-        dtype=None,
+        dilation: IntPair = 1,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
         generator: Generator | None = None,
     ):
         bias = _checked_flags("Upsampling", bias)
@@ -720,8 +732,8 @@ class Linear(_WeightBias):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
         *,
         generator: Generator | None = None,
     ):
@@ -744,24 +756,28 @@ class NearestUpsampling(Module):
     as ``torch.nn.UpsamplingNearest2d(size=...)`` (by keyword: the first argument here is
     the scale factor, the exercise's)."""
 
-    def __init__(self, scale_factor=None, size=None):
+    def __init__(self, scale_factor: ScalePair | None = None, size: IntPair | None = None):
         super().__init__(nearest_upsample(scale_factor, size), {})
         self._fix(scale_factor=2 if scale_factor is None and size is None else scale_factor)
         self._fix(size=size)
 
-    def layer_description(self):
+    def layer_description(self) -> str:
         if self.size is not None:
             return f"size={self.size!r}"
         return f"scale_factor={self.scale_factor!r}"
 
 
 class ReLU(Module):
+    """``torch.nn.ReLU()``: ``max(x, 0)``; its gradient is 0 at 0, as torch's."""
+
     def __init__(self, inplace: bool = False):
         _only_defaults("ReLU", inplace=(inplace, False))
         super().__init__(relu(), {})
 
 
 class Sigmoid(Module):
+    """``torch.nn.Sigmoid()``: ``1 / (1 + exp(-x))``."""
+
     def __init__(self) -> None:
         super().__init__(sigmoid(), {})
 
@@ -773,14 +789,16 @@ class _Parameterless(Module):
         super().__init__(layer, {})
         self._description = description
 
-    def layer_description(self):
+    def layer_description(self) -> str:
         return self._description
 
 
 class Flatten(_Parameterless):
-    """``torch.nn.Flatten()``: (N, C, H, W) -> (N, C*H*W) in PyTorch's order."""
+    """``torch.nn.Flatten()``: (N, C, H, W) -> (N, C*H*W) in PyTorch's order; ``start_dim``
+    and ``end_dim`` only at torch's defaults (1 and -1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        _only_defaults("Flatten", start_dim=(start_dim, 1), end_dim=(end_dim, -1))
         super().__init__(flatten())
 
 
@@ -789,7 +807,13 @@ class MaxPool2d(_Parameterless):
     only at their defaults."""
 
     def __init__(
-        self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
+        self,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
     ):
         _only_defaults(
             "MaxPool2d",
@@ -811,12 +835,12 @@ class AvgPool2d(_Parameterless):
 
     def __init__(
         self,
-        kernel_size,
-        stride=None,
-        padding=0,
-        ceil_mode=False,
-        count_include_pad=True,
-        divisor_override=None,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
     ):
         _only_defaults(
             "AvgPool2d",
@@ -833,6 +857,9 @@ class AvgPool2d(_Parameterless):
 
 
 class LeakyReLU(_Parameterless):
+    """``torch.nn.LeakyReLU(negative_slope=0.01)``: ``x`` where ``x > 0``, else
+    ``negative_slope * x``."""
+
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         _only_defaults("LeakyReLU", inplace=(inplace, False))
         super().__init__(leaky_relu(negative_slope), _options(negative_slope=negative_slope))
@@ -840,6 +867,8 @@ class LeakyReLU(_Parameterless):
 
 
 class Tanh(_Parameterless):
+    """``torch.nn.Tanh()``."""
+
     def __init__(self) -> None:
         super().__init__(tanh())
 
@@ -854,6 +883,8 @@ class GELU(_Parameterless):
 
 
 class ELU(_Parameterless):
+    """``torch.nn.ELU(alpha=1.0)``: ``x`` where ``x > 0``, else ``alpha (exp(x) - 1)``."""
+
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
         _only_defaults("ELU", inplace=(inplace, False))
         super().__init__(elu(alpha), _options(alpha=alpha))
@@ -861,6 +892,9 @@ class ELU(_Parameterless):
 
 
 class Softplus(_Parameterless):
+    """``torch.nn.Softplus(beta=1.0, threshold=20.0)``: ``log(1 + exp(beta x)) / beta``, and
+    ``x`` itself where ``beta x > threshold``."""
+
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__(softplus(beta, threshold), _options(beta=beta, threshold=threshold))
         self._fix(beta=beta, threshold=threshold)
@@ -894,8 +928,8 @@ class BatchNorm2d(_WeightBias):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        device=None,
-        dtype=None,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
     ):
         _only_defaults(
             "BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True)
@@ -952,7 +986,7 @@ class Dropout(Module):
             self.__dict__["_rng"] = _seeded(None)
         return super().forward(*inputs)
 
-    def layer_description(self):
+    def layer_description(self) -> str:
         return f"p={self.p}"
 
 
@@ -966,16 +1000,30 @@ def _seeded(generator: Generator | None) -> Generator:
 
 class UNet(Module):
     """The Noise2Noise U-Net (:func:`n2nfunc.unet`) as one block: ``depth`` poolings,
-    ``widths = (encoder, decoder, last_a, last_b)``; any H x W input (padded inside)."""
+    ``widths = (encoder, decoder, last_a, last_b)``, ``in_channels`` to ``out_channels``; any
+    H x W input (padded inside)."""
 
-    def __init__(self, depth=4, widths=(32, 64, 48, 24), generator: Generator | None = None):
-        layer = unet(depth, widths)
-        _, params = layer.init(generator, (-1, 3, -1, -1))
+    def __init__(
+        self,
+        depth: int = 4,
+        widths: Sequence[int] = (32, 64, 48, 24),
+        in_channels: int = 3,
+        out_channels: int = 3,
+        *,
+        generator: Generator | None = None,
+    ):
+        layer = unet(depth, widths, in_channels, out_channels)
+        _, params = layer.init(generator, (-1, in_channels, -1, -1))
         super().__init__(layer, params)
         self._fix(depth=depth, widths=tuple(widths))
+        self._fix(in_channels=in_channels, out_channels=out_channels)
 
-    def layer_description(self):
-        return f"depth={self.depth}, widths={self.widths}"
+    def layer_description(self) -> str:
+        channels = (self.in_channels, self.out_channels)
+        more = (
+            "" if channels == (3, 3) else f", in_channels={channels[0]}, out_channels={channels[1]}"
+        )
+        return f"depth={self.depth}, widths={self.widths}{more}"
 
 
 def _backward_options(block: Module, input_grad: bool, release: bool) -> dict:
@@ -1151,31 +1199,45 @@ class L1Loss(LossModule):
 
 
 class HuberLoss(LossModule):
-    """``torch.nn.HuberLoss(delta=1.0)``."""
+    """``torch.nn.HuberLoss(reduction="mean", delta=1.0)``, arguments in its order."""
 
-    def __init__(self, delta: float = 1.0, *, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", delta: float = 1.0):
         super().__init__(huber(delta), "HuberLoss", reduction)
 
 
 class BCEWithLogitsLoss(LossModule):
-    """``torch.nn.BCEWithLogitsLoss()``: ``forward(logits, target_probabilities)``."""
+    """``torch.nn.BCEWithLogitsLoss()``: ``forward(logits, target_probabilities)``; torch's
+    ``weight`` and ``pos_weight`` only at their default, None."""
 
-    def __init__(self, *, reduction: str = "mean"):
+    def __init__(self, weight: None = None, *, reduction: str = "mean", pos_weight: None = None):
+        _only_defaults("BCEWithLogitsLoss", weight=(weight, None), pos_weight=(pos_weight, None))
         super().__init__(binary_cross_entropy_with_logits, "BCEWithLogitsLoss", reduction)
 
 
 class CrossEntropyLoss(LossModule):
     """``torch.nn.CrossEntropyLoss(label_smoothing=0.0)``: ``forward(logits, labels)`` with
     logits (N, K) and integer labels (N,); ``backward()`` is the gradient wrt the logits.
-    Class weights (torch's first argument, ``weight``) are not supported: only None."""
+    Class weights (torch's first argument, ``weight``) are not supported: only None; nor is
+    ``ignore_index`` other than torch's default (-100, which no valid label is)."""
 
-    def __init__(self, weight=None, *, reduction: str = "mean", label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        weight: None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
+        _only_defaults("CrossEntropyLoss", ignore_index=(ignore_index, -100))
         if weight is not None:
             raise TypeError(
                 "CrossEntropyLoss: class weights (weight) are not supported; "
                 "label smoothing is the keyword label_smoothing"
             )
         super().__init__(cross_entropy_with(label_smoothing), "CrossEntropyLoss", reduction)
+
+
+ParamPairs = Module | Iterable[tuple[Tensor, Tensor]]  # a block, or its param() pairs
 
 
 class Optimizer(Unpicklable):
@@ -1202,7 +1264,14 @@ class Optimizer(Unpicklable):
 
     save_instead = "save its state_dict() with n2nfunc.save instead and load_state_dict it"
 
-    def __init__(self, params, transformation, name: str, lr, **hyperparameters):
+    def __init__(
+        self,
+        params: ParamPairs,
+        transformation: Callable[..., optim.GradientTransformation],
+        name: str,
+        lr: LearningRate,
+        **hyperparameters: Any,
+    ):
         """``transformation(lr, **hyperparameters)`` (:mod:`n2nfunc.optim`'s function) over
         ``params``; numeric hyperparameters are checked here, errors naming the class."""
         numbers = {
@@ -1400,8 +1469,8 @@ class SGD(Optimizer):
 
     def __init__(
         self,
-        params,
-        lr: float = 1e-3,
+        params: ParamPairs,
+        lr: LearningRate = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
@@ -1424,9 +1493,9 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        params,
-        lr: float = 1e-3,
-        betas=(0.9, 0.999),
+        params: ParamPairs,
+        lr: LearningRate = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
@@ -1440,9 +1509,9 @@ class AdamW(Optimizer):
 
     def __init__(
         self,
-        params,
-        lr: float = 1e-3,
-        betas=(0.9, 0.999),
+        params: ParamPairs,
+        lr: LearningRate = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
@@ -1456,8 +1525,8 @@ class RMSprop(Optimizer):
 
     def __init__(
         self,
-        params,
-        lr: float = 1e-2,
+        params: ParamPairs,
+        lr: LearningRate = 1e-2,
         alpha: float = 0.99,
         eps: float = 1e-8,
         weight_decay: float = 0.0,

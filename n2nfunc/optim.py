@@ -26,8 +26,8 @@ Learning rates may be numbers or schedules ``lr(step) -> float``. Every schedule
 takes the same ``step``: the number of updates made before this one (0 for the first),
 which is what ``torch.optim.lr_scheduler`` calls the epoch when ``scheduler.step()`` follows
 every ``optimizer.step()``. ``exponential_decay`` and ``piecewise_constant`` follow optax
-(``init_value`` at step 0); ``cosine_decay``'s warm-up already gives
-``init_lr / warmup_steps`` at step 0, where optax's ``warmup_cosine_decay_schedule``
+(``init_value`` at step 0, arguments in optax's order); ``cosine_decay``'s warm-up already
+gives ``peak_value / warmup_steps`` at step 0, where optax's ``warmup_cosine_decay_schedule``
 gives its ``init_value`` (usually 0).
 """
 
@@ -42,6 +42,8 @@ from .base import flag, is_int, real_number
 
 Schedule = Callable[[int], float]
 LearningRate = float | Schedule
+# a label (or mask flag) per leaf: a tree like the params, or of sub-trees, or a function of them
+Labels = Any
 
 
 class GradientTransformation(NamedTuple):
@@ -151,7 +153,7 @@ def check_hyperparameters(name: str, **values) -> list:
             continue
         number = real_number(v)
         if number is None or not math.isfinite(number) or number < 0:
-            raise ValueError(
+            raise (TypeError if number is None else ValueError)(
                 f"{name}: {key} must be a finite number >= 0, got {v!r}"
                 + (f" ({type(v).__name__})" if number is None else "")
             )
@@ -221,7 +223,8 @@ def _adam(
     """Adam and AdamW: the same moments, the weight decay added to the gradient (``adam``)
     or decoupled, ``-lr * wd * p`` added to the update (``adamw``)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        error = ValueError if isinstance(betas, (tuple, list)) else TypeError
+        raise error(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
     lr, eps, weight_decay, b1, b2 = check_hyperparameters(
         name, lr=lr, eps=eps, weight_decay=weight_decay, beta1=betas[0], beta2=betas[1]
     )
@@ -275,7 +278,7 @@ def _adam(
 
 def adam(
     lr: LearningRate = 1e-3,
-    betas=(0.9, 0.999),
+    betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
@@ -291,7 +294,7 @@ def adam(
 
 def adamw(
     lr: LearningRate = 1e-3,
-    betas=(0.9, 0.999),
+    betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.01,
     amsgrad: bool = False,
@@ -444,7 +447,9 @@ def set_to_zero() -> GradientTransformation:
     return _transformation(init, update)
 
 
-def multi_transform(transforms: dict, param_labels) -> GradientTransformation:
+def multi_transform(
+    transforms: dict[str, GradientTransformation], param_labels: Labels
+) -> GradientTransformation:
     """Each leaf updated by the transformation that its label names: torch.optim's parameter
     groups, as optax's ``multi_transform``::
 
@@ -549,7 +554,7 @@ def labelled(labels, like, what: str) -> list[tuple[str, object]]:
     return out
 
 
-def masked(inner: GradientTransformation, mask) -> GradientTransformation:
+def masked(inner: GradientTransformation, mask: Labels) -> GradientTransformation:
     """``inner`` on the leaves where ``mask`` is True; the others' updates pass through as
     they came (optax's ``masked``), e.g. weight decay on the weights only::
 
@@ -622,16 +627,16 @@ def added(params, updates):
 
 
 def cosine_decay(
-    init_lr: float, decay_steps: int, final_fraction: float = 0.0, warmup_steps: int = 0
+    peak_value: float, decay_steps: int, final_fraction: float = 0.0, warmup_steps: int = 0
 ) -> Schedule:
-    """Linear warm-up over ``warmup_steps`` (``init_lr * (step + 1) / warmup_steps``), then
-    cosine decay from ``init_lr`` to ``final_fraction * init_lr`` at ``decay_steps``,
-    constant after."""
-    init_lr, final_fraction = check_hyperparameters(
-        "cosine_decay", init_lr=init_lr, final_fraction=final_fraction
+    """Linear warm-up over ``warmup_steps`` (``peak_value * (step + 1) / warmup_steps``), then
+    cosine decay from ``peak_value`` to ``final_fraction * peak_value`` (optax's ``alpha``) at
+    ``decay_steps``, constant after."""
+    peak_value, final_fraction = check_hyperparameters(
+        "cosine_decay", peak_value=peak_value, final_fraction=final_fraction
     )
     if not (is_int(decay_steps) and is_int(warmup_steps)):
-        raise ValueError(
+        raise TypeError(
             f"cosine_decay: decay_steps and warmup_steps must be ints, got {decay_steps!r} and "
             f"{warmup_steps!r}"
         )
@@ -643,9 +648,9 @@ def cosine_decay(
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
-            return init_lr * (step + 1) / warmup_steps
+            return peak_value * (step + 1) / warmup_steps
         frac = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
-        return init_lr * (
+        return peak_value * (
             final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
         )
 
@@ -654,18 +659,18 @@ def cosine_decay(
 
 def exponential_decay(
     init_value: float,
+    transition_steps: int,
     decay_rate: float,
-    transition_steps: int = 1,
-    staircase: bool = False,
     transition_begin: int = 0,
+    staircase: bool = False,
     end_value: float | None = None,
 ) -> Schedule:
     """``init_value * decay_rate ** ((step - transition_begin) / transition_steps)`` (the
     exponent floored when ``staircase``), ``init_value`` before ``transition_begin``, and
-    bounded by ``end_value`` if given (as optax's ``exponential_decay``).
+    bounded by ``end_value`` if given: optax's ``exponential_decay``, arguments in its order.
 
-    ``exponential_decay(lr, gamma)`` is ``ExponentialLR(gamma)`` and
-    ``exponential_decay(lr, gamma, n, staircase=True)`` is ``StepLR(n, gamma)``.
+    ``exponential_decay(lr, 1, gamma)`` is ``ExponentialLR(gamma)`` and
+    ``exponential_decay(lr, n, gamma, staircase=True)`` is ``StepLR(n, gamma)``.
     """
     name = "exponential_decay"
     (init_value,) = check_hyperparameters(name, init_value=init_value)
@@ -675,7 +680,8 @@ def exponential_decay(
         raise ValueError(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
     decay_rate = rate
     if not is_int(transition_steps) or transition_steps < 1:
-        raise ValueError(f"{name}: transition_steps must be an int >= 1, got {transition_steps!r}")
+        error = ValueError if is_int(transition_steps) else TypeError
+        raise error(f"{name}: transition_steps must be an int >= 1, got {transition_steps!r}")
     transition_steps = int(transition_steps)
     staircase = flag(staircase, "staircase", name)
     if end_value is not None:
@@ -712,14 +718,15 @@ def piecewise_constant(init_value: float, boundaries_and_scales: dict[int, float
     name = "piecewise_constant"
     (init_value,) = check_hyperparameters(name, init_value=init_value)
     if not isinstance(boundaries_and_scales, dict):
-        raise ValueError(
+        raise TypeError(
             f"{name}: boundaries_and_scales must be a dict {{step: scale}}, "
             f"got {type(boundaries_and_scales).__name__}"
         )
     points = []
     for b, s in boundaries_and_scales.items():
         if not is_int(b) or b < 0:
-            raise ValueError(f"{name}: boundary {b!r} must be an int >= 0")
+            error = ValueError if is_int(b) else TypeError
+            raise error(f"{name}: boundary {b!r} must be an int >= 0")
         points += [(int(b), *check_hyperparameters(name, **{f"scale at {b}": s}))]
     points.sort()
 

@@ -80,7 +80,7 @@ def save_unet(path, architecture: dict, params, info: dict | None = None) -> Non
     checkpoint.save(path, unet_payload(architecture, params, info))
 
 
-def load_network(path) -> tuple[Layer, Params, dict]:
+def load_network(path: checkpoint.PathLike) -> tuple[Layer, Params, dict]:
     """``(layer, params, info)`` from any n2nfunc network checkpoint file (see
     :func:`network_from_payload`); the params float32, on the CPU."""
     return network_from_payload(checkpoint.load(path), str(path))

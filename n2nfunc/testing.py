@@ -45,12 +45,13 @@ that mask; the new state is not checked.
 """
 
 import math
+from typing import Any
 
 from torch import Generator, Tensor, empty
 
 from . import tree
-from .base import an_int, is_number, positive_int, pull, real_number
-from .stateful import StatefulLayer, fixed
+from .base import Layer, Params, an_int, is_number, positive_int, pull, real_number
+from .stateful import State, StatefulLayer, fixed
 
 
 class VJPCheckError(AssertionError):
@@ -93,9 +94,9 @@ def _check_arguments(layer, directions, eps, rtol, atol, full_jacobian_max, seed
 
 
 def check_vjp(
-    layer,
-    params,
-    x,
+    layer: Layer | StatefulLayer,
+    params: Params,
+    x: Any,  # a tensor, or a tree of them for a layer of several inputs
     *,
     directions: int = 3,
     eps: float = 1e-6,
@@ -103,7 +104,7 @@ def check_vjp(
     full_jacobian_max: int = 64,
     seed: int = 0,
     atol: float = 1e-3,
-    state=None,
+    state: State | None = None,
     rng: Generator | None = None,
     train: bool = True,
 ) -> dict:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .base import NOISY_MAX, Layer, check_tensor, pixel_scale
+from .base import NOISY_MAX, Layer, Params, check_tensor, pixel_scale
 from .train import described
 
 DEFAULT_ALIGN = 32
@@ -96,10 +96,10 @@ def tile_settings(
     fp = footprint(layer)
     for value, what in ((tile, "tile"), (overlap, "overlap"), (align, "align")):
         low = 0 if what == "overlap" else 1
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < low
-        ):
-            raise ValueError(f"{name}: {what} must be an int >= {low}, got {value!r}")
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and (not whole or value < low):
+            error = ValueError if whole else TypeError
+            raise error(f"{name}: {what} must be an int >= {low}, got {value!r}")
     if fp is None and (overlap is None or align is None):
         fits = size is not None and max(size) <= (tile or DEFAULT_TILE)
         if not fits:
@@ -138,11 +138,11 @@ def tile_settings(
 
 def denoise_image(
     layer: Layer,
-    params,
+    params: Params,
     image: Tensor,
     tile: int | None = None,
-    overlap=None,
-    align=None,
+    overlap: int | None = None,
+    align: int | None = None,
     on_tile: Callable[[int, int], object] | None = None,
 ) -> Tensor:
     """``layer.apply(params, image)`` computed tile by tile (see the module docstring);
@@ -180,11 +180,11 @@ def denoise_image(
 
 def tiled(
     layer: Layer,
-    params,
+    params: Params,
     image: Tensor,
     tile: int | None = None,
-    overlap=None,
-    align=None,
+    overlap: int | None = None,
+    align: int | None = None,
     on_tile: Callable[[int, int], object] | None = None,
 ) -> Tensor:
     """:func:`denoise_image` without its checks of the image (its shape, finite values, the

@@ -29,6 +29,8 @@ through the network, and the padded rows / columns of the input gradient are sum
 the edge row / column they copy.
 """
 
+from collections.abc import Sequence
+
 from torch import Tensor, cat, device
 
 from . import tree
@@ -342,7 +344,12 @@ def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_chan
     }
 
 
-def unet(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_channels=3) -> Layer:
+def unet(
+    depth: int = 4,
+    widths: Sequence[int] = (32, 64, 48, 24),
+    in_channels: int = 3,
+    out_channels: int = 3,
+) -> Layer:
     """The Noise2Noise U-Net (see the module docstring) with ``depth`` poolings and
     ``widths = (encoder, decoder, last_a, last_b)`` channels; any H x W input.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .base import real_number
+from .base import is_int, real_number
 from .model import to_unit_range
 
 
@@ -86,7 +86,8 @@ def sample_grid(
         shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in units.items())
         raise ValueError(f"sample_grid: the three batches must have one shape, got {shapes}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"sample_grid: count must be an int >= 1, got {count!r}")
+        error = ValueError if is_int(count) else TypeError
+        raise error(f"sample_grid: count must be an int >= 1, got {count!r}")
     count = min(count, noisy.shape[0])
     fig = _figure(figsize=(1.3 * count, 4.2))
     if fig is None:

@@ -168,8 +168,11 @@ def test_bad_input_is_named():
         )
     with pytest.raises(TypeError, match="input dtype"):
         layer.apply(params, state, torch.randn(2, 3, 2, 2), train=True)
-    for bad in (dict(eps=0), dict(eps=-1.0), dict(momentum=1.5), dict(momentum="0.1")):
+    for bad in (dict(eps=0), dict(eps=-1.0), dict(momentum=1.5)):
         with pytest.raises(ValueError, match="batch_norm2d"):
+            nf.batch_norm2d(**bad)
+    for bad in (dict(eps="1e-5"), dict(momentum="0.1")):  # a wrong type: TypeError, as torch
+        with pytest.raises(TypeError, match="batch_norm2d"):
             nf.batch_norm2d(**bad)
     with pytest.raises(ValueError, match=r"batch_norm2d.*\(N, C, H, W\)"):
         nf.batch_norm2d().init(None, (3, 4))

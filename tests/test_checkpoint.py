@@ -507,3 +507,13 @@ def test_a_large_file_of_something_else_is_refused_by_its_first_bytes(tmp_path, 
     monkeypatch.setattr(type(path), "read_bytes", lambda self: pytest.fail("read whole"))
     with pytest.raises(ValueError, match="sparse.pth is truncated or not an n2nfunc checkpoint"):
         checkpoint.load(path)
+
+
+def test_a_tree_in_the_paths_place_is_named(tmp_path):
+    """save(tree, path), torch.save's order, failed in os.fspath naming neither argument."""
+    tree = {"w": torch.ones(2)}
+    with pytest.raises(TypeError, match=r"save: path must be .*got dict \(the path comes first"):
+        nf.save(tree, tmp_path / "w.pth")
+    with pytest.raises(TypeError, match="load: path must be a str or a path, got int"):
+        nf.load(3)
+    assert not list(tmp_path.iterdir())

@@ -228,6 +228,10 @@ ROWS = [
     ("train --resume {w}/nope.pth", r"argument --resume: no such checkpoint: .*nope.pth"),
     # ---- eval
     ("eval --checkpoint {w}/missing.pth", r"argument --checkpoint: no such checkpoint: "),
+    (
+        "denoise {w}/photo.png {w}/o.png --checkpoint unet-poisson",
+        r"no such checkpoint: unet-poisson \(a shipped network goes by name to --model unet-p",
+    ),
     ("eval --checkpoint {w}/folder", r"argument --checkpoint: .*folder is a folder"),
     ("eval --checkpoint {w}/text.txt", r"--checkpoint: checkpoint .*text.txt is truncated or no"),
     ("eval --checkpoint {w}/garbage.pth", r"--checkpoint: checkpoint .*garbage.pth is truncated"),

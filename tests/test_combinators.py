@@ -204,7 +204,7 @@ def test_merge_and_branch_pullbacks_check_cotangents_and_keep_each_inputs_dtype(
             merge.apply({}, (ints, ints))
     with pytest.raises(TypeError, match=r"fanin_concat\(axis='1'\): axis must be an int"):
         nf.fanin_concat("1")
-    with pytest.raises(ValueError, match="fanout: n must be a positive int, got True"):
+    with pytest.raises(TypeError, match="fanout: n must be a positive int, got True"):
         nf.fanout(True)
 
 

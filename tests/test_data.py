@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import code_running_pickle
 
+import n2nfunc as nf
 from n2nfunc import checkpoint
 from n2nfunc.data import (
     builtin_pairs,
@@ -524,12 +525,20 @@ def test_the_cache_folder_follows_n2nfunc_cache_then_xdg(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / ".cache" / "n2nfunc"
 
 
-def test_any_int_seed_makes_pairs_and_small_ones_are_unchanged():
-    """A seed a config accepts (up to 2**64 - 1) made pairs only below 2**62 (the data seeds
-    are ``2 * seed (+ 1)``; an overflow was raised unnamed); the seeds that worked draw
-    as before (torch takes a negative seed as its two's complement, as ``% 2**64`` does)."""
-    x, y = make_pairs(2, "train", seed=2**64 - 1, chunk=2)
-    assert x.shape == y.shape == (2, 3, 32, 32)
+def test_seeds_that_would_share_their_pairs_are_refused():
+    """The data seeds are ``2 seed (+ 1)`` modulo 2**64: seeds 2**63 apart had drawn the same
+    pairs without a word, so a seed takes -2**62 to 2**62 - 1, where no two share one; the
+    seeds that worked draw as before (torch takes a negative seed as its two's complement, as
+    ``% 2**64`` does)."""
+    for seed in (2**62 - 1, -(2**62)):
+        x, y = make_pairs(2, "train", seed=seed, chunk=2)
+        assert x.shape == y.shape == (2, 3, 32, 32)
+    assert not torch.equal(make_pairs(1, "train", seed=-1)[0], make_pairs(1, "val", seed=-1)[0])
+    for seed in (2**62, 2**63, 2**64 - 1, -(2**62) - 1):
+        with pytest.raises(ValueError, match=r"seed must be an int from -2\*\*62 to 2\*\*62 - 1"):
+            make_pairs(1, "train", seed=seed)
+        with pytest.raises(ValueError, match=r"seed must be an int from -2\*\*62"):
+            nf.Model(config={"seed": seed})
     assert torch.Generator().manual_seed(-6).initial_seed() == (-6) % 2**64
 
 

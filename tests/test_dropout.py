@@ -82,7 +82,8 @@ def test_check_vjp_uses_one_mask():
 
 def test_bad_arguments():
     for p in (-0.1, 1, 1.0, 2, "0.5", True, None):
-        with pytest.raises(ValueError, match=r"dropout: p must be a number in \[0, 1\)"):
+        error = ValueError if isinstance(p, (int, float)) and not isinstance(p, bool) else TypeError
+        with pytest.raises(error, match=r"dropout: p must be a number in \[0, 1\)"):
             nf.dropout(p)
     with pytest.raises(
         TypeError, match=r"dropout\(p=0.5\): training needs rng.*NoneType.*\(2, 3\)"

@@ -561,11 +561,13 @@ def test_check_vjp_refuses_arguments_that_would_check_nothing_or_blame_a_correct
         ({"rtol": math.nan}, "rtol must be a finite number > 0, got nan"),
         ({"rtol": 0.0}, "rtol must be a finite number > 0"),
         ({"atol": -1.0}, "atol must be a finite number >= 0"),
-        ({"directions": 2.5}, "directions must be a positive int"),
+        ({"directions": 0}, "directions must be a positive int"),
         ({"full_jacobian_max": -1}, "full_jacobian_max must be >= 0"),
     ):
         with pytest.raises(ValueError, match=f"check_vjp: {message}"):
             nf.check_vjp(conv, p, y, **kw)
+    with pytest.raises(TypeError, match="check_vjp: directions must be a positive int, got 2.5"):
+        nf.check_vjp(conv, p, y, directions=2.5)
     with pytest.raises(
         TypeError, match="check_vjp: layer must be a Layer or StatefulLayer, got int"
     ):
@@ -657,3 +659,44 @@ def test_input_grad_and_release_must_be_flags():
     out = block.forward(torch.randn(2, 3, 5, 5))
     with pytest.raises(TypeError, match="backward: input_grad must be True or False, got 'no'"):
         block.backward(torch.randn_like(out), input_grad="no")
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nf.conv2d(3, 3, padding=1),
+        nf.conv_transpose2d(2, 4, stride=2),
+        nf.upsample(2, 3, padding=1),
+        nf.dense(4),
+        nf.batch_norm2d(),
+    ],
+    ids=lambda layer: str(layer).split("(")[0][:20],
+)
+def test_a_bare_layers_pullback_refuses_a_flag_that_is_not_one(layer):
+    """Called directly, not through a combinator, a layer's pullback read input_grad as
+    truthy: "no" returned the input gradient, and 0.0 skipped it without a word."""
+    stateful = isinstance(layer, nf.StatefulLayer)
+    shape = (2, 4) if "dense" in repr(layer) else (2, 3, 5, 5)
+    x = torch.randn(shape)
+    if stateful:
+        _, params, state = layer.init(torch.Generator().manual_seed(0), shape)
+        y, _, pullback = layer.vjp(params, state, x, train=True)
+    else:
+        _, params = layer.init(torch.Generator().manual_seed(0), shape)
+        y, pullback = layer.vjp(params, x)
+    ct = torch.randn_like(y)
+    for bad in ("no", 0.0, 1 + 0j, torch.tensor(1.0)):
+        with pytest.raises(TypeError, match="pullback: input_grad must be True or False"):
+            pullback(ct, input_grad=bad)
+    with pytest.raises(TypeError, match="pullback: input_grad must be True or False"):
+        pullback(ct, "no")  # by position
+    assert pullback(ct, input_grad=False)[1] is None
+    assert pullback(ct, input_grad=1)[1] is not None  # as torch takes it
+
+
+def test_flags_are_bools_or_zero_and_one():
+    for ok, value in ((True, True), (False, 0), (True, np.True_), (False, torch.tensor(False))):
+        assert nf.base.flag(value, "bias", "conv2d") is ok
+    for bad in ("False", 1.0, 0.0, 1 + 0j, np.float64(1), torch.tensor(1.0), torch.ones(2), None):
+        with pytest.raises(TypeError, match="conv2d: bias must be True or False"):
+            nf.base.flag(bad, "bias", "conv2d")

@@ -242,8 +242,10 @@ def test_bce_of_infinite_logits_and_numpy_hyperparameters():
     assert torch.allclose(
         smoothed, torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
     )
-    with pytest.raises(ValueError, match="huber: delta must be a number > 0"):
+    with pytest.raises(TypeError, match="huber: delta must be a number > 0"):
         nf.huber("1")
+    with pytest.raises(ValueError, match="huber: delta must be a number > 0"):
+        nf.huber(0)
 
 
 @pytest.mark.parametrize(

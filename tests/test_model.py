@@ -431,7 +431,7 @@ def test_train_epoch_takes_a_numpy_epoch_count():
     [
         ("unet", TypeError, r"Model: config must be a dict, got str"),
         ([("lr", 1)], TypeError, r"Model: config must be a dict, got list"),
-        ({"seed": 2**70}, ValueError, r"Model: seed must be an int from -2\*\*63 to 2\*\*64 - 1"),
+        ({"seed": 2**70}, ValueError, r"Model: seed must be an int from -2\*\*62 to 2\*\*62 - 1"),
     ],
 )
 def test_model_refuses_what_is_not_a_config(config, error, pattern):
@@ -498,8 +498,8 @@ def test_predict_chunks_hold_a_fixed_budget_of_computed_bytes():
 def test_predict_takes_a_positive_int_max_pixels():
     m = Model(SMALL)
     x = torch.rand(2, 3, 20, 20)
-    for bad in (1e6, 0, True):
-        with pytest.raises(ValueError, match="Model.predict: max_pixels must be a positive int"):
+    for bad, error in ((1e6, TypeError), (0, ValueError), (True, TypeError)):
+        with pytest.raises(error, match="Model.predict: max_pixels must be a positive int"):
             m.predict(x, max_pixels=bad)
     assert (m.predict(x, max_pixels=400) - m.predict(x)).abs().max() < 1e-5  # one image a chunk
 
@@ -523,6 +523,23 @@ def test_a_setting_of_the_other_network_is_refused_unless_at_its_default():
     exercise.load_payload(unet.payload(), "unet weights")
     assert exercise.config["network"] == "unet" and exercise.config["kernel"] == 4
     assert Model(dict(exercise.config)).config == exercise.config
+
+
+def test_a_shipped_networks_name_given_as_a_path_points_to_from_pretrained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"Model.from_pretrained\('unet-gaussian'\)"):
+        Model().load_pretrained_model("unet-gaussian")
+
+
+def test_momentum_away_from_its_default_is_refused_beside_adam():
+    """{"optimizer": "adam", "momentum": 0.5} built Adam and dropped the momentum (the command
+    line refused --momentum with --optimizer adam)."""
+    for config in ({"momentum": 0.5}, {"optimizer": "adam", "momentum": 0.0}):
+        with pytest.raises(ValueError, match="'momentum' is a setting of optimizer 'sgd' only"):
+            Model(config)
+    assert Model({"optimizer": "sgd", "momentum": 0.5}).optimizer.param_groups[0]["momentum"] == 0.5
+    full = Model().config  # a full config holds it at its default
+    assert Model(dict(full)).config == full
 
 
 def test_a_checkpoint_naming_another_network_or_without_a_params_dict_says_so(tmp_path):

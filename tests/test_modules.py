@@ -293,9 +293,9 @@ def test_numpy_scalars_are_taken_where_torch_nn_takes_them():
     assert Dropout(np.float32(0.5)).p == 0.5
     assert LeakyReLU(np.float64(0.2))(torch.tensor([-1.0])).item() == pytest.approx(-0.2)
     assert cosine_decay(0.1, np.int64(10), warmup_steps=np.int64(2))(0) == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="out_features must be a positive int"):
+    with pytest.raises(TypeError, match="out_features must be a positive int"):
         Linear(2, np.float64(2.0))
-    with pytest.raises(ValueError, match="out_channels must be a positive int, got True"):
+    with pytest.raises(TypeError, match="out_channels must be a positive int, got True"):
         conv2d(True, 3)
 
 
@@ -599,7 +599,7 @@ def test_linear_same_seed_same_weights_and_backward_like_torch():
             "labels",
         ),
         (lambda: L1Loss(), lambda: torch.nn.L1Loss(), "values"),
-        (lambda: HuberLoss(0.5), lambda: torch.nn.HuberLoss(delta=0.5), "values"),
+        (lambda: HuberLoss("mean", 0.5), lambda: torch.nn.HuberLoss("mean", 0.5), "values"),
         (lambda: BCEWithLogitsLoss(), lambda: torch.nn.BCEWithLogitsLoss(), "probabilities"),
     ],
 )
@@ -815,11 +815,15 @@ def test_backward_after_a_failed_forward_is_refused():
 def test_blocks_check_their_input_size_and_show_non_default_options():
     for make, message in (
         (lambda: Conv2d(-1, 8, 3), "Conv2d: in_channels must be a positive int, got -1"),
-        (lambda: TransposeConv2d(True, 8, 3), "TransposeConv2d: in_channels must be a positive"),
         (lambda: Linear(0, 3), "Linear: in_features must be a positive int, got 0"),
-        (lambda: Upsampling(2.0, 3, 3), "Upsampling: in_channels must be a positive int"),
     ):
         with pytest.raises(ValueError, match=message):
+            make()
+    for make, message in (  # not an int: a TypeError, as torch's
+        (lambda: TransposeConv2d(True, 8, 3), "TransposeConv2d: in_channels must be a positive"),
+        (lambda: Upsampling(2.0, 3, 3), "Upsampling: in_channels must be a positive int"),
+    ):
+        with pytest.raises(TypeError, match=message):
             make()
     assert repr(Conv2d(3, 8, 3, dilation=2, bias=False)).endswith("dilation=2, bias=False)")
     assert repr(Conv2d(3, 8, 3)).endswith("padding=0)")
@@ -1349,3 +1353,41 @@ def test_a_blocks_input_changed_in_place_before_backward_is_refused(shape):
     x.mul_(2)
     with pytest.raises(RuntimeError, match=r"its input \(shape"):
         block.backward(torch.randn_like(y))
+
+
+def test_loss_and_flatten_blocks_take_torchs_arguments_in_its_order():
+    """HuberLoss took delta first (torch: reduction, delta); BCEWithLogitsLoss(None),
+    CrossEntropyLoss(ignore_index=-100) and Flatten(1), torch's defaults, were refused by
+    Python with unexpected-argument errors."""
+    pred, target = torch.randn(4, 3), torch.randn(4, 3)
+    ours = nf.HuberLoss("mean", 0.5).forward(pred, target)
+    assert torch.allclose(ours, torch.nn.HuberLoss("mean", 0.5)(pred, target))
+    with pytest.raises(ValueError, match=r"HuberLoss: reduction=0.5 is not supported"):
+        nf.HuberLoss(0.5)
+    nf.BCEWithLogitsLoss(None, pos_weight=None)
+    nf.CrossEntropyLoss(None, ignore_index=-100)
+    assert nf.Flatten(1, -1).forward(torch.randn(2, 3, 4, 5)).shape == (2, 60)
+    for call, said in (
+        (lambda: nf.BCEWithLogitsLoss(pos_weight=torch.ones(3)), "pos_weight=tensor"),
+        (lambda: nf.BCEWithLogitsLoss(torch.ones(3)), "weight=tensor"),
+        (lambda: nf.CrossEntropyLoss(ignore_index=0), "ignore_index=0 is not supported"),
+        (lambda: nf.Flatten(0), "start_dim=0 is not supported"),
+        (lambda: nf.Flatten(end_dim=2), "end_dim=2 is not supported"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            call()
+
+
+def test_unet_block_takes_the_functional_unets_channels_and_a_keyword_generator():
+    g = torch.Generator().manual_seed(0)
+    block = nf.UNet(2, (8, 8, 8, 8), 1, 2, generator=g)
+    assert block.forward(torch.rand(1, 1, 9, 9)).shape == (1, 2, 9, 9)
+    assert repr(block) == "UNet(depth=2, widths=(8, 8, 8, 8), in_channels=1, out_channels=2)"
+    _, params = nf.unet(2, (8, 8, 8, 8), 1, 2).init(
+        torch.Generator().manual_seed(0), (-1, 1, -1, -1)
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(nf.tree.leaves(params), nf.tree.leaves(block.params))
+    )
+    with pytest.raises(TypeError, match="in_channels must be a positive int"):
+        nf.UNet(2, (8, 8, 8, 8), torch.Generator())  # the generator is keyword-only

@@ -253,11 +253,11 @@ def _lrs(make_scheduler, steps=STEPS):
     "ours,ref",
     [
         (
-            optim.exponential_decay(0.1, 0.8),
+            optim.exponential_decay(0.1, 1, 0.8),
             lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.8),
         ),
         (
-            optim.exponential_decay(0.1, 0.5, transition_steps=3, staircase=True),
+            optim.exponential_decay(0.1, 3, 0.5, staircase=True),
             lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5),
         ),
         (
@@ -283,16 +283,24 @@ def test_schedules_match_torch_lr_schedulers(ours, ref):
 
 
 def test_exponential_decay_options_by_hand():
-    smooth = optim.exponential_decay(2.0, 0.5, transition_steps=4)
+    smooth = optim.exponential_decay(2.0, 4, 0.5)
     assert [smooth(s) for s in (0, 2, 4, 6)] == pytest.approx([2.0, 2 * 0.5**0.5, 1.0, 0.5**0.5])
-    late = optim.exponential_decay(2.0, 0.5, transition_steps=2, transition_begin=3)
+    late = optim.exponential_decay(2.0, 2, 0.5, transition_begin=3)
     assert [late(s) for s in (0, 3, 4, 5, 7)] == pytest.approx([2.0, 2.0, 2 * 0.5**0.5, 1.0, 0.5])
-    stairs = optim.exponential_decay(1.0, 0.1, transition_steps=3, staircase=True, end_value=0.005)
+    stairs = optim.exponential_decay(1.0, 3, 0.1, staircase=True, end_value=0.005)
     assert [stairs(s) for s in (0, 2, 3, 5, 6, 9, 100)] == pytest.approx(
         [1.0, 1.0, 0.1, 0.1, 0.01, 0.005, 0.005]
     )
-    growth = optim.exponential_decay(1.0, 2.0, end_value=5.0)
+    growth = optim.exponential_decay(1.0, 1, 2.0, end_value=5.0)
     assert [growth(s) for s in (0, 1, 2, 3, 10)] == pytest.approx([1.0, 2.0, 4.0, 5.0, 5.0])
+
+
+def test_exponential_decay_reads_optaxs_positional_order():
+    """The arguments were (init_value, decay_rate, transition_steps): optax's positional call
+    exponential_decay(0.1, 1000, 2) was read as a rate of 1000, 1e5 at step 4, not 0.1003."""
+    assert optim.exponential_decay(0.1, 1000, 2)(4) == pytest.approx(0.1 * 2 ** (4 / 1000))
+    kw = optim.exponential_decay(init_value=0.1, transition_steps=10, decay_rate=0.5)
+    assert kw(20) == pytest.approx(0.025)
 
 
 def test_piecewise_constant_by_hand_and_step_convention():
@@ -338,7 +346,7 @@ def test_cosine_decay_matches_torchs_cosine_annealing_to_a_final_fraction(warmup
 )
 def test_new_optimizers_follow_a_schedule_like_torch(make, ref):
     run_both(
-        lambda: make(optim.exponential_decay(0.05, 0.7)),
+        lambda: make(optim.exponential_decay(0.05, 1, 0.7)),
         lambda ps: ref(ps, lr=0.05),
         scheduler=lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.7),
     )
@@ -378,26 +386,21 @@ def test_saved_state_resumes_exactly(tmp_path):
     [
         (lambda: nf.sgd(-1.0), "sgd: lr"),
         (lambda: nf.sgd(0.1, nesterov=True), "Nesterov"),
-        (lambda: nf.sgd(0.1, momentum=lambda s: 0.9), "sgd: momentum"),
         (lambda: nf.adam(0.1, betas=(1.0, 0.9)), "adam: betas"),
         (lambda: nf.adamw(-0.1), "adamw: lr"),
         (lambda: nf.adamw(0.1, betas=(0.9, 1.0)), "adamw: betas"),
-        (lambda: nf.adamw(0.1, betas=0.9), "adamw: betas must be a pair"),
         (lambda: nf.adamw(0.1, weight_decay=float("nan")), "adamw: weight_decay"),
         (lambda: nf.adamw(0.1, eps=-1e-8), "adamw: eps"),
         (lambda: nf.rmsprop(0.1, alpha=1.0), "rmsprop: alpha"),
         (lambda: nf.rmsprop(0.1, momentum=-0.5), "rmsprop: momentum"),
         (lambda: nf.rmsprop(0.1, eps=float("inf")), "rmsprop: eps"),
-        (lambda: nf.rmsprop(0.1, weight_decay="0.1"), "rmsprop: weight_decay"),
         (lambda: nf.clip_by_global_norm(-1.0), "clip_by_global_norm: max_norm"),
-        (lambda: nf.clip_by_global_norm(lambda s: 1.0), "clip_by_global_norm: max_norm"),
         (lambda: nf.add_decayed_weights(-0.1), "add_decayed_weights: weight_decay"),
-        (lambda: optim.exponential_decay(0.1, 0.0), "exponential_decay: decay_rate"),
-        (lambda: optim.exponential_decay(0.1, 0.9, 0), "exponential_decay: transition_steps"),
-        (lambda: optim.exponential_decay(-0.1, 0.9), "exponential_decay: init_value"),
+        (lambda: optim.exponential_decay(0.1, 1, 0.0), "exponential_decay: decay_rate"),
+        (lambda: optim.exponential_decay(0.1, 0, 0.9), "exponential_decay: transition_steps"),
+        (lambda: optim.exponential_decay(-0.1, 1, 0.9), "exponential_decay: init_value"),
         (lambda: optim.piecewise_constant(0.1, {5: -1.0}), "piecewise_constant: scale at 5"),
         (lambda: optim.piecewise_constant(0.1, {-1: 0.5}), "piecewise_constant: boundary -1"),
-        (lambda: optim.piecewise_constant(0.1, [(5, 0.1)]), "piecewise_constant: boundaries"),
         (lambda: nf.AdamW([], lr=-1.0), "AdamW: lr"),
         (lambda: nf.RMSprop([], lr=float("nan")), "RMSprop: lr"),
         (lambda: nf.RMSprop([], momentum=-1.0), "RMSprop: momentum"),
@@ -409,13 +412,31 @@ def test_bad_hyperparameters_are_refused(make, pattern):
 
 
 @pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: nf.sgd(0.1, momentum=lambda s: 0.9), "sgd: momentum"),
+        (lambda: nf.rmsprop(0.1, weight_decay="0.1"), "rmsprop: weight_decay"),
+        (lambda: nf.clip_by_global_norm(lambda s: 1.0), "clip_by_global_norm: max_norm"),
+        (lambda: nf.SGD([], lr=0.1, momentum="0.9"), "SGD: momentum"),
+        (lambda: nf.cosine_decay(1.0, 2.5), "decay_steps and warmup_steps must be ints, got 2.5"),
+        (lambda: optim.exponential_decay(0.1, 2.5, 0.5), "transition_steps must be an int"),
+        (lambda: nf.adamw(0.1, betas=0.9), "adamw: betas must be a pair"),
+        (lambda: optim.piecewise_constant(0.1, [(5, 0.1)]), "piecewise_constant: boundaries"),
+        (lambda: optim.piecewise_constant(0.1, {2.5: 0.1}), "piecewise_constant: boundary 2.5"),
+    ],
+)
+def test_hyperparameters_that_are_not_numbers_are_type_errors(make, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        make()
+
+
+@pytest.mark.parametrize(
     "args,pattern",
     [
         ((1.0, 10, -2.0), r"final_fraction must be a finite number >= 0, got -2.0"),
         ((1.0, 10, 1.5), r"final_fraction must be at most 1, got 1.5"),
-        ((-1e-3, 100), r"init_lr must be a finite number >= 0, got -0.001"),
-        ((float("nan"), 100), r"init_lr must be a finite number >= 0, got nan"),
-        ((1.0, 2.5), r"decay_steps and warmup_steps must be ints, got 2.5 and 0"),
+        ((-1e-3, 100), r"peak_value must be a finite number >= 0, got -0.001"),
+        ((float("nan"), 100), r"peak_value must be a finite number >= 0, got nan"),
     ],
 )
 def test_cosine_decay_refuses_settings_that_make_a_negative_or_odd_rate(args, pattern):
@@ -475,19 +496,19 @@ def test_numpy_and_0_dim_tensor_hyperparameters_are_numbers():
         got = opt.update({"p": g}, opt.init({"p": p}), {"p": p})
         assert torch.allclose(got[0]["p"], expected[0]["p"], rtol=1e-6)
     with pytest.raises(
-        ValueError, match=r"adam: lr must be a finite number >= 0, got 'fast' \(str\)"
+        TypeError, match=r"adam: lr must be a finite number >= 0, got 'fast' \(str\)"
     ):
         optim.adam("fast")
-    with pytest.raises(ValueError, match=r"adam: lr must be a finite number >= 0"):
+    with pytest.raises(TypeError, match=r"adam: lr must be a finite number >= 0"):
         optim.adam(torch.tensor([0.1, 0.2]))
 
 
 def test_a_growing_exponential_schedule_is_capped_not_overflowing():
-    grow = optim.exponential_decay(0.01, 2.0, end_value=1.0)
+    grow = optim.exponential_decay(0.01, 1, 2.0, end_value=1.0)
     assert grow(3) == 0.08 and grow(1024) == 1.0 and grow(10**6) == 1.0
     with pytest.raises(ValueError, match="at step 2000 .* overflows; give an end_value"):
-        optim.exponential_decay(0.01, 2.0)(2000)
-    assert optim.exponential_decay(0.0, 2.0)(2000) == 0.0
+        optim.exponential_decay(0.01, 1, 2.0)(2000)
+    assert optim.exponential_decay(0.0, 1, 2.0)(2000) == 0.0
 
 
 def test_a_state_that_does_not_fit_the_params_is_refused_not_broadcast():
@@ -584,7 +605,7 @@ def test_flags_take_bools_only():
         (lambda v: nf.adam(1e-3, amsgrad=v), "amsgrad"),
         (lambda v: nf.adamw(1e-3, amsgrad=v), "amsgrad"),
         (lambda v: nf.rmsprop(centered=v), "centered"),
-        (lambda v: nf.exponential_decay(0.1, 0.5, staircase=v), "staircase"),
+        (lambda v: nf.exponential_decay(0.1, 1, 0.5, staircase=v), "staircase"),
     ]:
         for bad in ("no", "False", 0.5):
             with pytest.raises(TypeError, match=f"{name} must be True or False, got {bad!r}"):
@@ -611,7 +632,7 @@ def test_the_sgd_class_takes_torchs_argument_order():
         opt.step()
         ref.step()
         assert torch.allclose(ours, theirs.detach(), rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="dampening must be a finite number >= 0, got True"):
+    with pytest.raises(TypeError, match="dampening must be a finite number >= 0, got True"):
         SGD([(ours, grad)], 0.1, 0.9, True)  # nesterov where it stood before
 
 

@@ -40,6 +40,17 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         return super()._get_help_string(action)
 
 
+def _checkpoint_file(text: str) -> Path:
+    """An existing checkpoint file, or an error that points a shipped network's name (given
+    here in place of a file) to --model."""
+    try:
+        return at.existing_file("checkpoint")(text)
+    except at.Error as e:
+        if text in PRETRAINED_NAMES:
+            raise at.Error(f"{e} (a shipped network goes by name to --model {text})") from None
+        raise
+
+
 def _sub(sub, name: str, usage: str, help: str, examples: str) -> argparse.ArgumentParser:
     """A command whose usage is one short line (``--help`` lists every option)."""
     return sub.add_parser(
@@ -358,7 +369,7 @@ def build_parser() -> _Parser:
     )
     e_weights.add_argument(
         "--checkpoint",
-        type=at.existing_file("checkpoint"),
+        type=_checkpoint_file,
         metavar="FILE",
         help="weights to evaluate (default: the shipped n2nfunc/weights/bestmodel.pth)",
     )
@@ -408,7 +419,7 @@ def build_parser() -> _Parser:
     )
     weights.add_argument(
         "--checkpoint",
-        type=at.existing_file("checkpoint"),
+        type=_checkpoint_file,
         metavar="FILE",
         help="weights of your own (a model.pth written by `n2nfunc train`, or a U-Net's)",
     )

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..base import seed_error
+
 
 def _uniform(g, *shape, low=0.0, high=1.0):
     return torch.rand(*shape, generator=g) * (high - low) + low
@@ -141,7 +143,10 @@ def noisy_views(
 
 def split_generator(seed: int, split: str) -> torch.Generator:
     """The generator of a split's draws: train and val take disjoint streams of a seed
-    (``2 seed`` and ``2 seed + 1``, modulo 2**64, so that any int seed is one)."""
+    (``2 seed`` and ``2 seed + 1``, modulo 2**64 as torch reads a negative seed), for a seed
+    of :data:`~n2nfunc.base.SEEDS`, where no two seeds share one."""
+    if error := seed_error(seed):
+        raise ValueError(error)
     return torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)
 
 
@@ -174,7 +179,7 @@ def make_pairs(
     if n < 1:
         raise ValueError(f"need at least one pair, got n={n}")
     if not isinstance(size, int) or size < 1 or size * factor % 2:
-        raise ValueError(
+        raise (ValueError if isinstance(size, int) else TypeError)(
             f"make_pairs: size must be an int >= 1 whose rendering at {factor}x is even "
             f"(images are drawn on a half-resolution grid), got size={size!r}"
         )

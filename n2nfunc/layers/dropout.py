@@ -17,7 +17,8 @@ def dropout(p: float = 0.5) -> StatefulLayer:
     """Zero each element with probability ``p`` in training and scale the rest by
     ``1 / (1 - p)``; ``p`` in [0, 1)."""
     if not is_number(p) or not 0 <= p < 1:
-        raise ValueError(f"dropout: p must be a number in [0, 1), got {p!r}")
+        error = ValueError if is_number(p) else TypeError
+        raise error(f"dropout: p must be a number in [0, 1), got {p!r}")
     p = float(p)
     name = f"dropout(p={p})"
 

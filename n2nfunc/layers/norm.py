@@ -33,6 +33,7 @@ from ..base import (
     check_cotangent,
     check_image,
     check_params,
+    checks_flags,
     generator_device,
     image_shape,
     is_number,
@@ -84,9 +85,11 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
     """Batch normalisation of (N, C, H, W) inputs (see the module docstring)."""
     name = f"batch_norm2d(eps={eps}, momentum={momentum})"
     if not is_number(eps) or not 0 < eps < math.inf:
-        raise ValueError(f"batch_norm2d: eps must be a finite positive number, got {eps!r}")
+        error = ValueError if is_number(eps) else TypeError
+        raise error(f"batch_norm2d: eps must be a finite positive number, got {eps!r}")
     if momentum is not None and (not is_number(momentum) or not 0 <= momentum <= 1):
-        raise ValueError(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
+        error = ValueError if is_number(momentum) else TypeError
+        raise error(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
     eps, momentum = float(eps), None if momentum is None else float(momentum)
 
     def init(generator, in_shape):
@@ -185,8 +188,10 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         x = checked(params, state, x)
         run = train_vjp if train else eval_vjp
         if x.element_size() > 2:
-            return run(params, state, x)
-        return _in_float32(run, params, state, x, name)
+            y, new_state, pullback = run(params, state, x)
+        else:
+            y, new_state, pullback = _in_float32(run, params, state, x, name)
+        return y, new_state, checks_flags(pullback, name)
 
     def apply(params, state, x, *, train, rng=None):
         y, new_state, _ = vjp(params, state, x, train=train)
