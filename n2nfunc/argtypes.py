@@ -40,10 +40,13 @@ def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     return _named(parse, "int")
 
 
-def float_range(low: float, high: float | None = None, low_open: bool = True):
-    """A finite number ``> low`` (``>= low`` if not ``low_open``), ``< high`` if given."""
+def float_range(
+    low: float, high: float | None = None, low_open: bool = True, high_open: bool = True
+):
+    """A finite number ``> low`` (``>= low`` if not ``low_open``), ``< high`` if given (``<=
+    high`` if not ``high_open``)."""
     bound = f"{'>' if low_open else '>='} {low:g}" + (
-        f" and < {high:g}" if high is not None else ""
+        f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
     )
 
     def parse(text: str) -> float:
@@ -52,7 +55,7 @@ def float_range(low: float, high: float | None = None, low_open: bool = True):
         except ValueError:
             raise Error(f"expected a number {bound}, got {text!r}") from None
         ok = math.isfinite(value) and (value > low if low_open else value >= low)
-        if not ok or (high is not None and value >= high):
+        if not ok or (high is not None and (value >= high if high_open else value > high)):
             raise Error(f"expected a finite number {bound}, got {text!r}")
         return value
 

@@ -165,6 +165,7 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
             r"own settings: --no-augment differs from the run, which augments its pairs",
         ),
         (["--widths", "8", "9"], r"--widths 8 9 differs from its 8 8 "),
+        (["--warmup-steps", "7"], r"own settings: --warmup-steps 7 differs from its 200 "),
     ]:
         assert main([*resume, *extra]) == 2
         err = capsys.readouterr().err
@@ -180,6 +181,27 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
     assert "this run has finished its 1 epoch; nothing to train; its weights: " in said
     assert f"{out / 'model.pth'} (to train on" in said and "generating" not in said
     assert (out / "model.pth").read_bytes() == before  # nothing rewritten
+
+
+def test_the_schedule_settings_reach_the_run_and_its_learning_rates(tmp_path, monkeypatch, capsys):
+    """warmup_steps, final_lr_fraction and finetune_lr_scale were config keys without an
+    option: the command line could not set them."""
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    schedule = ["--warmup-steps", "1", "--final-lr-fraction", "1"]
+    assert main(["train", *TINY, "--epochs", "1", *schedule, "--out", str(out)]) == 0
+    config = checkpoint.load(out / "model.pth")["config"]
+    assert (config["warmup_steps"], config["final_lr_fraction"]) == (1, 1.0)
+    finetuned = tmp_path / "tuned"
+    init = ["--init", str(out / "model.pth"), "--finetune-lr-scale", "0.5"]
+    tiny = [a for a in TINY if a not in ("--widths", "8")]  # (--init's network is its own)
+    assert main(["train", *tiny, "--epochs", "1", *init, "--out", str(finetuned)]) == 0
+    config = checkpoint.load(finetuned / "model.pth")["config"]
+    assert config["lr"] == pytest.approx(0.5 * DEFAULT_CONFIG["lr"])
+    assert config["finetune_lr_scale"] == 0.5
+    capsys.readouterr()
+    assert main(["train", *tiny, *init, "--lr", "0.01", "--out", str(tmp_path / "x")]) == 2
+    assert "a given --lr is used as it is" in capsys.readouterr().err
 
 
 def test_ctrl_c_outside_an_epoch_stops_in_one_line(tmp_path, monkeypatch, capsys):

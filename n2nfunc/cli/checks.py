@@ -95,6 +95,12 @@ def _check_train(args, error) -> None:
         )
     if args.optimizer != "sgd" and "momentum" in _given(args):
         error(f"--momentum is SGD's; it does not apply to --optimizer {args.optimizer}")
+    fine_tuned = args.init is not None and args.lr is None
+    if "finetune_lr_scale" in _given(args) and not (fine_tuned or args.resume):
+        error(  # (a resumed run keeps the rate it started with)
+            "--finetune-lr-scale scales the default learning rate of a run started from --init "
+            "weights, without --lr (a given --lr is used as it is)"
+        )
     if args.network == "unet":
         stray = sorted({"kernel", "upsampling"} & _given(args))
         if stray:

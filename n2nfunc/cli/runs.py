@@ -24,6 +24,8 @@ from .pairs import _n_train
 
 def _config(args) -> dict:
     cfg = {k: getattr(args, k) for k in ("batch_size", "optimizer", "momentum", "kernel")}
+    for k in ("warmup_steps", "final_lr_fraction", "finetune_lr_scale"):
+        cfg[k] = getattr(args, k)
     cfg.update(upsampling=args.upsampling, seed=args.seed, network=args.network)
     if args.widths is not None:
         cfg["widths"] = tuple(args.widths)
@@ -49,7 +51,8 @@ RUN_OPTIONS = {
     "network": "network", "epochs": "num_epochs", "batch_size": "batch_size",
     "optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "widths": "widths",
     "kernel": "kernel", "no_augment": "augment", "upsampling": "upsampling",
-    "precision": "precision", "seed": "seed",
+    "precision": "precision", "seed": "seed", "warmup_steps": "warmup_steps",
+    "final_lr_fraction": "final_lr_fraction", "finetune_lr_scale": "finetune_lr_scale",
 }  # fmt: skip
 
 
