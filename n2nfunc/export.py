@@ -41,7 +41,6 @@ VENDORED = [
     "losses.py",
     "optim.py",
     "train.py",
-    "modules.py",
     "unet.py",
     "testing.py",
     "metrics.py",
@@ -51,7 +50,7 @@ VENDORED = [
     "stateful.py",
     "tiling.py",
 ]
-SUBPACKAGES = ["layers"]  # copied whole (every .py file)
+SUBPACKAGES = ["layers", "modules"]  # copied whole (every .py file)
 NAMES = [
     "Model",
     "Conv2d",

@@ -1,0 +1,547 @@
+"""The named blocks, each a :class:`~n2nfunc.modules.module.Module` around one functional
+layer, with ``torch.nn``'s constructor arguments in its order (those it does not provide only
+at their defaults, refused by name otherwise)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Generator, Tensor, empty
+from torch import dtype as torch_dtype
+
+from ..base import DeviceLike, IntPair, Layer, ScalePair, flag, positive_int
+from ..layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
+from ..layers.activations import (
+    elu,
+    gelu,
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    tanh,
+)
+from ..layers.conv import conv2d, conv_transpose2d, nearest_upsample, upsample
+from ..stateful import lift
+from ..unet import unet
+from .module import Module, _as_pair
+
+
+class _WeightBias(Module):
+    """A block whose params are ``{"weight", "bias"}``, exposed as attributes like torch.nn's."""
+
+    def __init__(
+        self,
+        layer,
+        in_channels,
+        generator,
+        description,
+        in_shape=None,
+        size="in_channels",
+        device=None,
+        dtype=None,
+    ):
+        name = type(self).__name__
+        in_channels = positive_int(in_channels, size, name)
+        if dtype is not None and not (isinstance(dtype, torch_dtype) and dtype.is_floating_point):
+            raise TypeError(f"{name}: dtype must be a floating-point torch.dtype, got {dtype!r}")
+        _, params, state = lift(layer).init(generator, in_shape or (-1, in_channels, -1, -1))
+        super().__init__(layer, params, state=state)
+        self._description = description
+        if device is not None or dtype is not None:  # drawn as on the CPU in float32, then moved
+            self.to(device, dtype)
+
+    def layer_description(self) -> str:
+        return self._description
+
+    def _fix_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation):
+        """A convolution's options, read as ``torch.nn.Conv2d``'s: sizes as pairs (no stride
+        where it has none)."""
+        self._fix(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=_as_pair(kernel_size),
+            padding=_as_pair(padding),
+            dilation=_as_pair(dilation),
+        )
+        if stride is not None:
+            self._fix(stride=_as_pair(stride))
+
+    def _set(self, key, value):
+        old = self.params.get(key)
+        if old is None:
+            raise ValueError(f"{self.name}: was built with bias=False, so it has no {key}")
+        if not isinstance(value, Tensor) or value.shape != old.shape:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{self.name}: {key} must have shape {tuple(old.shape)}, got {got}")
+        if (value.dtype, value.device) != (old.dtype, old.device):
+            raise ValueError(
+                f"{self.name}: {key} must be {old.dtype} on {old.device} like the block's other "
+                f"tensors and gradients, got {value.dtype} on {value.device} (use .to() to "
+                "change the whole block)"
+            )
+        self.params[key] = value
+
+    weight = property(lambda self: self.params["weight"], lambda self, v: self._set("weight", v))
+    bias = property(lambda self: self.params.get("bias"), lambda self, v: self._set("bias", v))
+
+
+def _only_defaults(name: str, **given_and_default) -> None:
+    """torch.nn's arguments this block takes only at their defaults, ``option=(given,
+    default)``: another value is refused by name, never ignored (``inplace=True`` would leave
+    the input as it was; ``ceil_mode=True`` would give another output size)."""
+    for option, (given, default) in given_and_default.items():
+        if not (given is default or (default is not None and given == default)):
+            raise ValueError(
+                f"{name}: {option}={given!r} is not supported (only {default!r}, torch's default)"
+            )
+
+
+def _options(**kw):
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def _unless_default(dilation, bias) -> dict:
+    """The options torch.nn's repr shows only when they differ from their defaults."""
+    return {
+        k: v for k, v, default in (("dilation", dilation, 1), ("bias", bias, True)) if v != default
+    }
+
+
+def _checked_flags(name: str, bias, groups=1, padding_mode="zeros") -> bool:
+    """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
+    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (not
+    supported) is 1, ``padding_mode`` is ``"zeros"``. Returns ``bias`` as a bool."""
+    bias = flag(bias, "bias", name)
+    if groups != 1 or isinstance(groups, bool):
+        raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
+    if padding_mode != "zeros":
+        raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported (only 'zeros')")
+    return bias
+
+
+class Conv2d(_WeightBias):
+    """``torch.nn.Conv2d``-like block, arguments in its order (``groups`` must be 1);
+    ``weight`` [out, in, kh, kw], ``bias`` [out]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair | str = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+        *,
+        generator: Generator | None = None,
+    ):
+        bias = _checked_flags("Conv2d", bias, groups, padding_mode)
+        layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
+        self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        super().__init__(
+            layer,
+            in_channels,
+            generator,
+            _options(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+                **_unless_default(dilation, bias),
+            ),
+            device=device,
+            dtype=dtype,
+        )
+
+
+class TransposeConv2d(_WeightBias):
+    """``torch.nn.ConvTranspose2d``-like block, arguments in its order (``groups`` must be 1);
+    ``weight`` [in, out, kh, kw], ``bias`` [out]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        output_padding: IntPair = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntPair = 1,
+        padding_mode: str = "zeros",
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+        *,
+        generator: Generator | None = None,
+    ):
+        bias = _checked_flags("TransposeConv2d", bias, groups, padding_mode)
+        layer = conv_transpose2d(
+            out_channels, kernel_size, stride, padding, output_padding, dilation, bias
+        )
+        self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._fix(output_padding=_as_pair(output_padding))
+        super().__init__(
+            layer,
+            in_channels,
+            generator,
+            _options(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+                output_padding=output_padding,
+                **_unless_default(dilation, bias),
+            ),
+            device=device,
+            dtype=dtype,
+        )
+
+
+class Upsampling(_WeightBias):
+    """Nearest upsampling by ``scale_factor`` then a stride-1 convolution; exposes the
+    convolution's ``weight`` / ``bias``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        scale_factor: ScalePair = 2,
+        padding: IntPair | str = 0,
+        bias: bool = True,
+        *,
+        dilation: IntPair = 1,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+        generator: Generator | None = None,
+    ):
+        bias = _checked_flags("Upsampling", bias)
+        layer = upsample(out_channels, kernel_size, scale_factor, padding, dilation, bias=bias)
+        self._fix_conv(in_channels, out_channels, kernel_size, None, padding, dilation)
+        self._fix(scale_factor=scale_factor)
+        super().__init__(
+            layer,
+            in_channels,
+            generator,
+            _options(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                kernel_size=kernel_size,
+                scale_factor=scale_factor,
+                padding=padding,
+                **_unless_default(dilation, True),
+            ),
+            device=device,
+            dtype=dtype,
+        )
+
+
+class Linear(_WeightBias):
+    """``torch.nn.Linear``-like block on (N, *, in_features); ``weight`` [out, in],
+    ``bias`` [out]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+        *,
+        generator: Generator | None = None,
+    ):
+        bias = _checked_flags("Linear", bias)
+        self._fix(in_features=in_features, out_features=out_features)
+        super().__init__(
+            dense(out_features, bias),
+            in_features,
+            generator,
+            _options(in_features=in_features, out_features=out_features, bias=bias),
+            in_shape=(-1, in_features),
+            size="in_features",
+            device=device,
+            dtype=dtype,
+        )
+
+
+class NearestUpsampling(Module):
+    """Nearest upsampling by a whole ``scale_factor`` (2 by default), or to ``size=(H, W)``
+    as ``torch.nn.UpsamplingNearest2d(size=...)`` (by keyword: the first argument here is
+    the scale factor, the exercise's)."""
+
+    def __init__(self, scale_factor: ScalePair | None = None, size: IntPair | None = None):
+        super().__init__(nearest_upsample(scale_factor, size), {})
+        self._fix(scale_factor=2 if scale_factor is None and size is None else scale_factor)
+        self._fix(size=size)
+
+    def layer_description(self) -> str:
+        if self.size is not None:
+            return f"size={self.size!r}"
+        return f"scale_factor={self.scale_factor!r}"
+
+
+class ReLU(Module):
+    """``torch.nn.ReLU()``: ``max(x, 0)``; its gradient is 0 at 0, as torch's."""
+
+    def __init__(self, inplace: bool = False):
+        _only_defaults("ReLU", inplace=(inplace, False))
+        super().__init__(relu(), {})
+
+
+class Sigmoid(Module):
+    """``torch.nn.Sigmoid()``: ``1 / (1 + exp(-x))``."""
+
+    def __init__(self) -> None:
+        super().__init__(sigmoid(), {})
+
+
+class _Parameterless(Module):
+    """A block without parameters around ``layer``, described by its options."""
+
+    def __init__(self, layer: Layer, description: str = ""):
+        super().__init__(layer, {})
+        self._description = description
+
+    def layer_description(self) -> str:
+        return self._description
+
+
+class Flatten(_Parameterless):
+    """``torch.nn.Flatten()``: (N, C, H, W) -> (N, C*H*W) in PyTorch's order; ``start_dim``
+    and ``end_dim`` only at torch's defaults (1 and -1)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        _only_defaults("Flatten", start_dim=(start_dim, 1), end_dim=(end_dim, -1))
+        super().__init__(flatten())
+
+
+class MaxPool2d(_Parameterless):
+    """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0)``; torch's other arguments
+    only at their defaults."""
+
+    def __init__(
+        self,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ):
+        _only_defaults(
+            "MaxPool2d",
+            dilation=(1 if _as_pair(dilation) == (1, 1) else dilation, 1),
+            return_indices=(return_indices, False),
+            ceil_mode=(ceil_mode, False),
+        )
+        super().__init__(
+            max_pool2d(kernel_size, stride, padding),
+            _options(kernel_size=kernel_size, stride=stride, padding=padding),
+        )
+        self._fix(kernel_size=kernel_size, stride=kernel_size if stride is None else stride)
+        self._fix(padding=padding)
+
+
+class AvgPool2d(_Parameterless):
+    """``torch.nn.AvgPool2d(kernel_size, stride=None, padding=0)`` (``count_include_pad``);
+    torch's other arguments only at their defaults."""
+
+    def __init__(
+        self,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ):
+        _only_defaults(
+            "AvgPool2d",
+            ceil_mode=(ceil_mode, False),
+            count_include_pad=(count_include_pad, True),
+            divisor_override=(divisor_override, None),
+        )
+        super().__init__(
+            avg_pool2d(kernel_size, stride, padding),
+            _options(kernel_size=kernel_size, stride=stride, padding=padding),
+        )
+        self._fix(kernel_size=kernel_size, stride=kernel_size if stride is None else stride)
+        self._fix(padding=padding)
+
+
+class LeakyReLU(_Parameterless):
+    """``torch.nn.LeakyReLU(negative_slope=0.01)``: ``x`` where ``x > 0``, else
+    ``negative_slope * x``."""
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        _only_defaults("LeakyReLU", inplace=(inplace, False))
+        super().__init__(leaky_relu(negative_slope), _options(negative_slope=negative_slope))
+        self._fix(negative_slope=negative_slope)
+
+
+class Tanh(_Parameterless):
+    """``torch.nn.Tanh()``."""
+
+    def __init__(self) -> None:
+        super().__init__(tanh())
+
+
+class GELU(_Parameterless):
+    """The exact (erf) GELU; ``approximate="tanh"`` is not provided."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate != "none":
+            raise ValueError(f"GELU: only approximate='none' is provided, got {approximate!r}")
+        super().__init__(gelu())
+
+
+class ELU(_Parameterless):
+    """``torch.nn.ELU(alpha=1.0)``: ``x`` where ``x > 0``, else ``alpha (exp(x) - 1)``."""
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        _only_defaults("ELU", inplace=(inplace, False))
+        super().__init__(elu(alpha), _options(alpha=alpha))
+        self._fix(alpha=alpha)
+
+
+class Softplus(_Parameterless):
+    """``torch.nn.Softplus(beta=1.0, threshold=20.0)``: ``log(1 + exp(beta x)) / beta``, and
+    ``x`` itself where ``beta x > threshold``."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__(softplus(beta, threshold), _options(beta=beta, threshold=threshold))
+        self._fix(beta=beta, threshold=threshold)
+
+
+class LogSoftmax(_Parameterless):
+    """``torch.nn.LogSoftmax(dim)``."""
+
+    def __init__(self, dim: int):
+        super().__init__(log_softmax(dim), _options(dim=dim))
+        self._fix(dim=dim)
+
+
+class Softmax(_Parameterless):
+    """``torch.nn.Softmax(dim)``."""
+
+    def __init__(self, dim: int):
+        super().__init__(softmax(dim), _options(dim=dim))
+        self._fix(dim=dim)
+
+
+class BatchNorm2d(_WeightBias):
+    """``torch.nn.BatchNorm2d``-like block: ``weight`` / ``bias`` [C] (ones / zeros), and
+    ``running_mean``, ``running_var``, ``num_batches_tracked`` in its state; batch statistics
+    in training mode, running statistics in evaluation mode."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+    ):
+        _only_defaults(
+            "BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True)
+        )
+        layer = batch_norm2d(eps, momentum)
+        self._fix(num_features=num_features, eps=eps, momentum=momentum)
+        description = _options(num_features=num_features, eps=eps, momentum=momentum)
+        super().__init__(
+            layer, num_features, None, description, size="num_features", device=device, dtype=dtype
+        )
+
+    running_mean = property(lambda self: self.state["running_mean"])
+    running_var = property(lambda self: self.state["running_var"])
+    num_batches_tracked = property(lambda self: self.state["num_batches_tracked"])
+
+
+class Dropout(Module):
+    """``torch.nn.Dropout``-like block. Its masks are drawn from the generator ``rng``: with
+    ``generator`` given, one of its own, seeded with one draw from ``generator`` at
+    construction; without, one seeded with a draw from torch's global generator at each
+    forward pass in training mode (so ``torch.manual_seed`` before a pass repeats its mask, as
+    torch.nn's, and building the block, or running it in evaluation mode, leaves the global
+    generator as torch.nn's does: the blocks built after it get torch's initial weights for
+    the same seed).
+    Arguments in torch's order: ``inplace`` may only be False (a new tensor is returned)."""
+
+    def __init__(
+        self, p: float = 0.5, inplace: bool = False, *, generator: Generator | None = None
+    ):
+        if isinstance(inplace, Generator):
+            raise TypeError("Dropout: the generator is keyword-only: Dropout(p, generator=g)")
+        _only_defaults("Dropout", inplace=(inplace, False))
+        if generator is not None and not isinstance(generator, Generator):
+            kind = type(generator).__name__
+            raise TypeError(f"Dropout: generator must be a torch.Generator or None, got {kind}")
+        layer = dropout(p)
+        super().__init__(layer, {}, state={}, rng=None if generator is None else _seeded(generator))
+        self._fix(p=p)
+
+    @property
+    def rng(self) -> Generator | None:
+        """The masks' generator; one set here is the block's own from then on (None: a fresh
+        one seeded from torch's global generator at each forward pass in training mode)."""
+        return self.__dict__["_rng"]
+
+    @rng.setter
+    def rng(self, generator: Generator | None) -> None:
+        if generator is not None and generator is self.__dict__.get("_rng"):
+            return  # (the one it holds, given back: no change of where masks come from)
+        self.__dict__.update(_rng=generator, _global_rng=generator is None)
+
+    def forward(self, *inputs: Any) -> Any:
+        if self._global_rng and self.training:
+            self.__dict__["_rng"] = _seeded(None)
+        return super().forward(*inputs)
+
+    def layer_description(self) -> str:
+        return f"p={self.p}"
+
+
+def _seeded(generator: Generator | None) -> Generator:
+    """A CPU generator seeded with one draw from ``generator`` (None: torch's global one)."""
+    device = generator.device if generator is not None else None
+    return Generator().manual_seed(
+        int(empty((), device=device).long().random_(generator=generator))
+    )
+
+
+class UNet(Module):
+    """The Noise2Noise U-Net (:func:`n2nfunc.unet`) as one block: ``depth`` poolings,
+    ``widths = (encoder, decoder, last_a, last_b)``, ``in_channels`` to ``out_channels``; any
+    H x W input (padded inside)."""
+
+    def __init__(
+        self,
+        depth: int = 4,
+        widths: Sequence[int] = (32, 64, 48, 24),
+        in_channels: int = 3,
+        out_channels: int = 3,
+        *,
+        generator: Generator | None = None,
+    ):
+        layer = unet(depth, widths, in_channels, out_channels)
+        _, params = layer.init(generator, (-1, in_channels, -1, -1))
+        super().__init__(layer, params)
+        self._fix(depth=depth, widths=tuple(widths))
+        self._fix(in_channels=in_channels, out_channels=out_channels)
+
+    def layer_description(self) -> str:
+        channels = (self.in_channels, self.out_channels)
+        more = (
+            "" if channels == (3, 3) else f", in_channels={channels[0]}, out_channels={channels[1]}"
+        )
+        return f"depth={self.depth}, widths={self.widths}{more}"
