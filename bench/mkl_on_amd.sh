@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a command with torch's MKL choosing its kernels by the CPU's feature flags, not by its
-# vendor (README, Performance, "MKL on AMD CPUs"). Linux only.
+# vendor (docs/performance.md, "MKL on AMD CPUs"). Linux only.
 #
 #     bash bench/mkl_on_amd.sh python bench/unet_train_step.py
 #     bash bench/mkl_on_amd.sh n2nfunc train --network unet --photos DIR
@@ -19,7 +19,7 @@ if [ $# -eq 0 ]; then
 fi
 if [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     echo "$usage"
-    echo "runs COMMAND with torch's MKL taking its AVX-512 kernels on AMD CPUs (see README.md)"
+    echo "runs COMMAND with torch's MKL taking its AVX-512 kernels on AMD CPUs (see docs/performance.md)"
     exit 0
 fi
 if [ "$(uname -s)" != "Linux" ]; then
