@@ -256,7 +256,7 @@ def write_atomic(path, data: bytes) -> None:
             f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
         tmp = None
     except OSError as e:  # named as the file asked for, not the temporary one beside it
         raise OSError(e.errno, e.strerror, str(path)) from None
@@ -264,6 +264,25 @@ def write_atomic(path, data: bytes) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+# On Windows a file another program holds open (a virus scanner or search indexer that has
+# just seen the previous checkpoint, a viewer) cannot be replaced for a moment: os.replace
+# raises PermissionError. The replace is tried again for up to about 3 s before it fails.
+REPLACE_TRIES = 12 if os.name == "nt" else 1
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, tried again (waiting 0.01 s, then twice as long each time,
+    at most 0.5 s) while it raises ``PermissionError``, up to ``REPLACE_TRIES`` times in all."""
+    for attempt in range(REPLACE_TRIES):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if attempt == REPLACE_TRIES - 1:
+                raise
+            time.sleep(min(0.5, 0.01 * 2**attempt))
 
 
 def _temporaries_head(path: Path) -> str:

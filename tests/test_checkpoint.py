@@ -517,3 +517,32 @@ def test_a_tree_in_the_paths_place_is_named(tmp_path):
     with pytest.raises(TypeError, match="load: path must be a str or a path, got int"):
         nf.load(3)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_replace_refused_for_a_moment_is_tried_again_on_windows(tmp_path, monkeypatch):
+    """On Windows a virus scanner or indexer holding the previous file open makes os.replace
+    raise PermissionError for a moment; the save then failed at once."""
+    refusals, waits = [2], []
+    real_replace = os.replace
+
+    def busy(src, dst):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise PermissionError(13, "Access is denied", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", busy)
+    monkeypatch.setattr(checkpoint.time, "sleep", waits.append)
+    monkeypatch.setattr(checkpoint, "REPLACE_TRIES", 12)  # Windows' setting
+    nf.save(tmp_path / "w.pth", {"w": torch.ones(2)})
+    assert torch.equal(nf.load(tmp_path / "w.pth")["w"], torch.ones(2)) and waits == [0.01, 0.02]
+    refusals[0], waits[:] = 99, []  # held for good: the error after about 3 s of waiting
+    with pytest.raises(PermissionError, match="w.pth"):
+        nf.save(tmp_path / "w.pth", {"w": torch.zeros(2)})
+    assert len(waits) == 11 and 2.5 < sum(waits) < 3.5
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]  # no temporary left
+    monkeypatch.setattr(checkpoint, "REPLACE_TRIES", 1)  # elsewhere: no waiting
+    refusals[0], waits[:] = 1, []
+    with pytest.raises(PermissionError):
+        nf.save(tmp_path / "w.pth", {"w": torch.zeros(2)})
+    assert waits == []
