@@ -22,7 +22,7 @@ goes, and take ratios from the step benchmarks.
     python bench/op_times.py --unet --by matmul    # each matmul shape's GFLOP/s
 
 ``--by site`` names, for each op, the innermost frame in the ``n2nfunc`` package that called
-it (``kernels.py:tap_sum:827``). ``--by matmul`` lists the matrix products by shape --
+it (``kernels/s2d.py:tap_sum:180``). ``--by matmul`` lists the matrix products by shape --
 (M x K) @ (K x N), batch, operand strides -- with their GFLOP/s: a library's GEMM can be much
 slower at some shapes than at others of the same size (MKL's generic float32 kernels at an
 output width not a multiple of 8, for one).

@@ -32,7 +32,6 @@ PACKAGE = Path(__file__).resolve().parent
 VENDORED = [
     "base.py",
     "nhwc.py",
-    "kernels.py",
     "torch_order.py",
     "device_conv.py",
     "init.py",
@@ -50,7 +49,7 @@ VENDORED = [
     "stateful.py",
     "tiling.py",
 ]
-SUBPACKAGES = ["layers", "modules"]  # copied whole (every .py file)
+SUBPACKAGES = ["kernels", "layers", "modules"]  # copied whole (every .py file)
 NAMES = [
     "Model",
     "Conv2d",

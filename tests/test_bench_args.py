@@ -65,7 +65,7 @@ def test_op_times_names_the_calling_line_and_each_matmul_shape():
         layer.apply(params, x)
     sites = {key for _, key, _ in clock.records}
     assert sites and all(s == "-" or s.count(":") == 2 for s in sites), sites
-    assert any(s.startswith("kernels.py:") for s in sites), sites
+    assert any(s.startswith("kernels/") for s in sites), sites
     with op_times.OpClock("matmul") as clock:
         x.reshape(6, 64).matmul(torch.randn(64, 7))
         torch.randn(4, 5, 6).bmm(torch.randn(4, 6, 3))

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import autograd_vjp, init64, randn, rel_err
+from helpers import autograd_vjp, init64, randn, rel_err, set_in_kernels
 
 import n2nfunc as nf
 from n2nfunc import kernels as K
@@ -74,10 +74,10 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     unrolled output gradient (the weight gradient read from it and x); without the input
     gradient the weight gradient unrolls x as in the forward pass."""
     for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
-        monkeypatch.setattr(K, bound, 0 if kernel_taps else 10**9)
-    unrolled, row_taps = [], K._row_taps  # the channels of each input row taps unrolled
+        set_in_kernels(monkeypatch, bound, 0 if kernel_taps else 10**9)
+    unrolled, row_taps = [], K.row_taps._row_taps  # the channels of each input row taps unrolled
     spy = lambda x, *a: unrolled.append(x.shape[3]) or row_taps(x, *a)  # noqa: E731
-    monkeypatch.setattr(K, "_row_taps", spy)
+    set_in_kernels(monkeypatch, "_row_taps", spy)
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
     x = randn(n, 17, *hw)
@@ -116,16 +116,16 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
 def test_strided_implicit_gemm_conv2d_matches_torch_float64(monkeypatch, o, k, s, p, hw, n):
     """Strided convolutions of the implicit-GEMM engine (8 input channels); where the input
     gradient's windows line up with the space-to-depth grid, both gradients come from one
-    im2col matrix of g (kernels._phase_grads) -- the default network's geometry does."""
+    im2col matrix of g (kernels.strided._phase_grads) -- the default network's geometry does."""
     taken = []
-    phase_grads = K._phase_grads
+    phase_grads = K.strided._phase_grads
 
     def spy(*args):
         out = phase_grads(*args)
         taken.append(out is not None)
         return out
 
-    monkeypatch.setattr(K, "_phase_grads", spy)
+    set_in_kernels(monkeypatch, "_phase_grads", spy)
     layer = nf.conv2d(o, k, stride=s, padding=p)
     params = init64(layer, (n, 8) + hw)
     ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], s, p)  # noqa: E731
@@ -230,12 +230,12 @@ def test_wide_phase_taps_match_torch_float64(monkeypatch, case, hw, n, taps, blo
     when a batch's copy is over GRAD_BLOCK_BYTES (here one image a block)."""
     layer, ref = PHASE_TAPS_CASES[case]
     bound = 0 if taps else 10**9
-    monkeypatch.setattr(K, "PHASE_TAPS_WIDTH", bound)
-    monkeypatch.setattr(K, "PHASE_TAPS_PIXELS", bound)
+    set_in_kernels(monkeypatch, "PHASE_TAPS_WIDTH", bound)
+    set_in_kernels(monkeypatch, "PHASE_TAPS_PIXELS", bound)
     if block_bytes is not None:
-        monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", block_bytes)
+        set_in_kernels(monkeypatch, "GRAD_BLOCK_BYTES", block_bytes)
     taken, pays = [], K.phase_taps_pay  # whether each polyphase forward pass took taps
-    monkeypatch.setattr(K, "phase_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
+    set_in_kernels(monkeypatch, "phase_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
     params = init64(layer, (n, 17) + hw)
     _compare(layer, ref, params, randn(n, 17, *hw), TOL64)
     assert taken and all(t == taps for t in taken)
@@ -256,7 +256,7 @@ def test_upsample_add_into_adds_its_output_in_place(monkeypatch, o, c, hw, n, dt
     """``upsample``'s ``apply.add_into(params, x, out)`` adds what ``apply`` returns to
     ``out`` -- here a strided view into a larger buffer -- and nothing else of the buffer."""
     if blocks:
-        monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", 1)
+        set_in_kernels(monkeypatch, "GRAD_BLOCK_BYTES", 1)
     layer = nf.upsample(o, 3, 2, padding=1)
     params = {k: v.to(dtype) for k, v in init64(layer, (n, c) + hw).items()}
     x = randn(n, c, *hw).to(dtype)
@@ -539,10 +539,12 @@ def test_gradients_by_blocks_of_images_match_torch(monkeypatch, block_bytes, nam
     y, pullback = layer.vjp(params, x)
     ct = randn(*y.shape, seed=4)
     w_params, w_dx = pullback(ct)
-    monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", block_bytes)
+    set_in_kernels(monkeypatch, "GRAD_BLOCK_BYTES", block_bytes)
     spans = []
     blocks = K.image_blocks
-    monkeypatch.setattr(K, "image_blocks", lambda *a: spans.append(list(blocks(*a))) or blocks(*a))
+    set_in_kernels(
+        monkeypatch, "image_blocks", lambda *a: spans.append(list(blocks(*a))) or blocks(*a)
+    )
     y_b, pullback_b = layer.vjp(params, x)
     d_params, dx = pullback_b(ct)
     assert any(len(s) > 1 for s in spans), f"{name}: no blocks"
@@ -560,7 +562,7 @@ def test_gradients_by_blocks_of_images_match_torch(monkeypatch, block_bytes, nam
     "n, per_image, limit", [(100, 62208, 1 << 22), (5, 1, 1), (7, 3, 6), (3, 10, 1)]
 )
 def test_image_blocks_cover_the_batch_in_near_equal_blocks(monkeypatch, n, per_image, limit):
-    monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", limit)
+    set_in_kernels(monkeypatch, "GRAD_BLOCK_BYTES", limit)
     blocks = list(K.image_blocks(n, per_image))
     assert blocks[0][0] == 0 and blocks[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))

@@ -3,7 +3,7 @@ float64, on the forward pass and on the weight gradient."""
 
 import pytest
 import torch
-from helpers import randn, rel_err
+from helpers import randn, rel_err, set_in_kernels
 
 import n2nfunc as nf
 from n2nfunc import kernels as K
@@ -83,7 +83,7 @@ def test_implicit_gemm_engine_is_not_used_where_taps_would_round_or_be_thin():
 @pytest.mark.parametrize("o", [3, 9])  # below THIN: computed channels-first
 @pytest.mark.parametrize("bias", [False, True])
 def test_im2col_by_blocks_matches_one_matmul(monkeypatch, block_bytes, o, bias):
-    monkeypatch.setattr(K, "BLOCK_BYTES", block_bytes)
+    set_in_kernels(monkeypatch, "BLOCK_BYTES", block_bytes)
     n, hw, c, k, s = 3, (9, 7), 5, (3, 2), (2, 1)
     x = randn(n, *hw, c, seed=0)
     wmat = randn(k[0] * k[1] * c, o, seed=1)
@@ -98,7 +98,7 @@ def test_im2col_blocks_are_cache_sized():
     """A U-Net layer's im2col (batch 8, 128 x 128 outputs, 3 x 3 x 32 bfloat16 columns):
     72 MiB, in blocks of at most 4 MiB on the CPU (3 per image). (Off the CPU convolutions
     run on n2nfunc.device_conv, whose blocks tests/test_device_conv.py checks.)"""
-    assert len(list(K._output_blocks(8, 128, 128 * 288 * 2))) == 24
+    assert len(list(K.direct._output_blocks(8, 128, 128 * 288 * 2))) == 24
 
 
 @pytest.mark.parametrize("o,c", [(2, 16), (20, 17), (50, 16), (5, 3)])
@@ -267,7 +267,7 @@ def test_conv_with_its_weight_gradient_at_once_matches_the_two_apart(monkeypatch
     geometry = (k, s, p, (1, 1), out_hw)
     y_ref, weight_grad = K.conv_and_weight_grad(x, weight, b, *geometry, like_torch=False)
     dw_ref = weight_grad(a)
-    monkeypatch.setattr(K, "GRAD_BLOCK_BYTES", 1)
+    set_in_kernels(monkeypatch, "GRAD_BLOCK_BYTES", 1)
     y, dw = K.conv_and_weight_grad(x, weight, b, *geometry, like_torch=False, grad_for=a)
     assert rel_err(y, y_ref) < TOL64 and rel_err(dw, dw_ref) < TOL64
 
@@ -282,7 +282,11 @@ def test_constants_cached_under_inference_mode_serve_autograd_later():
         (nf.upsample(8, 3, 2, 1), (2, 8, 4, 5)),
         (nf.conv_transpose2d(4, 4, stride=2), (2, 3, 5, 6)),
     ]:
-        for cached in (kernels._phase_matrix, kernels._phase_kron, kernels._nearest_matrix):
+        for cached in (
+            kernels.polyphase._phase_matrix,
+            kernels.polyphase._phase_kron,
+            kernels.polyphase._nearest_matrix,
+        ):
             cached.cache_clear()
         _, params = layer.init(torch.Generator().manual_seed(0), shape)
         x = torch.randn(shape)

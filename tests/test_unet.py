@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import autograd_vjp, rel_err
+from helpers import autograd_vjp, rel_err, set_in_kernels
 
 import n2nfunc as nf
 import n2nfunc.kernels as K
@@ -67,7 +67,7 @@ def test_check_vjp_tiny_unet_full_jacobian():
 )
 def test_forward_and_vjp_match_torch_twin(monkeypatch, arch, shape):
     taken, pays = [], K.kernel_taps_pay  # which 3 x 3 forward passes ran as kernel taps
-    monkeypatch.setattr(K, "kernel_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
+    set_in_kernels(monkeypatch, "kernel_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
     layer, params = _init(arch, shape)
     twin = TorchUNet(**arch).double().load_n2nfunc(params)
     g = torch.Generator().manual_seed(2)
@@ -142,8 +142,8 @@ def test_fused_skip_blocks_match_their_composed_network_bit_for_bit(
         return forward(*args, **kwargs)
 
     taps, pays = [], K.phase_taps_pay
-    monkeypatch.setattr(K, "polyphase_forward", spy)
-    monkeypatch.setattr(K, "phase_taps_pay", lambda *a: taps.append(pays(*a)) or taps[-1])
+    set_in_kernels(monkeypatch, "polyphase_forward", spy)
+    set_in_kernels(monkeypatch, "phase_taps_pay", lambda *a: taps.append(pays(*a)) or taps[-1])
     y = layer.apply(params, x)
     if shape[0] > 1 or dtype == torch.float64:  # (else PyTorch's order, add_into adds y)
         assert added.count(True) == arch["depth"]  # one skip block a level

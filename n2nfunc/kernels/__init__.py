@@ -1,0 +1,126 @@
+"""Convolution kernels on channels-last (N, H, W, C) tensors.
+
+Two formulations underlie every convolution-like layer and its gradients:
+
+* **direct**: ``y = im2col(pad(x)) @ W`` -- one matmul with a
+  (N*Ho*Wo, kh*kw*C) matrix of kernel windows, built from a strided view.
+  Used for the forward pass of ``conv2d`` and the input gradient of
+  ``conv_transpose2d`` (the adjoint of a transposed convolution is a convolution).
+
+* **polyphase** (sub-pixel): a map that upsamples by ``s`` -- a transposed
+  convolution, or nearest upsampling followed by a convolution -- is, for each of
+  the ``s*s`` output phases ``(o mod s)``, a small stride-1 convolution of the
+  low-resolution input. Writing output ``o = s*m + rho``,
+
+      y[s*m + rho] = sum_j x[m + off[rho] + j] @ K[rho, j],   j < U,
+
+  so all phases come from one matmul ``im2col_U(x) @ W_eff`` with
+  ``W_eff`` of shape (U*U*Cin, s*s*Cout), followed by an interleave of the phases.
+  Nearest x2 + 3x3 conv needs U = 2: 16 instead of 36 multiply-adds per
+  low-resolution pixel and channel pair. Used for ``conv_transpose2d``,
+  ``upsample`` and the input gradient of ``conv2d``.
+
+``W_eff = combine(w)`` is linear in the kernel: ``W_eff[j, rho] = sum_t A[rho, j, t] w[t]``
+per spatial dim, with a 0/1 matrix ``A`` from :func:`phase_plan`; its gradient is
+the transposed map, :func:`uncombine`.
+
+In float32 and float64 on the CPU, faster engines built from shifted views take over where
+they apply (each says when): the implicit GEMM of strided layers over a space-to-depth copy
+(:func:`s2d_applies`), the row taps of stride-1 layers (:func:`rows_applies`) and their
+kernel taps on large images (:func:`kernel_taps_pay`); :func:`conv_and_weight_grad` and
+:func:`conv_input_grad` choose among them.
+
+The engines live in submodules, one each: ``direct`` (im2col), ``polyphase``, ``s2d`` (the
+implicit GEMM over space-to-depth copies), ``strided`` (both gradients of a strided
+convolution on it), ``row_taps``, and ``dispatch``, whose entry points choose among them.
+Their public names are imported here. The block sizes and engine thresholds are constants read
+at each call in the submodule that defines them (``direct.GRAD_BLOCK_BYTES``,
+``row_taps.KERNEL_TAPS_PIXELS``, ``polyphase.PHASE_TAPS_WIDTH``, ...): set one there.
+"""
+
+from .direct import (
+    BLOCK_BYTES,
+    GRAD_BLOCK_BYTES,
+    SPLIT,
+    THIN,
+    ColsWeightGrad,
+    channel_sums,
+    cols_products,
+    conv_cols,
+    conv_forward,
+    conv_matrix,
+    fast_width,
+    im2col_matmul,
+    image_blocks,
+    matrix_to_weight,
+    reduce_matmul,
+    rows,
+    sum_over_blocks,
+    weight_grad,
+    widened,
+)
+from .dispatch import (
+    conv,
+    conv_and_weight_grad,
+    conv_grads,
+    conv_input_grad,
+    shares_row_taps,
+)
+from .polyphase import (
+    PHASE_TAPS_PIXELS,
+    PHASE_TAPS_WIDTH,
+    PhasePlan,
+    combine,
+    interleaved,
+    nearest_conv_kernel,
+    nearest_conv_kernel_grad,
+    phase_plan,
+    phase_slices,
+    phase_taps_pay,
+    polyphase_backward,
+    polyphase_cols,
+    polyphase_forward,
+    uncombine,
+)
+from .row_taps import (
+    KERNEL_TAPS_CHANNELS,
+    KERNEL_TAPS_PIXELS,
+    KERNEL_TAPS_WIDTH,
+    RowWeightGrad,
+    kernel_taps_pay,
+    row_taps_conv,
+    rows_applies,
+    stride_one_forward,
+)
+from .s2d import (
+    STACKED_TAPS,
+    THIN_TAPS,
+    WIDE_TAPS,
+    S2DPlan,
+    s2d_applies,
+    s2d_conv_forward,
+    s2d_conv_weight_grad,
+    s2d_plan,
+    s2d_weight_grad_to_conv,
+    s2d_weights,
+    space_to_depth,
+    tap_sum,
+)
+from .strided import (
+    TapWeightGrad,
+)
+
+__all__ = [
+    "BLOCK_BYTES", "GRAD_BLOCK_BYTES", "SPLIT", "THIN", "ColsWeightGrad", "channel_sums",
+    "cols_products", "conv_cols", "conv_forward", "conv_matrix", "fast_width", "im2col_matmul",
+    "image_blocks", "matrix_to_weight", "reduce_matmul", "rows", "sum_over_blocks",
+    "weight_grad", "widened", "conv", "conv_and_weight_grad", "conv_grads", "conv_input_grad",
+    "shares_row_taps", "PHASE_TAPS_PIXELS", "PHASE_TAPS_WIDTH", "PhasePlan", "combine",
+    "interleaved", "nearest_conv_kernel", "nearest_conv_kernel_grad", "phase_plan",
+    "phase_slices", "phase_taps_pay", "polyphase_backward", "polyphase_cols",
+    "polyphase_forward", "uncombine", "KERNEL_TAPS_CHANNELS", "KERNEL_TAPS_PIXELS",
+    "KERNEL_TAPS_WIDTH", "RowWeightGrad", "kernel_taps_pay", "row_taps_conv", "rows_applies",
+    "stride_one_forward", "STACKED_TAPS", "THIN_TAPS", "WIDE_TAPS", "S2DPlan", "s2d_applies",
+    "s2d_conv_forward", "s2d_conv_weight_grad", "s2d_plan", "s2d_weight_grad_to_conv",
+    "s2d_weights", "space_to_depth", "tap_sum", "TapWeightGrad",
+]  # fmt: skip

@@ -1,0 +1,152 @@
+"""Stride-1 convolutions as row taps: the padded input unrolled along W only, one matmul per
+kernel row over shifted flat views (float32 and float64); kernel taps on large images."""
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+from ..nhwc import pad
+from .s2d import THIN_TAPS, WIDE_TAPS, S2DPlan, _stacked, s2d_conv_weight_grad, tap_sum
+
+# A stride-1 convolution as kh matmuls over shifted flat views: the padded input is unrolled
+# along W only -- z[n, r, j] = (xp[n, r, j + b] for b < kw), kw*C columns, kw times the input
+# instead of im2col's kh*kw -- and kernel row a multiplies z shifted by a*Wo rows:
+#
+#     y[n, i, j] = sum_a z[n, i + a, j] @ W[a],    W[a] of shape (kw*C, O),
+#
+# each a matmul batched over the images, whose Ho*Wo rows start a*Wo rows into the image's
+# (Hp, Wo) grid of z: no row is computed and ignored, and y is a dense NHWC tensor. The weight
+# gradient is the same sum transposed, dW[a] = sum_n z_n,shifted^T @ g_n. On a 2-core AMD
+# EPYC row taps halved the forward + weight gradient of the U-Net's 3x3 convolutions against
+# one im2col matmul (32 -> 32 channels, 8 x 64 x 64: 12.5 vs 25.9 ms). Float32 and float64
+# only, like the shifted-view engine above. The forward pass of a large image takes kh x kw
+# taps of the padded input itself instead (KERNEL_TAPS_PIXELS).
+
+
+def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bool:
+    """Whether :func:`row_taps_conv` handles this convolution."""
+    return (
+        x.dtype.is_floating_point
+        and x.element_size() >= 4
+        and stride == (1, 1)
+        and dilation == (1, 1)
+        and kernel[0] > 1
+        and x.shape[3] >= WIDE_TAPS
+    )
+
+
+def _stride_one_pads(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple) -> tuple:
+    """``(top, bottom, left, right)`` (negative: crop) that put the NHWC ``x`` on the (Ho + kh -
+    1, Wo + kw - 1) grid a stride-1 convolution with ``out_hw`` outputs reads."""
+    (kh, kw), (ho, wo) = kernel, out_hw
+    bottom, right = ho + kh - 1 - x.shape[1] - padding[0], wo + kw - 1 - x.shape[2] - padding[1]
+    return padding[0], bottom, padding[1], right
+
+
+def _row_unroll(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple):
+    """``(z, plan)``: the padded NHWC input unrolled along W (kw*C columns, rows on the
+    (N, Hp, Wo) grid) and the plan of its kh x 1 row taps (see the section comment)."""
+    n, _, _, c = x.shape
+    (kh, kw), (ho, wo) = kernel, out_hw
+    hp, pads = ho + kh - 1, _stride_one_pads(x, kernel, padding, out_hw)
+    plan = S2DPlan((1, 1), (kh, 1), (hp, wo), out_hw, pads, n * hp * wo - (kh - 1) * wo)
+    xp = pad(x, *pads)
+    st = xp.stride()
+    z = xp.as_strided((n, hp, wo, kw, c), (st[0], st[1], st[2], st[2], st[3]))
+    return z.contiguous().view(n * hp * wo, kw * c), plan
+
+
+def _row_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan, shape: tuple) -> Tensor:
+    """Row-tap gradients of :func:`_row_unroll`'s ``z`` for the NHWC output gradient ``g``, as
+    a conv weight of ``shape``: ``dW[a] = sum_n z_n[a Wo : a Wo + Ho Wo]^T @ g_n``.
+
+    In float32 / float64, unless the taps' gradients stack into one matmul
+    (:func:`s2d_conv_weight_grad`), one batched matmul per kernel row over the images, whose
+    rows of z line up with ``g``'s own -- no frame copy of ``g``, no ignored rows -- and the
+    images' partial sums added (8 x 64 x 64, 32 -> 32 channels: 4.1 -> 3.7 ms; 8 x 32 x 32,
+    64 -> 64: 2.7 -> 2.5 ms; 2-core Xeon). Lower precisions keep every sum inside one matmul.
+    """
+    o, c, kh, kw = shape
+    n, ho, wo = g.shape[:3]
+    if g.element_size() < 4 or _stacked(kh, o, kw * c):
+        d = s2d_conv_weight_grad(z, g, plan)
+    else:
+        per_image = z.view(n, plan.grid[0] * wo, kw * c)
+        g_rows = g.reshape(n, ho * wo, o)
+        d = g.new_empty(kh, kw * c, o)
+        for a in range(kh):
+            d[a] = per_image[:, a * wo : a * wo + ho * wo].transpose(1, 2).bmm(g_rows).sum(0)
+    return d.view(kh, kw, c, o).permute(3, 2, 0, 1).contiguous()
+
+
+def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
+    """``(y, weight_grad)`` of a stride-1 convolution by row taps (see the section comment):
+    ``y`` from :func:`stride_one_forward`, ``weight_grad(g)``, shaped like ``weight``, by row
+    taps of the W-unrolled input."""
+    y = stride_one_forward(x, weight, bias, padding, out_hw)
+    return y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw)
+
+
+# A stride-1 convolution's forward pass on a large image -- at least KERNEL_TAPS_PIXELS output
+# pixels per image, KERNEL_TAPS_WIDTH columns, KERNEL_TAPS_CHANNELS input and THIN_TAPS output
+# channels -- is kh x kw shifted-view taps of the padded input, K = C, rather than kh row taps of
+# its W-unrolled copy, K = kw C: MKL's generic float32 kernels slow down with K at these narrow
+# outputs, and no unrolled copy is made. Alone, on a 2-core AMD EPYC, 8 images: 64 x 64, 48 ->
+# 24 channels 8.6 -> 5.2 ms, 32 -> 32 5.0 -> 3.7 ms; 48 x 48, 64 -> 64 10.7 -> 7.7 ms; one 256 x
+# 256 image, 64 -> 64 51.6 -> 30.0 ms. Below the bounds it is even or slower: 32 x 32 even, 16
+# x 16 0.83-0.91x (the kw - 1 padding columns computed and ignored are 12% of the rows there,
+# and the matmuls 9 rather than 3), 8 x 128 x 32 0.90x, 2 x 1024 x 4 0.73x, 16 -> 16 channels
+# 0.87-0.96x. U-Net float32 step 1.04-1.07x (compare_commits, 15 rounds, three runs).
+KERNEL_TAPS_PIXELS = 2048
+KERNEL_TAPS_WIDTH = 48
+KERNEL_TAPS_CHANNELS = 24
+
+
+def kernel_taps_pay(c: int, o: int, out_hw: tuple) -> bool:
+    """Whether :func:`stride_one_forward` takes kernel taps for ``c -> o`` channels."""
+    (ho, wo) = out_hw
+    return (
+        ho * wo >= KERNEL_TAPS_PIXELS
+        and wo >= KERNEL_TAPS_WIDTH
+        and c >= KERNEL_TAPS_CHANNELS
+        and o >= THIN_TAPS
+    )
+
+
+def stride_one_forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw):
+    """``y = conv(x)`` (NHWC) of a stride-1 convolution that :func:`rows_applies` to: on a
+    large image (see KERNEL_TAPS_PIXELS) by kh x kw shifted-view taps of the padded input
+    (:func:`tap_sum` on its (N, Hp, Wp) grid, ``y`` a strided view whose rows skip the kw - 1
+    padding columns), else by row taps."""
+    o, c, kh, kw = weight.shape
+    (ho, wo), n = out_hw, x.shape[0]
+    if not kernel_taps_pay(c, o, out_hw):
+        return _row_taps(x, weight, bias, padding, out_hw)[0]
+    hp, wp, pads = ho + kh - 1, wo + kw - 1, _stride_one_pads(x, (kh, kw), padding, out_hw)
+    plan = S2DPlan((1, 1), (kh, kw), (hp, wp), out_hw, pads, n * hp * wp - (kh - 1) * wp - kw + 1)
+    taps = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, C, O)
+    return tap_sum(pad(x, *pads).view(n * hp * wp, c), taps, bias, plan, n)
+
+
+def _row_taps(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw: tuple):
+    """``(y, z, plan)``: the stride-1 convolution by row taps, with the unrolled input and
+    its plan."""
+    o, c, kh, kw = weight.shape
+    z, plan = _row_unroll(x, (kh, kw), padding, out_hw)
+    taps = weight.permute(2, 3, 1, 0).reshape(kh, 1, kw * c, o)
+    return tap_sum(z, taps, bias, plan, x.shape[0]), z, plan
+
+
+class RowWeightGrad(NamedTuple):
+    """``g -> dW`` (shaped ``shape``) by row taps on ``x`` unrolled again when called: the
+    unrolled copy, kw times the input, is not kept from the forward pass. Holds ``x``, which
+    :func:`conv_grads` may also use."""
+
+    x: Tensor
+    shape: tuple
+    padding: tuple
+    out_hw: tuple
+
+    def __call__(self, g: Tensor) -> Tensor:
+        z, plan = _row_unroll(self.x, self.shape[2:], self.padding, self.out_hw)
+        return _row_weight_grad(z, g, plan, self.shape)
