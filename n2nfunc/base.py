@@ -36,7 +36,7 @@ import math
 import numbers
 import weakref
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from torch import Generator, Tensor, device, dtype, empty
 
@@ -47,6 +47,13 @@ Params = Any  # a dict (possibly nested) of tensors
 IntPair = int | tuple[int, int] | list[int]  # one size or step for both axes, or (height, width)
 ScalePair = float | tuple[float, float] | list[float]  # whole numbers, as a float too
 DeviceLike = device | str | int | None  # as torch's ``Tensor.to`` reads it
+
+
+class _Fspath(Protocol):
+    def __fspath__(self) -> str: ...
+
+
+PathLike = str | _Fspath  # a file's path, as open() takes it: a str, a pathlib.Path, ...
 Pullback = Callable[..., tuple[Params, Any]]
 Vjp = TypeVar("Vjp", bound=Callable[..., Any])
 
@@ -513,8 +520,8 @@ SEEDS = range(-(2**62), 2**62)
 
 
 def seed_error(seed: int) -> str | None:
-    """Why ``seed`` (an int) is not one of :data:`SEEDS`, or None."""
-    if seed in SEEDS:
+    """Why ``seed`` is not an int of :data:`SEEDS`, or None."""
+    if is_int(seed) and SEEDS.start <= seed < SEEDS.stop:  # (not "in": slow for a non-int)
         return None
     return f"seed must be an int from -2**62 to 2**62 - 1, got {seed} (the training and \
 validation data draw from 2 seed and 2 seed + 1: seeds 2**63 apart would draw the same pairs)"

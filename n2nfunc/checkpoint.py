@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-PathLike = str | os.PathLike[str]  # a file's path, as open() takes it
+from .base import PathLike
 
 FORMAT = "n2nfunc-checkpoint"
 VERSION = 1

@@ -147,7 +147,7 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
     logit of -inf (a masked class) is fine too unless it is the label's."""
     eps = real_number(label_smoothing)  # a Python, NumPy or 0-dim tensor number
     if eps is None or not 0 <= eps <= 1:
-        raise ValueError(
+        raise (TypeError if eps is None else ValueError)(
             f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing!r}"
         )
     name = "cross_entropy" if eps == 0 else f"cross_entropy_with(label_smoothing={eps})"

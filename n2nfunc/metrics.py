@@ -1,6 +1,7 @@
 """Image quality: PSNR as the course computes it."""
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 from torch import Tensor
@@ -9,9 +10,10 @@ from .base import pixel_scale
 
 
 class Predictor(Protocol):
-    """What :func:`evaluate` runs: a :class:`~n2nfunc.Model`, or anything with its ``predict``."""
+    """What :func:`evaluate` runs: a :class:`~n2nfunc.Model`, or anything with its ``predict``
+    (which takes ``scale=`` too where :func:`evaluate` is given one)."""
 
-    def predict(self, test_input: Tensor, *, scale: float | None = None) -> Tensor: ...
+    def predict(self, test_input: Tensor) -> Tensor: ...
 
 
 # psnr compares blocks of images of at most this many numbers (16 MiB as float64): a whole
@@ -87,7 +89,8 @@ def evaluate(
         if isinstance(images, Tensor) and not images.numel():
             raise ValueError(f"evaluate: the {what} images are empty: shape {tuple(images.shape)}")
     if scale is not None:
-        denoised = model.predict(noisy, scale=scale)  # checks scale and the noisy images
+        predict: Callable[..., Tensor] = model.predict
+        denoised = predict(noisy, scale=scale)  # checks scale and the noisy images
         top = float(clean.max()) if clean.numel() else 0.0  # (above 2 x scale: psnr refuses)
         if clean.is_floating_point() and float(scale) > 2 and top <= 1:
             raise ValueError(

@@ -677,7 +677,8 @@ def exponential_decay(
     check_hyperparameters(name, transition_begin=transition_begin)
     rate = real_number(decay_rate)
     if rate is None or not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
+        error = TypeError if rate is None else ValueError
+        raise error(f"{name}: decay_rate must be a finite number > 0, got {decay_rate!r}")
     decay_rate = rate
     if not is_int(transition_steps) or transition_steps < 1:
         error = ValueError if is_int(transition_steps) else TypeError

@@ -19,12 +19,13 @@ Files are read with :func:`n2nfunc.checkpoint.load`, which never runs code from 
 from pathlib import Path
 
 from . import checkpoint, tree
-from .base import Layer, Params
+from .base import Layer, Params, PathLike
 from .model import (
     ARCHITECTURE,
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
     EXERCISE_REACH,
+    SHIPPED,
     architecture,
     build_network,
     check_exercise_form,
@@ -36,7 +37,7 @@ from .tiling import with_footprint
 from .unet import check_architecture, load_params, padded_to_multiple, unet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-NAMES = ("exercise", "unet-gaussian", "unet-poisson", "unet-aliasing")
+NAMES = SHIPPED
 EXERCISE_MULTIPLE = 4  # the exercise's network halves the size twice
 
 
@@ -80,7 +81,7 @@ def save_unet(path, architecture: dict, params, info: dict | None = None) -> Non
     checkpoint.save(path, unet_payload(architecture, params, info))
 
 
-def load_network(path: checkpoint.PathLike) -> tuple[Layer, Params, dict]:
+def load_network(path: PathLike) -> tuple[Layer, Params, dict]:
     """``(layer, params, info)`` from any n2nfunc network checkpoint file (see
     :func:`network_from_payload`); the params float32, on the CPU."""
     return network_from_payload(checkpoint.load(path), str(path))

@@ -327,12 +327,9 @@ def check_architecture(depth=4, widths=(32, 64, 48, 24), in_channels=3, out_chan
     for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if value > MAX_WIDTH:
             raise ValueError(f"{name}: {what} must be at most {MAX_WIDTH}, got {value}")
-    if (
-        not isinstance(widths, (tuple, list))
-        or len(widths) != 4
-        or not all(is_int(v) and 0 < v <= MAX_WIDTH for v in widths)
-    ):
-        raise ValueError(
+    ints = isinstance(widths, (tuple, list)) and all(map(is_int, widths))
+    if not ints or len(widths) != 4 or not all(0 < v <= MAX_WIDTH for v in widths):
+        raise (ValueError if ints else TypeError)(
             f"{name}: widths must be 4 ints from 1 to {MAX_WIDTH} (encoder, decoder, last two "
             f"decoder convs), e.g. (48, 96, 64, 32); got {widths!r}"
         )

@@ -85,10 +85,10 @@ def sample_grid(
     if len({tuple(x.shape) for x in units.values()}) > 1:
         shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in units.items())
         raise ValueError(f"sample_grid: the three batches must have one shape, got {shapes}")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if not is_int(count) or count < 1:
         error = ValueError if is_int(count) else TypeError
         raise error(f"sample_grid: count must be an int >= 1, got {count!r}")
-    count = min(count, noisy.shape[0])
+    count = min(int(count), noisy.shape[0])
     fig = _figure(figsize=(1.3 * count, 4.2))
     if fig is None:
         return None

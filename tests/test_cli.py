@@ -166,6 +166,8 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
         ),
         (["--widths", "8", "9"], r"--widths 8 9 differs from its 8 8 "),
         (["--warmup-steps", "7"], r"own settings: --warmup-steps 7 differs from its 200 "),
+        (["--final-lr-fraction", "0.5"], r"--final-lr-fraction 0.5 differs from its 0.02 "),
+        (["--finetune-lr-scale", "0.5"], r"--finetune-lr-scale 0.5 differs from its 0.1 "),
     ]:
         assert main([*resume, *extra]) == 2
         err = capsys.readouterr().err
@@ -175,6 +177,7 @@ def test_resume_refuses_options_that_disagree_with_the_run(tmp_path, monkeypatch
     assert "drop --noise gaussian:25" in capsys.readouterr().err
     # the run's own values, given again (in any spelling), are fine; it trains nothing more
     again = ["--noise", "gaussian:10.0", "--epochs", "1", "--n-train", "96", "--no-pictures"]
+    again += ["--finetune-lr-scale", "0.1"]  # (the run's own, given again: no refusal)
     before = (out / "model.pth").read_bytes()
     assert main([*resume, *again]) == 0
     said = capsys.readouterr().out

@@ -2,6 +2,7 @@ import os
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from helpers import code_running_pickle
@@ -13,6 +14,7 @@ from n2nfunc.data import (
     load_folder_pairs,
     load_pair_file,
     make_pairs,
+    mixed_factor_pairs,
     photo_pairs,
     read_image,
     write_image,
@@ -540,6 +542,29 @@ def test_seeds_that_would_share_their_pairs_are_refused():
         with pytest.raises(ValueError, match=r"seed must be an int from -2\*\*62"):
             nf.Model(config={"seed": seed})
     assert torch.Generator().manual_seed(-6).initial_seed() == (-6) % 2**64
+
+
+def test_a_seed_of_another_type_is_refused_at_once_and_numpy_ints_are_ints():
+    """A float or tensor seed made the range check compare it with each of 2**63 ints (it
+    never returned); a NumPy int overflowed in 2 * seed."""
+    from n2nfunc.data.synthetic import split_generator
+
+    assert split_generator(np.int64(2**62 - 1), "val").initial_seed() == 2**63 - 1
+    for seed in (3.0, torch.tensor(3), "3"):
+        with pytest.raises(TypeError, match="seed must be an int from -2"):
+            make_pairs(1, "train", seed=seed)
+
+
+def test_mixed_factor_pairs_name_the_seeds_they_take():
+    """Each factor f draws from 100 seed + f, which left the seed range for large seeds with
+    an error naming a seed never given."""
+    photo = [torch.randint(0, 256, (3, 512, 512), dtype=torch.uint8)]
+    high = (2**62 - 1 - 12) // 100
+    assert mixed_factor_pairs(photo, 4, "train", seed=high, factors=(4, 12))[0].shape[0] == 4
+    with pytest.raises(
+        ValueError, match=rf"seed must be an int from -\d+ to {high}, got {high + 1}"
+    ):
+        mixed_factor_pairs(photo, 4, "train", seed=high + 1, factors=(4, 12))
 
 
 def test_the_resolution_is_read_from_png_jpeg_and_tiff(tmp_path):

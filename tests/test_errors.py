@@ -690,6 +690,8 @@ def test_a_bare_layers_pullback_refuses_a_flag_that_is_not_one(layer):
             pullback(ct, input_grad=bad)
     with pytest.raises(TypeError, match="pullback: input_grad must be True or False"):
         pullback(ct, "no")  # by position
+    with pytest.raises(TypeError, match="pullback: release must be True or False, got 'no'"):
+        pullback(ct, release="no")
     assert pullback(ct, input_grad=False)[1] is None
     assert pullback(ct, input_grad=1)[1] is not None  # as torch takes it
 

@@ -281,6 +281,29 @@ def test_package_style_import_from_the_parent_folder(submission):
     assert "ships one network, 'exercise' (bestmodel.pth), not 'unet-gaussian'" in result["refused"]
 
 
+def test_the_submissions_model_names_a_missing_file_and_trains_in_bfloat16(submission, tmp_path):
+    """Two modules the submission does not ship were imported on these paths: pretrained (for
+    a hint on a missing file: ModuleNotFoundError instead of FileNotFoundError) and hardware
+    (bfloat16 training: ImportError)."""
+    result = run(
+        f"""
+        import json
+        from model import Model
+        try:
+            Model().load_pretrained_model({str(tmp_path / "missing.pth")!r})
+            said = ""
+        except FileNotFoundError as e:
+            said = "FileNotFoundError: " + str(e)
+        m = Model({{"precision": "bfloat16"}})
+        loss = m.train_epoch(torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16), 0, 1)
+        print(json.dumps({{"said": said, "loss": loss}}))
+    """,
+        submission,
+    )
+    assert result["said"].startswith("FileNotFoundError: checkpoint not found:"), result
+    assert result["loss"] > 0
+
+
 def test_export_refuses_a_broken_checkpoint(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"junk")

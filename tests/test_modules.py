@@ -1362,8 +1362,10 @@ def test_loss_and_flatten_blocks_take_torchs_arguments_in_its_order():
     pred, target = torch.randn(4, 3), torch.randn(4, 3)
     ours = nf.HuberLoss("mean", 0.5).forward(pred, target)
     assert torch.allclose(ours, torch.nn.HuberLoss("mean", 0.5)(pred, target))
-    with pytest.raises(ValueError, match=r"HuberLoss: reduction=0.5 is not supported"):
+    with pytest.raises(TypeError, match=r"delta is the second argument.*HuberLoss\(delta=0.5\)"):
         nf.HuberLoss(0.5)
+    with pytest.raises(ValueError, match=r"HuberLoss: reduction='sum' is not supported"):
+        nf.HuberLoss("sum")
     nf.BCEWithLogitsLoss(None, pos_weight=None)
     nf.CrossEntropyLoss(None, ignore_index=-100)
     assert nf.Flatten(1, -1).forward(torch.randn(2, 3, 4, 5)).shape == (2, 60)

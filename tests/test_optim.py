@@ -430,6 +430,17 @@ def test_hyperparameters_that_are_not_numbers_are_type_errors(make, pattern):
         make()
 
 
+def test_a_state_dicts_lr_of_the_wrong_kind_is_a_type_error_naming_load_state_dict():
+    opt = nf.SGD(nf.Conv2d(3, 4, 3).param(), lr=0.1)
+    state = opt.state_dict()
+    state["lr"] = "x"
+    with pytest.raises(TypeError, match="SGD.load_state_dict: SGD: lr must be a finite number"):
+        opt.load_state_dict(state)
+    state["lr"] = -1.0
+    with pytest.raises(ValueError, match="SGD.load_state_dict: SGD: lr must be a finite number"):
+        opt.load_state_dict(state)
+
+
 @pytest.mark.parametrize(
     "args,pattern",
     [

@@ -12,6 +12,22 @@ ROOT = Path(__file__).resolve().parent.parent
 TYPED = Path(__file__).resolve().parent / "typed"
 
 
+def test_annotations_resolve_at_run_time():
+    """typing.get_type_hints (beartype, pydantic, sphinx) failed on Model.save: its path type
+    was imported for type checkers only."""
+    import typing
+
+    import n2nfunc as nf
+
+    for function in (nf.Model.save, nf.Model.load_pretrained_model, nf.save, nf.load_network):
+        assert "path" in typing.get_type_hints(function)
+    for name in nf.__all__:
+        obj = getattr(nf, name)
+        for f in [obj, *vars(obj).values()] if isinstance(obj, type) else [obj]:
+            if callable(f) and hasattr(f, "__annotations__") and not isinstance(f, type):
+                typing.get_type_hints(f)
+
+
 def test_the_typed_user_program_runs():
     done = subprocess.run(
         [sys.executable, str(TYPED / "user_program.py")], capture_output=True, text=True, cwd=ROOT

@@ -299,24 +299,21 @@ def build_parser() -> _Parser:
         type=at.int_range(0),
         default=DEFAULT_CONFIG["warmup_steps"],
         metavar="N",
-        help="steps of linear learning-rate warm-up, at most a tenth of the run's steps "
-        "(default %(default)s)",
+        help="steps of linear learning-rate warm-up, at most a tenth of the run's steps",
     )
     net.add_argument(
         "--final-lr-fraction",
         type=at.float_range(0.0, 1.0, low_open=False, high_open=False),
         default=DEFAULT_CONFIG["final_lr_fraction"],
         metavar="F",
-        help="where the cosine decay ends, as a fraction of the peak learning rate "
-        "(default %(default)s)",
+        help="where the cosine decay ends, as a fraction of the peak learning rate",
     )
     net.add_argument(
         "--finetune-lr-scale",
         type=at.float_range(0.0),
         default=DEFAULT_CONFIG["finetune_lr_scale"],
         metavar="S",
-        help="with --init and no --lr: the peak learning rate is the default one times S "
-        "(default %(default)s)",
+        help="with --init and no --lr: the peak learning rate is the default one times S",
     )
     net.add_argument(
         "--widths",

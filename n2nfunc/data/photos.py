@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..base import is_int
 from .synthetic import box_downsample, point_sample, split_generator, to_uint8
 
 PATCH = 32  # the side of photo_pairs' patches (the course's image size)
@@ -128,6 +129,12 @@ def mixed_factor_pairs(
     """``n`` pairs split evenly over several downsampling factors (several noise strengths;
     with fewer pairs than factors, the first ``n`` factors)."""
     _check_count(n)
+    low, high = -(2**62 // 100), (2**62 - 1 - max(factors, default=0)) // 100
+    if is_int(seed) and not low <= seed <= high:  # (each factor f draws from 100 seed + f)
+        raise ValueError(
+            f"mixed_factor_pairs: seed must be an int from {low} to {high}, got {seed} (each "
+            "factor f draws from the seed 100 seed + f)"
+        )
     shares = [n // len(factors) + (i < n % len(factors)) for i in range(len(factors))]
     parts = [
         photo_pairs(photos, m, split, seed=seed * 100 + f, factor=f)

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..base import seed_error
+from ..base import is_int, seed_error
 
 
 def _uniform(g, *shape, low=0.0, high=1.0):
@@ -146,8 +146,8 @@ def split_generator(seed: int, split: str) -> torch.Generator:
     (``2 seed`` and ``2 seed + 1``, modulo 2**64 as torch reads a negative seed), for a seed
     of :data:`~n2nfunc.base.SEEDS`, where no two seeds share one."""
     if error := seed_error(seed):
-        raise ValueError(error)
-    return torch.Generator().manual_seed((seed * 2 + (split == "val")) % 2**64)
+        raise (ValueError if is_int(seed) else TypeError)(error)
+    return torch.Generator().manual_seed((int(seed) * 2 + (split == "val")) % 2**64)
 
 
 def make_pairs(

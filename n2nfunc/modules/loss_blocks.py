@@ -60,6 +60,11 @@ class HuberLoss(LossModule):
     """``torch.nn.HuberLoss(reduction="mean", delta=1.0)``, arguments in its order."""
 
     def __init__(self, reduction: str = "mean", delta: float = 1.0):
+        if not isinstance(reduction, str):  # (delta came first before torch's order)
+            raise TypeError(
+                f"HuberLoss: reduction must be 'mean', got {reduction!r}; delta is the second "
+                f"argument, as in torch: HuberLoss(delta={reduction!r})"
+            )
         super().__init__(huber(delta), "HuberLoss", reduction)
 
 

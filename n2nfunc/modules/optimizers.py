@@ -118,8 +118,8 @@ class Optimizer(Unpicklable):
         if "lr" in state_dict:
             try:
                 self.lr = state_dict["lr"]
-            except ValueError as e:
-                raise ValueError(f"{what}: {e}") from None
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{what}: {e}") from None
         self.state = state
 
     def __copy__(self):
