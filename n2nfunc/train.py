@@ -13,12 +13,15 @@ mode)::
 """
 
 from collections.abc import Callable
+from typing import Any, overload
+
+from torch import Tensor
 
 from . import tree
-from .base import Layer, pull
+from .base import Layer, Params, pull
 from .losses import Loss
 from .optim import GradientTransformation, added
-from .stateful import StatefulLayer, no_state_error
+from .stateful import State, StatefulLayer, no_state_error
 
 
 def described(value) -> str:
@@ -92,9 +95,21 @@ def _value_and_grad(layer, loss, detach: bool) -> Callable:
     return f
 
 
+# train_step(params, opt_state, x, target) -> (params, opt_state, loss value)
+TrainStep = Callable[[Params, Any, Tensor, Tensor], tuple[Params, Any, Tensor]]
+# train_step(params, state, opt_state, x, target, rng) -> (params, state, opt_state, loss value)
+StatefulTrainStep = Callable[..., tuple[Params, State, Any, Tensor]]
+
+
+@overload
+def make_train_step(
+    layer: StatefulLayer, loss: Loss, optimizer: GradientTransformation
+) -> StatefulTrainStep: ...
+@overload
+def make_train_step(layer: Layer, loss: Loss, optimizer: GradientTransformation) -> TrainStep: ...
 def make_train_step(
     layer: Layer | StatefulLayer, loss: Loss, optimizer: GradientTransformation
-) -> Callable:
+) -> TrainStep | StatefulTrainStep:
     """A pure ``train_step(params, opt_state, x, target) -> (params, opt_state, loss value)``:
     one gradient evaluation and one optimizer update. For a stateful layer:
     ``train_step(params, state, opt_state, x, target, rng) -> (params, state, opt_state,

@@ -44,9 +44,14 @@ def stateful() -> Tensor:
     assert isinstance(net, nf.StatefulLayer)
     _, params, state = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
     y, state = net.apply(params, state, torch.randn(2, 3, 8, 8), train=True)
+    opt = nf.sgd(0.1)
+    opt_state = opt.init(params)
+    step = nf.make_train_step(net, nf.mse, opt)
+    x, target = torch.rand(2, 3, 8, 8), torch.rand(2, 4, 8, 8)
+    params, state, opt_state, loss = step(params, state, opt_state, x, target)
     frozen: nf.Layer = nf.stateful.fixed(net, state, train=False)
     out: Tensor = frozen.apply(params, torch.randn(2, 3, 8, 8))
-    return out + float(y.mean())
+    return out + float(y.mean()) + float(loss)
 
 
 def wrappers() -> None:
