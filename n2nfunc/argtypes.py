@@ -53,7 +53,7 @@ def float_range(
         try:
             value = float(text)
         except ValueError:
-            raise Error(f"expected a number {bound}, got {text!r}") from None
+            raise Error(f"expected a finite number {bound}, got {text!r}") from None
         ok = math.isfinite(value) and (value > low if low_open else value >= low)
         if not ok or (high is not None and (value >= high if high_open else value > high)):
             raise Error(f"expected a finite number {bound}, got {text!r}")

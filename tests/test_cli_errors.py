@@ -228,6 +228,9 @@ ROWS = [
     ("train --resume {w}/nope.pth", r"argument --resume: no such checkpoint: .*nope.pth"),
     # ---- eval
     ("eval --checkpoint {w}/missing.pth", r"argument --checkpoint: no such checkpoint: "),
+    ("train --final-lr-fraction abc", r"expected a finite number >= 0 and <= 1, got 'abc'"),
+    ("train --final-lr-fraction 1.5", r"expected a finite number >= 0 and <= 1, got '1.5'"),
+    ("train --warmup-steps 2.5", r"--warmup-steps: expected an integer >= 0, got '2.5'"),
     (
         "denoise {w}/photo.png {w}/o.png --checkpoint unet-poisson",
         r"no such checkpoint: unet-poisson \(a shipped network goes by name to --model unet-p",
