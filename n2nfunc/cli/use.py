@@ -297,7 +297,7 @@ def cmd_denoise(args) -> int:
     write_image(args.output, out, alpha, picture.grey, picture.icc, exif, picture.dpi)
     print(
         f"denoised {args.input} ({picture.rgb.shape[2]}x{picture.rgb.shape[1]}) -> {args.output} "
-        f"in {time.perf_counter() - t0:.1f} s"
+        f"in {time.perf_counter() - t0:.2f} s"
     )
     return 0
 
