@@ -207,9 +207,8 @@ def build_parser() -> _Parser:
         "  n2nfunc train --photos ~/Pictures --val-photos ~/Pictures/held-out\n"
         "  n2nfunc train --resume runs/latest/checkpoint.pth --out runs/latest\n",
     )
-    data = t.add_argument_group(
-        "training data (default: built-in pairs)"
-    ).add_mutually_exclusive_group()
+    data_options = t.add_argument_group("data (default: built-in pairs, generated once and cached)")
+    data = data_options.add_mutually_exclusive_group()
     data.add_argument(
         "--train",
         type=_data_path(at.existing_file("pair file")),
@@ -230,13 +229,13 @@ def build_parser() -> _Parser:
         f"short side: {PHOTO_CROP} px with Gaussian or Poisson noise, {32 * max(PHOTO_FACTORS)} "
         "with plain --noise downsample, 32 x FACTOR with downsample:FACTOR)",
     )
-    t.add_argument(
+    data_options.add_argument(
         "--val",
         type=_data_path(at.existing_file("pair file")),
         metavar="FILE",
         help="course validation file (val_data.pkl)",
     )
-    t.add_argument(
+    data_options.add_argument(
         "--n-train",
         type=at.int_range(1),
         default=None,
@@ -244,7 +243,7 @@ def build_parser() -> _Parser:
         help="built-in / photo training pairs (default 50000 32x32 patches; 12500 64x64 crops "
         "for --photos with Gaussian or Poisson noise)",
     )
-    _val_options(t)
+    _val_options(data_options)
     net = t.add_argument_group("network and optimizer")
     net.add_argument(
         "--network",
