@@ -43,16 +43,12 @@ def set_in_kernels(monkeypatch, name, value):
     """Set ``name`` to ``value`` (undone after the test) wherever n2nfunc.kernels binds it: in
     the package and in each engine module that defines or imports it, so that a spy or a
     smaller block size reaches every call."""
+    from types import ModuleType
+
     import n2nfunc.kernels as kernels
 
-    modules = [kernels, *(m for m in vars(kernels).values() if _kernels_module(m))]
+    modules = [kernels, *(m for m in vars(kernels).values() if isinstance(m, ModuleType))]
     bound = [m for m in modules if name in vars(m)]
     assert bound, f"n2nfunc.kernels binds no {name!r}"
     for module in bound:
         monkeypatch.setattr(module, name, value)
-
-
-def _kernels_module(value) -> bool:
-    return getattr(value, "__name__", "").startswith("n2nfunc.kernels.") and hasattr(
-        value, "__file__"
-    )
