@@ -84,11 +84,11 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p, d)  # noqa: E731
     _compare(layer, ref, params, x, TOL64)
     rows = K.rows_applies(x.permute(0, 2, 3, 1), _pair(k), (1, 1), _pair(d))
-    assert (17 in unrolled) == (rows and not (kernel_taps and o >= K.THIN_TAPS))
+    assert (17 in unrolled) == (rows and not (kernel_taps and o >= K.s2d.THIN_TAPS))
     kernel, pads = _pair(k), _pair(p)
     shared = K.shares_row_taps(x.permute(0, 2, 3, 1), params["weight"], (1, 1), pads, (d, d))
     below = all(pi < ki for pi, ki in zip(pads, kernel))
-    assert shared == (o >= K.WIDE_TAPS and kernel[0] > 1 and d == 1 and below)
+    assert shared == (o >= K.s2d.WIDE_TAPS and kernel[0] > 1 and d == 1 and below)
     y, pullback = layer.vjp(params, x)
     ct = randn(*y.shape, seed=5)
     ct_params, ct_x = pullback(ct, input_grad=False)
@@ -619,3 +619,36 @@ def test_bias_free_and_same_padded_layers_match_torch_float64(case, c, hw, n):
     params = init64(layer, (n, c) + hw)
     _compare(layer, ref, params, randn(n, c, *hw), TOL64)
     nf.check_vjp(layer, params, randn(n, c, *hw, seed=4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["conv_transpose2d", "upsample"])
+def test_transposed_weight_gradient_alone_skips_the_convolution(monkeypatch, dtype, kind):
+    """input_grad=False gives a transposed convolution's weight and bias gradients without
+    the convolution of the output gradient that would be its input gradient."""
+    import n2nfunc.layers.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "STRIDED_BACKWARD_PIXELS", 0)  # upsample: strided pullback
+    if kind == "conv_transpose2d":
+        layer = nf.conv_transpose2d(5, 4, stride=2, padding=1)
+    else:
+        layer = nf.upsample(5, 3, 2, padding=1)
+    x = randn(3, 17, 5, 7).to(dtype)
+    params = {k: v.to(dtype) for k, v in init64(layer, tuple(x.shape)).items()}
+    y, pullback = layer.vjp(params, x)
+    ct = randn(*y.shape, seed=4).to(dtype)
+    full, dx = pullback(ct)
+    calls = []
+    spy = K.conv_and_weight_grad
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return spy(*args, **kwargs)
+
+    monkeypatch.setattr(K, "conv_and_weight_grad", counting)
+    skipped, none = nf.pull(layer.vjp, pullback, ct, input_grad=False)
+    assert none is None and dx is not None and not calls
+    tol = {torch.float64: TOL64, torch.float32: TOL32, torch.bfloat16: 1e-2}[dtype]
+    assert set(skipped) == set(full) == {"weight", "bias"}
+    assert all(rel_err(skipped[k].double(), full[k].double()) < tol for k in full)
+    assert all(skipped[k].dtype == dtype for k in full)

@@ -108,7 +108,7 @@ def test_tap_sums_match_im2col_for_thin_matrices(o, c):
     input channels im2col is used: the same numbers as one im2col matmul either way."""
     x, weight, bias = randn(2, 6, 5, c, seed=0), randn(o, c, 3, 3, seed=1), randn(o, seed=2)
     args = ((3, 3), (1, 1), (1, 1), (1, 1), (6, 5))
-    assert K.rows_applies(x, (3, 3), (1, 1), (1, 1)) == (c >= K.WIDE_TAPS)
+    assert K.rows_applies(x, (3, 3), (1, 1), (1, 1)) == (c >= K.s2d.WIDE_TAPS)
     y_ref, cols = K.conv_forward(x, K.conv_matrix(weight), bias, *args)
     y, weight_grad = K.conv_and_weight_grad(x, weight, bias, *args)
     g = randn(*y.shape, seed=3)
@@ -298,3 +298,25 @@ def test_constants_cached_under_inference_mode_serve_autograd_later():
             y.sum().backward()
         assert torch.allclose(y.detach(), expected, atol=1e-5)
         assert all(p.grad is not None for p in tracked.values())
+
+
+def test_engine_constants_live_in_one_module(monkeypatch):
+    """Each block size and threshold is bound only in the submodule that defines it (no
+    ``from .s2d import WIDE_TAPS`` copies, which a change in s2d would not reach), and a value
+    set there steers the engines."""
+    from types import ModuleType
+
+    modules = {n: m for n, m in vars(K).items() if isinstance(m, ModuleType)}
+    constants = {}
+    for name, module in modules.items():
+        for key, value in vars(module).items():
+            if key.isupper() and isinstance(value, int) and not isinstance(value, bool):
+                constants.setdefault(key, []).append(name)
+    assert {"THIN", "WIDE_TAPS", "THIN_TAPS", "GRAD_BLOCK_BYTES"} <= set(constants)
+    shared = {key: names for key, names in constants.items() if len(names) > 1}
+    assert not shared, f"constants bound in several kernel modules: {shared}"
+    assert not any(key in vars(K) for key in constants), "the package copies a constant"
+    x = torch.zeros(1, 8, 8, 32)
+    assert K.rows_applies(x, (3, 3), (1, 1), (1, 1))
+    monkeypatch.setattr(K.s2d, "WIDE_TAPS", 10**9)
+    assert not K.rows_applies(x, (3, 3), (1, 1), (1, 1))

@@ -96,7 +96,7 @@ def test_forward_and_vjp_match_torch_twin(monkeypatch, arch, shape):
     assert len(leaves) == len(g_ref)
     for ours, ref in zip(leaves, g_ref):
         assert rel_err(ours, ref) < 1e-10
-    assert any(taken) == (shape[2] * shape[3] >= K.KERNEL_TAPS_PIXELS)
+    assert any(taken) == (shape[2] * shape[3] >= K.row_taps.KERNEL_TAPS_PIXELS)
 
 
 def test_float32_matches_twin():

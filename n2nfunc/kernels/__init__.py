@@ -33,16 +33,13 @@ kernel taps on large images (:func:`kernel_taps_pay`); :func:`conv_and_weight_gr
 The engines live in submodules, one each: ``direct`` (im2col), ``polyphase``, ``s2d`` (the
 implicit GEMM over space-to-depth copies), ``strided`` (both gradients of a strided
 convolution on it), ``row_taps``, and ``dispatch``, whose entry points choose among them.
-Their public names are imported here. The block sizes and engine thresholds are constants read
-at each call in the submodule that defines them (``direct.GRAD_BLOCK_BYTES``,
-``row_taps.KERNEL_TAPS_PIXELS``, ``polyphase.PHASE_TAPS_WIDTH``, ...): set one there.
+Their public functions are imported here. The block sizes and engine thresholds are constants
+of the submodule that defines them, read from there at each call (``direct.THIN``,
+``direct.GRAD_BLOCK_BYTES``, ``s2d.WIDE_TAPS``, ``row_taps.KERNEL_TAPS_PIXELS``, ...): set one
+there, as ``kernels.s2d.WIDE_TAPS = 32``; the package does not copy them.
 """
 
 from .direct import (
-    BLOCK_BYTES,
-    GRAD_BLOCK_BYTES,
-    SPLIT,
-    THIN,
     ColsWeightGrad,
     channel_sums,
     cols_products,
@@ -64,11 +61,10 @@ from .dispatch import (
     conv_and_weight_grad,
     conv_grads,
     conv_input_grad,
+    conv_weight_grad,
     shares_row_taps,
 )
 from .polyphase import (
-    PHASE_TAPS_PIXELS,
-    PHASE_TAPS_WIDTH,
     PhasePlan,
     combine,
     interleaved,
@@ -83,9 +79,6 @@ from .polyphase import (
     uncombine,
 )
 from .row_taps import (
-    KERNEL_TAPS_CHANNELS,
-    KERNEL_TAPS_PIXELS,
-    KERNEL_TAPS_WIDTH,
     RowWeightGrad,
     kernel_taps_pay,
     row_taps_conv,
@@ -93,9 +86,6 @@ from .row_taps import (
     stride_one_forward,
 )
 from .s2d import (
-    STACKED_TAPS,
-    THIN_TAPS,
-    WIDE_TAPS,
     S2DPlan,
     s2d_applies,
     s2d_conv_forward,
@@ -111,16 +101,14 @@ from .strided import (
 )
 
 __all__ = [
-    "BLOCK_BYTES", "GRAD_BLOCK_BYTES", "SPLIT", "THIN", "ColsWeightGrad", "channel_sums",
-    "cols_products", "conv_cols", "conv_forward", "conv_matrix", "fast_width", "im2col_matmul",
-    "image_blocks", "matrix_to_weight", "reduce_matmul", "rows", "sum_over_blocks",
-    "weight_grad", "widened", "conv", "conv_and_weight_grad", "conv_grads", "conv_input_grad",
-    "shares_row_taps", "PHASE_TAPS_PIXELS", "PHASE_TAPS_WIDTH", "PhasePlan", "combine",
-    "interleaved", "nearest_conv_kernel", "nearest_conv_kernel_grad", "phase_plan",
-    "phase_slices", "phase_taps_pay", "polyphase_backward", "polyphase_cols",
-    "polyphase_forward", "uncombine", "KERNEL_TAPS_CHANNELS", "KERNEL_TAPS_PIXELS",
-    "KERNEL_TAPS_WIDTH", "RowWeightGrad", "kernel_taps_pay", "row_taps_conv", "rows_applies",
-    "stride_one_forward", "STACKED_TAPS", "THIN_TAPS", "WIDE_TAPS", "S2DPlan", "s2d_applies",
-    "s2d_conv_forward", "s2d_conv_weight_grad", "s2d_plan", "s2d_weight_grad_to_conv",
-    "s2d_weights", "space_to_depth", "tap_sum", "TapWeightGrad",
+    "ColsWeightGrad", "channel_sums", "cols_products", "conv_cols", "conv_forward",
+    "conv_matrix", "fast_width", "im2col_matmul", "image_blocks", "matrix_to_weight",
+    "reduce_matmul", "rows", "sum_over_blocks", "weight_grad", "widened", "conv",
+    "conv_and_weight_grad", "conv_weight_grad", "conv_grads", "conv_input_grad",
+    "shares_row_taps", "PhasePlan", "combine", "interleaved", "nearest_conv_kernel",
+    "nearest_conv_kernel_grad", "phase_plan", "phase_slices", "phase_taps_pay",
+    "polyphase_backward", "polyphase_cols", "polyphase_forward", "uncombine", "RowWeightGrad",
+    "kernel_taps_pay", "row_taps_conv", "rows_applies", "stride_one_forward", "S2DPlan",
+    "s2d_applies", "s2d_conv_forward", "s2d_conv_weight_grad", "s2d_plan",
+    "s2d_weight_grad_to_conv", "s2d_weights", "space_to_depth", "tap_sum", "TapWeightGrad",
 ]  # fmt: skip

@@ -4,10 +4,11 @@ the implicit GEMM, polyphase or the direct im2col product) for the pass it compu
 from torch import Tensor
 
 from .. import torch_order
+from . import direct, s2d
 from .direct import (
-    THIN,
     ColsWeightGrad,
     cols_products,
+    conv_cols,
     conv_forward,
     conv_matrix,
     rows,
@@ -16,8 +17,6 @@ from .direct import (
 from .polyphase import combine, phase_plan, polyphase_forward
 from .row_taps import RowWeightGrad, _row_taps, row_taps_conv, rows_applies
 from .s2d import (
-    THIN_TAPS,
-    WIDE_TAPS,
     s2d_applies,
     s2d_conv_forward,
     s2d_conv_weight_grad,
@@ -54,7 +53,7 @@ def conv_input_grad(
         flipped, pads = _flipped(weight, padding)
         if rows_applies(g, kernel, stride, dilation):
             return _row_taps(g, flipped, None, pads, in_hw)[0]
-        if weight.shape[1] >= THIN:
+        if weight.shape[1] >= direct.THIN:
             wmat = conv_matrix(flipped)
             return conv_forward(g, wmat, None, kernel, stride, pads, dilation, in_hw, False)[0]
     ho, wo = g.shape[1:3]
@@ -73,7 +72,7 @@ def shares_row_taps(x: Tensor, weight: Tensor, stride: tuple, padding: tuple, di
     kernel = tuple(weight.shape[2:])
     return (
         rows_applies(x, kernel, stride, dilation)
-        and weight.shape[0] >= WIDE_TAPS
+        and weight.shape[0] >= s2d.WIDE_TAPS
         and all(p < k for p, k in zip(padding, kernel))
     )
 
@@ -155,6 +154,26 @@ def conv(
     return conv_forward(x, wmat, bias, kernel, stride, padding, dilation, out_hw, False)[0]
 
 
+def conv_weight_grad(
+    x: Tensor,
+    a: Tensor,
+    kernel: tuple,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple,
+    out_hw: tuple,
+) -> Tensor:
+    """``sum_rows a^T im2col(x)`` as a weight [A, C, kh, kw] alone, without the convolution
+    of ``x``: a transposed convolution's weight gradient when its input gradient is not
+    asked for (``x`` its output gradient, ``a`` its input). Float32 / float64 a block of
+    images at a time (:func:`cols_products`); lower precisions in one matmul, so that the
+    sum stays inside one float32-accumulating kernel."""
+    geometry = (kernel, stride, padding, dilation, out_hw)
+    if x.element_size() >= 4:
+        return cols_products(x, geometry, a)[1]
+    return weight_grad(rows(a), conv_cols(x, *geometry), kernel)
+
+
 def conv_and_weight_grad(
     x: Tensor,
     weight: Tensor,
@@ -203,13 +222,13 @@ def conv_and_weight_grad(
         plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
         w_taps = s2d_weights(weight, plan)
         wg = TapWeightGrad(x, plan, tuple(weight.shape), tuple(x.shape[1:3]))
-        if grad_for is not None and o >= THIN_TAPS:
+        if grad_for is not None and o >= s2d.THIN_TAPS:
             return _s2d_conv_and_grad(x, w_taps, bias, wg, grad_for)
         y, z = s2d_conv_forward(x, w_taps, bias, plan)
         return done(y, wg if grad_for is None else wg._replace(kept=z))
     wmat = conv_matrix(weight)
     geometry = (kernel, stride, padding, dilation, out_hw)
-    if dilation == stride == (1, 1) and weight.shape[1] >= WIDE_TAPS:
+    if dilation == stride == (1, 1) and weight.shape[1] >= s2d.WIDE_TAPS:
         y, _ = conv_forward(x, wmat, bias, *geometry, False)
         if o >= weight.shape[1]:  # O >= C: row taps, kh wider matmuls
             return done(y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw))
@@ -220,7 +239,7 @@ def conv_and_weight_grad(
                 s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
             ),
         )
-    if wide and grad_for is not None and o >= THIN:
+    if wide and grad_for is not None and o >= direct.THIN:
         return cols_products(x, geometry, grad_for, wmat, bias)
     large = kernel[0] * kernel[1] >= 4 * stride[0] * stride[1] and max(stride) > 1
     if wide and grad_for is None and large:  # see ColsWeightGrad

@@ -8,7 +8,8 @@ from typing import NamedTuple
 from torch import Tensor, empty
 
 from ..nhwc import col2im, to_nchw, to_nhwc, unpad
-from .direct import THIN, conv_cols, conv_forward, image_blocks, reduce_matmul
+from . import direct
+from .direct import conv_cols, conv_forward, image_blocks, reduce_matmul
 from .s2d import s2d_applies, s2d_plan, space_to_depth, tap_sum
 
 
@@ -278,14 +279,14 @@ def polyphase_forward(
         image = plan.grid[0] * plan.grid[1] * x.shape[3] * x.element_size()
         blocks = list(image_blocks(n, image))
         if len(blocks) > 1:
-            if co < THIN:  # channels-first memory (see below)
+            if co < direct.THIN:  # channels-first memory (see below)
                 y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
             else:
                 y = x.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
             for n0, n1 in blocks:
-                part = to_nhwc(y[n0:n1]) if co < THIN else y[n0:n1]
+                part = to_nhwc(y[n0:n1]) if co < direct.THIN else y[n0:n1]
                 polyphase_forward(x[n0:n1], w_eff, bias, py, px, out_hw, False, part, add)
-            return (to_nhwc(y) if co < THIN else y), None
+            return (to_nhwc(y) if co < direct.THIN else y), None
         w_taps = w_eff.view(py.width, px.width, -1, w_eff.shape[1])
         r4 = tap_sum(space_to_depth(x, plan), w_taps, bias_eff, plan, n)
         st = r4.stride()
@@ -308,7 +309,7 @@ def polyphase_forward(
         )
         r = r2.view(n, py.starts, px.starts, py.stride, px.stride, co)
     put = Tensor.add_ if add else Tensor.copy_
-    if co < THIN:  # phase by phase into channels-first memory (see the docstring)
+    if co < direct.THIN:  # phase by phase into channels-first memory (see the docstring)
         y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
         for ry, rx, sy, sx in phase_slices(py, px):
             src = r[:, sy, sx, ry, rx].permute(0, 3, 1, 2)
@@ -343,7 +344,7 @@ def phase_taps_pay(x: Tensor, co: int) -> bool:
     """Whether :func:`polyphase_forward` takes taps for the NHWC ``x`` and ``co`` output
     channels per phase: a thin output always, a wide one on a large input (see above)."""
     n, h, w = x.shape[:3]
-    return co < THIN or (w >= PHASE_TAPS_WIDTH and n * h * w >= PHASE_TAPS_PIXELS)
+    return co < direct.THIN or (w >= PHASE_TAPS_WIDTH and n * h * w >= PHASE_TAPS_PIXELS)
 
 
 def polyphase_cols(x: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:

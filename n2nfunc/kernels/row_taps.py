@@ -6,7 +6,8 @@ from typing import NamedTuple
 from torch import Tensor
 
 from ..nhwc import pad
-from .s2d import THIN_TAPS, WIDE_TAPS, S2DPlan, _stacked, s2d_conv_weight_grad, tap_sum
+from . import s2d
+from .s2d import S2DPlan, _stacked, s2d_conv_weight_grad, tap_sum
 
 # A stride-1 convolution as kh matmuls over shifted flat views: the padded input is unrolled
 # along W only -- z[n, r, j] = (xp[n, r, j + b] for b < kw), kw*C columns, kw times the input
@@ -31,7 +32,7 @@ def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bo
         and stride == (1, 1)
         and dilation == (1, 1)
         and kernel[0] > 1
-        and x.shape[3] >= WIDE_TAPS
+        and x.shape[3] >= s2d.WIDE_TAPS
     )
 
 
@@ -109,7 +110,7 @@ def kernel_taps_pay(c: int, o: int, out_hw: tuple) -> bool:
         ho * wo >= KERNEL_TAPS_PIXELS
         and wo >= KERNEL_TAPS_WIDTH
         and c >= KERNEL_TAPS_CHANNELS
-        and o >= THIN_TAPS
+        and o >= s2d.THIN_TAPS
     )
 
 

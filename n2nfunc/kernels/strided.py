@@ -5,7 +5,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .direct import THIN, reduce_matmul, sum_over_blocks
+from . import direct
+from .direct import reduce_matmul, sum_over_blocks
 from .polyphase import PhasePlan, combine, phase_plan, polyphase_cols, polyphase_forward
 from .s2d import (
     S2DPlan,
@@ -105,7 +106,7 @@ def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     network, 48 -> 48, k4 s2, float32, both gradients 5.6 -> 5.0 ms at batch 100, 2.15 -> 1.76
     ms at batch 32; 2-core Xeon)."""
     plans = wg.phase_plans()
-    if plans is None or weight.shape[1] < THIN:
+    if plans is None or weight.shape[1] < direct.THIN:
         return None
     w_eff = combine(weight.permute(2, 3, 0, 1), *plans)
     dx = g.new_empty(g.shape[0], *wg.in_hw, weight.shape[1])

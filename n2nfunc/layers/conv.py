@@ -278,7 +278,8 @@ def conv_transpose2d(
     ``y[n, o, s*i - p + d*u, s*j - p + d*v] += w[c, o, u, v] x[n, c, i, j]`` (plus
     ``bias[o]``), output size ``(H-1)s - 2p + d(k-1) + output_padding + 1``.
 
-    The forward pass is the polyphase engine. Gradients, for the output gradient ``g``:
+    The forward pass is the polyphase engine (PyTorch's order where :mod:`n2nfunc.torch_order`
+    applies; :mod:`n2nfunc.device_conv` on a GPU). Gradients, for the output gradient ``g``:
     ``dx[n, c, i, j] = sum_{o, u, v} w[c, o, u, v] g[n, o, s*i - p + d*u, s*j - p + d*v]``,
     the plain convolution of ``g`` with the same weight;
     ``dw[c, o, u, v] = sum_{n, i, j} x[n, c, i, j] g[n, o, s*i - p + d*u, s*j - p + d*v]``
@@ -365,9 +366,12 @@ def _transposed_pullback(
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        dx, d_kernel = K.conv_and_weight_grad(
-            g, kernel, None, k, s, p, d, xh.shape[1:3], like_torch, grad_for=xh
-        )
+        if input_grad or like_torch:
+            dx, d_kernel = K.conv_and_weight_grad(
+                g, kernel, None, k, s, p, d, xh.shape[1:3], like_torch, grad_for=xh
+            )
+        else:  # the kernel gradient alone, without the convolution of g
+            dx, d_kernel = None, K.conv_weight_grad(g, xh, k, s, p, d, xh.shape[1:3])
         grads = {"weight": d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)}
         if bias:
             grads["bias"] = _bias_grad(g, like_torch)
@@ -611,7 +615,7 @@ def upsample(
         _checked(params, x, name, out_channels, k, bias, out_size)  # before x's shape is read
         strided = (
             x.element_size() < 4
-            or out_channels < K.THIN
+            or out_channels < K.direct.THIN
             or x.shape[0] * x.shape[2] * x.shape[3] >= STRIDED_BACKWARD_PIXELS
         )
         if strided and min(p2) >= 0:
