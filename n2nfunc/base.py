@@ -28,8 +28,9 @@ marked with :func:`releases` (the combinators and wrappers): it then lets go of 
 forward pass kept for each child as soon as that child's pullback has run, as torch's
 autograd frees a node's saved tensors, and refuses a later call.
 
-Shapes are full tuples ``(N, C, H, W)``; ``-1`` marks a size not known yet (the batch, or an
-image size), and it propagates to the output shape.
+Shapes are full tuples: ``(N, C, H, W)`` for the image layers, ``(N, ..., F)`` for ``dense``,
+any rank for the elementwise layers; ``-1`` marks a size not known yet (the batch, or an image
+size), and it propagates to the output shape.
 """
 
 import math

@@ -5,8 +5,10 @@ compute on the channels-last view ``x.permute(0, 2, 3, 1)``: an im2col row is th
 a contiguous run of ``kh * kw * C`` numbers and a matmul's (rows, C) output *is*
 the next activation, with no layout copy. Outputs are returned as
 ``y_nhwc.permute(0, 3, 1, 2)``, i.e. (N, C, H, W) tensors in channels-last memory, except
-the thin (fewer than 8 channels) outputs of upsampling maps, which are written phase by phase
-into (N, C, H, W) memory (see ``kernels.polyphase_forward``).
+thin outputs (fewer than ``kernels.direct.THIN`` channels): those of upsampling maps are written
+phase by phase into (N, C, H, W) memory (``kernels.polyphase_forward``), and those that
+``kernels.im2col_matmul`` computes (a 16-bit ``apply``) channels-first, in (C, N, H, W) memory.
+Every layer reads any of these layouts; use ``reshape``, not ``view``, to flatten one.
 """
 
 from torch import Tensor
@@ -82,7 +84,8 @@ def im2col(xp: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tu
 
 
 def col2im(cols: Tensor, out_hw: tuple, kernel: tuple) -> Tensor:
-    """Adjoint of stride-1, dilation-1 :func:`im2col`.
+    """Adjoint of :func:`windows` at stride 1 and dilation 1 (the kernel windows, before
+    :func:`im2col` flattens them).
 
     ``cols`` has shape (N, Ho, Wo, kh, kw, C); returns the (N, Ho+kh-1, Wo+kw-1, C)
     tensor where every window position adds its column back: kh*kw shifted adds.

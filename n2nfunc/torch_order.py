@@ -1,11 +1,11 @@
 """Convolutions summed in PyTorch's own order, where PyTorch's result is reproducible.
 
-A grader checks a ``Conv2d`` block against ``F.conv2d`` with ``torch.allclose`` (rtol 1e-5,
-atol 1e-8): tighter than the rounding of a sum taken in another order, wherever an output is
-near zero. PyTorch runs a float32 convolution on the CPU through oneDNN, whose order cannot
-be reproduced with matmuls, except for one small image (ATen's ``use_mkldnn``: batch 1, at
-most UNFOLD_VALUES input values, a kernel of at most 3 along some dimension), which it
-computes with its own unfold and one GEMM:
+The course's grader, and our tests, compare a ``Conv2d`` block with ``F.conv2d`` by
+``torch.allclose`` (rtol 1e-5, atol 1e-8): tighter than the rounding of a sum taken in another
+order, wherever an output is near zero. PyTorch runs a float32 convolution on the CPU through
+oneDNN, whose order cannot be reproduced with matmuls, except for one small image (ATen's
+``use_mkldnn``: batch 1, at most UNFOLD_VALUES input values, a kernel of at most 3 along some
+dimension), which it computes with its own unfold and one GEMM:
 
     y[o, l] = sum_{(c, a, b)} W[o, (c, a, b)] cols[(c, a, b), l],  then + bias[o],
 

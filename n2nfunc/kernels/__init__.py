@@ -3,9 +3,10 @@
 Two formulations underlie every convolution-like layer and its gradients:
 
 * **direct**: ``y = im2col(pad(x)) @ W`` -- one matmul with a
-  (N*Ho*Wo, kh*kw*C) matrix of kernel windows, built from a strided view.
-  Used for the forward pass of ``conv2d`` and the input gradient of
-  ``conv_transpose2d`` (the adjoint of a transposed convolution is a convolution).
+  (N*Ho*Wo, kh*kw*C) matrix of kernel windows, built from a strided view. Any
+  convolution: ``conv2d``, the input gradient of ``conv_transpose2d`` (the adjoint of a
+  transposed convolution is a convolution) and of a stride-1 ``conv2d`` (a convolution
+  with the flipped kernel).
 
 * **polyphase** (sub-pixel): a map that upsamples by ``s`` -- a transposed
   convolution, or nearest upsampling followed by a convolution -- is, for each of
@@ -17,8 +18,8 @@ Two formulations underlie every convolution-like layer and its gradients:
   so all phases come from one matmul ``im2col_U(x) @ W_eff`` with
   ``W_eff`` of shape (U*U*Cin, s*s*Cout), followed by an interleave of the phases.
   Nearest x2 + 3x3 conv needs U = 2: 16 instead of 36 multiply-adds per
-  low-resolution pixel and channel pair. Used for ``conv_transpose2d``,
-  ``upsample`` and the input gradient of ``conv2d``.
+  low-resolution pixel and channel pair. For ``conv_transpose2d``, ``upsample`` and
+  the input gradient of a strided ``conv2d``.
 
 ``W_eff = combine(w)`` is linear in the kernel: ``W_eff[j, rho] = sum_t A[rho, j, t] w[t]``
 per spatial dim, with a 0/1 matrix ``A`` from :func:`phase_plan`; its gradient is
@@ -27,8 +28,9 @@ the transposed map, :func:`uncombine`.
 In float32 and float64 on the CPU, faster engines built from shifted views take over where
 they apply (each says when): the implicit GEMM of strided layers over a space-to-depth copy
 (:func:`s2d_applies`), the row taps of stride-1 layers (:func:`rows_applies`) and their
-kernel taps on large images (:func:`kernel_taps_pay`); :func:`conv_and_weight_grad` and
-:func:`conv_input_grad` choose among them.
+kernel taps on large images (:func:`kernel_taps_pay`). Which engine computes which pass is
+decided in one place, the entry points of ``dispatch`` (:func:`conv_and_weight_grad`,
+:func:`conv_input_grad`, :func:`conv_grads`, :func:`conv`), each of which says how.
 
 The engines live in submodules, one each: ``direct`` (im2col), ``polyphase``, ``s2d`` (the
 implicit GEMM over space-to-depth copies), ``strided`` (both gradients of a strided

@@ -19,6 +19,8 @@ class PhasePlan(NamedTuple):
     Output ``o = stride*m + rho`` reads inputs ``m + offsets[rho] + j`` for ``j < width``
     through kernel taps ``taps[rho]`` = ((j, t), ...). ``counts[rho]`` outputs fall in
     phase rho; window starts run over ``first_start .. first_start + starts - 1``.
+    ``pad_before`` / ``pad_after``: the zeros those windows read before the first input /
+    after the last (negative: that many inputs at that end are read by no window).
     """
 
     stride: int

@@ -16,12 +16,14 @@ from .s2d import S2DPlan, _stacked, s2d_conv_weight_grad, tap_sum
 #     y[n, i, j] = sum_a z[n, i + a, j] @ W[a],    W[a] of shape (kw*C, O),
 #
 # each a matmul batched over the images, whose Ho*Wo rows start a*Wo rows into the image's
-# (Hp, Wo) grid of z: no row is computed and ignored, and y is a dense NHWC tensor. The weight
-# gradient is the same sum transposed, dW[a] = sum_n z_n,shifted^T @ g_n. On a 2-core AMD
-# EPYC row taps halved the forward + weight gradient of the U-Net's 3x3 convolutions against
-# one im2col matmul (32 -> 32 channels, 8 x 64 x 64: 12.5 vs 25.9 ms). Float32 and float64
-# only, like the shifted-view engine above. The forward pass of a large image takes kh x kw
-# taps of the padded input itself instead (KERNEL_TAPS_PIXELS).
+# (Hp, Wo) grid of z: no row is computed and ignored, and y is a dense NHWC tensor (for an
+# output of fewer than s2d.THIN_TAPS channels, the taps share one matmul over all rows, as in
+# s2d.tap_sum, and y is a strided view of its frame). The weight gradient is the same sum
+# transposed, dW[a] = sum_n z_n,shifted^T @ g_n. On a 2-core AMD EPYC row taps halved the
+# forward + weight gradient of the U-Net's 3x3 convolutions against one im2col matmul (32 ->
+# 32 channels, 8 x 64 x 64: 12.5 vs 25.9 ms). Float32 and float64 only, like the
+# space-to-depth engine (s2d). The forward pass of a large image takes kh x kw taps of the
+# padded input itself instead (KERNEL_TAPS_PIXELS).
 
 
 def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bool:

@@ -45,8 +45,8 @@ def s2d_applies(
 
     Stride-1 convolutions are left to im2col (one matmul with a long K) unless
     ``stride_one``, as for the small (2 x 2) windows of the polyphase engine; so are taps
-    thinner than WIDE_TAPS rows of z (the default network's first layer, 3 channels at
-    stride 2: K = 12; one im2col matmul made its float32 training step 41.9 -> 40.1 ms).
+    whose matmuls sum over fewer than WIDE_TAPS columns of z (K = C sy sx: the default
+    network's first layer, 3 channels at stride 2, has K = 12).
     """
     return (
         x.dtype.is_floating_point
@@ -150,11 +150,12 @@ THIN_TAPS = 16
 STACKED_TAPS = 256
 
 
-# Below this many input channels a shifted-view tap (a matmul with K = channels) is too thin:
-# one matmul with an im2col matrix (K = kh*kw*channels) is faster. On a 2-core AMD EPYC,
-# 8 x 64 x 64: bfloat16 weight gradient of 3 -> 32 channels 1.6 vs 0.6 ms (a thin output is
-# fine: its taps share one matmul, see tap_sum); float32 row taps (rows_applies), 3 -> 48
-# channels fwd + weight gradient 5.5 vs 2.8 ms.
+# The fewest columns K that a shifted-view tap's matmul sums over (the channels of the
+# tensor the taps read: the input of a convolution, the output gradient of an input gradient,
+# times sy sx on a space-to-depth grid); below it one matmul with an im2col matrix (K = kh kw
+# channels) is faster. On a 2-core AMD EPYC, 8 x 64 x 64: bfloat16 weight gradient of 3 -> 32
+# channels 1.6 vs 0.6 ms; float32 row taps, 3 -> 48 channels fwd + weight gradient 5.5 vs 2.8
+# ms; the default network's first layer (K = 12) float32 training step 41.9 -> 40.1 ms.
 WIDE_TAPS = 16
 
 
