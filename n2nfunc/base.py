@@ -41,6 +41,22 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from torch import Generator, Tensor, device, dtype, empty
 
+# The dtypes the package names, read off empty tensors: the compute modules import from torch
+# only empty, cat, arange and type names.
+BOOL = empty(0).bool().dtype
+INT16, INT32, INT64 = empty(0).short().dtype, empty(0).int().dtype, empty(0).long().dtype
+BFLOAT16, FLOAT32, FLOAT64 = (
+    empty(0).bfloat16().dtype,
+    empty(0).float().dtype,
+    empty(0).double().dtype,
+)
+
+
+def inference_mode_on() -> bool:
+    """Whether ``torch.inference_mode`` is on (a tensor made now is an inference tensor)."""
+    return empty(0).is_inference()
+
+
 Shape = tuple[int, ...]
 # A layer's input or output shape: a Shape, or for several streams a tuple of them (nested)
 Shapes = Any

@@ -39,6 +39,7 @@ from torch import Generator, Tensor, cat, device, empty
 
 from . import optim, tree
 from .base import (
+    BOOL,
     NOISY_MAX,
     NOISY_MEAN,
     Layer,
@@ -215,7 +216,7 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
                 )
             )
         scale = 255.0
-    dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else _FLOAT32
+    dtype = x.dtype if x.is_floating_point() and x.element_size() >= 4 else FLOAT32
     y = x.to(dtype=dtype)
     if scale == 1.0:
         return y, scale
@@ -225,7 +226,7 @@ def to_unit_range(x, name: str, scale: float | None = None, noisy_max: float = N
 def _not_far_above_white(x: Tensor, name: str, scale: float) -> None:
     """Refuse images whose mean is far above the white ``scale`` their caller gave (summed in
     float32 without a float copy of an integer batch: 50,000 pairs' targets, 614 MB)."""
-    if (mean := float(x.sum(dtype=_FLOAT32)) / x.numel()) > NOISY_MEAN * scale:
+    if (mean := float(x.sum(dtype=FLOAT32)) / x.numel()) > NOISY_MEAN * scale:
         raise ValueError(
             f"{name}: the mean value {mean:.4g} is far above white "
             f"(scale={scale:g}): the images are on a larger scale than that"
@@ -273,12 +274,8 @@ def white_of(scale, where: str) -> float | None:
     return float(scale)
 
 
-_BOOL = empty(0).bool().dtype
-_FLOAT32 = empty(0).float().dtype
-
-
 def _is_integer(x: Tensor) -> bool:
-    return not x.is_floating_point() and not x.is_complex() and x.dtype != _BOOL
+    return not x.is_floating_point() and not x.is_complex() and x.dtype != BOOL
 
 
 def _dihedral(x: Tensor, k: int) -> Tensor:

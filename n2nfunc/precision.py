@@ -15,15 +15,14 @@ past every matmul (a residual block's skip from the network's input) keeps bfloa
 precision here (8 significant bits: 2-3 decimal digits) and float32 under autocast.
 """
 
-from torch import Tensor, empty
+from torch import Tensor
 
 from . import tree
-from .base import Held, Layer, pull, releases, skips_input_grad
+from .base import BFLOAT16, FLOAT32, Held, Layer, pull, releases, skips_input_grad
 from .stateful import StatefulLayer
 from .tiling import footprint, with_footprint
 
-FLOAT32 = empty(0).float().dtype
-PRECISIONS = {"float32": FLOAT32, "bfloat16": empty(0).bfloat16().dtype}
+PRECISIONS = {"float32": FLOAT32, "bfloat16": BFLOAT16}
 
 
 def compute_dtype(precision: str):

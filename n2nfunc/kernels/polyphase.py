@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from torch import Tensor, empty
 
+from ..base import inference_mode_on
 from ..nhwc import col2im, to_nchw, to_nhwc, unpad
 from . import direct
 from .direct import conv_cols, conv_forward, image_blocks, reduce_matmul
@@ -87,7 +88,7 @@ def _outside_inference(cached: Tensor) -> Tensor:
     """A cached constant as the current mode can use it: one made under
     ``torch.inference_mode`` (the first call of a shape inside a ``predict``, say) is an
     inference tensor, which autograd refuses to save, so outside that mode a copy of it."""
-    if cached.is_inference() and not empty(0).is_inference():
+    if cached.is_inference() and not inference_mode_on():
         return cached.clone()
     return cached
 

@@ -8,9 +8,10 @@ layout, so channels-last activations stay channels-last.
 
 import math
 
-from torch import empty
-
 from ..base import (
+    INT16,
+    INT32,
+    INT64,
     Layer,
     Unchanged,
     an_int,
@@ -69,8 +70,7 @@ def relu() -> Layer:
     )
 
 
-INT16 = empty(0).short().dtype
-_SAME_SIZE_INT = {2: INT16, 4: empty(0).int().dtype, 8: empty(0).long().dtype}
+_SAME_SIZE_INT = {2: INT16, 4: INT32, 8: INT64}
 
 
 def _positive_bits(v):

@@ -30,6 +30,7 @@ from torch import Tensor, empty
 
 from .. import tree
 from ..base import (
+    INT64,
     check_cotangent,
     check_image,
     check_params,
@@ -126,7 +127,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
                     f"are {weight.dtype} on {weight.device}"
                 )
         count = state["num_batches_tracked"]
-        if count.dtype != count.long().dtype or count.device != weight.device:
+        if count.dtype != INT64 or count.device != weight.device:
             raise TypeError(
                 f"{name}: state 'num_batches_tracked' must be an int64 number on "
                 f"{weight.device}, as torch's, got {count.dtype} on {count.device}"

@@ -6,11 +6,11 @@ import copy
 from collections.abc import Iterator
 from typing import Any, NamedTuple, TypeGuard, TypeVar
 
-from torch import Generator, Tensor, empty
+from torch import Generator, Tensor
 from torch import dtype as torch_dtype
 
 from .. import tree
-from ..base import DeviceLike, Layer, flag, is_int, pull, released
+from ..base import FLOAT32, FLOAT64, DeviceLike, Layer, flag, is_int, pull, released
 from ..stateful import StatefulLayer, lift
 from ..train import described
 
@@ -333,10 +333,10 @@ class Module(Unpicklable):
         return self
 
     def double(self: _M) -> _M:
-        return self.to(dtype=_FLOAT64)
+        return self.to(dtype=FLOAT64)
 
     def float(self: _M) -> _M:
-        return self.to(dtype=_FLOAT32)
+        return self.to(dtype=FLOAT32)
 
     def cpu(self: _M) -> _M:
         return self.to("cpu")
@@ -349,9 +349,6 @@ class Module(Unpicklable):
 
     def layer_description(self) -> str:
         return ""
-
-
-_FLOAT32, _FLOAT64 = empty(0).float().dtype, empty(0).double().dtype
 
 
 def _each_once(pairs: list) -> list:
