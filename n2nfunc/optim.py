@@ -251,7 +251,7 @@ def _adam(
         root_bc2 = math.sqrt(1 - b2**t)
         decay = lr_now * weight_decay if decoupled else 0.0
 
-        def step(m, g, v, *more):  # the state first: the results take its structure
+        def adam_step(m, g, v, *more):  # the state first: the results take its structure
             v_max = more[0] if amsgrad else None
             p = more[-1] if weight_decay else None
             if l2:
@@ -267,7 +267,7 @@ def _adam(
 
         trees = [state["m"], grads, state["v"]] + ([state["v_max"]] if amsgrad else [])
         trees += [params] * bool(weight_decay)
-        updates, m, v, *v_max = tree.map_raveled(step, *trees, outputs=3 + amsgrad)
+        updates, m, v, *v_max = tree.map_raveled(adam_step, *trees, outputs=3 + amsgrad)
         new_state = {"step": t, "m": m, "v": v}
         if amsgrad:
             new_state["v_max"] = v_max[0]

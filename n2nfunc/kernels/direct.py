@@ -164,7 +164,7 @@ def cols_products(
     n, k = x.shape[0], kernel[0] * kernel[1] * x.shape[3]
     y = None if wmat is None else x.new_empty(n, ho, wo, wmat.shape[1])
 
-    def share(n0: int, n1: int) -> Tensor:
+    def block_term(n0: int, n1: int) -> Tensor:
         cols = conv_cols(x[n0:n1], *geometry)
         if y is not None and wmat is not None:
             rows_ = y[n0:n1].view(-1, wmat.shape[1])
@@ -174,17 +174,17 @@ def cols_products(
                 rows_.copy_(bias.expand_as(rows_)).addmm_(cols, wmat)
         return reduce_matmul(rows(a[n0:n1]).t(), cols)
 
-    total = sum_over_blocks(n, ho * wo * k * x.element_size(), share)
+    total = sum_over_blocks(n, ho * wo * k * x.element_size(), block_term)
     return y, matrix_to_weight(total, kernel)
 
 
-def sum_over_blocks(n: int, image_bytes: int, share) -> Tensor:
-    """``sum share(n0, n1)`` over the blocks of :func:`image_blocks` (n >= 1 images): each
-    block's copies are freed, with ``share``'s locals, before the next block's are formed."""
+def sum_over_blocks(n: int, image_bytes: int, block_term) -> Tensor:
+    """``sum block_term(n0, n1)`` over the blocks of :func:`image_blocks` (n >= 1 images): each
+    block's copies are freed, with ``block_term``'s locals, before the next block's are formed."""
     blocks = image_blocks(n, image_bytes)
-    total = share(*next(blocks))
+    total = block_term(*next(blocks))
     for n0, n1 in blocks:
-        total.add_(share(n0, n1))
+        total.add_(block_term(n0, n1))
     return total
 
 

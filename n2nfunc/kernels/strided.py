@@ -94,10 +94,10 @@ class TapWeightGrad(NamedTuple):
         im2col copies formed a block at a time, :func:`image_blocks`)."""
         plans = self.phase_plans()
 
-        def share(n0: int, n1: int) -> Tensor:
+        def block_term(n0: int, n1: int) -> Tensor:
             return self.block(n0, n1).products(g[n0:n1], plans)
 
-        return self.finish(sum_over_blocks(self.x.shape[0], self.image_bytes(), share), plans)
+        return self.finish(sum_over_blocks(self.x.shape[0], self.image_bytes(), block_term), plans)
 
 
 def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
@@ -111,11 +111,11 @@ def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     w_eff = combine(weight.permute(2, 3, 0, 1), *plans)
     dx = g.new_empty(g.shape[0], *wg.in_hw, weight.shape[1])
 
-    def share(n0: int, n1: int) -> Tensor:
+    def block_term(n0: int, n1: int) -> Tensor:
         _, cols = polyphase_forward(g[n0:n1], w_eff, None, *plans, wg.in_hw, True, dx[n0:n1])
         return wg.block(n0, n1).products(g[n0:n1], plans, cols)
 
-    return wg.finish(sum_over_blocks(g.shape[0], wg.image_bytes(), share), plans), dx
+    return wg.finish(sum_over_blocks(g.shape[0], wg.image_bytes(), block_term), plans), dx
 
 
 def _s2d_conv_and_grad(
@@ -127,10 +127,12 @@ def _s2d_conv_and_grad(
     n, plans, plan = x.shape[0], wg.phase_plans(), wg.plan
     sums = x.new_empty(n, plan.out_hw[0] * plan.grid[1] - (plan.taps[1] - 1), w_taps.shape[-1])
 
-    def share(n0: int, n1: int) -> Tensor:
+    def block_term(n0: int, n1: int) -> Tensor:
         block = wg.block(n0, n1)
         z = block.z()
         tap_sum(z, w_taps, bias, block.plan, n1 - n0, out=sums[n0:n1])
         return block._replace(kept=z).products(a[n0:n1], plans)
 
-    return _taps_view(sums, plan), wg.finish(sum_over_blocks(n, wg.image_bytes(), share), plans)
+    return _taps_view(sums, plan), wg.finish(
+        sum_over_blocks(n, wg.image_bytes(), block_term), plans
+    )
