@@ -54,7 +54,8 @@ from .base import (
 from .combinators import at_layer, check_input_grad, fanin_sum, fanout, parallel, serial
 from .layers import max_pool2d
 from .layers.activations import leaky_relu
-from .layers.conv import conv2d, upsample
+from .layers.conv import conv2d
+from .layers.upsampling import upsample
 from .stateful import StatefulLayer
 from .tiling import with_footprint
 

@@ -22,6 +22,8 @@ COMPUTE = [
     "device_conv.py",
     "init.py",
     "layers/conv.py",
+    "layers/geometry.py",
+    "layers/upsampling.py",
     "layers/__init__.py",
     "layers/dense.py",
     "layers/pool.py",

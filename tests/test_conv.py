@@ -10,7 +10,7 @@ from helpers import autograd_vjp, init64, randn, rel_err, set_in_kernels
 
 import n2nfunc as nf
 from n2nfunc import kernels as K
-from n2nfunc.layers.conv import STRIDED_BACKWARD_PIXELS
+from n2nfunc.layers.upsampling import STRIDED_BACKWARD_PIXELS
 
 TOL64, TOL32 = 1e-10, 1e-5
 
@@ -297,7 +297,7 @@ def test_upsample_vjp_add_into_adds_its_output_and_pulls_back_as_vjp(hw):
 
 @pytest.mark.parametrize("k,p,hw", [(3, 1, (64, 64)), (3, 1, (33, 130)), (5, 2, (64, 65))])
 def test_upsample_on_large_inputs_matches_float64(k, p, hw):
-    """From conv.STRIDED_BACKWARD_PIXELS input pixels the backward pass is the strided
+    """From upsampling.STRIDED_BACKWARD_PIXELS input pixels the backward pass is the strided
     convolution of g (where the combined kernel allows) rather than polyphase_backward."""
     assert hw[0] * hw[1] >= STRIDED_BACKWARD_PIXELS
     layer = nf.upsample(9, k, scale_factor=2, padding=p)
@@ -427,7 +427,7 @@ def test_nearest_upsample_to_a_size_matches_interpolate(hw, size, dtype):
 
 
 def test_nearest_sources_match_pytorch_for_every_small_size():
-    from n2nfunc.layers.conv import _nearest_sources
+    from n2nfunc.layers.upsampling import _nearest_sources
 
     for n_in in range(1, 40):
         x = torch.arange(n_in, dtype=torch.float32).reshape(1, 1, 1, n_in)
@@ -626,9 +626,9 @@ def test_bias_free_and_same_padded_layers_match_torch_float64(case, c, hw, n):
 def test_transposed_weight_gradient_alone_skips_the_convolution(monkeypatch, dtype, kind):
     """input_grad=False gives a transposed convolution's weight and bias gradients without
     the convolution of the output gradient that would be its input gradient."""
-    import n2nfunc.layers.conv as conv_module
+    import n2nfunc.layers.upsampling as upsampling
 
-    monkeypatch.setattr(conv_module, "STRIDED_BACKWARD_PIXELS", 0)  # upsample: strided pullback
+    monkeypatch.setattr(upsampling, "STRIDED_BACKWARD_PIXELS", 0)  # upsample: strided pullback
     if kind == "conv_transpose2d":
         layer = nf.conv_transpose2d(5, 4, stride=2, padding=1)
     else:

@@ -1,6 +1,7 @@
-"""The layers, one module per family: convolutions (:mod:`.conv`, on the engines of
-:mod:`n2nfunc.kernels`), activations, dense, pooling, normalisation, dropout (see each
-module's docstring).
+"""The layers, one module per family: convolutions (:mod:`.conv`) and upsampling
+(:mod:`.upsampling`), both on the engines of :mod:`n2nfunc.kernels`, activations, dense,
+pooling, normalisation, dropout (see each module's docstring). :mod:`.geometry` holds the
+sizes, arguments and checks that the convolution-like layers and pooling share.
 
 ``batch_norm2d`` and ``dropout`` are stateful layers (see :mod:`n2nfunc.stateful`).
 """
@@ -17,11 +18,12 @@ from .activations import (
     softplus,
     tanh,
 )
-from .conv import conv2d, conv_transpose2d, nearest_upsample, upsample
+from .conv import conv2d, conv_transpose2d
 from .dense import dense, flatten
 from .dropout import dropout
 from .norm import batch_norm2d
 from .pool import avg_pool2d, global_avg_pool, max_pool2d
+from .upsampling import nearest_upsample, upsample
 
 __all__ = [
     "avg_pool2d",

@@ -22,13 +22,13 @@ from ..base import (
     pair,
 )
 from ..nhwc import sum_of, to_nchw, to_nhwc, windows
-from .conv import _conv_out, _describe, _sizes
+from .geometry import conv_out, describe, output_sizes
 
 
 def _options(kind: str, kernel_size, stride, padding):
     """Name, kernel, stride (the kernel by default) and padding of a pooling layer; like
     PyTorch, padding may be at most half the kernel, so every window holds an input pixel."""
-    name = _describe(kind, kernel_size=kernel_size, stride=stride, padding=padding)
+    name = describe(kind, kernel_size=kernel_size, stride=stride, padding=padding)
     k = pair(kernel_size, "kernel_size", name)
     s = k if stride is None else pair(stride, "stride", name)
     p = pair(padding, "padding", name, minimum=0)
@@ -56,18 +56,18 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
 
     def out_size(dim, size):
         i = "HW".index(dim)
-        return _conv_out(size, k[i], s[i], p[i], 1)
+        return conv_out(size, k[i], s[i], p[i], 1)
 
     def init(generator, in_shape):
         n, c, h, w = image_shape(in_shape, name)
-        ho, wo = _sizes((n, c, h, w), out_size, name)
+        ho, wo = output_sizes((n, c, h, w), out_size, name)
         return (n, c, ho, wo), {}
 
     def window_view(params, x):
         check_params(params, name, {})
         check_tensor(x, name)
         check_image(x, name, -1, x)
-        out_hw = _sizes(x.shape, out_size, name)
+        out_hw = output_sizes(x.shape, out_size, name)
         xp = _padded(to_nhwc(x), p, pad_value)
         return xp, windows(xp, k, s, (1, 1), out_hw)
 

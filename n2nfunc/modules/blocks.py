@@ -21,7 +21,8 @@ from ..layers.activations import (
     softplus,
     tanh,
 )
-from ..layers.conv import conv2d, conv_transpose2d, nearest_upsample, upsample
+from ..layers.conv import conv2d, conv_transpose2d
+from ..layers.upsampling import nearest_upsample, upsample
 from ..stateful import lift
 from ..unet import unet
 from .module import Module, _as_pair
