@@ -11,7 +11,7 @@ from ..base import inference_mode_on
 from ..nhwc import col2im, to_nchw, to_nhwc, unpad
 from . import direct
 from .direct import conv_cols, conv_forward, image_blocks, reduce_matmul
-from .s2d import s2d_applies, s2d_plan, space_to_depth, tap_sum
+from .s2d import S2DPlan, s2d_applies, s2d_plan, space_to_depth, tap_sum
 
 
 class PhasePlan(NamedTuple):
@@ -233,6 +233,7 @@ def polyphase_forward(
     py: PhasePlan,
     px: PhasePlan,
     out_hw: tuple,
+    *,
     keep_cols: bool = True,
     out: Tensor | None = None,
     add: bool = False,
@@ -262,72 +263,100 @@ def polyphase_forward(
     ``x``, which blocks of images read after earlier blocks wrote). An output by taps runs by
     blocks of images in float32 / float64 (:func:`image_blocks`).
     """
-    n = x.shape[0]
-    s = py.stride * px.stride
-    co = w_eff.shape[1] // s
-    bias_eff = None if bias is None else bias.repeat(s)
-    cols = None
+    co = w_eff.shape[1] // (py.stride * px.stride)
     taps = phase_taps_pay(x, co) and s2d_applies(
         x, (py.width, px.width), (1, 1), (1, 1), stride_one=True
     )
     if not keep_cols and taps:
-        plan = s2d_plan(
-            n,
-            x.shape[1:3],
-            (py.width, px.width),
-            (1, 1),
-            (py.pad_before, px.pad_before),
-            (py.starts, px.starts),
+        plan = _taps_plan(x, py, px)
+        blocks = list(
+            image_blocks(x.shape[0], plan.grid[0] * plan.grid[1] * x.shape[3] * x.element_size())
         )
-        image = plan.grid[0] * plan.grid[1] * x.shape[3] * x.element_size()
-        blocks = list(image_blocks(n, image))
         if len(blocks) > 1:
-            if co < direct.THIN:  # channels-first memory (see below)
-                y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
-            else:
-                y = x.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
-            for n0, n1 in blocks:
-                part = to_nhwc(y[n0:n1]) if co < direct.THIN else y[n0:n1]
-                polyphase_forward(x[n0:n1], w_eff, bias, py, px, out_hw, False, part, add)
-            return (to_nhwc(y) if co < direct.THIN else y), None
-        w_taps = w_eff.view(py.width, px.width, -1, w_eff.shape[1])
-        r4 = tap_sum(space_to_depth(x, plan), w_taps, bias_eff, plan, n)
-        st = r4.stride()
-        r = r4.as_strided(
-            (n, py.starts, px.starts, py.stride, px.stride, co),
-            (st[0], st[1], st[2], px.stride * co * st[3], co * st[3], st[3]),
-            r4.storage_offset(),
-        )
+            return _by_image_blocks(x, w_eff, bias, py, px, out_hw, blocks, out, add), None
+        r, cols = _phase_results_by_taps(x, w_eff, bias, py, px, plan), None
     else:
-        r2, cols = conv_forward(
-            x,
-            w_eff,
-            bias_eff,
-            (py.width, px.width),
-            (1, 1),
-            (py.pad_before, px.pad_before),
-            (1, 1),
-            (py.starts, px.starts),
-            keep_cols,
-        )
-        r = r2.view(n, py.starts, px.starts, py.stride, px.stride, co)
-    put = Tensor.add_ if add else Tensor.copy_
-    if co < direct.THIN:  # phase by phase into channels-first memory (see the docstring)
+        r, cols = _phase_results_by_im2col(x, w_eff, bias, py, px, keep_cols)
+    return _interleave(r, py, px, out_hw, out, add), cols
+
+
+def _taps_plan(x: Tensor, py: PhasePlan, px: PhasePlan) -> S2DPlan:
+    """The plan of the (Uy, Ux) windows as stride-1 taps of the implicit-GEMM engine."""
+    windows, pads = (py.width, px.width), (py.pad_before, px.pad_before)
+    return s2d_plan(x.shape[0], x.shape[1:3], windows, (1, 1), pads, (py.starts, px.starts))
+
+
+def _phase_results_by_taps(x, w_eff, bias, py, px, plan: S2DPlan) -> Tensor:
+    """The phases' results ``r`` (N, My, Mx, sy, sx, Cout), a strided view of the taps'
+    sums (:func:`tap_sum`)."""
+    n, s = x.shape[0], py.stride * px.stride
+    co = w_eff.shape[1] // s
+    w_taps = w_eff.view(py.width, px.width, -1, w_eff.shape[1])
+    r4 = tap_sum(space_to_depth(x, plan), w_taps, None if bias is None else bias.repeat(s), plan, n)
+    st = r4.stride()
+    return r4.as_strided(
+        (n, py.starts, px.starts, py.stride, px.stride, co),
+        (st[0], st[1], st[2], px.stride * co * st[3], co * st[3], st[3]),
+        r4.storage_offset(),
+    )
+
+
+def _phase_results_by_im2col(x, w_eff, bias, py, px, keep_cols: bool):
+    """``(r, cols)``: the phases' results (N, My, Mx, sy, sx, Cout) by one im2col matmul
+    (:func:`conv_forward`; by blocks, ``cols`` None, unless ``keep_cols``)."""
+    s = py.stride * px.stride
+    r2, cols = conv_forward(
+        x,
+        w_eff,
+        None if bias is None else bias.repeat(s),
+        (py.width, px.width),
+        (1, 1),
+        (py.pad_before, px.pad_before),
+        (1, 1),
+        (py.starts, px.starts),
+        keep_cols,
+    )
+    return r2.view(x.shape[0], py.starts, px.starts, py.stride, px.stride, -1), cols
+
+
+def _by_image_blocks(x, w_eff, bias, py, px, out_hw, blocks, out, add) -> Tensor:
+    """:func:`polyphase_forward` by taps, a block of images at a time, into one output (or
+    ``out``; channels-first memory for a thin output, as the docstring says)."""
+    n, co = x.shape[0], w_eff.shape[1] // (py.stride * px.stride)
+    thin = co < direct.THIN
+    if thin:
         y = x.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
+    else:
+        y = x.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
+    for n0, n1 in blocks:
+        part = to_nhwc(y[n0:n1]) if thin else y[n0:n1]
+        polyphase_forward(x[n0:n1], w_eff, bias, py, px, out_hw, keep_cols=False, out=part, add=add)
+    return to_nhwc(y) if thin else y
+
+
+def _interleave(r: Tensor, py: PhasePlan, px: PhasePlan, out_hw, out, add: bool) -> Tensor:
+    """The (N, Ly, Lx, Cout) output whose phase (ry, rx) is ``r[..., ry, rx, :]``: one strided
+    copy where :func:`interleaved` gives a view, else a copy per phase; a thin output phase
+    by phase into channels-first memory (see :func:`polyphase_forward`). Into ``out`` if
+    given, added to it with ``add``."""
+    n, co = r.shape[0], r.shape[5]
+    put = Tensor.add_ if add else Tensor.copy_
+    if co < direct.THIN:  # phase by phase into channels-first memory
+        y = r.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
         for ry, rx, sy, sx in phase_slices(py, px):
             src = r[:, sy, sx, ry, rx].permute(0, 3, 1, 2)
             put(y[:, :, ry :: py.stride, rx :: px.stride], src)
-        return y.permute(0, 2, 3, 1), cols
+        return y.permute(0, 2, 3, 1)
     view = interleaved(r, py, px)
     if view is not None and out is not None:
         put(out.view(view.shape), view)
-        return out, cols
+        return out
     if view is not None:
-        return view.contiguous().view(n, out_hw[0], out_hw[1], co), cols
-    y = x.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
+        return view.contiguous().view(n, out_hw[0], out_hw[1], co)
+    y = r.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
     for ry, rx, sy, sx in phase_slices(py, px):
         put(y[:, ry :: py.stride, rx :: px.stride], r[:, sy, sx, ry, rx])
-    return y, cols
+    return y
 
 
 # A wide output (THIN channels or more per phase) is computed by shifted-view taps as well,

@@ -112,7 +112,7 @@ def _phase_grads(wg: TapWeightGrad, g: Tensor, weight: Tensor):
     dx = g.new_empty(g.shape[0], *wg.in_hw, weight.shape[1])
 
     def block_term(n0: int, n1: int) -> Tensor:
-        _, cols = polyphase_forward(g[n0:n1], w_eff, None, *plans, wg.in_hw, True, dx[n0:n1])
+        _, cols = polyphase_forward(g[n0:n1], w_eff, None, *plans, wg.in_hw, out=dx[n0:n1])
         return wg.block(n0, n1).products(g[n0:n1], plans, cols)
 
     return wg.finish(sum_over_blocks(g.shape[0], wg.image_bytes(), block_term), plans), dx

@@ -188,7 +188,9 @@ def conv_transpose2d(
             py = K.phase_plan("transpose", h, out_hw[0], k[0], s[0], p[0], d[0])
             px = K.phase_plan("transpose", w, out_hw[1], k[1], s[1], p[1], d[1])
             w_eff = K.combine(weight.permute(2, 3, 0, 1), py, px)
-            y, _ = K.polyphase_forward(xh, w_eff, params.get("bias"), py, px, out_hw, False)
+            y, _ = K.polyphase_forward(
+                xh, w_eff, params.get("bias"), py, px, out_hw, keep_cols=False
+            )
         y = to_nchw(y)
         pullback = transposed_pullback(
             name, output_of(y), xh, weight, k, s, p, d, bias, like_torch=like_torch

@@ -287,7 +287,9 @@ def _added(u: _Upsample, params, x, out):
         return out.add_(_two_layers_vjp(u, params, x)[0])
     _, w_eff, py, px, out_hw = _phase_plans(u, params, x)
     b = params.get("bias")
-    K.polyphase_forward(to_nhwc(x), w_eff, b, py, px, out_hw, False, to_nhwc(out), True)
+    K.polyphase_forward(
+        to_nhwc(x), w_eff, b, py, px, out_hw, keep_cols=False, out=to_nhwc(out), add=True
+    )
     return out
 
 
@@ -332,7 +334,15 @@ def _polyphase_vjp(u: _Upsample, params, x, out=None):
     wk, w_eff, py, px, out_hw = _phase_plans(u, params, x)
     xh, b, add = to_nhwc(x), params.get("bias"), out is not None
     y = K.polyphase_forward(
-        xh, w_eff, b, py, px, out_hw, False, None if out is None else to_nhwc(out), add
+        xh,
+        w_eff,
+        b,
+        py,
+        px,
+        out_hw,
+        keep_cols=False,
+        out=None if out is None else to_nhwc(out),
+        add=add,
     )[0]
     y = out if add else to_nchw(y)
     y_out = output_of(y)
