@@ -36,7 +36,7 @@ from .kernels import (
     phase_plan,
     phase_slices,
 )
-from .nhwc import im2col
+from .nhwc import im2col, reads
 
 # Bytes of im2col matrix formed at a time (whole images; all of them when they fit). On a
 # GPU, blocks sized for caches (as the CPU's kernels.BLOCK_BYTES) only multiply kernel
@@ -134,8 +134,7 @@ def _span(kernel: tuple, dilation: tuple) -> tuple:
 
 def _conv_input(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
     """The NHWC ``x`` padded as a convolution with these output sizes reads it."""
-    size = tuple((o - 1) * s + e + 1 for o, s, e in zip(out_hw, stride, _span(kernel, dilation)))
-    return padded(x, tuple(padding), size)
+    return padded(x, tuple(padding), reads(out_hw, kernel, stride, dilation))
 
 
 def conv(x: Tensor, weight: Tensor, bias: Tensor | None, kernel, stride, padding, dilation, out_hw):

@@ -24,6 +24,21 @@ def to_nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+def reads(out_hw: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> tuple:
+    """The (padded) input size that ``out_hw`` outputs of a convolution read, per spatial dim:
+    ``(o - 1) s + d (k - 1) + 1``."""
+    return tuple(
+        (o - 1) * s + d * (k - 1) + 1 for o, k, s, d in zip(out_hw, kernel, stride, dilation)
+    )
+
+
+def pads_to_read(x: Tensor, kernel, stride, padding, dilation, out_hw) -> tuple:
+    """``(top, bottom, left, right)`` that put the NHWC ``x`` on exactly the grid that
+    ``out_hw`` outputs of a convolution read (:func:`reads`; negative: crop that side)."""
+    (ih, iw), (ph, pw) = reads(out_hw, kernel, stride, dilation), padding
+    return ph, ih - x.shape[1] - ph, pw, iw - x.shape[2] - pw
+
+
 def pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     """Zero-pad the spatial dims of an NHWC tensor into a fresh contiguous tensor.
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from torch import Tensor
 from torch.nn.functional import fold
 
-from .nhwc import pad, to_nchw, to_nhwc
+from .nhwc import pad, pads_to_read, to_nchw, to_nhwc
 
 # ATen's limit on the input values of one image below which it prefers its own kernel.
 UNFOLD_VALUES = 20480
@@ -47,9 +47,8 @@ def _cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
     """The (C*kh*kw, Ho*Wo) channels-first im2col matrix of the one NHWC image ``x``."""
     _, h, w, c = x.shape
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
-    ph = max(0, (ho - 1) * sh + dh * (kh - 1) + 1 - h - padding[0])
-    pw = max(0, (wo - 1) * sw + dw * (kw - 1) + 1 - w - padding[1])
-    xp = pad(x, padding[0], ph, padding[1], pw)
+    _, bottom, _, right = pads_to_read(x, kernel, stride, padding, dilation, out_hw)
+    xp = pad(x, padding[0], max(0, bottom), padding[1], max(0, right))
     _, sy, sx, sc = xp.stride()
     view = xp.as_strided((c, kh, kw, ho, wo), (sc, sy * dh, sx * dw, sy * sh, sx * sw))
     return view.contiguous().view(c * kh * kw, ho * wo)  # channels-first in memory too

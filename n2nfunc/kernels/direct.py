@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from ..nhwc import im2col, pad, windows
+from ..nhwc import im2col, pad, pads_to_read, windows
 
 
 def conv_forward(
@@ -38,10 +38,7 @@ def conv_forward(
 
 def _padded_input(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
     """The NHWC input padded (or cropped) to exactly what ``out_hw`` outputs read."""
-    pads = []
-    for size, k, s, p, d, o in zip(x.shape[1:3], kernel, stride, padding, dilation, out_hw):
-        needed = (o - 1) * s + d * (k - 1) + 1
-        pads += [p, needed - size - p]
+    pads = pads_to_read(x, kernel, stride, padding, dilation, out_hw)
     return x if not any(pads) else pad(x, *pads)
 
 

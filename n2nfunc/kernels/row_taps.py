@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from ..nhwc import pad
+from ..nhwc import pad, pads_to_read
 from . import s2d
 from .s2d import S2DPlan, _stacked, s2d_conv_weight_grad, tap_sum
 
@@ -41,9 +41,7 @@ def rows_applies(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> bo
 def _stride_one_pads(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple) -> tuple:
     """``(top, bottom, left, right)`` (negative: crop) that put the NHWC ``x`` on the (Ho + kh -
     1, Wo + kw - 1) grid a stride-1 convolution with ``out_hw`` outputs reads."""
-    (kh, kw), (ho, wo) = kernel, out_hw
-    bottom, right = ho + kh - 1 - x.shape[1] - padding[0], wo + kw - 1 - x.shape[2] - padding[1]
-    return padding[0], bottom, padding[1], right
+    return pads_to_read(x, kernel, (1, 1), padding, (1, 1), out_hw)
 
 
 def _row_unroll(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple):
