@@ -84,9 +84,11 @@ def _pool(kind, kernel_size, stride, padding, pad_value, reduce, reduce_saving, 
 
         def pullback(ct):
             seen.check()
-            g = to_nhwc(check_cotangent(ct, y_out, name)).detach()  # in-place sums below:
-            kept = None if saved is None else tuple(t.detach() for t in saved)  # no autograd
-            dxp = backward(g, kept, xp_shape, k, s, p)  # graph (inputs that require grad)
+            # detached: the sums below run in place, and build no autograd graph for inputs
+            # that require grad
+            g = to_nhwc(check_cotangent(ct, y_out, name)).detach()
+            kept = None if saved is None else tuple(t.detach() for t in saved)
+            dxp = backward(g, kept, xp_shape, k, s, p)
             return {}, to_nchw(dxp[:, p[0] : p[0] + h, p[1] : p[1] + w])
 
         return y, pullback
