@@ -40,11 +40,8 @@ from .nhwc import im2col, reads
 
 # Bytes of im2col matrix formed at a time (whole images; all of them when they fit). On a
 # GPU, blocks sized for caches (as the CPU's kernels.BLOCK_BYTES) only multiply kernel
-# launches (one U-Net training step in bfloat16 at crop 128, batch 32: 11,635 tensor
-# operations in 4 MiB blocks, 2,750 in one block); here they bound the memory of large
-# inputs: a U-Net step at 8 x 128 x 128 peaks at 322 MB of live tensors (torch 300) in 64 MiB
-# blocks, 394 in 128 MiB, 480 in 256 MiB (the engine forced on, on the CPU). A 64 MiB block's
-# im2col copy and matmul are tens of microseconds of work each, past a launch's cost.
+# launches; here they bound the memory of large inputs (docs/performance.md, 'The engines'
+# constants').
 BLOCK_BYTES = 1 << 26
 
 

@@ -311,11 +311,8 @@ def _inference(net: Module, x: Tensor) -> Tensor:
 
 
 # Images per forward pass in Model.predict, as pixels times the bytes of one computed number:
-# small enough that the activations stay in cache-sized, reusable buffers. 1000 x 3 x 32 x 32
-# on a 2-core AMD EPYC: float32 264 ms in one pass (2**21 pixels) against 164 ms in chunks of
-# 2**18 (256 images), bfloat16 121 against 89 ms. On a 2-core Xeon with AMX float32 is faster
-# still in chunks of 2**17 pixels (97.7 / 99.1 against 102.4 / 104.0 ms in two runs) and
-# bfloat16 in chunks of 2**18 (54.1 / 58.3 against 57.6 / 59.1 ms): one budget in bytes.
+# small enough that the activations stay in cache-sized, reusable buffers (docs/performance.md,
+# 'The engines' constants').
 PREDICT_BYTES = 1 << 19
 
 # Images of more pixels than PREDICT_TILE**2 are denoised tile by tile (overlapping by the

@@ -49,11 +49,8 @@ def conv_cols(x: Tensor, kernel, stride, padding, dilation, out_hw) -> Tensor:
 
 
 # Bytes of im2col matrix formed at a time by im2col_matmul: a block small enough to stay in
-# cache and to be recycled by the memory allocator. Forming the whole matrix of a U-Net
-# layer (8 x 64 x 64 pixels, 32 channels: 19 MB in bfloat16) cost more in fresh-page faults
-# than its matmul (2-core AMD EPYC: 35,000 faults per bfloat16 training step). 4 MiB rather
-# than 2: bfloat16 training steps 2-3% faster on a 2-core Xeon with 2 MB of L2 per core (U-Net
-# 65.0 -> 63.3 ms, default network 16.7 -> 16.3 ms), float32 the same; 8 MiB no better.
+# cache and to be recycled by the memory allocator, where a whole matrix cost more in fresh
+# page faults than its matmul (measurements: docs/performance.md, 'The engines' constants').
 BLOCK_BYTES = 1 << 22
 
 
@@ -110,10 +107,9 @@ def im2col_matmul(
 
 # Bytes of one temporary copy (an im2col or space-to-depth matrix) that the float32 / float64
 # engines form at a time where nothing needs the whole batch's, for a block of images
-# (:func:`image_blocks`). The whole batch's copies, alive beside the activations, put the
-# default network's training step (batch 100) at 1.49x the peak of torch.nn's live tensors;
-# in blocks of 4 MiB (two) at 1.00x, 0.94-1.00x as fast; 2 MiB blocks made the step 10%
-# slower (smaller matmuls, more ops; 2-core AMD EPYC).
+# (:func:`image_blocks`): the whole batch's copies, alive beside the activations, had put the
+# default network's peak memory at 1.49x torch.nn's (docs/performance.md, 'The engines'
+# constants').
 GRAD_BLOCK_BYTES = 1 << 22
 
 
@@ -221,10 +217,8 @@ SPLIT = 4
 def fast_width(n: int) -> int:
     """The smallest output width of at least ``n`` columns that MKL's float32 matmuls compute
     at full speed: a multiple of 8, at least 16 (one column is a matrix-vector product, fast
-    as it is). Its generic kernels, which it runs on AMD CPUs, slow down on other widths:
-    (33792, 72) @ (72, N) took 0.54 ms for N = 16, 1.94 ms for N = 9, 1.35 ms for N = 8 and
-    1.55 ms for N = 27 against 0.95 ms for N = 32; its AVX-512 kernels took 0.47-0.50 ms for
-    every N from 2 to 16 (2-core AMD EPYC)."""
+    as it is). Its generic kernels, which it runs on AMD CPUs, slow down on other widths
+    (docs/performance.md, 'What limits the speed')."""
     return n if n == 1 else max(16, -(-n // 8) * 8)
 
 

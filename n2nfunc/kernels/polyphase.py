@@ -362,12 +362,9 @@ def _interleave(r: Tensor, py: PhasePlan, px: PhasePlan, out_hw, out, add: bool)
 # A wide output (THIN channels or more per phase) is computed by shifted-view taps as well,
 # rather than by blocks of its im2col matrix, on inputs of at least PHASE_TAPS_WIDTH columns and
 # PHASE_TAPS_PIXELS pixels (N H W) in float32 / float64: no im2col copy, and MKL's generic
-# float32 kernels run the taps' K = C about as fast as K = Uy Ux C there. Alone, forward, on a
-# 2-core AMD EPYC: x2 + 3x3, 8 x 32 x 32, 64 -> 48 channels 1.11x, 32 -> 64 1.14x; one 96 x 96,
-# 64 -> 48 1.12x; 4 x 64 x 64, 32 -> 32 1.22x; 48 -> 48 k4 s2 transposed, one 128 x 128 1.09x,
-# 32 x 32 x 32 1.05x. Narrower images are even or slower (the padding columns the taps compute
-# and ignore): 8 x 16 x 16 0.96-0.97x, the default network's 100 x 8 x 8 and 100 x 16 x 16
-# 0.97x and 0.95x.
+# float32 kernels run the taps' K = C about as fast as K = Uy Ux C there; narrower images lose
+# to the padding columns the taps compute and ignore (docs/performance.md, 'The engines'
+# constants').
 PHASE_TAPS_WIDTH = 32
 PHASE_TAPS_PIXELS = 4096
 

@@ -92,12 +92,9 @@ def row_taps_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple
 # pixels per image, KERNEL_TAPS_WIDTH columns, KERNEL_TAPS_CHANNELS input and THIN_TAPS output
 # channels -- is kh x kw shifted-view taps of the padded input, K = C, rather than kh row taps of
 # its W-unrolled copy, K = kw C: MKL's generic float32 kernels slow down with K at these narrow
-# outputs, and no unrolled copy is made. Alone, on a 2-core AMD EPYC, 8 images: 64 x 64, 48 ->
-# 24 channels 8.6 -> 5.2 ms, 32 -> 32 5.0 -> 3.7 ms; 48 x 48, 64 -> 64 10.7 -> 7.7 ms; one 256 x
-# 256 image, 64 -> 64 51.6 -> 30.0 ms. Below the bounds it is even or slower: 32 x 32 even, 16
-# x 16 0.83-0.91x (the kw - 1 padding columns computed and ignored are 12% of the rows there,
-# and the matmuls 9 rather than 3), 8 x 128 x 32 0.90x, 2 x 1024 x 4 0.73x, 16 -> 16 channels
-# 0.87-0.96x. U-Net float32 step 1.04-1.07x (compare_commits, 15 rounds, three runs).
+# outputs, and no unrolled copy is made. Below the bounds the padding columns computed and
+# ignored, and nine matmuls rather than three, cost more (docs/performance.md, 'The engines'
+# constants').
 KERNEL_TAPS_PIXELS = 2048
 KERNEL_TAPS_WIDTH = 48
 KERNEL_TAPS_CHANNELS = 24

@@ -138,9 +138,8 @@ def s2d_conv_forward(x: Tensor, w_taps: Tensor, bias: Tensor | None, plan: S2DPl
 
 
 # Below this many output channels the shifted-view taps share one matmul (tap_sum,
-# s2d_conv_weight_grad): 8 x 64 x 64, 24 -> 3 channels, float32 fwd + bwd 9.0 -> 5.1 ms,
-# 48 -> 3 channels 54.9 -> 9.2 ms; the default network's last layer (4 phases x 3 = 12
-# outputs) float32 training step 41.9 -> 40.4 ms at batch 100 (2-core AMD EPYC).
+# s2d_conv_weight_grad), whose shifted column blocks are then summed (docs/performance.md,
+# 'The engines' constants').
 THIN_TAPS = 16
 
 
@@ -153,9 +152,7 @@ STACKED_TAPS = 256
 # The fewest columns K that a shifted-view tap's matmul sums over (the channels of the
 # tensor the taps read: the input of a convolution, the output gradient of an input gradient,
 # times sy sx on a space-to-depth grid); below it one matmul with an im2col matrix (K = kh kw
-# channels) is faster. On a 2-core AMD EPYC, 8 x 64 x 64: bfloat16 weight gradient of 3 -> 32
-# channels 1.6 vs 0.6 ms; float32 row taps, 3 -> 48 channels fwd + weight gradient 5.5 vs 2.8
-# ms; the default network's first layer (K = 12) float32 training step 41.9 -> 40.1 ms.
+# channels) is faster (docs/performance.md, 'The engines' constants').
 WIDE_TAPS = 16
 
 

@@ -140,11 +140,9 @@ def _nearest_resize(size) -> Layer:
 
 # From this many input pixels (N H W) on, upsample's float32 backward pass runs as the strided
 # convolution of g (by the implicit-GEMM engine where g has enough channels, its weight
-# gradient from one im2col copy of x, kernels.TapWeightGrad) rather than polyphase_backward.
-# x2 + 3x3, forward + backward, ms (2-core Xeon): 100 x 64 x 8 x 8 -> 32 channels 9.6 -> 9.0;
-# 8 x 64 x 32 x 32 -> 64 18.6 -> 17.8; but 8 x 64 x 8 x 8 -> 64 1.75 -> 2.11 and 8 x 64 x 16 x
-# 16 -> 64 4.40 -> 4.74 (more, smaller calls); a thin output always (100 x 32 x 16 x 16 -> 3:
-# 6.0 -> 2.8; reference network step 1.09x / 1.22x at batch 32 / 100).
+# gradient from one im2col copy of x, kernels.TapWeightGrad) rather than polyphase_backward;
+# below it, more and smaller calls cost more; a thin output always (docs/performance.md,
+# 'The engines' constants').
 STRIDED_BACKWARD_PIXELS = 4096
 
 
