@@ -113,19 +113,20 @@ def col2im(cols: Tensor, out_hw: tuple, kernel: tuple) -> Tensor:
     return out
 
 
-def sum_of(views: list[Tensor], wide: bool = False) -> Tensor:
+def sum_of(views: list[Tensor], float32_sum: bool = False) -> Tensor:
     """The elementwise sum of equally shaped (strided) views, as a new tensor. A few adds of
     strided views are several times faster than one reduction over the interleaved axes of a
-    6-d view (e.g. ``reshape(n, h, 2, w, 2, c).sum((2, 4))``). Three or more 16-bit views
-    are added in float32 and rounded once, as torch's own 16-bit reductions accumulate; with
-    ``wide``, 16-bit views are always added in float32 and the float32 sum is returned, for
-    the caller to round once after its own arithmetic (a mean whose sum overflows float16)."""
+    6-d view (e.g. ``reshape(n, h, 2, w, 2, c).sum((2, 4))``). Three or more 16-bit views are
+    added in float32 and rounded once, as torch's own 16-bit reductions accumulate; with
+    ``float32_sum``, 16-bit views are always added in float32 and the float32 sum is returned,
+    for the caller to round once after its own arithmetic (a mean whose sum overflows
+    float16)."""
     low = views[0].element_size() == 2 and views[0].is_floating_point()
-    if low and (wide or len(views) > 2):
+    if low and (float32_sum or len(views) > 2):
         total = views[0].float()
         for v in views[1:]:
             total.add_(v)
-        return total if wide else total.to(dtype=views[0].dtype)
+        return total if float32_sum else total.to(dtype=views[0].dtype)
     total = views[0] + views[1] if len(views) > 1 else views[0].clone()
     for v in views[2:]:
         total.add_(v)

@@ -213,7 +213,7 @@ def conv_and_weight_grad(
     def done(y, weight_grad):
         return (y, weight_grad) if grad_for is None else (y, weight_grad(grad_for))
 
-    o, wide = weight.shape[0], x.element_size() >= 4
+    o, full_precision = weight.shape[0], x.element_size() >= 4
     if torch_order.applies(x, kernel) if like_torch is None else like_torch:
         return done(*torch_order.conv(x, weight, bias, kernel, stride, padding, dilation, out_hw))
     if rows_applies(x, kernel, stride, dilation):
@@ -239,10 +239,10 @@ def conv_and_weight_grad(
                 s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
             ),
         )
-    if wide and grad_for is not None and o >= direct.THIN:
+    if full_precision and grad_for is not None and o >= direct.THIN:
         return cols_products(x, geometry, grad_for, wmat, bias)
     large = kernel[0] * kernel[1] >= 4 * stride[0] * stride[1] and max(stride) > 1
-    if wide and grad_for is None and large:  # see ColsWeightGrad
+    if full_precision and grad_for is None and large:  # see ColsWeightGrad
         y, _ = conv_forward(x, wmat, bias, *geometry, False)
         return y, ColsWeightGrad(x, *geometry)
     y, cols = conv_forward(x, wmat, bias, *geometry)

@@ -176,14 +176,16 @@ def tap_sum(
     if o < THIN_TAPS:
         (uy, ux), mw, rows = plan.taps, plan.grid[1], plan.rows
         wmat = w_taps.permute(2, 0, 1, 3).reshape(w_taps.shape[2], -1)  # (K, taps*O)
-        wide = z.matmul(widened(wmat))[:, : wmat.shape[1]]  # (R, taps*O): the U-Net's output
-        # layer (24 -> 3 channels, 3 row taps, 8 x 64 x 64) 1.94 -> 0.54 ms (2-core AMD EPYC)
-        del z  # freed here when the caller passed a temporary (polyphase_forward): the
-        # default network's float32 step at batch 100 peaked here, 37.5 -> 33.1 MB live
-        wide = wide.view(-1, uy, ux, o)
-        part = wide.shape[0] - (ux - 1)  # along x first: u[r, a] = sum_b wide[r + b, a, b]
-        u = sum_of([wide[b : b + part, :, b] for b in range(ux)])
-        del wide
+        # (R, taps*O), computed at a fast width (direct.fast_width)
+        all_taps = z.matmul(widened(wmat))[:, : wmat.shape[1]]
+        # z freed here when the caller passed a temporary (polyphase_forward): the default
+        # network's float32 step at batch 100 peaked here, 37.5 -> 33.1 MB live
+        del z
+        all_taps = all_taps.view(-1, uy, ux, o)
+        # along x first: u[r, a] = sum_b all_taps[r + b, a, b]
+        part = all_taps.shape[0] - (ux - 1)
+        u = sum_of([all_taps[b : b + part, :, b] for b in range(ux)])
+        del all_taps
         y = sum_of([u[a * mw : a * mw + rows, a] for a in range(uy)])
         if bias is not None:
             y.add_(bias)

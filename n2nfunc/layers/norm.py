@@ -67,8 +67,8 @@ def _in_float32(run, params, state, x, name: str):
     """``run(params, state, x)`` for 16-bit ``x``, params and state, computed in float32 and
     rounded once, as torch's 16-bit batch norm does: in float16 the squares of the centred
     values overflow past 256 (the output became zeros, the running variance inf)."""
-    wide = tree.map(lambda t: t.float() if t.is_floating_point() else t, (params, state))
-    y, new_state, pullback = run(*wide, x.float())
+    in_float32 = tree.map(lambda t: t.float() if t.is_floating_point() else t, (params, state))
+    y, new_state, pullback = run(*in_float32, x.float())
     y = y.to(dtype=x.dtype)
     y_out = output_of(y)
     new_state = tree.map(lambda new, old: new.to(dtype=old.dtype), new_state, state)

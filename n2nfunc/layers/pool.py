@@ -188,7 +188,7 @@ def max_pool2d(kernel_size: IntPair, stride: IntPair | None = None, padding: Int
 def _mean(win: Tensor) -> Tensor:
     """Mean over each window, padding included (``count_include_pad=True``); 16-bit inputs
     summed and divided in float32, rounded once (a float16 sum of 4 x 30,000 is inf)."""
-    total = sum_of(_offsets(win), wide=True).div_(win.shape[3] * win.shape[4])
+    total = sum_of(_offsets(win), float32_sum=True).div_(win.shape[3] * win.shape[4])
     return total if total.dtype == win.dtype else total.to(dtype=win.dtype)
 
 
