@@ -205,23 +205,24 @@ def interleaved(r: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor | None:
     unless the offsets fall faster than the phases advance (stride 2 with dilation 3: a
     negative stride, which a view cannot have).
     """
-    strides_ = []
+    per_dim = []  # (stride of m, stride of the phase) in the output-shaped view, y then x
     for plan, dim_stride, phase_stride in (
         (py, r.stride(1), r.stride(3)),
         (px, r.stride(2), r.stride(4)),
     ):
-        offs = plan.offsets
-        step = offs[1] - offs[0] if plan.stride > 1 else 0
-        if any(o != offs[0] + i * step for i, o in enumerate(offs)) or len(set(plan.counts)) != 1:
+        offsets = plan.offsets
+        step = offsets[1] - offsets[0] if plan.stride > 1 else 0
+        even = all(o == offsets[0] + i * step for i, o in enumerate(offsets))
+        if not even or len(set(plan.counts)) != 1:
             return None
         if step * dim_stride + phase_stride < 0:  # offsets falling fast (stride 2, dilation 3)
             return None
-        strides_.append((dim_stride, step * dim_stride + phase_stride))
-    (ry_, ryp), (rx_, rxp) = strides_
-    start = (py.offsets[0] - py.first_start) * ry_ + (px.offsets[0] - px.first_start) * rx_
+        per_dim.append((dim_stride, step * dim_stride + phase_stride))
+    (m_y, phase_y), (m_x, phase_x) = per_dim
+    start = (py.offsets[0] - py.first_start) * m_y + (px.offsets[0] - px.first_start) * m_x
     return r.as_strided(
         (r.shape[0], py.counts[0], py.stride, px.counts[0], px.stride, r.shape[5]),
-        (r.stride(0), ry_, ryp, rx_, rxp, r.stride(5)),
+        (r.stride(0), m_y, phase_y, m_x, phase_x, r.stride(5)),
         r.storage_offset() + start,
     )
 
