@@ -195,6 +195,7 @@ def serial(*layers: Layer | StatefulLayer) -> Layer | StatefulLayer:
             grads = {}
             for i in reversed(range(len(children))):
                 if i < first and not input_grad:
+                    # no parameters: the same (empty) structure, a fresh container
                     grads[str(i)], ct = tree.map(lambda t: t, params[str(i)]), None
                     continue
                 need = input_grad or i > first

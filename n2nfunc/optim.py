@@ -405,7 +405,8 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         return {}
 
     def update(grads, state, params):
-        tree.check_like(grads, grads, "clip_by_global_norm: gradients")  # no None leaves
+        # checked against themselves: a tree of tensors, no None leaves
+        tree.check_like(grads, grads, "clip_by_global_norm: gradients")
         check_real_floats(grads, "clip_by_global_norm: gradients")
         leaves = tree.leaves(grads)
         if not leaves:
