@@ -42,12 +42,10 @@ def conv_input_grad(
     convolution of ``g`` with the same kernel, by the polyphase engine -- except for stride 1
     and no dilation (padding below the kernel), where it is the stride-1 convolution of ``g``
     with the flipped kernel, ``dx = conv(g, W[:, :, ::-1, ::-1]^T, padding k - 1 - p)``: in
-    float32 / float64 by row taps when :func:`rows_applies` (the U-Net's 3 x 3 layers, 8 x 32
-    x 32, 64 -> 64 channels: 3.9 -> 3.1 ms; 8 x 64 x 64, 32 -> 32: 3.4 -> 3.1 ms), else by
-    im2col blocks on the flipped kernel's matrix, without the polyphase engine's kernel
-    relayout (a 0/1 matmul per call: bfloat16 U-Net step 1.02x faster; 2-core Xeon). A thin
-    ``dx`` (fewer than THIN channels) without row taps keeps the polyphase engine's
-    shifted-view taps."""
+    float32 / float64 by row taps when :func:`rows_applies`, else by im2col blocks on the
+    flipped kernel's matrix, without the polyphase engine's kernel relayout (a 0/1 matmul per
+    call). A thin ``dx`` (fewer than THIN channels) without row taps keeps the polyphase
+    engine's shifted-view taps."""
     kernel = tuple(weight.shape[2:])
     if stride == dilation == (1, 1) and all(p < k for p, k in zip(padding, kernel)):
         flipped, pads = _flipped(weight, padding)
@@ -117,9 +115,7 @@ def _row_tap_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
 
     the second because ``g[i - a + p]`` is ``g_pad[i + (k-1-a)]``: the weight gradient reads
     ``x`` as it is and the input gradient's unrolled ``g`` instead of unrolling ``x`` again
-    (kw times the input): the U-Net's 3 x 3 layers' backward passes 8-32% faster (8 x 64 x 64,
-    48 -> 24 channels: 9.2 -> 6.2 ms; 8 x 32 x 32, 64 -> 64: 5.4 -> 5.0 ms), its float32 step
-    1.04x (2-core Xeon)."""
+    (kw times the input)."""
     o, c, kh, kw = weight.shape
     n, h, w, _ = x.shape
     flipped, pads = _flipped(weight, padding)
@@ -203,11 +199,10 @@ def conv_and_weight_grad(
     im2col (:func:`im2col_matmul`) and, for stride 1, no dilation and at least
     ``WIDE_TAPS`` input channels, the weight gradient by shifted-view taps, separate
     matmuls that each reduce over every pixel (no im2col kept for the backward pass): row
-    taps on the W-unrolled input when O >= C (8 x 64 x 64, 32 -> 32 channels, forward +
-    weight gradient 8.55 -> 8.02 ms; 8 x 16 x 16, 64 -> 64: 2.31 -> 1.96 ms), else one
-    tap per kernel element on the padded input; else the im2col matrix is kept (for stride 2, one
-    matmul with it beat the space-to-depth copy and four tap matmuls: default network,
-    batch 100, bfloat16 training step 4,294 against 3,863 img/s on a 2-core AMD EPYC).
+    taps on the W-unrolled input when O >= C, else one tap per kernel element on the padded
+    input; else the im2col matrix is kept (for stride 2, one matmul with it beat the
+    space-to-depth copy and four tap matmuls; see docs/performance.md, 'What limits the
+    speed').
     """
 
     def done(y, weight_grad):
