@@ -30,6 +30,12 @@ def _compare(layer, ref, params, x, tol):
     for k, g in zip(names, grads[1:]):
         assert ct_params[k].shape == params[k].shape
         assert rel_err(ct_params[k], g) <= tol, k
+    # the parameters' gradients alone (a network's first layer), where some engines take
+    # another path
+    alone, none = nf.pull(layer.vjp, pullback, ct, input_grad=False)
+    assert none is None
+    for k, g in zip(names, grads[1:]):
+        assert rel_err(alone[k], g) <= tol, f"{k} without the input gradient"
 
 
 CONV_GRID = [
@@ -102,18 +108,20 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
 
 @pytest.mark.parametrize("o", [4, 20])
 @pytest.mark.parametrize(
-    "k,s,p,hw,n",
+    "k,s,p,hw,n,lined_up",
     [
-        (4, 2, 1, (16, 16), 2),  # the default network's geometry
-        (4, 2, 1, (7, 9), 1),  # odd sizes
-        (2, 2, 0, (6, 5), 2),
-        (4, 2, 0, (9, 8), 1),
-        (4, 2, 2, (8, 8), 1),
-        (6, 3, 2, (11, 10), 1),
-        ((4, 2), (2, 1), (1, 0), (8, 7), 2),  # strided along one dim only
+        (4, 2, 1, (16, 16), 2, True),  # the default network's geometry
+        (4, 2, 1, (7, 9), 1, True),  # odd sizes
+        (2, 2, 0, (6, 5), 2, False),
+        (4, 2, 0, (9, 8), 1, False),
+        (4, 2, 2, (8, 8), 1, False),
+        (6, 3, 2, (11, 10), 1, True),
+        ((4, 2), (2, 1), (1, 0), (8, 7), 2, True),  # strided along one dim only
     ],
 )
-def test_strided_implicit_gemm_conv2d_matches_torch_float64(monkeypatch, o, k, s, p, hw, n):
+def test_strided_implicit_gemm_conv2d_matches_torch_float64(
+    monkeypatch, o, k, s, p, hw, n, lined_up
+):
     """Strided convolutions of the implicit-GEMM engine (8 input channels); where the input
     gradient's windows line up with the space-to-depth grid, both gradients come from one
     im2col matrix of g (kernels.strided._phase_grads) -- the default network's geometry does."""
@@ -130,9 +138,7 @@ def test_strided_implicit_gemm_conv2d_matches_torch_float64(monkeypatch, o, k, s
     params = init64(layer, (n, 8) + hw)
     ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], s, p)  # noqa: E731
     _compare(layer, ref, params, randn(n, 8, *hw), TOL64)
-    assert taken  # the implicit-GEMM engine ran
-    if (k, s, p) == (4, 2, 1):
-        assert taken == [True]
+    assert taken == [lined_up]  # the implicit-GEMM engine ran, sharing g's copy where it can
 
 
 def _pair(v):
@@ -384,6 +390,12 @@ def test_no_bias():
         (nf.conv_transpose2d(3, 2, stride=3, padding=0), (2, 2, 2, 3)),
         (nf.upsample(2, 3, scale_factor=2, padding=1), (2, 2, 3, 2)),
         (nf.upsample(2, 2, scale_factor=3), (1, 2, 2, 3)),
+        # 9 outputs: the polyphase engine both ways, a non-square scale and dilation
+        (nf.upsample(9, 3, (2, 3), padding=1, dilation=(1, 2)), (2, 3, 3, 4)),
+        (
+            nf.conv_transpose2d(3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+            (1, 2, 4, 5),
+        ),
         (nf.nearest_upsample(2), (2, 2, 3, 2)),
         (nf.nearest_upsample((1, 3)), (1, 2, 2, 2)),
         (nf.nearest_upsample(size=(5, 7)), (2, 2, 3, 2)),
@@ -393,7 +405,8 @@ def test_no_bias():
 def test_check_vjp_finite_differences(layer, shape):
     _, params = layer.init(torch.Generator().manual_seed(0), shape)
     worst = nf.check_vjp(layer, params, torch.randn(shape, dtype=torch.float64))
-    assert worst["input"] < 1e-6
+    checked = {"input"} | {f"parameter {k!r}" for k in params}
+    assert checked <= set(worst)  # every gradient was checked (check_vjp raises if one is off)
 
 
 def test_nearest_upsample_matches_interpolate():
@@ -622,17 +635,21 @@ def test_bias_free_and_same_padded_layers_match_torch_float64(case, c, hw, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kind", ["conv_transpose2d", "upsample"])
+@pytest.mark.parametrize("kind", ["conv_transpose2d", "dilated", "non-square", "upsample"])
 def test_transposed_weight_gradient_alone_skips_the_convolution(monkeypatch, dtype, kind):
     """input_grad=False gives a transposed convolution's weight and bias gradients without
     the convolution of the output gradient that would be its input gradient."""
     import n2nfunc.layers.upsampling as upsampling
 
     monkeypatch.setattr(upsampling, "STRIDED_BACKWARD_PIXELS", 0)  # upsample: strided pullback
-    if kind == "conv_transpose2d":
-        layer = nf.conv_transpose2d(5, 4, stride=2, padding=1)
-    else:
-        layer = nf.upsample(5, 3, 2, padding=1)
+    layer = {
+        "conv_transpose2d": nf.conv_transpose2d(5, 4, stride=2, padding=1),
+        "dilated": nf.conv_transpose2d(5, 3, stride=2, padding=1, dilation=2),
+        "non-square": nf.conv_transpose2d(
+            5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)
+        ),
+        "upsample": nf.upsample(5, 3, 2, padding=1),
+    }[kind]
     x = randn(3, 17, 5, 7).to(dtype)
     params = {k: v.to(dtype) for k, v in init64(layer, tuple(x.shape)).items()}
     y, pullback = layer.vjp(params, x)
@@ -652,3 +669,5 @@ def test_transposed_weight_gradient_alone_skips_the_convolution(monkeypatch, dty
     assert set(skipped) == set(full) == {"weight", "bias"}
     assert all(rel_err(skipped[k].double(), full[k].double()) < tol for k in full)
     assert all(skipped[k].dtype == dtype for k in full)
+    ref = layer.vjp({k: v.double() for k, v in params.items()}, x.double())[1](ct.double())[0]
+    assert all(rel_err(skipped[k].double(), ref[k]) < tol for k in full)  # not only each other

@@ -275,7 +275,10 @@ def test_cross_entropy_class_weights_are_refused_by_name():
         CrossEntropyLoss(torch.ones(3))  # torch's first positional argument
     with pytest.raises(TypeError):
         CrossEntropyLoss(None, 0.1)  # label smoothing is keyword-only, as in torch
-    assert CrossEntropyLoss(None, label_smoothing=0.1) is not None
+    logits, labels = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 2])
+    smoothed = CrossEntropyLoss(None, label_smoothing=0.1).forward(logits, labels)
+    want = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert torch.allclose(smoothed, want, rtol=1e-12, atol=0)
 
 
 def test_numpy_scalars_are_taken_where_torch_nn_takes_them():

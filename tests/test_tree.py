@@ -164,7 +164,7 @@ def test_map_raveled_single_output_empty_and_mismatch():
     assert tree.map_raveled(lambda a: a, {"x": {}, "y": []}) == {"x": {}, "y": []}
     assert tree.map_raveled(lambda a: (a, a), {}, outputs=2) == ({}, {})
     assert tree.map_raveled(lambda a: a * 2, {"n": 3}) == {"n": 6}  # numbers: leaf by leaf
-    with pytest.raises(ValueError, match="a"):
+    with pytest.raises(ValueError, match="at 'a': a list of length 2 vs a list of length 1"):
         tree.map_raveled(lambda a, b: a, g, {"b": g["b"], "a": [g["a"][0]]})
 
 
