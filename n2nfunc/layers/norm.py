@@ -24,6 +24,7 @@ Params ``{"weight": ones(C), "bias": zeros(C)}``; state ``{"running_mean": zeros
 ValueError, as in PyTorch.
 """
 
+import functools
 import math
 
 from torch import Tensor, empty
@@ -108,86 +109,12 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         }
         return shape, params, state
 
-    def checked(params, state, x):
-        weight = params.get("weight") if isinstance(params, dict) else None
-        if weight is not None and not (isinstance(weight, Tensor) and weight.dim() == 1):
-            got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-            raise ValueError(
-                f"{name}: parameter 'weight' must have shape (C,), one per channel, got {got}"
-            )
-        c = -1 if weight is None else weight.shape[0]
-        check_params(params, name, {"weight": (c,), "bias": (c,)})
-        expected = {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
-        check_params(state, name, expected, "state")
-        for key in ("running_mean", "running_var"):
-            t = state[key]
-            if t.dtype != weight.dtype or t.device != weight.device:
-                raise TypeError(
-                    f"{name}: state '{key}' is {t.dtype} on {t.device} but the parameters "
-                    f"are {weight.dtype} on {weight.device}"
-                )
-        count = state["num_batches_tracked"]
-        if count.dtype != INT64 or count.device != weight.device:
-            raise TypeError(
-                f"{name}: state 'num_batches_tracked' must be an int64 number on "
-                f"{weight.device}, as torch's, got {count.dtype} on {count.device}"
-            )
-        return check_image(x, name, c, weight)
-
-    def train_vjp(params, state, x):
-        n, _, h, w = x.shape
-        m = n * h * w
-        if m < 2:
-            raise ValueError(
-                f"{name}: training needs more than 1 value per channel, got input shape "
-                f"{tuple(x.shape)} (use evaluation mode, train=False)"
-            )
-        mean = x.mean(_AXES)
-        xc = x - _column(mean)
-        var = (xc * xc).mean(_AXES)
-        invstd = (var + eps).rsqrt()
-        scale = invstd * params["weight"]
-        y = xc * _column(scale) + _column(params["bias"])
-        y_out = output_of(y)
-
-        count = state["num_batches_tracked"] + 1
-        f = momentum if momentum is not None else 1.0 / _batches(count, name)
-        new_state = {
-            "running_mean": state["running_mean"] * (1 - f) + mean * f,
-            "running_var": state["running_var"] * (1 - f) + var * (f * m / (m - 1)),
-            "num_batches_tracked": count,
-        }
-
-        def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y_out, name)
-            d_bias = ct.sum(_AXES)
-            ct_xc = (ct * xc).sum(_AXES)
-            grads = {"weight": ct_xc * invstd, "bias": d_bias}
-            if not input_grad:
-                return grads, None
-            # dx = invstd w (ct - mean(ct) - xhat mean(ct xhat)), with xhat = xc invstd
-            dx = (ct - _column(d_bias / m)).sub_(xc * _column(ct_xc * invstd * invstd / m))
-            return grads, dx.mul_(_column(scale))
-
-        return y, new_state, pullback
-
-    def eval_vjp(params, state, x):
-        invstd = (state["running_var"] + eps).rsqrt()
-        scale = invstd * params["weight"]
-        xc = x - _column(state["running_mean"])
-        y = xc * _column(scale) + _column(params["bias"])
-        y_out = output_of(y)
-
-        def pullback(ct, input_grad=True):
-            ct = check_cotangent(ct, y_out, name)
-            grads = {"weight": (ct * xc).sum(_AXES) * invstd, "bias": ct.sum(_AXES)}
-            return grads, (ct * _column(scale) if input_grad else None)
-
-        return y, state, pullback
-
     def vjp(params, state, x, *, train, rng=None):
-        x = checked(params, state, x)
-        run = train_vjp if train else eval_vjp
+        x = _checked(params, state, x, name)
+        if train:
+            run = functools.partial(_train_vjp, name=name, eps=eps, momentum=momentum)
+        else:
+            run = functools.partial(_eval_vjp, name=name, eps=eps)
         if x.element_size() > 2:
             y, new_state, pullback = run(params, state, x)
         else:
@@ -201,3 +128,88 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
     return StatefulLayer(
         init, stateful_call(apply, "apply", name), skips_input_grad(stateful_call(vjp, "vjp", name))
     )
+
+
+def _checked(params, state, x, name: str):
+    """``x`` checked as batch norm's input, with the parameters and state (shapes, dtypes,
+    devices)."""
+    weight = params.get("weight") if isinstance(params, dict) else None
+    if weight is not None and not (isinstance(weight, Tensor) and weight.dim() == 1):
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(
+            f"{name}: parameter 'weight' must have shape (C,), one per channel, got {got}"
+        )
+    c = -1 if weight is None else weight.shape[0]
+    check_params(params, name, {"weight": (c,), "bias": (c,)})
+    weight = params["weight"]
+    expected = {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+    check_params(state, name, expected, "state")
+    for key in ("running_mean", "running_var"):
+        t = state[key]
+        if t.dtype != weight.dtype or t.device != weight.device:
+            raise TypeError(
+                f"{name}: state '{key}' is {t.dtype} on {t.device} but the parameters "
+                f"are {weight.dtype} on {weight.device}"
+            )
+    count = state["num_batches_tracked"]
+    if count.dtype != INT64 or count.device != weight.device:
+        raise TypeError(
+            f"{name}: state 'num_batches_tracked' must be an int64 number on "
+            f"{weight.device}, as torch's, got {count.dtype} on {count.device}"
+        )
+    return check_image(x, name, c, weight)
+
+
+def _train_vjp(params, state, x, name: str, eps: float, momentum: float | None):
+    """Training mode: normalised by the batch's statistics, which update the running ones."""
+    n, _, h, w = x.shape
+    m = n * h * w
+    if m < 2:
+        raise ValueError(
+            f"{name}: training needs more than 1 value per channel, got input shape "
+            f"{tuple(x.shape)} (use evaluation mode, train=False)"
+        )
+    mean = x.mean(_AXES)
+    xc = x - _column(mean)
+    var = (xc * xc).mean(_AXES)
+    invstd = (var + eps).rsqrt()
+    scale = invstd * params["weight"]
+    y = xc * _column(scale) + _column(params["bias"])
+    y_out = output_of(y)
+
+    count = state["num_batches_tracked"] + 1
+    f = momentum if momentum is not None else 1.0 / _batches(count, name)
+    new_state = {
+        "running_mean": state["running_mean"] * (1 - f) + mean * f,
+        "running_var": state["running_var"] * (1 - f) + var * (f * m / (m - 1)),
+        "num_batches_tracked": count,
+    }
+
+    def pullback(ct, input_grad=True):
+        ct = check_cotangent(ct, y_out, name)
+        d_bias = ct.sum(_AXES)
+        ct_xc = (ct * xc).sum(_AXES)
+        grads = {"weight": ct_xc * invstd, "bias": d_bias}
+        if not input_grad:
+            return grads, None
+        # dx = invstd w (ct - mean(ct) - xhat mean(ct xhat)), with xhat = xc invstd
+        dx = (ct - _column(d_bias / m)).sub_(xc * _column(ct_xc * invstd * invstd / m))
+        return grads, dx.mul_(_column(scale))
+
+    return y, new_state, pullback
+
+
+def _eval_vjp(params, state, x, name: str, eps: float):
+    """Evaluation mode: normalised by the running statistics, a per-channel affine map."""
+    invstd = (state["running_var"] + eps).rsqrt()
+    scale = invstd * params["weight"]
+    xc = x - _column(state["running_mean"])
+    y = xc * _column(scale) + _column(params["bias"])
+    y_out = output_of(y)
+
+    def pullback(ct, input_grad=True):
+        ct = check_cotangent(ct, y_out, name)
+        grads = {"weight": (ct * xc).sum(_AXES) * invstd, "bias": ct.sum(_AXES)}
+        return grads, (ct * _column(scale) if input_grad else None)
+
+    return y, state, pullback
