@@ -136,17 +136,31 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
         for b in range(k[1])
     ]
     if y.device.type == "cpu" and all(math.isfinite(float(t.sum())) for t in (y, g)):
-        free = None  # the share of each output's gradient not yet routed (1, then 0)
-        for v, slot in zip(parts[:-1], slots[:-1]):
-            hit = v.sub(y).sign_().add_(1)  # 1 where v is the window's maximum, else 0
-            claim = hit if free is None else hit.mul_(free)
-            free = claim.neg().add_(1) if free is None else free.sub_(claim)
-            slot.addcmul_(claim, g)
-        if free is None:  # a single offset: it takes every gradient
-            slots[-1].add_(g)
-        else:
-            slots[-1].addcmul_(free, g)
-        return dxp
+        _route_by_arithmetic(g, y, parts, slots)
+    else:
+        _route_by_masks(g, y, parts, slots, padded_shape, k, s, p)
+    return dxp
+
+
+def _route_by_arithmetic(g: Tensor, y: Tensor, parts, slots) -> None:
+    """:func:`_max_backward` for finite maxima and gradients: ``sign(v - max) + 1`` is 1 at a
+    maximum, else 0, and each offset claims the share that earlier ones left free."""
+    free = None  # the share of each output's gradient not yet routed (1, then 0)
+    for v, slot in zip(parts[:-1], slots[:-1]):
+        hit = v.sub(y).sign_().add_(1)  # 1 where v is the window's maximum, else 0
+        claim = hit if free is None else hit.mul_(free)
+        free = claim.neg().add_(1) if free is None else free.sub_(claim)
+        slot.addcmul_(claim, g)
+    if free is None:  # a single offset: it takes every gradient
+        slots[-1].add_(g)
+    else:
+        slots[-1].addcmul_(free, g)
+
+
+def _route_by_masks(g: Tensor, y: Tensor, parts, slots, padded_shape, k, s, p) -> None:
+    """:func:`_max_backward` by boolean masks: a NaN maximum goes to the first NaN, a window
+    of -inf to its first input, never to the padding."""
+    ho, wo = g.shape[1], g.shape[2]
     inside = None  # per offset, whether each window's cell is an input, not padding
     if p != (0, 0):
         real = g.new_zeros(1, padded_shape[1], padded_shape[2], 1)
@@ -160,7 +174,6 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
         slot.add_(rest.where(hit, 0.0))  # (rest * hit: 0 * inf = NaN off the maximum)
         if i + 1 < len(parts):
             rest = rest.masked_fill(hit, 0)
-    return dxp
 
 
 def max_pool2d(kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> Layer:
