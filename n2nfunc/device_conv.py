@@ -39,7 +39,7 @@ from .kernels import (
 from .nhwc import im2col, reads
 
 # Bytes of im2col matrix formed at a time (whole images; all of them when they fit). On a
-# GPU, blocks sized for caches (as the CPU's kernels.BLOCK_BYTES) only multiply kernel
+# GPU, blocks sized for caches (as the CPU's kernels.direct.BLOCK_BYTES) only multiply kernel
 # launches; here they bound the memory of large inputs (docs/performance.md, 'The engines'
 # constants').
 BLOCK_BYTES = 1 << 26

@@ -405,7 +405,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         return {}
 
     def update(grads, state, params):
-        # checked against themselves: a tree of tensors, no None leaves
+        # checked against themselves: no None leaves (check_real_floats below: float tensors)
         tree.check_like(grads, grads, "clip_by_global_norm: gradients")
         check_real_floats(grads, "clip_by_global_norm: gradients")
         leaves = tree.leaves(grads)

@@ -174,11 +174,11 @@ def test_tap_weight_gradient_in_bfloat16_matches_float64(o, k, s, p):
         (8, 3, (4, 4), (2, 2)),  # thin: stacked
         (16, 16, (4, 4), (2, 2)),  # 4 taps x 16 outputs, K = 64 = 4 O: stacked
         (16, 24, (4, 4), (2, 2)),  # K = 64 < 4 O: a matmul per tap
-        (17, 20, (3, 3), (1, 1)),  # 9 taps x 20 outputs > STACKED_TAPS: a matmul per tap
+        (17, 20, (3, 3), (1, 1)),  # K = 17 < 4 O: a matmul per tap
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_every_tap_weight_gradient_path_matches_im2col(c, o, k, s, dtype):
+def test_every_tap_weight_gradient_path_matches_torch(c, o, k, s, dtype):
     n, hw, p = 2, (9, 8), (1, 1)
     out_hw = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(hw, k, s, p))
     x, g = randn(n, *hw, c, seed=7), randn(n, *out_hw, o, seed=8)

@@ -60,8 +60,8 @@ def test_check_vjp_tiny_unet_full_jacobian():
         ({"depth": 3, "widths": (4, 6, 5, 3), "in_channels": 1, "out_channels": 1}, (3, 1, 16, 8)),
         # widths >= 16: the 3 x 3 layers run as row taps, both gradients from one unrolled g
         ({"depth": 2, "widths": (16, 20, 17, 16)}, (1, 3, 20, 17)),
-        # and on an image this large (kernels.KERNEL_TAPS_PIXELS) their forward passes as kernel
-        # taps at full resolution, whose strided outputs the next layers read
+        # and on an image this large (kernels.row_taps.KERNEL_TAPS_PIXELS) their forward passes
+        # as kernel taps at full resolution, whose strided outputs the next layers read
         ({"depth": 2, "widths": (24, 20, 24, 24)}, (1, 3, 50, 70)),
     ],
 )

@@ -29,8 +29,10 @@ In float32 and float64 on the CPU, faster engines built from shifted views take 
 they apply (each says when): the implicit GEMM of strided layers over a space-to-depth copy
 (:func:`s2d_applies`), the row taps of stride-1 layers (:func:`rows_applies`) and their
 kernel taps on large images (:func:`kernel_taps_pay`). Which engine computes which pass is
-decided in one place, the entry points of ``dispatch`` (:func:`conv_and_weight_grad`,
-:func:`conv_input_grad`, :func:`conv_grads`, :func:`conv`), each of which says how.
+decided mostly in the entry points of ``dispatch`` (:func:`conv_and_weight_grad`,
+:func:`conv_input_grad`, :func:`conv_grads`, :func:`conv`, :func:`conv_weight_grad`), each of
+which says how; also in :func:`polyphase_forward` (taps or im2col) and, for ``upsample``'s
+backward pass, in :mod:`n2nfunc.layers.upsampling`.
 
 The engines live in submodules, one each: ``direct`` (im2col), ``polyphase``, ``s2d`` (the
 implicit GEMM over space-to-depth copies), ``strided`` (both gradients of a strided

@@ -201,8 +201,8 @@ def conv_and_weight_grad(
     matmuls that each reduce over every pixel (no im2col kept for the backward pass): row
     taps on the W-unrolled input when O >= C, else one tap per kernel element on the padded
     input; else the im2col matrix is kept (for stride 2, one matmul with it beat the
-    space-to-depth copy and four tap matmuls; see docs/performance.md, 'What limits the
-    speed').
+    space-to-depth copy and four tap matmuls; see docs/performance.md, 'The engines'
+    constants').
     """
 
     def done(y, weight_grad):

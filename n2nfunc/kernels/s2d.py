@@ -45,7 +45,7 @@ def s2d_applies(
 
     Stride-1 convolutions are left to im2col (one matmul with a long K) unless
     ``stride_one``, as for the small (2 x 2) windows of the polyphase engine; so are taps
-    whose matmuls sum over fewer than WIDE_TAPS columns of z (K = C sy sx: the default
+    whose matmuls would sum over fewer than WIDE_TAPS columns of z (K = C sy sx: the default
     network's first layer, 3 channels at stride 2, has K = 12).
     """
     return (
@@ -149,10 +149,11 @@ THIN_TAPS = 16
 STACKED_TAPS = 256
 
 
-# The fewest columns K that a shifted-view tap's matmul sums over (the channels of the
-# tensor the taps read: the input of a convolution, the output gradient of an input gradient,
-# times sy sx on a space-to-depth grid); below it one matmul with an im2col matrix (K = kh kw
-# channels) is faster (docs/performance.md, 'The engines' constants').
+# The fewest channels of the tensor that shifted-view taps read (the input of a convolution,
+# the output gradient of an input gradient), times sy sx on a space-to-depth grid: each tap's
+# matmul then sums over at least this many columns K (row taps, which compare C itself, over
+# kw C). Below it one matmul with an im2col matrix (K = kh kw channels) is faster
+# (docs/performance.md, 'The engines' constants').
 WIDE_TAPS = 16
 
 

@@ -147,7 +147,8 @@ def conv_transpose2d(
     ``dx[n, c, i, j] = sum_{o, u, v} w[c, o, u, v] g[n, o, s*i - p + d*u, s*j - p + d*v]``,
     the plain convolution of ``g`` with the same weight;
     ``dw[c, o, u, v] = sum_{n, i, j} x[n, c, i, j] g[n, o, s*i - p + d*u, s*j - p + d*v]``
-    (``x^T @ im2col(g)``, reusing that convolution's im2col); ``dbias[o]`` sums ``g[:, o]``.
+    (``x^T @ im2col(g)``, reusing that convolution's im2col, or alone without ``input_grad``);
+    ``dbias[o]`` sums ``g[:, o]``.
     """
     name = describe(
         "conv_transpose2d",
@@ -228,7 +229,8 @@ def transposed_pullback(
     kh, kw]: ``dx`` is the plain convolution of ``g`` with the same kernel, whose im2col also
     gives the kernel gradient ``x^T @ im2col(g)``, mapped by ``kernel_to_weight`` to the
     layer's own weight when the kernel is derived from it; in PyTorch's order
-    (:mod:`n2nfunc.torch_order`) when the forward pass was."""
+    (:mod:`n2nfunc.torch_order`) when the forward pass was. Without ``input_grad``, the
+    kernel gradient alone (:func:`n2nfunc.kernels.conv_weight_grad`), no convolution of g."""
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
