@@ -225,15 +225,7 @@ def conv_and_weight_grad(
     geometry = (kernel, stride, padding, dilation, out_hw)
     if dilation == stride == (1, 1) and weight.shape[1] >= s2d.WIDE_TAPS:
         y, _ = conv_forward(x, wmat, bias, *geometry, False)
-        if o >= weight.shape[1]:  # O >= C: row taps, kh wider matmuls
-            return done(y, RowWeightGrad(x, tuple(weight.shape), padding, out_hw))
-        plan = s2d_plan(x.shape[0], x.shape[1:3], kernel, stride, padding, out_hw)
-        return done(
-            y,
-            lambda a: s2d_weight_grad_to_conv(
-                s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, tuple(weight.shape)
-            ),
-        )
+        return done(y, _stride_one_tap_weight_grad(x, weight, padding, out_hw))
     if full_precision and grad_for is not None and o >= direct.THIN:
         return cols_products(x, geometry, grad_for, wmat, bias)
     large = kernel[0] * kernel[1] >= 4 * stride[0] * stride[1] and max(stride) > 1
@@ -242,3 +234,16 @@ def conv_and_weight_grad(
         return y, ColsWeightGrad(x, *geometry)
     y, cols = conv_forward(x, wmat, bias, *geometry)
     return done(y, lambda a: weight_grad(rows(a), cols, kernel))
+
+
+def _stride_one_tap_weight_grad(x: Tensor, weight: Tensor, padding: tuple, out_hw: tuple):
+    """``a -> dW`` of a stride-1 convolution of ``x`` by shifted-view taps, each a matmul that
+    reduces over every pixel (lower precisions, where no im2col is kept): row taps of the
+    W-unrolled input when O >= C (kh wider matmuls), else a tap per kernel element."""
+    shape = tuple(weight.shape)
+    if shape[0] >= shape[1]:
+        return RowWeightGrad(x, shape, padding, out_hw)
+    plan = s2d_plan(x.shape[0], x.shape[1:3], shape[2:], (1, 1), padding, out_hw)
+    return lambda a: s2d_weight_grad_to_conv(
+        s2d_conv_weight_grad(space_to_depth(x, plan), a, plan), plan, shape
+    )
