@@ -831,6 +831,7 @@ def test_blocks_check_their_input_size_and_show_non_default_options():
     assert repr(Conv2d(3, 8, 3, dilation=2, bias=False)).endswith("dilation=2, bias=False)")
     assert repr(Conv2d(3, 8, 3)).endswith("padding=0)")
     assert "dilation=2" in repr(TransposeConv2d(3, 8, 3, dilation=2))
+    assert repr(Upsampling(3, 8, 3, bias=False)).endswith("padding=0, bias=False)")
 
 
 def test_blocks_work_with_autograd_on_and_an_input_that_requires_grad():

@@ -238,7 +238,7 @@ class Upsampling(_WeightBias):
                 kernel_size=kernel_size,
                 scale_factor=scale_factor,
                 padding=padding,
-                **_unless_default(dilation, True),
+                **_unless_default(dilation, bias),
             ),
             device=device,
             dtype=dtype,
