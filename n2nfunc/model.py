@@ -40,6 +40,7 @@ from torch import Generator, Tensor, cat, device, empty
 from . import optim, tree
 from .base import (
     BOOL,
+    FLOAT32,
     NOISY_MAX,
     NOISY_MEAN,
     Layer,
@@ -64,7 +65,7 @@ from .modules import (
     Unpicklable,
     Upsampling,
 )
-from .precision import FLOAT32, compute_dtype, mixed_precision
+from .precision import compute_dtype, mixed_precision
 from .stateful import StatefulLayer
 from .tiling import footprint, tile_settings, tiled, with_footprint
 from .unet import MAX_WIDTH, check_architecture, load_params
