@@ -116,6 +116,18 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
         lambda x, p: F.linear(x, p["weight"], p["bias"]),
         (512,),
     ),
+    (
+        "group_norm 32, 8 groups",
+        nf.group_norm(8),
+        lambda x, p: F.group_norm(x, 8, p["weight"], p["bias"]),
+        (32, 16, 16),
+    ),
+    (
+        "layer_norm 512",
+        nf.layer_norm(),
+        lambda x, p: F.layer_norm(x, (512,), p["weight"], p["bias"]),
+        (512,),
+    ),
     ("gelu", nf.gelu(), lambda x, p: F.gelu(x), (32, 16, 16)),
     ("log_softmax", nf.log_softmax(), lambda x, p: F.log_softmax(x, 1), (10, 1, 1)),
 ]
@@ -125,7 +137,7 @@ def nominal_gemm(name: str, x_shape, y_shape, params):
     """``(M, K, N)`` of one matmul with the multiply-adds of the layer's forward pass as a
     direct convolution counts them, M = output pixels and N = output channels (None for a
     layer without weights)."""
-    if "weight" not in params:
+    if "weight" not in params or params["weight"].dim() < 2:  # (a normalisation's: per channel)
         return None
     w = params["weight"]
     if len(y_shape) == 2:  # dense: one matmul
@@ -198,7 +210,8 @@ def row(name: str, layer, ref, shape, dtype, peak: float, args) -> str:
 
         return run
 
-    gemm = nominal_gemm(name, x.shape, y.shape, params) or (1, 1, 1)
+    nominal = nominal_gemm(name, x.shape, y.shape, params)
+    gemm = nominal or (1, 1, 1)  # (a matmul to time all the same)
     a, b = torch.randn(gemm[0], gemm[1]).to(dtype), torch.randn(gemm[1], gemm[2]).to(dtype)
     at, bt = a.t().contiguous(), b.t().contiguous()
     t = interleaved(
@@ -217,7 +230,7 @@ def row(name: str, layer, ref, shape, dtype, peak: float, args) -> str:
         args.rounds,
     )
     tf, tv = min(t["F"], t["Fcl"]), min(t["V"], t["Vcl"])
-    flops = 2.0 * gemm[0] * gemm[1] * gemm[2] if "weight" in params else 0.0
+    flops = 2.0 * gemm[0] * gemm[1] * gemm[2] if nominal else 0.0
     bare = f"{min(t['G'], t['Gt']) * 1e3:>7.2f}" if flops else f"{'-':>7}"
 
     def share(seconds, factor):

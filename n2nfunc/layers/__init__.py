@@ -21,7 +21,7 @@ from .activations import (
 from .conv import conv2d, conv_transpose2d
 from .dense import dense, flatten
 from .dropout import dropout
-from .norm import batch_norm2d
+from .norm import batch_norm2d, group_norm, layer_norm
 from .pool import avg_pool2d, global_avg_pool, max_pool2d
 from .upsampling import nearest_upsample, upsample
 
@@ -36,7 +36,9 @@ __all__ = [
     "flatten",
     "gelu",
     "global_avg_pool",
+    "group_norm",
     "identity",
+    "layer_norm",
     "leaky_relu",
     "log_softmax",
     "max_pool2d",

@@ -22,6 +22,15 @@ Params ``{"weight": ones(C), "bias": zeros(C)}``; state ``{"running_mean": zeros
 "running_var": ones(C), "num_batches_tracked": 0}`` (an int64 scalar), the names of
 ``torch.nn.BatchNorm2d``'s state_dict. Training on one value per channel (``m = 1``) is a
 ValueError, as in PyTorch.
+
+``group_norm`` and ``layer_norm`` normalise each sample on its own, by the statistics of
+its own values, as ``torch.nn.GroupNorm`` and ``torch.nn.LayerNorm``: no batch statistics,
+so no state and no train/eval modes (plain layers; ``mixed_precision`` takes them). With
+``xhat = (x - mean) / sqrt(var + eps)`` over a set of ``m`` values (a group of channels of one
+sample, or one feature vector) and ``g`` the output gradient:
+``y = xhat weight + bias`` (per channel or feature),
+``dweight = sum g xhat`` and ``dbias = sum g`` over every set, and, with ``d = g weight``,
+``dx = (d - mean(d) - xhat mean(d xhat)) / sqrt(var + eps)``, the means over the set.
 """
 
 import functools
@@ -32,15 +41,23 @@ from torch import Tensor, empty
 from .. import tree
 from ..base import (
     INT64,
+    Layer,
+    apply_via_vjp,
     check_cotangent,
     check_image,
+    check_like,
     check_params,
+    check_tensor,
     checks_flags,
+    checks_unchanged,
+    flag,
     generator_device,
     image_shape,
     is_number,
     output_of,
+    positive_int,
     skips_input_grad,
+    tensor_shape,
 )
 from ..stateful import StatefulLayer, stateful_call
 
@@ -62,6 +79,14 @@ def _batches(count: Tensor, name: str) -> int:
 
 def _column(t):
     return t.view(1, -1, 1, 1)
+
+
+def _positive_eps(eps, layer: str) -> float:
+    """``eps`` as a float, refused unless a finite positive number."""
+    if not is_number(eps) or not 0 < eps < math.inf:
+        error = ValueError if is_number(eps) else TypeError
+        raise error(f"{layer}: eps must be a finite positive number, got {eps!r}")
+    return float(eps)
 
 
 def _in_float32(run, params, state, x, name: str):
@@ -86,9 +111,7 @@ def _in_float32(run, params, state, x, name: str):
 def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLayer:
     """Batch normalisation of (N, C, H, W) inputs (see the module docstring)."""
     name = f"batch_norm2d(eps={eps}, momentum={momentum})"
-    if not is_number(eps) or not 0 < eps < math.inf:
-        error = ValueError if is_number(eps) else TypeError
-        raise error(f"batch_norm2d: eps must be a finite positive number, got {eps!r}")
+    _positive_eps(eps, "batch_norm2d")
     if momentum is not None and (not is_number(momentum) or not 0 <= momentum <= 1):
         error = ValueError if is_number(momentum) else TypeError
         raise error(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
@@ -213,3 +236,226 @@ def _eval_vjp(params, state, x, name: str, eps: float):
         return grads, (ct * _column(scale) if input_grad else None)
 
     return y, state, pullback
+
+
+def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True) -> Layer:
+    """Group normalisation of (N, C, ...) inputs, as ``torch.nn.GroupNorm``: the C channels
+    split into ``num_groups`` groups of consecutive channels, each sample's group normalised
+    by its own mean and biased variance, then scaled and shifted per channel (params
+    ``{"weight": ones(C), "bias": zeros(C)}``, none with ``affine=False``). One group is
+    layer normalisation over (C, H, W) with a per-channel affine map; C groups, instance
+    normalisation. See the module docstring for the gradients."""
+    name = f"group_norm(num_groups={num_groups}, eps={eps}, affine={affine})"
+    groups = positive_int(num_groups, "num_groups", name)
+    eps = _positive_eps(eps, name)
+    affine = flag(affine, "affine", name)
+
+    def init(generator, in_shape):
+        shape = tensor_shape(in_shape, name, 2, "(N, C, ...)")
+        _split(shape[1], groups, shape, name)
+        return shape, _ones_zeros(shape[1], generator, name) if affine else {}
+
+    def run(params, state, x):
+        y, pullback = _group_normalized(x, params, groups, eps)
+        return y, state, pullback
+
+    def vjp(params, x):
+        c = _checked_affine(params, affine, name)
+        check_tensor(x, name)
+        if x.dim() < 2 or (c != -1 and x.shape[1] != c) or 0 in x.shape[2:]:
+            expected = f"(N, {'C' if c == -1 else c}, ...)"
+            raise ValueError(f"{name}: expected input {expected}, no size 0, got {tuple(x.shape)}")
+        _split(x.shape[1], groups, tuple(x.shape), name)
+        return _run_in(run, params, _like(x, params, name), name)
+
+    return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, False, name))
+
+
+def layer_norm(eps: float = 1e-5, affine: bool = True) -> Layer:
+    """Layer normalisation of the last axis of (N, *, F) inputs, as ``torch.nn.LayerNorm(F)``:
+    each feature vector normalised by its own mean and biased variance, then scaled and
+    shifted per feature (params ``{"weight": ones(F), "bias": zeros(F)}``, none with
+    ``affine=False``). See the module docstring for the gradients."""
+    name = f"layer_norm(eps={eps}, affine={affine})"
+    eps = _positive_eps(eps, name)
+    affine = flag(affine, "affine", name)
+
+    def init(generator, in_shape):
+        shape = tensor_shape(in_shape, name, 2, "(N, *, F)")
+        if shape[-1] == -1:
+            raise ValueError(f"{name}: the feature count of input shape {shape} must be known")
+        return shape, _ones_zeros(shape[-1], generator, name) if affine else {}
+
+    def run(params, state, x):
+        y, pullback = _last_axis_normalized(x, params, eps)
+        return y, state, pullback
+
+    def vjp(params, x):
+        f = _checked_affine(params, affine, name)
+        check_tensor(x, name)
+        if x.dim() < 2 or (f != -1 and x.shape[-1] != f) or 0 in x.shape[1:]:
+            expected = f"(N, *, {'F' if f == -1 else f})"
+            raise ValueError(f"{name}: expected input {expected}, no size 0, got {tuple(x.shape)}")
+        return _run_in(run, params, _like(x, params, name), name)
+
+    return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, not affine, name))
+
+
+def _split(c: int, groups: int, shape: tuple, name: str) -> None:
+    """The channel count ``c`` of ``shape`` must be known and divide into ``groups`` groups."""
+    if c == -1:
+        raise ValueError(f"{name}: the channel count C of input shape {shape} must be known")
+    if c % groups:
+        raise ValueError(
+            f"{name}: the {c} channels of input shape {shape} do not split into "
+            f"{groups} groups of equal size"
+        )
+
+
+def _ones_zeros(size: int, generator, name: str) -> dict:
+    """PyTorch's initial affine params of a normalisation: weight ones, bias zeros."""
+    device = generator_device(generator, name)
+    return {
+        "weight": empty(size, device=device).fill_(1),
+        "bias": empty(size, device=device).zero_(),
+    }
+
+
+def _checked_affine(params, affine: bool, name: str) -> int:
+    """Checks the params of an affine (weight, bias of shape (K,)) or a plain normalisation
+    (none); returns K, or -1 when there are none."""
+    if not affine:
+        check_params(params, name, {})
+        return -1
+    weight = params.get("weight") if isinstance(params, dict) else None
+    k = weight.shape[0] if isinstance(weight, Tensor) and weight.dim() == 1 else -1
+    if k == -1 and isinstance(weight, Tensor):
+        raise ValueError(
+            f"{name}: parameter 'weight' must have shape (K,), got {tuple(weight.shape)}"
+        )
+    check_params(params, name, {"weight": (k,), "bias": (k,)})
+    return k
+
+
+def _like(x: Tensor, params: dict, name: str) -> Tensor:
+    """``x`` with the params' dtype and device (a float tensor, any, without params)."""
+    if params:
+        return check_like(x, name, params["weight"])
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch, input shape {tuple(x.shape)}")
+    return x
+
+
+def _run_in(run, params, x, name: str):
+    """``run(params, {}, x)`` as a plain layer's ``(y, pullback)``, in float32 for 16-bit
+    inputs (see :func:`_in_float32`); the pullback checks its cotangent against ``y``."""
+    if x.element_size() <= 2:
+        y, _, pullback = _in_float32(run, params, {}, x, name)
+        return y, checks_flags(pullback, name)
+    y, _, pullback = run(params, {}, x)
+    y_out = output_of(y)
+
+    def checked(ct, input_grad=True):
+        return pullback(check_cotangent(ct, y_out, name), input_grad)
+
+    return y, checks_flags(checked, name)
+
+
+def _guarded(vjp, affine: bool, keeps_output: bool, name: str):
+    """``vjp`` whose pullback refuses to run once what it reads was changed in place: the
+    weight, and the output where the pullback reads it (layer norm's without params is the
+    kept ``xhat`` itself)."""
+
+    def reads(params, x, y):
+        return {
+            **({"weight": params["weight"]} if affine else {}),
+            **({"output": y} if keeps_output else {}),
+        }
+
+    return checks_unchanged(name, skips_input_grad(vjp), reads)
+
+
+def _group_normalized(x: Tensor, params: dict, groups: int, eps: float):
+    """Group norm's ``(y, pullback)`` (see the module docstring), in per-channel terms: each
+    sample's channel ``c`` of group ``g`` is ``y = (x - mean_g) * scale + bias_c`` with
+    ``scale = invstd_g * weight_c``, and ``dx = ct * scale + (x - mean_g) * beta_g + gamma_g``
+    (``beta = -invstd^3 mean(d (x - mean))``, ``gamma = -invstd mean(d)``, ``d = ct weight``,
+    means over the group), from sums over each channel's values. Elementwise passes between
+    the input and per-(sample, channel) numbers only, which channels-last memory runs as fast
+    as contiguous (per-group numbers broadcast over a (N, G, C / G, H, W) view of it ran 5x
+    slower: an innermost run of C / G numbers)."""
+    shape = x.shape
+    n, c = shape[0], shape[1]
+    size = c // groups
+    x3 = x.reshape(n, c, -1)  # (N, C, L): a view of contiguous and of channels-last memory
+    m = size * x3.shape[2]  # values per group
+
+    def group_sums(t):  # (N, C) -> (N, G, 1), summed over each group's channels
+        return t.view(n, groups, size).sum(2, keepdim=True)
+
+    def per_channel(t):  # (N, G, 1) -> (N, C, 1), each group's number for its channels
+        return t.expand(n, groups, size).reshape(n, c, 1)
+
+    xc = x3 - per_channel(group_sums(x3.sum(2)).div_(m))
+    invstd = group_sums((xc * xc).sum(2)).div_(m).add_(eps).rsqrt_()  # (N, G, 1)
+    scale = per_channel(invstd)
+    weight = params["weight"].view(c, 1) if params else None
+    if weight is not None:
+        scale = scale * weight
+    y = xc * scale
+    if params:
+        y.add_(params["bias"].view(c, 1))
+
+    def pullback(ct, input_grad=True):
+        ct3 = ct.reshape(n, c, -1)
+        ct_sums = ct3.sum(2)  # (N, C)
+        ct_xc_sums = (ct3 * xc).sum(2)  # (N, C): sum ct (x - mean)
+        grads = {}
+        if weight is not None:
+            ct_xhat = ct_xc_sums * per_channel(invstd).view(n, c)
+            grads = {"weight": ct_xhat.sum(0), "bias": ct_sums.sum(0)}
+            ct_sums, ct_xc_sums = ct_sums * weight.view(1, c), ct_xc_sums * weight.view(1, c)
+        if not input_grad:
+            return grads, None
+        mean_d = group_sums(ct_sums).div_(m)
+        mean_d_xc = group_sums(ct_xc_sums).div_(m)
+        beta = per_channel(mean_d_xc.mul_(invstd).mul_(invstd).mul_(invstd).neg_())
+        gamma = per_channel(mean_d.mul_(invstd).neg_())
+        dx = (ct3 * scale).addcmul_(xc, beta).add_(gamma)
+        return grads, dx.reshape(shape)
+
+    return y.reshape(shape), pullback
+
+
+def _last_axis_normalized(x: Tensor, params: dict, eps: float):
+    """Layer norm's ``(y, pullback)`` over the last axis (see the module docstring): each
+    row's ``xhat = (x - mean) invstd``, ``y = xhat weight + bias``;
+    ``dx = invstd (d - mean(d) - xhat mean(d xhat))`` with ``d = ct weight``, where
+    ``sum(d xhat) = (ct xhat) @ weight``: the product ``ct xhat`` the weight gradient sums
+    anyway, reduced by a matrix-vector product."""
+    f = x.shape[-1]
+    xhat = x - x.mean(-1, keepdim=True)
+    squares = xhat.norm(dim=-1, keepdim=True)  # one reading pass: sqrt of the sum of squares
+    invstd = squares.mul_(squares).div_(f).add_(eps).rsqrt_()
+    xhat.mul_(invstd)
+    weight = params["weight"] if params else None
+    y = params["bias"].addcmul(xhat, weight) if weight is not None else xhat  # one pass
+
+    def pullback(ct, input_grad=True):
+        lead = tuple(range(ct.dim() - 1))
+        ct_xhat = ct * xhat
+        grads = {}
+        if weight is not None:
+            grads = {"weight": ct_xhat.sum(lead), "bias": ct.sum(lead)}
+        if not input_grad:
+            return grads, None
+        if weight is None:
+            mean_d, mean_d_xhat = ct.mean(-1, keepdim=True), ct_xhat.mean(-1, keepdim=True)
+            dx = ct - mean_d
+        else:
+            mean_d = ct.matmul(weight).unsqueeze(-1).div_(f)
+            mean_d_xhat = ct_xhat.matmul(weight).unsqueeze(-1).div_(f)
+            dx = (ct * weight).sub_(mean_d)
+        return grads, dx.addcmul_(xhat, mean_d_xhat, value=-1).mul_(invstd)
+
+    return y, pullback

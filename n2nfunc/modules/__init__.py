@@ -31,6 +31,8 @@ from .blocks import (
     Conv2d,
     Dropout,
     Flatten,
+    GroupNorm,
+    LayerNorm,
     LeakyReLU,
     Linear,
     LogSoftmax,
@@ -59,8 +61,8 @@ from .sequential import Sequential
 
 __all__ = [
     "ELU", "GELU", "MSE", "NO_FORWARD", "SGD", "Adam", "AdamW", "AvgPool2d", "BCEWithLogitsLoss",
-    "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten", "HuberLoss",
-    "IncompatibleKeys", "L1Loss", "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
+    "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten", "GroupNorm", "HuberLoss",
+    "IncompatibleKeys", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
     "MaxPool2d", "Module", "NearestUpsampling", "Optimizer", "ParamGroup", "ParamPairs",
     "RMSprop", "ReLU", "Sequential", "Sigmoid", "Softmax", "Softplus", "StateDictKeyError",
     "StateDictValueError", "Tanh", "TransposeConv2d", "UNet", "Unpicklable", "Upsampling",

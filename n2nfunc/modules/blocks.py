@@ -9,7 +9,16 @@ from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
 
 from ..base import DeviceLike, IntPair, Layer, ScalePair, flag, positive_int
-from ..layers import avg_pool2d, batch_norm2d, dense, dropout, flatten, max_pool2d
+from ..layers import (
+    avg_pool2d,
+    batch_norm2d,
+    dense,
+    dropout,
+    flatten,
+    group_norm,
+    layer_norm,
+    max_pool2d,
+)
 from ..layers.activations import (
     elu,
     gelu,
@@ -466,6 +475,75 @@ class BatchNorm2d(_WeightBias):
     running_mean = property(lambda self: self.state["running_mean"])
     running_var = property(lambda self: self.state["running_var"])
     num_batches_tracked = property(lambda self: self.state["num_batches_tracked"])
+
+
+class GroupNorm(_WeightBias):
+    """``torch.nn.GroupNorm``-like block: ``weight`` / ``bias`` [C] (ones / zeros); each
+    sample's groups of ``num_channels / num_groups`` channels normalised by their own
+    statistics, the same in training and evaluation mode (``affine`` only True)."""
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+    ):
+        _only_defaults("GroupNorm", affine=(affine, True))
+        layer = group_norm(num_groups, eps)
+        groups = positive_int(num_groups, "num_groups", "GroupNorm")
+        channels = positive_int(num_channels, "num_channels", "GroupNorm")
+        if channels % groups:
+            raise ValueError(
+                f"GroupNorm: num_channels {channels} must divide into num_groups {groups} "
+                "groups of equal size"
+            )
+        self._fix(num_groups=num_groups, num_channels=num_channels, eps=eps)
+        description = _options(num_groups=num_groups, num_channels=num_channels, eps=eps)
+        super().__init__(
+            layer, num_channels, None, description, size="num_channels", device=device, dtype=dtype
+        )
+
+
+class LayerNorm(_WeightBias):
+    """``torch.nn.LayerNorm``-like block over the last axis of (N, *, F) inputs:
+    ``normalized_shape`` is F (or ``(F,)``); ``weight`` / ``bias`` [F] (ones / zeros)
+    (``elementwise_affine`` and ``bias`` only True)."""
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+    ):
+        _only_defaults(
+            "LayerNorm", elementwise_affine=(elementwise_affine, True), bias=(bias, True)
+        )
+        features = normalized_shape
+        if isinstance(normalized_shape, (tuple, list)):
+            if len(normalized_shape) != 1:
+                raise ValueError(
+                    "LayerNorm: normalized_shape must be one size, the last axis's (F or "
+                    f"(F,)), got {tuple(normalized_shape)}"
+                )
+            features = normalized_shape[0]
+        features = positive_int(features, "normalized_shape", "LayerNorm")
+        self._fix(normalized_shape=(features,), eps=eps)
+        super().__init__(
+            layer_norm(eps),
+            features,
+            None,
+            _options(normalized_shape=(features,), eps=eps),
+            in_shape=(-1, features),
+            size="normalized_shape",
+            device=device,
+            dtype=dtype,
+        )
 
 
 class Dropout(Module):

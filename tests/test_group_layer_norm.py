@@ -1,0 +1,421 @@
+"""group_norm and layer_norm against torch.nn.functional + autograd, finite differences, in
+lower precision, in a network, as class wrappers, and on bad input."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import autograd_vjp, rel_err
+
+import n2nfunc as nf
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _random_params(layer, shape, dtype, seed=0):
+    """The layer's params, drawn at random (not ones and zeros, which hide a swapped pair)."""
+    _, params = layer.init(None, shape)
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g, dtype=dtype) for k, v in params.items()}
+
+
+def _input(shape, dtype, seed=1, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3 + 1
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _close(a, b, tol):
+    """``a`` within ``tol`` of ``b``, relative to b's largest magnitude or 1, whichever is
+    larger (where every group holds one value, dx is 0: ours exactly, torch's within
+    rounding)."""
+    return float((a.double() - b).abs().max()) <= tol * max(float(b.abs().max()), 1.0)
+
+
+def _compare(layer, params, x, reference, tol):
+    """Output, input gradient and param gradients against ``reference(x, weight, bias)``
+    under autograd in float64 (for float32 too: torch's float32 group norm of one value a
+    group is off by 2e-5), with a random cotangent; and the pullback without the input
+    gradient."""
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
+    names = sorted(params)  # bias, weight
+    y_ref, grads = autograd_vjp(
+        lambda x_, *ps: reference(x_, **dict(zip(names, ps))),
+        [x.double()] + [params[k].double() for k in names],
+        ct.double(),
+    )
+    assert y.shape == y_ref.shape and y.dtype == x.dtype
+    assert _close(y, y_ref, tol)
+    assert torch.equal(layer.apply(params, x), y)
+    ct_params, dx = pullback(ct)
+    assert dx.shape == x.shape and dx.dtype == x.dtype and _close(dx, grads[0], tol)
+    assert set(ct_params) == set(names)
+    for k, g in zip(names, grads[1:]):
+        assert ct_params[k].shape == params[k].shape and _close(ct_params[k], g, tol), k
+    only_params, none = pullback(ct, input_grad=False)
+    assert none is None and all(torch.equal(only_params[k], ct_params[k]) for k in names)
+
+
+GROUP_CASES = [
+    ((2, 6, 5, 7), 3),  # odd, non-square
+    ((1, 4, 3, 3), 1),  # batch 1, one group: layer norm over (C, H, W)
+    ((1, 4, 3, 3), 4),  # instance norm
+    ((3, 4, 5), 2),  # (N, C, L)
+    ((2, 8, 3, 2, 3), 2),  # (N, C, D, H, W)
+    ((2, 6), 3),  # (N, C): two values a group
+    ((2, 3, 1, 1), 3),  # one value a group: xhat is 0
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,groups", GROUP_CASES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_matches_torch(dtype, shape, groups, affine):
+    eps = 1e-5 if shape != (2, 6) else 0.25
+    layer = nf.group_norm(groups, eps=eps, affine=affine)
+    params = _random_params(layer, shape, dtype)
+    for channels_last in (False, True) if len(shape) == 4 else (False,):
+        x = _input(shape, dtype, channels_last=channels_last)
+        _compare(
+            layer, params, x, lambda x_, **p: F.group_norm(x_, groups, eps=eps, **p), TOL[dtype]
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(2, 5), (3, 4, 7), (1, 1, 3), (2, 3, 4, 6), (4, 1)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_torch(dtype, shape, affine):
+    layer = nf.layer_norm(eps=1e-3, affine=affine)
+    params = _random_params(layer, shape, dtype)
+    x = _input(shape, dtype)
+    ref = lambda x_, **p: F.layer_norm(x_, shape[-1:], eps=1e-3, **p)  # noqa: E731
+    _compare(layer, params, x, ref, TOL[dtype])
+
+
+def test_a_channels_last_input_gives_channels_last_output_and_input_gradient():
+    layer = nf.group_norm(2)
+    params = _random_params(layer, (2, 8, 5, 6), torch.float32)
+    x = _input((2, 8, 5, 6), torch.float32, channels_last=True)
+    y, pullback = layer.vjp(params, x)
+    dx = pullback(torch.randn_like(y))[1]
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: nf.group_norm(2), (2, 4, 3, 5)),
+        (lambda: nf.group_norm(3, affine=False), (1, 6, 4, 3)),
+        (lambda: nf.group_norm(1, eps=0.5), (3, 2, 3)),
+        (lambda: nf.layer_norm(), (2, 3, 5)),
+        (lambda: nf.layer_norm(affine=False), (3, 4)),
+    ],
+)
+def test_check_vjp(make, shape):
+    layer = make()
+    nf.check_vjp(layer, _random_params(layer, shape, torch.float64), _input(shape, torch.float64))
+
+
+def _network():
+    return nf.serial(
+        nf.conv2d(6, 3, padding=1),
+        nf.group_norm(3),
+        nf.leaky_relu(0.1),
+        nf.max_pool2d(2),
+        nf.flatten(),
+        nf.dense(5),
+        nf.layer_norm(),
+    )
+
+
+def test_check_vjp_on_a_network_with_both():
+    net = _network()
+    _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 6, 4))
+    params = nf.tree.map(lambda t: torch.randn_like(t.double()), params)
+    nf.check_vjp(net, params, _input((2, 3, 6, 4), torch.float64))
+
+
+def test_a_network_with_both_matches_its_torch_twin():
+    net = _network()
+    _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 6, 4))
+    params = nf.tree.map(lambda t: torch.randn_like(t.double()), params)
+    x = _input((2, 3, 6, 4), torch.float64)
+
+    def twin(x_, *ps):
+        p = dict(zip(names, ps))
+        h = F.conv2d(x_, p["0.weight"], p["0.bias"], padding=1)
+        h = F.leaky_relu(F.group_norm(h, 3, p["1.weight"], p["1.bias"]), 0.1)
+        h = F.linear(F.max_pool2d(h, 2).flatten(1), p["5.weight"], p["5.bias"])
+        return F.layer_norm(h, (5,), p["6.weight"], p["6.bias"])
+
+    flat = dict(nf.tree.flatten(params))
+    names = sorted(flat)
+    y, pullback = net.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=y.dtype)
+    y_ref, grads = autograd_vjp(twin, [x] + [flat[k] for k in names], ct)
+    assert rel_err(y, y_ref) < 1e-10
+    ct_params, dx = pullback(ct)
+    assert rel_err(dx, grads[0]) < 1e-10
+    ct_flat = dict(nf.tree.flatten(ct_params))
+    for k, g in zip(names, grads[1:]):
+        assert rel_err(ct_flat[k], g) < 1e-10, k
+
+
+def test_init_is_torchs_and_keeps_the_shape():
+    out, params = nf.group_norm(2).init(None, (-1, 6, -1, -1))
+    ref = torch.nn.GroupNorm(2, 6)
+    assert out == (-1, 6, -1, -1)
+    assert torch.equal(params["weight"], ref.weight) and torch.equal(params["bias"], ref.bias)
+    out, params = nf.layer_norm().init(None, (-1, 3, 7))
+    ref = torch.nn.LayerNorm(7)
+    assert out == (-1, 3, 7)
+    assert torch.equal(params["weight"], ref.weight) and torch.equal(params["bias"], ref.bias)
+    assert nf.group_norm(3, affine=False).init(None, (2, 3))[1] == {}
+    assert nf.layer_norm(affine=False).init(None, (2, 3))[1] == {}
+
+
+def test_bfloat16_is_computed_in_float32_and_rounded_once():
+    layer = nf.group_norm(2)
+    params32 = _random_params(layer, (2, 4, 5, 6), torch.float32)
+    x32 = _input((2, 4, 5, 6), torch.float32).bfloat16().float()  # a bfloat16 input, exactly
+    params16 = nf.tree.map(lambda t: t.bfloat16(), params32)
+    p32 = nf.tree.map(lambda t: t.float(), params16)
+    y, pullback = layer.vjp(params16, x32.bfloat16())
+    y_ref, pullback_ref = layer.vjp(p32, x32)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref.bfloat16())
+    ct = torch.randn(y.shape).bfloat16()
+    grads, dx = pullback(ct)
+    grads_ref, dx_ref = pullback_ref(ct.float())
+    assert dx.dtype == torch.bfloat16 and torch.equal(dx, dx_ref.bfloat16())
+    assert all(torch.equal(grads[k], grads_ref[k].bfloat16()) for k in grads)
+    # and torch's own bfloat16 group norm agrees within bfloat16 rounding
+    torch_y = F.group_norm(x32.bfloat16(), 2, params16["weight"], params16["bias"])
+    assert rel_err(y.float(), torch_y.float()) < 1e-2
+
+
+def test_mixed_precision_takes_a_network_with_group_norm():
+    net = nf.serial(nf.conv2d(4, 3, padding=1), nf.group_norm(2))
+    _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 8, 8))
+    x = _input((2, 3, 8, 8), torch.float32)
+    y32, pullback32 = net.vjp(params, x)
+    y16, pullback16 = nf.mixed_precision(net).vjp(params, x)
+    assert y16.dtype == torch.float32 and rel_err(y16, y32) < 3e-2
+    ct = torch.randn(y32.shape)
+    grads32, grads16 = pullback32(ct)[0], pullback16(ct)[0]
+    for k, g in nf.tree.flatten(grads16):
+        assert g.dtype == torch.float32 and rel_err(g, dict(nf.tree.flatten(grads32))[k]) < 5e-2, k
+
+
+def test_a_large_offset_does_not_cancel_in_float32():
+    """Mean and variance in two passes: for x = 1e4 + noise of 0.1 (variance 1e-2 beside
+    squares of 1e8, which one pass, E[x^2] - E[x]^2, loses entirely) the normalised values
+    are as close to the float64 ones as torch's float32 group norm gets."""
+    layer = nf.group_norm(1, affine=False)
+    x = (_input((2, 2, 8, 8), torch.float64) * 1e-1 + 1e4).float()
+    exact = F.group_norm(x.double(), 1)
+    error = rel_err(layer.apply({}, x), exact)
+    assert error < 1e-2 and error <= rel_err(F.group_norm(x, 1), exact)
+
+
+def test_the_pullback_refuses_a_changed_weight_or_kept_output():
+    layer = nf.group_norm(2)
+    params = _random_params(layer, (2, 4, 3, 3), torch.float32)
+    x = _input((2, 4, 3, 3), torch.float32)
+    _, pullback = layer.vjp(params, x)
+    params["weight"].add_(1)
+    with pytest.raises(RuntimeError, match=r"group_norm.*weight .*changed in place"):
+        pullback(torch.randn(2, 4, 3, 3))
+    plain = nf.layer_norm(affine=False)
+    y, pullback = plain.vjp({}, x)
+    y.mul_(2)  # y is the normalised input the pullback reads
+    with pytest.raises(RuntimeError, match=r"layer_norm.*output .*changed in place"):
+        pullback(torch.randn(y.shape))
+
+
+@pytest.mark.parametrize(
+    "make,error,pattern",
+    [
+        (lambda: nf.group_norm(0), ValueError, r"group_norm.*num_groups must be a positive int"),
+        (lambda: nf.group_norm(2.5), TypeError, r"group_norm.*num_groups"),
+        (lambda: nf.group_norm(2, eps=0), ValueError, r"group_norm.*eps must be a finite positive"),
+        (lambda: nf.layer_norm(eps=float("nan")), ValueError, r"layer_norm.*eps"),
+        (lambda: nf.layer_norm(affine="yes"), TypeError, r"layer_norm.*affine must be True or"),
+        (lambda: nf.group_norm(4).init(None, (-1, 6, 3, 3)), ValueError, r"6 channels .* 4 groups"),
+        (lambda: nf.group_norm(2).init(None, (-1, -1, 3, 3)), ValueError, r"channel count C"),
+        (lambda: nf.group_norm(2).init(None, (4,)), ValueError, r"expected an input shape"),
+        (lambda: nf.layer_norm().init(None, (-1, -1)), ValueError, r"feature count"),
+    ],
+)
+def test_bad_options_and_shapes_are_refused(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
+
+
+@pytest.mark.parametrize(
+    "layer,in_shape,x,error,pattern",
+    [
+        (
+            nf.group_norm(2),
+            GN,
+            torch.randn(2, 4, 3, 3),
+            ValueError,
+            r"\(N, 6, \.\.\.\), no size 0, got \(2, 4, 3, 3\)",
+        ),
+        (nf.group_norm(2), GN, torch.randn(6), ValueError, r"got \(6,\)"),
+        (
+            nf.group_norm(2),
+            GN,
+            torch.randn(2, 6, 0, 3),
+            ValueError,
+            r"no size 0, got \(2, 6, 0, 3\)",
+        ),
+        (nf.group_norm(2), GN, torch.randn(0, 6, 2, 2), ValueError, r"empty batch"),
+        (nf.group_norm(2), GN, torch.randn(2, 6, 3).double(), TypeError, r"dtype torch.float64"),
+        (
+            nf.group_norm(2),
+            GN,
+            torch.ones(2, 6, 3, dtype=torch.int64),
+            TypeError,
+            r"floating point",
+        ),
+        (
+            nf.group_norm(4, affine=False),
+            None,
+            torch.randn(2, 6, 3),
+            ValueError,
+            r"6 channels .* 4 groups",
+        ),
+        (
+            nf.layer_norm(),
+            LN,
+            torch.randn(2, 5),
+            ValueError,
+            r"\(N, \*, 6\), no size 0, got \(2, 5\)",
+        ),
+        (nf.layer_norm(affine=False), LN, torch.randn(0, 5), ValueError, r"empty batch"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_layer_and_shapes(layer, in_shape, x, error, pattern):
+    params = {} if in_shape is None else layer.init(None, in_shape)[1]
+    with pytest.raises(error, match=pattern):
+        layer.apply(params, x)
+
+
+def test_bad_params_and_cotangents_are_refused():
+    layer = nf.group_norm(2)
+    params = _random_params(layer, (2, 6, 3), torch.float32)
+    x = torch.randn(2, 6, 3)
+    with pytest.raises(
+        ValueError, match=r"parameter 'weight' must have shape \(K,\), got \(6, 1\)"
+    ):
+        layer.apply({"weight": params["weight"][:, None], "bias": params["bias"]}, x)
+    with pytest.raises(ValueError, match=r"parameter 'bias' must have shape \(6,\), got \(5,\)"):
+        layer.apply({"weight": params["weight"], "bias": params["bias"][:5]}, x)
+    with pytest.raises(ValueError, match=r"expected parameters \['bias', 'weight'\], got \[\]"):
+        layer.apply({}, x)
+    with pytest.raises(ValueError, match=r"expected parameters \[\], got \['bias', 'weight'\]"):
+        nf.group_norm(2, affine=False).apply(params, x)
+    _, pullback = layer.vjp(params, x)
+    with pytest.raises(
+        ValueError, match=r"group_norm.*output gradient .* \(2, 6, 3\), got \(2, 6\)"
+    ):
+        pullback(torch.randn(2, 6))
+    with pytest.raises(TypeError, match=r"input_grad must be True or False"):
+        pullback(torch.randn(2, 6, 3), input_grad="no")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_wrappers_match_torch_nn_and_share_its_state_dict(dtype):
+    torch.manual_seed(0)
+    for ours, theirs, shape in [
+        (
+            nf.GroupNorm(2, 6, eps=1e-4, dtype=dtype),
+            torch.nn.GroupNorm(2, 6, eps=1e-4),
+            (3, 6, 4, 5),
+        ),
+        (nf.LayerNorm(5, dtype=dtype), torch.nn.LayerNorm(5), (2, 3, 5)),
+        (nf.LayerNorm((5,), eps=0.1, dtype=dtype), torch.nn.LayerNorm((5,), eps=0.1), (4, 5)),
+    ]:
+        theirs = theirs.to(dtype)
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p.normal_()
+        assert ours.load_state_dict(theirs.state_dict()) is not None
+        x = torch.randn(shape, dtype=dtype)
+        ct = torch.randn(shape, dtype=dtype)
+        y = ours.forward(x)
+        dx = ours.backward(ct)
+        xr = x.clone().requires_grad_()
+        with torch.enable_grad():
+            y_ref = theirs(xr)
+            y_ref.backward(ct)
+        assert rel_err(y, y_ref.detach()) < TOL[dtype] and rel_err(dx, xr.grad) < TOL[dtype]
+        for (p, g), (name, q) in zip(ours.param(), theirs.named_parameters()):
+            assert torch.equal(p, q.detach()) and rel_err(g, q.grad) < TOL[dtype], name
+        assert set(ours.state_dict()) == set(theirs.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize(
+    "make,error,pattern",
+    [
+        (lambda: nf.GroupNorm(4, 6), ValueError, r"GroupNorm: num_channels 6 must divide into"),
+        (lambda: nf.GroupNorm(2, 6, affine=False), ValueError, r"GroupNorm: affine=False"),
+        (lambda: nf.GroupNorm(2, 0), ValueError, r"GroupNorm: num_channels must be a positive"),
+        (lambda: nf.LayerNorm((3, 4)), ValueError, r"LayerNorm: normalized_shape must be one size"),
+        (lambda: nf.LayerNorm(4, bias=False), ValueError, r"LayerNorm: bias=False"),
+        (lambda: nf.LayerNorm(4, elementwise_affine=False), ValueError, r"elementwise_affine"),
+        (lambda: nf.LayerNorm("4"), TypeError, r"LayerNorm: normalized_shape must be a positive"),
+    ],
+)
+def test_the_wrappers_refuse_bad_arguments(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+@pytest.mark.parametrize("groups,channels", list(itertools.product([1, 2], [4])))
+def test_group_norm_in_a_sequential_trains_like_torch(groups, channels):
+    """Three SGD steps of conv + GroupNorm + ReLU, wrappers against torch.nn from the same
+    weights: the losses agree step by step."""
+    torch.manual_seed(0)
+    ours = nf.Sequential(
+        nf.Conv2d(3, channels, 3, padding=1), nf.GroupNorm(groups, channels), nf.ReLU()
+    )
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(3, channels, 3, padding=1),
+        torch.nn.GroupNorm(groups, channels),
+        torch.nn.ReLU(),
+    )
+    opt, opt_ref = nf.SGD(ours.param(), lr=0.1), torch.optim.SGD(theirs.parameters(), lr=0.1)
+    loss, loss_ref = nf.MSE(), torch.nn.MSELoss()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x, t = torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, channels, 5, 6, generator=g)
+        opt.zero_grad()
+        value = loss.forward(ours.forward(x), t)
+        ours.backward(loss.backward())
+        opt.step()
+        opt_ref.zero_grad()
+        with torch.enable_grad():
+            value_ref = loss_ref(theirs(x), t)
+            value_ref.backward()
+        opt_ref.step()
+        assert abs(float(value) - float(value_ref)) <= 1e-5 * float(value_ref)
+
+
+@pytest.mark.cuda
+def test_group_and_layer_norm_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for layer, shape, ref in [
+        (nf.group_norm(2), (2, 4, 5, 6), lambda x_, **p: F.group_norm(x_, 2, **p)),
+        (nf.layer_norm(), (3, 7), lambda x_, **p: F.layer_norm(x_, (7,), **p)),
+    ]:
+        params = nf.tree.map(lambda t: t.cuda(), _random_params(layer, shape, torch.float64))
+        _compare(layer, params, _input(shape, torch.float64).cuda(), ref, TOL[torch.float64])
