@@ -94,6 +94,39 @@ def test_layer_norm_matches_torch(dtype, shape, affine):
     _compare(layer, params, x, ref, TOL[dtype])
 
 
+def _moved_layer_norm(axis):
+    """torch's twin of ``layer_norm(axis)``: the axis moved last, ``F.layer_norm``, moved back."""
+
+    def reference(x_, **p):
+        moved = x_.movedim(axis, -1)
+        return F.layer_norm(moved, moved.shape[-1:], eps=1e-3, **p).movedim(-1, axis)
+
+    return reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "shape,axis,channels_last",
+    [
+        ((2, 5, 3, 4), 1, True),  # each pixel's channels, as the convolutions lay them out
+        ((2, 5, 3, 4), 1, False),  # ... and contiguous: a strided axis
+        ((1, 3, 4, 7), -2, False),
+        ((3, 4, 6), 1, False),
+        ((2, 6, 1, 1), -3, True),
+    ],
+)
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_along_another_axis_matches_torch(dtype, shape, axis, channels_last, affine):
+    layer = nf.layer_norm(axis, eps=1e-3, affine=affine)
+    params = _random_params(layer, shape, dtype)
+    x = _input(shape, dtype, channels_last=channels_last)
+    _compare(layer, params, x, _moved_layer_norm(axis), TOL[dtype])
+    if channels_last:  # the output keeps the input's layout, the input gradient the output's
+        y, pullback = layer.vjp(params, x)
+        dx = pullback(torch.randn_like(y))[1]
+        assert y.stride() == x.stride() and dx.stride() == x.stride()
+
+
 def test_a_channels_last_input_gives_channels_last_output_and_input_gradient():
     layer = nf.group_norm(2)
     params = _random_params(layer, (2, 8, 5, 6), torch.float32)
@@ -112,6 +145,8 @@ def test_a_channels_last_input_gives_channels_last_output_and_input_gradient():
         (lambda: nf.group_norm(1, eps=0.5), (3, 2, 3)),
         (lambda: nf.layer_norm(), (2, 3, 5)),
         (lambda: nf.layer_norm(affine=False), (3, 4)),
+        (lambda: nf.layer_norm(1), (2, 3, 4, 2)),
+        (lambda: nf.layer_norm(-2, affine=False), (1, 3, 4, 2)),
     ],
 )
 def test_check_vjp(make, shape):
@@ -246,7 +281,19 @@ def test_the_pullback_refuses_a_changed_weight_or_kept_output():
         (lambda: nf.group_norm(4).init(None, (-1, 6, 3, 3)), ValueError, r"6 channels .* 4 groups"),
         (lambda: nf.group_norm(2).init(None, (-1, -1, 3, 3)), ValueError, r"channel count C"),
         (lambda: nf.group_norm(2).init(None, (4,)), ValueError, r"expected an input shape"),
-        (lambda: nf.layer_norm().init(None, (-1, -1)), ValueError, r"feature count"),
+        (lambda: nf.layer_norm().init(None, (-1, -1)), ValueError, r"size of axis -1 .* known"),
+        (
+            lambda: nf.layer_norm(axis=0).init(None, (2, 3)),
+            ValueError,
+            r"axis 0 is not a non-batch",
+        ),
+        (lambda: nf.layer_norm(axis=-3).init(None, (2, 3)), ValueError, r"axis -3 is not a non-b"),
+        (
+            lambda: nf.layer_norm(axis=2).init(None, (2, 3)),
+            ValueError,
+            r"axis 2 is not a non-batch",
+        ),
+        (lambda: nf.layer_norm(axis=1.0), TypeError, r"layer_norm.*axis must be an int"),
     ],
 )
 def test_bad_options_and_shapes_are_refused(make, error, pattern):
@@ -296,9 +343,11 @@ GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
             LN,
             torch.randn(2, 5),
             ValueError,
-            r"\(N, \*, 6\), no size 0, got \(2, 5\)",
+            r"expected input \(N, 6\), no size 0, got \(2, 5\)",
         ),
         (nf.layer_norm(affine=False), LN, torch.randn(0, 5), ValueError, r"empty batch"),
+        (nf.layer_norm(1), LN, torch.randn(2, 4, 3), ValueError, r"input \(N, 6, \*\), no size 0"),
+        (nf.layer_norm(2), (-1, 3, 6), torch.randn(2, 6), ValueError, r"axis 2 is not a non-batch"),
     ],
 )
 def test_bad_input_is_refused_naming_the_layer_and_shapes(layer, in_shape, x, error, pattern):

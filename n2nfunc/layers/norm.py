@@ -42,6 +42,7 @@ from .. import tree
 from ..base import (
     INT64,
     Layer,
+    an_int,
     apply_via_vjp,
     check_cotangent,
     check_image,
@@ -271,31 +272,55 @@ def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True) -> Layer
     return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, False, name))
 
 
-def layer_norm(eps: float = 1e-5, affine: bool = True) -> Layer:
-    """Layer normalisation of the last axis of (N, *, F) inputs, as ``torch.nn.LayerNorm(F)``:
-    each feature vector normalised by its own mean and biased variance, then scaled and
-    shifted per feature (params ``{"weight": ones(F), "bias": zeros(F)}``, none with
-    ``affine=False``). See the module docstring for the gradients."""
-    name = f"layer_norm(eps={eps}, affine={affine})"
+def layer_norm(axis: int = -1, eps: float = 1e-5, affine: bool = True) -> Layer:
+    """Layer normalisation along one axis: each vector along ``axis`` (every index of the
+    other axes: one sample's position) normalised by its own mean and biased variance, then
+    scaled and shifted per index of that axis (params ``{"weight": ones(F), "bias":
+    zeros(F)}``, F its size; none with ``affine=False``). The last axis of (N, *, F), the
+    default, is ``torch.nn.LayerNorm(F)``; ``axis=1`` of an (N, C, H, W) image normalises
+    each pixel's channels (the "LayerNorm2d" of ConvNeXt and of NAFNet-style denoisers).
+    The batch axis 0 is refused: samples stay apart. See the module docstring for the
+    gradients."""
+    name = f"layer_norm(axis={axis}, eps={eps}, affine={affine})"
+    axis = an_int(axis, "axis", name)
     eps = _positive_eps(eps, name)
     affine = flag(affine, "affine", name)
 
+    def along(rank: int, shape: tuple) -> int:
+        """``axis`` as a non-negative index of a ``rank``-dimensional input, not the batch's."""
+        if not -rank <= axis < rank or axis % rank == 0:
+            raise ValueError(f"{name}: axis {axis} is not a non-batch axis of input shape {shape}")
+        return axis % rank
+
     def init(generator, in_shape):
-        shape = tensor_shape(in_shape, name, 2, "(N, *, F)")
-        if shape[-1] == -1:
-            raise ValueError(f"{name}: the feature count of input shape {shape} must be known")
-        return shape, _ones_zeros(shape[-1], generator, name) if affine else {}
+        shape = tensor_shape(in_shape, name, 2, "(N, ...)")
+        size = shape[along(len(shape), shape)]
+        if size == -1:
+            raise ValueError(
+                f"{name}: the size of axis {axis} of input shape {shape} must be known"
+            )
+        return shape, _ones_zeros(size, generator, name) if affine else {}
 
     def run(params, state, x):
-        y, pullback = _last_axis_normalized(x, params, eps)
-        return y, state, pullback
+        a = along(x.dim(), tuple(x.shape))
+        y, pullback = _last_axis_normalized(x.movedim(a, -1), params, eps)
+
+        def moved_pullback(ct, input_grad=True):
+            grads, dx = pullback(ct.movedim(a, -1), input_grad)
+            return grads, None if dx is None else dx.movedim(-1, a)
+
+        return y.movedim(-1, a), state, moved_pullback
 
     def vjp(params, x):
         f = _checked_affine(params, affine, name)
         check_tensor(x, name)
-        if x.dim() < 2 or (f != -1 and x.shape[-1] != f) or 0 in x.shape[1:]:
-            expected = f"(N, *, {'F' if f == -1 else f})"
-            raise ValueError(f"{name}: expected input {expected}, no size 0, got {tuple(x.shape)}")
+        a = along(x.dim(), tuple(x.shape)) if x.dim() >= 2 else 1
+        if x.dim() < 2 or (f != -1 and x.shape[a] != f) or 0 in x.shape[1:]:
+            sizes = ["N"] + ["*"] * (x.dim() - 1) if x.dim() >= 2 else ["N", "F"]
+            sizes[a] = "F" if f == -1 else str(f)
+            raise ValueError(
+                f"{name}: expected input ({', '.join(sizes)}), no size 0, got {tuple(x.shape)}"
+            )
         return _run_in(run, params, _like(x, params, name), name)
 
     return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, not affine, name))
@@ -435,8 +460,7 @@ def _last_axis_normalized(x: Tensor, params: dict, eps: float):
     anyway, reduced by a matrix-vector product."""
     f = x.shape[-1]
     xhat = x - x.mean(-1, keepdim=True)
-    squares = xhat.norm(dim=-1, keepdim=True)  # one reading pass: sqrt of the sum of squares
-    invstd = squares.mul_(squares).div_(f).add_(eps).rsqrt_()
+    invstd = _squares_summed(xhat).div_(f).add_(eps).rsqrt_()
     xhat.mul_(invstd)
     weight = params["weight"] if params else None
     y = params["bias"].addcmul(xhat, weight) if weight is not None else xhat  # one pass
@@ -459,3 +483,13 @@ def _last_axis_normalized(x: Tensor, params: dict, eps: float):
         return grads, dx.addcmul_(xhat, mean_d_xhat, value=-1).mul_(invstd)
 
     return y, pullback
+
+
+def _squares_summed(t: Tensor) -> Tensor:
+    """The sum of squares along the last axis (kept): ``norm`` squared where that axis is
+    contiguous (one reading pass), else products summed (``norm`` along a strided axis ran
+    4x slower than that)."""
+    if t.stride(-1) == 1:
+        root = t.norm(dim=-1, keepdim=True)
+        return root.mul_(root)
+    return (t * t).sum(-1, keepdim=True)

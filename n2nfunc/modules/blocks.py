@@ -535,7 +535,7 @@ class LayerNorm(_WeightBias):
         features = positive_int(features, "normalized_shape", "LayerNorm")
         self._fix(normalized_shape=(features,), eps=eps)
         super().__init__(
-            layer_norm(eps),
+            layer_norm(eps=eps),
             features,
             None,
             _options(normalized_shape=(features,), eps=eps),
