@@ -18,6 +18,7 @@ COMPUTE = [
     "kernels/strided.py",
     "kernels/row_taps.py",
     "kernels/dispatch.py",
+    "kernels/grouped.py",
     "torch_order.py",
     "device_conv.py",
     "init.py",

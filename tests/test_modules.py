@@ -479,8 +479,8 @@ def test_positional_arguments_follow_torch_nn_and_misplaced_ones_are_refused():
     twin = torch.nn.ConvTranspose2d(4, 6, 3, 2, 1, 1, 1, True, 2)
     x = torch.randn(1, 4, 5, 5)
     assert up.forward(x).shape == twin(x).shape == (1, 6, 12, 12)
-    with pytest.raises(ValueError, match=r"Conv2d: groups=2 is not supported"):
-        Conv2d(4, 4, 3, 1, 1, 1, 2)
+    grouped = Conv2d(4, 4, 3, 1, 1, 1, 2)  # torch: ..., dilation, groups
+    assert grouped.groups == 2 and grouped.weight.shape == (4, 2, 3, 3)
     with pytest.raises(ValueError, match=r"TransposeConv2d: groups=2 is not supported"):
         TransposeConv2d(4, 4, 3, 2, 1, 1, 2)
     for make in (

@@ -29,6 +29,7 @@ from ..base import (
     weight_and_input,
 )
 from ..init import Init
+from ..kernels.grouped import grouped_conv, grouped_conv_grads
 from ..nhwc import to_nchw, to_nhwc
 from .geometry import checked_conv, conv_out, describe, make_init, padding_pair, transpose_out
 
@@ -41,6 +42,7 @@ def conv2d(
     dilation: IntPair = 1,
     bias: bool = True,
     init: Init = None,
+    groups: int = 1,
 ) -> Layer:
     """2-d cross-correlation, as ``torch.nn.functional.conv2d``:
 
@@ -56,6 +58,10 @@ def conv2d(
       with the same kernel (the polyphase engine; for stride 1, the stride-1 convolution of
       ``g`` with the kernel turned by 180 degrees and its in/out axes swapped,
       ``w.flip(2, 3).transpose(0, 1)``: see :func:`n2nfunc.kernels.conv_input_grad`).
+
+    ``groups`` > 1 splits the channels into groups convolved apart, as torch's ``groups``
+    (weight [out, in / groups, kh, kw]; ``groups`` = in_channels is a depthwise
+    convolution): see :mod:`n2nfunc.kernels.grouped`.
     """
     name = describe(
         "conv2d",
@@ -64,8 +70,14 @@ def conv2d(
         stride=stride,
         padding=padding,
         dilation=dilation,
+        **({} if groups == 1 else {"groups": groups}),
     )
     out_channels = positive_int(out_channels, "out_channels", name)
+    groups = positive_int(groups, "groups", name)
+    if out_channels % groups:
+        raise ValueError(
+            f"{name}: out_channels {out_channels} do not split into {groups} groups of equal size"
+        )
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -76,7 +88,9 @@ def conv2d(
         i = "HW".index(dim)
         return conv_out(size, k[i], s[i], p[i], d[i])
 
-    layer_init = make_init(name, out_channels, k, bias, out_size, init=init)
+    layer_init = make_init(name, out_channels, k, bias, out_size, init=init, groups=groups)
+    if groups > 1:
+        return _grouped_conv2d(name, layer_init, out_channels, bias, groups, (k, s, p, d), out_size)
 
     def vjp(params, x):
         weight, (h, w), out_hw = checked_conv(params, x, name, out_channels, k, bias, out_size)
@@ -104,6 +118,38 @@ def conv2d(
                 device_conv.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)
             )
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
+
+    return Layer(layer_init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
+
+
+def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_size) -> Layer:
+    """A grouped convolution (:mod:`n2nfunc.kernels.grouped`, on any device)."""
+    k = geometry[0]
+
+    def checked(params, x):
+        return checked_conv(params, x, name, out_channels, k, bias, out_size, groups=groups)
+
+    def vjp(params, x):
+        weight, in_hw, out_hw = checked(params, x)
+        b = params.get("bias")
+        y, cols = grouped_conv(to_nhwc(x), weight, b, groups, *geometry, out_hw)
+        y = to_nchw(y)
+        y_out = output_of(y)
+
+        def pullback(ct, input_grad=True):
+            g = to_nhwc(check_cotangent(ct, y_out, name))
+            dw, dx = grouped_conv_grads(g, weight, cols, groups, *geometry, in_hw, input_grad)
+            grads = {"weight": dw}
+            if bias:
+                grads["bias"] = _bias_grad(g, False)
+            return grads, None if dx is None else to_nchw(dx)
+
+        return y, pullback
+
+    def apply(params, x):
+        weight, _, out_hw = checked(params, x)
+        y, _ = grouped_conv(to_nhwc(x), weight, params.get("bias"), groups, *geometry, out_hw)
+        return to_nchw(y)
 
     return Layer(layer_init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
 

@@ -48,23 +48,30 @@ def weight_shape(in_channels, out_channels, k, transposed):
     return ((in_channels, out_channels) if transposed else (out_channels, in_channels)) + k
 
 
-def make_init(name, out_channels, k, bias, out_size, transposed=False, init=None):
+def make_init(name, out_channels, k, bias, out_size, transposed=False, init=None, groups=1):
     """``init`` of a convolution-like layer, weights drawn by ``init`` (see :mod:`n2nfunc.init`;
-    PyTorch's fan-in is the weight's dim 1 times the kernel area)."""
+    PyTorch's fan-in is the weight's dim 1 times the kernel area); a grouped convolution's
+    weight holds C / ``groups`` input channels."""
     check_init(init, name)
 
     def init_fn(generator, in_shape):
         n, c, h, w = image_shape(in_shape, name)
+        if c % groups:
+            raise ValueError(
+                f"{name}: the {c} input channels of input shape {(n, c, h, w)} do not split "
+                f"into {groups} groups of equal size"
+            )
         ho, wo = output_sizes((n, c, h, w), out_size, name)
-        shape = weight_shape(c, out_channels, k, transposed)
+        shape = weight_shape(c // groups, out_channels, k, transposed)
         params = init_weight_bias(init, generator, shape, out_channels if bias else None, name)
         return (n, out_channels, ho, wo), params
 
     return init_fn
 
 
-def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=False):
-    """Validate params and input of a convolution-like layer.
+def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=False, groups=1):
+    """Validate params and input of a convolution-like layer (``groups``: a grouped
+    convolution, whose weight holds C / groups input channels).
 
     Returns ``(weight, (h, w), out_hw)``.
     """
@@ -82,10 +89,11 @@ def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=Fa
         check_params(params, name, expected(c))
     except ValueError:
         own = ok and tuple(weight.shape) == expected(c)["weight"]
-        if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
-            check_params(params, name, expected(x.shape[1]))  # the shape this input needs
+        if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c * groups:
+            if x.shape[1] % groups == 0:  # the shape this input needs
+                check_params(params, name, expected(x.shape[1] // groups))
         raise
-    check_image(x, name, c, weight)
+    check_image(x, name, c * groups if c != -1 else -1, weight)
     return weight, tuple(x.shape[2:]), output_sizes(x.shape, out_size, name)
 
 

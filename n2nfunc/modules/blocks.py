@@ -120,10 +120,10 @@ def _unless_default(dilation, bias) -> dict:
 
 def _checked_flags(name: str, bias, groups=1, padding_mode="zeros") -> bool:
     """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
-    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (not
+    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (where not
     supported) is 1, ``padding_mode`` is ``"zeros"``. Returns ``bias`` as a bool."""
     bias = flag(bias, "bias", name)
-    if groups != 1 or isinstance(groups, bool):
+    if groups is not None and (groups != 1 or isinstance(groups, bool)):
         raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
     if padding_mode != "zeros":
         raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported (only 'zeros')")
@@ -131,8 +131,8 @@ def _checked_flags(name: str, bias, groups=1, padding_mode="zeros") -> bool:
 
 
 class Conv2d(_WeightBias):
-    """``torch.nn.Conv2d``-like block, arguments in its order (``groups`` must be 1);
-    ``weight`` [out, in, kh, kw], ``bias`` [out]."""
+    """``torch.nn.Conv2d``-like block, arguments in its order; ``weight``
+    [out, in / groups, kh, kw], ``bias`` [out]."""
 
     def __init__(
         self,
@@ -150,9 +150,14 @@ class Conv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("Conv2d", bias, groups, padding_mode)
-        layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias)
+        bias = _checked_flags("Conv2d", bias, None, padding_mode)
+        groups = positive_int(groups, "groups", "Conv2d")
+        for size, what in ((in_channels, "in_channels"), (out_channels, "out_channels")):
+            if positive_int(size, what, "Conv2d") % groups:
+                raise ValueError(f"Conv2d: {what} {size} must divide into groups {groups}")
+        layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias, groups=groups)
         self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._fix(groups=groups)
         super().__init__(
             layer,
             in_channels,
@@ -164,6 +169,7 @@ class Conv2d(_WeightBias):
                 stride=stride,
                 padding=padding,
                 **_unless_default(dilation, bias),
+                **({} if groups == 1 else {"groups": groups}),
             ),
             device=device,
             dtype=dtype,

@@ -1,0 +1,258 @@
+"""conv2d with groups > 1 (grouped and depthwise convolutions) against
+torch.nn.functional.conv2d + autograd, finite differences, in lower precision, in a
+network, as the Conv2d wrapper, and on bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import autograd_vjp, rel_err
+
+import n2nfunc as nf
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+# input shape, out_channels, kernel, stride, padding, dilation, groups
+CASES = [
+    ((2, 4, 7, 6), 6, 3, 1, 1, 1, 2),
+    ((1, 6, 9, 8), 6, 3, 2, 1, 1, 6),  # depthwise, stride 2, batch 1
+    ((2, 3, 6, 5), 6, 3, 1, "same", 1, 3),  # depthwise with two outputs per channel
+    ((2, 4, 8, 5), 8, (2, 3), (2, 1), (1, 0), (2, 1), 4),  # non-square everything
+    ((3, 6, 5, 5), 3, 1, 1, 0, 1, 3),  # 1 x 1
+    ((2, 4, 10, 9), 4, 3, 2, 0, 1, 2),  # the last row and column read by no window
+    ((1, 8, 5, 7), 4, 5, 1, 2, 1, 4),
+]
+
+
+def _params(layer, shape, dtype, seed=0):
+    _, params = layer.init(torch.Generator().manual_seed(seed), shape)
+    return {k: v.to(dtype) for k, v in params.items()}
+
+
+def _input(shape, dtype, seed=1, channels_last=False):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _compare(layer, params, x, torch_args, tol):
+    """Output and every gradient against F.conv2d + autograd (float64, with a random
+    cotangent), and the pullback without the input gradient."""
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    has_bias = "bias" in params
+    leaves = [x, params["weight"]] + ([params["bias"]] if has_bias else [])
+
+    def reference(x_, w_, *b_):
+        return F.conv2d(x_, w_, b_[0] if b_ else None, *torch_args)
+
+    y_ref, grads = autograd_vjp(reference, [t.double() for t in leaves], ct.double())
+    assert y.shape == y_ref.shape and y.dtype == x.dtype and rel_err(y, y_ref) <= tol
+    assert torch.equal(layer.apply(params, x), y)
+    ct_params, dx = pullback(ct)
+    assert dx.shape == x.shape and rel_err(dx, grads[0]) <= tol
+    assert rel_err(ct_params["weight"], grads[1]) <= tol
+    assert set(ct_params) == ({"weight", "bias"} if has_bias else {"weight"})
+    if has_bias:
+        assert rel_err(ct_params["bias"], grads[2]) <= tol
+    only_params, none = pullback(ct, input_grad=False)
+    assert none is None and all(torch.equal(only_params[k], ct_params[k]) for k in ct_params)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,out,k,s,p,d,groups", CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_grouped_conv2d_matches_torch(dtype, shape, out, k, s, p, d, groups, bias):
+    layer = nf.conv2d(out, k, s, p, d, bias=bias, groups=groups)
+    params = _params(layer, shape, dtype)
+    for channels_last in (False, True):
+        x = _input(shape, dtype, channels_last=channels_last)
+        _compare(layer, params, x, (s, p, d, groups), TOL[dtype])
+
+
+@pytest.mark.parametrize("shape,out,k,s,p,d,groups", CASES[:4])
+def test_check_vjp(shape, out, k, s, p, d, groups):
+    layer = nf.conv2d(out, k, s, p, d, groups=groups)
+    nf.check_vjp(layer, _params(layer, shape, torch.float64), _input(shape, torch.float64))
+
+
+def test_init_draws_torchs_weights_for_the_same_seed():
+    layer = nf.conv2d(6, 3, padding=1, groups=3)
+    torch.manual_seed(5)
+    out, params = layer.init(None, (-1, 6, 8, 8))
+    torch.manual_seed(5)
+    ref = torch.nn.Conv2d(6, 6, 3, padding=1, groups=3)
+    assert out == (-1, 6, 8, 8) and params["weight"].shape == (6, 2, 3, 3)
+    assert torch.equal(params["weight"], ref.weight) and torch.equal(params["bias"], ref.bias)
+
+
+def test_bfloat16_sums_in_float32():
+    """The products sum inside one batched matmul, and the input gradient's taps in
+    float32: bfloat16 results are the float32 ones of the same numbers, rounded (to within
+    the matmul's own rounding)."""
+    layer = nf.conv2d(8, 3, 1, 1, groups=4)
+    p32 = nf.tree.map(lambda t: t.bfloat16().float(), _params(layer, (2, 8, 6, 7), torch.float32))
+    x32 = _input((2, 8, 6, 7), torch.float32).bfloat16().float()
+    y, pullback = layer.vjp(nf.tree.map(lambda t: t.bfloat16(), p32), x32.bfloat16())
+    y_ref, pullback_ref = layer.vjp(p32, x32)
+    assert y.dtype == torch.bfloat16 and rel_err(y.float(), y_ref) < 1e-2
+    ct = torch.randn(y.shape).bfloat16()
+    grads, dx = pullback(ct)
+    grads_ref, dx_ref = pullback_ref(ct.float())
+    assert dx.dtype == torch.bfloat16 and rel_err(dx.float(), dx_ref) < 1e-2
+    assert rel_err(grads["weight"].float(), grads_ref["weight"]) < 1e-2
+
+
+def test_bfloat16_input_gradient_adds_its_taps_in_float32():
+    """Taps 256, 1 and -256 reach each inner pixel: added in bfloat16, 256 + 1 rounds to 256
+    and the pixel's gradient is 0; in float32 it is 1."""
+    layer = nf.conv2d(2, (1, 3), padding=(0, 1), bias=False, groups=2)
+    weight = torch.tensor([256.0, 1.0, -256.0]).repeat(2, 1).view(2, 1, 1, 3).bfloat16()
+    _, pullback = layer.vjp({"weight": weight}, torch.zeros(1, 2, 2, 5).bfloat16())
+    dx = pullback(torch.ones(1, 2, 2, 5).bfloat16())[1]
+    assert torch.equal(dx[..., 1:-1], torch.ones(1, 2, 2, 3).bfloat16())
+
+
+def test_a_separable_block_with_the_new_norms_matches_torch_and_passes_check_vjp():
+    """Depthwise 3 x 3, pointwise 1 x 1, group norm, channel layer norm: the blocks of
+    NAFNet-style denoisers."""
+    net = nf.serial(
+        nf.conv2d(4, 3, padding=1, groups=4),
+        nf.conv2d(8, 1),
+        nf.group_norm(2),
+        nf.leaky_relu(0.1),
+        nf.layer_norm(1),
+        nf.conv2d(8, 3, 2, 1, groups=8),
+    )
+    _, params = net.init(torch.Generator().manual_seed(0), (-1, 4, 7, 6))
+    params = nf.tree.map(lambda t: torch.randn_like(t.double()), params)
+    x = _input((2, 4, 7, 6), torch.float64)
+    nf.check_vjp(net, params, x)
+
+    flat = dict(nf.tree.flatten(params))
+    names = sorted(flat)
+
+    def twin(x_, *ps):
+        q = dict(zip(names, ps))
+        h = F.conv2d(x_, q["0.weight"], q["0.bias"], padding=1, groups=4)
+        h = F.conv2d(h, q["1.weight"], q["1.bias"])
+        h = F.leaky_relu(F.group_norm(h, 2, q["2.weight"], q["2.bias"]), 0.1)
+        h = F.layer_norm(h.movedim(1, -1), (8,), q["4.weight"], q["4.bias"]).movedim(-1, 1)
+        return F.conv2d(h, q["5.weight"], q["5.bias"], 2, 1, groups=8)
+
+    y, pullback = net.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=y.dtype)
+    y_ref, grads = autograd_vjp(twin, [x] + [flat[k] for k in names], ct)
+    assert rel_err(y, y_ref) < 1e-10
+    ct_params, dx = pullback(ct)
+    assert rel_err(dx, grads[0]) < 1e-10
+    ct_flat = dict(nf.tree.flatten(ct_params))
+    for k, g in zip(names, grads[1:]):
+        assert rel_err(ct_flat[k], g) < 1e-10, k
+
+
+def test_mixed_precision_takes_a_grouped_convolution():
+    layer = nf.conv2d(8, 3, padding=1, groups=2)
+    params = _params(layer, (2, 4, 8, 8), torch.float32)
+    x = _input((2, 4, 8, 8), torch.float32)
+    y32, pullback32 = layer.vjp(params, x)
+    y16, pullback16 = nf.mixed_precision(layer).vjp(params, x)
+    assert y16.dtype == torch.float32 and rel_err(y16, y32) < 2e-2
+    ct = torch.randn(y32.shape)
+    (g16, dx16), (g32, dx32) = pullback16(ct), pullback32(ct)
+    assert g16["weight"].dtype == torch.float32 and rel_err(g16["weight"], g32["weight"]) < 2e-2
+    assert rel_err(dx16, dx32) < 2e-2
+
+
+def test_the_wrapper_trains_like_torch_nn():
+    torch.manual_seed(0)
+    ours = nf.Sequential(nf.Conv2d(4, 8, 3, 1, 1, groups=4), nf.ReLU(), nf.Conv2d(8, 4, 1))
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, 1, 1, groups=4), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.parameters()))
+    assert ours[0].groups == 4 and "groups=4" in repr(ours[0])
+    opt, opt_ref = nf.SGD(ours.param(), lr=0.1), torch.optim.SGD(theirs.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x, t = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
+        loss = nf.MSE()
+        opt.zero_grad()
+        value = loss.forward(ours.forward(x), t)
+        ours.backward(loss.backward())
+        opt.step()
+        opt_ref.zero_grad()
+        with torch.enable_grad():
+            value_ref = F.mse_loss(theirs(x), t)
+            value_ref.backward()
+        opt_ref.step()
+        assert abs(float(value) - float(value_ref)) <= 1e-5 * float(value_ref)
+
+
+@pytest.mark.parametrize(
+    "make,error,pattern",
+    [
+        (lambda: nf.conv2d(6, 3, groups=4), ValueError, r"out_channels 6 do not split into 4"),
+        (lambda: nf.conv2d(6, 3, groups=0), ValueError, r"groups must be a positive int"),
+        (lambda: nf.conv2d(6, 3, groups=2.0), TypeError, r"groups must be a positive int"),
+        (
+            lambda: nf.conv2d(6, 3, groups=3).init(None, (-1, 4, 5, 5)),
+            ValueError,
+            r"groups=3\): the 4 input channels .* do not split into 3 groups",
+        ),
+        (lambda: nf.Conv2d(4, 6, 3, groups=3), ValueError, r"Conv2d: in_channels 4 must divide"),
+        (lambda: nf.Conv2d(6, 4, 3, groups=3), ValueError, r"Conv2d: out_channels 4 must divide"),
+        (lambda: nf.Conv2d(4, 6, 3, groups=True), TypeError, r"Conv2d: groups must be"),
+        (lambda: nf.TransposeConv2d(4, 6, 3, groups=2), ValueError, r"groups=2 is not supported"),
+    ],
+)
+def test_bad_options_are_refused(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+@pytest.mark.parametrize(
+    "x,pattern",
+    [
+        (
+            torch.randn(2, 6, 5, 5),
+            r"groups=2\): expected input of shape \(N, 4, H, W\), got \(2, 6",
+        ),
+        (torch.randn(2, 4, 5), r"expected input of shape \(N, 4, H, W\), got \(2, 4, 5\)"),
+        (torch.randn(2, 4, 5, 5).double(), r"input dtype torch.float64 does not match"),
+        (torch.randn(2, 4, 2, 2), r"gives an empty output"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_layer_and_shapes(x, pattern):
+    layer = nf.conv2d(6, 3, groups=2)
+    _, params = layer.init(None, (-1, 4, 5, 5))
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        layer.apply(params, x)
+
+
+def test_bad_params_are_refused():
+    layer = nf.conv2d(6, 3, groups=2)
+    _, params = layer.init(None, (-1, 4, 5, 5))
+    x = torch.randn(2, 4, 5, 5)
+    ungrouped = {"weight": torch.randn(6, 4, 3, 3), "bias": params["bias"]}  # 4 a group: 8 in all
+    with pytest.raises(ValueError, match=r"groups=2\): expected input of shape \(N, 8, H, W\)"):
+        layer.apply(ungrouped, x)
+    odd = {"weight": torch.randn(6, 3, 3, 2), "bias": params["bias"]}
+    with pytest.raises(ValueError, match=r"'weight' must have shape \(6, 2, 3, 3\), got \(6, 3"):
+        layer.apply(odd, x)
+    _, pullback = layer.vjp(params, x)
+    with pytest.raises(ValueError, match=r"output gradient must have the output's shape"):
+        pullback(torch.randn(2, 6, 4, 4))
+    params["weight"].add_(1)
+    with pytest.raises(RuntimeError, match=r"weight .*changed in place"):
+        pullback(torch.randn(2, 6, 3, 3))
+
+
+@pytest.mark.cuda
+def test_grouped_conv2d_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for shape, out, k, s, p, d, groups in CASES:
+        layer = nf.conv2d(out, k, s, p, d, groups=groups)
+        params = nf.tree.map(lambda t: t.cuda(), _params(layer, shape, torch.float64))
+        x = _input(shape, torch.float64).cuda()
+        _compare(layer, params, x, (s, p, d, groups), TOL[torch.float64])
