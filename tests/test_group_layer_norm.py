@@ -255,6 +255,22 @@ def test_a_large_offset_does_not_cancel_in_float32():
     assert error < 1e-2 and error <= rel_err(F.group_norm(x, 1), exact)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_constant_set_normalises_to_exactly_zero(dtype):
+    """A flat region (0.1 everywhere: its floating-point mean is not 0.1), and a grey image
+    copied into three channels under the per-pixel channel norm, give exactly 0 (then the
+    bias), as torch does; the input gradient is finite."""
+    flat = torch.full((1, 3, 5, 5), 0.1, dtype=dtype)
+    y, pullback = nf.group_norm(1, affine=False).vjp({}, flat)
+    assert torch.equal(y, torch.zeros_like(y))
+    assert torch.isfinite(pullback(torch.randn(y.shape, dtype=dtype))[1]).all()
+    grey = (torch.rand(1, 1, 8, 9, dtype=dtype) * 255).expand(1, 3, 8, 9).contiguous()
+    layer = nf.layer_norm(1, eps=1e-6)
+    params = _random_params(layer, grey.shape, dtype)
+    y = layer.apply(params, grey)
+    assert torch.equal(y, params["bias"].view(1, 3, 1, 1).expand_as(y))
+
+
 def test_the_pullback_refuses_a_changed_weight_or_kept_output():
     layer = nf.group_norm(2)
     params = _random_params(layer, (2, 4, 3, 3), torch.float32)
@@ -268,6 +284,12 @@ def test_the_pullback_refuses_a_changed_weight_or_kept_output():
     y.mul_(2)  # y is the normalised input the pullback reads
     with pytest.raises(RuntimeError, match=r"layer_norm.*output .*changed in place"):
         pullback(torch.randn(y.shape))
+    # in bfloat16 the output is a rounded copy, and the pullback reads its float32 original;
+    # group norm's output is never what its pullback reads
+    for layer, x_ in ((plain, x.bfloat16()), (nf.group_norm(2, affine=False), x)):
+        y, pullback = layer.vjp({}, x_)
+        y.mul_(2)
+        pullback(torch.randn(y.shape, dtype=y.dtype))
 
 
 @pytest.mark.parametrize(
@@ -282,11 +304,7 @@ def test_the_pullback_refuses_a_changed_weight_or_kept_output():
         (lambda: nf.group_norm(2).init(None, (-1, -1, 3, 3)), ValueError, r"channel count C"),
         (lambda: nf.group_norm(2).init(None, (4,)), ValueError, r"expected an input shape"),
         (lambda: nf.layer_norm().init(None, (-1, -1)), ValueError, r"size of axis -1 .* known"),
-        (
-            lambda: nf.layer_norm(axis=0).init(None, (2, 3)),
-            ValueError,
-            r"axis 0 is not a non-batch",
-        ),
+        (lambda: nf.layer_norm(axis=0), ValueError, r"layer_norm.*axis 0 is the batch axis"),
         (lambda: nf.layer_norm(axis=-3).init(None, (2, 3)), ValueError, r"axis -3 is not a non-b"),
         (
             lambda: nf.layer_norm(axis=2).init(None, (2, 3)),
@@ -323,6 +341,7 @@ GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
             r"no size 0, got \(2, 6, 0, 3\)",
         ),
         (nf.group_norm(2), GN, torch.randn(0, 6, 2, 2), ValueError, r"empty batch"),
+        (nf.group_norm(2, affine=False), None, torch.randn(2, 0, 3), ValueError, r"no size 0"),
         (nf.group_norm(2), GN, torch.randn(2, 6, 3).double(), TypeError, r"dtype torch.float64"),
         (
             nf.group_norm(2),
@@ -360,10 +379,10 @@ def test_bad_params_and_cotangents_are_refused():
     layer = nf.group_norm(2)
     params = _random_params(layer, (2, 6, 3), torch.float32)
     x = torch.randn(2, 6, 3)
-    with pytest.raises(
-        ValueError, match=r"parameter 'weight' must have shape \(K,\), got \(6, 1\)"
-    ):
+    with pytest.raises(ValueError, match=r"'weight' must be a 1-d tensor, .* got \(6, 1\)"):
         layer.apply({"weight": params["weight"][:, None], "bias": params["bias"]}, x)
+    with pytest.raises(ValueError, match=r"'weight' must be a 1-d tensor, .* got list"):
+        layer.apply({"weight": [1.0] * 6, "bias": params["bias"]}, x)
     with pytest.raises(ValueError, match=r"parameter 'bias' must have shape \(6,\), got \(5,\)"):
         layer.apply({"weight": params["weight"], "bias": params["bias"][:5]}, x)
     with pytest.raises(ValueError, match=r"expected parameters \['bias', 'weight'\], got \[\]"):

@@ -1,7 +1,8 @@
-"""``batch_norm2d``: batch normalisation over (N, H, W) per channel, as
-``torch.nn.BatchNorm2d``.
+"""Normalisation layers: ``batch_norm2d`` (by the statistics of the batch, kept as state),
+``group_norm`` and ``layer_norm`` (by each sample's own).
 
-Per channel, with ``m = N H W`` values:
+``batch_norm2d`` normalises over (N, H, W) per channel, as ``torch.nn.BatchNorm2d``. Per
+channel, with ``m = N H W`` values:
 
 * training: ``mean``, biased ``var`` of the batch; ``y = (x - mean) / sqrt(var + eps) * weight
   + bias``; the running statistics move towards the batch's, the variance unbiased:
@@ -25,12 +26,21 @@ ValueError, as in PyTorch.
 
 ``group_norm`` and ``layer_norm`` normalise each sample on its own, by the statistics of
 its own values, as ``torch.nn.GroupNorm`` and ``torch.nn.LayerNorm``: no batch statistics,
-so no state and no train/eval modes (plain layers; ``mixed_precision`` takes them). With
-``xhat = (x - mean) / sqrt(var + eps)`` over a set of ``m`` values (a group of channels of one
-sample, or one feature vector) and ``g`` the output gradient:
-``y = xhat weight + bias`` (per channel or feature),
-``dweight = sum g xhat`` and ``dbias = sum g`` over every set, and, with ``d = g weight``,
-``dx = (d - mean(d) - xhat mean(d xhat)) / sqrt(var + eps)``, the means over the set.
+so no state and no train/eval modes (plain layers; ``mixed_precision`` takes them). Each
+set of ``m`` values normalised together (a group of channels of one sample, or one vector
+along the normalised axis) has its mean and biased variance ``var``; with
+``xhat = (x - mean) / sqrt(var + eps)``, ``y = xhat weight + bias``, the params indexed by
+channel (or by position along the axis). For the output gradient ``g``:
+
+* ``dweight[c] = sum g xhat`` and ``dbias[c] = sum g``, each summed over every value that
+  param ``c`` scales (all samples and positions);
+* ``dx = (d - mean(d) - xhat mean(d xhat)) / sqrt(var + eps)`` with ``d = g weight``, the
+  means over the value's own set (its mean and variance depend on every value in it).
+
+The mean is taken of the values less the set's first value, which makes a constant set
+exactly 0 after centring (``mean(0.1, 0.1, 0.1)`` in floating point is not 0.1, and the
+difference, divided by ``sqrt(eps)``, had reached 0.015 in float32), and loses less to
+rounding where the values sit far from 0.
 """
 
 import functools
@@ -263,7 +273,7 @@ def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True) -> Layer
     def vjp(params, x):
         c = _checked_affine(params, affine, name)
         check_tensor(x, name)
-        if x.dim() < 2 or (c != -1 and x.shape[1] != c) or 0 in x.shape[2:]:
+        if x.dim() < 2 or (c != -1 and x.shape[1] != c) or 0 in x.shape[1:]:
             expected = f"(N, {'C' if c == -1 else c}, ...)"
             raise ValueError(f"{name}: expected input {expected}, no size 0, got {tuple(x.shape)}")
         _split(x.shape[1], groups, tuple(x.shape), name)
@@ -283,6 +293,8 @@ def layer_norm(axis: int = -1, eps: float = 1e-5, affine: bool = True) -> Layer:
     gradients."""
     name = f"layer_norm(axis={axis}, eps={eps}, affine={affine})"
     axis = an_int(axis, "axis", name)
+    if axis == 0:
+        raise ValueError(f"{name}: axis 0 is the batch axis; samples are normalised apart")
     eps = _positive_eps(eps, name)
     affine = flag(affine, "affine", name)
 
@@ -353,11 +365,13 @@ def _checked_affine(params, affine: bool, name: str) -> int:
         check_params(params, name, {})
         return -1
     weight = params.get("weight") if isinstance(params, dict) else None
-    k = weight.shape[0] if isinstance(weight, Tensor) and weight.dim() == 1 else -1
-    if k == -1 and isinstance(weight, Tensor):
+    if weight is not None and not (isinstance(weight, Tensor) and weight.dim() == 1):
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(
-            f"{name}: parameter 'weight' must have shape (K,), got {tuple(weight.shape)}"
+            f"{name}: parameter 'weight' must be a 1-d tensor, one number per channel or "
+            f"feature, got {got}"
         )
+    k = -1 if weight is None else weight.shape[0]
     check_params(params, name, {"weight": (k,), "bias": (k,)})
     return k
 
@@ -391,10 +405,10 @@ def _guarded(vjp, affine: bool, keeps_output: bool, name: str):
     weight, and the output where the pullback reads it (layer norm's without params is the
     kept ``xhat`` itself)."""
 
-    def reads(params, x, y):
+    def reads(params, x, y):  # (a 16-bit output is a rounded copy, not the kept xhat)
         return {
             **({"weight": params["weight"]} if affine else {}),
-            **({"output": y} if keeps_output else {}),
+            **({"output": y} if keeps_output and y.element_size() > 2 else {}),
         }
 
     return checks_unchanged(name, skips_input_grad(vjp), reads)
@@ -421,7 +435,8 @@ def _group_normalized(x: Tensor, params: dict, groups: int, eps: float):
     def per_channel(t):  # (N, G, 1) -> (N, C, 1), each group's number for its channels
         return t.expand(n, groups, size).reshape(n, c, 1)
 
-    xc = x3 - per_channel(group_sums(x3.sum(2)).div_(m))
+    xc = x3 - per_channel(x3[:, ::size, :1])  # less each group's first value
+    xc.sub_(per_channel(group_sums(xc.sum(2)).div_(m)))
     invstd = group_sums((xc * xc).sum(2)).div_(m).add_(eps).rsqrt_()  # (N, G, 1)
     scale = per_channel(invstd)
     weight = params["weight"].view(c, 1) if params else None
@@ -459,7 +474,8 @@ def _last_axis_normalized(x: Tensor, params: dict, eps: float):
     ``sum(d xhat) = (ct xhat) @ weight``: the product ``ct xhat`` the weight gradient sums
     anyway, reduced by a matrix-vector product."""
     f = x.shape[-1]
-    xhat = x - x.mean(-1, keepdim=True)
+    xhat = x - x[..., :1]  # less each vector's first value
+    xhat.sub_(xhat.mean(-1, keepdim=True))
     invstd = _squares_summed(xhat).div_(f).add_(eps).rsqrt_()
     xhat.mul_(invstd)
     weight = params["weight"] if params else None
