@@ -117,6 +117,18 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
         (512,),
     ),
     (
+        "conv2d 32->32 k3 groups 4",
+        nf.conv2d(32, 3, 1, 1, groups=4),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 1, 1, 1, 4),
+        (32, 16, 16),
+    ),
+    (
+        "conv2d 32 k3 depthwise",
+        nf.conv2d(32, 3, 1, 1, groups=32),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 1, 1, 1, 32),
+        (32, 16, 16),
+    ),
+    (
         "group_norm 32, 8 groups",
         nf.group_norm(8),
         lambda x, p: F.group_norm(x, 8, p["weight"], p["bias"]),

@@ -20,6 +20,8 @@ CASES = [
     ((3, 6, 5, 5), 3, 1, 1, 0, 1, 3),  # 1 x 1
     ((2, 4, 10, 9), 4, 3, 2, 0, 1, 2),  # the last row and column read by no window
     ((1, 8, 5, 7), 4, 5, 1, 2, 1, 4),
+    ((1, 4, 11, 10), 8, 3, 2, 1, 2, 4),  # depthwise x2, stride and dilation 2, a cropped edge
+    ((2, 2, 6, 6), 2, (3, 1), 1, (1, 0), 1, 2),  # depthwise, a non-square kernel
 ]
 
 

@@ -1,84 +1,89 @@
-"""Grouped convolutions (``groups`` > 1), as ``torch.nn.functional.conv2d(..., groups=G)``:
-the C input channels split into G groups of C / G, the O output channels into G groups of
-O / G, and output group ``g`` is the convolution of input group ``g`` with its own weights,
-``w[g O/G : (g+1) O/G]`` of shape (O / G, C / G, kh, kw). A group per channel
-(``groups = C``) is a depthwise convolution.
+"""Depthwise convolutions, the grouped convolutions (``groups`` > 1) whose groups hold one
+input channel each, as ``torch.nn.functional.conv2d(x, w, groups=C)``: output channel
+``c m + j`` (``j < m``, the depth multiplier) is input channel ``c`` convolved with its own
+kh x kw kernel ``w[c m + j, 0]``. (Grouped convolutions with wider groups run as ungrouped
+ones with a block-diagonal weight: :func:`n2nfunc.layers.conv.conv2d`.)
 
-One engine for every group count, on channels-last (N, H, W, C) tensors and on any device:
-the im2col matrix of the padded input with its columns grouped, (G, N Ho Wo, kh kw C/G), times
-the weights as (G, kh kw C/G, O/G): one batched matmul (each product accumulated inside it,
-in float32 for 16-bit operands). Gradients, for the output gradient ``g`` as (G, N Ho Wo, O/G):
+A matmul per channel would multiply a column by a number: each kernel tap is instead one
+elementwise pass over channels-last (N, H, W, C) tensors, the tap's shifted window view of
+the padded input times that tap's weight per channel. With ``xr`` the padded input, its
+channel ``c`` repeated ``m`` times so that channel ``q = c m + j`` of ``xr`` feeds output
+channel ``q``:
 
-* ``dw = cols^T g``, a batched matmul with the kept matrix;
-* ``dx``: ``g w^T``, the (G, N Ho Wo, kh kw C/G) gradient of the matrix, each kernel tap's
-  column block added back onto the input positions it read (the adjoint of im2col), the
-  sums in float32 for 16-bit tensors.
+* ``y[n, i, j, q] = sum_{a, b} xr[n, s i + d a, s j + d b, q] w[q, 0, a, b]``;
+* ``dw[q, 0, a, b] = sum_{n, i, j} g[n, i, j, q] xr[n, s i + d a, s j + d b, q]``;
+* ``dx``: each tap adds ``g[n, i, j, q] w[q, 0, a, b]`` back onto the position it read, and
+  the ``m`` copies of each input channel are summed.
+
+16-bit tensors are computed in float32 and rounded once, so that the taps' sums are not
+rounded after each tap.
 """
 
 from torch import Tensor
 
-from ..base import FLOAT32
 from ..nhwc import pad, pads_to_read, reads, windows
 
 
-def _grouped_weight(weight: Tensor, groups: int) -> Tensor:
-    """(O, C/G, kh, kw) -> (G, kh kw C/G, O/G), rows in im2col's (kh, kw, c) order."""
-    o, size, kh, kw = weight.shape
-    return (
-        weight.view(groups, o // groups, size, kh, kw)
-        .permute(0, 3, 4, 2, 1)
-        .reshape(groups, kh * kw * size, o // groups)
-    )
+def _in_float32(t: Tensor) -> Tensor:
+    return t.float() if t.element_size() <= 2 else t
 
 
-def grouped_conv(
-    xh: Tensor, weight: Tensor, bias, groups: int, k, s, p, d, out_hw
-) -> tuple[Tensor, Tensor]:
-    """The grouped convolution of the NHWC ``xh``: ``(y, cols)``, ``y`` (N, Ho, Wo, O) and
-    ``cols`` the (G, N Ho Wo, kh kw C/G) matrix the weight gradient needs."""
-    n, c = xh.shape[0], xh.shape[3]
-    size = c // groups
-    xp = pad(xh, *pads_to_read(xh, k, s, p, d, out_hw))
-    win = windows(xp, k, s, d, out_hw)  # (N, Ho, Wo, kh, kw, C)
-    cols = (
-        win.unflatten(5, (groups, size))
-        .permute(5, 0, 1, 2, 3, 4, 6)  # (G, N, Ho, Wo, kh, kw, C/G)
-        .contiguous()
-        .view(groups, n * out_hw[0] * out_hw[1], k[0] * k[1] * size)
-    )
-    y = cols.bmm(_grouped_weight(weight, groups))  # (G, N Ho Wo, O/G)
-    y = y.permute(1, 0, 2).reshape(n, out_hw[0], out_hw[1], weight.shape[0])
-    return (y if bias is None else y.add_(bias)), cols
+def _taps(weight: Tensor) -> Tensor:
+    """(C m, 1, kh, kw) -> (kh, kw, C m): each tap's weights a contiguous vector (a strided
+    one, broadcast over the channels-last pixels, made the passes several times slower)."""
+    return _in_float32(weight)[:, 0].permute(1, 2, 0).contiguous()
 
 
-def grouped_conv_grads(
-    g: Tensor, weight: Tensor, cols: Tensor, groups: int, k, s, p, d, in_hw, input_grad: bool
-):
-    """``(dw, dx)`` of :func:`grouped_conv` for the NHWC output gradient ``g``; ``dx`` (NHWC,
-    the input's size ``in_hw``) is None unless ``input_grad``."""
-    n, ho, wo, o = g.shape
-    size, (kh, kw) = weight.shape[1], k
-    gg = g.reshape(n * ho * wo, groups, o // groups).transpose(0, 1)  # (G, N Ho Wo, O/G)
-    dw = cols.transpose(1, 2).bmm(gg)  # (G, kh kw C/G, O/G)
-    dw = dw.view(groups, kh, kw, size, o // groups).permute(0, 4, 3, 1, 2)
-    dw = dw.reshape(o, size, kh, kw)
+def _repeated(xp: Tensor, m: int) -> Tensor:
+    """The padded input with each channel repeated ``m`` times, (N, H, W, C m): a depth
+    multiplier ``m`` as a depthwise convolution of C m channels."""
+    return xp if m == 1 else xp.repeat_interleave(m, 3)
+
+
+def depthwise_conv(xh: Tensor, weight: Tensor, bias, k, s, p, d, out_hw):
+    """``(y, saved)``: the depthwise convolution of the NHWC ``xh`` with ``weight``
+    (C m, 1, kh, kw), ``y`` (N, Ho, Wo, C m) in ``xh``'s dtype, and what its gradients read:
+    the padded input (channels repeated ``m`` times) and ``m``."""
+    m = weight.shape[0] // xh.shape[3]
+    xp = _repeated(pad(_in_float32(xh), *pads_to_read(xh, k, s, p, d, out_hw)), m)
+    win = windows(xp, k, s, d, out_hw)  # (N, Ho, Wo, kh, kw, C m)
+    w = _taps(weight)
+    y = win[:, :, :, 0, 0] * w[0, 0]
+    for a in range(k[0]):
+        for b in range(k[1]):
+            if a or b:
+                y.addcmul_(win[:, :, :, a, b], w[a, b])
+    if bias is not None:
+        y.add_(bias)
+    return y.to(xh.dtype), (xp, m)
+
+
+def depthwise_conv_grads(g: Tensor, weight: Tensor, saved, k, s, p, d, in_hw, input_grad):
+    """``(dw, dx)`` of :func:`depthwise_conv` for the NHWC output gradient ``g``; ``dx``
+    (NHWC, the input's size ``in_hw``) is None unless ``input_grad``."""
+    (n, ho, wo, cm), (xp, m) = g.shape, saved
+    g32 = _in_float32(g)
+    win = windows(xp, k, s, d, (ho, wo))
+    taps = [(a, b) for a in range(k[0]) for b in range(k[1])]
+    dw = g32.new_empty(cm, k[0], k[1])
+    for a, b in taps:
+        dw[:, a, b] = (g32 * win[:, :, :, a, b]).sum((0, 1, 2))
+    dw = dw.view(weight.shape).to(weight.dtype)
     if not input_grad:
         return dw, None
-    dcols = gg.bmm(_grouped_weight(weight, groups).transpose(1, 2))
-    dcols = dcols.view(groups, n, ho, wo, kh, kw, size).permute(1, 2, 3, 4, 5, 0, 6)
+    w = _taps(weight)
     ih, iw = reads((ho, wo), k, s, d)
-    low = g.element_size() <= 2  # taps summed in float32, rounded once
-    buf = g.new_zeros(n, ih, iw, groups * size, dtype=FLOAT32 if low else g.dtype)
-    win = windows(buf, k, s, d, (ho, wo)).unflatten(5, (groups, size))
-    for a in range(kh):
-        for b in range(kw):
-            win[:, :, :, a, b].add_(dcols[:, :, :, a, b])
-    dx = _on_input_grid(buf, in_hw, p)
-    return dw, dx.to(g.dtype) if low else dx
+    buf = g32.new_zeros(n, ih, iw, cm)
+    into = windows(buf, k, s, d, (ho, wo))
+    for a, b in taps:
+        into[:, :, :, a, b].addcmul_(g32, w[a, b])
+    if m > 1:  # the repeated channels' gradients summed
+        buf = buf.view(n, ih, iw, cm // m, m).sum(4)
+    return dw, on_input_grid(buf, in_hw, p).to(g.dtype)
 
 
-def _on_input_grid(buf: Tensor, in_hw, p) -> Tensor:
-    """The gradient on the padded grid the convolution read, ``buf``, as one on the input:
+def on_input_grid(buf: Tensor, in_hw, p) -> Tensor:
+    """A gradient on the padded grid a convolution read, ``buf`` (NHWC), as one on the input:
     the padding dropped, and zeros where the input reaches past what any window read."""
     (h, w), (top, left) = in_hw, p
     inner = buf[:, top : top + h, left : left + w]

@@ -29,7 +29,7 @@ from ..base import (
     weight_and_input,
 )
 from ..init import Init
-from ..kernels.grouped import grouped_conv, grouped_conv_grads
+from ..kernels.grouped import depthwise_conv, depthwise_conv_grads
 from ..nhwc import to_nchw, to_nhwc
 from .geometry import checked_conv, conv_out, describe, make_init, padding_pair, transpose_out
 
@@ -61,7 +61,8 @@ def conv2d(
 
     ``groups`` > 1 splits the channels into groups convolved apart, as torch's ``groups``
     (weight [out, in / groups, kh, kw]; ``groups`` = in_channels is a depthwise
-    convolution): see :mod:`n2nfunc.kernels.grouped`.
+    convolution, computed tap by tap by :mod:`n2nfunc.kernels.grouped`; wider groups as the
+    ungrouped convolution with a block-diagonal weight).
     """
     name = describe(
         "conv2d",
@@ -123,22 +124,43 @@ def conv2d(
 
 
 def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_size) -> Layer:
-    """A grouped convolution (:mod:`n2nfunc.kernels.grouped`, on any device)."""
-    k = geometry[0]
+    """A grouped convolution. With one input channel a group (depthwise), on the tap-by-tap
+    engine of :mod:`n2nfunc.kernels.grouped` (any device); with more, as the ungrouped
+    convolution whose weight is block-diagonal, each group's block in its place and zeros
+    elsewhere: the ungrouped engines' speed for ``groups`` times the multiply-adds, the same
+    sums (exact zeros added), and the weight gradient's diagonal blocks."""
+    k, s, p, d = geometry
+    ungrouped = conv2d(out_channels, k, s, p, d, bias)
 
     def checked(params, x):
         return checked_conv(params, x, name, out_channels, k, bias, out_size, groups=groups)
 
+    def full(params):
+        """The params with the weight made block-diagonal, (O, C, kh, kw)."""
+        w = params["weight"]
+        size = w.shape[1]
+        blocks = w.new_zeros(out_channels, groups * size, *k)
+        _diagonal_blocks(blocks, groups).copy_(w.view(groups, -1, size, *k))
+        return {**params, "weight": blocks}
+
     def vjp(params, x):
         weight, in_hw, out_hw = checked(params, x)
-        b = params.get("bias")
-        y, cols = grouped_conv(to_nhwc(x), weight, b, groups, *geometry, out_hw)
+        if weight.shape[1] > 1:
+            y, pullback = ungrouped.vjp(full(params), x)
+
+            def blocks_pullback(ct, input_grad=True):
+                grads, dx = pullback(ct, input_grad)
+                dw = _diagonal_blocks(grads["weight"], groups).reshape(weight.shape)
+                return {**grads, "weight": dw}, dx
+
+            return y, blocks_pullback
+        y, saved = depthwise_conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
         y_out = output_of(y)
 
         def pullback(ct, input_grad=True):
             g = to_nhwc(check_cotangent(ct, y_out, name))
-            dw, dx = grouped_conv_grads(g, weight, cols, groups, *geometry, in_hw, input_grad)
+            dw, dx = depthwise_conv_grads(g, weight, saved, k, s, p, d, in_hw, input_grad)
             grads = {"weight": dw}
             if bias:
                 grads["bias"] = _bias_grad(g, False)
@@ -148,10 +170,20 @@ def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_
 
     def apply(params, x):
         weight, _, out_hw = checked(params, x)
-        y, _ = grouped_conv(to_nhwc(x), weight, params.get("bias"), groups, *geometry, out_hw)
+        if weight.shape[1] > 1:
+            return ungrouped.apply(full(params), x)
+        y, _ = depthwise_conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)
         return to_nchw(y)
 
     return Layer(layer_init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
+
+
+def _diagonal_blocks(blocks, groups: int):
+    """The diagonal blocks of a block-diagonal (O, C, kh, kw) weight, a view of shape
+    (G, O / G, C / G, kh, kw): block ``g`` maps input group ``g`` to output group ``g``."""
+    o, c, kh, kw = blocks.shape
+    view = blocks.view(groups, o // groups, groups, c // groups, kh, kw)
+    return view.diagonal(0, 0, 2).permute(4, 0, 1, 2, 3)
 
 
 def _device_conv2d_vjp(name, x, weight, bias, geometry, out_hw):
