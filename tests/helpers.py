@@ -12,6 +12,49 @@ def autograd_vjp(fn, inputs, ct):
     return y.detach(), [g.detach() for g in grads]
 
 
+def assert_matches_twin(net, params, x, twin, tol):
+    """``net``'s output, input gradient and every parameter gradient (a random cotangent)
+    within ``tol`` of ``twin(x, p)`` under torch autograd, ``p`` the params by dotted path."""
+    from n2nfunc import tree
+
+    flat = dict(tree.flatten(params))
+    names = sorted(flat)
+    y, pullback = net.vjp(params, x)
+    ct = torch.randn(y.shape, dtype=y.dtype)
+    y_ref, grads = autograd_vjp(
+        lambda x_, *ps: twin(x_, dict(zip(names, ps))), [x] + [flat[k] for k in names], ct
+    )
+    assert rel_err(y, y_ref) < tol
+    ct_params, dx = pullback(ct)
+    assert rel_err(dx, grads[0]) < tol
+    ct_flat = dict(tree.flatten(ct_params))
+    for k, g in zip(names, grads[1:]):
+        assert rel_err(ct_flat[k], g) < tol, k
+
+
+def assert_trains_like(ours, theirs, x_shape, y_shape, steps=3):
+    """``steps`` SGD steps (lr 0.1, MSE) of the wrapper network ``ours`` and the torch.nn
+    network ``theirs``, holding the same weights, on the same random batches: the losses
+    agree step by step (relative 1e-5)."""
+    import n2nfunc as nf
+
+    opt, opt_ref = nf.SGD(ours.param(), lr=0.1), torch.optim.SGD(theirs.parameters(), lr=0.1)
+    loss = nf.MSE()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        x, t = torch.randn(x_shape, generator=g), torch.randn(y_shape, generator=g)
+        opt.zero_grad()
+        value = loss.forward(ours.forward(x), t)
+        ours.backward(loss.backward())
+        opt.step()
+        opt_ref.zero_grad()
+        with torch.enable_grad():
+            value_ref = torch.nn.functional.mse_loss(theirs(x), t)
+            value_ref.backward()
+        opt_ref.step()
+        assert abs(float(value) - float(value_ref)) <= 1e-5 * float(value_ref)
+
+
 def rel_err(a, b):
     """max |a - b| relative to the scale of b."""
     return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-30)

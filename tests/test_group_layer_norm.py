@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import autograd_vjp, rel_err
+from helpers import assert_matches_twin, assert_trains_like, autograd_vjp, rel_err
 
 import n2nfunc as nf
 
@@ -177,26 +177,14 @@ def test_a_network_with_both_matches_its_torch_twin():
     net = _network()
     _, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 6, 4))
     params = nf.tree.map(lambda t: torch.randn_like(t.double()), params)
-    x = _input((2, 3, 6, 4), torch.float64)
 
-    def twin(x_, *ps):
-        p = dict(zip(names, ps))
+    def twin(x_, p):
         h = F.conv2d(x_, p["0.weight"], p["0.bias"], padding=1)
         h = F.leaky_relu(F.group_norm(h, 3, p["1.weight"], p["1.bias"]), 0.1)
         h = F.linear(F.max_pool2d(h, 2).flatten(1), p["5.weight"], p["5.bias"])
         return F.layer_norm(h, (5,), p["6.weight"], p["6.bias"])
 
-    flat = dict(nf.tree.flatten(params))
-    names = sorted(flat)
-    y, pullback = net.vjp(params, x)
-    ct = torch.randn(y.shape, dtype=y.dtype)
-    y_ref, grads = autograd_vjp(twin, [x] + [flat[k] for k in names], ct)
-    assert rel_err(y, y_ref) < 1e-10
-    ct_params, dx = pullback(ct)
-    assert rel_err(dx, grads[0]) < 1e-10
-    ct_flat = dict(nf.tree.flatten(ct_params))
-    for k, g in zip(names, grads[1:]):
-        assert rel_err(ct_flat[k], g) < 1e-10, k
+    assert_matches_twin(net, params, _input((2, 3, 6, 4), torch.float64), twin, 1e-10)
 
 
 def test_init_is_torchs_and_keeps_the_shape():
@@ -460,21 +448,7 @@ def test_group_norm_in_a_sequential_trains_like_torch(groups, channels):
         torch.nn.GroupNorm(groups, channels),
         torch.nn.ReLU(),
     )
-    opt, opt_ref = nf.SGD(ours.param(), lr=0.1), torch.optim.SGD(theirs.parameters(), lr=0.1)
-    loss, loss_ref = nf.MSE(), torch.nn.MSELoss()
-    g = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        x, t = torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, channels, 5, 6, generator=g)
-        opt.zero_grad()
-        value = loss.forward(ours.forward(x), t)
-        ours.backward(loss.backward())
-        opt.step()
-        opt_ref.zero_grad()
-        with torch.enable_grad():
-            value_ref = loss_ref(theirs(x), t)
-            value_ref.backward()
-        opt_ref.step()
-        assert abs(float(value) - float(value_ref)) <= 1e-5 * float(value_ref)
+    assert_trains_like(ours, theirs, (2, 3, 5, 6), (2, channels, 5, 6))
 
 
 @pytest.mark.cuda

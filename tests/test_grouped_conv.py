@@ -5,7 +5,7 @@ network, as the Conv2d wrapper, and on bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import autograd_vjp, rel_err
+from helpers import assert_matches_twin, assert_trains_like, autograd_vjp, rel_err
 
 import n2nfunc as nf
 
@@ -129,26 +129,14 @@ def test_a_separable_block_with_the_new_norms_matches_torch_and_passes_check_vjp
     x = _input((2, 4, 7, 6), torch.float64)
     nf.check_vjp(net, params, x)
 
-    flat = dict(nf.tree.flatten(params))
-    names = sorted(flat)
-
-    def twin(x_, *ps):
-        q = dict(zip(names, ps))
+    def twin(x_, q):
         h = F.conv2d(x_, q["0.weight"], q["0.bias"], padding=1, groups=4)
         h = F.conv2d(h, q["1.weight"], q["1.bias"])
         h = F.leaky_relu(F.group_norm(h, 2, q["2.weight"], q["2.bias"]), 0.1)
         h = F.layer_norm(h.movedim(1, -1), (8,), q["4.weight"], q["4.bias"]).movedim(-1, 1)
         return F.conv2d(h, q["5.weight"], q["5.bias"], 2, 1, groups=8)
 
-    y, pullback = net.vjp(params, x)
-    ct = torch.randn(y.shape, dtype=y.dtype)
-    y_ref, grads = autograd_vjp(twin, [x] + [flat[k] for k in names], ct)
-    assert rel_err(y, y_ref) < 1e-10
-    ct_params, dx = pullback(ct)
-    assert rel_err(dx, grads[0]) < 1e-10
-    ct_flat = dict(nf.tree.flatten(ct_params))
-    for k, g in zip(names, grads[1:]):
-        assert rel_err(ct_flat[k], g) < 1e-10, k
+    assert_matches_twin(net, params, x, twin, 1e-10)
 
 
 def test_mixed_precision_takes_a_grouped_convolution():
@@ -173,21 +161,7 @@ def test_the_wrapper_trains_like_torch_nn():
     )
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.parameters()))
     assert ours[0].groups == 4 and "groups=4" in repr(ours[0])
-    opt, opt_ref = nf.SGD(ours.param(), lr=0.1), torch.optim.SGD(theirs.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        x, t = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
-        loss = nf.MSE()
-        opt.zero_grad()
-        value = loss.forward(ours.forward(x), t)
-        ours.backward(loss.backward())
-        opt.step()
-        opt_ref.zero_grad()
-        with torch.enable_grad():
-            value_ref = F.mse_loss(theirs(x), t)
-            value_ref.backward()
-        opt_ref.step()
-        assert abs(float(value) - float(value_ref)) <= 1e-5 * float(value_ref)
+    assert_trains_like(ours, theirs, (2, 4, 5, 6), (2, 4, 5, 6))
 
 
 @pytest.mark.parametrize(
