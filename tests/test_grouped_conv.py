@@ -87,10 +87,9 @@ def test_init_draws_torchs_weights_for_the_same_seed():
 
 
 def test_bfloat16_sums_in_float32():
-    """The products sum inside one batched matmul, and the input gradient's taps in
-    float32: bfloat16 results are the float32 ones of the same numbers, rounded (to within
-    the matmul's own rounding)."""
-    layer = nf.conv2d(8, 3, 1, 1, groups=4)
+    """A depthwise layer in bfloat16 is computed in float32 and rounded once: its results are
+    the float32 ones of the same numbers, rounded."""
+    layer = nf.conv2d(8, 3, 1, 1, groups=8)
     p32 = nf.tree.map(lambda t: t.bfloat16().float(), _params(layer, (2, 8, 6, 7), torch.float32))
     x32 = _input((2, 8, 6, 7), torch.float32).bfloat16().float()
     y, pullback = layer.vjp(nf.tree.map(lambda t: t.bfloat16(), p32), x32.bfloat16())
@@ -179,6 +178,8 @@ def test_the_wrapper_trains_like_torch_nn():
         (lambda: nf.Conv2d(6, 4, 3, groups=3), ValueError, r"Conv2d: out_channels 4 must divide"),
         (lambda: nf.Conv2d(4, 6, 3, groups=True), TypeError, r"Conv2d: groups must be"),
         (lambda: nf.TransposeConv2d(4, 6, 3, groups=2), ValueError, r"groups=2 is not supported"),
+        (lambda: nf.TransposeConv2d(4, 6, 3, groups=None), ValueError, r"groups=None is not sup"),
+        (lambda: nf.conv2d(4, 3, groups=True), TypeError, r"groups=True\): groups must be a pos"),
     ],
 )
 def test_bad_options_are_refused(make, error, pattern):
@@ -232,3 +233,27 @@ def test_grouped_conv2d_on_cuda():
         params = nf.tree.map(lambda t: t.cuda(), _params(layer, shape, torch.float64))
         x = _input(shape, torch.float64).cuda()
         _compare(layer, params, x, (s, p, d, groups), TOL[torch.float64])
+
+
+def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer():
+    """One output channel a group (O = G) with wider input groups: the weight gradient was a
+    view into the block-diagonal one, keeping G times its memory alive."""
+    layer = nf.conv2d(2, 3, padding=1, groups=2)
+    params = _params(layer, (1, 8, 5, 5), torch.float32)
+    _, pullback = layer.vjp(params, _input((1, 8, 5, 5), torch.float32))
+    dw = pullback(torch.randn(1, 2, 5, 5))[0]["weight"]
+    assert dw.is_contiguous() and dw.untyped_storage().nbytes() == dw.numel() * 4
+    with pytest.raises(ValueError, match=r"groups=2\): output gradient must have"):
+        pullback(torch.randn(1, 2, 5, 4))
+
+
+def test_a_depthwise_layer_keeps_an_infinity_in_its_own_channel():
+    layer = nf.conv2d(4, 3, padding=1, groups=4)
+    params = _params(layer, (1, 4, 5, 5), torch.float32)
+    x = _input((1, 4, 5, 5), torch.float32)
+    x[0, 0, 2, 2] = float("inf")
+    y, pullback = layer.vjp(params, x)
+    assert torch.isfinite(y[:, 1:]).all()
+    ct = torch.randn(y.shape)
+    ct[0, 0, 1, 1] = float("inf")
+    assert torch.isfinite(pullback(ct)[1][:, 1:]).all()

@@ -1,13 +1,13 @@
 """Depthwise convolutions, the grouped convolutions (``groups`` > 1) whose groups hold one
 input channel each, as ``torch.nn.functional.conv2d(x, w, groups=C)``: output channel
-``c m + j`` (``j < m``, the depth multiplier) is input channel ``c`` convolved with its own
-kh x kw kernel ``w[c m + j, 0]``. (Grouped convolutions with wider groups run as ungrouped
+``c m + r`` (``r < m``, the depth multiplier) is input channel ``c`` convolved with its own
+kh x kw kernel ``w[c m + r, 0]``. (Grouped convolutions with wider groups run as ungrouped
 ones with a block-diagonal weight: :func:`n2nfunc.layers.conv.conv2d`.)
 
 A matmul per channel would multiply a column by a number: each kernel tap is instead one
 elementwise pass over channels-last (N, H, W, C) tensors, the tap's shifted window view of
 the padded input times that tap's weight per channel. With ``xr`` the padded input, its
-channel ``c`` repeated ``m`` times so that channel ``q = c m + j`` of ``xr`` feeds output
+channel ``c`` repeated ``m`` times so that channel ``q = c m + r`` of ``xr`` feeds output
 channel ``q``:
 
 * ``y[n, i, j, q] = sum_{a, b} xr[n, s i + d a, s j + d b, q] w[q, 0, a, b]``;

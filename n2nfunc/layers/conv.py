@@ -62,7 +62,9 @@ def conv2d(
     ``groups`` > 1 splits the channels into groups convolved apart, as torch's ``groups``
     (weight [out, in / groups, kh, kw]; ``groups`` = in_channels is a depthwise
     convolution, computed tap by tap by :mod:`n2nfunc.kernels.grouped`; wider groups as the
-    ungrouped convolution with a block-diagonal weight).
+    ungrouped convolution with a block-diagonal weight, where an infinity or NaN in one
+    group's input or output gradient turns the other groups' outputs or input gradients into
+    NaN, 0 x inf, as torch's grouped convolution does not).
     """
     name = describe(
         "conv2d",
@@ -71,7 +73,7 @@ def conv2d(
         stride=stride,
         padding=padding,
         dilation=dilation,
-        **({} if groups == 1 else {"groups": groups}),
+        **({} if groups == 1 and not isinstance(groups, bool) else {"groups": groups}),
     )
     out_channels = positive_int(out_channels, "out_channels", name)
     groups = positive_int(groups, "groups", name)
@@ -128,7 +130,8 @@ def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_
     engine of :mod:`n2nfunc.kernels.grouped` (any device); with more, as the ungrouped
     convolution whose weight is block-diagonal, each group's block in its place and zeros
     elsewhere: the ungrouped engines' speed for ``groups`` times the multiply-adds, the same
-    sums (exact zeros added), and the weight gradient's diagonal blocks."""
+    sums for finite numbers (exact zeros added; 0 x inf is NaN), and the weight gradient's
+    diagonal blocks."""
     k, s, p, d = geometry
     ungrouped = conv2d(out_channels, k, s, p, d, bias)
 
@@ -147,11 +150,12 @@ def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_
         weight, in_hw, out_hw = checked(params, x)
         if weight.shape[1] > 1:
             y, pullback = ungrouped.vjp(full(params), x)
+            y_out = output_of(y)
 
             def blocks_pullback(ct, input_grad=True):
-                grads, dx = pullback(ct, input_grad)
+                grads, dx = pullback(check_cotangent(ct, y_out, name), input_grad)
                 dw = _diagonal_blocks(grads["weight"], groups).reshape(weight.shape)
-                return {**grads, "weight": dw}, dx
+                return {**grads, "weight": dw.contiguous()}, dx  # (not a view of the blocks)
 
             return y, blocks_pullback
         y, saved = depthwise_conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)

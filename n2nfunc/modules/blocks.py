@@ -118,12 +118,13 @@ def _unless_default(dilation, bias) -> dict:
     }
 
 
-def _checked_flags(name: str, bias, groups=1, padding_mode="zeros") -> bool:
+def _checked_flags(name: str, bias, groups=1, padding_mode="zeros", any_groups=False) -> bool:
     """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
-    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` (where not
-    supported) is 1, ``padding_mode`` is ``"zeros"``. Returns ``bias`` as a bool."""
+    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` is 1 (unless
+    ``any_groups``: the block checks it itself), ``padding_mode`` is ``"zeros"``. Returns
+    ``bias`` as a bool."""
     bias = flag(bias, "bias", name)
-    if groups is not None and (groups != 1 or isinstance(groups, bool)):
+    if not any_groups and (groups != 1 or isinstance(groups, bool)):
         raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
     if padding_mode != "zeros":
         raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported (only 'zeros')")
@@ -150,7 +151,7 @@ class Conv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("Conv2d", bias, None, padding_mode)
+        bias = _checked_flags("Conv2d", bias, groups, padding_mode, any_groups=True)
         groups = positive_int(groups, "groups", "Conv2d")
         for size, what in ((in_channels, "in_channels"), (out_channels, "out_channels")):
             if positive_int(size, what, "Conv2d") % groups:
