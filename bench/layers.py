@@ -117,7 +117,7 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
         (512,),
     ),
     (
-        "conv2d 32->32 k3 groups 4",
+        "conv2d 32->32 k3 g4",
         nf.conv2d(32, 3, 1, 1, groups=4),
         lambda x, p: F.conv2d(x, p["weight"], p["bias"], 1, 1, 1, 4),
         (32, 16, 16),
