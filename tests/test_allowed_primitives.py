@@ -25,6 +25,7 @@ COMPUTE = [
     "layers/conv.py",
     "layers/geometry.py",
     "layers/upsampling.py",
+    "layers/bilinear.py",
     "layers/__init__.py",
     "layers/dense.py",
     "layers/pool.py",

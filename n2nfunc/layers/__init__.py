@@ -18,6 +18,7 @@ from .activations import (
     softplus,
     tanh,
 )
+from .bilinear import bilinear_upsample
 from .conv import conv2d, conv_transpose2d
 from .dense import dense, flatten
 from .dropout import dropout
@@ -28,6 +29,7 @@ from .upsampling import nearest_upsample, upsample
 __all__ = [
     "avg_pool2d",
     "batch_norm2d",
+    "bilinear_upsample",
     "conv2d",
     "conv_transpose2d",
     "dense",

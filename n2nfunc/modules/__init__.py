@@ -28,6 +28,7 @@ from .blocks import (
     GELU,
     AvgPool2d,
     BatchNorm2d,
+    BilinearUpsampling,
     Conv2d,
     Dropout,
     Flatten,
@@ -61,8 +62,9 @@ from .sequential import Sequential
 
 __all__ = [
     "ELU", "GELU", "MSE", "NO_FORWARD", "SGD", "Adam", "AdamW", "AvgPool2d", "BCEWithLogitsLoss",
-    "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten", "GroupNorm", "HuberLoss",
-    "IncompatibleKeys", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
+    "BatchNorm2d", "BilinearUpsampling", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten",
+    "GroupNorm", "HuberLoss", "IncompatibleKeys", "L1Loss", "LayerNorm", "LeakyReLU", "Linear",
+    "LogSoftmax", "LossModule",
     "MaxPool2d", "Module", "NearestUpsampling", "Optimizer", "ParamGroup", "ParamPairs",
     "RMSprop", "ReLU", "Sequential", "Sigmoid", "Softmax", "Softplus", "StateDictKeyError",
     "StateDictValueError", "Tanh", "TransposeConv2d", "UNet", "Unpicklable", "Upsampling",

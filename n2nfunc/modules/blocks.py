@@ -12,6 +12,7 @@ from ..base import DeviceLike, IntPair, Layer, ScalePair, flag, positive_int
 from ..layers import (
     avg_pool2d,
     batch_norm2d,
+    bilinear_upsample,
     dense,
     dropout,
     flatten,
@@ -303,6 +304,29 @@ class NearestUpsampling(Module):
         if self.size is not None:
             return f"size={self.size!r}"
         return f"scale_factor={self.scale_factor!r}"
+
+
+class BilinearUpsampling(Module):
+    """Bilinear resizing by ``scale_factor`` (2 by default) or to ``size=(H, W)``, as
+    ``torch.nn.Upsample(mode="bilinear", align_corners=...)``."""
+
+    def __init__(
+        self,
+        scale_factor: ScalePair | None = None,
+        size: IntPair | None = None,
+        align_corners: bool = False,
+    ):
+        super().__init__(bilinear_upsample(scale_factor, size, align_corners), {})
+        self._fix(scale_factor=2 if scale_factor is None and size is None else scale_factor)
+        self._fix(size=size, align_corners=align_corners)
+
+    def layer_description(self) -> str:
+        given = (
+            f"size={self.size!r}"
+            if self.size is not None
+            else f"scale_factor={self.scale_factor!r}"
+        )
+        return f"{given}, align_corners={self.align_corners!r}"
 
 
 class ReLU(Module):

@@ -1,0 +1,168 @@
+"""``bilinear_upsample``: bilinear resizing, as ``torch.nn.Upsample(mode="bilinear")`` and
+``torch.nn.functional.interpolate(..., mode="bilinear")``.
+
+Separable: along each spatial axis every output index ``o`` reads two neighbouring inputs,
+
+    y[o] = w0[o] x[i0[o]] + w1[o] x[i1[o]],   w0 = 1 - w1,
+
+first along the width, then along the height. PyTorch's source coordinate, in the input's
+precision (float32 for float32 and 16-bit inputs, float64 for float64 ones):
+
+* ``align_corners=False``: ``src = max(r (o + 0.5) - 0.5, 0)``, with ``r = 1 / scale_factor``
+  when a scale factor is given, else ``in / out``;
+* ``align_corners=True``: ``src = o (in - 1) / (out - 1)`` (0 for one output);
+
+``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``, ``w1 = src - i0``. The output size is
+``floor(in * scale_factor)``, or ``size``.
+
+The pullback is the transposed map: each output gradient, times its two weights, added back
+onto the two inputs it read (``index_add_``), again an axis at a time. 16-bit tensors are
+computed in float32 and rounded once.
+"""
+
+import functools
+import math
+
+from torch import Tensor, arange
+
+from ..base import (
+    FLOAT64,
+    IntPair,
+    Layer,
+    ScalePair,
+    apply_via_vjp,
+    check_cotangent,
+    check_image,
+    check_params,
+    check_tensor,
+    flag,
+    image_shape,
+    is_number,
+    output_of,
+    pair,
+)
+from ..nhwc import to_nchw, to_nhwc
+from .geometry import describe
+
+
+def bilinear_upsample(
+    scale_factor: ScalePair | None = None, size: IntPair | None = None, align_corners: bool = False
+) -> Layer:
+    """Bilinear resizing of (N, C, H, W) images by ``scale_factor`` (a positive number or a
+    pair; 2 when neither it nor ``size`` is given) or to ``size=(H_out, W_out)``, as
+    ``torch.nn.functional.interpolate(x, ..., mode="bilinear", align_corners=...)`` (see the
+    module docstring). Factors below 1 shrink, as torch's do (reading two pixels per output,
+    without averaging the others)."""
+    if scale_factor is not None and size is not None:
+        raise ValueError(
+            f"bilinear_upsample: give size or scale_factor, not both (got size={size!r}, "
+            f"scale_factor={scale_factor!r})"
+        )
+    scale_factor = 2 if scale_factor is None and size is None else scale_factor
+    given = {"scale_factor": scale_factor} if size is None else {"size": size}
+    name = describe("bilinear_upsample", **given, align_corners=align_corners)
+    align_corners = flag(align_corners, "align_corners", name)
+    by_size = size is not None
+    sizes = pair(size, "size", name) if by_size else (0, 0)
+    scales = (0.0, 0.0) if by_size else _scales(scale_factor, name)
+
+    def out_sizes(h: int, w: int, shape) -> tuple[int, int]:
+        if by_size:
+            return sizes
+        out = tuple(-1 if n == -1 else math.floor(n * f) for n, f in zip((h, w), scales))
+        if 0 in out:
+            raise ValueError(f"{name}: input shape {tuple(shape)} gives an empty output {out}")
+        return out[0], out[1]
+
+    def init(generator, in_shape):
+        n, c, h, w = image_shape(in_shape, name)
+        return (n, c, *out_sizes(h, w, in_shape)), {}
+
+    def vjp(params, x):
+        check_params(params, name, {})
+        check_tensor(x, name)
+        check_image(x, name, -1, x)
+        n, c, h, w = x.shape
+        ho, wo = out_sizes(h, w, x.shape)
+        rows = _taps(h, ho, None if by_size else scales[0], align_corners, x)
+        cols = _taps(w, wo, None if by_size else scales[1], align_corners, x)
+        xh = to_nhwc(x) if x.element_size() > 2 else to_nhwc(x).float()
+        y = _along(_along(xh, 2, cols), 1, rows).to(x.dtype)
+        y = to_nchw(y)
+        y_out = output_of(y)
+
+        def pullback(ct):
+            g = to_nhwc(check_cotangent(ct, y_out, name))
+            g = g if g.element_size() > 2 else g.float()
+            dx = _back_along(_back_along(g, 1, rows, h), 2, cols, w)
+            return {}, to_nchw(dx.to(x.dtype))
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def _scales(scale_factor, name: str) -> tuple[float, float]:
+    """``scale_factor`` as (height, width) factors: positive finite numbers."""
+    both = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+    if len(both) != 2 or not all(
+        is_number(f) and not isinstance(f, bool) and 0 < f < math.inf for f in both
+    ):
+        raise ValueError(
+            f"{name}: scale_factor must be a positive number or a pair of them, got "
+            f"{scale_factor!r}"
+        )
+    return float(both[0]), float(both[1])
+
+
+def _taps(n_in: int, n_out: int, scale, align_corners: bool, x: Tensor):
+    """``(i0, i1, w0, w1)`` of one axis for the input ``x`` (see the module docstring): the
+    two input indices each output reads, and their weights, on ``x``'s device."""
+    exact = x.dtype == FLOAT64
+    i0, i1, w0, w1 = _taps_of(n_in, n_out, scale, align_corners, exact)
+    index = arange(0).to(x.device)
+    weight = index.double() if exact else index.float()
+    return index.new_tensor(i0), index.new_tensor(i1), weight.new_tensor(w0), weight.new_tensor(w1)
+
+
+@functools.lru_cache(maxsize=256)
+def _taps_of(n_in: int, n_out: int, scale, align_corners: bool, exact: bool):
+    """:func:`_taps` as tuples of numbers (cached: tensors would be shared between callers),
+    computed in float64 where ``exact``, else in float32, as PyTorch's coordinates for float64
+    and for other inputs."""
+    like = arange(0).double() if exact else arange(0).float()
+    o = arange(n_out).to(like.dtype)
+    if align_corners:
+        ratio = like.new_tensor(n_in - 1) / (n_out - 1) if n_out > 1 else like.new_tensor(0.0)
+        src = o * ratio
+    else:
+        ratio = like.new_tensor(1.0 / scale) if scale is not None else like.new_tensor(n_in) / n_out
+        src = ((o + 0.5) * ratio - 0.5).clamp(min=0)
+    i0 = src.long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    w1 = (src - i0.to(like.dtype)).clamp(0, 1)
+    return tuple(i0.tolist()), tuple(i1.tolist()), tuple((1 - w1).tolist()), tuple(w1.tolist())
+
+
+def _along(x: Tensor, axis: int, taps) -> Tensor:
+    """``w0 x[i0] + w1 x[i1]`` along ``axis`` of the NHWC ``x``."""
+    i0, i1, w0, w1 = taps
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    return (
+        x.index_select(axis, i0)
+        .mul_(w0.to(x.dtype).view(shape))
+        .addcmul_(x.index_select(axis, i1), w1.to(x.dtype).view(shape))
+    )
+
+
+def _back_along(g: Tensor, axis: int, taps, n_in: int) -> Tensor:
+    """The adjoint of :func:`_along`: ``g w0`` added onto ``i0``, ``g w1`` onto ``i1``."""
+    i0, i1, w0, w1 = taps
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    size = list(g.shape)
+    size[axis] = n_in
+    out = g.new_zeros(size)
+    out.index_add_(axis, i0, g * w0.to(g.dtype).view(shape))
+    return out.index_add_(axis, i1, g * w1.to(g.dtype).view(shape))
