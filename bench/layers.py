@@ -99,6 +99,12 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
         lambda x, p: F.interpolate(x, scale_factor=2),
         (32, 16, 16),
     ),
+    (
+        "bilinear_upsample x2",
+        nf.bilinear_upsample(),
+        lambda x, p: F.interpolate(x, scale_factor=2, mode="bilinear"),
+        (32, 16, 16),
+    ),
     ("relu", nf.relu(), lambda x, p: torch.relu(x), (32, 16, 16)),
     ("sigmoid", nf.sigmoid(), lambda x, p: torch.sigmoid(x), (3, 32, 32)),
     ("max_pool2d 2", nf.max_pool2d(2), lambda x, p: F.max_pool2d(x, 2), (32, 16, 16)),
