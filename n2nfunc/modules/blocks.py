@@ -308,14 +308,17 @@ class NearestUpsampling(Module):
 
 class BilinearUpsampling(Module):
     """Bilinear resizing by ``scale_factor`` (2 by default) or to ``size=(H, W)``, as
-    ``torch.nn.Upsample(mode="bilinear", align_corners=...)``."""
+    ``torch.nn.Upsample(mode="bilinear", align_corners=...)`` (by keyword: the first argument
+    here is the scale factor, as :class:`NearestUpsampling`'s, where torch's is the size;
+    ``align_corners=None``, torch's default, is False)."""
 
     def __init__(
         self,
         scale_factor: ScalePair | None = None,
         size: IntPair | None = None,
-        align_corners: bool = False,
+        align_corners: bool | None = False,
     ):
+        align_corners = False if align_corners is None else align_corners
         super().__init__(bilinear_upsample(scale_factor, size, align_corners), {})
         self._fix(scale_factor=2 if scale_factor is None and size is None else scale_factor)
         self._fix(size=size, align_corners=align_corners)
