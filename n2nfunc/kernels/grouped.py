@@ -79,10 +79,10 @@ def depthwise_conv_grads(g: Tensor, weight: Tensor, saved, k, s, p, d, in_hw, in
         into[:, :, :, a, b].addcmul_(g32, w[a, b])
     if m > 1:  # the repeated channels' gradients summed
         buf = buf.view(n, ih, iw, cm // m, m).sum(4)
-    return dw, on_input_grid(buf, in_hw, p).to(g.dtype)
+    return dw, _on_input_grid(buf, in_hw, p).to(g.dtype)
 
 
-def on_input_grid(buf: Tensor, in_hw, p) -> Tensor:
+def _on_input_grid(buf: Tensor, in_hw, p) -> Tensor:
     """A gradient on the padded grid a convolution read, ``buf`` (NHWC), as one on the input:
     the padding dropped, and zeros where the input reaches past what any window read."""
     (h, w), (top, left) = in_hw, p
