@@ -132,10 +132,7 @@ def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLay
         shape = image_shape(in_shape, name)
         c = shape[1]
         device = generator_device(generator, name)
-        params = {
-            "weight": empty(c, device=device).fill_(1),
-            "bias": empty(c, device=device).zero_(),
-        }
+        params = _ones_zeros(c, generator, name)
         state = {
             "running_mean": empty(c, device=device).zero_(),
             "running_var": empty(c, device=device).fill_(1),
@@ -438,12 +435,11 @@ def _group_normalized(x: Tensor, params: dict, groups: int, eps: float):
     xc = x3 - per_channel(x3[:, ::size, :1])  # less each group's first value
     xc.sub_(per_channel(group_sums(xc.sum(2)).div_(m)))
     invstd = group_sums((xc * xc).sum(2)).div_(m).add_(eps).rsqrt_()  # (N, G, 1)
-    scale = per_channel(invstd)
+    invstd_c = per_channel(invstd)
     weight = params["weight"].view(c, 1) if params else None
-    if weight is not None:
-        scale = scale * weight
+    scale = invstd_c if weight is None else invstd_c * weight
     y = xc * scale
-    if params:
+    if weight is not None:
         y.add_(params["bias"].view(c, 1))
 
     def pullback(ct, input_grad=True):
@@ -452,7 +448,7 @@ def _group_normalized(x: Tensor, params: dict, groups: int, eps: float):
         ct_xc_sums = (ct3 * xc).sum(2)  # (N, C): sum ct (x - mean)
         grads = {}
         if weight is not None:
-            ct_xhat = ct_xc_sums * per_channel(invstd).view(n, c)
+            ct_xhat = ct_xc_sums * invstd_c.view(n, c)
             grads = {"weight": ct_xhat.sum(0), "bias": ct_sums.sum(0)}
             ct_sums, ct_xc_sums = ct_sums * weight.view(1, c), ct_xc_sums * weight.view(1, c)
         if not input_grad:
