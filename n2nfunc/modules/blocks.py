@@ -301,9 +301,14 @@ class NearestUpsampling(Module):
         self._fix(size=size)
 
     def layer_description(self) -> str:
-        if self.size is not None:
-            return f"size={self.size!r}"
-        return f"scale_factor={self.scale_factor!r}"
+        return _size_or_scale(self)
+
+
+def _size_or_scale(block) -> str:
+    """An upsampling block's size (when it was given) or scale factor, for its repr."""
+    if block.size is not None:
+        return f"size={block.size!r}"
+    return f"scale_factor={block.scale_factor!r}"
 
 
 class BilinearUpsampling(Module):
@@ -324,12 +329,7 @@ class BilinearUpsampling(Module):
         self._fix(size=size, align_corners=align_corners)
 
     def layer_description(self) -> str:
-        given = (
-            f"size={self.size!r}"
-            if self.size is not None
-            else f"scale_factor={self.scale_factor!r}"
-        )
-        return f"{given}, align_corners={self.align_corners!r}"
+        return f"{_size_or_scale(self)}, align_corners={self.align_corners!r}"
 
 
 class ReLU(Module):
