@@ -187,6 +187,8 @@ def header(threads: int, device: str = "cpu") -> dict:
     for problem in (hardware.bfloat16_problem(device), None if on_cuda else hardware.mkl_problem()):
         if problem:
             print(f"NOTE: {problem}")
+    if not on_cuda and (slow_bf16 := hardware.bfloat16_no_faster()):
+        print(f"NOTE: {slow_bf16}")
     print()
     return peaks
 

@@ -5,10 +5,13 @@ bfloat16 pays off only where the matmul units take it natively: on x86 CPUs the 
 feature ``bf16`` (Neoverse V1 / V2: Graviton 3 / 4); on CUDA GPUs compute capability 8.0 or
 newer. Elsewhere torch emulates it, usually slower than float32. Where the CPU's features
 cannot be read (no /proc/cpuinfo: macOS, Windows) the answer is "unknown", not "no".
+Native units need not beat float32 either: an Intel Xeon with AVX512-BF16 but no AMX runs
+bfloat16 matmuls slower than MKL's AVX-512 float32 ones (:func:`bfloat16_no_faster` times it).
 """
 
 import ctypes
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -85,6 +88,43 @@ def bfloat16_problem(device="cpu") -> str | None:
             f"{', '.join(BF16_CPU_FLAGS)}); bfloat16 would be emulated and slower than float32"
         )
     return f"device {device} has no native bfloat16 matmul; bfloat16 would be slower than float32"
+
+
+def bfloat16_speedup(repeats: int = 5) -> float:
+    """How many times faster a bfloat16 matmul runs than the same float32 one on this CPU
+    (medians of ``repeats`` interleaved timings of a (2048 x 576) @ (576 x 64) product, the
+    size of a 3 x 3, 64-channel convolution's im2col; in torch's threads). Native bfloat16
+    units need not beat float32: without AMX, AVX512-BF16 runs about as fast as MKL's
+    AVX-512 float32 kernels, or slower."""
+    times: dict = {torch.float32: [], torch.bfloat16: []}
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2048, 576, generator=g), torch.rand(576, 64, generator=g)
+    operands = {dt: (a.to(dt), b.to(dt)) for dt in times}
+    for _ in range(repeats + 1):  # the first round warms both up
+        for dt, (x, w) in operands.items():
+            start = time.perf_counter()
+            x.matmul(w)
+            times[dt].append(time.perf_counter() - start)
+    median = {dt: sorted(t[1:])[repeats // 2] for dt, t in times.items()}
+    return median[torch.float32] / median[torch.bfloat16]
+
+
+@lru_cache(maxsize=1)
+def bfloat16_no_faster() -> str | None:
+    """One line where this CPU has native bfloat16 but measures its bfloat16 matmuls no faster
+    than float32 ones (:func:`bfloat16_speedup` below 1.1), else None (I/O: it times two
+    matmuls, about 0.1 s, once per process)."""
+    if not native_bfloat16("cpu"):
+        return None
+    speedup = bfloat16_speedup()
+    if speedup >= 1.1:
+        return None
+    have = " ".join(f for f in BF16_CPU_FLAGS if f in cpu_flags())
+    return (
+        f"this CPU ({cpu_model()}; {have}) multiplies bfloat16 natively but no faster than "
+        f"float32: a bfloat16 matmul took {1 / speedup:.1f}x the time of the float32 one here, "
+        "so training in bfloat16 will likely be slower than in float32"
+    )
 
 
 # MKL's vendor checks: both must answer 1 for it to take its Intel code paths (a library

@@ -117,6 +117,55 @@ def test_train_notes_the_generic_mkl_kernels_in_float32(
 
 
 @pytest.mark.parametrize(
+    "native,speedup,noted",
+    [(True, 0.7, True), (True, 1.0, True), (True, 2.5, False), (False, 0.5, False)],
+)
+def test_bfloat16_no_faster_only_where_native_units_measure_slow(
+    monkeypatch, native, speedup, noted
+):
+    """Native bfloat16 need not beat float32 (AVX512-BF16 without AMX against MKL's AVX-512
+    float32 kernels): the line says so, with the measured ratio."""
+    monkeypatch.setattr(hardware, "native_bfloat16", lambda device="cpu": native)
+    monkeypatch.setattr(hardware, "bfloat16_speedup", lambda: speedup)
+    hardware.bfloat16_no_faster.cache_clear()
+    line = hardware.bfloat16_no_faster()
+    hardware.bfloat16_no_faster.cache_clear()
+    assert (line is not None) == noted
+    if noted:
+        assert f"took {1 / speedup:.1f}x the time of the float32 one" in line
+
+
+def test_bfloat16_speedup_times_both_precisions(monkeypatch):
+    """A real ratio of two timings: a bfloat16 product made artificially slow reads slower."""
+    plain = hardware.bfloat16_speedup(repeats=3)
+    assert 0 < plain < 100
+    matmul = torch.Tensor.matmul
+
+    def slow_bfloat16(a, b):
+        if a.dtype == torch.bfloat16:
+            for _ in range(20):
+                matmul(a, b)
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "matmul", slow_bfloat16)
+    assert hardware.bfloat16_speedup(repeats=3) < plain / 4
+
+
+@pytest.mark.parametrize("precision,noted", [("bfloat16", 1), ("float32", 0)])
+def test_train_notes_a_cpu_whose_bfloat16_is_no_faster(
+    tmp_path, monkeypatch, capsys, precision, noted
+):
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hardware, "bfloat16_problem", lambda device="cpu": None)
+    monkeypatch.setattr(hardware, "bfloat16_no_faster", lambda: "bfloat16 is slow here")
+    small = ["--n-train", "32", "--n-val", "8", "--widths", "4", "4", "--batch-size", "16"]
+    args = ["train", *small, "--epochs", "1", "--precision", precision, "--no-pictures", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: --precision bfloat16: bfloat16 is slow here") == noted
+
+
+@pytest.mark.parametrize(
     "info,native",
     [
         ({}, None),  # no /proc/cpuinfo (macOS, Windows): unknown, not "no"

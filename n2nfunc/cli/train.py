@@ -218,6 +218,9 @@ def run_training(args, device, dp=None) -> int:
     slow_gemm = hardware.mkl_problem() if on_mkl else None  # bfloat16 matmuls: oneDNN's
     if slow_gemm:
         print(f"note: {slow_gemm}")
+    on_cpu_bf16 = torch.device(device).type == "cpu" and model.config["precision"] == "bfloat16"
+    if on_cpu_bf16 and (slow_bf16 := hardware.bfloat16_no_faster()):
+        print(f"note: --precision bfloat16: {slow_bf16}")
     progress = Progress(max(epochs - start, 0) * per_epoch, epochs, quiet=args.quiet)
 
     def on_step(epoch, step, steps, loss):
