@@ -421,17 +421,54 @@ def test_the_wrappers_match_torch_nn_and_share_its_state_dict(dtype):
     "make,error,pattern",
     [
         (lambda: nf.GroupNorm(4, 6), ValueError, r"GroupNorm: num_channels 6 must divide into"),
-        (lambda: nf.GroupNorm(2, 6, affine=False), ValueError, r"GroupNorm: affine=False"),
+        (lambda: nf.GroupNorm(2, 6, affine="no"), TypeError, r"GroupNorm.*affine must be True"),
         (lambda: nf.GroupNorm(2, 0), ValueError, r"GroupNorm: num_channels must be a positive"),
         (lambda: nf.LayerNorm((3, 4)), ValueError, r"LayerNorm: normalized_shape must be one size"),
         (lambda: nf.LayerNorm(4, bias=False), ValueError, r"LayerNorm: bias=False"),
-        (lambda: nf.LayerNorm(4, elementwise_affine=False), ValueError, r"elementwise_affine"),
+        (lambda: nf.LayerNorm(4, elementwise_affine="no"), TypeError, r"elementwise_affine must"),
         (lambda: nf.LayerNorm("4"), TypeError, r"LayerNorm: normalized_shape must be a positive"),
     ],
 )
 def test_the_wrappers_refuse_bad_arguments(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,shape",
+    [
+        (
+            lambda: nf.GroupNorm(2, 6, affine=False),
+            lambda: torch.nn.GroupNorm(2, 6, affine=False),
+            (3, 6, 4, 5),
+        ),
+        (
+            lambda: nf.LayerNorm(5, elementwise_affine=False, bias=False),
+            lambda: torch.nn.LayerNorm(5, elementwise_affine=False, bias=False),
+            (2, 3, 5),
+        ),
+    ],
+)
+def test_the_wrappers_without_affine_params_match_torch(ours, theirs, shape):
+    """No params at all: torch's output and input gradient, empty state_dict and param(),
+    ``weight`` and ``bias`` None, and a clear error for assigning one."""
+    ours, theirs = ours(), theirs()
+    x = torch.randn(shape, dtype=torch.float64)
+    ct = torch.randn(shape, dtype=torch.float64)
+    ours.to(dtype=torch.float64)
+    y, dx = ours.forward(x), ours.backward(ct)
+    xr = x.clone().requires_grad_()
+    with torch.enable_grad():
+        y_ref = theirs.double()(xr)
+        y_ref.backward(ct)
+    assert rel_err(y, y_ref.detach()) < 1e-12 and rel_err(dx, xr.grad) < 1e-12
+    assert ours.param() == [] and dict(ours.state_dict()) == dict(theirs.state_dict()) == {}
+    assert ours.weight is None and ours.bias is None
+    assert "affine=False" in repr(ours)
+    with pytest.raises(
+        ValueError, match=r"Norm: was built without affine params, so it has no weight"
+    ):
+        ours.weight = torch.ones(shape[1])
 
 
 @pytest.mark.parametrize("groups,channels", list(itertools.product([1, 2], [4])))

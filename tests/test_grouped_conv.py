@@ -177,8 +177,6 @@ def test_the_wrapper_trains_like_torch_nn():
         (lambda: nf.Conv2d(4, 6, 3, groups=3), ValueError, r"Conv2d: in_channels 4 must divide"),
         (lambda: nf.Conv2d(6, 4, 3, groups=3), ValueError, r"Conv2d: out_channels 4 must divide"),
         (lambda: nf.Conv2d(4, 6, 3, groups=True), TypeError, r"Conv2d: groups must be"),
-        (lambda: nf.TransposeConv2d(4, 6, 3, groups=2), ValueError, r"groups=2 is not supported"),
-        (lambda: nf.TransposeConv2d(4, 6, 3, groups=None), ValueError, r"groups=None is not sup"),
         (lambda: nf.conv2d(4, 3, groups=True), TypeError, r"groups=True\): groups must be a pos"),
     ],
 )

@@ -481,8 +481,8 @@ def test_positional_arguments_follow_torch_nn_and_misplaced_ones_are_refused():
     assert up.forward(x).shape == twin(x).shape == (1, 6, 12, 12)
     grouped = Conv2d(4, 4, 3, 1, 1, 1, 2)  # torch: ..., dilation, groups
     assert grouped.groups == 2 and grouped.weight.shape == (4, 2, 3, 3)
-    with pytest.raises(ValueError, match=r"TransposeConv2d: groups=2 is not supported"):
-        TransposeConv2d(4, 4, 3, 2, 1, 1, 2)
+    grouped_up = TransposeConv2d(4, 6, 3, 2, 1, 1, 2)  # torch: ..., output_padding, groups
+    assert grouped_up.groups == 2 and grouped_up.weight.shape == (4, 3, 3, 3)
     for make in (
         lambda: Conv2d(4, 4, 3, bias=2),
         lambda: Linear(4, 4, 2),

@@ -127,37 +127,19 @@ def conv2d(
 
 def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_size) -> Layer:
     """A grouped convolution. With one input channel a group (depthwise), on the tap-by-tap
-    engine of :mod:`n2nfunc.kernels.grouped` (any device); with more, as the ungrouped
-    convolution whose weight is block-diagonal, each group's block in its place and zeros
-    elsewhere: the ungrouped engines' speed for ``groups`` times the multiply-adds, the same
-    sums for finite numbers (exact zeros added; 0 x inf is NaN), and the weight gradient's
-    diagonal blocks."""
+    engine of :mod:`n2nfunc.kernels.grouped` (any device); with more, by
+    :func:`_block_diagonal`."""
     k, s, p, d = geometry
-    ungrouped = conv2d(out_channels, k, s, p, d, bias)
 
     def checked(params, x):
         return checked_conv(params, x, name, out_channels, k, bias, out_size, groups=groups)
 
-    def full(params):
-        """The params with the weight made block-diagonal, (O, C, kh, kw)."""
-        w = params["weight"]
-        size = w.shape[1]
-        blocks = w.new_zeros(out_channels, groups * size, *k)
-        _diagonal_blocks(blocks, groups).copy_(w.view(groups, -1, size, *k))
-        return {**params, "weight": blocks}
+    wide = _block_diagonal(name, conv2d(out_channels, k, s, p, d, bias), groups, checked)
 
     def vjp(params, x):
         weight, in_hw, out_hw = checked(params, x)
         if weight.shape[1] > 1:
-            y, pullback = ungrouped.vjp(full(params), x)
-            y_out = output_of(y)
-
-            def blocks_pullback(ct, input_grad=True):
-                grads, dx = pullback(check_cotangent(ct, y_out, name), input_grad)
-                dw = _diagonal_blocks(grads["weight"], groups).reshape(weight.shape)
-                return {**grads, "weight": dw.contiguous()}, dx  # (not a view of the blocks)
-
-            return y, blocks_pullback
+            return wide.vjp(params, x)
         y, saved = depthwise_conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)
         y = to_nchw(y)
         y_out = output_of(y)
@@ -175,16 +157,50 @@ def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_
     def apply(params, x):
         weight, _, out_hw = checked(params, x)
         if weight.shape[1] > 1:
-            return ungrouped.apply(full(params), x)
+            return wide.apply(params, x)
         y, _ = depthwise_conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw)
         return to_nchw(y)
 
     return Layer(layer_init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
 
 
+def _block_diagonal(name, ungrouped: Layer, groups: int, checked) -> Layer:
+    """A grouped (transposed) convolution as the ``ungrouped`` one whose weight is
+    block-diagonal, each group's block in its place and zeros elsewhere: the ungrouped
+    engines' speed for ``groups`` times the multiply-adds, the same sums for finite numbers
+    (exact zeros added; 0 x inf is NaN), and the weight gradient's diagonal blocks. (Its init
+    is not used: ``checked`` validates the grouped params and input.)"""
+
+    def full(params):
+        """The params with the weight made block-diagonal: [A, B, kh, kw] (a group's block A /
+        groups x B) -> [A, B groups, kh, kw]."""
+        w = params["weight"]
+        blocks = w.new_zeros(w.shape[0], groups * w.shape[1], *w.shape[2:])
+        _diagonal_blocks(blocks, groups).copy_(w.view(groups, -1, *w.shape[1:]))
+        return {**params, "weight": blocks}
+
+    def vjp(params, x):
+        weight, _, _ = checked(params, x)
+        y, pullback = ungrouped.vjp(full(params), x)
+        y_out = output_of(y)
+
+        def blocks_pullback(ct, input_grad=True):
+            grads, dx = pullback(check_cotangent(ct, y_out, name), input_grad)
+            dw = _diagonal_blocks(grads["weight"], groups).reshape(weight.shape)
+            return {**grads, "weight": dw.contiguous()}, dx  # (not a view of the blocks)
+
+        return y, blocks_pullback
+
+    def apply(params, x):
+        checked(params, x)
+        return ungrouped.apply(full(params), x)
+
+    return Layer(ungrouped.init, apply, vjp)
+
+
 def _diagonal_blocks(blocks, groups: int):
-    """The diagonal blocks of a block-diagonal (O, C, kh, kw) weight, a view of shape
-    (G, O / G, C / G, kh, kw): block ``g`` maps input group ``g`` to output group ``g``."""
+    """The diagonal blocks of a block-diagonal (A, B, kh, kw) weight, a view of shape
+    (G, A / G, B / G, kh, kw): block ``g`` maps input group ``g`` to output group ``g``."""
     o, c, kh, kw = blocks.shape
     view = blocks.view(groups, o // groups, groups, c // groups, kh, kw)
     return view.diagonal(0, 0, 2).permute(4, 0, 1, 2, 3)
@@ -218,6 +234,7 @@ def conv_transpose2d(
     dilation: IntPair = 1,
     bias: bool = True,
     init: Init = None,
+    groups: int = 1,
 ) -> Layer:
     """2-d transposed convolution, as ``torch.nn.functional.conv_transpose2d``:
 
@@ -231,6 +248,11 @@ def conv_transpose2d(
     ``dw[c, o, u, v] = sum_{n, i, j} x[n, c, i, j] g[n, o, s*i - p + d*u, s*j - p + d*v]``
     (``x^T @ im2col(g)``, reusing that convolution's im2col, or alone without ``input_grad``);
     ``dbias[o]`` sums ``g[:, o]``.
+
+    ``groups`` > 1 splits the channels into groups transposed-convolved apart, as torch's
+    ``groups`` (weight [in, out / groups, kh, kw]), computed as the ungrouped transposed
+    convolution with a block-diagonal weight (``groups`` times the multiply-adds, depthwise
+    ones included; an infinity or NaN reaches the other groups as NaN, as in :func:`conv2d`).
     """
     name = describe(
         "conv_transpose2d",
@@ -240,8 +262,14 @@ def conv_transpose2d(
         padding=padding,
         output_padding=output_padding,
         dilation=dilation,
+        **({} if groups == 1 and not isinstance(groups, bool) else {"groups": groups}),
     )
     out_channels = positive_int(out_channels, "out_channels", name)
+    groups = positive_int(groups, "groups", name)
+    if out_channels % groups:
+        raise ValueError(
+            f"{name}: out_channels {out_channels} do not split into {groups} groups of equal size"
+        )
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -255,7 +283,23 @@ def conv_transpose2d(
         i = "HW".index(dim)
         return transpose_out(size, k[i], s[i], p[i], d[i], op[i])
 
-    layer_init = make_init(name, out_channels, k, bias, out_size, transposed=True, init=init)
+    layer_init = make_init(
+        name, out_channels, k, bias, out_size, transposed=True, init=init, groups=groups
+    )
+    if groups > 1:
+
+        def checked(params, x):
+            return checked_conv(
+                params, x, name, out_channels, k, bias, out_size, transposed=True, groups=groups
+            )
+
+        ungrouped = conv_transpose2d(out_channels, k, s, p, op, d, bias)
+        wide = _block_diagonal(name, ungrouped, groups, checked)
+        return Layer(
+            layer_init,
+            wide.apply,
+            checks_unchanged(name, skips_input_grad(wide.vjp), weight_and_input),
+        )
 
     def vjp(params, x):
         weight, (h, w), out_hw = checked_conv(

@@ -43,15 +43,19 @@ def transpose_out(size: int, k: int, s: int, p: int, d: int, op: int) -> int:
     return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
-def weight_shape(in_channels, out_channels, k, transposed):
-    """[out, in, kh, kw] for a convolution, [in, out, kh, kw] for a transposed one."""
-    return ((in_channels, out_channels) if transposed else (out_channels, in_channels)) + k
+def weight_shape(in_channels, out_channels, k, transposed, groups=1):
+    """[out, in / groups, kh, kw] for a convolution, [in, out / groups, kh, kw] for a
+    transposed one (PyTorch's layouts)."""
+    if transposed:
+        return (in_channels, out_channels // groups) + k
+    return (out_channels, in_channels // groups) + k
 
 
 def make_init(name, out_channels, k, bias, out_size, transposed=False, init=None, groups=1):
     """``init`` of a convolution-like layer, weights drawn by ``init`` (see :mod:`n2nfunc.init`;
     PyTorch's fan-in is the weight's dim 1 times the kernel area); a grouped convolution's
-    weight holds C / ``groups`` input channels."""
+    weight holds C / ``groups`` input channels, a grouped transposed one's out / ``groups``
+    output channels."""
     check_init(init, name)
 
     def init_fn(generator, in_shape):
@@ -62,7 +66,7 @@ def make_init(name, out_channels, k, bias, out_size, transposed=False, init=None
                 f"into {groups} groups of equal size"
             )
         ho, wo = output_sizes((n, c, h, w), out_size, name)
-        shape = weight_shape(c // groups, out_channels, k, transposed)
+        shape = weight_shape(c, out_channels, k, transposed, groups)
         params = init_weight_bias(init, generator, shape, out_channels if bias else None, name)
         return (n, out_channels, ho, wo), params
 
@@ -71,17 +75,19 @@ def make_init(name, out_channels, k, bias, out_size, transposed=False, init=None
 
 def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=False, groups=1):
     """Validate params and input of a convolution-like layer (``groups``: a grouped
-    convolution, whose weight holds C / groups input channels).
+    convolution, whose weight holds C / groups input channels, or a grouped transposed one,
+    whose weight holds all C input channels and out / groups output channels).
 
     Returns ``(weight, (h, w), out_hw)``.
     """
     weight = params.get("weight") if isinstance(params, dict) else None
     ok = weight is not None and hasattr(weight, "dim") and weight.dim() == 4
-    c = weight.shape[0 if transposed else 1] if ok else -1
+    # the input channels the weight implies
+    c = (weight.shape[0] if transposed else weight.shape[1] * groups) if ok else -1
 
     def expected(c):
         return {
-            "weight": weight_shape(c, out_channels, k, transposed),
+            "weight": weight_shape(c, out_channels, k, transposed, groups),
             **({"bias": (out_channels,)} if bias else {}),
         }
 
@@ -89,11 +95,16 @@ def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=Fa
         check_params(params, name, expected(c))
     except ValueError:
         own = ok and tuple(weight.shape) == expected(c)["weight"]
-        if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c * groups:
+        if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
             if x.shape[1] % groups == 0:  # the shape this input needs
-                check_params(params, name, expected(x.shape[1] // groups))
+                check_params(params, name, expected(x.shape[1]))
         raise
-    check_image(x, name, c * groups if c != -1 else -1, weight)
+    check_image(x, name, c, weight)
+    if c % groups:
+        raise ValueError(
+            f"{name}: the {c} input channels of weight {tuple(weight.shape)} do not split into "
+            f"{groups} groups of equal size"
+        )
     return weight, tuple(x.shape[2:]), output_sizes(x.shape, out_size, name)
 
 

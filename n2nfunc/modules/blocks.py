@@ -81,7 +81,8 @@ class _WeightBias(Module):
     def _set(self, key, value):
         old = self.params.get(key)
         if old is None:
-            raise ValueError(f"{self.name}: was built with bias=False, so it has no {key}")
+            how = "with bias=False" if self.params else "without affine params"
+            raise ValueError(f"{self.name}: was built {how}, so it has no {key}")
         if not isinstance(value, Tensor) or value.shape != old.shape:
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"{self.name}: {key} must have shape {tuple(old.shape)}, got {got}")
@@ -93,7 +94,9 @@ class _WeightBias(Module):
             )
         self.params[key] = value
 
-    weight = property(lambda self: self.params["weight"], lambda self, v: self._set("weight", v))
+    weight = property(
+        lambda self: self.params.get("weight"), lambda self, v: self._set("weight", v)
+    )
     bias = property(lambda self: self.params.get("bias"), lambda self, v: self._set("bias", v))
 
 
@@ -132,6 +135,15 @@ def _checked_flags(name: str, bias, groups=1, padding_mode="zeros", any_groups=F
     return bias
 
 
+def _checked_groups(name: str, groups, in_channels, out_channels) -> int:
+    """``groups`` as torch.nn takes it: a positive int that divides both channel counts."""
+    groups = positive_int(groups, "groups", name)
+    for size, what in ((in_channels, "in_channels"), (out_channels, "out_channels")):
+        if positive_int(size, what, name) % groups:
+            raise ValueError(f"{name}: {what} {size} must divide into groups {groups}")
+    return groups
+
+
 class Conv2d(_WeightBias):
     """``torch.nn.Conv2d``-like block, arguments in its order; ``weight``
     [out, in / groups, kh, kw], ``bias`` [out]."""
@@ -153,10 +165,7 @@ class Conv2d(_WeightBias):
         generator: Generator | None = None,
     ):
         bias = _checked_flags("Conv2d", bias, groups, padding_mode, any_groups=True)
-        groups = positive_int(groups, "groups", "Conv2d")
-        for size, what in ((in_channels, "in_channels"), (out_channels, "out_channels")):
-            if positive_int(size, what, "Conv2d") % groups:
-                raise ValueError(f"Conv2d: {what} {size} must divide into groups {groups}")
+        groups = _checked_groups("Conv2d", groups, in_channels, out_channels)
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias, groups=groups)
         self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self._fix(groups=groups)
@@ -179,8 +188,8 @@ class Conv2d(_WeightBias):
 
 
 class TransposeConv2d(_WeightBias):
-    """``torch.nn.ConvTranspose2d``-like block, arguments in its order (``groups`` must be 1);
-    ``weight`` [in, out, kh, kw], ``bias`` [out]."""
+    """``torch.nn.ConvTranspose2d``-like block, arguments in its order;
+    ``weight`` [in, out / groups, kh, kw], ``bias`` [out]."""
 
     def __init__(
         self,
@@ -199,12 +208,20 @@ class TransposeConv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("TransposeConv2d", bias, groups, padding_mode)
+        bias = _checked_flags("TransposeConv2d", bias, groups, padding_mode, any_groups=True)
+        groups = _checked_groups("TransposeConv2d", groups, in_channels, out_channels)
         layer = conv_transpose2d(
-            out_channels, kernel_size, stride, padding, output_padding, dilation, bias
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            bias,
+            groups=groups,
         )
         self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        self._fix(output_padding=_as_pair(output_padding))
+        self._fix(output_padding=_as_pair(output_padding), groups=groups)
         super().__init__(
             layer,
             in_channels,
@@ -217,6 +234,7 @@ class TransposeConv2d(_WeightBias):
                 padding=padding,
                 output_padding=output_padding,
                 **_unless_default(dilation, bias),
+                **({} if groups == 1 else {"groups": groups}),
             ),
             device=device,
             dtype=dtype,
@@ -512,9 +530,10 @@ class BatchNorm2d(_WeightBias):
 
 
 class GroupNorm(_WeightBias):
-    """``torch.nn.GroupNorm``-like block: ``weight`` / ``bias`` [C] (ones / zeros); each
-    sample's groups of ``num_channels / num_groups`` channels normalised by their own
-    statistics, the same in training and evaluation mode (``affine`` only True)."""
+    """``torch.nn.GroupNorm``-like block: ``weight`` / ``bias`` [C] (ones / zeros; none, and
+    ``weight`` / ``bias`` None, with ``affine=False``); each sample's groups of
+    ``num_channels / num_groups`` channels normalised by their own statistics, the same in
+    training and evaluation mode."""
 
     def __init__(
         self,
@@ -525,8 +544,7 @@ class GroupNorm(_WeightBias):
         device: DeviceLike = None,
         dtype: torch_dtype | None = None,
     ):
-        _only_defaults("GroupNorm", affine=(affine, True))
-        layer = group_norm(num_groups, eps)
+        layer = group_norm(num_groups, eps, affine)
         groups = positive_int(num_groups, "num_groups", "GroupNorm")
         channels = positive_int(num_channels, "num_channels", "GroupNorm")
         if channels % groups:
@@ -534,8 +552,10 @@ class GroupNorm(_WeightBias):
                 f"GroupNorm: num_channels {channels} must divide into num_groups {groups} "
                 "groups of equal size"
             )
-        self._fix(num_groups=num_groups, num_channels=num_channels, eps=eps)
+        self._fix(num_groups=num_groups, num_channels=num_channels, eps=eps, affine=affine)
         description = _options(num_groups=num_groups, num_channels=num_channels, eps=eps)
+        if not affine:
+            description += ", affine=False"
         super().__init__(
             layer, num_channels, None, description, size="num_channels", device=device, dtype=dtype
         )
@@ -543,8 +563,8 @@ class GroupNorm(_WeightBias):
 
 class LayerNorm(_WeightBias):
     """``torch.nn.LayerNorm``-like block over the last axis of (N, *, F) inputs:
-    ``normalized_shape`` is F (or ``(F,)``); ``weight`` / ``bias`` [F] (ones / zeros)
-    (``elementwise_affine`` and ``bias`` only True)."""
+    ``normalized_shape`` is F (or ``(F,)``); ``weight`` / ``bias`` [F] (ones / zeros; none
+    with ``elementwise_affine=False``; ``bias`` only True)."""
 
     def __init__(
         self,
@@ -555,9 +575,9 @@ class LayerNorm(_WeightBias):
         device: DeviceLike = None,
         dtype: torch_dtype | None = None,
     ):
-        _only_defaults(
-            "LayerNorm", elementwise_affine=(elementwise_affine, True), bias=(bias, True)
-        )
+        affine = flag(elementwise_affine, "elementwise_affine", "LayerNorm")
+        if affine:  # torch's bias=False keeps a weight: no layer of ours has one alone
+            _only_defaults("LayerNorm", bias=(bias, True))
         features = normalized_shape
         if isinstance(normalized_shape, (tuple, list)):
             if len(normalized_shape) != 1:
@@ -567,12 +587,13 @@ class LayerNorm(_WeightBias):
                 )
             features = normalized_shape[0]
         features = positive_int(features, "normalized_shape", "LayerNorm")
-        self._fix(normalized_shape=(features,), eps=eps)
+        self._fix(normalized_shape=(features,), eps=eps, elementwise_affine=affine)
+        description = _options(normalized_shape=(features,), eps=eps)
         super().__init__(
-            layer_norm(eps=eps),
+            layer_norm(eps=eps, affine=affine),
             features,
             None,
-            _options(normalized_shape=(features,), eps=eps),
+            description if affine else description + ", elementwise_affine=False",
             in_shape=(-1, features),
             size="normalized_shape",
             device=device,

@@ -1,0 +1,171 @@
+"""conv_transpose2d with groups > 1 against torch.nn.functional.conv_transpose2d + autograd,
+finite differences, in a network, as the TransposeConv2d wrapper, and on bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_trains_like, autograd_vjp, rel_err
+
+import n2nfunc as nf
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+# input shape, out_channels, kernel, stride, padding, output_padding, dilation, groups
+CASES = [
+    ((2, 4, 5, 6), 6, 3, 1, 1, 0, 1, 2),
+    ((1, 6, 4, 5), 6, 4, 2, 1, 0, 1, 3),  # the default network's k4 s2, batch 1
+    ((2, 4, 5, 4), 4, 3, 2, 1, 1, 1, 4),  # depthwise, stride 2, output_padding
+    ((2, 4, 3, 5), 8, (2, 3), (2, 1), (0, 1), (1, 0), (1, 2), 2),  # non-square everything
+    ((1, 3, 6, 5), 6, 1, 1, 0, 0, 1, 3),  # 1 x 1, two outputs per input channel
+    ((1, 8, 4, 4), 4, 3, 3, 2, 0, 1, 4),  # stride 3, wide padding
+]
+
+
+def _params(layer, shape, dtype, seed=0):
+    _, params = layer.init(torch.Generator().manual_seed(seed), shape)
+    return {k: v.to(dtype) for k, v in params.items()}
+
+
+def _input(shape, dtype, seed=1, channels_last=False):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _compare(layer, params, x, torch_args, tol):
+    """Output and every gradient against F.conv_transpose2d + autograd (float64, a random
+    cotangent), and the pullback without the input gradient."""
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    has_bias = "bias" in params
+    leaves = [x, params["weight"]] + ([params["bias"]] if has_bias else [])
+    s, p, op, groups, d = torch_args
+
+    def reference(x_, w_, *b_):
+        return F.conv_transpose2d(x_, w_, b_[0] if b_ else None, s, p, op, groups, d)
+
+    y_ref, grads = autograd_vjp(reference, [t.double() for t in leaves], ct.double())
+    assert y.shape == y_ref.shape and y.dtype == x.dtype and rel_err(y, y_ref) <= tol
+    assert torch.equal(layer.apply(params, x), y)
+    ct_params, dx = pullback(ct)
+    assert dx.shape == x.shape and rel_err(dx, grads[0]) <= tol
+    assert ct_params["weight"].shape == params["weight"].shape
+    assert rel_err(ct_params["weight"], grads[1]) <= tol
+    assert set(ct_params) == ({"weight", "bias"} if has_bias else {"weight"})
+    if has_bias:
+        assert rel_err(ct_params["bias"], grads[2]) <= tol
+    only_params, none = pullback(ct, input_grad=False)
+    assert none is None and all(rel_err(only_params[k], ct_params[k]) <= tol for k in ct_params)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,out,k,s,p,op,d,groups", CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_grouped_conv_transpose2d_matches_torch(dtype, shape, out, k, s, p, op, d, groups, bias):
+    layer = nf.conv_transpose2d(out, k, s, p, op, d, bias=bias, groups=groups)
+    params = _params(layer, shape, dtype)
+    for channels_last in (False, True):
+        x = _input(shape, dtype, channels_last=channels_last)
+        _compare(layer, params, x, (s, p, op, groups, d), TOL[dtype])
+
+
+@pytest.mark.parametrize("shape,out,k,s,p,op,d,groups", CASES[:4])
+def test_check_vjp(shape, out, k, s, p, op, d, groups):
+    layer = nf.conv_transpose2d(out, k, s, p, op, d, groups=groups)
+    nf.check_vjp(layer, _params(layer, shape, torch.float64), _input(shape, torch.float64))
+
+
+def test_init_draws_torchs_weights_for_the_same_seed():
+    layer = nf.conv_transpose2d(8, 4, 2, 1, groups=2)
+    torch.manual_seed(5)
+    out, params = layer.init(None, (-1, 6, 8, 8))
+    torch.manual_seed(5)
+    ref = torch.nn.ConvTranspose2d(6, 8, 4, 2, 1, groups=2)
+    assert out == (-1, 8, 16, 16) and params["weight"].shape == (6, 4, 4, 4)
+    assert torch.equal(params["weight"], ref.weight) and torch.equal(params["bias"], ref.bias)
+
+
+def test_the_wrapper_trains_like_torch_nn():
+    torch.manual_seed(0)
+    ours = nf.Sequential(
+        nf.Conv2d(4, 8, 4, 2, 1, groups=2), nf.ReLU(), nf.TransposeConv2d(8, 4, 4, 2, 1, groups=4)
+    )
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 4, 2, 1, groups=2),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(8, 4, 4, 2, 1, groups=4),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.parameters()))
+    assert ours[2].groups == 4 and "groups=4" in repr(ours[2])
+    assert_trains_like(ours, theirs, (2, 4, 6, 8), (2, 4, 6, 8))
+
+
+def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer():
+    layer = nf.conv_transpose2d(2, 3, padding=1, groups=2)
+    params = _params(layer, (1, 8, 5, 5), torch.float32)
+    _, pullback = layer.vjp(params, _input((1, 8, 5, 5), torch.float32))
+    dw = pullback(torch.randn(1, 2, 5, 5))[0]["weight"]
+    assert dw.shape == (8, 1, 3, 3)
+    assert dw.is_contiguous() and dw.untyped_storage().nbytes() == dw.numel() * 4
+    with pytest.raises(ValueError, match=r"groups=2\): output gradient must have"):
+        pullback(torch.randn(1, 2, 5, 4))
+
+
+@pytest.mark.parametrize(
+    "make,error,pattern",
+    [
+        (lambda: nf.conv_transpose2d(6, 3, groups=4), ValueError, r"out_channels 6 do not split"),
+        (lambda: nf.conv_transpose2d(6, 3, groups=0), ValueError, r"groups must be a positive"),
+        (lambda: nf.conv_transpose2d(6, 3, groups=True), TypeError, r"groups must be a positive"),
+        (
+            lambda: nf.conv_transpose2d(6, 3, groups=3).init(None, (-1, 4, 5, 5)),
+            ValueError,
+            r"groups=3\): the 4 input channels .* do not split into 3 groups",
+        ),
+        (lambda: nf.TransposeConv2d(4, 6, 3, groups=3), ValueError, r"in_channels 4 must divide"),
+        (lambda: nf.TransposeConv2d(6, 4, 3, groups=3), ValueError, r"out_channels 4 must divide"),
+        (lambda: nf.TransposeConv2d(4, 6, 3, groups=None), TypeError, r"groups must be a pos"),
+    ],
+)
+def test_bad_options_are_refused(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+def test_bad_params_and_input_are_refused_naming_the_layer_and_shapes():
+    layer = nf.conv_transpose2d(6, 3, groups=2)
+    _, params = layer.init(None, (-1, 4, 5, 5))
+    assert params["weight"].shape == (4, 3, 3, 3)
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.raises(ValueError, match=r"groups=2\): expected input of shape \(N, 4, H, W\)"):
+        layer.apply(params, torch.randn(2, 6, 5, 5))
+    ungrouped = {"weight": torch.randn(4, 6, 3, 3), "bias": params["bias"]}
+    with pytest.raises(ValueError, match=r"'weight' must have shape \(4, 3, 3, 3\), got \(4, 6"):
+        layer.apply(ungrouped, x)
+    odd = {"weight": torch.randn(5, 3, 3, 3), "bias": params["bias"]}  # 5 inputs, 2 groups
+    with pytest.raises(ValueError, match=r"the 5 input channels of weight .* do not split"):
+        layer.apply(odd, torch.randn(2, 5, 5, 5))
+
+
+def test_mixed_precision_takes_a_grouped_transposed_convolution():
+    layer = nf.conv_transpose2d(8, 4, 2, 1, groups=2)
+    params = _params(layer, (2, 4, 6, 6), torch.float32)
+    x = _input((2, 4, 6, 6), torch.float32)
+    y32, pullback32 = layer.vjp(params, x)
+    y16, pullback16 = nf.mixed_precision(layer).vjp(params, x)
+    assert y16.dtype == torch.float32 and rel_err(y16, y32) < 2e-2
+    ct = torch.randn(y32.shape)
+    (g16, dx16), (g32, dx32) = pullback16(ct), pullback32(ct)
+    assert g16["weight"].dtype == torch.float32 and rel_err(g16["weight"], g32["weight"]) < 2e-2
+    assert rel_err(dx16, dx32) < 2e-2
+
+
+@pytest.mark.cuda
+def test_grouped_conv_transpose2d_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for shape, out, k, s, p, op, d, groups in CASES:
+        layer = nf.conv_transpose2d(out, k, s, p, op, d, groups=groups)
+        params = nf.tree.map(lambda t: t.cuda(), _params(layer, shape, torch.float64))
+        x = _input(shape, torch.float64).cuda()
+        _compare(layer, params, x, (s, p, op, groups, d), TOL[torch.float64])
