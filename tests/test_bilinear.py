@@ -21,6 +21,9 @@ CASES = [  # input shape, options
     ((1, 4, 3, 3), {"scale_factor": 1}),
     ((1, 2, 5, 7), {"scale_factor": 1.1}),  # sizes kept: copied, as torch's CPU kernel
     ((1, 2, 5, 7), {"scale_factor": (2, 1.1)}),  # one axis kept
+    ((2, 2, 1, 3), {"scale_factor": (2, 4)}),  # power-of-two factors by phases: one row, x4
+    ((1, 3, 4, 5), {"size": (16, 10)}),  # factors 4 and 2 given by size
+    ((1, 2, 2, 2), {"scale_factor": 3.0}),
 ]
 
 
@@ -143,3 +146,26 @@ def test_on_cuda():
             lambda x_, o=options: F.interpolate(x_, mode="bilinear", **_torch_options(o)), [x], ct
         )
         assert rel_err(y, y_ref) <= 1e-10 and rel_err(pullback(ct)[1], gx) <= 1e-10
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_integer_factors_spread_infinities_and_nans_as_torch(factor):
+    """The phase path reads the same two inputs with the same weights as torch's kernel,
+    weight-0 neighbours included, so non-finite values land where torch's do, forward and
+    backward."""
+    x = torch.randn(1, 2, 5, 6)
+    x[0, 0, 1, 2], x[0, 1, 3, 0], x[0, 1, 0, 5] = float("inf"), float("nan"), -float("inf")
+    y = nf.bilinear_upsample(factor).apply({}, x)
+    y_ref = F.interpolate(x, scale_factor=factor, mode="bilinear")
+    assert torch.equal(y.isnan(), y_ref.isnan()) and torch.equal(y.isinf(), y_ref.isinf())
+    finite = torch.isfinite(y_ref)
+    assert rel_err(y[finite], y_ref[finite]) < 1e-6
+    x = torch.randn(1, 2, 5, 6)
+    ct = torch.randn(y.shape)
+    ct[0, 0, 0, 0], ct[0, 1, -1, -1] = float("inf"), float("nan")
+    _, pullback = nf.bilinear_upsample(factor).vjp({}, x)
+    _, (gx,) = autograd_vjp(
+        lambda x_: F.interpolate(x_, scale_factor=factor, mode="bilinear"), [x], ct
+    )
+    dx = pullback(ct)[1]
+    assert torch.equal(dx.isnan(), gx.isnan()) and torch.equal(dx.isinf(), gx.isinf())
