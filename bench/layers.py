@@ -147,6 +147,14 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
         (512,),
     ),
     ("gelu", nf.gelu(), lambda x, p: F.gelu(x), (32, 16, 16)),
+    ("silu", nf.silu(), lambda x, p: F.silu(x), (32, 16, 16)),
+    ("pixel_shuffle 2", nf.pixel_shuffle(2), lambda x, p: F.pixel_shuffle(x, 2), (128, 8, 8)),
+    (
+        "conv_t 32->32 k4 s2 g4",
+        nf.conv_transpose2d(32, 4, 2, 1, groups=4),
+        lambda x, p: F.conv_transpose2d(x, p["weight"], p["bias"], 2, 1, 0, 4),
+        (32, 8, 8),
+    ),
     ("log_softmax", nf.log_softmax(), lambda x, p: F.log_softmax(x, 1), (10, 1, 1)),
 ]
 

@@ -26,6 +26,7 @@ COMPUTE = [
     "layers/geometry.py",
     "layers/upsampling.py",
     "layers/bilinear.py",
+    "layers/shuffle.py",
     "layers/__init__.py",
     "layers/dense.py",
     "layers/pool.py",

@@ -377,6 +377,7 @@ CHANGED_IN_PLACE = [  # (layer, its name, input shape, what its pullback reads)
     (nf.relu(), "relu", (2, 3, 4, 4), ("output",)),
     (nf.sigmoid(), "sigmoid", (2, 3, 4, 4), ("output",)),
     (nf.gelu(), "gelu", (2, 3, 4, 4), ("input",)),
+    (nf.silu(), "silu", (2, 3, 4, 4), ("input",)),
     (nf.max_pool2d(2), "max_pool2d(", (2, 3, 4, 6), ("input", "output")),
     (nf.avg_pool2d(2), "avg_pool2d(", (2, 3, 4, 6), ()),
 ]

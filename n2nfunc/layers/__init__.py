@@ -1,7 +1,8 @@
 """The layers, one module per family: convolutions (:mod:`.conv`) and upsampling
-(:mod:`.upsampling`), both on the engines of :mod:`n2nfunc.kernels`, activations, dense,
-pooling, normalisation, dropout (see each module's docstring). :mod:`.geometry` holds the
-sizes, arguments and checks that the convolution-like layers and pooling share.
+(:mod:`.upsampling`), both on the engines of :mod:`n2nfunc.kernels`, bilinear resizing, pixel
+shuffles, activations, dense, pooling, normalisation, dropout (see each module's docstring).
+:mod:`.geometry` holds the sizes, arguments and checks that the convolution-like layers and
+pooling share.
 
 ``batch_norm2d`` and ``dropout`` are stateful layers (see :mod:`n2nfunc.stateful`).
 """
@@ -14,6 +15,7 @@ from .activations import (
     log_softmax,
     relu,
     sigmoid,
+    silu,
     softmax,
     softplus,
     tanh,
@@ -24,6 +26,7 @@ from .dense import dense, flatten
 from .dropout import dropout
 from .norm import batch_norm2d, group_norm, layer_norm
 from .pool import avg_pool2d, global_avg_pool, max_pool2d
+from .shuffle import pixel_shuffle, pixel_unshuffle
 from .upsampling import nearest_upsample, upsample
 
 __all__ = [
@@ -45,8 +48,11 @@ __all__ = [
     "log_softmax",
     "max_pool2d",
     "nearest_upsample",
+    "pixel_shuffle",
+    "pixel_unshuffle",
     "relu",
     "sigmoid",
+    "silu",
     "softmax",
     "softplus",
     "tanh",

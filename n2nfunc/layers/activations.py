@@ -1,5 +1,5 @@
 """Parameterless activation layers: elementwise ``relu``, ``sigmoid``, ``leaky_relu``,
-``tanh``, ``gelu``, ``elu``, ``softplus``, ``identity``, and ``softmax`` / ``log_softmax``
+``tanh``, ``gelu``, ``silu``, ``elu``, ``softplus``, ``identity``, and ``softmax`` / ``log_softmax``
 along an axis.
 
 They accept any shape (``init`` passes the shape through) and keep the input's memory
@@ -231,6 +231,23 @@ def gelu() -> Layer:
     float32 and rounded once, as PyTorch's 16-bit GELU (the rounded argument of erfc had
     cost 2% at x = -3.5)."""
     return _elementwise("gelu", _float32_inside(_gelu), _float32_inside(_gelu_grad))
+
+
+def _silu(x):
+    return x.sigmoid().mul_(x)
+
+
+def _silu_grad(x, y, ct):
+    """``ct * s * (1 + x (1 - s))``, ``s = sigmoid(x)``: PyTorch's formula (so an infinite
+    ``x`` gives NaN, 0 * inf, as torch's)."""
+    s = x.sigmoid()
+    return s.neg().add_(1).mul_(x).add_(1).mul_(s).mul_(ct)
+
+
+def silu() -> Layer:
+    """SiLU (swish), ``y = x sigmoid(x)``; ``dx = ct * s * (1 + x (1 - s))`` with ``s =
+    sigmoid(x)``; 16-bit inputs are computed in float32 and rounded once, as PyTorch's."""
+    return _elementwise("silu", _float32_inside(_silu), _float32_inside(_silu_grad))
 
 
 def elu(alpha: float = 1.0) -> Layer:

@@ -19,6 +19,8 @@ from ..layers import (
     group_norm,
     layer_norm,
     max_pool2d,
+    pixel_shuffle,
+    pixel_unshuffle,
 )
 from ..layers.activations import (
     elu,
@@ -27,6 +29,7 @@ from ..layers.activations import (
     log_softmax,
     relu,
     sigmoid,
+    silu,
     softmax,
     softplus,
     tanh,
@@ -463,6 +466,32 @@ class GELU(_Parameterless):
         if approximate != "none":
             raise ValueError(f"GELU: only approximate='none' is provided, got {approximate!r}")
         super().__init__(gelu())
+
+
+class SiLU(_Parameterless):
+    """``torch.nn.SiLU()``: ``x sigmoid(x)``."""
+
+    def __init__(self, inplace: bool = False):
+        _only_defaults("SiLU", inplace=(inplace, False))
+        super().__init__(silu())
+
+
+class PixelShuffle(_Parameterless):
+    """``torch.nn.PixelShuffle(upscale_factor)``: (N, C r^2, H, W) -> (N, C, H r, W r)."""
+
+    def __init__(self, upscale_factor: int):
+        super().__init__(pixel_shuffle(upscale_factor), _options(upscale_factor=upscale_factor))
+        self._fix(upscale_factor=upscale_factor)
+
+
+class PixelUnshuffle(_Parameterless):
+    """``torch.nn.PixelUnshuffle(downscale_factor)``: (N, C, H r, W r) -> (N, C r^2, H, W)."""
+
+    def __init__(self, downscale_factor: int):
+        super().__init__(
+            pixel_unshuffle(downscale_factor), _options(downscale_factor=downscale_factor)
+        )
+        self._fix(downscale_factor=downscale_factor)
 
 
 class ELU(_Parameterless):
