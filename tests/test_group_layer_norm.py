@@ -498,3 +498,61 @@ def test_group_and_layer_norm_on_cuda():
     ]:
         params = nf.tree.map(lambda t: t.cuda(), _random_params(layer, shape, torch.float64))
         _compare(layer, params, _input(shape, torch.float64).cuda(), ref, TOL[torch.float64])
+
+
+INSTANCE_CASES = [(2, 6, 5, 7), (1, 3, 1, 4), (3, 2, 2, 2)]  # odd, one row, batch 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", INSTANCE_CASES)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_instance_norm_matches_torch(dtype, shape, affine, channels_last):
+    layer = nf.instance_norm(eps=1e-4, affine=affine)
+    params = _random_params(layer, shape, dtype)
+    x = _input(shape, dtype, channels_last=channels_last)
+
+    def reference(x_, weight=None, bias=None):
+        return F.instance_norm(x_, weight=weight, bias=bias, eps=1e-4)
+
+    _compare(layer, params, x, reference, TOL[dtype])
+
+
+def test_instance_norm_passes_check_vjp_and_matches_its_group_norm():
+    layer = nf.instance_norm(affine=True)
+    params = _random_params(layer, (2, 3, 4, 5), torch.float64)
+    x = _input((2, 3, 4, 5), torch.float64)
+    nf.check_vjp(layer, params, x)
+    assert torch.equal(layer.apply(params, x), nf.group_norm(3).apply(params, x))
+    assert nf.instance_norm().init(None, (-1, 3, -1, -1)) == ((-1, 3, -1, -1), {})
+
+
+@pytest.mark.parametrize(
+    "make,x,pattern",
+    [
+        (nf.instance_norm, torch.randn(2, 3, 1, 1), r"instance_norm.*one pixel per channel"),
+        (nf.instance_norm, torch.randn(2, 3, 4), r"expected input \(N, C, H, W\).*got \(2, 3, 4\)"),
+        (nf.instance_norm, torch.randn(2, 0, 4, 4), r"expected input \(N, C, H, W\), no size 0"),
+        (lambda: nf.instance_norm(eps=0), torch.randn(2, 3, 4, 4), r"eps must be"),
+        (lambda: nf.instance_norm(affine="yes"), torch.randn(2, 3, 4, 4), r"affine must be"),
+    ],
+)
+def test_instance_norm_refuses_bad_input(make, x, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        make().apply({}, x)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_the_instance_norm_wrapper_is_torch_nn_instance_norm2d(affine):
+    ours, theirs = nf.InstanceNorm2d(4, affine=affine), torch.nn.InstanceNorm2d(4, affine=affine)
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    assert (ours.weight is None) == (not affine) and ours.affine == affine
+    torch.manual_seed(0)
+    seq = nf.Sequential(nf.Conv2d(3, 4, 3, padding=1), nf.InstanceNorm2d(4, affine=affine))
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.InstanceNorm2d(4, affine=affine)
+    )
+    assert_trains_like(seq, ref, (2, 3, 5, 6), (2, 4, 5, 6))
+    with pytest.raises(ValueError, match=r"InstanceNorm2d: track_running_stats=True"):
+        nf.InstanceNorm2d(4, track_running_stats=True)

@@ -24,7 +24,7 @@ from .bilinear import bilinear_upsample
 from .conv import conv2d, conv_transpose2d
 from .dense import dense, flatten
 from .dropout import dropout
-from .norm import batch_norm2d, group_norm, layer_norm
+from .norm import batch_norm2d, group_norm, instance_norm, layer_norm
 from .pool import avg_pool2d, global_avg_pool, max_pool2d
 from .shuffle import pixel_shuffle, pixel_unshuffle
 from .upsampling import nearest_upsample, upsample
@@ -43,6 +43,7 @@ __all__ = [
     "global_avg_pool",
     "group_norm",
     "identity",
+    "instance_norm",
     "layer_norm",
     "leaky_relu",
     "log_softmax",

@@ -1,5 +1,5 @@
 """Normalisation layers: ``batch_norm2d`` (by the statistics of the batch, kept as state),
-``group_norm`` and ``layer_norm`` (by each sample's own).
+``group_norm``, ``instance_norm`` and ``layer_norm`` (by each sample's own).
 
 ``batch_norm2d`` normalises over (N, H, W) per channel, as ``torch.nn.BatchNorm2d``. Per
 channel, with ``m = N H W`` values:
@@ -255,25 +255,63 @@ def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True) -> Layer
     normalisation. See the module docstring for the gradients."""
     name = f"group_norm(num_groups={num_groups}, eps={eps}, affine={affine})"
     groups = positive_int(num_groups, "num_groups", name)
+
+    def groups_of(shape: tuple) -> int:
+        _split(shape[1], groups, shape, name)
+        return groups
+
+    return _per_sample(name, groups_of, eps, affine, 2, "(N, C, ...)")
+
+
+def instance_norm(eps: float = 1e-5, affine: bool = False) -> Layer:
+    """Instance normalisation of (N, C, H, W) images, as ``torch.nn.InstanceNorm2d`` (without
+    running statistics): each sample's channel normalised over its own pixels by their mean
+    and biased variance, then, with ``affine=True``, scaled and shifted per channel (params
+    ``{"weight": ones(C), "bias": zeros(C)}``; none by default, as torch's). Group
+    normalisation with one channel a group. One pixel a channel is refused, as torch refuses
+    it in training: its normalised value would be 0 whatever the input."""
+    name = f"instance_norm(eps={eps}, affine={affine})"
+
+    def groups_of(shape: tuple) -> int:
+        if len(shape) == 4 and -1 not in shape[2:] and shape[2] * shape[3] == 1:
+            raise ValueError(
+                f"{name}: input shape {shape} has one pixel per channel; instance "
+                "normalisation needs more than one"
+            )
+        return shape[1]
+
+    return _per_sample(name, groups_of, eps, affine, 4, "(N, C, H, W)")
+
+
+def _per_sample(name: str, groups_of, eps, affine, rank: int, what: str) -> Layer:
+    """A normalisation of each sample's groups of channels (:func:`_group_normalized`),
+    ``groups_of(shape)`` groups for an input ``shape`` (checking it), inputs of ``rank`` or
+    more dims (exactly 4 for ``rank`` 4)."""
     eps = _positive_eps(eps, name)
     affine = flag(affine, "affine", name)
 
     def init(generator, in_shape):
-        shape = tensor_shape(in_shape, name, 2, "(N, C, ...)")
-        _split(shape[1], groups, shape, name)
+        shape = tensor_shape(in_shape, name, rank, what)
+        if rank == 4 and len(shape) != 4:
+            raise ValueError(f"{name}: expected an input shape {what}, got {shape}")
+        if shape[1] == -1:
+            raise ValueError(f"{name}: the channel count C of input shape {shape} must be known")
+        groups_of(shape)
         return shape, _ones_zeros(shape[1], generator, name) if affine else {}
-
-    def run(params, state, x):
-        y, pullback = _group_normalized(x, params, groups, eps)
-        return y, state, pullback
 
     def vjp(params, x):
         c = _checked_affine(params, affine, name)
         check_tensor(x, name)
-        if x.dim() < 2 or (c != -1 and x.shape[1] != c) or 0 in x.shape[1:]:
-            expected = f"(N, {'C' if c == -1 else c}, ...)"
+        bad_rank = x.dim() < rank or (rank == 4 and x.dim() != 4)
+        if bad_rank or (c != -1 and x.shape[1] != c) or 0 in x.shape[1:]:
+            expected = what if c == -1 else what.replace("C", str(c), 1)
             raise ValueError(f"{name}: expected input {expected}, no size 0, got {tuple(x.shape)}")
-        _split(x.shape[1], groups, tuple(x.shape), name)
+        groups = groups_of(tuple(x.shape))
+
+        def run(params, state, x):
+            y, pullback = _group_normalized(x, params, groups, eps)
+            return y, state, pullback
+
         return _run_in(run, params, _like(x, params, name), name)
 
     return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, False, name))

@@ -33,6 +33,7 @@ from .blocks import (
     Dropout,
     Flatten,
     GroupNorm,
+    InstanceNorm2d,
     LayerNorm,
     LeakyReLU,
     Linear,
@@ -66,8 +67,8 @@ from .sequential import Sequential
 __all__ = [
     "ELU", "GELU", "MSE", "NO_FORWARD", "SGD", "Adam", "AdamW", "AvgPool2d", "BCEWithLogitsLoss",
     "BatchNorm2d", "BilinearUpsampling", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten",
-    "GroupNorm", "HuberLoss", "IncompatibleKeys", "L1Loss", "LayerNorm", "LeakyReLU", "Linear",
-    "LogSoftmax", "LossModule",
+    "GroupNorm", "HuberLoss", "IncompatibleKeys", "InstanceNorm2d", "L1Loss", "LayerNorm",
+    "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
     "MaxPool2d", "Module", "NearestUpsampling", "Optimizer", "ParamGroup", "ParamPairs",
     "PixelShuffle", "PixelUnshuffle", "RMSprop", "ReLU", "Sequential", "SiLU", "Sigmoid",
     "Softmax", "Softplus", "StateDictKeyError",

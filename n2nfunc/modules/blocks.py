@@ -17,6 +17,7 @@ from ..layers import (
     dropout,
     flatten,
     group_norm,
+    instance_norm,
     layer_norm,
     max_pool2d,
     pixel_shuffle,
@@ -587,6 +588,35 @@ class GroupNorm(_WeightBias):
             description += ", affine=False"
         super().__init__(
             layer, num_channels, None, description, size="num_channels", device=device, dtype=dtype
+        )
+
+
+class InstanceNorm2d(_WeightBias):
+    """``torch.nn.InstanceNorm2d``-like block: each sample's channel normalised over its own
+    pixels; ``weight`` / ``bias`` [C] (ones / zeros) with ``affine=True``, none (and
+    ``weight`` / ``bias`` None) by default, as torch's; ``track_running_stats`` only False
+    (``momentum``, as in torch, then does nothing)."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device: DeviceLike = None,
+        dtype: torch_dtype | None = None,
+    ):
+        _only_defaults("InstanceNorm2d", track_running_stats=(track_running_stats, False))
+        layer = instance_norm(eps, affine)
+        features = positive_int(num_features, "num_features", "InstanceNorm2d")
+        self._fix(num_features=num_features, eps=eps, momentum=momentum, affine=affine)
+        self._fix(track_running_stats=False)
+        description = _options(num_features=features, eps=eps, momentum=momentum)
+        if affine:
+            description += ", affine=True"
+        super().__init__(
+            layer, features, None, description, size="num_features", device=device, dtype=dtype
         )
 
 
