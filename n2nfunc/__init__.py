@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 from . import init, kernels, layers, optim, stateful, tree
 from .base import Layer, ReleasedError, pull, releases, skips_input_grad
 from .checkpoint import load, save
-from .combinators import fanin_concat, fanin_sum, fanout, parallel, residual, serial
+from .combinators import (
+    chunk,
+    fanin_concat,
+    fanin_product,
+    fanin_sum,
+    fanout,
+    parallel,
+    residual,
+    serial,
+)
 from .layers import (
     avg_pool2d,
     batch_norm2d,
@@ -180,6 +189,7 @@ __all__ = [
     "bilinear_upsample",
     "binary_cross_entropy_with_logits",
     "check_vjp",
+    "chunk",
     "clip_by_global_norm",
     "conv2d",
     "conv_transpose2d",
@@ -193,6 +203,7 @@ __all__ = [
     "evaluate",
     "exponential_decay",
     "fanin_concat",
+    "fanin_product",
     "fanin_sum",
     "fanout",
     "flatten",

@@ -7,6 +7,8 @@
 * ``fanout(n)``: ``x -> (x, ..., x)``; its pullback sums the cotangents.
 * ``fanin_sum()``: ``(x0, x1, ...) -> x0 + x1 + ...``.
 * ``fanin_concat(axis=1)``: ``(x0, x1, ...) -> cat(..., axis)``; its pullback splits.
+* ``fanin_product()``: ``(x0, x1, ...) -> x0 * x1 * ...``, broadcasting (gates, attention).
+* ``chunk(n, axis=1)``: ``x -> (x_0, ..., x_{n-1})``, equal parts; its pullback concatenates.
 * ``residual(layer)``: ``x -> x + layer(x)``, with ``layer``'s params.
 
 Children may be plain layers or :class:`~n2nfunc.stateful.StatefulLayer` s. ``serial``,
@@ -45,6 +47,7 @@ from .base import (
     releases,
     shape_or_streams,
     skips_input_grad,
+    tensor_shape,
 )
 from .stateful import StatefulLayer, child_entry, fixed, lift, split_rng, stateful_call
 
@@ -391,6 +394,99 @@ def fanin_concat(axis: int = 1) -> Layer:
             return {}, tuple(part.to(dtype=d) for part, d in zip(parts, dtypes))
 
         return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def fanin_product() -> Layer:
+    """``(x0, x1, ...) -> x0 * x1 * ...`` with broadcasting between inputs of one rank (an
+    attention map (N, C, 1, 1) times features (N, C, H, W); two halves of a
+    :func:`chunk`, a gate). ``dx_i = ct * prod_{j != i} x_j``, summed over the axes along
+    which ``x_i`` was broadcast."""
+    name = "fanin_product"
+
+    def init(generator, in_shapes):
+        return _broadcast_shapes(_check_shapes(in_shapes, -1, name), name), {}
+
+    def vjp(params, xs):
+        check_params(params, name, {})
+        xs = _tensors(xs, name)
+        _broadcast_shapes([x.shape for x in xs], name)
+        y = _product(xs)
+        y_out = output_of(y)
+
+        def pullback(ct):
+            ct = check_cotangent(ct, y_out, name)
+            grads = []
+            for i, x in enumerate(xs):
+                g = _product([ct, *xs[:i], *xs[i + 1 :]])
+                axes = [a for a, (m, n) in enumerate(zip(x.shape, g.shape)) if m == 1 < n]
+                grads.append((g.sum(axes, keepdim=True) if axes else g).to(dtype=x.dtype))
+            return {}, tuple(grads)
+
+        return y, pullback
+
+    return Layer(init, apply_via_vjp(vjp), vjp)
+
+
+def _product(xs: Sequence[Tensor]) -> Tensor:
+    total = xs[0]
+    for x in xs[1:]:
+        total = total * x
+    return total
+
+
+def _broadcast_shapes(shapes, name: str) -> tuple:
+    """The shape that inputs of ``shapes`` broadcast to (one rank; along each axis one size,
+    or 1; -1, a size ``init`` does not know, matching any), else an error naming them."""
+    shapes = [tuple(s) for s in check_tuple(shapes, -1, name)]
+    out = []
+    for sizes in zip(*shapes):
+        known = {d for d in sizes if d not in (-1, 1)}
+        if len(known) > 1 or len({len(s) for s in shapes}) != 1:
+            raise ValueError(
+                f"{name}: inputs must have one rank and, along each axis, one size or 1, "
+                f"got {shapes}"
+            )
+        out.append(known.pop() if known else -1 if -1 in sizes else 1)
+    return tuple(out)
+
+
+def chunk(n: int, axis: int = 1) -> Layer:
+    """``x -> (x_0, ..., x_{n-1})``: ``x`` split along ``axis`` (channels by default) into
+    ``n`` equal parts, as ``torch.chunk`` where ``n`` divides the size (the inverse of
+    :func:`fanin_concat`); the pullback concatenates the output gradients."""
+    name = f"chunk({n!r}, axis={axis!r})"
+    n = positive_int(n, "n", name)
+    axis = an_int(axis, "axis", name)
+
+    def split_size(shape) -> int:
+        shape = tuple(shape)
+        if not -len(shape) <= axis < len(shape) or axis % len(shape) == 0:
+            raise ValueError(f"{name}: axis {axis} is not a non-batch axis of shape {shape}")
+        size = shape[axis]
+        if size != -1 and size % n:
+            raise ValueError(
+                f"{name}: the size {size} of axis {axis} of {shape} is not a multiple of {n}"
+            )
+        return -1 if size == -1 else size // n
+
+    def init(generator, in_shape):
+        shape = list(tensor_shape(in_shape, name, 2, "(N, ...)"))
+        shape[axis] = split_size(shape)
+        return (tuple(shape),) * n, {}
+
+    def vjp(params, x):
+        check_params(params, name, {})
+        check_tensor(x, name)
+        parts = x.split(split_size(x.shape), axis)
+        outs = tuple(output_of(p) for p in parts)
+
+        def pullback(cts):
+            cts = check_tuple(cts, n, name, "output gradients")
+            return {}, cat([check_cotangent(c, o, name) for c, o in zip(cts, outs)], axis)
+
+        return parts, pullback
 
     return Layer(init, apply_via_vjp(vjp), vjp)
 

@@ -17,6 +17,7 @@ from ..base import (
     check_image,
     check_params,
     check_tensor,
+    flag,
     image_shape,
     output_of,
     pair,
@@ -241,26 +242,29 @@ def avg_pool2d(kernel_size: IntPair, stride: IntPair | None = None, padding: Int
     )
 
 
-def global_avg_pool() -> Layer:
+def global_avg_pool(keepdims: bool = False) -> Layer:
     """``(N, C, H, W) -> (N, C)``, the mean over each channel's pixels
-    (``adaptive_avg_pool2d(x, 1)`` flattened); ``dx[n, c, h, w] = g[n, c] / (H W)``."""
-    name = "global_avg_pool"
+    (``adaptive_avg_pool2d(x, 1)`` flattened); with ``keepdims=True`` ``(N, C, 1, 1)``, as
+    ``adaptive_avg_pool2d(x, 1)`` (a channel attention's input); ``dx[n, c, h, w] = g[n, c]
+    / (H W)``."""
+    name = "global_avg_pool" + ("(keepdims=True)" if keepdims is True else "")
+    keepdims = flag(keepdims, "keepdims", name)
 
     def init(generator, in_shape):
         n, c, _, _ = image_shape(in_shape, name)
-        return (n, c), {}
+        return ((n, c, 1, 1) if keepdims else (n, c)), {}
 
     def vjp(params, x):
         check_params(params, name, {})
         check_tensor(x, name)
         check_image(x, name, -1, x)
         n, c, h, w = x.shape
-        y = x.mean((2, 3))
+        y = x.mean((2, 3), keepdim=keepdims)
         y_out = output_of(y)
 
         def pullback(ct):
             share = check_cotangent(ct, y_out, name) / (h * w)
-            return {}, to_nchw(share.view(n, 1, 1, c).expand(n, h, w, c).contiguous())
+            return {}, to_nchw(share.reshape(n, 1, 1, c).expand(n, h, w, c).contiguous())
 
         return y, pullback
 
