@@ -556,3 +556,26 @@ def test_the_instance_norm_wrapper_is_torch_nn_instance_norm2d(affine):
     assert_trains_like(seq, ref, (2, 3, 5, 6), (2, 4, 5, 6))
     with pytest.raises(ValueError, match=r"InstanceNorm2d: track_running_stats=True"):
         nf.InstanceNorm2d(4, track_running_stats=True)
+
+
+def test_layer_norm_without_params_checks_the_size_it_was_given():
+    """Without a weight the layer cannot tell F from its params: LayerNorm(F) passes its F,
+    and an input of another size is refused, as torch.nn.LayerNorm refuses it."""
+    with pytest.raises(
+        ValueError, match=r"layer_norm\(.*size=5\): expected input \(N, 5\).*\(2, 4\)"
+    ):
+        nf.LayerNorm(5, elementwise_affine=False).forward(torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"layer_norm\(.*size=5\): axis -1 of input shape"):
+        nf.layer_norm(affine=False, size=5).init(None, (-1, 4))
+    assert nf.layer_norm(affine=False, size=5).init(None, (-1, -1)) == ((-1, -1), {})
+    assert nf.layer_norm(size=5).init(None, (-1, -1))[1]["weight"].shape == (5,)
+    x = torch.randn(2, 5, dtype=torch.float64)
+    ref = torch.nn.LayerNorm(5, elementwise_affine=False, bias=False).double()
+    assert (
+        rel_err(nf.LayerNorm(5, elementwise_affine=False, bias=False).double().forward(x), ref(x))
+        < 1e-12
+    )
+    with pytest.raises(TypeError, match=r"LayerNorm: bias must be True or False"):
+        nf.LayerNorm(5, elementwise_affine=False, bias="yes")
+    with pytest.raises(ValueError, match=r"size must be a positive int"):
+        nf.layer_norm(size=0)

@@ -132,7 +132,7 @@ def test_bfloat16_no_faster_only_where_native_units_measure_slow(
     hardware.bfloat16_no_faster.cache_clear()
     assert (line is not None) == noted
     if noted:
-        assert f"took {1 / speedup:.1f}x the time of the float32 one" in line
+        assert f"ran at {speedup:.2f}x the speed of the float32 one" in line
 
 
 def test_bfloat16_speedup_times_both_precisions(monkeypatch):
@@ -149,6 +149,8 @@ def test_bfloat16_speedup_times_both_precisions(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "matmul", slow_bfloat16)
     assert hardware.bfloat16_speedup(repeats=3) < plain / 4
+    with pytest.raises(ValueError, match=r"repeats must be a positive int, got 0"):
+        hardware.bfloat16_speedup(repeats=0)
 
 
 @pytest.mark.parametrize("precision,noted", [("bfloat16", 1), ("float32", 0)])

@@ -317,17 +317,23 @@ def _per_sample(name: str, groups_of, eps, affine, rank: int, what: str) -> Laye
     return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, False, name))
 
 
-def layer_norm(axis: int = -1, eps: float = 1e-5, affine: bool = True) -> Layer:
+def layer_norm(
+    axis: int = -1, eps: float = 1e-5, affine: bool = True, size: int | None = None
+) -> Layer:
     """Layer normalisation along one axis: each vector along ``axis`` (every index of the
     other axes: one sample's position) normalised by its own mean and biased variance, then
     scaled and shifted per index of that axis (params ``{"weight": ones(F), "bias":
     zeros(F)}``, F its size; none with ``affine=False``). The last axis of (N, *, F), the
     default, is ``torch.nn.LayerNorm(F)``; ``axis=1`` of an (N, C, H, W) image normalises
     each pixel's channels (the "LayerNorm2d" of ConvNeXt and of NAFNet-style denoisers).
-    The batch axis 0 is refused: samples stay apart. See the module docstring for the
-    gradients."""
-    name = f"layer_norm(axis={axis}, eps={eps}, affine={affine})"
+    The batch axis 0 is refused: samples stay apart. ``size``, where given, is the F an input
+    must have (the params tell it otherwise; without them, any F is taken). See the module
+    docstring for the gradients."""
+    name = f"layer_norm(axis={axis}, eps={eps}, affine={affine}" + (
+        ")" if size is None else f", size={size})"
+    )
     axis = an_int(axis, "axis", name)
+    size = None if size is None else positive_int(size, "size", name)
     if axis == 0:
         raise ValueError(f"{name}: axis 0 is the batch axis; samples are normalised apart")
     eps = _positive_eps(eps, name)
@@ -341,12 +347,14 @@ def layer_norm(axis: int = -1, eps: float = 1e-5, affine: bool = True) -> Layer:
 
     def init(generator, in_shape):
         shape = tensor_shape(in_shape, name, 2, "(N, ...)")
-        size = shape[along(len(shape), shape)]
-        if size == -1:
+        f = shape[along(len(shape), shape)]
+        if f == -1 and size is None:
             raise ValueError(
                 f"{name}: the size of axis {axis} of input shape {shape} must be known"
             )
-        return shape, _ones_zeros(size, generator, name) if affine else {}
+        if size is not None and f not in (-1, size):
+            raise ValueError(f"{name}: axis {axis} of input shape {shape} must have size {size}")
+        return shape, _ones_zeros(size or f, generator, name) if affine else {}
 
     def run(params, state, x):
         a = along(x.dim(), tuple(x.shape))
@@ -360,6 +368,7 @@ def layer_norm(axis: int = -1, eps: float = 1e-5, affine: bool = True) -> Layer:
 
     def vjp(params, x):
         f = _checked_affine(params, affine, name)
+        f = size if f == -1 and size is not None else f
         check_tensor(x, name)
         a = along(x.dim(), tuple(x.shape)) if x.dim() >= 2 else 1
         if x.dim() < 2 or (f != -1 and x.shape[a] != f) or 0 in x.shape[1:]:

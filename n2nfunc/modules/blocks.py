@@ -622,8 +622,8 @@ class InstanceNorm2d(_WeightBias):
 
 class LayerNorm(_WeightBias):
     """``torch.nn.LayerNorm``-like block over the last axis of (N, *, F) inputs:
-    ``normalized_shape`` is F (or ``(F,)``); ``weight`` / ``bias`` [F] (ones / zeros; none
-    with ``elementwise_affine=False``; ``bias`` only True)."""
+    ``normalized_shape`` is F (or ``(F,)``), which inputs must have; ``weight`` / ``bias``
+    [F] (ones / zeros; none with ``elementwise_affine=False``; ``bias=False`` only then)."""
 
     def __init__(
         self,
@@ -635,7 +635,8 @@ class LayerNorm(_WeightBias):
         dtype: torch_dtype | None = None,
     ):
         affine = flag(elementwise_affine, "elementwise_affine", "LayerNorm")
-        if affine:  # torch's bias=False keeps a weight: no layer of ours has one alone
+        if flag(bias, "bias", "LayerNorm") is False and affine:
+            # torch's bias=False keeps a weight: no layer of ours has one alone
             _only_defaults("LayerNorm", bias=(bias, True))
         features = normalized_shape
         if isinstance(normalized_shape, (tuple, list)):
@@ -649,7 +650,7 @@ class LayerNorm(_WeightBias):
         self._fix(normalized_shape=(features,), eps=eps, elementwise_affine=affine)
         description = _options(normalized_shape=(features,), eps=eps)
         super().__init__(
-            layer_norm(eps=eps, affine=affine),
+            layer_norm(eps=eps, affine=affine, size=features),
             features,
             None,
             description if affine else description + ", elementwise_affine=False",
