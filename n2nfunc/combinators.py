@@ -32,6 +32,7 @@ from . import tree
 from .base import (
     Held,
     Layer,
+    Unchanged,
     an_int,
     apply_via_vjp,
     check_cotangent,
@@ -414,13 +415,15 @@ def fanin_product() -> Layer:
         _broadcast_shapes([x.shape for x in xs], name)
         y = _product(xs)
         y_out = output_of(y)
+        seen = Unchanged(name, **{f"input {i}": x for i, x in enumerate(xs)})
 
         def pullback(ct):
             ct = check_cotangent(ct, y_out, name)
+            seen.check()
             grads = []
             for i, x in enumerate(xs):
                 g = _product([ct, *xs[:i], *xs[i + 1 :]])
-                axes = [a for a, (m, n) in enumerate(zip(x.shape, g.shape)) if m == 1 < n]
+                axes = [a for a, (m, n) in enumerate(zip(x.shape, g.shape)) if m == 1 != n]
                 grads.append((g.sum(axes, keepdim=True) if axes else g).to(dtype=x.dtype))
             return {}, tuple(grads)
 
@@ -479,7 +482,8 @@ def chunk(n: int, axis: int = 1) -> Layer:
     def vjp(params, x):
         check_params(params, name, {})
         check_tensor(x, name)
-        parts = x.split(split_size(x.shape), axis)
+        size = split_size(x.shape)
+        parts = tuple(x.narrow(axis, i * size, size) for i in range(n))  # (n parts of size 0 too)
         outs = tuple(output_of(p) for p in parts)
 
         def pullback(cts):

@@ -165,3 +165,29 @@ def test_a_nafnet_block_matches_its_torch_twin_and_passes_check_vjp():
         return x_ + F.conv2d(h, q["8.weight"], q["8.bias"])
 
     assert_matches_twin(net, params, x, twin, 1e-10)
+
+
+def test_fanin_product_refuses_inputs_changed_in_place_before_its_pullback():
+    """Its pullback reads the inputs, as torch's autograd does for ``a * b``: an input changed
+    in place (directly, or through the views ``chunk`` made) is refused, not differentiated
+    wrongly."""
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 1, 1)
+    y, pullback = nf.fanin_product().vjp({}, (a, b))
+    b.mul_(10)
+    with pytest.raises(RuntimeError, match=r"fanin_product: its input 1 .* changed in place"):
+        pullback(torch.ones_like(y))
+    gate = nf.serial(nf.chunk(2), nf.fanin_product())
+    x = torch.randn(2, 4, 3, 3)
+    y, pullback = gate.vjp(gate.init(None, (-1, 4, -1, -1))[1], x)
+    x.add_(1)
+    with pytest.raises(RuntimeError, match=r"changed in place"):
+        pullback(torch.ones_like(y))
+
+
+def test_empty_axes_give_torchs_parts_and_gradient_shapes():
+    parts = nf.chunk(2).apply({}, torch.randn(2, 0, 3))
+    assert len(parts) == 2 and all(p.shape == (2, 0, 3) for p in parts)
+    a, b = torch.randn(1, 3), torch.randn(0, 3)
+    y, pullback = nf.fanin_product().vjp({}, (a, b))
+    da, db = pullback(torch.randn(0, 3))[1]
+    assert da.shape == (1, 3) and not da.any() and db.shape == (0, 3)

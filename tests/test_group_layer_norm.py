@@ -567,7 +567,7 @@ def test_layer_norm_without_params_checks_the_size_it_was_given():
         nf.LayerNorm(5, elementwise_affine=False).forward(torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"layer_norm\(.*size=5\): axis -1 of input shape"):
         nf.layer_norm(affine=False, size=5).init(None, (-1, 4))
-    assert nf.layer_norm(affine=False, size=5).init(None, (-1, -1)) == ((-1, -1), {})
+    assert nf.layer_norm(affine=False, size=5).init(None, (-1, -1)) == ((-1, 5), {})
     assert nf.layer_norm(size=5).init(None, (-1, -1))[1]["weight"].shape == (5,)
     x = torch.randn(2, 5, dtype=torch.float64)
     ref = torch.nn.LayerNorm(5, elementwise_affine=False, bias=False).double()
@@ -579,3 +579,8 @@ def test_layer_norm_without_params_checks_the_size_it_was_given():
         nf.LayerNorm(5, elementwise_affine=False, bias="yes")
     with pytest.raises(ValueError, match=r"size must be a positive int"):
         nf.layer_norm(size=0)
+
+
+def test_layer_norm_with_a_size_tells_the_next_layer_its_features():
+    out, params = nf.serial(nf.layer_norm(size=4), nf.dense(3)).init(torch.Generator(), (-1, -1))
+    assert out == (-1, 3) and params["1"]["weight"].shape == (3, 4)

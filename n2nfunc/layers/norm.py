@@ -354,7 +354,9 @@ def layer_norm(
             )
         if size is not None and f not in (-1, size):
             raise ValueError(f"{name}: axis {axis} of input shape {shape} must have size {size}")
-        return shape, _ones_zeros(size or f, generator, name) if affine else {}
+        known = list(shape)
+        known[along(len(shape), shape)] = size or f  # the size it was given, where unknown
+        return tuple(known), _ones_zeros(size or f, generator, name) if affine else {}
 
     def run(params, state, x):
         a = along(x.dim(), tuple(x.shape))

@@ -247,8 +247,8 @@ def global_avg_pool(keepdims: bool = False) -> Layer:
     (``adaptive_avg_pool2d(x, 1)`` flattened); with ``keepdims=True`` ``(N, C, 1, 1)``, as
     ``adaptive_avg_pool2d(x, 1)`` (a channel attention's input); ``dx[n, c, h, w] = g[n, c]
     / (H W)``."""
-    name = "global_avg_pool" + ("(keepdims=True)" if keepdims is True else "")
-    keepdims = flag(keepdims, "keepdims", name)
+    keepdims = flag(keepdims, "keepdims", "global_avg_pool")
+    name = "global_avg_pool" + ("(keepdims=True)" if keepdims else "")
 
     def init(generator, in_shape):
         n, c, _, _ = image_shape(in_shape, name)

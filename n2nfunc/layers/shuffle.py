@@ -62,7 +62,7 @@ def _mover(name: str, forward, backward, out_shape) -> Layer:
         check_image(x, name, -1, x)
         out_shape(tuple(x.shape))
         y = forward(x)
-        if y.data_ptr() == x.data_ptr():  # factor 1 on a channels-last input: a new tensor
+        if y.data_ptr() == x.data_ptr():  # a move that moves nothing (factor 1, one pixel, ...)
             y = y.clone()
         y_out = output_of(y)
 
