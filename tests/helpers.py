@@ -65,6 +65,18 @@ def randn(*shape, dtype=torch.float64, seed=None):
     return torch.randn(*shape, dtype=dtype, generator=g)
 
 
+def params_in(layer, shape, dtype, seed=0):
+    """``layer``'s params for input ``shape``, drawn by its init from ``seed``, in ``dtype``."""
+    _, params = layer.init(torch.Generator().manual_seed(seed), shape)
+    return {k: v.to(dtype) for k, v in params.items()}
+
+
+def image(shape, dtype, seed=1, channels_last=False):
+    """A random input of ``shape`` and ``dtype``, channels-last where asked."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def init64(layer, shape, seed=0):
     _, params = layer.init(torch.Generator().manual_seed(seed), shape)
     return {k: v.double() for k, v in params.items()}

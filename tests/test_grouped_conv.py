@@ -5,7 +5,7 @@ network, as the Conv2d wrapper, and on bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_matches_twin, assert_trains_like, autograd_vjp, rel_err
+from helpers import assert_matches_twin, assert_trains_like, autograd_vjp, image, params_in, rel_err
 
 import n2nfunc as nf
 
@@ -23,16 +23,6 @@ CASES = [
     ((1, 4, 11, 10), 8, 3, 2, 1, 2, 4),  # depthwise x2, stride and dilation 2, a cropped edge
     ((2, 2, 6, 6), 2, (3, 1), 1, (1, 0), 1, 2),  # depthwise, a non-square kernel
 ]
-
-
-def _params(layer, shape, dtype, seed=0):
-    _, params = layer.init(torch.Generator().manual_seed(seed), shape)
-    return {k: v.to(dtype) for k, v in params.items()}
-
-
-def _input(shape, dtype, seed=1, channels_last=False):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _compare(layer, params, x, torch_args, tol):
@@ -64,16 +54,16 @@ def _compare(layer, params, x, torch_args, tol):
 @pytest.mark.parametrize("bias", [True, False])
 def test_grouped_conv2d_matches_torch(dtype, shape, out, k, s, p, d, groups, bias):
     layer = nf.conv2d(out, k, s, p, d, bias=bias, groups=groups)
-    params = _params(layer, shape, dtype)
+    params = params_in(layer, shape, dtype)
     for channels_last in (False, True):
-        x = _input(shape, dtype, channels_last=channels_last)
+        x = image(shape, dtype, channels_last=channels_last)
         _compare(layer, params, x, (s, p, d, groups), TOL[dtype])
 
 
 @pytest.mark.parametrize("shape,out,k,s,p,d,groups", CASES[:4])
 def test_check_vjp(shape, out, k, s, p, d, groups):
     layer = nf.conv2d(out, k, s, p, d, groups=groups)
-    nf.check_vjp(layer, _params(layer, shape, torch.float64), _input(shape, torch.float64))
+    nf.check_vjp(layer, params_in(layer, shape, torch.float64), image(shape, torch.float64))
 
 
 def test_init_draws_torchs_weights_for_the_same_seed():
@@ -90,8 +80,8 @@ def test_bfloat16_sums_in_float32():
     """A depthwise layer in bfloat16 is computed in float32 and rounded once: its results are
     the float32 ones of the same numbers, rounded."""
     layer = nf.conv2d(8, 3, 1, 1, groups=8)
-    p32 = nf.tree.map(lambda t: t.bfloat16().float(), _params(layer, (2, 8, 6, 7), torch.float32))
-    x32 = _input((2, 8, 6, 7), torch.float32).bfloat16().float()
+    p32 = nf.tree.map(lambda t: t.bfloat16().float(), params_in(layer, (2, 8, 6, 7), torch.float32))
+    x32 = image((2, 8, 6, 7), torch.float32).bfloat16().float()
     y, pullback = layer.vjp(nf.tree.map(lambda t: t.bfloat16(), p32), x32.bfloat16())
     y_ref, pullback_ref = layer.vjp(p32, x32)
     assert y.dtype == torch.bfloat16 and rel_err(y.float(), y_ref) < 1e-2
@@ -125,7 +115,7 @@ def test_a_separable_block_with_the_new_norms_matches_torch_and_passes_check_vjp
     )
     _, params = net.init(torch.Generator().manual_seed(0), (-1, 4, 7, 6))
     params = nf.tree.map(lambda t: torch.randn_like(t.double()), params)
-    x = _input((2, 4, 7, 6), torch.float64)
+    x = image((2, 4, 7, 6), torch.float64)
     nf.check_vjp(net, params, x)
 
     def twin(x_, q):
@@ -140,8 +130,8 @@ def test_a_separable_block_with_the_new_norms_matches_torch_and_passes_check_vjp
 
 def test_mixed_precision_takes_a_grouped_convolution():
     layer = nf.conv2d(8, 3, padding=1, groups=2)
-    params = _params(layer, (2, 4, 8, 8), torch.float32)
-    x = _input((2, 4, 8, 8), torch.float32)
+    params = params_in(layer, (2, 4, 8, 8), torch.float32)
+    x = image((2, 4, 8, 8), torch.float32)
     y32, pullback32 = layer.vjp(params, x)
     y16, pullback16 = nf.mixed_precision(layer).vjp(params, x)
     assert y16.dtype == torch.float32 and rel_err(y16, y32) < 2e-2
@@ -228,8 +218,8 @@ def test_grouped_conv2d_on_cuda():
         pytest.skip("no CUDA device")
     for shape, out, k, s, p, d, groups in CASES:
         layer = nf.conv2d(out, k, s, p, d, groups=groups)
-        params = nf.tree.map(lambda t: t.cuda(), _params(layer, shape, torch.float64))
-        x = _input(shape, torch.float64).cuda()
+        params = nf.tree.map(lambda t: t.cuda(), params_in(layer, shape, torch.float64))
+        x = image(shape, torch.float64).cuda()
         _compare(layer, params, x, (s, p, d, groups), TOL[torch.float64])
 
 
@@ -237,8 +227,8 @@ def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer
     """One output channel a group (O = G) with wider input groups: the weight gradient was a
     view into the block-diagonal one, keeping G times its memory alive."""
     layer = nf.conv2d(2, 3, padding=1, groups=2)
-    params = _params(layer, (1, 8, 5, 5), torch.float32)
-    _, pullback = layer.vjp(params, _input((1, 8, 5, 5), torch.float32))
+    params = params_in(layer, (1, 8, 5, 5), torch.float32)
+    _, pullback = layer.vjp(params, image((1, 8, 5, 5), torch.float32))
     dw = pullback(torch.randn(1, 2, 5, 5))[0]["weight"]
     assert dw.is_contiguous() and dw.untyped_storage().nbytes() == dw.numel() * 4
     with pytest.raises(ValueError, match=r"groups=2\): output gradient must have"):
@@ -247,8 +237,8 @@ def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer
 
 def test_a_depthwise_layer_keeps_an_infinity_in_its_own_channel():
     layer = nf.conv2d(4, 3, padding=1, groups=4)
-    params = _params(layer, (1, 4, 5, 5), torch.float32)
-    x = _input((1, 4, 5, 5), torch.float32)
+    params = params_in(layer, (1, 4, 5, 5), torch.float32)
+    x = image((1, 4, 5, 5), torch.float32)
     x[0, 0, 2, 2] = float("inf")
     y, pullback = layer.vjp(params, x)
     assert torch.isfinite(y[:, 1:]).all()

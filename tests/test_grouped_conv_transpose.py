@@ -4,7 +4,7 @@ finite differences, in a network, as the TransposeConv2d wrapper, and on bad inp
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_trains_like, autograd_vjp, rel_err
+from helpers import assert_trains_like, autograd_vjp, image, params_in, rel_err
 
 import n2nfunc as nf
 
@@ -19,16 +19,6 @@ CASES = [
     ((1, 3, 6, 5), 6, 1, 1, 0, 0, 1, 3),  # 1 x 1, two outputs per input channel
     ((1, 8, 4, 4), 4, 3, 3, 2, 0, 1, 4),  # stride 3, wide padding
 ]
-
-
-def _params(layer, shape, dtype, seed=0):
-    _, params = layer.init(torch.Generator().manual_seed(seed), shape)
-    return {k: v.to(dtype) for k, v in params.items()}
-
-
-def _input(shape, dtype, seed=1, channels_last=False):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _compare(layer, params, x, torch_args, tol):
@@ -62,16 +52,16 @@ def _compare(layer, params, x, torch_args, tol):
 @pytest.mark.parametrize("bias", [True, False])
 def test_grouped_conv_transpose2d_matches_torch(dtype, shape, out, k, s, p, op, d, groups, bias):
     layer = nf.conv_transpose2d(out, k, s, p, op, d, bias=bias, groups=groups)
-    params = _params(layer, shape, dtype)
+    params = params_in(layer, shape, dtype)
     for channels_last in (False, True):
-        x = _input(shape, dtype, channels_last=channels_last)
+        x = image(shape, dtype, channels_last=channels_last)
         _compare(layer, params, x, (s, p, op, groups, d), TOL[dtype])
 
 
 @pytest.mark.parametrize("shape,out,k,s,p,op,d,groups", CASES[:4])
 def test_check_vjp(shape, out, k, s, p, op, d, groups):
     layer = nf.conv_transpose2d(out, k, s, p, op, d, groups=groups)
-    nf.check_vjp(layer, _params(layer, shape, torch.float64), _input(shape, torch.float64))
+    nf.check_vjp(layer, params_in(layer, shape, torch.float64), image(shape, torch.float64))
 
 
 def test_init_draws_torchs_weights_for_the_same_seed():
@@ -102,8 +92,8 @@ def test_the_wrapper_trains_like_torch_nn():
 
 def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer():
     layer = nf.conv_transpose2d(2, 3, padding=1, groups=2)
-    params = _params(layer, (1, 8, 5, 5), torch.float32)
-    _, pullback = layer.vjp(params, _input((1, 8, 5, 5), torch.float32))
+    params = params_in(layer, (1, 8, 5, 5), torch.float32)
+    _, pullback = layer.vjp(params, image((1, 8, 5, 5), torch.float32))
     dw = pullback(torch.randn(1, 2, 5, 5))[0]["weight"]
     assert dw.shape == (8, 1, 3, 3)
     assert dw.is_contiguous() and dw.untyped_storage().nbytes() == dw.numel() * 4
@@ -149,8 +139,8 @@ def test_bad_params_and_input_are_refused_naming_the_layer_and_shapes():
 
 def test_mixed_precision_takes_a_grouped_transposed_convolution():
     layer = nf.conv_transpose2d(8, 4, 2, 1, groups=2)
-    params = _params(layer, (2, 4, 6, 6), torch.float32)
-    x = _input((2, 4, 6, 6), torch.float32)
+    params = params_in(layer, (2, 4, 6, 6), torch.float32)
+    x = image((2, 4, 6, 6), torch.float32)
     y32, pullback32 = layer.vjp(params, x)
     y16, pullback16 = nf.mixed_precision(layer).vjp(params, x)
     assert y16.dtype == torch.float32 and rel_err(y16, y32) < 2e-2
@@ -166,6 +156,6 @@ def test_grouped_conv_transpose2d_on_cuda():
         pytest.skip("no CUDA device")
     for shape, out, k, s, p, op, d, groups in CASES:
         layer = nf.conv_transpose2d(out, k, s, p, op, d, groups=groups)
-        params = nf.tree.map(lambda t: t.cuda(), _params(layer, shape, torch.float64))
-        x = _input(shape, torch.float64).cuda()
+        params = nf.tree.map(lambda t: t.cuda(), params_in(layer, shape, torch.float64))
+        x = image(shape, torch.float64).cuda()
         _compare(layer, params, x, (s, p, op, groups, d), TOL[torch.float64])
