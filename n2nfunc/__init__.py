@@ -70,6 +70,7 @@ from .modules import (
     SGD,
     Adam,
     AdamW,
+    AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm2d,
     BCEWithLogitsLoss,
@@ -80,6 +81,7 @@ from .modules import (
     Flatten,
     GroupNorm,
     HuberLoss,
+    Identity,
     InstanceNorm2d,
     L1Loss,
     LayerNorm,
@@ -134,6 +136,7 @@ if TYPE_CHECKING:  # (imported on first use: see __getattr__)
     from . import distributed as distributed
 
 __all__ = [
+    "AdaptiveAvgPool2d",
     "Adam",
     "AdamW",
     "AvgPool2d",
@@ -149,6 +152,7 @@ __all__ = [
     "GradientTransformation",
     "GroupNorm",
     "HuberLoss",
+    "Identity",
     "InstanceNorm2d",
     "L1Loss",
     "Layer",

@@ -551,6 +551,9 @@ BLOCKS = [
     (lambda: Tanh(), lambda: torch.nn.Tanh()),
     (lambda: GELU(), lambda: torch.nn.GELU()),
     (lambda: SiLU(), lambda: torch.nn.SiLU()),
+    (lambda: nf.Identity(), lambda: torch.nn.Identity()),
+    (lambda: nf.AdaptiveAvgPool2d(1), lambda: torch.nn.AdaptiveAvgPool2d(1)),
+    (lambda: nf.AdaptiveAvgPool2d((1, 1)), lambda: torch.nn.AdaptiveAvgPool2d((1, 1))),
     (lambda: ELU(0.5), lambda: torch.nn.ELU(0.5)),
     (lambda: Softplus(2.0, 3.0), lambda: torch.nn.Softplus(2.0, 3.0)),
     (lambda: LogSoftmax(1), lambda: torch.nn.LogSoftmax(1)),
@@ -1399,3 +1402,9 @@ def test_unet_block_takes_the_functional_unets_channels_and_a_keyword_generator(
     )
     with pytest.raises(TypeError, match="in_channels must be a positive int"):
         nf.UNet(2, (8, 8, 8, 8), torch.Generator())  # the generator is keyword-only
+
+
+def test_adaptive_avg_pool_only_to_one_pixel():
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d: only output_size=1 is provided"):
+        nf.AdaptiveAvgPool2d(2)
+    assert repr(nf.AdaptiveAvgPool2d(1)) == repr(torch.nn.AdaptiveAvgPool2d(1))

@@ -26,6 +26,7 @@ layer blocks), ``sequential``, ``loss_blocks`` and ``optimizers``.
 from .blocks import (
     ELU,
     GELU,
+    AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm2d,
     BilinearUpsampling,
@@ -33,6 +34,7 @@ from .blocks import (
     Dropout,
     Flatten,
     GroupNorm,
+    Identity,
     InstanceNorm2d,
     LayerNorm,
     LeakyReLU,
@@ -65,10 +67,11 @@ from .optimizers import SGD, Adam, AdamW, Optimizer, ParamGroup, ParamPairs, RMS
 from .sequential import Sequential
 
 __all__ = [
-    "ELU", "GELU", "MSE", "NO_FORWARD", "SGD", "Adam", "AdamW", "AvgPool2d", "BCEWithLogitsLoss",
+    "ELU", "GELU", "MSE", "NO_FORWARD", "SGD", "AdaptiveAvgPool2d", "Adam", "AdamW", "AvgPool2d",
+    "BCEWithLogitsLoss",
     "BatchNorm2d", "BilinearUpsampling", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten",
-    "GroupNorm", "HuberLoss", "IncompatibleKeys", "InstanceNorm2d", "L1Loss", "LayerNorm",
-    "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
+    "GroupNorm", "HuberLoss", "Identity", "IncompatibleKeys", "InstanceNorm2d", "L1Loss",
+    "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
     "MaxPool2d", "Module", "NearestUpsampling", "Optimizer", "ParamGroup", "ParamPairs",
     "PixelShuffle", "PixelUnshuffle", "RMSprop", "ReLU", "Sequential", "SiLU", "Sigmoid",
     "Softmax", "Softplus", "StateDictKeyError",

@@ -16,6 +16,7 @@ from ..layers import (
     dense,
     dropout,
     flatten,
+    global_avg_pool,
     group_norm,
     instance_norm,
     layer_norm,
@@ -26,6 +27,7 @@ from ..layers import (
 from ..layers.activations import (
     elu,
     gelu,
+    identity,
     leaky_relu,
     log_softmax,
     relu,
@@ -387,6 +389,27 @@ class Flatten(_Parameterless):
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         _only_defaults("Flatten", start_dim=(start_dim, 1), end_dim=(end_dim, -1))
         super().__init__(flatten())
+
+
+class Identity(_Parameterless):
+    """``torch.nn.Identity()``: its input, unchanged (torch's arguments are ignored, as
+    torch ignores them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(identity())
+
+
+class AdaptiveAvgPool2d(_Parameterless):
+    """``torch.nn.AdaptiveAvgPool2d(1)``: (N, C, H, W) -> (N, C, 1, 1), each channel's mean
+    (``global_avg_pool(keepdims=True)``); ``output_size`` only 1 (or (1, 1))."""
+
+    def __init__(self, output_size: IntPair) -> None:
+        if _as_pair(output_size) != (1, 1):
+            raise ValueError(
+                f"AdaptiveAvgPool2d: only output_size=1 is provided, got {output_size!r}"
+            )
+        super().__init__(global_avg_pool(keepdims=True), _options(output_size=output_size))
+        self._fix(output_size=output_size)
 
 
 class MaxPool2d(_Parameterless):
