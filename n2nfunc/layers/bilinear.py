@@ -169,7 +169,7 @@ def _taps(n_in: int, n_out: int, scale, align_corners: bool, x: Tensor):
 
 
 def _along(x: Tensor, axis: int, taps) -> Tensor:
-    """``w0 x[i0] + w1 x[i1]`` along ``axis`` of the NHWC ``x``: by phases for an integer
+    """``w0 x[i0] + w1 x[i1]`` along ``axis`` of the NHWC ``x``: by phases for a power-of-two
     factor (:func:`_phases_along`), else by gathers."""
     if isinstance(taps, int):
         return _phases_along(x, axis, taps)

@@ -269,7 +269,7 @@ def instance_norm(eps: float = 1e-5, affine: bool = False) -> Layer:
     and biased variance, then, with ``affine=True``, scaled and shifted per channel (params
     ``{"weight": ones(C), "bias": zeros(C)}``; none by default, as torch's). Group
     normalisation with one channel a group. One pixel a channel is refused, as torch refuses
-    it in training: its normalised value would be 0 whatever the input."""
+    it: its normalised value would be 0 whatever the input."""
     name = f"instance_norm(eps={eps}, affine={affine})"
 
     def groups_of(shape: tuple) -> int:
