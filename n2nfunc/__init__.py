@@ -103,6 +103,7 @@ from .modules import (
     Tanh,
     TransposeConv2d,
     UNet,
+    Upsample,
     Upsampling,
 )
 from .optim import (
@@ -182,6 +183,7 @@ __all__ = [
     "Tanh",
     "TransposeConv2d",
     "UNet",
+    "Upsample",
     "Upsampling",
     "adam",
     "adamw",

@@ -52,6 +52,7 @@ from .blocks import (
     Tanh,
     TransposeConv2d,
     UNet,
+    Upsample,
     Upsampling,
 )
 from .loss_blocks import MSE, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, LossModule
@@ -75,5 +76,6 @@ __all__ = [
     "MaxPool2d", "Module", "NearestUpsampling", "Optimizer", "ParamGroup", "ParamPairs",
     "PixelShuffle", "PixelUnshuffle", "RMSprop", "ReLU", "Sequential", "SiLU", "Sigmoid",
     "Softmax", "Softplus", "StateDictKeyError",
-    "StateDictValueError", "Tanh", "TransposeConv2d", "UNet", "Unpicklable", "Upsampling",
+    "StateDictValueError", "Tanh", "TransposeConv2d", "UNet", "Unpicklable", "Upsample",
+    "Upsampling",
 ]  # fmt: skip

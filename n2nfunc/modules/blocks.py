@@ -356,6 +356,43 @@ class BilinearUpsampling(Module):
         return f"{_size_or_scale(self)}, align_corners={self.align_corners!r}"
 
 
+class Upsample(Module):
+    """``torch.nn.Upsample(size=None, scale_factor=None, mode="nearest", align_corners=None)``,
+    torch's argument order, for code ported from torch: ``mode="nearest"`` is
+    :class:`NearestUpsampling` (whole factors, or a ``size``), ``mode="bilinear"``
+    :class:`BilinearUpsampling`; other modes, and ``recompute_scale_factor``, are refused by
+    name."""
+
+    def __init__(
+        self,
+        size: IntPair | None = None,
+        scale_factor: ScalePair | None = None,
+        mode: str = "nearest",
+        align_corners: bool | None = None,
+        recompute_scale_factor: bool | None = None,
+    ):
+        _only_defaults("Upsample", recompute_scale_factor=(recompute_scale_factor, None))
+        if size is None and scale_factor is None:
+            raise ValueError("Upsample: give size or scale_factor (torch's takes no default)")
+        if mode == "nearest":
+            if align_corners is not None:
+                raise ValueError(
+                    "Upsample: align_corners can only be set with mode='bilinear' (as torch's)"
+                )
+            layer = nearest_upsample(scale_factor, size)
+        elif mode == "bilinear":
+            layer = bilinear_upsample(scale_factor, size, bool(align_corners))
+        else:
+            raise ValueError(
+                f"Upsample: mode={mode!r} is not provided (only 'nearest' and 'bilinear')"
+            )
+        super().__init__(layer, {})
+        self._fix(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+
+    def layer_description(self) -> str:
+        return f"{_size_or_scale(self)}, mode={self.mode!r}"
+
+
 class ReLU(Module):
     """``torch.nn.ReLU()``: ``max(x, 0)``; its gradient is 0 at 0, as torch's."""
 
