@@ -423,7 +423,8 @@ def test_the_wrappers_match_torch_nn_and_share_its_state_dict(dtype):
         (lambda: nf.GroupNorm(4, 6), ValueError, r"GroupNorm: num_channels 6 must divide into"),
         (lambda: nf.GroupNorm(2, 6, affine="no"), TypeError, r"GroupNorm.*affine must be True"),
         (lambda: nf.GroupNorm(2, 0), ValueError, r"GroupNorm: num_channels must be a positive"),
-        (lambda: nf.LayerNorm((3, 4)), ValueError, r"LayerNorm: normalized_shape must be one size"),
+        (lambda: nf.LayerNorm(()), ValueError, r"LayerNorm: normalized_shape must give at least"),
+        (lambda: nf.LayerNorm((3, 0)), ValueError, r"normalized_shape must be a positive int"),
         (lambda: nf.LayerNorm(4, bias=False), ValueError, r"LayerNorm: bias=False"),
         (lambda: nf.LayerNorm(4, elementwise_affine="no"), TypeError, r"elementwise_affine must"),
         (lambda: nf.LayerNorm("4"), TypeError, r"LayerNorm: normalized_shape must be a positive"),
@@ -584,3 +585,65 @@ def test_layer_norm_without_params_checks_the_size_it_was_given():
 def test_layer_norm_with_a_size_tells_the_next_layer_its_features():
     out, params = nf.serial(nf.layer_norm(size=4), nf.dense(3)).init(torch.Generator(), (-1, -1))
     assert out == (-1, 3) and params["1"]["weight"].shape == (3, 4)
+
+
+TRAILING_CASES = [  # input shape, the last k axes
+    ((2, 3, 4, 5), 3),  # (C, H, W), as torch.nn.LayerNorm((C, H, W))
+    ((1, 3, 4, 5), 2),  # (H, W), batch 1
+    ((3, 2, 7), 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,k", TRAILING_CASES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layer_norm_over_the_last_axes_matches_torch(dtype, shape, k, affine, channels_last):
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last needs a 4-d input")
+    axes = tuple(range(-k, 0))
+    layer = nf.layer_norm(axes, eps=1e-3, affine=affine)
+    params = _random_params(layer, shape, dtype)
+    if affine:
+        assert params["weight"].shape == shape[-k:]
+    x = _input(shape, dtype, channels_last=channels_last)
+
+    def reference(x_, weight=None, bias=None):
+        return F.layer_norm(x_, shape[-k:], weight, bias, 1e-3)
+
+    _compare(layer, params, x, reference, TOL[dtype])
+
+
+def test_layer_norm_over_the_last_axes_passes_check_vjp_and_refuses_bad_shapes():
+    layer = nf.layer_norm((-3, -2, -1))
+    _, params = layer.init(None, (-1, 3, 4, 5))
+    params = nf.tree.map(lambda t: torch.randn_like(t.double()), params)
+    nf.check_vjp(layer, params, _input((2, 3, 4, 5), torch.float64))
+    with pytest.raises(ValueError, match=r"expected input \(N, \.\.\., 3, 4, 5\).*\(2, 3, 5, 4\)"):
+        layer.apply(params, torch.randn(2, 3, 5, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"several axes must be the last ones"):
+        nf.layer_norm((1, 2))
+    with pytest.raises(ValueError, match=r"the last 2 sizes of input shape \(-1, 3, -1, 5\)"):
+        nf.layer_norm((-2, -1)).init(None, (-1, 3, -1, 5))
+    with pytest.raises(ValueError, match=r"expected input \(N, \.\.\., 4, 4\).*got \(2, 3, 4\)"):
+        nf.layer_norm((-2, -1), affine=False, size=(4, 4)).apply({}, torch.randn(2, 3, 4))
+
+
+def test_the_layer_norm_wrapper_takes_several_axes_as_torch():
+    ours, theirs = nf.LayerNorm((3, 4, 5)), torch.nn.LayerNorm((3, 4, 5))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.weight.shape == (3, 4, 5) and ours.normalized_shape == (3, 4, 5)
+    x = torch.randn(2, 3, 4, 5)
+    ct = torch.randn(2, 3, 4, 5)
+    xr = x.clone().requires_grad_()
+    with torch.enable_grad():
+        theirs(xr).backward(ct)
+    assert rel_err(ours.forward(x), theirs(x).detach()) < 1e-5
+    assert rel_err(ours.backward(ct), xr.grad) < 1e-5
+    for (_, g), q in zip(ours.param(), theirs.parameters()):
+        assert rel_err(g, q.grad) < 1e-5
+    with pytest.raises(ValueError, match=r"must be \(3, 4, 5\)|expected input"):
+        nf.LayerNorm((3, 4, 5), elementwise_affine=False).forward(torch.randn(2, 3, 5, 4))

@@ -318,7 +318,10 @@ def _per_sample(name: str, groups_of, eps, affine, rank: int, what: str) -> Laye
 
 
 def layer_norm(
-    axis: int = -1, eps: float = 1e-5, affine: bool = True, size: int | None = None
+    axis: int | tuple[int, ...] = -1,
+    eps: float = 1e-5,
+    affine: bool = True,
+    size: int | tuple[int, ...] | None = None,
 ) -> Layer:
     """Layer normalisation along one axis: each vector along ``axis`` (every index of the
     other axes: one sample's position) normalised by its own mean and biased variance, then
@@ -327,11 +330,19 @@ def layer_norm(
     default, is ``torch.nn.LayerNorm(F)``; ``axis=1`` of an (N, C, H, W) image normalises
     each pixel's channels (the "LayerNorm2d" of ConvNeXt and of NAFNet-style denoisers).
     The batch axis 0 is refused: samples stay apart. ``size``, where given, is the F an input
-    must have (the params tell it otherwise; without them, any F is taken). See the module
-    docstring for the gradients."""
+    must have (the params tell it otherwise; without them, any F is taken).
+
+    ``axis`` may also be the last k axes, ``(-k, ..., -1)`` (``size`` then their sizes): each
+    sample's position normalised over all of them together, the params of their shape, as
+    ``torch.nn.LayerNorm((C, H, W))``. See the module docstring for the gradients."""
     name = f"layer_norm(axis={axis}, eps={eps}, affine={affine}" + (
         ")" if size is None else f", size={size})"
     )
+    if isinstance(axis, (tuple, list)) and len(axis) != 1:
+        return _trailing_layer_norm(axis, eps, affine, size, name)
+    if isinstance(axis, (tuple, list)):
+        (axis,) = axis
+        size = size[0] if isinstance(size, (tuple, list)) and len(size) == 1 else size
     axis = an_int(axis, "axis", name)
     size = None if size is None else positive_int(size, "size", name)
     if axis == 0:
@@ -384,6 +395,69 @@ def layer_norm(
     return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, not affine, name))
 
 
+def _trailing_layer_norm(axes, eps, affine, sizes, name: str) -> Layer:
+    """``layer_norm`` over the last k axes (``axes`` = (-k, ..., -1)): the input reshaped to
+    (..., F), F their product, normalised along that axis with the params flattened, and the
+    output, gradients and input gradient reshaped back."""
+    k = len(axes)
+    if k == 0 or tuple(an_int(a, "axis", name) for a in axes) != tuple(range(-k, 0)):
+        raise ValueError(
+            f"{name}: several axes must be the last ones, (-k, ..., -1), got {tuple(axes)}"
+        )
+    if sizes is not None:
+        if not isinstance(sizes, (tuple, list)) or len(sizes) != k:
+            raise ValueError(f"{name}: size must give the {k} normalised axes' sizes")
+        sizes = tuple(positive_int(d, "size", name) for d in sizes)
+    eps = _positive_eps(eps, name)
+    affine = flag(affine, "affine", name)
+
+    def trailing(shape: tuple) -> tuple:
+        """The normalised axes' sizes of an input ``shape`` (or of init's, -1 where unknown),
+        checked against ``sizes``; the batch axis is not one of them."""
+        if len(shape) < k + 1:
+            raise ValueError(f"{name}: expected input of rank {k + 1} or more, got {shape}")
+        got = tuple(shape[-k:])
+        if sizes is not None and any(g not in (-1, s) for g, s in zip(got, sizes)):
+            raise ValueError(f"{name}: the last {k} axes of input shape {shape} must be {sizes}")
+        return sizes or got
+
+    def init(generator, in_shape):
+        shape = tensor_shape(in_shape, name, k + 1, f"(N, ...) of rank {k + 1} or more")
+        known = trailing(shape)
+        if -1 in known:
+            raise ValueError(f"{name}: the last {k} sizes of input shape {shape} must be known")
+        return shape[:-k] + known, _ones_zeros(known, generator, name) if affine else {}
+
+    def run(params, state, x):
+        lead, shape = tuple(x.shape[:-k]), tuple(x.shape[-k:])
+        flat = {n: t.reshape(-1) for n, t in params.items()}
+        y, pullback = _last_axis_normalized(x.reshape(*lead, -1), flat, eps)
+
+        def flat_pullback(ct, input_grad=True):
+            grads, dx = pullback(ct.reshape(*lead, -1), input_grad)
+            grads = {n: g.view(shape) for n, g in grads.items()}
+            return grads, None if dx is None else dx.view(x.shape)
+
+        return y.view(x.shape), state, flat_pullback
+
+    def vjp(params, x):
+        check_tensor(x, name)
+        if affine:
+            weight = params.get("weight") if isinstance(params, dict) else None
+            want = sizes or (tuple(weight.shape) if isinstance(weight, Tensor) else ())
+            check_params(params, name, {"weight": want, "bias": want})
+        else:
+            check_params(params, name, {})
+        shape = tuple(x.shape)
+        expected = sizes or (tuple(params["weight"].shape) if affine else None)
+        if len(shape) < k + 1 or 0 in shape[1:] or expected not in (None, shape[-k:]):
+            want = "(N, ...)" if expected is None else f"(N, ..., {', '.join(map(str, expected))})"
+            raise ValueError(f"{name}: expected input {want}, no size 0, got {shape}")
+        return _run_in(run, params, _like(x, params, name), name)
+
+    return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, not affine, name))
+
+
 def _split(c: int, groups: int, shape: tuple, name: str) -> None:
     """The channel count ``c`` of ``shape`` must be known and divide into ``groups`` groups."""
     if c == -1:
@@ -395,7 +469,7 @@ def _split(c: int, groups: int, shape: tuple, name: str) -> None:
         )
 
 
-def _ones_zeros(size: int, generator, name: str) -> dict:
+def _ones_zeros(size: int | tuple, generator, name: str) -> dict:
     """PyTorch's initial affine params of a normalisation: weight ones, bias zeros."""
     device = generator_device(generator, name)
     return {

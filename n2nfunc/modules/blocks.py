@@ -681,9 +681,10 @@ class InstanceNorm2d(_WeightBias):
 
 
 class LayerNorm(_WeightBias):
-    """``torch.nn.LayerNorm``-like block over the last axis of (N, *, F) inputs:
-    ``normalized_shape`` is F (or ``(F,)``), which inputs must have; ``weight`` / ``bias``
-    [F] (ones / zeros; none with ``elementwise_affine=False``; ``bias=False`` only then)."""
+    """``torch.nn.LayerNorm``-like block over the last axes of (N, *, ...) inputs:
+    ``normalized_shape`` is F (or ``(F,)``), or the sizes of the last k axes (``(C, H, W)``,
+    normalised together), which inputs must have; ``weight`` / ``bias`` of that shape (ones /
+    zeros; none with ``elementwise_affine=False``; ``bias=False`` only then)."""
 
     def __init__(
         self,
@@ -698,23 +699,21 @@ class LayerNorm(_WeightBias):
         if flag(bias, "bias", "LayerNorm") is False and affine:
             # torch's bias=False keeps a weight: no layer of ours has one alone
             _only_defaults("LayerNorm", bias=(bias, True))
-        features = normalized_shape
-        if isinstance(normalized_shape, (tuple, list)):
-            if len(normalized_shape) != 1:
-                raise ValueError(
-                    "LayerNorm: normalized_shape must be one size, the last axis's (F or "
-                    f"(F,)), got {tuple(normalized_shape)}"
-                )
-            features = normalized_shape[0]
-        features = positive_int(features, "normalized_shape", "LayerNorm")
-        self._fix(normalized_shape=(features,), eps=eps, elementwise_affine=affine)
-        description = _options(normalized_shape=(features,), eps=eps)
+        given = normalized_shape
+        shape = tuple(given) if isinstance(given, (tuple, list)) else (given,)
+        if not shape:
+            raise ValueError("LayerNorm: normalized_shape must give at least one size, got ()")
+        shape = tuple(positive_int(d, "normalized_shape", "LayerNorm") for d in shape)
+        one = len(shape) == 1  # the last axis: the plain layer, named as such
+        axes, sizes = (-1, shape[0]) if one else (tuple(range(-len(shape), 0)), shape)
+        self._fix(normalized_shape=shape, eps=eps, elementwise_affine=affine)
+        description = _options(normalized_shape=shape, eps=eps)
         super().__init__(
-            layer_norm(eps=eps, affine=affine, size=features),
-            features,
+            layer_norm(axes, eps=eps, affine=affine, size=sizes),
+            shape[0],
             None,
             description if affine else description + ", elementwise_affine=False",
-            in_shape=(-1, features),
+            in_shape=(-1, *shape),
             size="normalized_shape",
             device=device,
             dtype=dtype,
