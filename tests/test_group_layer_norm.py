@@ -647,3 +647,9 @@ def test_the_layer_norm_wrapper_takes_several_axes_as_torch():
         assert rel_err(g, q.grad) < 1e-5
     with pytest.raises(ValueError, match=r"must be \(3, 4, 5\)|expected input"):
         nf.LayerNorm((3, 4, 5), elementwise_affine=False).forward(torch.randn(2, 3, 5, 4))
+
+
+def test_layer_norm_over_the_last_axes_names_a_weight_of_the_wrong_rank():
+    params = {"weight": torch.ones(60), "bias": torch.zeros(60)}
+    with pytest.raises(ValueError, match=r"'weight' must have the 3 normalised axes' shape"):
+        nf.layer_norm((-3, -2, -1)).apply(params, torch.randn(2, 3, 4, 5))

@@ -1446,3 +1446,13 @@ def test_upsample_is_torch_nn_upsample(kwargs):
 def test_upsample_refuses_what_it_does_not_provide(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         nf.Upsample(**kwargs)
+
+
+def test_upsample_and_adaptive_pool_refuse_values_torch_refuses():
+    for bad in ("False", "no", 0.0):
+        with pytest.raises(TypeError, match=r"align_corners must be True or False"):
+            nf.Upsample(scale_factor=2, mode="bilinear", align_corners=bad)
+    for bad in ((1.0, 1), (True, 1), (1, 1, 1)):
+        with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d: only output_size=1"):
+            nf.AdaptiveAvgPool2d(bad)
+    assert nf.Upsample(scale_factor=2, recompute_scale_factor=False).mode == "nearest"

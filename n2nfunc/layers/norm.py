@@ -444,6 +444,11 @@ def _trailing_layer_norm(axes, eps, affine, sizes, name: str) -> Layer:
         check_tensor(x, name)
         if affine:
             weight = params.get("weight") if isinstance(params, dict) else None
+            if sizes is None and isinstance(weight, Tensor) and weight.dim() != k:
+                raise ValueError(
+                    f"{name}: parameter 'weight' must have the {k} normalised axes' shape, "
+                    f"got {tuple(weight.shape)}"
+                )
             want = sizes or (tuple(weight.shape) if isinstance(weight, Tensor) else ())
             check_params(params, name, {"weight": want, "bias": want})
         else:

@@ -371,7 +371,8 @@ class Upsample(Module):
         align_corners: bool | None = None,
         recompute_scale_factor: bool | None = None,
     ):
-        _only_defaults("Upsample", recompute_scale_factor=(recompute_scale_factor, None))
+        recompute = None if recompute_scale_factor is False else recompute_scale_factor
+        _only_defaults("Upsample", recompute_scale_factor=(recompute, None))
         if size is None and scale_factor is None:
             raise ValueError("Upsample: give size or scale_factor (torch's takes no default)")
         if mode == "nearest":
@@ -381,7 +382,8 @@ class Upsample(Module):
                 )
             layer = nearest_upsample(scale_factor, size)
         elif mode == "bilinear":
-            layer = bilinear_upsample(scale_factor, size, bool(align_corners))
+            corners = False if align_corners is None else align_corners  # (checked there)
+            layer = bilinear_upsample(scale_factor, size, corners)
         else:
             raise ValueError(
                 f"Upsample: mode={mode!r} is not provided (only 'nearest' and 'bilinear')"
@@ -441,7 +443,8 @@ class AdaptiveAvgPool2d(_Parameterless):
     (``global_avg_pool(keepdims=True)``); ``output_size`` only 1 (or (1, 1))."""
 
     def __init__(self, output_size: IntPair) -> None:
-        if _as_pair(output_size) != (1, 1):
+        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
+        if not all(type(v) is int and v == 1 for v in sizes) or len(sizes) not in (1, 2):
             raise ValueError(
                 f"AdaptiveAvgPool2d: only output_size=1 is provided, got {output_size!r}"
             )
