@@ -128,3 +128,15 @@ def test_a_wrong_cotangent_is_refused():
     _, pullback = nf.pixel_shuffle(2).vjp({}, torch.randn(1, 4, 2, 3))
     with pytest.raises(ValueError, match=r"pixel_shuffle.*output gradient must have"):
         pullback(torch.randn(1, 1, 4, 5))
+
+
+def test_strided_inputs_sliced_or_transposed():
+    base = _x((2, 8, 6, 10))
+    for x in (base[:, :, :, 1:9], base.transpose(2, 3)[:, :, 1:9, :4], base[::2]):
+        for r, fn, layer in [(2, F.pixel_unshuffle, nf.pixel_unshuffle(2))]:
+            y, pullback = layer.vjp({}, x)
+            assert torch.equal(y, fn(x, r))
+            ct = _x(y.shape, seed=3)
+            assert torch.equal(pullback(ct)[1], F.pixel_shuffle(ct, r))
+        z = F.pixel_unshuffle(x, 2)[:, ::2]  # a strided input of the shuffle
+        assert torch.equal(nf.pixel_shuffle(2).apply({}, z), F.pixel_shuffle(z, 2))
