@@ -1443,3 +1443,6 @@ def test_upsample_and_adaptive_pool_refuse_values_torch_refuses():
         with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d: only output_size=1"):
             nf.AdaptiveAvgPool2d(bad)
     assert nf.Upsample(scale_factor=2, recompute_scale_factor=False).mode == "nearest"
+    for kw in ({"scale_factor": 2}, {"scale_factor": (2, 3), "mode": "bilinear"}, {"size": 5}):
+        assert repr(nf.Upsample(**kw)) == repr(torch.nn.Upsample(**kw))
+        assert nf.Upsample(**kw).scale_factor == torch.nn.Upsample(**kw).scale_factor

@@ -389,7 +389,11 @@ class Upsample(Module):
                 f"Upsample: mode={mode!r} is not provided (only 'nearest' and 'bilinear')"
             )
         super().__init__(layer, {})
+        if scale_factor is not None:  # as torch keeps it: floats
+            pair_ = isinstance(scale_factor, (tuple, list))
+            scale_factor = tuple(map(float, scale_factor)) if pair_ else float(scale_factor)
         self._fix(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+        self._fix(recompute_scale_factor=recompute_scale_factor)
 
     def layer_description(self) -> str:
         return f"{_size_or_scale(self)}, mode={self.mode!r}"
