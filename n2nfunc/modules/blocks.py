@@ -389,10 +389,12 @@ class Upsample(Module):
                 f"Upsample: mode={mode!r} is not provided (only 'nearest' and 'bilinear')"
             )
         super().__init__(layer, {})
-        if scale_factor is not None:  # as torch keeps it: floats
-            pair_ = isinstance(scale_factor, (tuple, list))
-            scale_factor = tuple(map(float, scale_factor)) if pair_ else float(scale_factor)
-        self._fix(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+        kept: Any = scale_factor  # as torch keeps it: floats
+        if isinstance(scale_factor, (tuple, list)):
+            kept = tuple(float(f) for f in scale_factor)
+        elif scale_factor is not None:
+            kept = float(scale_factor)
+        self._fix(size=size, scale_factor=kept, mode=mode, align_corners=align_corners)
         self._fix(recompute_scale_factor=recompute_scale_factor)
 
     def layer_description(self) -> str:
