@@ -1446,3 +1446,23 @@ def test_upsample_and_adaptive_pool_refuse_values_torch_refuses():
     for kw in ({"scale_factor": 2}, {"scale_factor": (2, 3), "mode": "bilinear"}, {"size": 5}):
         assert repr(nf.Upsample(**kw)) == repr(torch.nn.Upsample(**kw))
         assert nf.Upsample(**kw).scale_factor == torch.nn.Upsample(**kw).scale_factor
+
+
+def test_torch_names_for_ported_code():
+    """ConvTranspose2d and MSELoss are the exercise's TransposeConv2d and MSE under torch's
+    names: torch's weights load into them and they compute what torch's do."""
+    torch.manual_seed(0)
+    ours = nf.ConvTranspose2d(4, 6, 3, 2, 1, 1)
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose2d(4, 6, 3, 2, 1, 1)
+    assert isinstance(ours, nf.TransposeConv2d) and torch.equal(ours.weight, theirs.weight)
+    x, y = torch.randn(2, 4, 5, 5), torch.randn(2, 6, 10, 10)
+    loss, loss_ref = nf.MSELoss(), torch.nn.MSELoss()
+    xr = x.clone().requires_grad_()
+    with torch.enable_grad():
+        value_ref = loss_ref(theirs(xr), y)
+        value_ref.backward()
+    value = loss.forward(ours.forward(x), y)
+    dx = ours.backward(loss.backward())
+    assert rel_err(value, value_ref.detach()) < 1e-6 and rel_err(dx, xr.grad) < 1e-5
+    assert repr(loss) == repr(loss_ref) == "MSELoss()"

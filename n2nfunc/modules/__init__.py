@@ -31,6 +31,7 @@ from .blocks import (
     BatchNorm2d,
     BilinearUpsampling,
     Conv2d,
+    ConvTranspose2d,
     Dropout,
     Flatten,
     GroupNorm,
@@ -55,7 +56,15 @@ from .blocks import (
     Upsample,
     Upsampling,
 )
-from .loss_blocks import MSE, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, LossModule
+from .loss_blocks import (
+    MSE,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    L1Loss,
+    LossModule,
+    MSELoss,
+)
 from .module import (
     NO_FORWARD,
     IncompatibleKeys,
@@ -70,7 +79,8 @@ from .sequential import Sequential
 __all__ = [
     "ELU", "GELU", "MSE", "NO_FORWARD", "SGD", "AdaptiveAvgPool2d", "Adam", "AdamW", "AvgPool2d",
     "BCEWithLogitsLoss",
-    "BatchNorm2d", "BilinearUpsampling", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten",
+    "BatchNorm2d", "BilinearUpsampling", "Conv2d", "ConvTranspose2d", "CrossEntropyLoss",
+    "Dropout", "Flatten", "MSELoss",
     "GroupNorm", "HuberLoss", "Identity", "IncompatibleKeys", "InstanceNorm2d", "L1Loss",
     "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "LossModule",
     "MaxPool2d", "Module", "NearestUpsampling", "Optimizer", "ParamGroup", "ParamPairs",

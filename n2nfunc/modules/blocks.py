@@ -247,6 +247,11 @@ class TransposeConv2d(_WeightBias):
         )
 
 
+class ConvTranspose2d(TransposeConv2d):
+    """``torch.nn.ConvTranspose2d``: :class:`TransposeConv2d` (the exercise's name) under
+    torch's, for code ported from torch; its errors name ``TransposeConv2d``."""
+
+
 class Upsampling(_WeightBias):
     """Nearest upsampling by ``scale_factor`` then a stride-1 convolution; exposes the
     convolution's ``weight`` / ``bias``."""

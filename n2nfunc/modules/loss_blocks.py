@@ -49,6 +49,13 @@ class MSE(LossModule):
         super().__init__(mse, "MSE", reduction)
 
 
+class MSELoss(LossModule):
+    """``torch.nn.MSELoss``: :class:`MSE` (the exercise's name) under torch's."""
+
+    def __init__(self, *, reduction: str = "mean"):
+        super().__init__(mse, "MSELoss", reduction)
+
+
 class L1Loss(LossModule):
     """Mean absolute error, ``mean|pred - target|``."""
 
