@@ -72,7 +72,7 @@ net = nf.serial(nf.fanout(2), nf.parallel(body, nf.identity()), nf.fanin_sum())
 out_shape, params = net.init(torch.Generator().manual_seed(0), (-1, 3, 32, 32))
 count = sum(t.numel() for _, t in nf.tree.flatten(params))
 print(f"output shape {out_shape}, {count:,} parameters")
-tiny = torch.rand(1, 3, 4, 6, dtype=torch.float64)  # the hand-written gradients, checked
+tiny = torch.rand(2, 3, 4, 6, dtype=torch.float64)  # the hand-written gradients, checked
 nf.check_vjp(net, nf.tree.map(lambda t: t.double(), params), tiny)
 print("check_vjp: the network's gradients match finite differences")
 

@@ -318,7 +318,7 @@ GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
             GN,
             torch.randn(2, 4, 3, 3),
             ValueError,
-            r"\(N, 6, \.\.\.\), no size 0, got \(2, 4, 3, 3\)",
+            r"\(N, 6, \.\.\.\) \(no axis of size 0\), got \(2, 4, 3, 3\)",
         ),
         (nf.group_norm(2), GN, torch.randn(6), ValueError, r"got \(6,\)"),
         (
@@ -326,10 +326,16 @@ GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
             GN,
             torch.randn(2, 6, 0, 3),
             ValueError,
-            r"no size 0, got \(2, 6, 0, 3\)",
+            r"\(no axis of size 0\), got \(2, 6, 0, 3\)",
         ),
         (nf.group_norm(2), GN, torch.randn(0, 6, 2, 2), ValueError, r"empty batch"),
-        (nf.group_norm(2, affine=False), None, torch.randn(2, 0, 3), ValueError, r"no size 0"),
+        (
+            nf.group_norm(2, affine=False),
+            None,
+            torch.randn(2, 0, 3),
+            ValueError,
+            r"\(no axis of size 0\)",
+        ),
         (nf.group_norm(2), GN, torch.randn(2, 6, 3).double(), TypeError, r"dtype torch.float64"),
         (
             nf.group_norm(2),
@@ -350,10 +356,16 @@ GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
             LN,
             torch.randn(2, 5),
             ValueError,
-            r"expected input \(N, 6\), no size 0, got \(2, 5\)",
+            r"expected input \(N, 6\) \(no axis of size 0\), got \(2, 5\)",
         ),
         (nf.layer_norm(affine=False), LN, torch.randn(0, 5), ValueError, r"empty batch"),
-        (nf.layer_norm(1), LN, torch.randn(2, 4, 3), ValueError, r"input \(N, 6, \*\), no size 0"),
+        (
+            nf.layer_norm(1),
+            LN,
+            torch.randn(2, 4, 3),
+            ValueError,
+            r"input \(N, 6, \*\) \(no axis of size 0\)",
+        ),
         (nf.layer_norm(2), (-1, 3, 6), torch.randn(2, 6), ValueError, r"axis 2 is not a non-batch"),
     ],
 )
@@ -533,7 +545,11 @@ def test_instance_norm_passes_check_vjp_and_matches_its_group_norm():
     [
         (nf.instance_norm, torch.randn(2, 3, 1, 1), r"instance_norm.*one pixel per channel"),
         (nf.instance_norm, torch.randn(2, 3, 4), r"expected input \(N, C, H, W\).*got \(2, 3, 4\)"),
-        (nf.instance_norm, torch.randn(2, 0, 4, 4), r"expected input \(N, C, H, W\), no size 0"),
+        (
+            nf.instance_norm,
+            torch.randn(2, 0, 4, 4),
+            r"expected input \(N, C, H, W\) \(no axis of size 0\)",
+        ),
         (lambda: nf.instance_norm(eps=0), torch.randn(2, 3, 4, 4), r"eps must be"),
         (lambda: nf.instance_norm(affine="yes"), torch.randn(2, 3, 4, 4), r"affine must be"),
     ],
@@ -653,3 +669,8 @@ def test_layer_norm_over_the_last_axes_names_a_weight_of_the_wrong_rank():
     params = {"weight": torch.ones(60), "bias": torch.zeros(60)}
     with pytest.raises(ValueError, match=r"'weight' must have the 3 normalised axes' shape"):
         nf.layer_norm((-3, -2, -1)).apply(params, torch.randn(2, 3, 4, 5))
+
+
+def test_a_size_of_several_axes_without_them_says_which_axis_to_give():
+    with pytest.raises(ValueError, match=r"goes with axis=\(-k, \.\.\., -1\).*axis=\(-3, -2, -1\)"):
+        nf.layer_norm(size=(32, 16, 16))

@@ -164,8 +164,16 @@ def test_the_wrapper_trains_like_torch_nn():
             ValueError,
             r"groups=3\): the 4 input channels .* do not split into 3 groups",
         ),
-        (lambda: nf.Conv2d(4, 6, 3, groups=3), ValueError, r"Conv2d: in_channels 4 must divide"),
-        (lambda: nf.Conv2d(6, 4, 3, groups=3), ValueError, r"Conv2d: out_channels 4 must divide"),
+        (
+            lambda: nf.Conv2d(4, 6, 3, groups=3),
+            ValueError,
+            r"Conv2d: in_channels 4 do not split into groups=3",
+        ),
+        (
+            lambda: nf.Conv2d(6, 4, 3, groups=3),
+            ValueError,
+            r"Conv2d: out_channels 4 do not split into groups=3",
+        ),
         (lambda: nf.Conv2d(4, 6, 3, groups=True), TypeError, r"Conv2d: groups must be"),
         (lambda: nf.conv2d(4, 3, groups=True), TypeError, r"groups=True\): groups must be a pos"),
     ],

@@ -112,8 +112,16 @@ def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer
             ValueError,
             r"groups=3\): the 4 input channels .* do not split into 3 groups",
         ),
-        (lambda: nf.TransposeConv2d(4, 6, 3, groups=3), ValueError, r"in_channels 4 must divide"),
-        (lambda: nf.TransposeConv2d(6, 4, 3, groups=3), ValueError, r"out_channels 4 must divide"),
+        (
+            lambda: nf.TransposeConv2d(4, 6, 3, groups=3),
+            ValueError,
+            r"in_channels 4 do not split into groups=3",
+        ),
+        (
+            lambda: nf.TransposeConv2d(6, 4, 3, groups=3),
+            ValueError,
+            r"out_channels 4 do not split into groups=3",
+        ),
         (lambda: nf.TransposeConv2d(4, 6, 3, groups=None), TypeError, r"groups must be a pos"),
     ],
 )
@@ -159,3 +167,8 @@ def test_grouped_conv_transpose2d_on_cuda():
         params = nf.tree.map(lambda t: t.cuda(), params_in(layer, shape, torch.float64))
         x = image(shape, torch.float64).cuda()
         _compare(layer, params, x, (s, p, op, groups, d), TOL[torch.float64])
+
+
+def test_torchs_name_is_in_its_errors():
+    with pytest.raises(ValueError, match=r"^ConvTranspose2d: in_channels 64 do not split into"):
+        nf.ConvTranspose2d(64, 32, 4, 2, 1, groups=3)

@@ -305,7 +305,9 @@ def _per_sample(name: str, groups_of, eps, affine, rank: int, what: str) -> Laye
         bad_rank = x.dim() < rank or (rank == 4 and x.dim() != 4)
         if bad_rank or (c != -1 and x.shape[1] != c) or 0 in x.shape[1:]:
             expected = what if c == -1 else what.replace("C", str(c), 1)
-            raise ValueError(f"{name}: expected input {expected}, no size 0, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name}: expected input {expected} (no axis of size 0), got {tuple(x.shape)}"
+            )
         groups = groups_of(tuple(x.shape))
 
         def run(params, state, x):
@@ -344,6 +346,11 @@ def layer_norm(
         (axis,) = axis
         size = size[0] if isinstance(size, (tuple, list)) and len(size) == 1 else size
     axis = an_int(axis, "axis", name)
+    if isinstance(size, (tuple, list)):
+        raise ValueError(
+            f"{name}: a size of several axes, {tuple(size)}, goes with axis=(-k, ..., -1), the "
+            f"last k axes (here axis={tuple(range(-len(size), 0))})"
+        )
     size = None if size is None else positive_int(size, "size", name)
     if axis == 0:
         raise ValueError(f"{name}: axis 0 is the batch axis; samples are normalised apart")
@@ -388,7 +395,8 @@ def layer_norm(
             sizes = ["N"] + ["*"] * (x.dim() - 1) if x.dim() >= 2 else ["N", "F"]
             sizes[a] = "F" if f == -1 else str(f)
             raise ValueError(
-                f"{name}: expected input ({', '.join(sizes)}), no size 0, got {tuple(x.shape)}"
+                f"{name}: expected input ({', '.join(sizes)}) (no axis of size 0), got "
+                f"{tuple(x.shape)}"
             )
         return _run_in(run, params, _like(x, params, name), name)
 
@@ -457,7 +465,7 @@ def _trailing_layer_norm(axes, eps, affine, sizes, name: str) -> Layer:
         expected = sizes or (tuple(params["weight"].shape) if affine else None)
         if len(shape) < k + 1 or 0 in shape[1:] or expected not in (None, shape[-k:]):
             want = "(N, ...)" if expected is None else f"(N, ..., {', '.join(map(str, expected))})"
-            raise ValueError(f"{name}: expected input {want}, no size 0, got {shape}")
+            raise ValueError(f"{name}: expected input {want} (no axis of size 0), got {shape}")
         return _run_in(run, params, _like(x, params, name), name)
 
     return Layer(init, apply_via_vjp(vjp), _guarded(vjp, affine, not affine, name))

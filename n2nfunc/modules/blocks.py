@@ -146,7 +146,9 @@ def _checked_groups(name: str, groups, in_channels, out_channels) -> int:
     groups = positive_int(groups, "groups", name)
     for size, what in ((in_channels, "in_channels"), (out_channels, "out_channels")):
         if positive_int(size, what, name) % groups:
-            raise ValueError(f"{name}: {what} {size} must divide into groups {groups}")
+            raise ValueError(
+                f"{name}: {what} {size} do not split into groups={groups} groups of equal size"
+            )
     return groups
 
 
@@ -214,8 +216,9 @@ class TransposeConv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("TransposeConv2d", bias, groups, padding_mode, any_groups=True)
-        groups = _checked_groups("TransposeConv2d", groups, in_channels, out_channels)
+        name = type(self).__name__  # (ConvTranspose2d, torch's name, too)
+        bias = _checked_flags(name, bias, groups, padding_mode, any_groups=True)
+        groups = _checked_groups(name, groups, in_channels, out_channels)
         layer = conv_transpose2d(
             out_channels,
             kernel_size,
@@ -249,7 +252,7 @@ class TransposeConv2d(_WeightBias):
 
 class ConvTranspose2d(TransposeConv2d):
     """``torch.nn.ConvTranspose2d``: :class:`TransposeConv2d` (the exercise's name) under
-    torch's, for code ported from torch; its errors name ``TransposeConv2d``."""
+    torch's, for code ported from torch."""
 
 
 class Upsampling(_WeightBias):
