@@ -57,6 +57,7 @@ NEW = [
     (nf.leaky_relu(3.0), lambda t: F.leaky_relu(t, 3.0)),  # slope > 1: the min branch
     (nf.tanh(), torch.tanh),
     (nf.gelu(), lambda t: F.gelu(t)),
+    (nf.gelu("tanh"), lambda t: F.gelu(t, approximate="tanh")),
     (nf.silu(), lambda t: F.silu(t)),
     (nf.elu(), lambda t: F.elu(t)),
     (nf.elu(0.3), lambda t: F.elu(t, 0.3)),

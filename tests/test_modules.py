@@ -550,6 +550,7 @@ BLOCKS = [
     (lambda: LeakyReLU(0.2), lambda: torch.nn.LeakyReLU(0.2)),
     (lambda: Tanh(), lambda: torch.nn.Tanh()),
     (lambda: GELU(), lambda: torch.nn.GELU()),
+    (lambda: GELU("tanh"), lambda: torch.nn.GELU("tanh")),
     (lambda: SiLU(), lambda: torch.nn.SiLU()),
     (lambda: nf.Identity(), lambda: torch.nn.Identity()),
     (lambda: nf.AdaptiveAvgPool2d(1), lambda: torch.nn.AdaptiveAvgPool2d(1)),
@@ -639,9 +640,10 @@ def test_loss_wrappers_match_torch_nn(ours, ref, target):
     assert loss.param() == []
 
 
-def test_gelu_tanh_approximation_is_refused():
-    with pytest.raises(ValueError, match="GELU: only approximate='none'"):
-        GELU("tanh")
+def test_gelu_takes_torchs_two_forms_only():
+    with pytest.raises(ValueError, match=r"GELU: gelu: approximate must be 'none' or 'tanh'"):
+        GELU("sigmoid")
+    assert repr(GELU("tanh")) == repr(torch.nn.GELU("tanh")) and GELU().approximate == "none"
 
 
 def test_a_cnn_classifier_trains_like_torch_nn():

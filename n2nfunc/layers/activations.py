@@ -227,11 +227,41 @@ def _gelu_grad(x, y, ct):
     return pdf.mul_(x).add_(_normal_cdf(x)).mul_(ct)
 
 
-def gelu() -> Layer:
+_TANH_K = math.sqrt(2 / math.pi)
+_TANH_C = 0.044715
+
+
+def _gelu_tanh(x):
+    u = (x * x).mul_(_TANH_C).add_(1).mul_(x).mul_(_TANH_K)  # k (x + c x^3)
+    return u.tanh_().add_(1).mul_(x).mul_(0.5)
+
+
+def _gelu_tanh_grad(x, y, ct):
+    """``ct * (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2))``, ``t = tanh(k (x + c x^3))``:
+    PyTorch's formula."""
+    x2 = x * x
+    t = x2.mul(_TANH_C).add_(1).mul_(x).mul_(_TANH_K).tanh_()
+    slope = x2.mul_(3 * _TANH_C).add_(1).mul_(_TANH_K).mul_(x).mul_(0.5)  # x k (1 + 3 c x^2) / 2
+    slope.mul_(t.mul(t).neg_().add_(1))
+    return t.add_(1).mul_(0.5).add_(slope).mul_(ct)
+
+
+def gelu(approximate: str = "none") -> Layer:
     """The exact GELU, ``y = x Phi(x) = x erfc(-x / sqrt 2) / 2``;
     ``dx = ct * (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))``; 16-bit inputs are computed in
     float32 and rounded once, as PyTorch's 16-bit GELU (the rounded argument of erfc had
-    cost 2% at x = -3.5)."""
+    cost 2% at x = -3.5). ``approximate="tanh"``: PyTorch's tanh form, ``y = x (1 + tanh(k
+    (x + c x^3))) / 2``, ``k = sqrt(2 / pi)``, ``c = 0.044715``."""
+    if approximate == "tanh":
+        return _elementwise(
+            "gelu(approximate='tanh')",
+            _float32_inside(_gelu_tanh),
+            _float32_inside(_gelu_tanh_grad),
+        )
+    if approximate != "none":
+        raise ValueError(
+            f"gelu: approximate must be 'none' or 'tanh', as torch's, got {approximate!r}"
+        )
     return _elementwise("gelu", _float32_inside(_gelu), _float32_inside(_gelu_grad))
 
 

@@ -538,12 +538,13 @@ class Tanh(_Parameterless):
 
 
 class GELU(_Parameterless):
-    """The exact (erf) GELU; ``approximate="tanh"`` is not provided."""
+    """``torch.nn.GELU(approximate="none")``: the exact (erf) GELU, or with
+    ``approximate="tanh"`` torch's tanh form."""
 
     def __init__(self, approximate: str = "none"):
-        if approximate != "none":
-            raise ValueError(f"GELU: only approximate='none' is provided, got {approximate!r}")
-        super().__init__(gelu())
+        description = "" if approximate == "none" else f"approximate={approximate!r}"
+        super().__init__(gelu(approximate), description)
+        self._fix(approximate=approximate)
 
 
 class SiLU(_Parameterless):
