@@ -393,6 +393,12 @@ def shape_or_streams(in_shape, layer: str):
     return tensor_shape(in_shape, layer, 0, "(N, ...) or a tuple of shapes")
 
 
+def float32_if_16bit(t: Tensor) -> Tensor:
+    """``t`` widened to float32 where it is a 16-bit float, else ``t`` itself: the layers that
+    sum many terms compute 16-bit inputs in float32 and round the result once."""
+    return t.float() if t.element_size() <= 2 else t
+
+
 def check_tensor(x, layer: str, what: str = "input") -> Tensor:
     """``x`` must be a floating-point tensor."""
     if not isinstance(x, Tensor):

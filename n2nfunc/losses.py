@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from .base import check_tensor, real_number
+from .base import check_tensor, float32_if_16bit, real_number
 from .layers.activations import log_softmax_of
 
 
@@ -156,7 +156,7 @@ def cross_entropy_with(label_smoothing: float = 0.1) -> Loss:
         _check_labels(logits, labels, name)
         n, k = logits.shape
         given = logits.dtype  # 16-bit floats computed in float32, rounded once (as softmax)
-        logits = logits.float() if logits.element_size() == 2 else logits
+        logits = float32_if_16bit(logits)
         log_p = log_softmax_of(logits, 1)
         target = logits.new_full((n, k), eps / k)
         target.scatter_(1, labels.view(n, 1).long(), 1 - eps + eps / k)

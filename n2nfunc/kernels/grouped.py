@@ -21,17 +21,14 @@ rounded after each tap.
 
 from torch import Tensor
 
+from ..base import float32_if_16bit
 from ..nhwc import pad, pads_to_read, reads, windows
-
-
-def _in_float32(t: Tensor) -> Tensor:
-    return t.float() if t.element_size() <= 2 else t
 
 
 def _taps(weight: Tensor) -> Tensor:
     """(C m, 1, kh, kw) -> (kh, kw, C m): each tap's weights a contiguous vector (a strided
     one, broadcast over the channels-last pixels, made the passes several times slower)."""
-    return _in_float32(weight)[:, 0].permute(1, 2, 0).contiguous()
+    return float32_if_16bit(weight)[:, 0].permute(1, 2, 0).contiguous()
 
 
 def _repeated(xp: Tensor, m: int) -> Tensor:
@@ -45,7 +42,7 @@ def depthwise_conv(xh: Tensor, weight: Tensor, bias, k, s, p, d, out_hw):
     (C m, 1, kh, kw), ``y`` (N, Ho, Wo, C m) in ``xh``'s dtype, and what its gradients read:
     the padded input (channels repeated ``m`` times) and ``m``."""
     m = weight.shape[0] // xh.shape[3]
-    xp = _repeated(pad(_in_float32(xh), *pads_to_read(xh, k, s, p, d, out_hw)), m)
+    xp = _repeated(pad(float32_if_16bit(xh), *pads_to_read(xh, k, s, p, d, out_hw)), m)
     win = windows(xp, k, s, d, out_hw)  # (N, Ho, Wo, kh, kw, C m)
     w = _taps(weight)
     y = win[:, :, :, 0, 0] * w[0, 0]
@@ -62,7 +59,7 @@ def depthwise_conv_grads(g: Tensor, weight: Tensor, saved, k, s, p, d, in_hw, in
     """``(dw, dx)`` of :func:`depthwise_conv` for the NHWC output gradient ``g``; ``dx``
     (NHWC, the input's size ``in_hw``) is None unless ``input_grad``."""
     (n, ho, wo, cm), (xp, m) = g.shape, saved
-    g32 = _in_float32(g)
+    g32 = float32_if_16bit(g)
     win = windows(xp, k, s, d, (ho, wo))
     taps = [(a, b) for a in range(k[0]) for b in range(k[1])]
     dw = g32.new_empty(cm, k[0], k[1])

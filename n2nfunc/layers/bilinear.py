@@ -41,6 +41,7 @@ from ..base import (
     check_params,
     check_tensor,
     flag,
+    float32_if_16bit,
     image_shape,
     is_number,
     output_of,
@@ -91,14 +92,14 @@ def bilinear_upsample(
         ho, wo = out_sizes(h, w, x.shape)
         rows = _axis_map(h, ho, None if by_size else scales[0], align_corners, x)
         cols = _axis_map(w, wo, None if by_size else scales[1], align_corners, x)
-        xh = to_nhwc(x) if x.element_size() > 2 else to_nhwc(x).float()
+        xh = float32_if_16bit(to_nhwc(x))
         y = _along(_along(xh, 2, cols), 1, rows).to(x.dtype)
         y = to_nchw(y)
         y_out = output_of(y)
 
         def pullback(ct):
             g = to_nhwc(check_cotangent(ct, y_out, name))
-            g = g if g.element_size() > 2 else g.float()
+            g = float32_if_16bit(g)
             dx = _back_along(_back_along(g, 1, rows, h), 2, cols, w)
             return {}, to_nchw(dx.to(x.dtype))
 
