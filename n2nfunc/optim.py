@@ -91,6 +91,8 @@ def check_real_floats(grads, what: str) -> None:
     """Every leaf must be a real floating-point tensor: the optimizers' formulas (``g * g``
     for a squared magnitude) would be silently wrong on complex numbers and fail deep inside
     on integers."""
+    if all(getattr(g, "is_floating_point", lambda: False)() for g in tree.leaves(grads)):
+        return  # the usual case, without building paths
     for path, g in tree.flatten(grads):
         if not getattr(g, "is_floating_point", lambda: False)():
             kind = f"dtype {g.dtype}" if isinstance(g, Tensor) else f"a {type(g).__name__}"
@@ -624,7 +626,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
 def added(params, updates):
     """:func:`apply_updates` of trees already cut from autograd's graph."""
     tree.check_like(updates, params, "apply_updates: updates", device=True)
-    return tree.add(params, updates)
+    return tree.map(lambda p, u: p + u, params, updates)  # (shapes checked: tree.add's again)
 
 
 def cosine_decay(

@@ -138,8 +138,10 @@ def fixed(
     rng_state = rng.get_state() if rng is not None else None
 
     def state_for(params):  # converted at each call: the held state may change in place
+        if state is None:
+            return state
         first = next((t for t in tree.leaves(params) if _is_float_tensor(t)), None)
-        if first is None or state is None:
+        if first is None:
             return state
         return tree.map(lambda t: _follow(t, first), state)
 

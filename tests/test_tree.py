@@ -1,3 +1,5 @@
+import collections
+
 import pytest
 import torch
 
@@ -40,6 +42,34 @@ def test_structure_errors_name_the_path():
         tree.map(lambda u, v: u, {"decoder": torch.ones(1)}, {"decoder": {"w": torch.ones(1)}})
     with pytest.raises(ValueError, match=r"at 'x': a list of length 2 vs a list of length 1"):
         tree.map(lambda u, v: u, {"x": [1, 2]}, {"x": [1]})
+
+
+@pytest.mark.parametrize("trees", [1, 2, 3])
+def test_map_of_one_two_or_more_trees_agree(trees):
+    """map has a walk written out for one tree and for two, and the general one for more:
+    the same results, containers and leaf order, and the same errors naming the path."""
+    point = collections.namedtuple("point", "x y")
+    a = {"b": [torch.ones(2), (3.0, point(torch.zeros(1), 2))], "a": {}, "c": None}
+    seen = []
+    out = tree.map(lambda *xs: seen.append(xs[0]) or xs, a, *[a] * (trees - 1))
+    assert seen == tree.leaves(a) == [leaf for _, leaf in tree.flatten(a)]
+    assert list(out) == ["b", "a", "c"] and out["a"] == {} and out["c"] == (None,) * trees
+    assert type(out["b"][1]) is tuple and type(out["b"][1][1]) is point
+    assert out["b"][1][1].y == (2,) * trees
+    if trees > 1:
+        other = {"b": [torch.ones(2), (3.0, [torch.zeros(1)])], "a": {}, "c": None}
+        with pytest.raises(ValueError, match=r"at 'b.1.1': a point of length 2 vs a list of "):
+            tree.map(lambda *xs: xs, a, *[a] * (trees - 2), other)
+
+
+def test_detach_returns_the_same_tree_unless_a_leaf_requires_grad():
+    w = torch.ones(2)
+    t = {"w": w, "n": [3]}
+    assert tree.detach(t) is t  # nothing to cut: no walk, no new containers
+    p = torch.nn.Parameter(torch.ones(2))
+    cut = tree.detach({"w": w, "p": p})
+    assert cut["w"] is w and not cut["p"].requires_grad
+    assert cut["p"].data_ptr() == p.data_ptr()
 
 
 def test_vdot_pairs_leaves_by_key_and_refuses_other_structures():
