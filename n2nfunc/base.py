@@ -45,6 +45,8 @@ from torch import Generator, Tensor, device, dtype, empty
 # only empty, cat, arange and type names.
 BOOL = empty(0).bool().dtype
 INT16, INT32, INT64 = empty(0).short().dtype, empty(0).int().dtype, empty(0).long().dtype
+# the integer dtype of each element size: a float tensor's bits, read as integers (.view)
+SAME_SIZE_INT = {2: INT16, 4: INT32, 8: INT64}
 BFLOAT16, FLOAT32, FLOAT64 = (
     empty(0).bfloat16().dtype,
     empty(0).float().dtype,

@@ -58,7 +58,17 @@ def test_pools_match_torch_float32(kind, k, s, p):
     _compare(layer, lambda t: ref(t, k, s, p), randn(2, 3, 9, 10, dtype=torch.float32), TOL32)
 
 
-@pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 1, 1), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
+@pytest.mark.parametrize(
+    "k,s,p",
+    [
+        (2, None, 0),
+        (3, None, 1),
+        ((2, 3), None, (1, 1)),
+        (3, 1, 1),
+        (3, 2, 1),
+        ((2, 3), (1, 2), (1, 1)),
+    ],
+)
 @pytest.mark.parametrize("values", [1, 2, 3])
 @pytest.mark.parametrize("masks", [False, True])
 def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values, masks):
@@ -75,6 +85,27 @@ def test_max_pool_ties_go_to_the_first_maximum_like_torch(k, s, p, values, masks
     y, pullback = nf.max_pool2d(k, s, p).vjp({}, x)
     y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, s, p), [x], ct)
     assert torch.equal(y, y_ref) and torch.equal(pullback(ct)[1], g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k,p", [(2, 0), (3, 1)])
+def test_max_pool_tiles_write_every_input_gradient_exactly(dtype, k, p):
+    """Windows that tile the input (stride = kernel) write each input's gradient rather than
+    add it, into an input gradient that is not zeroed first: the rows and columns past the
+    last window (7 x 8 images), the padding and every input off a maximum must still get 0,
+    and every maximum its gradient bit for bit (+0 for a -0 gradient, as torch's sum)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 3, (2, 5, 7, 8), generator=gen).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    ct = torch.randn(F.max_pool2d(x.float(), k, k, p).shape, generator=gen).to(dtype)
+    ct[0, 0, 0, 0] = -0.0
+    y, pullback = nf.max_pool2d(k, padding=p).vjp({}, x)
+    y_ref, (g,) = autograd_vjp(lambda t: F.max_pool2d(t, k, k, p), [x], ct)
+    dx = pullback(ct)[1]
+    assert torch.equal(y, y_ref) and torch.equal(dx, g)
+    assert torch.equal(
+        dx.view(torch.int16 if dtype != torch.float32 else torch.int32).ne(0), g.ne(0)
+    )
 
 
 def test_max_pool_with_negative_inputs_ignores_the_padding():

@@ -9,9 +9,7 @@ layout, so channels-last activations stay channels-last.
 import math
 
 from ..base import (
-    INT16,
-    INT32,
-    INT64,
+    SAME_SIZE_INT,
     Layer,
     Unchanged,
     an_int,
@@ -70,9 +68,6 @@ def relu() -> Layer:
     )
 
 
-_SAME_SIZE_INT = {2: INT16, 4: INT32, 8: INT64}
-
-
 def _positive_bits(v):
     """1 where the float ``v`` > 0, else 0, as integers of its size: a positive float's bits
     read as an integer are a positive number, +0's are 0 and a negative float's (sign bit
@@ -81,7 +76,7 @@ def _positive_bits(v):
     forward pass carries it already): PyTorch's ReLU passes the cotangent at every NaN, this
     mask at one with the sign bit clear (``float("nan")``; arithmetic's NaNs on x86, as
     ``inf - inf``, have it set, and get 0)."""
-    return v.view(_SAME_SIZE_INT[v.element_size()]).clamp(0, 1)
+    return v.view(SAME_SIZE_INT[v.element_size()]).clamp(0, 1)
 
 
 def _relu_mask_bits(y, ct):
@@ -90,7 +85,7 @@ def _relu_mask_bits(y, ct):
     0.34 -> 0.16 ms against ``sign(y) * ct``; 2-core Xeon; float32 within 10% of it, 0.15 ->
     0.17 ms, 2-core AMD EPYC). Two passes: ANDed with the negated mask, three, took 1.2-1.5x
     as long (100 x 48 x 16 x 16 float32 0.47 -> 0.34 ms, torch's 0.26; 2-core Intel Xeon)."""
-    ints = _SAME_SIZE_INT[y.element_size()]
+    ints = SAME_SIZE_INT[y.element_size()]
     return _positive_bits(y).mul_(ct.view(ints)).view(y.dtype)
 
 
@@ -98,7 +93,7 @@ def _select_bits(v, yes, no):
     """``yes`` where the 16-bit float ``v`` > 0, else ``no`` (both of ``v``'s dtype), chosen
     on the bits, ``no ^ ([v > 0] * (no ^ yes))``: a boolean ``where`` on channels-last
     bfloat16 takes 3.6 ms for 8 x 64 x 64 x 48 numbers, this 0.45 (2-core AMD EPYC)."""
-    ints = _SAME_SIZE_INT[v.element_size()]
+    ints = SAME_SIZE_INT[v.element_size()]
     no_bits = no.view(ints)
     mask = _positive_bits(v)  # 0 or 1, written into: the result keeps v's memory layout
     return mask.mul_(no_bits.bitwise_xor(yes.view(ints))).bitwise_xor_(no_bits).view(v.dtype)
@@ -171,12 +166,17 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     name = f"leaky_relu(negative_slope={negative_slope})"
     a = _number(negative_slope, "negative_slope", name) + 0.0  # -0.0 as 0.0: one key per slope
 
+    slopes: dict = {}  # (dtype, device) -> the one-element weight of prelu, made once
+
     def forward(x):
         if a == 0:  # (with a = 0, inf * 0 would be NaN)
             return x.clamp(min=0)
         if x.element_size() >= 4:
             # the tensor method prelu: x or a x by sign, in one pass (twice as fast as two)
-            return x.prelu(x.new_full((1,), a))
+            key = (x.dtype, x.device)
+            if key not in slopes:
+                slopes[key] = x.new_full((1,), a)
+            return x.prelu(slopes[key])
         # 16-bit floats: max(x, a x) for a <= 1, min(x, a x) for a > 1, several times faster
         # than a boolean where; a x rounded from the exact product, as PyTorch's (prelu
         # would round a first)

@@ -9,6 +9,7 @@ import math
 from torch import Tensor
 
 from ..base import (
+    SAME_SIZE_INT,
     IntPair,
     Layer,
     Unchanged,
@@ -121,41 +122,60 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     """Route each output gradient to the first input of its window (row-major) that equals
     the window's maximum: one pass per kernel offset, each claiming the share of the
     gradient that earlier offsets left free, so tied maxima count once and overlapping
-    windows add up. Float arithmetic when every maximum and gradient is finite (``v - max``
-    is 0 exactly at a maximum; comparisons producing bool tensors are several times slower
-    on the CPU; an infinite gradient times 0 would be NaN off the maximum);
-    otherwise, and on a GPU (where the finiteness test would make the host wait for the
-    device), boolean masks that also route a NaN maximum to the first NaN, and a window of
-    -inf only to its first input, never to the padding (which counts as -inf too)."""
+    windows add up. On the bits of finite numbers (:func:`_route_by_bits`) when every maximum
+    and gradient is finite (an infinite gradient times 0 would be NaN off the maximum;
+    comparisons producing bool tensors are several times slower on the CPU); otherwise, and
+    on a GPU (where the finiteness test would make the host wait for the device), boolean
+    masks that also route a NaN maximum to the first NaN, and a window of -inf only to its
+    first input, never to the padding (which counts as -inf too)."""
     win, y = saved
+    n, hp, wp, c = padded_shape
     ho, wo = g.shape[1], g.shape[2]
-    dxp = g.new_zeros(padded_shape)
+    tiles = tuple(k) == tuple(s)  # every input in one window at most: written, not added
+    finite = y.device.type == "cpu" and all(math.isfinite(float(t.sum())) for t in (y, g))
+    if finite and tiles:
+        dxp = g.new_empty(padded_shape)
+        dxp[:, k[0] * ho :].zero_()  # rows and columns past the last window
+        dxp[:, : k[0] * ho, k[1] * wo :].zero_()
+    else:
+        dxp = g.new_zeros(padded_shape)
     parts = _offsets(win)
     slots = [
         dxp[:, a : a + s[0] * (ho - 1) + 1 : s[0], b : b + s[1] * (wo - 1) + 1 : s[1]]
         for a in range(k[0])
         for b in range(k[1])
     ]
-    if y.device.type == "cpu" and all(math.isfinite(float(t.sum())) for t in (y, g)):
-        _route_by_arithmetic(g, y, parts, slots)
+    if finite:
+        _route_by_bits(g, y, parts, slots, add=not tiles)
     else:
         _route_by_masks(g, y, parts, slots, padded_shape, k, s, p)
     return dxp
 
 
-def _route_by_arithmetic(g: Tensor, y: Tensor, parts, slots) -> None:
-    """:func:`_max_backward` for finite maxima and gradients: ``sign(v - max) + 1`` is 1 at a
-    maximum, else 0, and each offset claims the share that earlier ones left free."""
-    free = None  # the share of each output's gradient not yet routed (1, then 0)
+def _route_by_bits(g: Tensor, y: Tensor, parts, slots, add: bool) -> None:
+    """:func:`_max_backward` for finite maxima and gradients, on the bits: ``y - v`` is +0
+    exactly where ``v`` is the window's maximum and positive elsewhere, so its bits read as
+    an integer clamped to [0, 1] are 0 at the maximum and 1 elsewhere; the gradient still
+    free (its bits) times that is what later offsets may claim, and its XOR with what was
+    free before is this offset's share -- the free gradient where it claims, else +0. Five
+    passes per offset, written into the offset's slot (``add``: added, where windows
+    overlap), against six and a zeroed input gradient as float arithmetic (``sign(v - y) +
+    1``). Written, a -0 gradient is first made +0 (``g + 0``), as the sum into zeros that
+    PyTorch's backward pass is makes it."""
+    ints = SAME_SIZE_INT[g.element_size()]
+    free = (g if add else g + 0.0).view(ints)
     for v, slot in zip(parts[:-1], slots[:-1]):
-        hit = v.sub(y).sign_().add_(1)  # 1 where v is the window's maximum, else 0
-        claim = hit if free is None else hit.mul_(free)
-        free = claim.neg().add_(1) if free is None else free.sub_(claim)
-        slot.addcmul_(claim, g)
-    if free is None:  # a single offset: it takes every gradient
-        slots[-1].add_(g)
+        left = y.sub(v).view(ints).clamp_(0, 1).mul_(free)  # free where v is not the maximum
+        _write(slot, free.bitwise_xor(left).view(g.dtype), add)
+        free = left
+    _write(slots[-1], free.view(g.dtype), add)
+
+
+def _write(slot: Tensor, share: Tensor, add: bool) -> None:
+    if add:
+        slot.add_(share)
     else:
-        slots[-1].addcmul_(free, g)
+        slot.copy_(share)
 
 
 def _route_by_masks(g: Tensor, y: Tensor, parts, slots, padded_shape, k, s, p) -> None:
