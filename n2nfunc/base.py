@@ -84,6 +84,14 @@ class Layer(NamedTuple):
     apply: Callable[[Params, Any], Any]
     vjp: Callable[[Params, Any], tuple[Any, Pullback]]
 
+    def __call__(self, *args, **kwargs):
+        """Refused with the calls to make: a layer holds no params (as stax's pairs)."""
+        raise TypeError(
+            "a Layer is not called: out_shape, params = layer.init(generator, in_shape), then "
+            "y = layer.apply(params, x) (or y, pullback = layer.vjp(params, x)); "
+            "n2nfunc.Module.from_layer(layer, in_shape) makes a block with forward/backward"
+        )
+
 
 def apply_via_vjp(vjp: Callable) -> Callable:
     """An ``apply`` that runs ``vjp`` and drops the pullback, for layers whose forward pass
@@ -368,6 +376,8 @@ def _shown(in_shape) -> str:
             f"a tensor of shape {tuple(in_shape.shape)} (init takes the shape: "
             f"pass x.shape, or -1 for sizes not known yet)"
         )
+    if isinstance(in_shape, (tuple, list)) and None in in_shape:
+        return f"{in_shape!r} (-1, not None, stands for a size not known yet)"
     return repr(in_shape)
 
 
@@ -429,7 +439,10 @@ def check_like(x: Tensor, layer: str, like: Tensor) -> Tensor:
     if x.dtype != like.dtype:
         raise TypeError(
             f"{layer}: input dtype {x.dtype} does not match the parameters' "
-            f"dtype {like.dtype} (input shape {tuple(x.shape)})"
+            f"dtype {like.dtype} (input shape {tuple(x.shape)}): convert one to the other "
+            f"(the params, or a block with .to(dtype={x.dtype}); the input with "
+            f".to({like.dtype})), or run a float32 network on bfloat16 operands with "
+            "mixed_precision(layer, 'bfloat16')"
         )
     if x.device != like.device:
         raise ValueError(

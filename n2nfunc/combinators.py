@@ -125,6 +125,11 @@ def _check_layers(layers, name):
 def _what(obj) -> str:
     """The type of ``obj``; for a layer-making function passed uncalled (``relu`` for
     ``relu()``), how to make the layer."""
+    if type(obj).__module__.startswith("n2nfunc.modules"):  # a class wrapper, as SiLU()
+        return (
+            f"a {type(obj).__name__} block (a class wrapper); combinators take functional "
+            "layers (as silu() for SiLU()): its .layer, or n2nfunc.Sequential(...) of blocks"
+        )
     code = getattr(obj, "__code__", None)
     if code is None or not (getattr(obj, "__module__", None) or "").startswith("n2nfunc"):
         return type(obj).__name__

@@ -58,6 +58,14 @@ class StatefulLayer(NamedTuple):
     apply: Callable[..., tuple[Any, State]]
     vjp: Callable[..., tuple[Any, State, Pullback]]
 
+    def __call__(self, *args, **kwargs):
+        """Refused with the calls to make: a layer holds no params or state."""
+        raise TypeError(
+            "a StatefulLayer is not called: out_shape, params, state = layer.init(generator, "
+            "in_shape), then y, state = layer.apply(params, state, x, train=..., rng=...); "
+            "n2nfunc.Module.from_layer(layer, in_shape) makes a block with forward/backward"
+        )
+
 
 _MISSING = object()
 

@@ -364,3 +364,20 @@ def test_runtime_errors_inside_a_network_name_the_layers_path():
     with pytest.raises(Mine) as info:
         net.apply({"0": {}, "1": {"0": {}, "1": {}}}, torch.ones(2))
     assert info.value.__notes__ == ["in layer 1.1"]
+
+
+def test_misused_layers_and_blocks_get_errors_that_say_what_to_do():
+    """A block where a layer goes, a class where a block goes, a layer called as a function,
+    None for an unknown size: each error names the fix."""
+    with pytest.raises(TypeError, match=r"argument 0 is not a Layer but a SiLU block.*\.layer"):
+        nf.serial(nf.SiLU())
+    with pytest.raises(TypeError, match=r"block 0 is the class SiLU, not a Module: .*SiLU\(\)"):
+        nf.Sequential(nf.SiLU)
+    with pytest.raises(TypeError, match=r"make one, Conv2d\(\.\.\.\)"):
+        nf.Sequential(nf.Conv2d)
+    with pytest.raises(TypeError, match=r"a Layer is not called: .*layer\.apply\(params, x\)"):
+        nf.silu()(torch.ones(1))
+    with pytest.raises(TypeError, match=r"a StatefulLayer is not called: .*layer\.apply\("):
+        nf.dropout(0.5)(torch.ones(1))
+    with pytest.raises(ValueError, match=r"got \(None, 4, 6, 6\) \(-1, not None, stands for"):
+        nf.conv2d(4, 3).init(torch.Generator(), (None, 4, 6, 6))

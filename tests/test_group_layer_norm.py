@@ -318,7 +318,7 @@ GN, LN = (-1, 6, 3), (-1, 6)  # the init shapes of the cases below
             GN,
             torch.randn(2, 4, 3, 3),
             ValueError,
-            r"\(N, 6, \.\.\.\) \(no axis of size 0\), got \(2, 4, 3, 3\)",
+            r"group_norm\(.*\): input of shape \(2, 4, 3, 3\) has 4 channels, expected 6",
         ),
         (nf.group_norm(2), GN, torch.randn(6), ValueError, r"got \(6,\)"),
         (
@@ -674,3 +674,40 @@ def test_layer_norm_over_the_last_axes_names_a_weight_of_the_wrong_rank():
 def test_a_size_of_several_axes_without_them_says_which_axis_to_give():
     with pytest.raises(ValueError, match=r"goes with axis=\(-k, \.\.\., -1\).*axis=\(-3, -2, -1\)"):
         nf.layer_norm(size=(32, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "make,wrapper",
+    [
+        (lambda: nf.group_norm(4, 64), "GroupNorm"),
+        (lambda: nf.instance_norm(64), "InstanceNorm2d"),
+        (lambda: nf.batch_norm2d(64), "BatchNorm2d"),
+    ],
+)
+def test_a_channel_count_in_eps_place_is_refused(make, wrapper):
+    """Ported from nn.GroupNorm(4, 64) / nn.InstanceNorm2d(64): the functional layers take no
+    channel count, and an eps of 64 had normalised without a word."""
+    with pytest.raises(TypeError, match=rf"must be a float, got the int 64.*n2nfunc\.{wrapper}"):
+        make()
+
+
+def test_wrappers_take_an_int_eps_and_refuse_other_channel_counts_without_params():
+    """torch.nn takes eps=1 as 1.0; a norm without params still knows its channel count."""
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    for ours, ref in (
+        (nf.GroupNorm(2, 6, eps=1), torch.nn.GroupNorm(2, 6, eps=1)),
+        (nf.InstanceNorm2d(6, 1), torch.nn.InstanceNorm2d(6, 1)),
+        (nf.BatchNorm2d(6, 1), torch.nn.BatchNorm2d(6, 1)),
+    ):
+        ref = ref.double()
+        ours = ours.to(dtype=torch.float64)
+        assert rel_err(ours.forward(x), ref(x).detach()) < 1e-12
+    for block, count in ((nf.InstanceNorm2d(3), 3), (nf.GroupNorm(2, 6, affine=False), 6)):
+        with pytest.raises(ValueError, match=rf"\(2, 8, 3, 3\) has 8 channels, expected {count}"):
+            block.forward(torch.randn(2, 8, 3, 3))
+    with pytest.raises(TypeError, match=r"does not match the parameters' .*convert one to"):
+        nf.GroupNorm(2, 6).forward(x.half())
+    layer = nf.group_norm(2, channels=6)
+    assert layer.init(torch.Generator(), (-1, -1, 4, 4))[0] == (-1, 6, 4, 4)
+    with pytest.raises(ValueError, match=r"input shape \(-1, 4, 4, 4\) must have 6 channels"):
+        layer.init(torch.Generator(), (-1, 4, 4, 4))

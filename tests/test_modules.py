@@ -1441,9 +1441,15 @@ def test_upsample_and_adaptive_pool_refuse_values_torch_refuses():
     for bad in ("False", "no", 0.0):
         with pytest.raises(TypeError, match=r"align_corners must be True or False"):
             nf.Upsample(scale_factor=2, mode="bilinear", align_corners=bad)
-    for bad in ((1.0, 1), (True, 1), (1, 1, 1)):
+    for bad, error in (((1.0, 1), TypeError), ((True, 1), TypeError), ("1", TypeError)):
+        with pytest.raises(error, match=r"AdaptiveAvgPool2d: only output_size=1"):
+            nf.AdaptiveAvgPool2d(bad)
+    for bad in ((1, 1, 1), 2, (2, 1)):  # ints of other values: ValueError
         with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d: only output_size=1"):
             nf.AdaptiveAvgPool2d(bad)
+    with pytest.raises(TypeError, match=r"gelu: approximate must be 'none' or 'tanh'"):
+        nf.GELU(approximate=True)
+    assert repr(nf.SiLU()) == repr(torch.nn.SiLU()) and repr(nf.ReLU()) == "ReLU()"
     assert nf.Upsample(scale_factor=2, recompute_scale_factor=False).mode == "nearest"
     for kw in ({"scale_factor": 2}, {"scale_factor": (2, 3), "mode": "bilinear"}, {"size": 5}):
         assert repr(nf.Upsample(**kw)) == repr(torch.nn.Upsample(**kw))

@@ -259,9 +259,8 @@ def gelu(approximate: str = "none") -> Layer:
             _float32_inside(_gelu_tanh_grad),
         )
     if approximate != "none":
-        raise ValueError(
-            f"gelu: approximate must be 'none' or 'tanh', as torch's, got {approximate!r}"
-        )
+        error = ValueError if isinstance(approximate, str) else TypeError
+        raise error(f"gelu: approximate must be 'none' or 'tanh', as torch's, got {approximate!r}")
     return _elementwise("gelu", _float32_inside(_gelu), _float32_inside(_gelu_grad))
 
 

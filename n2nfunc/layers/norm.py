@@ -64,6 +64,7 @@ from ..base import (
     flag,
     generator_device,
     image_shape,
+    is_int,
     is_number,
     output_of,
     positive_int,
@@ -90,6 +91,20 @@ def _batches(count: Tensor, name: str) -> int:
 
 def _column(t):
     return t.view(1, -1, 1, 1)
+
+
+def _functional_eps(eps, layer: str, wrapper: str) -> float:
+    """:func:`_positive_eps` of a functional normalisation, whose first arguments take no
+    channel count (init sizes the params from the input): an int ``eps`` is refused, as
+    ``group_norm(4, 64)``, ported from ``nn.GroupNorm(4, 64)``, had normalised with eps = 64
+    without a word. ``wrapper`` is the torch-style block that takes the count."""
+    if is_int(eps) and eps >= 1:
+        raise TypeError(
+            f"{layer}: eps must be a float, got the int {eps!r}: a channel count? This "
+            f"functional layer takes none (its params are sized from the input by init; "
+            f"torch.nn's {wrapper}(...) is n2nfunc.{wrapper} with the same arguments)"
+        )
+    return _positive_eps(eps, layer)
 
 
 def _positive_eps(eps, layer: str) -> float:
@@ -122,7 +137,7 @@ def _in_float32(run, params, state, x, name: str):
 def batch_norm2d(eps: float = 1e-5, momentum: float | None = 0.1) -> StatefulLayer:
     """Batch normalisation of (N, C, H, W) inputs (see the module docstring)."""
     name = f"batch_norm2d(eps={eps}, momentum={momentum})"
-    _positive_eps(eps, "batch_norm2d")
+    _functional_eps(eps, "batch_norm2d", "BatchNorm2d")
     if momentum is not None and (not is_number(momentum) or not 0 <= momentum <= 1):
         error = ValueError if is_number(momentum) else TypeError
         raise error(f"batch_norm2d: momentum must be in [0, 1] or None, got {momentum!r}")
@@ -246,31 +261,42 @@ def _eval_vjp(params, state, x, name: str, eps: float):
     return y, state, pullback
 
 
-def group_norm(num_groups: int, eps: float = 1e-5, affine: bool = True) -> Layer:
+def group_norm(
+    num_groups: int, eps: float = 1e-5, affine: bool = True, channels: int | None = None
+) -> Layer:
     """Group normalisation of (N, C, ...) inputs, as ``torch.nn.GroupNorm``: the C channels
     split into ``num_groups`` groups of consecutive channels, each sample's group normalised
     by its own mean and biased variance, then scaled and shifted per channel (params
     ``{"weight": ones(C), "bias": zeros(C)}``, none with ``affine=False``). One group is
     layer normalisation over (C, H, W) with a per-channel affine map; C groups, instance
-    normalisation. See the module docstring for the gradients."""
-    name = f"group_norm(num_groups={num_groups}, eps={eps}, affine={affine})"
+    normalisation. ``channels``, where given, is the C an input must have (the wrapper
+    passes its ``num_channels``, so that one without params refuses other counts too). See
+    the module docstring for the gradients."""
+    name = f"group_norm(num_groups={num_groups}, eps={eps}, affine={affine}" + (
+        ")" if channels is None else f", channels={channels})"
+    )
     groups = positive_int(num_groups, "num_groups", name)
+    eps = _functional_eps(eps, name, "GroupNorm")
 
     def groups_of(shape: tuple) -> int:
         _split(shape[1], groups, shape, name)
         return groups
 
-    return _per_sample(name, groups_of, eps, affine, 2, "(N, C, ...)")
+    return _per_sample(name, groups_of, eps, affine, 2, "(N, C, ...)", channels)
 
 
-def instance_norm(eps: float = 1e-5, affine: bool = False) -> Layer:
+def instance_norm(eps: float = 1e-5, affine: bool = False, channels: int | None = None) -> Layer:
     """Instance normalisation of (N, C, H, W) images, as ``torch.nn.InstanceNorm2d`` (without
     running statistics): each sample's channel normalised over its own pixels by their mean
     and biased variance, then, with ``affine=True``, scaled and shifted per channel (params
     ``{"weight": ones(C), "bias": zeros(C)}``; none by default, as torch's). Group
     normalisation with one channel a group. One pixel a channel is refused, as torch refuses
-    it: its normalised value would be 0 whatever the input."""
-    name = f"instance_norm(eps={eps}, affine={affine})"
+    it: its normalised value would be 0 whatever the input. ``channels``, where given, is the
+    C an input must have (the wrapper passes its ``num_features``)."""
+    name = f"instance_norm(eps={eps}, affine={affine}" + (
+        ")" if channels is None else f", channels={channels})"
+    )
+    eps = _functional_eps(eps, name, "InstanceNorm2d")
 
     def groups_of(shape: tuple) -> int:
         if len(shape) == 4 and -1 not in shape[2:] and shape[2] * shape[3] == 1:
@@ -280,20 +306,26 @@ def instance_norm(eps: float = 1e-5, affine: bool = False) -> Layer:
             )
         return shape[1]
 
-    return _per_sample(name, groups_of, eps, affine, 4, "(N, C, H, W)")
+    return _per_sample(name, groups_of, eps, affine, 4, "(N, C, H, W)", channels)
 
 
-def _per_sample(name: str, groups_of, eps, affine, rank: int, what: str) -> Layer:
+def _per_sample(
+    name: str, groups_of, eps: float, affine, rank: int, what: str, channels: int | None
+) -> Layer:
     """A normalisation of each sample's groups of channels (:func:`_group_normalized`),
     ``groups_of(shape)`` groups for an input ``shape`` (checking it), inputs of ``rank`` or
-    more dims (exactly 4 for ``rank`` 4)."""
-    eps = _positive_eps(eps, name)
+    more dims (exactly 4 for ``rank`` 4), of ``channels`` channels where given."""
     affine = flag(affine, "affine", name)
+    channels = None if channels is None else positive_int(channels, "channels", name)
 
     def init(generator, in_shape):
         shape = tensor_shape(in_shape, name, rank, what)
         if rank == 4 and len(shape) != 4:
             raise ValueError(f"{name}: expected an input shape {what}, got {shape}")
+        if channels is not None and shape[1] not in (-1, channels):
+            raise ValueError(f"{name}: input shape {shape} must have {channels} channels")
+        if channels is not None:
+            shape = (shape[0], channels, *shape[2:])
         if shape[1] == -1:
             raise ValueError(f"{name}: the channel count C of input shape {shape} must be known")
         groups_of(shape)
@@ -301,9 +333,14 @@ def _per_sample(name: str, groups_of, eps, affine, rank: int, what: str) -> Laye
 
     def vjp(params, x):
         c = _checked_affine(params, affine, name)
+        c = channels if c == -1 and channels is not None else c
         check_tensor(x, name)
         bad_rank = x.dim() < rank or (rank == 4 and x.dim() != 4)
-        if bad_rank or (c != -1 and x.shape[1] != c) or 0 in x.shape[1:]:
+        if not bad_rank and c != -1 and x.shape[1] != c:
+            raise ValueError(
+                f"{name}: input of shape {tuple(x.shape)} has {x.shape[1]} channels, expected {c}"
+            )
+        if bad_rank or 0 in x.shape[1:]:
             expected = what if c == -1 else what.replace("C", str(c), 1)
             raise ValueError(
                 f"{name}: expected input {expected} (no axis of size 0), got {tuple(x.shape)}"

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Generator, Tensor, empty
 from torch import dtype as torch_dtype
 
-from ..base import DeviceLike, IntPair, Layer, ScalePair, flag, positive_int
+from ..base import DeviceLike, IntPair, Layer, ScalePair, flag, is_int, positive_int
 from ..layers import (
     avg_pool2d,
     batch_norm2d,
@@ -115,6 +115,12 @@ def _only_defaults(name: str, **given_and_default) -> None:
             raise ValueError(
                 f"{name}: {option}={given!r} is not supported (only {default!r}, torch's default)"
             )
+
+
+def _float_eps(eps):
+    """A wrapper's ``eps`` for its functional layer, which refuses an int (a channel count in
+    the functional's place): torch.nn takes ``eps=1`` as 1.0."""
+    return float(eps) if is_int(eps) else eps
 
 
 def _options(**kw):
@@ -459,7 +465,8 @@ class AdaptiveAvgPool2d(_Parameterless):
     def __init__(self, output_size: IntPair) -> None:
         sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
         if not all(type(v) is int and v == 1 for v in sizes) or len(sizes) not in (1, 2):
-            raise ValueError(
+            ints = all(is_int(v) for v in sizes)  # (a float or a string: the wrong kind)
+            raise (ValueError if ints else TypeError)(
                 f"AdaptiveAvgPool2d: only output_size=1 is provided, got {output_size!r}"
             )
         super().__init__(global_avg_pool(keepdims=True), _options(output_size=output_size))
@@ -625,7 +632,7 @@ class BatchNorm2d(_WeightBias):
         _only_defaults(
             "BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True)
         )
-        layer = batch_norm2d(eps, momentum)
+        layer = batch_norm2d(_float_eps(eps), momentum)
         self._fix(num_features=num_features, eps=eps, momentum=momentum)
         description = _options(num_features=num_features, eps=eps, momentum=momentum)
         super().__init__(
@@ -652,9 +659,9 @@ class GroupNorm(_WeightBias):
         device: DeviceLike = None,
         dtype: torch_dtype | None = None,
     ):
-        layer = group_norm(num_groups, eps, affine)
         groups = positive_int(num_groups, "num_groups", "GroupNorm")
         channels = positive_int(num_channels, "num_channels", "GroupNorm")
+        layer = group_norm(num_groups, _float_eps(eps), affine, channels)
         if channels % groups:
             raise ValueError(
                 f"GroupNorm: num_channels {channels} must divide into num_groups {groups} "
@@ -686,8 +693,8 @@ class InstanceNorm2d(_WeightBias):
         dtype: torch_dtype | None = None,
     ):
         _only_defaults("InstanceNorm2d", track_running_stats=(track_running_stats, False))
-        layer = instance_norm(eps, affine)
         features = positive_int(num_features, "num_features", "InstanceNorm2d")
+        layer = instance_norm(_float_eps(eps), affine, features)
         self._fix(num_features=num_features, eps=eps, momentum=momentum, affine=affine)
         self._fix(track_running_stats=False)
         description = _options(num_features=features, eps=eps, momentum=momentum)

@@ -345,7 +345,7 @@ class Module(Unpicklable):
         return self.to("cuda" if device is None else device)
 
     def __repr__(self):
-        return f"{self.name}({self.layer_description()})" if self.layer_description() else self.name
+        return f"{self.name}({self.layer_description()})"  # "ReLU()" too, as torch's
 
     def layer_description(self) -> str:
         return ""

@@ -41,6 +41,11 @@ class Sequential(Module):
                     "wrap it with Module.from_layer(layer, in_shape), or use serial(...) "
                     "for a functional network"
                 )
+            if isinstance(m, type) and issubclass(m, Module):
+                raise TypeError(
+                    f"Sequential: block {i} is the class {m.__name__}, not a Module: make one, "
+                    f"{m.__name__}({'' if _no_arguments_needed(m) else '...'})"
+                )
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
         self.blocks = list(modules)
@@ -135,3 +140,12 @@ class Sequential(Module):
     def __repr__(self):
         inner = ",\n".join(repr(m) for m in self.blocks).replace("\n", "\n  ")
         return f"Sequential(\n  {inner}\n)"
+
+
+def _no_arguments_needed(cls) -> bool:
+    """Whether ``cls()`` needs no argument (``SiLU()``, not ``Conv2d(...)``)."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        return False
+    return True
