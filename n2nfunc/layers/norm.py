@@ -611,9 +611,7 @@ def _group_normalized(x: Tensor, params: dict, groups: int, eps: float):
     invstd_c = per_channel(invstd)
     weight = params["weight"].view(c, 1) if params else None
     scale = invstd_c if weight is None else invstd_c * weight
-    y = xc * scale
-    if weight is not None:
-        y.add_(params["bias"].view(c, 1))
+    y = xc * scale if weight is None else params["bias"].view(c, 1).addcmul(xc, scale)  # 1 pass
 
     def pullback(ct, input_grad=True):
         ct3 = ct.reshape(n, c, -1)
@@ -630,7 +628,7 @@ def _group_normalized(x: Tensor, params: dict, groups: int, eps: float):
         mean_d_xc = group_sums(ct_xc_sums).div_(m)
         beta = per_channel(mean_d_xc.mul_(invstd).mul_(invstd).mul_(invstd).neg_())
         gamma = per_channel(mean_d.mul_(invstd).neg_())
-        dx = (ct3 * scale).addcmul_(xc, beta).add_(gamma)
+        dx = gamma.addcmul(xc, beta).addcmul_(ct3, scale)  # two passes
         return grads, dx.reshape(shape)
 
     return y.reshape(shape), pullback
