@@ -92,25 +92,40 @@ def space_to_depth(x: Tensor, plan: S2DPlan) -> Tensor:
     rather than padded first and rearranged by a second copy: half the memory traffic
     (``Model.predict`` of one 512 x 512 image 1.06-1.09x faster in float32; 2-core Xeon), and
     no moment holds both copies."""
-    n, _, _, c = x.shape
+    n, h, w, c = x.shape
     (mh, mw), (sy, sx) = plan.grid, plan.stride
     if (sy, sx) == (1, 1):
         return pad(x, *plan.pads).view(n * mh * mw, c)
     z = x.new_empty(n, mh, mw, sy, sx, c)
+    sn, smy, smx, sry, srx, _ = z.stride()
     top, _, left, _ = plan.pads
-    for ry in range(sy):
-        rows = _phase_span(ry, sy, top, x.shape[1], mh)
-        for rx in range(sx):
-            cols = _phase_span(rx, sx, left, x.shape[2], mw)
-            phase = z[:, :, :, ry, rx]
-            (m0, m1, i0), (k0, k1, j0) = rows, cols
-            inner = phase[:, m0:m1]
-            for border in (phase[:, :m0], phase[:, m1:], inner[:, :, :k0], inner[:, :, k1:]):
-                if border.numel():  # empty slices skipped: a call each saved
-                    border.zero_()
+    rows = [_phase_span(ry, sy, top, h, mh) for ry in range(sy)]
+    cols = [_phase_span(rx, sx, left, w, mw) for rx in range(sx)]
+    # the padding, each region one strided view (fewer ops: a step at batch 32 had run 42
+    # per call): a row phase's cells above and below its input rows, for every column
+    # phase at once; then a column phase's, for every row phase
+    for ry, (m0, m1, _) in enumerate(rows):
+        for a, b in ((0, m0), (m1, mh)):
+            if b > a:
+                z.as_strided(
+                    (n, b - a, mw, sx, c), (sn, smy, smx, srx, 1), a * smy + ry * sry
+                ).zero_()
+    for rx, (k0, k1, _) in enumerate(cols):
+        for a, b in ((0, k0), (k1, mw)):
+            if b > a:
+                z.as_strided(
+                    (n, mh, b - a, sy, c), (sn, smy, smx, sry, 1), a * smx + rx * srx
+                ).zero_()
+    xn, xh, xw, xc = x.stride()
+    for ry, (m0, m1, i0) in enumerate(rows):
+        for rx, (k0, k1, j0) in enumerate(cols):
             if m1 > m0 and k1 > k0:
-                inside = x[:, i0 : i0 + sy * (m1 - m0) : sy, j0 : j0 + sx * (k1 - k0) : sx]
-                phase[:, m0:m1, k0:k1].copy_(inside)
+                size = (n, m1 - m0, k1 - k0, c)
+                at = m0 * smy + k0 * smx + ry * sry + rx * srx
+                inside = x.as_strided(
+                    size, (xn, sy * xh, sx * xw, xc), x.storage_offset() + i0 * xh + j0 * xw
+                )
+                z.as_strided(size, (sn, smy, smx, 1), at).copy_(inside)
     return z.view(n * mh * mw, sy * sx * c)
 
 
