@@ -207,16 +207,25 @@ def tap_sum(
             y.add_(bias)
         return _frame_view(y, n, plan)
     (mh, mw), ho, k = plan.grid, plan.out_hw[0], z.shape[1]
-    per_image = z.view(n, mh * mw, k)
     length = ho * mw - (plan.taps[1] - 1)
+    (rz, cz), (sa, sb, sk, so) = z.stride(), w_taps.stride()
+
+    def operands(a: int, b: int, shift: int) -> tuple[Tensor, Tensor]:
+        """Tap (a, b)'s rows of every image and its weight for each, one strided view each
+        (a slice, a select and an expand had taken four ops)."""
+        at = z.storage_offset() + shift * rz
+        zs = z.as_strided((n, length, k), (mh * mw * rz, rz, cz), at)
+        at = w_taps.storage_offset() + a * sa + b * sb
+        return zs, w_taps.as_strided((n, k, o), (0, sk, so), at)
+
     (a, b, shift), *rest = _shifts(plan)
-    zs, w = per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o)
+    zs, w = operands(a, b, shift)
     if out is not None:  # (N, length, O): a block's rows (_s2d_conv_and_grad)
         y = out.baddbmm_(zs, w, beta=0) if bias is None else out.copy_(bias).baddbmm_(zs, w)
     else:
         y = zs.bmm(w) if bias is None else bias.expand(n, length, o).baddbmm(zs, w)
     for a, b, shift in rest:
-        y.baddbmm_(per_image[:, shift : shift + length], w_taps[a, b].expand(n, k, o))
+        y.baddbmm_(*operands(a, b, shift))
     return _taps_view(y, plan)
 
 
