@@ -43,23 +43,34 @@ def pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     """Zero-pad the spatial dims of an NHWC tensor into a fresh contiguous tensor.
 
     A negative amount crops that side instead. Only the border is zeroed; the
-    interior is written once by the copy.
+    interior is written once by the copy. Each region is one strided view, and opposite
+    borders of one width are zeroed together (two zero_ calls for the usual symmetric
+    padding, where slices had taken ten ops: a U-Net step pads 38 times).
     """
     n, h, w, c = x.shape
     out = x.new_empty(n, h + top + bottom, w + left + right, c)
     ho, wo = out.shape[1], out.shape[2]
+    sn, sh, sw, sc = out.stride()
     t, b, lf, r = max(top, 0), max(bottom, 0), max(left, 0), max(right, 0)
-    if t:
-        out[:, :t].zero_()
-    if b:
-        out[:, ho - b :].zero_()
-    if lf:
-        out[:, t : ho - b, :lf].zero_()
-    if r:
-        out[:, t : ho - b, wo - r :].zero_()
-    out[:, t : ho - b, lf : wo - r].copy_(
-        x[:, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
+    rows = ho - t - b
+    if t and t == b:  # the top and the bottom rows
+        out.as_strided((n, 2, t, wo, c), (sn, (ho - b) * sh, sh, sw, sc)).zero_()
+    else:
+        for start, size in ((0, t), (ho - b, b)):
+            if size:
+                out.as_strided((n, size, wo, c), (sn, sh, sw, sc), start * sh).zero_()
+    if lf and lf == r:  # the left and the right columns of the rows between
+        out.as_strided((n, rows, 2, lf, c), (sn, sh, (wo - r) * sw, sw, sc), t * sh).zero_()
+    else:
+        for start, size in ((0, lf), (wo - r, r)):
+            if size:
+                out.as_strided((n, rows, size, c), (sn, sh, sw, sc), t * sh + start * sw).zero_()
+    cropped = (
+        x
+        if min(top, bottom, left, right) >= 0
+        else x[:, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
     )
+    out.as_strided((n, rows, wo - lf - r, c), (sn, sh, sw, sc), t * sh + lf * sw).copy_(cropped)
     return out
 
 
