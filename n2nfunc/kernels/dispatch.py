@@ -1,7 +1,7 @@
 """The convolution entry points the layers call: each picks the engine that applies (row taps,
 the implicit GEMM, polyphase or the direct im2col product) for the pass it computes."""
 
-from torch import Tensor
+from torch import Tensor, cat
 
 from .. import torch_order
 from . import direct, s2d
@@ -122,9 +122,7 @@ def _row_tap_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
     dx, zg, plan = _row_taps(g, flipped, None, pads, (h, w))
     xt = x.permute(0, 3, 1, 2).reshape(n, c, h * w)  # (N, C, H W), a view in either layout
     per_image = zg.view(n, plan.grid[0] * w, kw * o)
-    d = g.new_empty(kh, c, kw * o)
-    for a in range(kh):
-        d[a] = xt.bmm(per_image[:, a * w : a * w + h * w]).sum(0)
+    d = cat([xt.bmm(per_image[:, a * w : a * w + h * w]).sum(0) for a in range(kh)])
     dw = d.view(kh, c, kw, o).permute(3, 1, 0, 2).flip(2, 3).contiguous()
     return dw, dx
 
