@@ -19,6 +19,7 @@ COMPUTE = [
     "kernels/row_taps.py",
     "kernels/dispatch.py",
     "kernels/grouped.py",
+    "kernels/relayout.py",
     "torch_order.py",
     "device_conv.py",
     "init.py",

@@ -322,3 +322,25 @@ def test_engine_constants_live_in_one_module(monkeypatch):
     assert K.rows_applies(x, (3, 3), (1, 1), (1, 1))
     monkeypatch.setattr(K.s2d, "WIDE_TAPS", 10**9)
     assert not K.rows_applies(x, (3, 3), (1, 1), (1, 1))
+
+
+def test_relaid_gathers_what_the_arrangement_copies():
+    """Weight relayouts by a cached gather: the same numbers as the arrangement's own copy,
+    for flips and permutations, non-contiguous inputs, several dtypes under one cached index,
+    and above the size limit (a plain copy)."""
+    from n2nfunc.kernels import relayout
+
+    def arrange(v):
+        return v.permute(3, 1, 0, 2).flip(2, 3)
+
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        d = torch.randn(3, 5, 3, 7).to(dtype)
+        for t in (d, d.transpose(0, 2).contiguous().transpose(0, 2)):  # (a strided input)
+            out = relayout.relaid(t, (3, 5, 3, 7), arrange, "test")
+            assert out.is_contiguous() and torch.equal(out, arrange(t).contiguous())
+    assert sum(k[0] == "test" for k in relayout._INDEX) == 1  # one index for all of them
+    big = torch.randn(relayout.GATHER_LIMIT + 1)
+    out = relayout.relaid(big, (big.numel(), 1), lambda v: v.t(), "big")
+    assert torch.equal(out, big.view(1, -1)) and ("big", (big.numel(), 1), big.device) not in (
+        relayout._INDEX
+    )

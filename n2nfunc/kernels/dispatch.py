@@ -15,6 +15,7 @@ from .direct import (
     weight_grad,
 )
 from .polyphase import combine, phase_plan, polyphase_forward
+from .relayout import relaid
 from .row_taps import RowWeightGrad, _row_taps, row_taps_conv, rows_applies
 from .s2d import (
     s2d_applies,
@@ -123,7 +124,7 @@ def _row_tap_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
     xt = x.permute(0, 3, 1, 2).reshape(n, c, h * w)  # (N, C, H W), a view in either layout
     per_image = zg.view(n, plan.grid[0] * w, kw * o)
     d = cat([xt.bmm(per_image[:, a * w : a * w + h * w]).sum(0) for a in range(kh)])
-    dw = d.view(kh, c, kw, o).permute(3, 1, 0, 2).flip(2, 3).contiguous()
+    dw = relaid(d, (kh, c, kw, o), lambda v: v.permute(3, 1, 0, 2).flip(2, 3), "row_tap_grad")
     return dw, dx
 
 

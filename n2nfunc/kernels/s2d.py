@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..nhwc import pad, sum_of
 from .direct import reduce_matmul, widened
+from .relayout import relaid
 
 #
 # A convolution with stride s, kernel k = s*U (per dim) and no dilation is a stride-1,
@@ -77,10 +78,21 @@ def s2d_weights(weight: Tensor, plan: S2DPlan) -> Tensor:
 
 
 def s2d_weight_grad_to_conv(d_taps: Tensor, plan: S2DPlan, shape: tuple) -> Tensor:
-    """Adjoint of :func:`s2d_weights`: tap gradients (Uy, Ux, sy*sx*C, O) -> [O, C, kh, kw]."""
+    """Adjoint of :func:`s2d_weights`: tap gradients (Uy, Ux, sy*sx*C, O) -> [O, C, kh, kw],
+    by one gather (:func:`~n2nfunc.kernels.relayout.relaid`)."""
+    return relaid(
+        d_taps,
+        d_taps.shape,
+        lambda d: taps_to_conv(d, plan, shape),
+        ("taps_to_conv", plan.taps, plan.stride, shape),
+    )
+
+
+def taps_to_conv(d_taps: Tensor, plan: S2DPlan, shape: tuple) -> Tensor:
+    """The reordering of :func:`s2d_weight_grad_to_conv` (a view where it can be)."""
     o, c, kh, kw = shape
     (uy, ux), (sy, sx) = plan.taps, plan.stride
-    d = d_taps.view(uy, ux, sy, sx, c, o).permute(5, 4, 0, 2, 1, 3)
+    d = d_taps.reshape(uy, ux, sy, sx, c, o).permute(5, 4, 0, 2, 1, 3)
     return d.reshape(o, c, kh, kw)
 
 

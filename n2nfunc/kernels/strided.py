@@ -8,6 +8,7 @@ from torch import Tensor
 from . import direct
 from .direct import reduce_matmul, sum_over_blocks
 from .polyphase import PhasePlan, combine, phase_plan, polyphase_cols, polyphase_forward
+from .relayout import relaid
 from .s2d import (
     S2DPlan,
     _taps_view,
@@ -15,6 +16,7 @@ from .s2d import (
     s2d_weight_grad_to_conv,
     space_to_depth,
     tap_sum,
+    taps_to_conv,
 )
 
 
@@ -83,11 +85,17 @@ class TapWeightGrad(NamedTuple):
 
     def finish(self, sums: Tensor, plans) -> Tensor:
         """``dW`` from the (added) :meth:`products`."""
-        if plans is not None:
-            (uy, ux), o = self.plan.taps, self.shape[0]
-            m = sums.view(uy, ux, o, -1)  # rows (jy, jx, o)
-            sums = m.flip(0, 1).transpose(2, 3).contiguous()  # tap a = U - 1 - j
-        return s2d_weight_grad_to_conv(sums, self.plan, self.shape)
+        if plans is None:
+            return s2d_weight_grad_to_conv(sums, self.plan, self.shape)
+        (uy, ux), o = self.plan.taps, self.shape[0]
+        plan, shape = self.plan, self.shape
+
+        def arrange(m):  # rows (jy, jx, o); tap a = U - 1 - j
+            return taps_to_conv(m.flip(0, 1).transpose(2, 3), plan, shape)
+
+        return relaid(
+            sums, (uy, ux, o, sums.shape[1]), arrange, ("phase_taps", plan.taps, plan.stride, shape)
+        )
 
     def __call__(self, g: Tensor) -> Tensor:
         """``dW`` for the NHWC output gradient ``g``, by blocks of images (their z and
