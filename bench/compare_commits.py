@@ -39,6 +39,17 @@ from n2nfunc.argtypes import int_range  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def batch_list(text: str) -> tuple[int, ...]:
+    """``"1,32"`` -> (1, 32): positive ints, comma-separated."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,32,100, got {text!r}")
+    return sizes
+
+
 def import_revision(rev: str, folder: Path):
     """The ``n2nfunc`` package as it was at ``rev``, imported as ``n2nfunc_at_base``."""
     done = subprocess.run(
@@ -142,6 +153,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int_range(1), default=2, help="torch threads")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32")
+    parser.add_argument(
+        "--batches",
+        type=batch_list,
+        default=(32, 100),
+        help="batch sizes of the two networks' steps, comma-separated (default: 32,100; a "
+        "batch of 1 shows the per-op costs)",
+    )
     parser.add_argument("--unet", action="store_true", help="also the U-Net's training step")
     parser.add_argument(
         "--predict", action="store_true", help="also Model.predict (with --unet: the U-Net's apply)"
@@ -174,7 +192,7 @@ def main() -> None:
 
         for precision in precisions:
             for label, config in networks.items():
-                for batch in (32, 100):
+                for batch in args.batches:
                     row(
                         f"{label} step, batch {batch}, {precision}",
                         step_fn(old, config, batch, precision),

@@ -28,6 +28,7 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("op_times.py --batch 0", "--batch: expected an integer >= 1"),
         ("unet_train_step.py --arch 4:1,2", "--arch: expected DEPTH:ENC,DEC,A,B"),
         ("layers.py --threads 0", "--threads: expected an integer >= 1"),
+        ("compare_commits.py --batches 0,32", "--batches: expected batch sizes like 1,32,100"),
         # checked before a run (they had failed after it, the trained weights lost, or had
         # created the folder and downloaded 130 MB into it)
         (f"{GAUSSIAN} --steps 1 --out /", "--out: / is a folder; give a file name"),
