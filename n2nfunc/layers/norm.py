@@ -95,9 +95,9 @@ def _column(t):
 
 def _functional_eps(eps, layer: str, wrapper: str) -> float:
     """:func:`_positive_eps` of a functional normalisation, whose first arguments take no
-    channel count (init sizes the params from the input): an int ``eps`` is refused, as
-    ``group_norm(4, 64)``, ported from ``nn.GroupNorm(4, 64)``, had normalised with eps = 64
-    without a word. ``wrapper`` is the torch-style block that takes the count."""
+    channel count (init sizes the params from the input): an int ``eps`` of 1 or more is
+    refused, as ``group_norm(4, 64)``, ported from ``nn.GroupNorm(4, 64)``, had normalised
+    with eps = 64 without a word. ``wrapper`` is the torch-style block that takes the count."""
     if is_int(eps) and eps >= 1:
         raise TypeError(
             f"{layer}: eps must be a float, got the int {eps!r}: a channel count? This "

@@ -129,7 +129,6 @@ def _max_backward(g: Tensor, saved, padded_shape, k, s, p) -> Tensor:
     masks that also route a NaN maximum to the first NaN, and a window of -inf only to its
     first input, never to the padding (which counts as -inf too)."""
     win, y = saved
-    n, hp, wp, c = padded_shape
     ho, wo = g.shape[1], g.shape[2]
     tiles = tuple(k) == tuple(s)  # every input in one window at most: written, not added
     finite = y.device.type == "cpu" and all(math.isfinite(float(t.sum())) for t in (y, g))
