@@ -342,22 +342,25 @@ def _interleave(r: Tensor, py: PhasePlan, px: PhasePlan, out_hw, out, add: bool)
     given, added to it with ``add``."""
     n, co = r.shape[0], r.shape[5]
     put = Tensor.add_ if add else Tensor.copy_
-    if co < direct.THIN:  # phase by phase into channels-first memory
-        y = r.new_empty(n, co, out_hw[0], out_hw[1]) if out is None else to_nchw(out)
-        for ry, rx, sy, sx in phase_slices(py, px):
-            src = r[:, sy, sx, ry, rx].permute(0, 3, 1, 2)
-            put(y[:, :, ry :: py.stride, rx :: px.stride], src)
-        return y.permute(0, 2, 3, 1)
-    view = interleaved(r, py, px)
+    thin = co < direct.THIN  # then phase by phase into channels-first memory
+    view = None if thin else interleaved(r, py, px)
     if view is not None and out is not None:
         put(out.view(view.shape), view)
         return out
     if view is not None:
         return view.contiguous().view(n, out_hw[0], out_hw[1], co)
-    y = r.new_empty(n, out_hw[0], out_hw[1], co) if out is None else out
-    for ry, rx, sy, sx in phase_slices(py, px):
-        put(y[:, ry :: py.stride, rx :: px.stride], r[:, sy, sx, ry, rx])
-    return y
+    if out is None:
+        out = (
+            r.new_empty(n, co, *out_hw).permute(0, 2, 3, 1) if thin else r.new_empty(n, *out_hw, co)
+        )
+    (r0, r1, r2, r3, r4, r5), (y0, y1, y2, y3) = r.stride(), out.stride()
+    for ry, rx, sy, sx in phase_slices(py, px):  # each side one strided view (ops: 3, not 9)
+        size = (n, sy.stop - sy.start, sx.stop - sx.start, co)
+        at = r.storage_offset() + sy.start * r1 + sx.start * r2 + ry * r3 + rx * r4
+        src = r.as_strided(size, (r0, r1, r2, r5), at)
+        at = out.storage_offset() + ry * y1 + rx * y2
+        put(out.as_strided(size, (y0, py.stride * y1, px.stride * y2, y3), at), src)
+    return out
 
 
 # A wide output (THIN channels or more per phase) is computed by shifted-view taps as well,
