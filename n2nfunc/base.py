@@ -428,10 +428,21 @@ def check_image(x, layer: str, channels: int, like: Tensor) -> Tensor:
     check_tensor(x, layer)
     if x.dim() != 4 or (channels != -1 and x.shape[1] != channels):
         c = "C" if channels == -1 else channels
-        raise ValueError(f"{layer}: expected input of shape (N, {c}, H, W), got {tuple(x.shape)}")
+        raise ValueError(
+            f"{layer}: expected input of shape (N, {c}, H, W), got {tuple(x.shape)}"
+            + unbatched_hint(x)
+        )
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{layer}: empty image (H or W is 0), input shape {tuple(x.shape)}")
     return check_like(x, layer, like)
+
+
+def unbatched_hint(x: Tensor) -> str:
+    """For an error about an image input of 3 dims: how to make it a batch (torch's image
+    layers take one unbatched image; these take batches only)."""
+    if x.dim() != 3:
+        return ""
+    return " (one image without its batch axis: x.unsqueeze(0) makes it a batch of one)"
 
 
 def check_like(x: Tensor, layer: str, like: Tensor) -> Tensor:

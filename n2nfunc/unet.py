@@ -50,6 +50,7 @@ from .base import (
     pull,
     releases,
     skips_input_grad,
+    unbatched_hint,
 )
 from .combinators import at_layer, check_input_grad, fanin_sum, fanout, parallel, serial
 from .layers import max_pool2d
@@ -112,7 +113,10 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
     def padded(x):
         check_tensor(x, name)
         if x.dim() != 4:
-            raise ValueError(f"{name}: expected input of shape (N, C, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name}: expected input of shape (N, C, H, W), got {tuple(x.shape)}"
+                + unbatched_hint(x)
+            )
         h, w = x.shape[2], x.shape[3]
         return _edge_pad(x, -h % m, -w % m), h, w
 

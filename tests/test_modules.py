@@ -1450,6 +1450,11 @@ def test_upsample_and_adaptive_pool_refuse_values_torch_refuses():
     with pytest.raises(TypeError, match=r"gelu: approximate must be 'none' or 'tanh'"):
         nf.GELU(approximate=True)
     assert repr(nf.SiLU()) == repr(torch.nn.SiLU()) and repr(nf.ReLU()) == "ReLU()"
+    assert repr(nf.MSELoss(None, None, "mean")) == "MSELoss()"  # torch's positional form
+    with pytest.raises(ValueError, match=r"L1Loss: size_average=True is not supported"):
+        nf.L1Loss(True)
+    with pytest.raises(ValueError, match=r"x\.unsqueeze\(0\) makes it a batch of one"):
+        nf.PixelShuffle(2).forward(torch.randn(8, 4, 4))
     assert nf.Upsample(scale_factor=2, recompute_scale_factor=False).mode == "nearest"
     for kw in ({"scale_factor": 2}, {"scale_factor": (2, 3), "mode": "bilinear"}, {"size": 5}):
         assert repr(nf.Upsample(**kw)) == repr(torch.nn.Upsample(**kw))

@@ -70,6 +70,7 @@ from ..base import (
     positive_int,
     skips_input_grad,
     tensor_shape,
+    unbatched_hint,
 )
 from ..stateful import StatefulLayer, stateful_call
 
@@ -344,6 +345,7 @@ def _per_sample(
             expected = what if c == -1 else what.replace("C", str(c), 1)
             raise ValueError(
                 f"{name}: expected input {expected} (no axis of size 0), got {tuple(x.shape)}"
+                + (unbatched_hint(x) if rank == 4 else "")
             )
         groups = groups_of(tuple(x.shape))
 

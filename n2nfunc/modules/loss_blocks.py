@@ -50,16 +50,20 @@ class MSE(LossModule):
 
 
 class MSELoss(LossModule):
-    """``torch.nn.MSELoss``: :class:`MSE` (the exercise's name) under torch's."""
+    """``torch.nn.MSELoss``: :class:`MSE` (the exercise's name) under torch's, in torch's
+    argument order (its deprecated ``size_average`` and ``reduce`` only None)."""
 
-    def __init__(self, *, reduction: str = "mean"):
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        _only_defaults("MSELoss", size_average=(size_average, None), reduce=(reduce, None))
         super().__init__(mse, "MSELoss", reduction)
 
 
 class L1Loss(LossModule):
-    """Mean absolute error, ``mean|pred - target|``."""
+    """Mean absolute error, ``mean|pred - target|``, as ``torch.nn.L1Loss`` (argument order
+    included; ``size_average`` and ``reduce`` only None)."""
 
-    def __init__(self, *, reduction: str = "mean"):
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        _only_defaults("L1Loss", size_average=(size_average, None), reduce=(reduce, None))
         super().__init__(l1, "L1Loss", reduction)
 
 
