@@ -344,3 +344,6 @@ def test_relaid_gathers_what_the_arrangement_copies():
     assert torch.equal(out, big.view(1, -1)) and ("big", (big.numel(), 1), big.device) not in (
         relayout._INDEX
     )
+    for i in range(relayout.INDEX_LIMIT + 1):  # a bounded cache: dropped, then made again
+        relayout.relaid(d, (3, 5, 3, 7), arrange, ("sweep", i))
+    assert 1 <= len(relayout._INDEX) <= relayout.INDEX_LIMIT

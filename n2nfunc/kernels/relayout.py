@@ -16,6 +16,9 @@ from torch import Tensor, arange
 GATHER_LIMIT = 1 << 20
 
 _INDEX: dict = {}  # (key, shape, device) -> (flat index, shape of the result)
+# Indices kept at most (then all are dropped and made again as needed): a network has a few
+# dozen; a sweep over many architectures in one process would otherwise keep them all
+INDEX_LIMIT = 256
 
 
 def relaid(t: Tensor, shape: tuple, arrange: Callable[[Tensor], Tensor], key: Hashable) -> Tensor:
@@ -28,6 +31,8 @@ def relaid(t: Tensor, shape: tuple, arrange: Callable[[Tensor], Tensor], key: Ha
     cache_key = (key, tuple(shape), t.device)
     found = _INDEX.get(cache_key)
     if found is None:
+        if len(_INDEX) >= INDEX_LIMIT:
+            _INDEX.clear()
         order = arrange(arange(t.numel(), device=t.device).view(shape))
         found = _INDEX[cache_key] = (order.reshape(-1), tuple(order.shape))
     index, out_shape = found
