@@ -302,6 +302,30 @@ def test_constants_cached_under_inference_mode_serve_autograd_later():
         assert all(p.grad is not None for p in tracked.values())
 
 
+def test_gather_indices_and_slopes_made_under_inference_mode_serve_autograd_later():
+    """The weight relayouts' cached gather indices and LeakyReLU's cached prelu weight, first
+    made inside torch.inference_mode (a pullback or a predict there), had broken every later
+    call that autograd records, until the process restarted."""
+    from n2nfunc.kernels import relayout
+
+    relayout._INDEX.clear()
+    layer = nf.serial(nf.conv2d(16, 4, stride=2, padding=1), nf.leaky_relu(0.2))
+    _, params = layer.init(torch.Generator().manual_seed(0), (2, 8, 16, 16))
+    x = torch.randn(2, 8, 16, 16)
+    with torch.inference_mode():
+        y, pullback = layer.vjp(params, x)
+        grads, _ = pullback(torch.ones_like(y))
+    tracked = nf.tree.map(lambda v: torch.nn.Parameter(v.clone()), params)
+    with torch.enable_grad():
+        y2, pullback = layer.vjp(tracked, x.clone().requires_grad_())
+        grads2, _ = pullback(torch.ones_like(y2))
+        layer.apply(tracked, x).sum().backward()
+    assert torch.allclose(y2.detach(), y) and all(
+        torch.allclose(a.detach(), b) for a, b in zip(nf.tree.leaves(grads2), nf.tree.leaves(grads))
+    )
+    assert all(p.grad is not None for p in nf.tree.leaves(tracked))
+
+
 def test_engine_constants_live_in_one_module(monkeypatch):
     """Each block size and threshold is bound only in the submodule that defines it (no
     ``from .s2d import WIDE_TAPS`` copies, which a change in s2d would not reach), and a value

@@ -11,6 +11,8 @@ from collections.abc import Callable, Hashable
 
 from torch import Tensor, arange
 
+from ..base import inference_mode_on
+
 # The largest tensor (in elements) reordered by a gather: its int64 index is kept, 8 bytes
 # an element (a 512 x 512 x 3 x 3 weight: 19 MB); larger ones are copied as they are
 GATHER_LIMIT = 1 << 20
@@ -30,7 +32,9 @@ def relaid(t: Tensor, shape: tuple, arrange: Callable[[Tensor], Tensor], key: Ha
         return arrange(t.reshape(shape)).contiguous()
     cache_key = (key, tuple(shape), t.device)
     found = _INDEX.get(cache_key)
-    if found is None:
+    if found is None or (found[0].is_inference() and not inference_mode_on()):
+        # (one made under torch.inference_mode is an inference tensor, which autograd refuses
+        # to save for a gather's backward: made again outside it)
         if len(_INDEX) >= INDEX_LIMIT:
             _INDEX.clear()
         order = arrange(arange(t.numel(), device=t.device).view(shape))

@@ -18,6 +18,7 @@ from ..base import (
     check_params,
     check_tensor,
     checked_cotangent,
+    inference_mode_on,
     is_number,
     output_of,
     outputs_of,
@@ -174,9 +175,12 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
         if x.element_size() >= 4:
             # the tensor method prelu: x or a x by sign, in one pass (twice as fast as two)
             key = (x.dtype, x.device)
-            if key not in slopes:
-                slopes[key] = x.new_full((1,), a)
-            return x.prelu(slopes[key])
+            slope = slopes.get(key)
+            if slope is None or (slope.is_inference() and not inference_mode_on()):
+                # (one made under torch.inference_mode, an inference tensor, cannot be saved
+                # by autograd for prelu's backward: made again outside it)
+                slope = slopes[key] = x.new_full((1,), a)
+            return x.prelu(slope)
         # 16-bit floats: max(x, a x) for a <= 1, min(x, a x) for a > 1, several times faster
         # than a boolean where; a x rounded from the exact product, as PyTorch's (prelu
         # would round a first)
