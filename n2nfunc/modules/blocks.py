@@ -431,11 +431,15 @@ class Sigmoid(Module):
 
 
 class _Parameterless(Module):
-    """A block without parameters around ``layer``, described by its options."""
+    """A block without parameters around ``layer``, described by its options: torch.nn's
+    constructor ``options``, where given, are its description and its fixed attributes
+    (:meth:`Module._fix`)."""
 
-    def __init__(self, layer: Layer, description: str = ""):
+    def __init__(self, layer: Layer, description: str = "", **options: Any):
         super().__init__(layer, {})
-        self._description = description
+        self._description = description or _options(**options)
+        if options:
+            self._fix(**options)
 
     def layer_description(self) -> str:
         return self._description
@@ -469,8 +473,7 @@ class AdaptiveAvgPool2d(_Parameterless):
             raise (ValueError if ints else TypeError)(
                 f"AdaptiveAvgPool2d: only output_size=1 is provided, got {output_size!r}"
             )
-        super().__init__(global_avg_pool(keepdims=True), _options(output_size=output_size))
-        self._fix(output_size=output_size)
+        super().__init__(global_avg_pool(keepdims=True), output_size=output_size)
 
 
 class MaxPool2d(_Parameterless):
@@ -533,8 +536,7 @@ class LeakyReLU(_Parameterless):
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         _only_defaults("LeakyReLU", inplace=(inplace, False))
-        super().__init__(leaky_relu(negative_slope), _options(negative_slope=negative_slope))
-        self._fix(negative_slope=negative_slope)
+        super().__init__(leaky_relu(negative_slope), negative_slope=negative_slope)
 
 
 class Tanh(_Parameterless):
@@ -566,18 +568,14 @@ class PixelShuffle(_Parameterless):
     """``torch.nn.PixelShuffle(upscale_factor)``: (N, C r^2, H, W) -> (N, C, H r, W r)."""
 
     def __init__(self, upscale_factor: int):
-        super().__init__(pixel_shuffle(upscale_factor), _options(upscale_factor=upscale_factor))
-        self._fix(upscale_factor=upscale_factor)
+        super().__init__(pixel_shuffle(upscale_factor), upscale_factor=upscale_factor)
 
 
 class PixelUnshuffle(_Parameterless):
     """``torch.nn.PixelUnshuffle(downscale_factor)``: (N, C, H r, W r) -> (N, C r^2, H, W)."""
 
     def __init__(self, downscale_factor: int):
-        super().__init__(
-            pixel_unshuffle(downscale_factor), _options(downscale_factor=downscale_factor)
-        )
-        self._fix(downscale_factor=downscale_factor)
+        super().__init__(pixel_unshuffle(downscale_factor), downscale_factor=downscale_factor)
 
 
 class ELU(_Parameterless):
@@ -585,8 +583,7 @@ class ELU(_Parameterless):
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
         _only_defaults("ELU", inplace=(inplace, False))
-        super().__init__(elu(alpha), _options(alpha=alpha))
-        self._fix(alpha=alpha)
+        super().__init__(elu(alpha), alpha=alpha)
 
 
 class Softplus(_Parameterless):
@@ -594,24 +591,21 @@ class Softplus(_Parameterless):
     ``x`` itself where ``beta x > threshold``."""
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
-        super().__init__(softplus(beta, threshold), _options(beta=beta, threshold=threshold))
-        self._fix(beta=beta, threshold=threshold)
+        super().__init__(softplus(beta, threshold), beta=beta, threshold=threshold)
 
 
 class LogSoftmax(_Parameterless):
     """``torch.nn.LogSoftmax(dim)``."""
 
     def __init__(self, dim: int):
-        super().__init__(log_softmax(dim), _options(dim=dim))
-        self._fix(dim=dim)
+        super().__init__(log_softmax(dim), dim=dim)
 
 
 class Softmax(_Parameterless):
     """``torch.nn.Softmax(dim)``."""
 
     def __init__(self, dim: int):
-        super().__init__(softmax(dim), _options(dim=dim))
-        self._fix(dim=dim)
+        super().__init__(softmax(dim), dim=dim)
 
 
 class BatchNorm2d(_WeightBias):
