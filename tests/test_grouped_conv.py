@@ -153,34 +153,42 @@ def test_the_wrapper_trains_like_torch_nn():
     assert_trains_like(ours, theirs, (2, 4, 5, 6), (2, 4, 5, 6))
 
 
+BAD_GROUPS = [  # (call of the functional layer f or its wrapper F, error, message)
+    (lambda f, F: f(6, 3, groups=4), ValueError, r"\): out_channels 6 do not split into 4"),
+    (lambda f, F: f(6, 3, groups=0), ValueError, r"groups must be a positive int"),
+    (lambda f, F: f(6, 3, groups=2.0), TypeError, r"groups must be a positive int"),
+    (lambda f, F: f(4, 3, groups=True), TypeError, r"groups=True\): groups must be a pos"),
+    (
+        lambda f, F: f(6, 3, groups=3).init(None, (-1, 4, 5, 5)),
+        ValueError,
+        r"groups=3\): the 4 input channels .* do not split into 3 groups",
+    ),
+    (
+        lambda f, F: F(4, 6, 3, groups=3),
+        ValueError,
+        r"Conv2d: in_channels 4 do not split into groups=3",
+    ),
+    (
+        lambda f, F: F(6, 4, 3, groups=3),
+        ValueError,
+        r"Conv2d: out_channels 4 do not split into groups=3",
+    ),
+    (lambda f, F: F(4, 6, 3, groups=True), TypeError, r"Conv2d: groups must be a positive int"),
+    (lambda f, F: F(4, 6, 3, groups=None), TypeError, r"Conv2d: groups must be a positive int"),
+]
+
+
 @pytest.mark.parametrize(
-    "make,error,pattern",
-    [
-        (lambda: nf.conv2d(6, 3, groups=4), ValueError, r"out_channels 6 do not split into 4"),
-        (lambda: nf.conv2d(6, 3, groups=0), ValueError, r"groups must be a positive int"),
-        (lambda: nf.conv2d(6, 3, groups=2.0), TypeError, r"groups must be a positive int"),
-        (
-            lambda: nf.conv2d(6, 3, groups=3).init(None, (-1, 4, 5, 5)),
-            ValueError,
-            r"groups=3\): the 4 input channels .* do not split into 3 groups",
-        ),
-        (
-            lambda: nf.Conv2d(4, 6, 3, groups=3),
-            ValueError,
-            r"Conv2d: in_channels 4 do not split into groups=3",
-        ),
-        (
-            lambda: nf.Conv2d(6, 4, 3, groups=3),
-            ValueError,
-            r"Conv2d: out_channels 4 do not split into groups=3",
-        ),
-        (lambda: nf.Conv2d(4, 6, 3, groups=True), TypeError, r"Conv2d: groups must be"),
-        (lambda: nf.conv2d(4, 3, groups=True), TypeError, r"groups=True\): groups must be a pos"),
-    ],
+    "f,F",
+    [(nf.conv2d, nf.Conv2d), (nf.conv_transpose2d, nf.TransposeConv2d)],
+    ids=["conv", "transpose"],
 )
-def test_bad_options_are_refused(make, error, pattern):
+@pytest.mark.parametrize("make,error,pattern", BAD_GROUPS)
+def test_bad_groups_are_refused(f, F, make, error, pattern):
+    """Grouped convolutions and grouped transposed convolutions refuse the same bad groups,
+    functional and wrapper alike, naming the layer and the counts."""
     with pytest.raises(error, match=pattern):
-        make()
+        make(f, F)
 
 
 @pytest.mark.parametrize(

@@ -101,35 +101,6 @@ def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer
         pullback(torch.randn(1, 2, 5, 4))
 
 
-@pytest.mark.parametrize(
-    "make,error,pattern",
-    [
-        (lambda: nf.conv_transpose2d(6, 3, groups=4), ValueError, r"out_channels 6 do not split"),
-        (lambda: nf.conv_transpose2d(6, 3, groups=0), ValueError, r"groups must be a positive"),
-        (lambda: nf.conv_transpose2d(6, 3, groups=True), TypeError, r"groups must be a positive"),
-        (
-            lambda: nf.conv_transpose2d(6, 3, groups=3).init(None, (-1, 4, 5, 5)),
-            ValueError,
-            r"groups=3\): the 4 input channels .* do not split into 3 groups",
-        ),
-        (
-            lambda: nf.TransposeConv2d(4, 6, 3, groups=3),
-            ValueError,
-            r"in_channels 4 do not split into groups=3",
-        ),
-        (
-            lambda: nf.TransposeConv2d(6, 4, 3, groups=3),
-            ValueError,
-            r"out_channels 4 do not split into groups=3",
-        ),
-        (lambda: nf.TransposeConv2d(4, 6, 3, groups=None), TypeError, r"groups must be a pos"),
-    ],
-)
-def test_bad_options_are_refused(make, error, pattern):
-    with pytest.raises(error, match=pattern):
-        make()
-
-
 def test_bad_params_and_input_are_refused_naming_the_layer_and_shapes():
     layer = nf.conv_transpose2d(6, 3, groups=2)
     _, params = layer.init(None, (-1, 4, 5, 5))
