@@ -73,14 +73,9 @@ def conv2d(
         stride=stride,
         padding=padding,
         dilation=dilation,
-        **({} if groups == 1 and not isinstance(groups, bool) else {"groups": groups}),
+        **_groups_shown(groups),
     )
-    out_channels = positive_int(out_channels, "out_channels", name)
-    groups = positive_int(groups, "groups", name)
-    if out_channels % groups:
-        raise ValueError(
-            f"{name}: out_channels {out_channels} do not split into {groups} groups of equal size"
-        )
+    out_channels, groups = _channels_and_groups(out_channels, groups, name)
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
@@ -123,6 +118,23 @@ def conv2d(
         return to_nchw(K.conv(to_nhwc(x), weight, params.get("bias"), k, s, p, d, out_hw))
 
     return Layer(layer_init, apply, checks_unchanged(name, skips_input_grad(vjp), weight_and_input))
+
+
+def _groups_shown(groups) -> dict:
+    """``groups`` for a layer's name, where it is not the default 1."""
+    return {} if groups == 1 and not isinstance(groups, bool) else {"groups": groups}
+
+
+def _channels_and_groups(out_channels, groups, name: str) -> tuple[int, int]:
+    """``out_channels`` and ``groups`` of a (transposed) convolution as ints, the first
+    splitting into groups of equal size."""
+    out_channels = positive_int(out_channels, "out_channels", name)
+    groups = positive_int(groups, "groups", name)
+    if out_channels % groups:
+        raise ValueError(
+            f"{name}: out_channels {out_channels} do not split into {groups} groups of equal size"
+        )
+    return out_channels, groups
 
 
 def _grouped_conv2d(name, layer_init, out_channels, bias, groups, geometry, out_size) -> Layer:
@@ -262,14 +274,9 @@ def conv_transpose2d(
         padding=padding,
         output_padding=output_padding,
         dilation=dilation,
-        **({} if groups == 1 and not isinstance(groups, bool) else {"groups": groups}),
+        **_groups_shown(groups),
     )
-    out_channels = positive_int(out_channels, "out_channels", name)
-    groups = positive_int(groups, "groups", name)
-    if out_channels % groups:
-        raise ValueError(
-            f"{name}: out_channels {out_channels} do not split into {groups} groups of equal size"
-        )
+    out_channels, groups = _channels_and_groups(out_channels, groups, name)
     bias = flag(bias, "bias", name)
     k = pair(kernel_size, "kernel_size", name)
     s = pair(stride, "stride", name)
