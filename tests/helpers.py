@@ -55,6 +55,36 @@ def assert_trains_like(ours, theirs, x_shape, y_shape, steps=3):
         assert abs(float(value) - float(value_ref)) <= 1e-5 * float(value_ref)
 
 
+def assert_conv_matches(layer, params, x, reference, tol, same_without_input_grad=True):
+    """A (transposed) convolution's output and every gradient against ``reference(x, w, b)``
+    (a torch.nn.functional call) + autograd in float64, with a random cotangent; and its
+    pullback without the input gradient: the same parameter gradients, bit for bit where
+    ``same_without_input_grad``, else within ``tol``."""
+    y, pullback = layer.vjp(params, x)
+    ct = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    has_bias = "bias" in params
+    leaves = [x, params["weight"]] + ([params["bias"]] if has_bias else [])
+
+    def ref(x_, w_, *b_):
+        return reference(x_, w_, b_[0] if b_ else None)
+
+    y_ref, grads = autograd_vjp(ref, [t.double() for t in leaves], ct.double())
+    assert y.shape == y_ref.shape and y.dtype == x.dtype and rel_err(y, y_ref) <= tol
+    assert torch.equal(layer.apply(params, x), y)
+    ct_params, dx = pullback(ct)
+    assert dx.shape == x.shape and rel_err(dx, grads[0]) <= tol
+    assert ct_params["weight"].shape == params["weight"].shape
+    assert rel_err(ct_params["weight"], grads[1]) <= tol
+    assert set(ct_params) == ({"weight", "bias"} if has_bias else {"weight"})
+    if has_bias:
+        assert rel_err(ct_params["bias"], grads[2]) <= tol
+    only_params, none = pullback(ct, input_grad=False)
+    assert none is None
+    for k in ct_params:
+        same = torch.equal(only_params[k], ct_params[k])
+        assert same if same_without_input_grad else rel_err(only_params[k], ct_params[k]) <= tol
+
+
 def rel_err(a, b):
     """max |a - b| relative to the scale of b."""
     return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-30)

@@ -5,7 +5,14 @@ network, as the Conv2d wrapper, and on bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_matches_twin, assert_trains_like, autograd_vjp, image, params_in, rel_err
+from helpers import (
+    assert_conv_matches,
+    assert_matches_twin,
+    assert_trains_like,
+    image,
+    params_in,
+    rel_err,
+)
 
 import n2nfunc as nf
 
@@ -25,28 +32,8 @@ CASES = [
 ]
 
 
-def _compare(layer, params, x, torch_args, tol):
-    """Output and every gradient against F.conv2d + autograd (float64, with a random
-    cotangent), and the pullback without the input gradient."""
-    y, pullback = layer.vjp(params, x)
-    ct = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
-    has_bias = "bias" in params
-    leaves = [x, params["weight"]] + ([params["bias"]] if has_bias else [])
-
-    def reference(x_, w_, *b_):
-        return F.conv2d(x_, w_, b_[0] if b_ else None, *torch_args)
-
-    y_ref, grads = autograd_vjp(reference, [t.double() for t in leaves], ct.double())
-    assert y.shape == y_ref.shape and y.dtype == x.dtype and rel_err(y, y_ref) <= tol
-    assert torch.equal(layer.apply(params, x), y)
-    ct_params, dx = pullback(ct)
-    assert dx.shape == x.shape and rel_err(dx, grads[0]) <= tol
-    assert rel_err(ct_params["weight"], grads[1]) <= tol
-    assert set(ct_params) == ({"weight", "bias"} if has_bias else {"weight"})
-    if has_bias:
-        assert rel_err(ct_params["bias"], grads[2]) <= tol
-    only_params, none = pullback(ct, input_grad=False)
-    assert none is None and all(torch.equal(only_params[k], ct_params[k]) for k in ct_params)
+def _torch_conv(s, p, d, groups):
+    return lambda x, w, b: F.conv2d(x, w, b, s, p, d, groups)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -57,7 +44,7 @@ def test_grouped_conv2d_matches_torch(dtype, shape, out, k, s, p, d, groups, bia
     params = params_in(layer, shape, dtype)
     for channels_last in (False, True):
         x = image(shape, dtype, channels_last=channels_last)
-        _compare(layer, params, x, (s, p, d, groups), TOL[dtype])
+        assert_conv_matches(layer, params, x, _torch_conv(s, p, d, groups), TOL[dtype])
 
 
 @pytest.mark.parametrize("shape,out,k,s,p,d,groups", CASES[:4])
@@ -128,10 +115,17 @@ def test_a_separable_block_with_the_new_norms_matches_torch_and_passes_check_vjp
     assert_matches_twin(net, params, x, twin, 1e-10)
 
 
-def test_mixed_precision_takes_a_grouped_convolution():
-    layer = nf.conv2d(8, 3, padding=1, groups=2)
-    params = params_in(layer, (2, 4, 8, 8), torch.float32)
-    x = image((2, 4, 8, 8), torch.float32)
+@pytest.mark.parametrize(
+    "layer,shape",
+    [
+        (nf.conv2d(8, 3, padding=1, groups=2), (2, 4, 8, 8)),
+        (nf.conv_transpose2d(8, 4, 2, 1, groups=2), (2, 4, 6, 6)),
+    ],
+    ids=["conv", "transpose"],
+)
+def test_mixed_precision_takes_a_grouped_convolution(layer, shape):
+    params = params_in(layer, shape, torch.float32)
+    x = image(shape, torch.float32)
     y32, pullback32 = layer.vjp(params, x)
     y16, pullback16 = nf.mixed_precision(layer).vjp(params, x)
     assert y16.dtype == torch.float32 and rel_err(y16, y32) < 2e-2
@@ -236,7 +230,7 @@ def test_grouped_conv2d_on_cuda():
         layer = nf.conv2d(out, k, s, p, d, groups=groups)
         params = nf.tree.map(lambda t: t.cuda(), params_in(layer, shape, torch.float64))
         x = image(shape, torch.float64).cuda()
-        _compare(layer, params, x, (s, p, d, groups), TOL[torch.float64])
+        assert_conv_matches(layer, params, x, _torch_conv(s, p, d, groups), TOL[torch.float64])
 
 
 def test_the_weight_gradient_is_its_own_tensor_and_errors_name_the_grouped_layer():
