@@ -101,7 +101,7 @@ def im2col_matmul(
     width = k + 1 if ones else k  # of a row of the buffer
     most = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in blocks) * wo
     buffer = xp.new_empty(most, width)  # one buffer for all blocks: one allocation, reused
-    if ones:
+    if bias is not None and ones:
         buffer[:, k].fill_(1)
         wmat = cat([wmat, bias[None]])
     for n0, n1, r0, r1 in blocks:
