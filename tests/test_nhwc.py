@@ -1,0 +1,39 @@
+"""nhwc.pad zeroes exactly its border: checked against torch's F.pad on memory that held NaNs
+before (a fresh allocation is often zero already, which would hide a border left unwritten)."""
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from n2nfunc import nhwc
+
+
+def dirty(numel: int) -> None:
+    """Leave ``numel`` NaNs in freed memory, where the next allocation of that size lands."""
+    junk = torch.full((numel,), float("nan"))
+    del junk
+
+
+def test_pad_matches_torch_on_dirty_memory():
+    reused = 0
+    for (n, c, h, w), layout in itertools.product(
+        [(1, 1, 1, 1), (2, 3, 5, 4), (1, 48, 4, 3), (3, 2, 2, 7)], ("nchw", "channels_last")
+    ):
+        x = torch.randn(n, c, h, w)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for t, b, left, r in itertools.product(range(-1, 3), repeat=4):
+            if h + t + b < 1 or w + left + r < 1:
+                continue
+            numel = n * (h + t + b) * (w + left + r) * c
+            dirty(numel)
+            probe = torch.empty(numel)
+            reused += bool(probe.isnan().any())
+            del probe
+            dirty(numel)
+            got = nhwc.pad(nhwc.to_nhwc(x), t, b, left, r)
+            assert got.is_contiguous()
+            want = F.pad(x, (left, r, t, b))
+            assert torch.equal(nhwc.to_nchw(got), want), (x.shape, layout, (t, b, left, r))
+    assert reused > 100  # the freed NaNs did come back: the border's zeros were tested
