@@ -18,6 +18,7 @@ scalars are refused (convert them with ``.item()``).
 
 import contextlib
 import ctypes
+import errno
 import io
 import os
 import pickle
@@ -239,13 +240,24 @@ def _decode_tensor(obj) -> Tensor:
     return torch.frombuffer(bytearray(data), dtype=dtype).view(shape).clone()
 
 
-def write_atomic(path, data: bytes) -> None:
+def write_atomic(path, data: bytes, make_folders: bool = False) -> None:
     """Write to a temporary file beside ``path``, fsync, then ``os.replace``: readers never
     see a partial file and a crash mid-write leaves the previous file intact. The temporary
     is a new file of its own (``.NAME.PID.TOKEN.tmp``, created exclusively): never a link
-    someone left in its place, nor another writer's."""
+    someone left in its place, nor another writer's. The folder must exist, unless
+    ``make_folders`` (then it is made, with its parents)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_folders:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder; give the path of a file", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"its folder {path.parent} does not exist (and is not made for you: a misspelt "
+            "folder would become a new one)",
+            str(path),
+        )
     tmp = None
     try:
         tmp, fd = _new_temporary(path)
@@ -381,6 +393,23 @@ def _check_path(path: Any, name: str) -> None:
         raise TypeError(f"{name}: path must be a str or a path, got {type(path).__name__}{first}")
 
 
+# How much of a file load reads to tell what it is, before reading it whole
+HEAD_BYTES = 512
+# The first bytes of torch.save's older format: the pickled magic number of torch's files
+_TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _by_torch_save(head: bytes) -> bool:
+    """Whether a file starting with ``head`` was written by torch.save: its older format, or
+    a zip archive (torch >= 1.6) whose first entry is ``NAME/data.pkl``."""
+    if head.startswith(_TORCH_LEGACY):
+        return True
+    if not head.startswith(b"PK\x03\x04") or len(head) < 30:
+        return False
+    name_length = int.from_bytes(head[26:28], "little")
+    return head[30 : 30 + name_length].endswith(b"/data.pkl")
+
+
 _NOT_OURS = (
     "checkpoint {path} is truncated or not an n2nfunc checkpoint (damaged, or written by "
     "another program)"
@@ -397,8 +426,15 @@ def load(path: PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with path.open("rb") as f:  # the header first: a large file of something else is not read
-        head = f.read(2)
-    if head and not (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        head = f.read(HEAD_BYTES)
+    if _by_torch_save(head):
+        raise ValueError(
+            f"{path} was written by torch.save, not by n2nfunc.save / Model.save: n2nfunc "
+            "reads its own format only (plain data, never code); torch.load(path, "
+            "weights_only=True) reads this file, and a state_dict in it loads with "
+            "module.load_state_dict(...) (a Model's: model.net.load_state_dict(...))"
+        )
+    if head and not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise ValueError(_NOT_OURS.format(path=path))
     try:
         data = path.read_bytes()

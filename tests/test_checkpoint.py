@@ -546,3 +546,27 @@ def test_a_replace_refused_for_a_moment_is_tried_again_on_windows(tmp_path, monk
     with pytest.raises(PermissionError):
         nf.save(tmp_path / "w.pth", {"w": torch.zeros(2)})
     assert waits == []
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_torch_save_file_is_named_as_one_with_the_way_to_read_it(tmp_path, zipped):
+    """A torch.save'd state_dict was called 'truncated or not an n2nfunc checkpoint (damaged
+    ...)'; either of torch.save's formats is told apart by its first bytes."""
+    path = tmp_path / "sd.pth"
+    torch.save(Model().net.state_dict(), path, _use_new_zipfile_serialization=zipped)
+    for load in (nf.load, Model().load_pretrained_model):
+        with pytest.raises(ValueError, match=r"sd.pth was written by torch.save.*load_state_dict"):
+            load(path)
+    state = torch.load(path, weights_only=True)  # the way the message gives
+    model = Model()
+    model.net.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(model.net.state_dict().values(), state.values()))
+
+
+def test_a_save_into_a_missing_folder_is_refused_and_makes_no_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"its folder .*typo does not exist") as e:
+        Model().save(tmp_path / "typo" / "model.pth")
+    assert e.value.filename == str(tmp_path / "typo" / "model.pth")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        nf.save(tmp_path / "a" / "b" / "w.pth", {"w": torch.ones(1)})
+    assert list(tmp_path.iterdir()) == []

@@ -126,6 +126,7 @@ def test_exported_compute_files_import_only_allowed_primitives(submission):
                         "shutil",
                         "time",
                         "ctypes",
+                        "errno",
                     }
                     for m in mods
                 ), (path, mods)

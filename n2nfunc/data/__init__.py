@@ -81,6 +81,7 @@ def builtin_pairs(
     first, second = make_pairs(n, split, noise, seed)
     if cache:
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             checkpoint.save(path, {"first": first, "second": second})
         except OSError as e:  # a read-only home still works, uncached
             if announce is not None:

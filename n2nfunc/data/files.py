@@ -414,7 +414,7 @@ def write_image(
     """Write a uint8 (3, H, W) tensor (and optional (1, H, W) alpha) as an image file;
     ``grey`` writes it as a greyscale (luminance) image, ``icc`` embeds a colour profile,
     ``exif`` an EXIF block and ``dpi`` a resolution (formats without them ignore them).
-    Atomic (:func:`n2nfunc.checkpoint.write_atomic`)."""
+    Atomic (:func:`n2nfunc.checkpoint.write_atomic`); missing folders are made."""
     from PIL import Image
 
     h, w = rgb.shape[1:]
@@ -437,7 +437,8 @@ def write_image(
         exif = _exif_for(kind, exif)
         options.update({"exif": exif} if exif else {}, **({"dpi": dpi} if dpi else {}))
         im.save(encoded, format=kind, **options)
-    write_atomic(path, encoded.getvalue())  # Ctrl-C or a full disk never leaves half an image
+    # Ctrl-C or a full disk never leaves half an image; the command line checks the folder
+    write_atomic(path, encoded.getvalue(), make_folders=True)
 
 
 def _exif_for(kind: str | None, exif: bytes | None) -> bytes | None:
