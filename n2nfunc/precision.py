@@ -15,7 +15,7 @@ past every matmul (a residual block's skip from the network's input) keeps bfloa
 precision here (8 significant bits: 2-3 decimal digits) and float32 under autocast.
 """
 
-from torch import Tensor
+from torch import Tensor, dtype
 
 from . import tree
 from .base import BFLOAT16, FLOAT32, Held, Layer, pull, releases, skips_input_grad
@@ -32,15 +32,19 @@ def compute_dtype(precision: str):
     return PRECISIONS[precision]
 
 
-def mixed_precision(layer: Layer, precision: str = "bfloat16") -> Layer:
-    """``layer`` computed in ``precision`` ("bfloat16"), float32 params/inputs/outputs.
+def mixed_precision(layer: Layer, precision: str | dtype = "bfloat16") -> Layer:
+    """``layer`` computed in ``precision`` ("bfloat16", or ``torch.bfloat16``), float32
+    params/inputs/outputs.
 
-    ``"float32"`` returns ``layer`` itself. Outputs and every gradient are float32.
+    ``"float32"`` (``torch.float32``) returns ``layer`` itself. Outputs and every gradient are
+    float32.
     """
     if not isinstance(layer, Layer):
         stateful = " (a stateful one: batch norm and dropout are not supported)"
         what = type(layer).__name__ + (stateful if isinstance(layer, StatefulLayer) else "")
         raise TypeError(f"mixed_precision: expected a Layer, got {what}")
+    if isinstance(precision, dtype):  # torch.bfloat16 for "bfloat16"
+        precision = next((k for k, v in PRECISIONS.items() if v == precision), str(precision))
     low = compute_dtype(precision)
     if low == FLOAT32:
         return layer

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 from torch import Generator, Tensor, empty
 
 from . import tree
-from .base import Layer, Params, Pullback, Shape, flag, marked_like
+from .base import Layer, Params, Pullback, Shape, flag, is_int, marked_like
 
 State = Any  # a dict (possibly nested) of tensors
 
@@ -210,7 +210,8 @@ def split_rng(rng: Generator | None, n: int) -> list:
     if rng is None:
         return [None] * n
     if not isinstance(rng, Generator):
-        raise TypeError(f"rng must be a torch.Generator or None, got {type(rng).__name__}")
+        seed = " (a seed goes in torch.Generator().manual_seed(seed))" if is_int(rng) else ""
+        raise TypeError(f"rng must be a torch.Generator or None, got {type(rng).__name__}{seed}")
     seeds = empty(n, device=rng.device).long().random_(generator=rng).tolist()
     return [Generator(device=rng.device).manual_seed(s) for s in seeds]
 
@@ -223,5 +224,7 @@ def child_entry(tree: Any, key: str, name: str, what: str = "state") -> Any:
     if not isinstance(tree, dict) or key not in tree:
         got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
         message = f"the {what} tree has no entry '{key}' for child {key} (got {got})"
+        if isinstance(tree, Tensor):  # an image where the params go
+            message += f": is the {what} tree passed first, as in apply(params, x)?"
         raise ValueError(f"{name}: {message}")
     return tree[key]

@@ -34,6 +34,11 @@ def described(value) -> str:
         return f"the function {value.__name__} (a factory? call it: {value.__name__}(...))"
     if isinstance(getattr(value, "layer", None), (Layer, StatefulLayer)):
         return f"a {type(value).__name__} block (its functional layer is .layer, params .params)"
+    if isinstance(value, type):  # a class: torch.optim.SGD, or a class wrapper such as n2nfunc.MSE
+        ours = value.__module__.startswith("n2nfunc")
+        where = "n2nfunc" if ours else value.__module__
+        wrapper = " (a class wrapper; the functional parts are lowercase)" if ours else ""
+        return f"the class {where}.{value.__name__}{wrapper}"
     return type(value).__name__
 
 

@@ -375,6 +375,14 @@ def test_misused_layers_and_blocks_get_errors_that_say_what_to_do():
         nf.Sequential(nf.SiLU)
     with pytest.raises(TypeError, match=r"make one, Conv2d\(\.\.\.\)"):
         nf.Sequential(nf.Conv2d)
+    with pytest.raises(TypeError, match=r"block 0 is a torch\.nn\..*Conv2d, not an n2nfunc Mod"):
+        nf.Sequential(torch.nn.Conv2d(3, 4, 3))
+    layer = nf.conv2d(4, 3)
+    for optimizer, said in ((torch.optim.SGD, "torch.optim"), (nf.SGD, "n2nfunc.SGD .a class wr")):
+        with pytest.raises(TypeError, match=rf"optimizer must be .*got the class {said}"):
+            nf.make_train_step(layer, nf.mse, optimizer)
+    with pytest.raises(TypeError, match=r"loss must be a Loss.*got the class n2nfunc.MSE"):
+        nf.make_train_step(layer, nf.MSE, nf.sgd(0.1))
     with pytest.raises(TypeError, match=r"a Layer is not called: .*layer\.apply\(params, x\)"):
         nf.silu()(torch.ones(1))
     with pytest.raises(TypeError, match=r"a StatefulLayer is not called: .*layer\.apply\("):

@@ -178,6 +178,12 @@ def test_float64_and_unknown_precisions_are_refused():
         mp.apply(params16, torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="precision must be one of"):
         nf.mixed_precision(net.layer, "float16")
+    with pytest.raises(ValueError, match="precision must be one of.*got 'torch.float16'"):
+        nf.mixed_precision(net.layer, torch.float16)
+    assert nf.mixed_precision(net.layer, torch.float32) is net.layer  # a dtype names it too
+    x = torch.rand(1, 3, 8, 8)
+    by_dtype = nf.mixed_precision(net.layer, torch.bfloat16).apply(net.params, x)
+    assert torch.equal(by_dtype, nf.mixed_precision(net.layer, "bfloat16").apply(net.params, x))
     with pytest.raises(TypeError, match="expected a Layer"):
         nf.mixed_precision(net, "bfloat16")
     assert nf.mixed_precision(net.layer, "float32") is net.layer

@@ -174,7 +174,7 @@ def test_errors_name_the_layer_path():
         net.apply(params, {**state, "0": {"x": torch.ones(1)}}, x, train=False)
     with pytest.raises(ValueError, match=r"in layer 1: batch_norm2d.*\(1, 4, 1, 1\)"):
         net.apply(params, state, torch.randn(1, 3, 1, 1), train=True, rng=torch.Generator())
-    with pytest.raises(TypeError, match="rng must be a torch.Generator"):
+    with pytest.raises(TypeError, match=r"rng must be a torch.Generator.*manual_seed\(seed\)"):
         net.apply(params, state, x, train=True, rng=0)
     with pytest.raises(ValueError, match=r"serial: the params tree has no entry '3' for child 3"):
         net.apply({k: params[k] for k in "012"}, state, x, train=False)
@@ -182,6 +182,8 @@ def test_errors_name_the_layer_path():
         nf.serial(net).vjp({"0": {"0": params["0"]}}, {"0": state}, x, train=False)
     with pytest.raises(ValueError, match=r"parallel: the params tree has no entry '0'.*list"):
         nf.parallel(net).apply([params], {"0": state}, (x,), train=False)
+    with pytest.raises(ValueError, match=r"got Tensor\): is the params tree passed first"):
+        net.apply(x, state, params, train=False)  # the arguments swapped
     with pytest.raises(TypeError, match="serial: argument 1"):
         nf.serial(nf.batch_norm2d(), "bn")
 

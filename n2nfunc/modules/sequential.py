@@ -47,7 +47,13 @@ class Sequential(Module):
                     f"{m.__name__}({'' if _no_arguments_needed(m) else '...'})"
                 )
             if not isinstance(m, Module):
-                raise TypeError(f"Sequential: block {i} is a {type(m).__name__}, not a Module")
+                kind = type(m)
+                ours = kind.__module__.startswith(("n2nfunc", "builtins"))
+                where = "" if ours else kind.__module__ + "."
+                raise TypeError(
+                    f"Sequential: block {i} is a {where}{kind.__name__}, not an n2nfunc Module"
+                    + (" (torch.nn's modules do not mix in)" if where.startswith("torch.") else "")
+                )
         self.blocks = list(modules)
         super().__init__(
             serial(*(m.layer for m in modules)),
