@@ -37,7 +37,7 @@ def main(argv=None) -> int:
             _refuse_unknown_options(parser, argv)
             args, extra = parser.parse_known_args(argv)
             if extra:  # a stray positional: the command's usage, not the top-level one
-                getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+                getattr(args, "parser", parser).error(_stray(args.command, extra))
             args.argv = argv  # for --nproc's workers
             args.check(args, args.parser.error)
             _check_precision(args, args.parser.error)
@@ -61,6 +61,23 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+# The positional arguments of the commands that take some
+POSITIONALS = {"denoise": "one INPUT and one OUTPUT", "export-submission": "one OUT_DIR"}
+
+
+def _stray(command: str, extra: list) -> str:
+    """The error for arguments beyond a command's positionals (a shell glob's many files)."""
+    more = " ".join(extra)
+    if command in POSITIONALS:
+        return (
+            f"{command} takes {POSITIONALS[command]}; more was given: {more} (one image a "
+            "command; a name with spaces goes in quotes)"
+            if command == "denoise"
+            else f"{command} takes {POSITIONALS[command]}; more was given: {more}"
+        )
+    return f"{command} takes options only (each starting with --), got {more}"
 
 
 def _escape_unprintable() -> None:

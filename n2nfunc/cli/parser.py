@@ -24,6 +24,7 @@ from .use import _tile_size, cmd_denoise, cmd_eval, cmd_export
 # --threads' ceiling: torch crashes (a segmentation fault) asked for 100,000 threads, and the
 # OpenMP runtime fails to start 20,000 on a 2-core machine
 MAX_THREADS = 1024
+MAX_EPOCHS = 10**6  # (a typo's 10**20 showed an ETA of 10**15 hours)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -262,7 +263,7 @@ def build_parser() -> _Parser:
     )
     net.add_argument(
         "--epochs",
-        type=at.int_range(1),
+        type=at.int_range(1, MAX_EPOCHS),
         default=DEFAULT_CONFIG["num_epochs"],
         metavar="N",
         help="passes over the training pairs",

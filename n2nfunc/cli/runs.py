@@ -121,9 +121,15 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
                 own = "the run, which augments its pairs" if theirs else "the run"
             else:
                 option, own = f"{_option(dest)} {_shown(mine)}", f"its {_shown(theirs)}"
+            further = (  # more epochs: a new run from the weights
+                f"; to train its weights further: n2nfunc train --init {launch.quoted(path)} "
+                f"--epochs {_shown(mine)} --out NEW_FOLDER ..."
+                if dest == "epochs"
+                else ""
+            )
             raise ValueError(
                 f"--resume continues the run of {path} with its own settings: {option} differs "
-                f"from {own} (to change it, start a new run without --resume)"
+                f"from {own} (to change it, start a new run without --resume{further})"
             )
     args.seed = config.get("seed", args.seed)  # the seed of its data too
     args.batch_size = config.get("batch_size", args.batch_size)
