@@ -138,7 +138,7 @@ def weights_file(text: str) -> Path:
         )
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # (the first that exists: the rest is made)
+        folder = folder.parent  # (the first that exists: the rest is made before saving)
     try:  # a file made and removed at once: os.access says yes to root everywhere
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
@@ -352,6 +352,7 @@ def main() -> None:
             f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # (checked writable before training)
     model.save(args.out)
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     report(model, sets)

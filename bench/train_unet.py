@@ -315,6 +315,7 @@ def main() -> None:
     replay += [f"--crop {args.crop} --batch {args.batch} --lr {args.lr} --seed {args.seed}"]
     replay += [f"--precision {args.precision}"] if args.precision != "float32" else []
     info["command"] = " ".join(replay)
+    out.parent.mkdir(parents=True, exist_ok=True)  # (checked writable before training)
     save_unet(out, arch, params, info)
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({size:.1f} MB) after {info['minutes']:.1f} min")

@@ -437,6 +437,23 @@ def check_image(x, layer: str, channels: int, like: Tensor) -> Tensor:
     return check_like(x, layer, like)
 
 
+# Public homes of classes an error may name: torch.nn.Conv2d, not torch.nn.modules.conv.Conv2d
+PUBLIC_HOMES = ("torch.nn.modules.", "torch.nn"), ("torch.optim.", "torch.optim")
+
+
+def public_name(kind: type) -> str:
+    """``kind``'s name as its users write it: ``n2nfunc.MSE``, ``torch.nn.Conv2d``,
+    ``torch.optim.SGD``, ``int``."""
+    module = kind.__module__
+    if module == "builtins":
+        return kind.__name__
+    if module.startswith("n2nfunc"):
+        module = "n2nfunc"
+    for prefix, home in PUBLIC_HOMES:
+        module = home if module.startswith(prefix) else module
+    return f"{module}.{kind.__name__}"
+
+
 def unbatched_hint(x: Tensor) -> str:
     """For an error about an image input of 3 dims: how to make it a batch (torch's image
     layers take one unbatched image; these take batches only)."""

@@ -252,6 +252,10 @@ def write_atomic(path, data: bytes, make_folders: bool = False) -> None:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder; give the path of a file", str(path))
     if not path.parent.is_dir():
+        if path.parent.exists():
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"{path.parent} is a file, not a folder", str(path)
+            )
         raise FileNotFoundError(
             errno.ENOENT,
             f"its folder {path.parent} does not exist (and is not made for you: a misspelt "
@@ -379,8 +383,8 @@ def _pause_for_tests(f) -> None:
 
 def save(path: PathLike, tree: Any) -> None:
     """Save ``tree`` (nested dicts, lists, tuples and named tuples of tensors, numbers,
-    strings, bytes and None) as a checkpoint, atomically; unsupported objects raise
-    ``TypeError`` before anything is written."""
+    strings, bytes and None) as a checkpoint, atomically, into an existing folder;
+    unsupported objects raise ``TypeError`` before anything is written."""
     _check_path(path, "save")
     blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": encode(tree)}, protocol=4)
     write_atomic(path, blob)
@@ -395,14 +399,15 @@ def _check_path(path: Any, name: str) -> None:
 
 # How much of a file load reads to tell what it is, before reading it whole
 HEAD_BYTES = 512
-# The first bytes of torch.save's older format: the pickled magic number of torch's files
-_TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+# torch.save's older format starts with its magic number, pickled as a LONG1 (after the
+# protocol's header: PROTO, and from protocol 4 on a FRAME)
+_TORCH_LEGACY = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 def _by_torch_save(head: bytes) -> bool:
     """Whether a file starting with ``head`` was written by torch.save: its older format, or
     a zip archive (torch >= 1.6) whose first entry is ``NAME/data.pkl``."""
-    if head.startswith(_TORCH_LEGACY):
+    if head.startswith(b"\x80") and _TORCH_LEGACY in head[:32]:
         return True
     if not head.startswith(b"PK\x03\x04") or len(head) < 30:
         return False

@@ -566,6 +566,8 @@ class Model(Unpicklable):
         return {"config": dict(self.config), "params": dict(self.net.state_dict())}
 
     def save(self, path: PathLike) -> None:
+        """Config and weights into the file ``path`` (its folder must exist), for
+        ``load_pretrained_model(path)`` or ``Model.from_pretrained``."""
         from . import checkpoint
 
         checkpoint.save(path, self.payload())

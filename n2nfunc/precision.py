@@ -44,7 +44,13 @@ def mixed_precision(layer: Layer, precision: str | dtype = "bfloat16") -> Layer:
         what = type(layer).__name__ + (stateful if isinstance(layer, StatefulLayer) else "")
         raise TypeError(f"mixed_precision: expected a Layer, got {what}")
     if isinstance(precision, dtype):  # torch.bfloat16 for "bfloat16"
-        precision = next((k for k, v in PRECISIONS.items() if v == precision), str(precision))
+        names = [k for k, v in PRECISIONS.items() if v == precision]
+        if not names:
+            raise ValueError(
+                f"mixed_precision: precision must be one of {sorted(PRECISIONS)} (or those "
+                f"torch dtypes), got {precision}"
+            )
+        precision = names[0]
     low = compute_dtype(precision)
     if low == FLOAT32:
         return layer

@@ -224,7 +224,10 @@ def child_entry(tree: Any, key: str, name: str, what: str = "state") -> Any:
     if not isinstance(tree, dict) or key not in tree:
         got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
         message = f"the {what} tree has no entry '{key}' for child {key} (got {got})"
-        if isinstance(tree, Tensor):  # an image where the params go
-            message += f": is the {what} tree passed first, as in apply(params, x)?"
+        if isinstance(tree, Tensor):  # an image where a tree goes: arguments swapped?
+            message += (
+                ": are the arguments in their order, apply(params, x), or apply(params, "
+                "state, x, ...) for a network with state?"
+            )
         raise ValueError(f"{name}: {message}")
     return tree[key]

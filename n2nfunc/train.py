@@ -18,7 +18,7 @@ from typing import Any, overload
 from torch import Tensor
 
 from . import tree
-from .base import Layer, Params, pull
+from .base import Layer, Params, public_name, pull
 from .losses import Loss
 from .optim import GradientTransformation, added
 from .stateful import State, StatefulLayer, no_state_error
@@ -36,9 +36,8 @@ def described(value) -> str:
         return f"a {type(value).__name__} block (its functional layer is .layer, params .params)"
     if isinstance(value, type):  # a class: torch.optim.SGD, or a class wrapper such as n2nfunc.MSE
         ours = value.__module__.startswith("n2nfunc")
-        where = "n2nfunc" if ours else value.__module__
         wrapper = " (a class wrapper; the functional parts are lowercase)" if ours else ""
-        return f"the class {where}.{value.__name__}{wrapper}"
+        return f"the class {public_name(value)}{wrapper}"
     return type(value).__name__
 
 

@@ -548,15 +548,22 @@ def test_a_replace_refused_for_a_moment_is_tried_again_on_windows(tmp_path, monk
     assert waits == []
 
 
-@pytest.mark.parametrize("zipped", [True, False])
-def test_a_torch_save_file_is_named_as_one_with_the_way_to_read_it(tmp_path, zipped):
+@pytest.mark.parametrize("zipped,protocol", [(True, 2), (False, 2), (False, 4)])
+def test_a_torch_save_file_is_named_as_one_with_the_way_to_read_it(tmp_path, zipped, protocol):
     """A torch.save'd state_dict was called 'truncated or not an n2nfunc checkpoint (damaged
     ...)'; either of torch.save's formats is told apart by its first bytes."""
     path = tmp_path / "sd.pth"
-    torch.save(Model().net.state_dict(), path, _use_new_zipfile_serialization=zipped)
+    torch.save(
+        Model().net.state_dict(),
+        path,
+        _use_new_zipfile_serialization=zipped,
+        pickle_protocol=protocol,
+    )
     for load in (nf.load, Model().load_pretrained_model):
         with pytest.raises(ValueError, match=r"sd.pth was written by torch.save.*load_state_dict"):
             load(path)
+    if protocol != 2:  # (torch's own weights-only reader takes protocol 2 only)
+        return
     state = torch.load(path, weights_only=True)  # the way the message gives
     model = Model()
     model.net.load_state_dict(state)
@@ -570,3 +577,6 @@ def test_a_save_into_a_missing_folder_is_refused_and_makes_no_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         nf.save(tmp_path / "a" / "b" / "w.pth", {"w": torch.ones(1)})
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
+        nf.save(tmp_path / "afile" / "w.pth", {"w": torch.ones(1)})

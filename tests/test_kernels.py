@@ -79,19 +79,30 @@ def test_implicit_gemm_engine_is_not_used_where_taps_would_round_or_be_thin():
     assert not K.s2d_applies(x, (3, 3), (1, 1), (1, 1))  # stride 1: im2col is one matmul
 
 
-@pytest.mark.parametrize("block_bytes", [1, 3000, 1 << 21])  # one row, a few rows, whole images
+# one row a block, 2 + 2 + 1 or 3 + 2 rows of an image, 2 + 1 images, all at once
+@pytest.mark.parametrize("blocks", ["row", "rows", "images", "all"])
 @pytest.mark.parametrize("o", [3, 9])  # below THIN: computed channels-first
 @pytest.mark.parametrize("bias", [False, True])
-def test_im2col_by_blocks_matches_one_matmul(monkeypatch, block_bytes, o, bias):
-    set_in_kernels(monkeypatch, "BLOCK_BYTES", block_bytes)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the bias in the sum
+def test_im2col_by_blocks_matches_one_matmul(monkeypatch, blocks, o, bias, dtype):
     n, hw, c, k, s = 3, (9, 7), 5, (3, 2), (2, 1)
-    x = randn(n, *hw, c, seed=0)
-    wmat = randn(k[0] * k[1] * c, o, seed=1)
-    b = randn(o, seed=2) if bias else None
-    out_hw = (4, 8)
-    y_ref, cols = K.conv_forward(x, wmat, b, k, s, (1, 1), (1, 1), out_hw)
+    out_hw = (5, 8)
+    image = out_hw[0] * out_hw[1] * k[0] * k[1] * c * torch.empty((), dtype=dtype).element_size()
+    block_bytes = {"row": 1, "rows": 3500, "images": 2 * image, "all": 1 << 21}[blocks]
+    set_in_kernels(monkeypatch, "BLOCK_BYTES", block_bytes)
+    x = randn(n, *hw, c, seed=0, dtype=dtype)
+    wmat = randn(k[0] * k[1] * c, o, seed=1, dtype=dtype)
+    b = randn(o, seed=2, dtype=dtype) if bias else None
+    y_ref = torch.nn.functional.conv2d(
+        x.permute(0, 3, 1, 2).double(),
+        wmat.view(*k, c, o).permute(3, 2, 0, 1).double(),
+        None if b is None else b.double(),
+        s,
+        1,
+    )[:, :, : out_hw[0], : out_hw[1]].permute(0, 2, 3, 1)
     y, none = K.conv_forward(x, wmat, b, k, s, (1, 1), (1, 1), out_hw, keep_cols=False)
-    assert none is None and y.shape == y_ref.shape and rel_err(y, y_ref) < TOL64
+    tol = TOL64 if dtype == torch.float64 else 1e-6
+    assert none is None and y.shape == y_ref.shape and rel_err(y.double(), y_ref) < tol
 
 
 def test_im2col_blocks_are_cache_sized():

@@ -3,6 +3,7 @@ before (a fresh allocation is often zero already, which would hide a border left
 
 import itertools
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -17,14 +18,13 @@ def dirty(numel: int) -> None:
 
 def test_pad_matches_torch_on_dirty_memory():
     reused = 0
-    for (n, c, h, w), layout in itertools.product(
-        [(1, 1, 1, 1), (2, 3, 5, 4), (1, 48, 4, 3), (3, 2, 2, 7)], ("nchw", "channels_last")
-    ):
+    shapes = [(1, 1, 1, 1), (2, 3, 5, 4), (1, 48, 4, 3), (3, 2, 2, 7), (0, 3, 2, 2), (2, 0, 3, 3)]
+    for (n, c, h, w), layout in itertools.product(shapes, ("nchw", "channels_last")):
         x = torch.randn(n, c, h, w)
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         for t, b, left, r in itertools.product(range(-1, 3), repeat=4):
-            if h + t + b < 1 or w + left + r < 1:
+            if h + t + b < 0 or w + left + r < 0:  # (empty results included: all border)
                 continue
             numel = n * (h + t + b) * (w + left + r) * c
             dirty(numel)
@@ -36,4 +36,6 @@ def test_pad_matches_torch_on_dirty_memory():
             assert got.is_contiguous()
             want = F.pad(x, (left, r, t, b))
             assert torch.equal(nhwc.to_nchw(got), want), (x.shape, layout, (t, b, left, r))
+    if not reused:  # an allocator that hands freed memory out elsewhere (or poisons it)
+        pytest.skip("freed memory did not come back to the next allocation of its size")
     assert reused > 100  # the freed NaNs did come back: the border's zeros were tested

@@ -182,7 +182,7 @@ def test_errors_name_the_layer_path():
         nf.serial(net).vjp({"0": {"0": params["0"]}}, {"0": state}, x, train=False)
     with pytest.raises(ValueError, match=r"parallel: the params tree has no entry '0'.*list"):
         nf.parallel(net).apply([params], {"0": state}, (x,), train=False)
-    with pytest.raises(ValueError, match=r"got Tensor\): is the params tree passed first"):
+    with pytest.raises(ValueError, match=r"Tensor\): are the arguments in their order"):
         net.apply(x, state, params, train=False)  # the arguments swapped
     with pytest.raises(TypeError, match="serial: argument 1"):
         nf.serial(nf.batch_norm2d(), "bn")

@@ -121,10 +121,12 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
                 own = "the run, which augments its pairs" if theirs else "the run"
             else:
                 option, own = f"{_option(dest)} {_shown(mine)}", f"its {_shown(theirs)}"
-            further = (  # more epochs: a new run from the weights
-                f"; to train its weights further: n2nfunc train --init {launch.quoted(path)} "
-                f"--epochs {_shown(mine)} --out NEW_FOLDER ..."
-                if dest == "epochs"
+            more = mine - theirs if dest == "epochs" and mine > theirs else 0
+            further = (  # more epochs: a new run from its weights, with a schedule of its own
+                f"; to train its weights {more} epochs more, in a new run with a learning-rate "
+                f"schedule of its own: n2nfunc train --init {launch.quoted(path)} --epochs "
+                f"{more} --out NEW_FOLDER ..."
+                if more
                 else ""
             )
             raise ValueError(

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..base import Layer, check_cotangent, output_of
+from ..base import Layer, check_cotangent, output_of, public_name
 from ..combinators import NAMED, layer_error, serial
 from ..stateful import StatefulLayer
 from .module import _SPENT, Module, _each_once, _spent_pullback
@@ -47,12 +47,14 @@ class Sequential(Module):
                     f"{m.__name__}({'' if _no_arguments_needed(m) else '...'})"
                 )
             if not isinstance(m, Module):
-                kind = type(m)
-                ours = kind.__module__.startswith(("n2nfunc", "builtins"))
-                where = "" if ours else kind.__module__ + "."
+                kind = m if isinstance(m, type) else type(m)
+                name = public_name(kind)
+                article = "an" if name[0] in "aeiou" else "a"
+                what = f"the class {name}" if m is kind else f"{article} {name}"
+                torch_nn = kind.__module__.startswith("torch.nn.")
                 raise TypeError(
-                    f"Sequential: block {i} is a {where}{kind.__name__}, not an n2nfunc Module"
-                    + (" (torch.nn's modules do not mix in)" if where.startswith("torch.") else "")
+                    f"Sequential: block {i} is {what}, not an n2nfunc Module"
+                    + (" (torch.nn's modules do not mix in)" if torch_nn else "")
                 )
         self.blocks = list(modules)
         super().__init__(
