@@ -386,9 +386,38 @@ def save(path: PathLike, tree: Any) -> None:
     strings, bytes and None) as a checkpoint, atomically, into an existing folder;
     unsupported objects raise ``TypeError`` before anything is written."""
     _check_path(path, "save")
-    blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": encode(tree)}, protocol=4)
+    try:
+        payload = encode(tree)
+    except (TypeError, ValueError) as e:
+        where, leaf = _where_refused(tree)
+        hint = ""
+        if type(leaf).__module__ == "numpy":
+            hint = (
+                " (a NumPy value: x.item() or float(x) for a number, torch.from_numpy(a) for "
+                "an array)"
+            )
+        elif isinstance(leaf, torch.dtype):
+            hint = " (a dtype: store its name, str(dtype))"
+        raise type(e)(f"{e}{f', at {where}' if where else ''}{hint}") from None
+    blob = pickle.dumps({"format": FORMAT, "version": VERSION, "payload": payload}, protocol=4)
     write_atomic(path, blob)
     remove_stale_temporaries(path)
+
+
+def _where_refused(tree: Any, at: str = "") -> tuple[str, Any]:
+    """``(path, value)`` of the innermost entry of ``tree`` that :func:`encode` refuses, as
+    dotted keys and indices (a container itself when all its entries are storable: a refused
+    key, too many fields). On the error path only: it encodes subtrees again."""
+    if isinstance(tree, dict):
+        children: Any = tree.items()
+    else:
+        children = enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for k, v in children:
+        try:
+            encode(v)
+        except (TypeError, ValueError):
+            return _where_refused(v, f"{at}.{k}" if at else str(k))
+    return at, tree
 
 
 def _check_path(path: Any, name: str) -> None:

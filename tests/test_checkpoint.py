@@ -10,6 +10,7 @@ import time
 import tracemalloc
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from helpers import code_running_pickle
@@ -225,15 +226,31 @@ def test_subclasses_of_plain_values_are_stored_as_plain_values(tmp_path):
 @pytest.mark.parametrize(
     "tree,error,pattern",
     [
-        ({"f": lambda x: x}, TypeError, "type function"),
-        ([{1, 2}], TypeError, "type set"),
+        ({"f": lambda x: x}, TypeError, "type function in a checkpoint, at f$"),
+        ([{1, 2}], TypeError, "type set in a checkpoint, at 0$"),
         ({(1, 2): 3}, TypeError, "dict key of type tuple"),
         ({"__tensor__": "float32"}, ValueError, "reserved key '__tensor__'"),
-        ({"x": {"__namedtuple__": "T"}}, ValueError, "reserved key '__namedtuple__'"),
+        ({"x": {"__namedtuple__": "T"}}, ValueError, "reserved key '__namedtuple__'.*, at x$"),
         ({"f8": torch.zeros(2, dtype=torch.float8_e4m3fn)}, TypeError, "dtype torch.float8_e4m3fn"),
         ({"s": torch.zeros(3, 3).to_sparse()}, TypeError, "layout"),
+        (  # a metric's NumPy scalar deep in a tree: where, and what to do
+            {"outer": {"inner": [1, np.float32(2.0)]}},
+            TypeError,
+            r"type float32 in a checkpoint, at outer.inner.1 \(a NumPy value: x.item\(\)",
+        ),
+        ({"d": torch.bfloat16}, TypeError, r"type dtype .*, at d \(a dtype: store its name"),
     ],
-    ids=["function", "set", "tuple-key", "tensor-key", "namedtuple-key", "float8", "sparse"],
+    ids=[
+        "function",
+        "set",
+        "tuple-key",
+        "tensor-key",
+        "namedtuple-key",
+        "float8",
+        "sparse",
+        "numpy-scalar",
+        "dtype",
+    ],  # fmt: skip
 )
 def test_unstorable_trees_are_refused_before_writing(tmp_path, tree, error, pattern):
     path = tmp_path / "x.pth"
