@@ -125,7 +125,7 @@ def bfloat16_no_faster() -> str | None:
     return (
         f"this CPU ({cpu_model()}; {have}) multiplies bfloat16 natively, but a bfloat16 "
         f"matmul ran at {speedup:.2f}x the speed of the float32 one here (less than 1.1x), so "
-        "training in bfloat16 will likely be no faster than in float32, or slower"
+        "a network in bfloat16 will likely run no faster than in float32, or slower"
     )
 
 

@@ -11,6 +11,7 @@ import torch
 
 from n2nfunc import hardware
 from n2nfunc.cli import main
+from n2nfunc.data import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = ROOT / "bench" / "mkl_on_amd.sh"
@@ -165,6 +166,13 @@ def test_train_notes_a_cpu_whose_bfloat16_is_no_faster(
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert out.count("note: --precision bfloat16: bfloat16 is slow here") == noted
+    # eval and denoise say it too (they had said nothing)
+    assert main(["eval", "--n-val", "8", "--precision", precision]) == 0
+    image = tmp_path / "in.png"
+    write_image(image, torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8))
+    assert main(["denoise", str(image), str(tmp_path / "out.png"), "--precision", precision]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: --precision bfloat16: bfloat16 is slow here") == 2 * noted
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,12 @@ def _check_photo_sides(args, error) -> None:
                 f"plain --noise downsample cuts crops of 32 x factor {listed}; "
                 "--noise downsample:FACTOR cuts 32 x FACTOR"
             )
+            if args.command == "eval" and "noise" not in _given(args):  # (not the weights')
+                why += (
+                    f"; eval takes --noise from the command line, not from the weights: for "
+                    f"camera noise give it, e.g. --noise gaussian:25 ({PHOTO_CROP} x "
+                    f"{PHOTO_CROP} crops)"
+                )
         try:
             at.photo_dir(side, why)(str(folder))
         except at.Error as e:

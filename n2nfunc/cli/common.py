@@ -9,8 +9,16 @@ from pathlib import Path
 
 import torch
 
-from .. import allocator, launch
+from .. import allocator, hardware, launch
 from ..data.noise import parse_noise
+
+
+def _say_if_bfloat16_is_slow(device, precision: str) -> None:
+    """A note where bfloat16 was asked for on a CPU whose bfloat16 matmuls are no faster than
+    its float32 ones (:func:`n2nfunc.hardware.bfloat16_no_faster`, timed once)."""
+    on_cpu_bf16 = torch.device(device).type == "cpu" and precision == "bfloat16"
+    if on_cpu_bf16 and (slow := hardware.bfloat16_no_faster()):
+        print(f"note: --precision bfloat16: {slow}")
 
 
 def _setup(args) -> torch.device:

@@ -22,6 +22,7 @@ from .common import (
     _loading,
     _rank,
     _run_files_in,
+    _say_if_bfloat16_is_slow,
     _setup,
     _stopped_code,
     shown,
@@ -218,9 +219,7 @@ def run_training(args, device, dp=None) -> int:
     slow_gemm = hardware.mkl_problem() if on_mkl else None  # bfloat16 matmuls: oneDNN's
     if slow_gemm:
         print(f"note: {slow_gemm}")
-    on_cpu_bf16 = torch.device(device).type == "cpu" and model.config["precision"] == "bfloat16"
-    if on_cpu_bf16 and (slow_bf16 := hardware.bfloat16_no_faster()):
-        print(f"note: --precision bfloat16: {slow_bf16}")
+    _say_if_bfloat16_is_slow(device, model.config["precision"])
     progress = Progress(max(epochs - start, 0) * per_epoch, epochs, quiet=args.quiet)
 
     def on_step(epoch, step, steps, loss):

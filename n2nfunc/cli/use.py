@@ -25,7 +25,16 @@ from ..model import (
     Model,
     checkpoint_network,
 )
-from .common import _camera_noise, _given, _loading, _rank, _say, _setup, shown
+from .common import (
+    _camera_noise,
+    _given,
+    _loading,
+    _rank,
+    _say,
+    _say_if_bfloat16_is_slow,
+    _setup,
+    shown,
+)
 from .pairs import _say_if_identical, _validation_data
 from .runs import _run_config
 
@@ -151,6 +160,7 @@ def cmd_eval(args) -> int:
     if args.model is not None:
         path = _loading("--model", shipped_weights, args.model)
     model, noise = _load_model(path, device, args.precision)
+    _say_if_bfloat16_is_slow(device, args.precision)
     xv, yv, desc = _validation_data(args)
     _say_if_identical(xv, yv)
     on_builtin = "built-in" in noise  # (a U-Net trained on the built-in pairs themselves)
@@ -260,8 +270,10 @@ def _tile_bar():
 def cmd_denoise(args) -> int:
     picture = _loading("input", read_image, args.input)  # a refused input says only that
     _loading("output", check_fits, args.output, picture.rgb.shape[2], picture.rgb.shape[1])
-    run, which = _denoiser(args, _setup(args))
+    device = _setup(args)
+    run, which = _denoiser(args, device)
     print(f"weights: {which}")
+    _say_if_bfloat16_is_slow(device, args.precision)
     alpha = picture.alpha
     if alpha is not None and args.output.suffix.lower() not in ALPHA_SUFFIXES:
         print(
