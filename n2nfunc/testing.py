@@ -150,7 +150,15 @@ def check_vjp(
     _finite({"output": y}, "is not finite at this point: pick another x (or params)")
     ct = tree.map(lambda t: _randn_like(t, g), y)
     kept = tree.map(_copy, {"cotangent": ct, "output": y})
-    ct_params, ct_x = pullback(ct)
+    pulled = pullback(ct)
+    if not isinstance(pulled, tuple) or len(pulled) != 2:
+        got = f"a {type(pulled).__name__}" + (
+            f" of {len(pulled)}" if isinstance(pulled, tuple) else ""
+        )
+        raise VJPCheckError(
+            f"check_vjp: the pullback must return (param_grads, input_grad), a pair; got {got}"
+        )
+    ct_params, ct_x = pulled
     _unchanged({"cotangent": ct}, {"cotangent": kept["cotangent"]}, "the pullback")
     _unchanged({"input": x, "params": params}, originals, "vjp or its pullback")
     _unchanged({"output": y}, {"output": kept["output"]}, "the pullback")

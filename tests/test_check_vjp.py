@@ -299,3 +299,16 @@ def test_train_false_checks_the_evaluation_mode_pullback():
     nf.check_vjp(buggy, params, x, state=state)
     with pytest.raises(VJPCheckError, match="wrt input"):
         nf.check_vjp(buggy, params, x, state=state, train=False)
+
+
+def test_a_pullback_that_returns_only_the_input_gradient_is_named():
+    """Its tensor was unpacked along the batch axis and reported as trees that 'differ in
+    structure'."""
+    relu = nf.relu()
+
+    def vjp(params, x):
+        y, pullback = relu.vjp(params, x)
+        return y, lambda ct: pullback(ct)[1]  # (forgot the params' gradients)
+
+    with pytest.raises(VJPCheckError, match=r"must return \(param_grads, input_grad\)"):
+        nf.check_vjp(nf.Layer(relu.init, relu.apply, vjp), {}, torch.randn(2, 3))
