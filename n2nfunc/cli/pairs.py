@@ -130,7 +130,7 @@ def _training_data(args):
         photos = _loading(
             "--photos", load_photos, args.photos, min(_crop_sides(args, "photos")), _say
         )
-        desc = f"cut from the photos in {args.photos}"
+        desc = f"cut from the photos in {args.photos}, noise {args.noise}"
         if _camera_noise(args):
             xt, yt = _loading("--photos", _photo_noise_pairs, photos, n, args, "train")
             return xt, yt, desc, noise_words(args.noise, f"photos in {args.photos}")
