@@ -70,14 +70,10 @@ POSITIONALS = {"denoise": "one INPUT and one OUTPUT", "export-submission": "one 
 def _stray(command: str, extra: list) -> str:
     """The error for arguments beyond a command's positionals (a shell glob's many files)."""
     more = " ".join(extra)
-    if command in POSITIONALS:
-        return (
-            f"{command} takes {POSITIONALS[command]}; more was given: {more} (one image a "
-            "command; a name with spaces goes in quotes)"
-            if command == "denoise"
-            else f"{command} takes {POSITIONALS[command]}; more was given: {more}"
-        )
-    return f"{command} takes options only (each starting with --), got {more}"
+    if command not in POSITIONALS:
+        return f"{command} takes options only (each starting with --), got {more}"
+    hint = " (one image a command; a name with spaces goes in quotes)" * (command == "denoise")
+    return f"{command} takes {POSITIONALS[command]}; more was given: {more}{hint}"
 
 
 def _escape_unprintable() -> None:

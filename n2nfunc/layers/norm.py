@@ -73,6 +73,7 @@ from ..base import (
     unbatched_hint,
 )
 from ..stateful import StatefulLayer, stateful_call
+from .geometry import describe
 
 _AXES = (0, 2, 3)
 
@@ -92,6 +93,11 @@ def _batches(count: Tensor, name: str) -> int:
 
 def _column(t):
     return t.view(1, -1, 1, 1)
+
+
+def _given(**options) -> dict:
+    """The ``options`` that are not None, for a layer's name (:func:`describe`)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _functional_eps(eps, layer: str, wrapper: str) -> float:
@@ -273,8 +279,8 @@ def group_norm(
     normalisation. ``channels``, where given, is the C an input must have (the wrapper
     passes its ``num_channels``, so that one without params refuses other counts too). See
     the module docstring for the gradients."""
-    name = f"group_norm(num_groups={num_groups}, eps={eps}, affine={affine}" + (
-        ")" if channels is None else f", channels={channels})"
+    name = describe(
+        "group_norm", num_groups=num_groups, eps=eps, affine=affine, **_given(channels=channels)
     )
     groups = positive_int(num_groups, "num_groups", name)
     eps = _functional_eps(eps, name, "GroupNorm")
@@ -294,9 +300,7 @@ def instance_norm(eps: float = 1e-5, affine: bool = False, channels: int | None 
     normalisation with one channel a group. One pixel a channel is refused, as torch refuses
     it: its normalised value would be 0 whatever the input. ``channels``, where given, is the
     C an input must have (the wrapper passes its ``num_features``)."""
-    name = f"instance_norm(eps={eps}, affine={affine}" + (
-        ")" if channels is None else f", channels={channels})"
-    )
+    name = describe("instance_norm", eps=eps, affine=affine, **_given(channels=channels))
     eps = _functional_eps(eps, name, "InstanceNorm2d")
 
     def groups_of(shape: tuple) -> int:
@@ -376,9 +380,7 @@ def layer_norm(
     ``axis`` may also be the last k axes, ``(-k, ..., -1)`` (``size`` then their sizes): each
     sample's position normalised over all of them together, the params of their shape, as
     ``torch.nn.LayerNorm((C, H, W))``. See the module docstring for the gradients."""
-    name = f"layer_norm(axis={axis}, eps={eps}, affine={affine}" + (
-        ")" if size is None else f", size={size})"
-    )
+    name = describe("layer_norm", axis=axis, eps=eps, affine=affine, **_given(size=size))
     if isinstance(axis, (tuple, list)) and len(axis) != 1:
         return _trailing_layer_norm(axis, eps, affine, size, name)
     if isinstance(axis, (tuple, list)):
