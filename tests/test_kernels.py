@@ -41,20 +41,23 @@ def test_implicit_gemm_engine_matches_im2col_float64(k, s, p, hw, n):
     assert torch.equal(y2, y) and torch.equal(weight_grad(g), dw)
 
 
+@pytest.mark.parametrize("c", [5, 12])  # phase by phase, and every phase in one copy
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize(
     "hw,k,s,p",
     [
         ((16, 16), (4, 4), (2, 2), (1, 1)),
+        ((15, 16), (4, 4), (2, 2), (1, 1)),  # odd rows: the phases hold unequal counts
+        ((12, 9), (3, 3), (3, 3), (0, 0)),  # stride 3, no padding: all phases in one copy
         ((9, 7), (4, 4), (2, 2), (0, 1)),  # the grid ends before the input: crops, no padding
         ((11, 8), (6, 3), (3, 3), (2, 0)),  # stride 3, padding on one side only
         ((5, 6), (2, 2), (2, 2), (1, 0)),
         ((7, 5), (3, 3), (1, 1), (1, 1)),  # stride 1: just the padded input
     ],
 )
-def test_space_to_depth_is_the_padded_input_rearranged(hw, k, s, p, dtype):
+def test_space_to_depth_is_the_padded_input_rearranged(hw, k, s, p, dtype, c):
     """z[(n, my, mx), (ry, rx, c)] = xp[n, s*my + ry, s*mx + rx, c], written in one pass."""
-    n, c = 2, 5
+    n = 2
     x = randn(n, *hw, c, seed=0).to(dtype)
     out_hw = tuple((size + 2 * pp - kk) // ss + 1 for size, kk, ss, pp in zip(hw, k, s, p))
     plan = K.s2d_plan(n, hw, k, s, p, out_hw)
@@ -158,6 +161,9 @@ def test_channel_sums_match_a_float64_sum(shape):
     ref = x.reshape(-1, shape[-1]).sum(0)
     assert rel_err(K.channel_sums(x), ref) < TOL64
     assert rel_err(K.channel_sums(x.permute(0, 2, 1, 3)), ref) < TOL64  # a strided view
+    in_nchw_memory = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # a loss's gradient
+    assert rel_err(K.channel_sums(in_nchw_memory), ref) < TOL64
+    assert rel_err(K.channel_sums(in_nchw_memory.float()).double(), ref) < 1e-6
     low = K.channel_sums(x.to(torch.bfloat16)).double()  # float32 sums, rounded once
     assert rel_err(low, ref) < 2e-2
 
