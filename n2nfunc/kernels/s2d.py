@@ -129,6 +129,16 @@ def space_to_depth(x: Tensor, plan: S2DPlan) -> Tensor:
                     (n, mh, b - a, sy, c), (sn, smy, smx, sry, 1), a * smx + rx * srx
                 ).zero_()
     xn, xh, xw, xc = x.stride()
+    merged_rows, merged_cols = _merged(rows, smy, sry), _merged(cols, smx, srx)
+    if c >= MERGED_COPY and merged_rows and merged_cols:
+        # every phase in one strided copy (see _merged); 3-channel runs copy faster apart
+        (cells_y, i0, at_y, step_y), (cells_x, j0, at_x, step_x) = merged_rows, merged_cols
+        cells = (n, cells_y, cells_x, sy, sx, c)
+        inside = x.as_strided(
+            cells, (xn, sy * xh, sx * xw, xh, xw, xc), x.storage_offset() + i0 * xh + j0 * xw
+        )
+        z.as_strided(cells, (sn, smy, smx, step_y, step_x, 1), at_y + at_x).copy_(inside)
+        return z.view(n * mh * mw, sy * sx * c)
     for ry, (m0, m1, i0) in enumerate(rows):
         for rx, (k0, k1, j0) in enumerate(cols):
             if m1 > m0 and k1 > k0:
@@ -139,6 +149,31 @@ def space_to_depth(x: Tensor, plan: S2DPlan) -> Tensor:
                 )
                 z.as_strided(size, (sn, smy, smx, 1), at).copy_(inside)
     return z.view(n * mh * mw, sy * sx * c)
+
+
+# Channels from which space_to_depth copies all phases at once (100 x 16 x 16 x 48, stride
+# 2: 0.30 -> 0.22 ms; 8 x 64 x 64 x 32 even; 100 x 32 x 32 x 3 0.24 -> 0.60 ms; 2-core Xeon).
+MERGED_COPY = 8
+
+
+def _merged(spans: list, cell_stride: int, phase_stride: int):
+    """``(cells, i0, at, step)`` when one axis's phases (:func:`_phase_span` of each) can be
+    copied as one strided view: input ``i0 + s*m + q`` (q = 0 .. s-1, m < cells) going to
+    memory offset ``at + m*cell_stride + q*step``. So when the phases hold equally many
+    cells, read consecutive inputs, and their first cells lie evenly spaced, ``step`` > 0,
+    in memory (stride 2: always, as two points are; with padding 1, phase 0 of the input
+    goes to padded phase 1 and phase 1 to the next cell's phase 0). Else None."""
+    order = sorted(range(len(spans)), key=lambda r: spans[r][2])  # the phases by first input
+    m0, m1, i0 = spans[order[0]]
+    cells = m1 - m0
+    starts = [spans[r][0] * cell_stride + r * phase_stride for r in order]
+    steps = {b - a for a, b in zip(starts, starts[1:])} or {1}
+    if cells <= 0 or len(steps) != 1 or min(steps) <= 0:
+        return None
+    for q, r in enumerate(order):
+        if spans[r][1] - spans[r][0] != cells or spans[r][2] != i0 + q:
+            return None
+    return cells, i0, starts[0], steps.pop()
 
 
 def _phase_span(r: int, s: int, before: int, size: int, cells: int) -> tuple:
