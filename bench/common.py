@@ -80,8 +80,15 @@ def median_time(fn, repeats: int) -> float:
 
 def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 5) -> dict:
     """Median seconds per call of each contender, measured in alternating rounds so that
-    machine noise hits all of them alike; each round starts one contender further on, so that
-    none always follows the same one (whose data it would find in, or evict from, the caches)."""
+    machine noise hits all of them alike (:func:`interleaved_rounds`)."""
+    samples = interleaved_rounds(contenders, warmup, repeats, rounds)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def interleaved_rounds(contenders: dict, warmup: int, repeats: int, rounds: int = 5) -> dict:
+    """Each contender's seconds per call in each of ``rounds`` alternating rounds (a list per
+    contender, round by round); each round starts one contender further on, so that none
+    always follows the same one (whose data it would find in, or evict from, the caches)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -91,7 +98,18 @@ def interleaved(contenders: dict, warmup: int, repeats: int, rounds: int = 5) ->
         first = r % len(names)
         for name in names[first:] + names[:first]:
             samples[name].append(median_time(contenders[name], repeats))
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return samples
+
+
+def ratio_spread(slow: list, fast: list) -> str:
+    """The middle half of the per-round ratios ``slow[i] / fast[i]`` (times taken in the same
+    round, so a busy moment of the machine slows both), as ``"q1-q3"``: how far one run's
+    median ratio can be trusted on a shared machine."""
+    ratios = sorted(a / b for a, b in zip(slow, fast))
+    if len(ratios) < 2:
+        return f"{ratios[0]:.2f}-{ratios[0]:.2f}"
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"{q1:.2f}-{q3:.2f}"
 
 
 def torch_device(text: str) -> str:

@@ -12,12 +12,15 @@ wrappers, MSE, Adam, no input gradient for the first layer; bfloat16 through
 rounds; a float32 row times a whole ``Model.train_epoch`` (data order, augmentation,
 schedule). ``--unet`` adds the U-Net's functional training step (depth 4, widths
 32/64/48/24, 8 crops of 64 x 64), ``--predict`` ``Model.predict`` with the shipped weights on
-one 512 x 512 image and on 1000 images of 32 x 32. A ratio above 1 means this tree is faster.
+one 512 x 512 image and on 1000 images of 32 x 32. A ratio above 1 means this tree is faster;
+``rounds`` is the middle half of the ratios of single rounds (base and this tree timed side by
+side): a median ratio of 1.02 whose rounds read 0.97-1.06 is within the machine's noise.
 """
 
 import argparse
 import importlib.util
 import inspect
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -31,7 +34,7 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parents[1]),
     str(Path(__file__).resolve().parent),
 ]  # this tree
-from common import allocator_line, interleaved, variant_config  # noqa: E402
+from common import allocator_line, interleaved_rounds, ratio_spread, variant_config  # noqa: E402
 
 import n2nfunc as new  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
@@ -179,16 +182,16 @@ def main() -> None:
             f"this tree vs {args.base}; {args.threads} threads; median of {args.rounds} "
             "alternating rounds"
         )
-        print(f"{'what':<58}{'base ms':>10}{'this ms':>10}{'ratio':>8}")
+        print(f"{'what':<58}{'base ms':>10}{'this ms':>10}{'ratio':>8}{'rounds':>12}")
 
         def row(label, base_fn, this_fn, repeats=5):
-            times = interleaved(
+            samples = interleaved_rounds(
                 {"base": base_fn, "this": this_fn}, warmup=2, repeats=repeats, rounds=args.rounds
             )
-            print(
-                f"{label:<58}{1e3 * times['base']:>10.2f}{1e3 * times['this']:>10.2f}"
-                f"{times['base'] / times['this']:>8.2f}"
-            )
+            base, this = (statistics.median(samples[k]) for k in ("base", "this"))
+            spread = ratio_spread(samples["base"], samples["this"])
+            times = f"{1e3 * base:>10.2f}{1e3 * this:>10.2f}"
+            print(f"{label:<58}{times}{base / this:>8.2f}{spread:>12}")
 
         for precision in precisions:
             for label, config in networks.items():

@@ -134,3 +134,20 @@ def test_the_held_out_photos_are_checked_apart_from_the_training_photos(tmp_path
     (tmp_path / "test" / "d.png").write_bytes(b"\x89PNG other bytes")
     with pytest.raises(SystemExit, match=r"test holds held-out photos: d.png = heldout/b.png"):
         shipped_weights.check_apart(tmp_path, "test")
+
+
+def test_interleaved_rounds_pair_the_contenders_and_the_spread_is_their_middle_half():
+    """``bench/compare_commits.py``'s ``rounds`` column: the quartiles of the per-round ratios,
+    each round's two times side by side; every contender runs once per round, in turn."""
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    calls = []
+    samples = common.interleaved_rounds(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 0, 1, rounds=3
+    )
+    assert [len(v) for v in samples.values()] == [3, 3]
+    assert calls.count("a") == calls.count("b")
+    slow, fast = [2.0, 3.0, 1.0, 5.0, 4.0], [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert common.ratio_spread(slow, fast) == "2.00-4.00"  # ratios 1..5: quartiles 2 and 4
+    assert common.ratio_spread([1.5], [1.0]) == "1.50-1.50"
