@@ -129,9 +129,10 @@ def space_to_depth(x: Tensor, plan: S2DPlan) -> Tensor:
                     (n, mh, b - a, sy, c), (sn, smy, smx, sry, 1), a * smx + rx * srx
                 ).zero_()
     xn, xh, xw, xc = x.stride()
-    merged_rows, merged_cols = _merged(rows, smy, sry), _merged(cols, smx, srx)
-    if c >= MERGED_COPY and merged_rows and merged_cols:
-        # every phase in one strided copy (see _merged); 3-channel runs copy faster apart
+    merged_rows = merged_cols = None  # 3-channel runs copy faster phase by phase
+    if c >= MERGED_COPY:
+        merged_rows, merged_cols = _merged(rows, smy, sry), _merged(cols, smx, srx)
+    if merged_rows and merged_cols:  # every phase in one strided copy (see _merged)
         (cells_y, i0, at_y, step_y), (cells_x, j0, at_x, step_x) = merged_rows, merged_cols
         cells = (n, cells_y, cells_x, sy, sx, c)
         inside = x.as_strided(
