@@ -26,13 +26,24 @@ it (``kernels/s2d.py:tap_sum:180``). ``--by matmul`` lists the matrix products b
 (M x K) @ (K x N), batch, operand strides -- with their GFLOP/s: a library's GEMM can be much
 slower at some shapes than at others of the same size (MKL's generic float32 kernels at an
 output width not a multiple of 8, for one).
+
+    python bench/op_times.py --by layer            # n2nfunc against torch.nn, block by block
+    python bench/op_times.py --by layer --batch 32 --against "torch.nn float32 NCHW"
+
+``--by layer`` puts the default network's steps side by side, alternating in one process:
+each block's forward and backward (the accumulation of its gradients included), the loss and
+the optimizer, for n2nfunc float32 and a torch.nn contender, with torch's time over ours --
+which blocks hold a gap that the step benchmarks show only as a whole. (torch.nn's blocks are
+marked by module hooks, whose few ops of their own count in its step.)
 """
 
 import argparse
 import collections
 import math
+import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,8 +117,9 @@ def caller_site() -> str:
 
 class OpClock(TorchDispatchMode):
     """Records ``(op, key, seconds)`` for every ATen op run inside it; the key is the input
-    shapes, the n2nfunc line that ran it (``by="site"``) or the matmul's shape (``by=
-    "matmul"``, other ops not recorded)."""
+    shapes, the n2nfunc line that ran it (``by="site"``), the matmul's shape (``by=
+    "matmul"``, other ops not recorded) or the part of the step running (``by="layer"``:
+    the label that :func:`label_parts` keeps in ``LABEL``)."""
 
     def __init__(self, by: str = "op"):
         super().__init__()
@@ -124,6 +136,8 @@ class OpClock(TorchDispatchMode):
             key = matmul_shape(op, args)
         elif self.by == "site":
             key = caller_site()
+        elif self.by == "layer":
+            key = LABEL[-1]
         else:
             key = str([tuple(a.shape) for a in args if isinstance(a, torch.Tensor)])
         if key is not None:
@@ -163,6 +177,127 @@ def print_matmuls(step, steps: int, top: int, title: str) -> None:
         )
 
 
+# The contender whose network is a Sequential of blocks (bfloat16's is one wrapped layer)
+OURS_BLOCKS = "n2nfunc float32"
+
+# The part of a training step now running ("2 forward", "loss", "optimizer", ...), the
+# innermost last: set by the wrappers and hooks of label_parts.
+LABEL = ["-"]
+
+
+def _labelled(fn, label: str):
+    """``fn`` run with ``label`` as the current part (the previous one restored after it)."""
+
+    def run(*args, **kwargs):
+        LABEL.append(label)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            LABEL.pop()
+
+    return run
+
+
+def label_parts(step) -> list[str]:
+    """Make the ops of ``step`` (a train_step contender, with its ``parts``) carry the part
+    of the step that runs them, block by block: an n2nfunc Sequential's blocks through their
+    ``forward`` and ``_pull`` (the pullback, with the gradients' accumulation), torch.nn's
+    through forward hooks and full backward pre-hooks (its backward pass runs in the
+    autograd engine, on this thread on the CPU; each block's part lasts until the next
+    block's hook); the loss and the optimizer's calls by name. Returns the blocks' names."""
+    net, opt = step.parts["net"], step.parts["optimizer"]
+    opt.step = _labelled(opt.step, "optimizer")
+    opt.zero_grad = _labelled(opt.zero_grad, "optimizer")
+    if isinstance(net, torch.nn.Module):
+        blocks = list(net.children())
+
+        def enter(label):
+            return lambda *_: LABEL.append(label)
+
+        # (the first block's input needs no gradient: its hook fires at its output's)
+        warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+        for i, m in enumerate(blocks):
+            m.register_forward_pre_hook(enter(f"{i} forward"))
+            m.register_forward_hook(enter("loss"))  # the next block's or the loss's ops
+            m.register_full_backward_pre_hook(enter(f"{i} backward"))
+    else:
+        blocks = net.blocks
+        for i, m in enumerate(blocks):
+            m.forward = _labelled(m.forward, f"{i} forward")
+            m._pull = _labelled(m._pull, f"{i} backward")
+        loss = step.parts["loss"]
+        loss.forward = _labelled(loss.forward, "loss")
+        loss.backward = _labelled(loss.backward, "loss")
+    return [_block_name(i, m) for i, m in enumerate(blocks)]
+
+
+def _block_name(i: int, block) -> str:
+    """``"0 Conv2d 3->48 s2"``: a block's position, kind and, for a convolution, channels
+    and stride."""
+    name = f"{i} {type(block).__name__}"
+    if hasattr(block, "in_channels"):
+        name += f" {block.in_channels}->{block.out_channels} s{block.stride[0]}"
+    return name
+
+
+def layer_table(ours, theirs, rounds: int) -> tuple[list, dict, dict]:
+    """``(block names, {label: [ms per round]}, {label: ops per step})`` of the two steps,
+    clocked op by op in alternating rounds (:func:`label_parts`), one dict each."""
+    names = label_parts(ours)
+    label_parts(theirs)
+    times: list = [collections.defaultdict(list), collections.defaultdict(list)]
+    counts: list = [collections.Counter(), collections.Counter()]
+    for _ in range(rounds):
+        for side, step in enumerate((ours, theirs)):
+            del LABEL[1:]
+            with OpClock("layer") as clock:
+                step()
+            ms: dict = collections.defaultdict(float)
+            ops: collections.Counter = collections.Counter()
+            for _, label, seconds in clock.records:
+                ms[label] += seconds * 1e3
+                ops[label] += 1
+            for label, t in ms.items():
+                times[side][label].append(t)
+            counts[side] = ops
+    return names, times, counts
+
+
+def print_layers(ours, theirs, names: tuple, rounds: int, title: str) -> None:
+    """The two steps' clocked op time block by block (forward, backward and both), the
+    medians of ``rounds`` alternating rounds, with the ratio torch / n2nfunc."""
+    blocks, times, counts = layer_table(ours, theirs, rounds)
+
+    def ms(side: int, label: str) -> float:
+        return statistics.median(times[side][label]) if times[side][label] else 0.0
+
+    print(f"{title}; ops clocked one by one, in {rounds} alternating rounds (medians)")
+    print(f"{'':28s} {names[0]:>27s}   {names[1]:>27s}")
+    head = f"{'fwd':>8} {'bwd':>8} {'ops':>9}"
+    print(f"{'block':28s} {head}   {head}   {'ratio':>6}")
+    rows = [(b, [f"{i} forward", f"{i} backward"]) for i, b in enumerate(blocks)]
+    rows += [("loss", ["loss", ""]), ("optimizer", ["optimizer", ""])]
+    rows += [("rest", ["-", ""])] * any(times[side]["-"] for side in (0, 1))
+    total = [0.0, 0.0]
+    for name, (fwd, bwd) in rows:
+        cells = []
+        for side in (0, 1):
+            f, b = ms(side, fwd), ms(side, bwd)
+            total[side] += f + b
+            ops = counts[side][fwd] + counts[side][bwd]
+            cells.append(f"{f:8.2f} {b:8.2f} {ops:9d}")
+        ratio = (ms(1, fwd) + ms(1, bwd)) / max(ms(0, fwd) + ms(0, bwd), 1e-9)
+        print(f"{name:28s} {cells[0]}   {cells[1]}   {ratio:6.2f}")
+    print(
+        f"{'whole step':28s} {total[0]:17.2f} {sum(counts[0].values()):9d}   "
+        f"{total[1]:17.2f} {sum(counts[1].values()):9d}   {total[1] / total[0]:6.2f}"
+    )
+    print(
+        "ratio = torch.nn time / n2nfunc time of the block (>1: n2nfunc faster); blocks are "
+        "n2nfunc's; a torch block's backward includes the accumulation of its .grad"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -176,12 +311,21 @@ def main() -> None:
     ap.add_argument("--top", type=int_range(1), default=30, help="rows of the table")
     ap.add_argument(
         "--by",
-        choices=("op", "site", "matmul"),
+        choices=("op", "site", "matmul", "layer"),
         default="op",
-        help="group by op and input shapes (default), by the n2nfunc line that ran the op, or "
-        "list the matrix products by shape with their GFLOP/s",
+        help="group by op and input shapes (default), by the n2nfunc line that ran the op, "
+        "list the matrix products by shape with their GFLOP/s, or compare the default "
+        "network's step block by block with --against, in alternating rounds",
     )
+    ap.add_argument(
+        "--against",
+        default="torch.nn float32 ch-last",
+        help="--by layer: the torch.nn contender (default: %(default)s)",
+    )
+    ap.add_argument("--rounds", type=int_range(1), default=7, help="--by layer (default: 7)")
     args = ap.parse_args()
+    if args.by == "layer" and args.unet:
+        ap.error("--by layer: the default network only (n2nfunc's U-Net is one layer)")
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     print(hardware.describe())
@@ -200,6 +344,20 @@ def main() -> None:
             f"--by matmul lists the matrix products of n2nfunc's steps; {args.contender!r} runs "
             "convolutions (see them with --by op)"
         )
+    if args.by == "layer":
+        sides = (args.contender, args.against)
+        if not all(s in contenders for s in sides) or sides[0] != OURS_BLOCKS:
+            ap.error(
+                f"--by layer compares {OURS_BLOCKS!r} (a Sequential of blocks) with a torch.nn "
+                f"contender of the default network: --against one of "
+                f"{', '.join(repr(k) for k in contenders if k.startswith('torch'))}"
+            )
+        for name in sides:
+            for _ in range(10):
+                contenders[name]()
+        title = f"default network, batch {batch}"
+        print_layers(contenders[sides[0]], contenders[sides[1]], sides, args.rounds, title)
+        return
     step = contenders[args.contender]
     for _ in range(10):  # warm-up: caches, allocator, weights' relayouts
         step()

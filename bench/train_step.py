@@ -78,6 +78,7 @@ def ours(config: dict, precision: str, x, y, seed: int = 0):
         runner.backward(loss.backward(), input_grad=False, retain_graph=False)
         adam.step()
 
+    step.parts = {"net": runner, "loss": loss, "optimizer": adam}  # for op_times --by layer
     return step
 
 
@@ -99,6 +100,7 @@ def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
                 F.mse_loss(net(x), y).backward()
         opt.step()
 
+    step.parts = {"net": net, "optimizer": opt}  # for op_times --by layer
     return step
 
 

@@ -38,6 +38,8 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("photo_denoise.py --photos /no/such/photos", "--photos: no such folder"),
         ("op_times.py --by matmul --contender 'torch.nn float32 ch-last'", "runs convolutions"),
         ("train_step.py --memory x", "are for the script's own subprocesses"),
+        ("op_times.py --by layer --unet", "the default network only"),
+        ("op_times.py --by layer --against 'torch.nn foo'", "--against one of"),
     ],
 )
 def test_a_bad_option_is_one_usage_error(command, said):
@@ -151,3 +153,32 @@ def test_interleaved_rounds_pair_the_contenders_and_the_spread_is_their_middle_h
     slow, fast = [2.0, 3.0, 1.0, 5.0, 4.0], [1.0, 1.0, 1.0, 1.0, 1.0]
     assert common.ratio_spread(slow, fast) == "2.00-4.00"  # ratios 1..5: quartiles 2 and 4
     assert common.ratio_spread([1.5], [1.0]) == "1.50-1.50"
+
+
+def test_op_times_by_layer_puts_each_op_on_the_block_that_ran_it():
+    """``bench/op_times.py --by layer``: both contenders' ops land on the block (forward or
+    backward), the loss or the optimizer that ran them -- the convolutions and matrix
+    products on the convolution blocks only, and nothing outside a part."""
+
+    sys.path.insert(0, str(BENCH))
+    import op_times
+    import train_step
+
+    from n2nfunc.model import DEFAULT_CONFIG
+
+    cs = train_step.contenders(DEFAULT_CONFIG, 2)
+    ours, theirs = cs["n2nfunc float32"], cs["torch.nn float32 NCHW"]
+    names, times, counts = op_times.layer_table(ours, theirs, rounds=2)
+    assert names[0] == "0 Conv2d 3->48 s2" and names[6] == "6 TransposeConv2d 48->3 s2", names
+    parts = {f"{i} {d}" for i in range(8) for d in ("forward", "backward")}
+    parts |= {"loss", "optimizer"}
+    for side in (0, 1):
+        assert set(counts[side]) == parts, set(counts[side]) ^ parts
+        assert all(len(times[side][p]) == 2 for p in parts)
+    # where the products ran: clock one more step of each, by op and by part
+    for step in (ours, theirs):
+        with op_times.OpClock("layer") as clock:
+            step()
+        products = {label for op, label, _ in clock.records if op_times.kind(op).startswith("mat")}
+        conv_parts = {f"{i} {d}" for i in (0, 2, 4, 6) for d in ("forward", "backward")}
+        assert products == conv_parts, products
