@@ -156,12 +156,13 @@ def test_strided_taps_match_im2col_thin_and_wide(o, bias):
 
 @pytest.mark.parametrize(
     "shape",
-    [(4, 8, 8, 3), (3, 5, 7, 3), (2, 4, 4, 48), (1, 1, 1, 5), (6, 16, 16, 200)],
-)  # narrow, odd row count, wide, one row, wider than 128
+    [(4, 8, 8, 3), (3, 5, 7, 3), (2, 4, 4, 48), (1, 1, 1, 5), (6, 16, 16, 200), (9, 33, 17, 48)],
+)  # narrow, odd row count, wide, one row, wider than 128, reduced in two steps (SUM_IN_TWO)
 def test_channel_sums_match_a_float64_sum(shape):
     x = randn(*shape, seed=4)
     ref = x.reshape(-1, shape[-1]).sum(0)
     assert rel_err(K.channel_sums(x), ref) < TOL64
+    assert rel_err(K.channel_sums(x.float()).double(), ref) < 1e-6
     assert rel_err(K.channel_sums(x.permute(0, 2, 1, 3)), ref) < TOL64  # a strided view
     in_nchw_memory = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # a loss's gradient
     assert rel_err(K.channel_sums(in_nchw_memory), ref) < TOL64
