@@ -30,7 +30,8 @@ def torch_vjp(ref, x, ct):
     return y.detach(), grads
 
 
-SHAPES = [(2, 3, 5, 7), (1, 4, 3, 2), (3, 2, 1, 1), (1, 2, 1, 3), (4, 5, 8, 8)]
+# the last large enough that channels-last sums run in two steps (kernels.SUM_IN_TWO)
+SHAPES = [(2, 3, 5, 7), (1, 4, 3, 2), (3, 2, 1, 1), (1, 2, 1, 3), (4, 5, 8, 8), (9, 6, 64, 45)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
