@@ -167,8 +167,14 @@ def test_channel_sums_match_a_float64_sum(shape):
     in_nchw_memory = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # a loss's gradient
     assert rel_err(K.channel_sums(in_nchw_memory), ref) < TOL64
     assert rel_err(K.channel_sums(in_nchw_memory.float()).double(), ref) < 1e-6
-    low = K.channel_sums(x.to(torch.bfloat16)).double()  # float32 sums, rounded once
-    assert rel_err(low, ref) < 2e-2
+    low = x.to(torch.bfloat16)
+    once = (
+        low.float().reshape(-1, shape[-1]).sum(0).to(torch.bfloat16)
+    )  # float32 sums, rounded once
+    # (a sum rounded to bfloat16 twice, as a two-step sum would be without float32 between
+    # its steps, is 1.6e-3-3.8e-3 away at these shapes)
+    assert rel_err(K.channel_sums(low).double(), once.double()) < 1e-3
+    assert rel_err(K.channel_sums(low).double(), ref) < 2e-2
 
 
 @pytest.mark.parametrize("o", [3, 20])  # thin (taps side by side) and wide (channels-first G^T)

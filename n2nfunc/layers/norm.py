@@ -80,8 +80,9 @@ from .geometry import describe
 def _channel_sums(t: Tensor) -> Tensor:
     """Per channel, the sum of an (N, C, H, W) tensor over N, H and W, by the reduction of
     the convolutions' bias gradients (:func:`n2nfunc.kernels.channel_sums`): in channels-last
-    memory, what the convolutions give, twice as fast as ``t.sum((0, 2, 3))`` (32 x 64 x 32
-    x 32: 0.24 -> 0.16 ms; 100 x 48 x 16 x 16: 0.21 -> 0.11 ms; 2-core Xeon)."""
+    memory, what the convolutions give, 1.5-2x as fast as ``t.sum((0, 2, 3))`` (32 x 64 x 32
+    x 32: 0.24 -> 0.16 ms; 100 x 48 x 16 x 16: 0.21 -> 0.11 ms, the permuted view's call
+    included; 2-core Xeon, a busy hour)."""
     return K.channel_sums(t.permute(0, 2, 3, 1))
 
 
