@@ -44,6 +44,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -198,37 +199,44 @@ def _labelled(fn, label: str):
     return run
 
 
-def label_parts(step) -> list[str]:
+def label_parts(step) -> tuple[list[str], Callable[[], None]]:
     """Make the ops of ``step`` (a train_step contender, with its ``parts``) carry the part
     of the step that runs them, block by block: an n2nfunc Sequential's blocks through their
     ``forward`` and ``_pull`` (the pullback, with the gradients' accumulation), torch.nn's
-    through forward hooks and full backward pre-hooks (its backward pass runs in the
+    through forward pre-hooks and full backward pre-hooks (its backward pass runs in the
     autograd engine, on this thread on the CPU; each block's part lasts until the next
-    block's hook); the loss and the optimizer's calls by name. Returns the blocks' names."""
+    block's hook, the last block's forward until the loss); the loss and the optimizer's
+    calls by name. Returns the blocks' names and a function that undoes all of it."""
     net, opt = step.parts["net"], step.parts["optimizer"]
-    opt.step = _labelled(opt.step, "optimizer")
-    opt.zero_grad = _labelled(opt.zero_grad, "optimizer")
+    wrapped = [(opt, "step", "optimizer"), (opt, "zero_grad", "optimizer")]
+    handles = []
     if isinstance(net, torch.nn.Module):
         blocks = list(net.children())
 
         def enter(label):
             return lambda *_: LABEL.append(label)
 
-        # (the first block's input needs no gradient: its hook fires at its output's)
-        warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
         for i, m in enumerate(blocks):
-            m.register_forward_pre_hook(enter(f"{i} forward"))
-            m.register_forward_hook(enter("loss"))  # the next block's or the loss's ops
-            m.register_full_backward_pre_hook(enter(f"{i} backward"))
+            handles.append(m.register_forward_pre_hook(enter(f"{i} forward")))
+            handles.append(m.register_full_backward_pre_hook(enter(f"{i} backward")))
+        handles.append(blocks[-1].register_forward_hook(enter("loss")))
     else:
         blocks = net.blocks
         for i, m in enumerate(blocks):
-            m.forward = _labelled(m.forward, f"{i} forward")
-            m._pull = _labelled(m._pull, f"{i} backward")
+            wrapped += [(m, "forward", f"{i} forward"), (m, "_pull", f"{i} backward")]
         loss = step.parts["loss"]
-        loss.forward = _labelled(loss.forward, "loss")
-        loss.backward = _labelled(loss.backward, "loss")
-    return [_block_name(i, m) for i, m in enumerate(blocks)]
+        wrapped += [(loss, "forward", "loss"), (loss, "backward", "loss")]
+    for obj, method, label in wrapped:
+        setattr(obj, method, _labelled(getattr(obj, method), label))
+
+    def undo() -> None:
+        for obj, method, _ in wrapped:
+            delattr(obj, method)  # the class's method again
+        for handle in handles:
+            handle.remove()
+        del LABEL[1:]
+
+    return [_block_name(i, m) for i, m in enumerate(blocks)], undo
 
 
 def _block_name(i: int, block) -> str:
@@ -240,32 +248,43 @@ def _block_name(i: int, block) -> str:
     return name
 
 
-def layer_table(ours, theirs, rounds: int) -> tuple[list, dict, dict]:
-    """``(block names, {label: [ms per round]}, {label: ops per step})`` of the two steps,
-    clocked op by op in alternating rounds (:func:`label_parts`), one dict each."""
-    names = label_parts(ours)
-    label_parts(theirs)
+def layer_table(ours, theirs, rounds: int, warmup: int = 2) -> tuple[list, list, list]:
+    """``(block names, times, counts)`` of the two steps, clocked op by op in alternating
+    rounds after ``warmup`` steps each with the labels on (:func:`label_parts`, undone
+    after): ``times[side]`` maps a part's label to its ms in each round, ``counts[side]`` to
+    its ops in a step (side 0 ``ours``, 1 ``theirs``)."""
+    names, undo_ours = label_parts(ours)
+    _, undo_theirs = label_parts(theirs)
     times: list = [collections.defaultdict(list), collections.defaultdict(list)]
     counts: list = [collections.Counter(), collections.Counter()]
-    for _ in range(rounds):
-        for side, step in enumerate((ours, theirs)):
-            del LABEL[1:]
-            with OpClock("layer") as clock:
-                step()
-            ms: dict = collections.defaultdict(float)
-            ops: collections.Counter = collections.Counter()
-            for _, label, seconds in clock.records:
-                ms[label] += seconds * 1e3
-                ops[label] += 1
-            for label, t in ms.items():
-                times[side][label].append(t)
-            counts[side] = ops
+    try:
+        with warnings.catch_warnings():
+            # (the first block's input needs no gradient: its hook fires at its output's)
+            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+            for _ in range(warmup):
+                ours(), theirs()
+            for _ in range(rounds):
+                for side, step in enumerate((ours, theirs)):
+                    del LABEL[1:]
+                    with OpClock("layer") as clock:
+                        step()
+                    ms: dict = collections.defaultdict(float)
+                    ops: collections.Counter = collections.Counter()
+                    for _, label, seconds in clock.records:
+                        ms[label] += seconds * 1e3
+                        ops[label] += 1
+                    for label, t in ms.items():
+                        times[side][label].append(t)
+                    counts[side] = ops
+    finally:
+        undo_ours()
+        undo_theirs()
     return names, times, counts
 
 
 def print_layers(ours, theirs, names: tuple, rounds: int, title: str) -> None:
-    """The two steps' clocked op time block by block (forward, backward and both), the
-    medians of ``rounds`` alternating rounds, with the ratio torch / n2nfunc."""
+    """The two steps' clocked op time block by block (forward, backward, ops), the medians
+    of ``rounds`` alternating rounds, with the ratio torch / n2nfunc of forward + backward."""
     blocks, times, counts = layer_table(ours, theirs, rounds)
 
     def ms(side: int, label: str) -> float:
@@ -277,7 +296,7 @@ def print_layers(ours, theirs, names: tuple, rounds: int, title: str) -> None:
     print(f"{'block':28s} {head}   {head}   {'ratio':>6}")
     rows = [(b, [f"{i} forward", f"{i} backward"]) for i, b in enumerate(blocks)]
     rows += [("loss", ["loss", ""]), ("optimizer", ["optimizer", ""])]
-    rows += [("rest", ["-", ""])] * any(times[side]["-"] for side in (0, 1))
+    rows += [("rest", ["-", ""])] * any("-" in times[side] for side in (0, 1))
     total = [0.0, 0.0]
     for name, (fwd, bwd) in rows:
         cells = []
@@ -286,8 +305,9 @@ def print_layers(ours, theirs, names: tuple, rounds: int, title: str) -> None:
             total[side] += f + b
             ops = counts[side][fwd] + counts[side][bwd]
             cells.append(f"{f:8.2f} {b:8.2f} {ops:9d}")
-        ratio = (ms(1, fwd) + ms(1, bwd)) / max(ms(0, fwd) + ms(0, bwd), 1e-9)
-        print(f"{name:28s} {cells[0]}   {cells[1]}   {ratio:6.2f}")
+        mine = ms(0, fwd) + ms(0, bwd)
+        ratio = f"{(ms(1, fwd) + ms(1, bwd)) / mine:6.2f}" if mine else f"{'-':>6}"
+        print(f"{name:28s} {cells[0]}   {cells[1]}   {ratio}")
     print(
         f"{'whole step':28s} {total[0]:17.2f} {sum(counts[0].values()):9d}   "
         f"{total[1]:17.2f} {sum(counts[1].values()):9d}   {total[1] / total[0]:6.2f}"
@@ -345,13 +365,12 @@ def main() -> None:
             "convolutions (see them with --by op)"
         )
     if args.by == "layer":
+        if args.contender != OURS_BLOCKS:
+            ap.error(f"--by layer: --contender {OURS_BLOCKS!r}, whose network is a Sequential")
+        theirs = [k for k in contenders if k.startswith("torch")]
+        if args.against not in theirs:
+            ap.error(f"--against: one of {', '.join(repr(k) for k in theirs)}")
         sides = (args.contender, args.against)
-        if not all(s in contenders for s in sides) or sides[0] != OURS_BLOCKS:
-            ap.error(
-                f"--by layer compares {OURS_BLOCKS!r} (a Sequential of blocks) with a torch.nn "
-                f"contender of the default network: --against one of "
-                f"{', '.join(repr(k) for k in contenders if k.startswith('torch'))}"
-            )
         for name in sides:
             for _ in range(10):
                 contenders[name]()

@@ -39,7 +39,9 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("op_times.py --by matmul --contender 'torch.nn float32 ch-last'", "runs convolutions"),
         ("train_step.py --memory x", "are for the script's own subprocesses"),
         ("op_times.py --by layer --unet", "the default network only"),
-        ("op_times.py --by layer --against 'torch.nn foo'", "--against one of"),
+        ("op_times.py --by layer --against 'torch.nn foo'", "--against: one of"),
+        ("op_times.py --by layer --against 'n2nfunc bfloat16'", "--against: one of"),
+        ("op_times.py --by layer --contender 'n2nfunc bfloat16'", "whose network is a Sequential"),
     ],
 )
 def test_a_bad_option_is_one_usage_error(command, said):
@@ -155,6 +157,7 @@ def test_interleaved_rounds_pair_the_contenders_and_the_spread_is_their_middle_h
     assert common.ratio_spread([1.5], [1.0]) == "1.50-1.50"
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # (as layer_table does)
 def test_op_times_by_layer_puts_each_op_on_the_block_that_ran_it():
     """``bench/op_times.py --by layer``: both contenders' ops land on the block (forward or
     backward), the loss or the optimizer that ran them -- the convolutions and matrix
@@ -168,7 +171,7 @@ def test_op_times_by_layer_puts_each_op_on_the_block_that_ran_it():
 
     cs = train_step.contenders(DEFAULT_CONFIG, 2)
     ours, theirs = cs["n2nfunc float32"], cs["torch.nn float32 NCHW"]
-    names, times, counts = op_times.layer_table(ours, theirs, rounds=2)
+    names, times, counts = op_times.layer_table(ours, theirs, rounds=2, warmup=1)
     assert names[0] == "0 Conv2d 3->48 s2" and names[6] == "6 TransposeConv2d 48->3 s2", names
     parts = {f"{i} {d}" for i in range(8) for d in ("forward", "backward")}
     parts |= {"loss", "optimizer"}
@@ -176,9 +179,19 @@ def test_op_times_by_layer_puts_each_op_on_the_block_that_ran_it():
         assert set(counts[side]) == parts, set(counts[side]) ^ parts
         assert all(len(times[side][p]) == 2 for p in parts)
     # where the products ran: clock one more step of each, by op and by part
+    conv_parts = {f"{i} {d}" for i in (0, 2, 4, 6) for d in ("forward", "backward")}
     for step in (ours, theirs):
-        with op_times.OpClock("layer") as clock:
-            step()
+        _, undo = op_times.label_parts(step)
+        try:
+            with op_times.OpClock("layer") as clock:
+                step()
+        finally:
+            undo()
         products = {label for op, label, _ in clock.records if op_times.kind(op).startswith("mat")}
-        conv_parts = {f"{i} {d}" for i in (0, 2, 4, 6) for d in ("forward", "backward")}
         assert products == conv_parts, products
+        assert {label for _, label, _ in clock.records} == parts  # none left outside a part
+    # undone: no label left, no hook on torch's blocks, the class's methods again
+    assert op_times.LABEL == ["-"]
+    net = theirs.parts["net"]
+    assert not any(m._forward_pre_hooks or m._backward_pre_hooks for m in net.children())
+    assert "forward" not in vars(ours.parts["net"].blocks[0])
