@@ -29,12 +29,13 @@ output width not a multiple of 8, for one).
 
     python bench/op_times.py --by layer            # n2nfunc against torch.nn, block by block
     python bench/op_times.py --by layer --batch 32 --against "torch.nn float32 NCHW"
+    python bench/op_times.py --by layer --reference   # the reference network's blocks
 
-``--by layer`` puts the default network's steps side by side, alternating in one process:
-each block's forward and backward (the accumulation of its gradients included), the loss and
-the optimizer, for n2nfunc float32 and a torch.nn contender, with torch's time over ours --
-which blocks hold a gap that the step benchmarks show only as a whole. (torch.nn's blocks are
-marked by module hooks, whose few ops of their own count in its step.)
+``--by layer`` puts the default (or reference) network's steps side by side, alternating in
+one process: each block's forward and backward (the accumulation of its gradients included),
+the loss and the optimizer, for n2nfunc float32 and a torch.nn contender, with torch's time
+over ours -- which blocks hold a gap that the step benchmarks show only as a whole.
+(torch.nn's blocks are marked by module hooks, whose few ops of their own count in its step.)
 """
 
 import argparse
@@ -56,7 +57,7 @@ sys.path[:0] = [
 ]  # this tree
 import train_step  # noqa: E402
 import unet_train_step  # noqa: E402
-from common import allocator_line  # noqa: E402
+from common import allocator_line, variant_config  # noqa: E402
 
 import n2nfunc  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
@@ -178,6 +179,9 @@ def print_matmuls(step, steps: int, top: int, title: str) -> None:
         )
 
 
+# The reference network of bench/train_step.py
+REFERENCE_CONFIG = variant_config("nearest", (32, 64), 3)
+
 # The contender whose network is a Sequential of blocks (bfloat16's is one wrapped layer)
 OURS_BLOCKS = "n2nfunc float32"
 
@@ -226,6 +230,7 @@ def label_parts(step) -> tuple[list[str], Callable[[], None]]:
             wrapped += [(m, "forward", f"{i} forward"), (m, "_pull", f"{i} backward")]
         loss = step.parts["loss"]
         wrapped += [(loss, "forward", "loss"), (loss, "backward", "loss")]
+    names = [_block_name(i, m) for i, m in enumerate(blocks)]
     for obj, method, label in wrapped:
         setattr(obj, method, _labelled(getattr(obj, method), label))
 
@@ -236,7 +241,7 @@ def label_parts(step) -> tuple[list[str], Callable[[], None]]:
             handle.remove()
         del LABEL[1:]
 
-    return [_block_name(i, m) for i, m in enumerate(blocks)], undo
+    return names, undo
 
 
 def _block_name(i: int, block) -> str:
@@ -244,7 +249,9 @@ def _block_name(i: int, block) -> str:
     and stride."""
     name = f"{i} {type(block).__name__}"
     if hasattr(block, "in_channels"):
-        name += f" {block.in_channels}->{block.out_channels} s{block.stride[0]}"
+        name += f" {block.in_channels}->{block.out_channels}"
+    if hasattr(block, "stride"):
+        name += f" s{block.stride[0]}"
     return name
 
 
@@ -324,6 +331,11 @@ def main() -> None:
         "--contender", default="n2nfunc float32", help="a name as the step benches print it"
     )
     ap.add_argument("--unet", action="store_true", help="the U-Net step (depth 4, 32/64/48/24)")
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="the reference network (nearest x2 + 3x3 conv upsampling, widths 32/64)",
+    )
     ap.add_argument("--batch", type=int_range(1), default=None, help="default: 100, U-Net 8")
     ap.add_argument("--crop", type=int_range(1), default=64, help="U-Net crop size")
     ap.add_argument("--steps", type=int_range(1), default=5)
@@ -334,8 +346,8 @@ def main() -> None:
         choices=("op", "site", "matmul", "layer"),
         default="op",
         help="group by op and input shapes (default), by the n2nfunc line that ran the op, "
-        "list the matrix products by shape with their GFLOP/s, or compare the default "
-        "network's step block by block with --against, in alternating rounds",
+        "list the matrix products by shape with their GFLOP/s, or compare the default (or "
+        "reference) network's step block by block with --against, in alternating rounds",
     )
     ap.add_argument(
         "--against",
@@ -344,8 +356,10 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int_range(1), default=7, help="--by layer (default: 7)")
     args = ap.parse_args()
+    if args.unet and args.reference:
+        ap.error("--unet and --reference: one network at a time")
     if args.by == "layer" and args.unet:
-        ap.error("--by layer: the default network only (n2nfunc's U-Net is one layer)")
+        ap.error("--by layer: the default or reference network (n2nfunc's U-Net is one layer)")
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     print(hardware.describe())
@@ -356,7 +370,8 @@ def main() -> None:
         contenders = unet_train_step.contenders(arch, args.crop, batch, "cpu")
     else:
         batch = 100 if args.batch is None else args.batch
-        contenders = train_step.contenders(DEFAULT_CONFIG, batch)
+        config = REFERENCE_CONFIG if args.reference else DEFAULT_CONFIG
+        contenders = train_step.contenders(config, batch)
     if args.contender not in contenders:
         ap.error(f"--contender: one of {', '.join(repr(k) for k in contenders)}")
     if args.by == "matmul" and not args.contender.startswith("n2nfunc"):
@@ -374,7 +389,7 @@ def main() -> None:
         for name in sides:
             for _ in range(10):
                 contenders[name]()
-        title = f"default network, batch {batch}"
+        title = f"{'reference' if args.reference else 'default'} network, batch {batch}"
         print_layers(contenders[sides[0]], contenders[sides[1]], sides, args.rounds, title)
         return
     step = contenders[args.contender]
@@ -384,7 +399,7 @@ def main() -> None:
     for _ in range(args.steps):
         step()
     plain = (time.perf_counter() - start) * 1e3 / args.steps
-    net = "U-Net" if args.unet else "default network"
+    net = "U-Net" if args.unet else "reference network" if args.reference else "default network"
     title = f"{args.contender}, {net}, batch {batch}: one step {plain:.2f} ms unobserved"
     if args.by == "matmul":
         print_matmuls(step, args.steps, args.top, title)
