@@ -39,3 +39,43 @@ def test_pad_matches_torch_on_dirty_memory():
     if not reused:  # an allocator that hands freed memory out elsewhere (or poisons it)
         pytest.skip("freed memory did not come back to the next allocation of its size")
     assert reused > 100  # the freed NaNs did come back: the border's zeros were tested
+
+
+def test_row_unrolled_matches_the_windows_of_the_padded_input_on_dirty_memory():
+    """``row_unrolled`` writes the W-windows of a stride-1 convolution straight from the
+    input: every tap of every column, and the padding's zeros, checked against the windows
+    of torch's F.pad on memory that held NaNs (any place left unwritten would show), for
+    kernel widths 1-5, padding and cropping on every side, images narrower than the kernel,
+    and inputs in either memory layout."""
+    reused = cases = 0
+    shapes = [(2, 3, 5, 6), (1, 4, 1, 3), (2, 1, 4, 1), (1, 2, 2, 2), (3, 5, 3, 7)]
+    for (n, c, h, w), layout in itertools.product(shapes, ("nchw", "channels_last")):
+        x = torch.randn(n, c, h, w, dtype=torch.float64)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for kw, t, b, left, r in itertools.product((1, 2, 3, 5), *[range(-1, 3)] * 4):
+            hp, wo = h + t + b, w + left + r - kw + 1
+            if hp < 1 or wo < 1:
+                continue
+            numel = n * hp * wo * kw * c
+            dirty(numel)
+            probe = torch.empty(numel)
+            reused += bool(probe.isnan().any())
+            del probe
+            dirty(numel)
+            got = nhwc.row_unrolled(nhwc.to_nhwc(x), (t, b, left, r), hp, wo, kw)
+            xp = nhwc.to_nhwc(F.pad(x, (left, r, t, b)))
+            want = torch.stack([xp[:, :, j : j + wo] for j in range(kw)], dim=3)
+            assert got.is_contiguous() and torch.equal(got, want), (
+                x.shape,
+                layout,
+                kw,
+                t,
+                b,
+                left,
+                r,
+            )
+            cases += 1
+    assert cases > 1000
+    if not reused:
+        pytest.skip("freed memory did not come back to the next allocation of its size")

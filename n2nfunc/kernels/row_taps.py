@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from ..nhwc import pad, pads_to_read
+from ..nhwc import pad, pads_to_read, row_unrolled
 from . import s2d
 from .s2d import S2DPlan, _stacked, s2d_conv_weight_grad, tap_sum
 
@@ -51,10 +51,7 @@ def _row_unroll(x: Tensor, kernel: tuple, padding: tuple, out_hw: tuple):
     (kh, kw), (ho, wo) = kernel, out_hw
     hp, pads = ho + kh - 1, _stride_one_pads(x, kernel, padding, out_hw)
     plan = S2DPlan((1, 1), (kh, 1), (hp, wo), out_hw, pads, n * hp * wo - (kh - 1) * wo)
-    xp = pad(x, *pads)
-    st = xp.stride()
-    z = xp.as_strided((n, hp, wo, kw, c), (st[0], st[1], st[2], st[2], st[3]))
-    return z.contiguous().view(n * hp * wo, kw * c), plan
+    return row_unrolled(x, pads, hp, wo, kw).view(n * hp * wo, kw * c), plan
 
 
 def _row_weight_grad(z: Tensor, g: Tensor, plan: S2DPlan, shape: tuple) -> Tensor:
