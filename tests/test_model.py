@@ -744,3 +744,34 @@ def test_the_same_pairs_check_takes_nan_data_as_data():
 
     with pytest.raises(ValueError, match="rank 0 of 2 holds other training pairs"):
         _check_same_pairs(Other, x, x.clone())
+
+
+@pytest.mark.parametrize("config", [None, {"network": "unet", "batch_size": 4}])
+def test_training_under_inference_mode_takes_the_same_steps_and_goes_on_outside(config):
+    """The CLI trains, evaluates and denoises under ``torch.inference_mode`` (cli.common.
+    no_autograd): the same steps as with grad mode merely off, and a model whose optimizer
+    state was made inside it (inference tensors) trains on outside it. (Compared to 1e-6,
+    not bit for bit: two runs of the same float32 steps in one process differed in the last
+    bits in about 1 of 6 processes here, inference mode or not, MKL's kernels rounding one
+    product differently.)"""
+    g = torch.Generator().manual_seed(3)
+    size = 32 if config is None else 16
+    x, y = (torch.rand(8, 3, size, size, generator=g) for _ in range(2))
+    plain, inside, mixed, fresh = (
+        Model() if config is None else Model(config=dict(config)) for _ in "abcd"
+    )
+    for epoch in range(2):
+        plain.train_epoch(x, y, epoch, 2)
+        with torch.inference_mode():
+            inside.train_epoch(x, y, epoch, 2)
+    with torch.inference_mode():
+        mixed.train_epoch(x, y, 0, 2)
+    mixed.train_epoch(x, y, 1, 2)
+    trained = [p for p, _ in plain.net.param()]
+    assert any(not torch.equal(p, q) for p, (q, _) in zip(trained, fresh.net.param()))
+    for other in (inside, mixed):
+        pairs = zip(trained, other.net.param())
+        assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, (q, _) in pairs)
+    with torch.inference_mode():
+        out = inside.predict(x * 255)
+    assert torch.allclose(out, plain.predict(x * 255), rtol=0, atol=1e-3)  # (0-255 scale)

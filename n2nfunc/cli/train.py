@@ -25,6 +25,7 @@ from .common import (
     _say_if_bfloat16_is_slow,
     _setup,
     _stopped_code,
+    no_autograd,
     shown,
 )
 from .pairs import _say_if_identical, _training_data, _validation_data
@@ -187,7 +188,8 @@ def run_training(args, device, dp=None) -> int:
     per_epoch = (x.shape[0] // bs) * bs
     if not lead:
         for epoch in range(start, epochs):
-            model.train_epoch(x, y, epoch, epochs, parallel=dp)
+            with no_autograd():
+                model.train_epoch(x, y, epoch, epochs, parallel=dp)
             dp.wait(f"epoch-{epoch + 1}")  # rank 0 evaluates and saves meanwhile
         return 0
     xv, yv = xv.to(device), yv.to(device)
@@ -232,9 +234,11 @@ def run_training(args, device, dp=None) -> int:
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            loss = model.train_epoch(x, y, epoch, epochs, on_step, parallel=dp)
+            with no_autograd():
+                loss = model.train_epoch(x, y, epoch, epochs, on_step, parallel=dp)
             seconds = time.perf_counter() - t0
-            scores = evaluate(model, xv, yv)
+            with no_autograd():
+                scores = evaluate(model, xv, yv)
             history.append(
                 {
                     "epoch": epoch + 1,

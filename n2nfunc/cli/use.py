@@ -33,6 +33,7 @@ from .common import (
     _say,
     _say_if_bfloat16_is_slow,
     _setup,
+    no_autograd,
     shown,
 )
 from .pairs import _say_if_identical, _validation_data
@@ -180,7 +181,8 @@ def cmd_eval(args) -> int:
         )
     else:
         _say_other_noise(args, noise)
-    s = evaluate(model, xv.to(device), yv.to(device))
+    with no_autograd():
+        s = evaluate(model, xv.to(device), yv.to(device))
     print(
         f"weights: {path} (noise: {noise})\ndata: {desc}\n"
         f"noisy input PSNR: {s['noisy_psnr']:.2f} dB\n"
@@ -235,12 +237,12 @@ def _denoiser(args, device):
                 f"{(tile / step) ** tiled_sides:.0f}x the work of one pass; --tile "
                 f"{round_up(4 * overlap, align)} or more is at most {2**tiled_sides}x"
             )
-        with _tile_bar() as on_tile:
+        with _tile_bar() as on_tile, no_autograd():
             out = denoise_image(
                 layer, params, image, tile=tile, overlap=overlap, align=align, on_tile=on_tile
             )
-        del image
-        return out.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
+            del image
+            return out.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu()
 
     return run, f"{path} (noise: {_recorded_noise(payload, path)})"
 
