@@ -170,6 +170,9 @@ def run_training(args, device, dp=None) -> int:
         noise = state.get("noise", noise)
     epochs = model.config["num_epochs"]
     x, y = _loading("training data", model.prepare_pairs, xt.to(device), yt.to(device))
+    # the weights on the data's device before the epochs' inference mode (no_autograd), so
+    # that they stay ordinary tensors, which a caller may hand to torch.autograd after
+    model._move_to(x.device, x.dtype)
     out = Path(args.out)
     state_path, weights_path = out / "checkpoint.pth", out / "model.pth"
     bs = min(model.config["batch_size"], x.shape[0])
