@@ -33,6 +33,10 @@ def variant_config(variant: str, widths, kernel: int = 3) -> dict:
     }
 
 
+# The reference network of the benchmarks: nearest x2 + 3x3 conv upsampling, widths 32/64
+REFERENCE_CONFIG = variant_config("nearest", (32, 64), 3)
+
+
 def n2nfunc_net(config: dict, seed: int = 0):
     """The class-wrapper network (Sequential) for a Model config."""
     return build_network(config, torch.Generator().manual_seed(seed))
@@ -235,6 +239,7 @@ def flops_per_image(config: dict, size: int = 32, training: bool = True) -> floa
 __all__ = [
     "nf",
     "variant_config",
+    "REFERENCE_CONFIG",
     "n2nfunc_net",
     "torch_net",
     "interleaved",

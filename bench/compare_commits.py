@@ -34,7 +34,13 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parents[1]),
     str(Path(__file__).resolve().parent),
 ]  # this tree
-from common import allocator_line, interleaved_rounds, ratio_spread, variant_config  # noqa: E402
+from common import (  # noqa: E402
+    REFERENCE_CONFIG,
+    allocator_line,
+    interleaved_rounds,
+    ratio_spread,
+    variant_config,
+)
 
 import n2nfunc as new  # noqa: E402
 from n2nfunc.argtypes import int_range  # noqa: E402
@@ -172,7 +178,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     networks = {
-        "reference (nearest, 32/64, k3)": variant_config("nearest", (32, 64), 3),
+        "reference (nearest, 32/64, k3)": REFERENCE_CONFIG,
         "default (transpose, 48/48, k4)": variant_config("transpose", (48, 48), 4),
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -57,7 +57,7 @@ sys.path[:0] = [
 ]  # this tree
 import train_step  # noqa: E402
 import unet_train_step  # noqa: E402
-from common import allocator_line, variant_config  # noqa: E402
+from common import REFERENCE_CONFIG, allocator_line  # noqa: E402
 
 import n2nfunc  # noqa: E402
 from n2nfunc import hardware  # noqa: E402
@@ -178,9 +178,6 @@ def print_matmuls(step, steps: int, top: int, title: str) -> None:
             f"({k} x {n}), batch {b}, strides {sa} {sb}"
         )
 
-
-# The reference network of bench/train_step.py
-REFERENCE_CONFIG = variant_config("nearest", (32, 64), 3)
 
 # The contender whose network is a Sequential of blocks (bfloat16's is one wrapped layer)
 OURS_BLOCKS = "n2nfunc float32"
@@ -379,6 +376,7 @@ def main() -> None:
             f"--by matmul lists the matrix products of n2nfunc's steps; {args.contender!r} runs "
             "convolutions (see them with --by op)"
         )
+    net = "U-Net" if args.unet else "reference network" if args.reference else "default network"
     if args.by == "layer":
         if args.contender != OURS_BLOCKS:
             ap.error(f"--by layer: --contender {OURS_BLOCKS!r}, whose network is a Sequential")
@@ -389,8 +387,9 @@ def main() -> None:
         for name in sides:
             for _ in range(10):
                 contenders[name]()
-        title = f"{'reference' if args.reference else 'default'} network, batch {batch}"
-        print_layers(contenders[sides[0]], contenders[sides[1]], sides, args.rounds, title)
+        print_layers(
+            contenders[sides[0]], contenders[sides[1]], sides, args.rounds, f"{net}, batch {batch}"
+        )
         return
     step = contenders[args.contender]
     for _ in range(10):  # warm-up: caches, allocator, weights' relayouts
@@ -399,7 +398,6 @@ def main() -> None:
     for _ in range(args.steps):
         step()
     plain = (time.perf_counter() - start) * 1e3 / args.steps
-    net = "U-Net" if args.unet else "reference network" if args.reference else "default network"
     title = f"{args.contender}, {net}, batch {batch}: one step {plain:.2f} ms unobserved"
     if args.by == "matmul":
         print_matmuls(step, args.steps, args.top, title)

@@ -35,6 +35,7 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parent),
 ]  # this tree
 from common import (  # noqa: E402
+    REFERENCE_CONFIG,
     channels_last,
     cuda_peak_bytes,
     flops_per_image,
@@ -179,7 +180,7 @@ def settings(quick: bool, device: str = "cpu"):
     batches = {label: (100,) if quick else (32, 100, *gpu_batch)}
     if not quick:
         ref = "reference (nearest k3)"
-        runs.append((ref, variant_config("nearest", (32, 64), 3)))
+        runs.append((ref, REFERENCE_CONFIG))
         batches[ref] = (100,)
     for label, config in runs:
         for batch in batches[label]:

@@ -107,7 +107,7 @@ def row_unrolled(x: Tensor, pads: tuple, hp: int, wo: int, kw: int) -> Tensor:
     def src(j: int, b: int) -> int:  # where x holds the pixel that (r0, j, b) reads
         return base + (j + b - left) * sw
 
-    if r0 == hp - r1:  # as many padding rows above as below: one zero_
+    if r0 and r0 == hp - r1:  # as many padding rows above as below: one zero_
         z.as_strided((n, 2, r0 * zr), (zn, r1 * zr, 1)).zero_()
     else:
         for a, b in ((0, r0), (r1, hp)):
@@ -119,7 +119,7 @@ def row_unrolled(x: Tensor, pads: tuple, hp: int, wo: int, kw: int) -> Tensor:
         z.as_strided(shape, (zn, zr, zj, c, 1), at(j0, 0)).copy_(
             x.as_strided(shape, (sn, sh, sw, sw, sc), src(j0, 0))
         )
-    edges = [*range(0, min(j0, wo)), *range(max(j1, j0), wo)] if j1 > j0 else range(wo)
+    edges = [*range(j0), *range(j1, wo)] if j1 > j0 else range(wo)
     spans = [(j, max(0, left - j), min(kw, w + left - j)) for j in edges]  # taps reading x
     if len(spans) == 2 and spans[0][2] - spans[0][1] == spans[1][2] - spans[1][1] > 0:
         (ja, a0, a1), (jb, b0, b1) = spans
