@@ -619,14 +619,15 @@ def _hashable(value) -> bool:
 
 def apply_updates(params: Any, updates: Any) -> Any:
     """``params + updates``, leafwise, as a new tree (each update of its parameter's shape and
-    dtype: nothing is broadcast or promoted)."""
+    dtype: nothing is broadcast or promoted); one sum of two vectors where
+    :func:`~n2nfunc.tree.map_raveled` joins them."""
     return added(tree.detach(params), tree.detach(updates))  # (no autograd graph kept)
 
 
 def added(params, updates):
     """:func:`apply_updates` of trees already cut from autograd's graph."""
     tree.check_like(updates, params, "apply_updates: updates", device=True)
-    return tree.map(lambda p, u: p + u, params, updates)  # (shapes checked: tree.add's again)
+    return tree.map_raveled(lambda p, u: p + u, params, updates)
 
 
 def cosine_decay(

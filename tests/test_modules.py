@@ -1022,6 +1022,8 @@ def test_optimizer_state_dict_round_trips_through_save_and_resumes_exactly(tmp_p
     cast.load_state_dict(first.state_dict())
     assert cast.state["m"][0].dtype == torch.float64
     assert torch.equal(cast.state["m"][0], first.state["m"][0].double())
+    for key in ("m", "v"):  # loaded into one vector, as init makes it (no copy at each step)
+        assert nf.tree.raveled(cast.state[key]) is not None
     with pytest.raises(ValueError, match="Adam.load_state_dict: Adam: lr must be a finite"):
         cast.load_state_dict({"state": first.state, "lr": -1.0})
 

@@ -207,3 +207,78 @@ def test_two_leaves_on_one_path_are_refused():
         with pytest.raises(ValueError, match=f"tree: two leaves have the path {path}"):
             tree.flatten(twins)
     assert [p for p, _ in tree.flatten({1: t, "2": {"1": t}})] == ["1", "2.1"]
+
+
+def test_raveled_finds_views_of_one_vector_back_to_back():
+    """raveled: the vector itself for its consecutive views in order (no copy: writing to it
+    writes the leaves), None for any other layout."""
+    vector = torch.arange(10.0)
+    a, b, c = vector[:6].view(2, 3), vector[6:9], vector[9:].view(())
+    joined = tree.raveled([a, b, c])
+    assert joined is not None and torch.equal(joined, vector)
+    joined[7] = -1.0
+    assert b[1] == -1.0
+    assert torch.equal(tree.raveled([b, c]), vector[6:])
+    for leaves in (
+        [b, a, c],  # out of order
+        [a, c],  # a gap
+        [vector[:6].view(3, 2).t(), b],  # not contiguous
+        [a, b.double()],  # another dtype
+        [torch.zeros(2), torch.zeros(3)],  # separate tensors
+        [a, 1.0],  # not a tensor
+        [],
+    ):
+        assert tree.raveled(leaves) is None
+
+
+def test_zeros_like_makes_one_vector_where_it_can():
+    g, _, _ = _trees()
+    z = tree.zeros_like(g)
+    assert tree.raveled(tree.leaves(z)) is not None
+    assert all(torch.equal(x, torch.zeros_like(y)) for x, y in zip(tree.leaves(z), tree.leaves(g)))
+    mixed = tree.zeros_like(_trees(torch.float64)[0])  # two dtypes: a tensor each
+    assert tree.raveled(tree.leaves(mixed)) is None
+    assert [t.dtype for t in tree.leaves(mixed)] == [torch.float64] + [torch.float32] * 2
+
+
+def test_map_raveled_on_the_cpu_joins_at_most_one_tree_by_a_copy():
+    """On the CPU: one call when every tree but one is already raveled (an optimizer's state
+    from zeros_like, its gradients joined by a cat), the same values as leaf by leaf; its
+    results are raveled for the next call."""
+    g, m, v = _trees()
+    m0, v0 = tree.zeros_like(m), tree.zeros_like(v)
+    tree.copy_(m0, m)
+    tree.copy_(v0, v)
+    calls = []
+
+    def counted(*xs):
+        calls.append(xs[0].numel())
+        return _adam_like(*xs)
+
+    results = tree.map_raveled(counted, g, m0, v0, outputs=3)
+    assert calls == [10]
+    for i, got in enumerate(results):
+        assert tree.raveled(tree.leaves(got)) is not None
+        want = tree.map(lambda *xs, i=i: _adam_like(*xs)[i], g, m, v)
+        assert all(map(torch.equal, tree.leaves(got), tree.leaves(want)))
+    tree.map_raveled(counted, g, m, results[2], outputs=3)  # two trees to copy: leaf by leaf
+    assert calls[1:] == [3, 6, 1]
+
+
+@pytest.mark.parametrize("raveled", [False, True])
+def test_in_place_ops_on_raveled_trees(raveled):
+    """add_, copy_ and zero_ give the same leaves whether the trees are raveled (one op on
+    each vector) or not, and check shapes either way."""
+    g, m, _ = _trees()
+    a = tree.zeros_like(g) if raveled else tree.map(torch.zeros_like, g)
+    b = tree.zeros_like(m) if raveled else tree.map(torch.zeros_like, m)
+    assert (tree.raveled(tree.leaves(a)) is not None) == raveled
+    tree.copy_(a, g)
+    tree.copy_(b, m)
+    tree.add_(a, b)
+    for x, y, z in zip(tree.leaves(a), tree.leaves(g), tree.leaves(m)):
+        assert torch.equal(x, y + z)
+    tree.zero_(a)
+    assert all(not x.any() for x in tree.leaves(a))
+    with pytest.raises(ValueError, match="'a.0' has shape"):
+        tree.add_(a, {"b": g["b"], "a": [g["a"][0].view(3, 2, 1), g["a"][1]]})

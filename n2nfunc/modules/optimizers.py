@@ -120,7 +120,7 @@ class Optimizer(Unpicklable):
                 self.lr = state_dict["lr"]
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{what}: {e}") from None
-        self.state = state
+        self.state = {k: _one_vector(v) for k, v in state.items()}
 
     def __copy__(self):
         new = super().__copy__()
@@ -184,6 +184,18 @@ def _checked_state(state, like, what: str):
         pass  # a difference of structure, said below
     tree.check_like(state, like, f"{what}: the state given", "optimizer's own state")
     return state
+
+
+def _one_vector(value):
+    """A tree of tensors of the state copied into consecutive views of one vector, as
+    ``init`` makes them (:func:`~n2nfunc.tree.zeros_like`), so that the steps after a
+    ``load_state_dict`` join it with no copy (:func:`~n2nfunc.tree.map_raveled`); other
+    values (the step count) as they are."""
+    if not isinstance(value, (dict, list, tuple)) or not all(
+        isinstance(t, Tensor) for t in tree.leaves(value)
+    ):
+        return value
+    return tree.copy_(tree.zeros_like(value), value)
 
 
 class ParamGroup(dict):
