@@ -228,7 +228,9 @@ def conv_and_weight_grad(
     if full_precision and grad_for is not None and o >= direct.THIN:
         return cols_products(x, geometry, grad_for, wmat, bias)
     large = kernel[0] * kernel[1] >= 4 * stride[0] * stride[1] and max(stride) > 1
-    if full_precision and grad_for is None and large:  # see ColsWeightGrad
+    cols_bytes = x.shape[0] * out_hw[0] * out_hw[1] * wmat.shape[0] * x.element_size()
+    if full_precision and grad_for is None and large and cols_bytes > direct.GRAD_BLOCK_BYTES:
+        # (see ColsWeightGrad; a matrix of one block is kept)
         y, _ = conv_forward(x, wmat, bias, *geometry, False)
         return y, ColsWeightGrad(x, *geometry)
     y, cols = conv_forward(x, wmat, bias, *geometry)
