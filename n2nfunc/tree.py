@@ -4,6 +4,7 @@ Paths join keys with dots, like a ``torch.nn.Module.state_dict``: ``{"0": {"weig
 has the single leaf ``"0.weight"``. Empty containers have no leaves.
 """
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,15 +48,19 @@ def map_raveled(fn: Callable, tree: Tree, *rest: Tree, outputs: int = 1, ravel=N
     map(lambda *xs: aligned.append(xs), tree, *rest)  # leaves paired as map pairs them
     kinds = {(x.dtype, x.device) if isinstance(x, Tensor) else None for xs in aligned for x in xs}
     kind = next(iter(kinds)) if len(kinds) == 1 else None  # (dtype, device) of every leaf
+    if kind is not None and ravel is not False:  # paired leaves of one shape (else: map's error)
+        kind = kind if all(x.shape == xs[0].shape for xs in aligned for x in xs) else None
     columns = list(zip(*aligned))
-    vectors = [raveled(column) for column in columns] if kind is not None else []
-    copies = sum(v is None for v in vectors)
+    vectors = (
+        [raveled(column) for column in columns] if kind is not None and ravel is not False else []
+    )
     if ravel is None and kind is not None:
-        ravel = kind[1].type != "cpu" or copies <= 1
+        copies = sum(v is None for v in vectors)  # trees to join by a copy
+        ravel = kind[1].type != "cpu" or copies < min(2, len(columns))
     if kind is not None and ravel:
         joined = [_joined(c) if v is None else v for v, c in zip(vectors, columns)]
         out = fn(*joined)
-        shapes = [xs[0].shape for xs in aligned]
+        shapes = [(xs[0].shape, _contiguous_strides(xs[0].shape)) for xs in aligned]
         results = [_cut(v, shapes) for v in (out if outputs > 1 else [out])]
     else:
         per_leaf = [fn(*xs) for xs in aligned]
@@ -71,40 +76,90 @@ def _joined(column) -> Tensor:
 
 
 def raveled(leaves: Iterable) -> Tensor | None:
-    """The flat vector of which ``leaves`` are consecutive views -- contiguous tensors of one
-    dtype, back to back in one block of memory, as :func:`map_raveled` cuts its results and
-    :func:`zeros_like` makes its leaves -- so that joining them takes no copy; None where they
-    are not (or there are none). A view of the first leaf's memory: where the others lie past
-    its end, ``as_strided`` refuses and this is None too."""
+    """The flat vector of which ``leaves`` are consecutive pieces -- contiguous tensors of one
+    dtype and device, back to back in one block of memory, as :func:`map_raveled` cuts its
+    results and :func:`zeros_like` makes its leaves -- so that joining them takes no copy;
+    None where they are not (or there are none), for leaves that require grad (the vector
+    would send every gradient to the first), and for complex ones (conjugate bits). A
+    view of the first leaf's memory: where the others lie past its end, ``as_strided``
+    refuses and this is None too, as for tensors without memory of their own (sparse)."""
     leaves = list(leaves)
     if not leaves or not all(isinstance(x, Tensor) for x in leaves):
         return None
     first = leaves[0]
-    at, size, dtype, device = first.data_ptr(), first.element_size(), first.dtype, first.device
-    for x in leaves:
-        if x.dtype != dtype or x.data_ptr() != at or not x.is_contiguous() or x.device != device:
-            return None
-        at += x.numel() * size
-    total = (at - first.data_ptr()) // size
     try:
-        return first.as_strided((total,), (1,), first.storage_offset())
-    except RuntimeError:  # past the end of the first leaf's storage: separate blocks
+        at, size, dtype, device = first.data_ptr(), first.element_size(), first.dtype, first.device
+        if first.is_complex():  # (conjugate and negative bits: not worth the checks)
+            return None
+        for x in leaves:
+            if (
+                x.data_ptr() != at
+                or x.dtype != dtype
+                or x.device != device
+                or x.requires_grad
+                or not x.is_contiguous()
+            ):
+                return None
+            at += x.numel() * size
+        return first.as_strided(((at - first.data_ptr()) // size,), (1,), first.storage_offset())
+    except (RuntimeError, NotImplementedError):  # no storage, or separate blocks (see above)
         return None
 
 
+def into_one_vector_(tensors: Iterable) -> bool:
+    """In place: the values of ``tensors`` moved into consecutive pieces of one new vector,
+    each tensor object kept (``set_``), so that its holders see the same values and
+    :func:`raveled` finds them (one op for an optimizer's step on them). Only for
+    contiguous tensors of one dtype and device, none requiring grad and no two sharing
+    memory; returns whether they are one vector now (False: left as they were)."""
+    tensors = list(tensors)
+    if raveled(tensors) is not None:
+        return True
+    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+        return False
+    first, spans = tensors[0], []
+    try:
+        for t in tensors:
+            if (
+                t.dtype != first.dtype
+                or t.device != first.device
+                or t.requires_grad
+                or not t.is_contiguous()
+                or t.is_conj()
+                or t.is_neg()
+            ):
+                return False
+            spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
+    except (RuntimeError, NotImplementedError):  # no storage of its own (sparse, ...)
+        return False
+    spans.sort()
+    if any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:])):  # shared memory: tied
+        return False
+    vector = cat([t.reshape(-1) for t in tensors])
+    memory, at = vector.untyped_storage(), 0
+    for t in tensors:
+        t.set_(memory, at, t.shape, _contiguous_strides(t.shape))
+        at += t.numel()
+    return True
+
+
 def _cut(vector: Tensor, shapes: list) -> list:
-    """``vector`` (contiguous) cut into consecutive views of the given shapes, one
-    ``as_strided`` each."""
+    """``vector`` (contiguous) cut into consecutive views of the given ``(shape, strides)``
+    (contiguous strides), one ``as_strided`` each."""
     vector = vector.contiguous()
     out, at = [], vector.storage_offset()
-    for shape in shapes:
-        strides, step = [], 1
-        for size in reversed(shape):
-            strides.append(step)
-            step *= size
-        out.append(vector.as_strided(shape, strides[::-1], at))
-        at += step
+    for shape, strides in shapes:
+        out.append(vector.as_strided(shape, strides, at))
+        at += math.prod(shape)
     return out
+
+
+def _contiguous_strides(shape) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _refill(tree: Tree, leaves_in_order: list) -> Tree:
@@ -352,7 +407,11 @@ def zeros_like(tree: Tree) -> Tree:
     if len({(t.dtype, t.device) for t in items}) != 1 or not isinstance(items[0], Tensor):
         return map(lambda t: t.new_zeros(t.shape), tree)
     vector = items[0].new_zeros(sum(t.numel() for t in items))
-    return _refill(tree, _cut(vector, [t.shape for t in items]))
+    memory, at, pieces = vector.untyped_storage(), 0, []
+    for t in items:  # set_, not views: a leaf given new memory (Module.to) frees the old
+        pieces.append(vector.new_empty(0).set_(memory, at, t.shape, _contiguous_strides(t.shape)))
+        at += t.numel()
+    return _refill(tree, pieces)
 
 
 def _pairwise(name: str, op: Callable, a: Tree, b: Tree) -> Tree:
@@ -418,14 +477,27 @@ def copy_(a: Tree, b: Tree) -> Tree:
 
 def _in_place(name: str, op: Callable, a: Tree, b: Tree) -> None:
     """``op`` on each pair of leaves (:func:`_pairwise`, shapes checked first), or once on the
-    two trees' vectors where both are :func:`raveled` in the same order."""
+    two trees' vectors where both are :func:`raveled` in the same order and lie in separate
+    memory (or the same)."""
     pairs: list = []
     map(lambda x, y: pairs.append((x, y)), a, b)
     va, vb = raveled(x for x, _ in pairs), raveled(y for _, y in pairs)
-    if va is not None and vb is not None and all(x.shape == y.shape for x, y in pairs):
+    if (
+        va is not None
+        and vb is not None
+        and all(x.shape == y.shape for x, y in pairs)
+        and not _overlap(va, vb)
+    ):
         op(va, vb)
     else:
         _pairwise(name, op, a, b)
+
+
+def _overlap(u: Tensor, v: Tensor) -> bool:
+    """Whether two flat vectors share some memory but are not the same."""
+    (u0, v0), size = (u.data_ptr(), v.data_ptr()), u.element_size()
+    u1, v1 = u0 + u.numel() * size, v0 + v.numel() * v.element_size()
+    return u0 < v1 and v0 < u1 and (u0, u1) != (v0, v1)
 
 
 def zero_(tree: Tree) -> Tree:

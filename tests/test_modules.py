@@ -526,6 +526,8 @@ def test_to_moves_tensors_in_place_so_an_optimizer_keeps_training():
         opt.step()
         assert float((net[0].weight - before).abs().max()) > 1e-3  # the step reached the block
         assert all(t.dtype == torch.float64 for t in nf_leaves(opt.state) if t.is_floating_point())
+        moved = [v for v in opt.state.values() if isinstance(v, list)]
+        assert moved and all(tree.raveled(v) is not None for v in moved)  # one vector again
 
 
 def nf_leaves(t):
@@ -1481,3 +1483,25 @@ def test_torch_names_for_ported_code():
     dx = ours.backward(loss.backward())
     assert rel_err(value, value_ref.detach()) < 1e-6 and rel_err(dx, xr.grad) < 1e-5
     assert repr(loss) == repr(loss_ref) == "MSELoss()"
+
+
+def test_sequential_keeps_its_blocks_parameters_and_gradients_in_one_vector_each():
+    """Made, a Sequential moves its blocks' parameters and gradients into one vector each
+    (the same tensors and values), so that an optimizer's step runs once per vector; the
+    blocks compute as before."""
+    torch.manual_seed(0)
+    blocks = [Conv2d(3, 4, 3, padding=1), ReLU(), Conv2d(4, 2, 3, padding=1)]
+    before = [(p, p.clone(), g) for b in blocks for p, g in b.param()]
+    x = torch.randn(2, 3, 5, 5)
+    y_apart = blocks[2].forward(blocks[1].forward(blocks[0].forward(x)))
+    net = Sequential(*blocks)
+    pairs = net.param()
+    assert [p for p, _ in pairs] == [p for p, _, _ in before]  # the same objects
+    assert all(g is g0 for (_, g), (_, _, g0) in zip(pairs, before))
+    assert all(torch.equal(p, value) for p, value, _ in before)
+    assert tree.raveled([p for p, _ in pairs]) is not None
+    assert tree.raveled([g for _, g in pairs]) is not None
+    assert torch.equal(net.forward(x), y_apart)
+    shared = Conv2d(4, 4, 1)  # a block used twice: param() lists its pairs once
+    twice = Sequential(Conv2d(3, 4, 1), shared, shared)
+    assert tree.raveled([p for p, _ in twice.param()]) is not None  # each pair once

@@ -219,12 +219,22 @@ def test_raveled_finds_views_of_one_vector_back_to_back():
     joined[7] = -1.0
     assert b[1] == -1.0
     assert torch.equal(tree.raveled([b, c]), vector[6:])
+    memory = bytearray(40)  # two tensors in separate storages, adjacent in memory
+    first = torch.frombuffer(memory, dtype=torch.float32, count=6)
+    second = torch.frombuffer(memory, dtype=torch.float32, offset=24)
+    assert second.data_ptr() == first.data_ptr() + 24
+    parameters = [torch.nn.Parameter(vector[:6]), torch.nn.Parameter(vector[6:])]
+    complex_vector = torch.zeros(4, dtype=torch.complex64)
     for leaves in (
         [b, a, c],  # out of order
         [a, c],  # a gap
         [vector[:6].view(3, 2).t(), b],  # not contiguous
-        [a, b.double()],  # another dtype
+        [vector[:6], vector.view(torch.int32)[6:]],  # another dtype
+        [first, second],  # separate storages
+        parameters,  # autograd would send every gradient to the first
+        [complex_vector[:2], complex_vector[2:].conj()],  # a conjugate bit
         [torch.zeros(2), torch.zeros(3)],  # separate tensors
+        [torch.zeros(3).to_sparse()],  # no storage of its own
         [a, 1.0],  # not a tensor
         [],
     ):
@@ -280,5 +290,61 @@ def test_in_place_ops_on_raveled_trees(raveled):
         assert torch.equal(x, y + z)
     tree.zero_(a)
     assert all(not x.any() for x in tree.leaves(a))
+    other = {"b": g["b"], "a": [g["a"][0].view(3, 2, 1), g["a"][1]]}  # a leaf of another shape
     with pytest.raises(ValueError, match="'a.0' has shape"):
-        tree.add_(a, {"b": g["b"], "a": [g["a"][0].view(3, 2, 1), g["a"][1]]})
+        tree.add_(a, tree.copy_(tree.zeros_like(other), other) if raveled else other)
+    buf = torch.zeros(9)  # partly overlapping trees: leaf by leaf, as before
+    left, right = [buf[0:3], buf[3:6]], [buf[3:6], buf[6:9]]
+    tree.copy_(right, [torch.ones(3), torch.full((3,), 2.0)])
+    tree.add_(left, right)
+    assert buf.tolist() == [1.0] * 3 + [3.0] * 3 + [2.0] * 3
+
+
+def test_map_raveled_refuses_leaves_of_other_shapes_and_keeps_autograd():
+    """Paired leaves of different shapes with equal totals are not summed misaligned, and
+    parameters sharing one storage get their own gradients."""
+    with pytest.raises(RuntimeError):
+        tree.map_raveled(
+            lambda x, y: x + y,
+            tree.zeros_like([torch.zeros(4), torch.zeros(6)]),
+            [torch.arange(6.0), torch.arange(4.0)],
+            ravel=True,
+        )
+    vector = torch.arange(10.0)
+    params = [torch.nn.Parameter(vector[:6]), torch.nn.Parameter(vector[6:])]
+    with torch.enable_grad():
+        out = tree.map_raveled(lambda x: x * 2, params, ravel=True)
+        sum((t * (i + 1)).sum() for i, t in enumerate(out)).backward()
+    assert torch.equal(params[0].grad, torch.full((6,), 2.0))
+    assert torch.equal(params[1].grad, torch.full((4,), 4.0))
+
+
+def test_zeros_like_leaves_free_their_vector_when_moved():
+    """Module.to gives each gradient leaf new memory (``.data``): the zeros_like vector is not
+    kept alive by the leaves' views of it."""
+    z = tree.zeros_like([torch.zeros(2, 3), torch.zeros(4)])
+    assert all(t._base is None for t in z)
+    for t in z:
+        t.data = t.data.double()
+    assert tree.raveled(z) is None and all(t.dtype == torch.float64 for t in z)
+
+
+def test_into_one_vector_moves_values_and_keeps_the_tensor_objects():
+    a, b = torch.arange(6.0).view(2, 3), torch.full((4,), 7.0)
+    held = [a, b]
+    assert tree.raveled(held) is None
+    assert tree.into_one_vector_(held)
+    assert held[0] is a and held[1] is b  # the same objects, new memory
+    assert torch.equal(a, torch.arange(6.0).view(2, 3)) and torch.equal(b, torch.full((4,), 7.0))
+    vector = tree.raveled([a, b])
+    assert vector is not None
+    vector.zero_()
+    assert not a.any() and not b.any()
+    assert tree.into_one_vector_([a, b])  # already one vector: nothing to do
+    buf = torch.zeros(5)
+    tied = [buf[:3], buf[2:]]  # sharing memory: left as they are
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    for tensors in (tied, [torch.zeros(2), parameter], [torch.zeros(2), torch.zeros(2).double()]):
+        pointers = [t.data_ptr() for t in tensors]
+        assert not tree.into_one_vector_(tensors)
+        assert [t.data_ptr() for t in tensors] == pointers

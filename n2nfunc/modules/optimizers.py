@@ -152,7 +152,7 @@ class Optimizer(Unpicklable):
 
         for key, value in self.state.items():
             if isinstance(value, list) and len(value) == len(self.params):
-                self.state[key] = tree.map(follow, value, self.params)
+                self.state[key] = _one_vector(tree.map(follow, value, self.params))
         self._placement = self._placement_now()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
