@@ -38,12 +38,15 @@ def map_raveled(fn: Callable, tree: Tree, *rest: Tree, outputs: int = 1, ravel=N
     this function returns and :func:`zeros_like` makes), else by one ``cat``. ``fn`` runs once
     on these vectors, and its results are cut back into trees shaped like ``tree`` whose
     leaves are views of them; otherwise ``fn`` runs leaf by leaf. The results are the same
-    either way. ``ravel`` None: off the CPU, where each call of an operation is a kernel
-    launch; on the CPU where at most one tree needs a copy (an optimizer's gradients; its
-    state is raveled from its ``init``): Adam over the U-Net's 34 leaves 2.7 -> 1.5 ms, where
-    joining every tree by copies had cost more than the calls it saved (1.6 against 4.0 ms,
-    2-core AMD EPYC). ``fn`` returns ``outputs`` tensors (a tuple of them when ``outputs`` >
-    1), and so does this function (trees)."""
+    either way (paired leaves of one shape). ``ravel`` None: off the CPU, where each call of an
+    operation is a kernel launch; on the CPU where no tree needs a copy, as for an optimizer
+    over a :class:`~n2nfunc.modules.Sequential`'s parameters (their state, gradients and the
+    parameters are each one vector: the default network's class-wrapper step at batch 32
+    1.01-1.04x, 2-core Xeon), where the copies had cost more than the calls they saved
+    (joining the gradients of a functional U-Net step by a ``cat``: 0.98-0.99x; joining every
+    tree, Adam over its 34 leaves 1.6 against 4.0 ms, 2-core AMD EPYC). ``fn`` returns
+    ``outputs`` tensors (a tuple of them when ``outputs`` > 1), and so does this function
+    (trees)."""
     aligned: list[tuple] = []
     map(lambda *xs: aligned.append(xs), tree, *rest)  # leaves paired as map pairs them
     kinds = {(x.dtype, x.device) if isinstance(x, Tensor) else None for xs in aligned for x in xs}
@@ -55,8 +58,7 @@ def map_raveled(fn: Callable, tree: Tree, *rest: Tree, outputs: int = 1, ravel=N
         [raveled(column) for column in columns] if kind is not None and ravel is not False else []
     )
     if ravel is None and kind is not None:
-        copies = sum(v is None for v in vectors)  # trees to join by a copy
-        ravel = kind[1].type != "cpu" or copies < min(2, len(columns))
+        ravel = kind[1].type != "cpu" or all(v is not None for v in vectors)
     if kind is not None and ravel:
         joined = [_joined(c) if v is None else v for v, c in zip(vectors, columns)]
         out = fn(*joined)

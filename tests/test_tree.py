@@ -251,27 +251,25 @@ def test_zeros_like_makes_one_vector_where_it_can():
     assert [t.dtype for t in tree.leaves(mixed)] == [torch.float64] + [torch.float32] * 2
 
 
-def test_map_raveled_on_the_cpu_joins_at_most_one_tree_by_a_copy():
-    """On the CPU: one call when every tree but one is already raveled (an optimizer's state
-    from zeros_like, its gradients joined by a cat), the same values as leaf by leaf; its
-    results are raveled for the next call."""
+def test_map_raveled_on_the_cpu_runs_once_where_every_tree_is_one_vector():
+    """On the CPU: one call when every tree is already one vector (an optimizer's state from
+    zeros_like, the gradients of a Module), the same values as leaf by leaf, its results one
+    vector again; leaf by leaf where a tree would need a copy."""
     g, m, v = _trees()
-    m0, v0 = tree.zeros_like(m), tree.zeros_like(v)
-    tree.copy_(m0, m)
-    tree.copy_(v0, v)
+    g0, m0, v0 = (tree.copy_(tree.zeros_like(t), t) for t in (g, m, v))
     calls = []
 
     def counted(*xs):
         calls.append(xs[0].numel())
         return _adam_like(*xs)
 
-    results = tree.map_raveled(counted, g, m0, v0, outputs=3)
+    results = tree.map_raveled(counted, g0, m0, v0, outputs=3)
     assert calls == [10]
     for i, got in enumerate(results):
         assert tree.raveled(tree.leaves(got)) is not None
         want = tree.map(lambda *xs, i=i: _adam_like(*xs)[i], g, m, v)
         assert all(map(torch.equal, tree.leaves(got), tree.leaves(want)))
-    tree.map_raveled(counted, g, m, results[2], outputs=3)  # two trees to copy: leaf by leaf
+    tree.map_raveled(counted, g, results[1], results[2], outputs=3)  # g to copy: leaf by leaf
     assert calls[1:] == [3, 6, 1]
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from torch import Tensor
 
-from .. import tree
 from ..base import Layer, check_cotangent, output_of, public_name
 from ..combinators import NAMED, layer_error, serial
 from ..stateful import StatefulLayer
@@ -31,10 +30,7 @@ class Sequential(Module):
     ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared).
 
     Made, it moves its blocks' parameters into one vector and their gradients into another
-    (:func:`~n2nfunc.tree.into_one_vector_`: the same tensor objects and values, new memory),
-    so that an optimizer's step and ``zero_grad`` run once on each vector rather than once
-    per tensor. Parameters that require grad (``nn.Parameter``) or share memory (tied
-    weights) stay where they are."""
+    (:meth:`~n2nfunc.modules.Module._into_one_vector`), as each block does with its own."""
 
     def __init__(self, *modules: Module):
         layers = (Layer, StatefulLayer)
@@ -70,8 +66,7 @@ class Sequential(Module):
             state={str(i): m.state for i, m in enumerate(modules)},
         )
         self.grads = {str(i): m.grads for i, m in enumerate(modules)}
-        for k in range(2):  # the blocks' parameters, then their gradients, in one vector each
-            tree.into_one_vector_([pair[k] for pair in self.param()])
+        self._into_one_vector()  # the blocks' parameters, and their gradients
 
     def forward(self, *inputs: Any) -> Any:
         """Run the blocks in order, keeping each one's pullback of *this* call, so that
