@@ -111,9 +111,10 @@ def raveled(leaves: Iterable) -> Tensor | None:
 def into_one_vector_(tensors: Iterable) -> bool:
     """In place: the values of ``tensors`` moved into consecutive pieces of one new vector,
     each tensor object kept (``set_``), so that its holders see the same values and
-    :func:`raveled` finds them (one op for an optimizer's step on them). Only for
-    contiguous tensors of one dtype and device, none requiring grad and no two sharing
-    memory; returns whether they are one vector now (False: left as they were)."""
+    :func:`raveled` finds them (an optimizer's update then runs once on the vector: used for
+    gradient buffers, which nothing watches). Only for contiguous, non-empty real tensors of
+    one dtype and device, none requiring grad and no two sharing memory; returns whether
+    they are one vector now (False: each keeps its values, some possibly moved)."""
     tensors = list(tensors)
     if raveled(tensors) is not None:
         return True
@@ -126,22 +127,22 @@ def into_one_vector_(tensors: Iterable) -> bool:
                 t.dtype != first.dtype
                 or t.device != first.device
                 or t.requires_grad
+                or t.is_complex()
+                or not t.numel()
                 or not t.is_contiguous()
-                or t.is_conj()
-                or t.is_neg()
             ):
                 return False
             spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
-    except (RuntimeError, NotImplementedError):  # no storage of its own (sparse, ...)
-        return False
-    spans.sort()
-    if any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:])):  # shared memory: tied
-        return False
-    vector = cat([t.reshape(-1) for t in tensors])
-    memory, at = vector.untyped_storage(), 0
-    for t in tensors:
-        t.set_(memory, at, t.shape, _contiguous_strides(t.shape))
-        at += t.numel()
+        spans.sort()
+        if any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:])):  # shared memory: tied
+            return False
+        vector = cat([t.reshape(-1) for t in tensors])
+        memory, at = vector.untyped_storage(), 0
+        for t in tensors:
+            t.set_(memory, at, t.shape, _contiguous_strides(t.shape))
+            at += t.numel()
+    except (RuntimeError, NotImplementedError):  # no storage (sparse); set_ refused (a
+        return False  # tensor from .detach() or inference mode): each keeps its values
     return True
 
 
@@ -465,51 +466,23 @@ def scale(c: float, tree: Tree) -> Tree:
 
 def add_(a: Tree, b: Tree) -> Tree:
     """In place: every leaf of ``a`` gets ``+= `` the matching leaf of ``b`` (of its shape);
-    returns ``a``. One ``add_`` where both trees are :func:`raveled`."""
-    _in_place("add_", lambda x, y: x.add_(y), a, b)
+    returns ``a``. Leaf by leaf, also where the leaves are one vector: each leaf's own
+    version counter moves, which a pullback's watch on a weight reads (an optimizer step
+    before the backward pass)."""
+    _pairwise("add_", lambda x, y: x.add_(y), a, b)
     return a
 
 
 def copy_(a: Tree, b: Tree) -> Tree:
     """In place: every leaf of ``a`` is overwritten with the matching leaf of ``b`` (of its
-    shape); returns ``a``. One ``copy_`` where both trees are :func:`raveled`."""
-    _in_place("copy_", lambda x, y: x.copy_(y), a, b)
+    shape); returns ``a``."""
+    _pairwise("copy_", lambda x, y: x.copy_(y), a, b)
     return a
 
 
-def _in_place(name: str, op: Callable, a: Tree, b: Tree) -> None:
-    """``op`` on each pair of leaves (:func:`_pairwise`, shapes checked first), or once on the
-    two trees' vectors where both are :func:`raveled` in the same order and lie in separate
-    memory (or the same)."""
-    pairs: list = []
-    map(lambda x, y: pairs.append((x, y)), a, b)
-    va, vb = raveled(x for x, _ in pairs), raveled(y for _, y in pairs)
-    if (
-        va is not None
-        and vb is not None
-        and all(x.shape == y.shape for x, y in pairs)
-        and not _overlap(va, vb)
-    ):
-        op(va, vb)
-    else:
-        _pairwise(name, op, a, b)
-
-
-def _overlap(u: Tensor, v: Tensor) -> bool:
-    """Whether two flat vectors share some memory but are not the same."""
-    (u0, v0), size = (u.data_ptr(), v.data_ptr()), u.element_size()
-    u1, v1 = u0 + u.numel() * size, v0 + v.numel() * v.element_size()
-    return u0 < v1 and v0 < u1 and (u0, u1) != (v0, v1)
-
-
 def zero_(tree: Tree) -> Tree:
-    """In place: every leaf is set to zero (one ``zero_`` where they are :func:`raveled`);
-    returns ``tree``."""
-    vector = raveled(leaves(tree))
-    if vector is not None:
-        vector.zero_()
-    else:
-        map(lambda x: x.zero_(), tree)
+    """In place: every leaf is set to zero; returns ``tree``."""
+    map(lambda x: x.zero_(), tree)
     return tree
 
 

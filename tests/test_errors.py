@@ -443,6 +443,21 @@ def test_an_optimizer_step_before_the_backward_pass_is_refused():
     assert lin.backward(ct).shape == x.shape
 
 
+def test_an_optimizer_step_before_the_backward_pass_is_refused_in_a_sequential():
+    """Refused at the first block whose weight the pullback watches, before any block's
+    gradients change -- also where the blocks' gradients are one vector and the optimizer
+    updates its state on vectors (every parameter's own version counter moves)."""
+    net = nf.Sequential(nf.Conv2d(3, 4, 3, padding=1), nf.ReLU(), nf.Conv2d(4, 2, 3, padding=1))
+    opt = nf.Adam(net.param(), lr=1e-3)
+    x = torch.randn(2, 3, 5, 5)
+    y = net.forward(x)
+    opt.step()
+    before = [g.clone() for _, g in net.param()]
+    with pytest.raises(RuntimeError, match="weight .* changed in place after the forward pass"):
+        net.backward(torch.randn_like(y))
+    assert all(torch.equal(g, b) for (_, g), b in zip(net.param(), before))
+
+
 def test_tensors_of_inference_mode_have_no_version_to_check():
     layer = nf.dense(2)
     _, params = layer.init(torch.Generator().manual_seed(0), (3, 4))

@@ -342,7 +342,18 @@ def test_into_one_vector_moves_values_and_keeps_the_tensor_objects():
     buf = torch.zeros(5)
     tied = [buf[:3], buf[2:]]  # sharing memory: left as they are
     parameter = torch.nn.Parameter(torch.zeros(2))
-    for tensors in (tied, [torch.zeros(2), parameter], [torch.zeros(2), torch.zeros(2).double()]):
+    for tensors in (
+        tied,
+        [torch.zeros(2), parameter],
+        [torch.zeros(2), torch.zeros(2).double()],
+        [torch.zeros(2), torch.zeros(0)],  # empty: never found by raveled
+        [torch.zeros(2, dtype=torch.complex64), torch.zeros(2, dtype=torch.complex64)],
+    ):
         pointers = [t.data_ptr() for t in tensors]
         assert not tree.into_one_vector_(tensors)
         assert [t.data_ptr() for t in tensors] == pointers
+    with torch.inference_mode():
+        made_there = torch.full((3,), 4.0)
+    kept = [torch.full((2,), 3.0), made_there]  # set_ refused on an inference tensor
+    assert not tree.into_one_vector_(kept)
+    assert kept[0].tolist() == [3.0] * 2 and kept[1].tolist() == [4.0] * 3

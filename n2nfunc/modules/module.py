@@ -123,7 +123,6 @@ class Module(Unpicklable):
         self.grads = tree.zeros_like(params)
         self.name = name or type(self).__name__
         self._pullback: Any = None  # the last forward's pullback, None or _SPENT
-        tree.into_one_vector_(tree.leaves(params))  # (its gradients are one from zeros_like)
 
     def _fix(self, **options) -> None:
         """Keep torch.nn's constructor ``options`` of this block as attributes that read as
@@ -331,18 +330,15 @@ class Module(Unpicklable):
             _move_in_place(d, move)
         for child in self.children():  # (a Sequential's: its params are theirs, moved already)
             child.to(device, dtype)
-        self._into_one_vector()
+        self._grads_into_one_vector()
         return self
 
-    def _into_one_vector(self) -> None:
-        """Its parameters, and their gradients, moved into one vector each
+    def _grads_into_one_vector(self) -> None:
+        """Its gradient buffers, its blocks' included, moved into one vector
         (:func:`~n2nfunc.tree.into_one_vector_`: the same tensors and values, new memory), so
-        that an optimizer's step and ``zero_grad`` run once per vector rather than once per
-        tensor. Parameters that require grad (``nn.Parameter``) or share memory (tied
-        weights) stay where they are."""
-        pairs = self.param()
-        for k in range(2):
-            tree.into_one_vector_([pair[k] for pair in pairs])
+        that an optimizer's update runs once on it, and on its state, rather than once per
+        tensor (a block's own buffers are one vector from the start: ``tree.zeros_like``)."""
+        tree.into_one_vector_([g for _, g in self.param()])
 
     def double(self: _M) -> _M:
         return self.to(dtype=FLOAT64)

@@ -29,8 +29,8 @@ class Sequential(Module):
     """Runs its blocks in order; ``backward`` runs them in reverse. Its functional twin is
     ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared).
 
-    Made, it moves its blocks' parameters into one vector and their gradients into another
-    (:meth:`~n2nfunc.modules.Module._into_one_vector`), as each block does with its own."""
+    Made, it moves its blocks' gradient buffers into one vector
+    (:meth:`~n2nfunc.modules.Module._grads_into_one_vector`)."""
 
     def __init__(self, *modules: Module):
         layers = (Layer, StatefulLayer)
@@ -66,7 +66,7 @@ class Sequential(Module):
             state={str(i): m.state for i, m in enumerate(modules)},
         )
         self.grads = {str(i): m.grads for i, m in enumerate(modules)}
-        self._into_one_vector()  # the blocks' parameters, and their gradients
+        self._grads_into_one_vector()
 
     def forward(self, *inputs: Any) -> Any:
         """Run the blocks in order, keeping each one's pullback of *this* call, so that
