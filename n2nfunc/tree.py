@@ -40,9 +40,9 @@ def map_raveled(fn: Callable, tree: Tree, *rest: Tree, outputs: int = 1, ravel=N
     leaves are views of them; otherwise ``fn`` runs leaf by leaf. The results are the same
     either way (paired leaves of one shape). ``ravel`` None: off the CPU, where each call of an
     operation is a kernel launch; on the CPU where no tree needs a copy, as for an optimizer
-    over a :class:`~n2nfunc.modules.Sequential`'s parameters (their state, gradients and the
-    parameters are each one vector: the default network's class-wrapper step at batch 32
-    1.01-1.04x, 2-core Xeon), where the copies had cost more than the calls they saved
+    over a :class:`~n2nfunc.modules.Sequential`'s parameters (its state and their gradients
+    are each one vector: the default network's class-wrapper step at batch 32 1.01x, 2-core
+    Xeon), not where a tree needs one: the copies had cost more than the calls they saved
     (joining the gradients of a functional U-Net step by a ``cat``: 0.98-0.99x; joining every
     tree, Adam over its 34 leaves 1.6 against 4.0 ms, 2-core AMD EPYC). ``fn`` returns
     ``outputs`` tensors (a tuple of them when ``outputs`` > 1), and so does this function
@@ -141,8 +141,8 @@ def into_one_vector_(tensors: Iterable) -> bool:
         for t in tensors:
             t.set_(memory, at, t.shape, _contiguous_strides(t.shape))
             at += t.numel()
-    except (RuntimeError, NotImplementedError):  # no storage (sparse); set_ refused (a
-        return False  # tensor from .detach() or inference mode): each keeps its values
+    except (RuntimeError, NotImplementedError):  # no storage (sparse); set_ refused (an
+        return False  # inference-mode tensor): each keeps its values
     return True
 
 
@@ -398,7 +398,7 @@ def unflatten(template: Tree, values: dict[str, Any], what: str = "tree") -> Tre
 
 def zeros_like(tree: Tree) -> Tree:
     """A tree of zero tensors shaped like ``tree``'s leaves: where they share one dtype and
-    device, consecutive views of one zero vector (:func:`raveled`), so that an optimizer's
+    device, consecutive pieces of one zero vector (:func:`raveled`), so that an optimizer's
     state or a block's gradients are joined for :func:`map_raveled` with no copy."""
 
     def check(path, t):

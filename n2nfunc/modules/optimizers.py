@@ -187,7 +187,7 @@ def _checked_state(state, like, what: str):
 
 
 def _one_vector(value):
-    """A tree of tensors of the state copied into consecutive views of one vector, as
+    """A tree of tensors of the state copied into consecutive pieces of one vector, as
     ``init`` makes them (:func:`~n2nfunc.tree.zeros_like`), so that the steps after a
     ``load_state_dict`` join it with no copy (:func:`~n2nfunc.tree.map_raveled`); other
     values (the step count) as they are."""
