@@ -51,12 +51,12 @@ def map_raveled(fn: Callable, tree: Tree, *rest: Tree, outputs: int = 1, ravel=N
     map(lambda *xs: aligned.append(xs), tree, *rest)  # leaves paired as map pairs them
     kinds = {(x.dtype, x.device) if isinstance(x, Tensor) else None for xs in aligned for x in xs}
     kind = next(iter(kinds)) if len(kinds) == 1 else None  # (dtype, device) of every leaf
-    if kind is not None and ravel is not False:  # paired leaves of one shape (else: map's error)
-        kind = kind if all(x.shape == xs[0].shape for xs in aligned for x in xs) else None
+    if kind is not None and (
+        ravel is False or not all(x.shape == xs[0].shape for xs in aligned for x in xs)
+    ):
+        kind = None  # leaf by leaf (paired leaves of other shapes: map's error)
     columns = list(zip(*aligned))
-    vectors = (
-        [raveled(column) for column in columns] if kind is not None and ravel is not False else []
-    )
+    vectors = [raveled(column) for column in columns] if kind is not None else []
     if ravel is None and kind is not None:
         ravel = kind[1].type != "cpu" or all(v is not None for v in vectors)
     if kind is not None and ravel:
@@ -136,14 +136,20 @@ def into_one_vector_(tensors: Iterable) -> bool:
         spans.sort()
         if any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:])):  # shared memory: tied
             return False
-        vector = cat([t.reshape(-1) for t in tensors])
-        memory, at = vector.untyped_storage(), 0
-        for t in tensors:
-            t.set_(memory, at, t.shape, _contiguous_strides(t.shape))
-            at += t.numel()
+        _point_into(cat([t.reshape(-1) for t in tensors]), tensors, [t.shape for t in tensors])
     except (RuntimeError, NotImplementedError):  # no storage (sparse); set_ refused (an
         return False  # inference-mode tensor): each keeps its values
     return True
+
+
+def _point_into(vector: Tensor, targets: list, shapes: list) -> None:
+    """In place: each of ``targets`` set (``set_``) to its consecutive piece of the contiguous
+    ``vector``, shaped as in ``shapes``: pieces sharing its memory but not views of it (no
+    ``_base`` keeps the vector alive once a piece is given other memory)."""
+    memory, at = vector.untyped_storage(), vector.storage_offset()
+    for t, shape in zip(targets, shapes):
+        t.set_(memory, at, shape, _contiguous_strides(shape))
+        at += math.prod(shape)
 
 
 def _cut(vector: Tensor, shapes: list) -> list:
@@ -410,10 +416,8 @@ def zeros_like(tree: Tree) -> Tree:
     if len({(t.dtype, t.device) for t in items}) != 1 or not isinstance(items[0], Tensor):
         return map(lambda t: t.new_zeros(t.shape), tree)
     vector = items[0].new_zeros(sum(t.numel() for t in items))
-    memory, at, pieces = vector.untyped_storage(), 0, []
-    for t in items:  # set_, not views: a leaf given new memory (Module.to) frees the old
-        pieces.append(vector.new_empty(0).set_(memory, at, t.shape, _contiguous_strides(t.shape)))
-        at += t.numel()
+    pieces = [vector.new_empty(0) for _ in items]  # set_, not views: a leaf given new memory
+    _point_into(vector, pieces, [t.shape for t in items])  # (Module.to) frees the old
     return _refill(tree, pieces)
 
 
