@@ -1,9 +1,11 @@
-"""Training-step throughput of the U-Net: n2nfunc (functional, hand-written gradients)
-against its torch.nn + autograd twin (bench/unet_twin.py), same weights, data and Adam
-update, in float32 and in mixed precision (n2nfunc.mixed_precision "bfloat16" against
-torch.autocast bfloat16), torch in NCHW and in channels_last (the faster layout is the
-reference), all six interleaved in one process (only ratios are meaningful on a shared
-machine).
+"""Training-step throughput of the U-Net: n2nfunc (hand-written gradients) against its
+torch.nn + autograd twin (bench/unet_twin.py), same weights, data and Adam update, in float32
+and in mixed precision (n2nfunc.mixed_precision "bfloat16" against torch.autocast bfloat16),
+torch in NCHW and in channels_last (the faster layout is the reference), all eight
+interleaved in one process (only ratios are meaningful on a shared machine). n2nfunc's step
+runs two ways: as ``Model.train`` (and so ``n2nfunc train``) runs it, with the class wrappers
+(``Module``, ``MSE``, ``Adam``: gradient buffers and Adam's state each one vector), and as the
+functional ``make_train_step`` (new gradient and state trees each step).
 
     python bench/unet_train_step.py                       # default and paper shapes
     python bench/unet_train_step.py --crop 64 --batch 8 --arch 4:32,64,48,24
@@ -81,6 +83,24 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
 
         return run
 
+    def model_train_step(precision):
+        """The step as Model.train takes it: class wrappers, gradients accumulated into
+        buffers and Adam's update run once over their one vector."""
+        net = nf.Module(layer, nf.tree.map(lambda t: t.clone(), params))
+        runner = net
+        if precision != "float32":
+            runner = nf.Module(nf.mixed_precision(layer, precision), net.params)
+            runner.grads = net.grads
+        loss, adam = nf.MSE(), nf.Adam(net.param(), lr=LR)
+
+        def run():
+            loss.forward(runner.forward(x), y)
+            adam.zero_grad()
+            runner.backward(loss.backward(), input_grad=False, retain_graph=False)
+            adam.step()
+
+        return run
+
     def torch_step(autocast, layout):
         twin = TorchUNet(**arch).to(device).load_n2nfunc(params).to(memory_format=layout)
         opt = torch.optim.Adam(twin.parameters(), lr=LR)
@@ -96,7 +116,10 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
 
         return run
 
-    c = {"n2nfunc float32": n2nfunc_step("float32"), "n2nfunc bfloat16": n2nfunc_step("bfloat16")}
+    c = {}
+    for precision in ("float32", "bfloat16"):
+        c[f"n2nfunc {precision}"] = model_train_step(precision)
+        c[f"n2nfunc {precision} functional"] = n2nfunc_step(precision)
     for name, autocast in TORCH.items():
         for layout_name, layout in LAYOUTS.items():
             c[f"{name} {layout_name}"] = torch_step(autocast, layout)
@@ -104,6 +127,9 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
 
 
 TORCH = {"torch float32": False, "torch autocast": True}
+# n2nfunc's two ways to train: the class wrappers as Model.train (and the CLI) runs them, and
+# the functional make_train_step (new gradient and state trees each step)
+PATHS = {"Model.train": "", "functional": " functional"}
 LAYOUTS = {"NCHW": torch.contiguous_format, "ch-last": torch.channels_last}
 
 
@@ -137,7 +163,7 @@ def main() -> None:
         "rounds; ratio = the faster torch layout's time / n2nfunc's (> 1: n2nfunc faster)"
     )
     print(
-        f"{'depth:widths':<16}{'precision':<11}{'n2nfunc':>9}{'img/s':>8}"
+        f"{'depth:widths':<16}{'precision':<11}{'n2nfunc path':<14}{'n2nfunc':>9}{'img/s':>8}"
         f"{'torch NCHW':>12}{'ch-last':>9}{'ratio':>7}"
     )
     for arch in archs:
@@ -145,18 +171,19 @@ def main() -> None:
         c = synced(c, args.device)
         t = {k: v * 1e3 for k, v in interleaved(c, 2, args.repeats, args.rounds).items()}
         label = f"{arch['depth']}:{','.join(map(str, arch['widths']))}"
-        for (ours, theirs), precision in zip(
-            (("n2nfunc float32", "torch float32"), ("n2nfunc bfloat16", "torch autocast")),
-            ("float32", "bfloat16"),
-        ):
+        for precision, theirs in (("float32", "torch float32"), ("bfloat16", "torch autocast")):
             nchw, cl = t[f"{theirs} NCHW"], t[f"{theirs} ch-last"]
-            print(
-                f"{label:<16}{precision:<11}{t[ours]:>9.1f}{args.batch / t[ours] * 1e3:>8.1f}"
-                f"{nchw:>12.1f}{cl:>9.1f}{min(nchw, cl) / t[ours]:>7.2f}"
-            )
+            for path, suffix in PATHS.items():
+                ours = t[f"n2nfunc {precision}{suffix}"]
+                print(
+                    f"{label:<16}{precision:<11}{path:<14}{ours:>9.1f}"
+                    f"{args.batch / ours * 1e3:>8.1f}{nchw:>12.1f}{cl:>9.1f}"
+                    f"{min(nchw, cl) / ours:>7.2f}"
+                )
+                label = ""
         torch32 = min(t["torch float32 NCHW"], t["torch float32 ch-last"])
         print(
-            f"{'':<16}bfloat16 n2nfunc vs the faster torch float32: "
+            f"{'':<16}bfloat16 n2nfunc (Model.train) vs the faster torch float32: "
             f"{torch32 / t['n2nfunc bfloat16']:.2f}"
         )
         if args.memory and args.device == "cpu":
@@ -168,7 +195,7 @@ def main() -> None:
             for name, value in mb.items():
                 precision = "bfloat16" if "bf" in name or "autocast" in name else "float32"
                 ours = mb[f"n2nfunc {precision}"]
-                print(f"{'':<18}{name:<26}{value:>7.1f}{ours / value:>7.2f}")
+                print(f"{'':<18}{name:<30}{value:>7.1f}{ours / value:>7.2f}")
 
 
 if __name__ == "__main__":
