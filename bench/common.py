@@ -299,3 +299,16 @@ def peak_live_tensor_bytes(fn) -> int:
         live += e.nbytes()
         peak = max(peak, live)
     return peak
+
+
+def without_autograd(step):
+    """``step`` inside ``torch.inference_mode``, as the command line runs its epochs (keeps
+    the ``parts`` that ``op_times.py --by layer`` reads)."""
+
+    def run():
+        with torch.inference_mode():
+            step()
+
+    if hasattr(step, "parts"):
+        run.parts = step.parts
+    return run

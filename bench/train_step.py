@@ -9,7 +9,9 @@ channels_last; same network, initial weights and data, in one process.
 
 One step = forward + MSE + backward + Adam update (default Adam, lr 1e-3, on both sides),
 n2nfunc as ``Model.train`` runs it (class wrappers; the data needs no gradient; bfloat16 via
-``mixed_precision``, float32 master weights and optimizer state). Contenders alternate in
+``mixed_precision``, float32 master weights and optimizer state), and the same step inside
+``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (rows "CLI": no autograd
+bookkeeping, which the library's own code may not switch off). Contenders alternate in
 rounds (median of >= 5). Ratios: throughput / the faster torch layout of that precision.
 Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step
 (the median of 5 processes), and the peak of live tensor bytes during one step above those
@@ -48,6 +50,7 @@ from common import (  # noqa: E402
     torch_device,
     torch_net,
     variant_config,
+    without_autograd,
 )
 
 from n2nfunc import allocator  # noqa: E402
@@ -55,7 +58,12 @@ from n2nfunc.argtypes import int_range  # noqa: E402
 from n2nfunc.model import DEFAULT_CONFIG  # noqa: E402
 
 LR = 1e-3
-OURS = ("n2nfunc float32", "n2nfunc bfloat16")
+OURS = {  # name -> (precision, inside torch.inference_mode as n2nfunc train runs it)
+    "n2nfunc float32": ("float32", False),
+    "n2nfunc bfloat16": ("bfloat16", False),
+    "n2nfunc float32 CLI": ("float32", True),
+    "n2nfunc bfloat16 CLI": ("bfloat16", True),
+}
 TORCH = {  # name -> (channels_last, autocast)
     "torch.nn float32 NCHW": (False, False),
     "torch.nn float32 ch-last": (True, False),
@@ -64,8 +72,10 @@ TORCH = {  # name -> (channels_last, autocast)
 }
 
 
-def ours(config: dict, precision: str, x, y, seed: int = 0):
-    """One n2nfunc training step as Model.train runs it."""
+def ours(config: dict, precision: str, x, y, seed: int = 0, cli: bool = False):
+    """One n2nfunc training step as Model.train runs it; with ``cli``, inside
+    ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (the weights made outside,
+    as there)."""
     net = n2nfunc_net(config, seed).to(device=x.device)
     runner = net
     if precision != "float32":
@@ -80,7 +90,7 @@ def ours(config: dict, precision: str, x, y, seed: int = 0):
         adam.step()
 
     step.parts = {"net": runner, "loss": loss, "optimizer": adam}  # for op_times --by layer
-    return step
+    return without_autograd(step) if cli else step
 
 
 def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
@@ -113,9 +123,9 @@ def contenders(
     x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
     y = torch.rand(batch, 3, 32, 32, generator=g).to(device)
     out = {}
-    for name in OURS:
+    for name, (precision, cli) in OURS.items():
         if only in (None, name):
-            out[name] = ours(config, name.split()[-1], x, y, seed)
+            out[name] = ours(config, precision, x, y, seed, cli)
     for name, (cl, ac) in TORCH.items():
         if only in (None, name):
             out[name] = theirs(config, cl, ac, x, y, seed)
@@ -269,7 +279,8 @@ def main() -> None:
         "peak of the contender's precision.\nmem ratio = peak MB (RSS) / the smaller of torch.nn's "
         "two layouts in the same precision (float32; autocast-bf16 for bfloat16 rows); live MB "
         "= the peak of live tensor bytes in a step (torch's CPU allocator; MKL's GEMM buffers, "
-        "about 9 MB for n2nfunc, not counted), ratio likewise.\nOn CUDA: CUDA MB = the peak of "
+        "about 9 MB for n2nfunc, not counted), ratio likewise.\nCLI rows: the n2nfunc step inside "
+        "torch.inference_mode, as `n2nfunc train` runs its epochs.\nOn CUDA: CUDA MB = the peak of "
         "torch's caching allocator in one step above what was allocated before it; ratio "
         "likewise."
     )

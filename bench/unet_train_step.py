@@ -1,11 +1,13 @@
 """Training-step throughput of the U-Net: n2nfunc (hand-written gradients) against its
 torch.nn + autograd twin (bench/unet_twin.py), same weights, data and Adam update, in float32
 and in mixed precision (n2nfunc.mixed_precision "bfloat16" against torch.autocast bfloat16),
-torch in NCHW and in channels_last (the faster layout is the reference), all eight
+torch in NCHW and in channels_last (the faster layout is the reference), all ten
 interleaved in one process (only ratios are meaningful on a shared machine). n2nfunc's step
 runs two ways: as ``Model.train`` (and so ``n2nfunc train``) runs it, with the class wrappers
-(``Module``, ``MSE``, ``Adam``: gradient buffers and Adam's state each one vector), and as the
-functional ``make_train_step`` (new gradient and state trees each step).
+(``Module``, ``MSE``, ``Adam``: gradient buffers and Adam's state each one vector), the same
+inside ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (no autograd bookkeeping,
+which the library's own code may not switch off), and as the functional ``make_train_step``
+(new gradient and state trees each step).
 
     python bench/unet_train_step.py                       # default and paper shapes
     python bench/unet_train_step.py --crop 64 --batch 8 --arch 4:32,64,48,24
@@ -31,6 +33,7 @@ from common import (  # noqa: E402
     strict_float32,
     synced,
     torch_device,
+    without_autograd,
 )
 from unet_twin import TorchUNet  # noqa: E402
 
@@ -119,6 +122,7 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
     c = {}
     for precision in ("float32", "bfloat16"):
         c[f"n2nfunc {precision}"] = model_train_step(precision)
+        c[f"n2nfunc {precision} CLI"] = without_autograd(model_train_step(precision))
         c[f"n2nfunc {precision} functional"] = n2nfunc_step(precision)
     for name, autocast in TORCH.items():
         for layout_name, layout in LAYOUTS.items():
@@ -127,9 +131,10 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
 
 
 TORCH = {"torch float32": False, "torch autocast": True}
-# n2nfunc's two ways to train: the class wrappers as Model.train (and the CLI) runs them, and
-# the functional make_train_step (new gradient and state trees each step)
-PATHS = {"Model.train": "", "functional": " functional"}
+# n2nfunc's ways to train: the class wrappers as Model.train runs them, the same inside
+# torch.inference_mode as the command line runs its epochs, and the functional make_train_step
+# (new gradient and state trees each step)
+PATHS = {"Model.train": "", "n2nfunc train": " CLI", "functional": " functional"}
 LAYOUTS = {"NCHW": torch.contiguous_format, "ch-last": torch.channels_last}
 
 
