@@ -301,6 +301,28 @@ def peak_live_tensor_bytes(fn) -> int:
     return peak
 
 
+def class_step(net, precision: str, x, y, lr: float):
+    """One n2nfunc training step as ``Model.train`` runs it, for the block ``net``: the class
+    wrappers (``MSE``, ``Adam``; gradients accumulated into ``net``'s buffers, which are one
+    vector, and Adam's update run once over it), in mixed precision (``mixed_precision``:
+    float32 master weights and optimizer state) unless ``precision`` is float32. Its
+    ``parts`` are what ``op_times.py --by layer`` reads."""
+    runner = net
+    if precision != "float32":
+        runner = nf.Module(nf.mixed_precision(net.layer, precision), net.params)
+        runner.grads = net.grads
+    loss, adam = nf.MSE(), nf.Adam(net.param(), lr=lr)
+
+    def step():
+        loss.forward(runner.forward(x), y)
+        adam.zero_grad()
+        runner.backward(loss.backward(), input_grad=False, retain_graph=False)
+        adam.step()
+
+    step.parts = {"net": runner, "loss": loss, "optimizer": adam}
+    return step
+
+
 def without_autograd(step):
     """``step`` inside ``torch.inference_mode``, as the command line runs its epochs (keeps
     the ``parts`` that ``op_times.py --by layer`` reads)."""

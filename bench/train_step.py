@@ -39,12 +39,12 @@ sys.path[:0] = [
 from common import (  # noqa: E402
     REFERENCE_CONFIG,
     channels_last,
+    class_step,
     cuda_peak_bytes,
     flops_per_image,
     header,
     interleaved,
     n2nfunc_net,
-    nf,
     peak_live_tensor_bytes,
     synced,
     torch_device,
@@ -76,20 +76,7 @@ def ours(config: dict, precision: str, x, y, seed: int = 0, cli: bool = False):
     """One n2nfunc training step as Model.train runs it; with ``cli``, inside
     ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (the weights made outside,
     as there)."""
-    net = n2nfunc_net(config, seed).to(device=x.device)
-    runner = net
-    if precision != "float32":
-        runner = nf.Module(nf.mixed_precision(net.layer, precision), net.params)
-        runner.grads = net.grads
-    loss, adam = nf.MSE(), nf.Adam(net.param(), lr=LR)
-
-    def step():
-        loss.forward(runner.forward(x), y)
-        adam.zero_grad()
-        runner.backward(loss.backward(), input_grad=False, retain_graph=False)
-        adam.step()
-
-    step.parts = {"net": runner, "loss": loss, "optimizer": adam}  # for op_times --by layer
+    step = class_step(n2nfunc_net(config, seed).to(device=x.device), precision, x, y, LR)
     return without_autograd(step) if cli else step
 
 

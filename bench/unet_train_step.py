@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import (  # noqa: E402
     allocator_line,
+    class_step,
     gpu_line,
     interleaved,
     peak_live_tensor_bytes,
@@ -86,23 +87,9 @@ def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) ->
 
         return run
 
-    def model_train_step(precision):
-        """The step as Model.train takes it: class wrappers, gradients accumulated into
-        buffers and Adam's update run once over their one vector."""
+    def model_train_step(precision):  # as Model.train takes it (bench/common.class_step)
         net = nf.Module(layer, nf.tree.map(lambda t: t.clone(), params))
-        runner = net
-        if precision != "float32":
-            runner = nf.Module(nf.mixed_precision(layer, precision), net.params)
-            runner.grads = net.grads
-        loss, adam = nf.MSE(), nf.Adam(net.param(), lr=LR)
-
-        def run():
-            loss.forward(runner.forward(x), y)
-            adam.zero_grad()
-            runner.backward(loss.backward(), input_grad=False, retain_graph=False)
-            adam.step()
-
-        return run
+        return class_step(net, precision, x, y, LR)
 
     def torch_step(autocast, layout):
         twin = TorchUNet(**arch).to(device).load_n2nfunc(params).to(memory_format=layout)
