@@ -302,11 +302,13 @@ def peak_live_tensor_bytes(fn) -> int:
 
 
 def class_step(net, precision: str, x, y, lr: float):
-    """One n2nfunc training step as ``Model.train`` runs it, for the block ``net``: the class
-    wrappers (``MSE``, ``Adam``; gradients accumulated into ``net``'s buffers, which are one
-    vector, and Adam's update run once over it), in mixed precision (``mixed_precision``:
-    float32 master weights and optimizer state) unless ``precision`` is float32. Its
-    ``parts`` are what ``op_times.py --by layer`` reads."""
+    """The training step that ``Model.train`` runs, for the block ``net``: the class wrappers
+    (``MSE``, ``Adam``; gradients accumulated into ``net``'s buffers, which are one vector,
+    and Adam's update run once over it), in mixed precision (``mixed_precision``: float32
+    master weights and optimizer state) unless ``precision`` is float32 -- the step itself,
+    without ``Model.train``'s batch gather, augmentation, undo snapshot of the weights and
+    loss read-back (the torch.nn contenders have none of them either). Its ``parts`` are what
+    ``op_times.py --by layer`` reads."""
     runner = net
     if precision != "float32":
         runner = nf.Module(nf.mixed_precision(net.layer, precision), net.params)

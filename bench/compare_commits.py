@@ -107,7 +107,9 @@ def step_fn(package, config: dict, batch: int, precision: str = "float32"):
 
 
 def unet_step_fn(package, precision: str, batch: int = 8, crop: int = 64):
-    """One functional training step of ``package``'s U-Net (bench/unet_train_step.py's)."""
+    """One functional training step of ``package``'s U-Net (bench/unet_train_step.py's
+    "functional" row: the step through ``make_train_step``, not the class wrappers that
+    ``Model.train`` runs)."""
     layer = sys.modules[package.__name__ + ".unet"].unet(depth=4, widths=(32, 64, 48, 24))
     _, params = layer.init(torch.Generator().manual_seed(0), (-1, 3, crop, crop))
     g = torch.Generator().manual_seed(1)

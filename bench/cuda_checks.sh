@@ -58,9 +58,9 @@ run info 20 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clo
     --format=csv && "$1" -c "import torch; print(torch.__version__, torch.version.cuda, \
     torch.cuda.get_device_name(0))" && nproc' _ "$py"
 run cuda 120 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
-run bench-train 100 "$py" bench/train_step.py --device cuda --rounds 5
+run bench-train 150 "$py" bench/train_step.py --device cuda --rounds 5
 run bench-infer 60 "$py" bench/inference.py --device cuda --rounds 5
-run bench-unet 60 "$py" bench/unet_train_step.py --device cuda --crop 128 --batch 32 \
+run bench-unet 90 "$py" bench/unet_train_step.py --device cuda --crop 128 --batch 32 \
     --arch 4:32,64,48,24 --arch 5:48,96,64,32
 # one NCCL process (torchrun's variables by hand), then one process more than the GPUs
 # (refused: exit 2)

@@ -4,11 +4,12 @@ against torch.nn + autograd + torch.optim.Adam in float32 and under
 channels_last; same network, initial weights and data, in one process.
 
     python bench/train_step.py            # default network at batch 32 and 100, reference
-                                          # network at batch 100, with memory (a few minutes)
+                                          # network at batch 100, with memory (5-8 minutes)
     python bench/train_step.py --quick    # default network, batch 100, no memory
 
 One step = forward + MSE + backward + Adam update (default Adam, lr 1e-3, on both sides),
-n2nfunc as ``Model.train`` runs it (class wrappers; the data needs no gradient; bfloat16 via
+n2nfunc's step as ``Model.train`` runs it (class wrappers, without the batch gather,
+augmentation and loss read-back around it; the data needs no gradient; bfloat16 via
 ``mixed_precision``, float32 master weights and optimizer state), and the same step inside
 ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (rows "CLI": no autograd
 bookkeeping, which the library's own code may not switch off). Contenders alternate in
@@ -73,9 +74,9 @@ TORCH = {  # name -> (channels_last, autocast)
 
 
 def ours(config: dict, precision: str, x, y, seed: int = 0, cli: bool = False):
-    """One n2nfunc training step as Model.train runs it; with ``cli``, inside
-    ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (the weights made outside,
-    as there)."""
+    """One n2nfunc training step as Model.train runs it (:func:`common.class_step`); with
+    ``cli``, inside ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (the weights
+    made outside, as there)."""
     step = class_step(n2nfunc_net(config, seed).to(device=x.device), precision, x, y, LR)
     return without_autograd(step) if cli else step
 

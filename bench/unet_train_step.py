@@ -3,7 +3,8 @@ torch.nn + autograd twin (bench/unet_twin.py), same weights, data and Adam updat
 and in mixed precision (n2nfunc.mixed_precision "bfloat16" against torch.autocast bfloat16),
 torch in NCHW and in channels_last (the faster layout is the reference), all ten
 interleaved in one process (only ratios are meaningful on a shared machine). n2nfunc's step
-runs two ways: as ``Model.train`` (and so ``n2nfunc train``) runs it, with the class wrappers
+runs three ways: as ``Model.train`` runs it (the step itself, without its batch gather,
+augmentation and loss read-back: :func:`common.class_step`), with the class wrappers
 (``Module``, ``MSE``, ``Adam``: gradient buffers and Adam's state each one vector), the same
 inside ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (no autograd bookkeeping,
 which the library's own code may not switch off), and as the functional ``make_train_step``
@@ -68,8 +69,10 @@ def arch_text(text: str) -> str:
 
 def contenders(arch: dict, crop: int, batch: int, device: str, seed: int = 0) -> dict:
     """One training step of each contender on the same weights and data: n2nfunc in float32
-    and in mixed precision (bfloat16 operands), torch.nn in float32 and under autocast, each
-    torch contender in NCHW and in channels_last."""
+    and in mixed precision (bfloat16 operands), each as Model.train runs it (no suffix),
+    inside torch.inference_mode as n2nfunc train runs it (" CLI") and as the functional
+    make_train_step (" functional"); torch.nn in float32 and under autocast, each torch
+    contender in NCHW and in channels_last."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, crop, crop, generator=g).to(device)
     y = torch.rand(batch, 3, crop, crop, generator=g).to(device)
@@ -180,8 +183,8 @@ def main() -> None:
         )
         if args.memory and args.device == "cpu":
             print(
-                f"{'':<16}peak of live tensors in one step, MB (ratio: n2nfunc's of that "
-                "precision / this one's, as train_step.py's: < 1, n2nfunc's is smaller):"
+                f"{'':<16}peak of live tensors in one step, MB (ratio: n2nfunc's Model.train row "
+                "of that precision / this one's, as train_step.py's: < 1, n2nfunc's is smaller):"
             )
             mb = {k: peak_live_tensor_bytes(f) / 2**20 for k, f in c.items()}
             for name, value in mb.items():
