@@ -90,22 +90,27 @@ def raveled(leaves: Iterable) -> Tensor | None:
         return None
     first = leaves[0]
     try:
-        at, size, dtype, device = first.data_ptr(), first.element_size(), first.dtype, first.device
-        if first.is_complex():  # (conjugate and negative bits: not worth the checks)
-            return None
+        at, size = first.data_ptr(), first.element_size()
         for x in leaves:
-            if (
-                x.data_ptr() != at
-                or x.dtype != dtype
-                or x.device != device
-                or x.requires_grad
-                or not x.is_contiguous()
-            ):
+            if x.data_ptr() != at or not _joinable(x, first):
                 return None
             at += x.numel() * size
         return first.as_strided(((at - first.data_ptr()) // size,), (1,), first.storage_offset())
     except (RuntimeError, NotImplementedError):  # no storage, or separate blocks (see above)
         return None
+
+
+def _joinable(t: Tensor, first: Tensor) -> bool:
+    """Whether ``t`` can be a piece of one flat vector with ``first``: its dtype and device,
+    contiguous, not requiring grad (the vector would send every gradient to the first), and
+    real (complex tensors' conjugate and negative bits: not worth the checks)."""
+    return (
+        t.dtype == first.dtype
+        and t.device == first.device
+        and not t.requires_grad
+        and not t.is_complex()
+        and t.is_contiguous()
+    )
 
 
 def into_one_vector_(tensors: Iterable) -> bool:
@@ -123,14 +128,7 @@ def into_one_vector_(tensors: Iterable) -> bool:
     first, spans = tensors[0], []
     try:
         for t in tensors:
-            if (
-                t.dtype != first.dtype
-                or t.device != first.device
-                or t.requires_grad
-                or t.is_complex()
-                or not t.numel()
-                or not t.is_contiguous()
-            ):
+            if not t.numel() or not _joinable(t, first):
                 return False
             spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
         spans.sort()
