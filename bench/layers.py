@@ -2,6 +2,12 @@
 torch.nn.functional + autograd, to see where a training step's time goes.
 
     python bench/layers.py [--batch 100] [--precision float32|bfloat16|both]
+    python bench/layers.py --unet --precision float32   # the U-Net's own layers, 8 x 64 x 64
+
+``--unet`` times the layers of the shipped U-Net (depth 4, widths 32/64/48/24) at the shapes
+they have in its training step (batch 8 of 64 x 64 crops unless ``--batch`` / ``--crop``),
+each once as the network has it, and sums their VJPs: where the step's time goes against its
+torch.nn twin, layer by layer (the LeakyReLUs, the loss and Adam are left out).
 
 Both sides run the layer directly in the given dtype (bfloat16 tensors in, bfloat16 out),
 so the table shows the kernels themselves; n2nfunc gets channels-last images and a
@@ -159,6 +165,55 @@ CASES = [  # name, layer, torch forward, input shape (C, H, W)
 ]
 
 
+def _conv_case(c: int, o: int, size: int, input_grad: bool = True):
+    """A 3 x 3, padding-1 convolution of the U-Net: ``c -> o`` channels on ``size``^2; without
+    ``input_grad`` (a convolution of the network's input) its VJP computes no input
+    gradient, on both sides, as in the training step."""
+    return (
+        f"conv {c}->{o} @{size}" + ("" if input_grad else " (no dx)"),
+        nf.conv2d(o, 3, padding=1),
+        lambda x, p: F.conv2d(x, p["weight"], p["bias"], 1, 1),
+        (c, size, size),
+        input_grad,
+    )
+
+
+def unet_cases(depth: int, widths: tuple, crop: int) -> list:
+    """The layers of :func:`n2nfunc.unet.unet` with these ``depth`` and ``widths``, at their
+    input shapes for ``crop`` x ``crop`` images, each once as the network has it: the
+    encoder's convolutions and poolings, then per decoder level the skip block's upsampling
+    part (nearest x2 + conv, no bias) and skip convolution, and the level's last convolution;
+    the LeakyReLUs are left out."""
+    enc, dec, last_a, last_b = widths
+    cases = [_conv_case(3, enc, crop, False), _conv_case(enc, enc, crop)]
+    for k in range(depth):
+        size = crop >> k
+        cases.append(
+            (
+                f"max_pool2d 2 @{size}",
+                nf.max_pool2d(2),
+                lambda x, p: F.max_pool2d(x, 2),
+                (enc, size, size),
+            )
+        )
+        cases.append(_conv_case(enc, enc, size // 2))  # (the last: the bottleneck)
+    for k in range(depth, 0, -1):
+        low, size = crop >> k, crop >> (k - 1)
+        c_low, out = (enc if k == depth else dec), (dec if k > 1 else last_a)
+        cases.append(
+            (
+                f"upsample {c_low}->{out} @{low}",
+                nf.upsample(out, 3, 2, padding=1, bias=False),
+                lambda x, p: F.conv2d(F.interpolate(x, scale_factor=2), p["weight"], None, 1, 1),
+                (c_low, low, low),
+            )
+        )
+        cases.append(_conv_case(3 if k == 1 else enc, out, size, k > 1))  # the skip part
+        if k > 1:
+            cases.append(_conv_case(dec, dec, size))
+    return cases + [_conv_case(last_a, last_b, crop), _conv_case(last_b, 3, crop)]
+
+
 def nominal_gemm(name: str, x_shape, y_shape, params):
     """``(M, K, N)`` of one matmul with the multiply-adds of the layer's forward pass as a
     direct convolution counts them, M = output pixels and N = output channels (None for a
@@ -178,11 +233,17 @@ def nominal_gemm(name: str, x_shape, y_shape, params):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int_range(1), default=100)
+    ap.add_argument("--batch", type=int_range(1), help="default: 100, --unet 8")
+    ap.add_argument("--unet", action="store_true", help="the U-Net's own layers and shapes")
+    ap.add_argument("--crop", type=int_range(16), default=64, help="--unet: the crop size")
     ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
     ap.add_argument("--rounds", type=int_range(1), default=5)
     args = ap.parse_args()
+    if args.batch is None:
+        args.batch = 8 if args.unet else 100
+    if args.unet and args.crop % 16:
+        ap.error(f"--crop must be a multiple of 16 (four 2 x 2 poolings), got {args.crop}")
     torch.set_grad_enabled(False)
     peaks = header(args.threads)
     for precision in ["float32", "bfloat16"] if args.precision == "both" else [args.precision]:
@@ -198,21 +259,29 @@ def table(precision: str, dtype, peak: float, args) -> None:
         f"{'layer':<24}{'fwd ours':>9}{'torch':>8}{'ratio':>7}{'GEMM':>7}{'%peak':>7}"
         f"{'vjp ours':>10}{'torch':>8}{'ratio':>7}{'%peak':>7}"
     )
-    for name, layer, ref, shape in CASES:
-        print(row(name, layer, ref, shape, dtype, peak, args))
+    cases = unet_cases(4, (32, 64, 48, 24), args.crop) if args.unet else CASES
+    ours = theirs = 0.0
+    for name, layer, ref, shape, *input_grad in cases:
+        text, (t_ours, t_torch) = row(name, layer, ref, shape, dtype, peak, args, *input_grad)
+        print(text)
+        ours, theirs = ours + t_ours, theirs + t_torch
+    if args.unet:
+        print(f"{'sum of the vjps':<24}{'':>44}{ours * 1e3:>10.2f}{theirs * 1e3:>8.2f}", end="")
+        print(f"{theirs / ours:>7.2f}")
     print(
         "\nratio = torch time / n2nfunc time (>1: n2nfunc faster); vjp = forward + all "
         "gradients; GEMM = one bare matmul with the forward's nominal multiply-adds, "
         "operands ready (pixels x Cin k k x Cout, the faster orientation); %peak = nominal "
-        "FLOPs (x3 for vjp) / time / the GEMM peak of this precision\n"
+        "FLOPs (x3 for vjp, x2 without dx) / time / the GEMM peak of this precision\n"
     )
 
 
-def row(name: str, layer, ref, shape, dtype, peak: float, args) -> str:
-    """One table row: the layer's forward and VJP against torch's and the bare GEMM."""
+def row(name: str, layer, ref, shape, dtype, peak: float, args, input_grad: bool = True) -> tuple:
+    """One table row: the layer's forward and VJP (with the input gradient or not) against
+    torch's and the bare GEMM; and the two VJPs' seconds (n2nfunc's, torch's)."""
     x = torch.randn(args.batch, *shape).to(dtype)
     _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
-    params = {k: v.to(dtype) for k, v in params.items()}
+    params = {k: v.to(dtype) for k, v in params.items()}  # (a dict of tensors: no nesting)
     ct = torch.randn(layer.apply(params, x).shape).to(dtype)
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     xcl, ctcl = (  # channels_last exists for images only
@@ -226,13 +295,14 @@ def row(name: str, layer, ref, shape, dtype, peak: float, args) -> str:
 
     def ours_vjp():
         _, pullback = layer.vjp(params, x_ours)
-        pullback(ct_ours)
+        pullback(ct_ours, **({} if input_grad else {"input_grad": False}))
 
     def torch_vjp(xx, cc):
         def run():
             with torch.enable_grad():
-                xr = xx.detach().requires_grad_()
-                torch.autograd.grad(ref(xr, leaves), [xr] + list(leaves.values()), cc)
+                xr = xx.detach().requires_grad_(input_grad)
+                wrt = ([xr] if input_grad else []) + list(leaves.values())
+                torch.autograd.grad(ref(xr, leaves), wrt, cc)
 
         return run
 
@@ -262,11 +332,13 @@ def row(name: str, layer, ref, shape, dtype, peak: float, args) -> str:
     def share(seconds, factor):
         return f"{100 * factor * flops / seconds / 1e9 / peak:>6.0f}%" if flops else f"{'-':>7}"
 
-    return (
+    text = (
         f"{name:<24}{t['f'] * 1e3:>9.2f}{tf * 1e3:>8.2f}{tf / t['f']:>7.2f}{bare}"
         f"{share(t['f'], 1)}"
-        f"{t['v'] * 1e3:>10.2f}{tv * 1e3:>8.2f}{tv / t['v']:>7.2f}{share(t['v'], 3)}"
+        f"{t['v'] * 1e3:>10.2f}{tv * 1e3:>8.2f}{tv / t['v']:>7.2f}"
+        f"{share(t['v'], 3 if input_grad else 2)}"
     )
+    return text, (t["v"], tv)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("op_times.py --batch 0", "--batch: expected an integer >= 1"),
         ("unet_train_step.py --arch 4:1,2", "--arch: expected DEPTH:ENC,DEC,A,B"),
         ("layers.py --threads 0", "--threads: expected an integer >= 1"),
+        ("layers.py --unet --crop 40", "--crop must be a multiple of 16"),
         ("compare_commits.py --batches 0,32", "--batches: expected batch sizes like 1,32,100"),
         # checked before a run (they had failed after it, the trained weights lost, or had
         # created the folder and downloaded 130 MB into it)
@@ -77,6 +78,39 @@ def test_op_times_names_the_calling_line_and_each_matmul_shape():
         torch.randn(4, 5, 6).bmm(torch.randn(4, 6, 3))
         x.sum()  # not a matmul: not recorded
     assert [key[:4] for _, key, _ in clock.records] == [(6, 64, 7, 1), (5, 6, 3, 4)]
+
+
+@pytest.mark.parametrize("crop", [16, 48])
+def test_layers_unet_cases_are_the_unets_layers(crop):
+    """``bench/layers.py --unet`` times each layer of the shipped U-Net once, at the input
+    shape it has in the network: its cases' weights are the network's, shape for shape, and
+    each case's layer takes its input shape."""
+    import torch
+
+    from n2nfunc.unet import unet
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import layers
+    finally:
+        sys.path.remove(str(BENCH))
+    gen = torch.Generator().manual_seed(0)
+    _, params = unet(4, (32, 64, 48, 24)).init(gen, (2, 3, crop, crop))
+
+    def weights(tree):
+        if isinstance(tree, dict):
+            return [w for v in tree.values() for w in weights(v)]
+        return [tuple(tree.shape)] if tree.dim() == 4 else []
+
+    cases = layers.unet_cases(4, (32, 64, 48, 24), crop)
+    timed = []
+    for _, layer, ref, shape, *_ in cases:
+        _, p = layer.init(gen, (2, *shape))
+        timed += weights(p)
+        x = torch.randn(2, *shape)
+        assert torch.allclose(layer.apply(p, x), ref(x, p), atol=1e-4)
+    assert sorted(timed) == sorted(weights(params))
+    assert sum(name.startswith("max_pool2d") for name, *_ in cases) == 4
 
 
 def test_the_memory_probe_drops_the_profilers_status_lines_and_keeps_the_rest(capfd):
