@@ -66,13 +66,14 @@ def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
     [(3, 1, 1), (2, 0, 1), (5, 2, 1), (3, 2, 2), ((3, 5), (2, 1), 1), (3, 3, 1), (1, 0, 1)]
     + [((1, 3), (0, 1), 1), ((3, 1), (1, 0), 1)],
 )
-@pytest.mark.parametrize("hw,n", [((7, 9), 1), ((8, 5), 2)])
-@pytest.mark.parametrize("kernel_taps", [False, True])
-def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw, n, kernel_taps):
+@pytest.mark.parametrize("hw,n", [((7, 9), 1), ((8, 5), 2), ((6, 10), 2)])
+@pytest.mark.parametrize("forward", ["row taps", "kernel taps", "pair taps"])
+def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw, n, forward):
     """Stride-1 convolutions with >= WIDE_TAPS input channels run as row taps -- their
-    forward pass, for an output of >= THIN_TAPS channels, as kh x kw shifted-view taps of the
-    padded input on large images (kernels.kernel_taps_pay; here on any with ``kernel_taps``,
-    else never); their input
+    forward pass, on large images (kernels.kernel_taps_pay; here on any, or never, by
+    ``forward``), for an output of >= THIN_TAPS channels as kh x kw shifted-view taps of the
+    padded input, and for a narrow one of an even width as taps on pairs of columns
+    (kernels.pair_taps_pay; ``forward`` picks which of the two may run); their input
     gradient, when the output has >= WIDE_TAPS channels and the padding is below the kernel,
     as row taps of the output gradient with the flipped kernel, else (a thin output, or a
     kernel one row high) as im2col blocks on the flipped kernel; a padding of 3 for a 3 x 3
@@ -80,17 +81,25 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     unrolled output gradient (the weight gradient read from it and x); without the input
     gradient the weight gradient unrolls x as in the forward pass."""
     for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
-        set_in_kernels(monkeypatch, bound, 0 if kernel_taps else 10**9)
+        set_in_kernels(monkeypatch, bound, 10**9 if forward == "row taps" else 0)
+    set_in_kernels(monkeypatch, "PAIR_WIDTH", 10**9 if forward == "pair taps" else 0)
     unrolled, row_taps = [], K.row_taps._row_taps  # the channels of each input row taps unrolled
     spy = lambda x, *a: unrolled.append(x.shape[3]) or row_taps(x, *a)  # noqa: E731
     set_in_kernels(monkeypatch, "_row_taps", spy)
+    paired, pair_taps = [], K.row_taps.pair_taps_forward  # the inputs taken on pairs of columns
+    spy = lambda x, *a: paired.append(x.shape[3]) or pair_taps(x, *a)  # noqa: E731
+    set_in_kernels(monkeypatch, "pair_taps_forward", spy)
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
     x = randn(n, 17, *hw)
     ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p, d)  # noqa: E731
     _compare(layer, ref, params, x, TOL64)
     rows = K.rows_applies(x.permute(0, 2, 3, 1), _pair(k), (1, 1), _pair(d))
-    assert (17 in unrolled) == (rows and not (kernel_taps and o >= K.s2d.THIN_TAPS))
+    even = ref(x, params).shape[3] % 2 == 0
+    pairs = rows and forward == "pair taps" and even
+    assert (17 in paired) == pairs
+    kernel_taps = forward != "row taps" and o >= K.s2d.THIN_TAPS
+    assert (17 in unrolled) == (rows and not pairs and not kernel_taps)
     kernel, pads = _pair(k), _pair(p)
     shared = K.shares_row_taps(x.permute(0, 2, 3, 1), params["weight"], (1, 1), pads, (d, d))
     below = all(pi < ki for pi, ki in zip(pads, kernel))

@@ -61,13 +61,27 @@ def test_check_vjp_tiny_unet_full_jacobian():
         # widths >= 16: the 3 x 3 layers run as row taps, both gradients from one unrolled g
         ({"depth": 2, "widths": (16, 20, 17, 16)}, (1, 3, 20, 17)),
         # and on an image this large (kernels.row_taps.KERNEL_TAPS_PIXELS) their forward passes
-        # as kernel taps at full resolution, whose strided outputs the next layers read
-        ({"depth": 2, "widths": (24, 20, 24, 24)}, (1, 3, 50, 70)),
+        # at full resolution as kernel taps (32 channels) or on pairs of columns (24, 3),
+        # whose strided outputs the next layers read
+        ({"depth": 2, "widths": (32, 20, 24, 24)}, (1, 3, 50, 70)),
     ],
 )
 def test_forward_and_vjp_match_torch_twin(monkeypatch, arch, shape):
-    taken, pays = [], K.kernel_taps_pay  # which 3 x 3 forward passes ran as kernel taps
-    set_in_kernels(monkeypatch, "kernel_taps_pay", lambda *a: taken.append(pays(*a)) or taken[-1])
+    taken = []  # which 3 x 3 forward passes ran as kernel taps or on pairs of columns
+
+    def spy(name):
+        pays = getattr(K.row_taps, name)
+
+        def noted(*args):
+            if pays(*args):
+                taken.append(name)
+                return True
+            return False
+
+        return noted
+
+    for name in ("kernel_taps_pay", "pair_taps_pay"):
+        set_in_kernels(monkeypatch, name, spy(name))
     layer, params = _init(arch, shape)
     twin = TorchUNet(**arch).double().load_n2nfunc(params)
     g = torch.Generator().manual_seed(2)
@@ -96,7 +110,8 @@ def test_forward_and_vjp_match_torch_twin(monkeypatch, arch, shape):
     assert len(leaves) == len(g_ref)
     for ours, ref in zip(leaves, g_ref):
         assert rel_err(ours, ref) < 1e-10
-    assert any(taken) == (shape[2] * shape[3] >= K.row_taps.KERNEL_TAPS_PIXELS)
+    large = shape[2] * shape[3] >= K.row_taps.KERNEL_TAPS_PIXELS
+    assert set(taken) == ({"kernel_taps_pay", "pair_taps_pay"} if large else set())
 
 
 def test_float32_matches_twin():
