@@ -28,7 +28,8 @@ the transposed map, :func:`uncombine`.
 In float32 and float64 on the CPU, faster engines built from shifted views take over where
 they apply (each says when): the implicit GEMM of strided layers over a space-to-depth copy
 (:func:`s2d_applies`), the row taps of stride-1 layers (:func:`rows_applies`) and their
-kernel taps on large images (:func:`kernel_taps_pay`). Which engine computes which pass is
+kernel taps on large images (:func:`kernel_taps_pay`), or taps on pairs of columns for a
+narrow output (:func:`pair_taps_pay`). Which engine computes which pass is
 decided mostly in the entry points of ``dispatch`` (:func:`conv_and_weight_grad`,
 :func:`conv_input_grad`, :func:`conv_grads`, :func:`conv`, :func:`conv_weight_grad`), each of
 which says how; also in :func:`polyphase_forward` (taps or im2col) and, for ``upsample``'s
@@ -85,6 +86,8 @@ from .polyphase import (
 from .row_taps import (
     RowWeightGrad,
     kernel_taps_pay,
+    pair_taps_forward,
+    pair_taps_pay,
     row_taps_conv,
     rows_applies,
     stride_one_forward,
@@ -112,7 +115,8 @@ __all__ = [
     "shares_row_taps", "PhasePlan", "combine", "interleaved", "nearest_conv_kernel",
     "nearest_conv_kernel_grad", "phase_plan", "phase_slices", "phase_taps_pay",
     "polyphase_backward", "polyphase_cols", "polyphase_forward", "uncombine", "RowWeightGrad",
-    "kernel_taps_pay", "row_taps_conv", "rows_applies", "stride_one_forward", "S2DPlan",
+    "kernel_taps_pay", "pair_taps_forward", "pair_taps_pay", "row_taps_conv", "rows_applies",
+    "stride_one_forward", "S2DPlan",
     "s2d_applies", "s2d_conv_forward", "s2d_conv_weight_grad", "s2d_plan",
     "s2d_weight_grad_to_conv", "s2d_weights", "space_to_depth", "tap_sum", "TapWeightGrad",
 ]  # fmt: skip
