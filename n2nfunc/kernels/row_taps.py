@@ -98,15 +98,16 @@ KERNEL_TAPS_WIDTH = 48
 KERNEL_TAPS_CHANNELS = 24
 
 
+def _large_image(c: int, out_hw: tuple) -> bool:
+    """Whether a forward pass of ``c`` input channels and ``out_hw`` outputs is within the
+    KERNEL_TAPS bounds, where taps of the padded input itself pay."""
+    (ho, wo) = out_hw
+    return ho * wo >= KERNEL_TAPS_PIXELS and wo >= KERNEL_TAPS_WIDTH and c >= KERNEL_TAPS_CHANNELS
+
+
 def kernel_taps_pay(c: int, o: int, out_hw: tuple) -> bool:
     """Whether :func:`stride_one_forward` takes kernel taps for ``c -> o`` channels."""
-    (ho, wo) = out_hw
-    return (
-        ho * wo >= KERNEL_TAPS_PIXELS
-        and wo >= KERNEL_TAPS_WIDTH
-        and c >= KERNEL_TAPS_CHANNELS
-        and o >= s2d.THIN_TAPS
-    )
+    return _large_image(c, out_hw) and o >= s2d.THIN_TAPS
 
 
 # A large image's forward pass with a narrow output -- fewer than PAIR_WIDTH output channels,
@@ -118,16 +119,9 @@ PAIR_WIDTH = 32
 
 
 def pair_taps_pay(c: int, o: int, out_hw: tuple) -> bool:
-    """Whether :func:`stride_one_forward` takes :func:`pair_taps_forward`."""
-    (ho, wo) = out_hw
-    return (
-        ho * wo >= KERNEL_TAPS_PIXELS
-        and wo >= KERNEL_TAPS_WIDTH
-        and wo % 2 == 0
-        and c >= KERNEL_TAPS_CHANNELS
-        and o < PAIR_WIDTH
-        and o % 16 != 0
-    )
+    """Whether :func:`stride_one_forward` takes :func:`pair_taps_forward` (an even output
+    width)."""
+    return _large_image(c, out_hw) and out_hw[1] % 2 == 0 and o < PAIR_WIDTH and o % 16 != 0
 
 
 def pair_taps_forward(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple, out_hw):
