@@ -242,6 +242,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.batch is None:
         args.batch = 8 if args.unet else 100
+    if not args.unet and "--crop" in sys.argv[1:]:
+        ap.error("--crop is for --unet (the other cases have their own sizes)")
     if args.unet and args.crop % 16:
         ap.error(f"--crop must be a multiple of 16 (four 2 x 2 poolings), got {args.crop}")
     torch.set_grad_enabled(False)

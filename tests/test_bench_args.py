@@ -29,6 +29,7 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("unet_train_step.py --arch 4:1,2", "--arch: expected DEPTH:ENC,DEC,A,B"),
         ("layers.py --threads 0", "--threads: expected an integer >= 1"),
         ("layers.py --unet --crop 40", "--crop must be a multiple of 16"),
+        ("layers.py --crop 32", "--crop is for --unet"),
         ("compare_commits.py --batches 0,32", "--batches: expected batch sizes like 1,32,100"),
         # checked before a run (they had failed after it, the trained weights lost, or had
         # created the folder and downloaded 130 MB into it)

@@ -60,6 +60,24 @@ def test_conv2d_matches_torch_float64(k, s, p, d, hw, n):
     )
 
 
+def test_pair_taps_of_equally_many_weights_keep_apart(monkeypatch):
+    """Two layers on pairs of columns whose weights hold as many numbers in other shapes (12
+    x 24 x 3 x 4 and 12 x 32 x 3 x 3): each gets its own gather of the pair taps (one index
+    cached by element count alone gave the second layer the first one's: wrong outputs)."""
+    for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
+        set_in_kernels(monkeypatch, bound, 0)
+    taken, pair_taps = [], K.row_taps.pair_taps_forward
+    spy = lambda x, w, *a: taken.append(tuple(w.shape)) or pair_taps(x, w, *a)  # noqa: E731
+    set_in_kernels(monkeypatch, "pair_taps_forward", spy)
+    for k, c, w in [((3, 4), 24, 9), (3, 32, 8), ((3, 4), 24, 9)]:
+        layer = nf.conv2d(12, k, padding=1)
+        params = init64(layer, (2, c, 5, w))
+        x = randn(2, c, 5, w)
+        ref = F.conv2d(x, params["weight"], params["bias"], 1, 1)
+        assert rel_err(layer.apply(params, x), ref) <= TOL64
+    assert taken == [(12, 24, 3, 4), (12, 32, 3, 3), (12, 24, 3, 4)]
+
+
 @pytest.mark.parametrize("o", [2, 20])  # a thin output (transposed taps) and a wide one
 @pytest.mark.parametrize(
     "k,p,d",
