@@ -1,5 +1,6 @@
 """Stride-1 convolutions as row taps: the padded input unrolled along W only, one matmul per
-kernel row over shifted flat views (float32 and float64); kernel taps on large images."""
+kernel row over shifted flat views (float32 and float64); kernel taps on large images, or
+taps on pairs of columns for a narrow output."""
 
 from typing import NamedTuple
 
