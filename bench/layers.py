@@ -31,6 +31,7 @@ sys.path[:0] = [
 from common import DTYPES, header, interleaved, nf  # noqa: E402
 
 from n2nfunc.argtypes import int_range  # noqa: E402
+from n2nfunc.base import pull  # noqa: E402
 
 CASES = [  # name, layer, torch forward, input shape (C, H, W)
     (
@@ -235,15 +236,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int_range(1), help="default: 100, --unet 8")
     ap.add_argument("--unet", action="store_true", help="the U-Net's own layers and shapes")
-    ap.add_argument("--crop", type=int_range(16), default=64, help="--unet: the crop size")
+    ap.add_argument("--crop", type=int_range(16), help="--unet: the crop size (default: 64)")
     ap.add_argument("--threads", type=int_range(1), default=2)
     ap.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="both")
     ap.add_argument("--rounds", type=int_range(1), default=5)
     args = ap.parse_args()
     if args.batch is None:
         args.batch = 8 if args.unet else 100
-    if not args.unet and "--crop" in sys.argv[1:]:
+    if args.crop is not None and not args.unet:
         ap.error("--crop is for --unet (the other cases have their own sizes)")
+    args.crop = 64 if args.crop is None else args.crop
     if args.unet and args.crop % 16:
         ap.error(f"--crop must be a multiple of 16 (four 2 x 2 poolings), got {args.crop}")
     torch.set_grad_enabled(False)
@@ -283,7 +285,7 @@ def row(name: str, layer, ref, shape, dtype, peak: float, args, input_grad: bool
     torch's and the bare GEMM; and the two VJPs' seconds (n2nfunc's, torch's)."""
     x = torch.randn(args.batch, *shape).to(dtype)
     _, params = layer.init(torch.Generator().manual_seed(0), x.shape)
-    params = {k: v.to(dtype) for k, v in params.items()}  # (a dict of tensors: no nesting)
+    params = {k: v.to(dtype) for k, v in params.items()}
     ct = torch.randn(layer.apply(params, x).shape).to(dtype)
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     xcl, ctcl = (  # channels_last exists for images only
@@ -297,7 +299,7 @@ def row(name: str, layer, ref, shape, dtype, peak: float, args, input_grad: bool
 
     def ours_vjp():
         _, pullback = layer.vjp(params, x_ours)
-        pullback(ct_ours, **({} if input_grad else {"input_grad": False}))
+        pull(layer.vjp, pullback, ct_ours, input_grad)
 
     def torch_vjp(xx, cc):
         def run():
