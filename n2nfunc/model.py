@@ -2,7 +2,7 @@
 
     model = Model()
     model.load_pretrained_model()          # the shipped weights
-    model.train(noisy_a, noisy_b, num_epochs=5)
+    model.train(noisy_a, noisy_b, num_epochs=5)   # fine-tunes them (a tenth of the lr)
     denoised = model.predict(noisy)
 
 The network is the required one, built from the library's blocks (``train`` puts it in
@@ -440,7 +440,15 @@ def check_config(config: dict) -> None:
 
 
 class Model(Unpicklable):
-    """Network, optimizer and loss of the Noise2Noise denoiser (see module docstring)."""
+    """Network, optimizer and loss of the Noise2Noise denoiser; the networks, precision and
+    scale rule are described in the docstring of :mod:`n2nfunc.model`.
+
+    ``Model(config)`` takes the keys of :data:`n2nfunc.model.DEFAULT_CONFIG` (an unknown key
+    is refused with the list of known ones); ``Model()`` is the exercise's network with the
+    grader's behaviour. After :meth:`load_pretrained_model` (or :meth:`from_pretrained`),
+    :meth:`train` fine-tunes: its peak learning rate is ``lr * finetune_lr_scale`` (0.1 by
+    default), so the loaded weights are refined rather than trained over.
+    """
 
     save_instead = (
         "use model.save(path) instead (weights and config; Model().load_pretrained_model(path) "
@@ -511,7 +519,9 @@ class Model(Unpicklable):
 
     # ------------------------------------------------------------------ weights
     def load_pretrained_model(self, path: PathLike | None = None) -> None:
-        """Load weights saved by :meth:`save` (default: the shipped ``bestmodel.pth``)."""
+        """Load weights saved by :meth:`save` (default: the shipped ``bestmodel.pth``). The
+        optimizer starts afresh, and a later :meth:`train` fine-tunes at ``finetune_lr_scale``
+        (0.1 by default) times the peak learning rate."""
         from . import checkpoint
 
         path = DEFAULT_WEIGHTS if path is None else path
@@ -615,6 +625,8 @@ class Model(Unpicklable):
         scale: float | None = None,
     ) -> list:
         """Train on noisy/noisy pairs (N, 3, H, W); returns the mean loss of each epoch.
+        After :meth:`load_pretrained_model`, at ``finetune_lr_scale`` (0.1 by default) times
+        the peak learning rate.
 
         ``callback(epoch, step, steps_per_epoch, loss)`` is called after every step. If the
         loss becomes NaN or infinite, the parameters and the optimizer state from before the

@@ -939,6 +939,24 @@ def test_eval_and_train_note_pairs_whose_noisy_images_equal_the_clean_ones(tmp_p
     assert "note: the noisy validation images equal the clean ones" in said
 
 
+def test_train_validating_on_its_own_pairs_folder_reads_it_once(tmp_path, capsys):
+    """`--pairs P --val-pairs P`: the folder is read once (its notes said once) and the run
+    is told that it validates on its training data; the validation is those pairs."""
+    g = torch.Generator().manual_seed(0)
+    for name in ("x", "y"):
+        rgb = torch.randint(0, 256, (3, 40, 36), generator=g).to(torch.uint8)
+        for sub in ("a", "b"):
+            write_image(tmp_path / "pairs" / sub / f"{name}.png", rgb)
+    write_image(tmp_path / "pairs" / "a" / "lone.png", torch.zeros(3, 40, 36, dtype=torch.uint8))
+    pairs = str(tmp_path / "pairs")
+    argv = ["train", "--epochs", "1", "--quiet", "--no-pictures", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--pairs", pairs, "--val-pairs", pairs]) == 0
+    said = capsys.readouterr().out
+    assert said.count(f"note: {pairs}: left out 1 without a partner of the same name") == 1
+    assert "note: --val-pairs holds the folder of --pairs" in said
+    assert f"validating on image pairs in {pairs}" in said
+
+
 def test_val_photos_take_the_factor_of_noise_downsample(tmp_path, capsys):
     """`--val-photos` validates at --noise downsample:FACTOR when one is given (it took
     factor 8 whatever the factor, so a factor-2 run was validated at factor 8)."""

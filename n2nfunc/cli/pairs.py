@@ -1,6 +1,8 @@
 """The training and validation pairs a command line asks for: built-in, from pair folders,
 or cut from photos with the noise of ``--noise``."""
 
+from pathlib import Path
+
 import torch
 
 from ..data import (
@@ -82,14 +84,24 @@ def _crop_sides(args, option: str) -> tuple:
     return tuple(PATCH * f for f in ((factor,) if factor else own))
 
 
-def _validation_data(args):
-    """(noisy, clean, description) of the validation options shared by train and eval."""
+def _validation_data(args, training: tuple | None = None):
+    """(noisy, clean, description) of the validation options shared by train and eval.
+    ``training``: train's (noisy, clean) pairs, taken as they are where ``--val-pairs`` is
+    the ``--pairs`` folder (read once: its notes said once)."""
     if getattr(args, "val", None):
         xv, yv = _loading("--val", load_pair_file, args.val)
         return xv, yv, f"course file {args.val}"
     if args.val_pairs:
+        desc = f"image pairs in {args.val_pairs}"
+        pairs = getattr(args, "pairs", None)
+        if (
+            training is not None
+            and pairs
+            and Path(pairs).resolve() == Path(args.val_pairs).resolve()
+        ):
+            return *training, desc
         xv, yv = _loading("--val-pairs", load_folder_pairs, args.val_pairs, announce=_say)
-        return xv, yv, f"image pairs in {args.val_pairs}"
+        return xv, yv, desc
     if args.val_photos:
         crop = min(_crop_sides(args, "val_photos"))
         photos = _loading("--val-photos", load_photos, args.val_photos, crop, _say)

@@ -154,7 +154,7 @@ def run_training(args, device, dp=None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         _lock_folder(folder, made)
         xt, yt, desc, noise = _training_data(args)
-        xv, yv, val_desc = _validation_data(args)
+        xv, yv, val_desc = _validation_data(args, (xt, yt))
     if dp is not None:
         if lead:
             dp.done("data")

@@ -740,7 +740,8 @@ class LayerNorm(_WeightBias):
 
 
 class Dropout(Module):
-    """``torch.nn.Dropout``-like block. Its masks are drawn from the generator ``rng``: with
+    """``torch.nn.Dropout``-like block. Its masks are drawn from its generator (the ``rng``
+    attribute): with
     ``generator`` given, one of its own, seeded with one draw from ``generator`` at
     construction; without, one seeded with a draw from torch's global generator at each
     forward pass in training mode (so ``torch.manual_seed`` before a pass repeats its mask, as

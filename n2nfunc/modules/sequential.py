@@ -29,8 +29,9 @@ class Sequential(Module):
     """Runs its blocks in order; ``backward`` runs them in reverse. Its functional twin is
     ``serial`` of the blocks' layers, with params ``{"0": block0.params, ...}`` (shared).
 
-    Made, it moves its blocks' gradient buffers into one vector
-    (:meth:`~n2nfunc.modules.Module._grads_into_one_vector`)."""
+    When made, it moves its blocks' gradient buffers into the memory of one vector (the same
+    tensors and values; each block's ``param()`` pairs hold them as before), so that an
+    optimizer updates all of them in one pass."""
 
     def __init__(self, *modules: Module):
         layers = (Layer, StatefulLayer)
