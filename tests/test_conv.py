@@ -96,8 +96,10 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     as row taps of the output gradient with the flipped kernel, else (a thin output, or a
     kernel one row high) as im2col blocks on the flipped kernel; a padding of 3 for a 3 x 3
     kernel takes the polyphase engine. Where both backward passes are row taps they share the
-    unrolled output gradient (the weight gradient read from it and x); without the input
-    gradient the weight gradient unrolls x as in the forward pass."""
+    unrolled output gradient (the weight gradient read from it and x); for a thin output
+    whose im2col matrix is no wider than x unrolled (kernels.thin_output_pays) both come
+    from that matrix; without the input gradient the weight gradient unrolls x as in the
+    forward pass."""
     for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
         set_in_kernels(monkeypatch, bound, 10**9 if forward == "row taps" else 0)
     set_in_kernels(monkeypatch, "PAIR_WIDTH", 10**9 if forward == "pair taps" else 0)
@@ -107,6 +109,9 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     paired, pair_taps = [], K.row_taps.pair_taps_forward  # the inputs taken on pairs of columns
     spy = lambda x, *a: paired.append(x.shape[3]) or pair_taps(x, *a)  # noqa: E731
     set_in_kernels(monkeypatch, "pair_taps_forward", spy)
+    thin, thin_grads = [], K.dispatch._thin_output_grads  # both gradients from one im2col of g
+    spy = lambda x, *a: thin.append(x.shape[3]) or thin_grads(x, *a)  # noqa: E731
+    set_in_kernels(monkeypatch, "_thin_output_grads", spy)
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
     x = randn(n, 17, *hw)
@@ -122,6 +127,7 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     shared = K.shares_row_taps(x.permute(0, 2, 3, 1), params["weight"], (1, 1), pads, (d, d))
     below = all(pi < ki for pi, ki in zip(pads, kernel))
     assert shared == (o >= K.s2d.WIDE_TAPS and kernel[0] > 1 and d == 1 and below)
+    assert bool(thin) == (rows and o < K.s2d.WIDE_TAPS and kernel[0] * o <= 17 and below)
     y, pullback = layer.vjp(params, x)
     ct = randn(*y.shape, seed=5)
     ct_params, ct_x = pullback(ct, input_grad=False)

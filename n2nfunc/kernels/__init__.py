@@ -68,6 +68,7 @@ from .dispatch import (
     conv_input_grad,
     conv_weight_grad,
     shares_row_taps,
+    thin_output_pays,
 )
 from .polyphase import (
     PhasePlan,
@@ -112,7 +113,8 @@ __all__ = [
     "conv_matrix", "fast_width", "im2col_matmul", "image_blocks", "matrix_to_weight",
     "reduce_matmul", "rows", "sum_over_blocks", "weight_grad", "widened", "conv",
     "conv_and_weight_grad", "conv_weight_grad", "conv_grads", "conv_input_grad",
-    "shares_row_taps", "PhasePlan", "combine", "interleaved", "nearest_conv_kernel",
+    "shares_row_taps", "thin_output_pays", "PhasePlan", "combine", "interleaved",
+    "nearest_conv_kernel",
     "nearest_conv_kernel_grad", "phase_plan", "phase_slices", "phase_taps_pay",
     "polyphase_backward", "polyphase_cols", "polyphase_forward", "uncombine", "RowWeightGrad",
     "kernel_taps_pay", "pair_taps_forward", "pair_taps_pay", "row_taps_conv", "rows_applies",
