@@ -78,7 +78,7 @@ def test_pair_taps_of_equally_many_weights_keep_apart(monkeypatch):
     assert taken == [(12, 24, 3, 4), (12, 32, 3, 3), (12, 24, 3, 4)]
 
 
-@pytest.mark.parametrize("o", [2, 20])  # a thin output (transposed taps) and a wide one
+@pytest.mark.parametrize("o", [2, 8, 20])  # thin outputs (transposed taps) and a wide one
 @pytest.mark.parametrize(
     "k,p,d",
     [(3, 1, 1), (2, 0, 1), (5, 2, 1), (3, 2, 2), ((3, 5), (2, 1), 1), (3, 3, 1), (1, 0, 1)]
@@ -127,7 +127,9 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     shared = K.shares_row_taps(x.permute(0, 2, 3, 1), params["weight"], (1, 1), pads, (d, d))
     below = all(pi < ki for pi, ki in zip(pads, kernel))
     assert shared == (o >= K.s2d.WIDE_TAPS and kernel[0] > 1 and d == 1 and below)
-    assert bool(thin) == (rows and o < K.s2d.WIDE_TAPS and kernel[0] * o <= 17 and below)
+    (kh, kw), (ph, pw), (h, w) = kernel, pads, hw  # g's im2col no larger than x unrolled
+    small = h * w * kh * o <= (h + 2 * ph) * (w + 2 * pw - kw + 1) * 17
+    assert bool(thin) == (rows and o < K.s2d.WIDE_TAPS and small and below)
     y, pullback = layer.vjp(params, x)
     ct = randn(*y.shape, seed=5)
     ct_params, ct_x = pullback(ct, input_grad=False)
@@ -137,6 +139,29 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
         ct,
     )
     assert ct_x is None and rel_err(ct_params["weight"], grads[1]) <= TOL64
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "o,c,k,p,hw,n", [(3, 24, 3, 1, (9, 11), 1), (1, 16, (3, 5), (1, 2), (6, 8), 3)]
+)
+def test_thin_output_gradients_from_one_matrix_in_either_layout(
+    monkeypatch, channels_last, o, c, k, p, hw, n
+):
+    """A thin output's two gradients from one im2col of the output gradient
+    (kernels.thin_output_pays): the weight gradient reads the input where it lies, as rows
+    of channels-last memory or image by image from channels-first memory."""
+    taken, thin_grads = [], K.dispatch._thin_output_grads
+    spy = lambda x, *a: taken.append(x.is_contiguous()) or thin_grads(x, *a)  # noqa: E731
+    set_in_kernels(monkeypatch, "_thin_output_grads", spy)
+    layer = nf.conv2d(o, k, padding=p)
+    params = init64(layer, (n, c) + hw)
+    x = randn(n, c, *hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = lambda x, q: F.conv2d(x, q["weight"], q["bias"], 1, p)  # noqa: E731
+    _compare(layer, ref, params, x, TOL64)
+    assert taken == [channels_last]  # the pullback with the input gradient only
 
 
 @pytest.mark.parametrize("o", [4, 20])

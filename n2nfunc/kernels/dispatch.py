@@ -117,14 +117,18 @@ def thin_output_pays(x: Tensor, weight: Tensor, padding: tuple) -> bool:
     """Whether both backward passes of a row-tap convolution of the NHWC ``x`` (float32 /
     float64, stride 1) come from one im2col matrix of its output gradient
     (:func:`_thin_output_grads`): a thin output (fewer than WIDE_TAPS channels, too few for
-    the row taps of the input gradient) whose im2col matrix, kh kw O columns, is no wider
-    than the input's W-unrolled copy that the row-tap weight gradient would read (kw C)."""
+    the row taps of the input gradient) whose im2col matrix, H W rows of kh kw O, is no
+    larger than the input's W-unrolled copy that the row-tap weight gradient would form
+    instead, (H + 2 ph) Wo rows of kw C."""
     o, c, kh, kw = weight.shape
+    _, h, w, _ = x.shape
+    (ph, pw), wo = padding, w + 2 * padding[1] - kw + 1
     return (
         o < s2d.WIDE_TAPS
-        and kh * o <= c
+        and h * w * kh * o <= (h + 2 * ph) * wo * c
         and x.element_size() >= 4
-        and all(p < k for p, k in zip(padding, (kh, kw)))
+        and ph < kh
+        and pw < kw
     )
 
 
@@ -136,15 +140,18 @@ def _thin_output_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
         dx = cols @ matrix(W[:, :, ::-1, ::-1]^T)          (the flipped kernel's im2col product)
         dW[o, c, k-1-a, k-1-b] = sum_{n,i,j} x[n, i, j, c] cols[(n, i, j), (a, b, o)],
 
-    the second as in :func:`_row_tap_grads`, with the input read as it is: no unrolled copy
-    of the input, kw C columns, where the output gradient's matrix has kh kw O (the U-Net's
-    24 -> 3 output layer at 8 x 64 x 64: 27 columns against 72)."""
+    the second as in :func:`_row_tap_grads`, with the input read where it lies (channels-last
+    memory: one reduction over all pixels; channels-first: image by image), not unrolled
+    along W (the U-Net's 24 -> 3 output layer at 8 x 64 x 64: 27 columns against 72)."""
     o, c, kh, kw = weight.shape
     n, h, w, _ = x.shape
     flipped, pads = _flipped(weight, padding)
     cols = conv_cols(g, (kh, kw), (1, 1), pads, (1, 1), (h, w))
     dx = cols.matmul(conv_matrix(flipped)).view(n, h, w, c)
-    d = direct.reduce_matmul(x.reshape(n * h * w, c).t(), cols)
+    if x.is_contiguous():  # channels-last memory: the pixels' rows as they lie
+        d = direct.reduce_matmul(x.reshape(n * h * w, c).t(), cols)
+    else:  # (N, C, H W), a view of channels-first memory
+        d = x.permute(0, 3, 1, 2).reshape(n, c, h * w).bmm(cols.view(n, h * w, -1)).sum(0)
     dw = relaid(d, (c, kh, kw, o), lambda v: v.permute(3, 0, 1, 2).flip(2, 3), "thin_out_grad")
     return dw, dx
 
