@@ -150,7 +150,8 @@ def test_thin_output_gradients_from_one_matrix_in_either_layout(
 ):
     """A thin output's two gradients from one im2col of the output gradient
     (kernels.thin_output_pays): the weight gradient reads the input where it lies, as rows
-    of channels-last memory or image by image from channels-first memory."""
+    of channels-last memory (or of one image), else image by image from channels-first
+    memory."""
     taken, thin_grads = [], K.dispatch._thin_output_grads
     spy = lambda x, *a: taken.append(x.is_contiguous()) or thin_grads(x, *a)  # noqa: E731
     set_in_kernels(monkeypatch, "_thin_output_grads", spy)

@@ -93,18 +93,12 @@ def conv_grads(
     ``g`` where the geometry allows (:func:`_phase_grads`)."""
     if isinstance(weight_grad, torch_order.Grads):
         return weight_grad(g), weight_grad.input_grad(g) if input_grad else None
-    if (
-        input_grad
-        and isinstance(weight_grad, RowWeightGrad)
-        and shares_row_taps(weight_grad.x, weight, stride, padding, dilation)
-    ):
-        return _row_tap_grads(weight_grad.x, g, weight, padding)
-    if (
-        input_grad
-        and isinstance(weight_grad, RowWeightGrad)
-        and thin_output_pays(weight_grad.x, weight, padding)
-    ):
-        return _thin_output_grads(weight_grad.x, g, weight, padding)
+    if input_grad and isinstance(weight_grad, RowWeightGrad):
+        x = weight_grad.x
+        if shares_row_taps(x, weight, stride, padding, dilation):
+            return _row_tap_grads(x, g, weight, padding)
+        if thin_output_pays(x, weight, padding):
+            return _thin_output_grads(x, g, weight, padding)
     if input_grad and isinstance(weight_grad, TapWeightGrad):
         both = _phase_grads(weight_grad, g, weight)
         if both is not None:
@@ -140,15 +134,17 @@ def _thin_output_grads(x: Tensor, g: Tensor, weight: Tensor, padding: tuple):
         dx = cols @ matrix(W[:, :, ::-1, ::-1]^T)          (the flipped kernel's im2col product)
         dW[o, c, k-1-a, k-1-b] = sum_{n,i,j} x[n, i, j, c] cols[(n, i, j), (a, b, o)],
 
-    the second as in :func:`_row_tap_grads`, with the input read where it lies (channels-last
-    memory: one reduction over all pixels; channels-first: image by image), not unrolled
-    along W (the U-Net's 24 -> 3 output layer at 8 x 64 x 64: 27 columns against 72)."""
+    the second as in :func:`_row_tap_grads`, with the input read where it lies, not unrolled
+    along W (the U-Net's 24 -> 3 output layer at 8 x 64 x 64: 27 columns against 72): one
+    reduction over all pixels where they form one matrix (channels-last memory, or one
+    image), split over the threads; else image by image (a batched matmul, whose batch
+    shares out the work: one image's product alone keeps one thread busy)."""
     o, c, kh, kw = weight.shape
     n, h, w, _ = x.shape
     flipped, pads = _flipped(weight, padding)
     cols = conv_cols(g, (kh, kw), (1, 1), pads, (1, 1), (h, w))
     dx = cols.matmul(conv_matrix(flipped)).view(n, h, w, c)
-    if x.is_contiguous():  # channels-last memory: the pixels' rows as they lie
+    if n == 1 or x.is_contiguous():  # (N H W, C): a view of either
         d = direct.reduce_matmul(x.reshape(n * h * w, c).t(), cols)
     else:  # (N, C, H W), a view of channels-first memory
         d = x.permute(0, 3, 1, 2).reshape(n, c, h * w).bmm(cols.view(n, h * w, -1)).sum(0)
