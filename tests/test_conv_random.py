@@ -18,27 +18,25 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_conv_matches, params_in
+from helpers import assert_conv_matches, params_in, set_in_kernels
 
 import n2nfunc as nf
-from n2nfunc import kernels
-from n2nfunc.kernels import direct, dispatch, row_taps
+from n2nfunc.kernels import direct, dispatch, polyphase, row_taps, s2d, strided
 
 TOL = 1e-10
 CASES = 40  # per region
 
-# name -> (module, function): the entry of each engine, counted where the dispatcher (or
-# the row taps' forward pass) looks it up
+# name -> the entry function of each engine, counted wherever n2nfunc.kernels binds it
+# (helpers.set_in_kernels)
 ENGINES = {
-    "row taps": (dispatch, "row_taps_conv"),
-    "row-tap gradients from one unrolled g": (dispatch, "_row_tap_grads"),
-    "thin output: both gradients from one im2col of g": (dispatch, "_thin_output_grads"),
-    "pairs of columns": (row_taps, "pair_taps_forward"),
-    "space-to-depth": (dispatch, "s2d_conv_forward"),
-    "space-to-depth, both gradients from one matrix": (dispatch, "_phase_grads"),
-    "polyphase": (dispatch, "polyphase_forward"),
-    "polyphase, a transposed convolution's forward pass": (kernels, "polyphase_forward"),
-    "im2col by blocks": (direct, "cols_products"),
+    "row taps": row_taps.row_taps_conv,
+    "row-tap gradients from one unrolled g": dispatch._row_tap_grads,
+    "thin output: both gradients from one im2col of g": dispatch._thin_output_grads,
+    "pairs of columns": row_taps.pair_taps_forward,
+    "space-to-depth": s2d.s2d_conv_forward,
+    "space-to-depth, both gradients from one matrix": strided._phase_grads,
+    "polyphase": polyphase.polyphase_forward,
+    "im2col by blocks": direct.cols_products,
 }
 
 
@@ -127,15 +125,14 @@ def _counting(monkeypatch, counts):
         counts["kernel taps"] += taken
         return taken
 
-    monkeypatch.setattr(row_taps, "kernel_taps_pay", kernel_taps_pay)
-    for name, (module, attr) in ENGINES.items():
-        inner = getattr(module, attr)
+    set_in_kernels(monkeypatch, "kernel_taps_pay", kernel_taps_pay)
+    for name, engine in ENGINES.items():
 
-        def counted(*args, _inner=inner, _name=name, **kwargs):
+        def counted(*args, _engine=engine, _name=name, **kwargs):
             counts[_name] += 1
-            return _inner(*args, **kwargs)
+            return _engine(*args, **kwargs)
 
-        monkeypatch.setattr(module, attr, counted)
+        set_in_kernels(monkeypatch, engine.__name__, counted)
 
 
 def _conv_case(cfg, seed, transposed):
@@ -189,4 +186,4 @@ def test_random_transposed_convolutions_match_torch_in_float64(monkeypatch):
         seed = rng.randrange(1 << 30)
         layer, params, x, reference = _conv_case(cfg, seed, transposed=True)
         assert_conv_matches(layer, params, _layout(x, rng), reference, TOL, False)
-    assert counts["polyphase, a transposed convolution's forward pass"], dict(counts)
+    assert counts["polyphase"], dict(counts)
