@@ -68,7 +68,7 @@ from .modules import (
 from .precision import compute_dtype, mixed_precision
 from .stateful import StatefulLayer
 from .tiling import footprint, tile_settings, tiled, with_footprint
-from .unet import MAX_WIDTH, check_architecture, load_params
+from .unet import MAX_WIDTH, check_architecture, edge_pad, load_params
 
 
 class Parallel(Protocol):
@@ -283,17 +283,6 @@ def _dihedral(x: Tensor, k: int) -> Tensor:
     """One of the 8 symmetries of the square: ``k // 2`` quarter turns, then a flip if k is odd."""
     x = x.rot90(k // 2 % 4, (2, 3)) if k // 2 % 4 else x
     return x.flip(3) if k % 2 else x
-
-
-def _pad_to_multiple(x: Tensor, m: int):
-    """Replicate-pad H and W up to multiples of ``m``; returns the padded batch."""
-    h, w = x.shape[2], x.shape[3]
-    ph, pw = -h % m, -w % m
-    if ph:
-        x = cat([x, x[:, :, -1:].expand(-1, -1, ph, -1)], 2)
-    if pw:
-        x = cat([x, x[:, :, :, -1:].expand(-1, -1, -1, pw)], 3)
-    return x
 
 
 def _inference_only(*_):
@@ -539,9 +528,6 @@ class Model(Unpicklable):
         """Load a checkpoint tree (a Model's or a U-Net's, see :meth:`payload`); a network of
         another architecture than this Model's is rebuilt first (as the file records it)."""
         theirs, params = checkpoint_network(payload, source)
-        bad = [k for k, v in params.items() if not isinstance(v, Tensor)]
-        if bad:
-            raise ValueError(f"{source}: parameter {bad[0]!r} is not a tensor")
         check_finite(params, source)
         before = (self.config, self.generator, self.net, self.optimizer, self._snapshot)
         try:  # a file refused halfway leaves this Model as it was
@@ -608,8 +594,8 @@ class Model(Unpicklable):
         return runner
 
     def _move_to(self, device, dtype=None) -> None:
-        """Move the network and the optimizer's state to ``device`` (and ``dtype``); the
-        optimizer is re-pointed at the moved parameters."""
+        """Move the network's parameters and gradients in place to ``device`` (and
+        ``dtype``); the optimizer's state follows at its next step."""
         first = tree.leaves(self.net.params)[0]
         dtype = dtype or first.dtype
         if first.device == device and first.dtype == dtype:
@@ -804,7 +790,8 @@ class Model(Unpicklable):
 
         def run(chunk):
             hc, wc = chunk.shape[2], chunk.shape[3]
-            return _inference(runner, _pad_to_multiple(chunk, multiple))[:, :, :hc, :wc]
+            padded = edge_pad(chunk, -hc % multiple, -wc % multiple)
+            return _inference(runner, padded)[:, :, :hc, :wc]
 
         if h * w > PREDICT_TILE**2:  # one large image at a time, in tiles
             fp = footprint(runner.layer) or (multiple, EXERCISE_REACH)  # the U-Net's own

@@ -67,7 +67,7 @@ DEFAULT_ARCHITECTURE = {"depth": 4, "widths": (32, 64, 48, 24), "in_channels": 3
 PAPER_ARCHITECTURE = {"depth": 5, "widths": (48, 96, 64, 32), "in_channels": 3, "out_channels": 3}
 
 
-def _edge_pad(x, ph: int, pw: int):
+def edge_pad(x, ph: int, pw: int):
     """``x`` (N, C, H, W) with its last row repeated ``ph`` times below and its last column
     ``pw`` times to the right."""
     if ph:
@@ -78,7 +78,7 @@ def _edge_pad(x, ph: int, pw: int):
 
 
 def _edge_pad_adjoint(g, h: int, w: int):
-    """Adjoint of :func:`_edge_pad` to size (h, w): crop, adding the padded rows / columns
+    """Adjoint of :func:`edge_pad` to size (h, w): crop, adding the padded rows / columns
     onto the last row / column."""
     out = g[:, :, :h, :w].clone()
     if g.shape[2] > h:
@@ -118,7 +118,7 @@ def padded_to_multiple(layer: Layer, multiple: int) -> Layer:
                 + unbatched_hint(x)
             )
         h, w = x.shape[2], x.shape[3]
-        return _edge_pad(x, -h % m, -w % m), h, w
+        return edge_pad(x, -h % m, -w % m), h, w
 
     def check_size(y, xp):
         if tuple(y.shape[2:]) != tuple(xp.shape[2:]):
@@ -483,11 +483,6 @@ def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
     return params
 
 
-def multiple(arch: dict) -> int:
-    """The size multiple a U-Net of architecture ``arch`` pads its input to."""
-    return 2 ** arch["depth"]
-
-
 __all__ = [
     "DEFAULT_ARCHITECTURE",
     "PAPER_ARCHITECTURE",
@@ -495,7 +490,6 @@ __all__ = [
     "conv_list",
     "from_conv_list",
     "load_params",
-    "multiple",
     "padded_to_multiple",
     "reach",
     "skip_block",
