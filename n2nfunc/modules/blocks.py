@@ -134,14 +134,11 @@ def _unless_default(dilation, bias) -> dict:
     }
 
 
-def _checked_flags(name: str, bias, groups=1, padding_mode="zeros", any_groups=False) -> bool:
+def _checked_flags(name: str, bias, padding_mode="zeros") -> bool:
     """torch.nn's positional order is kept, so a misplaced argument must not pass quietly:
-    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``groups`` is 1 (unless
-    ``any_groups``: the block checks it itself), ``padding_mode`` is ``"zeros"``. Returns
-    ``bias`` as a bool."""
+    ``bias`` is True or False (or 1, 0, a NumPy bool, as torch takes), ``padding_mode`` is
+    ``"zeros"``. Returns ``bias`` as a bool."""
     bias = flag(bias, "bias", name)
-    if not any_groups and (groups != 1 or isinstance(groups, bool)):
-        raise ValueError(f"{name}: groups={groups!r} is not supported (only 1)")
     if padding_mode != "zeros":
         raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported (only 'zeros')")
     return bias
@@ -178,7 +175,7 @@ class Conv2d(_WeightBias):
         *,
         generator: Generator | None = None,
     ):
-        bias = _checked_flags("Conv2d", bias, groups, padding_mode, any_groups=True)
+        bias = _checked_flags("Conv2d", bias, padding_mode)
         groups = _checked_groups("Conv2d", groups, in_channels, out_channels)
         layer = conv2d(out_channels, kernel_size, stride, padding, dilation, bias, groups=groups)
         self._fix_conv(in_channels, out_channels, kernel_size, stride, padding, dilation)
@@ -223,7 +220,7 @@ class TransposeConv2d(_WeightBias):
         generator: Generator | None = None,
     ):
         name = type(self).__name__  # (ConvTranspose2d, torch's name, too)
-        bias = _checked_flags(name, bias, groups, padding_mode, any_groups=True)
+        bias = _checked_flags(name, bias, padding_mode)
         groups = _checked_groups(name, groups, in_channels, out_channels)
         layer = conv_transpose2d(
             out_channels,
