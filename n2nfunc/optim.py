@@ -67,13 +67,6 @@ def _transformation(init: Callable, update: Callable) -> GradientTransformation:
     return GradientTransformation(init, detached_update)
 
 
-def _l2_decayed(grads, params, weight_decay: float, name: str):
-    """``grads + weight_decay * params`` (torch.optim's coupled ``weight_decay``)."""
-    if not weight_decay:
-        return grads
-    return tree.map(lambda g, p: g + weight_decay * p, grads, _needed(params, name))
-
-
 def _needed(params, name: str):
     if params is None:
         raise ValueError(f"{name}: weight decay needs the params: update(grads, state, params)")
@@ -431,7 +424,9 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
 
     def update(grads, state, params):
         _check_grads(grads, _needed(params, "add_decayed_weights"), "add_decayed_weights")
-        return _l2_decayed(grads, params, weight_decay, "add_decayed_weights"), state
+        if weight_decay:
+            grads = tree.map(lambda g, p: g + weight_decay * p, grads, params)
+        return grads, state
 
     return _transformation(init, update)
 
