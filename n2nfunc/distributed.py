@@ -277,7 +277,7 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     hint = (  # rank 0 listens and waits for the others; the others connect to it
         f"did all {os.environ['WORLD_SIZE']} ranks start, with this MASTER_ADDR and MASTER_PORT "
         "(free on this machine)? one may have stopped with an error"
-        if os.environ["RANK"] == "0"
+        if rank == 0
         else "is rank 0 running there, with the same MASTER_ADDR and MASTER_PORT?"
     )
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
@@ -289,10 +289,8 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
             f"the process group at {where} within {timeout_s:g} s ({hint}): {reason}"
         )
 
-    if os.environ["RANK"] != "0":  # torch's own wait prints C++ stack traces as it retries
-        reason = _wait_for_listener(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout_s
-        )
+    if rank != 0:  # torch's own wait prints C++ stack traces as it retries
+        reason = _wait_for_listener(os.environ["MASTER_ADDR"], port, timeout_s)
         if reason:
             raise failed(reason)
     timeout = timedelta(seconds=max(1.0, timeout_s - (time.monotonic() - started)))
