@@ -374,8 +374,6 @@ def _pause_for_tests(f) -> None:
     bytes creates FILE and waits to be killed (tests check the old file survives)."""
     flag = os.environ.get("N2NFUNC_TEST_PAUSE_IN_SAVE")
     if flag:
-        import time
-
         f.flush()
         Path(flag).touch()
         time.sleep(120)

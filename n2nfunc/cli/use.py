@@ -96,8 +96,8 @@ def _recorded_noise(payload: dict, path: Path) -> str:
 
 
 def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
-    """The Model in a weights file (default: the shipped one) and its training noise."""
-    path = Path(path) if path else DEFAULT_WEIGHTS
+    """The Model in a weights file and its training noise."""
+    path = Path(path)
     payload = _network_payload("--checkpoint", path)
     config = _run_config(payload.get("config"))
     config["precision"] = precision  # how to compute now, not how the weights were trained
