@@ -203,7 +203,7 @@ def build_parser() -> _Parser:
         "[options]   (n2nfunc train --help lists them)",
         "train the denoiser (on built-in data unless told otherwise)",
         "  n2nfunc train                                   # 50,000 built-in pairs, 12 epochs\n"
-        "  n2nfunc train --epochs 2 --n-train 5000 --out runs/quick\n"
+        "  n2nfunc train --epochs 2 --n-train 5000 --out runs/quick  # seconds: a smoke test\n"
         "  n2nfunc train --train train_data.pkl --val val_data.pkl\n"
         "  n2nfunc train --photos ~/Pictures --val-photos ~/Pictures/held-out\n"
         "  n2nfunc train --resume runs/latest/checkpoint.pth --out runs/latest\n",
