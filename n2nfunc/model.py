@@ -68,7 +68,7 @@ from .modules import (
 from .precision import compute_dtype, mixed_precision
 from .stateful import StatefulLayer
 from .tiling import footprint, tile_settings, tiled, with_footprint
-from .unet import MAX_WIDTH, check_architecture, edge_pad, load_params
+from .unet import MAX_WIDTH, check_architecture, checkpoint_unet, edge_pad
 
 
 class Parallel(Protocol):
@@ -879,20 +879,13 @@ def check_finite(params, source: str) -> None:
 def checkpoint_network(payload, source: str) -> tuple[dict, dict]:
     """``(architecture, {path: tensor})`` of a checkpoint tree, checked for its form."""
     if isinstance(payload, dict) and payload.get("network") == "unet":
-        arch, params = payload.get("architecture"), payload.get("params")
-        if not isinstance(arch, dict) or not isinstance(params, dict):
-            raise ValueError(f"{source}: U-Net checkpoint without 'architecture' / 'params'")
-        try:
-            arch = check_architecture(**arch)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: bad U-Net architecture: {e}") from None
+        arch, params = checkpoint_unet(payload, source)  # this layout, or the earlier one
         channels = (arch["in_channels"], arch["out_channels"])
         if channels != (3, 3):  # (3 and 3 when not recorded)
             raise ValueError(
                 f"{source} holds a U-Net of {channels[0]} input and {channels[1]} output "
                 "channels; a Model denoises RGB to RGB (3 and 3)"
             )
-        params = load_params(arch, params, source)  # this layout, or the earlier one
         return {"network": "unet", "depth": arch["depth"], "widths": arch["widths"]}, dict(
             tree.flatten(params)
         )

@@ -34,7 +34,7 @@ from .model import (
     full_config,
 )
 from .tiling import with_footprint
-from .unet import check_architecture, load_params, padded_to_multiple, unet
+from .unet import check_architecture, checkpoint_unet, padded_to_multiple, unet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 NAMES = SHIPPED
@@ -104,14 +104,7 @@ def network_from_payload(payload, source: str = "checkpoint") -> tuple[Layer, Pa
 
 
 def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
-    arch = payload.get("architecture")
-    if not isinstance(arch, dict):
-        raise ValueError(f"{source}: U-Net checkpoint without an 'architecture' dict")
-    try:
-        arch = check_architecture(**arch)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: bad architecture {arch!r}: {e}") from None
-    params = load_params(arch, payload.get("params"), source)
+    arch, params = checkpoint_unet(payload, source)
     check_finite(params, source)  # (as the file holds them: 1e300 is named as too large)
     params = tree.map(lambda t: t.float(), params)  # float32, as the exercise's
     info = payload.get("info") or {}

@@ -448,6 +448,20 @@ def from_conv_list(template: Params, convs: list[tuple[Tensor, Tensor]]) -> Para
     return tree.unflatten(template, {p: t.contiguous() for p, t in values.items()})
 
 
+def checkpoint_unet(payload: dict, source: str) -> tuple[dict, Params]:
+    """The checked architecture and params of a U-Net checkpoint tree (``{"network": "unet",
+    "architecture": {...}, "params": {...}}``, see :func:`load_params`); errors name
+    ``source``."""
+    arch = payload.get("architecture")
+    if not isinstance(arch, dict):
+        raise ValueError(f"{source}: U-Net checkpoint without an 'architecture' dict")
+    try:
+        arch = check_architecture(**arch)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: bad U-Net architecture: {e}") from None
+    return arch, load_params(arch, payload.get("params"), source)
+
+
 def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
     """A checkpoint's U-Net params (this layout or the earlier one) for ``unet(**arch)``,
     their paths and shapes checked; errors name ``source``. The shapes the architecture
@@ -487,6 +501,7 @@ __all__ = [
     "DEFAULT_ARCHITECTURE",
     "PAPER_ARCHITECTURE",
     "check_architecture",
+    "checkpoint_unet",
     "conv_list",
     "from_conv_list",
     "load_params",

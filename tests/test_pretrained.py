@@ -105,7 +105,7 @@ def test_bad_checkpoints(tmp_path):
         tmp_path / "arch.pth",
         {"network": "unet", "architecture": {"depth": 2, "colour": 1}, "params": params},
     )
-    with pytest.raises(ValueError, match="bad architecture"):
+    with pytest.raises(ValueError, match="bad U-Net architecture"):
         load_network(tmp_path / "arch.pth")
     nf.save(tmp_path / "noarch.pth", {"network": "unet", "params": params})
     with pytest.raises(ValueError, match="without an 'architecture'"):
@@ -145,7 +145,7 @@ def test_a_recorded_channel_count_past_the_widths_is_refused(tmp_path):
         payload = {"network": "unet", "architecture": {"depth": 2, "in_channels": channels}}
         nf.save(tmp_path / "wide.pth", {**payload, "params": {}})
         with pytest.raises(
-            ValueError, match=r"wide.pth: bad architecture .*in_channels must be at"
+            ValueError, match=r"wide.pth: bad U-Net architecture: .*in_channels must be at"
         ):
             load_network(tmp_path / "wide.pth")
 
