@@ -189,6 +189,13 @@ def _key_alpha(values: Tensor, key: Tensor, size: tuple):
     return Image.frombytes("L", size, tensor_bytes(opaque))
 
 
+def _hwc(pic, c: int) -> torch.Tensor:
+    """The 8-bit pixels of a decoded Pillow image of ``c`` channels, as an (H, W, c) uint8
+    tensor."""
+    data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
+    return data.view(pic.size[1], pic.size[0], c)
+
+
 def _sixteen_bit_key_alpha(path, im, key: tuple):
     """The alpha of a 16-bit RGB PNG whose tRNS chunk names a 16-bit transparent colour.
     Pillow keeps each value's high byte, so the file (big-endian) is decoded once more as if
@@ -197,8 +204,7 @@ def _sixteen_bit_key_alpha(path, im, key: tuple):
     from PIL import ImageOps
 
     def pixels(pic):
-        data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
-        return data.view(pic.size[1], pic.size[0], 3).to(torch.int32)
+        return _hwc(pic, 3).to(torch.int32)
 
     with open_image(path) as low:
         low.tile = [t._replace(args=_raw_mode(t).replace(";16B", ";16L")) for t in low.tile]
@@ -367,8 +373,7 @@ def read_image(path) -> Picture:
         raise _damaged(path) from None
 
     def to_tensor(pic, c):
-        data = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
-        return data.view(pic.size[1], pic.size[0], c).permute(2, 0, 1).contiguous()
+        return _hwc(pic, c).permute(2, 0, 1).contiguous()
 
     alpha_values = to_tensor(alpha, 1) if alpha is not None else None
     pages = frames if raw.format == "TIFF" else 1
