@@ -127,7 +127,7 @@ def code_running_pickle(marker) -> bytes:
 def set_in_kernels(monkeypatch, name, value):
     """Set ``name`` to ``value`` (undone after the test) wherever n2nfunc.kernels binds it: in
     the package and in each engine module that defines or imports it, so that a spy or a
-    smaller block size reaches every call."""
+    smaller block size reaches every call. Returns the value it replaced."""
     from types import ModuleType
 
     import n2nfunc.kernels as kernels
@@ -135,5 +135,20 @@ def set_in_kernels(monkeypatch, name, value):
     modules = [kernels, *(m for m in vars(kernels).values() if isinstance(m, ModuleType))]
     bound = [m for m in modules if name in vars(m)]
     assert bound, f"n2nfunc.kernels binds no {name!r}"
+    replaced = vars(bound[0])[name]
     for module in bound:
         monkeypatch.setattr(module, name, value)
+    return replaced
+
+
+def spy_in_kernels(monkeypatch, name, note) -> list:
+    """Wrap the function ``name`` wherever n2nfunc.kernels binds it (:func:`set_in_kernels`):
+    each call first appends ``note(*args)`` to the list returned, then runs the function."""
+    notes: list = []
+
+    def spy(*args, **kwargs):
+        notes.append(note(*args))
+        return original(*args, **kwargs)
+
+    original = set_in_kernels(monkeypatch, name, spy)
+    return notes

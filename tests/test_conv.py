@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import autograd_vjp, init64, randn, rel_err, set_in_kernels
+from helpers import autograd_vjp, init64, randn, rel_err, set_in_kernels, spy_in_kernels
 
 import n2nfunc as nf
 from n2nfunc import kernels as K
@@ -66,9 +66,7 @@ def test_pair_taps_of_equally_many_weights_keep_apart(monkeypatch):
     cached by element count alone gave the second layer the first one's: wrong outputs)."""
     for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
         set_in_kernels(monkeypatch, bound, 0)
-    taken, pair_taps = [], K.row_taps.pair_taps_forward
-    spy = lambda x, w, *a: taken.append(tuple(w.shape)) or pair_taps(x, w, *a)  # noqa: E731
-    set_in_kernels(monkeypatch, "pair_taps_forward", spy)
+    taken = spy_in_kernels(monkeypatch, "pair_taps_forward", lambda x, w, *a: tuple(w.shape))
     for k, c, w in [((3, 4), 24, 9), (3, 32, 8), ((3, 4), 24, 9)]:
         layer = nf.conv2d(12, k, padding=1)
         params = init64(layer, (2, c, 5, w))
@@ -103,15 +101,10 @@ def test_wide_stride_1_conv2d_matches_torch_float64(monkeypatch, o, k, p, d, hw,
     for bound in ("KERNEL_TAPS_PIXELS", "KERNEL_TAPS_WIDTH", "KERNEL_TAPS_CHANNELS"):
         set_in_kernels(monkeypatch, bound, 10**9 if forward == "row taps" else 0)
     set_in_kernels(monkeypatch, "PAIR_WIDTH", 10**9 if forward == "pair taps" else 0)
-    unrolled, row_taps = [], K.row_taps._row_taps  # the channels of each input row taps unrolled
-    spy = lambda x, *a: unrolled.append(x.shape[3]) or row_taps(x, *a)  # noqa: E731
-    set_in_kernels(monkeypatch, "_row_taps", spy)
-    paired, pair_taps = [], K.row_taps.pair_taps_forward  # the inputs taken on pairs of columns
-    spy = lambda x, *a: paired.append(x.shape[3]) or pair_taps(x, *a)  # noqa: E731
-    set_in_kernels(monkeypatch, "pair_taps_forward", spy)
-    thin, thin_grads = [], K.dispatch._thin_output_grads  # both gradients from one im2col of g
-    spy = lambda x, *a: thin.append(x.shape[3]) or thin_grads(x, *a)  # noqa: E731
-    set_in_kernels(monkeypatch, "_thin_output_grads", spy)
+    channels = lambda x, *a: x.shape[3]  # noqa: E731
+    unrolled = spy_in_kernels(monkeypatch, "_row_taps", channels)  # inputs row taps unrolled
+    paired = spy_in_kernels(monkeypatch, "pair_taps_forward", channels)  # on pairs of columns
+    thin = spy_in_kernels(monkeypatch, "_thin_output_grads", channels)  # both grads, one im2col
     layer = nf.conv2d(o, k, padding=p, dilation=d)
     params = init64(layer, (n, 17) + hw)
     x = randn(n, 17, *hw)
@@ -152,9 +145,7 @@ def test_thin_output_gradients_from_one_matrix_in_either_layout(
     (kernels.thin_output_pays): the weight gradient reads the input where it lies, as rows
     of channels-last memory (or of one image), else image by image from channels-first
     memory."""
-    taken, thin_grads = [], K.dispatch._thin_output_grads
-    spy = lambda x, *a: taken.append(x.is_contiguous()) or thin_grads(x, *a)  # noqa: E731
-    set_in_kernels(monkeypatch, "_thin_output_grads", spy)
+    taken = spy_in_kernels(monkeypatch, "_thin_output_grads", lambda x, *a: x.is_contiguous())
     layer = nf.conv2d(o, k, padding=p)
     params = init64(layer, (n, c) + hw)
     x = randn(n, c, *hw)
