@@ -711,3 +711,24 @@ def test_wrappers_take_an_int_eps_and_refuse_other_channel_counts_without_params
     assert layer.init(torch.Generator(), (-1, -1, 4, 4))[0] == (-1, 6, 4, 4)
     with pytest.raises(ValueError, match=r"input shape \(-1, 4, 4, 4\) must have 6 channels"):
         layer.init(torch.Generator(), (-1, 4, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (nf.layer_norm(size=5), torch.randn(2, 4)),
+        (nf.layer_norm(axis=1, size=5), torch.randn(2, 4, 3, 3)),
+        (nf.group_norm(2, channels=8), torch.randn(2, 4, 3, 3)),
+        (nf.instance_norm(channels=8, affine=True), torch.randn(2, 4, 3, 3)),
+    ],
+)
+def test_params_of_another_size_than_the_layer_was_given_are_refused(layer, x):
+    """A layer given its size refuses params of another (made elsewhere), as it refuses
+    such an input, rather than normalising over the params' size."""
+    four = {"weight": torch.ones(4), "bias": torch.zeros(4)}
+    with pytest.raises(
+        ValueError, match=r"parameter 'weight' must have shape \([58],\), got \(4,\)"
+    ):
+        layer.apply(four, x)
+    with pytest.raises(ValueError, match=r"parameter 'weight' must have shape"):
+        layer.vjp(four, x)

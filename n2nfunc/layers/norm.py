@@ -345,8 +345,7 @@ def _per_sample(
         return shape, _ones_zeros(shape[1], generator, name) if affine else {}
 
     def vjp(params, x):
-        c = _checked_affine(params, affine, name)
-        c = channels if c == -1 and channels is not None else c
+        c = _checked_affine(params, affine, name, channels)
         check_tensor(x, name)
         bad_rank = x.dim() < rank or (rank == 4 and x.dim() != 4)
         if not bad_rank and c != -1 and x.shape[1] != c:
@@ -436,8 +435,7 @@ def layer_norm(
         return y.movedim(-1, a), state, moved_pullback
 
     def vjp(params, x):
-        f = _checked_affine(params, affine, name)
-        f = size if f == -1 and size is not None else f
+        f = _checked_affine(params, affine, name, size)
         check_tensor(x, name)
         a = along(x.dim(), tuple(x.shape)) if x.dim() >= 2 else 1
         if x.dim() < 2 or (f != -1 and x.shape[a] != f) or 0 in x.shape[1:]:
@@ -540,12 +538,13 @@ def _ones_zeros(size: int | tuple, generator, name: str) -> dict:
     }
 
 
-def _checked_affine(params, affine: bool, name: str) -> int:
+def _checked_affine(params, affine: bool, name: str, size: int | None = None) -> int:
     """Checks the params of an affine (weight, bias of shape (K,)) or a plain normalisation
-    (none); returns K, or -1 when there are none."""
+    (none); returns K: ``size`` where the layer was given one (the params must have it),
+    else the params' size, or -1 when there are none."""
     if not affine:
         check_params(params, name, {})
-        return -1
+        return -1 if size is None else size
     weight = params.get("weight") if isinstance(params, dict) else None
     if weight is not None and not (isinstance(weight, Tensor) and weight.dim() == 1):
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
@@ -553,7 +552,7 @@ def _checked_affine(params, affine: bool, name: str) -> int:
             f"{name}: parameter 'weight' must be a 1-d tensor, one number per channel or "
             f"feature, got {got}"
         )
-    k = -1 if weight is None else weight.shape[0]
+    k = size if size is not None else -1 if weight is None else weight.shape[0]
     check_params(params, name, {"weight": (k,), "bias": (k,)})
     return k
 
