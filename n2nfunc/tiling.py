@@ -19,12 +19,14 @@ pass a footprint on) -- must be given ``overlap`` and ``align`` where the image 
 than one tile: defaults guessed for it had left seams. ``with_footprint`` declares them once.
 """
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 from torch import Tensor
 
-from .base import NOISY_MAX, Layer, Params, check_tensor, pixel_scale
+from . import tree
+from .base import NOISY_MAX, Layer, Params, an_int, check_tensor, pixel_scale, positive_int
 from .train import described
 
 DEFAULT_ALIGN = 32
@@ -42,6 +44,10 @@ class Footprint(NamedTuple):
 
 def with_footprint(layer: Layer, multiple: int, reach: int) -> Layer:
     """``layer``, recording its size ``multiple`` and its ``reach`` for :func:`denoise_image`."""
+    multiple = positive_int(multiple, "multiple", "with_footprint")
+    if an_int(reach, "reach", "with_footprint") < 0:
+        raise ValueError(f"with_footprint: reach must be an int >= 0, got {reach!r}")
+    reach = int(reach)
 
     def apply(params, x):
         return layer.apply(params, x)
@@ -113,7 +119,7 @@ def tile_settings(
             )
         overlap = 0 if overlap is None else overlap  # one tile: the whole image, untiled
     if align is None:
-        align = max(DEFAULT_ALIGN, fp.multiple) if fp else DEFAULT_ALIGN
+        align = math.lcm(DEFAULT_ALIGN, fp.multiple) if fp else DEFAULT_ALIGN
     elif fp and align % fp.multiple:
         raise ValueError(
             f"{name}: align {align} must be a multiple of the network's size multiple "
@@ -193,7 +199,10 @@ def tiled(
     name = "denoise_image"
     tile, overlap, align = tile_settings(layer, tile, overlap, align, tuple(image.shape[-2:]))
     step = max((tile - 2 * overlap) // align * align, align)  # (one tile: any step)
-    batch = (image if image.dim() == 4 else image[None]).detach()  # no autograd graph kept
+    # no autograd graph kept: not of the image, nor of params that require grad (each
+    # tile's graph would stay alive through the output)
+    batch = (image if image.dim() == 4 else image[None]).detach()
+    params = tree.map(lambda t: t.detach() if isinstance(t, Tensor) else t, params)
     n, _, h, w = batch.shape
     out: Tensor | None = None
     rows, columns = _spans(h, tile, step, overlap), _spans(w, tile, step, overlap)
