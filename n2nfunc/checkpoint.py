@@ -24,6 +24,7 @@ import os
 import pickle
 import pickletools
 import secrets
+import sys
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -91,6 +92,11 @@ def _is_namedtuple(obj) -> bool:
 def encode(obj):
     """Replace every tensor in a tree of plain containers by its dtype, shape and bytes, and
     every named tuple by its type name, fields and values; containers become plain ones."""
+    return _encode(obj, set())
+
+
+def _encode(obj, kinds: set):
+    """:func:`encode`, counting the kinds of named tuple in ``kinds`` ((name, fields))."""
     if isinstance(obj, Tensor):
         name = str(obj.dtype).replace("torch.", "")
         if name not in _DTYPES:
@@ -109,22 +115,28 @@ def encode(obj):
                 )
             if k in _RESERVED:
                 raise ValueError(f"cannot store a dict with the reserved key {k!r}")
-        return {_plain(k): encode(v) for k, v in obj.items()}
+        return {_plain(k): _encode(v, kinds) for k, v in obj.items()}
     if _is_namedtuple(obj):
         if len(obj) > MAX_FIELDS:
             raise TypeError(
                 f"cannot store a named tuple of more than {MAX_FIELDS} fields "
                 f"({type(obj).__name__} has {len(obj)}); store a dict instead"
             )
+        kinds.add((type(obj).__name__, type(obj)._fields))
+        if len(kinds) > MAX_KINDS:
+            raise TypeError(
+                f"cannot store more than {MAX_KINDS} kinds of named tuple in one checkpoint; "
+                "store dicts instead"
+            )
         return {
             "__namedtuple__": type(obj).__name__,
             "fields": list(type(obj)._fields),
-            "values": [encode(v) for v in obj],
+            "values": [_encode(v, kinds) for v in obj],
         }
     if isinstance(obj, tuple):
-        return tuple(encode(v) for v in obj)
+        return tuple(_encode(v, kinds) for v in obj)
     if isinstance(obj, list):
-        return [encode(v) for v in obj]
+        return [_encode(v, kinds) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return _plain(obj)
     raise TypeError(f"cannot store an object of type {type(obj).__name__} in a checkpoint")
@@ -151,12 +163,15 @@ def decode(obj):
     each held twice by the next is a file of a few hundred bytes that would decode to 2**60
     leaves, and 4,000 tensors sharing 64 KiB of bytes a 150 KiB file that would decode to
     250 MiB. A named tuple's class is made once per (name, fields), of at most MAX_FIELDS
-    fields: one class per entry let a 224 KiB file of one shared field list take 158 MB."""
+    fields and MAX_KINDS kinds: one class per entry let a 224 KiB file of one shared field
+    list take 158 MB, and 100,000 kinds of one field each a 2.9 MB file 631 MB."""
     return _decode(obj, set(), {})
 
 
-# Named tuples that encode writes (optimizer states) have a handful of fields.
+# Named tuples that encode writes (optimizer states) have a handful of fields, and a
+# payload a handful of kinds.
 MAX_FIELDS = 64
+MAX_KINDS = 256
 
 
 def _claim(obj, seen) -> None:
@@ -186,6 +201,10 @@ def _namedtuple_class(obj, seen, kinds):
     _claim(fields, seen)
     key = (name, tuple(fields))
     if key not in kinds:
+        if len(kinds) == MAX_KINDS:
+            raise ValueError(
+                f"more than {MAX_KINDS} kinds of named tuple, which n2nfunc never writes"
+            )
         kinds[key] = namedtuple(name, fields)  # validates the names
     return kinds[key]
 
@@ -303,7 +322,10 @@ def _replace(tmp: Path, path: Path) -> None:
 
 def _temporaries_head(path: Path) -> str:
     """How the names of ``path``'s temporaries start (a long name cut, so that they fit)."""
-    return f".{path.name[:120]}."
+    # cut in bytes, which a file system's limit counts (255 on most), dropping a character
+    # split at the cut: 120 Chinese characters are 360 bytes
+    head = os.fsencode(path.name)[:120].decode(sys.getfilesystemencoding(), "ignore")
+    return f".{head}."
 
 
 def _new_temporary(path: Path) -> tuple[Path, int]:
