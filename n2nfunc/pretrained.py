@@ -128,7 +128,8 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     if not isinstance(layer, Layer):  # the exercise network has no state
         raise TypeError(f"{source}: expected a network without state")
     padded = padded_to_multiple(layer, EXERCISE_MULTIPLE)
-    return with_footprint(padded, EXERCISE_MULTIPLE, EXERCISE_REACH), net.params, config
+    info = {**DEFAULT_CONFIG, **theirs}  # the file's own settings (seed, lr, ...), not ours
+    return with_footprint(padded, EXERCISE_MULTIPLE, EXERCISE_REACH), net.params, info
 
 
 __all__ = [

@@ -85,10 +85,11 @@ def test_the_default_tile_is_a_multiple_of_a_given_align(align):
 
 
 def test_load_network_reads_model_checkpoints(tmp_path):
-    model = nf.Model({"widths": (8, 12), "seed": 4})
+    settings = {"widths": (8, 12), "seed": 4, "lr": 0.001, "num_epochs": 3, "batch_size": 7}
+    model = nf.Model(settings)
     model.save(tmp_path / "m.pth")
     layer, params, config = load_network(tmp_path / "m.pth")
-    assert config["widths"] == (8, 12)
+    assert {k: config[k] for k in settings} == settings  # the file's, not the defaults
     x = torch.rand(1, 3, 10, 13)
     assert torch.allclose(layer.apply(params, x).clamp(0, 1), model.predict(x), atol=1e-6)
 
