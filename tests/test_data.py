@@ -147,6 +147,10 @@ def test_images_and_folder_pairs(tmp_path):
     alpha = torch.full((1, 40, 70), 128, dtype=torch.uint8)
     write_image(tmp_path / "rgba.png", rgb, alpha)
     assert torch.equal(read_image(tmp_path / "rgba.png").alpha, alpha)
+    for suffix in (".jpg", ".bmp"):  # (Pillow's own words had named neither file nor option)
+        with pytest.raises(ValueError, match=rf"rgba\{suffix}: \{suffix} files have no transp"):
+            write_image(tmp_path / f"rgba{suffix}", rgb, alpha)
+        assert not (tmp_path / f"rgba{suffix}").exists()
     write_image(tmp_path / "grey.png", rgb, grey=True)
     grey = read_image(tmp_path / "grey.png")
     assert grey.grey and torch.equal(grey.rgb[0], grey.rgb[1])

@@ -16,7 +16,7 @@ from ..data import (
     read_image,
     write_image,
 )
-from ..data.files import exif_refused
+from ..data.files import ALPHA_SUFFIXES, exif_refused
 from ..data.noise import parse_noise
 from ..export import before_first_epoch
 from ..metrics import evaluate
@@ -43,7 +43,6 @@ TILE_ALIGN = 32  # --tile's multiple (deeper U-Nets than the shipped ask for mor
 MIN_TILE = 96  # an overlap of 32 (the exercise network reaches 27) on both sides plus one 32 step
 
 
-ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
 SHIPPED_NOISE = (
     "aliasing from point-sampled downsampling by 4 to 12 (the course data's kind), "
     "learnt from photos and built-in pairs"

@@ -407,6 +407,9 @@ def keeps_profile(path, grey: bool = False) -> bool:
     return kind in PROFILE_FORMATS and (not grey or kind in GREY_FORMATS)
 
 
+ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
+
+
 def write_image(
     path,
     rgb: Tensor,
@@ -432,6 +435,11 @@ def write_image(
     kind = Image.registered_extensions().get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
+    if alpha is not None and path.suffix.lower() not in ALPHA_SUFFIXES:
+        raise ValueError(
+            f"{path}: {path.suffix} files have no transparency; write {', '.join(ALPHA_SUFFIXES)} "
+            "or pass alpha=None"
+        )
     encoded = io.BytesIO()
     if icc and not keeps_profile(path, grey):  # a grey one written as RGB would misfit
         icc = None
