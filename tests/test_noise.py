@@ -252,6 +252,12 @@ def test_photo_levels_cut_the_crops_of_the_whole_downsampled_photo_without_holdi
         (NoiseSpec("salt", 1.0, 1.0), "unknown kind 'salt'"),  # (taken as Poisson)
         (NoiseSpec("gaussian", -50.0, -50.0), "sigma must be in [0, 255]"),
         (NoiseSpec("downsample", 3.5, 3.5), "a downsampling factor is one whole number"),
+        # not rounded by str's :g (it had read 0.1 and 255), nor an OverflowError or a
+        # word about downsampling for a level of another type
+        (NoiseSpec("poisson", 0.09999999, 0.09999999), "the Poisson peak must be from"),
+        (NoiseSpec("gaussian", 255.0000001, 255.0000001), "sigma must be in [0, 255]"),
+        (NoiseSpec("downsample", float("inf"), float("inf")), "must be finite numbers"),
+        (NoiseSpec("gaussian", "25", "25"), "must be finite numbers"),
     ],
 )
 def test_a_noise_spec_made_by_hand_is_checked_as_its_text(spec, said):

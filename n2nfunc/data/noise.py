@@ -57,10 +57,18 @@ def parse_noise(text) -> NoiseSpec:
     """The :class:`NoiseSpec` of ``text`` (see the module docstring); a ValueError quotes the
     text and the grammar."""
     if isinstance(text, NoiseSpec):  # one made by hand: checked as its text would be
-        whole = text.kind != "downsample" or text.low == text.high == int(text.low)
-        if not (whole and all(isinstance(v, (int, float)) for v in text[1:])):
-            raise ValueError(f"noise {text!r}: a downsampling factor is one whole number")
-        parse_noise(str(text))
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in text[1:]
+        )
+        if not numbers:
+            raise ValueError(f"noise {text!r}: the levels must be finite numbers")
+        if text.kind == "downsample":
+            if not text.low == text.high == int(text.low):
+                raise ValueError(f"noise {text!r}: a downsampling factor is one whole number")
+            parse_noise(str(text))
+        else:  # the levels as written, not rounded by str's :g
+            parse_noise(f"{text.kind}:{float(text.low)!r}-{float(text.high)!r}")
         return text
     if not isinstance(text, str):
         raise TypeError(f"noise must be a string like 'gaussian:25', got {type(text).__name__}")
