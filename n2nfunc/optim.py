@@ -134,7 +134,7 @@ def _lr_at(lr: LearningRate, step: int, name: str) -> float:
             f"{name}: the learning-rate schedule gave {value!r} at step {step}; expected a "
             "finite number >= 0"
         )
-    return value
+    return number  # a float, as a fixed rate is made (a 0-d float64 tensor gave float64)
 
 
 def check_hyperparameters(name: str, **values) -> list:

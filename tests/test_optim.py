@@ -4,6 +4,7 @@ and schedules match torch's clip_grad_norm_ and lr_scheduler."""
 import collections
 import functools
 import itertools
+from fractions import Fraction
 
 import pytest
 import torch
@@ -976,3 +977,30 @@ def test_a_group_whose_transformation_is_masked_is_not_refused():
     state = opt.init(params)
     for grads in grads_seq:
         _, state = opt.update(grads, state, params)
+
+
+def test_a_state_dicts_step_that_is_no_count_is_refused_at_load():
+    """A step of 2.5 (or a tensor, or -2) was taken, and every later step() raised."""
+    lin = nf.Linear(3, 2)
+    good = nf.Adam(lin.param(), lr=0.1).state_dict()
+    for bad in (2.5, -2, torch.tensor(3.0), "x"):
+        opt = nf.Adam(lin.param(), lr=0.1)
+        before = opt.state
+        with pytest.raises(ValueError, match=r"Adam.load_state_dict: .*step must be an int"):
+            opt.load_state_dict({"state": dict(good["state"], step=bad)})
+        assert opt.state is before
+
+
+@pytest.mark.parametrize("make", [nf.sgd, nf.rmsprop, nf.adamw, nf.adam])
+@pytest.mark.parametrize("rate", [torch.tensor(0.1, dtype=torch.float64), Fraction(1, 10)])
+def test_a_schedules_rate_of_another_number_type_is_taken_as_a_float(make, rate):
+    """As a fixed rate is: a 0-d float64 tensor from a schedule made float64 updates of 0-d
+    float32 params (refused by apply_updates), a Fraction failed inside the arithmetic."""
+    params = {"w": torch.ones(3), "s": torch.tensor(1.0)}
+    grads = {"w": torch.full((3,), 0.5), "s": torch.tensor(0.5)}
+    fixed, scheduled = make(0.1), make(lambda step: rate)
+    want, _ = fixed.update(grads, fixed.init(params), params)
+    got, _ = scheduled.update(grads, scheduled.init(params), params)
+    for k in params:
+        assert got[k].dtype == torch.float32 and torch.equal(got[k], want[k])
+    optim.apply_updates(params, got)

@@ -183,6 +183,9 @@ def _checked_state(state, like, what: str):
     except ValueError:
         pass  # a difference of structure, said below
     tree.check_like(state, like, f"{what}: the state given", "optimizer's own state")
+    # and a step count that is an int >= 0, as the optimizer's own check asks (a load had
+    # taken step=2.5 and left an optimizer whose every step raised)
+    optim.check_state(state, {k: 0 if k == "step" else None for k in like}, what)
     return state
 
 
