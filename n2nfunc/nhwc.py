@@ -57,7 +57,7 @@ def pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     sn, sh, sw, sc = out.stride()
     t, b, lf, r = max(top, 0), max(bottom, 0), max(left, 0), max(right, 0)
     rows, cols = ho - t - b, wo - lf - r
-    if not out.numel() or not rows or not cols:  # (no interior: all border)
+    if not out.numel() or rows <= 0 or cols <= 0:  # (no interior: all border)
         return out.zero_()
     lead, trail, gap = t * sh + lf * sw, b * sh + r * sw, (lf + r) * sw
     if lead and lead == trail:

@@ -366,6 +366,34 @@ def test_upsample_on_large_inputs_matches_float64(k, p, hw):
     _compare(layer, ref, params, randn(1, 3, *hw), TOL64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_windows_that_lie_wholly_in_the_padding(dtype):
+    """Padding wider than any window reaches into the image (a 1 x 1 kernel, stride 6,
+    padding 2 on 2 rows; the pullback of a transposed convolution with output_padding 4 on
+    one row): the padded copy cropped more rows than the image has, and a strided view ran
+    off its storage (RuntimeError), where torch gives the zero-padded result."""
+    layer = nf.conv2d(2, 1, stride=(6, 1), padding=(2, 0))
+    x = randn(3, 2, 2, 3).to(dtype)
+    params = nf.tree.map(lambda t: t.to(dtype), init64(layer, (3, 2, 2, 3)))
+    _compare(
+        layer,
+        lambda x, q: F.conv2d(x, q["weight"], q["bias"], (6, 1), (2, 0)),
+        params,
+        x,
+        TOL64 if dtype == torch.float64 else 1e-5,
+    )
+    layer = nf.conv_transpose2d(2, 1, stride=(5, 1), padding=(2, 0), output_padding=(4, 0))
+    x = randn(3, 2, 1, 3).to(dtype)
+    params = nf.tree.map(lambda t: t.to(dtype), init64(layer, (3, 2, 1, 3)))
+    _compare(
+        layer,
+        lambda x, q: F.conv_transpose2d(x, q["weight"], q["bias"], (5, 1), (2, 0), (4, 0)),
+        params,
+        x,
+        TOL64 if dtype == torch.float64 else 1e-5,
+    )
+
+
 def test_non_square_kernel_stride_padding():
     layer = nf.conv2d(5, (2, 3), stride=(1, 2), padding=(0, 1), dilation=(2, 1))
     params = init64(layer, (2, 3, 7, 6))
