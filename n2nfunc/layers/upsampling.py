@@ -93,7 +93,10 @@ def _nearest_vjp(x: Tensor, sy: int, sx: int, name: str):
 @functools.lru_cache(maxsize=256)
 def _nearest_sources(n_in: int, n_out: int) -> tuple[int, ...]:
     """The input index each of ``n_out`` outputs copies: ``min(floor(i * r), n_in - 1)``,
-    ``r = n_in / n_out`` and the product rounded to float32, as PyTorch's nearest mode."""
+    ``r = n_in / n_out`` and the product rounded to float32, as PyTorch's nearest mode for
+    float32 images and its backward pass for any: for float64 images its forward pass
+    computes them in float64, and picks another pixel at some sizes (outputs 47 and 94 of
+    3 -> 141); here one rule serves both passes, so the pullback is the forward's adjoint."""
     ratio = arange(n_in, n_in + 1).float() / n_out
     return tuple((arange(n_out).float() * ratio).floor().long().clamp(max=n_in - 1).tolist())
 
