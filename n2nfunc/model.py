@@ -677,7 +677,10 @@ class Model(Unpicklable):
         parallel: Parallel | None = None,
     ) -> float:
         """One pass over prepared pairs (see :meth:`prepare_pairs`), as epoch ``epoch`` of a
-        run of ``total_epochs`` (the learning-rate schedule spans the whole run).
+        run of ``total_epochs`` (the learning-rate schedule spans the whole run), in full
+        batches of ``batch_size`` (or of all pairs, if fewer) in a fresh random order: the N
+        mod ``batch_size`` pairs after the last full batch wait for a later epoch, as with
+        PyTorch's ``drop_last`` (50 pairs at batch 32: 32 of them an epoch).
 
         Data parallel (``parallel`` from :mod:`n2nfunc.distributed`, with ``rank``, ``size``
         and ``mean(tree)``): every rank holds all pairs and draws the same global batches;
