@@ -775,3 +775,22 @@ def test_training_under_inference_mode_takes_the_same_steps_and_goes_on_outside(
     with torch.inference_mode():
         out = inside.predict(x * 255)
     assert torch.allclose(out, plain.predict(x * 255), rtol=0, atol=1e-3)  # (0-255 scale)
+
+
+def test_an_epoch_trains_on_full_batches_only():
+    """As documented (drop_last): 50 pairs at batch 32 make one step an epoch; fewer pairs
+    than the batch size make one batch of all of them."""
+
+    def run(n: int):
+        model = Model({"widths": (4, 4), "batch_size": 32, "augment": False})
+        sizes, calls = [], []
+        forward = model.loss.forward
+        model.loss.forward = lambda p, t: (sizes.append(len(p)), forward(p, t))[1]
+        x = torch.rand(n, 3, 8, 8)
+        model.train(x, x.clone(), 2, callback=lambda e, b, per, loss: calls.append((e, b, per)))
+        return sizes, calls
+
+    for n, steps, size in ((50, 1, 32), (64, 2, 32), (5, 1, 5)):
+        sizes, calls = run(n)
+        assert sizes == [size] * 2 * steps
+        assert calls == [(e, b, steps) for e in range(2) for b in range(steps)]
