@@ -160,6 +160,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 # --threads may differ between machines: the data comes from rank 0, which alone writes).
 SHARED_OPTIONS = (
     "noise", "seed", "network", "epochs", "batch_size", "optimizer", "lr", "momentum",
+    "warmup_steps", "final_lr_fraction", "finetune_lr_scale",  # (the learning rate's schedule)
     "widths", "kernel", "no_augment", "upsampling", "precision",
 )  # fmt: skip
 
@@ -245,6 +246,12 @@ def launcher_pid() -> int | None:
     """The pid of the ``train --nproc`` launcher that started this worker, if one did."""
     text = os.environ.get(LAUNCHER_PID, "")
     return int(text) if text.isdigit() else None
+
+
+def launched_by_nproc() -> bool:
+    """Whether this process is a worker of ``train --nproc``, whose launcher, itself rank 0
+    to the user, says the run's notes once."""
+    return is_worker() and launcher_pid() is not None
 
 
 def _interrupt_when_orphaned(every_s: float = 0.5) -> None:

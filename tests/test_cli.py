@@ -1409,6 +1409,11 @@ def test_init_without_lr_fine_tunes_at_a_tenth_and_says_so(tmp_path, monkeypatch
     )
     assert "note: --init" not in capsys.readouterr().out
     assert checkpoint.load(tmp_path / "b" / "checkpoint.pth")["config"]["lr"] == 0.002
+    # the scale given, said as it is (the note had said "a tenth" whatever it was)
+    half = ["--finetune-lr-scale", "0.5", "--noise", "gaussian:10", "--out", str(tmp_path / "c")]
+    assert main([*run, *half]) == 0
+    said = f"rate of {DEFAULT_CONFIG['lr'] * 0.5:g}, 0.5 times a new run's (give --lr to choose)"
+    assert said in capsys.readouterr().out
 
 
 def test_the_out_folder_is_locked_before_the_data_is_made(tmp_path, monkeypatch, capsys):

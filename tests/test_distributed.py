@@ -975,3 +975,19 @@ def test_sigterm_removes_the_lock_and_the_folders_made_for_the_run(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "n2nfunc train: interrupted" in err  # said, as on Ctrl-C
     assert not (tmp_path / "made").exists()  # made for the run, left empty: removed
+
+
+def test_every_option_of_train_is_shared_by_the_ranks_or_named_as_one_they_may_differ_in():
+    """--warmup-steps, --final-lr-fraction and --finetune-lr-scale were left out of the
+    options that ranks compare: a rank started with another one trained silently on another
+    learning rate. A new option must be placed on one side or the other."""
+    from n2nfunc.cli.parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    dests = {a.dest for a in sub.choices["train"]._actions} - {"help"}
+    by_content = {"resume", "init"}  # compared as the files' sha256 (shared_options)
+    # each machine's own: where the data is read (rank 0's is sent to all), where rank 0
+    # writes, threads, device, output and the launcher's own --nproc
+    own = {"train", "pairs", "photos", "val", "val_pairs", "val_photos", "n_train", "n_val"}
+    own |= {"out", "threads", "device", "quiet", "no_pictures", "nproc"}
+    assert dests - by_content - own == set(launch.SHARED_OPTIONS)

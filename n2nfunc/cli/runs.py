@@ -139,7 +139,7 @@ def _resume_options(args, state: dict, say: bool = True, lead: bool = True) -> N
     saved = state.get("data")
     _say_other_processes(args, saved, say)
     if saved is None:  # written before checkpoints recorded their data
-        if say:
+        if say and not launch.launched_by_nproc():
             print(f"note: {path} does not record its training data; using this command line's")
         return
     mine = _data_options(args)
@@ -171,7 +171,7 @@ def _say_other_processes(args, saved, say: bool) -> None:
     """A note where a run resumes on another number of processes than it trained on: it goes
     on training the same network, but its sums round otherwise than an uninterrupted run's."""
     before = saved.get("processes") if isinstance(saved, dict) else None
-    if not say or before is None or (launch.is_worker() and launch.launcher_pid() is not None):
+    if not say or before is None or launch.launched_by_nproc():
         return  # (--nproc's workers: their launcher said it)
     now = _local_processes(args, "WORLD_SIZE")
     if now != before:

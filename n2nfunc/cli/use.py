@@ -114,7 +114,8 @@ def _say_init_notes(args, model: Model) -> None:
     if args.lr is None:
         print(
             f"note: --init without --lr fine-tunes at a peak learning rate of "
-            f"{model.config['lr']:g}, a tenth of a new run's (give --lr to choose)"
+            f"{model.config['lr']:g}, {model.config['finetune_lr_scale']:g} times a new run's "
+            "(give --lr to choose)"
         )
     recorded = _recorded_noise(args.init_payload, Path(args.init))
     example = _noise_example(recorded)
