@@ -196,22 +196,32 @@ def _hwc(pic, c: int) -> torch.Tensor:
     return data.view(pic.size[1], pic.size[0], c)
 
 
-def _sixteen_bit_key_alpha(path, im, key: tuple):
-    """The alpha of a 16-bit RGB PNG whose tRNS chunk names a 16-bit transparent colour.
-    Pillow keeps each value's high byte, so the file (big-endian) is decoded once more as if
-    little-endian, which reads the low bytes (the same picture, turned upright likewise);
-    a pixel is transparent where all 48 bits equal the key."""
+def _sixteen_bit_values(path, im) -> Tensor | None:
+    """The whole 16-bit values, (H, W, bands) int32, of a PNG of 16 bits a channel that
+    Pillow decoded to ``im`` (upright) keeping each value's high byte: the file (big-endian)
+    is decoded once more as if little-endian, which reads the low bytes (the same picture,
+    turned upright likewise). None where Pillow has no little-endian reader of the kind
+    (greyscale with alpha: its high bytes are kept)."""
     from PIL import ImageOps
 
-    def pixels(pic):
-        return _hwc(pic, 3).to(torch.int32)
-
+    bands = len(im.getbands())
     with open_image(path) as low:
         low.tile = [t._replace(args=_raw_mode(t).replace(";16B", ";16L")) for t in low.tile]
-        low.load()
+        try:
+            low.load()
+        except ValueError:  # "unknown raw mode" (before any byte is read)
+            return None
         low = ImageOps.exif_transpose(low)
-        values = pixels(im.convert("RGB")) * 256 + pixels(low.convert("RGB"))
-    return _key_alpha(values, torch.tensor(key, dtype=torch.int32), im.size)
+        return _hwc(im, bands).to(torch.int32) * 256 + _hwc(low, bands).to(torch.int32)
+
+
+def _rounded_to_8_bits(values: Tensor, mode: str, size: tuple):
+    """A Pillow image of ``mode`` from 16-bit ``values`` (H, W, bands), each rounded to 8
+    bits as ``round(v / 257)`` (as 16-bit greyscale is read): 0 and 65535 stay black and
+    white, and no value is darker by the dropped low byte."""
+    from PIL import Image
+
+    return Image.frombytes(mode, size, tensor_bytes(((values * 2 + 257) // 514).to(torch.uint8)))
 
 
 class _Unreadable(ValueError):
@@ -335,11 +345,18 @@ def read_image(path) -> Picture:
                 if floating:
                     im = _float_as_8_bits(im, path)
                 alpha = None
-                if wide and raw.format == "PNG" and isinstance(key, tuple) and len(key) == 3:
-                    alpha = _sixteen_bit_key_alpha(path, im, key)
+                # 16-bit colour (and greyscale with alpha) PNGs: their whole values, rounded
+                # to 8 bits as 16-bit greyscale is below (Pillow's high bytes were up to one
+                # level darker); a tRNS colour compares all 16 bits
+                values = _sixteen_bit_values(path, im) if wide and raw.format == "PNG" else None
+                if values is not None:
+                    if isinstance(key, tuple) and len(key) == 3:
+                        key_values = torch.tensor(key, dtype=torch.int32)
+                        alpha = _key_alpha(values[..., :3], key_values, im.size)
+                    im = _rounded_to_8_bits(values, im.mode, im.size)
                 elif im.mode.startswith("I;16") and isinstance(key, int):  # a 16-bit grey key
-                    values = bytearray(im.convert("I").tobytes())
-                    grey_values = torch.frombuffer(values, dtype=torch.int32).view(-1, 1)
+                    key_bytes = bytearray(im.convert("I").tobytes())
+                    grey_values = torch.frombuffer(key_bytes, dtype=torch.int32).view(-1, 1)
                     alpha = _key_alpha(grey_values, torch.tensor([key]), im.size)
                 elif "transparency" in im.info and im.mode in ("P", "L", "RGB", "1") and not wide:
                     im = im.convert("LA" if im.mode in ("L", "1") else "RGBA")  # an 8-bit key
