@@ -397,9 +397,7 @@ def tensor_shape(in_shape, layer: str, min_rank: int, what: str) -> Shape:
 
 def shape_or_streams(in_shape, layer: str):
     """Check an ``init`` argument of a layer that passes streams through (identity, fanout):
-    a shape of ints (see :func:`tensor_shape`) or a tuple (or dict) of such, at any depth."""
-    if isinstance(in_shape, dict):
-        return {k: shape_or_streams(s, layer) for k, s in in_shape.items()}
+    a shape of ints (see :func:`tensor_shape`) or a tuple of such, at any depth."""
     if isinstance(in_shape, (tuple, list)) and in_shape and not all(map(is_int, in_shape)):
         return tuple(shape_or_streams(s, layer) for s in in_shape)
     return tensor_shape(in_shape, layer, 0, "(N, ...) or a tuple of shapes")

@@ -32,6 +32,7 @@ from . import tree
 from .base import (
     Held,
     Layer,
+    Output,
     Unchanged,
     an_int,
     apply_via_vjp,
@@ -304,6 +305,12 @@ def _sum_streams(cts):
     return _sum(cts)
 
 
+def _all_tensors(out) -> bool:
+    """Whether :func:`~n2nfunc.base.outputs_of` ``out`` stands for a tensor or a tuple of
+    them, at any depth (it holds None for anything else)."""
+    return isinstance(out, Output) or (isinstance(out, tuple) and all(map(_all_tensors, out)))
+
+
 def fanout(n: int) -> Layer:
     """``x -> (x,) * n``."""
     n = positive_int(n, "n", "fanout")
@@ -314,6 +321,10 @@ def fanout(n: int) -> Layer:
     def vjp(params, x):
         check_params(params, "fanout", {})
         out = outputs_of(x)  # x may be a tuple of streams: each output is that tuple
+        if not _all_tensors(out):  # (the pullback adds the copies' cotangents)
+            raise TypeError(
+                f"fanout: expected a tensor or a tuple of them (streams), got {_what(x)}"
+            )
 
         def pullback(cts):
             cts = [
@@ -387,6 +398,10 @@ def fanin_concat(axis: int = 1) -> Layer:
     def vjp(params, xs):
         check_params(params, name, {})
         xs = _tensors(xs, name)
+        ranks = {x.dim() for x in xs}  # (cat itself skips an empty 1-d input: its gradient
+        if len(ranks) != 1 or not -min(ranks) <= axis < min(ranks):  # came back 2-d)
+            shapes = [tuple(x.shape) for x in xs]
+            raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")
         try:
             y = cat(xs, axis)
         except (RuntimeError, IndexError) as e:  # IndexError: no such axis

@@ -389,3 +389,24 @@ def test_misused_layers_and_blocks_get_errors_that_say_what_to_do():
         nf.dropout(0.5)(torch.ones(1))
     with pytest.raises(ValueError, match=r"got \(None, 4, 6, 6\) \(-1, not None, stands for"):
         nf.conv2d(4, 3).init(torch.Generator(), (None, 4, 6, 6))
+
+
+def test_fanin_concat_refuses_inputs_of_other_ranks_when_run_as_at_init():
+    """torch.cat skips an empty 1-d input: the concatenation ran, and the empty input's
+    gradient came back (0, 3) for its (0,) (along axis 1: a bare IndexError)."""
+    xs = (randn(2, 3), torch.empty(0, dtype=torch.float64))
+    for axis in (0, 1):
+        with pytest.raises(ValueError, match=rf"inputs of one rank with an axis {axis}, got"):
+            nf.fanin_concat(axis).vjp({}, xs)
+    with pytest.raises(ValueError, match=r"inputs of one rank with an axis 2, got"):
+        nf.fanin_concat(2).apply({}, (randn(2, 3), randn(2, 3)))
+
+
+def test_fanout_refuses_streams_it_cannot_sum():
+    """A dict of streams passed init and vjp; its pullback then failed adding two dicts."""
+    with pytest.raises(ValueError, match=r"fanout: expected an input shape .* got \{'a'"):
+        nf.fanout(2).init(None, {"a": (2, 3)})
+    with pytest.raises(TypeError, match=r"fanout: expected a tensor or a tuple of them .* dict"):
+        nf.fanout(2).vjp({}, {"a": randn(2, 3)})
+    with pytest.raises(TypeError, match=r"fanout: expected a tensor or a tuple of them .* tuple"):
+        nf.fanout(2).vjp({}, (randn(2, 3), "b"))
