@@ -216,6 +216,9 @@ def _check_ours(final: Path) -> None:
             )
         except OSError:
             pass
+    others = final / "others"
+    if others.is_symlink() or (others.exists() and not others.is_dir()):
+        present.insert(0, "others")  # (replaced by the others/ folder: a file of the user's)
     if present and not ours:
         raise FileExistsError(
             errno.EEXIST,

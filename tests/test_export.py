@@ -405,11 +405,19 @@ def test_export_refuses_nan_weights_and_replaces_odd_layouts(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "files", [["model.py"], ["__init__.py", "model.py"], ["bestmodel.pth"], ["others/__init__.py"]]
+    "files",
+    [
+        ["model.py"],
+        ["__init__.py", "model.py"],
+        ["bestmodel.pth"],
+        ["others/__init__.py"],
+        ["others"],
+    ],
 )
 def test_export_replaces_no_file_it_did_not_write(tmp_path, files):
     """A Miniproject_2 of the user's own (the course's template, their solution) had its
-    model.py and __init__.py replaced, and others/n2nfunc removed, without a word."""
+    model.py and __init__.py replaced, and others/n2nfunc removed, without a word (a file
+    named others: deleted for the others/ folder)."""
     final = tmp_path / "Miniproject_2"
     for name in files:
         (final / name).parent.mkdir(parents=True, exist_ok=True)
