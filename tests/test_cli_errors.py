@@ -302,6 +302,9 @@ ROWS = [
     ),
     ("train --widht 8 8", r"unrecognized option --widht \(did you mean --widths\?"),
     ("train --model unet", r"unrecognized option --model \(did you mean --network\?"),
+    # a shipped network's name: its weights are what --init starts from (--network refused it)
+    ("train --model unet-gaussian", r"unrecognized option --model \(did you mean --init\?"),
+    ("train --model=exercise", r"unrecognized option --model \(did you mean --network\?"),
     ("eval --network unet", r"unrecognized option --network \(did you mean --model\?"),
     ("train --gpu", r"unrecognized option --gpu \(n2nfunc train --help"),  # no far-off guess
     ("eval --n-val 2000000000", r"--n-val 2000000000: the pairs need about \d+ GiB .*is 1000\)"),

@@ -505,7 +505,7 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
         return
     command = commands[argv[at_command]]
     known = [s for action in command._actions for s in action.option_strings]
-    for token in argv[at_command + 1 :]:
+    for i, token in enumerate(argv[at_command + 1 :], at_command + 1):
         if token == "--":
             return
         if not token.startswith("-") or token == "-" or " " in token or _is_number(token):
@@ -520,6 +520,10 @@ def _refuse_unknown_options(parser: _Parser, argv: list) -> None:
             [p[2:] for p in prefixed] if name.startswith("--") and 0 < len(prefixed) <= 3 else close
         )
         alias = SAME_THING.get(argv[at_command], {}).get(name, "")
+        value = token.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+        shipped = value in PRETRAINED_NAMES and value not in NETWORKS  # (not "exercise")
+        if argv[at_command] == "train" and name == "--model" and shipped:
+            alias = "--init"  # (train --model unet-gaussian: to start from the shipped weights)
         close = [alias[2:]] if alias in known else close
         hint = f"did you mean {' or '.join('--' + c for c in close)}? " if close else ""
         command.error(
