@@ -73,6 +73,34 @@ def test_a_run_without_pictures_removes_an_earlier_runs_pictures(tmp_path, monke
     assert f"removed {out / 'samples.png'}: an earlier run's picture" in capsys.readouterr().out
 
 
+def test_ctrl_c_while_the_pictures_are_drawn_leaves_no_other_runs_pictures(
+    tmp_path, monkeypatch, capsys
+):
+    """A Ctrl-C while this run drew its pictures left its weights and history beside the
+    earlier run's curves and samples, with a bare "interrupted" (and --resume, finding the run
+    complete, kept them)."""
+    pytest.importorskip("matplotlib")
+    import n2nfunc.viz
+
+    monkeypatch.setenv("N2NFUNC_CACHE", str(tmp_path / "cache"))
+    out, drawn = tmp_path / "run", [t for t in TINY if t != "--no-pictures"]
+    assert main(["train", *drawn, "--epochs", "1", "--out", str(out)]) == 0  # the earlier run
+    assert (out / "samples.png").is_file()
+    earlier_curves = (out / "curves.png").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(n2nfunc.viz, "sample_grid", interrupted)
+    capsys.readouterr()
+    assert main(["train", *drawn, "--epochs", "1", "--seed", "1", "--out", str(out)]) == 130
+    said = capsys.readouterr().out
+    assert "interrupted while drawing the pictures; the run is complete" in said
+    assert not (out / "samples.png").exists()  # the earlier run's, removed; this run's curves
+    assert (out / "curves.png").read_bytes() != earlier_curves  # (drawn before the Ctrl-C)
+    assert checkpoint.load(out / "checkpoint.pth")["config"]["seed"] == 1
+
+
 def test_a_folder_of_the_users_own_files_with_a_runs_names_is_refused(tmp_path, capsys):
     """--no-pictures removed a samples.png from a folder that had never held a run, and the run
     wrote over a history.json there: files of the user's own, lost without a word."""

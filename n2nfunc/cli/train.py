@@ -276,6 +276,9 @@ def run_training(args, device, dp=None) -> int:
         )
         return _stopped_code(e)
     progress.close()
+    # an earlier run's pictures go before this run's results come, so that no moment (a
+    # Ctrl-C while the pictures are drawn) leaves its weights beside another run's pictures
+    _drop_stale_pictures(out, [])
     try:
         checkpoint.save(weights_path, _weights_payload(model, origin, noise))
         (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -285,16 +288,23 @@ def run_training(args, device, dp=None) -> int:
         print("\n" + launch.finished_text(state_path, args))
         return _stopped_code(e)
     print(f"weights: {weights_path}\nresume state: {state_path}\nhistory: {out / 'history.json'}")
-    pictures = []
     if not args.no_pictures:
         from ..viz import plot_curves, sample_grid
 
-        curves = plot_curves(history, out / "curves.png")
-        grid = sample_grid(xv[:8], model.predict(xv[:8]), yv[:8], out / "samples.png")
-        pictures = [p for p in (curves, grid) if p]
-        for p in pictures:
-            print(f"picture: {p}")
-    _drop_stale_pictures(out, pictures)
+        try:
+            curves = plot_curves(history, out / "curves.png")
+            grid = sample_grid(xv[:8], model.predict(xv[:8]), yv[:8], out / "samples.png")
+        except KeyboardInterrupt as e:
+            if dp is not None:
+                raise
+            print(
+                "\ninterrupted while drawing the pictures; the run is complete: its weights and "
+                "history are written (above)"
+            )
+            return _stopped_code(e)
+        for p in (curves, grid):
+            if p:
+                print(f"picture: {p}")
     print(
         "use these weights:\n"
         f"  n2nfunc denoise photo.png denoised.png --checkpoint {launch.quoted(weights_path)}\n"
