@@ -404,7 +404,7 @@ def fanin_concat(axis: int = 1) -> Layer:
             raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")
         try:
             y = cat(xs, axis)
-        except (RuntimeError, IndexError) as e:  # IndexError: no such axis
+        except RuntimeError as e:  # (other sizes along another axis, other devices)
             raise ValueError(
                 f"{name}: cannot concatenate shapes {[tuple(x.shape) for x in xs]}: {e}"
             ) from None

@@ -298,7 +298,7 @@ def test_upsampling_a_non_tensor_and_an_empty_transposed_output_are_named():
         (
             lambda: nf.fanin_concat(5).apply({}, (torch.rand(2, 2), torch.rand(2, 2))),
             ValueError,
-            r"fanin_concat\(axis=5\): cannot concatenate",
+            r"fanin_concat\(axis=5\): inputs of one rank with an axis 5, got \[\(2, 2\), \(2, 2",
         ),
         (lambda: nf.fanin_sum().apply({}, ()), ValueError, r"fanin_sum: .* got 0 inputs"),
         (
