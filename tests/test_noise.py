@@ -49,6 +49,8 @@ def test_grammar_accepts(text, spec):
         ("gaussian:0", "not all zero"),
         ("gaussian:-5", "sigma must be in"),
         ("poisson:-5", "peak must be from 0.1 to 1e\\+06"),
+        ("gaussian:-", "'-' is not a number or a range"),  # (it had blamed sigma's range)
+        ("poisson:-x", "'-x' is not a number or a range"),
         ("gaussian:300", "sigma"),
         ("gaussian:nan", "finite"),
         ("gaussian:1-inf", "finite"),
