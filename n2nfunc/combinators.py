@@ -380,11 +380,14 @@ def fanin_concat(axis: int = 1) -> Layer:
     name = f"fanin_concat(axis={axis!r})"
     axis = an_int(axis, "axis", name)
 
-    def init(generator, in_shapes):
-        shapes = [tuple(s) for s in _check_shapes(in_shapes, -1, name)]
+    def one_rank_with_axis(shapes: list) -> None:
         ranks = {len(s) for s in shapes}
         if len(ranks) != 1 or not -min(ranks) <= axis < min(ranks):
             raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")
+
+    def init(generator, in_shapes):
+        shapes = [tuple(s) for s in _check_shapes(in_shapes, -1, name)]
+        one_rank_with_axis(shapes)
         a = axis % len(shapes[0])  # s[:-1] + s[0:] would keep the whole shape for axis -1
         try:
             (rest, *_) = _same_shapes([s[:a] + s[a + 1 :] for s in shapes], name)
@@ -398,10 +401,8 @@ def fanin_concat(axis: int = 1) -> Layer:
     def vjp(params, xs):
         check_params(params, name, {})
         xs = _tensors(xs, name)
-        ranks = {x.dim() for x in xs}  # (cat itself skips an empty 1-d input: its gradient
-        if len(ranks) != 1 or not -min(ranks) <= axis < min(ranks):  # came back 2-d)
-            shapes = [tuple(x.shape) for x in xs]
-            raise ValueError(f"{name}: inputs of one rank with an axis {axis}, got {shapes}")
+        # as init checks them (cat itself skips an empty 1-d input: its gradient came back 2-d)
+        one_rank_with_axis([tuple(x.shape) for x in xs])
         try:
             y = cat(xs, axis)
         except RuntimeError as e:  # (other sizes along another axis, other devices)

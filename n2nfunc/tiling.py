@@ -202,7 +202,7 @@ def tiled(
     # no autograd graph kept: not of the image, nor of params that require grad (each
     # tile's graph would stay alive through the output)
     batch = (image if image.dim() == 4 else image[None]).detach()
-    params = tree.map(lambda t: t.detach() if isinstance(t, Tensor) else t, params)
+    params = tree.detach(params)
     n, _, h, w = batch.shape
     out: Tensor | None = None
     rows, columns = _spans(h, tile, step, overlap), _spans(w, tile, step, overlap)

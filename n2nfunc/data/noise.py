@@ -87,7 +87,7 @@ def parse_noise(text) -> NoiseSpec:
         return NoiseSpec("downsample", float(level), float(level))
     if not level:
         raise bad(f"{kind} needs a level, e.g. {kind}:25")
-    if _NUMBER.match(level, 1) and level.startswith("-"):  # "-5" is a number, not a level
+    if level.startswith("-") and _NUMBER.match(level, 1):  # "-5" is a number, not a level
         raise bad(
             f"the Poisson peak must be from {POISSON_PEAKS[0]:g} to {POISSON_PEAKS[1]:g}"
             if kind == "poisson"
