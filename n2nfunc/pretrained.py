@@ -118,11 +118,11 @@ def _exercise_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
         raise ValueError(f"{source}: 'config' and 'params' must be dicts")
     theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()}
     check_exercise_form(theirs, source)
-    config = {**DEFAULT_CONFIG, **{k: v for k, v in theirs.items() if k in ARCHITECTURE}}
+    arch = architecture({**DEFAULT_CONFIG, **{k: theirs[k] for k in ARCHITECTURE if k in theirs}})
     params = dict(payload["params"])
-    check_exercise_params(architecture(config), params, source)  # before building for real
+    check_exercise_params(arch, params, source)  # before building for real
     check_finite(params, source)
-    net = build_network(full_config(architecture(config)))  # (whole floats as ints: kernel 4.0)
+    net = build_network(full_config(arch))  # (whole floats as ints: kernel 4.0)
     net.load_state_dict(params)
     layer = net.layer
     if not isinstance(layer, Layer):  # the exercise network has no state
