@@ -58,6 +58,8 @@ def world(tmp_path_factory) -> Path:
     (w / "only_a" / "b").mkdir()
     (w / "sub_file").mkdir()
     (w / "sub_file" / "Miniproject_2").write_text("a file where a folder goes")
+    (w / "template" / "Miniproject_2").mkdir(parents=True)  # the course's own template
+    (w / "template" / "Miniproject_2" / "model.py").write_text("class Model: ...\n")
     out = w / "out"  # a previous run's output
     out.mkdir()
     Model({"widths": (8, 8)}).save(out / "model.pth")
@@ -279,6 +281,7 @@ ROWS = [
     # ---- export-submission
     ("export-submission {w}/text.txt", r"argument OUT_DIR: .*text.txt is a file; expected a fold"),
     ("export-submission {w}/sub_file", r"Miniproject_2 is a file; move it away"),
+    ("export-submission {w}/template", r"Miniproject_2: .*holds model.py, not written by n2nfu"),
     (
         "export-submission {w}/out --checkpoint {w}/text.txt",
         r"--checkpoint: checkpoint .*text.txt is truncated or not an n2nfunc checkpoint",

@@ -319,7 +319,10 @@ def cmd_denoise(args) -> int:
 def cmd_export(args) -> int:
     from ..export import export_submission
 
-    folder = _loading("--checkpoint", export_submission, args.out_dir, args.checkpoint)
+    try:
+        folder = _loading("--checkpoint", export_submission, args.out_dir, args.checkpoint)
+    except FileExistsError as e:  # files of the user's where the export goes: a usage error
+        raise ValueError(f"{e.filename}: {e.strerror}") from None
     print(f"submission written to {folder}")
     return 0
 
