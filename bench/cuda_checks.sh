@@ -15,8 +15,8 @@
 #              hand), and --nproc 2 on a machine with fewer GPUs (must be refused)
 #   bench-*    training-step and inference throughput against torch.nn on the GPU, and
 #              the U-Net's training step at a GPU-sized batch
-#   unet-gpu   bench/train_unet.py's unet-gaussian recipe at batch 32 for $MINUTES minutes
-#              (default 3) on the GPU, photos from data/photos/train (fetch them first:
+#   unet-gpu   bench/train_unet.py's unet-gaussian recipe at batch 32, in bfloat16, for
+#              $MINUTES whole minutes (default 3) on the GPU, photos from data/photos/train (fetch them first:
 #              bench/shipped_weights.py); evaluate the weights it writes with
 #              bench/photo_denoise.py --gaussian-weights OUTDIR/unet-gaussian-gpu.pth
 # STEPS="info cuda" runs only those (default: all but suite and unet-gpu).
@@ -24,6 +24,9 @@ set -u
 case ${1:-} in
     -h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "usage: bash bench/cuda_checks.sh [OUTDIR] (not an option: '$1'; see --help)" >&2; exit 2 ;;
+esac
+case ${MINUTES:-3} in
+    '' | *[!0-9]* | 0) echo "MINUTES: expected a whole number of minutes >= 1, got '$MINUTES'" >&2; exit 2 ;;
 esac
 if [ $# -gt 1 ]; then
     echo "usage: bash bench/cuda_checks.sh [OUTDIR] (one folder; steps go in STEPS=\"...\")" >&2

@@ -64,7 +64,7 @@ def contenders(model32: Model, model16: Model, x) -> dict:
     timed = {}
     for name, (precision, r, xx, cast) in torch_side.items():
         timed[name] = (precision, autocast(r, xx) if cast else lambda r=r, xx=xx: r(xx))
-        per_chunk = predict_chunk(precision, x.shape)
+        per_chunk = predict_chunk(precision, x.shape, x.device.type)
         if per_chunk < x.shape[0]:
             chunks = list(xx.split(per_chunk))  # views in xx's layout (the batch is outermost)
             timed[f"{name} chunks of {per_chunk}"] = (precision, _on_chunks(r, chunks, cast))
@@ -77,9 +77,9 @@ def contenders(model32: Model, model16: Model, x) -> dict:
     }
 
 
-def predict_chunk(precision: str, shape) -> int:
-    """Images per chunk of ``Model.predict`` on the CPU for a batch of ``shape``."""
-    return images_per_chunk(shape[2], shape[3], compute_dtype(precision))
+def predict_chunk(precision: str, shape, device_type: str = "cpu") -> int:
+    """Images per chunk of ``Model.predict`` on ``device_type`` for a batch of ``shape``."""
+    return images_per_chunk(shape[2], shape[3], compute_dtype(precision), device_type)
 
 
 def _on_chunks(net, chunks: list, cast: bool):

@@ -334,7 +334,7 @@ def main() -> None:
         help="the reference network (nearest x2 + 3x3 conv upsampling, widths 32/64)",
     )
     ap.add_argument("--batch", type=int_range(1), default=None, help="default: 100, U-Net 8")
-    ap.add_argument("--crop", type=int_range(1), default=64, help="U-Net crop size")
+    ap.add_argument("--crop", type=int_range(1), default=None, help="U-Net crop size (64)")
     ap.add_argument("--steps", type=int_range(1), default=5)
     ap.add_argument("--threads", type=int_range(1), default=2, help="default: 2")
     ap.add_argument("--top", type=int_range(1), default=30, help="rows of the table")
@@ -355,6 +355,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.unet and args.reference:
         ap.error("--unet and --reference: one network at a time")
+    if args.crop is not None and not args.unet:
+        ap.error("--crop is for --unet (the other networks train on 32 x 32 images)")
+    args.crop = args.crop or 64
     if args.by == "layer" and args.unet:
         ap.error("--by layer: the default or reference network (n2nfunc's U-Net is one layer)")
     torch.set_grad_enabled(False)

@@ -14,12 +14,16 @@ augmentation and loss read-back around it; the data needs no gradient; bfloat16 
 ``torch.inference_mode`` as ``n2nfunc train`` runs its epochs (rows "CLI": no autograd
 bookkeeping, which the library's own code may not switch off). Contenders alternate in
 rounds (median of >= 5). Ratios: throughput / the faster torch layout of that precision.
-Peak memory: each contender alone in a subprocess, max RSS minus the RSS before the first step
-(the median of 5 processes), and the peak of live tensor bytes during one step above those
-alive before it (torch's CPU allocator, as its profiler records it: steady from run to run, but
-blind to memory that libraries keep outside tensors, such as MKL's GEMM buffers, about 9 MB
-once n2nfunc's matmuls have run), each with glibc keeping freed memory as in the timed runs;
-memory ratios are to the smaller torch layout of the same precision (autocast for bfloat16).
+Peak memory: each contender alone in a subprocess, max RSS over 5 steps minus the RSS before
+the contender was built (its network, gradient buffers and optimizer state, which n2nfunc makes
+up front and torch.nn in its first step, count on both sides; the data on neither), the median
+of 5 processes; and the peak of live tensor bytes during one step above those alive before it
+(the steady state: persistent buffers and optimizer state are not counted, torch's ``.grad``,
+which ``zero_grad`` drops and the backward pass makes again, is; torch's CPU allocator, as its
+profiler records it: steady from run to run, but blind to memory that libraries keep outside
+tensors, such as MKL's GEMM buffers, about 9 MB once n2nfunc's matmuls have run), each with
+glibc keeping freed memory as in the timed runs; memory ratios are to the smaller torch layout
+of the same precision (autocast for bfloat16).
 """
 
 import argparse
@@ -103,13 +107,19 @@ def theirs(config: dict, layout_cl: bool, autocast: bool, x, y, seed: int = 0):
     return step
 
 
-def contenders(
-    config: dict, batch: int, only: str | None = None, seed: int = 0, device: str = "cpu"
-) -> dict:
-    """name -> zero-argument function doing one training step (waiting for a CUDA device)."""
+def data(batch: int, seed: int = 0, device: str = "cpu") -> tuple:
+    """The inputs and targets every contender trains on."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
-    y = torch.rand(batch, 3, 32, 32, generator=g).to(device)
+    return x, torch.rand(batch, 3, 32, 32, generator=g).to(device)
+
+
+def contenders(
+    config: dict, batch: int, only: str | None = None, seed: int = 0, device: str = "cpu", xy=None
+) -> dict:
+    """name -> zero-argument function doing one training step (waiting for a CUDA device),
+    on ``xy`` (default: :func:`data`)."""
+    x, y = data(batch, seed, device) if xy is None else xy
     out = {}
     for name, (precision, cli) in OURS.items():
         if only in (None, name):
@@ -140,14 +150,17 @@ def peak_rss_bytes() -> int:
 
 
 def memory_child(args) -> None:
-    """Run one contender alone and print its peak memory above the pre-step baseline: RSS
-    over 5 steps, then the live tensor bytes of a 6th."""
+    """Run one contender alone and print its peak memory: RSS over 5 steps above the RSS
+    before the contender was built (n2nfunc makes its gradient buffers and Adam's state up
+    front, torch.nn in its first step: both count), then the live tensor bytes of a 6th."""
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     allocator.keep_freed_memory()  # as in the timed runs, for every contender alike
-    fn = contenders(json.loads(args.config), args.batch, only=args.memory)[args.memory]
+    config, xy = json.loads(args.config), data(args.batch)
+    contenders(config, 1, only=args.memory)  # what building one imports and sets up, once
     base = rss_bytes()
     reset_peak_rss()
+    fn = contenders(config, args.batch, only=args.memory, xy=xy)[args.memory]
     for _ in range(5):
         fn()
     peak = peak_rss_bytes()
@@ -203,7 +216,7 @@ def main() -> None:
         type=torch_device,
         default="cpu",
         help="cpu (default) or cuda[:N]; on CUDA, memory is the peak of the caching "
-        "allocator in one step, and batch 4096 is added",
+        "allocator in one step, and (without --quick) batch 4096 is added",
     )
     p.add_argument("--memory", help=argparse.SUPPRESS)  # these three: a memory_child's
     p.add_argument("--config", help=argparse.SUPPRESS)

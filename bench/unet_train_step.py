@@ -145,6 +145,8 @@ def main() -> None:
         help="also the peak of live tensor bytes in one step (CPU allocator, torch profiler)",
     )
     args = ap.parse_args()
+    if args.memory and torch.device(args.device).type != "cpu":
+        ap.error("--memory: the CPU allocator's live tensors; on a GPU, train_step.py --device")
     archs = [parse_arch(a) for a in args.arch or ["4:32,64,48,24", "5:48,96,64,32"]]
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
@@ -181,7 +183,7 @@ def main() -> None:
             f"{'':<16}bfloat16 n2nfunc (Model.train) vs the faster torch float32: "
             f"{torch32 / t['n2nfunc bfloat16']:.2f}"
         )
-        if args.memory and args.device == "cpu":
+        if args.memory:
             print(
                 f"{'':<16}peak of live tensors in one step, MB (ratio: n2nfunc's Model.train row "
                 "of that precision / this one's, as train_step.py's: < 1, n2nfunc's is smaller):"

@@ -30,6 +30,7 @@ GAUSSIAN = "train_unet.py --name unet-gaussian"
         ("layers.py --threads 0", "--threads: expected an integer >= 1"),
         ("layers.py --unet --crop 40", "--crop must be a multiple of 16"),
         ("layers.py --crop 32", "--crop is for --unet"),
+        ("op_times.py --crop 32", "--crop is for --unet"),
         ("compare_commits.py --batches 0,32", "--batches: expected batch sizes like 1,32,100"),
         # checked before a run (they had failed after it, the trained weights lost, or had
         # created the folder and downloaded 130 MB into it)
@@ -127,6 +128,32 @@ def test_the_memory_probe_drops_the_profilers_status_lines_and_keeps_the_rest(ca
     assert common.peak_live_tensor_bytes(step) >= 0
     err = capfd.readouterr().err
     assert "a line of the step" in err and common.PROFILER_CHATTER[0] not in err
+
+
+def test_the_memory_probe_counts_what_a_step_frees_of_the_step_before():
+    """A step that drops the last step's leftover (4 MB) before making its own: the
+    profiler records no free of a tensor made before it started, which had put the peak
+    at 14 MB."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    import torch
+
+    mb = 2**18  # float32 numbers in a MB
+    state = {"left": torch.zeros(4 * mb)}
+
+    def step():
+        a = torch.ones(4 * mb)
+        b = torch.ones(2 * mb)
+        del a
+        state["left"] = None  # the step before's
+        c = torch.ones(8 * mb)
+        state["left"] = torch.zeros(4 * mb)
+        del b, c
+
+    assert common.peak_live_tensor_bytes(step) == 10 * 2**20  # 2 - 4 + 8 + 4
 
 
 @pytest.mark.parametrize(
