@@ -395,7 +395,8 @@ def polyphase_backward(
     run in float32 on the 16-bit values, rounded once at the end, as a float32-accumulating
     convolution does (summed rounded products lost up to a third of ``dx`` where the window
     offsets' terms cancel: ``upsample`` with padding above ``d (k - 1)``, its one path here
-    in lower precisions)."""
+    in lower precisions), and ``W_eff``'s gradient comes back in float32, for the caller to
+    sum onto the kernel's taps (:func:`uncombine`) before it rounds."""
     n, co = g.shape[0], g.shape[3]
     dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
     view = interleaved(dr, py, px)
@@ -405,12 +406,12 @@ def polyphase_backward(
         for ry, rx, sy, sx in phase_slices(py, px):
             dr[:, sy, sx, ry, rx] = g[:, ry :: py.stride, rx :: px.stride]
     dr = dr.view(-1, py.stride * px.stride * co)
-    d_eff = reduce_matmul(dr.t(), cols).t()
-    if not input_grad:
-        return d_eff, None
     low = g.dtype if g.element_size() < 4 else None
     if low is not None:
         dr, w_eff = dr.float(), w_eff.float()
+    d_eff = reduce_matmul(dr.t(), cols if low is None else cols.float()).t()
+    if not input_grad:
+        return d_eff, None
     dcols = dr.matmul(w_eff.t()).view(n, py.starts, px.starts, py.width, px.width, -1)
     dx = unpad(
         col2im(dcols, (py.starts, px.starts), (py.width, px.width)),

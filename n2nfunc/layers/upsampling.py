@@ -308,8 +308,9 @@ def _check_out(u: _Upsample, params, x, out) -> None:
 def _upsample_vjp(u: _Upsample, params, x, out=None):
     """The vjp (with ``out``: ``out += y``, and ``(out, pullback)`` returned). The backward
     pass is that of the equal transposed convolution -- a strided convolution of ``g`` --
-    in lower precisions (one float32-accumulating matmul per gradient, where
-    polyphase_backward's col2im sums rounded bfloat16 products), and in float32 / float64 for
+    in lower precisions (``dx`` one float32-accumulating matmul, where polyphase_backward's
+    col2im sums rounded bfloat16 products; the kernel gradient in float32, summed onto the
+    layer's taps before it rounds), and in float32 / float64 for
     a thin output or from STRIDED_BACKWARD_PIXELS input pixels, where its implicit-GEMM
     engine beats polyphase_backward's frame and col2im (see the constant); else
     polyphase_backward."""
@@ -355,7 +356,8 @@ def _polyphase_vjp(u: _Upsample, params, x, out=None):
         # exact sums of the 16-bit weights, not their rounding (as autocast's sums)
         w_dx = w_eff if xh.element_size() >= 4 else K.combine(wk.float(), py, px)
         d_eff, dx = K.polyphase_backward(g, cols, w_dx, py, px, input_grad)
-        grads = {"weight": K.uncombine(d_eff, py, px, wk.shape).permute(3, 2, 0, 1).contiguous()}
+        d_wk = K.uncombine(d_eff, py, px, wk.shape).to(wk.dtype)  # (float32 from 16 bits)
+        grads = {"weight": d_wk.permute(3, 2, 0, 1).contiguous()}
         if u.bias:
             grads["bias"] = K.channel_sums(g)
         return grads, to_nchw(dx) if input_grad else None
@@ -375,7 +377,24 @@ def _strided_vjp(u: _Upsample, params, x, out=None):
         return K.nearest_conv_kernel_grad(d_kc, u.scale, u.dilation, tuple(weight.shape))
 
     k2, p2 = u.transposed()
-    pullback = transposed_pullback(
-        u.name, output_of(y), to_nhwc(x), kc, k2, u.scale, p2, (1, 1), u.bias, to_weight
-    )
-    return y, pullback
+    xh = to_nhwc(x)
+    if x.element_size() >= 4:
+        pullback = transposed_pullback(
+            u.name, output_of(y), xh, kc, k2, u.scale, p2, (1, 1), u.bias, to_weight
+        )
+        return y, pullback
+    y_out = output_of(y)
+
+    def low_precision_pullback(ct, input_grad=True):
+        """In 16-bit dtypes the combined kernel's gradient is summed onto the layer's taps in
+        float32, then rounded once: its rounded values had lost the result where the
+        phases' terms cancel (a cotangent that alternates in sign between them)."""
+        g = to_nhwc(check_cotangent(ct, y_out, u.name))
+        geometry = (k2, u.scale, p2, (1, 1), tuple(xh.shape[1:3]))
+        d_kc = K.conv_weight_grad(g.float(), xh.float(), *geometry)
+        grads = {"weight": to_weight(d_kc).to(weight.dtype)}
+        if u.bias:
+            grads["bias"] = K.channel_sums(g)
+        return grads, to_nchw(K.conv(g, kc, None, *geometry)) if input_grad else None
+
+    return y, low_precision_pullback
