@@ -26,7 +26,7 @@ case ${1:-} in
     -*) echo "usage: bash bench/cuda_checks.sh [OUTDIR] (not an option: '$1'; see --help)" >&2; exit 2 ;;
 esac
 case ${MINUTES:-3} in
-    '' | *[!0-9]* | 0) echo "MINUTES: expected a whole number of minutes >= 1, got '$MINUTES'" >&2; exit 2 ;;
+    '' | *[!0-9]* | 0*) echo "MINUTES: expected a whole number of minutes >= 1, without leading zeros, got '$MINUTES'" >&2; exit 2 ;;
 esac
 if [ $# -gt 1 ]; then
     echo "usage: bash bench/cuda_checks.sh [OUTDIR] (one folder; steps go in STEPS=\"...\")" >&2
