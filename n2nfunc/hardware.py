@@ -172,8 +172,8 @@ def mkl_problem() -> str | None:
     return (
         f"MKL runs its generic float32 GEMM kernels on this non-Intel CPU ({cpu_model()}), "
         "although it has AVX-512; the source tree's bench/mkl_on_amd.sh runs a command with "
-        "its AVX-512 ones (float32 U-Net training 1.1-1.3x faster on an AMD EPYC; the source "
-        "tree's docs/performance.md, 'MKL on AMD CPUs')"
+        "its AVX-512 ones (float32 training 1.1-1.3x faster on a Zen 4 EPYC, 1.5-2x on a "
+        "Zen 5; the source tree's docs/performance.md, 'MKL on AMD CPUs')"
     )
 
 
