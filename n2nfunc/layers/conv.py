@@ -363,17 +363,28 @@ def transposed_pullback(
     gives the kernel gradient ``x^T @ im2col(g)``, mapped by ``kernel_to_weight`` to the
     layer's own weight when the kernel is derived from it; in PyTorch's order
     (:mod:`n2nfunc.torch_order`) when the forward pass was. Without ``input_grad``, the
-    kernel gradient alone (:func:`n2nfunc.kernels.conv_weight_grad`), no convolution of g."""
+    kernel gradient alone (:func:`n2nfunc.kernels.conv_weight_grad`), no convolution of g.
+
+    In 16-bit dtypes a derived kernel's gradient is computed in float32 and rounded once,
+    after ``kernel_to_weight`` has summed it onto the weight: its rounded values had lost the
+    result where the summed terms cancel (``upsample``'s phases, for a cotangent that
+    alternates in sign between them: 0.87 of max |dW| against autocast's 0.002)."""
+    hw = tuple(xh.shape[1:3])
+    in_float32 = kernel_to_weight is not None and xh.element_size() < 4 and not like_torch
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        if input_grad or like_torch:
+        if in_float32:  # the input gradient in 16 bits, the kernel's in float32 on its own
+            dx = K.conv(g, kernel, None, k, s, p, d, hw) if input_grad else None
+            d_kernel = K.conv_weight_grad(g.float(), xh.float(), k, s, p, d, hw)
+        elif input_grad or like_torch:
             dx, d_kernel = K.conv_and_weight_grad(
-                g, kernel, None, k, s, p, d, xh.shape[1:3], like_torch, grad_for=xh
+                g, kernel, None, k, s, p, d, hw, like_torch, grad_for=xh
             )
         else:  # the kernel gradient alone, without the convolution of g
-            dx, d_kernel = None, K.conv_weight_grad(g, xh, k, s, p, d, xh.shape[1:3])
-        grads = {"weight": d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)}
+            dx, d_kernel = None, K.conv_weight_grad(g, xh, k, s, p, d, hw)
+        weight = d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)
+        grads = {"weight": weight.to(kernel.dtype)}
         if bias:
             grads["bias"] = _bias_grad(g, like_torch)
         return grads, to_nchw(dx) if input_grad else None

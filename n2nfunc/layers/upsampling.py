@@ -377,24 +377,7 @@ def _strided_vjp(u: _Upsample, params, x, out=None):
         return K.nearest_conv_kernel_grad(d_kc, u.scale, u.dilation, tuple(weight.shape))
 
     k2, p2 = u.transposed()
-    xh = to_nhwc(x)
-    if x.element_size() >= 4:
-        pullback = transposed_pullback(
-            u.name, output_of(y), xh, kc, k2, u.scale, p2, (1, 1), u.bias, to_weight
-        )
-        return y, pullback
-    y_out = output_of(y)
-
-    def low_precision_pullback(ct, input_grad=True):
-        """In 16-bit dtypes the combined kernel's gradient is summed onto the layer's taps in
-        float32, then rounded once: its rounded values had lost the result where the
-        phases' terms cancel (a cotangent that alternates in sign between them)."""
-        g = to_nhwc(check_cotangent(ct, y_out, u.name))
-        geometry = (k2, u.scale, p2, (1, 1), tuple(xh.shape[1:3]))
-        d_kc = K.conv_weight_grad(g.float(), xh.float(), *geometry)
-        grads = {"weight": to_weight(d_kc).to(weight.dtype)}
-        if u.bias:
-            grads["bias"] = K.channel_sums(g)
-        return grads, to_nchw(K.conv(g, kc, None, *geometry)) if input_grad else None
-
-    return y, low_precision_pullback
+    pullback = transposed_pullback(
+        u.name, output_of(y), to_nhwc(x), kc, k2, u.scale, p2, (1, 1), u.bias, to_weight
+    )
+    return y, pullback
