@@ -214,6 +214,13 @@ def test_bad_params_are_refused():
     odd = {"weight": torch.randn(6, 3, 3, 2), "bias": params["bias"]}
     with pytest.raises(ValueError, match=r"'weight' must have shape \(6, 2, 3, 3\), got \(6, 3"):
         layer.apply(odd, x)
+    flat = {"weight": torch.randn(6, 2, 3), "bias": params["bias"]}  # 3-d; 5 channels: no split
+    for bad_x in (torch.randn(2, 5, 5, 5), torch.randn(4, 5, 5)):
+        with pytest.raises(ValueError, match=r"shape \(6, C/2, 3, 3\), C the input's channels"):
+            layer.apply(flat, bad_x)  # the channel count was printed as -1
+    transposed = nf.conv_transpose2d(6, 3, groups=2)
+    with pytest.raises(ValueError, match=r"shape \(C, 3, 3, 3\), C the input's channels"):
+        transposed.apply(flat, torch.randn(2, 5, 5, 5))
     _, pullback = layer.vjp(params, x)
     with pytest.raises(ValueError, match=r"output gradient must have the output's shape"):
         pullback(torch.randn(2, 6, 4, 4))

@@ -51,6 +51,14 @@ def weight_shape(in_channels, out_channels, k, transposed, groups=1):
     return (out_channels, in_channels // groups) + k
 
 
+def weight_pattern(out_channels, k, transposed, groups=1):
+    """:func:`weight_shape` for an unknown count C of input channels, as text: "(8, C/2, 3,
+    3)" (an error message's, where the weight given is not 4-d)."""
+    c = "C" if transposed or groups == 1 else f"C/{groups}"
+    dims = (c, out_channels // groups) if transposed else (out_channels, c)
+    return "(" + ", ".join(str(d) for d in dims + tuple(k)) + ")"
+
+
 def make_init(name, out_channels, k, bias, out_size, transposed=False, init=None, groups=1):
     """``init`` of a convolution-like layer, weights drawn by ``init`` (see :mod:`n2nfunc.init`;
     PyTorch's fan-in is the weight's dim 1 times the kernel area); a grouped convolution's
@@ -98,6 +106,13 @@ def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=Fa
         if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
             if x.shape[1] % groups == 0:  # the shape this input needs
                 check_params(params, name, expected(x.shape[1]))
+        if not ok and set(params) == set(expected(c)):  # C is unknown: name it
+            found = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            pattern = weight_pattern(out_channels, k, transposed, groups)
+            raise ValueError(
+                f"{name}: parameter 'weight' must have shape {pattern}, C the input's channels; "
+                f"got {found}"
+            ) from None
         raise
     check_image(x, name, c, weight)
     if c % groups:
