@@ -117,9 +117,16 @@ def check_state(state, like: dict, what: str, like_what: str = "new state") -> N
 
 
 def _check_state(state, keys, params, name: str) -> None:
-    """Each of the state's ``keys`` must be a tree like the params (without them, a tree of
-    tensors, against which the gradients are then checked), before the state is used."""
-    check_state(state, {"step": 0, **{k: params for k in keys}}, f"{name}: state", "parameter")
+    """Each of the state's ``keys`` must be a tree like the params; without them, each a
+    tree like the first, ``keys[0]``, a tree of tensors against which the gradients are
+    then checked. Checked before the state is used."""
+    what = f"{name}: state"
+    if params is not None or not keys:
+        check_state(state, {"step": 0, **{k: params for k in keys}}, what, "parameter")
+        return
+    check_state(state, {"step": 0, **{k: None for k in keys}}, what)
+    first = state[keys[0]]
+    check_state(state, {"step": 0, **{k: first for k in keys}}, what, f"'{keys[0]}' tree")
 
 
 def _lr_at(lr: LearningRate, step: int, name: str) -> float:
@@ -186,7 +193,7 @@ def sgd(
     def update(grads, state, params):
         _check_state(state, ["momentum"] if momentum else [], params, "sgd")
         _check_grads(grads, params if params is not None else state.get("momentum", grads), "sgd")
-        step = state["step"]
+        step = int(state["step"])  # a NumPy int would carry its dtype into the new state
         if momentum and step == 0 and any(bool(t.any()) for t in tree.leaves(state["momentum"])):
             raise ValueError(  # (its first step sets the buffer to the gradient, as torch's)
                 "sgd: the state's momentum buffers hold values at step 0, where there is no "
@@ -240,7 +247,7 @@ def _adam(
         _check_grads(grads, params if params is not None else state["m"], name)
         if weight_decay:
             _needed(params, name)
-        t = state["step"] + 1
+        t = int(state["step"]) + 1  # (a NumPy int: see sgd)
         lr_now = _lr_at(lr, t - 1, name)
         step_size = lr_now / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
@@ -333,7 +340,7 @@ def rmsprop(
         keys = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum"] * bool(momentum))
         _check_state(state, keys, params, "rmsprop")
         _check_grads(grads, params if params is not None else state["square_avg"], "rmsprop")
-        step = state["step"]
+        step = int(state["step"])  # a NumPy int would carry its dtype into the new state
         lr_now = _lr_at(lr, step, "rmsprop")
         trees = [state["square_avg"], grads] + [state[k] for k in keys[1:]]
         trees += [_needed(params, "rmsprop")] if weight_decay else []
@@ -666,7 +673,8 @@ def exponential_decay(
 ) -> Schedule:
     """``init_value * decay_rate ** ((step - transition_begin) / transition_steps)`` (the
     exponent floored when ``staircase``), ``init_value`` before ``transition_begin``, and
-    bounded by ``end_value`` if given: optax's ``exponential_decay``, arguments in its order.
+    every value bounded by ``end_value`` if given (from below when ``decay_rate`` < 1, else
+    from above; ``init_value`` too): optax's ``exponential_decay``, arguments in its order.
 
     ``exponential_decay(lr, 1, gamma)`` is ``ExponentialLR(gamma)`` and
     ``exponential_decay(lr, n, gamma, staircase=True)`` is ``StepLR(n, gamma)``.
@@ -687,13 +695,16 @@ def exponential_decay(
     if end_value is not None:
         (end_value,) = check_hyperparameters(name, end_value=end_value)
 
+    def bounded(value: float) -> float:
+        if end_value is None:
+            return value
+        return max(value, end_value) if decay_rate < 1 else min(value, end_value)
+
     def schedule(step: int) -> float:
         count = step - transition_begin
-        if count <= 0:
-            return init_value
+        if count <= 0 or not init_value:  # (bounded too, as optax's: an end_value beyond
+            return bounded(init_value)  # init_value on the side it decays to holds throughout)
         p = count // transition_steps if staircase else count / transition_steps
-        if not init_value:
-            return 0.0
         try:
             factor = decay_rate**p
         except OverflowError:  # a growing schedule far out: capped by end_value below
@@ -703,10 +714,7 @@ def exponential_decay(
                     "overflows; give an end_value to cap a growing schedule"
                 ) from None
             factor = math.inf
-        value = init_value * factor
-        if end_value is not None:
-            value = max(value, end_value) if decay_rate < 1 else min(value, end_value)
-        return value
+        return bounded(init_value * factor)
 
     return schedule
 

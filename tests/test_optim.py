@@ -296,6 +296,16 @@ def test_exponential_decay_options_by_hand():
     assert [growth(s) for s in (0, 1, 2, 3, 10)] == pytest.approx([1.0, 2.0, 4.0, 5.0, 5.0])
 
 
+def test_exponential_decay_bounds_every_value_by_end_value_as_optax():
+    """init_value, before transition_begin or when it is 0, was returned unbounded: 0.0 for
+    a floor of 1e-3, 0.1 above a ceiling of 0.05 (optax clips every value)."""
+    assert optim.exponential_decay(0.0, 10, 0.5, end_value=1e-3)(20) == 1e-3
+    ceiling = optim.exponential_decay(0.1, 10, 2.0, transition_begin=5, end_value=0.05)
+    assert [ceiling(s) for s in (0, 5, 6, 30)] == [0.05] * 4
+    floor = optim.exponential_decay(0.1, 10, 0.5, transition_begin=5, end_value=0.2)
+    assert [floor(s) for s in (0, 5, 6, 30)] == [0.2] * 4
+
+
 def test_exponential_decay_reads_optaxs_positional_order():
     """The arguments were (init_value, decay_rate, transition_steps): optax's positional call
     exponential_decay(0.1, 1000, 2) was read as a rate of 1000, 1e5 at step 4, not 0.1003."""
@@ -566,6 +576,50 @@ def test_state_leaves_must_be_tensors_even_without_params():
         nf.sgd(0.1, 0.9).update(g, ({},), None)
     with pytest.raises(ValueError, match=r"got \['0', 'm', 'step', 'v'\]"):
         nf.adam(0.1).update(g, {"step": 0, "m": g, "v": g, 0: 1}, None)
+
+
+@pytest.mark.parametrize(
+    "opt,key",
+    [
+        (nf.adam(0.1, amsgrad=True), "v_max"),
+        (nf.adam(0.1), "v"),
+        (nf.rmsprop(0.1, centered=True), "grad_avg"),
+        (nf.rmsprop(0.1, momentum=0.9), "momentum"),
+    ],
+)
+@pytest.mark.parametrize("bad", [torch.tensor(100.0, dtype=torch.float64), torch.zeros(3)])
+def test_without_params_every_state_tree_is_checked_against_the_first(opt, key, bad):
+    """Only the first tree was checked: a v_max of shape () gave an update 100x too small, a
+    grad_avg of shape (1,) NaNs, a float32 v beside float64 m stayed float32, without a word."""
+    params = {"w": torch.zeros(3, dtype=torch.float64)}
+    grads = {"w": torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)}
+    state = opt.init(params)
+    state[key] = {"w": bad}
+    first = "'square_avg'" if key in ("grad_avg", "momentum") else "'m'"
+    with pytest.raises(ValueError, match=rf"state: '{key}': 'w' has shape .* but the {first} tree"):
+        opt.update(grads, state, None)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: nf.adam(0.1), lambda: nf.sgd(0.1, 0.9), lambda: nf.rmsprop(0.1)]
+)
+def test_a_numpy_step_count_leaves_a_python_int_in_the_new_state(make):
+    """step + 1 kept NumPy's dtype: np.uint8(255) wrapped to 0 (Adam's update NaN), and an
+    np.int64 step made a state that nf.save refuses."""
+    np = pytest.importorskip("numpy")
+    opt = make()
+    params = {"w": torch.zeros(3, dtype=torch.float64)}
+    grads = {"w": torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)}
+    state = opt.update(grads, opt.init(params), params)[1]  # a real buffer for sgd's momentum
+    want, _ = opt.update(grads, dict(state, step=255), params)
+    got, got_state = opt.update(grads, dict(state, step=np.uint8(255)), params)
+    assert type(got_state["step"]) is int and got_state["step"] == 256
+    assert torch.equal(got["w"], want["w"])
+    adam = nf.Adam(nf.Linear(3, 2).param(), lr=0.1)
+    loaded = adam.state_dict()
+    loaded["state"]["step"] = np.int64(5)
+    adam.load_state_dict(loaded)
+    assert type(adam.state["step"]) is int
 
 
 @pytest.mark.parametrize(

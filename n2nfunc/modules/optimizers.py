@@ -186,7 +186,7 @@ def _checked_state(state, like, what: str):
     # and a step count that is an int >= 0, as the optimizer's own check asks (a load had
     # taken step=2.5 and left an optimizer whose every step raised)
     optim.check_state(state, {k: 0 if k == "step" else None for k in like}, what)
-    return state
+    return {**state, "step": int(state["step"])} if "step" in state else state  # not NumPy's
 
 
 def _one_vector(value):
