@@ -169,8 +169,8 @@ class Optimizer(Unpicklable):
 
 def _checked_state(state, like, what: str):
     """A copy of ``state`` with each tensor on the device of ``like``'s and, where both are
-    floating, of its dtype (as torch's ``load_state_dict`` casts them), if it then has
-    ``like``'s structure, shapes and dtypes."""
+    floating, of its dtype (as torch's ``load_state_dict`` casts them), and its step count a
+    Python int, if it then has ``like``'s structure, shapes and dtypes."""
 
     def placed(t, old):
         if not (isinstance(t, Tensor) and isinstance(old, Tensor)):
@@ -186,7 +186,7 @@ def _checked_state(state, like, what: str):
     # and a step count that is an int >= 0, as the optimizer's own check asks (a load had
     # taken step=2.5 and left an optimizer whose every step raised)
     optim.check_state(state, {k: 0 if k == "step" else None for k in like}, what)
-    return {**state, "step": int(state["step"])} if "step" in state else state  # not NumPy's
+    return {**state, "step": int(state["step"])} if "step" in state else state
 
 
 def _one_vector(value):
