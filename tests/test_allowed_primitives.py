@@ -20,6 +20,7 @@ COMPUTE = [
     "kernels/dispatch.py",
     "kernels/grouped.py",
     "kernels/relayout.py",
+    "kernels/nearest_grad.py",
     "torch_order.py",
     "device_conv.py",
     "init.py",

@@ -265,6 +265,41 @@ def test_nearest_upsampling_then_conv_is_one_transposed_conv(k, s, d, p):
     assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))
 
 
+@pytest.mark.parametrize(
+    "k,s,d,p,n,hw",
+    [
+        ((3, 3), (2, 2), (1, 1), (1, 1), 2, (5, 6)),  # the U-Net's and reference network's
+        ((3, 3), (2, 2), (1, 1), (3, 0), 1, (4, 7)),  # padding above d (k - 1); none
+        ((3, 2), (2, 3), (1, 2), (0, 2), 2, (5, 4)),
+        ((5, 5), (3, 3), (2, 2), (4, 1), 1, (3, 5)),
+        ((1, 1), (2, 1), (1, 1), (0, 0), 2, (1, 3)),  # kernel 1, scale 1 along x, one row
+        ((3, 3), (1, 1), (1, 1), (2, 1), 1, (3, 3)),  # scale 1: the convolution alone
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_nearest_conv_weight_grad_from_box_sums_matches_autograd(k, s, d, p, n, hw, dtype):
+    """upsample's 16-bit weight gradient (kernels.nearest_grad): exact in float64; in 16
+    bits within two roundings of the result of the rounded operands, also for a cotangent
+    whose terms cancel between the output phases."""
+    import torch.nn.functional as F
+
+    c, o = 3, 4
+    x, w = randn(n, c, *hw, seed=15).to(dtype), randn(o, c, *k, seed=16)
+    with torch.enable_grad():
+        xd, wd = x.double(), w.requires_grad_()
+        y = F.conv2d(F.interpolate(xd, scale_factor=s, mode="nearest"), wd, None, 1, p, d)
+        i, j = torch.arange(y.shape[2])[:, None], torch.arange(y.shape[3])
+        checker = (i + j) % 2 * 2 - 1
+        for ct in (randn(*y.shape, seed=17), checker + 0.01 * randn(*y.shape, seed=18)):
+            ct = ct.to(dtype)
+            exact = torch.autograd.grad(y, wd, ct.double(), retain_graph=True)[0]
+            g = ct.permute(0, 2, 3, 1)  # NHWC views, as the layers hold them
+            dw = K.nearest_conv_weight_grad(g, x.permute(0, 2, 3, 1), k, s, p, d)
+            assert dw.dtype == dtype and dw.shape == w.shape
+            tol = TOL64 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps
+            assert rel_err(dw.double(), exact) < tol
+
+
 def test_channel_sums_of_an_expanded_tensor_equal_those_of_a_contiguous_one():
     """An expanded cotangent (what autograd makes of ``.sum()``, stride 0) is summed as its
     contiguous copy would be (a matrix-vector product on it once was ~50x less accurate)."""

@@ -304,12 +304,12 @@ def test_bfloat16_upsample_padded_past_its_kernel_sums_dx_in_float32():
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("padding", [1, 3])  # the strided route and polyphase_backward's
-def test_16_bit_upsample_sums_its_kernel_gradient_in_float32(dtype, padding):
-    """The combined kernel's gradient is summed onto the layer's taps in float32 and rounded
-    once. Its rounded 16-bit values had lost the result where the output phases' terms
-    cancel, a cotangent alternating in sign between them: here 0.049 (bfloat16, padding 1)
-    and 0.35 (padding 3) of max |dW|, against autocast's 0.0012 and 0.0020; float16 0.0054
-    and 0.032."""
+def test_16_bit_upsample_rounds_its_weight_gradient_once(dtype, padding):
+    """Each tap's gradient is one float32-summing matmul of the cotangent's box sums
+    (kernels.nearest_grad). The combined kernel's rounded 16-bit gradient, summed onto the
+    layer's taps, had lost the result where the output phases' terms cancel, a cotangent
+    alternating in sign between them: here 0.049 (bfloat16, padding 1) and 0.35 (padding 3)
+    of max |dW|, against autocast's 0.0012 and 0.0020; float16 0.0054 and 0.032."""
     g = torch.Generator().manual_seed(0)
     low = getattr(torch, dtype)
     w = torch.randn(4, 4, 3, 3, generator=g)

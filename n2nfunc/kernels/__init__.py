@@ -37,7 +37,8 @@ backward pass, in :mod:`n2nfunc.layers.upsampling`.
 
 The engines live in submodules, one each: ``direct`` (im2col), ``polyphase``, ``s2d`` (the
 implicit GEMM over space-to-depth copies), ``strided`` (both gradients of a strided
-convolution on it), ``row_taps``, and ``dispatch``, whose entry points choose among them.
+convolution on it), ``row_taps``, ``nearest_grad`` (``upsample``'s 16-bit weight gradient
+from box sums of the output gradient), and ``dispatch``, whose entry points choose among them.
 Their public functions are imported here. The block sizes and engine thresholds are constants
 of the submodule that defines them, read from there at each call (``direct.THIN``,
 ``direct.GRAD_BLOCK_BYTES``, ``s2d.WIDE_TAPS``, ``row_taps.KERNEL_TAPS_PIXELS``, ...): set one
@@ -70,6 +71,7 @@ from .dispatch import (
     shares_row_taps,
     thin_output_pays,
 )
+from .nearest_grad import nearest_conv_weight_grad
 from .polyphase import (
     PhasePlan,
     combine,
@@ -114,8 +116,8 @@ __all__ = [
     "reduce_matmul", "rows", "sum_over_blocks", "weight_grad", "widened", "conv",
     "conv_and_weight_grad", "conv_weight_grad", "conv_grads", "conv_input_grad",
     "shares_row_taps", "thin_output_pays", "PhasePlan", "combine", "interleaved",
-    "nearest_conv_kernel",
-    "nearest_conv_kernel_grad", "phase_plan", "phase_slices", "phase_taps_pay",
+    "nearest_conv_kernel", "nearest_conv_kernel_grad", "nearest_conv_weight_grad", "phase_plan",
+    "phase_slices", "phase_taps_pay",
     "polyphase_backward", "polyphase_cols", "polyphase_forward", "uncombine", "RowWeightGrad",
     "kernel_taps_pay", "pair_taps_forward", "pair_taps_pay", "row_taps_conv", "rows_applies",
     "stride_one_forward", "S2DPlan",

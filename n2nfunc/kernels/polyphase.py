@@ -387,16 +387,21 @@ def polyphase_cols(x: Tensor, py: PhasePlan, px: PhasePlan) -> Tensor:
 
 
 def polyphase_backward(
-    g: Tensor, cols: Tensor, w_eff: Tensor, py: PhasePlan, px: PhasePlan, input_grad: bool = True
+    g: Tensor,
+    cols: Tensor | None,
+    w_eff: Tensor,
+    py: PhasePlan,
+    px: PhasePlan,
+    input_grad: bool = True,
 ):
-    """Gradients of :func:`polyphase_forward` wrt ``W_eff`` and (unless ``input_grad`` is
-    False, then ``None``) wrt its input ``x`` (NHWC), for the im2col matrix ``cols`` of ``x``
-    (:func:`polyphase_cols`). In 16-bit dtypes ``dx``'s column products and their col2im sums
-    run in float32 on the 16-bit values, rounded once at the end, as a float32-accumulating
-    convolution does (summed rounded products lost up to a third of ``dx`` where the window
-    offsets' terms cancel: ``upsample`` with padding above ``d (k - 1)``, its one path here
-    in lower precisions), and ``W_eff``'s gradient comes back in float32, for the caller to
-    sum onto the kernel's taps (:func:`uncombine`) before it rounds."""
+    """Gradients of :func:`polyphase_forward` wrt ``W_eff`` (None without ``cols``) and
+    (unless ``input_grad`` is False, then ``None``) wrt its input ``x`` (NHWC), for the im2col
+    matrix ``cols`` of ``x`` (:func:`polyphase_cols`). In 16-bit dtypes ``dx``'s column
+    products and their col2im sums run in float32 on the 16-bit values, rounded once at the
+    end, as a float32-accumulating convolution does (summed rounded products lost up to a
+    third of ``dx`` where the window offsets' terms cancel: ``upsample`` with padding above
+    ``d (k - 1)``, its one path here in lower precisions, whose weight gradient comes from
+    :func:`~n2nfunc.kernels.nearest_conv_weight_grad`)."""
     n, co = g.shape[0], g.shape[3]
     dr = g.new_zeros(n, py.starts, px.starts, py.stride, px.stride, co)
     view = interleaved(dr, py, px)
@@ -409,7 +414,7 @@ def polyphase_backward(
     low = g.dtype if g.element_size() < 4 else None
     if low is not None:
         dr, w_eff = dr.float(), w_eff.float()
-    d_eff = reduce_matmul(dr.t(), cols if low is None else cols.float()).t()
+    d_eff = None if cols is None else reduce_matmul(dr.t(), cols).t()
     if not input_grad:
         return d_eff, None
     dcols = dr.matmul(w_eff.t()).view(n, py.starts, px.starts, py.width, px.width, -1)

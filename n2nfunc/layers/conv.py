@@ -356,7 +356,18 @@ def _device_transposed_vjp(name, x, weight, bias, out_hw, geometry):
 
 
 def transposed_pullback(
-    name, y_out, xh, kernel, k, s, p, d, bias, kernel_to_weight=None, like_torch=False
+    name,
+    y_out,
+    xh,
+    kernel,
+    k,
+    s,
+    p,
+    d,
+    bias,
+    kernel_to_weight=None,
+    like_torch=False,
+    low_weight_grad=None,
 ):
     """The pullback of a transposed convolution of ``xh`` (NHWC) with ``kernel`` [in, out,
     kh, kw]: ``dx`` is the plain convolution of ``g`` with the same kernel, whose im2col also
@@ -365,25 +376,26 @@ def transposed_pullback(
     (:mod:`n2nfunc.torch_order`) when the forward pass was. Without ``input_grad``, the
     kernel gradient alone (:func:`n2nfunc.kernels.conv_weight_grad`), no convolution of g.
 
-    In 16-bit dtypes a derived kernel's gradient is computed in float32 and rounded once,
-    after ``kernel_to_weight`` has summed it onto the weight: its rounded values had lost the
+    In 16-bit dtypes a derived kernel's weight gradient comes from ``low_weight_grad(g)``
+    instead: summed onto the weight from the kernel's rounded gradient, it had lost the
     result where the summed terms cancel (``upsample``'s phases, for a cotangent that
     alternates in sign between them: 0.87 of max |dW| against autocast's 0.002)."""
     hw = tuple(xh.shape[1:3])
-    in_float32 = kernel_to_weight is not None and xh.element_size() < 4 and not like_torch
+    own_16_bit = low_weight_grad is not None and xh.element_size() < 4 and not like_torch
 
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, name))
-        if in_float32:  # the input gradient in 16 bits, the kernel's in float32 on its own
+        if own_16_bit:  # the input gradient alone by the convolution of g
             dx = K.conv(g, kernel, None, k, s, p, d, hw) if input_grad else None
-            d_kernel = K.conv_weight_grad(g.float(), xh.float(), k, s, p, d, hw)
-        elif input_grad or like_torch:
-            dx, d_kernel = K.conv_and_weight_grad(
-                g, kernel, None, k, s, p, d, hw, like_torch, grad_for=xh
-            )
-        else:  # the kernel gradient alone, without the convolution of g
-            dx, d_kernel = None, K.conv_weight_grad(g, xh, k, s, p, d, hw)
-        weight = d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)
+            weight = low_weight_grad(g)
+        else:
+            if input_grad or like_torch:
+                dx, d_kernel = K.conv_and_weight_grad(
+                    g, kernel, None, k, s, p, d, hw, like_torch, grad_for=xh
+                )
+            else:  # the kernel gradient alone, without the convolution of g
+                dx, d_kernel = None, K.conv_weight_grad(g, xh, k, s, p, d, hw)
+            weight = d_kernel if kernel_to_weight is None else kernel_to_weight(d_kernel)
         grads = {"weight": weight.to(kernel.dtype)}
         if bias:
             grads["bias"] = _bias_grad(g, like_torch)

@@ -309,8 +309,8 @@ def _upsample_vjp(u: _Upsample, params, x, out=None):
     """The vjp (with ``out``: ``out += y``, and ``(out, pullback)`` returned). The backward
     pass is that of the equal transposed convolution -- a strided convolution of ``g`` --
     in lower precisions (``dx`` one float32-accumulating matmul, where polyphase_backward's
-    col2im sums rounded bfloat16 products; the kernel gradient in float32, summed onto the
-    layer's taps before it rounds), and in float32 / float64 for
+    col2im sums rounded bfloat16 products; the weight gradient from box sums of ``g``,
+    :func:`~n2nfunc.kernels.nearest_conv_weight_grad`), and in float32 / float64 for
     a thin output or from STRIDED_BACKWARD_PIXELS input pixels, where its implicit-GEMM
     engine beats polyphase_backward's frame and col2im (see the constant); else
     polyphase_backward."""
@@ -349,15 +349,20 @@ def _polyphase_vjp(u: _Upsample, params, x, out=None):
     y = out if add else to_nchw(y)
     y_out = output_of(y)
 
+    low = xh.element_size() < 4
+
     def pullback(ct, input_grad=True):
         g = to_nhwc(check_cotangent(ct, y_out, u.name))
-        cols = K.polyphase_cols(xh, py, px)
-        # in 16-bit dtypes dx's products run in float32: on the kernel combined there too,
-        # exact sums of the 16-bit weights, not their rounding (as autocast's sums)
-        w_dx = w_eff if xh.element_size() >= 4 else K.combine(wk.float(), py, px)
-        d_eff, dx = K.polyphase_backward(g, cols, w_dx, py, px, input_grad)
-        d_wk = K.uncombine(d_eff, py, px, wk.shape).to(wk.dtype)  # (float32 from 16 bits)
-        grads = {"weight": d_wk.permute(3, 2, 0, 1).contiguous()}
+        if low:  # dx's products in float32, on the kernel combined there too, exact sums of
+            # the 16-bit weights, not their rounding (as autocast's sums); dW by box sums
+            w_dx = K.combine(wk.float(), py, px)
+            _, dx = K.polyphase_backward(g, None, w_dx, py, px, input_grad)
+            grads = {"weight": _box_weight_grad(u, g, xh)}
+        else:
+            cols = K.polyphase_cols(xh, py, px)
+            d_eff, dx = K.polyphase_backward(g, cols, w_eff, py, px, input_grad)
+            d_wk = K.uncombine(d_eff, py, px, wk.shape)
+            grads = {"weight": d_wk.permute(3, 2, 0, 1).contiguous()}
         if u.bias:
             grads["bias"] = K.channel_sums(g)
         return grads, to_nchw(dx) if input_grad else None
@@ -377,7 +382,24 @@ def _strided_vjp(u: _Upsample, params, x, out=None):
         return K.nearest_conv_kernel_grad(d_kc, u.scale, u.dilation, tuple(weight.shape))
 
     k2, p2 = u.transposed()
+    xh = to_nhwc(x)
     pullback = transposed_pullback(
-        u.name, output_of(y), to_nhwc(x), kc, k2, u.scale, p2, (1, 1), u.bias, to_weight
+        u.name,
+        output_of(y),
+        xh,
+        kc,
+        k2,
+        u.scale,
+        p2,
+        (1, 1),
+        u.bias,
+        to_weight,
+        low_weight_grad=lambda g: _box_weight_grad(u, g, xh),
     )
     return y, pullback
+
+
+def _box_weight_grad(u: _Upsample, g, xh):
+    """The weight gradient of 16-bit dtypes, one float32-summing matmul per tap
+    (:func:`~n2nfunc.kernels.nearest_conv_weight_grad`)."""
+    return K.nearest_conv_weight_grad(g, xh, u.kernel, u.scale, u.padding, u.dilation)
