@@ -218,6 +218,9 @@ def test_bad_params_are_refused():
     for bad_x in (torch.randn(2, 5, 5, 5), torch.randn(4, 5, 5)):
         with pytest.raises(ValueError, match=r"shape \(6, C/2, 3, 3\), C the input's channels"):
             layer.apply(flat, bad_x)  # the channel count was printed as -1
+    for not_a_dict in (None, 3):  # set(params) had raised a TypeError first
+        with pytest.raises(ValueError, match=r"expected parameters \['bias', 'weight'\], got"):
+            layer.apply(not_a_dict, torch.randn(4, 5, 5))
     transposed = nf.conv_transpose2d(6, 3, groups=2)
     with pytest.raises(ValueError, match=r"shape \(C, 3, 3, 3\), C the input's channels"):
         transposed.apply(flat, torch.randn(2, 5, 5, 5))

@@ -280,17 +280,21 @@ def test_nearest_upsampling_then_conv_is_one_transposed_conv(k, s, d, p):
 def test_nearest_conv_weight_grad_from_box_sums_matches_autograd(k, s, d, p, n, hw, dtype):
     """upsample's 16-bit weight gradient (kernels.nearest_grad): exact in float64; in 16
     bits within two roundings of the result of the rounded operands, also for a cotangent
-    whose terms cancel between the output phases."""
+    whose terms cancel between the output phases (in one box), and for a near-constant one
+    against a zero-mean input, whose terms cancel between cells: box sums rounded to
+    bfloat16 had lost that up to 0.37 of max |dW|."""
     import torch.nn.functional as F
 
     c, o = 3, 4
-    x, w = randn(n, c, *hw, seed=15).to(dtype), randn(o, c, *k, seed=16)
+    x, w = randn(n, c, *hw, seed=15), randn(o, c, *k, seed=16)
+    x = (x - x.mean((0, 2, 3), keepdim=True)).to(dtype)  # zero-mean channels
     with torch.enable_grad():
         xd, wd = x.double(), w.requires_grad_()
         y = F.conv2d(F.interpolate(xd, scale_factor=s, mode="nearest"), wd, None, 1, p, d)
         i, j = torch.arange(y.shape[2])[:, None], torch.arange(y.shape[3])
         checker = (i + j) % 2 * 2 - 1
-        for ct in (randn(*y.shape, seed=17), checker + 0.01 * randn(*y.shape, seed=18)):
+        near_one = 1 + 0.01 * randn(*y.shape, seed=19)
+        for ct in (randn(*y.shape, seed=17), checker + 0.01 * randn(*y.shape, seed=18), near_one):
             ct = ct.to(dtype)
             exact = torch.autograd.grad(y, wd, ct.double(), retain_graph=True)[0]
             g = ct.permute(0, 2, 3, 1)  # NHWC views, as the layers hold them
@@ -298,6 +302,19 @@ def test_nearest_conv_weight_grad_from_box_sums_matches_autograd(k, s, d, p, n, 
             assert dw.dtype == dtype and dw.shape == w.shape
             tol = TOL64 if dtype == torch.float64 else 2 * torch.finfo(dtype).eps
             assert rel_err(dw.double(), exact) < tol
+
+
+def test_nearest_conv_weight_grad_in_float16_does_not_overflow_its_box_sums():
+    """A box sums s * s cotangent values: 4 x 30000 leaves float16's range (inf, then NaN
+    against zero input pixels) though dW is about 1900; float16 multiplies them in float32."""
+    g = torch.full((1, 6, 6, 1), 30000.0, dtype=torch.float16)
+    x = torch.zeros(1, 3, 3, 1, dtype=torch.float16)
+    x[0, 1, 1] = 1e-3
+    dw = K.nearest_conv_weight_grad(g, x, (3, 3), (2, 2), (1, 1), (1, 1))
+    exact = 4 * 30000.0 * float(x[0, 1, 1])  # every tap's box holds 4 values of g
+    assert dw.dtype == torch.float16 and torch.allclose(
+        dw.float(), torch.full_like(dw, exact).float(), rtol=2e-3
+    )
 
 
 def test_channel_sums_of_an_expanded_tensor_equal_those_of_a_contiguous_one():

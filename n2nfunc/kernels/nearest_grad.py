@@ -1,6 +1,6 @@
 """The weight gradient of ``upsample`` -- nearest upsampling by ``s``, then a stride-1
 convolution -- on the low-resolution grid, from box sums of the output gradient: the route of
-16-bit dtypes, where every tap's gradient is one matmul that sums in float32 and rounds once.
+16-bit dtypes, with every product summed in float32 and the result rounded about once.
 
 Output row ``Y`` reads, through kernel row ``ky``, upsampled row ``Y + d ky - p``, a copy of
 input row ``m = (Y + d ky - p) // s``. So, per spatial dim alike,
@@ -10,19 +10,26 @@ input row ``m = (Y + d ky - p) // s``. So, per spatial dim alike,
 where ``S_{ky,kx}[m, l]`` sums ``g`` over the ``s x s`` box of output pixels whose rows start
 at ``s m + p - d ky`` and columns at ``s l + p - d kx`` (zero outside the output). A box's
 start depends on the tap only by its residue mod ``s`` (the box's *slot*) and a shift of
-whole cells: so the sums are formed once per slot (at most ``s * s``), in float32, rounded
-once, channels-first in one (slots, O, cells) tensor; each tap's gradient is one matmul of a
-shifted view of its slot's sums with the input placed in a frame of zeros (the shifted cells
-that leave an image's frame meet those zeros). Taps of one shift whose slots lie side by side
-share one matmul. Channels-first, the matmuls read the cells contiguously: 1.1-1.6x faster
-than channels-last, the transposing copy of ``g`` included.
+whole cells: so the sums are formed once per slot (at most ``s * s``), in float32,
+channels-first in one (slots, parts, O, cells) tensor; each tap's gradient is one matmul of
+a shifted view of its slot's sums with the input placed in a frame of zeros (the shifted
+cells that leave an image's frame meet those zeros). Taps of one shift whose slots lie side
+by side share one matmul. Channels-first, the matmuls read the cells contiguously: 1.1-1.6x
+faster than channels-last, the transposing copy of ``g`` included.
 
-Unlike the combined 4 x 4 kernel's gradient summed onto the 3 x 3 taps afterwards, no rounded
-partial result is summed: where the phases' terms cancel (a cotangent alternating in sign),
-the error stays one rounding of the result, as autocast's. Against that combined kernel's
-gradient computed in float32 (the route before; bfloat16, 2 threads, 2-core AMD EPYC Zen 5,
-ms): 100 x 8 x 8 input, 64 -> 32 channels 5.7 -> 2.9; 8 x 32 x 32, 64 -> 48 10.3 -> 4.5;
-100 x 16 x 16, 32 -> 3 1.7 -> 1.7. In float32 the two are even, and that route stays.
+In bfloat16 a sum is two operands (parts): itself rounded, and its remainder rounded, exact
+to about 16 bits; their two products, each summed in float32 inside the matmul, are added in
+float32 and rounded. Its error is then about two roundings of the result, as autocast's
+(one). Rounded alone, the sums had lost the result where the terms of different cells
+cancel (a near-constant cotangent against a zero-mean input: 0.37 of max |dW|), and the
+combined 4 x 4 kernel's rounded gradient, summed onto the 3 x 3 taps afterwards, where the
+phases' terms cancel (0.87). float16, whose range a sum of s * s values can leave, multiplies
+the float32 sums in float32.
+
+Against that combined kernel's gradient computed in float32 (the route before; bfloat16, 2
+threads, 2-core AMD EPYC Zen 5, ms): 100 x 8 x 8 input, 64 -> 32 channels 5.7 -> 2.9; 8 x 32
+x 32, 64 -> 48 10.3 -> 4.5; 100 x 16 x 16, 32 -> 3 1.7 -> 1.7. In float32 the two are even,
+and that route stays.
 """
 
 import functools
@@ -31,7 +38,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from ..base import FLOAT32
+from ..base import BFLOAT16, FLOAT32
 from ..nhwc import pad
 
 
@@ -121,31 +128,40 @@ def nearest_conv_weight_grad(
     g: Tensor, xh: Tensor, kernel: tuple, scale: tuple, padding: tuple, dilation: tuple
 ) -> Tensor:
     """``dW`` [O, C, kh, kw] of nearest upsampling of the NHWC ``xh`` by ``scale``, then a
-    stride-1 convolution (``padding``, ``dilation``), for its NHWC output gradient ``g``; in
-    ``g``'s dtype, the box sums in float32 (see the module docstring)."""
+    stride-1 convolution (``padding``, ``dilation``), for its NHWC output gradient ``g``, in
+    ``g``'s dtype (see the module docstring). The box sums are formed in float32; in
+    bfloat16 each is split into a rounded part and its rounded remainder, whose two products
+    are added in float32 and rounded once (a sum rounded to bfloat16 had lost the result
+    where the terms of different cells cancel: 0.37 of max |dW|); float16, whose range a box
+    sum can leave, multiplies them in float32."""
     n, h, w, c = xh.shape
     o = g.shape[3]
     plan = _plan((h, w), kernel, scale, padding, dilation)
     py, px = plan.dims
     sy, sx = scale
+    wide = g.dtype if g.element_size() >= 4 else FLOAT32
+    parts, operands = (2, g.dtype) if g.dtype == BFLOAT16 else (1, wide)
     # g channels-first in a frame of zeros, in float32 (rows past the frame read no input:
     # cropped); then row sums by residue, and column sums into each slot
-    frame = _framed(g.permute(3, 0, 1, 2), py, px, g.dtype if g.element_size() >= 4 else FLOAT32)
+    frame = _framed(g.permute(3, 0, 1, 2), py, px, wide)
     rows = {r: _box_rows(frame, 2, r, sy, py.cells) for r in set(py.residues)}
     del frame
     cells = n * py.cells * px.cells
-    boxes = g.new_empty(len(plan.slots), o, cells)
+    boxes = g.new_empty(len(plan.slots), parts, o, cells, dtype=operands)
     for i, (ry, rx) in enumerate(plan.slots):
         box = _box_rows(rows[ry], 3, rx, sx, px.cells)
-        boxes[i].view(box.shape).copy_(box)
+        rounded = boxes[i, 0].view(box.shape).copy_(box)
+        if parts == 2:  # the remainder, exact in float32, rounded
+            boxes[i, 1].view(box.shape).copy_(box.sub_(rounded))
     del rows
     xf = pad(xh, 0, py.cells - h, 0, px.cells - w).view(-1, c)  # the input in the same frame
-    dw = g.new_empty(kernel[0], kernel[1], o, c)
+    xf = xf.to(dtype=operands)
+    dw = g.new_empty(kernel[0], kernel[1], o, c, dtype=wide)
     for shift, runs in plan.groups:
         length = cells - shift
-        for first, stop, taps in runs:  # slots x O rows of cells, each contiguous: a view
-            lhs = boxes[first:stop, :, shift : shift + length].reshape(-1, length)
-            products = lhs.matmul(xf[:length]).view(stop - first, o, c)
+        for first, stop, taps in runs:  # slots x parts x O rows of cells, contiguous: a view
+            lhs = boxes[first:stop, :, :, shift : shift + length].reshape(-1, length)
+            products = lhs.matmul(xf[:length]).view(stop - first, parts, o, c)
             for (ky, kx), product in zip(taps, products.unbind(0)):
-                dw[ky, kx] = product
-    return dw.permute(2, 3, 0, 1).contiguous()
+                dw[ky, kx] = product.sum(0, dtype=wide)
+    return dw.permute(2, 3, 0, 1).contiguous().to(dtype=g.dtype)

@@ -106,7 +106,7 @@ def checked_conv(params, x, name, out_channels, k, bias, out_size, transposed=Fa
         if not own and isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != c:
             if x.shape[1] % groups == 0:  # the shape this input needs
                 check_params(params, name, expected(x.shape[1]))
-        if not ok and set(params) == set(expected(c)):  # C is unknown: name it
+        if not ok and isinstance(params, dict) and set(params) == set(expected(c)):  # C unknown
             found = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
             pattern = weight_pattern(out_channels, k, transposed, groups)
             raise ValueError(
