@@ -27,9 +27,9 @@ phases' terms cancel (0.87). float16, whose range a sum of s * s values can leav
 the float32 sums in float32.
 
 Against that combined kernel's gradient computed in float32 (the route before; bfloat16, 2
-threads, 2-core AMD EPYC Zen 5, ms): 100 x 8 x 8 input, 64 -> 32 channels 5.7 -> 2.9; 8 x 32
-x 32, 64 -> 48 10.3 -> 4.5; 100 x 16 x 16, 32 -> 3 1.7 -> 1.7. In float32 the two are even,
-and that route stays.
+threads, 2-core AMD EPYC Zen 5, ms): 100 x 8 x 8 input, 64 -> 32 channels 3.5 -> 2.4; 8 x 32
+x 32, 64 -> 48 6.8 -> 3.8; but 100 x 16 x 16, 32 -> 3 1.0 -> 1.2. In float32 the two are
+even, and that route stays.
 """
 
 import functools
