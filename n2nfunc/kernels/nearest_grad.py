@@ -131,9 +131,9 @@ def nearest_conv_weight_grad(
     stride-1 convolution (``padding``, ``dilation``), for its NHWC output gradient ``g``, in
     ``g``'s dtype (see the module docstring). The box sums are formed in float32; in
     bfloat16 each is split into a rounded part and its rounded remainder, whose two products
-    are added in float32 and rounded once (a sum rounded to bfloat16 had lost the result
-    where the terms of different cells cancel: 0.37 of max |dW|); float16, whose range a box
-    sum can leave, multiplies them in float32."""
+    (each a matmul's result) are added in float32 and rounded (a sum rounded to bfloat16 had
+    lost the result where the terms of different cells cancel: 0.37 of max |dW|); float16,
+    whose range a box sum can leave, multiplies them in float32."""
     n, h, w, c = xh.shape
     o = g.shape[3]
     plan = _plan((h, w), kernel, scale, padding, dilation)
