@@ -355,8 +355,8 @@ def _polyphase_vjp(u: _Upsample, params, x, out=None):
         g = to_nhwc(check_cotangent(ct, y_out, u.name))
         if low:  # dx's products in float32, on the kernel combined there too, exact sums of
             # the 16-bit weights, not their rounding (as autocast's sums); dW by box sums
-            w_dx = K.combine(wk.float(), py, px)
-            _, dx = K.polyphase_backward(g, None, w_dx, py, px, input_grad)
+            w_dx = K.combine(wk.float(), py, px) if input_grad else None
+            dx = K.polyphase_backward(g, None, w_dx, py, px)[1] if input_grad else None
             grads = {"weight": _box_weight_grad(u, g, xh)}
         else:
             cols = K.polyphase_cols(xh, py, px)
@@ -400,6 +400,6 @@ def _strided_vjp(u: _Upsample, params, x, out=None):
 
 
 def _box_weight_grad(u: _Upsample, g, xh):
-    """The weight gradient of 16-bit dtypes, one float32-summing matmul per tap
-    (:func:`~n2nfunc.kernels.nearest_conv_weight_grad`)."""
+    """The weight gradient of 16-bit dtypes, from box sums of ``g`` on the low-resolution
+    grid (:func:`~n2nfunc.kernels.nearest_conv_weight_grad`)."""
     return K.nearest_conv_weight_grad(g, xh, u.kernel, u.scale, u.padding, u.dilation)
