@@ -33,7 +33,7 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from torch import Generator, Tensor, cat, device, empty
 
@@ -450,7 +450,8 @@ class Model(Unpicklable):
         unknown = set(config or {}) - set(DEFAULT_CONFIG)
         if unknown:
             raise ValueError(
-                f"Model: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}"
+                f"Model: unknown config keys {sorted(unknown, key=repr)}; "
+                f"known: {sorted(DEFAULT_CONFIG)}"
             )
         self._given = dict(config or {})
         network = self._given.get("network", DEFAULT_CONFIG["network"])
@@ -563,7 +564,8 @@ class Model(Unpicklable):
 
     def save(self, path: PathLike) -> None:
         """Config and weights into the file ``path`` (its folder must exist), for
-        ``load_pretrained_model(path)`` or ``Model.from_pretrained``."""
+        ``Model().load_pretrained_model(path)`` (``Model.from_pretrained`` takes the
+        shipped networks' names)."""
         from . import checkpoint
 
         checkpoint.save(path, self.payload())
@@ -615,9 +617,10 @@ class Model(Unpicklable):
         the peak learning rate.
 
         ``callback(epoch, step, steps_per_epoch, loss)`` is called after every step. If the
-        loss becomes NaN or infinite, the parameters and the optimizer state from before the
-        offending update are restored and ``FloatingPointError`` is raised. ``scale``: the
-        value of white of float images (1, 255), inferred when None (see :meth:`prepare_pairs`).
+        loss (or, after an epoch's last update, a parameter) becomes NaN or infinite, the
+        parameters and the optimizer state from before the offending update are restored and
+        ``FloatingPointError`` is raised. ``scale``: the value of white of float images (1,
+        255), inferred when None (see :meth:`prepare_pairs`).
         """
         epochs = self.config["num_epochs"] if num_epochs is None else num_epochs
         epochs = _whole(epochs, "num_epochs", 0)  # as the config takes it
@@ -688,6 +691,15 @@ class Model(Unpicklable):
         must divide by ``size``), and the loss and gradients are averaged over ranks before
         the update, which is therefore the whole batch's update on every rank.
         """
+        total_epochs = _whole(total_epochs, "Model.train_epoch: total_epochs", 1)
+        epoch = _whole(epoch, "Model.train_epoch: epoch", 0)
+        if epoch >= total_epochs:
+            raise ValueError(
+                f"Model.train_epoch: epoch {epoch} is not one of the run's total_epochs "
+                f"{total_epochs} (epochs count from 0)"
+            )
+        if callback is not None and not callable(callback):
+            raise TypeError(f"Model.train_epoch: callback must be callable, got {_brief(callback)}")
         _check_prepared(x, y)
         net = self._runner(x, "train_input")  # (refuses a dtype before the weights move)
         self._move_to(x.device, x.dtype)
@@ -707,11 +719,7 @@ class Model(Unpicklable):
         else:
             parallel = None
         peak = self.config["lr"] * (self.config["finetune_lr_scale"] if self.pretrained else 1.0)
-        if isinstance(total_epochs, bool) or int(total_epochs) != total_epochs:
-            raise ValueError(
-                f"Model.train_epoch: total_epochs must be an int, got {total_epochs!r}"
-            )
-        total = max(1, int(total_epochs) * steps)
+        total = max(1, total_epochs * steps)
         schedule = optim.cosine_decay(
             peak,
             total + 1,
@@ -736,15 +744,8 @@ class Model(Unpicklable):
                 tree.copy_(grads, mean_grads)
             value = float(loss)
             if not math.isfinite(value):
-                snapshot, undone = self._snapshot, ""  # none before a run's first update
-                if snapshot is not None:
-                    tree.copy_(params, snapshot[0])
-                    self.optimizer.state = snapshot[1]
-                    undone = "the parameters and optimizer state from before the last update "
-                    undone += "were restored; "
-                raise FloatingPointError(
-                    f"Model.train: the loss became {value} at epoch {epoch + 1}, step {b + 1}; "
-                    f"{undone}check the data (its scale) or lower the learning rate."
+                self._diverged(
+                    params, f"the loss became {value} at epoch {epoch + 1}, step {b + 1}"
                 )
             # undo point for a NaN: the optimizer's update makes a new state (no copy needed)
             self._snapshot = ([p.clone() for p in params], self.optimizer.state)
@@ -753,7 +754,22 @@ class Model(Unpicklable):
             running += value
             if callback is not None:
                 callback(epoch, b, steps, value)
+        if steps and not all(bool(p.isfinite().all()) for p in params):  # the last update's
+            self._diverged(params, f"the parameters became NaN or infinite at epoch {epoch + 1}")
         return running / max(steps, 1)
+
+    def _diverged(self, params: list, what: str) -> NoReturn:
+        """Restore ``params`` and the optimizer state from before the last update (if there
+        was one) and raise ``FloatingPointError`` saying ``what`` happened."""
+        snapshot, undone = self._snapshot, ""  # none before a run's first update
+        if snapshot is not None:
+            tree.copy_(params, snapshot[0])
+            self.optimizer.state = snapshot[1]
+            undone = "the parameters and optimizer state from before the last update were "
+            undone += "restored; "
+        raise FloatingPointError(
+            f"Model.train: {what}; {undone}check the data (its scale) or lower the learning rate."
+        )
 
     # ------------------------------------------------------------------ inference
     def predict(

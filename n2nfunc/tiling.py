@@ -165,6 +165,8 @@ def denoise_image(
     if not isinstance(layer, Layer):
         raise TypeError(f"{name}: layer must be a Layer, got {described(layer)}")
     check_tensor(image, name, "image")
+    if on_tile is not None and not callable(on_tile):
+        raise TypeError(f"{name}: on_tile must be callable (done, total), got {described(on_tile)}")
     shape = tuple(image.shape)
     if image.dim() not in (3, 4):
         raise ValueError(f"{name}: image must be (C, H, W) or (N, C, H, W), got {shape}")

@@ -157,6 +157,35 @@ def test_divergence_restores_parameters_and_raises(pairs):
     assert "step 1;" in str(e.value) and "restored" not in str(e.value)
 
 
+def test_divergence_at_the_last_update_of_an_epoch_is_caught_too():
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    y = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    m = Model({"batch_size": 4, "lr": 1e38})  # one step: no later loss would show it
+    before = {k: v.clone() for k, v in m.net.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="parameters became NaN or infinite at epoch 1"):
+        m.train(x, y, 1)
+    assert all(torch.equal(v, before[k]) for k, v in m.net.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "epoch,total,pattern",
+    [
+        (0, None, "total_epochs must be an int >= 1, got None"),
+        (0, "ten", "total_epochs must be an int >= 1"),
+        (0, 1.5, "total_epochs must be an int >= 1, got 1.5"),
+        (None, 1, "epoch must be an int >= 0, got None"),
+        ("0", 1, "epoch must be an int >= 0"),
+        (-1, 1, "epoch must be an int >= 0, got -1"),
+        (2, 2, "epoch 2 is not one of the run's total_epochs 2"),
+    ],
+)
+def test_train_epoch_refuses_bad_epoch_numbers_by_name(epoch, total, pattern):
+    m = Model(SMALL)
+    x, y = m.prepare_pairs(torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8))
+    with pytest.raises(ValueError, match=f"Model.train_epoch: {pattern}"):
+        m.train_epoch(x, y, epoch, total)
+
+
 @pytest.mark.parametrize(
     "bad,pattern",
     [
@@ -432,6 +461,8 @@ def test_train_epoch_takes_a_numpy_epoch_count():
         ("unet", TypeError, r"Model: config must be a dict, got str"),
         ([("lr", 1)], TypeError, r"Model: config must be a dict, got list"),
         ({"seed": 2**70}, ValueError, r"Model: seed must be an int from -2\*\*62 to 2\*\*62 - 1"),
+        ({"lrr": 1, "epochs": 2}, ValueError, r"unknown config keys \['epochs', 'lrr'\]; known"),
+        ({1: 2, "foo": 3}, ValueError, r"unknown config keys \['foo', 1\]"),  # (not comparable)
     ],
 )
 def test_model_refuses_what_is_not_a_config(config, error, pattern):

@@ -225,6 +225,8 @@ def test_denoise_image_bad_arguments():
         nf.denoise_image(layer, params, torch.rand(40, 40))
     with pytest.raises(TypeError, match="image must be a Tensor"):
         nf.denoise_image(layer, params, [[0.0]])
+    with pytest.raises(TypeError, match="on_tile must be callable"):
+        nf.denoise_image(layer, params, x, on_tile=1)
 
 
 @pytest.mark.parametrize("hw", [(51, 49), (300, 298)])  # one tile; several
