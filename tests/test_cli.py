@@ -701,6 +701,37 @@ def test_16_bit_transparency_keys_compare_all_16_bits(tmp_path):
     assert int(picture.rgb[0, 3, 0]) == round(30000 / 257)  # (117; the high byte is 117 too)
 
 
+def test_a_dark_16_bit_pgm_is_read_on_its_own_scale(tmp_path):
+    """Pillow scales a PGM of more than 8 bits to 0-65535 ("I"): one whose values stay below
+    256 was read as 8-bit, up to 257x too bright. Its maxval counts: 500 of 1000 is grey."""
+    import numpy as np
+
+    for maxval, value, want in [(65535, 200, 1), (65535, 40000, 156), (1000, 500, 128)]:
+        v = np.full((3, 4), value, dtype=">u2")
+        (tmp_path / "dark.pgm").write_bytes(f"P5 4 3 {maxval}\n".encode() + v.tobytes())
+        picture = read_image(tmp_path / "dark.pgm")
+        assert picture.deep and picture.grey
+        assert picture.rgb.unique().tolist() == [want], (maxval, value)
+
+
+def test_a_resolution_too_large_for_the_format_is_left_out(tmp_path):
+    """PNG and BMP store 32-bit pixels per metre: a TIFF's 1e9 dpi crashed their writers after
+    the work was done."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 6)).save(tmp_path / "huge.tif", dpi=(1e9, 1e9))
+    for suffix in (".png", ".bmp", ".jpg"):
+        out = tmp_path / f"out{suffix}"
+        assert main(["denoise", str(tmp_path / "huge.tif"), str(out)]) == 0
+        with Image.open(out) as written:
+            assert written.size == (8, 6)
+            assert max(written.info.get("dpi", (0, 0))) < 1e8
+    Image.new("RGB", (8, 6)).save(tmp_path / "fine.tif", dpi=(600, 300))  # kept where it fits
+    main(["denoise", str(tmp_path / "fine.tif"), str(tmp_path / "fine.png")])
+    with Image.open(tmp_path / "fine.png") as written:
+        assert [round(v) for v in written.info["dpi"]] == [600, 300]
+
+
 def test_16_bit_rgb_and_float_images(tmp_path):
     """16-bit RGB is flagged deep (Pillow keeps each value's high byte; it had no note), and a
     float image is scaled from 0-1 or kept from 0-255 (a 0-1 one was read as black), else

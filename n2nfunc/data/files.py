@@ -372,9 +372,11 @@ def read_image(path) -> Picture:
                 if raw.format == "TIFF" and set(raw.getexif()) & TIFF_METADATA:
                     lost += ("its TIFF tags (camera, date, ...)",)
                 dpi = _dpi(raw.info.get("dpi"))
-                # 16-bit (0-65535) by its mode, however dark; a 32-bit "I" image by its values
-                top = _int_top(im, path) if im.mode == "I" else 0
-                sixteen = im.mode.startswith("I;16") or top > 255
+                # 16-bit (0-65535) by its mode, however dark, as is a PGM of more than 8 bits
+                # (Pillow scales its maxval to 65535); another 32-bit "I" image by its values
+                scaled = im.mode.startswith("I;16") or (im.mode == "I" and raw.format == "PPM")
+                top = _int_top(im, path) if im.mode == "I" and not scaled else 0
+                sixteen = scaled or top > 255
                 if sixteen:
                     im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
                 deep = sixteen or wide or floating
@@ -424,6 +426,9 @@ def keeps_profile(path, grey: bool = False) -> bool:
     return kind in PROFILE_FORMATS and (not grey or kind in GREY_FORMATS)
 
 
+# the largest resolution (dpi) a format's field holds: JPEG's density is 16-bit; PNG and BMP
+# store 32-bit pixels per metre (up to 1.09e8 dpi); a larger one is written as none
+DPI_MAX = {"JPEG": 65535.0, "PNG": 1e8, "BMP": 1e8}
 ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")  # image files that keep transparency
 
 
@@ -460,7 +465,7 @@ def write_image(
     encoded = io.BytesIO()
     if icc and not keeps_profile(path, grey):  # a grey one written as RGB would misfit
         icc = None
-    if kind == "JPEG" and dpi and max(dpi) > 65535:  # (JPEG's density field is 16-bit)
+    if dpi and max(dpi) > DPI_MAX.get(kind, float("inf")):  # more than its field holds
         dpi = None
     options = dict(LOSSY_OPTIONS.get(kind, {}), **({"icc_profile": icc} if icc else {}))
     with _exif_warnings_hidden():
