@@ -79,7 +79,7 @@ def device(text: str) -> str:
     if text == "auto" or text == "cpu":
         return text
     kind, _, index = text.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
+    if kind != "cuda" or (index and not index.isdecimal()):
         raise Error(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
     if not torch.cuda.is_available():
         raise Error(f"{text!r} asked for, but no CUDA device is available (use cpu or auto)")

@@ -253,7 +253,7 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
     short timeout so that a dead peer is an error in seconds, not after gloo's 30 minutes."""
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         value = os.environ.get(key)
-        if not value or (key != "MASTER_ADDR" and not value.isdigit()):
+        if not value or (key != "MASTER_ADDR" and not value.isdecimal()):
             raise SettingError(
                 f"the environment variable {key} is {'not set' if not value else repr(value)}"
                 " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"

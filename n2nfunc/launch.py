@@ -43,10 +43,11 @@ sys.exit(main())
 
 
 def is_worker() -> bool:
-    """Whether this process was started by torchrun (or by ``n2nfunc train --nproc``)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or all(
-        k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    )
+    """Whether this process was started by torchrun (or by ``n2nfunc train --nproc``): so it
+    is where RANK or WORLD_SIZE is set, also without the other torchrun variables, which
+    :func:`n2nfunc.distributed.init_from_env` then names as missing (rather than the process
+    training a whole run alone as the rank it is not)."""
+    return any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE"))
 
 
 def spawn(args, argv: list[str]) -> int:
@@ -245,7 +246,7 @@ def train_worker(args, device, run) -> int:
 def launcher_pid() -> int | None:
     """The pid of the ``train --nproc`` launcher that started this worker, if one did."""
     text = os.environ.get(LAUNCHER_PID, "")
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdecimal() else None
 
 
 def launched_by_nproc() -> bool:

@@ -556,9 +556,31 @@ def test_missing_or_malformed_torchrun_variables_are_named(monkeypatch, capsys):
     ):
         distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
     monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "two")
-    assert main(["train", *CLI_TINY]) == 2
-    assert "WORLD_SIZE='two': expected the number of processes" in capsys.readouterr().err
+    for text in ("two", "\u00b2"):  # a superscript two is a digit that int() refuses
+        monkeypatch.setenv("WORLD_SIZE", text)
+        assert main(["train", *CLI_TINY]) == 2
+        assert f"WORLD_SIZE={text!r}: expected the number of processes" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_PORT", "\u00b2")
+    with pytest.raises(distributed.SettingError, match="MASTER_PORT is '\u00b2'"):
+        distributed.init_from_env(torch.device("cpu"), timeout_s=1.0)
+
+
+@pytest.mark.parametrize("missing", ["MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK"])
+def test_a_partly_set_torchrun_environment_is_refused_not_trained_alone(
+    tmp_path, monkeypatch, capsys, missing
+):
+    """With one of the four variables missing, a process of RANK 1 trained a whole run on its
+    own and wrote rank 0's files."""
+    env = dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(missing)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    out = tmp_path / "run"
+    assert main(["train", *CLI_TINY, "--out", str(out)]) == 2
+    assert f"the environment variable {missing} is not set" in capsys.readouterr().err
+    assert not (out / "model.pth").exists()
 
 
 def test_ranks_started_with_different_options_are_refused(tmp_path):
@@ -949,10 +971,7 @@ def test_nproc_under_stale_torchrun_variables_is_refused(monkeypatch, capsys, si
     monkeypatch.delenv(launch.LAUNCHER_PID, raising=False)
     assert main(["train", *CLI_TINY, "--nproc", "2"]) == 2
     err = capsys.readouterr().err
-    assert (
-        f"--nproc 2: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set (WORLD_SIZE={size})"
-        in err
-    )
+    assert f"--nproc 2: torchrun's variables are set (RANK=0, WORLD_SIZE={size})" in err
     assert "under torchrun give no --nproc" in err and "unset them" in err
 
 

@@ -193,7 +193,7 @@ def _check_nproc(args, error) -> None:
     processes, who = args.nproc, f"--nproc {args.nproc}"
     if launch.is_worker() and args.nproc == 1:  # started by torchrun: its WORLD_SIZE counts
         text = os.environ.get("WORLD_SIZE", "1")
-        if not text.isdigit() or int(text) < 1:
+        if not text.isdecimal() or int(text) < 1:
             error(f"WORLD_SIZE={text!r}: expected the number of processes, an integer >= 1")
         processes = int(text)
         who = f"{processes} processes (WORLD_SIZE)"

@@ -63,7 +63,7 @@ def _local_processes(args, count: str = "LOCAL_WORLD_SIZE") -> int:
     (whose --nproc the launcher removed) torchrun's LOCAL_WORLD_SIZE (``count="WORLD_SIZE"``:
     how many there are in all)."""
     text = os.environ.get(count, "1") if launch.is_worker() else "1"
-    return max(1, getattr(args, "nproc", 1), int(text) if text.isdigit() else 1)
+    return max(1, getattr(args, "nproc", 1), int(text) if text.isdecimal() else 1)
 
 
 def _count(n: int, noun: str) -> str:

@@ -107,8 +107,9 @@ def cmd_train(args) -> int:
     if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
         if args.nproc > 1 and launch.launcher_pid() is None:  # not one of --nproc's own
             raise ValueError(
-                f"--nproc {args.nproc}: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set "
-                f"(WORLD_SIZE={os.environ.get('WORLD_SIZE', '?')}), so this process is a worker "
+                f"--nproc {args.nproc}: torchrun's variables are set (RANK="
+                f"{os.environ.get('RANK', '?')}, WORLD_SIZE={os.environ.get('WORLD_SIZE', '?')}), "
+                "so this process is a worker "
                 "of torchrun's: under torchrun give no --nproc (its --nproc-per-node says how "
                 "many); left over in a shell, unset them for --nproc to start its own workers"
             )
