@@ -256,7 +256,9 @@ def init_from_env(device: torch.device, timeout_s: float = TIMEOUT_S) -> DataPar
         if not value or (key != "MASTER_ADDR" and not value.isdecimal()):
             raise SettingError(
                 f"the environment variable {key} is {'not set' if not value else repr(value)}"
-                " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process)"
+                " (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each "
+                "process; with RANK or WORLD_SIZE set, a process is one of its workers: left "
+                "over in a shell, unset them to train in one process)"
             )
     rank, size, port = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
     if not 0 <= rank < size:

@@ -43,11 +43,18 @@ sys.exit(main())
 
 
 def is_worker() -> bool:
-    """Whether this process was started by torchrun (or by ``n2nfunc train --nproc``): so it
-    is where RANK or WORLD_SIZE is set, also without the other torchrun variables, which
+    """Whether this process was started by torchrun (or by ``n2nfunc train --nproc``)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or all(
+        k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    )
+
+
+def meant_as_worker() -> bool:
+    """Whether ``train`` in this process is one of a data-parallel group's: so it is where
+    RANK or WORLD_SIZE is set, also without the other torchrun variables, which
     :func:`n2nfunc.distributed.init_from_env` then names as missing (rather than the process
     training a whole run alone as the rank it is not)."""
-    return any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE"))
+    return is_worker() or "RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
 def spawn(args, argv: list[str]) -> int:

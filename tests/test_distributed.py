@@ -21,7 +21,7 @@ import torch
 from dist_worker import TINY, data, functional_params, model_params
 
 from n2nfunc import checkpoint, distributed, launch, tree
-from n2nfunc.cli import main
+from n2nfunc.cli import common, main
 from n2nfunc.distributed import loopback_interface
 from n2nfunc.model import Model
 
@@ -579,8 +579,24 @@ def test_a_partly_set_torchrun_environment_is_refused_not_trained_alone(
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     out = tmp_path / "run"
     assert main(["train", *CLI_TINY, "--out", str(out)]) == 2
-    assert f"the environment variable {missing} is not set" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the environment variable {missing} is not set" in err
+    assert "left over in a shell, unset them to train in one process" in err
     assert not (out / "model.pth").exists()
+
+
+def test_a_stray_rank_leaves_the_commands_that_run_alone_checking_as_rank_0(
+    tmp_path, monkeypatch, capsys
+):
+    """eval never runs data-parallel: a RANK=1 left in a shell skipped its checks of the data
+    (those of rank 0, which reads it), and the message lost its advice."""
+    monkeypatch.setenv("RANK", "1")
+    for key in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    assert common._rank() == "0" and not launch.is_worker() and launch.meant_as_worker()
+    missing = tmp_path / "nowhere"
+    assert main(["eval", "--val-pairs", str(missing)]) == 2
+    assert "error: argument --val-pairs: no such folder" in capsys.readouterr().err
 
 
 def test_ranks_started_with_different_options_are_refused(tmp_path):

@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
         _check_precision(args, _refuse)  # the run's precision and batch size, here
         _check_nproc(args, _refuse)
         _check_foreign_files(Path(args.out), _refuse)
-    if launch.is_worker():  # one of --nproc's processes, or of a torchrun on several machines
+    if launch.meant_as_worker():  # one of --nproc's processes, or of a torchrun's
         if args.nproc > 1 and launch.launcher_pid() is None:  # not one of --nproc's own
             raise ValueError(
                 f"--nproc {args.nproc}: torchrun's variables are set (RANK="
