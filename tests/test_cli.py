@@ -703,7 +703,8 @@ def test_16_bit_transparency_keys_compare_all_16_bits(tmp_path):
 
 def test_a_dark_16_bit_pgm_is_read_on_its_own_scale(tmp_path):
     """Pillow scales a PGM of more than 8 bits to 0-65535 ("I"): one whose values stay below
-    256 was read as 8-bit, up to 257x too bright. Its maxval counts: 500 of 1000 is grey."""
+    256 was read as 8-bit, up to 257x too bright. Its maxval counts: 500 of 1000 is grey. A
+    colour PPM of 16 bits was not flagged deep."""
     import numpy as np
 
     for maxval, value, want in [(65535, 200, 1), (65535, 40000, 156), (1000, 500, 128)]:
@@ -712,6 +713,13 @@ def test_a_dark_16_bit_pgm_is_read_on_its_own_scale(tmp_path):
         picture = read_image(tmp_path / "dark.pgm")
         assert picture.deep and picture.grey
         assert picture.rgb.unique().tolist() == [want], (maxval, value)
+    # a colour one Pillow scales to 8 bits itself: it is deep too (the note says so)
+    rgb = np.full((3, 4, 3), 40000, dtype=">u2")
+    (tmp_path / "deep.ppm").write_bytes(b"P6 4 3 65535\n" + rgb.tobytes())
+    picture = read_image(tmp_path / "deep.ppm")
+    assert picture.deep and picture.rgb.unique().tolist() == [156]
+    (tmp_path / "plain.ppm").write_bytes(b"P6 4 3 255\n" + bytes(36))
+    assert not read_image(tmp_path / "plain.ppm").deep
 
 
 def test_a_resolution_too_large_for_the_format_is_left_out(tmp_path):

@@ -172,6 +172,13 @@ def _raw_mode(tile) -> str:
     return str(args if isinstance(args, str) else first)
 
 
+def _ppm_maxval(tile) -> int:
+    """The maxval of a Pillow PPM decoder tile (its args: raw mode, maxval), else 0."""
+    args = getattr(tile, "args", None)
+    maxval = args[1] if isinstance(args, tuple) and len(args) > 1 else 0
+    return maxval if isinstance(maxval, int) else 0
+
+
 def _sixteen_bit_channels(rawmode: str) -> bool:
     """Whether a raw mode holds 16 bits a channel that Pillow reads as their high byte
     (colour "RGB;16B", ..., and greyscale with alpha "LA;16B"; not "BGR;16", which is 16 bits
@@ -338,6 +345,8 @@ def read_image(path) -> Picture:
                 # keeping each value's high byte: only the decoder's raw mode tells
                 raw_modes = [_raw_mode(t) for t in raw.tile or ()]
                 wide = any(_sixteen_bit_channels(m) for m in raw_modes)
+                # a colour PPM of more than 8 bits, which Pillow scales to 8 itself
+                wide_ppm = raw.format == "PPM" and any(_ppm_maxval(t) > 255 for t in raw.tile)
                 key = raw.info.get("transparency")  # a PNG tRNS chunk: a transparent colour
                 raw.load()
                 im = ImageOps.exif_transpose(raw)  # upright, as viewers show it (phone portraits)
@@ -379,7 +388,7 @@ def read_image(path) -> Picture:
                 sixteen = scaled or top > 255
                 if sixteen:
                     im = im.convert("I").point(lambda v: v * (1 / 257) + 0.5)
-                deep = sixteen or wide or floating
+                deep = sixteen or wide or wide_ppm or floating
                 rgb = im.convert("RGB")
     except Image.DecompressionBombError as e:  # Pillow's guard; not an OSError
         raise ValueError(
