@@ -142,7 +142,10 @@ def submission_folder(out_dir) -> Path:
 def before_first_epoch(payload) -> bool:
     """Whether a checkpoint is a training state (``checkpoint.pth``) written before its run
     finished an epoch: its weights are those the run started from."""
-    return isinstance(payload, dict) and "optimizer" in payload and payload.get("epoch") == 0
+    if not (isinstance(payload, dict) and "optimizer" in payload):
+        return False
+    epoch = payload.get("epoch")  # (a crafted file's may be a tensor of several values)
+    return isinstance(epoch, int) and epoch == 0
 
 
 def export_submission(out_dir, weights=None) -> Path:

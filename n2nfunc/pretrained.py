@@ -107,7 +107,8 @@ def _unet_from(payload: dict, source: str) -> tuple[Layer, Params, dict]:
     arch, params = checkpoint_unet(payload, source)
     check_finite(params, source)  # (as the file holds them: 1e300 is named as too large)
     params = tree.map(lambda t: t.float(), params)  # float32, as the exercise's
-    info = payload.get("info") or {}
+    info = payload.get("info")
+    info = {} if info is None else info
     if not isinstance(info, dict):
         raise ValueError(f"{source}: 'info' must be a dict, got {type(info).__name__}")
     return unet(**arch), params, dict(info)

@@ -462,6 +462,25 @@ def checkpoint_unet(payload: dict, source: str) -> tuple[dict, Params]:
     return arch, load_params(arch, payload.get("params"), source)
 
 
+def _oversized(params, max_leaves: int, max_key: int = 200) -> bool:
+    """Whether nested dicts and lists hold more than ``max_leaves`` leaves or a key longer
+    than ``max_key`` characters (a walk that stops there, forming no paths)."""
+    stack, leaves = [params], 0
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(isinstance(k, str) and len(k) > max_key for k in node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        else:
+            leaves += 1
+            if leaves > max_leaves:
+                return True
+    return False
+
+
 def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
     """A checkpoint's U-Net params (this layout or the earlier one) for ``unet(**arch)``,
     their paths and shapes checked; errors name ``source``. The shapes the architecture
@@ -478,6 +497,11 @@ def load_params(arch: dict, params, source: str = "checkpoint") -> Params:
         except AttributeError:
             raise ValueError(f"{source}: the parameters are not a tree of tensors") from None
 
+    if _oversized(params, 4 * len(want) + 16):  # (before paths repeat its keys: 1 MB
+        raise ValueError(  # under 100,000 leaves made 100 GB of paths)
+            f"{source}: the parameters are not the {len(want)} tensors of the recorded "
+            "architecture (far more leaves, or keys longer than 200 characters)"
+        )
     got = paths_and_shapes(params)
     if got != want:  # the earlier layout, matched by position (never this layout's: a file
         try:  # listing a dict's keys in another order would swap equal-shaped layers)

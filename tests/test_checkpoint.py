@@ -612,3 +612,39 @@ def test_a_save_into_a_missing_folder_is_refused_and_makes_no_folder(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
         nf.save(tmp_path / "afile" / "w.pth", {"w": torch.ones(1)})
+
+
+def test_crafted_parts_of_a_checkpoint_are_refused_or_skipped_by_name(tmp_path, capsys):
+    """Each of these ended in a raw traceback (exit 1): an 'epoch' tensor of several values,
+    a U-Net file's config that is not a dict or 'info' a tensor, a --resume file that is not
+    a dict."""
+    from n2nfunc.cli import main
+    from n2nfunc.export import before_first_epoch
+    from n2nfunc.pretrained import load_network
+
+    state = {**Model({"widths": (4, 4)}).payload(), "optimizer": {}, "epoch": torch.zeros(2)}
+    assert not before_first_epoch(state) and before_first_epoch({**state, "epoch": 0})
+    unet = Model({"network": "unet", "depth": 1, "widths": (4, 4, 4, 4)}).payload()
+    checkpoint.save(tmp_path / "config.pth", {**unet, "config": [1]})
+    assert main(["eval", "--checkpoint", str(tmp_path / "config.pth"), "--n-val", "4"]) == 2
+    assert "config.pth: its config must be a dict, got list" in capsys.readouterr().err
+    checkpoint.save(tmp_path / "info.pth", {**unet, "info": torch.zeros(2)})
+    with pytest.raises(ValueError, match="info.pth: 'info' must be a dict, got Tensor"):
+        load_network(tmp_path / "info.pth")
+    checkpoint.save(tmp_path / "five.pth", 5)
+    assert main(["train", "--resume", str(tmp_path / "five.pth"), "--out", str(tmp_path)]) == 2
+    assert "five.pth is not a training state (it holds a int)" in capsys.readouterr().err
+
+
+def test_a_small_unet_file_of_many_leaves_under_a_long_key_is_refused_before_its_paths():
+    """1 MB of key over 100,000 leaves asked for 100 GB of dotted paths; 100 KB over 10,000
+    (here) for 1 GB."""
+    payload = {"network": "unet", "architecture": {}, "params": {"K" * 100_000: [0] * 10_000}}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="not the 34 tensors of the recorded architecture"):
+            Model().load_payload(payload, "crafted.pth")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20

@@ -189,6 +189,10 @@ def _shown_data(dest: str, value) -> str:
 def _load_state(path) -> dict:
     """A training state written by `train` (checkpoint.pth), checked for its parts."""
     state = _loading("--resume", checkpoint.load, path)
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"--resume: {path} is not a training state (it holds a {type(state).__name__})"
+        )
     missing = [k for k in ("config", "params", "optimizer", "epoch", "rng") if k not in state]
     if missing:
         hint = (
@@ -257,9 +261,13 @@ def _check_state_parts(state: dict, path) -> None:
         raise ValueError(f"--resume: {path}: its config: {e}") from None
 
 
-def _run_config(config) -> dict:
+def _run_config(config, source: str = "the checkpoint") -> dict:
     """A checkpoint's config, less entries this version's Model does not know."""
-    return {k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG}
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: its config must be a dict, got {type(config).__name__}")
+    return {k: v for k, v in config.items() if k in DEFAULT_CONFIG}
 
 
 def _weights_payload(model: Model, origin: dict, noise) -> dict:
@@ -393,6 +401,8 @@ def _note_unfinished_run(state_path: Path) -> None:
         old = checkpoint.load(state_path)
         done, total = old["epoch"], old["config"]["num_epochs"]
     except (ValueError, KeyError, TypeError, OSError):
+        return
+    if not all(isinstance(v, int) for v in (done, total)):  # not a state this version wrote
         return
     if done < total:
         print(

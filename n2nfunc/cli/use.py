@@ -72,7 +72,7 @@ def _network_payload(option: str, path: Path) -> dict:
 def _mixed_noise_words(specs: list) -> str:
     """Words for the noises a run mixed (a U-Net recipe's list of specs), each said once."""
     try:
-        parsed = [parse_noise(str(spec)) for spec in specs]
+        parsed = [parse_noise(spec) for spec in dict.fromkeys(map(str, specs))]
     except ValueError:
         return ", ".join(dict.fromkeys(map(str, specs)))
     factors = sorted({int(p.low) for p in parsed if p.kind == "downsample"})
@@ -98,7 +98,7 @@ def _load_model(path, device, precision: str = "float32") -> tuple[Model, str]:
     """The Model in a weights file and its training noise."""
     path = Path(path)
     payload = _network_payload("--checkpoint", path)
-    config = _run_config(payload.get("config"))
+    config = _loading("--checkpoint", _run_config, payload.get("config"), str(path))
     config["precision"] = precision  # how to compute now, not how the weights were trained
     model = _loading("--checkpoint", Model, config)
     _loading("--checkpoint", model.load_payload, payload, str(path))
