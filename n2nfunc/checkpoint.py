@@ -69,13 +69,29 @@ class _NoGlobals(pickle.Unpickler):
         raise Refused(f"refusing to load global '{module}.{name}'")
 
 
-def _check_memo(data: bytes) -> None:
-    """Refuse a memo index past the opcodes before it: pickle's C unpickler sizes its memo
-    table by the largest index it is asked to store at (a 9-byte file asking for index
-    250,000,000 took 4 GB), where a writer numbers its objects from 0."""
+# Python hashes an int as itself modulo this prime: only ints at least this large (in
+# magnitude) can share a hash by the thousand, and dict keys that all share one take time
+# quadratic in their number to unpickle (40,000 in 559 KB: 16 s). n2nfunc writes a few.
+HASH_MODULUS = 2**61 - 1
+MAX_HUGE_INTS = 1024
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuse what would cost the C unpickler far more than the file's size: a memo index
+    past the opcodes before it (it sizes its memo table by the largest index it is asked to
+    store at: a 9-byte file asking for index 250,000,000 took 4 GB, where a writer numbers
+    its objects from 0), and more than :data:`MAX_HUGE_INTS` ints beyond the hash modulus."""
+    huge = 0
     for count, (op, arg, _) in enumerate(pickletools.genops(data)):
         if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg or 0) > count:
             raise pickle.UnpicklingError(f"memo index {arg} after {count} opcodes")
+        if isinstance(arg, int) and abs(arg) >= HASH_MODULUS:
+            huge += 1
+            if huge > MAX_HUGE_INTS:
+                raise pickle.UnpicklingError(
+                    f"more than {MAX_HUGE_INTS} integers of 2**61 or more, which n2nfunc "
+                    "never writes"
+                )
 
 
 def tensor_bytes(t: Tensor) -> bytes:
@@ -499,7 +515,7 @@ def load(path: PathLike) -> Any:
     if not data:
         raise ValueError(f"checkpoint {path} is empty")
     try:
-        _check_memo(data)
+        _check_opcodes(data)
         obj = _NoGlobals(io.BytesIO(data)).load()
     except Refused as e:
         raise ValueError(
